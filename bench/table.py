@@ -1,0 +1,95 @@
+"""Turn the lines collected by bench/run into one results table, printed twice:
+aligned for the terminal, then as Markdown for bench/RESULTS.md.
+
+usage: /usr/bin/python3 bench/table.py RESULTS_FILE
+Input lines: "RESULT W1 braid ns_per_task=412.3", "FAIL W1 trio",
+"STATUS braid pending" (what to show where an implementation has no number).
+Every metric is lower-is-better, so braid/floor >= 1 is braid's overhead over the
+floor and peer/braid > 1 means braid is that many times better than the peer.
+"""
+import sys
+
+ROWS = [  # (workload, key, label)
+    ("W1", "ns_per_task", "ns per task"),
+    ("W2", "wall_ms", "wall ms (ideal 50)"),
+    ("W2", "bytes_per_task", "bytes per sleeping task"),
+    ("W3", "ms_raise_to_raised", "ms raise -> gather raised"),
+]
+IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node"]
+PEERS = ["asyncio", "uvloop", "trio", "node"]
+FLOOR_NOTES = [
+    "W1 floor: stock lua5.4, coroutine.create + resume of each task in turn.",
+    "W2 floor: wall ms from C on raw libuv (one uv_timer_t per task); bytes from a parked stock-Lua coroutine.",
+    "W3 floor: stock lua5.4, a cancel token resumed into each parked coroutine, then coroutine.close runs its <close>.",
+]
+
+values, fails, status, extras = {}, set(), {}, []
+for line in open(sys.argv[1]):
+    f = line.split()
+    if not f:
+        continue
+    if f[0] == "RESULT" and len(f) == 4 and "=" in f[3]:
+        w, impl, (key, v) = f[1], f[2], f[3].split("=", 1)
+        if impl in IMPLS and (w, key) in {(r[0], r[1]) for r in ROWS}:
+            values[(w, key, impl)] = float(v)
+        elif key != "parked":
+            extras.append((w, impl, key, float(v)))
+    elif f[0] == "FAIL" and len(f) >= 3:
+        fails.add((f[1], f[2]))
+    elif f[0] == "STATUS" and len(f) >= 3:
+        status[f[1]] = " ".join(f[2:])
+
+
+def fmt(v):
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def cell(w, key, impl):
+    if (w, key, impl) in values:
+        return fmt(values[(w, key, impl)])
+    if (w, impl) in fails:
+        return "FAIL"
+    return status.get(impl, "-")
+
+
+def ratio(w, key, num, den):
+    a, b = values.get((w, key, num)), values.get((w, key, den))
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+header = ["workload", "metric"] + IMPLS + ["braid/floor"] + [f"{p}/braid" for p in PEERS]
+table = []
+for w, key, label in ROWS:
+    if not any(v == w for v, _ in fails) and not any(k[0] == w for k in values):
+        continue  # workload not run
+    row = [w, label] + [cell(w, key, i) for i in IMPLS]
+    row += [ratio(w, key, "braid", "floor")] + [ratio(w, key, p, "braid") for p in PEERS]
+    table.append(row)
+
+widths = [max(len(r[i]) for r in [header] + table) for i in range(len(header))]
+print()
+for r in [header] + table:
+    print("  ".join(c.rjust(wd) if i > 1 else c.ljust(wd) for i, (c, wd) in enumerate(zip(r, widths))))
+print()
+for note in FLOOR_NOTES:
+    print(note)
+extras = [f"{w} {impl} {key.replace('_', ' ')} = {fmt(v)}" for w, impl, key, v in extras]
+for e in extras:
+    print(f"Also measured: {e}")
+
+print("\nMarkdown:\n")
+print("| " + " | ".join(header) + " |")
+print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
+for r in table:
+    print("| " + " | ".join(r) + " |")
+print()
+for note in FLOOR_NOTES:
+    print(f"- {note}")
+for e in extras:
+    print(f"- also measured: {e}")

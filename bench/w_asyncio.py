@@ -1,0 +1,119 @@
+"""asyncio's side of W1..W3 (TaskGroup, Python >= 3.11); --uvloop runs it on uvloop.
+
+usage: /usr/bin/python3 bench/w_asyncio.py [--uvloop] W1|W2|W3 [n] [rounds]
+Prints RESULT lines; exits non-zero (AssertionError) if the work was not all done.
+"""
+import asyncio
+import gc
+import statistics
+import sys
+import time
+
+args = sys.argv[1:]
+impl = "asyncio"
+if args and args[0] == "--uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    impl = "uvloop"
+    args = args[1:]
+which = args[0]
+n = int(args[1]) if len(args) > 1 else None
+rounds = int(args[2]) if len(args) > 2 else None
+
+
+def result(w, key, v):
+    print(f"RESULT {w} {impl} {key}={v:.3f}", flush=True)
+
+
+async def w1(n):
+    """Spawn n no-op tasks, then await all n. Returns ns per task."""
+    done = 0
+
+    async def noop():
+        nonlocal done
+        done += 1
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(n):
+            tg.create_task(noop())
+    dt = time.perf_counter() - t0
+    assert done == n, f"W1 {impl}: only {done} of {n} tasks ran"
+    return dt * 1e9 / n
+
+
+async def w2(n):
+    """n tasks each sleeping 50 ms concurrently. Returns wall ms."""
+    done = 0
+
+    async def sleeper():
+        nonlocal done
+        await asyncio.sleep(0.05)
+        done += 1
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(n):
+            tg.create_task(sleeper())
+    ms = (time.perf_counter() - t0) * 1e3
+    assert done == n, f"W2 {impl}: only {done} of {n} tasks woke"
+    assert ms >= 49, f"W2 {impl}: 50 ms sleeps finished after {ms} ms"
+    return ms
+
+
+class Boom(Exception):
+    pass
+
+
+async def w3(n):
+    """n siblings sleeping 10 s with a finally, one raising after 10 ms.
+    Returns ms from the raise until the TaskGroup has raised."""
+    closed = 0
+    t_raise = None
+
+    async def sibling():
+        nonlocal closed
+        try:
+            await asyncio.sleep(10)
+            raise AssertionError(f"W3 {impl}: a sibling slept its full 10 s")
+        finally:
+            closed += 1
+
+    async def raiser():
+        nonlocal t_raise
+        await asyncio.sleep(0.01)
+        t_raise = time.perf_counter()
+        raise Boom()
+
+    t0 = time.perf_counter()
+    raised = False
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(n):
+                tg.create_task(sibling())
+            tg.create_task(raiser())
+    except* Boom:
+        raised = True
+    t1 = time.perf_counter()
+    assert raised, f"W3 {impl}: the group did not raise"
+    assert closed == n, f"W3 {impl}: only {closed} of {n} cleanups ran"
+    assert t1 - t0 < 5, f"W3 {impl}: the group waited for the sleepers"
+    return (t1 - t_raise) * 1e3
+
+
+def bench(fn, n, rounds):
+    samples = []
+    for _ in range(rounds):
+        gc.collect()
+        samples.append(asyncio.run(fn(n)))
+    return statistics.median(samples)
+
+
+if which == "W1":
+    result("W1", "ns_per_task", bench(w1, n or 100000, rounds or 5))
+elif which == "W2":
+    result("W2", "wall_ms", bench(w2, n or 20000, rounds or 5))
+elif which == "W3":
+    result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 5))
+else:
+    sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3 [n] [rounds]")

@@ -1,0 +1,108 @@
+-- braid's side of W1..W3.
+-- usage: build/braid bench/w_braid.lua W1|W2|W3 [n] [rounds]
+--    or: LUA_CPATH='build/?.so;;' lua5.4 bench/w_braid.lua ...   (module form)
+-- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
+
+local braid = rawget(_G, "braid")
+local as_module = braid == nil
+if as_module then braid = require "braid" end
+
+local which, n, rounds = arg[1], tonumber(arg[2]), tonumber(arg[3])
+
+-- Wall time from braid.now(). If it turns out to be a loop-cached time (uv_now),
+-- a CPU-bound interval would read too short, so never report less than the CPU
+-- time the interval used (os.clock).
+local function stamp() return {braid.now(), os.clock()} end
+local function since(s)
+  return math.max(braid.now() - s[1], os.clock() - s[2])
+end
+
+local function median(t)
+  table.sort(t)
+  local m = #t // 2
+  if #t % 2 == 1 then return t[m + 1] end
+  return (t[m] + t[m + 1]) / 2
+end
+
+local function result(w, key, v)
+  io.write(string.format("RESULT %s braid %s=%.3f\n", w, key, v))
+end
+
+-- W1: spawn n no-op tasks, then await all n.
+local function w1()
+  n, rounds = n or 100000, rounds or 5
+  local done = 0
+  local function noop() done = done + 1 end
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage(); done = 0
+    local tasks = {}
+    local s = stamp()
+    for i = 1, n do tasks[i] = braid.spawn(noop) end
+    for i = 1, n do tasks[i]:await() end
+    samples[r] = since(s) * 1e9 / n
+    assert(done == n, "W1 braid: only " .. done .. " of " .. n .. " tasks ran")
+  end
+  result("W1", "ns_per_task", median(samples))
+end
+
+-- W2: n tasks each sleeping 50 ms concurrently; wall ms from the first spawn
+-- until the last await returns. The runner also runs this with rounds=1 at
+-- n=1 and n=20000 under /usr/bin/time to get bytes per sleeping task.
+local function w2()
+  n, rounds = n or 20000, rounds or 5
+  local done = 0
+  local function sleeper() braid.sleep(0.05); done = done + 1 end
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage(); done = 0
+    local tasks = {}
+    local s = stamp()
+    for i = 1, n do tasks[i] = braid.spawn(sleeper) end
+    for i = 1, n do tasks[i]:await() end
+    samples[r] = since(s) * 1e3
+    assert(done == n, "W2 braid: only " .. done .. " of " .. n .. " tasks woke")
+    assert(samples[r] >= 49, "W2 braid: 50 ms sleeps finished after only " .. samples[r] .. " ms")
+  end
+  result("W2", "wall_ms", median(samples))
+end
+
+-- W3: n siblings sleeping 10 s, each holding a <close> guard, plus one that
+-- raises after 10 ms, all in one gather. ms from the raise until gather raised.
+local function w3()
+  n, rounds = n or 10000, rounds or 5
+  local BOOM = setmetatable({}, {__tostring = function() return "boom" end})
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage()
+    local closed = 0
+    local guard_mt = {__close = function() closed = closed + 1 end}
+    local fns = {}
+    for i = 1, n do
+      fns[i] = function()
+        local guard <close> = setmetatable({}, guard_mt)
+        braid.sleep(10)
+        error("W3 braid: a sibling slept its full 10 s")
+      end
+    end
+    local t_raise
+    fns[n + 1] = function()
+      braid.sleep(0.01)
+      t_raise = stamp()
+      error(BOOM)
+    end
+    local s = stamp()
+    local ok, err = pcall(braid.gather, table.unpack(fns))
+    local ms = since(t_raise) * 1e3
+    assert(not ok and rawequal(err, BOOM),
+      "W3 braid: gather did not raise the raiser's error unchanged: " .. tostring(err))
+    assert(closed == n, "W3 braid: only " .. closed .. " of " .. n .. " <close> guards ran")
+    assert(since(s) < 5, "W3 braid: the gather waited for the sleepers")
+    samples[r] = ms
+  end
+  result("W3", "ms_raise_to_raised", median(samples))
+end
+
+local fns = {W1 = w1, W2 = w2, W3 = w3}
+assert(fns[which], "usage: w_braid.lua W1|W2|W3 [n] [rounds]")
+if as_module then braid.run(fns[which]) else fns[which]() end

@@ -1,0 +1,269 @@
+/*
+** error.c: braid.Error objects, the failure records behind top-level
+** reports, and the message handler every task body runs under.
+**
+** User error values are never wrapped or changed. What braid adds about a
+** failure (the failing task's traceback, its name and spawn site) is kept
+** beside the value, in a weak-keyed table in the registry, so the report
+** printed at the top can say where the error came from while the value
+** itself stays rawequal end to end. Cancellation errors carry no traceback:
+** they are outcomes, not failures, and fail-fast creates thousands at once.
+*/
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include "internal.h"
+
+#define ERROR_MT "braid.Error"
+
+static void error_vpush (lua_State *L, const char *kind, const char *code,
+                         int traceback, const char *fmt, va_list ap) {
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushvfstring(L, fmt, ap);
+  lua_setfield(L, -2, "message");
+  if (code) {
+    lua_pushstring(L, code);
+    lua_setfield(L, -2, "code");
+  }
+  if (traceback) {
+    luaL_traceback(L, L, NULL, 1);
+    lua_setfield(L, -2, "traceback");
+  }
+  luaL_setmetatable(L, ERROR_MT);
+}
+
+/* Pushes a new braid.Error of `kind`, with `code` (a libuv error name, or
+** NULL) and a formatted message. [-0, +1, m] */
+int braid__error_push (lua_State *L, const char *kind, const char *code,
+                       const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  error_vpush(L, kind, code, 1, fmt, ap);
+  va_end(ap);
+  return 1;
+}
+
+/* Raises a new braid.Error. [-0, +0, v] */
+int braid__error_raise (lua_State *L, const char *kind, const char *code,
+                        const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  error_vpush(L, kind, code, 1, fmt, ap);
+  va_end(ap);
+  return lua_error(L);
+}
+
+/* Raises a "usage" error whose message starts with the caller's position,
+** as luaL_error does. [-0, +0, v] */
+int braid__error_usage (lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  luaL_where(L, 1);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return braid__error_raise(L, "usage", NULL, "%s", lua_tostring(L, -1));
+}
+
+/* The familiar "bad argument #n to 'name' (...)" as a usage error. */
+int braid__error_argerror (lua_State *L, int arg, const char *fname,
+                           const char *extramsg) {
+  return braid__error_usage(L, "bad argument #%d to '%s' (%s)", arg, fname,
+                            extramsg);
+}
+
+/* The kind of the braid.Error at idx, or NULL for any other value. */
+const char *braid__error_kind (lua_State *L, int idx) {
+  const char *kind = NULL;
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return NULL;
+  luaL_getmetatable(L, ERROR_MT);
+  if (lua_rawequal(L, -1, -2)) {
+    lua_pushliteral(L, "kind");
+    lua_rawget(L, idx);
+    kind = lua_tostring(L, -1);   /* interned: outlives the pop */
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return kind;
+}
+
+int braid__is_cancel (lua_State *L, int idx) {
+  const char *k = braid__error_kind(L, idx);
+  return k != NULL && strcmp(k, "cancelled") == 0;
+}
+
+/* Pushes the cancellation error a task sees when `cause` reached it. */
+void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
+  lua_createtable(L, 0, 4);
+  lua_pushliteral(L, "cancelled");
+  lua_setfield(L, -2, "kind");
+  if (cause->reason_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->reason_ref);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "reason");
+    lua_pushfstring(L, "cancelled (%s)", luaL_tolstring(L, -1, NULL));
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+  } else if (cause->deadline_fired) {
+    lua_pushliteral(L, "cancelled (deadline passed)");
+  } else if (cause->error_ref != LUA_NOREF) {
+    lua_pushliteral(L, "cancelled (a sibling failed)");
+  } else {
+    lua_pushliteral(L, "cancelled");
+  }
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, ERROR_MT);
+}
+
+static const char info_key = 'i';
+
+/* The weak-keyed table of failure records, made on first use. */
+static void push_info_table (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+}
+
+/* Forgets every record: string keys never leave a weak table by
+** themselves, so the engine clears it at the end of each run. */
+void braid__error_forget (lua_State *L) {
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+}
+
+/* Records where the error at idx was raised, unless it already is: the
+** first record is the failing task's, later ones are its re-raises. */
+void braid__error_record (lua_State *L, int idx, struct braid_task *t) {
+  idx = lua_absindex(L, idx);
+  if (lua_isnil(L, idx)) return;
+  push_info_table(L);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pop(L, 2);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_createtable(L, 0, 3);
+  luaL_traceback(L, L, NULL, 1);
+  if (braid__error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
+    lua_getfield(L, idx, "traceback");
+    if (lua_isnil(L, -1)) {
+      lua_pushvalue(L, -2);
+      lua_setfield(L, idx, "traceback");
+    }
+    lua_pop(L, 1);
+  }
+  lua_setfield(L, -2, "traceback");
+  if (t) {
+    lua_pushfstring(L, "task %d (%s), spawned at %s:%d", (int) t->id,
+                    braid__task_name(L, t, 0), t->site, t->line);
+    lua_setfield(L, -2, "task");
+  }
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* The message handler of every task body: records, returns the value as is. */
+int braid__error_msgh (lua_State *L) {
+  braid_engine_t *E = braid__engine(L);
+  if (!braid__is_cancel(L, 1) && E->current)
+    braid__error_record(L, 1, E->current);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* Prints the error at idx with what is known of where it came from. */
+void braid__error_report (lua_State *L, int idx, const char *prefix) {
+  const char *msg;
+  idx = lua_absindex(L, idx);
+  msg = luaL_tolstring(L, idx, NULL);
+  fprintf(stderr, "%s%s\n", prefix, msg);
+  lua_pop(L, 1);
+  push_info_table(L);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "task") == LUA_TSTRING)
+      fprintf(stderr, "  in %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "traceback") == LUA_TSTRING)
+      fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  } else if (braid__error_kind(L, idx) != NULL) {
+    lua_getfield(L, idx, "traceback");
+    if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  if (braid__error_kind(L, idx) != NULL) {
+    lua_getfield(L, idx, "suppressed");
+    if (lua_istable(L, -1)) {
+      lua_Integer i, n = luaL_len(L, -1);
+      for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        fprintf(stderr, "  also raised while cancelling: %s\n",
+                luaL_tolstring(L, -1, NULL));
+        lua_pop(L, 2);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  fflush(stderr);
+}
+
+/* A member raised `idx` while the scope was already failing with `first`:
+** report it and keep it on first.suppressed when first is braid's own. */
+void braid__error_suppress (lua_State *L, int first, int idx) {
+  first = lua_absindex(L, first);
+  idx = lua_absindex(L, idx);
+  braid__error_report(L, idx, "braid: error while cancelling: ");
+  if (braid__error_kind(L, first) == NULL) return;
+  if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, first, "suppressed");
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_pop(L, 1);
+}
+
+static int l_error_tostring (lua_State *L) {
+  lua_getfield(L, 1, "message");
+  if (!lua_isstring(L, -1)) {
+    lua_getfield(L, 1, "kind");
+    lua_pushfstring(L, "braid error (%s)", luaL_optstring(L, -1, "?"));
+  }
+  return 1;
+}
+
+/* braid.Error { kind = ..., message = ..., ... }: wraps a table as a
+** braid.Error, for the Lua-side library and for scripts. */
+static int l_error_new (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_setmetatable(L, ERROR_MT);
+  return 1;
+}
+
+void braid__open_error (lua_State *L) {
+  if (luaL_newmetatable(L, ERROR_MT)) {
+    lua_pushcfunction(L, l_error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "braid.Error");
+    lua_setfield(L, -2, "__name");
+    lua_pushcfunction(L, l_error_new);
+    lua_setfield(L, -2, "new");
+  }
+  lua_setfield(L, -2, "Error");
+}

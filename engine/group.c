@@ -1,0 +1,385 @@
+/*
+** group.c: braid.gather, braid.race, braid.any and braid.map.
+**
+** A group is a scope (kind SCOPE_GROUP) whose members are the tasks it
+** spawns from functions plus the existing tasks it is given ("adopted").
+** Each member has a watcher that judges its outcome by the group's mode, so
+** fail-fast, races, deadlines and limits are all decided here, in C, in the
+** order members end. The calling task waits in braid__scope_join until every
+** member has ended, then the group's outcome is raised or returned.
+**
+** Invariants: the group userdata (with its member array) sits on the
+** caller's stack for the whole call; members[i].task is set once member i
+** has a task; the registry table at list_ref holds the member functions and
+** then their task objects, so that ended tasks stay readable until the
+** group is closed.
+*/
+#include <string.h>
+#include "internal.h"
+
+enum { GROUP_GATHER, GROUP_RACE, GROUP_ANY };
+
+struct group_member {
+  struct braid_watch watch;
+  struct braid_group *g;
+  struct braid_task *task;
+  int index;
+};
+
+struct braid_group {
+  struct braid_scope scope;
+  int mode, settle, limit, packed, map;
+  int n, next, running, winner, decided;
+  int list_ref;                /* {members...}; for map: items, fn */
+  struct group_member m[1];
+};
+
+static const char *const mode_names[] = {"gather", "race", "any"};
+
+static void group_start_more (lua_State *L, struct braid_group *g);
+
+/* Judges a member that ended. Runs in scheduler context. */
+static void member_done (struct braid_watch *w, struct braid_task *t) {
+  struct group_member *m = container_of(w, struct group_member, watch);
+  struct braid_group *g = m->g;
+  lua_State *L = g->scope.E->S;
+  int ok = t->status == TASK_OK;
+  /* A member cancelled by anything but this group owes a value: failed. */
+  int failed = !ok && (t->status == TASK_FAILED || !g->scope.cancelled);
+  int adopted = t->scope.outer != &g->scope;
+  g->running -= !adopted;
+  if (g->mode == GROUP_GATHER) {
+    if (failed && !g->settle) {
+      braid__task_push(L, t);
+      lua_getiuservalue(L, -1, 1);
+      braid__scope_fail(L, &g->scope, -1);
+      lua_pop(L, 2);
+    }
+  } else if (!g->decided && (g->mode == GROUP_RACE ? ok || failed : ok)) {
+    g->decided = 1;
+    g->winner = m->index;
+    if (failed) {
+      braid__task_push(L, t);
+      lua_getiuservalue(L, -1, 1);
+      braid__scope_fail(L, &g->scope, -1);
+      lua_pop(L, 2);
+    } else {
+      braid__scope_cancel(&g->scope, &g->scope);
+    }
+  } else if (t->status == TASK_FAILED && g->decided) {
+    braid__task_push(L, t);
+    lua_getiuservalue(L, -1, 1);
+    braid__error_report(L, -1, "braid: error while cancelling: ");
+    lua_pop(L, 2);
+  }
+  if (adopted) braid__scope_left(&g->scope);
+  group_start_more(L, g);
+}
+
+/* Watches task object at the stack top as member i (1-based). */
+static void member_watch (lua_State *L, struct braid_group *g, int i) {
+  struct group_member *m = &g->m[i - 1];
+  m->task = (struct braid_task *) lua_touserdata(L, -1);
+  m->g = g;
+  m->index = i;
+  m->watch.done = member_done;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, i);
+  lua_pop(L, 1);
+  if (TASK_DONE(m->task)) {   /* adopted, already over */
+    g->scope.pending++;
+    member_done(&m->watch, m->task);
+    return;
+  }
+  if (m->task->scope.outer != &g->scope) g->scope.pending++;
+  else g->running++;
+  braid__list_push(&m->task->watchers, &m->watch.link);
+}
+
+/* Starts member functions while the limit allows and nothing decided. */
+static void group_start_more (lua_State *L, struct braid_group *g) {
+  while (g->next < g->n && !g->scope.cancelled &&
+         (g->limit == 0 || g->running < g->limit)) {
+    int i = ++g->next;
+    if (g->m[i - 1].task) continue;    /* adopted */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+    if (g->map) {
+      lua_getfield(L, -1, "fn");
+      lua_getfield(L, -2, "items");
+      lua_rawgeti(L, -1, i);
+      lua_replace(L, -2);
+      lua_pushinteger(L, i);
+      braid__task_spawn(L, &g->scope, -3, 2);
+      lua_replace(L, -5);
+      lua_pop(L, 3);
+    } else {
+      lua_rawgeti(L, -1, i);
+      braid__task_spawn(L, &g->scope, -1, 0);
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+    }
+    member_watch(L, g, i);
+    lua_pop(L, 1);
+  }
+}
+
+static void group_on_cancel (struct braid_scope *s) {
+  struct braid_group *g = (struct braid_group *) s;
+  int i;
+  for (i = 0; i < g->n; i++) {
+    struct braid_task *t = g->m[i].task;
+    if (t && t->scope.outer != s) braid__task_cancel(t, NULL, 0);
+  }
+}
+
+static void group_release (struct braid_scope *s) {
+  struct braid_group *g = (struct braid_group *) s;
+  int i;
+  for (i = 0; i < g->n; i++)
+    if (g->m[i].task) braid__list_remove(&g->m[i].watch.link);
+  luaL_unref(s->E->S, LUA_REGISTRYINDEX, g->list_ref);
+  g->list_ref = LUA_NOREF;
+}
+
+/* Pushes the settle-mode outcome of member i; list and terr are the
+** indices of the member list and of the group's timeout error. */
+static void push_outcome (lua_State *L, struct braid_group *g, int list,
+                          int i, int terr) {
+  struct braid_task *t = g->m[i - 1].task;
+  int k, n, o;
+  lua_createtable(L, 0, 3);
+  o = lua_gettop(L);
+  lua_pushboolean(L, t && t->status == TASK_OK);
+  lua_setfield(L, o, "ok");
+  if (t && t->status == TASK_OK) {
+    lua_rawgeti(L, list, i);
+    n = braid__task_results(L, o + 1, 1);
+    for (k = n; k >= 1; k--) lua_rawseti(L, o, k);
+    lua_pop(L, 1);
+    lua_rawgeti(L, o, 1);
+    lua_setfield(L, o, "value");
+    lua_pushinteger(L, n);
+    lua_setfield(L, o, "n");
+  } else if (t && (t->status == TASK_FAILED || !g->scope.deadline_fired)) {
+    lua_rawgeti(L, list, i);
+    lua_getiuservalue(L, -1, 1);
+    lua_setfield(L, o, "error");
+    lua_pop(L, 1);
+  } else {   /* cut off by the deadline, or never started */
+    lua_pushvalue(L, terr);
+    lua_setfield(L, o, "error");
+  }
+}
+
+static int group_timeout_error (lua_State *L, struct braid_group *g) {
+  return braid__error_push(L, "timeout", NULL, "braid.%s timed out",
+                           mode_names[g->mode]);
+}
+
+/* Every member has ended: return or raise the group's outcome. */
+static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_group *g = (struct braid_group *) ctx;
+  struct braid_scope *s = &g->scope;
+  struct braid_task *t = s->task;
+  int i, list, n = g->n;
+  (void) status;
+  t->wake = WAKE_NONE;
+  s->joining = 0;
+  t->inner = s->outer;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+  list = lua_gettop(L);
+  if (s->cancelled && s->cause != s && s->error_ref == LUA_NOREF) {
+    braid__scope_release(s);
+    braid__push_cancel(L, s->cause);
+    return lua_error(L);
+  }
+  if (s->error_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+    braid__scope_release(s);
+    return lua_error(L);
+  }
+  if (s->deadline_fired && !g->settle) {
+    braid__scope_release(s);
+    group_timeout_error(L, g);
+    return lua_error(L);
+  }
+  if (g->mode == GROUP_RACE) {
+    braid__scope_release(s);
+    if (!g->winner) return 0;
+    lua_rawgeti(L, list, g->winner);
+    return braid__task_results(L, lua_gettop(L), 1);
+  }
+  if (g->mode == GROUP_ANY) {
+    braid__scope_release(s);
+    if (g->winner) {
+      lua_rawgeti(L, list, g->winner);
+      return braid__task_results(L, lua_gettop(L), 1);
+    }
+    braid__error_push(L, "all_failed", NULL, "braid.any: all %d failed", n);
+    lua_createtable(L, n, 0);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, list, i);
+      lua_getiuservalue(L, -1, 1);
+      lua_rawseti(L, -3, i);
+      lua_pop(L, 1);
+    }
+    lua_setfield(L, -2, "errors");
+    return lua_error(L);
+  }
+  luaL_checkstack(L, n + 2, "too many results");
+  if (g->settle) group_timeout_error(L, g);
+  else lua_pushnil(L);
+  for (i = 1; i <= n; i++) {
+    if (g->settle) push_outcome(L, g, list, i, list + 1);
+    else {
+      lua_rawgeti(L, list, i);
+      braid__task_results(L, lua_gettop(L), 0);
+      lua_remove(L, -2);
+    }
+  }
+  braid__scope_release(s);
+  if (g->packed) {
+    int r = lua_gettop(L) - n;
+    lua_createtable(L, n, 1);
+    lua_insert(L, r + 1);
+    for (i = n; i >= 1; i--) lua_rawseti(L, r + 1, i);
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    return 1;
+  }
+  return n;
+}
+
+static const char *const group_options[] = {
+  "timeout", "settle", "limit", "grace", NULL
+};
+
+/* Common body of the group functions. Members are at first..first+n-1 (or,
+** for map, the list at 1 and the function at 2); options at opts (0: none). */
+static int group_run (lua_State *L, int mode, int first, int n, int opts,
+                      int map, const char *fname) {
+  struct braid_task *t = braid__task_current(L, fname);
+  struct braid_group *g;
+  int i, limit = 0;
+  double timeout = -1;
+  if (opts) {
+    braid__check_options(L, opts, fname, group_options);
+    lua_getfield(L, opts, "limit");
+    if (!lua_isnil(L, -1) &&
+        (!lua_isinteger(L, -1) || (limit = (int) lua_tointeger(L, -1)) < 1))
+      braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
+                         "expected)", fname);
+    lua_pop(L, 1);
+    lua_getfield(L, opts, "timeout");
+    if (!lua_isnil(L, -1)) braid__check_ns(L, -1, fname);
+    lua_pop(L, 1);
+  }
+  for (i = 0; !map && i < n; i++) {
+    if (luaL_testudata(L, first + i, "braid.Task")) {
+      if (lua_touserdata(L, first + i) == (void *) t)
+        braid__error_usage(L, "braid.%s: a task cannot wait for itself",
+                           fname);
+    } else if (!braid__is_callable(L, first + i)) {
+      braid__error_argerror(L, first + i, fname, "function or task expected");
+    }
+  }
+  braid__task_checkyield(L, t, fname);
+  braid__task_checkcancel(L, t);
+  g = braid__scope_push(L, t, SCOPE_GROUP,
+                        sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0]);
+  g->mode = mode;
+  g->map = map;
+  g->packed = map;
+  g->n = n;
+  g->limit = limit;
+  g->list_ref = LUA_NOREF;
+  g->scope.on_cancel = group_on_cancel;
+  g->scope.release = group_release;
+  if (opts) {
+    lua_getfield(L, opts, "settle");
+    g->settle = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    g->scope.grace = braid__opt_number(L, opts, "grace", g->scope.grace, fname);
+    lua_getfield(L, opts, "timeout");
+    if (!lua_isnil(L, -1)) timeout = 1;
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, n, 2);
+  if (map) {
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "items");
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "fn");
+  } else {
+    for (i = 1; i <= n; i++) {
+      lua_pushvalue(L, first + i - 1);
+      lua_rawseti(L, -2, i);
+    }
+  }
+  g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (timeout >= 0) {
+    lua_getfield(L, opts, "timeout");
+    g->scope.timeout_ns = braid__check_ns(L, -1, fname);
+    lua_pop(L, 1);
+    braid__scope_deadline(&g->scope, g->scope.timeout_ns);
+  }
+  for (i = 1; !map && i <= n; i++)   /* adopt the tasks first */
+    if (luaL_testudata(L, first + i - 1, "braid.Task")) {
+      lua_pushvalue(L, first + i - 1);
+      member_watch(L, g, i);
+      lua_pop(L, 1);
+    }
+  group_start_more(L, g);
+  if (braid__scope_join(L, &g->scope, group_close_k) == 0)
+    return group_close_k(L, LUA_OK, (lua_KContext) g);
+  return 0;
+}
+
+/* Splits trailing options from the varargs: returns their index or 0. */
+static int trailing_options (lua_State *L, int *n) {
+  *n = lua_gettop(L);
+  if (*n > 0 && lua_type(L, *n) == LUA_TTABLE && !lua_getmetatable(L, *n))
+    return (*n)--;
+  if (*n > 0 && lua_type(L, *n) == LUA_TTABLE) lua_pop(L, 1);
+  return 0;
+}
+
+/* braid.gather(f1, f2, ..., [opts]) -> r1, r2, ... */
+static int l_group_gather (lua_State *L) {
+  int n, opts = trailing_options(L, &n);
+  return group_run(L, GROUP_GATHER, 1, n, opts, 0, "gather");
+}
+
+/* braid.race(f1, f2, ..., [opts]) -> ...: the first member to end decides. */
+static int l_group_race (lua_State *L) {
+  int n, opts = trailing_options(L, &n);
+  return group_run(L, GROUP_RACE, 1, n, opts, 0, "race");
+}
+
+/* braid.any(f1, f2, ..., [opts]) -> ...: the first member to succeed. */
+static int l_group_any (lua_State *L) {
+  int n, opts = trailing_options(L, &n);
+  return group_run(L, GROUP_ANY, 1, n, opts, 0, "any");
+}
+
+/* braid.map(list, fn, [opts]) -> results: fn(item, i) for every item. */
+static int l_group_map (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!braid__is_callable(L, 2))
+    braid__error_argerror(L, 2, "map", "function expected");
+  lua_settop(L, 3);
+  return group_run(L, GROUP_GATHER, 0, (int) luaL_len(L, 1),
+                   lua_isnil(L, 3) ? 0 : 3, 1, "map");
+}
+
+void braid__open_group (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"gather", l_group_gather},
+    {"race", l_group_race},
+    {"any", l_group_any},
+    {"map", l_group_map},
+    {NULL, NULL}
+  };
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,225 @@
+/*
+** internal.h: declarations shared by the files of engine/.
+**
+** The model, in one paragraph. An engine owns (or borrows) one uv_loop_t and
+** a FIFO ready queue drained by one uv_idle_t. A task is a Lua coroutine plus
+** a struct braid_task kept in a full userdata. Every task owns a stack of
+** scopes (its own task scope at the bottom, then braid.scope, timeout,
+** shield and group scopes pushed by the body); scopes form one tree across
+** tasks, and cancellation travels down that tree eagerly, stopping at
+** shields. A task waits on at most one operation at a time (t->wait); the
+** operation's cancel hook undoes it at the C level. Callbacks never resume a
+** task: they mark it ready and the scheduler resumes it, so ordering is ours.
+*/
+#ifndef BRAID_INTERNAL_H
+#define BRAID_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "braid.h"
+
+#define container_of(ptr, type, field) \
+  ((type *) ((char *) (ptr) - offsetof(type, field)))
+
+/* An intrusive doubly-linked list; an empty list points at itself. */
+struct braid_list {
+  struct braid_list *prev, *next;
+};
+
+void braid__list_init(struct braid_list *l);
+void braid__list_push(struct braid_list *head, struct braid_list *node);
+void braid__list_remove(struct braid_list *node);
+#define braid__list_empty(l) ((l)->next == (l))
+
+/* ---- timers: one uv_timer_t drives a binary heap of these ---- */
+
+struct braid_timer {
+  uint64_t due;                       /* engine clock, nanoseconds */
+  uint64_t seq;                       /* ties fire in arming order */
+  unsigned idx;                       /* heap slot + 1; 0 when not armed */
+  void (*cb)(struct braid_timer *tm);
+};
+
+void braid__timer_start(braid_engine_t *E, struct braid_timer *tm,
+                        uint64_t delay_ns, void (*cb)(struct braid_timer *));
+void braid__timer_stop(braid_engine_t *E, struct braid_timer *tm);
+uint64_t braid__now(braid_engine_t *E);
+int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
+uint64_t braid__check_ns(lua_State *L, int arg, const char *fname);
+
+/* ---- waits: what a suspended task is waiting on ---- */
+
+struct braid_task;
+
+/* A watcher is told when a task ends (awaiters, group members). */
+struct braid_watch {
+  struct braid_list link;
+  void (*done)(struct braid_watch *w, struct braid_task *t);
+};
+
+struct braid_wait {
+  struct braid_task *task;
+  /* Undo the operation at the C level; NULL for waits that cancellation
+  ** must not interrupt (a scope joining its children). */
+  void (*cancel)(struct braid_wait *w);
+  const char *what;                    /* for deadlock reports and dump */
+  struct braid_watch watch;            /* in the waited-on object's queue */
+  struct braid_timer timer;            /* braid.sleep */
+  struct braid_task *target;           /* task:await */
+};
+
+
+/* ---- scopes ---- */
+
+enum { SCOPE_TOP, SCOPE_TASK, SCOPE_PLAIN, SCOPE_SHIELD, SCOPE_TIMEOUT,
+       SCOPE_GROUP };
+
+struct braid_scope {
+  braid_engine_t *E;
+  struct braid_task *task;     /* owning task; NULL for the engine's top */
+  struct braid_scope *outer;   /* enclosing scope, maybe another task's */
+  struct braid_list link;      /* in outer->subs */
+  struct braid_list subs;      /* nested scopes and children's task scopes */
+  unsigned pending;            /* members not ended (children, adopted) */
+  unsigned char kind, cancelled, joining, deadline_fired, body_failed;
+  int base;                    /* stack slot below the body's results */
+  struct braid_scope *cause;   /* the scope whose cancel reached this one */
+  int reason_ref;              /* cancel reason given to this scope */
+  int error_ref;               /* first error of a member or the body */
+  double grace;                /* seconds members get after a cancel */
+  struct braid_timer deadline;
+  struct braid_timer grace_timer;
+  uint64_t timeout_ns;         /* as given, for the timeout message */
+  struct braid_wait join;      /* the owner waiting for its members */
+  struct braid_scope **handle; /* the script's scope object, if any */
+  void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
+  void (*release)(struct braid_scope *s);     /* groups: their references */
+};
+
+void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
+                       struct braid_task *t, struct braid_scope *outer);
+void braid__scope_cancel(struct braid_scope *s, struct braid_scope *cause);
+void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
+void braid__scope_release(struct braid_scope *s);
+void braid__scope_member_done(lua_State *L, struct braid_scope *s,
+                              struct braid_task *t);
+void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
+void braid__scope_left(struct braid_scope *s);
+void braid__scope_deadline(struct braid_scope *s, uint64_t ns);
+void *braid__scope_push(lua_State *L, struct braid_task *t, int kind,
+                        size_t size);
+int braid__scope_join(lua_State *L, struct braid_scope *s, lua_KFunction k);
+int braid__scope_body(lua_State *L, struct braid_scope *s, int base,
+                      int nargs);
+
+/* ---- tasks ---- */
+
+enum { TASK_PENDING, TASK_RUNNING, TASK_SUSPENDED, TASK_OK, TASK_FAILED,
+       TASK_CANCELLED };
+enum { WAKE_NONE, WAKE_OK, WAKE_CANCEL, WAKE_NOYIELD };
+
+struct braid_task {
+  braid_engine_t *E;
+  lua_State *co;               /* NULL before start and after the end */
+  int ref;                     /* registry anchor of the userdata, live only */
+  unsigned id;
+  unsigned char status, queued, wake, abandoned;
+  int nargs;                   /* arguments packed with the function */
+  int nres;                    /* results kept after the end */
+  struct braid_scope *inner;   /* innermost scope of the running body */
+  struct braid_scope scope;    /* the task's own scope */
+  struct braid_wait *wait;     /* the pending operation, or NULL */
+  struct braid_wait w;         /* storage for the built-in waits */
+  struct braid_task *next;     /* ready queue */
+  struct braid_list watchers;  /* struct braid_watch */
+  int line;                    /* spawn site */
+  char site[LUA_IDSIZE];
+};
+
+#define TASK_DONE(t) ((t)->status >= TASK_OK)
+
+struct braid_task *braid__task_current(lua_State *L, const char *fname);
+struct braid_task *braid__task_check(lua_State *L, int idx);
+struct braid_task *braid__task_spawn(lua_State *L, struct braid_scope *into,
+                                     int fidx, int nargs);
+void braid__task_ready(struct braid_task *t);
+void braid__task_wake(struct braid_task *t, int how);
+void braid__task_wait(struct braid_task *t, struct braid_wait *w,
+                      void (*cancel)(struct braid_wait *), const char *what);
+int braid__task_yield(lua_State *L, struct braid_task *t, lua_KContext ctx,
+                      lua_KFunction k);
+void braid__task_resumed(lua_State *L, struct braid_task *t);
+void braid__task_checkcancel(lua_State *L, struct braid_task *t);
+void braid__task_checkyield(lua_State *L, struct braid_task *t,
+                            const char *fname);
+int braid__task_results(lua_State *L, int idx, int all);
+int braid__is_callable(lua_State *L, int idx);
+void braid__open_coroutine(lua_State *L);
+void braid__task_push(lua_State *L, struct braid_task *t);
+void braid__task_cancel(struct braid_task *t, lua_State *L, int reason);
+void braid__task_abandon(struct braid_task *t);
+void braid__task_drain(braid_engine_t *E);
+const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
+
+/* ---- errors ---- */
+
+int braid__error_push(lua_State *L, const char *kind, const char *code,
+                      const char *fmt, ...);
+int braid__error_raise(lua_State *L, const char *kind, const char *code,
+                       const char *fmt, ...);
+int braid__error_usage(lua_State *L, const char *fmt, ...);
+int braid__error_argerror(lua_State *L, int arg, const char *fname,
+                          const char *extramsg);
+const char *braid__error_kind(lua_State *L, int idx);
+int braid__is_cancel(lua_State *L, int idx);
+void braid__push_cancel(lua_State *L, struct braid_scope *cause);
+void braid__error_record(lua_State *L, int idx, struct braid_task *t);
+void braid__error_suppress(lua_State *L, int first, int idx);
+void braid__error_report(lua_State *L, int idx, const char *prefix);
+int braid__error_msgh(lua_State *L);
+void braid__error_forget(lua_State *L);
+
+/* ---- the engine ---- */
+
+struct braid_engine {
+  uv_loop_t *loop;
+  uv_loop_t own_loop;
+  lua_State *L;                /* the state the engine was opened in */
+  lua_State *S;                /* scheduler's own thread, anchored */
+  int S_ref;
+  int pool_ref, pool_n;        /* finished coroutines kept for reuse */
+  int running, interrupted, virtual_clock, deadlocks;
+  uv_idle_t idle;              /* active only while tasks are ready */
+  uv_timer_t timer;            /* armed for the earliest heap timer */
+  uv_signal_t sigint;
+  struct braid_task *ready_head, *ready_tail;
+  struct braid_task *current;
+  struct braid_timer **heap;
+  unsigned heap_n, heap_cap;
+  uint64_t timer_seq, vnow, armed_due;
+  unsigned next_id, live;
+  struct braid_scope top;      /* parent of the root task */
+  struct braid_task *root;
+  double grace;
+};
+
+braid_engine_t *braid__engine(lua_State *L);
+void braid__engine_fatal(braid_engine_t *E);
+void braid__open_task(lua_State *L);
+void braid__open_scope(lua_State *L);
+void braid__open_timer(lua_State *L);
+void braid__open_group(lua_State *L);
+void braid__open_error(lua_State *L);
+void braid__check_options(lua_State *L, int idx, const char *fname,
+                          const char *const *allowed);
+double braid__opt_number(lua_State *L, int idx, const char *key, double def,
+                         const char *fname);
+
+#define BRAID_MARKER ((void *) &braid__marker)
+extern const char braid__marker;
+
+#endif

@@ -1,0 +1,256 @@
+/*
+** loop.c: the engine's lifecycle: opening braid in a lua_State, braid.run
+** (root task, loop, deadlock detection, shutdown) and Ctrl-C.
+**
+** Invariants:
+** - One engine per lua_State, kept in a userdata in the registry; its
+**   uv_loop_t is initialised by braid.run and closed before run returns,
+**   with uv_loop_close returning 0 (a handle left open is reported as an
+**   error, never ignored).
+** - braid's own handles never keep the loop alive: the idle handle is
+**   active only while tasks are ready, the timer only while the heap has
+**   entries, and the SIGINT watcher is unreferenced. So uv_run returns
+**   exactly when nothing can wake any task, which is how deadlocks are found
+**   and how the virtual clock knows when to jump.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "internal.h"
+
+static const char engine_key = 'e';
+
+extern const char braid__lua_source[];
+
+braid_engine_t *braid__engine (lua_State *L) {
+  braid_engine_t *E;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
+  E = (braid_engine_t *) lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return E;
+}
+
+int braid__is_callable (lua_State *L, int idx) {
+  if (lua_isfunction(L, idx)) return 1;
+  if (luaL_getmetafield(L, idx, "__call") == LUA_TNIL) return 0;
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* A Lua error escaped the scheduler (out of memory while ending a task):
+** the engine cannot keep its promises any more, so it says so and stops. */
+void braid__engine_fatal (braid_engine_t *E) {
+  fprintf(stderr, "braid: fatal error in the scheduler: %s\n",
+          lua_tostring(E->S, -1) ? lua_tostring(E->S, -1) : "(not a string)");
+  abort();
+}
+
+static int interrupt_p (lua_State *L) {
+  braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
+  lua_pushliteral(L, "interrupt");
+  braid__scope_set_reason(L, &E->top, -1);
+  braid__scope_cancel(&E->top, &E->top);
+  return 0;
+}
+
+static void engine_interrupt (braid_engine_t *E) {
+  lua_State *S = E->S;
+  if (E->interrupted++) {   /* a second Ctrl-C: leave at once */
+    fprintf(stderr, "braid: interrupted again, exiting\n");
+    _exit(130);
+  }
+  lua_pushcfunction(S, interrupt_p);
+  lua_pushlightuserdata(S, E);
+  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
+}
+
+static void sigint_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  engine_interrupt(container_of(h, braid_engine_t, sigint));
+}
+
+int braid_interrupt (lua_State *L) {
+  braid_engine_t *E = braid__engine(L);
+  if (E == NULL || !E->running) return UV_EINVAL;
+  engine_interrupt(E);
+  return 0;
+}
+
+/* Appends one line per live task below s to the buffer. */
+static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s) {
+  struct braid_list *n;
+  for (n = s->subs.next; n != &s->subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK) {
+      struct braid_task *t = sub->task;
+      lua_pushfstring(L, "\n  task %d (%s, spawned at %s:%d) waits on %s",
+                      (int) t->id, braid__task_name(L, t, 0), t->site, t->line,
+                      t->wait ? t->wait->what : "nothing");
+      luaL_addvalue(b);
+    }
+    describe_waits(L, b, sub);
+  }
+}
+
+/* Every task waits and nothing can wake any of them: fail the root with a
+** "deadlock" error, which cancels everything; if even that cannot make
+** progress (tasks waiting inside shields), abandon the root. */
+static void engine_deadlock (lua_State *L, braid_engine_t *E) {
+  luaL_Buffer b;
+  if (E->deadlocks++ > 0) {
+    braid__task_abandon(E->root);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "deadlock: every task is waiting and nothing can wake "
+                 "them:");
+  describe_waits(L, &b, &E->top);
+  luaL_pushresult(&b);
+  braid__error_push(L, "deadlock", NULL, "%s", lua_tostring(L, -1));
+  braid__scope_fail(L, &E->root->scope, -1);
+  lua_pop(L, 2);
+}
+
+static void close_walk_cb (uv_handle_t *h, void *arg) {
+  int *n = (int *) arg;
+  if (!uv_is_closing(h)) {
+    fprintf(stderr, "braid: internal: handle of type %s left open\n",
+            uv_handle_type_name(uv_handle_get_type(h)));
+    uv_close(h, NULL);
+  }
+  (*n)++;
+}
+
+/* Closes braid's handles and the loop; returns uv_loop_close's result. */
+static int engine_close_loop (braid_engine_t *E) {
+  int left = 0;
+  uv_close((uv_handle_t *) &E->idle, NULL);
+  uv_close((uv_handle_t *) &E->timer, NULL);
+  uv_close((uv_handle_t *) &E->sigint, NULL);
+  uv_run(E->loop, UV_RUN_DEFAULT);
+  uv_walk(E->loop, close_walk_cb, &left);
+  uv_run(E->loop, UV_RUN_DEFAULT);
+  return uv_loop_close(E->loop) != 0 ? -1 : -left;
+}
+
+static const char *const run_options[] = {"clock", "seed", "grace", NULL};
+
+/* braid.run(fn, [opts]) -> ...: runs fn as the root task on a fresh loop
+** until it and everything it started have ended. */
+static int l_loop_run (lua_State *L) {
+  braid_engine_t *E = braid__engine(L);
+  int status, rc;
+  if (!braid__is_callable(L, 1))
+    braid__error_argerror(L, 1, "run", "function expected");
+  braid__check_options(L, 2, "run", run_options);
+  if (E->running)
+    braid__error_usage(L, "braid.run: braid is already running (inside a "
+                       "task, use braid.spawn, braid.scope or task:await)");
+  E->virtual_clock = 0;
+  E->grace = braid__opt_number(L, 2, "grace", 5.0, "run");
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "clock");
+    if (!lua_isnil(L, -1)) {
+      const char *c = lua_tostring(L, -1);
+      if (c == NULL || (strcmp(c, "real") != 0 && strcmp(c, "virtual") != 0))
+        braid__error_usage(L, "bad option 'clock' to 'run' (\"real\" or "
+                           "\"virtual\" expected)");
+      E->virtual_clock = strcmp(c, "virtual") == 0;
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  braid__error_forget(L);   /* records live until the next run's start */
+  if ((rc = uv_loop_init(&E->own_loop)) != 0)
+    braid__error_raise(L, "io", uv_err_name(rc), "braid.run: %s",
+                       uv_strerror(rc));
+  E->loop = &E->own_loop;
+  uv_idle_init(E->loop, &E->idle);
+  uv_timer_init(E->loop, &E->timer);
+  uv_signal_init(E->loop, &E->sigint);
+  uv_signal_start(&E->sigint, sigint_cb, SIGINT);
+  uv_unref((uv_handle_t *) &E->sigint);
+  E->vnow = 0;
+  E->armed_due = 0;
+  E->interrupted = E->deadlocks = 0;
+  braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
+  E->running = 1;
+  E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */
+  for (;;) {
+    uv_run(E->loop, UV_RUN_DEFAULT);
+    if (TASK_DONE(E->root)) break;
+    if (E->virtual_clock && braid__timer_advance(E)) continue;
+    engine_deadlock(L, E);
+  }
+  braid__scope_release(&E->top);
+  E->running = 0;
+  E->root = NULL;
+  rc = engine_close_loop(E);
+  if (rc != 0)
+    braid__error_raise(L, "io", NULL, "braid.run: %d libuv handle(s) were "
+                       "left open at exit", rc < 0 ? -rc : rc);
+  status = ((struct braid_task *) lua_touserdata(L, 2))->status;
+  if (E->interrupted && status != TASK_OK) {
+    lua_getiuservalue(L, 2, 1);
+    return lua_error(L);
+  }
+  return braid__task_results(L, 2, 1);
+}
+
+static int l_loop_gc (lua_State *L) {
+  braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
+  free(E->heap);
+  E->heap = NULL;
+  return 0;
+}
+
+static int l_loop_interrupted (lua_State *L) {
+  lua_pushboolean(L, braid__engine(L)->interrupted);
+  return 1;
+}
+
+LUA_API int luaopen_braid (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"run", l_loop_run},
+    {"_interrupted", l_loop_interrupted},
+    {NULL, NULL}
+  };
+  braid_engine_t *E;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key) == LUA_TNIL) {
+    lua_pop(L, 1);
+    E = (braid_engine_t *) lua_newuserdatauv(L, sizeof *E, 0);
+    memset(E, 0, sizeof *E);
+    E->L = L;
+    E->grace = 5.0;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_loop_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
+    E->S = lua_newthread(L);
+    E->S_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    E->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_getglobal(L, "coroutine");
+  if (lua_istable(L, -1)) braid__open_coroutine(L);
+  lua_pop(L, 1);
+  lua_newtable(L);
+  luaL_setfuncs(L, funcs, 0);
+  braid__open_task(L);
+  braid__open_scope(L);
+  braid__open_timer(L);
+  braid__open_group(L);
+  braid__open_error(L);
+  /* The Lua-side library gets the C table and completes it. */
+  if (luaL_loadbuffer(L, braid__lua_source, strlen(braid__lua_source),
+                      "=[braid]") != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 0);
+  return 1;
+}

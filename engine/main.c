@@ -1,0 +1,168 @@
+/*
+** main.c: the braid command: runs a script (or -e chunks, or stdin) as the
+** root task, following the stock lua command's conventions.
+**
+** Exit status: 0 when the root task returns, 1 when it fails (the error and
+** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "lualib.h"
+#include "internal.h"
+
+static const char usage_text[] =
+  "usage: braid [options] [script [args]]\n"
+  "Runs a Lua 5.4 script as braid's root task: it ends when the script and\n"
+  "every task it started have ended.\n"
+  "Options:\n"
+  "  -e stat          run the string 'stat' (may be repeated)\n"
+  "  -i               interactive mode after the script (not available yet)\n"
+  "  -v, --version    print the version and exit\n"
+  "  -h, --help       print this help and exit\n"
+  "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
+  "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
+  "  --               stop handling options\n"
+  "  -                run standard input\n"
+  "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted.\n";
+
+static int usage (const char *fmt, const char *what) {
+  fprintf(stderr, "braid: ");
+  fprintf(stderr, fmt, what);
+  fprintf(stderr, "\n%s", usage_text);
+  return 2;
+}
+
+/* Runs every chunk in order as one function: the root task's body. */
+static const char root_source[] =
+  "local chunks, n = ...\n"
+  "return function()\n"
+  "  for i = 1, n - 1 do chunks[i]() end\n"
+  "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
+  "end\n";
+
+int main (int argc, char **argv) {
+  lua_State *L;
+  int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
+  int from_stdin = 0, base;
+  double grace = 5;
+  const char *what;
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) { i++; break; }
+    if (strcmp(a, "-") == 0) { from_stdin = i; break; }
+    if (a[0] != '-') break;
+    if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      printf("braid %s (%s, libuv %s)\n", BRAID_VERSION, LUA_RELEASE,
+             uv_version_string());
+      return 0;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(usage_text, stdout);
+      return 0;
+    }
+    if (strcmp(a, "-e") == 0) {
+      if (++i == argc) return usage("'%s' needs an argument", a);
+      nchunks++;
+    } else if (strcmp(a, "--grace") == 0) {
+      char *end;
+      if (++i == argc) return usage("'%s' needs an argument", a);
+      grace = strtod(argv[i], &end);
+      if (*end || end == argv[i] || !(grace >= 0))
+        return usage("--grace wants a number of seconds, not '%s'", argv[i]);
+    } else if (strcmp(a, "--virtual-time") == 0) {
+      virtual_time = 1;
+    } else if (strcmp(a, "-i") == 0) {
+      return usage("%s: the interactive REPL is not available yet", a);
+    } else {
+      return usage("unrecognized option '%s'", a);
+    }
+  }
+  if (from_stdin) ;
+  else if (i < argc) script = i;
+  else if (nchunks == 0) {
+    if (isatty(0))
+      return usage("%s", "no script given (the interactive REPL is not "
+                   "available yet)");
+    from_stdin = argc;   /* no "-" on the command line */
+  }
+  base = script ? script : (from_stdin && from_stdin < argc ? from_stdin : 0);
+
+  L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "braid: cannot create a Lua state: not enough memory\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  luaL_requiref(L, "braid", luaopen_braid, 1);
+  lua_pop(L, 1);
+
+  /* arg: the script at 0, its arguments from 1, the command line before. */
+  lua_createtable(L, argc, 1);
+  for (int k = 0; k < argc; k++) {
+    lua_pushstring(L, argv[k]);
+    lua_rawseti(L, -2, k - base);
+  }
+  lua_setglobal(L, "arg");
+
+  /* Load every chunk first: a script that does not compile never starts. */
+  lua_newtable(L);                                       /* 1: chunks */
+  for (int k = 1, n = 0; k < argc && k != script && k != from_stdin; k++) {
+    if (strcmp(argv[k], "--grace") == 0) { k++; continue; }
+    if (strcmp(argv[k], "-e") != 0) continue;
+    k++;
+    if (luaL_loadbuffer(L, argv[k], strlen(argv[k]), "=(command line)")) {
+      fprintf(stderr, "braid: %s\n", lua_tostring(L, -1));
+      lua_close(L);
+      return 1;
+    }
+    lua_rawseti(L, 1, ++n);
+  }
+  if (script || from_stdin) {
+    what = script ? argv[script] : NULL;
+    if (luaL_loadfile(L, what)) {
+      fprintf(stderr, "braid: %s\n", lua_tostring(L, -1));
+      lua_close(L);
+      return 1;
+    }
+    nchunks++;
+    lua_rawseti(L, 1, nchunks);
+  }
+  luaL_loadbuffer(L, root_source, sizeof root_source - 1, "=[braid main]");
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, nchunks);
+  lua_call(L, 2, 1);                                     /* 2: root */
+
+  lua_getglobal(L, "braid");
+  lua_getfield(L, -1, "run");                            /* braid.run */
+  lua_pushvalue(L, 2);
+  lua_createtable(L, 0, 2);
+  lua_pushnumber(L, grace);
+  lua_setfield(L, -2, "grace");
+  lua_pushstring(L, virtual_time ? "virtual" : "real");
+  lua_setfield(L, -2, "clock");
+  {
+    /* the main chunk gets the script's arguments as ... */
+    int nargs = base ? argc - base - 1 : 0;
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "pack");
+    lua_remove(L, -2);
+    for (int k = 0; k < nargs; k++) lua_pushstring(L, argv[base + 1 + k]);
+    lua_call(L, nargs, 1);
+    lua_setfield(L, 1, "args");
+  }
+  status = lua_pcall(L, 2, 0, 0);
+  code = 0;
+  if (status != LUA_OK) {
+    if (braid__engine(L)->interrupted && braid__is_cancel(L, -1)) {
+      fprintf(stderr, "braid: interrupted\n");
+      code = 130;
+    } else {
+      braid__error_report(L, -1, "braid: ");
+      code = 1;
+    }
+  }
+  lua_close(L);
+  return code;
+}

@@ -1,0 +1,398 @@
+/*
+** scope.c: scopes, cancellation, deadlines, fail-fast and grace periods;
+** braid.scope, braid.shield and braid.timeout.
+**
+** Invariants:
+** - Scopes form one tree: a scope's subs are the scopes nested in it by its
+**   own task and the task scopes of the tasks spawned into it. A scope ends
+**   only after every member has ended (pending == 0).
+** - `cancelled` is effective, not requested: braid__scope_cancel sets it on
+**   the scope and on everything below it except shields, and a new scope
+**   inherits it from its outer one, so a task checks one flag (its innermost
+**   scope's) at every suspension point.
+** - A scope's first error (error_ref) is raised unchanged when it ends; later
+**   errors are reported and kept on the first's `suppressed` list.
+** - Scopes other than task scopes live in userdata on their task's stack, so
+**   their memory is the collector's; braid__scope_release is the one place
+**   that stops their timers, unlinks them and drops their references.
+*/
+#include <stdio.h>
+#include <string.h>
+#include "internal.h"
+
+#define SCOPE_MT "braid.Scope"
+
+void braid__list_init (struct braid_list *l) { l->prev = l->next = l; }
+
+void braid__list_push (struct braid_list *head, struct braid_list *node) {
+  node->prev = head->prev;
+  node->next = head;
+  head->prev->next = node;
+  head->prev = node;
+}
+
+void braid__list_remove (struct braid_list *node) {
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  node->prev = node->next = node;
+}
+
+void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
+                        struct braid_task *t, struct braid_scope *outer) {
+  memset(s, 0, sizeof *s);
+  s->E = E;
+  s->kind = (unsigned char) kind;
+  s->task = t;
+  s->outer = outer;
+  s->reason_ref = s->error_ref = LUA_NOREF;
+  braid__list_init(&s->subs);
+  braid__list_init(&s->link);
+  s->grace = outer ? outer->grace : E->grace;
+  if (outer == NULL) return;
+  braid__list_push(&outer->subs, &s->link);
+  if (kind == SCOPE_TASK) outer->pending++;
+  if (outer->cancelled && kind != SCOPE_SHIELD) {
+    s->cancelled = 1;
+    s->cause = outer->cause;
+  }
+}
+
+/* Keeps the value at idx as the reason a cancel of s gives. */
+void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
+  if (s->reason_ref != LUA_NOREF) return;
+  lua_pushvalue(L, idx);
+  s->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static void grace_cb (struct braid_timer *tm);
+
+/* Cancels s and everything below it that is not shielded, undoing the
+** pending operation of every task whose innermost scope it reaches. */
+void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
+  struct braid_list *n;
+  struct braid_task *t = s->task;
+  if (s->cancelled) return;
+  s->cancelled = 1;
+  s->cause = cause;
+  if (t && t->inner == s && t->wait && t->wait->cancel &&
+      t->wake == WAKE_NONE) {
+    t->wait->cancel(t->wait);
+    braid__task_wake(t, WAKE_CANCEL);
+  }
+  if (s->on_cancel) s->on_cancel(s);
+  for (n = s->subs.next; n != &s->subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
+  }
+  if (s->pending > 0 && s->grace_timer.idx == 0)
+    braid__timer_start(s->E, &s->grace_timer, (uint64_t) (s->grace * 1e9),
+                       grace_cb);
+}
+
+/* The grace period of a cancelled scope ran out: abandon its members. */
+static int grace_abandon (lua_State *L) {
+  struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
+  struct braid_list *n;
+again:
+  for (n = s->subs.next; n != &s->subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK && sub->task != s->task) {
+      braid__task_abandon(sub->task);
+      goto again;
+    }
+  }
+  return 0;
+}
+
+static void grace_cb (struct braid_timer *tm) {
+  struct braid_scope *s = container_of(tm, struct braid_scope, grace_timer);
+  lua_State *S = s->E->S;
+  lua_pushcfunction(S, grace_abandon);
+  lua_pushlightuserdata(S, s);
+  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(s->E);
+}
+
+static void deadline_cb (struct braid_timer *tm) {
+  struct braid_scope *s = container_of(tm, struct braid_scope, deadline);
+  if (!s->cancelled) s->deadline_fired = 1;
+  braid__scope_cancel(s, s);
+}
+
+/* Sets a deadline `ns` from now; 0 means the deadline has already passed. */
+void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
+  if (ns == 0) deadline_cb(&s->deadline);
+  else braid__timer_start(s->E, &s->deadline, ns, deadline_cb);
+}
+
+void braid__scope_release (struct braid_scope *s) {
+  lua_State *S = s->E->S;
+  if (s->release) s->release(s);
+  braid__timer_stop(s->E, &s->deadline);
+  braid__timer_stop(s->E, &s->grace_timer);
+  braid__list_remove(&s->link);
+  luaL_unref(S, LUA_REGISTRYINDEX, s->reason_ref);
+  luaL_unref(S, LUA_REGISTRYINDEX, s->error_ref);
+  s->reason_ref = s->error_ref = LUA_NOREF;
+  s->release = NULL;
+}
+
+/* The body or a member of s failed with the error at idx. */
+void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
+  if (s->error_ref == LUA_NOREF) {
+    lua_pushvalue(L, idx);
+    s->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    braid__scope_cancel(s, s);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+  braid__error_suppress(L, -1, idx < 0 ? idx - 1 : idx);
+  lua_pop(L, 1);
+}
+
+/* One member of s left; the owner, waiting for the last one, is woken. */
+void braid__scope_left (struct braid_scope *s) {
+  if (--s->pending > 0) return;
+  braid__timer_stop(s->E, &s->grace_timer);
+  if (s->joining && s->task) braid__task_wake(s->task, WAKE_OK);
+}
+
+/* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
+** cancellation does not. Groups judge their members themselves. */
+void braid__scope_member_done (lua_State *L, struct braid_scope *s,
+                               struct braid_task *t) {
+  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP) {
+    braid__task_push(L, t);
+    lua_getiuservalue(L, -1, 1);
+    braid__scope_fail(L, s, -1);
+    lua_pop(L, 2);
+  }
+  braid__scope_left(s);
+}
+
+/* ---- running a body as a scope ---- */
+
+/* Ends s: pops it, then returns the body's results or raises. */
+static int scope_close (lua_State *L, struct braid_scope *s) {
+  struct braid_task *t = s->task;
+  if (s->kind != SCOPE_TASK) t->inner = s->outer;
+  if (s->handle) *s->handle = NULL;
+  if (s->error_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+    if (s->kind != SCOPE_TASK) braid__scope_release(s);
+    return lua_error(L);
+  }
+  if (s->body_failed) {
+    int own = s->cause == s;
+    int fired = own && s->deadline_fired;
+    uint64_t ns = s->timeout_ns;
+    if (s->kind != SCOPE_TASK) braid__scope_release(s);
+    if (fired) {
+      char buf[32];
+      snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
+      return braid__error_raise(L, "timeout", NULL, "timed out after %s s",
+                                buf);
+    }
+    if (own && s->kind == SCOPE_PLAIN) {
+      lua_pushnil(L);
+      return 1;
+    }
+    return lua_error(L);   /* the cancellation, on top */
+  }
+  if (s->kind != SCOPE_TASK) braid__scope_release(s);
+  if (s->cause == s && s->kind == SCOPE_PLAIN) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return lua_gettop(L) - s->base;
+}
+
+/* Waits (uninterruptibly: cancelling s cancels its members instead) until
+** every member of s has ended; then k(L, LUA_YIELD, s) decides. The caller
+** calls k itself when this returns 0 (no member was left). */
+int braid__scope_join (lua_State *L, struct braid_scope *s, lua_KFunction k) {
+  struct braid_task *t = s->task;
+  if (s->pending == 0) return 0;
+  s->joining = 1;
+  braid__task_wait(t, &s->join, NULL, "its members");
+  return braid__task_yield(L, t, (lua_KContext) s, k);
+}
+
+static int scope_join_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_scope *s = (struct braid_scope *) ctx;
+  (void) status;
+  s->task->wake = WAKE_NONE;
+  s->joining = 0;
+  return scope_close(L, s);
+}
+
+static int scope_body_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_scope *s = (struct braid_scope *) ctx;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    s->body_failed = 1;
+    if (!braid__is_cancel(L, -1)) braid__scope_fail(L, s, -1);
+  }
+  braid__scope_join(L, s, scope_join_k);
+  return scope_close(L, s);
+}
+
+/* Runs the function at base + 1, with the nargs values above it, as the
+** body of s, under the message handler at base. s has just been pushed on
+** its task's scope stack. Returns like the body, or raises. */
+int braid__scope_body (lua_State *L, struct braid_scope *s, int base,
+                       int nargs) {
+  s->base = base;
+  lua_pcallk(L, nargs, LUA_MULTRET, base, (lua_KContext) s, scope_body_k);
+  return scope_body_k(L, LUA_OK, (lua_KContext) s);
+}
+
+/* Pushes a userdata of `size` bytes that starts with a new scope of `kind`,
+** and makes that scope the running task's innermost. [-0, +1, m] */
+void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
+                         size_t size) {
+  struct braid_scope *s = lua_newuserdatauv(L, size, 0);
+  memset(s, 0, size);
+  braid__scope_init(s, t->E, kind, t, t->inner);
+  t->inner = s;
+  return s;
+}
+
+/* Checks the optional options table at idx against `allowed`. */
+void braid__check_options (lua_State *L, int idx, const char *fname,
+                           const char *const *allowed) {
+  if (lua_isnoneornil(L, idx)) return;
+  if (!lua_istable(L, idx) || lua_getmetatable(L, idx))
+    braid__error_argerror(L, idx, fname, "options table expected");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i, ok = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (i = 0; allowed[i]; i++)
+        if (strcmp(lua_tostring(L, -2), allowed[i]) == 0) ok = 1;
+    if (!ok) {
+      lua_pop(L, 1);
+      braid__error_usage(L, "bad argument #%d to '%s' (unknown option '%s')",
+                         idx, fname, luaL_tolstring(L, -1, NULL));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* opts[key] as a non-negative number of seconds, or def when absent. */
+double braid__opt_number (lua_State *L, int idx, const char *key, double def,
+                          const char *fname) {
+  double v = def;
+  if (lua_isnoneornil(L, idx)) return def;
+  lua_getfield(L, idx, key);
+  if (!lua_isnil(L, -1)) {
+    v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+    if (v != v || v < 0)
+      braid__error_usage(L, "bad option '%s' to '%s' (non-negative number "
+                         "expected, got %s)", key, fname,
+                         luaL_tolstring(L, -1, NULL));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static const char *const scope_options[] = {"grace", NULL};
+
+/* braid.scope(fn, [opts]) -> ...: runs fn(scope) in the current task; ends
+** when fn and every task spawned into the scope have ended. */
+static int l_scope_run (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "scope");
+  struct braid_scope *s, **h;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  braid__check_options(L, 2, "scope", scope_options);
+  braid__task_checkyield(L, t, "scope");
+  braid__task_checkcancel(L, t);
+  lua_settop(L, 2);
+  s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s);                        /* 3 */
+  s->grace = braid__opt_number(L, 2, "grace", s->grace, "scope");
+  h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 4: handle */
+  *h = s;
+  s->handle = h;
+  luaL_setmetatable(L, SCOPE_MT);
+  lua_pushcfunction(L, braid__error_msgh);                  /* 5 */
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 4);
+  return braid__scope_body(L, s, 5, 1);
+}
+
+static struct braid_scope *scope_check (lua_State *L, const char *fname) {
+  struct braid_scope **h = luaL_checkudata(L, 1, SCOPE_MT);
+  if (*h == NULL)
+    braid__error_usage(L, "scope:%s: the scope has ended", fname);
+  return *h;
+}
+
+/* scope:spawn(fn, ...) -> task, a member of this scope. */
+static int l_scope_spawn (lua_State *L) {
+  struct braid_scope *s = scope_check(L, "spawn");
+  braid__task_current(L, "spawn");
+  if (!braid__is_callable(L, 2))
+    braid__error_argerror(L, 2, "spawn", "function expected");
+  braid__task_spawn(L, s, 2, lua_gettop(L) - 2);
+  return 1;
+}
+
+/* scope:cancel([reason]): cancels the body and every member. */
+static int l_scope_cancel (lua_State *L) {
+  struct braid_scope *s = scope_check(L, "cancel");
+  if (!lua_isnoneornil(L, 2)) braid__scope_set_reason(L, s, 2);
+  braid__scope_cancel(s, s);
+  return 0;
+}
+
+/* braid.shield(fn, ...) -> ...: fn runs with outside cancellation deferred. */
+static int l_scope_shield (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "shield");
+  int nargs = lua_gettop(L) - 1;
+  struct braid_scope *s;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  braid__task_checkyield(L, t, "shield");
+  s = braid__scope_push(L, t, SCOPE_SHIELD, sizeof *s);
+  lua_insert(L, 1);                      /* the scope stays at 1 */
+  lua_pushcfunction(L, braid__error_msgh);
+  lua_insert(L, 2);
+  return braid__scope_body(L, s, 2, nargs);
+}
+
+/* braid.timeout(seconds, fn, ...) -> ...: fn under a deadline; raises a
+** "timeout" error when it passes. */
+static int l_scope_timeout (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "timeout");
+  uint64_t ns = braid__check_ns(L, 1, "timeout");
+  int nargs = lua_gettop(L) - 2;
+  struct braid_scope *s;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  braid__task_checkyield(L, t, "timeout");
+  braid__task_checkcancel(L, t);
+  s = braid__scope_push(L, t, SCOPE_TIMEOUT, sizeof *s);
+  s->timeout_ns = ns;
+  lua_replace(L, 1);                     /* the scope replaces the seconds */
+  lua_pushcfunction(L, braid__error_msgh);
+  lua_insert(L, 2);
+  braid__scope_deadline(s, ns);
+  return braid__scope_body(L, s, 2, nargs);
+}
+
+void braid__open_scope (lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"spawn", l_scope_spawn},
+    {"cancel", l_scope_cancel},
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"scope", l_scope_run},
+    {"shield", l_scope_shield},
+    {"timeout", l_scope_timeout},
+    {NULL, NULL}
+  };
+  if (luaL_newmetatable(L, SCOPE_MT)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,178 @@
+/*
+** timer.c: the engine clock, the timer heap, braid.sleep and braid.now.
+**
+** Every sleeper, deadline and grace period is a struct braid_timer in one
+** binary heap ordered by (due, seq); one uv_timer_t is armed for the
+** earliest entry and is stopped when the heap is empty, so timers never keep
+** a loop alive that has nothing to wake. On the virtual clock the uv_timer_t
+** is never armed: when the loop runs dry, braid__timer_advance jumps the
+** clock to the earliest entry instead.
+*/
+#include <math.h>
+#include <stdlib.h>
+#include "internal.h"
+
+uint64_t braid__now (braid_engine_t *E) {
+  return E->virtual_clock ? E->vnow : uv_hrtime();
+}
+
+static int heap_less (struct braid_timer *a, struct braid_timer *b) {
+  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_set (braid_engine_t *E, unsigned i, struct braid_timer *tm) {
+  E->heap[i] = tm;
+  tm->idx = i + 1;
+}
+
+static void heap_up (braid_engine_t *E, unsigned i) {
+  struct braid_timer *tm = E->heap[i];
+  while (i > 0) {
+    unsigned p = (i - 1) / 2;
+    if (!heap_less(tm, E->heap[p])) break;
+    heap_set(E, i, E->heap[p]);
+    i = p;
+  }
+  heap_set(E, i, tm);
+}
+
+static void heap_down (braid_engine_t *E, unsigned i) {
+  struct braid_timer *tm = E->heap[i];
+  for (;;) {
+    unsigned c = 2 * i + 1;
+    if (c >= E->heap_n) break;
+    if (c + 1 < E->heap_n && heap_less(E->heap[c + 1], E->heap[c])) c++;
+    if (!heap_less(E->heap[c], tm)) break;
+    heap_set(E, i, E->heap[c]);
+    i = c;
+  }
+  heap_set(E, i, tm);
+}
+
+static void timer_cb (uv_timer_t *h);
+
+/* Keep the uv_timer_t armed for the heap's earliest entry. */
+static void timer_rearm (braid_engine_t *E) {
+  uint64_t now, ms;
+  if (E->heap_n == 0 || E->virtual_clock) {
+    if (E->armed_due) uv_timer_stop(&E->timer);
+    E->armed_due = 0;
+    return;
+  }
+  if (E->armed_due == E->heap[0]->due) return;
+  now = uv_hrtime();
+  ms = E->heap[0]->due > now ? (E->heap[0]->due - now + 999999) / 1000000 : 0;
+  uv_update_time(E->loop);
+  uv_timer_start(&E->timer, timer_cb, ms, 0);
+  E->armed_due = E->heap[0]->due;
+}
+
+/* Fire, in order, every entry due at `now`. */
+static void timer_fire (braid_engine_t *E, uint64_t now) {
+  while (E->heap_n > 0 && E->heap[0]->due <= now) {
+    struct braid_timer *tm = E->heap[0];
+    braid__timer_stop(E, tm);
+    tm->cb(tm);
+  }
+}
+
+static void timer_cb (uv_timer_t *h) {
+  braid_engine_t *E = container_of(h, braid_engine_t, timer);
+  E->armed_due = 0;
+  timer_fire(E, uv_hrtime());
+  timer_rearm(E);
+}
+
+int braid__timer_advance (braid_engine_t *E) {
+  if (E->heap_n == 0) return 0;
+  if (E->heap[0]->due > E->vnow) E->vnow = E->heap[0]->due;
+  timer_fire(E, E->vnow);
+  return 1;
+}
+
+void braid__timer_start (braid_engine_t *E, struct braid_timer *tm,
+                         uint64_t delay_ns, void (*cb)(struct braid_timer *)) {
+  uint64_t now = braid__now(E);
+  if (tm->idx) braid__timer_stop(E, tm);
+  if (E->heap_n == E->heap_cap) {
+    unsigned cap = E->heap_cap ? E->heap_cap * 2 : 64;
+    struct braid_timer **h = realloc(E->heap, cap * sizeof *h);
+    if (h == NULL) abort();   /* the heap only grows; Lua state is intact */
+    E->heap = h;
+    E->heap_cap = cap;
+  }
+  tm->due = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+  tm->seq = E->timer_seq++;
+  tm->cb = cb;
+  heap_set(E, E->heap_n++, tm);
+  heap_up(E, E->heap_n - 1);
+  if (tm->idx == 1) timer_rearm(E);
+}
+
+void braid__timer_stop (braid_engine_t *E, struct braid_timer *tm) {
+  unsigned i;
+  if (tm->idx == 0) return;
+  i = tm->idx - 1;
+  tm->idx = 0;
+  E->heap_n--;
+  if (i != E->heap_n) {
+    heap_set(E, i, E->heap[E->heap_n]);
+    heap_down(E, i);
+    heap_up(E, E->heap[i]->idx - 1);
+  }
+  if (i == 0) timer_rearm(E);
+}
+
+/* Seconds at `arg` as nanoseconds; NaN is refused, negatives count as 0. */
+uint64_t braid__check_ns (lua_State *L, int arg, const char *fname) {
+  lua_Number s;
+  if (!lua_isnumber(L, arg))
+    braid__error_argerror(L, arg, fname, "number expected (seconds)");
+  s = lua_tonumber(L, arg);
+  if (s != s) braid__error_argerror(L, arg, fname, "seconds must not be NaN");
+  if (s <= 0) return 0;
+  if (s >= 1.8e10) return UINT64_MAX / 2;   /* about 570 years */
+  return (uint64_t) (s * 1e9);
+}
+
+static void sleep_done (struct braid_timer *tm) {
+  struct braid_wait *w = container_of(tm, struct braid_wait, timer);
+  braid__task_wake(w->task, WAKE_OK);
+}
+
+static void sleep_cancel (struct braid_wait *w) {
+  braid__timer_stop(w->task->E, &w->timer);
+}
+
+static int sleep_k (lua_State *L, int status, lua_KContext ctx) {
+  (void) status;
+  braid__task_resumed(L, (struct braid_task *) ctx);
+  return 0;
+}
+
+/* braid.sleep(seconds): suspends the task; raises on cancellation. */
+static int l_timer_sleep (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "sleep");
+  uint64_t ns = braid__check_ns(L, 1, "sleep");
+  braid__task_checkyield(L, t, "sleep");
+  braid__task_checkcancel(L, t);
+  braid__task_wait(t, &t->w, sleep_cancel, "sleep");
+  braid__timer_start(t->E, &t->w.timer, ns, sleep_done);
+  return braid__task_yield(L, t, (lua_KContext) t, sleep_k);
+}
+
+/* braid.now() -> seconds on the engine's monotonic (or virtual) clock. */
+static int l_timer_now (lua_State *L) {
+  braid_engine_t *E = braid__engine(L);
+  lua_pushnumber(L, (lua_Number) braid__now(E) / 1e9);
+  return 1;
+}
+
+void braid__open_timer (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"sleep", l_timer_sleep},
+    {"now", l_timer_now},
+    {NULL, NULL}
+  };
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,62 @@
+-- spec/helper.lua: shared by every spec. `run(fn)` returns an `it` body that
+-- runs fn as braid's root task (braid.run itself raises when a libuv handle
+-- is left open), then checks that no task is left alive.
+local braid = require "braid"
+
+local helper = {}
+
+-- helper.run(fn, [opts]) -> function for `it`: fn runs under braid.run.
+function helper.run(fn, opts)
+  return function()
+    braid.run(fn, opts)
+  end
+end
+
+-- helper.virtual(fn): the same on the virtual clock (sleeps cost no time).
+function helper.virtual(fn)
+  return helper.run(fn, {clock = "virtual"})
+end
+
+-- helper.sh(cmd) -> stdout, stderr, exit code of a shell command.
+function helper.sh(cmd)
+  local dir = os.tmpname()
+  os.remove(dir)
+  local o, e = dir .. ".out", dir .. ".err"
+  local ok, _, code = os.execute(cmd .. " >" .. o .. " 2>" .. e)
+  local function slurp(p)
+    local f = io.open(p, "rb")
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    os.remove(p)
+    return s
+  end
+  return slurp(o), slurp(e), ok and 0 or code
+end
+
+-- helper.braid(args, [stdin]) -> stdout, stderr, exit code of build/braid.
+function helper.braid(args, stdin)
+  local cmd = (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+              os.getenv("BRAID_BIN") .. " " .. args
+  if stdin then
+    local p = os.tmpname()
+    local f = assert(io.open(p, "wb"))
+    f:write(stdin)
+    f:close()
+    cmd = cmd .. " <" .. p
+    local o, e, c = helper.sh(cmd)
+    os.remove(p)
+    return o, e, c
+  end
+  return helper.sh(cmd .. " </dev/null")
+end
+
+-- helper.script(src) -> path of a temporary script holding src.
+function helper.script(src)
+  local p = os.tmpname() .. ".lua"
+  local f = assert(io.open(p, "wb"))
+  f:write(src)
+  f:close()
+  return p
+end
+
+return helper

@@ -1,0 +1,85 @@
+local braid = require "braid"
+local h = require "helper"
+
+describe("braid.spawn", function()
+  it("runs the function with its arguments and await returns all results", h.run(function()
+    local t = braid.spawn(function(a, b) return a + b, "two", nil end, 20, 22)
+    local a, b, c = t:await()
+    assert.are.equal(42, a)
+    assert.are.equal("two", b)
+    assert.is_nil(c)
+    assert.are.equal(3, select("#", t:await()))
+  end))
+
+  it("schedules tasks instead of running them inline, in spawn order", h.run(function()
+    local log = {}
+    local a = braid.spawn(function() log[#log + 1] = "a" end)
+    local b = braid.spawn(function() log[#log + 1] = "b" end)
+    log[#log + 1] = "spawner"
+    a:await(); b:await()
+    assert.are.same({"spawner", "a", "b"}, log)
+  end))
+
+  it("re-raises the task's error as the same value, and fails its scope with it", h.run(function()
+    local err = {"mine"}
+    local ok, e2 = pcall(braid.scope, function(s)
+      local t = s:spawn(function() error(err) end)
+      local ok, e = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(rawequal(err, e))
+    end)
+    assert.is_false(ok)
+    assert.is_true(rawequal(err, e2))
+  end))
+
+  it("reports status through the task's life", h.run(function()
+    local ev = {}
+    local t = braid.spawn(function() braid.sleep(0.01) end)
+    assert.are.equal("pending", t:status())
+    braid.yield()
+    assert.are.equal("suspended", t:status())
+    t:await()
+    assert.are.equal("ok", t:status())
+    assert.is_true(t:done())
+    assert.are.same({true}, {t:result()})
+    local cur
+    local u = braid.spawn(function() cur = braid.current():status() end)
+    u:await()
+    assert.are.equal("running", cur)
+  end))
+
+  it("returns false from cancel of an ended task", h.run(function()
+    local t = braid.spawn(function() return 1 end)
+    t:await()
+    assert.is_false(t:cancel())
+  end))
+
+  it("gives tasks ids, names and parents", h.run(function()
+    local root = braid.current()
+    local t = braid.spawn(function() end)
+    assert.is_number(t.id)
+    assert.are.equal(root, t.parent)
+    assert.matches("task_spec.lua:%d+", t.name)
+    t.name = "fetch"
+    assert.are.equal("fetch", t.name)
+    assert.matches('<task %d+ "fetch"', tostring(t))
+    t:await()
+  end))
+end)
+
+describe("braid calls outside a task", function()
+  it("raise a usage error naming the function", function()
+    local ok, e = pcall(braid.sleep, 1)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("braid.sleep: not inside a braid task", e.message)
+    ok, e = pcall(braid.spawn, print)
+    assert.are.equal("usage", e.kind)
+  end)
+
+  it("refuse a nested braid.run", h.run(function()
+    local ok, e = pcall(braid.run, function() end)
+    assert.is_false(ok)
+    assert.matches("already running", e.message)
+  end))
+end)
