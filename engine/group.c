@@ -23,7 +23,7 @@ struct group_member {
   struct braid_watch watch;
   struct braid_group *g;
   struct braid_task *task;
-  int index;
+  int index, adopted;
 };
 
 struct braid_group {
@@ -31,6 +31,8 @@ struct braid_group {
   int mode, settle, limit, packed, map;
   int n, next, running, winner, decided;
   int list_ref;                /* {members...}; for map: items, fn */
+  int line;                    /* where the group was called, for members */
+  char site[LUA_IDSIZE];
   struct group_member m[1];
 };
 
@@ -46,7 +48,7 @@ static void member_done (struct braid_watch *w, struct braid_task *t) {
   int ok = t->status == TASK_OK;
   /* A member cancelled by anything but this group owes a value: failed. */
   int failed = !ok && (t->status == TASK_FAILED || !g->scope.cancelled);
-  int adopted = t->scope.outer != &g->scope;
+  int adopted = m->adopted;
   g->running -= !adopted;
   if (g->mode == GROUP_GATHER) {
     if (failed && !g->settle) {
@@ -83,6 +85,7 @@ static void member_watch (lua_State *L, struct braid_group *g, int i) {
   m->g = g;
   m->index = i;
   m->watch.done = member_done;
+  braid__list_init(&m->watch.link);
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, i);
@@ -92,7 +95,7 @@ static void member_watch (lua_State *L, struct braid_group *g, int i) {
     member_done(&m->watch, m->task);
     return;
   }
-  if (m->task->scope.outer != &g->scope) g->scope.pending++;
+  if (m->adopted) g->scope.pending++;
   else g->running++;
   braid__list_push(&m->task->watchers, &m->watch.link);
 }
@@ -102,7 +105,8 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
   while (g->next < g->n && !g->scope.cancelled &&
          (g->limit == 0 || g->running < g->limit)) {
     int i = ++g->next;
-    if (g->m[i - 1].task) continue;    /* adopted */
+    struct braid_task *t;
+    if (g->m[i - 1].adopted) continue;
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
     if (g->map) {
       lua_getfield(L, -1, "fn");
@@ -110,15 +114,17 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
       lua_rawgeti(L, -1, i);
       lua_replace(L, -2);
       lua_pushinteger(L, i);
-      braid__task_spawn(L, &g->scope, -3, 2);
+      t = braid__task_spawn(L, &g->scope, -3, 2);
       lua_replace(L, -5);
       lua_pop(L, 3);
     } else {
       lua_rawgeti(L, -1, i);
-      braid__task_spawn(L, &g->scope, -1, 0);
+      t = braid__task_spawn(L, &g->scope, -1, 0);
       lua_replace(L, -3);
       lua_pop(L, 1);
     }
+    memcpy(t->site, g->site, sizeof t->site);
+    t->line = g->line;
     member_watch(L, g, i);
     lua_pop(L, 1);
   }
@@ -129,7 +135,7 @@ static void group_on_cancel (struct braid_scope *s) {
   int i;
   for (i = 0; i < g->n; i++) {
     struct braid_task *t = g->m[i].task;
-    if (t && t->scope.outer != s) braid__task_cancel(t, NULL, 0);
+    if (t && g->m[i].adopted) braid__task_cancel(t, NULL, 0);
   }
 }
 
@@ -172,6 +178,16 @@ static void push_outcome (lua_State *L, struct braid_group *g, int list,
   }
 }
 
+/* Did the deadline leave a member without its value? (One that ended in
+** the same turn as the deadline keeps its result.) */
+static int group_cut_off (struct braid_group *g) {
+  int i;
+  if (g->mode != GROUP_GATHER) return !g->winner;
+  for (i = 0; i < g->n; i++)
+    if (g->m[i].task == NULL || g->m[i].task->status != TASK_OK) return 1;
+  return 0;
+}
+
 static int group_timeout_error (lua_State *L, struct braid_group *g) {
   return braid__error_push(L, "timeout", NULL, "braid.%s timed out",
                            mode_names[g->mode]);
@@ -199,7 +215,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     braid__scope_release(s);
     return lua_error(L);
   }
-  if (s->deadline_fired && !g->settle) {
+  if (s->deadline_fired && !g->settle && group_cut_off(g)) {
     braid__scope_release(s);
     group_timeout_error(L, g);
     return lua_error(L);
@@ -261,6 +277,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                       int map, const char *fname) {
   struct braid_task *t = braid__task_current(L, fname);
   struct braid_group *g;
+  lua_Debug ar;
   int i, limit = 0;
   double timeout = -1;
   if (opts) {
@@ -324,8 +341,14 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_pop(L, 1);
     braid__scope_deadline(&g->scope, g->scope.timeout_ns);
   }
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar)) {
+    memcpy(g->site, ar.short_src, sizeof g->site);
+    g->line = ar.currentline;
+  }
+  for (i = 1; !map && i <= n; i++)
+    g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
   for (i = 1; !map && i <= n; i++)   /* adopt the tasks first */
-    if (luaL_testudata(L, first + i - 1, "braid.Task")) {
+    if (g->m[i - 1].adopted) {
       lua_pushvalue(L, first + i - 1);
       member_watch(L, g, i);
       lua_pop(L, 1);

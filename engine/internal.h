@@ -41,6 +41,8 @@ struct braid_timer {
   uint64_t due;                       /* engine clock, nanoseconds */
   uint64_t seq;                       /* ties fire in arming order */
   unsigned idx;                       /* heap slot + 1; 0 when not armed */
+  int late;                           /* deadlines fire after the others */
+  struct braid_timer *next_late;
   void (*cb)(struct braid_timer *tm);
 };
 

@@ -120,6 +120,7 @@ static void deadline_cb (struct braid_timer *tm) {
 
 /* Sets a deadline `ns` from now; 0 means the deadline has already passed. */
 void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
+  s->deadline.late = 1;
   if (ns == 0) deadline_cb(&s->deadline);
   else braid__timer_start(s->E, &s->deadline, ns, deadline_cb);
 }

@@ -67,11 +67,25 @@ static void timer_rearm (braid_engine_t *E) {
   E->armed_due = E->heap[0]->due;
 }
 
-/* Fire, in order, every entry due at `now`. */
+/* Fires, in order, every entry due at `now`; deadlines (late entries) fire
+** after the rest, so a result that arrives in the same turn as a deadline
+** is delivered first and wins. */
 static void timer_fire (braid_engine_t *E, uint64_t now) {
+  struct braid_timer *late = NULL, **tail = &late;
   while (E->heap_n > 0 && E->heap[0]->due <= now) {
     struct braid_timer *tm = E->heap[0];
     braid__timer_stop(E, tm);
+    if (tm->late) {
+      tm->next_late = NULL;
+      *tail = tm;
+      tail = &tm->next_late;
+    } else {
+      tm->cb(tm);
+    }
+  }
+  while (late) {
+    struct braid_timer *tm = late;
+    late = tm->next_late;
     tm->cb(tm);
   }
 }

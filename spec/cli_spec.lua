@@ -1,0 +1,325 @@
+-- spec/cli_spec.lua: the braid command (engine/main.c), driven as a
+-- subprocess. Every run is bounded by coreutils `timeout`, so a hang fails
+-- the spec (exit 124) instead of hanging the suite.
+local braid = require "braid"
+local h = require "helper"
+
+local BIN = assert(os.getenv("BRAID_BIN"), "BRAID_BIN is not set (run spec/run)")
+local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
+
+-- Quotes s for the shell.
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- braid(args, [stdin]) -> stdout, stderr, code: build/braid under a 20 s
+-- timeout (RUN_ENV, e.g. sanitizer settings, still applies to it).
+local function run(args, stdin)
+  local cmd = RUN_ENV .. " timeout 20 " .. q(BIN) .. " " .. args
+  if stdin then
+    local p = os.tmpname()
+    local f = assert(io.open(p, "wb"))
+    f:write(stdin)
+    f:close()
+    local o, e, c = h.sh(cmd .. " <" .. p)
+    os.remove(p)
+    return o, e, c
+  end
+  return h.sh(cmd .. " </dev/null")
+end
+
+-- rm(p): removes a script made by h.script and the temp name it grew from.
+local function rm(p)
+  os.remove(p)
+  os.remove((p:gsub("%.lua$", "")))
+end
+
+local function slurp(p)
+  local f = io.open(p, "rb")
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  return s
+end
+
+-- interrupt(script, opts) -> result: starts `braid [opts.args] script` in the
+-- background, waits (bounded) until its stdout shows "ready", sends SIGINT
+-- (and a second one opts.again seconds later, when given), then waits for
+-- it. result: stdout, stderr, status (as the shell's wait reports it),
+-- elapsed (seconds from the first SIGINT to the exit), ready (whether
+-- "ready" was seen). The whole thing runs under `timeout 25`.
+local function interrupt(script, opts)
+  opts = opts or {}
+  local base = os.tmpname()
+  local out, err, res = base .. ".out", base .. ".err", base .. ".res"
+  local lines = {
+    "out=" .. q(out) .. "; err=" .. q(err) .. "; res=" .. q(res),
+    RUN_ENV .. " " .. q(BIN) .. " " .. (opts.args or "") .. " " .. q(script) ..
+      ' >"$out" 2>"$err" </dev/null &',
+    "pid=$!",
+    "i=0",
+    'while ! grep -q ready "$out" && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done',
+    'if grep -q ready "$out"; then echo "ready=1" >"$res"; else echo "ready=0" >"$res"; fi',
+    't0=$(date +%s.%N)',
+    'kill -INT $pid',
+  }
+  if opts.again then
+    lines[#lines + 1] = "sleep " .. opts.again
+    lines[#lines + 1] = "kill -INT $pid 2>/dev/null"
+  end
+  lines[#lines + 1] = "wait $pid"
+  lines[#lines + 1] = 'echo "status=$?" >>"$res"'
+  lines[#lines + 1] = 't1=$(date +%s.%N)'
+  lines[#lines + 1] = 'echo "t0=$t0" >>"$res"; echo "t1=$t1" >>"$res"'
+  local sh = h.script(table.concat(lines, "\n") .. "\n")
+  local _, sherr, shcode = h.sh("timeout 25 sh " .. q(sh))
+  rm(sh)
+  local r = slurp(res)
+  local result = {
+    stdout = slurp(out), stderr = slurp(err), sh_code = shcode, sh_err = sherr,
+    status = tonumber(r:match("status=(%d+)")),
+    ready = r:match("ready=1") ~= nil,
+  }
+  local t0, t1 = tonumber(r:match("t0=([%d.]+)")), tonumber(r:match("t1=([%d.]+)"))
+  result.elapsed = t0 and t1 and t1 - t0 or math.huge
+  os.remove(out); os.remove(err); os.remove(res); os.remove(base)
+  return result
+end
+
+describe("braid (the runner)", function()
+  it("gives the script its path in arg[0], its arguments in arg[1..n] and in ...", function()
+    local p = h.script([[
+      print("arg0=" .. tostring(arg[0]))
+      print("arg1=" .. tostring(arg[1]), "arg2=" .. tostring(arg[2]), "n=" .. #arg)
+      local n = select("#", ...)
+      print("dots=" .. table.concat({...}, ",") .. " #" .. n)
+    ]])
+    local out, err, code = run(q(p) .. " a 'b c'")
+    rm(p)
+    assert.are.equal(0, code, err)
+    assert.matches("arg0=" .. p:gsub("%p", "%%%0") .. "\n", out)
+    assert.matches("arg1=a\targ2=b c\tn=2\n", out, 1, true)
+    assert.matches("dots=a,b c #2\n", out, 1, true)
+  end)
+
+  it("runs -e chunks in order, before the script", function()
+    local p = h.script([[print("script sees x=" .. x)]])
+    local out, err, code = run("-e 'x = 1' -e 'x = x * 10 print(\"e\", x)' " .. q(p))
+    rm(p)
+    assert.are.equal(0, code, err)
+    assert.are.equal("e\t10\nscript sees x=10\n", out)
+  end)
+
+  it("runs a lone -e chunk with braid available as a global", function()
+    local out, err, code = run([[-e 'braid.sleep(0.01) print(type(braid.spawn))']])
+    assert.are.equal(0, code, err)
+    assert.are.equal("function\n", out)
+  end)
+
+  it("runs standard input for '-', with the arguments after it", function()
+    local out, err, code = run("- x y", 'print(arg[0], arg[1], arg[2], select("#", ...), ...)\n')
+    assert.are.equal(0, code, err)
+    assert.are.equal("-\tx\ty\t2\tx\ty\n", out)
+  end)
+
+  it("runs piped standard input when no script is given", function()
+    local out, err, code = run("", 'braid.sleep(0.01)\nprint("from stdin")\n')
+    assert.are.equal(0, code, err)
+    assert.are.equal("from stdin\n", out)
+  end)
+
+  it("prints usage to stdout for --help and exits 0", function()
+    local out, err, code = run("--help")
+    assert.are.equal(0, code, err)
+    assert.matches("usage:", out, 1, true)
+    assert.are.equal("", err)
+  end)
+
+  it("prints 'braid <version>' for --version and -v and exits 0", function()
+    for _, flag in ipairs {"--version", "-v"} do
+      local out, err, code = run(flag)
+      assert.are.equal(0, code, err)
+      assert.are.equal("braid " .. braid.version, out:sub(1, #("braid " .. braid.version)), flag)
+      assert.matches("^braid %d+%.%d+", out)
+    end
+  end)
+
+  it("exits 2 with 'usage:' on stderr for an unknown option", function()
+    local out, err, code = run("--no-such-option")
+    assert.are.equal(2, code)
+    assert.matches("usage:", err, 1, true)
+    assert.matches("no-such-option", err, 1, true)
+    assert.are.equal("", out)
+  end)
+
+  it("exits 1 with file:line: and the message when the script does not compile", function()
+    local p = h.script("local ok = 1\nlocal x = = 2\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches(p .. ":2:", err, 1, true)
+    assert.matches("unexpected symbol", err, 1, true)
+    assert.are.equal("", out)
+  end)
+
+  it("exits 1 with the message on stderr when the root raises", function()
+    local p = h.script([[
+      print("before")
+      error("the root gives up")
+    ]])
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.are.equal("before\n", out)
+    assert.matches("the root gives up", err, 1, true)
+  end)
+
+  it("exits 1 and names the failing task's spawn site", function()
+    local p = h.script(table.concat({
+      "local function boom() error('kaboom in a child') end", -- 1
+      "local unused = 1",                                       -- 2
+      "local t = braid.spawn(function()",                       -- 3
+      "  braid.sleep(0.01)",                                    -- 4
+      "  boom()",                                               -- 5
+      "end)",                                                   -- 6
+      "t:await()",                                              -- 7
+    }, "\n") .. "\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches("kaboom in a child", err, 1, true)
+    assert.matches("spawned at " .. p .. ":3", err, 1, true)
+    assert.matches("stack traceback", err, 1, true)
+  end)
+
+  it("prints braid's own errors as a one-line message (tostring), e.g. a timeout", function()
+    local p = h.script([[braid.timeout(0.01, function() braid.sleep(5) end)]])
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    local first = err:match("^[^\n]*")
+    assert.matches("timed out after", first, 1, true)
+    assert.not_matches("table: 0x", err, 1, true)
+  end)
+
+  it("fails the script when a child it never awaited fails", function()
+    local p = h.script([[
+      braid.spawn(function()
+        braid.sleep(0.02)
+        error("unawaited child failed")
+      end)
+      print("root returns")
+    ]])
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches("unawaited child failed", err, 1, true)
+    assert.matches("root returns", out, 1, true)
+  end)
+
+  it("waits for children the root did not await before exiting", function()
+    local p = h.script([[
+      braid.spawn(function()
+        braid.sleep(0.05)
+        print("child done")
+      end)
+      print("root done")
+    ]])
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(0, code, err)
+    assert.are.equal("root done\nchild done\n", out)
+  end)
+
+  it("exits 1 naming a deadlock and what each task waits on, instead of hanging", function()
+    local p = h.script([[
+      local root = braid.current()
+      local t = braid.spawn(function() root:await() end)
+      t:await()
+    ]])
+    local t0 = os.time()
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are_not.equal(124, code, "braid hung on a deadlock")
+    assert.are.equal(1, code)
+    assert.matches("deadlock", err, 1, true)
+    assert.matches("waits on", err, 1, true)
+    assert.is_true(os.time() - t0 < 15)
+  end)
+
+  it("on Ctrl-C cancels the root, runs cleanup and exits 130", function()
+    local p = h.script([[
+      local t = braid.spawn(function()
+        local c <close> = setmetatable({}, {__close = function() print("cleanup ran") end})
+        print("ready"); io.stdout:flush()
+        braid.sleep(30)
+      end)
+      t:await()
+    ]])
+    local r = interrupt(p)
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.matches("cleanup ran", r.stdout, 1, true)
+    assert.matches("interrupt", r.stderr, 1, true)
+    assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
+  end)
+
+  it("on Ctrl-C exits 130 after cleanup even when the root had already returned", function()
+    local p = h.script([[
+      braid.spawn(function()
+        local c <close> = setmetatable({}, {__close = function() print("cleanup ran") end})
+        print("ready"); io.stdout:flush()
+        braid.sleep(30)
+      end)
+    ]])
+    local r = interrupt(p)
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.matches("cleanup ran", r.stdout, 1, true)
+    assert.are.equal(130, r.status, "stderr: " .. r.stderr)
+    assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
+  end)
+
+  it("exits 130 at once on a second Ctrl-C while cleanup is shielded", function()
+    local p = h.script([[
+      local t = braid.spawn(function()
+        print("ready"); io.stdout:flush()
+        local ok, e = pcall(braid.sleep, 30)
+        assert(not ok and braid.is_cancelled(e))
+        braid.shield(function() braid.sleep(30) end)
+      end)
+      t:await()
+    ]])
+    -- a grace period of 20 s: only the second Ctrl-C can end it sooner
+    local r = interrupt(p, {args = "--grace 20", again = 0.3})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    -- a process killed by SIGINT also shows 130 in the shell: the message
+    -- says braid handled the second Ctrl-C itself
+    assert.matches("interrupt", r.stderr, 1, true)
+    assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
+  end)
+
+  it("abandons a task that ignores cancellation after --grace, running its <close>", function()
+    local p = h.script([[
+      local t = braid.spawn(function()
+        local c <close> = setmetatable({}, {__close = function() print("closed after all") end})
+        print("ready"); io.stdout:flush()
+        pcall(braid.sleep, 30)
+        braid.shield(function() braid.sleep(30) end)
+        print("never here")
+      end)
+      t:await()
+    ]])
+    local r = interrupt(p, {args = "--grace 0.2"})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.matches("abandoned", r.stderr, 1, true)
+    assert.matches("closed after all", r.stdout, 1, true)
+    assert.not_matches("never here", r.stdout, 1, true)
+    -- well under the 30 s sleep, and under the default grace of 5 s too
+    assert.is_true(r.elapsed < 4, "took " .. r.elapsed .. " s")
+  end)
+end)

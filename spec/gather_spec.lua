@@ -1,0 +1,237 @@
+local braid = require "braid"
+local h = require "helper"
+
+-- A to-be-closed value that counts how often it was closed.
+local function closer(counts, key)
+  return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
+end
+
+describe("braid.gather", function()
+  it("returns one value per child, in argument order, nil included", h.virtual(function()
+    local a, b, c, d = braid.gather(
+      function() braid.sleep(3) return "a", "extra" end,
+      function() braid.sleep(1) return nil end,
+      function() return 3 end,
+      function() braid.sleep(2) end)
+    assert.are.same({"a", nil, 3, nil}, {a, b, c, d})
+    assert.are.equal(4, select("#", braid.gather(
+      function() end, function() end, function() end, function() end)))
+  end))
+
+  it("returns at once with no children", h.run(function()
+    assert.are.equal(0, select("#", braid.gather()))
+    assert.are.equal(0, select("#", braid.gather({})))
+  end))
+
+  it("cancels the siblings of a failing child, runs their <close> once and raises the same error", h.virtual(function()
+    local err = setmetatable({}, {__tostring = function() return "mine" end})
+    local closed = {}
+    local t0 = braid.now()
+    local ok, e = pcall(braid.gather,
+      function() local c <close> = closer(closed, 1); braid.sleep(100) end,
+      function() braid.sleep(1); error(err) end,
+      function() local c <close> = closer(closed, 3); braid.sleep(100) end)
+    assert.is_false(ok)
+    assert.is_true(rawequal(err, e))
+    assert.are.same({[1] = 1, [3] = 1}, closed)
+    assert.is_true(braid.now() - t0 < 50)
+  end))
+
+  it("accepts tasks spawned elsewhere, awaits them and cancels them on failure", h.virtual(function()
+    local done = braid.spawn(function() return "early" end)
+    local slow = braid.spawn(function() braid.sleep(1) return "slow" end)
+    braid.yield()
+    assert.are.same({"early", "slow"}, {braid.gather(done, slow)})
+    local victim = braid.spawn(function() braid.sleep(100) end)
+    local ok, e = pcall(braid.gather, victim, function() error("boom", 0) end)
+    assert.are.equal("boom", e)
+    assert.are.equal("cancelled", victim:status())
+  end))
+
+  it("runs at most `limit` children at once", h.virtual(function()
+    local running, peak = 0, 0
+    local function job(i)
+      return function()
+        running = running + 1
+        peak = math.max(peak, running)
+        braid.sleep(1)
+        running = running - 1
+        return i
+      end
+    end
+    local fns = {}
+    for i = 1, 10 do fns[i] = job(i) end
+    fns[#fns + 1] = {limit = 3}
+    local r = {braid.gather(table.unpack(fns))}
+    assert.are.same({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, r)
+    assert.are.equal(3, peak)
+  end))
+
+  it("raises a timeout error at the deadline and cancels unfinished children", h.virtual(function()
+    local closed = {}
+    local t0 = braid.now()
+    local ok, e = pcall(braid.gather,
+      function() return 1 end,
+      function() local c <close> = closer(closed, "slow"); braid.sleep(10) end,
+      {timeout = 2})
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+    assert.are.equal(1, closed.slow)
+    assert.are.equal(2, braid.now() - t0)
+  end))
+
+  it("lets a child that ends exactly at the deadline keep its result", h.virtual(function()
+    local a, b = braid.gather(
+      function() braid.sleep(2) return "on time" end,
+      function() return "fast" end,
+      {timeout = 2})
+    assert.are.same({"on time", "fast"}, {a, b})
+  end))
+
+  it("collects outcomes in settle mode without cancelling siblings", h.virtual(function()
+    local err = {}
+    local r = {braid.gather(
+      function() braid.sleep(1) return 1, 2 end,
+      function() error(err) end,
+      function() braid.sleep(5) return "late" end,
+      function() braid.sleep(50) end,
+      {settle = true, timeout = 10})}
+    assert.are.same({ok = true, value = 1, n = 2, 1, 2}, r[1])
+    assert.is_false(r[2].ok)
+    assert.is_true(rawequal(err, r[2].error))
+    assert.are.same({ok = true, value = "late", n = 1, "late"}, r[3])
+    assert.is_false(r[4].ok)
+    assert.is_true(braid.is_timeout(r[4].error))
+  end))
+
+  it("still raises the cancellation in settle mode when the gather's own task is cancelled", h.virtual(function()
+    local closed = {}
+    local t = braid.spawn(function()
+      return braid.gather(function() local c <close> = closer(closed, 1); braid.sleep(100) end,
+                          {settle = true})
+    end)
+    braid.sleep(1)
+    t:cancel("stop")
+    local ok, e = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.is_true(braid.is_cancelled(e))
+    assert.are.equal("stop", e.reason)
+    assert.are.equal(1, closed[1])
+  end))
+
+  it("cancels its children when its caller is cancelled, and raises the cancellation", h.virtual(function()
+    local closed = {}
+    local t = braid.spawn(function()
+      braid.gather(function() local c <close> = closer(closed, "a"); braid.sleep(100) end,
+                   function() local c <close> = closer(closed, "b"); braid.sleep(100) end)
+    end)
+    braid.sleep(1)
+    assert.is_true(t:cancel())
+    local ok, e = pcall(t.await, t)
+    assert.is_true(braid.is_cancelled(e))
+    assert.are.equal("cancelled", t:status())
+    assert.are.same({a = 1, b = 1}, closed)
+  end))
+
+  it("counts a child cancelled from outside as failed with its cancellation", h.virtual(function()
+    local victim = braid.spawn(function() braid.sleep(100) end)
+    braid.spawn(function() braid.sleep(1); victim:cancel("outside") end)
+    local ok, e = pcall(braid.gather, victim, function() braid.sleep(10) end)
+    assert.is_false(ok)
+    assert.is_true(braid.is_cancelled(e))
+    assert.are.equal("outside", e.reason)
+  end))
+
+  it("keeps errors raised while siblings were cancelled on the first error's suppressed list", h.virtual(function()
+    local first = braid.Error.new{kind = "io", message = "first"}
+    local ok, e = pcall(braid.gather,
+      function() braid.sleep(1); error(first) end,
+      function()
+        local ok = pcall(braid.sleep, 100)
+        error("cleanup failed", 0)
+      end)
+    assert.is_true(rawequal(first, e))
+    assert.are.same({"cleanup failed"}, e.suppressed)
+  end))
+
+  it("handles 100k children in one gather", h.run(function()
+    local fns = {}
+    for i = 1, 100000 do fns[i] = function() return i end end
+    local r = table.pack(braid.gather(table.unpack(fns)))
+    assert.are.equal(100000, r.n)
+    assert.are.equal(100000, r[100000])
+    assert.are.equal(4242, r[4242])
+  end))
+
+  it("rejects bad members and options with usage errors", h.run(function()
+    local ok, e = pcall(braid.gather, 42)
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad argument #1 to 'gather'", e.message)
+    ok, e = pcall(braid.gather, function() end, {limit = 0})
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.gather, function() end, {timout = 1})
+    assert.matches("unknown option 'timout'", e.message)
+  end))
+end)
+
+describe("braid.race", function()
+  it("returns the results of the first child to end and cancels the rest", h.virtual(function()
+    local closed = {}
+    local a, b = braid.race(
+      function() local c <close> = closer(closed, 1); braid.sleep(5) return "slow" end,
+      function() braid.sleep(1) return "fast", 2 end)
+    assert.are.same({"fast", 2}, {a, b})
+    assert.are.equal(1, closed[1])
+  end))
+
+  it("raises the error of the first child to end", h.virtual(function()
+    local ok, e = pcall(braid.race,
+      function() braid.sleep(5) return "slow" end,
+      function() braid.sleep(1) error("first", 0) end)
+    assert.are.equal("first", e)
+  end))
+end)
+
+describe("braid.any", function()
+  it("returns the first success and cancels the rest", h.virtual(function()
+    local r = braid.any(
+      function() error("nope", 0) end,
+      function() braid.sleep(2) return "second" end,
+      function() braid.sleep(9) return "third" end)
+    assert.are.equal("second", r)
+  end))
+
+  it("raises all_failed with every error in order when all fail", h.virtual(function()
+    local ok, e = pcall(braid.any,
+      function() braid.sleep(2) error("a", 0) end,
+      function() error("b", 0) end)
+    assert.are.equal("all_failed", e.kind)
+    assert.are.same({"a", "b"}, e.errors)
+    ok, e = pcall(braid.any)
+    assert.are.equal("all_failed", e.kind)
+    assert.are.same({}, e.errors)
+  end))
+end)
+
+describe("braid.map", function()
+  it("calls fn(item, i) for every item and returns results in order", h.virtual(function()
+    local r = braid.map({"a", "bb", "ccc"}, function(s, i) braid.sleep(4 - i) return #s * 10 + i end)
+    assert.are.same({11, 22, 33, n = 3}, r)
+  end))
+
+  it("honours limit, settle and timeout", h.virtual(function()
+    local running, peak = 0, 0
+    local r = braid.map({1, 2, 3, 4, 5}, function(x)
+      running = running + 1; peak = math.max(peak, running)
+      braid.sleep(x)
+      running = running - 1
+      if x == 2 then error("two", 0) end
+      return x
+    end, {limit = 2, settle = true, timeout = 5.5})
+    assert.are.equal(2, peak)
+    assert.is_true(r[1].ok)
+    assert.are.equal("two", r[2].error)
+    assert.is_true(r[3].ok)
+    assert.is_true(braid.is_timeout(r[5].error))
+  end))
+end)
