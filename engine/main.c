@@ -153,7 +153,9 @@ int main (int argc, char **argv) {
     lua_setfield(L, 1, "args");
   }
   status = lua_pcall(L, 2, 0, 0);
-  code = 0;
+  code = braid__engine(L)->interrupted ? 130 : 0;
+  if (code == 130 && status == LUA_OK)
+    fprintf(stderr, "braid: interrupted\n");
   if (status != LUA_OK) {
     if (braid__engine(L)->interrupted && braid__is_cancel(L, -1)) {
       fprintf(stderr, "braid: interrupted\n");

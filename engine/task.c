@@ -209,10 +209,14 @@ static int task_main (lua_State *L) {
   return braid__scope_body(L, &t->scope, 1, lua_gettop(L) - 2);
 }
 
-static void pool_put (braid_engine_t *E, lua_State *S, lua_State *co) {
+/* Keeps a finished coroutine for reuse. An abandoned one is not kept: it
+** was reset in the middle of a pcall, and lua_resetthread (5.4.4) leaves
+** that pcall's message handler index behind. */
+static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
+                      lua_State *co) {
   if (lua_status(co) != LUA_OK) lua_resetthread(co);
   lua_settop(co, 0);
-  if (E->pool_n >= POOL_MAX) return;
+  if (E->pool_n >= POOL_MAX || t->abandoned) return;
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, S, 1);
@@ -270,7 +274,7 @@ static void task_end (braid_engine_t *E, lua_State *S, struct braid_task *t,
   }
   lua_setiuservalue(S, -2, 1);
   t->co = NULL;
-  pool_put(E, S, co);
+  pool_put(E, S, t, co);
   t->wait = NULL;
   ready_remove(E, t);
   E->live--;
