@@ -1,0 +1,83 @@
+local braid = require "braid"
+local h = require "helper"
+
+describe("user coroutines inside tasks", function()
+  it("keep standard semantics for generators", h.run(function()
+    local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+    assert.are.same({1, 2, 3}, {gen(), gen(), gen()})
+    local co = coroutine.create(function(a) local b = coroutine.yield(a + 1) return b * 2 end)
+    assert.are.same({true, 2}, {coroutine.resume(co, 1)})
+    assert.are.same({true, 10}, {coroutine.resume(co, 5)})
+    assert.are.same({false, "cannot resume dead coroutine"}, {coroutine.resume(co)})
+  end))
+
+  it("suspend the whole task when they make a braid call", h.virtual(function()
+    local t0 = braid.now()
+    local gen = coroutine.wrap(function()
+      for i = 1, 3 do braid.sleep(1); coroutine.yield(i) end
+    end)
+    local other = braid.spawn(function() return "ran meanwhile" end)
+    assert.are.same({1, 2, 3}, {gen(), gen(), gen()})
+    assert.are.equal(3, braid.now() - t0)
+    assert.are.equal("ran meanwhile", other:await())
+  end))
+
+  it("deliver cancellation through the user's coroutine", h.virtual(function()
+    local t = braid.spawn(function()
+      local co = coroutine.create(function() braid.sleep(100) end)
+      local ok, e = coroutine.resume(co)
+      return ok, e
+    end)
+    braid.sleep(1)
+    t:cancel()
+    local ok, e = t:await()
+    assert.is_false(ok)
+    assert.is_true(braid.is_cancelled(e))
+  end))
+
+  it("refuse a resume of a coroutine suspended in a braid call", h.virtual(function()
+    local co = coroutine.create(function() braid.sleep(5) return "done" end)
+    local t = braid.spawn(function() return coroutine.resume(co) end)
+    braid.sleep(1)
+    local ok, e = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("suspended in a braid call", e)
+    assert.are.same({true, "done"}, {t:await()})
+  end))
+end)
+
+describe("coroutine.yield in a task body", function()
+  it("raises Lua's error for yielding outside a coroutine", h.run(function()
+    local ok, e = pcall(coroutine.yield, 1)
+    assert.is_false(ok)
+    assert.matches("attempt to yield from outside a coroutine", e)
+    assert.is_false(coroutine.isyieldable())
+  end))
+end)
+
+describe("braid calls across Lua boundaries", function()
+  it("work inside pcall, xpcall, metamethods and iterators", h.virtual(function()
+    assert.are.same({true, "p"}, {pcall(function() braid.sleep(1) return "p" end)})
+    assert.are.same({true, "x"}, {xpcall(function() braid.sleep(1) return "x" end, debug.traceback)})
+    local obj = setmetatable({}, {
+      __index = function(_, k) braid.sleep(1) return k .. "!" end,
+      __add = function() braid.sleep(1) return 42 end,
+    })
+    assert.are.equal("hi!", obj.hi)
+    assert.are.equal(42, obj + 1)
+    local function iter(_, i) if i < 3 then braid.sleep(1) return i + 1 end end
+    local seen = {}
+    for i in iter, nil, 0 do seen[#seen + 1] = i end
+    assert.are.same({1, 2, 3}, seen)
+  end))
+
+  it("raise an error naming the boundary where Lua cannot yield", h.run(function()
+    local ok, e = pcall(table.sort, {3, 1, 2}, function(a, b) braid.sleep(0) return a < b end)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("braid.sleep: cannot suspend here", e.message)
+    local obj = setmetatable({}, {__tostring = function() braid.yield() return "x" end})
+    ok, e = pcall(tostring, obj)
+    assert.matches("cannot suspend here", e.message)
+  end))
+end)

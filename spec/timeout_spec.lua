@@ -1,0 +1,139 @@
+local braid = require "braid"
+local h = require "helper"
+
+describe("braid.timeout", function()
+  it("returns fn's results when it finishes in time", h.virtual(function()
+    assert.are.same({1, 2}, {braid.timeout(5, function(a) braid.sleep(1) return a, 2 end, 1)})
+  end))
+
+  it("raises a timeout error when the deadline passes, after undoing the sleep", h.virtual(function()
+    local t0 = braid.now()
+    local ok, e = pcall(braid.timeout, 2, braid.sleep, 100)
+    assert.is_false(ok)
+    assert.are.equal("timeout", e.kind)
+    assert.is_true(braid.is_timeout(e))
+    assert.matches("timed out after 2 s", tostring(e))
+    assert.are.equal(2, braid.now() - t0)
+  end))
+
+  it("with 0 or less fires at the first await", h.virtual(function()
+    local log = {}
+    local ok, e = pcall(braid.timeout, 0, function()
+      log[#log + 1] = "ran"
+      braid.sleep(1)
+      log[#log + 1] = "unreachable"
+    end)
+    assert.is_true(braid.is_timeout(e))
+    assert.are.same({"ran"}, log)
+    ok, e = pcall(braid.timeout, -3, braid.yield)
+    assert.is_true(braid.is_timeout(e))
+  end))
+
+  it("nests: when the outer deadline fires first, only the outer raises a timeout", h.virtual(function()
+    local inner_saw
+    local ok, e = pcall(braid.timeout, 1, function()
+      local ok2, e2 = pcall(braid.timeout, 10, braid.sleep, 100)
+      inner_saw = e2
+      error(e2)
+    end)
+    assert.is_true(braid.is_cancelled(inner_saw))
+    assert.is_false(braid.is_timeout(inner_saw))
+    assert.is_true(braid.is_timeout(e))
+  end))
+
+  it("nests: an inner deadline shorter than the outer fires on its own", h.virtual(function()
+    local t0 = braid.now()
+    local r = braid.timeout(10, function()
+      local ok, e = pcall(braid.timeout, 1, braid.sleep, 100)
+      assert.is_true(braid.is_timeout(e))
+      return braid.now() - t0
+    end)
+    assert.are.equal(1, r)
+  end))
+
+  it("keeps an outside cancel that arrives before the deadline a cancellation", h.virtual(function()
+    local t = braid.spawn(function() return braid.timeout(5, braid.sleep, 100) end)
+    braid.sleep(1)
+    t:cancel("outside")
+    local ok, e = pcall(t.await, t)
+    assert.is_true(braid.is_cancelled(e))
+    assert.are.equal("outside", e.reason)
+  end))
+
+  it("lets a result delivered in the same turn as the deadline win", h.virtual(function()
+    assert.are.equal("just in time", braid.timeout(3, function()
+      braid.sleep(3)
+      return "just in time"
+    end))
+  end))
+
+  it("also bounds tasks spawned inside it", h.virtual(function()
+    local closed = 0
+    local ok, e = pcall(braid.timeout, 1, function()
+      braid.spawn(function()
+        local c <close> = setmetatable({}, {__close = function() closed = closed + 1 end})
+        braid.sleep(100)
+      end)
+      braid.sleep(100)
+    end)
+    assert.is_true(braid.is_timeout(e))
+    assert.are.equal(1, closed)
+  end))
+
+  it("rejects bad seconds with a usage error", h.run(function()
+    local ok, e = pcall(braid.timeout, "soon", print)
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad argument #1 to 'timeout'", e.message)
+    ok, e = pcall(braid.timeout, 0 / 0, print)
+    assert.matches("NaN", e.message)
+  end))
+end)
+
+describe("braid.sleep", function()
+  it("sleeps at least the given time on the real clock", h.run(function()
+    local t0 = braid.now()
+    braid.sleep(0.05)
+    local dt = braid.now() - t0
+    assert.is_true(dt >= 0.049, "slept " .. dt)
+    assert.is_true(dt < 5, "slept " .. dt)
+  end))
+
+  it("wakes sleepers in deadline order on the virtual clock, at once", h.virtual(function()
+    local order = {}
+    local t0 = braid.now()
+    braid.gather(
+      function() braid.sleep(3600) order[#order + 1] = "hour" end,
+      function() braid.sleep(60) order[#order + 1] = "minute" end,
+      function() braid.sleep(1) order[#order + 1] = "second" end)
+    assert.are.same({"second", "minute", "hour"}, order)
+    assert.are.equal(3600, braid.now() - t0)
+  end))
+
+  it("scales to 100k concurrent sleepers", h.run(function()
+    local n, woke = 100000, 0
+    braid.scope(function(s)
+      for i = 1, n do
+        s:spawn(function() braid.sleep(0.05 + (i % 7) / 1000) woke = woke + 1 end)
+      end
+    end)
+    assert.are.equal(n, woke)
+  end))
+
+  it("rejects a non-number", h.run(function()
+    local ok, e = pcall(braid.sleep, {})
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad argument #1 to 'sleep'", e.message)
+  end))
+end)
+
+describe("braid.yield", function()
+  it("lets every other ready task run once", h.run(function()
+    local log = {}
+    braid.spawn(function() log[#log + 1] = "a"; braid.yield(); log[#log + 1] = "a2" end)
+    braid.spawn(function() log[#log + 1] = "b" end)
+    braid.yield()
+    log[#log + 1] = "root"
+    braid.yield()
+    assert.are.same({"a", "b", "root", "a2"}, log)
+  end))
+end)
