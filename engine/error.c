@@ -165,8 +165,10 @@ void braid__error_record (lua_State *L, int idx, struct braid_task *t) {
   }
   lua_setfield(L, -2, "traceback");
   if (t) {
-    lua_pushfstring(L, "task %d (%s), spawned at %s:%d", (int) t->id,
-                    braid__task_name(L, t, 0), t->site, t->line);
+    const char *site = braid__task_site(L, t, 0);
+    lua_pushfstring(L, "task %d (%s), spawned at %s", (int) t->id,
+                    braid__task_name(L, t, 0), site);
+    lua_remove(L, -2);
     lua_setfield(L, -2, "task");
   }
   lua_rawset(L, -3);

@@ -31,8 +31,7 @@ struct braid_group {
   int mode, settle, limit, packed, map;
   int n, next, running, winner, decided;
   int list_ref;                /* {members...}; for map: items, fn */
-  int line;                    /* where the group was called, for members */
-  char site[LUA_IDSIZE];
+  int line;                    /* where the group was called (user value 1) */
   struct group_member m[1];
 };
 
@@ -104,29 +103,27 @@ static void member_watch (lua_State *L, struct braid_group *g, int i) {
 static void group_start_more (lua_State *L, struct braid_group *g) {
   while (g->next < g->n && !g->scope.cancelled &&
          (g->limit == 0 || g->running < g->limit)) {
-    int i = ++g->next;
+    int i = ++g->next, list, nargs = 0;
     struct braid_task *t;
     if (g->m[i - 1].adopted) continue;
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+    list = lua_gettop(L);
     if (g->map) {
-      lua_getfield(L, -1, "fn");
-      lua_getfield(L, -2, "items");
+      lua_getfield(L, list, "fn");
+      lua_getfield(L, list, "items");
       lua_rawgeti(L, -1, i);
       lua_replace(L, -2);
       lua_pushinteger(L, i);
-      t = braid__task_spawn(L, &g->scope, -3, 2);
-      lua_replace(L, -5);
-      lua_pop(L, 3);
+      nargs = 2;
     } else {
-      lua_rawgeti(L, -1, i);
-      t = braid__task_spawn(L, &g->scope, -1, 0);
-      lua_replace(L, -3);
-      lua_pop(L, 1);
+      lua_rawgeti(L, list, i);
     }
-    memcpy(t->site, g->site, sizeof t->site);
-    t->line = g->line;
+    t = braid__task_spawn(L, &g->scope, list + 1, nargs);
+    t->line = g->line;   /* members were spawned where the group was called */
+    lua_getfield(L, list, "site");
+    lua_setiuservalue(L, -2, 3);
     member_watch(L, g, i);
-    lua_pop(L, 1);
+    lua_settop(L, list - 1);
   }
 }
 
@@ -341,9 +338,12 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_pop(L, 1);
     braid__scope_deadline(&g->scope, g->scope.timeout_ns);
   }
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar)) {
-    memcpy(g->site, ar.short_src, sizeof g->site);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     g->line = ar.currentline;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "site");
+    lua_pop(L, 1);
   }
   for (i = 1; !map && i <= n; i++)
     g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;

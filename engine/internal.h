@@ -93,10 +93,8 @@ struct braid_scope {
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   double grace;                /* seconds members get after a cancel */
-  struct braid_timer deadline;
-  struct braid_timer grace_timer;
+  struct scope_timers *timers; /* made on first use: most scopes need none */
   uint64_t timeout_ns;         /* as given, for the timeout message */
-  struct braid_wait join;      /* the owner waiting for its members */
   struct braid_scope **handle; /* the script's scope object, if any */
   void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
   void (*release)(struct braid_scope *s);     /* groups: their references */
@@ -138,8 +136,7 @@ struct braid_task {
   struct braid_wait w;         /* storage for the built-in waits */
   struct braid_task *next;     /* ready queue */
   struct braid_list watchers;  /* struct braid_watch */
-  int line;                    /* spawn site */
-  char site[LUA_IDSIZE];
+  int line;                    /* spawn site: this line of user value 3 */
 };
 
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
@@ -166,6 +163,7 @@ void braid__task_cancel(struct braid_task *t, lua_State *L, int reason);
 void braid__task_abandon(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
+const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
 
 /* ---- errors ---- */
 

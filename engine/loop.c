@@ -85,9 +85,11 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind == SCOPE_TASK) {
       struct braid_task *t = sub->task;
-      lua_pushfstring(L, "\n  task %d (%s, spawned at %s:%d) waits on %s",
-                      (int) t->id, braid__task_name(L, t, 0), t->site, t->line,
+      const char *site = braid__task_site(L, t, 0);
+      lua_pushfstring(L, "\n  task %d (%s, spawned at %s) waits on %s",
+                      (int) t->id, braid__task_name(L, t, 0), site,
                       t->wait ? t->wait->what : "nothing");
+      lua_remove(L, -2);
       luaL_addvalue(b);
     }
     describe_waits(L, b, sub);

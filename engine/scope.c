@@ -17,6 +17,7 @@
 **   that stops their timers, unlinks them and drops their references.
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -64,6 +65,21 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
   s->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* A scope's timers, allocated when it first needs one; freed on release. */
+struct scope_timers {
+  struct braid_timer deadline, grace;
+  struct braid_scope *s;
+};
+
+static struct scope_timers *scope_timers (struct braid_scope *s) {
+  if (s->timers == NULL) {
+    s->timers = calloc(1, sizeof *s->timers);
+    if (s->timers == NULL) abort();
+    s->timers->s = s;
+  }
+  return s->timers;
+}
+
 static void grace_cb (struct braid_timer *tm);
 
 /* Cancels s and everything below it that is not shielded, undoing the
@@ -84,8 +100,8 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
   }
-  if (s->pending > 0 && s->grace_timer.idx == 0)
-    braid__timer_start(s->E, &s->grace_timer, (uint64_t) (s->grace * 1e9),
+  if (s->pending > 0 && scope_timers(s)->grace.idx == 0)
+    braid__timer_start(s->E, &s->timers->grace, (uint64_t) (s->grace * 1e9),
                        grace_cb);
 }
 
@@ -105,7 +121,7 @@ again:
 }
 
 static void grace_cb (struct braid_timer *tm) {
-  struct braid_scope *s = container_of(tm, struct braid_scope, grace_timer);
+  struct braid_scope *s = container_of(tm, struct scope_timers, grace)->s;
   lua_State *S = s->E->S;
   lua_pushcfunction(S, grace_abandon);
   lua_pushlightuserdata(S, s);
@@ -113,23 +129,28 @@ static void grace_cb (struct braid_timer *tm) {
 }
 
 static void deadline_cb (struct braid_timer *tm) {
-  struct braid_scope *s = container_of(tm, struct braid_scope, deadline);
+  struct braid_scope *s = container_of(tm, struct scope_timers, deadline)->s;
   if (!s->cancelled) s->deadline_fired = 1;
   braid__scope_cancel(s, s);
 }
 
 /* Sets a deadline `ns` from now; 0 means the deadline has already passed. */
 void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
-  s->deadline.late = 1;
-  if (ns == 0) deadline_cb(&s->deadline);
-  else braid__timer_start(s->E, &s->deadline, ns, deadline_cb);
+  struct braid_timer *tm = &scope_timers(s)->deadline;
+  tm->late = 1;
+  if (ns == 0) deadline_cb(tm);
+  else braid__timer_start(s->E, tm, ns, deadline_cb);
 }
 
 void braid__scope_release (struct braid_scope *s) {
   lua_State *S = s->E->S;
   if (s->release) s->release(s);
-  braid__timer_stop(s->E, &s->deadline);
-  braid__timer_stop(s->E, &s->grace_timer);
+  if (s->timers) {
+    braid__timer_stop(s->E, &s->timers->deadline);
+    braid__timer_stop(s->E, &s->timers->grace);
+    free(s->timers);
+    s->timers = NULL;
+  }
   braid__list_remove(&s->link);
   luaL_unref(S, LUA_REGISTRYINDEX, s->reason_ref);
   luaL_unref(S, LUA_REGISTRYINDEX, s->error_ref);
@@ -153,7 +174,7 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
 /* One member of s left; the owner, waiting for the last one, is woken. */
 void braid__scope_left (struct braid_scope *s) {
   if (--s->pending > 0) return;
-  braid__timer_stop(s->E, &s->grace_timer);
+  if (s->timers) braid__timer_stop(s->E, &s->timers->grace);
   if (s->joining && s->task) braid__task_wake(s->task, WAKE_OK);
 }
 
@@ -214,7 +235,7 @@ int braid__scope_join (lua_State *L, struct braid_scope *s, lua_KFunction k) {
   struct braid_task *t = s->task;
   if (s->pending == 0) return 0;
   s->joining = 1;
-  braid__task_wait(t, &s->join, NULL, "its members");
+  braid__task_wait(t, &t->w, NULL, "its members");
   return braid__task_yield(L, t, (lua_KContext) s, k);
 }
 
@@ -250,7 +271,7 @@ int braid__scope_body (lua_State *L, struct braid_scope *s, int base,
 ** and makes that scope the running task's innermost. [-0, +1, m] */
 void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
                          size_t size) {
-  struct braid_scope *s = lua_newuserdatauv(L, size, 0);
+  struct braid_scope *s = lua_newuserdatauv(L, size, 1);
   memset(s, 0, size);
   braid__scope_init(s, t->E, kind, t, t->inner);
   t->inner = s;

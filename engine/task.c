@@ -155,6 +155,27 @@ const char *braid__task_name (lua_State *L, struct braid_task *t, int idx) {
   return name;
 }
 
+/* Pushes where the task was spawned, "file:line" (a string). idx is the
+** task object's stack index, or 0 for a live task. */
+const char *braid__task_site (lua_State *L, struct braid_task *t, int idx) {
+  lua_Debug ar;
+  int top = lua_gettop(L);
+  if (idx) lua_pushvalue(L, idx);
+  else if (t->ref != LUA_NOREF) braid__task_push(L, t);
+  else lua_pushnil(L);
+  if (lua_type(L, -1) == LUA_TUSERDATA &&
+      lua_getiuservalue(L, -1, 3) == LUA_TFUNCTION) {
+    lua_getinfo(L, ">S", &ar);
+    if (t->line > 0) lua_pushfstring(L, "%s:%d", ar.short_src, t->line);
+    else lua_pushstring(L, ar.short_src);
+  } else {
+    lua_pushliteral(L, "?");
+  }
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+  return lua_tostring(L, -1);
+}
+
 /* Creates a task that will run the callable at fidx with the nargs values
 ** after it, as a member of `into`; leaves the task object on the stack.
 ** [-0, +1, m] */
@@ -165,7 +186,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   lua_Debug ar;
   int i;
   fidx = lua_absindex(L, fidx);
-  t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 2);
+  t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 3);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, TASK_MT);
   if (nargs == 0) lua_pushvalue(L, fidx);
@@ -185,11 +206,9 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->status = TASK_PENDING;
   t->inner = &t->scope;
   braid__list_init(&t->watchers);
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar)) {
-    snprintf(t->site, sizeof t->site, "%s", ar.short_src);
-    t->line = ar.currentline;
-  } else {
-    snprintf(t->site, sizeof t->site, "?");
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    t->line = ar.currentline;   /* the file is found from the function */
+    lua_setiuservalue(L, -2, 3);
   }
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   lua_pushvalue(L, -1);
@@ -391,9 +410,11 @@ void braid__task_abandon (struct braid_task *t) {
     }
     E->current = prev;
   }
-  fprintf(stderr, "braid: task %u (%s, spawned at %s:%d) abandoned: still "
+  fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
           "running %g s after it was cancelled\n", t->id,
-          braid__task_name(S, t, 0), t->site, t->line, t->scope.outer->grace);
+          braid__task_name(S, t, 0), braid__task_site(S, t, 0),
+          t->scope.outer->grace);
+  lua_pop(S, 1);
   lua_settop(t->co, 0);
   lua_pushliteral(S, "abandoned after its grace period");
   braid__scope_set_reason(S, &t->scope, -1);
