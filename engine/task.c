@@ -526,18 +526,25 @@ static int l_task_result (lua_State *L) {
   return n + 1;
 }
 
+/* Methods (the table in the upvalue), then the fields id, name, parent. */
 static int l_task_index (lua_State *L) {
-  struct braid_task *t = braid__task_check(L, 1);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
+  struct braid_task *t;
+  const char *k;
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  t = braid__task_check(L, 1);
+  k = lua_tostring(L, 2);
+  if (k == NULL) lua_pushnil(L);
+  else if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
   else if (strcmp(k, "name") == 0) lua_pushstring(L, braid__task_name(L, t, 1));
   else if (strcmp(k, "parent") == 0) {
     struct braid_scope *p = t->scope.outer;
     if (p && p->task && p->task->ref != LUA_NOREF) braid__task_push(L, p->task);
     else lua_pushnil(L);
   } else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, k);
+    lua_pushnil(L);
   }
   return 1;
 }
@@ -762,7 +769,9 @@ void braid__open_task (lua_State *L) {
     {"status", l_task_status},
     {"done", l_task_done},
     {"result", l_task_result},
-    {"__index", l_task_index},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
     {"__newindex", l_task_newindex},
     {"__tostring", l_task_tostring},
     {NULL, NULL}
@@ -773,7 +782,13 @@ void braid__open_task (lua_State *L) {
     {"yield", l_task_yield},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, TASK_MT)) luaL_setfuncs(L, methods, 0);
+  if (luaL_newmetatable(L, TASK_MT)) {
+    luaL_setfuncs(L, metamethods, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_pushcclosure(L, l_task_index, 1);
+    lua_setfield(L, -2, "__index");
+  }
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }
