@@ -140,9 +140,11 @@ void braid__error_forget (lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
 }
 
-/* Records where the error at idx was raised, unless it already is: the
-** first record is the failing task's, later ones are its re-raises. */
-void braid__error_record (lua_State *L, int idx, struct braid_task *t) {
+/* Records where the error at idx was raised (the traceback of co from
+** level), unless it already is: the first record is the failing task's,
+** later ones are its re-raises. */
+void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
+                          struct braid_task *t) {
   idx = lua_absindex(L, idx);
   if (lua_isnil(L, idx)) return;
   push_info_table(L);
@@ -154,7 +156,7 @@ void braid__error_record (lua_State *L, int idx, struct braid_task *t) {
   lua_pop(L, 1);
   lua_pushvalue(L, idx);
   lua_createtable(L, 0, 3);
-  luaL_traceback(L, L, NULL, 1);
+  luaL_traceback(L, co, NULL, level);
   if (braid__error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
     lua_getfield(L, idx, "traceback");
     if (lua_isnil(L, -1)) {
@@ -179,7 +181,7 @@ void braid__error_record (lua_State *L, int idx, struct braid_task *t) {
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid__engine(L);
   if (!braid__is_cancel(L, 1) && E->current)
-    braid__error_record(L, 1, E->current);
+    braid__error_record(L, 1, L, 1, E->current);
   lua_settop(L, 1);
   return 1;
 }

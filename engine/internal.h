@@ -161,6 +161,7 @@ void braid__open_coroutine(lua_State *L);
 void braid__task_push(lua_State *L, struct braid_task *t);
 void braid__task_cancel(struct braid_task *t, lua_State *L, int reason);
 void braid__task_abandon(struct braid_task *t);
+void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
 const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
@@ -177,7 +178,8 @@ int braid__error_argerror(lua_State *L, int arg, const char *fname,
 const char *braid__error_kind(lua_State *L, int idx);
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
-void braid__error_record(lua_State *L, int idx, struct braid_task *t);
+void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
+                         struct braid_task *t);
 void braid__error_suppress(lua_State *L, int first, int idx);
 void braid__error_report(lua_State *L, int idx, const char *prefix);
 int braid__error_msgh(lua_State *L);

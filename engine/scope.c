@@ -175,7 +175,9 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
 void braid__scope_left (struct braid_scope *s) {
   if (--s->pending > 0) return;
   if (s->timers) braid__timer_stop(s->E, &s->timers->grace);
-  if (s->joining && s->task) braid__task_wake(s->task, WAKE_OK);
+  if (!s->joining || s->task == NULL) return;
+  if (s->kind == SCOPE_TASK) braid__task_finish(s->task);
+  else braid__task_wake(s->task, WAKE_OK);
 }
 
 /* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
@@ -196,18 +198,18 @@ void braid__scope_member_done (lua_State *L, struct braid_scope *s,
 /* Ends s: pops it, then returns the body's results or raises. */
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
-  if (s->kind != SCOPE_TASK) t->inner = s->outer;
+  t->inner = s->outer;
   if (s->handle) *s->handle = NULL;
   if (s->error_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
-    if (s->kind != SCOPE_TASK) braid__scope_release(s);
+    braid__scope_release(s);
     return lua_error(L);
   }
   if (s->body_failed) {
     int own = s->cause == s;
     int fired = own && s->deadline_fired;
     uint64_t ns = s->timeout_ns;
-    if (s->kind != SCOPE_TASK) braid__scope_release(s);
+    braid__scope_release(s);
     if (fired) {
       char buf[32];
       snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
@@ -220,7 +222,7 @@ static int scope_close (lua_State *L, struct braid_scope *s) {
     }
     return lua_error(L);   /* the cancellation, on top */
   }
-  if (s->kind != SCOPE_TASK) braid__scope_release(s);
+  braid__scope_release(s);
   if (s->cause == s && s->kind == SCOPE_PLAIN) {
     lua_pushnil(L);
     return 1;

@@ -220,14 +220,6 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
 
 /* ---- running tasks ---- */
 
-/* The bottom of every task's coroutine: the body runs as its own scope. */
-static int task_main (lua_State *L) {
-  struct braid_task *t = braid__engine(L)->current;
-  lua_pushcfunction(L, braid__error_msgh);
-  lua_insert(L, 1);
-  return braid__scope_body(L, &t->scope, 1, lua_gettop(L) - 2);
-}
-
 /* Keeps a finished coroutine for reuse. An abandoned one is not kept: it
 ** was reset in the middle of a pcall, and lua_resetthread (5.4.4) leaves
 ** that pcall's message handler index behind. */
@@ -243,7 +235,7 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
   lua_pop(S, 1);
 }
 
-/* Gives the task a coroutine holding task_main, its function and arguments.
+/* Gives the task a coroutine holding its function and arguments.
 ** [-0, +0, m] on S; the task object must be on S's top. */
 static void task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   lua_State *co;
@@ -258,7 +250,6 @@ static void task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   } else {
     co = lua_newthread(S);
   }
-  lua_pushcfunction(co, task_main);
   lua_getiuservalue(S, -2, 1);
   if (t->nargs == 0) lua_xmove(S, co, 1);
   else {
@@ -270,15 +261,48 @@ static void task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   t->co = co;
 }
 
-/* Stores the outcome, recycles the coroutine, tells watchers and the
-** parent scope. The coroutine holds the results (nres) or the error. */
-static void task_end (braid_engine_t *E, lua_State *S, struct braid_task *t,
-                      int status, int nres) {
+/* Ends the task once its body and every member of its scope have ended:
+** the outcome is the scope's first error, else the body's cancellation,
+** else the body's results (already in user value 1). Then the watchers and
+** the parent scope are told. Runs in scheduler context. */
+void braid__task_finish (struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  lua_State *S = E->S;
+  struct braid_scope *s = &t->scope;
+  braid__task_push(S, t);
+  if (s->error_ref != LUA_NOREF) {
+    lua_rawgeti(S, LUA_REGISTRYINDEX, s->error_ref);
+    lua_setiuservalue(S, -2, 1);
+    t->status = TASK_FAILED;
+  } else {
+    t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
+  }
+  t->wait = NULL;
+  ready_remove(E, t);
+  E->live--;
+  while (!braid__list_empty(&t->watchers)) {
+    struct braid_watch *w = container_of(t->watchers.next,
+                                         struct braid_watch, link);
+    braid__list_remove(&w->link);
+    w->done(w, t);
+  }
+  braid__scope_member_done(S, s->outer, t);
+  braid__scope_release(s);
+  luaL_unref(S, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+  lua_pop(S, 1);
+}
+
+/* The body's coroutine returned (nres results on it) or raised: keep the
+** outcome in user value 1, recycle the coroutine, and finish now or once
+** the members of the task's scope have ended. */
+static void task_body_done (braid_engine_t *E, lua_State *S,
+                            struct braid_task *t, int status, int nres) {
   lua_State *co = t->co;
+  struct braid_scope *s = &t->scope;
   int i;
   braid__task_push(S, t);
   if (status == LUA_OK) {
-    t->status = TASK_OK;
     t->nres = nres;
     if (nres == 0) lua_pushnil(S);
     else if (nres == 1) lua_xmove(co, S, 1);
@@ -289,25 +313,23 @@ static void task_end (braid_engine_t *E, lua_State *S, struct braid_task *t,
     }
   } else {
     lua_xmove(co, S, 1);
-    t->status = braid__is_cancel(S, -1) ? TASK_CANCELLED : TASK_FAILED;
+    s->body_failed = 1;
+    if (status != LUA_ERRRUN || !braid__is_cancel(S, -1)) {
+      braid__error_record(S, -1, co, 0, t);   /* co's stack is not unwound */
+      braid__scope_fail(S, s, -1);
+    }
   }
   lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
   t->co = NULL;
   pool_put(E, S, t, co);
-  t->wait = NULL;
-  ready_remove(E, t);
-  E->live--;
-  while (!braid__list_empty(&t->watchers)) {
-    struct braid_watch *w = container_of(t->watchers.next,
-                                         struct braid_watch, link);
-    braid__list_remove(&w->link);
-    w->done(w, t);
+  if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
+    braid__task_wait(t, &t->w, NULL, "its members");
+    t->status = TASK_SUSPENDED;
+    s->joining = 1;
+    return;
   }
-  braid__scope_member_done(S, t->scope.outer, t);
-  braid__scope_release(&t->scope);
-  luaL_unref(S, LUA_REGISTRYINDEX, t->ref);
-  t->ref = LUA_NOREF;
-  lua_pop(S, 1);
+  braid__task_finish(t);
 }
 
 static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) {
@@ -316,7 +338,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
     braid__task_push(S, t);
     task_start(E, S, t);
     lua_pop(S, 1);
-    nargs = t->nargs + 1;
+    nargs = t->nargs;
   }
   t->status = TASK_RUNNING;
   E->current = t;
@@ -327,7 +349,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
     t->status = TASK_SUSPENDED;
     if (t->wait == NULL && !t->queued) braid__task_ready(t);  /* a bare yield */
   } else {
-    task_end(E, S, t, status, nres);
+    task_body_done(E, S, t, status, nres);
   }
 }
 
@@ -393,14 +415,11 @@ void braid__task_abandon (struct braid_task *t) {
   struct braid_task *prev = E->current;
   if (TASK_DONE(t)) return;
   abandon_below(t);
+  if (TASK_DONE(t)) return;   /* it was only waiting for those members */
   if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
   t->wait = NULL;
   t->abandoned = 1;
-  if (t->status == TASK_PENDING) {   /* never started: nothing to close */
-    braid__task_push(S, t);
-    task_start(E, S, t);
-    lua_pop(S, 1);
-  } else {
+  if (t->co) {
     E->current = t;
     if (lua_resetthread(t->co) != LUA_OK) {
       lua_xmove(t->co, S, 1);
@@ -409,21 +428,24 @@ void braid__task_abandon (struct braid_task *t) {
       lua_pop(S, 1);
     }
     E->current = prev;
+    t->co = NULL;   /* not pooled: see pool_put */
   }
   fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
           "running %g s after it was cancelled\n", t->id,
           braid__task_name(S, t, 0), braid__task_site(S, t, 0),
           t->scope.outer->grace);
   lua_pop(S, 1);
-  lua_settop(t->co, 0);
   lua_pushliteral(S, "abandoned after its grace period");
   braid__scope_set_reason(S, &t->scope, -1);
   lua_pop(S, 1);
   t->scope.cancelled = 1;
   t->scope.cause = &t->scope;
+  t->scope.body_failed = 1;
+  braid__task_push(S, t);
   braid__push_cancel(S, &t->scope);
-  lua_xmove(S, t->co, 1);
-  task_end(E, S, t, LUA_ERRRUN, 0);
+  lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
+  braid__task_finish(t);
 }
 
 /* ---- results ---- */
