@@ -77,6 +77,15 @@ struct braid_wait {
 
 /* ---- scopes ---- */
 
+/* Something a scope started that must not outlive it (a process, a socket,
+** a server). When the scope ends, close() runs for every resource still
+** attached; it must stop the thing without running Lua (kill, uv_close) and
+** detach it. The owner removes the resource earlier when it ends first. */
+struct braid_resource {
+  struct braid_list link;
+  void (*close)(struct braid_resource *r);
+};
+
 enum { SCOPE_TOP, SCOPE_TASK, SCOPE_PLAIN, SCOPE_SHIELD, SCOPE_TIMEOUT,
        SCOPE_GROUP };
 
@@ -86,6 +95,7 @@ struct braid_scope {
   struct braid_scope *outer;   /* enclosing scope, maybe another task's */
   struct braid_list link;      /* in outer->subs */
   struct braid_list subs;      /* nested scopes and children's task scopes */
+  struct braid_list resources; /* struct braid_resource */
   unsigned pending;            /* members not ended (children, adopted) */
   unsigned char kind, cancelled, joining, deadline_fired, body_failed;
   int base;                    /* stack slot below the body's results */
@@ -105,6 +115,8 @@ void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
 void braid__scope_cancel(struct braid_scope *s, struct braid_scope *cause);
 void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_release(struct braid_scope *s);
+void braid__resource_add(struct braid_task *t, struct braid_resource *r);
+void braid__resource_remove(struct braid_resource *r);
 void braid__scope_member_done(lua_State *L, struct braid_scope *s,
                               struct braid_task *t);
 void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);

@@ -48,6 +48,7 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   s->reason_ref = s->error_ref = LUA_NOREF;
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
+  braid__list_init(&s->resources);
   s->grace = outer ? outer->grace : E->grace;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
@@ -142,8 +143,23 @@ void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
   else braid__timer_start(s->E, tm, ns, deadline_cb);
 }
 
+/* Attaches r to the running task's innermost scope. */
+void braid__resource_add (struct braid_task *t, struct braid_resource *r) {
+  braid__list_push(&t->inner->resources, &r->link);
+}
+
+void braid__resource_remove (struct braid_resource *r) {
+  braid__list_remove(&r->link);
+}
+
 void braid__scope_release (struct braid_scope *s) {
   lua_State *S = s->E->S;
+  while (!braid__list_empty(&s->resources)) {
+    struct braid_resource *r = container_of(s->resources.next,
+                                            struct braid_resource, link);
+    braid__list_remove(&r->link);
+    r->close(r);
+  }
   if (s->release) s->release(s);
   if (s->timers) {
     braid__timer_stop(s->E, &s->timers->deadline);
