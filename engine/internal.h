@@ -72,6 +72,8 @@ struct braid_wait {
   struct braid_watch watch;            /* in the waited-on object's queue */
   struct braid_timer timer;            /* braid.sleep */
   struct braid_task *target;           /* task:await */
+  int slot, got;                       /* channel hand-offs, permits */
+  uint64_t since;                      /* loop time (ms) the wait began */
 };
 
 
@@ -227,6 +229,7 @@ void braid__open_task(lua_State *L);
 void braid__open_scope(lua_State *L);
 void braid__open_timer(lua_State *L);
 void braid__open_group(lua_State *L);
+void braid__open_channel(lua_State *L);
 void braid__open_error(lua_State *L);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
