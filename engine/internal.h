@@ -50,6 +50,7 @@ void braid__timer_start(braid_engine_t *E, struct braid_timer *tm,
                         uint64_t delay_ns, void (*cb)(struct braid_timer *));
 void braid__timer_stop(braid_engine_t *E, struct braid_timer *tm);
 uint64_t braid__now(braid_engine_t *E);
+uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
 uint64_t braid__check_ns(lua_State *L, int arg, const char *fname);
 
@@ -211,7 +212,7 @@ struct braid_engine {
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
-  uv_signal_t sigint;
+  uv_signal_t sigint, sigquit;
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   struct braid_timer **heap;
@@ -230,6 +231,8 @@ void braid__open_scope(lua_State *L);
 void braid__open_timer(lua_State *L);
 void braid__open_group(lua_State *L);
 void braid__open_channel(lua_State *L);
+void braid__open_dump(lua_State *L);
+void braid__dump_signal(braid_engine_t *E);
 void braid__open_error(lua_State *L);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);

@@ -71,7 +71,7 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   w->task = t;
   w->cancel = cancel;
   w->what = what;
-  w->since = t->E->loop ? uv_now(t->E->loop) : 0;
+  w->since = braid__now_ms(t->E);
   t->wait = w;
   t->wake = WAKE_NONE;
 }

@@ -16,6 +16,12 @@ uint64_t braid__now (braid_engine_t *E) {
   return E->virtual_clock ? E->vnow : uv_hrtime();
 }
 
+/* Milliseconds, cheaply: the loop's cached time, or the virtual clock. */
+uint64_t braid__now_ms (braid_engine_t *E) {
+  if (E->virtual_clock) return E->vnow / 1000000;
+  return E->loop ? uv_now(E->loop) : 0;
+}
+
 static int heap_less (struct braid_timer *a, struct braid_timer *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
 }
