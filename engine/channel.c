@@ -259,13 +259,6 @@ static struct braid_sem *sem_check (lua_State *L) {
   return (struct braid_sem *) luaL_checkudata(L, 1, SEM_MT);
 }
 
-static int wait_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_task *t = (struct braid_task *) ctx;
-  (void) status;
-  braid__task_resumed(L, t);   /* woken OK means the permit was handed over */
-  return 0;
-}
-
 /* sem:acquire(): takes a permit, waiting in FIFO order for one. */
 static int l_sem_acquire (lua_State *L) {
   struct braid_sem *s = sem_check(L);
@@ -276,7 +269,7 @@ static int l_sem_acquire (lua_State *L) {
     return 0;
   }
   braid__task_checkyield(L, t, "acquire");
-  return queue_wait(L, t, &s->waiters, "semaphore acquire", wait_k);
+  return queue_wait(L, t, &s->waiters, "semaphore acquire", braid__task_k0);
 }
 
 /* sem:release(): gives a permit back, straight to the first waiter. */
@@ -319,7 +312,7 @@ static int l_event_wait (lua_State *L) {
   braid__task_checkcancel(L, t);
   if (e->set) return 0;
   braid__task_checkyield(L, t, "wait");
-  return queue_wait(L, t, &e->waiters, "event wait", wait_k);
+  return queue_wait(L, t, &e->waiters, "event wait", braid__task_k0);
 }
 
 /* ev:set(): sets the event and wakes every waiter. */

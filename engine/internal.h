@@ -167,6 +167,7 @@ void braid__task_wait(struct braid_task *t, struct braid_wait *w,
 int braid__task_yield(lua_State *L, struct braid_task *t, lua_KContext ctx,
                       lua_KFunction k);
 void braid__task_resumed(lua_State *L, struct braid_task *t);
+int braid__task_k0(lua_State *L, int status, lua_KContext ctx);
 void braid__task_checkcancel(lua_State *L, struct braid_task *t);
 void braid__task_checkyield(lua_State *L, struct braid_task *t,
                             const char *fname);
