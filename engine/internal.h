@@ -192,6 +192,7 @@ int braid__error_usage(lua_State *L, const char *fmt, ...);
 int braid__error_argerror(lua_State *L, int arg, const char *fname,
                           const char *extramsg);
 const char *braid__error_kind(lua_State *L, int idx);
+const char *braid__tostring(lua_State *L, int idx);
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
