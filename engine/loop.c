@@ -168,6 +168,19 @@ static int l_loop_run (lua_State *L) {
       E->virtual_clock = strcmp(c, "virtual") == 0;
     }
     lua_pop(L, 1);
+    /* The scheduler is deterministic by itself (FIFO, and on the virtual
+    ** clock timers fire in a fixed order); the seed makes the script's own
+    ** math.random reproducible too. */
+    lua_getfield(L, 2, "seed");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1))
+        braid__error_usage(L, "bad option 'seed' to 'run' (integer expected)");
+      lua_getglobal(L, "math");
+      if (lua_istable(L, -1) && lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+      }
+    }
   }
   lua_settop(L, 1);
   braid__error_forget(L);   /* records live until the next run's start */
