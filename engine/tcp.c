@@ -105,14 +105,22 @@ static void stream_attach (struct tcp_stream *s, struct braid_task *t) {
   s->attached = 1;
 }
 
-/* Gives the stream a userdata and, when t is given, makes it a resource of
-** t's innermost scope. [-0, +1, m] */
-static void stream_push (lua_State *L, struct tcp_stream *s,
-                         struct braid_task *t) {
+/* Pushes an empty stream object, made before the stream is bound to it so
+** that running out of memory leaves no handle without an owner.
+** [-0, +1, m] */
+static struct tcp_stream **stream_newud (lua_State *L) {
   struct tcp_stream **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  luaL_setmetatable(L, STREAM_MT);
+  return ud;
+}
+
+/* Binds s to its object and, when t is given, makes it a resource of t's
+** innermost scope. */
+static void stream_bind (struct tcp_stream **ud, struct tcp_stream *s,
+                         struct braid_task *t) {
   *ud = s;
   s->ud = ud;
-  luaL_setmetatable(L, STREAM_MT);
   uv_tcp_nodelay(&s->tcp, 1);
   if (t) stream_attach(s, t);
 }
@@ -210,8 +218,8 @@ static void stream_take (lua_State *L, struct tcp_stream *s, size_t n,
   if (s->len == 0) s->off = 0;
 }
 
-/* After the buffer was drained, reading ended by a full buffer resumes
-** lazily, at the next wait. At EOF or error: nil, or the error raised. */
+/* Reading has ended and the buffer is drained: pushes nil at EOF, else
+** raises the read error (ECONNRESET, ...) as kind "io". */
 static int stream_end (lua_State *L, struct tcp_stream *s, const char *what) {
   if (s->rerr == UV_EOF) {
     lua_pushnil(L);
@@ -230,12 +238,14 @@ static int read_k (lua_State *L, int status, lua_KContext ctx);
 /* stream:read([n]) -> string | nil: up to n bytes (default: whatever has
 ** arrived), waiting for at least one; nil at EOF. */
 static int l_stream_read (lua_State *L) {
-  struct tcp_stream *s = stream_check(L, 1, "read");
-  struct braid_task *t = braid__task_current(L, "stream:read");
-  if (!lua_isnoneornil(L, 2) && (!lua_isinteger(L, 2) || lua_tointeger(L, 2) <= 0))
+  struct braid_task *t;
+  stream_check(L, 1, "read");
+  t = braid__task_current(L, "stream:read");
+  if (!lua_isnoneornil(L, 2) &&
+      (!lua_isinteger(L, 2) || lua_tointeger(L, 2) <= 0))
     braid__error_argerror(L, 2, "read", "positive integer expected");
+  lua_settop(L, 2);
   braid__task_checkcancel(L, t);
-  (void) s;
   return read_k(L, LUA_OK, 0);
 }
 
@@ -620,6 +630,7 @@ static void conn_res_close (struct braid_resource *r) {
 static int connect_k (lua_State *L, int status, lua_KContext ctx) {
   struct tcp_connect *c = (struct tcp_connect *) ctx;
   struct braid_task *t = braid__engine(L)->current;
+  struct tcp_stream **ud = stream_newud(L);   /* may raise: c still owns s */
   struct tcp_stream *s = c->status == 0 ? c->s : NULL;
   int rc = c->status;
   (void) status;
@@ -635,7 +646,7 @@ static int connect_k (lua_State *L, int status, lua_KContext ctx) {
     return braid__error_raise(L, "io", uv_err_name(rc), "tcp.connect %s:%d: "
                               "%s", lua_tostring(L, 1),
                               (int) lua_tointeger(L, 2), uv_strerror(rc));
-  stream_push(L, s, t);
+  stream_bind(ud, s, t);
   return 1;
 }
 
@@ -744,22 +755,25 @@ static void server_res_close (struct braid_resource *r) {
 /* Accepts one connection and spawns its handler; on E->S, under pcall. */
 static int server_accept (lua_State *S) {
   struct tcp_server *srv = lua_touserdata(S, 1);
-  struct tcp_stream *s;
+  struct tcp_stream *s, **ud;
   struct braid_task *t;
   struct tcp_conn *k;
   int rc;
+  lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
+  ud = stream_newud(S);                                     /* 3 */
   if ((s = stream_new(srv->E, &rc)) == NULL) return 0;
-  if (uv_accept((uv_stream_t *) &srv->tcp, (uv_stream_t *) &s->tcp) != 0 ||
-      (k = malloc(sizeof *k)) == NULL) {
+  if (uv_accept((uv_stream_t *) &srv->tcp, (uv_stream_t *) &s->tcp) != 0) {
     stream_close(s);
     return 0;
   }
+  stream_bind(ud, s, NULL);   /* if the spawn fails, __gc closes it */
+  t = braid__task_spawn(S, srv->scope, 2, 1);
+  stream_attach(s, t);        /* the handler's own scope owns the stream */
+  if ((k = malloc(sizeof *k)) == NULL) return 0;   /* not cancellable by
+                                                      server:close, still a
+                                                      child of the scope */
   braid__list_init(&k->link);
   k->watch.done = conn_task_done;
-  lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
-  stream_push(S, s, NULL);                                  /* 3 */
-  t = braid__task_spawn(S, srv->scope, 2, 1);
-  stream_attach(s, t);       /* the handler's own scope owns the stream */
   k->task = t;
   braid__list_push(&t->watchers, &k->watch.link);
   braid__list_push(&srv->conns, &k->link);
