@@ -1,7 +1,7 @@
 # braid: build, test, run. `make run` and `make test` work on a fresh Debian
 # machine: missing packages are installed first (see the deps target).
 
-PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config
+PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
@@ -19,7 +19,7 @@ LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
 LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
 
-CORE      := loop task scope group timer error channel dump
+CORE      := loop task scope group timer error channel dump tcp
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 

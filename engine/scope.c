@@ -263,6 +263,10 @@ static int scope_join_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   s->task->wake = WAKE_NONE;
   s->joining = 0;
+  /* A member spawned after the last one ended but before this task was
+  ** resumed (scope:spawn from another task, a server's accept) must be
+  ** waited for too: closing now would free a scope it still points to. */
+  if (s->pending > 0) return braid__scope_join(L, s, scope_join_k);
   return scope_close(L, s);
 }
 

@@ -1,0 +1,460 @@
+-- tcp_spec.lua: braid.tcp on 127.0.0.1 only. Outside peers (socat) are
+-- started in the background by the shell and killed in `finally`.
+local braid = require "braid"
+local h = require "helper"
+
+local LO <const> = "127.0.0.1"
+
+-- An echo server in the current scope: each line comes back.
+local function echo_server(opts)
+  return braid.tcp.listen(LO, 0, function(s)
+    while true do
+      local data = s:read()
+      if data == nil then break end
+      s:write(data)
+    end
+    s:close()
+  end, opts)
+end
+
+-- A port that nothing listens on (it did a moment ago).
+local function closed_port()
+  local srv = braid.tcp.listen(LO, 0, function() end)
+  local port = srv:port()
+  srv:close()
+  return port
+end
+
+-- A task that ends (cancelled) once gate_open is called: a barrier.
+local function gate()
+  local t = braid.spawn(braid.sleep, 1e9)
+  return function() pcall(t.await, t) end, function() t:cancel("open") end
+end
+
+-- Waits, bounded, until cond() holds; fails the spec when it never does.
+local function wait_until(cond, what, limit)
+  local t0 = braid.now()
+  while not cond() do
+    if braid.now() - t0 > (limit or 10) then error("timed out waiting: " .. what) end
+    braid.sleep(0.01)
+  end
+end
+
+local function slurp(p)
+  local f = io.open(p, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+describe("braid.tcp", function()
+  it("echoes round trips between braid client and braid server", h.run(function()
+    braid.scope(function()
+      local srv = echo_server()
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      for i = 1, 200 do
+        local msg = ("message %d\n"):format(i)
+        c:write(msg)
+        assert.are.equal(msg, c:read_line() .. "\n")
+      end
+      local big = string.rep("0123456789abcdef", 64 * 1024)   -- 1 MiB
+      local got = {}
+      braid.gather(function() c:write(big) end, function()
+        local n = 0
+        while n < #big do
+          local d = c:read(100000)
+          assert.is_true(#d <= 100000)
+          got[#got + 1] = d
+          n = n + #d
+        end
+      end)
+      assert.is_true(table.concat(got) == big)
+      srv:close()
+    end)
+  end))
+
+  it("raises an io error with code ECONNREFUSED on a closed port", h.run(function()
+    local ok, e = pcall(braid.tcp.connect, LO, closed_port())
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind)
+    assert.are.equal("ECONNREFUSED", e.code)
+    assert.is_true(braid.is_error(e))
+  end))
+
+  it("raises an EAI_ code when the name does not resolve", h.run(function()
+    local ok, e = pcall(braid.tcp.connect, "no-such-host.invalid", 80, {timeout = 10})
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind)
+    assert.matches("^EAI_", e.code)
+  end))
+
+  it("resolves localhost and connects", h.run(function()
+    braid.scope(function()
+      local srv = echo_server()
+      local c <close> = braid.tcp.connect("localhost", srv:port(), {timeout = 10})
+      c:write("hi\n")
+      assert.are.equal("hi", c:read_line())
+      srv:close()
+    end)
+  end))
+
+  it("reads lines across chunk boundaries, a long line and the unterminated rest", h.run(function()
+    local long = string.rep("x", 300 * 1024)   -- longer than the 64 KiB buffer
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        for _, part in ipairs({"hel", "lo\r\nwor", "ld\n\n", long:sub(1, 70000),
+                               long:sub(70001) .. "\nta", "il"}) do
+          s:write(part)
+          braid.sleep(0.01)   -- separate chunks are likely; not relied on
+        end
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      assert.are.equal("hello", c:read_line())
+      assert.are.equal("world", c:read_line())
+      assert.are.equal("", c:read_line())
+      assert.is_true(c:read_line() == long)
+      assert.are.equal("tail", c:read_line())
+      assert.is_nil(c:read_line())
+      assert.is_nil(c:read())
+      srv:close()
+    end)
+  end))
+
+  it("iterates lines with stream:lines()", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        s:write("a\nb\nc\n")
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      local got = {}
+      for line in c:lines() do got[#got + 1] = line end
+      assert.are.same({"a", "b", "c"}, got)
+      srv:close()
+    end)
+  end))
+
+  it("half-closes with shutdown(): the peer reads EOF and can still answer", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        local n = 0
+        for line in s:lines() do n = n + #line end
+        s:write("got " .. n .. "\n")
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      c:write("abc\ndefg\n")
+      c:shutdown()
+      assert.are.equal("got 7", c:read_line())
+      assert.is_nil(c:read_line())
+      srv:close()
+    end)
+  end))
+
+  it("applies back-pressure: a slow reader keeps the writer's memory bounded", h.run(function()
+    local chunk, total = 64 * 1024, 50 * 1024 * 1024
+    local received = 0
+    collectgarbage()
+    local base, peak = collectgarbage("count"), 0
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        while true do
+          local d = s:read()
+          if not d then break end
+          received = received + #d
+          braid.sleep(0.001)   -- the slow reader
+        end
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      for i = 1, total // chunk do
+        c:write(string.rep(string.char(65 + i % 26), chunk))   -- a fresh string
+        if i % 16 == 0 then   -- live memory: what pending writes still hold
+          collectgarbage()
+          peak = math.max(peak, collectgarbage("count"))
+        end
+      end
+      c:close()
+    end)
+    assert.are.equal(total, received)
+    local grew = (peak - base) / 1024
+    assert.is_true(grew < 16, ("Lua memory grew by %.1f MB"):format(grew))
+  end))
+
+  it("serves 1,000 concurrent connections", h.run(function()
+    local n, active, max_active, done = 1000, 0, 0, 0
+    local wait_all, open_all = gate()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        active = active + 1
+        max_active = math.max(max_active, active)
+        for line in s:lines() do s:write(line .. "\n") end
+        active = active - 1
+      end, {backlog = 1024})
+      braid.map((function() local l = {} for i = 1, n do l[i] = i end return l end)(),
+        function(i)
+          local c <close> = braid.tcp.connect(LO, srv:port(), {timeout = 30})
+          c:write(i .. "\n")
+          assert.are.equal(tostring(i), c:read_line())
+          done = done + 1
+          if done == n then open_all() end
+          wait_all()   -- every connection stays open until all are up
+        end)
+      srv:close()
+    end)
+    assert.are.equal(n, done)
+    assert.are.equal(n, max_active)
+  end))
+
+  it("talks to a real external server (socat running cat)", h.run(function()
+    local port = closed_port()
+    local pidfile = os.tmpname()
+    finally(function()
+      local pid = slurp(pidfile)
+      if pid and pid:match("%d+") then os.execute("kill " .. pid:match("%d+") .. " 2>/dev/null") end
+      os.remove(pidfile)
+    end)
+    assert.is_true(os.execute(("socat TCP-LISTEN:%d,bind=%s,reuseaddr EXEC:cat " ..
+      ">/dev/null 2>&1 & echo $! > %s"):format(port, LO, pidfile)))
+    local c
+    wait_until(function()
+      local ok, r = pcall(braid.tcp.connect, LO, port)
+      if ok then c = r return true end
+      assert.are.equal("ECONNREFUSED", r.code)
+    end, "socat to listen")
+    c:write("through socat\nand back\n")
+    assert.are.equal("through socat", c:read_line())
+    assert.are.equal("and back", c:read_line())
+    c:shutdown()   -- cat sees EOF and exits; socat closes
+    assert.is_nil(c:read())
+    c:close()
+  end))
+
+  it("serves a real external client (socat), which half-closes", h.run(function()
+    local base = os.tmpname()
+    finally(function() os.remove(base) os.remove(base .. ".out") os.remove(base .. ".done") end)
+    local lines = {}
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        for line in s:lines() do lines[#lines + 1] = line end   -- until socat's EOF
+        s:write("got " .. #lines .. "\n")
+        s:close()
+      end)
+      assert.is_true(os.execute(("(printf 'ping\\npong\\n' | socat -t 10 - TCP:%s:%d " ..
+        "> %s.out 2>&1; echo done > %s.done) >/dev/null 2>&1 &"):format(LO, srv:port(), base, base)))
+      wait_until(function() return slurp(base .. ".done") end, "socat to finish", 20)
+      srv:close()
+    end)
+    assert.are.same({"ping", "pong"}, lines)
+    assert.are.equal("got 2\n", slurp(base .. ".out"))
+  end))
+end)
+
+describe("braid.tcp errors", function()
+  it("raises EPIPE or ECONNRESET writing to a peer that closed (no SIGPIPE death)", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s) s:close() end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      assert.is_nil(c:read())   -- the peer's close reached us
+      local ok, e
+      for _ = 1, 100 do
+        ok, e = pcall(c.write, c, string.rep("x", 65536))
+        if not ok then break end
+      end
+      assert.is_false(ok)
+      assert.are.equal("io", e.kind)
+      assert.is_true(e.code == "EPIPE" or e.code == "ECONNRESET", e.code)
+      srv:close()
+    end)
+  end))
+
+  it("refuses a line longer than 1 MiB with code ENOBUFS", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        pcall(s.write, s, string.rep("y", 2 * 1024 * 1024))
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      local ok, e = pcall(c.read_line, c)
+      assert.are.equal("io", e.kind)
+      assert.are.equal("ENOBUFS", e.code)
+      srv:close()
+    end)
+  end))
+
+  it("lets only one task read a stream at a time", h.run(function()
+    braid.scope(function()
+      local srv = echo_server()
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      local t = braid.spawn(c.read, c)
+      braid.yield()
+      local ok, e = pcall(c.read, c)
+      assert.are.equal("usage", e.kind)
+      c:write("x")
+      assert.are.equal("x", t:await())
+      srv:close()
+    end)
+  end))
+end)
+
+describe("braid.tcp cancellation", function()
+  it("undoes a read that waits forever; the stream stays usable", h.run(function()
+    braid.scope(function()
+      local srv = echo_server()
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      local t = braid.spawn(c.read, c)
+      braid.yield()
+      assert.are.equal("suspended", t:status())
+      t:cancel("enough")
+      local ok, e = pcall(t.await, t)
+      assert.is_true(braid.is_cancelled(e))
+      local ok2, e2 = pcall(braid.timeout, 0.05, c.read, c)
+      assert.is_true(braid.is_timeout(e2))
+      c:write("still here\n")
+      assert.are.equal("still here", c:read_line())
+      srv:close()
+    end)
+  end))
+
+  it("undoes a connect cancelled immediately or while pending", h.run(function()
+    braid.scope(function()
+      local srv = echo_server()
+      local t = braid.spawn(braid.tcp.connect, LO, srv:port())
+      t:cancel()
+      assert.is_true(braid.is_cancelled(select(2, pcall(t.await, t))))
+      for _, host in ipairs({LO, "localhost"}) do
+        t = braid.spawn(braid.tcp.connect, host, srv:port())
+        braid.yield()   -- it has started connecting (or resolving)
+        t:cancel()
+        local ok, e = pcall(t.await, t)
+        assert.is_true(braid.is_cancelled(e))
+      end
+      srv:close()
+    end)
+  end))
+
+  it("undoes a write that waits on a peer that never reads, closing the stream", h.run(function()
+    local wait_end, release = gate()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s) wait_end() end)
+      local c = braid.tcp.connect(LO, srv:port())
+      local t = braid.spawn(c.write, c, string.rep("z", 64 * 1024 * 1024))
+      braid.yield()
+      assert.are.equal("suspended", t:status())
+      t:cancel()
+      assert.is_true(braid.is_cancelled(select(2, pcall(t.await, t))))
+      local ok, e = pcall(c.write, c, "more")
+      assert.are.equal("closed", e.kind)
+      release()
+      srv:close()
+    end)
+  end))
+
+  it("server:close() stops listening and cancels its handlers", h.run(function()
+    local n, ready, cancelled = 5, 0, 0
+    local port
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        ready = ready + 1
+        local ok, e = pcall(s.read, s)
+        if braid.is_cancelled(e) then cancelled = cancelled + 1 end
+        error(e, 0)
+      end)
+      port = srv:port()
+      local clients = {}
+      for i = 1, n do clients[i] = braid.tcp.connect(LO, port) end
+      wait_until(function() return ready == n end, "handlers to start")
+      srv:close()
+      srv:close()   -- twice is once
+      for i = 1, n do
+        assert.is_nil(clients[i]:read())   -- the handler's stream was closed
+        clients[i]:close()
+      end
+    end)
+    assert.are.equal(n, cancelled)
+    local ok, e = pcall(braid.tcp.connect, LO, port)
+    assert.are.equal("ECONNREFUSED", e.code)
+  end))
+
+  it("bounds connect with opts.timeout and braid.timeout", h.run(function()
+    -- A full backlog would be needed to stall a loopback connect; instead a
+    -- zero timeout must fire before any connect can complete.
+    local port = closed_port()
+    local ok, e = pcall(braid.timeout, 0, braid.tcp.connect, LO, port)
+    assert.is_true(braid.is_timeout(e))
+    ok, e = pcall(braid.tcp.connect, "localhost", port, {timeout = 0})
+    assert.are.equal("io", e.kind)
+    assert.is_true(e.code == "ETIMEDOUT" or e.code == "ECONNREFUSED", e.code)
+  end))
+end)
+
+describe("braid.tcp resources", function()
+  it("closes a stream still open when its scope ends", h.run(function()
+    local eof = false
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        eof = s:read() == nil
+      end)
+      local c
+      braid.scope(function() c = braid.tcp.connect(LO, srv:port()) end)
+      local ok, e = pcall(c.read, c)
+      assert.are.equal("closed", e.kind)
+      c:close()   -- harmless
+    end)
+    assert.is_true(eof)
+  end))
+
+  it("closes a server when its scope ends", h.run(function()
+    local port
+    braid.scope(function()
+      port = braid.tcp.listen(nil, 0, function() end):port()
+    end)
+    local ok, e = pcall(braid.tcp.connect, LO, port)
+    assert.are.equal("ECONNREFUSED", e.code)
+  end))
+
+  it("closes a stream that is collected", h.run(function()
+    local eof = false
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        eof = s:read() == nil
+      end)
+      do local c = braid.tcp.connect(LO, srv:port()) end
+      collectgarbage()
+      collectgarbage()
+    end)
+    assert.is_true(eof)
+  end))
+
+  it("fails the listening scope when a handler fails (it is a child task)", h.run(function()
+    local boom = {}
+    local ok, e = pcall(braid.scope, function()
+      local srv = braid.tcp.listen(nil, 0, function() error(boom) end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      c:read()   -- cancelled by the failure
+    end)
+    assert.is_true(rawequal(boom, e))
+  end))
+
+  it("rejects bad arguments with usage errors", h.run(function()
+    local ok, e = pcall(braid.tcp.connect, LO, 70000)
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.tcp.listen, "not an address", 0, print)
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.tcp.listen, nil, 0, 42)
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.tcp.connect, LO, 1, {bogus = 1})
+    assert.are.equal("usage", e.kind)
+  end))
+end)
+
+describe("examples/port_check.lua", function()
+  it("reports its own listener open and a closed port closed, and exits 0", function()
+    local out, err, code = h.braid("examples/port_check.lua")
+    assert.are.equal(0, code, err)
+    assert.matches("127%.0%.0%.1:%d+%s+open", out)
+    assert.matches("closed %(E[A-Z]+%)", out)
+  end)
+end)
