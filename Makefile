@@ -20,6 +20,7 @@ LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
 
 CORE      := loop task scope group timer error
+CORE      += process
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 
