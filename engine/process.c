@@ -590,6 +590,8 @@ struct proc_box {
 
 static struct braid_proc *proc_check (lua_State *L) {
   struct proc_box *box = luaL_checkudata(L, 1, PROC_MT);
+  if (box->p == NULL)   /* only a finalizer can still see a collected one */
+    braid__error_raise(L, "closed", NULL, "process: the object was collected");
   return box->p;
 }
 
