@@ -317,6 +317,12 @@ static const char *signal_name (int sig, char *buf, size_t n) {
 /* libuv writes to pipes with write(2): a child that closed its end must
 ** give the parent EPIPE, not kill it. Children get default dispositions
 ** back from libuv before exec. */
+/* Seconds (already checked non-negative) as timer milliseconds, rounded
+** up and clamped so that the conversion is always defined. */
+static uint64_t proc_ms (double s) {
+  return s >= 1e12 ? (uint64_t) 1e15 : (uint64_t) (s * 1000 + 0.999);
+}
+
 static void proc_ignore_sigpipe (void) {
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
@@ -396,7 +402,7 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   p->E = E;
   p->owned = 1;
   p->stdin_ref = LUA_NOREF;
-  p->kill_grace_ms = (uint64_t) (kill_grace * 1000 + 0.5);
+  p->kill_grace_ms = proc_ms(kill_grace);
   braid__list_init(&p->waiters);
   braid__list_init(&p->res.link);
   p->res.close = proc_resource_close;
@@ -575,8 +581,7 @@ static int l_process_exec (lua_State *L) {
   }
   uv_update_time(p->E->loop);    /* the loop's cached time may be stale */
   if (timeout >= 0)
-    uv_timer_start(&p->timer, exec_timeout_cb,
-                   (uint64_t) (timeout * 1000 + 0.999), 0);
+    uv_timer_start(&p->timer, exec_timeout_cb, proc_ms(timeout), 0);
   p->waiting = 1;
   braid__task_wait(t, &p->wait, exec_cancel, "exec");
   return braid__task_yield(L, t, (lua_KContext) p, exec_k);
