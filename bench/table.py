@@ -3,7 +3,8 @@ aligned for the terminal, then as Markdown for bench/RESULTS.md.
 
 usage: /usr/bin/python3 bench/table.py RESULTS_FILE
 Input lines: "RESULT W1 braid ns_per_task=412.3", "FAIL W1 trio",
-"STATUS braid pending" (what to show where an implementation has no number).
+"STATUS braid pending" (what to show where an implementation has no number),
+"NOTE W4 trio: ..." (a remark printed below the table).
 Every metric is lower-is-better, so braid/floor >= 1 is braid's overhead over the
 floor and peer/braid > 1 means braid is that many times better than the peer.
 """
@@ -14,6 +15,7 @@ ROWS = [  # (workload, key, label)
     ("W2", "wall_ms", "wall ms (ideal 50)"),
     ("W2", "bytes_per_task", "bytes per sleeping task"),
     ("W3", "ms_raise_to_raised", "ms raise -> gather raised"),
+    ("W4", "ns_per_msg", "ns per message"),
 ]
 IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node"]
 PEERS = ["asyncio", "uvloop", "trio", "node"]
@@ -21,9 +23,10 @@ FLOOR_NOTES = [
     "W1 floor: stock lua5.4, coroutine.create + resume of each task in turn.",
     "W2 floor: wall ms from C on raw libuv (one uv_timer_t per task); bytes from a parked stock-Lua coroutine.",
     "W3 floor: stock lua5.4, a cancel token resumed into each parked coroutine, then coroutine.close runs its <close>.",
+    "W4 floor: stock lua5.4, two coroutines and a tiny scheduler (a run queue resumed in turn) passing values through two 1-slot queues.",
 ]
 
-values, fails, status, extras = {}, set(), {}, []
+values, fails, status, extras, notes = {}, set(), {}, [], []
 for line in open(sys.argv[1]):
     f = line.split()
     if not f:
@@ -38,6 +41,8 @@ for line in open(sys.argv[1]):
         fails.add((f[1], f[2]))
     elif f[0] == "STATUS" and len(f) >= 3:
         status[f[1]] = " ".join(f[2:])
+    elif f[0] == "NOTE" and len(f) >= 2:
+        notes.append(" ".join(f[1:]))
 
 
 def fmt(v):
@@ -72,6 +77,9 @@ for w, key, label in ROWS:
     row += [ratio(w, key, "braid", "floor")] + [ratio(w, key, p, "braid") for p in PEERS]
     table.append(row)
 
+ran = {r[0] for r in table}
+FLOOR_NOTES = [nt for nt in FLOOR_NOTES if nt.split()[0] in ran]
+
 widths = [max(len(r[i]) for r in [header] + table) for i in range(len(header))]
 print()
 for r in [header] + table:
@@ -82,6 +90,8 @@ for note in FLOOR_NOTES:
 extras = [f"{w} {impl} {key.replace('_', ' ')} = {fmt(v)}" for w, impl, key, v in extras]
 for e in extras:
     print(f"Also measured: {e}")
+for nt in notes:
+    print(f"Note: {nt}")
 
 print("\nMarkdown:\n")
 print("| " + " | ".join(header) + " |")
@@ -93,3 +103,5 @@ for note in FLOOR_NOTES:
     print(f"- {note}")
 for e in extras:
     print(f"- also measured: {e}")
+for nt in notes:
+    print(f"- note: {nt}")

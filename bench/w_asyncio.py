@@ -1,6 +1,6 @@
-"""asyncio's side of W1..W3 (TaskGroup, Python >= 3.11); --uvloop runs it on uvloop.
+"""asyncio's side of W1..W4 (TaskGroup, Python >= 3.11); --uvloop runs it on uvloop.
 
-usage: /usr/bin/python3 bench/w_asyncio.py [--uvloop] W1|W2|W3 [n] [rounds]
+usage: /usr/bin/python3 bench/w_asyncio.py [--uvloop] W1|W2|W3|W4 [n] [rounds]
 Prints RESULT lines; exits non-zero (AssertionError) if the work was not all done.
 """
 import asyncio
@@ -101,6 +101,41 @@ async def w3(n):
     return (t1 - t_raise) * 1e3
 
 
+async def w4(n):
+    """Two tasks ping-pong over two asyncio.Queue(maxsize=1); n messages
+    (n/2 round trips). Returns ns per message."""
+    trips = n // 2
+    ping, pong = asyncio.Queue(maxsize=1), asyncio.Queue(maxsize=1)
+    got = echoed = 0
+
+    async def pinger():
+        nonlocal got
+        for i in range(1, trips + 1):
+            await ping.put(i)
+            v = await pong.get()
+            if v != i:
+                raise AssertionError(f"W4 {impl}: round trip {i} came back as {v}")
+            got += 1
+
+    async def ponger():
+        nonlocal echoed
+        total = 0
+        for _ in range(trips):
+            v = await ping.get()
+            total += v
+            await pong.put(v)
+        echoed = total
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(pinger())
+        tg.create_task(ponger())
+    dt = time.perf_counter() - t0
+    assert got == trips and echoed == trips * (trips + 1) // 2, \
+        f"W4 {impl}: not every message was delivered ({got} of {trips} round trips)"
+    return dt * 1e9 / (2 * trips)
+
+
 def bench(fn, n, rounds):
     samples = []
     for _ in range(rounds):
@@ -115,5 +150,7 @@ elif which == "W2":
     result("W2", "wall_ms", bench(w2, n or 20000, rounds or 5))
 elif which == "W3":
     result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 5))
+elif which == "W4":
+    result("W4", "ns_per_msg", bench(w4, n or 1000000, rounds or 3))
 else:
-    sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3 [n] [rounds]")
+    sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3|W4 [n] [rounds]")

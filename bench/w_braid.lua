@@ -1,5 +1,5 @@
--- braid's side of W1..W3.
--- usage: build/braid bench/w_braid.lua W1|W2|W3 [n] [rounds]
+-- braid's side of W1..W4.
+-- usage: build/braid bench/w_braid.lua W1|W2|W3|W4 [n] [rounds]
 --    or: LUA_CPATH='build/?.so;;' lua5.4 bench/w_braid.lua ...   (module form)
 -- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
 
@@ -103,6 +103,43 @@ local function w3()
   result("W3", "ms_raise_to_raised", median(samples))
 end
 
-local fns = {W1 = w1, W2 = w2, W3 = w3}
-assert(fns[which], "usage: w_braid.lua W1|W2|W3 [n] [rounds]")
+-- W4: two tasks ping-pong over two channels of capacity 1; n messages (a
+-- message is one hand-off in one direction, so n/2 round trips). ns per message.
+local function w4()
+  n, rounds = n or 1000000, rounds or 5
+  local trips = n // 2
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage()
+    local ping, pong = braid.channel(1), braid.channel(1)
+    local got, echoed = 0, 0
+    local function pinger()
+      for i = 1, trips do
+        ping:send(i)
+        local v, ok = pong:recv()
+        if v ~= i or not ok then error("W4 braid: round trip " .. i .. " came back as " .. tostring(v)) end
+        got = got + 1
+      end
+    end
+    local function ponger()
+      local sum = 0
+      for _ = 1, trips do
+        local v, ok = ping:recv()
+        if not ok then error("W4 braid: ping closed early") end
+        sum = sum + v
+        pong:send(v)
+      end
+      echoed = sum
+    end
+    local s = stamp()
+    braid.gather(pinger, ponger)
+    samples[r] = since(s) * 1e9 / (2 * trips)
+    assert(got == trips and echoed == trips * (trips + 1) // 2,
+      "W4 braid: not every message was delivered (" .. got .. " of " .. trips .. " round trips)")
+  end
+  result("W4", "ns_per_msg", median(samples))
+end
+
+local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4}
+assert(fns[which], "usage: w_braid.lua W1|W2|W3|W4 [n] [rounds]")
 if as_module then braid.run(fns[which]) else fns[which]() end

@@ -1,5 +1,5 @@
 -- The floors: what stock Lua 5.4 plain coroutines cost, with no scheduler.
--- usage: lua5.4 bench/w_floor.lua W1|W2|W3 [n] [rounds]
+-- usage: lua5.4 bench/w_floor.lua W1|W2|W3|W4 [n] [rounds]
 -- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
 -- Times with os.clock() (CPU seconds, microsecond resolution): stock Lua has no
 -- finer wall clock, and every floor interval here is CPU-bound.
@@ -114,6 +114,71 @@ local function w3()
   result("W3", "floor", "ms_raise_to_raised", median(samples))
 end
 
-local fns = {W1 = w1, W2 = w2, W3 = w3}
-assert(fns[which], "usage: w_floor.lua W1|W2|W3 [n] [rounds]")
+-- W4: two coroutines ping-pong through two 1-slot queues, driven by a tiny
+-- scheduler: a run queue of ready coroutines, resumed in turn. A full send or
+-- an empty recv parks the coroutine on the queue (yield); the other side puts
+-- it back on the run queue. n messages (n/2 round trips); ns per message.
+local function w4()
+  n, rounds = n or 1000000, rounds or 5
+  local trips = n // 2
+  local yield, resume = coroutine.yield, coroutine.resume
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage()
+    local runq, head, tail = {}, 1, 0
+    local function ready(co) tail = tail + 1; runq[tail] = co end
+    local function chan() return {full = false, v = nil, rw = false, sw = false} end
+    local function send(ch, v, self)
+      while ch.full do ch.sw = self; yield() end
+      ch.v, ch.full = v, true
+      local w = ch.rw
+      if w then ch.rw = false; ready(w) end
+    end
+    local function recv(ch, self)
+      while not ch.full do ch.rw = self; yield() end
+      local v = ch.v
+      ch.v, ch.full = nil, false
+      local w = ch.sw
+      if w then ch.sw = false; ready(w) end
+      return v
+    end
+    local ping, pong = chan(), chan()
+    local got, echoed = 0, 0
+    local pinger, ponger
+    pinger = coroutine.create(function()
+      for i = 1, trips do
+        send(ping, i, pinger)
+        local v = recv(pong, pinger)
+        if v ~= i then error("W4 floor: round trip " .. i .. " came back as " .. tostring(v)) end
+        got = got + 1
+      end
+    end)
+    ponger = coroutine.create(function()
+      local sum = 0
+      for _ = 1, trips do
+        local v = recv(ping, ponger)
+        sum = sum + v
+        send(pong, v, ponger)
+      end
+      echoed = sum
+    end)
+    local t0 = clock()
+    ready(pinger); ready(ponger)
+    while head <= tail do
+      local co = runq[head]
+      runq[head] = nil
+      if head == tail then head, tail = 1, 0 else head = head + 1 end
+      local ok, err = resume(co)
+      if not ok then error(err, 0) end
+    end
+    samples[r] = (clock() - t0) * 1e9 / (2 * trips)
+    assert(got == trips and echoed == trips * (trips + 1) // 2,
+      "W4 floor: not every message was delivered (" .. got .. " of " .. trips .. " round trips)")
+    assert(coroutine.status(pinger) == "dead" and coroutine.status(ponger) == "dead")
+  end
+  result("W4", "floor", "ns_per_msg", median(samples))
+end
+
+local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4}
+assert(fns[which], "usage: w_floor.lua W1|W2|W3|W4 [n] [rounds]")
 fns[which]()

@@ -1,5 +1,5 @@
-// Node's side of W1..W3 (async functions + Promise.all).
-// usage: node --expose-gc bench/w_node.js W1|W2|W3 [n] [rounds]
+// Node's side of W1..W4 (async functions + Promise.all; W4 a hand-written channel).
+// usage: node --expose-gc bench/w_node.js W1|W2|W3|W4 [n] [rounds]
 // Prints RESULT lines; exits non-zero if the work was not all done.
 'use strict';
 const { performance } = require('node:perf_hooks');
@@ -100,6 +100,60 @@ async function w3(n) {
   return t1 - tRaise;
 }
 
+// A bounded async channel written by hand (Node has none). A value goes
+// straight to a waiting receiver, else into the buffer (at most `cap`), else the
+// sender waits; a promise is made only when a side has to wait, so a send or
+// recv that can complete at once costs no allocation beyond the await itself.
+// Waiters are served in FIFO order.
+class Channel {
+  constructor(cap) { this.cap = cap; this.buf = []; this.senders = []; this.receivers = []; }
+  send(v) {
+    if (this.receivers.length) { this.receivers.shift()(v); return undefined; }
+    if (this.buf.length < this.cap) { this.buf.push(v); return undefined; }
+    return new Promise((resolve) => this.senders.push([v, resolve]));
+  }
+  recv() {
+    if (this.buf.length) {
+      const v = this.buf.shift();
+      if (this.senders.length) { const [sv, resolve] = this.senders.shift(); this.buf.push(sv); resolve(); }
+      return v;
+    }
+    if (this.senders.length) { const [sv, resolve] = this.senders.shift(); resolve(); return sv; }
+    return new Promise((resolve) => this.receivers.push(resolve));
+  }
+}
+
+// W4: two tasks ping-pong over two channels of capacity 1; n messages
+// (n/2 round trips). ns per message.
+async function w4(n) {
+  const trips = Math.floor(n / 2);
+  const ping = new Channel(1), pong = new Channel(1);
+  let got = 0, echoed = 0;
+  async function pinger() {
+    for (let i = 1; i <= trips; i++) {
+      await ping.send(i);
+      const v = await pong.recv();
+      if (v !== i) throw new Error(`W4 node: round trip ${i} came back as ${v}`);
+      got++;
+    }
+  }
+  async function ponger() {
+    let sum = 0;
+    for (let k = 0; k < trips; k++) {
+      const v = await ping.recv();
+      sum += v;
+      await pong.send(v);
+    }
+    echoed = sum;
+  }
+  const t0 = performance.now();
+  await Promise.all([pinger(), ponger()]);
+  const dt = performance.now() - t0;
+  assert(got === trips && echoed === trips * (trips + 1) / 2,
+    `W4 node: not every message was delivered (${got} of ${trips} round trips)`);
+  return dt * 1e6 / (2 * trips);
+}
+
 async function bench(fn, n, rounds) {
   const xs = [];
   for (let r = 0; r < rounds; r++) { gc(); xs.push(await fn(n)); }
@@ -112,7 +166,8 @@ async function main() {
   if (which === 'W1') result('W1', 'ns_per_task', await bench(w1, n || 100000, rounds));
   else if (which === 'W2') result('W2', 'wall_ms', await bench(w2, n || 20000, rounds));
   else if (which === 'W3') result('W3', 'ms_raise_to_raised', await bench(w3, n || 10000, rounds));
-  else { console.error('usage: w_node.js W1|W2|W3 [n] [rounds]'); process.exit(2); }
+  else if (which === 'W4') result('W4', 'ns_per_msg', await bench(w4, n || 1000000, rounds));
+  else { console.error('usage: w_node.js W1|W2|W3|W4 [n] [rounds]'); process.exit(2); }
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

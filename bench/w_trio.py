@@ -1,6 +1,6 @@
-"""Trio's side of W1..W3 (nurseries).
+"""Trio's side of W1..W4 (nurseries; W4 memory channels).
 
-usage: /usr/bin/python3 bench/w_trio.py W1|W2|W3 [n] [rounds]
+usage: /usr/bin/python3 bench/w_trio.py W1|W2|W3|W4 [n] [rounds]
 Prints RESULT lines; exits non-zero (AssertionError) if the work was not all done.
 """
 import gc
@@ -96,6 +96,42 @@ async def w3(n):
     return (t1 - t_raise) * 1e3
 
 
+async def w4(n):
+    """Two tasks ping-pong over two trio.open_memory_channel(1); n messages
+    (n/2 round trips). ns per message."""
+    trips = n // 2
+    ping_tx, ping_rx = trio.open_memory_channel(1)
+    pong_tx, pong_rx = trio.open_memory_channel(1)
+    got = echoed = 0
+
+    async def pinger():
+        nonlocal got
+        for i in range(1, trips + 1):
+            await ping_tx.send(i)
+            v = await pong_rx.receive()
+            if v != i:
+                raise AssertionError(f"W4 trio: round trip {i} came back as {v}")
+            got += 1
+
+    async def ponger():
+        nonlocal echoed
+        total = 0
+        for _ in range(trips):
+            v = await ping_rx.receive()
+            total += v
+            await pong_tx.send(v)
+        echoed = total
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pinger)
+        nursery.start_soon(ponger)
+    dt = time.perf_counter() - t0
+    assert got == trips and echoed == trips * (trips + 1) // 2, \
+        f"W4 trio: not every message was delivered ({got} of {trips} round trips)"
+    return dt * 1e9 / (2 * trips)
+
+
 def bench(fn, n, rounds):
     samples = []
     for _ in range(rounds):
@@ -110,5 +146,7 @@ elif which == "W2":
     result("W2", "wall_ms", bench(w2, n or 20000, rounds or 3))
 elif which == "W3":
     result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 3))
+elif which == "W4":
+    result("W4", "ns_per_msg", bench(w4, n or 1000000, rounds or 3))
 else:
-    sys.exit("usage: w_trio.py W1|W2|W3 [n] [rounds]")
+    sys.exit("usage: w_trio.py W1|W2|W3|W4 [n] [rounds]")

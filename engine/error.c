@@ -104,7 +104,7 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->reason_ref);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "reason");
-    lua_pushfstring(L, "cancelled (%s)", luaL_tolstring(L, -1, NULL));
+    lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
     lua_replace(L, -3);
     lua_pop(L, 1);
   } else if (cause->deadline_fired) {
@@ -116,6 +116,26 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   }
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, ERROR_MT);
+}
+
+static int tostring_p (lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes tostring(value at idx) and returns it, without ever raising: a
+** __tostring that fails (or returns a non-string) gets a description
+** instead, so reporting an error can never fail itself. */
+const char *braid__tostring (lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, tostring_p);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(a %s value whose __tostring failed)",
+                    luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
 }
 
 static const char info_key = 'i';
@@ -138,6 +158,33 @@ static void push_info_table (lua_State *L) {
 void braid__error_forget (lua_State *L) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+}
+
+static const char *const scope_words[] = {
+  "", "", " (in braid.scope)", " (in braid.shield)", " (under braid.timeout)",
+  " (in braid.gather/race/any/map)"
+};
+
+/* Pushes the failing task and the chain of tasks it sat in, one a line:
+** what a person needs to tell which child of which gather failed. */
+static void push_chain (lua_State *L, struct braid_task *t) {
+  luaL_Buffer b;
+  const char *lead = "task";
+  luaL_buffinit(L, &b);
+  while (t) {
+    struct braid_scope *in = t->scope.outer;
+    const char *site = braid__task_site(L, t, 0);
+    lua_pushfstring(L, "%s%s %d \"%s\"%s%s%s", lead,
+                    lead[0] == 't' ? "" : " task", (int) t->id,
+                    braid__task_name(L, t, 0),
+                    in->kind == SCOPE_TOP ? "" : ", spawned at ",
+                    in->kind == SCOPE_TOP ? "" : site, scope_words[in->kind]);
+    lua_remove(L, -2);
+    luaL_addvalue(&b);
+    lead = "\n    inside";
+    t = in->task;
+  }
+  luaL_pushresult(&b);
 }
 
 /* Records where the error at idx was raised (the traceback of co from
@@ -167,10 +214,7 @@ void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
   }
   lua_setfield(L, -2, "traceback");
   if (t) {
-    const char *site = braid__task_site(L, t, 0);
-    lua_pushfstring(L, "task %d (%s), spawned at %s", (int) t->id,
-                    braid__task_name(L, t, 0), site);
-    lua_remove(L, -2);
+    push_chain(L, t);
     lua_setfield(L, -2, "task");
   }
   lua_rawset(L, -3);
@@ -188,10 +232,8 @@ int braid__error_msgh (lua_State *L) {
 
 /* Prints the error at idx with what is known of where it came from. */
 void braid__error_report (lua_State *L, int idx, const char *prefix) {
-  const char *msg;
   idx = lua_absindex(L, idx);
-  msg = luaL_tolstring(L, idx, NULL);
-  fprintf(stderr, "%s%s\n", prefix, msg);
+  fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
   lua_pop(L, 1);
   push_info_table(L);
   lua_pushvalue(L, idx);
@@ -202,34 +244,50 @@ void braid__error_report (lua_State *L, int idx, const char *prefix) {
     if (lua_getfield(L, -1, "traceback") == LUA_TSTRING)
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
+    if (lua_getfield(L, -1, "also") == LUA_TTABLE) {
+      lua_Integer i, n = luaL_len(L, -1);
+      for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        fprintf(stderr, "  also raised while cancelling: %s\n",
+                lua_tostring(L, -1));
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
   } else if (braid__error_kind(L, idx) != NULL) {
     lua_getfield(L, idx, "traceback");
     if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 2);
-  if (braid__error_kind(L, idx) != NULL) {
-    lua_getfield(L, idx, "suppressed");
-    if (lua_istable(L, -1)) {
-      lua_Integer i, n = luaL_len(L, -1);
-      for (i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        fprintf(stderr, "  also raised while cancelling: %s\n",
-                luaL_tolstring(L, -1, NULL));
-        lua_pop(L, 2);
-      }
-    }
-    lua_pop(L, 1);
-  }
   fflush(stderr);
 }
 
 /* A member raised `idx` while the scope was already failing with `first`:
-** report it and keep it on first.suppressed when first is braid's own. */
+** report it now, list it under first's report, and keep it on
+** first.suppressed when first is braid's own. */
 void braid__error_suppress (lua_State *L, int first, int idx) {
   first = lua_absindex(L, first);
   idx = lua_absindex(L, idx);
   braid__error_report(L, idx, "braid: error while cancelling: ");
+  push_info_table(L);
+  lua_pushvalue(L, first);
+  if (lua_rawget(L, -2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, first);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  if (lua_getfield(L, -1, "also") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "also");
+  }
+  braid__tostring(L, idx);
+  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_pop(L, 3);
   if (braid__error_kind(L, first) == NULL) return;
   if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
     lua_pop(L, 1);

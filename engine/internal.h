@@ -50,6 +50,7 @@ void braid__timer_start(braid_engine_t *E, struct braid_timer *tm,
                         uint64_t delay_ns, void (*cb)(struct braid_timer *));
 void braid__timer_stop(braid_engine_t *E, struct braid_timer *tm);
 uint64_t braid__now(braid_engine_t *E);
+uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
 uint64_t braid__check_ns(lua_State *L, int arg, const char *fname);
 
@@ -72,6 +73,8 @@ struct braid_wait {
   struct braid_watch watch;            /* in the waited-on object's queue */
   struct braid_timer timer;            /* braid.sleep */
   struct braid_task *target;           /* task:await */
+  int slot, got;                       /* channel hand-offs, permits */
+  uint64_t since;                      /* loop time (ms) the wait began */
 };
 
 
@@ -164,6 +167,7 @@ void braid__task_wait(struct braid_task *t, struct braid_wait *w,
 int braid__task_yield(lua_State *L, struct braid_task *t, lua_KContext ctx,
                       lua_KFunction k);
 void braid__task_resumed(lua_State *L, struct braid_task *t);
+int braid__task_k0(lua_State *L, int status, lua_KContext ctx);
 void braid__task_checkcancel(lua_State *L, struct braid_task *t);
 void braid__task_checkyield(lua_State *L, struct braid_task *t,
                             const char *fname);
@@ -188,6 +192,7 @@ int braid__error_usage(lua_State *L, const char *fmt, ...);
 int braid__error_argerror(lua_State *L, int arg, const char *fname,
                           const char *extramsg);
 const char *braid__error_kind(lua_State *L, int idx);
+const char *braid__tostring(lua_State *L, int idx);
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
@@ -209,7 +214,7 @@ struct braid_engine {
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
-  uv_signal_t sigint;
+  uv_signal_t sigint, sigquit;
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   struct braid_timer **heap;
@@ -227,6 +232,9 @@ void braid__open_task(lua_State *L);
 void braid__open_scope(lua_State *L);
 void braid__open_timer(lua_State *L);
 void braid__open_group(lua_State *L);
+void braid__open_channel(lua_State *L);
+void braid__open_dump(lua_State *L);
+void braid__dump_signal(braid_engine_t *E);
 void braid__open_error(lua_State *L);
 void braid__open_process(lua_State *L);
 void braid__check_options(lua_State *L, int idx, const char *fname,

@@ -66,6 +66,11 @@ static void engine_interrupt (braid_engine_t *E) {
   if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
 }
 
+static void sigquit_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  braid__dump_signal(container_of(h, braid_engine_t, sigquit));
+}
+
 static void sigint_cb (uv_signal_t *h, int signum) {
   (void) signum;
   engine_interrupt(container_of(h, braid_engine_t, sigint));
@@ -131,6 +136,7 @@ static int engine_close_loop (braid_engine_t *E) {
   uv_close((uv_handle_t *) &E->idle, NULL);
   uv_close((uv_handle_t *) &E->timer, NULL);
   uv_close((uv_handle_t *) &E->sigint, NULL);
+  uv_close((uv_handle_t *) &E->sigquit, NULL);
   uv_run(E->loop, UV_RUN_DEFAULT);
   uv_walk(E->loop, close_walk_cb, &left);
   uv_run(E->loop, UV_RUN_DEFAULT);
@@ -162,6 +168,19 @@ static int l_loop_run (lua_State *L) {
       E->virtual_clock = strcmp(c, "virtual") == 0;
     }
     lua_pop(L, 1);
+    /* The scheduler is deterministic by itself (FIFO, and on the virtual
+    ** clock timers fire in a fixed order); the seed makes the script's own
+    ** math.random reproducible too. */
+    lua_getfield(L, 2, "seed");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1))
+        braid__error_usage(L, "bad option 'seed' to 'run' (integer expected)");
+      lua_getglobal(L, "math");
+      if (lua_istable(L, -1) && lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+      }
+    }
   }
   lua_settop(L, 1);
   braid__error_forget(L);   /* records live until the next run's start */
@@ -174,12 +193,17 @@ static int l_loop_run (lua_State *L) {
   uv_signal_init(E->loop, &E->sigint);
   uv_signal_start(&E->sigint, sigint_cb, SIGINT);
   uv_unref((uv_handle_t *) &E->sigint);
+  uv_signal_init(E->loop, &E->sigquit);
+  uv_signal_start(&E->sigquit, sigquit_cb, SIGQUIT);
+  uv_unref((uv_handle_t *) &E->sigquit);
   E->vnow = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = 0;
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   E->running = 1;
   E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */
+  lua_pushliteral(L, "main");
+  lua_setiuservalue(L, 2, 2);
   for (;;) {
     uv_run(E->loop, UV_RUN_DEFAULT);
     if (TASK_DONE(E->root)) break;
@@ -247,6 +271,8 @@ LUA_API int luaopen_braid (lua_State *L) {
   braid__open_scope(L);
   braid__open_timer(L);
   braid__open_group(L);
+  braid__open_channel(L);
+  braid__open_dump(L);
   braid__open_error(L);
   braid__open_process(L);
   /* The Lua-side library gets the C table and completes it. */

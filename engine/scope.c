@@ -183,7 +183,8 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
     return;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
-  braid__error_suppress(L, -1, idx < 0 ? idx - 1 : idx);
+  if (!lua_rawequal(L, -1, idx < 0 ? idx - 1 : idx))   /* not a re-raise */
+    braid__error_suppress(L, -1, idx < 0 ? idx - 1 : idx);
   lua_pop(L, 1);
 }
 
@@ -311,7 +312,7 @@ void braid__check_options (lua_State *L, int idx, const char *fname,
     if (!ok) {
       lua_pop(L, 1);
       braid__error_usage(L, "bad argument #%d to '%s' (unknown option '%s')",
-                         idx, fname, luaL_tolstring(L, -1, NULL));
+                         idx, fname, braid__tostring(L, -1));
     }
     lua_pop(L, 1);
   }
@@ -328,7 +329,7 @@ double braid__opt_number (lua_State *L, int idx, const char *key, double def,
     if (v != v || v < 0)
       braid__error_usage(L, "bad option '%s' to '%s' (non-negative number "
                          "expected, got %s)", key, fname,
-                         luaL_tolstring(L, -1, NULL));
+                         braid__tostring(L, -1));
   }
   lua_pop(L, 1);
   return v;

@@ -71,6 +71,7 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   w->task = t;
   w->cancel = cancel;
   w->what = what;
+  w->since = braid__now_ms(t->E);
   t->wait = w;
   t->wake = WAKE_NONE;
 }
@@ -605,7 +606,9 @@ static int l_task_current (lua_State *L) {
   return 1;
 }
 
-static int yield_k (lua_State *L, int status, lua_KContext ctx) {
+/* The continuation of waits that return nothing (sleep, yield, acquire,
+** event wait): raise the cancellation if that is what woke the task. */
+int braid__task_k0 (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   braid__task_resumed(L, (struct braid_task *) ctx);
   return 0;
@@ -617,7 +620,7 @@ static int l_task_yield (lua_State *L) {
   braid__task_checkyield(L, t, "yield");
   braid__task_checkcancel(L, t);
   braid__task_wake(t, WAKE_OK);
-  return braid__task_yield(L, t, (lua_KContext) t, yield_k);
+  return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);
 }
 
 /* ---- the coroutine library inside tasks ---- */

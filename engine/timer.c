@@ -16,6 +16,12 @@ uint64_t braid__now (braid_engine_t *E) {
   return E->virtual_clock ? E->vnow : uv_hrtime();
 }
 
+/* Milliseconds, cheaply: the loop's cached time, or the virtual clock. */
+uint64_t braid__now_ms (braid_engine_t *E) {
+  if (E->virtual_clock) return E->vnow / 1000000;
+  return E->loop ? uv_now(E->loop) : 0;
+}
+
 static int heap_less (struct braid_timer *a, struct braid_timer *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
 }
@@ -158,12 +164,6 @@ static void sleep_cancel (struct braid_wait *w) {
   braid__timer_stop(w->task->E, &w->timer);
 }
 
-static int sleep_k (lua_State *L, int status, lua_KContext ctx) {
-  (void) status;
-  braid__task_resumed(L, (struct braid_task *) ctx);
-  return 0;
-}
-
 /* braid.sleep(seconds): suspends the task; raises on cancellation. */
 static int l_timer_sleep (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "sleep");
@@ -172,7 +172,7 @@ static int l_timer_sleep (lua_State *L) {
   braid__task_checkcancel(L, t);
   braid__task_wait(t, &t->w, sleep_cancel, "sleep");
   braid__timer_start(t->E, &t->w.timer, ns, sleep_done);
-  return braid__task_yield(L, t, (lua_KContext) t, sleep_k);
+  return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);
 }
 
 /* braid.now() -> seconds on the engine's monotonic (or virtual) clock. */

@@ -24,4 +24,12 @@ function M.is_error(e)
   return type(e) == "table" and getmetatable(e) == Error
 end
 
+-- sem:with(fn, ...) -> ...: fn(...) holding a permit, released on every
+-- path (return, error, cancellation, abandonment) by a to-be-closed guard.
+function M.Semaphore:with(fn, ...)
+  self:acquire()
+  local _ <close> = setmetatable({}, {__close = function() self:release() end})
+  return fn(...)
+end
+
 M.version = "0.1.0"

@@ -1,9 +1,7 @@
 local braid = require "braid"
 local h = require "helper"
 
-local function closer(counts, key)
-  return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
-end
+local closer = h.closer
 
 describe("task:cancel", function()
   it("undoes the pending sleep and raises a cancellation error with the reason", h.virtual(function()

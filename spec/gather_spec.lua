@@ -1,10 +1,7 @@
 local braid = require "braid"
 local h = require "helper"
 
--- A to-be-closed value that counts how often it was closed.
-local function closer(counts, key)
-  return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
-end
+local closer = h.closer
 
 describe("braid.gather", function()
   it("returns one value per child, in argument order, nil included", h.virtual(function()

@@ -17,6 +17,12 @@ function helper.virtual(fn)
   return helper.run(fn, {clock = "virtual"})
 end
 
+-- helper.closer(counts, key) -> a to-be-closed value that counts how often
+-- it was closed in counts[key].
+function helper.closer(counts, key)
+  return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
+end
+
 -- helper.sh(cmd) -> stdout, stderr, exit code of a shell command.
 function helper.sh(cmd)
   local dir = os.tmpname()

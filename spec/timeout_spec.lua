@@ -137,3 +137,19 @@ describe("braid.yield", function()
     assert.are.same({"a", "b", "root", "a2"}, log)
   end))
 end)
+
+describe("braid.run with a seed", function()
+  it("replays the same interleaving and the same math.random draws", function()
+    local function trace()
+      local log = {}
+      braid.run(function()
+        braid.gather(
+          function() for _ = 1, 3 do braid.sleep(math.random()) log[#log + 1] = "a" end end,
+          function() for _ = 1, 3 do braid.sleep(math.random()) log[#log + 1] = "b" end end)
+        log[#log + 1] = math.random(1000000)
+      end, {clock = "virtual", seed = 42})
+      return table.concat(log, " ", 1, #log - 1) .. " " .. log[#log]
+    end
+    assert.are.equal(trace(), trace())
+  end)
+end)

@@ -1,0 +1,28 @@
+local h = require "helper"
+
+describe("examples/demo.lua", function()
+  it("shows gather, a timeout and a fail-fast cancellation, and exits 0", function()
+    local out, err, code = h.braid("examples/demo.lua")
+    assert.are.equal(0, code, err)
+    assert.matches("gather returned 5000, 4000, 5000", out)
+    assert.matches("timeout raised: timed out after 0.1 s %(is_timeout = true%)", out)
+    assert.matches("worker 1: connection closed during cancellation", out)
+    assert.matches("gather raised: [^\n]*invalid config", out)
+  end)
+end)
+
+describe("examples/pipeline.lua", function()
+  it("processes every item through the workers", function()
+    local out, err, code = h.braid("examples/pipeline.lua 30 3")
+    assert.are.equal(0, code, err)
+    assert.matches("processed 30 items with 3 workers: sum of squares = 9455", out)
+    assert.matches("30/30 done", err)
+  end)
+
+  it("fails fast when an item fails, and exits 1", function()
+    local out, err, code = h.braid("examples/pipeline.lua 40 4 --fail 7")
+    assert.are.equal(1, code)
+    assert.matches("pipeline failed: item 7 is corrupt", out)
+    assert.is_nil(out:match("processed"))
+  end)
+end)
