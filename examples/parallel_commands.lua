@@ -28,7 +28,8 @@ while i <= args.n do
   local a = args[i]
   if a == "--limit" then
     i = i + 1
-    limit = math.tointeger(tonumber(args[i])) or error("--limit needs a whole number", 0)
+    limit = math.tointeger(tonumber(args[i]))
+    if not limit then error("--limit needs a whole number", 0) end
   elseif a == "--timeout" then
     i = i + 1
     timeout = tonumber(args[i]) or error("--timeout needs seconds", 0)
@@ -91,9 +92,12 @@ print(("running %d commands, %d at a time, %g s each%s\n"):format(
 if keep_going then
   braid.map(cmds, run, {limit = limit, settle = true})
   local failed = summary()
-  print(("\n%d of %d failed, %.2f s in all"):format(failed, #cmds, braid.now() - t0))
+  print(("\n%d of %d failed, %.2f s in all"):format(
+    failed, #cmds, braid.now() - t0))
   -- Raising (not os.exit) lets the runner reap stopped children first.
-  if failed > 0 then error(("%d of %d commands failed"):format(failed, #cmds), 0) end
+  if failed > 0 then
+    error(("%d of %d commands failed"):format(failed, #cmds), 0)
+  end
 else
   local ok, err = pcall(braid.map, cmds, run, {limit = limit})
   if not ok then
