@@ -295,15 +295,11 @@ static void exec_timeout_cb (uv_timer_t *h) {
 
 /* ---- starting a child ---- */
 
-/* The first thing in every continuation here. A wait that could not
-** suspend (WAKE_NOYIELD) is undone before the usage error is raised. */
-static void proc_resumed (lua_State *L, struct braid_wait *w) {
-  struct braid_task *t = braid__engine(L)->current;
-  if (t->wake == WAKE_NOYIELD && t->wait == w) {
-    w->cancel(w);
-    t->wait = NULL;
-  }
-  braid__task_resumed(L, t);
+/* The first thing in every continuation here: raises the cancellation (or
+** the usage error of a call that could not suspend, whose wait the
+** scheduler has already undone). */
+static void proc_resumed (lua_State *L) {
+  braid__task_resumed(L, braid__engine(L)->current);
 }
 
 static const char *signal_name (int sig, char *buf, size_t n) {
@@ -473,7 +469,7 @@ static int exec_k (lua_State *L, int status, lua_KContext ctx) {
   const char *name;
   int failed;
   (void) status;
-  proc_resumed(L, &p->wait);   /* on cancellation p is no longer ours */
+  proc_resumed(L);   /* on cancellation p is no longer ours */
   lua_rawgeti(L, 3, 1);
   name = lua_tostring(L, -1);  /* anchored at 3 */
   lua_pop(L, 1);
@@ -629,7 +625,7 @@ static int proc_read_push (lua_State *L, struct braid_proc *p, int mode) {
 static int read_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_proc *p = proc_check(L);
   (void) status;
-  proc_resumed(L, &p->wait);
+  proc_resumed(L);
   return proc_read_push(L, p, (int) ctx);
 }
 
@@ -696,7 +692,7 @@ static int write_k (lua_State *L, int status, lua_KContext ctx) {
   struct proc_write *wr = (struct proc_write *) ctx;
   int rc;
   (void) status;
-  proc_resumed(L, &wr->wait);  /* on cancellation the callback frees wr */
+  proc_resumed(L);  /* on cancellation the callback frees wr */
   rc = wr->status;
   free(wr);
   if (rc == UV_ECANCELED)
@@ -766,7 +762,7 @@ static void exit_wait_cancel (struct braid_wait *w) {
 static int wait_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_proc *p = proc_check(L);
   (void) status; (void) ctx;
-  proc_resumed(L, &braid__engine(L)->current->w);
+  proc_resumed(L);
   proc_push_status(L, p);
   return 2;
 }
@@ -820,13 +816,9 @@ static int l_process_kill (lua_State *L) {
 }
 
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_task *t = braid__engine(L)->current;
   (void) status; (void) ctx;
-  if (t->wait == &t->w && t->wake == WAKE_NOYIELD) {
-    exit_wait_cancel(&t->w);
-    t->wait = NULL;
-  }
-  t->wake = WAKE_NONE;   /* a cancel only cuts the wait short: no raise */
+  braid__engine(L)->current->wake = WAKE_NONE;   /* a cancel only cuts the
+                                                 ** wait short: no raise */
   return 0;
 }
 
