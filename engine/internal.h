@@ -237,6 +237,7 @@ void braid__open_dump(lua_State *L);
 void braid__dump_signal(braid_engine_t *E);
 void braid__open_error(lua_State *L);
 void braid__open_tcp(lua_State *L);
+void braid__open_process(lua_State *L);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,

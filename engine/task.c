@@ -655,7 +655,16 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
       struct braid_task *t = E->current;
       lua_pop(co, 1);
       if (!lua_isyieldable(L) || t == NULL) {
-        if (t) t->wake = WAKE_NOYIELD;
+        /* The call cannot suspend after all: undo the wait it registered
+        ** (a watcher, a timer, yield's self-wake) before its continuation
+        ** raises, or a later wake-up would resume the task while it
+        ** waits on something else. */
+        if (t) {
+          if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
+          t->wait = NULL;
+          ready_remove(E, t);
+          t->wake = WAKE_NOYIELD;
+        }
         narg = 0;
         continue;
       }

@@ -80,4 +80,25 @@ describe("braid calls across Lua boundaries", function()
     ok, e = pcall(tostring, obj)
     assert.matches("cannot suspend here", e.message)
   end))
+
+  -- Regression (found while writing process.c): a braid call in a user
+  -- coroutine resumed from a C function that cannot yield raised the usage
+  -- error but left its wait registered, so a later wake-up resumed the task
+  -- while it slept (sleep returned at once), then crashed the scheduler.
+  it("undo the wait when a user coroutine cannot suspend the task", h.run(function()
+    local target = braid.spawn(braid.sleep, 0.05)
+    local calls = {
+      function() return target:await() end,
+      function() braid.yield() end,
+      function() braid.sleep(0.05) end,
+    }
+    for _, f in ipairs(calls) do
+      local co = coroutine.wrap(f)
+      local ok, e = pcall(table.sort, {1, 2, 3}, function() co() return false end)
+      assert.matches("cannot suspend here", e.message)
+    end
+    local t0 = braid.now()
+    braid.sleep(0.3)
+    assert.is_true(braid.now() - t0 >= 0.29, "woken early")
+  end))
 end)

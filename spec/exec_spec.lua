@@ -1,0 +1,232 @@
+local braid = require "braid"
+local h = require "helper"
+
+-- The state letter of /proc/<pid>/stat ("S", "Z", ...), nil once reaped.
+local function state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("%) (%a)")
+end
+
+-- Waits (bounded) until pid is gone: reaped, not a zombie. Inside a task.
+local function gone_within(pid, secs)
+  local t0 = braid.now()
+  while state(pid) do
+    if braid.now() - t0 > secs then return false, state(pid) end
+    braid.sleep(0.01)
+  end
+  return true
+end
+
+-- Waits (bounded) for the pid a child wrote to `path`.
+local function read_pid(path)
+  local t0 = braid.now()
+  while braid.now() - t0 < 10 do
+    local f = io.open(path)
+    local pid = f and tonumber(f:read("a"))
+    if f then f:close() end
+    if pid then return pid end
+    braid.sleep(0.01)
+  end
+  error("the child never wrote its pid")
+end
+
+describe("braid.exec", function()
+  it("returns the exit code and the captured output", h.run(function()
+    local r = braid.exec({"sh", "-c", "echo out; echo err >&2; exit 3"})
+    assert.are.same({code = 3, stdout = "out\n", stderr = "err\n"}, r)
+    assert.are.equal(0, braid.exec({"true"}).code)
+    assert.are.equal(1, braid.exec({"false"}).code)
+    assert.is_nil(braid.exec({"true"}).signal)
+  end))
+
+  it("reports a child ended by a signal with a nil code and the signal's name", h.run(function()
+    local r = braid.exec({"sh", "-c", "kill -KILL $$"})
+    assert.is_nil(r.code)
+    assert.are.equal("SIGKILL", r.signal)
+  end))
+
+  it("takes argv as a list, without a shell, numbers included", h.run(function()
+    local r = braid.exec({"printf", "%s|", "a b", "$HOME", 42})
+    assert.are.equal("a b|$HOME|42|", r.stdout)
+  end))
+
+  it("writes opts.stdin to the child, then closes it", h.run(function()
+    assert.are.equal("abc", braid.exec({"cat"}, {stdin = "abc"}).stdout)
+    local big = string.rep("0123456789", 1000000)
+    local r = braid.exec({"cat"}, {stdin = big})
+    assert.are.equal(#big, #r.stdout)
+    assert.is_true(r.stdout == big)
+    -- without stdin the child reads /dev/null
+    assert.are.equal("", braid.exec({"cat"}).stdout)
+  end))
+
+  it("survives a child that does not read its stdin", h.run(function()
+    local r = braid.exec({"true"}, {stdin = string.rep("x", 4000000)})
+    assert.are.equal(0, r.code)
+  end))
+
+  it("replaces the environment with opts.env and runs in opts.cwd", h.run(function()
+    local r = braid.exec({"env"}, {env = {FOO = "bar", N = 1}})
+    local lines = {}
+    for l in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    table.sort(lines)
+    assert.are.same({"FOO=bar", "N=1"}, lines)
+    r = braid.exec({"sh", "-c", "echo $FOO"}, {env = {FOO = "x y"}})
+    assert.are.equal("x y\n", r.stdout)
+    assert.are.equal("/\n", braid.exec({"pwd"}, {cwd = "/"}).stdout)
+  end))
+
+  it("raises kind 'spawn' with the libuv code when the program cannot start", h.run(function()
+    local ok, e = pcall(braid.exec, {"no-such-program-braid"})
+    assert.is_false(ok)
+    assert.are.equal("spawn", e.kind)
+    assert.are.equal("ENOENT", e.code)
+    assert.matches("no%-such%-program%-braid", e.message)
+    ok, e = pcall(braid.exec, {"true"}, {cwd = "/no/such/dir/braid"})
+    assert.are.equal("spawn", e.kind)
+    assert.are.equal("ENOENT", e.code)
+  end))
+
+  it("passes 100 MB through a pipe without truncating it", h.run(function()
+    local r = braid.exec({"head", "-c", "100000000", "/dev/zero"})
+    assert.are.equal(0, r.code)
+    assert.are.equal(100000000, #r.stdout)
+  end))
+
+  it("reads stdout and stderr concurrently, so a child writing heavily to both never deadlocks", h.run(function()
+    local r = braid.timeout(60, braid.exec, {"sh", "-c",
+      "head -c 20000000 /dev/zero >&2; head -c 20000000 /dev/zero; " ..
+      "yes err | head -c 5000000 >&2 & yes out | head -c 5000000; wait"})
+    assert.are.equal(0, r.code)
+    assert.are.equal(25000000, #r.stdout)
+    assert.are.equal(25000000, #r.stderr)
+  end))
+
+  it("runs commands concurrently", h.run(function()
+    local t0 = braid.now()
+    local rs = braid.map({1, 1, 1, 1}, function(s)
+      return braid.exec({"sleep", tostring(s)}).code
+    end)
+    assert.are.same({0, 0, 0, 0}, {rs[1], rs[2], rs[3], rs[4]})
+    assert.is_true(braid.now() - t0 < 3.5, "took " .. braid.now() - t0)
+  end))
+
+  it("with check = true raises kind 'io' carrying exit_code and stderr", h.run(function()
+    local ok, e = pcall(braid.exec, {"sh", "-c", "echo bad >&2; exit 4"}, {check = true})
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind)
+    assert.is_nil(e.code)
+    assert.are.equal(4, e.exit_code)
+    assert.are.equal("bad\n", e.stderr)
+    assert.matches("command 'sh' exited with status 4", tostring(e))
+    assert.are.equal("ok\n", braid.exec({"echo", "ok"}, {check = true}).stdout)
+  end))
+
+  it("stops the child and raises a timeout error when opts.timeout passes", h.run(function()
+    local pidfile = os.tmpname()
+    local t0 = braid.now()
+    local ok, e = pcall(braid.exec, {"sh", "-c", "echo $$ > " .. pidfile .. "; exec sleep 30"},
+                        {timeout = 0.3})
+    local dt = braid.now() - t0
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+    assert.matches("timed out after 0.3 s", tostring(e))
+    assert.is_true(dt >= 0.25 and dt < 5, "took " .. dt)
+    local pid = read_pid(pidfile)
+    os.remove(pidfile)
+    assert.is_true(gone_within(pid, 5))
+  end))
+
+  it("on cancellation raises at once, SIGTERMs the child and reaps it", h.run(function()
+    local pidfile = os.tmpname()
+    local t = braid.spawn(braid.exec, {"sh", "-c", "echo $$ > " .. pidfile .. "; exec sleep 30"})
+    local pid = read_pid(pidfile)
+    os.remove(pidfile)
+    assert.is_not_nil(state(pid))
+    local t0 = braid.now()
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_true(braid.is_cancelled(e))
+    assert.is_true(braid.now() - t0 < 1)
+    assert.is_true(gone_within(pid, 5))
+  end))
+
+  it("is bounded by the caller's deadline", h.run(function()
+    local t0 = braid.now()
+    local ok, e = pcall(braid.timeout, 0.2, braid.exec, {"sleep", "30"})
+    assert.is_true(braid.is_timeout(e))
+    assert.is_true(braid.now() - t0 < 5)
+  end))
+
+  it("SIGKILLs a child that ignores SIGTERM after kill_grace", h.run(function()
+    local pidfile = os.tmpname()
+    local t0 = braid.now()
+    local ok, e = pcall(braid.exec, {"sh", "-c", "trap '' TERM; echo $$ > " .. pidfile ..
+                        "; while :; do sleep 0.05; done"}, {timeout = 0.2, kill_grace = 0.2})
+    assert.is_true(braid.is_timeout(e))
+    local pid = read_pid(pidfile)
+    os.remove(pidfile)
+    assert.is_true(gone_within(pid, 5))
+    local dt = braid.now() - t0
+    assert.is_true(dt >= 0.35 and dt < 5, "gone after " .. dt)
+  end))
+
+  it("keeps the engine running until a stopped child is reaped", function()
+    local pidfile = os.tmpname()
+    local pid
+    local t0 = os.time()
+    braid.run(function()
+      local t = braid.spawn(braid.exec, {"sh", "-c", "trap '' TERM; echo $$ > " .. pidfile ..
+                            "; while :; do sleep 0.05; done"}, {kill_grace = 0.3})
+      pid = read_pid(pidfile)
+      t:cancel()
+    end)
+    os.remove(pidfile)
+    assert.is_nil(state(pid))
+    assert.is_true(os.time() - t0 < 10)
+  end)
+
+  it("rejects bad arguments with usage errors", h.run(function()
+    local ok, e = pcall(braid.exec, "ls")
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad argument #1 to 'exec'", e.message)
+    ok, e = pcall(braid.exec, {})
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.exec, {"true"}, {colour = "red"})
+    assert.matches("unknown option 'colour'", e.message)
+    ok, e = pcall(braid.exec, {"true"}, {timeout = -1})
+    assert.are.equal("usage", e.kind)
+    ok, e = pcall(braid.exec, {"true"}, {env = {FOO = {}}})
+    assert.are.equal("usage", e.kind)
+  end))
+
+  it("raises a usage error outside a task", function()
+    local ok, e = pcall(braid.exec, {"true"})
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("not inside a braid task", e.message)
+  end)
+end)
+
+describe("examples/parallel_commands.lua", function()
+  it("runs every command and exits 0 when all succeed", function()
+    local out, err, code = h.braid("examples/parallel_commands.lua 'echo one' 'echo two'")
+    assert.are.equal(0, code, err)
+    assert.matches("%[1%] one", out)
+    assert.matches("%[2%] two", out)
+    assert.matches("all 2 succeeded", out)
+  end)
+
+  it("with --keep-going runs the rest after a failure and prints a summary", function()
+    local out, err, code = h.braid("examples/parallel_commands.lua --keep-going --timeout 0.3 " ..
+                                   "'exit 3' 'sleep 30' 'echo fine'")
+    assert.are.equal(1, code)
+    assert.matches("exit 3", out)
+    assert.matches("timeout", out)
+    assert.matches("%[3%] fine", out)
+    assert.matches("2 of 3 failed", out)
+  end)
+end)

@@ -1,0 +1,205 @@
+local braid = require "braid"
+local h = require "helper"
+
+-- The state letter of /proc/<pid>/stat ("S", "Z", ...), nil once reaped.
+local function state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("%) (%a)")
+end
+
+-- Waits (bounded) until pid is gone: reaped, not a zombie. Inside a task.
+local function gone_within(pid, secs)
+  local t0 = braid.now()
+  while state(pid) do
+    if braid.now() - t0 > secs then return false end
+    braid.sleep(0.01)
+  end
+  return true
+end
+
+-- A child that ignores SIGTERM and says "ready" once the trap is set.
+local STUBBORN = {"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"}
+
+describe("braid.process", function()
+  it("streams lines both ways with cat: write, read_line, close_stdin", h.run(function()
+    local p <close> = braid.process({"cat"})
+    assert.is_true(math.type(p.pid) == "integer" and p.pid > 0)
+    assert.is_not_nil(state(p.pid))
+    assert.are.equal(p, p:write("a\nb\n"))
+    assert.are.equal("a", p:read_line())
+    assert.are.equal("b", p:read_line())
+    p:write("no newline")
+    p:close_stdin()
+    assert.are.equal("no newline", p:read_line())
+    assert.is_nil(p:read_line())
+    assert.is_nil(p:read_line())
+    assert.are.same({0, nil}, {p:wait()})
+  end))
+
+  it("iterates over stdout with lines()", h.run(function()
+    local p <close> = braid.process({"sh", "-c", "printf '1\\n\\n3\\n'"})
+    local got = {}
+    for l in p:lines() do got[#got + 1] = l end
+    assert.are.same({"1", "", "3"}, got)
+  end))
+
+  it("read() returns the rest of stdout, then the empty string", h.run(function()
+    local p <close> = braid.process({"sh", "-c", "echo hello; echo world"})
+    assert.are.equal("hello", p:read_line())
+    assert.are.equal("world\n", p:read())
+    assert.are.equal("", p:read())
+    assert.are.equal(0, p:wait())
+  end))
+
+  it("writes with back-pressure while another task reads, 10 MB each way", h.run(function()
+    local p <close> = braid.process({"cat"})
+    local data = string.rep("line of text\n", 800000)
+    local writer = braid.spawn(function()
+      p:write(data)
+      p:close_stdin()
+    end)
+    local out = p:read()
+    writer:await()
+    assert.are.equal(#data, #out)
+    assert.is_true(out == data)
+    assert.are.equal(0, p:wait())
+  end))
+
+  it("waits for the exit code; a child blocked on a full pipe still exits", h.run(function()
+    local p <close> = braid.process({"sh", "-c", "head -c 3000000 /dev/zero; exit 7"})
+    assert.are.same({7, nil}, {braid.timeout(30, p.wait, p)})
+    assert.are.equal(3000000, #p:read())
+  end))
+
+  it("kill() sends SIGTERM by default, or the signal named, and is false once exited", h.run(function()
+    local p <close> = braid.process({"sleep", "30"})
+    assert.is_true(p:kill())
+    assert.are.same({nil, "SIGTERM"}, {p:wait()})
+    assert.is_false(p:kill())
+    local q <close> = braid.process({"sleep", "30"})
+    assert.is_true(q:kill("KILL"))
+    assert.are.same({nil, "SIGKILL"}, {q:wait()})
+    local r <close> = braid.process({"sleep", "30"})
+    assert.is_true(r:kill(2))
+    assert.are.same({nil, "SIGINT"}, {r:wait()})
+    local ok, e = pcall(r.kill, r, "SIGNOPE")
+    assert.are.equal("usage", e.kind)
+  end))
+
+  it("cancelling a read only stops that wait: the process keeps running", h.run(function()
+    local p <close> = braid.process({"cat"})
+    local t = braid.spawn(p.read_line, p)
+    braid.yield()
+    assert.are.equal("suspended", t:status())
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_true(braid.is_cancelled(e))
+    assert.is_not_nil(state(p.pid))
+    p:write("still here\n")
+    assert.are.equal("still here", p:read_line())
+  end))
+
+  it("cancelling a wait only stops that wait", h.run(function()
+    local p <close> = braid.process({"cat"})
+    local t = braid.spawn(p.wait, p)
+    braid.yield()
+    t:cancel()
+    assert.is_true(braid.is_cancelled(select(2, pcall(t.await, t))))
+    assert.is_true(state(p.pid) ~= nil and state(p.pid) ~= "Z")
+    p:close_stdin()
+    assert.are.equal(0, p:wait())
+  end))
+
+  it("refuses a second concurrent reader and writes after close_stdin", h.run(function()
+    local p <close> = braid.process({"cat"})
+    local t = braid.spawn(p.read_line, p)
+    braid.yield()
+    local ok, e = pcall(p.read_line, p)
+    assert.are.equal("usage", e.kind)
+    p:close_stdin()
+    assert.is_nil(t:await())
+    ok, e = pcall(p.write, p, "x")
+    assert.are.equal("closed", e.kind)
+  end))
+
+  it("is stopped and reaped when a <close> block is left", h.run(function()
+    local pid, proc
+    do
+      local p <close> = braid.process({"sleep", "30"})
+      pid, proc = p.pid, p
+      assert.is_not_nil(state(pid))
+    end
+    assert.is_nil(state(pid))
+    assert.are.same({nil, "SIGTERM"}, {proc:wait()})
+  end))
+
+  it("is stopped when a <close> block is left by an error", h.run(function()
+    local pid
+    local ok, e = pcall(function()
+      local p <close> = braid.process({"sleep", "30"})
+      pid = p.pid
+      error("boom")
+    end)
+    assert.are.equal("boom", e:match("boom"))
+    assert.is_true(gone_within(pid, 5))
+  end))
+
+  it("SIGKILLs a child that ignores SIGTERM after kill_grace", h.run(function()
+    local p <close> = braid.process(STUBBORN, {kill_grace = 0.2})
+    assert.are.equal("ready", p:read_line())
+    local t0 = braid.now()
+    p:close()
+    local dt = braid.now() - t0
+    assert.is_true(dt >= 0.15 and dt < 5, "took " .. dt)
+    assert.are.same({nil, "SIGKILL"}, {p:wait()})
+    assert.is_nil(state(p.pid))
+  end))
+
+  it("left running when its scope ends, is stopped the same way", h.run(function()
+    local p
+    braid.scope(function()
+      p = braid.process({"sleep", "30"})
+    end)
+    assert.are.same({nil, "SIGTERM"}, {braid.timeout(5, p.wait, p)})
+    assert.is_true(gone_within(p.pid, 5))
+    -- a task's own scope too
+    local q = braid.spawn(function() return braid.process({"sleep", "30"}) end):await()
+    assert.are.same({nil, "SIGTERM"}, {braid.timeout(5, q.wait, q)})
+  end))
+
+  it("is stopped when its scope fails", h.run(function()
+    local p
+    local ok, e = pcall(braid.scope, function(s)
+      p = braid.process({"sleep", "30"})
+      s:spawn(function() error("fail") end)
+      braid.sleep(30)
+    end)
+    assert.matches("fail", e)
+    assert.are.same({nil, "SIGTERM"}, {braid.timeout(5, p.wait, p)})
+  end))
+
+  it("keeps the engine running until a stubborn child is killed and reaped", function()
+    local pid
+    braid.run(function()
+      local p = braid.process(STUBBORN, {kill_grace = 0.2})
+      assert.are.equal("ready", p:read_line())
+      pid = p.pid
+    end)
+    assert.is_nil(state(pid))
+  end)
+
+  it("raises kind 'spawn' with the code when the program cannot start", h.run(function()
+    local ok, e = pcall(braid.process, {"no-such-program-braid"})
+    assert.are.equal("spawn", e.kind)
+    assert.are.equal("ENOENT", e.code)
+    assert.matches("no%-such%-program%-braid", e.message)
+  end))
+
+  it("takes cwd and env", h.run(function()
+    local p <close> = braid.process({"sh", "-c", "pwd; echo $X"}, {cwd = "/", env = {X = "y"}})
+    assert.are.equal("/\ny\n", p:read())
+  end))
+end)
