@@ -14,6 +14,7 @@
 **   and how the virtual clock knows when to jump.
 */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +238,21 @@ static int l_loop_interrupted (lua_State *L) {
   return 1;
 }
 
+static void sigpipe_noop (int sig) { (void) sig; }
+
+/* Writing to a socket or pipe whose reader has gone must fail with EPIPE,
+** not kill the process: SIGPIPE gets a no-op handler, unless the host
+** already chose a disposition. A handler, unlike SIG_IGN, is reset by exec,
+** so child processes still start with the default. */
+static void engine_sigpipe (void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = sigpipe_noop;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
 LUA_API int luaopen_braid (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"run", l_loop_run},
@@ -244,6 +260,7 @@ LUA_API int luaopen_braid (lua_State *L) {
     {NULL, NULL}
   };
   braid_engine_t *E;
+  engine_sigpipe();
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key) == LUA_TNIL) {
     lua_pop(L, 1);
     E = (braid_engine_t *) lua_newuserdatauv(L, sizeof *E, 0);

@@ -319,14 +319,6 @@ static uint64_t proc_ms (double s) {
   return s >= 1e12 ? (uint64_t) 1e15 : (uint64_t) (s * 1000 + 0.999);
 }
 
-static void proc_ignore_sigpipe (void) {
-  struct sigaction sa;
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-  }
-}
-
 /* Starts argv (the list at 1) with the options at 2 (nil or a table) and
 ** the child's stdio as `flags` (0: /dev/null, -1: inherited, else pipe
 ** flags). Leaves one value on the stack (an anchor for the strings). On
@@ -427,7 +419,6 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   o.env = env;
   o.stdio_count = 3;
   o.stdio = io;
-  proc_ignore_sigpipe();
   p->proc.data = p;
   rc = uv_spawn(E->loop, &p->proc, &o);
   p->live[P_PROC] = 1;           /* closed once even when spawn failed */

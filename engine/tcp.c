@@ -27,7 +27,6 @@
 **   a write or a shutdown closes the stream (the only way to undo a write
 **   libuv has partly done); cancelling a connect closes the half-open handle.
 */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -895,15 +894,9 @@ static int l_server_tostring (lua_State *L) {
   return 1;
 }
 
-static void sigpipe_noop (int sig) { (void) sig; }
-
-/* Adds braid.tcp to the table at the stack top. Writing to a connection
-** the peer has closed must fail with EPIPE, not kill the process: SIGPIPE
-** gets a no-op handler (unless the host already chose a disposition). A
-** handler, unlike SIG_IGN, is reset by exec, so child processes still get
-** the default. */
+/* Adds braid.tcp to the table at the stack top. (Writes to a peer that has
+** gone fail with EPIPE: see engine_sigpipe in loop.c.) */
 void braid__open_tcp (lua_State *L) {
-  struct sigaction sa;
   static const luaL_Reg stream_methods[] = {
     {"read", l_stream_read},
     {"read_line", l_stream_read_line},
@@ -935,11 +928,6 @@ void braid__open_tcp (lua_State *L) {
     {"listen", l_tcp_listen},
     {NULL, NULL}
   };
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = sigpipe_noop;
-    sigaction(SIGPIPE, &sa, NULL);
-  }
   if (luaL_newmetatable(L, STREAM_MT)) {
     luaL_setfuncs(L, stream_meta, 0);
     luaL_newlib(L, stream_methods);
