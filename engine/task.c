@@ -727,25 +727,36 @@ static int co_resume_k (lua_State *L, int status, lua_KContext ctx) {
   return co_finish(L, co, co_resume(L, co, 0, isresume), isresume);
 }
 
+/* Is co suspended inside a braid call (its task waits through it)?
+** Resuming it from anywhere else would run that call's continuation. */
+static int co_held (lua_State *L, lua_State *co) {
+  int held;
+  if (lua_status(co) != LUA_YIELD) return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  held = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return held;
+}
+
+#define CO_HELD_MSG \
+  "cannot resume coroutine: it is suspended in a braid call of a task"
+
 static int l_co_resume (lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   luaL_argexpected(L, co, 1, "coroutine");
-  if (lua_status(co) == LUA_YIELD) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
-    lua_pushvalue(L, 1);
-    if (lua_rawget(L, -2) != LUA_TNIL) {
-      lua_pushboolean(L, 0);
-      lua_pushliteral(L, "cannot resume coroutine: it is suspended in a "
-                      "braid call of a task");
-      return 2;
-    }
-    lua_pop(L, 2);
+  if (co_held(L, co)) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, CO_HELD_MSG);
+    return 2;
   }
   return co_finish(L, co, co_resume(L, co, lua_gettop(L) - 1, 1), 1);
 }
 
 static int l_co_wrapped (lua_State *L) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  if (co_held(L, co)) return luaL_error(L, CO_HELD_MSG);
   return co_finish(L, co, co_resume(L, co, lua_gettop(L), 0), 0);
 }
 
