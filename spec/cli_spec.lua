@@ -60,7 +60,7 @@ local function interrupt(script, opts)
     'while ! grep -q ready "$out" && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done',
     'if grep -q ready "$out"; then echo "ready=1" >"$res"; else echo "ready=0" >"$res"; fi',
     't0=$(date +%s.%N)',
-    'kill -INT $pid',
+    'kill -' .. (opts.signal or 'INT') .. ' $pid',
   }
   if opts.again then
     lines[#lines + 1] = "sleep " .. opts.again
@@ -86,6 +86,23 @@ local function interrupt(script, opts)
 end
 
 describe("braid (the runner)", function()
+  it("prints the live task tree on SIGQUIT and keeps running", function()
+    local p = h.script([[
+      local t = braid.spawn(function() braid.sleep(1.5) print("sleeper done") end)
+      t.name = "sleeper"
+      braid.sleep(0.05)
+      print("ready") io.stdout:flush()
+      t:await()
+    ]])
+    local r = interrupt(p, {signal = "QUIT"})
+    rm(p)
+    assert.is_true(r.ready)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.matches("sleeper done", r.stdout)
+    assert.matches('task %d+ "main"[^\n]*waits on await', r.stderr)
+    assert.matches('task %d+ "sleeper" suspended, spawned at [^\n]*, waits on sleep for', r.stderr)
+  end)
+
   it("gives the script its path in arg[0], its arguments in arg[1..n] and in ...", function()
     local p = h.script([[
       print("arg0=" .. tostring(arg[0]))
