@@ -24,7 +24,7 @@ CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
-EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test
+EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app
 
 .PHONY: all deps run test bench clean install
 
@@ -71,6 +71,9 @@ $(BUILD)/libbraid.so: $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
 
 $(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h
+	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
+$(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
 
 install: all
