@@ -292,6 +292,46 @@ static int t_memory_limit (void) {
   return 1;
 }
 
+/* Scripts that run out of memory inside braid's own calls: each fails
+** with "not enough memory" and the engine stays consistent (ASan). */
+static int t_memory_in_braid_calls (void) {
+  static const char *const hogs[] = {
+    "local ts = {} while true do ts[#ts + 1] = braid.spawn(braid.sleep, 1) end",
+    "local ch = braid.channel(1e9) while true do ch:send(('z'):rep(100)) end",
+    "local fs = {} for i = 1, 1e6 do fs[i] = function() braid.sleep(0.001)"
+    " return ('q'):rep(1000) end end return braid.gather(table.unpack(fs))",
+    "local function f(n) return braid.scope(function() return f(n + 1) end)"
+    " end return f(1)",   /* the C stack runs out first */
+    "local t = {} while true do t[#t + 1] = braid.timeout(1, function()"
+    " return {} end) end",
+    "local sems = {} while true do sems[#sems + 1] = braid.semaphore(1)"
+    " braid.event() end",
+  };
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  size_t i;
+  int n;
+  o.memory_limit = 2u << 20;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  for (i = 0; i < sizeof hogs / sizeof *hogs; i++) {
+    braid_task_t *t;
+    CHECK(braid_run_string(E, hogs[i], "=hog", &t) == 0);
+    braid_run(E, UV_RUN_DEFAULT);
+    n = braid_task_result(E, t);
+    braid_task_release(E, t);
+    if (!result_is(E, n, 0, i == 3 ? "overflow" : "memory")) {
+      fprintf(stderr, "# hog %d\n", (int) i + 1);
+      return 0;
+    }
+    lua_gc(braid_state(E), LUA_GCCOLLECT);
+    n = run_to_end(E, "braid.sleep(0.001) return 'fine'");
+    CHECK(result_is(E, n, 1, "fine"));
+  }
+  braid_close(E);
+  return 1;
+}
+
 static int t_instruction_budget (void) {
   braid_options_t o = {0};
   braid_engine_t *E;
@@ -418,6 +458,8 @@ int main (void) {
   run_test("braid_close with tasks suspended leaves no handle", 
            t_close_suspended);
   run_test("the memory limit fails the hog, not the engine", t_memory_limit);
+  run_test("running out of memory inside braid's calls leaves it intact",
+           t_memory_in_braid_calls);
   run_test("the instruction budget stops busy loops, even under pcall",
            t_instruction_budget);
   run_test("the instruction budget covers the script's coroutines",
