@@ -145,15 +145,25 @@ void braid__engine_fatal (braid_engine_t *E) {
 
 static int interrupt_p (lua_State *L) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
+  struct braid_list *n;
   lua_pushliteral(L, "interrupt");
-  braid__scope_set_reason(L, &E->top, -1);
-  braid__scope_cancel(&E->top, &E->top);
+  if (!E->embedded) {
+    braid__scope_set_reason(L, &E->top, -1);
+    braid__scope_cancel(&E->top, &E->top);
+    return 0;
+  }
+  /* Embedded: cancel the live tasks, not the top scope, so that tasks
+  ** started afterwards are not born cancelled. */
+  for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, L, -1);
+  }
   return 0;
 }
 
 static void engine_interrupt (braid_engine_t *E) {
   lua_State *S = E->S;
-  if (E->interrupted++) {   /* a second Ctrl-C: leave at once */
+  if (E->interrupted++ && !E->embedded) {   /* a second Ctrl-C: leave now */
     fprintf(stderr, "braid: interrupted again, exiting\n");
     _exit(130);
   }

@@ -253,17 +253,19 @@ static int t_close_suspended (void) {
         "  local x <close> = setmetatable({}, {__close = app.mark})"
         "  app.get('k' .. i, 100000) end) end"
         " s:spawn(braid.sleep, 1000)"
+        " s:spawn(braid.gather, function() app.get('g', 100000) end,"
+        "   function() braid.timeout(50, braid.sleep, 100) end)"
         " braid.channel():recv() end)", "=many", NULL) == 0);
   CHECK(braid_run_string(E, "while true do braid.sleep(0.001) end",
                          "=spin", &t) == 0);
   uv_run(&loop, UV_RUN_NOWAIT);
   CHECK(gets >= 3);
   braid_close(E);   /* t's handle is released too */
-  CHECK(cancels == 3 && closed_marks == 3);
+  CHECK(cancels == 4 && closed_marks == 3);
   uv_walk(&loop, walk_cb, &c);
   CHECK(c.open == 0);
   uv_run(&loop, UV_RUN_DEFAULT);
-  CHECK(closes == 3);
+  CHECK(closes == 4);
   CHECK(uv_loop_close(&loop) == 0);
   return 1;
 }
@@ -432,6 +434,23 @@ static int t_spawn_function (void) {
   return 1;
 }
 
+static int t_interrupt (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  braid_task_t *a;
+  int n;
+  CHECK(braid_run_string(E, "braid.sleep(1000)", "=a", &a) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  CHECK(braid_interrupt(braid_state(E)) == 0);
+  CHECK(braid_interrupt(braid_state(E)) == 0);   /* twice: no exit */
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(result_is(E, braid_task_result(E, a), 0, "interrupt"));
+  braid_task_release(E, a);
+  n = run_to_end(E, "braid.sleep(0.001) return 'not born cancelled'");
+  CHECK(result_is(E, n, 1, "not born cancelled"));
+  braid_close(E);
+  return 1;
+}
+
 static int t_outside_task (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   lua_State *L = braid_state(E);
@@ -470,6 +489,8 @@ int main (void) {
            t_all_libs);
   run_test("braid_spawn_function, syntax errors, missing files",
            t_spawn_function);
+  run_test("braid_interrupt cancels the live tasks, not later ones",
+           t_interrupt);
   run_test("a suspending C function outside a task raises a usage error",
            t_outside_task);
   printf("1..%d\n", test_no);
