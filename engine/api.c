@@ -126,6 +126,7 @@ static void api_openlibs (lua_State *L, unsigned libs, unsigned mods) {
     {BRAID_MOD_NET, "udp"}, {BRAID_MOD_SIGNAL, "signal"},
   };
   size_t i;
+  libs |= BRAID_LIB_BASE;   /* braid's Lua side needs it */
   for (i = 0; i < sizeof libtab / sizeof *libtab; i++) {
     if (!(libs & libtab[i].bit)) continue;
     luaL_requiref(L, libtab[i].name, libtab[i].f, 1);
@@ -302,9 +303,8 @@ int braid_spawn_function (braid_engine_t *E, int nargs, braid_task_t **out) {
   lua_State *L = E->L;
   struct braid_task *t;
   if (out) *out = NULL;
-  if (nargs < 0 || lua_gettop(L) < nargs + 1 || E->current) {
+  if (nargs < 0 || lua_gettop(L) < nargs + 1 || E->current)
     return UV_EINVAL;
-  }
   lua_pushcfunction(L, l_api_spawn);
   lua_insert(L, -(nargs + 2));
   lua_pushlightuserdata(L, E);
@@ -367,7 +367,6 @@ int braid_task_result (braid_engine_t *E, braid_task_t *task) {
 }
 
 int braid_cancel (braid_engine_t *E, braid_task_t *task) {
-  (void) E;
   if (TASK_DONE(task)) return UV_EALREADY;
   braid__task_cancel(task, E->S, 0);
   return 0;

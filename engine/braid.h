@@ -35,7 +35,7 @@ typedef struct braid_task braid_task_t;       /* a task handed to C */
 typedef struct braid_op braid_op_t;           /* one suspension of a task */
 
 /* Lua standard libraries (braid_options_t.libs). */
-#define BRAID_LIB_BASE      0x001u  /* without dofile/loadfile unless IO */
+#define BRAID_LIB_BASE      0x001u  /* always; dofile/loadfile need IO */
 #define BRAID_LIB_PACKAGE   0x002u  /* full require: reads files, loads C */
 #define BRAID_LIB_COROUTINE 0x004u
 #define BRAID_LIB_TABLE     0x008u
@@ -102,8 +102,9 @@ BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 ** a task, including from a callback of the application's loop. */
 BRAID_API void braid_close(braid_engine_t *E);
 
-/* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt").
-** Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
+/* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in
+** an embedded engine it cancels the live tasks only and never exits the
+** process. Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
 ** callback on the engine's loop; not from another thread or a signal
 ** handler. */
 BRAID_API int braid_interrupt(lua_State *L);
