@@ -40,8 +40,8 @@ struct braid_op {
 /* ---- limits ---- */
 
 /* lua_Alloc counting the state's bytes. Growth is refused past the limit
-** only while a task runs or code loads (E->current set): Lua then raises
-** "not enough memory" in that task, after an emergency collection. */
+** only while a task runs or code loads: Lua then raises "not enough
+** memory" in that task (or the load), after an emergency collection. */
 void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   braid_engine_t *E = (braid_engine_t *) ud;
   size_t old = ptr ? osize : 0;
@@ -51,7 +51,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     E->mem_used -= old;
     return NULL;
   }
-  if (E->mem_limit && nsize > old && E->current &&
+  if (E->mem_limit && nsize > old && (E->current || E->loading) &&
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
   p = realloc(ptr, nsize);
@@ -332,13 +332,20 @@ static int api_loaded (braid_engine_t *E, int status, braid_task_t **out) {
 int braid_run_string (braid_engine_t *E, const char *code,
                       const char *chunkname, braid_task_t **out) {
   const char *mode = E->binary ? "bt" : "t";
-  return api_loaded(E, luaL_loadbufferx(E->L, code, strlen(code),
-                                        chunkname ? chunkname : code, mode),
-                    out);
+  int status;
+  E->loading = 1;
+  status = luaL_loadbufferx(E->L, code, strlen(code),
+                            chunkname ? chunkname : code, mode);
+  E->loading = 0;
+  return api_loaded(E, status, out);
 }
 
 int braid_run_file (braid_engine_t *E, const char *path, braid_task_t **out) {
-  return api_loaded(E, luaL_loadfilex(E->L, path, "t"), out);
+  int status;
+  E->loading = 1;
+  status = luaL_loadfilex(E->L, path, E->binary ? "bt" : "t");
+  E->loading = 0;
+  return api_loaded(E, status, out);
 }
 
 int braid_task_status (braid_task_t *task) {

@@ -290,6 +290,17 @@ static int t_memory_limit (void) {
   CHECK(braid_memory_used(E) < o.memory_limit);
   n = run_to_end(E, "return 'after: ' .. #('y'):rep(1000)");
   CHECK(result_is(E, n, 1, "after: 1000"));
+  {   /* a chunk too big to compile within the limit */
+    size_t i, len = 6u << 20;
+    char *big = (char *) malloc(len + 1);
+    CHECK(big != NULL);
+    for (i = 0; i + 8 <= len; i += 8) memcpy(big + i, "x = 1 \n ", 8);
+    big[i] = '\0';
+    n = braid_run_string(E, big, "=big", NULL);
+    free(big);
+    CHECK(n == UV_ENOMEM);
+    lua_settop(braid_state(E), 0);
+  }
   braid_close(E);
   return 1;
 }
