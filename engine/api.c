@@ -166,12 +166,20 @@ static void api_openlibs (lua_State *L, unsigned libs, unsigned mods) {
     lua_setglobal(L, "require");
   }
   luaL_requiref(L, "braid", luaopen_braid, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (i = 0; i < sizeof modtab / sizeof *modtab; i++) {
     if (mods & modtab[i].bit) continue;
+    lua_pushnil(L);   /* braid.fs, and "braid.fs" should it be a module */
+    lua_setfield(L, -4, modtab[i].name);
+    lua_pushfstring(L, "braid.%s", modtab[i].name);
     lua_pushnil(L);
-    lua_setfield(L, -2, modtab[i].name);
+    lua_setfield(L, -4, lua_tostring(L, -2));
+    lua_pushnil(L);
+    lua_setfield(L, -3, lua_tostring(L, -2));
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_pop(L, 3);
 }
 
 static int l_api_open (lua_State *L) {
