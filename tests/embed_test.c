@@ -196,6 +196,10 @@ static int t_resume_error (void) {
   CHECK(result_is(E, n, 1, "no such key: bad"));
   n = run_to_end(E, "return app.get('bad')");
   CHECK(result_is(E, n, 0, "no such key: bad"));   /* unchanged, no prefix */
+  n = run_to_end(E, "local gen = coroutine.wrap(function()"
+                 " coroutine.yield(app.get('in')) return app.get('co') end)"
+                 " return gen() .. ' ' .. gen()");
+  CHECK(result_is(E, n, 1, "value of in value of co"));
   n = run_to_end(E, "return select('#', app.get('abc'))");
   CHECK(n == 2 && lua_tointeger(braid_state(E), -1) == 2);
   lua_settop(braid_state(E), 0);
@@ -481,7 +485,8 @@ int main (void) {
   run_test("an engine on its own loop runs a string as a task", t_own_loop);
   run_test("an engine on the application's loop, beside its own timer",
            t_shared_loop);
-  run_test("braid_resume_error raises the value unchanged", t_resume_error);
+  run_test("resumes deliver values, also inside the script's coroutines, "
+           "and errors unchanged", t_resume_error);
   run_test("braid_cancel runs the cancel hook and <close> variables",
            t_cancel_from_c);
   run_test("a deadline cancels a suspended C call", t_timeout_over_c);
