@@ -19,13 +19,16 @@ LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
 LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
 
-CORE      := loop task scope group timer error channel dump tcp process
+CORE      := loop task scope group timer error channel dump tcp process api
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
+PREFIX    ?= /usr/local
+SONAME    := libbraid.so.0
+EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test bench clean install
 
-all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a
+all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
 # Installs what is missing, with apt-get (sudo when not root); elsewhere,
 # says exactly what to install.
@@ -62,6 +65,28 @@ $(BUILD)/braid: $(BUILD)/main.o $(BUILD)/libbraid.a
 # The module for stock lua5.4: Lua's symbols come from the interpreter.
 $(BUILD)/braid.so: $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -shared -o $@ $^ $(UV_LIBS) -lm
+
+# Embedding: the shared library links Lua and libuv itself (not braid.so).
+$(BUILD)/libbraid.so: $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+
+$(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h
+	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
+$(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
+	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BUILD)/braid $(DESTDIR)$(PREFIX)/bin/braid
+	install -m 644 engine/braid.h $(DESTDIR)$(PREFIX)/include/braid.h
+	install -m 644 $(BUILD)/libbraid.a $(DESTDIR)$(PREFIX)/lib/libbraid.a
+	install -m 755 $(BUILD)/libbraid.so $(DESTDIR)$(PREFIX)/lib/$(SONAME).1.0
+	ln -sf $(SONAME).1.0 $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libbraid.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' tools/braid.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/braid.pc
 
 run: all
 	$(RUN_ENV) $(BUILD)/braid examples/demo.lua

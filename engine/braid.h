@@ -1,14 +1,23 @@
 /*
 ** braid.h: embedding braid, a concurrency engine for Lua 5.4 on libuv.
 **
-** Today this header covers opening braid in a lua_State and running a
-** function as the root task; the fuller embedding API (an application's own
-** uv_loop_t, suspending C functions, limits) is tracked as its own issue.
+** A C application creates an engine on its own uv_loop_t (or lets braid
+** own one), runs Lua code as tasks, adds C functions that suspend the
+** calling task until a libuv callback resumes it, limits memory and
+** instructions for untrusted scripts, and closes the engine with nothing
+** of braid's left on its loop. docs/embedding.md is the guide.
+**
+** Conventions: functions returning int return 0 (or a count) on success
+** and a negative libuv error code (UV_E*) on failure. Nothing here is
+** thread-safe: call it on the loop's thread, never from a signal handler.
+** A braid_engine_t must not be used after braid_close.
 */
 #ifndef BRAID_H
 #define BRAID_H
 
+#include <stddef.h>
 #include "lua.h"
+#include "uv.h"
 
 #define BRAID_VERSION_MAJOR 0
 #define BRAID_VERSION_MINOR 1
@@ -19,16 +28,176 @@
 #define BRAID_API extern
 #endif
 
-typedef struct braid_engine braid_engine_t;
+/* ---- types ---- */
 
-/* Opens the braid module in L and pushes its table, as require "braid"
-** does. The engine lives as long as L. [-0, +1, m] */
-BRAID_API int luaopen_braid(lua_State *L);
+typedef struct braid_engine braid_engine_t;   /* one engine, one lua_State */
+typedef struct braid_task braid_task_t;       /* a task handed to C */
+typedef struct braid_op braid_op_t;           /* one suspension of a task */
 
-/* Asks the running root task to stop, as Ctrl-C does (reason "interrupt").
-** Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
+/* Lua standard libraries (braid_options_t.libs). */
+#define BRAID_LIB_BASE      0x001u  /* always; dofile/loadfile need IO */
+#define BRAID_LIB_PACKAGE   0x002u  /* full require: reads files, loads C */
+#define BRAID_LIB_COROUTINE 0x004u
+#define BRAID_LIB_TABLE     0x008u
+#define BRAID_LIB_IO        0x010u
+#define BRAID_LIB_OS        0x020u  /* without it: os.time/clock/date only */
+#define BRAID_LIB_STRING    0x040u
+#define BRAID_LIB_MATH      0x080u
+#define BRAID_LIB_UTF8      0x100u
+#define BRAID_LIB_DEBUG     0x200u
+#define BRAID_LIB_BINARY    0x400u  /* load() accepts precompiled chunks */
+#define BRAID_LIBS_SAFE     0x1cdu  /* base coroutine table string math utf8 */
+#define BRAID_LIBS_ALL      0x7ffu  /* what the braid runner opens */
+
+/* braid modules that reach outside the process (braid_options_t.modules).
+** Those not allowed are absent from the braid table. */
+#define BRAID_MOD_PROCESS   0x01u   /* braid.exec, braid.process */
+#define BRAID_MOD_FS        0x02u   /* braid.fs */
+#define BRAID_MOD_NET       0x04u   /* braid.tcp, braid.dns */
+#define BRAID_MOD_SIGNAL    0x08u   /* braid.signal */
+#define BRAID_MODS_ALL      0x0fu
+
+/* Options for braid_new; all-zero (or NULL) gives the safe defaults: the
+** BRAID_LIBS_SAFE libraries, no outside-reaching module, no limits, no
+** signal watchers. */
+typedef struct braid_options {
+  unsigned libs;             /* BRAID_LIB_* bits; 0 means BRAID_LIBS_SAFE */
+  unsigned modules;          /* BRAID_MOD_* bits */
+  size_t memory_limit;       /* bytes the state may hold; 0: no limit */
+  int instruction_budget;    /* VM instructions per resume; 0: no limit */
+  int signals;               /* nonzero: Ctrl-C cancels, SIGQUIT dumps */
+} braid_options_t;
+
+/* Task status (braid_task_status). */
+enum { BRAID_PENDING, BRAID_RUNNING, BRAID_SUSPENDED, BRAID_OK,
+       BRAID_FAILED, BRAID_CANCELLED };
+
+/* ---- engine lifecycle ---- */
+
+/* Creates an engine on `loop` (NULL: braid creates and owns one), with a
+** new lua_State opened as `opts` says and braid as the global `braid`.
+** Returns NULL when out of memory or the loop cannot be set up. */
+BRAID_API braid_engine_t *braid_new(uv_loop_t *loop,
+                                    const braid_options_t *opts);
+
+/* The engine's main lua_State, owned by the engine; valid until braid_close.
+** Use it to register C functions and to push functions and arguments. */
+BRAID_API lua_State *braid_state(braid_engine_t *E);
+
+/* The loop the engine runs on (the application's, or braid's own). */
+BRAID_API uv_loop_t *braid_loop(braid_engine_t *E);
+
+/* Runs the loop with uv_run(loop, mode); returns the number of tasks still
+** alive afterwards (0: all ended). With UV_RUN_DEFAULT a positive count
+** means every live task waits on something that nothing can wake. Not
+** callable from inside a callback of the same loop. An application that
+** runs its own loop with uv_run need not call this at all. */
+BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
+
+/* Cancels and abandons every live task (cancel hooks run, to-be-closed
+** variables run), closes every handle braid added to the loop, closes the
+** Lua state and frees the engine. On an application's loop, braid's
+** handles finish closing in that loop's next iteration, as with uv_close;
+** the application's own handles are untouched. Callable any time outside
+** a task, including from a callback of the application's loop. */
+BRAID_API void braid_close(braid_engine_t *E);
+
+/* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in
+** an embedded engine it cancels the live tasks only and never exits the
+** process. Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
 ** callback on the engine's loop; not from another thread or a signal
 ** handler. */
 BRAID_API int braid_interrupt(lua_State *L);
+
+/* Opens the braid module in L and pushes its table, as require "braid"
+** does; for a lua_State the application made itself (use braid.run from
+** Lua there). [-0, +1, m] */
+BRAID_API int luaopen_braid(lua_State *L);
+
+/* ---- running code ---- */
+
+/* Compiles `code` (text only unless BRAID_LIB_BINARY) and starts it as a
+** task; *out (may be NULL) gets the task, held for the application until
+** braid_task_release. Returns 0; or UV_EINVAL (syntax error) or UV_ENOMEM
+** with the error message pushed on braid_state(E). Outside tasks only. */
+BRAID_API int braid_run_string(braid_engine_t *E, const char *code,
+                               const char *chunkname, braid_task_t **out);
+
+/* As braid_run_string for a file; UV_ENOENT (message pushed) when the file
+** cannot be read. */
+BRAID_API int braid_run_file(braid_engine_t *E, const char *path,
+                             braid_task_t **out);
+
+/* Pops a function and its `nargs` arguments (pushed in that order on
+** braid_state(E)) and starts function(args) as a task; *out as above.
+** Returns 0, or UV_ENOMEM / UV_EINVAL with nothing left pushed. */
+BRAID_API int braid_spawn_function(braid_engine_t *E, int nargs,
+                                   braid_task_t **out);
+
+/* The task's status, one of BRAID_PENDING ... BRAID_CANCELLED. */
+BRAID_API int braid_task_status(braid_task_t *task);
+
+/* For an ended task, pushes on braid_state(E) what task:result() returns:
+** true and the results, or false and the error (the very value raised).
+** Returns the number of values pushed, or UV_EBUSY (nothing pushed) while
+** the task has not ended. */
+BRAID_API int braid_task_result(braid_engine_t *E, braid_task_t *task);
+
+/* Cancels the task, as task:cancel() does; returns 0, or UV_EALREADY when
+** it had already ended. Never blocks: the task ends later, in the loop. */
+BRAID_API int braid_cancel(braid_engine_t *E, braid_task_t *task);
+
+/* The application is done with the task handle (the task itself runs on);
+** the pointer is invalid afterwards. braid_close releases the rest. */
+BRAID_API void braid_task_release(braid_engine_t *E, braid_task_t *task);
+
+/* ---- suspending C functions ---- */
+
+/* start(op, ud) begins the operation (arms a timer, sends a request) and
+** returns 0, or a negative libuv code to fail the call with an "io" error.
+** It may resume op at once. */
+typedef int (*braid_start_fn)(braid_op_t *op, void *ud);
+
+/* Called instead of any resume when the task is cancelled, abandoned or
+** the engine closed: undo the operation so that nothing calls
+** braid_resume for op afterwards and nothing is left behind. */
+typedef void (*braid_cancel_fn)(braid_op_t *op, void *ud);
+
+/* Suspends the running task: a lua_CFunction ends with
+** `return braid_suspend(L, "app.query", size, start, on_cancel, ud);`.
+** It raises a usage error outside a task or where Lua cannot yield, and
+** the cancellation when the task is already cancelled (start is then not
+** called). Otherwise it allocates op with `size` zeroed bytes of the
+** caller's (braid_op_data), calls start, and yields; the Lua caller later
+** gets the values given to braid_resume or the error given to
+** braid_resume_error. `what` (a static string) names the wait in deadlock
+** reports and braid.dump. ud is handed to start and on_cancel. */
+BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
+                            braid_start_fn start, braid_cancel_fn on_cancel,
+                            void *ud);
+
+/* The `size` bytes given to braid_suspend, owned by braid; valid from
+** start until braid_resume/braid_resume_error or on_cancel returns. */
+BRAID_API void *braid_op_data(braid_op_t *op);
+
+/* The lua_State on which to push the results or the error for op, from a
+** libuv callback; not a task's state (do not call Lua functions on it). */
+BRAID_API lua_State *braid_op_state(braid_op_t *op);
+
+/* Pops `nresults` values from braid_op_state(op) and makes them the
+** suspended call's results; the task runs later, from the loop. Returns 0,
+** or UV_EALREADY when op was already resumed (the values are popped).
+** Callable from any callback on the engine's loop, once, and never after
+** on_cancel. */
+BRAID_API int braid_resume(braid_op_t *op, int nresults);
+
+/* Pops one value from braid_op_state(op) and makes the suspended call
+** raise it, unchanged. Returns 0 or UV_EALREADY, as braid_resume. */
+BRAID_API int braid_resume_error(braid_op_t *op);
+
+/* ---- limits ---- */
+
+/* Bytes the engine's Lua state holds now (all tasks together). */
+BRAID_API size_t braid_memory_used(braid_engine_t *E);
 
 #endif

@@ -143,6 +143,7 @@ struct braid_task {
   int ref;                     /* registry anchor of the userdata, live only */
   unsigned id;
   unsigned char status, queued, wake, abandoned;
+  unsigned char nopool;        /* hit the instruction budget: not reused */
   int nargs;                   /* arguments packed with the function */
   int nres;                    /* results kept after the end */
   struct braid_scope *inner;   /* innermost scope of the running body */
@@ -224,9 +225,29 @@ struct braid_engine {
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   double grace;
+  /* Embedding (api.c). E is malloc'd: it outlives the Lua state while
+  ** braid's handles are still closing on a loop the application owns. */
+  int refs;                    /* the Lua state, plus each open handle */
+  unsigned char embedded;      /* made by braid_new: tasks live at top */
+  unsigned char owns_loop;     /* braid_new(NULL): braid closes the loop */
+  unsigned char signals;       /* SIGINT/SIGQUIT watchers attached */
+  unsigned char attached;      /* idle and timer initialised on E->loop */
+  unsigned char closing;       /* braid_close: abandonment is silent */
+  unsigned char binary;        /* precompiled chunks may be loaded */
+  unsigned char loading;       /* braid_run_string: the limit applies */
+  size_t mem_used, mem_limit;  /* bytes; limit 0: none */
+  int budget;                  /* instructions per resume; 0: none */
+  int anchors_ref;             /* tasks handed to the application */
 };
 
 braid_engine_t *braid__engine(lua_State *L);
+braid_engine_t *braid__engine_new(void);
+void braid__engine_box(lua_State *L, braid_engine_t *E);
+int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
+void braid__engine_detach(braid_engine_t *E);
+void braid__engine_unref(braid_engine_t *E);
+void *braid__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void braid__budget_set(braid_engine_t *E, lua_State *co);
 void braid__engine_fatal(braid_engine_t *E);
 void braid__open_task(lua_State *L);
 void braid__open_scope(lua_State *L);

@@ -3,10 +3,14 @@
 ** (root task, loop, deadlock detection, shutdown) and Ctrl-C.
 **
 ** Invariants:
-** - One engine per lua_State, kept in a userdata in the registry; its
-**   uv_loop_t is initialised by braid.run and closed before run returns,
-**   with uv_loop_close returning 0 (a handle left open is reported as an
-**   error, never ignored).
+** - One engine per lua_State, malloc'd and boxed in a userdata in the
+**   registry. Module form: its uv_loop_t is initialised by braid.run and
+**   closed before run returns, with uv_loop_close returning 0 (a handle left
+**   open is reported as an error, never ignored). Embedded form (api.c):
+**   braid_new attaches braid's handles to a loop, braid_close detaches them.
+** - E is freed when its count drops to 0: one for the Lua state, one per
+**   handle of braid's still open (close callbacks may run after the state
+**   is gone, when the application owns the loop).
 ** - braid's own handles never keep the loop alive: the idle handle is
 **   active only while tasks are ready, the timer only while the heap has
 **   entries, and the SIGINT watcher is unreferenced. So uv_run returns
@@ -26,11 +30,103 @@ static const char engine_key = 'e';
 extern const char braid__lua_source[];
 
 braid_engine_t *braid__engine (lua_State *L) {
-  braid_engine_t *E;
+  braid_engine_t **box;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
-  E = (braid_engine_t *) lua_touserdata(L, -1);
+  box = (braid_engine_t **) lua_touserdata(L, -1);
   lua_pop(L, 1);
+  return box ? *box : NULL;
+}
+
+static int l_loop_gc (lua_State *L) {
+  braid_engine_t *E = *(braid_engine_t **) lua_touserdata(L, 1);
+  if (!E->embedded) braid__engine_unref(E);
+  return 0;
+}
+
+/* A zeroed engine with one reference (the Lua state's); NULL when out of
+** memory. */
+braid_engine_t *braid__engine_new (void) {
+  braid_engine_t *E = (braid_engine_t *) calloc(1, sizeof *E);
+  if (E == NULL) return NULL;
+  E->refs = 1;
+  E->grace = 5.0;
+  E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
   return E;
+}
+
+/* Drops one reference; the last one frees the engine. */
+void braid__engine_unref (braid_engine_t *E) {
+  if (--E->refs > 0) return;
+  free(E->heap);
+  free(E);
+}
+
+static void handle_closed_cb (uv_handle_t *h) {
+  braid__engine_unref((braid_engine_t *) h->data);
+}
+
+static void sigquit_cb (uv_signal_t *h, int signum);
+static void sigint_cb (uv_signal_t *h, int signum);
+
+/* Adds braid's handles to loop: the idle handle and the timer, and the
+** SIGINT/SIGQUIT watchers when `signals`. None keeps the loop alive by
+** itself. Returns 0 or a negative libuv code (nothing is left attached). */
+int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
+  int rc;
+  E->loop = loop;
+  if ((rc = uv_idle_init(loop, &E->idle)) != 0) return rc;
+  E->idle.data = E;
+  E->refs++;
+  if ((rc = uv_timer_init(loop, &E->timer)) != 0) {
+    uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
+    return rc;
+  }
+  E->timer.data = E;
+  E->refs++;
+  E->attached = 1;
+  E->signals = (unsigned char) signals;
+  if (signals) {
+    uv_signal_init(loop, &E->sigint);
+    E->sigint.data = E;
+    E->refs++;
+    uv_signal_start(&E->sigint, sigint_cb, SIGINT);
+    uv_unref((uv_handle_t *) &E->sigint);
+    uv_signal_init(loop, &E->sigquit);
+    E->sigquit.data = E;
+    E->refs++;
+    uv_signal_start(&E->sigquit, sigquit_cb, SIGQUIT);
+    uv_unref((uv_handle_t *) &E->sigquit);
+  }
+  return 0;
+}
+
+/* Starts closing every handle braid added to its loop; the engine's memory
+** stays until their close callbacks have run. */
+void braid__engine_detach (braid_engine_t *E) {
+  if (!E->attached) return;
+  E->attached = 0;
+  uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
+  uv_close((uv_handle_t *) &E->timer, handle_closed_cb);
+  if (E->signals) {
+    uv_close((uv_handle_t *) &E->sigint, handle_closed_cb);
+    uv_close((uv_handle_t *) &E->sigquit, handle_closed_cb);
+    E->signals = 0;
+  }
+  E->armed_due = 0;
+}
+
+/* Keeps E in L's registry, boxed; the box's __gc drops the state's
+** reference unless the engine is embedded (braid_close drops it after
+** lua_close, because the allocator still needs E). [-0, +0, m] */
+void braid__engine_box (lua_State *L, braid_engine_t *E) {
+  braid_engine_t **box;
+  box = (braid_engine_t **) lua_newuserdatauv(L, sizeof *box, 0);
+  *box = E;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, l_loop_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
 }
 
 int braid__is_callable (lua_State *L, int idx) {
@@ -50,15 +146,25 @@ void braid__engine_fatal (braid_engine_t *E) {
 
 static int interrupt_p (lua_State *L) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
+  struct braid_list *n;
   lua_pushliteral(L, "interrupt");
-  braid__scope_set_reason(L, &E->top, -1);
-  braid__scope_cancel(&E->top, &E->top);
+  if (!E->embedded) {
+    braid__scope_set_reason(L, &E->top, -1);
+    braid__scope_cancel(&E->top, &E->top);
+    return 0;
+  }
+  /* Embedded: cancel the live tasks, not the top scope, so that tasks
+  ** started afterwards are not born cancelled. */
+  for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, L, -1);
+  }
   return 0;
 }
 
 static void engine_interrupt (braid_engine_t *E) {
   lua_State *S = E->S;
-  if (E->interrupted++) {   /* a second Ctrl-C: leave at once */
+  if (E->interrupted++ && !E->embedded) {   /* a second Ctrl-C: leave now */
     fprintf(stderr, "braid: interrupted again, exiting\n");
     _exit(130);
   }
@@ -134,10 +240,7 @@ static void close_walk_cb (uv_handle_t *h, void *arg) {
 /* Closes braid's handles and the loop; returns uv_loop_close's result. */
 static int engine_close_loop (braid_engine_t *E) {
   int left = 0;
-  uv_close((uv_handle_t *) &E->idle, NULL);
-  uv_close((uv_handle_t *) &E->timer, NULL);
-  uv_close((uv_handle_t *) &E->sigint, NULL);
-  uv_close((uv_handle_t *) &E->sigquit, NULL);
+  braid__engine_detach(E);
   uv_run(E->loop, UV_RUN_DEFAULT);
   uv_walk(E->loop, close_walk_cb, &left);
   uv_run(E->loop, UV_RUN_DEFAULT);
@@ -188,15 +291,11 @@ static int l_loop_run (lua_State *L) {
   if ((rc = uv_loop_init(&E->own_loop)) != 0)
     braid__error_raise(L, "io", uv_err_name(rc), "braid.run: %s",
                        uv_strerror(rc));
-  E->loop = &E->own_loop;
-  uv_idle_init(E->loop, &E->idle);
-  uv_timer_init(E->loop, &E->timer);
-  uv_signal_init(E->loop, &E->sigint);
-  uv_signal_start(&E->sigint, sigint_cb, SIGINT);
-  uv_unref((uv_handle_t *) &E->sigint);
-  uv_signal_init(E->loop, &E->sigquit);
-  uv_signal_start(&E->sigquit, sigquit_cb, SIGQUIT);
-  uv_unref((uv_handle_t *) &E->sigquit);
+  if ((rc = braid__engine_attach(E, &E->own_loop, 1)) != 0) {
+    engine_close_loop(E);
+    braid__error_raise(L, "io", uv_err_name(rc), "braid.run: %s",
+                       uv_strerror(rc));
+  }
   E->vnow = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = 0;
@@ -226,12 +325,6 @@ static int l_loop_run (lua_State *L) {
   return braid__task_results(L, 2, 1);
 }
 
-static int l_loop_gc (lua_State *L) {
-  braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
-  free(E->heap);
-  E->heap = NULL;
-  return 0;
-}
 
 static int l_loop_interrupted (lua_State *L) {
   lua_pushboolean(L, braid__engine(L)->interrupted);
@@ -253,6 +346,11 @@ static void engine_sigpipe (void) {
   }
 }
 
+static int l_loop_box (lua_State *L) {
+  braid__engine_box(L, (braid_engine_t *) lua_touserdata(L, 1));
+  return 0;
+}
+
 LUA_API int luaopen_braid (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"run", l_loop_run},
@@ -262,22 +360,23 @@ LUA_API int luaopen_braid (lua_State *L) {
   braid_engine_t *E;
   engine_sigpipe();
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key) == LUA_TNIL) {
-    lua_pop(L, 1);
-    E = (braid_engine_t *) lua_newuserdatauv(L, sizeof *E, 0);
-    memset(E, 0, sizeof *E);
+    if ((E = braid__engine_new()) == NULL)
+      return luaL_error(L, "not enough memory");
+    lua_pushcfunction(L, l_loop_box);
+    lua_pushlightuserdata(L, E);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {   /* not boxed: ours to free */
+      free(E);
+      return lua_error(L);
+    }
+  }
+  lua_pop(L, 1);
+  E = braid__engine(L);
+  if (E->S == NULL) {   /* first opening (braid_new boxes E beforehand) */
     E->L = L;
-    E->grace = 5.0;
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_loop_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
     E->S = lua_newthread(L);
     E->S_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     E->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  } else {
-    lua_pop(L, 1);
   }
   lua_getglobal(L, "coroutine");
   if (lua_istable(L, -1)) braid__open_coroutine(L);

@@ -201,7 +201,10 @@ void braid__scope_left (struct braid_scope *s) {
 ** cancellation does not. Groups judge their members themselves. */
 void braid__scope_member_done (lua_State *L, struct braid_scope *s,
                                struct braid_task *t) {
-  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP) {
+  /* The top scope does not fail fast either: an embedder's tasks are
+  ** independent, and braid.run reads its root task's own outcome. */
+  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
+      s->kind != SCOPE_TOP) {
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
     braid__scope_fail(L, s, -1);

@@ -80,10 +80,10 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 
 struct braid_task *braid__task_current (lua_State *L, const char *fname) {
   braid_engine_t *E = braid__engine(L);
-  if (E->current == NULL)
-    braid__error_usage(L, "braid.%s: not inside a braid task (run the code "
+  if (E->current == NULL)   /* an embedder's "app.f" is not braid's */
+    braid__error_usage(L, "%s%s: not inside a braid task (run the code "
                        "with braid.run, or in a task started by braid.spawn)",
-                       fname);
+                       strchr(fname, '.') ? "" : "braid.", fname);
   return E->current;
 }
 
@@ -93,9 +93,10 @@ void braid__task_checkyield (lua_State *L, struct braid_task *t,
     braid__error_usage(L, "braid.%s: the task is being abandoned after its "
                        "grace period; cleanup can no longer wait", fname);
   if (!lua_isyieldable(L))
-    braid__error_usage(L, "braid.%s: cannot suspend here: the call is inside "
+    braid__error_usage(L, "%s%s: cannot suspend here: the call is inside "
                        "a C function or metamethod that cannot yield (such as "
-                       "table.sort, string.gsub, __gc or __tostring)", fname);
+                       "table.sort, string.gsub, __gc or __tostring)",
+                       strchr(fname, '.') ? "" : "braid.", fname);
 }
 
 void braid__task_checkcancel (lua_State *L, struct braid_task *t) {
@@ -211,9 +212,11 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
     t->line = ar.currentline;   /* the file is found from the function */
     lua_setiuservalue(L, -2, 3);
   }
-  braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
+  /* Anchor before linking: a failed allocation must leave no task in the
+  ** scope tree that the collector could free. */
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
   braid__task_ready(t);
   return t;
@@ -228,7 +231,7 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
                       lua_State *co) {
   if (lua_status(co) != LUA_OK) lua_resetthread(co);
   lua_settop(co, 0);
-  if (E->pool_n >= POOL_MAX || t->abandoned) return;
+  if (E->pool_n >= POOL_MAX || t->abandoned || t->nopool) return;
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, S, 1);
@@ -343,6 +346,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
   }
   t->status = TASK_RUNNING;
   E->current = t;
+  if (E->budget) braid__budget_set(E, t->co);
   status = lua_resume(t->co, S, nargs, &nres);
   E->current = NULL;
   if (status == LUA_YIELD) {
@@ -431,11 +435,13 @@ void braid__task_abandon (struct braid_task *t) {
     E->current = prev;
     t->co = NULL;   /* not pooled: see pool_put */
   }
-  fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
-          "running %g s after it was cancelled\n", t->id,
-          braid__task_name(S, t, 0), braid__task_site(S, t, 0),
-          t->scope.outer->grace);
-  lua_pop(S, 1);
+  if (!E->closing) {   /* braid_close abandons by design: no report */
+    fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
+            "running %g s after it was cancelled\n", t->id,
+            braid__task_name(S, t, 0), braid__task_site(S, t, 0),
+            t->scope.outer->grace);
+    lua_pop(S, 1);
+  }
   lua_pushliteral(S, "abandoned after its grace period");
   braid__scope_set_reason(S, &t->scope, -1);
   lua_pop(S, 1);
@@ -648,6 +654,7 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
       return -1;
     }
     lua_xmove(L, co, narg);
+    if (braid__engine(L)->budget) braid__budget_set(braid__engine(L), co);
     status = lua_resume(co, L, narg, &nres);
     if (status == LUA_YIELD && nres == 1 &&
         lua_touserdata(co, -1) == BRAID_MARKER) {

@@ -1,0 +1,514 @@
+/*
+** embed_test.c: the embedding API (braid.h) from C: engines on their own
+** loop and on an application's, suspending C functions resumed and
+** cancelled from libuv callbacks, closing with tasks suspended, and the
+** limits for untrusted scripts. Prints TAP lines ("ok N - name") that
+** spec/run adds to the busted counts.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "lauxlib.h"
+#include "braid.h"
+
+static int test_no, failures;
+
+#define CHECK(cond) do { if (!(cond)) { \
+  fprintf(stderr, "# %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+  return 0; } } while (0)
+
+static void run_test (const char *name, int (*fn)(void)) {
+  int ok = fn();
+  test_no++;
+  printf("%sok %d - embed: %s\n", ok ? "" : "not ", test_no, name);
+  fflush(stdout);
+  if (!ok) failures++;
+}
+
+/* ---- a suspending C function: app.get(key, [ms]) answered by a timer ---- */
+
+struct get_req {
+  uv_timer_t timer;
+  braid_op_t *op;
+  char key[32];
+  int closing;
+};
+
+static int cancels, closes, gets;
+
+static void get_closed_cb (uv_handle_t *h) {
+  free(h->data);
+  closes++;
+}
+
+static void get_timer_cb (uv_timer_t *h) {
+  struct get_req *r = (struct get_req *) h->data;
+  lua_State *S = braid_op_state(r->op);
+  if (strcmp(r->key, "bad") == 0) {
+    lua_pushstring(S, "no such key: bad");
+    braid_resume_error(r->op);
+  } else {
+    lua_pushfstring(S, "value of %s", r->key);
+    lua_pushinteger(S, (lua_Integer) strlen(r->key));
+    braid_resume(r->op, 2);
+  }
+  uv_close((uv_handle_t *) h, get_closed_cb);
+}
+
+struct get_args { uv_loop_t *loop; const char *key; uint64_t ms; };
+
+static int get_start (braid_op_t *op, void *ud) {
+  struct get_args *a = (struct get_args *) ud;
+  struct get_req *r = (struct get_req *) calloc(1, sizeof *r);
+  int rc;
+  if (r == NULL) return UV_ENOMEM;
+  *(struct get_req **) braid_op_data(op) = r;
+  r->op = op;
+  snprintf(r->key, sizeof r->key, "%s", a->key);
+  uv_timer_init(a->loop, &r->timer);
+  r->timer.data = r;
+  rc = uv_timer_start(&r->timer, get_timer_cb, a->ms, 0);
+  gets++;
+  return rc;
+}
+
+static void get_cancel (braid_op_t *op, void *ud) {
+  struct get_req *r = *(struct get_req **) braid_op_data(op);
+  (void) ud;
+  cancels++;
+  uv_close((uv_handle_t *) &r->timer, get_closed_cb);
+}
+
+static int l_app_get (lua_State *L) {
+  struct get_args a;
+  a.loop = (uv_loop_t *) lua_touserdata(L, lua_upvalueindex(1));
+  a.key = luaL_checkstring(L, 1);
+  a.ms = (uint64_t) luaL_optinteger(L, 2, 5);
+  return braid_suspend(L, "app.get", sizeof(struct get_req *), get_start,
+                       get_cancel, &a);
+}
+
+static int closed_marks;
+static int l_app_mark (lua_State *L) { (void) L; closed_marks++; return 0; }
+
+static void register_app (braid_engine_t *E) {
+  lua_State *L = braid_state(E);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, braid_loop(E));
+  lua_pushcclosure(L, l_app_get, 1);
+  lua_setfield(L, -2, "get");
+  lua_pushcfunction(L, l_app_mark);
+  lua_setfield(L, -2, "mark");
+  lua_setglobal(L, "app");
+}
+
+/* Runs code to its end on E; leaves task:result()'s values on the stack
+** and returns their count (or a negative code). */
+static int run_to_end (braid_engine_t *E, const char *code) {
+  braid_task_t *t;
+  int rc = braid_run_string(E, code, "=test", &t), n;
+  if (rc < 0) {
+    fprintf(stderr, "# load: %s\n", lua_tostring(braid_state(E), -1));
+    return rc;
+  }
+  braid_run(E, UV_RUN_DEFAULT);
+  n = braid_task_result(E, t);
+  braid_task_release(E, t);
+  return n;
+}
+
+static int result_is (braid_engine_t *E, int n, int ok, const char *s) {
+  lua_State *L = braid_state(E);
+  int good = 0, base = lua_gettop(L) - n;
+  if (n >= 2) {
+    const char *v = luaL_tolstring(L, base + 2, NULL);
+    good = lua_toboolean(L, base + 1) == ok && strstr(v, s) != NULL;
+    if (!good) fprintf(stderr, "# got %s, %s\n",
+                       lua_toboolean(L, base + 1) ? "true" : "false", v);
+  } else {
+    fprintf(stderr, "# got %d values\n", n);
+  }
+  lua_settop(L, 0);
+  return good;
+}
+
+/* ---- tests ---- */
+
+static int t_own_loop (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  CHECK(E != NULL);
+  n = run_to_end(E, "braid.sleep(0.01) return 'slept ' .. 6 * 7");
+  CHECK(result_is(E, n, 1, "slept 42"));
+  braid_close(E);
+  return 1;
+}
+
+static int app_ticks;
+static void app_tick_cb (uv_timer_t *h) { (void) h; app_ticks++; }
+
+struct walk_count { int open, total; };
+static void walk_cb (uv_handle_t *h, void *arg) {
+  struct walk_count *c = (struct walk_count *) arg;
+  c->total++;
+  if (!uv_is_closing(h)) c->open++;
+}
+
+static int t_shared_loop (void) {
+  uv_loop_t loop;
+  uv_timer_t tick;
+  braid_engine_t *E;
+  braid_task_t *t;
+  struct walk_count c = {0, 0};
+  CHECK(uv_loop_init(&loop) == 0);
+  uv_timer_init(&loop, &tick);
+  uv_timer_start(&tick, app_tick_cb, 1, 1);
+  E = braid_new(&loop, NULL);
+  CHECK(E != NULL);
+  register_app(E);
+  CHECK(braid_run_string(E, "local a, b = braid.gather("
+        "function() return app.get('x', 20) end,"
+        "function() return app.get('yy', 10) end)"
+        "return a .. ',' .. b", "=shared", &t) == 0);
+  app_ticks = 0;
+  while (braid_task_status(t) < BRAID_OK) uv_run(&loop, UV_RUN_ONCE);
+  CHECK(app_ticks > 3);   /* the app's own work ran meanwhile */
+  CHECK(result_is(E, braid_task_result(E, t), 1, "value of x,value of yy"));
+  braid_task_release(E, t);
+  braid_close(E);
+  uv_walk(&loop, walk_cb, &c);
+  CHECK(c.open == 1);   /* only the application's timer */
+  uv_close((uv_handle_t *) &tick, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  c.open = c.total = 0;
+  uv_walk(&loop, walk_cb, &c);
+  CHECK(c.total == 0);
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
+static int t_resume_error (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  register_app(E);
+  n = run_to_end(E, "local ok, e = pcall(app.get, 'bad')"
+                 "assert(not ok) return e");
+  CHECK(result_is(E, n, 1, "no such key: bad"));
+  n = run_to_end(E, "return app.get('bad')");
+  CHECK(result_is(E, n, 0, "no such key: bad"));   /* unchanged, no prefix */
+  n = run_to_end(E, "local gen = coroutine.wrap(function()"
+                 " coroutine.yield(app.get('in')) return app.get('co') end)"
+                 " return gen() .. ' ' .. gen()");
+  CHECK(result_is(E, n, 1, "value of in value of co"));
+  n = run_to_end(E, "return select('#', app.get('abc'))");
+  CHECK(n == 2 && lua_tointeger(braid_state(E), -1) == 2);
+  lua_settop(braid_state(E), 0);
+  braid_close(E);
+  return 1;
+}
+
+static int t_cancel_from_c (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  braid_task_t *t;
+  int n;
+  register_app(E);
+  cancels = closes = 0;
+  CHECK(braid_run_string(E, "local x <close> = setmetatable({}, {__close ="
+        " app.mark}) return app.get('slow', 100000)", "=c", &t) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  CHECK(braid_task_status(t) == BRAID_SUSPENDED);
+  closed_marks = 0;
+  CHECK(braid_cancel(E, t) == 0);
+  CHECK(cancels == 1);   /* the hook ran at once */
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(braid_task_status(t) == BRAID_CANCELLED);
+  CHECK(closes == 1 && closed_marks == 1);
+  n = braid_task_result(E, t);
+  CHECK(result_is(E, n, 0, "cancel"));
+  CHECK(braid_cancel(E, t) == UV_EALREADY);
+  braid_close(E);
+  return 1;
+}
+
+static int t_timeout_over_c (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  register_app(E);
+  cancels = 0;
+  n = run_to_end(E, "local ok, e = pcall(braid.timeout, 0.02, app.get, 'x',"
+                 " 100000) return braid.is_timeout(e) and 'timed out'");
+  CHECK(result_is(E, n, 1, "timed out"));
+  CHECK(cancels == 1);
+  braid_close(E);
+  return 1;
+}
+
+static int t_close_suspended (void) {
+  uv_loop_t loop;
+  braid_engine_t *E;
+  braid_task_t *t;
+  struct walk_count c = {0, 0};
+  CHECK(uv_loop_init(&loop) == 0);
+  E = braid_new(&loop, NULL);
+  register_app(E);
+  cancels = closes = closed_marks = 0;
+  CHECK(braid_run_string(E, "braid.scope(function(s)"
+        " for i = 1, 3 do s:spawn(function()"
+        "  local x <close> = setmetatable({}, {__close = app.mark})"
+        "  app.get('k' .. i, 100000) end) end"
+        " s:spawn(braid.sleep, 1000)"
+        " s:spawn(braid.gather, function() app.get('g', 100000) end,"
+        "   function() braid.timeout(50, braid.sleep, 100) end)"
+        " braid.channel():recv() end)", "=many", NULL) == 0);
+  CHECK(braid_run_string(E, "while true do braid.sleep(0.001) end",
+                         "=spin", &t) == 0);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK(gets >= 3);
+  braid_close(E);   /* t's handle is released too */
+  CHECK(cancels == 4 && closed_marks == 3);
+  uv_walk(&loop, walk_cb, &c);
+  CHECK(c.open == 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(closes == 4);
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
+static int t_memory_limit (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  braid_task_t *hog, *ok;
+  int n;
+  o.memory_limit = 4u << 20;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  CHECK(braid_run_string(E, "local t = {} for i = 1, 1e8 do"
+        " t[i] = ('x'):rep(64) .. i if i % 1000 == 0 then braid.yield() end"
+        " end", "=hog", &hog) == 0);
+  CHECK(braid_run_string(E, "for i = 1, 20 do braid.sleep(0.001) end"
+        " return 'still here'", "=ok", &ok) == 0);
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(result_is(E, braid_task_result(E, hog), 0, "not enough memory"));
+  CHECK(result_is(E, braid_task_result(E, ok), 1, "still here"));
+  lua_gc(braid_state(E), LUA_GCCOLLECT);
+  CHECK(braid_memory_used(E) < o.memory_limit);
+  n = run_to_end(E, "return 'after: ' .. #('y'):rep(1000)");
+  CHECK(result_is(E, n, 1, "after: 1000"));
+  {   /* a chunk too big to compile within the limit */
+    size_t i, len = 6u << 20;
+    char *big = (char *) malloc(len + 1);
+    CHECK(big != NULL);
+    for (i = 0; i + 8 <= len; i += 8) memcpy(big + i, "x = 1 \n ", 8);
+    big[i] = '\0';
+    n = braid_run_string(E, big, "=big", NULL);
+    free(big);
+    CHECK(n == UV_ENOMEM);
+    lua_settop(braid_state(E), 0);
+  }
+  braid_close(E);
+  return 1;
+}
+
+/* Scripts that run out of memory inside braid's own calls: each fails
+** with "not enough memory" and the engine stays consistent (ASan). */
+static int t_memory_in_braid_calls (void) {
+  static const char *const hogs[] = {
+    "local ts = {} while true do ts[#ts + 1] = braid.spawn(braid.sleep, 1) end",
+    "local ch = braid.channel(1e9) while true do ch:send(('z'):rep(100)) end",
+    "local fs = {} for i = 1, 1e6 do fs[i] = function() braid.sleep(0.001)"
+    " return ('q'):rep(1000) end end return braid.gather(table.unpack(fs))",
+    "local function f(n) return braid.scope(function() return f(n + 1) end)"
+    " end return f(1)",   /* the C stack runs out first */
+    "local t = {} while true do t[#t + 1] = braid.timeout(1, function()"
+    " return {} end) end",
+    "local sems = {} while true do sems[#sems + 1] = braid.semaphore(1)"
+    " braid.event() end",
+  };
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  size_t i;
+  int n;
+  o.memory_limit = 2u << 20;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  for (i = 0; i < sizeof hogs / sizeof *hogs; i++) {
+    braid_task_t *t;
+    CHECK(braid_run_string(E, hogs[i], "=hog", &t) == 0);
+    braid_run(E, UV_RUN_DEFAULT);
+    n = braid_task_result(E, t);
+    braid_task_release(E, t);
+    if (!result_is(E, n, 0, i == 3 ? "overflow" : "memory")) {
+      fprintf(stderr, "# hog %d\n", (int) i + 1);
+      return 0;
+    }
+    lua_gc(braid_state(E), LUA_GCCOLLECT);
+    n = run_to_end(E, "braid.sleep(0.001) return 'fine'");
+    CHECK(result_is(E, n, 1, "fine"));
+  }
+  braid_close(E);
+  return 1;
+}
+
+static int t_instruction_budget (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  braid_task_t *spin, *sly, *ok;
+  o.instruction_budget = 1000000;
+  E = braid_new(NULL, &o);
+  CHECK(braid_run_string(E, "while true do end", "=spin", &spin) == 0);
+  CHECK(braid_run_string(E, "while true do pcall(function()"
+        " while true do end end) end", "=sly", &sly) == 0);
+  CHECK(braid_run_string(E, "local n = 0 for i = 1, 100 do"
+        " for j = 1, 10000 do n = n + 1 end braid.yield() end"
+        " return 'counted ' .. n", "=ok", &ok) == 0);
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(result_is(E, braid_task_result(E, spin), 0, "instruction budget"));
+  CHECK(result_is(E, braid_task_result(E, sly), 0, "instruction budget"));
+  CHECK(result_is(E, braid_task_result(E, ok), 1, "counted 1000000"));
+  braid_close(E);
+  return 1;
+}
+
+static int t_budget_coroutine (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int n;
+  o.instruction_budget = 100000;
+  E = braid_new(NULL, &o);
+  n = run_to_end(E, "local co = coroutine.wrap(function() while true do end"
+                 " end) co()");
+  CHECK(result_is(E, n, 0, "instruction budget"));
+  braid_close(E);
+  return 1;
+}
+
+static int t_capabilities (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  n = run_to_end(E,
+    "local gone = {}\n"
+    "for _, k in ipairs{'io', 'debug', 'package', 'dofile', 'loadfile'} do"
+    "  if _G[k] ~= nil then gone[#gone + 1] = k end end\n"
+    "for _, k in ipairs{'execute', 'exit', 'remove', 'rename', 'getenv',"
+    "  'tmpname'} do if os[k] then gone[#gone + 1] = 'os.' .. k end end\n"
+    "for _, k in ipairs{'exec', 'process', 'fs', 'tcp', 'dns', 'signal'} do"
+    "  if braid[k] then gone[#gone + 1] = 'braid.' .. k end end\n"
+    "for _, m in ipairs{'io', 'os', 'debug', 'package', 'ffi'} do"
+    "  local ok, v = pcall(require, m)"
+    "  if ok and (m ~= 'os' or v.execute) then gone[#gone+1] = 'require '..m end\n"
+    "end\n"
+    "local f, err = load(string.dump(function() return 1 end))"
+    "if f then gone[#gone + 1] = 'binary load' end\n"
+    "assert(load('return 1'))() \n"
+    "assert(require('braid') == braid and os.time() and string.format)\n"
+    "return #gone == 0 and 'sealed' or table.concat(gone, ' ')");
+  CHECK(result_is(E, n, 1, "sealed"));
+  CHECK(braid_run_string(E, "\x1bLua", "=bin", NULL) == UV_EINVAL);
+  lua_settop(braid_state(E), 0);
+  braid_close(E);
+  return 1;
+}
+
+static int t_all_libs (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int n;
+  o.libs = BRAID_LIBS_ALL;
+  E = braid_new(NULL, &o);
+  n = run_to_end(E, "return (io and os.getenv and debug and package.loadlib)"
+                 " and 'all there'");
+  CHECK(result_is(E, n, 1, "all there"));
+  n = run_to_end(E, "return braid.run(function() end)");
+  CHECK(result_is(E, n, 0, "already running"));
+  braid_close(E);
+  return 1;
+}
+
+static int t_spawn_function (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L = braid_state(E);
+  braid_task_t *t;
+  int n;
+  CHECK(luaL_loadstring(L, "local a, b = ... braid.sleep(0.001)"
+                        " return a + b") == 0);
+  lua_pushinteger(L, 40);
+  lua_pushinteger(L, 2);
+  CHECK(braid_spawn_function(E, 2, &t) == 0);
+  CHECK(lua_gettop(L) == 0);
+  CHECK(braid_task_result(E, t) == UV_EBUSY);
+  CHECK(braid_run(E, UV_RUN_DEFAULT) == 0);
+  n = braid_task_result(E, t);
+  CHECK(n == 2 && lua_toboolean(L, 1) && lua_tointeger(L, 2) == 42);
+  lua_settop(L, 0);
+  CHECK(braid_run_string(E, "return (", "=broken", NULL) == UV_EINVAL);
+  CHECK(strstr(lua_tostring(L, -1), "broken") != NULL);
+  lua_settop(L, 0);
+  CHECK(braid_run_file(E, "/nonexistent/x.lua", NULL) == UV_ENOENT);
+  lua_settop(L, 0);
+  braid_close(E);
+  return 1;
+}
+
+static int t_interrupt (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  braid_task_t *a;
+  int n;
+  CHECK(braid_run_string(E, "braid.sleep(1000)", "=a", &a) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  CHECK(braid_interrupt(braid_state(E)) == 0);
+  CHECK(braid_interrupt(braid_state(E)) == 0);   /* twice: no exit */
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(result_is(E, braid_task_result(E, a), 0, "interrupt"));
+  braid_task_release(E, a);
+  n = run_to_end(E, "braid.sleep(0.001) return 'not born cancelled'");
+  CHECK(result_is(E, n, 1, "not born cancelled"));
+  braid_close(E);
+  return 1;
+}
+
+static int t_outside_task (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L = braid_state(E);
+  register_app(E);
+  lua_getglobal(L, "app");
+  lua_getfield(L, -1, "get");
+  lua_pushliteral(L, "k");
+  CHECK(lua_pcall(L, 1, 0, 0) != LUA_OK);
+  CHECK(strstr(luaL_tolstring(L, -1, NULL),
+               "app.get: not inside a braid task") != NULL);
+  lua_settop(L, 0);
+  braid_close(E);
+  return 1;
+}
+
+int main (void) {
+  run_test("an engine on its own loop runs a string as a task", t_own_loop);
+  run_test("an engine on the application's loop, beside its own timer",
+           t_shared_loop);
+  run_test("resumes deliver values, also inside the script's coroutines, "
+           "and errors unchanged", t_resume_error);
+  run_test("braid_cancel runs the cancel hook and <close> variables",
+           t_cancel_from_c);
+  run_test("a deadline cancels a suspended C call", t_timeout_over_c);
+  run_test("braid_close with tasks suspended leaves no handle", 
+           t_close_suspended);
+  run_test("the memory limit fails the hog, not the engine", t_memory_limit);
+  run_test("running out of memory inside braid's calls leaves it intact",
+           t_memory_in_braid_calls);
+  run_test("the instruction budget stops busy loops, even under pcall",
+           t_instruction_budget);
+  run_test("the instruction budget covers the script's coroutines",
+           t_budget_coroutine);
+  run_test("the default capabilities remove files, processes and native code",
+           t_capabilities);
+  run_test("BRAID_LIBS_ALL opens everything; braid.run is refused",
+           t_all_libs);
+  run_test("braid_spawn_function, syntax errors, missing files",
+           t_spawn_function);
+  run_test("braid_interrupt cancels the live tasks, not later ones",
+           t_interrupt);
+  run_test("a suspending C function outside a task raises a usage error",
+           t_outside_task);
+  printf("1..%d\n", test_no);
+  return failures ? 1 : 0;
+}
