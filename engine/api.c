@@ -406,17 +406,19 @@ static void op_cancel (struct braid_wait *w) {
 static int op_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_op *op = (struct braid_op *) ctx;
   struct braid_task *t = op->w.task;
-  int i, n = op->nres;
+  int i, n = op->nres, ref = op->res_ref;
   (void) status;
-  if (op->state == OP_PENDING) {   /* resumed without completing (no-yield) */
+  if (op->state == OP_PENDING) {   /* resumed without completing */
     if (t->wait == &op->w) t->wait = NULL;
     op_cancel(&op->w);
   }
-  braid__task_resumed(L, t);
-  if (op->res_ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, op->res_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, op->res_ref);
-  op->res_ref = LUA_NOREF;
+  op->res_ref = LUA_NOREF;         /* taken before anything can raise */
+  if (ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  }
+  braid__task_resumed(L, t);       /* the cancellation or a no-yield */
+  if (ref == LUA_NOREF) return 0;
   if (op->state == OP_FAILED) return lua_error(L);
   luaL_checkstack(L, n, "too many results");
   for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);

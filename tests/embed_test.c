@@ -449,6 +449,38 @@ static int t_spawn_function (void) {
   return 1;
 }
 
+/* Processes and sockets a task started are closed by braid_close; their
+** handles finish closing in the application's loop afterwards. */
+static int t_close_with_io (void) {
+  uv_loop_t loop;
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  struct walk_count c = {0, 0};
+  CHECK(uv_loop_init(&loop) == 0);
+  o.libs = BRAID_LIBS_ALL;
+  o.modules = BRAID_MODS_ALL;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  CHECK(braid_run_string(E, "local p = braid.process({'sleep', '30'})"
+        " local srv = braid.tcp.listen(nil, 0, function(s) s:read() end)"
+        " local c = braid.tcp.connect('127.0.0.1', srv:port())"
+        " braid.spawn(braid.exec, {'sleep', '30'})"
+        " p:wait()", "=io", NULL) == 0);
+  for (c.total = 0; c.total < 40; c.total++) {   /* let them all start */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_sleep(5);
+  }
+  braid_close(E);
+  /* Children are always reaped: their handles close once SIGTERM (SIGKILL
+  ** after kill_grace) has ended them, in the application's loop. */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  c.open = c.total = 0;
+  uv_walk(&loop, walk_cb, &c);
+  CHECK(c.total == 0);
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
 static int t_interrupt (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   braid_task_t *a;
@@ -505,6 +537,8 @@ int main (void) {
            t_all_libs);
   run_test("braid_spawn_function, syntax errors, missing files",
            t_spawn_function);
+  run_test("braid_close closes the processes and sockets tasks started",
+           t_close_with_io);
   run_test("braid_interrupt cancels the live tasks, not later ones",
            t_interrupt);
   run_test("a suspending C function outside a task raises a usage error",
