@@ -274,6 +274,10 @@ static void close_walk_cb (uv_handle_t *h, void *arg) {
 
 void braid_close (braid_engine_t *E) {
   lua_State *S = E->S;
+  if (E->current) {   /* the running task's own stack would be freed */
+    fprintf(stderr, "braid_close: called from inside a task\n");
+    abort();
+  }
   E->closing = 1;
   lua_pushcfunction(S, l_api_abandon);
   lua_pushlightuserdata(S, E);
@@ -311,8 +315,11 @@ int braid_spawn_function (braid_engine_t *E, int nargs, braid_task_t **out) {
   lua_State *L = E->L;
   struct braid_task *t;
   if (out) *out = NULL;
-  if (nargs < 0 || lua_gettop(L) < nargs + 1 || E->current)
+  if (nargs < 0 || lua_gettop(L) < nargs + 1) return UV_EINVAL;
+  if (E->current) {   /* from a C function inside a task: not supported */
+    lua_pop(L, nargs + 1);
     return UV_EINVAL;
+  }
   lua_pushcfunction(L, l_api_spawn);
   lua_insert(L, -(nargs + 2));
   lua_pushlightuserdata(L, E);

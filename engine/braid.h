@@ -99,7 +99,8 @@ BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 ** Lua state and frees the engine. On an application's loop, braid's
 ** handles finish closing in that loop's next iteration, as with uv_close;
 ** the application's own handles are untouched. Callable any time outside
-** a task, including from a callback of the application's loop. */
+** a task (from inside one it aborts), also from a callback of the
+** application's loop. */
 BRAID_API void braid_close(braid_engine_t *E);
 
 /* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in
@@ -130,7 +131,8 @@ BRAID_API int braid_run_file(braid_engine_t *E, const char *path,
 
 /* Pops a function and its `nargs` arguments (pushed in that order on
 ** braid_state(E)) and starts function(args) as a task; *out as above.
-** Returns 0, or UV_ENOMEM / UV_EINVAL with nothing left pushed. */
+** Returns 0, or UV_ENOMEM, or UV_EINVAL (called from inside a task), with
+** nothing left pushed. */
 BRAID_API int braid_spawn_function(braid_engine_t *E, int nargs,
                                    braid_task_t **out);
 
