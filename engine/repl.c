@@ -248,7 +248,7 @@ static int repl_interrupt (braid_engine_t *E) {
     if (R.edit) rl_replace_line("", 0);
     R.acc_n = 0;   /* the terminal driver drops typed-ahead input too */
     read_done(READ_INTR);
-    fputs("^C\n", stdout);
+    fputs(R.edit ? "^C\n" : "\n", stdout);   /* the terminal echoed ^C */
     fflush(stdout);
     return 1;
   }
