@@ -96,6 +96,23 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
   end)
 
+  it("abandons an entry that shields itself on a second Ctrl-C", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "braid.shield(function() braid.sleep(30) end)\\r"},
+      {"expect", "end\\)\\r\\n"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "\\^C"},
+      {"quiet", "0.3"},          -- shielded: the first Ctrl-C only asks
+      {"send", "\\x03"},
+      {"expect", "abandoned.*interrupted.*> $", 3},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
   it("clears the line on Ctrl-C at the prompt", function()
     local out, ok = repl {
       {"expect", PROMPT},
