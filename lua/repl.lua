@@ -179,8 +179,9 @@ return function()
     repl.close()
   end})
   repl.open()
+  braid.current().name = "repl"
   if prelude then
-    local ok, err = run_entry(prelude, "main")
+    local ok, err = run_entry(prelude, "script")
     if not ok then
       if not (braid.is_cancelled(err) and err.reason == "interrupt") then
         error(err, 0)
@@ -192,7 +193,7 @@ return function()
   local chunk
   while true do
     local line = repl.readline(chunk and ">> " or "> ")
-    if line == nil then break end
+    if line == nil then io.stdout:write("\n") break end
     if line == false then
       chunk = nil
     elseif not chunk and line:match("^%s*:") then
