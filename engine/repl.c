@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 #include <editline/readline.h>
 #include "internal.h"
@@ -254,6 +255,14 @@ static int repl_interrupt (braid_engine_t *E) {
   }
   if (R.entry && !TASK_DONE(R.entry)) {
     lua_State *S = E->S;
+    struct termios tio;
+    /* the terminal echoed ^C where the cursor was: what follows (the
+    ** entry's cleanup output) starts on a line of its own */
+    if (isatty(1) && tcgetattr(0, &tio) == 0 && (tio.c_lflag & ECHO) &&
+        (tio.c_lflag & ECHOCTL)) {
+      fputc('\n', stdout);
+      fflush(stdout);
+    }
     lua_pushcfunction(S, entry_cancel_p);
     lua_pushlightuserdata(S, R.entry);
     if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);

@@ -78,6 +78,25 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
   end)
 
+  it("keeps a line that wraps on the screen, and ends output that lacks a newline", function()
+    local long = ("a"):rep(120)   -- the terminal is 100 columns wide
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", 'braid.spawn(function() braid.sleep(0.6) io.write("no newline") end)\\r'},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", 'x = "' .. long},
+      {"expect", "aaaa$"},
+      {"expect", "no newline\\r\\n> x = \"a", 5},
+      {"send", 'bbb"\\r'},
+      {"expect", "> $"},
+      {"send", "#x\\r"},
+      {"expect", "\\r\\n123\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
   it("cancels a long entry on Ctrl-C, running its cleanup, and returns to the prompt at once", function()
     local out, ok = repl {
       {"expect", PROMPT},
@@ -103,7 +122,7 @@ describe("the REPL (braid on a terminal)", function()
       {"expect", "end\\)\\r\\n"},
       {"quiet", "0.3"},
       {"send", "\\x03"},
-      {"expect", "\\^C"},
+      {"expect", "\\^C\\r\\n"},
       {"quiet", "0.3"},          -- shielded: the first Ctrl-C only asks
       {"send", "\\x03"},
       {"expect", "abandoned.*interrupted.*> $", 3},
