@@ -62,6 +62,17 @@ describe("the REPL (braid on a terminal)", function()
     assert.are.equal(0, status, out)
   end)
 
+  it("runs lines pasted at once, in order", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "1+1\\r2+2\\r3+3\\r"},
+      {"expect", "\\r\\n2\\r\\n.*\\r\\n4\\r\\n.*\\r\\n6\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
   it("keeps the partly typed line when a background task prints", function()
     local out, ok = repl {
       {"expect", PROMPT},
