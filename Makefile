@@ -1,7 +1,7 @@
 # braid: build, test, run. `make run` and `make test` work on a fresh Debian
 # machine: missing packages are installed first (see the deps target).
 
-PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config libedit-dev
+PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
@@ -57,6 +57,7 @@ $(BUILD)/libbraid.a: $(CORE_OBJS)
 	rm -f $@ && ar rcs $@ $^
 
 # The REPL (engine/repl.c, lua/repl.lua) and libedit: the runner only.
+PKGS      += libedit-dev
 REPL_OBJS := $(BUILD)/repl.o $(BUILD)/repl_lua.o
 $(BUILD)/repl_lua.c: lua/repl.lua tools/embed.lua $(BUILD)/.deps
 	lua5.4 tools/embed.lua braid__repl_source lua/repl.lua > $@

@@ -102,9 +102,10 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
   }
 }
 
-/* Every task waits and nothing can wake any of them: fail the root with a
-** "deadlock" error, which cancels everything; if even that cannot make
-** progress (tasks waiting inside shields), abandon the root. */
+/* Every task waits and nothing can wake any of them: fail the root (or the
+** REPL's running entry, E->focus) with a "deadlock" error, which cancels
+** everything below it; if even that cannot make progress (tasks waiting
+** inside shields), abandon it. */
 static void engine_deadlock (lua_State *L, braid_engine_t *E) {
   luaL_Buffer b;
   struct braid_task *victim = E->focus && !TASK_DONE(E->focus) ? E->focus
