@@ -198,10 +198,12 @@ void braid__scope_left (struct braid_scope *s) {
 }
 
 /* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
-** cancellation does not. Groups judge their members themselves. */
+** cancellation does not. Groups judge their members themselves, and so
+** does a scope with a member_done hook (the REPL's session). */
 void braid__scope_member_done (lua_State *L, struct braid_scope *s,
                                struct braid_task *t) {
-  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP) {
+  if (s->member_done) s->member_done(s, t);
+  else if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP) {
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
     braid__scope_fail(L, s, -1);
