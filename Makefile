@@ -59,8 +59,16 @@ $(BUILD)/%.o: engine/%.c $(HEADERS) $(BUILD)/.deps
 $(BUILD)/libbraid.a: $(CORE_OBJS)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/braid: $(BUILD)/main.o $(BUILD)/libbraid.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+# The REPL (engine/repl.c, lua/repl.lua) and libedit: the runner only.
+PKGS      += libedit-dev
+REPL_OBJS := $(BUILD)/repl.o $(BUILD)/repl_lua.o
+$(BUILD)/repl_lua.c: lua/repl.lua tools/embed.lua $(BUILD)/.deps
+	lua5.4 tools/embed.lua braid__repl_source lua/repl.lua > $@
+$(BUILD)/repl_lua.o: $(BUILD)/repl_lua.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/braid: $(BUILD)/main.o $(REPL_OBJS) $(BUILD)/libbraid.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -ledit
 
 # The module for stock lua5.4: Lua's symbols come from the interpreter.
 $(BUILD)/braid.so: $(CORE_OBJS)

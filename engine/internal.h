@@ -111,6 +111,12 @@ struct braid_scope {
   struct braid_scope **handle; /* the script's scope object, if any */
   void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
   void (*release)(struct braid_scope *s);     /* groups: their references */
+  /* Where braid.spawn at this scope puts children instead (a REPL entry's
+  ** task scope: the session). NULL: here. */
+  struct braid_scope *adopt;
+  /* Judges members that end instead of fail-fast (the REPL's session
+  ** reports failures and carries on). NULL: fail-fast. */
+  void (*member_done)(struct braid_scope *s, struct braid_task *t);
 };
 
 void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
@@ -238,6 +244,11 @@ struct braid_engine {
   size_t mem_used, mem_limit;  /* bytes; limit 0: none */
   int budget;                  /* instructions per resume; 0: none */
   int anchors_ref;             /* tasks handed to the application */
+  /* The REPL's hooks; NULL outside it. on_interrupt returns 1 when it has
+  ** handled a Ctrl-C. A deadlock fails `focus` (the running entry) when it
+  ** is set and alive, else the root. */
+  int (*on_interrupt)(braid_engine_t *E);
+  struct braid_task *focus;
 };
 
 braid_engine_t *braid__engine(lua_State *L);
@@ -263,6 +274,11 @@ void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,
                          const char *fname);
+
+/* repl.c (the runner only): takes the function at the top (what runs
+** before the prompt: -e chunks and the script; or nil) and pushes the root
+** function of an interactive session. [-1, +1, m] */
+void braid__repl_push(lua_State *L);
 
 #define BRAID_MARKER ((void *) &braid__marker)
 extern const char braid__marker;

@@ -164,6 +164,7 @@ static int interrupt_p (lua_State *L) {
 
 static void engine_interrupt (braid_engine_t *E) {
   lua_State *S = E->S;
+  if (E->on_interrupt && E->on_interrupt(E)) return;   /* the REPL's */
   if (E->interrupted++ && !E->embedded) {   /* a second Ctrl-C: leave now */
     fprintf(stderr, "braid: interrupted again, exiting\n");
     _exit(130);
@@ -208,13 +209,16 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
   }
 }
 
-/* Every task waits and nothing can wake any of them: fail the root with a
-** "deadlock" error, which cancels everything; if even that cannot make
-** progress (tasks waiting inside shields), abandon the root. */
+/* Every task waits and nothing can wake any of them: fail the root (or the
+** REPL's running entry, E->focus) with a "deadlock" error, which cancels
+** everything below it; if even that cannot make progress (tasks waiting
+** inside shields), abandon it. */
 static void engine_deadlock (lua_State *L, braid_engine_t *E) {
   luaL_Buffer b;
+  struct braid_task *victim = E->focus && !TASK_DONE(E->focus) ? E->focus
+                                                                : E->root;
   if (E->deadlocks++ > 0) {
-    braid__task_abandon(E->root);
+    braid__task_abandon(victim);
     return;
   }
   luaL_buffinit(L, &b);
@@ -223,7 +227,7 @@ static void engine_deadlock (lua_State *L, braid_engine_t *E) {
   describe_waits(L, &b, &E->top);
   luaL_pushresult(&b);
   braid__error_push(L, "deadlock", NULL, "%s", lua_tostring(L, -1));
-  braid__scope_fail(L, &E->root->scope, -1);
+  braid__scope_fail(L, &victim->scope, -1);
   lua_pop(L, 2);
 }
 
@@ -311,6 +315,8 @@ static int l_loop_run (lua_State *L) {
     engine_deadlock(L, E);
   }
   braid__scope_release(&E->top);
+  E->on_interrupt = NULL;
+  E->focus = NULL;
   E->running = 0;
   E->root = NULL;
   rc = engine_close_loop(E);

@@ -1,6 +1,7 @@
 /*
 ** main.c: the braid command: runs a script (or -e chunks, or stdin) as the
-** root task, following the stock lua command's conventions.
+** root task, following the stock lua command's conventions; with -i, or
+** with a terminal on stdin and nothing to run, the REPL (repl.c).
 **
 ** Exit status: 0 when the root task returns, 1 when it fails (the error and
 ** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C.
@@ -15,10 +16,11 @@
 static const char usage_text[] =
   "usage: braid [options] [script [args]]\n"
   "Runs a Lua 5.4 script as braid's root task: it ends when the script and\n"
-  "every task it started have ended.\n"
+  "every task it started have ended. With no script and a terminal on stdin\n"
+  "(or with -i), starts the REPL: each entry runs as a task.\n"
   "Options:\n"
   "  -e stat          run the string 'stat' (may be repeated)\n"
-  "  -i               interactive mode after the script (not available yet)\n"
+  "  -i               enter the REPL after running the script and -e chunks\n"
   "  -v, --version    print the version and exit\n"
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
@@ -45,7 +47,7 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base;
+  int from_stdin = 0, base, interactive = 0;
   double grace = 5;
   const char *what;
   for (i = 1; i < argc; i++) {
@@ -74,18 +76,16 @@ int main (int argc, char **argv) {
     } else if (strcmp(a, "--virtual-time") == 0) {
       virtual_time = 1;
     } else if (strcmp(a, "-i") == 0) {
-      return usage("%s: the interactive REPL is not available yet", a);
+      interactive = 1;
     } else {
       return usage("unrecognized option '%s'", a);
     }
   }
   if (from_stdin) ;
   else if (i < argc) script = i;
-  else if (nchunks == 0) {
-    if (isatty(0))
-      return usage("%s", "no script given (the interactive REPL is not "
-                   "available yet)");
-    from_stdin = argc;   /* no "-" on the command line */
+  else if (nchunks == 0 && !interactive) {
+    if (isatty(0)) interactive = 1;
+    else from_stdin = argc;   /* no "-" on the command line */
   }
   base = script ? script : (from_stdin && from_stdin < argc ? from_stdin : 0);
 
@@ -129,10 +129,15 @@ int main (int argc, char **argv) {
     nchunks++;
     lua_rawseti(L, 1, nchunks);
   }
-  luaL_loadbuffer(L, root_source, sizeof root_source - 1, "=[braid main]");
-  lua_pushvalue(L, 1);
-  lua_pushinteger(L, nchunks);
-  lua_call(L, 2, 1);                                     /* 2: root */
+  if (nchunks > 0) {
+    luaL_loadbuffer(L, root_source, sizeof root_source - 1, "=[braid main]");
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, nchunks);
+    lua_call(L, 2, 1);                                   /* 2: root */
+  } else {
+    lua_pushnil(L);
+  }
+  if (interactive) braid__repl_push(L);   /* the chunks run first */
 
   lua_getglobal(L, "braid");
   lua_getfield(L, -1, "run");                            /* braid.run */

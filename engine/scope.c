@@ -198,13 +198,15 @@ void braid__scope_left (struct braid_scope *s) {
 }
 
 /* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
-** cancellation does not. Groups judge their members themselves. */
+** cancellation does not. Groups judge their members themselves, and so
+** does a scope with a member_done hook (the REPL's session). */
 void braid__scope_member_done (lua_State *L, struct braid_scope *s,
                                struct braid_task *t) {
   /* The top scope does not fail fast either: an embedder's tasks are
   ** independent, and braid.run reads its root task's own outcome. */
-  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
-      s->kind != SCOPE_TOP) {
+  if (s->member_done) s->member_done(s, t);
+  else if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
+           s->kind != SCOPE_TOP) {
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
     braid__scope_fail(L, s, -1);

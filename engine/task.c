@@ -588,19 +588,32 @@ static int l_task_newindex (lua_State *L) {
   return 0;
 }
 
+/* <task 3 "name" suspended in sleep 1.2s>: what it waits on, and for how
+** long, while it waits. */
 static int l_task_tostring (lua_State *L) {
   struct braid_task *t = braid__task_check(L, 1);
-  lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, braid__task_name(L, t, 1),
-                  status_names[t->status]);
+  const char *name = braid__task_name(L, t, 1);
+  if (t->wait && !TASK_DONE(t) && t->E->running) {
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.1fs",
+             (braid__now_ms(t->E) - t->wait->since) / 1000.0);
+    lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
+                    status_names[t->status], t->wait->what, secs);
+  } else {
+    lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
+                    status_names[t->status]);
+  }
   return 1;
 }
 
-/* braid.spawn(fn, ...) -> task, a child of the caller's innermost scope. */
+/* braid.spawn(fn, ...) -> task, a child of the caller's innermost scope
+** (or of the scope that adopts its children: a REPL entry's session). */
 static int l_task_spawn (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "spawn");
+  struct braid_scope *into = t->inner->adopt ? t->inner->adopt : t->inner;
   if (!braid__is_callable(L, 1))
     braid__error_argerror(L, 1, "spawn", "function expected");
-  braid__task_spawn(L, t->inner, 1, lua_gettop(L) - 1);
+  braid__task_spawn(L, into, 1, lua_gettop(L) - 1);
   return 1;
 }
 

@@ -1,0 +1,425 @@
+/*
+** repl.c: the interactive session of the braid command (`braid` on a
+** terminal, `braid -i`): reading input from the loop, line editing with
+** libedit's readline-compatible callback interface, keeping the partly
+** typed line intact while tasks print, Ctrl-C, and history. The session
+** itself (prompts, evaluation, printing values) is lua/repl.lua, the root
+** task's body; this file gives it `repl`, a table of C functions.
+**
+** Invariants:
+** - Input is read only from the loop: a uv_poll_t on fd 0 is active (and
+**   keeps the loop alive) only while the root task waits in repl.readline;
+**   libedit's handler is installed (terminal in raw mode) exactly as long.
+** - fd 0 keeps its blocking mode: uv_poll_init makes it non-blocking, which
+**   on a terminal would also make stdout non-blocking, so it is restored.
+** - One session per process (the runner runs one engine): its state is the
+**   static `R`. This file is linked into build/braid only, never into
+**   braid.so, so the module does not depend on libedit.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+#include <editline/readline.h>
+#include "internal.h"
+
+extern const char braid__repl_source[];
+
+enum { READ_NONE, READ_LINE, READ_EOF, READ_INTR };
+
+static struct repl {
+  braid_engine_t *E;
+  uv_poll_t poll;
+  int open, pollable, edit, hidden;
+  struct braid_task *reader;   /* the task waiting in repl.readline */
+  struct braid_wait wait;
+  int result;                  /* READ_* once the read is over */
+  char *line;                  /* malloc'd, for READ_LINE */
+  char *acc;                   /* plain mode: bytes read, not yet a line */
+  size_t acc_n, acc_cap;
+  char prompt[64];
+  struct braid_task *entry;    /* the entry running now, anchored */
+  int entry_ref;
+  char *histfile;
+} R = {.entry_ref = LUA_NOREF};
+
+/* ---- reading a line ---- */
+
+static void read_stop (void) {
+  if (R.pollable) uv_poll_stop(&R.poll);
+  if (R.edit) rl_callback_handler_remove();   /* the terminal is cooked */
+  R.reader = NULL;
+  R.hidden = 0;
+}
+
+/* The read ended with `result`: the waiting task is made ready. */
+static void read_done (int result) {
+  struct braid_task *t = R.reader;
+  R.result = result;
+  read_stop();
+  braid__task_wake(t, WAKE_OK);
+}
+
+static void line_cb (char *line) {
+  R.line = line;
+  R.result = line ? READ_LINE : READ_EOF;
+}
+
+/* Plain mode: takes one line out of the accumulator, if it holds one. */
+static int acc_take (void) {
+  char *nl = R.acc_n ? memchr(R.acc, '\n', R.acc_n) : NULL;
+  size_t n;
+  if (nl == NULL) return 0;
+  n = (size_t) (nl - R.acc);
+  R.line = malloc(n + 1);
+  if (R.line == NULL) abort();
+  memcpy(R.line, R.acc, n);
+  R.line[n] = '\0';
+  if (n > 0 && R.line[n - 1] == '\r') R.line[n - 1] = '\0';
+  memmove(R.acc, nl + 1, R.acc_n - n - 1);
+  R.acc_n -= n + 1;
+  R.result = READ_LINE;
+  return 1;
+}
+
+/* Plain mode: reads what fd 0 has; returns READ_NONE while no line is
+** complete. At the end of input, a last unterminated line still counts. */
+static int acc_fill (void) {
+  ssize_t n;
+  if (R.acc_cap - R.acc_n < 4096) {
+    R.acc_cap = R.acc_cap * 2 + 4096;
+    R.acc = realloc(R.acc, R.acc_cap);
+    if (R.acc == NULL) abort();
+  }
+  n = read(0, R.acc + R.acc_n, R.acc_cap - R.acc_n);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return READ_NONE;
+  if (n > 0) {
+    R.acc_n += (size_t) n;
+    return acc_take() ? READ_LINE : READ_NONE;
+  }
+  if (R.acc_n > 0) {
+    R.acc[R.acc_n++] = '\n';
+    return acc_take() ? READ_LINE : READ_EOF;
+  }
+  return READ_EOF;
+}
+
+static void poll_cb (uv_poll_t *h, int status, int events) {
+  (void) h; (void) events;
+  if (R.reader == NULL) return;
+  if (status < 0) {
+    read_done(READ_EOF);
+    return;
+  }
+  if (R.edit) {
+    R.result = READ_NONE;
+    rl_callback_read_char();
+    if (R.result != READ_NONE) read_done(R.result);
+  } else {
+    int r = acc_fill();
+    if (r != READ_NONE) read_done(r);
+  }
+}
+
+static void read_cancel (struct braid_wait *w) {
+  (void) w;
+  read_stop();
+}
+
+/* Pushes the line read (a string), nil at the end of input, or false when
+** Ctrl-C discarded the input. Frees the line. */
+static int read_push (lua_State *L) {
+  switch (R.result) {
+    case READ_LINE:
+      lua_pushstring(L, R.line);
+      free(R.line);
+      R.line = NULL;
+      break;
+    case READ_INTR: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+  }
+  R.result = READ_NONE;
+  return 1;
+}
+
+static int readline_k (lua_State *L, int status, lua_KContext ctx) {
+  (void) status;
+  braid__task_resumed(L, (struct braid_task *) ctx);
+  return read_push(L);
+}
+
+/* repl.readline(prompt) -> line | nil (end of input) | false (Ctrl-C):
+** shows the prompt and suspends the task until a line is entered. */
+static int l_repl_readline (lua_State *L) {
+  const char *prompt = luaL_checkstring(L, 1);
+  struct braid_task *t = braid__task_current(L, "repl.readline");
+  braid__task_checkyield(L, t, "repl.readline");
+  braid__task_checkcancel(L, t);
+  R.result = READ_NONE;
+  if (!R.edit) {
+    fputs(prompt, stdout);
+    fflush(stdout);
+    if (acc_take()) return read_push(L);
+    if (!R.pollable) {   /* a regular file: reading it never blocks long */
+      while ((R.result = acc_fill()) == READ_NONE) ;
+      return read_push(L);
+    }
+  }
+  snprintf(R.prompt, sizeof R.prompt, "%s", prompt);
+  fflush(stdout);
+  fflush(stderr);
+  R.reader = t;
+  if (R.edit) rl_callback_handler_install(R.prompt, line_cb);
+  uv_poll_start(&R.poll, UV_READABLE, poll_cb);
+  braid__task_wait(t, &R.wait, read_cancel, "input");
+  return braid__task_yield(L, t, (lua_KContext) t, readline_k);
+}
+
+/* ---- output while the prompt is shown ---- */
+
+/* Clears the prompt and the partly typed line from the screen so that
+** output can be written; returns 1 when it did (repl_show must follow). */
+static int repl_hide (void) {
+  if (R.reader == NULL || R.hidden) return 0;
+  fflush(stdout);
+  fflush(stderr);
+  if (R.edit) {
+    int rows = 0, cols = 0, up;
+    rl_get_screen_size(&rows, &cols);
+    if (cols <= 0) cols = 80;
+    up = (int) (strlen(R.prompt) + (size_t) rl_point) / cols;
+    if (up > 0) printf("\033[%dA", up);
+    fputs("\r\033[J", stdout);
+  } else {
+    fputc('\n', stdout);
+  }
+  fflush(stdout);
+  R.hidden = 1;
+  return 1;
+}
+
+/* Draws the prompt and the partly typed line again, on a line of their
+** own (a newline first unless the output ended with one). */
+static void repl_show (int at_line_start) {
+  if (!R.hidden) return;
+  R.hidden = 0;
+  fflush(stderr);
+  if (!at_line_start) fputc('\n', stdout);
+  fflush(stdout);
+  if (R.edit) rl_forced_update_display();
+  else {
+    fputs(R.prompt, stdout);
+    fflush(stdout);
+  }
+}
+
+/* repl.hide() -> boolean: before a task writes to the terminal. */
+static int l_repl_hide (lua_State *L) {
+  lua_pushboolean(L, repl_hide());
+  return 1;
+}
+
+/* repl.show(at_line_start): after the write that repl.hide prepared. */
+static int l_repl_show (lua_State *L) {
+  repl_show(lua_toboolean(L, 1));
+  return 0;
+}
+
+/* ---- Ctrl-C, entries, the session scope ---- */
+
+static int entry_cancel_p (lua_State *L) {
+  struct braid_task *t = (struct braid_task *) lua_touserdata(L, 1);
+  if (t->scope.cancelled) {   /* a second Ctrl-C: stop waiting for it */
+    braid__task_abandon(t);
+    return 0;
+  }
+  lua_pushliteral(L, "interrupt");
+  braid__task_cancel(t, L, lua_gettop(L));
+  return 0;
+}
+
+/* Ctrl-C: at the prompt it discards the input; while an entry runs it
+** cancels the entry (a second one abandons it). Otherwise (the session
+** is ending) the engine's default applies. */
+static int repl_interrupt (braid_engine_t *E) {
+  if (R.reader) {
+    if (R.edit) rl_replace_line("", 0);
+    R.acc_n = 0;   /* the terminal driver drops typed-ahead input too */
+    read_done(READ_INTR);
+    fputs(R.edit ? "^C\n" : "\n", stdout);   /* the terminal echoed ^C */
+    fflush(stdout);
+    return 1;
+  }
+  if (R.entry && !TASK_DONE(R.entry)) {
+    lua_State *S = E->S;
+    struct termios tio;
+    /* the terminal echoed ^C where the cursor was: what follows (the
+    ** entry's cleanup output) starts on a line of its own */
+    if (isatty(1) && tcgetattr(0, &tio) == 0 && (tio.c_lflag & ECHO) &&
+        (tio.c_lflag & ECHOCTL)) {
+      fputc('\n', stdout);
+      fflush(stdout);
+    }
+    lua_pushcfunction(S, entry_cancel_p);
+    lua_pushlightuserdata(S, R.entry);
+    if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
+    return 1;
+  }
+  return 0;
+}
+
+/* A member of the session ended: a background task's failure is printed
+** above the prompt and the session goes on. The entry's own outcome is
+** the session's to report. */
+static void session_member_done (struct braid_scope *s, struct braid_task *t) {
+  lua_State *S = s->E->S;
+  char prefix[64];
+  if (t->status != TASK_FAILED || t == R.entry) return;
+  repl_hide();
+  snprintf(prefix, sizeof prefix, "braid: background task %u failed: ",
+           t->id);
+  braid__task_push(S, t);
+  lua_getiuservalue(S, -1, 1);
+  braid__error_report(S, -1, prefix);
+  lua_pop(S, 2);
+  repl_show(1);
+}
+
+/* repl.set_entry(task | nil): the entry now running, or none. Its top-level
+** braid.spawn goes to the session; Ctrl-C and deadlocks are its. */
+static int l_repl_set_entry (lua_State *L) {
+  braid_engine_t *E = R.E;
+  luaL_unref(L, LUA_REGISTRYINDEX, R.entry_ref);
+  R.entry_ref = LUA_NOREF;
+  R.entry = NULL;
+  E->focus = NULL;
+  E->deadlocks = 0;
+  if (!lua_isnoneornil(L, 1)) {
+    struct braid_task *t = braid__task_check(L, 1);
+    lua_settop(L, 1);
+    R.entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    R.entry = t;
+    t->scope.adopt = &E->root->scope;
+    E->focus = t;
+  }
+  return 0;
+}
+
+/* repl.cancel_background() -> n: cancels the session's tasks (within the
+** grace period) and says how many there were. */
+static int l_repl_cancel_background (lua_State *L) {
+  struct braid_scope *s = &R.E->root->scope;
+  struct braid_list *n;
+  int count = 0;
+  for (n = s->subs.next; n != &s->subs; n = n->next)
+    if (container_of(n, struct braid_scope, link)->kind == SCOPE_TASK) count++;
+  lua_pushliteral(L, "the session ended");
+  braid__scope_set_reason(L, s, -1);
+  braid__scope_cancel(s, s);
+  lua_pushinteger(L, count);
+  return 1;
+}
+
+/* repl.report(err): prints an error with its task and traceback. */
+static int l_repl_report (lua_State *L) {
+  lua_settop(L, 1);
+  braid__error_report(L, 1, "");
+  return 0;
+}
+
+/* repl.add_history(line): keeps the line in the history file. */
+static int l_repl_add_history (lua_State *L) {
+  const char *line = luaL_checkstring(L, 1);
+  if (!R.edit || line[strspn(line, " \t")] == '\0') return 0;
+  if (history_length > 0) {
+    HIST_ENTRY *last = history_get(history_base + history_length - 1);
+    if (last && strcmp(last->line, line) == 0) return 0;
+  }
+  add_history(line);
+  if (R.histfile) write_history(R.histfile);
+  return 0;
+}
+
+/* repl.open() -> "edit" | "plain": starts the session in the running root
+** task: line editing when stdin and stdout are a terminal that can do it. */
+static int l_repl_open (lua_State *L) {
+  braid_engine_t *E = braid__engine(L);
+  const char *term = getenv("TERM"), *home = getenv("HOME");
+  int flags = fcntl(0, F_GETFL);
+  if (R.open) return luaL_error(L, "repl.open: the session is open");
+  memset(&R, 0, sizeof R);
+  R.entry_ref = LUA_NOREF;
+  R.E = E;
+  R.open = 1;
+  R.pollable = uv_poll_init(E->loop, &R.poll, 0) == 0;
+  if (flags != -1) fcntl(0, F_SETFL, flags);   /* keep fd 0 blocking */
+  if (R.pollable && isatty(0) && isatty(1) && term && *term &&
+      strcmp(term, "dumb") != 0) {
+    rl_catch_signals = 0;   /* SIGINT is the loop's */
+    rl_readline_name = "braid";
+    if (rl_initialize() == 0) R.edit = 1;
+  }
+  if (R.edit) {
+    using_history();
+    stifle_history(1000);
+    if (home && *home) {
+      size_t n = strlen(home) + sizeof "/.braid_history";
+      R.histfile = malloc(n);
+      if (R.histfile) {
+        snprintf(R.histfile, n, "%s/.braid_history", home);
+        read_history(R.histfile);
+      }
+    }
+  }
+  E->on_interrupt = repl_interrupt;
+  E->root->scope.member_done = session_member_done;
+  lua_pushstring(L, R.edit ? "edit" : "plain");
+  return 1;
+}
+
+/* repl.close(): ends the session's input side; the tasks go on. */
+static int l_repl_close (lua_State *L) {
+  if (!R.open) return 0;
+  if (R.reader) read_stop();
+  if (R.pollable) uv_close((uv_handle_t *) &R.poll, NULL);
+  if (R.histfile) write_history(R.histfile);
+  free(R.histfile);
+  free(R.acc);
+  free(R.line);
+  luaL_unref(L, LUA_REGISTRYINDEX, R.entry_ref);
+  R.entry_ref = LUA_NOREF;
+  R.entry = NULL;
+  R.E->on_interrupt = NULL;
+  R.E->focus = NULL;
+  R.open = 0;
+  R.histfile = R.acc = R.line = NULL;
+  return 0;
+}
+
+void braid__repl_push (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"open", l_repl_open},
+    {"close", l_repl_close},
+    {"readline", l_repl_readline},
+    {"hide", l_repl_hide},
+    {"show", l_repl_show},
+    {"set_entry", l_repl_set_entry},
+    {"cancel_background", l_repl_cancel_background},
+    {"report", l_repl_report},
+    {"add_history", l_repl_add_history},
+    {NULL, NULL}
+  };
+  if (luaL_loadbuffer(L, braid__repl_source, strlen(braid__repl_source),
+                      "=[braid repl]") != LUA_OK)
+    lua_error(L);
+  lua_insert(L, -2);
+  lua_getglobal(L, "braid");
+  lua_insert(L, -2);
+  lua_newtable(L);
+  luaL_setfuncs(L, funcs, 0);
+  lua_insert(L, -2);
+  lua_call(L, 3, 1);   /* (braid, repl, prelude) -> the root function */
+}

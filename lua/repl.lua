@@ -1,0 +1,221 @@
+-- repl.lua: the interactive session of the braid command, run as the root
+-- task's body (engine/repl.c passes braid, its `repl` table and the
+-- prelude: -e chunks and the script, or nil). Each entry runs as a task of
+-- its own; what an entry spawns belongs to the session and keeps running.
+local braid, repl, prelude = ...
+
+local concat, pack, unpack = table.concat, table.pack, table.unpack
+local select, tostring, type, pcall = select, tostring, type, pcall
+
+local MAX_ITEMS <const> = 30   -- a table shows this many entries, then "..."
+local MAX_DEPTH <const> = 4    -- deeper tables show as {...}
+
+local keywords = {}
+for w in ([[and break do else elseif end false for function goto if in
+  local nil not or repeat return then true until while]]):gmatch("%a+") do
+  keywords[w] = true
+end
+
+local function quote(s)
+  return (("%q"):format(s):gsub("\\\n", "\\n"))
+end
+
+local function key_order(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then return ta < tb end
+  if ta == "number" or ta == "string" then return a < b end
+  return tostring(a) < tostring(b)
+end
+
+-- show(v, depth, path) -> string: v readably; tables nested, cycles marked
+-- (path: the tables being shown), long ones cut.
+local function show(v, depth, path)
+  local tv = type(v)
+  if tv == "string" then return quote(v) end
+  if tv ~= "table" then return tostring(v) end
+  local mt = getmetatable(v)
+  if mt ~= nil and (type(mt) ~= "table" or rawget(mt, "__tostring")) then
+    return tostring(v)
+  end
+  if path[v] then return "<cycle>" end
+  if depth >= MAX_DEPTH then return "{...}" end
+  path[v] = true
+  local parts, n, len, keys = {}, 0, #v, {}
+  for i = 1, len do
+    if n < MAX_ITEMS then n = n + 1; parts[n] = show(rawget(v, i), depth + 1, path) end
+  end
+  for k in next, v do
+    if not (math.type(k) == "integer" and k >= 1 and k <= len) then
+      keys[#keys + 1] = k
+    end
+  end
+  table.sort(keys, key_order)
+  for _, k in ipairs(keys) do
+    if n >= MAX_ITEMS then break end
+    local ks = (type(k) == "string" and k:match("^[%a_][%w_]*$") and
+                not keywords[k]) and k or "[" .. show(k, MAX_DEPTH, path) .. "]"
+    n = n + 1
+    parts[n] = ks .. " = " .. show(rawget(v, k), depth + 1, path)
+  end
+  local total = len + #keys
+  if total > n then parts[n + 1] = "... (" .. (total - n) .. " more)" end
+  path[v] = nil
+  return "{" .. concat(parts, ", ") .. "}"
+end
+
+-- What an expression's values look like at the prompt: strings as print
+-- shows them, everything else readably.
+local function render(v)
+  if type(v) == "string" then return v end
+  local ok, s = pcall(show, v, 0, {})
+  return ok and s or tostring(v)
+end
+
+-- Output from tasks while the prompt is shown: hide the prompt and the
+-- partly typed line, write, then draw them again below.
+local function guarded(write, ends_line)
+  return function(...)
+    if not repl.hide() then return write(...) end
+    local r = pack(pcall(write, ...))
+    repl.show(ends_line(...))
+    if not r[1] then error(r[2], 0) end
+    return unpack(r, 2, r.n)
+  end
+end
+
+local function always() return true end
+
+local function last_is_newline(...)
+  for i = select("#", ...), 1, -1 do
+    local s = select(i, ...)
+    if type(s) == "number" then s = tostring(s) end
+    if type(s) == "string" and #s > 0 then return s:sub(-1) == "\n" end
+  end
+  return true
+end
+
+local function install_guards()
+  print = guarded(print, always)
+  io.write = guarded(io.write, last_is_newline)
+  local methods = getmetatable(io.stdout).__index
+  local write = methods.write
+  local gwrite = guarded(write, function(_, ...) return last_is_newline(...) end)
+  methods.write = function(f, ...)
+    if f == io.stdout or f == io.stderr then return gwrite(f, ...) end
+    return write(f, ...)
+  end
+end
+
+local help = [[
+Each entry runs as a task: braid.sleep, task:await, braid.gather... work
+here, and tasks spawned with braid.spawn keep running in the background
+(their failures are printed; the session goes on). `_` is the last value.
+  :tasks   list the live tasks        :help   this text
+  Ctrl-C   cancel the running entry, or clear the line
+  Ctrl-D   cancel the background tasks and leave]]
+
+local function list_tasks()
+  local me, n = braid.current(), 0
+  for _, t in ipairs(braid.tasks()) do
+    if t ~= me then
+      local depth, p = 0, t.parent
+      while p and p ~= me do depth, p = depth + 1, p.parent end
+      print(("  "):rep(depth) .. tostring(t))
+      n = n + 1
+    end
+  end
+  if n == 0 then print("no live tasks") end
+end
+
+-- run_entry(fn, name) -> ok, results (a packed table) | error: fn as a
+-- task of its own, awaited; Ctrl-C cancels it.
+local function run_entry(fn, name)
+  local t = braid.spawn(function() return pack(fn()) end)
+  t.name = name
+  repl.set_entry(t)
+  local ok, r = pcall(t.await, t)
+  repl.set_entry(nil)
+  return ok, r
+end
+
+local function report(err)
+  if braid.is_cancelled(err) and err.reason == "interrupt" then
+    io.stderr:write("interrupted\n")
+  else
+    repl.report(err)
+  end
+end
+
+-- compile(src) -> fn | nil, err, incomplete: as an expression first.
+local function compile(src)
+  local fn = load("return " .. src, "=stdin", "t")
+  if fn then return fn end
+  local err
+  fn, err = load(src, "=stdin", "t")
+  if fn then return fn end
+  return nil, err, err:sub(-5) == "<eof>"
+end
+
+local function evaluate(src)
+  local name = src:match("^%s*([^\n]*)")
+  if #name > 40 then name = name:sub(1, 37) .. "..." end
+  local fn, err = compile(src)
+  if not fn then
+    io.stderr:write(err, "\n")
+    return
+  end
+  local ok, r = run_entry(fn, name)
+  if not ok then return report(r) end
+  if r.n > 0 then
+    local out = {}
+    for i = 1, r.n do out[i] = render(r[i]) end
+    _G._ = r[1]
+    print(concat(out, "\t"))
+  end
+end
+
+return function()
+  local session <close> = setmetatable({}, {__close = function()
+    repl.close()
+  end})
+  repl.open()
+  braid.current().name = "repl"
+  if prelude then
+    local ok, err = run_entry(prelude, "script")
+    if not ok then
+      if not (braid.is_cancelled(err) and err.reason == "interrupt") then
+        error(err, 0)
+      end
+      report(err)
+    end
+  end
+  install_guards()
+  local chunk
+  while true do
+    local line = repl.readline(chunk and ">> " or "> ")
+    if line == nil then io.stdout:write("\n") break end
+    if line == false then
+      chunk = nil
+    elseif not chunk and line:match("^%s*:") then
+      local cmd = line:match("^%s*:(%a*)")
+      repl.add_history(line)
+      if cmd == "tasks" then list_tasks()
+      elseif cmd == "help" then print(help)
+      elseif cmd == "quit" then break
+      else io.stderr:write("unknown command ", line, " (try :help)\n") end
+    else
+      repl.add_history(line)
+      chunk = chunk and chunk .. "\n" .. line or line
+      local fn, _, incomplete = compile(chunk)
+      if fn or not incomplete then
+        local src = chunk
+        chunk = nil
+        evaluate(src)
+      end
+    end
+  end
+  local n = repl.cancel_background()
+  if n > 0 then
+    print(("cancelling %d background task%s"):format(n, n == 1 and "" or "s"))
+  end
+end

@@ -1,0 +1,306 @@
+-- spec/repl_spec.lua: the REPL (engine/repl.c, lua/repl.lua), driven
+-- through a real pseudo-terminal by spec/pty_driver.py. Every wait in a
+-- scenario is bounded (the driver's own timeouts, all under `timeout 60`),
+-- so a hang fails the spec instead of hanging the suite.
+local h = require "helper"
+
+local BIN = assert(os.getenv("BRAID_BIN"), "BRAID_BIN is not set (run spec/run)")
+local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
+local DRIVER = "spec/pty_driver.py"
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p " .. q(d)))
+  return d
+end
+
+-- repl(steps, [opts]) -> transcript, ok, status: plays the steps (see
+-- spec/pty_driver.py; each a list {op, arg, secs}) against `braid
+-- [opts.args]` on a terminal, with HOME = opts.home (a fresh directory by
+-- default) and TERM = opts.term ("xterm"). The sanitizer settings of
+-- RUN_ENV apply to braid only, not to python.
+local function repl(steps, opts)
+  opts = opts or {}
+  local lines = {}
+  for i, s in ipairs(steps) do lines[i] = table.concat(s, "\t") end
+  local scenario = os.tmpname()
+  local f = assert(io.open(scenario, "wb"))
+  f:write(table.concat(lines, "\n"), "\n")
+  f:close()
+  local home = opts.home or tmpdir()
+  local env = {"env", "HOME=" .. q(home), "TERM=" .. (opts.term or "xterm")}
+  for v in RUN_ENV:gmatch("%S+") do env[#env + 1] = q(v) end
+  local cmd = "env -u LD_PRELOAD timeout 60 python3 " .. DRIVER .. " " ..
+              q(scenario) .. " -- " .. table.concat(env, " ") .. " " ..
+              q(BIN) .. " " .. (opts.args or "")
+  local out, err = h.sh(cmd)
+  os.remove(scenario)
+  if not opts.home then os.execute("rm -rf " .. q(home)) end
+  local status = tonumber(out:match("\nstatus=(%d+)\n"))
+  return out .. err, out:match("\nOK\n$") ~= nil, status
+end
+
+local PROMPT = "> $"
+
+describe("the REPL (braid on a terminal)", function()
+  it("awaits at the prompt: braid.sleep(0.1), then 1+1 prints 2", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "braid.sleep(0.1)\\r"},
+      {"expect", "sleep\\(0\\.1\\)\\r\\n> $", 5},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
+  it("runs lines pasted at once, in order", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "1+1\\r2+2\\r3+3\\r"},
+      {"expect", "\\r\\n2\\r\\n.*\\r\\n4\\r\\n.*\\r\\n6\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("keeps the partly typed line when a background task prints", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", 'braid.spawn(function() braid.sleep(0.5) print("tick") end)\\r'},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", "20 +"},
+      {"expect", "20 \\+$"},
+      {"expect", "tick\\r\\n> 20 \\+", 5},   -- printed above, then redrawn
+      {"send", " 22\\r"},
+      {"expect", "\\r\\n42\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("keeps a line that wraps on the screen, and ends output that lacks a newline", function()
+    local long = ("a"):rep(120)   -- the terminal is 100 columns wide
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", 'braid.spawn(function() braid.sleep(0.6) io.write("no newline") end)\\r'},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", 'x = "' .. long},
+      {"expect", "aaaa$"},
+      {"expect", "no newline\\r\\n> x = \"a", 5},
+      {"send", 'bbb"\\r'},
+      {"expect", "> $"},
+      {"send", "#x\\r"},
+      {"expect", "\\r\\n123\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("cancels a long entry on Ctrl-C, running its cleanup, and returns to the prompt at once", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", 'function closer(msg) return setmetatable({}, {__close = function() print(msg) end}) end\\r'},
+      {"expect", "\\r\\n> $"},
+      {"send", 'local c <close> = closer("cleanup ran") braid.sleep(30)\\r'},
+      {"expect", "sleep\\(30\\)\\r\\n"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "cleanup ran.*interrupted.*> $", 3},
+      {"send", "1+2\\r"},
+      {"expect", "\\r\\n3\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("abandons an entry that shields itself on a second Ctrl-C", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "braid.shield(function() braid.sleep(30) end)\\r"},
+      {"expect", "end\\)\\r\\n"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "\\^C\\r\\n"},
+      {"quiet", "0.3"},          -- shielded: the first Ctrl-C only asks
+      {"send", "\\x03"},
+      {"expect", "abandoned.*interrupted.*> $", 3},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("clears the line on Ctrl-C at the prompt", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "this is discarded"},
+      {"expect", "discarded$"},
+      {"send", "\\x03"},
+      {"expect", "\\^C\\r\\n> $"},
+      {"send", "'kept'\\r"},
+      {"expect", "\\r\\nkept\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("reads an incomplete chunk on '>>' continuation lines", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "for i = 1, 2 do\\r"},
+      {"expect", ">> $"},
+      {"send", "print('line', i)\\r"},
+      {"expect", ">> $"},
+      {"send", "end\\r"},
+      {"expect", "line\\t1\\r\\nline\\t2\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("prints a background task's failure and keeps the session", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", 'braid.spawn(function() braid.sleep(0.2) error("bg boom") end)\\r'},
+      {"expect", "background task \\d+ failed: stdin:1: bg boom.*> $", 5},
+      {"send", "'still here'\\r"},
+      {"expect", "\\r\\nstill here\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
+  it("on Ctrl-D cancels the background tasks, runs their cleanup and exits 0", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", 'for i = 1, 2 do braid.spawn(function() local c <close> = setmetatable({}, {__close = function() print("closed " .. i) end}) braid.sleep(30) end) end\\r'},
+      {"expect", "\\r\\n> $"},
+      {"send", "\\x04"},
+      {"expect", "cancelling 2 background tasks"},
+      {"expect", "closed 1.*closed 2", 5},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
+  it("keeps the history in ~/.braid_history across sessions", function()
+    local home = tmpdir()
+    local out, ok = repl({
+      {"expect", PROMPT},
+      {"send", 'print("hist" .. "ory")\\r'},
+      {"expect", "\\r\\nhistory\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {home = home})
+    assert.is_true(ok, out)
+    local f = io.open(home .. "/.braid_history")
+    local saved = f and f:read("a") or ""
+    if f then f:close() end
+    assert.matches("ory", saved, 1, true)
+    out, ok = repl({
+      {"expect", PROMPT},
+      {"send", "\\x1b[A"},     -- up: the previous session's line
+      {"expect", '"ory"\\)$'},
+      {"send", "\\r"},
+      {"expect", "\\r\\nhistory\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {home = home})
+    os.execute("rm -rf " .. q(home))
+    assert.is_true(ok, out)
+  end)
+
+  it("prints tables readably (nested, cycles marked, long ones cut), tasks with what they wait on, and keeps _", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", 'x = {1, "a", {y = true}, n = 3}; x.self = x\\r'},
+      {"expect", "\\r\\n> $"},
+      {"send", "x\\r"},
+      {"expect", '\\{1, "a", \\{y = true\\}, n = 3, self = <cycle>\\}\\r\\n> $'},
+      {"send", "_.n\\r"},
+      {"expect", "\\r\\n3\\r\\n> $"},
+      {"send", "t = {} for i = 1, 100 do t[i] = i end return t\\r"},
+      {"expect", "28, 29, 30, \\.\\.\\. \\(70 more\\)\\}"},
+      {"send", "t = braid.spawn(function() braid.sleep(30) end); t.name = 'napper'; braid.sleep(0.2); return t\\r"},
+      {"expect", '<task \\d+ "napper" suspended in sleep 0\\.\\ds>\\r\\n> $'},
+      {"send", ":tasks\\r"},
+      {"expect", 'napper" suspended in sleep.*> $'},
+      {"send", ":help\\r"},
+      {"expect", ":tasks.*Ctrl-D.*> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("reports an entry that deadlocks and goes on", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "braid.event():wait()\\r"},
+      {"expect", "deadlock.*> $", 5},
+      {"send", "1\\r"},
+      {"expect", "\\r\\n1\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
+  it("runs the script first with -i, then the prompt with its globals", function()
+    local p = h.script("greeting = 'hello from the script'\nprint('script ran')\n")
+    local out, ok = repl({
+      {"expect", "script ran\\r\\n> $"},
+      {"send", "greeting\\r"},
+      {"expect", "\\r\\nhello from the script\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {args = "-i " .. q(p)})
+    os.remove(p)
+    os.remove((p:gsub("%.lua$", "")))
+    assert.is_true(ok, out)
+  end)
+
+  it("works without line editing when TERM=dumb", function()
+    local out, ok, status = repl({
+      {"expect", PROMPT},
+      {"send", 'braid.spawn(function() braid.sleep(0.3) print("tick") end)\\r'},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"expect", "tick\\r\\n> $", 5},
+      {"send", "braid.sleep(0.1) return 6 * 7\\r"},
+      {"expect", "\\r\\n42\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {term = "dumb"})
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+    assert.not_matches("\27[", out, 1, true)
+  end)
+end)
+
+describe("braid -i with piped input", function()
+  it("reads entries from the pipe, prints values, and exits 0 at the end", function()
+    local out, err, code = h.braid("-i", "x = 20\nx + 22\nbraid.sleep(0.05)\nfor i = 1, 2 do\nprint(i)\nend\n")
+    assert.are.equal(0, code, err)
+    assert.matches("42\n", out, 1, true)
+    assert.matches("1\n2\n", out, 1, true)
+    assert.matches(">> ", out, 1, true)
+  end)
+end)
