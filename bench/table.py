@@ -5,8 +5,12 @@ usage: /usr/bin/python3 bench/table.py RESULTS_FILE
 Input lines: "RESULT W1 braid ns_per_task=412.3", "FAIL W1 trio",
 "STATUS braid pending" (what to show where an implementation has no number),
 "NOTE W4 trio: ..." (a remark printed below the table).
-Every metric is lower-is-better, so braid/floor >= 1 is braid's overhead over the
+Every ratio reads the same way: braid/floor >= 1 is braid's overhead over the
 floor and peer/braid > 1 means braid is that many times better than the peer.
+All metrics are lower-is-better except W5's round trips/s, whose ratios are
+taken the other way round (floor/braid, braid/peer) so that they still read so.
+W5's wall-s row is 100,000 / round trips/s: the measured wall s for a full-size
+run (50 x 2,000), the same rate scaled to 100k round trips for a scaled-down one.
 """
 import sys
 
@@ -16,7 +20,11 @@ ROWS = [  # (workload, key, label)
     ("W2", "bytes_per_task", "bytes per sleeping task"),
     ("W3", "ms_raise_to_raised", "ms raise -> gather raised"),
     ("W4", "ns_per_msg", "ns per message"),
+    ("W5", "wall_s", "wall s per 100k round trips"),
+    ("W5", "trips_per_s", "round trips/s (higher is better)"),
+    ("W6", "ms_per_proc", "ms per process"),
 ]
+HIGHER_IS_BETTER = {("W5", "trips_per_s")}
 IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node"]
 PEERS = ["asyncio", "uvloop", "trio", "node"]
 FLOOR_NOTES = [
@@ -24,6 +32,8 @@ FLOOR_NOTES = [
     "W2 floor: wall ms from C on raw libuv (one uv_timer_t per task); bytes from a parked stock-Lua coroutine.",
     "W3 floor: stock lua5.4, a cancel token resumed into each parked coroutine, then coroutine.close runs its <close>.",
     "W4 floor: stock lua5.4, two coroutines and a tiny scheduler (a run queue resumed in turn) passing values through two 1-slot queues.",
+    "W5 floor: C on raw libuv (bench/w5_uv.c), echo server and 50 clients in one loop; reads into a fixed buffer, uv_try_write.",
+    "W6 floor: C on raw libuv (bench/w6_uv.c), uv_spawn with 8 in flight, the child's stdio ignored; floor_pipes below reads stdout and stderr through pipes, as braid.exec does.",
 ]
 
 values, fails, status, extras, notes = {}, set(), {}, [], []
@@ -45,6 +55,12 @@ for line in open(sys.argv[1]):
         notes.append(" ".join(f[1:]))
 
 
+# W5: the wall row is derived from the rate (see the docstring).
+for (w, key, impl), v in list(values.items()):
+    if (w, key) == ("W5", "trips_per_s") and v > 0:
+        values[("W5", "wall_s", impl)] = 1e5 / v
+
+
 def fmt(v):
     if v >= 100:
         return f"{v:.0f}"
@@ -63,8 +79,10 @@ def cell(w, key, impl):
 
 def ratio(w, key, num, den):
     a, b = values.get((w, key, num)), values.get((w, key, den))
-    if a is None or b is None or b == 0:
+    if a is None or b is None or b == 0 or a == 0:
         return "-"
+    if (w, key) in HIGHER_IS_BETTER:
+        a, b = b, a
     return f"{a / b:.2f}x"
 
 

@@ -1,6 +1,7 @@
-"""asyncio's side of W1..W4 (TaskGroup, Python >= 3.11); --uvloop runs it on uvloop.
+"""asyncio's side of W1..W6 (TaskGroup, Python >= 3.11); --uvloop runs it on uvloop.
 
-usage: /usr/bin/python3 bench/w_asyncio.py [--uvloop] W1|W2|W3|W4 [n] [rounds]
+usage: /usr/bin/python3 bench/w_asyncio.py [--uvloop] W1|W2|W3|W4|W5|W6 [n] [rounds]
+(W5: n = round trips per client; W6: n = processes)
 Prints RESULT lines; exits non-zero (AssertionError) if the work was not all done.
 """
 import asyncio
@@ -136,6 +137,76 @@ async def w4(n):
     return dt * 1e9 / (2 * trips)
 
 
+CLIENTS = 50
+
+
+async def w5(trips):
+    """TCP echo on 127.0.0.1: asyncio.start_server and 50 open_connection
+    clients in this process, each doing `trips` sequential 64-byte round trips
+    (write, drain, readexactly(64), compare). Returns wall s from the first
+    connect until every client is done."""
+    total = 0
+
+    async def echo(reader, writer):
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def client(c, port):
+        nonlocal total
+        msgs = [(f"client {c:02d} message {k:02d} " * 4)[:64].encode() for k in range(16)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(trips):
+            msg = msgs[i % 16]
+            writer.write(msg)
+            await writer.drain()
+            got = await reader.readexactly(64)
+            if got != msg:
+                raise AssertionError(f"W5 {impl}: round trip {i} came back as {got!r}")
+            total += 1
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for c in range(1, CLIENTS + 1):
+            tg.create_task(client(c, port))
+    dt = time.perf_counter() - t0
+    server.close()
+    await server.wait_closed()
+    assert total == CLIENTS * trips, f"W5 {impl}: only {total} of {CLIENTS * trips} round trips"
+    return dt
+
+
+async def w6(n):
+    """Run /bin/true n times with create_subprocess_exec, at most 8 at once
+    (a Semaphore(8)); each exit status must be 0. Returns ms per process."""
+    sem = asyncio.Semaphore(8)
+    ok = 0
+
+    async def one():
+        nonlocal ok
+        async with sem:
+            p = await asyncio.create_subprocess_exec("/bin/true")
+            code = await p.wait()
+        assert code == 0, f"W6 {impl}: /bin/true exited {code}"
+        ok += 1
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(n):
+            tg.create_task(one())
+    dt = time.perf_counter() - t0
+    assert ok == n, f"W6 {impl}: only {ok} of {n} processes exited 0"
+    return dt * 1e3 / n
+
+
 def bench(fn, n, rounds):
     samples = []
     for _ in range(rounds):
@@ -152,5 +223,12 @@ elif which == "W3":
     result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 5))
 elif which == "W4":
     result("W4", "ns_per_msg", bench(w4, n or 1000000, rounds or 3))
+elif which == "W5":
+    trips = n or 2000
+    wall = bench(w5, trips, rounds or 3)
+    result("W5", "wall_s", wall)
+    result("W5", "trips_per_s", CLIENTS * trips / wall)
+elif which == "W6":
+    result("W6", "ms_per_proc", bench(w6, n or 400, rounds or 3))
 else:
-    sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3|W4 [n] [rounds]")
+    sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3|W4|W5|W6 [n] [rounds]")

@@ -1,5 +1,6 @@
--- braid's side of W1..W4.
--- usage: build/braid bench/w_braid.lua W1|W2|W3|W4 [n] [rounds]
+-- braid's side of W1..W6.
+-- usage: build/braid bench/w_braid.lua W1|W2|W3|W4|W5|W6 [n] [rounds]
+--   (W5: n = round trips per client; W6: n = processes)
 --    or: LUA_CPATH='build/?.so;;' lua5.4 bench/w_braid.lua ...   (module form)
 -- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
 
@@ -140,6 +141,83 @@ local function w4()
   result("W4", "ns_per_msg", median(samples))
 end
 
-local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4}
-assert(fns[which], "usage: w_braid.lua W1|W2|W3|W4 [n] [rounds]")
+-- W5: TCP echo on 127.0.0.1, server and 50 clients in this one process; each
+-- client does n sequential 64-byte round trips (write 64 bytes, read until 64
+-- are back, compare). Wall s from the first connect until every client is
+-- done; round trips/s. Each client cycles through 16 distinct messages.
+local function w5()
+  local trips, clients = n or 2000, 50
+  rounds = rounds or 3
+  local samples = {}
+  local total
+  for r = 1, rounds do
+    collectgarbage()
+    local server = braid.tcp.listen("127.0.0.1", 0, function(conn)
+      while true do
+        local s = conn:read()
+        if not s then break end
+        conn:write(s)
+      end
+      conn:close()
+    end)
+    local port = server:port()
+    total = 0
+    local fns = {}
+    for c = 1, clients do
+      local msgs = {}
+      for k = 0, 15 do
+        msgs[k] = string.format("client %02d message %02d ", c, k):rep(4):sub(1, 64)
+        assert(#msgs[k] == 64)
+      end
+      fns[c] = function()
+        local conn = braid.tcp.connect("127.0.0.1", port)
+        for i = 1, trips do
+          local msg = msgs[i % 16]
+          conn:write(msg)
+          local got = conn:read(64)
+          while got and #got < 64 do
+            local more = conn:read(64 - #got)
+            got = more and got .. more
+          end
+          if got ~= msg then error("W5 braid: round trip " .. i .. " came back as " .. tostring(got)) end
+          total = total + 1
+        end
+        conn:close()
+      end
+    end
+    local s = stamp()
+    braid.gather(table.unpack(fns))
+    samples[r] = since(s)
+    server:close()
+    assert(total == clients * trips,
+      "W5 braid: only " .. total .. " of " .. clients * trips .. " round trips")
+  end
+  local wall = median(samples)
+  result("W5", "wall_s", wall)
+  result("W5", "trips_per_s", total / wall)
+end
+
+-- W6: run /bin/true n times, at most 8 at once (braid.map with limit 8), each
+-- exit status checked. ms per process = wall ms / n.
+local function w6()
+  n, rounds = n or 400, rounds or 3
+  local list = {}
+  for i = 1, n do list[i] = i end
+  local samples = {}
+  for r = 1, rounds do
+    collectgarbage()
+    local ok = 0
+    local s = stamp()
+    braid.map(list, function()
+      assert(braid.exec({"/bin/true"}).code == 0, "W6 braid: /bin/true did not exit 0")
+      ok = ok + 1
+    end, {limit = 8})
+    samples[r] = since(s) * 1e3 / n
+    assert(ok == n, "W6 braid: only " .. ok .. " of " .. n .. " processes exited 0")
+  end
+  result("W6", "ms_per_proc", median(samples))
+end
+
+local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4, W5 = w5, W6 = w6}
+assert(fns[which], "usage: w_braid.lua W1|W2|W3|W4|W5|W6 [n] [rounds]")
 if as_module then braid.run(fns[which]) else fns[which]() end

@@ -1,9 +1,13 @@
-// Node's side of W1..W4 (async functions + Promise.all; W4 a hand-written channel).
-// usage: node --expose-gc bench/w_node.js W1|W2|W3|W4 [n] [rounds]
+// Node's side of W1..W6 (async functions + Promise.all; W4 a hand-written
+// channel; W5 the net module; W6 child_process.spawn).
+// usage: node --expose-gc bench/w_node.js W1|W2|W3|W4|W5|W6 [n] [rounds]
+//   (W5: n = round trips per client; W6: n = processes)
 // Prints RESULT lines; exits non-zero if the work was not all done.
 'use strict';
 const { performance } = require('node:perf_hooks');
 const assert = require('node:assert');
+const net = require('node:net');
+const { spawn } = require('node:child_process');
 
 const [which, nArg, roundsArg] = process.argv.slice(2);
 const gc = globalThis.gc || (() => {});
@@ -154,6 +158,83 @@ async function w4(n) {
   return dt * 1e6 / (2 * trips);
 }
 
+const CLIENTS = 50;
+
+// W5: TCP echo on 127.0.0.1 with the net module: a server and 50 clients in
+// this process, each client doing `trips` sequential 64-byte round trips
+// (write, collect 'data' until 64 bytes are back, compare, next). Both sides
+// setNoDelay(true). Wall s from the first connect until every client is done.
+async function w5(trips) {
+  let total = 0;
+  const server = net.createServer((sock) => {
+    sock.setNoDelay(true);
+    sock.on('data', (d) => sock.write(d));
+    sock.on('end', () => sock.end());
+    sock.on('error', (e) => { throw e; });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
+  function client(c) {
+    const msgs = [];
+    for (let k = 0; k < 16; k++) {
+      msgs.push(Buffer.from(`client ${String(c).padStart(2, '0')} message ${String(k).padStart(2, '0')} `.repeat(4).slice(0, 64)));
+    }
+    return new Promise((resolve, reject) => {
+      const rbuf = Buffer.alloc(128);
+      let got = 0, i = 0;
+      const sock = net.connect(port, '127.0.0.1', () => {
+        sock.setNoDelay(true);
+        sock.write(msgs[0]);
+      });
+      sock.on('error', reject);
+      sock.on('data', (d) => {
+        if (got + d.length > 64) return reject(new Error('W5 node: more bytes came back than were sent'));
+        d.copy(rbuf, got);
+        got += d.length;
+        if (got < 64) return;
+        got = 0;
+        if (!rbuf.subarray(0, 64).equals(msgs[i % 16])) return reject(new Error(`W5 node: round trip ${i} came back wrong`));
+        total++;
+        if (++i < trips) sock.write(msgs[i % 16]);
+        else { sock.end(); resolve(); }
+      });
+    });
+  }
+  const t0 = performance.now();
+  const ps = [];
+  for (let c = 1; c <= CLIENTS; c++) ps.push(client(c));
+  await Promise.all(ps);
+  const dt = (performance.now() - t0) / 1e3;
+  await new Promise((resolve) => server.close(resolve));
+  assert.strictEqual(total, CLIENTS * trips, `W5 node: only ${total} of ${CLIENTS * trips} round trips`);
+  return dt;
+}
+
+// W6: run /bin/true n times with child_process.spawn (stdio 'ignore'), at most
+// 8 in flight; each exit code must be 0. ms per process.
+async function w6(n) {
+  let started = 0, ok = 0;
+  const t0 = performance.now();
+  await new Promise((resolve, reject) => {
+    let finished = 0;
+    function next() {
+      if (started >= n) return;
+      started++;
+      const p = spawn('/bin/true', [], { stdio: 'ignore' });
+      p.on('error', reject);
+      p.on('exit', (code, sig) => {
+        if (code !== 0) return reject(new Error(`W6 node: /bin/true exited ${code} (${sig})`));
+        ok++;
+        if (++finished === n) resolve(); else next();
+      });
+    }
+    for (let k = 0; k < 8; k++) next();
+  });
+  const dt = performance.now() - t0;
+  assert.strictEqual(ok, n, `W6 node: only ${ok} of ${n} processes exited 0`);
+  return dt / n;
+}
+
 async function bench(fn, n, rounds) {
   const xs = [];
   for (let r = 0; r < rounds; r++) { gc(); xs.push(await fn(n)); }
@@ -162,12 +243,18 @@ async function bench(fn, n, rounds) {
 
 async function main() {
   const n = nArg ? Number(nArg) : undefined;
-  const rounds = roundsArg ? Number(roundsArg) : 5;
+  const rounds = roundsArg ? Number(roundsArg) : (which === 'W5' || which === 'W6' ? 3 : 5);
   if (which === 'W1') result('W1', 'ns_per_task', await bench(w1, n || 100000, rounds));
   else if (which === 'W2') result('W2', 'wall_ms', await bench(w2, n || 20000, rounds));
   else if (which === 'W3') result('W3', 'ms_raise_to_raised', await bench(w3, n || 10000, rounds));
   else if (which === 'W4') result('W4', 'ns_per_msg', await bench(w4, n || 1000000, rounds));
-  else { console.error('usage: w_node.js W1|W2|W3|W4 [n] [rounds]'); process.exit(2); }
+  else if (which === 'W5') {
+    const trips = n || 2000;
+    const wall = await bench(w5, trips, rounds);
+    result('W5', 'wall_s', wall);
+    result('W5', 'trips_per_s', CLIENTS * trips / wall);
+  } else if (which === 'W6') result('W6', 'ms_per_proc', await bench(w6, n || 400, rounds));
+  else { console.error('usage: w_node.js W1|W2|W3|W4|W5|W6 [n] [rounds]'); process.exit(2); }
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });
