@@ -229,6 +229,7 @@ void braid__open_timer(lua_State *L);
 void braid__open_group(lua_State *L);
 void braid__open_error(lua_State *L);
 void braid__open_fs(lua_State *L);
+void braid__open_dns(lua_State *L);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,

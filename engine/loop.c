@@ -249,6 +249,7 @@ LUA_API int luaopen_braid (lua_State *L) {
   braid__open_group(L);
   braid__open_error(L);
   braid__open_fs(L);
+  braid__open_dns(L);
   /* The Lua-side library gets the C table and completes it. */
   if (luaL_loadbuffer(L, braid__lua_source, strlen(braid__lua_source),
                       "=[braid]") != LUA_OK)
