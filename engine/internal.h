@@ -219,6 +219,7 @@ struct braid_engine {
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   double grace;
+  struct braid_list signals;   /* signal.c: the script's signal waiters */
 };
 
 braid_engine_t *braid__engine(lua_State *L);
@@ -230,6 +231,8 @@ void braid__open_group(lua_State *L);
 void braid__open_error(lua_State *L);
 void braid__open_fs(lua_State *L);
 void braid__open_dns(lua_State *L);
+void braid__open_signal(lua_State *L);
+int braid__signal_interrupt(braid_engine_t *E);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,
