@@ -100,11 +100,7 @@ static int dns_k (lua_State *L, int status, lua_KContext ctx) {
   struct dns_op *op = *box;
   struct braid_task *t = braid__engine(L)->current;
   (void) status;
-  if (t->wake == WAKE_NOYIELD && op && t->wait == &op->wait) {
-    t->wait = NULL;   /* resumed without having yielded: still running */
-    dns_detach(op);
-  }
-  braid__task_resumed(L, t);   /* on cancellation the op is detached */
+  braid__task_resumed(L, t);   /* cancelled or refused: op detached */
   if (op->status < 0) {
     int rc = op->status;
     *box = NULL;

@@ -144,6 +144,10 @@ static void fs_cb (uv_fs_t *req) {
   switch (req->fs_type) {
     case UV_FS_OPEN:
       op->fd = (uv_file) r;
+      if (op->kind != OP_READ && op->len == 0) {   /* nothing to write */
+        fs_finish(op, 0);
+        return;
+      }
       rc = op->kind == OP_READ ? fs_read_next(op) : fs_write_next(op);
       break;
     case UV_FS_READ:
@@ -155,6 +159,10 @@ static void fs_cb (uv_fs_t *req) {
       rc = fs_read_next(op);
       break;
     case UV_FS_WRITE:
+      if (r == 0) {   /* no progress: never spin */
+        fs_finish(op, UV_EIO);
+        return;
+      }
       op->off += (size_t) r;
       if (op->off >= op->len) {
         fs_finish(op, 0);
@@ -170,24 +178,23 @@ static void fs_cb (uv_fs_t *req) {
   else op->busy = 1;
 }
 
-/* Cancellation: detach the op; fs_cb frees it when its request returns. */
-static void fs_cancel (struct braid_wait *w) {
-  struct fs_op *op = container_of(w, struct fs_op, wait);
+/* Detaches the op from its box: a request in flight is cancelled if libuv
+** still can, and fs_cb frees the op when it returns; an idle op is freed. */
+static void fs_detach (struct fs_op *op) {
   *op->box = NULL;
   op->box = NULL;
   if (op->busy) uv_cancel((uv_req_t *) &op->req);
   else fs_op_free(op);
 }
 
+static void fs_cancel (struct braid_wait *w) {
+  fs_detach(container_of(w, struct fs_op, wait));
+}
+
 /* The box's __gc: the op was never handed over (see the invariants). */
 static int l_fs_gc (lua_State *L) {
   struct fs_op **box = (struct fs_op **) lua_touserdata(L, 1);
-  struct fs_op *op = *box;
-  if (op == NULL) return 0;
-  *box = NULL;
-  op->box = NULL;
-  if (op->busy) uv_cancel((uv_req_t *) &op->req);
-  else fs_op_free(op);
+  if (*box) fs_detach(*box);
   return 0;
 }
 
@@ -317,13 +324,7 @@ static int fs_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = braid__engine(L)->current;
   int n = 0;
   (void) status;
-  /* Resumed without the yield having happened (see WAKE_NOYIELD): the op
-  ** is still running, so detach it before raising. */
-  if (t->wake == WAKE_NOYIELD && op && t->wait == &op->wait) {
-    t->wait = NULL;
-    fs_cancel(&op->wait);
-  }
-  braid__task_resumed(L, t);   /* on cancellation the op is detached */
+  braid__task_resumed(L, t);   /* cancelled or refused: op detached */
   if (op->kind == OP_REMOVE && op->req.fs_type == UV_FS_UNLINK &&
       (op->err == UV_EISDIR || op->err == UV_EPERM)) {
     /* unlink refused what may be a directory: try rmdir, and report

@@ -200,10 +200,6 @@ static int l_signal_new (lua_State *L) {
 static int sig_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = (struct braid_task *) ctx;
   (void) status;
-  if (t->wake == WAKE_NOYIELD && t->wait == &t->w) {
-    t->wait = NULL;   /* resumed without having yielded: leave the queue */
-    sig_cancel(&t->w);
-  }
   braid__task_resumed(L, t);
   if (t->w.what == NULL)
     return braid__error_raise(L, "closed", NULL, "braid.signal: the waiter "

@@ -120,9 +120,17 @@ void braid__task_resumed (lua_State *L, struct braid_task *t) {
     braid__push_cancel(L, t->inner->cause);
     lua_error(L);
   }
-  if (how == WAKE_NOYIELD)
+  if (how == WAKE_NOYIELD) {
+    /* The yield never reached the scheduler, so the operation the call
+    ** started is still pending: undo it now, or it would wake the task
+    ** later, in the middle of some other wait. */
+    if (t->wait && t->wait->cancel) {
+      t->wait->cancel(t->wait);
+      t->wait = NULL;
+    }
     braid__error_usage(L, "braid: cannot suspend here: a coroutine between "
                        "this call and its task cannot yield");
+  }
 }
 
 /* ---- the task object ---- */
