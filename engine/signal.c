@@ -27,7 +27,7 @@
 #include "internal.h"
 
 #define SIGNAL_MT "braid.Signal"
-#define WHAT_PREFIX "signal "   /* what deadlock reports say; the name follows */
+#define WHAT_PREFIX "signal "   /* as deadlock reports say it; name follows */
 
 struct sig_name {
   const char *what;   /* "signal SIGHUP": the name is what + 7 */
