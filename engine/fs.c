@@ -179,12 +179,14 @@ static void fs_cb (uv_fs_t *req) {
 }
 
 /* Detaches the op from its box: a request in flight is cancelled if libuv
-** still can, and fs_cb frees the op when it returns; an idle op is freed. */
+** still can, and fs_cb frees the op when it returns; an idle op is freed.
+** A close is never cancelled: op->fd is already -1, so a cancelled close
+** would leak the descriptor. */
 static void fs_detach (struct fs_op *op) {
   *op->box = NULL;
   op->box = NULL;
-  if (op->busy) uv_cancel((uv_req_t *) &op->req);
-  else fs_op_free(op);
+  if (!op->busy) fs_op_free(op);
+  else if (op->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *) &op->req);
 }
 
 static void fs_cancel (struct braid_wait *w) {

@@ -217,6 +217,24 @@ describe("braid.fs", function()
     assert.are.equal(fds, open_fds())
   end)
 
+  it("closes what a cancelled open returns later, when uv_cancel could not stop it", function()
+    local d = tmpdir()
+    local fifo = d .. "/fifo"
+    assert(os.execute("mkfifo '" .. fifo .. "'"))
+    local fds = open_fds()
+    braid.run(function()
+      local t = braid.spawn(fs.read_file, fifo)   -- open(2) blocks: no writer
+      braid.sleep(0.05)
+      t:cancel()
+      local ok, e = pcall(t.await, t)
+      assert.is_true(braid.is_cancelled(e))
+      -- A writer (bounded) lets the detached open return its descriptor;
+      -- braid.run returns once the request has been freed.
+      os.execute("timeout 5 sh -c 'echo x > " .. fifo .. "' 2>/dev/null &")
+    end)
+    assert.are.equal(fds, open_fds())
+  end)
+
   it("frees every cancelled request: the leak-checking runner exits cleanly", function()
     local d = tmpdir()
     local script = h.script([[
