@@ -19,7 +19,7 @@ LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
 LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
 
-CORE      := loop task scope group timer error channel dump tcp process api
+CORE      := loop task scope group timer error channel dump tcp process api fs dns signal
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 PREFIX    ?= /usr/local

@@ -249,6 +249,7 @@ struct braid_engine {
   ** is set and alive, else the root. */
   int (*on_interrupt)(braid_engine_t *E);
   struct braid_task *focus;
+  struct braid_list signal_waiters; /* signal.c: the script's waiters */
 };
 
 braid_engine_t *braid__engine(lua_State *L);
@@ -270,6 +271,10 @@ void braid__dump_signal(braid_engine_t *E);
 void braid__open_error(lua_State *L);
 void braid__open_tcp(lua_State *L);
 void braid__open_process(lua_State *L);
+void braid__open_fs(lua_State *L);
+void braid__open_dns(lua_State *L);
+void braid__open_signal(lua_State *L);
+int braid__signal_interrupt(braid_engine_t *E);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,

@@ -180,8 +180,10 @@ static void sigquit_cb (uv_signal_t *h, int signum) {
 }
 
 static void sigint_cb (uv_signal_t *h, int signum) {
+  braid_engine_t *E = container_of(h, braid_engine_t, sigint);
   (void) signum;
-  engine_interrupt(container_of(h, braid_engine_t, sigint));
+  if (braid__signal_interrupt(E)) return;   /* a script waits for it */
+  engine_interrupt(E);
 }
 
 int braid_interrupt (lua_State *L) {
@@ -398,6 +400,9 @@ LUA_API int luaopen_braid (lua_State *L) {
   braid__open_error(L);
   braid__open_tcp(L);
   braid__open_process(L);
+  braid__open_fs(L);
+  braid__open_dns(L);
+  braid__open_signal(L);
   /* The Lua-side library gets the C table and completes it. */
   if (luaL_loadbuffer(L, braid__lua_source, strlen(braid__lua_source),
                       "=[braid]") != LUA_OK)

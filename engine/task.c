@@ -122,7 +122,7 @@ void braid__task_resumed (lua_State *L, struct braid_task *t) {
     braid__push_cancel(L, t->inner->cause);
     lua_error(L);
   }
-  if (how == WAKE_NOYIELD)
+  if (how == WAKE_NOYIELD)   /* co_resume has undone the wait already */
     braid__error_usage(L, "braid: cannot suspend here: a coroutine between "
                        "this call and its task cannot yield");
 }

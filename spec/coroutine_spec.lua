@@ -108,4 +108,19 @@ describe("braid calls across Lua boundaries", function()
     braid.sleep(0.3)
     assert.is_true(braid.now() - t0 >= 0.29, "woken early")
   end))
+
+  -- Regression (issue "Real work"): a sleep refused this way stayed armed
+  -- and later woke the task in the middle of an await, which then returned
+  -- garbage for a task that had not ended.
+  it("leave nothing pending when refused inside a coroutine that cannot yield", h.run(function()
+    local ok, e = pcall(table.sort, {1, 2}, function(a, b)
+      coroutine.wrap(function() braid.sleep(0.01) end)()
+      return a < b
+    end)
+    assert.is_false(ok)
+    assert.matches("cannot suspend here", tostring(e))
+    local t = braid.spawn(function() braid.sleep(0.1) return "late" end)
+    assert.are.equal("late", t:await())
+    assert.are.equal("ok", t:status())
+  end))
 end)

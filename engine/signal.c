@@ -1,0 +1,269 @@
+/*
+** signal.c: braid.signal(name) -> waiter; waiter:wait(), waiter:close().
+**
+** A waiter is a malloc'd struct sig_waiter with its uv_signal_t embedded,
+** started when the waiter is made (from then on the signal's default
+** action, such as SIGTERM ending the process, is replaced by delivery to
+** the waiter), and found from Lua through a box userdata.
+**
+** Invariants:
+** - The handle is referenced exactly while some task waits on it, so a
+**   waiting waiter counts as something that can wake a task (no deadlock
+**   error) and an idle one never keeps the loop alive.
+** - Arrivals while no task waits are counted and handed, one per call, to
+**   the next wait()s. Each arrival wakes one waiting task, in FIFO order.
+** - The waiter is a resource of the scope that made it: when that scope
+**   ends, or on close(), __close or __gc, the handle is closed (exactly
+**   once), waiting tasks are woken with a "closed" error, and the memory is
+**   freed in the close callback, never before.
+** - SIGINT: braid's own watcher in loop.c asks braid__signal_interrupt
+**   first; when a script's SIGINT waiter has a task waiting, Ctrl-C goes to
+**   that task instead of cancelling the root. When none waits, Ctrl-C
+**   cancels the root as usual and is not counted for SIGINT waiters.
+*/
+#include <signal.h>
+#include <string.h>
+#include <stdlib.h>
+#include "internal.h"
+
+#define SIGNAL_MT "braid.Signal"
+#define WHAT_PREFIX "signal "   /* as deadlock reports say it; name follows */
+
+struct sig_name {
+  const char *what;   /* "signal SIGHUP": the name is what + 7 */
+  int signum;
+};
+
+#define SIG_ENTRY(n) {WHAT_PREFIX "SIG" #n, SIG##n}
+
+static const struct sig_name sig_names[] = {
+  SIG_ENTRY(HUP), SIG_ENTRY(INT), SIG_ENTRY(QUIT), SIG_ENTRY(USR1),
+  SIG_ENTRY(USR2), SIG_ENTRY(PIPE), SIG_ENTRY(ALRM), SIG_ENTRY(TERM),
+  SIG_ENTRY(CHLD), SIG_ENTRY(CONT), SIG_ENTRY(TSTP), SIG_ENTRY(TTIN),
+  SIG_ENTRY(TTOU), SIG_ENTRY(URG), SIG_ENTRY(XCPU), SIG_ENTRY(XFSZ),
+  SIG_ENTRY(VTALRM), SIG_ENTRY(PROF), SIG_ENTRY(WINCH),
+  {NULL, 0}
+};
+
+#define SIG_NAME(s) ((s)->what + sizeof WHAT_PREFIX - 1)
+
+struct sig_waiter {
+  uv_signal_t handle;
+  struct braid_resource res;   /* in the scope that made it */
+  struct braid_list link;      /* in the engine's list of waiters */
+  struct braid_list waiting;   /* the waiting tasks' t->w.watch.link */
+  struct sig_waiter **box;     /* the Lua object; NULL once it is gone */
+  braid_engine_t *E;
+  const struct sig_name *sig;
+  unsigned pending;            /* arrivals not handed to a wait yet */
+  int referenced;
+};
+
+/* References the handle exactly while a task waits on it. */
+static void sig_update_ref (struct sig_waiter *w) {
+  int want = !braid__list_empty(&w->waiting);
+  if (want == w->referenced) return;
+  w->referenced = want;
+  if (want) uv_ref((uv_handle_t *) &w->handle);
+  else uv_unref((uv_handle_t *) &w->handle);
+}
+
+/* One arrival: wake the first waiting task, or count it. */
+static void sig_deliver (struct sig_waiter *w) {
+  struct braid_wait *bw;
+  if (braid__list_empty(&w->waiting)) {
+    w->pending++;
+    return;
+  }
+  bw = container_of(w->waiting.next, struct braid_wait, watch.link);
+  braid__list_remove(&bw->watch.link);
+  sig_update_ref(w);
+  braid__task_wake(bw->task, WAKE_OK);
+}
+
+static void sig_cb (uv_signal_t *h, int signum) {
+  /* SIGINT reaches script waiters through braid__signal_interrupt only,
+  ** so that the choice between them and the root is made in one place. */
+  if (signum == SIGINT) return;
+  sig_deliver(container_of(h, struct sig_waiter, handle));
+}
+
+/* Called by braid's SIGINT watcher: hands Ctrl-C to a script's SIGINT
+** waiter that has a task waiting, if any. Returns 1 when it did (the root
+** is then not cancelled), 0 otherwise. Runs no Lua. */
+int braid__signal_interrupt (braid_engine_t *E) {
+  struct braid_list *n;
+  if (E->signal_waiters.next == NULL) return 0;
+  for (n = E->signal_waiters.next; n != &E->signal_waiters; n = n->next) {
+    struct sig_waiter *w = container_of(n, struct sig_waiter, link);
+    if (w->sig->signum == SIGINT && !braid__list_empty(&w->waiting)) {
+      sig_deliver(w);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static void sig_close_cb (uv_handle_t *h) {
+  free(container_of((uv_signal_t *) h, struct sig_waiter, handle));
+}
+
+/* Closes the waiter: its tasks are woken with the closed marker (a NULL
+** `what`, which sig_k turns into a "closed" error), and the handle is
+** closed; the memory goes in sig_close_cb. Called once: afterwards
+** neither the box nor the scope refers to the waiter. */
+static void sig_close (struct sig_waiter *w) {
+  braid__resource_remove(&w->res);
+  braid__list_remove(&w->link);
+  while (!braid__list_empty(&w->waiting)) {
+    struct braid_wait *bw = container_of(w->waiting.next, struct braid_wait,
+                                         watch.link);
+    braid__list_remove(&bw->watch.link);
+    bw->what = NULL;
+    braid__task_wake(bw->task, WAKE_OK);
+  }
+  if (w->box) *w->box = NULL;
+  w->box = NULL;
+  uv_close((uv_handle_t *) &w->handle, sig_close_cb);
+}
+
+static void sig_res_close (struct braid_resource *r) {
+  sig_close(container_of(r, struct sig_waiter, res));
+}
+
+/* A waiting task was cancelled: it leaves the queue. */
+static void sig_cancel (struct braid_wait *bw) {
+  braid_engine_t *E = bw->task->E;
+  struct braid_list *n;
+  braid__list_remove(&bw->watch.link);
+  for (n = E->signal_waiters.next; n != &E->signal_waiters; n = n->next)
+    sig_update_ref(container_of(n, struct sig_waiter, link));
+}
+
+static struct sig_waiter *sig_check (lua_State *L, const char *fname) {
+  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
+                                                                   SIGNAL_MT);
+  if (*box == NULL)
+    braid__error_raise(L, "closed", NULL, "braid.signal: %s on a closed "
+                       "waiter", fname);
+  return *box;
+}
+
+static const struct sig_name *sig_lookup (const char *name) {
+  const struct sig_name *s;
+  for (s = sig_names; s->what; s++)
+    if (strcmp(name, SIG_NAME(s)) == 0 || strcmp(name, SIG_NAME(s) + 3) == 0)
+      return s;
+  return NULL;
+}
+
+/* braid.signal(name) -> waiter: starts catching the signal ("SIGUSR1" or
+** "USR1"); the waiter belongs to the caller's innermost scope. */
+static int l_signal_new (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "signal");
+  const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
+  const struct sig_name *sig;
+  struct sig_waiter **box, *w;
+  int rc;
+  if (name == NULL) return braid__error_argerror(L, 1, "signal",
+                                                 "string expected");
+  if ((sig = sig_lookup(name)) == NULL)
+    return braid__error_usage(L, "bad argument #1 to 'signal' (unknown or "
+                              "uncatchable signal '%s')", name);
+  box = (struct sig_waiter **) lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, SIGNAL_MT);
+  w = calloc(1, sizeof *w);
+  if (w == NULL) return luaL_error(L, "not enough memory");
+  if ((rc = uv_signal_init(t->E->loop, &w->handle)) != 0) {
+    free(w);
+    return braid__error_raise(L, "io", uv_err_name(rc), "braid.signal %s: %s",
+                              SIG_NAME(sig), uv_strerror(rc));
+  }
+  w->E = t->E;
+  w->sig = sig;
+  braid__list_init(&w->waiting);
+  braid__list_push(&t->E->signal_waiters, &w->link);
+  w->res.close = sig_res_close;
+  braid__resource_add(t, &w->res);
+  w->box = box;
+  *box = w;
+  if ((rc = uv_signal_start(&w->handle, sig_cb, sig->signum)) != 0) {
+    sig_close(w);
+    return braid__error_raise(L, "io", uv_err_name(rc), "braid.signal %s: %s",
+                              SIG_NAME(sig), uv_strerror(rc));
+  }
+  uv_unref((uv_handle_t *) &w->handle);
+  return 1;
+}
+
+static int sig_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_task *t = (struct braid_task *) ctx;
+  (void) status;
+  braid__task_resumed(L, t);
+  if (t->w.what == NULL)
+    return braid__error_raise(L, "closed", NULL, "braid.signal: the waiter "
+                              "was closed while waiting");
+  lua_pushstring(L, t->w.what + sizeof WHAT_PREFIX - 1);
+  return 1;
+}
+
+/* waiter:wait() -> name: suspends until the signal arrives (or returns at
+** once when one arrived since the last wait); raises "closed" when the
+** waiter is closed, before or during the wait. */
+static int l_signal_wait (lua_State *L) {
+  struct sig_waiter *w = sig_check(L, "wait");
+  struct braid_task *t = braid__task_current(L, "wait");
+  braid__task_checkcancel(L, t);
+  if (w->pending > 0) {
+    w->pending--;
+    lua_pushstring(L, SIG_NAME(w->sig));
+    return 1;
+  }
+  braid__task_checkyield(L, t, "wait");
+  braid__task_wait(t, &t->w, sig_cancel, w->sig->what);
+  braid__list_push(&w->waiting, &t->w.watch.link);
+  sig_update_ref(w);
+  return braid__task_yield(L, t, (lua_KContext) t, sig_k);
+}
+
+/* waiter:close(): stops catching the signal; closing twice is harmless. */
+static int l_signal_close (lua_State *L) {
+  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
+                                                                   SIGNAL_MT);
+  if (*box) sig_close(*box);
+  return 0;
+}
+
+static int l_signal_tostring (lua_State *L) {
+  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
+                                                                   SIGNAL_MT);
+  if (*box) lua_pushfstring(L, "<signal waiter %s>", SIG_NAME((*box)->sig));
+  else lua_pushliteral(L, "<signal waiter (closed)>");
+  return 1;
+}
+
+/* Sets braid.signal on the braid table at the stack top. [-0, +0, m] */
+void braid__open_signal (lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"wait", l_signal_wait},
+    {"close", l_signal_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
+    {"__gc", l_signal_close},      /* starts the close; the callback frees */
+    {"__close", l_signal_close},
+    {"__tostring", l_signal_tostring},
+    {NULL, NULL}
+  };
+  braid_engine_t *E = braid__engine(L);
+  if (E->signal_waiters.next == NULL) braid__list_init(&E->signal_waiters);
+  if (luaL_newmetatable(L, SIGNAL_MT)) {
+    luaL_setfuncs(L, metamethods, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_signal_new);
+  lua_setfield(L, -2, "signal");
+}
