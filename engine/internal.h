@@ -42,7 +42,8 @@ struct braid_timer {
   uint64_t seq;                       /* ties fire in arming order */
   unsigned idx;                       /* heap slot + 1; 0 when not armed */
   int late;                           /* deadlines fire after the others */
-  struct braid_timer *next_late;
+  int in_late;                        /* due, on E's list of late ones */
+  struct braid_timer *next_late, *prev_late;
   void (*cb)(struct braid_timer *tm);
 };
 
@@ -218,6 +219,7 @@ struct braid_engine {
   struct braid_timer **heap;
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;
+  struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
   unsigned next_id, live;
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
