@@ -276,9 +276,12 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  double timeout = -1;
+  double timeout = -1, grace = t->inner->grace;
+  /* Every option is checked before the group's scope is pushed: raising
+  ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
     braid__check_options(L, opts, fname, group_options);
+    grace = braid__opt_number(L, opts, "grace", grace, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1) &&
         (!lua_isinteger(L, -1) || (limit = (int) lua_tointeger(L, -1)) < 1))
@@ -314,7 +317,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    g->scope.grace = braid__opt_number(L, opts, "grace", g->scope.grace, fname);
+    g->scope.grace = grace;
     lua_getfield(L, opts, "timeout");
     if (!lua_isnil(L, -1)) timeout = 1;
     lua_pop(L, 1);

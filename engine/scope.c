@@ -341,13 +341,17 @@ static const char *const scope_options[] = {"grace", NULL};
 static int l_scope_run (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "scope");
   struct braid_scope *s, **h;
+  double grace;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   braid__check_options(L, 2, "scope", scope_options);
+  /* checked before the push: raising after it would leave t->inner
+  ** pointing into a collectable userdata */
+  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "scope");
   braid__task_checkyield(L, t, "scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
   s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s);                        /* 3 */
-  s->grace = braid__opt_number(L, 2, "grace", s->grace, "scope");
+  s->grace = grace;
   h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 4: handle */
   *h = s;
   s->handle = h;

@@ -22,4 +22,29 @@ describe("fuzz regressions", function()
     assert.are.equal(1, closed)
     assert.are.equal(4, braid.now())
   end))
+
+  -- found by spec/badinput_spec.lua (ASan: heap-use-after-free in
+  -- braid__task_checkcancel): braid.scope and the group functions checked
+  -- opts.grace after pushing their scope, so a bad grace left the task's
+  -- innermost scope pointing into a userdata the collector then freed.
+  it("leaves the task usable after braid.scope or gather rejects opts.grace", function()
+    local child_ran = false
+    braid.run(function()
+      for _, bad in ipairs({-1, 0 / 0, "x"}) do
+        local ok, e = pcall(braid.scope, function() end, {grace = bad})
+        assert.are.equal("usage", e.kind)
+        for _, name in ipairs({"gather", "race", "any"}) do
+          ok, e = pcall(braid[name], function() end, {grace = bad})
+          assert.are.equal("usage", e.kind)
+        end
+        ok, e = pcall(braid.map, {1}, function() end, {grace = bad})
+        assert.are.equal("usage", e.kind)
+      end
+      collectgarbage(); collectgarbage()
+      braid.sleep(1)
+      braid.spawn(function() braid.sleep(1); child_ran = true end)
+      assert.are.same({1, 2}, {braid.gather(function() return 1 end, function() return 2 end)})
+    end, {clock = "virtual"})
+    assert.is_true(child_ran)
+  end)
 end)
