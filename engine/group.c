@@ -14,6 +14,7 @@
 ** then their task objects, so that ended tasks stay readable until the
 ** group is closed.
 */
+#include <limits.h>
 #include <string.h>
 #include "internal.h"
 
@@ -283,13 +284,19 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid__check_options(L, opts, fname, group_options);
     grace = braid__opt_number(L, opts, "grace", grace, fname);
     lua_getfield(L, opts, "limit");
-    if (!lua_isnil(L, -1) &&
-        (!lua_isinteger(L, -1) || (limit = (int) lua_tointeger(L, -1)) < 1))
-      braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
-                         "expected)", fname);
+    if (!lua_isnil(L, -1)) {
+      lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+      if (li < 1)
+        braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
+                           "expected)", fname);
+      limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
+    }
     lua_pop(L, 1);
     lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) braid__check_ns(L, -1, fname);
+    if (!lua_isnil(L, -1) &&
+        (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      braid__error_usage(L, "bad option 'timeout' to '%s' (number of seconds "
+                         "expected, got %s)", fname, luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {

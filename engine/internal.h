@@ -198,6 +198,7 @@ void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
 void braid__error_suppress(lua_State *L, int first, int idx);
 void braid__error_report(lua_State *L, int idx, const char *prefix);
+const char *braid__error_tostring(lua_State *L, int idx);
 int braid__error_msgh(lua_State *L);
 void braid__error_forget(lua_State *L);
 
