@@ -23,7 +23,7 @@ CORE      := loop task scope group timer error channel dump
 CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test bench fuzz clean
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a
 
@@ -68,6 +68,14 @@ run: all
 
 test: all
 	@BUILD=$(BUILD) $(SAN_ENV) RUN_ENV="$(RUN_ENV)" spec/run
+
+# The cancellation fuzzer over FUZZ_SEEDS seeds from FUZZ_FIRST; braid's own
+# reports of errors raised while cancelling go to $(BUILD)/fuzz.stderr.
+FUZZ_SEEDS ?= 2000
+FUZZ_FIRST ?= 1
+fuzz: all
+	$(SAN_ENV) LUA_CPATH='$(BUILD)/?.so;;' lua5.4 tools/fuzz.lua $(FUZZ_FIRST) $(FUZZ_SEEDS) 2>$(BUILD)/fuzz.stderr \
+	  || { tail -5 $(BUILD)/fuzz.stderr; exit 1; }
 
 bench: all
 	BUILD=$(BUILD) bench/run

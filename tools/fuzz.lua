@@ -296,6 +296,14 @@ local function group(node, ctx)
     r = table.pack(pcall(braid[k], table.unpack(fns, 1, n + 1)))
   end
   local ends = by_index(endlog)
+  if os.getenv("FUZZ_DEBUG") then
+    local parts = {}
+    for _, ent in ipairs(endlog) do
+      parts[#parts + 1] = string.format("%d:%s@%g", ent.idx, ent.ok and "ok" or show(ent.e), ent.t)
+    end
+    io.stderr:write(string.format("[%s #%d ends: %s; outcome %s %s]\n", k, node.id,
+      table.concat(parts, " "), tostring(r[1]), show(r[2])))
+  end
   local ok, e = r[1], r[2]
   local own_timeout = not ok and braid.is_timeout(e)
   for _, ent in ipairs(endlog) do
@@ -349,11 +357,14 @@ local function group(node, ctx)
       violation(label .. " (settle) raised its timeout instead of returning outcomes")
     end
   elseif k == "race" then
-    -- Members cancelled by the race's own deadline do not decide it (they
-    -- are not failures: the race cancelled them); the first other end does.
+    -- Members that end cancelled may have been cancelled by the race itself
+    -- (its deadline, or its caller's cancellation): they do not decide it.
+    -- One cancelled from elsewhere would, but then the race raises that
+    -- cancellation. So when the race returns or raises a user error, the
+    -- first member to end otherwise than cancelled decided it.
     local first
     for _, ent in ipairs(endlog) do
-      if ent.ok or not (is_cancel(ent.e) and deadline and ent.t >= deadline) then first = ent; break end
+      if ent.ok or not is_cancel(ent.e) then first = ent; break end
     end
     if ok then
       if not first or not first.ok then
@@ -596,7 +607,9 @@ end
 -- Also checks that the registry size and the heap return to their baseline.
 function M.run_many(first, count, progress)
   local base_reg, base_mem
+  local trace = os.getenv("FUZZ_TRACE")
   for seed = first, first + count - 1 do
+    if trace then io.stderr:write("seed ", seed, "\n") end
     local ok, rep = M.run_seed(seed)
     if not ok then return seed, rep end
     collectgarbage("collect"); collectgarbage("collect")
