@@ -41,6 +41,7 @@ local function leaf()
     local r = rand(10)
     if r <= 6 then node.steps[i] = {"sleep", dur()}
     elseif r <= 7 then node.steps[i] = {"yield"}
+    elseif r <= 8 and rand(2) == 1 then node.steps[i] = {"stubborn", dur()}
     else node.steps[i] = {"error"}; break end
   end
   return node
@@ -56,6 +57,7 @@ function gen(depth)
     if rand(3) == 1 then opts.settle = true end
     if rand(3) == 1 then opts.limit = rand(1, 3) end
     if rand(3) == 1 then opts.timeout = dur() end
+    if rand(6) == 1 then opts.grace = pick({0, 0.5, 1, 3}) end
     return {kind = "gather", id = id, kids = kids(depth, 0, 4), opts = opts}
   elseif r == 2 then
     local opts = {}
@@ -75,7 +77,8 @@ function gen(depth)
     return {kind = "timeout", id = id, d = pick({0, 0.5, 1, 2, 4, 8, -1}), kid = gen(depth + 1)}
   elseif r == 6 then
     return {kind = "scope", id = id, body = gen(depth + 1), kids = kids(depth, 0, 3),
-            cancel_at = rand(3) == 1 and dur() or nil}
+            cancel_at = rand(3) == 1 and dur() or nil,
+            grace = rand(5) == 1 and pick({0, 0.5, 1, 3}) or nil}
   elseif r == 7 then
     return {kind = "shield", id = id, kid = gen(depth + 1)}
   elseif r == 8 then
@@ -106,7 +109,7 @@ end
 ---------------------------------------------------------------------------
 local function fmt_opts(o)
   local p = {}
-  for _, k in ipairs({"settle", "limit", "timeout"}) do
+  for _, k in ipairs({"settle", "limit", "timeout", "grace"}) do
     if o and o[k] ~= nil then p[#p + 1] = k .. "=" .. tostring(o[k]) end
   end
   return "{" .. table.concat(p, ", ") .. "}"
@@ -124,7 +127,9 @@ function M.pretty(node, ind, out)
   elseif k == "gather" or k == "race" or k == "any" or k == "map" then
     out[#out + 1] = head .. " " .. fmt_opts(node.opts)
   elseif k == "timeout" then out[#out + 1] = head .. " " .. node.d
-  elseif k == "scope" then out[#out + 1] = head .. (node.cancel_at and (" cancel_at=" .. node.cancel_at) or "")
+  elseif k == "scope" then
+    out[#out + 1] = head .. (node.cancel_at and (" cancel_at=" .. node.cancel_at) or "") ..
+      (node.grace and (" grace=" .. node.grace) or "")
   elseif k == "spawn_await" then out[#out + 1] = head .. (node.pre and (" pre=" .. node.pre) or "")
   elseif k == "cancel_sibling" then out[#out + 1] = head .. " d=" .. node.d
   elseif k == "channel" then
@@ -418,6 +423,9 @@ function exec(node, ctx)
     for _, s in ipairs(node.steps) do
       if s[1] == "sleep" then braid.sleep(s[2])
       elseif s[1] == "yield" then braid.yield()
+      elseif s[1] == "stubborn" then   -- swallows a cancellation, cleans up shielded
+        local ok = pcall(braid.sleep, s[2])
+        if not ok then braid.shield(braid.sleep, s[2] * 2) end
       else error(uerr(node)) end
     end
     return "v" .. node.id
@@ -451,7 +459,7 @@ function exec(node, ctx)
     local r
     if k == "timeout" then r = table.pack(pcall(braid.timeout, node.d, body))
     elseif k == "shield" then r = table.pack(pcall(braid.shield, body))
-    else r = table.pack(pcall(braid.scope, body)) end
+    else r = table.pack(pcall(braid.scope, body, {grace = node.grace})) end
     local label = k .. " #" .. node.id
     check_scope_outcome(sid, r[1], r[2], label, function(e)
       if k == "timeout" and braid.is_timeout(e) then
