@@ -47,4 +47,33 @@ describe("fuzz regressions", function()
     end, {clock = "virtual"})
     assert.is_true(child_ran)
   end)
+
+  -- fuzz seed 280 (after the event/coroutine nodes were added): abandoning
+  -- a task reset the task's own thread only, so <close> variables of a
+  -- user coroutine (coroutine.wrap) the task was suspended through never ran.
+  it("runs <close> variables inside user coroutines of an abandoned task", h.virtual(function()
+    local closed = {}
+    local function closer(k)
+      return setmetatable({}, {__close = function() closed[k] = (closed[k] or 0) + 1 end})
+    end
+    braid.scope(function(s)
+      s:spawn(function()
+        local outer = coroutine.wrap(function()
+          local a <close> = closer("outer")
+          local inner = coroutine.wrap(function()
+            local b <close> = closer("inner")
+            pcall(braid.sleep, 100)                          -- cancelled at 1
+            braid.shield(function() braid.sleep(1000) end)   -- outlives the grace
+          end)
+          inner()
+        end)
+        local c <close> = closer("task")
+        outer()
+      end)
+      braid.sleep(1)
+      s:cancel()
+    end, {grace = 2})
+    assert.are.same({inner = 1, outer = 1, task = 1}, closed)
+    assert.are.equal(3, braid.now())
+  end))
 end)
