@@ -51,7 +51,7 @@ function gen(depth)
   if depth >= 5 or rand(10) <= 3 then return leaf() end
   nid = nid + 1
   local id = nid
-  local r = rand(13)
+  local r = rand(15)
   if r == 1 then
     local opts = {}
     if rand(3) == 1 then opts.settle = true end
@@ -93,6 +93,10 @@ function gen(depth)
             cerr = rand(6) == 1 and rand(0, 5) or nil}
   elseif r == 12 then
     return {kind = "semaphore", id = id, n = rand(1, 2), kids = kids(depth, 1, 4)}
+  elseif r == 13 then
+    return {kind = "event", id = id, d = dur(), kids = kids(depth, 1, 3)}
+  elseif r == 14 then
+    return {kind = "coroutine", id = id, kids = kids(depth, 1, 3)}
   else
     return {kind = "seq", id = id, kids = kids(depth, 1, 3)}
   end
@@ -136,6 +140,7 @@ function M.pretty(node, ind, out)
     out[#out + 1] = string.format("%s cap=%d n=%d psleep=%s csleep=%s perr=%s cerr=%s", head,
       node.cap, node.n, node.psleep, node.csleep, tostring(node.perr), tostring(node.cerr))
   elseif k == "semaphore" then out[#out + 1] = head .. " n=" .. node.n
+  elseif k == "event" then out[#out + 1] = head .. " set after " .. node.d
   else out[#out + 1] = head end
   if node.body then out[#out + 1] = ind .. "  body:"; M.pretty(node.body, ind .. "    ", out) end
   if node.kid then M.pretty(node.kid, ind .. "  ", out) end
@@ -548,6 +553,43 @@ function exec(node, ctx)
     if sem:count() ~= node.n then violation("semaphore #" .. node.id .. ": count " .. sem:count() .. " after all holders left, expected " .. node.n) end
     if r[1] then return #node.kids end
     error(r[2], 0)
+  elseif k == "event" then
+    -- waiters run their node once the event is set; the setter sets it on
+    -- every path (a <close>), so nothing can wait forever.
+    local ev = braid.event()
+    local fns = {function()
+      st.tasks[#st.tasks + 1] = braid.current()
+      local _ <close> = setmetatable({}, {__close = function() ev:set() end})
+      braid.sleep(node.d)
+    end}
+    for i, kid in ipairs(node.kids) do
+      local inner = task_body(kid, ctx, nil)
+      fns[i + 1] = function()
+        ev:wait()
+        if not ev:is_set() then violation("event #" .. node.id .. ": wait returned before set") end
+        return inner()
+      end
+    end
+    fns[#fns + 1] = {settle = true}
+    local r = table.pack(pcall(braid.gather, table.unpack(fns)))
+    if r[1] then
+      if not ev:is_set() then violation("event #" .. node.id .. ": not set after its setter ended") end
+      return #node.kids
+    end
+    error(r[2], 0)
+  elseif k == "coroutine" then
+    -- the nodes run inside a coroutine of the script's own: braid calls
+    -- there suspend the whole task, and the generator's yields still work.
+    local gen = coroutine.wrap(function()
+      for _, kid in ipairs(node.kids) do coroutine.yield((exec(kid, ctx))) end
+    end)
+    local n, last = 0, nil
+    for _ = 1, #node.kids do
+      last = gen()
+      n = n + 1
+    end
+    if n ~= #node.kids then violation("coroutine #" .. node.id .. ": generator yielded " .. n .. " times") end
+    return last
   end
   error("unknown node " .. k)
 end
