@@ -26,7 +26,7 @@ PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app
 
-.PHONY: all deps run test bench clean install
+.PHONY: all deps run test bench fuzz clean install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
@@ -101,6 +101,14 @@ run: all
 
 test: all
 	@BUILD=$(BUILD) $(SAN_ENV) RUN_ENV="$(RUN_ENV)" spec/run
+
+# The cancellation fuzzer over FUZZ_SEEDS seeds from FUZZ_FIRST; braid's own
+# reports of errors raised while cancelling go to $(BUILD)/fuzz.stderr.
+FUZZ_SEEDS ?= 2000
+FUZZ_FIRST ?= 1
+fuzz: all
+	$(SAN_ENV) LUA_CPATH='$(BUILD)/?.so;;' lua5.4 tools/fuzz.lua $(FUZZ_FIRST) $(FUZZ_SEEDS) 2>$(BUILD)/fuzz.stderr \
+	  || { tail -5 $(BUILD)/fuzz.stderr; exit 1; }
 
 bench: all
 	BUILD=$(BUILD) bench/run

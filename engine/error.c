@@ -95,6 +95,26 @@ int braid__is_cancel (lua_State *L, int idx) {
   return k != NULL && strcmp(k, "cancelled") == 0;
 }
 
+static int tolstring_k (lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes tostring(value at idx) and returns it, never raising: a
+** __tostring that fails, yields or returns a non-string gives a plain
+** description instead, so reporting an error cannot raise another. */
+const char *braid__error_tostring (lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, tolstring_k);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(%s value whose __tostring failed)",
+                    luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
+}
+
 /* Pushes the cancellation error a task sees when `cause` reached it. */
 void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   lua_createtable(L, 0, 4);
@@ -104,7 +124,7 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->reason_ref);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "reason");
-    lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
+    lua_pushfstring(L, "cancelled (%s)", braid__error_tostring(L, -1));
     lua_replace(L, -3);
     lua_pop(L, 1);
   } else if (cause->deadline_fired) {
@@ -116,26 +136,6 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   }
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, ERROR_MT);
-}
-
-static int tostring_p (lua_State *L) {
-  luaL_tolstring(L, 1, NULL);
-  return 1;
-}
-
-/* Pushes tostring(value at idx) and returns it, without ever raising: a
-** __tostring that fails (or returns a non-string) gets a description
-** instead, so reporting an error can never fail itself. */
-const char *braid__tostring (lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  lua_pushcfunction(L, tostring_p);
-  lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    lua_pushfstring(L, "(a %s value whose __tostring failed)",
-                    luaL_typename(L, idx));
-  }
-  return lua_tostring(L, -1);
 }
 
 static const char info_key = 'i';
@@ -233,7 +233,7 @@ int braid__error_msgh (lua_State *L) {
 /* Prints the error at idx with what is known of where it came from. */
 void braid__error_report (lua_State *L, int idx, const char *prefix) {
   idx = lua_absindex(L, idx);
-  fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
+  fprintf(stderr, "%s%s\n", prefix, braid__error_tostring(L, idx));
   lua_pop(L, 1);
   push_info_table(L);
   lua_pushvalue(L, idx);
@@ -285,7 +285,7 @@ void braid__error_suppress (lua_State *L, int first, int idx) {
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "also");
   }
-  braid__tostring(L, idx);
+  braid__error_tostring(L, idx);
   lua_rawseti(L, -2, luaL_len(L, -2) + 1);
   lua_pop(L, 3);
   if (braid__error_kind(L, first) == NULL) return;

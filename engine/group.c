@@ -14,6 +14,7 @@
 ** then their task objects, so that ended tasks stay readable until the
 ** group is closed.
 */
+#include <limits.h>
 #include <string.h>
 #include "internal.h"
 
@@ -276,17 +277,26 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  double timeout = -1;
+  double timeout = -1, grace = t->inner->grace;
+  /* Every option is checked before the group's scope is pushed: raising
+  ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
     braid__check_options(L, opts, fname, group_options);
+    grace = braid__opt_number(L, opts, "grace", grace, fname);
     lua_getfield(L, opts, "limit");
-    if (!lua_isnil(L, -1) &&
-        (!lua_isinteger(L, -1) || (limit = (int) lua_tointeger(L, -1)) < 1))
-      braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
-                         "expected)", fname);
+    if (!lua_isnil(L, -1)) {
+      lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+      if (li < 1)
+        braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
+                           "expected)", fname);
+      limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
+    }
     lua_pop(L, 1);
     lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) braid__check_ns(L, -1, fname);
+    if (!lua_isnil(L, -1) &&
+        (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      braid__error_usage(L, "bad option 'timeout' to '%s' (number of seconds "
+                         "expected, got %s)", fname, luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
@@ -314,7 +324,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    g->scope.grace = braid__opt_number(L, opts, "grace", g->scope.grace, fname);
+    g->scope.grace = grace;
     lua_getfield(L, opts, "timeout");
     if (!lua_isnil(L, -1)) timeout = 1;
     lua_pop(L, 1);

@@ -42,7 +42,8 @@ struct braid_timer {
   uint64_t seq;                       /* ties fire in arming order */
   unsigned idx;                       /* heap slot + 1; 0 when not armed */
   int late;                           /* deadlines fire after the others */
-  struct braid_timer *next_late;
+  int in_late;                        /* due, on E's list of late ones */
+  struct braid_timer *next_late, *prev_late;
   void (*cb)(struct braid_timer *tm);
 };
 
@@ -199,13 +200,13 @@ int braid__error_usage(lua_State *L, const char *fmt, ...);
 int braid__error_argerror(lua_State *L, int arg, const char *fname,
                           const char *extramsg);
 const char *braid__error_kind(lua_State *L, int idx);
-const char *braid__tostring(lua_State *L, int idx);
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
 void braid__error_suppress(lua_State *L, int first, int idx);
 void braid__error_report(lua_State *L, int idx, const char *prefix);
+const char *braid__error_tostring(lua_State *L, int idx);
 int braid__error_msgh(lua_State *L);
 void braid__error_forget(lua_State *L);
 
@@ -227,6 +228,7 @@ struct braid_engine {
   struct braid_timer **heap;
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;
+  struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
   unsigned next_id, live;
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;

@@ -321,7 +321,7 @@ void braid__check_options (lua_State *L, int idx, const char *fname,
     if (!ok) {
       lua_pop(L, 1);
       braid__error_usage(L, "bad argument #%d to '%s' (unknown option '%s')",
-                         idx, fname, braid__tostring(L, -1));
+                         idx, fname, braid__error_tostring(L, -1));
     }
     lua_pop(L, 1);
   }
@@ -338,7 +338,7 @@ double braid__opt_number (lua_State *L, int idx, const char *key, double def,
     if (v != v || v < 0)
       braid__error_usage(L, "bad option '%s' to '%s' (non-negative number "
                          "expected, got %s)", key, fname,
-                         braid__tostring(L, -1));
+                         braid__error_tostring(L, -1));
   }
   lua_pop(L, 1);
   return v;
@@ -351,13 +351,17 @@ static const char *const scope_options[] = {"grace", NULL};
 static int l_scope_run (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "scope");
   struct braid_scope *s, **h;
+  double grace;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   braid__check_options(L, 2, "scope", scope_options);
+  /* checked before the push: raising after it would leave t->inner
+  ** pointing into a collectable userdata */
+  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "scope");
   braid__task_checkyield(L, t, "scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
   s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s);                        /* 3 */
-  s->grace = braid__opt_number(L, 2, "grace", s->grace, "scope");
+  s->grace = grace;
   h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 4: handle */
   *h = s;
   s->handle = h;

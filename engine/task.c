@@ -24,7 +24,8 @@
 #define DRAIN_BUDGET 20000
 
 const char braid__marker = 'm';
-static const char suspended_key = 's';  /* user coroutines held by a task */
+/* user coroutines suspended in a braid call -> the thread resuming them */
+static const char suspended_key = 's';
 
 static const char *const status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
@@ -411,6 +412,48 @@ static void abandon_below (struct braid_task *t) {
   }
 }
 
+/* Closes the to-be-closed variables of the user coroutines that task t is
+** suspended through (a braid call made inside coroutine.wrap or resume),
+** innermost first: lua_resetthread of the task's own thread does not
+** reach into them. Runs in scheduler context, before t->co is reset. */
+static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
+  lua_State *S = E->S;
+  int tbl, n = 0;
+  lua_rawgetp(S, LUA_REGISTRYINDEX, &suspended_key);
+  tbl = lua_gettop(S);
+  lua_pushthread(t->co);
+  lua_xmove(t->co, S, 1);
+  for (;;) {   /* push the coroutine the thread on top is resuming */
+    int found = 0;
+    luaL_checkstack(S, 4, "coroutine chain");
+    lua_pushnil(S);
+    while (lua_next(S, tbl)) {
+      if (lua_rawequal(S, -1, -3)) {
+        lua_pop(S, 1);
+        found = 1;
+        break;
+      }
+      lua_pop(S, 1);
+    }
+    if (!found) break;
+    n++;
+  }
+  for (; n > 0; n--) {
+    lua_State *co = lua_tothread(S, tbl + 1 + n);
+    lua_pushthread(co);
+    lua_xmove(co, S, 1);
+    lua_pushnil(S);
+    lua_rawset(S, tbl);
+    if (lua_resetthread(co) != LUA_OK) {
+      lua_xmove(co, S, 1);
+      braid__error_report(S, -1, "braid: error in a <close> handler of an "
+                          "abandoned task: ");
+      lua_pop(S, 1);
+    }
+  }
+  lua_settop(S, tbl - 1);
+}
+
 /* Ends a task that did not finish within its grace period: its operation
 ** is undone, its to-be-closed variables run (lua_resetthread), and it ends
 ** cancelled. Runs in scheduler context. */
@@ -426,6 +469,7 @@ void braid__task_abandon (struct braid_task *t) {
   t->abandoned = 1;
   if (t->co) {
     E->current = t;
+    abandon_user_coroutines(E, t);
     if (lua_resetthread(t->co) != LUA_OK) {
       lua_xmove(t->co, S, 1);
       braid__error_report(S, -1, "braid: error in a <close> handler of an "
@@ -648,7 +692,7 @@ static void suspended_mark (lua_State *L, lua_State *co, int on) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
   lua_pushthread(co);
   lua_xmove(co, L, 1);
-  if (on) lua_pushboolean(L, 1);
+  if (on) lua_pushthread(L);   /* the resumer: abandoning walks the chain */
   else lua_pushnil(L);
   lua_rawset(L, -3);
   lua_pop(L, 1);

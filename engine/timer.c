@@ -73,25 +73,42 @@ static void timer_rearm (braid_engine_t *E) {
   E->armed_due = E->heap[0]->due;
 }
 
+/* The list of due deadlines waiting for the other due timers to fire. It
+** lives on the engine, not on timer_fire's stack, so that a timer stopped
+** while on it (its scope released by a callback that fired before it, e.g.
+** a grace period abandoning the task that owns the deadline) is unlinked
+** and never touched again. */
+static void late_unlink (braid_engine_t *E, struct braid_timer *tm) {
+  if (tm->prev_late) tm->prev_late->next_late = tm->next_late;
+  else E->late_head = tm->next_late;
+  if (tm->next_late) tm->next_late->prev_late = tm->prev_late;
+  else E->late_tail = tm->prev_late;
+  tm->next_late = tm->prev_late = NULL;
+  tm->in_late = 0;
+}
+
+static void late_append (braid_engine_t *E, struct braid_timer *tm) {
+  tm->next_late = NULL;
+  tm->prev_late = E->late_tail;
+  if (E->late_tail) E->late_tail->next_late = tm;
+  else E->late_head = tm;
+  E->late_tail = tm;
+  tm->in_late = 1;
+}
+
 /* Fires, in order, every entry due at `now`; deadlines (late entries) fire
 ** after the rest, so a result that arrives in the same turn as a deadline
 ** is delivered first and wins. */
 static void timer_fire (braid_engine_t *E, uint64_t now) {
-  struct braid_timer *late = NULL, **tail = &late;
   while (E->heap_n > 0 && E->heap[0]->due <= now) {
     struct braid_timer *tm = E->heap[0];
     braid__timer_stop(E, tm);
-    if (tm->late) {
-      tm->next_late = NULL;
-      *tail = tm;
-      tail = &tm->next_late;
-    } else {
-      tm->cb(tm);
-    }
+    if (tm->late) late_append(E, tm);
+    else tm->cb(tm);
   }
-  while (late) {
-    struct braid_timer *tm = late;
-    late = tm->next_late;
+  while (E->late_head) {
+    struct braid_timer *tm = E->late_head;
+    late_unlink(E, tm);
     tm->cb(tm);
   }
 }
@@ -113,7 +130,7 @@ int braid__timer_advance (braid_engine_t *E) {
 void braid__timer_start (braid_engine_t *E, struct braid_timer *tm,
                          uint64_t delay_ns, void (*cb)(struct braid_timer *)) {
   uint64_t now = braid__now(E);
-  if (tm->idx) braid__timer_stop(E, tm);
+  if (tm->idx || tm->in_late) braid__timer_stop(E, tm);
   if (E->heap_n == E->heap_cap) {
     unsigned cap = E->heap_cap ? E->heap_cap * 2 : 64;
     struct braid_timer **h = realloc(E->heap, cap * sizeof *h);
@@ -131,6 +148,7 @@ void braid__timer_start (braid_engine_t *E, struct braid_timer *tm,
 
 void braid__timer_stop (braid_engine_t *E, struct braid_timer *tm) {
   unsigned i;
+  if (tm->in_late) late_unlink(E, tm);   /* due, not fired yet: never will */
   if (tm->idx == 0) return;
   i = tm->idx - 1;
   tm->idx = 0;
