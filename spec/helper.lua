@@ -23,6 +23,28 @@ function helper.closer(counts, key)
   return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
 end
 
+-- helper.proc_state(pid) -> the state letter of /proc/<pid>/stat ("S",
+-- "Z", ...), nil once the process is reaped.
+function helper.proc_state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("%) (%a)")
+end
+
+-- helper.gone_within(pid, secs) -> true once pid is reaped (not a zombie),
+-- or false and its state after secs. Waits with braid.sleep: inside a task.
+function helper.gone_within(pid, secs)
+  local braid = require "braid"
+  local t0 = braid.now()
+  while helper.proc_state(pid) do
+    if braid.now() - t0 > secs then return false, helper.proc_state(pid) end
+    braid.sleep(0.01)
+  end
+  return true
+end
+
 -- helper.sh(cmd) -> stdout, stderr, exit code of a shell command.
 function helper.sh(cmd)
   local dir = os.tmpname()

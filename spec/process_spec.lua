@@ -1,24 +1,7 @@
 local braid = require "braid"
 local h = require "helper"
 
--- The state letter of /proc/<pid>/stat ("S", "Z", ...), nil once reaped.
-local function state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s:match("%) (%a)")
-end
-
--- Waits (bounded) until pid is gone: reaped, not a zombie. Inside a task.
-local function gone_within(pid, secs)
-  local t0 = braid.now()
-  while state(pid) do
-    if braid.now() - t0 > secs then return false end
-    braid.sleep(0.01)
-  end
-  return true
-end
+local state, gone_within = h.proc_state, h.gone_within
 
 -- A child that ignores SIGTERM and says "ready" once the trap is set.
 local STUBBORN = {"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"}
