@@ -173,47 +173,28 @@ uint64_t braid__check_ns (lua_State *L, int arg, const char *fname) {
   return (uint64_t) (s * 1e9);
 }
 
-/* braid.sleep is written on the public suspension API (braid.h), as an
-** embedder's function would be; only its timer is braid's own. */
-struct sleep_op {
-  struct braid_timer tm;       /* in braid_op_data: the op's own memory */
-  braid_op_t *op;
-  braid_engine_t *E;
-};
-
-struct sleep_args {
-  braid_engine_t *E;
-  uint64_t ns;
-};
-
+/* braid.sleep uses the task's own wait (its embedded timer): a sleep
+** allocates nothing. (Written on braid_suspend it cost a userdata per
+** sleep, ~260 bytes per sleeping task and an allocation: see the embedding
+** notes in docs/embedding.md.) */
 static void sleep_done (struct braid_timer *tm) {
-  braid_resume(((struct sleep_op *) tm)->op, 0);
+  struct braid_wait *w = container_of(tm, struct braid_wait, timer);
+  braid__task_wake(w->task, WAKE_OK);
 }
 
-static int sleep_start (braid_op_t *op, void *ud) {
-  struct sleep_args *a = (struct sleep_args *) ud;
-  struct sleep_op *s = (struct sleep_op *) braid_op_data(op);
-  s->op = op;
-  s->E = a->E;
-  braid__timer_start(a->E, &s->tm, a->ns, sleep_done);
-  return 0;
-}
-
-static void sleep_cancel (braid_op_t *op, void *ud) {
-  struct sleep_op *s = (struct sleep_op *) braid_op_data(op);
-  (void) ud;
-  braid__timer_stop(s->E, &s->tm);
+static void sleep_cancel (struct braid_wait *w) {
+  braid__timer_stop(w->task->E, &w->timer);
 }
 
 /* braid.sleep(seconds): suspends the task; raises on cancellation. */
 static int l_timer_sleep (lua_State *L) {
-  struct sleep_args a;
-  braid__task_current(L, "sleep");
-  a.ns = braid__check_ns(L, 1, "sleep");
-  a.E = braid__engine(L);
-  lua_settop(L, 0);
-  return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
-                       sleep_cancel, &a);
+  struct braid_task *t = braid__task_current(L, "sleep");
+  uint64_t ns = braid__check_ns(L, 1, "sleep");
+  braid__task_checkyield(L, t, "sleep");
+  braid__task_checkcancel(L, t);
+  braid__task_wait(t, &t->w, sleep_cancel, "sleep");
+  braid__timer_start(t->E, &t->w.timer, ns, sleep_done);
+  return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);
 }
 
 /* braid.now() -> seconds on the engine's monotonic (or virtual) clock. */
