@@ -86,6 +86,21 @@ local function interrupt(script, opts)
 end
 
 describe("braid (the runner)", function()
+  it("reaps a running child when Ctrl-C interrupts the script: no zombie left", function()
+    local p = h.script([[
+      local proc <close> = braid.process({"sleep", "30"})
+      print("pid=" .. proc.pid)
+      print("ready") io.stdout:flush()
+      proc:wait()
+    ]])
+    local r = interrupt(p)
+    rm(p)
+    assert.is_true(r.ready)
+    assert.are.equal(130, r.status, r.stderr)
+    local pid = assert(tonumber(r.stdout:match("pid=(%d+)")))
+    assert.is_nil(h.proc_state(pid), "the child is still there")
+  end)
+
   it("prints the live task tree on SIGQUIT and keeps running", function()
     local p = h.script([[
       local t = braid.spawn(function() braid.sleep(1.5) print("sleeper done") end)
