@@ -26,7 +26,7 @@ PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app
 
-.PHONY: all deps run test bench fuzz clean install
+.PHONY: all deps run test bench fuzz soak valgrind clean install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
@@ -109,6 +109,16 @@ FUZZ_FIRST ?= 1
 fuzz: all
 	$(SAN_ENV) LUA_CPATH='$(BUILD)/?.so;;' lua5.4 tools/fuzz.lua $(FUZZ_FIRST) $(FUZZ_SEEDS) 2>$(BUILD)/fuzz.stderr \
 	  || { tail -5 $(BUILD)/fuzz.stderr; exit 1; }
+
+# Soak: 10 rounds of 1M short-lived tasks through a channel and 100k
+# concurrent sleepers, memory flat across rounds (tools/soak.lua).
+soak: all
+	$(RUN_ENV) $(BUILD)/braid tools/soak.lua $(SOAK_ROUNDS)
+
+# valgrind memcheck over the examples, the embedding binaries, engine cases
+# and fuzzer seeds (tools/valgrind.sh); ends with one summary line.
+valgrind: all
+	BUILD=$(BUILD) tools/valgrind.sh
 
 bench: all
 	BUILD=$(BUILD) bench/run
