@@ -339,19 +339,6 @@ static int l_event_new (lua_State *L) {
   return 1;
 }
 
-/* Makes the metatable `name` with the methods m, and puts the methods
-** table in the module (at -2) under `field`, for the Lua side to extend. */
-static void new_class (lua_State *L, const char *name, const char *field,
-                       const luaL_Reg *m) {
-  luaL_newmetatable(L, name);
-  lua_newtable(L);
-  luaL_setfuncs(L, m, 0);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "__index");
-  lua_setfield(L, -3, field);
-  lua_pop(L, 1);
-}
-
 void braid__open_channel (lua_State *L) {
   static const luaL_Reg chan_methods[] = {
     {"send", l_chan_send},
@@ -379,8 +366,12 @@ void braid__open_channel (lua_State *L) {
     {"event", l_event_new},
     {NULL, NULL}
   };
-  new_class(L, CHAN_MT, "Channel", chan_methods);
-  new_class(L, SEM_MT, "Semaphore", sem_methods);
-  new_class(L, EVENT_MT, "Event", event_methods);
+  /* The methods tables go in the module too, for the Lua side to extend. */
+  braid__class(L, CHAN_MT, NULL, chan_methods, NULL);
+  lua_setfield(L, -2, "Channel");
+  braid__class(L, SEM_MT, NULL, sem_methods, NULL);
+  lua_setfield(L, -2, "Semaphore");
+  braid__class(L, EVENT_MT, NULL, event_methods, NULL);
+  lua_setfield(L, -2, "Event");
   luaL_setfuncs(L, funcs, 0);
 }

@@ -277,6 +277,8 @@ void braid__open_fs(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 int braid__signal_interrupt(braid_engine_t *E);
+void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
+                  const luaL_Reg *methods, lua_CFunction index);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,

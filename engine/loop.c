@@ -136,6 +136,23 @@ int braid__is_callable (lua_State *L, int idx) {
   return 1;
 }
 
+/* Makes the metatable `name` for a braid object: the metamethods `meta`
+** (or NULL), and `methods` found through __index, directly or, when
+** `index` is given, through that function with the methods table as its
+** upvalue (for objects that also have fields). Pushes the methods table.
+** [-0, +1, m] */
+void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
+                   const luaL_Reg *methods, lua_CFunction index) {
+  luaL_newmetatable(L, name);
+  if (meta) luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -1);
+  if (index) lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -3, "__index");
+  lua_remove(L, -2);
+}
+
 /* A Lua error escaped the scheduler (out of memory while ending a task):
 ** the engine cannot keep its promises any more, so it says so and stops. */
 void braid__engine_fatal (braid_engine_t *E) {

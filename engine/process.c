@@ -916,13 +916,7 @@ void braid__open_process (lua_State *L) {
     {"process", l_process_new},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, PROC_MT)) {
-    luaL_setfuncs(L, metamethods, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcclosure(L, l_process_index, 1);
-    lua_setfield(L, -2, "__index");
-  }
+  braid__class(L, PROC_MT, metamethods, methods, l_process_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

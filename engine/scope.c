@@ -442,11 +442,7 @@ void braid__open_scope (lua_State *L) {
     {"timeout", l_scope_timeout},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, SCOPE_MT)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-  }
+  braid__class(L, SCOPE_MT, NULL, methods, NULL);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -258,11 +258,7 @@ void braid__open_signal (lua_State *L) {
   };
   braid_engine_t *E = braid__engine(L);
   if (E->signal_waiters.next == NULL) braid__list_init(&E->signal_waiters);
-  if (luaL_newmetatable(L, SIGNAL_MT)) {
-    luaL_setfuncs(L, metamethods, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
+  braid__class(L, SIGNAL_MT, metamethods, methods, NULL);
   lua_pop(L, 1);
   lua_pushcfunction(L, l_signal_new);
   lua_setfield(L, -2, "signal");

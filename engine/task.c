@@ -891,13 +891,7 @@ void braid__open_task (lua_State *L) {
     {"yield", l_task_yield},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, TASK_MT)) {
-    luaL_setfuncs(L, metamethods, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcclosure(L, l_task_index, 1);
-    lua_setfield(L, -2, "__index");
-  }
+  braid__class(L, TASK_MT, metamethods, methods, l_task_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

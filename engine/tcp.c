@@ -928,16 +928,8 @@ void braid__open_tcp (lua_State *L) {
     {"listen", l_tcp_listen},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, STREAM_MT)) {
-    luaL_setfuncs(L, stream_meta, 0);
-    luaL_newlib(L, stream_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    luaL_setfuncs(L, server_meta, 0);
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "__index");
-  }
+  braid__class(L, STREAM_MT, stream_meta, stream_methods, NULL);
+  braid__class(L, SERVER_MT, server_meta, server_methods, NULL);
   lua_pop(L, 2);
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "tcp");
