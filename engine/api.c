@@ -9,9 +9,10 @@
 **   script's failure never cancels another's.
 ** - A task handed to the application is anchored in the registry table
 **   E->anchors_ref until braid_task_release or braid_close.
-** - An op is a userdata on the suspended task's own stack, so abandoning
-**   the task (lua_resetthread) frees it; the app holds the pointer only
-**   between start and its resume or cancel hook.
+** - An op is its task's wait record; its results wait on the suspended
+**   thread's stack, so abandoning the task (lua_resetthread) frees them;
+**   the app holds the pointer only between start and its resume or cancel
+**   hook (or, with a continuation, until k or on_cancel).
 ** - The memory limit applies while a task runs and while code is loaded;
 **   the scheduler's own bookkeeping is never refused, so the task that
 **   went over the limit fails and the engine carries on.
@@ -22,20 +23,7 @@
 #include "lualib.h"
 #include "internal.h"
 
-enum { OP_PENDING, OP_RESUMED, OP_FAILED, OP_CANCELLED };
-
-struct braid_op {
-  struct braid_wait w;          /* w.task is the suspended task */
-  braid_engine_t *E;
-  braid_cancel_fn on_cancel;
-  void *ud;
-  int state, nres, res_ref;     /* results (a table) or the error */
-  size_t size;
-  /* the caller's `size` bytes follow, aligned as malloc would */
-};
-
-#define OP_DATA(op) ((void *) ((char *) (op) + OP_HEAD))
-#define OP_HEAD ((sizeof(struct braid_op) + 15) & ~(size_t) 15)
+enum { OP_PENDING, OP_RESUMED, OP_FAILED, OP_NOMEM, OP_CANCELLED, OP_DONE };
 
 /* ---- limits ---- */
 
@@ -404,86 +392,105 @@ void braid_task_release (braid_engine_t *E, braid_task_t *task) {
 
 /* ---- suspending C functions ---- */
 
+/* An op is its task's wait record (struct braid_wait, which has room for
+** the op's fields and BRAID_OP_INLINE bytes of data), so suspending
+** allocates nothing unless the data is larger; then it is a userdata on
+** the suspending thread's stack. The results are moved onto that thread's
+** stack as soon as braid_resume is called, where the continuation finds
+** them; abandoning the task (lua_resetthread) drops them with the stack,
+** so an op holds no reference anywhere. */
+
 static void op_cancel (struct braid_wait *w) {
-  struct braid_op *op = (struct braid_op *) w;
-  op->state = OP_CANCELLED;
-  if (op->on_cancel) op->on_cancel(op, op->ud);
+  w->state = OP_CANCELLED;
+  if (w->on_cancel) w->on_cancel(WAIT_OP(w));
+}
+
+/* The task ends without running again (abandoned, or the engine closes):
+** an op that completed but whose continuation did not run is released by
+** its on_cancel. */
+void braid__op_release (struct braid_task *t) {
+  struct braid_wait *w = &t->w;
+  if (w->cancel == op_cancel && w->state == OP_RESUMED && w->k) op_cancel(w);
 }
 
 static int op_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_op *op = (struct braid_op *) ctx;
-  struct braid_task *t = op->w.task;
-  int i, n = op->nres, ref = op->res_ref;
+  struct braid_wait *w = (struct braid_wait *) ctx;
+  struct braid_task *t = w->task;
+  int state = w->state;
   (void) status;
-  if (op->state == OP_PENDING) {   /* resumed without completing */
-    if (t->wait == &op->w) t->wait = NULL;
-    op_cancel(&op->w);
-  }
-  op->res_ref = LUA_NOREF;         /* taken before anything can raise */
-  if (ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  if (state == OP_PENDING) {       /* resumed without completing */
+    if (t->wait == w) t->wait = NULL;
+    op_cancel(w);
   }
   braid__task_resumed(L, t);       /* the cancellation or a no-yield */
-  if (ref == LUA_NOREF) return 0;
-  if (op->state == OP_FAILED) return lua_error(L);
-  luaL_checkstack(L, n, "too many results");
-  for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-  return n;
+  switch (state) {
+    case OP_FAILED: return lua_error(L);
+    case OP_NOMEM: lua_pushliteral(L, "not enough memory"); return lua_error(L);
+    case OP_RESUMED:
+      w->state = OP_DONE;
+      return w->k ? w->k(L, WAIT_OP(w)) : w->nres;
+    default: return 0;
+  }
+}
+
+int braid_suspendk (lua_State *L, const char *what, size_t size,
+                    braid_start_fn start, braid_cancel_fn on_cancel,
+                    void *ud, braid_k_fn k) {
+  struct braid_task *t = braid__task_current(L, what);
+  struct braid_wait *w = &t->w;
+  int rc;
+  braid__task_checkyield(L, t, what);
+  braid__task_checkcancel(L, t);
+  w->data = size <= BRAID_OP_INLINE ? w->inl.bytes
+                                    : lua_newuserdatauv(L, size, 0);
+  memset(w->data, 0, size);
+  braid__task_wait(t, w, op_cancel, what);
+  w->L = L;
+  w->k = k;
+  w->on_cancel = on_cancel;
+  w->state = OP_PENDING;
+  w->nres = 0;
+  if (start && (rc = start(WAIT_OP(w), ud)) < 0 && w->state == OP_PENDING) {
+    if (t->wait == w) t->wait = NULL;
+    w->state = OP_CANCELLED;
+    return braid__error_raise(L, "io", uv_err_name(rc), "%s: %s", what,
+                              uv_strerror(rc));
+  }
+  return braid__task_yield(L, t, (lua_KContext) w, op_k);
 }
 
 int braid_suspend (lua_State *L, const char *what, size_t size,
                    braid_start_fn start, braid_cancel_fn on_cancel,
                    void *ud) {
-  struct braid_task *t = braid__task_current(L, what);
-  struct braid_op *op;
-  int rc;
-  braid__task_checkyield(L, t, what);
-  braid__task_checkcancel(L, t);
-  op = (struct braid_op *) lua_newuserdatauv(L, OP_HEAD + size, 0);
-  memset(op, 0, OP_HEAD + size);
-  op->E = t->E;
-  op->on_cancel = on_cancel;
-  op->ud = ud;
-  op->res_ref = LUA_NOREF;
-  op->size = size;
-  op->state = OP_PENDING;
-  braid__task_wait(t, &op->w, op_cancel, what);
-  if (start && (rc = start(op, ud)) < 0) {
-    if (t->wait == &op->w) t->wait = NULL;
-    op->state = OP_CANCELLED;
-    return braid__error_raise(L, "io", uv_err_name(rc), "%s: %s", what,
-                              uv_strerror(rc));
-  }
-  return braid__task_yield(L, t, (lua_KContext) op, op_k);
+  return braid_suspendk(L, what, size, start, on_cancel, ud, NULL);
 }
 
 void *braid_op_data (braid_op_t *op) {
-  return OP_DATA(op);
+  return OP_WAIT(op)->data;
 }
 
 lua_State *braid_op_state (braid_op_t *op) {
-  return op->E->S;
+  return OP_WAIT(op)->task->E->S;
 }
 
+/* Moves the n values onto the suspended thread (checkstack on a suspended
+** thread only grows it; when even that fails the call raises "not enough
+** memory" instead) and marks the task ready. */
 static int op_complete (braid_op_t *op, int state, int n) {
-  lua_State *S = op->E->S;
-  int i;
-  if (op->state != OP_PENDING) {
+  struct braid_wait *w = OP_WAIT(op);
+  lua_State *S = w->task->E->S;
+  if (w->state != OP_PENDING) {
     lua_pop(S, n);
     return UV_EALREADY;
   }
-  if (state == OP_RESUMED && n == 0) op->res_ref = LUA_NOREF;
-  else if (state == OP_FAILED) op->res_ref = luaL_ref(S, LUA_REGISTRYINDEX);
+  if (lua_checkstack(w->L, n)) lua_xmove(S, w->L, n);
   else {
-    lua_createtable(S, n, 0);
-    lua_insert(S, -(n + 1));
-    for (i = n; i >= 1; i--) lua_rawseti(S, -(i + 1), i);
-    op->res_ref = luaL_ref(S, LUA_REGISTRYINDEX);
+    lua_pop(S, n);
+    state = OP_NOMEM;
   }
-  op->state = state;
-  op->nres = n;
-  braid__task_wake(op->w.task, WAKE_OK);
+  w->state = state;
+  w->nres = n;
+  braid__task_wake(w->task, WAKE_OK);
   return 0;
 }
 

@@ -156,30 +156,52 @@ BRAID_API void braid_task_release(braid_engine_t *E, braid_task_t *task);
 /* ---- suspending C functions ---- */
 
 /* start(op, ud) begins the operation (arms a timer, sends a request) and
-** returns 0, or a negative libuv code to fail the call with an "io" error.
-** It may resume op at once. */
+** keeps in braid_op_data(op) what the callbacks, on_cancel and k will
+** need; ud (the call's arguments, often on the C stack) is handed to start
+** only. It returns 0, or, without having resumed op, a negative libuv
+** code that fails the call with an "io" error. It may resume op at once.
+** Handles need memory of their own: uv_close finishes after the op. */
 typedef int (*braid_start_fn)(braid_op_t *op, void *ud);
 
-/* Called instead of any resume when the task is cancelled, abandoned or
-** the engine closed: undo the operation so that nothing calls
-** braid_resume for op afterwards and nothing is left behind. */
-typedef void (*braid_cancel_fn)(braid_op_t *op, void *ud);
+/* Ends an op that will not run its continuation. Called when the task is
+** cancelled before the op completed, is abandoned, or the engine closes:
+** undo the operation so that nothing calls braid_resume for op afterwards
+** and nothing is left behind. For an op suspended with a continuation k
+** it is also called when the task is abandoned (or the engine closes)
+** after braid_resume but before k ran: release what k would have
+** consumed. Exactly one of k and on_cancel then ends every started op. */
+typedef void (*braid_cancel_fn)(braid_op_t *op);
+
+/* The continuation of an op, run in the task when it runs again after
+** braid_resume(op, n), with those n values on top of L's stack and
+** braid_op_data(op) still valid. Like a lua_CFunction it returns how many
+** values (from the top) the suspended call returns; it may raise, and as
+** its last act it may suspend again (return braid_suspendk(...)). */
+typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 
 /* Suspends the running task: a lua_CFunction ends with
 ** `return braid_suspend(L, "app.query", size, start, on_cancel, ud);`.
 ** It raises a usage error outside a task or where Lua cannot yield, and
 ** the cancellation when the task is already cancelled (start is then not
-** called). Otherwise it allocates op with `size` zeroed bytes of the
-** caller's (braid_op_data), calls start, and yields; the Lua caller later
-** gets the values given to braid_resume or the error given to
-** braid_resume_error. `what` (a static string) names the wait in deadlock
-** reports and braid.dump. ud is handed to start and on_cancel. */
+** called). Otherwise it gives op `size` zeroed bytes of the caller's
+** (braid_op_data), calls start, and yields; the Lua caller later gets the
+** values given to braid_resume or the error given to braid_resume_error.
+** `what` (a static string) names the wait in deadlock reports and
+** braid.dump. An op and up to 80 bytes of data live inside the task:
+** suspending allocates nothing. */
 BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
                             braid_start_fn start, braid_cancel_fn on_cancel,
                             void *ud);
 
+/* braid_suspend with a continuation k (NULL: return the resumed values),
+** as lua_yieldk is lua_yield with one. */
+BRAID_API int braid_suspendk(lua_State *L, const char *what, size_t size,
+                             braid_start_fn start, braid_cancel_fn on_cancel,
+                             void *ud, braid_k_fn k);
+
 /* The `size` bytes given to braid_suspend, owned by braid; valid from
-** start until braid_resume/braid_resume_error or on_cancel returns. */
+** start until braid_resume/braid_resume_error or on_cancel returns, and,
+** for an op with a continuation, until k or on_cancel returns. */
 BRAID_API void *braid_op_data(braid_op_t *op);
 
 /* The lua_State on which to push the results or the error for op, from a
@@ -187,14 +209,16 @@ BRAID_API void *braid_op_data(braid_op_t *op);
 BRAID_API lua_State *braid_op_state(braid_op_t *op);
 
 /* Pops `nresults` values from braid_op_state(op) and makes them the
-** suspended call's results; the task runs later, from the loop. Returns 0,
-** or UV_EALREADY when op was already resumed (the values are popped).
-** Callable from any callback on the engine's loop, once, and never after
-** on_cancel. */
+** suspended call's results (or k's arguments); the task runs later, from
+** the loop. Returns 0, or UV_EALREADY when op was already resumed (the
+** values are popped). Callable from any callback on the engine's loop,
+** once, and never after on_cancel: the op (a part of its task) serves
+** the task's next suspension afterwards. */
 BRAID_API int braid_resume(braid_op_t *op, int nresults);
 
 /* Pops one value from braid_op_state(op) and makes the suspended call
-** raise it, unchanged. Returns 0 or UV_EALREADY, as braid_resume. */
+** raise it, unchanged. Neither k nor on_cancel runs afterwards: release
+** the op's resources first. Returns 0 or UV_EALREADY, as braid_resume. */
 BRAID_API int braid_resume_error(braid_op_t *op);
 
 /* ---- limits ---- */

@@ -65,19 +65,39 @@ struct braid_watch {
   void (*done)(struct braid_watch *w, struct braid_task *t);
 };
 
+/* Bytes of a braid_suspend op's data kept inside the task itself: an op
+** this small allocates nothing (braid.sleep's timer fits). */
+#define BRAID_OP_INLINE 80
+
 struct braid_wait {
   struct braid_task *task;
   /* Undo the operation at the C level; NULL for waits that cancellation
   ** must not interrupt (a scope joining its children). */
   void (*cancel)(struct braid_wait *w);
   const char *what;                    /* for deadlock reports and dump */
-  struct braid_watch watch;            /* in the waited-on object's queue */
-  struct braid_timer timer;            /* braid.sleep */
-  struct braid_task *target;           /* task:await */
-  int slot, got;                       /* channel hand-offs, permits */
   uint64_t since;                      /* loop time (ms) the wait began */
+  union {
+    struct {                           /* the scheduler's own waits */
+      struct braid_watch watch;        /* in the waited-on object's queue */
+      struct braid_task *target;       /* task:await */
+      int slot, got;                   /* channel hand-offs, permits */
+    };
+    struct {                           /* braid_suspend (api.c) */
+      lua_State *L;                    /* the thread that suspended */
+      braid_k_fn k;
+      braid_cancel_fn on_cancel;
+      void *data;                      /* inline, or a userdata */
+      int state, nres;
+      union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
+        inl;                           /* aligned as a Lua userdata */
+    };
+  };
 };
 
+/* braid_op_t is the task's wait: ops live inside their task. */
+#define OP_WAIT(op) ((struct braid_wait *) (op))
+#define WAIT_OP(w) ((braid_op_t *) (w))
+void braid__op_release(struct braid_task *t);
 
 /* ---- scopes ---- */
 

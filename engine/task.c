@@ -465,6 +465,7 @@ void braid__task_abandon (struct braid_task *t) {
   abandon_below(t);
   if (TASK_DONE(t)) return;   /* it was only waiting for those members */
   if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
+  else braid__op_release(t);   /* completed, continuation not run */
   t->wait = NULL;
   t->abandoned = 1;
   if (t->co) {

@@ -173,28 +173,45 @@ uint64_t braid__check_ns (lua_State *L, int arg, const char *fname) {
   return (uint64_t) (s * 1e9);
 }
 
-/* braid.sleep uses the task's own wait (its embedded timer): a sleep
-** allocates nothing. (Written on braid_suspend it cost a userdata per
-** sleep, ~260 bytes per sleeping task and an allocation: see the embedding
-** notes in docs/embedding.md.) */
+/* braid.sleep is a suspending C function like an embedder's: its op
+** keeps a heap timer in the op's inline data, so a sleep allocates
+** nothing. */
+struct sleep_op {
+  struct braid_timer tm;
+  braid_op_t *op;
+  braid_engine_t *E;
+};
+
+struct sleep_args {
+  braid_engine_t *E;
+  uint64_t ns;
+};
+
 static void sleep_done (struct braid_timer *tm) {
-  struct braid_wait *w = container_of(tm, struct braid_wait, timer);
-  braid__task_wake(w->task, WAKE_OK);
+  braid_resume(container_of(tm, struct sleep_op, tm)->op, 0);
 }
 
-static void sleep_cancel (struct braid_wait *w) {
-  braid__timer_stop(w->task->E, &w->timer);
+static int sleep_start (braid_op_t *op, void *ud) {
+  struct sleep_args *a = (struct sleep_args *) ud;
+  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
+  so->op = op;
+  so->E = a->E;
+  braid__timer_start(a->E, &so->tm, a->ns, sleep_done);
+  return 0;
+}
+
+static void sleep_cancel (braid_op_t *op) {
+  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
+  braid__timer_stop(so->E, &so->tm);
 }
 
 /* braid.sleep(seconds): suspends the task; raises on cancellation. */
 static int l_timer_sleep (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "sleep");
-  uint64_t ns = braid__check_ns(L, 1, "sleep");
-  braid__task_checkyield(L, t, "sleep");
-  braid__task_checkcancel(L, t);
-  braid__task_wait(t, &t->w, sleep_cancel, "sleep");
-  braid__timer_start(t->E, &t->w.timer, ns, sleep_done);
-  return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);
+  struct sleep_args a;
+  a.E = braid__task_current(L, "sleep")->E;   /* that error first */
+  a.ns = braid__check_ns(L, 1, "sleep");
+  return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
+                       sleep_cancel, &a);
 }
 
 /* braid.now() -> seconds on the engine's monotonic (or virtual) clock. */

@@ -72,9 +72,8 @@ static int get_start (braid_op_t *op, void *ud) {
   return rc;
 }
 
-static void get_cancel (braid_op_t *op, void *ud) {
+static void get_cancel (braid_op_t *op) {
   struct get_req *r = *(struct get_req **) braid_op_data(op);
-  (void) ud;
   cancels++;
   uv_close((uv_handle_t *) &r->timer, get_closed_cb);
 }
@@ -88,6 +87,51 @@ static int l_app_get (lua_State *L) {
                        get_cancel, &a);
 }
 
+/* ---- app.hold(tag): resumed by the test itself, with a continuation ---- */
+
+struct hold { char tag[200]; };   /* larger than an op's inline data */
+static braid_op_t *held_op;
+static int held_k, held_released;
+
+static int hold_start (braid_op_t *op, void *ud) {
+  struct hold *h = (struct hold *) braid_op_data(op);
+  snprintf(h->tag, sizeof h->tag, "%s", (const char *) ud);
+  held_op = op;
+  return 0;
+}
+
+static void hold_release (braid_op_t *op) {
+  (void) op;
+  held_op = NULL;
+  held_released++;
+}
+
+/* The continuation: the resumed values are on top, the data still there. */
+static int hold_k (lua_State *L, braid_op_t *op) {
+  struct hold *h = (struct hold *) braid_op_data(op);
+  held_k++;
+  held_op = NULL;
+  lua_pushfstring(L, "%s:%s", h->tag, luaL_optstring(L, -1, "-"));
+  return 1;
+}
+
+static int l_app_hold (lua_State *L) {
+  const char *tag = luaL_checkstring(L, 1);
+  return braid_suspendk(L, "app.hold", sizeof(struct hold), hold_start,
+                        hold_release, (void *) tag, hold_k);
+}
+
+/* app.now(n) -> n: start resumes the op at once. */
+static int now_start (braid_op_t *op, void *ud) {
+  lua_pushinteger(braid_op_state(op), *(lua_Integer *) ud);
+  return braid_resume(op, 1);
+}
+
+static int l_app_now (lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  return braid_suspend(L, "app.now", 0, now_start, NULL, &n);
+}
+
 static int closed_marks;
 static int l_app_mark (lua_State *L) { (void) L; closed_marks++; return 0; }
 
@@ -99,6 +143,10 @@ static void register_app (braid_engine_t *E) {
   lua_setfield(L, -2, "get");
   lua_pushcfunction(L, l_app_mark);
   lua_setfield(L, -2, "mark");
+  lua_pushcfunction(L, l_app_hold);
+  lua_setfield(L, -2, "hold");
+  lua_pushcfunction(L, l_app_now);
+  lua_setfield(L, -2, "now");
   lua_setglobal(L, "app");
 }
 
@@ -227,6 +275,36 @@ static int t_cancel_from_c (void) {
   CHECK(result_is(E, n, 0, "cancel"));
   CHECK(braid_cancel(E, t) == UV_EALREADY);
   braid_close(E);
+  return 1;
+}
+
+static int t_continuation (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  braid_task_t *t;
+  int n;
+  register_app(E);
+  held_k = held_released = 0;
+  /* k gets the resumed value on top of the stack */
+  CHECK(braid_run_string(E, "return app.hold('a')", "=k", &t) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  CHECK(held_op != NULL && braid_task_status(t) == BRAID_SUSPENDED);
+  lua_pushliteral(braid_op_state(held_op), "x");
+  CHECK(braid_resume(held_op, 1) == 0);
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(result_is(E, braid_task_result(E, t), 1, "a:x"));
+  CHECK(held_k == 1 && held_released == 0);
+  braid_task_release(E, t);
+  /* resumed at once from start, also inside the script's coroutine */
+  n = run_to_end(E, "local f = coroutine.wrap(function() return app.now(5) end)"
+                 " return app.now(36) + f() + 1");
+  CHECK(result_is(E, n, 1, "42"));
+  /* resumed, then the engine closes before k ran: on_cancel releases */
+  CHECK(braid_run_string(E, "app.hold('b')", "=k2", NULL) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  CHECK(held_op != NULL);
+  CHECK(braid_resume(held_op, 0) == 0);
+  braid_close(E);
+  CHECK(held_k == 1 && held_released == 1);
   return 1;
 }
 
@@ -522,6 +600,8 @@ int main (void) {
   run_test("braid_cancel runs the cancel hook and <close> variables",
            t_cancel_from_c);
   run_test("a deadline cancels a suspended C call", t_timeout_over_c);
+  run_test("continuations, large op data, resuming from start, release",
+           t_continuation);
   run_test("braid_close with tasks suspended leaves no handle", 
            t_close_suspended);
   run_test("the memory limit fails the hog, not the engine", t_memory_limit);

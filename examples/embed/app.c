@@ -63,9 +63,8 @@ static int query_start (braid_op_t *op, void *ud) {
 }
 
 /* The task was cancelled (here: by the deadline): drop the request. */
-static void query_cancel (braid_op_t *op, void *ud) {
+static void query_cancel (braid_op_t *op) {
   struct query *q = *(struct query **) braid_op_data(op);
-  (void) ud;
   printf("app: query '%s' cancelled\n", q->key);
   uv_close((uv_handle_t *) &q->timer, query_closed_cb);
 }
