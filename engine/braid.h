@@ -187,7 +187,7 @@ typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 ** (braid_op_data), calls start, and yields; the Lua caller later gets the
 ** values given to braid_resume or the error given to braid_resume_error.
 ** `what` (a static string) names the wait in deadlock reports and
-** braid.dump. An op and up to 80 bytes of data live inside the task:
+** braid.dump. An op and up to 64 bytes of data live inside the task:
 ** suspending allocates nothing. */
 BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
                             braid_start_fn start, braid_cancel_fn on_cancel,

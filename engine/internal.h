@@ -41,8 +41,8 @@ struct braid_timer {
   uint64_t due;                       /* engine clock, nanoseconds */
   uint64_t seq;                       /* ties fire in arming order */
   unsigned idx;                       /* heap slot + 1; 0 when not armed */
-  int late;                           /* deadlines fire after the others */
-  int in_late;                        /* due, on E's list of late ones */
+  unsigned char late;                 /* deadlines fire after the others */
+  unsigned char in_late;              /* due, on E's list of late ones */
   struct braid_timer *next_late, *prev_late;
   void (*cb)(struct braid_timer *tm);
 };
@@ -67,7 +67,7 @@ struct braid_watch {
 
 /* Bytes of a braid_suspend op's data kept inside the task itself: an op
 ** this small allocates nothing (braid.sleep's timer fits). */
-#define BRAID_OP_INLINE 80
+#define BRAID_OP_INLINE 64
 
 struct braid_wait {
   struct braid_task *task;
