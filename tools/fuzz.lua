@@ -17,6 +17,16 @@ local braid = require "braid"
 
 local M = {}
 
+-- A fresh name to prefix the fs steps' files with (the empty file that
+-- os.tmpname makes is removed: only the unique name is used).
+M.tmp = os.tmpname()
+os.remove(M.tmp)
+do
+  local f = io.open("/proc/self/stat")   -- our pid, for counting our fds
+  M.pid = f and f:read("n")
+  if f then f:close() end
+end
+
 ---------------------------------------------------------------------------
 -- generator
 ---------------------------------------------------------------------------
@@ -102,11 +112,33 @@ function gen(depth)
   end
 end
 
+-- Real I/O steps (a process, a TCP round trip, a file) replace some sleeps,
+-- drawn from a second random stream so that the trees of earlier seeds
+-- (tools/fuzz_findings.md) keep their shape. FUZZ_IO=0 turns them off.
+local IO_KINDS = {"exec", "proc", "tcp", "fs"}
+
+local function add_io(node)
+  if node.kind == "leaf" then
+    for i, s in ipairs(node.steps) do
+      if s[1] == "sleep" and rand(6) == 1 then node.steps[i] = {"io", pick(IO_KINDS)} end
+    end
+  end
+  if node.body then add_io(node.body) end
+  if node.kid then add_io(node.kid) end
+  for _, c in ipairs(node.kids or {}) do add_io(c) end
+end
+
 function M.generate(seed)
   math.randomseed(seed)
   nid = 0
-  return gen(0)
+  local tree = gen(0)
+  if os.getenv("FUZZ_IO") ~= "0" then
+    math.randomseed(seed, 1)
+    add_io(tree)
+  end
+  return tree
 end
+
 
 ---------------------------------------------------------------------------
 -- pretty printer
@@ -166,6 +198,38 @@ local function show(e)
   if type(e) == "table" and e.uerr then return "uerr#" .. e.uerr end
   local ok, s = pcall(tostring, e)
   return ok and s or "?"
+end
+
+-- One real I/O operation; a cancellation may hit it anywhere (the scope
+-- then kills the process, closes the stream). Its results are checked.
+local function io_step(kind, node)
+  local want = "v" .. node.id
+  local got
+  if kind == "exec" then
+    got = braid.exec({"echo", want}).stdout:gsub("\n$", "")
+  elseif kind == "proc" then
+    local p <close> = braid.process({"cat"})
+    p:write(want .. "\n")
+    got = p:read_line()
+    p:close_stdin()
+    if p:wait() ~= 0 then violation("cat #" .. node.id .. " exited non-zero") end
+  elseif kind == "tcp" then
+    -- A server of its own: an open server keeps the virtual clock still.
+    local server = braid.tcp.listen(nil, 0, function(conn)
+      for line in conn:lines() do conn:write(line .. "\n") end
+    end)
+    local c = braid.tcp.connect("127.0.0.1", server:port())
+    c:write(want .. "\n")
+    got = c:read_line()
+    c:close()
+    server:close()
+  else
+    local path = st.tmp .. "-" .. node.id
+    st.files[#st.files + 1] = path
+    braid.fs.write_file(path, want)
+    got = braid.fs.read_file(path)
+  end
+  if got ~= want then violation(kind .. " #" .. node.id .. " got " .. tostring(got)) end
 end
 
 local function closer(tag)
@@ -428,6 +492,7 @@ function exec(node, ctx)
     for _, s in ipairs(node.steps) do
       if s[1] == "sleep" then braid.sleep(s[2])
       elseif s[1] == "yield" then braid.yield()
+      elseif s[1] == "io" then io_step(s[2], node)
       elseif s[1] == "stubborn" then   -- swallows a cancellation, cleans up shielded
         local ok = pcall(braid.sleep, s[2])
         if not ok then braid.shield(braid.sleep, s[2] * 2) end
@@ -607,7 +672,8 @@ end
 function M.run_seed(seed)
   local tree = M.generate(seed)
   st = {violations = {}, closers = {}, sids = {}, nsid = 0, tasks = {},
-        task_outcome = setmetatable({}, {__mode = "k"}), raised = {}}
+        task_outcome = setmetatable({}, {__mode = "k"}), raised = {},
+        tmp = M.tmp, files = {}}
   local root_sid = new_sid("root")
   local ok, e = pcall(braid.run, function()
     st.tasks[#st.tasks + 1] = braid.current()
@@ -642,6 +708,7 @@ function M.run_seed(seed)
   end
   local live = braid.tasks()
   if #live ~= 0 then violation(#live .. " tasks alive after braid.run") end
+  for _, f in ipairs(st.files) do os.remove(f) end
   local v = st.violations
   st = nil
   if #v == 0 then return true end
@@ -655,8 +722,17 @@ end
 
 -- Runs count seeds from first; returns nil or the failing seed and report.
 -- Also checks that the registry size and the heap return to their baseline.
+-- Open file descriptors of this process (Linux), or nil.
+local function fd_count()
+  if not M.pid then return nil end
+  local p = io.popen("ls /proc/" .. M.pid .. "/fd 2>/dev/null | wc -l")
+  local n = p and tonumber(p:read("a"))
+  if p then p:close() end
+  return n
+end
+
 function M.run_many(first, count, progress)
-  local base_reg, base_mem
+  local base_reg, base_mem, base_fds
   local trace = os.getenv("FUZZ_TRACE")
   for seed = first, first + count - 1 do
     if trace then io.stderr:write("seed ", seed, "\n") end
@@ -664,8 +740,12 @@ function M.run_many(first, count, progress)
     if not ok then return seed, rep end
     collectgarbage("collect"); collectgarbage("collect")
     local reg, mem = registry_size(), collectgarbage("count")
-    if not base_reg then base_reg, base_mem = reg, mem
+    local fds = fd_count()
+    if not base_reg then base_reg, base_mem, base_fds = reg, mem, fds
     else
+      if fds and base_fds and fds > base_fds then
+        return seed, string.format("  open descriptors grew from %d to %d", base_fds, fds)
+      end
       if reg > base_reg + 2 then
         return seed, string.format("  registry grew from %d to %d entries", base_reg, reg)
       end
