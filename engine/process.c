@@ -21,8 +21,15 @@
 ** - The kill timer is a uv_timer_t of the proc's own, not an engine timer:
 **   it must fire on the real clock, and even after the engine's own timer is
 **   closed at shutdown.
+** - Every wait is a braid_suspend op (braid.h), as an embedder's would be.
+**   The object waited on holds the op it will resume (p->op: exec's task
+**   or a process's one reader; the exit waiters' list; a write's request)
+**   and forgets it when resuming it and in the op's cancel hook, which
+**   also runs after a resume whose continuation never ran (abandonment),
+**   so a hook only touches what is still its own.
 ** - libuv callbacks never run Lua: they store outcomes, close handles and
-**   mark tasks ready.
+**   resume ops with at most an integer; continuations, in the task, build
+**   the results and raise the errors.
 */
 #include <signal.h>
 #include <stdio.h>
@@ -53,12 +60,12 @@ struct braid_proc {
   unsigned char live[P_NHANDLES];
   int open;
   unsigned char owned, exec, exited, stopping, timed_out;
-  unsigned char reading, waiting, attached, read_mode;
+  unsigned char reading, attached, read_mode;
   int pid, signal;
   int64_t code;
   uint64_t kill_grace_ms;
-  struct braid_wait wait;      /* exec's task, or a process's one reader */
-  struct braid_list waiters;   /* tasks in proc:wait(), by t->w.watch */
+  braid_op_t *op;              /* exec's task, or a process's one reader */
+  struct braid_list waiters;   /* struct exit_wait: proc:wait(), close */
   struct braid_resource res;   /* braid.process: in the starting scope */
   uv_write_t stdin_req;        /* exec's opts.stdin */
   int stdin_ref;
@@ -68,11 +75,22 @@ struct braid_proc {
 ** and its callback frees it. */
 struct proc_write {
   uv_write_t req;
-  struct braid_wait wait;
+  braid_op_t *op;              /* NULL once cancelled */
   braid_engine_t *E;
   int ref;                     /* the string libuv writes from */
-  int status;
-  unsigned char detached;
+};
+
+/* The data of an op waiting for the exit (proc:wait, proc:close). */
+struct exit_wait {
+  struct braid_list link;      /* in p->waiters */
+  braid_op_t *op;
+  struct braid_proc *p;
+};
+
+/* The data of a reader's op. */
+struct read_op {
+  struct braid_proc *p;
+  int mode;
 };
 
 static const struct { const char *name; int num; } signals[] = {
@@ -146,21 +164,25 @@ static int proc_read_ready (struct braid_proc *p, int mode) {
   return 0;
 }
 
-/* Moves p on after anything happened: wakes exec's task once the child
-** has exited and both outputs ended, wakes a reader that has its data,
+/* Resumes the op p holds (exec's or a reader's), if any; its continuation
+** finds what it needs in p. */
+static void proc_resume (struct braid_proc *p) {
+  braid_op_t *op = p->op;
+  if (op == NULL) return;
+  p->op = NULL;
+  braid_resume(op, 0);
+}
+
+/* Moves p on after anything happened: resumes exec's task once the child
+** has exited and both outputs ended, resumes a reader that has its data,
 ** applies back-pressure, and closes the timer when nothing is left. */
 static void proc_update (struct braid_proc *p) {
   int pipes = p->live[P_STDIN] || p->live[P_STDOUT] || p->live[P_STDERR];
-  if (p->waiting) {
-    int ready = p->exec ? p->exited && !p->live[P_STDOUT] &&
+  if (p->op && (p->exec ? p->exited && !p->live[P_STDOUT] &&
                           !p->live[P_STDERR]
-                        : proc_read_ready(p, p->read_mode);
-    if (ready) {
-      p->waiting = 0;
-      braid__task_wake(p->wait.task, WAKE_OK);
-    }
-  }
-  if (!p->exec && p->reading && !p->waiting &&
+                        : proc_read_ready(p, p->read_mode)))
+    proc_resume(p);
+  if (!p->exec && p->reading && p->op == NULL &&
       braid__list_empty(&p->waiters) &&
       p->out[P_STDOUT].len - p->out[P_STDOUT].start >= HIGH_WATER) {
     uv_read_stop((uv_stream_t *) &p->pipe[P_STDOUT]);
@@ -214,10 +236,10 @@ static void proc_exit_cb (uv_process_t *h, int64_t status, int sig) {
   proc_close_handle(p, P_PROC);
   proc_close_handle(p, P_STDIN);   /* nobody reads it any more */
   while (!braid__list_empty(&p->waiters)) {
-    struct braid_wait *w = container_of(p->waiters.next, struct braid_wait,
-                                        watch.link);
-    braid__list_remove(&w->watch.link);
-    braid__task_wake(w->task, WAKE_OK);
+    struct exit_wait *ew = container_of(p->waiters.next, struct exit_wait,
+                                        link);
+    braid__list_remove(&ew->link);
+    braid_resume(ew->op, 0);
   }
   proc_update(p);
 }
@@ -286,21 +308,11 @@ static void exec_stdin_cb (uv_write_t *req, int status) {
 static void exec_timeout_cb (uv_timer_t *h) {
   struct braid_proc *p = (struct braid_proc *) h->data;
   p->timed_out = 1;
-  if (p->waiting) {
-    p->waiting = 0;
-    braid__task_wake(p->wait.task, WAKE_OK);
-  }
+  proc_resume(p);
   proc_stop(p);
 }
 
 /* ---- starting a child ---- */
-
-/* The first thing in every continuation here: raises the cancellation (or
-** the usage error of a call that could not suspend, whose wait the
-** scheduler has already undone). */
-static void proc_resumed (lua_State *L) {
-  braid__task_resumed(L, braid__engine(L)->current);
-}
 
 static const char *signal_name (int sig, char *buf, size_t n) {
   int i;
@@ -443,9 +455,25 @@ static void proc_push_status (lua_State *L, struct braid_proc *p) {
 
 /* ---- braid.exec ---- */
 
-static void exec_cancel (struct braid_wait *w) {
-  struct braid_proc *p = container_of(w, struct braid_proc, wait);
-  p->waiting = 0;
+/* exec's op holds its proc, until exec_k or exec_cancel releases it. */
+static struct braid_proc *exec_proc (braid_op_t *op) {
+  return *(struct braid_proc **) braid_op_data(op);
+}
+
+/* The child is already running (proc_spawn needs the Lua stack, and its
+** failures raise kind "spawn"): start only hands the op to the proc. */
+static int exec_start (braid_op_t *op, void *ud) {
+  struct braid_proc *p = (struct braid_proc *) ud;
+  *(struct braid_proc **) braid_op_data(op) = p;
+  p->op = op;
+  return 0;
+}
+
+/* Cancelled (or abandoned after the child ended): stop it in the
+** background; the proc frees itself once reaped. */
+static void exec_cancel (braid_op_t *op) {
+  struct braid_proc *p = exec_proc(op);
+  p->op = NULL;
   proc_stop(p);
   proc_release(p);
 }
@@ -455,12 +483,10 @@ static void buf_push (lua_State *L, struct proc_buf *b) {
 }
 
 /* Stack: argv (1), opts (2), anchor (3). */
-static int exec_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_proc *p = (struct braid_proc *) ctx;
+static int exec_k (lua_State *L, braid_op_t *op) {
+  struct braid_proc *p = exec_proc(op);
   const char *name;
   int failed;
-  (void) status;
-  proc_resumed(L);   /* on cancellation p is no longer ours */
   lua_rawgeti(L, 3, 1);
   name = lua_tostring(L, -1);  /* anchored at 3 */
   lua_pop(L, 1);
@@ -549,7 +575,7 @@ static int l_process_exec (lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  braid__task_checkyield(L, t, "exec");
+  braid__task_checkyield(L, t, "exec");   /* before the child starts */
   braid__task_checkcancel(L, t);
   p = proc_spawn(L, "exec", stdio, grace);                  /* 3: anchor */
   p->exec = 1;
@@ -569,9 +595,8 @@ static int l_process_exec (lua_State *L) {
   uv_update_time(p->E->loop);    /* the loop's cached time may be stale */
   if (timeout >= 0)
     uv_timer_start(&p->timer, exec_timeout_cb, proc_ms(timeout), 0);
-  p->waiting = 1;
-  braid__task_wait(t, &p->wait, exec_cancel, "exec");
-  return braid__task_yield(L, t, (lua_KContext) p, exec_k);
+  return braid_suspendk(L, "exec", sizeof p, exec_start, exec_cancel, p,
+                        exec_k);
 }
 
 /* ---- braid.process ---- */
@@ -587,9 +612,20 @@ static struct braid_proc *proc_check (lua_State *L) {
   return box->p;
 }
 
-static void read_cancel (struct braid_wait *w) {
-  struct braid_proc *p = container_of(w, struct braid_proc, wait);
-  p->waiting = 0;
+static int read_start (braid_op_t *op, void *ud) {
+  struct read_op *r = (struct read_op *) braid_op_data(op);
+  *r = *(struct read_op *) ud;
+  r->p->op = op;
+  r->p->read_mode = (unsigned char) r->mode;
+  proc_read_start(r->p, P_STDOUT);
+  return 0;
+}
+
+/* After a resume whose continuation never ran, another reader may hold
+** p->op already. */
+static void read_cancel (braid_op_t *op) {
+  struct braid_proc *p = ((struct read_op *) braid_op_data(op))->p;
+  if (p->op == op) p->op = NULL;
   proc_update(p);
 }
 
@@ -613,29 +649,27 @@ static int proc_read_push (lua_State *L, struct braid_proc *p, int mode) {
   return 1;
 }
 
-static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_proc *p = proc_check(L);
-  (void) status;
-  proc_resumed(L);
-  return proc_read_push(L, p, (int) ctx);
+static int read_k (lua_State *L, braid_op_t *op) {
+  struct read_op *r = (struct read_op *) braid_op_data(op);
+  return proc_read_push(L, r->p, r->mode);
 }
 
 static int proc_read (lua_State *L, int mode, const char *fname) {
-  struct braid_proc *p = proc_check(L);
-  struct braid_task *t = braid__task_current(L, fname);
+  struct read_op r;
+  struct braid_task *t;
+  r.p = proc_check(L);
+  r.mode = mode;
+  t = braid__task_current(L, fname);
   lua_settop(L, 1);
   braid__task_checkcancel(L, t);
-  if (p->waiting)
+  if (r.p->op)
     braid__error_usage(L, "process:%s: another task is reading this "
                        "process's output", fname + 8);
-  if (proc_read_ready(p, mode)) return proc_read_push(L, p, mode);
-  braid__task_checkyield(L, t, fname);
-  p->waiting = 1;
-  p->read_mode = (unsigned char) mode;
-  braid__task_wait(t, &p->wait, read_cancel,
-                   mode == READ_LINE ? "process read_line" : "process read");
-  proc_read_start(p, P_STDOUT);
-  return braid__task_yield(L, t, (lua_KContext) mode, read_k);
+  if (proc_read_ready(r.p, mode)) return proc_read_push(L, r.p, mode);
+  braid__task_checkyield(L, t, fname);   /* its message names fname */
+  return braid_suspendk(L, mode == READ_LINE ? "process read_line"
+                                             : "process read",
+                        sizeof r, read_start, read_cancel, &r, read_k);
 }
 
 /* proc:read_line() -> the next line of stdout without its newline, or nil
@@ -664,28 +698,35 @@ static int l_process_lines (lua_State *L) {
   return 1;
 }
 
+/* The write's op data points at it until the write callback frees it. */
 static void write_cb (uv_write_t *req, int status) {
   struct proc_write *wr = container_of(req, struct proc_write, req);
+  braid_op_t *op = wr->op;
   luaL_unref(wr->E->S, LUA_REGISTRYINDEX, wr->ref);
-  if (wr->detached) {
-    free(wr);
-    return;
-  }
-  wr->status = status;
-  braid__task_wake(wr->wait.task, WAKE_OK);
-}
-
-static void write_cancel (struct braid_wait *w) {
-  container_of(w, struct proc_write, wait)->detached = 1;
-}
-
-static int write_k (lua_State *L, int status, lua_KContext ctx) {
-  struct proc_write *wr = (struct proc_write *) ctx;
-  int rc;
-  (void) status;
-  proc_resumed(L);  /* on cancellation the callback frees wr */
-  rc = wr->status;
   free(wr);
+  if (op == NULL) return;        /* cancelled: nobody waits */
+  *(struct proc_write **) braid_op_data(op) = NULL;
+  lua_pushinteger(braid_op_state(op), status);
+  braid_resume(op, 1);
+}
+
+/* The uv_write_t stays libuv's until the callback: detach it. */
+static void write_cancel (braid_op_t *op) {
+  struct proc_write *wr = *(struct proc_write **) braid_op_data(op);
+  if (wr) wr->op = NULL;
+}
+
+static int write_start (braid_op_t *op, void *ud) {
+  struct proc_write *wr = (struct proc_write *) ud;
+  *(struct proc_write **) braid_op_data(op) = wr;
+  wr->op = op;
+  return 0;
+}
+
+/* Stack: proc (1), s (2), the write's status (3). */
+static int write_k (lua_State *L, braid_op_t *op) {
+  int rc = (int) lua_tointeger(L, -1);
+  (void) op;
   if (rc == UV_ECANCELED)
     return braid__error_raise(L, "closed", NULL, "process:write: stdin was "
                               "closed during the write");
@@ -734,8 +775,10 @@ static int l_process_write (lua_State *L) {
     braid__error_raise(L, "io", uv_err_name(rc), "process:write: %s",
                        uv_strerror(rc));
   }
-  braid__task_wait(t, &wr->wait, write_cancel, "process write");
-  return braid__task_yield(L, t, (lua_KContext) wr, write_k);
+  /* Started here rather than in write_start, to keep the messages above;
+  ** the checks are done, so braid_suspendk cannot raise before start. */
+  return braid_suspendk(L, "process write", sizeof wr, write_start,
+                        write_cancel, wr, write_k);
 }
 
 /* proc:close_stdin(): the child sees the end of its input. */
@@ -746,15 +789,23 @@ static int l_process_close_stdin (lua_State *L) {
   return 0;
 }
 
-static void exit_wait_cancel (struct braid_wait *w) {
-  braid__list_remove(&w->watch.link);
+/* Joins p's exit waiters; a proc:wait() also keeps stdout read. */
+static int exit_wait_start (braid_op_t *op, void *ud) {
+  struct exit_wait *ew = (struct exit_wait *) braid_op_data(op);
+  ew->op = op;
+  ew->p = (struct braid_proc *) ud;
+  braid__list_push(&ew->p->waiters, &ew->link);
+  proc_read_start(ew->p, P_STDOUT);
+  return 0;
 }
 
-static int wait_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_proc *p = proc_check(L);
-  (void) status; (void) ctx;
-  proc_resumed(L);
-  proc_push_status(L, p);
+/* Removing twice is harmless (a removed node points at itself). */
+static void exit_wait_cancel (braid_op_t *op) {
+  braid__list_remove(&((struct exit_wait *) braid_op_data(op))->link);
+}
+
+static int wait_k (lua_State *L, braid_op_t *op) {
+  proc_push_status(L, ((struct exit_wait *) braid_op_data(op))->p);
   return 2;
 }
 
@@ -770,11 +821,9 @@ static int l_process_wait (lua_State *L) {
     proc_push_status(L, p);
     return 2;
   }
-  braid__task_checkyield(L, t, "process:wait");
-  braid__task_wait(t, &t->w, exit_wait_cancel, "process wait");
-  braid__list_push(&p->waiters, &t->w.watch.link);
-  proc_read_start(p, P_STDOUT);
-  return braid__task_yield(L, t, 0, wait_k);
+  braid__task_checkyield(L, t, "process:wait");   /* its message */
+  return braid_suspendk(L, "process wait", sizeof(struct exit_wait),
+                        exit_wait_start, exit_wait_cancel, p, wait_k);
 }
 
 static int signal_check (lua_State *L, int arg) {
@@ -806,10 +855,19 @@ static int l_process_kill (lua_State *L) {
   return 1;
 }
 
+/* close's wait for the reaping: [p] -> nothing. A cancelled op raises the
+** cancellation in its task, so l_process_close runs this under lua_pcallk
+** to have a cancellation only end the wait. */
+static int l_process_close_wait (lua_State *L) {
+  return braid_suspend(L, "process stop", sizeof(struct exit_wait),
+                       exit_wait_start, exit_wait_cancel,
+                       lua_touserdata(L, 1));
+}
+
+/* The wait is a courtesy (the child is reaped anyway), so whatever ended
+** it, a cancellation above all, only cuts it short: close never raises. */
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
-  (void) status; (void) ctx;
-  braid__engine(L)->current->wake = WAKE_NONE;   /* a cancel only cuts the
-                                                 ** wait short: no raise */
+  (void) L; (void) status; (void) ctx;
   return 0;
 }
 
@@ -825,9 +883,9 @@ static int l_process_close (lua_State *L) {
   if (p->exited || t == NULL || t->abandoned || t->inner->cancelled ||
       !lua_isyieldable(L))
     return 0;
-  braid__task_wait(t, &t->w, exit_wait_cancel, "process stop");
-  braid__list_push(&p->waiters, &t->w.watch.link);
-  return braid__task_yield(L, t, 0, close_k);
+  lua_pushcfunction(L, l_process_close_wait);
+  lua_pushlightuserdata(L, p);
+  return close_k(L, lua_pcallk(L, 1, 0, 0, 0, close_k), 0);
 }
 
 /* The object is gone: stop the child; the proc frees itself once closed. */
