@@ -1,58 +1,92 @@
 /*
 ** dns.c: braid.dns.resolve, name resolution on uv_getaddrinfo.
 **
-** Invariants, as in fs.c: a lookup is a malloc'd struct dns_op owned either
-** by a box (a userdata on the task's stack, whose __gc frees the op if the
-** continuation never runs) or, once cancellation has detached it, by its
-** callback, which libuv calls exactly once (with UV_EAI_CANCELED when
-** uv_cancel won) and which then frees the op and the addrinfo list. The
-** callback never touches Lua.
+** A lookup suspends its task with braid_suspendk, as an embedder's C
+** function would. Invariants, as in fs.c: the uv_getaddrinfo_t is in a
+** malloc'd struct dns_op, never in the op's data (libuv may still own it
+** after a cancel, when the op has ended). Until the op ends the dns_op is
+** the op's: the continuation frees it, or dns_cancel when the op ends
+** without one (an abandoned task). Cancelling a lookup in flight detaches
+** it: uv_cancel is tried, and the callback, which libuv calls exactly once
+** (with UV_EAI_CANCELED when uv_cancel won), frees the dns_op and the
+** addrinfo list. The callback never touches Lua; the continuation builds
+** the addresses under lua_pcall, so the dns_op is freed even if that
+** raises.
 */
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
-#define DNSOP_MT "braid.DnsOp"
-
 struct dns_op {
-  struct braid_wait wait;
-  struct dns_op **box;       /* the Lua-side owner; NULL once detached */
+  braid_op_t *op;            /* the call waiting for it; NULL once detached */
   uv_getaddrinfo_t req;
   int busy;                  /* the lookup is in flight */
   int status;
   struct addrinfo *res;
 };
 
-static void dns_op_free (struct dns_op *op) {
-  if (op->res) uv_freeaddrinfo(op->res);
-  free(op);
+/* The op's data: inline in the task, so suspending allocates nothing. */
+struct dns_call {
+  struct dns_op *d;          /* NULL when the lookup could not start */
+  int err;                   /* why it could not start */
+};
+
+static void dns_op_free (struct dns_op *d) {
+  if (d->res) uv_freeaddrinfo(d->res);
+  free(d);
 }
 
 static void dns_cb (uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  struct dns_op *op = container_of(req, struct dns_op, req);
-  op->busy = 0;
-  op->status = status;
-  op->res = res;
-  if (op->box == NULL) dns_op_free(op);
-  else braid__task_wake(op->wait.task, WAKE_OK);
+  struct dns_op *d = container_of(req, struct dns_op, req);
+  d->busy = 0;
+  d->status = status;
+  d->res = res;
+  if (d->op == NULL) dns_op_free(d);
+  else braid_resume(d->op, 0);
 }
 
-/* Detaches the op: uv_cancel is tried, and dns_cb frees it either way. */
-static void dns_detach (struct dns_op *op) {
-  *op->box = NULL;
-  op->box = NULL;
-  if (op->busy) uv_cancel((uv_req_t *) &op->req);
-  else dns_op_free(op);
-}
+/* What a lookup asks for: start's argument, on the C stack. */
+struct dns_args {
+  uv_loop_t *loop;
+  const char *host;
+};
 
-static void dns_cancel (struct braid_wait *w) {
-  dns_detach(container_of(w, struct dns_op, wait));
-}
-
-static int l_dns_gc (lua_State *L) {
-  struct dns_op **box = (struct dns_op **) lua_touserdata(L, 1);
-  if (*box) dns_detach(*box);
+/* Starts the lookup. When it cannot start, the op is resumed at once with
+** the code, so that the continuation raises the usual error (with the
+** host). */
+static int dns_start (braid_op_t *op, void *ud) {
+  const struct dns_args *a = (const struct dns_args *) ud;
+  struct dns_call *c = (struct dns_call *) braid_op_data(op);
+  struct dns_op *d = (struct dns_op *) calloc(1, sizeof *d);
+  struct addrinfo hints;
+  int rc = UV_ENOMEM;
+  if (d != NULL) {
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;   /* one entry per address, not type */
+    d->op = op;
+    rc = uv_getaddrinfo(a->loop, &d->req, dns_cb, a->host, NULL, &hints);
+    if (rc == 0) {
+      d->busy = 1;
+      c->d = d;
+      return 0;
+    }
+    free(d);
+  }
+  c->err = rc;
+  braid_resume(op, 0);
   return 0;
+}
+
+/* Ends the op without the continuation: a lookup in flight is detached
+** (uv_cancel is tried, and dns_cb frees it either way); a finished one is
+** freed. */
+static void dns_cancel (braid_op_t *op) {
+  struct dns_op *d = ((struct dns_call *) braid_op_data(op))->d;
+  if (d == NULL) return;
+  d->op = NULL;
+  if (d->busy) uv_cancel((uv_req_t *) &d->req);
+  else dns_op_free(d);
 }
 
 /* Pushes the addresses as a list of strings, duplicates dropped, in the
@@ -94,58 +128,43 @@ static int dns_raise (lua_State *L, int rc) {
   return lua_error(L);
 }
 
-/* The continuation: the host is at 1, the box is ctx. */
-static int dns_k (lua_State *L, int status, lua_KContext ctx) {
-  struct dns_op **box = (struct dns_op **) ctx;
-  struct dns_op *op = *box;
-  struct braid_task *t = braid__engine(L)->current;
-  (void) status;
-  braid__task_resumed(L, t);   /* cancelled or refused: op detached */
-  if (op->status < 0) {
-    int rc = op->status;
-    *box = NULL;
-    dns_op_free(op);
+/* [addrinfo list] -> the addresses (under lua_pcall). */
+static int l_dns_result (lua_State *L) {
+  dns_push_addresses(L, (struct addrinfo *) lua_touserdata(L, 1));
+  return 1;
+}
+
+/* The continuation, in the task: the host is at 1. */
+static int dns_k (lua_State *L, braid_op_t *op) {
+  struct dns_call *c = (struct dns_call *) braid_op_data(op);
+  struct dns_op *d = c->d;
+  int rc = d ? d->status : c->err;
+  if (rc < 0) {
+    if (d) dns_op_free(d);
     return dns_raise(L, rc);
   }
-  dns_push_addresses(L, op->res);
-  *box = NULL;
-  dns_op_free(op);
-  return 1;
+  lua_pushcfunction(L, l_dns_result);
+  lua_pushlightuserdata(L, d->res);
+  rc = lua_pcall(L, 1, 1, 0);
+  dns_op_free(d);
+  return rc == LUA_OK ? 1 : lua_error(L);
 }
 
 /* braid.dns.resolve(host) -> {addresses}: IPv4 and IPv6 addresses as
 ** strings, deduplicated, in the resolver's order. Raises kind "io" with
 ** `code` (e.g. "EAI_NONAME") and `host` when the lookup fails. */
 static int l_dns_resolve (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "dns.resolve");
-  struct dns_op **box, *op;
-  struct addrinfo hints;
+  struct dns_args a;
   size_t len;
-  const char *host;
-  int rc;
+  a.loop = braid__task_current(L, "dns.resolve")->E->loop;   /* that first */
   if (lua_type(L, 1) != LUA_TSTRING)
     braid__error_argerror(L, 1, "dns.resolve", "string expected");
-  host = lua_tolstring(L, 1, &len);
-  if (strlen(host) != len || len == 0)
+  a.host = lua_tolstring(L, 1, &len);
+  if (strlen(a.host) != len || len == 0)
     braid__error_argerror(L, 1, "dns.resolve", "host name expected");
-  braid__task_checkyield(L, t, "dns.resolve");
-  braid__task_checkcancel(L, t);
   lua_settop(L, 1);
-  box = (struct dns_op **) lua_newuserdatauv(L, sizeof *box, 0);
-  *box = NULL;
-  luaL_setmetatable(L, DNSOP_MT);
-  op = calloc(1, sizeof *op);
-  if (op == NULL) return luaL_error(L, "not enough memory");
-  op->box = box;
-  *box = op;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;   /* one entry per address, not per type */
-  rc = uv_getaddrinfo(t->E->loop, &op->req, dns_cb, host, NULL, &hints);
-  if (rc < 0) return dns_raise(L, rc);   /* the box's __gc frees op */
-  op->busy = 1;
-  braid__task_wait(t, &op->wait, dns_cancel, "dns.resolve");
-  return braid__task_yield(L, t, (lua_KContext) box, dns_k);
+  return braid_suspendk(L, "dns.resolve", sizeof(struct dns_call), dns_start,
+                        dns_cancel, &a, dns_k);
 }
 
 /* Sets braid.dns on the braid table at the stack top. [-0, +0, m] */
@@ -154,11 +173,6 @@ void braid__open_dns (lua_State *L) {
     {"resolve", l_dns_resolve},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, DNSOP_MT)) {
-    lua_pushcfunction(L, l_dns_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "dns");
 }

@@ -2,21 +2,29 @@
 ** fs.c: braid.fs, files and directories on libuv's fs requests:
 ** read_file, write_file, append_file, stat, list, mkdir, remove, rename.
 **
-** Each call is one struct fs_op, malloc'd, with one uv_fs_t embedded that
-** is reused step after step (open, read or write in chunks, close); the
-** steps chain in fs_cb without waking the task, which is woken once, when
-** the whole operation has ended. The loop never blocks: every step runs on
+** Each call suspends its task with braid_suspendk, as an embedder's C
+** function would. The work is one struct fs_op, malloc'd by the start
+** function, with one uv_fs_t embedded that is reused step after step
+** (open, read or write in chunks, close); the steps chain in fs_cb, which
+** resumes the op once, when the whole operation has ended. The
+** continuation fs_k turns the outcome into Lua values (or the io error) in
+** the task and frees the fs_op. The loop never blocks: every step runs on
 ** libuv's thread pool.
 **
 ** Invariants:
-** - Ownership of an op is in exactly one place. While its task waits, the
-**   op is attached: a small userdata on the task's stack (the box, which
-**   the continuation receives) points at it, and the box's __gc frees it if
-**   the continuation never runs (an abandoned task, an error while pushing
-**   the results). Cancellation detaches it: the box is cleared, uv_cancel
-**   is tried, and fs_cb, which libuv calls exactly once per request either
+** - The op's data (struct fs_call, inline in the task) only points at the
+**   fs_op: a request libuv still owns after a cancel must not live in the
+**   op, which ends with the cancel. Ownership of an fs_op is in exactly one
+**   place. Until its op ends it is the op's: fs_k frees it, and so does
+**   fs_cancel when the op ends without fs_k (abandoned after the resume).
+**   Cancelling a busy fs_op detaches it (fo->op = NULL): uv_cancel is
+**   tried, and fs_cb, which libuv calls exactly once per request either
 **   way, closes any descriptor the op opened and frees it.
-** - op->fd is the descriptor the op owns, -1 once a close has been started.
+** - A request that fails to start frees its fs_op at once and resumes the
+**   op with the code in the fs_call, so nothing is owned then.
+** - fs_k frees the fs_op whether or not building the results raises: they
+**   are built under lua_pcall.
+** - fo->fd is the descriptor the op owns, -1 once a close has been started.
 ** - Bytes written come from the op's own copy of the string, never from
 **   the Lua string itself, so a detached write cannot outlive its source.
 ** - A uv_fs_t is cleaned up before it is reused and when the op is freed
@@ -29,175 +37,234 @@
 #include <sys/stat.h>
 #include "internal.h"
 
-#define FSOP_MT "braid.FsOp"
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
 
 enum { OP_READ, OP_WRITE, OP_APPEND, OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE,
        OP_RENAME };
 
+static const char *const op_names[] = {
+  "read_file", "write_file", "append_file", "stat", "list", "mkdir",
+  "remove", "rename"
+};
+
 struct fs_op {
-  struct braid_wait wait;
-  struct fs_op **box;        /* the Lua-side owner; NULL once detached */
+  braid_op_t *op;            /* the call waiting for it; NULL once detached */
   uv_fs_t req;
   int kind;
   int busy;                  /* a request is in flight */
   int err;                   /* the first failure, a UV_E* code, or 0 */
-  int unlink_err;            /* remove(): why unlink refused, before rmdir */
   uv_file fd;
   char *buf;                 /* read: what came so far; write: the data */
   size_t len, cap, off;
   uv_stat_t st;
 };
 
+/* The op's data: inline in the task, so suspending allocates nothing. */
+struct fs_call {
+  struct fs_op *fo;          /* NULL when the request could not start */
+  int kind;
+  int err;                   /* why it could not start */
+  int unlink_err;            /* remove(): why unlink refused, before rmdir */
+};
+
+/* What a call asks for: start's argument, on the C stack. */
+struct fs_args {
+  uv_loop_t *loop;
+  int kind, mode, unlink_err;
+  const char *path, *to;
+  const char *data;          /* write_file, append_file */
+  size_t len;
+};
+
 static void fs_cb (uv_fs_t *req);
 
-static void fs_op_free (struct fs_op *op) {
-  uv_fs_req_cleanup(&op->req);
-  free(op->buf);
-  free(op);
+static void fs_op_free (struct fs_op *fo) {
+  uv_fs_req_cleanup(&fo->req);
+  free(fo->buf);
+  free(fo);
 }
 
 /* Starts the next read into the buffer, growing it first when full. */
-static int fs_read_next (struct fs_op *op) {
+static int fs_read_next (struct fs_op *fo) {
   uv_buf_t b;
   size_t n;
-  if (op->cap - op->len < CHUNK_MIN) {
-    size_t cap = op->cap ? op->cap * 2 : CHUNK_MIN;
-    char *p = realloc(op->buf, cap);
+  if (fo->cap - fo->len < CHUNK_MIN) {
+    size_t cap = fo->cap ? fo->cap * 2 : CHUNK_MIN;
+    char *p = realloc(fo->buf, cap);
     if (p == NULL) return UV_ENOMEM;
-    op->buf = p;
-    op->cap = cap;
+    fo->buf = p;
+    fo->cap = cap;
   }
-  n = op->cap - op->len;
-  b = uv_buf_init(op->buf + op->len, n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
-  return uv_fs_read(op->req.loop, &op->req, op->fd, &b, 1, -1, fs_cb);
+  n = fo->cap - fo->len;
+  b = uv_buf_init(fo->buf + fo->len, n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
+  return uv_fs_read(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 
-static int fs_write_next (struct fs_op *op) {
-  size_t n = op->len - op->off;
-  uv_buf_t b = uv_buf_init(op->buf + op->off,
+static int fs_write_next (struct fs_op *fo) {
+  size_t n = fo->len - fo->off;
+  uv_buf_t b = uv_buf_init(fo->buf + fo->off,
                            n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
-  return uv_fs_write(op->req.loop, &op->req, op->fd, &b, 1, -1, fs_cb);
+  return uv_fs_write(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 
 /* Starts closing the op's descriptor; 0, or a code when even that failed
 ** to start (the descriptor is then given up: there is nothing else to do). */
-static int fs_close_fd (struct fs_op *op) {
-  uv_file fd = op->fd;
-  op->fd = -1;
-  return uv_fs_close(op->req.loop, &op->req, fd, fs_cb);
-}
-
-/* The op ended (well or not): hand it to its task, which is woken. */
-static void fs_done (struct fs_op *op) {
-  braid__task_wake(op->wait.task, WAKE_OK);
+static int fs_close_fd (struct fs_op *fo) {
+  uv_file fd = fo->fd;
+  fo->fd = -1;
+  return uv_fs_close(fo->req.loop, &fo->req, fd, fs_cb);
 }
 
 /* A detached op's request came back: close what it opened, then free it. */
-static void fs_detached (struct fs_op *op) {
-  if (op->req.fs_type == UV_FS_OPEN && op->req.result >= 0)
-    op->fd = (uv_file) op->req.result;
-  uv_fs_req_cleanup(&op->req);
-  if (op->fd >= 0 && fs_close_fd(op) == 0) {
-    op->busy = 1;
+static void fs_detached (struct fs_op *fo) {
+  if (fo->req.fs_type == UV_FS_OPEN && fo->req.result >= 0)
+    fo->fd = (uv_file) fo->req.result;
+  uv_fs_req_cleanup(&fo->req);
+  if (fo->fd >= 0 && fs_close_fd(fo) == 0) {
+    fo->busy = 1;
     return;
   }
-  fs_op_free(op);
+  fs_op_free(fo);
 }
 
 /* Decides the step after a failure or the last transfer: close the
-** descriptor if one is open, else hand the op back. */
-static void fs_finish (struct fs_op *op, int err) {
-  if (err < 0 && op->err == 0) op->err = err;
-  if (op->fd >= 0) {
-    int rc = fs_close_fd(op);
+** descriptor if one is open, else hand the outcome to the task. */
+static void fs_finish (struct fs_op *fo, int err) {
+  if (err < 0 && fo->err == 0) fo->err = err;
+  if (fo->fd >= 0) {
+    int rc = fs_close_fd(fo);
     if (rc == 0) {
-      op->busy = 1;
+      fo->busy = 1;
       return;
     }
-    if (op->err == 0) op->err = rc;
+    if (fo->err == 0) fo->err = rc;
   }
-  fs_done(op);
+  braid_resume(fo->op, 0);
 }
 
 static void fs_cb (uv_fs_t *req) {
-  struct fs_op *op = container_of(req, struct fs_op, req);
+  struct fs_op *fo = container_of(req, struct fs_op, req);
   ssize_t r = req->result;
   int rc = 0;
-  op->busy = 0;
-  if (op->box == NULL) {
-    fs_detached(op);
+  fo->busy = 0;
+  if (fo->op == NULL) {
+    fs_detached(fo);
     return;
   }
   if (req->fs_type == UV_FS_SCANDIR) {   /* the continuation reads them */
-    if (r < 0) op->err = (int) r;
-    fs_done(op);
+    if (r < 0) fo->err = (int) r;
+    braid_resume(fo->op, 0);
     return;
   }
-  if (req->fs_type == UV_FS_LSTAT && r == 0) op->st = req->statbuf;
+  if (req->fs_type == UV_FS_LSTAT && r == 0) fo->st = req->statbuf;
   uv_fs_req_cleanup(req);
   if (r < 0) {
-    fs_finish(op, (int) r);
+    fs_finish(fo, (int) r);
     return;
   }
   switch (req->fs_type) {
     case UV_FS_OPEN:
-      op->fd = (uv_file) r;
-      if (op->kind != OP_READ && op->len == 0) {   /* nothing to write */
-        fs_finish(op, 0);
+      fo->fd = (uv_file) r;
+      if (fo->kind != OP_READ && fo->len == 0) {   /* nothing to write */
+        fs_finish(fo, 0);
         return;
       }
-      rc = op->kind == OP_READ ? fs_read_next(op) : fs_write_next(op);
+      rc = fo->kind == OP_READ ? fs_read_next(fo) : fs_write_next(fo);
       break;
     case UV_FS_READ:
       if (r == 0) {
-        fs_finish(op, 0);
+        fs_finish(fo, 0);
         return;
       }
-      op->len += (size_t) r;
-      rc = fs_read_next(op);
+      fo->len += (size_t) r;
+      rc = fs_read_next(fo);
       break;
     case UV_FS_WRITE:
       if (r == 0) {   /* no progress: never spin */
-        fs_finish(op, UV_EIO);
+        fs_finish(fo, UV_EIO);
         return;
       }
-      op->off += (size_t) r;
-      if (op->off >= op->len) {
-        fs_finish(op, 0);
+      fo->off += (size_t) r;
+      if (fo->off >= fo->len) {
+        fs_finish(fo, 0);
         return;
       }
-      rc = fs_write_next(op);
+      rc = fs_write_next(fo);
       break;
     default:   /* close, lstat, mkdir, unlink, rmdir, rename: the last step */
-      fs_done(op);
+      braid_resume(fo->op, 0);
       return;
   }
-  if (rc < 0) fs_finish(op, rc);
-  else op->busy = 1;
+  if (rc < 0) fs_finish(fo, rc);
+  else fo->busy = 1;
 }
 
-/* Detaches the op from its box: a request in flight is cancelled if libuv
-** still can, and fs_cb frees the op when it returns; an idle op is freed.
-** A close is never cancelled: op->fd is already -1, so a cancelled close
-** would leak the descriptor. */
-static void fs_detach (struct fs_op *op) {
-  *op->box = NULL;
-  op->box = NULL;
-  if (!op->busy) fs_op_free(op);
-  else if (op->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *) &op->req);
-}
-
-static void fs_cancel (struct braid_wait *w) {
-  fs_detach(container_of(w, struct fs_op, wait));
-}
-
-/* The box's __gc: the op was never handed over (see the invariants). */
-static int l_fs_gc (lua_State *L) {
-  struct fs_op **box = (struct fs_op **) lua_touserdata(L, 1);
-  if (*box) fs_detach(*box);
+/* Makes the fs_op and sends its first request. When that cannot be done
+** the op is resumed at once with the code in its fs_call, so that fs_k
+** raises the usual error (with the path), not a bare io error. */
+static int fs_start (braid_op_t *op, void *ud) {
+  const struct fs_args *a = (const struct fs_args *) ud;
+  struct fs_call *c = (struct fs_call *) braid_op_data(op);
+  struct fs_op *fo = (struct fs_op *) calloc(1, sizeof *fo);
+  int rc = UV_ENOMEM;
+  c->kind = a->kind;
+  c->unlink_err = a->unlink_err;
+  if (fo == NULL) goto failed;
+  fo->op = op;
+  fo->kind = a->kind;
+  fo->fd = -1;
+  switch (a->kind) {
+    case OP_READ:
+      rc = uv_fs_open(a->loop, &fo->req, a->path, O_RDONLY, 0, fs_cb);
+      break;
+    case OP_WRITE: case OP_APPEND:
+      if ((fo->buf = (char *) malloc(a->len ? a->len : 1)) == NULL) break;
+      memcpy(fo->buf, a->data, a->len);
+      fo->len = fo->cap = a->len;
+      rc = uv_fs_open(a->loop, &fo->req, a->path, O_WRONLY | O_CREAT |
+                      (a->kind == OP_APPEND ? O_APPEND : O_TRUNC), 0666, fs_cb);
+      break;
+    case OP_STAT:
+      rc = uv_fs_lstat(a->loop, &fo->req, a->path, fs_cb);
+      break;
+    case OP_LIST:
+      rc = uv_fs_scandir(a->loop, &fo->req, a->path, 0, fs_cb);
+      break;
+    case OP_MKDIR:
+      rc = uv_fs_mkdir(a->loop, &fo->req, a->path, a->mode, fs_cb);
+      break;
+    case OP_REMOVE:
+      rc = a->unlink_err ? uv_fs_rmdir(a->loop, &fo->req, a->path, fs_cb)
+                         : uv_fs_unlink(a->loop, &fo->req, a->path, fs_cb);
+      break;
+    case OP_RENAME:
+      rc = uv_fs_rename(a->loop, &fo->req, a->path, a->to, fs_cb);
+      break;
+  }
+  if (rc == 0) {
+    fo->busy = 1;
+    c->fo = fo;
+    return 0;
+  }
+  fs_op_free(fo);
+failed:
+  c->err = rc;
+  braid_resume(op, 0);
   return 0;
+}
+
+/* Ends the op without fs_k: a request in flight is detached, cancelled
+** if libuv still can, and fs_cb frees it when it returns; an idle fs_op
+** (the op was resumed, then its task abandoned) is freed. A close is never
+** cancelled: fo->fd is already -1, so a cancelled close would leak the
+** descriptor. */
+static void fs_cancel (braid_op_t *op) {
+  struct fs_op *fo = ((struct fs_call *) braid_op_data(op))->fo;
+  if (fo == NULL) return;
+  fo->op = NULL;
+  if (!fo->busy) fs_op_free(fo);
+  else if (fo->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *) &fo->req);
 }
 
 /* Checks that argument `arg` is a path: a string without zero bytes. */
@@ -227,57 +294,20 @@ static int fs_raise (lua_State *L, const char *fname, int err,
   return lua_error(L);
 }
 
-/* Allocates an op owned by a new box on the stack. [-0, +1, m] */
-static struct fs_op *fs_op_new (lua_State *L, int kind) {
-  struct fs_op **box = (struct fs_op **) lua_newuserdatauv(L, sizeof *box, 0);
-  struct fs_op *op;
-  *box = NULL;
-  luaL_setmetatable(L, FSOP_MT);
-  op = calloc(1, sizeof *op);
-  if (op == NULL) {
-    luaL_error(L, "not enough memory");
-    return NULL;
-  }
-  op->kind = kind;
-  op->fd = -1;
-  op->box = box;
-  *box = op;
-  return op;
-}
-
-static int fs_k (lua_State *L, int status, lua_KContext ctx);
-
-/* Common tail of every call: the first request is started (rc its result),
-** the task waits for the whole op. */
-static int fs_wait (lua_State *L, struct braid_task *t, struct fs_op *op,
-                    int rc, const char *fname) {
-  if (rc < 0) return fs_raise(L, fname, rc, lua_tostring(L, 1),
-                              op->kind == OP_RENAME ? lua_tostring(L, 2)
-                                                    : NULL);
-  op->busy = 1;
-  braid__task_wait(t, &op->wait, fs_cancel, fname);
-  return braid__task_yield(L, t, (lua_KContext) op->box, fs_k);
-}
-
-static const char *const op_names[] = {
-  "read_file", "write_file", "append_file", "stat", "list", "mkdir",
-  "remove", "rename"
-};
-
 static int cmp_names (const void *a, const void *b) {
   return strcmp(*(const char *const *) a, *(const char *const *) b);
 }
 
 /* list(): the scandir entries as a sorted array. uv_fs_scandir_next frees
 ** each entry at the next call, so the names become Lua strings first, in a
-** table that anchors them while their pointers are sorted in a userdata
-** (nothing leaks if a push raises); then the result is built. [-0, +1, m] */
-static void fs_push_list (lua_State *L, struct fs_op *op) {
+** table that anchors them while their pointers are sorted in a userdata;
+** then the result is built. [-0, +1, m] */
+static void fs_push_list (lua_State *L, struct fs_op *fo) {
   uv_dirent_t ent;
   const char **names;
   lua_Integer n = 0, i;
-  lua_createtable(L, op->req.result > 0 ? (int) op->req.result : 0, 0);
-  while (uv_fs_scandir_next(&op->req, &ent) == 0) {
+  lua_createtable(L, fo->req.result > 0 ? (int) fo->req.result : 0, 0);
+  while (uv_fs_scandir_next(&fo->req, &ent) == 0) {
     lua_pushstring(L, ent.name);
     lua_rawseti(L, -2, ++n);
   }
@@ -317,95 +347,90 @@ static void fs_push_stat (lua_State *L, const uv_stat_t *st) {
   lua_setfield(L, -2, "mode");
 }
 
-/* The continuation: the arguments are still at 1 (and 2), the box is ctx.
-** The results are pushed before the op is freed: the box's __gc frees it
-** if pushing raises. */
-static int fs_k (lua_State *L, int status, lua_KContext ctx) {
-  struct fs_op **box = (struct fs_op **) ctx;
-  struct fs_op *op = *box;
-  struct braid_task *t = braid__engine(L)->current;
-  int n = 0;
-  (void) status;
-  braid__task_resumed(L, t);   /* cancelled or refused: op detached */
-  if (op->kind == OP_REMOVE && op->req.fs_type == UV_FS_UNLINK &&
-      (op->err == UV_EISDIR || op->err == UV_EPERM)) {
+/* [fs_op] -> the result of a read_file, stat or list (under lua_pcall). */
+static int l_fs_result (lua_State *L) {
+  struct fs_op *fo = (struct fs_op *) lua_touserdata(L, 1);
+  switch (fo->kind) {
+    case OP_READ: lua_pushlstring(L, fo->buf ? fo->buf : "", fo->len); break;
+    case OP_STAT: fs_push_stat(L, &fo->st); break;
+    default: fs_push_list(L, fo); break;
+  }
+  return 1;
+}
+
+static int fs_suspend (lua_State *L, struct fs_args *a);
+
+/* The continuation, in the task: the arguments are still at 1 (and 2).
+** The fs_op is freed before an error is raised, and after the results
+** are built, protected, so that it is freed even if that raises. */
+static int fs_k (lua_State *L, braid_op_t *op) {
+  struct fs_call *c = (struct fs_call *) braid_op_data(op);
+  struct fs_op *fo = c->fo;
+  int kind = c->kind, err = fo ? fo->err : c->err, status;
+  if (kind == OP_REMOVE && fo && !c->unlink_err &&
+      (err == UV_EISDIR || err == UV_EPERM)) {
     /* unlink refused what may be a directory: try rmdir, and report
     ** unlink's reason if the path was no directory after all. */
-    int rc, why = op->err;
-    *box = NULL;
-    fs_op_free(op);
-    op = fs_op_new(L, OP_REMOVE);
-    op->unlink_err = why;
-    rc = uv_fs_rmdir(t->E->loop, &op->req, lua_tostring(L, 1), fs_cb);
-    return fs_wait(L, t, op, rc, "remove");
+    struct fs_args a;
+    memset(&a, 0, sizeof a);
+    a.kind = OP_REMOVE;
+    a.loop = fo->req.loop;
+    a.unlink_err = err;
+    fs_op_free(fo);
+    return fs_suspend(L, &a);
   }
-  if (op->err == UV_ENOTDIR && op->unlink_err) op->err = op->unlink_err;
-  if (op->err < 0) {
-    int err = op->err, kind = op->kind;
-    *box = NULL;
-    fs_op_free(op);   /* now: a failed read may hold a large buffer */
+  if (err == UV_ENOTDIR && c->unlink_err) err = c->unlink_err;
+  if (err < 0) {
+    if (fo) fs_op_free(fo);   /* now: a failed read may hold a large buffer */
     return fs_raise(L, op_names[kind], err, lua_tostring(L, 1),
                     kind == OP_RENAME ? lua_tostring(L, 2) : NULL);
   }
-  switch (op->kind) {
-    case OP_READ:
-      lua_pushlstring(L, op->buf ? op->buf : "", op->len);
-      n = 1;
-      break;
-    case OP_STAT:
-      fs_push_stat(L, &op->st);
-      n = 1;
-      break;
-    case OP_LIST:
-      fs_push_list(L, op);
-      n = 1;
-      break;
+  if (kind != OP_READ && kind != OP_STAT && kind != OP_LIST) {
+    fs_op_free(fo);
+    return 0;
   }
-  *box = NULL;
-  fs_op_free(op);
-  return n;
+  lua_pushcfunction(L, l_fs_result);
+  lua_pushlightuserdata(L, fo);
+  status = lua_pcall(L, 1, 1, 0);
+  fs_op_free(fo);
+  return status == LUA_OK ? 1 : lua_error(L);
 }
 
-/* Checks the call and makes its op; leaves the box on the stack. */
-static struct braid_task *fs_begin (lua_State *L, int kind) {
+/* Suspends the task for the whole operation; the path is at 1 (the
+** rename's target at 2), with nothing above the arguments. */
+static int fs_suspend (lua_State *L, struct fs_args *a) {
+  a->path = lua_tostring(L, 1);
+  if (a->kind == OP_RENAME) a->to = lua_tostring(L, 2);
+  return braid_suspendk(L, op_names[a->kind], sizeof(struct fs_call),
+                        fs_start, fs_cancel, a, fs_k);
+}
+
+/* Checks the task and the path(s) in that order, as every call does. */
+static void fs_begin (lua_State *L, struct fs_args *a, int kind) {
   const char *fname = op_names[kind];
-  struct braid_task *t = braid__task_current(L, fname);
+  memset(a, 0, sizeof *a);
+  a->kind = kind;
+  a->loop = braid__task_current(L, fname)->E->loop;
   fs_check_path(L, 1, fname);
   if (kind == OP_RENAME) fs_check_path(L, 2, fname);
-  braid__task_checkyield(L, t, fname);
-  braid__task_checkcancel(L, t);
-  return t;
 }
 
 /* braid.fs.read_file(path) -> string: the whole file, read in chunks. */
 static int l_fs_read_file (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
-  t = fs_begin(L, OP_READ);
+  struct fs_args a;
+  fs_begin(L, &a, OP_READ);
   lua_settop(L, 1);
-  op = fs_op_new(L, OP_READ);
-  return fs_wait(L, t, op, uv_fs_open(t->E->loop, &op->req, lua_tostring(L, 1),
-                                      O_RDONLY, 0, fs_cb), "read_file");
+  return fs_suspend(L, &a);
 }
 
 static int fs_write (lua_State *L, int kind) {
-  struct braid_task *t;
-  struct fs_op *op;
-  const char *s;
-  size_t len;
-  int flags = O_WRONLY | O_CREAT | (kind == OP_APPEND ? O_APPEND : O_TRUNC);
-  t = fs_begin(L, kind);
+  struct fs_args a;
+  fs_begin(L, &a, kind);
   if (lua_type(L, 2) != LUA_TSTRING)
     braid__error_argerror(L, 2, op_names[kind], "string expected");
-  s = lua_tolstring(L, 2, &len);
+  a.data = lua_tolstring(L, 2, &a.len);
   lua_settop(L, 2);
-  op = fs_op_new(L, kind);
-  op->buf = malloc(len ? len : 1);
-  if (op->buf == NULL) return luaL_error(L, "not enough memory");
-  memcpy(op->buf, s, len);
-  op->len = op->cap = len;
-  return fs_wait(L, t, op, uv_fs_open(t->E->loop, &op->req, lua_tostring(L, 1),
-                                      flags, 0666, fs_cb), op_names[kind]);
+  return fs_suspend(L, &a);
 }
 
 /* braid.fs.write_file(path, s): creates or truncates the file, writes s. */
@@ -417,66 +442,49 @@ static int l_fs_append_file (lua_State *L) { return fs_write(L, OP_APPEND); }
 /* braid.fs.stat(path) -> {size, mtime, type, mode}; a symbolic link is
 ** described itself ("link"), not followed. */
 static int l_fs_stat (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
-  t = fs_begin(L, OP_STAT);
+  struct fs_args a;
+  fs_begin(L, &a, OP_STAT);
   lua_settop(L, 1);
-  op = fs_op_new(L, OP_STAT);
-  return fs_wait(L, t, op, uv_fs_lstat(t->E->loop, &op->req,
-                                       lua_tostring(L, 1), fs_cb), "stat");
+  return fs_suspend(L, &a);
 }
 
 /* braid.fs.list(dir) -> sorted array of the names in dir (no "." or ".."). */
 static int l_fs_list (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
-  t = fs_begin(L, OP_LIST);
+  struct fs_args a;
+  fs_begin(L, &a, OP_LIST);
   lua_settop(L, 1);
-  op = fs_op_new(L, OP_LIST);
-  return fs_wait(L, t, op, uv_fs_scandir(t->E->loop, &op->req,
-                                         lua_tostring(L, 1), 0, fs_cb),
-                 "list");
+  return fs_suspend(L, &a);
 }
 
 /* braid.fs.mkdir(path, [mode = 0777]): one directory (the umask applies). */
 static int l_fs_mkdir (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
+  struct fs_args a;
   lua_Integer mode;
-  t = fs_begin(L, OP_MKDIR);
+  fs_begin(L, &a, OP_MKDIR);
   if (lua_isnoneornil(L, 2)) mode = 0777;
   else if (!lua_isinteger(L, 2) || (mode = lua_tointeger(L, 2)) < 0 ||
            mode > 07777)
     return braid__error_argerror(L, 2, "mkdir", "mode (an integer from 0 to "
                                  "0o7777) expected");
+  a.mode = (int) mode;
   lua_settop(L, 1);
-  op = fs_op_new(L, OP_MKDIR);
-  return fs_wait(L, t, op, uv_fs_mkdir(t->E->loop, &op->req,
-                                       lua_tostring(L, 1), (int) mode, fs_cb),
-                 "mkdir");
+  return fs_suspend(L, &a);
 }
 
 /* braid.fs.remove(path): a file, a link or an empty directory. */
 static int l_fs_remove (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
-  t = fs_begin(L, OP_REMOVE);
+  struct fs_args a;
+  fs_begin(L, &a, OP_REMOVE);
   lua_settop(L, 1);
-  op = fs_op_new(L, OP_REMOVE);
-  return fs_wait(L, t, op, uv_fs_unlink(t->E->loop, &op->req,
-                                        lua_tostring(L, 1), fs_cb), "remove");
+  return fs_suspend(L, &a);
 }
 
 /* braid.fs.rename(from, to): replaces `to` if it exists, as rename(2). */
 static int l_fs_rename (lua_State *L) {
-  struct braid_task *t;
-  struct fs_op *op;
-  t = fs_begin(L, OP_RENAME);
+  struct fs_args a;
+  fs_begin(L, &a, OP_RENAME);
   lua_settop(L, 2);
-  op = fs_op_new(L, OP_RENAME);
-  return fs_wait(L, t, op, uv_fs_rename(t->E->loop, &op->req,
-                                        lua_tostring(L, 1),
-                                        lua_tostring(L, 2), fs_cb), "rename");
+  return fs_suspend(L, &a);
 }
 
 /* Sets braid.fs on the braid table at the stack top. [-0, +0, m] */
@@ -492,11 +500,6 @@ void braid__open_fs (lua_State *L) {
     {"rename", l_fs_rename},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, FSOP_MT)) {
-    lua_pushcfunction(L, l_fs_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "fs");
 }

@@ -7,6 +7,10 @@
 ** the waiter), and found from Lua through a box userdata.
 **
 ** Invariants:
+** - A wait is a braid_suspendk op whose data (inline in the task, so
+**   waiting allocates nothing) is a struct sig_wait queued on the waiter;
+**   it leaves the queue when it is handed its outcome (a signal, or the
+**   closed marker) or cancelled, and only then does sig_k read it.
 ** - The handle is referenced exactly while some task waits on it, so a
 **   waiting waiter counts as something that can wake a task (no deadlock
 **   error) and an idle one never keeps the loop alive.
@@ -51,12 +55,20 @@ struct sig_waiter {
   uv_signal_t handle;
   struct braid_resource res;   /* in the scope that made it */
   struct braid_list link;      /* in the engine's list of waiters */
-  struct braid_list waiting;   /* the waiting tasks' t->w.watch.link */
+  struct braid_list waiting;   /* struct sig_wait, in arrival order */
   struct sig_waiter **box;     /* the Lua object; NULL once it is gone */
   braid_engine_t *E;
   const struct sig_name *sig;
   unsigned pending;            /* arrivals not handed to a wait yet */
   int referenced;
+};
+
+/* A task's wait: its op's data. */
+struct sig_wait {
+  struct braid_list link;       /* in w->waiting while queued */
+  struct sig_waiter *w;         /* NULL once out of the queue */
+  braid_op_t *op;
+  const struct sig_name *got;   /* what arrived; NULL: the waiter closed */
 };
 
 /* References the handle exactly while a task waits on it. */
@@ -68,17 +80,24 @@ static void sig_update_ref (struct sig_waiter *w) {
   else uv_unref((uv_handle_t *) &w->handle);
 }
 
-/* One arrival: wake the first waiting task, or count it. */
+/* Takes the first wait out of the queue and resumes it with `got`. */
+static void sig_resume_first (struct sig_waiter *w,
+                              const struct sig_name *got) {
+  struct sig_wait *sw = container_of(w->waiting.next, struct sig_wait, link);
+  braid__list_remove(&sw->link);
+  sw->w = NULL;
+  sw->got = got;
+  braid_resume(sw->op, 0);
+}
+
+/* One arrival: resume the first waiting task, or count it. */
 static void sig_deliver (struct sig_waiter *w) {
-  struct braid_wait *bw;
   if (braid__list_empty(&w->waiting)) {
     w->pending++;
     return;
   }
-  bw = container_of(w->waiting.next, struct braid_wait, watch.link);
-  braid__list_remove(&bw->watch.link);
+  sig_resume_first(w, w->sig);
   sig_update_ref(w);
-  braid__task_wake(bw->task, WAKE_OK);
 }
 
 static void sig_cb (uv_signal_t *h, int signum) {
@@ -108,20 +127,14 @@ static void sig_close_cb (uv_handle_t *h) {
   free(container_of((uv_signal_t *) h, struct sig_waiter, handle));
 }
 
-/* Closes the waiter: its tasks are woken with the closed marker (a NULL
-** `what`, which sig_k turns into a "closed" error), and the handle is
+/* Closes the waiter: its tasks are resumed with the closed marker (a NULL
+** `got`, which sig_k turns into a "closed" error), and the handle is
 ** closed; the memory goes in sig_close_cb. Called once: afterwards
 ** neither the box nor the scope refers to the waiter. */
 static void sig_close (struct sig_waiter *w) {
   braid__resource_remove(&w->res);
   braid__list_remove(&w->link);
-  while (!braid__list_empty(&w->waiting)) {
-    struct braid_wait *bw = container_of(w->waiting.next, struct braid_wait,
-                                         watch.link);
-    braid__list_remove(&bw->watch.link);
-    bw->what = NULL;
-    braid__task_wake(bw->task, WAKE_OK);
-  }
+  while (!braid__list_empty(&w->waiting)) sig_resume_first(w, NULL);
   if (w->box) *w->box = NULL;
   w->box = NULL;
   uv_close((uv_handle_t *) &w->handle, sig_close_cb);
@@ -131,13 +144,23 @@ static void sig_res_close (struct braid_resource *r) {
   sig_close(container_of(r, struct sig_waiter, res));
 }
 
-/* A waiting task was cancelled: it leaves the queue. */
-static void sig_cancel (struct braid_wait *bw) {
-  braid_engine_t *E = bw->task->E;
-  struct braid_list *n;
-  braid__list_remove(&bw->watch.link);
-  for (n = E->signal_waiters.next; n != &E->signal_waiters; n = n->next)
-    sig_update_ref(container_of(n, struct sig_waiter, link));
+/* Queues the wait on the waiter (ud) and references its handle. */
+static int sig_start (braid_op_t *op, void *ud) {
+  struct sig_wait *sw = (struct sig_wait *) braid_op_data(op);
+  sw->w = (struct sig_waiter *) ud;
+  sw->op = op;
+  braid__list_push(&sw->w->waiting, &sw->link);
+  sig_update_ref(sw->w);
+  return 0;
+}
+
+/* A waiting task was cancelled (or abandoned after its outcome came, when
+** it is out of the queue already): it leaves the queue. */
+static void sig_cancel (braid_op_t *op) {
+  struct sig_wait *sw = (struct sig_wait *) braid_op_data(op);
+  if (sw->w == NULL) return;
+  braid__list_remove(&sw->link);
+  sig_update_ref(sw->w);
 }
 
 static struct sig_waiter *sig_check (lua_State *L, const char *fname) {
@@ -197,14 +220,12 @@ static int l_signal_new (lua_State *L) {
   return 1;
 }
 
-static int sig_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_task *t = (struct braid_task *) ctx;
-  (void) status;
-  braid__task_resumed(L, t);
-  if (t->w.what == NULL)
+static int sig_k (lua_State *L, braid_op_t *op) {
+  const struct sig_name *got = ((struct sig_wait *) braid_op_data(op))->got;
+  if (got == NULL)
     return braid__error_raise(L, "closed", NULL, "braid.signal: the waiter "
                               "was closed while waiting");
-  lua_pushstring(L, t->w.what + sizeof WHAT_PREFIX - 1);
+  lua_pushstring(L, SIG_NAME(got));
   return 1;
 }
 
@@ -220,11 +241,9 @@ static int l_signal_wait (lua_State *L) {
     lua_pushstring(L, SIG_NAME(w->sig));
     return 1;
   }
-  braid__task_checkyield(L, t, "wait");
-  braid__task_wait(t, &t->w, sig_cancel, w->sig->what);
-  braid__list_push(&w->waiting, &t->w.watch.link);
-  sig_update_ref(w);
-  return braid__task_yield(L, t, (lua_KContext) t, sig_k);
+  braid__task_checkyield(L, t, "wait");   /* named "wait", not by `what` */
+  return braid_suspendk(L, w->sig->what, sizeof(struct sig_wait), sig_start,
+                        sig_cancel, w, sig_k);
 }
 
 /* waiter:close(): stops catching the signal; closing twice is harmless. */
