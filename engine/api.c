@@ -421,13 +421,15 @@ static int op_k (lua_State *L, int status, lua_KContext ctx) {
   if (state == OP_PENDING) {       /* resumed without completing */
     if (t->wait == w) t->wait = NULL;
     op_cancel(w);
+  } else if (state == OP_RESUMED && t->wake == WAKE_NOYIELD && w->k) {
+    op_cancel(w);                  /* resumed from start, k cannot run */
   }
+  if (w->state == OP_RESUMED) w->state = OP_DONE;
   braid__task_resumed(L, t);       /* the cancellation or a no-yield */
   switch (state) {
     case OP_FAILED: return lua_error(L);
     case OP_NOMEM: lua_pushliteral(L, "not enough memory"); return lua_error(L);
     case OP_RESUMED:
-      w->state = OP_DONE;
       return w->k ? w->k(L, WAIT_OP(w)) : w->nres;
     default: return 0;
   }
