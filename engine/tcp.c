@@ -352,12 +352,12 @@ struct tcp_req {
   braid_engine_t *E;
   braid_op_t *op;              /* the waiting task's; NULL once it let go */
   struct tcp_stream *s;
-  int ref;                     /* the string being written */
+  int ref;                     /* the string being written, or LUA_NOREF */
 };
 
 /* libuv let go: hands the status to the task, if it still waits. */
 static void req_done (struct tcp_req *r, int status) {
-  luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  if (r->ref != LUA_NOREF) luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
   if (r->op) {
     *(struct tcp_req **) braid_op_data(r->op) = NULL;
     lua_pushinteger(braid_op_state(r->op), status);
@@ -383,12 +383,17 @@ static int req_start (braid_op_t *op, void *ud) {
 
 /* A write cannot be taken back once libuv has started it: close the
 ** stream, so that it ends now (UV_ECANCELED) and nothing half-written is
-** followed by later data. The callback, still to come, frees r. */
+** followed by later data. The callback, still to come, frees r. The
+** string goes now: uv_close has closed the socket, so libuv reads it no
+** more, and when the callback comes the engine may be gone (braid_close
+** on an application's loop). */
 static void req_cancel (braid_op_t *op) {
   struct tcp_req *r = *(struct tcp_req **) braid_op_data(op);
   if (r == NULL) return;   /* done already: only its status was left */
   r->op = NULL;
   stream_close(r->s);
+  luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
 }
 
 /* A request holding `ref` (LUA_NOREF: none), released if this raises. The
