@@ -17,12 +17,21 @@
 **   (no read_start/read_stop per call) until the buffer is full, EOF or an
 **   error. The handle is referenced only while a task waits to read, so an
 **   idle stream never keeps the loop alive (deadlock detection stays exact).
+** - Every wait is a braid_suspendk op, as an embedder's would be. The
+**   object waited on keeps the op (a stream its one pending read, a write,
+**   shutdown or connect request its task's op) and clears it when it
+**   resumes the op or the op's on_cancel runs; the op's data points back at
+**   the object and is cleared on resume, so an on_cancel that comes after
+**   the resume (the task abandoned before its continuation ran) finds
+**   nothing to undo. Callbacks resume with at most an integer status; the
+**   continuations build the Lua results, in the task.
 ** - A write that the kernel does not take at once, a shutdown and a connect
-**   are operations (struct tcp_op, tcp_connect) owned jointly by the task and
-**   by libuv: each is freed by whichever lets go last. The task lets go in
-**   its continuation, or through the op's resource when its scope ends
-**   without resuming it (abandonment). A write holds a registry reference to
-**   its Lua string until the write callback, since libuv writes from it.
+**   need a request that libuv may hold after the task let go, so each is
+**   its own allocation (struct tcp_req, tcp_connect), never op data: a
+**   write or shutdown request is freed by its callback; a connect is freed
+**   by whichever of the task (continuation or on_cancel) and libuv lets go
+**   last. A write holds a registry reference to its Lua string until the
+**   write callback, since libuv writes from it.
 ** - Cancelling a read only stops that wait (buffered data stays); cancelling
 **   a write or a shutdown closes the stream (the only way to undo a write
 **   libuv has partly done); cancelling a connect closes the half-open handle.
@@ -42,12 +51,12 @@ struct tcp_stream {
   braid_engine_t *E;
   struct tcp_stream **ud;          /* the userdata's slot, or NULL */
   struct braid_resource res;       /* in its scope while `attached` */
-  struct braid_wait rwait;         /* the one pending read */
+  braid_op_t *rop;                 /* the one pending read, or NULL */
   char *buf;
   size_t cap, off, len;            /* buffered bytes: buf[off, off+len) */
   size_t scan;                     /* bytes after off known to hold no \n */
   int rerr;                        /* UV_EOF or an error once reading ended */
-  unsigned char reading, waiting, closing, attached;
+  unsigned char reading, closing, attached;
 };
 
 /* ---- streams: lifetime ---- */
@@ -59,6 +68,16 @@ static void stream_close_cb (uv_handle_t *h) {
   free(s);
 }
 
+/* Resumes the pending read, whose continuation looks at the stream again
+** (the data, the end, or the stream closed). */
+static void stream_wake (struct tcp_stream *s) {
+  braid_op_t *op = s->rop;
+  s->rop = NULL;
+  *(struct tcp_stream **) braid_op_data(op) = NULL;   /* nothing to cancel */
+  uv_unref((uv_handle_t *) &s->tcp);
+  braid_resume(op, 0);
+}
+
 /* Closes the stream (once). A task waiting to read is woken and finds the
 ** stream closed; pending writes end with UV_ECANCELED. Runs no Lua. */
 static void stream_close (struct tcp_stream *s) {
@@ -68,10 +87,7 @@ static void stream_close (struct tcp_stream *s) {
     braid__resource_remove(&s->res);
     s->attached = 0;
   }
-  if (s->waiting) {
-    s->waiting = 0;
-    braid__task_wake(s->rwait.task, WAKE_OK);
-  }
+  if (s->rop) stream_wake(s);
   uv_close((uv_handle_t *) &s->tcp, stream_close_cb);
 }
 
@@ -174,37 +190,50 @@ static void stream_read_cb (uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
   } else {
     return;
   }
-  if (s->waiting) {
-    s->waiting = 0;
-    uv_unref((uv_handle_t *) h);
-    braid__task_wake(s->rwait.task, WAKE_OK);
-  }
+  if (s->rop) stream_wake(s);
 }
 
-static void read_cancel (struct braid_wait *w) {
-  struct tcp_stream *s = container_of(w, struct tcp_stream, rwait);
-  s->waiting = 0;
+/* A read op's data is its stream, until the op is resumed. */
+static int read_start (braid_op_t *op, void *ud) {
+  struct tcp_stream *s = (struct tcp_stream *) ud;
+  *(struct tcp_stream **) braid_op_data(op) = s;
+  s->rop = op;
+  uv_ref((uv_handle_t *) &s->tcp);
+  return 0;
+}
+
+static void read_cancel (braid_op_t *op) {
+  struct tcp_stream *s = *(struct tcp_stream **) braid_op_data(op);
+  if (s == NULL) return;               /* resumed: nothing was consumed */
+  s->rop = NULL;
   uv_unref((uv_handle_t *) &s->tcp);   /* reading goes on, into the buffer */
 }
 
-/* Makes t wait for more data on s. Returns 0 or a libuv error. */
-static int stream_want (struct tcp_stream *s, struct braid_task *t,
-                        const char *what) {
+static int busy_error (lua_State *L, const char *fname) {
+  return braid__error_usage(L, "%s: another task is already reading this "
+                            "stream", fname);
+}
+
+/* Suspends the task until more data (or the end) arrives on s, then runs
+** k, which looks again; the stream object is at 1. Raises a usage error
+** where the task cannot wait, or when another task reads s. */
+static int stream_wait (lua_State *L, struct tcp_stream *s, const char *fname,
+                        const char *what, braid_k_fn k) {
   int rc;
+  braid__task_checkyield(L, braid__task_current(L, fname), fname);
+  if (s->rop) return busy_error(L, fname);
   if (s->buf == NULL) {
-    if ((s->buf = malloc(READ_BUF)) == NULL) return UV_ENOMEM;
+    if ((s->buf = malloc(READ_BUF)) == NULL)
+      return io_error(L, UV_ENOMEM, fname);
     s->cap = READ_BUF;
   }
   if (!s->reading) {
     rc = uv_read_start((uv_stream_t *) &s->tcp, stream_alloc_cb,
                        stream_read_cb);
-    if (rc != 0) return rc;
+    if (rc != 0) return io_error(L, rc, fname);
     s->reading = 1;
   }
-  s->waiting = 1;
-  uv_ref((uv_handle_t *) &s->tcp);
-  braid__task_wait(t, &s->rwait, read_cancel, what);
-  return 0;
+  return braid_suspendk(L, what, sizeof s, read_start, read_cancel, s, k);
 }
 
 /* Pushes and consumes `n` buffered bytes, plus `skip` more not pushed. */
@@ -227,12 +256,7 @@ static int stream_end (lua_State *L, struct tcp_stream *s, const char *what) {
   return io_error(L, s->rerr, what);
 }
 
-static int busy_error (lua_State *L, const char *fname) {
-  return braid__error_usage(L, "stream:%s: another task is already reading "
-                            "this stream", fname);
-}
-
-static int read_k (lua_State *L, int status, lua_KContext ctx);
+static int read_k (lua_State *L, braid_op_t *op);
 
 /* stream:read([n]) -> string | nil: up to n bytes (default: whatever has
 ** arrived), waiting for at least one; nil at EOF. */
@@ -245,16 +269,13 @@ static int l_stream_read (lua_State *L) {
     braid__error_argerror(L, 2, "read", "positive integer expected");
   lua_settop(L, 2);
   braid__task_checkcancel(L, t);
-  return read_k(L, LUA_OK, 0);
+  return read_k(L, NULL);
 }
 
-static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_task *t = braid__engine(L)->current;
-  struct tcp_stream *s;
-  int rc;
-  (void) status;
-  if (ctx) braid__task_resumed(L, t);
-  s = stream_check(L, 1, "read");
+/* Also read's first look: buffered data is returned without suspending. */
+static int read_k (lua_State *L, braid_op_t *op) {
+  struct tcp_stream *s = stream_check(L, 1, "read");
+  (void) op;
   if (s->len > 0) {
     size_t n = s->len;
     if (!lua_isnoneornil(L, 2) && (size_t) lua_tointeger(L, 2) < n)
@@ -263,14 +284,10 @@ static int read_k (lua_State *L, int status, lua_KContext ctx) {
     return 1;
   }
   if (s->rerr) return stream_end(L, s, "stream:read");
-  braid__task_checkyield(L, t, "stream:read");
-  if (s->waiting) return busy_error(L, "read");
-  if ((rc = stream_want(s, t, "tcp read")) != 0)
-    return io_error(L, rc, "stream:read");
-  return braid__task_yield(L, t, 1, read_k);
+  return stream_wait(L, s, "stream:read", "tcp read", read_k);
 }
 
-static int line_k (lua_State *L, int status, lua_KContext ctx);
+static int line_k (lua_State *L, braid_op_t *op);
 
 /* stream:read_line() -> string | nil: the next line without its "\n" (and
 ** without a "\r" before it); at EOF the unterminated rest, then nil. */
@@ -279,17 +296,14 @@ static int l_stream_read_line (lua_State *L) {
   stream_check(L, 1, "read_line");
   t = braid__task_current(L, "stream:read_line");
   braid__task_checkcancel(L, t);
-  return line_k(L, LUA_OK, 0);
+  return line_k(L, NULL);
 }
 
-static int line_k (lua_State *L, int status, lua_KContext ctx) {
-  struct braid_task *t = braid__engine(L)->current;
-  struct tcp_stream *s;
+/* Also read_line's first look; it suspends again while no line is whole. */
+static int line_k (lua_State *L, braid_op_t *op) {
+  struct tcp_stream *s = stream_check(L, 1, "read_line");
   char *nl;
-  int rc;
-  (void) status;
-  if (ctx) braid__task_resumed(L, t);
-  s = stream_check(L, 1, "read_line");
+  (void) op;
   nl = s->len > s->scan ? memchr(s->buf + s->off + s->scan, '\n',
                                  s->len - s->scan) : NULL;
   if (nl) {
@@ -316,11 +330,7 @@ static int line_k (lua_State *L, int status, lua_KContext ctx) {
     s->buf = nb;
     s->cap *= 2;
   }
-  braid__task_checkyield(L, t, "stream:read_line");
-  if (s->waiting) return busy_error(L, "read_line");
-  if ((rc = stream_want(s, t, "tcp read_line")) != 0)
-    return io_error(L, rc, "stream:read_line");
-  return braid__task_yield(L, t, 1, line_k);
+  return stream_wait(L, s, "stream:read_line", "tcp read_line", line_k);
 }
 
 /* stream:lines() -> iterator over read_line, for a generic for. */
@@ -333,90 +343,78 @@ static int l_stream_lines (lua_State *L) {
 
 /* ---- streams: writes and shutdown ---- */
 
-/* A write or a shutdown in flight. */
-struct tcp_op {
+/* A write or a shutdown in flight, freed by its callback. */
+struct tcp_req {
   union {
     uv_write_t write;
     uv_shutdown_t shutdown;
   } req;
   braid_engine_t *E;
-  struct braid_wait wait;
-  struct braid_resource res;   /* lets the task's scope let go of it */
+  braid_op_t *op;              /* the waiting task's; NULL once it let go */
   struct tcp_stream *s;
-  int ref;                     /* the string being written */
-  int status;
-  unsigned char done, waiting, orphan;
+  int ref;                     /* the string being written, or LUA_NOREF */
 };
 
-/* libuv let go; the task may still hold the op. */
-static void op_done (struct tcp_op *op, int status) {
-  op->status = status;
-  op->done = 1;
-  luaL_unref(op->E->S, LUA_REGISTRYINDEX, op->ref);
-  op->ref = LUA_NOREF;
-  if (op->waiting) {
-    op->waiting = 0;
-    braid__task_wake(op->wait.task, WAKE_OK);
-  } else if (op->orphan) {
-    free(op);
+/* libuv let go: hands the status to the task, if it still waits. */
+static void req_done (struct tcp_req *r, int status) {
+  if (r->ref != LUA_NOREF) luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  if (r->op) {
+    *(struct tcp_req **) braid_op_data(r->op) = NULL;
+    lua_pushinteger(braid_op_state(r->op), status);
+    braid_resume(r->op, 1);
   }
+  free(r);
 }
 
 static void write_cb (uv_write_t *req, int status) {
-  op_done(container_of(req, struct tcp_op, req.write), status);
+  req_done(container_of(req, struct tcp_req, req.write), status);
 }
 
 static void shutdown_cb (uv_shutdown_t *req, int status) {
-  op_done(container_of(req, struct tcp_op, req.shutdown), status);
+  req_done(container_of(req, struct tcp_req, req.shutdown), status);
 }
 
-/* The task lets go of the op (its continuation, or its scope ended). */
-static void op_release (struct tcp_op *op) {
-  op->waiting = 0;
-  if (op->done) free(op);
-  else op->orphan = 1;
-}
-
-static void op_res_close (struct braid_resource *r) {
-  op_release(container_of(r, struct tcp_op, res));
+static int req_start (braid_op_t *op, void *ud) {
+  struct tcp_req *r = (struct tcp_req *) ud;
+  *(struct tcp_req **) braid_op_data(op) = r;
+  r->op = op;
+  return 0;
 }
 
 /* A write cannot be taken back once libuv has started it: close the
 ** stream, so that it ends now (UV_ECANCELED) and nothing half-written is
-** followed by later data. */
-static void op_cancel (struct braid_wait *w) {
-  struct tcp_op *op = container_of(w, struct tcp_op, wait);
-  op->waiting = 0;
-  stream_close(op->s);
+** followed by later data. The callback, still to come, frees r. The
+** string goes now: uv_close has closed the socket, so libuv reads it no
+** more, and when the callback comes the engine may be gone (braid_close
+** on an application's loop). */
+static void req_cancel (braid_op_t *op) {
+  struct tcp_req *r = *(struct tcp_req **) braid_op_data(op);
+  if (r == NULL) return;   /* done already: only its status was left */
+  r->op = NULL;
+  stream_close(r->s);
+  luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
 }
 
-static struct tcp_op *op_new (lua_State *L, struct tcp_stream *s) {
-  struct tcp_op *op = calloc(1, sizeof *op);
-  if (op == NULL) io_error(L, UV_ENOMEM, "tcp");
-  op->E = s->E;
-  op->s = s;
-  op->ref = LUA_NOREF;
-  braid__list_init(&op->res.link);
-  op->res.close = op_res_close;
-  return op;
+/* A request holding `ref` (LUA_NOREF: none), released if this raises. The
+** request is the callback's to free, whether or not a task waits for it. */
+static struct tcp_req *req_new (lua_State *L, struct tcp_stream *s, int ref) {
+  struct tcp_req *r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    io_error(L, UV_ENOMEM, "tcp");
+  }
+  r->E = s->E;
+  r->s = s;
+  r->ref = ref;
+  return r;
 }
 
-static void op_wait (struct tcp_op *op, struct braid_task *t,
-                     const char *what) {
-  op->waiting = 1;
-  braid__resource_add(t, &op->res);
-  braid__task_wait(t, &op->wait, op_cancel, what);
-}
-
-/* Shared continuation of write and shutdown: the stream object at 1. */
-static int op_k (lua_State *L, int status, lua_KContext ctx) {
-  struct tcp_op *op = (struct tcp_op *) ctx;
-  struct braid_task *t = braid__engine(L)->current;
-  int rc = op->done ? op->status : UV_ECANCELED;
-  (void) status;
-  braid__resource_remove(&op->res);
-  op_release(op);
-  braid__task_resumed(L, t);
+/* Shared continuation of write and shutdown: the stream object at 1, the
+** status on top. */
+static int req_k (lua_State *L, braid_op_t *op) {
+  int rc = (int) lua_tointeger(L, -1);
+  (void) op;
   if (rc == UV_ECANCELED)
     return braid__error_raise(L, "closed", "ECANCELED", "stream: the stream "
                               "was closed during the operation");
@@ -432,7 +430,7 @@ static int l_stream_write (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "stream:write");
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  struct tcp_op *op;
+  struct tcp_req *r;
   uv_buf_t b;
   int rc;
   lua_settop(L, 2);
@@ -446,18 +444,17 @@ static int l_stream_write (lua_State *L) {
   }
   if (rc < 0 && rc != UV_EAGAIN) return io_error(L, rc, "stream:write");
   if (rc > 0) b = uv_buf_init((char *) data + rc, (unsigned) (len - rc));
-  op = op_new(L, s);
   lua_pushvalue(L, 2);
-  op->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  rc = uv_write(&op->req.write, (uv_stream_t *) &s->tcp, &b, 1, write_cb);
+  r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX));   /* ref may raise */
+  rc = uv_write(&r->req.write, (uv_stream_t *) &s->tcp, &b, 1, write_cb);
   if (rc != 0) {
-    luaL_unref(L, LUA_REGISTRYINDEX, op->ref);
-    free(op);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+    free(r);
     return io_error(L, rc, "stream:write");
   }
-  op_wait(op, t, "tcp write");
   lua_settop(L, 1);
-  return braid__task_yield(L, t, (lua_KContext) op, op_k);
+  return braid_suspendk(L, "tcp write", sizeof r, req_start, req_cancel, r,
+                        req_k);
 }
 
 /* stream:shutdown(): half-close, once pending writes are done; the peer
@@ -465,19 +462,19 @@ static int l_stream_write (lua_State *L) {
 static int l_stream_shutdown (lua_State *L) {
   struct tcp_stream *s = stream_check(L, 1, "shutdown");
   struct braid_task *t = braid__task_current(L, "stream:shutdown");
-  struct tcp_op *op;
+  struct tcp_req *r;
   int rc;
   lua_settop(L, 1);
   braid__task_checkyield(L, t, "stream:shutdown");
   braid__task_checkcancel(L, t);
-  op = op_new(L, s);
-  rc = uv_shutdown(&op->req.shutdown, (uv_stream_t *) &s->tcp, shutdown_cb);
+  r = req_new(L, s, LUA_NOREF);
+  rc = uv_shutdown(&r->req.shutdown, (uv_stream_t *) &s->tcp, shutdown_cb);
   if (rc != 0) {
-    free(op);
+    free(r);
     return io_error(L, rc, "stream:shutdown");
   }
-  op_wait(op, t, "tcp shutdown");
-  return braid__task_yield(L, t, (lua_KContext) op, op_k);
+  return braid_suspendk(L, "tcp shutdown", sizeof r, req_start, req_cancel,
+                        r, req_k);
 }
 
 /* stream:close(): closes at once; never waits, so it suits __close. */
@@ -508,15 +505,14 @@ static int l_stream_tostring (lua_State *L) {
 
 struct tcp_connect {
   braid_engine_t *E;
-  struct braid_wait wait;
-  struct braid_resource res;
+  braid_op_t *op;                 /* the waiting task's, until finished */
   struct braid_timer timer;       /* opts.timeout */
   uv_getaddrinfo_t gai;
   uv_connect_t req;
   struct addrinfo *ai, *next;     /* resolved addresses, the next to try */
   struct tcp_stream *s;           /* the current attempt, then the result */
   int status, busy;               /* busy: libuv callbacks still to come */
-  unsigned char waiting, owned, stopped;
+  unsigned char owned, stopped;   /* owned: by the task, until k/on_cancel */
 };
 
 static void conn_free (struct tcp_connect *c) {
@@ -527,6 +523,7 @@ static void conn_free (struct tcp_connect *c) {
 
 /* Ends the attempt for good: no more callbacks will act. */
 static void conn_stop (struct tcp_connect *c) {
+  if (c->stopped) return;
   c->stopped = 1;
   braid__timer_stop(c->E, &c->timer);
   if (c->busy && c->s == NULL) uv_cancel((uv_req_t *) &c->gai);
@@ -539,9 +536,10 @@ static void conn_stop (struct tcp_connect *c) {
 static void conn_finish (struct tcp_connect *c, int status) {
   conn_stop(c);
   c->status = status;
-  if (c->waiting) {
-    c->waiting = 0;
-    braid__task_wake(c->wait.task, WAKE_OK);
+  if (c->op) {
+    braid_op_t *op = c->op;
+    c->op = NULL;
+    braid_resume(op, 0);   /* k takes the outcome from c */
   }
 }
 
@@ -604,15 +602,10 @@ static void conn_timeout_cb (struct braid_timer *tm) {
   conn_finish(container_of(tm, struct tcp_connect, timer), UV_ETIMEDOUT);
 }
 
-static void conn_cancel (struct braid_wait *w) {
-  struct tcp_connect *c = container_of(w, struct tcp_connect, wait);
-  c->waiting = 0;
-  conn_stop(c);
-}
-
-/* The task lets go: a finished connection nobody took is closed. */
+/* The task lets go (its continuation, or on_cancel): a finished
+** connection nobody took is closed. */
 static void conn_release (struct tcp_connect *c) {
-  c->waiting = 0;
+  c->op = NULL;
   conn_stop(c);
   if (c->s) {
     stream_close(c->s);
@@ -622,30 +615,63 @@ static void conn_release (struct tcp_connect *c) {
   conn_free(c);
 }
 
-static void conn_res_close (struct braid_resource *r) {
-  conn_release(container_of(r, struct tcp_connect, res));
+struct conn_args {
+  struct tcp_connect *c;
+  const char *host;
+  int port;
+  double timeout;
+};
+
+static int conn_start (braid_op_t *op, void *ud) {
+  struct conn_args *a = (struct conn_args *) ud;
+  struct tcp_connect *c = a->c;
+  struct sockaddr_storage sa;
+  char portstr[16];
+  int rc;
+  *(struct tcp_connect **) braid_op_data(op) = c;
+  c->op = op;
+  c->owned = 1;
+  /* A numeric address needs no resolver thread. */
+  if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *) &sa) == 0 ||
+      uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *) &sa) == 0) {
+    if ((rc = conn_attempt(c, (struct sockaddr *) &sa)) != 0)
+      conn_finish(c, rc);
+  } else {
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(portstr, sizeof portstr, "%d", a->port);
+    rc = uv_getaddrinfo(c->E->loop, &c->gai, gai_cb, a->host, portstr,
+                        &hints);
+    if (rc == 0) c->busy++;
+    else conn_finish(c, rc);
+  }
+  if (c->op && a->timeout >= 0)   /* else it finished at once: resumed */
+    braid__timer_start(c->E, &c->timer, (uint64_t) (a->timeout * 1e9),
+                       conn_timeout_cb);
+  return 0;
 }
 
-static int connect_k (lua_State *L, int status, lua_KContext ctx) {
-  struct tcp_connect *c = (struct tcp_connect *) ctx;
-  struct braid_task *t = braid__engine(L)->current;
-  struct tcp_stream **ud = stream_newud(L);   /* may raise: c still owns s */
+static void conn_cancel (braid_op_t *op) {
+  conn_release(*(struct tcp_connect **) braid_op_data(op));
+}
+
+/* The stream object made before suspending is at 3; binding the
+** connection to it cannot fail, so the stream always has an owner. */
+static int connect_k (lua_State *L, braid_op_t *op) {
+  struct tcp_connect *c = *(struct tcp_connect **) braid_op_data(op);
   struct tcp_stream *s = c->status == 0 ? c->s : NULL;
   int rc = c->status;
-  (void) status;
   c->s = NULL;
-  braid__resource_remove(&c->res);
   conn_release(c);
-  if (s && t->wake != WAKE_OK) {   /* the wake-up raises: drop the stream */
-    stream_close(s);
-    s = NULL;
-  }
-  braid__task_resumed(L, t);
   if (rc < 0)
     return braid__error_raise(L, "io", uv_err_name(rc), "tcp.connect %s:%d: "
                               "%s", lua_tostring(L, 1),
                               (int) lua_tointeger(L, 2), uv_strerror(rc));
-  stream_bind(ud, s, t);
+  stream_bind((struct tcp_stream **) lua_touserdata(L, 3), s,
+              braid__task_current(L, "tcp.connect"));
+  lua_settop(L, 3);
   return 1;
 }
 
@@ -655,47 +681,27 @@ static const char *const connect_options[] = {"timeout", NULL};
 ** bounds resolution and connection; errors are kind "io" with `code`. */
 static int l_tcp_connect (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "tcp.connect");
-  const char *host = luaL_checkstring(L, 1);
-  lua_Integer port = luaL_checkinteger(L, 2);
-  double timeout;
-  struct tcp_connect *c;
-  struct sockaddr_storage sa;
-  char portstr[16];
-  int rc;
+  struct conn_args a;
+  lua_Integer port;
+  a.host = luaL_checkstring(L, 1);
+  port = luaL_checkinteger(L, 2);
   if (port < 0 || port > 65535)
     braid__error_argerror(L, 2, "tcp.connect", "port out of range");
+  a.port = (int) port;
   braid__check_options(L, 3, "tcp.connect", connect_options);
-  timeout = braid__opt_number(L, 3, "timeout", -1, "tcp.connect");
+  a.timeout = braid__opt_number(L, 3, "timeout", -1, "tcp.connect");
   lua_settop(L, 2);
   braid__task_checkyield(L, t, "tcp.connect");
   braid__task_checkcancel(L, t);
-  if ((c = calloc(1, sizeof *c)) == NULL) io_error(L, UV_ENOMEM, "tcp.connect");
-  c->E = t->E;
-  c->owned = 1;
-  c->waiting = 1;
-  braid__list_init(&c->res.link);
-  c->res.close = conn_res_close;
-  braid__resource_add(t, &c->res);
-  braid__task_wait(t, &c->wait, conn_cancel, "tcp connect");
-  /* A numeric address needs no resolver thread. */
-  if (uv_ip4_addr(host, (int) port, (struct sockaddr_in *) &sa) == 0 ||
-      uv_ip6_addr(host, (int) port, (struct sockaddr_in6 *) &sa) == 0) {
-    if ((rc = conn_attempt(c, (struct sockaddr *) &sa)) != 0)
-      conn_finish(c, rc);
-  } else {
-    struct addrinfo hints;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(portstr, sizeof portstr, "%d", (int) port);
-    rc = uv_getaddrinfo(t->E->loop, &c->gai, gai_cb, host, portstr, &hints);
-    if (rc == 0) c->busy++;
-    else conn_finish(c, rc);
-  }
-  if (c->waiting && timeout >= 0)   /* else it finished at once: woken */
-    braid__timer_start(t->E, &c->timer, (uint64_t) (timeout * 1e9),
-                       conn_timeout_cb);
-  return braid__task_yield(L, t, (lua_KContext) c, connect_k);
+  stream_newud(L);                                          /* 3 */
+  /* Allocated here, not in conn_start, so that running out of memory reads
+  ** "tcp.connect: ..." as ever. braid_suspendk cannot raise before
+  ** conn_start takes c over: it checks only what was just checked. */
+  if ((a.c = calloc(1, sizeof *a.c)) == NULL)
+    return io_error(L, UV_ENOMEM, "tcp.connect");
+  a.c->E = t->E;
+  return braid_suspendk(L, "tcp connect", sizeof a.c, conn_start,
+                        conn_cancel, &a, connect_k);
 }
 
 /* ---- servers ---- */
