@@ -120,10 +120,13 @@ fuzz: all
 soak: all
 	$(RUN_ENV) $(BUILD)/braid tools/soak.lua $(SOAK_ROUNDS)
 
-# Fault injection over every allocation of the workflow (make test runs a
-# sample of FAULT_SAMPLES of them).
+# Fault injection over every allocation of the workflow, with memory
+# coming back after 48 KB, 4 KB and at once (make test runs a sample of
+# FAULT_SAMPLES, default 150, at 48 KB).
 faultsweep: all
 	$(RUN_ENV) $(BUILD)/fault_test
+	$(RUN_ENV) $(BUILD)/fault_test --relief 4096
+	$(RUN_ENV) $(BUILD)/fault_test --relief 0
 
 # valgrind memcheck over the examples, the embedding binaries, engine cases
 # and fuzzer seeds (tools/valgrind.sh); ends with one summary line.
