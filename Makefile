@@ -24,9 +24,10 @@ CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
 HEADERS   := engine/internal.h engine/braid.h
 PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
-EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app
+EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app \
+             $(BUILD)/fault_test
 
-.PHONY: all deps run test bench fuzz soak valgrind clean install
+.PHONY: all deps run test bench fuzz soak faultsweep valgrind clean install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
@@ -81,6 +82,10 @@ $(BUILD)/libbraid.so: $(CORE_OBJS)
 $(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
 
+# Allocation fault injection (tests/fault_test.c, tests/fault_workflow.lua).
+$(BUILD)/fault_test: tests/fault_test.c $(BUILD)/libbraid.a
+	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
 $(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
 
@@ -114,6 +119,14 @@ fuzz: all
 # concurrent sleepers, memory flat across rounds (tools/soak.lua).
 soak: all
 	$(RUN_ENV) $(BUILD)/braid tools/soak.lua $(SOAK_ROUNDS)
+
+# Fault injection over every allocation of the workflow, with memory
+# coming back after 48 KB, 4 KB and at once (make test runs a sample of
+# FAULT_SAMPLES, default 150, at 48 KB).
+faultsweep: all
+	$(RUN_ENV) $(BUILD)/fault_test
+	$(RUN_ENV) $(BUILD)/fault_test --relief 4096
+	$(RUN_ENV) $(BUILD)/fault_test --relief 0
 
 # valgrind memcheck over the examples, the embedding binaries, engine cases
 # and fuzzer seeds (tools/valgrind.sh); ends with one summary line.

@@ -43,6 +43,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
   p = realloc(ptr, nsize);
+  if (p == NULL) p = braid__reserve_spend(E, ptr, osize, nsize);
   if (p) E->mem_used = E->mem_used - old + nsize;
   return p;
 }
@@ -218,7 +219,12 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
     goto fail_loop;
   }
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
+  braid__reserve_take(E);   /* not counted against the memory limit */
   E->running = 1;   /* braid.run from Lua is refused: tasks run already */
+  if (E->reserve == NULL) {
+    braid_close(E);
+    return NULL;
+  }
   return E;
 fail_loop:
   if (E->owns_loop) uv_loop_close(&E->own_loop);
@@ -281,6 +287,7 @@ void braid_close (braid_engine_t *E) {
     uv_loop_close(&E->own_loop);
   }
   lua_close(E->L);
+  braid__reserve_free(E);
   E->L = E->S = NULL;
   braid__engine_unref(E);   /* the state's reference; handles hold theirs */
 }

@@ -207,6 +207,7 @@ void braid__task_cancel(struct braid_task *t, lua_State *L, int reason);
 void braid__task_abandon(struct braid_task *t);
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);
+void braid__task_kick(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
 const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
 
@@ -272,6 +273,12 @@ struct braid_engine {
   int (*on_interrupt)(braid_engine_t *E);
   struct braid_task *focus;
   struct braid_list signal_waiters; /* signal.c: the script's waiters */
+  /* The memory reserve (loop.c). alloc_f/alloc_ud: the allocator braid.run
+  ** wraps (NULL when embedded: braid__alloc is the state's own). */
+  lua_Alloc alloc_f;
+  void *alloc_ud;
+  void *reserve;               /* freed when the scheduler runs out */
+  unsigned char oom;           /* it was: fail at the next safe point */
 };
 
 braid_engine_t *braid__engine(lua_State *L);
@@ -281,6 +288,11 @@ int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
 void braid__engine_detach(braid_engine_t *E);
 void braid__engine_unref(braid_engine_t *E);
 void *braid__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void braid__reserve_take(braid_engine_t *E);
+void braid__reserve_free(braid_engine_t *E);
+void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
+                           size_t nsize);
+void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__budget_set(braid_engine_t *E, lua_State *co);
 void braid__engine_fatal(braid_engine_t *E);
 void braid__open_task(lua_State *L);

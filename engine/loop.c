@@ -153,12 +153,97 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
   lua_remove(L, -2);
 }
 
-/* A Lua error escaped the scheduler (out of memory while ending a task):
-** the engine cannot keep its promises any more, so it says so and stops. */
+/* A Lua error escaped the scheduler: out of memory again after the
+** reserve was spent (see below). The engine cannot keep its promises any
+** more, so it says so and stops. */
 void braid__engine_fatal (braid_engine_t *E) {
-  fprintf(stderr, "braid: fatal error in the scheduler: %s\n",
-          lua_tostring(E->S, -1) ? lua_tostring(E->S, -1) : "(not a string)");
+  fprintf(stderr, "braid: fatal error in the scheduler: %s%s\n",
+          lua_tostring(E->S, -1) ? lua_tostring(E->S, -1) : "(not a string)",
+          E->reserve ? "" : " (its memory reserve was already spent)");
   abort();
+}
+
+/* ---- the memory reserve ----
+** Lua raises "not enough memory" where an allocation fails. Inside a task
+** that is an ordinary error. Outside one (the scheduler ending a task, a
+** libuv callback, braid's bookkeeping) there is no one to raise it to, and
+** some of those places run Lua outside any protected call. So while braid
+** runs, every allocation goes through braid__alloc (embedded) or
+** run_alloc (braid.run), and one that fails outside a task frees the
+** reserve and is tried again. The engine carries on and, at the next safe
+** point (braid__engine_oom, called by the scheduler), fails the root task
+** with a "memory" error, or cancels an embedder's tasks with it: everything
+** is cancelled and cleaned up the normal way. */
+
+#define RESERVE_SIZE (64 * 1024)
+
+static void *reserve_alloc (braid_engine_t *E, void *ptr, size_t osize,
+                            size_t nsize) {
+  if (E->alloc_f) return E->alloc_f(E->alloc_ud, ptr, osize, nsize);
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+/* Sets the reserve aside, unless it is already. Failing is no error: the
+** engine then runs without one. */
+void braid__reserve_take (braid_engine_t *E) {
+  if (E->reserve == NULL)
+    E->reserve = reserve_alloc(E, NULL, LUA_TUSERDATA, RESERVE_SIZE);
+}
+
+void braid__reserve_free (braid_engine_t *E) {
+  if (E->reserve) reserve_alloc(E, E->reserve, RESERVE_SIZE, 0);
+  E->reserve = NULL;
+}
+
+/* An allocation failed: outside a task (and outside braid_run_string's
+** load, which reports it), spend the reserve and try once more. Returns
+** the block or NULL (Lua then raises). */
+void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
+                            size_t nsize) {
+  if (E->current || E->loading || E->reserve == NULL) return NULL;
+  braid__reserve_free(E);
+  E->oom = 1;
+  if (E->attached) braid__task_kick(E);   /* the safe point comes soon */
+  return reserve_alloc(E, ptr, osize, nsize);
+}
+
+/* The state's allocator during braid.run: the script's own, with the
+** reserve behind it. Delegating keeps blocks allocated before the run (and
+** after it) valid: each allocator frees the other's. */
+static void *run_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  braid_engine_t *E = (braid_engine_t *) ud;
+  void *p = E->alloc_f(E->alloc_ud, ptr, osize, nsize);
+  if (p == NULL && nsize > 0) p = braid__reserve_spend(E, ptr, osize, nsize);
+  return p;
+}
+
+/* The safe point after the reserve was spent: fail the root (or the REPL's
+** running entry) with a "memory" error, or cancel an embedder's tasks with
+** it, then set a new reserve aside. Runs in scheduler context, under
+** lua_pcall on S. */
+void braid__engine_oom (lua_State *S, braid_engine_t *E) {
+  struct braid_task *victim = E->focus && !TASK_DONE(E->focus) ? E->focus
+                                                                : E->root;
+  struct braid_list *n;
+  E->oom = 0;
+  braid__reserve_take(E);   /* first: it covers the allocations below */
+  braid__error_push(S, "memory", NULL, "not enough memory (braid's "
+                    "scheduler ran out and spent its reserve)");
+  if (!E->embedded) {
+    if (victim && !TASK_DONE(victim))
+      braid__scope_fail(S, &victim->scope, -1);
+    else E->oom = 2;   /* too late for the root: braid.run raises it */
+  } else {
+    for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
+      struct braid_scope *sub = container_of(n, struct braid_scope, link);
+      if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, S, -1);
+    }
+  }
+  lua_pop(S, 1);
 }
 
 static int interrupt_p (lua_State *L) {
@@ -270,6 +355,13 @@ static int engine_close_loop (braid_engine_t *E) {
   return uv_loop_close(E->loop) != 0 ? -1 : -left;
 }
 
+/* Gives the state its own allocator back, and the reserve. */
+static void run_alloc_end (lua_State *L, braid_engine_t *E) {
+  braid__reserve_free(E);
+  lua_setallocf(L, E->alloc_f, E->alloc_ud);
+  E->alloc_f = NULL;
+}
+
 static const char *const run_options[] = {"clock", "seed", "grace", NULL};
 
 /* braid.run(fn, [opts]) -> ...: runs fn as the root task on a fresh loop
@@ -311,11 +403,24 @@ static int l_loop_run (lua_State *L) {
   }
   lua_settop(L, 1);
   braid__error_forget(L);   /* records live until the next run's start */
-  if ((rc = uv_loop_init(&E->own_loop)) != 0)
+  if (lua_getallocf(L, NULL) != run_alloc) {   /* else a run raised early */
+    E->alloc_f = lua_getallocf(L, &E->alloc_ud);
+    lua_setallocf(L, run_alloc, E);
+  }
+  E->oom = 0;
+  braid__reserve_take(E);
+  if (E->reserve == NULL) {   /* the run could not clean up after itself */
+    run_alloc_end(L, E);
+    return luaL_error(L, "not enough memory");
+  }
+  if ((rc = uv_loop_init(&E->own_loop)) != 0) {
+    run_alloc_end(L, E);
     braid__error_raise(L, "io", uv_err_name(rc), "braid.run: %s",
                        uv_strerror(rc));
+  }
   if ((rc = braid__engine_attach(E, &E->own_loop, 1)) != 0) {
     engine_close_loop(E);
+    run_alloc_end(L, E);
     braid__error_raise(L, "io", uv_err_name(rc), "braid.run: %s",
                        uv_strerror(rc));
   }
@@ -339,10 +444,14 @@ static int l_loop_run (lua_State *L) {
   E->running = 0;
   E->root = NULL;
   rc = engine_close_loop(E);
+  run_alloc_end(L, E);
   if (rc != 0)
     braid__error_raise(L, "io", NULL, "braid.run: %d libuv handle(s) were "
                        "left open at exit", rc < 0 ? -rc : rc);
   status = ((struct braid_task *) lua_touserdata(L, 2))->status;
+  if (E->oom && status == TASK_OK)   /* after the root had ended */
+    braid__error_raise(L, "memory", NULL, "not enough memory (braid's "
+                       "scheduler ran out and spent its reserve)");
   if (E->interrupted && status != TASK_OK) {
     lua_getiuservalue(L, 2, 1);
     return lua_error(L);

@@ -364,8 +364,10 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
 static int l_task_drain (lua_State *S) {
   braid_engine_t *E = braid__engine(S);
   int budget = DRAIN_BUDGET;
-  while (E->ready_head && budget-- > 0) {
-    struct braid_task *t = E->ready_head;
+  while (budget-- > 0) {
+    struct braid_task *t;
+    if (E->oom == 1) braid__engine_oom(S, E);   /* the reserve was spent */
+    if ((t = E->ready_head) == NULL) break;
     E->ready_head = t->next;
     if (E->ready_head == NULL) E->ready_tail = NULL;
     t->queued = 0;
@@ -378,7 +380,13 @@ void braid__task_drain (braid_engine_t *E) {
   lua_State *S = E->S;
   lua_pushcfunction(S, l_task_drain);
   if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E);
-  if (E->ready_head == NULL) uv_idle_stop(&E->idle);
+  if (E->ready_head == NULL && E->oom != 1) uv_idle_stop(&E->idle);
+}
+
+/* Makes the scheduler run soon, with or without a ready task: the memory
+** reserve was spent and the safe point to say so is in the drain. */
+void braid__task_kick (braid_engine_t *E) {
+  uv_idle_start(&E->idle, idle_cb);
 }
 
 /* ---- cancellation and abandonment ---- */

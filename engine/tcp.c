@@ -851,14 +851,14 @@ static int l_tcp_listen (lua_State *L) {
   }
   srv->closing = 0;
   srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
+  srv->scope = t->inner;   /* first: out of memory below, the scope closes it */
+  braid__resource_add(t, &srv->res);
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = srv;
   srv->ud = ud;
   luaL_setmetatable(L, SERVER_MT);
   lua_pushvalue(L, 3);
   srv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  srv->scope = t->inner;
-  braid__resource_add(t, &srv->res);
   return 1;
 }
 
