@@ -817,7 +817,7 @@ static int l_tcp_listen (lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 2);
   struct sockaddr_storage sa;
   struct tcp_server *srv, **ud;
-  int rc, backlog, len = sizeof sa;
+  int rc, ref, backlog, len = sizeof sa;
   if (port < 0 || port > 65535)
     braid__error_argerror(L, 2, "tcp.listen", "port out of range");
   if (!braid__is_callable(L, 3))
@@ -829,15 +829,24 @@ static int l_tcp_listen (lua_State *L) {
       uv_ip6_addr(host, (int) port, (struct sockaddr_in6 *) &sa) != 0)
     braid__error_argerror(L, 1, "tcp.listen", "numeric IP address expected");
   braid__task_checkcancel(L, t);
-  if ((srv = calloc(1, sizeof *srv)) == NULL)
+  /* The Lua objects first: once the server listens, nothing may raise. */
+  ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  lua_pushvalue(L, 3);
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if ((srv = calloc(1, sizeof *srv)) == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     io_error(L, UV_ENOMEM, "tcp.listen");
+  }
   srv->E = t->E;
-  srv->handler_ref = LUA_NOREF;
+  srv->handler_ref = ref;
   braid__list_init(&srv->conns);
   braid__list_init(&srv->res.link);
   srv->res.close = server_res_close;
   if ((rc = uv_tcp_init(t->E->loop, &srv->tcp)) != 0) {
     free(srv);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     return io_error(L, rc, "tcp.listen");
   }
   srv->closing = 1;   /* until it listens: a failure closes it quietly */
@@ -845,20 +854,17 @@ static int l_tcp_listen (lua_State *L) {
       (rc = uv_listen((uv_stream_t *) &srv->tcp, backlog,
                       server_connection_cb)) != 0 ||
       (rc = uv_tcp_getsockname(&srv->tcp, (struct sockaddr *) &sa, &len))) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
     return braid__error_raise(L, "io", uv_err_name(rc), "tcp.listen %s:%d: "
                               "%s", host, (int) port, uv_strerror(rc));
   }
   srv->closing = 0;
   srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
-  srv->scope = t->inner;   /* first: out of memory below, the scope closes it */
+  srv->scope = t->inner;
   braid__resource_add(t, &srv->res);
-  ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = srv;
   srv->ud = ud;
-  luaL_setmetatable(L, SERVER_MT);
-  lua_pushvalue(L, 3);
-  srv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
