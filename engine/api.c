@@ -407,7 +407,21 @@ void braid_task_release (braid_engine_t *E, braid_task_t *task) {
 ** them; abandoning the task (lua_resetthread) drops them with the stack,
 ** so an op holds no reference anywhere. */
 
+/* The op is no longer pending: it stops holding the virtual clock. */
+static void op_settle (struct braid_wait *w) {
+  if (w->holds) w->task->E->io_ops--;
+  w->holds = 0;
+}
+
+/* The op waits on one of braid's heap timers (braid.sleep), which the
+** virtual clock jumps to; every other op waits for the outside world and
+** holds the virtual clock still until it completes. */
+void braid__op_timer (braid_op_t *op) {
+  op_settle(OP_WAIT(op));
+}
+
 static void op_cancel (struct braid_wait *w) {
+  op_settle(w);
   w->state = OP_CANCELLED;
   if (w->on_cancel) w->on_cancel(WAIT_OP(w));
 }
@@ -459,8 +473,11 @@ int braid_suspendk (lua_State *L, const char *what, size_t size,
   w->on_cancel = on_cancel;
   w->state = OP_PENDING;
   w->nres = 0;
+  w->holds = 1;
+  t->E->io_ops++;
   if (start && (rc = start(WAIT_OP(w), ud)) < 0 && w->state == OP_PENDING) {
     if (t->wait == w) t->wait = NULL;
+    op_settle(w);
     w->state = OP_CANCELLED;
     return braid__error_raise(L, "io", uv_err_name(rc), "%s: %s", what,
                               uv_strerror(rc));
@@ -492,6 +509,7 @@ static int op_complete (braid_op_t *op, int state, int n) {
     lua_pop(S, n);
     return UV_EALREADY;
   }
+  op_settle(w);
   if (lua_checkstack(w->L, n)) lua_xmove(S, w->L, n);
   else {
     lua_pop(S, n);

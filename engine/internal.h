@@ -53,6 +53,7 @@ void braid__timer_stop(braid_engine_t *E, struct braid_timer *tm);
 uint64_t braid__now(braid_engine_t *E);
 uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
+void braid__timer_quiet(braid_engine_t *E);     /* no task ready */
 uint64_t braid__check_ns(lua_State *L, int arg, const char *fname);
 
 /* ---- waits: what a suspended task is waiting on ---- */
@@ -88,6 +89,7 @@ struct braid_wait {
       braid_cancel_fn on_cancel;
       void *data;                      /* inline, or a userdata */
       int state, nres;
+      unsigned char holds;             /* counted in E->io_ops */
       union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
         inl;                           /* aligned as a Lua userdata */
     };
@@ -98,6 +100,7 @@ struct braid_wait {
 #define OP_WAIT(op) ((struct braid_wait *) (op))
 #define WAIT_OP(w) ((braid_op_t *) (w))
 void braid__op_release(struct braid_task *t);
+void braid__op_timer(braid_op_t *op);
 
 /* ---- scopes ---- */
 
@@ -246,6 +249,7 @@ struct braid_engine {
   uv_signal_t sigint, sigquit;
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
+  unsigned io_ops;             /* ops pending that hold the virtual clock */
   struct braid_timer **heap;
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;

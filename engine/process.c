@@ -483,10 +483,25 @@ static void buf_push (lua_State *L, struct proc_buf *b) {
 }
 
 /* Stack: argv (1), opts (2), anchor (3). */
+/* exec's result table from the ended process p (light userdata 1); runs
+** under lua_pcall so that exec_k frees p even when this raises. */
+static int exec_result (lua_State *L) {
+  struct braid_proc *p = (struct braid_proc *) lua_touserdata(L, 1);
+  lua_createtable(L, 0, 4);
+  proc_push_status(L, p);
+  lua_setfield(L, -3, "signal");
+  lua_setfield(L, -2, "code");
+  buf_push(L, &p->out[P_STDOUT]);
+  lua_setfield(L, -2, "stdout");
+  buf_push(L, &p->out[P_STDERR]);
+  lua_setfield(L, -2, "stderr");
+  return 1;
+}
+
 static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
   const char *name;
-  int failed;
+  int failed, rc;
   lua_rawgeti(L, 3, 1);
   name = lua_tostring(L, -1);  /* anchored at 3 */
   lua_pop(L, 1);
@@ -500,16 +515,12 @@ static int exec_k (lua_State *L, braid_op_t *op) {
     return braid__error_raise(L, "timeout", NULL, "exec: command '%s' timed "
                               "out after %f s", name, s);
   }
-  lua_createtable(L, 0, 4);
-  proc_push_status(L, p);
-  lua_setfield(L, -3, "signal");
-  lua_setfield(L, -2, "code");
-  buf_push(L, &p->out[P_STDOUT]);
-  lua_setfield(L, -2, "stdout");
-  buf_push(L, &p->out[P_STDERR]);
-  lua_setfield(L, -2, "stderr");
+  lua_pushcfunction(L, exec_result);
+  lua_pushlightuserdata(L, p);
+  rc = lua_pcall(L, 1, 1, 0);
   failed = p->signal != 0 || p->code != 0;
   proc_release(p);
+  if (rc != LUA_OK) return lua_error(L);   /* out of memory: p is freed */
   if (failed && lua_istable(L, 2) &&
       lua_getfield(L, 2, "check") != LUA_TNIL && lua_toboolean(L, -1)) {
     int r = lua_gettop(L) - 1;

@@ -380,7 +380,10 @@ void braid__task_drain (braid_engine_t *E) {
   lua_State *S = E->S;
   lua_pushcfunction(S, l_task_drain);
   if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E);
-  if (E->ready_head == NULL && E->oom != 1) uv_idle_stop(&E->idle);
+  if (E->ready_head == NULL) {
+    if (E->oom != 1) uv_idle_stop(&E->idle);
+    braid__timer_quiet(E);
+  }
 }
 
 /* Makes the scheduler run soon, with or without a ready task: the memory

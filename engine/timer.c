@@ -70,6 +70,7 @@ static void timer_rearm (braid_engine_t *E) {
   ms = E->heap[0]->due > now ? (E->heap[0]->due - now + 999999) / 1000000 : 0;
   uv_update_time(E->loop);
   uv_timer_start(&E->timer, timer_cb, ms, 0);
+  uv_ref((uv_handle_t *) &E->timer);   /* unreferenced by the autojump */
   E->armed_due = E->heap[0]->due;
 }
 
@@ -118,6 +119,25 @@ static void timer_cb (uv_timer_t *h) {
   E->armed_due = 0;
   timer_fire(E, uv_hrtime());
   timer_rearm(E);
+}
+
+/* On the virtual clock the uv_timer_t is the autojump instead. Time jumps
+** when the loop runs dry (loop.c), and also when it does not but no task
+** is ready and none waits for the outside world (E->io_ops: every op but
+** a sleep): an idle server or signal watcher must not freeze the clock.
+** An op in flight (a child, a request, a read) holds it still, so real
+** work finishes before a virtual deadline passes. The timer fires in the
+** loop's next turn, after the I/O already due; it is unreferenced so that
+** a dry loop is still seen as dry. */
+static void autojump_cb (uv_timer_t *h) {
+  braid_engine_t *E = container_of(h, braid_engine_t, timer);
+  if (E->ready_head == NULL && E->io_ops == 0) braid__timer_advance(E);
+}
+
+void braid__timer_quiet (braid_engine_t *E) {
+  if (!E->virtual_clock || E->heap_n == 0 || E->io_ops) return;
+  uv_timer_start(&E->timer, autojump_cb, 0, 0);
+  uv_unref((uv_handle_t *) &E->timer);
 }
 
 int braid__timer_advance (braid_engine_t *E) {
@@ -196,6 +216,7 @@ static int sleep_start (braid_op_t *op, void *ud) {
   struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
   so->op = op;
   so->E = a->E;
+  braid__op_timer(op);   /* the virtual clock may jump over it */
   braid__timer_start(a->E, &so->tm, a->ns, sleep_done);
   return 0;
 }

@@ -153,3 +153,23 @@ describe("braid.run with a seed", function()
     assert.are.equal(trace(), trace())
   end)
 end)
+
+describe("the virtual clock beside live I/O", function()
+  -- Time used to stand still while any handle kept the loop alive: an idle
+  -- server froze every sleeper (found by the fuzzer's tcp steps).
+  it("still jumps while an idle server listens", h.virtual(function()
+    local server = braid.tcp.listen(nil, 0, function() end)
+    braid.sleep(3600)
+    server:close()
+    assert.are.equal(3600, braid.now())
+  end))
+
+  it("holds still while a child process runs", h.virtual(function()
+    local sleeper = braid.spawn(braid.sleep, 0.5)   -- a timer to jump to
+    local r = braid.timeout(1, braid.exec, {"sh", "-c", "sleep 0.2; echo done"})
+    assert.are.equal("done\n", r.stdout)
+    assert.are.equal(0, braid.now())
+    sleeper:await()
+    assert.are.equal(0.5, braid.now())
+  end))
+end)

@@ -392,6 +392,12 @@ static int t_memory_limit (void) {
   CHECK(braid_memory_used(E) < o.memory_limit);
   n = run_to_end(E, "return 'after: ' .. #('y'):rep(1000)");
   CHECK(result_is(E, n, 1, "after: 1000"));
+  braid_close(E);
+  /* output too big for the limit: exec's result fails, nothing leaks (LSan) */
+  o.modules = BRAID_MOD_PROCESS;
+  E = braid_new(NULL, &o);
+  n = run_to_end(E, "return braid.exec({'head', '-c', '6000000', '/dev/zero'})");
+  CHECK(result_is(E, n, 0, "not enough memory"));
   {   /* a chunk too big to compile within the limit */
     size_t i, len = 6u << 20;
     char *big = (char *) malloc(len + 1);
