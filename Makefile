@@ -108,12 +108,15 @@ test: all
 	@BUILD=$(BUILD) $(SAN_ENV) RUN_ENV="$(RUN_ENV)" spec/run
 
 # The cancellation fuzzer over FUZZ_SEEDS seeds from FUZZ_FIRST; braid's own
-# reports of errors raised while cancelling go to $(BUILD)/fuzz.stderr.
+# reports of errors raised while cancelling go to $(BUILD)/fuzz.stderr, with
+# each seed's number first, so that a hang (the whole run is bounded: 2 s a
+# seed) names its seed.
 FUZZ_SEEDS ?= 2000
 FUZZ_FIRST ?= 1
 fuzz: all
-	$(SAN_ENV) LUA_CPATH='$(BUILD)/?.so;;' lua5.4 tools/fuzz.lua $(FUZZ_FIRST) $(FUZZ_SEEDS) 2>$(BUILD)/fuzz.stderr \
-	  || { tail -5 $(BUILD)/fuzz.stderr; exit 1; }
+	$(SAN_ENV) FUZZ_TRACE=1 LUA_CPATH='$(BUILD)/?.so;;' timeout $$((2 * $(FUZZ_SEEDS) + 60)) \
+	  lua5.4 tools/fuzz.lua $(FUZZ_FIRST) $(FUZZ_SEEDS) 2>$(BUILD)/fuzz.stderr \
+	  || { tail -5 $(BUILD)/fuzz.stderr; echo "fuzz: failed or hung at $$(grep '^seed' $(BUILD)/fuzz.stderr | tail -1)"; exit 1; }
 
 # Soak: 10 rounds of 1M short-lived tasks through a channel and 100k
 # concurrent sleepers, memory flat across rounds (tools/soak.lua).
