@@ -5,11 +5,16 @@
 -- From each seed (math.randomseed(seed), the only randomness) it generates a
 -- random workflow tree -- gather (settle/limit/timeout), race, any, map,
 -- timeout, scope (+ scope:cancel), shield, spawn+await, task:cancel from a
--- sibling, channel and semaphore traffic, pcall, sleeps and errors, with a
+-- sibling, channel and semaphore traffic, pcall, sleeps and errors, real I/O
+-- (a process, a TCP round trip, a file) in place of some sleeps, with a
 -- <close> variable in every function -- runs it under
 -- braid.run(fn, {clock = "virtual"}) and checks invariants that need no full
--- model (see `check` below and the comments at each construct). A failing seed
--- prints a one-line reproduction, the tree, and exits 1.
+-- model (see `check` below and the comments at each construct), and that
+-- the registry, the heap and the open descriptors return to their baseline.
+-- A failing seed prints a one-line reproduction, the tree, and exits 1. A
+-- seed's tree and timer order replay exactly; only the order in which
+-- concurrent real I/O completes can differ between runs (FUZZ_IO=0 turns
+-- the I/O steps off for exact replay).
 --
 -- As a module (require "tools.fuzz" is not needed: dofile returns M) it is used
 -- by spec/fuzz_spec.lua: M.run_seed(seed) -> ok, report.
