@@ -65,10 +65,11 @@ struct braid_proc {
   int64_t code;
   uint64_t kill_grace_ms;
   braid_op_t *op;              /* exec's task, or a process's one reader */
+  braid_op_t *reader;          /* the reader, until its continuation ran */
   struct braid_list waiters;   /* struct exit_wait: proc:wait(), close */
+  struct braid_list writes;    /* struct proc_write: proc:write in flight */
   struct braid_resource res;   /* braid.process: in the starting scope */
-  uv_write_t stdin_req;        /* exec's opts.stdin */
-  int stdin_ref;
+  uv_write_t stdin_req;        /* exec's opts.stdin (held on exec's stack) */
 };
 
 /* One proc:write, malloc'd: a cancelled write completes in the background,
@@ -77,6 +78,7 @@ struct proc_write {
   uv_write_t req;
   braid_op_t *op;              /* NULL once cancelled */
   braid_engine_t *E;
+  struct braid_list link;      /* in p->writes until stdin closes */
   int ref;                     /* the string libuv writes from */
 };
 
@@ -129,6 +131,16 @@ static void proc_close_handle (struct braid_proc *p, int i) {
   if (!p->live[i]) return;
   p->live[i] = 0;
   uv_close(proc_handle(p, i), proc_close_cb);
+  /* Once stdin is closed libuv reads no pending write's bytes, so their
+  ** strings are let go now, while the Lua state surely exists: the write
+  ** callbacks (ECANCELED, maybe after braid_close) touch no Lua. */
+  while (i == P_STDIN && !braid__list_empty(&p->writes)) {
+    struct proc_write *wr = container_of(p->writes.next, struct proc_write,
+                                         link);
+    braid__list_remove(&wr->link);
+    luaL_unref(p->E->S, LUA_REGISTRYINDEX, wr->ref);
+    wr->ref = LUA_NOREF;
+  }
 }
 
 /* The continuation or the Lua object that referred to p lets go. */
@@ -299,8 +311,6 @@ static void proc_read_start (struct braid_proc *p, int i) {
 static void exec_stdin_cb (uv_write_t *req, int status) {
   struct braid_proc *p = container_of(req, struct braid_proc, stdin_req);
   (void) status;                 /* a child that stops reading is its call */
-  luaL_unref(p->E->S, LUA_REGISTRYINDEX, p->stdin_ref);
-  p->stdin_ref = LUA_NOREF;
   proc_close_handle(p, P_STDIN);
   proc_update(p);
 }
@@ -401,9 +411,9 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
     braid__error_raise(L, "io", "ENOMEM", "%s: not enough memory", fname);
   p->E = E;
   p->owned = 1;
-  p->stdin_ref = LUA_NOREF;
   p->kill_grace_ms = proc_ms(kill_grace);
   braid__list_init(&p->waiters);
+  braid__list_init(&p->writes);
   braid__list_init(&p->res.link);
   p->res.close = proc_resource_close;
   uv_timer_init(E->loop, &p->timer);
@@ -482,7 +492,7 @@ static void buf_push (lua_State *L, struct proc_buf *b) {
   lua_pushlstring(L, b->data ? b->data + b->start : "", b->len - b->start);
 }
 
-/* Stack: argv (1), opts (2), anchor (3). */
+/* Stack: argv (1), opts (2), anchor (3), stdin or nil (4). */
 /* exec's result table from the ended process p (light userdata 1); runs
 ** under lua_pcall so that exec_k frees p even when this raises. */
 static int exec_result (lua_State *L) {
@@ -502,7 +512,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
   const char *name;
   int failed, rc;
-  lua_rawgeti(L, 3, 1);
+  lua_rawgeti(L, 3, 1);       /* stack: argv, opts, anchor, stdin or nil */
   name = lua_tostring(L, -1);  /* anchored at 3 */
   lua_pop(L, 1);
   if (p->timed_out) {
@@ -543,7 +553,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
     lua_setfield(L, -2, "stderr");
     return lua_error(L);
   }
-  lua_settop(L, 4);
+  lua_settop(L, 5);
   return 1;
 }
 
@@ -576,32 +586,29 @@ static int l_process_exec (lua_State *L) {
   lua_settop(L, 2);
   timeout = braid__opt_number(L, 2, "timeout", -1, "exec");
   grace = braid__opt_number(L, 2, "kill_grace", 2.0, "exec");
-  if (lua_istable(L, 2)) {
-    if (lua_getfield(L, 2, "stdin") != LUA_TNIL) {
-      if (!lua_isstring(L, -1))
-        braid__error_usage(L, "bad option 'stdin' to 'exec' (string "
-                           "expected)");
-      in = lua_tolstring(L, -1, &len);
-      stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
-    }
-    lua_pop(L, 1);
+  /* The stdin string (a number converted in place) stays at 4 on this
+  ** stack for the whole op: stdin is closed before the op ends, by the
+  ** exit or by exec_cancel, and nothing allocates after the spawn. */
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "stdin") != LUA_TNIL) {
+    if (!lua_isstring(L, -1))
+      braid__error_usage(L, "bad option 'stdin' to 'exec' (string "
+                         "expected)");
+    in = lua_tolstring(L, -1, &len);
+    stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
   }
+  lua_settop(L, 3);
   braid__task_checkyield(L, t, "exec");   /* before the child starts */
   braid__task_checkcancel(L, t);
-  p = proc_spawn(L, "exec", stdio, grace);                  /* 3: anchor */
+  p = proc_spawn(L, "exec", stdio, grace);                  /* 4: anchor */
+  lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
   p->exec = 1;
   proc_read_start(p, P_STDOUT);
   proc_read_start(p, P_STDERR);
   if (in) {
     uv_buf_t b = uv_buf_init((char *) in, (unsigned) len);
-    lua_getfield(L, 2, "stdin");   /* held until the write callback */
-    p->stdin_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if (len == 0 || uv_write(&p->stdin_req, (uv_stream_t *) &p->pipe[P_STDIN],
-                             &b, 1, exec_stdin_cb) != 0) {
-      luaL_unref(L, LUA_REGISTRYINDEX, p->stdin_ref);
-      p->stdin_ref = LUA_NOREF;
+                             &b, 1, exec_stdin_cb) != 0)
       proc_close_handle(p, P_STDIN);
-    }
   }
   uv_update_time(p->E->loop);    /* the loop's cached time may be stale */
   if (timeout >= 0)
@@ -627,6 +634,7 @@ static int read_start (braid_op_t *op, void *ud) {
   struct read_op *r = (struct read_op *) braid_op_data(op);
   *r = *(struct read_op *) ud;
   r->p->op = op;
+  r->p->reader = op;
   r->p->read_mode = (unsigned char) r->mode;
   proc_read_start(r->p, P_STDOUT);
   return 0;
@@ -637,6 +645,7 @@ static int read_start (braid_op_t *op, void *ud) {
 static void read_cancel (braid_op_t *op) {
   struct braid_proc *p = ((struct read_op *) braid_op_data(op))->p;
   if (p->op == op) p->op = NULL;
+  if (p->reader == op) p->reader = NULL;
   proc_update(p);
 }
 
@@ -660,8 +669,11 @@ static int proc_read_push (lua_State *L, struct braid_proc *p, int mode) {
   return 1;
 }
 
+/* The reader stayed p->reader since its resume, so no other task took
+** its data meanwhile. */
 static int read_k (lua_State *L, braid_op_t *op) {
   struct read_op *r = (struct read_op *) braid_op_data(op);
+  r->p->reader = NULL;
   return proc_read_push(L, r->p, r->mode);
 }
 
@@ -673,7 +685,7 @@ static int proc_read (lua_State *L, int mode, const char *fname) {
   t = braid__task_current(L, fname);
   lua_settop(L, 1);
   braid__task_checkcancel(L, t);
-  if (r.p->op)
+  if (r.p->op || r.p->reader)
     braid__error_usage(L, "process:%s: another task is reading this "
                        "process's output", fname + 8);
   if (proc_read_ready(r.p, mode)) return proc_read_push(L, r.p, mode);
@@ -713,7 +725,10 @@ static int l_process_lines (lua_State *L) {
 static void write_cb (uv_write_t *req, int status) {
   struct proc_write *wr = container_of(req, struct proc_write, req);
   braid_op_t *op = wr->op;
-  luaL_unref(wr->E->S, LUA_REGISTRYINDEX, wr->ref);
+  if (wr->ref != LUA_NOREF) {    /* else stdin closed and let it go */
+    braid__list_remove(&wr->link);
+    luaL_unref(wr->E->S, LUA_REGISTRYINDEX, wr->ref);
+  }
   free(wr);
   if (op == NULL) return;        /* cancelled: nobody waits */
   *(struct proc_write **) braid_op_data(op) = NULL;
@@ -759,7 +774,7 @@ static int l_process_write (lua_State *L) {
   const char *s;
   struct proc_write *wr;
   uv_buf_t b;
-  int rc;
+  int rc, ref;
   if (!lua_isstring(L, 2))
     braid__error_argerror(L, 2, "write", "string expected");
   s = lua_tolstring(L, 2, &len);
@@ -772,20 +787,24 @@ static int l_process_write (lua_State *L) {
     return 1;
   }
   braid__task_checkyield(L, t, "process:write");
+  lua_pushvalue(L, 2);           /* first: it may raise, calloc may not */
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
   wr = calloc(1, sizeof *wr);
-  if (wr == NULL)
+  if (wr == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     braid__error_raise(L, "io", "ENOMEM", "process:write: not enough memory");
+  }
   wr->E = p->E;
-  lua_pushvalue(L, 2);
-  wr->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  wr->ref = ref;
   b = uv_buf_init((char *) s, (unsigned) len);
   rc = uv_write(&wr->req, (uv_stream_t *) &p->pipe[P_STDIN], &b, 1, write_cb);
   if (rc != 0) {
-    luaL_unref(L, LUA_REGISTRYINDEX, wr->ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     free(wr);
     braid__error_raise(L, "io", uv_err_name(rc), "process:write: %s",
                        uv_strerror(rc));
   }
+  braid__list_push(&p->writes, &wr->link);
   /* Started here rather than in write_start, to keep the messages above;
   ** the checks are done, so braid_suspendk cannot raise before start. */
   return braid_suspendk(L, "process write", sizeof wr, write_start,

@@ -194,6 +194,22 @@ describe("braid.exec", function()
   end)
 end)
 
+describe("braid.exec with stdin", function()
+  -- Regression: a number given as stdin was converted on a copy that was
+  -- then dropped, so the bytes written came from a collected string (ASan:
+  -- heap-use-after-free), and a leaked ref could strand the child.
+  it("writes a number given as stdin, with collections going on", h.run(function()
+    collectgarbage("incremental", 0, 1000)
+    local env = {}
+    for i = 1, 100 do env["V" .. i] = string.rep("x", 50) end
+    for i = 1, 40 do
+      local want = 100000000000 + i
+      assert.are.equal(tostring(want), braid.exec({"cat"}, {stdin = want, env = env}).stdout)
+    end
+    collectgarbage("incremental", 200, 100)
+  end))
+end)
+
 describe("examples/parallel_commands.lua", function()
   it("runs every command and exits 0 when all succeed", function()
     local out, err, code = h.braid("examples/parallel_commands.lua 'echo one' 'echo two'")

@@ -185,4 +185,30 @@ describe("braid.process", function()
     local p <close> = braid.process({"sh", "-c", "pwd; echo $X"}, {cwd = "/", env = {X = "y"}})
     assert.are.equal("/\ny\n", p:read())
   end))
+
+  -- Regression (review of the suspend-API rewrite): between a reader's
+  -- wake-up and its run, a second reader was let in and took the line, so
+  -- the first got nil ("end of output") while the child still wrote.
+  it("keeps a woken reader's line for it: another reader is refused until it ran", h.run(function()
+    local p <close> = braid.process({"sh", "-c", "read x; echo one; read x; echo two"})
+    local a_got, b_tries, b_errors = "unset", 0, 0
+    local a = braid.spawn(function() a_got = p:read_line() end)
+    local b = braid.spawn(function()
+      while a:status() ~= "ok" do
+        b_tries = b_tries + 1
+        local ok, e = pcall(p.read_line, p)
+        if ok then error("B took the line " .. tostring(e)) end
+        assert.matches("another task is reading", e.message)
+        b_errors = b_errors + 1
+        if b_tries == 1 then p:write("go\n") end   -- let the line come now
+        braid.yield()
+      end
+    end)
+    a:await()
+    b:await()
+    assert.are.equal("one", a_got)
+    assert.is_true(b_errors >= 2)   -- also refused after A was woken
+    p:write("go\n")
+    assert.are.equal("two", p:read_line())
+  end))
 end)

@@ -574,6 +574,11 @@ static int t_close_with_io (void) {
         " local slow = braid.tcp.listen(nil, 0, function() braid.sleep(100) end)"
         " braid.spawn(function() braid.tcp.connect('127.0.0.1', slow:port())"
         "   :write(string.rep('z', 32 * 1024 * 1024)) end)"
+        /* and writes to children that never read */
+        " braid.spawn(function() braid.process({'sleep', '30'})"
+        "   :write(string.rep('w', 4 * 1024 * 1024)) end)"
+        " braid.spawn(braid.exec, {'sleep', '30'},"
+        "   {stdin = string.rep('e', 4 * 1024 * 1024)})"
         " p:wait()", "=io", NULL) == 0);
   for (c.total = 0; c.total < 40; c.total++) {   /* let them all start */
     uv_run(&loop, UV_RUN_NOWAIT);
@@ -588,6 +593,35 @@ static int t_close_with_io (void) {
   CHECK(c.total == 0);
   CHECK(uv_loop_close(&loop) == 0);
   return 1;
+}
+
+/* A write to a child that never reads is pending when braid_close runs on
+** the application's loop: its callback (ECANCELED) comes after the engine
+** is gone and must not touch it (ASan: heap-use-after-free before). */
+static int close_with_write (const char *code) {
+  uv_loop_t loop;
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int i;
+  CHECK(uv_loop_init(&loop) == 0);
+  o.modules = BRAID_MOD_PROCESS;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL && braid_run_string(E, code, "=w", NULL) == 0);
+  for (i = 0; i < 20; i++) {   /* until the pipe is full */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_sleep(5);
+  }
+  braid_close(E);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
+static int t_close_pending_writes (void) {
+  return close_with_write("local p <close> = braid.process({'sleep', '30'})"
+                          " p:write(string.rep('z', 4 * 1024 * 1024))") &&
+         close_with_write("braid.exec({'sleep', '30'},"
+                          " {stdin = string.rep('z', 4 * 1024 * 1024)})");
 }
 
 static int t_interrupt (void) {
@@ -650,6 +684,8 @@ int main (void) {
            t_spawn_function);
   run_test("braid_close closes the processes and sockets tasks started",
            t_close_with_io);
+  run_test("braid_close with writes to children pending on the app's loop",
+           t_close_pending_writes);
   run_test("braid_interrupt cancels the live tasks, not later ones",
            t_interrupt);
   run_test("a suspending C function outside a task raises a usage error",
