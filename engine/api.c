@@ -431,7 +431,9 @@ static void op_cancel (struct braid_wait *w) {
 ** its on_cancel. */
 void braid__op_release (struct braid_task *t) {
   struct braid_wait *w = &t->w;
-  if (w->cancel == op_cancel && w->state == OP_RESUMED && w->k) op_cancel(w);
+  if (w->cancel == op_cancel && w->k &&
+      (w->state == OP_RESUMED || w->state == OP_NOMEM))
+    op_cancel(w);
 }
 
 static int op_k (lua_State *L, int status, lua_KContext ctx) {
@@ -442,8 +444,9 @@ static int op_k (lua_State *L, int status, lua_KContext ctx) {
   if (state == OP_PENDING) {       /* resumed without completing */
     if (t->wait == w) t->wait = NULL;
     op_cancel(w);
-  } else if (state == OP_RESUMED && t->wake == WAKE_NOYIELD && w->k) {
-    op_cancel(w);                  /* resumed from start, k cannot run */
+  } else if (w->k && (state == OP_NOMEM ||
+                      (state == OP_RESUMED && t->wake == WAKE_NOYIELD))) {
+    op_cancel(w);                  /* k will not run: on_cancel releases */
   }
   if (w->state == OP_RESUMED) w->state = OP_DONE;
   braid__task_resumed(L, t);       /* the cancellation or a no-yield */

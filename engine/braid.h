@@ -176,7 +176,11 @@ typedef void (*braid_cancel_fn)(braid_op_t *op);
 ** braid_resume(op, n), with those n values on top of L's stack and
 ** braid_op_data(op) still valid. Like a lua_CFunction it returns how many
 ** values (from the top) the suspended call returns; it may raise, and as
-** its last act it may suspend again (return braid_suspendk(...)). */
+** its last act it may suspend again (return braid_suspendk(...)). The
+** stack below the n values is the suspending function's (data over 64
+** bytes lives there): leave it in place. A new braid_suspendk reuses the
+** op, so copy what its start needs out of braid_op_data(op) into its ud
+** first. */
 typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 
 /* Suspends the running task: a lua_CFunction ends with

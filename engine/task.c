@@ -26,6 +26,8 @@
 const char braid__marker = 'm';
 /* user coroutines suspended in a braid call -> the thread resuming them */
 static const char suspended_key = 's';
+/* the coroutines tasks run in (weak keys): coroutine.close refuses them */
+static const char threads_key = 't';
 
 static const char *const status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
@@ -254,6 +256,11 @@ static void task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     co = lua_tothread(S, -1);
   } else {
     co = lua_newthread(S);
+    lua_rawgetp(S, LUA_REGISTRYINDEX, &threads_key);
+    lua_pushvalue(S, -2);
+    lua_pushboolean(S, 1);
+    lua_rawset(S, -3);
+    lua_pop(S, 1);
   }
   lua_getiuservalue(S, -2, 1);
   if (t->nargs == 0) lua_xmove(S, co, 1);
@@ -864,8 +871,39 @@ static int l_co_isyieldable (lua_State *L) {
   return 1;
 }
 
-/* Replaces resume, wrap, yield and isyieldable in the coroutine table at
-** the stack top. They behave as Lua's own outside tasks. */
+/* coroutine.close(co): Lua's own (upvalue 1), except for a coroutine a
+** task runs in or is suspended through: resetting it would free what the
+** scheduler still uses (the task's scopes, a pending operation's data). */
+static int l_co_close (lua_State *L) {
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &threads_key);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  if (lua_toboolean(L, -3) || !lua_isnil(L, -1))
+    return braid__error_usage(L, "coroutine.close: cannot close a coroutine "
+                              "that a braid task runs in or is suspended "
+                              "through (cancel the task instead)");
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static void weak_table (lua_State *L, const void *key) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+/* Replaces resume, wrap, yield, isyieldable and close in the coroutine
+** table at the stack top. They behave as Lua's own outside tasks. */
 void braid__open_coroutine (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"resume", l_co_resume},
@@ -875,12 +913,15 @@ void braid__open_coroutine (lua_State *L) {
     {NULL, NULL}
   };
   luaL_setfuncs(L, funcs, 0);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &suspended_key);
+  lua_getfield(L, -1, "close");
+  if (lua_isfunction(L, -1)) {
+    lua_pushcclosure(L, l_co_close, 1);
+    lua_setfield(L, -2, "close");
+  } else {
+    lua_pop(L, 1);
+  }
+  weak_table(L, &suspended_key);
+  weak_table(L, &threads_key);
 }
 
 void braid__open_task (lua_State *L) {

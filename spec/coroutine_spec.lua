@@ -124,3 +124,48 @@ describe("braid calls across Lua boundaries", function()
     assert.are.equal("ok", t:status())
   end))
 end)
+
+describe("coroutine.close inside braid", function()
+  -- Found by adversarial embedding tests: closing a coroutine a task runs
+  -- in, or one a task is suspended through, freed the task's scopes or a
+  -- pending operation's data under the scheduler (heap-use-after-free).
+  it("refuses a task's own coroutine and one a task is suspended through", h.run(function()
+    local me
+    local a = braid.spawn(function() me = coroutine.running() braid.sleep(10) end)
+    local inner
+    local b = braid.spawn(function()
+      local f = coroutine.wrap(function() inner = coroutine.running() braid.sleep(10) end)
+      f()
+    end)
+    braid.yield()
+    for _, co in ipairs({me, inner}) do
+      local ok, e = pcall(coroutine.close, co)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      assert.matches("cannot close a coroutine that a braid task runs in", e.message)
+    end
+    a:cancel()
+    b:cancel()
+    for _, t in ipairs({a, b}) do
+      local ok, e = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(braid.is_cancelled(e))
+      assert.are.equal("cancelled", t:status())
+    end
+  end))
+
+  it("closes the script's own coroutines as Lua does", h.run(function()
+    local closed = false
+    local co = coroutine.create(function()
+      local x <close> = setmetatable({}, {__close = function() closed = true end})
+      coroutine.yield(1)
+    end)
+    assert.is_true((coroutine.resume(co)))
+    assert.is_true(coroutine.close(co))
+    assert.is_true(closed)
+    assert.are.equal("dead", coroutine.status(co))
+    local ok, e = coroutine.close(coroutine.create(function() end))
+    assert.is_true(ok)
+    assert.is_nil(e)
+  end))
+end)
