@@ -810,17 +810,22 @@ static int co_resume_k (lua_State *L, int status, lua_KContext ctx) {
   return co_finish(L, co, co_resume(L, co, 0, isresume), isresume);
 }
 
-/* Is co suspended inside a braid call (its task waits through it)?
-** Resuming it from anywhere else would run that call's continuation. */
-static int co_held (lua_State *L, lua_State *co) {
-  int held;
-  if (lua_status(co) != LUA_YIELD) return 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
+/* Is co suspended inside a braid call: a task's own coroutine, or one a
+** task waits through? Resuming or closing it from anywhere else would run
+** that call's continuation, or free what the scheduler still uses. */
+static int co_in (lua_State *L, const void *key, lua_State *co) {
+  int in;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
   lua_pushthread(co);
   lua_xmove(co, L, 1);
-  held = lua_rawget(L, -2) != LUA_TNIL;
+  in = lua_rawget(L, -2) != LUA_TNIL;
   lua_pop(L, 2);
-  return held;
+  return in;
+}
+
+static int co_held (lua_State *L, lua_State *co) {
+  return lua_status(co) == LUA_YIELD &&
+         (co_in(L, &suspended_key, co) || co_in(L, &threads_key, co));
 }
 
 #define CO_HELD_MSG \
@@ -875,14 +880,9 @@ static int l_co_isyieldable (lua_State *L) {
 ** task runs in or is suspended through: resetting it would free what the
 ** scheduler still uses (the task's scopes, a pending operation's data). */
 static int l_co_close (lua_State *L) {
-  luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &threads_key);
-  lua_pushvalue(L, 1);
-  lua_rawget(L, -2);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &suspended_key);
-  lua_pushvalue(L, 1);
-  lua_rawget(L, -2);
-  if (lua_toboolean(L, -3) || !lua_isnil(L, -1))
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  if (co_held(L, co))
     return braid__error_usage(L, "coroutine.close: cannot close a coroutine "
                               "that a braid task runs in or is suspended "
                               "through (cancel the task instead)");

@@ -125,11 +125,11 @@ describe("braid calls across Lua boundaries", function()
   end))
 end)
 
-describe("coroutine.close inside braid", function()
+describe("coroutine.close and resume of a task's coroutines", function()
   -- Found by adversarial embedding tests: closing a coroutine a task runs
   -- in, or one a task is suspended through, freed the task's scopes or a
   -- pending operation's data under the scheduler (heap-use-after-free).
-  it("refuses a task's own coroutine and one a task is suspended through", h.run(function()
+  it("refuses to close or resume a task's own coroutine and one a task is suspended through", h.run(function()
     local me
     local a = braid.spawn(function() me = coroutine.running() braid.sleep(10) end)
     local inner
@@ -143,6 +143,10 @@ describe("coroutine.close inside braid", function()
       assert.is_false(ok)
       assert.are.equal("usage", e.kind)
       assert.matches("cannot close a coroutine that a braid task runs in", e.message)
+      -- nor can another task resume it (that ran the task's continuation
+      -- in the wrong task)
+      assert.are.same({false, "cannot resume coroutine: it is suspended in a braid call of a task"},
+        {coroutine.resume(co)})
     end
     a:cancel()
     b:cancel()
