@@ -250,6 +250,8 @@ struct braid_engine {
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   unsigned io_ops;             /* ops pending that hold the virtual clock */
+  unsigned noyield;            /* coroutines resumed where the task cannot
+                               ** yield, now running (task.c co_resume) */
   struct braid_timer **heap;
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;

@@ -425,7 +425,7 @@ static int l_loop_run (lua_State *L) {
                        uv_strerror(rc));
   }
   E->vnow = 0;
-  E->io_ops = 0;
+  E->io_ops = E->noyield = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = 0;
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);

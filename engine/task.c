@@ -95,7 +95,7 @@ void braid__task_checkyield (lua_State *L, struct braid_task *t,
   if (t->abandoned)
     braid__error_usage(L, "braid.%s: the task is being abandoned after its "
                        "grace period; cleanup can no longer wait", fname);
-  if (!lua_isyieldable(L))
+  if (!lua_isyieldable(L) || t->E->noyield)
     braid__error_usage(L, "%s%s: cannot suspend here: the call is inside "
                        "a C function or metamethod that cannot yield (such as "
                        "table.sort, string.gsub, __gc or __tostring)",
@@ -729,13 +729,18 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
       lua_pushliteral(L, "too many arguments to resume");
       return -1;
     }
+    braid_engine_t *E = braid__engine(L);
+    struct braid_task *t = E->current;
+    /* Resumed from where the task cannot yield (a table.sort comparator):
+    ** braid calls inside co are refused before they start anything. */
+    unsigned cut = t != NULL && !lua_isyieldable(L);
     lua_xmove(L, co, narg);
-    if (braid__engine(L)->budget) braid__budget_set(braid__engine(L), co);
+    if (E->budget) braid__budget_set(E, co);
+    E->noyield += cut;
     status = lua_resume(co, L, narg, &nres);
+    E->noyield -= cut;
     if (status == LUA_YIELD && nres == 1 &&
         lua_touserdata(co, -1) == BRAID_MARKER) {
-      braid_engine_t *E = braid__engine(L);
-      struct braid_task *t = E->current;
       lua_pop(co, 1);
       if (!lua_isyieldable(L) || t == NULL) {
         /* The call cannot suspend after all: undo the wait it registered

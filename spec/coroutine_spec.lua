@@ -173,3 +173,34 @@ describe("coroutine.close and resume of a task's coroutines", function()
     assert.is_nil(e)
   end))
 end)
+
+describe("a braid call in a coroutine resumed where the task cannot yield", function()
+  -- It used to start the operation, find out at the yield that it could
+  -- not suspend, and undo it: a write closed the stream, a child was
+  -- spawned and killed. Now it is refused before anything starts.
+  it("is refused before it starts anything", h.run(function()
+    local server = braid.tcp.listen(nil, 0, function() braid.sleep(5) end)
+    local c = braid.tcp.connect("127.0.0.1", server:port())
+    local big = string.rep("x", 8 * 1024 * 1024)   -- more than a socket takes at once
+    local marker = os.tmpname()
+    os.remove(marker)
+    local attempts = {
+      function() c:write(big) end,
+      function() braid.exec({"sh", "-c", "echo > " .. marker}) end,
+      function() braid.sleep(1) end,
+    }
+    for _, f in ipairs(attempts) do
+      local ok, e = pcall(table.sort, {1, 2}, function(a, b)
+        coroutine.wrap(f)()
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      assert.matches("cannot suspend here", e.message)
+    end
+    assert.is_nil(io.open(marker))        -- the child never started
+    c:write("still open\n")                -- the stream was not closed
+    c:close()
+    server:close()
+  end))
+end)

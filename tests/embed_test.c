@@ -308,23 +308,23 @@ static int t_continuation (void) {
   n = run_to_end(E, "local f = coroutine.wrap(function() return app.now(5) end)"
                  " return app.now(36) + f() + 1");
   CHECK(result_is(E, n, 1, "42"));
-  /* resumed from start where the call cannot suspend: k does not run, so
-  ** on_cancel releases */
+  /* where the call cannot suspend (a coroutine resumed from a table.sort
+  ** comparator) it is refused before start runs: nothing to release */
   n = run_to_end(E, "local ok, e = pcall(table.sort, {1, 2}, function(a, b)"
                  " coroutine.wrap(function() return app.now(1, true) end)()"
                  " return a < b end) return e");
   CHECK(result_is(E, n, 1, "cannot suspend here"));
-  CHECK(held_k == 1 && held_released == 1);
+  CHECK(held_k == 1 && held_released == 0);
   n = run_to_end(E, "return app.now(7, true)");
   CHECK(result_is(E, n, 1, "7"));
-  CHECK(held_k == 2 && held_released == 1);
+  CHECK(held_k == 2 && held_released == 0);
   /* resumed, then the engine closes before k ran: on_cancel releases */
   CHECK(braid_run_string(E, "app.hold('b')", "=k2", NULL) == 0);
   braid_run(E, UV_RUN_NOWAIT);
   CHECK(held_op != NULL);
   CHECK(braid_resume(held_op, 0) == 0);
   braid_close(E);
-  CHECK(held_k == 2 && held_released == 2);
+  CHECK(held_k == 2 && held_released == 1);
   return 1;
 }
 
