@@ -79,11 +79,20 @@ for _, name in ipairs({"tcp.connect", "process", "braid.fs.read_file"}) do
   print(name .. ": " .. counts.EMFILE .. " failed, " .. counts.cancelled ..
         " cancelled; first: " .. e.code)
 end
--- Everything is closed again: each operation works.
-local c <close> = braid.tcp.connect("127.0.0.1", srv:port())
-c:close()
-assert(braid.exec({"cat"}, {stdin = "again"}).stdout == "again")
-assert(fs.read_file("/dev/null") == "")
+-- Everything is closed again: each operation works, once the server's side
+-- of each held connection has closed too (its handler sees the end first),
+-- which takes a moment on a loaded machine.
+local function eventually(f)
+  for i = 1, 200 do
+    local ok, e = pcall(f)
+    if ok then return end
+    if i == 200 or (e.code ~= "EMFILE" and e.code ~= "ENFILE") then error(e, 0) end
+    braid.sleep(0.05)
+  end
+end
+eventually(function() braid.tcp.connect("127.0.0.1", srv:port()):close() end)
+eventually(function() assert(braid.exec({"cat"}, {stdin = "again"}).stdout == "again") end)
+eventually(function() assert(fs.read_file("/dev/null") == "") end)
 srv:close()
 print("usable afterwards")
 error(first, 0)
