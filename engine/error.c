@@ -144,11 +144,7 @@ static const char info_key = 'i';
 static void push_info_table (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) == LUA_TTABLE) return;
   lua_pop(L, 1);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  braid__push_weak_table(L);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
 }

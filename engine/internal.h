@@ -315,6 +315,7 @@ void braid__open_fs(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 int braid__signal_interrupt(braid_engine_t *E);
+void braid__push_weak_table(lua_State *L);
 void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
                   const luaL_Reg *methods, lua_CFunction index);
 void braid__check_options(lua_State *L, int idx, const char *fname,

@@ -13,9 +13,10 @@
 **   is gone, when the application owns the loop).
 ** - braid's own handles never keep the loop alive: the idle handle is
 **   active only while tasks are ready, the timer only while the heap has
-**   entries, and the SIGINT watcher is unreferenced. So uv_run returns
-**   exactly when nothing can wake any task, which is how deadlocks are found
-**   and how the virtual clock knows when to jump.
+**   entries (and is unreferenced on the virtual clock, where it is the
+**   autojump: timer.c), and the SIGINT watcher is unreferenced. So uv_run
+**   returns exactly when nothing can wake any task, which is how deadlocks
+**   are found and when the virtual clock jumps at the latest.
 */
 #include <math.h>
 #include <signal.h>
@@ -136,6 +137,15 @@ int braid__is_callable (lua_State *L, int idx) {
   return 1;
 }
 
+/* Pushes a new table with weak keys. [-0, +1, m] */
+void braid__push_weak_table (lua_State *L) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
 /* Makes the metatable `name` for a braid object: the metamethods `meta`
 ** (or NULL), and `methods` found through __index, directly or, when
 ** `index` is given, through that function with the methods table as its
@@ -221,6 +231,17 @@ static void *run_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+/* An embedded engine's tasks are independent: cancel each live one (with
+** the reason at `reason`), not the top scope, so that tasks started
+** afterwards are not born cancelled. */
+static void cancel_live_tasks (lua_State *L, braid_engine_t *E, int reason) {
+  struct braid_list *n;
+  for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, L, reason);
+  }
+}
+
 /* The safe point after the reserve was spent: fail the root (or the REPL's
 ** running entry) with a "memory" error, or cancel an embedder's tasks with
 ** it, then set a new reserve aside. Runs in scheduler context, under
@@ -228,7 +249,6 @@ static void *run_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
 void braid__engine_oom (lua_State *S, braid_engine_t *E) {
   struct braid_task *victim = E->focus && !TASK_DONE(E->focus) ? E->focus
                                                                 : E->root;
-  struct braid_list *n;
   E->oom = 0;
   braid__reserve_take(E);   /* first: it covers the allocations below */
   braid__error_push(S, "memory", NULL, "not enough memory (braid's "
@@ -238,29 +258,20 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
       braid__scope_fail(S, &victim->scope, -1);
     else E->oom = 2;   /* too late for the root: braid.run raises it */
   } else {
-    for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
-      struct braid_scope *sub = container_of(n, struct braid_scope, link);
-      if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, S, -1);
-    }
+    cancel_live_tasks(S, E, -1);
   }
   lua_pop(S, 1);
 }
 
 static int interrupt_p (lua_State *L) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
-  struct braid_list *n;
   lua_pushliteral(L, "interrupt");
   if (!E->embedded) {
     braid__scope_set_reason(L, &E->top, -1);
     braid__scope_cancel(&E->top, &E->top);
     return 0;
   }
-  /* Embedded: cancel the live tasks, not the top scope, so that tasks
-  ** started afterwards are not born cancelled. */
-  for (n = E->top.subs.next; n != &E->top.subs; n = n->next) {
-    struct braid_scope *sub = container_of(n, struct braid_scope, link);
-    if (sub->kind == SCOPE_TASK) braid__task_cancel(sub->task, L, -1);
-  }
+  cancel_live_tasks(L, E, -1);
   return 0;
 }
 

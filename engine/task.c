@@ -899,11 +899,7 @@ static int l_co_close (lua_State *L) {
 }
 
 static void weak_table (lua_State *L, const void *key) {
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  braid__push_weak_table(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
