@@ -836,8 +836,8 @@ static int l_tcp_listen (lua_State *L) {
   lua_pushvalue(L, 3);
   ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if ((srv = calloc(1, sizeof *srv)) == NULL) {
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    io_error(L, UV_ENOMEM, "tcp.listen");
+    rc = UV_ENOMEM;
+    goto fail;
   }
   srv->E = t->E;
   srv->handler_ref = ref;
@@ -846,18 +846,15 @@ static int l_tcp_listen (lua_State *L) {
   srv->res.close = server_res_close;
   if ((rc = uv_tcp_init(t->E->loop, &srv->tcp)) != 0) {
     free(srv);
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    return io_error(L, rc, "tcp.listen");
+    goto fail;
   }
   srv->closing = 1;   /* until it listens: a failure closes it quietly */
   if ((rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *) &sa, 0)) != 0 ||
       (rc = uv_listen((uv_stream_t *) &srv->tcp, backlog,
                       server_connection_cb)) != 0 ||
       (rc = uv_tcp_getsockname(&srv->tcp, (struct sockaddr *) &sa, &len))) {
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
     uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
-    return braid__error_raise(L, "io", uv_err_name(rc), "tcp.listen %s:%d: "
-                              "%s", host, (int) port, uv_strerror(rc));
+    goto fail;
   }
   srv->closing = 0;
   srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
@@ -866,6 +863,10 @@ static int l_tcp_listen (lua_State *L) {
   *ud = srv;
   srv->ud = ud;
   return 1;
+fail:
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  return braid__error_raise(L, "io", uv_err_name(rc), "tcp.listen %s:%d: %s",
+                            host, (int) port, uv_strerror(rc));
 }
 
 static struct tcp_server *server_check (lua_State *L, const char *fname) {
