@@ -19,15 +19,19 @@ LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
 LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
 
-CORE      := loop task scope group timer error channel dump tcp process api fs dns signal
-CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(BUILD)/braid_lua.o
-HEADERS   := engine/internal.h engine/braid.h
+# engine/: core/ (the engine, scheduler, tasks, scopes), io/ (the
+# primitives), cli/ (the runner and the REPL), init.c (the library list).
+CORE      := $(patsubst engine/%.c,%,$(wildcard engine/core/*.c))
+IO        := $(patsubst engine/%.c,%,$(wildcard engine/io/*.c))
+CORE_OBJS := $(CORE:%=$(BUILD)/%.o) $(IO:%=$(BUILD)/%.o) $(BUILD)/init.o \
+             $(BUILD)/braid_lua.o
+HEADERS   := engine/braid.h $(wildcard engine/*/*.h)
 PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app \
              $(BUILD)/fault_test
 
-.PHONY: all deps run test bench fuzz soak faultsweep valgrind clean install
+.PHONY: all deps run test layers bench fuzz soak faultsweep valgrind clean install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
@@ -55,20 +59,21 @@ $(BUILD)/braid_lua.o: $(BUILD)/braid_lua.c
 	$(CC) $(CFLAGS) -fPIC -c $< -o $@
 
 $(BUILD)/%.o: engine/%.c $(HEADERS) $(BUILD)/.deps
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) -fPIC $(LUA_CFLAGS) -Iengine -c $< -o $@
 
 $(BUILD)/libbraid.a: $(CORE_OBJS)
 	rm -f $@ && ar rcs $@ $^
 
-# The REPL (engine/repl.c, lua/repl.lua) and libedit: the runner only.
+# The REPL (engine/cli/repl.c, lua/repl.lua) and libedit: the runner only.
 PKGS      += libedit-dev
-REPL_OBJS := $(BUILD)/repl.o $(BUILD)/repl_lua.o
+REPL_OBJS := $(BUILD)/cli/repl.o $(BUILD)/repl_lua.o
 $(BUILD)/repl_lua.c: lua/repl.lua tools/embed.lua $(BUILD)/.deps
 	lua5.4 tools/embed.lua braid__repl_source lua/repl.lua > $@
 $(BUILD)/repl_lua.o: $(BUILD)/repl_lua.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/braid: $(BUILD)/main.o $(REPL_OBJS) $(BUILD)/libbraid.a
+$(BUILD)/braid: $(BUILD)/cli/main.o $(REPL_OBJS) $(BUILD)/libbraid.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -ledit
 
 # The module for stock lua5.4: Lua's symbols come from the interpreter.
@@ -104,8 +109,12 @@ install: all
 run: all
 	$(RUN_ENV) $(BUILD)/braid examples/demo.lua
 
-test: all
+test: all layers
 	@BUILD=$(BUILD) $(SAN_ENV) RUN_ENV="$(RUN_ENV)" spec/run
+
+# The layer check: which file may include and call what (tools/layers.sh).
+layers: all
+	@BUILD=$(BUILD) tools/layers.sh
 
 # The cancellation fuzzer over FUZZ_SEEDS seeds from FUZZ_FIRST; braid's own
 # reports of errors raised while cancelling go to $(BUILD)/fuzz.stderr, with

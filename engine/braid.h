@@ -16,6 +16,7 @@
 #define BRAID_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "lua.h"
 #include "uv.h"
 
@@ -224,6 +225,126 @@ BRAID_API int braid_resume(braid_op_t *op, int nresults);
 ** raise it, unchanged. Neither k nor on_cancel runs afterwards: release
 ** the op's resources first. Returns 0 or UV_EALREADY, as braid_resume. */
 BRAID_API int braid_resume_error(braid_op_t *op);
+
+/* braid_suspend for a wait that cancellation only cuts short: a courtesy
+** wait (a close waiting for a child to be reaped). Where the running task
+** cannot wait (outside a task, where Lua cannot yield, while the task is
+** cancelled or being abandoned) it returns 0 at once without calling
+** start; when the task is cancelled during the wait, on_cancel runs and
+** the call returns 0 instead of raising (the next suspension point raises:
+** cancellation stays level-triggered). Otherwise it returns what
+** braid_suspend returns. */
+BRAID_API int braid_suspend_soft(lua_State *L, const char *what, size_t size,
+                                 braid_start_fn start,
+                                 braid_cancel_fn on_cancel, void *ud);
+
+/* The checks a suspending function makes before any side effect, so that
+** nothing is started that a refusal would have to undo. Both raise a
+** "usage" error naming `fname` as the script wrote it ("channel:send",
+** "braid.fs.read_file") outside a task, and raise the task's cancellation
+** when it is cancelled. braid_check_suspend also refuses where the task
+** cannot suspend: inside a C function or metamethod that cannot yield, or
+** while the task is being abandoned. Both return the engine. */
+BRAID_API braid_engine_t *braid_check_task(lua_State *L, const char *fname);
+BRAID_API braid_engine_t *braid_check_suspend(lua_State *L,
+                                              const char *fname);
+
+/* The engine an op's task belongs to (for braid_loop, braid_timer_start). */
+BRAID_API braid_engine_t *braid_op_engine(braid_op_t *op);
+
+/* The engine of L (any thread of its state), or NULL when braid is not
+** open in it. */
+BRAID_API braid_engine_t *braid_engine(lua_State *L);
+
+/* ---- time ---- */
+
+/* A timer on the engine's clock (the real monotonic clock, or the virtual
+** one of braid.run{clock = "virtual"}), kept in braid's one timer heap.
+** The struct is the caller's (embed it in what it times, zeroed); its
+** fields are braid's. */
+typedef struct braid_timer braid_timer_t;
+struct braid_timer {            /* every field is braid's */
+  uint64_t due, seq;            /* engine clock (ns); ties fire in order */
+  unsigned idx;                 /* heap slot + 1; 0 when not armed */
+  unsigned char late, in_late;  /* deadlines fire after other due timers */
+  braid_timer_t *next_late, *prev_late;
+  void (*cb)(braid_timer_t *tm);
+};
+
+/* Arms tm to call cb once, `ns` nanoseconds from now (re-arming it if it
+** is armed). cb runs from the loop and must not run Lua code. An armed
+** timer keeps the engine's loop alive. */
+BRAID_API void braid_timer_start(braid_engine_t *E, braid_timer_t *tm,
+                                 uint64_t ns, void (*cb)(braid_timer_t *tm));
+
+/* Disarms tm; harmless when it is not armed. */
+BRAID_API void braid_timer_stop(braid_engine_t *E, braid_timer_t *tm);
+
+/* The engine clock, in nanoseconds. */
+BRAID_API uint64_t braid_now(braid_engine_t *E);
+
+/* Declares that op waits only on a braid timer (as braid.sleep does), so
+** that on the virtual clock time may jump over it; every other op holds
+** the virtual clock still until it completes. Call it from start. */
+BRAID_API void braid_op_timer(braid_op_t *op);
+
+/* Seconds at Lua stack index arg as nanoseconds, checked one way for every
+** duration: a number is required ("bad argument" naming fname otherwise),
+** NaN is refused, a negative number counts as 0, and anything from about
+** 570 years on (math.huge included) means never: BRAID_NEVER. */
+#define BRAID_NEVER (UINT64_MAX / 2)
+BRAID_API uint64_t braid_check_seconds(lua_State *L, int arg,
+                                       const char *fname);
+
+/* ---- resources: what a scope started must not outlive it ---- */
+
+/* A process, socket or server that the scope which made it stops when it
+** ends. The struct is the owner's (embedded in the thing it stands for);
+** set `close` and leave the other fields to braid. */
+typedef struct braid_resource braid_resource_t;
+struct braid_resource {
+  /* Stops the thing without running Lua (kill it, uv_close it); called
+  ** at most once, after braid has detached the resource. */
+  void (*close)(braid_resource_t *r);
+  braid_resource_t *prev, *next;   /* braid's */
+};
+
+/* Attaches r to the scope the running task makes things in now (its
+** innermost scope). Inside a task only (braid_check_task first). */
+BRAID_API void braid_resource_add(lua_State *L, braid_resource_t *r);
+
+/* Detaches r (its owner stopped it first); harmless when detached. */
+BRAID_API void braid_resource_remove(braid_resource_t *r);
+
+/* ---- errors ---- */
+
+/* Pushes a new braid.Error: {kind = kind, message = the formatted text,
+** code = code (a libuv error name, or NULL), traceback = ...}. Kinds
+** braid uses: "io", "spawn", "timeout", "cancelled", "closed", "usage",
+** "memory", "deadlock", "all_failed". [-0, +1, m] */
+BRAID_API int braid_pusherror(lua_State *L, const char *kind,
+                              const char *code, const char *fmt, ...);
+
+/* Raises what braid_pusherror pushes. [-0, +0, v] */
+BRAID_API int braid_error(lua_State *L, const char *kind, const char *code,
+                          const char *fmt, ...);
+
+/* Raises a "usage" error whose message starts with the caller's position,
+** as luaL_error does. [-0, +0, v] */
+BRAID_API int braid_usageerror(lua_State *L, const char *fmt, ...);
+
+/* Raises the familiar "bad argument #arg to 'fname' (extramsg)" as a
+** "usage" error. [-0, +0, v] */
+BRAID_API int braid_argerror(lua_State *L, int arg, const char *fname,
+                             const char *extramsg);
+
+/* The kind of the braid.Error at idx, or NULL for any other value. */
+BRAID_API const char *braid_error_kind(lua_State *L, int idx);
+
+/* Writes the error at idx to stderr, after `prefix`, with what braid knows
+** of where it came from: the failing task and the tasks it sat in, its
+** traceback, errors raised while cancelling. Never raises. [-0, +0, -] */
+BRAID_API void braid_report(lua_State *L, int idx, const char *prefix);
 
 /* ---- limits ---- */
 

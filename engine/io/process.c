@@ -35,7 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "core/prim.h"
+#include "io/stream.h"
 
 #define PROC_MT "braid.Process"
 #define READ_CHUNK 65536        /* room offered to each read */
@@ -138,7 +139,7 @@ static void proc_close_handle (struct braid_proc *p, int i) {
     struct proc_write *wr = container_of(p->writes.next, struct proc_write,
                                          link);
     braid__list_remove(&wr->link);
-    luaL_unref(p->E->S, LUA_REGISTRYINDEX, wr->ref);
+    braid__unref(p->E, wr->ref);
     wr->ref = LUA_NOREF;
   }
 }
@@ -152,7 +153,7 @@ static void proc_release (struct braid_proc *p) {
 static void proc_detach (struct braid_proc *p) {
   if (!p->attached) return;
   p->attached = 0;
-  braid__resource_remove(&p->res);
+  braid_resource_remove(&p->res);
 }
 
 static void proc_buf_consume (struct proc_buf *b, size_t n) {
@@ -224,7 +225,7 @@ static void proc_stop (struct braid_proc *p) {
     uv_process_kill(&p->proc, SIGTERM);
     if (p->kill_grace_ms == 0) uv_process_kill(&p->proc, SIGKILL);
     else {
-      uv_update_time(p->E->loop);
+      uv_update_time(braid_loop(p->E));
       uv_timer_start(&p->timer, proc_kill_cb, p->kill_grace_ms, 0);
     }
   }
@@ -348,17 +349,17 @@ static uint64_t proc_ms (double s) {
 ** [-0, +1, e] */
 static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
                                       int stdio[3], double kill_grace) {
-  braid_engine_t *E = braid__engine(L);
+  braid_engine_t *E = braid_engine(L);
   uv_process_options_t o;
   uv_stdio_container_t io[3];
   struct braid_proc *p;
   char **args, **env = NULL;
   int i, n, anchor, rc;
   if (!lua_istable(L, 1))
-    braid__error_argerror(L, 1, fname, "list expected (program and "
+    braid_argerror(L, 1, fname, "list expected (program and "
                           "arguments)");
   n = (int) luaL_len(L, 1);
-  if (n < 1) braid__error_argerror(L, 1, fname, "empty argument list");
+  if (n < 1) braid_argerror(L, 1, fname, "empty argument list");
   lua_newtable(L);                                  /* anchors the strings */
   anchor = lua_gettop(L);
   args = lua_newuserdatauv(L, (size_t) (n + 1) * sizeof *args, 0);
@@ -366,7 +367,7 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     if (!lua_isstring(L, -1))
-      braid__error_argerror(L, 1, fname, "list of strings expected");
+      braid_argerror(L, 1, fname, "list of strings expected");
     args[i - 1] = (char *) lua_tostring(L, -1);
     lua_rawseti(L, anchor, i);
   }
@@ -375,7 +376,7 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   if (lua_istable(L, 2)) {
     if (lua_getfield(L, 2, "cwd") != LUA_TNIL) {
       if (!lua_isstring(L, -1))
-        braid__error_usage(L, "bad option 'cwd' to '%s' (string expected)",
+        braid_usageerror(L, "bad option 'cwd' to '%s' (string expected)",
                            fname);
       o.cwd = lua_tostring(L, -1);
       lua_rawseti(L, anchor, n + 1);
@@ -385,7 +386,7 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
     if (lua_getfield(L, 2, "env") != LUA_TNIL) {
       int k = 0, env_idx = lua_gettop(L);
       if (!lua_istable(L, env_idx))
-        braid__error_usage(L, "bad option 'env' to '%s' (table expected)",
+        braid_usageerror(L, "bad option 'env' to '%s' (table expected)",
                            fname);
       lua_pushnil(L);
       while (lua_next(L, env_idx)) { k++; lua_pop(L, 1); }
@@ -395,7 +396,7 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
       lua_pushnil(L);
       while (lua_next(L, env_idx)) {
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-          braid__error_usage(L, "bad option 'env' to '%s' (names and values "
+          braid_usageerror(L, "bad option 'env' to '%s' (names and values "
                              "must be strings)", fname);
         lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
         env[k++] = (char *) lua_tostring(L, -1);
@@ -408,21 +409,20 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   }
   p = calloc(1, sizeof *p);
   if (p == NULL)
-    braid__error_raise(L, "io", "ENOMEM", "%s: not enough memory", fname);
+    braid_error(L, "io", "ENOMEM", "%s: not enough memory", fname);
   p->E = E;
   p->owned = 1;
   p->kill_grace_ms = proc_ms(kill_grace);
   braid__list_init(&p->waiters);
   braid__list_init(&p->writes);
-  braid__list_init(&p->res.link);
   p->res.close = proc_resource_close;
-  uv_timer_init(E->loop, &p->timer);
+  uv_timer_init(braid_loop(E), &p->timer);
   p->timer.data = p;
   p->live[P_TIMER] = 1;
   p->open++;
   for (i = 0; i < 3; i++) {
     if (stdio[i] > 0) {
-      uv_pipe_init(E->loop, &p->pipe[i], 0);
+      uv_pipe_init(braid_loop(E), &p->pipe[i], 0);
       p->pipe[i].data = p;
       p->live[i] = 1;
       p->open++;
@@ -442,13 +442,13 @@ static struct braid_proc *proc_spawn (lua_State *L, const char *fname,
   o.stdio_count = 3;
   o.stdio = io;
   p->proc.data = p;
-  rc = uv_spawn(E->loop, &p->proc, &o);
+  rc = uv_spawn(braid_loop(E), &p->proc, &o);
   p->live[P_PROC] = 1;           /* closed once even when spawn failed */
   p->open++;
   if (rc != 0) {
     for (i = 0; i < P_NHANDLES; i++) proc_close_handle(p, i);
     proc_release(p);
-    braid__error_raise(L, "spawn", uv_err_name(rc), "%s: cannot start '%s': "
+    braid_error(L, "spawn", uv_err_name(rc), "%s: cannot start '%s': "
                        "%s", fname, args[0], uv_strerror(rc));
   }
   p->pid = p->proc.pid;
@@ -522,7 +522,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
       s = lua_tonumber(L, -1);
     }
     proc_release(p);
-    return braid__error_raise(L, "timeout", NULL, "exec: command '%s' timed "
+    return braid_error(L, "timeout", NULL, "exec: command '%s' timed "
                               "out after %f s", name, s);
   }
   lua_pushcfunction(L, exec_result);
@@ -537,10 +537,10 @@ static int exec_k (lua_State *L, braid_op_t *op) {
     lua_getfield(L, r, "signal");
     if (lua_isnil(L, -1)) {
       lua_getfield(L, r, "code");
-      braid__error_push(L, "io", NULL, "command '%s' exited with status %d",
+      braid_pusherror(L, "io", NULL, "command '%s' exited with status %d",
                         name, (int) lua_tointeger(L, -1));
     } else {
-      braid__error_push(L, "io", NULL, "command '%s' was killed by %s",
+      braid_pusherror(L, "io", NULL, "command '%s' was killed by %s",
                         name, lua_tostring(L, -1));
     }
     lua_getfield(L, r, "code");
@@ -575,7 +575,7 @@ static const char *const exec_options[] = {
 ** raises at once; the child is stopped and reaped in the background. A
 ** program that cannot start raises kind "spawn" with `code` (e.g. ENOENT). */
 static int l_process_exec (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "exec");
+  braid_check_task(L, "exec");
   int stdio[3] = {0, UV_CREATE_PIPE | UV_WRITABLE_PIPE,
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE};
   double timeout, grace;
@@ -591,14 +591,13 @@ static int l_process_exec (lua_State *L) {
   ** exit or by exec_cancel, and nothing allocates after the spawn. */
   if (lua_istable(L, 2) && lua_getfield(L, 2, "stdin") != LUA_TNIL) {
     if (!lua_isstring(L, -1))
-      braid__error_usage(L, "bad option 'stdin' to 'exec' (string "
+      braid_usageerror(L, "bad option 'stdin' to 'exec' (string "
                          "expected)");
     in = lua_tolstring(L, -1, &len);
     stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
   }
   lua_settop(L, 3);
-  braid__task_checkyield(L, t, "exec");   /* before the child starts */
-  braid__task_checkcancel(L, t);
+  braid_check_suspend(L, "exec");   /* before the child starts */
   p = proc_spawn(L, "exec", stdio, grace);                  /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
   p->exec = 1;
@@ -610,7 +609,7 @@ static int l_process_exec (lua_State *L) {
                              &b, 1, exec_stdin_cb) != 0)
       proc_close_handle(p, P_STDIN);
   }
-  uv_update_time(p->E->loop);    /* the loop's cached time may be stale */
+  uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
   if (timeout >= 0)
     uv_timer_start(&p->timer, exec_timeout_cb, proc_ms(timeout), 0);
   return braid_suspendk(L, "exec", sizeof p, exec_start, exec_cancel, p,
@@ -626,7 +625,7 @@ struct proc_box {
 static struct braid_proc *proc_check (lua_State *L) {
   struct proc_box *box = luaL_checkudata(L, 1, PROC_MT);
   if (box->p == NULL)   /* only a finalizer can still see a collected one */
-    braid__error_raise(L, "closed", NULL, "process: the object was collected");
+    braid_error(L, "closed", NULL, "process: the object was collected");
   return box->p;
 }
 
@@ -679,17 +678,15 @@ static int read_k (lua_State *L, braid_op_t *op) {
 
 static int proc_read (lua_State *L, int mode, const char *fname) {
   struct read_op r;
-  struct braid_task *t;
   r.p = proc_check(L);
   r.mode = mode;
-  t = braid__task_current(L, fname);
+  braid_check_task(L, fname);
   lua_settop(L, 1);
-  braid__task_checkcancel(L, t);
   if (r.p->op || r.p->reader)
-    braid__error_usage(L, "process:%s: another task is reading this "
+    braid_usageerror(L, "process:%s: another task is reading this "
                        "process's output", fname + 8);
   if (proc_read_ready(r.p, mode)) return proc_read_push(L, r.p, mode);
-  braid__task_checkyield(L, t, fname);   /* its message names fname */
+  braid_check_suspend(L, fname);   /* its message names fname */
   return braid_suspendk(L, mode == READ_LINE ? "process read_line"
                                              : "process read",
                         sizeof r, read_start, read_cancel, &r, read_k);
@@ -727,7 +724,7 @@ static void write_cb (uv_write_t *req, int status) {
   braid_op_t *op = wr->op;
   if (wr->ref != LUA_NOREF) {    /* else stdin closed and let it go */
     braid__list_remove(&wr->link);
-    luaL_unref(wr->E->S, LUA_REGISTRYINDEX, wr->ref);
+    braid__unref(wr->E, wr->ref);
   }
   free(wr);
   if (op == NULL) return;        /* cancelled: nobody waits */
@@ -754,10 +751,10 @@ static int write_k (lua_State *L, braid_op_t *op) {
   int rc = (int) lua_tointeger(L, -1);
   (void) op;
   if (rc == UV_ECANCELED)
-    return braid__error_raise(L, "closed", NULL, "process:write: stdin was "
+    return braid_error(L, "closed", NULL, "process:write: stdin was "
                               "closed during the write");
   if (rc < 0)
-    return braid__error_raise(L, "io", uv_err_name(rc), "process:write: %s",
+    return braid_error(L, "io", uv_err_name(rc), "process:write: %s",
                               uv_strerror(rc));
   lua_settop(L, 1);
   return 1;
@@ -769,30 +766,29 @@ static int write_k (lua_State *L, braid_op_t *op) {
 ** cancelled write still completes in the background. */
 static int l_process_write (lua_State *L) {
   struct braid_proc *p = proc_check(L);
-  struct braid_task *t = braid__task_current(L, "process:write");
+  braid_check_task(L, "process:write");
   size_t len;
   const char *s;
   struct proc_write *wr;
   uv_buf_t b;
   int rc, ref;
   if (!lua_isstring(L, 2))
-    braid__error_argerror(L, 2, "write", "string expected");
+    braid_argerror(L, 2, "write", "string expected");
   s = lua_tolstring(L, 2, &len);
   lua_settop(L, 2);
-  braid__task_checkcancel(L, t);
   if (!p->live[P_STDIN])
-    braid__error_raise(L, "closed", NULL, "process:write: stdin is closed");
+    braid_error(L, "closed", NULL, "process:write: stdin is closed");
   if (len == 0) {
     lua_settop(L, 1);
     return 1;
   }
-  braid__task_checkyield(L, t, "process:write");
+  braid_check_suspend(L, "process:write");
   lua_pushvalue(L, 2);           /* first: it may raise, calloc may not */
   ref = luaL_ref(L, LUA_REGISTRYINDEX);
   wr = calloc(1, sizeof *wr);
   if (wr == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    braid__error_raise(L, "io", "ENOMEM", "process:write: not enough memory");
+    braid_error(L, "io", "ENOMEM", "process:write: not enough memory");
   }
   wr->E = p->E;
   wr->ref = ref;
@@ -801,7 +797,7 @@ static int l_process_write (lua_State *L) {
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     free(wr);
-    braid__error_raise(L, "io", uv_err_name(rc), "process:write: %s",
+    braid_error(L, "io", uv_err_name(rc), "process:write: %s",
                        uv_strerror(rc));
   }
   braid__list_push(&p->writes, &wr->link);
@@ -844,14 +840,13 @@ static int wait_k (lua_State *L, braid_op_t *op) {
 ** memory, so a child blocked on a full pipe still gets to exit. */
 static int l_process_wait (lua_State *L) {
   struct braid_proc *p = proc_check(L);
-  struct braid_task *t = braid__task_current(L, "process:wait");
+  braid_check_task(L, "process:wait");
   lua_settop(L, 1);
-  braid__task_checkcancel(L, t);
   if (p->exited) {
     proc_push_status(L, p);
     return 2;
   }
-  braid__task_checkyield(L, t, "process:wait");   /* its message */
+  braid_check_suspend(L, "process:wait");   /* its message */
   return braid_suspendk(L, "process wait", sizeof(struct exit_wait),
                         exit_wait_start, exit_wait_cancel, p, wait_k);
 }
@@ -863,15 +858,15 @@ static int signal_check (lua_State *L, int arg) {
   if (lua_type(L, arg) == LUA_TNUMBER) {
     if (!lua_isinteger(L, arg) || lua_tointeger(L, arg) < 0 ||
         lua_tointeger(L, arg) > 64)
-      braid__error_argerror(L, arg, "kill", "signal number out of range");
+      braid_argerror(L, arg, "kill", "signal number out of range");
     return (int) lua_tointeger(L, arg);
   }
   s = lua_tostring(L, arg);
-  if (s == NULL) braid__error_argerror(L, arg, "kill", "signal expected");
+  if (s == NULL) braid_argerror(L, arg, "kill", "signal expected");
   for (i = 0; signals[i].name; i++)
     if (strcmp(s, signals[i].name) == 0 || strcmp(s, signals[i].name + 3) == 0)
       return signals[i].num;
-  return braid__error_argerror(L, arg, "kill", "unknown signal name");
+  return braid_argerror(L, arg, "kill", "unknown signal name");
 }
 
 /* proc:kill([signal]) -> boolean: sends signal (a name such as "SIGTERM"
@@ -885,37 +880,19 @@ static int l_process_kill (lua_State *L) {
   return 1;
 }
 
-/* close's wait for the reaping: [p] -> nothing. A cancelled op raises the
-** cancellation in its task, so l_process_close runs this under lua_pcallk
-** to have a cancellation only end the wait. */
-static int l_process_close_wait (lua_State *L) {
-  return braid_suspend(L, "process stop", sizeof(struct exit_wait),
-                       exit_wait_start, exit_wait_cancel,
-                       lua_touserdata(L, 1));
-}
-
-/* The wait is a courtesy (the child is reaped anyway), so whatever ended
-** it, a cancellation above all, only cuts it short: close never raises. */
-static int close_k (lua_State *L, int status, lua_KContext ctx) {
-  (void) L; (void) status; (void) ctx;
-  return 0;
-}
-
 /* proc:close(), and __close: stops the child (SIGTERM, SIGKILL after
-** kill_grace) and closes its pipes; then, where the task can wait and is
-** not cancelled, waits until the child is reaped. Elsewhere (error
-** unwinding, a cancelled task) the child is reaped in the background. */
+** kill_grace) and closes its pipes; then, where the task can wait, waits
+** until the child is reaped. The wait is a courtesy (the child is reaped
+** anyway), so a cancellation only cuts it short and close never raises;
+** elsewhere (error unwinding, a cancelled task) the child is reaped in the
+** background. */
 static int l_process_close (lua_State *L) {
   struct braid_proc *p = proc_check(L);
-  struct braid_task *t = braid__engine(L)->current;
   lua_settop(L, 1);
   proc_stop(p);
-  if (p->exited || t == NULL || t->abandoned || t->inner->cancelled ||
-      !lua_isyieldable(L))
-    return 0;
-  lua_pushcfunction(L, l_process_close_wait);
-  lua_pushlightuserdata(L, p);
-  return close_k(L, lua_pcallk(L, 1, 0, 0, 0, close_k), 0);
+  if (p->exited) return 0;
+  return braid_suspend_soft(L, "process stop", sizeof(struct exit_wait),
+                            exit_wait_start, exit_wait_cancel, p);
 }
 
 /* The object is gone: stop the child; the proc frees itself once closed. */
@@ -959,7 +936,7 @@ static const char *const process_options[] = {"cwd", "env", "kill_grace",
 ** (SIGTERM, SIGKILL after kill_grace, reaped). Raises kind "spawn" like
 ** exec. */
 static int l_process_new (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "process");
+  braid_check_task(L, "process");
   int stdio[3] = {UV_CREATE_PIPE | UV_READABLE_PIPE,
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE, -1};
   struct proc_box *box;
@@ -968,14 +945,13 @@ static int l_process_new (lua_State *L) {
   braid__check_options(L, 2, "process", process_options);
   lua_settop(L, 2);
   grace = braid__opt_number(L, 2, "kill_grace", 2.0, "process");
-  braid__task_checkcancel(L, t);
   box = lua_newuserdatauv(L, sizeof *box, 0);               /* 3 */
   box->p = NULL;
   luaL_setmetatable(L, PROC_MT);
   p = proc_spawn(L, "process", stdio, grace);               /* 4: anchor */
   box->p = p;
   p->attached = 1;
-  braid__resource_add(t, &p->res);
+  braid_resource_add(L, &p->res);
   proc_read_start(p, P_STDOUT);
   lua_pop(L, 1);
   return 1;
@@ -1004,6 +980,7 @@ void braid__open_process (lua_State *L) {
     {"process", l_process_new},
     {NULL, NULL}
   };
+  braid__stream_sigpipe();
   braid__class(L, PROC_MT, metamethods, methods, l_process_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);

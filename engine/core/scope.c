@@ -19,24 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "core.h"
 
 #define SCOPE_MT "braid.Scope"
-
-void braid__list_init (struct braid_list *l) { l->prev = l->next = l; }
-
-void braid__list_push (struct braid_list *head, struct braid_list *node) {
-  node->prev = head->prev;
-  node->next = head;
-  head->prev->next = node;
-  head->prev = node;
-}
-
-void braid__list_remove (struct braid_list *node) {
-  node->prev->next = node->next;
-  node->next->prev = node->prev;
-  node->prev = node->next = node;
-}
 
 void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
                         struct braid_task *t, struct braid_scope *outer) {
@@ -48,7 +33,7 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   s->reason_ref = s->error_ref = LUA_NOREF;
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
-  braid__list_init(&s->resources);
+  s->resources.prev = s->resources.next = &s->resources;
   s->grace = outer ? outer->grace : E->grace;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
@@ -102,31 +87,42 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
   }
   if (s->pending > 0 && scope_timers(s)->grace.idx == 0)
-    braid__timer_start(s->E, &s->timers->grace, (uint64_t) (s->grace * 1e9),
+    braid_timer_start(s->E, &s->timers->grace, braid__ns(s->grace),
                        grace_cb);
+}
+
+void braid__scope_each_task (struct braid_scope *s,
+                             void (*fn)(struct braid_task *t, void *ud),
+                             void *ud) {
+  struct braid_list *n = s->subs.next;
+  while (n != &s->subs) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK && !TASK_DONE(sub->task)) {
+      fn(sub->task, ud);
+      if (n->next == n) {   /* it left the list: start again */
+        n = s->subs.next;
+        continue;
+      }
+    }
+    n = n->next;
+  }
+}
+
+static void abandon_one (struct braid_task *t, void *ud) {
+  braid__task_abandon(t);
+  (void) ud;
 }
 
 /* The grace period of a cancelled scope ran out: abandon its members. */
 static int grace_abandon (lua_State *L) {
-  struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
-  struct braid_list *n;
-again:
-  for (n = s->subs.next; n != &s->subs; n = n->next) {
-    struct braid_scope *sub = container_of(n, struct braid_scope, link);
-    if (sub->kind == SCOPE_TASK && sub->task != s->task) {
-      braid__task_abandon(sub->task);
-      goto again;
-    }
-  }
+  braid__scope_each_task((struct braid_scope *) lua_touserdata(L, 1),
+                         abandon_one, NULL);
   return 0;
 }
 
 static void grace_cb (struct braid_timer *tm) {
   struct braid_scope *s = container_of(tm, struct scope_timers, grace)->s;
-  lua_State *S = s->E->S;
-  lua_pushcfunction(S, grace_abandon);
-  lua_pushlightuserdata(S, s);
-  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(s->E);
+  braid__engine_call(s->E, grace_abandon, s);
 }
 
 static void deadline_cb (struct braid_timer *tm) {
@@ -140,30 +136,50 @@ void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
   struct braid_timer *tm = &scope_timers(s)->deadline;
   tm->late = 1;
   if (ns == 0) deadline_cb(tm);
-  else braid__timer_start(s->E, tm, ns, deadline_cb);
+  else braid_timer_start(s->E, tm, ns, deadline_cb);
 }
 
-/* Attaches r to the running task's innermost scope. */
-void braid__resource_add (struct braid_task *t, struct braid_resource *r) {
-  braid__list_push(&t->inner->resources, &r->link);
+static void resource_link (struct braid_scope *s, braid_resource_t *r) {
+  r->prev = s->resources.prev;
+  r->next = &s->resources;
+  s->resources.prev->next = r;
+  s->resources.prev = r;
 }
 
-void braid__resource_remove (struct braid_resource *r) {
-  braid__list_remove(&r->link);
+void braid_resource_add (lua_State *L, braid_resource_t *r) {
+  resource_link(braid_engine(L)->current->inner, r);
+}
+
+void braid__task_resource_add (struct braid_task *t, braid_resource_t *r) {
+  resource_link(&t->scope, r);
+}
+
+void braid_resource_remove (braid_resource_t *r) {
+  if (r->next == NULL || r->next == r) return;   /* never added, or gone */
+  r->prev->next = r->next;
+  r->next->prev = r->prev;
+  r->prev = r->next = r;
+}
+
+struct braid_scope *braid__scope_here (lua_State *L) {
+  return braid_engine(L)->current->inner;
+}
+
+int braid__scope_open (struct braid_scope *s) {
+  return !s->cancelled && !(s->joining && s->pending == 0);
 }
 
 void braid__scope_release (struct braid_scope *s) {
   lua_State *S = s->E->S;
-  while (!braid__list_empty(&s->resources)) {
-    struct braid_resource *r = container_of(s->resources.next,
-                                            struct braid_resource, link);
-    braid__list_remove(&r->link);
+  while (s->resources.next != &s->resources) {
+    braid_resource_t *r = s->resources.next;
+    braid_resource_remove(r);
     r->close(r);
   }
   if (s->release) s->release(s);
   if (s->timers) {
-    braid__timer_stop(s->E, &s->timers->deadline);
-    braid__timer_stop(s->E, &s->timers->grace);
+    braid_timer_stop(s->E, &s->timers->deadline);
+    braid_timer_stop(s->E, &s->timers->grace);
     free(s->timers);
     s->timers = NULL;
   }
@@ -191,25 +207,29 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
 /* One member of s left; the owner, waiting for the last one, is woken. */
 void braid__scope_left (struct braid_scope *s) {
   if (--s->pending > 0) return;
-  if (s->timers) braid__timer_stop(s->E, &s->timers->grace);
+  if (s->timers) braid_timer_stop(s->E, &s->timers->grace);
   if (!s->joining || s->task == NULL) return;
   if (s->kind == SCOPE_TASK) braid__task_finish(s->task);
   else braid__task_wake(s->task, WAKE_OK);
 }
 
 /* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
-** cancellation does not. Groups judge their members themselves, and so
-** does a scope with a member_done hook (the REPL's session). */
+** cancellation does not. Groups judge their members themselves, and the
+** REPL's session (the root task's scope while a session is set, prim.h)
+** reports failures and carries on. */
 void braid__scope_member_done (lua_State *L, struct braid_scope *s,
                                struct braid_task *t) {
   /* The top scope does not fail fast either: an embedder's tasks are
   ** independent, and braid.run reads its root task's own outcome. */
-  if (s->member_done) s->member_done(s, t);
-  else if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
-           s->kind != SCOPE_TOP) {
+  if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
+      s->kind != SCOPE_TOP) {
+    struct braid_session *session = s->E->session;
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
-    braid__scope_fail(L, s, -1);
+    if (session && s->task == s->E->root && s == &s->task->scope)
+      session->failed(L, t, lua_gettop(L));   /* the REPL carries on */
+    else
+      braid__scope_fail(L, s, -1);
     lua_pop(L, 2);
   }
   braid__scope_left(s);
@@ -235,7 +255,7 @@ static int scope_close (lua_State *L, struct braid_scope *s) {
     if (fired) {
       char buf[32];
       snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
-      return braid__error_raise(L, "timeout", NULL, "timed out after %s s",
+      return braid_error(L, "timeout", NULL, "timed out after %s s",
                                 buf);
     }
     if (own && s->kind == SCOPE_PLAIN) {
@@ -306,44 +326,6 @@ void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
   return s;
 }
 
-/* Checks the optional options table at idx against `allowed`. */
-void braid__check_options (lua_State *L, int idx, const char *fname,
-                           const char *const *allowed) {
-  if (lua_isnoneornil(L, idx)) return;
-  if (!lua_istable(L, idx) || lua_getmetatable(L, idx))
-    braid__error_argerror(L, idx, fname, "options table expected");
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    int i, ok = 0;
-    if (lua_type(L, -2) == LUA_TSTRING)
-      for (i = 0; allowed[i]; i++)
-        if (strcmp(lua_tostring(L, -2), allowed[i]) == 0) ok = 1;
-    if (!ok) {
-      lua_pop(L, 1);
-      braid__error_usage(L, "bad argument #%d to '%s' (unknown option '%s')",
-                         idx, fname, braid__error_tostring(L, -1));
-    }
-    lua_pop(L, 1);
-  }
-}
-
-/* opts[key] as a non-negative number of seconds, or def when absent. */
-double braid__opt_number (lua_State *L, int idx, const char *key, double def,
-                          const char *fname) {
-  double v = def;
-  if (lua_isnoneornil(L, idx)) return def;
-  lua_getfield(L, idx, key);
-  if (!lua_isnil(L, -1)) {
-    v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
-    if (v != v || v < 0)
-      braid__error_usage(L, "bad option '%s' to '%s' (non-negative number "
-                         "expected, got %s)", key, fname,
-                         braid__error_tostring(L, -1));
-  }
-  lua_pop(L, 1);
-  return v;
-}
-
 static const char *const scope_options[] = {"grace", NULL};
 
 /* braid.scope(fn, [opts]) -> ...: runs fn(scope) in the current task; ends
@@ -375,7 +357,7 @@ static int l_scope_run (lua_State *L) {
 static struct braid_scope *scope_check (lua_State *L, const char *fname) {
   struct braid_scope **h = luaL_checkudata(L, 1, SCOPE_MT);
   if (*h == NULL)
-    braid__error_usage(L, "scope:%s: the scope has ended", fname);
+    braid_usageerror(L, "scope:%s: the scope has ended", fname);
   return *h;
 }
 
@@ -384,7 +366,7 @@ static int l_scope_spawn (lua_State *L) {
   struct braid_scope *s = scope_check(L, "spawn");
   braid__task_current(L, "spawn");
   if (!braid__is_callable(L, 2))
-    braid__error_argerror(L, 2, "spawn", "function expected");
+    braid_argerror(L, 2, "spawn", "function expected");
   braid__task_spawn(L, s, 2, lua_gettop(L) - 2);
   return 1;
 }
@@ -415,7 +397,7 @@ static int l_scope_shield (lua_State *L) {
 ** "timeout" error when it passes. */
 static int l_scope_timeout (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "timeout");
-  uint64_t ns = braid__check_ns(L, 1, "timeout");
+  uint64_t ns = braid_check_seconds(L, 1, "timeout");
   int nargs = lua_gettop(L) - 2;
   struct braid_scope *s;
   luaL_checktype(L, 2, LUA_TFUNCTION);

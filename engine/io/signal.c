@@ -20,15 +20,15 @@
 **   ends, or on close(), __close or __gc, the handle is closed (exactly
 **   once), waiting tasks are woken with a "closed" error, and the memory is
 **   freed in the close callback, never before.
-** - SIGINT: braid's own watcher in loop.c asks braid__signal_interrupt
-**   first; when a script's SIGINT waiter has a task waiting, Ctrl-C goes to
-**   that task instead of cancelling the root. When none waits, Ctrl-C
-**   cancels the root as usual and is not counted for SIGINT waiters.
+** - SIGINT: a SIGINT waiter is one of the engine's interrupt interceptors
+**   (prim.h), asked before Ctrl-C cancels the root: when a task waits on
+**   it, Ctrl-C goes to that task instead. When none waits, Ctrl-C cancels
+**   the root as usual and is not counted for SIGINT waiters.
 */
 #include <signal.h>
 #include <string.h>
 #include <stdlib.h>
-#include "internal.h"
+#include "core/prim.h"
 
 #define SIGNAL_MT "braid.Signal"
 #define WHAT_PREFIX "signal "   /* as deadlock reports say it; name follows */
@@ -53,8 +53,8 @@ static const struct sig_name sig_names[] = {
 
 struct sig_waiter {
   uv_signal_t handle;
-  struct braid_resource res;   /* in the scope that made it */
-  struct braid_list link;      /* in the engine's list of waiters */
+  braid_resource_t res;        /* in the scope that made it */
+  struct braid_interceptor ic; /* SIGINT only: asked before Ctrl-C's default */
   struct braid_list waiting;   /* struct sig_wait, in arrival order */
   struct sig_waiter **box;     /* the Lua object; NULL once it is gone */
   braid_engine_t *E;
@@ -101,26 +101,19 @@ static void sig_deliver (struct sig_waiter *w) {
 }
 
 static void sig_cb (uv_signal_t *h, int signum) {
-  /* SIGINT reaches script waiters through braid__signal_interrupt only,
-  ** so that the choice between them and the root is made in one place. */
+  /* SIGINT reaches script waiters through the interceptor only, so that
+  ** the choice between them and the root is made in one place. */
   if (signum == SIGINT) return;
   sig_deliver(container_of(h, struct sig_waiter, handle));
 }
 
-/* Called by braid's SIGINT watcher: hands Ctrl-C to a script's SIGINT
-** waiter that has a task waiting, if any. Returns 1 when it did (the root
-** is then not cancelled), 0 otherwise. Runs no Lua. */
-int braid__signal_interrupt (braid_engine_t *E) {
-  struct braid_list *n;
-  if (E->signal_waiters.next == NULL) return 0;
-  for (n = E->signal_waiters.next; n != &E->signal_waiters; n = n->next) {
-    struct sig_waiter *w = container_of(n, struct sig_waiter, link);
-    if (w->sig->signum == SIGINT && !braid__list_empty(&w->waiting)) {
-      sig_deliver(w);
-      return 1;
-    }
-  }
-  return 0;
+/* Ctrl-C, asked before the engine's default: a SIGINT waiter with a task
+** waiting takes it. Runs no Lua. */
+static int sig_intercept (struct braid_interceptor *ic) {
+  struct sig_waiter *w = container_of(ic, struct sig_waiter, ic);
+  if (braid__list_empty(&w->waiting)) return 0;
+  sig_deliver(w);
+  return 1;
 }
 
 static void sig_close_cb (uv_handle_t *h) {
@@ -132,8 +125,8 @@ static void sig_close_cb (uv_handle_t *h) {
 ** closed; the memory goes in sig_close_cb. Called once: afterwards
 ** neither the box nor the scope refers to the waiter. */
 static void sig_close (struct sig_waiter *w) {
-  braid__resource_remove(&w->res);
-  braid__list_remove(&w->link);
+  braid_resource_remove(&w->res);
+  braid__list_remove(&w->ic.link);
   while (!braid__list_empty(&w->waiting)) sig_resume_first(w, NULL);
   if (w->box) *w->box = NULL;
   w->box = NULL;
@@ -167,7 +160,7 @@ static struct sig_waiter *sig_check (lua_State *L, const char *fname) {
   struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
                                                                    SIGNAL_MT);
   if (*box == NULL)
-    braid__error_raise(L, "closed", NULL, "braid.signal: %s on a closed "
+    braid_error(L, "closed", NULL, "braid.signal: %s on a closed "
                        "waiter", fname);
   return *box;
 }
@@ -183,37 +176,40 @@ static const struct sig_name *sig_lookup (const char *name) {
 /* braid.signal(name) -> waiter: starts catching the signal ("SIGUSR1" or
 ** "USR1"); the waiter belongs to the caller's innermost scope. */
 static int l_signal_new (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "signal");
+  braid_engine_t *E = braid_check_task(L, "signal");
   const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
   const struct sig_name *sig;
   struct sig_waiter **box, *w;
   int rc;
-  if (name == NULL) return braid__error_argerror(L, 1, "signal",
+  if (name == NULL) return braid_argerror(L, 1, "signal",
                                                  "string expected");
   if ((sig = sig_lookup(name)) == NULL)
-    return braid__error_usage(L, "bad argument #1 to 'signal' (unknown or "
+    return braid_usageerror(L, "bad argument #1 to 'signal' (unknown or "
                               "uncatchable signal '%s')", name);
   box = (struct sig_waiter **) lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, SIGNAL_MT);
   w = calloc(1, sizeof *w);
-  if (w == NULL) return luaL_error(L, "not enough memory");
-  if ((rc = uv_signal_init(t->E->loop, &w->handle)) != 0) {
+  if (w == NULL)
+    return braid_error(L, "memory", NULL, "braid.signal: not enough memory");
+  if ((rc = uv_signal_init(braid_loop(E), &w->handle)) != 0) {
     free(w);
-    return braid__error_raise(L, "io", uv_err_name(rc), "braid.signal %s: %s",
+    return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
                               SIG_NAME(sig), uv_strerror(rc));
   }
-  w->E = t->E;
+  w->E = E;
   w->sig = sig;
   braid__list_init(&w->waiting);
-  braid__list_push(&t->E->signal_waiters, &w->link);
+  braid__list_init(&w->ic.link);
+  w->ic.fn = sig_intercept;
+  if (sig->signum == SIGINT) braid__intercept_add(E, &w->ic);
   w->res.close = sig_res_close;
-  braid__resource_add(t, &w->res);
+  braid_resource_add(L, &w->res);
   w->box = box;
   *box = w;
   if ((rc = uv_signal_start(&w->handle, sig_cb, sig->signum)) != 0) {
     sig_close(w);
-    return braid__error_raise(L, "io", uv_err_name(rc), "braid.signal %s: %s",
+    return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
                               SIG_NAME(sig), uv_strerror(rc));
   }
   uv_unref((uv_handle_t *) &w->handle);
@@ -223,7 +219,7 @@ static int l_signal_new (lua_State *L) {
 static int sig_k (lua_State *L, braid_op_t *op) {
   const struct sig_name *got = ((struct sig_wait *) braid_op_data(op))->got;
   if (got == NULL)
-    return braid__error_raise(L, "closed", NULL, "braid.signal: the waiter "
+    return braid_error(L, "closed", NULL, "braid.signal: the waiter "
                               "was closed while waiting");
   lua_pushstring(L, SIG_NAME(got));
   return 1;
@@ -234,14 +230,13 @@ static int sig_k (lua_State *L, braid_op_t *op) {
 ** waiter is closed, before or during the wait. */
 static int l_signal_wait (lua_State *L) {
   struct sig_waiter *w = sig_check(L, "wait");
-  struct braid_task *t = braid__task_current(L, "wait");
-  braid__task_checkcancel(L, t);
+  braid_check_task(L, "wait");
   if (w->pending > 0) {
     w->pending--;
     lua_pushstring(L, SIG_NAME(w->sig));
     return 1;
   }
-  braid__task_checkyield(L, t, "wait");   /* named "wait", not by `what` */
+  braid_check_suspend(L, "wait");   /* named "wait", not by `what` */
   return braid_suspendk(L, w->sig->what, sizeof(struct sig_wait), sig_start,
                         sig_cancel, w, sig_k);
 }
@@ -275,8 +270,6 @@ void braid__open_signal (lua_State *L) {
     {"__tostring", l_signal_tostring},
     {NULL, NULL}
   };
-  braid_engine_t *E = braid__engine(L);
-  if (E->signal_waiters.next == NULL) braid__list_init(&E->signal_waiters);
   braid__class(L, SIGNAL_MT, metamethods, methods, NULL);
   lua_pop(L, 1);
   lua_pushcfunction(L, l_signal_new);

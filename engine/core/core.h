@@ -1,5 +1,7 @@
 /*
-** internal.h: declarations shared by the files of engine/.
+** core.h: declarations shared by the files of engine/core/, and by them
+** only: primitives and front ends see the core through braid.h and
+** prim.h, where tasks, scopes and the engine are opaque.
 **
 ** The model, in one paragraph. An engine owns (or borrows) one uv_loop_t and
 ** a FIFO ready queue drained by one uv_idle_t. A task is a Lua coroutine plus
@@ -11,8 +13,8 @@
 ** operation's cancel hook undoes it at the C level. Callbacks never resume a
 ** task: they mark it ready and the scheduler resumes it, so ordering is ours.
 */
-#ifndef BRAID_INTERNAL_H
-#define BRAID_INTERNAL_H
+#ifndef BRAID_CORE_H
+#define BRAID_CORE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -21,50 +23,17 @@
 #include "lauxlib.h"
 
 #include "braid.h"
-
-#define container_of(ptr, type, field) \
-  ((type *) ((char *) (ptr) - offsetof(type, field)))
-
-/* An intrusive doubly-linked list; an empty list points at itself. */
-struct braid_list {
-  struct braid_list *prev, *next;
-};
-
-void braid__list_init(struct braid_list *l);
-void braid__list_push(struct braid_list *head, struct braid_list *node);
-void braid__list_remove(struct braid_list *node);
-#define braid__list_empty(l) ((l)->next == (l))
+#include "prim.h"
 
 /* ---- timers: one uv_timer_t drives a binary heap of these ---- */
 
-struct braid_timer {
-  uint64_t due;                       /* engine clock, nanoseconds */
-  uint64_t seq;                       /* ties fire in arming order */
-  unsigned idx;                       /* heap slot + 1; 0 when not armed */
-  unsigned char late;                 /* deadlines fire after the others */
-  unsigned char in_late;              /* due, on E's list of late ones */
-  struct braid_timer *next_late, *prev_late;
-  void (*cb)(struct braid_timer *tm);
-};
-
-void braid__timer_start(braid_engine_t *E, struct braid_timer *tm,
-                        uint64_t delay_ns, void (*cb)(struct braid_timer *));
-void braid__timer_stop(braid_engine_t *E, struct braid_timer *tm);
-uint64_t braid__now(braid_engine_t *E);
 uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
 void braid__timer_quiet(braid_engine_t *E);     /* no task ready */
-uint64_t braid__check_ns(lua_State *L, int arg, const char *fname);
 
 /* ---- waits: what a suspended task is waiting on ---- */
 
 struct braid_task;
-
-/* A watcher is told when a task ends (awaiters, group members). */
-struct braid_watch {
-  struct braid_list link;
-  void (*done)(struct braid_watch *w, struct braid_task *t);
-};
 
 /* Bytes of a braid_suspend op's data kept inside the task itself: an op
 ** this small allocates nothing (braid.sleep's timer fits). */
@@ -90,6 +59,7 @@ struct braid_wait {
       void *data;                      /* inline, or a userdata */
       int state, nres;
       unsigned char holds;             /* counted in E->io_ops */
+      unsigned char soft;              /* braid_suspend_soft */
       union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
         inl;                           /* aligned as a Lua userdata */
     };
@@ -100,18 +70,8 @@ struct braid_wait {
 #define OP_WAIT(op) ((struct braid_wait *) (op))
 #define WAIT_OP(w) ((braid_op_t *) (w))
 void braid__op_release(struct braid_task *t);
-void braid__op_timer(braid_op_t *op);
 
 /* ---- scopes ---- */
-
-/* Something a scope started that must not outlive it (a process, a socket,
-** a server). When the scope ends, close() runs for every resource still
-** attached; it must stop the thing without running Lua (kill, uv_close) and
-** detach it. The owner removes the resource earlier when it ends first. */
-struct braid_resource {
-  struct braid_list link;
-  void (*close)(struct braid_resource *r);
-};
 
 enum { SCOPE_TOP, SCOPE_TASK, SCOPE_PLAIN, SCOPE_SHIELD, SCOPE_TIMEOUT,
        SCOPE_GROUP };
@@ -122,7 +82,7 @@ struct braid_scope {
   struct braid_scope *outer;   /* enclosing scope, maybe another task's */
   struct braid_list link;      /* in outer->subs */
   struct braid_list subs;      /* nested scopes and children's task scopes */
-  struct braid_list resources; /* struct braid_resource */
+  braid_resource_t resources;  /* a list: this one is its head */
   unsigned pending;            /* members not ended (children, adopted) */
   unsigned char kind, cancelled, joining, deadline_fired, body_failed;
   int base;                    /* stack slot below the body's results */
@@ -135,12 +95,6 @@ struct braid_scope {
   struct braid_scope **handle; /* the script's scope object, if any */
   void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
   void (*release)(struct braid_scope *s);     /* groups: their references */
-  /* Where braid.spawn at this scope puts children instead (a REPL entry's
-  ** task scope: the session). NULL: here. */
-  struct braid_scope *adopt;
-  /* Judges members that end instead of fail-fast (the REPL's session
-  ** reports failures and carries on). NULL: fail-fast. */
-  void (*member_done)(struct braid_scope *s, struct braid_task *t);
 };
 
 void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
@@ -148,8 +102,6 @@ void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
 void braid__scope_cancel(struct braid_scope *s, struct braid_scope *cause);
 void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_release(struct braid_scope *s);
-void braid__resource_add(struct braid_task *t, struct braid_resource *r);
-void braid__resource_remove(struct braid_resource *r);
 void braid__scope_member_done(lua_State *L, struct braid_scope *s,
                               struct braid_task *t);
 void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
@@ -188,7 +140,6 @@ struct braid_task {
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
 
 struct braid_task *braid__task_current(lua_State *L, const char *fname);
-struct braid_task *braid__task_check(lua_State *L, int idx);
 struct braid_task *braid__task_spawn(lua_State *L, struct braid_scope *into,
                                      int fidx, int nargs);
 void braid__task_ready(struct braid_task *t);
@@ -203,11 +154,13 @@ void braid__task_checkcancel(lua_State *L, struct braid_task *t);
 void braid__task_checkyield(lua_State *L, struct braid_task *t,
                             const char *fname);
 int braid__task_results(lua_State *L, int idx, int all);
-int braid__is_callable(lua_State *L, int idx);
 void braid__open_coroutine(lua_State *L);
-void braid__task_push(lua_State *L, struct braid_task *t);
-void braid__task_cancel(struct braid_task *t, lua_State *L, int reason);
-void braid__task_abandon(struct braid_task *t);
+void braid__task_unready(braid_engine_t *E, struct braid_task *t);
+void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
+void braid__task_body_done(braid_engine_t *E, lua_State *S,
+                           struct braid_task *t, int status, int nres);
+extern const char braid__suspended_key, braid__threads_key;
+extern const char *const braid__status_names[];
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);
 void braid__task_kick(braid_engine_t *E);
@@ -216,21 +169,11 @@ const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
 
 /* ---- errors ---- */
 
-int braid__error_push(lua_State *L, const char *kind, const char *code,
-                      const char *fmt, ...);
-int braid__error_raise(lua_State *L, const char *kind, const char *code,
-                       const char *fmt, ...);
-int braid__error_usage(lua_State *L, const char *fmt, ...);
-int braid__error_argerror(lua_State *L, int arg, const char *fname,
-                          const char *extramsg);
-const char *braid__error_kind(lua_State *L, int idx);
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
 void braid__error_suppress(lua_State *L, int first, int idx);
-void braid__error_report(lua_State *L, int idx, const char *prefix);
-const char *braid__error_tostring(lua_State *L, int idx);
 int braid__error_msgh(lua_State *L);
 void braid__error_forget(lua_State *L);
 
@@ -273,12 +216,12 @@ struct braid_engine {
   size_t mem_used, mem_limit;  /* bytes; limit 0: none */
   int budget;                  /* instructions per resume; 0: none */
   int anchors_ref;             /* tasks handed to the application */
-  /* The REPL's hooks; NULL outside it. on_interrupt returns 1 when it has
-  ** handled a Ctrl-C. A deadlock fails `focus` (the running entry) when it
-  ** is set and alive, else the root. */
-  int (*on_interrupt)(braid_engine_t *E);
-  struct braid_task *focus;
-  struct braid_list signal_waiters; /* signal.c: the script's waiters */
+  unsigned modules;            /* BRAID_MOD_* the state may open */
+  struct braid_list interceptors;   /* Ctrl-C, newest first (prim.h) */
+  /* The REPL's session (prim.h); NULL outside it. A deadlock fails the
+  ** running `entry` when it is set and alive, else the root. */
+  struct braid_session *session;
+  struct braid_task *entry;
   /* The memory reserve (loop.c). alloc_f/alloc_ud: the allocator braid.run
   ** wraps (NULL when embedded: braid__alloc is the state's own). */
   lua_Alloc alloc_f;
@@ -287,7 +230,7 @@ struct braid_engine {
   unsigned char oom;           /* it was: fail at the next safe point */
 };
 
-braid_engine_t *braid__engine(lua_State *L);
+braid_engine_t *braid_engine(lua_State *L);
 braid_engine_t *braid__engine_new(void);
 void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
@@ -301,32 +244,22 @@ void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
 void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__budget_set(braid_engine_t *E, lua_State *co);
 void braid__engine_fatal(braid_engine_t *E);
-void braid__open_task(lua_State *L);
-void braid__open_scope(lua_State *L);
-void braid__open_timer(lua_State *L);
-void braid__open_group(lua_State *L);
-void braid__open_channel(lua_State *L);
-void braid__open_dump(lua_State *L);
 void braid__dump_signal(braid_engine_t *E);
-void braid__open_error(lua_State *L);
-void braid__open_tcp(lua_State *L);
-void braid__open_process(lua_State *L);
-void braid__open_fs(lua_State *L);
-void braid__open_dns(lua_State *L);
-void braid__open_signal(lua_State *L);
-int braid__signal_interrupt(braid_engine_t *E);
-void braid__push_weak_table(lua_State *L);
-void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
-                  const luaL_Reg *methods, lua_CFunction index);
-void braid__check_options(lua_State *L, int idx, const char *fname,
-                          const char *const *allowed);
-double braid__opt_number(lua_State *L, int idx, const char *key, double def,
-                         const char *fname);
-
-/* repl.c (the runner only): takes the function at the top (what runs
-** before the prompt: -e chunks and the script; or nil) and pushes the root
-** function of an interactive session. [-1, +1, m] */
-void braid__repl_push(lua_State *L);
+/* The task a deadlock or the scheduler running out of memory fails: the
+** REPL's running entry, else the root. */
+struct braid_task *braid__engine_victim(braid_engine_t *E);
+/* Cancels every live task at the top (an embedded engine's) with the
+** reason at `reason`. */
+void braid__engine_cancel_all(lua_State *L, braid_engine_t *E, int reason);
+int braid__run_alloc_begin(lua_State *L, braid_engine_t *E);
+void braid__run_alloc_end(lua_State *L, braid_engine_t *E);
+/* The scope braid.spawn in t puts children in. */
+struct braid_scope *braid__spawn_scope(struct braid_task *t);
+/* Applies `fn` to every live member task of s (not to tasks in nested
+** scopes); fn may end the task it is given. */
+void braid__scope_each_task(struct braid_scope *s,
+                            void (*fn)(struct braid_task *t, void *ud),
+                            void *ud);
 
 #define BRAID_MARKER ((void *) &braid__marker)
 extern const char braid__marker;

@@ -7,11 +7,7 @@
 ** callback (which runs it under lua_pcall on the scheduler's thread).
 */
 #include <stdio.h>
-#include "internal.h"
-
-static const char *const status_names[] = {
-  "pending", "running", "suspended", "ok", "failed", "cancelled"
-};
+#include "core.h"
 
 static const char *const kind_names[] = {
   "top", "task", "scope", "shield", "timeout", "group"
@@ -32,7 +28,7 @@ static void collect (lua_State *L, struct braid_scope *s) {
 
 /* braid.tasks() -> list of the live tasks, parents before children. */
 static int l_dump_tasks (lua_State *L) {
-  braid_engine_t *E = braid__engine(L);
+  braid_engine_t *E = braid_engine(L);
   lua_newtable(L);
   if (E->running) collect(L, &E->top);
   return 1;
@@ -68,7 +64,7 @@ static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
   lua_insert(L, -2);   /* the buffer's slot must stay at the top */
   for (i = 0; i < depth; i++) luaL_addstring(b, "  ");
   lua_pushfstring(L, "task %d \"%s\" %s, spawned at %s", (int) t->id,
-                  braid__task_name(L, t, 0), status_names[t->status], site);
+                  braid__task_name(L, t, 0), braid__status_names[t->status], site);
   luaL_addvalue(b);
   lua_remove(L, -2);
   if (t->scope.cancelled) luaL_addstring(b, ", cancelled");
@@ -92,7 +88,7 @@ static void dump_push (lua_State *L, braid_engine_t *E) {
 /* braid.dump() -> text: prints the live task tree (to stderr) with what each
 ** task waits on and for how long, and returns it. */
 static int l_dump_dump (lua_State *L) {
-  braid_engine_t *E = braid__engine(L);
+  braid_engine_t *E = braid_engine(L);
   dump_push(L, E);
   fprintf(stderr, "braid: %d live task(s)\n%s", (int) E->live,
           lua_tostring(L, -1));
@@ -108,7 +104,7 @@ static int dump_p (lua_State *L) {
 
 /* SIGQUIT: print the dump, keep running. */
 void braid__dump_signal (braid_engine_t *E) {
-  lua_State *S = E->S;
+  lua_State *S = E->S;   /* a dump that fails is not fatal: no engine_call */
   lua_pushcfunction(S, dump_p);
   lua_pushlightuserdata(S, E);
   if (lua_pcall(S, 1, 0, 0) != LUA_OK) lua_pop(S, 1);

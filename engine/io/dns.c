@@ -15,7 +15,7 @@
 */
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "core/prim.h"
 
 struct dns_op {
   braid_op_t *op;            /* the call waiting for it; NULL once detached */
@@ -121,7 +121,7 @@ static void dns_push_addresses (lua_State *L, struct addrinfo *res) {
 
 /* Raises kind "io" with the code and the host (at 1) in `host`. */
 static int dns_raise (lua_State *L, int rc) {
-  braid__error_push(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
+  braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
                     lua_tostring(L, 1), uv_strerror(rc));
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "host");
@@ -156,12 +156,12 @@ static int dns_k (lua_State *L, braid_op_t *op) {
 static int l_dns_resolve (lua_State *L) {
   struct dns_args a;
   size_t len;
-  a.loop = braid__task_current(L, "dns.resolve")->E->loop;   /* that first */
+  a.loop = braid_loop(braid_check_task(L, "dns.resolve"));   /* first */
   if (lua_type(L, 1) != LUA_TSTRING)
-    braid__error_argerror(L, 1, "dns.resolve", "string expected");
+    braid_argerror(L, 1, "dns.resolve", "string expected");
   a.host = lua_tolstring(L, 1, &len);
   if (strlen(a.host) != len || len == 0)
-    braid__error_argerror(L, 1, "dns.resolve", "host name expected");
+    braid_argerror(L, 1, "dns.resolve", "host name expected");
   lua_settop(L, 1);
   return braid_suspendk(L, "dns.resolve", sizeof(struct dns_call), dns_start,
                         dns_cancel, &a, dns_k);

@@ -16,7 +16,7 @@
 ** slot before raising.
 */
 #include <string.h>
-#include "internal.h"
+#include "core.h"
 
 #define CHAN_MT "braid.Channel"
 #define SEM_MT "braid.Semaphore"
@@ -103,7 +103,7 @@ static int chan_send_k (lua_State *L, int status, lua_KContext ctx) {
   lua_pop(L, 1);
   if (t->wake == WAKE_OK) {
     t->wake = WAKE_NONE;
-    return braid__error_raise(L, "closed", NULL, "channel:send: the channel "
+    return braid_error(L, "closed", NULL, "channel:send: the channel "
                               "was closed while the value waited");
   }
   braid__task_resumed(L, t);
@@ -119,7 +119,7 @@ static int l_chan_send (lua_State *L) {
   lua_settop(L, 2);
   braid__task_checkcancel(L, t);
   if (c->closed)
-    return braid__error_raise(L, "closed", NULL, "channel:send: the channel "
+    return braid_error(L, "closed", NULL, "channel:send: the channel "
                               "is closed");
   if ((r = queue_pop(&c->receivers)) != NULL) {
     r->got = 1;
@@ -239,7 +239,7 @@ static int l_chan_new (lua_State *L) {
   lua_Integer cap = luaL_optinteger(L, 1, 0);
   struct braid_chan *c;
   if (cap < 0)
-    braid__error_argerror(L, 1, "channel", "capacity must not be negative");
+    braid_argerror(L, 1, "channel", "capacity must not be negative");
   c = lua_newuserdatauv(L, sizeof *c, 2);
   memset(c, 0, sizeof *c);
   c->cap = cap;
@@ -290,7 +290,7 @@ static int l_sem_count (lua_State *L) {
 static int l_sem_new (lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   struct braid_sem *s;
-  if (n < 0) braid__error_argerror(L, 1, "semaphore", "permits must not be "
+  if (n < 0) braid_argerror(L, 1, "semaphore", "permits must not be "
                                    "negative");
   s = lua_newuserdatauv(L, sizeof *s, 0);
   s->permits = n;

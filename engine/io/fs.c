@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "internal.h"
+#include "core/prim.h"
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
@@ -272,10 +272,10 @@ static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
   size_t len;
   const char *p;
   if (lua_type(L, arg) != LUA_TSTRING)   /* numbers are no paths */
-    braid__error_argerror(L, arg, fname, "string expected");
+    braid_argerror(L, arg, fname, "string expected");
   p = lua_tolstring(L, arg, &len);
   if (strlen(p) != len)
-    braid__error_argerror(L, arg, fname, "path contains a zero byte");
+    braid_argerror(L, arg, fname, "path contains a zero byte");
   return p;
 }
 
@@ -284,10 +284,10 @@ static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
 static int fs_raise (lua_State *L, const char *fname, int err,
                      const char *path, const char *to) {
   if (to)
-    braid__error_push(L, "io", uv_err_name(err), "braid.fs.%s %s -> %s: %s",
+    braid_pusherror(L, "io", uv_err_name(err), "braid.fs.%s %s -> %s: %s",
                       fname, path, to, uv_strerror(err));
   else
-    braid__error_push(L, "io", uv_err_name(err), "braid.fs.%s %s: %s", fname,
+    braid_pusherror(L, "io", uv_err_name(err), "braid.fs.%s %s: %s", fname,
                       path, uv_strerror(err));
   lua_pushstring(L, path);
   lua_setfield(L, -2, "path");
@@ -410,7 +410,7 @@ static void fs_begin (lua_State *L, struct fs_args *a, int kind) {
   const char *fname = op_names[kind];
   memset(a, 0, sizeof *a);
   a->kind = kind;
-  a->loop = braid__task_current(L, fname)->E->loop;
+  a->loop = braid_loop(braid_check_task(L, fname));
   fs_check_path(L, 1, fname);
   if (kind == OP_RENAME) fs_check_path(L, 2, fname);
 }
@@ -427,7 +427,7 @@ static int fs_write (lua_State *L, int kind) {
   struct fs_args a;
   fs_begin(L, &a, kind);
   if (lua_type(L, 2) != LUA_TSTRING)
-    braid__error_argerror(L, 2, op_names[kind], "string expected");
+    braid_argerror(L, 2, op_names[kind], "string expected");
   a.data = lua_tolstring(L, 2, &a.len);
   lua_settop(L, 2);
   return fs_suspend(L, &a);
@@ -464,7 +464,7 @@ static int l_fs_mkdir (lua_State *L) {
   if (lua_isnoneornil(L, 2)) mode = 0777;
   else if (!lua_isinteger(L, 2) || (mode = lua_tointeger(L, 2)) < 0 ||
            mode > 07777)
-    return braid__error_argerror(L, 2, "mkdir", "mode (an integer from 0 to "
+    return braid_argerror(L, 2, "mkdir", "mode (an integer from 0 to "
                                  "0o7777) expected");
   a.mode = (int) mode;
   lua_settop(L, 1);

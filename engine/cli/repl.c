@@ -24,7 +24,7 @@
 #include <termios.h>
 #include <unistd.h>
 #include <editline/readline.h>
-#include "internal.h"
+#include "core/prim.h"
 
 extern const char braid__repl_source[];
 
@@ -34,16 +34,17 @@ static struct repl {
   braid_engine_t *E;
   uv_poll_t poll;
   int open, pollable, edit, hidden;
-  struct braid_task *reader;   /* the task waiting in repl.readline */
-  struct braid_wait wait;
+  braid_op_t *reader;          /* the op of the task in repl.readline */
   int result;                  /* READ_* once the read is over */
   char *line;                  /* malloc'd, for READ_LINE */
   char *acc;                   /* plain mode: bytes read, not yet a line */
   size_t acc_n, acc_cap;
   char prompt[64];
-  struct braid_task *entry;    /* the entry running now, anchored */
+  braid_task_t *entry;         /* the entry running now, anchored */
   int entry_ref;
   char *histfile;
+  struct braid_interceptor ic; /* Ctrl-C: the prompt's or the entry's */
+  struct braid_session session;
 } R = {.entry_ref = LUA_NOREF};
 
 /* ---- reading a line ---- */
@@ -57,10 +58,10 @@ static void read_stop (void) {
 
 /* The read ended with `result`: the waiting task is made ready. */
 static void read_done (int result) {
-  struct braid_task *t = R.reader;
+  braid_op_t *op = R.reader;
   R.result = result;
   read_stop();
-  braid__task_wake(t, WAKE_OK);
+  braid_resume(op, 0);
 }
 
 static void line_cb (char *line) {
@@ -124,9 +125,9 @@ static void poll_cb (uv_poll_t *h, int status, int events) {
   }
 }
 
-static void read_cancel (struct braid_wait *w) {
-  (void) w;
-  read_stop();
+/* The reading task was cancelled (or abandoned after its line came). */
+static void read_cancel (braid_op_t *op) {
+  if (R.reader == op) read_stop();
 }
 
 /* Pushes the line read (a string), nil at the end of input, or false when
@@ -145,19 +146,24 @@ static int read_push (lua_State *L) {
   return 1;
 }
 
-static int readline_k (lua_State *L, int status, lua_KContext ctx) {
-  (void) status;
-  braid__task_resumed(L, (struct braid_task *) ctx);
+static int readline_k (lua_State *L, braid_op_t *op) {
+  (void) op;
   return read_push(L);
+}
+
+/* Shows the prompt and waits for fd 0 from the loop. */
+static int readline_start (braid_op_t *op, void *ud) {
+  (void) ud;
+  R.reader = op;
+  if (R.edit) rl_callback_handler_install(R.prompt, line_cb);
+  return uv_poll_start(&R.poll, UV_READABLE, poll_cb);
 }
 
 /* repl.readline(prompt) -> line | nil (end of input) | false (Ctrl-C):
 ** shows the prompt and suspends the task until a line is entered. */
 static int l_repl_readline (lua_State *L) {
   const char *prompt = luaL_checkstring(L, 1);
-  struct braid_task *t = braid__task_current(L, "repl.readline");
-  braid__task_checkyield(L, t, "repl.readline");
-  braid__task_checkcancel(L, t);
+  braid_check_suspend(L, "repl.readline");
   R.result = READ_NONE;
   if (!R.edit) {
     fputs(prompt, stdout);
@@ -171,11 +177,8 @@ static int l_repl_readline (lua_State *L) {
   snprintf(R.prompt, sizeof R.prompt, "%s", prompt);
   fflush(stdout);
   fflush(stderr);
-  R.reader = t;
-  if (R.edit) rl_callback_handler_install(R.prompt, line_cb);
-  uv_poll_start(&R.poll, UV_READABLE, poll_cb);
-  braid__task_wait(t, &R.wait, read_cancel, "input");
-  return braid__task_yield(L, t, (lua_KContext) t, readline_k);
+  return braid_suspendk(L, "input", 0, readline_start, read_cancel, NULL,
+                        readline_k);
 }
 
 /* ---- output while the prompt is shown ---- */
@@ -231,8 +234,8 @@ static int l_repl_show (lua_State *L) {
 /* ---- Ctrl-C, entries, the session scope ---- */
 
 static int entry_cancel_p (lua_State *L) {
-  struct braid_task *t = (struct braid_task *) lua_touserdata(L, 1);
-  if (t->scope.cancelled) {   /* a second Ctrl-C: stop waiting for it */
+  braid_task_t *t = (braid_task_t *) lua_touserdata(L, 1);
+  if (braid__task_cancelled(t)) {   /* a second Ctrl-C: stop waiting */
     braid__task_abandon(t);
     return 0;
   }
@@ -244,7 +247,7 @@ static int entry_cancel_p (lua_State *L) {
 /* Ctrl-C: at the prompt it discards the input; while an entry runs it
 ** cancels the entry (a second one abandons it). Otherwise (the session
 ** is ending) the engine's default applies. */
-static int repl_interrupt (braid_engine_t *E) {
+static int repl_intercept (struct braid_interceptor *ic) {
   if (R.reader) {
     if (R.edit) rl_replace_line("", 0);
     R.acc_n = 0;   /* the terminal driver drops typed-ahead input too */
@@ -253,8 +256,8 @@ static int repl_interrupt (braid_engine_t *E) {
     fflush(stdout);
     return 1;
   }
-  if (R.entry && !TASK_DONE(R.entry)) {
-    lua_State *S = E->S;
+  (void) ic;
+  if (R.entry && braid_task_status(R.entry) < BRAID_OK) {
     struct termios tio;
     /* the terminal echoed ^C where the cursor was: what follows (the
     ** entry's cleanup output) starts on a line of its own */
@@ -263,9 +266,7 @@ static int repl_interrupt (braid_engine_t *E) {
       fputc('\n', stdout);
       fflush(stdout);
     }
-    lua_pushcfunction(S, entry_cancel_p);
-    lua_pushlightuserdata(S, R.entry);
-    if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
+    braid__engine_call(R.E, entry_cancel_p, R.entry);
     return 1;
   }
   return 0;
@@ -274,36 +275,29 @@ static int repl_interrupt (braid_engine_t *E) {
 /* A member of the session ended: a background task's failure is printed
 ** above the prompt and the session goes on. The entry's own outcome is
 ** the session's to report. */
-static void session_member_done (struct braid_scope *s, struct braid_task *t) {
-  lua_State *S = s->E->S;
+static void session_failed (lua_State *S, braid_task_t *t, int idx) {
   char prefix[64];
-  if (t->status != TASK_FAILED || t == R.entry) return;
+  if (t == R.entry) return;
   repl_hide();
   snprintf(prefix, sizeof prefix, "braid: background task %u failed: ",
-           t->id);
-  braid__task_push(S, t);
-  lua_getiuservalue(S, -1, 1);
-  braid__error_report(S, -1, prefix);
-  lua_pop(S, 2);
+           braid__task_id(t));
+  braid_report(S, idx, prefix);
   repl_show(1);
 }
 
 /* repl.set_entry(task | nil): the entry now running, or none. Its top-level
 ** braid.spawn goes to the session; Ctrl-C and deadlocks are its. */
 static int l_repl_set_entry (lua_State *L) {
-  braid_engine_t *E = R.E;
   luaL_unref(L, LUA_REGISTRYINDEX, R.entry_ref);
   R.entry_ref = LUA_NOREF;
   R.entry = NULL;
-  E->focus = NULL;
-  E->deadlocks = 0;
+  braid__session_entry(R.E, NULL);
   if (!lua_isnoneornil(L, 1)) {
-    struct braid_task *t = braid__task_check(L, 1);
+    braid_task_t *t = braid__task_check(L, 1);
     lua_settop(L, 1);
     R.entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     R.entry = t;
-    t->scope.adopt = &E->root->scope;
-    E->focus = t;
+    braid__session_entry(R.E, t);
   }
   return 0;
 }
@@ -311,14 +305,9 @@ static int l_repl_set_entry (lua_State *L) {
 /* repl.cancel_background() -> n: cancels the session's tasks (within the
 ** grace period) and says how many there were. */
 static int l_repl_cancel_background (lua_State *L) {
-  struct braid_scope *s = &R.E->root->scope;
-  struct braid_list *n;
-  int count = 0;
-  for (n = s->subs.next; n != &s->subs; n = n->next)
-    if (container_of(n, struct braid_scope, link)->kind == SCOPE_TASK) count++;
+  int count;
   lua_pushliteral(L, "the session ended");
-  braid__scope_set_reason(L, s, -1);
-  braid__scope_cancel(s, s);
+  count = braid__session_cancel(L, lua_gettop(L));
   lua_pushinteger(L, count);
   return 1;
 }
@@ -326,7 +315,7 @@ static int l_repl_cancel_background (lua_State *L) {
 /* repl.report(err): prints an error with its task and traceback. */
 static int l_repl_report (lua_State *L) {
   lua_settop(L, 1);
-  braid__error_report(L, 1, "");
+  braid_report(L, 1, "");
   return 0;
 }
 
@@ -346,7 +335,7 @@ static int l_repl_add_history (lua_State *L) {
 /* repl.open() -> "edit" | "plain": starts the session in the running root
 ** task: line editing when stdin and stdout are a terminal that can do it. */
 static int l_repl_open (lua_State *L) {
-  braid_engine_t *E = braid__engine(L);
+  braid_engine_t *E = braid_engine(L);
   const char *term = getenv("TERM"), *home = getenv("HOME");
   int flags = fcntl(0, F_GETFL);
   if (R.open) return luaL_error(L, "repl.open: the session is open");
@@ -354,7 +343,7 @@ static int l_repl_open (lua_State *L) {
   R.entry_ref = LUA_NOREF;
   R.E = E;
   R.open = 1;
-  R.pollable = uv_poll_init(E->loop, &R.poll, 0) == 0;
+  R.pollable = uv_poll_init(braid_loop(E), &R.poll, 0) == 0;
   if (flags != -1) fcntl(0, F_SETFL, flags);   /* keep fd 0 blocking */
   if (R.pollable && isatty(0) && isatty(1) && term && *term &&
       strcmp(term, "dumb") != 0) {
@@ -374,8 +363,12 @@ static int l_repl_open (lua_State *L) {
       }
     }
   }
-  E->on_interrupt = repl_interrupt;
-  E->root->scope.member_done = session_member_done;
+  /* Ctrl-C goes to the prompt or the running entry first; the session
+  ** (the root task's scope) reports its tasks' failures and goes on. */
+  R.ic.fn = repl_intercept;
+  braid__intercept_add(E, &R.ic);
+  R.session.failed = session_failed;
+  braid__session_set(E, &R.session);
   lua_pushstring(L, R.edit ? "edit" : "plain");
   return 1;
 }
@@ -392,8 +385,8 @@ static int l_repl_close (lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, R.entry_ref);
   R.entry_ref = LUA_NOREF;
   R.entry = NULL;
-  R.E->on_interrupt = NULL;
-  R.E->focus = NULL;
+  braid__intercept_remove(&R.ic);
+  braid__session_entry(R.E, NULL);   /* the session stays until the run ends */
   R.open = 0;
   R.histfile = R.acc = R.line = NULL;
   return 0;

@@ -12,7 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include "internal.h"
+#include "core.h"
 
 #define ERROR_MT "braid.Error"
 
@@ -36,7 +36,7 @@ static void error_vpush (lua_State *L, const char *kind, const char *code,
 
 /* Pushes a new braid.Error of `kind`, with `code` (a libuv error name, or
 ** NULL) and a formatted message. [-0, +1, m] */
-int braid__error_push (lua_State *L, const char *kind, const char *code,
+int braid_pusherror (lua_State *L, const char *kind, const char *code,
                        const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -46,7 +46,7 @@ int braid__error_push (lua_State *L, const char *kind, const char *code,
 }
 
 /* Raises a new braid.Error. [-0, +0, v] */
-int braid__error_raise (lua_State *L, const char *kind, const char *code,
+int braid_error (lua_State *L, const char *kind, const char *code,
                         const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -57,25 +57,25 @@ int braid__error_raise (lua_State *L, const char *kind, const char *code,
 
 /* Raises a "usage" error whose message starts with the caller's position,
 ** as luaL_error does. [-0, +0, v] */
-int braid__error_usage (lua_State *L, const char *fmt, ...) {
+int braid_usageerror (lua_State *L, const char *fmt, ...) {
   va_list ap;
   luaL_where(L, 1);
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
   lua_concat(L, 2);
-  return braid__error_raise(L, "usage", NULL, "%s", lua_tostring(L, -1));
+  return braid_error(L, "usage", NULL, "%s", lua_tostring(L, -1));
 }
 
 /* The familiar "bad argument #n to 'name' (...)" as a usage error. */
-int braid__error_argerror (lua_State *L, int arg, const char *fname,
+int braid_argerror (lua_State *L, int arg, const char *fname,
                            const char *extramsg) {
-  return braid__error_usage(L, "bad argument #%d to '%s' (%s)", arg, fname,
+  return braid_usageerror(L, "bad argument #%d to '%s' (%s)", arg, fname,
                             extramsg);
 }
 
 /* The kind of the braid.Error at idx, or NULL for any other value. */
-const char *braid__error_kind (lua_State *L, int idx) {
+const char *braid_error_kind (lua_State *L, int idx) {
   const char *kind = NULL;
   idx = lua_absindex(L, idx);
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return NULL;
@@ -91,7 +91,7 @@ const char *braid__error_kind (lua_State *L, int idx) {
 }
 
 int braid__is_cancel (lua_State *L, int idx) {
-  const char *k = braid__error_kind(L, idx);
+  const char *k = braid_error_kind(L, idx);
   return k != NULL && strcmp(k, "cancelled") == 0;
 }
 
@@ -103,7 +103,7 @@ static int tolstring_k (lua_State *L) {
 /* Pushes tostring(value at idx) and returns it, never raising: a
 ** __tostring that fails, yields or returns a non-string gives a plain
 ** description instead, so reporting an error cannot raise another. */
-const char *braid__error_tostring (lua_State *L, int idx) {
+const char *braid__tostring (lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
@@ -124,7 +124,7 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->reason_ref);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "reason");
-    lua_pushfstring(L, "cancelled (%s)", braid__error_tostring(L, -1));
+    lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
     lua_replace(L, -3);
     lua_pop(L, 1);
   } else if (cause->deadline_fired) {
@@ -200,7 +200,7 @@ void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
   lua_pushvalue(L, idx);
   lua_createtable(L, 0, 3);
   luaL_traceback(L, co, NULL, level);
-  if (braid__error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
+  if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
     lua_getfield(L, idx, "traceback");
     if (lua_isnil(L, -1)) {
       lua_pushvalue(L, -2);
@@ -219,7 +219,7 @@ void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
 
 /* The message handler of every task body: records, returns the value as is. */
 int braid__error_msgh (lua_State *L) {
-  braid_engine_t *E = braid__engine(L);
+  braid_engine_t *E = braid_engine(L);
   if (!braid__is_cancel(L, 1) && E->current)
     braid__error_record(L, 1, L, 1, E->current);
   lua_settop(L, 1);
@@ -227,9 +227,9 @@ int braid__error_msgh (lua_State *L) {
 }
 
 /* Prints the error at idx with what is known of where it came from. */
-void braid__error_report (lua_State *L, int idx, const char *prefix) {
+void braid_report (lua_State *L, int idx, const char *prefix) {
   idx = lua_absindex(L, idx);
-  fprintf(stderr, "%s%s\n", prefix, braid__error_tostring(L, idx));
+  fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
   lua_pop(L, 1);
   push_info_table(L);
   lua_pushvalue(L, idx);
@@ -250,7 +250,7 @@ void braid__error_report (lua_State *L, int idx, const char *prefix) {
       }
     }
     lua_pop(L, 1);
-  } else if (braid__error_kind(L, idx) != NULL) {
+  } else if (braid_error_kind(L, idx) != NULL) {
     lua_getfield(L, idx, "traceback");
     if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -265,7 +265,7 @@ void braid__error_report (lua_State *L, int idx, const char *prefix) {
 void braid__error_suppress (lua_State *L, int first, int idx) {
   first = lua_absindex(L, first);
   idx = lua_absindex(L, idx);
-  braid__error_report(L, idx, "braid: error while cancelling: ");
+  braid_report(L, idx, "braid: error while cancelling: ");
   push_info_table(L);
   lua_pushvalue(L, first);
   if (lua_rawget(L, -2) != LUA_TTABLE) {
@@ -281,10 +281,10 @@ void braid__error_suppress (lua_State *L, int first, int idx) {
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "also");
   }
-  braid__error_tostring(L, idx);
+  braid__tostring(L, idx);
   lua_rawseti(L, -2, luaL_len(L, -2) + 1);
   lua_pop(L, 3);
-  if (braid__error_kind(L, first) == NULL) return;
+  if (braid_error_kind(L, first) == NULL) return;
   if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);

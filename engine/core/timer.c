@@ -1,5 +1,7 @@
 /*
-** timer.c: the engine clock, the timer heap, braid.sleep and braid.now.
+** timer.c: the engine clock, the timer heap (braid.h's braid_timer_t),
+** the one conversion of durations, and braid.now. braid.sleep is a
+** primitive on top of it (io/sleep.c).
 **
 ** Every sleeper, deadline and grace period is a struct braid_timer in one
 ** binary heap ordered by (due, seq); one uv_timer_t is armed for the
@@ -10,9 +12,9 @@
 */
 #include <math.h>
 #include <stdlib.h>
-#include "internal.h"
+#include "core.h"
 
-uint64_t braid__now (braid_engine_t *E) {
+uint64_t braid_now (braid_engine_t *E) {
   return E->virtual_clock ? E->vnow : uv_hrtime();
 }
 
@@ -103,7 +105,7 @@ static void late_append (braid_engine_t *E, struct braid_timer *tm) {
 static void timer_fire (braid_engine_t *E, uint64_t now) {
   while (E->heap_n > 0 && E->heap[0]->due <= now) {
     struct braid_timer *tm = E->heap[0];
-    braid__timer_stop(E, tm);
+    braid_timer_stop(E, tm);
     if (tm->late) late_append(E, tm);
     else tm->cb(tm);
   }
@@ -147,10 +149,10 @@ int braid__timer_advance (braid_engine_t *E) {
   return 1;
 }
 
-void braid__timer_start (braid_engine_t *E, struct braid_timer *tm,
+void braid_timer_start (braid_engine_t *E, struct braid_timer *tm,
                          uint64_t delay_ns, void (*cb)(struct braid_timer *)) {
-  uint64_t now = braid__now(E);
-  if (tm->idx || tm->in_late) braid__timer_stop(E, tm);
+  uint64_t now = braid_now(E);
+  if (tm->idx || tm->in_late) braid_timer_stop(E, tm);
   if (E->heap_n == E->heap_cap) {
     unsigned cap = E->heap_cap ? E->heap_cap * 2 : 64;
     struct braid_timer **h = realloc(E->heap, cap * sizeof *h);
@@ -166,7 +168,7 @@ void braid__timer_start (braid_engine_t *E, struct braid_timer *tm,
   if (tm->idx == 1) timer_rearm(E);
 }
 
-void braid__timer_stop (braid_engine_t *E, struct braid_timer *tm) {
+void braid_timer_stop (braid_engine_t *E, struct braid_timer *tm) {
   unsigned i;
   if (tm->in_late) late_unlink(E, tm);   /* due, not fired yet: never will */
   if (tm->idx == 0) return;
@@ -181,70 +183,32 @@ void braid__timer_stop (braid_engine_t *E, struct braid_timer *tm) {
   if (i == 0) timer_rearm(E);
 }
 
-/* Seconds at `arg` as nanoseconds; NaN is refused, negatives count as 0. */
-uint64_t braid__check_ns (lua_State *L, int arg, const char *fname) {
+/* braid.h: seconds at `arg` as nanoseconds, the one conversion every
+** duration goes through. */
+uint64_t braid_check_seconds (lua_State *L, int arg, const char *fname) {
   lua_Number s;
   if (!lua_isnumber(L, arg))
-    braid__error_argerror(L, arg, fname, "number expected (seconds)");
+    braid_argerror(L, arg, fname, "number expected (seconds)");
   s = lua_tonumber(L, arg);
-  if (s != s) braid__error_argerror(L, arg, fname, "seconds must not be NaN");
-  if (s <= 0) return 0;
-  if (s >= 1.8e10) return UINT64_MAX / 2;   /* about 570 years */
+  if (s != s) braid_argerror(L, arg, fname, "seconds must not be NaN");
+  return braid__ns(s);
+}
+
+uint64_t braid__ns (double s) {
+  if (!(s > 0)) return 0;                 /* NaN too */
+  if (s >= 1.8e10) return BRAID_NEVER;    /* about 570 years */
   return (uint64_t) (s * 1e9);
-}
-
-/* braid.sleep is a suspending C function like an embedder's: its op
-** keeps a heap timer in the op's inline data, so a sleep allocates
-** nothing. */
-struct sleep_op {
-  struct braid_timer tm;
-  braid_op_t *op;
-  braid_engine_t *E;
-};
-
-struct sleep_args {
-  braid_engine_t *E;
-  uint64_t ns;
-};
-
-static void sleep_done (struct braid_timer *tm) {
-  braid_resume(container_of(tm, struct sleep_op, tm)->op, 0);
-}
-
-static int sleep_start (braid_op_t *op, void *ud) {
-  struct sleep_args *a = (struct sleep_args *) ud;
-  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
-  so->op = op;
-  so->E = a->E;
-  braid__op_timer(op);   /* the virtual clock may jump over it */
-  braid__timer_start(a->E, &so->tm, a->ns, sleep_done);
-  return 0;
-}
-
-static void sleep_cancel (braid_op_t *op) {
-  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
-  braid__timer_stop(so->E, &so->tm);
-}
-
-/* braid.sleep(seconds): suspends the task; raises on cancellation. */
-static int l_timer_sleep (lua_State *L) {
-  struct sleep_args a;
-  a.E = braid__task_current(L, "sleep")->E;   /* that error first */
-  a.ns = braid__check_ns(L, 1, "sleep");
-  return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
-                       sleep_cancel, &a);
 }
 
 /* braid.now() -> seconds on the engine's monotonic (or virtual) clock. */
 static int l_timer_now (lua_State *L) {
-  braid_engine_t *E = braid__engine(L);
-  lua_pushnumber(L, (lua_Number) braid__now(E) / 1e9);
+  braid_engine_t *E = braid_engine(L);
+  lua_pushnumber(L, (lua_Number) braid_now(E) / 1e9);
   return 1;
 }
 
 void braid__open_timer (lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"sleep", l_timer_sleep},
     {"now", l_timer_now},
     {NULL, NULL}
   };

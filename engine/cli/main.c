@@ -11,7 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 #include "lualib.h"
-#include "internal.h"
+#include "core/prim.h"
+#include "cli/repl.h"
 
 static const char usage_text[] =
   "usage: braid [options] [script [args]]\n"
@@ -47,7 +48,7 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0;
+  int from_stdin = 0, base, interactive = 0, interrupted;
   double grace = 5;
   const char *what;
   for (i = 1; i < argc; i++) {
@@ -158,15 +159,17 @@ int main (int argc, char **argv) {
     lua_setfield(L, 1, "args");
   }
   status = lua_pcall(L, 2, 0, 0);
-  code = braid__engine(L)->interrupted ? 130 : 0;
+  interrupted = braid__engine_interrupted(braid_engine(L));
+  code = interrupted ? 130 : 0;
   if (code == 130 && status == LUA_OK)
     fprintf(stderr, "braid: interrupted\n");
   if (status != LUA_OK) {
-    if (braid__engine(L)->interrupted && braid__is_cancel(L, -1)) {
+    const char *kind = braid_error_kind(L, -1);
+    if (interrupted && kind && strcmp(kind, "cancelled") == 0) {
       fprintf(stderr, "braid: interrupted\n");
       code = 130;
     } else {
-      braid__error_report(L, -1, "braid: ");
+      braid_report(L, -1, "braid: ");
       code = 1;
     }
   }

@@ -9,7 +9,7 @@
 **   callback, and the callback clears the userdata's pointer, so a method on
 **   a closed object raises kind "closed" instead of touching freed memory.
 **   __gc of a stream starts its close; it never frees an open handle.
-** - Every open stream and server is a struct braid_resource of the scope
+** - Every open stream and server is a braid_resource_t of the scope
 **   that made it (a connection's stream: its handler task's scope), so it is
 **   closed when that scope ends.
 ** - One read buffer per stream, allocated on the first read and reused:
@@ -39,7 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "core/prim.h"
+#include "io/stream.h"
 
 #define STREAM_MT "braid.TcpStream"
 #define SERVER_MT "braid.TcpServer"
@@ -50,7 +51,7 @@ struct tcp_stream {
   uv_tcp_t tcp;
   braid_engine_t *E;
   struct tcp_stream **ud;          /* the userdata's slot, or NULL */
-  struct braid_resource res;       /* in its scope while `attached` */
+  braid_resource_t res;            /* in its scope while `attached` */
   braid_op_t *rop;                 /* the one pending read, or NULL */
   char *buf;
   size_t cap, off, len;            /* buffered bytes: buf[off, off+len) */
@@ -84,14 +85,14 @@ static void stream_close (struct tcp_stream *s) {
   if (s->closing) return;
   s->closing = 1;
   if (s->attached) {
-    braid__resource_remove(&s->res);
+    braid_resource_remove(&s->res);
     s->attached = 0;
   }
   if (s->rop) stream_wake(s);
   uv_close((uv_handle_t *) &s->tcp, stream_close_cb);
 }
 
-static void stream_res_close (struct braid_resource *r) {
+static void stream_res_close (braid_resource_t *r) {
   struct tcp_stream *s = container_of(r, struct tcp_stream, res);
   s->attached = 0;   /* the scope has already unlinked it */
   stream_close(s);
@@ -105,9 +106,8 @@ static struct tcp_stream *stream_new (braid_engine_t *E, int *rc) {
     return NULL;
   }
   s->E = E;
-  braid__list_init(&s->res.link);
   s->res.close = stream_res_close;
-  if ((*rc = uv_tcp_init(E->loop, &s->tcp)) != 0) {
+  if ((*rc = uv_tcp_init(braid_loop(E), &s->tcp)) != 0) {
     free(s);
     return NULL;
   }
@@ -115,8 +115,12 @@ static struct tcp_stream *stream_new (braid_engine_t *E, int *rc) {
   return s;
 }
 
-static void stream_attach (struct tcp_stream *s, struct braid_task *t) {
-  braid__resource_add(t, &s->res);
+/* Makes s a resource of the running task's innermost scope (t NULL) or
+** of handler task t's own scope. */
+static void stream_attach (lua_State *L, struct tcp_stream *s,
+                           braid_task_t *t) {
+  if (t) braid__task_resource_add(t, &s->res);
+  else braid_resource_add(L, &s->res);
   s->attached = 1;
 }
 
@@ -130,14 +134,11 @@ static struct tcp_stream **stream_newud (lua_State *L) {
   return ud;
 }
 
-/* Binds s to its object and, when t is given, makes it a resource of t's
-** innermost scope. */
-static void stream_bind (struct tcp_stream **ud, struct tcp_stream *s,
-                         struct braid_task *t) {
+/* Binds s to its object. */
+static void stream_bind (struct tcp_stream **ud, struct tcp_stream *s) {
   *ud = s;
   s->ud = ud;
   uv_tcp_nodelay(&s->tcp, 1);
-  if (t) stream_attach(s, t);
 }
 
 /* The open stream at idx; raises kind "closed" when it is closed. */
@@ -145,13 +146,13 @@ static struct tcp_stream *stream_check (lua_State *L, int idx,
                                         const char *fname) {
   struct tcp_stream **ud = luaL_checkudata(L, idx, STREAM_MT);
   if (*ud == NULL || (*ud)->closing)
-    braid__error_raise(L, "closed", NULL, "stream:%s: the stream is closed",
+    braid_error(L, "closed", NULL, "stream:%s: the stream is closed",
                        fname);
   return *ud;
 }
 
 static int io_error (lua_State *L, int rc, const char *what) {
-  return braid__error_raise(L, "io", uv_err_name(rc), "%s: %s", what,
+  return braid_error(L, "io", uv_err_name(rc), "%s: %s", what,
                             uv_strerror(rc));
 }
 
@@ -210,7 +211,7 @@ static void read_cancel (braid_op_t *op) {
 }
 
 static int busy_error (lua_State *L, const char *fname) {
-  return braid__error_usage(L, "%s: another task is already reading this "
+  return braid_usageerror(L, "%s: another task is already reading this "
                             "stream", fname);
 }
 
@@ -220,7 +221,7 @@ static int busy_error (lua_State *L, const char *fname) {
 static int stream_wait (lua_State *L, struct tcp_stream *s, const char *fname,
                         const char *what, braid_k_fn k) {
   int rc;
-  braid__task_checkyield(L, braid__task_current(L, fname), fname);
+  braid_check_suspend(L, fname);
   if (s->rop) return busy_error(L, fname);
   if (s->buf == NULL) {
     if ((s->buf = malloc(READ_BUF)) == NULL)
@@ -261,14 +262,12 @@ static int read_k (lua_State *L, braid_op_t *op);
 /* stream:read([n]) -> string | nil: up to n bytes (default: whatever has
 ** arrived), waiting for at least one; nil at EOF. */
 static int l_stream_read (lua_State *L) {
-  struct braid_task *t;
   stream_check(L, 1, "read");
-  t = braid__task_current(L, "stream:read");
+  braid_check_task(L, "stream:read");
   if (!lua_isnoneornil(L, 2) &&
       (!lua_isinteger(L, 2) || lua_tointeger(L, 2) <= 0))
-    braid__error_argerror(L, 2, "read", "positive integer expected");
+    braid_argerror(L, 2, "read", "positive integer expected");
   lua_settop(L, 2);
-  braid__task_checkcancel(L, t);
   return read_k(L, NULL);
 }
 
@@ -292,10 +291,8 @@ static int line_k (lua_State *L, braid_op_t *op);
 /* stream:read_line() -> string | nil: the next line without its "\n" (and
 ** without a "\r" before it); at EOF the unterminated rest, then nil. */
 static int l_stream_read_line (lua_State *L) {
-  struct braid_task *t;
   stream_check(L, 1, "read_line");
-  t = braid__task_current(L, "stream:read_line");
-  braid__task_checkcancel(L, t);
+  braid_check_task(L, "stream:read_line");
   return line_k(L, NULL);
 }
 
@@ -323,7 +320,7 @@ static int line_k (lua_State *L, braid_op_t *op) {
   if (s->buf && s->len == s->cap) {   /* a long line: grow the buffer */
     char *nb;
     if (s->cap >= MAX_LINE)
-      return braid__error_raise(L, "io", "ENOBUFS", "stream:read_line: line "
+      return braid_error(L, "io", "ENOBUFS", "stream:read_line: line "
                                 "longer than %d bytes", MAX_LINE);
     if ((nb = realloc(s->buf, s->cap * 2)) == NULL)
       return io_error(L, UV_ENOMEM, "stream:read_line");
@@ -357,7 +354,7 @@ struct tcp_req {
 
 /* libuv let go: hands the status to the task, if it still waits. */
 static void req_done (struct tcp_req *r, int status) {
-  if (r->ref != LUA_NOREF) luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  braid__unref(r->E, r->ref);
   if (r->op) {
     *(struct tcp_req **) braid_op_data(r->op) = NULL;
     lua_pushinteger(braid_op_state(r->op), status);
@@ -392,7 +389,7 @@ static void req_cancel (braid_op_t *op) {
   if (r == NULL) return;   /* done already: only its status was left */
   r->op = NULL;
   stream_close(r->s);
-  luaL_unref(r->E->S, LUA_REGISTRYINDEX, r->ref);
+  braid__unref(r->E, r->ref);
   r->ref = LUA_NOREF;
 }
 
@@ -416,7 +413,7 @@ static int req_k (lua_State *L, braid_op_t *op) {
   int rc = (int) lua_tointeger(L, -1);
   (void) op;
   if (rc == UV_ECANCELED)
-    return braid__error_raise(L, "closed", "ECANCELED", "stream: the stream "
+    return braid_error(L, "closed", "ECANCELED", "stream: the stream "
                               "was closed during the operation");
   if (rc < 0) return io_error(L, rc, "stream");
   lua_settop(L, 1);
@@ -427,15 +424,14 @@ static int req_k (lua_State *L, braid_op_t *op) {
 ** slow peer slows the writer down instead of growing its memory). */
 static int l_stream_write (lua_State *L) {
   struct tcp_stream *s = stream_check(L, 1, "write");
-  struct braid_task *t = braid__task_current(L, "stream:write");
+  braid_check_task(L, "stream:write");
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   struct tcp_req *r;
   uv_buf_t b;
   int rc;
   lua_settop(L, 2);
-  braid__task_checkyield(L, t, "stream:write");
-  braid__task_checkcancel(L, t);
+  braid_check_suspend(L, "stream:write");
   b = uv_buf_init((char *) data, (unsigned) len);
   rc = len ? uv_try_write((uv_stream_t *) &s->tcp, &b, 1) : 0;
   if (rc == (int) len) {   /* the common case: no request, no suspension */
@@ -461,12 +457,11 @@ static int l_stream_write (lua_State *L) {
 ** reads EOF, and this side can still read. */
 static int l_stream_shutdown (lua_State *L) {
   struct tcp_stream *s = stream_check(L, 1, "shutdown");
-  struct braid_task *t = braid__task_current(L, "stream:shutdown");
+  braid_check_task(L, "stream:shutdown");
   struct tcp_req *r;
   int rc;
   lua_settop(L, 1);
-  braid__task_checkyield(L, t, "stream:shutdown");
-  braid__task_checkcancel(L, t);
+  braid_check_suspend(L, "stream:shutdown");
   r = req_new(L, s, LUA_NOREF);
   rc = uv_shutdown(&r->req.shutdown, (uv_stream_t *) &s->tcp, shutdown_cb);
   if (rc != 0) {
@@ -506,7 +501,7 @@ static int l_stream_tostring (lua_State *L) {
 struct tcp_connect {
   braid_engine_t *E;
   braid_op_t *op;                 /* the waiting task's, until finished */
-  struct braid_timer timer;       /* opts.timeout */
+  braid_timer_t timer;            /* opts.timeout */
   uv_getaddrinfo_t gai;
   uv_connect_t req;
   struct addrinfo *ai, *next;     /* resolved addresses, the next to try */
@@ -525,7 +520,7 @@ static void conn_free (struct tcp_connect *c) {
 static void conn_stop (struct tcp_connect *c) {
   if (c->stopped) return;
   c->stopped = 1;
-  braid__timer_stop(c->E, &c->timer);
+  braid_timer_stop(c->E, &c->timer);
   if (c->busy && c->s == NULL) uv_cancel((uv_req_t *) &c->gai);
   if (c->s && c->busy) {          /* a half-open connect: close undoes it */
     stream_close(c->s);
@@ -598,7 +593,7 @@ static void gai_cb (uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   else conn_try(c, UV_EAI_NONAME);
 }
 
-static void conn_timeout_cb (struct braid_timer *tm) {
+static void conn_timeout_cb (braid_timer_t *tm) {
   conn_finish(container_of(tm, struct tcp_connect, timer), UV_ETIMEDOUT);
 }
 
@@ -642,14 +637,14 @@ static int conn_start (braid_op_t *op, void *ud) {
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     snprintf(portstr, sizeof portstr, "%d", a->port);
-    rc = uv_getaddrinfo(c->E->loop, &c->gai, gai_cb, a->host, portstr,
+    rc = uv_getaddrinfo(braid_loop(c->E), &c->gai, gai_cb, a->host, portstr,
                         &hints);
     if (rc == 0) c->busy++;
     else conn_finish(c, rc);
   }
   if (c->op && a->timeout >= 0)   /* else it finished at once: resumed */
-    braid__timer_start(c->E, &c->timer, (uint64_t) (a->timeout * 1e9),
-                       conn_timeout_cb);
+    braid_timer_start(c->E, &c->timer, braid__ns(a->timeout),
+                      conn_timeout_cb);
   return 0;
 }
 
@@ -666,11 +661,11 @@ static int connect_k (lua_State *L, braid_op_t *op) {
   c->s = NULL;
   conn_release(c);
   if (rc < 0)
-    return braid__error_raise(L, "io", uv_err_name(rc), "tcp.connect %s:%d: "
+    return braid_error(L, "io", uv_err_name(rc), "tcp.connect %s:%d: "
                               "%s", lua_tostring(L, 1),
                               (int) lua_tointeger(L, 2), uv_strerror(rc));
-  stream_bind((struct tcp_stream **) lua_touserdata(L, 3), s,
-              braid__task_current(L, "tcp.connect"));
+  stream_bind((struct tcp_stream **) lua_touserdata(L, 3), s);
+  stream_attach(L, s, NULL);
   lua_settop(L, 3);
   return 1;
 }
@@ -680,26 +675,25 @@ static const char *const connect_options[] = {"timeout", NULL};
 /* braid.tcp.connect(host, port, [opts]) -> stream. opts.timeout (seconds)
 ** bounds resolution and connection; errors are kind "io" with `code`. */
 static int l_tcp_connect (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "tcp.connect");
+  braid_engine_t *E = braid_check_task(L, "tcp.connect");
   struct conn_args a;
   lua_Integer port;
   a.host = luaL_checkstring(L, 1);
   port = luaL_checkinteger(L, 2);
   if (port < 0 || port > 65535)
-    braid__error_argerror(L, 2, "tcp.connect", "port out of range");
+    braid_argerror(L, 2, "tcp.connect", "port out of range");
   a.port = (int) port;
   braid__check_options(L, 3, "tcp.connect", connect_options);
   a.timeout = braid__opt_number(L, 3, "timeout", -1, "tcp.connect");
   lua_settop(L, 2);
-  braid__task_checkyield(L, t, "tcp.connect");
-  braid__task_checkcancel(L, t);
+  braid_check_suspend(L, "tcp.connect");
   stream_newud(L);                                          /* 3 */
   /* Allocated here, not in conn_start, so that running out of memory reads
   ** "tcp.connect: ..." as ever. braid_suspendk cannot raise before
   ** conn_start takes c over: it checks only what was just checked. */
   if ((a.c = calloc(1, sizeof *a.c)) == NULL)
     return io_error(L, UV_ENOMEM, "tcp.connect");
-  a.c->E = t->E;
+  a.c->E = E;
   return braid_suspendk(L, "tcp connect", sizeof a.c, conn_start,
                         conn_cancel, &a, connect_k);
 }
@@ -710,8 +704,8 @@ struct tcp_server {
   uv_tcp_t tcp;
   braid_engine_t *E;
   struct tcp_server **ud;
-  struct braid_resource res;
-  struct braid_scope *scope;       /* where handlers are spawned */
+  braid_resource_t res;
+  braid_scope_t *scope;            /* where handlers are spawned */
   struct braid_list conns;         /* struct tcp_conn: running handlers */
   int handler_ref;
   int port;
@@ -722,10 +716,10 @@ struct tcp_server {
 struct tcp_conn {
   struct braid_watch watch;
   struct braid_list link;          /* in the server's conns, or alone */
-  struct braid_task *task;
+  braid_task_t *task;
 };
 
-static void conn_task_done (struct braid_watch *w, struct braid_task *t) {
+static void conn_task_done (struct braid_watch *w, braid_task_t *t) {
   struct tcp_conn *k = container_of(w, struct tcp_conn, watch);
   (void) t;
   braid__list_remove(&k->link);
@@ -742,8 +736,8 @@ static void server_close_cb (uv_handle_t *h) {
 static void server_close (struct tcp_server *srv) {
   if (srv->closing) return;
   srv->closing = 1;
-  braid__resource_remove(&srv->res);
-  luaL_unref(srv->E->S, LUA_REGISTRYINDEX, srv->handler_ref);
+  braid_resource_remove(&srv->res);
+  braid__unref(srv->E, srv->handler_ref);
   srv->handler_ref = LUA_NOREF;
   while (!braid__list_empty(&srv->conns)) {
     struct tcp_conn *k = container_of(srv->conns.next, struct tcp_conn, link);
@@ -753,15 +747,15 @@ static void server_close (struct tcp_server *srv) {
   uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
 }
 
-static void server_res_close (struct braid_resource *r) {
+static void server_res_close (braid_resource_t *r) {
   server_close(container_of(r, struct tcp_server, res));
 }
 
-/* Accepts one connection and spawns its handler; on E->S, under pcall. */
+/* Accepts one connection and spawns its handler (braid__engine_call). */
 static int server_accept (lua_State *S) {
   struct tcp_server *srv = lua_touserdata(S, 1);
   struct tcp_stream *s, **ud;
-  struct braid_task *t;
+  braid_task_t *t;
   struct tcp_conn *k;
   int rc;
   lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
@@ -771,29 +765,28 @@ static int server_accept (lua_State *S) {
     stream_close(s);
     return 0;
   }
-  stream_bind(ud, s, NULL);   /* if the spawn fails, __gc closes it */
-  t = braid__task_spawn(S, srv->scope, 2, 1);
-  stream_attach(s, t);        /* the handler's own scope owns the stream */
+  stream_bind(ud, s);         /* if the spawn fails, __gc closes it */
+  t = braid__spawn(S, srv->scope, 2, 1);
+  stream_attach(S, s, t);     /* the handler's own scope owns the stream */
   if ((k = malloc(sizeof *k)) == NULL) return 0;   /* not cancellable by
                                                       server:close, still a
                                                       child of the scope */
   braid__list_init(&k->link);
   k->watch.done = conn_task_done;
   k->task = t;
-  braid__list_push(&t->watchers, &k->watch.link);
+  braid__task_watch(t, &k->watch);
   braid__list_push(&srv->conns, &k->link);
   return 0;
 }
 
 static void server_connection_cb (uv_stream_t *h, int status) {
   struct tcp_server *srv = container_of(h, struct tcp_server, tcp);
-  lua_State *S = srv->E->S;
-  struct braid_scope *sc = srv->scope;
+
   if (status < 0 || srv->closing) return;   /* EMFILE and the like: retry */
   /* A scope being cancelled, or ending, takes no new members: refuse. */
-  if (sc->cancelled || (sc->joining && sc->pending == 0)) {
+  if (!braid__scope_open(srv->scope)) {
     uv_tcp_t *tmp = malloc(sizeof *tmp);
-    if (tmp && uv_tcp_init(srv->E->loop, tmp) == 0) {
+    if (tmp && uv_tcp_init(braid_loop(srv->E), tmp) == 0) {
       uv_accept(h, (uv_stream_t *) tmp);
       uv_close((uv_handle_t *) tmp, (uv_close_cb) free);
     } else {
@@ -801,9 +794,7 @@ static void server_connection_cb (uv_stream_t *h, int status) {
     }
     return;
   }
-  lua_pushcfunction(S, server_accept);
-  lua_pushlightuserdata(S, srv);
-  if (lua_pcall(S, 1, 0, 0) != LUA_OK) lua_pop(S, 1);   /* out of memory */
+  braid__engine_call(srv->E, server_accept, srv);
 }
 
 static const char *const listen_options[] = {"backlog", NULL};
@@ -812,23 +803,22 @@ static const char *const listen_options[] = {"backlog", NULL};
 ** to "127.0.0.1"; port 0 picks a free one. Each connection runs
 ** handler(stream) as a child task of the calling scope. */
 static int l_tcp_listen (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "tcp.listen");
+  braid_engine_t *E = braid_check_task(L, "tcp.listen");
   const char *host = luaL_optstring(L, 1, "127.0.0.1");
   lua_Integer port = luaL_checkinteger(L, 2);
   struct sockaddr_storage sa;
   struct tcp_server *srv, **ud;
   int rc, ref, backlog, len = sizeof sa;
   if (port < 0 || port > 65535)
-    braid__error_argerror(L, 2, "tcp.listen", "port out of range");
+    braid_argerror(L, 2, "tcp.listen", "port out of range");
   if (!braid__is_callable(L, 3))
-    braid__error_argerror(L, 3, "tcp.listen", "function expected");
+    braid_argerror(L, 3, "tcp.listen", "function expected");
   braid__check_options(L, 4, "tcp.listen", listen_options);
   backlog = (int) braid__opt_number(L, 4, "backlog", 511, "tcp.listen");
   if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
   if (uv_ip4_addr(host, (int) port, (struct sockaddr_in *) &sa) != 0 &&
       uv_ip6_addr(host, (int) port, (struct sockaddr_in6 *) &sa) != 0)
-    braid__error_argerror(L, 1, "tcp.listen", "numeric IP address expected");
-  braid__task_checkcancel(L, t);
+    braid_argerror(L, 1, "tcp.listen", "numeric IP address expected");
   /* The Lua objects first: once the server listens, nothing may raise. */
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = NULL;
@@ -839,12 +829,11 @@ static int l_tcp_listen (lua_State *L) {
     rc = UV_ENOMEM;
     goto fail;
   }
-  srv->E = t->E;
+  srv->E = E;
   srv->handler_ref = ref;
   braid__list_init(&srv->conns);
-  braid__list_init(&srv->res.link);
   srv->res.close = server_res_close;
-  if ((rc = uv_tcp_init(t->E->loop, &srv->tcp)) != 0) {
+  if ((rc = uv_tcp_init(braid_loop(E), &srv->tcp)) != 0) {
     free(srv);
     goto fail;
   }
@@ -858,21 +847,21 @@ static int l_tcp_listen (lua_State *L) {
   }
   srv->closing = 0;
   srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
-  srv->scope = t->inner;
-  braid__resource_add(t, &srv->res);
+  srv->scope = braid__scope_here(L);
+  braid_resource_add(L, &srv->res);
   *ud = srv;
   srv->ud = ud;
   return 1;
 fail:
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
-  return braid__error_raise(L, "io", uv_err_name(rc), "tcp.listen %s:%d: %s",
+  return braid_error(L, "io", uv_err_name(rc), "tcp.listen %s:%d: %s",
                             host, (int) port, uv_strerror(rc));
 }
 
 static struct tcp_server *server_check (lua_State *L, const char *fname) {
   struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
   if (*ud == NULL || (*ud)->closing)
-    braid__error_raise(L, "closed", NULL, "server:%s: the server is closed",
+    braid_error(L, "closed", NULL, "server:%s: the server is closed",
                        fname);
   return *ud;
 }
@@ -908,7 +897,7 @@ static int l_server_tostring (lua_State *L) {
 }
 
 /* Adds braid.tcp to the table at the stack top. (Writes to a peer that has
-** gone fail with EPIPE: see engine_sigpipe in loop.c.) */
+** gone fail with EPIPE: braid__stream_sigpipe, io/stream.c.) */
 void braid__open_tcp (lua_State *L) {
   static const luaL_Reg stream_methods[] = {
     {"read", l_stream_read},
@@ -941,6 +930,7 @@ void braid__open_tcp (lua_State *L) {
     {"listen", l_tcp_listen},
     {NULL, NULL}
   };
+  braid__stream_sigpipe();
   braid__class(L, STREAM_MT, stream_meta, stream_methods, NULL);
   braid__class(L, SERVER_MT, server_meta, server_methods, NULL);
   lua_pop(L, 2);

@@ -16,7 +16,7 @@
 */
 #include <limits.h>
 #include <string.h>
-#include "internal.h"
+#include "core.h"
 
 enum { GROUP_GATHER, GROUP_RACE, GROUP_ANY };
 
@@ -71,7 +71,7 @@ static void member_done (struct braid_watch *w, struct braid_task *t) {
   } else if (t->status == TASK_FAILED && g->decided) {
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
-    braid__error_report(L, -1, "braid: error while cancelling: ");
+    braid_report(L, -1, "braid: error while cancelling: ");
     lua_pop(L, 2);
   }
   if (adopted) braid__scope_left(&g->scope);
@@ -187,7 +187,7 @@ static int group_cut_off (struct braid_group *g) {
 }
 
 static int group_timeout_error (lua_State *L, struct braid_group *g) {
-  return braid__error_push(L, "timeout", NULL, "braid.%s timed out",
+  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out",
                            mode_names[g->mode]);
 }
 
@@ -230,7 +230,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
       lua_rawgeti(L, list, g->winner);
       return braid__task_results(L, lua_gettop(L), 1);
     }
-    braid__error_push(L, "all_failed", NULL, "braid.any: all %d failed", n);
+    braid_pusherror(L, "all_failed", NULL, "braid.any: all %d failed", n);
     lua_createtable(L, n, 0);
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, list, i);
@@ -287,7 +287,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     if (!lua_isnil(L, -1)) {
       lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
       if (li < 1)
-        braid__error_usage(L, "bad option 'limit' to '%s' (positive integer "
+        braid_usageerror(L, "bad option 'limit' to '%s' (positive integer "
                            "expected)", fname);
       limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
     }
@@ -295,17 +295,17 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_getfield(L, opts, "timeout");
     if (!lua_isnil(L, -1) &&
         (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      braid__error_usage(L, "bad option 'timeout' to '%s' (number of seconds "
+      braid_usageerror(L, "bad option 'timeout' to '%s' (number of seconds "
                          "expected, got %s)", fname, luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
     if (luaL_testudata(L, first + i, "braid.Task")) {
       if (lua_touserdata(L, first + i) == (void *) t)
-        braid__error_usage(L, "braid.%s: a task cannot wait for itself",
+        braid_usageerror(L, "braid.%s: a task cannot wait for itself",
                            fname);
     } else if (!braid__is_callable(L, first + i)) {
-      braid__error_argerror(L, first + i, fname, "function or task expected");
+      braid_argerror(L, first + i, fname, "function or task expected");
     }
   }
   braid__task_checkyield(L, t, fname);
@@ -344,7 +344,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if (timeout >= 0) {
     lua_getfield(L, opts, "timeout");
-    g->scope.timeout_ns = braid__check_ns(L, -1, fname);
+    g->scope.timeout_ns = braid_check_seconds(L, -1, fname);
     lua_pop(L, 1);
     braid__scope_deadline(&g->scope, g->scope.timeout_ns);
   }
@@ -400,7 +400,7 @@ static int l_group_any (lua_State *L) {
 static int l_group_map (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   if (!braid__is_callable(L, 2))
-    braid__error_argerror(L, 2, "map", "function expected");
+    braid_argerror(L, 2, "map", "function expected");
   lua_settop(L, 3);
   return group_run(L, GROUP_GATHER, 0, (int) luaL_len(L, 1),
                    lua_isnil(L, 3) ? 0 : 3, 1, "map");

@@ -1,0 +1,123 @@
+/*
+** abandon.c: cancelling a task, and abandoning one that did not end within
+** its grace period: its operation is undone, the to-be-closed variables of
+** its coroutine and of the user coroutines it waits through run, its
+** members are abandoned first, and it ends "cancelled".
+*/
+#include <stdio.h>
+#include "core.h"
+
+/* Cancels the task (its own scope) with the reason at `reason` (0: none). */
+void braid__task_cancel (struct braid_task *t, lua_State *L, int reason) {
+  if (TASK_DONE(t) || t->scope.cancelled) return;
+  if (reason) braid__scope_set_reason(L, &t->scope, reason);
+  braid__scope_cancel(&t->scope, &t->scope);
+}
+
+static void abandon_one (struct braid_task *t, void *ud) {
+  (void) ud;
+  braid__task_abandon(t);
+}
+
+/* Abandons the scopes t owns, innermost first, and every task below them. */
+static void abandon_below (struct braid_task *t) {
+  struct braid_scope *s;
+  for (s = t->inner; ; s = s->outer) {
+    braid__scope_each_task(s, abandon_one, NULL);
+    if (s == &t->scope) break;
+  }
+  while (t->inner != &t->scope) {
+    s = t->inner;
+    t->inner = s->outer;
+    braid__scope_release(s);
+  }
+}
+
+/* Closes the to-be-closed variables of the user coroutines that task t is
+** suspended through (a braid call made inside coroutine.wrap or resume),
+** innermost first: lua_resetthread of the task's own thread does not
+** reach into them. Runs in scheduler context, before t->co is reset. */
+static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
+  lua_State *S = E->S;
+  int tbl, n = 0;
+  lua_rawgetp(S, LUA_REGISTRYINDEX, &braid__suspended_key);
+  tbl = lua_gettop(S);
+  lua_pushthread(t->co);
+  lua_xmove(t->co, S, 1);
+  for (;;) {   /* push the coroutine the thread on top is resuming */
+    int found = 0;
+    luaL_checkstack(S, 4, "coroutine chain");
+    lua_pushnil(S);
+    while (lua_next(S, tbl)) {
+      if (lua_rawequal(S, -1, -3)) {
+        lua_pop(S, 1);
+        found = 1;
+        break;
+      }
+      lua_pop(S, 1);
+    }
+    if (!found) break;
+    n++;
+  }
+  for (; n > 0; n--) {
+    lua_State *co = lua_tothread(S, tbl + 1 + n);
+    lua_pushthread(co);
+    lua_xmove(co, S, 1);
+    lua_pushnil(S);
+    lua_rawset(S, tbl);
+    if (lua_resetthread(co) != LUA_OK) {
+      lua_xmove(co, S, 1);
+      braid_report(S, -1, "braid: error in a <close> handler of an "
+                          "abandoned task: ");
+      lua_pop(S, 1);
+    }
+  }
+  lua_settop(S, tbl - 1);
+}
+
+/* Ends a task that did not finish within its grace period: its operation
+** is undone, its to-be-closed variables run (lua_resetthread), and it ends
+** cancelled. Runs in scheduler context. */
+void braid__task_abandon (struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  lua_State *S = E->S;
+  struct braid_task *prev = E->current;
+  if (TASK_DONE(t)) return;
+  abandon_below(t);
+  if (TASK_DONE(t)) return;   /* it was only waiting for those members */
+  if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
+  else braid__op_release(t);   /* completed, continuation not run */
+  t->wait = NULL;
+  t->abandoned = 1;
+  if (t->co) {
+    E->current = t;
+    abandon_user_coroutines(E, t);
+    if (lua_resetthread(t->co) != LUA_OK) {
+      lua_xmove(t->co, S, 1);
+      braid_report(S, -1, "braid: error in a <close> handler of an "
+                          "abandoned task: ");
+      lua_pop(S, 1);
+    }
+    E->current = prev;
+    t->co = NULL;   /* not pooled: see pool_put */
+  }
+  if (!E->closing) {   /* braid_close abandons by design: no report */
+    fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
+            "running %g s after it was cancelled\n", t->id,
+            braid__task_name(S, t, 0), braid__task_site(S, t, 0),
+            t->scope.outer->grace);
+    lua_pop(S, 1);
+  }
+  lua_pushliteral(S, "abandoned after its grace period");
+  braid__scope_set_reason(S, &t->scope, -1);
+  lua_pop(S, 1);
+  t->scope.cancelled = 1;
+  t->scope.cause = &t->scope;
+  t->scope.body_failed = 1;
+  braid__task_push(S, t);
+  braid__push_cancel(S, &t->scope);
+  lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
+  braid__task_finish(t);
+}
+

@@ -1,0 +1,92 @@
+/*
+** auxlib.c: small helpers every layer uses (prim.h): intrusive lists,
+** building braid's Lua classes, and checking options tables.
+*/
+#include <string.h>
+#include "core.h"
+
+void braid__list_init (struct braid_list *l) { l->prev = l->next = l; }
+
+void braid__list_push (struct braid_list *head, struct braid_list *node) {
+  node->prev = head->prev;
+  node->next = head;
+  head->prev->next = node;
+  head->prev = node;
+}
+
+void braid__list_remove (struct braid_list *node) {
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  node->prev = node->next = node;
+}
+
+int braid__is_callable (lua_State *L, int idx) {
+  if (lua_isfunction(L, idx)) return 1;
+  if (luaL_getmetafield(L, idx, "__call") == LUA_TNIL) return 0;
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* Pushes a new table with weak keys. [-0, +1, m] */
+void braid__push_weak_table (lua_State *L) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
+/* Makes the metatable `name` for a braid object: the metamethods `meta`
+** (or NULL), and `methods` found through __index, directly or, when
+** `index` is given, through that function with the methods table as its
+** upvalue (for objects that also have fields). Pushes the methods table.
+** [-0, +1, m] */
+void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
+                   const luaL_Reg *methods, lua_CFunction index) {
+  luaL_newmetatable(L, name);
+  if (meta) luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -1);
+  if (index) lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -3, "__index");
+  lua_remove(L, -2);
+}
+
+/* Checks the optional options table at idx against `allowed`. */
+void braid__check_options (lua_State *L, int idx, const char *fname,
+                           const char *const *allowed) {
+  if (lua_isnoneornil(L, idx)) return;
+  if (!lua_istable(L, idx) || lua_getmetatable(L, idx))
+    braid_argerror(L, idx, fname, "options table expected");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i, ok = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (i = 0; allowed[i]; i++)
+        if (strcmp(lua_tostring(L, -2), allowed[i]) == 0) ok = 1;
+    if (!ok) {
+      lua_pop(L, 1);
+      braid_usageerror(L, "bad argument #%d to '%s' (unknown option '%s')",
+                         idx, fname, braid__tostring(L, -1));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* opts[key] as a non-negative number of seconds, or def when absent. */
+double braid__opt_number (lua_State *L, int idx, const char *key, double def,
+                          const char *fname) {
+  double v = def;
+  if (lua_isnoneornil(L, idx)) return def;
+  lua_getfield(L, idx, key);
+  if (!lua_isnil(L, -1)) {
+    v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+    if (v != v || v < 0)
+      braid_usageerror(L, "bad option '%s' to '%s' (non-negative number "
+                         "expected, got %s)", key, fname,
+                         braid__tostring(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}

@@ -1,0 +1,271 @@
+/*
+** engine.c: the engine's lifecycle: one per lua_State, boxed in its
+** registry; braid's handles on a loop (attach, detach); opening the core;
+** the one path every interrupt takes (Ctrl-C, braid_interrupt) with its
+** interceptors; SIGQUIT; and calling into Lua from libuv callbacks.
+**
+** Invariants:
+** - One engine per lua_State, malloc'd and boxed in a userdata in the
+**   registry. E is freed when its count drops to 0: one for the Lua state,
+**   one per handle of braid's still open (close callbacks may run after the
+**   state is gone, when the application owns the loop).
+** - braid's own handles never keep the loop alive: the idle handle is
+**   active only while tasks are ready, the timer only while the heap has
+**   entries (and is unreferenced on the virtual clock, where it is the
+**   autojump: timer.c), and the signal watchers are unreferenced. So
+**   uv_run returns exactly when nothing can wake any task, which is how
+**   deadlocks are found (run.c) and when the virtual clock jumps at the
+**   latest.
+** - Every interrupt goes through engine_interrupt: the interceptors first
+**   (newest first: a script's SIGINT waiter, the REPL), then the default.
+*/
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+
+static const char engine_key = 'e';
+
+braid_engine_t *braid_engine (lua_State *L) {
+  braid_engine_t **box;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
+  box = (braid_engine_t **) lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return box ? *box : NULL;
+}
+
+static int l_engine_gc (lua_State *L) {
+  braid_engine_t *E = *(braid_engine_t **) lua_touserdata(L, 1);
+  if (!E->embedded) braid__engine_unref(E);
+  return 0;
+}
+
+/* A zeroed engine with one reference (the Lua state's); NULL when out of
+** memory. */
+braid_engine_t *braid__engine_new (void) {
+  braid_engine_t *E = (braid_engine_t *) calloc(1, sizeof *E);
+  if (E == NULL) return NULL;
+  E->refs = 1;
+  E->grace = 5.0;
+  E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
+  E->modules = BRAID_MODS_ALL;
+  braid__list_init(&E->interceptors);
+  return E;
+}
+
+/* Drops one reference; the last one frees the engine. */
+void braid__engine_unref (braid_engine_t *E) {
+  if (--E->refs > 0) return;
+  free(E->heap);
+  free(E);
+}
+
+static void handle_closed_cb (uv_handle_t *h) {
+  braid__engine_unref((braid_engine_t *) h->data);
+}
+
+static void sigquit_cb (uv_signal_t *h, int signum);
+static void sigint_cb (uv_signal_t *h, int signum);
+
+/* Adds braid's handles to loop: the idle handle and the timer, and the
+** SIGINT/SIGQUIT watchers when `signals`. None keeps the loop alive by
+** itself. Returns 0 or a negative libuv code (nothing is left attached). */
+int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
+  int rc;
+  E->loop = loop;
+  if ((rc = uv_idle_init(loop, &E->idle)) != 0) return rc;
+  E->idle.data = E;
+  E->refs++;
+  if ((rc = uv_timer_init(loop, &E->timer)) != 0) {
+    uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
+    return rc;
+  }
+  E->timer.data = E;
+  E->refs++;
+  E->attached = 1;
+  E->signals = (unsigned char) signals;
+  if (signals) {
+    uv_signal_init(loop, &E->sigint);
+    E->sigint.data = E;
+    E->refs++;
+    uv_signal_start(&E->sigint, sigint_cb, SIGINT);
+    uv_unref((uv_handle_t *) &E->sigint);
+    uv_signal_init(loop, &E->sigquit);
+    E->sigquit.data = E;
+    E->refs++;
+    uv_signal_start(&E->sigquit, sigquit_cb, SIGQUIT);
+    uv_unref((uv_handle_t *) &E->sigquit);
+  }
+  return 0;
+}
+
+/* Starts closing every handle braid added to its loop; the engine's memory
+** stays until their close callbacks have run. */
+void braid__engine_detach (braid_engine_t *E) {
+  if (!E->attached) return;
+  E->attached = 0;
+  uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
+  uv_close((uv_handle_t *) &E->timer, handle_closed_cb);
+  if (E->signals) {
+    uv_close((uv_handle_t *) &E->sigint, handle_closed_cb);
+    uv_close((uv_handle_t *) &E->sigquit, handle_closed_cb);
+    E->signals = 0;
+  }
+  E->armed_due = 0;
+}
+
+/* Keeps E in L's registry, boxed; the box's __gc drops the state's
+** reference unless the engine is embedded (braid_close drops it after
+** lua_close, because the allocator still needs E). [-0, +0, m] */
+void braid__engine_box (lua_State *L, braid_engine_t *E) {
+  braid_engine_t **box;
+  box = (braid_engine_t **) lua_newuserdatauv(L, sizeof *box, 0);
+  *box = E;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, l_engine_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
+}
+
+/* A Lua error escaped the scheduler: out of memory again after the
+** reserve was spent (memory.c). The engine cannot keep its promises any
+** more, so it says so and stops. */
+void braid__engine_fatal (braid_engine_t *E) {
+  fprintf(stderr, "braid: fatal error in the scheduler: %s%s\n",
+          lua_tostring(E->S, -1) ? lua_tostring(E->S, -1) : "(not a string)",
+          E->reserve ? "" : " (its memory reserve was already spent)");
+  abort();
+}
+
+
+/* Calls f(ud) on the scheduler's thread under lua_pcall. */
+void braid__engine_call (braid_engine_t *E, lua_CFunction f, void *ud) {
+  lua_State *S = E->S;
+  lua_pushcfunction(S, f);
+  lua_pushlightuserdata(S, ud);
+  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
+}
+
+void braid__unref (braid_engine_t *E, int ref) {
+  if (ref != LUA_NOREF) luaL_unref(E->S, LUA_REGISTRYINDEX, ref);
+}
+
+struct braid_task *braid__engine_victim (braid_engine_t *E) {
+  return E->entry && !TASK_DONE(E->entry) ? E->entry : E->root;
+}
+
+/* An embedded engine's tasks are independent: cancel each live one (with
+** the reason at `reason`), not the top scope, so that tasks started
+** afterwards are not born cancelled. */
+struct cancel_args { lua_State *L; int reason; };
+
+static void cancel_one (struct braid_task *t, void *ud) {
+  struct cancel_args *a = (struct cancel_args *) ud;
+  braid__task_cancel(t, a->L, a->reason);
+}
+
+void braid__engine_cancel_all (lua_State *L, braid_engine_t *E, int reason) {
+  struct cancel_args a;
+  a.L = L;
+  a.reason = lua_absindex(L, reason);
+  braid__scope_each_task(&E->top, cancel_one, &a);
+}
+
+/* ---- interrupts ---- */
+
+void braid__intercept_add (braid_engine_t *E, struct braid_interceptor *ic) {
+  braid__list_push(&E->interceptors, &ic->link);
+}
+
+void braid__intercept_remove (struct braid_interceptor *ic) {
+  braid__list_remove(&ic->link);
+}
+
+int braid__engine_interrupted (braid_engine_t *E) {
+  return E->interrupted;
+}
+
+static int interrupt_p (lua_State *L) {
+  braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
+  lua_pushliteral(L, "interrupt");
+  if (!E->embedded) {
+    braid__scope_set_reason(L, &E->top, -1);
+    braid__scope_cancel(&E->top, &E->top);
+    return 0;
+  }
+  braid__engine_cancel_all(L, E, -1);
+  return 0;
+}
+
+/* The one path of Ctrl-C and braid_interrupt. */
+static void engine_interrupt (braid_engine_t *E) {
+  struct braid_list *n;
+  for (n = E->interceptors.prev; n != &E->interceptors; n = n->prev)
+    if (container_of(n, struct braid_interceptor, link)->fn(
+          container_of(n, struct braid_interceptor, link)))
+      return;
+  if (E->interrupted++ && !E->embedded) {   /* a second Ctrl-C: leave now */
+    fprintf(stderr, "braid: interrupted again, exiting\n");
+    _exit(130);
+  }
+  braid__engine_call(E, interrupt_p, E);
+}
+
+static void sigquit_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  braid__dump_signal(container_of(h, braid_engine_t, sigquit));
+}
+
+static void sigint_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  engine_interrupt(container_of(h, braid_engine_t, sigint));
+}
+
+int braid_interrupt (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  if (E == NULL || !E->running) return UV_EINVAL;
+  engine_interrupt(E);
+  return 0;
+}
+
+/* ---- opening ---- */
+
+unsigned braid__engine_modules (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  return E ? E->modules : BRAID_MODS_ALL;
+}
+
+static int l_engine_box (lua_State *L) {
+  braid__engine_box(L, (braid_engine_t *) lua_touserdata(L, 1));
+  return 0;
+}
+
+void braid__open_core (lua_State *L) {
+  braid_engine_t *E;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key) == LUA_TNIL) {
+    if ((E = braid__engine_new()) == NULL)
+      luaL_error(L, "not enough memory");
+    lua_pushcfunction(L, l_engine_box);
+    lua_pushlightuserdata(L, E);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {   /* not boxed: ours to free */
+      free(E);
+      lua_error(L);
+    }
+  }
+  lua_pop(L, 1);
+  E = braid_engine(L);
+  if (E->S == NULL) {   /* first opening (braid_new boxes E beforehand) */
+    E->L = L;
+    E->S = lua_newthread(L);
+    E->S_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    E->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_getglobal(L, "coroutine");
+  if (lua_istable(L, -1)) braid__open_coroutine(L);
+  lua_pop(L, 1);
+  lua_newtable(L);
+}

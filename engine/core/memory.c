@@ -1,0 +1,164 @@
+/*
+** memory.c: what bounds a script: the memory reserve that keeps the
+** scheduler alive when the state runs out, the counting allocator of an
+** embedded engine (memory_limit), and the instruction budget.
+**
+** Invariants:
+** - While braid runs, every allocation goes through run_alloc (braid.run)
+**   or braid__alloc (embedded); one that fails outside a task spends the
+**   reserve and is tried again, and the next drain (the safe point) fails
+**   the root (or cancels an embedder's tasks) with a "memory" error.
+** - The memory limit applies while a task runs and while code is loaded;
+**   the scheduler's own bookkeeping is never refused, so the task that
+**   went over the limit fails and the engine carries on.
+*/
+#include <stdlib.h>
+#include "core.h"
+
+/* The memory reserve.
+** Lua raises "not enough memory" where an allocation fails. Inside a task
+** that is an ordinary error. Outside one (the scheduler ending a task, a
+** libuv callback, braid's bookkeeping) there is no one to raise it to, and
+** some of those places run Lua outside any protected call. So while braid
+** runs, every allocation goes through braid__alloc (embedded) or
+** run_alloc (braid.run), and one that fails outside a task frees the
+** reserve and is tried again. The engine carries on and, at the next safe
+** point (braid__engine_oom, called by the scheduler), fails the root task
+** with a "memory" error, or cancels an embedder's tasks with it: everything
+** is cancelled and cleaned up the normal way. */
+
+#define RESERVE_SIZE (64 * 1024)
+
+static void *reserve_alloc (braid_engine_t *E, void *ptr, size_t osize,
+                            size_t nsize) {
+  if (E->alloc_f) return E->alloc_f(E->alloc_ud, ptr, osize, nsize);
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+/* Sets the reserve aside, unless it is already. Failing is no error: the
+** engine then runs without one. */
+void braid__reserve_take (braid_engine_t *E) {
+  if (E->reserve == NULL)
+    E->reserve = reserve_alloc(E, NULL, LUA_TUSERDATA, RESERVE_SIZE);
+}
+
+void braid__reserve_free (braid_engine_t *E) {
+  if (E->reserve) reserve_alloc(E, E->reserve, RESERVE_SIZE, 0);
+  E->reserve = NULL;
+}
+
+/* An allocation failed: outside a task (and outside braid_run_string's
+** load, which reports it), spend the reserve and try once more. Returns
+** the block or NULL (Lua then raises). */
+void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
+                            size_t nsize) {
+  if (E->current || E->loading || E->reserve == NULL) return NULL;
+  braid__reserve_free(E);
+  E->oom = 1;
+  if (E->attached) braid__task_kick(E);   /* the safe point comes soon */
+  return reserve_alloc(E, ptr, osize, nsize);
+}
+
+/* The state's allocator during braid.run: the script's own, with the
+** reserve behind it. Delegating keeps blocks allocated before the run (and
+** after it) valid: each allocator frees the other's. */
+static void *run_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  braid_engine_t *E = (braid_engine_t *) ud;
+  void *p = E->alloc_f(E->alloc_ud, ptr, osize, nsize);
+  if (p == NULL && nsize > 0) p = braid__reserve_spend(E, ptr, osize, nsize);
+  return p;
+}
+
+/* The safe point after the reserve was spent: fail the root (or the REPL's
+** running entry) with a "memory" error, or cancel an embedder's tasks with
+** it, then set a new reserve aside. Runs in scheduler context, under
+** lua_pcall on S. */
+void braid__engine_oom (lua_State *S, braid_engine_t *E) {
+  struct braid_task *victim = braid__engine_victim(E);
+  E->oom = 0;
+  braid__reserve_take(E);   /* first: it covers the allocations below */
+  braid_pusherror(S, "memory", NULL, "not enough memory (braid's "
+                    "scheduler ran out and spent its reserve)");
+  if (!E->embedded) {
+    if (victim && !TASK_DONE(victim))
+      braid__scope_fail(S, &victim->scope, -1);
+    else E->oom = 2;   /* too late for the root: braid.run raises it */
+  } else {
+    braid__engine_cancel_all(S, E, -1);
+  }
+  lua_pop(S, 1);
+}
+
+/* braid.run lends the state run_alloc for the run: the script's own
+** allocator with the reserve behind it. Returns 0, or -1 when not even the
+** reserve could be set aside. */
+int braid__run_alloc_begin (lua_State *L, braid_engine_t *E) {
+  if (lua_getallocf(L, NULL) != run_alloc) {   /* else a run raised early */
+    E->alloc_f = lua_getallocf(L, &E->alloc_ud);
+    lua_setallocf(L, run_alloc, E);
+  }
+  E->oom = 0;
+  braid__reserve_take(E);
+  if (E->reserve == NULL) {   /* the run could not clean up after itself */
+    braid__run_alloc_end(L, E);
+    return -1;
+  }
+  return 0;
+}
+
+/* Gives the state its own allocator back, and the reserve. */
+void braid__run_alloc_end (lua_State *L, braid_engine_t *E) {
+  braid__reserve_free(E);
+  lua_setallocf(L, E->alloc_f, E->alloc_ud);
+  E->alloc_f = NULL;
+}
+
+/* lua_Alloc counting the state's bytes. Growth is refused past the limit
+** only while a task runs or code loads: Lua then raises "not enough
+** memory" in that task (or the load), after an emergency collection. */
+void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  braid_engine_t *E = (braid_engine_t *) ud;
+  size_t old = ptr ? osize : 0;
+  void *p;
+  if (nsize == 0) {
+    free(ptr);
+    E->mem_used -= old;
+    return NULL;
+  }
+  if (E->mem_limit && nsize > old && (E->current || E->loading) &&
+      E->mem_used - old + nsize > E->mem_limit)
+    return NULL;
+  p = realloc(ptr, nsize);
+  if (p == NULL) p = braid__reserve_spend(E, ptr, osize, nsize);
+  if (p) E->mem_used = E->mem_used - old + nsize;
+  return p;
+}
+
+static void budget_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  (void) ar;
+  /* From now on every instruction raises, in this coroutine and in the
+  ** task's, so pcall cannot keep the task running. */
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  if (E->current) {
+    E->current->nopool = 1;   /* hooks stay off after an error in one */
+    if (E->current->co && E->current->co != L)
+      lua_sethook(E->current->co, budget_hook, LUA_MASKCOUNT, 1);
+  }
+  luaL_error(L, "instruction budget exceeded (%d instructions without "
+             "suspending)", E->budget);
+}
+
+/* Gives co a fresh budget for the resume about to happen. */
+void braid__budget_set (braid_engine_t *E, lua_State *co) {
+  lua_sethook(co, budget_hook, LUA_MASKCOUNT, E->budget);
+}
+
+size_t braid_memory_used (braid_engine_t *E) {
+  return E->mem_used;
+}
+

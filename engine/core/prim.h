@@ -1,0 +1,184 @@
+/*
+** prim.h: the one internal interface of the core, for what braid.h cannot
+** express. Primitives (engine/io/) and front ends (engine/cli/) include
+** braid.h and this file, never core.h: tasks, scopes and the engine stay
+** opaque to them, so they cannot read E->, t-> or scope fields. The layer
+** check (tools/layers.sh, part of make test) holds them to it.
+**
+** What is here and why it is not public: helpers for building Lua objects
+** the way braid's own are built, a server's handler tasks (spawned into
+** the scope the server belongs to, watched so that closing the server
+** cancels them), Ctrl-C interception (script signal waiters, the REPL),
+** the REPL's session hooks, and the library openers the library list
+** (engine/init.c) calls.
+*/
+#ifndef BRAID_PRIM_H
+#define BRAID_PRIM_H
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "braid.h"
+
+#define container_of(ptr, type, field) \
+  ((type *) ((char *) (ptr) - offsetof(type, field)))
+
+/* An intrusive doubly-linked list; an empty list points at itself, and so
+** does a removed node, so removing twice is harmless. */
+struct braid_list {
+  struct braid_list *prev, *next;
+};
+
+void braid__list_init(struct braid_list *l);
+void braid__list_push(struct braid_list *head, struct braid_list *node);
+void braid__list_remove(struct braid_list *node);
+#define braid__list_empty(l) ((l)->next == (l))
+
+/* ---- building Lua objects ---- */
+
+/* Makes the metatable `name` with the metamethods `meta` (or NULL) and
+** `methods` found through __index: directly, or through `index` (a
+** function with the methods table as its upvalue) for objects that also
+** have fields. Pushes the methods table. [-0, +1, m] */
+void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
+                  const luaL_Reg *methods, lua_CFunction index);
+
+/* Raises a usage error unless the value at idx is nil, none or a plain
+** table whose keys are all in `allowed` (NULL-terminated). */
+void braid__check_options(lua_State *L, int idx, const char *fname,
+                          const char *const *allowed);
+
+/* opts[key] (opts at idx) as a non-negative number, or def when absent. */
+double braid__opt_number(lua_State *L, int idx, const char *key, double def,
+                         const char *fname);
+
+/* Is the value at idx callable (a function, or has __call)? */
+int braid__is_callable(lua_State *L, int idx);
+
+/* Pushes a new table with weak keys. [-0, +1, m] */
+void braid__push_weak_table(lua_State *L);
+
+/* Pushes tostring(value at idx), never raising; returns it. [-0, +1, m] */
+const char *braid__tostring(lua_State *L, int idx);
+
+/* Calls f(ud) on the engine's scheduler thread under lua_pcall: for libuv
+** callbacks that must run Lua code (spawn a task, cancel one). An error
+** there (out of memory with the reserve spent) is fatal. */
+void braid__engine_call(braid_engine_t *E, lua_CFunction f, void *ud);
+
+/* Releases a registry reference from a libuv callback (no lua_State at
+** hand); LUA_NOREF is ignored. */
+void braid__unref(braid_engine_t *E, int ref);
+
+/* Seconds as nanoseconds for braid_timer_start, the conversion behind
+** braid_check_seconds: NaN and negatives are 0, ~570 years or more
+** BRAID_NEVER (a plain cast overflows). */
+uint64_t braid__ns(double seconds);
+
+/* ---- tasks and scopes, opaque ---- */
+
+typedef struct braid_scope braid_scope_t;
+
+/* The scope the running task makes things in now (its innermost), as
+** braid_resource_add uses it. Inside a task only. */
+braid_scope_t *braid__scope_here(lua_State *L);
+
+/* Does s still take new members (not cancelled, not ended)? */
+int braid__scope_open(braid_scope_t *s);
+
+/* Starts the callable at fidx with the nargs values after it as a task,
+** a member of `into`; pushes the task object. [-0, +1, m] */
+braid_task_t *braid__spawn(lua_State *L, braid_scope_t *into, int fidx,
+                           int nargs);
+
+/* Makes r a resource of task t's own scope (a connection's stream belongs
+** to its handler). */
+void braid__task_resource_add(braid_task_t *t, braid_resource_t *r);
+
+/* A watcher is told, once, when a task ends. */
+struct braid_watch {
+  struct braid_list link;
+  void (*done)(struct braid_watch *w, braid_task_t *t);
+};
+
+void braid__task_watch(braid_task_t *t, struct braid_watch *w);
+
+/* Cancels task t with the value at `reason` on L (0: none, L may then be
+** NULL); nothing when it has ended or was cancelled. */
+void braid__task_cancel(braid_task_t *t, lua_State *L, int reason);
+
+/* The task object at idx, or a "bad argument" error. */
+braid_task_t *braid__task_check(lua_State *L, int idx);
+
+/* Pushes the object of a live task. [-0, +1, -] */
+void braid__task_push(lua_State *L, braid_task_t *t);
+
+unsigned braid__task_id(braid_task_t *t);
+int braid__task_cancelled(braid_task_t *t);
+
+/* Ends a cancelled task now: its to-be-closed variables run, it ends
+** "cancelled" without waiting for the rest of its grace period. Runs in
+** scheduler context (braid__engine_call). */
+void braid__task_abandon(braid_task_t *t);
+
+/* ---- Ctrl-C ---- */
+
+/* An interceptor is asked, newest first, before Ctrl-C (or
+** braid_interrupt) does its default (cancel the root task; a second one
+** exits): fn returns 1 when it handled the interrupt. Runs no Lua. */
+struct braid_interceptor {
+  struct braid_list link;
+  int (*fn)(struct braid_interceptor *ic);
+};
+
+void braid__intercept_add(braid_engine_t *E, struct braid_interceptor *ic);
+void braid__intercept_remove(struct braid_interceptor *ic);
+
+/* Was the engine interrupted (Ctrl-C) during the run? */
+int braid__engine_interrupted(braid_engine_t *E);
+
+/* ---- the REPL's session (cli/repl.c) ---- */
+
+/* While a session is set, the root task's scope judges its members with
+** `failed` instead of failing fast (a background task's failure is
+** reported, the session goes on: the error is at idx on S), and the
+** running entry (braid__session_entry) is the task a deadlock or running
+** out of memory fails, and the one whose top-level braid.spawn calls
+** start tasks in the session (the root's scope) rather than its own. */
+struct braid_session {
+  void (*failed)(lua_State *S, braid_task_t *t, int idx);
+};
+
+void braid__session_set(braid_engine_t *E, struct braid_session *session);
+void braid__session_entry(braid_engine_t *E, braid_task_t *entry);
+
+/* Cancels the session's tasks (the root scope's members) with the reason
+** at idx; returns how many were live. */
+int braid__session_cancel(lua_State *L, int idx);
+
+/* ---- the library openers (engine/init.c lists them) ---- */
+
+/* Each adds its functions to the braid table at the stack top. */
+void braid__open_engine(lua_State *L);
+void braid__open_task(lua_State *L);
+void braid__open_scope(lua_State *L);
+void braid__open_group(lua_State *L);
+void braid__open_timer(lua_State *L);
+void braid__open_channel(lua_State *L);
+void braid__open_dump(lua_State *L);
+void braid__open_error(lua_State *L);
+void braid__open_sleep(lua_State *L);
+void braid__open_process(lua_State *L);
+void braid__open_fs(lua_State *L);
+void braid__open_tcp(lua_State *L);
+void braid__open_dns(lua_State *L);
+void braid__open_signal(lua_State *L);
+
+/* Opens the core in L (the engine, the scheduler's thread, braid's
+** coroutine library) and pushes an empty braid table. [-0, +1, e] */
+void braid__open_core(lua_State *L);
+
+/* The BRAID_MOD_* modules the engine of L may open (all but in a
+** sandboxed embedded engine). */
+unsigned braid__engine_modules(lua_State *L);
+
+#endif

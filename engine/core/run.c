@@ -1,0 +1,201 @@
+/*
+** run.c: braid.run, the module's and the runner's way in: runs a function
+** as the root task on a fresh loop until it and everything it started
+** have ended, finds deadlocks, and closes the loop with nothing left open
+** (uv_loop_close returning 0; a handle left open is an error).
+*/
+#include <stdio.h>
+#include <string.h>
+#include "core.h"
+
+/* Appends one line per live task below s to the buffer. */
+static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s) {
+  struct braid_list *n;
+  for (n = s->subs.next; n != &s->subs; n = n->next) {
+    struct braid_scope *sub = container_of(n, struct braid_scope, link);
+    if (sub->kind == SCOPE_TASK) {
+      struct braid_task *t = sub->task;
+      const char *site = braid__task_site(L, t, 0);
+      lua_pushfstring(L, "\n  task %d (%s, spawned at %s) waits on %s",
+                      (int) t->id, braid__task_name(L, t, 0), site,
+                      t->wait ? t->wait->what : "nothing");
+      lua_remove(L, -2);
+      luaL_addvalue(b);
+    }
+    describe_waits(L, b, sub);
+  }
+}
+
+/* Every task waits and nothing can wake any of them: fail the root (or the
+** REPL's running entry) with a "deadlock" error, which cancels
+** everything below it; if even that cannot make progress (tasks waiting
+** inside shields), abandon it. */
+static void engine_deadlock (lua_State *L, braid_engine_t *E) {
+  luaL_Buffer b;
+  struct braid_task *victim = braid__engine_victim(E);
+  if (E->deadlocks++ > 0) {
+    braid__task_abandon(victim);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "deadlock: every task is waiting and nothing can wake "
+                 "them:");
+  describe_waits(L, &b, &E->top);
+  luaL_pushresult(&b);
+  braid_pusherror(L, "deadlock", NULL, "%s", lua_tostring(L, -1));
+  braid__scope_fail(L, &victim->scope, -1);
+  lua_pop(L, 2);
+}
+
+static void close_walk_cb (uv_handle_t *h, void *arg) {
+  int *n = (int *) arg;
+  if (!uv_is_closing(h)) {
+    fprintf(stderr, "braid: internal: handle of type %s left open\n",
+            uv_handle_type_name(uv_handle_get_type(h)));
+    uv_close(h, NULL);
+  }
+  (*n)++;
+}
+
+/* Closes braid's handles and the loop; returns uv_loop_close's result. */
+static int engine_close_loop (braid_engine_t *E) {
+  int left = 0;
+  braid__engine_detach(E);
+  uv_run(E->loop, UV_RUN_DEFAULT);
+  uv_walk(E->loop, close_walk_cb, &left);
+  uv_run(E->loop, UV_RUN_DEFAULT);
+  return uv_loop_close(E->loop) != 0 ? -1 : -left;
+}
+
+
+static const char *const run_options[] = {"clock", "seed", "grace", NULL};
+
+/* braid.run(fn, [opts]) -> ...: runs fn as the root task on a fresh loop
+** until it and everything it started have ended. */
+static int l_run_run (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  int status, rc;
+  if (!braid__is_callable(L, 1))
+    braid_argerror(L, 1, "run", "function expected");
+  braid__check_options(L, 2, "run", run_options);
+  if (E->running)
+    braid_usageerror(L, "braid.run: braid is already running (inside a "
+                       "task, use braid.spawn, braid.scope or task:await)");
+  E->virtual_clock = 0;
+  E->grace = braid__opt_number(L, 2, "grace", 5.0, "run");
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "clock");
+    if (!lua_isnil(L, -1)) {
+      const char *c = lua_tostring(L, -1);
+      if (c == NULL || (strcmp(c, "real") != 0 && strcmp(c, "virtual") != 0))
+        braid_usageerror(L, "bad option 'clock' to 'run' (\"real\" or "
+                           "\"virtual\" expected)");
+      E->virtual_clock = strcmp(c, "virtual") == 0;
+    }
+    lua_pop(L, 1);
+    /* The scheduler is deterministic by itself (FIFO, and on the virtual
+    ** clock timers fire in a fixed order); the seed makes the script's own
+    ** math.random reproducible too. */
+    lua_getfield(L, 2, "seed");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1))
+        braid_usageerror(L, "bad option 'seed' to 'run' (integer expected)");
+      lua_getglobal(L, "math");
+      if (lua_istable(L, -1) && lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+      }
+    }
+  }
+  lua_settop(L, 1);
+  braid__error_forget(L);   /* records live until the next run's start */
+  if (braid__run_alloc_begin(L, E) != 0)
+    return braid_error(L, "memory", NULL, "braid.run: not enough memory");
+  if ((rc = uv_loop_init(&E->own_loop)) != 0) {
+    braid__run_alloc_end(L, E);
+    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
+                       uv_strerror(rc));
+  }
+  if ((rc = braid__engine_attach(E, &E->own_loop, 1)) != 0) {
+    engine_close_loop(E);
+    braid__run_alloc_end(L, E);
+    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
+                       uv_strerror(rc));
+  }
+  E->vnow = 0;
+  E->io_ops = E->noyield = 0;
+  E->armed_due = 0;
+  E->interrupted = E->deadlocks = 0;
+  braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
+  E->running = 1;
+  E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */
+  lua_pushliteral(L, "main");
+  lua_setiuservalue(L, 2, 2);
+  for (;;) {
+    uv_run(E->loop, UV_RUN_DEFAULT);
+    if (TASK_DONE(E->root)) break;
+    if (E->virtual_clock && braid__timer_advance(E)) continue;
+    engine_deadlock(L, E);
+  }
+  braid__scope_release(&E->top);
+  E->session = NULL;
+  E->entry = NULL;
+  E->running = 0;
+  E->root = NULL;
+  rc = engine_close_loop(E);
+  braid__run_alloc_end(L, E);
+  if (rc != 0)
+    braid_error(L, "io", NULL, "braid.run: %d libuv handle(s) were "
+                       "left open at exit", rc < 0 ? -rc : rc);
+  status = ((struct braid_task *) lua_touserdata(L, 2))->status;
+  if (E->oom && status == TASK_OK)   /* after the root had ended */
+    braid_error(L, "memory", NULL, "not enough memory (braid's "
+                       "scheduler ran out and spent its reserve)");
+  if (E->interrupted && status != TASK_OK) {
+    lua_getiuservalue(L, 2, 1);
+    return lua_error(L);
+  }
+  return braid__task_results(L, 2, 1);
+}
+
+
+static int l_run_interrupted (lua_State *L) {
+  lua_pushboolean(L, braid_engine(L)->interrupted);
+  return 1;
+}
+
+/* ---- the REPL's session ---- */
+
+void braid__session_set (braid_engine_t *E, struct braid_session *session) {
+  E->session = session;
+  if (session == NULL) E->entry = NULL;
+}
+
+void braid__session_entry (braid_engine_t *E, struct braid_task *entry) {
+  E->entry = entry;
+  E->deadlocks = 0;   /* each entry may be failed by a deadlock once */
+}
+
+static void session_cancel_one (struct braid_task *t, void *ud) {
+  (void) t;
+  (*(int *) ud)++;
+}
+
+int braid__session_cancel (lua_State *L, int idx) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_scope *s = &E->root->scope;
+  int count = 0;
+  braid__scope_each_task(s, session_cancel_one, &count);
+  braid__scope_set_reason(L, s, idx);
+  braid__scope_cancel(s, s);
+  return count;
+}
+
+void braid__open_engine (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"run", l_run_run},
+    {"_interrupted", l_run_interrupted},
+    {NULL, NULL}
+  };
+  luaL_setfuncs(L, funcs, 0);
+}

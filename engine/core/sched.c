@@ -1,0 +1,178 @@
+/*
+** sched.c: the scheduler: the FIFO ready queue drained by one uv_idle_t,
+** resuming tasks, and the wait/wake/yield protocol of the scheduler's own
+** waits (await, channels, scope joins) and of braid_suspend ops.
+**
+** Invariants:
+** - Only the scheduler resumes tasks, in FIFO order. Everything else marks
+**   them ready with braid__task_wake; libuv callbacks never resume a task.
+** - braid's yields carry BRAID_MARKER when they start inside a coroutine of
+**   the script's own; braid's coroutine.resume and coroutine.wrap
+**   (corolib.c) pass such yields outward so the whole task suspends.
+** - The drain resumes at most DRAIN_BUDGET tasks, then lets the loop poll,
+**   so I/O and timers get their turn.
+*/
+#include <string.h>
+#include "core.h"
+
+#define DRAIN_BUDGET 20000
+
+const char braid__marker = 'm';
+
+static void idle_cb (uv_idle_t *h) {
+  braid__task_drain(container_of(h, braid_engine_t, idle));
+}
+
+
+void braid__task_ready (struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  if (t->queued) return;
+  t->queued = 1;
+  t->next = NULL;
+  if (E->ready_tail) E->ready_tail->next = t;
+  else {
+    E->ready_head = t;
+    uv_idle_start(&E->idle, idle_cb);   /* keeps the loop from blocking */
+  }
+  E->ready_tail = t;
+}
+
+void braid__task_unready (braid_engine_t *E, struct braid_task *t) {
+  struct braid_task **p = &E->ready_head, *prev = NULL;
+  if (!t->queued) return;
+  while (*p != t) { prev = *p; p = &(*p)->next; }
+  *p = t->next;
+  if (E->ready_tail == t) E->ready_tail = prev;
+  t->queued = 0;
+}
+
+/* Wakes a waiting task: `how` says whether its operation completed
+** (WAKE_OK) or was undone by a cancellation (WAKE_CANCEL). */
+void braid__task_wake (struct braid_task *t, int how) {
+  t->wait = NULL;
+  t->wake = (unsigned char) how;
+  braid__task_ready(t);
+}
+
+void braid__task_wait (struct braid_task *t, struct braid_wait *w,
+                       void (*cancel)(struct braid_wait *), const char *what) {
+  w->task = t;
+  w->cancel = cancel;
+  w->what = what;
+  w->since = braid__now_ms(t->E);
+  t->wait = w;
+  t->wake = WAKE_NONE;
+}
+
+struct braid_task *braid__task_current (lua_State *L, const char *fname) {
+  braid_engine_t *E = braid_engine(L);
+  if (E->current == NULL)   /* an embedder's "app.f" is not braid's */
+    braid_usageerror(L, "%s%s: not inside a braid task (run the code "
+                       "with braid.run, or in a task started by braid.spawn)",
+                       strchr(fname, '.') ? "" : "braid.", fname);
+  return E->current;
+}
+
+void braid__task_checkyield (lua_State *L, struct braid_task *t,
+                             const char *fname) {
+  if (t->abandoned)
+    braid_usageerror(L, "braid.%s: the task is being abandoned after its "
+                       "grace period; cleanup can no longer wait", fname);
+  if (!lua_isyieldable(L) || t->E->noyield)
+    braid_usageerror(L, "%s%s: cannot suspend here: the call is inside "
+                       "a C function or metamethod that cannot yield (such as "
+                       "table.sort, string.gsub, __gc or __tostring)",
+                       strchr(fname, '.') ? "" : "braid.", fname);
+}
+
+void braid__task_checkcancel (lua_State *L, struct braid_task *t) {
+  if (t->inner->cancelled) {
+    braid__push_cancel(L, t->inner->cause);
+    lua_error(L);
+  }
+}
+
+/* Suspends the running task; k runs when the scheduler resumes it. */
+int braid__task_yield (lua_State *L, struct braid_task *t, lua_KContext ctx,
+                       lua_KFunction k) {
+  if (L == t->co) return lua_yieldk(L, 0, ctx, k);
+  lua_pushlightuserdata(L, BRAID_MARKER);
+  return lua_yieldk(L, 1, ctx, k);
+}
+
+/* First thing in every continuation: raise what the wake-up says. */
+void braid__task_resumed (lua_State *L, struct braid_task *t) {
+  int how = t->wake;
+  t->wake = WAKE_NONE;
+  if (how == WAKE_CANCEL) {
+    braid__push_cancel(L, t->inner->cause);
+    lua_error(L);
+  }
+  if (how == WAKE_NOYIELD)   /* co_resume has undone the wait already */
+    braid_usageerror(L, "braid: cannot suspend here: a coroutine between "
+                       "this call and its task cannot yield");
+}
+
+int braid__task_k0 (lua_State *L, int status, lua_KContext ctx) {
+  (void) status;
+  braid__task_resumed(L, (struct braid_task *) ctx);
+  return 0;
+}
+
+/* braid.yield(): lets every other ready task run once. */
+
+static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) {
+  int nargs = 0, nres, status;
+  if (t->status == TASK_PENDING) {
+    braid__task_push(S, t);
+    braid__task_start(E, S, t);
+    lua_pop(S, 1);
+    nargs = t->nargs;
+  }
+  t->status = TASK_RUNNING;
+  E->current = t;
+  if (E->budget) braid__budget_set(E, t->co);
+  status = lua_resume(t->co, S, nargs, &nres);
+  E->current = NULL;
+  if (status == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    t->status = TASK_SUSPENDED;
+    if (t->wait == NULL && !t->queued) braid__task_ready(t);  /* a bare yield */
+  } else {
+    braid__task_body_done(E, S, t, status, nres);
+  }
+}
+
+/* Resumes ready tasks in FIFO order; runs under lua_pcall on E->S. After a
+** budget it returns to the loop so that I/O and timers get their turn. */
+static int l_task_drain (lua_State *S) {
+  braid_engine_t *E = braid_engine(S);
+  int budget = DRAIN_BUDGET;
+  while (budget-- > 0) {
+    struct braid_task *t;
+    if (E->oom == 1) braid__engine_oom(S, E);   /* the reserve was spent */
+    if ((t = E->ready_head) == NULL) break;
+    E->ready_head = t->next;
+    if (E->ready_head == NULL) E->ready_tail = NULL;
+    t->queued = 0;
+    task_resume(E, S, t);
+  }
+  return 0;
+}
+
+void braid__task_drain (braid_engine_t *E) {
+  lua_State *S = E->S;
+  lua_pushcfunction(S, l_task_drain);
+  if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E);
+  if (E->ready_head == NULL) {
+    if (E->oom != 1) uv_idle_stop(&E->idle);
+    braid__timer_quiet(E);
+  }
+}
+
+/* Makes the scheduler run soon, with or without a ready task: the memory
+** reserve was spent and the safe point to say so is in the drain. */
+void braid__task_kick (braid_engine_t *E) {
+  uv_idle_start(&E->idle, idle_cb);
+}
+

@@ -1,0 +1,194 @@
+/*
+** suspend.c: C functions that suspend the calling task (braid.h): every
+** primitive that waits for the outside world suspends through these, as an
+** embedder's function does; there is no private back door.
+**
+** An op is its task's wait record (struct braid_wait, which has room for
+** the op's fields and BRAID_OP_INLINE bytes of data), so suspending
+** allocates nothing unless the data is larger; then it is a userdata on
+** the suspending thread's stack. The results are moved onto that thread's
+** stack as soon as braid_resume is called, where the continuation finds
+** them; abandoning the task (lua_resetthread) drops them with the stack,
+** so an op holds no reference anywhere. Exactly one of k and on_cancel
+** ends every started op that has a continuation.
+*/
+#include <string.h>
+#include "core.h"
+
+enum { OP_PENDING, OP_RESUMED, OP_FAILED, OP_NOMEM, OP_CANCELLED, OP_DONE };
+
+/* An op is its task's wait record (struct braid_wait, which has room for
+** the op's fields and BRAID_OP_INLINE bytes of data), so suspending
+** allocates nothing unless the data is larger; then it is a userdata on
+** the suspending thread's stack. The results are moved onto that thread's
+** stack as soon as braid_resume is called, where the continuation finds
+** them; abandoning the task (lua_resetthread) drops them with the stack,
+** so an op holds no reference anywhere. */
+
+/* The op is no longer pending: it stops holding the virtual clock. */
+static void op_settle (struct braid_wait *w) {
+  if (w->holds) w->task->E->io_ops--;
+  w->holds = 0;
+}
+
+/* The op waits on one of braid's heap timers (braid.sleep), which the
+** virtual clock jumps to; every other op waits for the outside world and
+** holds the virtual clock still until it completes. */
+void braid_op_timer (braid_op_t *op) {
+  op_settle(OP_WAIT(op));
+}
+
+static void op_cancel (struct braid_wait *w) {
+  op_settle(w);
+  w->state = OP_CANCELLED;
+  if (w->on_cancel) w->on_cancel(WAIT_OP(w));
+}
+
+/* The task ends without running again (abandoned, or the engine closes):
+** an op that completed but whose continuation did not run is released by
+** its on_cancel. */
+void braid__op_release (struct braid_task *t) {
+  struct braid_wait *w = &t->w;
+  if (w->cancel == op_cancel && w->k &&
+      (w->state == OP_RESUMED || w->state == OP_NOMEM))
+    op_cancel(w);
+}
+
+static int op_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_wait *w = (struct braid_wait *) ctx;
+  struct braid_task *t = w->task;
+  int state = w->state;
+  (void) status;
+  if (w->soft && t->wake == WAKE_CANCEL) {   /* only cut short */
+    t->wake = WAKE_NONE;
+    if (w->state == OP_PENDING) op_cancel(w);
+    return 0;
+  }
+  if (state == OP_PENDING) {       /* resumed without completing */
+    if (t->wait == w) t->wait = NULL;
+    op_cancel(w);
+  } else if (w->k && (state == OP_NOMEM ||
+                      (state == OP_RESUMED && t->wake == WAKE_NOYIELD))) {
+    op_cancel(w);                  /* k will not run: on_cancel releases */
+  }
+  if (w->state == OP_RESUMED) w->state = OP_DONE;
+  braid__task_resumed(L, t);       /* the cancellation or a no-yield */
+  switch (state) {
+    case OP_FAILED: return lua_error(L);
+    case OP_NOMEM: lua_pushliteral(L, "not enough memory"); return lua_error(L);
+    case OP_RESUMED:
+      return w->k ? w->k(L, WAIT_OP(w)) : w->nres;
+    default: return 0;
+  }
+}
+
+/* Suspends t (checked: it can) on its op. */
+static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
+                       size_t size, braid_start_fn start,
+                       braid_cancel_fn on_cancel, void *ud, braid_k_fn k,
+                       int soft) {
+  struct braid_wait *w = &t->w;
+  int rc;
+  w->data = size <= BRAID_OP_INLINE ? w->inl.bytes
+                                    : lua_newuserdatauv(L, size, 0);
+  memset(w->data, 0, size);
+  braid__task_wait(t, w, op_cancel, what);
+  w->L = L;
+  w->k = k;
+  w->on_cancel = on_cancel;
+  w->state = OP_PENDING;
+  w->nres = 0;
+  w->holds = 1;
+  w->soft = (unsigned char) soft;
+  t->E->io_ops++;
+  if (start && (rc = start(WAIT_OP(w), ud)) < 0 && w->state == OP_PENDING) {
+    if (t->wait == w) t->wait = NULL;
+    op_settle(w);
+    w->state = OP_CANCELLED;
+    return braid_error(L, "io", uv_err_name(rc), "%s: %s", what,
+                              uv_strerror(rc));
+  }
+  return braid__task_yield(L, t, (lua_KContext) w, op_k);
+}
+
+int braid_suspendk (lua_State *L, const char *what, size_t size,
+                    braid_start_fn start, braid_cancel_fn on_cancel,
+                    void *ud, braid_k_fn k) {
+  struct braid_task *t = braid__task_current(L, what);
+  braid__task_checkyield(L, t, what);
+  braid__task_checkcancel(L, t);
+  return op_suspend(L, t, what, size, start, on_cancel, ud, k, 0);
+}
+
+int braid_suspend_soft (lua_State *L, const char *what, size_t size,
+                        braid_start_fn start, braid_cancel_fn on_cancel,
+                        void *ud) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E ? E->current : NULL;
+  if (t == NULL || t->abandoned || t->inner->cancelled ||
+      !lua_isyieldable(L) || E->noyield)
+    return 0;
+  return op_suspend(L, t, what, size, start, on_cancel, ud, NULL, 1);
+}
+
+braid_engine_t *braid_check_task (lua_State *L, const char *fname) {
+  struct braid_task *t = braid__task_current(L, fname);
+  braid__task_checkcancel(L, t);
+  return t->E;
+}
+
+braid_engine_t *braid_check_suspend (lua_State *L, const char *fname) {
+  struct braid_task *t = braid__task_current(L, fname);
+  braid__task_checkyield(L, t, fname);
+  braid__task_checkcancel(L, t);
+  return t->E;
+}
+
+braid_engine_t *braid_op_engine (braid_op_t *op) {
+  return OP_WAIT(op)->task->E;
+}
+
+int braid_suspend (lua_State *L, const char *what, size_t size,
+                   braid_start_fn start, braid_cancel_fn on_cancel,
+                   void *ud) {
+  return braid_suspendk(L, what, size, start, on_cancel, ud, NULL);
+}
+
+void *braid_op_data (braid_op_t *op) {
+  return OP_WAIT(op)->data;
+}
+
+lua_State *braid_op_state (braid_op_t *op) {
+  return OP_WAIT(op)->task->E->S;
+}
+
+/* Moves the n values onto the suspended thread (checkstack on a suspended
+** thread only grows it; when even that fails the call raises "not enough
+** memory" instead) and marks the task ready. */
+static int op_complete (braid_op_t *op, int state, int n) {
+  struct braid_wait *w = OP_WAIT(op);
+  lua_State *S = w->task->E->S;
+  if (w->state != OP_PENDING) {
+    lua_pop(S, n);
+    return UV_EALREADY;
+  }
+  op_settle(w);
+  if (lua_checkstack(w->L, n)) lua_xmove(S, w->L, n);
+  else {
+    lua_pop(S, n);
+    state = OP_NOMEM;
+  }
+  w->state = state;
+  w->nres = n;
+  braid__task_wake(w->task, WAKE_OK);
+  return 0;
+}
+
+int braid_resume (braid_op_t *op, int nresults) {
+  return op_complete(op, OP_RESUMED, nresults);
+}
+
+int braid_resume_error (braid_op_t *op) {
+  return op_complete(op, OP_FAILED, 1);
+}
+

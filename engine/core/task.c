@@ -1,0 +1,469 @@
+/*
+** task.c: the task object (braid.Task) and its lifecycle: spawning,
+** starting in a pooled coroutine, ending once the body and every member
+** of its scope have ended; results, await, cancel, and braid.spawn,
+** braid.current, braid.yield.
+**
+** Invariants:
+** - A task's userdata is anchored by t->ref from spawn until it ends, and
+**   its coroutine by the userdata's first user value while it runs; after
+**   the end that slot holds the results or the error instead.
+** - A task's coroutine is made (or taken from the pool) when it starts, not
+**   when it is spawned, and goes back to the pool when it ends, so spawning
+**   many tasks that each finish quickly keeps few coroutines alive.
+*/
+#include <stdio.h>
+#include <string.h>
+#include "core.h"
+
+#define TASK_MT "braid.Task"
+#define POOL_MAX 256
+
+/* the coroutines tasks run in (weak keys): coroutine.close refuses them */
+const char braid__threads_key = 't';
+
+const char *const braid__status_names[] = {
+  "pending", "running", "suspended", "ok", "failed", "cancelled"
+};
+
+struct braid_task *braid__task_check (lua_State *L, int idx) {
+  return (struct braid_task *) luaL_checkudata(L, idx, TASK_MT);
+}
+
+void braid__task_push (lua_State *L, struct braid_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+}
+
+/* The task's name: set by the script, else where its function is defined.
+** idx is the task object's stack index, or 0 for a live task. */
+const char *braid__task_name (lua_State *L, struct braid_task *t, int idx) {
+  const char *name = "?";
+  if (idx) lua_pushvalue(L, idx);
+  else if (t->ref != LUA_NOREF) braid__task_push(L, t);
+  else return "?";
+  if (lua_getiuservalue(L, -1, 2) == LUA_TSTRING) name = lua_tostring(L, -1);
+  else if (lua_isfunction(L, -1)) {
+    lua_Debug ar;
+    lua_getinfo(L, ">S", &ar);
+    lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+    name = lua_tostring(L, -1);
+    lua_setiuservalue(L, -2, 2);   /* interned and anchored from now on */
+    lua_pushnil(L);
+  }
+  lua_pop(L, 2);
+  return name;
+}
+
+/* Pushes where the task was spawned, "file:line" (a string). idx is the
+** task object's stack index, or 0 for a live task. */
+const char *braid__task_site (lua_State *L, struct braid_task *t, int idx) {
+  lua_Debug ar;
+  int top = lua_gettop(L);
+  if (idx) lua_pushvalue(L, idx);
+  else if (t->ref != LUA_NOREF) braid__task_push(L, t);
+  else lua_pushnil(L);
+  if (lua_type(L, -1) == LUA_TUSERDATA &&
+      lua_getiuservalue(L, -1, 3) == LUA_TFUNCTION) {
+    lua_getinfo(L, ">S", &ar);
+    if (t->line > 0) lua_pushfstring(L, "%s:%d", ar.short_src, t->line);
+    else lua_pushstring(L, ar.short_src);
+  } else {
+    lua_pushliteral(L, "?");
+  }
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+  return lua_tostring(L, -1);
+}
+
+/* Creates a task that will run the callable at fidx with the nargs values
+** after it, as a member of `into`; leaves the task object on the stack.
+** [-0, +1, m] */
+struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
+                                      int fidx, int nargs) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t;
+  lua_Debug ar;
+  int i;
+  fidx = lua_absindex(L, fidx);
+  t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 3);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, TASK_MT);
+  if (nargs == 0) lua_pushvalue(L, fidx);
+  else {
+    lua_createtable(L, nargs + 1, 0);
+    for (i = 0; i <= nargs; i++) {
+      lua_pushvalue(L, fidx + i);
+      lua_rawseti(L, -2, i + 1);
+    }
+  }
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, fidx);
+  lua_setiuservalue(L, -2, 2);
+  t->E = E;
+  t->id = ++E->next_id;
+  t->nargs = nargs;
+  t->status = TASK_PENDING;
+  t->inner = &t->scope;
+  braid__list_init(&t->watchers);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    t->line = ar.currentline;   /* the file is found from the function */
+    lua_setiuservalue(L, -2, 3);
+  }
+  /* Anchor before linking: a failed allocation must leave no task in the
+  ** scope tree that the collector could free. */
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
+  E->live++;
+  braid__task_ready(t);
+  return t;
+}
+
+/* Keeps a finished coroutine for reuse. An abandoned one is not kept: it
+** was reset in the middle of a pcall, and lua_resetthread (5.4.4) leaves
+** that pcall's message handler index behind. */
+static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
+                      lua_State *co) {
+  if (lua_status(co) != LUA_OK) lua_resetthread(co);
+  lua_settop(co, 0);
+  if (E->pool_n >= POOL_MAX || t->abandoned || t->nopool) return;
+  lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
+  lua_pushthread(co);
+  lua_xmove(co, S, 1);
+  lua_rawseti(S, -2, ++E->pool_n);
+  lua_pop(S, 1);
+}
+
+/* Gives the task a coroutine holding its function and arguments.
+** [-0, +0, m] on S; the task object must be on S's top. */
+void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
+  lua_State *co;
+  int i;
+  if (E->pool_n > 0) {
+    lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
+    lua_rawgeti(S, -1, E->pool_n);
+    lua_pushnil(S);
+    lua_rawseti(S, -3, E->pool_n--);
+    lua_remove(S, -2);
+    co = lua_tothread(S, -1);
+  } else {
+    co = lua_newthread(S);
+    lua_rawgetp(S, LUA_REGISTRYINDEX, &braid__threads_key);
+    lua_pushvalue(S, -2);
+    lua_pushboolean(S, 1);
+    lua_rawset(S, -3);
+    lua_pop(S, 1);
+  }
+  lua_getiuservalue(S, -2, 1);
+  if (t->nargs == 0) lua_xmove(S, co, 1);
+  else {
+    for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(S, -i, i);
+    lua_xmove(S, co, t->nargs + 1);
+    lua_pop(S, 1);
+  }
+  lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
+  t->co = co;
+}
+
+/* Ends the task once its body and every member of its scope have ended:
+** the outcome is the scope's first error, else the body's cancellation,
+** else the body's results (already in user value 1). Then the watchers and
+** the parent scope are told. Runs in scheduler context. */
+void braid__task_finish (struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  lua_State *S = E->S;
+  struct braid_scope *s = &t->scope;
+  braid__task_push(S, t);
+  if (s->error_ref != LUA_NOREF) {
+    lua_rawgeti(S, LUA_REGISTRYINDEX, s->error_ref);
+    lua_setiuservalue(S, -2, 1);
+    t->status = TASK_FAILED;
+  } else {
+    t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
+  }
+  t->wait = NULL;
+  braid__task_unready(E, t);
+  E->live--;
+  while (!braid__list_empty(&t->watchers)) {
+    struct braid_watch *w = container_of(t->watchers.next,
+                                         struct braid_watch, link);
+    braid__list_remove(&w->link);
+    w->done(w, t);
+  }
+  braid__scope_member_done(S, s->outer, t);
+  braid__scope_release(s);
+  luaL_unref(S, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+  lua_pop(S, 1);
+}
+
+/* The body's coroutine returned (nres results on it) or raised: keep the
+** outcome in user value 1, recycle the coroutine, and finish now or once
+** the members of the task's scope have ended. */
+void braid__task_body_done (braid_engine_t *E, lua_State *S,
+                            struct braid_task *t, int status, int nres) {
+  lua_State *co = t->co;
+  struct braid_scope *s = &t->scope;
+  int i;
+  braid__task_push(S, t);
+  if (status == LUA_OK) {
+    t->nres = nres;
+    if (nres == 0) lua_pushnil(S);
+    else if (nres == 1) lua_xmove(co, S, 1);
+    else {
+      lua_createtable(S, nres, 0);
+      lua_xmove(co, S, nres);
+      for (i = nres; i >= 1; i--) lua_rawseti(S, -1 - i, i);
+    }
+  } else {
+    lua_xmove(co, S, 1);
+    s->body_failed = 1;
+    if (status != LUA_ERRRUN || !braid__is_cancel(S, -1)) {
+      braid__error_record(S, -1, co, 0, t);   /* co's stack is not unwound */
+      braid__scope_fail(S, s, -1);
+    }
+  }
+  lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
+  t->co = NULL;
+  pool_put(E, S, t, co);
+  if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
+    braid__task_wait(t, &t->w, NULL, "its members");
+    t->status = TASK_SUSPENDED;
+    s->joining = 1;
+    return;
+  }
+  braid__task_finish(t);
+}
+
+/* Pushes the results of the ended task whose object is at idx: all of them,
+** or exactly one value (the first, nil included); raises its error instead
+** when it did not end ok. [-0, +n, v] */
+int braid__task_results (lua_State *L, int idx, int all) {
+  struct braid_task *t = (struct braid_task *) lua_touserdata(L, idx);
+  int i, n = t->nres;
+  lua_getiuservalue(L, idx, 1);
+  if (t->status != TASK_OK) return lua_error(L);
+  if (n == 0 && all) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (n <= 1) return 1;
+  if (!all) {
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+    return 1;
+  }
+  luaL_checkstack(L, n, "too many results");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+  lua_remove(L, -n - 1);
+  return n;
+}
+
+static void await_done (struct braid_watch *w, struct braid_task *target) {
+  (void) target;
+  braid__task_wake(container_of(w, struct braid_wait, watch)->task, WAKE_OK);
+}
+
+static void await_cancel (struct braid_wait *w) {
+  braid__list_remove(&w->watch.link);
+}
+
+static int await_k (lua_State *L, int status, lua_KContext ctx) {
+  (void) status;
+  braid__task_resumed(L, (struct braid_task *) ctx);
+  return braid__task_results(L, 1, 1);
+}
+
+/* task:await() -> ...: the task's results, or its error raised. */
+static int l_task_await (lua_State *L) {
+  struct braid_task *target = braid__task_check(L, 1);
+  struct braid_task *t = braid__task_current(L, "await");
+  lua_settop(L, 1);
+  braid__task_checkcancel(L, t);
+  if (TASK_DONE(target)) return braid__task_results(L, 1, 1);
+  if (t == target)
+    braid_usageerror(L, "task:await: a task cannot await itself");
+  braid__task_checkyield(L, t, "await");
+  braid__task_wait(t, &t->w, await_cancel, "await");
+  t->w.target = target;
+  t->w.watch.done = await_done;
+  braid__list_push(&target->watchers, &t->w.watch.link);
+  return braid__task_yield(L, t, (lua_KContext) t, await_k);
+}
+
+/* task:cancel([reason]) -> boolean: false when the task had already ended. */
+static int l_task_cancel (lua_State *L) {
+  struct braid_task *t = braid__task_check(L, 1);
+  if (TASK_DONE(t)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  braid__task_cancel(t, L, lua_isnoneornil(L, 2) ? 0 : 2);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_task_status (lua_State *L) {
+  struct braid_task *t = braid__task_check(L, 1);
+  lua_pushstring(L, braid__status_names[t->status]);
+  return 1;
+}
+
+static int l_task_done (lua_State *L) {
+  lua_pushboolean(L, TASK_DONE(braid__task_check(L, 1)));
+  return 1;
+}
+
+/* task:result() -> true, ... | false, err, for an ended task. */
+static int l_task_result (lua_State *L) {
+  struct braid_task *t = braid__task_check(L, 1);
+  int n;
+  if (!TASK_DONE(t))
+    braid_usageerror(L, "task:result: task %d has not ended (it is %s); "
+                       "use task:await()", (int) t->id, braid__status_names[t->status]);
+  lua_settop(L, 1);
+  if (t->status != TASK_OK) {
+    lua_pushboolean(L, 0);
+    lua_getiuservalue(L, 1, 1);
+    return 2;
+  }
+  n = braid__task_results(L, 1, 1);
+  lua_pushboolean(L, 1);
+  lua_replace(L, 1);
+  return n + 1;
+}
+
+/* Methods (the table in the upvalue), then the fields id, name, parent. */
+static int l_task_index (lua_State *L) {
+  struct braid_task *t;
+  const char *k;
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  t = braid__task_check(L, 1);
+  k = lua_tostring(L, 2);
+  if (k == NULL) lua_pushnil(L);
+  else if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
+  else if (strcmp(k, "name") == 0) lua_pushstring(L, braid__task_name(L, t, 1));
+  else if (strcmp(k, "parent") == 0) {
+    struct braid_scope *p = t->scope.outer;
+    if (p && p->task && p->task->ref != LUA_NOREF) braid__task_push(L, p->task);
+    else lua_pushnil(L);
+  } else {
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+static int l_task_newindex (lua_State *L) {
+  braid__task_check(L, 1);
+  if (strcmp(luaL_checkstring(L, 2), "name") != 0)
+    braid_usageerror(L, "task: only 'name' can be set on a task");
+  luaL_checkstring(L, 3);
+  lua_settop(L, 3);
+  lua_setiuservalue(L, 1, 2);
+  return 0;
+}
+
+/* <task 3 "name" suspended in sleep 1.2s>: what it waits on, and for how
+** long, while it waits. */
+static int l_task_tostring (lua_State *L) {
+  struct braid_task *t = braid__task_check(L, 1);
+  const char *name = braid__task_name(L, t, 1);
+  if (t->wait && !TASK_DONE(t) && t->E->running) {
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.1fs",
+             (braid__now_ms(t->E) - t->wait->since) / 1000.0);
+    lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
+                    braid__status_names[t->status], t->wait->what, secs);
+  } else {
+    lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
+                    braid__status_names[t->status]);
+  }
+  return 1;
+}
+
+/* braid.spawn(fn, ...) -> task, a child of the caller's innermost scope
+** (a REPL entry's top-level spawns go to the session: braid__spawn_scope). */
+static int l_task_spawn (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "spawn");
+  struct braid_scope *into = braid__spawn_scope(t);
+  if (!braid__is_callable(L, 1))
+    braid_argerror(L, 1, "spawn", "function expected");
+  braid__task_spawn(L, into, 1, lua_gettop(L) - 1);
+  return 1;
+}
+
+/* The scope braid.spawn in t starts children in: its innermost, except at
+** the top level of the REPL's running entry, whose children belong to the
+** session (the root task's scope) so that they outlive the entry. */
+struct braid_scope *braid__spawn_scope (struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  if (t == E->entry && t->inner == &t->scope && E->root)
+    return &E->root->scope;
+  return t->inner;
+}
+
+braid_task_t *braid__spawn (lua_State *L, struct braid_scope *into, int fidx,
+                            int nargs) {
+  return braid__task_spawn(L, into, fidx, nargs);
+}
+
+void braid__task_watch (struct braid_task *t, struct braid_watch *w) {
+  braid__list_push(&t->watchers, &w->link);
+}
+
+unsigned braid__task_id (struct braid_task *t) {
+  return t->id;
+}
+
+int braid__task_cancelled (struct braid_task *t) {
+  return t->scope.cancelled;
+}
+
+/* braid.current() -> the running task, or nil outside tasks. */
+static int l_task_current (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  if (E->current) braid__task_push(L, E->current);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* The continuation of waits that return nothing (sleep, yield, acquire,
+** event wait): raise the cancellation if that is what woke the task. */
+static int l_task_yield (lua_State *L) {
+  struct braid_task *t = braid__task_current(L, "yield");
+  braid__task_checkyield(L, t, "yield");
+  braid__task_checkcancel(L, t);
+  braid__task_wake(t, WAKE_OK);
+  return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);
+}
+
+
+void braid__open_task (lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"await", l_task_await},
+    {"cancel", l_task_cancel},
+    {"status", l_task_status},
+    {"done", l_task_done},
+    {"result", l_task_result},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
+    {"__newindex", l_task_newindex},
+    {"__tostring", l_task_tostring},
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"spawn", l_task_spawn},
+    {"current", l_task_current},
+    {"yield", l_task_yield},
+    {NULL, NULL}
+  };
+  braid__class(L, TASK_MT, metamethods, methods, l_task_index);
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}
+

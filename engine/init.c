@@ -1,0 +1,51 @@
+/*
+** init.c: the library list, as Lua's linit.c: every library of the braid
+** table, its opener and the BRAID_MOD_* capability it needs (0: always
+** there). The module opener (require "braid", the runner) and the
+** embedding sandbox (braid_new, which allows only options.modules) both
+** open braid through luaopen_braid, so this table is the one place that
+** names braid's primitives; the core names none.
+*/
+#include <string.h>
+#include "core/prim.h"
+
+extern const char braid__lua_source[];
+
+static const struct {
+  const char *name;            /* as the braid table has it */
+  void (*open)(lua_State *L);  /* adds it to the table at the stack top */
+  unsigned needs;              /* BRAID_MOD_* bits; 0: none */
+} libs[] = {
+  /* the core */
+  {"run", braid__open_engine, 0},
+  {"spawn", braid__open_task, 0},
+  {"scope", braid__open_scope, 0},
+  {"gather", braid__open_group, 0},
+  {"now", braid__open_timer, 0},
+  {"channel", braid__open_channel, 0},
+  {"dump", braid__open_dump, 0},
+  {"Error", braid__open_error, 0},
+  /* the primitives (engine/io/) */
+  {"sleep", braid__open_sleep, 0},
+  {"exec", braid__open_process, BRAID_MOD_PROCESS},
+  {"fs", braid__open_fs, BRAID_MOD_FS},
+  {"tcp", braid__open_tcp, BRAID_MOD_NET},
+  {"dns", braid__open_dns, BRAID_MOD_NET},
+  {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
+};
+
+LUA_API int luaopen_braid (lua_State *L) {
+  unsigned mods;
+  size_t i;
+  braid__open_core(L);                       /* pushes the braid table */
+  mods = braid__engine_modules(L);
+  for (i = 0; i < sizeof libs / sizeof *libs; i++)
+    if ((libs[i].needs & mods) == libs[i].needs) libs[i].open(L);
+  /* The Lua-side library gets the C table and completes it. */
+  if (luaL_loadbuffer(L, braid__lua_source, strlen(braid__lua_source),
+                      "=[braid]") != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 0);
+  return 1;
+}

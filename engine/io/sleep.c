@@ -1,0 +1,51 @@
+/*
+** sleep.c: braid.sleep, a suspending C function like an embedder's: its
+** op keeps an engine timer in the op's inline data, so a sleep allocates
+** nothing, and tells the engine it waits on a timer only, so that the
+** virtual clock may jump over it.
+*/
+#include "core/prim.h"
+
+struct sleep_op {
+  braid_timer_t tm;
+  braid_op_t *op;
+  braid_engine_t *E;
+};
+
+struct sleep_args {
+  braid_engine_t *E;
+  uint64_t ns;
+};
+
+static void sleep_done (braid_timer_t *tm) {
+  braid_resume(container_of(tm, struct sleep_op, tm)->op, 0);
+}
+
+static int sleep_start (braid_op_t *op, void *ud) {
+  struct sleep_args *a = (struct sleep_args *) ud;
+  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
+  so->op = op;
+  so->E = a->E;
+  braid_op_timer(op);   /* the virtual clock may jump over it */
+  braid_timer_start(a->E, &so->tm, a->ns, sleep_done);
+  return 0;
+}
+
+static void sleep_cancel (braid_op_t *op) {
+  struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
+  braid_timer_stop(so->E, &so->tm);
+}
+
+/* braid.sleep(seconds): suspends the task; raises on cancellation. */
+static int l_sleep (lua_State *L) {
+  struct sleep_args a;
+  a.E = braid_check_task(L, "sleep");   /* those errors first */
+  a.ns = braid_check_seconds(L, 1, "sleep");
+  return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
+                       sleep_cancel, &a);
+}
+
+void braid__open_sleep (lua_State *L) {
+  lua_pushcfunction(L, l_sleep);
+  lua_setfield(L, -2, "sleep");
+}
