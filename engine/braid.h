@@ -143,7 +143,7 @@ BRAID_API int braid_task_status(braid_task_t *task);
 /* For an ended task, pushes on braid_state(E) what task:result() returns:
 ** true and the results, or false and the error (the very value raised).
 ** Returns the number of values pushed, or UV_EBUSY (nothing pushed) while
-** the task has not ended. */
+** the task has not ended, or UV_ENOMEM when the stack cannot hold them. */
 BRAID_API int braid_task_result(braid_engine_t *E, braid_task_t *task);
 
 /* Cancels the task, as task:cancel() does; returns 0, or UV_EALREADY when

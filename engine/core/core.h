@@ -107,8 +107,9 @@ void braid__scope_member_done(lua_State *L, struct braid_scope *s,
 void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_left(struct braid_scope *s);
 void braid__scope_deadline(struct braid_scope *s, uint64_t ns);
-void *braid__scope_push(lua_State *L, struct braid_task *t, int kind,
-                        size_t size);
+void *braid__scope_new(lua_State *L, size_t size);
+void braid__scope_enter(struct braid_task *t, struct braid_scope *s, int kind);
+int braid__scope_timers(struct braid_scope *s);
 int braid__scope_join(lua_State *L, struct braid_scope *s, lua_KFunction k);
 int braid__scope_body(lua_State *L, struct braid_scope *s, int base,
                       int nargs);

@@ -289,6 +289,7 @@ int braid_task_result (braid_engine_t *E, braid_task_t *task) {
   lua_State *L = E->L;
   int n;
   if (!TASK_DONE(task)) return UV_EBUSY;
+  if (!lua_checkstack(L, task->nres + 4)) return UV_ENOMEM;   /* not raised */
   lua_rawgeti(L, LUA_REGISTRYINDEX, E->anchors_ref);
   lua_rawgetp(L, -1, task);
   lua_remove(L, -2);
@@ -301,7 +302,7 @@ int braid_task_result (braid_engine_t *E, braid_task_t *task) {
   lua_pushboolean(L, 1);
   lua_insert(L, -2);
   n = lua_gettop(L);
-  braid__task_results(L, n, 1);   /* ok: cannot raise */
+  braid__task_results(L, n, 1);   /* ok, room checked: cannot raise */
   lua_remove(L, n);
   return lua_gettop(L) - n + 2;
 }

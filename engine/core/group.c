@@ -269,6 +269,21 @@ static const char *const group_options[] = {
   "timeout", "settle", "limit", "grace", NULL
 };
 
+/* Watches the adopted tasks, then starts member functions: [g]. */
+static int group_start_p (lua_State *L) {
+  struct braid_group *g = (struct braid_group *) lua_touserdata(L, 1);
+  int i;
+  for (i = 1; !g->map && i <= g->n; i++)   /* adopt the tasks first */
+    if (g->m[i - 1].adopted) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+      lua_rawgeti(L, -1, i);
+      member_watch(L, g, i);
+      lua_pop(L, 2);
+    }
+  group_start_more(L, g);
+  return 0;
+}
+
 /* Common body of the group functions. Members are at first..first+n-1 (or,
 ** for map, the list at 1 and the function at 2); options at opts (0: none). */
 static int group_run (lua_State *L, int mode, int first, int n, int opts,
@@ -310,26 +325,25 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   }
   braid__task_checkyield(L, t, fname);
   braid__task_checkcancel(L, t);
-  g = braid__scope_push(L, t, SCOPE_GROUP,
-                        sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0]);
+  /* Everything that can fail (allocate, raise) comes before the scope is
+  ** entered: afterwards the group is only left through its join. */
+  g = braid__scope_new(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0]);
   g->mode = mode;
   g->map = map;
   g->packed = map;
   g->n = n;
   g->limit = limit;
-  g->list_ref = LUA_NOREF;
   g->scope.on_cancel = group_on_cancel;
-  g->scope.release = group_release;
   if (opts) {
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    g->scope.grace = grace;
     lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) timeout = 1;
+    if (!lua_isnil(L, -1)) g->scope.timeout_ns = braid_check_seconds(L, -1, fname);
+    timeout = lua_isnil(L, -1) ? -1 : 1;
     lua_pop(L, 1);
   }
-  lua_createtable(L, n, 2);
+  lua_createtable(L, n, 3);
   if (map) {
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "items");
@@ -341,29 +355,30 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       lua_rawseti(L, -2, i);
     }
   }
-  g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timeout >= 0) {
-    lua_getfield(L, opts, "timeout");
-    g->scope.timeout_ns = braid_check_seconds(L, -1, fname);
-    lua_pop(L, 1);
-    braid__scope_deadline(&g->scope, g->scope.timeout_ns);
-  }
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     g->line = ar.currentline;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
-    lua_insert(L, -2);
     lua_setfield(L, -2, "site");
-    lua_pop(L, 1);
   }
   for (i = 1; !map && i <= n; i++)
     g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
-  for (i = 1; !map && i <= n; i++)   /* adopt the tasks first */
-    if (g->m[i - 1].adopted) {
-      lua_pushvalue(L, first + i - 1);
-      member_watch(L, g, i);
-      lua_pop(L, 1);
-    }
-  group_start_more(L, g);
+  g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (timeout >= 0 && braid__scope_timers(&g->scope) != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, g->list_ref);
+    braid_error(L, "memory", NULL, "braid.%s: not enough memory", fname);
+  }
+  braid__scope_enter(t, &g->scope, SCOPE_GROUP);
+  g->scope.release = group_release;
+  if (opts) g->scope.grace = grace;
+  if (timeout >= 0) braid__scope_deadline(&g->scope, g->scope.timeout_ns);
+  /* Adopting and spawning the members allocate: a failure there (out of
+  ** memory) fails the group, which cancels the members already started
+  ** and raises it once they have ended. */
+  lua_pushcfunction(L, group_start_p);
+  lua_pushlightuserdata(L, g);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    braid__scope_fail(L, &g->scope, -1);
+    lua_pop(L, 1);
+  }
   if (braid__scope_join(L, &g->scope, group_close_k) == 0)
     return group_close_k(L, LUA_OK, (lua_KContext) g);
   return 0;
@@ -398,12 +413,16 @@ static int l_group_any (lua_State *L) {
 
 /* braid.map(list, fn, [opts]) -> results: fn(item, i) for every item. */
 static int l_group_map (lua_State *L) {
+  lua_Integer n;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, "map", "function expected");
   lua_settop(L, 3);
-  return group_run(L, GROUP_GATHER, 0, (int) luaL_len(L, 1),
-                   lua_isnil(L, 3) ? 0 : 3, 1, "map");
+  n = luaL_len(L, 1);
+  if (n < 0 || n > INT_MAX)
+    braid_argerror(L, 1, "map", "list expected (its length is out of range)");
+  return group_run(L, GROUP_GATHER, 0, (int) n, lua_isnil(L, 3) ? 0 : 3, 1,
+                   "map");
 }
 
 void braid__open_group (lua_State *L) {

@@ -126,6 +126,7 @@ static int l_run_run (lua_State *L) {
   E->io_ops = E->noyield = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = 0;
+  memset(&E->top, 0, sizeof E->top);
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   E->running = 1;
   E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */

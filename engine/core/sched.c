@@ -146,7 +146,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
 /* Resumes ready tasks in FIFO order; runs under lua_pcall on E->S. After a
 ** budget it returns to the loop so that I/O and timers get their turn. */
 static int l_task_drain (lua_State *S) {
-  braid_engine_t *E = braid_engine(S);
+  braid_engine_t *E = (braid_engine_t *) lua_touserdata(S, 1);
   int budget = DRAIN_BUDGET;
   while (budget-- > 0) {
     struct braid_task *t;
@@ -161,9 +161,7 @@ static int l_task_drain (lua_State *S) {
 }
 
 void braid__task_drain (braid_engine_t *E) {
-  lua_State *S = E->S;
-  lua_pushcfunction(S, l_task_drain);
-  if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E);
+  braid__engine_call(E, l_task_drain, E);
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);

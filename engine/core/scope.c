@@ -25,8 +25,7 @@
 
 void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
                         struct braid_task *t, struct braid_scope *outer) {
-  memset(s, 0, sizeof *s);
-  s->E = E;
+  s->E = E;   /* s is zeroed (a new userdata, a new task): timers may be set */
   s->kind = (unsigned char) kind;
   s->task = t;
   s->outer = outer;
@@ -57,12 +56,19 @@ struct scope_timers {
   struct braid_scope *s;
 };
 
-static struct scope_timers *scope_timers (struct braid_scope *s) {
+/* Gives s its timers now, if it has none: 0, or -1 when out of memory. A
+** scope that will need a deadline gets them before it is entered, where
+** failing can still raise. */
+int braid__scope_timers (struct braid_scope *s) {
   if (s->timers == NULL) {
-    s->timers = calloc(1, sizeof *s->timers);
-    if (s->timers == NULL) abort();
+    if ((s->timers = calloc(1, sizeof *s->timers)) == NULL) return -1;
     s->timers->s = s;
   }
+  return 0;
+}
+
+static struct scope_timers *scope_timers (struct braid_scope *s) {
+  if (braid__scope_timers(s) != 0) abort();
   return s->timers;
 }
 
@@ -315,15 +321,23 @@ int braid__scope_body (lua_State *L, struct braid_scope *s, int base,
   return scope_body_k(L, LUA_OK, (lua_KContext) s);
 }
 
-/* Pushes a userdata of `size` bytes that starts with a new scope of `kind`,
-** and makes that scope the running task's innermost. [-0, +1, m] */
-void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
-                         size_t size) {
-  struct braid_scope *s = lua_newuserdatauv(L, size, 1);
+/* Pushes a zeroed userdata of `size` bytes that starts with a scope, not
+** entered yet: everything that can fail (allocate, raise) comes between
+** this and braid__scope_enter. [-0, +1, m] */
+void *braid__scope_new (lua_State *L, size_t size) {
+  void *s = lua_newuserdatauv(L, size, 1);
   memset(s, 0, size);
+  return s;
+}
+
+/* Makes s (from braid__scope_new) a scope of `kind` and the task's
+** innermost. Allocates nothing and cannot raise: a scope entered is always
+** left through its body's end (braid__scope_body, braid__scope_join), so
+** t->inner never points at a userdata the collector could free. */
+void braid__scope_enter (struct braid_task *t, struct braid_scope *s,
+                         int kind) {
   braid__scope_init(s, t->E, kind, t, t->inner);
   t->inner = s;
-  return s;
 }
 
 static const char *const scope_options[] = {"grace", NULL};
@@ -342,15 +356,17 @@ static int l_scope_run (lua_State *L) {
   braid__task_checkyield(L, t, "scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
-  s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s);                        /* 3 */
+  h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 3: handle */
+  *h = NULL;
+  luaL_setmetatable(L, SCOPE_MT);
+  s = braid__scope_new(L, sizeof *s);                       /* 4 */
+  braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
   s->grace = grace;
-  h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 4: handle */
   *h = s;
   s->handle = h;
-  luaL_setmetatable(L, SCOPE_MT);
   lua_pushcfunction(L, braid__error_msgh);                  /* 5 */
   lua_pushvalue(L, 1);
-  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 3);
   return braid__scope_body(L, s, 5, 1);
 }
 
@@ -386,7 +402,8 @@ static int l_scope_shield (lua_State *L) {
   struct braid_scope *s;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   braid__task_checkyield(L, t, "shield");
-  s = braid__scope_push(L, t, SCOPE_SHIELD, sizeof *s);
+  s = braid__scope_new(L, sizeof *s);
+  braid__scope_enter(t, s, SCOPE_SHIELD);
   lua_insert(L, 1);                      /* the scope stays at 1 */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 2);
@@ -403,7 +420,10 @@ static int l_scope_timeout (lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   braid__task_checkyield(L, t, "timeout");
   braid__task_checkcancel(L, t);
-  s = braid__scope_push(L, t, SCOPE_TIMEOUT, sizeof *s);
+  s = braid__scope_new(L, sizeof *s);
+  if (braid__scope_timers(s) != 0)
+    braid_error(L, "memory", NULL, "braid.timeout: not enough memory");
+  braid__scope_enter(t, s, SCOPE_TIMEOUT);
   s->timeout_ns = ns;
   lua_replace(L, 1);                     /* the scope replaces the seconds */
   lua_pushcfunction(L, braid__error_msgh);

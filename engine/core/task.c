@@ -156,10 +156,12 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   }
   lua_getiuservalue(S, -2, 1);
   if (t->nargs == 0) lua_xmove(S, co, 1);
-  else {
-    for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(S, -i, i);
-    lua_xmove(S, co, t->nargs + 1);
-    lua_pop(S, 1);
+  else {   /* unpacked on co's stack, not S's: S's may be small */
+    if (!lua_checkstack(co, t->nargs + 2))
+      luaL_error(S, "not enough memory");
+    lua_xmove(S, co, 1);
+    for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 1, i);
+    lua_remove(co, 1);
   }
   lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
   t->co = co;
@@ -210,10 +212,12 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     t->nres = nres;
     if (nres == 0) lua_pushnil(S);
     else if (nres == 1) lua_xmove(co, S, 1);
-    else {
+    else {   /* one at a time: S's stack may be smaller than co's */
       lua_createtable(S, nres, 0);
-      lua_xmove(co, S, nres);
-      for (i = nres; i >= 1; i--) lua_rawseti(S, -1 - i, i);
+      for (i = nres; i >= 1; i--) {
+        lua_xmove(co, S, 1);
+        lua_rawseti(S, -2, i);
+      }
     }
   } else {
     lua_xmove(co, S, 1);
