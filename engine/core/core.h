@@ -89,6 +89,7 @@ struct braid_scope {
   struct braid_scope *cause;   /* the scope whose cancel reached this one */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
+  int cancel_ref;              /* the cancellation error it causes, made once */
   double grace;                /* seconds members get after a cancel */
   struct scope_timers *timers; /* made on first use: most scopes need none */
   uint64_t timeout_ns;         /* as given, for the timeout message */
@@ -105,6 +106,9 @@ void braid__scope_release(struct braid_scope *s);
 void braid__scope_member_done(lua_State *L, struct braid_scope *s,
                               struct braid_task *t);
 void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
+void braid__scope_push_error(lua_State *L, struct braid_scope *s);
+/* error_ref of a scope that failed when its error could not be kept */
+#define SCOPE_ERR_NOMEM (-3)
 void braid__scope_left(struct braid_scope *s);
 void braid__scope_deadline(struct braid_scope *s, uint64_t ns);
 void *braid__scope_new(lua_State *L, size_t size);
@@ -157,6 +161,7 @@ void braid__task_checkyield(lua_State *L, struct braid_task *t,
 int braid__task_results(lua_State *L, int idx, int all);
 void braid__open_coroutine(lua_State *L);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
+void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);

@@ -115,8 +115,15 @@ const char *braid__tostring (lua_State *L, int idx) {
   return lua_tostring(L, -1);
 }
 
-/* Pushes the cancellation error a task sees when `cause` reached it. */
+/* Pushes the cancellation error a task sees when `cause` reached it. It is
+** made once per cause and shared by every task that cancellation reached:
+** fail-fast cancels thousands of tasks at once, and under memory pressure
+** each one's own table would cost an emergency collection. */
 void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
+  if (cause->cancel_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->cancel_ref);
+    return;
+  }
   lua_createtable(L, 0, 4);
   lua_pushliteral(L, "cancelled");
   lua_setfield(L, -2, "kind");
@@ -136,6 +143,8 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   }
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, ERROR_MT);
+  lua_pushvalue(L, -1);
+  cause->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static const char info_key = 'i';
@@ -183,10 +192,7 @@ static void push_chain (lua_State *L, struct braid_task *t) {
   luaL_pushresult(&b);
 }
 
-/* Records where the error at idx was raised (the traceback of co from
-** level), unless it already is: the first record is the failing task's,
-** later ones are its re-raises. */
-void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
+static void error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
   idx = lua_absindex(L, idx);
   if (lua_isnil(L, idx)) return;
@@ -226,8 +232,7 @@ int braid__error_msgh (lua_State *L) {
   return 1;
 }
 
-/* Prints the error at idx with what is known of where it came from. */
-void braid_report (lua_State *L, int idx, const char *prefix) {
+static void error_report (lua_State *L, int idx, const char *prefix) {
   idx = lua_absindex(L, idx);
   fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
   lua_pop(L, 1);
@@ -259,13 +264,7 @@ void braid_report (lua_State *L, int idx, const char *prefix) {
   fflush(stderr);
 }
 
-/* A member raised `idx` while the scope was already failing with `first`:
-** report it now, list it under first's report, and keep it on
-** first.suppressed when first is braid's own. */
-void braid__error_suppress (lua_State *L, int first, int idx) {
-  first = lua_absindex(L, first);
-  idx = lua_absindex(L, idx);
-  braid_report(L, idx, "braid: error while cancelling: ");
+static void error_suppress (lua_State *L, int first, int idx) {
   push_info_table(L);
   lua_pushvalue(L, first);
   if (lua_rawget(L, -2) != LUA_TTABLE) {
@@ -294,6 +293,83 @@ void braid__error_suppress (lua_State *L, int first, int idx) {
   lua_pushvalue(L, idx);
   lua_rawseti(L, -2, luaL_len(L, -2) + 1);
   lua_pop(L, 1);
+}
+
+/* ---- best effort ----
+** What braid adds about an error (records, reports, suppressed lists) is
+** allocated in scheduler context. Out of memory with the reserve spent,
+** it is left out rather than failing the scheduler: each runs protected,
+** with its values passed as arguments (a protected call has a frame of its
+** own). */
+
+static int best_effort (lua_State *L, lua_CFunction f, void *ud, int a,
+                        int b) {
+  a = lua_absindex(L, a);
+  b = b ? lua_absindex(L, b) : 0;
+  if (!lua_checkstack(L, 5)) return -1;
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, ud);
+  lua_pushvalue(L, a);
+  if (b) lua_pushvalue(L, b);
+  if (lua_pcall(L, b ? 3 : 2, 0, 0) == LUA_OK) return 0;
+  lua_pop(L, 1);
+  return -1;
+}
+
+struct record_args {
+  lua_State *co;
+  int level;
+  struct braid_task *t;
+};
+
+static int record_p (lua_State *L) {
+  struct record_args *a = (struct record_args *) lua_touserdata(L, 1);
+  error_record(L, 2, a->co, a->level, a->t);
+  return 0;
+}
+
+/* Records where the error at idx was raised (the traceback of co from
+** level), unless it already is: the first record is the failing task's,
+** later ones are its re-raises. */
+void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
+                          struct braid_task *t) {
+  struct record_args a;
+  if (co == L) {   /* the message handler: the traceback is of L itself */
+    error_record(L, idx, co, level, t);
+    return;
+  }
+  a.co = co;
+  a.level = level;
+  a.t = t;
+  best_effort(L, record_p, &a, idx, 0);
+}
+
+static int report_p (lua_State *L) {
+  error_report(L, 2, (const char *) lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Prints the error at idx with what is known of where it came from (or,
+** when even that cannot be allocated, says so). Never raises. */
+void braid_report (lua_State *L, int idx, const char *prefix) {
+  if (best_effort(L, report_p, (void *) prefix, idx, 0) != 0) {
+    fprintf(stderr, "%s(an error that could not be reported: not enough "
+            "memory)\n", prefix);
+    fflush(stderr);
+  }
+}
+
+static int suppress_p (lua_State *L) {
+  error_suppress(L, 2, 3);
+  return 0;
+}
+
+/* A member raised `idx` while the scope was already failing with `first`:
+** report it now, list it under first's report, and keep it on
+** first.suppressed when first is braid's own. */
+void braid__error_suppress (lua_State *L, int first, int idx) {
+  braid_report(L, idx, "braid: error while cancelling: ");
+  best_effort(L, suppress_p, NULL, first, idx);
 }
 
 static int l_error_tostring (lua_State *L) {

@@ -209,7 +209,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->error_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+    braid__scope_push_error(L, s);
     braid__scope_release(s);
     return lua_error(L);
   }

@@ -81,6 +81,16 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
   struct braid_task *victim = braid__engine_victim(E);
   E->oom = 0;
   braid__reserve_take(E);   /* first: it covers the allocations below */
+  if (E->reserve == NULL) {   /* memory is short: let go of what can go */
+    braid__task_pool_drop(S, E);
+    lua_gc(S, LUA_GCCOLLECT);
+    braid__reserve_take(E);
+  }
+  /* Said once: while the victim is failing already (the reserve spent
+  ** again as its tasks unwind), another error would only be reported. */
+  if (!E->embedded && victim && !TASK_DONE(victim) &&
+      victim->scope.error_ref != LUA_NOREF)
+    return;
   braid_pusherror(S, "memory", NULL, "not enough memory (braid's "
                     "scheduler ran out and spent its reserve)");
   if (!E->embedded) {

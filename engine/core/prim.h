@@ -78,8 +78,9 @@ uint64_t braid__ns(double seconds);
 
 typedef struct braid_scope braid_scope_t;
 
-/* The scope the running task makes things in now (its innermost), as
-** braid_resource_add uses it. Inside a task only. */
+/* The scope the running task makes things in now, as braid_resource_add
+** uses it: its innermost task scope or braid.scope (not the bookkeeping
+** scopes of timeout, shield or a group). Inside a task only. */
 braid_scope_t *braid__scope_here(lua_State *L);
 
 /* Does s still take new members (not cancelled, not ended)? */

@@ -29,7 +29,7 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   s->kind = (unsigned char) kind;
   s->task = t;
   s->outer = outer;
-  s->reason_ref = s->error_ref = LUA_NOREF;
+  s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
@@ -152,8 +152,17 @@ static void resource_link (struct braid_scope *s, braid_resource_t *r) {
   s->resources.prev = r;
 }
 
+/* Where the running task makes things: its innermost task scope or
+** braid.scope. timeout, shield and group scopes are bookkeeping within a
+** call; what a call returns from inside them must outlive them. */
+struct braid_scope *braid__scope_here (lua_State *L) {
+  struct braid_scope *s = braid_engine(L)->current->inner;
+  while (s->kind != SCOPE_TASK && s->kind != SCOPE_PLAIN) s = s->outer;
+  return s;
+}
+
 void braid_resource_add (lua_State *L, braid_resource_t *r) {
-  resource_link(braid_engine(L)->current->inner, r);
+  resource_link(braid__scope_here(L), r);
 }
 
 void braid__task_resource_add (struct braid_task *t, braid_resource_t *r) {
@@ -165,10 +174,6 @@ void braid_resource_remove (braid_resource_t *r) {
   r->prev->next = r->next;
   r->next->prev = r->prev;
   r->prev = r->next = r;
-}
-
-struct braid_scope *braid__scope_here (lua_State *L) {
-  return braid_engine(L)->current->inner;
 }
 
 int braid__scope_open (struct braid_scope *s) {
@@ -192,22 +197,47 @@ void braid__scope_release (struct braid_scope *s) {
   braid__list_remove(&s->link);
   luaL_unref(S, LUA_REGISTRYINDEX, s->reason_ref);
   luaL_unref(S, LUA_REGISTRYINDEX, s->error_ref);
-  s->reason_ref = s->error_ref = LUA_NOREF;
+  luaL_unref(S, LUA_REGISTRYINDEX, s->cancel_ref);
+  s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
   s->release = NULL;
 }
 
-/* The body or a member of s failed with the error at idx. */
+static int ref_p (lua_State *L) {
+  lua_settop(L, 2);
+  *(int *) lua_touserdata(L, 1) = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* The body or a member of s failed with the error at idx. Keeping the
+** error takes a registry slot; when even that cannot be allocated (out of
+** memory in scheduler context, the reserve spent), the scope still fails,
+** with Lua's own "not enough memory" as its error (SCOPE_ERR_NOMEM). */
 void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
   if (s->error_ref == LUA_NOREF) {
-    lua_pushvalue(L, idx);
-    s->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int ref = SCOPE_ERR_NOMEM;
+    idx = lua_absindex(L, idx);
+    if (lua_checkstack(L, 3)) {
+      lua_pushcfunction(L, ref_p);
+      lua_pushlightuserdata(L, &ref);
+      lua_pushvalue(L, idx);
+      if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+    }
+    s->error_ref = ref;
     braid__scope_cancel(s, s);
     return;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+  braid__scope_push_error(L, s);
   if (!lua_rawequal(L, -1, idx < 0 ? idx - 1 : idx))   /* not a re-raise */
     braid__error_suppress(L, -1, idx < 0 ? idx - 1 : idx);
   lua_pop(L, 1);
+}
+
+/* Pushes s's first error (s->error_ref is set). [-0, +1, -] */
+void braid__scope_push_error (lua_State *L, struct braid_scope *s) {
+  if (s->error_ref == SCOPE_ERR_NOMEM)   /* interned already: no allocation */
+    lua_pushliteral(L, "not enough memory");
+  else
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
 }
 
 /* One member of s left; the owner, waiting for the last one, is woken. */
@@ -249,7 +279,7 @@ static int scope_close (lua_State *L, struct braid_scope *s) {
   t->inner = s->outer;
   if (s->handle) *s->handle = NULL;
   if (s->error_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+    braid__scope_push_error(L, s);
     braid__scope_release(s);
     return lua_error(L);
   }

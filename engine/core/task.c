@@ -134,6 +134,16 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
   lua_pop(S, 1);
 }
 
+/* Lets go of the pooled coroutines (memory is short). */
+void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
+  lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
+  for (; E->pool_n > 0; E->pool_n--) {
+    lua_pushnil(S);
+    lua_rawseti(S, -2, E->pool_n);
+  }
+  lua_pop(S, 1);
+}
+
 /* Gives the task a coroutine holding its function and arguments.
 ** [-0, +0, m] on S; the task object must be on S's top. */
 void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
@@ -177,7 +187,7 @@ void braid__task_finish (struct braid_task *t) {
   struct braid_scope *s = &t->scope;
   braid__task_push(S, t);
   if (s->error_ref != LUA_NOREF) {
-    lua_rawgeti(S, LUA_REGISTRYINDEX, s->error_ref);
+    braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
     t->status = TASK_FAILED;
   } else {
