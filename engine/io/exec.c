@@ -1,0 +1,195 @@
+/*
+** exec.c: braid.exec: runs a child to completion with stdout and stderr
+** captured, on the child's lifetime of process.c; both outputs are
+** io/stream.c's streams, drained (read into memory however much comes).
+**
+** Invariants:
+** - exec's task owns the proc from the spawn until its continuation or its
+**   cancel hook releases it; the op (p->op) is resumed once the child has
+**   exited and both outputs have ended, or at the timeout.
+** - opts.stdin is written with the proc's own request (stdin_req) from the
+**   string on exec's stack, which stays there for the whole op: stdin is
+**   closed before the op ends, by the exit or by the cancel hook, and
+**   nothing allocates between the spawn and the suspension.
+** - A cancelled exec returns at once; the child is stopped and reaped in
+**   the background and the proc frees itself once its handles closed.
+*/
+#include <stdlib.h>
+#include <string.h>
+#include "core/prim.h"
+#include "io/process.h"
+
+/* exec's op holds its proc, until exec_k or exec_cancel releases it. */
+static struct braid_proc *exec_proc (braid_op_t *op) {
+  return *(struct braid_proc **) braid_op_data(op);
+}
+
+/* The child is already running (braid__proc_spawn needs the Lua stack,
+** and its failures raise kind "spawn"): start only hands the op to the
+** proc. */
+static int exec_start (braid_op_t *op, void *ud) {
+  struct braid_proc *p = (struct braid_proc *) ud;
+  *(struct braid_proc **) braid_op_data(op) = p;
+  p->op = op;
+  return 0;
+}
+
+/* Cancelled (or abandoned after the child ended): stop it in the
+** background; the proc frees itself once reaped. */
+static void exec_cancel (braid_op_t *op) {
+  struct braid_proc *p = exec_proc(op);
+  p->op = NULL;
+  braid__proc_stop(p);
+  braid__proc_release(p);
+}
+
+static void exec_stdin_cb (uv_write_t *req, int status) {
+  struct braid_proc *p = container_of(req, struct braid_proc, stdin_req);
+  (void) status;                 /* a child that stops reading is its call */
+  braid__stream_close(&p->pipe[P_STDIN]);
+  braid__proc_update(p);
+}
+
+static void exec_timeout_cb (uv_timer_t *h) {
+  struct braid_proc *p = (struct braid_proc *) h->data;
+  braid_op_t *op = p->op;
+  p->timed_out = 1;
+  p->op = NULL;
+  if (op) braid_resume(op, 0);
+  braid__proc_stop(p);
+}
+
+/* exec's result table from the ended process p (light userdata 1); runs
+** under lua_pcall so that exec_k frees p even when this raises. */
+static int exec_result (lua_State *L) {
+  struct braid_proc *p = (struct braid_proc *) lua_touserdata(L, 1);
+  lua_createtable(L, 0, 4);
+  braid__proc_push_status(L, p);
+  lua_setfield(L, -3, "signal");
+  lua_setfield(L, -2, "code");
+  braid__stream_take(L, &p->pipe[P_STDOUT], BRAID_READ_ALL, 0, "braid.exec");
+  lua_setfield(L, -2, "stdout");
+  braid__stream_take(L, &p->pipe[P_STDERR], BRAID_READ_ALL, 0, "braid.exec");
+  lua_setfield(L, -2, "stderr");
+  return 1;
+}
+
+/* Raises check's error from the result r (at the top). */
+static int exec_check_error (lua_State *L, const char *name) {
+  int r = lua_gettop(L);
+  lua_getfield(L, r, "signal");
+  if (lua_isnil(L, -1)) {
+    lua_getfield(L, r, "code");
+    braid_pusherror(L, "io", NULL, "braid.exec: command '%s' exited with "
+                    "status %d", name, (int) lua_tointeger(L, -1));
+  } else {
+    braid_pusherror(L, "io", NULL, "braid.exec: command '%s' was killed "
+                    "by %s", name, lua_tostring(L, -1));
+  }
+  lua_getfield(L, r, "code");
+  lua_setfield(L, -2, "exit_code");
+  lua_getfield(L, r, "signal");
+  lua_setfield(L, -2, "signal");
+  lua_getfield(L, r, "stdout");
+  lua_setfield(L, -2, "stdout");
+  lua_getfield(L, r, "stderr");
+  lua_setfield(L, -2, "stderr");
+  return lua_error(L);
+}
+
+/* Stack: argv (1), opts (2), anchor (3), stdin or nil (4). */
+static int exec_k (lua_State *L, braid_op_t *op) {
+  struct braid_proc *p = exec_proc(op);
+  const char *name;
+  int failed, rc;
+  lua_rawgeti(L, 3, 1);
+  name = lua_tostring(L, -1);  /* anchored at 3 */
+  lua_pop(L, 1);
+  if (p->timed_out) {
+    double s = 0;
+    if (lua_istable(L, 2)) {
+      lua_getfield(L, 2, "timeout");
+      s = lua_tonumber(L, -1);
+    }
+    braid__proc_release(p);
+    return braid_error(L, "timeout", NULL, "braid.exec: command '%s' timed "
+                       "out after %f s", name, s);
+  }
+  lua_pushcfunction(L, exec_result);
+  lua_pushlightuserdata(L, p);
+  rc = lua_pcall(L, 1, 1, 0);
+  failed = p->signal != 0 || p->code != 0;
+  braid__proc_release(p);
+  if (rc != LUA_OK) return lua_error(L);   /* out of memory: p is freed */
+  if (failed && lua_istable(L, 2)) {
+    lua_getfield(L, 2, "check");
+    rc = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (rc) return exec_check_error(L, name);
+  }
+  return 1;
+}
+
+static const char *const exec_options[] = {
+  "cwd", "env", "stdin", "timeout", "check", "kill_grace", NULL
+};
+
+/* braid.exec(argv, [opts]) -> {code, signal, stdout, stderr}: runs argv[1]
+** (searched in PATH; no shell) to completion with stdout and stderr
+** captured, both read concurrently and never truncated. `code` is the exit
+** status, nil when a signal ended the child; `signal` its name (such as
+** "SIGKILL") or nil. opts: cwd; env (a table that replaces the whole
+** environment); stdin (a string written to the child, then its stdin is
+** closed; without it stdin is /dev/null); timeout (seconds; on expiry the
+** child is stopped and a "timeout" error raised); check (when true, a
+** non-zero status or a signal raises kind "io" with no `code` and the
+** fields exit_code, signal, stdout and stderr); kill_grace (seconds between
+** SIGTERM and SIGKILL when the child is stopped, default 2). Cancellation
+** raises at once; the child is stopped and reaped in the background. A
+** program that cannot start raises kind "spawn" with `code` (e.g. ENOENT). */
+static int l_exec (lua_State *L) {
+  int stdio[3] = {0, UV_CREATE_PIPE | UV_WRITABLE_PIPE,
+                  UV_CREATE_PIPE | UV_WRITABLE_PIPE};
+  double timeout, grace;
+  size_t len = 0;
+  const char *in = NULL;
+  struct braid_proc *p;
+  braid_check_task(L, "braid.exec");
+  braid__check_options(L, 2, "braid.exec", exec_options);
+  lua_settop(L, 2);
+  timeout = braid__opt_number(L, 2, "timeout", -1, "braid.exec");
+  grace = braid__opt_number(L, 2, "kill_grace", 2.0, "braid.exec");
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "stdin") != LUA_TNIL) {
+    if (!lua_isstring(L, -1))
+      braid_usageerror(L, "bad option 'stdin' to 'braid.exec' (string "
+                       "expected)");
+    in = lua_tolstring(L, -1, &len);   /* a number is converted in place */
+    stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
+  }
+  lua_settop(L, 3);
+  braid_check_suspend(L, "braid.exec");   /* before the child starts */
+  p = braid__proc_spawn(L, "braid.exec", stdio, grace);     /* 4: anchor */
+  lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
+  p->exec = 1;
+  braid__stream_drain(&p->pipe[P_STDOUT], 1);
+  braid__stream_drain(&p->pipe[P_STDERR], 1);
+  if (in) {
+    uv_buf_t b = uv_buf_init((char *) in, (unsigned) len);
+    if (len == 0 || uv_write(&p->stdin_req, &p->pipe[P_STDIN].h.stream, &b,
+                             1, exec_stdin_cb) != 0)
+      braid__stream_close(&p->pipe[P_STDIN]);
+  }
+  uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
+  if (timeout >= 0)
+    uv_timer_start(&p->timer, exec_timeout_cb, braid__proc_ms(timeout), 0);
+  return braid_suspendk(L, "braid.exec", sizeof p, exec_start, exec_cancel, p,
+                        exec_k);
+}
+
+void braid__open_exec (lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"exec", l_exec},
+    {NULL, NULL}
+  };
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,267 @@
+/*
+** tcp_server.c: braid.tcp.listen and the server objects it returns: each
+** connection it accepts becomes a TCP stream (tcp.c) handed to a handler
+** task.
+**
+** Invariants:
+** - A server is a malloc'd struct with its uv_tcp_t embedded; the Lua
+**   userdata only holds a pointer to it. uv_close runs exactly once
+**   (`closing`); the struct is freed in the close callback, which clears
+**   the userdata's pointer, so a method on a closed server raises kind
+**   "closed". A collected server keeps serving: its scope owns it.
+** - Every open server is a braid_resource_t of the scope that made it,
+**   so it is closed when that scope ends. Its handlers are tasks of that
+**   scope, watched (struct tcp_conn) so that closing the server cancels
+**   them; each connection's stream is a resource of its handler's own
+**   scope.
+** - Accepting runs in a libuv callback: the handler task is spawned on the
+**   scheduler's thread under braid__engine_call. A connection that cannot
+**   be handed to a handler (its scope takes no new members, out of memory)
+**   is accepted and closed at once, since libuv stops accepting until the
+**   announced connection is taken.
+** - listen makes its Lua objects before it listens, so running out of
+**   memory can never leave a server listening with no handler.
+*/
+#include <stdlib.h>
+#include <string.h>
+#include "core/prim.h"
+#include "io/tcp.h"
+
+#define SERVER_MT "braid.TcpServer"
+
+struct tcp_server {
+  uv_tcp_t tcp;
+  braid_engine_t *E;
+  struct tcp_server **ud;
+  braid_resource_t res;
+  braid_scope_t *scope;            /* where handlers are spawned */
+  struct braid_list conns;         /* struct tcp_conn: running handlers */
+  size_t max_line;                 /* opts.max_line, for each stream */
+  int handler_ref;
+  int port;
+  unsigned char closing;
+};
+
+/* A handler task, watched so that server:close() can cancel it. */
+struct tcp_conn {
+  struct braid_watch watch;
+  struct braid_list link;          /* in the server's conns, or alone */
+  braid_task_t *task;
+};
+
+static void conn_task_done (struct braid_watch *w, braid_task_t *t) {
+  struct tcp_conn *k = container_of(w, struct tcp_conn, watch);
+  (void) t;
+  braid__list_remove(&k->link);
+  free(k);
+}
+
+static void server_close_cb (uv_handle_t *h) {
+  struct tcp_server *srv = container_of(h, struct tcp_server, tcp);
+  if (srv->ud) *srv->ud = NULL;
+  free(srv);
+}
+
+/* Stops listening and cancels the handlers still running. Runs no Lua. */
+static void server_close (struct tcp_server *srv) {
+  if (srv->closing) return;
+  srv->closing = 1;
+  braid_resource_remove(&srv->res);
+  braid__unref(srv->E, srv->handler_ref);
+  srv->handler_ref = LUA_NOREF;
+  while (!braid__list_empty(&srv->conns)) {
+    struct tcp_conn *k = container_of(srv->conns.next, struct tcp_conn, link);
+    braid__list_remove(&k->link);     /* k lives on until its task ends */
+    braid__task_cancel(k->task, NULL, 0);
+  }
+  uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
+}
+
+static void server_res_close (braid_resource_t *r) {
+  server_close(container_of(r, struct tcp_server, res));
+}
+
+/* Accepts the pending connection and closes it at once: libuv stops
+** accepting until the one it announced is taken. */
+static void server_refuse (struct tcp_server *srv) {
+  uv_tcp_t *tmp = malloc(sizeof *tmp);
+  if (tmp && uv_tcp_init(braid_loop(srv->E), tmp) == 0) {
+    uv_accept((uv_stream_t *) &srv->tcp, (uv_stream_t *) tmp);
+    uv_close((uv_handle_t *) tmp, (uv_close_cb) free);
+  } else {
+    free(tmp);
+  }
+}
+
+/* Accepts one connection and spawns its handler (braid__engine_call). */
+static int server_accept (lua_State *S) {
+  struct tcp_server *srv = lua_touserdata(S, 1);
+  struct braid_tcp *ts, **ud;
+  braid_task_t *t;
+  struct tcp_conn *k;
+  int rc;
+  lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
+  ud = braid__tcp_newud(S);                                        /* 3 */
+  if ((ts = braid__tcp_new(srv->E, &rc)) == NULL) {
+    server_refuse(srv);
+    return 0;
+  }
+  if (uv_accept((uv_stream_t *) &srv->tcp, &ts->s.h.stream) != 0) {
+    braid__stream_close(&ts->s);
+    return 0;
+  }
+  braid__tcp_bind(ud, ts, srv->max_line);   /* if the spawn fails, __gc closes it */
+  t = braid__spawn(S, srv->scope, 2, 1);
+  braid__tcp_attach(S, ts, t);       /* the handler's own scope owns the stream */
+  if ((k = malloc(sizeof *k)) == NULL) return 0;   /* not cancellable by
+                                                      server:close, still a
+                                                      child of the scope */
+  braid__list_init(&k->link);
+  k->watch.done = conn_task_done;
+  k->task = t;
+  braid__task_watch(t, &k->watch);
+  braid__list_push(&srv->conns, &k->link);
+  return 0;
+}
+
+static void server_connection_cb (uv_stream_t *h, int status) {
+  struct tcp_server *srv = container_of(h, struct tcp_server, tcp);
+
+  if (status < 0 || srv->closing) return;   /* EMFILE and the like: retry */
+  /* A scope being cancelled, or ending, takes no new members: refuse. */
+  if (!braid__scope_open(srv->scope)) {
+    server_refuse(srv);
+    return;
+  }
+  braid__engine_call(srv->E, server_accept, srv);
+}
+
+static const char *const listen_options[] = {"backlog", "max_line", NULL};
+
+/* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
+** to "127.0.0.1"; port 0 picks a free one. Each connection runs
+** handler(stream) as a child task of the calling scope. opts: backlog
+** (default 511), max_line (each stream's line limit). */
+static int l_tcp_listen (lua_State *L) {
+  braid_engine_t *E = braid_check_task(L, "braid.tcp.listen");
+  const char *host = "127.0.0.1";
+  struct sockaddr_storage sa;
+  struct tcp_server *srv, **ud;
+  int rc, ref, backlog, port, len = sizeof sa;
+  size_t max_line;
+  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
+    braid_argerror(L, 1, "braid.tcp.listen", "string expected");
+  if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
+  port = braid__tcp_check_port(L, 2, "braid.tcp.listen");
+  if (!braid__is_callable(L, 3))
+    braid_argerror(L, 3, "braid.tcp.listen", "function expected");
+  braid__check_options(L, 4, "braid.tcp.listen", listen_options);
+  backlog = (int) braid__opt_number(L, 4, "backlog", 511,
+                                    "braid.tcp.listen");
+  max_line = braid__stream_max_line(L, 4, "braid.tcp.listen");
+  if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *) &sa) != 0 &&
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *) &sa) != 0)
+    braid_argerror(L, 1, "braid.tcp.listen", "numeric IP address expected");
+  /* The Lua objects first: once the server listens, nothing may raise. */
+  ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  lua_pushvalue(L, 3);
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if ((srv = calloc(1, sizeof *srv)) == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return braid_error(L, "memory", NULL, "braid.tcp.listen: not enough "
+                       "memory");
+  }
+  srv->E = E;
+  srv->max_line = max_line;
+  srv->handler_ref = ref;
+  braid__list_init(&srv->conns);
+  srv->res.close = server_res_close;
+  if ((rc = uv_tcp_init(braid_loop(E), &srv->tcp)) != 0) {
+    free(srv);
+    goto fail;
+  }
+  srv->closing = 1;   /* until it listens: a failure closes it quietly */
+  if ((rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *) &sa, 0)) != 0 ||
+      (rc = uv_listen((uv_stream_t *) &srv->tcp, backlog,
+                      server_connection_cb)) != 0 ||
+      (rc = uv_tcp_getsockname(&srv->tcp, (struct sockaddr *) &sa, &len))) {
+    uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
+    goto fail;
+  }
+  srv->closing = 0;
+  srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
+  srv->scope = braid__scope_here(L);
+  braid_resource_add(L, &srv->res);
+  *ud = srv;
+  srv->ud = ud;
+  return 1;
+fail:
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  return braid_error(L, "io", uv_err_name(rc), "braid.tcp.listen %s:%d: %s",
+                     host, port, uv_strerror(rc));
+}
+
+static struct tcp_server *server_check (lua_State *L, const char *fname) {
+  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  if (*ud == NULL || (*ud)->closing)
+    braid_error(L, "closed", NULL, "%s: the server is closed", fname);
+  return *ud;
+}
+
+/* server:port() -> the port it listens on. */
+static int l_server_port (lua_State *L) {
+  lua_pushinteger(L, server_check(L, "server:port")->port);
+  return 1;
+}
+
+/* server:close(): stops listening and cancels the running handlers. */
+static int l_server_close (lua_State *L) {
+  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  if (*ud) server_close(*ud);
+  return 0;
+}
+
+/* A server the script no longer references keeps serving: its scope owns
+** it and closes it when the scope ends. Only the back pointer goes. */
+static int l_server_gc (lua_State *L) {
+  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  if (*ud) (*ud)->ud = NULL;
+  return 0;
+}
+
+static int l_server_tostring (lua_State *L) {
+  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  if (*ud && !(*ud)->closing)
+    lua_pushfstring(L, "<tcp server on port %d>", (*ud)->port);
+  else
+    lua_pushliteral(L, "<tcp server closed>");
+  return 1;
+}
+
+/* Adds braid.tcp to the table at the stack top. (Writes to a peer that has
+** gone fail with EPIPE: braid__stream_sigpipe, io/stream.c.) */
+
+/* Adds listen to the braid.tcp table at the stack top. */
+void braid__open_tcp_server (lua_State *L) {
+  static const luaL_Reg server_methods[] = {
+    {"port", l_server_port},
+    {"close", l_server_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg server_meta[] = {
+    {"__gc", l_server_gc},
+    {"__close", l_server_close},
+    {"__tostring", l_server_tostring},
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"listen", l_tcp_listen},
+    {NULL, NULL}
+  };
+  braid__class(L, SERVER_MT, server_meta, server_methods, NULL);
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}
