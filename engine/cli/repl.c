@@ -293,7 +293,7 @@ static int l_repl_set_entry (lua_State *L) {
   R.entry = NULL;
   braid__session_entry(R.E, NULL);
   if (!lua_isnoneornil(L, 1)) {
-    braid_task_t *t = braid__task_check(L, 1);
+    braid_task_t *t = braid__task_check(L, 1, "repl.set_entry");
     lua_settop(L, 1);
     R.entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     R.entry = t;

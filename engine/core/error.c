@@ -308,7 +308,7 @@ static int l_error_tostring (lua_State *L) {
 /* braid.Error { kind = ..., message = ..., ... }: wraps a table as a
 ** braid.Error, for the Lua-side library and for scripts. */
 static int l_error_new (lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  braid__check_type(L, 1, LUA_TTABLE, "braid.Error.new");
   lua_settop(L, 1);
   luaL_setmetatable(L, ERROR_MT);
   return 1;

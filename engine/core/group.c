@@ -302,8 +302,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   for (i = 0; !map && i < n; i++) {
     if (luaL_testudata(L, first + i, "braid.Task")) {
       if (lua_touserdata(L, first + i) == (void *) t)
-        braid_usageerror(L, "braid.%s: a task cannot wait for itself",
-                           fname);
+        braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
       braid_argerror(L, first + i, fname, "function or task expected");
     }
@@ -381,29 +380,29 @@ static int trailing_options (lua_State *L, int *n) {
 /* braid.gather(f1, f2, ..., [opts]) -> r1, r2, ... */
 static int l_group_gather (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_GATHER, 1, n, opts, 0, "gather");
+  return group_run(L, GROUP_GATHER, 1, n, opts, 0, "braid.gather");
 }
 
 /* braid.race(f1, f2, ..., [opts]) -> ...: the first member to end decides. */
 static int l_group_race (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_RACE, 1, n, opts, 0, "race");
+  return group_run(L, GROUP_RACE, 1, n, opts, 0, "braid.race");
 }
 
 /* braid.any(f1, f2, ..., [opts]) -> ...: the first member to succeed. */
 static int l_group_any (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_ANY, 1, n, opts, 0, "any");
+  return group_run(L, GROUP_ANY, 1, n, opts, 0, "braid.any");
 }
 
 /* braid.map(list, fn, [opts]) -> results: fn(item, i) for every item. */
 static int l_group_map (lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  braid__check_type(L, 1, LUA_TTABLE, "braid.map");
   if (!braid__is_callable(L, 2))
-    braid_argerror(L, 2, "map", "function expected");
+    braid_argerror(L, 2, "braid.map", "function expected");
   lua_settop(L, 3);
   return group_run(L, GROUP_GATHER, 0, (int) luaL_len(L, 1),
-                   lua_isnil(L, 3) ? 0 : 3, 1, "map");
+                   lua_isnil(L, 3) ? 0 : 3, 1, "braid.map");
 }
 
 void braid__open_group (lua_State *L) {

@@ -42,6 +42,17 @@ void braid__list_remove(struct braid_list *node);
 void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
                   const luaL_Reg *methods, lua_CFunction index);
 
+/* Argument checks naming the function as the script wrote it (fname:
+** "braid.fs.read_file", "channel:send"; a method's self is argument #1),
+** raising Lua's familiar "bad argument #idx to 'fname' (... expected, got
+** ...)" as a usage error. braid__check_object returns the userdata at idx
+** when its metatable is `tname` ("braid.Channel"); braid__check_integer
+** accepts what lua_tointegerx does. */
+void *braid__check_object(lua_State *L, int idx, const char *tname,
+                          const char *fname);
+void braid__check_type(lua_State *L, int idx, int type, const char *fname);
+lua_Integer braid__check_integer(lua_State *L, int idx, const char *fname);
+
 /* Raises a usage error unless the value at idx is nil, none or a plain
 ** table whose keys are all in `allowed` (NULL-terminated). */
 void braid__check_options(lua_State *L, int idx, const char *fname,
@@ -106,8 +117,8 @@ void braid__task_watch(braid_task_t *t, struct braid_watch *w);
 ** NULL); nothing when it has ended or was cancelled. */
 void braid__task_cancel(braid_task_t *t, lua_State *L, int reason);
 
-/* The task object at idx, or a "bad argument" error. */
-braid_task_t *braid__task_check(lua_State *L, int idx);
+/* The task object at idx, or a "bad argument" error naming fname. */
+braid_task_t *braid__task_check(lua_State *L, int idx, const char *fname);
 
 /* Pushes the object of a live task. [-0, +1, -] */
 void braid__task_push(lua_State *L, braid_task_t *t);

@@ -156,12 +156,12 @@ static int dns_k (lua_State *L, braid_op_t *op) {
 static int l_dns_resolve (lua_State *L) {
   struct dns_args a;
   size_t len;
-  a.loop = braid_loop(braid_check_task(L, "dns.resolve"));   /* first */
-  if (lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "dns.resolve", "string expected");
+  a.loop = braid_loop(braid_check_task(L, "braid.dns.resolve"));  /* first */
+  braid__check_type(L, 1, LUA_TSTRING, "braid.dns.resolve");
   a.host = lua_tolstring(L, 1, &len);
   if (strlen(a.host) != len || len == 0)
-    braid_argerror(L, 1, "dns.resolve", "host name expected");
+    braid_argerror(L, 1, "braid.dns.resolve", "host name expected");
+  braid_check_suspend(L, "braid.dns.resolve");
   lua_settop(L, 1);
   return braid_suspendk(L, "dns.resolve", sizeof(struct dns_call), dns_start,
                         dns_cancel, &a, dns_k);
