@@ -309,8 +309,14 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   }
   braid__task_checkyield(L, t, fname);
   braid__task_checkcancel(L, t);
+  if (opts) {
+    lua_getfield(L, opts, "timeout");
+    if (!lua_isnil(L, -1)) timeout = 1;
+    lua_pop(L, 1);
+  }
   g = braid__scope_push(L, t, SCOPE_GROUP,
-                        sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0]);
+                        sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0],
+                        timeout >= 0 ? fname : NULL);
   g->mode = mode;
   g->map = map;
   g->packed = map;
@@ -324,9 +330,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
     g->scope.grace = grace;
-    lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) timeout = 1;
-    lua_pop(L, 1);
   }
   lua_createtable(L, n, 2);
   if (map) {

@@ -85,6 +85,28 @@ void braid__unref(braid_engine_t *E, int ref);
 ** BRAID_NEVER (a plain cast overflows). */
 uint64_t braid__ns(double seconds);
 
+/* ---- out of memory ---- */
+
+/* braid's own C heap: malloc, calloc and realloc, counted so that tests
+** can make the Nth fail (tests/fault_test.c --c-heap). A failure is
+** reported as a braid.Error of kind "memory" naming the function
+** ("braid.fs.read_file: not enough memory"): raised at once in the
+** calling task, or, from a callback, handed to the op (which ends with
+** UV_ENOMEM) so that its continuation raises it (memory.c). */
+void *braid__malloc(size_t n);
+void *braid__calloc(size_t n, size_t size);
+void *braid__realloc(void *p, size_t n);
+extern size_t braid__cheap_count, braid__cheap_fail;
+
+/* Raises the error for libuv code rc from the function fname: kind
+** "memory" ("fname: not enough memory") for UV_ENOMEM, else kind "io"
+** with the code ("fname: <libuv's message>"). [-0, +0, v] */
+int braid__error_uv(lua_State *L, int rc, const char *fname);
+
+/* Makes room in the timer heap for one more timer, so that arming it
+** next cannot fail: 0, or UV_ENOMEM (raise it, naming the function). */
+int braid__timer_reserve(braid_engine_t *E);
+
 /* ---- tasks and scopes, opaque ---- */
 
 typedef struct braid_scope braid_scope_t;

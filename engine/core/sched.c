@@ -163,7 +163,7 @@ static int l_task_drain (lua_State *S) {
 void braid__task_drain (braid_engine_t *E) {
   lua_State *S = E->S;
   lua_pushcfunction(S, l_task_drain);
-  if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E);
+  if (lua_pcall(S, 0, 0, 0) != LUA_OK) braid__engine_fatal(E, NULL);
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);

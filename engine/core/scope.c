@@ -51,7 +51,11 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
   s->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* A scope's timers, allocated when it first needs one; freed on release. */
+/* A scope's timers, allocated when it first needs one; freed on release.
+** A deadline's are allocated by braid__scope_push, where running out can
+** be raised in the calling task; a grace period's are made when a scope
+** with members is cancelled, which cannot be refused (any callback may
+** cancel), so they come from braid__calloc_must (memory.c). */
 struct scope_timers {
   struct braid_timer deadline, grace;
   struct braid_scope *s;
@@ -59,8 +63,7 @@ struct scope_timers {
 
 static struct scope_timers *scope_timers (struct braid_scope *s) {
   if (s->timers == NULL) {
-    s->timers = calloc(1, sizeof *s->timers);
-    if (s->timers == NULL) abort();
+    s->timers = braid__calloc_must(s->E, 1, sizeof *s->timers);
     s->timers->s = s;
   }
   return s->timers;
@@ -316,12 +319,28 @@ int braid__scope_body (lua_State *L, struct braid_scope *s, int base,
 }
 
 /* Pushes a userdata of `size` bytes that starts with a new scope of `kind`,
-** and makes that scope the running task's innermost. [-0, +1, m] */
+** and makes that scope the running task's innermost. With `deadline`
+** (the calling function's name), the scope gets what a deadline needs
+** (its timers, a slot in the timer heap) first, or the call raises kind
+** "memory" naming it: nothing can be raised once the scope is pushed.
+** [-0, +1, v] */
 void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
-                         size_t size) {
+                         size_t size, const char *deadline) {
   struct braid_scope *s = lua_newuserdatauv(L, size, 1);
+  struct scope_timers *timers = NULL;
   memset(s, 0, size);
+  if (deadline) {
+    if ((timers = braid__calloc(1, sizeof *timers)) == NULL ||
+        braid__timer_reserve(t->E) != 0) {
+      free(timers);
+      braid_error(L, "memory", NULL, "%s: not enough memory", deadline);
+    }
+  }
   braid__scope_init(s, t->E, kind, t, t->inner);
+  if (timers) {
+    timers->s = s;
+    s->timers = timers;
+  }
   t->inner = s;
   return s;
 }
@@ -342,7 +361,7 @@ static int l_scope_run (lua_State *L) {
   braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
-  s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s);                        /* 3 */
+  s = braid__scope_push(L, t, SCOPE_PLAIN, sizeof *s, NULL);         /* 3 */
   s->grace = grace;
   h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 4: handle */
   *h = s;
@@ -386,7 +405,7 @@ static int l_scope_shield (lua_State *L) {
   struct braid_scope *s;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.shield");
   braid__task_checkyield(L, t, "braid.shield");
-  s = braid__scope_push(L, t, SCOPE_SHIELD, sizeof *s);
+  s = braid__scope_push(L, t, SCOPE_SHIELD, sizeof *s, NULL);
   lua_insert(L, 1);                      /* the scope stays at 1 */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 2);
@@ -403,7 +422,7 @@ static int l_scope_timeout (lua_State *L) {
   braid__check_type(L, 2, LUA_TFUNCTION, "braid.timeout");
   braid__task_checkyield(L, t, "braid.timeout");
   braid__task_checkcancel(L, t);
-  s = braid__scope_push(L, t, SCOPE_TIMEOUT, sizeof *s);
+  s = braid__scope_push(L, t, SCOPE_TIMEOUT, sizeof *s, "braid.timeout");
   s->timeout_ns = ns;
   lua_replace(L, 1);                     /* the scope replaces the seconds */
   lua_pushcfunction(L, braid__error_msgh);
