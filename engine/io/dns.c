@@ -57,7 +57,7 @@ struct dns_args {
 static int dns_start (braid_op_t *op, void *ud) {
   const struct dns_args *a = (const struct dns_args *) ud;
   struct dns_call *c = (struct dns_call *) braid_op_data(op);
-  struct dns_op *d = (struct dns_op *) calloc(1, sizeof *d);
+  struct dns_op *d = (struct dns_op *) braid__calloc(1, sizeof *d);
   struct addrinfo hints;
   int rc = UV_ENOMEM;
   if (d != NULL) {
@@ -119,9 +119,14 @@ static void dns_push_addresses (lua_State *L, struct addrinfo *res) {
   lua_remove(L, -2);
 }
 
-/* Raises kind "io" with the code and the host (at 1) in `host`. */
+/* Raises kind "io" with the code, or kind "memory" when memory ran out
+** (braid's, libuv's or the resolver's), with the host (at 1) in `host`. */
 static int dns_raise (lua_State *L, int rc) {
-  braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
+  if (rc == UV_ENOMEM || rc == UV_EAI_MEMORY)
+    braid_pusherror(L, "memory", NULL, "braid.dns.resolve: not enough "
+                    "memory");
+  else
+    braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
                     lua_tostring(L, 1), uv_strerror(rc));
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "host");

@@ -99,7 +99,7 @@ static int fs_read_next (struct fs_op *fo) {
   size_t n;
   if (fo->cap - fo->len < CHUNK_MIN) {
     size_t cap = fo->cap ? fo->cap * 2 : CHUNK_MIN;
-    char *p = realloc(fo->buf, cap);
+    char *p = braid__realloc(fo->buf, cap);   /* fs_cb: the op fails */
     if (p == NULL) return UV_ENOMEM;
     fo->buf = p;
     fo->cap = cap;
@@ -214,7 +214,7 @@ static void fs_cb (uv_fs_t *req) {
 static int fs_start (braid_op_t *op, void *ud) {
   const struct fs_args *a = (const struct fs_args *) ud;
   struct fs_call *c = (struct fs_call *) braid_op_data(op);
-  struct fs_op *fo = (struct fs_op *) calloc(1, sizeof *fo);
+  struct fs_op *fo = (struct fs_op *) braid__calloc(1, sizeof *fo);
   int rc = UV_ENOMEM;
   c->kind = a->kind;
   c->unlink_err = a->unlink_err;
@@ -227,7 +227,8 @@ static int fs_start (braid_op_t *op, void *ud) {
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_RDONLY, 0, fs_cb);
       break;
     case OP_WRITE: case OP_APPEND:
-      if ((fo->buf = (char *) malloc(a->len ? a->len : 1)) == NULL) break;
+      fo->buf = (char *) braid__malloc(a->len ? a->len : 1);
+      if (fo->buf == NULL) break;   /* rc is UV_ENOMEM */
       memcpy(fo->buf, a->data, a->len);
       fo->len = fo->cap = a->len;
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_WRONLY | O_CREAT |
@@ -286,11 +287,15 @@ static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
   return p;
 }
 
-/* Raises the io error for a failed operation on `path` (with `to` for a
-** rename): kind "io", code the libuv error name, and a `path` field. */
+/* Raises the error for a failed operation on `path` (with `to` for a
+** rename), with a `path` field: kind "io" with code the libuv error name,
+** or, when memory ran out (braid's buffers, or the system's), kind
+** "memory" as everywhere. */
 static int fs_raise (lua_State *L, const char *fname, int err,
                      const char *path, const char *to) {
-  if (to)
+  if (err == UV_ENOMEM)
+    braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
+  else if (to)
     braid_pusherror(L, "io", uv_err_name(err), "%s %s -> %s: %s",
                       fname, path, to, uv_strerror(err));
   else

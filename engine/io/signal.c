@@ -187,7 +187,7 @@ static int l_signal_new (lua_State *L) {
   box = (struct sig_waiter **) lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, SIGNAL_MT);
-  w = calloc(1, sizeof *w);
+  w = braid__calloc(1, sizeof *w);
   if (w == NULL)
     return braid_error(L, "memory", NULL, "braid.signal: not enough memory");
   if ((rc = uv_signal_init(braid_loop(E), &w->handle)) != 0) {

@@ -43,6 +43,8 @@ static int l_sleep (lua_State *L) {
   a.E = braid_check_task(L, "braid.sleep");   /* those errors first */
   a.ns = braid_check_seconds(L, 1, "braid.sleep");
   braid_check_suspend(L, "braid.sleep");
+  if (braid__timer_reserve(a.E) != 0)   /* so that sleep_start cannot fail */
+    return braid_error(L, "memory", NULL, "braid.sleep: not enough memory");
   return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
                        sleep_cancel, &a);
 }
