@@ -114,14 +114,12 @@ static int l_run_run (lua_State *L) {
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
   if ((rc = uv_loop_init(&E->own_loop)) != 0) {
     braid__run_alloc_end(L, E);
-    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
-                       uv_strerror(rc));
+    braid__error_uv(L, rc, "braid.run");
   }
   if ((rc = braid__engine_attach(E, &E->own_loop, 1)) != 0) {
     engine_close_loop(E);
     braid__run_alloc_end(L, E);
-    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
-                       uv_strerror(rc));
+    braid__error_uv(L, rc, "braid.run");
   }
   E->vnow = 0;
   E->io_ops = E->noyield = 0;
