@@ -284,11 +284,30 @@ static int l_sem_acquire (lua_State *L) {
 
 static void sem_give (struct braid_sem *s);
 
-/* sem:with's guard was closed (return, error, cancellation, abandonment):
-** the permit goes back. */
+/* sem:with's guard: to be closed on sem:with's own stack, with the
+** semaphore as its user value; `held` once the call holds a permit. Made
+** before the permit is taken, so that running out of memory cannot leave
+** a permit taken with nothing to give it back. */
+static int *sem_guard_push (lua_State *L) {
+  int *held = (int *) lua_newuserdatauv(L, sizeof *held, 1);
+  *held = 0;
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));    /* the guards' metatable */
+  lua_setmetatable(L, -2);
+  lua_toclose(L, -1);
+  return held;
+}
+
+/* The guard is closed (return, error, cancellation, abandonment): the
+** permit goes back, if one was taken. */
 static int l_sem_guard_close (lua_State *L) {
-  lua_getiuservalue(L, 1, 1);
-  sem_give((struct braid_sem *) lua_touserdata(L, -1));
+  int *held = (int *) lua_touserdata(L, 1);
+  if (*held) {
+    *held = 0;
+    lua_getiuservalue(L, 1, 1);
+    sem_give((struct braid_sem *) lua_touserdata(L, -1));
+  }
   return 0;
 }
 
@@ -297,44 +316,42 @@ static int sem_with_done (lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - (int) ctx;
 }
 
-/* Holding the permit: a to-be-closed guard gives it back on every path,
-** then fn(...) runs. Stack: sem, fn, args... */
+/* Holding the permit, runs fn(...). Stack: sem, fn, args..., guard. */
 static int sem_with_call (lua_State *L) {
-  int nargs = lua_gettop(L) - 2, base, i;
-  lua_newuserdatauv(L, 0, 1);               /* the guard */
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, lua_upvalueindex(1));    /* its metatable */
-  lua_setmetatable(L, -2);
-  lua_toclose(L, -1);
-  base = lua_gettop(L);
-  luaL_checkstack(L, nargs + 1, "too many arguments");
-  for (i = 2; i <= nargs + 2; i++) lua_pushvalue(L, i);
-  lua_callk(L, nargs, LUA_MULTRET, (lua_KContext) base, sem_with_done);
+  int base = lua_gettop(L), i;
+  luaL_checkstack(L, base, "too many arguments");
+  for (i = 2; i < base; i++) lua_pushvalue(L, i);
+  lua_callk(L, base - 3, LUA_MULTRET, (lua_KContext) base, sem_with_done);
   return sem_with_done(L, LUA_OK, (lua_KContext) base);
 }
 
+/* A waiter woken with WAKE_OK was handed the permit. */
 static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   braid__task_resumed(L, (struct braid_task *) ctx);
+  *(int *) lua_touserdata(L, -1) = 1;
   return sem_with_call(L);
 }
 
 /* sem:with(fn, ...) -> ...: fn(...) holding a permit, released on every
 ** path (return, error, cancellation, abandonment) by a to-be-closed guard
-** on this function's stack. The guard's metatable is upvalue 1. */
+** on this function's stack. The guards' metatable is upvalue 1. */
 static int l_sem_with (lua_State *L) {
   struct braid_sem *s = sem_check(L, "semaphore:with");
   struct braid_task *t;
+  int *held;
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, "semaphore:with", "function expected");
   t = braid__task_current(L, "semaphore:with");
   braid__task_checkcancel(L, t);
+  if (!(s->permits > 0 && braid__list_empty(&s->waiters)))
+    braid__task_checkyield(L, t, "semaphore:with");
+  held = sem_guard_push(L);
   if (s->permits > 0 && braid__list_empty(&s->waiters)) {
     s->permits--;
+    *held = 1;
     return sem_with_call(L);
   }
-  braid__task_checkyield(L, t, "semaphore:with");
   return queue_wait(L, t, &s->waiters, "semaphore acquire", sem_with_k);
 }
 
