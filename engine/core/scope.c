@@ -322,8 +322,7 @@ int braid__scope_body (lua_State *L, struct braid_scope *s, int base,
 ** and makes that scope the running task's innermost. With `deadline`
 ** (the calling function's name), the scope gets what a deadline needs
 ** (its timers, a slot in the timer heap) first, or the call raises kind
-** "memory" naming it: nothing can be raised once the scope is pushed.
-** [-0, +1, v] */
+** "memory" naming it, before the scope is linked anywhere. [-0, +1, v] */
 void *braid__scope_push (lua_State *L, struct braid_task *t, int kind,
                          size_t size, const char *deadline) {
   struct braid_scope *s = lua_newuserdatauv(L, size, 1);
