@@ -134,11 +134,13 @@ soak: all
 
 # Fault injection over every allocation of the workflow, with memory
 # coming back after 48 KB, 4 KB and at once (make test runs a sample of
-# FAULT_SAMPLES, default 150, at 48 KB).
+# FAULT_SAMPLES, default 150, at 48 KB), then over every allocation of
+# braid's own C heap (make test runs them all).
 faultsweep: all
 	$(RUN_ENV) $(BUILD)/fault_test
 	$(RUN_ENV) $(BUILD)/fault_test --relief 4096
 	$(RUN_ENV) $(BUILD)/fault_test --relief 0
+	$(RUN_ENV) $(BUILD)/fault_test --c-heap
 
 # valgrind memcheck over the examples, the embedding binaries, engine cases
 # and fuzzer seeds (tools/valgrind.sh); ends with one summary line.

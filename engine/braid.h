@@ -160,7 +160,9 @@ BRAID_API void braid_task_release(braid_engine_t *E, braid_task_t *task);
 ** keeps in braid_op_data(op) what the callbacks, on_cancel and k will
 ** need; ud (the call's arguments, often on the C stack) is handed to start
 ** only. It returns 0, or, without having resumed op, a negative libuv
-** code that fails the call with an "io" error. It may resume op at once.
+** code that fails the call with an "io" error (kind "memory" for
+** UV_ENOMEM, as braid reports running out of memory everywhere). It may
+** resume op at once.
 ** Handles need memory of their own: uv_close finishes after the op. */
 typedef int (*braid_start_fn)(braid_op_t *op, void *ud);
 
@@ -192,8 +194,12 @@ typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 ** (braid_op_data), calls start, and yields; the Lua caller later gets the
 ** values given to braid_resume or the error given to braid_resume_error.
 ** `what` (a static string) names the wait in deadlock reports and
-** braid.dump. An op and up to 64 bytes of data live inside the task:
-** suspending allocates nothing. */
+** braid.dump, and these messages of braid_suspend's own, as given: a
+** function whose wait is labelled otherwise than the script calls it
+** calls braid_check_suspend(L, "app.query") first, as braid's primitives
+** do ("braid.sleep" waits in "sleep"). Results that cannot be moved onto
+** the task's stack raise kind "memory" instead. An op and up to 64 bytes
+** of data live inside the task: suspending allocates nothing. */
 BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
                             braid_start_fn start, braid_cancel_fn on_cancel,
                             void *ud);
@@ -241,10 +247,11 @@ BRAID_API int braid_suspend_soft(lua_State *L, const char *what, size_t size,
 /* The checks a suspending function makes before any side effect, so that
 ** nothing is started that a refusal would have to undo. Both raise a
 ** "usage" error naming `fname` as the script wrote it ("channel:send",
-** "braid.fs.read_file") outside a task, and raise the task's cancellation
-** when it is cancelled. braid_check_suspend also refuses where the task
-** cannot suspend: inside a C function or metamethod that cannot yield, or
-** while the task is being abandoned. Both return the engine. */
+** "braid.fs.read_file", "app.get"; used as given) outside a task, and
+** raise the task's cancellation when it is cancelled. braid_check_suspend
+** also refuses where the task cannot suspend: inside a C function or
+** metamethod that cannot yield, or while the task is being abandoned.
+** Both return the engine. */
 BRAID_API braid_engine_t *braid_check_task(lua_State *L, const char *fname);
 BRAID_API braid_engine_t *braid_check_suspend(lua_State *L,
                                               const char *fname);
@@ -273,7 +280,9 @@ struct braid_timer {            /* every field is braid's */
 
 /* Arms tm to call cb once, `ns` nanoseconds from now (re-arming it if it
 ** is armed). cb runs from the loop and must not run Lua code. An armed
-** timer keeps the engine's loop alive. */
+** timer keeps the engine's loop alive. Never fails: when braid's timer heap
+** cannot grow, braid spends its memory reserve (the engine's tasks are
+** then cancelled with a "memory" error, as when the scheduler runs out). */
 BRAID_API void braid_timer_start(braid_engine_t *E, braid_timer_t *tm,
                                  uint64_t ns, void (*cb)(braid_timer_t *tm));
 
@@ -336,7 +345,8 @@ BRAID_API int braid_error(lua_State *L, const char *kind, const char *code,
 BRAID_API int braid_usageerror(lua_State *L, const char *fmt, ...);
 
 /* Raises the familiar "bad argument #arg to 'fname' (extramsg)" as a
-** "usage" error. [-0, +0, v] */
+** "usage" error; fname as the script wrote it ("app.get", "db:query",
+** whose self is argument #1). [-0, +0, v] */
 BRAID_API int braid_argerror(lua_State *L, int arg, const char *fname,
                              const char *extramsg);
 

@@ -24,17 +24,4 @@ function M.is_error(e)
   return type(e) == "table" and getmetatable(e) == Error
 end
 
--- sem:with(fn, ...) -> ...: fn(...) holding a permit, released on every
--- path (return, error, cancellation, abandonment) by a to-be-closed guard.
-function M.Semaphore:with(fn, ...)
-  local mt = getmetatable(fn)
-  if type(fn) ~= "function" and not (type(mt) == "table" and mt.__call) then
-    error(setmetatable({kind = "usage", message = "bad argument #1 to 'with' (function expected, got " ..
-      type(fn) .. ")", traceback = debug.traceback()}, Error), 2)
-  end
-  self:acquire()
-  local _ <close> = setmetatable({}, {__close = function() self:release() end})
-  return fn(...)
-end
-
 M.version = "0.1.0"

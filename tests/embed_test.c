@@ -453,6 +453,36 @@ static int t_memory_in_braid_calls (void) {
   return 1;
 }
 
+/* engine/core/memory.c counts braid's own C-heap allocations; tests make
+** the one numbered braid__cheap_fail fail. */
+extern size_t braid__cheap_count, braid__cheap_fail;
+
+/* braid's own C heap running out: a call that allocates raises kind
+** "memory" naming itself; a grace period whose timer cannot be made (a
+** cancel cannot be refused) spends the reserve, and the engine's tasks
+** are cancelled with the "memory" error; the engine carries on. */
+static int t_c_heap (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  CHECK(E != NULL);
+  braid__cheap_fail = braid__cheap_count + 1;   /* the deadline's timers */
+  n = run_to_end(E, "local ok, e = pcall(braid.timeout, 1, function() end)"
+                 " return e.kind .. ': ' .. e.message");
+  CHECK(result_is(E, n, 1, "memory: braid.timeout: not enough memory"));
+  n = run_to_end(E, "braid.sleep(0.001) return 'the timer heap is made'");
+  CHECK(result_is(E, n, 1, "the timer heap is made"));
+  braid__cheap_fail = braid__cheap_count + 1;   /* the grace period's */
+  n = run_to_end(E, "braid.scope(function(s) s:spawn(braid.sleep, 10)"
+                 " braid.sleep(0.001) s:cancel() end)"
+                 " braid.sleep(0.001) return 'not cancelled'");
+  braid__cheap_fail = 0;
+  CHECK(result_is(E, n, 0, "scheduler ran out and spent its reserve"));
+  n = run_to_end(E, "braid.sleep(0.001) return 'fine'");
+  CHECK(result_is(E, n, 1, "fine"));
+  braid_close(E);
+  return 1;
+}
+
 static int t_instruction_budget (void) {
   braid_options_t o = {0};
   braid_engine_t *E;
@@ -672,6 +702,8 @@ int main (void) {
   run_test("the memory limit fails the hog, not the engine", t_memory_limit);
   run_test("running out of memory inside braid's calls leaves it intact",
            t_memory_in_braid_calls);
+  run_test("braid's own C heap running out raises kind memory, or spends "
+           "the reserve where a cancel needs it", t_c_heap);
   run_test("the instruction budget stops busy loops, even under pcall",
            t_instruction_budget);
   run_test("the instruction budget covers the script's coroutines",

@@ -7,9 +7,15 @@
 ** enough memory"; after lua_close no byte may be left allocated and no
 ** descriptor open. Prints TAP lines ("ok N - ...") that spec/run counts.
 **
+** With --c-heap the Lua state's allocations never fail; instead braid's
+** own C heap (timers, requests, waiters: braid__malloc and friends in
+** engine/core/memory.c) fails exactly its Nth allocation, for N = 1 ..
+** the count of a clean run: each such failure must end the same way (a
+** "memory" error, or a run that succeeds), never an abort.
+**
 **   fault_test [--only N] [--from A] [--to B] [--step K] [--samples M]
 **              [--jobs J] [--timeout S] [--relief BYTES] [--verbose]
-**              [--direct]   (with --only: no fork, for a debugger)
+**              [--c-heap] [--direct]   (with --only: no fork, for a debugger)
 */
 #include <dirent.h>
 #include <errno.h>
@@ -28,6 +34,11 @@
 #define MEM "not enough memory"
 
 LUA_API int luaopen_braid (lua_State *L);
+
+/* engine/core/memory.c: braid's C-heap allocations so far, and the one
+** that fails (0: none). */
+extern size_t braid__cheap_count, braid__cheap_fail;
+static int cheap;   /* --c-heap: fail braid's C heap, not Lua's */
 
 /* ---- the child: one run with allocation `fail_at` failing ---- */
 
@@ -131,14 +142,21 @@ static int child_run (const char *dir) {
   if (status == LUA_OK) {
     printf("result: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
   } else {
-    const char *msg = NULL;
+    const char *msg = NULL, *kind = NULL;
     if (lua_type(L, -1) == LUA_TTABLE) {   /* a braid.Error: no metamethods */
-      lua_pushliteral(L, "message");
+      lua_pushliteral(L, "kind");
       lua_rawget(L, -2);
+      kind = lua_tostring(L, -1);
+      lua_pushliteral(L, "message");
+      lua_rawget(L, -3);
     }
     msg = lua_tostring(L, -1);
-    printf("error: %s\n", msg ? msg : "(not a string)");
+    printf("error: %s%s%s%s\n", msg ? msg : "(not a string)",
+           kind ? " (kind " : "", kind ? kind : "", kind ? ")" : "");
     rc = msg && strstr(msg, MEM) ? 1 : 2;
+    /* braid's own allocations fail one way: a braid.Error of kind
+    ** "memory" (Lua's may be its own "not enough memory" string). */
+    if (cheap && (kind == NULL || strcmp(kind, "memory") != 0)) rc = 2;
   }
   lua_close(L);
   if (live != 0) {
@@ -150,7 +168,7 @@ static int child_run (const char *dir) {
     count_fds(1);
     rc = 3;
   }
-  printf("allocations: %zu\n", count);
+  printf("allocations: %zu\n", cheap ? braid__cheap_count : count);
   fflush(stdout);
   return rc;
 }
@@ -198,7 +216,8 @@ static void slot_start (struct slot *s, size_t n) {
     dup2(fileno(s->out), 1);
     dup2(fileno(s->out), 2);
     alarm((unsigned) timeout_s);   /* a hang ends in SIGALRM */
-    fail_at = n;
+    if (cheap) braid__cheap_fail = n;
+    else fail_at = n;
     exit(child_run(s->dir));
   }
 }
@@ -220,10 +239,12 @@ static int slot_judge (struct slot *s, int wstatus, size_t *total) {
     snprintf(verdict, sizeof verdict, "hung (killed after %d s)", timeout_s);
   else snprintf(verdict, sizeof verdict, "crashed (%s)", strsignal(WTERMSIG(wstatus)));
   if (s->n == 0)
-    printf("%sok - fault: the clean run %s\n", ok ? "" : "not ", verdict);
+    printf("%sok - fault%s: the clean run %s\n", ok ? "" : "not ",
+           cheap ? " (C heap)" : "", verdict);
   else
-    printf("%sok %zu - fault: allocation %zu failing: the run %s\n",
-           ok ? "" : "not ", s->n, s->n, verdict);
+    printf("%sok %zu - fault: %sallocation %zu failing: the run %s\n",
+           ok ? "" : "not ", s->n, cheap ? "braid's C-heap " : "", s->n,
+           verdict);
   rewind(s->out);
   while (fgets(line, sizeof line, s->out)) {
     if (total && strncmp(line, "allocations: ", 13) == 0)
@@ -231,8 +252,8 @@ static int slot_judge (struct slot *s, int wstatus, size_t *total) {
     if (!ok || verbose) printf("#   %s", line);
   }
   if (!ok && s->n > 0)
-    printf("#   reproduce: build/fault_test --only %zu --relief %zu\n", s->n,
-           relief);
+    printf("#   reproduce: build/fault_test --only %zu --relief %zu%s\n", s->n,
+           relief, cheap ? " --c-heap" : "");
   fclose(s->out);
   rm_dir(s->dir);
   fflush(stdout);
@@ -248,6 +269,7 @@ int main (int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : "0";
     if (strcmp(a, "--verbose") == 0) { verbose = 1; continue; }
     if (strcmp(a, "--direct") == 0) { direct = 1; continue; }
+    if (strcmp(a, "--c-heap") == 0) { cheap = 1; continue; }
     if (strcmp(a, "--only") == 0) from = to = strtoull(v, NULL, 10);
     else if (strcmp(a, "--from") == 0) from = strtoull(v, NULL, 10);
     else if (strcmp(a, "--to") == 0) to = strtoull(v, NULL, 10);
@@ -259,7 +281,7 @@ int main (int argc, char **argv) {
     else {
       fprintf(stderr, "usage: fault_test [--only N] [--from A] [--to B] "
               "[--step K] [--samples M] [--jobs J] [--timeout S] "
-              "[--relief BYTES] [--verbose] [--direct]\n");
+              "[--relief BYTES] [--verbose] [--c-heap] [--direct]\n");
       return 2;
     }
     i++;
@@ -272,7 +294,8 @@ int main (int argc, char **argv) {
   if (direct) {   /* --only N --direct: in this process, for a debugger */
     char dir[] = "/tmp/braid-fault-XXXXXX";
     if (mkdtemp(dir) == NULL) return 1;
-    fail_at = from;
+    if (cheap) braid__cheap_fail = from;
+    else fail_at = from;
     status = child_run(dir);
     rm_dir(dir);
     return status;
@@ -281,7 +304,8 @@ int main (int argc, char **argv) {
   slot_start(&clean, 0);
   waitpid(clean.pid, &status, 0);
   if (!slot_judge(&clean, status, &total) || total == 0) return 1;
-  printf("# the clean run makes %zu allocations\n", total);
+  printf("# the clean run makes %zu %sallocations\n", total,
+         cheap ? "C-heap " : "");
   if (to == 0 || to > total) to = total;
   if (samples > 0 && (to - from + 1) / samples > step)
     step = (to - from + 1) / samples;

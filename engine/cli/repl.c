@@ -28,7 +28,9 @@
 
 extern const char braid__repl_source[];
 
-enum { READ_NONE, READ_LINE, READ_EOF, READ_INTR };
+/* READ_NOMEM: a buffer for the input could not grow; the read raises
+** kind "memory" in the session's task. */
+enum { READ_NONE, READ_LINE, READ_EOF, READ_INTR, READ_NOMEM };
 
 static struct repl {
   braid_engine_t *E;
@@ -69,14 +71,19 @@ static void line_cb (char *line) {
   R.result = line ? READ_LINE : READ_EOF;
 }
 
-/* Plain mode: takes one line out of the accumulator, if it holds one. */
+/* Plain mode: takes one line out of the accumulator, if it holds one
+** (R.result READ_LINE); returns 0 when it holds none. With no memory for
+** the line, the line stays where it is and R.result is READ_NOMEM. */
 static int acc_take (void) {
   char *nl = R.acc_n ? memchr(R.acc, '\n', R.acc_n) : NULL;
   size_t n;
   if (nl == NULL) return 0;
   n = (size_t) (nl - R.acc);
-  R.line = malloc(n + 1);
-  if (R.line == NULL) abort();
+  R.line = braid__malloc(n + 1);
+  if (R.line == NULL) {
+    R.result = READ_NOMEM;
+    return 1;
+  }
   memcpy(R.line, R.acc, n);
   R.line[n] = '\0';
   if (n > 0 && R.line[n - 1] == '\r') R.line[n - 1] = '\0';
@@ -87,23 +94,26 @@ static int acc_take (void) {
 }
 
 /* Plain mode: reads what fd 0 has; returns READ_NONE while no line is
-** complete. At the end of input, a last unterminated line still counts. */
+** complete. At the end of input, a last unterminated line still counts.
+** READ_NOMEM when the buffer could not grow (what it holds stays). */
 static int acc_fill (void) {
   ssize_t n;
   if (R.acc_cap - R.acc_n < 4096) {
-    R.acc_cap = R.acc_cap * 2 + 4096;
-    R.acc = realloc(R.acc, R.acc_cap);
-    if (R.acc == NULL) abort();
+    size_t cap = R.acc_cap * 2 + 4096;
+    char *acc = braid__realloc(R.acc, cap);
+    if (acc == NULL) return READ_NOMEM;
+    R.acc = acc;
+    R.acc_cap = cap;
   }
   n = read(0, R.acc + R.acc_n, R.acc_cap - R.acc_n);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return READ_NONE;
   if (n > 0) {
     R.acc_n += (size_t) n;
-    return acc_take() ? READ_LINE : READ_NONE;
+    return acc_take() ? R.result : READ_NONE;
   }
   if (R.acc_n > 0) {
     R.acc[R.acc_n++] = '\n';
-    return acc_take() ? READ_LINE : READ_EOF;
+    return acc_take() ? R.result : READ_EOF;
   }
   return READ_EOF;
 }
@@ -131,9 +141,14 @@ static void read_cancel (braid_op_t *op) {
 }
 
 /* Pushes the line read (a string), nil at the end of input, or false when
-** Ctrl-C discarded the input. Frees the line. */
+** Ctrl-C discarded the input. Frees the line. Raises kind "memory" when
+** the input could not be buffered. */
 static int read_push (lua_State *L) {
   switch (R.result) {
+    case READ_NOMEM:
+      R.result = READ_NONE;
+      return braid_error(L, "memory", NULL, "repl.readline: not enough "
+                         "memory for the input");
     case READ_LINE:
       lua_pushstring(L, R.line);
       free(R.line);
@@ -293,7 +308,7 @@ static int l_repl_set_entry (lua_State *L) {
   R.entry = NULL;
   braid__session_entry(R.E, NULL);
   if (!lua_isnoneornil(L, 1)) {
-    braid_task_t *t = braid__task_check(L, 1);
+    braid_task_t *t = braid__task_check(L, 1, "repl.set_entry");
     lua_settop(L, 1);
     R.entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     R.entry = t;
@@ -356,7 +371,7 @@ static int l_repl_open (lua_State *L) {
     stifle_history(1000);
     if (home && *home) {
       size_t n = strlen(home) + sizeof "/.braid_history";
-      R.histfile = malloc(n);
+      R.histfile = braid__malloc(n);   /* none: no history file */
       if (R.histfile) {
         snprintf(R.histfile, n, "%s/.braid_history", home);
         read_history(R.histfile);

@@ -53,6 +53,49 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
   lua_remove(L, -2);
 }
 
+/* The name of the type of the value at idx as Lua's own messages give it:
+** an object's __name ("braid.Channel") where it has one. [-0, +1, m] */
+static const char *type_name (lua_State *L, int idx) {
+  if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  if (lua_type(L, idx) == LUA_TLIGHTUSERDATA)
+    return lua_pushliteral(L, "light userdata");
+  return lua_pushstring(L, luaL_typename(L, idx));
+}
+
+/* "bad argument #idx to 'fname' (expected expected, got <type>)", as a
+** usage error. */
+static int type_error (lua_State *L, int idx, const char *fname,
+                       const char *expected) {
+  const char *got = type_name(L, idx);
+  return braid_argerror(L, idx, fname,
+                        lua_pushfstring(L, "%s expected, got %s", expected,
+                                        got));
+}
+
+void *braid__check_object (lua_State *L, int idx, const char *tname,
+                           const char *fname) {
+  void *p = luaL_testudata(L, idx, tname);
+  if (p == NULL) type_error(L, idx, fname, tname);
+  return p;
+}
+
+void braid__check_type (lua_State *L, int idx, int type, const char *fname) {
+  if (lua_type(L, idx) != type)
+    type_error(L, idx, fname, lua_typename(L, type));
+}
+
+lua_Integer braid__check_integer (lua_State *L, int idx, const char *fname) {
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, idx, &isnum);
+  if (!isnum) {
+    if (lua_isnumber(L, idx))
+      braid_argerror(L, idx, fname, "number has no integer representation");
+    type_error(L, idx, fname, "number");
+  }
+  return v;
+}
+
 /* Checks the optional options table at idx against `allowed`. */
 void braid__check_options (lua_State *L, int idx, const char *fname,
                            const char *const *allowed) {

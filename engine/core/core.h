@@ -113,7 +113,7 @@ void braid__scope_left(struct braid_scope *s);
 void braid__scope_deadline(struct braid_scope *s, uint64_t ns);
 void *braid__scope_new(lua_State *L, size_t size);
 void braid__scope_enter(struct braid_task *t, struct braid_scope *s, int kind);
-int braid__scope_timers(struct braid_scope *s);
+int braid__scope_deadline_ready(braid_engine_t *E, struct braid_scope *s);
 int braid__scope_join(lua_State *L, struct braid_scope *s, lua_KFunction k);
 int braid__scope_body(lua_State *L, struct braid_scope *s, int base,
                       int nargs);
@@ -182,6 +182,7 @@ void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
 void braid__error_suppress(lua_State *L, int first, int idx);
 int braid__error_msgh(lua_State *L);
 void braid__error_forget(lua_State *L);
+void braid__error_init(lua_State *L);
 
 /* ---- the engine ---- */
 
@@ -249,7 +250,11 @@ void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
                            size_t nsize);
 void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__budget_set(braid_engine_t *E, lua_State *co);
-void braid__engine_fatal(braid_engine_t *E);
+void braid__engine_fatal(braid_engine_t *E, const char *why);
+/* braid's own C heap where failing is not an option (memory.c): spend
+** the reserve and try again; with none left, fatal. Never NULL. */
+void *braid__calloc_must(braid_engine_t *E, size_t n, size_t size);
+void *braid__realloc_must(braid_engine_t *E, void *p, size_t n);
 void braid__dump_signal(braid_engine_t *E);
 /* The task a deadlock or the scheduler running out of memory fails: the
 ** REPL's running entry, else the root. */

@@ -45,7 +45,7 @@ static int l_engine_gc (lua_State *L) {
 /* A zeroed engine with one reference (the Lua state's); NULL when out of
 ** memory. */
 braid_engine_t *braid__engine_new (void) {
-  braid_engine_t *E = (braid_engine_t *) calloc(1, sizeof *E);
+  braid_engine_t *E = (braid_engine_t *) braid__calloc(1, sizeof *E);
   if (E == NULL) return NULL;
   E->refs = 1;
   E->grace = 5.0;
@@ -130,12 +130,14 @@ void braid__engine_box (lua_State *L, braid_engine_t *E) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
 }
 
-/* A Lua error escaped the scheduler: out of memory again after the
-** reserve was spent (memory.c). The engine cannot keep its promises any
-** more, so it says so and stops. */
-void braid__engine_fatal (braid_engine_t *E) {
+/* A Lua error escaped the scheduler (why NULL: it is on S's top), or
+** braid's own C heap ran out where it cannot do without (why says so):
+** out of memory again after the reserve was spent (memory.c). The engine
+** cannot keep its promises any more, so it says so and stops. */
+void braid__engine_fatal (braid_engine_t *E, const char *why) {
+  if (why == NULL) why = lua_tostring(E->S, -1);
   fprintf(stderr, "braid: fatal error in the scheduler: %s%s\n",
-          lua_tostring(E->S, -1) ? lua_tostring(E->S, -1) : "(not a string)",
+          why ? why : "(not a string)",
           E->reserve ? "" : " (its memory reserve was already spent)");
   abort();
 }
@@ -146,7 +148,7 @@ void braid__engine_call (braid_engine_t *E, lua_CFunction f, void *ud) {
   lua_State *S = E->S;
   lua_pushcfunction(S, f);
   lua_pushlightuserdata(S, ud);
-  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E);
+  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E, NULL);
 }
 
 void braid__unref (braid_engine_t *E, int ref) {
@@ -245,9 +247,11 @@ static int l_engine_box (lua_State *L) {
 
 void braid__open_core (lua_State *L) {
   braid_engine_t *E;
+  braid__error_init(L);   /* first: what follows raises braid.Errors */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key) == LUA_TNIL) {
     if ((E = braid__engine_new()) == NULL)
-      luaL_error(L, "not enough memory");
+      braid_error(L, "memory", NULL, "require \"braid\": not enough "
+                  "memory");
     lua_pushcfunction(L, l_engine_box);
     lua_pushlightuserdata(L, E);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {   /* not boxed: ours to free */

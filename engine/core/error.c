@@ -74,6 +74,13 @@ int braid_argerror (lua_State *L, int arg, const char *fname,
                             extramsg);
 }
 
+int braid__error_uv (lua_State *L, int rc, const char *fname) {
+  if (rc == UV_ENOMEM)
+    return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
+                     uv_strerror(rc));
+}
+
 /* The kind of the braid.Error at idx, or NULL for any other value. */
 const char *braid_error_kind (lua_State *L, int idx) {
   const char *kind = NULL;
@@ -384,13 +391,16 @@ static int l_error_tostring (lua_State *L) {
 /* braid.Error { kind = ..., message = ..., ... }: wraps a table as a
 ** braid.Error, for the Lua-side library and for scripts. */
 static int l_error_new (lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  braid__check_type(L, 1, LUA_TTABLE, "braid.Error.new");
   lua_settop(L, 1);
   luaL_setmetatable(L, ERROR_MT);
   return 1;
 }
 
-void braid__open_error (lua_State *L) {
+/* Makes the braid.Error metatable, unless it exists: the core does it
+** first, so that every error it raises from then on is a braid.Error.
+** [-0, +0, m] */
+void braid__error_init (lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, l_error_tostring);
     lua_setfield(L, -2, "__tostring");
@@ -399,5 +409,11 @@ void braid__open_error (lua_State *L) {
     lua_pushcfunction(L, l_error_new);
     lua_setfield(L, -2, "new");
   }
+  lua_pop(L, 1);
+}
+
+void braid__open_error (lua_State *L) {
+  braid__error_init(L);
+  luaL_getmetatable(L, ERROR_MT);
   lua_setfield(L, -2, "Error");
 }

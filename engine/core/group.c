@@ -317,8 +317,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   for (i = 0; !map && i < n; i++) {
     if (luaL_testudata(L, first + i, "braid.Task")) {
       if (lua_touserdata(L, first + i) == (void *) t)
-        braid_usageerror(L, "braid.%s: a task cannot wait for itself",
-                           fname);
+        braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
       braid_argerror(L, first + i, fname, "function or task expected");
     }
@@ -362,9 +361,9 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   for (i = 1; !map && i <= n; i++)
     g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timeout >= 0 && braid__scope_timers(&g->scope) != 0) {
+  if (timeout >= 0 && braid__scope_deadline_ready(t->E, &g->scope) != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->list_ref);
-    braid_error(L, "memory", NULL, "braid.%s: not enough memory", fname);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
   g->scope.release = group_release;
@@ -396,33 +395,33 @@ static int trailing_options (lua_State *L, int *n) {
 /* braid.gather(f1, f2, ..., [opts]) -> r1, r2, ... */
 static int l_group_gather (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_GATHER, 1, n, opts, 0, "gather");
+  return group_run(L, GROUP_GATHER, 1, n, opts, 0, "braid.gather");
 }
 
 /* braid.race(f1, f2, ..., [opts]) -> ...: the first member to end decides. */
 static int l_group_race (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_RACE, 1, n, opts, 0, "race");
+  return group_run(L, GROUP_RACE, 1, n, opts, 0, "braid.race");
 }
 
 /* braid.any(f1, f2, ..., [opts]) -> ...: the first member to succeed. */
 static int l_group_any (lua_State *L) {
   int n, opts = trailing_options(L, &n);
-  return group_run(L, GROUP_ANY, 1, n, opts, 0, "any");
+  return group_run(L, GROUP_ANY, 1, n, opts, 0, "braid.any");
 }
 
 /* braid.map(list, fn, [opts]) -> results: fn(item, i) for every item. */
 static int l_group_map (lua_State *L) {
   lua_Integer n;
-  luaL_checktype(L, 1, LUA_TTABLE);
+  braid__check_type(L, 1, LUA_TTABLE, "braid.map");
   if (!braid__is_callable(L, 2))
-    braid_argerror(L, 2, "map", "function expected");
+    braid_argerror(L, 2, "braid.map", "function expected");
   lua_settop(L, 3);
   n = luaL_len(L, 1);
   if (n < 0 || n > INT_MAX)
-    braid_argerror(L, 1, "map", "list expected (its length is out of range)");
+    braid_argerror(L, 1, "braid.map", "list expected (its length is out of range)");
   return group_run(L, GROUP_GATHER, 0, (int) n, lua_isnil(L, 3) ? 0 : 3, 1,
-                   "map");
+                   "braid.map");
 }
 
 void braid__open_group (lua_State *L) {

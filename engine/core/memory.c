@@ -51,16 +51,73 @@ void braid__reserve_free (braid_engine_t *E) {
   E->reserve = NULL;
 }
 
+/* Spends the reserve: the next drain fails the run with a "memory"
+** error. Returns 0 when there was none left to spend. */
+static int reserve_give (braid_engine_t *E) {
+  if (E->reserve == NULL) return 0;
+  braid__reserve_free(E);
+  E->oom = 1;
+  if (E->attached) braid__task_kick(E);   /* the safe point comes soon */
+  return 1;
+}
+
 /* An allocation failed: outside a task (and outside braid_run_string's
 ** load, which reports it), spend the reserve and try once more. Returns
 ** the block or NULL (Lua then raises). */
 void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
                             size_t nsize) {
-  if (E->current || E->loading || E->reserve == NULL) return NULL;
-  braid__reserve_free(E);
-  E->oom = 1;
-  if (E->attached) braid__task_kick(E);   /* the safe point comes soon */
+  if (E->current || E->loading || !reserve_give(E)) return NULL;
   return reserve_alloc(E, ptr, osize, nsize);
+}
+
+/* ---- braid's own C heap ----
+** Everything braid mallocs for itself (timers, file and lookup requests,
+** signal waiters, the REPL's input) goes through these, so that a failure
+** can be injected (tests/fault_test.c --c-heap N fails the Nth) and each
+** path is seen to end in a "memory" error. How a failure is reported
+** depends on where it happens:
+** - in a call the task made (the function's own checks, an op's start):
+**   raise braid_error(L, "memory", NULL, "<function>: not enough memory");
+** - in a callback working for an op: the op ends with UV_ENOMEM and its
+**   continuation raises that error, in the task;
+** - where nothing can be raised and nothing owns the failure (a scope's
+**   grace timer, from a cancel that may come from any callback): the
+**   *_must forms spend the memory reserve and try again, so the run fails
+**   with the reserve's "memory" error at the next safe point; with the
+**   reserve already spent braid stops (braid__engine_fatal), as when Lua
+**   runs out in the scheduler twice. */
+
+size_t braid__cheap_count, braid__cheap_fail;
+
+/* Counts the allocation; the one tests chose fails. */
+static int cheap_fails (void) {
+  return ++braid__cheap_count == braid__cheap_fail;
+}
+
+void *braid__malloc (size_t n) {
+  return cheap_fails() ? NULL : malloc(n);
+}
+
+void *braid__calloc (size_t n, size_t size) {
+  return cheap_fails() ? NULL : calloc(n, size);
+}
+
+void *braid__realloc (void *p, size_t n) {
+  return cheap_fails() ? NULL : realloc(p, n);
+}
+
+void *braid__calloc_must (braid_engine_t *E, size_t n, size_t size) {
+  void *p = braid__calloc(n, size);
+  if (p == NULL && reserve_give(E)) p = braid__calloc(n, size);
+  if (p == NULL) braid__engine_fatal(E, "not enough memory");
+  return p;
+}
+
+void *braid__realloc_must (braid_engine_t *E, void *p, size_t n) {
+  void *q = braid__realloc(p, n);
+  if (q == NULL && reserve_give(E)) q = braid__realloc(p, n);
+  if (q == NULL) braid__engine_fatal(E, "not enough memory");
+  return q;
 }
 
 /* The state's allocator during braid.run: the script's own, with the

@@ -42,6 +42,17 @@ void braid__list_remove(struct braid_list *node);
 void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
                   const luaL_Reg *methods, lua_CFunction index);
 
+/* Argument checks naming the function as the script wrote it (fname:
+** "braid.fs.read_file", "channel:send"; a method's self is argument #1),
+** raising Lua's familiar "bad argument #idx to 'fname' (... expected, got
+** ...)" as a usage error. braid__check_object returns the userdata at idx
+** when its metatable is `tname` ("braid.Channel"); braid__check_integer
+** accepts what lua_tointegerx does. */
+void *braid__check_object(lua_State *L, int idx, const char *tname,
+                          const char *fname);
+void braid__check_type(lua_State *L, int idx, int type, const char *fname);
+lua_Integer braid__check_integer(lua_State *L, int idx, const char *fname);
+
 /* Raises a usage error unless the value at idx is nil, none or a plain
 ** table whose keys are all in `allowed` (NULL-terminated). */
 void braid__check_options(lua_State *L, int idx, const char *fname,
@@ -73,6 +84,28 @@ void braid__unref(braid_engine_t *E, int ref);
 ** braid_check_seconds: NaN and negatives are 0, ~570 years or more
 ** BRAID_NEVER (a plain cast overflows). */
 uint64_t braid__ns(double seconds);
+
+/* ---- out of memory ---- */
+
+/* braid's own C heap: malloc, calloc and realloc, counted so that tests
+** can make the Nth fail (tests/fault_test.c --c-heap). A failure is
+** reported as a braid.Error of kind "memory" naming the function
+** ("braid.fs.read_file: not enough memory"): raised at once in the
+** calling task, or, from a callback, handed to the op (which ends with
+** UV_ENOMEM) so that its continuation raises it (memory.c). */
+void *braid__malloc(size_t n);
+void *braid__calloc(size_t n, size_t size);
+void *braid__realloc(void *p, size_t n);
+extern size_t braid__cheap_count, braid__cheap_fail;
+
+/* Raises the error for libuv code rc from the function fname: kind
+** "memory" ("fname: not enough memory") for UV_ENOMEM, else kind "io"
+** with the code ("fname: <libuv's message>"). [-0, +0, v] */
+int braid__error_uv(lua_State *L, int rc, const char *fname);
+
+/* Makes room in the timer heap for one more timer, so that arming it
+** next cannot fail: 0, or UV_ENOMEM (raise it, naming the function). */
+int braid__timer_reserve(braid_engine_t *E);
 
 /* ---- tasks and scopes, opaque ---- */
 
@@ -107,8 +140,8 @@ void braid__task_watch(braid_task_t *t, struct braid_watch *w);
 ** NULL); nothing when it has ended or was cancelled. */
 void braid__task_cancel(braid_task_t *t, lua_State *L, int reason);
 
-/* The task object at idx, or a "bad argument" error. */
-braid_task_t *braid__task_check(lua_State *L, int idx);
+/* The task object at idx, or a "bad argument" error naming fname. */
+braid_task_t *braid__task_check(lua_State *L, int idx, const char *fname);
 
 /* Pushes the object of a live task. [-0, +1, -] */
 void braid__task_push(lua_State *L, braid_task_t *t);

@@ -76,19 +76,19 @@ static int l_run_run (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
   int status, rc;
   if (!braid__is_callable(L, 1))
-    braid_argerror(L, 1, "run", "function expected");
-  braid__check_options(L, 2, "run", run_options);
+    braid_argerror(L, 1, "braid.run", "function expected");
+  braid__check_options(L, 2, "braid.run", run_options);
   if (E->running)
     braid_usageerror(L, "braid.run: braid is already running (inside a "
                        "task, use braid.spawn, braid.scope or task:await)");
   E->virtual_clock = 0;
-  E->grace = braid__opt_number(L, 2, "grace", 5.0, "run");
+  E->grace = braid__opt_number(L, 2, "grace", 5.0, "braid.run");
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "clock");
     if (!lua_isnil(L, -1)) {
       const char *c = lua_tostring(L, -1);
       if (c == NULL || (strcmp(c, "real") != 0 && strcmp(c, "virtual") != 0))
-        braid_usageerror(L, "bad option 'clock' to 'run' (\"real\" or "
+        braid_usageerror(L, "bad option 'clock' to 'braid.run' (\"real\" or "
                            "\"virtual\" expected)");
       E->virtual_clock = strcmp(c, "virtual") == 0;
     }
@@ -99,7 +99,8 @@ static int l_run_run (lua_State *L) {
     lua_getfield(L, 2, "seed");
     if (!lua_isnil(L, -1)) {
       if (!lua_isinteger(L, -1))
-        braid_usageerror(L, "bad option 'seed' to 'run' (integer expected)");
+        braid_usageerror(L, "bad option 'seed' to 'braid.run' (integer "
+                         "expected)");
       lua_getglobal(L, "math");
       if (lua_istable(L, -1) && lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {
         lua_pushvalue(L, -3);
@@ -113,14 +114,12 @@ static int l_run_run (lua_State *L) {
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
   if ((rc = uv_loop_init(&E->own_loop)) != 0) {
     braid__run_alloc_end(L, E);
-    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
-                       uv_strerror(rc));
+    braid__error_uv(L, rc, "braid.run");
   }
   if ((rc = braid__engine_attach(E, &E->own_loop, 1)) != 0) {
     engine_close_loop(E);
     braid__run_alloc_end(L, E);
-    braid_error(L, "io", uv_err_name(rc), "braid.run: %s",
-                       uv_strerror(rc));
+    braid__error_uv(L, rc, "braid.run");
   }
   E->vnow = 0;
   E->io_ops = E->noyield = 0;

@@ -12,7 +12,6 @@
 ** - The drain resumes at most DRAIN_BUDGET tasks, then lets the loop poll,
 **   so I/O and timers get their turn.
 */
-#include <string.h>
 #include "core.h"
 
 #define DRAIN_BUDGET 20000
@@ -64,25 +63,26 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   t->wake = WAKE_NONE;
 }
 
+/* fname is the function as the script wrote it ("braid.sleep",
+** "channel:send", an embedder's "app.get"): messages use it as given. */
 struct braid_task *braid__task_current (lua_State *L, const char *fname) {
   braid_engine_t *E = braid_engine(L);
-  if (E->current == NULL)   /* an embedder's "app.f" is not braid's */
-    braid_usageerror(L, "%s%s: not inside a braid task (run the code "
+  if (E->current == NULL)
+    braid_usageerror(L, "%s: not inside a braid task (run the code "
                        "with braid.run, or in a task started by braid.spawn)",
-                       strchr(fname, '.') ? "" : "braid.", fname);
+                       fname);
   return E->current;
 }
 
 void braid__task_checkyield (lua_State *L, struct braid_task *t,
                              const char *fname) {
   if (t->abandoned)
-    braid_usageerror(L, "braid.%s: the task is being abandoned after its "
+    braid_usageerror(L, "%s: the task is being abandoned after its "
                        "grace period; cleanup can no longer wait", fname);
   if (!lua_isyieldable(L) || t->E->noyield)
-    braid_usageerror(L, "%s%s: cannot suspend here: the call is inside "
+    braid_usageerror(L, "%s: cannot suspend here: the call is inside "
                        "a C function or metamethod that cannot yield (such as "
-                       "table.sort, string.gsub, __gc or __tostring)",
-                       strchr(fname, '.') ? "" : "braid.", fname);
+                       "table.sort, string.gsub, __gc or __tostring)", fname);
 }
 
 void braid__task_checkcancel (lua_State *L, struct braid_task *t) {

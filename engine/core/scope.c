@@ -50,25 +50,35 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
   s->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* A scope's timers, allocated when it first needs one; freed on release. */
+/* A scope's timers, allocated when it first needs one; freed on release.
+** A deadline's are taken before the scope is entered
+** (braid__scope_deadline_ready), where running out can be raised in the
+** calling task; a grace period's are made when a scope with members is
+** cancelled, which cannot be refused (any callback may cancel), so they
+** come from braid__calloc_must (memory.c). */
 struct scope_timers {
   struct braid_timer deadline, grace;
   struct braid_scope *s;
 };
 
-/* Gives s its timers now, if it has none: 0, or -1 when out of memory. A
-** scope that will need a deadline gets them before it is entered, where
-** failing can still raise. */
-int braid__scope_timers (struct braid_scope *s) {
+/* Readies s (not entered yet) for a deadline: its timers and a slot in the
+** timer heap, so that arming it cannot fail. 0, or -1 out of memory. */
+int braid__scope_deadline_ready (braid_engine_t *E, struct braid_scope *s) {
   if (s->timers == NULL) {
-    if ((s->timers = calloc(1, sizeof *s->timers)) == NULL) return -1;
+    if ((s->timers = braid__calloc(1, sizeof *s->timers)) == NULL) return -1;
     s->timers->s = s;
   }
-  return 0;
+  if (braid__timer_reserve(E) == 0) return 0;
+  free(s->timers);   /* s is never entered: nothing else will */
+  s->timers = NULL;
+  return -1;
 }
 
 static struct scope_timers *scope_timers (struct braid_scope *s) {
-  if (braid__scope_timers(s) != 0) abort();
+  if (s->timers == NULL) {
+    s->timers = braid__calloc_must(s->E, 1, sizeof *s->timers);
+    s->timers->s = s;
+  }
   return s->timers;
 }
 
@@ -375,15 +385,13 @@ static const char *const scope_options[] = {"grace", NULL};
 /* braid.scope(fn, [opts]) -> ...: runs fn(scope) in the current task; ends
 ** when fn and every task spawned into the scope have ended. */
 static int l_scope_run (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "scope");
+  struct braid_task *t = braid__task_current(L, "braid.scope");
   struct braid_scope *s, **h;
   double grace;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  braid__check_options(L, 2, "scope", scope_options);
-  /* checked before the push: raising after it would leave t->inner
-  ** pointing into a collectable userdata */
-  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "scope");
-  braid__task_checkyield(L, t, "scope");
+  braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
+  braid__check_options(L, 2, "braid.scope", scope_options);
+  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "braid.scope");
+  braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
   h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 3: handle */
@@ -401,25 +409,25 @@ static int l_scope_run (lua_State *L) {
 }
 
 static struct braid_scope *scope_check (lua_State *L, const char *fname) {
-  struct braid_scope **h = luaL_checkudata(L, 1, SCOPE_MT);
+  struct braid_scope **h = braid__check_object(L, 1, SCOPE_MT, fname);
   if (*h == NULL)
-    braid_usageerror(L, "scope:%s: the scope has ended", fname);
+    braid_usageerror(L, "%s: the scope has ended", fname);
   return *h;
 }
 
 /* scope:spawn(fn, ...) -> task, a member of this scope. */
 static int l_scope_spawn (lua_State *L) {
-  struct braid_scope *s = scope_check(L, "spawn");
-  braid__task_current(L, "spawn");
+  struct braid_scope *s = scope_check(L, "scope:spawn");
+  braid__task_current(L, "scope:spawn");
   if (!braid__is_callable(L, 2))
-    braid_argerror(L, 2, "spawn", "function expected");
+    braid_argerror(L, 2, "scope:spawn", "function expected");
   braid__task_spawn(L, s, 2, lua_gettop(L) - 2);
   return 1;
 }
 
 /* scope:cancel([reason]): cancels the body and every member. */
 static int l_scope_cancel (lua_State *L) {
-  struct braid_scope *s = scope_check(L, "cancel");
+  struct braid_scope *s = scope_check(L, "scope:cancel");
   if (!lua_isnoneornil(L, 2)) braid__scope_set_reason(L, s, 2);
   braid__scope_cancel(s, s);
   return 0;
@@ -427,11 +435,11 @@ static int l_scope_cancel (lua_State *L) {
 
 /* braid.shield(fn, ...) -> ...: fn runs with outside cancellation deferred. */
 static int l_scope_shield (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "shield");
+  struct braid_task *t = braid__task_current(L, "braid.shield");
   int nargs = lua_gettop(L) - 1;
   struct braid_scope *s;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  braid__task_checkyield(L, t, "shield");
+  braid__check_type(L, 1, LUA_TFUNCTION, "braid.shield");
+  braid__task_checkyield(L, t, "braid.shield");
   s = braid__scope_new(L, sizeof *s);
   braid__scope_enter(t, s, SCOPE_SHIELD);
   lua_insert(L, 1);                      /* the scope stays at 1 */
@@ -443,15 +451,15 @@ static int l_scope_shield (lua_State *L) {
 /* braid.timeout(seconds, fn, ...) -> ...: fn under a deadline; raises a
 ** "timeout" error when it passes. */
 static int l_scope_timeout (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "timeout");
-  uint64_t ns = braid_check_seconds(L, 1, "timeout");
+  struct braid_task *t = braid__task_current(L, "braid.timeout");
+  uint64_t ns = braid_check_seconds(L, 1, "braid.timeout");
   int nargs = lua_gettop(L) - 2;
   struct braid_scope *s;
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  braid__task_checkyield(L, t, "timeout");
+  braid__check_type(L, 2, LUA_TFUNCTION, "braid.timeout");
+  braid__task_checkyield(L, t, "braid.timeout");
   braid__task_checkcancel(L, t);
   s = braid__scope_new(L, sizeof *s);
-  if (braid__scope_timers(s) != 0)
+  if (braid__scope_deadline_ready(t->E, s) != 0)
     braid_error(L, "memory", NULL, "braid.timeout: not enough memory");
   braid__scope_enter(t, s, SCOPE_TIMEOUT);
   s->timeout_ns = ns;

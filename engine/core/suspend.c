@@ -75,7 +75,9 @@ static int op_k (lua_State *L, int status, lua_KContext ctx) {
   braid__task_resumed(L, t);       /* the cancellation or a no-yield */
   switch (state) {
     case OP_FAILED: return lua_error(L);
-    case OP_NOMEM: lua_pushliteral(L, "not enough memory"); return lua_error(L);
+    case OP_NOMEM:   /* braid_suspend's own messages name the wait */
+      return braid_error(L, "memory", NULL, "%s: not enough memory",
+                         w->what);
     case OP_RESUMED:
       return w->k ? w->k(L, WAIT_OP(w)) : w->nres;
     default: return 0;
@@ -105,8 +107,7 @@ static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
     if (t->wait == w) t->wait = NULL;
     op_settle(w);
     w->state = OP_CANCELLED;
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", what,
-                              uv_strerror(rc));
+    return braid__error_uv(L, rc, what);
   }
   return braid__task_yield(L, t, (lua_KContext) w, op_k);
 }

@@ -26,8 +26,9 @@ const char *const braid__status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
 };
 
-struct braid_task *braid__task_check (lua_State *L, int idx) {
-  return (struct braid_task *) luaL_checkudata(L, idx, TASK_MT);
+struct braid_task *braid__task_check (lua_State *L, int idx,
+                                     const char *fname) {
+  return (struct braid_task *) braid__check_object(L, idx, TASK_MT, fname);
 }
 
 void braid__task_push (lua_State *L, struct braid_task *t) {
@@ -291,14 +292,14 @@ static int await_k (lua_State *L, int status, lua_KContext ctx) {
 
 /* task:await() -> ...: the task's results, or its error raised. */
 static int l_task_await (lua_State *L) {
-  struct braid_task *target = braid__task_check(L, 1);
-  struct braid_task *t = braid__task_current(L, "await");
+  struct braid_task *target = braid__task_check(L, 1, "task:await");
+  struct braid_task *t = braid__task_current(L, "task:await");
   lua_settop(L, 1);
   braid__task_checkcancel(L, t);
   if (TASK_DONE(target)) return braid__task_results(L, 1, 1);
   if (t == target)
     braid_usageerror(L, "task:await: a task cannot await itself");
-  braid__task_checkyield(L, t, "await");
+  braid__task_checkyield(L, t, "task:await");
   braid__task_wait(t, &t->w, await_cancel, "await");
   t->w.target = target;
   t->w.watch.done = await_done;
@@ -308,7 +309,7 @@ static int l_task_await (lua_State *L) {
 
 /* task:cancel([reason]) -> boolean: false when the task had already ended. */
 static int l_task_cancel (lua_State *L) {
-  struct braid_task *t = braid__task_check(L, 1);
+  struct braid_task *t = braid__task_check(L, 1, "task:cancel");
   if (TASK_DONE(t)) {
     lua_pushboolean(L, 0);
     return 1;
@@ -319,19 +320,19 @@ static int l_task_cancel (lua_State *L) {
 }
 
 static int l_task_status (lua_State *L) {
-  struct braid_task *t = braid__task_check(L, 1);
+  struct braid_task *t = braid__task_check(L, 1, "task:status");
   lua_pushstring(L, braid__status_names[t->status]);
   return 1;
 }
 
 static int l_task_done (lua_State *L) {
-  lua_pushboolean(L, TASK_DONE(braid__task_check(L, 1)));
+  lua_pushboolean(L, TASK_DONE(braid__task_check(L, 1, "task:done")));
   return 1;
 }
 
 /* task:result() -> true, ... | false, err, for an ended task. */
 static int l_task_result (lua_State *L) {
-  struct braid_task *t = braid__task_check(L, 1);
+  struct braid_task *t = braid__task_check(L, 1, "task:result");
   int n;
   if (!TASK_DONE(t))
     braid_usageerror(L, "task:result: task %d has not ended (it is %s); "
@@ -356,7 +357,7 @@ static int l_task_index (lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lua_pop(L, 1);
-  t = braid__task_check(L, 1);
+  t = braid__task_check(L, 1, "task");
   k = lua_tostring(L, 2);
   if (k == NULL) lua_pushnil(L);
   else if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
@@ -372,10 +373,13 @@ static int l_task_index (lua_State *L) {
 }
 
 static int l_task_newindex (lua_State *L) {
-  braid__task_check(L, 1);
-  if (strcmp(luaL_checkstring(L, 2), "name") != 0)
+  braid__task_check(L, 1, "task");
+  if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "name"))
     braid_usageerror(L, "task: only 'name' can be set on a task");
-  luaL_checkstring(L, 3);
+  if (!lua_isstring(L, 3))
+    braid_usageerror(L, "task.name: string expected, got %s",
+                     luaL_typename(L, 3));
+  lua_tostring(L, 3);   /* a number becomes its string, as Lua's checks do */
   lua_settop(L, 3);
   lua_setiuservalue(L, 1, 2);
   return 0;
@@ -384,7 +388,7 @@ static int l_task_newindex (lua_State *L) {
 /* <task 3 "name" suspended in sleep 1.2s>: what it waits on, and for how
 ** long, while it waits. */
 static int l_task_tostring (lua_State *L) {
-  struct braid_task *t = braid__task_check(L, 1);
+  struct braid_task *t = braid__task_check(L, 1, "tostring");
   const char *name = braid__task_name(L, t, 1);
   if (t->wait && !TASK_DONE(t) && t->E->running) {
     char secs[32];
@@ -402,10 +406,10 @@ static int l_task_tostring (lua_State *L) {
 /* braid.spawn(fn, ...) -> task, a child of the caller's innermost scope
 ** (a REPL entry's top-level spawns go to the session: braid__spawn_scope). */
 static int l_task_spawn (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "spawn");
+  struct braid_task *t = braid__task_current(L, "braid.spawn");
   struct braid_scope *into = braid__spawn_scope(t);
   if (!braid__is_callable(L, 1))
-    braid_argerror(L, 1, "spawn", "function expected");
+    braid_argerror(L, 1, "braid.spawn", "function expected");
   braid__task_spawn(L, into, 1, lua_gettop(L) - 1);
   return 1;
 }
@@ -448,8 +452,8 @@ static int l_task_current (lua_State *L) {
 /* The continuation of waits that return nothing (sleep, yield, acquire,
 ** event wait): raise the cancellation if that is what woke the task. */
 static int l_task_yield (lua_State *L) {
-  struct braid_task *t = braid__task_current(L, "yield");
-  braid__task_checkyield(L, t, "yield");
+  struct braid_task *t = braid__task_current(L, "braid.yield");
+  braid__task_checkyield(L, t, "braid.yield");
   braid__task_checkcancel(L, t);
   braid__task_wake(t, WAKE_OK);
   return braid__task_yield(L, t, (lua_KContext) t, braid__task_k0);

@@ -11,7 +11,6 @@
 ** clock to the earliest entry instead.
 */
 #include <math.h>
-#include <stdlib.h>
 #include "core.h"
 
 uint64_t braid_now (braid_engine_t *E) {
@@ -149,15 +148,34 @@ int braid__timer_advance (braid_engine_t *E) {
   return 1;
 }
 
+/* The heap's next size (it only grows). */
+static unsigned heap_next_cap (braid_engine_t *E) {
+  return E->heap_cap ? E->heap_cap * 2 : 64;
+}
+
+int braid__timer_reserve (braid_engine_t *E) {
+  struct braid_timer **h;
+  if (E->heap_n < E->heap_cap) return 0;
+  h = braid__realloc(E->heap, heap_next_cap(E) * sizeof *h);
+  if (h == NULL) return UV_ENOMEM;
+  E->heap = h;
+  E->heap_cap = heap_next_cap(E);
+  return 0;
+}
+
+/* Arming cannot fail: braid's own timers that a call arms (a sleep, a
+** deadline) have their slot reserved by the call (braid__timer_reserve,
+** which raises "memory" naming it), and the rest (a grace period from a
+** cancel, from anywhere) cannot be refused, so a heap that cannot grow
+** spends the memory reserve (memory.c: the run then fails with kind
+** "memory"). */
 void braid_timer_start (braid_engine_t *E, struct braid_timer *tm,
                          uint64_t delay_ns, void (*cb)(struct braid_timer *)) {
   uint64_t now = braid_now(E);
   if (tm->idx || tm->in_late) braid_timer_stop(E, tm);
   if (E->heap_n == E->heap_cap) {
-    unsigned cap = E->heap_cap ? E->heap_cap * 2 : 64;
-    struct braid_timer **h = realloc(E->heap, cap * sizeof *h);
-    if (h == NULL) abort();   /* the heap only grows; Lua state is intact */
-    E->heap = h;
+    unsigned cap = heap_next_cap(E);
+    E->heap = braid__realloc_must(E, E->heap, cap * sizeof *E->heap);
     E->heap_cap = cap;
   }
   tm->due = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;

@@ -57,7 +57,7 @@ struct dns_args {
 static int dns_start (braid_op_t *op, void *ud) {
   const struct dns_args *a = (const struct dns_args *) ud;
   struct dns_call *c = (struct dns_call *) braid_op_data(op);
-  struct dns_op *d = (struct dns_op *) calloc(1, sizeof *d);
+  struct dns_op *d = (struct dns_op *) braid__calloc(1, sizeof *d);
   struct addrinfo hints;
   int rc = UV_ENOMEM;
   if (d != NULL) {
@@ -119,9 +119,14 @@ static void dns_push_addresses (lua_State *L, struct addrinfo *res) {
   lua_remove(L, -2);
 }
 
-/* Raises kind "io" with the code and the host (at 1) in `host`. */
+/* Raises kind "io" with the code, or kind "memory" when memory ran out
+** (braid's, libuv's or the resolver's), with the host (at 1) in `host`. */
 static int dns_raise (lua_State *L, int rc) {
-  braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
+  if (rc == UV_ENOMEM || rc == UV_EAI_MEMORY)
+    braid_pusherror(L, "memory", NULL, "braid.dns.resolve: not enough "
+                    "memory");
+  else
+    braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
                     lua_tostring(L, 1), uv_strerror(rc));
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "host");
@@ -156,12 +161,12 @@ static int dns_k (lua_State *L, braid_op_t *op) {
 static int l_dns_resolve (lua_State *L) {
   struct dns_args a;
   size_t len;
-  a.loop = braid_loop(braid_check_task(L, "dns.resolve"));   /* first */
-  if (lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "dns.resolve", "string expected");
+  a.loop = braid_loop(braid_check_task(L, "braid.dns.resolve"));  /* first */
+  braid__check_type(L, 1, LUA_TSTRING, "braid.dns.resolve");
   a.host = lua_tolstring(L, 1, &len);
   if (strlen(a.host) != len || len == 0)
-    braid_argerror(L, 1, "dns.resolve", "host name expected");
+    braid_argerror(L, 1, "braid.dns.resolve", "host name expected");
+  braid_check_suspend(L, "braid.dns.resolve");
   lua_settop(L, 1);
   return braid_suspendk(L, "dns.resolve", sizeof(struct dns_call), dns_start,
                         dns_cancel, &a, dns_k);

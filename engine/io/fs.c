@@ -43,9 +43,17 @@
 enum { OP_READ, OP_WRITE, OP_APPEND, OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE,
        OP_RENAME };
 
+/* What each call waits on (braid.dump, deadlock reports)... */
 static const char *const op_names[] = {
   "read_file", "write_file", "append_file", "stat", "list", "mkdir",
   "remove", "rename"
+};
+
+/* ...and the function, as the script wrote it, that messages name. */
+static const char *const fnames[] = {
+  "braid.fs.read_file", "braid.fs.write_file", "braid.fs.append_file",
+  "braid.fs.stat", "braid.fs.list", "braid.fs.mkdir", "braid.fs.remove",
+  "braid.fs.rename"
 };
 
 struct fs_op {
@@ -91,7 +99,7 @@ static int fs_read_next (struct fs_op *fo) {
   size_t n;
   if (fo->cap - fo->len < CHUNK_MIN) {
     size_t cap = fo->cap ? fo->cap * 2 : CHUNK_MIN;
-    char *p = realloc(fo->buf, cap);
+    char *p = braid__realloc(fo->buf, cap);   /* fs_cb: the op fails */
     if (p == NULL) return UV_ENOMEM;
     fo->buf = p;
     fo->cap = cap;
@@ -206,7 +214,7 @@ static void fs_cb (uv_fs_t *req) {
 static int fs_start (braid_op_t *op, void *ud) {
   const struct fs_args *a = (const struct fs_args *) ud;
   struct fs_call *c = (struct fs_call *) braid_op_data(op);
-  struct fs_op *fo = (struct fs_op *) calloc(1, sizeof *fo);
+  struct fs_op *fo = (struct fs_op *) braid__calloc(1, sizeof *fo);
   int rc = UV_ENOMEM;
   c->kind = a->kind;
   c->unlink_err = a->unlink_err;
@@ -219,7 +227,8 @@ static int fs_start (braid_op_t *op, void *ud) {
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_RDONLY, 0, fs_cb);
       break;
     case OP_WRITE: case OP_APPEND:
-      if ((fo->buf = (char *) malloc(a->len ? a->len : 1)) == NULL) break;
+      fo->buf = (char *) braid__malloc(a->len ? a->len : 1);
+      if (fo->buf == NULL) break;   /* rc is UV_ENOMEM */
       memcpy(fo->buf, a->data, a->len);
       fo->len = fo->cap = a->len;
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_WRONLY | O_CREAT |
@@ -271,23 +280,26 @@ static void fs_cancel (braid_op_t *op) {
 static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
   size_t len;
   const char *p;
-  if (lua_type(L, arg) != LUA_TSTRING)   /* numbers are no paths */
-    braid_argerror(L, arg, fname, "string expected");
+  braid__check_type(L, arg, LUA_TSTRING, fname);   /* numbers are no paths */
   p = lua_tolstring(L, arg, &len);
   if (strlen(p) != len)
     braid_argerror(L, arg, fname, "path contains a zero byte");
   return p;
 }
 
-/* Raises the io error for a failed operation on `path` (with `to` for a
-** rename): kind "io", code the libuv error name, and a `path` field. */
+/* Raises the error for a failed operation on `path` (with `to` for a
+** rename), with a `path` field: kind "io" with code the libuv error name,
+** or, when memory ran out (braid's buffers, or the system's), kind
+** "memory" as everywhere. */
 static int fs_raise (lua_State *L, const char *fname, int err,
                      const char *path, const char *to) {
-  if (to)
-    braid_pusherror(L, "io", uv_err_name(err), "braid.fs.%s %s -> %s: %s",
+  if (err == UV_ENOMEM)
+    braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
+  else if (to)
+    braid_pusherror(L, "io", uv_err_name(err), "%s %s -> %s: %s",
                       fname, path, to, uv_strerror(err));
   else
-    braid_pusherror(L, "io", uv_err_name(err), "braid.fs.%s %s: %s", fname,
+    braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
                       path, uv_strerror(err));
   lua_pushstring(L, path);
   lua_setfield(L, -2, "path");
@@ -382,7 +394,7 @@ static int fs_k (lua_State *L, braid_op_t *op) {
   if (err == UV_ENOTDIR && c->unlink_err) err = c->unlink_err;
   if (err < 0) {
     if (fo) fs_op_free(fo);   /* now: a failed read may hold a large buffer */
-    return fs_raise(L, op_names[kind], err, lua_tostring(L, 1),
+    return fs_raise(L, fnames[kind], err, lua_tostring(L, 1),
                     kind == OP_RENAME ? lua_tostring(L, 2) : NULL);
   }
   if (kind != OP_READ && kind != OP_STAT && kind != OP_LIST) {
@@ -401,13 +413,14 @@ static int fs_k (lua_State *L, braid_op_t *op) {
 static int fs_suspend (lua_State *L, struct fs_args *a) {
   a->path = lua_tostring(L, 1);
   if (a->kind == OP_RENAME) a->to = lua_tostring(L, 2);
+  braid_check_suspend(L, fnames[a->kind]);   /* named, before the start */
   return braid_suspendk(L, op_names[a->kind], sizeof(struct fs_call),
                         fs_start, fs_cancel, a, fs_k);
 }
 
 /* Checks the task and the path(s) in that order, as every call does. */
 static void fs_begin (lua_State *L, struct fs_args *a, int kind) {
-  const char *fname = op_names[kind];
+  const char *fname = fnames[kind];
   memset(a, 0, sizeof *a);
   a->kind = kind;
   a->loop = braid_loop(braid_check_task(L, fname));
@@ -426,8 +439,7 @@ static int l_fs_read_file (lua_State *L) {
 static int fs_write (lua_State *L, int kind) {
   struct fs_args a;
   fs_begin(L, &a, kind);
-  if (lua_type(L, 2) != LUA_TSTRING)
-    braid_argerror(L, 2, op_names[kind], "string expected");
+  braid__check_type(L, 2, LUA_TSTRING, fnames[kind]);
   a.data = lua_tolstring(L, 2, &a.len);
   lua_settop(L, 2);
   return fs_suspend(L, &a);
@@ -464,8 +476,8 @@ static int l_fs_mkdir (lua_State *L) {
   if (lua_isnoneornil(L, 2)) mode = 0777;
   else if (!lua_isinteger(L, 2) || (mode = lua_tointeger(L, 2)) < 0 ||
            mode > 07777)
-    return braid_argerror(L, 2, "mkdir", "mode (an integer from 0 to "
-                                 "0o7777) expected");
+    return braid_argerror(L, 2, "braid.fs.mkdir", "mode (an integer from 0 "
+                          "to 0o7777) expected");
   a.mode = (int) mode;
   lua_settop(L, 1);
   return fs_suspend(L, &a);

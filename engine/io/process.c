@@ -331,7 +331,7 @@ struct proc_box {
 };
 
 static struct braid_proc *proc_check (lua_State *L, const char *fname) {
-  struct proc_box *box = luaL_checkudata(L, 1, PROC_MT);
+  struct proc_box *box = braid__check_object(L, 1, PROC_MT, fname);
   if (box->p == NULL)   /* only a finalizer can still see a collected one */
     braid_error(L, "closed", NULL, "%s: the process object was collected",
                 fname);

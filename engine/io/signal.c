@@ -157,11 +157,9 @@ static void sig_cancel (braid_op_t *op) {
 }
 
 static struct sig_waiter *sig_check (lua_State *L, const char *fname) {
-  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
-                                                                   SIGNAL_MT);
+  struct sig_waiter **box = braid__check_object(L, 1, SIGNAL_MT, fname);
   if (*box == NULL)
-    braid_error(L, "closed", NULL, "braid.signal: %s on a closed "
-                       "waiter", fname);
+    braid_error(L, "closed", NULL, "%s: the waiter is closed", fname);
   return *box;
 }
 
@@ -176,20 +174,20 @@ static const struct sig_name *sig_lookup (const char *name) {
 /* braid.signal(name) -> waiter: starts catching the signal ("SIGUSR1" or
 ** "USR1"); the waiter belongs to the caller's innermost scope. */
 static int l_signal_new (lua_State *L) {
-  braid_engine_t *E = braid_check_task(L, "signal");
-  const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
+  braid_engine_t *E = braid_check_task(L, "braid.signal");
+  const char *name;
   const struct sig_name *sig;
   struct sig_waiter **box, *w;
   int rc;
-  if (name == NULL) return braid_argerror(L, 1, "signal",
-                                                 "string expected");
+  braid__check_type(L, 1, LUA_TSTRING, "braid.signal");
+  name = lua_tostring(L, 1);
   if ((sig = sig_lookup(name)) == NULL)
-    return braid_usageerror(L, "bad argument #1 to 'signal' (unknown or "
-                              "uncatchable signal '%s')", name);
+    return braid_usageerror(L, "bad argument #1 to 'braid.signal' (unknown "
+                              "or uncatchable signal '%s')", name);
   box = (struct sig_waiter **) lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, SIGNAL_MT);
-  w = calloc(1, sizeof *w);
+  w = braid__calloc(1, sizeof *w);
   if (w == NULL)
     return braid_error(L, "memory", NULL, "braid.signal: not enough memory");
   if ((rc = uv_signal_init(braid_loop(E), &w->handle)) != 0) {
@@ -219,7 +217,7 @@ static int l_signal_new (lua_State *L) {
 static int sig_k (lua_State *L, braid_op_t *op) {
   const struct sig_name *got = ((struct sig_wait *) braid_op_data(op))->got;
   if (got == NULL)
-    return braid_error(L, "closed", NULL, "braid.signal: the waiter "
+    return braid_error(L, "closed", NULL, "waiter:wait: the waiter "
                               "was closed while waiting");
   lua_pushstring(L, SIG_NAME(got));
   return 1;
@@ -229,29 +227,28 @@ static int sig_k (lua_State *L, braid_op_t *op) {
 ** once when one arrived since the last wait); raises "closed" when the
 ** waiter is closed, before or during the wait. */
 static int l_signal_wait (lua_State *L) {
-  struct sig_waiter *w = sig_check(L, "wait");
-  braid_check_task(L, "wait");
+  struct sig_waiter *w = sig_check(L, "waiter:wait");
+  braid_check_task(L, "waiter:wait");
   if (w->pending > 0) {
     w->pending--;
     lua_pushstring(L, SIG_NAME(w->sig));
     return 1;
   }
-  braid_check_suspend(L, "wait");   /* named "wait", not by `what` */
+  braid_check_suspend(L, "waiter:wait");   /* named so, not by `what` */
   return braid_suspendk(L, w->sig->what, sizeof(struct sig_wait), sig_start,
                         sig_cancel, w, sig_k);
 }
 
 /* waiter:close(): stops catching the signal; closing twice is harmless. */
 static int l_signal_close (lua_State *L) {
-  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
-                                                                   SIGNAL_MT);
+  struct sig_waiter **box = braid__check_object(L, 1, SIGNAL_MT,
+                                                "waiter:close");
   if (*box) sig_close(*box);
   return 0;
 }
 
 static int l_signal_tostring (lua_State *L) {
-  struct sig_waiter **box = (struct sig_waiter **) luaL_checkudata(L, 1,
-                                                                   SIGNAL_MT);
+  struct sig_waiter **box = braid__check_object(L, 1, SIGNAL_MT, "tostring");
   if (*box) lua_pushfstring(L, "<signal waiter %s>", SIG_NAME((*box)->sig));
   else lua_pushliteral(L, "<signal waiter (closed)>");
   return 1;

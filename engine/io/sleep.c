@@ -36,11 +36,15 @@ static void sleep_cancel (braid_op_t *op) {
   braid_timer_stop(so->E, &so->tm);
 }
 
-/* braid.sleep(seconds): suspends the task; raises on cancellation. */
+/* braid.sleep(seconds): suspends the task; raises on cancellation. The
+** checks name the function; "sleep" names the wait (braid.dump). */
 static int l_sleep (lua_State *L) {
   struct sleep_args a;
-  a.E = braid_check_task(L, "sleep");   /* those errors first */
-  a.ns = braid_check_seconds(L, 1, "sleep");
+  a.E = braid_check_task(L, "braid.sleep");   /* those errors first */
+  a.ns = braid_check_seconds(L, 1, "braid.sleep");
+  braid_check_suspend(L, "braid.sleep");
+  if (braid__timer_reserve(a.E) != 0)   /* so that sleep_start cannot fail */
+    return braid_error(L, "memory", NULL, "braid.sleep: not enough memory");
   return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
                        sleep_cancel, &a);
 }

@@ -101,7 +101,7 @@ void braid__tcp_bind (struct braid_tcp **ud, struct braid_tcp *ts,
 
 /* The open stream at 1; raises kind "closed" when it is closed. */
 static struct braid_stream *tcp_check (lua_State *L, const char *fname) {
-  struct braid_tcp **ud = luaL_checkudata(L, 1, STREAM_MT);
+  struct braid_tcp **ud = braid__check_object(L, 1, STREAM_MT, fname);
   if (*ud == NULL || !(*ud)->s.live)
     braid_error(L, "closed", NULL, "%s: the stream is closed", fname);
   return &(*ud)->s;
@@ -144,7 +144,7 @@ static int l_stream_shutdown (lua_State *L) {
 
 /* stream:close(): closes at once; never waits, so it suits __close. */
 static int l_stream_close (lua_State *L) {
-  struct braid_tcp **ud = luaL_checkudata(L, 1, STREAM_MT);
+  struct braid_tcp **ud = braid__check_object(L, 1, STREAM_MT, "stream:close");
   if (*ud) braid__stream_close(&(*ud)->s);
   return 0;
 }

@@ -205,7 +205,7 @@ fail:
 }
 
 static struct tcp_server *server_check (lua_State *L, const char *fname) {
-  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  struct tcp_server **ud = braid__check_object(L, 1, SERVER_MT, fname);
   if (*ud == NULL || (*ud)->closing)
     braid_error(L, "closed", NULL, "%s: the server is closed", fname);
   return *ud;
@@ -219,7 +219,8 @@ static int l_server_port (lua_State *L) {
 
 /* server:close(): stops listening and cancels the running handlers. */
 static int l_server_close (lua_State *L) {
-  struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
+  struct tcp_server **ud = braid__check_object(L, 1, SERVER_MT,
+                                               "server:close");
   if (*ud) server_close(*ud);
   return 0;
 }
