@@ -42,20 +42,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
+#include "io/signames.h"
 #include "io/process.h"
 
 #define PROC_MT "braid.Process"
 
-static const struct { const char *name; int num; } signals[] = {
-  {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT},
-  {"SIGILL", SIGILL}, {"SIGTRAP", SIGTRAP}, {"SIGABRT", SIGABRT},
-  {"SIGBUS", SIGBUS}, {"SIGFPE", SIGFPE}, {"SIGKILL", SIGKILL},
-  {"SIGUSR1", SIGUSR1}, {"SIGSEGV", SIGSEGV}, {"SIGUSR2", SIGUSR2},
-  {"SIGPIPE", SIGPIPE}, {"SIGALRM", SIGALRM}, {"SIGTERM", SIGTERM},
-  {"SIGCHLD", SIGCHLD}, {"SIGCONT", SIGCONT}, {"SIGSTOP", SIGSTOP},
-  {"SIGTSTP", SIGTSTP}, {"SIGTTIN", SIGTTIN}, {"SIGTTOU", SIGTTOU},
-  {"SIGWINCH", SIGWINCH}, {NULL, 0}
-};
 
 /* ---- the proc's lifetime ---- */
 
@@ -186,9 +177,8 @@ static void proc_exit_cb (uv_process_t *h, int64_t status, int sig) {
 /* ---- starting a child ---- */
 
 static const char *signal_name (int sig, char *buf, size_t n) {
-  int i;
-  for (i = 0; signals[i].name; i++)
-    if (signals[i].num == sig) return signals[i].name;
+  const struct braid_signame *s = braid__signame_of(sig);
+  if (s) return s->name;
   snprintf(buf, n, "SIG%d", sig);
   return buf;
 }
@@ -417,8 +407,8 @@ static int l_process_wait (lua_State *L) {
 }
 
 static int signal_check (lua_State *L, int arg) {
+  const struct braid_signame *sig;
   const char *s;
-  int i;
   if (lua_isnoneornil(L, arg)) return SIGTERM;
   if (lua_type(L, arg) == LUA_TNUMBER) {
     if (!lua_isinteger(L, arg) || lua_tointeger(L, arg) < 0 ||
@@ -428,9 +418,7 @@ static int signal_check (lua_State *L, int arg) {
   }
   s = lua_tostring(L, arg);
   if (s == NULL) braid_argerror(L, arg, "proc:kill", "signal expected");
-  for (i = 0; signals[i].name; i++)
-    if (strcmp(s, signals[i].name) == 0 || strcmp(s, signals[i].name + 3) == 0)
-      return signals[i].num;
+  if ((sig = braid__signame_find(s)) != NULL) return sig->num;
   return braid_argerror(L, arg, "proc:kill", "unknown signal name");
 }
 

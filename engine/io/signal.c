@@ -29,28 +29,9 @@
 #include <string.h>
 #include <stdlib.h>
 #include "core/prim.h"
+#include "io/signames.h"
 
 #define SIGNAL_MT "braid.Signal"
-#define WHAT_PREFIX "signal "   /* as deadlock reports say it; name follows */
-
-struct sig_name {
-  const char *what;   /* "signal SIGHUP": the name is what + 7 */
-  int signum;
-};
-
-#define SIG_ENTRY(n) {WHAT_PREFIX "SIG" #n, SIG##n}
-
-static const struct sig_name sig_names[] = {
-  SIG_ENTRY(HUP), SIG_ENTRY(INT), SIG_ENTRY(QUIT), SIG_ENTRY(USR1),
-  SIG_ENTRY(USR2), SIG_ENTRY(PIPE), SIG_ENTRY(ALRM), SIG_ENTRY(TERM),
-  SIG_ENTRY(CHLD), SIG_ENTRY(CONT), SIG_ENTRY(TSTP), SIG_ENTRY(TTIN),
-  SIG_ENTRY(TTOU), SIG_ENTRY(URG), SIG_ENTRY(XCPU), SIG_ENTRY(XFSZ),
-  SIG_ENTRY(VTALRM), SIG_ENTRY(PROF), SIG_ENTRY(WINCH),
-  {NULL, 0}
-};
-
-#define SIG_NAME(s) ((s)->what + sizeof WHAT_PREFIX - 1)
-
 struct sig_waiter {
   uv_signal_t handle;
   braid_resource_t res;        /* in the scope that made it */
@@ -58,7 +39,7 @@ struct sig_waiter {
   struct braid_list waiting;   /* struct sig_wait, in arrival order */
   struct sig_waiter **box;     /* the Lua object; NULL once it is gone */
   braid_engine_t *E;
-  const struct sig_name *sig;
+  const struct braid_signame *sig;
   unsigned pending;            /* arrivals not handed to a wait yet */
   int referenced;
 };
@@ -68,7 +49,7 @@ struct sig_wait {
   struct braid_list link;       /* in w->waiting while queued */
   struct sig_waiter *w;         /* NULL once out of the queue */
   braid_op_t *op;
-  const struct sig_name *got;   /* what arrived; NULL: the waiter closed */
+  const struct braid_signame *got;   /* what arrived; NULL: the waiter closed */
 };
 
 /* References the handle exactly while a task waits on it. */
@@ -82,7 +63,7 @@ static void sig_update_ref (struct sig_waiter *w) {
 
 /* Takes the first wait out of the queue and resumes it with `got`. */
 static void sig_resume_first (struct sig_waiter *w,
-                              const struct sig_name *got) {
+                              const struct braid_signame *got) {
   struct sig_wait *sw = container_of(w->waiting.next, struct sig_wait, link);
   braid__list_remove(&sw->link);
   sw->w = NULL;
@@ -163,25 +144,18 @@ static struct sig_waiter *sig_check (lua_State *L, const char *fname) {
   return *box;
 }
 
-static const struct sig_name *sig_lookup (const char *name) {
-  const struct sig_name *s;
-  for (s = sig_names; s->what; s++)
-    if (strcmp(name, SIG_NAME(s)) == 0 || strcmp(name, SIG_NAME(s) + 3) == 0)
-      return s;
-  return NULL;
-}
 
 /* braid.signal(name) -> waiter: starts catching the signal ("SIGUSR1" or
 ** "USR1"); the waiter belongs to the caller's innermost scope. */
 static int l_signal_new (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.signal");
   const char *name;
-  const struct sig_name *sig;
+  const struct braid_signame *sig;
   struct sig_waiter **box, *w;
   int rc;
   braid__check_type(L, 1, LUA_TSTRING, "braid.signal");
   name = lua_tostring(L, 1);
-  if ((sig = sig_lookup(name)) == NULL)
+  if ((sig = braid__signame_find(name)) == NULL || !sig->watchable)
     return braid_usageerror(L, "bad argument #1 to 'braid.signal' (unknown "
                               "or uncatchable signal '%s')", name);
   box = (struct sig_waiter **) lua_newuserdatauv(L, sizeof *box, 0);
@@ -193,33 +167,33 @@ static int l_signal_new (lua_State *L) {
   if ((rc = uv_signal_init(braid_loop(E), &w->handle)) != 0) {
     free(w);
     return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
-                              SIG_NAME(sig), uv_strerror(rc));
+                              sig->name, uv_strerror(rc));
   }
   w->E = E;
   w->sig = sig;
   braid__list_init(&w->waiting);
   braid__list_init(&w->ic.link);
   w->ic.fn = sig_intercept;
-  if (sig->signum == SIGINT) braid__intercept_add(E, &w->ic);
+  if (sig->num == SIGINT) braid__intercept_add(E, &w->ic);
   w->res.close = sig_res_close;
   braid_resource_add(L, &w->res);
   w->box = box;
   *box = w;
-  if ((rc = uv_signal_start(&w->handle, sig_cb, sig->signum)) != 0) {
+  if ((rc = uv_signal_start(&w->handle, sig_cb, sig->num)) != 0) {
     sig_close(w);
     return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
-                              SIG_NAME(sig), uv_strerror(rc));
+                              sig->name, uv_strerror(rc));
   }
   uv_unref((uv_handle_t *) &w->handle);
   return 1;
 }
 
 static int sig_k (lua_State *L, braid_op_t *op) {
-  const struct sig_name *got = ((struct sig_wait *) braid_op_data(op))->got;
+  const struct braid_signame *got = ((struct sig_wait *) braid_op_data(op))->got;
   if (got == NULL)
     return braid_error(L, "closed", NULL, "waiter:wait: the waiter "
                               "was closed while waiting");
-  lua_pushstring(L, SIG_NAME(got));
+  lua_pushstring(L, got->name);
   return 1;
 }
 
@@ -231,7 +205,7 @@ static int l_signal_wait (lua_State *L) {
   braid_check_task(L, "waiter:wait");
   if (w->pending > 0) {
     w->pending--;
-    lua_pushstring(L, SIG_NAME(w->sig));
+    lua_pushstring(L, w->sig->name);
     return 1;
   }
   braid_check_suspend(L, "waiter:wait");   /* named so, not by `what` */
@@ -249,7 +223,7 @@ static int l_signal_close (lua_State *L) {
 
 static int l_signal_tostring (lua_State *L) {
   struct sig_waiter **box = braid__check_object(L, 1, SIGNAL_MT, "tostring");
-  if (*box) lua_pushfstring(L, "<signal waiter %s>", SIG_NAME((*box)->sig));
+  if (*box) lua_pushfstring(L, "<signal waiter %s>", (*box)->sig->name);
   else lua_pushliteral(L, "<signal waiter (closed)>");
   return 1;
 }
