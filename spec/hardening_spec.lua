@@ -112,3 +112,194 @@ describe("issue 13.15: the runner under a low address-space limit", function()
     end)
   end
 end)
+
+-- Runs `src` in the runner; once it has printed "ready" (so braid is
+-- running the script), sends each signal in `sigs` (the next one after the
+-- script prints the next "ready"); returns stdout, stderr, exit code. The
+-- whole run is bounded (killed after 30 s), so a hang fails instead of
+-- hanging.
+local function signalled(src, sigs, args)
+  local script = h.script(src)
+  local out = os.tmpname()
+  local cmd = {("%s %s %s %s >%s &"):format(os.getenv("BRAID_RUN_ENV") or "",
+               os.getenv("BRAID_BIN"), args or "", script, out), "pid=$!",
+               "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!"}
+  for i, sig in ipairs(sigs) do
+    cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(out, i)
+    cmd[#cmd + 1] = "kill -" .. sig .. " $pid"
+  end
+  cmd[#cmd + 1] = "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"
+  local _, err, code = h.sh("{\n" .. table.concat(cmd, "\n") .. "\n}")
+  local f = io.open(out)
+  local stdout = f:read("a")
+  f:close()
+  os.remove(out)
+  os.remove(script)
+  return stdout, err, code
+end
+
+describe("issue 13.5: Ctrl-C stops Lua code that never suspends", function()
+  it("interrupts `while true do end` (it survived three SIGINTs)", function()
+    local _, err, code = signalled([[print("ready") io.stdout:flush() while true do end]], {"INT"})
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("braid: interrupted", 1, true), err)
+  end)
+
+  it("interrupts a loop inside a coroutine of the script's own", function()
+    local _, err, code = signalled([[
+      print("ready") io.stdout:flush()
+      coroutine.wrap(function() while true do end end)()
+    ]], {"INT"})
+    assert.are.equal(130, code, err)
+  end)
+
+  it("interrupts a child task that spins, and its <close> handlers run", function()
+    local out, err, code = signalled([[
+      local t = braid.spawn(function()
+        local _ <close> = setmetatable({}, {__close = function() print("closed") end})
+        print("ready") io.stdout:flush()
+        while true do end
+      end)
+      t:await()
+    ]], {"INT"})
+    assert.are.equal(130, code, err)
+    assert.truthy(out:find("closed", 1, true), out)
+  end)
+
+  it("exits at once on a second Ctrl-C when the first was swallowed", function()
+    local _, err, code = signalled([[
+      print("ready") io.stdout:flush()
+      while true do
+        pcall(function() while true do end end)
+        print("ready") io.stdout:flush()
+      end
+    ]], {"INT", "INT"})
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("interrupted again", 1, true), err)
+  end)
+end)
+
+describe("issue 13.6: a task that never suspends is stopped when its grace period ends", function()
+  it("ends the run about --grace seconds after the failure (it ran until killed)", function()
+    local _, err, code = signalled([[
+      braid.spawn(function() while true do pcall(braid.sleep, 1) end end)
+      braid.sleep(0.05)
+      print("ready") io.stdout:flush()
+      error("boom")
+    ]], {}, "--grace 0.5")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find("abandoned: still running Lua code", 1, true), err)
+    assert.truthy(err:find("boom", 1, true), err)
+  end)
+
+  it("stops a cancelled task spinning in pure Lua, also with pcall around it", h.run(function()
+    local ev = braid.event()
+    local t = braid.spawn(function()
+      pcall(ev.wait, ev)          -- cancelled here, and swallowed
+      while true do pcall(function() while true do end end) end
+    end)
+    braid.yield()
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.are.equal("cancelled", e.kind)
+    assert.are.equal("cancelled", t:status())
+  end, {grace = 0.2}))
+end)
+
+describe("issue 13.13: SIGTERM and SIGHUP clean up like Ctrl-C", function()
+  for _, case in ipairs({{"TERM", 143, "terminated"}, {"HUP", 129, "hung up"}}) do
+    it("stops the script's children and exits " .. case[2] .. " on SIG" .. case[1] .. " (children kept running)", function()
+      local out, err, code = signalled([[
+        local p = braid.process({"sleep", "100"})
+        print(p.pid) print("ready") io.stdout:flush()
+        p:wait()
+      ]], {case[1]})
+      assert.are.equal(case[2], code, err)
+      assert.truthy(err:find("braid: " .. case[3], 1, true), err)
+      local pid = assert(tonumber(out:match("^(%d+)")))
+      assert.is_nil(h.proc_state(pid), "the child is still there")
+    end)
+  end
+
+  it("exits at once on a second SIGTERM during a long cleanup", function()
+    local _, err, code = signalled([[
+      local _ <close> = setmetatable({}, {__close = function()
+        print("ready") io.stdout:flush()
+        braid.shield(braid.sleep, 60)
+      end})
+      print("ready") io.stdout:flush()
+      braid.sleep(60)
+    ]], {"TERM", "TERM"})
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("terminated again", 1, true), err)
+  end)
+
+  it("leaves SIGTERM to a script that waits for it", function()
+    local out, err, code = signalled([[
+      local w = braid.signal("SIGTERM")
+      print("ready") io.stdout:flush()
+      print(w:wait())
+    ]], {"TERM"})
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("SIGTERM", 1, true), out)
+  end)
+end)
+
+describe("issue 13.8: a task's <close> handlers run inside the task", function()
+  it("runs them in the task when it is cancelled: braid.current() and shield work there", h.run(function()
+    local seen = {}
+    local t = braid.spawn(function()
+      local _ <close> = setmetatable({}, {__close = function()
+        seen.current = braid.current()
+        seen.slept = braid.shield(function() braid.sleep(0.01) return true end)
+      end})
+      braid.sleep(60)
+    end)
+    braid.yield()
+    t:cancel()
+    assert.is_false(pcall(t.await, t))
+    assert.are.equal(t, seen.current)
+    assert.is_true(seen.slept)
+  end))
+
+  it("runs them in the task when the body raises", h.run(function()
+    local seen, t
+    local ok, e = pcall(braid.scope, function(s)
+      t = s:spawn(function()
+        local _ <close> = setmetatable({}, {__close = function() seen = braid.current() end})
+        error("boom")
+      end)
+    end)
+    assert.is_false(ok)
+    assert.truthy(tostring(e):find("boom"))
+    assert.are.equal(t, seen)
+  end))
+
+  it("does not lose an error raised by a <close> handler of a cancelled task", function()
+    local ok, e = pcall(braid.run, function()
+      braid.scope(function(s)
+        s:spawn(function()
+          local _ <close> = setmetatable({}, {__close = function() error("cleanup failed") end})
+          braid.sleep(60)
+        end)
+        braid.yield()
+        s:cancel()
+      end)
+    end)
+    assert.is_false(ok)
+    assert.truthy(tostring(e):find("cleanup failed", 1, true), tostring(e))
+  end)
+
+  it("runs the main chunk's <close> handlers in the root task after Ctrl-C", function()
+    local out, err, code = signalled([[
+      local _ <close> = setmetatable({}, {__close = function()
+        print(braid.current() ~= nil, (pcall(braid.shield, braid.sleep, 0.01)))
+      end})
+      print("ready") io.stdout:flush()
+      braid.sleep(60)
+    ]], {"INT"})
+    assert.are.equal(130, code, err)
+    assert.truthy(out:find("true\ttrue", 1, true), out)
+  end)
+end)

@@ -6,6 +6,7 @@
 ** Exit status: 0 when the root task returns, 1 when it fails (the error and
 ** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C.
 */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,8 @@ static const char usage_text[] =
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
   "  --               stop handling options\n"
   "  -                run standard input\n"
-  "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted.\n";
+  "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted\n"
+  "(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).\n";
 
 static int usage (const char *fmt, const char *what) {
   fprintf(stderr, "braid: ");
@@ -48,7 +50,7 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0, interrupted;
+  int from_stdin = 0, base, interactive = 0, sig;
   double grace = 5;
   const char *what;
   for (i = 1; i < argc; i++) {
@@ -159,15 +161,15 @@ int main (int argc, char **argv) {
     lua_setfield(L, 1, "args");
   }
   status = lua_pcall(L, 2, 0, 0);
-  interrupted = braid__engine_interrupted(braid_engine(L));
-  code = interrupted ? 130 : 0;
-  if (code == 130 && status == LUA_OK)
-    fprintf(stderr, "braid: interrupted\n");
+  sig = braid__engine_interrupted(braid_engine(L));
+  what = sig == SIGTERM ? "terminated" : sig == SIGHUP ? "hung up"
+                                                       : "interrupted";
+  code = sig ? 128 + sig : 0;   /* 130, 143, 129: as the shell reports them */
+  if (sig && status == LUA_OK) fprintf(stderr, "braid: %s\n", what);
   if (status != LUA_OK) {
     const char *kind = braid_error_kind(L, -1);
-    if (interrupted && kind && strcmp(kind, "cancelled") == 0) {
-      fprintf(stderr, "braid: interrupted\n");
-      code = 130;
+    if (sig && kind && strcmp(kind, "cancelled") == 0) {
+      fprintf(stderr, "braid: %s\n", what);
     } else {
       braid_report(L, -1, "braid: ");
       code = 1;

@@ -18,6 +18,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,7 +263,8 @@ static int entry_cancel_p (lua_State *L) {
 /* Ctrl-C: at the prompt it discards the input; while an entry runs it
 ** cancels the entry (a second one abandons it). Otherwise (the session
 ** is ending) the engine's default applies. */
-static int repl_intercept (struct braid_interceptor *ic) {
+static int repl_intercept (struct braid_interceptor *ic, int signum) {
+  if (signum != SIGINT) return 0;   /* SIGTERM, SIGHUP: end the session */
   if (R.reader) {
     if (R.edit) rl_replace_line("", 0);
     R.acc_n = 0;   /* the terminal driver drops typed-ahead input too */

@@ -25,6 +25,8 @@
 #include "braid.h"
 #include "prim.h"
 
+#define NSTOPS 3   /* the signals that stop a run: INT, TERM, HUP */
+
 /* ---- timers: one uv_timer_t drives a binary heap of these ---- */
 
 uint64_t braid__now_ms(braid_engine_t *E);
@@ -123,6 +125,7 @@ int braid__scope_body(lua_State *L, struct braid_scope *s, int base,
 enum { TASK_PENDING, TASK_RUNNING, TASK_SUSPENDED, TASK_OK, TASK_FAILED,
        TASK_CANCELLED };
 enum { WAKE_NONE, WAKE_OK, WAKE_CANCEL, WAKE_NOYIELD };
+enum { STOP_NONE, STOP_BUDGET, STOP_GRACE };
 
 struct braid_task {
   braid_engine_t *E;
@@ -131,6 +134,8 @@ struct braid_task {
   unsigned id;
   unsigned char status, queued, wake, abandoned;
   unsigned char nopool;        /* hit the instruction budget: not reused */
+  unsigned char stop;          /* STOP_*: only unwinds from now on */
+  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
   int nargs;                   /* arguments packed with the function */
   int nres;                    /* results kept after the end */
   struct braid_scope *inner;   /* innermost scope of the running body */
@@ -196,7 +201,13 @@ struct braid_engine {
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
-  uv_signal_t sigint, sigquit;
+  uv_signal_t sigquit;
+  uv_signal_t sigstop[NSTOPS]; /* SIGINT, SIGTERM, SIGHUP (interrupt.c) */
+  _Atomic int pending[NSTOPS]; /* arrivals not handled yet */
+  unsigned char watching[NSTOPS];
+  int interrupt_sig;           /* the first signal that interrupted */
+  lua_State *running_co;       /* the thread running Lua code (hook.c) */
+  long long budget_left;       /* instructions left in this resume */
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   unsigned io_ops;             /* ops pending that hold the virtual clock */
@@ -249,7 +260,13 @@ void braid__reserve_free(braid_engine_t *E);
 void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
                            size_t nsize);
 void braid__engine_oom(lua_State *S, braid_engine_t *E);
-void braid__budget_set(braid_engine_t *E, lua_State *co);
+void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
+void braid__hook_task(braid_engine_t *E, struct braid_task *t);
+void braid__hook_interrupt(braid_engine_t *E);
+void braid__interrupt_attach(braid_engine_t *E);
+void braid__interrupt_detach(braid_engine_t *E);
+void braid__interrupt_dispatch(braid_engine_t *E);
+void braid__engine_handle_closed(uv_handle_t *h);
 void braid__engine_fatal(braid_engine_t *E, const char *why);
 /* braid's own C heap where failing is not an option (memory.c): spend
 ** the reserve and try again; with none left, fatal. Never NULL. */

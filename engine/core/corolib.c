@@ -38,11 +38,14 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
     /* Resumed from where the task cannot yield (a table.sort comparator):
     ** braid calls inside co are refused before they start anything. */
     unsigned cut = t != NULL && !lua_isyieldable(L);
+    lua_State *outer = E->running_co;
     lua_xmove(L, co, narg);
-    if (E->budget) braid__budget_set(E, co);
+    E->running_co = co;
+    braid__hook_arm(E, co, 1);   /* the task's budget and grace go on */
     E->noyield += cut;
     status = lua_resume(co, L, narg, &nres);
     E->noyield -= cut;
+    E->running_co = outer;
     if (status == LUA_YIELD && nres == 1 &&
         lua_touserdata(co, -1) == BRAID_MARKER) {
       lua_pop(co, 1);

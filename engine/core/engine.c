@@ -1,8 +1,7 @@
 /*
 ** engine.c: the engine's lifecycle: one per lua_State, boxed in its
 ** registry; braid's handles on a loop (attach, detach); opening the core;
-** the one path every interrupt takes (Ctrl-C, braid_interrupt) with its
-** interceptors; SIGQUIT; and calling into Lua from libuv callbacks.
+** and calling into Lua from libuv callbacks.
 **
 ** Invariants:
 ** - One engine per lua_State, malloc'd and boxed in a userdata in the
@@ -16,8 +15,8 @@
 **   uv_run returns exactly when nothing can wake any task, which is how
 **   deadlocks are found (run.c) and when the virtual clock jumps at the
 **   latest.
-** - Every interrupt goes through engine_interrupt: the interceptors first
-**   (newest first: a script's SIGINT waiter, the REPL), then the default.
+** - Interrupts (Ctrl-C, SIGTERM, SIGHUP, braid_interrupt) are
+**   interrupt.c's; stopping Lua code that does not suspend is hook.c's.
 */
 #include <signal.h>
 #include <stdio.h>
@@ -62,15 +61,12 @@ void braid__engine_unref (braid_engine_t *E) {
   free(E);
 }
 
-static void handle_closed_cb (uv_handle_t *h) {
+void braid__engine_handle_closed (uv_handle_t *h) {
   braid__engine_unref((braid_engine_t *) h->data);
 }
 
-static void sigquit_cb (uv_signal_t *h, int signum);
-static void sigint_cb (uv_signal_t *h, int signum);
-
 /* Adds braid's handles to loop: the idle handle and the timer, and the
-** SIGINT/SIGQUIT watchers when `signals`. None keeps the loop alive by
+** signal watchers when `signals` (interrupt.c). None keeps the loop alive by
 ** itself. Returns 0 or a negative libuv code (nothing is left attached). */
 int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
   int rc;
@@ -79,25 +75,13 @@ int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
   E->idle.data = E;
   E->refs++;
   if ((rc = uv_timer_init(loop, &E->timer)) != 0) {
-    uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
+    uv_close((uv_handle_t *) &E->idle, braid__engine_handle_closed);
     return rc;
   }
   E->timer.data = E;
   E->refs++;
   E->attached = 1;
-  E->signals = (unsigned char) signals;
-  if (signals) {
-    uv_signal_init(loop, &E->sigint);
-    E->sigint.data = E;
-    E->refs++;
-    uv_signal_start(&E->sigint, sigint_cb, SIGINT);
-    uv_unref((uv_handle_t *) &E->sigint);
-    uv_signal_init(loop, &E->sigquit);
-    E->sigquit.data = E;
-    E->refs++;
-    uv_signal_start(&E->sigquit, sigquit_cb, SIGQUIT);
-    uv_unref((uv_handle_t *) &E->sigquit);
-  }
+  if (signals) braid__interrupt_attach(E);
   return 0;
 }
 
@@ -106,13 +90,9 @@ int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
 void braid__engine_detach (braid_engine_t *E) {
   if (!E->attached) return;
   E->attached = 0;
-  uv_close((uv_handle_t *) &E->idle, handle_closed_cb);
-  uv_close((uv_handle_t *) &E->timer, handle_closed_cb);
-  if (E->signals) {
-    uv_close((uv_handle_t *) &E->sigint, handle_closed_cb);
-    uv_close((uv_handle_t *) &E->sigquit, handle_closed_cb);
-    E->signals = 0;
-  }
+  uv_close((uv_handle_t *) &E->idle, braid__engine_handle_closed);
+  uv_close((uv_handle_t *) &E->timer, braid__engine_handle_closed);
+  braid__interrupt_detach(E);
   E->armed_due = 0;
 }
 
@@ -174,63 +154,6 @@ void braid__engine_cancel_all (lua_State *L, braid_engine_t *E, int reason) {
   a.L = L;
   a.reason = lua_absindex(L, reason);
   braid__scope_each_task(&E->top, cancel_one, &a);
-}
-
-/* ---- interrupts ---- */
-
-void braid__intercept_add (braid_engine_t *E, struct braid_interceptor *ic) {
-  braid__list_push(&E->interceptors, &ic->link);
-}
-
-void braid__intercept_remove (struct braid_interceptor *ic) {
-  braid__list_remove(&ic->link);
-}
-
-int braid__engine_interrupted (braid_engine_t *E) {
-  return E->interrupted;
-}
-
-static int interrupt_p (lua_State *L) {
-  braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
-  lua_pushliteral(L, "interrupt");
-  if (!E->embedded) {
-    braid__scope_set_reason(L, &E->top, -1);
-    braid__scope_cancel(&E->top, &E->top);
-    return 0;
-  }
-  braid__engine_cancel_all(L, E, -1);
-  return 0;
-}
-
-/* The one path of Ctrl-C and braid_interrupt. */
-static void engine_interrupt (braid_engine_t *E) {
-  struct braid_list *n;
-  for (n = E->interceptors.prev; n != &E->interceptors; n = n->prev)
-    if (container_of(n, struct braid_interceptor, link)->fn(
-          container_of(n, struct braid_interceptor, link)))
-      return;
-  if (E->interrupted++ && !E->embedded) {   /* a second Ctrl-C: leave now */
-    fprintf(stderr, "braid: interrupted again, exiting\n");
-    _exit(130);
-  }
-  braid__engine_call(E, interrupt_p, E);
-}
-
-static void sigquit_cb (uv_signal_t *h, int signum) {
-  (void) signum;
-  braid__dump_signal(container_of(h, braid_engine_t, sigquit));
-}
-
-static void sigint_cb (uv_signal_t *h, int signum) {
-  (void) signum;
-  engine_interrupt(container_of(h, braid_engine_t, sigint));
-}
-
-int braid_interrupt (lua_State *L) {
-  braid_engine_t *E = braid_engine(L);
-  if (E == NULL || !E->running) return UV_EINVAL;
-  engine_interrupt(E);
-  return 0;
 }
 
 /* ---- opening ---- */

@@ -205,26 +205,6 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
-static void budget_hook (lua_State *L, lua_Debug *ar) {
-  braid_engine_t *E = braid_engine(L);
-  (void) ar;
-  /* From now on every instruction raises, in this coroutine and in the
-  ** task's, so pcall cannot keep the task running. */
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-  if (E->current) {
-    E->current->nopool = 1;   /* hooks stay off after an error in one */
-    if (E->current->co && E->current->co != L)
-      lua_sethook(E->current->co, budget_hook, LUA_MASKCOUNT, 1);
-  }
-  luaL_error(L, "instruction budget exceeded (%d instructions without "
-             "suspending)", E->budget);
-}
-
-/* Gives co a fresh budget for the resume about to happen. */
-void braid__budget_set (braid_engine_t *E, lua_State *co) {
-  lua_sethook(co, budget_hook, LUA_MASKCOUNT, E->budget);
-}
-
 size_t braid_memory_used (braid_engine_t *E) {
   return E->mem_used;
 }

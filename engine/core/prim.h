@@ -156,19 +156,24 @@ void braid__task_abandon(braid_task_t *t);
 
 /* ---- Ctrl-C ---- */
 
-/* An interceptor is asked, newest first, before Ctrl-C (or
-** braid_interrupt) does its default (cancel the root task; a second one
-** exits): fn returns 1 when it handled the interrupt. Runs no Lua. */
+/* An interceptor is asked, newest first, before an interrupt (Ctrl-C,
+** SIGTERM, SIGHUP, braid_interrupt as SIGINT) does its default (cancel
+** the root task; a second one exits): fn returns 1 when it handled the
+** signal `signum`. Runs no Lua. */
 struct braid_interceptor {
   struct braid_list link;
-  int (*fn)(struct braid_interceptor *ic);
+  int (*fn)(struct braid_interceptor *ic, int signum);
 };
 
 void braid__intercept_add(braid_engine_t *E, struct braid_interceptor *ic);
 void braid__intercept_remove(struct braid_interceptor *ic);
 
-/* Was the engine interrupted (Ctrl-C) during the run? */
+/* The signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), or 0. */
 int braid__engine_interrupted(braid_engine_t *E);
+
+/* Does the engine take signum itself (through its interceptors)? A script's
+** waiter for it is then an interceptor rather than a watcher of its own. */
+int braid__engine_watches(braid_engine_t *E, int signum);
 
 /* ---- the REPL's session (cli/repl.c) ---- */
 

@@ -124,7 +124,7 @@ static int l_run_run (lua_State *L) {
   E->vnow = 0;
   E->io_ops = E->noyield = 0;
   E->armed_due = 0;
-  E->interrupted = E->deadlocks = 0;
+  E->interrupted = E->deadlocks = E->interrupt_sig = 0;
   memset(&E->top, 0, sizeof E->top);
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   E->running = 1;

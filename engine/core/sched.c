@@ -127,13 +127,14 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
     braid__task_push(S, t);
     braid__task_start(E, S, t);
     lua_pop(S, 1);
-    nargs = t->nargs;
+    nargs = t->nargs + 1;   /* task_main's arguments: the body, its own */
   }
   t->status = TASK_RUNNING;
   E->current = t;
-  if (E->budget) braid__budget_set(E, t->co);
+  braid__hook_task(E, t);   /* the budget, a cancelled task's grace */
   status = lua_resume(t->co, S, nargs, &nres);
   E->current = NULL;
+  E->running_co = NULL;
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
     t->status = TASK_SUSPENDED;

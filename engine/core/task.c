@@ -135,6 +135,25 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
   lua_pop(S, 1);
 }
 
+static int task_main_k (lua_State *L, int status, lua_KContext ctx) {
+  (void) ctx;
+  if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
+  return lua_gettop(L) - 1;   /* the results, above the message handler */
+}
+
+/* A task's coroutine runs its body under lua_pcallk, with braid's message
+** handler: when the body raises, Lua closes its to-be-closed variables
+** right there, in the task (braid calls work in them, and may suspend; the
+** memory limit and budget apply; an error they raise becomes the task's),
+** rather than later, outside it, when the coroutine is reset. Then the
+** error goes on to the scheduler. [fn, args...] */
+static int task_main (lua_State *L) {
+  lua_pushcfunction(L, braid__error_msgh);
+  lua_insert(L, 1);
+  return task_main_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0,
+                                   task_main_k), 0);
+}
+
 /* Lets go of the pooled coroutines (memory is short). */
 void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
@@ -166,13 +185,13 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     lua_pop(S, 1);
   }
   lua_getiuservalue(S, -2, 1);
+  if (!lua_checkstack(co, t->nargs + 4)) luaL_error(S, "not enough memory");
+  lua_pushcfunction(co, task_main);
   if (t->nargs == 0) lua_xmove(S, co, 1);
   else {   /* unpacked on co's stack, not S's: S's may be small */
-    if (!lua_checkstack(co, t->nargs + 2))
-      luaL_error(S, "not enough memory");
     lua_xmove(S, co, 1);
-    for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 1, i);
-    lua_remove(co, 1);
+    for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 2, i);
+    lua_remove(co, 2);
   }
   lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
   t->co = co;

@@ -20,10 +20,12 @@
 **   ends, or on close(), __close or __gc, the handle is closed (exactly
 **   once), waiting tasks are woken with a "closed" error, and the memory is
 **   freed in the close callback, never before.
-** - SIGINT: a SIGINT waiter is one of the engine's interrupt interceptors
-**   (prim.h), asked before Ctrl-C cancels the root: when a task waits on
-**   it, Ctrl-C goes to that task instead. When none waits, Ctrl-C cancels
-**   the root as usual and is not counted for SIGINT waiters.
+** - The signals the engine takes itself (SIGINT; SIGTERM and SIGHUP under
+**   braid.run) reach a waiter as one of the engine's interrupt
+**   interceptors (prim.h), asked before the default (cancel the root):
+**   a SIGINT waiter takes Ctrl-C when a task waits on it (when none waits,
+**   Ctrl-C cancels the root as usual and is not counted); a SIGTERM or
+**   SIGHUP waiter always takes its signal.
 */
 #include <signal.h>
 #include <string.h>
@@ -35,7 +37,7 @@
 struct sig_waiter {
   uv_signal_t handle;
   braid_resource_t res;        /* in the scope that made it */
-  struct braid_interceptor ic; /* SIGINT only: asked before Ctrl-C's default */
+  struct braid_interceptor ic; /* asked before the engine's own handling */
   struct braid_list waiting;   /* struct sig_wait, in arrival order */
   struct sig_waiter **box;     /* the Lua object; NULL once it is gone */
   braid_engine_t *E;
@@ -82,17 +84,22 @@ static void sig_deliver (struct sig_waiter *w) {
 }
 
 static void sig_cb (uv_signal_t *h, int signum) {
-  /* SIGINT reaches script waiters through the interceptor only, so that
-  ** the choice between them and the root is made in one place. */
-  if (signum == SIGINT) return;
-  sig_deliver(container_of(h, struct sig_waiter, handle));
+  struct sig_waiter *w = container_of(h, struct sig_waiter, handle);
+  /* A signal the engine takes itself (SIGINT; SIGTERM and SIGHUP under
+  ** braid.run) reaches script waiters through the interceptor only, so
+  ** that the choice between them and the default is made in one place. */
+  if (braid__engine_watches(w->E, signum)) return;
+  sig_deliver(w);
 }
 
-/* Ctrl-C, asked before the engine's default: a SIGINT waiter with a task
-** waiting takes it. Runs no Lua. */
-static int sig_intercept (struct braid_interceptor *ic) {
+/* Asked before the engine's default for a signal it takes: a waiter for
+** it takes it. SIGINT only when a task waits (Ctrl-C still stops a script
+** that merely made a waiter); SIGTERM and SIGHUP always, counted for the
+** next wait(): a script that watches them handles them. Runs no Lua. */
+static int sig_intercept (struct braid_interceptor *ic, int signum) {
   struct sig_waiter *w = container_of(ic, struct sig_waiter, ic);
-  if (braid__list_empty(&w->waiting)) return 0;
+  if (signum != w->sig->num) return 0;
+  if (braid__list_empty(&w->waiting) && signum == SIGINT) return 0;
   sig_deliver(w);
   return 1;
 }
@@ -174,7 +181,7 @@ static int l_signal_new (lua_State *L) {
   braid__list_init(&w->waiting);
   braid__list_init(&w->ic.link);
   w->ic.fn = sig_intercept;
-  if (sig->num == SIGINT) braid__intercept_add(E, &w->ic);
+  braid__intercept_add(E, &w->ic);
   w->res.close = sig_res_close;
   braid_resource_add(L, &w->res);
   w->box = box;

@@ -1,0 +1,144 @@
+/*
+** hook.c: what stops Lua code that does not suspend: the instruction
+** budget of an embedded engine, the grace period of a cancelled task that
+** keeps running, and an interrupt (Ctrl-C, SIGTERM) arriving while Lua
+** code runs. All three are Lua count hooks on the thread that runs.
+**
+** Invariants:
+** - A task's hook is armed when the scheduler resumes it and on every
+**   coroutine of the script's own that braid's coroutine.resume runs
+**   inside it (braid__hook_arm); a thread with nothing to watch has no
+**   hook. E->running_co is the innermost thread running for the current task.
+** - The budget is per task resume, nested coroutines included: the task's
+**   thread is charged window by window (BUDGET_WINDOW instructions); a
+**   nested coroutine is charged NESTED_WINDOW up front at each resume and
+**   then window by window, since a window cut short by a switch cannot be
+**   measured (so each resume of a script's coroutine costs at least
+**   NESTED_WINDOW of the budget).
+** - Once a budget is spent or a grace period has passed, every instruction
+**   of the task raises (in its thread and in the one running), so pcall
+**   cannot keep it running: it unwinds and ends.
+** - The signal handler only counts the signal and sets a hook on the
+**   running thread (lua_sethook may be called asynchronously); the hook,
+**   run by that thread between two instructions, does the rest.
+*/
+#include <stdio.h>
+#include "core.h"
+
+#define BUDGET_WINDOW 1000
+#define NESTED_WINDOW 100
+#define WATCH_WINDOW 10000   /* a cancelled task looks at the clock */
+
+static void task_hook (lua_State *L, lua_Debug *ar);
+
+/* Raises, from now on, at every instruction of L and of the task's
+** thread: the budget is spent or the grace period has passed. */
+static void stop_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E->current;
+  (void) ar;
+  lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1);
+  if (t == NULL) {
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  t->nopool = 1;   /* hooks stay off after an error in one: not reused */
+  if (t->co && t->co != L) lua_sethook(t->co, stop_hook, LUA_MASKCOUNT, 1);
+  if (t->stop == STOP_BUDGET)
+    luaL_error(L, "instruction budget exceeded (%d instructions without "
+               "suspending)", E->budget);
+  braid__push_cancel(L, t->inner->cancelled ? t->inner->cause : &t->scope);
+  lua_error(L);
+}
+
+/* The task has run too long: from now on it only unwinds. */
+static void task_stop (lua_State *L, struct braid_task *t, int why) {
+  if (why == STOP_GRACE && !t->E->closing) {
+    fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
+            "running Lua code %g s after it was cancelled\n", t->id,
+            braid__task_name(L, t, 0), braid__task_site(L, t, 0),
+            t->scope.outer ? t->scope.outer->grace : t->E->grace);
+    lua_pop(L, 1);
+    t->abandoned = 1;   /* braid calls refuse to wait from now on */
+  }
+  t->stop = (unsigned char) why;
+  stop_hook(L, NULL);
+}
+
+/* Arms L (the task's thread, or a coroutine running inside the task) with
+** what the current task needs watched; clears a hook nothing needs. */
+void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
+  struct braid_task *t = E->current;
+  int window = 0;
+  if (t == NULL) {
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  if (t->stop) {
+    lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1);
+    return;
+  }
+  if (E->budget) {
+    window = nested ? NESTED_WINDOW : BUDGET_WINDOW;
+    if (window > E->budget) window = E->budget;
+    if (nested) E->budget_left -= window;   /* a cut-short window is lost */
+    if (E->budget_left < 0) {
+      t->stop = STOP_BUDGET;
+      lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1);
+      return;
+    }
+  }
+  if (t->inner->cancelled) {   /* the grace period is watched */
+    if (t->grace_end == 0)
+      t->grace_end = uv_hrtime() + braid__ns(t->scope.outer
+                                             ? t->scope.outer->grace
+                                             : E->grace);
+    if (window == 0 || window > WATCH_WINDOW) window = WATCH_WINDOW;
+  }
+  if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);
+  else if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+}
+
+/* The scheduler resumes t: a fresh budget, and its thread armed. */
+void braid__hook_task (braid_engine_t *E, struct braid_task *t) {
+  E->running_co = t->co;
+  E->budget_left = E->budget;
+  braid__hook_arm(E, t->co, 0);
+}
+
+/* Every window of instructions: charge the budget, look at the clock of a
+** cancelled task's grace period. */
+static void task_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E->current;
+  (void) ar;
+  if (t == NULL) return;
+  if (E->budget && L == t->co)   /* a nested window was charged up front */
+    E->budget_left -= lua_gethookcount(L);
+  if (t->grace_end && uv_hrtime() > t->grace_end) task_stop(L, t, STOP_GRACE);
+  braid__hook_arm(E, L, L != t->co);   /* the next window, or the stop */
+  if (t->stop) stop_hook(L, NULL);
+}
+
+/* Set asynchronously by an interrupt: runs what the signal asks for in
+** this thread, then raises the cancellation if it reached the task. */
+static void interrupt_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E->current;
+  (void) ar;
+  braid__hook_arm(E, L, t != NULL && L != t->co);
+  braid__interrupt_dispatch(E);
+  if (t && !t->stop) {
+    braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
+    braid__task_checkcancel(L, t);
+  }
+}
+
+/* From a signal handler: the running task's thread stops at its next
+** instruction and looks at the pending interrupts. */
+void braid__hook_interrupt (braid_engine_t *E) {
+  lua_State *L = E->running_co;
+  if (E->current && L)
+    lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET |
+                LUA_MASKCOUNT, 1);
+}

@@ -1,0 +1,191 @@
+/*
+** interrupt.c: Ctrl-C and the signals that end a run: SIGINT, and, for
+** braid.run (the runner, the module), SIGTERM and SIGHUP, all treated
+** alike: cancel the root task (an embedded engine's live tasks), let
+** cleanup run within the grace period, and exit 130, 143 or 129; a second
+** one exits at once. SIGQUIT prints braid.dump(). braid_interrupt takes
+** the same path as a SIGINT.
+**
+** Invariants:
+** - Every interrupt goes through engine_interrupt: the interceptors first
+**   (newest first: a script's waiter for that signal, the REPL), then the
+**   default.
+** - A signal reaches braid twice: libuv's handler wakes the loop (the
+**   watcher's callback runs when the loop next polls), and ours, chained
+**   in front of it, sets a hook on the thread running Lua code, which may
+**   never return to the loop (hook.c). Each arrival is counted once in
+**   E->pending[] and handled by whichever comes first.
+** - One engine at a time owns the process's signals (the last attached);
+**   its handler is put back as libuv's when it detaches.
+*/
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+
+static const struct {
+  int num;
+  const char *reason;          /* the cancellation's reason */
+  const char *done;            /* for "braid: ... again, exiting" */
+  int runner_only;             /* not for an embedded engine */
+} stops[NSTOPS] = {
+  {SIGINT, "interrupt", "interrupted", 0},
+  {SIGTERM, "terminated", "terminated", 1},
+  {SIGHUP, "hangup", "hung up", 1}
+};
+
+static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
+static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
+
+void braid__intercept_add (braid_engine_t *E, struct braid_interceptor *ic) {
+  braid__list_push(&E->interceptors, &ic->link);
+}
+
+void braid__intercept_remove (struct braid_interceptor *ic) {
+  braid__list_remove(&ic->link);
+}
+
+int braid__engine_interrupted (braid_engine_t *E) {
+  return E->interrupted ? E->interrupt_sig : 0;
+}
+
+int braid__engine_watches (braid_engine_t *E, int signum) {
+  int i;
+  for (i = 0; i < NSTOPS; i++)
+    if (stops[i].num == signum) return E->watching[i];
+  return 0;
+}
+
+struct interrupt_args {
+  braid_engine_t *E;
+  const char *reason;
+};
+
+static int interrupt_p (lua_State *L) {
+  struct interrupt_args *a = (struct interrupt_args *) lua_touserdata(L, 1);
+  braid_engine_t *E = a->E;
+  lua_pushstring(L, a->reason);
+  if (!E->embedded) {
+    braid__scope_set_reason(L, &E->top, -1);
+    braid__scope_cancel(&E->top, &E->top);
+    return 0;
+  }
+  braid__engine_cancel_all(L, E, -1);
+  return 0;
+}
+
+/* The one path of every interrupt. */
+static void engine_interrupt (braid_engine_t *E, int i) {
+  struct braid_list *n;
+  struct interrupt_args a;
+  for (n = E->interceptors.prev; n != &E->interceptors; n = n->prev) {
+    struct braid_interceptor *ic = container_of(n, struct braid_interceptor,
+                                                link);
+    if (ic->fn(ic, stops[i].num)) return;
+  }
+  if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
+    fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
+    _exit(128 + stops[i].num);
+  }
+  if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
+  a.E = E;
+  a.reason = stops[i].reason;
+  braid__engine_call(E, interrupt_p, &a);
+}
+
+/* Handles the signals that arrived and were not handled yet. */
+void braid__interrupt_dispatch (braid_engine_t *E) {
+  int i;
+  for (i = 0; i < NSTOPS; i++)
+    while (atomic_load(&E->pending[i]) > 0) {
+      atomic_fetch_sub(&E->pending[i], 1);
+      engine_interrupt(E, i);
+    }
+}
+
+static void stop_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  braid__interrupt_dispatch((braid_engine_t *) h->data);
+}
+
+static void sigquit_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  braid__dump_signal((braid_engine_t *) h->data);
+}
+
+/* Ours, in front of libuv's: count the arrival, stop the running Lua code
+** at its next instruction, then let libuv wake the loop. Only
+** async-signal-safe work: an atomic add and lua_sethook. */
+static void stop_handler (int signum, siginfo_t *info, void *ctx) {
+  braid_engine_t *E = sig_engine;
+  int i, saved = errno;
+  for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
+  if (i == NSTOPS) return;
+  if (E && E->watching[i]) {
+    atomic_fetch_add(&E->pending[i], 1);
+    braid__hook_interrupt(E);
+  }
+  errno = saved;
+  if (uv_action[i].sa_flags & SA_SIGINFO)
+    uv_action[i].sa_sigaction(signum, info, ctx);
+  else if (uv_action[i].sa_handler != SIG_DFL &&
+           uv_action[i].sa_handler != SIG_IGN)
+    uv_action[i].sa_handler(signum);
+}
+
+static void watch (braid_engine_t *E, uv_signal_t *h, int signum,
+                   uv_signal_cb cb) {
+  uv_signal_init(E->loop, h);
+  h->data = E;
+  E->refs++;
+  uv_signal_start(h, cb, signum);
+  uv_unref((uv_handle_t *) h);
+}
+
+/* Starts watching the signals (braid_new with opts.signals: SIGINT and
+** SIGQUIT; braid.run: SIGTERM and SIGHUP too). */
+void braid__interrupt_attach (braid_engine_t *E) {
+  struct sigaction sa;
+  int i;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = stop_handler;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  watch(E, &E->sigquit, SIGQUIT, sigquit_cb);
+  for (i = 0; i < NSTOPS; i++) {
+    if (stops[i].runner_only && E->embedded) continue;
+    atomic_store(&E->pending[i], 0);
+    watch(E, &E->sigstop[i], stops[i].num, stop_cb);   /* libuv's handler */
+    E->watching[i] = 1;
+    if (sig_engine == NULL)
+      sigaction(stops[i].num, &sa, &uv_action[i]);     /* ours in front */
+  }
+  if (sig_engine == NULL) sig_engine = E;
+  E->signals = 1;
+}
+
+/* Stops watching; libuv's handler goes back in place (and is removed with
+** its last watcher). */
+void braid__interrupt_detach (braid_engine_t *E) {
+  int i;
+  if (!E->signals) return;
+  E->signals = 0;
+  for (i = 0; i < NSTOPS; i++) {
+    if (!E->watching[i]) continue;
+    E->watching[i] = 0;
+    if (sig_engine == E) sigaction(stops[i].num, &uv_action[i], NULL);
+    uv_close((uv_handle_t *) &E->sigstop[i], braid__engine_handle_closed);
+  }
+  if (sig_engine == E) sig_engine = NULL;
+  uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
+}
+
+int braid_interrupt (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  if (E == NULL || !E->running) return UV_EINVAL;
+  engine_interrupt(E, 0);
+  return 0;
+}
