@@ -8,9 +8,10 @@
 **   cancel hook releases it; the op (p->op) is resumed once the child has
 **   exited and both outputs have ended, or at the timeout.
 ** - opts.stdin is written with the proc's own request (stdin_req) from the
-**   string on exec's stack, which stays there for the whole op: stdin is
-**   closed before the op ends, by the exit or by the cancel hook, and
-**   nothing allocates between the spawn and the suspension.
+**   string on exec's stack, which stays there for the whole op, in buffers
+**   under 4 GiB each: stdin is closed before the op ends, by the exit or by
+**   the cancel hook, and nothing allocates on the Lua side between the
+**   spawn and the suspension.
 ** - A cancelled exec returns at once; the child is stopped and reaped in
 **   the background and the proc frees itself once its handles closed.
 */
@@ -174,10 +175,15 @@ static int l_exec (lua_State *L) {
   braid__stream_drain(&p->pipe[P_STDOUT], 1);
   braid__stream_drain(&p->pipe[P_STDERR], 1);
   if (in) {
-    uv_buf_t b = uv_buf_init((char *) in, (unsigned) len);
-    if (len == 0 || uv_write(&p->stdin_req, &p->pipe[P_STDIN].h.stream, &b,
-                             1, exec_stdin_cb) != 0)
-      braid__stream_close(&p->pipe[P_STDIN]);
+    int rc = len == 0 ? UV_EOF :
+             braid__stream_uv_write(&p->stdin_req, &p->pipe[P_STDIN].h.stream,
+                                    in, len, exec_stdin_cb);
+    if (rc != 0) braid__stream_close(&p->pipe[P_STDIN]);
+    if (rc == UV_ENOMEM) {   /* no half-fed child: stop it, as a cancel does */
+      braid__proc_stop(p);
+      braid__proc_release(p);
+      return braid_error(L, "memory", NULL, "braid.exec: not enough memory");
+    }
   }
   uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
   if (timeout >= 0)

@@ -109,10 +109,13 @@ static int fs_read_next (struct fs_op *fo) {
   return uv_fs_read(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 
+/* Writes the next chunk: at most CHUNK_MAX bytes, so a string of 4 GiB or
+** more is written whole (uv_buf_init takes an unsigned). */
 static int fs_write_next (struct fs_op *fo) {
   size_t n = fo->len - fo->off;
-  uv_buf_t b = uv_buf_init(fo->buf + fo->off,
-                           n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
+  uv_buf_t b;
+  if (n > CHUNK_MAX) n = CHUNK_MAX;
+  b = uv_buf_init(fo->buf + fo->off, (unsigned) n);
   return uv_fs_write(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 

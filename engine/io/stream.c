@@ -25,11 +25,14 @@
 **   writes from it, until its callback or until the stream closes
 **   (libuv reads it no more then, and after braid_close on an
 **   application's loop the callback must not touch the engine).
+** - A write is handed to libuv in buffers under 4 GiB each
+**   (braid__stream_uv_write): uv_buf_init's length is an unsigned.
 ** - Cancelling a read only stops that wait (buffered data stays);
 **   cancelling a write or a shutdown closes the stream (the only way to
 **   undo a write libuv has partly done, and nothing half-written is then
 **   followed by later data).
 */
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -464,12 +467,32 @@ static int req_wait (lua_State *L, struct stream_req *r, const char *fname) {
   return braid_suspendk(L, fname, sizeof o, req_start, req_cancel, &o, req_k);
 }
 
+size_t braid__write_chunk = (size_t) 1 << 30;
+
+int braid__stream_uv_write (uv_write_t *req, uv_stream_t *h, const char *data,
+                            size_t len, uv_write_cb cb) {
+  uv_buf_t few[8], *bufs = few;
+  size_t chunk = braid__write_chunk, n = len / chunk + (len % chunk != 0), i;
+  int rc;
+  if (n == 0) n = 1;
+  if (n > UINT_MAX) return UV_EINVAL;
+  if (n > sizeof few / sizeof *few &&
+      (bufs = (uv_buf_t *) braid__malloc(n * sizeof *bufs)) == NULL)
+    return UV_ENOMEM;
+  for (i = 0; i < n; i++) {
+    size_t k = len - i * chunk < chunk ? len - i * chunk : chunk;
+    bufs[i] = uv_buf_init((char *) data + i * chunk, (unsigned) k);
+  }
+  rc = uv_write(req, h, bufs, (unsigned) n, cb);
+  if (bufs != few) free(bufs);
+  return rc;
+}
+
 int braid__stream_write (lua_State *L, struct braid_stream *s,
                          const char *fname) {
   size_t len;
   const char *data;
   struct stream_req *r;
-  uv_buf_t b;
   int rc;
   braid_check_task(L, fname);
   if (!lua_isstring(L, 2)) braid_argerror(L, 2, fname, "string expected");
@@ -481,19 +504,25 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
     return 1;
   }
   braid_check_suspend(L, fname);
-  b = uv_buf_init((char *) data, (unsigned) len);
-  rc = uv_try_write(&s->h.stream, &b, 1);
-  if (rc == (int) len) {   /* the common case: no request, no suspension */
-    lua_settop(L, 1);
-    return 1;
+  if (len <= braid__write_chunk) {   /* one buffer: try it without a request */
+    uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
+    rc = uv_try_write(&s->h.stream, &b, 1);
+    if (rc >= 0 && (size_t) rc == len) {   /* the common case: no request, */
+      lua_settop(L, 1);                    /* no suspension */
+      return 1;
+    }
+    if (rc < 0 && rc != UV_EAGAIN)
+      return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
+                         uv_strerror(rc));
+    if (rc > 0) {
+      data += rc;
+      len -= (size_t) rc;
+    }
   }
-  if (rc < 0 && rc != UV_EAGAIN)
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                       uv_strerror(rc));
-  if (rc > 0) b = uv_buf_init((char *) data + rc, (unsigned) (len - rc));
   lua_pushvalue(L, 2);
   r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX), fname);  /* may raise */
-  rc = uv_write(&r->req.write, &s->h.stream, &b, 1, write_cb);
+  rc = braid__stream_uv_write(&r->req.write, &s->h.stream, data, len,
+                              write_cb);
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
     free(r);

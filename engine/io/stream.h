@@ -115,6 +115,17 @@ int braid__stream_write(lua_State *L, struct braid_stream *s,
 int braid__stream_shutdown(lua_State *L, struct braid_stream *s,
                            const char *fname);
 
+/* uv_write of the len bytes at data, from as many buffers as it takes:
+** uv_buf_init takes an unsigned length (a plain cast would cut a string
+** of 4 GiB or more and write the rest silently never), so the bytes go in
+** buffers of at most braid__write_chunk bytes (1 GiB; between 1 and
+** UINT_MAX; tests make it small). libuv copies the buffer array, which
+** lives for the call only. Returns 0 or a libuv code (UV_ENOMEM when the
+** array cannot be made); the bytes must stay valid until cb. */
+int braid__stream_uv_write(uv_write_t *req, uv_stream_t *h, const char *data,
+                           size_t len, uv_write_cb cb);
+extern size_t braid__write_chunk;
+
 /* Pushes an iterator over read_line for a generic for: `read_line` (the
 ** owner's method, object at 1) called on the object at 1. [-0, +1, m] */
 int braid__stream_lines(lua_State *L, lua_CFunction read_line);
