@@ -453,6 +453,65 @@ static int t_memory_in_braid_calls (void) {
   return 1;
 }
 
+/* Issue 13.12: braid's C buffers (a stream's read buffer, exec's captured
+** output, a file being read, the copy of a string being written) ignored
+** memory_limit. They are charged against it now: each call that would
+** take the engine past it fails with kind "memory", the engine carries on,
+** and every charge is released with its buffer. */
+static int t_buffer_memory (void) {
+  static const char *const hogs[][2] = {
+    {"pcall(braid.exec, {'head', '-c', '50000000', '/dev/zero'},"
+     " {max_output = math.huge})", "memory: braid.exec: not enough memory"},
+    {"pcall(braid.exec, {'sh', '-c', 'head -c 50000000 /dev/zero >&2'},"
+     " {max_output = math.huge})", "memory: braid.exec: not enough memory"},
+    {"pcall(braid.fs.read_file, '/dev/zero', {max_size = math.huge})",
+     "memory: braid.fs.read_file: not enough memory"},
+    {"pcall(p.read_line, p)", "memory: proc:read_line: not enough memory"},
+    {"pcall(p.read, p, 'a')", "memory: proc:read: not enough memory"},
+    /* read_line's own cap keeps its buffer far below the limit */
+    {"pcall(q.read_line, q)", "limit: proc:read_line: line longer than "
+     "1048576 bytes"},
+    /* the copy write_file makes of the string counts too: 4.4 MB of it
+    ** fit beside the string (a concatenation, as string.rep would need
+    ** twice that), not twice */
+    {"pcall(function() local a = ('x'):rep(2200000) collectgarbage()"
+     " local s = a .. a a = nil collectgarbage()"
+     " return braid.fs.write_file('/dev/null', s) end)",
+     "memory: braid.fs.write_file: not enough memory"},
+  };
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  size_t before, i;
+  int n;
+  o.memory_limit = 8u << 20;
+  o.modules = BRAID_MOD_PROCESS | BRAID_MOD_FS;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  lua_gc(braid_state(E), LUA_GCCOLLECT);
+  before = braid_memory_used(E);
+  for (i = 0; i < sizeof hogs / sizeof *hogs; i++) {
+    char code[1024];
+    snprintf(code, sizeof code, "local z = {'sh', '-c', 'head -c 50000000"
+             " /dev/zero 2>/dev/null'}"
+             " local p <close> = braid.process(z, {max_line = math.huge})"
+             " local q <close> = braid.process(z)"
+             " local ok, e = %s return e.kind .. ': ' .. e.message",
+             hogs[i][0]);
+    n = run_to_end(E, code);
+    if (!result_is(E, n, 1, hogs[i][1])) {
+      fprintf(stderr, "# hog %d\n", (int) i + 1);
+      return 0;
+    }
+  }
+  n = run_to_end(E, "return 'still fine: ' .. #braid.exec({'head', '-c',"
+                 " '1000000', '/dev/zero'}).stdout");
+  CHECK(result_is(E, n, 1, "still fine: 1000000"));
+  lua_gc(braid_state(E), LUA_GCCOLLECT);
+  CHECK(braid_memory_used(E) < before + 64 * 1024);   /* all released */
+  braid_close(E);
+  return 1;
+}
+
 /* io/stream.c: writes go to libuv in buffers of at most this many bytes
 ** (1 GiB), since uv_buf_init takes an unsigned length. */
 extern size_t braid__write_chunk;
@@ -737,6 +796,8 @@ int main (void) {
   run_test("the memory limit fails the hog, not the engine", t_memory_limit);
   run_test("running out of memory inside braid's calls leaves it intact",
            t_memory_in_braid_calls);
+  run_test("braid's C buffers count against the memory limit",
+           t_buffer_memory);
   run_test("writes go to libuv in buffers under 4 GiB, every byte in order",
            t_write_chunks);
   run_test("braid's own C heap running out raises kind memory, or spends "
