@@ -554,11 +554,10 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
   r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX), fname);  /* may raise */
   rc = braid__stream_uv_write(&r->req.write, &s->h.stream, data, len,
                               write_cb);
-  if (rc != 0) {
+  if (rc != 0) {   /* UV_ENOMEM (the buffers) only when nothing was sent */
     luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
     free(r);
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                       uv_strerror(rc));
+    return braid__error_uv(L, rc, fname);
   }
   braid__list_push(&s->writes, &r->link);
   return req_wait(L, r, fname);
