@@ -513,8 +513,10 @@ static int t_buffer_memory (void) {
 }
 
 /* io/stream.c: writes go to libuv in buffers of at most this many bytes
-** (1 GiB), since uv_buf_init takes an unsigned length. */
-extern size_t braid__write_chunk;
+** (1 GiB), since uv_buf_init takes an unsigned length. memory.c counts
+** braid's own C-heap allocations; tests make the one numbered
+** braid__cheap_fail fail. */
+extern size_t braid__write_chunk, braid__cheap_count, braid__cheap_fail;
 
 /* Issue 13.3: a write of 4 GiB or more was cut to its length modulo 4 GiB
 ** (an unsigned cast in uv_buf_init), silently. Writes are now split into
@@ -541,8 +543,20 @@ static int t_write_chunks (void) {
     " p:close_stdin()"
     " assert(reader:await() == 'short' .. s .. 'x' .. s .. '1234567', 'proc')"
     " return 'chunked: ' .. #s");
-  braid__write_chunk = (size_t) 1 << 30;
   CHECK(result_is(E, n, 1, "chunked: 168893"));
+  /* No memory for the buffers: kind "memory", and exec's child, started
+  ** already, is stopped rather than fed half its input. */
+  braid__cheap_fail = braid__cheap_count + 1;
+  n = run_to_end(E, "local ok, e = pcall(braid.exec, {'cat'},"
+                 " {stdin = ('x'):rep(100)}) return e.kind .. ': ' .. e.message");
+  CHECK(result_is(E, n, 1, "memory: braid.exec: not enough memory"));
+  braid__cheap_fail = braid__cheap_count + 1;
+  n = run_to_end(E, "local p <close> = braid.process({'cat'})"
+                 " local ok, e = pcall(p.write, p, ('x'):rep(100))"
+                 " return e.kind .. ': ' .. e.message");
+  braid__cheap_fail = 0;
+  braid__write_chunk = (size_t) 1 << 30;
+  CHECK(result_is(E, n, 1, "memory: proc:write: not enough memory"));
   braid_close(E);
   return 1;
 }
