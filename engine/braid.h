@@ -64,7 +64,8 @@ typedef struct braid_op braid_op_t;           /* one suspension of a task */
 typedef struct braid_options {
   unsigned libs;             /* BRAID_LIB_* bits; 0 means BRAID_LIBS_SAFE */
   unsigned modules;          /* BRAID_MOD_* bits */
-  size_t memory_limit;       /* bytes the state may hold; 0: no limit */
+  size_t memory_limit;       /* bytes the state and braid's buffers for it
+                                may hold; 0: no limit */
   int instruction_budget;    /* VM instructions per resume; 0: no limit */
   int signals;               /* nonzero: Ctrl-C cancels, SIGQUIT dumps */
 } braid_options_t;
@@ -332,7 +333,8 @@ BRAID_API void braid_resource_remove(braid_resource_t *r);
 /* Pushes a new braid.Error: {kind = kind, message = the formatted text,
 ** code = code (a libuv error name, or NULL), traceback = ...}. Kinds
 ** braid uses: "io", "spawn", "timeout", "cancelled", "closed", "usage",
-** "memory", "deadlock", "all_failed". [-0, +1, m] */
+** "memory", "limit" (a cap such as exec's max_output: the error has the
+** fields `limit` and `option`), "deadlock", "all_failed". [-0, +1, m] */
 BRAID_API int braid_pusherror(lua_State *L, const char *kind,
                               const char *code, const char *fmt, ...);
 
@@ -360,7 +362,10 @@ BRAID_API void braid_report(lua_State *L, int idx, const char *prefix);
 
 /* ---- limits ---- */
 
-/* Bytes the engine's Lua state holds now (all tasks together). */
+/* Bytes the engine holds now for its scripts: its Lua state (all tasks
+** together) and braid's C buffers (stream read buffers, exec's captured
+** output, files being read, copies of strings being written to files),
+** the sum memory_limit bounds. */
 BRAID_API size_t braid_memory_used(braid_engine_t *E);
 
 #endif

@@ -453,6 +453,114 @@ static int t_memory_in_braid_calls (void) {
   return 1;
 }
 
+/* Issue 13.12: braid's C buffers (a stream's read buffer, exec's captured
+** output, a file being read, the copy of a string being written) ignored
+** memory_limit. They are charged against it now: each call that would
+** take the engine past it fails with kind "memory", the engine carries on,
+** and every charge is released with its buffer. */
+static int t_buffer_memory (void) {
+  static const char *const hogs[][2] = {
+    {"pcall(braid.exec, {'head', '-c', '50000000', '/dev/zero'},"
+     " {max_output = math.huge})", "memory: braid.exec: not enough memory"},
+    {"pcall(braid.exec, {'sh', '-c', 'head -c 50000000 /dev/zero >&2'},"
+     " {max_output = math.huge})", "memory: braid.exec: not enough memory"},
+    {"pcall(braid.fs.read_file, '/dev/zero', {max_size = math.huge})",
+     "memory: braid.fs.read_file: not enough memory"},
+    {"pcall(p.read_line, p)", "memory: proc:read_line: not enough memory"},
+    {"pcall(p.read, p, 'a')", "memory: proc:read: not enough memory"},
+    /* read_line's own cap keeps its buffer far below the limit */
+    {"pcall(q.read_line, q)", "limit: proc:read_line: line longer than "
+     "1048576 bytes"},
+    /* the copy write_file makes of the string counts too: 4.4 MB of it
+    ** fit beside the string (a concatenation, as string.rep would need
+    ** twice that), not twice */
+    {"pcall(function() local a = ('x'):rep(2200000) collectgarbage()"
+     " local s = a .. a a = nil collectgarbage()"
+     " return braid.fs.write_file('/dev/null', s) end)",
+     "memory: braid.fs.write_file: not enough memory"},
+  };
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  size_t before, i;
+  int n;
+  o.memory_limit = 8u << 20;
+  o.modules = BRAID_MOD_PROCESS | BRAID_MOD_FS;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  lua_gc(braid_state(E), LUA_GCCOLLECT);
+  before = braid_memory_used(E);
+  for (i = 0; i < sizeof hogs / sizeof *hogs; i++) {
+    char code[1024];
+    snprintf(code, sizeof code, "local z = {'sh', '-c', 'head -c 50000000"
+             " /dev/zero 2>/dev/null'}"
+             " local p <close> = braid.process(z, {max_line = math.huge})"
+             " local q <close> = braid.process(z)"
+             " local ok, e = %s return e.kind .. ': ' .. e.message",
+             hogs[i][0]);
+    n = run_to_end(E, code);
+    if (!result_is(E, n, 1, hogs[i][1])) {
+      fprintf(stderr, "# hog %d\n", (int) i + 1);
+      return 0;
+    }
+  }
+  n = run_to_end(E, "return 'still fine: ' .. #braid.exec({'head', '-c',"
+                 " '1000000', '/dev/zero'}).stdout");
+  CHECK(result_is(E, n, 1, "still fine: 1000000"));
+  lua_gc(braid_state(E), LUA_GCCOLLECT);
+  CHECK(braid_memory_used(E) < before + 64 * 1024);   /* all released */
+  braid_close(E);
+  return 1;
+}
+
+/* io/stream.c: writes go to libuv in buffers of at most this many bytes
+** (1 GiB), since uv_buf_init takes an unsigned length. memory.c counts
+** braid's own C-heap allocations; tests make the one numbered
+** braid__cheap_fail fail. */
+extern size_t braid__write_chunk, braid__cheap_count, braid__cheap_fail;
+
+/* Issue 13.3: a write of 4 GiB or more was cut to its length modulo 4 GiB
+** (an unsigned cast in uv_buf_init), silently. Writes are now split into
+** buffers under 4 GiB each. A 4 GiB string is too heavy for the suite
+** (spec/exec_spec.lua has one behind BRAID_TEST_HUGE=1), so this runs the
+** same code with 7-byte buffers: exec's stdin and proc:write deliver every
+** byte, in order, through thousands of buffers. */
+static int t_write_chunks (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int n;
+  o.modules = BRAID_MOD_PROCESS;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  braid__write_chunk = 7;
+  n = run_to_end(E, "local parts = {} for i = 1, 30000 do parts[i] = i end"
+    " local s = table.concat(parts, ',')"
+    " assert(braid.exec({'cat'}, {stdin = s}).stdout == s, 'exec')"
+    " assert(braid.exec({'cat'}, {stdin = '1234567'}).stdout == '1234567')"
+    " assert(braid.exec({'cat'}, {stdin = '12345678'}).stdout == '12345678')"
+    " local p <close> = braid.process({'cat'})"
+    " local reader = braid.spawn(function() return p:read('a') end)"
+    " p:write('short'):write(s):write('x'):write(s):write('1234567')"
+    " p:close_stdin()"
+    " assert(reader:await() == 'short' .. s .. 'x' .. s .. '1234567', 'proc')"
+    " return 'chunked: ' .. #s");
+  CHECK(result_is(E, n, 1, "chunked: 168893"));
+  /* No memory for the buffers: kind "memory", and exec's child, started
+  ** already, is stopped rather than fed half its input. */
+  braid__cheap_fail = braid__cheap_count + 1;
+  n = run_to_end(E, "local ok, e = pcall(braid.exec, {'cat'},"
+                 " {stdin = ('x'):rep(100)}) return e.kind .. ': ' .. e.message");
+  CHECK(result_is(E, n, 1, "memory: braid.exec: not enough memory"));
+  braid__cheap_fail = braid__cheap_count + 1;
+  n = run_to_end(E, "local p <close> = braid.process({'cat'})"
+                 " local ok, e = pcall(p.write, p, ('x'):rep(100))"
+                 " return e.kind .. ': ' .. e.message");
+  braid__cheap_fail = 0;
+  braid__write_chunk = (size_t) 1 << 30;
+  CHECK(result_is(E, n, 1, "memory: proc:write: not enough memory"));
+  braid_close(E);
+  return 1;
+}
+
 /* engine/core/memory.c counts braid's own C-heap allocations; tests make
 ** the one numbered braid__cheap_fail fail. */
 extern size_t braid__cheap_count, braid__cheap_fail;
@@ -702,6 +810,10 @@ int main (void) {
   run_test("the memory limit fails the hog, not the engine", t_memory_limit);
   run_test("running out of memory inside braid's calls leaves it intact",
            t_memory_in_braid_calls);
+  run_test("braid's C buffers count against the memory limit",
+           t_buffer_memory);
+  run_test("writes go to libuv in buffers under 4 GiB, every byte in order",
+           t_write_chunks);
   run_test("braid's own C heap running out raises kind memory, or spends "
            "the reserve where a cancel needs it", t_c_heap);
   run_test("the instruction budget stops busy loops, even under pcall",

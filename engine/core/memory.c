@@ -1,7 +1,9 @@
 /*
 ** memory.c: what bounds a script: the memory reserve that keeps the
 ** scheduler alive when the state runs out, the counting allocator of an
-** embedded engine (memory_limit), and the instruction budget.
+** embedded engine (memory_limit) and the charges of braid's C buffers
+** against it, the caps on what one call may buffer (kind "limit"), and
+** the instruction budget.
 **
 ** Invariants:
 ** - While braid runs, every allocation goes through run_alloc (braid.run)
@@ -11,7 +13,12 @@
 ** - The memory limit applies while a task runs and while code is loaded;
 **   the scheduler's own bookkeeping is never refused, so the task that
 **   went over the limit fails and the engine carries on.
+** - braid's C buffers are counted in the same E->mem_used (charges), and a
+**   charge that would pass the limit is refused wherever it is made; a
+**   charge that counts bytes holds a reference to E.
 */
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include "core.h"
 
@@ -118,6 +125,80 @@ void *braid__realloc_must (braid_engine_t *E, void *p, size_t n) {
   if (q == NULL && reserve_give(E)) q = braid__realloc(p, n);
   if (q == NULL) braid__engine_fatal(E, "not enough memory");
   return q;
+}
+
+/* ---- braid's C buffers and the memory limit ----
+** Data braid holds in C for a script (a stream's read buffer, exec's
+** captured output, a file being read, the copy of a string being written
+** to a file) is as much the script's memory as its Lua strings, so it is
+** counted in E->mem_used beside the state's bytes and bounded by the same
+** memory_limit. Unlike the state's allocations, a charge is refused past
+** the limit also outside tasks: every buffer works for some call, and that
+** call fails with kind "memory". The scheduler's own bookkeeping (tasks,
+** scopes, timers, requests) is never charged, so it is never refused. */
+
+int braid__mem_charge (braid_engine_t *E, ptrdiff_t delta) {
+  if (delta > 0) {
+    size_t d = (size_t) delta;
+    if (E->mem_limit && (E->mem_used > E->mem_limit ||
+                         d > E->mem_limit - E->mem_used))
+      return UV_ENOMEM;
+    E->mem_used += d;
+  } else {
+    size_t d = (size_t) -delta;
+    E->mem_used = d < E->mem_used ? E->mem_used - d : 0;
+  }
+  return 0;
+}
+
+/* A charge holds a reference to E while it counts bytes: its buffer may be
+** freed by a close callback or a file request's callback after braid_close,
+** and E (only its memory: the state is gone then) must still be there. */
+int braid__charge_set (struct braid_charge *c, braid_engine_t *E,
+                       size_t bytes) {
+  if (c->bytes == 0) c->E = E;
+  if (bytes > c->bytes) {
+    if (braid__mem_charge(c->E, (ptrdiff_t) (bytes - c->bytes)) != 0)
+      return UV_ENOMEM;
+    if (c->bytes == 0) c->E->refs++;
+  } else if (bytes < c->bytes) {
+    braid_engine_t *held = c->E;
+    braid__mem_charge(held, -(ptrdiff_t) (c->bytes - bytes));
+    if (bytes == 0) {
+      c->bytes = 0;
+      c->E = NULL;
+      braid__engine_unref(held);
+      return 0;
+    }
+  }
+  c->bytes = bytes;
+  return 0;
+}
+
+/* ---- caps on what one call may hold ----
+** exec's max_output, read_file's max_size and a stream's max_line bound
+** what a single call buffers, whatever the memory limit; each is an
+** option a script may raise, and going over raises kind "limit". */
+
+size_t braid__opt_limit (lua_State *L, int idx, const char *key, size_t def,
+                         const char *fname) {
+  double v = braid__opt_number(L, idx, key, (double) def, fname);
+  return v >= (double) BRAID_NO_LIMIT ? BRAID_NO_LIMIT : (size_t) v;
+}
+
+void braid__push_limit_error (lua_State *L, size_t limit, const char *option,
+                              const char *fmt, ...) {
+  va_list ap;
+  const char *msg;
+  va_start(ap, fmt);
+  msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  braid_pusherror(L, "limit", NULL, "%s", msg);
+  lua_remove(L, -2);
+  lua_pushinteger(L, (lua_Integer) limit);
+  lua_setfield(L, -2, "limit");
+  lua_pushstring(L, option);
+  lua_setfield(L, -2, "option");
 }
 
 /* The state's allocator during braid.run: the script's own, with the

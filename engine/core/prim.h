@@ -98,6 +98,48 @@ void *braid__calloc(size_t n, size_t size);
 void *braid__realloc(void *p, size_t n);
 extern size_t braid__cheap_count, braid__cheap_fail;
 
+/* braid's C buffers and the memory limit (memory.c). Bytes braid holds in
+** C for a script (stream read buffers, exec's captured output, a file
+** being read, the copy of a string being written to a file) count in
+** braid_memory_used beside the Lua state's, and an embedded engine's
+** memory_limit bounds the sum. braid__mem_charge adds delta bytes (a
+** negative delta releases): 0, or UV_ENOMEM when growth would pass the
+** limit (nothing is counted then; the call the buffer works for fails
+** with kind "memory"). A release never fails. Unlike the state's own
+** allocations a charge is refused also outside tasks; braid's bookkeeping
+** (tasks, scopes, timers, requests) is not charged, so it is never
+** refused. */
+int braid__mem_charge(braid_engine_t *E, ptrdiff_t delta);
+
+/* A buffer's charge, embedded zeroed in what owns the buffer: the bytes
+** it counts, and, while they are not 0, a reference that keeps E's memory
+** allocated (not its Lua state), since a buffer may be freed by a libuv
+** callback after braid_close. braid__charge_set makes c count `bytes`
+** (charging or releasing the difference): 0, or UV_ENOMEM with c
+** unchanged. Set it to 0 before freeing the buffer's owner; harmless when
+** it counts nothing. Runs no Lua: callbacks may call it. */
+struct braid_charge {
+  braid_engine_t *E;
+  size_t bytes;
+};
+
+int braid__charge_set(struct braid_charge *c, braid_engine_t *E,
+                      size_t bytes);
+
+/* Caps on what one call may buffer (exec's max_output, read_file's
+** max_size, a stream's max_line). braid__opt_limit reads opts[key] (opts
+** at idx) as a number of bytes: def when absent, a usage error unless a
+** non-negative number, and BRAID_NO_LIMIT from 2^63 on (math.huge
+** lifts the cap). braid__push_limit_error pushes the error for going over
+** one: kind "limit", the formatted message (which names the cap and the
+** option), and the fields `limit` (bytes) and `option` (its name).
+** [-0, +1, m] */
+#define BRAID_NO_LIMIT (SIZE_MAX / 2)
+size_t braid__opt_limit(lua_State *L, int idx, const char *key, size_t def,
+                        const char *fname);
+void braid__push_limit_error(lua_State *L, size_t limit, const char *option,
+                             const char *fmt, ...);
+
 /* Raises the error for libuv code rc from the function fname: kind
 ** "memory" ("fname: not enough memory") for UV_ENOMEM, else kind "io"
 ** with the code ("fname: <libuv's message>"). [-0, +0, v] */

@@ -8,9 +8,14 @@
 **   cancel hook releases it; the op (p->op) is resumed once the child has
 **   exited and both outputs have ended, or at the timeout.
 ** - opts.stdin is written with the proc's own request (stdin_req) from the
-**   string on exec's stack, which stays there for the whole op: stdin is
-**   closed before the op ends, by the exit or by the cancel hook, and
-**   nothing allocates between the spawn and the suspension.
+**   string on exec's stack, which stays there for the whole op, in buffers
+**   under 4 GiB each: stdin is closed before the op ends, by the exit or by
+**   the cancel hook, and nothing allocates on the Lua side between the
+**   spawn and the suspension.
+** - stdout and stderr are each capped at opts.max_output bytes (the
+**   streams' max_buf) and charged against the memory limit: an output that
+**   goes over, runs out of memory or fails to read resumes the op at once
+**   (braid__proc_update), and exec_k stops the child before raising.
 ** - A cancelled exec returns at once; the child is stopped and reaped in
 **   the background and the proc frees itself once its handles closed.
 */
@@ -59,10 +64,16 @@ static void exec_timeout_cb (uv_timer_t *h) {
   braid__proc_stop(p);
 }
 
-/* exec's result table from the ended process p (light userdata 1); runs
-** under lua_pcall so that exec_k frees p even when this raises. */
+/* exec's result table from the ended process p (light userdata 1), or the
+** error of an output that failed (longer than max_output, out of memory,
+** a read error: the child may still run then); runs under lua_pcall so
+** that exec_k frees p even when this raises. */
 static int exec_result (lua_State *L) {
   struct braid_proc *p = (struct braid_proc *) lua_touserdata(L, 1);
+  int i;
+  for (i = P_STDOUT; i <= P_STDERR; i++)
+    if (p->pipe[i].rerr != UV_EOF)   /* raises, or (still open) waits */
+      braid__stream_take(L, &p->pipe[i], BRAID_READ_ALL, 0, "braid.exec");
   lua_createtable(L, 0, 4);
   braid__proc_push_status(L, p);
   lua_setfield(L, -3, "signal");
@@ -119,8 +130,9 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   lua_pushlightuserdata(L, p);
   rc = lua_pcall(L, 1, 1, 0);
   failed = p->signal != 0 || p->code != 0;
+  if (!p->exited) braid__proc_stop(p);   /* an output failed: stop it now */
   braid__proc_release(p);
-  if (rc != LUA_OK) return lua_error(L);   /* out of memory: p is freed */
+  if (rc != LUA_OK) return lua_error(L);   /* p is freed */
   if (failed && lua_istable(L, 2)) {
     lua_getfield(L, 2, "check");
     rc = lua_toboolean(L, -1);
@@ -131,8 +143,17 @@ static int exec_k (lua_State *L, braid_op_t *op) {
 }
 
 static const char *const exec_options[] = {
-  "cwd", "env", "stdin", "timeout", "check", "kill_grace", NULL
+  "cwd", "env", "stdin", "timeout", "check", "kill_grace", "max_output",
+  NULL
 };
+
+/* max_output's default, for each of stdout and stderr: exec returns its
+** output as Lua strings, so anything near memory sizes belongs in
+** braid.process's streams; 64 MiB is far beyond what commands whose output
+** a script captures write (a build log, `git log`, a JSON dump), and a
+** runaway one (`yes`, a loop, /dev/zero) fails within a second, having
+** held at most that much per stream plus the string it would have become. */
+#define EXEC_MAX_OUTPUT ((size_t) 64 << 20)
 
 /* braid.exec(argv, [opts]) -> {code, signal, stdout, stderr}: runs argv[1]
 ** (searched in PATH; no shell) to completion with stdout and stderr
@@ -144,14 +165,20 @@ static const char *const exec_options[] = {
 ** child is stopped and a "timeout" error raised); check (when true, a
 ** non-zero status or a signal raises kind "io" with no `code` and the
 ** fields exit_code, signal, stdout and stderr); kill_grace (seconds between
-** SIGTERM and SIGKILL when the child is stopped, default 2). Cancellation
-** raises at once; the child is stopped and reaped in the background. A
-** program that cannot start raises kind "spawn" with `code` (e.g. ENOENT). */
+** SIGTERM and SIGKILL when the child is stopped, default 2); max_output
+** (bytes each of stdout and stderr may hold, default 64 MiB, math.huge:
+** no cap; one more byte stops the child and raises kind "limit").
+** Cancellation raises at once; the child is stopped and reaped in the
+** background, as after a timeout or an output over its cap. Running out of
+** memory (the engine's memory_limit) while capturing raises kind "memory".
+** A program that cannot start raises kind "spawn" with `code` (e.g.
+** ENOENT). */
 static int l_exec (lua_State *L) {
   int stdio[3] = {0, UV_CREATE_PIPE | UV_WRITABLE_PIPE,
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE};
   double timeout, grace;
-  size_t len = 0;
+  size_t len = 0, max_output;
+  int i;
   const char *in = NULL;
   struct braid_proc *p;
   braid_check_task(L, "braid.exec");
@@ -159,6 +186,8 @@ static int l_exec (lua_State *L) {
   lua_settop(L, 2);
   timeout = braid__opt_number(L, 2, "timeout", -1, "braid.exec");
   grace = braid__opt_number(L, 2, "kill_grace", 2.0, "braid.exec");
+  max_output = braid__opt_limit(L, 2, "max_output", EXEC_MAX_OUTPUT,
+                                "braid.exec");
   if (lua_istable(L, 2) && lua_getfield(L, 2, "stdin") != LUA_TNIL) {
     if (!lua_isstring(L, -1))
       braid_usageerror(L, "bad option 'stdin' to 'braid.exec' (string "
@@ -171,13 +200,21 @@ static int l_exec (lua_State *L) {
   p = braid__proc_spawn(L, "braid.exec", stdio, grace);     /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
   p->exec = 1;
-  braid__stream_drain(&p->pipe[P_STDOUT], 1);
-  braid__stream_drain(&p->pipe[P_STDERR], 1);
+  for (i = P_STDOUT; i <= P_STDERR; i++) {
+    p->pipe[i].max_buf = max_output;
+    p->pipe[i].max_buf_opt = "max_output";
+    braid__stream_drain(&p->pipe[i], 1);
+  }
   if (in) {
-    uv_buf_t b = uv_buf_init((char *) in, (unsigned) len);
-    if (len == 0 || uv_write(&p->stdin_req, &p->pipe[P_STDIN].h.stream, &b,
-                             1, exec_stdin_cb) != 0)
-      braid__stream_close(&p->pipe[P_STDIN]);
+    int rc = len == 0 ? UV_EOF :
+             braid__stream_uv_write(&p->stdin_req, &p->pipe[P_STDIN].h.stream,
+                                    in, len, exec_stdin_cb);
+    if (rc != 0) braid__stream_close(&p->pipe[P_STDIN]);
+    if (rc == UV_ENOMEM) {   /* no half-fed child: stop it, as a cancel does */
+      braid__proc_stop(p);
+      braid__proc_release(p);
+      return braid_error(L, "memory", NULL, "braid.exec: not enough memory");
+    }
   }
   uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
   if (timeout >= 0)

@@ -40,6 +40,12 @@
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
 
+/* read_file's max_size by default: the file becomes one Lua string, so a
+** file near memory sizes is no read_file's; 64 MiB (as exec's max_output)
+** reads any configuration, page or data file a script handles whole, and
+** stops /dev/zero or a runaway log within a second. */
+#define READ_MAX_SIZE ((size_t) 64 << 20)
+
 enum { OP_READ, OP_WRITE, OP_APPEND, OP_STAT, OP_LIST, OP_MKDIR, OP_REMOVE,
        OP_RENAME };
 
@@ -58,13 +64,17 @@ static const char *const fnames[] = {
 
 struct fs_op {
   braid_op_t *op;            /* the call waiting for it; NULL once detached */
+  braid_engine_t *E;
   uv_fs_t req;
   int kind;
   int busy;                  /* a request is in flight */
   int err;                   /* the first failure, a UV_E* code, or 0 */
+  int over;                  /* read: more than max bytes came */
   uv_file fd;
   char *buf;                 /* read: what came so far; write: the data */
   size_t len, cap, off;
+  size_t max;                /* read: max_size */
+  struct braid_charge charge;   /* buf's bytes, against the memory limit */
   uv_stat_t st;
 };
 
@@ -83,36 +93,53 @@ struct fs_args {
   const char *path, *to;
   const char *data;          /* write_file, append_file */
   size_t len;
+  size_t max;                /* read_file: max_size */
 };
 
 static void fs_cb (uv_fs_t *req);
 
+/* Frees fo and its buffer, and releases the buffer's charge (fo may go
+** after braid_close: the charge keeps E's memory until then). */
 static void fs_op_free (struct fs_op *fo) {
   uv_fs_req_cleanup(&fo->req);
   free(fo->buf);
+  braid__charge_set(&fo->charge, fo->E, 0);
   free(fo);
 }
 
-/* Starts the next read into the buffer, growing it first when full. */
+/* Starts the next read into the buffer, growing it first when full: at
+** most one byte past max_size (that byte tells the file is longer), each
+** growth charged against the memory limit. */
 static int fs_read_next (struct fs_op *fo) {
   uv_buf_t b;
-  size_t n;
-  if (fo->cap - fo->len < CHUNK_MIN) {
+  size_t n, want = fo->max - fo->len + 1;   /* len <= max: want >= 1 */
+  if (fo->cap - fo->len < CHUNK_MIN && fo->cap - fo->len < want) {
     size_t cap = fo->cap ? fo->cap * 2 : CHUNK_MIN;
-    char *p = braid__realloc(fo->buf, cap);   /* fs_cb: the op fails */
-    if (p == NULL) return UV_ENOMEM;
+    char *p;
+    if (cap - fo->len > want) cap = fo->len + want;   /* still > fo->cap */
+    if (braid__charge_set(&fo->charge, fo->E, cap) != 0) return UV_ENOMEM;
+    p = braid__realloc(fo->buf, cap);   /* fs_cb: the op fails */
+    if (p == NULL) {
+      braid__charge_set(&fo->charge, fo->E, fo->cap);
+      return UV_ENOMEM;
+    }
     fo->buf = p;
     fo->cap = cap;
   }
   n = fo->cap - fo->len;
-  b = uv_buf_init(fo->buf + fo->len, n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
+  if (n > want) n = want;
+  if (n > CHUNK_MAX) n = CHUNK_MAX;
+  b = uv_buf_init(fo->buf + fo->len, (unsigned) n);   /* n <= CHUNK_MAX */
   return uv_fs_read(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 
+/* Writes the next chunk: at most CHUNK_MAX bytes, so a string of 4 GiB or
+** more is written whole (uv_buf_init takes an unsigned). */
 static int fs_write_next (struct fs_op *fo) {
   size_t n = fo->len - fo->off;
-  uv_buf_t b = uv_buf_init(fo->buf + fo->off,
-                           n > CHUNK_MAX ? CHUNK_MAX : (unsigned) n);
+  uv_buf_t b;
+  if (n > CHUNK_MAX) n = CHUNK_MAX;
+  b = uv_buf_init(fo->buf + fo->off, (unsigned) n);
   return uv_fs_write(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
 
@@ -186,6 +213,11 @@ static void fs_cb (uv_fs_t *req) {
         return;
       }
       fo->len += (size_t) r;
+      if (fo->len > fo->max) {   /* longer than max_size */
+        fo->over = 1;
+        fs_finish(fo, UV_EFBIG);
+        return;
+      }
       rc = fs_read_next(fo);
       break;
     case UV_FS_WRITE:
@@ -220,15 +252,19 @@ static int fs_start (braid_op_t *op, void *ud) {
   c->unlink_err = a->unlink_err;
   if (fo == NULL) goto failed;
   fo->op = op;
+  fo->E = braid_op_engine(op);
   fo->kind = a->kind;
+  fo->max = a->max;
   fo->fd = -1;
   switch (a->kind) {
     case OP_READ:
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_RDONLY, 0, fs_cb);
       break;
-    case OP_WRITE: case OP_APPEND:
+    case OP_WRITE: case OP_APPEND:   /* the copy counts: rc is UV_ENOMEM */
+      if (braid__charge_set(&fo->charge, fo->E, a->len ? a->len : 1) != 0)
+        break;
       fo->buf = (char *) braid__malloc(a->len ? a->len : 1);
-      if (fo->buf == NULL) break;   /* rc is UV_ENOMEM */
+      if (fo->buf == NULL) break;
       memcpy(fo->buf, a->data, a->len);
       fo->len = fo->cap = a->len;
       rc = uv_fs_open(a->loop, &fo->req, a->path, O_WRONLY | O_CREAT |
@@ -301,6 +337,16 @@ static int fs_raise (lua_State *L, const char *fname, int err,
   else
     braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
                       path, uv_strerror(err));
+  lua_pushstring(L, path);
+  lua_setfield(L, -2, "path");
+  return lua_error(L);
+}
+
+/* Raises read_file's error for a file longer than max_size (max). */
+static int fs_raise_limit (lua_State *L, size_t max, const char *path) {
+  braid__push_limit_error(L, max, "max_size", "braid.fs.read_file %s: "
+                          "file longer than %I bytes (the max_size option "
+                          "raises the limit)", path, (lua_Integer) max);
   lua_pushstring(L, path);
   lua_setfield(L, -2, "path");
   return lua_error(L);
@@ -393,7 +439,10 @@ static int fs_k (lua_State *L, braid_op_t *op) {
   }
   if (err == UV_ENOTDIR && c->unlink_err) err = c->unlink_err;
   if (err < 0) {
+    int over = fo && fo->over;
+    size_t max = over ? fo->max : 0;
     if (fo) fs_op_free(fo);   /* now: a failed read may hold a large buffer */
+    if (over) return fs_raise_limit(L, max, lua_tostring(L, 1));
     return fs_raise(L, fnames[kind], err, lua_tostring(L, 1),
                     kind == OP_RENAME ? lua_tostring(L, 2) : NULL);
   }
@@ -428,10 +477,18 @@ static void fs_begin (lua_State *L, struct fs_args *a, int kind) {
   if (kind == OP_RENAME) fs_check_path(L, 2, fname);
 }
 
-/* braid.fs.read_file(path) -> string: the whole file, read in chunks. */
+static const char *const read_options[] = {"max_size", NULL};
+
+/* braid.fs.read_file(path, [opts]) -> string: the whole file, read in
+** chunks. opts.max_size: the most bytes it may have (default 64 MiB,
+** math.huge: no cap); a longer one (or /dev/zero) raises kind "limit"
+** after reading one byte more, never more. */
 static int l_fs_read_file (lua_State *L) {
   struct fs_args a;
   fs_begin(L, &a, OP_READ);
+  braid__check_options(L, 2, "braid.fs.read_file", read_options);
+  a.max = braid__opt_limit(L, 2, "max_size", READ_MAX_SIZE,
+                           "braid.fs.read_file");
   lua_settop(L, 1);
   return fs_suspend(L, &a);
 }

@@ -106,11 +106,19 @@ static void proc_drain (struct braid_proc *p) {
     braid__stream_drain(&p->pipe[P_STDOUT], !braid__list_empty(&p->waiters));
 }
 
+/* Did reading the pipe end otherwise than at its end (over exec's
+** max_output, out of memory, a read error)? */
+static int pipe_failed (struct braid_stream *s) {
+  return s->rerr != 0 && s->rerr != UV_EOF;
+}
+
 void braid__proc_update (struct braid_proc *p) {
   int pipes = p->pipe[P_STDIN].live || p->pipe[P_STDOUT].live ||
               p->pipe[P_STDERR].live;
-  if (p->op && p->exited && !p->pipe[P_STDOUT].live &&
-      !p->pipe[P_STDERR].live) {
+  if (p->op && ((p->exited && !p->pipe[P_STDOUT].live &&
+                 !p->pipe[P_STDERR].live) ||
+                pipe_failed(&p->pipe[P_STDOUT]) ||
+                pipe_failed(&p->pipe[P_STDERR]))) {
     braid_op_t *op = p->op;
     p->op = NULL;
     braid_resume(op, 0);       /* its continuation finds the rest in p */

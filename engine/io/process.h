@@ -46,8 +46,9 @@ void braid__proc_stop(struct braid_proc *p);
 void braid__proc_release(struct braid_proc *p);
 
 /* Moves p on after anything happened: resumes p->op once the child has
-** exited and its outputs ended, and closes the timer when nothing is
-** left. Runs no Lua. */
+** exited and its outputs ended, or as soon as an output failed (over
+** max_output, out of memory, a read error: exec then stops the child), and
+** closes the timer when nothing is left. Runs no Lua. */
 void braid__proc_update(struct braid_proc *p);
 
 /* Pushes the exit code (nil after a signal) and the signal's name (or

@@ -25,11 +25,20 @@
 **   writes from it, until its callback or until the stream closes
 **   (libuv reads it no more then, and after braid_close on an
 **   application's loop the callback must not touch the engine).
+** - The buffer is braid's memory on the script's behalf: its capacity is
+**   charged against the engine's memory limit (a refusal ends reading with
+**   UV_ENOMEM, kind "memory"), and it never grows past the owner's cap
+**   max_buf + 1 (exec's max_output): the byte past the cap ends reading
+**   with s->over, kind "limit". read_line's max_line bounds what a waiting
+**   reader grows it to (the reader is woken as soon as a line cannot fit).
+** - A write is handed to libuv in buffers under 4 GiB each
+**   (braid__stream_uv_write): uv_buf_init's length is an unsigned.
 ** - Cancelling a read only stops that wait (buffered data stays);
 **   cancelling a write or a shutdown closes the stream (the only way to
 **   undo a write libuv has partly done, and nothing half-written is then
 **   followed by later data).
 */
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -100,10 +109,15 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
     s->off = 0;
   }
   if (s->off + s->len == s->cap) {   /* full, or no buffer yet: grow */
+    /* Full means off == 0 and len == cap <= max_buf (reading stops past
+    ** it), so the clamp still lets the buffer grow. */
     size_t cap = s->cap ? s->cap * 2 : READ_BUF;
-    char *nb = realloc(s->buf, cap);
-    if (nb == NULL) {                /* read_cb gets UV_ENOBUFS */
-      b->base = NULL;
+    char *nb = NULL;
+    if (cap > s->max_buf + 1) cap = s->max_buf + 1;
+    if (braid__charge_set(&s->charge, s->E, cap) != 0 ||
+        (nb = realloc(s->buf, cap)) == NULL) {
+      braid__charge_set(&s->charge, s->E, s->cap);
+      b->base = NULL;                /* read_cb gets UV_ENOBUFS */
       b->len = 0;
       return;
     }
@@ -112,14 +126,22 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
   }
   b->base = s->buf + s->off + s->len;
   b->len = s->cap - s->off - s->len;
+  if (b->len > s->max_buf + 1 - s->len)   /* one byte past the cap tells */
+    b->len = s->max_buf + 1 - s->len;
 }
 
 static void stream_read_cb (uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
   struct braid_stream *s = container_of(h, struct braid_stream, h.stream);
   (void) b;
   if (n == 0) return;
-  if (n > 0) s->len += (size_t) n;
-  else {                             /* the end, an error, or no memory */
+  if (n > 0) {
+    s->len += (size_t) n;
+    if (s->len > s->max_buf) {       /* over the owner's cap: reading ends */
+      s->over = 1;
+      s->rerr = UV_ENOBUFS;
+      stream_stop(s);
+    }
+  } else {                           /* the end, an error, or no memory */
     s->rerr = n == UV_ENOBUFS ? UV_ENOMEM : (int) n;
     stream_stop(s);
   }
@@ -160,6 +182,8 @@ void braid__stream_init (struct braid_stream *s, braid_engine_t *E,
   s->name = name;
   s->limit_opt = "";
   s->max_line = BRAID_MAX_LINE;
+  s->max_buf = BRAID_NO_LIMIT;
+  s->max_buf_opt = "";
   braid__list_init(&s->writes);
   s->live = 1;
   uv_unref(&s->h.handle);
@@ -204,6 +228,7 @@ void braid__stream_close (struct braid_stream *s) {
 
 void braid__stream_free (struct braid_stream *s) {
   free(s->buf);
+  braid__charge_set(&s->charge, s->E, 0);
   s->buf = NULL;
   s->cap = s->off = s->len = 0;
 }
@@ -226,9 +251,11 @@ static void stream_consume (lua_State *L, struct braid_stream *s, size_t n,
 
 static int line_error (lua_State *L, struct braid_stream *s,
                        const char *fname) {
-  return braid_error(L, "io", "ENOBUFS", "%s: line longer than %I bytes "
-                     "(the max_line option of %s raises the limit)", fname,
-                     (lua_Integer) s->max_line, s->limit_opt);
+  braid__push_limit_error(L, s->max_line, "max_line", "%s: line longer than "
+                          "%I bytes (the max_line option of %s raises the "
+                          "limit)", fname, (lua_Integer) s->max_line,
+                          s->limit_opt);
+  return lua_error(L);
 }
 
 int braid__stream_take (lua_State *L, struct braid_stream *s, int mode,
@@ -259,6 +286,13 @@ int braid__stream_take (lua_State *L, struct braid_stream *s, int mode,
   if (s->rerr == UV_EOF) {
     lua_pushnil(L);
     return 1;
+  }
+  if (s->over) {
+    braid__push_limit_error(L, s->max_buf, s->max_buf_opt, "%s: %s longer "
+                            "than %I bytes (the %s option raises the limit)",
+                            fname, s->name, (lua_Integer) s->max_buf,
+                            s->max_buf_opt);
+    return lua_error(L);
   }
   if (s->rerr == UV_ENOMEM)
     return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
@@ -464,12 +498,32 @@ static int req_wait (lua_State *L, struct stream_req *r, const char *fname) {
   return braid_suspendk(L, fname, sizeof o, req_start, req_cancel, &o, req_k);
 }
 
+size_t braid__write_chunk = (size_t) 1 << 30;
+
+int braid__stream_uv_write (uv_write_t *req, uv_stream_t *h, const char *data,
+                            size_t len, uv_write_cb cb) {
+  uv_buf_t few[8], *bufs = few;
+  size_t chunk = braid__write_chunk, n = len / chunk + (len % chunk != 0), i;
+  int rc;
+  if (n == 0) n = 1;
+  if (n > UINT_MAX) return UV_EINVAL;
+  if (n > sizeof few / sizeof *few &&
+      (bufs = (uv_buf_t *) braid__malloc(n * sizeof *bufs)) == NULL)
+    return UV_ENOMEM;
+  for (i = 0; i < n; i++) {
+    size_t k = len - i * chunk < chunk ? len - i * chunk : chunk;
+    bufs[i] = uv_buf_init((char *) data + i * chunk, (unsigned) k);
+  }
+  rc = uv_write(req, h, bufs, (unsigned) n, cb);
+  if (bufs != few) free(bufs);
+  return rc;
+}
+
 int braid__stream_write (lua_State *L, struct braid_stream *s,
                          const char *fname) {
   size_t len;
   const char *data;
   struct stream_req *r;
-  uv_buf_t b;
   int rc;
   braid_check_task(L, fname);
   if (!lua_isstring(L, 2)) braid_argerror(L, 2, fname, "string expected");
@@ -481,24 +535,29 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
     return 1;
   }
   braid_check_suspend(L, fname);
-  b = uv_buf_init((char *) data, (unsigned) len);
-  rc = uv_try_write(&s->h.stream, &b, 1);
-  if (rc == (int) len) {   /* the common case: no request, no suspension */
-    lua_settop(L, 1);
-    return 1;
+  if (len <= braid__write_chunk) {   /* one buffer: try it without a request */
+    uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
+    rc = uv_try_write(&s->h.stream, &b, 1);
+    if (rc >= 0 && (size_t) rc == len) {   /* the common case: no request, */
+      lua_settop(L, 1);                    /* no suspension */
+      return 1;
+    }
+    if (rc < 0 && rc != UV_EAGAIN)
+      return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
+                         uv_strerror(rc));
+    if (rc > 0) {
+      data += rc;
+      len -= (size_t) rc;
+    }
   }
-  if (rc < 0 && rc != UV_EAGAIN)
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                       uv_strerror(rc));
-  if (rc > 0) b = uv_buf_init((char *) data + rc, (unsigned) (len - rc));
   lua_pushvalue(L, 2);
   r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX), fname);  /* may raise */
-  rc = uv_write(&r->req.write, &s->h.stream, &b, 1, write_cb);
-  if (rc != 0) {
+  rc = braid__stream_uv_write(&r->req.write, &s->h.stream, data, len,
+                              write_cb);
+  if (rc != 0) {   /* UV_ENOMEM (the buffers) only when nothing was sent */
     luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
     free(r);
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                       uv_strerror(rc));
+    return braid__error_uv(L, rc, fname);
   }
   braid__list_push(&s->writes, &r->link);
   return req_wait(L, r, fname);

@@ -55,6 +55,13 @@ struct braid_stream {
   const char *name;             /* in messages: "the stream", "stdout" */
   const char *limit_opt;        /* who takes max_line: "braid.process" */
   size_t max_line;              /* the owner's to set; BRAID_MAX_LINE */
+  size_t max_buf;               /* the owner's to set: the most the buffer
+                                   may hold (exec's max_output); going
+                                   over ends reading (rerr UV_ENOBUFS,
+                                   over) and raises kind "limit";
+                                   BRAID_NO_LIMIT */
+  const char *max_buf_opt;      /* the option that sets it: "max_output" */
+  struct braid_charge charge;   /* buf's bytes, against the memory limit */
   braid_op_t *rop;              /* the waiting reader's op, until resumed */
   braid_op_t *reader;           /* the reader's op, until its continuation */
   struct braid_list writes;     /* requests holding their Lua strings */
@@ -63,7 +70,7 @@ struct braid_stream {
   size_t scan;                  /* bytes after off known to hold no "\n" */
   int rerr;                     /* once reading ended: UV_EOF or an error */
   unsigned char live;           /* from init until braid__stream_close */
-  unsigned char reading, drain, mode;
+  unsigned char reading, drain, mode, over;
 };
 
 /* Makes s, whose handle the owner has just initialised, a stream named
@@ -85,7 +92,9 @@ void braid__stream_free(struct braid_stream *s);
 
 /* Starts reading into the buffer (harmless when reading or ended); it
 ** pauses once 64 KiB are buffered and nobody waits, unless drained.
-** Returns 0, or a libuv error, which also ends reading. */
+** Returns 0, or a libuv error, which also ends reading. The buffer is
+** charged against the engine's memory limit (braid__charge_set): growth
+** refused ends reading with UV_ENOMEM (kind "memory" for the reader). */
 int braid__stream_start(struct braid_stream *s);
 
 /* on: read everything into memory, as long as it comes, and keep the loop
@@ -102,7 +111,7 @@ void braid__stream_drain(struct braid_stream *s, int on);
 ** nothing is left) or absent (`dflt`: BRAID_READ_SOME with no bound, or
 ** BRAID_READ_ALL). read_line: the next line without its "\n" or "\r\n";
 ** at the end the unterminated rest, then nil; a line longer than
-** s->max_line raises kind "io", code "ENOBUFS", and stays buffered. A read
+** s->max_line raises kind "limit" and stays buffered. A read
 ** error (ECONNRESET) is raised, kind "io", once the buffer is drained;
 ** only one task reads at a time (another one gets a usage error). write:
 ** the string at 2, returns the object once libuv has written it all. */
@@ -114,6 +123,17 @@ int braid__stream_write(lua_State *L, struct braid_stream *s,
                         const char *fname);
 int braid__stream_shutdown(lua_State *L, struct braid_stream *s,
                            const char *fname);
+
+/* uv_write of the len bytes at data, from as many buffers as it takes:
+** uv_buf_init takes an unsigned length (a plain cast would cut a string
+** of 4 GiB or more and write the rest silently never), so the bytes go in
+** buffers of at most braid__write_chunk bytes (1 GiB; between 1 and
+** UINT_MAX; tests make it small). libuv copies the buffer array, which
+** lives for the call only. Returns 0 or a libuv code (UV_ENOMEM when the
+** array cannot be made); the bytes must stay valid until cb. */
+int braid__stream_uv_write(uv_write_t *req, uv_stream_t *h, const char *data,
+                           size_t len, uv_write_cb cb);
+extern size_t braid__write_chunk;
 
 /* Pushes an iterator over read_line for a generic for: `read_line` (the
 ** owner's method, object at 1) called on the object at 1. [-0, +1, m] */
