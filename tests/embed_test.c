@@ -624,6 +624,83 @@ static int t_budget_coroutine (void) {
   return 1;
 }
 
+/* Issue 13.7: each coroutine.resume used to start a fresh budget (two
+** nested levels ran 450 million iterations on a 100k budget; three never
+** returned). The budget is per task resume, nested coroutines included,
+** and a loop of short nested resumes is charged too. */
+static int t_budget_nested (void) {
+  static const char *const nests[] = {
+    "local function nest(d) if d == 0 then while true do end end"
+    " coroutine.wrap(function() nest(d - 1) end)() end nest(2)",
+    "local function nest(d) if d == 0 then while true do end end"
+    " coroutine.wrap(function() nest(d - 1) end)() end nest(3)",
+    "for i = 1, 1e9 do coroutine.wrap(function() for j = 1, 90 do end end)()"
+    " end",
+    "local co = coroutine.wrap(function() while true do"
+    " for j = 1, 99 do end coroutine.yield() end end)"
+    " while true do co() end",
+  };
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  size_t i;
+  o.instruction_budget = 100000;
+  E = braid_new(NULL, &o);
+  for (i = 0; i < sizeof nests / sizeof *nests; i++) {
+    uint64_t t0 = uv_hrtime();
+    int n = run_to_end(E, nests[i]);
+    if (!result_is(E, n, 0, "instruction budget")) {
+      fprintf(stderr, "# nest %d\n", (int) i + 1);
+      return 0;
+    }
+    CHECK(uv_hrtime() - t0 < 2000000000u);   /* stopped, not finished */
+  }
+  braid_close(E);
+  return 1;
+}
+
+/* Issue 13.7: a __gc finalizer runs with hooks off and outside the memory
+** limit (a `while true do end` in one hung braid_close); an engine with a
+** budget or a memory limit refuses them. braid's own metatables cannot be
+** read or changed by scripts, and a script's __tostring run while braid
+** reports an error is bounded by the budget too. */
+static int t_sandbox_callbacks (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int n;
+  o.instruction_budget = 100000;
+  o.memory_limit = 16u << 20;
+  E = braid_new(NULL, &o);
+  n = run_to_end(E, "local ok, e = pcall(setmetatable, {}, {__gc = function()"
+                 " while true do end end}) return tostring(ok) .. ' ' .."
+                 " tostring(e)");
+  CHECK(result_is(E, n, 1, "false"));
+  CHECK(result_is(E, run_to_end(E, "local ok, e = pcall(setmetatable, {},"
+                  " {__gc = 1}) return e.kind"), 1, "usage"));
+  n = run_to_end(E, "return tostring(getmetatable(braid.channel()))");
+  CHECK(result_is(E, n, 1, "braid.Channel"));
+  n = run_to_end(E, "return tostring(pcall(setmetatable, braid.spawn(function()"
+                 " end), {}))");
+  CHECK(result_is(E, n, 1, "false"));
+  n = run_to_end(E, "local ok = pcall(function() getmetatable(braid.Error"
+                 ".new{kind = 'x', message = 'y'}).__index = function() while"
+                 " true do end end end) return braid.Error.new{kind = 'x',"
+                 " message = 'y'}.message");
+  CHECK(result_is(E, n, 1, "y"));
+  /* a failing child's error with a hostile __tostring, reported by braid
+  ** while the scope fails (a sibling raises too: "error while
+  ** cancelling"), must not hang the engine */
+  n = run_to_end(E, "local hostile = setmetatable({}, {__tostring ="
+                 " function() while true do end end})"
+                 " local ok = pcall(braid.scope, function(s)"
+                 " s:spawn(function() error(hostile) end)"
+                 " s:spawn(function() local _ <close> = setmetatable({},"
+                 " {__close = function() error(hostile) end}) braid.sleep(9)"
+                 " end) end) return ok and 'no' or 'survived'");
+  CHECK(result_is(E, n, 1, "survived"));
+  braid_close(E);
+  return 1;
+}
+
 static int t_capabilities (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   int n;
@@ -820,6 +897,10 @@ int main (void) {
            t_instruction_budget);
   run_test("the instruction budget covers the script's coroutines",
            t_budget_coroutine);
+  run_test("the instruction budget is per task resume, nested coroutines "
+           "included", t_budget_nested);
+  run_test("a sandbox refuses __gc, protects braid's metatables and bounds "
+           "script callbacks", t_sandbox_callbacks);
   run_test("the default capabilities remove files, processes and native code",
            t_capabilities);
   run_test("BRAID_LIBS_ALL opens everything; braid.run is refused",

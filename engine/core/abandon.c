@@ -33,6 +33,17 @@ static void abandon_below (struct braid_task *t) {
   }
 }
 
+/* Resets co, running its to-be-closed variables: the last cleanup of a
+** task that already overran its grace period, so it is bounded too. */
+static int abandon_reset (braid_engine_t *E, lua_State *co) {
+  struct braid_bound b;
+  int status;
+  braid__bound(E, co, &b);
+  status = lua_resetthread(co);
+  braid__unbound(E, co, &b);
+  return status;
+}
+
 /* Closes the to-be-closed variables of the user coroutines that task t is
 ** suspended through (a braid call made inside coroutine.wrap or resume),
 ** innermost first: lua_resetthread of the task's own thread does not
@@ -65,7 +76,7 @@ static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
     lua_xmove(co, S, 1);
     lua_pushnil(S);
     lua_rawset(S, tbl);
-    if (lua_resetthread(co) != LUA_OK) {
+    if (abandon_reset(E, co) != LUA_OK) {
       lua_xmove(co, S, 1);
       braid_report(S, -1, "braid: error in a <close> handler of an "
                           "abandoned task: ");
@@ -92,7 +103,7 @@ void braid__task_abandon (struct braid_task *t) {
   if (t->co) {
     E->current = t;
     abandon_user_coroutines(E, t);
-    if (lua_resetthread(t->co) != LUA_OK) {
+    if (abandon_reset(E, t->co) != LUA_OK) {
       lua_xmove(t->co, S, 1);
       braid_report(S, -1, "braid: error in a <close> handler of an "
                           "abandoned task: ");

@@ -45,6 +45,8 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
                    const luaL_Reg *methods, lua_CFunction index) {
   luaL_newmetatable(L, name);
   if (meta) luaL_setfuncs(L, meta, 0);
+  lua_pushstring(L, name);      /* scripts can neither read nor replace it */
+  lua_setfield(L, -2, "__metatable");
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_pushvalue(L, -1);

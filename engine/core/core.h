@@ -208,6 +208,7 @@ struct braid_engine {
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
   long long budget_left;       /* instructions left in this resume */
+  int callback;                /* script code braid runs for itself, bounded */
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   unsigned io_ops;             /* ops pending that hold the virtual clock */
@@ -263,6 +264,9 @@ void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_interrupt(braid_engine_t *E);
+struct braid_bound { lua_Hook hook; int mask, count; };
+void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
+void braid__unbound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__interrupt_attach(braid_engine_t *E);
 void braid__interrupt_detach(braid_engine_t *E);
 void braid__interrupt_dispatch(braid_engine_t *E);

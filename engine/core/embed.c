@@ -100,11 +100,31 @@ static void api_openlibs (lua_State *L, unsigned libs) {
   lua_pop(L, 1);
 }
 
+/* setmetatable(t, mt), refusing a __gc: an engine whose scripts are limited
+** cannot bound a finalizer (Lua runs them with hooks off, wherever memory
+** is collected, also in braid_close). <close> is the way to clean up. */
+static int l_api_setmetatable (lua_State *L) {
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+    return braid_usageerror(L, "setmetatable: __gc metamethods are not "
+                            "allowed in this engine (its scripts are "
+                            "limited; use <close> to clean up)");
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
 static int l_api_open (lua_State *L) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(L, 1);
   unsigned libs = (unsigned) lua_tointeger(L, 2);
   braid__engine_box(L, E);
   api_openlibs(L, libs);
+  if (E->budget || E->mem_limit) {
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, l_api_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+  }
   lua_newtable(L);
   E->anchors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;

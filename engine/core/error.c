@@ -111,10 +111,16 @@ static int tolstring_k (lua_State *L) {
 ** __tostring that fails, yields or returns a non-string gives a plain
 ** description instead, so reporting an error cannot raise another. */
 const char *braid__tostring (lua_State *L, int idx) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_bound b;
+  int status;
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+  if (E) braid__bound(E, L, &b);   /* a script's __tostring: bounded */
+  status = lua_pcall(L, 1, 1, 0);
+  if (E) braid__unbound(E, L, &b);
+  if (status != LUA_OK) {
     lua_pop(L, 1);
     lua_pushfstring(L, "(%s value whose __tostring failed)",
                     luaL_typename(L, idx));
@@ -406,14 +412,24 @@ void braid__error_init (lua_State *L) {
     lua_setfield(L, -2, "__tostring");
     lua_pushliteral(L, "braid.Error");
     lua_setfield(L, -2, "__name");
+    /* Scripts see braid.Error, a table of its own, as the metatable of
+    ** every braid error (getmetatable(e) == braid.Error) and cannot reach
+    ** or change the real one, which braid's reports rely on. */
+    lua_createtable(L, 0, 2);
     lua_pushcfunction(L, l_error_new);
     lua_setfield(L, -2, "new");
+    lua_pushliteral(L, "braid.Error");
+    lua_setfield(L, -2, "__name");
+    lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
 }
 
+/* braid.Error: the public face of the metatable (its __metatable). */
 void braid__open_error (lua_State *L) {
   braid__error_init(L);
   luaL_getmetatable(L, ERROR_MT);
-  lua_setfield(L, -2, "Error");
+  lua_getfield(L, -1, "__metatable");
+  lua_setfield(L, -3, "Error");
+  lua_pop(L, 1);
 }

@@ -142,3 +142,32 @@ void braid__hook_interrupt (braid_engine_t *E) {
     lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET |
                 LUA_MASKCOUNT, 1);
 }
+
+/* ---- bounding script code the engine calls itself ---- */
+
+static void bound_hook (lua_State *L, lua_Debug *ar) {
+  (void) ar;
+  lua_sethook(L, bound_hook, LUA_MASKCOUNT, 1);   /* pcall cannot go on */
+  luaL_error(L, "a metamethod or handler that braid called ran too long");
+}
+
+/* Script code braid runs for itself (a __tostring while it reports an
+** error, the <close> handlers of a task it abandons) runs with this
+** bound: the engine's budget, else BOUND_DEFAULT instructions; and while
+** it runs the memory limit applies as in a task. Saves what braid__unbound
+** puts back. */
+#define BOUND_DEFAULT 10000000
+
+void braid__bound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
+  b->hook = lua_gethook(L);
+  b->mask = lua_gethookmask(L);
+  b->count = lua_gethookcount(L);
+  lua_sethook(L, bound_hook, LUA_MASKCOUNT,
+              E->budget ? E->budget : BOUND_DEFAULT);
+  E->callback++;
+}
+
+void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
+  lua_sethook(L, b->hook, b->mask, b->count);
+  E->callback--;
+}

@@ -277,7 +277,8 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     E->mem_used -= old;
     return NULL;
   }
-  if (E->mem_limit && nsize > old && (E->current || E->loading) &&
+  if (E->mem_limit && nsize > old && (E->current || E->loading ||
+                                      E->callback) &&
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
   p = realloc(ptr, nsize);
