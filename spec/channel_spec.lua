@@ -176,6 +176,122 @@ describe("braid.semaphore", function()
   end))
 end)
 
+-- Issue 13.10: what is handed to a waiting task that is then abandoned
+-- before it runs again. Each waiter runs shielded in a task of a scope with
+-- grace 0, so that cancelling the scope leaves it waiting; once all wait,
+-- the scope is cancelled and hand_off() runs in the same turn while 20000
+-- other tasks stay ready: the woken waiters queue behind them, past the end
+-- of the scheduler's turn (it resumes at most 20000 tasks a turn), and the
+-- grace period abandons them first. Returns how many waiters ran on.
+local function abandon_after(waiters, hand_off)
+  local stop, ran = false, 0
+  braid.scope(function(busy)
+    for _ = 1, 20000 do
+      busy:spawn(function() while not stop do braid.yield() end end)
+    end
+    local scope, tasks = nil, {}
+    local holder = braid.spawn(function()
+      braid.scope(function(s)
+        scope = s
+        for i, w in ipairs(waiters) do
+          tasks[i] = s:spawn(function() braid.shield(w); ran = ran + 1 end)
+        end
+        braid.sleep(3600)
+      end, {grace = 0})
+    end)
+    local function all_wait()
+      if #tasks < #waiters then return false end
+      for _, t in ipairs(tasks) do
+        if t:status() ~= "suspended" then return false end
+      end
+      return true
+    end
+    repeat braid.yield() until all_wait()
+    scope:cancel()
+    hand_off()
+    holder:await()
+    stop = true
+  end)
+  return ran
+end
+
+describe("a hand-off to a task abandoned before it runs (issue 13.10)", function()
+  it("gives a received value back to the channel, where the next receiver gets it", h.run(function()
+    local ch = braid.channel()
+    local ran = abandon_after({function() ch:recv() end}, function()
+      ch:send("v1")   -- handed over: the receiver is woken with it
+    end)
+    assert.are.equal(0, ran)
+    assert.are.equal(1, ch:len())
+    assert.are.same({"v1", true}, {ch:recv()})
+    assert.are.equal(0, ch:len())
+  end))
+
+  it("gives values back in the order they left, ahead of buffered ones", h.run(function()
+    local ch = braid.channel(1)
+    local recv = function() ch:recv() end
+    abandon_after({recv, recv}, function()
+      ch:send("v1"); ch:send("v2"); ch:send("v3")   -- v3 is buffered
+    end)
+    assert.are.equal(3, ch:len())
+    local got = {}
+    for _ = 1, 3 do got[#got + 1] = ch:recv() end
+    assert.are.same({"v1", "v2", "v3"}, got)
+  end))
+
+  it("hands a given-back value to a receiver already waiting", h.run(function()
+    local ch = braid.channel()
+    local late
+    abandon_after({function() ch:recv() end}, function()
+      ch:send("v1")
+      late = braid.spawn(function() return ch:recv() end)
+    end)
+    assert.are.same({"v1", true}, {late:await()})
+  end))
+
+  it("counts a given-back value against the capacity", h.run(function()
+    local ch = braid.channel(1)
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end)
+    assert.are.equal(1, ch:len())    -- v1 is back: the channel is full
+    local sender = braid.spawn(function() ch:send("v2") end)
+    braid.yield()
+    assert.are.equal("suspended", sender:status())
+    assert.are.same({"v1", true}, {ch:recv()})   -- v2 takes v1's room
+    sender:await()
+    assert.are.same({"v2", true}, {ch:recv()})
+  end))
+
+  it("lets a rendezvous channel hold the value given back", h.run(function()
+    local ch = braid.channel()
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end)
+    local sender = braid.spawn(function() ch:send("v2") end)
+    braid.yield()
+    assert.are.equal("suspended", sender:status())
+    assert.are.same({"v1", true}, {ch:recv()})
+    assert.are.same({"v2", true}, {ch:recv()})
+    sender:await()
+  end))
+
+  it("gives a permit back to the semaphore", h.run(function()
+    local sem = braid.semaphore(0)
+    abandon_after({function() sem:acquire() end}, function() sem:release() end)
+    assert.are.equal(1, sem:count())
+    local with = braid.semaphore(0)
+    abandon_after({function() with:with(function() end) end}, function()
+      with:release()
+    end)
+    assert.are.equal(1, with:count())
+  end))
+
+  it("leaves nothing of a sender abandoned while it waits", h.run(function()
+    local ch = braid.channel()
+    abandon_after({function() ch:send("ghost") end}, function() end)
+    assert.are.equal(0, ch:len())
+    braid.spawn(function() ch:send("real") end)
+    assert.are.same({"real", true}, {ch:recv()})
+  end))
+end)
+
 describe("braid.event", function()
   it("wakes every waiter when set, and returns at once afterwards", h.virtual(function()
     local ev = braid.event()
