@@ -123,6 +123,29 @@ describe("braid.channel", function()
     assert.are.equal(200, total)
   end))
 
+  it("exchanges values with tasks suspended inside coroutines of the script's own", h.virtual(function()
+    local ch = braid.channel()
+    local producer = braid.spawn(function()
+      local gen = coroutine.wrap(function()
+        for i = 1, 3 do ch:send(i) end
+        coroutine.yield("done")
+      end)
+      return gen()
+    end)
+    local got = {}
+    local consume = coroutine.wrap(function()
+      for _ = 1, 3 do
+        local v = ch:recv()   -- taken from the waiting sender, or handed over
+        got[#got + 1] = v
+      end
+      return "ok"
+    end)
+    braid.sleep(1)
+    assert.are.equal("ok", consume())
+    assert.are.same({1, 2, 3}, got)
+    assert.are.equal("done", producer:await())
+  end))
+
   it("rejects a negative capacity", h.run(function()
     local ok, e = pcall(braid.channel, -1)
     assert.are.equal("usage", e.kind)
