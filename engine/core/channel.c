@@ -1,9 +1,12 @@
 /*
-** channel.c: braid.channel, braid.semaphore and braid.event.
+** channel.c: braid.channel, braid.semaphore and braid.event, and the
+** channel side of braid.select (select.c).
 **
 ** All three keep their waiters in FIFO lists of the tasks' own waits
 ** (t->w.chan.link, t->w.watch.link), so waiting allocates nothing and a
-** cancelled waiter unlinks itself in O(1) and leaves no trace.
+** cancelled waiter unlinks itself in O(1) and leaves no trace. A select
+** has a node in the queue of each of its channels (struct
+** braid_chan_node, core.h).
 **
 ** Where a channel's values are: buffered ones in a ring (user value 1);
 ** values given back (below) in a list before the ring (user value 2, made
@@ -92,9 +95,10 @@ static struct braid_chan_node *node_pop (struct braid_list *q) {
 }
 
 /* n has left its queue and its exchange is done (got), or its channel was
-** closed (!got): it wakes. */
+** closed (!got): it wakes, and a select's other cases leave their queues. */
 static void node_commit (struct braid_chan_node *n, int got) {
   n->got = (unsigned char) got;
+  if (n->sel) braid__select_commit(n);
   braid__task_wake(n->task, WAKE_OK);
 }
 

@@ -40,8 +40,9 @@ struct braid_task;
 #define BRAID_OP_INLINE 64
 
 /* A channel operation waiting in one of a channel's queues (channel.c): a
-** plain send or recv is its task's own wait (t->w.chan). The values stay
-** on the stack of the thread suspended in the call (L): a sender's at val_idx, where a
+** plain send or recv is its task's own wait (t->w.chan); a braid.select
+** (select.c) has one for each case. The values stay on the stack of the
+** thread suspended in the call (L): a sender's at val_idx, where a
 ** receiver copies it from; a value handed to a receiver is pushed on top,
 ** where its continuation finds it (as braid_resume does). */
 struct braid_select;
@@ -49,7 +50,7 @@ struct braid_chan_node {
   struct braid_list link;        /* in the channel's senders or receivers */
   struct braid_task *task;
   lua_State *L;                  /* the thread suspended in the call */
-  struct braid_select *sel;      /* NULL (a select's case: later) */
+  struct braid_select *sel;      /* the select it is a case of, or NULL */
   lua_Integer ticket;            /* a handed value's place in the order */
   int chan_idx, val_idx;         /* on L's stack: the channel, the value */
   int idx;                       /* the case's index in sel */
@@ -76,7 +77,7 @@ struct braid_wait {
       struct braid_task *target;       /* task:await */
       void *obj;                       /* the semaphore waited on */
     };
-    struct braid_chan_node chan;       /* channel.c */
+    struct braid_chan_node chan;       /* channel.c, select.c */
     struct {                           /* braid_suspend (api.c) */
       lua_State *L;                    /* the thread that suspended */
       braid_k_fn k;
@@ -297,7 +298,7 @@ void braid__scope_each_task(struct braid_scope *s,
                             void (*fn)(struct braid_task *t, void *ud),
                             void *ud);
 
-/* ---- channels (channel.c) ---- */
+/* ---- channels (channel.c) and braid.select (select.c) ---- */
 
 #define BRAID_CHAN_MT "braid.Channel"
 
@@ -322,6 +323,9 @@ void braid__chan_enqueue(struct braid_chan *c, struct braid_chan_node *n);
 /* n (a receiver) was handed a value that its task will never take: gives
 ** it back to its channel. Scheduler context. */
 void braid__chan_release_node(struct braid_chan_node *n);
+/* select.c: n, a case of a waiting select, commits: the select's other
+** cases leave their queues and its timer stops. */
+void braid__select_commit(struct braid_chan_node *n);
 
 #define BRAID_MARKER ((void *) &braid__marker)
 extern const char braid__marker;
