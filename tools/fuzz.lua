@@ -168,7 +168,14 @@ local function gen_xchg()
     x.cons[c] = {}
     for j = 1, rand(0, 5) do x.cons[c][j] = op("recv", "send") end
   end
-  x.desc = string.format("caps=%s prods=%d cons=%d", table.concat(x.caps, ","), #x.prods, #x.cons)
+  local function counts(lists)
+    local t = {}
+    for i, ops in ipairs(lists) do t[i] = #ops end
+    return table.concat(t, ",")
+  end
+  -- caps of the channels; the number of operations of each producer, consumer
+  x.desc = string.format("caps=%s prods=%s cons=%s", table.concat(x.caps, ","),
+    counts(x.prods), counts(x.cons))
   return x
 end
 
