@@ -440,8 +440,8 @@ static void sem_release (struct braid_wait *w) {
 }
 
 /* Waits for a permit; a waiter woken with WAKE_OK was handed one. */
-static int sem_queue_wait (lua_State *L, struct braid_task *t, struct braid_sem *s,
-                     lua_KFunction k) {
+static int sem_queue_wait (lua_State *L, struct braid_task *t,
+                           struct braid_sem *s, lua_KFunction k) {
   braid__task_wait(t, &t->w, waiter_unlink, "semaphore acquire");
   t->w.obj = s;
   t->w.release = sem_release;
