@@ -205,12 +205,21 @@ end)
 -- the scope is cancelled and hand_off() runs in the same turn while 20000
 -- other tasks stay ready: the woken waiters queue behind them, past the end
 -- of the scheduler's turn (it resumes at most 20000 tasks a turn), and the
--- grace period abandons them first. Returns how many waiters ran on.
-local function abandon_after(waiters, hand_off)
+-- grace period abandons them first. `meanwhile`, if given, runs in the
+-- same turn, in a task that is ahead of the woken waiters in the ready
+-- queue: it may start waiting before they are abandoned. Returns how many
+-- waiters ran on.
+local function abandon_after(waiters, hand_off, meanwhile)
   local stop, ran = false, 0
   braid.scope(function(busy)
     for _ = 1, 20000 do
-      busy:spawn(function() while not stop do braid.yield() end end)
+      busy:spawn(function()
+        while not stop do
+          braid.yield()
+          local f = meanwhile
+          if f and stop == nil then meanwhile = nil; f() end
+        end
+      end)
     end
     local scope, tasks = nil, {}
     local holder = braid.spawn(function()
@@ -232,6 +241,7 @@ local function abandon_after(waiters, hand_off)
     repeat braid.yield() until all_wait()
     scope:cancel()
     hand_off()
+    stop = nil        -- the busy tasks still run, and one takes `meanwhile`
     holder:await()
     stop = true
   end)
@@ -262,14 +272,23 @@ describe("a hand-off to a task abandoned before it runs (issue 13.10)", function
     assert.are.same({"v1", "v2", "v3"}, got)
   end))
 
-  it("hands a given-back value to a receiver already waiting", h.run(function()
+  it("hands a given-back value to a receiver already waiting, a select too", h.run(function()
     local ch = braid.channel()
-    local late
-    abandon_after({function() ch:recv() end}, function()
-      ch:send("v1")
-      late = braid.spawn(function() return ch:recv() end)
-    end)
-    assert.are.same({"v1", true}, {late:await()})
+    local got, waited
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end,
+      function()
+        waited = ch:len() == 0   -- v1 is with the doomed receiver
+        got = {ch:recv()}
+      end)
+    assert.is_true(waited)
+    assert.are.same({"v1", true}, got)
+    local other = braid.channel(1)
+    got = nil
+    abandon_after({function() ch:recv() end}, function() ch:send("v2") end,
+      function() got = {braid.select{{other, "recv"}, {ch, "recv"}}} end)
+    assert.are.same({2, "v2", true}, got)
+    other:send("o")   -- the select left other's queue: o is buffered
+    assert.are.equal(1, other:len())
   end))
 
   it("counts a given-back value against the capacity", h.run(function()
