@@ -123,6 +123,29 @@ describe("braid.channel", function()
     assert.are.equal(200, total)
   end))
 
+  it("exchanges values with tasks suspended inside coroutines of the script's own", h.virtual(function()
+    local ch = braid.channel()
+    local producer = braid.spawn(function()
+      local gen = coroutine.wrap(function()
+        for i = 1, 3 do ch:send(i) end
+        coroutine.yield("done")
+      end)
+      return gen()
+    end)
+    local got = {}
+    local consume = coroutine.wrap(function()
+      for _ = 1, 3 do
+        local v = ch:recv()   -- taken from the waiting sender, or handed over
+        got[#got + 1] = v
+      end
+      return "ok"
+    end)
+    braid.sleep(1)
+    assert.are.equal("ok", consume())
+    assert.are.same({1, 2, 3}, got)
+    assert.are.equal("done", producer:await())
+  end))
+
   it("rejects a negative capacity", h.run(function()
     local ok, e = pcall(braid.channel, -1)
     assert.are.equal("usage", e.kind)
@@ -173,6 +196,141 @@ describe("braid.semaphore", function()
     sem:release()
     assert.are.equal("b", b:await())
     assert.are.equal(0, sem:count())
+  end))
+end)
+
+-- Issue 13.10: what is handed to a waiting task that is then abandoned
+-- before it runs again. Each waiter runs shielded in a task of a scope with
+-- grace 0, so that cancelling the scope leaves it waiting; once all wait,
+-- the scope is cancelled and hand_off() runs in the same turn while 20000
+-- other tasks stay ready: the woken waiters queue behind them, past the end
+-- of the scheduler's turn (it resumes at most 20000 tasks a turn), and the
+-- grace period abandons them first. `meanwhile`, if given, runs in the
+-- same turn, in a task that is ahead of the woken waiters in the ready
+-- queue: it may start waiting before they are abandoned. Returns how many
+-- waiters ran on.
+local function abandon_after(waiters, hand_off, meanwhile)
+  local stop, ran = false, 0
+  braid.scope(function(busy)
+    for _ = 1, 20000 do
+      busy:spawn(function()
+        while not stop do
+          braid.yield()
+          local f = meanwhile
+          if f and stop == nil then meanwhile = nil; f() end
+        end
+      end)
+    end
+    local scope, tasks = nil, {}
+    local holder = braid.spawn(function()
+      braid.scope(function(s)
+        scope = s
+        for i, w in ipairs(waiters) do
+          tasks[i] = s:spawn(function() braid.shield(w); ran = ran + 1 end)
+        end
+        braid.sleep(3600)
+      end, {grace = 0})
+    end)
+    local function all_wait()
+      if #tasks < #waiters then return false end
+      for _, t in ipairs(tasks) do
+        if t:status() ~= "suspended" then return false end
+      end
+      return true
+    end
+    repeat braid.yield() until all_wait()
+    scope:cancel()
+    hand_off()
+    stop = nil        -- the busy tasks still run, and one takes `meanwhile`
+    holder:await()
+    stop = true
+  end)
+  return ran
+end
+
+describe("a hand-off to a task abandoned before it runs (issue 13.10)", function()
+  it("gives a received value back to the channel, where the next receiver gets it", h.run(function()
+    local ch = braid.channel()
+    local ran = abandon_after({function() ch:recv() end}, function()
+      ch:send("v1")   -- handed over: the receiver is woken with it
+    end)
+    assert.are.equal(0, ran)
+    assert.are.equal(1, ch:len())
+    assert.are.same({"v1", true}, {ch:recv()})
+    assert.are.equal(0, ch:len())
+  end))
+
+  it("gives values back in the order they left, ahead of buffered ones", h.run(function()
+    local ch = braid.channel(1)
+    local recv = function() ch:recv() end
+    abandon_after({recv, recv}, function()
+      ch:send("v1"); ch:send("v2"); ch:send("v3")   -- v3 is buffered
+    end)
+    assert.are.equal(3, ch:len())
+    local got = {}
+    for _ = 1, 3 do got[#got + 1] = ch:recv() end
+    assert.are.same({"v1", "v2", "v3"}, got)
+  end))
+
+  it("hands a given-back value to a receiver already waiting, a select too", h.run(function()
+    local ch = braid.channel()
+    local got, waited
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end,
+      function()
+        waited = ch:len() == 0   -- v1 is with the doomed receiver
+        got = {ch:recv()}
+      end)
+    assert.is_true(waited)
+    assert.are.same({"v1", true}, got)
+    local other = braid.channel(1)
+    got = nil
+    abandon_after({function() ch:recv() end}, function() ch:send("v2") end,
+      function() got = {braid.select{{other, "recv"}, {ch, "recv"}}} end)
+    assert.are.same({2, "v2", true}, got)
+    other:send("o")   -- the select left other's queue: o is buffered
+    assert.are.equal(1, other:len())
+  end))
+
+  it("counts a given-back value against the capacity", h.run(function()
+    local ch = braid.channel(1)
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end)
+    assert.are.equal(1, ch:len())    -- v1 is back: the channel is full
+    local sender = braid.spawn(function() ch:send("v2") end)
+    braid.yield()
+    assert.are.equal("suspended", sender:status())
+    assert.are.same({"v1", true}, {ch:recv()})   -- v2 takes v1's room
+    sender:await()
+    assert.are.same({"v2", true}, {ch:recv()})
+  end))
+
+  it("lets a rendezvous channel hold the value given back", h.run(function()
+    local ch = braid.channel()
+    abandon_after({function() ch:recv() end}, function() ch:send("v1") end)
+    local sender = braid.spawn(function() ch:send("v2") end)
+    braid.yield()
+    assert.are.equal("suspended", sender:status())
+    assert.are.same({"v1", true}, {ch:recv()})
+    assert.are.same({"v2", true}, {ch:recv()})
+    sender:await()
+  end))
+
+  it("gives a permit back to the semaphore", h.run(function()
+    local sem = braid.semaphore(0)
+    abandon_after({function() sem:acquire() end}, function() sem:release() end)
+    assert.are.equal(1, sem:count())
+    local with = braid.semaphore(0)
+    abandon_after({function() with:with(function() end) end}, function()
+      with:release()
+    end)
+    assert.are.equal(1, with:count())
+  end))
+
+  it("leaves nothing of a sender abandoned while it waits", h.run(function()
+    local ch = braid.channel()
+    abandon_after({function() ch:send("ghost") end}, function() end)
+    assert.are.equal(0, ch:len())
+    braid.spawn(function() ch:send("real") end)
+    assert.are.same({"real", true}, {ch:recv()})
   end))
 end)
 

@@ -335,6 +335,24 @@ local EXPECT = {
     badarg = {1, self_is(nil)},
   },
   ["channel:close"] = {badarg = {1, self_is(42)}},
+  ["braid.select"] = {
+    outside = function(f, call)
+      call(function() f({{braid.channel(), "recv"}}) end)
+    end,
+    nosuspend = function(f, call)   -- nothing ready, no default
+      call(function() f({{braid.channel(), "recv"}}) end)
+    end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"timeout", function(f, call)
+      call(function() f({{braid.channel(), "recv"}, timeout = NAN}) end)
+    end},
+    also = {{"closed", "case 2 sends on a channel that is closed",
+             function(f, call)
+      local ch = braid.channel(1)
+      ch:close()
+      call(function() f({{braid.channel(), "recv"}, {ch, "send", 1}}) end)
+    end}},
+  },
   ["channel:len"] = {badarg = {1, self_is(42)}},
   ["semaphore:acquire"] = {
     outside = function(f, call) call(function() f(braid.semaphore(1)) end) end,

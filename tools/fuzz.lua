@@ -6,15 +6,16 @@
 -- random workflow tree -- gather (settle/limit/timeout), race, any, map,
 -- timeout, scope (+ scope:cancel), shield, spawn+await, task:cancel from a
 -- sibling, channel and semaphore traffic, pcall, sleeps and errors, real I/O
--- (a process, a TCP round trip, a file) in place of some sleeps, with a
--- <close> variable in every function -- runs it under
+-- (a process, a TCP round trip, a file) and channel exchanges through
+-- braid.select in place of some sleeps, with a <close> variable in every
+-- function -- runs it under
 -- braid.run(fn, {clock = "virtual"}) and checks invariants that need no full
 -- model (see `check` below and the comments at each construct), and that
 -- the registry, the heap and the open descriptors return to their baseline.
 -- A failing seed prints a one-line reproduction, the tree, and exits 1. A
 -- seed's tree and timer order replay exactly; only the order in which
 -- concurrent real I/O completes can differ between runs (FUZZ_IO=0 turns
--- the I/O steps off for exact replay).
+-- the I/O steps off for exact replay; FUZZ_SELECT=0 the exchanges).
 --
 -- As a module (require "tools.fuzz" is not needed: dofile returns M) it is used
 -- by spec/fuzz_spec.lua: M.run_seed(seed) -> ok, report.
@@ -133,6 +134,62 @@ local function add_io(node)
   for _, c in ipairs(node.kids or {}) do add_io(c) end
 end
 
+-- Channel exchanges (braid.select among plain sends and receives) replace
+-- some of the sleeps left, drawn from a third random stream for the same
+-- reason. An exchange: a few channels (capacities 0-2), producers and
+-- consumers, each a list of operations: a plain send or recv on one
+-- channel, or a select over 1-3 cases (mostly sends for a producer,
+-- mostly receives for a consumer), sometimes with default or a timeout;
+-- some retry once, shielded with a timeout, when cancelled. FUZZ_SELECT=0
+-- turns them off.
+local function gen_xchg()
+  local x = {caps = {}, prods = {}, cons = {}, watch = pick({5, 10, 20})}
+  for c = 1, rand(1, 3) do x.caps[c] = rand(0, 2) end
+  local nc = #x.caps
+  local function op(mine, other)
+    local o = {}
+    if rand(4) == 1 then
+      o.plain = {rand(nc), mine}
+    else
+      o.cases = {}
+      for i = 1, rand(1, 3) do o.cases[i] = {rand(nc), rand(4) == 1 and other or mine} end
+      local d = rand(6)
+      if d == 1 then o.default = true elseif d == 2 then o.timeout = dur() end
+    end
+    if rand(3) == 1 then o.sleep = dur() end
+    if rand(6) == 1 then o.stubborn = dur() + 0.5 end
+    return o
+  end
+  for p = 1, rand(1, 3) do
+    x.prods[p] = {}
+    for j = 1, rand(0, 4) do x.prods[p][j] = op("send", "recv") end
+  end
+  for c = 1, rand(1, 3) do
+    x.cons[c] = {}
+    for j = 1, rand(0, 5) do x.cons[c][j] = op("recv", "send") end
+  end
+  local function counts(lists)
+    local t = {}
+    for i, ops in ipairs(lists) do t[i] = #ops end
+    return table.concat(t, ",")
+  end
+  -- caps of the channels; the number of operations of each producer, consumer
+  x.desc = string.format("caps=%s prods=%s cons=%s", table.concat(x.caps, ","),
+    counts(x.prods), counts(x.cons))
+  return x
+end
+
+local function add_select(node)
+  if node.kind == "leaf" then
+    for i, s in ipairs(node.steps) do
+      if s[1] == "sleep" and rand(5) == 1 then node.steps[i] = {"xchg", gen_xchg()} end
+    end
+  end
+  if node.body then add_select(node.body) end
+  if node.kid then add_select(node.kid) end
+  for _, c in ipairs(node.kids or {}) do add_select(c) end
+end
+
 function M.generate(seed)
   math.randomseed(seed)
   nid = 0
@@ -140,6 +197,10 @@ function M.generate(seed)
   if os.getenv("FUZZ_IO") ~= "0" then
     math.randomseed(seed, 1)
     add_io(tree)
+  end
+  if os.getenv("FUZZ_SELECT") ~= "0" then
+    math.randomseed(seed, 2)
+    add_select(tree)
   end
   return tree
 end
@@ -163,7 +224,10 @@ function M.pretty(node, ind, out)
   local head = ind .. "#" .. node.id .. " " .. k
   if k == "leaf" then
     local s = {}
-    for _, st in ipairs(node.steps) do s[#s + 1] = st[1] .. (st[2] and ("(" .. st[2] .. ")") or "") end
+    for _, st in ipairs(node.steps) do
+      local arg = type(st[2]) == "table" and st[2].desc or st[2]
+      s[#s + 1] = st[1] .. (arg and ("(" .. arg .. ")") or "")
+    end
     out[#out + 1] = head .. " [" .. table.concat(s, ", ") .. "]"
   elseif k == "gather" or k == "race" or k == "any" or k == "map" then
     out[#out + 1] = head .. " " .. fmt_opts(node.opts)
@@ -235,6 +299,182 @@ local function io_step(kind, node)
     got = braid.fs.read_file(path)
   end
   if got ~= want then violation(kind .. " #" .. node.id .. " got " .. tostring(got)) end
+end
+
+-- Channel exchanges. Every value sent is a fresh string booked in st.xval:
+-- "attempt" while its send is under way, then "sent" (the send returned;
+-- for a select, it returned that case), or "kept" (the send raised --
+-- closed, cancelled -- or the select committed another case or nothing:
+-- the value stayed with its sender). A value whose sender was abandoned
+-- mid-call stays "attempt": it may or may not have gone. Receipts are
+-- counted in st.xgot; after the run, what is left in the channels is
+-- drained (check_exchanges). Then every value is received or left exactly
+-- once if "sent", never if "kept", at most once if "attempt"; of one
+-- select's send cases at most one value goes; a value comes out of the
+-- channel it was sent on; no value comes from nowhere.
+local function x_new_value(ch)
+  st.nx = st.nx + 1
+  local v = "x" .. st.nx
+  st.xval[v] = {state = "attempt", ch = ch}
+  return v
+end
+
+local function x_received(v, ok, ch, label)
+  if ok ~= true then
+    if ok ~= false or v ~= nil then
+      violation(label .. ": a receive returned " .. show(v) .. ", " .. show(ok))
+    end
+    return
+  end
+  local rec = st.xval[v]
+  if not rec then violation(label .. ": received " .. show(v) .. ", which nobody sent")
+  elseif rec.ch ~= ch then violation(label .. ": received " .. v .. " from another channel than it was sent on")
+  end
+  st.xgot[v] = (st.xgot[v] or 0) + 1
+end
+
+-- An operation raised: a closed channel is an outcome; a cancellation is
+-- raised on (a stubborn operation first retries once, shielded, with a
+-- timeout: a cleanup that waits, which its grace period may cut short);
+-- anything else is a violation.
+local x_op
+
+local function x_raised(e, o, chans, label)
+  if braid.is_error(e) and e.kind == "closed" then return end
+  if is_cancel(e) then
+    if o.stubborn then
+      local retry = {cases = o.cases or {o.plain}, timeout = o.stubborn}
+      braid.shield(x_op, retry, chans, label .. " (retry)")
+    end
+    error(e, 0)
+  end
+  violation(label .. " raised " .. show(e))
+  error(e, 0)
+end
+
+function x_op(o, chans, label)
+  if o.plain then
+    local ch = chans[o.plain[1]]
+    if o.plain[2] == "send" then
+      local v = x_new_value(ch)
+      local ok, e = pcall(ch.send, ch, v)
+      st.xval[v].state = ok and "sent" or "kept"
+      if not ok then x_raised(e, o, chans, label) end
+    else
+      local r = table.pack(pcall(ch.recv, ch))
+      if not r[1] then return x_raised(r[2], o, chans, label) end
+      x_received(r[2], r[3], ch, label)
+    end
+    return
+  end
+  local cases, vals, group = {default = o.default, timeout = o.timeout}, {}, {}
+  for i, c in ipairs(o.cases) do
+    local ch = chans[c[1]]
+    if c[2] == "send" then
+      vals[i] = x_new_value(ch)
+      group[#group + 1] = vals[i]
+      cases[i] = {ch, "send", vals[i]}
+    else
+      cases[i] = {ch, "recv"}
+    end
+  end
+  st.xgroups[#st.xgroups + 1] = group
+  local r = table.pack(pcall(braid.select, cases))
+  local i = r[2]
+  for k, v in pairs(vals) do
+    st.xval[v].state = (r[1] and k == i) and "sent" or "kept"
+  end
+  if not r[1] then return x_raised(r[2], o, chans, label) end
+  if i == nil then
+    if not (o.default or o.timeout) then violation(label .. ": select returned nil without default or timeout") end
+    if r.n ~= 2 then violation(label .. ": select returned nil and " .. (r.n - 2) .. " more values") end
+  elseif math.type(i) ~= "integer" or not cases[i] then
+    violation(label .. ": select returned " .. show(i) .. " for " .. #cases .. " cases")
+  elseif cases[i][2] == "send" then
+    if r.n ~= 2 then violation(label .. ": select's send case returned " .. (r.n - 1) .. " values") end
+  else
+    if r.n ~= 4 then violation(label .. ": select's receive case returned " .. (r.n - 1) .. " values") end
+    x_received(r[3], r[4], cases[i][1], label)
+  end
+end
+
+-- An exchange step: producers and consumers (each a task) run their
+-- operations; whichever side ends first closes every channel, so that the
+-- other cannot wait forever, and so does a watchdog when the two wait on
+-- each other across different channels.
+local function xchg_step(x, node)
+  local chans = {}
+  for i, cap in ipairs(x.caps) do
+    chans[i] = braid.channel(cap)
+    st.xchans[#st.xchans + 1] = chans[i]
+  end
+  local function close_all() for _, ch in ipairs(chans) do ch:close() end end
+  local function side(lists, what)
+    return function()
+      st.tasks[#st.tasks + 1] = braid.current()
+      local _ <close> = setmetatable({}, {__close = close_all})
+      local fns = {}
+      for k, ops in ipairs(lists) do
+        local label = string.format("xchg #%d %s %d", node.id, what, k)
+        fns[k] = function()
+          st.tasks[#st.tasks + 1] = braid.current()
+          for j, o in ipairs(ops) do
+            x_op(o, chans, label .. " op " .. j)
+            if o.sleep then braid.sleep(o.sleep) end
+          end
+        end
+      end
+      braid.gather(table.unpack(fns))
+    end
+  end
+  braid.scope(function(s)
+    local dog = s:spawn(function()
+      st.tasks[#st.tasks + 1] = braid.current()
+      braid.sleep(x.watch)
+      close_all()
+    end)
+    braid.gather(side(x.prods, "producer"), side(x.cons, "consumer"))
+    dog:cancel()
+  end)
+end
+
+-- After the run: drains what is left in the exchanges' channels (in a run
+-- of its own: they hold no waiter any more) and checks every value's fate.
+local function check_exchanges()
+  if #st.xchans == 0 then return end
+  local left = {}
+  braid.run(function()
+    for _, ch in ipairs(st.xchans) do
+      local n = ch:len()
+      for _ = 1, n do
+        local i, v, ok = braid.select{{ch, "recv"}, default = true}
+        if i ~= 1 or ok ~= true then
+          violation("a channel said it held " .. n .. " values but gave " .. show(i) .. ", " .. show(v) .. ", " .. show(ok))
+          break
+        end
+        local rec = st.xval[v]
+        if not rec then violation("left in a channel: " .. show(v) .. ", which nobody sent")
+        elseif rec.ch ~= ch then violation("left in another channel than it was sent on: " .. v) end
+        left[v] = (left[v] or 0) + 1
+      end
+      if ch:len() ~= 0 then violation("a channel still holds " .. ch:len() .. " values after its drain") end
+    end
+  end)
+  for v, rec in pairs(st.xval) do
+    local n = (st.xgot[v] or 0) + (left[v] or 0)
+    if n > 1 then violation(v .. " was received " .. (st.xgot[v] or 0) .. " times and left " .. (left[v] or 0) .. " times")
+    elseif rec.state == "sent" and n ~= 1 then violation(v .. " was sent and is lost")
+    elseif rec.state == "kept" and n ~= 0 then violation(v .. " stayed with its sender but was delivered")
+    end
+  end
+  for v in pairs(st.xgot) do
+    if not st.xval[v] then violation("received " .. show(v) .. ", which nobody sent") end
+  end
+  for _, group in ipairs(st.xgroups) do
+    local n = 0
+    for _, v in ipairs(group) do n = n + (st.xgot[v] or 0) + (left[v] or 0) end
+    if n > 1 then violation("one select delivered " .. n .. " of its send cases' values: " .. table.concat(group, ",")) end
+  end
 end
 
 local function closer(tag)
@@ -498,6 +738,7 @@ function exec(node, ctx)
       if s[1] == "sleep" then braid.sleep(s[2])
       elseif s[1] == "yield" then braid.yield()
       elseif s[1] == "io" then io_step(s[2], node)
+      elseif s[1] == "xchg" then xchg_step(s[2], node)
       elseif s[1] == "stubborn" then   -- swallows a cancellation, cleans up shielded
         local ok = pcall(braid.sleep, s[2])
         if not ok then braid.shield(braid.sleep, s[2] * 2) end
@@ -678,7 +919,8 @@ function M.run_seed(seed)
   local tree = M.generate(seed)
   st = {violations = {}, closers = {}, sids = {}, nsid = 0, tasks = {},
         task_outcome = setmetatable({}, {__mode = "k"}), raised = {},
-        tmp = M.tmp, files = {}}
+        tmp = M.tmp, files = {},
+        nx = 0, xval = {}, xgot = {}, xchans = {}, xgroups = {}}
   local root_sid = new_sid("root")
   local ok, e = pcall(braid.run, function()
     st.tasks[#st.tasks + 1] = braid.current()
@@ -687,6 +929,7 @@ function M.run_seed(seed)
     return table.unpack(r, 2, r.n)
   end, {clock = "virtual"})
   check_scope_outcome(root_sid, ok, e, "braid.run")
+  check_exchanges()
   if not ok and not is_braid(e) and not st.raised[e] then
     violation("braid.run raised " .. show(e) .. " which the workflow never raised")
   end

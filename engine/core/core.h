@@ -41,19 +41,45 @@ struct braid_task;
 ** this small allocates nothing (braid.sleep's timer fits). */
 #define BRAID_OP_INLINE 64
 
+/* A channel operation waiting in one of a channel's queues (channel.c): a
+** plain send or recv is its task's own wait (t->w.chan); a braid.select
+** (select.c) has one for each case. The values stay on the stack of the
+** thread suspended in the call (L): a sender's at val_idx, where a
+** receiver copies it from; a value handed to a receiver is pushed on top,
+** where its continuation finds it (as braid_resume does). */
+struct braid_select;
+struct braid_chan_node {
+  struct braid_list link;        /* in the channel's senders or receivers */
+  struct braid_task *task;
+  lua_State *L;                  /* the thread suspended in the call */
+  struct braid_select *sel;      /* the select it is a case of, or NULL */
+  lua_Integer ticket;            /* a handed value's place in the order */
+  int chan_idx, val_idx;         /* on L's stack: the channel, the value */
+  int idx;                       /* the case's index in sel */
+  unsigned char recv;            /* a receiver (else a sender) */
+  unsigned char got;             /* handed a value or its value taken;
+                                 ** 0 when woken by close */
+};
+
 struct braid_wait {
   struct braid_task *task;
   /* Undo the operation at the C level; NULL for waits that cancellation
   ** must not interrupt (a scope joining its children). */
   void (*cancel)(struct braid_wait *w);
+  /* The task was woken with something handed to it (a channel's value, a
+  ** permit) and ends without running again (abandoned, braid_close):
+  ** give it back. Called by braid__op_release; NULL for most waits
+  ** (braid__task_wait clears it) and cleared by the continuation. */
+  void (*release)(struct braid_wait *w);
   const char *what;                    /* for deadlock reports and dump */
   uint64_t since;                      /* loop time (ms) the wait began */
   union {
     struct {                           /* the scheduler's own waits */
       struct braid_watch watch;        /* in the waited-on object's queue */
       struct braid_task *target;       /* task:await */
-      int slot, got;                   /* channel hand-offs, permits */
+      void *obj;                       /* the semaphore waited on */
     };
+    struct braid_chan_node chan;       /* channel.c, select.c */
     struct {                           /* braid_suspend (api.c) */
       lua_State *L;                    /* the thread that suspended */
       braid_k_fn k;
@@ -292,6 +318,35 @@ struct braid_scope *braid__spawn_scope(struct braid_task *t);
 void braid__scope_each_task(struct braid_scope *s,
                             void (*fn)(struct braid_task *t, void *ud),
                             void *ud);
+
+/* ---- channels (channel.c) and braid.select (select.c) ---- */
+
+#define BRAID_CHAN_MT "braid.Channel"
+
+struct braid_chan {
+  lua_Integer cap, head, count;   /* ring: slots head+1 .. head+count */
+  lua_Integer nback;              /* values given back, before the ring */
+  lua_Integer out;                /* tickets handed out (the order) */
+  int closed;
+  struct braid_list senders, receivers;   /* struct braid_chan_node */
+};
+
+/* For a running receiver: takes the channel's next value (given back,
+** buffered, or a waiting sender's) and pushes it; 0 when there is none.
+** [-0, +(0|1), m] */
+int braid__chan_take(lua_State *L, int chan_idx);
+/* For a running sender: hands the value at val_idx to the first waiting
+** receiver or buffers it; 0 when the channel is full (or closed: check
+** first). [-0, +0, m] */
+int braid__chan_put(lua_State *L, int chan_idx, int val_idx);
+/* Queues a waiting operation (n->recv says which queue), FIFO. */
+void braid__chan_enqueue(struct braid_chan *c, struct braid_chan_node *n);
+/* n (a receiver) was handed a value that its task will never take: gives
+** it back to its channel. Scheduler context. */
+void braid__chan_release_node(struct braid_chan_node *n);
+/* select.c: n, a case of a waiting select, commits: the select's other
+** cases leave their queues and its timer stops. */
+void braid__select_commit(struct braid_chan_node *n);
 
 #define BRAID_MARKER ((void *) &braid__marker)
 extern const char braid__marker;

@@ -57,6 +57,7 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
                        void (*cancel)(struct braid_wait *), const char *what) {
   w->task = t;
   w->cancel = cancel;
+  w->release = NULL;
   w->what = what;
   w->since = braid__now_ms(t->E);
   t->wait = w;

@@ -46,9 +46,16 @@ static void op_cancel (struct braid_wait *w) {
 
 /* The task ends without running again (abandoned, or the engine closes):
 ** an op that completed but whose continuation did not run is released by
-** its on_cancel. */
+** its on_cancel; what a scheduler wait was handed (a channel's value, a
+** permit) goes back through its release hook. */
 void braid__op_release (struct braid_task *t) {
   struct braid_wait *w = &t->w;
+  if (w->release) {
+    void (*release)(struct braid_wait *w) = w->release;
+    w->release = NULL;
+    release(w);
+    return;
+  }
   if (w->cancel == op_cancel && w->k &&
       (w->state == OP_RESUMED || w->state == OP_NOMEM))
     op_cancel(w);
