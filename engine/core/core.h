@@ -186,6 +186,8 @@ void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
 void braid__error_suppress(lua_State *L, int first, int idx);
 int braid__error_msgh(lua_State *L);
+void braid__traceback(lua_State *L, lua_State *L1, int level);
+void braid__traceback_forget(lua_State *L);
 void braid__error_forget(lua_State *L);
 void braid__error_init(lua_State *L);
 

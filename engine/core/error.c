@@ -28,7 +28,7 @@ static void error_vpush (lua_State *L, const char *kind, const char *code,
     lua_setfield(L, -2, "code");
   }
   if (traceback) {
-    luaL_traceback(L, L, NULL, 1);
+    braid__traceback(L, L, 1);
     lua_setfield(L, -2, "traceback");
   }
   luaL_setmetatable(L, ERROR_MT);
@@ -170,6 +170,7 @@ static void push_info_table (lua_State *L) {
 void braid__error_forget (lua_State *L) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+  braid__traceback_forget(L);
 }
 
 static const char *const scope_words[] = {
@@ -212,7 +213,7 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
   lua_pop(L, 1);
   lua_pushvalue(L, idx);
   lua_createtable(L, 0, 3);
-  luaL_traceback(L, co, NULL, level);
+  braid__traceback(L, co, level);
   if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
     lua_getfield(L, idx, "traceback");
     if (lua_isnil(L, -1)) {
