@@ -303,3 +303,78 @@ describe("issue 13.8: a task's <close> handlers run inside the task", function()
     assert.truthy(out:find("true\ttrue", 1, true), out)
   end)
 end)
+
+describe("issue 13.9: failure records go with the failing task, not with the error's value", function()
+  it("keeps memory flat over 100000 failures with distinct strings in one run (52 MB were kept until the run ended)", h.run(function()
+    local function fail(i) error("failure " .. i, 0) end
+    local function failures(from, to)
+      for i = from, to, 2 do
+        pcall(braid.scope, function(s) s:spawn(fail, i) end)   -- a task failing
+        pcall(braid.timeout, 60, fail, i + 1)                   -- a body under a deadline
+      end
+    end
+    failures(1, 2000)
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    failures(2001, 102000)
+    collectgarbage()
+    collectgarbage()
+    local grown = collectgarbage("count") - before
+    assert.is_true(grown < 512, ("grew by %.0f KB"):format(grown))
+  end))
+
+  local function report_of(src)
+    local path = h.script(src)
+    local _, err, code = h.braid(path)
+    os.remove(path)
+    return err, code, path
+  end
+
+  it("reports a later failure with an equal string with its own task and traceback (the first one's were printed)", function()
+    local err, code, path = report_of(table.concat({
+      "local function fail() error('the same failure', 0) end",   -- 1
+      "local ok = pcall(braid.scope, function(s)",                 -- 2
+      "  s:spawn(fail).name = 'first'",                            -- 3
+      "end)",                                                      -- 4
+      "assert(not ok)",                                            -- 5
+      "local second = braid.spawn(function()",                     -- 6
+      "  braid.sleep(0.01)",                                       -- 7
+      "  fail()",                                                  -- 8
+      "end)",                                                      -- 9
+      "second.name = 'second'",                                    -- 10
+      "second:await()",                                            -- 11
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: the same failure\n  in task 3 "second", spawned at [^\n]*:6\n' ..
+                           '    inside task 1 "main"\nstack traceback:\n'), err)
+    assert.truthy(err:find(":8: in function <[^\n]*:6>"), err)
+    assert.falsy(err:find("first", 1, true), err)
+  end)
+
+  it("reports an error raised while cancelling with the task that raised it, not an earlier one with an equal string", function()
+    local err, code = report_of(table.concat({
+      "local ok = pcall(braid.scope, function(s)",                          -- 1
+      "  s:spawn(error, 'cleanup failed', 0).name = 'earlier'",             -- 2
+      "end)",                                                               -- 3
+      "assert(not ok)",                                                     -- 4
+      "braid.gather(function()",                                            -- 5
+      "  braid.sleep(0.01)",                                                -- 6
+      "  error('the first failure', 0)",                                    -- 7
+      "end, function()",                                                    -- 8
+      "  local _ <close> = setmetatable({}, {__close = function()",         -- 9
+      "    error('cleanup failed', 0)",                                     -- 10
+      "  end})",                                                            -- 11
+      "  braid.sleep(60)",                                                  -- 12
+      "end)",                                                               -- 13
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    local cancelling = err:match("braid: error while cancelling: cleanup failed\n(.-)\nbraid: ")
+    assert.truthy(cancelling, err)
+    assert.truthy(cancelling:find('^  in task 4 "[^"]*:8", spawned at [^\n]*:5 %(in braid.gather/race/any/map%)'), err)
+    assert.truthy(cancelling:find(":10: in function <[^\n]*:9>"), err)
+    assert.falsy(err:find("earlier", 1, true), err)
+    assert.truthy(err:find('braid: the first failure\n  in task 3 ', 1, true), err)
+    assert.truthy(err:find("also raised while cancelling: cleanup failed", 1, true), err)
+  end)
+end)

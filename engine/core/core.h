@@ -91,6 +91,7 @@ struct braid_scope {
   struct braid_scope *cause;   /* the scope whose cancel reached this one */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
+  int record_ref;              /* its failure record (error.c), if any */
   int cancel_ref;              /* the cancellation error it causes, made once */
   double grace;                /* seconds members get after a cancel */
   struct scope_timers *timers; /* made on first use: most scopes need none */
@@ -107,7 +108,9 @@ void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_release(struct braid_scope *s);
 void braid__scope_member_done(lua_State *L, struct braid_scope *s,
                               struct braid_task *t);
-void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
+void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx,
+                       int rec);
+void braid__scope_push_record(lua_State *L, struct braid_scope *s);
 void braid__scope_push_error(lua_State *L, struct braid_scope *s);
 /* error_ref of a scope that failed when its error could not be kept */
 #define SCOPE_ERR_NOMEM (-3)
@@ -182,9 +185,15 @@ const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
 
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
+/* Failure records (error.c): a record travels with its error, on the
+** task (user value 4) and on the scopes (record_ref) that hold it. */
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
-void braid__error_suppress(lua_State *L, int first, int idx);
+void braid__error_push_record(lua_State *L, int idx, struct braid_task *t);
+void braid__error_hand(lua_State *L, struct braid_task *t);
+void braid__error_suppress(lua_State *L, struct braid_scope *s, int idx,
+                           int rec);
+void braid__error_report(lua_State *L, int idx, int rec, const char *prefix);
 int braid__error_msgh(lua_State *L);
 void braid__traceback(lua_State *L, lua_State *L1, int level);
 void braid__traceback_forget(lua_State *L);

@@ -40,6 +40,13 @@ static const char *const mode_names[] = {"gather", "race", "any"};
 
 static void group_start_more (lua_State *L, struct braid_group *g);
 
+/* Pushes the ended task's error and its failure record. [-0, +3, -] */
+static void push_failure (lua_State *L, struct braid_task *t) {
+  braid__task_push(L, t);
+  lua_getiuservalue(L, -1, 1);
+  lua_getiuservalue(L, -2, 4);
+}
+
 /* Judges a member that ended. Runs in scheduler context. */
 static void member_done (struct braid_watch *w, struct braid_task *t) {
   struct group_member *m = container_of(w, struct group_member, watch);
@@ -52,27 +59,24 @@ static void member_done (struct braid_watch *w, struct braid_task *t) {
   g->running -= !adopted;
   if (g->mode == GROUP_GATHER) {
     if (failed && !g->settle) {
-      braid__task_push(L, t);
-      lua_getiuservalue(L, -1, 1);
-      braid__scope_fail(L, &g->scope, -1);
-      lua_pop(L, 2);
+      push_failure(L, t);
+      braid__scope_fail(L, &g->scope, -2, -1);
+      lua_pop(L, 3);
     }
   } else if (!g->decided && (g->mode == GROUP_RACE ? ok || failed : ok)) {
     g->decided = 1;
     g->winner = m->index;
     if (failed) {
-      braid__task_push(L, t);
-      lua_getiuservalue(L, -1, 1);
-      braid__scope_fail(L, &g->scope, -1);
-      lua_pop(L, 2);
+      push_failure(L, t);
+      braid__scope_fail(L, &g->scope, -2, -1);
+      lua_pop(L, 3);
     } else {
       braid__scope_cancel(&g->scope, &g->scope);
     }
   } else if (t->status == TASK_FAILED && g->decided) {
-    braid__task_push(L, t);
-    lua_getiuservalue(L, -1, 1);
-    braid_report(L, -1, "braid: error while cancelling: ");
-    lua_pop(L, 2);
+    push_failure(L, t);
+    braid__error_report(L, -2, -1, "braid: error while cancelling: ");
+    lua_pop(L, 3);
   }
   if (adopted) braid__scope_left(&g->scope);
   group_start_more(L, g);
@@ -209,6 +213,8 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->error_ref != LUA_NOREF) {
+    braid__scope_push_record(L, s);
+    braid__error_hand(L, t);   /* its record goes with it */
     braid__scope_push_error(L, s);
     braid__scope_release(s);
     return lua_error(L);
@@ -375,7 +381,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   lua_pushcfunction(L, group_start_p);
   lua_pushlightuserdata(L, g);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    braid__scope_fail(L, &g->scope, -1);
+    braid__scope_fail(L, &g->scope, -1, 0);
     lua_pop(L, 1);
   }
   if (braid__scope_join(L, &g->scope, group_close_k) == 0)

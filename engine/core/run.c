@@ -43,7 +43,7 @@ static void engine_deadlock (lua_State *L, braid_engine_t *E) {
   describe_waits(L, &b, &E->top);
   luaL_pushresult(&b);
   braid_pusherror(L, "deadlock", NULL, "%s", lua_tostring(L, -1));
-  braid__scope_fail(L, &victim->scope, -1);
+  braid__scope_fail(L, &victim->scope, -1, 0);
   lua_pop(L, 2);
 }
 
@@ -109,7 +109,7 @@ static int l_run_run (lua_State *L) {
     }
   }
   lua_settop(L, 1);
-  braid__error_forget(L);   /* records live until the next run's start */
+  braid__error_forget(L);   /* nothing of a previous run is found */
   if (braid__run_alloc_begin(L, E) != 0)
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
   if ((rc = uv_loop_init(&E->own_loop)) != 0) {
@@ -152,6 +152,8 @@ static int l_run_run (lua_State *L) {
     braid_error(L, "memory", NULL, "not enough memory (braid's "
                        "scheduler ran out and spent its reserve)");
   if (E->interrupted && status != TASK_OK) {
+    lua_getiuservalue(L, 2, 4);   /* its record, for the runner's report */
+    braid__error_hand(L, NULL);
     lua_getiuservalue(L, 2, 1);
     return lua_error(L);
   }
