@@ -93,7 +93,7 @@ struct braid_scope {
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */
   int cancel_ref;              /* the cancellation error it causes, made once */
-  double grace;                /* seconds members get after a cancel */
+  uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   struct scope_timers *timers; /* made on first use: most scopes need none */
   uint64_t timeout_ns;         /* as given, for the timeout message */
   struct braid_scope **handle; /* the script's scope object, if any */
@@ -231,7 +231,7 @@ struct braid_engine {
   unsigned next_id, live;
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
-  double grace;
+  uint64_t grace_ns;           /* braid.run's grace period */
   /* Embedding (api.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */

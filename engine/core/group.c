@@ -298,12 +298,13 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  double timeout = -1, grace = t->inner->grace;
+  uint64_t timeout = BRAID_NEVER, grace = t->inner->grace_ns;
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
     braid__check_options(L, opts, fname, group_options);
-    grace = braid__opt_number(L, opts, "grace", grace, fname);
+    grace = braid__opt_seconds(L, opts, "grace", grace, fname);
+    timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
       lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
@@ -312,12 +313,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                            "expected)", fname);
       limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
     }
-    lua_pop(L, 1);
-    lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1) &&
-        (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      braid_usageerror(L, "bad option 'timeout' to '%s' (number of seconds "
-                         "expected, got %s)", fname, luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
@@ -343,11 +338,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) g->scope.timeout_ns = braid_check_seconds(L, -1, fname);
-    timeout = lua_isnil(L, -1) ? -1 : 1;
-    lua_pop(L, 1);
   }
+  g->scope.timeout_ns = timeout;
   lua_createtable(L, n, 3);
   if (map) {
     lua_pushvalue(L, 1);
@@ -367,14 +359,15 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   for (i = 1; !map && i <= n; i++)
     g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timeout >= 0 && braid__scope_deadline_ready(t->E, &g->scope) != 0) {
+  if (timeout != BRAID_NEVER &&
+      braid__scope_deadline_ready(t->E, &g->scope) != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->list_ref);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
   g->scope.release = group_release;
-  if (opts) g->scope.grace = grace;
-  if (timeout >= 0) braid__scope_deadline(&g->scope, g->scope.timeout_ns);
+  if (opts) g->scope.grace_ns = grace;
+  if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started
   ** and raises it once they have ended. */

@@ -82,7 +82,7 @@ static int l_run_run (lua_State *L) {
     braid_usageerror(L, "braid.run: braid is already running (inside a "
                        "task, use braid.spawn, braid.scope or task:await)");
   E->virtual_clock = 0;
-  E->grace = braid__opt_number(L, 2, "grace", 5.0, "braid.run");
+  E->grace_ns = braid__opt_seconds(L, 2, "grace", 5000000000u, "braid.run");
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "clock");
     if (!lua_isnil(L, -1)) {

@@ -36,7 +36,7 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
-  s->grace = outer ? outer->grace : E->grace;
+  s->grace_ns = outer ? outer->grace_ns : E->grace_ns;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
   if (kind == SCOPE_TASK) outer->pending++;
@@ -105,9 +105,9 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
   }
-  if (s->pending > 0 && scope_timers(s)->grace.idx == 0)
-    braid_timer_start(s->E, &s->timers->grace, braid__ns(s->grace),
-                       grace_cb);
+  if (s->pending > 0 && s->grace_ns != BRAID_NEVER &&
+      scope_timers(s)->grace.idx == 0)
+    braid_timer_start(s->E, &s->timers->grace, s->grace_ns, grace_cb);
 }
 
 void braid__scope_each_task (struct braid_scope *s,
@@ -419,10 +419,11 @@ static const char *const scope_options[] = {"grace", NULL};
 static int l_scope_run (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "braid.scope");
   struct braid_scope *s, **h;
-  double grace;
+  uint64_t grace;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
   braid__check_options(L, 2, "braid.scope", scope_options);
-  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "braid.scope");
+  grace = braid__opt_seconds(L, 2, "grace", t->inner->grace_ns,
+                             "braid.scope");
   braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
@@ -431,7 +432,7 @@ static int l_scope_run (lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   s = braid__scope_new(L, sizeof *s);                       /* 4 */
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
-  s->grace = grace;
+  s->grace_ns = grace;
   *h = s;
   s->handle = h;
   lua_pushcfunction(L, braid__error_msgh);                  /* 5 */
