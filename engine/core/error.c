@@ -191,12 +191,13 @@ static int collectable (lua_State *L, int idx) {
   }
 }
 
-/* Pushes the record at the top if its value is rawequal to the value at
-** idx, else replaces it with nil; returns whether it matched. */
+/* Keeps the record on top if its value is rawequal to the value at idx,
+** else replaces it with nil; returns whether it matched. Allocates
+** nothing: "value" is a key of the record, so it is interned already. */
 static int record_match (lua_State *L, int idx) {
   int ok = 0;
   if (lua_type(L, -1) == LUA_TTABLE) {
-    lua_pushliteral(L, "value");   /* interned: no allocation */
+    lua_pushliteral(L, "value");
     lua_rawget(L, -2);
     ok = lua_rawequal(L, -1, idx);
     lua_pop(L, 1);
