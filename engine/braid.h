@@ -357,7 +357,10 @@ BRAID_API const char *braid_error_kind(lua_State *L, int idx);
 
 /* Writes the error at idx to stderr, after `prefix`, with what braid knows
 ** of where it came from: the failing task and the tasks it sat in, its
-** traceback, errors raised while cancelling. Never raises. [-0, +0, -] */
+** traceback, errors raised while cancelling. For a string (number,
+** boolean) error that is known for the failure braid handed out last
+** (braid_task_result), so report it right after. Never raises.
+** [-0, +0, -] */
 BRAID_API void braid_report(lua_State *L, int idx, const char *prefix);
 
 /* ---- limits ---- */

@@ -303,3 +303,204 @@ describe("issue 13.8: a task's <close> handlers run inside the task", function()
     assert.truthy(out:find("true\ttrue", 1, true), out)
   end)
 end)
+
+describe("issue 13.9: failure records go with the failing task, not with the error's value", function()
+  it("keeps memory flat over 100000 failures with distinct strings in one run (52 MB were kept until the run ended)", h.run(function()
+    local function fail(i) error("failure " .. i, 0) end
+    local function failures(from, to)
+      for i = from, to, 2 do
+        pcall(braid.scope, function(s) s:spawn(fail, i) end)   -- a task failing
+        pcall(braid.timeout, 60, fail, i + 1)                   -- a body under a deadline
+      end
+    end
+    failures(1, 2000)
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    failures(2001, 102000)
+    collectgarbage()
+    collectgarbage()
+    local grown = collectgarbage("count") - before
+    assert.is_true(grown < 512, ("grew by %.0f KB"):format(grown))
+  end))
+
+  local function report_of(src)
+    local path = h.script(src)
+    local _, err, code = h.braid(path)
+    os.remove(path)
+    return err, code, path
+  end
+
+  it("reports a later failure with an equal string with its own task and traceback (the first one's were printed)", function()
+    local err, code, path = report_of(table.concat({
+      "local function fail() error('the same failure', 0) end",   -- 1
+      "local ok = pcall(braid.scope, function(s)",                 -- 2
+      "  s:spawn(fail).name = 'first'",                            -- 3
+      "end)",                                                      -- 4
+      "assert(not ok)",                                            -- 5
+      "local second = braid.spawn(function()",                     -- 6
+      "  braid.sleep(0.01)",                                       -- 7
+      "  fail()",                                                  -- 8
+      "end)",                                                      -- 9
+      "second.name = 'second'",                                    -- 10
+      "second:await()",                                            -- 11
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: the same failure\n  in task 3 "second", spawned at [^\n]*:6\n' ..
+                           '    inside task 1 "main"\nstack traceback:\n'), err)
+    assert.truthy(err:find(":8: in function <[^\n]*:6>"), err)
+    assert.falsy(err:find("first", 1, true), err)
+  end)
+
+  it("reports an error raised while cancelling with the task that raised it, not an earlier one with an equal string", function()
+    local err, code = report_of(table.concat({
+      "local ok = pcall(braid.scope, function(s)",                          -- 1
+      "  s:spawn(error, 'cleanup failed', 0).name = 'earlier'",             -- 2
+      "end)",                                                               -- 3
+      "assert(not ok)",                                                     -- 4
+      "braid.gather(function()",                                            -- 5
+      "  braid.sleep(0.01)",                                                -- 6
+      "  error('the first failure', 0)",                                    -- 7
+      "end, function()",                                                    -- 8
+      "  local _ <close> = setmetatable({}, {__close = function()",         -- 9
+      "    error('cleanup failed', 0)",                                     -- 10
+      "  end})",                                                            -- 11
+      "  braid.sleep(60)",                                                  -- 12
+      "end)",                                                               -- 13
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    local cancelling = err:match("braid: error while cancelling: cleanup failed\n(.-)\nbraid: ")
+    assert.truthy(cancelling, err)
+    assert.truthy(cancelling:find('^  in task 4 "[^"]*:8", spawned at [^\n]*:5 %(in braid.gather/race/any/map%)'), err)
+    assert.truthy(cancelling:find(":10: in function <[^\n]*:9>"), err)
+    assert.falsy(err:find("earlier", 1, true), err)
+    assert.truthy(err:find('braid: the first failure\n  in task 3 ', 1, true), err)
+    assert.truthy(err:find("also raised while cancelling: cleanup failed", 1, true), err)
+  end)
+end)
+
+describe("issue 13.4: every duration option is read one way (NaN refused, negative 0, math.huge never)", function()
+  local NAN, HUGE = 0 / 0, math.huge
+
+  -- A member whose cleanup (shielded) takes 0.05 s, cancelled at once:
+  -- returns whether its cleanup finished (it was not abandoned).
+  local function cleanup_finishes(run_scope)
+    local finished = false
+    run_scope(function(s)
+      s:spawn(function()
+        local _ <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 0.05)
+          finished = true
+        end})
+        braid.sleep(60)
+      end)
+      braid.yield()
+      s:cancel()
+    end)
+    return finished
+  end
+
+  it("grace = math.huge waits for cleanup instead of abandoning at once: braid.scope, gather, braid.run", function()
+    for _, clock in ipairs({"real", "virtual"}) do
+      braid.run(function()
+        assert.is_true(cleanup_finishes(function(body) braid.scope(body, {grace = HUGE}) end))
+        assert.is_true(cleanup_finishes(function(body) braid.scope(body, {grace = 1e300}) end))
+        assert.is_true(cleanup_finishes(function(body)
+          braid.gather(function() braid.scope(body) end, {grace = HUGE})
+        end))
+      end, {clock = clock})
+      braid.run(function()
+        assert.is_true(cleanup_finishes(braid.scope))
+      end, {clock = clock, grace = HUGE})
+    end
+  end)
+
+  it("a negative grace is 0: the member is abandoned at once", h.run(function()
+    local t0 = braid.now()
+    assert.is_false(cleanup_finishes(function(body) braid.scope(body, {grace = -1}) end))
+    assert.is_true(braid.now() - t0 < 0.05)
+  end))
+
+  it("on the virtual clock, a sleep or deadline of math.huge is never reached: waiting on it alone is a deadlock", function()
+    local ok, e = pcall(braid.run, function() braid.sleep(HUGE) end, {clock = "virtual"})
+    assert.are.equal("deadlock", e.kind, tostring(e))
+    ok, e = pcall(braid.run, function()
+      braid.timeout(HUGE, function() braid.event():wait() end)
+    end, {clock = "virtual"})
+    assert.are.equal("deadlock", e.kind, tostring(e))
+    ok, e = pcall(braid.run, function()
+      braid.gather(function() braid.event():wait() end, {timeout = 1e11})
+    end, {clock = "virtual"})
+    assert.are.equal("deadlock", e.kind, tostring(e))
+  end)
+
+  it("braid.tcp.connect: timeout = math.huge does not time out at once, a negative one is 0 (it raised)", h.run(function()
+    local srv = braid.tcp.listen("127.0.0.1", 0, function(s) s:close() end)
+    local port = srv:port()
+    local c = braid.tcp.connect("127.0.0.1", port, {timeout = HUGE})
+    c:close()
+    srv:close()
+    local ok, e = pcall(braid.tcp.connect, "localhost", port, {timeout = -1})
+    assert.are.equal("io", e.kind, tostring(e))
+    assert.is_true(e.code == "ETIMEDOUT" or e.code == "ECONNREFUSED", e.code)
+  end))
+
+  it("braid.exec: timeout and kill_grace of math.huge never fire, negative ones are 0 (they raised)", h.run(function()
+    assert.are.equal("ok\n", braid.exec({"sh", "-c", "sleep 0.05; echo ok"}, {timeout = HUGE}).stdout)
+    local t0 = braid.now()
+    local ok, e = pcall(braid.exec, {"sleep", "30"}, {timeout = -1})
+    assert.is_true(braid.is_timeout(e), tostring(e))
+    assert.matches("timed out after 0.0", e.message, 1, true)
+    -- kill_grace = -1 is 0: a child ignoring SIGTERM is killed at once
+    ok, e = pcall(braid.exec, {"sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"},
+                  {timeout = 0.05, kill_grace = -1})
+    assert.is_true(braid.is_timeout(e), tostring(e))
+    -- kill_grace = math.huge: SIGTERM only, which this child obeys
+    ok, e = pcall(braid.exec, {"sleep", "30"}, {timeout = 0.05, kill_grace = HUGE})
+    assert.is_true(braid.is_timeout(e), tostring(e))
+    assert.is_true(braid.now() - t0 < 5)
+  end))
+
+  it("braid.process: kill_grace = -1 is 0, math.huge sends SIGTERM only", h.run(function()
+    local stubborn = {"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"}
+    local p = braid.process(stubborn, {kill_grace = -1})
+    assert.are.equal("ready", p:read_line())
+    local t0 = braid.now()
+    p:close()
+    assert.is_true(braid.now() - t0 < 0.15, "took " .. braid.now() - t0)
+    assert.are.same({nil, "SIGKILL"}, {p:wait()})
+    p = braid.process({"sleep", "30"}, {kill_grace = HUGE})
+    p:close()
+    assert.are.same({nil, "SIGTERM"}, {p:wait()})
+  end))
+
+  it("refuses NaN with a usage error naming the option and the function", h.run(function()
+    local function refused(fname, key, f, ...)
+      local ok, e = pcall(f, ...)
+      assert.is_false(ok, fname .. " accepted NaN")
+      assert.are.equal("usage", e.kind, tostring(e))
+      assert.matches("bad option '" .. key .. "' to '" .. fname .. "' (seconds must not be NaN)", e.message, 1, true)
+    end
+    local fn = function() end
+    refused("braid.scope", "grace", braid.scope, fn, {grace = NAN})
+    for _, name in ipairs({"gather", "race", "any"}) do
+      refused("braid." .. name, "grace", braid[name], fn, {grace = NAN})
+      refused("braid." .. name, "timeout", braid[name], fn, {timeout = NAN})
+    end
+    refused("braid.map", "timeout", braid.map, {1}, fn, {timeout = NAN})
+    refused("braid.exec", "timeout", braid.exec, {"true"}, {timeout = NAN})
+    refused("braid.exec", "kill_grace", braid.exec, {"true"}, {kill_grace = NAN})
+    refused("braid.process", "kill_grace", braid.process, {"true"}, {kill_grace = NAN})
+    refused("braid.tcp.connect", "timeout", braid.tcp.connect, "127.0.0.1", 1, {timeout = NAN})
+    local ok, e = pcall(braid.sleep, NAN)
+    assert.matches("bad argument #1 to 'braid.sleep' (seconds must not be NaN)", e.message, 1, true)
+    ok, e = pcall(braid.timeout, NAN, fn)
+    assert.matches("bad argument #1 to 'braid.timeout' (seconds must not be NaN)", e.message, 1, true)
+  end))
+
+  it("refuses NaN as braid.run's grace", function()
+    local ok, e = pcall(braid.run, function() end, {grace = NAN})
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad option 'grace' to 'braid.run' (seconds must not be NaN)", e.message, 1, true)
+  end)
+end)

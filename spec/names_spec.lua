@@ -178,7 +178,7 @@ local EXPECT = {
   ["braid.run"] = {
     badarg = {1, function(f, call) call(function() f(42) end) end},
     option = {"grace", function(f, call)   -- inside a task: already running
-      call(function() f(fn, {grace = -1}) end)
+      call(function() f(fn, {grace = NAN}) end)
     end, "outside"},
     also = {{"usage", "braid is already running", function(f, call)
       call(function() f(fn) end)
@@ -277,7 +277,7 @@ local EXPECT = {
     nosuspend = function(f, call) call(function() f(fn) end) end,
     badarg = {1, function(f, call) call(function() f(true) end) end},
     option = {"grace", function(f, call)
-      call(function() f(fn, {grace = -1}) end)
+      call(function() f(fn, {grace = NAN}) end)
     end},
   },
   ["braid.map"] = {
@@ -461,14 +461,14 @@ local EXPECT = {
     nosuspend = function(f, call) call(function() f({"true"}) end) end,
     badarg = {1, function(f, call) call(function() f(42) end) end},
     option = {"kill_grace", function(f, call)
-      call(function() f({"true"}, {kill_grace = -1}) end)
+      call(function() f({"true"}, {kill_grace = NAN}) end)
     end},
   },
   ["braid.process"] = {   -- starts the child, never suspends
     outside = function(f, call) call(function() f({"true"}) end) end,
     badarg = {1, function(f, call) call(function() f("true") end) end},
     option = {"kill_grace", function(f, call)
-      call(function() f({"true"}, {kill_grace = -1}) end)
+      call(function() f({"true"}, {kill_grace = NAN}) end)
     end},
   },
   ["proc:read_line"] = {
@@ -506,7 +506,7 @@ local EXPECT = {
     nosuspend = function(f, call) call(function() f("127.0.0.1", 1) end) end,
     badarg = {2, function(f, call) call(function() f("127.0.0.1", "x") end) end},
     option = {"timeout", function(f, call)
-      call(function() f("127.0.0.1", 1, {timeout = -1}) end)
+      call(function() f("127.0.0.1", 1, {timeout = NAN}) end)
     end},
   },
   ["braid.tcp.listen"] = {   -- never suspends

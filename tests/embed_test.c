@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "lauxlib.h"
 #include "braid.h"
 
@@ -856,6 +857,106 @@ static int t_interrupt (void) {
   return 1;
 }
 
+/* Runs a script that fails with a string error new each time (issue
+** 13.9: records of such failures were kept by value, for ever); leaves
+** nothing on the stack. */
+static int run_failing (braid_engine_t *E) {
+  int n = run_to_end(E, "n = (n or 0) + 1 local function fail() "
+                     "error('failure ' .. n, 0) end fail()");
+  return result_is(E, n, 0, "failure ");
+}
+
+/* Calls braid_report on the value on top and returns what it printed
+** (static storage), stderr captured in a file. */
+static const char *report_text (lua_State *L) {
+  static char buf[4096];
+  FILE *f = tmpfile();
+  int saved = dup(2);
+  size_t n;
+  fflush(stderr);
+  dup2(fileno(f), 2);
+  braid_report(L, -1, "report: ");
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  rewind(f);
+  n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  return buf;
+}
+
+static int t_failure_records (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L = braid_state(E);
+  braid_task_t *a, *b;
+  size_t before, after;
+  const char *text;
+  int i;
+  CHECK(E != NULL);
+  for (i = 0; i < 200; i++) CHECK(run_failing(E));
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_gc(L, LUA_GCCOLLECT);
+  before = braid_memory_used(E);
+  for (i = 0; i < 5000; i++) CHECK(run_failing(E));
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_gc(L, LUA_GCCOLLECT);
+  after = braid_memory_used(E);
+  if (after > before + 16384)
+    fprintf(stderr, "# %zu bytes before, %zu after\n", before, after);
+  CHECK(after <= before + 16384);
+  /* two tasks failing with an equal string: each report is its own */
+  CHECK(braid_run_string(E, "local function one() error('same', 0) end\n"
+                         "one()", "=first", &a) == 0);
+  CHECK(braid_run_string(E, "braid.sleep(0.001)\n"
+                         "local function two() error('same', 0) end two()",
+                         "=second", &b) == 0);
+  braid_run(E, UV_RUN_DEFAULT);
+  CHECK(braid_task_result(E, b) == 2);
+  text = report_text(L);
+  CHECK(strncmp(text, "report: same\n  in task ", 23) == 0);
+  CHECK(strstr(text, "second:2: in local 'two'") != NULL);
+  CHECK(strstr(text, "first") == NULL);
+  lua_settop(L, 0);
+  CHECK(braid_task_result(E, a) == 2);
+  text = report_text(L);
+  CHECK(strstr(text, "first:1: in local 'one'") != NULL);
+  CHECK(strstr(text, "second") == NULL);
+  lua_settop(L, 0);
+  braid_task_release(E, a);
+  braid_task_release(E, b);
+  braid_close(E);
+  return 1;
+}
+
+/* Issue 13.15: semaphore:with used the debug library, which a sandbox
+** (braid_new's default libraries) does not have. */
+static int t_sandbox_semaphore (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  CHECK(E != NULL);
+  n = run_to_end(E, "local sem = braid.semaphore(1)\n"
+                 "local ok, e = pcall(sem.with, sem, 5)\n"
+                 "assert(not ok and e.kind == 'usage', tostring(e))\n"
+                 "return tostring(e)");
+  CHECK(result_is(E, n, 1, "bad argument #2 to 'semaphore:with' "
+                  "(function expected)"));
+  n = run_to_end(E, "assert(debug == nil)\n"
+                 "local sem, inside = braid.semaphore(1), 0\n"
+                 "local function work(i)\n"
+                 "  return sem:with(function(x)\n"
+                 "    inside = inside + 1 assert(inside == 1)\n"
+                 "    braid.sleep(0.001) inside = inside - 1 return x * 2\n"
+                 "  end, i)\n"
+                 "end\n"
+                 "local r = braid.map({1, 2, 3}, work)\n"
+                 "assert(sem:count() == 1)\n"
+                 "return 'with ' .. table.concat(r, ' ')");
+  CHECK(result_is(E, n, 1, "with 2 4 6"));
+  braid_close(E);
+  return 1;
+}
+
 static int t_outside_task (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   lua_State *L = braid_state(E);
@@ -915,6 +1016,10 @@ int main (void) {
            t_interrupt);
   run_test("a suspending C function outside a task raises a usage error",
            t_outside_task);
+  run_test("failure records of string errors are released, and each "
+           "report is of its own failure (issue 13.9)", t_failure_records);
+  run_test("semaphore:with in a sandbox: its usage error, and it works "
+           "(issue 13.15)", t_sandbox_semaphore);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -116,7 +116,7 @@ void braid__task_abandon (struct braid_task *t) {
     fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
             "running %g s after it was cancelled\n", t->id,
             braid__task_name(S, t, 0), braid__task_site(S, t, 0),
-            t->scope.outer->grace);
+            (double) t->scope.outer->grace_ns / 1e9);
     lua_pop(S, 1);
   }
   lua_pushliteral(S, "abandoned after its grace period");

@@ -119,7 +119,7 @@ void braid__check_options (lua_State *L, int idx, const char *fname,
   }
 }
 
-/* opts[key] as a non-negative number of seconds, or def when absent. */
+/* opts[key] as a non-negative number, or def when absent. */
 double braid__opt_number (lua_State *L, int idx, const char *key, double def,
                           const char *fname) {
   double v = def;
@@ -134,4 +134,27 @@ double braid__opt_number (lua_State *L, int idx, const char *key, double def,
   }
   lua_pop(L, 1);
   return v;
+}
+
+/* opts[key] as a duration in nanoseconds, or def when absent: every
+** duration option is read here, checked as braid_check_seconds checks an
+** argument (NaN refused, negative 0, ~570 years or more BRAID_NEVER). */
+uint64_t braid__opt_seconds (lua_State *L, int idx, const char *key,
+                             uint64_t def, const char *fname) {
+  uint64_t ns = def;
+  if (lua_isnoneornil(L, idx)) return def;
+  lua_getfield(L, idx, key);
+  if (!lua_isnil(L, -1)) {
+    lua_Number s = lua_tonumber(L, -1);
+    if (!lua_isnumber(L, -1))
+      braid_usageerror(L, "bad option '%s' to '%s' (number of seconds "
+                       "expected, got %s)", key, fname,
+                       braid__tostring(L, -1));
+    if (s != s)
+      braid_usageerror(L, "bad option '%s' to '%s' (seconds must not be "
+                       "NaN)", key, fname);
+    ns = braid__ns(s);
+  }
+  lua_pop(L, 1);
+  return ns;
 }

@@ -117,8 +117,9 @@ struct braid_scope {
   struct braid_scope *cause;   /* the scope whose cancel reached this one */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
+  int record_ref;              /* its failure record (error.c), if any */
   int cancel_ref;              /* the cancellation error it causes, made once */
-  double grace;                /* seconds members get after a cancel */
+  uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   struct scope_timers *timers; /* made on first use: most scopes need none */
   uint64_t timeout_ns;         /* as given, for the timeout message */
   struct braid_scope **handle; /* the script's scope object, if any */
@@ -133,7 +134,9 @@ void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_release(struct braid_scope *s);
 void braid__scope_member_done(lua_State *L, struct braid_scope *s,
                               struct braid_task *t);
-void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx);
+void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx,
+                       int rec);
+void braid__scope_push_record(lua_State *L, struct braid_scope *s);
 void braid__scope_push_error(lua_State *L, struct braid_scope *s);
 /* error_ref of a scope that failed when its error could not be kept */
 #define SCOPE_ERR_NOMEM (-3)
@@ -208,10 +211,18 @@ const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
 
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
+/* Failure records (error.c): a record travels with its error, on the
+** task (user value 4) and on the scopes (record_ref) that hold it. */
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
-void braid__error_suppress(lua_State *L, int first, int idx);
+void braid__error_push_record(lua_State *L, int idx, struct braid_task *t);
+void braid__error_hand(lua_State *L, struct braid_task *t);
+void braid__error_suppress(lua_State *L, struct braid_scope *s, int idx,
+                           int rec);
+void braid__error_report(lua_State *L, int idx, int rec, const char *prefix);
 int braid__error_msgh(lua_State *L);
+void braid__traceback(lua_State *L, lua_State *L1, int level);
+void braid__traceback_forget(lua_State *L);
 void braid__error_forget(lua_State *L);
 void braid__error_init(lua_State *L);
 
@@ -247,7 +258,7 @@ struct braid_engine {
   unsigned next_id, live;
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
-  double grace;
+  uint64_t grace_ns;           /* braid.run's grace period */
   /* Embedding (api.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */

@@ -314,6 +314,8 @@ int braid_task_result (braid_engine_t *E, braid_task_t *task) {
   lua_rawgetp(L, -1, task);
   lua_remove(L, -2);
   if (task->status != TASK_OK) {
+    lua_getiuservalue(L, -1, 4);   /* its record, for braid_report */
+    braid__error_hand(L, NULL);
     lua_pushboolean(L, 0);
     lua_getiuservalue(L, -2, 1);
     lua_remove(L, -3);

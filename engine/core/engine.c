@@ -47,7 +47,7 @@ braid_engine_t *braid__engine_new (void) {
   braid_engine_t *E = (braid_engine_t *) braid__calloc(1, sizeof *E);
   if (E == NULL) return NULL;
   E->refs = 1;
-  E->grace = 5.0;
+  E->grace_ns = 5000000000u;
   E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);

@@ -4,9 +4,10 @@
 **
 ** User error values are never wrapped or changed. What braid adds about a
 ** failure (the failing task's traceback, its name and spawn site) is kept
-** beside the value, in a weak-keyed table in the registry, so the report
-** printed at the top can say where the error came from while the value
-** itself stays rawequal end to end. Cancellation errors carry no traceback:
+** in a record that travels beside the value, with the task and the scopes
+** that hold it (see "failure records" below), so the report printed at
+** the top can say where the error came from while the value itself stays
+** rawequal end to end. Cancellation errors carry no traceback:
 ** they are outcomes, not failures, and fail-fast creates thousands at once.
 */
 #include <stdarg.h>
@@ -28,7 +29,7 @@ static void error_vpush (lua_State *L, const char *kind, const char *code,
     lua_setfield(L, -2, "code");
   }
   if (traceback) {
-    luaL_traceback(L, L, NULL, 1);
+    braid__traceback(L, L, 1);
     lua_setfield(L, -2, "traceback");
   }
   luaL_setmetatable(L, ERROR_MT);
@@ -160,22 +161,135 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   cause->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static const char info_key = 'i';
+/* ---- failure records ----
+** A record is a table { value = the error, traceback = ..., task = the
+** chain of tasks it failed in, also = {"..."} }: what braid adds about a
+** failure. It is kept with what holds the error, never by the value alone,
+** so that an equal string from another failure is never taken for it, and
+** it goes when they go:
+** - a task's user value 4: while it runs, the record of the last error
+**   that reached a braid boundary in it (the message handler) or that
+**   braid raised into it (task:await, task:result, a scope or group
+**   ending): its "carry", so that a re-raise keeps the first record; after
+**   its end, the record of its own failure (nil when it did not fail).
+** - a scope's record_ref, beside error_ref: released with it, in
+**   braid__scope_release. A failure moving from a member to its scope
+**   takes the member's record along.
+** - the engine's hand-out slot (hand_key): the record of the last error
+**   braid handed to code, in a task or outside (braid.run raising the
+**   root's error, braid_task_result, the REPL's session). One record.
+** - for collectable errors (tables, userdata, functions, threads) also a
+**   weak-keyed table by value: identity is exact, so any holder of the
+**   value finds it, and the collector drops the entry with the value.
+**   Strings, numbers and booleans never go there: nothing would free them.
+** A report (braid_report) finds a value's record in the weak table, else
+** in the hand-out slot, else in the running task's carry. */
 
-/* The weak-keyed table of failure records, made on first use. */
-static void push_info_table (lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) == LUA_TTABLE) return;
-  lua_pop(L, 1);
-  braid__push_weak_table(L);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+static const char info_key = 'i';
+static const char hand_key = 'h';
+
+static int collectable (lua_State *L, int idx) {
+  switch (lua_type(L, idx)) {
+    case LUA_TTABLE: case LUA_TUSERDATA: case LUA_TFUNCTION: case LUA_TTHREAD:
+      return 1;
+    default:
+      return 0;
+  }
 }
 
-/* Forgets every record: string keys never leave a weak table by
-** themselves, so the engine clears it at the end of each run. */
+/* Keeps the record on top if its value is rawequal to the value at idx,
+** else replaces it with nil; returns whether it matched. Allocates
+** nothing: "value" is a key of the record, so it is interned already. */
+static int record_match (lua_State *L, int idx) {
+  int ok = 0;
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_pushliteral(L, "value");
+    lua_rawget(L, -2);
+    ok = lua_rawequal(L, -1, idx);
+    lua_pop(L, 1);
+  }
+  if (!ok) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  return ok;
+}
+
+/* Pushes the record the weak table keeps for the collectable value at
+** idx, or nil. Allocates nothing. */
+static int record_by_identity (lua_State *L, int idx) {
+  if (collectable(L, idx)) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) == LUA_TTABLE) {
+      lua_pushvalue(L, idx);
+      lua_rawget(L, -2);
+      lua_remove(L, -2);
+      if (lua_type(L, -1) == LUA_TTABLE) return 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  return 0;
+}
+
+/* Pushes the carry of live task t when it is the record of the value at
+** idx, or nil. Allocates nothing. */
+static int record_carried (lua_State *L, int idx, struct braid_task *t) {
+  if (t == NULL || t->ref == LUA_NOREF) {
+    lua_pushnil(L);
+    return 0;
+  }
+  braid__task_push(L, t);
+  lua_getiuservalue(L, -1, 4);
+  lua_remove(L, -2);
+  return record_match(L, idx);
+}
+
+/* Pushes the record of the value at idx known to task t (the weak table,
+** then t's carry), or nil. Allocates nothing. [-0, +1, -] */
+void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
+  idx = lua_absindex(L, idx);
+  if (record_by_identity(L, idx)) return;
+  lua_pop(L, 1);
+  record_carried(L, idx, t);
+}
+
+/* The record on top (a table, or nil: none) goes with an error braid now
+** hands to code: t's carry (t: the task it is raised in, or NULL outside
+** tasks) and the engine's hand-out slot. Pops it; allocates nothing (the
+** slot exists from the start). [-1, +0, -] */
+void braid__error_hand (lua_State *L, struct braid_task *t) {
+  if (t && t->ref != LUA_NOREF) {
+    braid__task_push(L, t);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 4);
+    lua_pop(L, 1);
+  }
+  if (lua_isnil(L, -1)) {   /* a nil would remove the slot */
+    lua_pop(L, 1);
+    lua_pushboolean(L, 0);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &hand_key);
+}
+
+/* Forgets the records kept by value, the one handed out and the
+** tracebacks' names: at each braid.run's start, so nothing of a previous
+** run is found. */
 void braid__error_forget (lua_State *L) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+  braid__traceback_forget(L);
+  lua_pushboolean(L, 0);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &hand_key);
+}
+
+/* The hand-out slot exists from the engine's opening, so that setting it
+** never allocates. [-0, +0, m] */
+static void records_init (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hand_key) == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &hand_key);
+  }
+  lua_pop(L, 1);
 }
 
 static const char *const scope_words[] = {
@@ -205,60 +319,80 @@ static void push_chain (lua_State *L, struct braid_task *t) {
   luaL_pushresult(&b);
 }
 
-static void error_record (lua_State *L, int idx, lua_State *co, int level,
-                          struct braid_task *t) {
-  idx = lua_absindex(L, idx);
-  if (lua_isnil(L, idx)) return;
-  push_info_table(L);
+/* Pushes a new record of the value at idx (without a traceback or task);
+** a collectable value's goes in the weak table too. [-0, +1, m] */
+static void record_new (lua_State *L, int idx) {
+  lua_createtable(L, 0, 4);
   lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) != LUA_TNIL) {
-    lua_pop(L, 2);
-    return;
-  }
-  lua_pop(L, 1);
-  lua_pushvalue(L, idx);
-  lua_createtable(L, 0, 3);
-  luaL_traceback(L, co, NULL, level);
-  if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
-    lua_getfield(L, idx, "traceback");
-    if (lua_isnil(L, -1)) {
-      lua_pushvalue(L, -2);
-      lua_setfield(L, idx, "traceback");
-    }
+  lua_setfield(L, -2, "value");
+  if (!collectable(L, idx)) return;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) != LUA_TTABLE) {
     lua_pop(L, 1);
+    braid__push_weak_table(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
   }
-  lua_setfield(L, -2, "traceback");
-  if (t) {
-    push_chain(L, t);
-    lua_setfield(L, -2, "task");
-  }
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, -3);
   lua_rawset(L, -3);
   lua_pop(L, 1);
 }
 
-/* The message handler of every task body: records, returns the value as is. */
+/* Pushes the record of the error at idx that t knows (a re-raise keeps
+** the first record), or makes one: the traceback of co from level and
+** t's chain. Either way it becomes t's carry. [-0, +1, m] */
+static void error_record (lua_State *L, int idx, lua_State *co, int level,
+                          struct braid_task *t) {
+  idx = lua_absindex(L, idx);
+  braid__error_push_record(L, idx, t);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    record_new(L, idx);
+    braid__traceback(L, co, level);
+    if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
+      lua_getfield(L, idx, "traceback");
+      if (lua_isnil(L, -1)) {
+        lua_pushvalue(L, -2);
+        lua_setfield(L, idx, "traceback");
+      }
+      lua_pop(L, 1);
+    }
+    lua_setfield(L, -2, "traceback");
+    if (t) {
+      push_chain(L, t);
+      lua_setfield(L, -2, "task");
+    }
+  }
+  if (t && t->ref != LUA_NOREF) {   /* the carry */
+    braid__task_push(L, t);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 4);
+    lua_pop(L, 1);
+  }
+}
+
+/* The message handler of every task body: records, returns the value as
+** is. nil (error() without a value) gets no record. */
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
-  if (!braid__is_cancel(L, 1) && E->current)
-    braid__error_record(L, 1, L, 1, E->current);
+  if (!lua_isnil(L, 1) && !braid__is_cancel(L, 1) && E->current)
+    error_record(L, 1, L, 1, E->current);
   lua_settop(L, 1);
   return 1;
 }
 
-static void error_report (lua_State *L, int idx, const char *prefix) {
-  idx = lua_absindex(L, idx);
+/* Prints the error at idx and its record at rec (0 or nil: none). */
+static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
   fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
   lua_pop(L, 1);
-  push_info_table(L);
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "task") == LUA_TSTRING)
+  if (rec && lua_type(L, rec) == LUA_TTABLE) {
+    if (lua_getfield(L, rec, "task") == LUA_TSTRING)
       fprintf(stderr, "  in %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
-    if (lua_getfield(L, -1, "traceback") == LUA_TSTRING)
+    if (lua_getfield(L, rec, "traceback") == LUA_TSTRING)
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
-    if (lua_getfield(L, -1, "also") == LUA_TTABLE) {
+    if (lua_getfield(L, rec, "also") == LUA_TTABLE) {
       lua_Integer i, n = luaL_len(L, -1);
       for (i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
@@ -273,19 +407,22 @@ static void error_report (lua_State *L, int idx, const char *prefix) {
     if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
-  lua_pop(L, 2);
   fflush(stderr);
 }
 
-static void error_suppress (lua_State *L, int first, int idx) {
-  push_info_table(L);
-  lua_pushvalue(L, first);
-  if (lua_rawget(L, -2) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, first);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, -4);
+/* Lists the error at idx under the record of s's first error (made now
+** when it has none) and keeps it on first.suppressed when first is
+** braid's own. */
+static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
+  int first;
+  braid__scope_push_error(L, s);
+  first = lua_gettop(L);
+  if (s->record_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->record_ref);
+  } else {
+    record_new(L, first);
+    lua_pushvalue(L, -1);
+    s->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   if (lua_getfield(L, -1, "also") != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -295,16 +432,18 @@ static void error_suppress (lua_State *L, int first, int idx) {
   }
   braid__tostring(L, idx);
   lua_rawseti(L, -2, luaL_len(L, -2) + 1);
-  lua_pop(L, 3);
-  if (braid_error_kind(L, first) == NULL) return;
-  if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
+  lua_pop(L, 2);
+  if (braid_error_kind(L, first) != NULL) {
+    if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, first, "suppressed");
+    }
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
     lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, first, "suppressed");
   }
-  lua_pushvalue(L, idx);
-  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
   lua_pop(L, 1);
 }
 
@@ -313,19 +452,23 @@ static void error_suppress (lua_State *L, int first, int idx) {
 ** allocated in scheduler context. Out of memory with the reserve spent,
 ** it is left out rather than failing the scheduler: each runs protected,
 ** with its values passed as arguments (a protected call has a frame of its
-** own). */
+** own). nres: the results kept (0 or 1; nil for one on failure). */
 
 static int best_effort (lua_State *L, lua_CFunction f, void *ud, int a,
-                        int b) {
+                        int b, int nres) {
   a = lua_absindex(L, a);
   b = b ? lua_absindex(L, b) : 0;
-  if (!lua_checkstack(L, 5)) return -1;
+  if (!lua_checkstack(L, 5)) {
+    if (nres) lua_pushnil(L);
+    return -1;
+  }
   lua_pushcfunction(L, f);
   lua_pushlightuserdata(L, ud);
   lua_pushvalue(L, a);
   if (b) lua_pushvalue(L, b);
-  if (lua_pcall(L, b ? 3 : 2, 0, 0) == LUA_OK) return 0;
+  if (lua_pcall(L, b ? 3 : 2, nres, 0) == LUA_OK) return 0;
   lua_pop(L, 1);
+  if (nres) lua_pushnil(L);
   return -1;
 }
 
@@ -338,51 +481,82 @@ struct record_args {
 static int record_p (lua_State *L) {
   struct record_args *a = (struct record_args *) lua_touserdata(L, 1);
   error_record(L, 2, a->co, a->level, a->t);
-  return 0;
+  return 1;
 }
 
-/* Records where the error at idx was raised (the traceback of co from
-** level), unless it already is: the first record is the failing task's,
-** later ones are its re-raises. */
+/* Pushes the record of the error at idx raised in task t: the one t
+** knows (its message handler made it), else a new one with the traceback
+** of co from level; nil when none can be made. [-0, +1, -] */
 void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
   struct record_args a;
-  if (co == L) {   /* the message handler: the traceback is of L itself */
-    error_record(L, idx, co, level, t);
+  if (lua_isnil(L, idx)) {
+    lua_pushnil(L);
     return;
   }
   a.co = co;
   a.level = level;
   a.t = t;
-  best_effort(L, record_p, &a, idx, 0);
+  best_effort(L, record_p, &a, idx, 0, 1);
 }
 
+struct report_args {
+  const char *prefix;
+  int known;    /* the record is the second argument */
+};
+
 static int report_p (lua_State *L) {
-  error_report(L, 2, (const char *) lua_touserdata(L, 1));
+  struct report_args *a = (struct report_args *) lua_touserdata(L, 1);
+  if (!a->known) {   /* the weak table, the hand-out slot, the carry */
+    if (!record_by_identity(L, 2)) {
+      lua_pop(L, 1);
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &hand_key);
+      if (!record_match(L, 2)) {
+        braid_engine_t *E = braid_engine(L);
+        lua_pop(L, 1);
+        record_carried(L, 2, E ? E->current : NULL);
+      }
+    }
+  }
+  error_report(L, 2, 3, a->prefix);
   return 0;
 }
 
-/* Prints the error at idx with what is known of where it came from (or,
-** when even that cannot be allocated, says so). Never raises. */
-void braid_report (lua_State *L, int idx, const char *prefix) {
-  if (best_effort(L, report_p, (void *) prefix, idx, 0) != 0) {
+static void report (lua_State *L, int idx, int rec, const char *prefix) {
+  struct report_args a;
+  a.prefix = prefix;
+  a.known = rec != 0;
+  if (best_effort(L, report_p, &a, idx, rec, 0) != 0) {
     fprintf(stderr, "%s(an error that could not be reported: not enough "
             "memory)\n", prefix);
     fflush(stderr);
   }
 }
 
+/* Prints the error at idx with what is known of where it came from (or,
+** when even that cannot be allocated, says so). Never raises. */
+void braid_report (lua_State *L, int idx, const char *prefix) {
+  report(L, idx, 0, prefix);
+}
+
+/* braid_report with the error's record at rec (nil: none) given. */
+void braid__error_report (lua_State *L, int idx, int rec,
+                          const char *prefix) {
+  report(L, idx, rec, prefix);
+}
+
 static int suppress_p (lua_State *L) {
-  error_suppress(L, 2, 3);
+  error_suppress(L, (struct braid_scope *) lua_touserdata(L, 1), 2);
   return 0;
 }
 
-/* A member raised `idx` while the scope was already failing with `first`:
-** report it now, list it under first's report, and keep it on
-** first.suppressed when first is braid's own. */
-void braid__error_suppress (lua_State *L, int first, int idx) {
-  braid_report(L, idx, "braid: error while cancelling: ");
-  best_effort(L, suppress_p, NULL, first, idx);
+/* A member raised `idx` (its record at rec, nil: none) while s was already
+** failing: report it now, and list it under the report of s's first error
+** (and on first.suppressed when first is braid's own). */
+void braid__error_suppress (lua_State *L, struct braid_scope *s, int idx,
+                            int rec) {
+  braid__error_report(L, idx, rec, "braid: error while cancelling: ");
+  best_effort(L, suppress_p, s, idx, 0, 0);
 }
 
 static int l_error_tostring (lua_State *L) {
@@ -428,6 +602,7 @@ void braid__error_init (lua_State *L) {
 /* braid.Error: the public face of the metatable (its __metatable). */
 void braid__open_error (lua_State *L) {
   braid__error_init(L);
+  records_init(L);
   luaL_getmetatable(L, ERROR_MT);
   lua_getfield(L, -1, "__metatable");
   lua_setfield(L, -3, "Error");

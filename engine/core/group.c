@@ -40,6 +40,13 @@ static const char *const mode_names[] = {"gather", "race", "any"};
 
 static void group_start_more (lua_State *L, struct braid_group *g);
 
+/* Pushes the ended task's error and its failure record. [-0, +3, -] */
+static void push_failure (lua_State *L, struct braid_task *t) {
+  braid__task_push(L, t);
+  lua_getiuservalue(L, -1, 1);
+  lua_getiuservalue(L, -2, 4);
+}
+
 /* Judges a member that ended. Runs in scheduler context. */
 static void member_done (struct braid_watch *w, struct braid_task *t) {
   struct group_member *m = container_of(w, struct group_member, watch);
@@ -52,27 +59,24 @@ static void member_done (struct braid_watch *w, struct braid_task *t) {
   g->running -= !adopted;
   if (g->mode == GROUP_GATHER) {
     if (failed && !g->settle) {
-      braid__task_push(L, t);
-      lua_getiuservalue(L, -1, 1);
-      braid__scope_fail(L, &g->scope, -1);
-      lua_pop(L, 2);
+      push_failure(L, t);
+      braid__scope_fail(L, &g->scope, -2, -1);
+      lua_pop(L, 3);
     }
   } else if (!g->decided && (g->mode == GROUP_RACE ? ok || failed : ok)) {
     g->decided = 1;
     g->winner = m->index;
     if (failed) {
-      braid__task_push(L, t);
-      lua_getiuservalue(L, -1, 1);
-      braid__scope_fail(L, &g->scope, -1);
-      lua_pop(L, 2);
+      push_failure(L, t);
+      braid__scope_fail(L, &g->scope, -2, -1);
+      lua_pop(L, 3);
     } else {
       braid__scope_cancel(&g->scope, &g->scope);
     }
   } else if (t->status == TASK_FAILED && g->decided) {
-    braid__task_push(L, t);
-    lua_getiuservalue(L, -1, 1);
-    braid_report(L, -1, "braid: error while cancelling: ");
-    lua_pop(L, 2);
+    push_failure(L, t);
+    braid__error_report(L, -2, -1, "braid: error while cancelling: ");
+    lua_pop(L, 3);
   }
   if (adopted) braid__scope_left(&g->scope);
   group_start_more(L, g);
@@ -209,6 +213,8 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->error_ref != LUA_NOREF) {
+    braid__scope_push_record(L, s);
+    braid__error_hand(L, t);   /* its record goes with it */
     braid__scope_push_error(L, s);
     braid__scope_release(s);
     return lua_error(L);
@@ -292,12 +298,13 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  double timeout = -1, grace = t->inner->grace;
+  uint64_t timeout = BRAID_NEVER, grace = t->inner->grace_ns;
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
     braid__check_options(L, opts, fname, group_options);
-    grace = braid__opt_number(L, opts, "grace", grace, fname);
+    grace = braid__opt_seconds(L, opts, "grace", grace, fname);
+    timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
       lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
@@ -306,12 +313,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                            "expected)", fname);
       limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
     }
-    lua_pop(L, 1);
-    lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1) &&
-        (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      braid_usageerror(L, "bad option 'timeout' to '%s' (number of seconds "
-                         "expected, got %s)", fname, luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
@@ -337,11 +338,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_getfield(L, opts, "timeout");
-    if (!lua_isnil(L, -1)) g->scope.timeout_ns = braid_check_seconds(L, -1, fname);
-    timeout = lua_isnil(L, -1) ? -1 : 1;
-    lua_pop(L, 1);
   }
+  g->scope.timeout_ns = timeout;
   lua_createtable(L, n, 3);
   if (map) {
     lua_pushvalue(L, 1);
@@ -361,21 +359,22 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   for (i = 1; !map && i <= n; i++)
     g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timeout >= 0 && braid__scope_deadline_ready(t->E, &g->scope) != 0) {
+  if (timeout != BRAID_NEVER &&
+      braid__scope_deadline_ready(t->E, &g->scope) != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->list_ref);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
   g->scope.release = group_release;
-  if (opts) g->scope.grace = grace;
-  if (timeout >= 0) braid__scope_deadline(&g->scope, g->scope.timeout_ns);
+  if (opts) g->scope.grace_ns = grace;
+  if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started
   ** and raises it once they have ended. */
   lua_pushcfunction(L, group_start_p);
   lua_pushlightuserdata(L, g);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    braid__scope_fail(L, &g->scope, -1);
+    braid__scope_fail(L, &g->scope, -1, 0);
     lua_pop(L, 1);
   }
   if (braid__scope_join(L, &g->scope, group_close_k) == 0)

@@ -233,7 +233,7 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
                     "scheduler ran out and spent its reserve)");
   if (!E->embedded) {
     if (victim && !TASK_DONE(victim))
-      braid__scope_fail(S, &victim->scope, -1);
+      braid__scope_fail(S, &victim->scope, -1, 0);
     else E->oom = 2;   /* too late for the root: braid.run raises it */
   } else {
     braid__engine_cancel_all(S, E, -1);

@@ -58,9 +58,20 @@ lua_Integer braid__check_integer(lua_State *L, int idx, const char *fname);
 void braid__check_options(lua_State *L, int idx, const char *fname,
                           const char *const *allowed);
 
-/* opts[key] (opts at idx) as a non-negative number, or def when absent. */
+/* opts[key] (opts at idx) as a non-negative number, or def when absent:
+** counts (a backlog, a line limit), not durations. */
 double braid__opt_number(lua_State *L, int idx, const char *key, double def,
                          const char *fname);
+
+/* opts[key] (opts at idx: nil or a table) as a duration in nanoseconds, or
+** def when absent: the one reading of every duration option (grace,
+** timeout, kill_grace), checked as braid_check_seconds checks an argument.
+** A number of seconds is required and NaN is refused (a usage error "bad
+** option 'key' to 'fname' (...)"); a negative number is 0; about 570 years
+** or more (math.huge) is BRAID_NEVER, which a caller leaves unarmed.
+** [-0, +0, v] */
+uint64_t braid__opt_seconds(lua_State *L, int idx, const char *key,
+                            uint64_t def, const char *fname);
 
 /* Is the value at idx callable (a function, or has __call)? */
 int braid__is_callable(lua_State *L, int idx);

@@ -43,7 +43,7 @@ static void engine_deadlock (lua_State *L, braid_engine_t *E) {
   describe_waits(L, &b, &E->top);
   luaL_pushresult(&b);
   braid_pusherror(L, "deadlock", NULL, "%s", lua_tostring(L, -1));
-  braid__scope_fail(L, &victim->scope, -1);
+  braid__scope_fail(L, &victim->scope, -1, 0);
   lua_pop(L, 2);
 }
 
@@ -82,7 +82,7 @@ static int l_run_run (lua_State *L) {
     braid_usageerror(L, "braid.run: braid is already running (inside a "
                        "task, use braid.spawn, braid.scope or task:await)");
   E->virtual_clock = 0;
-  E->grace = braid__opt_number(L, 2, "grace", 5.0, "braid.run");
+  E->grace_ns = braid__opt_seconds(L, 2, "grace", 5000000000u, "braid.run");
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "clock");
     if (!lua_isnil(L, -1)) {
@@ -109,7 +109,7 @@ static int l_run_run (lua_State *L) {
     }
   }
   lua_settop(L, 1);
-  braid__error_forget(L);   /* records live until the next run's start */
+  braid__error_forget(L);   /* nothing of a previous run is found */
   if (braid__run_alloc_begin(L, E) != 0)
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
   if ((rc = uv_loop_init(&E->own_loop)) != 0) {
@@ -152,6 +152,8 @@ static int l_run_run (lua_State *L) {
     braid_error(L, "memory", NULL, "not enough memory (braid's "
                        "scheduler ran out and spent its reserve)");
   if (E->interrupted && status != TASK_OK) {
+    lua_getiuservalue(L, 2, 4);   /* its record, for the runner's report */
+    braid__error_hand(L, NULL);
     lua_getiuservalue(L, 2, 1);
     return lua_error(L);
   }

@@ -11,7 +11,9 @@
 **   inherits it from its outer one, so a task checks one flag (its innermost
 **   scope's) at every suspension point.
 ** - A scope's first error (error_ref) is raised unchanged when it ends; later
-**   errors are reported and kept on the first's `suppressed` list.
+**   errors are reported and kept on the first's `suppressed` list. Its
+**   failure record (record_ref, error.c) comes with it from the member or
+**   body that failed, and is handed on with it.
 ** - Scopes other than task scopes live in userdata on their task's stack, so
 **   their memory is the collector's; braid__scope_release is the one place
 **   that stops their timers, unlinks them and drops their references.
@@ -30,10 +32,11 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   s->task = t;
   s->outer = outer;
   s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
+  s->record_ref = LUA_NOREF;
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
-  s->grace = outer ? outer->grace : E->grace;
+  s->grace_ns = outer ? outer->grace_ns : E->grace_ns;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
   if (kind == SCOPE_TASK) outer->pending++;
@@ -102,9 +105,9 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
   }
-  if (s->pending > 0 && scope_timers(s)->grace.idx == 0)
-    braid_timer_start(s->E, &s->timers->grace, braid__ns(s->grace),
-                       grace_cb);
+  if (s->pending > 0 && s->grace_ns != BRAID_NEVER &&
+      scope_timers(s)->grace.idx == 0)
+    braid_timer_start(s->E, &s->timers->grace, s->grace_ns, grace_cb);
 }
 
 void braid__scope_each_task (struct braid_scope *s,
@@ -207,39 +210,58 @@ void braid__scope_release (struct braid_scope *s) {
   braid__list_remove(&s->link);
   luaL_unref(S, LUA_REGISTRYINDEX, s->reason_ref);
   luaL_unref(S, LUA_REGISTRYINDEX, s->error_ref);
+  luaL_unref(S, LUA_REGISTRYINDEX, s->record_ref);
   luaL_unref(S, LUA_REGISTRYINDEX, s->cancel_ref);
   s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
+  s->record_ref = LUA_NOREF;
   s->release = NULL;
 }
 
+/* [s, error, record]: keeps both (the record unless nil). */
 static int ref_p (lua_State *L) {
-  lua_settop(L, 2);
-  *(int *) lua_touserdata(L, 1) = luaL_ref(L, LUA_REGISTRYINDEX);
+  struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
+  lua_settop(L, 3);
+  lua_pushvalue(L, 2);
+  s->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (!lua_isnil(L, 3)) s->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
-/* The body or a member of s failed with the error at idx. Keeping the
-** error takes a registry slot; when even that cannot be allocated (out of
-** memory in scheduler context, the reserve spent), the scope still fails,
-** with Lua's own "not enough memory" as its error (SCOPE_ERR_NOMEM). */
-void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx) {
+/* The body or a member of s failed with the error at idx, whose failure
+** record is at rec (0 or nil: none). Keeping the error takes a registry
+** slot; when even that cannot be allocated (out of memory in scheduler
+** context, the reserve spent), the scope still fails, with Lua's own "not
+** enough memory" as its error (SCOPE_ERR_NOMEM). */
+void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx,
+                        int rec) {
+  idx = lua_absindex(L, idx);
+  rec = rec ? lua_absindex(L, rec) : 0;
   if (s->error_ref == LUA_NOREF) {
-    int ref = SCOPE_ERR_NOMEM;
-    idx = lua_absindex(L, idx);
-    if (lua_checkstack(L, 3)) {
+    s->error_ref = SCOPE_ERR_NOMEM;
+    if (lua_checkstack(L, 4)) {
       lua_pushcfunction(L, ref_p);
-      lua_pushlightuserdata(L, &ref);
+      lua_pushlightuserdata(L, s);
       lua_pushvalue(L, idx);
-      if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+      if (rec) lua_pushvalue(L, rec);
+      else lua_pushnil(L);
+      if (lua_pcall(L, 3, 0, 0) != LUA_OK) lua_pop(L, 1);
     }
-    s->error_ref = ref;
     braid__scope_cancel(s, s);
     return;
   }
   braid__scope_push_error(L, s);
-  if (!lua_rawequal(L, -1, idx < 0 ? idx - 1 : idx))   /* not a re-raise */
-    braid__error_suppress(L, -1, idx < 0 ? idx - 1 : idx);
-  lua_pop(L, 1);
+  if (!lua_rawequal(L, -1, idx)) {   /* not a re-raise */
+    lua_pop(L, 1);
+    braid__error_suppress(L, s, idx, rec);
+  } else {
+    lua_pop(L, 1);
+  }
+}
+
+/* Pushes the failure record of s's error, or nil. [-0, +1, -] */
+void braid__scope_push_record (lua_State *L, struct braid_scope *s) {
+  if (s->record_ref == LUA_NOREF) lua_pushnil(L);
+  else lua_rawgeti(L, LUA_REGISTRYINDEX, s->record_ref);
 }
 
 /* Pushes s's first error (s->error_ref is set). [-0, +1, -] */
@@ -272,11 +294,15 @@ void braid__scope_member_done (lua_State *L, struct braid_scope *s,
     struct braid_session *session = s->E->session;
     braid__task_push(L, t);
     lua_getiuservalue(L, -1, 1);
-    if (session && s->task == s->E->root && s == &s->task->scope)
+    lua_getiuservalue(L, -2, 4);   /* its record */
+    if (session && s->task == s->E->root && s == &s->task->scope) {
+      braid__error_hand(L, NULL);   /* the record its report finds */
       session->failed(L, t, lua_gettop(L));   /* the REPL carries on */
-    else
-      braid__scope_fail(L, s, -1);
-    lua_pop(L, 2);
+      lua_pop(L, 2);
+    } else {
+      braid__scope_fail(L, s, -2, -1);
+      lua_pop(L, 3);
+    }
   }
   braid__scope_left(s);
 }
@@ -289,6 +315,8 @@ static int scope_close (lua_State *L, struct braid_scope *s) {
   t->inner = s->outer;
   if (s->handle) *s->handle = NULL;
   if (s->error_ref != LUA_NOREF) {
+    braid__scope_push_record(L, s);
+    braid__error_hand(L, t);   /* its record goes with it */
     braid__scope_push_error(L, s);
     braid__scope_release(s);
     return lua_error(L);
@@ -345,7 +373,11 @@ static int scope_body_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_scope *s = (struct braid_scope *) ctx;
   if (status != LUA_OK && status != LUA_YIELD) {
     s->body_failed = 1;
-    if (!braid__is_cancel(L, -1)) braid__scope_fail(L, s, -1);
+    if (!braid__is_cancel(L, -1)) {
+      braid__error_push_record(L, -1, s->task);   /* its message handler's */
+      braid__scope_fail(L, s, -2, -1);
+      lua_pop(L, 1);
+    }
   }
   braid__scope_join(L, s, scope_join_k);
   return scope_close(L, s);
@@ -387,10 +419,11 @@ static const char *const scope_options[] = {"grace", NULL};
 static int l_scope_run (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "braid.scope");
   struct braid_scope *s, **h;
-  double grace;
+  uint64_t grace;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
   braid__check_options(L, 2, "braid.scope", scope_options);
-  grace = braid__opt_number(L, 2, "grace", t->inner->grace, "braid.scope");
+  grace = braid__opt_seconds(L, 2, "grace", t->inner->grace_ns,
+                             "braid.scope");
   braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
   lua_settop(L, 2);
@@ -399,7 +432,7 @@ static int l_scope_run (lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   s = braid__scope_new(L, sizeof *s);                       /* 4 */
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
-  s->grace = grace;
+  s->grace_ns = grace;
   *h = s;
   s->handle = h;
   lua_pushcfunction(L, braid__error_msgh);                  /* 5 */

@@ -8,6 +8,9 @@
 ** - A task's userdata is anchored by t->ref from spawn until it ends, and
 **   its coroutine by the userdata's first user value while it runs; after
 **   the end that slot holds the results or the error instead.
+** - User value 4 holds a failure record (error.c): while the task runs,
+**   the one of the last error raised in it or handed to it; after the end,
+**   the one of its own failure, or nil. It lives with the task object.
 ** - A task's coroutine is made (or taken from the pool) when it starts, not
 **   when it is spawned, and goes back to the pool when it ends, so spawning
 **   many tasks that each finish quickly keeps few coroutines alive.
@@ -86,7 +89,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   lua_Debug ar;
   int i;
   fidx = lua_absindex(L, fidx);
-  t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 3);
+  t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 4);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, TASK_MT);
   if (nargs == 0) lua_pushvalue(L, fidx);
@@ -213,6 +216,8 @@ void braid__task_finish (struct braid_task *t) {
   } else {
     t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
   }
+  braid__scope_push_record(S, s);   /* nil unless it failed */
+  lua_setiuservalue(S, -2, 4);
   t->wait = NULL;
   braid__task_unready(E, t);
   E->live--;
@@ -254,7 +259,8 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     s->body_failed = 1;
     if (status != LUA_ERRRUN || !braid__is_cancel(S, -1)) {
       braid__error_record(S, -1, co, 0, t);   /* co's stack is not unwound */
-      braid__scope_fail(S, s, -1);
+      braid__scope_fail(S, s, -2, -1);
+      lua_pop(S, 1);
     }
   }
   lua_setiuservalue(S, -2, 1);
@@ -270,14 +276,27 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
   braid__task_finish(t);
 }
 
+/* The error of the ended task at idx is handed to code: its record goes
+** with it, to the running task (NULL outside tasks). [-0, +0, -] */
+static void task_hand_error (lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, 4);
+  braid__error_hand(L, ((struct braid_task *) lua_touserdata(L, idx))->E
+                         ->current);
+}
+
 /* Pushes the results of the ended task whose object is at idx: all of them,
 ** or exactly one value (the first, nil included); raises its error instead
 ** when it did not end ok. [-0, +n, v] */
 int braid__task_results (lua_State *L, int idx, int all) {
   struct braid_task *t = (struct braid_task *) lua_touserdata(L, idx);
   int i, n = t->nres;
+  idx = lua_absindex(L, idx);
+  if (t->status != TASK_OK) {
+    task_hand_error(L, idx);
+    lua_getiuservalue(L, idx, 1);
+    return lua_error(L);
+  }
   lua_getiuservalue(L, idx, 1);
-  if (t->status != TASK_OK) return lua_error(L);
   if (n == 0 && all) {
     lua_pop(L, 1);
     return 0;
@@ -358,6 +377,7 @@ static int l_task_result (lua_State *L) {
                        "use task:await()", (int) t->id, braid__status_names[t->status]);
   lua_settop(L, 1);
   if (t->status != TASK_OK) {
+    task_hand_error(L, 1);
     lua_pushboolean(L, 0);
     lua_getiuservalue(L, 1, 1);
     return 2;

@@ -141,8 +141,12 @@ void braid__timer_quiet (braid_engine_t *E) {
   uv_unref((uv_handle_t *) &E->timer);
 }
 
+/* Jumps the virtual clock to the earliest timer and fires what is due;
+** 0 when there is none to jump to. A timer set for never (BRAID_NEVER: a
+** sleep, deadline or grace of ~570 years or more) is never jumped to:
+** waiting on it alone is a deadlock, as on the real clock it is a hang. */
 int braid__timer_advance (braid_engine_t *E) {
-  if (E->heap_n == 0) return 0;
+  if (E->heap_n == 0 || E->heap[0]->due >= BRAID_NEVER) return 0;
   if (E->heap[0]->due > E->vnow) E->vnow = E->heap[0]->due;
   timer_fire(E, E->vnow);
   return 1;

@@ -121,6 +121,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
     if (lua_istable(L, 2)) {
       lua_getfield(L, 2, "timeout");
       s = lua_tonumber(L, -1);
+      if (!(s > 0)) s = 0;   /* a negative timeout is 0 */
     }
     braid__proc_release(p);
     return braid_error(L, "timeout", NULL, "braid.exec: command '%s' timed "
@@ -176,7 +177,7 @@ static const char *const exec_options[] = {
 static int l_exec (lua_State *L) {
   int stdio[3] = {0, UV_CREATE_PIPE | UV_WRITABLE_PIPE,
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE};
-  double timeout, grace;
+  uint64_t timeout, grace;
   size_t len = 0, max_output;
   int i;
   const char *in = NULL;
@@ -184,8 +185,8 @@ static int l_exec (lua_State *L) {
   braid_check_task(L, "braid.exec");
   braid__check_options(L, 2, "braid.exec", exec_options);
   lua_settop(L, 2);
-  timeout = braid__opt_number(L, 2, "timeout", -1, "braid.exec");
-  grace = braid__opt_number(L, 2, "kill_grace", 2.0, "braid.exec");
+  timeout = braid__opt_seconds(L, 2, "timeout", BRAID_NEVER, "braid.exec");
+  grace = braid__opt_seconds(L, 2, "kill_grace", 2000000000u, "braid.exec");
   max_output = braid__opt_limit(L, 2, "max_output", EXEC_MAX_OUTPUT,
                                 "braid.exec");
   if (lua_istable(L, 2) && lua_getfield(L, 2, "stdin") != LUA_TNIL) {
@@ -217,7 +218,7 @@ static int l_exec (lua_State *L) {
     }
   }
   uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
-  if (timeout >= 0)
+  if (timeout != BRAID_NEVER)
     uv_timer_start(&p->timer, exec_timeout_cb, braid__proc_ms(timeout), 0);
   return braid_suspendk(L, "braid.exec", sizeof p, exec_start, exec_cancel, p,
                         exec_k);

@@ -142,10 +142,11 @@ void braid__proc_stop (struct braid_proc *p) {
   if (p->live[P_PROC] && !p->exited && !p->stopping) {
     p->stopping = 1;
     uv_process_kill(&p->proc, SIGTERM);
-    if (p->kill_grace_ms == 0) uv_process_kill(&p->proc, SIGKILL);
-    else {
+    if (p->kill_grace_ns == 0) uv_process_kill(&p->proc, SIGKILL);
+    else if (p->kill_grace_ns != BRAID_NEVER) {
       uv_update_time(braid_loop(p->E));
-      uv_timer_start(&p->timer, proc_kill_cb, p->kill_grace_ms, 0);
+      uv_timer_start(&p->timer, proc_kill_cb,
+                     braid__proc_ms(p->kill_grace_ns), 0);
     }
   }
   braid__proc_update(p);
@@ -191,8 +192,8 @@ static const char *signal_name (int sig, char *buf, size_t n) {
   return buf;
 }
 
-uint64_t braid__proc_ms (double s) {
-  return s >= 1e12 ? (uint64_t) 1e15 : (uint64_t) (s * 1000 + 0.999);
+uint64_t braid__proc_ms (uint64_t ns) {
+  return ns / 1000000 + (ns % 1000000 != 0);
 }
 
 /* Fills o's file, args, cwd and env from argv (the list at 1) and the
@@ -261,7 +262,7 @@ static void proc_args (lua_State *L, const char *fname,
 static const char *const pipe_names[3] = {"stdin", "stdout", "stderr"};
 
 struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
-                                      int stdio[3], double kill_grace) {
+                                      int stdio[3], uint64_t kill_grace_ns) {
   braid_engine_t *E = braid_engine(L);
   uv_process_options_t o;
   uv_stdio_container_t io[3];
@@ -273,7 +274,7 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   p->E = E;
   p->owned = 1;
-  p->kill_grace_ms = braid__proc_ms(kill_grace);
+  p->kill_grace_ns = kill_grace_ns;
   braid__list_init(&p->waiters);
   p->res.close = proc_resource_close;
   uv_timer_init(braid_loop(E), &p->timer);
@@ -501,12 +502,13 @@ static int l_process_new (lua_State *L) {
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE, -1};
   struct proc_box *box;
   struct braid_proc *p;
-  double grace;
+  uint64_t grace;
   size_t max_line;
   braid_check_task(L, "braid.process");
   braid__check_options(L, 2, "braid.process", process_options);
   lua_settop(L, 2);
-  grace = braid__opt_number(L, 2, "kill_grace", 2.0, "braid.process");
+  grace = braid__opt_seconds(L, 2, "kill_grace", 2000000000u,
+                             "braid.process");
   max_line = braid__stream_max_line(L, 2, "braid.process");
   box = lua_newuserdatauv(L, sizeof *box, 0);               /* 3 */
   box->p = NULL;

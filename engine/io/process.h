@@ -21,7 +21,7 @@ struct braid_proc {
   unsigned char owned, exec, exited, stopping, timed_out, attached;
   int pid, signal;
   int64_t code;
-  uint64_t kill_grace_ms;
+  uint64_t kill_grace_ns;      /* BRAID_NEVER: no SIGKILL */
   braid_op_t *op;              /* exec's, waiting for the whole run */
   struct braid_list waiters;   /* struct exit_wait: proc:wait(), close */
   struct braid_resource res;   /* braid.process: in the starting scope */
@@ -35,7 +35,7 @@ struct braid_proc {
 ** one value on the stack (an anchor for the strings). On failure every
 ** handle is closed and a "spawn" error raised. [-0, +1, e] */
 struct braid_proc *braid__proc_spawn(lua_State *L, const char *fname,
-                                     int stdio[3], double kill_grace);
+                                     int stdio[3], uint64_t kill_grace_ns);
 
 /* Stops the child and closes its pipes: SIGTERM now, SIGKILL after the
 ** kill grace; the exit callback reaps it. Runs no Lua. */
@@ -55,9 +55,9 @@ void braid__proc_update(struct braid_proc *p);
 ** nil). [-0, +2, m] */
 void braid__proc_push_status(lua_State *L, struct braid_proc *p);
 
-/* Seconds (already checked non-negative) as timer milliseconds, rounded
-** up and clamped so that the conversion is always defined. */
-uint64_t braid__proc_ms(double s);
+/* A duration (braid__opt_seconds' nanoseconds, not BRAID_NEVER) as a
+** libuv timer's milliseconds, rounded up. */
+uint64_t braid__proc_ms(uint64_t ns);
 
 /* Adds braid.exec (exec.c) to the table at the stack top. */
 void braid__open_exec(lua_State *L);

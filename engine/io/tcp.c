@@ -287,7 +287,7 @@ struct conn_args {
   struct tcp_connect *c;
   const char *host;
   int port;
-  double timeout;
+  uint64_t timeout;            /* ns; BRAID_NEVER: none */
 };
 
 static int conn_start (braid_op_t *op, void *ud) {
@@ -315,9 +315,8 @@ static int conn_start (braid_op_t *op, void *ud) {
     if (rc == 0) c->busy++;
     else conn_finish(c, rc);
   }
-  if (c->op && a->timeout >= 0)   /* else it finished at once: resumed */
-    braid_timer_start(c->E, &c->timer, braid__ns(a->timeout),
-                      conn_timeout_cb);
+  if (c->op && a->timeout != BRAID_NEVER)   /* else finished at once */
+    braid_timer_start(c->E, &c->timer, a->timeout, conn_timeout_cb);
   return 0;
 }
 
@@ -370,7 +369,8 @@ static int l_tcp_connect (lua_State *L) {
   a.host = lua_tostring(L, 1);
   a.port = braid__tcp_check_port(L, 2, "braid.tcp.connect");
   braid__check_options(L, 3, "braid.tcp.connect", connect_options);
-  a.timeout = braid__opt_number(L, 3, "timeout", -1, "braid.tcp.connect");
+  a.timeout = braid__opt_seconds(L, 3, "timeout", BRAID_NEVER,
+                                 "braid.tcp.connect");
   max_line = braid__stream_max_line(L, 3, "braid.tcp.connect");
   lua_settop(L, 2);
   braid_check_suspend(L, "braid.tcp.connect");
