@@ -77,3 +77,31 @@ describe("fuzz regressions", function()
     assert.are.equal(3, braid.now())
   end))
 end)
+
+describe("fuzz regressions (this session)", function()
+  -- fuzz seeds 1771, 1797, 3896, after resources moved off timeout and
+  -- shield scopes (issue 13.14): a server made inside braid.shield in a
+  -- cancelled task spawned its handlers into the task's (cancelled) scope,
+  -- so they were cancelled at their first wait and the round trip read nil.
+  it("serves a round trip from inside braid.shield in a cancelled task", h.run(function()
+    local got
+    local t = braid.spawn(function()
+      pcall(braid.sleep, 60)               -- cancelled here
+      got = braid.shield(function()
+        local server = braid.tcp.listen(nil, 0, function(conn)
+          for line in conn:lines() do conn:write(line .. "\n") end
+        end)
+        local c = braid.tcp.connect("127.0.0.1", server:port())
+        c:write("hi\n")
+        local line = c:read_line()
+        c:close()
+        server:close()
+        return line
+      end)
+    end)
+    braid.yield()
+    t:cancel()
+    pcall(t.await, t)
+    assert.are.equal("hi", got)
+  end))
+end)

@@ -166,8 +166,13 @@ typedef struct braid_scope braid_scope_t;
 
 /* The scope the running task makes things in now, as braid_resource_add
 ** uses it: its innermost task scope or braid.scope (not the bookkeeping
-** scopes of timeout, shield or a group). Inside a task only. */
-braid_scope_t *braid__scope_here(lua_State *L);
+** scopes of timeout, shield or a group), or, with `shields`, a braid.shield
+** scope too: a server's handlers must not be born into the cancellation a
+** shield keeps out. Inside a task only. */
+braid_scope_t *braid__scope_here(lua_State *L, int shields);
+
+/* Makes r a resource of scope s (from braid__scope_here). */
+void braid__scope_resource_add(braid_scope_t *s, braid_resource_t *r);
 
 /* Does s still take new members (not cancelled, not ended)? */
 int braid__scope_open(braid_scope_t *s);

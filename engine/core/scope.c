@@ -168,14 +168,20 @@ static void resource_link (struct braid_scope *s, braid_resource_t *r) {
 /* Where the running task makes things: its innermost task scope or
 ** braid.scope. timeout, shield and group scopes are bookkeeping within a
 ** call; what a call returns from inside them must outlive them. */
-struct braid_scope *braid__scope_here (lua_State *L) {
+struct braid_scope *braid__scope_here (lua_State *L, int shields) {
   struct braid_scope *s = braid_engine(L)->current->inner;
-  while (s->kind != SCOPE_TASK && s->kind != SCOPE_PLAIN) s = s->outer;
+  while (s->kind != SCOPE_TASK && s->kind != SCOPE_PLAIN &&
+         !(shields && s->kind == SCOPE_SHIELD))
+    s = s->outer;
   return s;
 }
 
 void braid_resource_add (lua_State *L, braid_resource_t *r) {
-  resource_link(braid__scope_here(L), r);
+  resource_link(braid__scope_here(L, 0), r);
+}
+
+void braid__scope_resource_add (struct braid_scope *s, braid_resource_t *r) {
+  resource_link(s, r);
 }
 
 void braid__task_resource_add (struct braid_task *t, braid_resource_t *r) {

@@ -193,8 +193,10 @@ static int l_tcp_listen (lua_State *L) {
   }
   srv->closing = 0;
   srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
-  srv->scope = braid__scope_here(L);
-  braid_resource_add(L, &srv->res);
+  /* A server made inside braid.shield belongs to the shield: its handlers
+  ** run shielded as the code that made it does. */
+  srv->scope = braid__scope_here(L, 1);
+  braid__scope_resource_add(srv->scope, &srv->res);
   *ud = srv;
   srv->ud = ud;
   return 1;
