@@ -23,6 +23,7 @@ static const struct {
   {"gather", braid__open_group, 0},
   {"now", braid__open_timer, 0},
   {"channel", braid__open_channel, 0},
+  {"semaphore", braid__open_sync, 0},
   {"select", braid__open_select, 0},
   {"dump", braid__open_dump, 0},
   {"Error", braid__open_error, 0},

@@ -261,6 +261,7 @@ void braid__open_scope(lua_State *L);
 void braid__open_group(lua_State *L);
 void braid__open_timer(lua_State *L);
 void braid__open_channel(lua_State *L);
+void braid__open_sync(lua_State *L);
 void braid__open_select(lua_State *L);
 void braid__open_dump(lua_State *L);
 void braid__open_error(lua_State *L);
