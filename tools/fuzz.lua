@@ -15,7 +15,8 @@
 -- A failing seed prints a one-line reproduction, the tree, and exits 1. A
 -- seed's tree and timer order replay exactly; only the order in which
 -- concurrent real I/O completes can differ between runs (FUZZ_IO=0 turns
--- the I/O steps off for exact replay; FUZZ_SELECT=0 the exchanges).
+-- the I/O steps off for exact replay; FUZZ_SELECT=0 the exchanges;
+-- FUZZ_CLOSEERR=0 the <close> handlers that fail while unwinding).
 --
 -- As a module (require "tools.fuzz" is not needed: dofile returns M) it is used
 -- by spec/fuzz_spec.lua: M.run_seed(seed) -> ok, report.
@@ -190,6 +191,21 @@ local function add_select(node)
   for _, c in ipairs(node.kids or {}) do add_select(c) end
 end
 
+-- A sleep step sometimes becomes "closeerr": the leaf's <close> handler for
+-- that stretch raises the leaf's own error when the block is left by an
+-- error or a cancellation (issue 13.8: such errors used to vanish, and the
+-- handler ran outside the task). The error replaces what was unwinding.
+local function add_closeerr(node)
+  if node.kind == "leaf" then
+    for i, s in ipairs(node.steps) do
+      if s[1] == "sleep" and rand(6) == 1 then node.steps[i] = {"closeerr", s[2]} end
+    end
+  end
+  if node.body then add_closeerr(node.body) end
+  if node.kid then add_closeerr(node.kid) end
+  for _, c in ipairs(node.kids or {}) do add_closeerr(c) end
+end
+
 function M.generate(seed)
   math.randomseed(seed)
   nid = 0
@@ -201,6 +217,10 @@ function M.generate(seed)
   if os.getenv("FUZZ_SELECT") ~= "0" then
     math.randomseed(seed, 2)
     add_select(tree)
+  end
+  if os.getenv("FUZZ_CLOSEERR") ~= "0" then
+    math.randomseed(seed, 3)
+    add_closeerr(tree)
   end
   return tree
 end
@@ -739,6 +759,11 @@ function exec(node, ctx)
       elseif s[1] == "yield" then braid.yield()
       elseif s[1] == "io" then io_step(s[2], node)
       elseif s[1] == "xchg" then xchg_step(s[2], node)
+      elseif s[1] == "closeerr" then   -- a cleanup that fails while unwinding
+        local _ <close> = setmetatable({}, {__close = function(_, e)
+          if e ~= nil then error(uerr(node), 0) end
+        end})
+        braid.sleep(s[2])
       elseif s[1] == "stubborn" then   -- swallows a cancellation, cleans up shielded
         local ok = pcall(braid.sleep, s[2])
         if not ok then braid.shield(braid.sleep, s[2] * 2) end
