@@ -138,6 +138,7 @@ void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx,
                        int rec);
 void braid__scope_push_record(lua_State *L, struct braid_scope *s);
 void braid__scope_push_error(lua_State *L, struct braid_scope *s);
+int braid__scope_raise(lua_State *L, struct braid_scope *s);
 /* error_ref of a scope that failed when its error could not be kept */
 #define SCOPE_ERR_NOMEM (-3)
 void braid__scope_left(struct braid_scope *s);

@@ -212,13 +212,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     braid__push_cancel(L, s->cause);
     return lua_error(L);
   }
-  if (s->error_ref != LUA_NOREF) {
-    braid__scope_push_record(L, s);
-    braid__error_hand(L, t);   /* its record goes with it */
-    braid__scope_push_error(L, s);
-    braid__scope_release(s);
-    return lua_error(L);
-  }
+  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->deadline_fired && !g->settle && group_cut_off(g)) {
     braid__scope_release(s);
     group_timeout_error(L, g);

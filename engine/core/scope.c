@@ -315,18 +315,22 @@ void braid__scope_member_done (lua_State *L, struct braid_scope *s,
 
 /* ---- running a body as a scope ---- */
 
+/* Ends s (popped already) by raising its first error, in its task, with
+** its failure record. */
+int braid__scope_raise (lua_State *L, struct braid_scope *s) {
+  braid__scope_push_record(L, s);
+  braid__error_hand(L, s->task);   /* its record goes with it */
+  braid__scope_push_error(L, s);
+  braid__scope_release(s);
+  return lua_error(L);
+}
+
 /* Ends s: pops it, then returns the body's results or raises. */
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
   t->inner = s->outer;
   if (s->handle) *s->handle = NULL;
-  if (s->error_ref != LUA_NOREF) {
-    braid__scope_push_record(L, s);
-    braid__error_hand(L, t);   /* its record goes with it */
-    braid__scope_push_error(L, s);
-    braid__scope_release(s);
-    return lua_error(L);
-  }
+  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->body_failed) {
     int own = s->cause == s;
     int fired = own && s->deadline_fired;
