@@ -9,6 +9,10 @@
 ** the top can say where the error came from while the value itself stays
 ** rawequal end to end. Cancellation errors carry no traceback:
 ** they are outcomes, not failures, and fail-fast creates thousands at once.
+**
+** Just over 600 lines, on purpose: the error object, its record and the
+** report read one another's fields, and splitting them would put one
+** concept (what braid knows about a failure) behind a second interface.
 */
 #include <stdarg.h>
 #include <stdio.h>
