@@ -1,7 +1,8 @@
 # braid: build, test, run. `make run` and `make test` work on a fresh Debian
 # machine: missing packages are installed first (see the deps target).
 
-PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat
+PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
+             luarocks groff-base
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
@@ -31,7 +32,8 @@ SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app \
              $(BUILD)/fault_test
 
-.PHONY: all deps run test layers bench fuzz soak faultsweep valgrind clean install
+.PHONY: all deps run test layers bench fuzz soak faultsweep valgrind clean install \
+        uninstall rock-install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
 
@@ -94,10 +96,20 @@ $(BUILD)/fault_test: tests/fault_test.c $(BUILD)/libbraid.a
 $(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
 
+# Install: the runner, the module (where stock lua5.4 looks for C modules
+# under PREFIX), the embedding header and libraries, braid.pc and braid.1.
+# `make uninstall` removes exactly what this installs.
+CMOD_DIR  = $(shell pkg-config --define-variable=prefix=$(PREFIX) \
+              --variable=INSTALL_CMOD lua5.4 2>/dev/null || echo $(PREFIX)/lib/lua/5.4)
+INSTALLED = bin/braid include/braid.h lib/libbraid.a lib/$(SONAME).1.0 \
+            lib/$(SONAME) lib/libbraid.so lib/pkgconfig/braid.pc \
+            share/man/man1/braid.1
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
-	  $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(CMOD_DIR)
 	install -m 755 $(BUILD)/braid $(DESTDIR)$(PREFIX)/bin/braid
+	install -m 644 $(BUILD)/braid.so $(DESTDIR)$(CMOD_DIR)/braid.so
 	install -m 644 engine/braid.h $(DESTDIR)$(PREFIX)/include/braid.h
 	install -m 644 $(BUILD)/libbraid.a $(DESTDIR)$(PREFIX)/lib/libbraid.a
 	install -m 755 $(BUILD)/libbraid.so $(DESTDIR)$(PREFIX)/lib/$(SONAME).1.0
@@ -105,6 +117,22 @@ install: all
 	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libbraid.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' tools/braid.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/braid.pc
+	install -m 644 docs/braid.1 $(DESTDIR)$(PREFIX)/share/man/man1/braid.1
+	@# a system prefix, as root, not staged: make the new soname known
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && \
+	    { [ "$(PREFIX)" = /usr ] || [ "$(PREFIX)" = /usr/local ]; }; then \
+	  ldconfig; fi
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/,$(INSTALLED)) \
+	  $(DESTDIR)$(CMOD_DIR)/braid.so
+
+# LuaRocks (braid-scm-1.rockspec, build.type "make"): builds as `make
+# all`, installs the module and the runner where the rock tree says.
+rock-install: all
+	install -d $(INST_LIBDIR) $(INST_BINDIR)
+	install -m 644 $(BUILD)/braid.so $(INST_LIBDIR)/braid.so
+	install -m 755 $(BUILD)/braid $(INST_BINDIR)/braid
 
 run: all
 	$(RUN_ENV) $(BUILD)/braid examples/demo.lua

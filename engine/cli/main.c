@@ -23,7 +23,7 @@ static const char usage_text[] =
   "Options:\n"
   "  -e stat          run the string 'stat' (may be repeated)\n"
   "  -i               enter the REPL after running the script and -e chunks\n"
-  "  -v, --version    print the version and exit\n"
+  "  -v, --version    print the version (then run what else is asked for)\n"
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
@@ -50,7 +50,7 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0, sig;
+  int from_stdin = 0, base, interactive = 0, sig, version = 0;
   double grace = 5;
   const char *what;
   for (i = 1; i < argc; i++) {
@@ -59,9 +59,12 @@ int main (int argc, char **argv) {
     if (strcmp(a, "-") == 0) { from_stdin = i; break; }
     if (a[0] != '-') break;
     if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      /* as lua -v: the version, then whatever else was asked for */
       printf("braid %s (%s, libuv %s)\n", BRAID_VERSION, LUA_RELEASE,
              uv_version_string());
-      return 0;
+      fflush(stdout);
+      version = 1;
+      continue;
     }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       fputs(usage_text, stdout);
@@ -86,6 +89,7 @@ int main (int argc, char **argv) {
   }
   if (from_stdin) ;
   else if (i < argc) script = i;
+  else if (version && nchunks == 0 && !interactive) return 0;
   else if (nchunks == 0 && !interactive) {
     if (isatty(0)) interactive = 1;
     else from_stdin = argc;   /* no "-" on the command line */
