@@ -20,6 +20,16 @@ void braid__list_remove (struct braid_list *node) {
   node->prev = node->next = node;
 }
 
+/* For a wrapper around one of Lua's own functions (in upvalue 1): calls
+** it with the first nargs arguments and returns all its results. */
+int braid__call_wrapped (lua_State *L, int nargs) {
+  lua_settop(L, nargs);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 int braid__is_callable (lua_State *L, int idx) {
   if (lua_isfunction(L, idx)) return 1;
   if (luaL_getmetafield(L, idx, "__call") == LUA_TNIL) return 0;

@@ -195,6 +195,7 @@ void braid__task_checkyield(lua_State *L, struct braid_task *t,
                             const char *fname);
 int braid__task_results(lua_State *L, int idx, int all);
 void braid__open_coroutine(lua_State *L);
+int braid__call_wrapped(lua_State *L, int nargs);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
 void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);

@@ -198,11 +198,7 @@ static int l_co_close (lua_State *L) {
     return braid_usageerror(L, "coroutine.close: cannot close a coroutine "
                               "that a braid task runs in or is suspended "
                               "through (cancel the task instead)");
-  lua_settop(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, 1, LUA_MULTRET);
-  return lua_gettop(L);
+  return braid__call_wrapped(L, 1);
 }
 
 static void weak_table (lua_State *L, const void *key) {

@@ -34,10 +34,7 @@ static int l_api_load (lua_State *L) {
   lua_settop(L, 4);
   lua_pushliteral(L, "t");
   lua_replace(L, 3);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, 4, LUA_MULTRET);
-  return lua_gettop(L);
+  return braid__call_wrapped(L, 4);
 }
 
 static void api_openlibs (lua_State *L, unsigned libs) {
@@ -104,15 +101,13 @@ static void api_openlibs (lua_State *L, unsigned libs) {
 ** cannot bound a finalizer (Lua runs them with hooks off, wherever memory
 ** is collected, also in braid_close). <close> is the way to clean up. */
 static int l_api_setmetatable (lua_State *L) {
-  if (lua_istable(L, 2) && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+  /* raw, as Lua itself looks: no metamethod of the metatable runs here */
+  if (lua_istable(L, 2) &&
+      (lua_pushliteral(L, "__gc"), lua_rawget(L, 2)) != LUA_TNIL)
     return braid_usageerror(L, "setmetatable: __gc metamethods are not "
                             "allowed in this engine (its scripts are "
                             "limited; use <close> to clean up)");
-  lua_settop(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, 2, 1);
-  return 1;
+  return braid__call_wrapped(L, 2);
 }
 
 static int l_api_open (lua_State *L) {

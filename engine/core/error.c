@@ -122,9 +122,12 @@ const char *braid__tostring (lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
-  if (E) braid__bound(E, L, &b);   /* a script's __tostring: bounded */
+  /* Outside a task (the scheduler reporting) a script's __tostring runs
+  ** bounded. Inside one the task's own hook already counts it: a bound of
+  ** its own would hand the script a fresh budget each time. */
+  if (E && !E->current) braid__bound(E, L, &b);
   status = lua_pcall(L, 1, 1, 0);
-  if (E) braid__unbound(E, L, &b);
+  if (E && !E->current) braid__unbound(E, L, &b);
   if (status != LUA_OK) {
     lua_pop(L, 1);
     lua_pushfstring(L, "(%s value whose __tostring failed)",
