@@ -112,17 +112,14 @@ static int exec_check_error (lua_State *L, const char *name) {
 static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
   const char *name;
-  int failed, rc;
+  int failed, rc, check = p->check;
   lua_rawgeti(L, 3, 1);
   name = lua_tostring(L, -1);  /* anchored at 3 */
   lua_pop(L, 1);
+  /* The options were read at the call: the script may have changed opts
+  ** (even given it a raising __index) while it waited. */
   if (p->timed_out) {
-    double s = 0;
-    if (lua_istable(L, 2)) {
-      lua_getfield(L, 2, "timeout");
-      s = lua_tonumber(L, -1);
-      if (!(s > 0)) s = 0;   /* a negative timeout is 0 */
-    }
+    double s = (double) p->timeout_ns / 1e9;
     braid__proc_release(p);
     return braid_error(L, "timeout", NULL, "braid.exec: command '%s' timed "
                        "out after %f s", name, s);
@@ -134,12 +131,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   if (!p->exited) braid__proc_stop(p);   /* an output failed: stop it now */
   braid__proc_release(p);
   if (rc != LUA_OK) return lua_error(L);   /* p is freed */
-  if (failed && lua_istable(L, 2)) {
-    lua_getfield(L, 2, "check");
-    rc = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (rc) return exec_check_error(L, name);
-  }
+  if (failed && check) return exec_check_error(L, name);
   return 1;
 }
 
@@ -179,7 +171,7 @@ static int l_exec (lua_State *L) {
                   UV_CREATE_PIPE | UV_WRITABLE_PIPE};
   uint64_t timeout, grace;
   size_t len = 0, max_output;
-  int i;
+  int i, check;
   const char *in = NULL;
   struct braid_proc *p;
   braid_check_task(L, "braid.exec");
@@ -196,11 +188,15 @@ static int l_exec (lua_State *L) {
     in = lua_tolstring(L, -1, &len);   /* a number is converted in place */
     stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
   }
+  check = lua_istable(L, 2) &&
+          (lua_getfield(L, 2, "check"), lua_toboolean(L, -1));
   lua_settop(L, 3);
   braid_check_suspend(L, "braid.exec");   /* before the child starts */
   p = braid__proc_spawn(L, "braid.exec", stdio, grace);     /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
   p->exec = 1;
+  p->timeout_ns = timeout;
+  p->check = (unsigned char) check;
   for (i = P_STDOUT; i <= P_STDERR; i++) {
     p->pipe[i].max_buf = max_output;
     p->pipe[i].max_buf_opt = "max_output";

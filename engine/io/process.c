@@ -205,8 +205,12 @@ static void proc_args (lua_State *L, const char *fname,
   int i, n, k, anchor, env_idx;
   if (!lua_istable(L, 1))
     braid_argerror(L, 1, fname, "list expected (program and arguments)");
-  n = (int) luaL_len(L, 1);
-  if (n < 1) braid_argerror(L, 1, fname, "empty argument list");
+  {   /* the raw length: a __len cannot shorten or overflow the list */
+    size_t len = lua_rawlen(L, 1);
+    if (len < 1) braid_argerror(L, 1, fname, "empty argument list");
+    if (len > (1u << 20)) braid_argerror(L, 1, fname, "too many arguments");
+    n = (int) len;
+  }
   lua_newtable(L);
   anchor = lua_gettop(L);
   args = lua_newuserdatauv(L, (size_t) (n + 1) * sizeof *args, 0);
@@ -509,7 +513,8 @@ static int l_process_new (lua_State *L) {
   lua_settop(L, 2);
   grace = braid__opt_seconds(L, 2, "kill_grace", 2000000000u,
                              "braid.process");
-  max_line = braid__stream_max_line(L, 2, "braid.process");
+  max_line = braid__opt_limit(L, 2, "max_line", BRAID_MAX_LINE,
+                              "braid.process");
   box = lua_newuserdatauv(L, sizeof *box, 0);               /* 3 */
   box->p = NULL;
   luaL_setmetatable(L, PROC_MT);

@@ -19,6 +19,8 @@ struct braid_proc {
   unsigned char live[P_NHANDLES];   /* the timer's and the process's */
   int open;                    /* handles whose close callback is to come */
   unsigned char owned, exec, exited, stopping, timed_out, attached;
+  unsigned char check;         /* exec's opts.check, read at the call */
+  uint64_t timeout_ns;         /* exec's opts.timeout, for its message */
   int pid, signal;
   int64_t code;
   uint64_t kill_grace_ns;      /* BRAID_NEVER: no SIGKILL */

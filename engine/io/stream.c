@@ -115,7 +115,7 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
     char *nb = NULL;
     if (cap > s->max_buf + 1) cap = s->max_buf + 1;
     if (braid__charge_set(&s->charge, s->E, cap) != 0 ||
-        (nb = realloc(s->buf, cap)) == NULL) {
+        (nb = braid__realloc(s->buf, cap)) == NULL) {
       braid__charge_set(&s->charge, s->E, s->cap);
       b->base = NULL;                /* read_cb gets UV_ENOBUFS */
       b->len = 0;
@@ -368,11 +368,13 @@ int braid__stream_read (lua_State *L, struct braid_stream *s, int dflt,
   if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "a") == 0)
     r.mode = BRAID_READ_ALL;
   else if (!lua_isnoneornil(L, 2)) {
-    if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) <= 0)
+    int isint;
+    lua_Integer n = lua_tointegerx(L, 2, &isint);   /* 1.0 counts too */
+    if (!isint || n <= 0)
       return braid_argerror(L, 2, fname, "positive integer or \"a\" "
                             "expected");
     r.mode = BRAID_READ_SOME;
-    r.n = (size_t) lua_tointeger(L, 2);
+    r.n = (size_t) n;
   }
   lua_settop(L, 1);
   return stream_read_first(L, &r);
@@ -401,11 +403,6 @@ int braid__stream_lines (lua_State *L, lua_CFunction read_line) {
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, lines_iter, 2);
   return 1;
-}
-
-size_t braid__stream_max_line (lua_State *L, int idx, const char *fname) {
-  double v = braid__opt_number(L, idx, "max_line", BRAID_MAX_LINE, fname);
-  return v >= (double) (SIZE_MAX / 2) ? SIZE_MAX / 2 : (size_t) v;
 }
 
 /* ---- writing ---- */
@@ -476,17 +473,31 @@ static void stream_check_live (lua_State *L, struct braid_stream *s,
 
 /* A request for s holding `ref` (LUA_NOREF: none), released if this
 ** raises. */
-static struct stream_req *req_new (lua_State *L, struct braid_stream *s,
-                                   int ref, const char *fname) {
+/* A request holding `ref`, or NULL when out of memory (ref kept). */
+static struct stream_req *req_new_noraise (struct braid_stream *s, int ref) {
   struct stream_req *r = calloc(1, sizeof *r);
-  if (r == NULL) {
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  }
+  if (r == NULL) return NULL;
   r->s = s;
   r->ref = ref;
   braid__list_init(&r->link);
   return r;
+}
+
+/* The same, raising kind "memory" (and releasing ref) when out of memory. */
+static struct stream_req *req_new (lua_State *L, struct braid_stream *s,
+                                   int ref, const char *fname) {
+  struct stream_req *r = req_new_noraise(s, ref);
+  if (r == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
+  return r;
+}
+
+/* [s] -> a registry reference to s, protected by the caller. */
+static int write_ref_p (lua_State *L) {
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
 }
 
 static int req_wait (lua_State *L, struct stream_req *r, const char *fname) {
@@ -550,13 +561,33 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
       len -= (size_t) rc;
     }
   }
-  lua_pushvalue(L, 2);
-  r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX), fname);  /* may raise */
+  if (len < (size_t) lua_rawlen(L, 2)) {
+    /* Part is sent already: if the rest cannot be queued (out of memory
+    ** for the reference or the request), the stream closes, as a
+    ** cancelled write does, so nothing half-written is followed by later
+    ** data. */
+    lua_pushcfunction(L, write_ref_p);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK ||
+        (r = req_new_noraise(s, (int) lua_tointeger(L, -1))) == NULL) {
+      if (lua_type(L, -1) == LUA_TNUMBER)
+        luaL_unref(L, LUA_REGISTRYINDEX, (int) lua_tointeger(L, -1));
+      braid__stream_close(s);
+      return braid_error(L, "memory", NULL, "%s: not enough memory (the "
+                         "stream was closed after a partial write)", fname);
+    }
+    lua_pop(L, 1);
+  } else {
+    lua_pushvalue(L, 2);
+    r = req_new(L, s, luaL_ref(L, LUA_REGISTRYINDEX), fname);  /* may raise */
+  }
   rc = braid__stream_uv_write(&r->req.write, &s->h.stream, data, len,
                               write_cb);
-  if (rc != 0) {   /* UV_ENOMEM (the buffers) only when nothing was sent */
+  if (rc != 0) {   /* UV_ENOMEM (the buffers) */
+    int partial = len < (size_t) lua_rawlen(L, 2);
     luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
     free(r);
+    if (partial) braid__stream_close(s);
     return braid__error_uv(L, rc, fname);
   }
   braid__list_push(&s->writes, &r->link);

@@ -144,9 +144,6 @@ int braid__stream_lines(lua_State *L, lua_CFunction read_line);
 int braid__stream_take(lua_State *L, struct braid_stream *s, int mode,
                        size_t n, const char *fname);
 
-/* opts.max_line (opts at idx, checked) as a limit; math.huge: none. */
-size_t braid__stream_max_line(lua_State *L, int idx, const char *fname);
-
 /* Writing to a socket or pipe whose reader has gone must fail with EPIPE,
 ** not kill the process: SIGPIPE gets a no-op handler, unless the host
 ** already chose a disposition. Every opener of a library that writes to

@@ -62,6 +62,9 @@ static void tcp_res_close (braid_resource_t *r) {
 }
 
 struct braid_tcp *braid__tcp_new (braid_engine_t *E, int *rc) {
+  /* plain calloc, not braid__calloc: an accept that cannot get one refuses
+  ** the connection quietly, which the C-heap fault sweep cannot tell from
+  ** a lost connection (connect raises kind "memory") */
   struct braid_tcp *ts = calloc(1, sizeof *ts);
   if (ts == NULL) {
     *rc = UV_ENOMEM;
@@ -371,14 +374,15 @@ static int l_tcp_connect (lua_State *L) {
   braid__check_options(L, 3, "braid.tcp.connect", connect_options);
   a.timeout = braid__opt_seconds(L, 3, "timeout", BRAID_NEVER,
                                  "braid.tcp.connect");
-  max_line = braid__stream_max_line(L, 3, "braid.tcp.connect");
+  max_line = braid__opt_limit(L, 3, "max_line", BRAID_MAX_LINE,
+                              "braid.tcp.connect");
   lua_settop(L, 2);
   braid_check_suspend(L, "braid.tcp.connect");
   braid__tcp_newud(L);                                             /* 3 */
   /* Allocated here, not in conn_start, so that running out of memory
   ** raises as usual. braid_suspendk cannot raise before conn_start takes
   ** c over: it checks only what was just checked. */
-  if ((a.c = calloc(1, sizeof *a.c)) == NULL)
+  if ((a.c = braid__calloc(1, sizeof *a.c)) == NULL)
     return braid_error(L, "memory", NULL, "braid.tcp.connect: not enough "
                        "memory");
   a.c->E = E;

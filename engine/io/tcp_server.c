@@ -22,6 +22,7 @@
 ** - listen makes its Lua objects before it listens, so running out of
 **   memory can never leave a server listening with no handler.
 */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
@@ -81,13 +82,17 @@ static void server_res_close (braid_resource_t *r) {
   server_close(container_of(r, struct tcp_server, res));
 }
 
+static void refused_close_cb (uv_handle_t *h) {
+  free(h);
+}
+
 /* Accepts the pending connection and closes it at once: libuv stops
 ** accepting until the one it announced is taken. */
 static void server_refuse (struct tcp_server *srv) {
   uv_tcp_t *tmp = malloc(sizeof *tmp);
   if (tmp && uv_tcp_init(braid_loop(srv->E), tmp) == 0) {
     uv_accept((uv_stream_t *) &srv->tcp, (uv_stream_t *) tmp);
-    uv_close((uv_handle_t *) tmp, (uv_close_cb) free);
+    uv_close((uv_handle_t *) tmp, refused_close_cb);
   } else {
     free(tmp);
   }
@@ -148,6 +153,7 @@ static int l_tcp_listen (lua_State *L) {
   struct sockaddr_storage sa;
   struct tcp_server *srv, **ud;
   int rc, ref, backlog, port, len = sizeof sa;
+  size_t limit;
   size_t max_line;
   if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
     braid_argerror(L, 1, "braid.tcp.listen", "string expected");
@@ -156,9 +162,10 @@ static int l_tcp_listen (lua_State *L) {
   if (!braid__is_callable(L, 3))
     braid_argerror(L, 3, "braid.tcp.listen", "function expected");
   braid__check_options(L, 4, "braid.tcp.listen", listen_options);
-  backlog = (int) braid__opt_number(L, 4, "backlog", 511,
-                                    "braid.tcp.listen");
-  max_line = braid__stream_max_line(L, 4, "braid.tcp.listen");
+  limit = braid__opt_limit(L, 4, "backlog", 511, "braid.tcp.listen");
+  backlog = limit > INT_MAX ? INT_MAX : (int) limit;   /* no cast overflow */
+  max_line = braid__opt_limit(L, 4, "max_line", BRAID_MAX_LINE,
+                              "braid.tcp.listen");
   if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
   if (uv_ip4_addr(host, port, (struct sockaddr_in *) &sa) != 0 &&
       uv_ip6_addr(host, port, (struct sockaddr_in6 *) &sa) != 0)
@@ -169,7 +176,7 @@ static int l_tcp_listen (lua_State *L) {
   luaL_setmetatable(L, SERVER_MT);
   lua_pushvalue(L, 3);
   ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if ((srv = calloc(1, sizeof *srv)) == NULL) {
+  if ((srv = braid__calloc(1, sizeof *srv)) == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     return braid_error(L, "memory", NULL, "braid.tcp.listen: not enough "
                        "memory");
@@ -243,9 +250,6 @@ static int l_server_tostring (lua_State *L) {
     lua_pushliteral(L, "<tcp server closed>");
   return 1;
 }
-
-/* Adds braid.tcp to the table at the stack top. (Writes to a peer that has
-** gone fail with EPIPE: braid__stream_sigpipe, io/stream.c.) */
 
 /* Adds listen to the braid.tcp table at the stack top. */
 void braid__open_tcp_server (lua_State *L) {
