@@ -457,9 +457,7 @@ static int req_k (lua_State *L, braid_op_t *op) {
   if (rc == UV_ECANCELED)
     return braid_error(L, "closed", "ECANCELED", "%s: %s was closed "
                        "during the operation", o->fname, o->s->name);
-  if (rc < 0)
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", o->fname,
-                       uv_strerror(rc));
+  if (rc < 0) return braid__error_uv(L, rc, o->fname);
   lua_settop(L, 1);
   return 1;
 }
@@ -553,9 +551,7 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
       lua_settop(L, 1);                    /* no suspension */
       return 1;
     }
-    if (rc < 0 && rc != UV_EAGAIN)
-      return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                         uv_strerror(rc));
+    if (rc < 0 && rc != UV_EAGAIN) return braid__error_uv(L, rc, fname);
     if (rc > 0) {
       data += rc;
       len -= (size_t) rc;
@@ -606,8 +602,7 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
   rc = uv_shutdown(&r->req.shutdown, &s->h.stream, shutdown_cb);
   if (rc != 0) {
     free(r);
-    return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                       uv_strerror(rc));
+    return braid__error_uv(L, rc, fname);
   }
   return req_wait(L, r, fname);
 }

@@ -382,9 +382,12 @@ static int l_tcp_connect (lua_State *L) {
   /* Allocated here, not in conn_start, so that running out of memory
   ** raises as usual. braid_suspendk cannot raise before conn_start takes
   ** c over: it checks only what was just checked. */
-  if ((a.c = braid__calloc(1, sizeof *a.c)) == NULL)
+  if ((a.c = braid__calloc(1, sizeof *a.c)) == NULL ||
+      (a.timeout != BRAID_NEVER && braid__timer_reserve(E) != 0)) {
+    free(a.c);   /* the timer's heap slot is taken here, where it can fail */
     return braid_error(L, "memory", NULL, "braid.tcp.connect: not enough "
                        "memory");
+  }
   a.c->E = E;
   a.c->max_line = max_line;
   return braid_suspendk(L, "braid.tcp.connect", sizeof a.c, conn_start,
