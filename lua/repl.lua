@@ -138,8 +138,11 @@ local function run_entry(fn, name)
   return ok, r
 end
 
+-- An entry cancelled by Ctrl-C, or abandoned by a second one (the only way
+-- an entry is abandoned), was interrupted.
 local function report(err)
-  if braid.is_cancelled(err) and err.reason == "interrupt" then
+  if braid.is_cancelled(err) and (err.reason == "interrupt" or
+      err.reason == "abandoned after its grace period") then
     io.stderr:write("interrupted\n")
   else
     repl.report(err)

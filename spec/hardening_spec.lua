@@ -543,3 +543,68 @@ describe("hostile input to the primitives (review of issues 12 and 13)", functio
     assert.are.equal("usage", e.kind)
   end))
 end)
+
+describe("a group that raises while it ends (review of issue 13.2)", function()
+  -- gather's results need room on the caller's stack; near a full stack
+  -- "too many results" was raised after the group left the task but while
+  -- it was still linked in its scope: a later cancel walked freed memory
+  -- (ASan: heap-use-after-free in braid__scope_cancel).
+  it("leaves nothing linked when it cannot hand its results over", h.run(function()
+    local f = function() return 1 end
+    local big = {}
+    for i = 1, 999990 do big[i] = false end
+    local fs = {}
+    for i = 1, 40 do fs[i] = f end   -- more results than a call's free slots
+    local function g(...) return pcall(braid.gather, table.unpack(fs)) end
+    local raised = 0
+    for n = 999900, 999920 do
+      braid.scope(function(s)
+        local ok, inner_ok, e = pcall(function() return g(table.unpack(big, 1, n)) end)
+        if ok and inner_ok == false and tostring(e):find("too many results") then
+          raised = raised + 1
+        end
+        collectgarbage()
+        s:cancel()   -- walks what is linked in s: a freed group was
+      end)
+    end
+    assert.is_true(raised > 0, "no case reached the group's end with a full stack")
+  end))
+end)
+
+describe("cancellation errors (review of issue 13.15's per-cause error)", function()
+  it("gives each task a cancellation error of its own, which it may change", h.run(function()
+    local errs = {}
+    pcall(braid.scope, function(s)
+      for i = 1, 2 do
+        s:spawn(function()
+          local ok, e = pcall(braid.sleep, 60)
+          errs[i] = e
+          if i == 1 then e.kind = "rewritten" end
+          error(e, 0)
+        end)
+      end
+      braid.yield()
+      s:cancel("stop")
+    end)
+    assert.are_not.equal(errs[1], errs[2])
+    assert.are.equal("cancelled", errs[2].kind)
+    assert.are.equal("stop", errs[2].reason)
+  end))
+
+  it("says a task was abandoned, also after an earlier task:cancel(reason)", h.run(function()
+    local t
+    braid.scope(function(s)
+      t = s:spawn(function()
+        pcall(braid.sleep, 60)                     -- cancelled, swallowed
+        braid.shield(braid.sleep, 60)              -- then overstays its grace
+      end)
+      braid.yield()
+      t:cancel("first")
+      braid.yield()
+      s:cancel()
+    end, {grace = 0.1})
+    local ok, e = t:result()
+    assert.is_false(ok)
+    assert.are.equal("abandoned after its grace period", e.reason)
+  end))
+end)

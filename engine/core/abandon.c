@@ -14,7 +14,8 @@ void braid__task_cancel (struct braid_task *t, lua_State *L, int reason) {
   braid__scope_cancel(&t->scope, &t->scope);
 }
 
-static void abandon_one (struct braid_task *t, void *ud) {
+/* braid__scope_each_task's callback that abandons each member. */
+void braid__abandon_each (struct braid_task *t, void *ud) {
   (void) ud;
   braid__task_abandon(t);
 }
@@ -23,7 +24,7 @@ static void abandon_one (struct braid_task *t, void *ud) {
 static void abandon_below (struct braid_task *t) {
   struct braid_scope *s;
   for (s = t->inner; ; s = s->outer) {
-    braid__scope_each_task(s, abandon_one, NULL);
+    braid__scope_each_task(s, braid__abandon_each, NULL);
     if (s == &t->scope) break;
   }
   while (t->inner != &t->scope) {
@@ -119,6 +120,11 @@ void braid__task_abandon (struct braid_task *t) {
             (double) t->scope.outer->grace_ns / 1e9);
     lua_pop(S, 1);
   }
+  /* Whatever cancelled it before, it ends abandoned: a reason given then,
+  ** and the cancellation error made with it, give way. */
+  luaL_unref(S, LUA_REGISTRYINDEX, t->scope.reason_ref);
+  luaL_unref(S, LUA_REGISTRYINDEX, t->scope.cancel_ref);
+  t->scope.reason_ref = t->scope.cancel_ref = LUA_NOREF;
   lua_pushliteral(S, "abandoned after its grace period");
   braid__scope_set_reason(S, &t->scope, -1);
   lua_pop(S, 1);

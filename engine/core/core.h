@@ -80,7 +80,7 @@ struct braid_wait {
       void *obj;                       /* the semaphore waited on */
     };
     struct braid_chan_node chan;       /* channel.c, select.c */
-    struct {                           /* braid_suspend (api.c) */
+    struct {                           /* braid_suspend (suspend.c) */
       lua_State *L;                    /* the thread that suspended */
       braid_k_fn k;
       braid_cancel_fn on_cancel;
@@ -198,6 +198,7 @@ void braid__open_coroutine(lua_State *L);
 int braid__call_wrapped(lua_State *L, int nargs);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
 void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
+void braid__abandon_each(struct braid_task *t, void *ud);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
@@ -261,7 +262,7 @@ struct braid_engine {
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   uint64_t grace_ns;           /* braid.run's grace period */
-  /* Embedding (api.c). E is malloc'd: it outlives the Lua state while
+  /* Embedding (embed.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */
   unsigned char embedded;      /* made by braid_new: tasks live at top */
@@ -280,7 +281,7 @@ struct braid_engine {
   ** running `entry` when it is set and alive, else the root. */
   struct braid_session *session;
   struct braid_task *entry;
-  /* The memory reserve (loop.c). alloc_f/alloc_ud: the allocator braid.run
+  /* The memory reserve (memory.c). alloc_f/alloc_ud: the allocator braid.run
   ** wraps (NULL when embedded: braid__alloc is the state's own). */
   lua_Alloc alloc_f;
   void *alloc_ud;

@@ -190,15 +190,10 @@ int braid_run (braid_engine_t *E, uv_run_mode mode) {
   return (int) E->live;
 }
 
-static void abandon_one (struct braid_task *t, void *ud) {
-  (void) ud;
-  braid__task_abandon(t);
-}
-
 /* Abandons every task left at the top; runs under lua_pcall on E->S. */
 static int l_api_abandon (lua_State *S) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(S, 1);
-  braid__scope_each_task(&E->top, abandon_one, NULL);
+  braid__scope_each_task(&E->top, braid__abandon_each, NULL);
   return 0;
 }
 

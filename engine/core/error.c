@@ -136,12 +136,14 @@ const char *braid__tostring (lua_State *L, int idx) {
   return lua_tostring(L, -1);
 }
 
-/* Pushes the cancellation error a task sees when `cause` reached it. It is
-** made once per cause and shared by every task that cancellation reached:
-** fail-fast cancels thousands of tasks at once, and under memory pressure
-** each one's own table would cost an emergency collection. */
+/* Pushes the cancellation error a task sees when `cause` reached it: a
+** table of its own, which the task may change. The first one made is kept
+** on the cause (released with it); when memory is short (the scheduler
+** has spent its reserve) every task the cause reaches gets that one
+** instead: fail-fast cancels thousands at once, and each new table would
+** cost an emergency collection then. */
 void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
-  if (cause->cancel_ref != LUA_NOREF) {
+  if (cause->cancel_ref != LUA_NOREF && cause->E->reserve == NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->cancel_ref);
     return;
   }
@@ -164,8 +166,10 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
   }
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, ERROR_MT);
-  lua_pushvalue(L, -1);
-  cause->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (cause->cancel_ref == LUA_NOREF) {   /* re-checked: the __tostring of */
+    lua_pushvalue(L, -1);                 /* the reason may have made one */
+    cause->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 }
 
 /* ---- failure records ----
@@ -400,7 +404,7 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
     if (lua_getfield(L, rec, "also") == LUA_TTABLE) {
-      lua_Integer i, n = luaL_len(L, -1);
+      lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
         fprintf(stderr, "  also raised while cancelling: %s\n",
@@ -438,9 +442,11 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
     lua_setfield(L, -3, "also");
   }
   braid__tostring(L, idx);
-  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
   lua_pop(L, 2);
-  if (braid_error_kind(L, first) != NULL) {
+  /* raw lengths: no script __len runs here, in scheduler context; and no
+  ** list on a cancellation error, an outcome that tasks may share */
+  if (braid_error_kind(L, first) != NULL && !braid__is_cancel(L, first)) {
     if (lua_getfield(L, first, "suppressed") != LUA_TTABLE) {
       lua_pop(L, 1);
       lua_newtable(L);
@@ -448,7 +454,7 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
       lua_setfield(L, first, "suppressed");
     }
     lua_pushvalue(L, idx);
-    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+    lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

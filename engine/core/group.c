@@ -207,25 +207,26 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   t->inner = s->outer;
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
   list = lua_gettop(L);
-  if (s->cancelled && s->cause != s && s->error_ref == LUA_NOREF) {
-    braid__scope_release(s);
+  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
+  /* Left once, before anything that can raise (a results table, a full
+  ** stack): a group raising while still linked in its outer scope would
+  ** leave a collectable userdata there. Its fields stay readable: the
+  ** userdata is on this frame's stack. */
+  braid__scope_release(s);
+  if (s->cancelled && s->cause != s) {
     braid__push_cancel(L, s->cause);
     return lua_error(L);
   }
-  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->deadline_fired && !g->settle && group_cut_off(g)) {
-    braid__scope_release(s);
     group_timeout_error(L, g);
     return lua_error(L);
   }
   if (g->mode == GROUP_RACE) {
-    braid__scope_release(s);
     if (!g->winner) return 0;
     lua_rawgeti(L, list, g->winner);
     return braid__task_results(L, lua_gettop(L), 1);
   }
   if (g->mode == GROUP_ANY) {
-    braid__scope_release(s);
     if (g->winner) {
       lua_rawgeti(L, list, g->winner);
       return braid__task_results(L, lua_gettop(L), 1);
@@ -252,7 +253,6 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
       lua_remove(L, -2);
     }
   }
-  braid__scope_release(s);
   if (g->packed) {
     int r = lua_gettop(L) - n;
     lua_createtable(L, n, 1);

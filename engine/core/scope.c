@@ -127,15 +127,10 @@ void braid__scope_each_task (struct braid_scope *s,
   }
 }
 
-static void abandon_one (struct braid_task *t, void *ud) {
-  braid__task_abandon(t);
-  (void) ud;
-}
-
 /* The grace period of a cancelled scope ran out: abandon its members. */
 static int grace_abandon (lua_State *L) {
   braid__scope_each_task((struct braid_scope *) lua_touserdata(L, 1),
-                         abandon_one, NULL);
+                         braid__abandon_each, NULL);
   return 0;
 }
 

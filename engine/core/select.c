@@ -142,17 +142,13 @@ static int select_options (lua_State *L, int *dflt, int *timed,
   lua_pop(L, 1);
   lua_getfield(L, 1, "timeout");
   *timed = !lua_isnil(L, -1);
-  if (*timed) {
-    if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) != lua_tonumber(L, -1))
-      braid_usageerror(L, "bad option 'timeout' to '" SELECT_NAME "' "
-                       "(number of seconds expected, got %s)",
-                       braid__tostring(L, -1));
-    if (*dflt)
-      braid_usageerror(L, "bad option 'timeout' to '" SELECT_NAME "' "
-                       "(a select with default never waits)");
-    *ns = braid__ns(lua_tonumber(L, -1));
-  }
   lua_pop(L, 1);
+  if (*timed && *dflt)
+    braid_usageerror(L, "bad option 'timeout' to '" SELECT_NAME "' "
+                     "(a select with default never waits)");
+  /* the one reading of durations: NaN refused, negative 0, huge never */
+  if (*timed) *ns = braid__opt_seconds(L, 1, "timeout", BRAID_NEVER,
+                                       SELECT_NAME);
   if (n > (LUAI_MAXSTACK - 16) / 2)
     braid_argerror(L, 1, SELECT_NAME, "too many cases");
   return (int) n;

@@ -123,7 +123,7 @@ static void timer_cb (uv_timer_t *h) {
 }
 
 /* On the virtual clock the uv_timer_t is the autojump instead. Time jumps
-** when the loop runs dry (loop.c), and also when it does not but no task
+** when the loop runs dry (run.c), and also when it does not but no task
 ** is ready and none waits for the outside world (E->io_ops: every op but
 ** a sleep): an idle server or signal watcher must not freeze the clock.
 ** An op in flight (a child, a request, a read) holds it still, so real
