@@ -40,8 +40,10 @@
 ** the list is present and moving entries never allocates. */
 static const char chan_nil = 'n';
 
+const struct braid_type braid__chan_type = {BRAID_CHAN_MT};
+
 static struct braid_chan *chan_check (lua_State *L, const char *fname) {
-  return (struct braid_chan *) braid__check_object(L, 1, BRAID_CHAN_MT,
+  return (struct braid_chan *) braid__check_tagged(L, 1, &braid__chan_type,
                                                    fname);
 }
 
@@ -378,6 +380,7 @@ static int l_chan_new (lua_State *L) {
     braid_argerror(L, 1, "braid.channel", "capacity must not be negative");
   c = lua_newuserdatauv(L, sizeof *c, 2);
   memset(c, 0, sizeof *c);
+  c->type = &braid__chan_type;
   c->cap = cap;
   braid__list_init(&c->senders);
   braid__list_init(&c->receivers);

@@ -27,6 +27,17 @@
 
 #define NSTOPS 3   /* the signals that stop a run: INT, TERM, HUP */
 
+/* ---- core objects, checked by a tag ----
+** A task, channel, semaphore or event begins with a pointer to its type:
+** the check is two loads and a compare, and a script cannot forge it
+** (auxlib.c). The name is the metatable's, for messages. */
+struct braid_type { const char *name; };
+extern const struct braid_type braid__task_type, braid__chan_type;
+void *braid__test_tagged(lua_State *L, int idx,
+                         const struct braid_type *type);
+void *braid__check_tagged(lua_State *L, int idx,
+                          const struct braid_type *type, const char *fname);
+
 /* ---- timers: one uv_timer_t drives a binary heap of these ---- */
 
 uint64_t braid__now_ms(braid_engine_t *E);
@@ -158,6 +169,7 @@ enum { WAKE_NONE, WAKE_OK, WAKE_CANCEL, WAKE_NOYIELD };
 enum { STOP_NONE, STOP_BUDGET, STOP_GRACE };
 
 struct braid_task {
+  const struct braid_type *type;   /* &braid__task_type */
   braid_engine_t *E;
   lua_State *co;               /* NULL before start and after the end */
   int ref;                     /* registry anchor of the userdata, live only */
@@ -290,6 +302,7 @@ struct braid_engine {
 };
 
 braid_engine_t *braid_engine(lua_State *L);
+extern _Thread_local braid_engine_t *braid__draining;   /* engine.c */
 braid_engine_t *braid__engine_new(void);
 void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
@@ -338,6 +351,7 @@ void braid__scope_each_task(struct braid_scope *s,
 #define BRAID_CHAN_MT "braid.Channel"
 
 struct braid_chan {
+  const struct braid_type *type;  /* &braid__chan_type */
   lua_Integer cap, head, count;   /* ring: slots head+1 .. head+count */
   lua_Integer nback;              /* values given back, before the ring */
   lua_Integer out;                /* tickets handed out (the order) */

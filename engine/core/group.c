@@ -310,7 +310,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
-    if (luaL_testudata(L, first + i, "braid.Task")) {
+    if (braid__test_tagged(L, first + i, &braid__task_type)) {
       if (lua_touserdata(L, first + i) == (void *) t)
         braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
@@ -351,7 +351,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_setfield(L, -2, "site");
   }
   for (i = 1; !map && i <= n; i++)
-    g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
+    g->m[i - 1].adopted = braid__test_tagged(L, first + i - 1,
+                                             &braid__task_type) != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if (timeout != BRAID_NEVER &&
       braid__scope_deadline_ready(t->E, &g->scope) != 0) {

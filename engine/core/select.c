@@ -168,7 +168,7 @@ static void select_case (lua_State *L, int i) {
     braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (case %d: "
                      "table expected, got %s)", i, luaL_typename(L, -1));
   lua_rawgeti(L, -1, 1);
-  if (!luaL_testudata(L, -1, BRAID_CHAN_MT))
+  if (!braid__test_tagged(L, -1, &braid__chan_type))
     braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (case %d: "
                      "braid.Channel expected, got %s)", i,
                      luaL_typename(L, -1));

@@ -29,9 +29,12 @@ const char *const braid__status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
 };
 
+const struct braid_type braid__task_type = {TASK_MT};
+
 struct braid_task *braid__task_check (lua_State *L, int idx,
                                      const char *fname) {
-  return (struct braid_task *) braid__check_object(L, idx, TASK_MT, fname);
+  return (struct braid_task *) braid__check_tagged(L, idx, &braid__task_type,
+                                                   fname);
 }
 
 void braid__task_push (lua_State *L, struct braid_task *t) {
@@ -91,6 +94,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   fidx = lua_absindex(L, fidx);
   t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 4);
   memset(t, 0, sizeof *t);
+  t->type = &braid__task_type;
   luaL_setmetatable(L, TASK_MT);
   if (nargs == 0) lua_pushvalue(L, fidx);
   else {
