@@ -49,8 +49,12 @@ void braid__timer_quiet(braid_engine_t *E);     /* no task ready */
 struct braid_task;
 
 /* Bytes of a braid_suspend op's data kept inside the task itself: an op
-** this small allocates nothing (braid.sleep's timer fits). */
-#define BRAID_OP_INLINE 64
+** this small allocates nothing. Sized by measurement: braid.sleep's op (a
+** timer and the op, 56 bytes) is the one a program has thousands of at
+** once; proc:close's is 32; the others (streams, files, lookups, exec)
+** are larger than any inline area worth carrying in every task, and are
+** few at a time. */
+#define BRAID_OP_INLINE 56
 
 /* A channel operation waiting in one of a channel's queues (channel.c): a
 ** plain send or recv is its task's own wait (t->w.chan); a braid.select
@@ -96,7 +100,8 @@ struct braid_wait {
       braid_k_fn k;
       braid_cancel_fn on_cancel;
       void *data;                      /* inline, or a userdata */
-      int state, nres;
+      int nres;
+      unsigned char state;
       unsigned char holds;             /* counted in E->io_ops */
       unsigned char soft;              /* braid_suspend_soft */
       union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
@@ -115,6 +120,11 @@ void braid__op_release(struct braid_task *t);
 enum { SCOPE_TOP, SCOPE_TASK, SCOPE_PLAIN, SCOPE_SHIELD, SCOPE_TIMEOUT,
        SCOPE_GROUP };
 
+/* A scope's hot part. What only some scopes use is elsewhere: a braid.scope's
+** handle in struct braid_plain_scope, a group's members in struct
+** braid_group (group.c, which the kind says), and the timers and the
+** timeout a deadline or a grace period needs in a struct made on first use
+** (scope.c), so that the scope inside every task stays small. */
 struct braid_scope {
   braid_engine_t *E;
   struct braid_task *task;     /* owning task; NULL for the engine's top */
@@ -132,11 +142,18 @@ struct braid_scope {
   int cancel_ref;              /* the cancellation error it causes, made once */
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   struct scope_timers *timers; /* made on first use: most scopes need none */
-  uint64_t timeout_ns;         /* as given, for the timeout message */
-  struct braid_scope **handle; /* the script's scope object, if any */
-  void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
-  void (*release)(struct braid_scope *s);     /* groups: their references */
 };
+
+/* braid.scope's: the script's scope object points back at it. */
+struct braid_plain_scope {
+  struct braid_scope s;
+  struct braid_scope **handle; /* NULL once the scope has ended */
+};
+
+/* group.c: what a group does when cancelled (cancel its adopted tasks) and
+** when released (drop its references). */
+void braid__group_on_cancel(struct braid_scope *s);
+void braid__group_release(struct braid_scope *s);
 
 void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
                        struct braid_task *t, struct braid_scope *outer);
@@ -172,7 +189,7 @@ struct braid_task {
   const struct braid_type *type;   /* &braid__task_type */
   braid_engine_t *E;
   lua_State *co;               /* NULL before start and after the end */
-  int ref;                     /* registry anchor of the userdata, live only */
+  int ref;                     /* its slot in E's anchors, live only */
   unsigned id;
   unsigned char status, queued, wake, abandoned;
   unsigned char nopool;        /* hit the instruction budget: not reused */
@@ -250,6 +267,8 @@ struct braid_engine {
   lua_State *S;                /* scheduler's own thread, anchored */
   int S_ref;
   int pool_ref, pool_n;        /* finished coroutines kept for reuse */
+  int tasks_ref;               /* live tasks' anchors (task.c); [0]: braid.Task */
+  int slot_top, slot_free;     /* its highest slot; the free chain's head */
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */

@@ -72,7 +72,7 @@ braid_engine_t *braid__engine_new (void) {
   if (E == NULL) return NULL;
   E->refs = 1;
   E->grace_ns = 5000000000u;
-  E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
+  E->S_ref = E->pool_ref = E->anchors_ref = E->tasks_ref = LUA_NOREF;
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
   return E;
@@ -217,6 +217,8 @@ void braid__open_core (lua_State *L) {
     E->S_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     E->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    E->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_getglobal(L, "coroutine");
   if (lua_istable(L, -1)) braid__open_coroutine(L);
