@@ -92,19 +92,6 @@ void *braid__check_object (lua_State *L, int idx, const char *tname,
   return p;
 }
 
-/* A core object is known by the tag in its first word, not by its
-** metatable: only braid's C code writes a tag, while a script with the
-** debug library can give any userdata any metatable, or replace the
-** registry's (docs/internals.md, "Safe against scripts"). lua_rawlen is 0
-** for anything but a full userdata, so a short one is never read. */
-void *braid__test_tagged (lua_State *L, int idx,
-                          const struct braid_type *type) {
-  const struct braid_type **p = (const struct braid_type **)
-                                lua_touserdata(L, idx);
-  if (p && lua_rawlen(L, idx) >= sizeof *p && *p == type) return p;
-  return NULL;
-}
-
 void *braid__check_tagged (lua_State *L, int idx,
                            const struct braid_type *type, const char *fname) {
   void *p = braid__test_tagged(L, idx, type);

@@ -151,8 +151,7 @@ static void back_insert (lua_State *L, struct braid_chan *c, int chan_idx,
   c->nback++;
 }
 
-int braid__chan_take (lua_State *L, int chan_idx) {
-  struct braid_chan *c = (struct braid_chan *) lua_touserdata(L, chan_idx);
+int braid__chan_take (lua_State *L, struct braid_chan *c, int chan_idx) {
   struct braid_chan_node *s = node_first(&c->senders);
   if (c->nback > 0) {
     /* A sender waits only while the channel is full: once this value
@@ -195,8 +194,8 @@ int braid__chan_take (lua_State *L, int chan_idx) {
   return 0;
 }
 
-int braid__chan_put (lua_State *L, int chan_idx, int val_idx) {
-  struct braid_chan *c = (struct braid_chan *) lua_touserdata(L, chan_idx);
+int braid__chan_put (lua_State *L, struct braid_chan *c, int chan_idx,
+                     int val_idx) {
   struct braid_chan_node *r = node_pop(&c->receivers);
   if (r) {   /* waiting receivers: nothing is buffered or given back */
     lua_pushvalue(L, val_idx);
@@ -291,7 +290,7 @@ static int l_chan_send (lua_State *L) {
   if (c->closed)
     return braid_error(L, "closed", NULL, "channel:send: the channel "
                               "is closed");
-  if (braid__chan_put(L, 1, 2)) return 0;
+  if (braid__chan_put(L, c, 1, 2)) return 0;
   braid__task_checkyield(L, t, "channel:send");
   return chan_wait(L, t, c, 0, "channel send", chan_send_k);
 }
@@ -319,9 +318,8 @@ static int chan_recv_k (lua_State *L, int status, lua_KContext ctx) {
 static int chan_recv (lua_State *L, const char *fname) {
   struct braid_chan *c = chan_check(L, fname);
   struct braid_task *t = braid__task_current(L, fname);
-  lua_settop(L, 1);
-  braid__task_checkcancel(L, t);
-  if (braid__chan_take(L, 1)) {
+  braid__task_checkcancel(L, t);   /* extra arguments stay below the results */
+  if (braid__chan_take(L, c, 1)) {
     lua_pushboolean(L, 1);
     return 2;
   }

@@ -33,8 +33,18 @@
 ** (auxlib.c). The name is the metatable's, for messages. */
 struct braid_type { const char *name; };
 extern const struct braid_type braid__task_type, braid__chan_type;
-void *braid__test_tagged(lua_State *L, int idx,
-                         const struct braid_type *type);
+
+/* Only braid's C code writes a tag, while a script with the debug library
+** can give any userdata any metatable, or replace the registry's
+** (docs/internals.md, "Safe against scripts"). lua_rawlen is 0 for
+** anything but a full userdata, so a short one is never read. */
+static inline void *braid__test_tagged (lua_State *L, int idx,
+                                        const struct braid_type *type) {
+  const struct braid_type **p = (const struct braid_type **)
+                                lua_touserdata(L, idx);
+  if (p && lua_rawlen(L, idx) >= sizeof *p && *p == type) return p;
+  return NULL;
+}
 void *braid__check_tagged(lua_State *L, int idx,
                           const struct braid_type *type, const char *fname);
 
@@ -378,14 +388,15 @@ struct braid_chan {
   struct braid_list senders, receivers;   /* struct braid_chan_node */
 };
 
-/* For a running receiver: takes the channel's next value (given back,
-** buffered, or a waiting sender's) and pushes it; 0 when there is none.
-** [-0, +(0|1), m] */
-int braid__chan_take(lua_State *L, int chan_idx);
+/* For a running receiver: takes the next value of channel c (at chan_idx:
+** given back, buffered, or a waiting sender's) and pushes it; 0 when there
+** is none. [-0, +(0|1), m] */
+int braid__chan_take(lua_State *L, struct braid_chan *c, int chan_idx);
 /* For a running sender: hands the value at val_idx to the first waiting
-** receiver or buffers it; 0 when the channel is full (or closed: check
-** first). [-0, +0, m] */
-int braid__chan_put(lua_State *L, int chan_idx, int val_idx);
+** receiver of c (at chan_idx) or buffers it; 0 when the channel is full
+** (or closed: check first). [-0, +0, m] */
+int braid__chan_put(lua_State *L, struct braid_chan *c, int chan_idx,
+                    int val_idx);
 /* Queues a waiting operation (n->recv says which queue), FIFO. */
 void braid__chan_enqueue(struct braid_chan *c, struct braid_chan_node *n);
 /* n (a receiver) was handed a value that its task will never take: gives
