@@ -140,3 +140,23 @@ describe("type checks by tag (issue 14)", function()
     assert(ok, err)
   end))
 end)
+
+describe("the engine's registry entry (issue 14)", function()
+  it("comes back when a script removes it and the collector runs", h.run(function()
+    local reg = debug.getregistry()
+    local key
+    for k, v in pairs(reg) do
+      if type(k) == "userdata" and type(v) == "userdata" then key = k end
+    end
+    assert.is_not_nil(key)
+    local box = reg[key]
+    reg[key] = nil
+    box = nil
+    collectgarbage(); collectgarbage()
+    assert.is_not_nil(reg[key])   -- put back by its finalizer, not freed
+    local t = braid.spawn(function() braid.sleep(0); return "alive" end)
+    assert.are.equal("alive", t:await())
+    local nested = coroutine.wrap(function() return braid.spawn(function() return 1 end) end)
+    assert.are.equal(1, nested():await())   -- found through the registry again
+  end))
+end)

@@ -59,9 +59,21 @@ braid_engine_t *braid_engine (lua_State *L) {
   return engine_boxed(L);
 }
 
+/* The box is collected when the state closes, while the registry still
+** holds it; collected before that, a script took it out of the registry
+** (debug.getregistry): it goes back, its finalizer armed again, so that a
+** script cannot free the engine under the running state. */
 static int l_engine_gc (lua_State *L) {
-  braid_engine_t *E = ((struct engine_box *) lua_touserdata(L, 1))->E;
-  if (!E->embedded) braid__engine_unref(E);
+  struct engine_box *box = (struct engine_box *) lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
+  if (lua_touserdata(L, -1) != (void *) box) {
+    lua_pushvalue(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
+    lua_getmetatable(L, 1);
+    lua_setmetatable(L, 1);
+    return 0;
+  }
+  if (!box->E->embedded) braid__engine_unref(box->E);
   return 0;
 }
 
