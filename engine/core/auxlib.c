@@ -92,11 +92,10 @@ void *braid__check_object (lua_State *L, int idx, const char *tname,
   return p;
 }
 
-void *braid__check_tagged (lua_State *L, int idx,
-                           const struct braid_type *type, const char *fname) {
-  void *p = braid__test_tagged(L, idx, type);
-  if (p == NULL) type_error(L, idx, fname, type->name);
-  return p;
+void *braid__tag_error (lua_State *L, int idx, const struct braid_type *type,
+                        const char *fname) {
+  type_error(L, idx, fname, type->name);
+  return NULL;
 }
 
 void braid__check_type (lua_State *L, int idx, int type, const char *fname) {

@@ -285,7 +285,7 @@ static int chan_send_k (lua_State *L, int status, lua_KContext ctx) {
 static int l_chan_send (lua_State *L) {
   struct braid_chan *c = chan_check(L, "channel:send");
   struct braid_task *t = braid__task_current(L, "channel:send");
-  lua_settop(L, 2);
+  if (lua_gettop(L) != 2) lua_settop(L, 2);   /* the value at 2, nil if none */
   braid__task_checkcancel(L, t);
   if (c->closed)
     return braid_error(L, "closed", NULL, "channel:send: the channel "

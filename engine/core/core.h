@@ -45,8 +45,16 @@ static inline void *braid__test_tagged (lua_State *L, int idx,
   if (p && lua_rawlen(L, idx) >= sizeof *p && *p == type) return p;
   return NULL;
 }
-void *braid__check_tagged(lua_State *L, int idx,
-                          const struct braid_type *type, const char *fname);
+/* The "bad argument" error for a value at idx that is not a `type`. */
+void *braid__tag_error(lua_State *L, int idx, const struct braid_type *type,
+                       const char *fname);
+
+static inline void *braid__check_tagged (lua_State *L, int idx,
+                                         const struct braid_type *type,
+                                         const char *fname) {
+  void *p = braid__test_tagged(L, idx, type);
+  return p ? p : braid__tag_error(L, idx, type, fname);
+}
 
 /* ---- timers: one uv_timer_t drives a binary heap of these ---- */
 
@@ -218,7 +226,9 @@ struct braid_task {
 
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
 
-struct braid_task *braid__task_current(lua_State *L, const char *fname);
+/* The running task, or a usage error naming fname (the fast path, inside
+** the task's own coroutine, is inline: after the engine's struct). */
+struct braid_task *braid__task_current_slow(lua_State *L, const char *fname);
 struct braid_task *braid__task_spawn(lua_State *L, struct braid_scope *into,
                                      int fidx, int nargs);
 void braid__task_ready(struct braid_task *t);
@@ -332,6 +342,13 @@ struct braid_engine {
 
 braid_engine_t *braid_engine(lua_State *L);
 extern _Thread_local braid_engine_t *braid__draining;   /* engine.c */
+
+static inline struct braid_task *braid__task_current (lua_State *L,
+                                                      const char *fname) {
+  braid_engine_t *E = braid__draining;
+  if (E && E->current && E->current->co == L) return E->current;
+  return braid__task_current_slow(L, fname);
+}
 braid_engine_t *braid__engine_new(void);
 void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);

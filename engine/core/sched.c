@@ -66,7 +66,8 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 
 /* fname is the function as the script wrote it ("braid.sleep",
 ** "channel:send", an embedder's "app.get"): messages use it as given. */
-struct braid_task *braid__task_current (lua_State *L, const char *fname) {
+struct braid_task *braid__task_current_slow (lua_State *L,
+                                             const char *fname) {
   braid_engine_t *E = braid_engine(L);
   if (E == NULL || E->current == NULL)
     braid_usageerror(L, "%s: not inside a braid task (run the code "
