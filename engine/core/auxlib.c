@@ -92,6 +92,12 @@ void *braid__check_object (lua_State *L, int idx, const char *tname,
   return p;
 }
 
+void *braid__tag_error (lua_State *L, int idx, const struct braid_type *type,
+                        const char *fname) {
+  type_error(L, idx, fname, type->name);
+  return NULL;
+}
+
 void braid__check_type (lua_State *L, int idx, int type, const char *fname) {
   if (lua_type(L, idx) != type)
     type_error(L, idx, fname, lua_typename(L, type));

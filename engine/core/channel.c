@@ -40,8 +40,10 @@
 ** the list is present and moving entries never allocates. */
 static const char chan_nil = 'n';
 
+const struct braid_type braid__chan_type = {BRAID_CHAN_MT};
+
 static struct braid_chan *chan_check (lua_State *L, const char *fname) {
-  return (struct braid_chan *) braid__check_object(L, 1, BRAID_CHAN_MT,
+  return (struct braid_chan *) braid__check_tagged(L, 1, &braid__chan_type,
                                                    fname);
 }
 
@@ -149,8 +151,7 @@ static void back_insert (lua_State *L, struct braid_chan *c, int chan_idx,
   c->nback++;
 }
 
-int braid__chan_take (lua_State *L, int chan_idx) {
-  struct braid_chan *c = (struct braid_chan *) lua_touserdata(L, chan_idx);
+int braid__chan_take (lua_State *L, struct braid_chan *c, int chan_idx) {
   struct braid_chan_node *s = node_first(&c->senders);
   if (c->nback > 0) {
     /* A sender waits only while the channel is full: once this value
@@ -193,8 +194,8 @@ int braid__chan_take (lua_State *L, int chan_idx) {
   return 0;
 }
 
-int braid__chan_put (lua_State *L, int chan_idx, int val_idx) {
-  struct braid_chan *c = (struct braid_chan *) lua_touserdata(L, chan_idx);
+int braid__chan_put (lua_State *L, struct braid_chan *c, int chan_idx,
+                     int val_idx) {
   struct braid_chan_node *r = node_pop(&c->receivers);
   if (r) {   /* waiting receivers: nothing is buffered or given back */
     lua_pushvalue(L, val_idx);
@@ -284,12 +285,12 @@ static int chan_send_k (lua_State *L, int status, lua_KContext ctx) {
 static int l_chan_send (lua_State *L) {
   struct braid_chan *c = chan_check(L, "channel:send");
   struct braid_task *t = braid__task_current(L, "channel:send");
-  lua_settop(L, 2);
+  if (lua_gettop(L) != 2) lua_settop(L, 2);   /* the value at 2, nil if none */
   braid__task_checkcancel(L, t);
   if (c->closed)
     return braid_error(L, "closed", NULL, "channel:send: the channel "
                               "is closed");
-  if (braid__chan_put(L, 1, 2)) return 0;
+  if (braid__chan_put(L, c, 1, 2)) return 0;
   braid__task_checkyield(L, t, "channel:send");
   return chan_wait(L, t, c, 0, "channel send", chan_send_k);
 }
@@ -317,9 +318,8 @@ static int chan_recv_k (lua_State *L, int status, lua_KContext ctx) {
 static int chan_recv (lua_State *L, const char *fname) {
   struct braid_chan *c = chan_check(L, fname);
   struct braid_task *t = braid__task_current(L, fname);
-  lua_settop(L, 1);
-  braid__task_checkcancel(L, t);
-  if (braid__chan_take(L, 1)) {
+  braid__task_checkcancel(L, t);   /* extra arguments stay below the results */
+  if (braid__chan_take(L, c, 1)) {
     lua_pushboolean(L, 1);
     return 2;
   }
@@ -378,6 +378,7 @@ static int l_chan_new (lua_State *L) {
     braid_argerror(L, 1, "braid.channel", "capacity must not be negative");
   c = lua_newuserdatauv(L, sizeof *c, 2);
   memset(c, 0, sizeof *c);
+  c->type = &braid__chan_type;
   c->cap = cap;
   braid__list_init(&c->senders);
   braid__list_init(&c->receivers);

@@ -27,6 +27,35 @@
 
 #define NSTOPS 3   /* the signals that stop a run: INT, TERM, HUP */
 
+/* ---- core objects, checked by a tag ----
+** A task, channel, semaphore or event begins with a pointer to its type:
+** the check is two loads and a compare, and a script cannot forge it
+** (auxlib.c). The name is the metatable's, for messages. */
+struct braid_type { const char *name; };
+extern const struct braid_type braid__task_type, braid__chan_type;
+
+/* Only braid's C code writes a tag, while a script with the debug library
+** can give any userdata any metatable, or replace the registry's
+** (docs/internals.md, "Safe against scripts"). lua_rawlen is 0 for
+** anything but a full userdata, so a short one is never read. */
+static inline void *braid__test_tagged (lua_State *L, int idx,
+                                        const struct braid_type *type) {
+  const struct braid_type **p = (const struct braid_type **)
+                                lua_touserdata(L, idx);
+  if (p && lua_rawlen(L, idx) >= sizeof *p && *p == type) return p;
+  return NULL;
+}
+/* The "bad argument" error for a value at idx that is not a `type`. */
+void *braid__tag_error(lua_State *L, int idx, const struct braid_type *type,
+                       const char *fname);
+
+static inline void *braid__check_tagged (lua_State *L, int idx,
+                                         const struct braid_type *type,
+                                         const char *fname) {
+  void *p = braid__test_tagged(L, idx, type);
+  return p ? p : braid__tag_error(L, idx, type, fname);
+}
+
 /* ---- timers: one uv_timer_t drives a binary heap of these ---- */
 
 uint64_t braid__now_ms(braid_engine_t *E);
@@ -38,8 +67,12 @@ void braid__timer_quiet(braid_engine_t *E);     /* no task ready */
 struct braid_task;
 
 /* Bytes of a braid_suspend op's data kept inside the task itself: an op
-** this small allocates nothing (braid.sleep's timer fits). */
-#define BRAID_OP_INLINE 64
+** this small allocates nothing. Sized by measurement: braid.sleep's op (a
+** timer and the op, 56 bytes) is the one a program has thousands of at
+** once; proc:close's is 32; the others (streams, files, lookups, exec)
+** are larger than any inline area worth carrying in every task, and are
+** few at a time. */
+#define BRAID_OP_INLINE 56
 
 /* A channel operation waiting in one of a channel's queues (channel.c): a
 ** plain send or recv is its task's own wait (t->w.chan); a braid.select
@@ -85,7 +118,8 @@ struct braid_wait {
       braid_k_fn k;
       braid_cancel_fn on_cancel;
       void *data;                      /* inline, or a userdata */
-      int state, nres;
+      int nres;
+      unsigned char state;
       unsigned char holds;             /* counted in E->io_ops */
       unsigned char soft;              /* braid_suspend_soft */
       union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
@@ -104,6 +138,11 @@ void braid__op_release(struct braid_task *t);
 enum { SCOPE_TOP, SCOPE_TASK, SCOPE_PLAIN, SCOPE_SHIELD, SCOPE_TIMEOUT,
        SCOPE_GROUP };
 
+/* A scope's hot part. What only some scopes use is elsewhere: a braid.scope's
+** handle in struct braid_plain_scope, a group's members in struct
+** braid_group (group.c, which the kind says), and the timers and the
+** timeout a deadline or a grace period needs in a struct made on first use
+** (scope.c), so that the scope inside every task stays small. */
 struct braid_scope {
   braid_engine_t *E;
   struct braid_task *task;     /* owning task; NULL for the engine's top */
@@ -121,11 +160,18 @@ struct braid_scope {
   int cancel_ref;              /* the cancellation error it causes, made once */
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   struct scope_timers *timers; /* made on first use: most scopes need none */
-  uint64_t timeout_ns;         /* as given, for the timeout message */
-  struct braid_scope **handle; /* the script's scope object, if any */
-  void (*on_cancel)(struct braid_scope *s);   /* groups: adopted tasks */
-  void (*release)(struct braid_scope *s);     /* groups: their references */
 };
+
+/* braid.scope's: the script's scope object points back at it. */
+struct braid_plain_scope {
+  struct braid_scope s;
+  struct braid_scope **handle; /* NULL once the scope has ended */
+};
+
+/* group.c: what a group does when cancelled (cancel its adopted tasks) and
+** when released (drop its references). */
+void braid__group_on_cancel(struct braid_scope *s);
+void braid__group_release(struct braid_scope *s);
 
 void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
                        struct braid_task *t, struct braid_scope *outer);
@@ -158,9 +204,10 @@ enum { WAKE_NONE, WAKE_OK, WAKE_CANCEL, WAKE_NOYIELD };
 enum { STOP_NONE, STOP_BUDGET, STOP_GRACE };
 
 struct braid_task {
+  const struct braid_type *type;   /* &braid__task_type */
   braid_engine_t *E;
   lua_State *co;               /* NULL before start and after the end */
-  int ref;                     /* registry anchor of the userdata, live only */
+  int ref;                     /* its slot in E's anchors, live only */
   unsigned id;
   unsigned char status, queued, wake, abandoned;
   unsigned char nopool;        /* hit the instruction budget: not reused */
@@ -179,7 +226,9 @@ struct braid_task {
 
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
 
-struct braid_task *braid__task_current(lua_State *L, const char *fname);
+/* The running task, or a usage error naming fname (the fast path, inside
+** the task's own coroutine, is inline: after the engine's struct). */
+struct braid_task *braid__task_current_slow(lua_State *L, const char *fname);
 struct braid_task *braid__task_spawn(lua_State *L, struct braid_scope *into,
                                      int fidx, int nargs);
 void braid__task_ready(struct braid_task *t);
@@ -238,6 +287,8 @@ struct braid_engine {
   lua_State *S;                /* scheduler's own thread, anchored */
   int S_ref;
   int pool_ref, pool_n;        /* finished coroutines kept for reuse */
+  int tasks_ref;               /* live tasks' anchors (task.c); [0]: braid.Task */
+  int slot_top, slot_free;     /* its highest slot; the free chain's head */
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
@@ -290,6 +341,14 @@ struct braid_engine {
 };
 
 braid_engine_t *braid_engine(lua_State *L);
+extern _Thread_local braid_engine_t *braid__draining;   /* engine.c */
+
+static inline struct braid_task *braid__task_current (lua_State *L,
+                                                      const char *fname) {
+  braid_engine_t *E = braid__draining;
+  if (E && E->current && E->current->co == L) return E->current;
+  return braid__task_current_slow(L, fname);
+}
 braid_engine_t *braid__engine_new(void);
 void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
@@ -338,6 +397,7 @@ void braid__scope_each_task(struct braid_scope *s,
 #define BRAID_CHAN_MT "braid.Channel"
 
 struct braid_chan {
+  const struct braid_type *type;  /* &braid__chan_type */
   lua_Integer cap, head, count;   /* ring: slots head+1 .. head+count */
   lua_Integer nback;              /* values given back, before the ring */
   lua_Integer out;                /* tickets handed out (the order) */
@@ -345,14 +405,15 @@ struct braid_chan {
   struct braid_list senders, receivers;   /* struct braid_chan_node */
 };
 
-/* For a running receiver: takes the channel's next value (given back,
-** buffered, or a waiting sender's) and pushes it; 0 when there is none.
-** [-0, +(0|1), m] */
-int braid__chan_take(lua_State *L, int chan_idx);
+/* For a running receiver: takes the next value of channel c (at chan_idx:
+** given back, buffered, or a waiting sender's) and pushes it; 0 when there
+** is none. [-0, +(0|1), m] */
+int braid__chan_take(lua_State *L, struct braid_chan *c, int chan_idx);
 /* For a running sender: hands the value at val_idx to the first waiting
-** receiver or buffers it; 0 when the channel is full (or closed: check
-** first). [-0, +0, m] */
-int braid__chan_put(lua_State *L, int chan_idx, int val_idx);
+** receiver of c (at chan_idx) or buffers it; 0 when the channel is full
+** (or closed: check first). [-0, +0, m] */
+int braid__chan_put(lua_State *L, struct braid_chan *c, int chan_idx,
+                    int val_idx);
 /* Queues a waiting operation (n->recv says which queue), FIFO. */
 void braid__chan_enqueue(struct braid_chan *c, struct braid_chan_node *n);
 /* n (a receiver) was handed a value that its task will never take: gives

@@ -27,17 +27,53 @@
 
 static const char engine_key = 'e';
 
-braid_engine_t *braid_engine (lua_State *L) {
-  braid_engine_t **box;
+/* The box that keeps E in the registry. Its tag tells it from anything a
+** script could put under engine_key (debug.getregistry): only braid writes
+** a box. */
+static const char box_tag = 'b';
+struct engine_box {
+  const void *tag;
+  braid_engine_t *E;
+};
+
+/* The engine whose scheduler is draining on this OS thread (sched.c sets it
+** around each drain), or NULL. Every task runs inside a drain, so inside a
+** task's own coroutine the engine is found without a registry lookup. */
+_Thread_local braid_engine_t *braid__draining;
+
+static braid_engine_t *engine_boxed (lua_State *L) {
+  struct engine_box *box;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
-  box = (braid_engine_t **) lua_touserdata(L, -1);
+  box = (struct engine_box *) lua_touserdata(L, -1);
+  if (box && (lua_rawlen(L, -1) != sizeof *box || box->tag != &box_tag))
+    box = NULL;   /* not braid's box: a script replaced it */
   lua_pop(L, 1);
-  return box ? *box : NULL;
+  return box ? box->E : NULL;
 }
 
+/* O(1) on the hot path (a braid call in a task's body): the draining
+** engine, when L is its running task's coroutine; else the registry. */
+braid_engine_t *braid_engine (lua_State *L) {
+  braid_engine_t *E = braid__draining;
+  if (E && E->current && E->current->co == L) return E;
+  return engine_boxed(L);
+}
+
+/* The box is collected when the state closes, while the registry still
+** holds it; collected before that, a script took it out of the registry
+** (debug.getregistry): it goes back, its finalizer armed again, so that a
+** script cannot free the engine under the running state. */
 static int l_engine_gc (lua_State *L) {
-  braid_engine_t *E = *(braid_engine_t **) lua_touserdata(L, 1);
-  if (!E->embedded) braid__engine_unref(E);
+  struct engine_box *box = (struct engine_box *) lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &engine_key);
+  if (lua_touserdata(L, -1) != (void *) box) {
+    lua_pushvalue(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &engine_key);
+    lua_getmetatable(L, 1);
+    lua_setmetatable(L, 1);
+    return 0;
+  }
+  if (!box->E->embedded) braid__engine_unref(box->E);
   return 0;
 }
 
@@ -48,7 +84,7 @@ braid_engine_t *braid__engine_new (void) {
   if (E == NULL) return NULL;
   E->refs = 1;
   E->grace_ns = 5000000000u;
-  E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
+  E->S_ref = E->pool_ref = E->anchors_ref = E->tasks_ref = LUA_NOREF;
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
   return E;
@@ -100,9 +136,10 @@ void braid__engine_detach (braid_engine_t *E) {
 ** reference unless the engine is embedded (braid_close drops it after
 ** lua_close, because the allocator still needs E). [-0, +0, m] */
 void braid__engine_box (lua_State *L, braid_engine_t *E) {
-  braid_engine_t **box;
-  box = (braid_engine_t **) lua_newuserdatauv(L, sizeof *box, 0);
-  *box = E;
+  struct engine_box *box;
+  box = (struct engine_box *) lua_newuserdatauv(L, sizeof *box, 0);
+  box->tag = &box_tag;
+  box->E = E;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, l_engine_gc);
   lua_setfield(L, -2, "__gc");
@@ -183,13 +220,17 @@ void braid__open_core (lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  E = braid_engine(L);
+  if ((E = braid_engine(L)) == NULL)
+    braid_usageerror(L, "require \"braid\": braid's entry in the registry "
+                     "was replaced");
   if (E->S == NULL) {   /* first opening (braid_new boxes E beforehand) */
     E->L = L;
     E->S = lua_newthread(L);
     E->S_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     E->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    E->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_getglobal(L, "coroutine");
   if (lua_istable(L, -1)) braid__open_coroutine(L);

@@ -132,7 +132,7 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
   }
 }
 
-static void group_on_cancel (struct braid_scope *s) {
+void braid__group_on_cancel (struct braid_scope *s) {
   struct braid_group *g = (struct braid_group *) s;
   int i;
   for (i = 0; i < g->n; i++) {
@@ -141,7 +141,7 @@ static void group_on_cancel (struct braid_scope *s) {
   }
 }
 
-static void group_release (struct braid_scope *s) {
+void braid__group_release (struct braid_scope *s) {
   struct braid_group *g = (struct braid_group *) s;
   int i;
   for (i = 0; i < g->n; i++)
@@ -310,7 +310,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
-    if (luaL_testudata(L, first + i, "braid.Task")) {
+    if (braid__test_tagged(L, first + i, &braid__task_type)) {
       if (lua_touserdata(L, first + i) == (void *) t)
         braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
@@ -327,13 +327,11 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   g->packed = map;
   g->n = n;
   g->limit = limit;
-  g->scope.on_cancel = group_on_cancel;
   if (opts) {
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  g->scope.timeout_ns = timeout;
   lua_createtable(L, n, 3);
   if (map) {
     lua_pushvalue(L, 1);
@@ -351,7 +349,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_setfield(L, -2, "site");
   }
   for (i = 1; !map && i <= n; i++)
-    g->m[i - 1].adopted = luaL_testudata(L, first + i - 1, "braid.Task") != NULL;
+    g->m[i - 1].adopted = braid__test_tagged(L, first + i - 1,
+                                             &braid__task_type) != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if (timeout != BRAID_NEVER &&
       braid__scope_deadline_ready(t->E, &g->scope) != 0) {
@@ -359,7 +358,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
-  g->scope.release = group_release;
   if (opts) g->scope.grace_ns = grace;
   if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
   /* Adopting and spawning the members allocate: a failure there (out of

@@ -66,9 +66,10 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 
 /* fname is the function as the script wrote it ("braid.sleep",
 ** "channel:send", an embedder's "app.get"): messages use it as given. */
-struct braid_task *braid__task_current (lua_State *L, const char *fname) {
+struct braid_task *braid__task_current_slow (lua_State *L,
+                                             const char *fname) {
   braid_engine_t *E = braid_engine(L);
-  if (E->current == NULL)
+  if (E == NULL || E->current == NULL)
     braid_usageerror(L, "%s: not inside a braid task (run the code "
                        "with braid.run, or in a task started by braid.spawn)",
                        fname);
@@ -163,7 +164,10 @@ static int l_task_drain (lua_State *S) {
 }
 
 void braid__task_drain (braid_engine_t *E) {
+  braid_engine_t *outer = braid__draining;   /* another engine's, nested */
+  braid__draining = E;
   braid__engine_call(E, l_task_drain, E);
+  braid__draining = outer;
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);

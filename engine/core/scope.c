@@ -62,6 +62,7 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
 struct scope_timers {
   struct braid_timer deadline, grace;
   struct braid_scope *s;
+  uint64_t timeout_ns;         /* braid.timeout's, as given, for its message */
 };
 
 /* Readies s (not entered yet) for a deadline: its timers and a slot in the
@@ -100,7 +101,7 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     t->wait->cancel(t->wait);
     braid__task_wake(t, WAKE_CANCEL);
   }
-  if (s->on_cancel) s->on_cancel(s);
+  if (s->kind == SCOPE_GROUP) braid__group_on_cancel(s);
   for (n = s->subs.next; n != &s->subs; n = n->next) {
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
@@ -201,7 +202,7 @@ void braid__scope_release (struct braid_scope *s) {
     braid_resource_remove(r);
     r->close(r);
   }
-  if (s->release) s->release(s);
+  if (s->kind == SCOPE_GROUP) braid__group_release(s);
   if (s->timers) {
     braid_timer_stop(s->E, &s->timers->deadline);
     braid_timer_stop(s->E, &s->timers->grace);
@@ -215,7 +216,6 @@ void braid__scope_release (struct braid_scope *s) {
   luaL_unref(S, LUA_REGISTRYINDEX, s->cancel_ref);
   s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
   s->record_ref = LUA_NOREF;
-  s->release = NULL;
 }
 
 /* [s, error, record]: keeps both (the record unless nil). */
@@ -324,12 +324,15 @@ int braid__scope_raise (lua_State *L, struct braid_scope *s) {
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
   t->inner = s->outer;
-  if (s->handle) *s->handle = NULL;
+  if (s->kind == SCOPE_PLAIN) {
+    struct braid_plain_scope *ps = (struct braid_plain_scope *) s;
+    if (ps->handle) *ps->handle = NULL;
+  }
   if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->body_failed) {
     int own = s->cause == s;
     int fired = own && s->deadline_fired;
-    uint64_t ns = s->timeout_ns;
+    uint64_t ns = fired ? s->timers->timeout_ns : 0;
     braid__scope_release(s);
     if (fired) {
       char buf[32];
@@ -423,6 +426,7 @@ static const char *const scope_options[] = {"grace", NULL};
 ** when fn and every task spawned into the scope have ended. */
 static int l_scope_run (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "braid.scope");
+  struct braid_plain_scope *ps;
   struct braid_scope *s, **h;
   uint64_t grace;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
@@ -435,11 +439,12 @@ static int l_scope_run (lua_State *L) {
   h = lua_newuserdatauv(L, sizeof *h, 1);                   /* 3: handle */
   *h = NULL;
   luaL_setmetatable(L, SCOPE_MT);
-  s = braid__scope_new(L, sizeof *s);                       /* 4 */
+  ps = braid__scope_new(L, sizeof *ps);                     /* 4 */
+  s = &ps->s;
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
   s->grace_ns = grace;
   *h = s;
-  s->handle = h;
+  ps->handle = h;
   lua_pushcfunction(L, braid__error_msgh);                  /* 5 */
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 3);
@@ -500,7 +505,7 @@ static int l_scope_timeout (lua_State *L) {
   if (braid__scope_deadline_ready(t->E, s) != 0)
     braid_error(L, "memory", NULL, "braid.timeout: not enough memory");
   braid__scope_enter(t, s, SCOPE_TIMEOUT);
-  s->timeout_ns = ns;
+  s->timers->timeout_ns = ns;
   lua_replace(L, 1);                     /* the scope replaces the seconds */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 2);

@@ -168,7 +168,7 @@ static void select_case (lua_State *L, int i) {
     braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (case %d: "
                      "table expected, got %s)", i, luaL_typename(L, -1));
   lua_rawgeti(L, -1, 1);
-  if (!luaL_testudata(L, -1, BRAID_CHAN_MT))
+  if (!braid__test_tagged(L, -1, &braid__chan_type))
     braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (case %d: "
                      "braid.Channel expected, got %s)", i,
                      luaL_typename(L, -1));
@@ -195,11 +195,11 @@ static int select_now (lua_State *L, int n) {
     struct braid_chan *c =
       (struct braid_chan *) lua_touserdata(L, CASE_CHAN(i));
     if (IS_RECV(L, i)) {
-      if (braid__chan_take(L, CASE_CHAN(i))) return select_received(L, i, 1);
+      if (braid__chan_take(L, c, CASE_CHAN(i))) return select_received(L, i, 1);
       if (c->closed) return select_received(L, i, 0);
     } else {
       if (c->closed) return select_closed(L, i, "is closed");
-      if (braid__chan_put(L, CASE_CHAN(i), CASE_VALUE(i))) {
+      if (braid__chan_put(L, c, CASE_CHAN(i), CASE_VALUE(i))) {
         lua_pushinteger(L, i);
         return 1;
       }

@@ -12,12 +12,17 @@
 #define SEM_MT "braid.Semaphore"
 #define EVENT_MT "braid.Event"
 
+static const struct braid_type sem_type = {SEM_MT};
+static const struct braid_type event_type = {EVENT_MT};
+
 struct braid_sem {
+  const struct braid_type *type;   /* &sem_type */
   lua_Integer permits;
   struct braid_list waiters;
 };
 
 struct braid_event {
+  const struct braid_type *type;   /* &event_type */
   int set;
   struct braid_list waiters;
 };
@@ -50,7 +55,7 @@ static int queue_wait (lua_State *L, struct braid_task *t,
 /* ---- semaphores ---- */
 
 static struct braid_sem *sem_check (lua_State *L, const char *fname) {
-  return (struct braid_sem *) braid__check_object(L, 1, SEM_MT, fname);
+  return (struct braid_sem *) braid__check_tagged(L, 1, &sem_type, fname);
 }
 
 static void sem_give (struct braid_sem *s);
@@ -190,6 +195,7 @@ static int l_sem_new (lua_State *L) {
   if (n < 0) braid_argerror(L, 1, "braid.semaphore", "permits must not be "
                                    "negative");
   s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->type = &sem_type;
   s->permits = n;
   braid__list_init(&s->waiters);
   luaL_setmetatable(L, SEM_MT);
@@ -199,7 +205,7 @@ static int l_sem_new (lua_State *L) {
 /* ---- events ---- */
 
 static struct braid_event *event_check (lua_State *L, const char *fname) {
-  return (struct braid_event *) braid__check_object(L, 1, EVENT_MT, fname);
+  return (struct braid_event *) braid__check_tagged(L, 1, &event_type, fname);
 }
 
 /* ev:wait(): returns once the event is set (at once if it already is). */
@@ -230,6 +236,7 @@ static int l_event_is_set (lua_State *L) {
 /* braid.event() -> event, not set. */
 static int l_event_new (lua_State *L) {
   struct braid_event *e = lua_newuserdatauv(L, sizeof *e, 0);
+  e->type = &event_type;
   e->set = 0;
   braid__list_init(&e->waiters);
   luaL_setmetatable(L, EVENT_MT);

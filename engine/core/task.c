@@ -29,13 +29,54 @@ const char *const braid__status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
 };
 
+const struct braid_type braid__task_type = {TASK_MT};
+
 struct braid_task *braid__task_check (lua_State *L, int idx,
                                      const char *fname) {
-  return (struct braid_task *) braid__check_object(L, idx, TASK_MT, fname);
+  return (struct braid_task *) braid__check_tagged(L, idx, &braid__task_type,
+                                                   fname);
 }
 
+/* Live tasks are anchored in a table of braid's own (E->tasks_ref), not
+** with luaL_ref: a free slot comes from a chain kept in the freed slots
+** (each holds the next one's number) and a new one from E->slot_top, so
+** anchoring never asks the table for its length, as luaL_ref does, which
+** costs a search once the registry's array part is full. */
 void braid__task_push (lua_State *L, struct braid_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->E->tasks_ref);
+  lua_rawgeti(L, -1, t->ref);
+  lua_replace(L, -2);
+}
+
+/* Anchors the task object on top (popped) in the anchors table at `tab`;
+** only a new slot allocates, and then nothing changed when it raises.
+** [-1, +0, m] */
+static void task_anchor (lua_State *L, braid_engine_t *E,
+                         struct braid_task *t, int tab) {
+  int slot = E->slot_free, next = 0;
+  if (slot) {
+    lua_rawgeti(L, tab, slot);
+    next = (int) lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  } else {
+    slot = E->slot_top + 1;
+  }
+  lua_rawseti(L, tab, slot);
+  if (slot > E->slot_top) E->slot_top = slot;
+  else E->slot_free = next;
+  t->ref = slot;
+}
+
+/* The task has ended: its slot goes to the head of the free chain.
+** Allocates nothing (the slot exists). */
+static void task_unanchor (lua_State *L, braid_engine_t *E,
+                           struct braid_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);
+  lua_pushinteger(L, E->slot_free);
+  lua_rawseti(L, -2, t->ref);
+  lua_pop(L, 1);
+  E->slot_free = t->ref;
+  t->ref = LUA_NOREF;
 }
 
 /* The task's name: set by the script, else where its function is defined.
@@ -89,9 +130,12 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   lua_Debug ar;
   int i;
   fidx = lua_absindex(L, fidx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
   t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 4);
   memset(t, 0, sizeof *t);
-  luaL_setmetatable(L, TASK_MT);
+  t->type = &braid__task_type;
+  lua_rawgeti(L, -2, 0);   /* braid.Task, kept there: no lookup by name */
+  lua_setmetatable(L, -2);
   if (nargs == 0) lua_pushvalue(L, fidx);
   else {
     lua_createtable(L, nargs + 1, 0);
@@ -116,7 +160,8 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   /* Anchor before linking: a failed allocation must leave no task in the
   ** scope tree that the collector could free. */
   lua_pushvalue(L, -1);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  task_anchor(L, E, t, lua_gettop(L) - 2);
+  lua_remove(L, -2);   /* the anchors */
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
   braid__task_ready(t);
@@ -203,12 +248,12 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
 /* Ends the task once its body and every member of its scope have ended:
 ** the outcome is the scope's first error, else the body's cancellation,
 ** else the body's results (already in user value 1). Then the watchers and
-** the parent scope are told. Runs in scheduler context. */
-void braid__task_finish (struct braid_task *t) {
+** the parent scope are told. Runs in scheduler context, with the task
+** object on S's top (popped). */
+static void task_finish (struct braid_task *t) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
-  braid__task_push(S, t);
   if (s->error_ref != LUA_NOREF) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
@@ -229,9 +274,13 @@ void braid__task_finish (struct braid_task *t) {
   }
   braid__scope_member_done(S, s->outer, t);
   braid__scope_release(s);
-  luaL_unref(S, LUA_REGISTRYINDEX, t->ref);
-  t->ref = LUA_NOREF;
+  task_unanchor(S, E, t);
   lua_pop(S, 1);
+}
+
+void braid__task_finish (struct braid_task *t) {
+  braid__task_push(t->E->S, t);
+  task_finish(t);
 }
 
 /* The body's coroutine returned (nres results on it) or raised: keep the
@@ -264,16 +313,16 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     }
   }
   lua_setiuservalue(S, -2, 1);
-  lua_pop(S, 1);
   t->co = NULL;
   pool_put(E, S, t, co);
   if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
+    lua_pop(S, 1);
     braid__task_wait(t, &t->w, NULL, "its members");
     t->status = TASK_SUSPENDED;
     s->joining = 1;
     return;
   }
-  braid__task_finish(t);
+  task_finish(t);   /* the task object is still on S */
 }
 
 /* The error of the ended task at idx is handed to code: its record goes
@@ -519,7 +568,12 @@ void braid__open_task (lua_State *L) {
     {"yield", l_task_yield},
     {NULL, NULL}
   };
+  braid_engine_t *E = braid_engine(L);
   braid__class(L, TASK_MT, metamethods, methods, l_task_index);
+  lua_pop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);
+  luaL_getmetatable(L, TASK_MT);
+  lua_rawseti(L, -2, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -6,10 +6,9 @@
 */
 #include "core/prim.h"
 
-struct sleep_op {
+struct sleep_op {   /* fits BRAID_OP_INLINE: a sleep allocates nothing */
   braid_timer_t tm;
   braid_op_t *op;
-  braid_engine_t *E;
 };
 
 struct sleep_args {
@@ -25,7 +24,6 @@ static int sleep_start (braid_op_t *op, void *ud) {
   struct sleep_args *a = (struct sleep_args *) ud;
   struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
   so->op = op;
-  so->E = a->E;
   braid_op_timer(op);   /* the virtual clock may jump over it */
   braid_timer_start(a->E, &so->tm, a->ns, sleep_done);
   return 0;
@@ -33,7 +31,7 @@ static int sleep_start (braid_op_t *op, void *ud) {
 
 static void sleep_cancel (braid_op_t *op) {
   struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
-  braid_timer_stop(so->E, &so->tm);
+  braid_timer_stop(braid_op_engine(op), &so->tm);
 }
 
 /* braid.sleep(seconds): suspends the task; raises on cancellation. The
