@@ -2,6 +2,7 @@
 # machine: missing packages are installed first (see the deps target).
 
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
+             lua-cjson \
              luarocks groff-base
 BUILD     ?= build
 CC        ?= cc

@@ -27,6 +27,8 @@ static const char usage_text[] =
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
+  "  --trace FILE     record an execution trace (Chrome trace-event JSON,\n"
+  "                   for ui.perfetto.dev; `braid trace FILE` summarises)\n"
   "  --               stop handling options\n"
   "  -                run standard input\n"
   "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted\n"
@@ -52,7 +54,7 @@ int main (int argc, char **argv) {
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
   int from_stdin = 0, base, interactive = 0, sig, version = 0;
   double grace = 5;
-  const char *what;
+  const char *what, *trace = NULL;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) { i++; break; }
@@ -79,6 +81,9 @@ int main (int argc, char **argv) {
       grace = strtod(argv[i], &end);
       if (*end || end == argv[i] || !(grace >= 0))
         return usage("--grace wants a number of seconds, not '%s'", argv[i]);
+    } else if (strcmp(a, "--trace") == 0) {
+      if (++i == argc) return usage("'%s' needs an argument", a);
+      trace = argv[i];
     } else if (strcmp(a, "--virtual-time") == 0) {
       virtual_time = 1;
     } else if (strcmp(a, "-i") == 0) {
@@ -116,7 +121,10 @@ int main (int argc, char **argv) {
   /* Load every chunk first: a script that does not compile never starts. */
   lua_newtable(L);                                       /* 1: chunks */
   for (int k = 1, n = 0; k < argc && k != script && k != from_stdin; k++) {
-    if (strcmp(argv[k], "--grace") == 0) { k++; continue; }
+    if (strcmp(argv[k], "--grace") == 0 || strcmp(argv[k], "--trace") == 0) {
+      k++;
+      continue;
+    }
     if (strcmp(argv[k], "-e") != 0) continue;
     k++;
     if (luaL_loadbuffer(L, argv[k], strlen(argv[k]), "=(command line)")) {
@@ -154,6 +162,10 @@ int main (int argc, char **argv) {
   lua_setfield(L, -2, "grace");
   lua_pushstring(L, virtual_time ? "virtual" : "real");
   lua_setfield(L, -2, "clock");
+  if (trace) {
+    lua_pushstring(L, trace);
+    lua_setfield(L, -2, "trace");
+  }
   {
     /* the main chunk gets the script's arguments as ... */
     int nargs = base ? argc - base - 1 : 0;

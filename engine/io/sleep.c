@@ -27,6 +27,7 @@ static int sleep_start (braid_op_t *op, void *ud) {
   so->op = op;
   so->E = a->E;
   braid_op_timer(op);   /* the virtual clock may jump over it */
+  braid_op_label(op, "sleep %g", (double) a->ns / 1e9);
   braid_timer_start(a->E, &so->tm, a->ns, sleep_done);
   return 0;
 }
