@@ -1,0 +1,639 @@
+/*
+** trace.c: the execution recorder: what the scheduler does, written as
+** Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing) while it
+** happens. One track (tid) per task, named at its end (task.name, else
+** its spawn site) and sorted by id, so parents come before children; the
+** scheduler itself is tid 0. A task's track holds "run" slices for each
+** stretch it ran and a slice for each wait, labelled by what it waited on
+** (braid_op_label); instants mark spawns, cancellations, failures,
+** timeouts and abandonment; flows join a spawn to the child's first run
+** and a cancellation's origin to each task it reached; one counter event
+** per scheduler drain gives live tasks, ready tasks and open handles.
+**
+** Invariants:
+** - The core calls in with one branch per event (`if (E->trace)`), and
+**   only here is anything recorded: recording never changes what the
+**   scheduler does, and costs nothing when it is off.
+** - Memory is bounded: events go into one fixed buffer written out with
+**   write(2) when it fills (an engine is single-threaded), at the end of
+**   the run, and from an atexit handler for a process that exits while a
+**   trace is open (os.exit); a write error stops the recording, not the
+**   run.
+** - Events are written in the order they happen with the clock read then
+**   (virtual under the virtual clock), so timestamps never go back, on any
+**   track. A task's slices nest: "run" and its waits alternate; a wait is
+**   closed when the task runs again or ends.
+** - A flow endpoint is bound to the slice around it; where a task has
+**   none open (it failed and waits for nothing yet), a zero-length slice
+**   is written for the flow to bind to.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+
+#define TRACE_BUF 65536
+#define TRACE_EVENT_MAX 2048    /* no single event is larger */
+#define TRACE_TEXT_MAX 200      /* bytes of a name, label or message */
+#define SITE_CACHE 32
+
+struct trace_site { const void *fn; size_t len; char text[96]; };
+
+struct braid_trace {
+  braid_engine_t *E;
+  int fd, failed;
+  uint64_t t0;                 /* real clock: when the trace began */
+  size_t len;
+  unsigned flows;              /* cancel flows: odd ids (spawns: even) */
+  unsigned actor;              /* the failed task whose fail-fast follows */
+  struct braid_scope *origin;  /* the cancel being recorded */
+  unsigned origin_tid;
+  int origin_open;             /* the origin's track has a slice open */
+  unsigned c_live, c_ready, c_handles;   /* last counters written */
+  int has_label;
+  int now_kept;                /* trace_now: `now` is to be used once */
+  uint64_t now;
+  uint64_t ts_ns;              /* the last timestamp written, as text */
+  size_t ts_len;
+  char ts_text[32];
+  unsigned key_tid;            /* the last event's tid and ts, as text */
+  uint64_t key_ts;
+  size_t key_len;
+  char key_text[64];           /* at most 16 + 10 + 6 + 24 bytes */
+  const char *what[8];         /* wait names seen, by address ... */
+  char what_raw[8][48];        /* ... as they were ... */
+  unsigned char what_len[8];   /* ... and escaped */
+  char what_text[8][64];
+  char label[TRACE_TEXT_MAX + 1];        /* the next wait's, if set */
+  struct braid_trace *next;    /* open traces, for atexit */
+  struct trace_site sites[SITE_CACHE];
+  char buf[TRACE_BUF];
+};
+
+static struct braid_trace *open_traces;
+
+/* ---- writing ---- */
+
+static void trace_flush (struct braid_trace *tr) {
+  size_t off = 0;
+  while (off < tr->len && !tr->failed) {
+    ssize_t n = write(tr->fd, tr->buf + off, tr->len - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      fprintf(stderr, "braid: trace: cannot write: %s; recording stops\n",
+              n < 0 ? strerror(errno) : "nothing written");
+      tr->failed = 1;
+    } else {
+      off += (size_t) n;
+    }
+  }
+  tr->len = 0;
+}
+
+static void put (struct braid_trace *tr, const char *s, size_t n) {
+  memcpy(tr->buf + tr->len, s, n);
+  tr->len += n;
+}
+
+#define PUTS(tr, lit) put(tr, lit, sizeof(lit) - 1)
+
+static const char digit_pairs[] =
+  "00010203040506070809101112131415161718192021222324252627282930313233343536"
+  "37383940414243444546474849505152535455565758596061626364656667686970717273"
+  "7475767778798081828384858687888990919293949596979899";
+
+/* Decimal digits of v ending just before end; returns where they start. */
+static char *fmt_uint (char *end, uint64_t v) {
+  uint32_t w;
+  while (v > UINT32_MAX) {
+    const char *d = digit_pairs + (v % 100) * 2;
+    v /= 100;
+    end -= 2;
+    end[0] = d[0];
+    end[1] = d[1];
+  }
+  w = (uint32_t) v;   /* 32-bit divisions are cheaper */
+  while (w >= 100) {
+    const char *d = digit_pairs + (w % 100) * 2;
+    w /= 100;
+    end -= 2;
+    end[0] = d[0];
+    end[1] = d[1];
+  }
+  if (w >= 10) {
+    end -= 2;
+    end[0] = digit_pairs[w * 2];
+    end[1] = digit_pairs[w * 2 + 1];
+  } else {
+    *--end = (char) ('0' + w);
+  }
+  return end;
+}
+
+static void put_uint (struct braid_trace *tr, uint64_t v) {
+  size_t n = v < 10 ? 1 : v < 100 ? 2 : v < 1000 ? 3 : v < 10000 ? 4 : 5;
+  uint64_t x;
+  for (x = v / 100000; x > 0; x /= 10) n++;
+  fmt_uint(tr->buf + tr->len + n, v);   /* straight into the buffer */
+  tr->len += n;
+}
+
+/* Microseconds with three decimals: the format's unit, our nanoseconds.
+** Events come in bursts at one instant: the last one written is kept. */
+static void put_us (struct braid_trace *tr, uint64_t ns) {
+  if (ns != tr->ts_ns || tr->ts_len == 0) {
+    char tmp[32], *p;
+    uint64_t frac = ns % 1000;
+    tmp[31] = (char) ('0' + frac % 10);
+    tmp[30] = (char) ('0' + frac / 10 % 10);
+    tmp[29] = (char) ('0' + frac / 100);
+    tmp[28] = '.';
+    p = fmt_uint(tmp + 28, ns / 1000);
+    tr->ts_len = (size_t) (tmp + 32 - p);
+    memcpy(tr->ts_text, p, tr->ts_len);
+    tr->ts_ns = ns;
+  }
+  memcpy(tr->buf + tr->len, tr->ts_text, sizeof tr->ts_text);   /* no call */
+  tr->len += tr->ts_len;
+}
+
+/* A JSON string, at most TRACE_TEXT_MAX bytes of s; bytes outside ASCII
+** become '?' (a script's strings need not be UTF-8). */
+static void put_str (struct braid_trace *tr, const char *s, size_t n) {
+  char *p = tr->buf + tr->len;
+  size_t i;
+  if (n > TRACE_TEXT_MAX) n = TRACE_TEXT_MAX;
+  *p++ = '"';
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char) s[i];
+    if (c == '"' || c == '\\') { *p++ = '\\'; *p++ = (char) c; }
+    else if (c == '\n') { *p++ = '\\'; *p++ = 'n'; }
+    else if (c < 0x20 || c == 0x7f) *p++ = ' ';
+    else if (c >= 0x80) *p++ = '?';
+    else *p++ = (char) c;
+  }
+  *p++ = '"';
+  tr->len = (size_t) (p - tr->buf);
+}
+
+static void put_cstr (struct braid_trace *tr, const char *s) {
+  put_str(tr, s, strlen(s));
+}
+
+/* The clock, read once for a task stopping and the next one starting: a
+** task that stops while others are ready leaves its time for the next
+** reading, which comes at once (the drain goes on). */
+static uint64_t trace_now (struct braid_trace *tr) {
+  braid_engine_t *E = tr->E;
+  if (tr->now_kept) {
+    tr->now_kept = 0;
+    return tr->now;
+  }
+  return E->virtual_clock ? E->vnow : uv_hrtime() - tr->t0;
+}
+
+/* Starts an event: ,{"ph":"X","pid":1,"tid":N,"ts":T  (the caller closes
+** it). Events come in bursts on one track at one instant (a wait ends and
+** a run begins): the text after "ph" is kept and reused. */
+static void ev (struct braid_trace *tr, char ph, unsigned tid,
+                uint64_t ts) {
+  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
+  if (tid != tr->key_tid || ts != tr->key_ts || tr->key_len == 0) {
+    size_t save = tr->len;
+    PUTS(tr, "\",\"pid\":1,\"tid\":");
+    put_uint(tr, tid);
+    PUTS(tr, ",\"ts\":");
+    put_us(tr, ts);
+    tr->key_len = tr->len - save;
+    memcpy(tr->key_text, tr->buf + save, sizeof tr->key_text);
+    tr->key_tid = tid;
+    tr->key_ts = ts;
+    tr->len = save;
+  }
+  memcpy(tr->buf + tr->len, ",\n{\"ph\":\"", 9);
+  tr->buf[tr->len + 9] = ph;
+  tr->len += 10;
+  memcpy(tr->buf + tr->len, tr->key_text, sizeof tr->key_text);  /* no call */
+  tr->len += tr->key_len;
+}
+
+static unsigned task_tid (struct braid_task *t) {
+  return t ? t->id : 0;
+}
+
+/* ---- tracks ---- */
+
+/* "file:line" where the task's function (at -1 on S) is defined, without
+** asking Lua again about a function it was asked about before (a loop
+** spawns one function many times). */
+static void put_where (struct braid_trace *tr, lua_State *S) {
+  const void *fn = lua_topointer(S, -1);
+  struct trace_site *c = &tr->sites[((uintptr_t) fn >> 4) % SITE_CACHE];
+  if (c->fn != fn) {
+    lua_Debug ar;
+    char src[80];
+    size_t save = tr->len;
+    lua_pushvalue(S, -1);
+    lua_getinfo(S, ">S", &ar);
+    if (ar.linedefined > 0)
+      snprintf(src, sizeof src, "%s:%d", ar.short_src, ar.linedefined);
+    else
+      snprintf(src, sizeof src, "%s", ar.short_src);
+    put_cstr(tr, src);   /* at most 2 * 80 bytes, escaped: kept if short */
+    c->len = tr->len - save;
+    c->fn = c->len <= sizeof c->text ? fn : NULL;
+    if (c->fn) memcpy(c->text, tr->buf + save, c->len);
+    return;
+  }
+  memcpy(tr->buf + tr->len, c->text, sizeof c->text);
+  tr->len += c->len;
+}
+
+/* Names the task's track: "name #id" (task.name, else where its function
+** is defined, as task.name reads), sorted by id
+** so that a parent's track comes before its children's. */
+static void track_name (struct braid_trace *tr, struct braid_task *t) {
+  lua_State *S = tr->E->S;
+  size_t n;
+  const char *name = NULL;
+  if (t->ref == LUA_NOREF || !lua_checkstack(S, 4)) return;
+  braid__task_push(S, t);
+  if (lua_getiuservalue(S, -1, 2) == LUA_TSTRING) name = lua_tolstring(S, -1, &n);
+  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
+  PUTS(tr, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
+  put_uint(tr, t->id);
+  PUTS(tr, ",\"name\":\"thread_name\",\"args\":{\"name\":");
+  if (name) put_str(tr, name, n);
+  else if (lua_isfunction(S, -1)) put_where(tr, S);
+  else put_cstr(tr, "task");
+  lua_pop(S, 2);
+  tr->len--;   /* the closing quote: the id goes inside the string */
+  PUTS(tr, " #");
+  put_uint(tr, t->id);
+  PUTS(tr, "\",\"parent\":");
+  put_uint(tr, t->scope.outer ? task_tid(t->scope.outer->task) : 0);
+  PUTS(tr, "}},\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
+  put_uint(tr, t->id);
+  PUTS(tr, ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":");
+  put_uint(tr, t->id);
+  PUTS(tr, "}}");
+}
+
+/* A task's track has a slice open: it runs, or it waits. */
+static int in_slice (struct braid_task *t) {
+  return t && (t->E->current == t || t->status == TASK_SUSPENDED);
+}
+
+/* A flow endpoint ("s" or "f") on tid, bound to the slice around it. */
+static void flow (struct braid_trace *tr, char ph, unsigned tid,
+                  uint64_t ts, unsigned id, const char *name, int open) {
+  if (!open) {   /* nothing to bind to: a zero-length slice */
+    ev(tr, 'X', tid, ts);
+    PUTS(tr, ",\"dur\":0,\"name\":");
+    put_cstr(tr, name);
+    PUTS(tr, "}");
+  }
+  ev(tr, ph, tid, ts);
+  if (*name == 's') PUTS(tr, ",\"bp\":\"e\",\"cat\":\"flow\",\"name\":\"spawn\"");
+  else PUTS(tr, ",\"bp\":\"e\",\"cat\":\"flow\",\"name\":\"cancel\"");
+  PUTS(tr, ",\"id\":");
+  put_uint(tr, id);
+  PUTS(tr, "}");
+}
+
+/* ---- the hooks (core.h) ---- */
+
+void braid__trace_spawn (struct braid_task *t) {
+  struct braid_trace *tr = t->E->trace;
+  struct braid_task *parent = t->E->current;
+  uint64_t ts = trace_now(tr);
+  ev(tr, 'i', task_tid(parent), ts);
+  PUTS(tr, ",\"s\":\"t\",\"name\":\"spawn\",\"args\":{\"task\":");
+  put_uint(tr, t->id);
+  PUTS(tr, "}}");
+  flow(tr, 's', task_tid(parent), ts, 2 * t->id, "spawn", parent != NULL);
+}
+
+/* The name of a wait: a `what` given to braid__task_wait or braid_suspend,
+** a string that lives as long as the engine (a literal, a name of braid's
+** own), so its escaped text is kept by address. */
+static void put_what (struct braid_trace *tr, const char *what) {
+  unsigned i = (unsigned) ((uintptr_t) what >> 3) % 8;
+  if (tr->what[i] != what || strcmp(tr->what_raw[i], what) != 0) {
+    size_t save = tr->len, n, raw = strlen(what);
+    put_cstr(tr, what);
+    n = tr->len - save;
+    if (n > sizeof tr->what_text[i] || raw >= sizeof tr->what_raw[i])
+      return;   /* too long to keep */
+    tr->what[i] = what;
+    memcpy(tr->what_raw[i], what, raw + 1);
+    tr->what_len[i] = (unsigned char) n;
+    memcpy(tr->what_text[i], tr->buf + save, n);
+    return;
+  }
+  memcpy(tr->buf + tr->len, tr->what_text[i], sizeof tr->what_text[i]);
+  tr->len += tr->what_len[i];
+}
+
+/* t is about to run: its wait ends (or, the first time, the spawn's flow
+** arrives), and a "run" slice begins. */
+void braid__trace_resume (struct braid_task *t) {
+  struct braid_trace *tr = t->E->trace;
+  uint64_t ts = trace_now(tr);
+  tr->actor = 0;
+  if (t->status == TASK_SUSPENDED) {
+    ev(tr, 'E', t->id, ts);
+    if (t->wake == WAKE_CANCEL) PUTS(tr, ",\"args\":{\"woke\":\"cancel\"}");
+    PUTS(tr, "}");
+  }
+  ev(tr, 'B', t->id, ts);
+  PUTS(tr, ",\"name\":\"run\"}");
+  if (t->status == TASK_PENDING)
+    flow(tr, 'f', t->id, ts, 2 * t->id, "spawn", 1);
+}
+
+/* t stopped running: it waits now (yielded: on t->wait, labelled), or its
+** body ended and it waits for its members, or it ends. */
+void braid__trace_ran (struct braid_task *t, int status) {
+  struct braid_trace *tr = t->E->trace;
+  uint64_t ts = trace_now(tr);
+  ev(tr, 'E', t->id, ts);
+  PUTS(tr, "}");
+  if (status == LUA_YIELD) {
+    ev(tr, 'B', t->id, ts);
+    PUTS(tr, ",\"name\":");
+    if (tr->has_label) put_cstr(tr, tr->label);
+    else put_what(tr, t->wait ? t->wait->what : "yield");
+    PUTS(tr, "}");
+  } else if (t->scope.pending > 0) {
+    ev(tr, 'B', t->id, ts);
+    PUTS(tr, ",\"name\":\"its members\"}");
+  }
+  tr->has_label = 0;
+  if (t->E->ready_head) {   /* the drain goes on: the next task starts now */
+    tr->now = ts;
+    tr->now_kept = 1;
+  }
+}
+
+/* The label of the wait the running task is about to begin. */
+static void trace_vlabel (struct braid_trace *tr, const char *fmt,
+                          va_list ap) {
+  int n = vsnprintf(tr->label, sizeof tr->label, fmt, ap);
+  tr->has_label = n >= 0;
+}
+
+void braid__trace_label (braid_engine_t *E, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  trace_vlabel(E->trace, fmt, ap);
+  va_end(ap);
+}
+
+void braid_op_label (braid_op_t *op, const char *fmt, ...) {
+  braid_engine_t *E = OP_WAIT(op)->task->E;
+  va_list ap;
+  if (E->trace == NULL) return;
+  va_start(ap, fmt);
+  trace_vlabel(E->trace, fmt, ap);
+  va_end(ap);
+}
+
+int braid_tracing (braid_engine_t *E) {
+  return E->trace != NULL;
+}
+
+/* One line of the error at idx on S: a string, a braid.Error's kind and
+** message, else its type. */
+static void put_error (struct braid_trace *tr, lua_State *S, int idx) {
+  char tmp[TRACE_TEXT_MAX];
+  const char *kind = NULL, *msg = NULL;
+  idx = lua_absindex(S, idx);
+  if (lua_type(S, idx) == LUA_TSTRING) msg = lua_tostring(S, idx);
+  else if (lua_istable(S, idx) && lua_checkstack(S, 2)) {
+    lua_pushliteral(S, "kind");
+    if (lua_rawget(S, idx) == LUA_TSTRING) kind = lua_tostring(S, -1);
+    lua_pushliteral(S, "message");
+    if (lua_rawget(S, idx) == LUA_TSTRING) msg = lua_tostring(S, -1);
+    snprintf(tmp, sizeof tmp, "%s%s%s", kind ? kind : "", kind ? ": " : "",
+             msg ? msg : "(table)");
+    lua_pop(S, 2);
+    put_cstr(tr, tmp);   /* kept the strings on the stack until here */
+    return;
+  }
+  put_cstr(tr, msg ? msg : luaL_typename(S, idx));
+}
+
+/* t's body raised the error at idx on S (not a cancellation). */
+void braid__trace_fail (struct braid_task *t, lua_State *S, int idx) {
+  struct braid_trace *tr = t->E->trace;
+  ev(tr, 'i', t->id, trace_now(tr));
+  PUTS(tr, ",\"s\":\"t\",\"name\":\"failure\",\"args\":{\"message\":");
+  put_error(tr, S, idx);
+  PUTS(tr, "}}");
+  tr->actor = t->id;   /* the cancellation it causes comes from t */
+}
+
+/* t ends: its wait (for its members, or an abandoned one's) closes, its
+** track gets its name. */
+void braid__trace_finish (struct braid_task *t) {
+  struct braid_trace *tr = t->E->trace;
+  struct braid_scope *s = &t->scope;
+  uint64_t ts = trace_now(tr);
+  const char *how = s->error_ref != LUA_NOREF ? "failed"
+                    : s->body_failed ? "cancelled" : NULL;
+  if (t->status == TASK_SUSPENDED) {
+    ev(tr, 'E', t->id, ts);
+    PUTS(tr, "}");
+  }
+  if (how) {
+    ev(tr, 'i', t->id, ts);
+    PUTS(tr, ",\"s\":\"t\",\"name\":\"end\",\"args\":{\"status\":");
+    put_cstr(tr, how);
+    PUTS(tr, "}}");
+    if (*how == 'f') tr->actor = t->id;   /* its parent's fail-fast */
+  }
+  track_name(tr, t);
+}
+
+/* The reason given to s's cancel, as one line, or NULL. */
+static const char *cancel_reason (lua_State *S, struct braid_scope *s,
+                                  char *tmp, size_t size) {
+  int type;
+  if (s->reason_ref == LUA_NOREF || s->reason_ref == LUA_REFNIL) return NULL;
+  type = lua_rawgeti(S, LUA_REGISTRYINDEX, s->reason_ref);
+  if (type == LUA_TSTRING || type == LUA_TNUMBER)
+    snprintf(tmp, size, "%s", lua_tostring(S, -1));
+  else
+    snprintf(tmp, size, "(%s)", lua_typename(S, type));
+  lua_pop(S, 1);
+  return tmp;
+}
+
+/* s is being cancelled because of cause. When s is the cause, this is the
+** origin: who did it (the running task, the failed task whose error makes
+** its scope fail fast, the scope's own deadline, an interrupt) and why.
+** Every task it reaches gets an instant and a flow from the origin. */
+void braid__trace_cancel (struct braid_scope *s, struct braid_scope *cause) {
+  braid_engine_t *E = s->E;
+  struct braid_trace *tr = E->trace;
+  struct braid_task *t = s->task;
+  uint64_t ts = trace_now(tr);
+  if (s == cause) {
+    char tmp[TRACE_TEXT_MAX];
+    const char *by, *reason;
+    struct braid_task *who = E->current;
+    tr->origin_open = 0;   /* a failed task waits for nothing yet */
+    if (tr->actor) {
+      if (t && t->id == tr->actor && braid__list_empty(&s->subs)) {
+        tr->origin = NULL;   /* a failed task's own scope, reaching none */
+        return;
+      }
+      by = "failure";
+      tr->origin_tid = tr->actor;
+    }
+    else {
+      if (who) by = "task";
+      else if (s->deadline_fired) { by = "timeout"; who = t; }
+      else { by = E->interrupted ? "interrupt" : "engine"; who = t; }
+      tr->origin_tid = task_tid(who);
+      tr->origin_open = in_slice(who);
+    }
+    reason = cancel_reason(E->S, s, tmp, sizeof tmp);
+    ev(tr, 'i', tr->origin_tid, ts);
+    PUTS(tr, ",\"s\":\"t\",\"name\":\"cancel\",\"args\":{\"by\":");
+    put_cstr(tr, by);
+    PUTS(tr, ",\"scope_of\":");
+    put_uint(tr, task_tid(t));
+    if (reason) {
+      PUTS(tr, ",\"reason\":");
+      put_cstr(tr, reason);
+    }
+    PUTS(tr, "}}");
+    tr->origin = s;
+  }
+  if (tr->origin != cause || t == NULL || t->id == tr->origin_tid ||
+      (s->kind != SCOPE_TASK && (t->inner != s || s->kind == SCOPE_GROUP)) ||
+      TASK_DONE(t))
+    return;
+  ev(tr, 'i', t->id, ts);
+  PUTS(tr, ",\"s\":\"t\",\"name\":\"cancelled\",\"args\":{\"from\":");
+  put_uint(tr, tr->origin_tid);
+  PUTS(tr, "}}");
+  tr->flows++;
+  flow(tr, 's', tr->origin_tid, ts, 2 * tr->flows + 1, "cancel",
+       tr->origin_open);
+  flow(tr, 'f', t->id, ts, 2 * tr->flows + 1, "cancel", in_slice(t));
+}
+
+/* s's deadline passed (braid.timeout); its cancel follows. */
+void braid__trace_timeout (struct braid_scope *s) {
+  struct braid_trace *tr = s->E->trace;
+  tr->actor = 0;
+  ev(tr, 'i', task_tid(s->task), trace_now(tr));
+  PUTS(tr, ",\"s\":\"t\",\"name\":\"timeout\",\"args\":{\"after_ms\":");
+  put_us(tr, s->timeout_ns / 1000);
+  PUTS(tr, "}}");
+}
+
+void braid__trace_abandon (struct braid_task *t) {
+  struct braid_trace *tr = t->E->trace;
+  ev(tr, 'i', t->id, trace_now(tr));
+  PUTS(tr, ",\"s\":\"t\",\"name\":\"abandoned\"}");
+}
+
+/* At each drain: the counters, when they changed. */
+void braid__trace_counters (braid_engine_t *E) {
+  struct braid_trace *tr = E->trace;
+  struct braid_task *t;
+  unsigned ready = 0, handles = E->loop->active_handles;
+  tr->actor = 0;
+  for (t = E->ready_head; t; t = t->next) ready++;
+  if (ready == tr->c_ready && E->live == tr->c_live &&
+      handles == tr->c_handles)
+    return;
+  tr->c_ready = ready;
+  tr->c_live = E->live;
+  tr->c_handles = handles;
+  ev(tr, 'C', 0, trace_now(tr));
+  PUTS(tr, ",\"name\":\"tasks\",\"args\":{\"live\":");
+  put_uint(tr, E->live);
+  PUTS(tr, ",\"ready\":");
+  put_uint(tr, ready);
+  PUTS(tr, ",\"handles\":");
+  put_uint(tr, handles);
+  PUTS(tr, "}}");
+}
+
+/* ---- opening and closing ---- */
+
+/* Ends the JSON and writes everything out; the file stays open. */
+static void trace_end (struct braid_trace *tr) {
+  PUTS(tr, "\n]}\n");
+  trace_flush(tr);
+}
+
+static void trace_atexit (void) {
+  struct braid_trace *tr;
+  for (tr = open_traces; tr; tr = tr->next) {
+    trace_end(tr);
+    close(tr->fd);
+  }
+  open_traces = NULL;
+}
+
+/* Starts recording E into the file at path (created or truncated); 0, or
+** a negative errno-style code. */
+int braid__trace_open (braid_engine_t *E, const char *path) {
+  static int registered;
+  struct braid_trace *tr;
+  int fd;
+  if (E->trace) return UV_EBUSY;
+  if (!registered) {
+    if (atexit(trace_atexit) != 0) return UV_ENOMEM;
+    registered = 1;
+  }
+  if ((tr = calloc(1, sizeof *tr)) == NULL) return UV_ENOMEM;
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    int err = -errno;
+    free(tr);
+    return err;
+  }
+  tr->E = E;
+  tr->fd = fd;
+  tr->t0 = uv_hrtime();
+  tr->c_live = tr->c_ready = tr->c_handles = (unsigned) -1;
+  PUTS(tr, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"clock\":");
+  put_cstr(tr, E->virtual_clock ? "virtual" : "real");
+  PUTS(tr, ",\"braid\":");
+  put_cstr(tr, BRAID_VERSION);
+  PUTS(tr, "},\"traceEvents\":[\n{\"ph\":\"M\",\"pid\":1,\"tid\":0,"
+       "\"name\":\"process_name\",\"args\":{\"name\":\"braid\"}},\n"
+       "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_name\","
+       "\"args\":{\"name\":\"scheduler\"}},\n"
+       "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_sort_index\","
+       "\"args\":{\"sort_index\":0}}");
+  tr->next = open_traces;
+  open_traces = tr;
+  E->trace = tr;
+  return 0;
+}
+
+/* Stops recording: names the tracks of tasks still alive (an embedded
+** engine's), ends the JSON, writes it out and closes the file. */
+void braid__trace_close (braid_engine_t *E) {
+  struct braid_trace *tr = E->trace, **p;
+  if (tr == NULL) return;
+  braid__trace_counters(E);
+  trace_end(tr);
+  close(tr->fd);
+  for (p = &open_traces; *p; p = &(*p)->next)
+    if (*p == tr) { *p = tr->next; break; }
+  E->trace = NULL;
+  free(tr);
+}
