@@ -43,8 +43,9 @@ function M.check(doc)
       local t = track(tid)
       if e.name == "thread_name" then
         assert(type(e.args.name) == "string", where .. ": name")
-        assert(t.name == nil, where .. ": track named twice")
-        t.name, t.parent = e.args.name, e.args.parent
+        assert(t.parent == nil or t.parent == e.args.parent,
+               where .. ": renamed with another parent")
+        t.name, t.parent = e.args.name, e.args.parent   -- the last wins
       elseif e.name == "thread_sort_index" then
         t.sort = e.args.sort_index
       end

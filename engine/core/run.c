@@ -146,6 +146,7 @@ static int l_run_run (lua_State *L) {
   E->running = 1;
   E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */
   lua_pushliteral(L, "main");
+  if (E->trace) braid__trace_rename(E->root, L, -1);
   lua_setiuservalue(L, 2, 2);
   for (;;) {
     uv_run(E->loop, UV_RUN_DEFAULT);

@@ -120,7 +120,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
   braid__task_ready(t);
-  if (E->trace) braid__trace_spawn(t);
+  if (E->trace) braid__trace_spawn(t, L, fidx);
   return t;
 }
 
@@ -416,7 +416,7 @@ static int l_task_index (lua_State *L) {
 }
 
 static int l_task_newindex (lua_State *L) {
-  braid__task_check(L, 1, "task");
+  struct braid_task *t = braid__task_check(L, 1, "task");
   if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "name"))
     braid_usageerror(L, "task: only 'name' can be set on a task");
   if (!lua_isstring(L, 3))
@@ -424,6 +424,7 @@ static int l_task_newindex (lua_State *L) {
                      luaL_typename(L, 3));
   lua_tostring(L, 3);   /* a number becomes its string, as Lua's checks do */
   lua_settop(L, 3);
+  if (t->E->trace) braid__trace_rename(t, L, 3);
   lua_setiuservalue(L, 1, 2);
   return 0;
 }

@@ -142,6 +142,20 @@ static void put_uint (struct braid_trace *tr, uint64_t v) {
   tr->len += n;
 }
 
+/* A number formatted once and written several times. */
+struct num { size_t n; char s[24]; };
+
+static void num_init (struct num *m, uint64_t v) {
+  char tmp[24], *p = fmt_uint(tmp + 24, v);
+  m->n = (size_t) (tmp + 24 - p);
+  memcpy(m->s, p, m->n);
+}
+
+static void put_num (struct braid_trace *tr, const struct num *m) {
+  memcpy(tr->buf + tr->len, m->s, sizeof m->s);   /* fixed size: no call */
+  tr->len += m->n;
+}
+
 /* Microseconds with three decimals: the format's unit, our nanoseconds.
 ** Events come in bursts at one instant: the last one written is kept. */
 static void put_us (struct braid_trace *tr, uint64_t ns) {
@@ -227,18 +241,22 @@ static unsigned task_tid (struct braid_task *t) {
 
 /* ---- tracks ---- */
 
-/* "file:line" where the task's function (at -1 on S) is defined, without
-** asking Lua again about a function it was asked about before (a loop
-** spawns one function many times). */
-static void put_where (struct braid_trace *tr, lua_State *S) {
-  const void *fn = lua_topointer(S, -1);
+/* "file:line" where the function at fidx on L is defined, without asking
+** Lua again about a function it was asked about before (a loop spawns one
+** function many times). */
+static void put_where (struct braid_trace *tr, lua_State *L, int fidx) {
+  const void *fn = lua_topointer(L, fidx);
   struct trace_site *c = &tr->sites[((uintptr_t) fn >> 4) % SITE_CACHE];
   if (c->fn != fn) {
     lua_Debug ar;
     char src[80];
     size_t save = tr->len;
-    lua_pushvalue(S, -1);
-    lua_getinfo(S, ">S", &ar);
+    if (lua_type(L, fidx) != LUA_TFUNCTION || !lua_checkstack(L, 1)) {
+      PUTS(tr, "\"task\"");   /* a callable object */
+      return;
+    }
+    lua_pushvalue(L, fidx);
+    lua_getinfo(L, ">S", &ar);
     if (ar.linedefined > 0)
       snprintf(src, sizeof src, "%s:%d", ar.short_src, ar.linedefined);
     else
@@ -253,34 +271,39 @@ static void put_where (struct braid_trace *tr, lua_State *S) {
   tr->len += c->len;
 }
 
-/* Names the task's track: "name #id" (task.name, else where its function
-** is defined, as task.name reads), sorted by id
-** so that a parent's track comes before its children's. */
-static void track_name (struct braid_trace *tr, struct braid_task *t) {
-  lua_State *S = tr->E->S;
-  size_t n;
-  const char *name = NULL;
-  if (t->ref == LUA_NOREF || !lua_checkstack(S, 4)) return;
-  braid__task_push(S, t);
-  if (lua_getiuservalue(S, -1, 2) == LUA_TSTRING) name = lua_tolstring(S, -1, &n);
-  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
-  PUTS(tr, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
-  put_uint(tr, t->id);
-  PUTS(tr, ",\"name\":\"thread_name\",\"args\":{\"name\":");
-  if (name) put_str(tr, name, n);
-  else if (lua_isfunction(S, -1)) put_where(tr, S);
-  else put_cstr(tr, "task");
-  lua_pop(S, 2);
+/* Names t's track: `name` (a JSON string just written by the caller)
+** gets " #id"; then its parent and its place, by id, so that a parent's
+** track comes before its children's. Starts after the caller's
+** {"ph":"M",...,"args":{"name": and the name. */
+static void track_name_end (struct braid_trace *tr, struct braid_task *t,
+                            const struct num *id) {
   tr->len--;   /* the closing quote: the id goes inside the string */
   PUTS(tr, " #");
-  put_uint(tr, t->id);
+  put_num(tr, id);
   PUTS(tr, "\",\"parent\":");
   put_uint(tr, t->scope.outer ? task_tid(t->scope.outer->task) : 0);
-  PUTS(tr, "}},\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
-  put_uint(tr, t->id);
-  PUTS(tr, ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":");
-  put_uint(tr, t->id);
   PUTS(tr, "}}");
+}
+
+static void track_name_start (struct braid_trace *tr, const struct num *id) {
+  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
+  PUTS(tr, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
+  put_num(tr, id);
+  PUTS(tr, ",\"name\":\"thread_name\",\"args\":{\"name\":");
+}
+
+/* The script named t (task.name = ..., the string at idx on L): its
+** track is named again; the last name is the one shown. */
+void braid__trace_rename (struct braid_task *t, lua_State *L, int idx) {
+  struct braid_trace *tr = t->E->trace;
+  size_t n;
+  const char *name = lua_tolstring(L, idx, &n);
+  struct num id;
+  if (name == NULL) return;
+  num_init(&id, t->id);
+  track_name_start(tr, &id);
+  put_str(tr, name, n);
+  track_name_end(tr, t, &id);
 }
 
 /* A task's track has a slice open: it runs, or it waits. */
@@ -307,15 +330,28 @@ static void flow (struct braid_trace *tr, char ph, unsigned tid,
 
 /* ---- the hooks (core.h) ---- */
 
-void braid__trace_spawn (struct braid_task *t) {
+/* t was spawned to run the function at fidx on L: an instant and a flow
+** on the spawner's track; t's track is named after where the function is
+** defined (until the script names the task) and placed by its id. */
+void braid__trace_spawn (struct braid_task *t, lua_State *L, int fidx) {
   struct braid_trace *tr = t->E->trace;
   struct braid_task *parent = t->E->current;
   uint64_t ts = trace_now(tr);
+  struct num id;
+  num_init(&id, t->id);
   ev(tr, 'i', task_tid(parent), ts);
   PUTS(tr, ",\"s\":\"t\",\"name\":\"spawn\",\"args\":{\"task\":");
-  put_uint(tr, t->id);
+  put_num(tr, &id);
   PUTS(tr, "}}");
   flow(tr, 's', task_tid(parent), ts, 2 * t->id, "spawn", parent != NULL);
+  track_name_start(tr, &id);
+  put_where(tr, L, fidx);
+  track_name_end(tr, t, &id);
+  PUTS(tr, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
+  put_num(tr, &id);
+  PUTS(tr, ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":");
+  put_num(tr, &id);
+  PUTS(tr, "}}");
 }
 
 /* The name of a wait: a `what` given to braid__task_wait or braid_suspend,
@@ -438,8 +474,7 @@ void braid__trace_fail (struct braid_task *t, lua_State *S, int idx) {
   tr->actor = t->id;   /* the cancellation it causes comes from t */
 }
 
-/* t ends: its wait (for its members, or an abandoned one's) closes, its
-** track gets its name. */
+/* t ends: its wait (for its members, or an abandoned one's) closes. */
 void braid__trace_finish (struct braid_task *t) {
   struct braid_trace *tr = t->E->trace;
   struct braid_scope *s = &t->scope;
@@ -457,7 +492,6 @@ void braid__trace_finish (struct braid_task *t) {
     PUTS(tr, "}}");
     if (*how == 'f') tr->actor = t->id;   /* its parent's fail-fast */
   }
-  track_name(tr, t);
 }
 
 /* The reason given to s's cancel, as one line, or NULL. */
