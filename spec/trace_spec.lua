@@ -199,3 +199,107 @@ describe("braid --trace", function()
     assert.truthy(#doc.traceEvents > 0)
   end)
 end)
+
+describe("braid trace FILE", function()
+  local function sh(cmd) return h.sh(RUN_ENV .. " timeout 60 " .. cmd .. " </dev/null") end
+
+  -- a (sleeps 1, then spawns b, which sleeps 2, and awaits it) against c
+  -- (sleeps 2.5), in one gather: a -> b decides the time, 3 s; then d,
+  -- awaited under a 0.2 s timeout and cancelled by main.
+  local WORKFLOW = [[
+braid.gather(function()
+  braid.current().name = "a"
+  braid.sleep(1)
+  local b = braid.spawn(function() braid.sleep(2) end)
+  b.name = "b"
+  b:await()
+end, function()
+  braid.current().name = "c"
+  braid.sleep(2.5)
+end)
+local d = braid.spawn(function() braid.sleep(0.5) end)
+d.name = "d"
+pcall(braid.timeout, 0.2, function() d:await() end)
+d:cancel("enough")
+]]
+
+  local path
+  setup(function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(WORKFLOW)
+    f:close()
+    path = os.tmpname()
+    local _, err, code = sh("'" .. BIN .. "' --virtual-time --trace " .. path .. " " .. script)
+    os.remove(script)
+    assert(code == 0, err)
+  end)
+  teardown(function() os.remove(path) end)
+
+  local function section(out, title)
+    return assert(out:match(title .. "[^\n]*\n(.-)\n\n") or out:match(title .. "[^\n]*\n(.*)$"),
+                  "no section " .. title .. " in:\n" .. out)
+  end
+
+  for _, pure in ipairs({false, true}) do
+    it("names the critical path on the virtual clock" ..
+       (pure and " (without lua-cjson)" or ""), function()
+      local out, err, code = sh((pure and "env BRAID_TRACE_PURE=1 " or "") ..
+                                "'" .. BIN .. "' trace " .. path)
+      assert.equal(0, code, err)
+      assert.truthy(out:match("^braid trace: 5 tasks, 3%.200 s %(virtual clock%)"))
+      local cp = section(out, "critical path")
+      local lines = {}
+      for l in cp:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.equal(3, #lines, cp)
+      assert.truthy(lines[1]:match("^%s+0 s%s+%+1%.000 s%s+a #%d+: sleep 1$"), lines[1])
+      assert.truthy(lines[2]:match("^%s+1%.000 s%s+%+2%.000 s%s+b #%d+: sleep 2$"), lines[2])
+      assert.truthy(lines[3]:match("main #1: await task %d+ %(cut short by a cancellation%)$"), lines[3])
+      assert.falsy(cp:match("c #"))
+      local waits = section(out, "top waits by total time")
+      assert.truthy(waits:match("^%s+3%.000 s%s+1x%s+braid%.gather of 2\n"), waits)
+      local slow = section(out, "slowest tasks")
+      assert.truthy(slow:match("^%s+3%.200 s%s+main #1 %(ok%)"), slow)
+      assert.truthy(slow:match("200%.0 ms%s+d #%d+ %(cancelled%)"), slow)
+      local c = section(out, "cancellations")
+      assert.truthy(c:match("3%.200 s%s+by a timeout in main #1: reached no other task"), c)
+      assert.truthy(c:match("by task main #1 %(enough%): reached d #%d+"), c)
+    end)
+  end
+
+  it("draws the timeline as an SVG that a renderer accepts", function()
+    local svg, png = os.tmpname(), os.tmpname()
+    local _, err, code = sh("'" .. BIN .. "' trace " .. path .. " --svg " .. svg)
+    assert.equal(0, code, err)
+    local f = assert(io.open(svg))
+    local text = f:read("a")
+    f:close()
+    for _, name in ipairs({"main #1", "a #", "b #", "c #", "d #"}) do
+      assert.truthy(text:find(">" .. name, 1, true), name)
+    end
+    assert.truthy(text:find("sleep 2.5", 1, true))
+    local _, rerr, rcode = h.sh("rsvg-convert -o " .. png .. " " .. svg)
+    assert.equal(0, rcode, rerr)
+    f = assert(io.open(png, "rb"))
+    assert.equal("\137PNG", f:read(4))
+    f:close()
+    os.remove(svg)
+    os.remove(png)
+  end)
+
+  it("refuses what is not a trace, and bad usage", function()
+    local p = os.tmpname()
+    local f = assert(io.open(p, "w"))
+    f:write("{nope")
+    f:close()
+    local _, err, code = sh("'" .. BIN .. "' trace " .. p)
+    os.remove(p)
+    assert.equal(1, code)
+    assert.truthy(err:match("not a trace"))
+    _, err, code = sh("'" .. BIN .. "' trace")
+    assert.equal(2, code)
+    assert.truthy(err:match("usage: braid trace"))
+    _, err, code = sh("'" .. BIN .. "' trace /nonexistent.json")
+    assert.equal(1, code)
+  end)
+end)

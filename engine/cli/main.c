@@ -17,6 +17,7 @@
 
 static const char usage_text[] =
   "usage: braid [options] [script [args]]\n"
+  "       braid trace FILE [--svg OUT.svg]   (summarise a --trace file)\n"
   "Runs a Lua 5.4 script as braid's root task: it ends when the script and\n"
   "every task it started have ended. With no script and a terminal on stdin\n"
   "(or with -i), starts the REPL: each entry runs as a task.\n"
@@ -33,6 +34,29 @@ static const char usage_text[] =
   "  -                run standard input\n"
   "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted\n"
   "(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).\n";
+
+extern const char braid__trace_source[];   /* lua/trace.lua, compiled in */
+
+/* braid trace FILE [--svg OUT]: reads a trace (lua/trace.lua). */
+static int trace_command (int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  int i, code = 1;
+  if (L == NULL) {
+    fprintf(stderr, "braid trace: not enough memory\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  if (luaL_loadbuffer(L, braid__trace_source, strlen(braid__trace_source),
+                      "=[braid trace]") == LUA_OK &&
+      lua_pcall(L, 0, 1, 0) == LUA_OK) {
+    for (i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
+    if (lua_pcall(L, argc, 1, 0) == LUA_OK) code = (int) lua_tointeger(L, -1);
+  }
+  if (lua_type(L, -1) == LUA_TSTRING)
+    fprintf(stderr, "braid trace: %s\n", lua_tostring(L, -1));
+  lua_close(L);
+  return code;
+}
 
 static int usage (const char *fmt, const char *what) {
   fprintf(stderr, "braid: ");
@@ -55,6 +79,8 @@ int main (int argc, char **argv) {
   int from_stdin = 0, base, interactive = 0, sig, version = 0;
   double grace = 5;
   const char *what, *trace = NULL;
+  if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
+    return trace_command(argc - 2, argv + 2);
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) { i++; break; }
