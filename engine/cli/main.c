@@ -28,6 +28,7 @@ static const char usage_text[] =
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
+  "  --progress       braid.gather and braid.map draw a progress line\n"
   "  --trace FILE     record an execution trace (Chrome trace-event JSON,\n"
   "                   for ui.perfetto.dev; `braid trace FILE` summarises)\n"
   "  --               stop handling options\n"
@@ -76,7 +77,7 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0, sig, version = 0;
+  int from_stdin = 0, base, interactive = 0, sig, version = 0, progress = 0;
   double grace = 5;
   const char *what, *trace = NULL;
   if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
@@ -110,6 +111,8 @@ int main (int argc, char **argv) {
     } else if (strcmp(a, "--trace") == 0) {
       if (++i == argc) return usage("'%s' needs an argument", a);
       trace = argv[i];
+    } else if (strcmp(a, "--progress") == 0) {
+      progress = 1;
     } else if (strcmp(a, "--virtual-time") == 0) {
       virtual_time = 1;
     } else if (strcmp(a, "-i") == 0) {
@@ -134,6 +137,10 @@ int main (int argc, char **argv) {
   }
   luaL_openlibs(L);
   luaL_requiref(L, "braid", luaopen_braid, 1);
+  if (progress) {   /* lua/braid.lua reads it at each gather and map */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "_progress");
+  }
   lua_pop(L, 1);
 
   /* arg: the script at 0, its arguments from 1, the command line before. */

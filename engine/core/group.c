@@ -266,7 +266,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 static const char *const group_options[] = {
-  "timeout", "settle", "limit", "grace", NULL
+  "timeout", "settle", "limit", "grace", "progress", NULL
 };
 
 /* Watches the adopted tasks, then starts member functions: [g]. */

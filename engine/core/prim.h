@@ -252,6 +252,19 @@ void braid__session_entry(braid_engine_t *E, braid_task_t *entry);
 ** at idx; returns how many were live. */
 int braid__session_cancel(lua_State *L, int idx);
 
+/* ---- the terminal while the REPL shows its prompt (core/term.c) ---- */
+
+/* hide clears the prompt and the partly typed line, returning 1 when it
+** did (then show must follow, once the output is written). The REPL sets
+** it while it runs; NULL: none. */
+struct braid_term_guard {
+  int (*hide)(void);
+  void (*show)(int at_line_start);
+};
+void braid__term_guard(const struct braid_term_guard *g);
+int braid__term_hide(void);
+void braid__term_show(int at_line_start);
+
 /* ---- the library openers (engine/init.c lists them) ---- */
 
 /* Each adds its functions to the braid table at the stack top. */
@@ -271,6 +284,7 @@ void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
+void braid__open_progress(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */
