@@ -104,7 +104,7 @@ local function load(path)
   if type(doc) ~= "table" or type(doc.traceEvents) ~= "table" then
     return nil, path .. ": not a trace (no traceEvents)"
   end
-  local tasks, order, instants = {}, {}, {}
+  local tasks, order, instants, cancel_from, spawner = {}, {}, {}, {}, {}
   local t_end = 0
   local function task(tid)
     local t = tasks[tid]
@@ -139,6 +139,10 @@ local function load(path)
       elseif e.ph == "i" then
         instants[#instants + 1] = e
         if e.name == "end" then t.status = e.args.status end
+        if e.name == "spawn" then spawner[math.tointeger(e.args.task)] = tid end
+        if e.name == "cancelled" then
+          cancel_from[tid .. "@" .. e.ts] = math.tointeger(e.args.from)
+        end
       end
       if e.ts then t.last = math.max(t.last or e.ts, e.ts) end
     end
@@ -148,6 +152,7 @@ local function load(path)
   for _, t in ipairs(order) do
     if t.tid ~= 0 then
       live[#live + 1] = t
+      t.spawner = spawner[t.tid]
       t.status = t.status or "ok"
       t.children = {}
     end
@@ -158,6 +163,7 @@ local function load(path)
   end
   table.sort(live, function(a, b) return a.tid < b.tid end)
   return {tasks = tasks, list = live, instants = instants, t_end = t_end,
+          cancel_from = cancel_from,
           clock = doc.otherData and doc.otherData.clock or "real"}
 end
 
@@ -189,24 +195,42 @@ local function critical_path(m)
   local root = m.list[1]
   local path = {}
   if not root then return path end
+  local function later(a, b)   -- ended later; at a tie, not cancelled
+    if a.last ~= b.last then return a.last > b.last end
+    return b.status == "cancelled" and a.status ~= "cancelled"
+  end
   local t, i, guard = root, #root.slices, 0
   while t and guard < 1000000 do
     guard = guard + 1
     if i < 1 then
+      -- its start: a task the scheduler started when a sibling ended
+      -- (map's limit) continues in that sibling, any other in its parent
       local p = t.parent and m.tasks[t.parent]
       if not p or not t.first then break end
-      t, i = p, last_before(p, t.first)
+      local sib
+      for _, c in ipairs(t.spawner == 0 and p.children or {}) do
+        if c ~= t and c.last == t.first and c.first and c.first < t.first
+           and (not sib or later(c, sib)) then
+          sib = c
+        end
+      end
+      if sib then t, i = sib, #sib.slices
+      else t, i = p, last_before(p, t.first) end
     else
       local s = t.slices[i]
+      local e = s.ts + s.dur
       local target
-      if s.name ~= "run" and not s.cancelled and s.dur > 0 then
+      if s.cancelled then   -- cut short: the cancellation's origin decided
+        local from = m.cancel_from[t.tid .. "@" .. e]
+        if from and from ~= t.tid then target = m.tasks[from] end
+      elseif s.name ~= "run" and s.dur > 0 then
         local n = s.name:match("^await task (%d+)$")
         if n then
           target = m.tasks[tonumber(n)]
         elseif s.name == "its members" or s.name:match("^braid%.%a+ of %d+$") then
           for _, c in ipairs(t.children) do
-            if c.last and c.last <= s.ts + s.dur + 1e-6 and c.last >= s.ts
-               and (not target or c.last > target.last) then
+            if c.last and c.last <= e + 1e-6 and c.last >= s.ts
+               and (not target or later(c, target)) then
               target = c
             end
           end
@@ -217,7 +241,7 @@ local function critical_path(m)
                            via = target, cancelled = s.cancelled}
       end
       if target and target ~= t then
-        t, i = target, last_before(target, s.ts + s.dur)
+        t, i = target, last_before(target, e)
       else
         i = i - 1
       end
