@@ -371,7 +371,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid__scope_fail(L, &g->scope, -1, 0);
     lua_pop(L, 1);
   }
-  if (t->E->trace) braid__trace_label(t->E, "%s of %d", fname, n);
+  if (t->E->trace && g->scope.pending)   /* it will wait */
+    braid__trace_label(t->E, "%s of %d", fname, n);
   if (braid__scope_join(L, &g->scope, group_close_k) == 0)
     return group_close_k(L, LUA_OK, (lua_KContext) g);
   return 0;

@@ -55,6 +55,7 @@ struct braid_trace {
   int origin_open;             /* the origin's track has a slice open */
   unsigned c_live, c_ready, c_handles;   /* last counters written */
   int has_label;
+  const char *label_what;      /* the wait it names (NULL: the next one) */
   int now_kept;                /* trace_now: `now` is to be used once */
   uint64_t now;
   uint64_t ts_ns;              /* the last timestamp written, as text */
@@ -402,7 +403,9 @@ void braid__trace_ran (struct braid_task *t, int status) {
   if (status == LUA_YIELD) {
     ev(tr, 'B', t->id, ts);
     PUTS(tr, ",\"name\":");
-    if (tr->has_label) put_cstr(tr, tr->label);
+    if (tr->has_label && t->wait &&
+        (tr->label_what == NULL || tr->label_what == t->wait->what))
+      put_cstr(tr, tr->label);
     else put_what(tr, t->wait ? t->wait->what : "yield");
     PUTS(tr, "}");
   } else if (t->scope.pending > 0) {
@@ -417,25 +420,28 @@ void braid__trace_ran (struct braid_task *t, int status) {
 }
 
 /* The label of the wait the running task is about to begin. */
-static void trace_vlabel (struct braid_trace *tr, const char *fmt,
-                          va_list ap) {
+static void trace_vlabel (struct braid_trace *tr, const char *what,
+                          const char *fmt, va_list ap) {
   int n = vsnprintf(tr->label, sizeof tr->label, fmt, ap);
   tr->has_label = n >= 0;
+  tr->label_what = what;
 }
 
 void braid__trace_label (braid_engine_t *E, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  trace_vlabel(E->trace, fmt, ap);
+  trace_vlabel(E->trace, NULL, fmt, ap);
   va_end(ap);
 }
 
+/* An op's label names that op's wait only: if its start fails and the
+** task goes on to wait on something else, that wait keeps its own name. */
 void braid_op_label (braid_op_t *op, const char *fmt, ...) {
   braid_engine_t *E = OP_WAIT(op)->task->E;
   va_list ap;
   if (E->trace == NULL) return;
   va_start(ap, fmt);
-  trace_vlabel(E->trace, fmt, ap);
+  trace_vlabel(E->trace, OP_WAIT(op)->what, fmt, ap);
   va_end(ap);
 }
 
@@ -626,7 +632,7 @@ int braid__trace_open (braid_engine_t *E, const char *path) {
   static int registered;
   struct braid_trace *tr;
   int fd;
-  if (E->trace) return UV_EBUSY;
+  if (E->trace) braid__trace_close(E);   /* a run that raised before its end */
   if (!registered) {
     if (atexit(trace_atexit) != 0) return UV_ENOMEM;
     registered = 1;
