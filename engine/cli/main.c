@@ -137,10 +137,7 @@ int main (int argc, char **argv) {
   }
   luaL_openlibs(L);
   luaL_requiref(L, "braid", luaopen_braid, 1);
-  if (progress) {   /* lua/braid.lua reads it at each gather and map */
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "_progress");
-  }
+  braid__progress_default(progress);   /* groups read it (prim.h) */
   lua_pop(L, 1);
 
   /* arg: the script at 0, its arguments from 1, the command line before. */

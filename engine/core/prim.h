@@ -265,6 +265,21 @@ void braid__term_guard(const struct braid_term_guard *g);
 int braid__term_hide(void);
 void braid__term_show(int at_line_start);
 
+/* The progress line (io/progress.c sets these when braid opens) that the
+** core's groups draw with {progress = ...}: start pushes a progress object
+** (its owner anchors it) and returns it; update gives the members running
+** now and the ones that ended since, ok and failed; end clears it. */
+struct braid_progress_ops {
+  void *(*start)(lua_State *L, const char *label, double total);
+  void (*update)(void *p, int running, int ok, int failed);
+  void (*end)(void *p);
+};
+void braid__progress_ops(const struct braid_progress_ops *ops);
+const struct braid_progress_ops *braid__progress(void);
+/* braid --progress: groups whose options do not say draw one. */
+void braid__progress_default(int on);
+int braid__progress_by_default(void);
+
 /* ---- the library openers (engine/init.c lists them) ---- */
 
 /* Each adds its functions to the braid table at the stack top. */

@@ -1,7 +1,8 @@
 /*
 ** progress.c: braid.progress(total, [label]), a progress line on stderr
-** for a script's own loops, and the one that braid.gather and braid.map
-** draw with {progress = true} (lua/braid.lua counts their members).
+** for a script's own loops, and the one that braid.gather, race, any and
+** map draw with {progress = ...} (core/group.c counts their members,
+** through the ops this file registers in prim.h).
 **
 ** On a terminal it is one line redrawn in place -- label, bar, done/total,
 ** running, failed, elapsed, rate, ETA -- at most 10 times a second, and
@@ -38,6 +39,9 @@ struct progress {
   int above;                   /* drawn above the REPL's prompt */
   char label[64];
 };
+
+static struct progress *progress_push(lua_State *L, braid_engine_t *E,
+                                      double total, const char *label);
 
 static void out (const char *s, size_t n) {
   while (n > 0) {
@@ -182,14 +186,7 @@ static int l_progress_new (lua_State *L) {
       braid_argerror(L, 2, "braid.progress", "string expected");
     label = lua_tostring(L, 2);
   }
-  p = (struct progress *) lua_newuserdatauv(L, sizeof *p, 0);
-  memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, PROGRESS_MT);
-  p->E = E;
-  p->total = total;
-  p->tty = isatty(2);
-  p->start_ns = braid_now(E);
-  snprintf(p->label, sizeof p->label, "%s", label);
+  p = progress_push(L, E, total, label);
   p->res.close = progress_close_res;
   braid_resource_add(L, &p->res);
   progress_draw(p, 1);
@@ -217,14 +214,43 @@ static int l_progress_fail (lua_State *L) {
   return 1;
 }
 
-/* p:_running(delta): braid.gather and braid.map count their running
-** members (lua/braid.lua). */
-static int l_progress_running (lua_State *L) {
-  struct progress *p = progress_check(L, "progress:_running");
-  p->running += (long) braid__check_integer(L, 2, "progress:_running");
-  progress_draw(p, 0);
-  return 0;
+/* ---- the groups' progress (prim.h): no resource, the group ends it ---- */
+
+static struct progress *progress_push (lua_State *L, braid_engine_t *E,
+                                       double total, const char *label) {
+  struct progress *p = (struct progress *) lua_newuserdatauv(L, sizeof *p, 0);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, PROGRESS_MT);
+  p->E = E;
+  p->total = total;
+  p->tty = isatty(2);
+  p->start_ns = braid_now(E);
+  snprintf(p->label, sizeof p->label, "%s", label);
+  p->res.prev = p->res.next = &p->res;   /* not in a scope */
+  return p;
 }
+
+static void *group_start (lua_State *L, const char *label, double total) {
+  struct progress *p = progress_push(L, braid_engine(L), total, label);
+  progress_draw(p, 1);
+  return p;
+}
+
+static void group_update (void *ud, int running, int ok, int failed) {
+  struct progress *p = (struct progress *) ud;
+  p->running = running;
+  p->done += ok + failed;
+  p->failed += failed;
+  progress_draw(p, ok + failed > 0 && p->done >= p->total);
+}
+
+static void group_end (void *ud) {
+  progress_end((struct progress *) ud);
+}
+
+static const struct braid_progress_ops group_ops = {
+  group_start, group_update, group_end
+};
 
 /* p:done(): the progress ends; its line is cleared (on a terminal). */
 static int l_progress_done (lua_State *L) {
@@ -242,7 +268,6 @@ void braid__open_progress (lua_State *L) {
     {"add", l_progress_add},
     {"fail", l_progress_fail},
     {"done", l_progress_done},
-    {"_running", l_progress_running},
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
@@ -254,4 +279,5 @@ void braid__open_progress (lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_progress_new);
   lua_setfield(L, -2, "progress");
+  braid__progress_ops(&group_ops);
 }
