@@ -1,24 +1,24 @@
 /*
 ** trace.c: the execution recorder: what the scheduler does, written as
 ** Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing) while it
-** happens. One track (tid) per task, named at its end (task.name, else
-** its spawn site) and sorted by id, so parents come before children; the
-** scheduler itself is tid 0. A task's track holds "run" slices for each
+** happens. One track (tid) per task, named when it is spawned (where its
+** function is defined) and again when the script sets task.name, sorted
+** by id, so parents come before children; the scheduler itself is tid 0. A task's track holds "run" slices for each
 ** stretch it ran and a slice for each wait, labelled by what it waited on
 ** (braid_op_label); instants mark spawns, cancellations, failures,
 ** timeouts and abandonment; flows join a spawn to the child's first run
-** and a cancellation's origin to each task it reached; one counter event
-** per scheduler drain gives live tasks, ready tasks and open handles.
+** and a cancellation's origin to each task it reached; a counter event at
+** each scheduler drain that changed them gives live tasks, ready tasks and
+** open libuv handles.
 **
 ** Invariants:
 ** - The core calls in with one branch per event (`if (E->trace)`), and
 **   only here is anything recorded: recording never changes what the
 **   scheduler does, and costs nothing when it is off.
 ** - Memory is bounded: events go into one fixed buffer written out with
-**   write(2) when it fills (an engine is single-threaded), at the end of
-**   the run, and from an atexit handler for a process that exits while a
-**   trace is open (os.exit); a write error stops the recording, not the
-**   run.
+**   write(2) when it fills (an engine is single-threaded) and completed on
+**   every way out (trace_file.c); a write error stops the recording, not
+**   the run.
 ** - Events are written in the order they happen with the clock read then
 **   (virtual under the virtual clock), so timestamps never go back, on any
 **   track. A task's slices nest: "run" and its waits alternate; a wait is
@@ -27,73 +27,11 @@
 **   none open (it failed and waits for nothing yet), a zero-length slice
 **   is written for the flow to bind to.
 */
-#include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include "core.h"
-
-#define TRACE_BUF 65536
-#define TRACE_EVENT_MAX 2048    /* no single event is larger */
-#define TRACE_TEXT_MAX 200      /* bytes of a name, label or message */
-#define SITE_CACHE 32
-
-struct trace_site { const void *fn; size_t len; char text[96]; };
-
-struct braid_trace {
-  braid_engine_t *E;
-  int fd, failed;
-  uint64_t t0;                 /* real clock: when the trace began */
-  size_t len;
-  unsigned flows;              /* cancel flows: odd ids (spawns: even) */
-  unsigned actor;              /* the failed task whose fail-fast follows */
-  struct braid_scope *origin;  /* the cancel being recorded */
-  unsigned origin_tid;
-  int origin_open;             /* the origin's track has a slice open */
-  unsigned c_live, c_ready, c_handles;   /* last counters written */
-  int has_label;
-  const char *label_what;      /* the wait it names (NULL: the next one) */
-  int now_kept;                /* trace_now: `now` is to be used once */
-  uint64_t now;
-  uint64_t ts_ns;              /* the last timestamp written, as text */
-  size_t ts_len;
-  char ts_text[32];
-  unsigned key_tid;            /* the last event's tid and ts, as text */
-  uint64_t key_ts;
-  size_t key_len;
-  char key_text[64];           /* at most 16 + 10 + 6 + 24 bytes */
-  const char *what[8];         /* wait names seen, by address ... */
-  char what_raw[8][48];        /* ... as they were ... */
-  unsigned char what_len[8];   /* ... and escaped */
-  char what_text[8][64];
-  char label[TRACE_TEXT_MAX + 1];        /* the next wait's, if set */
-  struct braid_trace *next;    /* open traces, for atexit */
-  struct trace_site sites[SITE_CACHE];
-  char buf[TRACE_BUF];
-};
-
-static struct braid_trace *open_traces;
+#include "core/trace.h"
 
 /* ---- writing ---- */
-
-static void trace_flush (struct braid_trace *tr) {
-  size_t off = 0;
-  while (off < tr->len && !tr->failed) {
-    ssize_t n = write(tr->fd, tr->buf + off, tr->len - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      fprintf(stderr, "braid: trace: cannot write: %s; recording stops\n",
-              n < 0 ? strerror(errno) : "nothing written");
-      tr->failed = 1;
-    } else {
-      off += (size_t) n;
-    }
-  }
-  tr->len = 0;
-}
 
 static void put (struct braid_trace *tr, const char *s, size_t n) {
   memcpy(tr->buf + tr->len, s, n);
@@ -216,7 +154,7 @@ static uint64_t trace_now (struct braid_trace *tr) {
 ** a run begins): the text after "ph" is kept and reused. */
 static void ev (struct braid_trace *tr, char ph, unsigned tid,
                 uint64_t ts) {
-  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
+  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) braid__trace_flush(tr);
   if (tid != tr->key_tid || ts != tr->key_ts || tr->key_len == 0) {
     size_t save = tr->len;
     PUTS(tr, "\",\"pid\":1,\"tid\":");
@@ -287,7 +225,7 @@ static void track_name_end (struct braid_trace *tr, struct braid_task *t,
 }
 
 static void track_name_start (struct braid_trace *tr, const struct num *id) {
-  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) trace_flush(tr);
+  if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) braid__trace_flush(tr);
   PUTS(tr, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":");
   put_num(tr, id);
   PUTS(tr, ",\"name\":\"thread_name\",\"args\":{\"name\":");
@@ -417,36 +355,6 @@ void braid__trace_ran (struct braid_task *t, int status) {
     tr->now = ts;
     tr->now_kept = 1;
   }
-}
-
-/* The label of the wait the running task is about to begin. */
-static void trace_vlabel (struct braid_trace *tr, const char *what,
-                          const char *fmt, va_list ap) {
-  int n = vsnprintf(tr->label, sizeof tr->label, fmt, ap);
-  tr->has_label = n >= 0;
-  tr->label_what = what;
-}
-
-void braid__trace_label (braid_engine_t *E, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  trace_vlabel(E->trace, NULL, fmt, ap);
-  va_end(ap);
-}
-
-/* An op's label names that op's wait only: if its start fails and the
-** task goes on to wait on something else, that wait keeps its own name. */
-void braid_op_label (braid_op_t *op, const char *fmt, ...) {
-  braid_engine_t *E = OP_WAIT(op)->task->E;
-  va_list ap;
-  if (E->trace == NULL) return;
-  va_start(ap, fmt);
-  trace_vlabel(E->trace, OP_WAIT(op)->what, fmt, ap);
-  va_end(ap);
-}
-
-int braid_tracing (braid_engine_t *E) {
-  return E->trace != NULL;
 }
 
 /* One line of the error at idx on S: a string, a braid.Error's kind and
@@ -607,73 +515,4 @@ void braid__trace_counters (braid_engine_t *E) {
   PUTS(tr, ",\"handles\":");
   put_uint(tr, handles);
   PUTS(tr, "}}");
-}
-
-/* ---- opening and closing ---- */
-
-/* Ends the JSON and writes everything out; the file stays open. */
-static void trace_end (struct braid_trace *tr) {
-  PUTS(tr, "\n]}\n");
-  trace_flush(tr);
-}
-
-static void trace_atexit (void) {
-  struct braid_trace *tr;
-  for (tr = open_traces; tr; tr = tr->next) {
-    trace_end(tr);
-    close(tr->fd);
-  }
-  open_traces = NULL;
-}
-
-/* Starts recording E into the file at path (created or truncated); 0, or
-** a negative errno-style code. */
-int braid__trace_open (braid_engine_t *E, const char *path) {
-  static int registered;
-  struct braid_trace *tr;
-  int fd;
-  if (E->trace) braid__trace_close(E);   /* a run that raised before its end */
-  if (!registered) {
-    if (atexit(trace_atexit) != 0) return UV_ENOMEM;
-    registered = 1;
-  }
-  if ((tr = calloc(1, sizeof *tr)) == NULL) return UV_ENOMEM;
-  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    int err = -errno;
-    free(tr);
-    return err;
-  }
-  tr->E = E;
-  tr->fd = fd;
-  tr->t0 = uv_hrtime();
-  tr->c_live = tr->c_ready = tr->c_handles = (unsigned) -1;
-  PUTS(tr, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"clock\":");
-  put_cstr(tr, E->virtual_clock ? "virtual" : "real");
-  PUTS(tr, ",\"braid\":");
-  put_cstr(tr, BRAID_VERSION);
-  PUTS(tr, "},\"traceEvents\":[\n{\"ph\":\"M\",\"pid\":1,\"tid\":0,"
-       "\"name\":\"process_name\",\"args\":{\"name\":\"braid\"}},\n"
-       "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_name\","
-       "\"args\":{\"name\":\"scheduler\"}},\n"
-       "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_sort_index\","
-       "\"args\":{\"sort_index\":0}}");
-  tr->next = open_traces;
-  open_traces = tr;
-  E->trace = tr;
-  return 0;
-}
-
-/* Stops recording: names the tracks of tasks still alive (an embedded
-** engine's), ends the JSON, writes it out and closes the file. */
-void braid__trace_close (braid_engine_t *E) {
-  struct braid_trace *tr = E->trace, **p;
-  if (tr == NULL) return;
-  braid__trace_counters(E);
-  trace_end(tr);
-  close(tr->fd);
-  for (p = &open_traces; *p; p = &(*p)->next)
-    if (*p == tr) { *p = tr->next; break; }
-  E->trace = NULL;
-  free(tr);
 }
