@@ -258,15 +258,34 @@ local function summary(m, path)
   p("braid trace: %d tasks, %s (%s clock)", #m.list, secs(m.t_end), m.clock)
   p("")
   p("critical path (the chain of waits that decided the total time):")
-  local any = false
+  local steps = {}
   for _, s in ipairs(path) do
-    if not s.via then
-      any = true
+    if not s.via then steps[#steps + 1] = s end
+  end
+  if #steps <= 30 then
+    for _, s in ipairs(steps) do
       p("  %10s  +%-10s %s: %s%s", secs(s.ts), secs(s.dur), s.task.name, s.name,
         s.cancelled and " (cut short by a cancellation)" or "")
     end
+  else   -- a long chain: what it is made of, biggest first
+    local by, list = {}, {}
+    for _, s in ipairs(steps) do
+      local k = s.task.name .. ": " .. s.name
+      local a = by[k]
+      if not a then a = {key = k, n = 0, total = 0}; by[k] = a; list[#list + 1] = a end
+      a.n, a.total = a.n + 1, a.total + s.dur
+    end
+    table.sort(list, function(a, b)
+      if a.total ~= b.total then return a.total > b.total end
+      return a.key < b.key
+    end)
+    p("  %d steps; by task and wait, biggest first:", #steps)
+    for i = 1, math.min(15, #list) do
+      p("  %12s  %6dx  %s", secs(list[i].total), list[i].n, list[i].key)
+    end
+    if #list > 15 then p("  ... and %d more", #list - 15) end
   end
-  if not any then p("  (no wait took time)") end
+  if #steps == 0 then p("  (no wait took time)") end
   p("")
   local waits, keys = {}, {}
   for _, t in ipairs(m.list) do

@@ -282,6 +282,21 @@ d:cancel("enough")
     end)
   end
 
+  it("sums a long critical path by task and wait", function()
+    local p = os.tmpname()
+    local _, err, code = sh("'" .. BIN .. "' --virtual-time --trace " .. p ..
+      " -e 'for i = 1, 40 do braid.sleep(0.1) end braid.sleep(1)'")
+    assert.equal(0, code, err)
+    local out
+    out, err, code = sh("'" .. BIN .. "' trace " .. p)
+    os.remove(p)
+    assert.equal(0, code, err)
+    local cp = section(out, "critical path")
+    assert.truthy(cp:match("^  41 steps; by task and wait, biggest first:\n"), cp)
+    assert.truthy(cp:match("\n%s+4%.000 s%s+40x%s+main #1: sleep 0%.1"), cp)
+    assert.truthy(cp:match("\n%s+1%.000 s%s+1x%s+main #1: sleep 1"), cp)
+  end)
+
   it("draws the timeline as an SVG that a renderer accepts", function()
     local svg, png = os.tmpname(), os.tmpname()
     local _, err, code = sh("'" .. BIN .. "' trace " .. path .. " --svg " .. svg)
