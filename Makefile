@@ -2,6 +2,7 @@
 # machine: missing packages are installed first (see the deps target).
 
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
+             lua-cjson librsvg2-bin \
              luarocks groff-base
 BUILD     ?= build
 CC        ?= cc
@@ -73,6 +74,13 @@ REPL_OBJS := $(BUILD)/cli/repl.o $(BUILD)/repl_lua.o
 $(BUILD)/repl_lua.c: lua/repl.lua tools/embed.lua $(BUILD)/.deps
 	lua5.4 tools/embed.lua braid__repl_source lua/repl.lua > $@
 $(BUILD)/repl_lua.o: $(BUILD)/repl_lua.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# `braid trace FILE` (lua/trace.lua): the runner only.
+REPL_OBJS += $(BUILD)/trace_lua.o
+$(BUILD)/trace_lua.c: lua/trace.lua tools/embed.lua $(BUILD)/.deps
+	lua5.4 tools/embed.lua braid__trace_source lua/trace.lua > $@
+$(BUILD)/trace_lua.o: $(BUILD)/trace_lua.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/braid: $(BUILD)/cli/main.o $(REPL_OBJS) $(BUILD)/libbraid.a

@@ -68,6 +68,9 @@ typedef struct braid_options {
                                 may hold; 0: no limit */
   int instruction_budget;    /* VM instructions per resume; 0: no limit */
   int signals;               /* nonzero: Ctrl-C cancels, SIGQUIT dumps */
+  const char *trace;         /* a file to record an execution trace in
+                                (Chrome trace-event JSON) until braid_close;
+                                NULL: none */
 } braid_options_t;
 
 /* Task status (braid_task_status). */
@@ -297,6 +300,15 @@ BRAID_API uint64_t braid_now(braid_engine_t *E);
 ** that on the virtual clock time may jump over it; every other op holds
 ** the virtual clock still until it completes. Call it from start. */
 BRAID_API void braid_op_timer(braid_op_t *op);
+
+/* Describes what op waits on ("sleep 0.5", "exec git status"), printf
+** style, for the execution trace (braid --trace); call it from start. Does
+** nothing, and formats nothing, when no trace is being recorded. Without
+** it the wait is labelled with the `what` given to braid_suspend. */
+BRAID_API void braid_op_label(braid_op_t *op, const char *fmt, ...);
+
+/* Nonzero while E records an execution trace. */
+BRAID_API int braid_tracing(braid_engine_t *E);
 
 /* Seconds at Lua stack index arg as nanoseconds, checked one way for every
 ** duration: a number is required ("bad argument" naming fname otherwise),

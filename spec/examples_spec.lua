@@ -40,3 +40,25 @@ describe("examples/embed/app.c", function()
     assert.matches("app: loop closed cleanly", out, 1, true)
   end)
 end)
+
+describe("examples/traced_workflow.lua", function()
+  it("runs, and its trace's critical path goes through the map's limit and the failed upload", function()
+    local path = os.tmpname()
+    local out, err, code = h.braid("--virtual-time --trace " .. path .. " examples/traced_workflow.lua")
+    assert.are.equal(0, code, err)
+    assert.matches("publish failed: [^\n]*mirror: 503", out)
+    out, err, code = h.braid("trace " .. path)
+    os.remove(path)
+    assert.are.equal(0, code, err)
+    local cp = out:match("critical path[^\n]*\n(.-)\n\n")
+    local steps = {}
+    for l in cp:gmatch("[^\n]+") do
+      steps[#steps + 1] = l:match("^%s*[%d.]+ %a+%s+%+[%d.]+ %a+%s+(.*)$")
+    end
+    assert.are.same({"fetch assets #4: sleep 2", "compile io #6: sleep 0.8",
+                     "compile cli #7: sleep 0.5", "compile docs #8: sleep 0.3",
+                     "main #1: await task 10 (cut short by a cancellation)",
+                     "integration tests (retry, cached) #11: sleep 0.7",
+                     "upload to mirror #13: sleep 0.3"}, steps)
+  end)
+end)

@@ -87,4 +87,30 @@ function helper.script(src)
   return p
 end
 
+-- helper.pty(steps, args, [env]) -> transcript, ok, status: plays the steps
+-- (spec/pty_driver.py's; each a list {op, arg, secs}) against `$BRAID_BIN
+-- args` on a pseudo-terminal (TERM=xterm, HOME a fresh directory, plus
+-- the `env` string), bounded by `timeout 60`. The sanitizer settings of
+-- BRAID_RUN_ENV apply to braid only, not to python.
+function helper.pty(steps, args, env)
+  local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+  local lines = {}
+  for i, s in ipairs(steps) do lines[i] = table.concat(s, "\t") end
+  local scenario = os.tmpname()
+  local f = assert(io.open(scenario, "wb"))
+  f:write(table.concat(lines, "\n"), "\n")
+  f:close()
+  local home = os.tmpname()
+  os.remove(home)
+  assert(os.execute("mkdir -p " .. q(home)))
+  local cmd = "env -u LD_PRELOAD timeout 60 /usr/bin/python3 spec/pty_driver.py " ..
+              q(scenario) .. " -- env HOME=" .. q(home) .. " TERM=xterm " ..
+              (os.getenv("BRAID_RUN_ENV") or "") .. " " .. (env or "") .. " " ..
+              q(assert(os.getenv("BRAID_BIN"))) .. " " .. args
+  local out, err = helper.sh(cmd)
+  os.remove(scenario)
+  os.execute("rm -rf " .. q(home))
+  return out .. err, out:match("\nOK\n$") ~= nil, tonumber(out:match("\nstatus=(%d+)\n"))
+end
+
 return helper

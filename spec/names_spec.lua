@@ -29,7 +29,7 @@ local OBJECTS = {
   ["braid.Channel"] = "channel", ["braid.Semaphore"] = "semaphore",
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
-  ["braid.TcpServer"] = "server",
+  ["braid.TcpServer"] = "server", ["braid.Progress"] = "progress",
 }
 
 -- ---- finding every public function and method ----
@@ -297,6 +297,15 @@ local EXPECT = {
     end}},
   },
   ["scope:cancel"] = {badarg = {1, self_is(42)}},
+
+  -- progress (issue 18)
+  ["braid.progress"] = {   -- never suspends
+    outside = function(f, call) call(function() f(3) end) end,
+    badarg = {1, function(f, call) call(function() f("x") end) end},
+  },
+  ["progress:add"] = {badarg = {1, self_is(42)}},
+  ["progress:fail"] = {badarg = {1, self_is(42)}},
+  ["progress:done"] = {badarg = {1, self_is(42)}},
 
   -- coordination
   ["braid.channel"] = {   -- works anywhere, never suspends

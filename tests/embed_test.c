@@ -203,6 +203,48 @@ static int t_own_loop (void) {
   return 1;
 }
 
+static int count_of (const char *s, const char *what) {
+  int n = 0;
+  for (; (s = strstr(s, what)) != NULL; s++) n++;
+  return n;
+}
+
+/* braid_options_t.trace: the file is complete once braid_close returns,
+** tasks still suspended then included (their waits are closed). */
+static int t_trace (void) {
+  braid_options_t o;
+  braid_engine_t *E;
+  braid_task_t *t;
+  char path[] = "/tmp/braid-embed-trace-XXXXXX", buf[16384];
+  int fd = mkstemp(path), n;
+  FILE *f;
+  size_t len;
+  CHECK(fd >= 0);
+  close(fd);
+  memset(&o, 0, sizeof o);
+  o.trace = path;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, "braid.sleep(0.01) return 'slept'");
+  CHECK(result_is(E, n, 1, "slept"));
+  CHECK(braid_run_string(E, "braid.sleep(100)", "=pending", &t) == 0);
+  braid_run(E, UV_RUN_NOWAIT);
+  braid_task_release(E, t);
+  braid_close(E);
+  f = fopen(path, "rb");
+  CHECK(f != NULL);
+  len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  unlink(path);
+  buf[len] = '\0';
+  CHECK(strncmp(buf, "{\"displayTimeUnit\"", 18) == 0);
+  CHECK(len > 4 && strcmp(buf + len - 4, "\n]}\n") == 0);
+  CHECK(strstr(buf, "\"name\":\"sleep 0.01\"") != NULL);
+  CHECK(strstr(buf, "\"name\":\"sleep 100\"") != NULL);
+  CHECK(count_of(buf, "\"ph\":\"B\"") == count_of(buf, "\"ph\":\"E\""));
+  return 1;
+}
+
 static int app_ticks;
 static void app_tick_cb (uv_timer_t *h) { (void) h; app_ticks++; }
 
@@ -981,6 +1023,7 @@ static int t_outside_task (void) {
 
 int main (void) {
   run_test("an engine on its own loop runs a string as a task", t_own_loop);
+  run_test("braid_options_t.trace records until braid_close", t_trace);
   run_test("an engine on the application's loop, beside its own timer",
            t_shared_loop);
   run_test("resumes deliver values, also inside the script's coroutines, "

@@ -17,6 +17,7 @@
 
 static const char usage_text[] =
   "usage: braid [options] [script [args]]\n"
+  "       braid trace FILE [--svg OUT.svg]   (summarise a --trace file)\n"
   "Runs a Lua 5.4 script as braid's root task: it ends when the script and\n"
   "every task it started have ended. With no script and a terminal on stdin\n"
   "(or with -i), starts the REPL: each entry runs as a task.\n"
@@ -27,10 +28,36 @@ static const char usage_text[] =
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
+  "  --progress       braid.gather and braid.map draw a progress line\n"
+  "  --trace FILE     record an execution trace (Chrome trace-event JSON,\n"
+  "                   for ui.perfetto.dev; `braid trace FILE` summarises)\n"
   "  --               stop handling options\n"
   "  -                run standard input\n"
   "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted\n"
   "(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).\n";
+
+extern const char braid__trace_source[];   /* lua/trace.lua, compiled in */
+
+/* braid trace FILE [--svg OUT]: reads a trace (lua/trace.lua). */
+static int trace_command (int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  int i, code = 1;
+  if (L == NULL) {
+    fprintf(stderr, "braid trace: not enough memory\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  if (luaL_loadbuffer(L, braid__trace_source, strlen(braid__trace_source),
+                      "=[braid trace]") == LUA_OK &&
+      lua_pcall(L, 0, 1, 0) == LUA_OK) {
+    for (i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
+    if (lua_pcall(L, argc, 1, 0) == LUA_OK) code = (int) lua_tointeger(L, -1);
+  }
+  if (lua_type(L, -1) == LUA_TSTRING)
+    fprintf(stderr, "braid trace: %s\n", lua_tostring(L, -1));
+  lua_close(L);
+  return code;
+}
 
 static int usage (const char *fmt, const char *what) {
   fprintf(stderr, "braid: ");
@@ -50,9 +77,11 @@ static const char root_source[] =
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0, sig, version = 0;
+  int from_stdin = 0, base, interactive = 0, sig, version = 0, progress = 0;
   double grace = 5;
-  const char *what;
+  const char *what, *trace = NULL;
+  if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
+    return trace_command(argc - 2, argv + 2);
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) { i++; break; }
@@ -79,6 +108,11 @@ int main (int argc, char **argv) {
       grace = strtod(argv[i], &end);
       if (*end || end == argv[i] || !(grace >= 0))
         return usage("--grace wants a number of seconds, not '%s'", argv[i]);
+    } else if (strcmp(a, "--trace") == 0) {
+      if (++i == argc) return usage("'%s' needs an argument", a);
+      trace = argv[i];
+    } else if (strcmp(a, "--progress") == 0) {
+      progress = 1;
     } else if (strcmp(a, "--virtual-time") == 0) {
       virtual_time = 1;
     } else if (strcmp(a, "-i") == 0) {
@@ -103,6 +137,7 @@ int main (int argc, char **argv) {
   }
   luaL_openlibs(L);
   luaL_requiref(L, "braid", luaopen_braid, 1);
+  braid__progress_default(progress);   /* groups read it (prim.h) */
   lua_pop(L, 1);
 
   /* arg: the script at 0, its arguments from 1, the command line before. */
@@ -116,7 +151,10 @@ int main (int argc, char **argv) {
   /* Load every chunk first: a script that does not compile never starts. */
   lua_newtable(L);                                       /* 1: chunks */
   for (int k = 1, n = 0; k < argc && k != script && k != from_stdin; k++) {
-    if (strcmp(argv[k], "--grace") == 0) { k++; continue; }
+    if (strcmp(argv[k], "--grace") == 0 || strcmp(argv[k], "--trace") == 0) {
+      k++;
+      continue;
+    }
     if (strcmp(argv[k], "-e") != 0) continue;
     k++;
     if (luaL_loadbuffer(L, argv[k], strlen(argv[k]), "=(command line)")) {
@@ -154,6 +192,10 @@ int main (int argc, char **argv) {
   lua_setfield(L, -2, "grace");
   lua_pushstring(L, virtual_time ? "virtual" : "real");
   lua_setfield(L, -2, "clock");
+  if (trace) {
+    lua_pushstring(L, trace);
+    lua_setfield(L, -2, "trace");
+  }
   {
     /* the main chunk gets the script's arguments as ... */
     int nargs = base ? argc - base - 1 : 0;

@@ -235,6 +235,9 @@ static void repl_show (int at_line_start) {
   }
 }
 
+/* For C code that draws on the terminal (a progress line, prim.h). */
+static const struct braid_term_guard repl_guard = {repl_hide, repl_show};
+
 /* repl.hide() -> boolean: before a task writes to the terminal. */
 static int l_repl_hide (lua_State *L) {
   lua_pushboolean(L, repl_hide());
@@ -386,6 +389,7 @@ static int l_repl_open (lua_State *L) {
   braid__intercept_add(E, &R.ic);
   R.session.failed = session_failed;
   braid__session_set(E, &R.session);
+  braid__term_guard(&repl_guard);
   lua_pushstring(L, R.edit ? "edit" : "plain");
   return 1;
 }
@@ -403,6 +407,7 @@ static int l_repl_close (lua_State *L) {
   R.entry_ref = LUA_NOREF;
   R.entry = NULL;
   braid__intercept_remove(&R.ic);
+  braid__term_guard(NULL);
   braid__session_entry(R.E, NULL);   /* the session stays until the run ends */
   R.open = 0;
   R.histfile = R.acc = R.line = NULL;

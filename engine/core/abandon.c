@@ -97,6 +97,7 @@ void braid__task_abandon (struct braid_task *t) {
   if (TASK_DONE(t)) return;
   abandon_below(t);
   if (TASK_DONE(t)) return;   /* it was only waiting for those members */
+  if (E->trace) braid__trace_abandon(t);
   if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
   else braid__op_release(t);   /* completed, continuation not run */
   t->wait = NULL;

@@ -338,6 +338,7 @@ struct braid_engine {
   void *alloc_ud;
   void *reserve;               /* freed when the scheduler runs out */
   unsigned char oom;           /* it was: fail at the next safe point */
+  struct braid_trace *trace;   /* the recording (trace.c), or NULL */
 };
 
 braid_engine_t *braid_engine(lua_State *L);
@@ -422,6 +423,25 @@ void braid__chan_release_node(struct braid_chan_node *n);
 /* select.c: n, a case of a waiting select, commits: the select's other
 ** cases leave their queues and its timer stops. */
 void braid__select_commit(struct braid_chan_node *n);
+
+/* ---- the execution trace (trace.c): each hook is called as
+** `if (E->trace) braid__trace_x(...)`, so that it costs one branch when
+** nothing is recorded ---- */
+
+struct braid_trace;
+int braid__trace_open(braid_engine_t *E, const char *path);
+void braid__trace_close(braid_engine_t *E);
+void braid__trace_spawn(struct braid_task *t, lua_State *L, int fidx);
+void braid__trace_rename(struct braid_task *t, lua_State *L, int idx);
+void braid__trace_resume(struct braid_task *t);
+void braid__trace_ran(struct braid_task *t, int status);
+void braid__trace_fail(struct braid_task *t, lua_State *S, int idx);
+void braid__trace_finish(struct braid_task *t);
+void braid__trace_cancel(struct braid_scope *s, struct braid_scope *cause);
+void braid__trace_timeout(struct braid_scope *s);
+void braid__trace_abandon(struct braid_task *t);
+void braid__trace_counters(braid_engine_t *E);
+void braid__trace_label(braid_engine_t *E, const char *fmt, ...);
 
 #define BRAID_MARKER ((void *) &braid__marker)
 extern const char braid__marker;

@@ -165,7 +165,8 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   braid__reserve_take(E);   /* not counted against the memory limit */
   E->running = 1;   /* braid.run from Lua is refused: tasks run already */
-  if (E->reserve == NULL) {
+  if (E->reserve == NULL ||
+      (opts->trace && braid__trace_open(E, opts->trace) != 0)) {
     braid_close(E);
     return NULL;
   }
@@ -209,6 +210,7 @@ void braid_close (braid_engine_t *E) {
   }
   E->closing = 1;
   braid__engine_call(E, l_api_abandon, E);
+  if (E->trace) braid__trace_close(E);
   braid__scope_release(&E->top);
   E->ready_head = E->ready_tail = NULL;
   E->running = 0;

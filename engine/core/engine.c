@@ -156,6 +156,7 @@ void braid__engine_fatal (braid_engine_t *E, const char *why) {
   fprintf(stderr, "braid: fatal error in the scheduler: %s%s\n",
           why ? why : "(not a string)",
           E->reserve ? "" : " (its memory reserve was already spent)");
+  if (E->trace) braid__trace_close(E);   /* what led here, on disk */
   abort();
 }
 

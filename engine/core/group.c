@@ -33,6 +33,7 @@ struct braid_group {
   int n, next, running, winner, decided;
   int list_ref;                /* {members...}; for map: items, fn */
   int line;                    /* where the group was called (user value 1) */
+  void *progress;              /* {progress = ...}: anchored in the list */
   struct group_member m[1];
 };
 
@@ -57,6 +58,8 @@ static void member_done (struct braid_watch *w, struct braid_task *t) {
   int failed = !ok && (t->status == TASK_FAILED || !g->scope.cancelled);
   int adopted = m->adopted;
   g->running -= !adopted;
+  if (g->progress)   /* a member cancelled by the group is not counted */
+    braid__progress()->update(g->progress, g->running, ok, failed);
   if (g->mode == GROUP_GATHER) {
     if (failed && !g->settle) {
       push_failure(L, t);
@@ -128,6 +131,7 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
     lua_getfield(L, list, "site");
     lua_setiuservalue(L, -2, 3);
     member_watch(L, g, i);
+    if (g->progress) braid__progress()->update(g->progress, g->running, 0, 0);
     lua_settop(L, list - 1);
   }
 }
@@ -144,6 +148,8 @@ void braid__group_on_cancel (struct braid_scope *s) {
 void braid__group_release (struct braid_scope *s) {
   struct braid_group *g = (struct braid_group *) s;
   int i;
+  if (g->progress) braid__progress()->end(g->progress);
+  g->progress = NULL;
   for (i = 0; i < g->n; i++)
     if (g->m[i].task) braid__list_remove(&g->m[i].watch.link);
   luaL_unref(s->E->S, LUA_REGISTRYINDEX, g->list_ref);
@@ -266,7 +272,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 static const char *const group_options[] = {
-  "timeout", "settle", "limit", "grace", NULL
+  "timeout", "settle", "limit", "grace", "progress", NULL
 };
 
 /* Watches the adopted tasks, then starts member functions: [g]. */
@@ -282,6 +288,25 @@ static int group_start_p (lua_State *L) {
     }
   group_start_more(L, g);
   return 0;
+}
+
+/* {progress = true | label}, or braid --progress unless it says false:
+** the group draws a progress line (prim.h), anchored in the member list
+** at the stack top, ended when the group's scope is released. */
+static void group_progress (lua_State *L, struct braid_group *g, int opts,
+                            const char *fname) {
+  const struct braid_progress_ops *ops = braid__progress();
+  int want = braid__progress_by_default(), list = lua_gettop(L);
+  const char *label = fname;
+  if (opts && lua_getfield(L, opts, "progress") != LUA_TNIL) {
+    want = lua_toboolean(L, -1);
+    if (lua_type(L, -1) == LUA_TSTRING) label = lua_tostring(L, -1);
+  }
+  if (want && ops) {
+    g->progress = ops->start(L, label, g->n);
+    lua_setfield(L, list, "progress");
+  }
+  lua_settop(L, list);
 }
 
 /* Common body of the group functions. Members are at first..first+n-1 (or,
@@ -333,6 +358,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     lua_pop(L, 1);
   }
   lua_createtable(L, n, 3);
+  group_progress(L, g, opts, fname);
   if (map) {
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "items");
@@ -369,6 +395,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid__scope_fail(L, &g->scope, -1, 0);
     lua_pop(L, 1);
   }
+  if (t->E->trace && g->scope.pending)   /* it will wait */
+    braid__trace_label(t->E, "%s of %d", fname, n);
   if (braid__scope_join(L, &g->scope, group_close_k) == 0)
     return group_close_k(L, LUA_OK, (lua_KContext) g);
   return 0;

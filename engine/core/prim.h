@@ -252,6 +252,34 @@ void braid__session_entry(braid_engine_t *E, braid_task_t *entry);
 ** at idx; returns how many were live. */
 int braid__session_cancel(lua_State *L, int idx);
 
+/* ---- the terminal while the REPL shows its prompt (core/term.c) ---- */
+
+/* hide clears the prompt and the partly typed line, returning 1 when it
+** did (then show must follow, once the output is written). The REPL sets
+** it while it runs; NULL: none. */
+struct braid_term_guard {
+  int (*hide)(void);
+  void (*show)(int at_line_start);
+};
+void braid__term_guard(const struct braid_term_guard *g);
+int braid__term_hide(void);
+void braid__term_show(int at_line_start);
+
+/* The progress line (io/progress.c sets these when braid opens) that the
+** core's groups draw with {progress = ...}: start pushes a progress object
+** (its owner anchors it) and returns it; update gives the members running
+** now and the ones that ended since, ok and failed; end clears it. */
+struct braid_progress_ops {
+  void *(*start)(lua_State *L, const char *label, double total);
+  void (*update)(void *p, int running, int ok, int failed);
+  void (*end)(void *p);
+};
+void braid__progress_ops(const struct braid_progress_ops *ops);
+const struct braid_progress_ops *braid__progress(void);
+/* braid --progress: groups whose options do not say draw one. */
+void braid__progress_default(int on);
+int braid__progress_by_default(void);
+
 /* ---- the library openers (engine/init.c lists them) ---- */
 
 /* Each adds its functions to the braid table at the stack top. */
@@ -271,6 +299,7 @@ void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
+void braid__open_progress(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */

@@ -68,7 +68,8 @@ static int engine_close_loop (braid_engine_t *E) {
 }
 
 
-static const char *const run_options[] = {"clock", "seed", "grace", NULL};
+static const char *const run_options[] = {"clock", "seed", "grace", "trace",
+                                          NULL};
 
 /* braid.run(fn, [opts]) -> ...: runs fn as the root task on a fresh loop
 ** until it and everything it started have ended. */
@@ -108,7 +109,15 @@ static int l_run_run (lua_State *L) {
       }
     }
   }
-  lua_settop(L, 1);
+  lua_settop(L, 2);
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "trace");   /* 3: the file, opened after the loop */
+    if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING)
+      braid_usageerror(L, "bad option 'trace' to 'braid.run' (file name "
+                       "expected, got %s)", luaL_typename(L, 3));
+  }
+  lua_settop(L, 3);
+  lua_remove(L, 2);   /* 2: the trace file or nil */
   braid__error_forget(L);   /* nothing of a previous run is found */
   if (braid__run_alloc_begin(L, E) != 0)
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
@@ -122,6 +131,13 @@ static int l_run_run (lua_State *L) {
     braid__error_uv(L, rc, "braid.run");
   }
   E->vnow = 0;
+  if (lua_isstring(L, 2) && (rc = braid__trace_open(E, lua_tostring(L, 2)))) {
+    engine_close_loop(E);
+    braid__run_alloc_end(L, E);
+    braid_error(L, "io", uv_err_name(rc), "braid.run: cannot write the "
+                "trace %s: %s", lua_tostring(L, 2), uv_strerror(rc));
+  }
+  lua_settop(L, 1);
   E->io_ops = E->noyield = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = E->interrupt_sig = 0;
@@ -130,6 +146,7 @@ static int l_run_run (lua_State *L) {
   E->running = 1;
   E->root = braid__task_spawn(L, &E->top, 1, 0);        /* 2: root task */
   lua_pushliteral(L, "main");
+  if (E->trace) braid__trace_rename(E->root, L, -1);
   lua_setiuservalue(L, 2, 2);
   for (;;) {
     uv_run(E->loop, UV_RUN_DEFAULT);
@@ -137,6 +154,7 @@ static int l_run_run (lua_State *L) {
     if (E->virtual_clock && braid__timer_advance(E)) continue;
     engine_deadlock(L, E);
   }
+  if (E->trace) braid__trace_close(E);   /* every way out passes here */
   braid__scope_release(&E->top);
   E->session = NULL;
   E->entry = NULL;

@@ -131,12 +131,14 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
     lua_pop(S, 1);
     nargs = t->nargs + 1;   /* task_main's arguments: the body, its own */
   }
+  if (E->trace) braid__trace_resume(t);
   t->status = TASK_RUNNING;
   E->current = t;
   braid__hook_task(E, t);   /* the budget, a cancelled task's grace */
   status = lua_resume(t->co, S, nargs, &nres);
   E->current = NULL;
   E->running_co = NULL;
+  if (E->trace) braid__trace_ran(t, status);
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
     t->status = TASK_SUSPENDED;
@@ -151,6 +153,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
 static int l_task_drain (lua_State *S) {
   braid_engine_t *E = (braid_engine_t *) lua_touserdata(S, 1);
   int budget = DRAIN_BUDGET;
+  if (E->trace) braid__trace_counters(E);
   while (budget-- > 0) {
     struct braid_task *t;
     if (E->oom == 1) braid__engine_oom(S, E);   /* the reserve was spent */

@@ -96,6 +96,7 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   if (s->cancelled) return;
   s->cancelled = 1;
   s->cause = cause;
+  if (s->E->trace) braid__trace_cancel(s, cause);
   if (t && t->inner == s && t->wait && t->wait->cancel &&
       t->wake == WAKE_NONE) {
     t->wait->cancel(t->wait);
@@ -143,6 +144,7 @@ static void grace_cb (struct braid_timer *tm) {
 static void deadline_cb (struct braid_timer *tm) {
   struct braid_scope *s = container_of(tm, struct scope_timers, deadline)->s;
   if (!s->cancelled) s->deadline_fired = 1;
+  if (s->E->trace && !s->cancelled) braid__trace_timeout(s);
   braid__scope_cancel(s, s);
 }
 

@@ -165,6 +165,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
   braid__task_ready(t);
+  if (E->trace) braid__trace_spawn(t, L, fidx);
   return t;
 }
 
@@ -254,6 +255,7 @@ static void task_finish (struct braid_task *t) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
+  if (E->trace) braid__trace_finish(t);
   if (s->error_ref != LUA_NOREF) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
@@ -307,6 +309,7 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     lua_xmove(co, S, 1);
     s->body_failed = 1;
     if (status != LUA_ERRRUN || !braid__is_cancel(S, -1)) {
+      if (E->trace) braid__trace_fail(t, S, -1);
       braid__error_record(S, -1, co, 0, t);   /* co's stack is not unwound */
       braid__scope_fail(S, s, -2, -1);
       lua_pop(S, 1);
@@ -388,6 +391,7 @@ static int l_task_await (lua_State *L) {
     braid_usageerror(L, "task:await: a task cannot await itself");
   braid__task_checkyield(L, t, "task:await");
   braid__task_wait(t, &t->w, await_cancel, "await");
+  if (t->E->trace) braid__trace_label(t->E, "await task %u", target->id);
   t->w.target = target;
   t->w.watch.done = await_done;
   braid__list_push(&target->watchers, &t->w.watch.link);
@@ -461,7 +465,7 @@ static int l_task_index (lua_State *L) {
 }
 
 static int l_task_newindex (lua_State *L) {
-  braid__task_check(L, 1, "task");
+  struct braid_task *t = braid__task_check(L, 1, "task");
   if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "name"))
     braid_usageerror(L, "task: only 'name' can be set on a task");
   if (!lua_isstring(L, 3))
@@ -469,6 +473,7 @@ static int l_task_newindex (lua_State *L) {
                      luaL_typename(L, 3));
   lua_tostring(L, 3);   /* a number becomes its string, as Lua's checks do */
   lua_settop(L, 3);
+  if (t->E->trace) braid__trace_rename(t, L, 3);
   lua_setiuservalue(L, 1, 2);
   return 0;
 }

@@ -60,6 +60,7 @@ static int dns_start (braid_op_t *op, void *ud) {
   struct dns_op *d = (struct dns_op *) braid__calloc(1, sizeof *d);
   struct addrinfo hints;
   int rc = UV_ENOMEM;
+  braid_op_label(op, "dns %s", a->host);
   if (d != NULL) {
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;

@@ -32,8 +32,17 @@ static struct braid_proc *exec_proc (braid_op_t *op) {
 /* The child is already running (braid__proc_spawn needs the Lua stack,
 ** and its failures raise kind "spawn"): start only hands the op to the
 ** proc. */
+/* braid_suspendk's ud: the child, and its command line when a trace is
+** being recorded ("exec git status"). */
+struct exec_args {
+  struct braid_proc *p;
+  const char *label;
+};
+
 static int exec_start (braid_op_t *op, void *ud) {
-  struct braid_proc *p = (struct braid_proc *) ud;
+  struct braid_proc *p = ((struct exec_args *) ud)->p;
+  if (((struct exec_args *) ud)->label)
+    braid_op_label(op, "%s", ((struct exec_args *) ud)->label);
   *(struct braid_proc **) braid_op_data(op) = p;
   p->op = op;
   return 0;
@@ -174,6 +183,8 @@ static int l_exec (lua_State *L) {
   int i, check;
   const char *in = NULL;
   struct braid_proc *p;
+  struct exec_args a;
+  char label[120];
   braid_check_task(L, "braid.exec");
   braid__check_options(L, 2, "braid.exec", exec_options);
   lua_settop(L, 2);
@@ -216,7 +227,28 @@ static int l_exec (lua_State *L) {
   uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
   if (timeout != BRAID_NEVER)
     uv_timer_start(&p->timer, exec_timeout_cb, braid__proc_ms(timeout), 0);
-  return braid_suspendk(L, "braid.exec", sizeof p, exec_start, exec_cancel, p,
+  a.p = p;
+  a.label = NULL;
+  if (braid_tracing(p->E)) {   /* "exec" and the argv (at 1): nothing that
+                               ** could raise now that the child runs */
+    size_t used = 4, k, n = (size_t) lua_rawlen(L, 1);
+    memcpy(label, "exec", 5);
+    for (k = 1; k <= n && used < sizeof label - 2; k++) {
+      size_t l;
+      const char *arg;
+      lua_rawgeti(L, 1, (lua_Integer) k);
+      if ((arg = lua_tolstring(L, -1, &l)) != NULL) {   /* strings only */
+        if (l > sizeof label - 2 - used) l = sizeof label - 2 - used;
+        label[used++] = ' ';
+        memcpy(label + used, arg, l);
+        used += l;
+      }
+      lua_pop(L, 1);
+    }
+    label[used] = '\0';
+    a.label = label;
+  }
+  return braid_suspendk(L, "braid.exec", sizeof p, exec_start, exec_cancel, &a,
                         exec_k);
 }
 

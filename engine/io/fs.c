@@ -248,6 +248,7 @@ static int fs_start (braid_op_t *op, void *ud) {
   struct fs_call *c = (struct fs_call *) braid_op_data(op);
   struct fs_op *fo = (struct fs_op *) braid__calloc(1, sizeof *fo);
   int rc = UV_ENOMEM;
+  braid_op_label(op, "fs.%s %s", op_names[a->kind], a->path ? a->path : "");
   c->kind = a->kind;
   c->unlink_err = a->unlink_err;
   if (fo == NULL) goto failed;

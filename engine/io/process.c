@@ -386,6 +386,7 @@ static int exit_wait_start (braid_op_t *op, void *ud) {
   struct exit_wait *ew = (struct exit_wait *) braid_op_data(op);
   ew->op = op;
   ew->p = (struct braid_proc *) ud;
+  braid_op_label(op, "process %d exit", ew->p->pid);
   braid__list_push(&ew->p->waiters, &ew->link);
   proc_drain(ew->p);
   return 0;

@@ -25,6 +25,7 @@ static int sleep_start (braid_op_t *op, void *ud) {
   struct sleep_op *so = (struct sleep_op *) braid_op_data(op);
   so->op = op;
   braid_op_timer(op);   /* the virtual clock may jump over it */
+  braid_op_label(op, "sleep %g", (double) a->ns / 1e9);
   braid_timer_start(a->E, &so->tm, a->ns, sleep_done);
   return 0;
 }

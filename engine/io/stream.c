@@ -313,9 +313,27 @@ struct read_op {
   int mode;
 };
 
+/* The trace's label of a wait on s: "tcp 127.0.0.1:8080 read" for a
+** socket, else "stdout read". */
+static void stream_label (braid_op_t *op, struct braid_stream *s,
+                          const char *verb) {
+  struct sockaddr_storage sa;
+  int len = (int) sizeof sa;
+  char host[64];
+  if (!braid_tracing(s->E)) return;
+  if (s->h.handle.type == UV_TCP &&
+      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *) &sa, &len) == 0 &&
+      uv_ip_name((struct sockaddr *) &sa, host, sizeof host) == 0)
+    braid_op_label(op, "tcp %s:%d %s", host,
+                   ntohs(((struct sockaddr_in *) &sa)->sin_port), verb);
+  else
+    braid_op_label(op, "%s %s", s->name, verb);
+}
+
 static int read_start (braid_op_t *op, void *ud) {
   struct read_op *r = (struct read_op *) braid_op_data(op);
   *r = *(struct read_op *) ud;
+  stream_label(op, r->s, "read");
   r->s->rop = r->s->reader = op;
   r->s->mode = (unsigned char) r->mode;
   stream_ref(r->s);
@@ -437,6 +455,7 @@ static int req_start (braid_op_t *op, void *ud) {
   struct req_op *o = (struct req_op *) braid_op_data(op);
   *o = *(struct req_op *) ud;
   o->r->op = op;
+  stream_label(op, o->s, "write");
   return 0;
 }
 

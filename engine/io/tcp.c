@@ -302,6 +302,7 @@ static int conn_start (braid_op_t *op, void *ud) {
   *(struct tcp_connect **) braid_op_data(op) = c;
   c->op = op;
   c->owned = 1;
+  braid_op_label(op, "tcp connect %s:%d", a->host, a->port);
   /* A numeric address needs no resolver thread. */
   if (uv_ip4_addr(a->host, a->port, (struct sockaddr_in *) &sa) == 0 ||
       uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *) &sa) == 0) {
