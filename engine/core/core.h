@@ -438,7 +438,7 @@ void braid__trace_ran(struct braid_task *t, int status);
 void braid__trace_fail(struct braid_task *t, lua_State *S, int idx);
 void braid__trace_finish(struct braid_task *t);
 void braid__trace_cancel(struct braid_scope *s, struct braid_scope *cause);
-void braid__trace_timeout(struct braid_scope *s);
+void braid__trace_timeout(struct braid_scope *s, uint64_t timeout_ns);
 void braid__trace_abandon(struct braid_task *t);
 void braid__trace_counters(braid_engine_t *E);
 void braid__trace_label(braid_engine_t *E, const char *fmt, ...);

@@ -142,9 +142,10 @@ static void grace_cb (struct braid_timer *tm) {
 }
 
 static void deadline_cb (struct braid_timer *tm) {
-  struct braid_scope *s = container_of(tm, struct scope_timers, deadline)->s;
+  struct scope_timers *st = container_of(tm, struct scope_timers, deadline);
+  struct braid_scope *s = st->s;
   if (!s->cancelled) s->deadline_fired = 1;
-  if (s->E->trace && !s->cancelled) braid__trace_timeout(s);
+  if (s->E->trace && !s->cancelled) braid__trace_timeout(s, st->timeout_ns);
   braid__scope_cancel(s, s);
 }
 

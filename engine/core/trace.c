@@ -479,12 +479,12 @@ void braid__trace_cancel (struct braid_scope *s, struct braid_scope *cause) {
 }
 
 /* s's deadline passed (braid.timeout); its cancel follows. */
-void braid__trace_timeout (struct braid_scope *s) {
+void braid__trace_timeout (struct braid_scope *s, uint64_t timeout_ns) {
   struct braid_trace *tr = s->E->trace;
   tr->actor = 0;
   ev(tr, 'i', task_tid(s->task), trace_now(tr));
   PUTS(tr, ",\"s\":\"t\",\"name\":\"timeout\",\"args\":{\"after_ms\":");
-  put_us(tr, s->timeout_ns / 1000);
+  put_us(tr, timeout_ns / 1000);
   PUTS(tr, "}}");
 }
 
