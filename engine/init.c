@@ -29,6 +29,8 @@ static const struct {
   {"Error", braid__open_error, 0},
   /* the primitives (engine/io/) */
   {"sleep", braid__open_sleep, 0},
+  {"ticker", braid__open_ticker, 0},
+  {"clock", braid__open_clock, 0},
   {"exec", braid__open_process, BRAID_MOD_PROCESS},
   {"fs", braid__open_fs, BRAID_MOD_FS},
   {"tcp", braid__open_tcp, BRAID_MOD_NET},

@@ -25,3 +25,122 @@ function M.is_error(e)
 end
 
 M.version = "0.1.0"
+
+local pack, unpack, rawequal = table.pack, table.unpack, rawequal
+local setmetatable, pcall, error = setmetatable, pcall, error
+
+-- A usage error raised from the Lua side, naming the function.
+local function usage(fmt, ...)
+  error(Error.new{kind = "usage", message = fmt:format(...)}, 0)
+end
+
+-- braid.move_on(seconds, fn, ...) -> true, results... | false: fn(...)
+-- under a deadline, as braid.timeout, except that the deadline passing is
+-- an answer, not an error: false when it cut fn short. Errors of fn (a
+-- timeout of its own included) and a cancellation from outside are raised
+-- unchanged. Usage errors name braid.move_on.
+do
+  -- Records what fn's body raised, without catching it: a timeout error
+  -- that comes out of braid.timeout and is not that one is move_on's own.
+  local Witness <const> = {__close = function(w, e) w.raised = e end}
+  local timeout = M.timeout
+
+  function M.move_on(seconds, fn, ...)
+    if type(seconds) ~= "number" or seconds ~= seconds then
+      usage("bad argument #1 to 'braid.move_on' (number expected (seconds), "
+            .. "got %s)", seconds ~= seconds and "NaN" or type(seconds))
+    end
+    if type(fn) ~= "function" then
+      usage("bad argument #2 to 'braid.move_on' (function expected, got %s)",
+            type(fn))
+    end
+    local w <const> = setmetatable({}, Witness)
+    local function body(...)
+      local _ <close> = w
+      w.entered = true
+      return fn(...)
+    end
+    local r = pack(pcall(timeout, seconds, body, ...))
+    if r[1] then return true, unpack(r, 2, r.n) end
+    local e = r[2]
+    if not w.entered and M.is_error(e) and e.kind == "usage" then
+      -- braid.timeout's own refusal (outside a task, cannot suspend here):
+      -- said in move_on's name.
+      usage("%s", (e.message:gsub("braid%.timeout", "braid.move_on")))
+    end
+    if M.is_timeout(e) and not rawequal(e, w.raised) then return false end
+    error(e, 0)
+  end
+end
+
+-- braid.condition([lock]) -> condition: tasks wait on it, holding the
+-- lock, until another task holding it notifies them. cond:wait() releases
+-- the lock while it waits and holds it again when it returns, also when
+-- the wait raises (cancellation included); cond:notify([n = 1]) wakes the
+-- n longest waiting tasks, cond:notify_all() every one; cond.lock is the
+-- lock (a new braid.lock() when none is given). Calling any of them
+-- without holding the lock is a usage error.
+do
+  local Condition <const> = {}
+  Condition.__index = Condition
+  Condition.__name = "braid.Condition"
+
+  local function check(c, fname)
+    if getmetatable(c) ~= Condition then
+      usage("bad argument #1 to '%s' (braid.Condition expected, got %s)",
+            fname, type(c))
+    end
+    if not c.lock:owned() then
+      usage("%s: the condition's lock is not held by this task", fname)
+    end
+  end
+
+  local function wake(c, n)
+    local ws = c._waiters
+    for _ = 1, math.min(n, #ws) do
+      table.remove(ws, 1):set()
+    end
+  end
+
+  function Condition:wait()
+    check(self, "condition:wait")
+    local ev, ws, lock = M.event(), self._waiters, self.lock
+    ws[#ws + 1] = ev
+    lock:release()
+    local ok, e = pcall(ev.wait, ev)
+    M.shield(lock.acquire, lock)     -- held again whatever happened
+    if not ok then
+      for i = 1, #ws do
+        if ws[i] == ev then table.remove(ws, i) break end
+      end
+      -- A notification that reached this waiter as it was cancelled goes
+      -- to the next one rather than being lost.
+      if ev:is_set() then wake(self, 1) end
+      error(e, 0)
+    end
+  end
+
+  function Condition:notify(n)
+    check(self, "condition:notify")
+    if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+      usage("bad argument #2 to 'condition:notify' (non-negative integer "
+            .. "expected, got %s)", tostring(n))
+    end
+    wake(self, n or 1)
+  end
+
+  function Condition:notify_all()
+    check(self, "condition:notify_all")
+    wake(self, #self._waiters)
+  end
+
+  function M.condition(lock)
+    if lock == nil then
+      lock = M.lock()
+    elseif getmetatable(lock) ~= "braid.Lock" then
+      usage("bad argument #1 to 'braid.condition' (braid.Lock expected, got "
+            .. "%s)", type(lock))
+    end
+    return setmetatable({lock = lock, _waiters = {}}, Condition)
+  end
+end

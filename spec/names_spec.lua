@@ -29,7 +29,8 @@ local OBJECTS = {
   ["braid.Channel"] = "channel", ["braid.Semaphore"] = "semaphore",
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
-  ["braid.TcpServer"] = "server",
+  ["braid.TcpServer"] = "server", ["braid.Ticker"] = "ticker",
+  ["braid.Lock"] = "lock",
 }
 
 -- ---- finding every public function and method ----
@@ -198,6 +199,43 @@ local EXPECT = {
     badarg = {1, function(f, call) call(function() f("x") end) end},
   },
   ["braid.current"] = {none = "raises nothing; nil outside a task"},
+  ["braid.sleep_until"] = {
+    outside = function(f, call) call(function() f(1) end) end,
+    nosuspend = function(f, call) call(function() f(braid.now() + 1) end) end,
+    badarg = {1, function(f, call) call(function() f("x") end) end},
+  },
+  ["braid.move_on"] = {
+    outside = function(f, call) call(function() f(1, fn) end) end,
+    nosuspend = function(f, call) call(function() f(1, fn) end) end,
+    badarg = {2, function(f, call) call(function() f(1, 42) end) end},
+  },
+  ["braid.ticker"] = {   -- never suspends
+    outside = function(f, call) call(function() f(1) end) end,
+    badarg = {1, function(f, call) call(function() f(0) end) end},
+  },
+  ["ticker:wait"] = {
+    outside = function(f, call)
+      local t
+      braid.run(function() t = braid.ticker(1) end)
+      call(function() f(t) end)
+    end,
+    nosuspend = function(f, call)
+      local t <close> = braid.ticker(3600)
+      call(function() f(t) end)
+    end,
+    badarg = {1, self_is(42)},
+    also = {{"usage", "another task waits on this ticker", function(f, call)
+      local t <close> = braid.ticker(3600)
+      local w = braid.spawn(f, t)
+      braid.yield()
+      call(function() f(t) end)
+      w:cancel()
+      pcall(w.await, w)
+    end}},
+  },
+  ["ticker:close"] = {badarg = {1, self_is(42)}},
+  ["braid.clock"] = {none = "takes no arguments, works anywhere"},
+  ["braid.pid"] = {none = "takes no arguments, works anywhere"},
   ["braid.now"] = {none = "raises nothing"},
   ["braid.tasks"] = {none = "raises nothing"},
   ["braid.dump"] = {none = "raises nothing"},
@@ -370,7 +408,53 @@ local EXPECT = {
       call(function() f(braid.semaphore(1), 42) end)
     end},
   },
-  ["semaphore:release"] = {badarg = {1, self_is(42)}},
+  ["semaphore:release"] = {
+    badarg = {1, self_is(42)},
+    also = {{"usage", "released more often than acquired", function(f, call)
+      call(function() f(braid.semaphore(1)) end)
+    end}},
+  },
+  ["braid.lock"] = {none = "takes no arguments, works anywhere"},
+  ["lock:acquire"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    nosuspend = function(f, call)
+      local l = braid.lock()
+      braid.spawn(l.acquire, l)
+      braid.yield()
+      call(function() f(l) end)
+    end,
+    badarg = {1, self_is(braid.semaphore(1))},
+    also = {{"usage", "this task holds the lock already", function(f, call)
+      local l = braid.lock()
+      l:acquire()
+      call(function() f(l) end)
+    end}},
+  },
+  ["lock:release"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    badarg = {1, self_is(42)},
+    also = {{"usage", "the lock is not held", function(f, call)
+      call(function() f(braid.lock()) end)
+    end}},
+  },
+  ["lock:with"] = {
+    outside = function(f, call) call(function() f(braid.lock(), fn) end) end,
+    nosuspend = function(f, call)
+      local l = braid.lock()
+      braid.spawn(l.acquire, l)
+      braid.yield()
+      call(function() f(l, fn) end)
+    end,
+    badarg = {2, function(f, call) call(function() f(braid.lock(), 42) end) end},
+  },
+  ["lock:locked"] = {badarg = {1, self_is(42)}},
+  ["lock:owned"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    badarg = {1, self_is(42)},
+  },
+  ["braid.condition"] = {
+    badarg = {1, function(f, call) call(function() f(braid.semaphore(1)) end) end},
+  },
   ["semaphore:count"] = {badarg = {1, self_is(42)}},
   ["event:wait"] = {
     outside = function(f, call) call(function() f(braid.event()) end) end,

@@ -266,6 +266,8 @@ void braid__open_select(lua_State *L);
 void braid__open_dump(lua_State *L);
 void braid__open_error(lua_State *L);
 void braid__open_sleep(lua_State *L);
+void braid__open_ticker(lua_State *L);
+void braid__open_clock(lua_State *L);
 void braid__open_process(lua_State *L);
 void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
