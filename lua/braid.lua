@@ -84,6 +84,12 @@ do
   local Condition <const> = {}
   Condition.__index = Condition
   Condition.__name = "braid.Condition"
+  setmetatable(Condition, {__index = function(_, k)   -- as braid's classes
+    if type(k) == "string" and k:sub(1, 1) ~= "_" then
+      usage("braid.Condition has no method '%s' (it has wait, notify, "
+            .. "notify_all and the field lock)", k)
+    end
+  end})
 
   local function check(c, fname)
     if getmetatable(c) ~= Condition then

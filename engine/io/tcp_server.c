@@ -38,7 +38,8 @@ struct tcp_server {
   braid_scope_t *scope;            /* where handlers are spawned */
   struct braid_list conns;         /* struct tcp_conn: running handlers */
   size_t max_line;                 /* opts.max_line, for each stream */
-  int handler_ref;
+  int handler_ref;                 /* {handler, function that listened} */
+  int site_line;                   /* where listen was called, for reports */
   int port;
   unsigned char closing;
 };
@@ -106,7 +107,8 @@ static int server_accept (lua_State *S) {
   struct tcp_conn *k;
   int rc;
   lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
-  ud = braid__tcp_newud(S);                                        /* 3 */
+  lua_rawgeti(S, 2, 1);                                     /* 3: handler */
+  ud = braid__tcp_newud(S);                                        /* 4 */
   if ((ts = braid__tcp_new(srv->E, &rc)) == NULL) {
     server_refuse(srv);
     return 0;
@@ -116,7 +118,11 @@ static int server_accept (lua_State *S) {
     return 0;
   }
   braid__tcp_bind(ud, ts, srv->max_line);   /* if the spawn fails, __gc closes it */
-  t = braid__spawn(S, srv->scope, 2, 1);
+  t = braid__spawn(S, srv->scope, 3, 1);
+  /* Reports name where listen was called, not "spawned at ?". */
+  if (lua_rawgeti(S, 2, 2) == LUA_TFUNCTION)
+    braid__task_set_site(S, t, -1, srv->site_line);
+  lua_pop(S, 1);
   braid__tcp_attach(S, ts, t);       /* the handler's own scope owns the stream */
   if ((k = malloc(sizeof *k)) == NULL) return 0;   /* not cancellable by
                                                       server:close, still a
@@ -152,7 +158,8 @@ static int l_tcp_listen (lua_State *L) {
   const char *host = "127.0.0.1";
   struct sockaddr_storage sa;
   struct tcp_server *srv, **ud;
-  int rc, ref, backlog, port, len = sizeof sa;
+  int rc, ref, backlog, port, len = sizeof sa, line = 0;
+  lua_Debug ar;
   size_t limit;
   size_t max_line;
   if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
@@ -174,7 +181,13 @@ static int l_tcp_listen (lua_State *L) {
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = NULL;
   luaL_setmetatable(L, SERVER_MT);
+  lua_createtable(L, 2, 0);
   lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 1);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    line = ar.currentline;    /* the file is found from the function */
+    lua_rawseti(L, -2, 2);
+  }
   ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if ((srv = braid__calloc(1, sizeof *srv)) == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
@@ -184,6 +197,7 @@ static int l_tcp_listen (lua_State *L) {
   srv->E = E;
   srv->max_line = max_line;
   srv->handler_ref = ref;
+  srv->site_line = line;
   braid__list_init(&srv->conns);
   srv->res.close = server_res_close;
   if ((rc = uv_tcp_init(braid_loop(E), &srv->tcp)) != 0) {
