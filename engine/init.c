@@ -34,6 +34,8 @@ static const struct {
   {"exec", braid__open_process, BRAID_MOD_PROCESS},
   {"fs", braid__open_fs, BRAID_MOD_FS},
   {"tcp", braid__open_tcp, BRAID_MOD_NET},
+  {"unix", braid__open_unix, BRAID_MOD_NET},   /* after tcp: its objects */
+  {"udp", braid__open_udp, BRAID_MOD_NET},
   {"dns", braid__open_dns, BRAID_MOD_NET},
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
 };

@@ -30,7 +30,7 @@ local OBJECTS = {
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Ticker"] = "ticker",
-  ["braid.Lock"] = "lock",
+  ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
 }
 
 -- ---- finding every public function and method ----
@@ -628,6 +628,48 @@ local EXPECT = {
   ["stream:close"] = {badarg = {1, self_is(42)}},
   ["server:port"] = {badarg = {1, self_is(42)}},
   ["server:close"] = {badarg = {1, self_is(42)}},
+  ["server:path"] = {badarg = {1, self_is(42)}},
+  ["braid.unix.connect"] = {   -- never suspends: a unix connect is at once
+    outside = function(f, call) call(function() f("/nonexistent/s") end) end,
+    badarg = {1, function(f, call) call(function() f("") end) end},
+    option = {"max_line", function(f, call)
+      call(function() f("/nonexistent/s", {max_line = -1}) end)
+    end},
+  },
+  ["braid.unix.listen"] = {   -- never suspends
+    outside = function(f, call) call(function() f("/nonexistent/s", fn) end) end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/s", 42) end) end},
+    option = {"backlog", function(f, call)
+      call(function() f("@braid-names-spec", fn, {backlog = -1}) end)
+    end},
+  },
+  ["braid.udp.bind"] = {   -- never suspends
+    outside = function(f, call) call(function() f("127.0.0.1", 0) end) end,
+    badarg = {2, function(f, call) call(function() f("127.0.0.1", "x") end) end},
+  },
+  ["braid.udp.open"] = {   -- never suspends
+    outside = function(f, call) call(function() f() end) end,
+  },
+  ["sock:recv"] = {
+    nosuspend = function(f, call)
+      local s <close> = braid.udp.bind("127.0.0.1", 0)
+      call(function() f(s) end)
+    end,
+    badarg = {1, self_is(42)},
+    also = {{"closed", "the socket is closed", function(f, call)
+      local s = braid.udp.open()
+      s:close()
+      call(function() f(s) end)
+    end}},
+  },
+  ["sock:send"] = {   -- suspends only when the kernel's buffer is full
+    badarg = {4, function(f, call)
+      local s <close> = braid.udp.open()
+      call(function() f(s, "x", "127.0.0.1", "y") end)
+    end},
+  },
+  ["sock:address"] = {badarg = {1, self_is(42)}},
+  ["sock:close"] = {badarg = {1, self_is(42)}},
 }
 
 -- ---- the specs ----

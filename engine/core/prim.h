@@ -288,6 +288,8 @@ void braid__open_clock(lua_State *L);
 void braid__open_process(lua_State *L);
 void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
+void braid__open_unix(lua_State *L);
+void braid__open_udp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 
