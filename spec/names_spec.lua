@@ -513,6 +513,38 @@ local EXPECT = {
     end,
     badarg = {2, function(f, call) call(function() f("/nonexistent/x") end) end},
   },
+  ["braid.fs.chmod"] = {
+    outside = function(f, call) call(function() f("/nonexistent/x", 420) end) end,
+    nosuspend = function(f, call) call(function() f("/nonexistent/x", 420) end) end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/x", "rw") end) end},
+  },
+  ["braid.fs.realpath"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["braid.fs.copy"] = {
+    outside = function(f, call) call(function() f("/nonexistent/x", "/nonexistent/y") end) end,
+    nosuspend = function(f, call)
+      call(function() f("/nonexistent/x", "/nonexistent/y") end)
+    end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/x") end) end},
+  },
+  ["braid.fs.exists"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f({}) end) end},
+  },
+  ["braid.fs.walk"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["braid.fs.tmpdir"] = {
+    outside = function(f, call) call(function() f() end) end,
+    nosuspend = function(f, call) call(function() f() end) end,
+    badarg = {1, function(f, call) call(function() f("a/b") end) end},
+  },
   ["braid.dns.resolve"] = {
     outside = function(f, call) call(function() f("localhost") end) end,
     nosuspend = function(f, call) call(function() f("localhost") end) end,

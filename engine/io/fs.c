@@ -37,6 +37,8 @@
 #include <sys/stat.h>
 #include "core/prim.h"
 
+void braid__open_fs_path(lua_State *L);   /* fs_path.c */
+
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
 
@@ -570,5 +572,6 @@ void braid__open_fs (lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
+  braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
   lua_setfield(L, -2, "fs");
 }
