@@ -31,6 +31,7 @@ local OBJECTS = {
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Ticker"] = "ticker",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
+  ["braid.Watcher"] = "watcher",
 }
 
 -- ---- finding every public function and method ----
@@ -545,6 +546,21 @@ local EXPECT = {
     nosuspend = function(f, call) call(function() f() end) end,
     badarg = {1, function(f, call) call(function() f("a/b") end) end},
   },
+  ["braid.fs.watch"] = {   -- never suspends
+    outside = function(f, call) call(function() f("/tmp") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"debounce", function(f, call)
+      call(function() f("/tmp", {debounce = NAN}) end)
+    end},
+  },
+  ["watcher:next"] = {
+    nosuspend = function(f, call)
+      local w <close> = braid.fs.watch("/tmp")
+      call(function() f(w) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["watcher:close"] = {badarg = {1, self_is(42)}},
   ["braid.dns.resolve"] = {
     outside = function(f, call) call(function() f("localhost") end) end,
     nosuspend = function(f, call) call(function() f("localhost") end) end,

@@ -37,7 +37,8 @@
 #include <sys/stat.h>
 #include "core/prim.h"
 
-void braid__open_fs_path(lua_State *L);   /* fs_path.c */
+void braid__open_fs_path(lua_State *L);    /* fs_path.c */
+void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
@@ -573,5 +574,6 @@ void braid__open_fs (lua_State *L) {
   };
   luaL_newlib(L, funcs);
   braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
+  braid__open_fs_watch(L);  /* watch: fs_watch.c */
   lua_setfield(L, -2, "fs");
 }
