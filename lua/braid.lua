@@ -326,6 +326,18 @@ if rawget(M, "fs") then
     return function() return as("braid.fs.walk", step) end
   end
 
+  -- fs.lines(path, [opts]) -> iterator over the lines of a file, read in
+  -- chunks (memory stays within about max_line); for a generic for, which
+  -- closes the file when the loop ends, also by break or error.
+  function fs.lines(path, opts)
+    local f = as("braid.fs.lines", fs.open, path, "r", opts)
+    return function()
+      local line = f:read_line()
+      if line == nil then f:close() end
+      return line
+    end, nil, nil, f
+  end
+
   -- fs.tmpdir([prefix]) -> guard: a new private directory (mode 0700)
   -- under $TMPDIR or /tmp, named prefix (default "braid-") and six random
   -- characters. guard.path is its path (also tostring(guard) and

@@ -31,7 +31,7 @@ local OBJECTS = {
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Ticker"] = "ticker",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
-  ["braid.Watcher"] = "watcher",
+  ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
 }
 
 -- ---- finding every public function and method ----
@@ -561,6 +561,52 @@ local EXPECT = {
     badarg = {1, self_is(42)},
   },
   ["watcher:close"] = {badarg = {1, self_is(42)}},
+  ["braid.fs.open"] = {   -- never suspends
+    outside = function(f, call) call(function() f("/dev/null") end) end,
+    badarg = {2, function(f, call) call(function() f("/dev/null", "x") end) end},
+    option = {"max_line", function(f, call)
+      call(function() f("/dev/null", "r", {max_line = -1}) end)
+    end},
+  },
+  ["braid.fs.lines"] = {
+    outside = function(f, call) call(function() f("/dev/null") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["file:read"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file) end)
+    end,
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file, 0) end)
+    end},
+  },
+  ["file:read_line"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["file:lines"] = {badarg = {1, self_is(42)}},
+  ["file:write"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null", "w")
+      call(function() f(file, "x") end)
+    end,
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null", "w")
+      call(function() f(file, {}) end)
+    end},
+  },
+  ["file:seek"] = {
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file, "middle") end)
+    end},
+  },
+  ["file:close"] = {badarg = {1, self_is(42)}},
   ["braid.dns.resolve"] = {
     outside = function(f, call) call(function() f("localhost") end) end,
     nosuspend = function(f, call) call(function() f("localhost") end) end,

@@ -39,6 +39,7 @@
 
 void braid__open_fs_path(lua_State *L);    /* fs_path.c */
 void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
+void braid__open_fs_file(lua_State *L);    /* fs_file.c */
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
@@ -575,5 +576,6 @@ void braid__open_fs (lua_State *L) {
   luaL_newlib(L, funcs);
   braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
   braid__open_fs_watch(L);  /* watch: fs_watch.c */
+  braid__open_fs_file(L);   /* open: fs_file.c */
   lua_setfield(L, -2, "fs");
 }
