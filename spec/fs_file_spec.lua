@@ -113,3 +113,28 @@ describe("braid.fs.lines", function()
     assert.are.equal("ENOENT", e.code)
   end))
 end)
+
+describe("braid.fs.open on a FIFO", function()
+  it("waits without blocking the loop, and is cancellable", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    local ticks = 0
+    local ticker = braid.spawn(function()
+      for _ in braid.ticker(0.01) do ticks = ticks + 1 end
+    end)
+    local ok = braid.move_on(0.1, braid.fs.open, fifo)   -- no writer: waits
+    assert.is_false(ok)
+    assert.is_true(ticks >= 3)   -- the loop ran meanwhile
+    ticker:cancel()
+    pcall(ticker.await, ticker)
+    -- a writer comes: the open completes
+    local w = braid.spawn(function()
+      local f <close> = braid.fs.open(fifo, "w")
+      f:write("through\n")
+    end)
+    local r <close> = braid.fs.open(fifo)
+    assert.are.equal("through", r:read_line())
+    w:await()
+  end))
+end)

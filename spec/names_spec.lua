@@ -561,8 +561,9 @@ local EXPECT = {
     badarg = {1, self_is(42)},
   },
   ["watcher:close"] = {badarg = {1, self_is(42)}},
-  ["braid.fs.open"] = {   -- never suspends
+  ["braid.fs.open"] = {
     outside = function(f, call) call(function() f("/dev/null") end) end,
+    nosuspend = function(f, call) call(function() f("/dev/null") end) end,
     badarg = {2, function(f, call) call(function() f("/dev/null", "x") end) end},
     option = {"max_line", function(f, call)
       call(function() f("/dev/null", "r", {max_line = -1}) end)
@@ -570,6 +571,7 @@ local EXPECT = {
   },
   ["braid.fs.lines"] = {
     outside = function(f, call) call(function() f("/dev/null") end) end,
+    nosuspend = function(f, call) call(function() f("/dev/null") end) end,
     badarg = {1, function(f, call) call(function() f(42) end) end},
   },
   ["file:read"] = {

@@ -28,11 +28,14 @@
 ** - A file is a resource of the scope that opened it: the scope's end,
 **   close(), __close and __gc close it. The struct is freed once it is
 **   closed and no request is in flight.
+** - Opening is a request too (struct open_req), so that it is
+**   cancellable: an open cancelled in flight closes what it opened.
 */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "core/prim.h"
 
@@ -63,6 +66,8 @@ struct braid_file {
   size_t max_line;
   int err;                     /* a read error to hand out, or 0 */
   unsigned char eof, closing, append;
+  unsigned char seekable;      /* a regular file (or a device): positioned
+                                  I/O; a FIFO or socket reads in order */
 };
 
 static void file_free (struct braid_file *f) {
@@ -189,8 +194,8 @@ static int file_fill (lua_State *L, struct braid_file *f, const char *fname,
     return braid__error_uv(L, UV_ENOMEM, fname);
   a.f = a.fr->f = f;
   b = uv_buf_init(f->buf + f->off + f->len, FILE_CHUNK);
-  rc = uv_fs_read(braid_loop(f->E), &a.fr->req, f->fd, &b, 1, f->pos,
-                  file_req_cb);
+  rc = uv_fs_read(braid_loop(f->E), &a.fr->req, f->fd, &b, 1,
+                  f->seekable ? f->pos : -1, file_req_cb);
   if (rc != 0) {
     free(a.fr);
     return braid__error_uv(L, rc, fname);
@@ -366,7 +371,7 @@ static int l_file_write (lua_State *L) {
   a.f = a.fr->f = f;
   b = uv_buf_init(a.fr->data, (unsigned) len);
   rc = uv_fs_write(braid_loop(f->E), &a.fr->req, f->fd, &b, 1,
-                   f->append ? -1 : f->pos, file_req_cb);
+                   f->append || !f->seekable ? -1 : f->pos, file_req_cb);
   if (rc != 0) {
     free(a.fr->data);
     free(a.fr);
@@ -402,6 +407,9 @@ static int l_file_seek (lua_State *L) {
                             "expected");
   }
   if (!lua_isnoneornil(L, 3)) off = braid__check_integer(L, 3, "file:seek");
+  if (!f->seekable)
+    return braid_error(L, "io", "ESPIPE", "file:seek: %s",
+                       uv_strerror(UV_ESPIPE));
   if (w == 0) base = 0;
   else if (w == 1) base = f->pos - (int64_t) f->len;
   else {
@@ -436,62 +444,145 @@ static int l_file_tostring (lua_State *L) {
 
 static const char *const open_options[] = {"max_line", NULL};
 
+/* An open in flight: its own allocation, as fs.c's requests, with the
+** file made beforehand so that the continuation cannot fail. Detached by
+** a cancel (op NULL), its callback closes what it opened and frees it. */
+struct open_req {
+  uv_fs_t req;
+  braid_op_t *op;
+  struct braid_file *f;
+  int done;                    /* the callback has run */
+};
+
+static void open_req_free (struct open_req *o) {
+  if (o->req.result >= 0 && o->done) close((int) o->req.result);
+  uv_fs_req_cleanup(&o->req);
+  free(o->f);
+  free(o);
+}
+
+static void open_cb (uv_fs_t *req) {
+  struct open_req *o = container_of(req, struct open_req, req);
+  o->done = 1;
+  if (o->op) braid_resume(o->op, 0);
+  else open_req_free(o);
+}
+
+struct open_args {
+  uv_loop_t *loop;
+  const char *path;
+  int flags;
+  struct open_req *o;
+};
+
+static int open_start (braid_op_t *op, void *ud) {
+  struct open_args *a = (struct open_args *) ud;
+  int rc;
+  *(struct open_req **) braid_op_data(op) = a->o;
+  a->o->op = op;
+  rc = uv_fs_open(a->loop, &a->o->req, a->path, a->flags | O_CLOEXEC, 0666,
+                  open_cb);
+  if (rc != 0) {               /* never started: k reports it */
+    a->o->req.result = rc;
+    a->o->done = 1;
+    braid_resume(op, 0);
+  }
+  return 0;
+}
+
+/* Ends the op without k: an open in flight is detached (uv_cancel is
+** tried; open_cb closes and frees), a finished one is undone now. */
+static void open_cancel (braid_op_t *op) {
+  struct open_req *o = *(struct open_req **) braid_op_data(op);
+  o->op = NULL;
+  if (o->done) open_req_free(o);
+  else uv_cancel((uv_req_t *) &o->req);
+}
+
+/* The file object made before suspending is at 4. */
+static int open_k (lua_State *L, braid_op_t *op) {
+  struct open_req *o = *(struct open_req **) braid_op_data(op);
+  struct braid_file *f = o->f;
+  int rc = (int) o->req.result;
+  if (rc < 0) {
+    o->req.result = -1;          /* nothing to close */
+    open_req_free(o);
+    if (rc == UV_ENOMEM) return braid__error_uv(L, rc, "braid.fs.open");
+    braid_pusherror(L, "io", uv_err_name(rc), "braid.fs.open %s: %s",
+                    lua_tostring(L, 1), uv_strerror(rc));
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "path");
+    return lua_error(L);
+  }
+  f->fd = rc;
+  {
+    struct stat st;   /* no I/O: the open descriptor's own type */
+    f->seekable = fstat(rc, &st) == 0 && !S_ISFIFO(st.st_mode) &&
+                  !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode);
+  }
+  o->f = NULL;
+  o->req.result = -1;            /* the descriptor is the file's now */
+  open_req_free(o);
+  braid_resource_add(L, &f->res);
+  f->box = (struct braid_file **) lua_touserdata(L, 4);
+  *f->box = f;
+  lua_settop(L, 4);
+  return 1;
+}
+
 /* braid.fs.open(path, [mode = "r"], [opts]) -> file. mode as io.open's:
 ** "r", "w", "a", "r+", "w+", "a+" (a "b" is accepted and means nothing);
-** opts.max_line bounds read_line (default 1 MiB). Opening suspends
-** nothing: open(2) on the loop's thread, as inotify and stat are. */
+** opts.max_line bounds read_line (default 1 MiB). */
 static int l_fs_open (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.fs.open");
-  const char *path, *mode = "r";
+  const char *mode = "r";
   char m[4] = {0};
   size_t len, i, j = 0;
-  int flags, fd;
+  struct open_args a;
   struct braid_file **box, *f;
   size_t max_line;
   braid__check_type(L, 1, LUA_TSTRING, "braid.fs.open");
-  path = lua_tolstring(L, 1, &len);
-  if (strlen(path) != len || len == 0)
+  a.path = lua_tolstring(L, 1, &len);
+  if (strlen(a.path) != len || len == 0)
     braid_argerror(L, 1, "braid.fs.open", "path expected");
   if (!lua_isnoneornil(L, 2)) {
     braid__check_type(L, 2, LUA_TSTRING, "braid.fs.open");
     mode = lua_tostring(L, 2);
   }
   for (i = 0; mode[i] && j < 3; i++) if (mode[i] != 'b') m[j++] = mode[i];
-  if (strcmp(m, "r") == 0) flags = O_RDONLY;
-  else if (strcmp(m, "w") == 0) flags = O_WRONLY | O_CREAT | O_TRUNC;
-  else if (strcmp(m, "a") == 0) flags = O_WRONLY | O_CREAT | O_APPEND;
-  else if (strcmp(m, "r+") == 0) flags = O_RDWR;
-  else if (strcmp(m, "w+") == 0) flags = O_RDWR | O_CREAT | O_TRUNC;
-  else if (strcmp(m, "a+") == 0) flags = O_RDWR | O_CREAT | O_APPEND;
+  if (strcmp(m, "r") == 0) a.flags = O_RDONLY;
+  else if (strcmp(m, "w") == 0) a.flags = O_WRONLY | O_CREAT | O_TRUNC;
+  else if (strcmp(m, "a") == 0) a.flags = O_WRONLY | O_CREAT | O_APPEND;
+  else if (strcmp(m, "r+") == 0) a.flags = O_RDWR;
+  else if (strcmp(m, "w+") == 0) a.flags = O_RDWR | O_CREAT | O_TRUNC;
+  else if (strcmp(m, "a+") == 0) a.flags = O_RDWR | O_CREAT | O_APPEND;
   else
     return braid_argerror(L, 2, "braid.fs.open", "mode \"r\", \"w\", \"a\", "
                           "\"r+\", \"w+\" or \"a+\" expected");
   braid__check_options(L, 3, "braid.fs.open", open_options);
   max_line = braid__opt_limit(L, 3, "max_line", FILE_MAX_LINE,
                               "braid.fs.open");
-  box = (struct braid_file **) lua_newuserdatauv(L, sizeof *box, 0);
+  braid_check_suspend(L, "braid.fs.open");
+  lua_settop(L, 3);
+  box = (struct braid_file **) lua_newuserdatauv(L, sizeof *box, 0); /* 4 */
   *box = NULL;
   luaL_setmetatable(L, FILE_MT);
-  if ((f = braid__calloc(1, sizeof *f)) == NULL)
-    return braid__error_uv(L, UV_ENOMEM, "braid.fs.open");
-  if ((fd = open(path, flags | O_CLOEXEC, 0666)) < 0) {
-    int rc = uv_translate_sys_error(errno);
+  f = braid__calloc(1, sizeof *f);
+  a.o = f ? braid__calloc(1, sizeof *a.o) : NULL;
+  if (a.o == NULL) {
     free(f);
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.fs.open %s: %s", path,
-                    uv_strerror(rc));
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "path");
-    return lua_error(L);
+    return braid__error_uv(L, UV_ENOMEM, "braid.fs.open");
   }
   f->E = E;
-  f->fd = fd;
+  f->fd = -1;
   f->max_line = max_line;
-  f->append = (flags & O_APPEND) != 0;
+  f->append = (a.flags & O_APPEND) != 0;
   f->res.close = file_res_close;
-  braid_resource_add(L, &f->res);
-  f->box = box;
-  *box = f;
-  return 1;
+  a.o->f = f;
+  a.o->req.result = -1;
+  a.loop = braid_loop(E);
+  return braid_suspendk(L, "fs.open", sizeof a.o, open_start, open_cancel,
+                        &a, open_k);
 }
 
 /* Adds open to the braid.fs table at the stack top. [-0, +0, m] */
