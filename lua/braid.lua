@@ -151,30 +151,6 @@ do
   end
 end
 
--- braid.tcp.listen(host, ...) takes a host name too: it is resolved
--- (braid.dns.resolve: cancellable, under the caller's deadlines) and the
--- server listens on its first address. Addresses go straight to C (a tail
--- call, so that reports name the script's listen call).
-if rawget(M, "tcp") and rawget(M, "dns") then
-  local listen, resolve = M.tcp.listen, M.dns.resolve
-  M.tcp.listen = function(host, port, ...)
-    if type(host) == "string" and host ~= "localhost" and
-       host:find("^%w[%w%-%.]*$") and not host:find("^[%d.]+$") then
-      local ok, r = pcall(resolve, host)
-      if not ok then
-        if M.is_error(r) and r.kind == "io" then
-          error(Error.new{kind = "io", code = r.code, host = host,
-                          message = ("braid.tcp.listen %s: %s"):format(
-                            host, (r.message:gsub("^braid%.dns%.resolve [^:]*: ", "")))}, 0)
-        end
-        error(r, 0)
-      end
-      host = r[1]
-    end
-    return listen(host, port, ...)
-  end
-end
-
 -- braid.fs: the tree calls, composed of the C ones (fs.c, fs_path.c).
 -- Every one is cancellable and bounded by deadlines through the calls it
 -- makes; errors are theirs (kind "io" with `code` and `path`).

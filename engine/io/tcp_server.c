@@ -176,7 +176,7 @@ static const char *const listen_options[] = {"backlog", "max_line", NULL};
 int braid__listen (lua_State *L, const struct braid_listen *how) {
   braid_engine_t *E = braid_engine(L);
   struct tcp_server *srv, **ud;
-  int rc, ref, backlog, line = 0, level;
+  int rc, ref, backlog, line = 0;
   size_t limit, max_line;
   lua_Debug ar;
   braid__check_options(L, how->opts, how->fname, listen_options);
@@ -191,16 +191,9 @@ int braid__listen (lua_State *L, const struct braid_listen *how) {
   lua_createtable(L, 2, 0);
   lua_pushvalue(L, how->handler);
   lua_rawseti(L, -2, 1);
-  /* The script's listen call: the first caller outside braid's own Lua
-  ** side (braid.tcp.listen resolves host names there). */
-  for (level = 1; lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "Sfl", &ar);
-    if (strcmp(ar.source, "=[braid]") != 0) {
-      line = ar.currentline;    /* the file is found from the function */
-      lua_rawseti(L, -2, 2);
-      break;
-    }
-    lua_pop(L, 1);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    line = ar.currentline;    /* the file is found from the function */
+    lua_rawseti(L, -2, 2);      /* the script's listen call */
   }
   ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if ((srv = braid__calloc(1, sizeof *srv)) == NULL ||
@@ -266,17 +259,131 @@ static int tcp_bind (uv_stream_t *h, void *ud) {
   return uv_tcp_bind((uv_tcp_t *) h, (const struct sockaddr *) ud, 0);
 }
 
+/* Listens on sa; host and port (for messages) at 1 and 2, the handler at
+** 3, the options at 4. */
+static int tcp_listen_at (lua_State *L, struct sockaddr_storage *sa) {
+  struct braid_listen how;
+  const char *host = lua_isnoneornil(L, 1) ? "127.0.0.1" : lua_tostring(L, 1);
+  char where[96];
+  snprintf(where, sizeof where, strchr(host, ':') ? "[%.64s]:%d" : "%.64s:%d",
+           host, (int) lua_tointeger(L, 2));
+  memset(&how, 0, sizeof how);
+  how.fname = "braid.tcp.listen";
+  how.where = where;
+  how.handler = 3;
+  how.opts = 4;
+  how.bind = tcp_bind;
+  how.ud = sa;
+  return braid__listen(L, &how);
+}
+
+/* A host name being resolved: its own allocation (libuv may hold it after
+** a cancel, which detaches it: the callback frees it then). */
+struct listen_gai {
+  uv_getaddrinfo_t req;
+  braid_op_t *op;              /* NULL once detached */
+  struct addrinfo *res;
+  int status, done;
+};
+
+static void listen_gai_free (struct listen_gai *g) {
+  if (g->res) uv_freeaddrinfo(g->res);
+  free(g);
+}
+
+static void listen_gai_cb (uv_getaddrinfo_t *req, int status,
+                           struct addrinfo *res) {
+  struct listen_gai *g = container_of(req, struct listen_gai, req);
+  g->done = 1;
+  g->status = status;
+  g->res = res;
+  if (g->op) braid_resume(g->op, 0);
+  else listen_gai_free(g);
+}
+
+struct gai_args {
+  uv_loop_t *loop;
+  const char *host;
+  struct listen_gai *g;
+};
+
+static int listen_gai_start (braid_op_t *op, void *ud) {
+  struct gai_args *a = (struct gai_args *) ud;
+  struct addrinfo hints;
+  int rc;
+  *(struct listen_gai **) braid_op_data(op) = a->g;
+  a->g->op = op;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  rc = uv_getaddrinfo(a->loop, &a->g->req, listen_gai_cb, a->host, NULL,
+                      &hints);
+  if (rc != 0) {                /* never started: the continuation says so */
+    a->g->done = 1;
+    a->g->status = rc;
+    braid_resume(op, 0);
+  }
+  return 0;
+}
+
+static void listen_gai_cancel (braid_op_t *op) {
+  struct listen_gai *g = *(struct listen_gai **) braid_op_data(op);
+  g->op = NULL;
+  if (g->done) listen_gai_free(g);
+  else uv_cancel((uv_req_t *) &g->req);
+}
+
+/* The name is resolved: listen on its first address. */
+static int listen_gai_k (lua_State *L, braid_op_t *op) {
+  struct listen_gai *g = *(struct listen_gai **) braid_op_data(op);
+  struct sockaddr_storage sa;
+  int rc = g->status;
+  int port = (int) lua_tointeger(L, 2);
+  if (rc == 0 && g->res == NULL) rc = UV_EAI_NONAME;
+  if (rc == 0) {
+    memset(&sa, 0, sizeof sa);
+    memcpy(&sa, g->res->ai_addr, g->res->ai_addrlen);
+    if (sa.ss_family == AF_INET6)
+      ((struct sockaddr_in6 *) &sa)->sin6_port = htons((uint16_t) port);
+    else
+      ((struct sockaddr_in *) &sa)->sin_port = htons((uint16_t) port);
+  }
+  listen_gai_free(g);
+  if (rc == UV_ENOMEM || rc == UV_EAI_MEMORY)
+    return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
+  if (rc < 0) {
+    braid_pusherror(L, "io", uv_err_name(rc), "braid.tcp.listen %s: %s",
+                    lua_tostring(L, 1), uv_strerror(rc));
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "host");
+    return lua_error(L);
+  }
+  return tcp_listen_at(L, &sa);
+}
+
+/* A host name, as resolvers take them: letters, digits, '-', '.'. */
+static int is_host_name (const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
+      return 0;
+  return 1;
+}
+
 /* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
-** to "127.0.0.1"; port 0 picks a free one. Each connection runs
+** to "127.0.0.1"; an address (IPv4, IPv6, "localhost") listens at once, a
+** host name is resolved first (a cancellable wait) and the server listens
+** on its first address. port 0 picks a free one. Each connection runs
 ** handler(stream) as a child task of the calling scope. opts: backlog
 ** (default 511), max_line (each stream's line limit). */
 static int l_tcp_listen (lua_State *L) {
-  struct braid_listen how;
+  braid_engine_t *E = braid_check_task(L, "braid.tcp.listen");
   struct sockaddr_storage sa;
+  struct gai_args a;
   const char *host = "127.0.0.1";
-  char where[96];
   int port;
-  braid_check_task(L, "braid.tcp.listen");
   if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
     braid_argerror(L, 1, "braid.tcp.listen", "string expected");
   if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
@@ -284,19 +391,19 @@ static int l_tcp_listen (lua_State *L) {
   if (!braid__is_callable(L, 3))
     braid_argerror(L, 3, "braid.tcp.listen", "function expected");
   braid__check_options(L, 4, "braid.tcp.listen", listen_options);
-  if (braid__tcp_addr(host, port, &sa) != 0)
+  lua_settop(L, 4);
+  if (braid__tcp_addr(host, port, &sa) == 0) return tcp_listen_at(L, &sa);
+  if (!is_host_name(host))
     braid_argerror(L, 1, "braid.tcp.listen", "IP address or host name "
                    "expected");
-  snprintf(where, sizeof where, strchr(host, ':') ? "[%.64s]:%d" : "%.64s:%d",
-           host, port);
-  memset(&how, 0, sizeof how);
-  how.fname = "braid.tcp.listen";
-  how.where = where;
-  how.handler = 3;
-  how.opts = 4;
-  how.bind = tcp_bind;
-  how.ud = &sa;
-  return braid__listen(L, &how);
+  braid_check_suspend(L, "braid.tcp.listen");
+  if ((a.g = braid__calloc(1, sizeof *a.g)) == NULL)
+    return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
+  a.loop = braid_loop(E);
+  a.host = host;
+  return braid_suspendk(L, "tcp.listen resolve", sizeof a.g,
+                        listen_gai_start, listen_gai_cancel, &a,
+                        listen_gai_k);
 }
 
 static struct tcp_server *server_check (lua_State *L, const char *fname) {
