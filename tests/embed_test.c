@@ -722,8 +722,12 @@ static int t_capabilities (void) {
     "  if _G[k] ~= nil then gone[#gone + 1] = k end end\n"
     "for _, k in ipairs{'execute', 'exit', 'remove', 'rename', 'getenv',"
     "  'tmpname'} do if os[k] then gone[#gone + 1] = 'os.' .. k end end\n"
-    "for _, k in ipairs{'exec', 'process', 'fs', 'tcp', 'dns', 'signal'} do"
+    "for _, k in ipairs{'exec', 'process', 'fs', 'tcp', 'dns', 'signal',"
+    "  'unix', 'udp'} do"
     "  if braid[k] then gone[#gone + 1] = 'braid.' .. k end end\n"
+    /* absent modules read as nil; a misspelt name still explains itself */
+    "if pcall(function() return braid.sleap end) then"
+    "  gone[#gone + 1] = 'braid.sleap' end\n"
     "for _, m in ipairs{'io', 'os', 'debug', 'package', 'ffi'} do"
     "  local ok, v = pcall(require, m)"
     "  if ok and (m ~= 'os' or v.execute) then gone[#gone+1] = 'require '..m end\n"
