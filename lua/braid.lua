@@ -25,3 +25,326 @@ function M.is_error(e)
 end
 
 M.version = "0.1.0"
+
+local pack, unpack, rawequal = table.pack, table.unpack, rawequal
+local setmetatable, pcall, error = setmetatable, pcall, error
+
+-- A usage error raised from the Lua side, naming the function.
+local function usage(fmt, ...)
+  error(Error.new{kind = "usage", message = fmt:format(...)}, 0)
+end
+
+-- braid.move_on(seconds, fn, ...) -> true, results... | false: fn(...)
+-- under a deadline, as braid.timeout, except that the deadline passing is
+-- an answer, not an error: false when it cut fn short. Errors of fn (a
+-- timeout of its own included) and a cancellation from outside are raised
+-- unchanged. Usage errors name braid.move_on.
+do
+  -- Records what fn's body raised, without catching it: a timeout error
+  -- that comes out of braid.timeout and is not that one is move_on's own.
+  local Witness <const> = {__close = function(w, e) w.raised = e end}
+  local timeout = M.timeout
+
+  function M.move_on(seconds, fn, ...)
+    if type(seconds) ~= "number" or seconds ~= seconds then
+      usage("bad argument #1 to 'braid.move_on' (number expected (seconds), "
+            .. "got %s)", seconds ~= seconds and "NaN" or type(seconds))
+    end
+    if type(fn) ~= "function" then
+      usage("bad argument #2 to 'braid.move_on' (function expected, got %s)",
+            type(fn))
+    end
+    local w <const> = setmetatable({}, Witness)
+    local function body(...)
+      local _ <close> = w
+      w.entered = true
+      return fn(...)
+    end
+    local r = pack(pcall(timeout, seconds, body, ...))
+    if r[1] then return true, unpack(r, 2, r.n) end
+    local e = r[2]
+    if not w.entered and M.is_error(e) and e.kind == "usage" then
+      -- braid.timeout's own refusal (outside a task, cannot suspend here):
+      -- said in move_on's name.
+      usage("%s", (e.message:gsub("braid%.timeout", "braid.move_on")))
+    end
+    if M.is_timeout(e) and not rawequal(e, w.raised) then return false end
+    error(e, 0)
+  end
+end
+
+-- braid.condition([lock]) -> condition: tasks wait on it, holding the
+-- lock, until another task holding it notifies them. cond:wait() releases
+-- the lock while it waits and holds it again when it returns, also when
+-- the wait raises (cancellation included); cond:notify([n = 1]) wakes the
+-- n longest waiting tasks, cond:notify_all() every one; cond.lock is the
+-- lock (a new braid.lock() when none is given). Calling any of them
+-- without holding the lock is a usage error.
+do
+  local Condition <const> = {}
+  Condition.__index = Condition
+  Condition.__name = "braid.Condition"
+  setmetatable(Condition, {__index = function(_, k)   -- as braid's classes
+    if type(k) == "string" and k:sub(1, 1) ~= "_" then
+      usage("braid.Condition has no method '%s' (it has wait, notify, "
+            .. "notify_all and the field lock)", k)
+    end
+  end})
+
+  local function check(c, fname)
+    if getmetatable(c) ~= Condition then
+      usage("bad argument #1 to '%s' (braid.Condition expected, got %s)",
+            fname, type(c))
+    end
+    if not c.lock:owned() then
+      usage("%s: the condition's lock is not held by this task", fname)
+    end
+  end
+
+  local function wake(c, n)
+    local ws = c._waiters
+    for _ = 1, math.min(n, #ws) do
+      table.remove(ws, 1):set()
+    end
+  end
+
+  function Condition:wait()
+    check(self, "condition:wait")
+    local ev, ws, lock = M.event(), self._waiters, self.lock
+    ws[#ws + 1] = ev
+    lock:release()
+    local ok, e = pcall(ev.wait, ev)
+    M.shield(lock.acquire, lock)     -- held again whatever happened
+    if not ok then
+      for i = 1, #ws do
+        if ws[i] == ev then table.remove(ws, i) break end
+      end
+      -- A notification that reached this waiter as it was cancelled goes
+      -- to the next one rather than being lost.
+      if ev:is_set() then wake(self, 1) end
+      error(e, 0)
+    end
+  end
+
+  function Condition:notify(n)
+    check(self, "condition:notify")
+    if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+      usage("bad argument #2 to 'condition:notify' (non-negative integer "
+            .. "expected, got %s)", tostring(n))
+    end
+    wake(self, n or 1)
+  end
+
+  function Condition:notify_all()
+    check(self, "condition:notify_all")
+    wake(self, #self._waiters)
+  end
+
+  function M.condition(lock)
+    if lock == nil then
+      lock = M.lock()
+    elseif getmetatable(lock) ~= "braid.Lock" then
+      usage("bad argument #1 to 'braid.condition' (braid.Lock expected, got "
+            .. "%s)", type(lock))
+    end
+    return setmetatable({lock = lock, _waiters = {}}, Condition)
+  end
+end
+
+-- braid.fs: the tree calls, composed of the C ones (fs.c, fs_path.c).
+-- Every one is cancellable and bounded by deadlines through the calls it
+-- makes; errors are theirs (kind "io" with `code` and `path`).
+if rawget(M, "fs") then
+  local fs <const> = M.fs
+  local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
+
+  local function io_code(e, ...)
+    if not (M.is_error(e) and e.kind == "io") then return false end
+    for _, c in ipairs({...}) do if e.code == c then return true end end
+    return false
+  end
+
+  -- fn(...) for the Lua-side function fname: a usage error that a C call
+  -- inside raises in its own name (outside a task, cannot suspend here, a
+  -- bad argument handed on) is said in fname's name, without braid's own
+  -- position. Everything else passes unchanged.
+  local function as(fname, fn, ...)
+    local r = pack(pcall(fn, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    local e = r[2]
+    if M.is_error(e) and e.kind == "usage" then
+      usage("%s", (e.message:gsub("^%[braid%]:%d+: ", "")
+                            :gsub("braid%.fs%.[%w_]+", fname, 1)))
+    end
+    error(e, 0)
+  end
+
+  local function check_opts(fname, opts, allowed)
+    if opts == nil then return {} end
+    if type(opts) ~= "table" then
+      usage("bad argument #2 to '%s' (options table expected, got %s)",
+            fname, type(opts))
+    end
+    for k in pairs(opts) do
+      if not allowed[k] then
+        usage("bad argument #2 to '%s' (unknown option '%s')", fname,
+              tostring(k))
+      end
+    end
+    return opts
+  end
+
+  local function check_path(fname, p)
+    if type(p) ~= "string" then
+      usage("bad argument #1 to '%s' (string expected, got %s)", fname,
+            type(p))
+    end
+  end
+
+  -- fs.exists(path) -> boolean: whether something is there (a link
+  -- counts, even a dangling one: it is not followed).
+  local function exists(path)
+    local ok, e = pcall(stat, path)
+    if ok then return true end
+    if io_code(e, "ENOENT", "ENOTDIR") then return false end
+    error(e, 0)
+  end
+
+  function fs.exists(path) return as("braid.fs.exists", exists, path) end
+
+  -- fs.mkdir(path, [mode | opts]): opts.parents makes the missing parents
+  -- too and accepts a directory that exists; opts.mode as the mode.
+  function fs.mkdir(path, opts)
+    if type(opts) ~= "table" then return mkdir(path, opts) end
+    check_opts("braid.fs.mkdir", opts, {parents = true, mode = true})
+    if not opts.parents then return mkdir(path, opts.mode) end
+    check_path("braid.fs.mkdir", path)
+    local ok, e = pcall(mkdir, path, opts.mode)
+    if ok then return end
+    if io_code(e, "EEXIST") and stat(path).type == "directory" then return end
+    if not io_code(e, "ENOENT") then error(e, 0) end
+    local parent = path:match("^(.*[^/])/+[^/]+/*$")
+    if not parent then error(e, 0) end
+    fs.mkdir(parent, {parents = true, mode = opts.mode})
+    ok, e = pcall(mkdir, path, opts.mode)
+    if ok or (io_code(e, "EEXIST") and stat(path).type == "directory") then
+      return
+    end
+    error(e, 0)
+  end
+
+  -- Removes a tree, depth first; links are removed, never followed.
+  local function remove_tree(path)
+    if stat(path).type == "directory" then
+      for _, name in ipairs(list(path)) do remove_tree(path .. "/" .. name) end
+    end
+    remove(path)
+  end
+
+  -- fs.remove(path, [opts]): a file, a link or an empty directory;
+  -- opts.recursive removes a directory with everything in it (links are
+  -- removed, not followed). It refuses "" and "/" (also spelt "//", or a
+  -- path whose real path is "/").
+  function fs.remove(path, opts)
+    opts = check_opts("braid.fs.remove", opts, {recursive = true})
+    if not opts.recursive then return remove(path) end
+    check_path("braid.fs.remove", path)
+    if path == "" or path:find("^/+$") or
+       (fs.exists(path) and fs.realpath(path) == "/") then
+      usage("braid.fs.remove: refusing to remove %q recursively", path)
+    end
+    return remove_tree(path)
+  end
+
+  -- fs.walk(dir, [opts]) -> iterator of path, type: every entry under dir,
+  -- depth first, a directory before its contents, names in sorted order.
+  -- Links are listed as "link" and not followed unless opts.follow (then
+  -- a link to a directory is walked into, once per real directory, and
+  -- its type is the target's).
+  local function walk(dir, opts)
+    opts = check_opts("braid.fs.walk", opts, {follow = true})
+    check_path("braid.fs.walk", dir)
+    local follow, seen = opts.follow, {}
+    if follow then seen[fs.realpath(dir)] = true end
+    local stack = {{dir = dir, names = list(dir), i = 0}}
+    return function()
+      while #stack > 0 do
+        local top = stack[#stack]
+        top.i = top.i + 1
+        local name = top.names[top.i]
+        if name == nil then
+          stack[#stack] = nil
+        else
+          local p = top.dir .. "/" .. name
+          local kind = stat(p).type
+          local into = kind == "directory"
+          if follow and kind == "link" then
+            local ok, real = pcall(fs.realpath, p)
+            if ok then
+              kind = stat(real).type
+              into = kind == "directory" and not seen[real]
+              if into then seen[real] = true end
+            end
+          elseif follow and into then
+            local real = fs.realpath(p)
+            into = not seen[real]
+            seen[real] = true
+          end
+          if into then stack[#stack + 1] = {dir = p, names = list(p), i = 0} end
+          return p, kind
+        end
+      end
+    end
+  end
+
+  function fs.walk(dir, opts)
+    local step = as("braid.fs.walk", walk, dir, opts)
+    return function() return as("braid.fs.walk", step) end
+  end
+
+  -- fs.lines(path, [opts]) -> iterator over the lines of a file, read in
+  -- chunks (memory stays within about max_line); for a generic for, which
+  -- closes the file when the loop ends, also by break or error.
+  function fs.lines(path, opts)
+    local f = as("braid.fs.lines", fs.open, path, "r", opts)
+    return function()
+      local line = f:read_line()
+      if line == nil then f:close() end
+      return line
+    end, nil, nil, f
+  end
+
+  -- fs.tmpdir([prefix]) -> guard: a new private directory (mode 0700)
+  -- under $TMPDIR or /tmp, named prefix (default "braid-") and six random
+  -- characters. guard.path is its path (also tostring(guard) and
+  -- guard .. "/name"); closing the guard (<close>, guard:close()) removes
+  -- it with everything inside, shielded from the task's cancellation.
+  local Tmpdir <const> = {}
+  Tmpdir.__index = Tmpdir
+  Tmpdir.__name = "braid.Tmpdir"
+  function Tmpdir.__tostring(g) return g.path end
+  function Tmpdir.__concat(a, b)
+    return (getmetatable(a) == Tmpdir and a.path or a) ..
+           (getmetatable(b) == Tmpdir and b.path or b)
+  end
+  function Tmpdir:close()
+    if self.closed then return end
+    self.closed = true
+    M.shield(function()
+      if fs.exists(self.path) then remove_tree(self.path) end
+    end)
+  end
+  Tmpdir.__close = Tmpdir.close
+
+  function fs.tmpdir(prefix)
+    if prefix ~= nil and (type(prefix) ~= "string" or prefix:find("/")) then
+      usage("bad argument #1 to 'braid.fs.tmpdir' (a name prefix without "
+            .. "'/' expected)")
+    end
+    local base = os.getenv("TMPDIR")
+    if base == nil or base == "" then base = "/tmp" end
+    local path = fs._mkdtemp(base:gsub("/+$", "") .. "/" ..
+                             (prefix or "braid-") .. "XXXXXX")
+    return setmetatable({path = path}, Tmpdir)
+  end
+end

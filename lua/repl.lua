@@ -129,13 +129,16 @@ end
 
 -- run_entry(fn, name) -> ok, results (a packed table) | error: fn as a
 -- task of its own, awaited; Ctrl-C cancels it.
+-- fn is the task's own function, so that a traceback of an error in the
+-- entry shows the entry alone, as the stock REPL shows a main chunk.
 local function run_entry(fn, name)
-  local t = braid.spawn(function() return pack(fn()) end)
+  local t = braid.spawn(fn)
   t.name = name
   repl.set_entry(t)
-  local ok, r = pcall(t.await, t)
+  local r = pack(pcall(t.await, t))
   repl.set_entry(nil)
-  return ok, r
+  if not r[1] then return false, r[2] end
+  return true, pack(unpack(r, 2, r.n))
 end
 
 -- An entry cancelled by Ctrl-C, or abandoned by a second one (the only way

@@ -30,6 +30,9 @@ local OBJECTS = {
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Progress"] = "progress",
+  ["braid.Ticker"] = "ticker",
+  ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
+  ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
 }
 
 -- ---- finding every public function and method ----
@@ -198,6 +201,43 @@ local EXPECT = {
     badarg = {1, function(f, call) call(function() f("x") end) end},
   },
   ["braid.current"] = {none = "raises nothing; nil outside a task"},
+  ["braid.sleep_until"] = {
+    outside = function(f, call) call(function() f(1) end) end,
+    nosuspend = function(f, call) call(function() f(braid.now() + 1) end) end,
+    badarg = {1, function(f, call) call(function() f("x") end) end},
+  },
+  ["braid.move_on"] = {
+    outside = function(f, call) call(function() f(1, fn) end) end,
+    nosuspend = function(f, call) call(function() f(1, fn) end) end,
+    badarg = {2, function(f, call) call(function() f(1, 42) end) end},
+  },
+  ["braid.ticker"] = {   -- never suspends
+    outside = function(f, call) call(function() f(1) end) end,
+    badarg = {1, function(f, call) call(function() f(0) end) end},
+  },
+  ["ticker:wait"] = {
+    outside = function(f, call)
+      local t
+      braid.run(function() t = braid.ticker(1) end)
+      call(function() f(t) end)
+    end,
+    nosuspend = function(f, call)
+      local t <close> = braid.ticker(3600)
+      call(function() f(t) end)
+    end,
+    badarg = {1, self_is(42)},
+    also = {{"usage", "another task waits on this ticker", function(f, call)
+      local t <close> = braid.ticker(3600)
+      local w = braid.spawn(f, t)
+      braid.yield()
+      call(function() f(t) end)
+      w:cancel()
+      pcall(w.await, w)
+    end}},
+  },
+  ["ticker:close"] = {badarg = {1, self_is(42)}},
+  ["braid.clock"] = {none = "takes no arguments, works anywhere"},
+  ["braid.pid"] = {none = "takes no arguments, works anywhere"},
   ["braid.now"] = {none = "raises nothing"},
   ["braid.tasks"] = {none = "raises nothing"},
   ["braid.dump"] = {none = "raises nothing"},
@@ -379,7 +419,53 @@ local EXPECT = {
       call(function() f(braid.semaphore(1), 42) end)
     end},
   },
-  ["semaphore:release"] = {badarg = {1, self_is(42)}},
+  ["semaphore:release"] = {
+    badarg = {1, self_is(42)},
+    also = {{"usage", "released more often than acquired", function(f, call)
+      call(function() f(braid.semaphore(1)) end)
+    end}},
+  },
+  ["braid.lock"] = {none = "takes no arguments, works anywhere"},
+  ["lock:acquire"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    nosuspend = function(f, call)
+      local l = braid.lock()
+      braid.spawn(l.acquire, l)
+      braid.yield()
+      call(function() f(l) end)
+    end,
+    badarg = {1, self_is(braid.semaphore(1))},
+    also = {{"usage", "this task holds the lock already", function(f, call)
+      local l = braid.lock()
+      l:acquire()
+      call(function() f(l) end)
+    end}},
+  },
+  ["lock:release"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    badarg = {1, self_is(42)},
+    also = {{"usage", "the lock is not held", function(f, call)
+      call(function() f(braid.lock()) end)
+    end}},
+  },
+  ["lock:with"] = {
+    outside = function(f, call) call(function() f(braid.lock(), fn) end) end,
+    nosuspend = function(f, call)
+      local l = braid.lock()
+      braid.spawn(l.acquire, l)
+      braid.yield()
+      call(function() f(l, fn) end)
+    end,
+    badarg = {2, function(f, call) call(function() f(braid.lock(), 42) end) end},
+  },
+  ["lock:locked"] = {badarg = {1, self_is(42)}},
+  ["lock:owned"] = {
+    outside = function(f, call) call(function() f(braid.lock()) end) end,
+    badarg = {1, self_is(42)},
+  },
+  ["braid.condition"] = {
+    badarg = {1, function(f, call) call(function() f(braid.semaphore(1)) end) end},
+  },
   ["semaphore:count"] = {badarg = {1, self_is(42)}},
   ["event:wait"] = {
     outside = function(f, call) call(function() f(braid.event()) end) end,
@@ -438,6 +524,101 @@ local EXPECT = {
     end,
     badarg = {2, function(f, call) call(function() f("/nonexistent/x") end) end},
   },
+  ["braid.fs.chmod"] = {
+    outside = function(f, call) call(function() f("/nonexistent/x", 420) end) end,
+    nosuspend = function(f, call) call(function() f("/nonexistent/x", 420) end) end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/x", "rw") end) end},
+  },
+  ["braid.fs.realpath"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["braid.fs.copy"] = {
+    outside = function(f, call) call(function() f("/nonexistent/x", "/nonexistent/y") end) end,
+    nosuspend = function(f, call)
+      call(function() f("/nonexistent/x", "/nonexistent/y") end)
+    end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/x") end) end},
+  },
+  ["braid.fs.exists"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f({}) end) end},
+  },
+  ["braid.fs.walk"] = {
+    outside = function(f, call) call(function() f("/") end) end,
+    nosuspend = function(f, call) call(function() f("/") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["braid.fs.tmpdir"] = {
+    outside = function(f, call) call(function() f() end) end,
+    nosuspend = function(f, call) call(function() f() end) end,
+    badarg = {1, function(f, call) call(function() f("a/b") end) end},
+  },
+  ["braid.fs.watch"] = {   -- never suspends
+    outside = function(f, call) call(function() f("/tmp") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"debounce", function(f, call)
+      call(function() f("/tmp", {debounce = NAN}) end)
+    end},
+  },
+  ["watcher:next"] = {
+    nosuspend = function(f, call)
+      local w <close> = braid.fs.watch("/tmp")
+      call(function() f(w) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["watcher:close"] = {badarg = {1, self_is(42)}},
+  ["braid.fs.open"] = {
+    outside = function(f, call) call(function() f("/dev/null") end) end,
+    nosuspend = function(f, call) call(function() f("/dev/null") end) end,
+    badarg = {2, function(f, call) call(function() f("/dev/null", "x") end) end},
+    option = {"max_line", function(f, call)
+      call(function() f("/dev/null", "r", {max_line = -1}) end)
+    end},
+  },
+  ["braid.fs.lines"] = {
+    outside = function(f, call) call(function() f("/dev/null") end) end,
+    nosuspend = function(f, call) call(function() f("/dev/null") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
+  ["file:read"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file) end)
+    end,
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file, 0) end)
+    end},
+  },
+  ["file:read_line"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["file:lines"] = {badarg = {1, self_is(42)}},
+  ["file:write"] = {
+    nosuspend = function(f, call)
+      local file <close> = braid.fs.open("/dev/null", "w")
+      call(function() f(file, "x") end)
+    end,
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null", "w")
+      call(function() f(file, {}) end)
+    end},
+  },
+  ["file:seek"] = {
+    badarg = {2, function(f, call)
+      local file <close> = braid.fs.open("/dev/null")
+      call(function() f(file, "middle") end)
+    end},
+  },
+  ["file:close"] = {badarg = {1, self_is(42)}},
   ["braid.dns.resolve"] = {
     outside = function(f, call) call(function() f("localhost") end) end,
     nosuspend = function(f, call) call(function() f("localhost") end) end,
@@ -553,6 +734,48 @@ local EXPECT = {
   ["stream:close"] = {badarg = {1, self_is(42)}},
   ["server:port"] = {badarg = {1, self_is(42)}},
   ["server:close"] = {badarg = {1, self_is(42)}},
+  ["server:path"] = {badarg = {1, self_is(42)}},
+  ["braid.unix.connect"] = {   -- never suspends: a unix connect is at once
+    outside = function(f, call) call(function() f("/nonexistent/s") end) end,
+    badarg = {1, function(f, call) call(function() f("") end) end},
+    option = {"max_line", function(f, call)
+      call(function() f("/nonexistent/s", {max_line = -1}) end)
+    end},
+  },
+  ["braid.unix.listen"] = {   -- never suspends
+    outside = function(f, call) call(function() f("/nonexistent/s", fn) end) end,
+    badarg = {2, function(f, call) call(function() f("/nonexistent/s", 42) end) end},
+    option = {"backlog", function(f, call)
+      call(function() f("@braid-names-spec", fn, {backlog = -1}) end)
+    end},
+  },
+  ["braid.udp.bind"] = {   -- never suspends
+    outside = function(f, call) call(function() f("127.0.0.1", 0) end) end,
+    badarg = {2, function(f, call) call(function() f("127.0.0.1", "x") end) end},
+  },
+  ["braid.udp.open"] = {   -- never suspends
+    outside = function(f, call) call(function() f() end) end,
+  },
+  ["sock:recv"] = {
+    nosuspend = function(f, call)
+      local s <close> = braid.udp.bind("127.0.0.1", 0)
+      call(function() f(s) end)
+    end,
+    badarg = {1, self_is(42)},
+    also = {{"closed", "the socket is closed", function(f, call)
+      local s = braid.udp.open()
+      s:close()
+      call(function() f(s) end)
+    end}},
+  },
+  ["sock:send"] = {   -- suspends only when the kernel's buffer is full
+    badarg = {4, function(f, call)
+      local s <close> = braid.udp.open()
+      call(function() f(s, "x", "127.0.0.1", "y") end)
+    end},
+  },
+  ["sock:address"] = {badarg = {1, self_is(42)}},
+  ["sock:close"] = {badarg = {1, self_is(42)}},
 }
 
 -- ---- the specs ----

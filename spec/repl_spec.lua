@@ -304,3 +304,19 @@ describe("braid -i with piped input", function()
     assert.matches(">> ", out, 1, true)
   end)
 end)
+
+describe("the REPL's error reports (issue 19)", function()
+  it("show the entry's frames, not the REPL's own", function()
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", "local function f() error('x') end f()\\r"},
+      {"expect", "stdin:1: in main chunk\\r\\n[^\\n]*\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.not_matches("[braid repl]", out, 1, true)
+    assert.not_matches("upvalue 'fn'", out, 1, true)
+    assert.not_matches("spawned at", out, 1, true)
+  end)
+end)

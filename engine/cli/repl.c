@@ -314,6 +314,7 @@ static int l_repl_set_entry (lua_State *L) {
   braid__session_entry(R.E, NULL);
   if (!lua_isnoneornil(L, 1)) {
     braid_task_t *t = braid__task_check(L, 1, "repl.set_entry");
+    braid__task_set_site(L, t, 0, 0);   /* not the REPL's own code */
     lua_settop(L, 1);
     R.entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     R.entry = t;

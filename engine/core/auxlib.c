@@ -46,6 +46,95 @@ void braid__push_weak_table (lua_State *L) {
   lua_setmetatable(L, -2);
 }
 
+/* ---- names that do not exist ---- */
+
+/* The edit distance between a and b (insertions, deletions, substitutions
+** and swaps of neighbours), or more than `most` once it cannot be within
+** it. Names are short: longer ones are simply too far. */
+static size_t name_distance (const char *a, const char *b, size_t most) {
+  size_t la = strlen(a), lb = strlen(b), i, j;
+  size_t d[34][34];
+  if (la > 32 || lb > 32) return most + 1;
+  if ((la > lb ? la - lb : lb - la) > most) return most + 1;
+  for (i = 0; i <= la; i++) d[i][0] = i;
+  for (j = 0; j <= lb; j++) d[0][j] = j;
+  for (i = 1; i <= la; i++)
+    for (j = 1; j <= lb; j++) {
+      size_t c = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+      if (d[i - 1][j] + 1 < c) c = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < c) c = d[i][j - 1] + 1;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+          d[i - 2][j - 2] + 1 < c)
+        c = d[i - 2][j - 2] + 1;
+      d[i][j] = c;
+    }
+  return d[la][lb];
+}
+
+/* Raises "<what> has no <noun> 'key' (did you mean 'near'?)" for the
+** string key at kidx, `near` the public name of the table at tidx closest
+** to it (within two edits, and fewer than the key's length), if any. A
+** usage error with the script's position, as braid_usageerror's. */
+static int missing_error (lua_State *L, int tidx, int kidx, const char *what,
+                          const char *noun) {
+  const char *key = lua_tostring(L, kidx), *best = NULL;
+  size_t best_d = 3, klen = strlen(key);
+  lua_pushnil(L);
+  while (lua_next(L, tidx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] != '_') {
+      const char *name = lua_tostring(L, -1);
+      size_t dist = name_distance(key, name, 2);
+      /* Ties go to the first name in sort order: the suggestion must not
+      ** depend on the table's traversal order. */
+      if (dist < klen && (dist < best_d || (dist == best_d && best &&
+                                            strcmp(name, best) < 0))) {
+        best_d = dist;
+        best = name;
+      }
+    }
+  }
+  if (best)
+    return braid_usageerror(L, "%s has no %s '%s' (did you mean '%s'?)",
+                            what, noun, key, best);
+  return braid_usageerror(L, "%s has no %s '%s'", what, noun, key);
+}
+
+/* __index of a braid class's methods table: obj:sned() says "braid.Channel
+** has no method 'sned' (did you mean 'send'?)" rather than "attempt to
+** call a nil value". Upvalue 1: the class name. Non-string keys, and
+** names starting with "_" (probes for private fields), are nil. */
+static int l_method_missing (lua_State *L) {
+  if (lua_type(L, 2) != LUA_TSTRING || lua_tostring(L, 2)[0] == '_')
+    return 0;
+  return missing_error(L, 1, 2, lua_tostring(L, lua_upvalueindex(1)),
+                       "method");
+}
+
+/* __index of braid's module tables: braid.sleap says "braid has no field
+** 'sleap' (did you mean 'sleep'?)". Upvalue 1: the table's name; upvalue
+** 2: the names that may be absent (modules an embedding sandbox leaves
+** out), which stay nil so that `if braid.fs then` still works. */
+static int l_field_missing (lua_State *L) {
+  if (lua_type(L, 2) != LUA_TSTRING || lua_tostring(L, 2)[0] == '_')
+    return 0;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 0;
+  return missing_error(L, 1, 2, lua_tostring(L, lua_upvalueindex(1)),
+                       "field");
+}
+
+void braid__strict_fields (lua_State *L, int idx, const char *name) {
+  idx = lua_absindex(L, idx);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, name);
+  lua_pushvalue(L, -3);                 /* the absent names */
+  lua_pushcclosure(L, l_field_missing, 2);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, idx);
+  lua_pop(L, 1);
+}
+
 /* Makes the metatable `name` for a braid object: the metamethods `meta`
 ** (or NULL), and `methods` found through __index, directly or, when
 ** `index` is given, through that function with the methods table as its
@@ -59,6 +148,11 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
   lua_setfield(L, -2, "__metatable");
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
+  lua_createtable(L, 0, 1);     /* a misspelt method explains itself */
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, l_method_missing, 1);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   if (index) lua_pushcclosure(L, index, 1);
   lua_setfield(L, -3, "__index");

@@ -317,11 +317,13 @@ static void push_chain (lua_State *L, struct braid_task *t) {
   while (t) {
     struct braid_scope *in = t->scope.outer;
     const char *site = braid__task_site(L, t, 0);
+    /* A site braid does not know (a REPL entry) is left out, not "?". */
+    int shown = in->kind != SCOPE_TOP && strcmp(site, "?") != 0;
     lua_pushfstring(L, "%s%s %d \"%s\"%s%s%s", lead,
                     lead[0] == 't' ? "" : " task", (int) t->id,
                     braid__task_name(L, t, 0),
-                    in->kind == SCOPE_TOP ? "" : ", spawned at ",
-                    in->kind == SCOPE_TOP ? "" : site, scope_words[in->kind]);
+                    shown ? ", spawned at " : "", shown ? site : "",
+                    scope_words[in->kind]);
     lua_remove(L, -2);
     luaL_addvalue(&b);
     lead = "\n    inside";
@@ -400,7 +402,8 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
     if (lua_getfield(L, rec, "task") == LUA_TSTRING)
       fprintf(stderr, "  in %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
-    if (lua_getfield(L, rec, "traceback") == LUA_TSTRING)
+    if (lua_getfield(L, rec, "traceback") == LUA_TSTRING &&
+        lua_rawlen(L, -1) > 0)
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
     if (lua_getfield(L, rec, "also") == LUA_TTABLE) {
@@ -415,7 +418,8 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
     lua_pop(L, 1);
   } else if (braid_error_kind(L, idx) != NULL) {
     lua_getfield(L, idx, "traceback");
-    if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    if (lua_isstring(L, -1) && lua_rawlen(L, -1) > 0)
+      fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   fflush(stderr);
@@ -620,4 +624,19 @@ void braid__open_error (lua_State *L) {
   lua_getfield(L, -1, "__metatable");
   lua_setfield(L, -3, "Error");
   lua_pop(L, 1);
+}
+
+/* prim.h: where a task a primitive spawned was spawned, for reports: the
+** file of the function at fidx (0: unknown, left out of reports) and the
+** line (0: the file alone). Uservalue 3 and t->line are what
+** braid__task_site reads. [-0, +0, -] */
+void braid__task_set_site (lua_State *L, struct braid_task *t, int fidx,
+                           int line) {
+  fidx = fidx ? lua_absindex(L, fidx) : 0;
+  braid__task_push(L, t);
+  if (fidx) lua_pushvalue(L, fidx);
+  else lua_pushnil(L);
+  lua_setiuservalue(L, -2, 3);
+  lua_pop(L, 1);
+  t->line = line;
 }

@@ -321,6 +321,17 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
+    /* The Promise.all habit: a list of functions where the options go. */
+    if (!map && lua_istable(L, opts)) {
+      int listed = lua_rawgeti(L, opts, 1) != LUA_TNIL;
+      lua_pop(L, 1);
+      if (listed)
+        braid_usageerror(L, "bad argument #%d to '%s' (%s takes functions "
+                            "as arguments, not a list: %s(table.unpack("
+                            "list))%s)", opts, fname, fname, fname,
+                            mode == GROUP_GATHER ? ", or braid.map(list, "
+                            "function(f) return f() end)" : "");
+    }
     braid__check_options(L, opts, fname, group_options);
     grace = braid__opt_seconds(L, opts, "grace", grace, fname);
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);

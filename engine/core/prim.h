@@ -42,6 +42,15 @@ void braid__list_remove(struct braid_list *node);
 void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
                   const luaL_Reg *methods, lua_CFunction index);
 
+/* Makes the table at idx (braid, braid.fs) explain a name it lacks:
+** reading one raises the usage error "<name> has no field 'sleap' (did
+** you mean 'sleep'?)", except for the names in the table at the stack
+** top (popped), which read as nil: modules a sandbox leaves out, so that
+** `if braid.fs then` keeps working. Names starting with "_" read as nil.
+** braid__class does the same for methods ("braid.Channel has no method
+** 'sned'"). [-1, +0, m] */
+void braid__strict_fields(lua_State *L, int idx, const char *name);
+
 /* Argument checks naming the function as the script wrote it (fname:
 ** "braid.fs.read_file", "channel:send"; a method's self is argument #1),
 ** raising Lua's familiar "bad argument #idx to 'fname' (... expected, got
@@ -182,6 +191,14 @@ int braid__scope_open(braid_scope_t *s);
 braid_task_t *braid__spawn(lua_State *L, braid_scope_t *into, int fidx,
                            int nargs);
 
+/* Where task t was spawned, for reports, when no Lua call of the script
+** spawned it (a server's handler, spawned from a callback): the file of
+** the function at fidx and line (as the script's call that asked for it:
+** where braid.tcp.listen was called), or fidx 0 for a place braid cannot
+** name (left out of reports). [-0, +0, -] */
+void braid__task_set_site(lua_State *L, braid_task_t *t, int fidx,
+                          int line);
+
 /* Makes r a resource of task t's own scope (a connection's stream belongs
 ** to its handler). */
 void braid__task_resource_add(braid_task_t *t, braid_resource_t *r);
@@ -294,9 +311,13 @@ void braid__open_select(lua_State *L);
 void braid__open_dump(lua_State *L);
 void braid__open_error(lua_State *L);
 void braid__open_sleep(lua_State *L);
+void braid__open_ticker(lua_State *L);
+void braid__open_clock(lua_State *L);
 void braid__open_process(lua_State *L);
 void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
+void braid__open_unix(lua_State *L);
+void braid__open_udp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 void braid__open_progress(lua_State *L);

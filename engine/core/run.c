@@ -16,8 +16,10 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
     if (sub->kind == SCOPE_TASK) {
       struct braid_task *t = sub->task;
       const char *site = braid__task_site(L, t, 0);
-      lua_pushfstring(L, "\n  task %d (%s, spawned at %s) waits on %s",
-                      (int) t->id, braid__task_name(L, t, 0), site,
+      int shown = strcmp(site, "?") != 0;   /* unknown: left out */
+      lua_pushfstring(L, "\n  task %d (%s%s%s) waits on %s",
+                      (int) t->id, braid__task_name(L, t, 0),
+                      shown ? ", spawned at " : "", shown ? site : "",
                       t->wait ? t->wait->what : "nothing");
       lua_remove(L, -2);
       luaL_addvalue(b);

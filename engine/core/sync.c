@@ -1,23 +1,37 @@
 /*
-** sync.c: braid.semaphore and braid.event.
+** sync.c: braid.semaphore, braid.lock and braid.event.
 **
 ** Both keep their waiters in FIFO lists of the tasks' own waits
 ** (t->w.watch.link), so waiting allocates nothing and a cancelled waiter
 ** unlinks itself in O(1). A semaphore's waiter is woken with WAKE_OK only
 ** once a permit is its; one abandoned before it ran gives the permit back
 ** (sem_release), as a channel's receiver gives its value back.
+**
+** A lock is a semaphore of one permit that knows its holder (by task id,
+** which is never reused, so a holder that ended is never mistaken for a
+** new task): only the holder releases it, and a holder acquiring it again
+** is told rather than deadlocked. A permit handed to a waiter makes that
+** waiter the holder at once. A semaphore counts the permits out (taken,
+** or handed to a waiter) so that releasing one more than was taken
+** raises, unless its `max` leaves room.
 */
 #include "core.h"
 
 #define SEM_MT "braid.Semaphore"
 #define EVENT_MT "braid.Event"
+#define LOCK_MT "braid.Lock"
 
 static const struct braid_type sem_type = {SEM_MT};
 static const struct braid_type event_type = {EVENT_MT};
+static const struct braid_type lock_type = {LOCK_MT};
 
 struct braid_sem {
-  const struct braid_type *type;   /* &sem_type */
-  lua_Integer permits;
+  const struct braid_type *type;   /* &sem_type or &lock_type */
+  lua_Integer permits;          /* free now */
+  lua_Integer out;              /* taken, or handed to a woken waiter */
+  lua_Integer max;              /* permits + out stays within it */
+  unsigned owner;               /* a lock's holder (task id), or 0 */
+  int lock;                     /* a braid.Lock */
   struct braid_list waiters;
 };
 
@@ -54,16 +68,36 @@ static int queue_wait (lua_State *L, struct braid_task *t,
 
 /* ---- semaphores ---- */
 
+/* The semaphore or lock at 1: fname says which ("lock:acquire"). */
 static struct braid_sem *sem_check (lua_State *L, const char *fname) {
-  return (struct braid_sem *) braid__check_tagged(L, 1, &sem_type, fname);
+  return (struct braid_sem *) braid__check_tagged(L, 1, fname[0] == 'l' ?
+                                                  &lock_type : &sem_type,
+                                                  fname);
 }
 
-static void sem_give (struct braid_sem *s);
+static void sem_put (struct braid_sem *s);
 
 /* A waiter woken with a permit that will never run (abandoned,
 ** braid_close) gives it back, as a channel's receiver gives its value. */
 static void sem_release (struct braid_wait *w) {
-  if (w->task->wake == WAKE_OK) sem_give((struct braid_sem *) w->obj);
+  if (w->task->wake == WAKE_OK) sem_put((struct braid_sem *) w->obj);
+}
+
+/* Takes a free permit for task t. */
+static void sem_take (struct braid_sem *s, struct braid_task *t) {
+  s->permits--;
+  s->out++;
+  if (s->lock) s->owner = t->id;
+}
+
+/* Can t take a permit without waiting? A task that holds a lock and asks
+** for it again would wait for itself forever: that is a usage error. */
+static int sem_free (lua_State *L, struct braid_sem *s, struct braid_task *t,
+                     const char *fname) {
+  if (s->lock && s->owner == t->id)
+    braid_usageerror(L, "%s: this task holds the lock already (braid's "
+                        "locks are not reentrant)", fname);
+  return s->permits > 0 && braid__list_empty(&s->waiters);
 }
 
 /* Waits for a permit; a waiter woken with WAKE_OK was handed one. */
@@ -89,8 +123,8 @@ static int l_sem_acquire (lua_State *L) {
   struct braid_sem *s = sem_check(L, "semaphore:acquire");
   struct braid_task *t = braid__task_current(L, "semaphore:acquire");
   braid__task_checkcancel(L, t);
-  if (s->permits > 0 && braid__list_empty(&s->waiters)) {
-    s->permits--;
+  if (sem_free(L, s, t, "semaphore:acquire")) {
+    sem_take(s, t);
     return 0;
   }
   braid__task_checkyield(L, t, "semaphore:acquire");
@@ -119,7 +153,7 @@ static int l_sem_guard_close (lua_State *L) {
   if (*held) {
     *held = 0;
     lua_getiuservalue(L, 1, 1);
-    sem_give((struct braid_sem *) lua_touserdata(L, -1));
+    sem_put((struct braid_sem *) lua_touserdata(L, -1));
   }
   return 0;
 }
@@ -151,35 +185,59 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
 /* sem:with(fn, ...) -> ...: fn(...) holding a permit, released on every
 ** path (return, error, cancellation, abandonment) by a to-be-closed guard
 ** on this function's stack. The guards' metatable is upvalue 1. */
-static int l_sem_with (lua_State *L) {
-  struct braid_sem *s = sem_check(L, "semaphore:with");
+static int sem_with (lua_State *L, const char *fname) {
+  struct braid_sem *s = sem_check(L, fname);
   struct braid_task *t;
-  int *held;
+  int *held, now;
   if (!braid__is_callable(L, 2))
-    braid_argerror(L, 2, "semaphore:with", "function expected");
-  t = braid__task_current(L, "semaphore:with");
+    braid_argerror(L, 2, fname, "function expected");
+  t = braid__task_current(L, fname);
   braid__task_checkcancel(L, t);
-  if (!(s->permits > 0 && braid__list_empty(&s->waiters)))
-    braid__task_checkyield(L, t, "semaphore:with");
+  if (!(now = sem_free(L, s, t, fname)))
+    braid__task_checkyield(L, t, fname);
   held = sem_guard_push(L);
-  if (s->permits > 0 && braid__list_empty(&s->waiters)) {
-    s->permits--;
+  if (now) {
+    sem_take(s, t);
     *held = 1;
     return sem_with_call(L);
   }
   return sem_queue_wait(L, t, s, sem_with_k);
 }
 
-/* Gives a permit back, straight to the first waiter. */
-static void sem_give (struct braid_sem *s) {
-  struct braid_wait *w = queue_pop(&s->waiters);
-  if (w) braid__task_wake(w->task, WAKE_OK);
-  else s->permits++;
+static int l_sem_with (lua_State *L) {
+  return sem_with(L, "semaphore:with");
 }
 
-/* sem:release(): gives a permit back. */
+/* A permit becomes free: straight to the first waiter (a lock's waiter
+** becomes its holder now), else it waits in `permits`. */
+static void sem_give (struct braid_sem *s) {
+  struct braid_wait *w = queue_pop(&s->waiters);
+  if (s->lock) s->owner = w ? w->task->id : 0;
+  if (w) {
+    s->out++;
+    braid__task_wake(w->task, WAKE_OK);
+  } else {
+    s->permits++;
+  }
+}
+
+/* A permit taken comes back. */
+static void sem_put (struct braid_sem *s) {
+  s->out--;
+  sem_give(s);
+}
+
+/* sem:release(): gives a permit back; raises when none is out and the
+** semaphore's max leaves no room for one more. */
 static int l_sem_release (lua_State *L) {
-  sem_give(sem_check(L, "semaphore:release"));
+  struct braid_sem *s = sem_check(L, "semaphore:release");
+  if (s->out > 0) sem_put(s);
+  else if (s->permits < s->max) sem_give(s);
+  else
+    braid_usageerror(L, "semaphore:release: released more often than "
+                        "acquired (all %I permits are free; "
+                        "braid.semaphore(n, {max = m}) allows up to m)",
+                        (LUAI_UACINT) s->max);
   return 0;
 }
 
@@ -188,17 +246,91 @@ static int l_sem_count (lua_State *L) {
   return 1;
 }
 
-/* braid.semaphore(n) -> semaphore with n permits. */
+static const char *const sem_options[] = {"max", NULL};
+
+/* Pushes a new semaphore (or lock) with n permits of at most max. */
+static void sem_push (lua_State *L, lua_Integer n, lua_Integer max,
+                      int lock) {
+  struct braid_sem *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->type = lock ? &lock_type : &sem_type;
+  s->permits = n;
+  s->out = 0;
+  s->max = max;
+  s->owner = 0;
+  s->lock = lock;
+  braid__list_init(&s->waiters);
+  luaL_setmetatable(L, lock ? LOCK_MT : SEM_MT);
+}
+
+/* braid.semaphore(n, [opts]) -> semaphore with n permits; opts.max (at
+** least n; math.huge: unbounded) is how many releases may add up to,
+** n when absent. */
 static int l_sem_new (lua_State *L) {
   lua_Integer n = braid__check_integer(L, 1, "braid.semaphore");
-  struct braid_sem *s;
+  lua_Integer max = n;
   if (n < 0) braid_argerror(L, 1, "braid.semaphore", "permits must not be "
                                    "negative");
-  s = lua_newuserdatauv(L, sizeof *s, 0);
-  s->type = &sem_type;
-  s->permits = n;
-  braid__list_init(&s->waiters);
-  luaL_setmetatable(L, SEM_MT);
+  braid__check_options(L, 2, "braid.semaphore", sem_options);
+  if (lua_istable(L, 2)) {
+    double m = braid__opt_number(L, 2, "max", (double) n, "braid.semaphore");
+    if (m < (double) n)
+      return braid_usageerror(L, "bad option 'max' to 'braid.semaphore' "
+                                 "(less than the %I permits)",
+                                 (LUAI_UACINT) n);
+    max = m >= 9.2e18 ? LUA_MAXINTEGER : (lua_Integer) m;
+  }
+  sem_push(L, n, max, 0);
+  return 1;
+}
+
+/* ---- locks ---- */
+
+/* lock:acquire(): takes the lock, waiting in FIFO order. */
+static int l_lock_acquire (lua_State *L) {
+  struct braid_sem *s = sem_check(L, "lock:acquire");
+  struct braid_task *t = braid__task_current(L, "lock:acquire");
+  braid__task_checkcancel(L, t);
+  if (sem_free(L, s, t, "lock:acquire")) {
+    sem_take(s, t);
+    return 0;
+  }
+  braid__task_checkyield(L, t, "lock:acquire");
+  return sem_queue_wait(L, t, s, sem_acquire_k);
+}
+
+/* lock:release(): only the task holding the lock may release it. */
+static int l_lock_release (lua_State *L) {
+  struct braid_sem *s = sem_check(L, "lock:release");
+  struct braid_task *t = braid__task_current(L, "lock:release");
+  if (s->owner != t->id)
+    return braid_usageerror(L, "lock:release: %s", s->owner == 0 ?
+                            "the lock is not held" :
+                            "the lock is held by another task");
+  sem_put(s);
+  return 0;
+}
+
+static int l_lock_with (lua_State *L) {
+  return sem_with(L, "lock:with");
+}
+
+/* lock:locked() -> whether some task holds the lock. */
+static int l_lock_locked (lua_State *L) {
+  lua_pushboolean(L, sem_check(L, "lock:locked")->owner != 0);
+  return 1;
+}
+
+/* lock:owned() -> whether the calling task holds the lock. */
+static int l_lock_owned (lua_State *L) {
+  struct braid_sem *s = sem_check(L, "lock:owned");
+  struct braid_task *t = braid__task_current(L, "lock:owned");
+  lua_pushboolean(L, s->owner != 0 && s->owner == t->id);
+  return 1;
+}
+
+/* braid.lock() -> lock, free. */
+static int l_lock_new (lua_State *L) {
+  sem_push(L, 1, 1, 1);
   return 1;
 }
 
@@ -250,6 +382,13 @@ void braid__open_sync (lua_State *L) {
     {"count", l_sem_count},
     {NULL, NULL}
   };
+  static const luaL_Reg lock_methods[] = {
+    {"acquire", l_lock_acquire},
+    {"release", l_lock_release},
+    {"locked", l_lock_locked},
+    {"owned", l_lock_owned},
+    {NULL, NULL}
+  };
   static const luaL_Reg event_methods[] = {
     {"wait", l_event_wait},
     {"set", l_event_set},
@@ -258,6 +397,7 @@ void braid__open_sync (lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"semaphore", l_sem_new},
+    {"lock", l_lock_new},
     {"event", l_event_new},
     {NULL, NULL}
   };
@@ -268,6 +408,14 @@ void braid__open_sync (lua_State *L) {
   lua_pushcclosure(L, l_sem_with, 1);
   lua_setfield(L, -2, "with");
   lua_setfield(L, -2, "Semaphore");
+  braid__class(L, LOCK_MT, NULL, lock_methods, NULL);
+  lua_getfield(L, -2, "Semaphore");         /* sem:with's guards, shared */
+  lua_getfield(L, -1, "with");
+  lua_getupvalue(L, -1, 1);
+  lua_pushcclosure(L, l_lock_with, 1);
+  lua_setfield(L, -4, "with");
+  lua_pop(L, 2);
+  lua_setfield(L, -2, "Lock");
   braid__class(L, EVENT_MT, NULL, event_methods, NULL);
   lua_setfield(L, -2, "Event");
   luaL_setfuncs(L, funcs, 0);

@@ -155,11 +155,17 @@ static int last_level (lua_State *L) {
 }
 
 /* Pushes the traceback of L1 from level, as luaL_traceback(L, L1, NULL,
-** level) would. [-0, +1, m] */
+** level) would; "" when L1 has no frame there (an error made outside any
+** Lua code, such as a deadlock's: a bare "stack traceback:" says nothing).
+** [-0, +1, m] */
 void braid__traceback (lua_State *L, lua_State *L1, int level) {
   luaL_Buffer b;
   lua_Debug ar;
   int last = last_level(L1);
+  if (!lua_getstack(L1, level, &ar)) {
+    lua_pushliteral(L, "");
+    return;
+  }
   int limit2show = (last - level > LEVELS1 + LEVELS2) ? LEVELS1 : -1;
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "stack traceback:");

@@ -37,6 +37,10 @@
 #include <sys/stat.h>
 #include "core/prim.h"
 
+void braid__open_fs_path(lua_State *L);    /* fs_path.c */
+void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
+void braid__open_fs_file(lua_State *L);    /* fs_file.c */
+
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
 
@@ -571,5 +575,8 @@ void braid__open_fs (lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
+  braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
+  braid__open_fs_watch(L);  /* watch: fs_watch.c */
+  braid__open_fs_file(L);   /* open: fs_file.c */
   lua_setfield(L, -2, "fs");
 }

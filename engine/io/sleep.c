@@ -2,8 +2,10 @@
 ** sleep.c: braid.sleep, a suspending C function like an embedder's: its
 ** op keeps an engine timer in the op's inline data, so a sleep allocates
 ** nothing, and tells the engine it waits on a timer only, so that the
-** virtual clock may jump over it.
+** virtual clock may jump over it. braid.sleep_until is the same sleep to
+** an instant of braid.now()'s clock.
 */
+#include <math.h>
 #include "core/prim.h"
 
 struct sleep_op {   /* fits BRAID_OP_INLINE: a sleep allocates nothing */
@@ -48,7 +50,34 @@ static int l_sleep (lua_State *L) {
                        sleep_cancel, &a);
 }
 
+/* braid.sleep_until(t): sleeps until braid.now() reaches t (at once when
+** it has), so that a loop can wake at planned instants without drift. */
+static int l_sleep_until (lua_State *L) {
+  struct sleep_args a;
+  lua_Number t, left;
+  a.E = braid_check_task(L, "braid.sleep_until");
+  if (!lua_isnumber(L, 1))
+    braid_argerror(L, 1, "braid.sleep_until", "number expected (a time "
+                   "from braid.now())");
+  t = lua_tonumber(L, 1);
+  if (t != t) braid_argerror(L, 1, "braid.sleep_until", "time must not be "
+                             "NaN");
+  /* Rounded up, so that braid.now() has reached t when the call returns. */
+  left = t * 1e9 - (lua_Number) braid_now(a.E);
+  a.ns = !(left > 0) ? 0 : left >= 1.8e19 ? BRAID_NEVER
+                     : braid__ns(ceil(left) / 1e9);
+  if (a.ns < BRAID_NEVER && (lua_Number) a.ns < left) a.ns++;
+  braid_check_suspend(L, "braid.sleep_until");
+  if (braid__timer_reserve(a.E) != 0)
+    return braid_error(L, "memory", NULL,
+                       "braid.sleep_until: not enough memory");
+  return braid_suspend(L, "sleep", sizeof(struct sleep_op), sleep_start,
+                       sleep_cancel, &a);
+}
+
 void braid__open_sleep (lua_State *L) {
   lua_pushcfunction(L, l_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, l_sleep_until);
+  lua_setfield(L, -2, "sleep_until");
 }

@@ -31,6 +31,7 @@
 
 #define STREAM_MT "braid.TcpStream"
 #define LIMIT_OPT "braid.tcp.connect or braid.tcp.listen"
+#define UNIX_LIMIT_OPT "braid.unix.connect or braid.unix.listen"
 
 static void tcp_closing (struct braid_stream *s) {
   struct braid_tcp *ts = container_of(s, struct braid_tcp, s);
@@ -61,7 +62,7 @@ static void tcp_res_close (braid_resource_t *r) {
   braid__stream_close(&ts->s);
 }
 
-struct braid_tcp *braid__tcp_new (braid_engine_t *E, int *rc) {
+struct braid_tcp *braid__tcp_new (braid_engine_t *E, int pipe, int *rc) {
   /* plain calloc, not braid__calloc: an accept that cannot get one refuses
   ** the connection quietly, which the C-heap fault sweep cannot tell from
   ** a lost connection (connect raises kind "memory") */
@@ -71,12 +72,14 @@ struct braid_tcp *braid__tcp_new (braid_engine_t *E, int *rc) {
     return NULL;
   }
   ts->res.close = tcp_res_close;
-  if ((*rc = uv_tcp_init(braid_loop(E), &ts->s.h.tcp)) != 0) {
+  *rc = pipe ? uv_pipe_init(braid_loop(E), &ts->s.h.pipe, 0)
+             : uv_tcp_init(braid_loop(E), &ts->s.h.tcp);
+  if (*rc != 0) {
     free(ts);
     return NULL;
   }
   braid__stream_init(&ts->s, E, &tcp_hooks, "the stream");
-  ts->s.limit_opt = LIMIT_OPT;
+  ts->s.limit_opt = pipe ? UNIX_LIMIT_OPT : LIMIT_OPT;
   return ts;
 }
 
@@ -99,7 +102,7 @@ void braid__tcp_bind (struct braid_tcp **ud, struct braid_tcp *ts,
   *ud = ts;
   ts->owned = 1;
   ts->s.max_line = max_line;
-  uv_tcp_nodelay(&ts->s.h.tcp, 1);
+  if (ts->s.h.handle.type == UV_TCP) uv_tcp_nodelay(&ts->s.h.tcp, 1);
 }
 
 /* The open stream at 1; raises kind "closed" when it is closed. */
@@ -166,7 +169,8 @@ static int l_stream_gc (lua_State *L) {
 
 static int l_stream_tostring (lua_State *L) {
   struct braid_tcp **ud = luaL_checkudata(L, 1, STREAM_MT);
-  lua_pushfstring(L, "<tcp stream %p%s>", (void *) ud,
+  lua_pushfstring(L, "<%s stream %p%s>", *ud && (*ud)->s.h.handle.type ==
+                  UV_NAMED_PIPE ? "unix" : "tcp", (void *) ud,
                   *ud && (*ud)->s.live ? "" : " closed");
   return 1;
 }
@@ -219,7 +223,7 @@ static void connect_cb (uv_connect_t *req, int status);
 /* Starts connecting to sa; 0 or a libuv error. */
 static int conn_attempt (struct tcp_connect *c, const struct sockaddr *sa) {
   int rc;
-  if ((c->s = braid__tcp_new(c->E, &rc)) == NULL) return rc;
+  if ((c->s = braid__tcp_new(c->E, 0, &rc)) == NULL) return rc;
   rc = uv_tcp_connect(&c->req, &c->s->s.h.tcp, sa, connect_cb);
   if (rc == 0) {
     c->busy++;
@@ -348,6 +352,15 @@ static int connect_k (lua_State *L, braid_op_t *op) {
   braid__tcp_attach(L, ts, NULL);
   lua_settop(L, 3);
   return 1;
+}
+
+int braid__tcp_addr (const char *host, int port,
+                     struct sockaddr_storage *sa) {
+  if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *) sa) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *) sa) == 0)
+    return 0;
+  return UV_EINVAL;
 }
 
 int braid__tcp_check_port (lua_State *L, int arg, const char *fname) {

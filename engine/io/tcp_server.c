@@ -1,10 +1,12 @@
 /*
-** tcp_server.c: braid.tcp.listen and the server objects it returns: each
-** connection it accepts becomes a TCP stream (tcp.c) handed to a handler
-** task.
+** tcp_server.c: braid.tcp.listen, and the server objects it and
+** braid.unix.listen (unix.c, through braid__listen) return: each connection
+** a server accepts becomes a stream (tcp.c: the same objects for TCP and
+** unix sockets) handed to a handler task.
 **
 ** Invariants:
-** - A server is a malloc'd struct with its uv_tcp_t embedded; the Lua
+** - A server is a malloc'd struct with its uv_tcp_t (or, for a unix
+**   socket, uv_pipe_t) embedded; the Lua
 **   userdata only holds a pointer to it. uv_close runs exactly once
 **   (`closing`); the struct is freed in the close callback, which clears
 **   the userdata's pointer, so a method on a closed server raises kind
@@ -21,26 +23,37 @@
 **   announced connection is taken.
 ** - listen makes its Lua objects before it listens, so running out of
 **   memory can never leave a server listening with no handler.
+** - A unix socket server made its socket file when it bound: it removes
+**   the file when it closes (and when listening fails after the bind).
 */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "core/prim.h"
 #include "io/tcp.h"
 
 #define SERVER_MT "braid.TcpServer"
 
 struct tcp_server {
-  uv_tcp_t tcp;
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
   braid_engine_t *E;
   struct tcp_server **ud;
   braid_resource_t res;
   braid_scope_t *scope;            /* where handlers are spawned */
   struct braid_list conns;         /* struct tcp_conn: running handlers */
   size_t max_line;                 /* opts.max_line, for each stream */
-  int handler_ref;
+  int handler_ref;                 /* {handler, function that listened} */
+  int site_line;                   /* where listen was called, for reports */
   int port;
-  unsigned char closing;
+  char *path;                      /* a unix socket's name, as given */
+  unsigned char closing, pipe, unlink;   /* unlink: remove the file */
 };
 
 /* A handler task, watched so that server:close() can cancel it. */
@@ -58,15 +71,23 @@ static void conn_task_done (struct braid_watch *w, braid_task_t *t) {
 }
 
 static void server_close_cb (uv_handle_t *h) {
-  struct tcp_server *srv = container_of(h, struct tcp_server, tcp);
+  struct tcp_server *srv = container_of(h, struct tcp_server, h.handle);
   if (srv->ud) *srv->ud = NULL;
+  free(srv->path);
   free(srv);
+}
+
+/* The socket file a unix server made goes with it. */
+static void server_unlink (struct tcp_server *srv) {
+  if (srv->unlink) unlink(srv->path);
+  srv->unlink = 0;
 }
 
 /* Stops listening and cancels the handlers still running. Runs no Lua. */
 static void server_close (struct tcp_server *srv) {
   if (srv->closing) return;
   srv->closing = 1;
+  server_unlink(srv);
   braid_resource_remove(&srv->res);
   braid__unref(srv->E, srv->handler_ref);
   srv->handler_ref = LUA_NOREF;
@@ -75,7 +96,7 @@ static void server_close (struct tcp_server *srv) {
     braid__list_remove(&k->link);     /* k lives on until its task ends */
     braid__task_cancel(k->task, NULL, 0);
   }
-  uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
+  uv_close(&srv->h.handle, server_close_cb);
 }
 
 static void server_res_close (braid_resource_t *r) {
@@ -89,10 +110,14 @@ static void refused_close_cb (uv_handle_t *h) {
 /* Accepts the pending connection and closes it at once: libuv stops
 ** accepting until the one it announced is taken. */
 static void server_refuse (struct tcp_server *srv) {
-  uv_tcp_t *tmp = malloc(sizeof *tmp);
-  if (tmp && uv_tcp_init(braid_loop(srv->E), tmp) == 0) {
-    uv_accept((uv_stream_t *) &srv->tcp, (uv_stream_t *) tmp);
-    uv_close((uv_handle_t *) tmp, refused_close_cb);
+  union { uv_handle_t h; uv_tcp_t tcp; uv_pipe_t pipe; } *tmp;
+  int rc = UV_ENOMEM;
+  if ((tmp = malloc(sizeof *tmp)) != NULL)
+    rc = srv->pipe ? uv_pipe_init(braid_loop(srv->E), &tmp->pipe, 0)
+                   : uv_tcp_init(braid_loop(srv->E), &tmp->tcp);
+  if (rc == 0) {
+    uv_accept(&srv->h.stream, (uv_stream_t *) &tmp->h);
+    uv_close(&tmp->h, refused_close_cb);
   } else {
     free(tmp);
   }
@@ -106,17 +131,22 @@ static int server_accept (lua_State *S) {
   struct tcp_conn *k;
   int rc;
   lua_rawgeti(S, LUA_REGISTRYINDEX, srv->handler_ref);      /* 2 */
-  ud = braid__tcp_newud(S);                                        /* 3 */
-  if ((ts = braid__tcp_new(srv->E, &rc)) == NULL) {
+  lua_rawgeti(S, 2, 1);                                     /* 3: handler */
+  ud = braid__tcp_newud(S);                                        /* 4 */
+  if ((ts = braid__tcp_new(srv->E, srv->pipe, &rc)) == NULL) {
     server_refuse(srv);
     return 0;
   }
-  if (uv_accept((uv_stream_t *) &srv->tcp, &ts->s.h.stream) != 0) {
+  if (uv_accept(&srv->h.stream, &ts->s.h.stream) != 0) {
     braid__stream_close(&ts->s);
     return 0;
   }
   braid__tcp_bind(ud, ts, srv->max_line);   /* if the spawn fails, __gc closes it */
-  t = braid__spawn(S, srv->scope, 2, 1);
+  t = braid__spawn(S, srv->scope, 3, 1);
+  /* Reports name where listen was called, not "spawned at ?". */
+  if (lua_rawgeti(S, 2, 2) == LUA_TFUNCTION)
+    braid__task_set_site(S, t, -1, srv->site_line);
+  lua_pop(S, 1);
   braid__tcp_attach(S, ts, t);       /* the handler's own scope owns the stream */
   if ((k = malloc(sizeof *k)) == NULL) return 0;   /* not cancellable by
                                                       server:close, still a
@@ -130,7 +160,7 @@ static int server_accept (lua_State *S) {
 }
 
 static void server_connection_cb (uv_stream_t *h, int status) {
-  struct tcp_server *srv = container_of(h, struct tcp_server, tcp);
+  struct tcp_server *srv = container_of(h, struct tcp_server, h.stream);
 
   if (status < 0 || srv->closing) return;   /* EMFILE and the like: retry */
   /* A scope being cancelled, or ending, takes no new members: refuse. */
@@ -143,63 +173,72 @@ static void server_connection_cb (uv_stream_t *h, int status) {
 
 static const char *const listen_options[] = {"backlog", "max_line", NULL};
 
-/* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
-** to "127.0.0.1"; port 0 picks a free one. Each connection runs
-** handler(stream) as a child task of the calling scope. opts: backlog
-** (default 511), max_line (each stream's line limit). */
-static int l_tcp_listen (lua_State *L) {
-  braid_engine_t *E = braid_check_task(L, "braid.tcp.listen");
-  const char *host = "127.0.0.1";
-  struct sockaddr_storage sa;
+int braid__listen (lua_State *L, const struct braid_listen *how) {
+  braid_engine_t *E = braid_engine(L);
   struct tcp_server *srv, **ud;
-  int rc, ref, backlog, port, len = sizeof sa;
-  size_t limit;
-  size_t max_line;
-  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "braid.tcp.listen", "string expected");
-  if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
-  port = braid__tcp_check_port(L, 2, "braid.tcp.listen");
-  if (!braid__is_callable(L, 3))
-    braid_argerror(L, 3, "braid.tcp.listen", "function expected");
-  braid__check_options(L, 4, "braid.tcp.listen", listen_options);
-  limit = braid__opt_limit(L, 4, "backlog", 511, "braid.tcp.listen");
+  int rc, ref, backlog, line = 0;
+  size_t limit, max_line;
+  lua_Debug ar;
+  braid__check_options(L, how->opts, how->fname, listen_options);
+  limit = braid__opt_limit(L, how->opts, "backlog", 511, how->fname);
   backlog = limit > INT_MAX ? INT_MAX : (int) limit;   /* no cast overflow */
-  max_line = braid__opt_limit(L, 4, "max_line", BRAID_MAX_LINE,
-                              "braid.tcp.listen");
-  if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *) &sa) != 0 &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *) &sa) != 0)
-    braid_argerror(L, 1, "braid.tcp.listen", "numeric IP address expected");
+  max_line = braid__opt_limit(L, how->opts, "max_line", BRAID_MAX_LINE,
+                              how->fname);
   /* The Lua objects first: once the server listens, nothing may raise. */
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = NULL;
   luaL_setmetatable(L, SERVER_MT);
-  lua_pushvalue(L, 3);
-  ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if ((srv = braid__calloc(1, sizeof *srv)) == NULL) {
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    return braid_error(L, "memory", NULL, "braid.tcp.listen: not enough "
-                       "memory");
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, how->handler);
+  lua_rawseti(L, -2, 1);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    line = ar.currentline;    /* the file is found from the function */
+    lua_rawseti(L, -2, 2);      /* the script's listen call */
   }
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if ((srv = braid__calloc(1, sizeof *srv)) == NULL ||
+      (how->path && (srv->path = braid__malloc(strlen(how->path) + 1)) ==
+                    NULL)) {
+    free(srv);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return braid_error(L, "memory", NULL, "%s: not enough memory",
+                       how->fname);
+  }
+  if (how->path) strcpy(srv->path, how->path);
   srv->E = E;
   srv->max_line = max_line;
   srv->handler_ref = ref;
+  srv->site_line = line;
+  srv->pipe = how->pipe;
   braid__list_init(&srv->conns);
   srv->res.close = server_res_close;
-  if ((rc = uv_tcp_init(braid_loop(E), &srv->tcp)) != 0) {
+  rc = how->pipe ? uv_pipe_init(braid_loop(E), &srv->h.pipe, 0)
+                 : uv_tcp_init(braid_loop(E), &srv->h.tcp);
+  if (rc != 0) {
+    free(srv->path);
     free(srv);
     goto fail;
   }
   srv->closing = 1;   /* until it listens: a failure closes it quietly */
-  if ((rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *) &sa, 0)) != 0 ||
-      (rc = uv_listen((uv_stream_t *) &srv->tcp, backlog,
-                      server_connection_cb)) != 0 ||
-      (rc = uv_tcp_getsockname(&srv->tcp, (struct sockaddr *) &sa, &len))) {
-    uv_close((uv_handle_t *) &srv->tcp, server_close_cb);
+  if ((rc = how->bind(&srv->h.stream, how->ud)) == 0) {
+    srv->unlink = how->pipe && how->path && how->path[0] != '@';
+    rc = uv_listen(&srv->h.stream, backlog, server_connection_cb);
+  }
+  if (rc == 0 && !how->pipe) {
+    struct sockaddr_storage sa;
+    int len = sizeof sa;
+    if ((rc = uv_tcp_getsockname(&srv->h.tcp, (struct sockaddr *) &sa,
+                                 &len)) == 0)
+      srv->port = ntohs(sa.ss_family == AF_INET6 ?
+                        ((struct sockaddr_in6 *) &sa)->sin6_port :
+                        ((struct sockaddr_in *) &sa)->sin_port);
+  }
+  if (rc != 0) {
+    server_unlink(srv);
+    uv_close(&srv->h.handle, server_close_cb);
     goto fail;
   }
   srv->closing = 0;
-  srv->port = ntohs(((struct sockaddr_in *) &sa)->sin_port);
   /* A server made inside braid.shield belongs to the shield: its handlers
   ** run shielded as the code that made it does. */
   srv->scope = braid__scope_here(L, 1);
@@ -209,8 +248,162 @@ static int l_tcp_listen (lua_State *L) {
   return 1;
 fail:
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
-  return braid_error(L, "io", uv_err_name(rc), "braid.tcp.listen %s:%d: %s",
-                     host, port, uv_strerror(rc));
+  if (rc == UV_ENOMEM)
+    return braid_error(L, "memory", NULL, "%s: not enough memory",
+                       how->fname);
+  return braid_error(L, "io", uv_err_name(rc), "%s %s: %s", how->fname,
+                     how->where, uv_strerror(rc));
+}
+
+static int tcp_bind (uv_stream_t *h, void *ud) {
+  return uv_tcp_bind((uv_tcp_t *) h, (const struct sockaddr *) ud, 0);
+}
+
+/* Listens on sa; host and port (for messages) at 1 and 2, the handler at
+** 3, the options at 4. */
+static int tcp_listen_at (lua_State *L, struct sockaddr_storage *sa) {
+  struct braid_listen how;
+  const char *host = lua_isnoneornil(L, 1) ? "127.0.0.1" : lua_tostring(L, 1);
+  char where[96];
+  snprintf(where, sizeof where, strchr(host, ':') ? "[%.64s]:%d" : "%.64s:%d",
+           host, (int) lua_tointeger(L, 2));
+  memset(&how, 0, sizeof how);
+  how.fname = "braid.tcp.listen";
+  how.where = where;
+  how.handler = 3;
+  how.opts = 4;
+  how.bind = tcp_bind;
+  how.ud = sa;
+  return braid__listen(L, &how);
+}
+
+/* A host name being resolved: its own allocation (libuv may hold it after
+** a cancel, which detaches it: the callback frees it then). */
+struct listen_gai {
+  uv_getaddrinfo_t req;
+  braid_op_t *op;              /* NULL once detached */
+  struct addrinfo *res;
+  int status, done;
+};
+
+static void listen_gai_free (struct listen_gai *g) {
+  if (g->res) uv_freeaddrinfo(g->res);
+  free(g);
+}
+
+static void listen_gai_cb (uv_getaddrinfo_t *req, int status,
+                           struct addrinfo *res) {
+  struct listen_gai *g = container_of(req, struct listen_gai, req);
+  g->done = 1;
+  g->status = status;
+  g->res = res;
+  if (g->op) braid_resume(g->op, 0);
+  else listen_gai_free(g);
+}
+
+struct gai_args {
+  uv_loop_t *loop;
+  const char *host;
+  struct listen_gai *g;
+};
+
+static int listen_gai_start (braid_op_t *op, void *ud) {
+  struct gai_args *a = (struct gai_args *) ud;
+  struct addrinfo hints;
+  int rc;
+  *(struct listen_gai **) braid_op_data(op) = a->g;
+  a->g->op = op;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  rc = uv_getaddrinfo(a->loop, &a->g->req, listen_gai_cb, a->host, NULL,
+                      &hints);
+  if (rc != 0) {                /* never started: the continuation says so */
+    a->g->done = 1;
+    a->g->status = rc;
+    braid_resume(op, 0);
+  }
+  return 0;
+}
+
+static void listen_gai_cancel (braid_op_t *op) {
+  struct listen_gai *g = *(struct listen_gai **) braid_op_data(op);
+  g->op = NULL;
+  if (g->done) listen_gai_free(g);
+  else uv_cancel((uv_req_t *) &g->req);
+}
+
+/* The name is resolved: listen on its first address. */
+static int listen_gai_k (lua_State *L, braid_op_t *op) {
+  struct listen_gai *g = *(struct listen_gai **) braid_op_data(op);
+  struct sockaddr_storage sa;
+  int rc = g->status;
+  int port = (int) lua_tointeger(L, 2);
+  if (rc == 0 && g->res == NULL) rc = UV_EAI_NONAME;
+  if (rc == 0) {
+    memset(&sa, 0, sizeof sa);
+    memcpy(&sa, g->res->ai_addr, g->res->ai_addrlen);
+    if (sa.ss_family == AF_INET6)
+      ((struct sockaddr_in6 *) &sa)->sin6_port = htons((uint16_t) port);
+    else
+      ((struct sockaddr_in *) &sa)->sin_port = htons((uint16_t) port);
+  }
+  listen_gai_free(g);
+  if (rc == UV_ENOMEM || rc == UV_EAI_MEMORY)
+    return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
+  if (rc < 0) {
+    braid_pusherror(L, "io", uv_err_name(rc), "braid.tcp.listen %s: %s",
+                    lua_tostring(L, 1), uv_strerror(rc));
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "host");
+    return lua_error(L);
+  }
+  return tcp_listen_at(L, &sa);
+}
+
+/* A host name, as resolvers take them: letters, digits, '-', '.'. */
+static int is_host_name (const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
+      return 0;
+  return 1;
+}
+
+/* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
+** to "127.0.0.1"; an address (IPv4, IPv6, "localhost") listens at once, a
+** host name is resolved first (a cancellable wait) and the server listens
+** on its first address. port 0 picks a free one. Each connection runs
+** handler(stream) as a child task of the calling scope. opts: backlog
+** (default 511), max_line (each stream's line limit). */
+static int l_tcp_listen (lua_State *L) {
+  braid_engine_t *E = braid_check_task(L, "braid.tcp.listen");
+  struct sockaddr_storage sa;
+  struct gai_args a;
+  const char *host = "127.0.0.1";
+  int port;
+  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
+    braid_argerror(L, 1, "braid.tcp.listen", "string expected");
+  if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
+  port = braid__tcp_check_port(L, 2, "braid.tcp.listen");
+  if (!braid__is_callable(L, 3))
+    braid_argerror(L, 3, "braid.tcp.listen", "function expected");
+  braid__check_options(L, 4, "braid.tcp.listen", listen_options);
+  lua_settop(L, 4);
+  if (braid__tcp_addr(host, port, &sa) == 0) return tcp_listen_at(L, &sa);
+  if (!is_host_name(host))
+    braid_argerror(L, 1, "braid.tcp.listen", "IP address or host name "
+                   "expected");
+  braid_check_suspend(L, "braid.tcp.listen");
+  if ((a.g = braid__calloc(1, sizeof *a.g)) == NULL)
+    return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
+  a.loop = braid_loop(E);
+  a.host = host;
+  return braid_suspendk(L, "tcp.listen resolve", sizeof a.g,
+                        listen_gai_start, listen_gai_cancel, &a,
+                        listen_gai_k);
 }
 
 static struct tcp_server *server_check (lua_State *L, const char *fname) {
@@ -220,9 +413,19 @@ static struct tcp_server *server_check (lua_State *L, const char *fname) {
   return *ud;
 }
 
-/* server:port() -> the port it listens on. */
+/* server:port() -> the port it listens on; nil for a unix socket. */
 static int l_server_port (lua_State *L) {
-  lua_pushinteger(L, server_check(L, "server:port")->port);
+  struct tcp_server *srv = server_check(L, "server:port");
+  if (srv->pipe) lua_pushnil(L);
+  else lua_pushinteger(L, srv->port);
+  return 1;
+}
+
+/* server:path() -> the unix socket's name, as given; nil for TCP. */
+static int l_server_path (lua_State *L) {
+  struct tcp_server *srv = server_check(L, "server:path");
+  if (srv->pipe) lua_pushstring(L, srv->path);
+  else lua_pushnil(L);
   return 1;
 }
 
@@ -244,7 +447,9 @@ static int l_server_gc (lua_State *L) {
 
 static int l_server_tostring (lua_State *L) {
   struct tcp_server **ud = luaL_checkudata(L, 1, SERVER_MT);
-  if (*ud && !(*ud)->closing)
+  if (*ud && !(*ud)->closing && (*ud)->pipe)
+    lua_pushfstring(L, "<unix server on %s>", (*ud)->path);
+  else if (*ud && !(*ud)->closing)
     lua_pushfstring(L, "<tcp server on port %d>", (*ud)->port);
   else
     lua_pushliteral(L, "<tcp server closed>");
@@ -255,6 +460,7 @@ static int l_server_tostring (lua_State *L) {
 void braid__open_tcp_server (lua_State *L) {
   static const luaL_Reg server_methods[] = {
     {"port", l_server_port},
+    {"path", l_server_path},
     {"close", l_server_close},
     {NULL, NULL}
   };

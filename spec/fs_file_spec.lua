@@ -1,0 +1,140 @@
+-- spec/fs_file_spec.lua (issue 19): braid.fs.open and braid.fs.lines.
+local braid = require "braid"
+local h = require "helper"
+local fs = braid.fs
+
+describe("braid.fs.open", function()
+  it("writes, reads lines and chunks, and seeks", h.run(function()
+    local d <close> = fs.tmpdir()
+    local p = d .. "/f"
+    do
+      local f <close> = fs.open(p, "w")
+      assert.are.equal(f, f:write("one\r\ntwo\n"))
+      f:write("three")
+    end
+    local f <close> = fs.open(p)
+    assert.are.equal("one", f:read_line())
+    assert.are.equal(5, f:seek())
+    assert.are.equal("tw", f:read(2))
+    assert.are.equal("o", f:read_line())
+    assert.are.equal("three", f:read_line())
+    assert.is_nil(f:read_line())
+    assert.is_nil(f:read(1))
+    assert.are.equal("", f:read("a"))
+    assert.are.equal(0, f:seek("set"))
+    assert.are.equal("one\r\ntwo\nthree", f:read("a"))
+    assert.are.equal(14, f:seek("end"))
+    assert.are.equal(10, f:seek("end", -4))
+    assert.are.equal("hree", f:read())
+  end))
+
+  it("appends, and updates in place with r+", h.run(function()
+    local d <close> = fs.tmpdir()
+    local p = d .. "/f"
+    fs.write_file(p, "abc\n")
+    local a <close> = fs.open(p, "a")
+    a:write("def\n")
+    a:close()
+    local u <close> = fs.open(p, "r+")
+    u:seek("set", 4)
+    u:write("DEF")
+    u:close()
+    assert.are.equal("abc\nDEF\n", fs.read_file(p))
+  end))
+
+  it("reads a file larger than its buffer", h.run(function()
+    local d <close> = fs.tmpdir()
+    local s = ("0123456789"):rep(30000)
+    fs.write_file(d .. "/big", s)
+    local f <close> = fs.open(d .. "/big")
+    assert.are.equal(s, f:read("a"))
+  end))
+
+  it("bounds a line by max_line", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", ("x"):rep(5000) .. "\nshort\n")
+    local f <close> = fs.open(d .. "/f", "r", {max_line = 100})
+    local ok, e = pcall(f.read_line, f)
+    assert.are.equal("limit", e.kind)
+    assert.are.equal(100, e.limit)
+    assert.are.equal("max_line", e.option)
+  end))
+
+  it("stays usable after a cancelled read", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "a\nb\n")
+    local f <close> = fs.open(d .. "/f")
+    assert.is_false(braid.move_on(0, f.read_line, f))
+    assert.are.equal("a", f:read_line())
+    assert.are.equal("b", f:read_line())
+  end))
+
+  it("is closed with its scope, and a closed file raises kind closed",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "x")
+    local f
+    braid.scope(function() f = fs.open(d .. "/f") end)
+    local ok, e = pcall(f.read, f)
+    assert.are.equal("closed", e.kind)
+    f:close()
+  end))
+
+  it("raises kind io with code and path, usage for a bad mode",
+     h.run(function()
+    local ok, e = pcall(fs.open, "/nonexistent/f")
+    assert.are.equal("ENOENT", e.code)
+    assert.are.equal("/nonexistent/f", e.path)
+    ok, e = pcall(fs.open, "/tmp", "rw")
+    assert.are.equal("usage", e.kind)
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "x")
+    local f <close> = fs.open(d .. "/f")
+    ok, e = pcall(f.write, f, "y")
+    assert.are.equal("EBADF", e.code)
+  end))
+end)
+
+describe("braid.fs.lines", function()
+  it("iterates lines and closes the file at the end and on break",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    local t = {}
+    for i = 1, 1000 do t[i] = "line " .. i end
+    fs.write_file(d .. "/f", table.concat(t, "\n"))
+    local n = 0
+    for line in fs.lines(d .. "/f") do
+      n = n + 1
+      assert.are.equal(t[n], line)
+    end
+    assert.are.equal(1000, n)
+    for _ in fs.lines(d .. "/f") do break end   -- closed by the for
+    local ok, e = pcall(fs.lines, d .. "/none")
+    assert.are.equal("ENOENT", e.code)
+  end))
+end)
+
+describe("braid.fs.open on a FIFO", function()
+  it("waits without blocking the loop, and is cancellable", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    local ticks = 0
+    local ticker = braid.spawn(function()
+      for _ in braid.ticker(0.01) do ticks = ticks + 1 end
+    end)
+    local ok = braid.move_on(0.1, braid.fs.open, fifo)   -- no writer: waits
+    assert.is_false(ok)
+    assert.is_true(ticks >= 3)   -- the loop ran meanwhile
+    ticker:cancel()
+    pcall(ticker.await, ticker)
+    -- a writer comes: the open completes
+    local w = braid.spawn(function()
+      local f <close> = braid.fs.open(fifo, "w")
+      f:write("through\n")
+    end)
+    local r <close> = braid.fs.open(fifo)
+    assert.are.equal("through", r:read_line())
+    w:await()
+  end))
+end)

@@ -1,0 +1,137 @@
+-- spec/fs_tree_spec.lua (issue 19): braid.fs.exists, mkdir with parents,
+-- remove with recursive, copy, chmod, realpath, walk and tmpdir.
+local braid = require "braid"
+local h = require "helper"
+local fs = braid.fs
+
+describe("braid.fs.tmpdir", function()
+  it("makes a private directory removed with everything when closed",
+     h.run(function()
+    local path
+    do
+      local d <close> = fs.tmpdir("spec-")
+      path = d.path
+      assert.matches("/spec%-[^/]+$", path)
+      assert.are.equal(path, tostring(d))
+      assert.are.equal("directory", fs.stat(path).type)
+      assert.are.equal(448, fs.stat(path).mode)   -- 0700
+      fs.mkdir(d .. "/sub")
+      fs.write_file(d .. "/sub/f", "x")
+    end
+    assert.is_false(fs.exists(path))
+  end))
+
+  it("is removed also when its task is cancelled", h.run(function()
+    local path, started = nil, braid.event()
+    local t = braid.spawn(function()
+      local d <close> = fs.tmpdir()
+      path = d.path
+      fs.write_file(d .. "/f", "x")
+      started:set()
+      braid.sleep(100)
+    end)
+    started:wait()
+    t:cancel()
+    pcall(t.await, t)
+    assert.is_false(fs.exists(path))
+  end))
+end)
+
+describe("braid.fs tree calls", function()
+  it("exists tells what is there, links included", h.run(function()
+    local d <close> = fs.tmpdir()
+    assert.is_true(fs.exists(d.path))
+    assert.is_false(fs.exists(d .. "/none"))
+    assert.is_false(fs.exists(d .. "/none/deeper"))
+  end))
+
+  it("mkdir with parents makes the missing ones and accepts an existing one",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.mkdir(d .. "/a/b/c", {parents = true})
+    assert.are.equal("directory", fs.stat(d .. "/a/b/c").type)
+    fs.mkdir(d .. "/a/b/c", {parents = true})
+    local ok, e = pcall(fs.mkdir, d .. "/a/b/c")
+    assert.are.equal("EEXIST", e.code)
+    fs.write_file(d .. "/file", "")
+    ok, e = pcall(fs.mkdir, d .. "/file", {parents = true})
+    assert.are.equal("EEXIST", e.code)
+    ok, e = pcall(fs.mkdir, d .. "/x", {bogus = true})
+    assert.are.equal("usage", e.kind)
+  end))
+
+  it("remove with recursive removes a tree, not what its links point to",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    local keep <close> = fs.tmpdir()
+    fs.write_file(keep .. "/precious", "p")
+    fs.mkdir(d .. "/t/u", {parents = true})
+    fs.write_file(d .. "/t/u/f", "x")
+    assert.are.equal(0, braid.exec({"ln", "-s", keep.path, d .. "/t/link"}).code)
+    local ok, e = pcall(fs.remove, d .. "/t")
+    assert.are.equal("io", e.kind)
+    fs.remove(d .. "/t", {recursive = true})
+    assert.is_false(fs.exists(d .. "/t"))
+    assert.are.equal("p", fs.read_file(keep .. "/precious"))
+  end))
+
+  it("remove refuses the root and the empty path", h.run(function()
+    for _, p in ipairs({"/", "//", "", "/tmp/.."}) do
+      local ok, e = pcall(fs.remove, p, {recursive = true})
+      assert.are.equal("usage", e.kind)
+      assert.matches("refusing", e.message)
+    end
+  end))
+
+  it("copy copies contents and mode; chmod and realpath", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/a", "contents")
+    fs.chmod(d .. "/a", 416)   -- 0640
+    fs.copy(d .. "/a", d .. "/b")
+    assert.are.equal("contents", fs.read_file(d .. "/b"))
+    assert.are.equal(416, fs.stat(d .. "/b").mode)
+    fs.mkdir(d .. "/s")
+    assert.are.equal(fs.realpath(d.path) .. "/b",
+                     fs.realpath(d .. "/./s/../b"))
+    local ok, e = pcall(fs.copy, d .. "/none", d .. "/c")
+    assert.are.equal("ENOENT", e.code)
+    assert.are.equal(d .. "/none", e.path)
+    ok, e = pcall(fs.realpath, d .. "/none")
+    assert.are.equal("ENOENT", e.code)
+    ok, e = pcall(fs.chmod, d .. "/a", 99999)
+    assert.are.equal("usage", e.kind)
+  end))
+
+  it("walk lists a tree depth first, not following links", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.mkdir(d .. "/a/b", {parents = true})
+    fs.write_file(d .. "/a/b/f", "")
+    fs.write_file(d .. "/a/g", "")
+    fs.write_file(d .. "/z", "")
+    assert.are.equal(0, braid.exec({"ln", "-s", d .. "/a", d .. "/l"}).code)
+    local seen = {}
+    for p, t in fs.walk(d.path) do
+      seen[#seen + 1] = p:sub(#d.path + 2) .. ":" .. t
+    end
+    assert.are.same({"a:directory", "a/b:directory", "a/b/f:file",
+                     "a/g:file", "l:link", "z:file"}, seen)
+    seen = {}
+    for p, t in fs.walk(d.path, {follow = true}) do
+      seen[#seen + 1] = p:sub(#d.path + 2) .. ":" .. t
+    end
+    -- the link leads to a directory walked already: listed, not entered
+    assert.are.same({"a:directory", "a/b:directory", "a/b/f:file",
+                     "a/g:file", "l:directory", "z:file"}, seen)
+  end))
+
+  it("walk is cancellable and bounded by deadlines", h.run(function()
+    local d <close> = fs.tmpdir()
+    for i = 1, 50 do fs.write_file(d .. "/f" .. i, "") end
+    local n = 0
+    local ok = braid.move_on(0, function()
+      for _ in fs.walk(d.path) do n = n + 1 end
+    end)
+    assert.is_false(ok)
+    assert.is_true(n < 50)
+  end))
+end)

@@ -1,0 +1,181 @@
+-- spec/lock_spec.lua (issue 19): braid.lock, braid.condition and the
+-- semaphore's bound on release.
+local braid = require "braid"
+local h = require "helper"
+
+describe("braid.lock", function()
+  it("lets one task at a time hold it, in FIFO order", h.virtual(function()
+    local l, inside, peak, order = braid.lock(), 0, 0, {}
+    braid.scope(function(s)
+      for i = 1, 4 do
+        s:spawn(function()
+          l:acquire()
+          order[#order + 1] = i
+          inside = inside + 1; peak = math.max(peak, inside)
+          braid.sleep(1)
+          inside = inside - 1
+          l:release()
+        end)
+      end
+    end)
+    assert.are.equal(1, peak)
+    assert.are.same({1, 2, 3, 4}, order)
+    assert.is_false(l:locked())
+  end))
+
+  it("may be released only by the task holding it", h.virtual(function()
+    local l = braid.lock()
+    local ok, e = pcall(l.release, l)
+    assert.are.equal("usage", e.kind)
+    assert.matches("lock:release: the lock is not held", e.message)
+    local holder = braid.spawn(function() l:acquire() braid.sleep(10) end)
+    braid.sleep(1)
+    assert.is_true(l:locked())
+    assert.is_false(l:owned())
+    ok, e = pcall(l.release, l)
+    assert.matches("held by another task", e.message)
+    holder:cancel()
+    pcall(holder.await, holder)
+  end))
+
+  it("tells a holder that acquires it again", h.run(function()
+    local l = braid.lock()
+    l:acquire()
+    local ok, e = pcall(l.acquire, l)
+    assert.are.equal("usage", e.kind)
+    assert.matches("not reentrant", e.message)
+    ok, e = pcall(l.with, l, function() end)
+    assert.matches("lock:with: this task holds the lock already", e.message)
+    l:release()
+  end))
+
+  it("makes a waiter the holder when it is handed the lock",
+     h.virtual(function()
+    local l = braid.lock()
+    l:acquire()
+    local w = braid.spawn(function() l:acquire() return l:owned() end)
+    braid.sleep(1)
+    l:release()
+    assert.is_false(l:owned())
+    assert.is_true(w:await())
+    assert.is_true(l:locked())    -- w ended holding it
+  end))
+
+  it("with(fn) releases on every path", h.virtual(function()
+    local l = braid.lock()
+    assert.are.equal(3, l:with(function(a, b) return a + b end, 1, 2))
+    assert.is_false(l:locked())
+    pcall(l.with, l, error, "x")
+    assert.is_false(l:locked())
+    local t = braid.spawn(function() l:with(braid.sleep, 100) end)
+    braid.sleep(1)
+    assert.is_true(l:locked())
+    t:cancel()
+    pcall(t.await, t)
+    assert.is_false(l:locked())
+  end))
+
+  it("goes to the next waiter when a cancelled waiter leaves",
+     h.virtual(function()
+    local l = braid.lock()
+    l:acquire()
+    local a = braid.spawn(function() l:acquire() end)
+    local b = braid.spawn(function() l:acquire() return "b" end)
+    braid.sleep(1)
+    a:cancel()
+    pcall(a.await, a)
+    l:release()
+    assert.are.equal("b", b:await())
+  end))
+end)
+
+describe("braid.condition", function()
+  it("wakes one waiter per notify, in FIFO order", h.virtual(function()
+    local c, woke = braid.condition(), {}
+    braid.scope(function(s)
+      for i = 1, 3 do
+        s:spawn(function()
+          c.lock:with(function()
+            c:wait()
+            assert.is_true(c.lock:owned())
+            woke[#woke + 1] = i
+          end)
+        end)
+      end
+      braid.sleep(1)
+      c.lock:with(c.notify, c)
+      braid.sleep(1)
+      assert.are.same({1}, woke)
+      c.lock:with(c.notify_all, c)
+    end)
+    assert.are.same({1, 2, 3}, woke)
+  end))
+
+  it("guards a shared state with a given lock", h.virtual(function()
+    local l = braid.lock()
+    local c = braid.condition(l)
+    assert.are.equal(l, c.lock)
+    local queue = {}
+    local consumer = braid.spawn(function()
+      l:acquire()
+      while #queue == 0 do c:wait() end
+      local v = table.remove(queue, 1)
+      l:release()
+      return v
+    end)
+    braid.sleep(1)
+    l:with(function() queue[1] = "job"; c:notify() end)
+    assert.are.equal("job", consumer:await())
+  end))
+
+  it("holds the lock again when a waiter is cancelled", h.virtual(function()
+    local c, held = braid.condition(), nil
+    local t = braid.spawn(function()
+      c.lock:acquire()
+      local ok, e = pcall(c.wait, c)
+      held = c.lock:owned()
+      c.lock:release()
+      error(e, 0)
+    end)
+    braid.sleep(1)
+    assert.is_false(c.lock:locked())   -- released while it waits
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_true(braid.is_cancelled(e))
+    assert.is_true(held)
+  end))
+
+  it("refuses waits and notifies without the lock", h.run(function()
+    local c = braid.condition()
+    for _, m in ipairs({"wait", "notify", "notify_all"}) do
+      local ok, e = pcall(c[m], c)
+      assert.are.equal("usage", e.kind)
+      assert.matches("condition:" .. m .. ": the condition's lock is not held",
+                     e.message)
+    end
+  end))
+end)
+
+describe("semaphore:release", function()
+  it("raises beyond the permits it was made with", h.run(function()
+    local sem = braid.semaphore(2)
+    sem:acquire()
+    sem:release()
+    local ok, e = pcall(sem.release, sem)
+    assert.are.equal("usage", e.kind)
+    assert.matches("released more often than acquired", e.message)
+    assert.are.equal(2, sem:count())
+  end))
+
+  it("adds permits up to opts.max, math.huge for no bound", h.run(function()
+    local sem = braid.semaphore(0, {max = 2})
+    sem:release(); sem:release()
+    assert.is_false(pcall(sem.release, sem))
+    assert.are.equal(2, sem:count())
+    local open = braid.semaphore(0, {max = math.huge})
+    for _ = 1, 5 do open:release() end
+    assert.are.equal(5, open:count())
+    local ok, e = pcall(braid.semaphore, 3, {max = 1})
+    assert.matches("bad option 'max' to 'braid.semaphore'", e.message)
+  end))
+end)

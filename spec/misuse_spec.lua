@@ -1,0 +1,114 @@
+-- spec/misuse_spec.lua (issue 19): misuse that explains itself: a list
+-- given to gather, misspelt names of braid and of its objects' methods,
+-- reports that name where tasks came from instead of "?", no empty
+-- traceback under a deadlock, REPL errors without the REPL's own frames.
+local braid = require "braid"
+local h = require "helper"
+
+local BIN = assert(os.getenv("BRAID_BIN"), "BRAID_BIN is not set (run spec/run)")
+local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- run_script(src) -> stdout, stderr, code of `braid script`, bounded.
+local function run_script(src)
+  local p = h.script(src)
+  local o, e, c = h.sh(RUN_ENV .. " timeout 20 " .. q(BIN) .. " " .. q(p) ..
+                       " </dev/null")
+  os.remove(p)
+  os.remove((p:gsub("%.lua$", "")))
+  return o, e, c, p
+end
+
+local function usage_of(fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok)
+  assert.is_true(braid.is_error(e), tostring(e))
+  assert.are.equal("usage", e.kind)
+  return e.message
+end
+
+describe("braid.gather given a list", function()
+  it("says gather takes functions as arguments and shows how",
+     h.run(function()
+    local m = usage_of(braid.gather, {function() end, function() end})
+    assert.matches("braid.gather takes functions as arguments, not a list",
+                   m, 1, true)
+    assert.matches("braid.gather(table.unpack(list))", m, 1, true)
+    assert.matches("braid.map(list", m, 1, true)
+    m = usage_of(braid.race, {function() end})
+    assert.matches("braid.race(table.unpack(list))", m, 1, true)
+    -- a real options table is still an options table
+    assert.matches("unknown option 'settl'",
+                   usage_of(braid.gather, function() end, {settl = true}),
+                   1, true)
+  end))
+end)
+
+describe("a misspelt braid name", function()
+  it("raises naming the field and the nearest name", function()
+    local m = usage_of(function() return braid.sleap end)
+    assert.matches("braid has no field 'sleap' (did you mean 'sleep'?)", m,
+                   1, true)
+    assert.matches("braid.fs has no field 'reed_file' (did you mean "
+                   .. "'read_file'?)",
+                   usage_of(function() return braid.fs.reed_file end), 1, true)
+    m = usage_of(function() return braid.frobnicate end)
+    assert.matches("braid has no field 'frobnicate'$", m)
+  end)
+
+  it("points at the script's line", function()
+    local m = usage_of(function() return braid.spwan end)
+    assert.matches("misuse_spec.lua:%d+: braid has no field 'spwan' %(did "
+                   .. "you mean 'spawn'%?%)", m)
+  end)
+
+  it("leaves private names and other keys nil", function()
+    assert.is_nil(braid._no_such_thing)
+    assert.is_nil(braid[1])
+    assert.is_function(braid.sleep)
+  end)
+
+  it("raises for a misspelt method of braid's objects", h.run(function()
+    local ch = braid.channel(1)
+    assert.matches("braid.Channel has no method 'sned' (did you mean "
+                   .. "'send'?)", usage_of(function() ch:sned(1) end), 1, true)
+    local l = braid.lock()
+    assert.matches("braid.Lock has no method 'aquire' (did you mean "
+                   .. "'acquire'?)", usage_of(function() l:aquire() end),
+                   1, true)
+    local c = braid.condition()
+    assert.matches("braid.Condition has no method 'wiat'",
+                   usage_of(function() c:wiat() end), 1, true)
+    -- fields of objects that have them read as before
+    assert.is_number(braid.current().id)
+  end))
+end)
+
+describe("reports", function()
+  it("name where a server's handler was spawned: the listen call",
+     function()
+    local _, err = run_script([[
+local srv = braid.tcp.listen("127.0.0.1", 0, function() error("boom", 0) end)
+local c = braid.tcp.connect("127.0.0.1", srv:port())
+braid.sleep(5)
+]])
+    assert.matches("boom", err, 1, true)
+    assert.not_matches("spawned at ?", err, 1, true)
+    assert.matches("spawned at [^\n]+%.lua:1\n", err)
+  end)
+
+  it("of a deadlock list the main task without '?' and no empty traceback",
+     function()
+    local _, err, code = run_script([[
+local ch = braid.channel()
+braid.spawn(function() ch:recv() end)
+ch:recv()
+]])
+    assert.are.equal(1, code)
+    assert.matches("deadlock", err, 1, true)
+    assert.matches("task 1 (main) waits on channel recv", err, 1, true)
+    assert.not_matches("?", err, 1, true)
+    assert.not_matches("stack traceback:", err, 1, true)
+  end)
+end)
