@@ -5,11 +5,11 @@
 ** Values cross by copy (io/xcopy.c).
 **
 ** Who owns what:
-** - struct wk is shared. The fields marked "mu" are read and written under
+** - struct braid_worker is shared. The fields marked "mu" are read and written under
 **   w->mu by both threads; the owner's are touched by the owner's loop
 **   thread only, the worker's by the worker thread only; the options are
 **   written before the thread starts and only read after.
-** - A call (struct wk_call) is the owner's until it is queued in
+** - A call (struct braid_wcall) is the owner's until it is queued in
 **   w->requests, the worker's from then until it is queued in w->replies
 **   (replied = 1, under mu), the owner's again afterwards: the owner frees
 **   it, in call_k when a task took the reply, else when it arrives for a
@@ -39,79 +39,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "core/prim.h"
-#include "io/xcopy.h"
+#include "io/worker.h"
 
 #define WORKER_MT "braid.Worker"
-#define OTIMER_MS 20
+#define OTIMER_MS 20   /* how often a stuck worker is asked again */
 
-enum { CALL_OK, CALL_ERROR, CALL_CLOSED, CALL_NOMEM };
-enum { SRC_CHUNK, SRC_FILE, SRC_MODULE };
-
-struct wk;
-
-struct wk_call {
-  struct braid_list link;        /* requests, then done, then replies */
-  struct braid_list cancel_link; /* in w->cancels once cancelled (mu) */
-  struct braid_list run_link;    /* in w->running from start to reply (mu) */
-  struct wk *w;
-  char *fname;
-  char *buf;                     /* the arguments, then the reply */
-  size_t len;
-  int status;                    /* of the reply: CALL_* */
-  unsigned char replied;         /* mu: the worker is done with it */
-  unsigned char delivered;       /* owner: its task will take the reply */
-  braid_op_t *op;                /* owner: the waiting call, or NULL */
-  braid_task_t *task;            /* worker: the task running it */
-  lua_State *L;                  /* mu: the task's thread, while it runs */
-  struct braid_watch watch;      /* worker: the task ended */
-  char *tb;                      /* worker: the traceback of its error */
-};
-
-struct wk {
-  uv_mutex_t mu;
-  /* mu */
-  struct braid_list requests;    /* calls for the worker (link) */
-  struct braid_list cancels;     /* their cancels (cancel_link) */
-  struct braid_list replies;     /* calls answered (link) */
-  struct braid_list running;     /* calls started, not answered (run_link) */
-  lua_State *bootL;              /* the worker's state while it loads */
-  unsigned unacked;              /* cancels and stop not yet seen */
-  unsigned char stop, exited, wready;
-  /* the owner's */
-  uv_async_t oasync;
-  uv_timer_t otimer;
-  uv_thread_t thread;
-  braid_resource_t res;
-  braid_op_t *close_op;
-  unsigned inflight;
-  int orefs;                     /* the userdata, oasync, otimer */
-  unsigned char closing, joined;
-  /* the options, fixed before the thread starts */
-  char *source, *path, *cpath;
-  int skind;
-  struct braid_xlimits lim;
-  braid_options_t eopts;
-  /* the worker's */
-  uv_async_t wasync;
-  braid_engine_t *WE;
-  int fns_ref;
-  char *load_err;                /* the encoded error of a failed load */
-  char *boot_tb;                 /* its traceback */
-  size_t load_len;
-  struct braid_list done;        /* calls whose task ended */
-  unsigned ncalls;
-  unsigned char wstopping, wclosed;
-};
-
-static char *wk_strdup (const char *s) {
+char *braid__wk_strdup (const char *s) {
   size_t n = strlen(s) + 1;
   char *d = (char *) braid__malloc(n);
   if (d) memcpy(d, s, n);
   return d;
 }
 
-static void call_free (struct wk_call *c) {
+void braid__wk_call_free (struct braid_wcall *c) {
   free(c->fname);
   free(c->buf);
   free(c->tb);
@@ -119,390 +59,17 @@ static void call_free (struct wk_call *c) {
 }
 
 /* Under mu: every thread of the worker that may be running Lua polls. */
-static void wk_hook_all (struct wk *w) {
+void braid__wk_hook_all (struct braid_worker *w) {
   struct braid_list *n;
   for (n = w->running.next; n != &w->running; n = n->next) {
-    struct wk_call *c = container_of(n, struct wk_call, run_link);
+    struct braid_wcall *c = container_of(n, struct braid_wcall, run_link);
     if (c->L) braid__hook_poll(c->L);
   }
   if (w->bootL) braid__hook_poll(w->bootL);
 }
 
 
-/* ==== the worker's side (its own thread) ==== */
-
-static void wk_reply (struct wk *w, struct wk_call *c) {
-  struct wk *ww = c->w;
-  (void) w;
-  uv_mutex_lock(&ww->mu);
-  braid__list_remove(&c->run_link);
-  if (c->cancel_link.next != &c->cancel_link) {   /* a cancel still queued */
-    braid__list_remove(&c->cancel_link);
-    ww->unacked--;
-  }
-  c->L = NULL;
-  c->replied = 1;
-  braid__list_push(&ww->replies, &c->link);
-  uv_mutex_unlock(&ww->mu);
-  uv_async_send(&ww->oasync);
-}
-
-/* Encodes the values at 1..n-1 (the last is the call) as the reply:
-** status 1 the results, else the error and its traceback. */
-static int wk_encode_p (lua_State *L) {
-  struct wk_call *c = (struct wk_call *) lua_touserdata(L, -1);
-  int n = lua_gettop(L) - 1;
-  lua_pop(L, 1);
-  if (lua_toboolean(L, 1)) {
-    c->buf = braid__xcopy_encode(L, 2, n - 1, "results",
-                                 "back from a worker", &c->w->lim, &c->len);
-    c->status = CALL_OK;
-    return 0;
-  }
-  lua_settop(L, 2);
-  if (c->tb && !braid_error_kind(L, 2)) lua_pushstring(L, c->tb);
-  else lua_pushnil(L);
-  c->buf = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
-                               &c->w->lim, &c->len);
-  c->status = CALL_ERROR;
-  return 0;
-}
-
-/* The reply could not be encoded (a function among the results, a cap):
-** that error, as a plain value, becomes the reply. */
-static int wk_encode_fail_p (lua_State *L) {
-  struct wk_call *c = (struct wk_call *) lua_touserdata(L, 2);
-  lua_settop(L, 1);
-  lua_pushboolean(L, 0);
-  lua_insert(L, 1);
-  lua_pushlightuserdata(L, c);
-  free(c->tb);
-  c->tb = NULL;
-  return wk_encode_p(L);
-}
-
-/* The call's task ended: make its reply and hand the call back. Outside
-** tasks, on the worker's state. */
-static void wk_finish (struct wk *w, struct wk_call *c) {
-  lua_State *L = braid_state(w->WE);
-  int top = lua_gettop(L), n;
-  n = braid_task_result(w->WE, c->task);
-  c->status = CALL_NOMEM;
-  if (n > 0) {
-    int rc;
-    lua_pushcfunction(L, wk_encode_p);
-    lua_insert(L, top + 1);
-    lua_pushlightuserdata(L, c);
-    rc = lua_pcall(L, n + 1, 0, 0);
-    if (rc != LUA_OK && rc != LUA_ERRMEM) {
-      lua_pushcfunction(L, wk_encode_fail_p);
-      lua_insert(L, -2);
-      lua_pushlightuserdata(L, c);
-      if (lua_pcall(L, 2, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
-    }
-  }
-  if (w->wstopping && c->status == CALL_ERROR &&
-      braid_task_status(c->task) == BRAID_CANCELLED)
-    c->status = CALL_CLOSED;
-  lua_settop(L, top);
-  braid_task_release(w->WE, c->task);
-  c->task = NULL;
-  w->ncalls--;
-  wk_reply(w, c);
-}
-
-static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
-  struct wk_call *c = container_of(wa, struct wk_call, watch);
-  struct wk *w = c->w;
-  (void) t;
-  uv_mutex_lock(&w->mu);
-  c->L = NULL;   /* its coroutine may be reused from now on */
-  uv_mutex_unlock(&w->mu);
-  braid__list_push(&w->done, &c->link);
-  uv_async_send(&w->wasync);
-}
-
-/* The call's message handler: keeps the traceback of the error. */
-static int wk_msgh (lua_State *L) {
-  struct wk_call *c = (struct wk_call *) lua_touserdata(L,
-                                                       lua_upvalueindex(1));
-  if (c->tb == NULL && !braid_error_kind(L, 1)) {
-    luaL_traceback(L, L, NULL, 1);
-    c->tb = wk_strdup(lua_tostring(L, -1));
-  }
-  lua_settop(L, 1);
-  return 1;
-}
-
-static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
-  struct wk_call *c = (struct wk_call *) ctx;
-  uv_mutex_lock(&c->w->mu);
-  c->L = NULL;
-  uv_mutex_unlock(&c->w->mu);
-  if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
-  return lua_gettop(L) - 1;
-}
-
-/* The call's task: fns[fname](args...) under a handler that keeps the
-** traceback. Its thread is registered for the owner's hooks meanwhile. */
-static int wk_body (lua_State *L) {
-  struct wk_call *c = (struct wk_call *) lua_touserdata(L, 1);
-  struct wk *w = c->w;
-  int nargs;
-  uv_mutex_lock(&w->mu);
-  c->L = L;
-  uv_mutex_unlock(&w->mu);
-  lua_settop(L, 0);
-  lua_pushlightuserdata(L, c);
-  lua_pushcclosure(L, wk_msgh, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, w->fns_ref);
-  lua_getfield(L, -1, c->fname);
-  lua_remove(L, -2);
-  if (!braid__is_callable(L, -1))
-    braid_error(L, "usage", NULL, "worker:call: the worker has no function "
-                "'%s'", c->fname);
-  nargs = braid__xcopy_decode(L, c->buf, c->len);
-  free(c->buf);
-  c->buf = NULL;
-  return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
-                                 wk_body_k), (lua_KContext) c);
-}
-
-/* A call arrives: start its task, or answer at once. */
-static void wk_begin (struct wk *w, struct wk_call *c) {
-  lua_State *L = braid_state(w->WE);
-  if (w->load_err || w->fns_ref == LUA_NOREF || w->wstopping) {
-    free(c->buf);
-    c->buf = NULL;
-    c->status = CALL_CLOSED;
-    if (w->load_err && (c->buf = (char *) braid__malloc(w->load_len))) {
-      memcpy(c->buf, w->load_err, w->load_len);
-      c->len = w->load_len;
-      c->status = CALL_ERROR;
-    }
-    wk_reply(w, c);
-    return;
-  }
-  uv_mutex_lock(&w->mu);
-  braid__list_push(&w->running, &c->run_link);
-  uv_mutex_unlock(&w->mu);
-  lua_pushcfunction(L, wk_body);
-  lua_pushlightuserdata(L, c);
-  if (braid_spawn_function(w->WE, 1, &c->task) != 0) {
-    c->status = CALL_NOMEM;
-    wk_reply(w, c);
-    return;
-  }
-  c->watch.done = wk_task_done;
-  braid__task_watch(c->task, &c->watch);
-  w->ncalls++;
-}
-
-/* Takes the queued cancels (of calls already started) and the stop. */
-static void wk_take_cancels (struct wk *w) {
-  struct braid_list *n, *next;
-  int stop = 0;
-  uv_mutex_lock(&w->mu);
-  for (n = w->cancels.next; n != &w->cancels; n = next) {
-    struct wk_call *c = container_of(n, struct wk_call, cancel_link);
-    next = n->next;
-    if (c->task == NULL) continue;   /* not started yet: its turn comes */
-    braid__list_remove(n);
-    w->unacked--;
-    uv_mutex_unlock(&w->mu);
-    braid_cancel(w->WE, c->task);
-    uv_mutex_lock(&w->mu);
-    next = w->cancels.next;   /* the list may have changed meanwhile */
-  }
-  if (w->stop && !w->wstopping) {
-    w->wstopping = stop = 1;
-    w->unacked--;
-  }
-  uv_mutex_unlock(&w->mu);
-  if (stop)   /* only this thread changes the list: safe to walk unlocked */
-    for (n = w->running.next; n != &w->running; n = n->next) {
-      struct wk_call *c = container_of(n, struct wk_call, run_link);
-      if (c->task) braid_cancel(w->WE, c->task);
-    }
-}
-
-static void wasync_cb (uv_async_t *h) {
-  struct wk *w = container_of(h, struct wk, wasync);
-  for (;;) {   /* the calls, in order, then their cancels */
-    struct wk_call *c = NULL;
-    uv_mutex_lock(&w->mu);
-    if (!braid__list_empty(&w->requests)) {
-      c = container_of(w->requests.next, struct wk_call, link);
-      braid__list_remove(&c->link);
-    }
-    uv_mutex_unlock(&w->mu);
-    if (c == NULL) break;
-    wk_begin(w, c);
-  }
-  wk_take_cancels(w);
-  while (!braid__list_empty(&w->done)) {
-    struct wk_call *c = container_of(w->done.next, struct wk_call, link);
-    braid__list_remove(&c->link);
-    wk_finish(w, c);
-  }
-  if (w->wstopping && w->ncalls == 0 && !w->wclosed) {
-    w->wclosed = 1;   /* nothing runs: the loop may end */
-    uv_close((uv_handle_t *) &w->wasync, NULL);
-  }
-}
-
-/* The state's poll function (braid__hook_poll_set), run from a hook the
-** owner set: a cancel or the stop reaches code that spins. While the
-** chunk loads, the stop fails the load. */
-static int l_worker_poll (lua_State *L) {
-  struct wk *w = (struct wk *) lua_touserdata(L, lua_upvalueindex(1));
-  int stop;
-  wk_take_cancels(w);
-  uv_mutex_lock(&w->mu);
-  stop = w->bootL != NULL && w->stop;
-  uv_mutex_unlock(&w->mu);
-  if (stop)
-    return braid_error(L, "closed", NULL, "braid.worker: closed while its "
-                       "chunk was loading");
-  return 0;
-}
-
-/* Loads the worker's chunk (a module, a file or the chunk itself) and
-** keeps the table of functions it returns. On the worker's state, under
-** lua_pcall, outside tasks. */
-static int wk_boot_p (lua_State *L) {
-  struct wk *w = (struct wk *) lua_touserdata(L, 1);
-  int rc;
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, l_worker_poll, 1);
-  braid__hook_poll_set(L);
-  if (lua_getglobal(L, "package") == LUA_TTABLE) {
-    if (w->path) lua_pushstring(L, w->path), lua_setfield(L, -2, "path");
-    if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");
-  }
-  lua_settop(L, 1);
-  switch (w->skind) {
-    case SRC_MODULE:
-      lua_getglobal(L, "require");
-      lua_pushstring(L, w->source);
-      lua_call(L, 1, 1);
-      break;
-    case SRC_FILE:
-      rc = luaL_loadfilex(L, w->source, "t");
-      if (rc != LUA_OK) return lua_error(L);
-      lua_call(L, 0, 1);
-      break;
-    default:
-      rc = luaL_loadbufferx(L, w->source, strlen(w->source), "=worker", "t");
-      if (rc != LUA_OK) return lua_error(L);
-      lua_call(L, 0, 1);
-  }
-  if (!lua_istable(L, -1))
-    return braid_error(L, "usage", NULL, "braid.worker: the worker's chunk "
-                       "returned %s (a table of functions expected)",
-                       luaL_typename(L, -1));
-  w->fns_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return 0;
-}
-
-/* The load's message handler: keeps the traceback, as wk_msgh does. */
-static int wk_boot_msgh (lua_State *L) {
-  struct wk *w = (struct wk *) lua_touserdata(L, lua_upvalueindex(1));
-  if (w->boot_tb == NULL && !braid_error_kind(L, 1)) {
-    luaL_traceback(L, L, NULL, 1);
-    w->boot_tb = wk_strdup(lua_tostring(L, -1));
-  }
-  lua_settop(L, 1);
-  return 1;
-}
-
-/* The load failed with the error at 2 (traceback at 3): keep it encoded,
-** the reply of every call. */
-static int wk_keep_load_error_p (lua_State *L) {
-  struct wk *w = (struct wk *) lua_touserdata(L, 1);
-  w->load_err = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
-                                    &w->lim, &w->load_len);
-  return 0;
-}
-
-static void wk_boot (struct wk *w) {
-  lua_State *L = braid_state(w->WE);
-  int top = lua_gettop(L), rc;
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, wk_boot_msgh, 1);
-  lua_pushcfunction(L, wk_boot_p);
-  lua_pushlightuserdata(L, w);
-  uv_mutex_lock(&w->mu);
-  w->bootL = L;
-  uv_mutex_unlock(&w->mu);
-  rc = lua_pcall(L, 1, 0, top + 1);
-  uv_mutex_lock(&w->mu);
-  w->bootL = NULL;
-  uv_mutex_unlock(&w->mu);
-  lua_sethook(L, NULL, 0, 0);   /* a poll asked for too late */
-  if (rc != LUA_OK) {
-    int i;
-    for (i = 0; i < 2 && w->load_err == NULL; i++) {
-      lua_pushcfunction(L, wk_keep_load_error_p);
-      lua_pushlightuserdata(L, w);
-      if (i == 0) lua_pushvalue(L, top + 2);   /* the error */
-      else lua_pushliteral(L, "braid.worker: its chunk failed to load (the "
-                           "error cannot be copied)");
-      if (w->boot_tb) lua_pushstring(L, w->boot_tb);
-      else lua_pushnil(L);
-      if (lua_pcall(L, 3, 0, 0) != LUA_OK) lua_pop(L, 1);
-    }
-  }
-  lua_settop(L, top);
-}
-
-static void wk_walk_cb (uv_handle_t *h, void *arg) {
-  (void) arg;
-  fprintf(stderr, "braid: worker: internal: handle of type %s left open\n",
-          uv_handle_type_name(uv_handle_get_type(h)));
-  if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
-static void wk_main (void *arg) {
-  struct wk *w = (struct wk *) arg;
-  uv_loop_t loop;
-  int ok = uv_loop_init(&loop) == 0;
-  if (ok && (w->WE = braid_new(&loop, &w->eopts)) == NULL) {
-    uv_loop_close(&loop);
-    ok = 0;
-  }
-  if (ok && uv_async_init(&loop, &w->wasync, wasync_cb) != 0) {
-    braid_close(w->WE);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
-    ok = 0;
-  }
-  if (ok) {
-    uv_mutex_lock(&w->mu);
-    w->wready = 1;
-    uv_mutex_unlock(&w->mu);
-    wk_boot(w);
-    wasync_cb(&w->wasync);   /* what came while it loaded */
-    uv_run(&loop, UV_RUN_DEFAULT);   /* until stopped and every call ended */
-    braid_close(w->WE);
-    uv_run(&loop, UV_RUN_DEFAULT);   /* braid's close callbacks */
-    if (uv_loop_close(&loop) != 0) {
-      uv_walk(&loop, wk_walk_cb, NULL);
-      uv_run(&loop, UV_RUN_DEFAULT);
-      uv_loop_close(&loop);
-    }
-  }
-  uv_mutex_lock(&w->mu);
-  w->exited = 1;
-  if (!ok) w->wready = 0;
-  uv_mutex_unlock(&w->mu);
-  uv_async_send(&w->oasync);   /* the owner joins after this returns */
-}
-
-
-/* ==== the owner's side (the thread of the loop that made it) ==== */
-
-static void wk_unref (struct wk *w) {
+static void wk_unref (struct braid_worker *w) {
   if (--w->orefs > 0) return;
   uv_mutex_destroy(&w->mu);
   free(w->source);
@@ -516,12 +83,12 @@ static void wk_unref (struct wk *w) {
 static void otimer_cb (uv_timer_t *h);
 
 static void wk_handle_closed (uv_handle_t *h) {
-  wk_unref((struct wk *) h->data);
+  wk_unref((struct braid_worker *) h->data);
 }
 
 /* The owner's loop stays alive while calls wait or the worker stops; the
 ** timer re-asks a worker that has not seen its cancels or stop to poll. */
-static void wk_update (struct wk *w) {
+static void wk_update (struct braid_worker *w) {
   unsigned unacked;
   if (w->joined) return;
   if (w->inflight || w->closing) uv_ref((uv_handle_t *) &w->oasync);
@@ -536,20 +103,20 @@ static void wk_update (struct wk *w) {
 }
 
 static void otimer_cb (uv_timer_t *h) {
-  struct wk *w = (struct wk *) h->data;
+  struct braid_worker *w = (struct braid_worker *) h->data;
   uv_mutex_lock(&w->mu);
-  if (w->unacked) wk_hook_all(w);
+  if (w->unacked) braid__wk_hook_all(w);
   uv_mutex_unlock(&w->mu);
   wk_update(w);
 }
 
 /* Hands a reply to the task waiting for it, or frees a call nobody waits
 ** for any more. */
-static void wk_deliver (struct wk *w, struct wk_call *c) {
+static void wk_deliver (struct braid_worker *w, struct braid_wcall *c) {
   braid_op_t *op = c->op;
   w->inflight--;
   if (op == NULL) {
-    call_free(c);
+    braid__wk_call_free(c);
     return;
   }
   c->delivered = 1;
@@ -557,7 +124,7 @@ static void wk_deliver (struct wk *w, struct wk_call *c) {
 }
 
 static void oasync_cb (uv_async_t *h) {
-  struct wk *w = (struct wk *) h->data;
+  struct braid_worker *w = (struct braid_worker *) h->data;
   struct braid_list got;
   int exited;
   braid__list_init(&got);
@@ -570,7 +137,7 @@ static void oasync_cb (uv_async_t *h) {
   exited = w->exited;
   uv_mutex_unlock(&w->mu);
   while (!braid__list_empty(&got)) {
-    struct wk_call *c = container_of(got.next, struct wk_call, link);
+    struct braid_wcall *c = container_of(got.next, struct braid_wcall, link);
     braid__list_remove(&c->link);
     wk_deliver(w, c);
   }
@@ -582,7 +149,7 @@ static void oasync_cb (uv_async_t *h) {
     braid_resource_remove(&w->res);
     /* a worker that could not start answered nothing */
     while (!braid__list_empty(&w->requests)) {
-      struct wk_call *c = container_of(w->requests.next, struct wk_call,
+      struct braid_wcall *c = container_of(w->requests.next, struct braid_wcall,
                                        link);
       braid__list_remove(&c->link);
       braid__list_remove(&c->cancel_link);
@@ -599,25 +166,25 @@ static void oasync_cb (uv_async_t *h) {
 
 /* Asks the worker to stop: its calls are cancelled, it closes its engine
 ** and loop, and says it exited. Runs no Lua (a scope's resource hook). */
-static void wk_stop (struct wk *w) {
+static void wk_stop (struct braid_worker *w) {
   if (w->closing) return;
   w->closing = 1;
   braid_resource_remove(&w->res);
   uv_mutex_lock(&w->mu);
   w->stop = 1;
   w->unacked++;
-  wk_hook_all(w);
+  braid__wk_hook_all(w);
   if (w->wready) uv_async_send(&w->wasync);
   uv_mutex_unlock(&w->mu);
   wk_update(w);
 }
 
 static void wk_res_close (braid_resource_t *r) {
-  wk_stop(container_of(r, struct wk, res));
+  wk_stop(container_of(r, struct braid_worker, res));
 }
 
-static struct wk *wk_check (lua_State *L, const char *fname) {
-  struct wk **box = (struct wk **) braid__check_object(L, 1, WORKER_MT,
+static struct braid_worker *wk_check (lua_State *L, const char *fname) {
+  struct braid_worker **box = (struct braid_worker **) braid__check_object(L, 1, WORKER_MT,
                                                       fname);
   if (*box == NULL)
     braid_error(L, "closed", NULL, "%s: the worker is closed", fname);
@@ -627,8 +194,8 @@ static struct wk *wk_check (lua_State *L, const char *fname) {
 /* ---- worker:call ---- */
 
 static int call_start (braid_op_t *op, void *ud) {
-  struct wk_call *c = (struct wk_call *) ud;
-  *(struct wk_call **) braid_op_data(op) = c;
+  struct braid_wcall *c = (struct braid_wcall *) ud;
+  *(struct braid_wcall **) braid_op_data(op) = c;
   c->op = op;
   return 0;
 }
@@ -636,18 +203,18 @@ static int call_start (braid_op_t *op, void *ud) {
 /* The waiting task was cancelled (or abandoned): the worker is asked to
 ** cancel the call's task; the reply, when it comes, is freed. */
 static void call_cancel (braid_op_t *op) {
-  struct wk_call *c = *(struct wk_call **) braid_op_data(op);
-  struct wk *w = c->w;
+  struct braid_wcall *c = *(struct braid_wcall **) braid_op_data(op);
+  struct braid_worker *w = c->w;
   c->op = NULL;
   if (c->delivered) {   /* resumed, then abandoned before it took it */
-    call_free(c);
+    braid__wk_call_free(c);
     return;
   }
   uv_mutex_lock(&w->mu);
   if (!c->replied) {
     braid__list_push(&w->cancels, &c->cancel_link);
     w->unacked++;
-    wk_hook_all(w);
+    braid__wk_hook_all(w);
     if (w->wready) uv_async_send(&w->wasync);
   }
   uv_mutex_unlock(&w->mu);
@@ -658,7 +225,7 @@ static void call_cancel (braid_op_t *op) {
 ** error at the top (returns -1). Under lua_pcall: call_k frees the call
 ** whatever happens here. */
 static int call_result_p (lua_State *L) {
-  struct wk_call *c = (struct wk_call *) lua_touserdata(L, 1);
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
   int n;
   lua_settop(L, 0);
   switch (c->status) {
@@ -695,13 +262,13 @@ static int call_result_p (lua_State *L) {
 }
 
 static int call_k (lua_State *L, braid_op_t *op) {
-  struct wk_call *c = *(struct wk_call **) braid_op_data(op);
+  struct braid_wcall *c = *(struct braid_wcall **) braid_op_data(op);
   int base = lua_gettop(L), rc;
   c->op = NULL;
   lua_pushcfunction(L, call_result_p);
   lua_pushlightuserdata(L, c);
   rc = lua_pcall(L, 1, LUA_MULTRET, 0);
-  call_free(c);
+  braid__wk_call_free(c);
   if (rc != LUA_OK) return lua_error(L);
   return lua_gettop(L) - base;
 }
@@ -713,8 +280,8 @@ static int call_k (lua_State *L, braid_op_t *op) {
 ** cross, "limit" past max_message or max_depth, "closed" once the worker
 ** is closed. */
 static int l_worker_call (lua_State *L) {
-  struct wk *w = wk_check(L, "worker:call");
-  struct wk_call *c;
+  struct braid_worker *w = wk_check(L, "worker:call");
+  struct braid_wcall *c;
   const char *fname;
   char *buf;
   size_t len;
@@ -726,8 +293,8 @@ static int l_worker_call (lua_State *L) {
                        "closed");
   buf = braid__xcopy_encode(L, 3, lua_gettop(L) - 2, "args", "to a worker",
                             &w->lim, &len);
-  c = (struct wk_call *) braid__calloc(1, sizeof *c);
-  if (c == NULL || (c->fname = wk_strdup(fname)) == NULL) {
+  c = (struct braid_wcall *) braid__calloc(1, sizeof *c);
+  if (c == NULL || (c->fname = braid__wk_strdup(fname)) == NULL) {
     free(c);
     free(buf);
     return braid_error(L, "memory", NULL, "worker:call: not enough memory");
@@ -751,14 +318,14 @@ static int l_worker_call (lua_State *L) {
 /* ---- worker:close ---- */
 
 static int close_start (braid_op_t *op, void *ud) {
-  struct wk *w = (struct wk *) ud;
-  *(struct wk **) braid_op_data(op) = w;
+  struct braid_worker *w = (struct braid_worker *) ud;
+  *(struct braid_worker **) braid_op_data(op) = w;
   w->close_op = op;
   return 0;
 }
 
 static void close_cancel (braid_op_t *op) {
-  struct wk *w = *(struct wk **) braid_op_data(op);
+  struct braid_worker *w = *(struct braid_worker **) braid_op_data(op);
   if (w->close_op == op) w->close_op = NULL;
 }
 
@@ -766,7 +333,7 @@ static void close_cancel (braid_op_t *op) {
 ** callers raise kind "closed") and waits until its thread has ended.
 ** Harmless when closed already. */
 static int l_worker_close (lua_State *L) {
-  struct wk *w = wk_check(L, "worker:close");
+  struct braid_worker *w = wk_check(L, "worker:close");
   wk_stop(w);
   if (w->joined || w->close_op) return 0;
   return braid_suspend_soft(L, "worker:close", sizeof w, close_start,
@@ -774,8 +341,8 @@ static int l_worker_close (lua_State *L) {
 }
 
 static int l_worker_gc (lua_State *L) {
-  struct wk **box = (struct wk **) lua_touserdata(L, 1);
-  struct wk *w = *box;
+  struct braid_worker **box = (struct braid_worker **) lua_touserdata(L, 1);
+  struct braid_worker *w = *box;
   if (w == NULL) return 0;
   *box = NULL;
   if (!w->joined) wk_stop(w);
@@ -784,7 +351,7 @@ static int l_worker_gc (lua_State *L) {
 }
 
 static int l_worker_tostring (lua_State *L) {
-  struct wk *w = *(struct wk **) lua_touserdata(L, 1);
+  struct braid_worker *w = *(struct braid_worker **) lua_touserdata(L, 1);
   lua_pushfstring(L, "braid.Worker (%s)", w == NULL || w->joined ? "closed"
                   : w->closing ? "closing" : "running");
   return 1;
@@ -820,19 +387,19 @@ static char *wk_package_field (lua_State *L, const char *field) {
   int top = lua_gettop(L);
   if (lua_getglobal(L, "package") == LUA_TTABLE &&
       lua_getfield(L, -1, field) == LUA_TSTRING)
-    d = wk_strdup(lua_tostring(L, -1));
+    d = braid__wk_strdup(lua_tostring(L, -1));
   lua_settop(L, top);
   return d;
 }
 
 /* Starts w's thread with every signal blocked in it: signals are the main
 ** thread's (interrupt.c), never a worker's. */
-static int wk_thread_start (struct wk *w) {
+static int wk_thread_start (struct braid_worker *w) {
   sigset_t all, old;
   int rc;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  rc = uv_thread_create(&w->thread, wk_main, w);
+  rc = uv_thread_create(&w->thread, braid__wk_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   return rc;
 }
@@ -845,7 +412,7 @@ static int wk_thread_start (struct wk *w) {
 ** take, default 64 MiB), max_depth (table nesting, default and at most
 ** 100), memory_limit (bytes for the worker's state; default none). */
 static int l_worker_new (lua_State *L) {
-  struct wk *w, **box;
+  struct braid_worker *w, **box;
   const char *src;
   size_t n, mem;
   double depth;
@@ -859,10 +426,10 @@ static int l_worker_new (lua_State *L) {
   depth = braid__opt_number(L, 2, "max_depth", BRAID_XCOPY_DEPTH,
                             "braid.worker");
   mem = braid__opt_limit(L, 2, "memory_limit", 0, "braid.worker");
-  box = (struct wk **) lua_newuserdatauv(L, sizeof *box, 0);   /* 3 */
+  box = (struct braid_worker **) lua_newuserdatauv(L, sizeof *box, 0);   /* 3 */
   *box = NULL;
   luaL_setmetatable(L, WORKER_MT);
-  w = (struct wk *) braid__calloc(1, sizeof *w);
+  w = (struct braid_worker *) braid__calloc(1, sizeof *w);
   if (w == NULL)
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");
   if ((rc = uv_mutex_init(&w->mu)) != 0) {
@@ -880,7 +447,7 @@ static int l_worker_new (lua_State *L) {
                                       "braid.worker");
   w->res.close = wk_res_close;
   w->skind = wk_source_kind(src, n);
-  if (strlen(src) != n || (w->source = wk_strdup(src)) == NULL)
+  if (strlen(src) != n || (w->source = braid__wk_strdup(src)) == NULL)
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");
   w->path = wk_package_field(L, "path");
   w->cpath = wk_package_field(L, "cpath");

@@ -1,0 +1,87 @@
+/*
+** worker.h: what the two sides of a worker share (io/worker.c, the
+** owner's side and the Lua API; io/worker_thread.c, the worker's thread):
+** the shared record, a call, and who may touch which field (worker.c's
+** opening comment says it in full).
+*/
+#ifndef BRAID_WORKER_H
+#define BRAID_WORKER_H
+
+#include "core/prim.h"
+#include "io/xcopy.h"
+
+enum { CALL_OK, CALL_ERROR, CALL_CLOSED, CALL_NOMEM };
+enum { SRC_CHUNK, SRC_FILE, SRC_MODULE };
+
+struct braid_worker;
+
+struct braid_wcall {
+  struct braid_list link;        /* requests, then done, then replies */
+  struct braid_list cancel_link; /* in w->cancels once cancelled (mu) */
+  struct braid_list run_link;    /* in w->running from start to reply (mu) */
+  struct braid_worker *w;
+  char *fname;
+  char *buf;                     /* the arguments, then the reply */
+  size_t len;
+  int status;                    /* of the reply: CALL_* */
+  unsigned char replied;         /* mu: the worker is done with it */
+  unsigned char delivered;       /* owner: its task will take the reply */
+  braid_op_t *op;                /* owner: the waiting call, or NULL */
+  braid_task_t *task;            /* worker: the task running it */
+  lua_State *L;                  /* mu: the task's thread, while it runs */
+  struct braid_watch watch;      /* worker: the task ended */
+  char *tb;                      /* worker: the traceback of its error */
+};
+
+struct braid_worker {
+  uv_mutex_t mu;
+  /* mu */
+  struct braid_list requests;    /* calls for the worker (link) */
+  struct braid_list cancels;     /* their cancels (cancel_link) */
+  struct braid_list replies;     /* calls answered (link) */
+  struct braid_list running;     /* calls started, not answered (run_link) */
+  lua_State *bootL;              /* the worker's state while it loads */
+  unsigned unacked;              /* cancels and stop not yet seen */
+  unsigned char stop, exited, wready;
+  /* the owner's */
+  uv_async_t oasync;
+  uv_timer_t otimer;
+  uv_thread_t thread;
+  braid_resource_t res;
+  braid_op_t *close_op;
+  unsigned inflight;
+  int orefs;                     /* the userdata, oasync, otimer */
+  unsigned char closing, joined;
+  /* the options, fixed before the thread starts */
+  char *source, *path, *cpath;
+  int skind;
+  struct braid_xlimits lim;
+  braid_options_t eopts;
+  /* the worker's */
+  uv_async_t wasync;
+  braid_engine_t *WE;
+  int fns_ref;
+  char *load_err;                /* the encoded error of a failed load */
+  char *boot_tb;                 /* its traceback */
+  size_t load_len;
+  struct braid_list done;        /* calls whose task ended */
+  unsigned ncalls;
+  unsigned char wstopping, wclosed;
+};
+
+/* A copy of s on braid's C heap, or NULL. */
+char *braid__wk_strdup(const char *s);
+
+/* Frees a call and what it holds; the owner's, or a call never queued. */
+void braid__wk_call_free(struct braid_wcall *c);
+
+/* Under w->mu: every thread of the worker that may be running Lua code
+** polls at its next instruction (braid__hook_poll). */
+void braid__wk_hook_all(struct braid_worker *w);
+
+/* The worker thread's body (uv_thread_create): its engine and loop, the
+** chunk, the calls until stopped, then everything closed; says it exited
+** as its last act. */
+void braid__wk_main(void *arg);
+
+#endif
