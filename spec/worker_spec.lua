@@ -32,6 +32,7 @@ local SRC <const> = [[
     end,
     closed = function() return closed end,
     spin = function() local i = 0 while true do i = i + 1 end end,
+    fail_on2 = function(x) if x == 2 then error("two") end braid.sleep(60) end,
     spin_guarded = function()
       local c <close> = setmetatable({}, {__close = function()
         closed = closed + 1 end})
@@ -276,4 +277,51 @@ describe("braid.worker", function()
   it("counts the cores", function()
     assert.is_true(braid.cpu_count() >= 1)
   end)
+end)
+
+describe("braid.pool", function()
+  it("spreads calls over its workers and maps a list", run(function()
+    local p <close> = braid.pool(2, SRC)
+    assert.equal(3, p:call("add", 1, 2))
+    local items = {}
+    for i = 1, 40 do items[i] = i end
+    local r = p:map(items, "add")   -- add(item, i)
+    for i = 1, 40 do assert.equal(2 * i, r[i]) end
+  end))
+
+  it("defaults to one worker per core", run(function()
+    local p <close> = braid.pool(SRC)
+    assert.equal(braid.cpu_count(), #p.workers)
+  end))
+
+  it("refuses a bad size", run(function()
+    local ok, e = pcall(braid.pool, 0, SRC)
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+  end))
+
+  it("raises a worker's error from pool:map and stops the others", run(function()
+    local p <close> = braid.pool(2, SRC)
+    local t0 = braid.now()
+    local ok, e = pcall(p.map, p, {1, 2, 3}, "fail_on2")
+    assert.is_false(ok)
+    assert.equal("worker", e.kind)
+    assert.matches("two", e.message)
+    assert.is_true(braid.now() - t0 < 30)   -- the sleeping ones were cancelled
+  end))
+end)
+
+describe("braid.map with workers", function()
+  it("runs a named function in a pool made for the call", run(function()
+    local r = braid.map({1, 2, 3}, "add", {workers = 2, module = SRC})
+    assert.equal(2, r[1])
+    assert.equal(4, r[2])
+    assert.equal(6, r[3])
+  end))
+
+  it("needs opts.module for a function name", run(function()
+    local ok, e = pcall(braid.map, {1}, "add", {workers = 2})
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+  end))
 end)
