@@ -144,25 +144,25 @@ describe("braid.worker", function()
   end))
 
   it("loads a module name, a file path or a chunk", run(function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    os.execute("mkdir -p " .. dir)
-    local f = assert(io.open(dir .. "/wmod.lua", "w"))
+    local base = os.tmpname()   -- /tmp/lua_XXXXXX: also a module name
+    os.remove(base)
+    local dir, mod = base:match("^(.*)/([^/]+)$")
+    local file = dir .. "/" .. mod .. ".lua"
+    local f = assert(io.open(file, "w"))
     f:write("return {hi = function(x) return 'hi ' .. x end}")
     f:close()
     local saved = package.path
     package.path = dir .. "/?.lua;" .. package.path
     local ok, err = pcall(function()
-      local m <close> = braid.worker("wmod")
+      local m <close> = braid.worker(mod)
       assert.equal("hi m", m:call("hi", "m"))
-      local p <close> = braid.worker(dir .. "/wmod.lua")
+      local p <close> = braid.worker(file)
       assert.equal("hi p", p:call("hi", "p"))
       local c <close> = braid.worker("return {hi = function(x) return 'yo ' .. x end}")
       assert.equal("yo c", c:call("hi", "c"))
     end)
     package.path = saved
-    os.remove(dir .. "/wmod.lua")
-    os.remove(dir)
+    os.remove(file)
     assert(ok, err)
   end))
 
