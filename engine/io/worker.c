@@ -16,10 +16,10 @@
 **   call whose task stopped waiting. A cancel is a second node of the call
 **   (cancel_link) queued in w->requests; the worker unlinks it when it
 **   replies, so no cancel outlives its call.
-** - Each side has one uv_async_t on its own loop, which the other side
-**   signals after queuing: the owner's (oasync) wakes it for replies and
-**   for the worker's exit, the worker's (wasync) for calls, cancels and
-**   stop. The owner's async keeps the owner's loop alive only while a
+** - Each side has one wake-up (struct braid_wsig, an eventfd polled on its
+**   own loop), which the other side signals after queuing: the owner's
+**   (osig) for replies and for the worker's exit, the worker's (wsig) for
+**   calls, cancels and stop. The owner's keeps the owner's loop alive only while a
 **   call is in flight or the worker is stopping, so an idle worker hides
 **   no deadlock and braid.run cannot return before its workers exited.
 ** - A task that spins in Lua never returns to the worker's loop. While a
@@ -34,11 +34,14 @@
 **   says it exited, and closes its own handles; the last of the userdata
 **   and the handles frees w.
 */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include "io/worker.h"
 
 #define WORKER_MT "braid.Worker"
@@ -69,6 +72,44 @@ void braid__wk_hook_all (struct braid_worker *w) {
 }
 
 
+/* ---- the wake-ups ---- */
+
+int braid__wsig_init (uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb) {
+  int rc;
+  s->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (s->fd < 0) return -errno;
+  if ((rc = uv_poll_init(loop, &s->poll, s->fd)) != 0) {
+    close(s->fd);
+    return rc;
+  }
+  return uv_poll_start(&s->poll, UV_READABLE, cb);   /* checks arguments only */
+}
+
+void braid__wsig_send (struct braid_wsig *s) {
+  uint64_t one = 1;
+  if (!s->open || s->pending) return;
+  s->pending = 1;
+  while (write(s->fd, &one, sizeof one) < 0 && errno == EINTR) ;
+}
+
+void braid__wsig_take (struct braid_worker *w, struct braid_wsig *s) {
+  uint64_t n;
+  while (read(s->fd, &n, sizeof n) < 0 && errno == EINTR) ;
+  uv_mutex_lock(&w->mu);
+  s->pending = 0;
+  uv_mutex_unlock(&w->mu);
+}
+
+void braid__wsig_close (struct braid_worker *w, struct braid_wsig *s,
+                        uv_close_cb cb) {
+  uv_mutex_lock(&w->mu);
+  s->open = 0;
+  uv_mutex_unlock(&w->mu);
+  uv_close((uv_handle_t *) &s->poll, cb);
+  close(s->fd);   /* libuv allows it once the poll is closing */
+  s->fd = -1;
+}
+
 static void wk_unref (struct braid_worker *w) {
   if (--w->orefs > 0) return;
   uv_mutex_destroy(&w->mu);
@@ -91,8 +132,8 @@ static void wk_handle_closed (uv_handle_t *h) {
 static void wk_update (struct braid_worker *w) {
   unsigned unacked;
   if (w->joined) return;
-  if (w->inflight || w->closing) uv_ref((uv_handle_t *) &w->oasync);
-  else uv_unref((uv_handle_t *) &w->oasync);
+  if (w->inflight || w->closing) uv_ref((uv_handle_t *) &w->osig.poll);
+  else uv_unref((uv_handle_t *) &w->osig.poll);
   uv_mutex_lock(&w->mu);
   unacked = w->unacked;
   uv_mutex_unlock(&w->mu);
@@ -123,10 +164,13 @@ static void wk_deliver (struct braid_worker *w, struct braid_wcall *c) {
   braid_resume(op, 0);
 }
 
-static void oasync_cb (uv_async_t *h) {
+static void osig_cb (uv_poll_t *h, int status, int events) {
   struct braid_worker *w = (struct braid_worker *) h->data;
   struct braid_list got;
   int exited;
+  (void) status;
+  (void) events;
+  braid__wsig_take(w, &w->osig);
   braid__list_init(&got);
   uv_mutex_lock(&w->mu);
   while (!braid__list_empty(&w->replies)) {
@@ -158,7 +202,7 @@ static void oasync_cb (uv_async_t *h) {
     }
     w->close_op = NULL;
     if (op) braid_resume(op, 0);
-    uv_close((uv_handle_t *) &w->oasync, wk_handle_closed);
+    braid__wsig_close(w, &w->osig, wk_handle_closed);
     uv_close((uv_handle_t *) &w->otimer, wk_handle_closed);
   }
   wk_update(w);
@@ -174,7 +218,7 @@ static void wk_stop (struct braid_worker *w) {
   w->stop = 1;
   w->unacked++;
   braid__wk_hook_all(w);
-  if (w->wready) uv_async_send(&w->wasync);
+  braid__wsig_send(&w->wsig);
   uv_mutex_unlock(&w->mu);
   wk_update(w);
 }
@@ -215,7 +259,7 @@ static void call_cancel (braid_op_t *op) {
     braid__list_push(&w->cancels, &c->cancel_link);
     w->unacked++;
     braid__wk_hook_all(w);
-    if (w->wready) uv_async_send(&w->wasync);
+    braid__wsig_send(&w->wsig);
   }
   uv_mutex_unlock(&w->mu);
   wk_update(w);
@@ -307,7 +351,7 @@ static int l_worker_call (lua_State *L) {
   braid__list_init(&c->run_link);
   uv_mutex_lock(&w->mu);
   braid__list_push(&w->requests, &c->link);
-  if (w->wready) uv_async_send(&w->wasync);
+  braid__wsig_send(&w->wsig);
   uv_mutex_unlock(&w->mu);
   w->inflight++;
   wk_update(w);
@@ -460,17 +504,18 @@ static int l_worker_new (lua_State *L) {
   braid__list_init(&w->replies);
   braid__list_init(&w->running);
   braid__list_init(&w->done);
-  if ((rc = uv_async_init(braid_loop(braid_engine(L)), &w->oasync,
-                          oasync_cb)) != 0)
+  if ((rc = braid__wsig_init(braid_loop(braid_engine(L)), &w->osig,
+                             osig_cb)) != 0)
     braid__error_uv(L, rc, "braid.worker");
-  w->oasync.data = w;
+  w->osig.poll.data = w;
+  w->osig.open = 1;   /* before the thread exists: no lock needed */
   w->orefs++;
   uv_timer_init(braid_loop(braid_engine(L)), &w->otimer);
   w->otimer.data = w;
   w->orefs++;
   uv_unref((uv_handle_t *) &w->otimer);
   if ((rc = wk_thread_start(w)) != 0) {
-    uv_close((uv_handle_t *) &w->oasync, wk_handle_closed);
+    braid__wsig_close(w, &w->osig, wk_handle_closed);
     uv_close((uv_handle_t *) &w->otimer, wk_handle_closed);
     return braid__error_uv(L, rc, "braid.worker");
   }

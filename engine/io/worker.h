@@ -15,6 +15,35 @@ enum { SRC_CHUNK, SRC_FILE, SRC_MODULE };
 
 struct braid_worker;
 
+/* One side's wake-up: an eventfd the other side writes, polled on this
+** side's loop. Not a uv_async_t: libuv 1.44's uv_async_send makes the
+** woken loop spin until the sender's write has returned, which on a
+** loaded machine cost most of a round trip. `pending` (under w->mu) keeps
+** it to one write per wake-up: the sender writes only when it is 0, the
+** receiver clears it under mu before it takes the queue. */
+struct braid_wsig {
+  uv_poll_t poll;
+  int fd;
+  unsigned char pending;      /* mu */
+  unsigned char open;         /* mu: may be written */
+};
+
+/* Makes s (zeroed, closed: open is the caller's to set, under w->mu once
+** the other side may look) on loop, an eventfd polled with cb: 0 or a
+** negative code. */
+int braid__wsig_init(uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb);
+
+/* Under w->mu: wakes s's side, unless a wake-up is pending or s closed. */
+void braid__wsig_send(struct braid_wsig *s);
+
+/* On s's side, in cb, before taking the queue (takes w->mu itself). */
+void braid__wsig_take(struct braid_worker *w, struct braid_wsig *s);
+
+/* On s's side: no more writes (under w->mu), the poll closed (cb), the
+** fd closed. */
+void braid__wsig_close(struct braid_worker *w, struct braid_wsig *s,
+                       uv_close_cb cb);
+
 struct braid_wcall {
   struct braid_list link;        /* requests, then done, then replies */
   struct braid_list cancel_link; /* in w->cancels once cancelled (mu) */
@@ -42,15 +71,15 @@ struct braid_worker {
   struct braid_list running;     /* calls started, not answered (run_link) */
   lua_State *bootL;              /* the worker's state while it loads */
   unsigned unacked;              /* cancels and stop not yet seen */
-  unsigned char stop, exited, wready;
+  unsigned char stop, exited;
   /* the owner's */
-  uv_async_t oasync;
+  struct braid_wsig osig;         /* the owner's wake-up */
   uv_timer_t otimer;
   uv_thread_t thread;
   braid_resource_t res;
   braid_op_t *close_op;
   unsigned inflight;
-  int orefs;                     /* the userdata, oasync, otimer */
+  int orefs;                     /* the userdata, osig, otimer */
   unsigned char closing, joined;
   /* the options, fixed before the thread starts */
   char *source, *path, *cpath;
@@ -58,7 +87,7 @@ struct braid_worker {
   struct braid_xlimits lim;
   braid_options_t eopts;
   /* the worker's */
-  uv_async_t wasync;
+  struct braid_wsig wsig;         /* the worker's wake-up */
   braid_engine_t *WE;
   int fns_ref;
   char *load_err;                /* the encoded error of a failed load */

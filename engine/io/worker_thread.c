@@ -11,6 +11,13 @@
 #include <string.h>
 #include "io/worker.h"
 
+/* The worker's loop turns once more (wsig_cb), from its own thread. */
+static void wk_wake_self (struct braid_worker *w) {
+  uv_mutex_lock(&w->mu);
+  braid__wsig_send(&w->wsig);
+  uv_mutex_unlock(&w->mu);
+}
+
 static void wk_reply (struct braid_worker *w, struct braid_wcall *c) {
   struct braid_worker *ww = c->w;
   (void) w;
@@ -23,8 +30,8 @@ static void wk_reply (struct braid_worker *w, struct braid_wcall *c) {
   c->L = NULL;
   c->replied = 1;
   braid__list_push(&ww->replies, &c->link);
+  braid__wsig_send(&ww->osig);
   uv_mutex_unlock(&ww->mu);
-  uv_async_send(&ww->oasync);
 }
 
 /* Encodes the values at 1..n-1 (the last is the call) as the reply:
@@ -66,6 +73,8 @@ static int wk_encode_fail_p (lua_State *L) {
 static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   int top = lua_gettop(L), n;
+  free(c->buf);   /* results a failed child made worthless */
+  c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
   if (n > 0) {
@@ -94,12 +103,19 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
 static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
   struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
   struct braid_worker *w = c->w;
-  (void) t;
   uv_mutex_lock(&w->mu);
   c->L = NULL;   /* its coroutine may be reused from now on */
   uv_mutex_unlock(&w->mu);
-  braid__list_push(&w->done, &c->link);
-  uv_async_send(&w->wasync);
+  if (braid_task_status(t) == BRAID_OK && c->buf) {   /* the common case */
+    braid_task_release(w->WE, t);   /* no Lua runs: a field set to nil */
+    c->task = NULL;
+    w->ncalls--;
+    wk_reply(w, c);
+    if (w->wstopping && w->ncalls == 0) wk_wake_self(w);
+    return;
+  }
+  braid__list_push(&w->done, &c->link);   /* an error to encode, on L */
+  wk_wake_self(w);
 }
 
 /* The call's message handler: keeps the traceback of the error. */
@@ -114,13 +130,21 @@ static int wk_msgh (lua_State *L) {
   return 1;
 }
 
+/* The body returned: its results are encoded here, in the task, so that
+** the reply can leave as soon as the task ends (wk_task_done) without a
+** turn of the worker's loop; a value that cannot cross fails the task. */
 static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_wcall *c = (struct braid_wcall *) ctx;
+  int n;
   uv_mutex_lock(&c->w->mu);
   c->L = NULL;
   uv_mutex_unlock(&c->w->mu);
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
-  return lua_gettop(L) - 1;
+  n = lua_gettop(L) - 1;
+  c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
+                               &c->w->lim, &c->len);
+  c->status = CALL_OK;
+  return 0;
 }
 
 /* The call's task: fns[fname](args...) under a handler that keeps the
@@ -206,8 +230,9 @@ static void wk_take_cancels (struct braid_worker *w) {
     }
 }
 
-static void wasync_cb (uv_async_t *h) {
-  struct braid_worker *w = container_of(h, struct braid_worker, wasync);
+/* Starts the calls that came, in order, then takes their cancels and
+** the stop, then answers the calls that ended with an error. */
+static void wk_serve (struct braid_worker *w) {
   for (;;) {   /* the calls, in order, then their cancels */
     struct braid_wcall *c = NULL;
     uv_mutex_lock(&w->mu);
@@ -227,8 +252,16 @@ static void wasync_cb (uv_async_t *h) {
   }
   if (w->wstopping && w->ncalls == 0 && !w->wclosed) {
     w->wclosed = 1;   /* nothing runs: the loop may end */
-    uv_close((uv_handle_t *) &w->wasync, NULL);
+    braid__wsig_close(w, &w->wsig, NULL);
   }
+}
+
+static void wsig_cb (uv_poll_t *h, int status, int events) {
+  struct braid_worker *w = (struct braid_worker *) h->data;
+  (void) status;
+  (void) events;
+  braid__wsig_take(w, &w->wsig);
+  wk_serve(w);
 }
 
 /* The state's poll function (braid__hook_poll_set), run from a hook the
@@ -351,18 +384,19 @@ void braid__wk_main (void *arg) {
     uv_loop_close(&loop);
     ok = 0;
   }
-  if (ok && uv_async_init(&loop, &w->wasync, wasync_cb) != 0) {
+  if (ok && braid__wsig_init(&loop, &w->wsig, wsig_cb) != 0) {
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     ok = 0;
   }
   if (ok) {
+    w->wsig.poll.data = w;
     uv_mutex_lock(&w->mu);
-    w->wready = 1;
+    w->wsig.open = 1;   /* the owner may wake it from now on */
     uv_mutex_unlock(&w->mu);
     wk_boot(w);
-    wasync_cb(&w->wasync);   /* what came while it loaded */
+    wk_serve(w);   /* what came while it loaded */
     uv_run(&loop, UV_RUN_DEFAULT);   /* until stopped and every call ended */
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);   /* braid's close callbacks */
@@ -374,9 +408,8 @@ void braid__wk_main (void *arg) {
   }
   uv_mutex_lock(&w->mu);
   w->exited = 1;
-  if (!ok) w->wready = 0;
+  braid__wsig_send(&w->osig);   /* the owner joins once this returns */
   uv_mutex_unlock(&w->mu);
-  uv_async_send(&w->oasync);   /* the owner joins after this returns */
 }
 
 
