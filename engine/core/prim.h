@@ -245,6 +245,12 @@ int braid__engine_watches(braid_engine_t *E, int signum);
 void braid__hook_poll_set(lua_State *L);
 void braid__hook_poll(lua_State *L);
 
+/* The options an engine like E's is made with (braid_new's): its
+** modules, memory limit and instruction budget, the safe libraries for an
+** embedded engine (all for the runner's), no signals. What a worker's
+** engine starts from (io/worker.c, core/threads.c). */
+void braid__engine_options(braid_engine_t *E, braid_options_t *out);
+
 /* ---- the REPL's session (cli/repl.c) ---- */
 
 /* While a session is set, the root task's scope judges its members with

@@ -436,6 +436,63 @@ static char *wk_package_field (lua_State *L, const char *field) {
   return d;
 }
 
+/* ---- the application's say (braid_worker_config) ---- */
+
+static const char config_key = 'w';
+
+struct wk_config {
+  braid_options_t opts;
+  int has_opts;
+  braid_worker_setup_fn setup;
+  void *ud;
+};
+
+/* The options and setup of a new worker of L's engine. */
+static void wk_options (lua_State *L, struct braid_worker *w) {
+  struct wk_config *cfg;
+  braid__engine_options(braid_engine(L), &w->eopts);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &config_key);
+  cfg = (struct wk_config *) lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (cfg == NULL) return;
+  if (cfg->has_opts) {
+    w->eopts = cfg->opts;
+    w->eopts.signals = 0;
+  }
+  w->setup = cfg->setup;
+  w->setup_ud = cfg->ud;
+}
+
+static int wk_config_p (lua_State *L) {
+  struct wk_config *in = (struct wk_config *) lua_touserdata(L, 1);
+  struct wk_config *cfg;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &config_key) == LUA_TNIL) {
+    cfg = (struct wk_config *) lua_newuserdatauv(L, sizeof *cfg, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &config_key);
+  } else {
+    cfg = (struct wk_config *) lua_touserdata(L, -1);
+  }
+  *cfg = *in;
+  return 0;
+}
+
+int braid_worker_config (braid_engine_t *E, const braid_options_t *opts,
+                         braid_worker_setup_fn setup, void *ud) {
+  lua_State *L = braid_state(E);
+  struct wk_config in;
+  memset(&in, 0, sizeof in);
+  if (opts) in.opts = *opts, in.has_opts = 1;
+  in.setup = setup;
+  in.ud = ud;
+  lua_pushcfunction(L, wk_config_p);
+  lua_pushlightuserdata(L, &in);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return UV_ENOMEM;
+  }
+  return 0;
+}
+
 /* Starts w's thread with every signal blocked in it: signals are the main
 ** thread's (interrupt.c), never a worker's. */
 static int wk_thread_start (struct braid_worker *w) {
@@ -461,7 +518,6 @@ static int l_worker_new (lua_State *L) {
   size_t n, mem;
   double depth;
   int rc;
-  unsigned mods;
   braid_check_task(L, "braid.worker");
   braid__check_type(L, 1, LUA_TSTRING, "braid.worker");
   braid__check_options(L, 2, "braid.worker", worker_options);
@@ -495,10 +551,10 @@ static int l_worker_new (lua_State *L) {
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");
   w->path = wk_package_field(L, "path");
   w->cpath = wk_package_field(L, "cpath");
-  mods = braid__engine_modules(L);
-  w->eopts.modules = mods;
-  w->eopts.libs = mods == BRAID_MODS_ALL ? BRAID_LIBS_ALL : BRAID_LIBS_SAFE;
-  w->eopts.memory_limit = mem == BRAID_NO_LIMIT ? 0 : mem;
+  wk_options(L, w);
+  if (mem != 0 && mem != BRAID_NO_LIMIT &&
+      (w->eopts.memory_limit == 0 || mem < w->eopts.memory_limit))
+    w->eopts.memory_limit = mem;   /* a script may only lower it */
   braid__list_init(&w->requests);
   braid__list_init(&w->cancels);
   braid__list_init(&w->replies);

@@ -86,6 +86,8 @@ struct braid_worker {
   int skind;
   struct braid_xlimits lim;
   braid_options_t eopts;
+  braid_worker_setup_fn setup;   /* braid_worker_config's */
+  void *setup_ud;
   /* the worker's */
   struct braid_wsig wsig;         /* the worker's wake-up */
   braid_engine_t *WE;

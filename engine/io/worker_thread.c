@@ -294,6 +294,8 @@ static int wk_boot_p (lua_State *L) {
     if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");
   }
   lua_settop(L, 1);
+  if (w->setup) w->setup(L, w->setup_ud);   /* the application's functions */
+  lua_settop(L, 1);
   switch (w->skind) {
     case SRC_MODULE:
       lua_getglobal(L, "require");
