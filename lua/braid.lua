@@ -42,10 +42,12 @@ local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
 -- braid.cpu_count()), each made by braid.worker(source, opts); they belong
 -- to the scope the pool was made in. Errors: braid.worker's.
 function M.pool(n, source, opts)
+  if M.current() == nil then usage("braid.pool", "not inside a braid task") end
   if type(n) == "string" then n, source, opts = nil, n, source end
   n = n or M.cpu_count()
   if math.type(n) ~= "integer" or n < 1 then
-    usage("braid.pool", "bad argument #1 (a positive integer expected)")
+    error(Error.new{kind = "usage", message = "bad argument #1 to "
+      .. "'braid.pool' (positive integer expected)"}, 2)
   end
   local self = setmetatable({n = n, workers = {}, busy = {}}, Pool)
   for i = 1, n do

@@ -1,0 +1,19 @@
+-- bench/w_workers_luv.lua: luv's thread work queue round trip (uv.new_work:
+-- a small argument to libuv's thread pool and back), sequential, as
+-- braid's rt_us. Stock lua5.4 with Debian's lua-luv.
+local uv = require "luv"
+local N = tonumber(arg[1]) or 20000
+local i, t0 = 0, nil
+local work
+work = uv.new_work(function(x) return x end, function(x)
+  assert(x == i, "bad echo")
+  if i == 0 then t0 = uv.hrtime() end
+  i = i + 1
+  if i > N then
+    print("rt_us", (uv.hrtime() - t0) / 1e3 / N)
+    return
+  end
+  work:queue(i)
+end)
+work:queue(0)
+uv.run()
