@@ -92,12 +92,9 @@ void braid__wsig_send (struct braid_wsig *s) {
   while (write(s->fd, &one, sizeof one) < 0 && errno == EINTR) ;
 }
 
-void braid__wsig_take (struct braid_worker *w, struct braid_wsig *s) {
+void braid__wsig_drain (struct braid_wsig *s) {
   uint64_t n;
   while (read(s->fd, &n, sizeof n) < 0 && errno == EINTR) ;
-  uv_mutex_lock(&w->mu);
-  s->pending = 0;
-  uv_mutex_unlock(&w->mu);
 }
 
 void braid__wsig_close (struct braid_worker *w, struct braid_wsig *s,
@@ -134,9 +131,7 @@ static void wk_update (struct braid_worker *w) {
   if (w->joined) return;
   if (w->inflight || w->closing) uv_ref((uv_handle_t *) &w->osig.poll);
   else uv_unref((uv_handle_t *) &w->osig.poll);
-  uv_mutex_lock(&w->mu);
-  unacked = w->unacked;
-  uv_mutex_unlock(&w->mu);
+  unacked = atomic_load(&w->unacked);
   if (unacked && !uv_is_active((uv_handle_t *) &w->otimer))
     uv_timer_start(&w->otimer, otimer_cb, OTIMER_MS, OTIMER_MS);
   else if (!unacked)
@@ -170,9 +165,10 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
   int exited;
   (void) status;
   (void) events;
-  braid__wsig_take(w, &w->osig);
+  braid__wsig_drain(&w->osig);
   braid__list_init(&got);
   uv_mutex_lock(&w->mu);
+  w->osig.pending = 0;
   while (!braid__list_empty(&w->replies)) {
     struct braid_list *n = w->replies.next;
     braid__list_remove(n);

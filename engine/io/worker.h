@@ -9,6 +9,7 @@
 
 #include "core/prim.h"
 #include "io/xcopy.h"
+#include <stdatomic.h>
 
 enum { CALL_OK, CALL_ERROR, CALL_CLOSED, CALL_NOMEM };
 enum { SRC_CHUNK, SRC_FILE, SRC_MODULE };
@@ -36,8 +37,9 @@ int braid__wsig_init(uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb);
 /* Under w->mu: wakes s's side, unless a wake-up is pending or s closed. */
 void braid__wsig_send(struct braid_wsig *s);
 
-/* On s's side, in cb, before taking the queue (takes w->mu itself). */
-void braid__wsig_take(struct braid_worker *w, struct braid_wsig *s);
+/* On s's side, in cb: empties the eventfd. Then, under w->mu, the
+** caller clears s->pending where it takes the queue. */
+void braid__wsig_drain(struct braid_wsig *s);
 
 /* On s's side: no more writes (under w->mu), the poll closed (cb), the
 ** fd closed. */
@@ -70,7 +72,8 @@ struct braid_worker {
   struct braid_list replies;     /* calls answered (link) */
   struct braid_list running;     /* calls started, not answered (run_link) */
   lua_State *bootL;              /* the worker's state while it loads */
-  unsigned unacked;              /* cancels and stop not yet seen */
+  _Atomic unsigned unacked;      /* cancels and stop not yet seen
+                                 ** (changed under mu, read without) */
   unsigned char stop, exited;
   /* the owner's */
   struct braid_wsig osig;         /* the owner's wake-up */

@@ -103,9 +103,11 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
 static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
   struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
   struct braid_worker *w = c->w;
-  uv_mutex_lock(&w->mu);
-  c->L = NULL;   /* its coroutine may be reused from now on */
-  uv_mutex_unlock(&w->mu);
+  if (c->L) {   /* only this thread writes it: reading it here is safe */
+    uv_mutex_lock(&w->mu);
+    c->L = NULL;   /* its coroutine may be reused from now on */
+    uv_mutex_unlock(&w->mu);
+  }
   if (braid_task_status(t) == BRAID_OK && c->buf) {   /* the common case */
     braid_task_release(w->WE, t);   /* no Lua runs: a field set to nil */
     c->task = NULL;
@@ -232,19 +234,25 @@ static void wk_take_cancels (struct braid_worker *w) {
 
 /* Starts the calls that came, in order, then takes their cancels and
 ** the stop, then answers the calls that ended with an error. */
-static void wk_serve (struct braid_worker *w) {
-  for (;;) {   /* the calls, in order, then their cancels */
-    struct braid_wcall *c = NULL;
-    uv_mutex_lock(&w->mu);
-    if (!braid__list_empty(&w->requests)) {
-      c = container_of(w->requests.next, struct braid_wcall, link);
-      braid__list_remove(&c->link);
-    }
-    uv_mutex_unlock(&w->mu);
-    if (c == NULL) break;
+static void wk_serve (struct braid_worker *w, int clear) {
+  struct braid_list got;
+  int cancels;
+  braid__list_init(&got);
+  uv_mutex_lock(&w->mu);   /* one turn takes everything queued */
+  if (clear) w->wsig.pending = 0;
+  while (!braid__list_empty(&w->requests)) {
+    struct braid_list *n = w->requests.next;
+    braid__list_remove(n);
+    braid__list_push(&got, n);
+  }
+  cancels = !braid__list_empty(&w->cancels) || (w->stop && !w->wstopping);
+  uv_mutex_unlock(&w->mu);
+  while (!braid__list_empty(&got)) {   /* the calls, in order */
+    struct braid_wcall *c = container_of(got.next, struct braid_wcall, link);
+    braid__list_remove(&c->link);
     wk_begin(w, c);
   }
-  wk_take_cancels(w);
+  if (cancels) wk_take_cancels(w);   /* then their cancels, and the stop */
   while (!braid__list_empty(&w->done)) {
     struct braid_wcall *c = container_of(w->done.next, struct braid_wcall, link);
     braid__list_remove(&c->link);
@@ -260,8 +268,8 @@ static void wsig_cb (uv_poll_t *h, int status, int events) {
   struct braid_worker *w = (struct braid_worker *) h->data;
   (void) status;
   (void) events;
-  braid__wsig_take(w, &w->wsig);
-  wk_serve(w);
+  braid__wsig_drain(&w->wsig);
+  wk_serve(w, 1);
 }
 
 /* The state's poll function (braid__hook_poll_set), run from a hook the
@@ -398,7 +406,7 @@ void braid__wk_main (void *arg) {
     w->wsig.open = 1;   /* the owner may wake it from now on */
     uv_mutex_unlock(&w->mu);
     wk_boot(w);
-    wk_serve(w);   /* what came while it loaded */
+    wk_serve(w, 0);   /* what came while it loaded */
     uv_run(&loop, UV_RUN_DEFAULT);   /* until stopped and every call ended */
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);   /* braid's close callbacks */
