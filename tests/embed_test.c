@@ -1017,6 +1017,18 @@ static int t_workers (void) {
                  "return 'twice ' .. table.concat(r, ' ')");
   CHECK(result_is(E, n, 1, "twice 2 4 6"));
   braid_close(E);
+  /* braid_close with a worker whose call spins: the worker is stopped (the
+  ** spinning task reached by its hook), its thread joined, nothing left */
+  E = braid_new(NULL, NULL);
+  CHECK(E != NULL);
+  CHECK(braid_run_string(E, "local w = braid.worker("
+                         "'return {spin = function() while true do end end}')\n"
+                         "w:call('spin')", "=spin", NULL) == 0);
+  for (n = 0; n < 20; n++) {   /* the call is on its way */
+    braid_run(E, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  braid_close(E);
   return 1;
 }
 
