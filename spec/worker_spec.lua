@@ -264,6 +264,16 @@ describe("braid.worker", function()
     assert.matches("closed", tostring(w))
   end))
 
+  it("can start workers of its own", run(function()
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {outer = function(x)
+        local inner <close> = braid.worker("return {f = function(y) return y * 10 end}")
+        return inner:call("f", x) + 1
+      end}]])
+    assert.equal(41, w:call("outer", 4))
+  end))
+
   it("refuses bad arguments", run(function()
     local ok, e = pcall(braid.worker, 42)
     assert.equal("usage", e.kind)

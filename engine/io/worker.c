@@ -17,7 +17,8 @@
 **   (cancel_link) queued in w->requests; the worker unlinks it when it
 **   replies, so no cancel outlives its call.
 ** - Each side has one wake-up (struct braid_wsig, an eventfd polled on its
-**   own loop), which the other side signals after queuing: the owner's
+**   own loop; both eventfds the owner's, closed after the join), which
+**   the other side signals after queuing: the owner's
 **   (osig) for replies and for the worker's exit, the worker's (wsig) for
 **   calls, cancels and stop. The owner's keeps the owner's loop alive only while a
 **   call is in flight or the worker is stopping, so an idle worker hides
@@ -74,21 +75,25 @@ void braid__wk_hook_all (struct braid_worker *w) {
 
 /* ---- the wake-ups ---- */
 
-int braid__wsig_init (uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb) {
-  int rc;
+int braid__wsig_open (struct braid_wsig *s) {
   s->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (s->fd < 0) return -errno;
-  if ((rc = uv_poll_init(loop, &s->poll, s->fd)) != 0) {
-    close(s->fd);
-    return rc;
-  }
+  return s->fd < 0 ? -errno : 0;
+}
+
+int braid__wsig_start (uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb) {
+  int rc = uv_poll_init(loop, &s->poll, s->fd);
+  if (rc != 0) return rc;
   return uv_poll_start(&s->poll, UV_READABLE, cb);   /* checks arguments only */
 }
 
-void braid__wsig_send (struct braid_wsig *s) {
-  uint64_t one = 1;
-  if (!s->open || s->pending) return;
+int braid__wsig_arm (struct braid_wsig *s) {
+  if (s->pending) return 0;
   s->pending = 1;
+  return 1;
+}
+
+void braid__wsig_wake (struct braid_wsig *s) {
+  uint64_t one = 1;
   while (write(s->fd, &one, sizeof one) < 0 && errno == EINTR) ;
 }
 
@@ -97,14 +102,10 @@ void braid__wsig_drain (struct braid_wsig *s) {
   while (read(s->fd, &n, sizeof n) < 0 && errno == EINTR) ;
 }
 
-void braid__wsig_close (struct braid_worker *w, struct braid_wsig *s,
-                        uv_close_cb cb) {
-  uv_mutex_lock(&w->mu);
-  s->open = 0;
-  uv_mutex_unlock(&w->mu);
-  uv_close((uv_handle_t *) &s->poll, cb);
-  close(s->fd);   /* libuv allows it once the poll is closing */
-  s->fd = -1;
+static void wsig_close_fds (struct braid_worker *w) {
+  if (w->osig.fd >= 0) close(w->osig.fd);
+  if (w->wsig.fd >= 0) close(w->wsig.fd);
+  w->osig.fd = w->wsig.fd = -1;
 }
 
 static void wk_unref (struct braid_worker *w) {
@@ -198,8 +199,9 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
     }
     w->close_op = NULL;
     if (op) braid_resume(op, 0);
-    braid__wsig_close(w, &w->osig, wk_handle_closed);
+    uv_close((uv_handle_t *) &w->osig.poll, wk_handle_closed);
     uv_close((uv_handle_t *) &w->otimer, wk_handle_closed);
+    wsig_close_fds(w);   /* libuv allows it once the poll is closing */
   }
   wk_update(w);
 }
@@ -207,6 +209,7 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
 /* Asks the worker to stop: its calls are cancelled, it closes its engine
 ** and loop, and says it exited. Runs no Lua (a scope's resource hook). */
 static void wk_stop (struct braid_worker *w) {
+  int wake;
   if (w->closing) return;
   w->closing = 1;
   braid_resource_remove(&w->res);
@@ -214,8 +217,9 @@ static void wk_stop (struct braid_worker *w) {
   w->stop = 1;
   w->unacked++;
   braid__wk_hook_all(w);
-  braid__wsig_send(&w->wsig);
+  wake = braid__wsig_arm(&w->wsig);
   uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->wsig);
   wk_update(w);
 }
 
@@ -245,6 +249,7 @@ static int call_start (braid_op_t *op, void *ud) {
 static void call_cancel (braid_op_t *op) {
   struct braid_wcall *c = *(struct braid_wcall **) braid_op_data(op);
   struct braid_worker *w = c->w;
+  int wake = 0;
   c->op = NULL;
   if (c->delivered) {   /* resumed, then abandoned before it took it */
     braid__wk_call_free(c);
@@ -255,9 +260,10 @@ static void call_cancel (braid_op_t *op) {
     braid__list_push(&w->cancels, &c->cancel_link);
     w->unacked++;
     braid__wk_hook_all(w);
-    braid__wsig_send(&w->wsig);
+    wake = braid__wsig_arm(&w->wsig);
   }
   uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->wsig);
   wk_update(w);
 }
 
@@ -325,6 +331,7 @@ static int l_worker_call (lua_State *L) {
   const char *fname;
   char *buf;
   size_t len;
+  int wake;
   braid__check_type(L, 2, LUA_TSTRING, "worker:call");
   fname = lua_tostring(L, 2);
   braid_check_suspend(L, "worker:call");
@@ -347,8 +354,9 @@ static int l_worker_call (lua_State *L) {
   braid__list_init(&c->run_link);
   uv_mutex_lock(&w->mu);
   braid__list_push(&w->requests, &c->link);
-  braid__wsig_send(&w->wsig);
+  wake = braid__wsig_arm(&w->wsig);
   uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->wsig);
   w->inflight++;
   wk_update(w);
   return braid_suspendk(L, "worker:call", sizeof c, call_start, call_cancel,
@@ -556,19 +564,24 @@ static int l_worker_new (lua_State *L) {
   braid__list_init(&w->replies);
   braid__list_init(&w->running);
   braid__list_init(&w->done);
-  if ((rc = braid__wsig_init(braid_loop(braid_engine(L)), &w->osig,
-                             osig_cb)) != 0)
+  w->osig.fd = w->wsig.fd = -1;
+  if ((rc = braid__wsig_open(&w->osig)) != 0 ||
+      (rc = braid__wsig_open(&w->wsig)) != 0 ||
+      (rc = braid__wsig_start(braid_loop(braid_engine(L)), &w->osig,
+                              osig_cb)) != 0) {
+    wsig_close_fds(w);
     braid__error_uv(L, rc, "braid.worker");
+  }
   w->osig.poll.data = w;
-  w->osig.open = 1;   /* before the thread exists: no lock needed */
   w->orefs++;
   uv_timer_init(braid_loop(braid_engine(L)), &w->otimer);
   w->otimer.data = w;
   w->orefs++;
   uv_unref((uv_handle_t *) &w->otimer);
   if ((rc = wk_thread_start(w)) != 0) {
-    braid__wsig_close(w, &w->osig, wk_handle_closed);
+    uv_close((uv_handle_t *) &w->osig.poll, wk_handle_closed);
     uv_close((uv_handle_t *) &w->otimer, wk_handle_closed);
+    wsig_close_fds(w);
     return braid__error_uv(L, rc, "braid.worker");
   }
   w->joined = w->closing = 0;

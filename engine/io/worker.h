@@ -19,32 +19,33 @@ struct braid_worker;
 /* One side's wake-up: an eventfd the other side writes, polled on this
 ** side's loop. Not a uv_async_t: libuv 1.44's uv_async_send makes the
 ** woken loop spin until the sender's write has returned, which on a
-** loaded machine cost most of a round trip. `pending` (under w->mu) keeps
-** it to one write per wake-up: the sender writes only when it is 0, the
-** receiver clears it under mu before it takes the queue. */
+** loaded machine cost most of a round trip. Both eventfds are the owner's:
+** opened before the thread starts, closed after it is joined, so either
+** side may write one outside the lock (a write after the other side
+** stopped polling is harmless). `pending` (under w->mu) keeps it to one
+** write per wake-up: braid__wsig_arm sets it and says whether to write;
+** the receiver clears it under mu where it takes the queue. */
 struct braid_wsig {
   uv_poll_t poll;
   int fd;
   unsigned char pending;      /* mu */
-  unsigned char open;         /* mu: may be written */
 };
 
-/* Makes s (zeroed, closed: open is the caller's to set, under w->mu once
-** the other side may look) on loop, an eventfd polled with cb: 0 or a
-** negative code. */
-int braid__wsig_init(uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb);
+/* Opens s's eventfd: 0 or a negative code. */
+int braid__wsig_open(struct braid_wsig *s);
 
-/* Under w->mu: wakes s's side, unless a wake-up is pending or s closed. */
-void braid__wsig_send(struct braid_wsig *s);
+/* Polls s on loop, on the loop's thread: 0 or a negative code (nothing
+** to close then). */
+int braid__wsig_start(uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb);
 
-/* On s's side, in cb: empties the eventfd. Then, under w->mu, the
-** caller clears s->pending where it takes the queue. */
+/* Under w->mu, after queuing: 1 when the caller must braid__wsig_wake(s)
+** once it has unlocked (no wake-up was pending). */
+int braid__wsig_arm(struct braid_wsig *s);
+void braid__wsig_wake(struct braid_wsig *s);
+
+/* On s's side, in cb: empties the eventfd (then clear s->pending under
+** mu where the queue is taken). */
 void braid__wsig_drain(struct braid_wsig *s);
-
-/* On s's side: no more writes (under w->mu), the poll closed (cb), the
-** fd closed. */
-void braid__wsig_close(struct braid_worker *w, struct braid_wsig *s,
-                       uv_close_cb cb);
 
 struct braid_wcall {
   struct braid_list link;        /* requests, then done, then replies */

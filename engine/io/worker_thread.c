@@ -13,25 +13,29 @@
 
 /* The worker's loop turns once more (wsig_cb), from its own thread. */
 static void wk_wake_self (struct braid_worker *w) {
+  int wake;
   uv_mutex_lock(&w->mu);
-  braid__wsig_send(&w->wsig);
+  wake = braid__wsig_arm(&w->wsig);
   uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->wsig);
 }
 
+/* Hands c back to the owner: the worker never touches it again. A cancel
+** of it still queued goes with it. */
 static void wk_reply (struct braid_worker *w, struct braid_wcall *c) {
-  struct braid_worker *ww = c->w;
-  (void) w;
-  uv_mutex_lock(&ww->mu);
+  int wake;
+  uv_mutex_lock(&w->mu);
   braid__list_remove(&c->run_link);
-  if (c->cancel_link.next != &c->cancel_link) {   /* a cancel still queued */
+  if (c->cancel_link.next != &c->cancel_link) {
     braid__list_remove(&c->cancel_link);
-    ww->unacked--;
+    w->unacked--;
   }
   c->L = NULL;
   c->replied = 1;
-  braid__list_push(&ww->replies, &c->link);
-  braid__wsig_send(&ww->osig);
-  uv_mutex_unlock(&ww->mu);
+  braid__list_push(&w->replies, &c->link);
+  wake = braid__wsig_arm(&w->osig);
+  uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->osig);   /* c is the owner's already */
 }
 
 /* Encodes the values at 1..n-1 (the last is the call) as the reply:
@@ -260,7 +264,7 @@ static void wk_serve (struct braid_worker *w, int clear) {
   }
   if (w->wstopping && w->ncalls == 0 && !w->wclosed) {
     w->wclosed = 1;   /* nothing runs: the loop may end */
-    braid__wsig_close(w, &w->wsig, NULL);
+    uv_close((uv_handle_t *) &w->wsig.poll, NULL);   /* the fd is the owner's */
   }
 }
 
@@ -389,12 +393,12 @@ static void wk_walk_cb (uv_handle_t *h, void *arg) {
 void braid__wk_main (void *arg) {
   struct braid_worker *w = (struct braid_worker *) arg;
   uv_loop_t loop;
-  int ok = uv_loop_init(&loop) == 0;
+  int wake, ok = uv_loop_init(&loop) == 0;
   if (ok && (w->WE = braid_new(&loop, &w->eopts)) == NULL) {
     uv_loop_close(&loop);
     ok = 0;
   }
-  if (ok && braid__wsig_init(&loop, &w->wsig, wsig_cb) != 0) {
+  if (ok && braid__wsig_start(&loop, &w->wsig, wsig_cb) != 0) {
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
@@ -402,9 +406,6 @@ void braid__wk_main (void *arg) {
   }
   if (ok) {
     w->wsig.poll.data = w;
-    uv_mutex_lock(&w->mu);
-    w->wsig.open = 1;   /* the owner may wake it from now on */
-    uv_mutex_unlock(&w->mu);
     wk_boot(w);
     wk_serve(w, 0);   /* what came while it loaded */
     uv_run(&loop, UV_RUN_DEFAULT);   /* until stopped and every call ended */
@@ -418,8 +419,9 @@ void braid__wk_main (void *arg) {
   }
   uv_mutex_lock(&w->mu);
   w->exited = 1;
-  braid__wsig_send(&w->osig);   /* the owner joins once this returns */
+  wake = braid__wsig_arm(&w->osig);
   uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->osig);   /* the owner joins once it returns */
 }
 
 
