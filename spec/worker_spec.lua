@@ -220,6 +220,21 @@ describe("braid.worker", function()
     assert.is_true(closed_reaches(w, 1))
   end))
 
+  it("bounds a cancelled call's cleanup by the worker's grace period", run(function()
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.1})
+    local ok, e = pcall(braid.timeout, 0.05, w.call, w, "stubborn")
+    assert.is_true(braid.is_timeout(e))
+    local t0 = braid.now()
+    w:close()   -- waits for the call's task: abandoned at its grace period
+    assert.is_true(braid.now() - t0 < 30)
+  end))
+
   it("interrupts a worker's task spinning in Lua", run(function()
     local w <close> = braid.worker(SRC)
     local ok, e = pcall(braid.timeout, 0.05, w.call, w, "spin_guarded")

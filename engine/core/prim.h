@@ -251,6 +251,10 @@ void braid__hook_poll(lua_State *L);
 ** engine starts from (io/worker.c, core/threads.c). */
 void braid__engine_options(braid_engine_t *E, braid_options_t *out);
 
+/* Sets the grace period E's cancelled tasks get before they are abandoned
+** (5 s by default; BRAID_NEVER: none). For a worker's engine. */
+void braid__engine_set_grace(braid_engine_t *E, uint64_t ns);
+
 /* ---- the REPL's session (cli/repl.c) ---- */
 
 /* While a session is set, the root task's scope judges its members with

@@ -408,7 +408,7 @@ static int l_worker_tostring (lua_State *L) {
 /* ---- braid.worker ---- */
 
 static const char *const worker_options[] = {
-  "max_message", "max_depth", "memory_limit", NULL
+  "max_message", "max_depth", "memory_limit", "grace", NULL
 };
 
 /* A module name (letters, digits, _ . -), a file path (has a / or ends in
@@ -515,12 +515,14 @@ static int wk_thread_start (struct braid_worker *w) {
 ** of the table it returns. The worker belongs to the scope it was made in
 ** and is stopped when that ends. opts: max_message (bytes one message may
 ** take, default 64 MiB), max_depth (table nesting, default and at most
-** 100), memory_limit (bytes for the worker's state; default none). */
+** 100), memory_limit (bytes for the worker's state; default none), grace
+** (seconds a cancelled call's task may take to clean up, default 5). */
 static int l_worker_new (lua_State *L) {
   struct braid_worker *w, **box;
   const char *src;
   size_t n, mem;
   double depth;
+  uint64_t grace;
   int rc;
   braid_check_task(L, "braid.worker");
   braid__check_type(L, 1, LUA_TSTRING, "braid.worker");
@@ -530,6 +532,7 @@ static int l_worker_new (lua_State *L) {
   depth = braid__opt_number(L, 2, "max_depth", BRAID_XCOPY_DEPTH,
                             "braid.worker");
   mem = braid__opt_limit(L, 2, "memory_limit", 0, "braid.worker");
+  grace = braid__opt_seconds(L, 2, "grace", 5000000000u, "braid.worker");
   box = (struct braid_worker **) lua_newuserdatauv(L, sizeof *box, 0);   /* 3 */
   *box = NULL;
   luaL_setmetatable(L, WORKER_MT);
@@ -550,6 +553,7 @@ static int l_worker_new (lua_State *L) {
   w->lim.max_bytes = braid__opt_limit(L, 2, "max_message", BRAID_XCOPY_BYTES,
                                       "braid.worker");
   w->res.close = wk_res_close;
+  w->grace_ns = grace;
   w->skind = wk_source_kind(src, n);
   if (strlen(src) != n || (w->source = braid__wk_strdup(src)) == NULL)
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");

@@ -62,6 +62,7 @@ struct braid_wcall {
   braid_task_t *task;            /* worker: the task running it */
   lua_State *L;                  /* mu: the task's thread, while it runs */
   struct braid_watch watch;      /* worker: the task ended */
+  braid_timer_t grace;           /* worker: cancelled, abandoned at expiry */
   char *tb;                      /* worker: the traceback of its error */
 };
 
@@ -89,6 +90,7 @@ struct braid_worker {
   char *source, *path, *cpath;
   int skind;
   struct braid_xlimits lim;
+  uint64_t grace_ns;             /* its tasks' grace period */
   braid_options_t eopts;
   braid_worker_setup_fn setup;   /* braid_worker_config's */
   void *setup_ud;

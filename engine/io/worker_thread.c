@@ -107,6 +107,7 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
 static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
   struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
   struct braid_worker *w = c->w;
+  braid_timer_stop(w->WE, &c->grace);
   if (c->L) {   /* only this thread writes it: reading it here is safe */
     uv_mutex_lock(&w->mu);
     c->L = NULL;   /* its coroutine may be reused from now on */
@@ -208,6 +209,28 @@ static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   w->ncalls++;
 }
 
+static int wk_abandon_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  if (c->task) braid__task_abandon(c->task);
+  return 0;
+}
+
+/* A cancelled call's task outlived the worker's grace period (a shielded
+** wait in its cleanup): it ends now, as a scope's grace ends its members.
+** The task is the engine's own, not a member of a cancelled scope, so
+** nothing else would bound it. */
+static void wk_grace_cb (braid_timer_t *tm) {
+  struct braid_wcall *c = container_of(tm, struct braid_wcall, grace);
+  if (c->task) braid__engine_call(c->w->WE, wk_abandon_p, c);
+}
+
+/* Cancels a started call's task, with the worker's grace period. */
+static void wk_cancel_task (struct braid_worker *w, struct braid_wcall *c) {
+  braid_cancel(w->WE, c->task);
+  if (w->grace_ns != BRAID_NEVER && c->grace.idx == 0)
+    braid_timer_start(w->WE, &c->grace, w->grace_ns, wk_grace_cb);
+}
+
 /* Takes the queued cancels (of calls already started) and the stop. */
 static void wk_take_cancels (struct braid_worker *w) {
   struct braid_list *n, *next;
@@ -220,7 +243,7 @@ static void wk_take_cancels (struct braid_worker *w) {
     braid__list_remove(n);
     w->unacked--;
     uv_mutex_unlock(&w->mu);
-    braid_cancel(w->WE, c->task);
+    wk_cancel_task(w, c);
     uv_mutex_lock(&w->mu);
     next = w->cancels.next;   /* the list may have changed meanwhile */
   }
@@ -232,7 +255,7 @@ static void wk_take_cancels (struct braid_worker *w) {
   if (stop)   /* only this thread changes the list: safe to walk unlocked */
     for (n = w->running.next; n != &w->running; n = n->next) {
       struct braid_wcall *c = container_of(n, struct braid_wcall, run_link);
-      if (c->task) braid_cancel(w->WE, c->task);
+      if (c->task) wk_cancel_task(w, c);
     }
 }
 
@@ -398,6 +421,7 @@ void braid__wk_main (void *arg) {
     uv_loop_close(&loop);
     ok = 0;
   }
+  if (ok) braid__engine_set_grace(w->WE, w->grace_ns);
   if (ok && braid__wsig_start(&loop, &w->wsig, wsig_cb) != 0) {
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);
