@@ -17,6 +17,17 @@ SAN_ENV   := LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-f
              ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1
 RUN_ENV   := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
 endif
+# ThreadSanitizer (workers): `make SANITIZE=thread` builds into build/tsan;
+# `make SANITIZE=thread test-threads` runs the worker specs under it (stock
+# lua5.4 with libtsan preloaded; tools/tsan.supp lists what is not ours).
+ifeq ($(SANITIZE),thread)
+BUILD     := build/tsan
+CFLAGS    := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS   += -fsanitize=thread
+SAN_ENV   := LD_PRELOAD="$$($(CC) -print-file-name=libtsan.so)" \
+             TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tools/tsan.supp"
+RUN_ENV   := TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tools/tsan.supp"
+endif
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
 LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
 UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
@@ -33,7 +44,7 @@ SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app \
              $(BUILD)/fault_test
 
-.PHONY: all deps run test layers bench fuzz soak faultsweep valgrind clean install \
+.PHONY: all deps run test test-threads layers bench fuzz soak faultsweep valgrind clean install \
         uninstall rock-install
 
 all: deps $(BUILD)/braid $(BUILD)/braid.so $(BUILD)/libbraid.a $(EMBED)
@@ -147,6 +158,15 @@ run: all
 
 test: all layers
 	@BUILD=$(BUILD) $(SAN_ENV) RUN_ENV="$(RUN_ENV)" spec/run
+
+# The specs of threads (workers) alone: with SANITIZE=thread, under TSan.
+test-threads: all
+	@BUILD=$(BUILD) BRAID_BIN=$(CURDIR)/$(BUILD)/braid LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" \
+	  LUA_PATH="$(CURDIR)/?.lua;$(CURDIR)/spec/?.lua;;" $(SAN_ENV) \
+	  lua5.4 /usr/bin/busted -o TAP spec/worker_spec.lua 2>&1 | tee $(BUILD)/threads.tap; \
+	p=$$(grep -c '^ok ' $(BUILD)/threads.tap); f=$$(grep -c '^not ok ' $(BUILD)/threads.tap); \
+	grep -q '^1\.\.[0-9]' $(BUILD)/threads.tap || f=$$((f + 1)); \
+	echo "$$p passed, $$f failed"; [ "$$f" -eq 0 ]
 
 # The layer check: which file may include and call what (tools/layers.sh).
 layers: all

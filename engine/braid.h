@@ -341,6 +341,26 @@ BRAID_API void braid_resource_add(lua_State *L, braid_resource_t *r);
 /* Detaches r (its owner stopped it first); harmless when detached. */
 BRAID_API void braid_resource_remove(braid_resource_t *r);
 
+/* ---- workers (braid.worker, braid.pool) ---- */
+
+/* The worker setup hook: runs on a worker's own thread, on its new state,
+** before its chunk loads (register the application's C functions there:
+** lua_register, luaL_requiref). It must be safe to call from any thread,
+** several at once. */
+typedef void (*braid_worker_setup_fn)(lua_State *L, void *ud);
+
+/* How the workers E's scripts start are made. By default a worker's
+** engine is made as E was (its modules, memory limit and instruction
+** budget, each per worker; the safe libraries) and nothing else is
+** registered in it. opts (copied; NULL keeps that default) replaces those
+** options (signals are never a worker's); setup (NULL: none) runs in each
+** new worker with ud. A script's own braid.worker{memory_limit = n} can
+** only lower the limit. Returns 0 or UV_ENOMEM. Outside tasks; applies to
+** workers started afterwards. */
+BRAID_API int braid_worker_config(braid_engine_t *E,
+                                  const braid_options_t *opts,
+                                  braid_worker_setup_fn setup, void *ud);
+
 /* ---- errors ---- */
 
 /* Pushes a new braid.Error: {kind = kind, message = the formatted text,

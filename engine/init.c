@@ -39,6 +39,7 @@ static const struct {
   {"dns", braid__open_dns, BRAID_MOD_NET},
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
   {"progress", braid__open_progress, 0},
+  {"worker", braid__open_worker, 0},
 };
 
 /* Names an opener above adds besides its own, when its module is allowed

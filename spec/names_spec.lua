@@ -30,7 +30,7 @@ local OBJECTS = {
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Progress"] = "progress",
-  ["braid.Ticker"] = "ticker",
+  ["braid.Ticker"] = "ticker", ["braid.Worker"] = "worker",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
   ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
 }
@@ -170,6 +170,11 @@ end
 local function with_proc(body)
   local p <close> = braid.process({"cat"})
   body(p)
+end
+
+local function with_worker(body)
+  local w <close> = braid.worker("return {f = function() end}")
+  body(w)
 end
 
 local function self_is(bad)
@@ -689,6 +694,27 @@ local EXPECT = {
   },
   ["proc:kill"] = {badarg = {1, self_is(42)}},
   ["proc:close"] = {badarg = {1, self_is(42)}},
+
+  -- workers (issue 20)
+  ["braid.worker"] = {   -- starts the thread, never suspends
+    outside = function(f, call) call(function() f("return {}") end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"max_message", function(f, call)
+      call(function() f("return {}", {max_message = -1}) end)
+    end},
+  },
+  ["worker:call"] = {
+    nosuspend = function(f, call)
+      with_worker(function(w) call(function() f(w, "f") end) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["worker:close"] = {badarg = {1, self_is(42)}},
+  ["braid.pool"] = {
+    outside = function(f, call) call(function() f(1, "return {}") end) end,
+    badarg = {1, function(f, call) call(function() f(0, "return {}") end) end},
+  },
+  ["braid.cpu_count"] = {none = "raises nothing"},
 
   -- network
   ["braid.tcp.connect"] = {

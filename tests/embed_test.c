@@ -538,6 +538,7 @@ static int t_buffer_memory (void) {
              " /dev/zero 2>/dev/null'}"
              " local p <close> = braid.process(z, {max_line = math.huge})"
              " local q <close> = braid.process(z)"
+             " collectgarbage()"   /* the last hog's garbage is not ours */
              " local ok, e = %s return e.kind .. ': ' .. e.message",
              hogs[i][0]);
     /* Each hog starts without the last one's garbage: what is left to
@@ -1029,6 +1030,58 @@ static int t_outside_task (void) {
   return 1;
 }
 
+/* ---- workers of an embedded engine (issue 20) ---- */
+
+static int l_twice (lua_State *L) {
+  lua_pushinteger(L, 2 * luaL_checkinteger(L, 1));
+  return 1;
+}
+
+static void worker_setup (lua_State *L, void *ud) {
+  lua_pushcfunction(L, l_twice);
+  lua_setglobal(L, (const char *) ud);
+}
+
+static int t_workers (void) {
+  braid_options_t o;
+  braid_engine_t *E;
+  int n;
+  memset(&o, 0, sizeof o);
+  o.instruction_budget = 100000;
+  o.memory_limit = 64 << 20;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  /* by default a worker is sandboxed as its engine: the budget stops a
+  ** loop in it, and the error crosses back */
+  n = run_to_end(E, "local w <close> = braid.worker("
+                 "'return {spin = function() while true do end end}')\n"
+                 "local ok, e = pcall(w.call, w, 'spin')\n"
+                 "assert(not ok)\n"
+                 "return tostring(e)");
+  CHECK(result_is(E, n, 1, "instruction budget exceeded"));
+  /* the application's functions, registered in each worker */
+  CHECK(braid_worker_config(E, NULL, worker_setup, (void *) "twice") == 0);
+  n = run_to_end(E, "local p <close> = braid.pool(2, "
+                 "'return {f = function(x) return twice(x) end}')\n"
+                 "local r = p:map({1, 2, 3}, 'f')\n"
+                 "return 'twice ' .. table.concat(r, ' ')");
+  CHECK(result_is(E, n, 1, "twice 2 4 6"));
+  braid_close(E);
+  /* braid_close with a worker whose call spins: the worker is stopped (the
+  ** spinning task reached by its hook), its thread joined, nothing left */
+  E = braid_new(NULL, NULL);
+  CHECK(E != NULL);
+  CHECK(braid_run_string(E, "local w = braid.worker("
+                         "'return {spin = function() while true do end end}')\n"
+                         "w:call('spin')", "=spin", NULL) == 0);
+  for (n = 0; n < 20; n++) {   /* the call is on its way */
+    braid_run(E, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  braid_close(E);
+  return 1;
+}
+
 int main (void) {
   run_test("an engine on its own loop runs a string as a task", t_own_loop);
   run_test("braid_options_t.trace records until braid_close", t_trace);
@@ -1078,6 +1131,9 @@ int main (void) {
            "report is of its own failure (issue 13.9)", t_failure_records);
   run_test("semaphore:with in a sandbox: its usage error, and it works "
            "(issue 13.15)", t_sandbox_semaphore);
+  run_test("workers are sandboxed as their engine; braid_worker_config "
+           "registers the application's functions in each (issue 20)",
+           t_workers);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -171,3 +171,38 @@ void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
   lua_sethook(L, b->hook, b->mask, b->count);
   E->callback--;
 }
+
+/* ---- a poll asked for by another thread (io/worker.c) ---- */
+
+static const char poll_key = 'p';
+
+/* The poll function of L's state (braid__hook_poll_set), kept in its
+** registry. [-1, +0, m] */
+void braid__hook_poll_set (lua_State *L) {
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &poll_key);
+}
+
+/* Runs on L's own thread, at its next instruction: the state's poll
+** function, then the running task's cancellation, as
+** interrupt_hook does for a signal. */
+static void poll_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E->current;
+  (void) ar;
+  braid__hook_arm(E, L, t != NULL && L != t->co);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &poll_key) == LUA_TFUNCTION)
+    lua_call(L, 0, 0);
+  else
+    lua_pop(L, 1);
+  if (t && !t->stop) {
+    braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
+    braid__task_checkcancel(L, t);
+  }
+}
+
+/* From any thread: lua_sethook is the one call Lua allows asynchronously
+** (lua.c's SIGINT handler makes it), so a thread spinning in Lua code
+** stops at its next instruction and polls. */
+void braid__hook_poll (lua_State *L) {
+  lua_sethook(L, poll_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}

@@ -250,6 +250,28 @@ int braid__engine_interrupted(braid_engine_t *E);
 ** waiter for it is then an interceptor rather than a watcher of its own. */
 int braid__engine_watches(braid_engine_t *E, int signum);
 
+/* ---- another thread asking a state to poll (io/worker.c) ---- */
+
+/* Callable from any thread while L is alive: the thread L (a task's, or
+** the main one) stops at its next Lua instruction, on its own OS thread,
+** and calls its state's poll function (nothing if none), then, inside a
+** task, raises the task's cancellation if the poll cancelled it. How a
+** worker reaches Lua code that never returns to its loop, as Ctrl-C does
+** (core/hook.c). braid__hook_poll_set pops a function and makes it the
+** poll function of L's state. [-1, +0, m] */
+void braid__hook_poll_set(lua_State *L);
+void braid__hook_poll(lua_State *L);
+
+/* The options an engine like E's is made with (braid_new's): its
+** modules, memory limit and instruction budget, the safe libraries for an
+** embedded engine (all for the runner's), no signals. What a worker's
+** engine starts from (io/worker.c, core/threads.c). */
+void braid__engine_options(braid_engine_t *E, braid_options_t *out);
+
+/* Sets the grace period E's cancelled tasks get before they are abandoned
+** (5 s by default; BRAID_NEVER: none). For a worker's engine. */
+void braid__engine_set_grace(braid_engine_t *E, uint64_t ns);
+
 /* ---- the REPL's session (cli/repl.c) ---- */
 
 /* While a session is set, the root task's scope judges its members with
@@ -321,6 +343,7 @@ void braid__open_udp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 void braid__open_progress(lua_State *L);
+void braid__open_worker(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */

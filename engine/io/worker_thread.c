@@ -1,0 +1,451 @@
+/*
+** worker_thread.c: the worker's side of braid.worker, on its own thread:
+** an embedded engine (braid_new) on a loop of its own, the chunk loaded
+** outside tasks, each call a task of that engine, its reply made when the
+** task has ended (its children too), the stop, and the engine and loop
+** closed before the thread says it exited. Ownership and locking:
+** io/worker.c's opening comment.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "io/worker.h"
+
+/* The worker's loop turns once more (wsig_cb), from its own thread. */
+static void wk_wake_self (struct braid_worker *w) {
+  int wake;
+  uv_mutex_lock(&w->mu);
+  wake = braid__wsig_arm(&w->wsig);
+  uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->wsig);
+}
+
+/* Hands c back to the owner: the worker never touches it again. A cancel
+** of it still queued goes with it. */
+static void wk_reply (struct braid_worker *w, struct braid_wcall *c) {
+  int wake;
+  uv_mutex_lock(&w->mu);
+  braid__list_remove(&c->run_link);
+  if (c->cancel_link.next != &c->cancel_link) {
+    braid__list_remove(&c->cancel_link);
+    w->unacked--;
+  }
+  c->L = NULL;
+  c->replied = 1;
+  braid__list_push(&w->replies, &c->link);
+  wake = braid__wsig_arm(&w->osig);
+  uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->osig);   /* c is the owner's already */
+}
+
+/* Encodes the values at 1..n-1 (the last is the call) as the reply:
+** status 1 the results, else the error and its traceback. */
+static int wk_encode_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, -1);
+  int n = lua_gettop(L) - 1;
+  lua_pop(L, 1);
+  if (lua_toboolean(L, 1)) {
+    c->buf = braid__xcopy_encode(L, 2, n - 1, "results",
+                                 "back from a worker", &c->w->lim, &c->len);
+    c->status = CALL_OK;
+    return 0;
+  }
+  lua_settop(L, 2);
+  if (c->tb && !braid_error_kind(L, 2)) lua_pushstring(L, c->tb);
+  else lua_pushnil(L);
+  c->buf = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
+                               &c->w->lim, &c->len);
+  c->status = CALL_ERROR;
+  return 0;
+}
+
+/* The reply could not be encoded (a function among the results, a cap):
+** that error, as a plain value, becomes the reply. */
+static int wk_encode_fail_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  lua_pushboolean(L, 0);
+  lua_insert(L, 1);
+  lua_pushlightuserdata(L, c);
+  free(c->tb);
+  c->tb = NULL;
+  return wk_encode_p(L);
+}
+
+/* The call's task ended: make its reply and hand the call back. Outside
+** tasks, on the worker's state. */
+static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
+  lua_State *L = braid_state(w->WE);
+  int top = lua_gettop(L), n;
+  free(c->buf);   /* results a failed child made worthless */
+  c->buf = NULL;
+  n = braid_task_result(w->WE, c->task);
+  c->status = CALL_NOMEM;
+  if (n > 0) {
+    int rc;
+    lua_pushcfunction(L, wk_encode_p);
+    lua_insert(L, top + 1);
+    lua_pushlightuserdata(L, c);
+    rc = lua_pcall(L, n + 1, 0, 0);
+    if (rc != LUA_OK && rc != LUA_ERRMEM) {
+      lua_pushcfunction(L, wk_encode_fail_p);
+      lua_insert(L, -2);
+      lua_pushlightuserdata(L, c);
+      if (lua_pcall(L, 2, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
+    }
+  }
+  if (w->wstopping && c->status == CALL_ERROR &&
+      braid_task_status(c->task) == BRAID_CANCELLED)
+    c->status = CALL_CLOSED;
+  lua_settop(L, top);
+  braid_task_release(w->WE, c->task);
+  c->task = NULL;
+  w->ncalls--;
+  wk_reply(w, c);
+}
+
+static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
+  struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
+  struct braid_worker *w = c->w;
+  braid_timer_stop(w->WE, &c->grace);
+  if (c->L) {   /* only this thread writes it: reading it here is safe */
+    uv_mutex_lock(&w->mu);
+    c->L = NULL;   /* its coroutine may be reused from now on */
+    uv_mutex_unlock(&w->mu);
+  }
+  if (braid_task_status(t) == BRAID_OK && c->buf) {   /* the common case */
+    braid_task_release(w->WE, t);   /* no Lua runs: a field set to nil */
+    c->task = NULL;
+    w->ncalls--;
+    wk_reply(w, c);
+    if (w->wstopping && w->ncalls == 0) wk_wake_self(w);
+    return;
+  }
+  braid__list_push(&w->done, &c->link);   /* an error to encode, on L */
+  wk_wake_self(w);
+}
+
+/* The call's message handler: keeps the traceback of the error. */
+static int wk_msgh (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L,
+                                                       lua_upvalueindex(1));
+  if (c->tb == NULL && !braid_error_kind(L, 1)) {
+    luaL_traceback(L, L, NULL, 1);
+    c->tb = braid__wk_strdup(lua_tostring(L, -1));
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* The body returned: its results are encoded here, in the task, so that
+** the reply can leave as soon as the task ends (wk_task_done) without a
+** turn of the worker's loop; a value that cannot cross fails the task. */
+static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
+  struct braid_wcall *c = (struct braid_wcall *) ctx;
+  int n;
+  uv_mutex_lock(&c->w->mu);
+  c->L = NULL;
+  uv_mutex_unlock(&c->w->mu);
+  if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
+  n = lua_gettop(L) - 1;
+  c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
+                               &c->w->lim, &c->len);
+  c->status = CALL_OK;
+  return 0;
+}
+
+/* The call's task: fns[fname](args...) under a handler that keeps the
+** traceback. Its thread is registered for the owner's hooks meanwhile. */
+static int wk_body (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  struct braid_worker *w = c->w;
+  int nargs;
+  uv_mutex_lock(&w->mu);
+  c->L = L;
+  uv_mutex_unlock(&w->mu);
+  lua_settop(L, 0);
+  lua_pushlightuserdata(L, c);
+  lua_pushcclosure(L, wk_msgh, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->fns_ref);
+  lua_getfield(L, -1, c->fname);
+  lua_remove(L, -2);
+  if (!braid__is_callable(L, -1))
+    braid_error(L, "usage", NULL, "worker:call: the worker has no function "
+                "'%s'", c->fname);
+  nargs = braid__xcopy_decode(L, c->buf, c->len);
+  free(c->buf);
+  c->buf = NULL;
+  return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
+                                 wk_body_k), (lua_KContext) c);
+}
+
+/* A call arrives: start its task, or answer at once. */
+static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
+  lua_State *L = braid_state(w->WE);
+  if (w->load_err || w->fns_ref == LUA_NOREF || w->wstopping) {
+    free(c->buf);
+    c->buf = NULL;
+    c->status = CALL_CLOSED;
+    if (w->load_err && (c->buf = (char *) braid__malloc(w->load_len))) {
+      memcpy(c->buf, w->load_err, w->load_len);
+      c->len = w->load_len;
+      c->status = CALL_ERROR;
+    }
+    wk_reply(w, c);
+    return;
+  }
+  uv_mutex_lock(&w->mu);
+  braid__list_push(&w->running, &c->run_link);
+  uv_mutex_unlock(&w->mu);
+  lua_pushcfunction(L, wk_body);
+  lua_pushlightuserdata(L, c);
+  if (braid_spawn_function(w->WE, 1, &c->task) != 0) {
+    c->status = CALL_NOMEM;
+    wk_reply(w, c);
+    return;
+  }
+  c->watch.done = wk_task_done;
+  braid__task_watch(c->task, &c->watch);
+  w->ncalls++;
+}
+
+static int wk_abandon_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  if (c->task) braid__task_abandon(c->task);
+  return 0;
+}
+
+/* A cancelled call's task outlived the worker's grace period (a shielded
+** wait in its cleanup): it ends now, as a scope's grace ends its members.
+** The task is the engine's own, not a member of a cancelled scope, so
+** nothing else would bound it. */
+static void wk_grace_cb (braid_timer_t *tm) {
+  struct braid_wcall *c = container_of(tm, struct braid_wcall, grace);
+  if (c->task) braid__engine_call(c->w->WE, wk_abandon_p, c);
+}
+
+/* Cancels a started call's task, with the worker's grace period. */
+static void wk_cancel_task (struct braid_worker *w, struct braid_wcall *c) {
+  braid_cancel(w->WE, c->task);
+  if (w->grace_ns != BRAID_NEVER && c->grace.idx == 0)
+    braid_timer_start(w->WE, &c->grace, w->grace_ns, wk_grace_cb);
+}
+
+/* Takes the queued cancels (of calls already started) and the stop. */
+static void wk_take_cancels (struct braid_worker *w) {
+  struct braid_list *n, *next;
+  int stop = 0;
+  uv_mutex_lock(&w->mu);
+  for (n = w->cancels.next; n != &w->cancels; n = next) {
+    struct braid_wcall *c = container_of(n, struct braid_wcall, cancel_link);
+    next = n->next;
+    if (c->task == NULL) continue;   /* not started yet: its turn comes */
+    braid__list_remove(n);
+    w->unacked--;
+    uv_mutex_unlock(&w->mu);
+    wk_cancel_task(w, c);
+    uv_mutex_lock(&w->mu);
+    next = w->cancels.next;   /* the list may have changed meanwhile */
+  }
+  if (w->stop && !w->wstopping) {
+    w->wstopping = stop = 1;
+    w->unacked--;
+  }
+  uv_mutex_unlock(&w->mu);
+  if (stop)   /* only this thread changes the list: safe to walk unlocked */
+    for (n = w->running.next; n != &w->running; n = n->next) {
+      struct braid_wcall *c = container_of(n, struct braid_wcall, run_link);
+      if (c->task) wk_cancel_task(w, c);
+    }
+}
+
+/* Starts the calls that came, in order, then takes their cancels and
+** the stop, then answers the calls that ended with an error. */
+static void wk_serve (struct braid_worker *w, int clear) {
+  struct braid_list got;
+  int cancels;
+  braid__list_init(&got);
+  uv_mutex_lock(&w->mu);   /* one turn takes everything queued */
+  if (clear) w->wsig.pending = 0;
+  while (!braid__list_empty(&w->requests)) {
+    struct braid_list *n = w->requests.next;
+    braid__list_remove(n);
+    braid__list_push(&got, n);
+  }
+  cancels = !braid__list_empty(&w->cancels) || (w->stop && !w->wstopping);
+  uv_mutex_unlock(&w->mu);
+  while (!braid__list_empty(&got)) {   /* the calls, in order */
+    struct braid_wcall *c = container_of(got.next, struct braid_wcall, link);
+    braid__list_remove(&c->link);
+    wk_begin(w, c);
+  }
+  if (cancels) wk_take_cancels(w);   /* then their cancels, and the stop */
+  while (!braid__list_empty(&w->done)) {
+    struct braid_wcall *c = container_of(w->done.next, struct braid_wcall, link);
+    braid__list_remove(&c->link);
+    wk_finish(w, c);
+  }
+  if (w->wstopping && w->ncalls == 0 && !w->wclosed) {
+    w->wclosed = 1;   /* nothing runs: the loop may end */
+    uv_close((uv_handle_t *) &w->wsig.poll, NULL);   /* the fd is the owner's */
+  }
+}
+
+static void wsig_cb (uv_poll_t *h, int status, int events) {
+  struct braid_worker *w = (struct braid_worker *) h->data;
+  (void) status;
+  (void) events;
+  braid__wsig_drain(&w->wsig);
+  wk_serve(w, 1);
+}
+
+/* The state's poll function (braid__hook_poll_set), run from a hook the
+** owner set: a cancel or the stop reaches code that spins. While the
+** chunk loads, the stop fails the load. */
+static int l_worker_poll (lua_State *L) {
+  struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, lua_upvalueindex(1));
+  int stop;
+  wk_take_cancels(w);
+  uv_mutex_lock(&w->mu);
+  stop = w->bootL != NULL && w->stop;
+  uv_mutex_unlock(&w->mu);
+  if (stop)
+    return braid_error(L, "closed", NULL, "braid.worker: closed while its "
+                       "chunk was loading");
+  return 0;
+}
+
+/* Loads the worker's chunk (a module, a file or the chunk itself) and
+** keeps the table of functions it returns. On the worker's state, under
+** lua_pcall, outside tasks. */
+static int wk_boot_p (lua_State *L) {
+  struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, 1);
+  int rc;
+  lua_pushlightuserdata(L, w);
+  lua_pushcclosure(L, l_worker_poll, 1);
+  braid__hook_poll_set(L);
+  if (lua_getglobal(L, "package") == LUA_TTABLE) {
+    if (w->path) lua_pushstring(L, w->path), lua_setfield(L, -2, "path");
+    if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");
+  }
+  lua_settop(L, 1);
+  if (w->setup) w->setup(L, w->setup_ud);   /* the application's functions */
+  lua_settop(L, 1);
+  switch (w->skind) {
+    case SRC_MODULE:
+      lua_getglobal(L, "require");
+      lua_pushstring(L, w->source);
+      lua_call(L, 1, 1);
+      break;
+    case SRC_FILE:
+      rc = luaL_loadfilex(L, w->source, "t");
+      if (rc != LUA_OK) return lua_error(L);
+      lua_call(L, 0, 1);
+      break;
+    default:
+      rc = luaL_loadbufferx(L, w->source, strlen(w->source), "=worker", "t");
+      if (rc != LUA_OK) return lua_error(L);
+      lua_call(L, 0, 1);
+  }
+  if (!lua_istable(L, -1))
+    return braid_error(L, "usage", NULL, "braid.worker: the worker's chunk "
+                       "returned %s (a table of functions expected)",
+                       luaL_typename(L, -1));
+  w->fns_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* The load's message handler: keeps the traceback, as wk_msgh does. */
+static int wk_boot_msgh (lua_State *L) {
+  struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, lua_upvalueindex(1));
+  if (w->boot_tb == NULL && !braid_error_kind(L, 1)) {
+    luaL_traceback(L, L, NULL, 1);
+    w->boot_tb = braid__wk_strdup(lua_tostring(L, -1));
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* The load failed with the error at 2 (traceback at 3): keep it encoded,
+** the reply of every call. */
+static int wk_keep_load_error_p (lua_State *L) {
+  struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, 1);
+  w->load_err = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
+                                    &w->lim, &w->load_len);
+  return 0;
+}
+
+static void wk_boot (struct braid_worker *w) {
+  lua_State *L = braid_state(w->WE);
+  int top = lua_gettop(L), rc;
+  lua_pushlightuserdata(L, w);
+  lua_pushcclosure(L, wk_boot_msgh, 1);
+  lua_pushcfunction(L, wk_boot_p);
+  lua_pushlightuserdata(L, w);
+  uv_mutex_lock(&w->mu);
+  w->bootL = L;
+  uv_mutex_unlock(&w->mu);
+  rc = lua_pcall(L, 1, 0, top + 1);
+  uv_mutex_lock(&w->mu);
+  w->bootL = NULL;
+  uv_mutex_unlock(&w->mu);
+  lua_sethook(L, NULL, 0, 0);   /* a poll asked for too late */
+  if (rc != LUA_OK) {
+    int i;
+    for (i = 0; i < 2 && w->load_err == NULL; i++) {
+      lua_pushcfunction(L, wk_keep_load_error_p);
+      lua_pushlightuserdata(L, w);
+      if (i == 0) lua_pushvalue(L, top + 2);   /* the error */
+      else lua_pushliteral(L, "braid.worker: its chunk failed to load (the "
+                           "error cannot be copied)");
+      if (w->boot_tb) lua_pushstring(L, w->boot_tb);
+      else lua_pushnil(L);
+      if (lua_pcall(L, 3, 0, 0) != LUA_OK) lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+}
+
+static void wk_walk_cb (uv_handle_t *h, void *arg) {
+  (void) arg;
+  fprintf(stderr, "braid: worker: internal: handle of type %s left open\n",
+          uv_handle_type_name(uv_handle_get_type(h)));
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void braid__wk_main (void *arg) {
+  struct braid_worker *w = (struct braid_worker *) arg;
+  uv_loop_t loop;
+  int wake, ok = uv_loop_init(&loop) == 0;
+  if (ok && (w->WE = braid_new(&loop, &w->eopts)) == NULL) {
+    uv_loop_close(&loop);
+    ok = 0;
+  }
+  if (ok) braid__engine_set_grace(w->WE, w->grace_ns);
+  if (ok && braid__wsig_start(&loop, &w->wsig, wsig_cb) != 0) {
+    braid_close(w->WE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    ok = 0;
+  }
+  if (ok) {
+    w->wsig.poll.data = w;
+    wk_boot(w);
+    wk_serve(w, 0);   /* what came while it loaded */
+    uv_run(&loop, UV_RUN_DEFAULT);   /* until stopped and every call ended */
+    braid_close(w->WE);
+    uv_run(&loop, UV_RUN_DEFAULT);   /* braid's close callbacks */
+    if (uv_loop_close(&loop) != 0) {
+      uv_walk(&loop, wk_walk_cb, NULL);
+      uv_run(&loop, UV_RUN_DEFAULT);
+      uv_loop_close(&loop);
+    }
+  }
+  uv_mutex_lock(&w->mu);
+  w->exited = 1;
+  wake = braid__wsig_arm(&w->osig);
+  uv_mutex_unlock(&w->mu);
+  if (wake) braid__wsig_wake(&w->osig);   /* the owner joins once it returns */
+}
+
+

@@ -1,0 +1,304 @@
+/*
+** xcopy.c: the value copier between threads. A worker's arguments, results
+** and errors cross as a C buffer: the sender serialises values into it,
+** the receiver rebuilds them in its own lua_State.
+**
+** What crosses: nil, booleans, numbers (integers stay integers, floats
+** floats), strings and tables of those, keys included; a table reached
+** twice in one message (a shared sub-table, a cycle) is rebuilt once and
+** reached twice. A braid.Error comes back a braid.Error; no other
+** metatable crosses (the receiver's state has no way to name it). A
+** function, userdata or coroutine raises a usage error naming its path.
+**
+** Invariants:
+** - Two walks over the same values: the first checks them, counts the
+**   bytes and numbers the tables; the second writes into one buffer of
+**   exactly that size. So a string's bytes are copied once into the
+**   buffer (no growing buffer copies them again), and a refusal happens
+**   before anything is allocated in C. Both walks are raw (lua_next,
+**   lua_rawget): no Lua code runs between them, so they see the same
+**   tables in the same order and number them alike.
+** - The receiver copies a string once more, into its own state
+**   (lua_pushlstring): a Lua string cannot borrow outside memory.
+** - Depth and size are capped (kind "limit") before the buffer exists.
+*/
+#include <stdint.h>
+#include <string.h>
+#include "core/prim.h"
+#include "io/xcopy.h"
+
+enum { X_NIL = 'n', X_FALSE = 'f', X_TRUE = 't', X_INT = 'i', X_FLT = 'd',
+       X_STR = 's', X_TABLE = 'T', X_ERROR = 'E', X_REF = 'r', X_END = 'e' };
+
+struct xc {
+  lua_State *L;
+  int seen;                  /* table -> number, on L's stack */
+  unsigned ntables;          /* numbered so far (this walk) */
+  char *out;                 /* NULL: the first walk (counting) */
+  size_t len;
+  const struct braid_xlimits *lim;
+  const char *root, *dir;
+  int first;                 /* the first value's index (for the path) */
+  int keys[BRAID_XCOPY_DEPTH + 2];   /* the key of each level, on L's stack */
+  int arg;                   /* the top-level value being copied (1-based) */
+};
+
+static void xc_put (struct xc *x, const void *p, size_t n) {
+  if (x->out) memcpy(x->out + x->len, p, n);
+  x->len += n;
+}
+
+static void xc_tag (struct xc *x, char tag) {
+  xc_put(x, &tag, 1);
+}
+
+/* Pushes the path of the value at depth d: root[arg] then each key. */
+static const char *xc_path (struct xc *x, int d) {
+  lua_State *L = x->L;
+  luaL_Buffer b;
+  int i;
+  luaL_buffinit(L, &b);
+  lua_pushfstring(L, "%s[%d]", x->root, x->arg);
+  luaL_addvalue(&b);
+  for (i = 1; i <= d; i++) {
+    int k = x->keys[i];
+    size_t n;
+    const char *s;
+    if (lua_type(L, k) == LUA_TSTRING) {
+      s = lua_tolstring(L, k, &n);
+      int ident = n > 0 && n < 64 && !(s[0] >= '0' && s[0] <= '9');
+      size_t j;
+      for (j = 0; ident && j < n; j++)
+        ident = s[j] == '_' || (s[j] >= 'a' && s[j] <= 'z') ||
+                (s[j] >= 'A' && s[j] <= 'Z') || (s[j] >= '0' && s[j] <= '9');
+      if (ident) lua_pushfstring(L, ".%s", s);
+      else lua_pushfstring(L, "[\"%s\"]", n < 40 ? s : "...");
+    } else if (lua_type(L, k) == LUA_TNUMBER) {
+      lua_pushvalue(L, k);   /* lua_tostring would change the key in place */
+      lua_pushfstring(L, "[%s]", lua_tostring(L, -1));
+      lua_remove(L, -2);
+    } else {
+      lua_pushfstring(L, "[%s key]", luaL_typename(L, k));
+    }
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  return lua_tostring(L, -1);
+}
+
+static const char *xc_what (int type) {
+  switch (type) {
+    case LUA_TFUNCTION: return "a function";
+    case LUA_TTHREAD: return "a coroutine";
+    case LUA_TLIGHTUSERDATA: return "a light userdata";
+    default: return "a userdata";
+  }
+}
+
+static void xc_value (struct xc *x, int idx, int d);
+
+static void xc_table (struct xc *x, int idx, int d) {
+  lua_State *L = x->L;
+  size_t at = 0;
+  uint32_t count = 0;
+  lua_Integer id;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, x->seen) == LUA_TNUMBER) {   /* reached before */
+    id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!x->out || id < (lua_Integer) x->ntables) {
+      uint32_t r = (uint32_t) id;
+      xc_tag(x, X_REF);
+      xc_put(x, &r, sizeof r);
+      return;
+    }
+    x->ntables++;   /* the second walk meets it first here, as the first */
+  } else {
+    lua_pop(L, 1);
+    if (x->out) luaL_error(L, "xcopy: a table changed while copied");
+    if (d > x->lim->max_depth) {
+      braid__push_limit_error(L, (size_t) x->lim->max_depth, "max_depth",
+                              "%s: tables nested deeper than %d (max_depth) "
+                              "cannot cross %s", xc_path(x, d - 1),
+                              x->lim->max_depth, x->dir);
+      lua_error(L);
+    }
+    lua_pushvalue(L, idx);
+    lua_pushinteger(L, (lua_Integer) x->ntables++);
+    lua_rawset(L, x->seen);
+  }
+  luaL_checkstack(L, 6, "xcopy");
+  xc_tag(x, braid_error_kind(L, idx) ? X_ERROR : X_TABLE);
+  at = x->len;
+  xc_put(x, &count, sizeof count);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int k = lua_gettop(L) - 1;
+    x->keys[d] = k;
+    xc_value(x, k, d);   /* a key: its own path is the table's */
+    xc_value(x, k + 1, d);
+    lua_pop(L, 1);
+    count++;
+  }
+  if (x->out) memcpy(x->out + at, &count, sizeof count);
+  xc_tag(x, X_END);
+}
+
+/* Writes (or counts) the value at idx, at depth d (0: a top-level value). */
+static void xc_value (struct xc *x, int idx, int d) {
+  lua_State *L = x->L;
+  int type = lua_type(L, idx);
+  switch (type) {
+    case LUA_TNIL: xc_tag(x, X_NIL); break;
+    case LUA_TBOOLEAN: xc_tag(x, lua_toboolean(L, idx) ? X_TRUE : X_FALSE);
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        lua_Integer i = lua_tointeger(L, idx);
+        xc_tag(x, X_INT);
+        xc_put(x, &i, sizeof i);
+      } else {
+        lua_Number n = lua_tonumber(L, idx);
+        xc_tag(x, X_FLT);
+        xc_put(x, &n, sizeof n);
+      }
+      break;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      xc_tag(x, X_STR);
+      xc_put(x, &n, sizeof n);
+      xc_put(x, s, n);
+      break;
+    }
+    case LUA_TTABLE:
+      xc_table(x, lua_absindex(L, idx), d + 1);
+      break;
+    default:
+      braid_error(L, "usage", NULL, "%s: %s cannot cross %s", xc_path(x, d),
+                  xc_what(type), x->dir);
+  }
+  if (!x->out && x->len > x->lim->max_bytes) {
+    braid__push_limit_error(L, x->lim->max_bytes, "max_message",
+                            "%s: a message over %I bytes (max_message) "
+                            "cannot cross %s", xc_path(x, d),
+                            (lua_Integer) x->lim->max_bytes, x->dir);
+    lua_error(L);
+  }
+}
+
+static void xc_walk (struct xc *x, int n) {
+  uint32_t count = (uint32_t) n;
+  int i;
+  x->len = 0;
+  x->ntables = 0;
+  xc_put(x, &count, sizeof count);
+  for (i = 0; i < n; i++) {
+    x->arg = i + 1;
+    xc_value(x, x->first + i, 0);
+  }
+}
+
+char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
+                           const char *dir, const struct braid_xlimits *lim,
+                           size_t *len) {
+  struct xc x;
+  struct braid_xlimits caps = {BRAID_XCOPY_DEPTH, BRAID_XCOPY_BYTES};
+  if (lim) caps = *lim;
+  if (caps.max_depth > BRAID_XCOPY_DEPTH) caps.max_depth = BRAID_XCOPY_DEPTH;
+  memset(&x, 0, sizeof x);
+  x.L = L;
+  x.lim = &caps;
+  x.root = root;
+  x.dir = dir;
+  x.first = lua_absindex(L, first);
+  luaL_checkstack(L, 8, "xcopy");
+  lua_newtable(L);
+  x.seen = lua_gettop(L);
+  xc_walk(&x, n);                       /* checks, counts, numbers */
+  x.out = (char *) braid__malloc(x.len ? x.len : 1);
+  if (x.out == NULL)
+    braid_error(L, "memory", NULL, "%s: not enough memory to copy a "
+                "message of %d bytes %s", root, (int) x.len, dir);
+  xc_walk(&x, n);                       /* writes: cannot fail */
+  lua_pop(L, 1);
+  *len = x.len;
+  return x.out;
+}
+
+/* ---- rebuilding ---- */
+
+struct xd {
+  lua_State *L;
+  const char *p, *end;
+  int tables;                /* number -> table, on L's stack */
+  lua_Integer ntables;
+};
+
+static void xd_get (struct xd *x, void *dst, size_t n) {
+  if ((size_t) (x->end - x->p) < n) luaL_error(x->L, "xcopy: short buffer");
+  memcpy(dst, x->p, n);
+  x->p += n;
+}
+
+static void xd_value (struct xd *x) {
+  lua_State *L = x->L;
+  char tag;
+  xd_get(x, &tag, 1);
+  switch (tag) {
+    case X_NIL: lua_pushnil(L); break;
+    case X_FALSE: lua_pushboolean(L, 0); break;
+    case X_TRUE: lua_pushboolean(L, 1); break;
+    case X_INT: { lua_Integer i; xd_get(x, &i, sizeof i);
+                  lua_pushinteger(L, i); break; }
+    case X_FLT: { lua_Number n; xd_get(x, &n, sizeof n);
+                  lua_pushnumber(L, n); break; }
+    case X_STR: {
+      size_t n;
+      xd_get(x, &n, sizeof n);
+      if ((size_t) (x->end - x->p) < n) luaL_error(L, "xcopy: short buffer");
+      lua_pushlstring(L, x->p, n);
+      x->p += n;
+      break;
+    }
+    case X_REF: {
+      uint32_t r;
+      xd_get(x, &r, sizeof r);
+      lua_rawgeti(L, x->tables, (lua_Integer) r + 1);
+      break;
+    }
+    case X_TABLE: case X_ERROR: {
+      uint32_t count, i;
+      xd_get(x, &count, sizeof count);
+      luaL_checkstack(L, 4, "xcopy");
+      lua_createtable(L, 0, count > 1024 ? 1024 : (int) count);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, x->tables, ++x->ntables);
+      for (i = 0; i < count; i++) {
+        xd_value(x);
+        xd_value(x);
+        lua_rawset(L, -3);
+      }
+      if (tag == X_ERROR) luaL_setmetatable(L, "braid.Error");
+      xd_get(x, &tag, 1);   /* X_END */
+      break;
+    }
+    default: luaL_error(L, "xcopy: bad buffer");
+  }
+}
+
+int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
+  struct xd x;
+  uint32_t n, i;
+  x.L = L;
+  x.p = buf;
+  x.end = buf + len;
+  x.ntables = 0;
+  lua_newtable(L);
+  x.tables = lua_gettop(L);
+  xd_get(&x, &n, sizeof n);
+  luaL_checkstack(L, (int) n + 4, "xcopy: too many values");
+  for (i = 0; i < n; i++) xd_value(&x);
+  lua_remove(L, x.tables);
+  return (int) n;
+}

@@ -1,0 +1,352 @@
+-- spec/worker_spec.lua: braid.worker, values crossing by copy, cancellation
+-- and failure across the thread boundary (engine/io/worker.c, xcopy.c).
+local braid = require "braid"
+local helper = require "helper"
+local run = helper.run
+
+-- A worker's chunk used by most specs.
+local SRC <const> = [[
+  local braid = require "braid"
+  local closed = 0
+  return {
+    echo = function(...) return ... end,
+    count = function(...) return select("#", ...) end,
+    types = function(...)
+      local out = {}
+      for i = 1, select("#", ...) do
+        local v = select(i, ...)
+        out[i] = type(v) == "number" and math.type(v) or type(v)
+      end
+      return out
+    end,
+    add = function(a, b) return a + b end,
+    sleep = function(s, v) braid.sleep(s) return v end,
+    boom = function() error("boom") end,
+    tboom = function() error({code = 7}) end,
+    timeout = function() braid.timeout(0.01, braid.sleep, 10) end,
+    fn = function() return print end,
+    guarded = function()
+      local c <close> = setmetatable({}, {__close = function()
+        closed = closed + 1 end})
+      braid.sleep(60)
+    end,
+    closed = function() return closed end,
+    spin = function() local i = 0 while true do i = i + 1 end end,
+    fail_on2 = function(x) if x == 2 then error("two") end braid.sleep(60) end,
+    spin_guarded = function()
+      local c <close> = setmetatable({}, {__close = function()
+        closed = closed + 1 end})
+      local i = 0 while true do i = i + 1 end
+    end,
+  }
+]]
+
+-- Waits (bounded) until the worker's `closed` counter reaches n.
+local function closed_reaches(w, n)
+  local t0 = braid.now()
+  while w:call("closed") < n do
+    if braid.now() - t0 > 10 then return false end
+    braid.sleep(0.01)
+  end
+  return true
+end
+
+describe("braid.worker values", function()
+  it("copies nil, booleans, integers, floats and strings unchanged", run(function()
+    local w <close> = braid.worker(SRC)
+    local big = string.rep("x\0y", 400000)
+    local a, b, c, d, e, f, g = w:call("echo", nil, true, false, 3, 3.0, "s\0t", big)
+    assert.is_nil(a)
+    assert.is_true(b)
+    assert.is_false(c)
+    assert.equal("integer", math.type(d))
+    assert.equal("float", math.type(e))
+    assert.equal("s\0t", f)
+    assert.equal(big, g)
+    assert.equal(7, w:call("count", nil, nil, nil, nil, nil, nil, nil))
+    assert.same({"integer", "float", "nil", "string"}, w:call("types", 1, 1.5, nil, "x"))
+  end))
+
+  it("rebuilds nested tables, shared sub-tables and cycles", run(function()
+    local w <close> = braid.worker(SRC)
+    local shared = {1, 2, 3}
+    local t = {a = shared, b = shared, nested = {deep = {deeper = {"x"}}}, [1.5] = "f"}
+    t.self = t
+    t[shared] = "key"
+    local r = w:call("echo", t)
+    assert.are_not.equal(t, r)
+    assert.equal(r, r.self)
+    assert.equal(r.a, r.b)
+    assert.same({1, 2, 3}, r.a)
+    assert.equal("x", r.nested.deep.deeper[1])
+    assert.equal("f", r[1.5])
+    assert.equal("key", r[r.a])
+    local x, y = w:call("echo", shared, shared)   -- one message: still shared
+    assert.equal(x, y)
+  end))
+
+  it("does not copy metatables, except a braid.Error's", run(function()
+    local w <close> = braid.worker(SRC)
+    local r = w:call("echo", setmetatable({v = 1}, {__index = function() return 2 end}))
+    assert.is_nil(getmetatable(r))
+    assert.is_nil(r.missing)
+    local e = w:call("echo", select(2, pcall(braid.sleep, "bad")))
+    assert.is_true(braid.is_error(e))
+  end))
+
+  it("refuses a function, naming its path in the arguments", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "echo", 1, {cb = print})
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+    assert.equal("args[2].cb: a function cannot cross to a worker", e.message)
+    ok, e = pcall(w.call, w, "echo", {{[3] = coroutine.create(print)}})
+    assert.equal("args[1][1][3]: a coroutine cannot cross to a worker", e.message)
+    ok, e = pcall(w.call, w, "echo", {["not an ident"] = io.stdout})
+    assert.equal('args[1]["not an ident"]: a userdata cannot cross to a worker', e.message)
+    -- the worker is still usable
+    assert.equal(3, w:call("add", 1, 2))
+  end))
+
+  it("refuses a function among the results", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "fn")
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+    assert.equal("results[1]: a function cannot cross back from a worker", e.message)
+  end))
+
+  it("caps depth and size with kind limit", run(function()
+    local w <close> = braid.worker(SRC, {max_message = 1000, max_depth = 5})
+    local deep = {}
+    local t = deep
+    for _ = 1, 10 do t.n = {} t = t.n end
+    local ok, e = pcall(w.call, w, "echo", deep)
+    assert.is_false(ok)
+    assert.equal("limit", e.kind)
+    assert.equal("max_depth", e.option)
+    assert.equal(5, e.limit)
+    ok, e = pcall(w.call, w, "echo", string.rep("x", 2000))
+    assert.equal("limit", e.kind)
+    assert.equal("max_message", e.option)
+    assert.equal(1000, e.limit)
+    assert.equal(3, w:call("add", 1, 2))
+  end))
+end)
+
+describe("braid.worker", function()
+  it("runs many calls at once and returns each its own results", run(function()
+    local w <close> = braid.worker(SRC)
+    local items = {}
+    for i = 1, 50 do items[i] = i end
+    local r = braid.map(items, function(i) return w:call("sleep", 0.01 * (i % 5), i * 2) end)
+    for i = 1, 50 do assert.equal(i * 2, r[i]) end
+  end))
+
+  it("loads a module name, a file path or a chunk", run(function()
+    local base = os.tmpname()   -- /tmp/lua_XXXXXX: also a module name
+    os.remove(base)
+    local dir, mod = base:match("^(.*)/([^/]+)$")
+    local file = dir .. "/" .. mod .. ".lua"
+    local f = assert(io.open(file, "w"))
+    f:write("return {hi = function(x) return 'hi ' .. x end}")
+    f:close()
+    local saved = package.path
+    package.path = dir .. "/?.lua;" .. package.path
+    local ok, err = pcall(function()
+      local m <close> = braid.worker(mod)
+      assert.equal("hi m", m:call("hi", "m"))
+      local p <close> = braid.worker(file)
+      assert.equal("hi p", p:call("hi", "p"))
+      local c <close> = braid.worker("return {hi = function(x) return 'yo ' .. x end}")
+      assert.equal("yo c", c:call("hi", "c"))
+    end)
+    package.path = saved
+    os.remove(file)
+    assert(ok, err)
+  end))
+
+  it("raises the load error at each call", run(function()
+    local w <close> = braid.worker("return {f = function() end} +")
+    local ok, e = pcall(w.call, w, "f")
+    assert.is_false(ok)
+    assert.equal("worker", e.kind)
+    assert.matches("worker:1: unexpected symbol", e.message)
+    ok, e = pcall(w.call, w, "f")
+    assert.is_false(ok)
+    local n <close> = braid.worker("return 42")
+    ok, e = pcall(n.call, n, "f")
+    assert.matches("a table of functions expected", e.message)
+  end))
+
+  it("refuses an unknown function", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "nope")
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+    assert.matches("no function 'nope'", e.message)
+  end))
+
+  it("raises a worker's string error as kind worker with its traceback", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "boom")
+    assert.is_false(ok)
+    assert.equal("worker", e.kind)
+    assert.equal("worker:16: boom", e.value)
+    assert.matches("boom", e.message)
+    assert.matches("worker:16", e.traceback)
+  end))
+
+  it("copies a table error, adding the worker's traceback", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "tboom")
+    assert.is_false(ok)
+    assert.equal(7, e.code)
+    assert.matches("worker:17", e.traceback)
+  end))
+
+  it("keeps a braid.Error's kind", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(w.call, w, "timeout")
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+  end))
+
+  it("cancels the worker's task when the caller is cancelled; its <close> runs", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(braid.timeout, 0.05, w.call, w, "guarded")
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+    assert.is_true(closed_reaches(w, 1))
+  end))
+
+  it("bounds a cancelled call's cleanup by the worker's grace period", run(function()
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.1})
+    local ok, e = pcall(braid.timeout, 0.05, w.call, w, "stubborn")
+    assert.is_true(braid.is_timeout(e))
+    local t0 = braid.now()
+    w:close()   -- waits for the call's task: abandoned at its grace period
+    assert.is_true(braid.now() - t0 < 30)
+  end))
+
+  it("interrupts a worker's task spinning in Lua", run(function()
+    local w <close> = braid.worker(SRC)
+    local ok, e = pcall(braid.timeout, 0.05, w.call, w, "spin_guarded")
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+    assert.is_true(closed_reaches(w, 1))
+    assert.equal(3, w:call("add", 1, 2))   -- the worker goes on
+  end))
+
+  it("close cancels calls in flight (kind closed) and refuses new ones", run(function()
+    local w = braid.worker(SRC)
+    local t = braid.spawn(function() return pcall(w.call, w, "sleep", 60) end)
+    local s = braid.spawn(function() return pcall(w.call, w, "spin") end)
+    braid.sleep(0.05)
+    w:close()
+    local ok, e = t:await()
+    assert.is_false(ok)
+    assert.equal("closed", e.kind)
+    ok, e = s:await()
+    assert.is_false(ok)
+    assert.equal("closed", e.kind)
+    ok, e = pcall(w.call, w, "add", 1, 2)
+    assert.equal("closed", e.kind)
+    w:close()   -- harmless
+  end))
+
+  it("is stopped by the end of the scope it was made in", run(function()
+    local w
+    braid.scope(function()
+      w = braid.worker(SRC)
+      assert.equal(3, w:call("add", 1, 2))
+    end)
+    local ok, e = pcall(w.call, w, "add", 1, 2)
+    assert.is_false(ok)
+    assert.equal("closed", e.kind)
+  end))
+
+  it("stops a chunk that spins while it loads", run(function()
+    local w = braid.worker("while true do end")
+    braid.sleep(0.02)
+    w:close()
+    assert.matches("closed", tostring(w))
+  end))
+
+  it("can start workers of its own", run(function()
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {outer = function(x)
+        local inner <close> = braid.worker("return {f = function(y) return y * 10 end}")
+        return inner:call("f", x) + 1
+      end}]])
+    assert.equal(41, w:call("outer", 4))
+  end))
+
+  it("refuses bad arguments", run(function()
+    local ok, e = pcall(braid.worker, 42)
+    assert.equal("usage", e.kind)
+    ok, e = pcall(braid.worker, SRC, {bogus = 1})
+    assert.equal("usage", e.kind)
+    local w <close> = braid.worker(SRC)
+    ok, e = pcall(w.call, w, 1)
+    assert.equal("usage", e.kind)
+  end))
+
+  it("counts the cores", function()
+    assert.is_true(braid.cpu_count() >= 1)
+  end)
+end)
+
+describe("braid.pool", function()
+  it("spreads calls over its workers and maps a list", run(function()
+    local p <close> = braid.pool(2, SRC)
+    assert.equal(3, p:call("add", 1, 2))
+    local items = {}
+    for i = 1, 40 do items[i] = i end
+    local r = p:map(items, "add")   -- add(item, i)
+    for i = 1, 40 do assert.equal(2 * i, r[i]) end
+  end))
+
+  it("defaults to one worker per core", run(function()
+    local p <close> = braid.pool(SRC)
+    assert.equal(braid.cpu_count(), #p.workers)
+  end))
+
+  it("refuses a bad size", run(function()
+    local ok, e = pcall(braid.pool, 0, SRC)
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+  end))
+
+  it("raises a worker's error from pool:map and stops the others", run(function()
+    local p <close> = braid.pool(2, SRC)
+    local t0 = braid.now()
+    local ok, e = pcall(p.map, p, {1, 2, 3}, "fail_on2")
+    assert.is_false(ok)
+    assert.equal("worker", e.kind)
+    assert.matches("two", e.message)
+    assert.is_true(braid.now() - t0 < 30)   -- the sleeping ones were cancelled
+  end))
+end)
+
+describe("braid.map with workers", function()
+  it("runs a named function in a pool made for the call", run(function()
+    local r = braid.map({1, 2, 3}, "add", {workers = 2, module = SRC})
+    assert.equal(2, r[1])
+    assert.equal(4, r[2])
+    assert.equal(6, r[3])
+  end))
+
+  it("needs opts.module for a function name", run(function()
+    local ok, e = pcall(braid.map, {1}, "add", {workers = 2})
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+  end))
+end)
