@@ -3,6 +3,9 @@
 
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
              luarocks groff-base
+# braid.http (engine/io/http*.c) and braid.json (lua-cjson, required at
+# run time from lua/braid.lua)
+PKGS      += libcurl4-openssl-dev lua-cjson
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
@@ -16,9 +19,9 @@ SAN_ENV   := LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-f
              ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1
 RUN_ENV   := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
 endif
-LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
-LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
-UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv libcurl 2>/dev/null)
+LIBS       = $(shell pkg-config --libs lua5.4 libuv libcurl 2>/dev/null) -lm
+UV_LIBS    = $(shell pkg-config --libs libuv libcurl 2>/dev/null)
 
 # engine/: core/ (the engine, scheduler, tasks, scopes), io/ (the
 # primitives), cli/ (the runner and the REPL), init.c (the library list).

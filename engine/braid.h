@@ -54,7 +54,7 @@ typedef struct braid_op braid_op_t;           /* one suspension of a task */
 ** Those not allowed are absent from the braid table. */
 #define BRAID_MOD_PROCESS   0x01u   /* braid.exec, braid.process */
 #define BRAID_MOD_FS        0x02u   /* braid.fs */
-#define BRAID_MOD_NET       0x04u   /* braid.tcp, braid.dns */
+#define BRAID_MOD_NET       0x04u   /* braid.tcp, braid.dns, braid.http */
 #define BRAID_MOD_SIGNAL    0x08u   /* braid.signal */
 #define BRAID_MODS_ALL      0x0fu
 

@@ -33,6 +33,7 @@ static const struct {
   {"fs", braid__open_fs, BRAID_MOD_FS},
   {"tcp", braid__open_tcp, BRAID_MOD_NET},
   {"dns", braid__open_dns, BRAID_MOD_NET},
+  {"http", braid__open_http, BRAID_MOD_NET},
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
 };
 
