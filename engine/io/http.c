@@ -245,13 +245,22 @@ static void set_headers (lua_State *L, struct http_xfer *x,
   curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->req_headers);
 }
 
+static void opt_check_fs (lua_State *L, const char *key, const char *fname) {
+  if (!(braid__engine_modules(L) & BRAID_MOD_FS))
+    braid_usageerror(L, "bad option '%s' to '%s' (files are not allowed in "
+                     "this engine: it lacks BRAID_MOD_FS)", key, fname);
+}
+
 /* Opens opts[key] (a path) as a file in `mode`, or NULL when absent;
-** raises kind "io" with the errno's name when it cannot. */
+** raises kind "io" with the errno's name when it cannot. Files are
+** braid.fs's capability: an embedded engine allowed the network but not
+** BRAID_MOD_FS refuses them (and opts.ca_file). */
 static FILE *opt_file (lua_State *L, const char *key, const char *mode,
                        const char *fname) {
   const char *path = opt_string(L, key, fname);
   FILE *f;
   if (path == NULL) return NULL;
+  opt_check_fs(L, key, fname);
   if ((f = fopen(path, mode)) == NULL) {
     int e = errno;
     braid_pusherror(L, "io", uv_err_name(-e), "%s: cannot open %s '%s': %s",
@@ -390,8 +399,10 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if ((s = opt_string(L, "ca_file", fname)) != NULL)
+  if ((s = opt_string(L, "ca_file", fname)) != NULL) {
+    opt_check_fs(L, "ca_file", fname);
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
+  }
   if ((s = opt_string(L, "proxy", fname)) != NULL)
     curl_easy_setopt(e, CURLOPT_PROXY, s);
   set_version(L, e, fname);
