@@ -42,7 +42,7 @@ void braid__http_xfer_free (struct http_xfer *x) {
     braid_resume_error(op);
   }
   if (x->attached) braid_resource_remove(&x->res);
-  if (x->easy) curl_easy_cleanup(x->easy);
+  if (x->easy) braid__http_easy_free(x->E, x->easy);
   curl_slist_free_all(x->req_headers);
   if (x->out) fclose(x->out);
   if (x->in) fclose(x->in);
@@ -362,7 +362,7 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
     braid_usageerror(L, "bad option 'url' to '%s' (string expected, got "
                      "nil)", fname);
   if ((x = braid__calloc(1, sizeof *x)) == NULL ||
-      (x->easy = e = curl_easy_init()) == NULL) {
+      (x->easy = e = braid__http_easy_new(E)) == NULL) {
     free(x);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }

@@ -47,6 +47,12 @@ struct http_xfer {
 ** and *rc (a libuv code) when it cannot be made. */
 struct http_multi *braid__http_multi(braid_engine_t *E, int *rc);
 
+/* An easy handle, reused from the engine's multi when it keeps one (NULL
+** when out of memory); and back to it, or cleaned up. The engine's state
+** must be open (the handle's owner is collected there). */
+CURL *braid__http_easy_new(braid_engine_t *E);
+void braid__http_easy_free(braid_engine_t *E, CURL *e);
+
 /* Starts x on m: 0, or a libuv-style code (nothing added). */
 int braid__http_add(struct http_multi *m, struct http_xfer *x);
 

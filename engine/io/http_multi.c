@@ -25,6 +25,11 @@
 #include <stdlib.h>
 #include "io/http.h"
 
+/* Easy handles kept for reuse: curl_easy_init costs more than a request
+** to a local server, and a loop of requests reuses about as many as it
+** keeps in flight. */
+#define HTTP_IDLE 64
+
 struct http_sock {
   struct braid_list link;    /* in m->socks until closed */
   struct http_multi *m;
@@ -40,6 +45,8 @@ struct http_multi {
   struct braid_list xfers;   /* struct http_xfer: added */
   struct braid_list socks;   /* struct http_sock: polls open */
   int active;                /* transfers added */
+  int nidle;
+  CURL *idle[HTTP_IDLE];     /* easy handles to reuse (curl_easy_reset) */
   int handles;               /* uv handles not yet closed */
   unsigned char detached, cleaning;
 };
@@ -166,6 +173,7 @@ static void multi_detach (struct braid_loop_user *u) {
     braid__http_remove(x);
     braid__http_done(x, CURLE_ABORTED_BY_CALLBACK);
   }
+  while (m->nidle > 0) curl_easy_cleanup(m->idle[--m->nidle]);
   m->cleaning = 1;
   curl_multi_cleanup(m->multi);
   while (!braid__list_empty(&m->socks))
@@ -206,10 +214,32 @@ struct http_multi *braid__http_multi (braid_engine_t *E, int *rc) {
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_func);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+  /* libcurl's default cache is 4 connections per easy handle added, and
+  ** a task's transfer is removed before the next task adds its own, so
+  ** between batches the cache shrank and closed connections a loop of
+  ** requests was about to reuse. */
+  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 256L);
   m->user.key = &multi_key;
   m->user.detach = multi_detach;
   braid__loop_user_add(E, &m->user);
   return m;
+}
+
+CURL *braid__http_easy_new (braid_engine_t *E) {
+  struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
+  struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
+  CURL *e;
+  if (m == NULL || m->nidle == 0) return curl_easy_init();
+  e = m->idle[--m->nidle];
+  curl_easy_reset(e);
+  return e;
+}
+
+void braid__http_easy_free (braid_engine_t *E, CURL *e) {
+  struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
+  struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
+  if (m && m->nidle < HTTP_IDLE) m->idle[m->nidle++] = e;
+  else curl_easy_cleanup(e);
 }
 
 int braid__http_add (struct http_multi *m, struct http_xfer *x) {

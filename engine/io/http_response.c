@@ -8,8 +8,9 @@
 ** Invariants:
 ** - The object is a userdata holding its transfer (NULL once the body has
 **   been read, the response closed, or for request's complete response);
-**   its fields table is user value 1, the lists of each header's values
-**   user value 2. The transfer points back at the slot (x->owner), which
+**   its fields table is user value 1; user value 2 the raw header block,
+**   until res.headers or res:header_list parses it into the fields'
+**   headers and the lists of each header's values, user value 2 then. The transfer points back at the slot (x->owner), which
 **   whoever frees the transfer clears.
 ** - An open stream is a resource of the scope that opened it: the scope's
 **   end, res:close, <close> and __gc all free the transfer at once (its
@@ -31,15 +32,13 @@ struct http_xfer **braid__http_newres (lua_State *L) {
   luaL_setmetatable(L, RES_MT);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, 2);
   return ud;
 }
 
-/* Sets the fields table's (at -1) headers from x's last header block and
-** the lists (at -2). [-0, +0, m] */
-static void res_set_headers (lua_State *L, struct http_xfer *x) {
-  const char *p = x->hdr.p, *end = p + x->hdr.len;
+/* Sets the fields table's (at -1) headers from the header block hdr (len
+** bytes) and fills the lists (at -2). [-0, +0, m] */
+static void res_parse_headers (lua_State *L, const char *hdr, size_t len) {
+  const char *p = hdr, *end = p + len;
   lua_newtable(L);
   while (p && p < end) {
     const char *eol = memchr(p, '\n', (size_t) (end - p)), *colon, *v, *ve;
@@ -82,6 +81,26 @@ static void res_set_headers (lua_State *L, struct http_xfer *x) {
   lua_setfield(L, -2, "headers");
 }
 
+/* The headers are parsed on first use (res.headers, res:header_list): a
+** script that reads only status and body makes no table for them. User
+** value 2 holds the raw block until then, the lists afterwards. */
+static void res_headers (lua_State *L, int idx) {
+  size_t len;
+  const char *hdr;
+  if (lua_getiuservalue(L, idx, 2) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return;
+  }
+  hdr = lua_tolstring(L, -1, &len);
+  lua_newtable(L);                   /* lists */
+  lua_getiuservalue(L, idx, 1);      /* fields */
+  res_parse_headers(L, hdr, len);
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, idx, 2);
+  lua_pop(L, 2);
+}
+
 /* Fills the fields of the response at idx from its transfer x. */
 static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
                             int body) {
@@ -99,7 +118,8 @@ static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   curl_easy_getinfo(x->easy, body ? CURLINFO_TOTAL_TIME_T :
                     CURLINFO_STARTTRANSFER_TIME_T, &us);
-  lua_getiuservalue(L, idx, 2);
+  lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
+  lua_setiuservalue(L, idx, 2);
   lua_getiuservalue(L, idx, 1);
   lua_pushinteger(L, status);
   lua_setfield(L, -2, "status");
@@ -112,12 +132,11 @@ static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
     }
   lua_pushnumber(L, (double) us / 1e6);
   lua_setfield(L, -2, "time");
-  res_set_headers(L, x);
   if (body && x->out == NULL) {
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
     lua_setfield(L, -2, "body");
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
 void braid__http_finish (lua_State *L, int idx, const char *fname) {
@@ -171,9 +190,16 @@ static struct http_xfer **res_check (lua_State *L, const char *fname) {
 
 /* Fields first, then methods (the upvalue). */
 static int l_res_index (lua_State *L) {
+  const char *k;
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, -2) != LUA_TNIL) return 1;
+  if (lua_type(L, 2) == LUA_TSTRING &&
+      strcmp((k = lua_tostring(L, 2)), "headers") == 0) {
+    res_headers(L, 1);
+    lua_getfield(L, -2, "headers");
+    return 1;
+  }
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1));
   return 1;
@@ -188,8 +214,8 @@ static int l_res_header_list (lua_State *L) {
   res_check(L, "res:header_list");
   braid__check_type(L, 2, LUA_TSTRING, "res:header_list");
   name = lua_tolstring(L, 2, &n);
-  lua_getiuservalue(L, 1, 2);
-  if (n < sizeof low) {
+  res_headers(L, 1);
+  if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && n < sizeof low) {
     for (i = 0; i < n; i++) low[i] = (char) tolower((unsigned char) name[i]);
     if (lua_getfield(L, -1, (low[n] = '\0', low)) == LUA_TTABLE) {
       lua_Integer k, len = (lua_Integer) lua_rawlen(L, -1);
