@@ -334,7 +334,8 @@ BRAID_API void braid_resource_remove(braid_resource_t *r);
 ** code = code (a libuv error name, or NULL), traceback = ...}. Kinds
 ** braid uses: "io", "spawn", "timeout", "cancelled", "closed", "usage",
 ** "memory", "limit" (a cap such as exec's max_output: the error has the
-** fields `limit` and `option`), "deadlock", "all_failed". [-0, +1, m] */
+** fields `limit` and `option`), "deadlock", "all_failed", "http" (`code`
+** is then curl's error name), "json". [-0, +1, m] */
 BRAID_API int braid_pusherror(lua_State *L, const char *kind,
                               const char *code, const char *fmt, ...);
 
