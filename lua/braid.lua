@@ -93,7 +93,8 @@ end})
 -- ---- braid.http: the Lua side (engine/io/http*.c hold the transfers) ----
 local http = M.http
 if http then
-  local request, open, Response = http.request, http.open, http.Response
+  local request, open, Response = http._request, http._open, http.Response
+  http._request, http._open = nil, nil
   local concat, pairs = table.concat, pairs
 
   local function escape(s)
@@ -154,15 +155,19 @@ if http then
 
   -- braid.http.request(opts) -> res; docs/API.md.
   function http.request(opts)
-    return request(prepare(opts, "braid.http.request"))
+    return request(prepare(opts, "braid.http.request"), "braid.http.request")
   end
 
   -- braid.http.open(opts) -> res whose body is read with res:read/lines.
   function http.open(opts)
-    return open(prepare(opts, "braid.http.open"))
+    return open(prepare(opts, "braid.http.open"), "braid.http.open")
   end
 
   local function with(opts, fields, fname)
+    if type(fields.url) ~= "string" then
+      error(Error.new{kind = "usage", message = "bad argument #1 to '" .. fname
+                  .. "' (string expected, got " .. type(fields.url) .. ")"}, 3)
+    end
     if opts ~= nil and type(opts) ~= "table" then
       error(Error.new{kind = "usage", message = "bad argument #2 to '" .. fname
                   .. "' (table expected, got " .. type(opts) .. ")"}, 3)
@@ -176,13 +181,26 @@ if http then
   -- braid.http.get(url, [opts]) -> res.
   function http.get(url, opts)
     return request(prepare(with(opts, {url = url, method = "GET"},
-                                "braid.http.get"), "braid.http.get"))
+                                "braid.http.get"), "braid.http.get"),
+                   "braid.http.get")
   end
 
   -- braid.http.post(url, body, [opts]) -> res; a table body is JSON.
   function http.post(url, body, opts)
+    local fname = "braid.http.post"
+    if opts ~= nil and type(opts) ~= "table" then
+      error(Error.new{kind = "usage", message = "bad argument #3 to '" .. fname
+                  .. "' (table expected, got " .. type(opts) .. ")"}, 2)
+    end
     return request(prepare(with(opts, {url = url, method = "POST", body = body},
-                                "braid.http.post"), "braid.http.post"))
+                                fname), fname), fname)
+  end
+
+  local function check_res(self, fname)
+    if getmetatable(self) ~= "braid.HttpResponse" then
+      error(Error.new{kind = "usage", message = "bad argument #1 to '" .. fname
+                  .. "' (braid.HttpResponse expected, got " .. type(self) .. ")"}, 3)
+    end
   end
 
   -- res:read("a") reads the rest of the body; res:read([n]) is C's.
@@ -201,6 +219,7 @@ if http then
   -- res:lines() -> iterator over the body's lines (without "\n" or
   -- "\r\n"), as they arrive: server-sent events, NDJSON.
   function Response:lines()
+    check_res(self, "res:lines")
     local buf, pos, done = "", 1, false
     return function()
       while true do
@@ -229,6 +248,7 @@ if http then
 
   -- res:json() -> the body decoded (read to the end first for a stream).
   function Response:json()
+    check_res(self, "res:json")
     local body = self.body
     if body == nil then body = self:read("a") end
     return json.decode(body)

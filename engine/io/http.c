@@ -370,8 +370,8 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   x->stream = (unsigned char) stream;
   braid__list_init(&x->link);
   /* From here a raising option must free x: the response object, pushed
-  ** at 2, owns it (its __gc frees it). */
-  lua_settop(L, 1);
+  ** at 3, owns it (its __gc frees it). */
+  lua_settop(L, 2);
   x->owner = braid__http_newres(L);
   *x->owner = x;
   x->url = strdup(opt_string(L, "url", fname));
@@ -415,7 +415,7 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   x->out = opt_file(L, "output", "wb", fname);
   if (x->out && lua_getfield(L, 1, "max_body") == LUA_TNIL)
     x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   return x;
 }
 
@@ -465,46 +465,54 @@ static void xfer_cancel (braid_op_t *op) {
   braid__http_xfer_free(x);
 }
 
-/* Stack: opts (1), the response object (2), check (3). */
+/* Stack: opts (1), the function's name (2), the response object (3),
+** check (4). */
 static int request_k (lua_State *L, braid_op_t *op) {
   struct http_xfer *x = *(struct http_xfer **) braid_op_data(op);
-  const char *fname = "braid.http.request";
+  const char *fname = lua_tostring(L, 2);
   if (x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err) {
     braid__http_push_error(L, x, fname);
     braid__http_xfer_free(x);   /* also clears the response's pointer */
     return lua_error(L);
   }
+  lua_settop(L, 4);
+  braid__http_finish(L, 3, fname);   /* frees x, or raises (x freed) */
+  if (lua_toboolean(L, 4)) braid__http_check(L, 3, fname);
   lua_settop(L, 3);
-  braid__http_finish(L, 2, fname);   /* frees x, or raises (x freed) */
-  if (lua_toboolean(L, 3)) braid__http_check(L, 2, fname);
-  lua_settop(L, 2);
   return 1;
 }
 
-/* Stack: opts (1), the response object (2), check (3). */
+/* Stack as request_k's. */
 static int open_k (lua_State *L, braid_op_t *op) {
   struct http_xfer *x = *(struct http_xfer **) braid_op_data(op);
-  const char *fname = "braid.http.open";
+  const char *fname = lua_tostring(L, 2);
   if (!x->headers_done &&
       (x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err)) {
     braid__http_push_error(L, x, fname);
     braid__http_xfer_free(x);
     return lua_error(L);
   }
+  lua_settop(L, 4);
+  braid__http_start_stream(L, 3);   /* the scope's resource now */
+  if (lua_toboolean(L, 4)) braid__http_check(L, 3, fname);
   lua_settop(L, 3);
-  braid__http_start_stream(L, 2);   /* the scope's resource now */
-  if (lua_toboolean(L, 3)) braid__http_check(L, 2, fname);
-  lua_settop(L, 2);
   return 1;
 }
 
+/* [opts, fname] (fname: the name the script called, from lua/braid.lua's
+** wrappers, for messages). */
 static int http_call (lua_State *L, int stream) {
   const char *fname = stream ? "braid.http.open" : "braid.http.request";
-  braid_engine_t *E = braid_check_task(L, fname);
+  braid_engine_t *E;
   struct http_xfer *x;
-  lua_settop(L, 1);
-  x = xfer_new(L, E, stream, fname);                 /* 2: the response */
-  lua_pushboolean(L, opt_bool(L, "check", 0));       /* 3 */
+  if (lua_type(L, 2) == LUA_TSTRING) fname = lua_tostring(L, 2);
+  E = braid_check_task(L, fname);
+  lua_settop(L, 2);
+  lua_pushstring(L, fname);
+  lua_replace(L, 2);                                 /* 2: the name */
+  fname = lua_tostring(L, 2);
+  x = xfer_new(L, E, stream, fname);                 /* 3: the response */
+  lua_pushboolean(L, opt_bool(L, "check", 0));       /* 4 */
   braid_check_suspend(L, fname);
   if (stream)
     return braid_suspendk(L, "http.open", sizeof x, xfer_start, xfer_cancel,
@@ -513,12 +521,13 @@ static int http_call (lua_State *L, int stream) {
                         xfer_cancel, x, request_k);
 }
 
-/* braid.http.request(opts) -> response (docs/API.md). */
+/* braid.http._request(opts, [fname]) -> response (docs/API.md; the public
+** braid.http.request, get and post are lua/braid.lua's). */
 static int l_http_request (lua_State *L) {
   return http_call(L, 0);
 }
 
-/* braid.http.open(opts) -> response whose body is read with res:read. */
+/* braid.http._open(opts, [fname]) -> response whose body res:read reads. */
 static int l_http_open (lua_State *L) {
   return http_call(L, 1);
 }
@@ -526,8 +535,8 @@ static int l_http_open (lua_State *L) {
 /* Sets braid.http on the braid table at the stack top. [-0, +0, m] */
 void braid__open_http (lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"request", l_http_request},
-    {"open", l_http_open},
+    {"_request", l_http_request},
+    {"_open", l_http_open},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
