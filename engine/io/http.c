@@ -413,8 +413,12 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   set_body(L, x, fname);
   set_method(L, x, fname);
   x->out = opt_file(L, "output", "wb", fname);
-  if (x->out && lua_getfield(L, 1, "max_body") == LUA_TNIL)
-    x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
+  if (x->out) {
+    if (lua_getfield(L, 1, "max_body") == LUA_TNIL)
+      x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
+    /* a download: fewer, larger reads and writes per loop iteration */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L << 10);
+  }
   lua_settop(L, 3);
   return x;
 }
