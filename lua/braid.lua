@@ -180,6 +180,9 @@ if http then
 
   -- braid.http.get(url, [opts]) -> res.
   function http.get(url, opts)
+    if opts == nil and type(url) == "string" then   -- the common case
+      return request({url = url}, "braid.http.get")
+    end
     return request(prepare(with(opts, {url = url, method = "GET"},
                                 "braid.http.get"), "braid.http.get"),
                    "braid.http.get")
