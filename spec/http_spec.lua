@@ -149,6 +149,9 @@ describe("braid.http.request", function()
     os.remove(path)
     assert.are.equal("POST", r.method)
     assert.are.equal(100000, #r.body)
+    assert.is_nil(braid.http.get(URL .. "/echo"):json().headers["accept-encoding"])
+    assert.matches("gzip", braid.http.get(URL .. "/echo",
+      {compressed = true}):json().headers["accept-encoding"])
     local hd = braid.http.request{url = URL .. "/bytes/10", method = "HEAD"}
     assert.are.equal(200, hd.status)
     assert.are.equal("", hd.body)
