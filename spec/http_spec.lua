@@ -307,6 +307,23 @@ describe("braid.http.open", function()
     wait_until(function() return stats().hanging == 0 end, "server sees the close")
   end))
 
+  it("raises an error mid-body from the read that reaches it, after the bytes before it", h.run(function()
+    local res <close> = braid.http.open{url = URL .. "/stall", timeout = 0.5}
+    local got = {}
+    local ok, e = pcall(function()
+      while true do
+        local chunk = res:read()
+        if not chunk then break end
+        got[#got + 1] = chunk
+      end
+    end)
+    assert.is_false(ok)
+    assert.are.equal("OPERATION_TIMEDOUT", e.code)
+    assert.are.equal(("y"):rep(10), table.concat(got))
+    assert.is_nil(res:read())
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
   it("raises the transfer's error from open", h.run(function()
     local ok, e = pcall(braid.http.open, {url = URL .. "/hang", timeout = 0.2})
     assert.is_false(ok)
