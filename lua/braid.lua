@@ -210,6 +210,8 @@ if http then
   local read = Response.read
   function Response:read(n)
     if n ~= "a" then return read(self, n) end
+    local body = self.body   -- request's response: the whole body is there
+    if body then return body end
     local parts = {}
     while true do
       local chunk = read(self)
@@ -224,6 +226,7 @@ if http then
   function Response:lines()
     check_res(self, "res:lines")
     local buf, pos, done = "", 1, false
+    if self.body then buf, done = self.body, true end
     return function()
       while true do
         local nl = buf:find("\n", pos, true)

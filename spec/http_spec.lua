@@ -83,6 +83,10 @@ describe("braid.http.request", function()
     assert.are.same({"a=1", "b=2"}, res:header_list("Set-Cookie"))
     assert.are.same({"t"}, res:header_list("x-token"))
     assert.are.same({}, res:header_list("x-absent"))
+    local lines = {}
+    for l in braid.http.get(URL .. "/chunked?n=3"):lines() do lines[#lines + 1] = l end
+    assert.are.same({"line 0", "line 1", "line 2"}, lines)
+    assert.are.equal("ok", res:read("a"))
   end))
 
   it("returns 4xx and 5xx as results, and raises them with check", h.run(function()
