@@ -2,8 +2,10 @@
 # machine: missing packages are installed first (see the deps target).
 
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
-             lua-cjson librsvg2-bin \
-             luarocks groff-base
+             librsvg2-bin luarocks groff-base
+# braid.http (engine/io/http*.c) and braid.json (lua-cjson, required at
+# run time from lua/braid.lua)
+PKGS      += libcurl4-openssl-dev lua-cjson
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
@@ -28,9 +30,9 @@ SAN_ENV   := LD_PRELOAD="$$($(CC) -print-file-name=libtsan.so)" \
              TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tools/tsan.supp"
 RUN_ENV   := TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tools/tsan.supp"
 endif
-LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv 2>/dev/null)
-LIBS       = $(shell pkg-config --libs lua5.4 libuv 2>/dev/null) -lm
-UV_LIBS    = $(shell pkg-config --libs libuv 2>/dev/null)
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv libcurl 2>/dev/null)
+LIBS       = $(shell pkg-config --libs lua5.4 libuv libcurl 2>/dev/null) -lm
+UV_LIBS    = $(shell pkg-config --libs libuv libcurl 2>/dev/null)
 
 # engine/: core/ (the engine, scheduler, tasks, scopes), io/ (the
 # primitives), cli/ (the runner and the REPL), init.c (the library list).

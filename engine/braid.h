@@ -55,7 +55,7 @@ typedef struct braid_op braid_op_t;           /* one suspension of a task */
 #define BRAID_MOD_PROCESS   0x01u   /* braid.exec, braid.process */
 #define BRAID_MOD_FS        0x02u   /* braid.fs */
 #define BRAID_MOD_NET       0x04u   /* braid.tcp, braid.dns, braid.unix,
-                                       braid.udp */
+                                       braid.udp, braid.http */
 #define BRAID_MOD_SIGNAL    0x08u   /* braid.signal */
 #define BRAID_MODS_ALL      0x0fu
 
@@ -367,7 +367,8 @@ BRAID_API int braid_worker_config(braid_engine_t *E,
 ** code = code (a libuv error name, or NULL), traceback = ...}. Kinds
 ** braid uses: "io", "spawn", "timeout", "cancelled", "closed", "usage",
 ** "memory", "limit" (a cap such as exec's max_output: the error has the
-** fields `limit` and `option`), "deadlock", "all_failed". [-0, +1, m] */
+** fields `limit` and `option`), "deadlock", "all_failed", "http" (`code`
+** is then curl's error name), "json". [-0, +1, m] */
 BRAID_API int braid_pusherror(lua_State *L, const char *kind,
                               const char *code, const char *fmt, ...);
 

@@ -37,6 +37,7 @@ static const struct {
   {"unix", braid__open_unix, BRAID_MOD_NET},   /* after tcp: its objects */
   {"udp", braid__open_udp, BRAID_MOD_NET},
   {"dns", braid__open_dns, BRAID_MOD_NET},
+  {"http", braid__open_http, BRAID_MOD_NET},
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
   {"progress", braid__open_progress, 0},
   {"worker", braid__open_worker, 0},

@@ -33,6 +33,7 @@ local OBJECTS = {
   ["braid.Ticker"] = "ticker", ["braid.Worker"] = "worker",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
   ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
+  ["braid.HttpResponse"] = "res",
 }
 
 -- ---- finding every public function and method ----
@@ -166,6 +167,20 @@ local function with_stream(body)
   local c <close> = braid.tcp.connect("127.0.0.1", srv:port())
   body(c, srv)
 end
+
+-- An HTTP response opened from a server of its own that sends the headers
+-- and then nothing (the handler waits for the end).
+local function with_response(body)
+  local srv <close> = braid.tcp.listen("127.0.0.1", 0, function(s)
+    repeat local line = s:read_line() until line == "" or line == nil
+    s:write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    pcall(s.read, s)
+  end)
+  local res <close> = braid.http.open{url = "http://127.0.0.1:" .. srv:port() .. "/"}
+  body(res)
+end
+
+local NOWHERE <const> = "http://127.0.0.1:1/"
 
 local function with_proc(body)
   local p <close> = braid.process({"cat"})
@@ -759,6 +774,54 @@ local EXPECT = {
   },
   ["stream:close"] = {badarg = {1, self_is(42)}},
   ["server:port"] = {badarg = {1, self_is(42)}},
+
+  -- HTTP and JSON
+  ["braid.http.request"] = {
+    outside = function(f, call) call(function() f{url = NOWHERE} end) end,
+    nosuspend = function(f, call) call(function() f{url = NOWHERE} end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"timeout", function(f, call)
+      call(function() f{url = NOWHERE, timeout = NAN} end)
+    end},
+  },
+  ["braid.http.open"] = {
+    outside = function(f, call) call(function() f{url = NOWHERE} end) end,
+    nosuspend = function(f, call) call(function() f{url = NOWHERE} end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"max_body", function(f, call)
+      call(function() f{url = NOWHERE, max_body = -1} end)
+    end},
+  },
+  ["braid.http.get"] = {
+    outside = function(f, call) call(function() f(NOWHERE) end) end,
+    nosuspend = function(f, call) call(function() f(NOWHERE) end) end,
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+    option = {"connect_timeout", function(f, call)
+      call(function() f(NOWHERE, {connect_timeout = NAN}) end)
+    end},
+  },
+  ["braid.http.post"] = {
+    outside = function(f, call) call(function() f(NOWHERE, "x") end) end,
+    nosuspend = function(f, call) call(function() f(NOWHERE, "x") end) end,
+    badarg = {3, function(f, call) call(function() f(NOWHERE, "x", 42) end) end},
+    option = {"http_version", function(f, call)
+      call(function() f(NOWHERE, "x", {http_version = "9"}) end)
+    end},
+  },
+  ["res:read"] = {
+    nosuspend = function(f, call)
+      with_response(function(r) call(function() f(r) end) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["res:lines"] = {badarg = {1, self_is(42)}},
+  ["res:json"] = {badarg = {1, self_is(42)}},
+  ["res:header_list"] = {badarg = {1, self_is(42)}},
+  ["res:close"] = {badarg = {1, self_is(42)}},
+  ["braid.json.encode"] = {none = "works outside tasks; what JSON cannot hold is kind json"},
+  ["braid.json.decode"] = {
+    badarg = {1, function(f, call) call(function() f(42) end) end},
+  },
   ["server:close"] = {badarg = {1, self_is(42)}},
   ["server:path"] = {badarg = {1, self_is(42)}},
   ["braid.unix.connect"] = {   -- never suspends: a unix connect is at once

@@ -169,6 +169,15 @@ local function network()
   check(c:read_line() == "hi!", "tcp")
   c:close()
   srv:close()
+  -- braid.http: libcurl's transfer on braid's loop, its response object
+  local web = braid.tcp.listen("127.0.0.1", 0, function(s)
+    repeat local line = s:read_line() until line == "" or line == nil
+    s:write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok")
+    s:close()
+  end)
+  local res = braid.http.get("http://127.0.0.1:" .. web:port() .. "/")
+  check(res.status == 200 and res.body == "ok" and res.headers["x-a"] == "1", "http")
+  web:close()
   if braid.dns and braid.dns.resolve then
     check(#braid.dns.resolve("localhost") > 0, "dns")
   end

@@ -119,10 +119,10 @@ function gen(depth)
   end
 end
 
--- Real I/O steps (a process, a TCP round trip, a file) replace some sleeps,
+-- Real I/O steps (a process, a TCP round trip, an HTTP GET, a file) replace some sleeps,
 -- drawn from a second random stream so that the trees of earlier seeds
 -- (tools/fuzz_findings.md) keep their shape. FUZZ_IO=0 turns them off.
-local IO_KINDS = {"exec", "proc", "tcp", "fs"}
+local IO_KINDS = {"exec", "proc", "tcp", "fs", "http"}
 
 local function add_io(node)
   if node.kind == "leaf" then
@@ -311,6 +311,17 @@ local function io_step(kind, node)
     c:write(want .. "\n")
     got = c:read_line()
     c:close()
+    server:close()
+  elseif kind == "http" then
+    -- braid.http (libcurl on braid's loop) against a one-response server
+    -- of braid's own; a cancellation takes the transfer off libcurl.
+    local server = braid.tcp.listen(nil, 0, function(conn)
+      repeat local line = conn:read_line() until line == "" or line == nil
+      conn:write("HTTP/1.1 200 OK\r\nContent-Length: " .. #want ..
+                 "\r\nConnection: close\r\n\r\n" .. want)
+      conn:close()
+    end)
+    got = braid.http.get("http://127.0.0.1:" .. server:port() .. "/").body
     server:close()
   else
     local path = st.tmp .. "-" .. node.id

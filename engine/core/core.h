@@ -328,6 +328,7 @@ struct braid_engine {
   int anchors_ref;             /* tasks handed to the application */
   unsigned modules;            /* BRAID_MOD_* the state may open */
   struct braid_list interceptors;   /* Ctrl-C, newest first (prim.h) */
+  struct braid_list loop_users;     /* struct braid_loop_user (prim.h) */
   /* The REPL's session (prim.h); NULL outside it. A deadlock fails the
   ** running `entry` when it is set and alive, else the root. */
   struct braid_session *session;

@@ -87,6 +87,7 @@ braid_engine_t *braid__engine_new (void) {
   E->S_ref = E->pool_ref = E->anchors_ref = E->tasks_ref = LUA_NOREF;
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
+  braid__list_init(&E->loop_users);
   return E;
 }
 
@@ -126,10 +127,32 @@ int braid__engine_attach (braid_engine_t *E, uv_loop_t *loop, int signals) {
 void braid__engine_detach (braid_engine_t *E) {
   if (!E->attached) return;
   E->attached = 0;
+  /* Primitives' handles that outlive tasks (libcurl's) close first, while
+  ** the engine is whole; each user is told once and forgotten. */
+  while (!braid__list_empty(&E->loop_users)) {
+    struct braid_loop_user *u =
+      container_of(E->loop_users.next, struct braid_loop_user, link);
+    braid__list_remove(&u->link);
+    u->detach(u);
+  }
   uv_close((uv_handle_t *) &E->idle, braid__engine_handle_closed);
   uv_close((uv_handle_t *) &E->timer, braid__engine_handle_closed);
   braid__interrupt_detach(E);
   E->armed_due = 0;
+}
+
+void braid__loop_user_add (braid_engine_t *E, struct braid_loop_user *u) {
+  braid__list_push(&E->loop_users, &u->link);
+}
+
+struct braid_loop_user *braid__loop_user_find (braid_engine_t *E,
+                                               const void *key) {
+  struct braid_list *l;
+  for (l = E->loop_users.next; l != &E->loop_users; l = l->next) {
+    struct braid_loop_user *u = container_of(l, struct braid_loop_user, link);
+    if (u->key == key) return u;
+  }
+  return NULL;
 }
 
 /* Keeps E in L's registry, boxed; the box's __gc drops the state's

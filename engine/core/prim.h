@@ -271,6 +271,27 @@ void braid__engine_options(braid_engine_t *E, braid_options_t *out);
 /* Sets the grace period E's cancelled tasks get before they are abandoned
 ** (5 s by default; BRAID_NEVER: none). For a worker's engine. */
 void braid__engine_set_grace(braid_engine_t *E, uint64_t ns);
+/* ---- state a primitive keeps on the engine's loop ---- */
+
+/* A primitive's state that lives on the engine's loop across tasks (the
+** HTTP client's libcurl multi handle, its timer and socket watchers): made
+** on first use and registered under `key` (the address of a static of the
+** primitive's). When braid detaches from the loop (braid.run ends,
+** braid_close) detach(u) runs once, before braid's own handles close: it
+** must uv_close every handle it has, so that the loop closes cleanly, and
+** must not run Lua. The user is unlinked first; the next use on a new
+** loop registers a new one. */
+struct braid_loop_user {
+  struct braid_list link;
+  const void *key;
+  void (*detach)(struct braid_loop_user *u);
+};
+
+void braid__loop_user_add(braid_engine_t *E, struct braid_loop_user *u);
+
+/* The user registered under key on E's current loop, or NULL. */
+struct braid_loop_user *braid__loop_user_find(braid_engine_t *E,
+                                              const void *key);
 
 /* ---- the REPL's session (cli/repl.c) ---- */
 
@@ -344,6 +365,7 @@ void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
 void braid__open_progress(lua_State *L);
 void braid__open_worker(lua_State *L);
+void braid__open_http(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */

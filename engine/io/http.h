@@ -1,0 +1,94 @@
+/*
+** http.h: braid's HTTP client, shared by its files: http_multi.c (libcurl's
+** multi handle on the engine's loop), http.c (transfers, braid.http.request
+** and braid.http.open) and http_response.c (the response object).
+*/
+#ifndef BRAID_IO_HTTP_H
+#define BRAID_IO_HTTP_H
+
+#include <stdio.h>
+#include <curl/curl.h>
+#include "core/prim.h"
+
+struct http_multi;
+
+/* A growable byte buffer, charged against the engine's memory limit. */
+struct http_buf {
+  char *p;
+  size_t len, off, cap;      /* off: bytes already handed to the script */
+};
+
+/* One transfer: a curl easy handle and what its callbacks collect. It is
+** malloc'd; its owner is the call waiting for it (request, open) and then
+** the response object (a stream), which frees it with http_xfer_free.
+** Callbacks never run Lua: they store and resume `op`. */
+struct http_xfer {
+  struct braid_list link;    /* in the multi's transfers while added */
+  struct http_multi *m;      /* NULL when not (or no longer) added */
+  braid_engine_t *E;
+  CURL *easy;
+  braid_op_t *op;            /* the task waiting on it, or NULL */
+  struct http_xfer **owner;  /* in the response object; cleared at free */
+  struct curl_slist *req_headers;
+  char *url;                 /* as requested (with the query), for errors */
+  FILE *out, *in;            /* opts.output, opts.body_file */
+  struct http_buf hdr, body;
+  struct braid_charge charge;
+  size_t max_body, received;
+  braid_resource_t res;      /* a stream: closed when its scope ends */
+  CURLcode result;
+  int out_err;               /* errno of a failed write to opts.output */
+  unsigned char stream, finished, headers_done, paused, follow;
+  unsigned char over_limit, nomem, location_seen, attached;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* The engine's multi handle, made on first use on its current loop; NULL
+** and *rc (a libuv code) when it cannot be made. */
+struct http_multi *braid__http_multi(braid_engine_t *E, int *rc);
+
+/* An easy handle, reused from the engine's multi when it keeps one (NULL
+** when out of memory); and back to it, or cleaned up. The engine's state
+** must be open (the handle's owner is collected there). */
+CURL *braid__http_easy_new(braid_engine_t *E);
+void braid__http_easy_free(braid_engine_t *E, CURL *e);
+
+/* Starts x on m: 0, or a libuv-style code (nothing added). */
+int braid__http_add(struct http_multi *m, struct http_xfer *x);
+
+/* Takes x off its multi (harmless when it is not on one): no libcurl
+** callback for x runs afterwards. */
+void braid__http_remove(struct http_xfer *x);
+
+/* Lets a paused transfer go on (after the reader took data). */
+void braid__http_unpause(struct http_xfer *x);
+
+/* http.c: libcurl finished x with `result` (or the engine detached from
+** its loop: CURLE_ABORTED_BY_CALLBACK); x is already off the multi. */
+void braid__http_done(struct http_xfer *x, CURLcode result);
+
+/* http.c: frees x (taking it off the multi, clearing its response
+** object's pointer; a task reading it gets kind "closed"). */
+void braid__http_xfer_free(struct http_xfer *x);
+
+/* Pushes the error of the failed transfer x. [-0, +1, m] */
+void braid__http_push_error(lua_State *L, struct http_xfer *x,
+                            const char *fname);
+
+/* http_response.c: the response object (braid.HttpResponse). newres
+** pushes a new one and returns its transfer slot. finish fills the
+** object at idx from its ended transfer and frees it; start_stream fills
+** it from the headers and makes the transfer a resource of the running
+** task's scope; check raises kind "http" for a status of 400 or more.
+** open_response sets the methods table as Response on the table at the
+** top. */
+struct http_xfer **braid__http_newres(lua_State *L);
+void braid__http_finish(lua_State *L, int idx, const char *fname);
+void braid__http_start_stream(lua_State *L, int idx);
+void braid__http_check(lua_State *L, int idx, const char *fname);
+void braid__http_open_response(lua_State *L);
+
+/* curl's name of code without CURLE_ ("COULDNT_CONNECT"). */
+const char *braid__http_code_name(CURLcode code);
+
+#endif

@@ -1,0 +1,381 @@
+-- http_spec.lua: braid.http and braid.json, against spec/http_server.py
+-- (Python's http.server on 127.0.0.1, started here and killed in
+-- teardown), plain and over TLS with a certificate made by openssl now.
+local braid = require "braid"
+local h = require "helper"
+
+local PY <const> = "/usr/bin/python3"
+
+-- Starts the test server; returns its base URL and pid.
+local function start_server(scheme, cert, key)
+  local base = os.tmpname()
+  local portfile = base .. ".port"
+  local cmd = PY .. " spec/http_server.py " .. portfile
+  if cert then cmd = cmd .. " " .. cert .. " " .. key end
+  local p = assert(io.popen(cmd .. " >/dev/null 2>&1 & echo $!"))
+  local pid = p:read("l")
+  p:close()
+  os.remove(base)
+  for _ = 1, 1000 do
+    local f = io.open(portfile)
+    if f then
+      local port = f:read("n")
+      f:close()
+      os.remove(portfile)
+      return scheme .. "://127.0.0.1:" .. port, pid
+    end
+    os.execute("sleep 0.01")
+  end
+  os.execute("kill " .. pid)
+  error("the test server did not start")
+end
+
+
+local URL, PID, TLS_URL, TLS_PID, CERT, KEY
+
+setup(function()
+  URL, PID = start_server("http")
+  local base = os.tmpname()
+  CERT, KEY = base .. ".crt", base .. ".key"
+  local _, err, code = h.sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+    .. "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout "
+    .. KEY .. " -out " .. CERT)
+  assert(code == 0, err)
+  os.remove(base)
+  TLS_URL, TLS_PID = start_server("https", CERT, KEY)
+end)
+
+teardown(function()
+  if PID then os.execute("kill " .. PID) end
+  if TLS_PID then os.execute("kill " .. TLS_PID) end
+  if CERT then os.remove(CERT) os.remove(KEY) end
+end)
+
+-- The server's connection counts.
+local function stats()
+  return braid.http.get(URL .. "/stats"):json()
+end
+
+-- Waits, bounded, until cond() holds.
+local function wait_until(cond, what)
+  local t0 = braid.now()
+  while not cond() do
+    if braid.now() - t0 > 10 then error("timed out waiting: " .. what) end
+    braid.sleep(0.02)
+  end
+end
+
+describe("braid.http.request", function()
+  it("returns status, lower-case headers, body, url, version and time", h.run(function()
+    local res = braid.http.request{url = URL .. "/bytes/1024"}
+    assert.are.equal(200, res.status)
+    assert.are.equal(1024, #res.body)
+    assert.are.equal("application/octet-stream", res.headers["content-type"])
+    assert.are.equal("1024", res.headers["content-length"])
+    assert.are.equal(URL .. "/bytes/1024", res.url)
+    assert.are.equal("1.1", res.http_version)
+    assert.is_true(res.time >= 0 and res.time < 30)
+  end))
+
+  it("joins repeated headers and lists them with header_list", h.run(function()
+    local res = braid.http.get(URL .. "/headers")
+    assert.are.equal("a=1, b=2", res.headers["set-cookie"])
+    assert.are.same({"a=1", "b=2"}, res:header_list("Set-Cookie"))
+    assert.are.same({"t"}, res:header_list("x-token"))
+    assert.are.same({}, res:header_list("x-absent"))
+    local lines = {}
+    for l in braid.http.get(URL .. "/chunked?n=3"):lines() do lines[#lines + 1] = l end
+    assert.are.same({"line 0", "line 1", "line 2"}, lines)
+    assert.are.equal("ok", res:read("a"))
+  end))
+
+  it("returns 4xx and 5xx as results, and raises them with check", h.run(function()
+    assert.are.equal(404, braid.http.get(URL .. "/status/404").status)
+    local res = braid.http.get(URL .. "/status/500")
+    assert.are.equal(500, res.status)
+    assert.are.equal("status 500", res.body)
+    local ok, e = pcall(braid.http.get, URL .. "/status/503", {check = true})
+    assert.is_false(ok)
+    assert.are.equal("http", e.kind)
+    assert.are.equal(503, e.status)
+    assert.are.equal("status 503", e.body)
+    assert.are.equal(URL .. "/status/503", e.url)
+  end))
+
+  it("raises kind http with curl's code and the url", h.run(function()
+    local srv = braid.tcp.listen("127.0.0.1", 0, function() end)
+    local port = srv:port()
+    srv:close()
+    local url = "http://127.0.0.1:" .. port .. "/"
+    local ok, e = pcall(braid.http.get, url)
+    assert.is_false(ok)
+    assert.are.equal("http", e.kind)
+    assert.are.equal("COULDNT_CONNECT", e.code)
+    assert.are.equal(url, e.url)
+    ok, e = pcall(braid.http.get, "nope://x/")
+    assert.are.equal("UNSUPPORTED_PROTOCOL", e.code)
+  end))
+
+  it("follows redirects, or not, up to max_redirects", h.run(function()
+    local res = braid.http.get(URL .. "/redirect/3")
+    assert.are.equal(200, res.status)
+    assert.are.equal("arrived", res.body)
+    assert.are.equal(URL .. "/redirect/0", res.url)
+    res = braid.http.get(URL .. "/redirect/3", {follow = false})
+    assert.are.equal(302, res.status)
+    assert.are.equal("/redirect/2", res.headers.location)
+    local ok, e = pcall(braid.http.get, URL .. "/redirect/5", {max_redirects = 2})
+    assert.is_false(ok)
+    assert.are.equal("TOO_MANY_REDIRECTS", e.code)
+  end))
+
+  it("sends method, headers, query and bodies", h.run(function()
+    local r = braid.http.request{url = URL .. "/echo", method = "PUT",
+      headers = {["X-One"] = "1", Accept = "text/plain"}, body = "hello",
+      query = {q = "a b&c", n = 2}}:json()
+    assert.are.equal("PUT", r.method)
+    assert.are.equal("/echo?n=2&q=a%20b%26c", r.path)
+    assert.are.equal("1", r.headers["x-one"])
+    assert.are.equal("hello", r.body)
+    r = braid.http.post(URL .. "/echo", {a = {1, 2}}):json()
+    assert.are.equal("POST", r.method)
+    assert.are.equal("application/json", r.headers["content-type"])
+    assert.are.same({a = {1, 2}}, braid.json.decode(r.body))
+    local parts = {"ab", "cd", "ef"}
+    local i = 0
+    r = braid.http.post(URL .. "/echo", function() i = i + 1 return parts[i] end):json()
+    assert.are.equal("abcdef", r.body)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(("z"):rep(100000))
+    f:close()
+    r = braid.http.request{url = URL .. "/echo", body_file = path}:json()
+    os.remove(path)
+    assert.are.equal("POST", r.method)
+    assert.are.equal(100000, #r.body)
+    assert.is_nil(braid.http.get(URL .. "/echo"):json().headers["accept-encoding"])
+    assert.matches("gzip", braid.http.get(URL .. "/echo",
+      {compressed = true}):json().headers["accept-encoding"])
+    local hd = braid.http.request{url = URL .. "/bytes/10", method = "HEAD"}
+    assert.are.equal(200, hd.status)
+    assert.are.equal("", hd.body)
+    assert.are.equal("10", hd.headers["content-length"])
+  end))
+
+  it("refuses bad options with usage errors", h.run(function()
+    local function usage(opts)
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      return e.message
+    end
+    assert.matches("url", usage{})
+    assert.matches("unknown", usage{url = URL, colour = 1})
+    assert.matches("timeout", usage{url = URL, timeout = "soon"})
+    assert.matches("http_version", usage{url = URL, http_version = "9"})
+    assert.matches("line break", usage{url = URL, headers = {X = "a\r\nb: c"}})
+    assert.matches("body", usage{url = URL, body = true})
+  end))
+
+  it("times out mid-body with OPERATION_TIMEDOUT, closing the connection", h.run(function()
+    local t0 = braid.now()
+    local ok, e = pcall(braid.http.get, URL .. "/stall", {timeout = 0.3})
+    assert.is_false(ok)
+    assert.are.equal("OPERATION_TIMEDOUT", e.code)
+    assert.is_true(braid.now() - t0 < 10)
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
+  it("stops at once under braid.timeout; the server sees the close", h.run(function()
+    local ok, e = pcall(braid.timeout, 0.2, braid.http.get, URL .. "/hang")
+    assert.is_false(ok)
+    assert.is_true(braid.is_timeout(e))
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
+  it("fails fast in a gather of 50: the rest are cancelled and their connections closed", h.run(function()
+    local fns = {}
+    for i = 1, 50 do
+      fns[i] = function()
+        if i == 25 then
+          braid.sleep(0.3)
+          return braid.http.get(URL .. "/status/500", {check = true})
+        end
+        return braid.http.get(URL .. "/hang")
+      end
+    end
+    local t = braid.spawn(function()
+      wait_until(function() return stats().hanging == 49 end, "49 hanging requests")
+    end)
+    local ok, e = pcall(braid.gather, table.unpack(fns))
+    assert.is_false(ok)
+    assert.are.equal("http", e.kind)
+    assert.are.equal(500, e.status)
+    t:cancel()
+    wait_until(function() return stats().hanging == 0 end, "every connection closed")
+  end))
+
+  it("caps the body at max_body with kind limit", h.run(function()
+    local ok, e = pcall(braid.http.get, URL .. "/bytes/100000", {max_body = 1000})
+    assert.is_false(ok)
+    assert.are.equal("limit", e.kind)
+    assert.are.equal("max_body", e.option)
+    assert.are.equal(1000, e.limit)
+    assert.are.equal(100000, #braid.http.get(URL .. "/bytes/100000").body)
+  end))
+
+  it("writes the body to a file with output", h.run(function()
+    local path = os.tmpname()
+    local res = braid.http.get(URL .. "/bytes/300000", {output = path})
+    assert.are.equal(200, res.status)
+    assert.is_nil(res.body)
+    local f = assert(io.open(path, "rb"))
+    assert.are.equal(300000, #f:read("a"))
+    f:close()
+    os.remove(path)
+    local ok, e = pcall(braid.http.get, URL .. "/bytes/1", {output = "/nonexistent/x"})
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind)
+    assert.are.equal("ENOENT", e.code)
+  end))
+
+  it("speaks TLS: verify = false, a custom CA, and refuses an unknown one", h.run(function()
+    local ok, e = pcall(braid.http.get, TLS_URL .. "/bytes/10")
+    assert.is_false(ok)
+    assert.are.equal("PEER_FAILED_VERIFICATION", e.code)
+    assert.are.equal(10, #braid.http.get(TLS_URL .. "/bytes/10", {verify = false}).body)
+    assert.are.equal("arrived", braid.http.get(TLS_URL .. "/redirect/1",
+                                               {ca_file = CERT}).body)
+  end))
+
+  it("runs many requests concurrently on one loop", h.run(function()
+    local fns = {}
+    for i = 1, 40 do
+      fns[i] = function() return #braid.http.get(URL .. "/bytes/" .. i).body end
+    end
+    local r = {braid.gather(table.unpack(fns))}
+    for i = 1, 40 do assert.are.equal(i, r[i]) end
+  end))
+end)
+
+describe("braid.http.open", function()
+  it("returns at the headers and streams lines as they come (SSE)", h.run(function()
+    local res <close> = braid.http.open{url = URL .. "/sse?n=3"}
+    assert.are.equal(200, res.status)
+    assert.are.equal("text/event-stream", res.headers["content-type"])
+    local got = {}
+    for line in res:lines() do
+      if line ~= "" then got[#got + 1] = line end
+    end
+    assert.are.same({"data: event 0", "data: event 1", "data: event 2"}, got)
+  end))
+
+  it("returns before the body and closes its connection on close", h.run(function()
+    local res = braid.http.open{url = URL .. "/stall"}
+    assert.are.equal(200, res.status)
+    assert.are.equal(("y"):rep(10), res:read())
+    res:close()
+    assert.is_nil(res:read())
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
+  it("pauses a large body until it is read (back-pressure)", h.run(function()
+    local res <close> = braid.http.open{url = URL .. "/bytes/5000000"}
+    local n, reads = 0, 0
+    while true do
+      local chunk = res:read(100000)
+      if not chunk then break end
+      assert.is_true(#chunk <= 100000)
+      n = n + #chunk
+      reads = reads + 1
+      if reads % 10 == 0 then braid.sleep(0.001) end
+    end
+    assert.are.equal(5000000, n)
+  end))
+
+  it("reads everything with read('a') and json()", h.run(function()
+    local res = braid.http.open{url = URL .. "/json"}
+    local v = res:json()
+    assert.are.equal("braid", v.name)
+    assert.is_nil(res:read())
+  end))
+
+  it("is closed when its scope ends; a cancelled read leaves it open", h.run(function()
+    braid.scope(function()
+      local res = braid.http.open{url = URL .. "/stall"}
+      res:read()
+      local ok = pcall(braid.timeout, 0.1, res.read, res)
+      assert.is_false(ok)
+      wait_until(function() return stats().hanging == 1 end, "still open")
+    end)
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
+  it("raises an error mid-body from the read that reaches it, after the bytes before it", h.run(function()
+    local res <close> = braid.http.open{url = URL .. "/stall", timeout = 0.5}
+    local got = {}
+    local ok, e = pcall(function()
+      while true do
+        local chunk = res:read()
+        if not chunk then break end
+        got[#got + 1] = chunk
+      end
+    end)
+    assert.is_false(ok)
+    assert.are.equal("OPERATION_TIMEDOUT", e.code)
+    assert.are.equal(("y"):rep(10), table.concat(got))
+    assert.is_nil(res:read())
+    wait_until(function() return stats().hanging == 0 end, "server sees the close")
+  end))
+
+  it("raises the transfer's error from open", h.run(function()
+    local ok, e = pcall(braid.http.open, {url = URL .. "/hang", timeout = 0.2})
+    assert.is_false(ok)
+    assert.are.equal("OPERATION_TIMEDOUT", e.code)
+  end))
+end)
+
+describe("braid.http leaves nothing behind", function()
+  it("closes every socket and handle when the run ends", function()
+    local before = #braid.run(function() return braid.fs.list("/proc/self/fd") end)
+    braid.run(function()
+      for _ = 1, 3 do braid.http.get(URL .. "/bytes/10") end
+      pcall(braid.timeout, 0.1, braid.http.get, URL .. "/hang")
+      local res = braid.http.open{url = URL .. "/stall"}
+      res:read()
+    end)
+    local after = #braid.run(function() return braid.fs.list("/proc/self/fd") end)
+    assert.are.equal(before, after)
+  end)
+end)
+
+describe("braid.json", function()
+  it("round-trips values; null and empty arrays as documented", function()
+    local j = braid.json
+    local v = {s = "x\n\"", n = 1.5, i = 3, t = true, a = {1, "b", {c = {}}}}
+    assert.are.same(v, j.decode(j.encode(v)))
+    assert.are.equal("null", j.encode(j.null))
+    assert.are.equal(j.null, j.decode("[null]")[1])
+    assert.are.same({}, j.decode("[]"))
+    assert.are.equal("{}", j.encode({}))
+    assert.are.equal("[1,2]", j.encode({1, 2}))
+  end)
+
+  it("names the position of a decode error", function()
+    local ok, e = pcall(braid.json.decode, '{"a": [1, 2,, 3]}')
+    assert.is_false(ok)
+    assert.are.equal("json", e.kind)
+    assert.are.equal(13, e.position)
+    assert.matches("character 13", e.message)
+    ok, e = pcall(braid.json.decode, 5)
+    assert.are.equal("usage", e.kind)
+  end)
+
+  it("raises kind json for what JSON cannot hold", function()
+    local ok, e = pcall(braid.json.encode, {f = print})
+    assert.is_false(ok)
+    assert.are.equal("json", e.kind)
+    ok, e = pcall(braid.json.encode, 0/0)
+    assert.are.equal("json", e.kind)
+  end)
+end)
