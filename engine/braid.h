@@ -68,6 +68,8 @@ typedef struct braid_options {
                                 may hold; 0: no limit */
   int instruction_budget;    /* VM instructions per resume; 0: no limit */
   int signals;               /* nonzero: Ctrl-C cancels, SIGQUIT dumps */
+  int plain_malloc;          /* nonzero: the state allocates with malloc,
+                                not braid's huge-page arena */
 } braid_options_t;
 
 /* Task status (braid_task_status). */

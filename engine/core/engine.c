@@ -37,7 +37,10 @@ braid_engine_t *braid_engine (lua_State *L) {
 
 static int l_engine_gc (lua_State *L) {
   braid_engine_t *E = *(braid_engine_t **) lua_touserdata(L, 1);
-  if (!E->embedded) braid__engine_unref(E);
+  if (!E->embedded) {
+    braid__arena_orphan(E->arena);   /* it outlives E (arena.c) */
+    braid__engine_unref(E);
+  }
   return 0;
 }
 
