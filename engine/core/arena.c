@@ -100,9 +100,11 @@ static int region_add (struct braid_arena *A, uintptr_t r) {
   return 1;
 }
 
-/* A 2 MB-aligned region, advised onto huge pages; NULL when none could be
+/* A 2 MB-aligned region, advised onto huge pages unless it is the first
+** (`huge` 0): a small script touches a few hundred KB of its first region,
+** and a huge page would make that 2 MB of RSS. NULL when none could be
 ** mapped (the address space limit, say). */
-static char *region_map (void) {
+static char *region_map (int huge) {
   size_t len = 2 * REGION;
   char *p = (char *) mmap(NULL, len, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -112,7 +114,9 @@ static char *region_map (void) {
   if (r > p) munmap(p, (size_t) (r - p));
   if (r + REGION < p + len) munmap(r + REGION, (size_t) (p + len - r - REGION));
 #ifdef MADV_HUGEPAGE
-  madvise(r, REGION, MADV_HUGEPAGE);   /* advice: no huge page is no error */
+  if (huge) madvise(r, REGION, MADV_HUGEPAGE);   /* advice: may be ignored */
+#else
+  (void) huge;
 #endif
   return r;
 }
@@ -120,7 +124,7 @@ static char *region_map (void) {
 /* Moves the bump pointer to a new region; what was left of the old one
 ** goes to the free list of its size. 0 when no region could be had. */
 static int arena_grow (struct braid_arena *A) {
-  char *r = region_map();
+  char *r = region_map(A->nkeys > 0);
   size_t rest = (size_t) (A->end - A->bump);
   if (r == NULL) return 0;
   if (!region_add(A, (uintptr_t) r)) {
@@ -289,7 +293,9 @@ struct braid_arena *braid__arena_adopt (lua_State *L) {
     A->orphan = 0;
     return A;
   }
-  if (f != stock_alloc() || (A = braid__arena_new()) == NULL) return NULL;
+  if (!arena_wanted() || f != stock_alloc() ||
+      (A = braid__arena_new()) == NULL)
+    return NULL;
   arena_pin();
   A->next_f = f;
   A->next_ud = ud;
