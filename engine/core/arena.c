@@ -177,7 +177,8 @@ static void arena_put (struct braid_arena *A, void *b, size_t n) {
 void *braid__arena_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   struct braid_arena *A = (struct braid_arena *) ud;
   void *q;
-  if (ptr != NULL && !region_owns(A, ptr))   /* malloc's, or foreign */
+  if (ptr != NULL && (osize > ARENA_SMALL || !region_owns(A, ptr)))
+    /* malloc's, or foreign */
     return A->next_f(A->next_ud, ptr, osize, nsize);
   if (nsize == 0) {   /* ptr is NULL or the arena's */
     if (ptr != NULL) arena_put(A, ptr, osize);
