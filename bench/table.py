@@ -9,7 +9,9 @@ Every ratio reads the same way: braid/floor >= 1 is braid's overhead over the
 floor and peer/braid > 1 means braid is that many times better than the peer.
 All metrics are lower-is-better except W5's round trips/s, whose ratios are
 taken the other way round (floor/braid, braid/peer) so that they still read so.
-W5's wall-s row is 100,000 / round trips/s: the measured wall s for a full-size
+Each time metric has a warm row (median of the warm rounds in one process) and
+a cold one (the first round in a fresh process; bench/README.md).
+W5's wall-s rows are 100,000 / round trips/s: the measured wall s for a full-size
 run (50 x 2,000), the same rate scaled to 100k round trips for a scaled-down one.
 """
 import sys
@@ -24,7 +26,13 @@ ROWS = [  # (workload, key, label)
     ("W5", "trips_per_s", "round trips/s (higher is better)"),
     ("W6", "ms_per_proc", "ms per process"),
 ]
-HIGHER_IS_BETTER = {("W5", "trips_per_s")}
+# Each time row has a cold twin: the first round in a fresh process (a
+# median of such first rounds for W1-W4; bench/run's cold_runs), where the
+# plain row is the median of the warm rounds that follow it in one process.
+ROWS = [r for w, key, label in ROWS for r in
+        ([(w, key, label)] if key == "bytes_per_task" else
+         [(w, key, label + ", warm"), (w, "cold_" + key, label + ", cold")])]
+HIGHER_IS_BETTER = {("W5", "trips_per_s"), ("W5", "cold_trips_per_s")}
 IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node"]
 PEERS = ["asyncio", "uvloop", "trio", "node"]
 FLOOR_NOTES = [
@@ -57,8 +65,8 @@ for line in open(sys.argv[1]):
 
 # W5: the wall row is derived from the rate (see the docstring).
 for (w, key, impl), v in list(values.items()):
-    if (w, key) == ("W5", "trips_per_s") and v > 0:
-        values[("W5", "wall_s", impl)] = 1e5 / v
+    if (w, key) in HIGHER_IS_BETTER and v > 0:
+        values[("W5", key.replace("trips_per_s", "wall_s"), impl)] = 1e5 / v
 
 
 def fmt(v):

@@ -208,27 +208,38 @@ async def w6(n):
 
 
 def bench(fn, n, rounds):
+    """Round 0 runs first in this fresh process (cold), then `rounds` warm
+    rounds; returns (cold, median of the warm ones or None)."""
     samples = []
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         gc.collect()
         samples.append(asyncio.run(fn(n)))
-    return statistics.median(samples)
+    return samples[0], (statistics.median(samples[1:]) if rounds else None)
+
+
+def report(w, key, cold_warm):
+    cold, warm = cold_warm
+    if warm is not None:
+        result(w, key, warm)
+    result(w, "cold_" + key, cold)
 
 
 if which == "W1":
-    result("W1", "ns_per_task", bench(w1, n or 100000, rounds or 5))
+    report("W1", "ns_per_task", bench(w1, n or 100000, 5 if rounds is None else rounds))
 elif which == "W2":
-    result("W2", "wall_ms", bench(w2, n or 20000, rounds or 5))
+    report("W2", "wall_ms", bench(w2, n or 20000, 5 if rounds is None else rounds))
 elif which == "W3":
-    result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 5))
+    report("W3", "ms_raise_to_raised", bench(w3, n or 10000, 5 if rounds is None else rounds))
 elif which == "W4":
-    result("W4", "ns_per_msg", bench(w4, n or 1000000, rounds or 3))
+    report("W4", "ns_per_msg", bench(w4, n or 1000000, 3 if rounds is None else rounds))
 elif which == "W5":
     trips = n or 2000
-    wall = bench(w5, trips, rounds or 3)
-    result("W5", "wall_s", wall)
-    result("W5", "trips_per_s", CLIENTS * trips / wall)
+    cold, wall = bench(w5, trips, 3 if rounds is None else rounds)
+    report("W5", "wall_s", (cold, wall))
+    if wall is not None:
+        result("W5", "trips_per_s", CLIENTS * trips / wall)
+    result("W5", "cold_trips_per_s", CLIENTS * trips / cold)
 elif which == "W6":
-    result("W6", "ms_per_proc", bench(w6, n or 400, rounds or 3))
+    report("W6", "ms_per_proc", bench(w6, n or 400, 3 if rounds is None else rounds))
 else:
     sys.exit("usage: w_asyncio.py [--uvloop] W1|W2|W3|W4|W5|W6 [n] [rounds]")

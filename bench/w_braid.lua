@@ -1,5 +1,6 @@
 -- braid's side of W1..W6.
 -- usage: build/braid bench/w_braid.lua W1|W2|W3|W4|W5|W6 [n] [rounds]
+--   (round 0, the cold one, runs first; then `rounds` warm rounds)
 --   (W5: n = round trips per client; W6: n = processes)
 --    or: LUA_CPATH='build/?.so;;' lua5.4 bench/w_braid.lua ...   (module form)
 -- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
@@ -29,13 +30,20 @@ local function result(w, key, v)
   io.write(string.format("RESULT %s braid %s=%.3f\n", w, key, v))
 end
 
+-- samples[0] is round 0, the first in this fresh process (cold); the
+-- median is of rounds 1..n (warm), when there are any.
+local function report(w, key, samples)
+  if #samples > 0 then result(w, key, median(samples)) end
+  result(w, "cold_" .. key, samples[0])
+end
+
 -- W1: spawn n no-op tasks, then await all n.
 local function w1()
   n, rounds = n or 100000, rounds or 5
   local done = 0
   local function noop() done = done + 1 end
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage(); done = 0
     local tasks = {}
     local s = stamp()
@@ -44,7 +52,7 @@ local function w1()
     samples[r] = since(s) * 1e9 / n
     assert(done == n, "W1 braid: only " .. done .. " of " .. n .. " tasks ran")
   end
-  result("W1", "ns_per_task", median(samples))
+  report("W1", "ns_per_task", samples)
 end
 
 -- W2: n tasks each sleeping 50 ms concurrently; wall ms from the first spawn
@@ -55,7 +63,7 @@ local function w2()
   local done = 0
   local function sleeper() braid.sleep(0.05); done = done + 1 end
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage(); done = 0
     local tasks = {}
     local s = stamp()
@@ -65,7 +73,7 @@ local function w2()
     assert(done == n, "W2 braid: only " .. done .. " of " .. n .. " tasks woke")
     assert(samples[r] >= 49, "W2 braid: 50 ms sleeps finished after only " .. samples[r] .. " ms")
   end
-  result("W2", "wall_ms", median(samples))
+  report("W2", "wall_ms", samples)
 end
 
 -- W3: n siblings sleeping 10 s, each holding a <close> guard, plus one that
@@ -74,7 +82,7 @@ local function w3()
   n, rounds = n or 10000, rounds or 5
   local BOOM = setmetatable({}, {__tostring = function() return "boom" end})
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local closed = 0
     local guard_mt = {__close = function() closed = closed + 1 end}
@@ -101,7 +109,7 @@ local function w3()
     assert(since(s) < 5, "W3 braid: the gather waited for the sleepers")
     samples[r] = ms
   end
-  result("W3", "ms_raise_to_raised", median(samples))
+  report("W3", "ms_raise_to_raised", samples)
 end
 
 -- W4: two tasks ping-pong over two channels of capacity 1; n messages (a
@@ -110,7 +118,7 @@ local function w4()
   n, rounds = n or 1000000, rounds or 5
   local trips = n // 2
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local ping, pong = braid.channel(1), braid.channel(1)
     local got, echoed = 0, 0
@@ -138,7 +146,7 @@ local function w4()
     assert(got == trips and echoed == trips * (trips + 1) // 2,
       "W4 braid: not every message was delivered (" .. got .. " of " .. trips .. " round trips)")
   end
-  result("W4", "ns_per_msg", median(samples))
+  report("W4", "ns_per_msg", samples)
 end
 
 -- W5: TCP echo on 127.0.0.1, server and 50 clients in this one process; each
@@ -150,7 +158,7 @@ local function w5()
   rounds = rounds or 3
   local samples = {}
   local total
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local server = braid.tcp.listen("127.0.0.1", 0, function(conn)
       while true do
@@ -192,9 +200,9 @@ local function w5()
     assert(total == clients * trips,
       "W5 braid: only " .. total .. " of " .. clients * trips .. " round trips")
   end
-  local wall = median(samples)
-  result("W5", "wall_s", wall)
-  result("W5", "trips_per_s", total / wall)
+  report("W5", "wall_s", samples)
+  if #samples > 0 then result("W5", "trips_per_s", total / median(samples)) end
+  result("W5", "cold_trips_per_s", total / samples[0])
 end
 
 -- W6: run /bin/true n times, at most 8 at once (braid.map with limit 8), each
@@ -204,7 +212,7 @@ local function w6()
   local list = {}
   for i = 1, n do list[i] = i end
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local ok = 0
     local s = stamp()
@@ -215,7 +223,7 @@ local function w6()
     samples[r] = since(s) * 1e3 / n
     assert(ok == n, "W6 braid: only " .. ok .. " of " .. n .. " processes exited 0")
   end
-  result("W6", "ms_per_proc", median(samples))
+  report("W6", "ms_per_proc", samples)
 end
 
 local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4, W5 = w5, W6 = w6}

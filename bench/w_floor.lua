@@ -1,5 +1,6 @@
 -- The floors: what stock Lua 5.4 plain coroutines cost, with no scheduler.
 -- usage: lua5.4 bench/w_floor.lua W1|W2|W3|W4 [n] [rounds]
+--   (round 0, the cold one, runs first; then `rounds` warm rounds)
 -- Prints RESULT lines; exits non-zero (via assert/error) if the work was not all done.
 -- Times with os.clock() (CPU seconds, microsecond resolution): stock Lua has no
 -- finer wall clock, and every floor interval here is CPU-bound.
@@ -18,6 +19,13 @@ local function result(w, impl, key, v)
   io.write(string.format("RESULT %s %s %s=%.3f\n", w, impl, key, v))
 end
 
+-- samples[0] is round 0, the first in this fresh process (cold); the
+-- median is of rounds 1..n (warm), when there are any.
+local function report(w, impl, key, samples)
+  if #samples > 0 then result(w, impl, key, median(samples)) end
+  result(w, impl, "cold_" .. key, samples[0])
+end
+
 -- W1: run 100k no-op tasks, each a coroutine.
 --   floor:     create + resume each in turn (what a lazy scheduler can reach)
 --   floor_all: create all, then resume all (spawn-all-then-await-all, eagerly)
@@ -26,7 +34,7 @@ local function w1()
   local done = 0
   local function noop() done = done + 1 end
   local each, all = {}, {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage(); done = 0
     local t0 = clock()
     for _ = 1, n do
@@ -44,8 +52,8 @@ local function w1()
     all[r] = (clock() - t0) * 1e9 / n
     assert(done == n, "W1 floor_all: not every coroutine ran")
   end
-  result("W1", "floor", "ns_per_task", median(each))
-  result("W1", "floor_all", "ns_per_task", median(all))
+  report("W1", "floor", "ns_per_task", each)
+  report("W1", "floor_all", "ns_per_task", all)
 end
 
 -- W2 (memory floor only): park n coroutines, each suspended inside a function
@@ -74,7 +82,7 @@ local function w3()
   n, rounds = n or 10000, rounds or 5
   local CANCEL, BOOM = setmetatable({}, {__name = "cancel"}), setmetatable({}, {__name = "boom"})
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local closed = 0
     local guard_mt = {__close = function() closed = closed + 1 end}
@@ -111,7 +119,7 @@ local function w3()
     assert(closed == n, "W3 floor: only " .. closed .. " of " .. n .. " cleanups ran")
     samples[r] = (t1 - t_raise) * 1e3
   end
-  result("W3", "floor", "ms_raise_to_raised", median(samples))
+  report("W3", "floor", "ms_raise_to_raised", samples)
 end
 
 -- W4: two coroutines ping-pong through two 1-slot queues, driven by a tiny
@@ -123,7 +131,7 @@ local function w4()
   local trips = n // 2
   local yield, resume = coroutine.yield, coroutine.resume
   local samples = {}
-  for r = 1, rounds do
+  for r = 0, rounds do
     collectgarbage()
     local runq, head, tail = {}, 1, 0
     local function ready(co) tail = tail + 1; runq[tail] = co end
@@ -176,7 +184,7 @@ local function w4()
       "W4 floor: not every message was delivered (" .. got .. " of " .. trips .. " round trips)")
     assert(coroutine.status(pinger) == "dead" and coroutine.status(ponger) == "dead")
   end
-  result("W4", "floor", "ns_per_msg", median(samples))
+  report("W4", "floor", "ns_per_msg", samples)
 end
 
 local fns = {W1 = w1, W2 = w2, W3 = w3, W4 = w4}

@@ -133,20 +133,29 @@ async def w4(n):
 
 
 def bench(fn, n, rounds):
+    """Round 0 runs first in this fresh process (cold), then `rounds` warm
+    rounds; returns (cold, median of the warm ones or None)."""
     samples = []
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         gc.collect()
         samples.append(trio.run(fn, n))
-    return statistics.median(samples)
+    return samples[0], (statistics.median(samples[1:]) if rounds else None)
+
+
+def report(w, key, cold_warm):
+    cold, warm = cold_warm
+    if warm is not None:
+        result(w, key, warm)
+    result(w, "cold_" + key, cold)
 
 
 if which == "W1":
-    result("W1", "ns_per_task", bench(w1, n or 100000, rounds or 3))
+    report("W1", "ns_per_task", bench(w1, n or 100000, 3 if rounds is None else rounds))
 elif which == "W2":
-    result("W2", "wall_ms", bench(w2, n or 20000, rounds or 3))
+    report("W2", "wall_ms", bench(w2, n or 20000, 3 if rounds is None else rounds))
 elif which == "W3":
-    result("W3", "ms_raise_to_raised", bench(w3, n or 10000, rounds or 3))
+    report("W3", "ms_raise_to_raised", bench(w3, n or 10000, 3 if rounds is None else rounds))
 elif which == "W4":
-    result("W4", "ns_per_msg", bench(w4, n or 1000000, rounds or 3))
+    report("W4", "ns_per_msg", bench(w4, n or 1000000, 3 if rounds is None else rounds))
 else:
     sys.exit("usage: w_trio.py W1|W2|W3|W4 [n] [rounds]")

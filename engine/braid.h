@@ -72,6 +72,8 @@ typedef struct braid_options {
   const char *trace;         /* a file to record an execution trace in
                                 (Chrome trace-event JSON) until braid_close;
                                 NULL: none */
+  int plain_malloc;          /* nonzero: the state allocates with malloc,
+                                not braid's huge-page arena */
 } braid_options_t;
 
 /* Task status (braid_task_status). */

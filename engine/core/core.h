@@ -338,6 +338,9 @@ struct braid_engine {
   lua_Alloc alloc_f;
   void *alloc_ud;
   void *reserve;               /* freed when the scheduler runs out */
+  struct braid_arena *arena;   /* the state's small blocks (arena.c); NULL:
+                               ** malloc. Owned when embedded; adopted by
+                               ** braid.run, orphaned by the box's __gc */
   unsigned char oom;           /* it was: fail at the next safe point */
   struct braid_trace *trace;   /* the recording (trace.c), or NULL */
 };
@@ -357,6 +360,15 @@ int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
 void braid__engine_detach(braid_engine_t *E);
 void braid__engine_unref(braid_engine_t *E);
 void *braid__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* The huge-page arena of a state's small blocks (arena.c): new returns NULL
+** when it is turned off (BRAID_ARENA=0, AddressSanitizer) or cannot be had;
+** adopt takes over a luaL_newstate state's allocator (NULL if it has
+** another); orphan lets an adopted arena outlive its engine. */
+struct braid_arena *braid__arena_new(void);
+void braid__arena_free(struct braid_arena *A);
+struct braid_arena *braid__arena_adopt(lua_State *L);
+void braid__arena_orphan(struct braid_arena *A);
+void *braid__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void braid__reserve_take(braid_engine_t *E);
 void braid__reserve_free(braid_engine_t *E);
 void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,

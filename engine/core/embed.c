@@ -149,6 +149,7 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
     E->owns_loop = 1;
     loop = &E->own_loop;
   }
+  if (!opts->plain_malloc) E->arena = braid__arena_new();
   L = lua_newstate(braid__alloc, E);
   if (L == NULL) goto fail_loop;
   lua_pushcfunction(L, l_api_open);
@@ -172,6 +173,7 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   }
   return E;
 fail_loop:
+  braid__arena_free(E->arena);   /* after lua_close: its blocks are gone */
   if (E->owns_loop) uv_loop_close(&E->own_loop);
   free(E->heap);
   free(E);
@@ -223,6 +225,8 @@ void braid_close (braid_engine_t *E) {
   }
   lua_close(E->L);
   braid__reserve_free(E);
+  braid__arena_free(E->arena);   /* last: the reserve was the state's */
+  E->arena = NULL;
   E->L = E->S = NULL;
   braid__engine_unref(E);   /* the state's reference; handles hold theirs */
 }

@@ -73,7 +73,10 @@ static int l_engine_gc (lua_State *L) {
     lua_setmetatable(L, 1);
     return 0;
   }
-  if (!box->E->embedded) braid__engine_unref(box->E);
+  if (!box->E->embedded) {
+    braid__arena_orphan(box->E->arena);   /* it outlives E (arena.c) */
+    braid__engine_unref(box->E);
+  }
   return 0;
 }
 

@@ -36,9 +36,11 @@
 
 #define RESERVE_SIZE (64 * 1024)
 
-static void *reserve_alloc (braid_engine_t *E, void *ptr, size_t osize,
-                            size_t nsize) {
+/* The state's own allocator: the arena (arena.c) or malloc. */
+static void *state_alloc (braid_engine_t *E, void *ptr, size_t osize,
+                          size_t nsize) {
   if (E->alloc_f) return E->alloc_f(E->alloc_ud, ptr, osize, nsize);
+  if (E->arena) return braid__arena_alloc(E->arena, ptr, osize, nsize);
   if (nsize == 0) {
     free(ptr);
     return NULL;
@@ -50,11 +52,11 @@ static void *reserve_alloc (braid_engine_t *E, void *ptr, size_t osize,
 ** engine then runs without one. */
 void braid__reserve_take (braid_engine_t *E) {
   if (E->reserve == NULL)
-    E->reserve = reserve_alloc(E, NULL, LUA_TUSERDATA, RESERVE_SIZE);
+    E->reserve = state_alloc(E, NULL, LUA_TUSERDATA, RESERVE_SIZE);
 }
 
 void braid__reserve_free (braid_engine_t *E) {
-  if (E->reserve) reserve_alloc(E, E->reserve, RESERVE_SIZE, 0);
+  if (E->reserve) state_alloc(E, E->reserve, RESERVE_SIZE, 0);
   E->reserve = NULL;
 }
 
@@ -74,7 +76,7 @@ static int reserve_give (braid_engine_t *E) {
 void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
                             size_t nsize) {
   if (E->current || E->loading || !reserve_give(E)) return NULL;
-  return reserve_alloc(E, ptr, osize, nsize);
+  return state_alloc(E, ptr, osize, nsize);
 }
 
 /* ---- braid's own C heap ----
@@ -246,6 +248,7 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
 ** reserve could be set aside. */
 int braid__run_alloc_begin (lua_State *L, braid_engine_t *E) {
   if (lua_getallocf(L, NULL) != run_alloc) {   /* else a run raised early */
+    E->arena = braid__arena_adopt(L);   /* kept after the run (arena.c) */
     E->alloc_f = lua_getallocf(L, &E->alloc_ud);
     lua_setallocf(L, run_alloc, E);
   }
@@ -273,7 +276,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   size_t old = ptr ? osize : 0;
   void *p;
   if (nsize == 0) {
-    free(ptr);
+    state_alloc(E, ptr, osize, 0);
     E->mem_used -= old;
     return NULL;
   }
@@ -281,7 +284,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
                                       E->callback) &&
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
-  p = realloc(ptr, nsize);
+  p = state_alloc(E, ptr, osize, nsize);
   if (p == NULL) p = braid__reserve_spend(E, ptr, osize, nsize);
   if (p) E->mem_used = E->mem_used - old + nsize;
   return p;

@@ -1,0 +1,320 @@
+/*
+** arena.c: the allocator of braid's Lua states. Small blocks (up to
+** ARENA_SMALL bytes, nearly everything Lua allocates: strings, tables,
+** closures, coroutines and their stacks, task userdata) come from 2 MB
+** regions the kernel may back with transparent huge pages; bigger blocks
+** go to malloc. A fresh process that spawns 100k tasks then takes a few
+** dozen 2 MB page faults instead of tens of thousands of 4 KB ones (half
+** of W1's cold time was first-touch faults: docs/internals.md).
+**
+** Invariants:
+** - A block is the arena's exactly when its address lies in one of the
+**   arena's regions (region_owns); every other block (large ones, those
+**   of the allocator the state had before braid took it over, small ones
+**   made while no region could be mapped) belongs to `next_f`, which
+**   frees and reallocates it.
+** - A small block of n bytes occupies class (n + 15) / 16 and is kept on
+**   that class's free list when freed; regions are handed back to the
+**   kernel only when the arena is freed, so its memory is reused by Lua,
+**   not returned to the system (like malloc's heap, without trimming).
+** - Under AddressSanitizer the arena is off unless BRAID_ARENA=1: every
+**   block then comes from malloc, whose quarantine and redzones catch what
+**   an arena would hide. Forced on, free blocks and unused tails are
+**   poisoned, so a use after free is still caught until the block is
+**   reused.
+*/
+#define _GNU_SOURCE   /* dladdr */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "core.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_ASAN 1
+#endif
+#endif
+#ifdef ARENA_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define POISON(p, n) ((void) (p), (void) (n))
+#define UNPOISON(p, n) ((void) (p), (void) (n))
+#endif
+
+#define REGION ((size_t) 2 << 20)      /* one huge page */
+#define ARENA_SMALL 1024               /* bytes; larger blocks: malloc */
+#define NCLASS (ARENA_SMALL / 16 + 1)
+#define CLASS(n) (((n) + 15) >> 4)
+
+struct braid_arena {
+  void *free[NCLASS];        /* per class, LIFO, linked through the block */
+  char *bump, *end;          /* the current region's unused tail */
+  uintptr_t *keys;           /* region addresses, open addressing */
+  size_t nkeys, cap;         /* cap: a power of two, or 0 */
+  size_t live;               /* blocks handed out and not freed */
+  lua_Alloc next_f;          /* everything not small, and foreign blocks */
+  void *next_ud;
+  lua_State *L;              /* a state adopted from lauxlib (see below) */
+  unsigned char orphan;      /* its engine is gone: no new small blocks */
+};
+
+/* ---- regions ---- */
+
+static size_t region_slot (const struct braid_arena *A, uintptr_t key) {
+  size_t mask = A->cap - 1;
+  size_t i = (size_t) ((key >> 21) * UINT64_C(0x9E3779B97F4A7C15) >> 40) &
+             mask;
+  while (A->keys[i] != 0 && A->keys[i] != key) i = (i + 1) & mask;
+  return i;
+}
+
+static int region_owns (const struct braid_arena *A, const void *p) {
+  uintptr_t key = (uintptr_t) p & ~(uintptr_t) (REGION - 1);
+  return A->cap && A->keys[region_slot(A, key)] == key;
+}
+
+/* Records region r; 0 when the table could not grow. */
+static int region_add (struct braid_arena *A, uintptr_t r) {
+  if (2 * (A->nkeys + 1) > A->cap) {
+    size_t cap = A->cap ? 2 * A->cap : 16, i;
+    uintptr_t *old = A->keys;
+    size_t ocap = A->cap;
+    A->keys = (uintptr_t *) calloc(cap, sizeof *A->keys);
+    if (A->keys == NULL) {
+      A->keys = old;
+      return 0;
+    }
+    A->cap = cap;
+    for (i = 0; i < ocap; i++)
+      if (old[i]) A->keys[region_slot(A, old[i])] = old[i];
+    free(old);
+  }
+  A->keys[region_slot(A, r)] = r;
+  A->nkeys++;
+  return 1;
+}
+
+/* A 2 MB-aligned region, advised onto huge pages unless it is the first
+** (`huge` 0): a small script touches a few hundred KB of its first region,
+** and a huge page would make that 2 MB of RSS. NULL when none could be
+** mapped (the address space limit, say). */
+static char *region_map (int huge) {
+  size_t len = 2 * REGION;
+  char *p = (char *) mmap(NULL, len, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char *r;
+  if (p == MAP_FAILED) return NULL;
+  r = (char *) (((uintptr_t) p + REGION - 1) & ~(uintptr_t) (REGION - 1));
+  if (r > p) munmap(p, (size_t) (r - p));
+  if (r + REGION < p + len) munmap(r + REGION, (size_t) (p + len - r - REGION));
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(r, REGION, MADV_HUGEPAGE);   /* advice: may be ignored */
+#else
+  (void) huge;
+#endif
+  return r;
+}
+
+/* Moves the bump pointer to a new region; what was left of the old one
+** goes to the free list of its size. 0 when no region could be had. */
+static int arena_grow (struct braid_arena *A) {
+  char *r = region_map(A->nkeys > 0);
+  size_t rest = (size_t) (A->end - A->bump);
+  if (r == NULL) return 0;
+  if (!region_add(A, (uintptr_t) r)) {
+    munmap(r, REGION);
+    return 0;
+  }
+  if (rest >= 16) {   /* whole classes only: every size is a multiple of 16 */
+    UNPOISON(A->bump, sizeof(void *));
+    *(void **) A->bump = A->free[CLASS(rest)];
+    POISON(A->bump, sizeof(void *));
+    A->free[CLASS(rest)] = A->bump;
+  }
+  A->bump = r;
+  A->end = r + REGION;
+  POISON(r, REGION);
+  return 1;
+}
+
+/* ---- blocks ---- */
+
+static void arena_release(struct braid_arena *A);
+
+static void *arena_get (struct braid_arena *A, size_t n) {
+  size_t c = CLASS(n);
+  void *b = A->free[c];
+  if (b != NULL) {
+    UNPOISON(b, sizeof(void *));
+    A->free[c] = *(void **) b;
+  } else {
+    if ((size_t) (A->end - A->bump) < c << 4 && !arena_grow(A)) return NULL;
+    b = A->bump;
+    A->bump += c << 4;
+  }
+  UNPOISON(b, n);
+  A->live++;
+  return b;
+}
+
+static void arena_put (struct braid_arena *A, void *b, size_t n) {
+  size_t c = CLASS(n);
+  POISON(b, c << 4);
+  UNPOISON(b, sizeof(void *));
+  *(void **) b = A->free[c];
+  POISON(b, sizeof(void *));
+  A->free[c] = b;
+  if (--A->live == 0 && A->orphan) arena_release(A);
+}
+
+/* lua_Alloc over the arena (ud: the arena). */
+void *braid__arena_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct braid_arena *A = (struct braid_arena *) ud;
+  void *q;
+  if (ptr != NULL && (osize > ARENA_SMALL || !region_owns(A, ptr)))
+    /* malloc's, or foreign */
+    return A->next_f(A->next_ud, ptr, osize, nsize);
+  if (nsize == 0) {   /* ptr is NULL or the arena's */
+    if (ptr != NULL) arena_put(A, ptr, osize);
+    return NULL;
+  }
+  if (ptr != NULL && nsize <= ARENA_SMALL && CLASS(nsize) == CLASS(osize)) {
+    UNPOISON(ptr, nsize);
+    return ptr;
+  }
+  q = NULL;
+  if (nsize <= ARENA_SMALL && !A->orphan) q = arena_get(A, nsize);
+  if (q == NULL) {
+    q = A->next_f(A->next_ud, NULL, ptr ? 0 : osize, nsize);
+    if (q == NULL) return NULL;
+  }
+  if (ptr != NULL) {
+    memcpy(q, ptr, osize < nsize ? osize : nsize);
+    arena_put(A, ptr, osize);
+  }
+  return q;
+}
+
+/* lauxlib's allocator (plain realloc and free), the one luaL_newstate
+** gives; found once by asking a throwaway state. */
+static lua_Alloc stock_alloc (void) {
+  static lua_Alloc f;
+  lua_Alloc g = __atomic_load_n(&f, __ATOMIC_RELAXED);
+  if (g == NULL) {
+    lua_State *T = luaL_newstate();
+    if (T == NULL) return NULL;
+    g = lua_getallocf(T, NULL);
+    lua_close(T);
+    __atomic_store_n(&f, g, __ATOMIC_RELAXED);
+  }
+  return g;
+}
+
+/* Plain malloc, for the blocks the arena does not take (ud unused). */
+static void *malloc_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void) ud;
+  (void) osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+/* The arena is wanted: BRAID_ARENA=0 turns it off (to compare, or under
+** valgrind, which sees inside malloc only); under AddressSanitizer it is
+** off unless BRAID_ARENA=1. */
+static int arena_wanted (void) {
+  const char *v = getenv("BRAID_ARENA");
+#ifdef ARENA_ASAN
+  return v != NULL && strcmp(v, "1") == 0;
+#else
+  return v == NULL || strcmp(v, "0") != 0;
+#endif
+}
+
+struct braid_arena *braid__arena_new (void) {
+  struct braid_arena *A;
+  if (!arena_wanted()) return NULL;
+  A = (struct braid_arena *) calloc(1, sizeof *A);
+  if (A == NULL) return NULL;
+  A->next_f = malloc_alloc;
+  return A;
+}
+
+/* Unmaps every region: every block of the arena is gone with it. */
+void braid__arena_free (struct braid_arena *A) {
+  size_t i;
+  if (A == NULL) return;
+  for (i = 0; i < A->cap; i++)
+    if (A->keys[i]) {
+      UNPOISON((void *) A->keys[i], REGION);
+      munmap((void *) A->keys[i], REGION);
+    }
+  free(A->keys);
+  free(A);
+}
+
+/* ---- a state braid did not create ----
+** The runner's state and stock lua5.4's come from luaL_newstate, whose
+** allocator is plain realloc/free. braid.run takes such a state over
+** (braid__arena_adopt): blocks it allocated before stay malloc's and are
+** recognised by address. The arena must then live as long as any of its
+** blocks, which is longer than the engine: when the engine's box is
+** collected (at lua_close, say) the arena is orphaned, makes no new
+** blocks, and with its last block freed gives the state its own allocator
+** back and frees itself. Lua reads the allocator anew for every call, so
+** lua_close's last free (the state itself, lauxlib's) goes to lauxlib.
+** A state with any other allocator (an application's, the fault test's
+** counting one) is left alone.
+** Stock lua5.4 unloads C modules (dlclose) at lua_close before it frees
+** the objects, so braid.so pins itself (RTLD_NODELETE) when it adopts: the
+** allocator's code must outlive the state's last block. */
+
+static void arena_pin (void) {
+  static int pinned;
+  Dl_info info;
+  if (__atomic_exchange_n(&pinned, 1, __ATOMIC_RELAXED)) return;
+  if (dladdr((void *) arena_pin, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+struct braid_arena *braid__arena_adopt (lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  struct braid_arena *A;
+  if (f == braid__arena_alloc) {   /* a previous engine's, orphaned */
+    A = (struct braid_arena *) ud;
+    A->orphan = 0;
+    return A;
+  }
+  if (!arena_wanted() || f != stock_alloc() ||
+      (A = braid__arena_new()) == NULL)
+    return NULL;
+  arena_pin();
+  A->next_f = f;
+  A->next_ud = ud;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  A->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lua_setallocf(L, braid__arena_alloc, A);
+  return A;
+}
+
+static void arena_release (struct braid_arena *A) {
+  lua_setallocf(A->L, A->next_f, A->next_ud);
+  braid__arena_free(A);
+}
+
+/* The engine of an adopted state is gone. */
+void braid__arena_orphan (struct braid_arena *A) {
+  if (A == NULL || A->L == NULL) return;
+  A->orphan = 1;
+  if (A->live == 0) arena_release(A);
+}
