@@ -51,6 +51,7 @@ braid_engine_t *braid__engine_new (void) {
   E->S_ref = E->pool_ref = E->anchors_ref = LUA_NOREF;
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
+  braid__list_init(&E->exit_hooks);
   return E;
 }
 

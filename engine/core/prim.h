@@ -233,6 +233,20 @@ int braid__engine_interrupted(braid_engine_t *E);
 ** waiter for it is then an interceptor rather than a watcher of its own. */
 int braid__engine_watches(braid_engine_t *E, int signum);
 
+/* ---- leaving at once ---- */
+
+/* An exit hook runs when braid leaves without unwinding (a second Ctrl-C,
+** os.exit where it cannot wait): async-signal-safe work only, such as
+** SIGKILL to a child's process group. A hook removes itself with
+** braid__list_remove(&h->link) before its memory goes. */
+struct braid_exit_hook {
+  struct braid_list link;
+  void (*fn)(struct braid_exit_hook *h);
+};
+
+void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
+void braid__exit_hooks_run(braid_engine_t *E);
+
 /* ---- the REPL's session (cli/repl.c) ---- */
 
 /* While a session is set, the root task's scope judges its members with
