@@ -151,8 +151,7 @@ void braid__proc_update (struct braid_proc *p) {
 
 /* Is the group, whose leader is reaped, empty? */
 static int group_empty (struct braid_proc *p) {
-  return !p->group || p->group_done ||
-         (kill(-p->pid, 0) != 0 && errno == ESRCH);
+  return !p->group || p->group_done || !braid__group_running(p->pid);
 }
 
 static void proc_stop_tick (uv_timer_t *h);
@@ -293,8 +292,12 @@ struct braid_stdio braid__proc_stdio_opt (lua_State *L, int idx,
     if (strcmp(v, "pipe") == 0) io.how = PROC_PIPE;
     else if (strcmp(v, "inherit") == 0) io.how = PROC_INHERIT;
     else if (strcmp(v, "null") == 0) io.how = PROC_NULL;
-    else if (strcmp(v, "stdout") == 0 && strcmp(key, "stderr") == 0)
+    else if (strcmp(v, "stdout") == 0) {   /* never a file's name */
+      if (strcmp(key, "stderr") != 0)
+        braid_usageerror(L, "bad option '%s' to '%s' (\"stdout\" is for "
+                         "stderr)", key, fname);
       io.how = PROC_TO_STDOUT;
+    }
     else {
       io.how = PROC_FILE;
       io.path = v;             /* anchored in opts, on the caller's stack */
@@ -634,6 +637,8 @@ void braid__open_process (lua_State *L) {
     {NULL, NULL}
   };
   braid__stream_sigpipe();
+  /* tests: the SIGCHLD path on a kernel with pidfds */
+  if (getenv("BRAID_NO_PIDFD") != NULL) braid__spawn_no_pidfd = 1;
   braid__class(L, PROC_MT, metamethods, methods, l_process_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);

@@ -120,6 +120,9 @@ void braid__reap_close(struct braid_proc *p);
 ** over. Returns kill's result, -1 when nobody is left to signal. */
 int braid__proc_signal(struct braid_proc *p, int sig);
 
+/* Does a process of group pgid still run (not counting zombies)? */
+int braid__group_running(int pgid);
+
 /* From spawn.c: the child has exited and is reaped (sig: the signal that
 ** ended it, or 0). Runs no Lua. */
 void braid__proc_exited(struct braid_proc *p, int64_t code, int sig);

@@ -31,7 +31,9 @@
 **   has been reaped; its close callback closes the pidfd.
 */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -255,6 +257,34 @@ int braid__spawn_start (struct braid_proc *p,
   return 0;
 }
 
+int braid__group_running (int pgid) {
+  DIR *d;
+  struct dirent *e;
+  int found = 0;
+  if (kill(-pgid, 0) != 0 && errno == ESRCH) return 0;
+  /* Members left may be zombies that init has not reaped yet (some
+  ** containers' init reaps late): they have ended, so look at each one's
+  ** state. */
+  if ((d = opendir("/proc")) == NULL) return 1;
+  while (!found && (e = readdir(d)) != NULL) {
+    char path[300], buf[512], *rp, state;
+    int fd, pg;
+    ssize_t n;
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) continue;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    if ((rp = strrchr(buf, ')')) == NULL) continue;   /* after comm */
+    if (sscanf(rp + 1, " %c %*d %d", &state, &pg) != 2) continue;
+    found = pg == pgid && state != 'Z' && state != 'X';
+  }
+  closedir(d);
+  return found;
+}
+
 int braid__proc_signal (struct braid_proc *p, int sig) {
   if (!p->live[P_PROC] && !p->exited) return -1;   /* never started */
   if (!p->exited) return kill(p->group ? -p->pid : p->pid, sig);
@@ -328,7 +358,6 @@ static int push_env (lua_State *L, const char *fname) {
     }
     lua_pop(L, 1);
   } else {
-    lua_pop(L, 1);
     push_environ(L);
     lua_replace(L, t);
   }
