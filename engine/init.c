@@ -34,6 +34,7 @@ static const struct {
   {"tcp", braid__open_tcp, BRAID_MOD_NET},
   {"dns", braid__open_dns, BRAID_MOD_NET},
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
+  {"stdin", braid__open_stdio, BRAID_MOD_PROCESS},
 };
 
 LUA_API int luaopen_braid (lua_State *L) {

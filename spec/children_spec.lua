@@ -311,3 +311,72 @@ describe("issue 15: options", function()
     assert.has_error(function() braid.exec({"true"}, {env_add = {FOO = {}}}) end)
   end))
 end)
+
+describe("issue 15: braid.stdin, braid.stdout", function()
+  local reader = [[
+    local braid = require "braid"
+    local ticks = 0
+    local ticker = braid.spawn(function()
+      while true do braid.sleep(0.01) ticks = ticks + 1 end
+    end)
+    local function nonblock()   -- the description braid shares with its parent
+      local f = io.open("/proc/self/fdinfo/0")
+      local flags = tonumber(f:read("a"):match("flags:%s*(%d+)"), 8)
+      f:close()
+      return flags & 2048 ~= 0
+    end
+    for line in braid.stdin:lines() do
+      braid.stdout:write(("%s %d %s\n"):format(line, ticks, tostring(nonblock())))
+    end
+    ticker:cancel()
+    braid.stdout:write("end\n")
+  ]]
+
+  it("reads lines while a ticker task keeps ticking, the parent's fd 0 left blocking", h.run(function()
+    local script = h.script(reader)
+    local p <close> = braid.process({BIN, script})
+    p:write("a\n")
+    local l1, t1, nb1 = p:read_line():match("^(%a+) (%d+) (%a+)$")
+    assert.are.equal("a", l1)
+    local t0 = braid.now()
+    while braid.now() - t0 < 0.3 do braid.sleep(0.05) end
+    p:write("b\n")
+    local l2, t2, nb2 = p:read_line():match("^(%a+) (%d+) (%a+)$")
+    assert.are.equal("b", l2)
+    assert.is_true(tonumber(t2) > tonumber(t1), t1 .. " then " .. t2)
+    assert.are.equal("false", nb1)
+    assert.are.equal("false", nb2)
+    p:close_stdin()
+    assert.are.equal("end", p:read_line())
+    assert.are.equal(0, p:wait())
+    os.remove(script)
+  end))
+
+  it("reads a regular file and /dev/null, and writes to a file, through the same streams", function()
+    local script = h.script(reader)
+    local input, output = tmp(), tmp()
+    local f = io.open(input, "w")
+    f:write("x\ny\n")
+    f:close()
+    local _, err, code = h.sh(("{ %s %s %s <%s >%s; }"):format(RUN_ENV, BIN, script, input, output))
+    assert.are.equal(0, code, err)
+    local got = slurp(output)
+    assert.truthy(got:match("^x %d+ false\ny %d+ false\nend\n$"), got)
+    _, err, code = h.sh(("{ %s %s %s </dev/null >%s; }"):format(RUN_ENV, BIN, script, output))
+    assert.are.equal(0, code, err)
+    assert.are.equal("end\n", slurp(output))
+    os.remove(script)
+    os.remove(input)
+    os.remove(output)
+  end)
+
+  it("is a stream of the run: closed once braid.run has ended", function()
+    local s
+    braid.run(function() s = braid.stderr end)
+    local ok, e = pcall(braid.run, function() s:write("x") end)
+    assert.is_false(ok)
+    assert.are.equal("closed", e.kind)
+    braid.run(function() assert.are_not.equal(s, braid.stderr) end)
+    assert.has_error(function() return braid.stdin end)
+  end)
+end)

@@ -29,6 +29,7 @@ local OBJECTS = {
   ["braid.Channel"] = "channel", ["braid.Semaphore"] = "semaphore",
   ["braid.Event"] = "event", ["braid.Signal"] = "waiter",
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
+  ["braid.StdStream"] = "stdin",
   ["braid.TcpServer"] = "server",
 }
 
@@ -542,6 +543,26 @@ local EXPECT = {
     badarg = {1, self_is(42)},
   },
   ["stream:close"] = {badarg = {1, self_is(42)}},
+  ["braid.env"] = {none = "raises nothing"},
+  ["proc:read_stderr"] = {
+    nosuspend = function(f, call)
+      local p <close> = braid.process({"cat"}, {stderr = "pipe"})
+      call(function() f(p) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["proc:read_line_stderr"] = {
+    nosuspend = function(f, call)
+      local p <close> = braid.process({"cat"}, {stderr = "pipe"})
+      call(function() f(p) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["stdin:read"] = {badarg = {1, self_is(42)}},
+  ["stdin:read_line"] = {badarg = {1, self_is(42)}},
+  ["stdin:lines"] = {badarg = {1, self_is(42)}},
+  ["stdin:write"] = {badarg = {1, self_is(42)}},
+  ["stdin:close"] = {badarg = {1, self_is(42)}},
   ["server:port"] = {badarg = {1, self_is(42)}},
   ["server:close"] = {badarg = {1, self_is(42)}},
 }

@@ -171,6 +171,10 @@ typedef struct braid_scope braid_scope_t;
 ** shield keeps out. Inside a task only. */
 braid_scope_t *braid__scope_here(lua_State *L, int shields);
 
+/* The engine's top scope: what is in it lasts until braid.run ends (an
+** embedded engine's: until braid_close). */
+braid_scope_t *braid__scope_top(braid_engine_t *E);
+
 /* Makes r a resource of scope s (from braid__scope_here). */
 void braid__scope_resource_add(braid_scope_t *s, braid_resource_t *r);
 
@@ -285,6 +289,7 @@ void braid__open_fs(lua_State *L);
 void braid__open_tcp(lua_State *L);
 void braid__open_dns(lua_State *L);
 void braid__open_signal(lua_State *L);
+void braid__open_stdio(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */

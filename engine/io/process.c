@@ -561,14 +561,23 @@ static const char *const process_options[] = {
 
 /* proc:read_stderr([n | "a"]), proc:read_line_stderr(): as read and
 ** read_line, on stderr, when opts.stderr was "pipe". */
+static void stderr_check (lua_State *L, struct braid_proc *p,
+                          const char *fname) {
+  if (p->pipe[P_STDERR].hooks == NULL)
+    braid_usageerror(L, "%s: stderr is not a pipe (braid.process's option "
+                     "stderr = \"pipe\" makes it one)", fname);
+}
+
 static int l_process_read_stderr (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_stderr");
+  stderr_check(L, p, "proc:read_stderr");
   return braid__stream_read(L, &p->pipe[P_STDERR], BRAID_READ_ALL,
                             "proc:read_stderr");
 }
 
 static int l_process_read_line_stderr (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_line_stderr");
+  stderr_check(L, p, "proc:read_line_stderr");
   return braid__stream_read_line(L, &p->pipe[P_STDERR],
                                  "proc:read_line_stderr");
 }
