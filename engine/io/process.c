@@ -149,50 +149,6 @@ void braid__proc_update (struct braid_proc *p) {
   }
 }
 
-/* Is the group, whose leader is reaped, empty? */
-static int group_empty (struct braid_proc *p) {
-  return !p->group || p->group_done || !braid__group_running(p->pid);
-}
-
-static void proc_stop_tick (uv_timer_t *h);
-
-/* Arms the stop's next look: at the SIGKILL deadline while the child runs;
-** once it is reaped, every few ms (doubling up to 100) until its group is
-** empty or the deadline. */
-static void proc_stop_arm (struct braid_proc *p) {
-  uint64_t now = uv_now(braid_loop(p->E)), wait;
-  uint64_t left = p->deadline == BRAID_NEVER ? BRAID_NEVER :
-                  p->deadline > now ? p->deadline - now : 0;
-  if (p->exited) {
-    wait = p->poll_ms < left ? p->poll_ms : left;
-    if (p->poll_ms < 100) p->poll_ms *= 2;
-  } else if (left == BRAID_NEVER) {
-    return;                    /* kill_grace = math.huge: no SIGKILL */
-  } else {
-    wait = left;
-  }
-  uv_timer_start(&p->timer, proc_stop_tick, wait, 0);
-}
-
-static void proc_stop_tick (uv_timer_t *h) {
-  struct braid_proc *p = (struct braid_proc *) h->data;
-  if (p->exited && group_empty(p)) {
-    p->group_done = 1;
-    braid__proc_update(p);
-    return;
-  }
-  if (p->deadline != BRAID_NEVER && uv_now(braid_loop(p->E)) >= p->deadline) {
-    braid__proc_signal(p, SIGKILL);
-    p->killed = 1;
-    if (p->exited) {           /* the leftovers die now; init reaps them */
-      p->group_done = 1;
-      braid__proc_update(p);
-    }
-    return;                    /* else the exit comes */
-  }
-  proc_stop_arm(p);
-}
-
 /* A scope's resource close, __gc and cancel hooks call it. */
 void braid__proc_stop (struct braid_proc *p) {
   int i;
@@ -211,7 +167,7 @@ void braid__proc_stop (struct braid_proc *p) {
                     uv_now(braid_loop(p->E)) +
                     braid__proc_ms(p->kill_grace_ns);
       p->poll_ms = 1;
-      proc_stop_arm(p);
+      braid__proc_stop_arm(p);
     }
   }
   braid__proc_update(p);
@@ -240,12 +196,12 @@ void braid__proc_exited (struct braid_proc *p, int64_t status, int sig) {
   p->code = status;
   p->signal = sig;
   if (p->stopping && p->live[P_TIMER]) {
-    if (p->killed || group_empty(p)) {
+    if (p->killed || braid__group_empty(p)) {
       p->group_done = 1;
       uv_timer_stop(&p->timer);
     } else {                   /* wait for the group, up to the deadline */
       p->poll_ms = 1;
-      proc_stop_arm(p);
+      braid__proc_stop_arm(p);
     }
   }
   proc_close_handle(p, P_PROC);
@@ -274,38 +230,6 @@ uint64_t braid__proc_ms (uint64_t ns) {
 }
 
 static const char *const pipe_names[3] = {"stdin", "stdout", "stderr"};
-
-struct braid_stdio braid__proc_stdio_opt (lua_State *L, int idx,
-                                          const char *key, int dflt,
-                                          const char *fname) {
-  struct braid_stdio io;
-  const char *v;
-  io.how = dflt;
-  io.path = NULL;
-  if (!lua_istable(L, idx)) return io;
-  lua_getfield(L, idx, key);
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-      braid_usageerror(L, "bad option '%s' to '%s' (\"pipe\", \"inherit\", "
-                       "\"null\" or a file's path expected)", key, fname);
-    v = lua_tostring(L, -1);
-    if (strcmp(v, "pipe") == 0) io.how = PROC_PIPE;
-    else if (strcmp(v, "inherit") == 0) io.how = PROC_INHERIT;
-    else if (strcmp(v, "null") == 0) io.how = PROC_NULL;
-    else if (strcmp(v, "stdout") == 0) {   /* never a file's name */
-      if (strcmp(key, "stderr") != 0)
-        braid_usageerror(L, "bad option '%s' to '%s' (\"stdout\" is for "
-                         "stderr)", key, fname);
-      io.how = PROC_TO_STDOUT;
-    }
-    else {
-      io.how = PROC_FILE;
-      io.path = v;             /* anchored in opts, on the caller's stack */
-    }
-  }
-  lua_pop(L, 1);
-  return io;
-}
 
 /* Sets up the child's end of stdio i in o->fd[i] (an fd closed after the
 ** spawn is noted in child[i]) and, for a pipe, the stream of the parent's

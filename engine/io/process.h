@@ -120,6 +120,14 @@ void braid__reap_close(struct braid_proc *p);
 ** over. Returns kill's result, -1 when nobody is left to signal. */
 int braid__proc_signal(struct braid_proc *p, int sig);
 
+/* A stop's timer: the SIGKILL deadline while the child runs; once it is
+** reaped, a look at its group every few ms (doubling up to 100) until the
+** group is empty (braid__proc_update then) or the deadline. */
+void braid__proc_stop_arm(struct braid_proc *p);
+
+/* Is the group of p, whose leader is reaped, empty (or none of p's)? */
+int braid__group_empty(struct braid_proc *p);
+
 /* Does a process of group pgid still run (not counting zombies)? */
 int braid__group_running(int pgid);
 

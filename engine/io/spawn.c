@@ -1,7 +1,9 @@
 /*
 ** spawn.c: starting a child with posix_spawn and waiting for its exit
-** without libuv's uv_process_t, for process.c; and signalling the child or
-** its process group.
+** without libuv's uv_process_t, for process.c; signalling the child or its
+** process group, and the timing of a group's stop; the request as the
+** script gives it (argv, cwd, env, env_add, group, stdout and stderr), and
+** braid.env.
 **
 ** Why not uv_spawn: libuv 1.44 forks, copying the parent's page tables, so
 ** each spawn costs more the bigger braid's heap is; glibc's posix_spawn
@@ -294,7 +296,87 @@ int braid__proc_signal (struct braid_proc *p, int sig) {
   return -1;
 }
 
+/* ---- stopping a group ---- */
+
+/* Is the group, whose leader is reaped, empty? */
+int braid__group_empty (struct braid_proc *p) {
+  return !p->group || p->group_done || !braid__group_running(p->pid);
+}
+
+static void proc_stop_tick (uv_timer_t *h);
+
+/* Arms the stop's next look: at the SIGKILL deadline while the child runs;
+** once it is reaped, every few ms (doubling up to 100) until its group is
+** empty or the deadline. */
+void braid__proc_stop_arm (struct braid_proc *p) {
+  uint64_t now = uv_now(braid_loop(p->E)), wait;
+  uint64_t left = p->deadline == BRAID_NEVER ? BRAID_NEVER :
+                  p->deadline > now ? p->deadline - now : 0;
+  if (p->exited) {
+    wait = p->poll_ms < left ? p->poll_ms : left;
+    if (p->poll_ms < 100) p->poll_ms *= 2;
+  } else if (left == BRAID_NEVER) {
+    return;                    /* kill_grace = math.huge: no SIGKILL */
+  } else {
+    wait = left;
+  }
+  uv_timer_start(&p->timer, proc_stop_tick, wait, 0);
+}
+
+static void proc_stop_tick (uv_timer_t *h) {
+  struct braid_proc *p = (struct braid_proc *) h->data;
+  if (p->exited && braid__group_empty(p)) {
+    p->group_done = 1;
+    braid__proc_update(p);
+    return;
+  }
+  if (p->deadline != BRAID_NEVER && uv_now(braid_loop(p->E)) >= p->deadline) {
+    braid__proc_signal(p, SIGKILL);
+    p->killed = 1;
+    if (p->exited) {           /* the leftovers die now; init reaps them */
+      p->group_done = 1;
+      braid__proc_update(p);
+    }
+    return;                    /* else the exit comes */
+  }
+  braid__proc_stop_arm(p);
+}
+
 /* ---- the request, from Lua ---- */
+
+struct braid_stdio braid__proc_stdio_opt (lua_State *L, int idx,
+                                          const char *key, int dflt,
+                                          const char *fname) {
+  struct braid_stdio io;
+  const char *v;
+  io.how = dflt;
+  io.path = NULL;
+  if (!lua_istable(L, idx)) return io;
+  lua_getfield(L, idx, key);
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      braid_usageerror(L, "bad option '%s' to '%s' (\"pipe\", \"inherit\", "
+                       "\"null\" or a file's path expected)", key, fname);
+    v = lua_tostring(L, -1);
+    if (strcmp(v, "pipe") == 0) io.how = PROC_PIPE;
+    else if (strcmp(v, "inherit") == 0) io.how = PROC_INHERIT;
+    else if (strcmp(v, "null") == 0) io.how = PROC_NULL;
+    else if (strcmp(v, "stdout") == 0) {   /* never a file's name */
+      if (strcmp(key, "stderr") != 0)
+        braid_usageerror(L, "bad option '%s' to '%s' (\"stdout\" is for "
+                         "stderr)", key, fname);
+      io.how = PROC_TO_STDOUT;
+    }
+    else {
+      io.how = PROC_FILE;
+      io.path = v;             /* anchored in opts, on the caller's stack */
+    }
+  }
+  lua_pop(L, 1);
+  return io;
+}
+
+
 
 /* Pushes braid's environment as a table of names to values. */
 static void push_environ (lua_State *L) {
