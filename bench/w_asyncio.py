@@ -207,6 +207,11 @@ async def w6(n):
     return dt * 1e3 / n
 
 
+# W6_HEAP_MB: that much live heap in the parent (1 MiB bytes objects)
+import os
+HEAP = [bytes([i % 256]) * (1 << 20) for i in range(int(os.environ.get("W6_HEAP_MB", "0")))]
+
+
 def bench(fn, n, rounds):
     samples = []
     for _ in range(rounds):
