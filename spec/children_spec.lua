@@ -284,6 +284,25 @@ describe("issue 15: options", function()
     assert.has_error(function() braid.exec(cmd, {stdout = "stdout"}) end)
   end))
 
+  it("check and timeout errors name the whole command line, quoted, and nothing else", h.run(function()
+    local ok, e = pcall(braid.exec, {"sh", "-c", "exit 3", "it's", 42},
+                        {check = true, cwd = "/tmp", env_add = {X = "1"}})
+    assert.is_false(ok)
+    assert.truthy(e.message:find([[command "sh -c 'exit 3' 'it'\''s' 42" exited with status 3]], 1, true), e.message)
+    ok, e = pcall(braid.exec, {"sleep", "5"}, {timeout = 0.05, cwd = "/"})
+    assert.truthy(e.message:find('command "sleep 5" timed out', 1, true), e.message)
+  end))
+
+  it("a process's output that is not a pipe cannot be read", h.run(function()
+    local p <close> = braid.process({"true"}, {stdout = "null"})
+    local ok, e = pcall(p.read_line, p)
+    assert.is_false(ok)
+    assert.truthy(e.message:find("proc:read_line: stdout is not a pipe", 1, true), e.message)
+    ok, e = pcall(p.read_stderr, p)
+    assert.truthy(e.message:find("proc:read_stderr: stderr is not a pipe", 1, true), e.message)
+    assert.are.equal(0, p:wait())
+  end))
+
   it("braid.process can capture stderr", h.run(function()
     local p <close> = braid.process({"sh", "-c", "echo out; echo e1 >&2; echo e2 >&2"},
                                      {stderr = "pipe"})

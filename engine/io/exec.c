@@ -114,7 +114,7 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
   const char *name;
   int failed, rc, check = p->check;
-  braid__proc_push_cmdline(L, 3);   /* argv's strings, anchored at 3 */
+  braid__proc_push_cmdline(L, 3, p->argc);   /* argv's, anchored at 3 */
   name = lua_tostring(L, -1);  /* stays on the stack */
   /* The options were read at the call: the script may have changed opts
   ** (even given it a raising __index) while it waited. */

@@ -269,9 +269,11 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   int i, rc = 0, child[3] = {-1, -1, -1}, failed = -1;
   memset(&o, 0, sizeof o);
   braid__spawn_args(L, fname, &o);                  /* the anchor */
+  for (i = 0; o.args[i]; i++) ;
   if ((p = calloc(1, sizeof *p)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   p->E = E;
+  p->argc = i;
   p->owned = 1;
   p->pidfd = -1;
   p->kill_grace_ns = kill_grace_ns;
@@ -319,6 +321,15 @@ struct proc_box {
   struct braid_proc *p;
 };
 
+/* Output i of p is a pipe the methods can read. */
+static void pipe_check (lua_State *L, struct braid_proc *p, int i,
+                        const char *fname) {
+  if (p->pipe[i].hooks == NULL)
+    braid_usageerror(L, "%s: %s is not a pipe (braid.process's option "
+                     "%s = \"pipe\" makes it one)", fname, pipe_names[i],
+                     pipe_names[i]);
+}
+
 static struct braid_proc *proc_check (lua_State *L, const char *fname) {
   struct proc_box *box = braid__check_object(L, 1, PROC_MT, fname);
   if (box->p == NULL)   /* only a finalizer can still see a collected one */
@@ -332,6 +343,7 @@ static struct braid_proc *proc_check (lua_State *L, const char *fname) {
 ** this wait. */
 static int l_process_read_line (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_line");
+  pipe_check(L, p, P_STDOUT, "proc:read_line");
   return braid__stream_read_line(L, &p->pipe[P_STDOUT], "proc:read_line");
 }
 
@@ -340,13 +352,14 @@ static int l_process_read_line (lua_State *L) {
 ** nothing is left). */
 static int l_process_read (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read");
+  pipe_check(L, p, P_STDOUT, "proc:read");
   return braid__stream_read(L, &p->pipe[P_STDOUT], BRAID_READ_ALL,
                             "proc:read");
 }
 
 /* proc:lines() -> an iterator over the lines of stdout, for `for ... in`. */
 static int l_process_lines (lua_State *L) {
-  proc_check(L, "proc:lines");
+  pipe_check(L, proc_check(L, "proc:lines"), P_STDOUT, "proc:lines");
   return braid__stream_lines(L, l_process_read_line);
 }
 
@@ -485,23 +498,17 @@ static const char *const process_options[] = {
 
 /* proc:read_stderr([n | "a"]), proc:read_line_stderr(): as read and
 ** read_line, on stderr, when opts.stderr was "pipe". */
-static void stderr_check (lua_State *L, struct braid_proc *p,
-                          const char *fname) {
-  if (p->pipe[P_STDERR].hooks == NULL)
-    braid_usageerror(L, "%s: stderr is not a pipe (braid.process's option "
-                     "stderr = \"pipe\" makes it one)", fname);
-}
 
 static int l_process_read_stderr (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_stderr");
-  stderr_check(L, p, "proc:read_stderr");
+  pipe_check(L, p, P_STDERR, "proc:read_stderr");
   return braid__stream_read(L, &p->pipe[P_STDERR], BRAID_READ_ALL,
                             "proc:read_stderr");
 }
 
 static int l_process_read_line_stderr (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_line_stderr");
-  stderr_check(L, p, "proc:read_line_stderr");
+  pipe_check(L, p, P_STDERR, "proc:read_line_stderr");
   return braid__stream_read_line(L, &p->pipe[P_STDERR],
                                  "proc:read_line_stderr");
 }

@@ -38,6 +38,7 @@ struct braid_proc {
   unsigned char killed;        /* the stop sent SIGKILL */
   uint64_t timeout_ns;         /* exec's opts.timeout, for its message */
   int pid, signal;
+  int argc;                    /* argv's length, for messages */
   int64_t code;
   uint64_t kill_grace_ns;      /* BRAID_NEVER: no SIGKILL */
   uint64_t deadline;           /* the stop's SIGKILL, loop ms; or NEVER */
@@ -66,9 +67,10 @@ struct braid_stdio braid__proc_stdio_opt(lua_State *L, int idx,
                                          const char *key, int dflt,
                                          const char *fname);
 
-/* Pushes argv (the list at idx) as one shell-quoted command line, for
-** messages; a very long one is cut with "...". [-0, +1, m] */
-void braid__proc_push_cmdline(lua_State *L, int idx);
+/* Pushes the argc strings at 1..argc of the table at idx (the spawn's
+** anchor) as one shell-quoted command line, for messages; a very long one
+** is cut with "...". [-0, +1, m] */
+void braid__proc_push_cmdline(lua_State *L, int idx, int argc);
 
 /* Stops the child and closes its pipes: SIGTERM now, SIGKILL after the
 ** kill grace; the exit callback reaps it. Runs no Lua. */

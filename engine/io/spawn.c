@@ -531,9 +531,9 @@ static int shell_plain (unsigned char c) {
          (c >= '0' && c <= '9') || strchr("@%+=:,./_-", c) != NULL;
 }
 
-void braid__proc_push_cmdline (lua_State *L, int idx) {
+void braid__proc_push_cmdline (lua_State *L, int idx, int argc) {
   luaL_Buffer b;
-  size_t i, n = lua_rawlen(L, idx);
+  size_t i, n = (size_t) argc;
   luaL_buffinit(L, &b);
   for (i = 1; i <= n; i++) {
     size_t len, j;
@@ -541,7 +541,7 @@ void braid__proc_push_cmdline (lua_State *L, int idx) {
     int plain = 1;
     lua_rawgeti(L, idx, (lua_Integer) i);
     a = lua_tolstring(L, -1, &len);
-    lua_pop(L, 1);             /* still in the list, which holds it */
+    lua_pop(L, 1);             /* a string, still in the anchor */
     if (a == NULL) continue;
     if (luaL_bufflen(&b) > 1000) {
       luaL_addstring(&b, " ...");
