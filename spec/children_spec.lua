@@ -240,6 +240,19 @@ describe("issue 15: spawning", function()
     assert.are.equal("ENOENT", e.code)
   end))
 
+  it("reports exit statuses when braid starts with SIGCHLD ignored", function()
+    local script = h.script([[
+      local braid = require "braid"
+      assert(braid.exec({"sh", "-c", "exit 3"}).code == 3)
+      print("ok")
+    ]])
+    -- bash passes an ignored SIGCHLD on to what it execs (dash does not)
+    local out, err, code = h.sh(("bash -c \"trap '' CHLD; exec env %s %s %s\""):format(RUN_ENV, BIN, script))
+    os.remove(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal("ok\n", out)
+  end)
+
   it("reaps on SIGCHLD where there is no pidfd", function()
     local script = h.script([[
       local braid = require "braid"

@@ -577,6 +577,16 @@ void braid__open_process (lua_State *L) {
     {NULL, NULL}
   };
   braid__stream_sigpipe();
+  {
+    /* An ignored SIGCHLD (it stays ignored across exec) has the kernel
+    ** reap children itself, and their exit status is lost; libuv's
+    ** uv_spawn put its own handler in place, braid puts back the default. */
+    struct sigaction sa;
+    if (sigaction(SIGCHLD, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) {
+      sa.sa_handler = SIG_DFL;
+      sigaction(SIGCHLD, &sa, NULL);
+    }
+  }
   /* tests: the SIGCHLD path on a kernel with pidfds */
   if (getenv("BRAID_NO_PIDFD") != NULL) braid__spawn_no_pidfd = 1;
   braid__class(L, PROC_MT, metamethods, methods, l_process_index);
