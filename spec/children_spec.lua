@@ -412,3 +412,26 @@ describe("issue 15: braid.stdin, braid.stdout", function()
     assert.has_error(function() return braid.stdin end)
   end)
 end)
+
+describe("issue 15: an interactive child", function()
+  it("reads the terminal in the foreground with interactive = true (braid's group, braid's stdio)", function()
+    local scenario = os.tmpname()
+    local f = io.open(scenario, "w")
+    f:write("expect\tready\n", "send\tabc\\r\n", "expect\tgot abc\\r\\nforeground\n", "exit\t10\n")
+    f:close()
+    local script = h.script([[
+      local braid = require "braid"
+      local r = braid.exec({"sh", "-c", "echo ready; read x; echo got $x; " ..
+                            "set -- $(cut -d' ' -f5,8 /proc/$$/stat); " ..
+                            "[ \"$1\" = \"$2\" ] && echo foreground"}, {interactive = true})
+      assert(r.code == 0 and r.stdout == nil)
+    ]])
+    local env = {}
+    for v in RUN_ENV:gmatch("%S+") do env[#env + 1] = v end
+    local out, err = h.sh(("env -u LD_PRELOAD timeout 60 /usr/bin/python3 spec/pty_driver.py %s -- env %s %s %s")
+                          :format(scenario, table.concat(env, " "), BIN, script))
+    os.remove(scenario)
+    os.remove(script)
+    assert.truthy(out:match("\nstatus=0\n") and out:match("\nOK\n$"), out .. err)
+  end)
+end)

@@ -136,8 +136,8 @@ static int exec_k (lua_State *L, braid_op_t *op) {
 }
 
 static const char *const exec_options[] = {
-  "cwd", "env", "env_add", "group", "stdin", "stdout", "stderr", "timeout",
-  "check", "kill_grace", "max_output", NULL
+  "cwd", "env", "env_add", "group", "interactive", "stdin", "stdout",
+  "stderr", "timeout", "check", "kill_grace", "max_output", NULL
 };
 
 /* max_output's default, for each of stdout and stderr: exec returns its
@@ -170,7 +170,7 @@ static int l_exec (lua_State *L) {
   struct braid_stdio io[3];
   uint64_t timeout, grace;
   size_t len = 0, max_output;
-  int i, check;
+  int i, check, interactive;
   const char *in = NULL;
   struct braid_proc *p;
   braid_check_task(L, "braid.exec");
@@ -186,9 +186,21 @@ static int l_exec (lua_State *L) {
                        "expected)");
     in = lua_tolstring(L, -1, &len);   /* a number is converted in place */
   }
-  io[0].how = in ? PROC_PIPE : PROC_NULL;
-  io[1] = braid__proc_stdio_opt(L, 2, "stdout", PROC_PIPE, "braid.exec");
-  io[2] = braid__proc_stdio_opt(L, 2, "stderr", PROC_PIPE, "braid.exec");
+  /* interactive: the terminal is the child's (its stdio is braid's, and
+  ** braid_spawn_args keeps it in braid's foreground group) */
+  interactive = lua_istable(L, 2) &&
+                (lua_getfield(L, 2, "interactive"), lua_toboolean(L, -1));
+  if (interactive && in)
+    braid_usageerror(L, "bad option 'stdin' to 'braid.exec' (an "
+                     "interactive child reads the terminal)");
+  io[0].how = in ? PROC_PIPE : interactive ? PROC_INHERIT : PROC_NULL;
+  io[0].path = NULL;
+  io[1] = braid__proc_stdio_opt(L, 2, "stdout",
+                                interactive ? PROC_INHERIT : PROC_PIPE,
+                                "braid.exec");
+  io[2] = braid__proc_stdio_opt(L, 2, "stderr",
+                                interactive ? PROC_INHERIT : PROC_PIPE,
+                                "braid.exec");
   check = lua_istable(L, 2) &&
           (lua_getfield(L, 2, "check"), lua_toboolean(L, -1));
   lua_settop(L, 3);

@@ -496,6 +496,9 @@ void braid__spawn_args (lua_State *L, const char *fname,
   } else {
     lua_pop(L, 1);
   }
+  lua_getfield(L, 2, "interactive");
+  o->group = !lua_toboolean(L, -1);   /* the terminal's foreground group */
+  lua_pop(L, 1);
   if (lua_getfield(L, 2, "group") != LUA_TNIL) {
     if (!lua_isboolean(L, -1))
       braid_usageerror(L, "bad option 'group' to '%s' (boolean expected)",
