@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,8 @@ done:
 static int pump_start (int fd, pthread_t *th, int *joinable) {
   int p[2];
   pthread_attr_t attr;
+  sigset_t all, old;
+  int rc;
   struct pump *pu = malloc(sizeof *pu);
   if (pu == NULL || pipe2(p, O_CLOEXEC) != 0) {
     free(pu);
@@ -91,7 +94,13 @@ static int pump_start (int fd, pthread_t *th, int *joinable) {
   else pu->from = p[0], pu->to = fd, pu->close_from = 1;
   pthread_attr_init(&attr);
   if (fd == 0) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(th, &attr, pump_main, pu) != 0) {
+  /* The thread takes no signals: they stay with braid's loop thread (a
+  ** closed pipe is EPIPE to it, not SIGPIPE). */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  rc = pthread_create(th, &attr, pump_main, pu);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
     pthread_attr_destroy(&attr);
     free(pu);
     close(p[0]);
@@ -120,6 +129,9 @@ static void std_hook (struct braid_exit_hook *h) {
 
 static void std_closing (struct braid_stream *s) {
   struct std_stream *ss = container_of(s, struct std_stream, s);
+  /* here, not in std_closed: an embedder's loop may run that after
+  ** braid_close, when the engine's list is gone */
+  braid__list_remove(&ss->hook.link);
   if (ss->attached) {
     ss->attached = 0;
     braid_resource_remove(&ss->res);
@@ -133,7 +145,6 @@ static void std_closed (struct braid_stream *s) {
     pthread_join(ss->pump, NULL);
     ss->joinable = 0;
   }
-  braid__list_remove(&ss->hook.link);
   ss->closed = 1;
   if (!ss->owned) std_free(ss);
 }
@@ -256,8 +267,9 @@ static void std_push (lua_State *L, int fd) {
     braid_error(L, "memory", NULL, "braid.%s: not enough memory",
                 std_names[fd]);
   if ((nfd = std_fd(ss, fd, &flags)) < 0) {
+    rc = uv_translate_sys_error(errno);
     free(ss);
-    braid__error_uv(L, uv_translate_sys_error(errno), std_names[fd]);
+    braid__error_uv(L, rc, std_names[fd]);
   }
   ss->fd = fd;
   ss->flags = flags;
