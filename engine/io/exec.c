@@ -230,7 +230,7 @@ static int l_exec (lua_State *L) {
       return braid_error(L, "memory", NULL, "braid.exec: not enough memory");
     }
   }
-  uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
+  uv_update_time(p->timer.loop);    /* the loop's cached time may be stale */
   if (timeout != BRAID_NEVER)
     uv_timer_start(&p->timer, exec_timeout_cb, braid__proc_ms(timeout), 0);
   return braid_suspendk(L, "braid.exec", sizeof p, exec_start, exec_cancel, p,

@@ -162,9 +162,9 @@ void braid__proc_stop (struct braid_proc *p) {
       p->killed = 1;
       if (p->exited) p->group_done = 1;
     } else {
-      uv_update_time(braid_loop(p->E));
+      uv_update_time(p->timer.loop);
       p->deadline = p->kill_grace_ns == BRAID_NEVER ? BRAID_NEVER :
-                    uv_now(braid_loop(p->E)) +
+                    uv_now(p->timer.loop) +
                     braid__proc_ms(p->kill_grace_ns);
       p->poll_ms = 1;
       braid__proc_stop_arm(p);
@@ -249,7 +249,7 @@ static int proc_stdio (struct braid_proc *p, int i,
   }
   if (io->how != PROC_PIPE) return 0;
   if (pipe2(fds, O_CLOEXEC) != 0) return uv_translate_sys_error(errno);
-  uv_pipe_init(braid_loop(p->E), &s->h.pipe, 0);
+  uv_pipe_init(p->timer.loop, &s->h.pipe, 0);
   braid__stream_init(s, p->E, &pipe_hooks, pipe_names[i]);
   s->h.handle.data = p;
   s->limit_opt = "braid.process";

@@ -309,7 +309,7 @@ static void proc_stop_tick (uv_timer_t *h);
 ** once it is reaped, every few ms (doubling up to 100) until its group is
 ** empty or the deadline. */
 void braid__proc_stop_arm (struct braid_proc *p) {
-  uint64_t now = uv_now(braid_loop(p->E)), wait;
+  uint64_t now = uv_now(p->timer.loop), wait;
   uint64_t left = p->deadline == BRAID_NEVER ? BRAID_NEVER :
                   p->deadline > now ? p->deadline - now : 0;
   if (p->exited) {
@@ -330,7 +330,7 @@ static void proc_stop_tick (uv_timer_t *h) {
     braid__proc_update(p);
     return;
   }
-  if (p->deadline != BRAID_NEVER && uv_now(braid_loop(p->E)) >= p->deadline) {
+  if (p->deadline != BRAID_NEVER && uv_now(p->timer.loop) >= p->deadline) {
     braid__proc_signal(p, SIGKILL);
     p->killed = 1;
     if (p->exited) {           /* the leftovers die now; init reaps them */
