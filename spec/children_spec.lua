@@ -402,6 +402,31 @@ describe("issue 15: braid.stdin, braid.stdout", function()
     os.remove(output)
   end)
 
+  it("braid.stdout:write waits for a slow reader without freezing other tasks", h.run(function()
+    local script = h.script([[
+      local braid = require "braid"
+      local ticks = 0
+      local ticker = braid.spawn(function()
+        while true do braid.sleep(0.01) ticks = ticks + 1 end
+      end)
+      braid.stdout:write(string.rep("x", 4 << 20))
+      ticker:cancel()
+      braid.stdout:write(("\nticks %d\n"):format(ticks))
+    ]])
+    local p <close> = braid.process({BIN, script})
+    local got = 0
+    local t0 = braid.now()
+    while braid.now() - t0 < 0.5 do          -- a slow reader, for a while
+      got = got + #p:read(4096)
+      braid.sleep(0.01)
+    end
+    local rest = p:read("a")
+    assert.are.equal(4 << 20, got + #rest - #rest:match("\n(ticks %d+\n)$") - 1)
+    assert.is_true(tonumber(rest:match("ticks (%d+)")) >= 10, rest:sub(-20))
+    assert.are.equal(0, p:wait())
+    os.remove(script)
+  end))
+
   it("is a stream of the run: closed once braid.run has ended", function()
     local s
     braid.run(function() s = braid.stderr end)
