@@ -207,6 +207,11 @@ async def w6(n):
     return dt * 1e3 / n
 
 
+# W6_HEAP_MB: that much live heap in the parent (1 MiB bytes objects)
+import os
+HEAP = [bytes([i % 256]) * (1 << 20) for i in range(int(os.environ.get("W6_HEAP_MB", "0")))]
+
+
 def bench(fn, n, rounds):
     """Round 0 runs first in this fresh process (cold), then `rounds` warm
     rounds; returns (cold, median of the warm ones or None)."""

@@ -209,6 +209,11 @@ end
 -- exit status checked. ms per process = wall ms / n.
 local function w6()
   n, rounds = n or 400, rounds or 3
+  -- W6_HEAP_MB: that much live Lua heap in the parent (1 MiB strings)
+  local heap = {}
+  for i = 1, tonumber(os.getenv("W6_HEAP_MB") or 0) do
+    heap[i] = string.rep("x", (1 << 20) - 8) .. ("%8d"):format(i)
+  end
   local list = {}
   for i = 1, n do list[i] = i end
   local samples = {}

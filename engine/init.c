@@ -41,6 +41,7 @@ static const struct {
   {"signal", braid__open_signal, BRAID_MOD_SIGNAL},
   {"progress", braid__open_progress, 0},
   {"worker", braid__open_worker, 0},
+  {"stdin", braid__open_stdio, BRAID_MOD_PROCESS},
 };
 
 /* Names an opener above adds besides its own, when its module is allowed

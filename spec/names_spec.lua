@@ -33,7 +33,7 @@ local OBJECTS = {
   ["braid.Ticker"] = "ticker", ["braid.Worker"] = "worker",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
   ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
-  ["braid.HttpResponse"] = "res",
+  ["braid.HttpResponse"] = "res", ["braid.StdStream"] = "stdin",
 }
 
 -- ---- finding every public function and method ----
@@ -773,6 +773,26 @@ local EXPECT = {
     badarg = {1, self_is(42)},
   },
   ["stream:close"] = {badarg = {1, self_is(42)}},
+  ["braid.env"] = {none = "raises nothing"},
+  ["proc:read_stderr"] = {
+    nosuspend = function(f, call)
+      local p <close> = braid.process({"cat"}, {stderr = "pipe"})
+      call(function() f(p) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["proc:read_line_stderr"] = {
+    nosuspend = function(f, call)
+      local p <close> = braid.process({"cat"}, {stderr = "pipe"})
+      call(function() f(p) end)
+    end,
+    badarg = {1, self_is(42)},
+  },
+  ["stdin:read"] = {badarg = {1, self_is(42)}},
+  ["stdin:read_line"] = {badarg = {1, self_is(42)}},
+  ["stdin:lines"] = {badarg = {1, self_is(42)}},
+  ["stdin:write"] = {badarg = {1, self_is(42)}},
+  ["stdin:close"] = {badarg = {1, self_is(42)}},
   ["server:port"] = {badarg = {1, self_is(42)}},
 
   -- HTTP and JSON

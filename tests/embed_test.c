@@ -1114,6 +1114,76 @@ static int t_workers (void) {
   return 1;
 }
 
+/* ---- issue 15: the application's uv_spawn beside braid's children ---- */
+
+struct app_child {
+  uv_process_t proc;
+  int64_t status;
+  int exited;
+};
+
+static void app_child_exit (uv_process_t *h, int64_t status, int sig) {
+  struct app_child *c = (struct app_child *) h->data;
+  (void) sig;
+  c->status = status;
+  c->exited = 1;
+  uv_close((uv_handle_t *) h, NULL);
+}
+
+/* braid reaps only its own pids and libuv only its own, on one loop: each
+** side gets its children's real statuses, on the pidfd path and then on
+** the SIGCHLD one (which shares SIGCHLD with libuv's own watcher). */
+static int spawn_beside (void) {
+  uv_loop_t loop;
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  braid_task_t *t;
+  struct app_child kids[4];
+  char *args[] = {"sh", "-c", "sleep 0.05; exit 7", NULL};
+  uv_process_options_t po;
+  struct walk_count c = {0, 0};
+  int i, n;
+  CHECK(uv_loop_init(&loop) == 0);
+  o.modules = BRAID_MOD_PROCESS;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  memset(&po, 0, sizeof po);
+  po.file = "sh";
+  po.args = args;
+  po.exit_cb = app_child_exit;
+  for (i = 0; i < 4; i++) {
+    memset(&kids[i], 0, sizeof kids[i]);
+    kids[i].proc.data = &kids[i];
+    CHECK(uv_spawn(&loop, &kids[i].proc, &po) == 0);
+  }
+  CHECK(braid_run_string(E, "local t = {}"
+        " for i = 1, 8 do t[i] = braid.spawn(braid.exec,"
+        "   {'sh', '-c', 'sleep 0.0' .. i .. '; exit 3'}) end"
+        " for i = 1, 8 do assert(t[i]:await().code == 3) end"
+        " return 'ok'", "=beside", &t) == 0);
+  while (braid_task_status(t) < BRAID_OK) uv_run(&loop, UV_RUN_ONCE);
+  n = braid_task_result(E, t);
+  CHECK(result_is(E, n, 1, "ok"));
+  braid_task_release(E, t);
+  uv_run(&loop, UV_RUN_DEFAULT);   /* the application's children too */
+  for (i = 0; i < 4; i++) CHECK(kids[i].exited && kids[i].status == 7);
+  braid_close(E);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_walk(&loop, walk_cb, &c);
+  CHECK(c.total == 0);
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
+static int t_spawn_beside (void) {
+  extern int braid__spawn_no_pidfd;
+  int ok = spawn_beside();
+  braid__spawn_no_pidfd = 1;       /* the SIGCHLD path, then back */
+  ok = ok && spawn_beside();
+  braid__spawn_no_pidfd = 0;
+  return ok;
+}
+
 int main (void) {
   run_test("an engine on its own loop runs a string as a task", t_own_loop);
   run_test("braid_options_t.trace records until braid_close", t_trace);
@@ -1168,6 +1238,8 @@ int main (void) {
   run_test("workers are sandboxed as their engine; braid_worker_config "
            "registers the application's functions in each (issue 20)",
            t_workers);
+  run_test("the application's uv_spawn beside braid's children on one "
+           "loop: each reaps its own (issue 15)", t_spawn_beside);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -329,6 +329,10 @@ struct braid_engine {
   unsigned modules;            /* BRAID_MOD_* the state may open */
   struct braid_list interceptors;   /* Ctrl-C, newest first (prim.h) */
   struct braid_list loop_users;     /* struct braid_loop_user (prim.h) */
+  struct braid_list exit_hooks;     /* leaving at once (prim.h) */
+  int exit_code;               /* os.exit's, once exiting is set */
+  unsigned char exiting;       /* os.exit cancelled the root */
+  unsigned char exit_close;    /* os.exit's second argument */
   /* The REPL's session (prim.h); NULL outside it. A deadlock fails the
   ** running `entry` when it is set and alive, else the root. */
   struct braid_session *session;

@@ -88,6 +88,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   }
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
     fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
+    braid__exit_hooks_run(E);   /* no child left running */
     _exit(128 + stops[i].num);
   }
   if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
@@ -181,6 +182,17 @@ void braid__interrupt_detach (braid_engine_t *E) {
   }
   if (sig_engine == E) sig_engine = NULL;
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
+}
+
+void braid__exit_hook_add (braid_engine_t *E, struct braid_exit_hook *h) {
+  braid__list_push(&E->exit_hooks, &h->link);
+}
+
+void braid__exit_hooks_run (braid_engine_t *E) {
+  struct braid_list *n;
+  for (n = E->exit_hooks.next; n != &E->exit_hooks; n = n->next)
+    container_of(n, struct braid_exit_hook, link)->fn(
+        container_of(n, struct braid_exit_hook, link));
 }
 
 int braid_interrupt (lua_State *L) {

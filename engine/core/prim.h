@@ -180,6 +180,10 @@ typedef struct braid_scope braid_scope_t;
 ** shield keeps out. Inside a task only. */
 braid_scope_t *braid__scope_here(lua_State *L, int shields);
 
+/* The engine's top scope: what is in it lasts until braid.run ends (an
+** embedded engine's: until braid_close). */
+braid_scope_t *braid__scope_top(braid_engine_t *E);
+
 /* Makes r a resource of scope s (from braid__scope_here). */
 void braid__scope_resource_add(braid_scope_t *s, braid_resource_t *r);
 
@@ -292,6 +296,19 @@ void braid__loop_user_add(braid_engine_t *E, struct braid_loop_user *u);
 /* The user registered under key on E's current loop, or NULL. */
 struct braid_loop_user *braid__loop_user_find(braid_engine_t *E,
                                               const void *key);
+/* ---- leaving at once ---- */
+
+/* An exit hook runs when braid leaves without unwinding (a second Ctrl-C,
+** os.exit where it cannot wait): async-signal-safe work only, such as
+** SIGKILL to a child's process group. A hook removes itself with
+** braid__list_remove(&h->link) before its memory goes. */
+struct braid_exit_hook {
+  struct braid_list link;
+  void (*fn)(struct braid_exit_hook *h);
+};
+
+void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
+void braid__exit_hooks_run(braid_engine_t *E);
 
 /* ---- the REPL's session (cli/repl.c) ---- */
 
@@ -366,6 +383,7 @@ void braid__open_signal(lua_State *L);
 void braid__open_progress(lua_State *L);
 void braid__open_worker(lua_State *L);
 void braid__open_http(lua_State *L);
+void braid__open_stdio(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */

@@ -5,6 +5,7 @@
 ** (uv_loop_close returning 0; a handle left open is an error).
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core.h"
 
@@ -69,6 +70,8 @@ static int engine_close_loop (braid_engine_t *E) {
   return uv_loop_close(E->loop) != 0 ? -1 : -left;
 }
 
+
+#define OS_EXIT "braid.os_exit"   /* Lua's os.exit, in the registry */
 
 static const char *const run_options[] = {"clock", "seed", "grace", "trace",
                                           NULL};
@@ -143,6 +146,7 @@ static int l_run_run (lua_State *L) {
   E->io_ops = E->noyield = 0;
   E->armed_due = 0;
   E->interrupted = E->deadlocks = E->interrupt_sig = 0;
+  E->exiting = 0;
   memset(&E->top, 0, sizeof E->top);
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   E->running = 1;
@@ -164,6 +168,12 @@ static int l_run_run (lua_State *L) {
   E->root = NULL;
   rc = engine_close_loop(E);
   braid__run_alloc_end(L, E);
+  if (E->exiting) {            /* os.exit: everything has ended; now exit */
+    lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);
+    lua_pushinteger(L, E->exit_code);
+    lua_pushboolean(L, E->exit_close);
+    lua_call(L, 2, 0);
+  }
   if (rc != 0)
     braid_error(L, "io", NULL, "braid.run: %d libuv handle(s) were "
                        "left open at exit", rc < 0 ? -rc : rc);
@@ -180,6 +190,52 @@ static int l_run_run (lua_State *L) {
   return braid__task_results(L, 2, 1);
 }
 
+
+/* os.exit([code [, close]]), replaced when braid is opened. Inside
+** braid.run (the runner, the module, the REPL) and a task it cancels the
+** root, as Ctrl-C does, and raises the cancellation here: cleanup runs
+** (bounded by the grace period), every child is stopped and reaped, and
+** braid.run then exits with code. Elsewhere (no task running, an embedded
+** engine) it cannot wait: every child's group gets SIGKILL, then Lua's
+** os.exit runs. */
+static int l_os_exit (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  int code;
+  if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS
+                                                      : EXIT_FAILURE;
+  else code = (int) luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (E && E->running && !E->embedded && E->current) {
+    if (!E->exiting) {
+      E->exiting = 1;
+      E->exit_code = code;
+      E->exit_close = (unsigned char) lua_toboolean(L, 2);
+      lua_pushliteral(L, "exit");
+      braid__scope_set_reason(L, &E->top, -1);
+      braid__scope_cancel(&E->top, &E->top);
+      lua_pop(L, 1);
+    }
+    braid__task_checkcancel(L, E->current);
+    return 0;                  /* in a shield: the exit comes after it */
+  }
+  if (E) braid__exit_hooks_run(E);
+  lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 0);
+  return 0;
+}
+
+/* Puts l_os_exit in place of os.exit, once per state. */
+static void replace_os_exit (lua_State *L) {
+  int top = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT) == LUA_TNIL &&
+      lua_getglobal(L, "os") == LUA_TTABLE &&
+      lua_getfield(L, -1, "exit") == LUA_TFUNCTION) {
+    lua_setfield(L, LUA_REGISTRYINDEX, OS_EXIT);
+    lua_pushcfunction(L, l_os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_settop(L, top);
+}
 
 static int l_run_interrupted (lua_State *L) {
   lua_pushboolean(L, braid_engine(L)->interrupted);
@@ -220,4 +276,5 @@ void braid__open_engine (lua_State *L) {
     {NULL, NULL}
   };
   luaL_setfuncs(L, funcs, 0);
+  replace_os_exit(L);
 }

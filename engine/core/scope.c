@@ -198,6 +198,10 @@ int braid__scope_open (struct braid_scope *s) {
   return !s->cancelled && !(s->joining && s->pending == 0);
 }
 
+braid_scope_t *braid__scope_top (braid_engine_t *E) {
+  return &E->top;
+}
+
 void braid__scope_release (struct braid_scope *s) {
   lua_State *S = s->E->S;
   while (s->resources.next != &s->resources) {

@@ -81,16 +81,17 @@ static int exec_result (lua_State *L) {
   struct braid_proc *p = (struct braid_proc *) lua_touserdata(L, 1);
   int i;
   for (i = P_STDOUT; i <= P_STDERR; i++)
-    if (p->pipe[i].rerr != UV_EOF)   /* raises, or (still open) waits */
+    if (p->pipe[i].hooks && p->pipe[i].rerr != UV_EOF)   /* raises */
       braid__stream_take(L, &p->pipe[i], BRAID_READ_ALL, 0, "braid.exec");
   lua_createtable(L, 0, 4);
   braid__proc_push_status(L, p);
   lua_setfield(L, -3, "signal");
   lua_setfield(L, -2, "code");
-  braid__stream_take(L, &p->pipe[P_STDOUT], BRAID_READ_ALL, 0, "braid.exec");
-  lua_setfield(L, -2, "stdout");
-  braid__stream_take(L, &p->pipe[P_STDERR], BRAID_READ_ALL, 0, "braid.exec");
-  lua_setfield(L, -2, "stderr");
+  for (i = P_STDOUT; i <= P_STDERR; i++) {   /* nil: not captured */
+    if (p->pipe[i].hooks == NULL) continue;
+    braid__stream_take(L, &p->pipe[i], BRAID_READ_ALL, 0, "braid.exec");
+    lua_setfield(L, -2, i == P_STDOUT ? "stdout" : "stderr");
+  }
   return 1;
 }
 
@@ -100,11 +101,11 @@ static int exec_check_error (lua_State *L, const char *name) {
   lua_getfield(L, r, "signal");
   if (lua_isnil(L, -1)) {
     lua_getfield(L, r, "code");
-    braid_pusherror(L, "io", NULL, "braid.exec: command '%s' exited with "
-                    "status %d", name, (int) lua_tointeger(L, -1));
+    braid_pusherror(L, "io", NULL, "braid.exec: command \"%s\" exited "
+                    "with status %d", name, (int) lua_tointeger(L, -1));
   } else {
-    braid_pusherror(L, "io", NULL, "braid.exec: command '%s' was killed "
-                    "by %s", name, lua_tostring(L, -1));
+    braid_pusherror(L, "io", NULL, "braid.exec: command \"%s\" was "
+                    "killed by %s", name, lua_tostring(L, -1));
   }
   lua_getfield(L, r, "code");
   lua_setfield(L, -2, "exit_code");
@@ -122,16 +123,15 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
   const char *name;
   int failed, rc, check = p->check;
-  lua_rawgeti(L, 3, 1);
-  name = lua_tostring(L, -1);  /* anchored at 3 */
-  lua_pop(L, 1);
+  braid__proc_push_cmdline(L, 3, p->argc);   /* argv's, anchored at 3 */
+  name = lua_tostring(L, -1);  /* stays on the stack */
   /* The options were read at the call: the script may have changed opts
   ** (even given it a raising __index) while it waited. */
   if (p->timed_out) {
     double s = (double) p->timeout_ns / 1e9;
     braid__proc_release(p);
-    return braid_error(L, "timeout", NULL, "braid.exec: command '%s' timed "
-                       "out after %f s", name, s);
+    return braid_error(L, "timeout", NULL, "braid.exec: command \"%s\" "
+                       "timed out after %f s", name, s);
   }
   lua_pushcfunction(L, exec_result);
   lua_pushlightuserdata(L, p);
@@ -145,8 +145,8 @@ static int exec_k (lua_State *L, braid_op_t *op) {
 }
 
 static const char *const exec_options[] = {
-  "cwd", "env", "stdin", "timeout", "check", "kill_grace", "max_output",
-  NULL
+  "cwd", "env", "env_add", "group", "interactive", "stdin", "stdout",
+  "stderr", "timeout", "check", "kill_grace", "max_output", NULL
 };
 
 /* max_output's default, for each of stdout and stderr: exec returns its
@@ -176,11 +176,10 @@ static const char *const exec_options[] = {
 ** A program that cannot start raises kind "spawn" with `code` (e.g.
 ** ENOENT). */
 static int l_exec (lua_State *L) {
-  int stdio[3] = {0, UV_CREATE_PIPE | UV_WRITABLE_PIPE,
-                  UV_CREATE_PIPE | UV_WRITABLE_PIPE};
+  struct braid_stdio io[3];
   uint64_t timeout, grace;
   size_t len = 0, max_output;
-  int i, check;
+  int i, check, interactive;
   const char *in = NULL;
   struct braid_proc *p;
   struct exec_args a;
@@ -197,18 +196,36 @@ static int l_exec (lua_State *L) {
       braid_usageerror(L, "bad option 'stdin' to 'braid.exec' (string "
                        "expected)");
     in = lua_tolstring(L, -1, &len);   /* a number is converted in place */
-    stdio[0] = UV_CREATE_PIPE | UV_READABLE_PIPE;
   }
+  /* interactive: the terminal is the child's (its stdio is braid's, and
+  ** braid_spawn_args keeps it in braid's foreground group) */
+  interactive = lua_istable(L, 2) &&
+                (lua_getfield(L, 2, "interactive"), lua_toboolean(L, -1));
+  if (interactive && in)
+    braid_usageerror(L, "bad option 'stdin' to 'braid.exec' (an "
+                     "interactive child reads the terminal)");
+  io[0].how = in ? PROC_PIPE : interactive ? PROC_INHERIT : PROC_NULL;
+  io[0].path = NULL;
+  io[1] = braid__proc_stdio_opt(L, 2, "stdout",
+                                interactive ? PROC_INHERIT : PROC_PIPE,
+                                "braid.exec");
+  io[2] = braid__proc_stdio_opt(L, 2, "stderr",
+                                interactive ? PROC_INHERIT : PROC_PIPE,
+                                "braid.exec");
   check = lua_istable(L, 2) &&
           (lua_getfield(L, 2, "check"), lua_toboolean(L, -1));
   lua_settop(L, 3);
   braid_check_suspend(L, "braid.exec");   /* before the child starts */
-  p = braid__proc_spawn(L, "braid.exec", stdio, grace);     /* 4: anchor */
+  p = braid__proc_spawn(L, "braid.exec", io, grace);        /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
   p->exec = 1;
   p->timeout_ns = timeout;
   p->check = (unsigned char) check;
   for (i = P_STDOUT; i <= P_STDERR; i++) {
+    if (!p->pipe[i].live) {    /* not a pipe: nothing to capture */
+      p->pipe[i].rerr = UV_EOF;
+      continue;
+    }
     p->pipe[i].max_buf = max_output;
     p->pipe[i].max_buf_opt = "max_output";
     braid__stream_drain(&p->pipe[i], 1);
@@ -224,7 +241,7 @@ static int l_exec (lua_State *L) {
       return braid_error(L, "memory", NULL, "braid.exec: not enough memory");
     }
   }
-  uv_update_time(braid_loop(p->E));    /* the loop's cached time may be stale */
+  uv_update_time(p->timer.loop);    /* the loop's cached time may be stale */
   if (timeout != BRAID_NEVER)
     uv_timer_start(&p->timer, exec_timeout_cb, braid__proc_ms(timeout), 0);
   a.p = p;

@@ -1,7 +1,8 @@
 /*
-** process.c: child processes on uv_spawn: a child's lifetime (shared with
-** braid.exec, exec.c) and braid.process (streaming, to-be-closed). The
-** child's pipes are io/stream.c's streams, the same as TCP's.
+** process.c: child processes (started by spawn.c's posix_spawn): a child's
+** lifetime (shared with braid.exec, exec.c) and braid.process (streaming,
+** to-be-closed). The child's pipes are io/stream.c's streams, the same as
+** TCP's: the parent's ends are handed to uv_pipe_open.
 **
 ** Each child is a struct braid_proc, malloc'd rather than kept in a Lua
 ** userdata, because it must outlive both the task that waits on it and the
@@ -16,11 +17,16 @@
 **   and nothing refers to it any more (owned == 0: no exec continuation
 **   and no braid.Process object), so a method's continuation always finds
 **   its pipe.
-** - A child is always reaped: the process handle is closed only in the exit
-**   callback (or after a failed uv_spawn, as libuv requires), and a stop
-**   always sends SIGTERM and arms SIGKILL after kill_grace, so the exit
-**   comes. Until then the handle keeps the loop running, and braid.run ends
-**   only after it is closed.
+** - A child is always reaped: the reap handle is closed only once the exit
+**   is reaped, and a stop always sends SIGTERM and arms SIGKILL after
+**   kill_grace, so the exit comes. Until then the handle keeps the loop
+**   running, and braid.run ends only after it is closed.
+** - Each child leads a process group of its own (unless opts.group is
+**   false), and a stop signals the group: SIGTERM, then SIGKILL after
+**   kill_grace. A stop is over when the child is reaped and its group is
+**   empty (looked at every few ms after the exit) or has had its SIGKILL;
+**   until then the timer stays, and so does the exit hook that SIGKILLs
+**   the group should braid leave at once (a second Ctrl-C, os.exit).
 ** - The kill timer is a uv_timer_t of the proc's own, not an engine timer:
 **   it must fire on the real clock, and even after the engine's own timer is
 **   closed at shutdown.
@@ -37,10 +43,14 @@
 **   resume ops with at most an integer; continuations, in the task, build
 **   the results and raise the errors.
 */
+#define _GNU_SOURCE   /* pipe2 */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "core/prim.h"
 #include "io/signames.h"
 #include "io/process.h"
@@ -57,10 +67,13 @@ static void proc_maybe_free (struct braid_proc *p) {
   free(p);
 }
 
-static void proc_close_cb (uv_handle_t *h) {
-  struct braid_proc *p = (struct braid_proc *) h->data;
+void braid__proc_handle_closed (struct braid_proc *p) {
   p->open--;
   proc_maybe_free(p);
+}
+
+static void proc_close_cb (uv_handle_t *h) {
+  braid__proc_handle_closed((struct braid_proc *) h->data);
 }
 
 static void pipe_closed (struct braid_stream *s) {
@@ -82,10 +95,14 @@ static void proc_close_handle (struct braid_proc *p, int i) {
     braid__stream_close(&p->pipe[i]);
     return;
   }
+  if (i == P_PROC) {
+    braid__reap_close(p);
+    return;
+  }
   if (!p->live[i]) return;
   p->live[i] = 0;
-  uv_close(i == P_TIMER ? (uv_handle_t *) &p->timer
-                        : (uv_handle_t *) &p->proc, proc_close_cb);
+  braid__list_remove(&p->exit_hook.link);   /* nothing left to kill */
+  uv_close((uv_handle_t *) &p->timer, proc_close_cb);
 }
 
 void braid__proc_release (struct braid_proc *p) {
@@ -102,8 +119,11 @@ static void proc_detach (struct braid_proc *p) {
 /* stdout is read into memory, however much comes, while a task waits for
 ** the exit (so a child blocked on a full pipe still gets to exit). */
 static void proc_drain (struct braid_proc *p) {
-  if (!p->exec)
-    braid__stream_drain(&p->pipe[P_STDOUT], !braid__list_empty(&p->waiters));
+  int i;
+  if (p->exec) return;
+  for (i = P_STDOUT; i <= P_STDERR; i++)
+    if (p->pipe[i].hooks)
+      braid__stream_drain(&p->pipe[i], !braid__list_empty(&p->waiters));
 }
 
 /* Did reading the pipe end otherwise than at its end (over exec's
@@ -123,15 +143,10 @@ void braid__proc_update (struct braid_proc *p) {
     p->op = NULL;
     braid_resume(op, 0);       /* its continuation finds the rest in p */
   }
-  if (p->exited && !pipes) {
+  if (p->exited && !pipes && (!p->stopping || p->group_done)) {
     proc_close_handle(p, P_TIMER);
     proc_detach(p);
   }
-}
-
-static void proc_kill_cb (uv_timer_t *h) {
-  struct braid_proc *p = (struct braid_proc *) h->data;
-  if (p->live[P_PROC]) uv_process_kill(&p->proc, SIGKILL);
 }
 
 /* A scope's resource close, __gc and cancel hooks call it. */
@@ -139,17 +154,28 @@ void braid__proc_stop (struct braid_proc *p) {
   int i;
   proc_detach(p);
   for (i = P_STDIN; i <= P_STDERR; i++) proc_close_handle(p, i);
-  if (p->live[P_PROC] && !p->exited && !p->stopping) {
+  if (!p->stopping && braid__proc_signal(p, SIGTERM) == 0) {
     p->stopping = 1;
-    uv_process_kill(&p->proc, SIGTERM);
-    if (p->kill_grace_ns == 0) uv_process_kill(&p->proc, SIGKILL);
-    else if (p->kill_grace_ns != BRAID_NEVER) {
-      uv_update_time(braid_loop(p->E));
-      uv_timer_start(&p->timer, proc_kill_cb,
-                     braid__proc_ms(p->kill_grace_ns), 0);
+    if (p->kill_grace_ns == 0 || !p->live[P_TIMER]) {
+      /* no grace, or only the leftovers of a child reaped long ago */
+      braid__proc_signal(p, SIGKILL);
+      p->killed = 1;
+      if (p->exited) p->group_done = 1;
+    } else {
+      uv_update_time(p->timer.loop);
+      p->deadline = p->kill_grace_ns == BRAID_NEVER ? BRAID_NEVER :
+                    uv_now(p->timer.loop) +
+                    braid__proc_ms(p->kill_grace_ns);
+      p->poll_ms = 1;
+      braid__proc_stop_arm(p);
     }
   }
   braid__proc_update(p);
+}
+
+/* Leaving at once: nothing of the child's is left running. */
+static void proc_exit_hook (struct braid_exit_hook *h) {
+  braid__proc_signal(container_of(h, struct braid_proc, exit_hook), SIGKILL);
 }
 
 static void proc_resource_close (struct braid_resource *r) {
@@ -165,12 +191,19 @@ struct exit_wait {
   struct braid_proc *p;
 };
 
-static void proc_exit_cb (uv_process_t *h, int64_t status, int sig) {
-  struct braid_proc *p = (struct braid_proc *) h->data;
+void braid__proc_exited (struct braid_proc *p, int64_t status, int sig) {
   p->exited = 1;
   p->code = status;
   p->signal = sig;
-  if (p->stopping && p->live[P_TIMER]) uv_timer_stop(&p->timer);
+  if (p->stopping && p->live[P_TIMER]) {
+    if (p->killed || braid__group_empty(p)) {
+      p->group_done = 1;
+      uv_timer_stop(&p->timer);
+    } else {                   /* wait for the group, up to the deadline */
+      p->poll_ms = 1;
+      braid__proc_stop_arm(p);
+    }
+  }
   proc_close_handle(p, P_PROC);
   proc_close_handle(p, P_STDIN);   /* nobody reads it any more */
   while (!braid__list_empty(&p->waiters)) {
@@ -196,126 +229,81 @@ uint64_t braid__proc_ms (uint64_t ns) {
   return ns / 1000000 + (ns % 1000000 != 0);
 }
 
-/* Fills o's file, args, cwd and env from argv (the list at 1) and the
-** options at 2 (nil or a table), as C strings anchored in the table it
-** pushes. [-0, +1, e] */
-static void proc_args (lua_State *L, const char *fname,
-                       uv_process_options_t *o) {
-  char **args, **env;
-  int i, n, k, anchor, env_idx;
-  if (!lua_istable(L, 1))
-    braid_argerror(L, 1, fname, "list expected (program and arguments)");
-  {   /* the raw length: a __len cannot shorten or overflow the list */
-    size_t len = lua_rawlen(L, 1);
-    if (len < 1) braid_argerror(L, 1, fname, "empty argument list");
-    if (len > (1u << 20)) braid_argerror(L, 1, fname, "too many arguments");
-    n = (int) len;
-  }
-  lua_newtable(L);
-  anchor = lua_gettop(L);
-  args = lua_newuserdatauv(L, (size_t) (n + 1) * sizeof *args, 0);
-  lua_rawsetp(L, anchor, args);
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    if (!lua_isstring(L, -1))
-      braid_argerror(L, 1, fname, "list of strings expected");
-    args[i - 1] = (char *) lua_tostring(L, -1);
-    lua_rawseti(L, anchor, i);
-  }
-  args[n] = NULL;
-  o->file = args[0];
-  o->args = args;
-  if (!lua_istable(L, 2)) return;
-  if (lua_getfield(L, 2, "cwd") != LUA_TNIL) {
-    if (!lua_isstring(L, -1))
-      braid_usageerror(L, "bad option 'cwd' to '%s' (string expected)",
-                       fname);
-    o->cwd = lua_tostring(L, -1);
-    lua_rawseti(L, anchor, n + 1);
-  } else {
-    lua_pop(L, 1);
-  }
-  if (lua_getfield(L, 2, "env") == LUA_TNIL) {
-    lua_pop(L, 1);
-    return;
-  }
-  env_idx = lua_gettop(L);
-  if (!lua_istable(L, env_idx))
-    braid_usageerror(L, "bad option 'env' to '%s' (table expected)", fname);
-  k = 0;
-  lua_pushnil(L);
-  while (lua_next(L, env_idx)) { k++; lua_pop(L, 1); }
-  env = lua_newuserdatauv(L, (size_t) (k + 1) * sizeof *env, 0);
-  lua_rawsetp(L, anchor, env);
-  k = 0;
-  lua_pushnil(L);
-  while (lua_next(L, env_idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-      braid_usageerror(L, "bad option 'env' to '%s' (names and values "
-                       "must be strings)", fname);
-    lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
-    env[k++] = (char *) lua_tostring(L, -1);
-    lua_rawseti(L, anchor, n + 1 + k);
-    lua_pop(L, 1);
-  }
-  env[k] = NULL;
-  o->env = env;
-  lua_pop(L, 1);
-}
-
 static const char *const pipe_names[3] = {"stdin", "stdout", "stderr"};
 
+/* Sets up the child's end of stdio i in o->fd[i] (an fd closed after the
+** spawn is noted in child[i]) and, for a pipe, the stream of the parent's
+** end. Returns 0 or a libuv error. */
+static int proc_stdio (struct braid_proc *p, int i,
+                       const struct braid_stdio *io,
+                       struct braid_spawn_opts *o, int *child) {
+  int fds[2], rc;
+  struct braid_stream *s = &p->pipe[i];
+  o->fd[i] = io->how == PROC_INHERIT ? BRAID_FD_INHERIT :
+             io->how == PROC_TO_STDOUT ? BRAID_FD_STDOUT : BRAID_FD_NULL;
+  if (io->how == PROC_FILE) {
+    int fd = open(io->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return uv_translate_sys_error(errno);
+    o->fd[i] = *child = fd;
+    return 0;
+  }
+  if (io->how != PROC_PIPE) return 0;
+  if (pipe2(fds, O_CLOEXEC) != 0) return uv_translate_sys_error(errno);
+  uv_pipe_init(p->timer.loop, &s->h.pipe, 0);
+  braid__stream_init(s, p->E, &pipe_hooks, pipe_names[i]);
+  s->h.handle.data = p;
+  s->limit_opt = "braid.process";
+  p->open++;
+  o->fd[i] = *child = fds[i == 0 ? 0 : 1];
+  if ((rc = uv_pipe_open(&s->h.pipe, fds[i == 0 ? 1 : 0])) != 0)
+    close(fds[i == 0 ? 1 : 0]);
+  return rc;
+}
+
 struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
-                                      int stdio[3], uint64_t kill_grace_ns) {
+                                      const struct braid_stdio io[3],
+                                      uint64_t kill_grace_ns) {
   braid_engine_t *E = braid_engine(L);
-  uv_process_options_t o;
-  uv_stdio_container_t io[3];
+  struct braid_spawn_opts o;
   struct braid_proc *p;
-  int i, rc;
+  int i, rc = 0, child[3] = {-1, -1, -1}, failed = -1;
   memset(&o, 0, sizeof o);
-  proc_args(L, fname, &o);                          /* the anchor */
+  braid__spawn_args(L, fname, &o);                  /* the anchor */
+  for (i = 0; o.args[i]; i++) ;
   if ((p = calloc(1, sizeof *p)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   p->E = E;
+  p->argc = i;
   p->owned = 1;
+  p->pidfd = -1;
   p->kill_grace_ns = kill_grace_ns;
   braid__list_init(&p->waiters);
+  braid__list_init(&p->exit_hook.link);
+  p->exit_hook.fn = proc_exit_hook;
   p->res.close = proc_resource_close;
   uv_timer_init(braid_loop(E), &p->timer);
   p->timer.data = p;
   p->live[P_TIMER] = 1;
   p->open++;
-  for (i = 0; i < 3; i++) {
-    if (stdio[i] > 0) {
-      struct braid_stream *s = &p->pipe[i];
-      uv_pipe_init(braid_loop(E), &s->h.pipe, 0);
-      braid__stream_init(s, E, &pipe_hooks, pipe_names[i]);
-      s->h.handle.data = p;
-      s->limit_opt = "braid.process";
-      p->open++;
-      io[i].flags = (uv_stdio_flags) stdio[i];
-      io[i].data.stream = &s->h.stream;
-    } else if (stdio[i] < 0) {
-      io[i].flags = UV_INHERIT_FD;
-      io[i].data.fd = i;
-    } else {
-      io[i].flags = UV_IGNORE;
-    }
-  }
-  o.exit_cb = proc_exit_cb;
-  o.stdio_count = 3;
-  o.stdio = io;
-  p->proc.data = p;
-  rc = uv_spawn(braid_loop(E), &p->proc, &o);
-  p->live[P_PROC] = 1;           /* closed once even when spawn failed */
-  p->open++;
+  for (i = 0; i < 3 && rc == 0; i++)
+    if ((rc = proc_stdio(p, i, &io[i], &o, &child[i])) != 0) failed = i;
+  if (rc == 0) rc = braid__spawn_start(p, &o);
+  for (i = 0; i < 3; i++)
+    if (child[i] >= 0) close(child[i]);
   if (rc != 0) {
     for (i = 0; i < P_NHANDLES; i++) proc_close_handle(p, i);
     braid__proc_release(p);
+    if (failed >= 0 && io[failed].how == PROC_FILE)
+      braid_error(L, "spawn", uv_err_name(rc), "%s: cannot open '%s' for "
+                  "the child's %s: %s", fname, io[failed].path,
+                  pipe_names[failed], uv_strerror(rc));
+    if (o.cwd && access(o.cwd, X_OK) != 0)
+      braid_error(L, "spawn", uv_err_name(rc), "%s: cannot start '%s' in "
+                  "'%s': %s", fname, o.file, o.cwd, uv_strerror(rc));
     braid_error(L, "spawn", uv_err_name(rc), "%s: cannot start '%s': %s",
                 fname, o.file, uv_strerror(rc));
   }
-  p->pid = p->proc.pid;
+  braid__exit_hook_add(E, &p->exit_hook);
   return p;
 }
 
@@ -333,6 +321,15 @@ struct proc_box {
   struct braid_proc *p;
 };
 
+/* Output i of p is a pipe the methods can read. */
+static void pipe_check (lua_State *L, struct braid_proc *p, int i,
+                        const char *fname) {
+  if (p->pipe[i].hooks == NULL)
+    braid_usageerror(L, "%s: %s is not a pipe (braid.process's option "
+                     "%s = \"pipe\" makes it one)", fname, pipe_names[i],
+                     pipe_names[i]);
+}
+
 static struct braid_proc *proc_check (lua_State *L, const char *fname) {
   struct proc_box *box = braid__check_object(L, 1, PROC_MT, fname);
   if (box->p == NULL)   /* only a finalizer can still see a collected one */
@@ -346,6 +343,7 @@ static struct braid_proc *proc_check (lua_State *L, const char *fname) {
 ** this wait. */
 static int l_process_read_line (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read_line");
+  pipe_check(L, p, P_STDOUT, "proc:read_line");
   return braid__stream_read_line(L, &p->pipe[P_STDOUT], "proc:read_line");
 }
 
@@ -354,13 +352,14 @@ static int l_process_read_line (lua_State *L) {
 ** nothing is left). */
 static int l_process_read (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:read");
+  pipe_check(L, p, P_STDOUT, "proc:read");
   return braid__stream_read(L, &p->pipe[P_STDOUT], BRAID_READ_ALL,
                             "proc:read");
 }
 
 /* proc:lines() -> an iterator over the lines of stdout, for `for ... in`. */
 static int l_process_lines (lua_State *L) {
-  proc_check(L, "proc:lines");
+  pipe_check(L, proc_check(L, "proc:lines"), P_STDOUT, "proc:lines");
   return braid__stream_lines(L, l_process_read_line);
 }
 
@@ -443,7 +442,7 @@ static int l_process_kill (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:kill");
   int sig = signal_check(L, 2);
   lua_pushboolean(L, p->live[P_PROC] && !p->exited &&
-                     uv_process_kill(&p->proc, sig) == 0);
+                     kill(p->pid, sig) == 0);
   return 1;
 }
 
@@ -493,8 +492,27 @@ static int l_process_tostring (lua_State *L) {
   return 1;
 }
 
-static const char *const process_options[] = {"cwd", "env", "kill_grace",
-                                              "max_line", NULL};
+static const char *const process_options[] = {
+  "cwd", "env", "env_add", "group", "stdout", "stderr", "kill_grace",
+  "max_line", NULL
+};
+
+/* proc:read_stderr([n | "a"]), proc:read_line_stderr(): as read and
+** read_line, on stderr, when opts.stderr was "pipe". */
+
+static int l_process_read_stderr (lua_State *L) {
+  struct braid_proc *p = proc_check(L, "proc:read_stderr");
+  pipe_check(L, p, P_STDERR, "proc:read_stderr");
+  return braid__stream_read(L, &p->pipe[P_STDERR], BRAID_READ_ALL,
+                            "proc:read_stderr");
+}
+
+static int l_process_read_line_stderr (lua_State *L) {
+  struct braid_proc *p = proc_check(L, "proc:read_line_stderr");
+  pipe_check(L, p, P_STDERR, "proc:read_line_stderr");
+  return braid__stream_read_line(L, &p->pipe[P_STDERR],
+                                 "proc:read_line_stderr");
+}
 
 /* braid.process(argv, [opts]) -> proc: starts argv[1] (no shell) with
 ** stdin and stdout as pipes and stderr inherited, without waiting. opts:
@@ -503,8 +521,8 @@ static const char *const process_options[] = {"cwd", "env", "kill_grace",
 ** scope ends, it is stopped (SIGTERM, SIGKILL after kill_grace, reaped).
 ** Raises kind "spawn" like exec. */
 static int l_process_new (lua_State *L) {
-  int stdio[3] = {UV_CREATE_PIPE | UV_READABLE_PIPE,
-                  UV_CREATE_PIPE | UV_WRITABLE_PIPE, -1};
+  struct braid_stdio io[3];
+  int i;
   struct proc_box *box;
   struct braid_proc *p;
   uint64_t grace;
@@ -519,12 +537,18 @@ static int l_process_new (lua_State *L) {
   box = lua_newuserdatauv(L, sizeof *box, 0);               /* 3 */
   box->p = NULL;
   luaL_setmetatable(L, PROC_MT);
-  p = braid__proc_spawn(L, "braid.process", stdio, grace);  /* 4: anchor */
+  io[0].how = PROC_PIPE;
+  io[1] = braid__proc_stdio_opt(L, 2, "stdout", PROC_PIPE, "braid.process");
+  io[2] = braid__proc_stdio_opt(L, 2, "stderr", PROC_INHERIT,
+                                "braid.process");
+  p = braid__proc_spawn(L, "braid.process", io, grace);     /* 4: anchor */
   box->p = p;
   p->attached = 1;
   braid_resource_add(L, &p->res);
-  p->pipe[P_STDOUT].max_line = max_line;
-  braid__stream_start(&p->pipe[P_STDOUT]);
+  for (i = P_STDOUT; i <= P_STDERR; i++) {
+    p->pipe[i].max_line = max_line;
+    if (p->pipe[i].hooks) braid__stream_start(&p->pipe[i]);
+  }
   lua_pop(L, 1);
   return 1;
 }
@@ -536,6 +560,8 @@ void braid__open_process (lua_State *L) {
     {"lines", l_process_lines},
     {"write", l_process_write},
     {"close_stdin", l_process_close_stdin},
+    {"read_stderr", l_process_read_stderr},
+    {"read_line_stderr", l_process_read_line_stderr},
     {"wait", l_process_wait},
     {"kill", l_process_kill},
     {"close", l_process_close},
@@ -552,8 +578,21 @@ void braid__open_process (lua_State *L) {
     {NULL, NULL}
   };
   braid__stream_sigpipe();
+  {
+    /* An ignored SIGCHLD (it stays ignored across exec) has the kernel
+    ** reap children itself, and their exit status is lost; libuv's
+    ** uv_spawn put its own handler in place, braid puts back the default. */
+    struct sigaction sa;
+    if (sigaction(SIGCHLD, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) {
+      sa.sa_handler = SIG_DFL;
+      sigaction(SIGCHLD, &sa, NULL);
+    }
+  }
+  /* tests: the SIGCHLD path on a kernel with pidfds */
+  if (getenv("BRAID_NO_PIDFD") != NULL) braid__spawn_no_pidfd = 1;
   braid__class(L, PROC_MT, metamethods, methods, l_process_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
   braid__open_exec(L);
+  braid__open_env(L);
 }

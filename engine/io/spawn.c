@@ -1,0 +1,573 @@
+/*
+** spawn.c: starting a child with posix_spawn and waiting for its exit
+** without libuv's uv_process_t, for process.c; signalling the child or its
+** process group, and the timing of a group's stop; the request as the
+** script gives it (argv, cwd, env, env_add, group, stdout and stderr), and
+** braid.env.
+**
+** Why not uv_spawn: libuv 1.44 forks, copying the parent's page tables, so
+** each spawn costs more the bigger braid's heap is; glibc's posix_spawn
+** uses clone(CLONE_VM|CLONE_VFORK) and stays flat. It also puts the child in
+** a process group of its own before exec (POSIX_SPAWN_SETPGROUP), with no
+** window in which a grandchild could start in braid's group, which
+** uv_spawn cannot express (UV_PROCESS_DETACHED is a new session: it would
+** lose the controlling terminal).
+**
+** Invariants:
+** - The child gets default signal dispositions and an empty signal mask
+**   (POSIX_SPAWN_SETSIGDEF, SETSIGMASK), as uv_spawn's children did: braid's
+**   SIGPIPE handler and blocked signals are not inherited.
+** - The program is searched in the PATH of the child's environment (opts.env
+**   or env_add's, else braid's), "/usr/bin:/bin" without one, as execvp in
+**   uv_spawn's child did; a candidate that exists but cannot be executed
+**   (EACCES) lets the search go on, and is the error if nothing else runs.
+**   glibc (>= 2.24) reports exec's and chdir's failures as posix_spawn's
+**   result, so ENOENT, EACCES and a bad cwd raise at the call.
+** - The exit is waited for on a pidfd (pidfd_open + uv_poll) where the
+**   kernel has one, else on SIGCHLD (a uv_signal_t per child; libuv shares
+**   one handler between its watchers). Either way braid only ever calls
+**   waitpid on its own pids, never waitpid(-1): libuv's own SIGCHLD
+**   handling (an embedder's uv_spawn on the same loop) reaps its pids, braid
+**   its own.
+** - P_PROC, the reap handle, is live from a successful spawn until the exit
+**   has been reaped; its close callback closes the pidfd.
+*/
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "io/process.h"
+
+extern char **environ;
+
+int braid__spawn_no_pidfd;   /* tests: take the SIGCHLD path */
+
+/* PATH from the environment the child gets. */
+static const char *env_path (char **env) {
+  char **e;
+  if (env == NULL) return getenv("PATH");
+  for (e = env; *e; e++)
+    if (strncmp(*e, "PATH=", 5) == 0) return *e + 5;
+  return NULL;
+}
+
+/* posix_spawn of `file` searched as execvp does; returns 0 or an errno. */
+static int spawn_search (pid_t *pid, const char *file,
+                         const posix_spawn_file_actions_t *fa,
+                         const posix_spawnattr_t *attr, char **args,
+                         char **env) {
+  const char *path, *dir;
+  size_t flen = strlen(file);
+  int eacces = 0;
+  char **envp = env ? env : environ;
+  if (strchr(file, '/')) return posix_spawn(pid, file, fa, attr, args, envp);
+  if (flen == 0) return ENOENT;
+  if ((path = env_path(env)) == NULL) path = "/usr/bin:/bin";
+  for (dir = path;; ) {
+    const char *end = strchr(dir, ':');
+    size_t dlen = end ? (size_t) (end - dir) : strlen(dir);
+    char buf[4096];
+    if (dlen + 1 + flen < sizeof buf) {
+      int rc;
+      if (dlen == 0) buf[0] = '.', dlen = 1;
+      else memcpy(buf, dir, dlen);
+      buf[dlen] = '/';
+      memcpy(buf + dlen + 1, file, flen + 1);
+      /* only what exists is tried: a missing candidate costs no clone */
+      if (access(buf, F_OK) == 0) {
+        rc = posix_spawn(pid, buf, fa, attr, args, envp);
+        if (rc == 0) return 0;
+        if (rc == EACCES) eacces = 1;
+        else if (rc != ENOENT && rc != ENOTDIR) return rc;
+      }
+    }
+    if (end == NULL) break;
+    dir = end + 1;
+  }
+  return eacces ? EACCES : ENOENT;
+}
+
+/* ---- reaping ---- */
+
+static void reap_close_cb (uv_handle_t *h) {
+  struct braid_proc *p = (struct braid_proc *) h->data;
+  if (p->pidfd >= 0) close(p->pidfd);
+  p->pidfd = -1;
+  braid__proc_handle_closed(p);
+}
+
+void braid__reap_close (struct braid_proc *p) {
+  if (!p->live[P_PROC]) return;
+  p->live[P_PROC] = 0;
+  uv_close(&p->reap.handle, reap_close_cb);
+}
+
+/* Reaps the child if it has exited (a pidfd poll or a SIGCHLD may also
+** come for nothing: another child's SIGCHLD, a spurious wakeup). */
+static void reap_try (struct braid_proc *p) {
+  int st = 0;
+  pid_t r;
+  if (!p->live[P_PROC] || p->exited) return;
+  do r = waitpid(p->pid, &st, WNOHANG); while (r < 0 && errno == EINTR);
+  if (r == 0) return;
+  if (p->pidfd >= 0) uv_poll_stop(&p->reap.poll);
+  else uv_signal_stop(&p->reap.sig);
+  if (r < 0)   /* ECHILD: reaped by someone else; no status to report */
+    braid__proc_exited(p, 0, 0);
+  else if (WIFSIGNALED(st))
+    braid__proc_exited(p, 0, WTERMSIG(st));
+  else
+    braid__proc_exited(p, WEXITSTATUS(st), 0);
+}
+
+static void reap_poll_cb (uv_poll_t *h, int status, int events) {
+  (void) status; (void) events;
+  reap_try((struct braid_proc *) h->data);
+}
+
+static void reap_sig_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  reap_try((struct braid_proc *) h->data);
+}
+
+/* Can this kernel give pidfds? Asked once. */
+static int reap_pidfd_possible (void) {
+#ifdef SYS_pidfd_open
+  static int works = -1;
+  if (braid__spawn_no_pidfd) return 0;
+  if (works < 0) {
+    int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+    works = fd >= 0;
+    if (fd >= 0) close(fd);
+  }
+  return works;
+#else
+  return 0;
+#endif
+}
+
+/* Watches p's exit on a pidfd; returns 0, or -1 when there is none. */
+static int reap_pidfd (struct braid_proc *p) {
+#ifdef SYS_pidfd_open
+  uv_loop_t *loop = braid_loop(p->E);
+  int fd;
+  if (braid__spawn_no_pidfd) return -1;
+  if ((fd = (int) syscall(SYS_pidfd_open, p->pid, 0)) < 0) return -1;
+  if (uv_poll_init(loop, &p->reap.poll, fd) != 0) {
+    close(fd);
+    return -1;
+  }
+  p->pidfd = fd;
+  p->reap.poll.data = p;
+  uv_poll_start(&p->reap.poll, UV_READABLE, reap_poll_cb);
+  return 0;
+#else
+  (void) p;
+  return -1;
+#endif
+}
+
+/* ---- starting ---- */
+
+/* fd, moved above the stdio numbers (a dup2 onto 0-2 must not clobber
+** another one's source); returns the fd the child's actions use. */
+static int above_stdio (int fd, int *moved) {
+  int nfd;
+  *moved = -1;
+  if (fd > 2) return fd;
+  nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (nfd >= 0) *moved = nfd;
+  return nfd >= 0 ? nfd : fd;
+}
+
+int braid__spawn_start (struct braid_proc *p,
+                        const struct braid_spawn_opts *o) {
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  sigset_t mask, dflt;
+  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+  int i, rc, moved[3] = {-1, -1, -1}, sigchld = 0;
+  pid_t pid = -1;
+  p->pidfd = -1;
+  if (posix_spawn_file_actions_init(&fa) != 0) return UV_ENOMEM;
+  if (posix_spawnattr_init(&attr) != 0) {
+    posix_spawn_file_actions_destroy(&fa);
+    return UV_ENOMEM;
+  }
+  sigemptyset(&mask);
+  sigfillset(&dflt);
+  posix_spawnattr_setsigmask(&attr, &mask);
+  posix_spawnattr_setsigdefault(&attr, &dflt);
+  if (o->group) {
+    flags |= POSIX_SPAWN_SETPGROUP;
+    posix_spawnattr_setpgroup(&attr, 0);   /* a group led by the child */
+  }
+  posix_spawnattr_setflags(&attr, flags);
+  rc = 0;
+  for (i = 0; i < 3 && rc == 0; i++) {
+    if (o->fd[i] >= 0)
+      rc = posix_spawn_file_actions_adddup2(&fa, above_stdio(o->fd[i],
+                                                             &moved[i]), i);
+    else if (o->fd[i] == BRAID_FD_STDOUT)
+      rc = posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    else if (o->fd[i] == BRAID_FD_NULL)
+      rc = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
+                                            i == 0 ? O_RDONLY : O_WRONLY, 0);
+  }
+  if (rc == 0 && o->cwd)
+    rc = posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+  if (rc == 0 && reap_pidfd_possible() == 0) {
+    /* The SIGCHLD path: watch before the child exists, so that an exit
+    ** right after the spawn is not missed. */
+    uv_signal_init(braid_loop(p->E), &p->reap.sig);
+    p->reap.sig.data = p;
+    uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+    sigchld = 1;
+  }
+  if (rc == 0) rc = spawn_search(&pid, o->file, &fa, &attr, o->args, o->env);
+  for (i = 0; i < 3; i++)
+    if (moved[i] >= 0) close(moved[i]);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    if (sigchld) {   /* closed at once: nothing was started */
+      p->live[P_PROC] = 1;
+      p->open++;
+      braid__reap_close(p);
+    }
+    return uv_translate_sys_error(rc);
+  }
+  p->pid = pid;
+  p->group = (unsigned char) (o->group != 0);
+  p->live[P_PROC] = 1;
+  p->open++;
+  if (!sigchld && reap_pidfd(p) != 0) {
+    /* The pidfd went missing after all: watch SIGCHLD, and look once. */
+    uv_signal_init(braid_loop(p->E), &p->reap.sig);
+    p->reap.sig.data = p;
+    uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+    kill(getpid(), SIGCHLD);
+  }
+  return 0;
+}
+
+int braid__group_running (int pgid) {
+  DIR *d;
+  struct dirent *e;
+  int found = 0;
+  if (kill(-pgid, 0) != 0 && errno == ESRCH) return 0;
+  /* Members left may be zombies that init has not reaped yet (some
+  ** containers' init reaps late): they have ended, so look at each one's
+  ** state. */
+  if ((d = opendir("/proc")) == NULL) return 1;
+  while (!found && (e = readdir(d)) != NULL) {
+    char path[300], buf[512], *rp, state;
+    int fd, pg;
+    ssize_t n;
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) continue;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    if ((rp = strrchr(buf, ')')) == NULL) continue;   /* after comm */
+    if (sscanf(rp + 1, " %c %*d %d", &state, &pg) != 2) continue;
+    found = pg == pgid && state != 'Z' && state != 'X';
+  }
+  closedir(d);
+  return found;
+}
+
+int braid__proc_signal (struct braid_proc *p, int sig) {
+  if (!p->live[P_PROC] && !p->exited) return -1;   /* never started */
+  if (!p->exited) return kill(p->group ? -p->pid : p->pid, sig);
+  /* The leader is reaped: its group's number cannot be reused while any
+  ** member is left (the kernel keeps the pid in use as a pgid). */
+  if (p->group && !p->group_done) return kill(-p->pid, sig);
+  return -1;
+}
+
+/* ---- stopping a group ---- */
+
+/* Is the group, whose leader is reaped, empty? */
+int braid__group_empty (struct braid_proc *p) {
+  return !p->group || p->group_done || !braid__group_running(p->pid);
+}
+
+static void proc_stop_tick (uv_timer_t *h);
+
+/* Arms the stop's next look: at the SIGKILL deadline while the child runs;
+** once it is reaped, every few ms (doubling up to 100) until its group is
+** empty or the deadline. */
+void braid__proc_stop_arm (struct braid_proc *p) {
+  uint64_t now = uv_now(p->timer.loop), wait;
+  uint64_t left = p->deadline == BRAID_NEVER ? BRAID_NEVER :
+                  p->deadline > now ? p->deadline - now : 0;
+  if (p->exited) {
+    wait = p->poll_ms < left ? p->poll_ms : left;
+    if (p->poll_ms < 100) p->poll_ms *= 2;
+  } else if (left == BRAID_NEVER) {
+    return;                    /* kill_grace = math.huge: no SIGKILL */
+  } else {
+    wait = left;
+  }
+  uv_timer_start(&p->timer, proc_stop_tick, wait, 0);
+}
+
+static void proc_stop_tick (uv_timer_t *h) {
+  struct braid_proc *p = (struct braid_proc *) h->data;
+  if (p->exited && braid__group_empty(p)) {
+    p->group_done = 1;
+    braid__proc_update(p);
+    return;
+  }
+  if (p->deadline != BRAID_NEVER && uv_now(p->timer.loop) >= p->deadline) {
+    braid__proc_signal(p, SIGKILL);
+    p->killed = 1;
+    if (p->exited) {           /* the leftovers die now; init reaps them */
+      p->group_done = 1;
+      braid__proc_update(p);
+    }
+    return;                    /* else the exit comes */
+  }
+  braid__proc_stop_arm(p);
+}
+
+/* ---- the request, from Lua ---- */
+
+struct braid_stdio braid__proc_stdio_opt (lua_State *L, int idx,
+                                          const char *key, int dflt,
+                                          const char *fname) {
+  struct braid_stdio io;
+  const char *v;
+  io.how = dflt;
+  io.path = NULL;
+  if (!lua_istable(L, idx)) return io;
+  lua_getfield(L, idx, key);
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      braid_usageerror(L, "bad option '%s' to '%s' (\"pipe\", \"inherit\", "
+                       "\"null\" or a file's path expected)", key, fname);
+    v = lua_tostring(L, -1);
+    if (strcmp(v, "pipe") == 0) io.how = PROC_PIPE;
+    else if (strcmp(v, "inherit") == 0) io.how = PROC_INHERIT;
+    else if (strcmp(v, "null") == 0) io.how = PROC_NULL;
+    else if (strcmp(v, "stdout") == 0) {   /* never a file's name */
+      if (strcmp(key, "stderr") != 0)
+        braid_usageerror(L, "bad option '%s' to '%s' (\"stdout\" is for "
+                         "stderr)", key, fname);
+      io.how = PROC_TO_STDOUT;
+    }
+    else {
+      io.how = PROC_FILE;
+      io.path = v;             /* anchored in opts, on the caller's stack */
+    }
+  }
+  lua_pop(L, 1);
+  return io;
+}
+
+
+
+/* Pushes braid's environment as a table of names to values. */
+static void push_environ (lua_State *L) {
+  char **e;
+  lua_newtable(L);
+  for (e = environ; e && *e; e++) {
+    const char *eq = strchr(*e, '=');
+    if (eq == NULL || eq == *e) continue;
+    lua_pushlstring(L, *e, (size_t) (eq - *e));
+    lua_pushstring(L, eq + 1);
+    lua_rawset(L, -3);
+  }
+}
+
+/* braid.env() -> table: braid's environment, names to values (a copy:
+** changing it changes nothing; give it to exec's env). */
+static int l_env (lua_State *L) {
+  push_environ(L);
+  return 1;
+}
+
+/* The option at the top must be a table of string names to string (or
+** number) values. */
+static void check_env_table (lua_State *L, const char *key,
+                             const char *fname) {
+  int t = lua_gettop(L);
+  if (!lua_istable(L, t))
+    braid_usageerror(L, "bad option '%s' to '%s' (table expected)", key,
+                     fname);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+      braid_usageerror(L, "bad option '%s' to '%s' (names and values "
+                       "must be strings)", key, fname);
+    lua_pop(L, 1);
+  }
+}
+
+/* The child's environment as a table at the top: opts.env (a copy), or
+** braid's, with opts.env_add over it; or nothing pushed (returns 0) when
+** neither option is given: the child gets braid's own. */
+static int push_env (lua_State *L, const char *fname) {
+  int t;
+  if (!lua_istable(L, 2)) return 0;
+  lua_getfield(L, 2, "env");
+  lua_getfield(L, 2, "env_add");
+  if (lua_isnil(L, -2) && lua_isnil(L, -1)) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_newtable(L);
+  t = lua_gettop(L);
+  if (!lua_isnil(L, t - 2)) {
+    lua_pushvalue(L, t - 2);
+    check_env_table(L, "env", fname);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, t);
+    }
+    lua_pop(L, 1);
+  } else {
+    push_environ(L);
+    lua_replace(L, t);
+  }
+  if (!lua_isnil(L, t - 1)) {
+    lua_pushvalue(L, t - 1);
+    check_env_table(L, "env_add", fname);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, t);
+    }
+    lua_pop(L, 1);
+  }
+  lua_replace(L, t - 2);
+  lua_pop(L, 1);
+  return 1;
+}
+
+void braid__spawn_args (lua_State *L, const char *fname,
+                        struct braid_spawn_opts *o) {
+  char **args, **env;
+  int i, n, k, anchor, env_idx;
+  if (!lua_istable(L, 1))
+    braid_argerror(L, 1, fname, "list expected (program and arguments)");
+  {   /* the raw length: a __len cannot shorten or overflow the list */
+    size_t len = lua_rawlen(L, 1);
+    if (len < 1) braid_argerror(L, 1, fname, "empty argument list");
+    if (len > (1u << 20)) braid_argerror(L, 1, fname, "too many arguments");
+    n = (int) len;
+  }
+  lua_newtable(L);
+  anchor = lua_gettop(L);
+  args = lua_newuserdatauv(L, (size_t) (n + 1) * sizeof *args, 0);
+  lua_rawsetp(L, anchor, args);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    if (!lua_isstring(L, -1))
+      braid_argerror(L, 1, fname, "list of strings expected");
+    args[i - 1] = (char *) lua_tostring(L, -1);
+    lua_rawseti(L, anchor, i);
+  }
+  args[n] = NULL;
+  o->file = args[0];
+  o->args = args;
+  o->group = 1;
+  if (!lua_istable(L, 2)) return;
+  if (lua_getfield(L, 2, "cwd") != LUA_TNIL) {
+    if (!lua_isstring(L, -1))
+      braid_usageerror(L, "bad option 'cwd' to '%s' (string expected)",
+                       fname);
+    o->cwd = lua_tostring(L, -1);
+    lua_rawseti(L, anchor, n + 1);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, 2, "interactive");
+  o->group = !lua_toboolean(L, -1);   /* the terminal's foreground group */
+  lua_pop(L, 1);
+  if (lua_getfield(L, 2, "group") != LUA_TNIL) {
+    if (!lua_isboolean(L, -1))
+      braid_usageerror(L, "bad option 'group' to '%s' (boolean expected)",
+                       fname);
+    o->group = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  if (!push_env(L, fname)) return;
+  env_idx = lua_gettop(L);
+  lua_pushvalue(L, env_idx);
+  lua_rawseti(L, anchor, n + 2);
+  k = 0;
+  lua_pushnil(L);
+  while (lua_next(L, env_idx)) { k++; lua_pop(L, 1); }
+  env = lua_newuserdatauv(L, (size_t) (k + 1) * sizeof *env, 0);
+  lua_rawsetp(L, anchor, env);
+  k = 0;
+  lua_pushnil(L);
+  while (lua_next(L, env_idx)) {
+    lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
+    env[k++] = (char *) lua_tostring(L, -1);
+    lua_rawseti(L, anchor, n + 2 + k);
+    lua_pop(L, 1);
+  }
+  env[k] = NULL;
+  o->env = env;
+  lua_pop(L, 1);
+}
+
+/* Is c safe unquoted in a shell word? */
+static int shell_plain (unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || strchr("@%+=:,./_-", c) != NULL;
+}
+
+void braid__proc_push_cmdline (lua_State *L, int idx, int argc) {
+  luaL_Buffer b;
+  size_t i, n = (size_t) argc;
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    size_t len, j;
+    const char *a;
+    int plain = 1;
+    lua_rawgeti(L, idx, (lua_Integer) i);
+    a = lua_tolstring(L, -1, &len);
+    lua_pop(L, 1);             /* a string, still in the anchor */
+    if (a == NULL) continue;
+    if (luaL_bufflen(&b) > 1000) {
+      luaL_addstring(&b, " ...");
+      break;
+    }
+    if (i > 1) luaL_addchar(&b, ' ');
+    for (j = 0; j < len; j++) plain = plain && shell_plain((unsigned char) a[j]);
+    if (plain && len > 0) {
+      luaL_addlstring(&b, a, len);
+      continue;
+    }
+    luaL_addchar(&b, '\'');
+    for (j = 0; j < len; j++) {
+      if (a[j] == '\'') luaL_addstring(&b, "'\\''");
+      else luaL_addchar(&b, a[j]);
+    }
+    luaL_addchar(&b, '\'');
+  }
+  luaL_pushresult(&b);
+}
+
+/* Sets braid.env on the braid table at the stack top. */
+void braid__open_env (lua_State *L) {
+  lua_pushcfunction(L, l_env);
+  lua_setfield(L, -2, "env");
+}
