@@ -45,8 +45,9 @@ static const struct {
 };
 
 /* Names an opener above adds besides its own, when its module is allowed
-** (braid.process comes with braid.exec). */
-static const char *const absent_too[] = {"process"};
+** (braid.process comes with braid.exec, braid.stdout and braid.stderr with
+** braid.stdin). */
+static const char *const absent_too[] = {"process", "stdout", "stderr"};
 
 /* Once complete, the braid table and its module tables (braid.fs, ...)
 ** explain a misspelt name (prim.h: braid__strict_fields); the table of

@@ -114,8 +114,18 @@ static int l_method_missing (lua_State *L) {
 /* __index of braid's module tables: braid.sleap says "braid has no field
 ** 'sleap' (did you mean 'sleep'?)". Upvalue 1: the table's name; upvalue
 ** 2: the names that may be absent (modules an embedding sandbox leaves
-** out), which stay nil so that `if braid.fs then` still works. */
+** out), which stay nil so that `if braid.fs then` still works; upvalue 3:
+** the table's own __index function from before (braid.stdin and its
+** siblings are made on first use, io/stdio.c), asked first. */
 static int l_field_missing (lua_State *L) {
+  if (lua_type(L, lua_upvalueindex(3)) == LUA_TFUNCTION) {
+    lua_pushvalue(L, lua_upvalueindex(3));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 1);
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+  }
   if (lua_type(L, 2) != LUA_TSTRING || lua_tostring(L, 2)[0] == '_')
     return 0;
   lua_pushvalue(L, 2);
@@ -129,7 +139,13 @@ void braid__strict_fields (lua_State *L, int idx, const char *name) {
   lua_createtable(L, 0, 1);
   lua_pushstring(L, name);
   lua_pushvalue(L, -3);                 /* the absent names */
-  lua_pushcclosure(L, l_field_missing, 2);
+  if (!lua_getmetatable(L, idx)) lua_pushnil(L);
+  else if (lua_getfield(L, -1, "__index") != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    lua_pushnil(L);
+  }
+  else lua_remove(L, -2);               /* the previous __index */
+  lua_pushcclosure(L, l_field_missing, 3);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, idx);
   lua_pop(L, 1);
