@@ -118,17 +118,23 @@ static int sem_acquire_k (lua_State *L, int status, lua_KContext ctx) {
   return 0;
 }
 
-/* sem:acquire(): takes a permit, waiting in FIFO order for one. */
-static int l_sem_acquire (lua_State *L) {
-  struct braid_sem *s = sem_check(L, "semaphore:acquire");
-  struct braid_task *t = braid__task_current(L, "semaphore:acquire");
+/* Takes a permit (the lock), waiting in FIFO order for one; fname names
+** the method ("semaphore:acquire", "lock:acquire"). */
+static int sem_acquire (lua_State *L, const char *fname) {
+  struct braid_sem *s = sem_check(L, fname);
+  struct braid_task *t = braid__task_current(L, fname);
   braid__task_checkcancel(L, t);
-  if (sem_free(L, s, t, "semaphore:acquire")) {
+  if (sem_free(L, s, t, fname)) {
     sem_take(s, t);
     return 0;
   }
-  braid__task_checkyield(L, t, "semaphore:acquire");
+  braid__task_checkyield(L, t, fname);
   return sem_queue_wait(L, t, s, sem_acquire_k);
+}
+
+/* sem:acquire(): takes a permit, waiting in FIFO order for one. */
+static int l_sem_acquire (lua_State *L) {
+  return sem_acquire(L, "semaphore:acquire");
 }
 
 /* sem:with's guard: to be closed on sem:with's own stack, with the
@@ -287,15 +293,7 @@ static int l_sem_new (lua_State *L) {
 
 /* lock:acquire(): takes the lock, waiting in FIFO order. */
 static int l_lock_acquire (lua_State *L) {
-  struct braid_sem *s = sem_check(L, "lock:acquire");
-  struct braid_task *t = braid__task_current(L, "lock:acquire");
-  braid__task_checkcancel(L, t);
-  if (sem_free(L, s, t, "lock:acquire")) {
-    sem_take(s, t);
-    return 0;
-  }
-  braid__task_checkyield(L, t, "lock:acquire");
-  return sem_queue_wait(L, t, s, sem_acquire_k);
+  return sem_acquire(L, "lock:acquire");
 }
 
 /* lock:release(): only the task holding the lock may release it. */

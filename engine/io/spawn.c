@@ -415,6 +415,21 @@ static void check_env_table (lua_State *L, const char *key,
   }
 }
 
+/* Checks the option at index `from` (check_env_table) and copies its
+** names and values into the table at index `to`. */
+static void env_merge (lua_State *L, int to, int from, const char *key,
+                       const char *fname) {
+  lua_pushvalue(L, from);
+  check_env_table(L, key, fname);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, to);
+  }
+  lua_pop(L, 1);
+}
+
 /* The child's environment as a table at the top: opts.env (a copy), or
 ** braid's, with opts.env_add over it; or nothing pushed (returns 0) when
 ** neither option is given: the child gets braid's own. */
@@ -429,31 +444,12 @@ static int push_env (lua_State *L, const char *fname) {
   }
   lua_newtable(L);
   t = lua_gettop(L);
-  if (!lua_isnil(L, t - 2)) {
-    lua_pushvalue(L, t - 2);
-    check_env_table(L, "env", fname);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, t);
-    }
-    lua_pop(L, 1);
-  } else {
+  if (!lua_isnil(L, t - 2)) env_merge(L, t, t - 2, "env", fname);
+  else {
     push_environ(L);
     lua_replace(L, t);
   }
-  if (!lua_isnil(L, t - 1)) {
-    lua_pushvalue(L, t - 1);
-    check_env_table(L, "env_add", fname);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, t);
-    }
-    lua_pop(L, 1);
-  }
+  if (!lua_isnil(L, t - 1)) env_merge(L, t, t - 1, "env_add", fname);
   lua_replace(L, t - 2);
   lua_pop(L, 1);
   return 1;
