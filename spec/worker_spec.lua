@@ -166,6 +166,17 @@ describe("braid.worker", function()
     assert(ok, err)
   end))
 
+  it("refuses os.exit inside a worker: the call fails, the process and the worker go on",
+     run(function()
+    local w <close> = braid.worker([[return {
+      bye = function() os.exit(3) end, hi = function() return "hi" end }]])
+    local ok, e = pcall(w.call, w, "bye")
+    assert.is_false(ok)
+    assert.equal("usage", e.kind)
+    assert.matches("os.exit: not available in a worker", e.message)
+    assert.equal("hi", w:call("hi"))
+  end))
+
   it("raises the load error at each call", run(function()
     local w <close> = braid.worker("return {f = function() end} +")
     local ok, e = pcall(w.call, w, "f")

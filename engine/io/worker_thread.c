@@ -315,6 +315,15 @@ static int l_worker_poll (lua_State *L) {
   return 0;
 }
 
+/* os.exit in a worker would end the whole process from a thread that the
+** owner's engine does not wait for (its children and cleanup skipped): it
+** raises instead, and the call that ran it fails with that error. */
+static int l_worker_exit (lua_State *L) {
+  return braid_usageerror(L, "os.exit: not available in a worker (it would "
+                          "end the whole process); return, or raise an "
+                          "error, to end the call");
+}
+
 /* Loads the worker's chunk (a module, a file or the chunk itself) and
 ** keeps the table of functions it returns. On the worker's state, under
 ** lua_pcall, outside tasks. */
@@ -327,6 +336,10 @@ static int wk_boot_p (lua_State *L) {
   if (lua_getglobal(L, "package") == LUA_TTABLE) {
     if (w->path) lua_pushstring(L, w->path), lua_setfield(L, -2, "path");
     if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");
+  }
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, l_worker_exit);
+    lua_setfield(L, -2, "exit");
   }
   lua_settop(L, 1);
   if (w->setup) w->setup(L, w->setup_ud);   /* the application's functions */
