@@ -30,8 +30,11 @@ local pack, unpack, rawequal = table.pack, table.unpack, rawequal
 local setmetatable, pcall, error = setmetatable, pcall, error
 
 -- A usage error raised from the Lua side, naming the function.
+-- Its position is the script's line that called into braid (error.c).
+local raise_usage <const> = M._usage
+M._usage = nil
 local function usage(fmt, ...)
-  error(Error.new{kind = "usage", message = fmt:format(...)}, 0)
+  raise_usage(fmt:format(...))
 end
 
 -- braid.move_on(seconds, fn, ...) -> true, results... | false: fn(...)

@@ -112,3 +112,23 @@ ch:recv()
     assert.not_matches("stack traceback:", err, 1, true)
   end)
 end)
+
+describe("usage errors raised through braid's Lua side", function()
+  it("name the script's line, not braid's own", function()
+    local o, e = run_script([[
+local ok, err = pcall(function()
+  braid.fs.mkdir("/tmp/x", {bogus = 1})
+end)
+print(err.message)
+ok, err = pcall(function()
+  braid.http.get("http://127.0.0.1:1/", {timeout = 0/0})
+end)
+print(err.message)
+]])
+    local lines = {}
+    for l in o:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.matches("^[^\n]*%.lua:2: bad argument #2 to 'braid.fs.mkdir' %(unknown option 'bogus'%)", lines[1] or e)
+    assert.matches("^[^\n]*%.lua:6: bad option 'timeout' to 'braid.http.get'", lines[2] or e)
+    assert.not_matches("%[braid%]", o)
+  end)
+end)

@@ -60,11 +60,30 @@ int braid_error (lua_State *L, const char *kind, const char *code,
   return lua_error(L);
 }
 
+/* Pushes the caller's position, as luaL_where(L, 1) does, except that
+** frames of braid's own Lua side (lua/braid.lua, chunk "=[braid]") are
+** passed over: a usage error raised through one of its wrappers (braid.http,
+** braid.fs.mkdir, ...) names the script's line, not braid's. */
+static void usage_where (lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (strcmp(ar.source, "=[braid]") == 0) continue;
+    if (ar.currentline > 0) {
+      lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
+    }
+    break;
+  }
+  lua_pushliteral(L, "");
+}
+
 /* Raises a "usage" error whose message starts with the caller's position,
 ** as luaL_error does. [-0, +0, v] */
 int braid_usageerror (lua_State *L, const char *fmt, ...) {
   va_list ap;
-  luaL_where(L, 1);
+  usage_where(L);
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
@@ -616,6 +635,13 @@ void braid__error_init (lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* braid._usage(message): raises it as a usage error at the script's
+** position (usage_where); for lua/braid.lua, which takes it out of the
+** braid table. */
+static int l_usage (lua_State *L) {
+  return braid_usageerror(L, "%s", luaL_checkstring(L, 1));
+}
+
 /* braid.Error: the public face of the metatable (its __metatable). */
 void braid__open_error (lua_State *L) {
   braid__error_init(L);
@@ -624,6 +650,8 @@ void braid__open_error (lua_State *L) {
   lua_getfield(L, -1, "__metatable");
   lua_setfield(L, -3, "Error");
   lua_pop(L, 1);
+  lua_pushcfunction(L, l_usage);
+  lua_setfield(L, -2, "_usage");
 }
 
 /* prim.h: where a task a primitive spawned was spawned, for reports: the
