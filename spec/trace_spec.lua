@@ -1,7 +1,7 @@
 -- trace_spec.lua: the execution trace (braid.run's `trace` option, the
 -- runner's --trace): Chrome trace-event JSON checked structurally by
 -- spec/trace_check.lua for a fail-fast gather, a timeout, nested scopes,
--- processes and TCP, and what each records.
+-- processes, TCP and HTTP, and what each records.
 local braid = require "braid"
 local h = require "helper"
 local check = require "trace_check"
@@ -163,6 +163,25 @@ describe("braid.run's trace", function()
     for _, c in pairs(ix.tracks) do
       assert.truthy(c.events)
     end
+  end)
+
+  it("labels HTTP waits with the method and the URL", function()
+    local url, pid = h.http_server("http")
+    local ok, ix = pcall(traced, function()
+      assert(braid.http.request({url = url .. "/bytes/10"}).body == ("x"):rep(10))
+      assert(braid.http.request({url = url .. "/echo", method = "PUT",
+                                 body = "hi"}).status == 200)
+      local res <close> = braid.http.open({url = url .. "/bytes/100000"})
+      assert(#res:read("a") == 100000)
+    end, "real")
+    os.execute("kill " .. pid)
+    assert(ok, ix)
+    local main = check.named(ix, "^main #")
+    local u = url:gsub("%p", "%%%0")
+    assert.equal(1, #check.slices(ix, "^http GET " .. u .. "/bytes/10$", main))
+    assert.equal(1, #check.slices(ix, "^http PUT " .. u .. "/echo$", main))
+    assert.equal(1, #check.slices(ix, "^http GET " .. u .. "/bytes/100000$", main))
+    assert.truthy(#check.slices(ix, "^http read " .. u .. "/bytes/100000$", main) >= 1)
   end)
 
   it("refuses a bad trace option and an unwritable file", function()
