@@ -124,8 +124,10 @@ extern size_t braid__cheap_count, braid__cheap_fail;
 ** braid_memory_used beside the Lua state's, and an embedded engine's
 ** memory_limit bounds the sum. braid__mem_charge adds delta bytes (a
 ** negative delta releases): 0, or UV_ENOMEM when growth would pass the
-** limit (nothing is counted then; the call the buffer works for fails
-** with kind "memory"). A release never fails. Unlike the state's own
+** limit even after Lua's emergency collection, which a refusal runs (no
+** finalizers: safe in callbacks; docs/internals.md) (nothing is counted
+** then; the call the buffer works for fails with kind "memory"). A
+** release never fails. Unlike the state's own
 ** allocations a charge is refused also outside tasks; braid's bookkeeping
 ** (tasks, scopes, timers, requests) is not charged, so it is never
 ** refused. */
