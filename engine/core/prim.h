@@ -51,6 +51,15 @@ void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
 ** 'sned'"). [-1, +0, m] */
 void braid__strict_fields(lua_State *L, int idx, const char *name);
 
+/* For a braid__class `index` function (methods table: upvalue 1) when the
+** key at 2 is neither a method nor a field: raises "<what> has no field
+** or method 'nmae' (did you mean 'name'?)", suggesting from the methods
+** and `fields` (NULL-terminated). Keys that are not strings and names
+** starting with "_" read as nil (pushed; returns 1). Only on a miss:
+** found keys keep their fast path. */
+int braid__index_missing(lua_State *L, const char *what,
+                         const char *const *fields);
+
 /* Argument checks naming the function as the script wrote it (fname:
 ** "braid.fs.read_file", "channel:send"; a method's self is argument #1),
 ** raising Lua's familiar "bad argument #idx to 'fname' (... expected, got
