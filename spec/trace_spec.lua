@@ -171,8 +171,11 @@ describe("braid.run's trace", function()
       assert(braid.http.request({url = url .. "/bytes/10"}).body == ("x"):rep(10))
       assert(braid.http.request({url = url .. "/echo", method = "PUT",
                                  body = "hi"}).status == 200)
-      local res <close> = braid.http.open({url = url .. "/bytes/100000"})
-      assert(#res:read("a") == 100000)
+      -- chunks 0.25 s apart: reading them waits (at least for the last)
+      local res <close> = braid.http.open({url = url .. "/chunked?n=4&delay=0.25"})
+      local got = {}
+      for piece in function() return res:read() end do got[#got + 1] = piece end
+      assert(table.concat(got) == "line 0\nline 1\nline 2\nline 3\n")
     end, "real")
     os.execute("kill " .. pid)
     assert(ok, ix)
@@ -180,8 +183,9 @@ describe("braid.run's trace", function()
     local u = url:gsub("%p", "%%%0")
     assert.equal(1, #check.slices(ix, "^http GET " .. u .. "/bytes/10$", main))
     assert.equal(1, #check.slices(ix, "^http PUT " .. u .. "/echo$", main))
-    assert.equal(1, #check.slices(ix, "^http GET " .. u .. "/bytes/100000$", main))
-    assert.truthy(#check.slices(ix, "^http read " .. u .. "/bytes/100000$", main) >= 1)
+    local c = u .. "/chunked%?n=4&delay=0%.25"
+    assert.equal(1, #check.slices(ix, "^http GET " .. c .. "$", main))
+    assert.truthy(#check.slices(ix, "^http read " .. c .. "$", main) >= 1)
   end)
 
   it("refuses a bad trace option and an unwritable file", function()

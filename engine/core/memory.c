@@ -149,7 +149,10 @@ void *braid__realloc_must (braid_engine_t *E, void *p, size_t n) {
 ** halfway through growing a buffer. Lua's emergency collection has no
 ** API, so it is provoked: the allocator fails one allocation made here
 ** on purpose (gc_probe 1), Lua collects and tries again, and the retry is
-** not refused by the limit (gc_probe 2: a userdata header, then garbage).
+** not refused by the limit (gc_probe 2: a userdata header, then garbage)
+** and may not raise (S may have no protected call to return to): out of
+** memory even then, it spends the reserve, or braid stops, as when the
+** scheduler runs out twice.
 ** Safe wherever Lua may allocate: charges are never made by the
 ** allocator or by a collection step (Lua allows an emergency collection
 ** in a finalizer), and not after braid_close began. */
@@ -319,6 +322,10 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
   p = state_alloc(E, ptr, osize, nsize);
+  if (p == NULL && E->gc_probe) {   /* its retry must not raise: no frame */
+    if (reserve_give(E)) p = state_alloc(E, ptr, osize, nsize);
+    if (p == NULL) braid__engine_fatal(E, "not enough memory");
+  }
   if (p == NULL) p = braid__reserve_spend(E, ptr, osize, nsize);
   if (p) E->mem_used = E->mem_used - old + nsize;
   return p;
