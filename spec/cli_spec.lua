@@ -114,7 +114,8 @@ describe("braid (the runner)", function()
     assert.is_true(r.ready)
     assert.are.equal(0, r.status, r.stderr)
     assert.matches("sleeper done", r.stdout)
-    assert.matches('task %d+ "main"[^\n]*waits on await', r.stderr)
+    -- the root task is named after the script
+    assert.matches('task 1 "' .. p:gsub("%p", "%%%0") .. '"[^\n]*waits on await', r.stderr)
     assert.matches('task %d+ "sleeper" suspended, spawned at [^\n]*, waits on sleep for', r.stderr)
   end)
 

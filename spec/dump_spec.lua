@@ -63,7 +63,7 @@ end)
     -- then the first error, where it came from, the chain, the traceback
     assert.matches(":3: worker 2 broke\n  in task %d+ \"[^\"]+\", spawned at [^\n]+:8 %(in braid.gather/race/any/map%)\n" ..
                    "    inside task %d+ \"pipeline\", spawned at [^\n]+:7 %(in braid.scope%)\n" ..
-                   "    inside task 1 \"main\"\nstack traceback:\n", err)
+                   "    inside task 1 \"" .. path:gsub("%p", "%%%0") .. "\"\nstack traceback:\n", err)
     assert.matches("in upvalue 'worker'", err)
     assert.matches("also raised while cancelling: secondary failure", err)
   end)

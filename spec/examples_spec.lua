@@ -57,7 +57,7 @@ describe("examples/traced_workflow.lua", function()
     end
     assert.are.same({"fetch assets #4: sleep 2", "compile io #6: sleep 0.8",
                      "compile cli #7: sleep 0.5", "compile docs #8: sleep 0.3",
-                     "main #1: await task 10 (cut short by a cancellation)",
+                     "examples/traced_workflow.lua #1: await task 10 (cut short by a cancellation)",
                      "integration tests (retry, cached) #11: sleep 0.7",
                      "upload to mirror #13: sleep 0.3"}, steps)
   end)

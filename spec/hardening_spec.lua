@@ -350,7 +350,8 @@ describe("issue 13.9: failure records go with the failing task, not with the err
     }, "\n") .. "\n")
     assert.are.equal(1, code, err)
     assert.truthy(err:find('^braid: the same failure\n  in task 3 "second", spawned at [^\n]*:6\n' ..
-                           '    inside task 1 "main"\nstack traceback:\n'), err)
+                           '    inside task 1 "' .. path:gsub("%p", "%%%0") ..
+                           '"\nstack traceback:\n'), err)
     assert.truthy(err:find(":8: in function <[^\n]*:6>"), err)
     assert.falsy(err:find("first", 1, true), err)
   end)

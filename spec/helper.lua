@@ -113,4 +113,29 @@ function helper.pty(steps, args, env)
   return out .. err, out:match("\nOK\n$") ~= nil, tonumber(out:match("\nstatus=(%d+)\n"))
 end
 
+-- helper.http_server(scheme, [cert, key]) -> base URL, pid: starts the test
+-- server spec/http_server.py (kill the pid in teardown).
+function helper.http_server(scheme, cert, key)
+  local base = os.tmpname()
+  local portfile = base .. ".port"
+  local cmd = "/usr/bin/python3 spec/http_server.py " .. portfile
+  if cert then cmd = cmd .. " " .. cert .. " " .. key end
+  local p = assert(io.popen(cmd .. " >/dev/null 2>&1 & echo $!"))
+  local pid = p:read("l")
+  p:close()
+  os.remove(base)
+  for _ = 1, 1000 do
+    local f = io.open(portfile)
+    if f then
+      local port = f:read("n")
+      f:close()
+      os.remove(portfile)
+      return scheme .. "://127.0.0.1:" .. port, pid
+    end
+    os.execute("sleep 0.01")
+  end
+  os.execute("kill " .. pid)
+  error("the test server did not start")
+end
+
 return helper

@@ -4,32 +4,7 @@
 local braid = require "braid"
 local h = require "helper"
 
-local PY <const> = "/usr/bin/python3"
-
--- Starts the test server; returns its base URL and pid.
-local function start_server(scheme, cert, key)
-  local base = os.tmpname()
-  local portfile = base .. ".port"
-  local cmd = PY .. " spec/http_server.py " .. portfile
-  if cert then cmd = cmd .. " " .. cert .. " " .. key end
-  local p = assert(io.popen(cmd .. " >/dev/null 2>&1 & echo $!"))
-  local pid = p:read("l")
-  p:close()
-  os.remove(base)
-  for _ = 1, 1000 do
-    local f = io.open(portfile)
-    if f then
-      local port = f:read("n")
-      f:close()
-      os.remove(portfile)
-      return scheme .. "://127.0.0.1:" .. port, pid
-    end
-    os.execute("sleep 0.01")
-  end
-  os.execute("kill " .. pid)
-  error("the test server did not start")
-end
-
+local start_server = h.http_server
 
 local URL, PID, TLS_URL, TLS_PID, CERT, KEY
 

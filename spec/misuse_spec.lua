@@ -83,6 +83,34 @@ describe("a misspelt braid name", function()
     -- fields of objects that have them read as before
     assert.is_number(braid.current().id)
   end))
+
+  it("raises for a misspelt field or method of a task or a process",
+     h.run(function()
+    local t = braid.spawn(function() end)
+    assert.matches("braid.Task has no field or method 'nmae' (did you mean "
+                   .. "'name'?)", usage_of(function() return t.nmae end),
+                   1, true)
+    assert.matches("braid.Task has no field or method 'awiat' (did you "
+                   .. "mean 'await'?)", usage_of(function() t:awiat() end),
+                   1, true)
+    local p <close> = braid.process({"true"})
+    assert.matches("braid.Process has no field or method 'kil' (did you "
+                   .. "mean 'kill'?)", usage_of(function() p:kil() end),
+                   1, true)
+    assert.matches("braid.Process has no field or method 'pdi' (did you "
+                   .. "mean 'pid'?)", usage_of(function() return p.pdi end),
+                   1, true)
+    -- found names, private names and other keys read as before
+    assert.is_number(t.id)
+    assert.is_string(t.name)
+    assert.equal(braid.current(), t.parent)
+    assert.is_number(p.pid)
+    assert.is_nil(t._private)
+    assert.is_nil(t[1])
+    assert.is_nil(p._private)
+    assert.is_nil(p[1])
+    p:wait()
+  end))
 end)
 
 describe("reports", function()
@@ -100,14 +128,14 @@ braid.sleep(5)
 
   it("of a deadlock list the main task without '?' and no empty traceback",
      function()
-    local _, err, code = run_script([[
+    local _, err, code, path = run_script([[
 local ch = braid.channel()
 braid.spawn(function() ch:recv() end)
 ch:recv()
 ]])
     assert.are.equal(1, code)
     assert.matches("deadlock", err, 1, true)
-    assert.matches("task 1 (main) waits on channel recv", err, 1, true)
+    assert.matches("task 1 (" .. path .. ") waits on channel recv", err, 1, true)
     assert.not_matches("?", err, 1, true)
     assert.not_matches("stack traceback:", err, 1, true)
   end)

@@ -1,7 +1,7 @@
 -- trace_spec.lua: the execution trace (braid.run's `trace` option, the
 -- runner's --trace): Chrome trace-event JSON checked structurally by
 -- spec/trace_check.lua for a fail-fast gather, a timeout, nested scopes,
--- processes and TCP, and what each records.
+-- processes, TCP and HTTP, and what each records.
 local braid = require "braid"
 local h = require "helper"
 local check = require "trace_check"
@@ -165,6 +165,29 @@ describe("braid.run's trace", function()
     end
   end)
 
+  it("labels HTTP waits with the method and the URL", function()
+    local url, pid = h.http_server("http")
+    local ok, ix = pcall(traced, function()
+      assert(braid.http.request({url = url .. "/bytes/10"}).body == ("x"):rep(10))
+      assert(braid.http.request({url = url .. "/echo", method = "PUT",
+                                 body = "hi"}).status == 200)
+      -- chunks 0.25 s apart: reading them waits (at least for the last)
+      local res <close> = braid.http.open({url = url .. "/chunked?n=4&delay=0.25"})
+      local got = {}
+      for piece in function() return res:read() end do got[#got + 1] = piece end
+      assert(table.concat(got) == "line 0\nline 1\nline 2\nline 3\n")
+    end, "real")
+    os.execute("kill " .. pid)
+    assert(ok, ix)
+    local main = check.named(ix, "^main #")
+    local u = url:gsub("%p", "%%%0")
+    assert.equal(1, #check.slices(ix, "^http GET " .. u .. "/bytes/10$", main))
+    assert.equal(1, #check.slices(ix, "^http PUT " .. u .. "/echo$", main))
+    local c = u .. "/chunked%?n=4&delay=0%.25"
+    assert.equal(1, #check.slices(ix, "^http GET " .. c .. "$", main))
+    assert.truthy(#check.slices(ix, "^http read " .. c .. "$", main) >= 1)
+  end)
+
   it("refuses a bad trace option and an unwritable file", function()
     local ok, e = pcall(braid.run, function() end, {trace = 42})
     assert.falsy(ok)
@@ -238,9 +261,10 @@ pcall(braid.timeout, 0.2, function() d:await() end)
 d:cancel("enough")
 ]]
 
-  local path
+  local path, root   -- root: the root task's name, the script's path (escaped)
   setup(function()
     local script = os.tmpname()
+    root = script:gsub("%p", "%%%0")
     local f = assert(io.open(script, "w"))
     f:write(WORKFLOW)
     f:close()
@@ -269,16 +293,16 @@ d:cancel("enough")
       assert.equal(3, #lines, cp)
       assert.truthy(lines[1]:match("^%s+0 s%s+%+1%.000 s%s+a #%d+: sleep 1$"), lines[1])
       assert.truthy(lines[2]:match("^%s+1%.000 s%s+%+2%.000 s%s+b #%d+: sleep 2$"), lines[2])
-      assert.truthy(lines[3]:match("main #1: await task %d+ %(cut short by a cancellation%)$"), lines[3])
+      assert.truthy(lines[3]:match(root .. " #1: await task %d+ %(cut short by a cancellation%)$"), lines[3])
       assert.falsy(cp:match("c #"))
       local waits = section(out, "top waits by total time")
       assert.truthy(waits:match("^%s+3%.000 s%s+1x%s+braid%.gather of 2\n"), waits)
       local slow = section(out, "slowest tasks")
-      assert.truthy(slow:match("^%s+3%.200 s%s+main #1 %(ok%)"), slow)
+      assert.truthy(slow:match("^%s+3%.200 s%s+" .. root .. " #1 %(ok%)"), slow)
       assert.truthy(slow:match("200%.0 ms%s+d #%d+ %(cancelled%)"), slow)
       local c = section(out, "cancellations")
-      assert.truthy(c:match("3%.200 s%s+by a timeout in main #1: reached no other task"), c)
-      assert.truthy(c:match("by task main #1 %(enough%): reached d #%d+"), c)
+      assert.truthy(c:match("3%.200 s%s+by a timeout in " .. root .. " #1: reached no other task"), c)
+      assert.truthy(c:match("by task " .. root .. " #1 %(enough%): reached d #%d+"), c)
     end)
   end
 
@@ -293,8 +317,8 @@ d:cancel("enough")
     assert.equal(0, code, err)
     local cp = section(out, "critical path")
     assert.truthy(cp:match("^  41 steps; by task and wait, biggest first:\n"), cp)
-    assert.truthy(cp:match("\n%s+4%.000 s%s+40x%s+main #1: sleep 0%.1"), cp)
-    assert.truthy(cp:match("\n%s+1%.000 s%s+1x%s+main #1: sleep 1"), cp)
+    assert.truthy(cp:match("\n%s+4%.000 s%s+40x%s+%(command line%) #1: sleep 0%.1"), cp)
+    assert.truthy(cp:match("\n%s+1%.000 s%s+1x%s+%(command line%) #1: sleep 1"), cp)
   end)
 
   it("draws the timeline as an SVG that a renderer accepts", function()
@@ -304,7 +328,7 @@ d:cancel("enough")
     local f = assert(io.open(svg))
     local text = f:read("a")
     f:close()
-    for _, name in ipairs({"main #1", "a #", "b #", "c #", "d #"}) do
+    for _, name in ipairs({(root:gsub("%%", "")) .. " #1", "a #", "b #", "c #", "d #"}) do
       assert.truthy(text:find(">" .. name, 1, true), name)
     end
     assert.truthy(text:find("sleep 2.5", 1, true))

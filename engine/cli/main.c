@@ -67,9 +67,14 @@ static int usage (const char *fmt, const char *what) {
 }
 
 /* Runs every chunk in order as one function: the root task's body. */
+/* The root task: named after what it runs (the script, "stdin", or
+** "(command line)" for -e alone; the REPL names itself "repl"), then the
+** -e chunks, then the script with its arguments. */
 static const char root_source[] =
   "local chunks, n = ...\n"
+  "local current = braid.current\n"
   "return function()\n"
+  "  current().name = chunks.name\n"
   "  for i = 1, n - 1 do chunks[i]() end\n"
   "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
   "end\n";
@@ -175,6 +180,9 @@ int main (int argc, char **argv) {
     lua_rawseti(L, 1, nchunks);
   }
   if (nchunks > 0) {
+    lua_pushstring(L, script ? argv[script] : from_stdin ? "stdin"
+                                                         : "(command line)");
+    lua_setfield(L, 1, "name");
     luaL_loadbuffer(L, root_source, sizeof root_source - 1, "=[braid main]");
     lua_pushvalue(L, 1);
     lua_pushinteger(L, nchunks);

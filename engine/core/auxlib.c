@@ -134,6 +134,29 @@ static int l_field_missing (lua_State *L) {
                        "field");
 }
 
+int braid__index_missing (lua_State *L, const char *what,
+                          const char *const *fields) {
+  int t;
+  if (lua_type(L, 2) != LUA_TSTRING || lua_tostring(L, 2)[0] == '_') {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_newtable(L);   /* the names to suggest from: methods and fields */
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, lua_upvalueindex(1))) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, t);
+  }
+  for (; *fields; fields++) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, t, *fields);
+  }
+  return missing_error(L, t, 2, what, "field or method");
+}
+
 void braid__strict_fields (lua_State *L, int idx, const char *name) {
   idx = lua_absindex(L, idx);
   lua_createtable(L, 0, 1);

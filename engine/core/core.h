@@ -323,6 +323,7 @@ struct braid_engine {
   unsigned char closing;       /* braid_close: abandonment is silent */
   unsigned char binary;        /* precompiled chunks may be loaded */
   unsigned char loading;       /* braid_run_string: the limit applies */
+  unsigned char gc_probe;      /* a refused charge collects (memory.c) */
   size_t mem_used, mem_limit;  /* bytes; limit 0: none */
   int budget;                  /* instructions per resume; 0: none */
   int anchors_ref;             /* tasks handed to the application */

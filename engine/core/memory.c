@@ -16,6 +16,8 @@
 ** - braid's C buffers are counted in the same E->mem_used (charges), and a
 **   charge that would pass the limit is refused wherever it is made; a
 **   charge that counts bytes holds a reference to E.
+** - A refused charge runs Lua's emergency collection (no finalizers) and
+**   is tried once more, as a refused allocation of the state is.
 */
 #include <stdarg.h>
 #include <stddef.h>
@@ -139,12 +141,43 @@ void *braid__realloc_must (braid_engine_t *E, void *p, size_t n) {
 ** call fails with kind "memory". The scheduler's own bookkeeping (tasks,
 ** scopes, timers, requests) is never charged, so it is never refused. */
 
+/* A refused charge collects before it gives up, as a refused allocation
+** of the state does: Lua's emergency collection, which runs no finalizer
+** and so no Lua code. A full collection (lua_gc) would run finalizers,
+** which is not safe everywhere a charge is made: in a libcurl callback (a
+** response's __gc takes its handle off the multi), in a libuv callback
+** halfway through growing a buffer. Lua's emergency collection has no
+** API, so it is provoked: the allocator fails one allocation made here
+** on purpose (gc_probe 1), Lua collects and tries again, and the retry is
+** not refused by the limit (gc_probe 2: a userdata header, then garbage)
+** and may not raise (S may have no protected call to return to): out of
+** memory even then, it spends the reserve, or braid stops, as when the
+** scheduler runs out twice.
+** Safe wherever Lua may allocate: charges are never made by the
+** allocator or by a collection step (Lua allows an emergency collection
+** in a finalizer), and not after braid_close began. */
+static void emergency_collect (braid_engine_t *E) {
+  lua_State *S = E->S;
+  if (S == NULL || E->closing || E->gc_probe || !lua_checkstack(S, 1))
+    return;
+  E->gc_probe = 1;
+  lua_newuserdatauv(S, 0, 0);
+  lua_pop(S, 1);
+  E->gc_probe = 0;
+}
+
+static int over_limit (braid_engine_t *E, size_t d) {
+  return E->mem_limit && (E->mem_used > E->mem_limit ||
+                          d > E->mem_limit - E->mem_used);
+}
+
 int braid__mem_charge (braid_engine_t *E, ptrdiff_t delta) {
   if (delta > 0) {
     size_t d = (size_t) delta;
-    if (E->mem_limit && (E->mem_used > E->mem_limit ||
-                         d > E->mem_limit - E->mem_used))
-      return UV_ENOMEM;
+    if (over_limit(E, d)) {
+      emergency_collect(E);
+      if (over_limit(E, d)) return UV_ENOMEM;
+    }
     E->mem_used += d;
   } else {
     size_t d = (size_t) -delta;
@@ -280,11 +313,19 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     E->mem_used -= old;
     return NULL;
   }
+  if (E->gc_probe == 1) {   /* emergency_collect: Lua collects, retries */
+    E->gc_probe = 2;
+    return NULL;
+  }
   if (E->mem_limit && nsize > old && (E->current || E->loading ||
-                                      E->callback) &&
+                                      E->callback) && !E->gc_probe &&
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
   p = state_alloc(E, ptr, osize, nsize);
+  if (p == NULL && E->gc_probe) {   /* its retry must not raise: no frame */
+    if (reserve_give(E)) p = state_alloc(E, ptr, osize, nsize);
+    if (p == NULL) braid__engine_fatal(E, "not enough memory");
+  }
   if (p == NULL) p = braid__reserve_spend(E, ptr, osize, nsize);
   if (p) E->mem_used = E->mem_used - old + nsize;
   return p;

@@ -51,6 +51,15 @@ void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
 ** 'sned'"). [-1, +0, m] */
 void braid__strict_fields(lua_State *L, int idx, const char *name);
 
+/* For a braid__class `index` function (methods table: upvalue 1) when the
+** key at 2 is neither a method nor a field: raises "<what> has no field
+** or method 'nmae' (did you mean 'name'?)", suggesting from the methods
+** and `fields` (NULL-terminated). Keys that are not strings and names
+** starting with "_" read as nil (pushed; returns 1). Only on a miss:
+** found keys keep their fast path. */
+int braid__index_missing(lua_State *L, const char *what,
+                         const char *const *fields);
+
 /* Argument checks naming the function as the script wrote it (fname:
 ** "braid.fs.read_file", "channel:send"; a method's self is argument #1),
 ** raising Lua's familiar "bad argument #idx to 'fname' (... expected, got
@@ -124,8 +133,10 @@ extern size_t braid__cheap_count, braid__cheap_fail;
 ** braid_memory_used beside the Lua state's, and an embedded engine's
 ** memory_limit bounds the sum. braid__mem_charge adds delta bytes (a
 ** negative delta releases): 0, or UV_ENOMEM when growth would pass the
-** limit (nothing is counted then; the call the buffer works for fails
-** with kind "memory"). A release never fails. Unlike the state's own
+** limit even after Lua's emergency collection, which a refusal runs (no
+** finalizers: safe in callbacks; docs/internals.md) (nothing is counted
+** then; the call the buffer works for fails with kind "memory"). A
+** release never fails. Unlike the state's own
 ** allocations a charge is refused also outside tasks; braid's bookkeeping
 ** (tasks, scopes, timers, requests) is not charged, so it is never
 ** refused. */

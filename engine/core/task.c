@@ -450,7 +450,7 @@ static int l_task_index (lua_State *L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lua_pop(L, 1);
   t = braid__task_check(L, 1, "task");
-  k = lua_tostring(L, 2);
+  k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k == NULL) lua_pushnil(L);
   else if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
   else if (strcmp(k, "name") == 0) lua_pushstring(L, braid__task_name(L, t, 1));
@@ -459,7 +459,8 @@ static int l_task_index (lua_State *L) {
     if (p && p->task && p->task->ref != LUA_NOREF) braid__task_push(L, p->task);
     else lua_pushnil(L);
   } else {
-    lua_pushnil(L);
+    static const char *const fields[] = {"id", "name", "parent", NULL};
+    return braid__index_missing(L, TASK_MT, fields);
   }
   return 1;
 }

@@ -314,6 +314,7 @@ static void set_method (lua_State *L, struct http_xfer *x,
   if (*m == '\0' || strpbrk(m, " \r\n\t"))
     braid_usageerror(L, "bad option 'method' to '%s' (a method name "
                      "expected)", fname);
+  snprintf(x->method, sizeof x->method, "%s", m);
   if (strcmp(m, "HEAD") == 0) {
     curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
   } else if (!has_body) {
@@ -459,6 +460,7 @@ static int xfer_start (braid_op_t *op, void *ud) {
   int rc;
   struct http_multi *m = braid__http_multi(braid_op_engine(op), &rc);
   *(struct http_xfer **) braid_op_data(op) = x;
+  braid_op_label(op, "http %s %s", x->method, x->url);
   if (m == NULL) return rc;
   if ((rc = braid__http_add(m, x)) != 0) return rc;
   x->op = op;

@@ -31,6 +31,7 @@ struct http_xfer {
   struct http_xfer **owner;  /* in the response object; cleared at free */
   struct curl_slist *req_headers;
   char *url;                 /* as requested (with the query), for errors */
+  char method[16];           /* for the wait's trace label (cut short) */
   FILE *out, *in;            /* opts.output, opts.body_file */
   struct http_buf hdr, body;
   struct braid_charge charge;

@@ -234,6 +234,7 @@ static int l_res_header_list (lua_State *L) {
 static int read_start (braid_op_t *op, void *ud) {
   struct http_xfer *x = (struct http_xfer *) ud;
   *(struct http_xfer **) braid_op_data(op) = x;
+  braid_op_label(op, "http read %s", x->url);
   x->op = op;
   return 0;
 }

@@ -480,8 +480,10 @@ static int l_process_index (lua_State *L) {
   p = proc_check(L, "proc.pid");
   if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "pid") == 0)
     lua_pushinteger(L, p->pid);
-  else
-    lua_pushnil(L);
+  else {
+    static const char *const fields[] = {"pid", NULL};
+    return braid__index_missing(L, PROC_MT, fields);
+  }
   return 1;
 }
 

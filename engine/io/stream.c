@@ -123,6 +123,7 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
     }
     s->buf = nb;
     s->cap = cap;
+    s->collected = 0;
   }
   b->base = s->buf + s->off + s->len;
   b->len = s->cap - s->off - s->len;
@@ -141,6 +142,11 @@ static void stream_read_cb (uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
       s->rerr = UV_ENOBUFS;
       stream_stop(s);
     }
+  } else if (n == UV_ENOBUFS && s->rop && s->collected == 0) {
+    s->collected = 1;                /* no memory: the reader collects */
+    stream_stop(s);                  /* and reading starts again */
+    stream_wake(s);
+    return;
   } else {                           /* the end, an error, or no memory */
     s->rerr = n == UV_ENOBUFS ? UV_ENOMEM : (int) n;
     stream_stop(s);
@@ -351,8 +357,18 @@ static void read_cancel (braid_op_t *op) {
 
 static int read_k (lua_State *L, braid_op_t *op);
 
-/* Serves r now, or suspends until the stream has more. */
+/* Serves r now, or suspends until the stream has more. A buffer refused
+** by the memory limit while a reader waits is tried once more after a
+** full collection (read_cb wakes the reader for it): the charge itself,
+** made in a libuv callback, could only run the emergency collection
+** (memory.c), which leaves what awaits a finalizer (a luaL_Buffer's box)
+** uncollected. Here, in the reader's call, finalizers may run (in a
+** finalizer lua_gc does nothing, and a reader cannot wait there). */
 static int stream_read (lua_State *L, struct read_op *r) {
+  if (r->s->collected == 1) {
+    lua_gc(L, LUA_GCCOLLECT);
+    r->s->collected = 2;
+  }
   if (braid__stream_take(L, r->s, r->mode, r->n, r->fname)) return 1;
   braid_check_suspend(L, r->fname);
   if (braid__stream_start(r->s) < 0)   /* reading ended: raise its error */

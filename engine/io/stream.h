@@ -71,6 +71,9 @@ struct braid_stream {
   int rerr;                     /* once reading ended: UV_EOF or an error */
   unsigned char live;           /* from init until braid__stream_close */
   unsigned char reading, drain, mode, over;
+  unsigned char collected;      /* after a refused buffer: 1 the reader
+                                   is to collect, 2 it did; 0 again once
+                                   the buffer grows */
 };
 
 /* Makes s, whose handle the owner has just initialised, a stream named
