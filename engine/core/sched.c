@@ -48,7 +48,7 @@ void braid__task_unready (braid_engine_t *E, struct braid_task *t) {
 /* Wakes a waiting task: `how` says whether its operation completed
 ** (WAKE_OK) or was undone by a cancellation (WAKE_CANCEL). */
 void braid__task_wake (struct braid_task *t, int how) {
-  t->wait = NULL;
+  t->waiting = 0;
   t->wake = (unsigned char) how;
   braid__task_ready(t);
 }
@@ -60,7 +60,7 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   w->release = NULL;
   w->what = what;
   w->since = braid__now_ms(t->E);
-  t->wait = w;
+  t->waiting = 1;   /* w is always &t->w */
   t->wake = WAKE_NONE;
 }
 
@@ -142,7 +142,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
     t->status = TASK_SUSPENDED;
-    if (t->wait == NULL && !t->queued) braid__task_ready(t);  /* a bare yield */
+    if (!t->waiting && !t->queued) braid__task_ready(t);  /* a bare yield */
   } else {
     braid__task_body_done(E, S, t, status, nres);
   }

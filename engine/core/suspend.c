@@ -72,7 +72,7 @@ static int op_k (lua_State *L, int status, lua_KContext ctx) {
     return 0;
   }
   if (state == OP_PENDING) {       /* resumed without completing */
-    if (t->wait == w) t->wait = NULL;
+    t->waiting = 0;
     op_cancel(w);
   } else if (w->k && (state == OP_NOMEM ||
                       (state == OP_RESUMED && t->wake == WAKE_NOYIELD))) {
@@ -111,7 +111,7 @@ static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
   w->soft = (unsigned char) soft;
   t->E->io_ops++;
   if (start && (rc = start(WAIT_OP(w), ud)) < 0 && w->state == OP_PENDING) {
-    if (t->wait == w) t->wait = NULL;
+    t->waiting = 0;
     op_settle(w);
     w->state = OP_CANCELLED;
     return braid__error_uv(L, rc, what);

@@ -265,7 +265,7 @@ static void task_finish (struct braid_task *t) {
   }
   braid__scope_push_record(S, s);   /* nil unless it failed */
   lua_setiuservalue(S, -2, 4);
-  t->wait = NULL;
+  t->waiting = 0;
   braid__task_unready(E, t);
   E->live--;
   while (!braid__list_empty(&t->watchers)) {
@@ -483,12 +483,12 @@ static int l_task_newindex (lua_State *L) {
 static int l_task_tostring (lua_State *L) {
   struct braid_task *t = braid__task_check(L, 1, "tostring");
   const char *name = braid__task_name(L, t, 1);
-  if (t->wait && !TASK_DONE(t) && t->E->running) {
+  if (t->waiting && !TASK_DONE(t) && t->E->running) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.1fs",
-             (braid__now_ms(t->E) - t->wait->since) / 1000.0);
+             (braid__now_ms(t->E) - t->w.since) / 1000.0);
     lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
-                    braid__status_names[t->status], t->wait->what, secs);
+                    braid__status_names[t->status], t->w.what, secs);
   } else {
     lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
                     braid__status_names[t->status]);
