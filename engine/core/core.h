@@ -94,8 +94,8 @@ struct braid_chan_node {
                                  ** 0 when woken by close */
 };
 
+/* A wait is always its task's t->w: WAIT_TASK(w) finds the task. */
 struct braid_wait {
-  struct braid_task *task;
   /* Undo the operation at the C level; NULL for waits that cancellation
   ** must not interrupt (a scope joining its children). */
   void (*cancel)(struct braid_wait *w);
@@ -213,8 +213,11 @@ struct braid_task {
   unsigned char stop;          /* STOP_*: only unwinds from now on */
   unsigned char waiting;       /* t->w is its pending operation */
   uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
-  int nargs;                   /* arguments packed with the function */
-  int nres;                    /* results kept after the end */
+  union {                      /* never both: */
+    int nargs;                 /* arguments packed with the function (pending) */
+    int nres;                  /* results kept after the end */
+  };
+  int line;                    /* spawn site: this line of user value 3 */
   struct braid_scope *inner;   /* innermost scope of the running body */
   union {                      /* t->E is the task scope's E: one word */
     struct braid_scope scope;  /* the task's own scope */
@@ -223,8 +226,9 @@ struct braid_task {
   struct braid_wait w;         /* every wait of the task: one at a time */
   struct braid_task *next;     /* ready queue */
   struct braid_list watchers;  /* struct braid_watch */
-  int line;                    /* spawn site: this line of user value 3 */
 };
+
+#define WAIT_TASK(wp) container_of((wp), struct braid_task, w)
 
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
 _Static_assert(offsetof(struct braid_scope, E) == 0,

@@ -55,7 +55,6 @@ void braid__task_wake (struct braid_task *t, int how) {
 
 void braid__task_wait (struct braid_task *t, struct braid_wait *w,
                        void (*cancel)(struct braid_wait *), const char *what) {
-  w->task = t;
   w->cancel = cancel;
   w->release = NULL;
   w->what = what;

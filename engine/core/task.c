@@ -263,6 +263,7 @@ static void task_finish (struct braid_task *t) {
   } else {
     t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
   }
+  if (t->status != TASK_OK) t->nres = 0;   /* not a pending task's nargs */
   braid__scope_push_record(S, s);   /* nil unless it failed */
   lua_setiuservalue(S, -2, 4);
   t->waiting = 0;
@@ -367,7 +368,7 @@ int braid__task_results (lua_State *L, int idx, int all) {
 
 static void await_done (struct braid_watch *w, struct braid_task *target) {
   (void) target;
-  braid__task_wake(container_of(w, struct braid_wait, watch)->task, WAKE_OK);
+  braid__task_wake(WAIT_TASK(container_of(w, struct braid_wait, watch)), WAKE_OK);
 }
 
 static void await_cancel (struct braid_wait *w) {
