@@ -288,13 +288,13 @@ void braid__task_finish (struct braid_task *t) {
 
 /* The body's coroutine returned (nres results on it) or raised: keep the
 ** outcome in user value 1, recycle the coroutine, and finish now or once
-** the members of the task's scope have ended. */
+** the members of the task's scope have ended. The task object is on S's
+** top (popped). */
 void braid__task_body_done (braid_engine_t *E, lua_State *S,
                             struct braid_task *t, int status, int nres) {
   lua_State *co = t->co;
   struct braid_scope *s = &t->scope;
   int i;
-  braid__task_push(S, t);
   if (status == LUA_OK) {
     t->nres = nres;
     if (nres == 0) lua_pushnil(S);
