@@ -98,9 +98,9 @@ void braid__task_abandon (struct braid_task *t) {
   abandon_below(t);
   if (TASK_DONE(t)) return;   /* it was only waiting for those members */
   if (E->trace) braid__trace_abandon(t);
-  if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
+  if (t->waiting && t->w.cancel) t->w.cancel(&t->w);
   else braid__op_release(t);   /* completed, continuation not run */
-  t->wait = NULL;
+  t->waiting = 0;
   t->abandoned = 1;
   if (t->co) {
     E->current = t;

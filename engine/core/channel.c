@@ -241,7 +241,7 @@ void braid__chan_release_node (struct braid_chan_node *n) {
 /* A plain recv's release hook: the task was woken with a value it will
 ** never take. */
 static void chan_release (struct braid_wait *w) {
-  if (w->task->wake == WAKE_OK) braid__chan_release_node(&w->chan);
+  if (WAIT_TASK(w)->wake == WAKE_OK) braid__chan_release_node(&w->chan);
 }
 
 static void chan_cancel (struct braid_wait *w) {

@@ -9,7 +9,7 @@
 ** scopes (its own task scope at the bottom, then braid.scope, timeout,
 ** shield and group scopes pushed by the body); scopes form one tree across
 ** tasks, and cancellation travels down that tree eagerly, stopping at
-** shields. A task waits on at most one operation at a time (t->wait); the
+** shields. A task waits on at most one operation at a time (t->w); the
 ** operation's cancel hook undoes it at the C level. Callbacks never resume a
 ** task: they mark it ready and the scheduler resumes it, so ordering is ours.
 */
@@ -94,8 +94,8 @@ struct braid_chan_node {
                                  ** 0 when woken by close */
 };
 
+/* A wait is always its task's t->w: WAIT_TASK(w) finds the task. */
 struct braid_wait {
-  struct braid_task *task;
   /* Undo the operation at the C level; NULL for waits that cancellation
   ** must not interrupt (a scope joining its children). */
   void (*cancel)(struct braid_wait *w);
@@ -205,26 +205,34 @@ enum { STOP_NONE, STOP_BUDGET, STOP_GRACE };
 
 struct braid_task {
   const struct braid_type *type;   /* &braid__task_type */
-  braid_engine_t *E;
   lua_State *co;               /* NULL before start and after the end */
   int ref;                     /* its slot in E's anchors, live only */
   unsigned id;
   unsigned char status, queued, wake, abandoned;
   unsigned char nopool;        /* hit the instruction budget: not reused */
   unsigned char stop;          /* STOP_*: only unwinds from now on */
+  unsigned char waiting;       /* t->w is its pending operation */
   uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
-  int nargs;                   /* arguments packed with the function */
-  int nres;                    /* results kept after the end */
+  union {                      /* never both: */
+    int nargs;                 /* arguments packed with the function (pending) */
+    int nres;                  /* results kept after the end */
+  };
+  int line;                    /* spawn site: this line of user value 3 */
   struct braid_scope *inner;   /* innermost scope of the running body */
-  struct braid_scope scope;    /* the task's own scope */
-  struct braid_wait *wait;     /* the pending operation, or NULL */
-  struct braid_wait w;         /* storage for the built-in waits */
+  union {                      /* t->E is the task scope's E: one word */
+    struct braid_scope scope;  /* the task's own scope */
+    struct { braid_engine_t *E; };
+  };
+  struct braid_wait w;         /* every wait of the task: one at a time */
   struct braid_task *next;     /* ready queue */
   struct braid_list watchers;  /* struct braid_watch */
-  int line;                    /* spawn site: this line of user value 3 */
 };
 
+#define WAIT_TASK(wp) container_of((wp), struct braid_task, w)
+
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
+_Static_assert(offsetof(struct braid_scope, E) == 0,
+               "t->E must alias t->scope.E");
 
 /* The running task, or a usage error naming fname (the fast path, inside
 ** the task's own coroutine, is inline: after the engine's struct). */

@@ -21,7 +21,7 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
       lua_pushfstring(L, "\n  task %d (%s%s%s) waits on %s",
                       (int) t->id, braid__task_name(L, t, 0),
                       shown ? ", spawned at " : "", shown ? site : "",
-                      t->wait ? t->wait->what : "nothing");
+                      t->waiting ? t->w.what : "nothing");
       lua_remove(L, -2);
       luaL_addvalue(b);
     }

@@ -48,19 +48,18 @@ void braid__task_unready (braid_engine_t *E, struct braid_task *t) {
 /* Wakes a waiting task: `how` says whether its operation completed
 ** (WAKE_OK) or was undone by a cancellation (WAKE_CANCEL). */
 void braid__task_wake (struct braid_task *t, int how) {
-  t->wait = NULL;
+  t->waiting = 0;
   t->wake = (unsigned char) how;
   braid__task_ready(t);
 }
 
 void braid__task_wait (struct braid_task *t, struct braid_wait *w,
                        void (*cancel)(struct braid_wait *), const char *what) {
-  w->task = t;
   w->cancel = cancel;
   w->release = NULL;
   w->what = what;
   w->since = braid__now_ms(t->E);
-  t->wait = w;
+  t->waiting = 1;   /* w is always &t->w */
   t->wake = WAKE_NONE;
 }
 
@@ -124,12 +123,12 @@ int braid__task_k0 (lua_State *L, int status, lua_KContext ctx) {
 /* braid.yield(): lets every other ready task run once. */
 
 static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) {
-  int nargs = 0, nres, status;
-  if (t->status == TASK_PENDING) {
+  int nargs = 0, nres, status, pushed = 0;
+  if (t->status == TASK_PENDING) {   /* kept on S: most bodies end here */
     braid__task_push(S, t);
     braid__task_start(E, S, t);
-    lua_pop(S, 1);
     nargs = t->nargs + 1;   /* task_main's arguments: the body, its own */
+    pushed = 1;
   }
   if (E->trace) braid__trace_resume(t);
   t->status = TASK_RUNNING;
@@ -141,9 +140,11 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
   if (E->trace) braid__trace_ran(t, status);
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
+    if (pushed) lua_pop(S, 1);
     t->status = TASK_SUSPENDED;
-    if (t->wait == NULL && !t->queued) braid__task_ready(t);  /* a bare yield */
+    if (!t->waiting && !t->queued) braid__task_ready(t);  /* a bare yield */
   } else {
+    if (!pushed) braid__task_push(S, t);
     braid__task_body_done(E, S, t, status, nres);
   }
 }

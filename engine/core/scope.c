@@ -97,9 +97,9 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   s->cancelled = 1;
   s->cause = cause;
   if (s->E->trace) braid__trace_cancel(s, cause);
-  if (t && t->inner == s && t->wait && t->wait->cancel &&
+  if (t && t->inner == s && t->waiting && t->w.cancel &&
       t->wake == WAKE_NONE) {
-    t->wait->cancel(t->wait);
+    t->w.cancel(&t->w);
     braid__task_wake(t, WAKE_CANCEL);
   }
   if (s->kind == SCOPE_GROUP) braid__group_on_cancel(s);

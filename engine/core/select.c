@@ -70,7 +70,7 @@ static void select_cancel (struct braid_wait *w) {
 ** received value goes back to its channel. */
 static void select_release (struct braid_wait *w) {
   struct braid_select *sel = w->chan.sel;
-  if (w->task->wake == WAKE_OK && sel->committed > 0)
+  if (WAIT_TASK(w)->wake == WAKE_OK && sel->committed > 0)
     braid__chan_release_node(&sel->node[sel->committed - 1]);
 }
 

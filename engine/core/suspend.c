@@ -27,7 +27,7 @@ enum { OP_PENDING, OP_RESUMED, OP_FAILED, OP_NOMEM, OP_CANCELLED, OP_DONE };
 
 /* The op is no longer pending: it stops holding the virtual clock. */
 static void op_settle (struct braid_wait *w) {
-  if (w->holds) w->task->E->io_ops--;
+  if (w->holds) WAIT_TASK(w)->E->io_ops--;
   w->holds = 0;
 }
 
@@ -63,7 +63,7 @@ void braid__op_release (struct braid_task *t) {
 
 static int op_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_wait *w = (struct braid_wait *) ctx;
-  struct braid_task *t = w->task;
+  struct braid_task *t = WAIT_TASK(w);
   int state = w->state;
   (void) status;
   if (w->soft && t->wake == WAKE_CANCEL) {   /* only cut short */
@@ -72,7 +72,7 @@ static int op_k (lua_State *L, int status, lua_KContext ctx) {
     return 0;
   }
   if (state == OP_PENDING) {       /* resumed without completing */
-    if (t->wait == w) t->wait = NULL;
+    t->waiting = 0;
     op_cancel(w);
   } else if (w->k && (state == OP_NOMEM ||
                       (state == OP_RESUMED && t->wake == WAKE_NOYIELD))) {
@@ -111,7 +111,7 @@ static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
   w->soft = (unsigned char) soft;
   t->E->io_ops++;
   if (start && (rc = start(WAIT_OP(w), ud)) < 0 && w->state == OP_PENDING) {
-    if (t->wait == w) t->wait = NULL;
+    t->waiting = 0;
     op_settle(w);
     w->state = OP_CANCELLED;
     return braid__error_uv(L, rc, what);
@@ -153,7 +153,7 @@ braid_engine_t *braid_check_suspend (lua_State *L, const char *fname) {
 }
 
 braid_engine_t *braid_op_engine (braid_op_t *op) {
-  return OP_WAIT(op)->task->E;
+  return WAIT_TASK(OP_WAIT(op))->E;
 }
 
 int braid_suspend (lua_State *L, const char *what, size_t size,
@@ -167,7 +167,7 @@ void *braid_op_data (braid_op_t *op) {
 }
 
 lua_State *braid_op_state (braid_op_t *op) {
-  return OP_WAIT(op)->task->E->S;
+  return WAIT_TASK(OP_WAIT(op))->E->S;
 }
 
 /* Moves the n values onto the suspended thread (checkstack on a suspended
@@ -175,7 +175,7 @@ lua_State *braid_op_state (braid_op_t *op) {
 ** memory" instead) and marks the task ready. */
 static int op_complete (braid_op_t *op, int state, int n) {
   struct braid_wait *w = OP_WAIT(op);
-  lua_State *S = w->task->E->S;
+  lua_State *S = WAIT_TASK(w)->E->S;
   if (w->state != OP_PENDING) {
     lua_pop(S, n);
     return UV_EALREADY;
@@ -188,7 +188,7 @@ static int op_complete (braid_op_t *op, int state, int n) {
   }
   w->state = state;
   w->nres = n;
-  braid__task_wake(w->task, WAKE_OK);
+  braid__task_wake(WAIT_TASK(w), WAKE_OK);
   return 0;
 }
 

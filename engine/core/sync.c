@@ -80,7 +80,7 @@ static void sem_put (struct braid_sem *s);
 /* A waiter woken with a permit that will never run (abandoned,
 ** braid_close) gives it back, as a channel's receiver gives its value. */
 static void sem_release (struct braid_wait *w) {
-  if (w->task->wake == WAKE_OK) sem_put((struct braid_sem *) w->obj);
+  if (WAIT_TASK(w)->wake == WAKE_OK) sem_put((struct braid_sem *) w->obj);
 }
 
 /* Takes a free permit for task t. */
@@ -218,10 +218,10 @@ static int l_sem_with (lua_State *L) {
 ** becomes its holder now), else it waits in `permits`. */
 static void sem_give (struct braid_sem *s) {
   struct braid_wait *w = queue_pop(&s->waiters);
-  if (s->lock) s->owner = w ? w->task->id : 0;
+  if (s->lock) s->owner = w ? WAIT_TASK(w)->id : 0;
   if (w) {
     s->out++;
-    braid__task_wake(w->task, WAKE_OK);
+    braid__task_wake(WAIT_TASK(w), WAKE_OK);
   } else {
     s->permits++;
   }
@@ -354,7 +354,7 @@ static int l_event_set (lua_State *L) {
   struct braid_wait *w;
   e->set = 1;
   while ((w = queue_pop(&e->waiters)) != NULL)
-    braid__task_wake(w->task, WAKE_OK);
+    braid__task_wake(WAIT_TASK(w), WAKE_OK);
   return 0;
 }
 

@@ -263,9 +263,10 @@ static void task_finish (struct braid_task *t) {
   } else {
     t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
   }
+  if (t->status != TASK_OK) t->nres = 0;   /* not a pending task's nargs */
   braid__scope_push_record(S, s);   /* nil unless it failed */
   lua_setiuservalue(S, -2, 4);
-  t->wait = NULL;
+  t->waiting = 0;
   braid__task_unready(E, t);
   E->live--;
   while (!braid__list_empty(&t->watchers)) {
@@ -287,13 +288,13 @@ void braid__task_finish (struct braid_task *t) {
 
 /* The body's coroutine returned (nres results on it) or raised: keep the
 ** outcome in user value 1, recycle the coroutine, and finish now or once
-** the members of the task's scope have ended. */
+** the members of the task's scope have ended. The task object is on S's
+** top (popped). */
 void braid__task_body_done (braid_engine_t *E, lua_State *S,
                             struct braid_task *t, int status, int nres) {
   lua_State *co = t->co;
   struct braid_scope *s = &t->scope;
   int i;
-  braid__task_push(S, t);
   if (status == LUA_OK) {
     t->nres = nres;
     if (nres == 0) lua_pushnil(S);
@@ -367,7 +368,7 @@ int braid__task_results (lua_State *L, int idx, int all) {
 
 static void await_done (struct braid_watch *w, struct braid_task *target) {
   (void) target;
-  braid__task_wake(container_of(w, struct braid_wait, watch)->task, WAKE_OK);
+  braid__task_wake(WAIT_TASK(container_of(w, struct braid_wait, watch)), WAKE_OK);
 }
 
 static void await_cancel (struct braid_wait *w) {
@@ -484,12 +485,12 @@ static int l_task_newindex (lua_State *L) {
 static int l_task_tostring (lua_State *L) {
   struct braid_task *t = braid__task_check(L, 1, "tostring");
   const char *name = braid__task_name(L, t, 1);
-  if (t->wait && !TASK_DONE(t) && t->E->running) {
+  if (t->waiting && !TASK_DONE(t) && t->E->running) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.1fs",
-             (braid__now_ms(t->E) - t->wait->since) / 1000.0);
+             (braid__now_ms(t->E) - t->w.since) / 1000.0);
     lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
-                    braid__status_names[t->status], t->wait->what, secs);
+                    braid__status_names[t->status], t->w.what, secs);
   } else {
     lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
                     braid__status_names[t->status]);

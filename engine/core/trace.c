@@ -331,7 +331,7 @@ void braid__trace_resume (struct braid_task *t) {
     flow(tr, 'f', t->id, ts, 2 * t->id, "spawn", 1);
 }
 
-/* t stopped running: it waits now (yielded: on t->wait, labelled), or its
+/* t stopped running: it waits now (yielded: on t->w, labelled), or its
 ** body ended and it waits for its members, or it ends. */
 void braid__trace_ran (struct braid_task *t, int status) {
   struct braid_trace *tr = t->E->trace;
@@ -341,10 +341,10 @@ void braid__trace_ran (struct braid_task *t, int status) {
   if (status == LUA_YIELD) {
     ev(tr, 'B', t->id, ts);
     PUTS(tr, ",\"name\":");
-    if (tr->has_label && t->wait &&
-        (tr->label_what == NULL || tr->label_what == t->wait->what))
+    if (tr->has_label && t->waiting &&
+        (tr->label_what == NULL || tr->label_what == t->w.what))
       put_cstr(tr, tr->label);
-    else put_what(tr, t->wait ? t->wait->what : "yield");
+    else put_what(tr, t->waiting ? t->w.what : "yield");
     PUTS(tr, "}");
   } else if (t->scope.pending > 0) {
     ev(tr, 'B', t->id, ts);

@@ -54,7 +54,7 @@ void braid__trace_label (braid_engine_t *E, const char *fmt, ...) {
 /* An op's label names that op's wait only: if its start fails and the
 ** task goes on to wait on something else, that wait keeps its own name. */
 void braid_op_label (braid_op_t *op, const char *fmt, ...) {
-  braid_engine_t *E = OP_WAIT(op)->task->E;
+  braid_engine_t *E = WAIT_TASK(OP_WAIT(op))->E;
   va_list ap;
   if (E->trace == NULL) return;
   va_start(ap, fmt);
