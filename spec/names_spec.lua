@@ -31,6 +31,7 @@ local OBJECTS = {
   ["braid.Process"] = "proc", ["braid.TcpStream"] = "stream",
   ["braid.TcpServer"] = "server", ["braid.Progress"] = "progress",
   ["braid.Ticker"] = "ticker", ["braid.Worker"] = "worker",
+  ["braid.SharedChannel"] = "channel",
   ["braid.Lock"] = "lock", ["braid.UdpSocket"] = "sock",
   ["braid.Watcher"] = "watcher", ["braid.File"] = "file",
   ["braid.HttpResponse"] = "res",

@@ -77,7 +77,7 @@ static int wk_encode_fail_p (lua_State *L) {
 static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   int top = lua_gettop(L), n;
-  free(c->buf);   /* results a failed child made worthless */
+  braid__xcopy_free(c->buf, c->len);   /* results a failed child made worthless */
   c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
@@ -173,7 +173,7 @@ static int wk_body (lua_State *L) {
     braid_error(L, "usage", NULL, "worker:call: the worker has no function "
                 "'%s'", c->fname);
   nargs = braid__xcopy_decode(L, c->buf, c->len);
-  free(c->buf);
+  braid__xcopy_free(c->buf, c->len);
   c->buf = NULL;
   return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
                                  wk_body_k), (lua_KContext) c);
@@ -183,11 +183,10 @@ static int wk_body (lua_State *L) {
 static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   if (w->load_err || w->fns_ref == LUA_NOREF || w->wstopping) {
-    free(c->buf);
+    braid__xcopy_free(c->buf, c->len);
     c->buf = NULL;
     c->status = CALL_CLOSED;
-    if (w->load_err && (c->buf = (char *) braid__malloc(w->load_len))) {
-      memcpy(c->buf, w->load_err, w->load_len);
+    if (w->load_err && (c->buf = braid__xcopy_dup(w->load_err, w->load_len))) {
       c->len = w->load_len;
       c->status = CALL_ERROR;
     }
