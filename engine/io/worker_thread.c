@@ -179,6 +179,25 @@ static int wk_body (lua_State *L) {
                                  wk_body_k), (lua_KContext) c);
 }
 
+/* Names a call's task for reports (an abandonment, braid.dump): "worker:call
+** 'fname'", spawned at the worker function's definition, rather than its
+** C body's "[C]:-1, spawned at ?". Under lua_pcall, outside tasks. */
+static int wk_name_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  lua_Debug ar;
+  braid__task_push(L, c->task);   /* 2 */
+  lua_pushfstring(L, "worker:call '%s'", c->fname);
+  lua_setfield(L, 2, "name");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->w->fns_ref);
+  if (lua_getfield(L, -1, c->fname) == LUA_TFUNCTION) {
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);
+    braid__task_set_site(L, c->task, -1,
+                         ar.linedefined > 0 ? ar.linedefined : 0);
+  }
+  return 0;
+}
+
 /* A call arrives: start its task, or answer at once. */
 static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
@@ -205,6 +224,9 @@ static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   }
   c->watch.done = wk_task_done;
   braid__task_watch(c->task, &c->watch);
+  lua_pushcfunction(L, wk_name_p);
+  lua_pushlightuserdata(L, c);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);   /* a name is a nicety */
   w->ncalls++;
 }
 
