@@ -107,6 +107,7 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
 static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
   struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
   struct braid_worker *w = c->w;
+  c->ended = 1;   /* a stop or cancel taken before its reply arms nothing */
   braid_timer_stop(w->WE, &c->grace);
   if (c->L) {   /* only this thread writes it: reading it here is safe */
     uv_mutex_lock(&w->mu);
@@ -247,6 +248,8 @@ static void wk_grace_cb (braid_timer_t *tm) {
 
 /* Cancels a started call's task, with the worker's grace period. */
 static void wk_cancel_task (struct braid_worker *w, struct braid_wcall *c) {
+  if (c->ended) return;   /* waits for its reply in w->done: a grace timer
+                          ** armed now would outlive the call */
   braid_cancel(w->WE, c->task);
   if (w->grace_ns != BRAID_NEVER && c->grace.idx == 0)
     braid_timer_start(w->WE, &c->grace, w->grace_ns, wk_grace_cb);
