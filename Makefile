@@ -165,7 +165,7 @@ test: all layers
 test-threads: all
 	@BUILD=$(BUILD) BRAID_BIN=$(CURDIR)/$(BUILD)/braid LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" \
 	  LUA_PATH="$(CURDIR)/?.lua;$(CURDIR)/spec/?.lua;;" $(SAN_ENV) \
-	  lua5.4 /usr/bin/busted -o TAP spec/worker_spec.lua 2>&1 | tee $(BUILD)/threads.tap; \
+	  lua5.4 /usr/bin/busted -o TAP spec/worker_spec.lua spec/xchan_spec.lua 2>&1 | tee $(BUILD)/threads.tap; \
 	p=$$(grep -c '^ok ' $(BUILD)/threads.tap); f=$$(grep -c '^not ok ' $(BUILD)/threads.tap); \
 	grep -q '^1\.\.[0-9]' $(BUILD)/threads.tap || f=$$((f + 1)); \
 	echo "$$p passed, $$f failed"; [ "$$f" -eq 0 ]

@@ -246,6 +246,36 @@ describe("braid.worker", function()
     assert.is_true(braid.now() - t0 < 30)
   end))
 
+  it("names an abandoned call's task by its function in the report", function()
+    -- a child lua5.4 with libtsan preloaded dies at once (exit 11, no
+    -- output) under `make SANITIZE=thread test-threads`: checked by the
+    -- plain and ASan runs
+    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then return end
+    local p = os.tmpname()
+    local f = assert(io.open(p, "w"))
+    f:write([=[
+      local braid = require "braid"
+      braid.run(function()
+      local w <close> = braid.worker([[
+        local braid = require "braid"
+        return {stubborn = function()
+          local c <close> = setmetatable({}, {__close = function()
+            braid.shield(braid.sleep, 60) end})
+          braid.sleep(60)
+        end}]], {grace = 0.1})
+      pcall(braid.timeout, 0.05, w.call, w, "stubborn")
+      w:close()
+      end)
+    ]=])
+    f:close()
+    -- stock lua5.4 and the module, as this spec runs (also under TSan)
+    local _, err, code = helper.sh("lua5.4 " .. p .. " </dev/null")
+    os.remove(p)
+    assert.equal(0, code, err)
+    assert.truthy(err:find("task %d+ %(worker:call 'stubborn', spawned at worker:2%) abandoned"), err)
+    assert.is_nil(err:find("[C]:-1", 1, true))
+  end)
+
   it("interrupts a worker's task spinning in Lua", run(function()
     local w <close> = braid.worker(SRC)
     local ok, e = pcall(braid.timeout, 0.05, w.call, w, "spin_guarded")

@@ -6,8 +6,10 @@
 -- random workflow tree -- gather (settle/limit/timeout), race, any, map,
 -- timeout, scope (+ scope:cancel), shield, spawn+await, task:cancel from a
 -- sibling, channel and semaphore traffic, pcall, sleeps and errors, real I/O
--- (a process, a TCP round trip, a file) and channel exchanges through
--- braid.select in place of some sleeps, with a <close> variable in every
+-- (a process, a TCP round trip, a file), worker calls (a small worker per
+-- step: a call, a caller cancelled mid-call, the worker closed with a call
+-- in flight) and channel exchanges through braid.select in place of some
+-- sleeps, with a <close> variable in every
 -- function -- runs it under
 -- braid.run(fn, {clock = "virtual"}) and checks invariants that need no full
 -- model (see `check` below and the comments at each construct), and that
@@ -16,7 +18,8 @@
 -- seed's tree and timer order replay exactly; only the order in which
 -- concurrent real I/O completes can differ between runs (FUZZ_IO=0 turns
 -- the I/O steps off for exact replay; FUZZ_SELECT=0 the exchanges;
--- FUZZ_CLOSEERR=0 the <close> handlers that fail while unwinding).
+-- FUZZ_CLOSEERR=0 the <close> handlers that fail while unwinding;
+-- FUZZ_WORKER=0 the worker calls).
 --
 -- As a module (require "tools.fuzz" is not needed: dofile returns M) it is used
 -- by spec/fuzz_spec.lua: M.run_seed(seed) -> ok, report.
@@ -206,6 +209,21 @@ local function add_closeerr(node)
   for _, c in ipairs(node.kids or {}) do add_closeerr(c) end
 end
 
+-- Worker calls replace some of the sleeps left (a fourth random stream):
+-- a small worker made for the step and closed by it; mode 1 calls it,
+-- mode 2 also cancels a caller in the middle of a call, mode 3 closes the
+-- worker with a call in flight. FUZZ_WORKER=0 turns them off.
+local function add_worker(node)
+  if node.kind == "leaf" then
+    for i, s in ipairs(node.steps) do
+      if s[1] == "sleep" and rand(8) == 1 then node.steps[i] = {"worker", rand(3)} end
+    end
+  end
+  if node.body then add_worker(node.body) end
+  if node.kid then add_worker(node.kid) end
+  for _, c in ipairs(node.kids or {}) do add_worker(c) end
+end
+
 function M.generate(seed)
   math.randomseed(seed)
   nid = 0
@@ -221,6 +239,10 @@ function M.generate(seed)
   if os.getenv("FUZZ_CLOSEERR") ~= "0" then
     math.randomseed(seed, 3)
     add_closeerr(tree)
+  end
+  if os.getenv("FUZZ_WORKER") ~= "0" then
+    math.randomseed(seed, 4)
+    add_worker(tree)
   end
   return tree
 end
@@ -330,6 +352,39 @@ local function io_step(kind, node)
     got = braid.fs.read_file(path)
   end
   if got ~= want then violation(kind .. " #" .. node.id .. " got " .. tostring(got)) end
+end
+
+-- A worker step (add_worker): the results are checked; a cancellation may
+-- hit it anywhere (the worker's scope, or <close>, stops the worker).
+local WORKER_SRC <const> = [=[
+  local braid = require "braid"
+  return {
+    echo = function(v) return v end,
+    slow = function(v) braid.sleep(30) return v end,
+  }
+]=]
+
+local function worker_step(mode, node)
+  local want = "w" .. node.id
+  local w <close> = braid.worker(WORKER_SRC, {grace = 1})
+  if mode == 1 then
+    local got = w:call("echo", want)
+    if got ~= want then violation("worker #" .. node.id .. " got " .. tostring(got)) end
+    return
+  end
+  -- the call's outcome is its task's result, so that its failure does not
+  -- fail this step's scope
+  local t = braid.spawn(function() return pcall(w.call, w, "slow", want) end)
+  local got = w:call("echo", want)
+  if got ~= want then violation("worker #" .. node.id .. " got " .. tostring(got)) end
+  if mode == 2 then t:cancel() else w:close() end
+  local ok, callok, e = pcall(t.await, t)
+  if not t:done() then error(callok, 0) end   -- our own cancellation
+  if ok and callok then
+    violation("worker #" .. node.id .. ": a call " .. (mode == 2 and "cancelled" or "closed") .. " mid-call returned")
+  elseif ok and mode == 3 and not is_cancel(e) and not (is_braid(e) and e.kind == "closed") then
+    violation("worker #" .. node.id .. ": a call cut by close raised " .. show(e))
+  end
 end
 
 -- Channel exchanges. Every value sent is a fresh string booked in st.xval:
@@ -769,6 +824,7 @@ function exec(node, ctx)
       if s[1] == "sleep" then braid.sleep(s[2])
       elseif s[1] == "yield" then braid.yield()
       elseif s[1] == "io" then io_step(s[2], node)
+      elseif s[1] == "worker" then worker_step(s[2], node)
       elseif s[1] == "xchg" then xchg_step(s[2], node)
       elseif s[1] == "closeerr" then   -- a cleanup that fails while unwinding
         local _ <close> = setmetatable({}, {__close = function(_, e)

@@ -44,6 +44,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include "io/worker.h"
+#include "io/xchan.h"
 
 #define WORKER_MT "braid.Worker"
 #define OTIMER_MS 20   /* how often a stuck worker is asked again */
@@ -57,7 +58,7 @@ char *braid__wk_strdup (const char *s) {
 
 void braid__wk_call_free (struct braid_wcall *c) {
   free(c->fname);
-  free(c->buf);
+  braid__xcopy_free(c->buf, c->len);
   free(c->tb);
   free(c);
 }
@@ -114,7 +115,7 @@ static void wk_unref (struct braid_worker *w) {
   free(w->source);
   free(w->path);
   free(w->cpath);
-  free(w->load_err);
+  braid__xcopy_free(w->load_err, w->load_len);
   free(w->boot_tb);
   free(w);
 }
@@ -343,7 +344,7 @@ static int l_worker_call (lua_State *L) {
   c = (struct braid_wcall *) braid__calloc(1, sizeof *c);
   if (c == NULL || (c->fname = braid__wk_strdup(fname)) == NULL) {
     free(c);
-    free(buf);
+    braid__xcopy_free(buf, len);
     return braid_error(L, "memory", NULL, "worker:call: not enough memory");
   }
   c->w = w;
@@ -621,4 +622,5 @@ void braid__open_worker (lua_State *L) {
   braid__class(L, WORKER_MT, meta, methods, NULL);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
+  braid__open_xchan(L);   /* braid.channel(n, {shared = true}) */
 }

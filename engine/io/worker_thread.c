@@ -77,7 +77,7 @@ static int wk_encode_fail_p (lua_State *L) {
 static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   int top = lua_gettop(L), n;
-  free(c->buf);   /* results a failed child made worthless */
+  braid__xcopy_free(c->buf, c->len);   /* results a failed child made worthless */
   c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
@@ -107,6 +107,7 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
 static void wk_task_done (struct braid_watch *wa, braid_task_t *t) {
   struct braid_wcall *c = container_of(wa, struct braid_wcall, watch);
   struct braid_worker *w = c->w;
+  c->ended = 1;   /* a stop or cancel taken before its reply arms nothing */
   braid_timer_stop(w->WE, &c->grace);
   if (c->L) {   /* only this thread writes it: reading it here is safe */
     uv_mutex_lock(&w->mu);
@@ -173,21 +174,39 @@ static int wk_body (lua_State *L) {
     braid_error(L, "usage", NULL, "worker:call: the worker has no function "
                 "'%s'", c->fname);
   nargs = braid__xcopy_decode(L, c->buf, c->len);
-  free(c->buf);
+  braid__xcopy_free(c->buf, c->len);
   c->buf = NULL;
   return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
                                  wk_body_k), (lua_KContext) c);
+}
+
+/* Names a call's task for reports (an abandonment, braid.dump): "worker:call
+** 'fname'", spawned at the worker function's definition, rather than its
+** C body's "[C]:-1, spawned at ?". Under lua_pcall, outside tasks. */
+static int wk_name_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  lua_Debug ar;
+  braid__task_push(L, c->task);   /* 2 */
+  lua_pushfstring(L, "worker:call '%s'", c->fname);
+  lua_setfield(L, 2, "name");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->w->fns_ref);
+  if (lua_getfield(L, -1, c->fname) == LUA_TFUNCTION) {
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);
+    braid__task_set_site(L, c->task, -1,
+                         ar.linedefined > 0 ? ar.linedefined : 0);
+  }
+  return 0;
 }
 
 /* A call arrives: start its task, or answer at once. */
 static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   if (w->load_err || w->fns_ref == LUA_NOREF || w->wstopping) {
-    free(c->buf);
+    braid__xcopy_free(c->buf, c->len);
     c->buf = NULL;
     c->status = CALL_CLOSED;
-    if (w->load_err && (c->buf = (char *) braid__malloc(w->load_len))) {
-      memcpy(c->buf, w->load_err, w->load_len);
+    if (w->load_err && (c->buf = braid__xcopy_dup(w->load_err, w->load_len))) {
       c->len = w->load_len;
       c->status = CALL_ERROR;
     }
@@ -206,6 +225,9 @@ static void wk_begin (struct braid_worker *w, struct braid_wcall *c) {
   }
   c->watch.done = wk_task_done;
   braid__task_watch(c->task, &c->watch);
+  lua_pushcfunction(L, wk_name_p);
+  lua_pushlightuserdata(L, c);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);   /* a name is a nicety */
   w->ncalls++;
 }
 
@@ -226,6 +248,8 @@ static void wk_grace_cb (braid_timer_t *tm) {
 
 /* Cancels a started call's task, with the worker's grace period. */
 static void wk_cancel_task (struct braid_worker *w, struct braid_wcall *c) {
+  if (c->ended) return;   /* waits for its reply in w->done: a grace timer
+                          ** armed now would outlive the call */
   braid_cancel(w->WE, c->task);
   if (w->grace_ns != BRAID_NEVER && c->grace.idx == 0)
     braid_timer_start(w->WE, &c->grace, w->grace_ns, wk_grace_cb);

@@ -23,12 +23,21 @@
 ** - Depth and size are capped (kind "limit") before the buffer exists.
 */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
 #include "io/xcopy.h"
+#include "io/xchan.h"
 
 enum { X_NIL = 'n', X_FALSE = 'f', X_TRUE = 't', X_INT = 'i', X_FLT = 'd',
-       X_STR = 's', X_TABLE = 'T', X_ERROR = 'E', X_REF = 'r', X_END = 'e' };
+       X_STR = 's', X_TABLE = 'T', X_ERROR = 'E', X_REF = 'r', X_END = 'e',
+       X_CHAN = 'c' };
+
+/* A buffer ends with the shared channels it names (io/xchan.c), one
+** reference each, then their count: [values][chan * n][uint32 n]. The
+** values name a channel by its place there, so that freeing a buffer
+** that was never decoded (braid__xcopy_free) releases them without a
+** walk of the values. */
 
 struct xc {
   lua_State *L;
@@ -41,6 +50,8 @@ struct xc {
   int first;                 /* the first value's index (for the path) */
   int keys[BRAID_XCOPY_DEPTH + 2];   /* the key of each level, on L's stack */
   int arg;                   /* the top-level value being copied (1-based) */
+  uint32_t nchan;            /* shared channels met so far (this walk) */
+  size_t chans;              /* where their pointers go (second walk) */
 };
 
 static void xc_put (struct xc *x, const void *p, size_t n) {
@@ -174,6 +185,20 @@ static void xc_value (struct xc *x, int idx, int d) {
     case LUA_TTABLE:
       xc_table(x, lua_absindex(L, idx), d + 1);
       break;
+    case LUA_TUSERDATA: {
+      struct braid_xchan *ch = braid__xchan_test(L, idx);
+      if (ch) {
+        xc_tag(x, X_CHAN);
+        xc_put(x, &x->nchan, sizeof x->nchan);
+        if (x->out) {   /* the buffer holds a reference */
+          braid__xchan_ref(ch);
+          memcpy(x->out + x->chans + x->nchan * sizeof ch, &ch, sizeof ch);
+        }
+        x->nchan++;
+        break;
+      }
+    }
+    /* fall through */
     default:
       braid_error(L, "usage", NULL, "%s: %s cannot cross %s", xc_path(x, d),
                   xc_what(type), x->dir);
@@ -192,6 +217,7 @@ static void xc_walk (struct xc *x, int n) {
   int i;
   x->len = 0;
   x->ntables = 0;
+  x->nchan = 0;
   xc_put(x, &count, sizeof count);
   for (i = 0; i < n; i++) {
     x->arg = i + 1;
@@ -203,6 +229,7 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
                            const char *dir, const struct braid_xlimits *lim,
                            size_t *len) {
   struct xc x;
+  size_t total;
   struct braid_xlimits caps = {BRAID_XCOPY_DEPTH, BRAID_XCOPY_BYTES};
   if (lim) caps = *lim;
   if (caps.max_depth > BRAID_XCOPY_DEPTH) caps.max_depth = BRAID_XCOPY_DEPTH;
@@ -216,13 +243,16 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
   lua_newtable(L);
   x.seen = lua_gettop(L);
   xc_walk(&x, n);                       /* checks, counts, numbers */
-  x.out = (char *) braid__malloc(x.len ? x.len : 1);
+  x.chans = x.len;
+  total = x.len + x.nchan * sizeof(struct braid_xchan *) + sizeof x.nchan;
+  x.out = (char *) braid__malloc(total);
   if (x.out == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory to copy a "
-                "message of %d bytes %s", root, (int) x.len, dir);
+                "message of %d bytes %s", root, (int) total, dir);
   xc_walk(&x, n);                       /* writes: cannot fail */
+  memcpy(x.out + total - sizeof x.nchan, &x.nchan, sizeof x.nchan);
   lua_pop(L, 1);
-  *len = x.len;
+  *len = total;
   return x.out;
 }
 
@@ -231,6 +261,8 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
 struct xd {
   lua_State *L;
   const char *p, *end;
+  const char *chans;         /* the channels' pointers */
+  uint32_t nchan;
   int tables;                /* number -> table, on L's stack */
   lua_Integer ntables;
 };
@@ -267,6 +299,15 @@ static void xd_value (struct xd *x) {
       lua_rawgeti(L, x->tables, (lua_Integer) r + 1);
       break;
     }
+    case X_CHAN: {
+      uint32_t i;
+      struct braid_xchan *ch;
+      xd_get(x, &i, sizeof i);
+      if (i >= x->nchan) luaL_error(L, "xcopy: bad buffer");
+      memcpy(&ch, x->chans + i * sizeof ch, sizeof ch);
+      braid__xchan_push(L, ch);   /* a reference of its own */
+      break;
+    }
     case X_TABLE: case X_ERROR: {
       uint32_t count, i;
       xd_get(x, &count, sizeof count);
@@ -292,7 +333,12 @@ int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
   uint32_t n, i;
   x.L = L;
   x.p = buf;
-  x.end = buf + len;
+  if (len < sizeof n) luaL_error(L, "xcopy: short buffer");
+  memcpy(&x.nchan, buf + len - sizeof n, sizeof n);
+  if ((len - sizeof n) / sizeof(struct braid_xchan *) < x.nchan)
+    luaL_error(L, "xcopy: bad buffer");
+  x.chans = buf + len - sizeof n - x.nchan * sizeof(struct braid_xchan *);
+  x.end = x.chans;
   x.ntables = 0;
   lua_newtable(L);
   x.tables = lua_gettop(L);
@@ -301,4 +347,30 @@ int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
   for (i = 0; i < n; i++) xd_value(&x);
   lua_remove(L, x.tables);
   return (int) n;
+}
+
+void braid__xcopy_free (char *buf, size_t len) {
+  uint32_t n, i;
+  if (buf == NULL) return;
+  memcpy(&n, buf + len - sizeof n, sizeof n);
+  for (i = 0; i < n; i++) {
+    struct braid_xchan *ch;
+    memcpy(&ch, buf + len - sizeof n - (n - i) * sizeof ch, sizeof ch);
+    braid__xchan_release(ch);
+  }
+  free(buf);
+}
+
+char *braid__xcopy_dup (const char *buf, size_t len) {
+  char *d = (char *) braid__malloc(len);
+  uint32_t n, i;
+  if (d == NULL) return NULL;
+  memcpy(d, buf, len);
+  memcpy(&n, buf + len - sizeof n, sizeof n);
+  for (i = 0; i < n; i++) {
+    struct braid_xchan *ch;
+    memcpy(&ch, buf + len - sizeof n - (n - i) * sizeof ch, sizeof ch);
+    braid__xchan_ref(ch);
+  }
+  return d;
 }

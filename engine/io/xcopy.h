@@ -34,4 +34,10 @@ char *braid__xcopy_encode(lua_State *L, int first, int n, const char *root,
 ** many. Raises only when L runs out of memory. [-0, +n, m] */
 int braid__xcopy_decode(lua_State *L, const char *buf, size_t len);
 
+/* Frees a buffer made by braid__xcopy_encode, decoded or not: the shared
+** channels it names are released (NULL: nothing). braid__xcopy_dup copies
+** one (NULL when out of memory). A buffer is never freed otherwise. */
+void braid__xcopy_free(char *buf, size_t len);
+char *braid__xcopy_dup(const char *buf, size_t len);
+
 #endif
