@@ -33,18 +33,7 @@ local function ended_now(pid, secs)
   return true
 end
 
--- Reads (bounded, in a task) the pid a grandchild wrote to path.
-local function read_pid(path)
-  local t0 = braid.now()
-  while braid.now() - t0 < 10 do
-    local f = io.open(path)
-    local pid = f and tonumber(f:read("a"))
-    if f then f:close() end
-    if pid then return pid end
-    braid.sleep(0.01)
-  end
-  error("the grandchild never wrote its pid")
-end
+local read_pid = require("helper").read_pid
 
 -- A shell running a grandchild in the foreground (as `sh -c "sleep 35;
 -- echo done"` does) that writes its pid to pidfile first; with `deaf` it

@@ -3,18 +3,7 @@ local h = require "helper"
 
 local state, gone_within = h.proc_state, h.gone_within
 
--- Waits (bounded) for the pid a child wrote to `path`.
-local function read_pid(path)
-  local t0 = braid.now()
-  while braid.now() - t0 < 10 do
-    local f = io.open(path)
-    local pid = f and tonumber(f:read("a"))
-    if f then f:close() end
-    if pid then return pid end
-    braid.sleep(0.01)
-  end
-  error("the child never wrote its pid")
-end
+local read_pid = require("helper").read_pid
 
 describe("braid.exec", function()
   it("returns the exit code and the captured output", h.run(function()

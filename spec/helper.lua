@@ -23,6 +23,20 @@ function helper.closer(counts, key)
   return setmetatable({}, {__close = function() counts[key] = (counts[key] or 0) + 1 end})
 end
 
+-- helper.read_pid(path) -> the pid a child or grandchild wrote to path,
+-- waited for (bounded, in a task).
+function helper.read_pid(path)
+  local t0 = braid.now()
+  while braid.now() - t0 < 10 do
+    local f = io.open(path)
+    local pid = f and tonumber(f:read("a"))
+    if f then f:close() end
+    if pid then return pid end
+    braid.sleep(0.01)
+  end
+  error("the child never wrote its pid to " .. path)
+end
+
 -- helper.proc_state(pid) -> the state letter of /proc/<pid>/stat ("S",
 -- "Z", ...), nil once the process is reaped.
 function helper.proc_state(pid)
