@@ -68,7 +68,13 @@ static int spawn_search (pid_t *pid, const char *file,
   size_t flen = strlen(file);
   int eacces = 0;
   char **envp = env ? env : environ;
-  if (strchr(file, '/')) return posix_spawn(pid, file, fa, attr, args, envp);
+  if (strchr(file, '/')) {
+    /* a missing program is told here too, as in the search below: where
+    ** posix_spawn cannot report exec's failure (valgrind and qemu-user
+    ** run its vfork as a fork), it would read as a child exiting 127 */
+    if (access(file, F_OK) != 0) return errno;
+    return posix_spawn(pid, file, fa, attr, args, envp);
+  }
   if (flen == 0) return ENOENT;
   if ((path = env_path(env)) == NULL) path = "/usr/bin:/bin";
   for (dir = path;; ) {
