@@ -6,6 +6,9 @@ PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
 # braid.http (engine/io/http*.c) and braid.json (lua-cjson, required at
 # run time from lua/braid.lua)
 PKGS      += libcurl4-openssl-dev lua-cjson
+# the specs' helpers: Python's http.server and pty (spec/http_server.py,
+# spec/pty_driver.py) and openssl for the TLS specs' certificate
+PKGS      += python3 openssl
 BUILD     ?= build
 CC        ?= cc
 CFLAGS    ?= -O2 -g
