@@ -534,12 +534,17 @@ if http then
         error(Error.new{kind = "usage", message = "bad option 'query' to '" ..
                     fname .. "' (table expected)"}, 3)
       end
-      local keys = {}
-      for k in pairs(query) do keys[#keys + 1] = tostring(k) end
+      -- raw (next, rawget): a script's __pairs or __index is not run here,
+      -- and a number key keeps its value (query[tostring(1)] would be nil)
+      local keys, vals = {}, {}
+      for k, v in next, query do
+        local name = tostring(k)
+        keys[#keys + 1], vals[name] = name, v
+      end
       table.sort(keys)
       local parts = {}
       for _, k in ipairs(keys) do
-        local v = query[k]
+        local v = vals[k]
         if type(v) == "table" then
           for _, x in ipairs(v) do parts[#parts + 1] = escape(k) .. "=" .. escape(x) end
         else

@@ -111,6 +111,13 @@ describe("braid.http.request", function()
     assert.are.equal("PUT", r.method)
     assert.are.equal("/echo?n=2&q=a%20b%26c", r.path)
     assert.are.equal("1", r.headers["x-one"])
+    -- number keys keep their values; the query is read raw (no __pairs,
+    -- no __index of the script's runs)
+    local q = setmetatable({[1] = "one", tag = {"x", "y"}}, {
+      __pairs = function() error("__pairs ran") end,
+      __index = function() error("__index ran") end})
+    assert.are.equal("/echo?1=one&tag=x&tag=y",
+                     braid.http.get(URL .. "/echo", {query = q}):json().path)
     assert.are.equal("hello", r.body)
     r = braid.http.post(URL .. "/echo", {a = {1, 2}}):json()
     assert.are.equal("POST", r.method)
