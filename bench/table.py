@@ -33,8 +33,8 @@ ROWS = [r for w, key, label in ROWS for r in
         ([(w, key, label)] if key == "bytes_per_task" else
          [(w, key, label + ", warm"), (w, "cold_" + key, label + ", cold")])]
 HIGHER_IS_BETTER = {("W5", "trips_per_s"), ("W5", "cold_trips_per_s")}
-IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node"]
-PEERS = ["asyncio", "uvloop", "trio", "node"]
+IMPLS = ["floor", "braid", "asyncio", "uvloop", "trio", "node", "cqueues", "luv"]
+PEERS = ["asyncio", "uvloop", "trio", "node", "cqueues", "luv"]
 FLOOR_NOTES = [
     "W1 floor: stock lua5.4, coroutine.create + resume of each task in turn.",
     "W2 floor: wall ms from C on raw libuv (one uv_timer_t per task); bytes from a parked stock-Lua coroutine.",

@@ -75,6 +75,18 @@ static void timer_rearm (braid_engine_t *E) {
   E->armed_due = E->heap[0]->due;
 }
 
+/* Takes tm out of the heap, leaving the uv_timer_t as it is. */
+static void timer_unlink (braid_engine_t *E, struct braid_timer *tm) {
+  unsigned i = tm->idx - 1;
+  tm->idx = 0;
+  E->heap_n--;
+  if (i != E->heap_n) {
+    heap_set(E, i, E->heap[E->heap_n]);
+    heap_down(E, i);
+    heap_up(E, E->heap[i]->idx - 1);
+  }
+}
+
 /* The list of due deadlines waiting for the other due timers to fire. It
 ** lives on the engine, not on timer_fire's stack, so that a timer stopped
 ** while on it (its scope released by a callback that fired before it, e.g.
@@ -104,7 +116,7 @@ static void late_append (braid_engine_t *E, struct braid_timer *tm) {
 static void timer_fire (braid_engine_t *E, uint64_t now) {
   while (E->heap_n > 0 && E->heap[0]->due <= now) {
     struct braid_timer *tm = E->heap[0];
-    braid_timer_stop(E, tm);
+    timer_unlink(E, tm);   /* the caller rearms once, after the batch */
     if (tm->late) late_append(E, tm);
     else tm->cb(tm);
   }
@@ -191,18 +203,13 @@ void braid_timer_start (braid_engine_t *E, struct braid_timer *tm,
 }
 
 void braid_timer_stop (braid_engine_t *E, struct braid_timer *tm) {
-  unsigned i;
   if (tm->in_late) late_unlink(E, tm);   /* due, not fired yet: never will */
-  if (tm->idx == 0) return;
-  i = tm->idx - 1;
-  tm->idx = 0;
-  E->heap_n--;
-  if (i != E->heap_n) {
-    heap_set(E, i, E->heap[E->heap_n]);
-    heap_down(E, i);
-    heap_up(E, E->heap[i]->idx - 1);
+  if (tm->idx == 1) {
+    timer_unlink(E, tm);
+    timer_rearm(E);
+  } else if (tm->idx) {
+    timer_unlink(E, tm);
   }
-  if (i == 0) timer_rearm(E);
 }
 
 /* braid.h: seconds at `arg` as nanoseconds, the one conversion every
