@@ -601,7 +601,7 @@ if http then
   -- braid.http.get(url, [opts]) -> res.
   function http.get(url, opts)
     if opts == nil and type(url) == "string" then   -- the common case
-      return request({url = url}, "braid.http.get")
+      return request(url, "braid.http.get")   -- C reads the URL alone
     end
     return request(prepare(with(opts, {url = url, method = "GET"},
                                 "braid.http.get"), "braid.http.get"),

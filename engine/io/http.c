@@ -31,6 +31,14 @@
 #define HTTP_HIGH ((size_t) 256 << 10)
 #define HTTP_MAX_BODY ((size_t) 64 << 20)   /* request's default max_body */
 
+/* The options a transfer from a reused handle could inherit are those
+** set only when asked (headers, a body, a method other than GET, verify,
+** proxy...): setting one marks the transfer dirty, and a dirty handle is
+** curl_easy_reset before its next use (http_multi.c). Every transfer sets
+** the rest itself (easy_common), so a clean handle reused as it is ends up
+** set exactly as a reset one. */
+#define DIRTY(x) ((x)->dirty = 1)
+
 void braid__http_xfer_free (struct http_xfer *x) {
   braid__http_remove(x);
   if (x->owner) *x->owner = NULL;
@@ -42,7 +50,10 @@ void braid__http_xfer_free (struct http_xfer *x) {
     braid_resume_error(op);
   }
   if (x->attached) braid_resource_remove(&x->res);
-  if (x->easy) braid__http_easy_free(x->E, x->easy);
+  /* reused as it is only after a clean transfer that went well */
+  if (x->easy)
+    braid__http_easy_free(x->E, x->easy, !x->dirty && x->finished &&
+                                         x->result == CURLE_OK);
   curl_slist_free_all(x->req_headers);
   if (x->out) fclose(x->out);
   if (x->in) fclose(x->in);
@@ -243,7 +254,10 @@ static void set_headers (lua_State *L, struct http_xfer *x,
     }
   }
   lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->req_headers);
+  if (x->req_headers) {
+    DIRTY(x);
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->req_headers);
+  }
 }
 
 static void opt_check_fs (lua_State *L, const char *key, const char *fname) {
@@ -286,6 +300,7 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
                        "function expected, got %s)", fname,
                        luaL_typename(L, -1));
     body = lua_tolstring(L, -1, &len);
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
     if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body) != CURLE_OK)
       braid_error(L, "memory", NULL, "%s: not enough memory", fname);
@@ -296,6 +311,7 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
     curl_off_t size = -1;
     if (fstat(fileno(x->in), &st) == 0 && S_ISREG(st.st_mode))
       size = (curl_off_t) st.st_size;
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
@@ -315,15 +331,14 @@ static void set_method (lua_State *L, struct http_xfer *x,
     braid_usageerror(L, "bad option 'method' to '%s' (a method name "
                      "expected)", fname);
   snprintf(x->method, sizeof x->method, "%s", m);
+  if (has_body || strcmp(m, "GET") != 0) DIRTY(x);
   if (strcmp(m, "HEAD") == 0) {
     curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
   } else if (!has_body) {
     if (strcmp(m, "POST") == 0) {
       curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE, 0L);
       curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, "");
-    } else if (strcmp(m, "GET") == 0) {
-      curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L);
-    } else {
+    } else if (strcmp(m, "GET") != 0) {
       curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, m);
     }
   } else if (strcmp(m, "POST") != 0) {
@@ -332,7 +347,8 @@ static void set_method (lua_State *L, struct http_xfer *x,
 }
 
 /* opts.http_version: "1.0", "1.1", "2" (over TLS, else 1.1), "3". */
-static void set_version (lua_State *L, CURL *e, const char *fname) {
+static void set_version (lua_State *L, struct http_xfer *x,
+                         const char *fname) {
   static const char *const names[] = {"1.0", "1.1", "2", "3", NULL};
   static const long values[] = {CURL_HTTP_VERSION_1_0, CURL_HTTP_VERSION_1_1,
                                 CURL_HTTP_VERSION_2TLS, CURL_HTTP_VERSION_3};
@@ -341,16 +357,71 @@ static void set_version (lua_State *L, CURL *e, const char *fname) {
   if (v == NULL) return;
   for (i = 0; names[i]; i++)
     if (strcmp(v, names[i]) == 0) {
-      curl_easy_setopt(e, CURLOPT_HTTP_VERSION, values[i]);
+      DIRTY(x);
+      curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, values[i]);
       return;
     }
   braid_usageerror(L, "bad option 'http_version' to '%s' (\"1.0\", \"1.1\", "
                    "\"2\" or \"3\" expected)", fname);
 }
 
-/* A new transfer from the options at 1 (a table), on the engine's multi
-** but not yet added; pushes nothing. Raises on bad options, freeing what
-** it made (the transfer is held in a to-be-freed slot until returned). */
+/* The options every handle has from its first use on (after
+** curl_easy_init or curl_easy_reset). */
+static void easy_setup (CURL *e) {
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+}
+
+/* The options every transfer sets (the defaults of those the script may
+** give: follow, max_redirects, timeouts, GET). */
+static void easy_common (struct http_xfer *x, long redirects, long timeout,
+                         long connect_timeout) {
+  CURL *e = x->easy;
+  curl_easy_setopt(e, CURLOPT_URL, x->url);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long) x->follow);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirects);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);   /* set_method may change it */
+}
+
+/* A new transfer of url (x->url: a copy) with a handle set up, on the
+** engine's multi but not yet added; pushes the response object, which
+** owns the transfer (its __gc frees it if an option then raises). */
+static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
+                                     const char *url, int stream,
+                                     const char *fname) {
+  struct http_xfer *x;
+  int fresh = 0;
+  if ((x = braid__calloc(1, sizeof *x)) == NULL ||
+      (x->easy = braid__http_easy_new(E, &fresh)) == NULL) {
+    free(x);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
+  x->E = E;
+  x->stream = (unsigned char) stream;
+  x->follow = 1;
+  x->max_body = stream ? BRAID_NO_LIMIT : HTTP_MAX_BODY;
+  memcpy(x->method, "GET", 4);
+  braid__list_init(&x->link);
+  x->owner = braid__http_newres(L);
+  *x->owner = x;
+  if (fresh) easy_setup(x->easy);
+  x->fresh = (unsigned char) fresh;   /* braid__http_add sets the rest */
+  if ((x->url = strdup(url)) == NULL)
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  return x;
+}
+
+/* A new transfer from the options at 1 (a table, or the URL alone: a GET
+** with every default, braid.http.get's common case, which reads no
+** table). Pushes the response object (at 3). Raises on bad options. */
 static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
                                    int stream, const char *fname) {
   struct http_xfer *x;
@@ -358,67 +429,53 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   const char *s;
   long redirects;
   double d;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    lua_settop(L, 2);
+    x = xfer_alloc(L, E, lua_tostring(L, 1), stream, fname);
+    easy_common(x, 10, 0, 0);
+    return x;
+  }
   braid__check_type(L, 1, LUA_TTABLE, fname);
   braid__check_options(L, 1, fname, http_options);
-  if (opt_string(L, "url", fname) == NULL)
+  if ((s = opt_string(L, "url", fname)) == NULL)
     braid_usageerror(L, "bad option 'url' to '%s' (string expected, got "
                      "nil)", fname);
-  if ((x = braid__calloc(1, sizeof *x)) == NULL ||
-      (x->easy = e = braid__http_easy_new(E)) == NULL) {
-    free(x);
-    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  }
-  x->E = E;
-  x->stream = (unsigned char) stream;
-  braid__list_init(&x->link);
-  /* From here a raising option must free x: the response object, pushed
-  ** at 3, owns it (its __gc frees it). */
   lua_settop(L, 2);
-  x->owner = braid__http_newres(L);
-  *x->owner = x;
-  x->url = strdup(opt_string(L, "url", fname));
-  if (x->url == NULL)
-    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  curl_easy_setopt(e, CURLOPT_URL, x->url);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  x = xfer_alloc(L, E, s, stream, fname);
+  e = x->easy;
   /* Off by default, as curl's --compressed: asking costs a local or
   ** fast peer more than it saves (W7: a third of braid's time). */
-  if (opt_bool(L, "compressed", 0))
+  if (opt_bool(L, "compressed", 0)) {
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  }
   x->follow = (unsigned char) opt_bool(L, "follow", 1);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long) x->follow);
   d = braid__opt_number(L, 1, "max_redirects", 10, fname);
   redirects = d > 1000 ? 1000 : (long) d;
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirects);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opt_ms(L, "timeout", fname));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   opt_ms(L, "connect_timeout", fname));
+  easy_common(x, redirects, opt_ms(L, "timeout", fname),
+              opt_ms(L, "connect_timeout", fname));
   if (!opt_bool(L, "verify", 1)) {
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
   if ((s = opt_string(L, "ca_file", fname)) != NULL) {
     opt_check_fs(L, "ca_file", fname);
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
   }
-  if ((s = opt_string(L, "proxy", fname)) != NULL)
+  if ((s = opt_string(L, "proxy", fname)) != NULL) {
+    DIRTY(x);
     curl_easy_setopt(e, CURLOPT_PROXY, s);
-  set_version(L, e, fname);
-  x->max_body = braid__opt_limit(L, 1, "max_body",
-                                 stream ? BRAID_NO_LIMIT : HTTP_MAX_BODY,
-                                 fname);
+  }
+  set_version(L, x, fname);
+  x->max_body = braid__opt_limit(L, 1, "max_body", x->max_body, fname);
   set_headers(L, x, fname);
   set_body(L, x, fname);
   set_method(L, x, fname);
   x->out = opt_file(L, "output", "wb", fname);
   if (x->out) {
+    DIRTY(x);
     if (lua_getfield(L, 1, "max_body") == LUA_TNIL)
       x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
     /* a download: fewer, larger reads and writes per loop iteration */
@@ -522,7 +579,7 @@ static int http_call (lua_State *L, int stream) {
   lua_replace(L, 2);                                 /* 2: the name */
   fname = lua_tostring(L, 2);
   x = xfer_new(L, E, stream, fname);                 /* 3: the response */
-  lua_pushboolean(L, opt_bool(L, "check", 0));       /* 4 */
+  lua_pushboolean(L, lua_istable(L, 1) && opt_bool(L, "check", 0));   /* 4 */
   braid_check_suspend(L, fname);
   if (stream)
     return braid_suspendk(L, "http.open", sizeof x, xfer_start, xfer_cancel,
@@ -531,7 +588,7 @@ static int http_call (lua_State *L, int stream) {
                         xfer_cancel, x, request_k);
 }
 
-/* braid.http._request(opts, [fname]) -> response (docs/API.md; the public
+/* braid.http._request(opts | url, [fname]) -> response (docs/API.md; the public
 ** braid.http.request, get and post are lua/braid.lua's). */
 static int l_http_request (lua_State *L) {
   return http_call(L, 0);

@@ -41,6 +41,8 @@ struct http_xfer {
   int out_err;               /* errno of a failed write to opts.output */
   unsigned char stream, finished, headers_done, paused, follow;
   unsigned char over_limit, nomem, location_seen, attached;
+  unsigned char dirty;       /* set an option easy_common does not reset */
+  unsigned char fresh;       /* its handle is new or was reset */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -49,12 +51,18 @@ struct http_xfer {
 struct http_multi *braid__http_multi(braid_engine_t *E, int *rc);
 
 /* An easy handle, reused from the engine's multi when it keeps one (NULL
-** when out of memory); and back to it, or cleaned up. The engine's state
-** must be open (the handle's owner is collected there). */
-CURL *braid__http_easy_new(braid_engine_t *E);
-void braid__http_easy_free(braid_engine_t *E, CURL *e);
+** when out of memory); and back to it, or cleaned up. *fresh is set when
+** the handle is new or was curl_easy_reset (it needs http.c's constant
+** options); a handle given back `clean` (its transfer set no option beyond
+** those every transfer sets, and went well) is reused without a reset.
+** The engine's state must be open (the handle's owner is collected
+** there). */
+CURL *braid__http_easy_new(braid_engine_t *E, int *fresh);
+void braid__http_easy_free(braid_engine_t *E, CURL *e, int clean);
 
-/* Starts x on m: 0, or a libuv-style code (nothing added). */
+/* Starts x on m: 0, or a libuv-style code (nothing added). A fresh
+** handle gets m's socket callbacks (a kept-alive connection's poll lives
+** until libcurl closes its socket). */
 int braid__http_add(struct http_multi *m, struct http_xfer *x);
 
 /* Takes x off its multi (harmless when it is not on one): no libcurl

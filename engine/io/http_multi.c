@@ -11,9 +11,17 @@
 **   response not yet closed ends with an error), cleans the multi up and
 **   closes its timer and sockets' polls, so uv_loop_close finds nothing.
 **   The struct is freed by the last close callback.
-** - The poll of a socket is closed when libcurl says CURL_POLL_REMOVE,
-**   which it says before it closes the socket, so no poll outlives its
-**   descriptor (libuv refuses a second watcher on one descriptor).
+** - A connection's socket (libcurl tells its descriptor to sockopt_cb)
+**   keeps its poll until libcurl closes it, through close_cb, which closes
+**   the poll first: no poll outlives its descriptor (closing a poll
+**   unregisters the descriptor's number from epoll, which could belong to
+**   someone else by then). So a kept-alive connection pays no poll init
+**   and close per request. CURL_POLL_REMOVE only marks it unwatched; the
+**   poll stays started as it was (the next transfer on the connection
+**   usually wants the same events: no epoll_ctl at all) and stops at its
+**   first event while unwatched. Any other socket libcurl watches (a
+**   resolver's) has its poll closed at CURL_POLL_REMOVE, which libcurl
+**   says before it closes the socket.
 ** - braid's handles never keep the loop alive by themselves: the timer
 **   and the polls are referenced only while transfers are added, so that
 **   an idle connection in the cache neither holds braid.run open nor
@@ -23,6 +31,8 @@
 **   copied before the transfer is taken off (which invalidates it).
 */
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include "io/http.h"
 
 /* Easy handles kept for reuse: curl_easy_init costs more than a request
@@ -35,6 +45,9 @@ struct http_sock {
   struct http_multi *m;
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;                /* the poll's (UV_READABLE...), 0: stopped */
+  unsigned char kept;        /* a connection's: in m->byfd until close_cb */
+  unsigned char watched;     /* libcurl watches it (not REMOVEd) */
 };
 
 struct http_multi {
@@ -46,15 +59,21 @@ struct http_multi {
   struct braid_list socks;   /* struct http_sock: polls open */
   int active;                /* transfers added */
   int nidle;
-  CURL *idle[HTTP_IDLE];     /* easy handles to reuse (curl_easy_reset) */
+  CURL *idle[HTTP_IDLE];     /* easy handles to reuse */
+  unsigned char clean[HTTP_IDLE];   /* reusable without curl_easy_reset */
   int handles;               /* uv handles not yet closed */
-  unsigned char detached, cleaning;
+  struct http_sock **byfd;   /* kept sockets by descriptor */
+  size_t nbyfd;
+  unsigned char detached;
 };
 
 static const char multi_key = 'h';
 
 static void multi_handle_closed (struct http_multi *m) {
-  if (--m->handles == 0 && m->detached) free(m);
+  if (--m->handles == 0 && m->detached) {
+    free(m->byfd);
+    free(m);
+  }
 }
 
 static void timer_closed_cb (uv_handle_t *h) {
@@ -69,8 +88,30 @@ static void sock_closed_cb (uv_handle_t *h) {
 }
 
 static void sock_close (struct http_sock *s) {
+  struct http_multi *m = s->m;
+  if (s->kept && (size_t) s->fd < m->nbyfd && m->byfd[s->fd] == s)
+    m->byfd[s->fd] = NULL;
   braid__list_remove(&s->link);
   uv_close((uv_handle_t *) &s->poll, sock_closed_cb);
+}
+
+/* A poll for fd (not started); NULL when out of memory. */
+static struct http_sock *sock_new (struct http_multi *m, curl_socket_t fd) {
+  struct http_sock *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if (uv_poll_init_socket(braid_loop(m->E), &s->poll, fd) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->m = m;
+  s->fd = fd;
+  m->handles++;
+  braid__list_push(&m->socks, &s->link);
+  return s;
+}
+
+static struct http_sock *sock_kept (struct http_multi *m, curl_socket_t fd) {
+  return fd >= 0 && (size_t) fd < m->nbyfd ? m->byfd[fd] : NULL;
 }
 
 /* References h while transfers are added (see the invariants). */
@@ -110,6 +151,11 @@ static void multi_action (struct http_multi *m, curl_socket_t fd, int ev) {
 static void poll_cb (uv_poll_t *h, int status, int events) {
   struct http_sock *s = container_of(h, struct http_sock, poll);
   int ev = 0;
+  if (!s->watched) {   /* an idle kept-alive connection: see the top */
+    uv_poll_stop(&s->poll);
+    s->events = 0;
+    return;
+  }
   if (status < 0) ev = CURL_CSELECT_ERR;
   else {
     if (events & UV_READABLE) ev |= CURL_CSELECT_IN;
@@ -131,28 +177,58 @@ static int socket_cb (CURL *easy, curl_socket_t fd, int what, void *userp,
   (void) easy;
   if (what == CURL_POLL_REMOVE) {
     if (s) {
-      sock_close(s);
-      if (!m->cleaning) curl_multi_assign(m->multi, fd, NULL);
+      s->watched = 0;
+      if (!s->kept) sock_close(s);
     }
     return 0;
   }
   if (s == NULL) {
-    if ((s = calloc(1, sizeof *s)) == NULL) return -1;
-    if (uv_poll_init_socket(braid_loop(m->E), &s->poll, fd) != 0) {
-      free(s);
-      return -1;
+    if ((s = sock_kept(m, fd)) == NULL) {
+      if ((s = sock_new(m, fd)) == NULL) return -1;
+      multi_ref(m, (uv_handle_t *) &s->poll);
     }
-    s->m = m;
-    s->fd = fd;
-    m->handles++;
-    braid__list_push(&m->socks, &s->link);
-    multi_ref(m, (uv_handle_t *) &s->poll);
     curl_multi_assign(m->multi, fd, s);
   }
+  s->watched = 1;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, poll_cb);
+  if (events != s->events) {   /* uv_poll_start costs two epoll_ctl */
+    uv_poll_start(&s->poll, events, poll_cb);
+    s->events = events;
+  }
   return 0;
+}
+
+/* CURLOPT_SOCKOPTFUNCTION: libcurl made fd for a connection; its poll is
+** kept until close_cb. Without memory for it, fd is watched as any other
+** socket (its poll closed at CURL_POLL_REMOVE). */
+static int sockopt_cb (void *clientp, curl_socket_t fd, curlsocktype purpose) {
+  struct http_multi *m = (struct http_multi *) clientp;
+  struct http_sock *s;
+  if (purpose != CURLSOCKTYPE_IPCXN || fd < 0) return CURL_SOCKOPT_OK;
+  if ((s = sock_kept(m, fd)) != NULL) sock_close(s);   /* never expected */
+  if ((size_t) fd >= m->nbyfd) {
+    size_t n = m->nbyfd ? m->nbyfd : 64;
+    struct http_sock **t;
+    while (n <= (size_t) fd) n *= 2;
+    if ((t = realloc(m->byfd, n * sizeof *t)) == NULL) return CURL_SOCKOPT_OK;
+    memset(t + m->nbyfd, 0, (n - m->nbyfd) * sizeof *t);
+    m->byfd = t;
+    m->nbyfd = n;
+  }
+  if ((s = sock_new(m, fd)) == NULL) return CURL_SOCKOPT_OK;
+  s->kept = 1;
+  multi_ref(m, (uv_handle_t *) &s->poll);
+  m->byfd[fd] = s;
+  return CURL_SOCKOPT_OK;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: libcurl closes fd (it has said
+** CURL_POLL_REMOVE if it watched it). The poll goes first. */
+static int close_cb (void *clientp, curl_socket_t fd) {
+  struct http_sock *s = sock_kept((struct http_multi *) clientp, fd);
+  if (s) sock_close(s);
+  return close(fd);
 }
 
 /* CURLMOPT_TIMERFUNCTION: -1 stops the timer; 0 means soon, which the
@@ -174,7 +250,6 @@ static void multi_detach (struct braid_loop_user *u) {
     braid__http_done(x, CURLE_ABORTED_BY_CALLBACK);
   }
   while (m->nidle > 0) curl_easy_cleanup(m->idle[--m->nidle]);
-  m->cleaning = 1;
   curl_multi_cleanup(m->multi);
   while (!braid__list_empty(&m->socks))
     sock_close(container_of(m->socks.next, struct http_sock, link));
@@ -225,25 +300,41 @@ struct http_multi *braid__http_multi (braid_engine_t *E, int *rc) {
   return m;
 }
 
-CURL *braid__http_easy_new (braid_engine_t *E) {
+CURL *braid__http_easy_new (braid_engine_t *E, int *fresh) {
   struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
   struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
   CURL *e;
+  *fresh = 1;
   if (m == NULL || m->nidle == 0) return curl_easy_init();
   e = m->idle[--m->nidle];
-  curl_easy_reset(e);
+  if (m->clean[m->nidle]) *fresh = 0;
+  else curl_easy_reset(e);
   return e;
 }
 
-void braid__http_easy_free (braid_engine_t *E, CURL *e) {
+void braid__http_easy_free (braid_engine_t *E, CURL *e, int clean) {
   struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
   struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
-  if (m && m->nidle < HTTP_IDLE) m->idle[m->nidle++] = e;
-  else curl_easy_cleanup(e);
+  if (m && m->nidle < HTTP_IDLE) {
+    /* no pointer into the freed transfer stays set */
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    m->clean[m->nidle] = (unsigned char) (clean != 0);
+    m->idle[m->nidle++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
+static void easy_sockets (CURL *e, struct http_multi *m) {
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, m);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
 }
 
 int braid__http_add (struct http_multi *m, struct http_xfer *x) {
   CURLMcode mc;
+  if (x->fresh) easy_sockets(x->easy, m);
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *) x);
   if ((mc = curl_multi_add_handle(m->multi, x->easy)) != CURLM_OK)
     return mc == CURLM_OUT_OF_MEMORY ? UV_ENOMEM : UV_EINVAL;
