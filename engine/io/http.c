@@ -30,6 +30,7 @@
 
 #define HTTP_HIGH ((size_t) 256 << 10)
 #define HTTP_MAX_BODY ((size_t) 64 << 20)   /* request's default max_body */
+#define HTTP_OUTBUF ((size_t) 256 << 10)    /* opts.output's write buffer */
 
 /* The options a transfer from a reused handle could inherit are those
 ** set only when asked (headers, a body, a method other than GET, verify,
@@ -56,6 +57,7 @@ void braid__http_xfer_free (struct http_xfer *x) {
                                          x->result == CURLE_OK);
   curl_slist_free_all(x->req_headers);
   if (x->out) fclose(x->out);
+  free(x->outbuf);   /* after fclose, which flushes it */
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
   free(x->hdr.p);
@@ -164,6 +166,10 @@ static size_t read_cb (char *p, size_t size, size_t n, void *ud) {
 void braid__http_done (struct http_xfer *x, CURLcode result) {
   x->finished = 1;
   x->result = result;
+  /* the end of opts.output is in its buffer: a failure to write it (a
+  ** full disk) is the transfer's, not lost at fclose */
+  if (x->out && result == CURLE_OK && !x->out_err && fflush(x->out) != 0)
+    x->out_err = errno ? errno : EIO;
   xfer_wake(x);
 }
 
@@ -478,8 +484,14 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
     DIRTY(x);
     if (lua_getfield(L, 1, "max_body") == LUA_TNIL)
       x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
-    /* a download: fewer, larger reads and writes per loop iteration */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L << 10);
+    /* a download: fewer, larger reads and writes per loop iteration
+    ** (libcurl hands the write callback 16 KiB at most; stdio's own 4 KiB
+    ** buffer made that two write(2)s, a buffer this size makes one per
+    ** 256 KiB). Without memory for it, stdio's buffer does. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long) HTTP_OUTBUF);
+    if (braid__charge_set(&x->charge, E, HTTP_OUTBUF) == 0 &&
+        (x->outbuf = malloc(HTTP_OUTBUF)) != NULL)
+      setvbuf(x->out, x->outbuf, _IOFBF, HTTP_OUTBUF);
   }
   lua_settop(L, 3);
   return x;

@@ -33,6 +33,7 @@ struct http_xfer {
   char *url;                 /* as requested (with the query), for errors */
   char method[16];           /* for the wait's trace label (cut short) */
   FILE *out, *in;            /* opts.output, opts.body_file */
+  char *outbuf;              /* out's stdio buffer (charged), or NULL */
   struct http_buf hdr, body;
   struct braid_charge charge;
   size_t max_body, received;
