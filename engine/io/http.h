@@ -44,6 +44,7 @@ struct http_xfer {
   unsigned char over_limit, nomem, location_seen, attached;
   unsigned char dirty;       /* set an option easy_common does not reset */
   unsigned char fresh;       /* its handle is new or was reset */
+  unsigned char fresh_sock;  /* libcurl watched a socket not kept */
   char errbuf[CURL_ERROR_SIZE];
 };
 
