@@ -67,12 +67,14 @@ void braid__http_xfer_free (struct http_xfer *x) {
 }
 
 /* Appends n bytes to b; 0, or UV_ENOMEM (b unchanged). Only the body is
-** charged (the headers are bounded by libcurl). */
+** charged (the headers are bounded by libcurl). `first` is the size of
+** its first allocation (the body's Content-Length when known: no
+** regrowth). */
 static int buf_add (struct http_xfer *x, struct http_buf *b, const char *p,
-                    size_t n) {
+                    size_t n, size_t first) {
   if (b->off > 0 && b->off == b->len) b->off = b->len = 0;
   if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : first;
     char *q;
     while (cap < b->len + n) cap *= 2;
     if (b == &x->body && braid__charge_set(&x->charge, x->E, cap) != 0)
@@ -103,6 +105,16 @@ static void xfer_headers_done (struct http_xfer *x) {
   if (x->stream) xfer_wake(x);
 }
 
+/* The body buffer's first size: the Content-Length when the server gave
+** one (and the body is held whole, under max_body), else 1 KiB. */
+static size_t body_first (struct http_xfer *x) {
+  curl_off_t cl = -1;
+  if (x->body.cap > 0 || x->stream) return 1024;
+  curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+  return cl > 0 && (uint64_t) cl <= x->max_body && cl <= (curl_off_t) 64 << 20
+             ? (size_t) cl : 1024;
+}
+
 static size_t write_cb (char *p, size_t size, size_t n, void *ud) {
   struct http_xfer *x = (struct http_xfer *) ud;
   (void) size;   /* always 1 */
@@ -121,7 +133,7 @@ static size_t write_cb (char *p, size_t size, size_t n, void *ud) {
       x->paused = 1;
       return CURL_WRITEFUNC_PAUSE;   /* the same data comes again */
     }
-    if (buf_add(x, &x->body, p, n) != 0) {
+    if (buf_add(x, &x->body, p, n, body_first(x)) != 0) {
       x->nomem = 1;
       return 0;
     }
@@ -146,10 +158,11 @@ static size_t header_cb (char *p, size_t size, size_t n, void *ud) {
         !(x->follow && x->location_seen && code >= 300 && code < 400))
       xfer_headers_done(x);
     return n;
-  } else if (n >= 9 && strncasecmp(p, "location:", 9) == 0) {
+  } else if (n >= 9 && (*p == 'l' || *p == 'L') &&
+             strncasecmp(p, "location:", 9) == 0) {
     x->location_seen = 1;
   }
-  if (buf_add(x, &x->hdr, p, n) != 0) {
+  if (buf_add(x, &x->hdr, p, n, 512) != 0) {
     x->nomem = 1;
     return 0;
   }
