@@ -219,6 +219,12 @@ describe("braid.http.request", function()
     assert.is_false(ok)
     assert.are.equal("io", e.kind)
     assert.are.equal("ENOENT", e.code)
+    -- a write that fails fails the call, also the buffered end of a body
+    for _, n in ipairs{10, 300000} do
+      ok, e = pcall(braid.http.get, URL .. "/bytes/" .. n, {output = "/dev/full"})
+      assert.is_false(ok)
+      assert.are.same({"io", "ENOSPC"}, {e.kind, e.code})
+    end
   end))
 
   it("speaks TLS: verify = false, a custom CA, and refuses an unknown one", h.run(function()
