@@ -107,6 +107,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, "ok", extra=[("Set-Cookie", "a=1"),
                                         ("Set-Cookie", "b=2"),
                                         ("X-Token", "t")])
+        elif head == "bigheader":
+            n = int(q.get("n", 2000))
+            self.send(200, "ok", extra=[("X-Big", "b" * n), ("X-After", "z")])
         elif head == "chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")

@@ -52,6 +52,13 @@ describe("braid.http.request", function()
     assert.is_true(res.time >= 0 and res.time < 30)
   end))
 
+  it("keeps a header block of any size", h.run(function()
+    for _, n in ipairs{10, 600, 20000} do
+      local res = braid.http.get(URL .. "/bigheader?n=" .. n)
+      assert.are.same({n, "z"}, {#res.headers["x-big"], res.headers["x-after"]})
+    end
+  end))
+
   it("joins repeated headers and lists them with header_list", h.run(function()
     local res = braid.http.get(URL .. "/headers")
     assert.are.equal("a=1, b=2", res.headers["set-cookie"])

@@ -60,7 +60,7 @@ void braid__http_xfer_free (struct http_xfer *x) {
   free(x->outbuf);   /* after fclose, which flushes it */
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
-  free(x->hdr.p);
+  if (x->hdr.p != x->hdr_inline) free(x->hdr.p);
   free(x->body.p);
   free(x->url);
   free(x);
@@ -79,7 +79,12 @@ static int buf_add (struct http_xfer *x, struct http_buf *b, const char *p,
     while (cap < b->len + n) cap *= 2;
     if (b == &x->body && braid__charge_set(&x->charge, x->E, cap) != 0)
       return UV_ENOMEM;
-    if ((q = realloc(b->p, cap)) == NULL) {
+    if (b->p == x->hdr_inline) {   /* outgrew the transfer's own bytes */
+      if ((q = malloc(cap)) != NULL) memcpy(q, b->p, b->len);
+    } else {
+      q = realloc(b->p, cap);
+    }
+    if (q == NULL) {
       if (b == &x->body) braid__charge_set(&x->charge, x->E, b->cap);
       return UV_ENOMEM;
     }
@@ -162,7 +167,7 @@ static size_t header_cb (char *p, size_t size, size_t n, void *ud) {
              strncasecmp(p, "location:", 9) == 0) {
     x->location_seen = 1;
   }
-  if (buf_add(x, &x->hdr, p, n, 512) != 0) {
+  if (buf_add(x, &x->hdr, p, n, 1024) != 0) {
     x->nomem = 1;
     return 0;
   }
@@ -427,6 +432,8 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
   x->stream = (unsigned char) stream;
   x->follow = 1;
   x->max_body = stream ? BRAID_NO_LIMIT : HTTP_MAX_BODY;
+  x->hdr.p = x->hdr_inline;   /* most header blocks fit: no malloc */
+  x->hdr.cap = sizeof x->hdr_inline;
   memcpy(x->method, "GET", 4);
   braid__list_init(&x->link);
   x->owner = braid__http_newres(L);

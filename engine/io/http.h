@@ -46,6 +46,7 @@ struct http_xfer {
   unsigned char fresh;       /* its handle is new or was reset */
   unsigned char fresh_sock;  /* libcurl watched a socket not kept */
   char errbuf[CURL_ERROR_SIZE];
+  char hdr_inline[512];      /* hdr's bytes until it outgrows them */
 };
 
 /* The engine's multi handle, made on first use on its current loop; NULL
