@@ -50,6 +50,26 @@ struct http_xfer {
                              ** struct stays under 1 KiB: glibc's small bins) */
 };
 
+/* The options a transfer from a reused handle could inherit are those
+** set only when asked (headers, a body, a method other than GET, verify,
+** proxy...): setting one marks the transfer dirty, and a dirty handle is
+** curl_easy_reset before its next use (http_multi.c). Every transfer sets
+** the rest itself (braid__http_easy_common), so a clean handle reused as
+** it is ends up set exactly as a reset one. */
+#define DIRTY(x) ((x)->dirty = 1)
+
+/* http.c: sets what every transfer sets (URL, the callbacks' data,
+** follow, max_redirects, timeouts, GET) on x's handle. */
+void braid__http_easy_common(struct http_xfer *x, long redirects,
+                             long timeout, long connect_timeout);
+
+/* http_options.c: checks the options table at 1 and returns its url
+** (anchored by the table); then applies every option to x (made from
+** that url, its response object at 3), leaving the stack at 3. */
+const char *braid__http_opts_url(lua_State *L, const char *fname);
+void braid__http_opts_apply(lua_State *L, struct http_xfer *x,
+                            const char *fname);
+
 /* The engine's multi handle, made on first use on its current loop; NULL
 ** and *rc (a libuv code) when it cannot be made. */
 struct http_multi *braid__http_multi(braid_engine_t *E, int *rc);
