@@ -164,6 +164,9 @@ describe("braid.http.request", function()
     assert.matches("http_version", usage{url = URL, http_version = "9"})
     assert.matches("line break", usage{url = URL, headers = {X = "a\r\nb: c"}})
     assert.matches("body", usage{url = URL, body = true})
+    assert.matches("table expected", usage(URL .. "/bytes/1"))   -- get's is a URL
+    local ok, e = pcall(braid.http.get, 42)
+    assert.are.same({false, "usage"}, {ok, e.kind})
   end))
 
   it("times out mid-body with OPERATION_TIMEDOUT, closing the connection", h.run(function()

@@ -228,13 +228,15 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
   return x;
 }
 
-/* A new transfer from the options at 1 (a table, or the URL alone: a GET
-** with every default, braid.http.get's common case, which reads no
-** table). Pushes the response object (at 3). Raises on bad options. */
+/* A new transfer from the options at 1 (a table; with url_only, the URL
+** alone: a GET with every default, braid.http.get's common case, which
+** reads no table). Pushes the response object (at 3). Raises on bad
+** options. */
 static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
-                                   int stream, const char *fname) {
+                                   int stream, int url_only,
+                                   const char *fname) {
   struct http_xfer *x;
-  if (lua_type(L, 1) == LUA_TSTRING) {
+  if (url_only && lua_type(L, 1) == LUA_TSTRING) {
     lua_settop(L, 2);
     x = xfer_alloc(L, E, lua_tostring(L, 1), stream, fname);
     braid__http_easy_common(x, 10, 0, 0);
@@ -329,7 +331,7 @@ static int open_k (lua_State *L, braid_op_t *op) {
 
 /* [opts, fname] (fname: the name the script called, from lua/braid.lua's
 ** wrappers, for messages). */
-static int http_call (lua_State *L, int stream) {
+static int http_call (lua_State *L, int stream, int url_only) {
   const char *fname = stream ? "braid.http.open" : "braid.http.request";
   braid_engine_t *E;
   struct http_xfer *x;
@@ -339,7 +341,7 @@ static int http_call (lua_State *L, int stream) {
   lua_pushstring(L, fname);
   lua_replace(L, 2);                                 /* 2: the name */
   fname = lua_tostring(L, 2);
-  x = xfer_new(L, E, stream, fname);                 /* 3: the response */
+  x = xfer_new(L, E, stream, url_only, fname);                 /* 3: the response */
   if (lua_istable(L, 1)) {                           /* 4: check */
     lua_getfield(L, 1, "check");
     lua_pushboolean(L, lua_toboolean(L, -1));
@@ -355,21 +357,27 @@ static int http_call (lua_State *L, int stream) {
                         xfer_cancel, x, request_k);
 }
 
-/* braid.http._request(opts | url, [fname]) -> response (docs/API.md; the
-** public braid.http.request, get and post are lua/braid.lua's). */
+/* braid.http._request(opts, [fname]) -> response (docs/API.md; the public
+** braid.http.request, get and post are lua/braid.lua's). */
 static int l_http_request (lua_State *L) {
-  return http_call(L, 0);
+  return http_call(L, 0, 0);
+}
+
+/* braid.http._get(url, [fname]) -> response: get(url) without options. */
+static int l_http_get (lua_State *L) {
+  return http_call(L, 0, 1);
 }
 
 /* braid.http._open(opts, [fname]) -> response whose body res:read reads. */
 static int l_http_open (lua_State *L) {
-  return http_call(L, 1);
+  return http_call(L, 1, 0);
 }
 
 /* Sets braid.http on the braid table at the stack top. [-0, +0, m] */
 void braid__open_http (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"_request", l_http_request},
+    {"_get", l_http_get},
     {"_open", l_http_open},
     {NULL, NULL}
   };
