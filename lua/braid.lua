@@ -509,7 +509,8 @@ end})
 local http = rawget(M, "http")
 if http then
   local request, open, Response = http._request, http._open, http.Response
-  http._request, http._open = nil, nil
+  local get_url = http._get
+  http._request, http._open, http._get = nil, nil, nil
   local concat, pairs = table.concat, pairs
 
   local function escape(s)
@@ -601,7 +602,7 @@ if http then
   -- braid.http.get(url, [opts]) -> res.
   function http.get(url, opts)
     if opts == nil and type(url) == "string" then   -- the common case
-      return request({url = url}, "braid.http.get")
+      return get_url(url, "braid.http.get")   -- C reads the URL alone
     end
     return request(prepare(with(opts, {url = url, method = "GET"},
                                 "braid.http.get"), "braid.http.get"),

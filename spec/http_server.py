@@ -5,7 +5,8 @@ Usage: http_server.py PORTFILE [CERT KEY]
 Listens on 127.0.0.1 on a free port (with TLS when CERT and KEY are given),
 writes the port to PORTFILE once it accepts connections, and serves until
 killed. /stats reports connections opened and closed, so a spec can see
-that a cancelled request closed its connection.
+that a cancelled request closed its connection (or that requests reused
+one). /drop and /close end a connection after their answer.
 """
 import json
 import socket
@@ -106,6 +107,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, "ok", extra=[("Set-Cookie", "a=1"),
                                         ("Set-Cookie", "b=2"),
                                         ("X-Token", "t")])
+        elif head == "bigheader":
+            n = int(q.get("n", 2000))
+            self.send(200, "ok", extra=[("X-Big", "b" * n), ("X-After", "z")])
         elif head == "chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -133,6 +137,15 @@ class Handler(BaseHTTPRequestHandler):
             self.wait_for_close()
         elif head == "hang":
             self.wait_for_close()
+        elif head == "drop":
+            # a keep-alive answer, then the connection closes while idle
+            self.send(200, "bye")
+            self.wfile.flush()
+            time.sleep(float(q.get("delay", 0.1)))
+            self.close_connection = True
+        elif head == "close":
+            self.send(200, "closing", extra=[("Connection", "close")])
+            self.close_connection = True
         elif head == "json":
             self.send(200, '{"name":"braid","list":[1,2,3],"none":null,'
                       '"empty":[]}', "application/json")

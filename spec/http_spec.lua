@@ -52,6 +52,13 @@ describe("braid.http.request", function()
     assert.is_true(res.time >= 0 and res.time < 30)
   end))
 
+  it("keeps a header block of any size", h.run(function()
+    for _, n in ipairs{10, 600, 20000} do
+      local res = braid.http.get(URL .. "/bigheader?n=" .. n)
+      assert.are.same({n, "z"}, {#res.headers["x-big"], res.headers["x-after"]})
+    end
+  end))
+
   it("joins repeated headers and lists them with header_list", h.run(function()
     local res = braid.http.get(URL .. "/headers")
     assert.are.equal("a=1, b=2", res.headers["set-cookie"])
@@ -157,6 +164,9 @@ describe("braid.http.request", function()
     assert.matches("http_version", usage{url = URL, http_version = "9"})
     assert.matches("line break", usage{url = URL, headers = {X = "a\r\nb: c"}})
     assert.matches("body", usage{url = URL, body = true})
+    assert.matches("table expected", usage(URL .. "/bytes/1"))   -- get's is a URL
+    local ok, e = pcall(braid.http.get, 42)
+    assert.are.same({false, "usage"}, {ok, e.kind})
   end))
 
   it("times out mid-body with OPERATION_TIMEDOUT, closing the connection", h.run(function()
@@ -219,6 +229,12 @@ describe("braid.http.request", function()
     assert.is_false(ok)
     assert.are.equal("io", e.kind)
     assert.are.equal("ENOENT", e.code)
+    -- a write that fails fails the call, also the buffered end of a body
+    for _, n in ipairs{10, 300000} do
+      ok, e = pcall(braid.http.get, URL .. "/bytes/" .. n, {output = "/dev/full"})
+      assert.is_false(ok)
+      assert.are.same({"io", "ENOSPC"}, {e.kind, e.code})
+    end
   end))
 
   it("speaks TLS: verify = false, a custom CA, and refuses an unknown one", h.run(function()
@@ -228,6 +244,57 @@ describe("braid.http.request", function()
     assert.are.equal(10, #braid.http.get(TLS_URL .. "/bytes/10", {verify = false}).body)
     assert.are.equal("arrived", braid.http.get(TLS_URL .. "/redirect/1",
                                                {ca_file = CERT}).body)
+  end))
+
+  it("never carries a request's options to the next one on a reused handle", h.run(function()
+    -- one request at a time: each reuses the handle the one before gave back
+    local r = braid.http.request{url = URL .. "/echo", method = "PUT", body = "data",
+                                 headers = {["X-Secret"] = "s", Authorization = "Basic eDp5"},
+                                 compressed = true, http_version = "1.1"}:json()
+    assert.are.equal("PUT", r.method)
+    r = braid.http.get(URL .. "/echo"):json()
+    assert.are.same({"GET", "", nil, nil, nil},
+                    {r.method, r.body, r.headers["x-secret"], r.headers.authorization,
+                     r.headers["accept-encoding"]})
+    assert.are.equal("", braid.http.request{url = URL .. "/echo", method = "HEAD"}.body)
+    assert.are.equal("GET", braid.http.get(URL .. "/echo"):json().method)
+    -- options every request sets itself (follow, timeouts) are set again
+    assert.are.equal(302, braid.http.get(URL .. "/redirect/1", {follow = false}).status)
+    assert.are.equal("arrived", braid.http.get(URL .. "/redirect/1").body)
+    assert.are.equal(10, #braid.http.get(URL .. "/bytes/10", {timeout = 0.5}).body)
+    assert.are.equal("line 1", braid.http.get(URL .. "/chunked?n=2&delay=0.4").body
+                     :match("line 1"))
+    -- TLS: neither verify = false nor a CA file outlives its request
+    for _, opts in ipairs{{verify = false}, {ca_file = CERT}} do
+      assert.are.equal(10, #braid.http.get(TLS_URL .. "/bytes/10", opts).body)
+      local ok, e = pcall(braid.http.get, TLS_URL .. "/bytes/10")
+      assert.is_false(ok)
+      assert.are.equal("PEER_FAILED_VERIFICATION", e.code)
+    end
+    -- nor a proxy
+    local ok, e = pcall(braid.http.get, URL .. "/bytes/10", {proxy = "http://127.0.0.1:1"})
+    assert.is_false(ok)
+    assert.are.equal("COULDNT_CONNECT", e.code)
+    assert.are.equal(10, #braid.http.get(URL .. "/bytes/10").body)
+  end))
+
+  it("reuses a kept-alive connection, and one the server closed is replaced", h.run(function()
+    local s0 = stats()
+    for _ = 1, 20 do assert.are.equal(10, #braid.http.get(URL .. "/bytes/10").body) end
+    assert.are.equal(s0.opened, stats().opened)   -- one connection all along
+    assert.are.equal("closing", braid.http.get(URL .. "/close").body)
+    assert.are.equal("bye", braid.http.get(URL .. "/drop").body)
+    braid.sleep(0.3)   -- the server has likely closed it by now; either way:
+    for _ = 1, 5 do assert.are.equal(10, #braid.http.get(URL .. "/bytes/10").body) end
+    local s1 = stats()
+    assert.is_true(s1.opened >= s0.opened + 2)
+    -- and concurrently: several connections, kept and reused
+    local fns = {}
+    for i = 1, 8 do fns[i] = function() return #braid.http.get(URL .. "/bytes/" .. i).body end end
+    for _ = 1, 3 do
+      local r = {braid.gather(table.unpack(fns))}
+      for i = 1, 8 do assert.are.equal(i, r[i]) end
+    end
   end))
 
   it("runs many requests concurrently on one loop", h.run(function()
@@ -322,6 +389,10 @@ describe("braid.http leaves nothing behind", function()
     local before = #braid.run(function() return braid.fs.list("/proc/self/fd") end)
     braid.run(function()
       for _ = 1, 3 do braid.http.get(URL .. "/bytes/10") end
+      braid.http.get(URL .. "/close")
+      braid.http.get(URL .. "/drop", {query = {delay = 0}})
+      braid.sleep(0.1)
+      braid.http.get(URL .. "/bytes/10")
       pcall(braid.timeout, 0.1, braid.http.get, URL .. "/hang")
       local res = braid.http.open{url = URL .. "/stall"}
       res:read()

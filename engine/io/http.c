@@ -20,12 +20,11 @@
 **   curl_easy_pause(CONT)), and res:read lets it go on. The buffer is
 **   charged against the engine's memory limit.
 ** - The options are read once, at the call, into the easy handle and the
-**   transfer; the script may change its table afterwards.
+**   transfer (http_options.c); the script may change its table afterwards.
 */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "io/http.h"
 
 #define HTTP_HIGH ((size_t) 256 << 10)
@@ -42,29 +41,40 @@ void braid__http_xfer_free (struct http_xfer *x) {
     braid_resume_error(op);
   }
   if (x->attached) braid_resource_remove(&x->res);
-  if (x->easy) braid__http_easy_free(x->E, x->easy);
+  /* reused as it is only after a clean transfer that went well */
+  if (x->easy)
+    braid__http_easy_free(x->E, x->easy, !x->dirty && x->finished &&
+                                         x->result == CURLE_OK);
   curl_slist_free_all(x->req_headers);
   if (x->out) fclose(x->out);
+  free(x->outbuf);   /* after fclose, which flushes it */
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
-  free(x->hdr.p);
+  if (x->hdr.p != x->hdr_inline) free(x->hdr.p);
   free(x->body.p);
   free(x->url);
   free(x);
 }
 
 /* Appends n bytes to b; 0, or UV_ENOMEM (b unchanged). Only the body is
-** charged (the headers are bounded by libcurl). */
+** charged (the headers are bounded by libcurl). `first` is the size of
+** its first allocation (the body's Content-Length when known: no
+** regrowth). */
 static int buf_add (struct http_xfer *x, struct http_buf *b, const char *p,
-                    size_t n) {
+                    size_t n, size_t first) {
   if (b->off > 0 && b->off == b->len) b->off = b->len = 0;
   if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : first;
     char *q;
     while (cap < b->len + n) cap *= 2;
     if (b == &x->body && braid__charge_set(&x->charge, x->E, cap) != 0)
       return UV_ENOMEM;
-    if ((q = realloc(b->p, cap)) == NULL) {
+    if (b->p == x->hdr_inline) {   /* outgrew the transfer's own bytes */
+      if ((q = malloc(cap)) != NULL) memcpy(q, b->p, b->len);
+    } else {
+      q = realloc(b->p, cap);
+    }
+    if (q == NULL) {
       if (b == &x->body) braid__charge_set(&x->charge, x->E, b->cap);
       return UV_ENOMEM;
     }
@@ -90,6 +100,16 @@ static void xfer_headers_done (struct http_xfer *x) {
   if (x->stream) xfer_wake(x);
 }
 
+/* The body buffer's first size: the Content-Length when the server gave
+** one (and the body is held whole, under max_body), else 1 KiB. */
+static size_t body_first (struct http_xfer *x) {
+  curl_off_t cl = -1;
+  if (x->body.cap > 0 || x->stream) return 1024;
+  curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+  return cl > 0 && (uint64_t) cl <= x->max_body && cl <= (curl_off_t) 64 << 20
+             ? (size_t) cl : 1024;
+}
+
 static size_t write_cb (char *p, size_t size, size_t n, void *ud) {
   struct http_xfer *x = (struct http_xfer *) ud;
   (void) size;   /* always 1 */
@@ -108,7 +128,7 @@ static size_t write_cb (char *p, size_t size, size_t n, void *ud) {
       x->paused = 1;
       return CURL_WRITEFUNC_PAUSE;   /* the same data comes again */
     }
-    if (buf_add(x, &x->body, p, n) != 0) {
+    if (buf_add(x, &x->body, p, n, body_first(x)) != 0) {
       x->nomem = 1;
       return 0;
     }
@@ -133,297 +153,97 @@ static size_t header_cb (char *p, size_t size, size_t n, void *ud) {
         !(x->follow && x->location_seen && code >= 300 && code < 400))
       xfer_headers_done(x);
     return n;
-  } else if (n >= 9 && strncasecmp(p, "location:", 9) == 0) {
+  } else if (n >= 9 && (*p == 'l' || *p == 'L') &&
+             strncasecmp(p, "location:", 9) == 0) {
     x->location_seen = 1;
   }
-  if (buf_add(x, &x->hdr, p, n) != 0) {
+  if (buf_add(x, &x->hdr, p, n, 1024) != 0) {
     x->nomem = 1;
     return 0;
   }
   return n;
 }
 
-static size_t read_cb (char *p, size_t size, size_t n, void *ud) {
-  struct http_xfer *x = (struct http_xfer *) ud;
-  size_t got = fread(p, size, n, x->in);
-  if (got == 0 && ferror(x->in)) return CURL_READFUNC_ABORT;
-  return got;
-}
-
 void braid__http_done (struct http_xfer *x, CURLcode result) {
   x->finished = 1;
   x->result = result;
+  /* the end of opts.output is in its buffer: a failure to write it (a
+  ** full disk) is the transfer's, not lost at fclose */
+  if (x->out && result == CURLE_OK && !x->out_err && fflush(x->out) != 0)
+    x->out_err = errno ? errno : EIO;
   xfer_wake(x);
 }
 
-/* ---- options ---- */
-
-static const char *const http_options[] = {
-  "method", "url", "headers", "body", "body_file", "query", "timeout",
-  "connect_timeout", "follow", "max_redirects", "verify", "ca_file",
-  "proxy", "http_version", "max_body", "output", "check", "compressed",
-  NULL
-};
-
-/* opts[key] as a string or NULL; a usage error for anything else. */
-static const char *opt_string (lua_State *L, const char *key,
-                               const char *fname) {
-  const char *s;
-  lua_getfield(L, 1, key);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (lua_type(L, -1) != LUA_TSTRING)
-    braid_usageerror(L, "bad option '%s' to '%s' (string expected, got %s)",
-                     key, fname, luaL_typename(L, -1));
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1);   /* opts anchors it during the call */
-  return s;
+/* The options every handle has from its first use on (after
+** curl_easy_init or curl_easy_reset). */
+static void easy_setup (CURL *e) {
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 }
 
-static int opt_bool (lua_State *L, const char *key, int def) {
-  int v;
-  if (lua_getfield(L, 1, key) == LUA_TNIL) v = def;
-  else v = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-static long opt_ms (lua_State *L, const char *key, const char *fname) {
-  uint64_t ns = braid__opt_seconds(L, 1, key, BRAID_NEVER, fname);
-  if (ns == BRAID_NEVER) return 0;         /* libcurl: no timeout */
-  return ns < 1000000 ? 1 : (long) (ns / 1000000);
-}
-
-/* Adds header `name: value` (value at the top, a string or number, which
-** it pops). */
-static void add_header (lua_State *L, struct http_xfer *x, const char *name,
-                        const char *fname) {
-  struct curl_slist *l;
-  if (!lua_isstring(L, -1))
-    braid_usageerror(L, "bad option 'headers' to '%s' (string values "
-                     "expected)", fname);
-  lua_pushfstring(L, "%s: %s", name, lua_tostring(L, -1));
-  if (strchr(lua_tostring(L, -1), '\n') || strchr(lua_tostring(L, -1), '\r'))
-    braid_usageerror(L, "bad option 'headers' to '%s' (a line break in "
-                     "header '%s')", fname, name);
-  if ((l = curl_slist_append(x->req_headers, lua_tostring(L, -1))) == NULL)
-    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  x->req_headers = l;
-  lua_pop(L, 2);
-}
-
-/* opts.headers: {name = value | {values}}. */
-static void set_headers (lua_State *L, struct http_xfer *x,
-                         const char *fname) {
-  if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
-    lua_pop(L, 1);
-    return;
-  }
-  if (!lua_istable(L, -1))
-    braid_usageerror(L, "bad option 'headers' to '%s' (table expected)",
-                     fname);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    const char *name;
-    if (lua_type(L, -2) != LUA_TSTRING)
-      braid_usageerror(L, "bad option 'headers' to '%s' (string names "
-                       "expected)", fname);
-    name = lua_tostring(L, -2);
-    if (lua_istable(L, -1)) {
-      lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
-      for (i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        add_header(L, x, name, fname);
-      }
-      lua_pop(L, 1);
-    } else {
-      add_header(L, x, name, fname);
-    }
-  }
-  lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->req_headers);
-}
-
-static void opt_check_fs (lua_State *L, const char *key, const char *fname) {
-  if (!(braid__engine_modules(L) & BRAID_MOD_FS))
-    braid_usageerror(L, "bad option '%s' to '%s' (files are not allowed in "
-                     "this engine: it lacks BRAID_MOD_FS)", key, fname);
-}
-
-/* Opens opts[key] (a path) as a file in `mode`, or NULL when absent;
-** raises kind "io" with the errno's name when it cannot. Files are
-** braid.fs's capability: an embedded engine allowed the network but not
-** BRAID_MOD_FS refuses them (and opts.ca_file). */
-static FILE *opt_file (lua_State *L, const char *key, const char *mode,
-                       const char *fname) {
-  const char *path = opt_string(L, key, fname);
-  FILE *f;
-  if (path == NULL) return NULL;
-  opt_check_fs(L, key, fname);
-  if ((f = fopen(path, mode)) == NULL) {
-    int e = errno;
-    braid_pusherror(L, "io", uv_err_name(-e), "%s: cannot open %s '%s': %s",
-                    fname, key, path, strerror(e));
-    lua_pushstring(L, path);
-    lua_setfield(L, -2, "path");
-    lua_error(L);
-  }
-  return f;
-}
-
-/* The request body: opts.body (a string; lua/braid.lua has turned a table
-** into JSON and a function's chunks into one string) or opts.body_file. */
-static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
+void braid__http_easy_common (struct http_xfer *x, long redirects,
+                              long timeout, long connect_timeout) {
   CURL *e = x->easy;
-  const char *body;
-  size_t len;
-  lua_getfield(L, 1, "body");
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      braid_usageerror(L, "bad option 'body' to '%s' (string, table or "
-                       "function expected, got %s)", fname,
-                       luaL_typename(L, -1));
-    body = lua_tolstring(L, -1, &len);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
-    if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body) != CURLE_OK)
-      braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  }
-  lua_pop(L, 1);
-  if ((x->in = opt_file(L, "body_file", "rb", fname)) != NULL) {
-    struct stat st;
-    curl_off_t size = -1;
-    if (fstat(fileno(x->in), &st) == 0 && S_ISREG(st.st_mode))
-      size = (curl_off_t) st.st_size;
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
-    curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
-    curl_easy_setopt(e, CURLOPT_READDATA, x);
-  }
+  curl_easy_setopt(e, CURLOPT_URL, x->url);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long) x->follow);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirects);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);   /* set_method may change it */
 }
 
-/* opts.method; a body without one is a POST. Runs after set_body. */
-static void set_method (lua_State *L, struct http_xfer *x,
-                        const char *fname) {
-  const char *m = opt_string(L, "method", fname);
-  int has_body = x->in != NULL ||
-                 (lua_getfield(L, 1, "body"), !lua_isnil(L, -1));
-  lua_pop(L, x->in == NULL);
-  if (m == NULL) m = has_body ? "POST" : "GET";
-  if (*m == '\0' || strpbrk(m, " \r\n\t"))
-    braid_usageerror(L, "bad option 'method' to '%s' (a method name "
-                     "expected)", fname);
-  snprintf(x->method, sizeof x->method, "%s", m);
-  if (strcmp(m, "HEAD") == 0) {
-    curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
-  } else if (!has_body) {
-    if (strcmp(m, "POST") == 0) {
-      curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE, 0L);
-      curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, "");
-    } else if (strcmp(m, "GET") == 0) {
-      curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L);
-    } else {
-      curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, m);
-    }
-  } else if (strcmp(m, "POST") != 0) {
-    curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, m);
-  }
-}
-
-/* opts.http_version: "1.0", "1.1", "2" (over TLS, else 1.1), "3". */
-static void set_version (lua_State *L, CURL *e, const char *fname) {
-  static const char *const names[] = {"1.0", "1.1", "2", "3", NULL};
-  static const long values[] = {CURL_HTTP_VERSION_1_0, CURL_HTTP_VERSION_1_1,
-                                CURL_HTTP_VERSION_2TLS, CURL_HTTP_VERSION_3};
-  const char *v = opt_string(L, "http_version", fname);
-  int i;
-  if (v == NULL) return;
-  for (i = 0; names[i]; i++)
-    if (strcmp(v, names[i]) == 0) {
-      curl_easy_setopt(e, CURLOPT_HTTP_VERSION, values[i]);
-      return;
-    }
-  braid_usageerror(L, "bad option 'http_version' to '%s' (\"1.0\", \"1.1\", "
-                   "\"2\" or \"3\" expected)", fname);
-}
-
-/* A new transfer from the options at 1 (a table), on the engine's multi
-** but not yet added; pushes nothing. Raises on bad options, freeing what
-** it made (the transfer is held in a to-be-freed slot until returned). */
-static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
-                                   int stream, const char *fname) {
+/* A new transfer of url (x->url: a copy) with a handle set up, on the
+** engine's multi but not yet added; pushes the response object, which
+** owns the transfer (its __gc frees it if an option then raises). */
+static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
+                                     const char *url, int stream,
+                                     const char *fname) {
   struct http_xfer *x;
-  CURL *e;
-  const char *s;
-  long redirects;
-  double d;
-  braid__check_type(L, 1, LUA_TTABLE, fname);
-  braid__check_options(L, 1, fname, http_options);
-  if (opt_string(L, "url", fname) == NULL)
-    braid_usageerror(L, "bad option 'url' to '%s' (string expected, got "
-                     "nil)", fname);
+  int fresh = 0;
   if ((x = braid__calloc(1, sizeof *x)) == NULL ||
-      (x->easy = e = braid__http_easy_new(E)) == NULL) {
+      (x->easy = braid__http_easy_new(E, &fresh)) == NULL) {
     free(x);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   x->E = E;
   x->stream = (unsigned char) stream;
+  x->follow = 1;
+  x->max_body = stream ? BRAID_NO_LIMIT : HTTP_MAX_BODY;
+  x->hdr.p = x->hdr_inline;   /* most header blocks fit: no malloc */
+  x->hdr.cap = sizeof x->hdr_inline;
+  memcpy(x->method, "GET", 4);
   braid__list_init(&x->link);
-  /* From here a raising option must free x: the response object, pushed
-  ** at 3, owns it (its __gc frees it). */
-  lua_settop(L, 2);
   x->owner = braid__http_newres(L);
   *x->owner = x;
-  x->url = strdup(opt_string(L, "url", fname));
-  if (x->url == NULL)
+  if (fresh) easy_setup(x->easy);
+  x->fresh = (unsigned char) fresh;   /* braid__http_add sets the rest */
+  if ((x->url = strdup(url)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  curl_easy_setopt(e, CURLOPT_URL, x->url);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-  /* Off by default, as curl's --compressed: asking costs a local or
-  ** fast peer more than it saves (W7: a third of braid's time). */
-  if (opt_bool(L, "compressed", 0))
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  x->follow = (unsigned char) opt_bool(L, "follow", 1);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long) x->follow);
-  d = braid__opt_number(L, 1, "max_redirects", 10, fname);
-  redirects = d > 1000 ? 1000 : (long) d;
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirects);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opt_ms(L, "timeout", fname));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   opt_ms(L, "connect_timeout", fname));
-  if (!opt_bool(L, "verify", 1)) {
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  return x;
+}
+
+/* A new transfer from the options at 1 (a table; with url_only, the URL
+** alone: a GET with every default, braid.http.get's common case, which
+** reads no table). Pushes the response object (at 3). Raises on bad
+** options. */
+static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
+                                   int stream, int url_only,
+                                   const char *fname) {
+  struct http_xfer *x;
+  if (url_only && lua_type(L, 1) == LUA_TSTRING) {
+    lua_settop(L, 2);
+    x = xfer_alloc(L, E, lua_tostring(L, 1), stream, fname);
+    braid__http_easy_common(x, 10, 0, 0);
+    return x;
   }
-  if ((s = opt_string(L, "ca_file", fname)) != NULL) {
-    opt_check_fs(L, "ca_file", fname);
-    curl_easy_setopt(e, CURLOPT_CAINFO, s);
-  }
-  if ((s = opt_string(L, "proxy", fname)) != NULL)
-    curl_easy_setopt(e, CURLOPT_PROXY, s);
-  set_version(L, e, fname);
-  x->max_body = braid__opt_limit(L, 1, "max_body",
-                                 stream ? BRAID_NO_LIMIT : HTTP_MAX_BODY,
-                                 fname);
-  set_headers(L, x, fname);
-  set_body(L, x, fname);
-  set_method(L, x, fname);
-  x->out = opt_file(L, "output", "wb", fname);
-  if (x->out) {
-    if (lua_getfield(L, 1, "max_body") == LUA_TNIL)
-      x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */
-    /* a download: fewer, larger reads and writes per loop iteration */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L << 10);
-  }
+  x = xfer_alloc(L, E, braid__http_opts_url(L, fname), stream, fname);
+  braid__http_opts_apply(L, x, fname);   /* http_options.c */
   lua_settop(L, 3);
   return x;
 }
@@ -511,7 +331,7 @@ static int open_k (lua_State *L, braid_op_t *op) {
 
 /* [opts, fname] (fname: the name the script called, from lua/braid.lua's
 ** wrappers, for messages). */
-static int http_call (lua_State *L, int stream) {
+static int http_call (lua_State *L, int stream, int url_only) {
   const char *fname = stream ? "braid.http.open" : "braid.http.request";
   braid_engine_t *E;
   struct http_xfer *x;
@@ -521,8 +341,14 @@ static int http_call (lua_State *L, int stream) {
   lua_pushstring(L, fname);
   lua_replace(L, 2);                                 /* 2: the name */
   fname = lua_tostring(L, 2);
-  x = xfer_new(L, E, stream, fname);                 /* 3: the response */
-  lua_pushboolean(L, opt_bool(L, "check", 0));       /* 4 */
+  x = xfer_new(L, E, stream, url_only, fname);                 /* 3: the response */
+  if (lua_istable(L, 1)) {                           /* 4: check */
+    lua_getfield(L, 1, "check");
+    lua_pushboolean(L, lua_toboolean(L, -1));
+    lua_replace(L, -2);
+  } else {
+    lua_pushboolean(L, 0);
+  }
   braid_check_suspend(L, fname);
   if (stream)
     return braid_suspendk(L, "http.open", sizeof x, xfer_start, xfer_cancel,
@@ -534,18 +360,24 @@ static int http_call (lua_State *L, int stream) {
 /* braid.http._request(opts, [fname]) -> response (docs/API.md; the public
 ** braid.http.request, get and post are lua/braid.lua's). */
 static int l_http_request (lua_State *L) {
-  return http_call(L, 0);
+  return http_call(L, 0, 0);
+}
+
+/* braid.http._get(url, [fname]) -> response: get(url) without options. */
+static int l_http_get (lua_State *L) {
+  return http_call(L, 0, 1);
 }
 
 /* braid.http._open(opts, [fname]) -> response whose body res:read reads. */
 static int l_http_open (lua_State *L) {
-  return http_call(L, 1);
+  return http_call(L, 1, 0);
 }
 
 /* Sets braid.http on the braid table at the stack top. [-0, +0, m] */
 void braid__open_http (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"_request", l_http_request},
+    {"_get", l_http_get},
     {"_open", l_http_open},
     {NULL, NULL}
   };

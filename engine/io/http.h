@@ -33,6 +33,7 @@ struct http_xfer {
   char *url;                 /* as requested (with the query), for errors */
   char method[16];           /* for the wait's trace label (cut short) */
   FILE *out, *in;            /* opts.output, opts.body_file */
+  char *outbuf;              /* out's stdio buffer (charged), or NULL */
   struct http_buf hdr, body;
   struct braid_charge charge;
   size_t max_body, received;
@@ -41,20 +42,51 @@ struct http_xfer {
   int out_err;               /* errno of a failed write to opts.output */
   unsigned char stream, finished, headers_done, paused, follow;
   unsigned char over_limit, nomem, location_seen, attached;
+  unsigned char dirty;       /* set an option easy_common does not reset */
+  unsigned char fresh;       /* its handle is new or was reset */
+  unsigned char fresh_sock;  /* libcurl watched a socket not kept */
   char errbuf[CURL_ERROR_SIZE];
+  char hdr_inline[448];      /* hdr's bytes until it outgrows them (the
+                             ** struct stays under 1 KiB: glibc's small bins) */
 };
+
+/* The options a transfer from a reused handle could inherit are those
+** set only when asked (headers, a body, a method other than GET, verify,
+** proxy...): setting one marks the transfer dirty, and a dirty handle is
+** curl_easy_reset before its next use (http_multi.c). Every transfer sets
+** the rest itself (braid__http_easy_common), so a clean handle reused as
+** it is ends up set exactly as a reset one. */
+#define DIRTY(x) ((x)->dirty = 1)
+
+/* http.c: sets what every transfer sets (URL, the callbacks' data,
+** follow, max_redirects, timeouts, GET) on x's handle. */
+void braid__http_easy_common(struct http_xfer *x, long redirects,
+                             long timeout, long connect_timeout);
+
+/* http_options.c: checks the options table at 1 and returns its url
+** (anchored by the table); then applies every option to x (made from
+** that url, its response object at 3), leaving the stack at 3. */
+const char *braid__http_opts_url(lua_State *L, const char *fname);
+void braid__http_opts_apply(lua_State *L, struct http_xfer *x,
+                            const char *fname);
 
 /* The engine's multi handle, made on first use on its current loop; NULL
 ** and *rc (a libuv code) when it cannot be made. */
 struct http_multi *braid__http_multi(braid_engine_t *E, int *rc);
 
 /* An easy handle, reused from the engine's multi when it keeps one (NULL
-** when out of memory); and back to it, or cleaned up. The engine's state
-** must be open (the handle's owner is collected there). */
-CURL *braid__http_easy_new(braid_engine_t *E);
-void braid__http_easy_free(braid_engine_t *E, CURL *e);
+** when out of memory); and back to it, or cleaned up. *fresh is set when
+** the handle is new or was curl_easy_reset (it needs http.c's constant
+** options); a handle given back `clean` (its transfer set no option beyond
+** those every transfer sets, and went well) is reused without a reset.
+** The engine's state must be open (the handle's owner is collected
+** there). */
+CURL *braid__http_easy_new(braid_engine_t *E, int *fresh);
+void braid__http_easy_free(braid_engine_t *E, CURL *e, int clean);
 
-/* Starts x on m: 0, or a libuv-style code (nothing added). */
+/* Starts x on m: 0, or a libuv-style code (nothing added). A fresh
+** handle gets m's socket callbacks (a kept-alive connection's poll lives
+** until libcurl closes its socket). */
 int braid__http_add(struct http_multi *m, struct http_xfer *x);
 
 /* Takes x off its multi (harmless when it is not on one): no libcurl

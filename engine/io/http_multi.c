@@ -11,9 +11,23 @@
 **   response not yet closed ends with an error), cleans the multi up and
 **   closes its timer and sockets' polls, so uv_loop_close finds nothing.
 **   The struct is freed by the last close callback.
-** - The poll of a socket is closed when libcurl says CURL_POLL_REMOVE,
-**   which it says before it closes the socket, so no poll outlives its
-**   descriptor (libuv refuses a second watcher on one descriptor).
+** - A poll is closed before its descriptor: libuv's close unregisters
+**   the descriptor's number from epoll, which could belong to someone else
+**   once the socket is closed (and epoll_ctl on a closed descriptor makes
+**   libuv abort). libcurl 7.88 closes a socket it has not yet made a
+**   connection's (one still connecting) without CLOSESOCKETFUNCTION and
+**   says CURL_POLL_REMOVE afterwards, and a connection's socket with
+**   close_cb after saying CURL_POLL_REMOVE. So:
+**   - a socket that is a kept-alive connection's (learnt when a transfer
+**     on it ends well: CURLINFO_ACTIVESOCKET) is "kept": its poll lives
+**     until close_cb, across transfers, so a reused connection pays no
+**     poll init and close, and CURL_POLL_REMOVE leaves its poll started
+**     as it was (the next transfer usually wants the same events: no
+**     epoll_ctl at all); it stops at its first event while unwatched;
+**   - any other socket's poll is stopped at CURL_POLL_REMOVE and closed
+**     before the libcurl call that said it returns (limbo_flush), unless
+**     that call's end made it kept. Within one libcurl call no other
+**     code opens a descriptor, and the loop does not run.
 ** - braid's handles never keep the loop alive by themselves: the timer
 **   and the polls are referenced only while transfers are added, so that
 **   an idle connection in the cache neither holds braid.run open nor
@@ -23,6 +37,8 @@
 **   copied before the transfer is taken off (which invalidates it).
 */
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include "io/http.h"
 
 /* Easy handles kept for reuse: curl_easy_init costs more than a request
@@ -32,9 +48,13 @@
 
 struct http_sock {
   struct braid_list link;    /* in m->socks until closed */
+  struct braid_list limbo;   /* in m->limbo: REMOVEd, not kept */
   struct http_multi *m;
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;                /* the poll's (UV_READABLE...), 0: stopped */
+  unsigned char kept;        /* a kept-alive connection's (see the top) */
+  unsigned char watched;     /* libcurl watches it (not REMOVEd) */
 };
 
 struct http_multi {
@@ -44,17 +64,24 @@ struct http_multi {
   uv_timer_t timer;
   struct braid_list xfers;   /* struct http_xfer: added */
   struct braid_list socks;   /* struct http_sock: polls open */
+  struct braid_list limbo;   /* struct http_sock: to close (limbo_flush) */
   int active;                /* transfers added */
   int nidle;
-  CURL *idle[HTTP_IDLE];     /* easy handles to reuse (curl_easy_reset) */
+  CURL *idle[HTTP_IDLE];     /* easy handles to reuse */
+  unsigned char clean[HTTP_IDLE];   /* reusable without curl_easy_reset */
   int handles;               /* uv handles not yet closed */
-  unsigned char detached, cleaning;
+  struct http_sock **byfd;   /* the polls by descriptor */
+  size_t nbyfd;
+  unsigned char detached;
 };
 
 static const char multi_key = 'h';
 
 static void multi_handle_closed (struct http_multi *m) {
-  if (--m->handles == 0 && m->detached) free(m);
+  if (--m->handles == 0 && m->detached) {
+    free(m->byfd);
+    free(m);
+  }
 }
 
 static void timer_closed_cb (uv_handle_t *h) {
@@ -69,8 +96,51 @@ static void sock_closed_cb (uv_handle_t *h) {
 }
 
 static void sock_close (struct http_sock *s) {
+  struct http_multi *m = s->m;
+  if ((size_t) s->fd < m->nbyfd && m->byfd[s->fd] == s) m->byfd[s->fd] = NULL;
   braid__list_remove(&s->link);
+  braid__list_remove(&s->limbo);
   uv_close((uv_handle_t *) &s->poll, sock_closed_cb);
+}
+
+/* A poll for fd (not started), in m->byfd; NULL when out of memory. */
+static struct http_sock *sock_new (struct http_multi *m, curl_socket_t fd) {
+  struct http_sock *s;
+  if ((size_t) fd >= m->nbyfd) {
+    size_t n = m->nbyfd ? m->nbyfd : 64;
+    struct http_sock **t;
+    while (n <= (size_t) fd) n *= 2;
+    if ((t = realloc(m->byfd, n * sizeof *t)) == NULL) return NULL;
+    memset(t + m->nbyfd, 0, (n - m->nbyfd) * sizeof *t);
+    m->byfd = t;
+    m->nbyfd = n;
+  }
+  if ((s = calloc(1, sizeof *s)) == NULL) return NULL;
+  if (uv_poll_init_socket(braid_loop(m->E), &s->poll, fd) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->m = m;
+  s->fd = fd;
+  m->handles++;
+  braid__list_push(&m->socks, &s->link);
+  braid__list_init(&s->limbo);
+  m->byfd[fd] = s;
+  return s;
+}
+
+static struct http_sock *sock_find (struct http_multi *m, curl_socket_t fd) {
+  return fd >= 0 && (size_t) fd < m->nbyfd ? m->byfd[fd] : NULL;
+}
+
+/* Closes the polls of the sockets REMOVEd during the libcurl call that
+** just returned, unless they turned out kept (see the top). */
+static void limbo_flush (struct http_multi *m) {
+  while (!braid__list_empty(&m->limbo)) {
+    struct http_sock *s = container_of(m->limbo.next, struct http_sock, limbo);
+    braid__list_remove(&s->limbo);
+    if (!s->kept) sock_close(s);
+  }
 }
 
 /* References h while transfers are added (see the invariants). */
@@ -96,6 +166,13 @@ static void multi_check (struct http_multi *m) {
     CURLcode result = msg->data.result;
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &x);
+    if (result == CURLE_OK && x->fresh_sock) {
+      /* the connection stays in the cache: its socket is kept from now */
+      curl_socket_t fd = CURL_SOCKET_BAD;
+      struct http_sock *s;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_ACTIVESOCKET, &fd);
+      if ((s = sock_find(m, fd)) != NULL) s->kept = 1;
+    }
     braid__http_remove(x);   /* msg is invalid from here */
     braid__http_done(x, result);
   }
@@ -105,11 +182,17 @@ static void multi_action (struct http_multi *m, curl_socket_t fd, int ev) {
   int running;
   curl_multi_socket_action(m->multi, fd, ev, &running);
   multi_check(m);
+  limbo_flush(m);
 }
 
 static void poll_cb (uv_poll_t *h, int status, int events) {
   struct http_sock *s = container_of(h, struct http_sock, poll);
   int ev = 0;
+  if (!s->watched) {   /* an idle kept-alive connection: see the top */
+    uv_poll_stop(&s->poll);
+    s->events = 0;
+    return;
+  }
   if (status < 0) ev = CURL_CSELECT_ERR;
   else {
     if (events & UV_READABLE) ev |= CURL_CSELECT_IN;
@@ -128,31 +211,47 @@ static int socket_cb (CURL *easy, curl_socket_t fd, int what, void *userp,
   struct http_multi *m = (struct http_multi *) userp;
   struct http_sock *s = (struct http_sock *) socketp;
   int events = 0;
-  (void) easy;
   if (what == CURL_POLL_REMOVE) {
     if (s) {
-      sock_close(s);
-      if (!m->cleaning) curl_multi_assign(m->multi, fd, NULL);
+      s->watched = 0;
+      if (!s->kept) {   /* closed at the end of this libcurl call */
+        uv_poll_stop(&s->poll);
+        s->events = 0;
+        braid__list_push(&m->limbo, &s->limbo);
+      }
     }
     return 0;
   }
   if (s == NULL) {
-    if ((s = calloc(1, sizeof *s)) == NULL) return -1;
-    if (uv_poll_init_socket(braid_loop(m->E), &s->poll, fd) != 0) {
-      free(s);
-      return -1;
+    /* a kept socket's poll serves again; any other is a socket this
+    ** number named before, possibly closed: never reused */
+    if ((s = sock_find(m, fd)) != NULL && !s->kept) sock_close(s), s = NULL;
+    if (s == NULL) {
+      struct http_xfer *x = NULL;
+      if ((s = sock_new(m, fd)) == NULL) return -1;
+      multi_ref(m, (uv_handle_t *) &s->poll);
+      curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &x);
+      if (x) x->fresh_sock = 1;   /* multi_check may keep it */
     }
-    s->m = m;
-    s->fd = fd;
-    m->handles++;
-    braid__list_push(&m->socks, &s->link);
-    multi_ref(m, (uv_handle_t *) &s->poll);
     curl_multi_assign(m->multi, fd, s);
   }
+  braid__list_remove(&s->limbo);
+  s->watched = 1;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, poll_cb);
+  if (events != s->events) {   /* uv_poll_start costs two epoll_ctl */
+    uv_poll_start(&s->poll, events, poll_cb);
+    s->events = events;
+  }
   return 0;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: libcurl closes fd, a connection's socket
+** (it has said CURL_POLL_REMOVE if it watched it). The poll goes first. */
+static int close_cb (void *clientp, curl_socket_t fd) {
+  struct http_sock *s = sock_find((struct http_multi *) clientp, fd);
+  if (s) sock_close(s);
+  return close(fd);
 }
 
 /* CURLMOPT_TIMERFUNCTION: -1 stops the timer; 0 means soon, which the
@@ -174,7 +273,6 @@ static void multi_detach (struct braid_loop_user *u) {
     braid__http_done(x, CURLE_ABORTED_BY_CALLBACK);
   }
   while (m->nidle > 0) curl_easy_cleanup(m->idle[--m->nidle]);
-  m->cleaning = 1;
   curl_multi_cleanup(m->multi);
   while (!braid__list_empty(&m->socks))
     sock_close(container_of(m->socks.next, struct http_sock, link));
@@ -210,6 +308,7 @@ struct http_multi *braid__http_multi (braid_engine_t *E, int *rc) {
   uv_unref((uv_handle_t *) &m->timer);
   braid__list_init(&m->xfers);
   braid__list_init(&m->socks);
+  braid__list_init(&m->limbo);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_func);
@@ -225,28 +324,43 @@ struct http_multi *braid__http_multi (braid_engine_t *E, int *rc) {
   return m;
 }
 
-CURL *braid__http_easy_new (braid_engine_t *E) {
+CURL *braid__http_easy_new (braid_engine_t *E, int *fresh) {
   struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
   struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
   CURL *e;
+  *fresh = 1;
   if (m == NULL || m->nidle == 0) return curl_easy_init();
   e = m->idle[--m->nidle];
-  curl_easy_reset(e);
+  if (m->clean[m->nidle]) *fresh = 0;
+  else curl_easy_reset(e);
   return e;
 }
 
-void braid__http_easy_free (braid_engine_t *E, CURL *e) {
+void braid__http_easy_free (braid_engine_t *E, CURL *e, int clean) {
   struct braid_loop_user *u = braid__loop_user_find(E, &multi_key);
   struct http_multi *m = u ? container_of(u, struct http_multi, user) : NULL;
-  if (m && m->nidle < HTTP_IDLE) m->idle[m->nidle++] = e;
-  else curl_easy_cleanup(e);
+  if (m && m->nidle < HTTP_IDLE) {
+    /* no pointer into the freed transfer stays set */
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    m->clean[m->nidle] = (unsigned char) (clean != 0);
+    m->idle[m->nidle++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
+static void easy_sockets (CURL *e, struct http_multi *m) {
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
 }
 
 int braid__http_add (struct http_multi *m, struct http_xfer *x) {
   CURLMcode mc;
+  if (x->fresh) easy_sockets(x->easy, m);
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *) x);
-  if ((mc = curl_multi_add_handle(m->multi, x->easy)) != CURLM_OK)
-    return mc == CURLM_OUT_OF_MEMORY ? UV_ENOMEM : UV_EINVAL;
+  mc = curl_multi_add_handle(m->multi, x->easy);
+  limbo_flush(m);
+  if (mc != CURLM_OK) return mc == CURLM_OUT_OF_MEMORY ? UV_ENOMEM : UV_EINVAL;
   x->m = m;
   braid__list_push(&m->xfers, &x->link);
   if (m->active++ == 0) multi_ref_all(m);
@@ -259,6 +373,7 @@ void braid__http_remove (struct http_xfer *x) {
   x->m = NULL;
   braid__list_remove(&x->link);
   curl_multi_remove_handle(m->multi, x->easy);
+  limbo_flush(m);
   if (--m->active == 0 && !m->detached) multi_ref_all(m);
 }
 
@@ -266,6 +381,7 @@ void braid__http_unpause (struct http_xfer *x) {
   if (!x->paused || x->m == NULL) return;
   x->paused = 0;
   curl_easy_pause(x->easy, CURLPAUSE_CONT);   /* may write at once */
+  limbo_flush(x->m);
 }
 
 #define C(name) [CURLE_##name] = #name

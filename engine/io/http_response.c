@@ -6,11 +6,14 @@
 ** closing it. lua/braid.lua adds res:lines, res:json and res:read("a").
 **
 ** Invariants:
-** - The object is a userdata holding its transfer (NULL once the body has
-**   been read, the response closed, or for request's complete response);
-**   its fields table is user value 1; user value 2 the raw header block,
-**   until res.headers or res:header_list parses it into the fields'
-**   headers and the lists of each header's values, user value 2 then. The transfer points back at the slot (x->owner), which
+** - The object is a userdata (struct http_res) holding its transfer (NULL
+**   once the body has been read, the response closed, or for request's
+**   complete response), the status, time and HTTP version; its user values
+**   are the body (1), the raw header block (2) until res.headers or
+**   res:header_list parses it into the headers table (3) and the lists of
+**   each header's values (2 then), and the URL (4). No table is made for a
+**   response whose script reads only status and body (W7: one per
+**   request). The transfer points back at the slot (x->owner), which
 **   whoever frees the transfer clears.
 ** - An open stream is a resource of the scope that opened it: the scope's
 **   end, res:close, <close> and __gc all free the transfer at once (its
@@ -26,17 +29,26 @@
 #define RES_MT "braid.HttpResponse"
 #define HTTP_LOW ((size_t) 64 << 10)   /* reading below it un-pauses */
 
+/* The userdata; x first: http.h's callers hold it as struct http_xfer **. */
+struct http_res {
+  struct http_xfer *x;
+  lua_Integer status;
+  double time;
+  const char *version;       /* "1.1"..., or NULL when unknown */
+  unsigned char filled;      /* the fields are set */
+};
+
+enum { UV_BODY = 1, UV_HDR, UV_HEADERS, UV_URL, UV_N = UV_URL };
+
 struct http_xfer **braid__http_newres (lua_State *L) {
-  struct http_xfer **ud = lua_newuserdatauv(L, sizeof *ud, 2);
-  *ud = NULL;
+  struct http_res *r = lua_newuserdatauv(L, sizeof *r, UV_N);
+  memset(r, 0, sizeof *r);
   luaL_setmetatable(L, RES_MT);
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, 1);
-  return ud;
+  return &r->x;
 }
 
-/* Sets the fields table's (at -1) headers from the header block hdr (len
-** bytes) and fills the lists (at -2). [-0, +0, m] */
+/* Pushes the headers table from the header block hdr (len bytes) and
+** fills the lists (at -1). [-0, +1, m] */
 static void res_parse_headers (lua_State *L, const char *hdr, size_t len) {
   const char *p = hdr, *end = p + len;
   lua_newtable(L);
@@ -65,12 +77,12 @@ static void res_parse_headers (lua_State *L, const char *hdr, size_t len) {
       lua_insert(L, -2);
       lua_rawset(L, -4);                               /* headers */
       lua_pushvalue(L, -1);
-      if (lua_rawget(L, -5) == LUA_TNIL) {   /* lists (below fields) */
+      if (lua_rawget(L, -4) == LUA_TNIL) {             /* lists */
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -2);
-        lua_rawset(L, -7);
+        lua_rawset(L, -6);
       }
       lua_pushlstring(L, v, (size_t) (ve - v));
       lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
@@ -78,7 +90,6 @@ static void res_parse_headers (lua_State *L, const char *hdr, size_t len) {
     }
     p = eol + 1;
   }
-  lua_setfield(L, -2, "headers");
 }
 
 /* The headers are parsed on first use (res.headers, res:header_list): a
@@ -87,18 +98,16 @@ static void res_parse_headers (lua_State *L, const char *hdr, size_t len) {
 static void res_headers (lua_State *L, int idx) {
   size_t len;
   const char *hdr;
-  if (lua_getiuservalue(L, idx, 2) != LUA_TSTRING) {
+  if (lua_getiuservalue(L, idx, UV_HDR) != LUA_TSTRING) {
     lua_pop(L, 1);
     return;
   }
   hdr = lua_tolstring(L, -1, &len);
   lua_newtable(L);                   /* lists */
-  lua_getiuservalue(L, idx, 1);      /* fields */
-  res_parse_headers(L, hdr, len);
+  res_parse_headers(L, hdr, len);    /* headers */
+  lua_setiuservalue(L, idx, UV_HEADERS);
+  lua_setiuservalue(L, idx, UV_HDR);
   lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, idx, 2);
-  lua_pop(L, 2);
 }
 
 /* Fills the fields of the response at idx from its transfer x. */
@@ -108,6 +117,7 @@ static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
     {CURL_HTTP_VERSION_1_0, "1.0"}, {CURL_HTTP_VERSION_1_1, "1.1"},
     {CURL_HTTP_VERSION_2_0, "2"}, {CURL_HTTP_VERSION_3, "3"}
   };
+  struct http_res *r = (struct http_res *) lua_touserdata(L, idx);
   long status = 0, version = 0;
   char *url = NULL;
   curl_off_t us = 0;
@@ -119,24 +129,18 @@ static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
   curl_easy_getinfo(x->easy, body ? CURLINFO_TOTAL_TIME_T :
                     CURLINFO_STARTTRANSFER_TIME_T, &us);
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
-  lua_setiuservalue(L, idx, 2);
-  lua_getiuservalue(L, idx, 1);
-  lua_pushinteger(L, status);
-  lua_setfield(L, -2, "status");
+  lua_setiuservalue(L, idx, UV_HDR);
   lua_pushstring(L, url ? url : x->url);
-  lua_setfield(L, -2, "url");
-  for (i = 0; i < sizeof versions / sizeof *versions; i++)
-    if (versions[i].v == version) {
-      lua_pushstring(L, versions[i].name);
-      lua_setfield(L, -2, "http_version");
-    }
-  lua_pushnumber(L, (double) us / 1e6);
-  lua_setfield(L, -2, "time");
+  lua_setiuservalue(L, idx, UV_URL);
   if (body && x->out == NULL) {
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
-    lua_setfield(L, -2, "body");
+    lua_setiuservalue(L, idx, UV_BODY);
   }
-  lua_pop(L, 1);
+  r->status = status;
+  r->time = (double) us / 1e6;
+  for (i = 0; i < sizeof versions / sizeof *versions; i++)
+    if (versions[i].v == version) r->version = versions[i].name;
+  r->filled = 1;
 }
 
 void braid__http_finish (lua_State *L, int idx, const char *fname) {
@@ -161,23 +165,16 @@ void braid__http_start_stream (lua_State *L, int idx) {
 }
 
 void braid__http_check (lua_State *L, int idx, const char *fname) {
-  lua_Integer status;
-  lua_getiuservalue(L, idx, 1);
-  lua_getfield(L, -1, "status");
-  status = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  if (status < 400) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_getfield(L, -1, "url");
+  struct http_res *r = (struct http_res *) lua_touserdata(L, idx);
+  if (r->status < 400) return;
+  lua_getiuservalue(L, idx, UV_URL);
   braid_pusherror(L, "http", NULL, "%s %s: status %d", fname,
-                  lua_tostring(L, -1), (int) status);
-  lua_pushinteger(L, status);
+                  lua_tostring(L, -1), (int) r->status);
+  lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
   lua_insert(L, -2);
   lua_setfield(L, -2, "url");
-  lua_getfield(L, -2, "body");
+  lua_getiuservalue(L, idx, UV_BODY);
   lua_setfield(L, -2, "body");
   lua_pushvalue(L, idx);
   lua_setfield(L, -2, "response");
@@ -188,17 +185,40 @@ static struct http_xfer **res_check (lua_State *L, const char *fname) {
   return (struct http_xfer **) braid__check_object(L, 1, RES_MT, fname);
 }
 
-/* Fields first, then methods (the upvalue). */
+/* Fields first (from the object), then methods (the upvalue). */
 static int l_res_index (lua_State *L) {
-  const char *k;
-  lua_getiuservalue(L, 1, 1);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, -2) != LUA_TNIL) return 1;
-  if (lua_type(L, 2) == LUA_TSTRING &&
-      strcmp((k = lua_tostring(L, 2)), "headers") == 0) {
-    res_headers(L, 1);
-    lua_getfield(L, -2, "headers");
-    return 1;
+  struct http_res *r = (struct http_res *) lua_touserdata(L, 1);
+  size_t n;
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n)
+                                                 : NULL;
+  if (k && r->filled) {
+    switch (n) {
+    case 3:
+      if (memcmp(k, "url", 3) == 0) return lua_getiuservalue(L, 1, UV_URL), 1;
+      break;
+    case 4:
+      if (memcmp(k, "body", 4) == 0)
+        return lua_getiuservalue(L, 1, UV_BODY), 1;
+      if (memcmp(k, "time", 4) == 0) return lua_pushnumber(L, r->time), 1;
+      break;
+    case 6:
+      if (memcmp(k, "status", 6) == 0)
+        return lua_pushinteger(L, r->status), 1;
+      break;
+    case 7:
+      if (memcmp(k, "headers", 7) == 0) {
+        res_headers(L, 1);
+        return lua_getiuservalue(L, 1, UV_HEADERS), 1;
+      }
+      break;
+    case 12:
+      if (memcmp(k, "http_version", 12) == 0) {
+        if (r->version) lua_pushstring(L, r->version);
+        else lua_pushnil(L);
+        return 1;
+      }
+      break;
+    }
   }
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1));
@@ -215,7 +235,7 @@ static int l_res_header_list (lua_State *L) {
   braid__check_type(L, 2, LUA_TSTRING, "res:header_list");
   name = lua_tolstring(L, 2, &n);
   res_headers(L, 1);
-  if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && n < sizeof low) {
+  if (lua_getiuservalue(L, 1, UV_HDR) == LUA_TTABLE && n < sizeof low) {
     for (i = 0; i < n; i++) low[i] = (char) tolower((unsigned char) name[i]);
     if (lua_getfield(L, -1, (low[n] = '\0', low)) == LUA_TTABLE) {
       lua_Integer k, len = (lua_Integer) lua_rawlen(L, -1);
@@ -316,10 +336,9 @@ static int l_res_gc (lua_State *L) {
 }
 
 static int l_res_tostring (lua_State *L) {
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "status");
-  lua_getfield(L, -2, "url");
-  lua_pushfstring(L, "<http response %s %s>", lua_tostring(L, -2),
+  struct http_res *r = (struct http_res *) lua_touserdata(L, 1);
+  lua_getiuservalue(L, 1, UV_URL);
+  lua_pushfstring(L, "<http response %d %s>", (int) r->status,
                   lua_tostring(L, -1));
   return 1;
 }
