@@ -57,8 +57,7 @@ static void task_stop (lua_State *L, struct braid_task *t, int why) {
     fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
             "running Lua code %g s after it was cancelled\n", t->id,
             braid__task_name(L, t, 0), braid__task_site(L, t, 0),
-            (double) (t->scope.outer ? t->scope.outer->grace_ns
-                                     : t->E->grace_ns) / 1e9);
+            (double) braid__scope_grace(&t->scope) / 1e9);
     lua_pop(L, 1);
     t->abandoned = 1;   /* braid calls refuse to wait from now on */
   }
@@ -91,8 +90,7 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
   }
   if (t->inner->cancelled) {   /* the grace period is watched */
     if (t->grace_end == 0)
-      t->grace_end = uv_hrtime() + (t->scope.outer ? t->scope.outer->grace_ns
-                                                   : E->grace_ns);
+      t->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
     if (window == 0 || window > WATCH_WINDOW) window = WATCH_WINDOW;
   }
   if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);

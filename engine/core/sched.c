@@ -12,6 +12,7 @@
 ** - The drain resumes at most DRAIN_BUDGET tasks, then lets the loop poll,
 **   so I/O and timers get their turn.
 */
+#include <string.h>
 #include "core.h"
 
 #define DRAIN_BUDGET 20000
@@ -59,8 +60,66 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   w->release = NULL;
   w->what = what;
   w->since = braid__now_ms(t->E);
-  t->waiting = 1;   /* w is always &t->w */
+  t->waiting = 1;   /* w is always t->w */
   t->wake = WAKE_NONE;
+}
+
+/* Wait records. A task takes one when it starts and gives it back when it
+** ends: a pending task (W1's 100k spawned before any runs) carries only a
+** pointer. Spares are kept in E->wait_free, chained through their first
+** bytes, and freed by braid__wait_drop. Under AddressSanitizer a record
+** goes straight back to the allocator instead, so that a use after its
+** task ended is reported rather than hidden by the reuse. */
+#if defined(__SANITIZE_ADDRESS__)
+#define WAIT_NOREUSE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WAIT_NOREUSE 1
+#endif
+#endif
+
+struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  struct braid_wait *w = E->wait_free;
+  if (w) memcpy(&E->wait_free, w, sizeof w);
+  else {
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    w = (struct braid_wait *) f(ud, NULL, 0, sizeof *w);
+    if (w == NULL) luaL_error(L, "not enough memory");
+  }
+  memset(w, 0, sizeof *w);
+  w->task = t;
+  return w;
+}
+
+/* Called once the task has ended: nothing refers to the record now (an op
+** ends with its continuation or its on_cancel, a scheduler wait with its
+** cancel hook or its wake). Allocates nothing. */
+void braid__wait_put (struct braid_task *t) {
+  struct braid_wait *w = t->w;
+  if (w == NULL) return;
+  t->w = NULL;
+#ifdef WAIT_NOREUSE
+  {
+    void *ud;
+    lua_Alloc f = lua_getallocf(t->E->S, &ud);
+    f(ud, w, sizeof *w, 0);
+  }
+#else
+  memcpy(w, &t->E->wait_free, sizeof w);
+  t->E->wait_free = w;
+#endif
+}
+
+void braid__wait_drop (braid_engine_t *E, lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  while (E->wait_free) {
+    struct braid_wait *w = E->wait_free;
+    memcpy(&E->wait_free, w, sizeof w);
+    f(ud, w, sizeof *w, 0);
+  }
 }
 
 /* fname is the function as the script wrote it ("braid.sleep",

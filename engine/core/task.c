@@ -22,7 +22,8 @@
 #define TASK_MT "braid.Task"
 #define POOL_MAX 256
 
-/* the coroutines tasks run in (weak keys): coroutine.close refuses them */
+/* Marks the coroutines tasks run in (their extra space: no table entry
+** per coroutine): coroutine.resume and coroutine.close refuse them. */
 const char braid__threads_key = 't';
 
 const char *const braid__status_names[] = {
@@ -218,6 +219,7 @@ void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
 void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   lua_State *co;
   int i;
+  if (t->w == NULL) t->w = braid__wait_get(S, t);   /* kept when raising */
   if (E->pool_n > 0) {
     lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
     lua_rawgeti(S, -1, E->pool_n);
@@ -227,11 +229,7 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     co = lua_tothread(S, -1);
   } else {
     co = lua_newthread(S);
-    lua_rawgetp(S, LUA_REGISTRYINDEX, &braid__threads_key);
-    lua_pushvalue(S, -2);
-    lua_pushboolean(S, 1);
-    lua_rawset(S, -3);
-    lua_pop(S, 1);
+    braid__thread_mark(co);
   }
   lua_getiuservalue(S, -2, 1);
   if (!lua_checkstack(co, t->nargs + 4)) luaL_error(S, "not enough memory");
@@ -256,7 +254,7 @@ static void task_finish (struct braid_task *t) {
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
   if (E->trace) braid__trace_finish(t);
-  if (s->error_ref != LUA_NOREF) {
+  if (SCOPE_REF(s, error_ref) != LUA_NOREF) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
     t->status = TASK_FAILED;
@@ -275,6 +273,7 @@ static void task_finish (struct braid_task *t) {
     braid__list_remove(&w->link);
     w->done(w, t);
   }
+  braid__wait_put(t);
   braid__scope_member_done(S, s->outer, t);
   braid__scope_release(s);
   task_unanchor(S, E, t);
@@ -321,7 +320,7 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
   pool_put(E, S, t, co);
   if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
     lua_pop(S, 1);
-    braid__task_wait(t, &t->w, NULL, "its members");
+    braid__task_wait(t, t->w, NULL, "its members");
     t->status = TASK_SUSPENDED;
     s->joining = 1;
     return;
@@ -391,11 +390,11 @@ static int l_task_await (lua_State *L) {
   if (t == target)
     braid_usageerror(L, "task:await: a task cannot await itself");
   braid__task_checkyield(L, t, "task:await");
-  braid__task_wait(t, &t->w, await_cancel, "await");
+  braid__task_wait(t, t->w, await_cancel, "await");
   if (t->E->trace) braid__trace_label(t->E, "await task %u", target->id);
-  t->w.target = target;
-  t->w.watch.done = await_done;
-  braid__list_push(&target->watchers, &t->w.watch.link);
+  t->w->target = target;
+  t->w->watch.done = await_done;
+  braid__list_push(&target->watchers, &t->w->watch.link);
   return braid__task_yield(L, t, (lua_KContext) t, await_k);
 }
 
@@ -488,9 +487,9 @@ static int l_task_tostring (lua_State *L) {
   if (t->waiting && !TASK_DONE(t) && t->E->running) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.1fs",
-             (braid__now_ms(t->E) - t->w.since) / 1000.0);
+             (braid__now_ms(t->E) - t->w->since) / 1000.0);
     lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
-                    braid__status_names[t->status], t->w.what, secs);
+                    braid__status_names[t->status], t->w->what, secs);
   } else {
     lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
                     braid__status_names[t->status]);
