@@ -88,7 +88,10 @@ struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
     w = (struct braid_wait *) f(ud, NULL, 0, sizeof *w);
     if (w == NULL) luaL_error(L, "not enough memory");
   }
-  memset(w, 0, sizeof *w);
+  /* Only what is read before the task's first wait writes it: each wait
+  ** sets its own fields, as when a task's waits follow one another. */
+  w->cancel = NULL;
+  w->release = NULL;
   w->task = t;
   return w;
 }
