@@ -289,17 +289,6 @@ void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
 extern const char braid__suspended_key, braid__threads_key;
-/* A task's coroutine is marked in its extra space, which lua_newthread
-** copies from the main thread (never marked) and nothing of braid's or of
-** Lua's writes otherwise (a C module that did is out of scope, as for the
-** registry: docs/internals.md, "Safe against scripts"). */
-_Static_assert(LUA_EXTRASPACE >= sizeof(void *), "room for the mark");
-static inline void braid__thread_mark (lua_State *co) {
-  *(const void **) lua_getextraspace(co) = &braid__threads_key;
-}
-static inline int braid__thread_marked (lua_State *co) {
-  return *(const void **) lua_getextraspace(co) == &braid__threads_key;
-}
 extern const char *const braid__status_names[];
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);

@@ -137,7 +137,7 @@ static int co_in (lua_State *L, const void *key, lua_State *co) {
 
 static int co_held (lua_State *L, lua_State *co) {
   return lua_status(co) == LUA_YIELD &&
-         (co_in(L, &braid__suspended_key, co) || braid__thread_marked(co));
+         (co_in(L, &braid__suspended_key, co) || co_in(L, &braid__threads_key, co));
 }
 
 #define CO_HELD_MSG \
@@ -225,11 +225,6 @@ void braid__open_coroutine (lua_State *L) {
     lua_pop(L, 1);
   }
   weak_table(L, &braid__suspended_key);
-  /* lua_newstate leaves the main thread's extra space as the allocator
-  ** gave it, and new threads copy it: make sure it cannot read as marked. */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  if (braid__thread_marked(lua_tothread(L, -1)))
-    *(void **) lua_getextraspace(lua_tothread(L, -1)) = NULL;
-  lua_pop(L, 1);
+  weak_table(L, &braid__threads_key);
 }
 

@@ -22,8 +22,7 @@
 #define TASK_MT "braid.Task"
 #define POOL_MAX 256
 
-/* Marks the coroutines tasks run in (their extra space: no table entry
-** per coroutine): coroutine.resume and coroutine.close refuse them. */
+/* the coroutines tasks run in (weak keys): coroutine.close refuses them */
 const char braid__threads_key = 't';
 
 const char *const braid__status_names[] = {
@@ -229,7 +228,11 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     co = lua_tothread(S, -1);
   } else {
     co = lua_newthread(S);
-    braid__thread_mark(co);
+    lua_rawgetp(S, LUA_REGISTRYINDEX, &braid__threads_key);
+    lua_pushvalue(S, -2);
+    lua_pushboolean(S, 1);
+    lua_rawset(S, -3);
+    lua_pop(S, 1);
   }
   lua_getiuservalue(S, -2, 1);
   if (!lua_checkstack(co, t->nargs + 4)) luaL_error(S, "not enough memory");
