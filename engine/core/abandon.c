@@ -23,13 +23,13 @@ void braid__abandon_each (struct braid_task *t, void *ud) {
 /* Abandons the scopes t owns, innermost first, and every task below them. */
 static void abandon_below (struct braid_task *t) {
   struct braid_scope *s;
-  for (s = t->inner; ; s = s->outer) {
+  for (s = braid__task_inner(t); ; s = s->outer) {
     braid__scope_each_task(s, braid__abandon_each, NULL);
     if (s == &t->scope) break;
   }
-  while (t->inner != &t->scope) {
-    s = t->inner;
-    t->inner = s->outer;
+  while (braid__task_inner(t) != &t->scope) {
+    s = braid__task_inner(t);
+    braid__task_set_inner(t, s->outer);
     braid__scope_release(s);
   }
 }

@@ -243,23 +243,40 @@ struct braid_task {
   unsigned char nopool;        /* hit the instruction budget: not reused */
   unsigned char stop;          /* STOP_*: only unwinds from now on */
   unsigned char waiting;       /* t->w is its pending operation */
-  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
   union {                      /* never both: */
     int nargs;                 /* arguments packed with the function (pending) */
     int nres;                  /* results kept after the end */
   };
   int line;                    /* spawn site: this line of user value 3 */
-  struct braid_scope *inner;   /* innermost scope of the running body */
   union {                      /* t->E is the task scope's E: one word */
     struct braid_scope scope;  /* the task's own scope */
     struct { braid_engine_t *E; };
   };
-  struct braid_wait *w;        /* its wait record while started, or NULL */
+  struct braid_wait *w;        /* from its start to its end, or NULL: the
+                               ** wait of a struct braid_started */
   struct braid_task *next;     /* ready queue */
   struct braid_list watchers;  /* struct braid_watch */
 };
 
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
+
+/* What a task needs only from its start to its end, in one block with its
+** wait record (sched.c), so that a pending task does not carry it. */
+struct braid_started {
+  struct braid_wait w;         /* first: t->w points here */
+  struct braid_scope *inner;   /* innermost scope of the running body */
+  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
+};
+#define TASK_STARTED(t) ((struct braid_started *) (t)->w)
+
+/* The task's innermost scope: its own until it starts and after it ends. */
+static inline struct braid_scope *braid__task_inner (struct braid_task *t) {
+  return t->w ? TASK_STARTED(t)->inner : &t->scope;
+}
+static inline void braid__task_set_inner (struct braid_task *t,
+                                          struct braid_scope *s) {
+  TASK_STARTED(t)->inner = s;   /* only a started task enters scopes */
+}
 _Static_assert(offsetof(struct braid_scope, E) == 0,
                "t->E must alias t->scope.E");
 

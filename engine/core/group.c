@@ -210,7 +210,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   t->wake = WAKE_NONE;
   s->joining = 0;
-  t->inner = s->outer;
+  braid__task_set_inner(t, s->outer);
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
   list = lua_gettop(L);
   if (SCOPE_REF(s, error_ref) != LUA_NOREF) return braid__scope_raise(L, s);
@@ -317,7 +317,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(t->inner);
+  uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(braid__task_inner(t));
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {

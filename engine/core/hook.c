@@ -47,7 +47,8 @@ static void stop_hook (lua_State *L, lua_Debug *ar) {
   if (t->stop == STOP_BUDGET)
     luaL_error(L, "instruction budget exceeded (%d instructions without "
                "suspending)", E->budget);
-  braid__push_cancel(L, t->inner->cancelled ? t->inner->cause : &t->scope);
+  struct braid_scope *in = braid__task_inner(t);
+  braid__push_cancel(L, in->cancelled ? in->cause : &t->scope);
   lua_error(L);
 }
 
@@ -88,9 +89,9 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
       return;
     }
   }
-  if (t->inner->cancelled) {   /* the grace period is watched */
-    if (t->grace_end == 0)
-      t->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
+  if (braid__task_inner(t)->cancelled) {   /* the grace period is watched */
+    if (TASK_STARTED(t)->grace_end == 0)
+      TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
     if (window == 0 || window > WATCH_WINDOW) window = WATCH_WINDOW;
   }
   if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);
@@ -113,7 +114,9 @@ static void task_hook (lua_State *L, lua_Debug *ar) {
   if (t == NULL) return;
   if (E->budget && L == t->co)   /* a nested window was charged up front */
     E->budget_left -= lua_gethookcount(L);
-  if (t->grace_end && uv_hrtime() > t->grace_end) task_stop(L, t, STOP_GRACE);
+  if (t->w && TASK_STARTED(t)->grace_end &&
+      uv_hrtime() > TASK_STARTED(t)->grace_end)
+    task_stop(L, t, STOP_GRACE);
   braid__hook_arm(E, L, L != t->co);   /* the next window, or the stop */
   if (t->stop) stop_hook(L, NULL);
 }

@@ -85,9 +85,11 @@ struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
   else {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
-    w = (struct braid_wait *) f(ud, NULL, 0, sizeof *w);
+    w = (struct braid_wait *) f(ud, NULL, 0, sizeof(struct braid_started));
     if (w == NULL) luaL_error(L, "not enough memory");
   }
+  ((struct braid_started *) w)->inner = &t->scope;
+  ((struct braid_started *) w)->grace_end = 0;
   /* Only what is read before the task's first wait writes it: each wait
   ** sets its own fields, as when a task's waits follow one another. */
   w->cancel = NULL;
@@ -107,7 +109,7 @@ void braid__wait_put (struct braid_task *t) {
   {
     void *ud;
     lua_Alloc f = lua_getallocf(t->E->S, &ud);
-    f(ud, w, sizeof *w, 0);
+    f(ud, w, sizeof(struct braid_started), 0);
   }
 #else
   memcpy(w, &t->E->wait_free, sizeof w);
@@ -121,7 +123,7 @@ void braid__wait_drop (braid_engine_t *E, lua_State *L) {
   while (E->wait_free) {
     struct braid_wait *w = E->wait_free;
     memcpy(&E->wait_free, w, sizeof w);
-    f(ud, w, sizeof *w, 0);
+    f(ud, w, sizeof(struct braid_started), 0);
   }
 }
 
@@ -149,8 +151,9 @@ void braid__task_checkyield (lua_State *L, struct braid_task *t,
 }
 
 void braid__task_checkcancel (lua_State *L, struct braid_task *t) {
-  if (t->inner->cancelled) {
-    braid__push_cancel(L, t->inner->cause);
+  struct braid_scope *in = braid__task_inner(t);
+  if (in->cancelled) {
+    braid__push_cancel(L, in->cause);
     lua_error(L);
   }
 }
@@ -168,7 +171,7 @@ void braid__task_resumed (lua_State *L, struct braid_task *t) {
   int how = t->wake;
   t->wake = WAKE_NONE;
   if (how == WAKE_CANCEL) {
-    braid__push_cancel(L, t->inner->cause);
+    braid__push_cancel(L, braid__task_inner(t)->cause);
     lua_error(L);
   }
   if (how == WAKE_NOYIELD)   /* co_resume has undone the wait already */

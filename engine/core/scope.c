@@ -107,7 +107,7 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   s->cancelled = 1;
   s->cause = cause;
   if (s->E->trace) braid__trace_cancel(s, cause);
-  if (t && t->inner == s && t->waiting && t->w->cancel &&
+  if (t && braid__task_inner(t) == s && t->waiting && t->w->cancel &&
       t->wake == WAKE_NONE) {
     t->w->cancel(t->w);
     braid__task_wake(t, WAKE_CANCEL);
@@ -180,7 +180,7 @@ static void resource_link (struct braid_scope *s, braid_resource_t *r) {
 ** braid.scope. timeout, shield and group scopes are bookkeeping within a
 ** call; what a call returns from inside them must outlive them. */
 struct braid_scope *braid__scope_here (lua_State *L, int shields) {
-  struct braid_scope *s = braid_engine(L)->current->inner;
+  struct braid_scope *s = braid__task_inner(braid_engine(L)->current);
   while (s->kind != SCOPE_TASK && s->kind != SCOPE_PLAIN &&
          !(shields && s->kind == SCOPE_SHIELD))
     s = s->outer;
@@ -343,7 +343,7 @@ int braid__scope_raise (lua_State *L, struct braid_scope *s) {
 /* Ends s: pops it, then returns the body's results or raises. */
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
-  t->inner = s->outer;
+  braid__task_set_inner(t, s->outer);
   if (s->kind == SCOPE_PLAIN) {
     struct braid_plain_scope *ps = (struct braid_plain_scope *) s;
     if (ps->handle) *ps->handle = NULL;
@@ -436,8 +436,8 @@ void *braid__scope_new (lua_State *L, size_t size) {
 ** t->inner never points at a userdata the collector could free. */
 void braid__scope_enter (struct braid_task *t, struct braid_scope *s,
                          int kind) {
-  braid__scope_init(s, t->E, kind, t, t->inner);
-  t->inner = s;
+  braid__scope_init(s, t->E, kind, t, braid__task_inner(t));
+  braid__task_set_inner(t, s);
 }
 
 static const char *const scope_options[] = {"grace", NULL};
@@ -451,7 +451,7 @@ static int l_scope_run (lua_State *L) {
   uint64_t grace;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
   braid__check_options(L, 2, "braid.scope", scope_options);
-  grace = braid__opt_seconds(L, 2, "grace", braid__scope_grace(t->inner),
+  grace = braid__opt_seconds(L, 2, "grace", braid__scope_grace(braid__task_inner(t)),
                              "braid.scope");
   braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
@@ -461,7 +461,7 @@ static int l_scope_run (lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   ps = braid__scope_new(L, sizeof *ps);                     /* 4 */
   s = &ps->s;
-  if (grace != braid__scope_grace(t->inner)) {   /* before: it may raise */
+  if (grace != braid__scope_grace(braid__task_inner(t))) {   /* before: it may raise */
     if ((ps->s.more = braid__calloc(1, sizeof *ps->s.more)) == NULL)
       braid_error(L, "memory", NULL, "braid.scope: not enough memory");
     more_init(&ps->s, ps->s.more);

@@ -134,7 +134,7 @@ int braid_suspend_soft (lua_State *L, const char *what, size_t size,
                         void *ud) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t = E ? E->current : NULL;
-  if (t == NULL || t->abandoned || t->inner->cancelled ||
+  if (t == NULL || t->abandoned || braid__task_inner(t)->cancelled ||
       !lua_isyieldable(L) || E->noyield)
     return 0;
   return op_suspend(L, t, what, size, start, on_cancel, ud, NULL, 1);

@@ -151,7 +151,6 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->id = ++E->next_id;
   t->nargs = nargs;
   t->status = TASK_PENDING;
-  t->inner = &t->scope;
   braid__list_init(&t->watchers);
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     t->line = ar.currentline;   /* the file is found from the function */
@@ -516,9 +515,10 @@ static int l_task_spawn (lua_State *L) {
 ** session (the root task's scope) so that they outlive the entry. */
 struct braid_scope *braid__spawn_scope (struct braid_task *t) {
   braid_engine_t *E = t->E;
-  if (t == E->entry && t->inner == &t->scope && E->root)
+  struct braid_scope *in = braid__task_inner(t);
+  if (t == E->entry && in == &t->scope && E->root)
     return &E->root->scope;
-  return t->inner;
+  return in;
 }
 
 braid_task_t *braid__spawn (lua_State *L, struct braid_scope *into, int fidx,

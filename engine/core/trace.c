@@ -465,7 +465,7 @@ void braid__trace_cancel (struct braid_scope *s, struct braid_scope *cause) {
     tr->origin = s;
   }
   if (tr->origin != cause || t == NULL || t->id == tr->origin_tid ||
-      (s->kind != SCOPE_TASK && (t->inner != s || s->kind == SCOPE_GROUP)) ||
+      (s->kind != SCOPE_TASK && (braid__task_inner(t) != s || s->kind == SCOPE_GROUP)) ||
       TASK_DONE(t))
     return;
   ev(tr, 'i', t->id, ts);
