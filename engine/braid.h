@@ -206,7 +206,7 @@ typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 ** calls braid_check_suspend(L, "app.query") first, as braid's primitives
 ** do ("braid.sleep" waits in "sleep"). Results that cannot be moved onto
 ** the task's stack raise kind "memory" instead. An op and up to 56 bytes
-** of data live inside the task: suspending allocates nothing. */
+** of data live in the task's wait record: suspending allocates nothing. */
 BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
                             braid_start_fn start, braid_cancel_fn on_cancel,
                             void *ud);

@@ -42,9 +42,9 @@ end
 function helper.proc_state(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("a")   -- nil when it was reaped between open and read
   f:close()
-  return s:match("%) (%a)")
+  return s and s:match("%) (%a)")
 end
 
 -- helper.gone_within(pid, secs) -> true once pid is reaped (not a zombie),

@@ -23,13 +23,13 @@ void braid__abandon_each (struct braid_task *t, void *ud) {
 /* Abandons the scopes t owns, innermost first, and every task below them. */
 static void abandon_below (struct braid_task *t) {
   struct braid_scope *s;
-  for (s = t->inner; ; s = s->outer) {
+  for (s = braid__task_inner(t); ; s = s->outer) {
     braid__scope_each_task(s, braid__abandon_each, NULL);
     if (s == &t->scope) break;
   }
-  while (t->inner != &t->scope) {
-    s = t->inner;
-    t->inner = s->outer;
+  while (braid__task_inner(t) != &t->scope) {
+    s = braid__task_inner(t);
+    braid__task_set_inner(t, s->outer);
     braid__scope_release(s);
   }
 }
@@ -98,7 +98,7 @@ void braid__task_abandon (struct braid_task *t) {
   abandon_below(t);
   if (TASK_DONE(t)) return;   /* it was only waiting for those members */
   if (E->trace) braid__trace_abandon(t);
-  if (t->waiting && t->w.cancel) t->w.cancel(&t->w);
+  if (t->waiting && t->w->cancel) t->w->cancel(t->w);
   else braid__op_release(t);   /* completed, continuation not run */
   t->waiting = 0;
   t->abandoned = 1;
@@ -118,14 +118,16 @@ void braid__task_abandon (struct braid_task *t) {
     fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
             "running %g s after it was cancelled\n", t->id,
             braid__task_name(S, t, 0), braid__task_site(S, t, 0),
-            (double) t->scope.outer->grace_ns / 1e9);
+            (double) braid__scope_grace(t->scope.outer) / 1e9);
     lua_pop(S, 1);
   }
   /* Whatever cancelled it before, it ends abandoned: a reason given then,
   ** and the cancellation error made with it, give way. */
-  luaL_unref(S, LUA_REGISTRYINDEX, t->scope.reason_ref);
-  luaL_unref(S, LUA_REGISTRYINDEX, t->scope.cancel_ref);
-  t->scope.reason_ref = t->scope.cancel_ref = LUA_NOREF;
+  if (t->scope.more) {
+    luaL_unref(S, LUA_REGISTRYINDEX, t->scope.more->reason_ref);
+    luaL_unref(S, LUA_REGISTRYINDEX, t->scope.more->cancel_ref);
+    t->scope.more->reason_ref = t->scope.more->cancel_ref = LUA_NOREF;
+  }
   lua_pushliteral(S, "abandoned after its grace period");
   braid__scope_set_reason(S, &t->scope, -1);
   lua_pop(S, 1);

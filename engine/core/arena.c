@@ -40,11 +40,20 @@
 #endif
 #ifdef ARENA_ASAN
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/lsan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+/* LeakSanitizer looks for pointers in malloc's blocks, not in mmap'd
+** memory: a region is a root, or what only Lua objects in it point to (a
+** process braid still tracks when os.exit leaves without closing the
+** state) would be reported as leaked. */
+#define ROOT_ADD(p, n) __lsan_register_root_region(p, n)
+#define ROOT_DEL(p, n) __lsan_unregister_root_region(p, n)
 #else
 #define POISON(p, n) ((void) (p), (void) (n))
 #define UNPOISON(p, n) ((void) (p), (void) (n))
+#define ROOT_ADD(p, n) ((void) (p), (void) (n))
+#define ROOT_DEL(p, n) ((void) (p), (void) (n))
 #endif
 
 #define REGION ((size_t) 2 << 20)      /* one huge page */
@@ -131,6 +140,7 @@ static int arena_grow (struct braid_arena *A) {
     munmap(r, REGION);
     return 0;
   }
+  ROOT_ADD(r, REGION);
   if (rest >= 16) {   /* whole classes only: every size is a multiple of 16 */
     UNPOISON(A->bump, sizeof(void *));
     *(void **) A->bump = A->free[CLASS(rest)];
@@ -255,6 +265,7 @@ void braid__arena_free (struct braid_arena *A) {
   for (i = 0; i < A->cap; i++)
     if (A->keys[i]) {
       UNPOISON((void *) A->keys[i], REGION);
+      ROOT_DEL((void *) A->keys[i], REGION);
       munmap((void *) A->keys[i], REGION);
     }
   free(A->keys);

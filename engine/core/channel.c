@@ -3,7 +3,7 @@
 ** (select.c). Semaphores and events are sync.c's.
 **
 ** Channels keep their waiters in FIFO lists of the tasks' own waits
-** (t->w.chan.link), so waiting allocates nothing and a cancelled waiter
+** (t->w->chan.link), so waiting allocates nothing and a cancelled waiter
 ** unlinks itself in O(1) and leaves no trace. A select
 ** has a node in the queue of each of its channels (struct
 ** braid_chan_node, core.h).
@@ -253,8 +253,8 @@ static void chan_cancel (struct braid_wait *w) {
 static int chan_wait (lua_State *L, struct braid_task *t,
                       struct braid_chan *c, int recv, const char *what,
                       lua_KFunction k) {
-  struct braid_chan_node *n = &t->w.chan;
-  braid__task_wait(t, &t->w, chan_cancel, what);
+  struct braid_chan_node *n = &t->w->chan;
+  braid__task_wait(t, t->w, chan_cancel, what);
   n->task = t;
   n->L = L;
   n->sel = NULL;
@@ -262,7 +262,7 @@ static int chan_wait (lua_State *L, struct braid_task *t,
   n->val_idx = 2;
   n->recv = (unsigned char) recv;
   n->got = 0;
-  if (recv) t->w.release = chan_release;
+  if (recv) t->w->release = chan_release;
   braid__chan_enqueue(c, n);
   return braid__task_yield(L, t, (lua_KContext) t, k);
 }
@@ -272,7 +272,7 @@ static int chan_send_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   if (t->wake == WAKE_OK) {
     t->wake = WAKE_NONE;
-    if (t->w.chan.got) return 0;   /* a receiver took the value */
+    if (t->w->chan.got) return 0;   /* a receiver took the value */
     return braid_error(L, "closed", NULL, "channel:send: the channel "
                               "was closed while the value waited");
   }
@@ -298,10 +298,10 @@ static int l_chan_send (lua_State *L) {
 static int chan_recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = (struct braid_task *) ctx;
   (void) status;
-  t->w.release = NULL;
+  t->w->release = NULL;
   if (t->wake == WAKE_OK) {
     t->wake = WAKE_NONE;
-    if (!t->w.chan.got) {       /* woken by close */
+    if (!t->w->chan.got) {       /* woken by close */
       lua_pushnil(L);
       lua_pushboolean(L, 0);
       return 2;

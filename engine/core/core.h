@@ -75,7 +75,7 @@ struct braid_task;
 #define BRAID_OP_INLINE 56
 
 /* A channel operation waiting in one of a channel's queues (channel.c): a
-** plain send or recv is its task's own wait (t->w.chan); a braid.select
+** plain send or recv is its task's own wait (t->w->chan); a braid.select
 ** (select.c) has one for each case. The values stay on the stack of the
 ** thread suspended in the call (L): a sender's at val_idx, where a
 ** receiver copies it from; a value handed to a receiver is pushed on top,
@@ -94,7 +94,9 @@ struct braid_chan_node {
                                  ** 0 when woken by close */
 };
 
-/* A wait is always its task's t->w: WAIT_TASK(w) finds the task. */
+/* A task's wait record, t->w: a block of its own, taken when the task
+** starts and given back when it ends (sched.c), so that a task that is
+** pending or has ended does not carry it. */
 struct braid_wait {
   /* Undo the operation at the C level; NULL for waits that cancellation
   ** must not interrupt (a scope joining its children). */
@@ -105,6 +107,7 @@ struct braid_wait {
   ** (braid__task_wait clears it) and cleared by the continuation. */
   void (*release)(struct braid_wait *w);
   const char *what;                    /* for deadlock reports and dump */
+  struct braid_task *task;             /* whose wait it is (WAIT_TASK) */
   uint64_t since;                      /* loop time (ms) the wait began */
   union {
     struct {                           /* the scheduler's own waits */
@@ -117,13 +120,13 @@ struct braid_wait {
       lua_State *L;                    /* the thread that suspended */
       braid_k_fn k;
       braid_cancel_fn on_cancel;
-      void *data;                      /* inline, or a userdata */
       int nres;
       unsigned char state;
       unsigned char holds;             /* counted in E->io_ops */
       unsigned char soft;              /* braid_suspend_soft */
+      unsigned char ext;               /* data is a userdata, at inl.p */
       union { void *p; double d; uint64_t u; char bytes[BRAID_OP_INLINE]; }
-        inl;                           /* aligned as a Lua userdata */
+        inl;                           /* the data, aligned as a userdata */
     };
   };
 };
@@ -131,7 +134,15 @@ struct braid_wait {
 /* braid_op_t is the task's wait: ops live inside their task. */
 #define OP_WAIT(op) ((struct braid_wait *) (op))
 #define WAIT_OP(w) ((braid_op_t *) (w))
+#define WAIT_TASK(wp) ((wp)->task)
 void braid__op_release(struct braid_task *t);
+/* Wait records (sched.c): get raises "not enough memory" (scheduler
+** context: with the reserve, as any allocation there); put takes a task's
+** back when it ends; drop frees the spare ones, while the allocator that
+** made them is still the state's (the end of braid.run, braid_close). */
+struct braid_wait *braid__wait_get(lua_State *L, struct braid_task *t);
+void braid__wait_put(struct braid_task *t);
+void braid__wait_drop(braid_engine_t *E, lua_State *L);
 
 /* ---- scopes ---- */
 
@@ -152,15 +163,35 @@ struct braid_scope {
   braid_resource_t resources;  /* a list: this one is its head */
   unsigned pending;            /* members not ended (children, adopted) */
   unsigned char kind, cancelled, joining, deadline_fired, body_failed;
+  unsigned char own_grace;     /* more->grace_ns is its own (else outer's) */
   int base;                    /* stack slot below the body's results */
   struct braid_scope *cause;   /* the scope whose cancel reached this one */
+  struct scope_more *more;     /* made on first use: most scopes need none */
+};
+
+/* What a scope needs only once it fails, is cancelled with a reason, has a
+** deadline or a grace period of its own, or its members outlive a cancel:
+** made on first use (scope.c), freed by braid__scope_release. Read the
+** refs with SCOPE_REF (LUA_NOREF without the struct). */
+struct scope_more {
+  struct braid_timer deadline, grace;
+  struct braid_scope *s;
+  uint64_t timeout_ns;         /* braid.timeout's, as given, for its message */
+  uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */
   int cancel_ref;              /* the cancellation error it causes, made once */
-  uint64_t grace_ns;           /* members' time after a cancel; NEVER */
-  struct scope_timers *timers; /* made on first use: most scopes need none */
 };
+#define SCOPE_REF(s, f) ((s)->more ? (s)->more->f : LUA_NOREF)
+/* The struct, made now if need be: where nothing can be raised it comes
+** from braid__calloc_must (the reserve behind it, memory.c). */
+struct scope_more *braid__scope_more(struct braid_scope *s);
+/* Members' grace period after a cancel: s's own, else its outer scope's as
+** it was when s was made (a scope's own is set before anything nests in
+** it), else the engine's. */
+uint64_t braid__scope_grace(const struct braid_scope *s);
+void braid__scope_set_grace(struct braid_scope *s, uint64_t ns);
 
 /* braid.scope's: the script's scope object points back at it. */
 struct braid_plain_scope {
@@ -212,25 +243,40 @@ struct braid_task {
   unsigned char nopool;        /* hit the instruction budget: not reused */
   unsigned char stop;          /* STOP_*: only unwinds from now on */
   unsigned char waiting;       /* t->w is its pending operation */
-  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
   union {                      /* never both: */
     int nargs;                 /* arguments packed with the function (pending) */
     int nres;                  /* results kept after the end */
   };
   int line;                    /* spawn site: this line of user value 3 */
-  struct braid_scope *inner;   /* innermost scope of the running body */
   union {                      /* t->E is the task scope's E: one word */
     struct braid_scope scope;  /* the task's own scope */
     struct { braid_engine_t *E; };
   };
-  struct braid_wait w;         /* every wait of the task: one at a time */
+  struct braid_wait *w;        /* from its start to its end, or NULL: the
+                               ** wait of a struct braid_started */
   struct braid_task *next;     /* ready queue */
   struct braid_list watchers;  /* struct braid_watch */
 };
 
-#define WAIT_TASK(wp) container_of((wp), struct braid_task, w)
-
 #define TASK_DONE(t) ((t)->status >= TASK_OK)
+
+/* What a task needs only from its start to its end, in one block with its
+** wait record (sched.c), so that a pending task does not carry it. */
+struct braid_started {
+  struct braid_wait w;         /* first: t->w points here */
+  struct braid_scope *inner;   /* innermost scope of the running body */
+  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
+};
+#define TASK_STARTED(t) ((struct braid_started *) (t)->w)
+
+/* The task's innermost scope: its own until it starts and after it ends. */
+static inline struct braid_scope *braid__task_inner (struct braid_task *t) {
+  return t->w ? TASK_STARTED(t)->inner : &t->scope;
+}
+static inline void braid__task_set_inner (struct braid_task *t,
+                                          struct braid_scope *s) {
+  TASK_STARTED(t)->inner = s;   /* only a started task enters scopes */
+}
 _Static_assert(offsetof(struct braid_scope, E) == 0,
                "t->E must alias t->scope.E");
 
@@ -310,6 +356,7 @@ struct braid_engine {
   int callback;                /* script code braid runs for itself, bounded */
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
+  struct braid_wait *wait_free;   /* spare wait records, chained (sched.c) */
   unsigned io_ops;             /* ops pending that hold the virtual clock */
   unsigned noyield;            /* coroutines resumed where the task cannot
                                ** yield, now running (task.c co_resume) */

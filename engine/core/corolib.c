@@ -55,7 +55,7 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
         ** raises, or a later wake-up would resume the task while it
         ** waits on something else. */
         if (t) {
-          if (t->waiting && t->w.cancel) t->w.cancel(&t->w);
+          if (t->waiting && t->w->cancel) t->w->cancel(t->w);
           t->waiting = 0;
           braid__task_unready(E, t);
           t->wake = WAKE_NOYIELD;

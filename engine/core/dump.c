@@ -69,8 +69,8 @@ static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
   lua_remove(L, -2);
   if (t->scope.cancelled) luaL_addstring(b, ", cancelled");
   if (t->waiting) {
-    uint64_t ms = braid__now_ms(E) - t->w.since;
-    lua_pushfstring(L, ", waits on %s for %f s", t->w.what, ms / 1000.0);
+    uint64_t ms = braid__now_ms(E) - t->w->since;
+    lua_pushfstring(L, ", waits on %s for %f s", t->w->what, ms / 1000.0);
     luaL_addvalue(b);
   }
   luaL_addchar(b, '\n');

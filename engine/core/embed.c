@@ -228,6 +228,7 @@ void braid_close (braid_engine_t *E) {
     uv_run(&E->own_loop, UV_RUN_DEFAULT);
     uv_loop_close(&E->own_loop);
   }
+  braid__wait_drop(E, E->L);   /* every task has ended (abandoned) */
   lua_close(E->L);
   braid__reserve_free(E);
   braid__arena_free(E->arena);   /* last: the reserve was the state's */

@@ -162,15 +162,15 @@ const char *braid__tostring (lua_State *L, int idx) {
 ** instead: fail-fast cancels thousands at once, and each new table would
 ** cost an emergency collection then. */
 void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
-  if (cause->cancel_ref != LUA_NOREF && cause->E->reserve == NULL) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->cancel_ref);
+  if (SCOPE_REF(cause, cancel_ref) != LUA_NOREF && cause->E->reserve == NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->more->cancel_ref);
     return;
   }
   lua_createtable(L, 0, 4);
   lua_pushliteral(L, "cancelled");
   lua_setfield(L, -2, "kind");
-  if (cause->reason_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->reason_ref);
+  if (SCOPE_REF(cause, reason_ref) != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->more->reason_ref);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "reason");
     lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
@@ -178,16 +178,17 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_pop(L, 1);
   } else if (cause->deadline_fired) {
     lua_pushliteral(L, "cancelled (deadline passed)");
-  } else if (cause->error_ref != LUA_NOREF) {
+  } else if (SCOPE_REF(cause, error_ref) != LUA_NOREF) {
     lua_pushliteral(L, "cancelled (a sibling failed)");
   } else {
     lua_pushliteral(L, "cancelled");
   }
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, ERROR_MT);
-  if (cause->cancel_ref == LUA_NOREF) {   /* re-checked: the __tostring of */
-    lua_pushvalue(L, -1);                 /* the reason may have made one */
-    cause->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (SCOPE_REF(cause, cancel_ref) == LUA_NOREF) {   /* re-checked: the */
+    braid__scope_more(cause);     /* __tostring of the reason may have made one */
+    lua_pushvalue(L, -1);
+    cause->more->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
 }
 
@@ -451,12 +452,12 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
   int first;
   braid__scope_push_error(L, s);
   first = lua_gettop(L);
-  if (s->record_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->record_ref);
-  } else {
+  if (SCOPE_REF(s, record_ref) != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->more->record_ref);
+  } else {   /* s has failed: s->more exists */
     record_new(L, first);
     lua_pushvalue(L, -1);
-    s->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->more->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   if (lua_getfield(L, -1, "also") != LUA_TTABLE) {
     lua_pop(L, 1);

@@ -210,10 +210,10 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   t->wake = WAKE_NONE;
   s->joining = 0;
-  t->inner = s->outer;
+  braid__task_set_inner(t, s->outer);
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
   list = lua_gettop(L);
-  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
+  if (SCOPE_REF(s, error_ref) != LUA_NOREF) return braid__scope_raise(L, s);
   /* Left once, before anything that can raise (a results table, a full
   ** stack): a group raising while still linked in its outer scope would
   ** leave a collectable userdata there. Its fields stay readable: the
@@ -317,7 +317,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_group *g;
   lua_Debug ar;
   int i, limit = 0;
-  uint64_t timeout = BRAID_NEVER, grace = t->inner->grace_ns;
+  uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(braid__task_inner(t));
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave t->inner pointing into a collectable userdata. */
   if (opts) {
@@ -395,7 +395,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
-  if (opts) g->scope.grace_ns = grace;
+  if (opts && grace != braid__scope_grace(&g->scope))
+    braid__scope_set_grace(&g->scope, grace);
   if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started

@@ -47,7 +47,8 @@ static void stop_hook (lua_State *L, lua_Debug *ar) {
   if (t->stop == STOP_BUDGET)
     luaL_error(L, "instruction budget exceeded (%d instructions without "
                "suspending)", E->budget);
-  braid__push_cancel(L, t->inner->cancelled ? t->inner->cause : &t->scope);
+  struct braid_scope *in = braid__task_inner(t);
+  braid__push_cancel(L, in->cancelled ? in->cause : &t->scope);
   lua_error(L);
 }
 
@@ -57,8 +58,7 @@ static void task_stop (lua_State *L, struct braid_task *t, int why) {
     fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
             "running Lua code %g s after it was cancelled\n", t->id,
             braid__task_name(L, t, 0), braid__task_site(L, t, 0),
-            (double) (t->scope.outer ? t->scope.outer->grace_ns
-                                     : t->E->grace_ns) / 1e9);
+            (double) braid__scope_grace(&t->scope) / 1e9);
     lua_pop(L, 1);
     t->abandoned = 1;   /* braid calls refuse to wait from now on */
   }
@@ -89,10 +89,9 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
       return;
     }
   }
-  if (t->inner->cancelled) {   /* the grace period is watched */
-    if (t->grace_end == 0)
-      t->grace_end = uv_hrtime() + (t->scope.outer ? t->scope.outer->grace_ns
-                                                   : E->grace_ns);
+  if (braid__task_inner(t)->cancelled) {   /* the grace period is watched */
+    if (TASK_STARTED(t)->grace_end == 0)
+      TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
     if (window == 0 || window > WATCH_WINDOW) window = WATCH_WINDOW;
   }
   if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);
@@ -115,7 +114,9 @@ static void task_hook (lua_State *L, lua_Debug *ar) {
   if (t == NULL) return;
   if (E->budget && L == t->co)   /* a nested window was charged up front */
     E->budget_left -= lua_gethookcount(L);
-  if (t->grace_end && uv_hrtime() > t->grace_end) task_stop(L, t, STOP_GRACE);
+  if (t->w && TASK_STARTED(t)->grace_end &&
+      uv_hrtime() > TASK_STARTED(t)->grace_end)
+    task_stop(L, t, STOP_GRACE);
   braid__hook_arm(E, L, L != t->co);   /* the next window, or the stop */
   if (t->stop) stop_hook(L, NULL);
 }

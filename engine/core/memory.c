@@ -262,7 +262,7 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
   /* Said once: while the victim is failing already (the reserve spent
   ** again as its tasks unwind), another error would only be reported. */
   if (!E->embedded && victim && !TASK_DONE(victim) &&
-      victim->scope.error_ref != LUA_NOREF)
+      SCOPE_REF(&victim->scope, error_ref) != LUA_NOREF)
     return;
   braid_pusherror(S, "memory", NULL, "not enough memory (braid's "
                     "scheduler ran out and spent its reserve)");

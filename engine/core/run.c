@@ -21,7 +21,7 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
       lua_pushfstring(L, "\n  task %d (%s%s%s) waits on %s",
                       (int) t->id, braid__task_name(L, t, 0),
                       shown ? ", spawned at " : "", shown ? site : "",
-                      t->waiting ? t->w.what : "nothing");
+                      t->waiting ? t->w->what : "nothing");
       lua_remove(L, -2);
       luaL_addvalue(b);
     }
@@ -167,6 +167,7 @@ static int l_run_run (lua_State *L) {
   E->running = 0;
   E->root = NULL;
   rc = engine_close_loop(E);
+  braid__wait_drop(E, L);   /* every task has ended: all are spare */
   braid__run_alloc_end(L, E);
   if (E->exiting) {            /* os.exit: everything has ended; now exit */
     lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);

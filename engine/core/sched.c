@@ -12,6 +12,7 @@
 ** - The drain resumes at most DRAIN_BUDGET tasks, then lets the loop poll,
 **   so I/O and timers get their turn.
 */
+#include <string.h>
 #include "core.h"
 
 #define DRAIN_BUDGET 20000
@@ -59,8 +60,71 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
   w->release = NULL;
   w->what = what;
   w->since = braid__now_ms(t->E);
-  t->waiting = 1;   /* w is always &t->w */
+  t->waiting = 1;   /* w is always t->w */
   t->wake = WAKE_NONE;
+}
+
+/* Wait records. A task takes one when it starts and gives it back when it
+** ends: a pending task (W1's 100k spawned before any runs) carries only a
+** pointer. Spares are kept in E->wait_free, chained through their first
+** bytes, and freed by braid__wait_drop. Under AddressSanitizer a record
+** goes straight back to the allocator instead, so that a use after its
+** task ended is reported rather than hidden by the reuse. */
+#if defined(__SANITIZE_ADDRESS__)
+#define WAIT_NOREUSE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WAIT_NOREUSE 1
+#endif
+#endif
+
+struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
+  braid_engine_t *E = t->E;
+  struct braid_wait *w = E->wait_free;
+  if (w) memcpy(&E->wait_free, w, sizeof w);
+  else {
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    w = (struct braid_wait *) f(ud, NULL, 0, sizeof(struct braid_started));
+    if (w == NULL) luaL_error(L, "not enough memory");
+  }
+  ((struct braid_started *) w)->inner = &t->scope;
+  ((struct braid_started *) w)->grace_end = 0;
+  /* Only what is read before the task's first wait writes it: each wait
+  ** sets its own fields, as when a task's waits follow one another. */
+  w->cancel = NULL;
+  w->release = NULL;
+  w->task = t;
+  return w;
+}
+
+/* Called once the task has ended: nothing refers to the record now (an op
+** ends with its continuation or its on_cancel, a scheduler wait with its
+** cancel hook or its wake). Allocates nothing. */
+void braid__wait_put (struct braid_task *t) {
+  struct braid_wait *w = t->w;
+  if (w == NULL) return;
+  t->w = NULL;
+#ifdef WAIT_NOREUSE
+  {
+    void *ud;
+    lua_Alloc f = lua_getallocf(t->E->S, &ud);
+    f(ud, w, sizeof(struct braid_started), 0);
+  }
+#else
+  memcpy(w, &t->E->wait_free, sizeof w);
+  t->E->wait_free = w;
+#endif
+}
+
+void braid__wait_drop (braid_engine_t *E, lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  while (E->wait_free) {
+    struct braid_wait *w = E->wait_free;
+    memcpy(&E->wait_free, w, sizeof w);
+    f(ud, w, sizeof(struct braid_started), 0);
+  }
 }
 
 /* fname is the function as the script wrote it ("braid.sleep",
@@ -87,8 +151,9 @@ void braid__task_checkyield (lua_State *L, struct braid_task *t,
 }
 
 void braid__task_checkcancel (lua_State *L, struct braid_task *t) {
-  if (t->inner->cancelled) {
-    braid__push_cancel(L, t->inner->cause);
+  struct braid_scope *in = braid__task_inner(t);
+  if (in->cancelled) {
+    braid__push_cancel(L, in->cause);
     lua_error(L);
   }
 }
@@ -106,7 +171,7 @@ void braid__task_resumed (lua_State *L, struct braid_task *t) {
   int how = t->wake;
   t->wake = WAKE_NONE;
   if (how == WAKE_CANCEL) {
-    braid__push_cancel(L, t->inner->cause);
+    braid__push_cancel(L, braid__task_inner(t)->cause);
     lua_error(L);
   }
   if (how == WAKE_NOYIELD)   /* co_resume has undone the wait already */

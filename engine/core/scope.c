@@ -27,16 +27,13 @@
 
 void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
                         struct braid_task *t, struct braid_scope *outer) {
-  s->E = E;   /* s is zeroed (a new userdata, a new task): timers may be set */
+  s->E = E;   /* s is zeroed (a new userdata, a new task): `more` may be set */
   s->kind = (unsigned char) kind;
   s->task = t;
   s->outer = outer;
-  s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
-  s->record_ref = LUA_NOREF;
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
-  s->grace_ns = outer ? outer->grace_ns : E->grace_ns;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
   if (kind == SCOPE_TASK) outer->pending++;
@@ -46,44 +43,57 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   }
 }
 
-/* Keeps the value at idx as the reason a cancel of s gives. */
-void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
-  if (s->reason_ref != LUA_NOREF) return;
-  lua_pushvalue(L, idx);
-  s->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+/* A scope's struct more (core.h), made when it first needs it; freed on
+** release. A deadline's is taken before the scope is entered
+** (braid__scope_deadline_ready), where running out can be raised in the
+** calling task; elsewhere it is made where nothing can be refused (a
+** cancel may come from any callback; a failure is kept in scheduler
+** context), so it comes from braid__calloc_must (memory.c). */
+static struct scope_more *more_init (struct braid_scope *s,
+                                     struct scope_more *m) {
+  m->s = s;
+  m->reason_ref = m->error_ref = m->record_ref = m->cancel_ref = LUA_NOREF;
+  s->more = m;
+  return m;
 }
 
-/* A scope's timers, allocated when it first needs one; freed on release.
-** A deadline's are taken before the scope is entered
-** (braid__scope_deadline_ready), where running out can be raised in the
-** calling task; a grace period's are made when a scope with members is
-** cancelled, which cannot be refused (any callback may cancel), so they
-** come from braid__calloc_must (memory.c). */
-struct scope_timers {
-  struct braid_timer deadline, grace;
-  struct braid_scope *s;
-  uint64_t timeout_ns;         /* braid.timeout's, as given, for its message */
-};
+struct scope_more *braid__scope_more (struct braid_scope *s) {
+  if (s->more) return s->more;
+  return more_init(s, braid__calloc_must(s->E, 1, sizeof *s->more));
+}
+
+uint64_t braid__scope_grace (const struct braid_scope *s) {
+  braid_engine_t *E = s->E;
+  for (; s; s = s->outer)
+    if (s->own_grace) return s->more->grace_ns;
+  return E->grace_ns;
+}
+
+void braid__scope_set_grace (struct braid_scope *s, uint64_t ns) {
+  braid__scope_more(s)->grace_ns = ns;
+  s->own_grace = 1;
+}
+
+/* Keeps the value at idx as the reason a cancel of s gives. */
+void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
+  if (SCOPE_REF(s, reason_ref) != LUA_NOREF) return;
+  braid__scope_more(s);
+  lua_pushvalue(L, idx);
+  s->more->reason_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
 
 /* Readies s (not entered yet) for a deadline: its timers and a slot in the
 ** timer heap, so that arming it cannot fail. 0, or -1 out of memory. */
 int braid__scope_deadline_ready (braid_engine_t *E, struct braid_scope *s) {
-  if (s->timers == NULL) {
-    if ((s->timers = braid__calloc(1, sizeof *s->timers)) == NULL) return -1;
-    s->timers->s = s;
+  struct scope_more *m;
+  if (s->more == NULL) {
+    if ((m = braid__calloc(1, sizeof *m)) == NULL) return -1;
+    more_init(s, m);
   }
   if (braid__timer_reserve(E) == 0) return 0;
-  free(s->timers);   /* s is never entered: nothing else will */
-  s->timers = NULL;
+  free(s->more);   /* s is never entered: nothing else will */
+  s->more = NULL;
   return -1;
-}
-
-static struct scope_timers *scope_timers (struct braid_scope *s) {
-  if (s->timers == NULL) {
-    s->timers = braid__calloc_must(s->E, 1, sizeof *s->timers);
-    s->timers->s = s;
-  }
-  return s->timers;
 }
 
 static void grace_cb (struct braid_timer *tm);
@@ -97,9 +107,9 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   s->cancelled = 1;
   s->cause = cause;
   if (s->E->trace) braid__trace_cancel(s, cause);
-  if (t && t->inner == s && t->waiting && t->w.cancel &&
+  if (t && braid__task_inner(t) == s && t->waiting && t->w->cancel &&
       t->wake == WAKE_NONE) {
-    t->w.cancel(&t->w);
+    t->w->cancel(t->w);
     braid__task_wake(t, WAKE_CANCEL);
   }
   if (s->kind == SCOPE_GROUP) braid__group_on_cancel(s);
@@ -107,9 +117,11 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind != SCOPE_SHIELD) braid__scope_cancel(sub, cause);
   }
-  if (s->pending > 0 && s->grace_ns != BRAID_NEVER &&
-      scope_timers(s)->grace.idx == 0)
-    braid_timer_start(s->E, &s->timers->grace, s->grace_ns, grace_cb);
+  if (s->pending > 0) {
+    uint64_t grace = braid__scope_grace(s);
+    if (grace != BRAID_NEVER && braid__scope_more(s)->grace.idx == 0)
+      braid_timer_start(s->E, &s->more->grace, grace, grace_cb);
+  }
 }
 
 void braid__scope_each_task (struct braid_scope *s,
@@ -137,12 +149,12 @@ static int grace_abandon (lua_State *L) {
 }
 
 static void grace_cb (struct braid_timer *tm) {
-  struct braid_scope *s = container_of(tm, struct scope_timers, grace)->s;
+  struct braid_scope *s = container_of(tm, struct scope_more, grace)->s;
   braid__engine_call(s->E, grace_abandon, s);
 }
 
 static void deadline_cb (struct braid_timer *tm) {
-  struct scope_timers *st = container_of(tm, struct scope_timers, deadline);
+  struct scope_more *st = container_of(tm, struct scope_more, deadline);
   struct braid_scope *s = st->s;
   if (!s->cancelled) s->deadline_fired = 1;
   if (s->E->trace && !s->cancelled) braid__trace_timeout(s, st->timeout_ns);
@@ -151,7 +163,7 @@ static void deadline_cb (struct braid_timer *tm) {
 
 /* Sets a deadline `ns` from now; 0 means the deadline has already passed. */
 void braid__scope_deadline (struct braid_scope *s, uint64_t ns) {
-  struct braid_timer *tm = &scope_timers(s)->deadline;
+  struct braid_timer *tm = &braid__scope_more(s)->deadline;
   tm->late = 1;
   if (ns == 0) deadline_cb(tm);
   else braid_timer_start(s->E, tm, ns, deadline_cb);
@@ -168,7 +180,7 @@ static void resource_link (struct braid_scope *s, braid_resource_t *r) {
 ** braid.scope. timeout, shield and group scopes are bookkeeping within a
 ** call; what a call returns from inside them must outlive them. */
 struct braid_scope *braid__scope_here (lua_State *L, int shields) {
-  struct braid_scope *s = braid_engine(L)->current->inner;
+  struct braid_scope *s = braid__task_inner(braid_engine(L)->current);
   while (s->kind != SCOPE_TASK && s->kind != SCOPE_PLAIN &&
          !(shields && s->kind == SCOPE_SHIELD))
     s = s->outer;
@@ -210,19 +222,19 @@ void braid__scope_release (struct braid_scope *s) {
     r->close(r);
   }
   if (s->kind == SCOPE_GROUP) braid__group_release(s);
-  if (s->timers) {
-    braid_timer_stop(s->E, &s->timers->deadline);
-    braid_timer_stop(s->E, &s->timers->grace);
-    free(s->timers);
-    s->timers = NULL;
-  }
   braid__list_remove(&s->link);
-  luaL_unref(S, LUA_REGISTRYINDEX, s->reason_ref);
-  luaL_unref(S, LUA_REGISTRYINDEX, s->error_ref);
-  luaL_unref(S, LUA_REGISTRYINDEX, s->record_ref);
-  luaL_unref(S, LUA_REGISTRYINDEX, s->cancel_ref);
-  s->reason_ref = s->error_ref = s->cancel_ref = LUA_NOREF;
-  s->record_ref = LUA_NOREF;
+  if (s->more) {
+    struct scope_more *m = s->more;
+    braid_timer_stop(s->E, &m->deadline);
+    braid_timer_stop(s->E, &m->grace);
+    luaL_unref(S, LUA_REGISTRYINDEX, m->reason_ref);
+    luaL_unref(S, LUA_REGISTRYINDEX, m->error_ref);
+    luaL_unref(S, LUA_REGISTRYINDEX, m->record_ref);
+    luaL_unref(S, LUA_REGISTRYINDEX, m->cancel_ref);
+    s->more = NULL;
+    s->own_grace = 0;
+    free(m);
+  }
 }
 
 /* [s, error, record]: keeps both (the record unless nil). */
@@ -230,8 +242,8 @@ static int ref_p (lua_State *L) {
   struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
   lua_settop(L, 3);
   lua_pushvalue(L, 2);
-  s->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (!lua_isnil(L, 3)) s->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->more->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (!lua_isnil(L, 3)) s->more->record_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -244,8 +256,8 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx,
                         int rec) {
   idx = lua_absindex(L, idx);
   rec = rec ? lua_absindex(L, rec) : 0;
-  if (s->error_ref == LUA_NOREF) {
-    s->error_ref = SCOPE_ERR_NOMEM;
+  if (SCOPE_REF(s, error_ref) == LUA_NOREF) {
+    braid__scope_more(s)->error_ref = SCOPE_ERR_NOMEM;
     if (lua_checkstack(L, 4)) {
       lua_pushcfunction(L, ref_p);
       lua_pushlightuserdata(L, s);
@@ -268,22 +280,23 @@ void braid__scope_fail (lua_State *L, struct braid_scope *s, int idx,
 
 /* Pushes the failure record of s's error, or nil. [-0, +1, -] */
 void braid__scope_push_record (lua_State *L, struct braid_scope *s) {
-  if (s->record_ref == LUA_NOREF) lua_pushnil(L);
-  else lua_rawgeti(L, LUA_REGISTRYINDEX, s->record_ref);
+  int ref = SCOPE_REF(s, record_ref);
+  if (ref == LUA_NOREF) lua_pushnil(L);
+  else lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 }
 
 /* Pushes s's first error (s->error_ref is set). [-0, +1, -] */
 void braid__scope_push_error (lua_State *L, struct braid_scope *s) {
-  if (s->error_ref == SCOPE_ERR_NOMEM)   /* interned already: no allocation */
+  if (s->more->error_ref == SCOPE_ERR_NOMEM)   /* interned: no allocation */
     lua_pushliteral(L, "not enough memory");
   else
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->error_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->more->error_ref);
 }
 
 /* One member of s left; the owner, waiting for the last one, is woken. */
 void braid__scope_left (struct braid_scope *s) {
   if (--s->pending > 0) return;
-  if (s->timers) braid_timer_stop(s->E, &s->timers->grace);
+  if (s->more) braid_timer_stop(s->E, &s->more->grace);
   if (!s->joining || s->task == NULL) return;
   if (s->kind == SCOPE_TASK) braid__task_finish(s->task);
   else braid__task_wake(s->task, WAKE_OK);
@@ -330,16 +343,16 @@ int braid__scope_raise (lua_State *L, struct braid_scope *s) {
 /* Ends s: pops it, then returns the body's results or raises. */
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
-  t->inner = s->outer;
+  braid__task_set_inner(t, s->outer);
   if (s->kind == SCOPE_PLAIN) {
     struct braid_plain_scope *ps = (struct braid_plain_scope *) s;
     if (ps->handle) *ps->handle = NULL;
   }
-  if (s->error_ref != LUA_NOREF) return braid__scope_raise(L, s);
+  if (SCOPE_REF(s, error_ref) != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->body_failed) {
     int own = s->cause == s;
     int fired = own && s->deadline_fired;
-    uint64_t ns = fired ? s->timers->timeout_ns : 0;
+    uint64_t ns = fired ? s->more->timeout_ns : 0;
     braid__scope_release(s);
     if (fired) {
       char buf[32];
@@ -368,7 +381,7 @@ int braid__scope_join (lua_State *L, struct braid_scope *s, lua_KFunction k) {
   struct braid_task *t = s->task;
   if (s->pending == 0) return 0;
   s->joining = 1;
-  braid__task_wait(t, &t->w, NULL, "its members");
+  braid__task_wait(t, t->w, NULL, "its members");
   return braid__task_yield(L, t, (lua_KContext) s, k);
 }
 
@@ -423,8 +436,8 @@ void *braid__scope_new (lua_State *L, size_t size) {
 ** t->inner never points at a userdata the collector could free. */
 void braid__scope_enter (struct braid_task *t, struct braid_scope *s,
                          int kind) {
-  braid__scope_init(s, t->E, kind, t, t->inner);
-  t->inner = s;
+  braid__scope_init(s, t->E, kind, t, braid__task_inner(t));
+  braid__task_set_inner(t, s);
 }
 
 static const char *const scope_options[] = {"grace", NULL};
@@ -438,7 +451,7 @@ static int l_scope_run (lua_State *L) {
   uint64_t grace;
   braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
   braid__check_options(L, 2, "braid.scope", scope_options);
-  grace = braid__opt_seconds(L, 2, "grace", t->inner->grace_ns,
+  grace = braid__opt_seconds(L, 2, "grace", braid__scope_grace(braid__task_inner(t)),
                              "braid.scope");
   braid__task_checkyield(L, t, "braid.scope");
   braid__task_checkcancel(L, t);
@@ -448,8 +461,14 @@ static int l_scope_run (lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   ps = braid__scope_new(L, sizeof *ps);                     /* 4 */
   s = &ps->s;
+  if (grace != braid__scope_grace(braid__task_inner(t))) {   /* before: it may raise */
+    if ((ps->s.more = braid__calloc(1, sizeof *ps->s.more)) == NULL)
+      braid_error(L, "memory", NULL, "braid.scope: not enough memory");
+    more_init(&ps->s, ps->s.more);
+    ps->s.more->grace_ns = grace;
+    ps->s.own_grace = 1;
+  }
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
-  s->grace_ns = grace;
   *h = s;
   ps->handle = h;
   lua_pushcfunction(L, braid__error_msgh);                  /* 5 */
@@ -512,7 +531,7 @@ static int l_scope_timeout (lua_State *L) {
   if (braid__scope_deadline_ready(t->E, s) != 0)
     braid_error(L, "memory", NULL, "braid.timeout: not enough memory");
   braid__scope_enter(t, s, SCOPE_TIMEOUT);
-  s->timers->timeout_ns = ns;
+  s->more->timeout_ns = ns;
   lua_replace(L, 1);                     /* the scope replaces the seconds */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 2);

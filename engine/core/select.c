@@ -91,10 +91,10 @@ static int select_closed (lua_State *L, int i, const char *when) {
 
 static int select_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = (struct braid_task *) ctx;
-  struct braid_select *sel = t->w.chan.sel;
+  struct braid_select *sel = t->w->chan.sel;
   struct braid_chan_node *n;
   (void) status;
-  t->w.release = NULL;
+  t->w->release = NULL;
   if (t->wake != WAKE_OK) {
     braid__task_resumed(L, t);   /* the cancellation, or a no-yield */
     return 0;
@@ -250,9 +250,9 @@ static int l_select (lua_State *L) {
   sel->E = t->E;
   sel->n = n;
   /* Nothing below raises: the nodes go into their queues together. */
-  braid__task_wait(t, &t->w, select_cancel, "select");
-  t->w.chan.sel = sel;
-  t->w.release = select_release;
+  braid__task_wait(t, t->w, select_cancel, "select");
+  t->w->chan.sel = sel;
+  t->w->release = select_release;
   for (i = 1; i <= n; i++) {
     struct braid_chan_node *nd = &sel->node[i - 1];
     nd->task = t;

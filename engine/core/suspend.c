@@ -49,7 +49,8 @@ static void op_cancel (struct braid_wait *w) {
 ** its on_cancel; what a scheduler wait was handed (a channel's value, a
 ** permit) goes back through its release hook. */
 void braid__op_release (struct braid_task *t) {
-  struct braid_wait *w = &t->w;
+  struct braid_wait *w = t->w;
+  if (w == NULL) return;   /* never started */
   if (w->release) {
     void (*release)(struct braid_wait *w) = w->release;
     w->release = NULL;
@@ -96,11 +97,11 @@ static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
                        size_t size, braid_start_fn start,
                        braid_cancel_fn on_cancel, void *ud, braid_k_fn k,
                        int soft) {
-  struct braid_wait *w = &t->w;
+  struct braid_wait *w = t->w;
   int rc;
-  w->data = size <= BRAID_OP_INLINE ? w->inl.bytes
-                                    : lua_newuserdatauv(L, size, 0);
-  memset(w->data, 0, size);
+  w->ext = size > BRAID_OP_INLINE;
+  if (w->ext) w->inl.p = lua_newuserdatauv(L, size, 0);
+  memset(w->ext ? w->inl.p : w->inl.bytes, 0, size);
   braid__task_wait(t, w, op_cancel, what);
   w->L = L;
   w->k = k;
@@ -133,7 +134,7 @@ int braid_suspend_soft (lua_State *L, const char *what, size_t size,
                         void *ud) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t = E ? E->current : NULL;
-  if (t == NULL || t->abandoned || t->inner->cancelled ||
+  if (t == NULL || t->abandoned || braid__task_inner(t)->cancelled ||
       !lua_isyieldable(L) || E->noyield)
     return 0;
   return op_suspend(L, t, what, size, start, on_cancel, ud, NULL, 1);
@@ -163,7 +164,8 @@ int braid_suspend (lua_State *L, const char *what, size_t size,
 }
 
 void *braid_op_data (braid_op_t *op) {
-  return OP_WAIT(op)->data;
+  struct braid_wait *w = OP_WAIT(op);
+  return w->ext ? w->inl.p : w->inl.bytes;
 }
 
 lua_State *braid_op_state (braid_op_t *op) {

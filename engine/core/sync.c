@@ -2,7 +2,7 @@
 ** sync.c: braid.semaphore, braid.lock and braid.event.
 **
 ** Both keep their waiters in FIFO lists of the tasks' own waits
-** (t->w.watch.link), so waiting allocates nothing and a cancelled waiter
+** (t->w->watch.link), so waiting allocates nothing and a cancelled waiter
 ** unlinks itself in O(1). A semaphore's waiter is woken with WAKE_OK only
 ** once a permit is its; one abandoned before it ran gives the permit back
 ** (sem_release), as a channel's receiver gives its value back.
@@ -61,8 +61,8 @@ static struct braid_wait *queue_pop (struct braid_list *q) {
 static int queue_wait (lua_State *L, struct braid_task *t,
                        struct braid_list *q, const char *what,
                        lua_KFunction k) {
-  braid__task_wait(t, &t->w, waiter_unlink, what);
-  braid__list_push(q, &t->w.watch.link);
+  braid__task_wait(t, t->w, waiter_unlink, what);
+  braid__list_push(q, &t->w->watch.link);
   return braid__task_yield(L, t, (lua_KContext) t, k);
 }
 
@@ -103,17 +103,17 @@ static int sem_free (lua_State *L, struct braid_sem *s, struct braid_task *t,
 /* Waits for a permit; a waiter woken with WAKE_OK was handed one. */
 static int sem_queue_wait (lua_State *L, struct braid_task *t,
                            struct braid_sem *s, lua_KFunction k) {
-  braid__task_wait(t, &t->w, waiter_unlink, "semaphore acquire");
-  t->w.obj = s;
-  t->w.release = sem_release;
-  braid__list_push(&s->waiters, &t->w.watch.link);
+  braid__task_wait(t, t->w, waiter_unlink, "semaphore acquire");
+  t->w->obj = s;
+  t->w->release = sem_release;
+  braid__list_push(&s->waiters, &t->w->watch.link);
   return braid__task_yield(L, t, (lua_KContext) t, k);
 }
 
 static int sem_acquire_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = (struct braid_task *) ctx;
   (void) status;
-  t->w.release = NULL;
+  t->w->release = NULL;
   braid__task_resumed(L, t);
   return 0;
 }
@@ -182,7 +182,7 @@ static int sem_with_call (lua_State *L) {
 static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_task *t = (struct braid_task *) ctx;
   (void) status;
-  t->w.release = NULL;
+  t->w->release = NULL;
   braid__task_resumed(L, t);
   *(int *) lua_touserdata(L, -1) = 1;
   return sem_with_call(L);

@@ -151,7 +151,6 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->id = ++E->next_id;
   t->nargs = nargs;
   t->status = TASK_PENDING;
-  t->inner = &t->scope;
   braid__list_init(&t->watchers);
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     t->line = ar.currentline;   /* the file is found from the function */
@@ -218,6 +217,7 @@ void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
 void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   lua_State *co;
   int i;
+  if (t->w == NULL) t->w = braid__wait_get(S, t);   /* kept when raising */
   if (E->pool_n > 0) {
     lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
     lua_rawgeti(S, -1, E->pool_n);
@@ -256,7 +256,7 @@ static void task_finish (struct braid_task *t) {
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
   if (E->trace) braid__trace_finish(t);
-  if (s->error_ref != LUA_NOREF) {
+  if (SCOPE_REF(s, error_ref) != LUA_NOREF) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
     t->status = TASK_FAILED;
@@ -275,6 +275,7 @@ static void task_finish (struct braid_task *t) {
     braid__list_remove(&w->link);
     w->done(w, t);
   }
+  braid__wait_put(t);
   braid__scope_member_done(S, s->outer, t);
   braid__scope_release(s);
   task_unanchor(S, E, t);
@@ -321,7 +322,7 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
   pool_put(E, S, t, co);
   if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
     lua_pop(S, 1);
-    braid__task_wait(t, &t->w, NULL, "its members");
+    braid__task_wait(t, t->w, NULL, "its members");
     t->status = TASK_SUSPENDED;
     s->joining = 1;
     return;
@@ -391,11 +392,11 @@ static int l_task_await (lua_State *L) {
   if (t == target)
     braid_usageerror(L, "task:await: a task cannot await itself");
   braid__task_checkyield(L, t, "task:await");
-  braid__task_wait(t, &t->w, await_cancel, "await");
+  braid__task_wait(t, t->w, await_cancel, "await");
   if (t->E->trace) braid__trace_label(t->E, "await task %u", target->id);
-  t->w.target = target;
-  t->w.watch.done = await_done;
-  braid__list_push(&target->watchers, &t->w.watch.link);
+  t->w->target = target;
+  t->w->watch.done = await_done;
+  braid__list_push(&target->watchers, &t->w->watch.link);
   return braid__task_yield(L, t, (lua_KContext) t, await_k);
 }
 
@@ -488,9 +489,9 @@ static int l_task_tostring (lua_State *L) {
   if (t->waiting && !TASK_DONE(t) && t->E->running) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.1fs",
-             (braid__now_ms(t->E) - t->w.since) / 1000.0);
+             (braid__now_ms(t->E) - t->w->since) / 1000.0);
     lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
-                    braid__status_names[t->status], t->w.what, secs);
+                    braid__status_names[t->status], t->w->what, secs);
   } else {
     lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
                     braid__status_names[t->status]);
@@ -514,9 +515,10 @@ static int l_task_spawn (lua_State *L) {
 ** session (the root task's scope) so that they outlive the entry. */
 struct braid_scope *braid__spawn_scope (struct braid_task *t) {
   braid_engine_t *E = t->E;
-  if (t == E->entry && t->inner == &t->scope && E->root)
+  struct braid_scope *in = braid__task_inner(t);
+  if (t == E->entry && in == &t->scope && E->root)
     return &E->root->scope;
-  return t->inner;
+  return in;
 }
 
 braid_task_t *braid__spawn (lua_State *L, struct braid_scope *into, int fidx,

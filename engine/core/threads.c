@@ -19,6 +19,5 @@ void braid__engine_options (braid_engine_t *E, braid_options_t *out) {
 /* The grace period of E's tasks after a cancel (braid.run's opts.grace;
 ** a worker's). */
 void braid__engine_set_grace (braid_engine_t *E, uint64_t ns) {
-  E->grace_ns = ns;
-  E->top.grace_ns = ns;   /* what its tasks' reports name */
+  E->grace_ns = ns;   /* E->top's, and its tasks' unless they set one */
 }

@@ -342,9 +342,9 @@ void braid__trace_ran (struct braid_task *t, int status) {
     ev(tr, 'B', t->id, ts);
     PUTS(tr, ",\"name\":");
     if (tr->has_label && t->waiting &&
-        (tr->label_what == NULL || tr->label_what == t->w.what))
+        (tr->label_what == NULL || tr->label_what == t->w->what))
       put_cstr(tr, tr->label);
-    else put_what(tr, t->waiting ? t->w.what : "yield");
+    else put_what(tr, t->waiting ? t->w->what : "yield");
     PUTS(tr, "}");
   } else if (t->scope.pending > 0) {
     ev(tr, 'B', t->id, ts);
@@ -393,7 +393,7 @@ void braid__trace_finish (struct braid_task *t) {
   struct braid_trace *tr = t->E->trace;
   struct braid_scope *s = &t->scope;
   uint64_t ts = trace_now(tr);
-  const char *how = s->error_ref != LUA_NOREF ? "failed"
+  const char *how = SCOPE_REF(s, error_ref) != LUA_NOREF ? "failed"
                     : s->body_failed ? "cancelled" : NULL;
   if (t->status == TASK_SUSPENDED) {
     ev(tr, 'E', t->id, ts);
@@ -411,9 +411,9 @@ void braid__trace_finish (struct braid_task *t) {
 /* The reason given to s's cancel, as one line, or NULL. */
 static const char *cancel_reason (lua_State *S, struct braid_scope *s,
                                   char *tmp, size_t size) {
-  int type;
-  if (s->reason_ref == LUA_NOREF || s->reason_ref == LUA_REFNIL) return NULL;
-  type = lua_rawgeti(S, LUA_REGISTRYINDEX, s->reason_ref);
+  int type, ref = SCOPE_REF(s, reason_ref);
+  if (ref == LUA_NOREF || ref == LUA_REFNIL) return NULL;
+  type = lua_rawgeti(S, LUA_REGISTRYINDEX, ref);
   if (type == LUA_TSTRING || type == LUA_TNUMBER)
     snprintf(tmp, size, "%s", lua_tostring(S, -1));
   else
@@ -465,7 +465,7 @@ void braid__trace_cancel (struct braid_scope *s, struct braid_scope *cause) {
     tr->origin = s;
   }
   if (tr->origin != cause || t == NULL || t->id == tr->origin_tid ||
-      (s->kind != SCOPE_TASK && (t->inner != s || s->kind == SCOPE_GROUP)) ||
+      (s->kind != SCOPE_TASK && (braid__task_inner(t) != s || s->kind == SCOPE_GROUP)) ||
       TASK_DONE(t))
     return;
   ev(tr, 'i', t->id, ts);
