@@ -216,9 +216,8 @@ static int l_exec (lua_State *L) {
           (lua_getfield(L, 2, "check"), lua_toboolean(L, -1));
   lua_settop(L, 3);
   braid_check_suspend(L, "braid.exec");   /* before the child starts */
-  p = braid__proc_spawn(L, "braid.exec", io, grace);        /* 4: anchor */
+  p = braid__proc_spawn(L, "braid.exec", io, grace, 1);     /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
-  p->exec = 1;
   p->timeout_ns = timeout;
   p->check = (unsigned char) check;
   for (i = P_STDOUT; i <= P_STDERR; i++) {
