@@ -236,6 +236,8 @@ uint64_t braid__proc_ms (uint64_t ns) {
 
 static const char *const pipe_names[3] = {"stdin", "stdout", "stderr"};
 
+#define PIPE_FIRST_BUF 4096
+
 /* Sets up the child's end of stdio i in o->fd[i] (an fd closed after the
 ** spawn is noted in child[i]) and, for a pipe, the stream of the parent's
 ** end. Returns 0 or a libuv error. */
@@ -258,6 +260,10 @@ static int proc_stdio (struct braid_proc *p, int i,
   braid__stream_init(s, p->E, &pipe_hooks, pipe_names[i]);
   s->h.handle.data = p;
   s->limit_opt = "braid.process";
+  /* A child's stderr is mostly empty and its stdout short: a small first
+  ** buffer (grown as output comes) spares malloc the 64 KiB chunks that it
+  ** gave back to the kernel and took again (brk, page faults) per child. */
+  s->first_buf = PIPE_FIRST_BUF;
   p->open++;
   o->fd[i] = *child = fds[i == 0 ? 0 : 1];
   if ((rc = uv_pipe_open(&s->h.pipe, fds[i == 0 ? 1 : 0])) != 0)
