@@ -251,7 +251,10 @@ int braid__spawn_start (struct braid_proc *p,
     if (o->fd[i] >= 0)
       rc = posix_spawn_file_actions_adddup2(&fa, above_stdio(o->fd[i],
                                                              &moved[i]), i);
-    else if (o->fd[i] == BRAID_FD_STDOUT)
+    else if (o->fd[i] == BRAID_FD_STDOUT ||
+             (i == 2 && o->fd[2] == BRAID_FD_NULL && o->fd[1] == BRAID_FD_NULL))
+      /* 2>&1; or both to /dev/null: one open of it for both (the child's
+      ** path lookups hold braid up, vfork) */
       rc = posix_spawn_file_actions_adddup2(&fa, 1, 2);
     else if (o->fd[i] == BRAID_FD_NULL)
       rc = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
