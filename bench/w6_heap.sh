@@ -3,7 +3,11 @@
 # with and without 200 MB of live heap in the parent, side by side in one
 # sitting: braid (posix_spawn), asyncio, a plain C posix_spawn loop, a C
 # fork+exec loop, libuv's uv_spawn floor (bench/w6_uv.c) and, when OLD_BRAID
-# names a braid runner built before issue 15, braid on uv_spawn. The sets
+# names a braid runner built before issue 15, braid on uv_spawn; when
+# BASE_BRAID names another braid runner (say main's build), it as braid_base.
+# braid_null is braid.exec with stdout and stderr to /dev/null: the C loop's
+# I/O (it captures nothing); the braid column (both captured through pipes,
+# exec's default) stays the headline. The sets
 # are interleaved (every program once per set, `sets` times) and each cell
 # is the median of its sets' medians, so load from other jobs falls on all
 # of them alike; read the ratios. Prints a Markdown table.
@@ -15,13 +19,16 @@ cc -O2 -o "$TMP/w6_spawn" bench/w6_spawn.c || exit 1
 cc -O2 -o "$TMP/w6_uv" bench/w6_uv.c $(pkg-config --cflags --libs libuv) || exit 1
 declare -A CMD
 CMD[braid]="build/braid bench/w_braid.lua W6 $N 3"
+CMD[braid_null]="build/braid bench/w_braid.lua W6 $N 3 null"
 [ -n "${OLD_BRAID:-}" ] && CMD[braid_uv_spawn]="$OLD_BRAID bench/w_braid.lua W6 $N 3"
+[ -n "${BASE_BRAID:-}" ] && CMD[braid_base]="$BASE_BRAID bench/w_braid.lua W6 $N 3"
 CMD[asyncio]="$PY bench/w_asyncio.py W6 $N 3"
 CMD[c_posix_spawn]="$TMP/w6_spawn spawn $N 3 HEAP"
 CMD[c_fork]="$TMP/w6_spawn fork $N 3 HEAP"
 CMD[uv_spawn_floor]="$TMP/w6_uv W6 $N 3"
-IMPLS=(braid asyncio c_posix_spawn c_fork uv_spawn_floor)
+IMPLS=(braid braid_null asyncio c_posix_spawn c_fork uv_spawn_floor)
 [ -n "${OLD_BRAID:-}" ] && IMPLS+=(braid_uv_spawn)
+[ -n "${BASE_BRAID:-}" ] && IMPLS+=(braid_base)
 for heap in 0 200; do
   for ((s = 0; s < SETS; s++)); do
     for impl in "${IMPLS[@]}"; do
@@ -41,11 +48,11 @@ for line in open(sys.argv[1]):
     rows.setdefault((heap, impl), []).append(float(v))
 impls = sys.argv[2:]
 med = {k: statistics.median(v) for k, v in rows.items()}
-print("| heap | " + " | ".join(impls) + " | braid/asyncio | braid/c_posix_spawn |")
-print("|---|" + "---:|" * (len(impls) + 2))
+print("| heap | " + " | ".join(impls) + " | braid/asyncio | braid/c_posix_spawn | braid_null/c_posix_spawn |")
+print("|---|" + "---:|" * (len(impls) + 3))
 for heap in ("0", "200"):
     cells = [("%.2f" % med[(heap, i)]) if (heap, i) in med else "-" for i in impls]
-    b = med[(heap, "braid")]
+    b, c = med[(heap, "braid")], med[(heap, "c_posix_spawn")]
     print(f"| {heap} MB | " + " | ".join(cells) +
-          f" | {b / med[(heap, 'asyncio')]:.2f}x | {b / med[(heap, 'c_posix_spawn')]:.2f}x |")
+          f" | {b / med[(heap, 'asyncio')]:.2f}x | {b / c:.2f}x | {med[(heap, 'braid_null')] / c:.2f}x |")
 PYEOF

@@ -95,9 +95,10 @@ static int exec_result (lua_State *L) {
   return 1;
 }
 
-/* Raises check's error from the result r (at the top). */
+/* Raises check's error from the result r (below the command line `name`,
+** at the top). */
 static int exec_check_error (lua_State *L, const char *name) {
-  int r = lua_gettop(L);
+  int r = lua_gettop(L) - 1;
   lua_getfield(L, r, "signal");
   if (lua_isnil(L, -1)) {
     lua_getfield(L, r, "code");
@@ -121,17 +122,16 @@ static int exec_check_error (lua_State *L, const char *name) {
 /* Stack: argv (1), opts (2), anchor (3), stdin or nil (4). */
 static int exec_k (lua_State *L, braid_op_t *op) {
   struct braid_proc *p = exec_proc(op);
-  const char *name;
-  int failed, rc, check = p->check;
-  braid__proc_push_cmdline(L, 3, p->argc);   /* argv's, anchored at 3 */
-  name = lua_tostring(L, -1);  /* stays on the stack */
+  int failed, rc, check = p->check, argc = p->argc;
   /* The options were read at the call: the script may have changed opts
-  ** (even given it a raising __index) while it waited. */
+  ** (even given it a raising __index) while it waited. The command line
+  ** (argv's, anchored at 3) is built only for a message. */
   if (p->timed_out) {
     double s = (double) p->timeout_ns / 1e9;
     braid__proc_release(p);
+    braid__proc_push_cmdline(L, 3, argc);
     return braid_error(L, "timeout", NULL, "braid.exec: command \"%s\" "
-                       "timed out after %f s", name, s);
+                       "timed out after %f s", lua_tostring(L, -1), s);
   }
   lua_pushcfunction(L, exec_result);
   lua_pushlightuserdata(L, p);
@@ -140,7 +140,10 @@ static int exec_k (lua_State *L, braid_op_t *op) {
   if (!p->exited) braid__proc_stop(p);   /* an output failed: stop it now */
   braid__proc_release(p);
   if (rc != LUA_OK) return lua_error(L);   /* p is freed */
-  if (failed && check) return exec_check_error(L, name);
+  if (failed && check) {
+    braid__proc_push_cmdline(L, 3, argc);
+    return exec_check_error(L, lua_tostring(L, -1));
+  }
   return 1;
 }
 
@@ -216,9 +219,8 @@ static int l_exec (lua_State *L) {
           (lua_getfield(L, 2, "check"), lua_toboolean(L, -1));
   lua_settop(L, 3);
   braid_check_suspend(L, "braid.exec");   /* before the child starts */
-  p = braid__proc_spawn(L, "braid.exec", io, grace);        /* 4: anchor */
+  p = braid__proc_spawn(L, "braid.exec", io, grace, 1);     /* 4: anchor */
   lua_insert(L, 3);                                 /* 3: anchor, 4: stdin */
-  p->exec = 1;
   p->timeout_ns = timeout;
   p->check = (unsigned char) check;
   for (i = P_STDOUT; i <= P_STDERR; i++) {

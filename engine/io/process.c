@@ -133,8 +133,13 @@ static int pipe_failed (struct braid_stream *s) {
 }
 
 void braid__proc_update (struct braid_proc *p) {
-  int pipes = p->pipe[P_STDIN].live || p->pipe[P_STDOUT].live ||
-              p->pipe[P_STDERR].live;
+  int pipes;
+  /* exec's child: its exit is waited for once both outputs have ended */
+  if (!p->exited && !p->pipe[P_STDOUT].live && !p->pipe[P_STDERR].live &&
+      braid__reap_watch(p))
+    return;                    /* reaped: braid__proc_exited updated p */
+  pipes = p->pipe[P_STDIN].live || p->pipe[P_STDOUT].live ||
+          p->pipe[P_STDERR].live;
   if (p->op && ((p->exited && !p->pipe[P_STDOUT].live &&
                  !p->pipe[P_STDERR].live) ||
                 pipe_failed(&p->pipe[P_STDOUT]) ||
@@ -231,6 +236,8 @@ uint64_t braid__proc_ms (uint64_t ns) {
 
 static const char *const pipe_names[3] = {"stdin", "stdout", "stderr"};
 
+#define PIPE_FIRST_BUF 4096
+
 /* Sets up the child's end of stdio i in o->fd[i] (an fd closed after the
 ** spawn is noted in child[i]) and, for a pipe, the stream of the parent's
 ** end. Returns 0 or a libuv error. */
@@ -253,6 +260,10 @@ static int proc_stdio (struct braid_proc *p, int i,
   braid__stream_init(s, p->E, &pipe_hooks, pipe_names[i]);
   s->h.handle.data = p;
   s->limit_opt = "braid.process";
+  /* A child's stderr is mostly empty and its stdout short: a small first
+  ** buffer (grown as output comes) spares malloc the 64 KiB chunks that it
+  ** gave back to the kernel and took again (brk, page faults) per child. */
+  s->first_buf = PIPE_FIRST_BUF;
   p->open++;
   o->fd[i] = *child = fds[i == 0 ? 0 : 1];
   if ((rc = uv_pipe_open(&s->h.pipe, fds[i == 0 ? 1 : 0])) != 0)
@@ -262,7 +273,7 @@ static int proc_stdio (struct braid_proc *p, int i,
 
 struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
                                       const struct braid_stdio io[3],
-                                      uint64_t kill_grace_ns) {
+                                      uint64_t kill_grace_ns, int exec) {
   braid_engine_t *E = braid_engine(L);
   struct braid_spawn_opts o;
   struct braid_proc *p;
@@ -273,6 +284,7 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   if ((p = calloc(1, sizeof *p)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   p->E = E;
+  p->exec = (unsigned char) (exec != 0);
   p->argc = i;
   p->owned = 1;
   p->pidfd = -1;
@@ -287,6 +299,11 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   p->open++;
   for (i = 0; i < 3 && rc == 0; i++)
     if ((rc = proc_stdio(p, i, &io[i], &o, &child[i])) != 0) failed = i;
+  /* exec's exit can wait until its outputs end (see spawn.c); not with a
+  ** stdin pipe, which the exit closes (a child that exits early frees exec
+  ** from writing the rest, even while a grandchild holds the outputs) */
+  o.reap_later = exec && io[0].how != PROC_PIPE &&
+                 (io[1].how == PROC_PIPE || io[2].how == PROC_PIPE);
   if (rc == 0) rc = braid__spawn_start(p, &o);
   for (i = 0; i < 3; i++)
     if (child[i] >= 0) close(child[i]);
@@ -441,7 +458,7 @@ static int signal_check (lua_State *L, int arg) {
 static int l_process_kill (lua_State *L) {
   struct braid_proc *p = proc_check(L, "proc:kill");
   int sig = signal_check(L, 2);
-  lua_pushboolean(L, p->live[P_PROC] && !p->exited &&
+  lua_pushboolean(L, p->pid > 0 && !p->exited &&
                      kill(p->pid, sig) == 0);
   return 1;
 }
@@ -543,7 +560,7 @@ static int l_process_new (lua_State *L) {
   io[1] = braid__proc_stdio_opt(L, 2, "stdout", PROC_PIPE, "braid.process");
   io[2] = braid__proc_stdio_opt(L, 2, "stderr", PROC_INHERIT,
                                 "braid.process");
-  p = braid__proc_spawn(L, "braid.process", io, grace);     /* 4: anchor */
+  p = braid__proc_spawn(L, "braid.process", io, grace, 0);  /* 4: anchor */
   box->p = p;
   p->attached = 1;
   braid_resource_add(L, &p->res);

@@ -52,13 +52,14 @@ struct braid_proc {
 
 /* Starts argv (the list at 1) with the options at 2 (nil or a table: cwd,
 ** env, env_add and group are read here) and the child's stdio as `io`;
-** `fname` names the caller in errors.
+** `fname` names the caller in errors; `exec`: for braid.exec (p->exec,
+** which waits for the exit only once the outputs have ended).
 ** The proc is owned by the caller (braid__proc_release lets go). Leaves
 ** one value on the stack (an anchor for the strings). On failure every
 ** handle is closed and a "spawn" error raised. [-0, +1, e] */
 struct braid_proc *braid__proc_spawn(lua_State *L, const char *fname,
                                      const struct braid_stdio io[3],
-                                     uint64_t kill_grace_ns);
+                                     uint64_t kill_grace_ns, int exec);
 
 /* opts[key] (opts at idx: nil or a table) as a stdio setting: "pipe",
 ** "inherit", "null" or a file's path (written from its start, made if
@@ -107,12 +108,20 @@ struct braid_spawn_opts {
   const char *cwd;             /* NULL: braid's */
   int fd[3];
   int group;                   /* a process group of the child's own */
+  int reap_later;              /* wait for the exit only from
+                                  braid__reap_watch on (pidfd kernels) */
 };
 
-/* Starts the child of p and waits for its exit on the loop (p->live[P_PROC],
-** one more p->open); braid__proc_exited follows. Returns 0 or a libuv
-** error (nothing started, no handle left). */
+/* Starts the child of p (p->pid) and waits for its exit on the loop
+** (p->live[P_PROC], one more p->open; with o->reap_later on a pidfd kernel,
+** only from braid__reap_watch on); braid__proc_exited follows. Returns 0
+** or a libuv error (nothing started, no handle left). */
 int braid__spawn_start(struct braid_proc *p, const struct braid_spawn_opts *o);
+
+/* Starts waiting for the exit of a child spawned with reap_later (no-op
+** otherwise, and once it waits or has exited); reaps it at once when it
+** has exited. Returns 1 when it reaped it (braid__proc_exited has run). */
+int braid__reap_watch(struct braid_proc *p);
 
 /* Closes the reap handle (once; after the exit or a failed spawn). */
 void braid__reap_close(struct braid_proc *p);

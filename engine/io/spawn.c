@@ -30,7 +30,14 @@
 **   handling (an embedder's uv_spawn on the same loop) reaps its pids, braid
 **   its own.
 ** - P_PROC, the reap handle, is live from a successful spawn until the exit
-**   has been reaped; its close callback closes the pidfd.
+**   has been reaped; its close callback closes the pidfd. Except for exec's
+**   usual child (reap_later: no stdin pipe, an output captured): its exit
+**   matters only once both outputs have ended, and by then the child has
+**   nearly always exited, so braid__reap_watch (from braid__proc_update)
+**   first just tries waitpid and only then opens a pidfd. That saves a
+**   pidfd and its five epoll_ctl per child. Until then the child is
+**   unreaped (a zombie at most): its pid, and so its group's number, cannot
+**   be reused, and signalling the group stays safe.
 */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -116,22 +123,26 @@ void braid__reap_close (struct braid_proc *p) {
   uv_close(&p->reap.handle, reap_close_cb);
 }
 
-/* Reaps the child if it has exited (a pidfd poll or a SIGCHLD may also
-** come for nothing: another child's SIGCHLD, a spurious wakeup). */
-static void reap_try (struct braid_proc *p) {
+/* Reaps the child if it has exited; returns 1 when it did. */
+static int reap_now (struct braid_proc *p) {
   int st = 0;
   pid_t r;
-  if (!p->live[P_PROC] || p->exited) return;
   do r = waitpid(p->pid, &st, WNOHANG); while (r < 0 && errno == EINTR);
-  if (r == 0) return;
-  if (p->pidfd >= 0) uv_poll_stop(&p->reap.poll);
-  else uv_signal_stop(&p->reap.sig);
+  if (r == 0) return 0;
+  braid__reap_close(p);        /* nothing more to wait for */
   if (r < 0)   /* ECHILD: reaped by someone else; no status to report */
     braid__proc_exited(p, 0, 0);
   else if (WIFSIGNALED(st))
     braid__proc_exited(p, 0, WTERMSIG(st));
   else
     braid__proc_exited(p, WEXITSTATUS(st), 0);
+  return 1;
+}
+
+/* The reap handle's wake-up (a pidfd poll or a SIGCHLD may also come for
+** nothing: another child's SIGCHLD, a spurious wakeup). */
+static void reap_try (struct braid_proc *p) {
+  if (p->live[P_PROC] && !p->exited) reap_now(p);
 }
 
 static void reap_poll_cb (uv_poll_t *h, int status, int events) {
@@ -181,6 +192,23 @@ static int reap_pidfd (struct braid_proc *p) {
 #endif
 }
 
+/* Waits for p's exit from now on (braid_spawn_opts.reap_later): reaps it
+** at once when it has already exited, which needs no handle at all; else
+** on a pidfd, else on SIGCHLD (started before the second look, so an exit
+** in between is not missed). Returns 1 when it reaped the child
+** (braid__proc_exited has run). */
+int braid__reap_watch (struct braid_proc *p) {
+  if (p->pid <= 0 || p->exited || p->live[P_PROC]) return 0;
+  if (reap_now(p)) return 1;
+  p->live[P_PROC] = 1;
+  p->open++;
+  if (reap_pidfd(p) == 0) return 0;
+  uv_signal_init(braid_loop(p->E), &p->reap.sig);
+  p->reap.sig.data = p;
+  uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+  return reap_now(p);
+}
+
 /* ---- starting ---- */
 
 /* fd, moved above the stdio numbers (a dup2 onto 0-2 must not clobber
@@ -201,6 +229,7 @@ int braid__spawn_start (struct braid_proc *p,
   sigset_t mask, dflt;
   short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
   int i, rc, moved[3] = {-1, -1, -1}, sigchld = 0;
+  int later = o->reap_later && reap_pidfd_possible();
   pid_t pid = -1;
   p->pidfd = -1;
   if (posix_spawn_file_actions_init(&fa) != 0) return UV_ENOMEM;
@@ -222,7 +251,10 @@ int braid__spawn_start (struct braid_proc *p,
     if (o->fd[i] >= 0)
       rc = posix_spawn_file_actions_adddup2(&fa, above_stdio(o->fd[i],
                                                              &moved[i]), i);
-    else if (o->fd[i] == BRAID_FD_STDOUT)
+    else if (o->fd[i] == BRAID_FD_STDOUT ||
+             (i == 2 && o->fd[2] == BRAID_FD_NULL && o->fd[1] == BRAID_FD_NULL))
+      /* 2>&1; or both to /dev/null: one open of it for both (the child's
+      ** path lookups hold braid up, vfork) */
       rc = posix_spawn_file_actions_adddup2(&fa, 1, 2);
     else if (o->fd[i] == BRAID_FD_NULL)
       rc = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
@@ -230,7 +262,7 @@ int braid__spawn_start (struct braid_proc *p,
   }
   if (rc == 0 && o->cwd)
     rc = posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
-  if (rc == 0 && reap_pidfd_possible() == 0) {
+  if (rc == 0 && !later && reap_pidfd_possible() == 0) {
     /* The SIGCHLD path: watch before the child exists, so that an exit
     ** right after the spawn is not missed. */
     uv_signal_init(braid_loop(p->E), &p->reap.sig);
@@ -253,6 +285,7 @@ int braid__spawn_start (struct braid_proc *p,
   }
   p->pid = pid;
   p->group = (unsigned char) (o->group != 0);
+  if (later) return 0;         /* braid__reap_watch, from process.c */
   p->live[P_PROC] = 1;
   p->open++;
   if (!sigchld && reap_pidfd(p) != 0) {
@@ -294,7 +327,7 @@ int braid__group_running (int pgid) {
 }
 
 int braid__proc_signal (struct braid_proc *p, int sig) {
-  if (!p->live[P_PROC] && !p->exited) return -1;   /* never started */
+  if (p->pid <= 0) return -1;  /* never started */
   if (!p->exited) return kill(p->group ? -p->pid : p->pid, sig);
   /* The leader is reaped: its group's number cannot be reused while any
   ** member is left (the kernel keeps the pid in use as a pgid). */

@@ -3,7 +3,8 @@
 ** (tcp.c) and a child's pipes (process.c, exec.c), and the SIGPIPE policy.
 **
 ** Invariants:
-** - One read buffer per stream, allocated on the first read and grown
+** - One read buffer per stream, allocated on the first read (first_buf,
+**   64 KiB unless the owner asks for less) and grown
 **   only while a reader waits for more than it holds (a long line, "a")
 **   or the stream is drained; libuv reads straight into its free tail.
 **   Once started, reading stays on until 64 KiB are buffered with nobody
@@ -111,7 +112,7 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
   if (s->off + s->len == s->cap) {   /* full, or no buffer yet: grow */
     /* Full means off == 0 and len == cap <= max_buf (reading stops past
     ** it), so the clamp still lets the buffer grow. */
-    size_t cap = s->cap ? s->cap * 2 : READ_BUF;
+    size_t cap = s->cap ? s->cap * 2 : s->first_buf;
     char *nb = NULL;
     if (cap > s->max_buf + 1) cap = s->max_buf + 1;
     if (braid__charge_set(&s->charge, s->E, cap) != 0 ||
@@ -190,6 +191,7 @@ void braid__stream_init (struct braid_stream *s, braid_engine_t *E,
   s->max_line = BRAID_MAX_LINE;
   s->max_buf = BRAID_NO_LIMIT;
   s->max_buf_opt = "";
+  s->first_buf = READ_BUF;
   braid__list_init(&s->writes);
   s->live = 1;
   uv_unref(&s->h.handle);

@@ -61,6 +61,8 @@ struct braid_stream {
                                    over) and raises kind "limit";
                                    BRAID_NO_LIMIT */
   const char *max_buf_opt;      /* the option that sets it: "max_output" */
+  size_t first_buf;             /* the owner's to set: the first buffer's
+                                   size (64 KiB; a child's pipes: less) */
   struct braid_charge charge;   /* buf's bytes, against the memory limit */
   braid_op_t *rop;              /* the waiting reader's op, until resumed */
   braid_op_t *reader;           /* the reader's op, until its continuation */
