@@ -158,6 +158,27 @@ describe("coroutine.close and resume of a task's coroutines", function()
     end
   end))
 
+  it("knows a task's coroutine at any depth (its bottom frame is braid's)", h.run(function()
+    for _, depth in ipairs({0, 1, 2, 7, 64, 1000}) do
+      local me
+      local function deep(n)
+        if n == 0 then me = coroutine.running(); braid.sleep(10)
+        else deep(n - 1) end   -- not a tail call: one frame per level
+        return n
+      end
+      local a = braid.spawn(deep, depth)
+      braid.yield()
+      assert.are.same({false, "cannot resume coroutine: it is suspended in a braid call of a task"},
+        {coroutine.resume(me)})
+      a:cancel()
+      assert.is_false((pcall(a.await, a)))
+    end
+    -- a script's own coroutine parked in a plain yield is its own to resume
+    local co = coroutine.create(function() coroutine.yield(1) return 2 end)
+    assert.are.same({true, 1}, {coroutine.resume(co)})
+    assert.are.same({true, 2}, {coroutine.resume(co)})
+  end))
+
   it("closes the script's own coroutines as Lua does", h.run(function()
     local closed = false
     local co = coroutine.create(function()

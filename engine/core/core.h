@@ -305,7 +305,9 @@ void braid__abandon_each(struct braid_task *t, void *ud);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
-extern const char braid__suspended_key, braid__threads_key;
+extern const char braid__suspended_key;
+/* A task's coroutine runs this at its bottom (corolib.c tells them so). */
+int braid__task_main(lua_State *L);
 extern const char *const braid__status_names[];
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);

@@ -22,9 +22,6 @@
 #define TASK_MT "braid.Task"
 #define POOL_MAX 256
 
-/* the coroutines tasks run in (weak keys): coroutine.close refuses them */
-const char braid__threads_key = 't';
-
 const char *const braid__status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
 };
@@ -195,7 +192,7 @@ static int task_main_k (lua_State *L, int status, lua_KContext ctx) {
 ** memory limit and budget apply; an error they raise becomes the task's),
 ** rather than later, outside it, when the coroutine is reset. Then the
 ** error goes on to the scheduler. [fn, args...] */
-static int task_main (lua_State *L) {
+int braid__task_main (lua_State *L) {
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 1);
   return task_main_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0,
@@ -227,15 +224,10 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     co = lua_tothread(S, -1);
   } else {
     co = lua_newthread(S);
-    lua_rawgetp(S, LUA_REGISTRYINDEX, &braid__threads_key);
-    lua_pushvalue(S, -2);
-    lua_pushboolean(S, 1);
-    lua_rawset(S, -3);
-    lua_pop(S, 1);
   }
   lua_getiuservalue(S, -2, 1);
   if (!lua_checkstack(co, t->nargs + 4)) luaL_error(S, "not enough memory");
-  lua_pushcfunction(co, task_main);
+  lua_pushcfunction(co, braid__task_main);
   if (t->nargs == 0) lua_xmove(S, co, 1);
   else {   /* unpacked on co's stack, not S's: S's may be small */
     lua_xmove(S, co, 1);
