@@ -17,6 +17,8 @@
 **   that class's free list when freed; regions are handed back to the
 **   kernel only when the arena is freed, so its memory is reused by Lua,
 **   not returned to the system (like malloc's heap, without trimming).
+**   When no region can be mapped, a class with an empty list is served by
+**   splitting a free block of a bigger class (arena_split).
 ** - Under AddressSanitizer the arena is off unless BRAID_ARENA=1: every
 **   block then comes from malloc, whose quarantine and redzones catch what
 **   an arena would hide. Forced on, free blocks and unused tails are
@@ -130,6 +132,14 @@ static char *region_map (int huge) {
   return r;
 }
 
+/* Puts the free block b of class c on its list. */
+static void free_push (struct braid_arena *A, void *b, size_t c) {
+  UNPOISON(b, sizeof(void *));
+  *(void **) b = A->free[c];
+  POISON(b, sizeof(void *));
+  A->free[c] = b;
+}
+
 /* Moves the bump pointer to a new region; what was left of the old one
 ** goes to the free list of its size. 0 when no region could be had. */
 static int arena_grow (struct braid_arena *A) {
@@ -141,12 +151,8 @@ static int arena_grow (struct braid_arena *A) {
     return 0;
   }
   ROOT_ADD(r, REGION);
-  if (rest >= 16) {   /* whole classes only: every size is a multiple of 16 */
-    UNPOISON(A->bump, sizeof(void *));
-    *(void **) A->bump = A->free[CLASS(rest)];
-    POISON(A->bump, sizeof(void *));
-    A->free[CLASS(rest)] = A->bump;
-  }
+  if (rest >= 16)   /* whole classes only: every size is a multiple of 16 */
+    free_push(A, A->bump, CLASS(rest));
   A->bump = r;
   A->end = r + REGION;
   POISON(r, REGION);
@@ -157,16 +163,36 @@ static int arena_grow (struct braid_arena *A) {
 
 static void arena_release(struct braid_arena *A);
 
+/* No region can be had (an address-space limit, say): carve the block
+** from a free one of a bigger class, the rest going to the list of its
+** size. Without this, memory freed in one class could not serve another,
+** and every allocation of a class with an empty list failed back to Lua,
+** which runs a full emergency collection each time: a script at its limit
+** took 20 s instead of 1 to fail (hardening_spec's spawn under ulimit). */
+static void *arena_split (struct braid_arena *A, size_t c) {
+  size_t k;
+  for (k = c + 1; k < NCLASS; k++)
+    if (A->free[k] != NULL) {
+      char *b = (char *) A->free[k];
+      UNPOISON(b, sizeof(void *));
+      A->free[k] = *(void **) b;
+      free_push(A, b + (c << 4), k - c);
+      return b;
+    }
+  return NULL;
+}
+
 static void *arena_get (struct braid_arena *A, size_t n) {
   size_t c = CLASS(n);
   void *b = A->free[c];
   if (b != NULL) {
     UNPOISON(b, sizeof(void *));
     A->free[c] = *(void **) b;
-  } else {
-    if ((size_t) (A->end - A->bump) < c << 4 && !arena_grow(A)) return NULL;
+  } else if ((size_t) (A->end - A->bump) >= c << 4 || arena_grow(A)) {
     b = A->bump;
     A->bump += c << 4;
+  } else if ((b = arena_split(A, c)) == NULL) {
+    return NULL;
   }
   UNPOISON(b, n);
   A->live++;
@@ -176,10 +202,7 @@ static void *arena_get (struct braid_arena *A, size_t n) {
 static void arena_put (struct braid_arena *A, void *b, size_t n) {
   size_t c = CLASS(n);
   POISON(b, c << 4);
-  UNPOISON(b, sizeof(void *));
-  *(void **) b = A->free[c];
-  POISON(b, sizeof(void *));
-  A->free[c] = b;
+  free_push(A, b, c);
   if (--A->live == 0 && A->orphan) arena_release(A);
 }
 
