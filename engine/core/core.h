@@ -56,7 +56,12 @@ static inline void *braid__check_tagged (lua_State *L, int idx,
   return p ? p : braid__tag_error(L, idx, type, fname);
 }
 
-/* ---- timers: one uv_timer_t drives a binary heap of these ---- */
+/* ---- timers: one uv_timer_t drives a heap of these ---- */
+
+struct braid_heap_ent {
+  uint64_t due, seq;
+  struct braid_timer *tm;
+};
 
 uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
@@ -362,7 +367,7 @@ struct braid_engine {
   unsigned io_ops;             /* ops pending that hold the virtual clock */
   unsigned noyield;            /* coroutines resumed where the task cannot
                                ** yield, now running (task.c co_resume) */
-  struct braid_timer **heap;
+  struct braid_heap_ent *heap;   /* timer.c: keys inline */
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;
   struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
