@@ -19,23 +19,10 @@ local function since(s)
   return math.max(braid.now() - s[1], os.clock() - s[2])
 end
 
-local function median(t)
-  table.sort(t)
-  local m = #t // 2
-  if #t % 2 == 1 then return t[m + 1] end
-  return (t[m] + t[m + 1]) / 2
-end
-
-local function result(w, key, v)
-  io.write(string.format("RESULT %s braid %s=%.3f\n", w, key, v))
-end
-
--- samples[0] is round 0, the first in this fresh process (cold); the
--- median is of rounds 1..n (warm), when there are any.
-local function report(w, key, samples)
-  if #samples > 0 then result(w, key, median(samples)) end
-  result(w, "cold_" .. key, samples[0])
-end
+local R = dofile((arg[0]:match("^(.*)/") or ".") .. "/report.lua")
+local median = R.median
+local function result(w, key, v) R.result(w, "braid", key, v) end
+local function report(w, key, samples) R.report(w, "braid", key, samples) end
 
 -- W1: spawn n no-op tasks, then await all n.
 local function w1()

@@ -12,21 +12,8 @@ local now = cqueues.monotime
 
 local which, n, rounds = arg[1], tonumber(arg[2]), tonumber(arg[3])
 
-local function median(t)
-  table.sort(t)
-  local m = #t // 2
-  if #t % 2 == 1 then return t[m + 1] end
-  return (t[m] + t[m + 1]) / 2
-end
-
-local function result(w, key, v)
-  io.write(string.format("RESULT %s cqueues %s=%.3f\n", w, key, v))
-end
-
-local function report(w, key, samples)
-  if #samples > 0 then result(w, key, median(samples)) end
-  result(w, "cold_" .. key, samples[0])
-end
+local R = dofile((arg[0]:match("^(.*)/") or ".") .. "/report.lua")
+local function report(w, key, samples) R.report(w, "cqueues", key, samples) end
 
 -- Runs the controller until every coroutine has ended; raises the first error.
 local function loop(cq)

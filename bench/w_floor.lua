@@ -8,23 +8,8 @@
 local which, n, rounds = arg[1], tonumber(arg[2]), tonumber(arg[3])
 local clock = os.clock
 
-local function median(t)
-  table.sort(t)
-  local m = #t // 2
-  if #t % 2 == 1 then return t[m + 1] end
-  return (t[m] + t[m + 1]) / 2
-end
-
-local function result(w, impl, key, v)
-  io.write(string.format("RESULT %s %s %s=%.3f\n", w, impl, key, v))
-end
-
--- samples[0] is round 0, the first in this fresh process (cold); the
--- median is of rounds 1..n (warm), when there are any.
-local function report(w, impl, key, samples)
-  if #samples > 0 then result(w, impl, key, median(samples)) end
-  result(w, impl, "cold_" .. key, samples[0])
-end
+local R = dofile((arg[0]:match("^(.*)/") or ".") .. "/report.lua")
+local report = R.report
 
 -- W1: run 100k no-op tasks, each a coroutine.
 --   floor:     create + resume each in turn (what a lazy scheduler can reach)
