@@ -109,6 +109,29 @@ describe("braid.sleep", function()
     assert.are.equal(3600, braid.now() - t0)
   end))
 
+  -- The timer heap (timer.c, four children a node, keys inline): wake-ups
+  -- in (deadline, arming order) whatever the order of arming, with timers
+  -- taken out of the middle of the heap by cancellation.
+  it("wakes thousands of sleepers in deadline order, ties by arming order, with some cancelled", h.virtual(function()
+    local n, woke, tasks, due = 3000, {}, {}, {}
+    local seed = 12345
+    local function rand(m) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % m end
+    local t0 = braid.now()
+    for i = 1, n do
+      due[i] = rand(200)   -- whole seconds: many ties
+      tasks[i] = braid.spawn(function() braid.sleep(due[i]) woke[#woke + 1] = i end)
+    end
+    braid.yield()   -- every sleeper has armed its timer, in spawn order
+    local cancelled = {}
+    for i = 1, n, 7 do tasks[i]:cancel(); cancelled[i] = true end
+    for i = 1, n do pcall(tasks[i].await, tasks[i]) end
+    local expect = {}
+    for i = 1, n do if not cancelled[i] then expect[#expect + 1] = i end end
+    table.sort(expect, function(a, b) return due[a] < due[b] or (due[a] == due[b] and a < b) end)
+    assert.are.same(expect, woke)
+    assert.are.equal(199, braid.now() - t0)
+  end))
+
   it("scales to 100k concurrent sleepers", h.run(function()
     local n, woke = 100000, 0
     braid.scope(function(s)
