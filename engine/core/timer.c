@@ -4,11 +4,11 @@
 ** primitive on top of it (io/sleep.c).
 **
 ** Every sleeper, deadline and grace period is a struct braid_timer in one
-** binary heap ordered by (due, seq); one uv_timer_t is armed for the
-** earliest entry and is stopped when the heap is empty, so timers never keep
-** a loop alive that has nothing to wake. On the virtual clock the uv_timer_t
-** is never armed: when the loop runs dry, braid__timer_advance jumps the
-** clock to the earliest entry instead.
+** heap (four children a node, keys inline) ordered by (due, seq); one
+** uv_timer_t is armed for the earliest entry and is stopped when the heap
+** is empty, so timers never keep a loop alive that has nothing to wake.
+** On the virtual clock the uv_timer_t is never armed: when the loop runs
+** dry, braid__timer_advance jumps the clock to the earliest entry instead.
 */
 #include <math.h>
 #include "core.h"
