@@ -127,15 +127,23 @@ end
 -- (tools/fuzz_findings.md) keep their shape. FUZZ_IO=0 turns them off.
 local IO_KINDS = {"exec", "proc", "tcp", "fs", "http"}
 
-local function add_io(node)
+-- Replaces some sleep steps of every leaf under node, each with odds 1 in
+-- `odds`, by make(step): the one walk (body, kid, kids, in that order)
+-- every stream of extra steps below makes, so a seed's draws, and the
+-- trees of earlier seeds, stay as they were.
+local function replace_sleeps(node, odds, make)
   if node.kind == "leaf" then
     for i, s in ipairs(node.steps) do
-      if s[1] == "sleep" and rand(6) == 1 then node.steps[i] = {"io", pick(IO_KINDS)} end
+      if s[1] == "sleep" and rand(odds) == 1 then node.steps[i] = make(s) end
     end
   end
-  if node.body then add_io(node.body) end
-  if node.kid then add_io(node.kid) end
-  for _, c in ipairs(node.kids or {}) do add_io(c) end
+  if node.body then replace_sleeps(node.body, odds, make) end
+  if node.kid then replace_sleeps(node.kid, odds, make) end
+  for _, c in ipairs(node.kids or {}) do replace_sleeps(c, odds, make) end
+end
+
+local function add_io(node)
+  replace_sleeps(node, 6, function() return {"io", pick(IO_KINDS)} end)
 end
 
 -- Channel exchanges (braid.select among plain sends and receives) replace
@@ -184,14 +192,7 @@ local function gen_xchg()
 end
 
 local function add_select(node)
-  if node.kind == "leaf" then
-    for i, s in ipairs(node.steps) do
-      if s[1] == "sleep" and rand(5) == 1 then node.steps[i] = {"xchg", gen_xchg()} end
-    end
-  end
-  if node.body then add_select(node.body) end
-  if node.kid then add_select(node.kid) end
-  for _, c in ipairs(node.kids or {}) do add_select(c) end
+  replace_sleeps(node, 5, function() return {"xchg", gen_xchg()} end)
 end
 
 -- A sleep step sometimes becomes "closeerr": the leaf's <close> handler for
@@ -199,14 +200,7 @@ end
 -- error or a cancellation (issue 13.8: such errors used to vanish, and the
 -- handler ran outside the task). The error replaces what was unwinding.
 local function add_closeerr(node)
-  if node.kind == "leaf" then
-    for i, s in ipairs(node.steps) do
-      if s[1] == "sleep" and rand(6) == 1 then node.steps[i] = {"closeerr", s[2]} end
-    end
-  end
-  if node.body then add_closeerr(node.body) end
-  if node.kid then add_closeerr(node.kid) end
-  for _, c in ipairs(node.kids or {}) do add_closeerr(c) end
+  replace_sleeps(node, 6, function(st) return {"closeerr", st[2]} end)
 end
 
 -- Worker calls replace some of the sleeps left (a fourth random stream):
@@ -214,14 +208,7 @@ end
 -- mode 2 also cancels a caller in the middle of a call, mode 3 closes the
 -- worker with a call in flight. FUZZ_WORKER=0 turns them off.
 local function add_worker(node)
-  if node.kind == "leaf" then
-    for i, s in ipairs(node.steps) do
-      if s[1] == "sleep" and rand(8) == 1 then node.steps[i] = {"worker", rand(3)} end
-    end
-  end
-  if node.body then add_worker(node.body) end
-  if node.kid then add_worker(node.kid) end
-  for _, c in ipairs(node.kids or {}) do add_worker(c) end
+  replace_sleeps(node, 8, function() return {"worker", rand(3)} end)
 end
 
 function M.generate(seed)
