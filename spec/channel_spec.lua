@@ -29,6 +29,25 @@ describe("braid.channel", function()
     assert.are.same({"delivered"}, log)
   end))
 
+  -- recv keeps extra arguments below its results (it no longer trims the
+  -- stack): each path must still return exactly the value and the flag.
+  it("returns v, true whatever extra arguments recv is given", h.virtual(function()
+    local ch = braid.channel(1)
+    local extra = {}
+    for i = 1, 40 do extra[i] = i end
+    ch:send("buffered")
+    assert.are.same({"buffered", true}, {ch:recv(table.unpack(extra))})
+    braid.spawn(function() braid.sleep(1); ch:send("handed") end)
+    assert.are.same({"handed", true}, {ch:recv(table.unpack(extra))})
+    braid.spawn(function() braid.sleep(1); ch:close() end)
+    assert.are.same({nil, false}, {ch:recv("x", "y")})
+    local got = {}
+    local c2 = braid.channel(3)
+    c2:send(1); c2:send(2); c2:close()
+    for v in c2:iter() do got[#got + 1] = v end
+    assert.are.same({1, 2}, got)
+  end))
+
   it("carries nil as a value", h.run(function()
     local ch = braid.channel(1)
     ch:send(nil)

@@ -225,7 +225,10 @@ void *braid__arena_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize <= ARENA_SMALL && !A->orphan) q = arena_get(A, nsize);
   if (q == NULL) {
     q = A->next_f(A->next_ud, NULL, ptr ? 0 : osize, nsize);
-    if (q == NULL) return NULL;
+    /* A shrink that realloc would do in place must not fail here: the
+    ** block is big enough (freed later with the smaller size, it goes to
+    ** that smaller class's list, which it more than fills). */
+    if (q == NULL) return ptr != NULL && nsize < osize ? ptr : NULL;
   }
   if (ptr != NULL) {
     memcpy(q, ptr, osize < nsize ? osize : nsize);
