@@ -60,6 +60,22 @@ describe("braid.fs.open", function()
     assert.are.equal("max_line", e.option)
   end))
 
+  it("refuses a seek past the largest position, and stays usable", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "abcdef")
+    local f <close> = fs.open(d .. "/f")
+    assert.are.equal("ab", f:read(2))
+    for _, whence in ipairs({"cur", "end"}) do
+      local ok, e = pcall(f.seek, f, whence, math.maxinteger)
+      assert.is_false(ok)
+      assert.are.equal("io", e.kind)
+      assert.are.equal("EINVAL", e.code)
+    end
+    assert.are.equal(math.maxinteger, f:seek("set", math.maxinteger))
+    assert.are.equal(2, f:seek("set", 2))
+    assert.are.equal("cdef", f:read("a"))
+  end))
+
   it("stays usable after a cancelled read", h.run(function()
     local d <close> = fs.tmpdir()
     fs.write_file(d .. "/f", "a\nb\n")

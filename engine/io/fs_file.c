@@ -417,6 +417,9 @@ static int l_file_seek (lua_State *L) {
     if (end < 0) return braid__error_uv(L, UV_EINVAL, "file:seek");
     base = (int64_t) end;
   }
+  /* base is at least 0: only a positive offset can overflow */
+  if (off > 0 && base > INT64_MAX - (int64_t) off)
+    return braid_error(L, "io", "EINVAL", "file:seek: position too large");
   at = base + off;
   if (at < 0) return braid_error(L, "io", "EINVAL", "file:seek: position "
                                  "before the start");
