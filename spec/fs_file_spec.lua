@@ -76,6 +76,25 @@ describe("braid.fs.open", function()
     assert.are.equal("cdef", f:read("a"))
   end))
 
+  it("writes the rest after a short write, and raises what stops it", function()
+    -- a file size limit makes write(2) short, then EFBIG (SIGXFSZ ignored)
+    local script = h.script([[
+      local braid = require "braid"
+      local d <close> = braid.fs.tmpdir()
+      local f <close> = braid.fs.open(d .. "/f", "w")
+      local ok, e = pcall(f.write, f, ("x"):rep(5000))
+      print(ok, type(e) == "table" and e.kind, type(e) == "table" and e.code)
+      print(f:seek())
+    ]])
+    local out, err, code = h.sh("ulimit -f 2; trap '' XFSZ; exec " ..
+                                (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                os.getenv("BRAID_BIN") .. " " .. script)
+    os.remove(script)
+    assert.are.equal(0, code, err)
+    local at = tonumber(out:match("^false\tio\tEFBIG\n(%d+)\n$"))
+    assert(at and at > 0 and at < 5000, out)   -- the limit: 1 or 2 KiB
+  end)
+
   it("stays usable after a cancelled read", h.run(function()
     local d <close> = fs.tmpdir()
     fs.write_file(d .. "/f", "a\nb\n")
