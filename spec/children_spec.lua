@@ -223,6 +223,16 @@ describe("issue 15: spawning", function()
     assert.truthy(e.message:find("/no/such/dir/braid", 1, true), e.message)
   end))
 
+  it("runs a relative program path from the cwd option, and says when it is missing there", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    braid.fs.write_file(d .. "/prog.sh", "#!/bin/sh\necho ran\n")
+    braid.fs.chmod(d .. "/prog.sh", 493)   -- 0o755
+    assert.are.equal("ran\n", braid.exec({"./prog.sh"}, {cwd = d.path}).stdout)
+    local ok, e = pcall(braid.exec, {"./prog.sh"})   -- braid's cwd: not there
+    assert.is_false(ok)
+    assert.are.same({"spawn", "ENOENT"}, {e.kind, e.code})
+  end))
+
   it("searches the PATH of the child's environment, /usr/bin:/bin without one", h.run(function()
     assert.are.equal(0, braid.exec({"true"}, {env = {}}).code)
     local ok, e = pcall(braid.exec, {"true"}, {env = {PATH = "/no/such/dir"}})

@@ -60,6 +60,41 @@ describe("braid.fs.open", function()
     assert.are.equal("max_line", e.option)
   end))
 
+  it("refuses a seek past the largest position, and stays usable", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "abcdef")
+    local f <close> = fs.open(d .. "/f")
+    assert.are.equal("ab", f:read(2))
+    for _, whence in ipairs({"cur", "end"}) do
+      local ok, e = pcall(f.seek, f, whence, math.maxinteger)
+      assert.is_false(ok)
+      assert.are.equal("io", e.kind)
+      assert.are.equal("EINVAL", e.code)
+    end
+    assert.are.equal(math.maxinteger, f:seek("set", math.maxinteger))
+    assert.are.equal(2, f:seek("set", 2))
+    assert.are.equal("cdef", f:read("a"))
+  end))
+
+  it("writes the rest after a short write, and raises what stops it", function()
+    -- a file size limit makes write(2) short, then EFBIG (SIGXFSZ ignored)
+    local script = h.script([[
+      local braid = require "braid"
+      local d <close> = braid.fs.tmpdir()
+      local f <close> = braid.fs.open(d .. "/f", "w")
+      local ok, e = pcall(f.write, f, ("x"):rep(5000))
+      print(ok, type(e) == "table" and e.kind, type(e) == "table" and e.code)
+      print(f:seek())
+    ]])
+    local out, err, code = h.sh("ulimit -f 2; trap '' XFSZ; exec " ..
+                                (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                os.getenv("BRAID_BIN") .. " " .. script)
+    os.remove(script)
+    assert.are.equal(0, code, err)
+    local at = tonumber(out:match("^false\tio\tEFBIG\n(%d+)\n$"))
+    assert(at and at > 0 and at < 5000, out)   -- the limit: 1 or 2 KiB
+  end)
+
   it("stays usable after a cancelled read", h.run(function()
     local d <close> = fs.tmpdir()
     fs.write_file(d .. "/f", "a\nb\n")

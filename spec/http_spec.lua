@@ -235,6 +235,15 @@ describe("braid.http.request", function()
       assert.is_false(ok)
       assert.are.same({"io", "ENOSPC"}, {e.kind, e.code})
     end
+    -- and ends open's reading with it
+    for _, n in ipairs{10, 300000} do
+      ok, e = pcall(function()
+        local res <close> = braid.http.open{url = URL .. "/bytes/" .. n, output = "/dev/full"}
+        repeat until res:read() == nil
+      end)
+      assert.is_false(ok)
+      assert.are.same({"io", "ENOSPC"}, {e.kind, e.code})
+    end
   end))
 
   it("speaks TLS: verify = false, a custom CA, and refuses an unknown one", h.run(function()

@@ -29,9 +29,6 @@ static struct braid_proc *exec_proc (braid_op_t *op) {
   return *(struct braid_proc **) braid_op_data(op);
 }
 
-/* The child is already running (braid__proc_spawn needs the Lua stack,
-** and its failures raise kind "spawn"): start only hands the op to the
-** proc. */
 /* braid_suspendk's ud: the child, and its command line when a trace is
 ** being recorded ("exec git status"). */
 struct exec_args {
@@ -39,6 +36,9 @@ struct exec_args {
   const char *label;
 };
 
+/* The child is already running (braid__proc_spawn needs the Lua stack,
+** and its failures raise kind "spawn"): start only hands the op to the
+** proc. */
 static int exec_start (braid_op_t *op, void *ud) {
   struct braid_proc *p = ((struct exec_args *) ud)->p;
   if (((struct exec_args *) ud)->label)

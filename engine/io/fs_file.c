@@ -42,6 +42,8 @@
 #define FILE_MT "braid.File"
 #define FILE_CHUNK (64 * 1024)
 #define FILE_MAX_LINE (1 << 20)
+#define FILE_WRITE_MAX ((size_t) 1 << 30)   /* one write(2); uv_buf_t's
+                                            ** length is an unsigned int */
 
 struct braid_file;
 
@@ -50,7 +52,7 @@ struct file_req {
   struct braid_file *f;
   braid_op_t *op;              /* the waiting call; NULL once detached */
   char *data;                  /* a write's copy of its string */
-  size_t want;
+  size_t want, done;           /* a write's length, and bytes written */
 };
 
 struct braid_file {
@@ -95,11 +97,35 @@ static void file_res_close (braid_resource_t *r) {
   file_close(container_of(r, struct braid_file, res));
 }
 
+static void file_req_cb (uv_fs_t *req);
+
+/* Starts writing what fr has not written yet (at the file's position);
+** 0 or a libuv error. */
+static int file_write_rest (struct braid_file *f, struct file_req *fr) {
+  size_t n = fr->want - fr->done;
+  uv_buf_t b = uv_buf_init(fr->data + fr->done, (unsigned)
+                           (n < FILE_WRITE_MAX ? n : FILE_WRITE_MAX));
+  return uv_fs_write(braid_loop(f->E), &fr->req, f->fd, &b, 1,
+                     f->append || !f->seekable ? -1 : f->pos, file_req_cb);
+}
+
 static void file_req_cb (uv_fs_t *req) {
   struct file_req *fr = container_of(req, struct file_req, req);
   struct braid_file *f = fr->f;
   braid_op_t *op = fr->op;
   ssize_t n = req->result;
+  if (req->fs_type == UV_FS_WRITE && !f->closing && n >= 0) {
+    /* a short write (a full disk, a file size limit, write(2)'s 2 GiB)
+    ** goes on with the rest, which then reports the failure, if any */
+    if (!f->append) f->pos += n;
+    fr->done += (size_t) n;
+    if (n > 0 && fr->done < fr->want) {
+      uv_fs_req_cleanup(req);
+      if ((n = file_write_rest(f, fr)) == 0) return;   /* still busy */
+    } else if (fr->done < fr->want) {
+      n = UV_EIO;                /* wrote nothing, said nothing */
+    }
+  }
   f->busy = NULL;
   if (req->fs_type == UV_FS_READ && !f->closing) {
     if (n < 0) f->err = (int) n;
@@ -108,9 +134,8 @@ static void file_req_cb (uv_fs_t *req) {
       f->len += (size_t) n;
       f->pos += n;
     }
-  } else if (req->fs_type == UV_FS_WRITE && !f->closing) {
-    if (n < 0) f->err = (int) n;
-    else if (!f->append) f->pos += n;
+  } else if (req->fs_type == UV_FS_WRITE && !f->closing && n < 0) {
+    f->err = (int) n;
   }
   uv_fs_req_cleanup(req);
   free(fr->data);
@@ -348,7 +373,6 @@ static int l_file_write (lua_State *L) {
   struct req_args a;
   size_t len;
   const char *s;
-  uv_buf_t b;
   int rc;
   braid__check_type(L, 2, LUA_TSTRING, "file:write");
   s = lua_tolstring(L, 2, &len);
@@ -369,10 +393,8 @@ static int l_file_write (lua_State *L) {
   }
   memcpy(a.fr->data, s, len);
   a.f = a.fr->f = f;
-  b = uv_buf_init(a.fr->data, (unsigned) len);
-  rc = uv_fs_write(braid_loop(f->E), &a.fr->req, f->fd, &b, 1,
-                   f->append || !f->seekable ? -1 : f->pos, file_req_cb);
-  if (rc != 0) {
+  a.fr->want = len;
+  if ((rc = file_write_rest(f, a.fr)) != 0) {
     free(a.fr->data);
     free(a.fr);
     return braid__error_uv(L, rc, "file:write");
@@ -417,6 +439,9 @@ static int l_file_seek (lua_State *L) {
     if (end < 0) return braid__error_uv(L, UV_EINVAL, "file:seek");
     base = (int64_t) end;
   }
+  /* base is at least 0: only a positive offset can overflow */
+  if (off > 0 && base > INT64_MAX - (int64_t) off)
+    return braid_error(L, "io", "EINVAL", "file:seek: position too large");
   at = base + off;
   if (at < 0) return braid_error(L, "io", "EINVAL", "file:seek: position "
                                  "before the start");

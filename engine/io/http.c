@@ -248,6 +248,10 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   return x;
 }
 
+int braid__http_failed (const struct http_xfer *x) {
+  return x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err;
+}
+
 /* Pushes the error of a transfer that failed: kind "memory", "limit"
 ** (max_body), "io" (writing opts.output) or "http" with `code` (libcurl's
 ** name: "COULDNT_CONNECT") and `url`. [-0, +1, m] */
@@ -300,7 +304,7 @@ static void xfer_cancel (braid_op_t *op) {
 static int request_k (lua_State *L, braid_op_t *op) {
   struct http_xfer *x = *(struct http_xfer **) braid_op_data(op);
   const char *fname = lua_tostring(L, 2);
-  if (x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err) {
+  if (braid__http_failed(x)) {
     braid__http_push_error(L, x, fname);
     braid__http_xfer_free(x);   /* also clears the response's pointer */
     return lua_error(L);
@@ -316,8 +320,7 @@ static int request_k (lua_State *L, braid_op_t *op) {
 static int open_k (lua_State *L, braid_op_t *op) {
   struct http_xfer *x = *(struct http_xfer **) braid_op_data(op);
   const char *fname = lua_tostring(L, 2);
-  if (!x->headers_done &&
-      (x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err)) {
+  if (!x->headers_done && braid__http_failed(x)) {
     braid__http_push_error(L, x, fname);
     braid__http_xfer_free(x);
     return lua_error(L);

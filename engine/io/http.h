@@ -104,6 +104,9 @@ void braid__http_done(struct http_xfer *x, CURLcode result);
 ** object's pointer; a task reading it gets kind "closed"). */
 void braid__http_xfer_free(struct http_xfer *x);
 
+/* Did the ended transfer x fail (its error: braid__http_push_error)? */
+int braid__http_failed(const struct http_xfer *x);
+
 /* Pushes the error of the failed transfer x. [-0, +1, m] */
 void braid__http_push_error(lua_State *L, struct http_xfer *x,
                             const char *fname);

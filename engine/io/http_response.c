@@ -289,7 +289,7 @@ static int res_read (lua_State *L) {
     return 1;
   }
   if (x->finished) {
-    if (x->result != CURLE_OK || x->nomem || x->over_limit) {
+    if (braid__http_failed(x)) {
       braid__http_push_error(L, x, "res:read");
       braid__http_xfer_free(x);
       return lua_error(L);

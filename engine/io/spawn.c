@@ -66,8 +66,9 @@ static const char *env_path (char **env) {
   return NULL;
 }
 
-/* posix_spawn of `file` searched as execvp does; returns 0 or an errno. */
-static int spawn_search (pid_t *pid, const char *file,
+/* posix_spawn of `file` searched as execvp does; returns 0 or an errno.
+** cwd: the child's working directory (NULL: braid's). */
+static int spawn_search (pid_t *pid, const char *file, const char *cwd,
                          const posix_spawn_file_actions_t *fa,
                          const posix_spawnattr_t *attr, char **args,
                          char **env) {
@@ -78,8 +79,14 @@ static int spawn_search (pid_t *pid, const char *file,
   if (strchr(file, '/')) {
     /* a missing program is told here too, as in the search below: where
     ** posix_spawn cannot report exec's failure (valgrind and qemu-user
-    ** run its vfork as a fork), it would read as a child exiting 127 */
-    if (access(file, F_OK) != 0) return errno;
+    ** run its vfork as a fork), it would read as a child exiting 127;
+    ** a relative path is the child's, from its cwd */
+    char buf[4096];
+    const char *at = file;
+    if (cwd && file[0] != '/')   /* too long: posix_spawn tells */
+      at = snprintf(buf, sizeof buf, "%s/%s", cwd, file) < (int) sizeof buf
+           ? buf : NULL;
+    if (at && access(at, F_OK) != 0) return errno;
     return posix_spawn(pid, file, fa, attr, args, envp);
   }
   if (flen == 0) return ENOENT;
@@ -270,7 +277,8 @@ int braid__spawn_start (struct braid_proc *p,
     uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
     sigchld = 1;
   }
-  if (rc == 0) rc = spawn_search(&pid, o->file, &fa, &attr, o->args, o->env);
+  if (rc == 0) rc = spawn_search(&pid, o->file, o->cwd, &fa, &attr, o->args,
+                               o->env);
   for (i = 0; i < 3; i++)
     if (moved[i] >= 0) close(moved[i]);
   posix_spawn_file_actions_destroy(&fa);
