@@ -334,6 +334,9 @@ describe("braid.worker", function()
     local w <close> = braid.worker(SRC)
     e = fails(w.call, w, 1)
     assert.equal("usage", e.kind)
+    e = fails(w.call, w, "add\0junk", 1, 2)   -- not add under another name
+    assert.equal("usage", e.kind)
+    assert.matches("zero byte", e.message)
   end))
 
   it("counts the cores", function()
