@@ -124,10 +124,10 @@ static void progress_draw (struct progress *p, int force) {
     p->drawn_ns = now;
     progress_put(p, line, progress_line(p, line, sizeof line));
   } else {
-    int d = p->total > 0 ? (int) (p->done * 10 / p->total) : 0;
+    double q = p->total > 0 ? p->done * 10 / p->total : 0;
+    int d = q >= 10 ? 10 : (int) q;   /* done may pass total by far: no int overflow */
     char line[LINE_MAX_], t[24];
     int n;
-    if (d > 10) d = 10;
     if (d <= p->decile || d >= 10) return;   /* the end has its own line */
     p->decile = d;
     fmt_secs(t, sizeof t, (double) (braid_now(p->E) - p->start_ns) / 1e9);

@@ -150,12 +150,9 @@ static int ticker_wait (lua_State *L, const char *fname) {
                         ticker_start, ticker_cancel, &a, ticker_k);
 }
 
+/* Also __call: the generic for calls ticker(state, control), the same as
+** wait() (ticker_wait drops the extra arguments). */
 static int l_ticker_wait (lua_State *L) {
-  return ticker_wait(L, "ticker:wait");
-}
-
-/* The generic for calls ticker(state, control): the same as wait(). */
-static int l_ticker_call (lua_State *L) {
   return ticker_wait(L, "ticker:wait");
 }
 
@@ -211,7 +208,7 @@ void braid__open_ticker (lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__call", l_ticker_call},
+    {"__call", l_ticker_wait},
     {"__close", l_ticker_close},
     {"__gc", l_ticker_gc},
     {"__tostring", l_ticker_tostring},

@@ -334,7 +334,10 @@ static int l_worker_call (lua_State *L) {
   size_t len;
   int wake;
   braid__check_type(L, 2, LUA_TSTRING, "worker:call");
-  fname = lua_tostring(L, 2);
+  fname = lua_tolstring(L, 2, &len);
+  if (strlen(fname) != len)   /* it crosses as a C string */
+    return braid_argerror(L, 2, "worker:call", "function name contains a "
+                          "zero byte");
   braid_check_suspend(L, "worker:call");
   if (w->closing)
     return braid_error(L, "closed", NULL, "worker:call: the worker is "

@@ -108,6 +108,19 @@ static const char *xc_what (int type) {
 
 static void xc_value (struct xc *x, int idx, int d);
 
+/* Whether the table at idx is a braid.Error: its metatable compared raw,
+** not braid_error_kind, whose lua_tostring of a number kind allocates and
+** so may run a __gc finalizer, which could change a table between the two
+** walks. */
+static int xc_is_error (lua_State *L, int idx) {
+  int is;
+  if (!lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, "braid.Error");
+  is = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return is;
+}
+
 static void xc_table (struct xc *x, int idx, int d) {
   lua_State *L = x->L;
   size_t at = 0;
@@ -139,7 +152,7 @@ static void xc_table (struct xc *x, int idx, int d) {
     lua_rawset(L, x->seen);
   }
   luaL_checkstack(L, 6, "xcopy");
-  xc_tag(x, braid_error_kind(L, idx) ? X_ERROR : X_TABLE);
+  xc_tag(x, xc_is_error(L, idx) ? X_ERROR : X_TABLE);
   at = x->len;
   xc_put(x, &count, sizeof count);
   lua_pushnil(L);
