@@ -31,9 +31,10 @@ struct braid_sem {
   lua_Integer out;              /* taken, or handed to a woken waiter */
   lua_Integer max;              /* permits + out stays within it */
   unsigned owner;               /* a lock's holder (task id), or 0 */
-  int lock;                     /* a braid.Lock */
   struct braid_list waiters;
 };
+
+#define IS_LOCK(s) ((s)->type == &lock_type)
 
 struct braid_event {
   const struct braid_type *type;   /* &event_type */
@@ -87,14 +88,14 @@ static void sem_release (struct braid_wait *w) {
 static void sem_take (struct braid_sem *s, struct braid_task *t) {
   s->permits--;
   s->out++;
-  if (s->lock) s->owner = t->id;
+  if (IS_LOCK(s)) s->owner = t->id;
 }
 
 /* Can t take a permit without waiting? A task that holds a lock and asks
 ** for it again would wait for itself forever: that is a usage error. */
 static int sem_free (lua_State *L, struct braid_sem *s, struct braid_task *t,
                      const char *fname) {
-  if (s->lock && s->owner == t->id)
+  if (IS_LOCK(s) && s->owner == t->id)
     braid_usageerror(L, "%s: this task holds the lock already (braid's "
                         "locks are not reentrant)", fname);
   return s->permits > 0 && braid__list_empty(&s->waiters);
@@ -218,7 +219,7 @@ static int l_sem_with (lua_State *L) {
 ** becomes its holder now), else it waits in `permits`. */
 static void sem_give (struct braid_sem *s) {
   struct braid_wait *w = queue_pop(&s->waiters);
-  if (s->lock) s->owner = w ? WAIT_TASK(w)->id : 0;
+  if (IS_LOCK(s)) s->owner = w ? WAIT_TASK(w)->id : 0;
   if (w) {
     s->out++;
     braid__task_wake(WAIT_TASK(w), WAKE_OK);
@@ -263,7 +264,6 @@ static void sem_push (lua_State *L, lua_Integer n, lua_Integer max,
   s->out = 0;
   s->max = max;
   s->owner = 0;
-  s->lock = lock;
   braid__list_init(&s->waiters);
   luaL_setmetatable(L, lock ? LOCK_MT : SEM_MT);
 }
