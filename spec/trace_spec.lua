@@ -116,6 +116,33 @@ describe("braid.run's trace", function()
     assert.truthy(#check.slices(ix, "^its members$", child) >= 1)
   end)
 
+  it("names each track after its own function's place, though a collected function's address is reused", function()
+    local first, second
+    local ix = traced(function()
+      first = debug.getinfo(1, "l").currentline + 3
+      second = first + 2
+      for _ = 1, 100 do
+        braid.spawn(function() end):await()
+        collectgarbage()   -- frees the closure: the next one may take its place
+        braid.spawn(function() end):await()
+        collectgarbage()
+      end
+    end)
+    local at, tids = {}, {}
+    for tid, tr in pairs(ix.tracks) do
+      local line = tonumber(tr.name:match(":(%d+) #"))
+      if line and not tr.name:match("^main") then
+        at[tid] = line
+        tids[#tids + 1] = tid
+      end
+    end
+    table.sort(tids)   -- ids grow: the two places alternate
+    assert.equal(200, #tids)
+    for i, tid in ipairs(tids) do
+      assert.equal(i % 2 == 1 and first or second, at[tid])
+    end
+  end)
+
   it("labels process waits with the command line", function()
     local ix = traced(function()
       braid.exec({"sh", "-c", "exit 0"})

@@ -14,7 +14,13 @@
 #define TRACE_TEXT_MAX 200      /* bytes of a name, label or message */
 #define SITE_CACHE 32
 
-struct trace_site { const void *fn; size_t len; char text[96]; };
+/* A place functions are defined at (len 0: none yet), and its text. */
+struct trace_site {
+  int line;
+  char src[LUA_IDSIZE];
+  size_t len;
+  char text[96];
+};
 
 struct braid_trace {
   braid_engine_t *E;
