@@ -123,8 +123,8 @@ int braid__trace_open (braid_engine_t *E, const char *path) {
   return 0;
 }
 
-/* Stops recording: names the tracks of tasks still alive (an embedded
-** engine's), ends the JSON, writes it out and closes the file. */
+/* Stops recording: the last counters, then the end of the JSON; writes it
+** out and closes the file. */
 void braid__trace_close (braid_engine_t *E) {
   struct braid_trace *tr = E->trace, **p;
   if (tr == NULL) return;
