@@ -254,6 +254,26 @@ describe("braid --trace", function()
     assert.equal("interrupt", c[1].args.by)
   end)
 
+  it("writes the trace when a second SIGINT leaves at once", function()
+    local path, out = tmpfile(), tmpfile()
+    -- the shielded body outlasts the first SIGINT (grace 30 s); the second
+    -- one makes braid _exit
+    local _, _, code = h.sh(RUN_ENV .. " sh -c '\"$0\" --grace 30 --trace " .. path ..
+      " -e \"braid.shield(function() print(1) io.stdout:flush() braid.sleep(30) end)\"" ..
+      " >" .. out .. " </dev/null & p=$!; i=0;" ..
+      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;" ..
+      " kill -INT $p; sleep 1; kill -INT $p; wait $p' '" .. BIN .. "'")
+    os.remove(out)
+    assert.equal(130, code)
+    local doc = check.load(path)   -- complete JSON; slices are left open
+    os.remove(path)
+    local by
+    for _, e in ipairs(doc.traceEvents) do
+      if e.ph == "i" and e.name == "cancel" then by = e.args.by end
+    end
+    assert.equal("interrupt", by)
+  end)
+
   it("writes the trace when the script calls os.exit", function()
     local path = tmpfile()
     local _, _, code = run("--trace " .. path ..

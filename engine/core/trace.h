@@ -50,6 +50,7 @@ struct braid_trace {
   char what_text[8][64];
   char label[TRACE_TEXT_MAX + 1];        /* the next wait's, if set */
   struct braid_trace *next;    /* open traces, for atexit */
+  struct braid_exit_hook hook; /* a second Ctrl-C: completed before _exit */
   struct trace_site sites[SITE_CACHE];
   char buf[TRACE_BUF];
 };
