@@ -139,11 +139,11 @@ static int l_sem_acquire (lua_State *L) {
 }
 
 /* sem:with's guard: to be closed on sem:with's own stack, with the
-** semaphore as its user value; `held` once the call holds a permit. Made
-** before the permit is taken, so that running out of memory cannot leave
-** a permit taken with nothing to give it back. */
-static int *sem_guard_push (lua_State *L) {
-  int *held = (int *) lua_newuserdatauv(L, sizeof *held, 1);
+** semaphore as its user value; `held`, the id of the task, once the call
+** holds a permit. Made before the permit is taken, so that running out of
+** memory cannot leave a permit taken with nothing to give it back. */
+static unsigned *sem_guard_push (lua_State *L) {
+  unsigned *held = (unsigned *) lua_newuserdatauv(L, sizeof *held, 1);
   *held = 0;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -154,13 +154,16 @@ static int *sem_guard_push (lua_State *L) {
 }
 
 /* The guard is closed (return, error, cancellation, abandonment): the
-** permit goes back, if one was taken. */
+** permit goes back, if one was taken; a lock, only if the task still holds
+** it (its body may have released it, and the lock gone to another). */
 static int l_sem_guard_close (lua_State *L) {
-  int *held = (int *) lua_touserdata(L, 1);
-  if (*held) {
+  unsigned *held = (unsigned *) lua_touserdata(L, 1), id = *held;
+  if (id) {
+    struct braid_sem *s;
     *held = 0;
     lua_getiuservalue(L, 1, 1);
-    sem_put((struct braid_sem *) lua_touserdata(L, -1));
+    s = (struct braid_sem *) lua_touserdata(L, -1);
+    if (!IS_LOCK(s) || s->owner == id) sem_put(s);
   }
   return 0;
 }
@@ -185,7 +188,7 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   t->w->release = NULL;
   braid__task_resumed(L, t);
-  *(int *) lua_touserdata(L, -1) = 1;
+  *(unsigned *) lua_touserdata(L, -1) = t->id;
   return sem_with_call(L);
 }
 
@@ -195,7 +198,8 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
 static int sem_with (lua_State *L, const char *fname) {
   struct braid_sem *s = sem_check(L, fname);
   struct braid_task *t;
-  int *held, now;
+  unsigned *held;
+  int now;
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, fname, "function expected");
   t = braid__task_current(L, fname);
@@ -205,7 +209,7 @@ static int sem_with (lua_State *L, const char *fname) {
   held = sem_guard_push(L);
   if (now) {
     sem_take(s, t);
-    *held = 1;
+    *held = t->id;
     return sem_with_call(L);
   }
   return sem_queue_wait(L, t, s, sem_with_k);
