@@ -196,6 +196,14 @@ describe("semaphore:release", function()
     assert.are.equal(2, sem:count())
   end))
 
+  it("inside with(fn) leaves the permit with's guard would give back",
+     h.run(function()
+    local sem = braid.semaphore(1)
+    sem:with(function() sem:release() end)
+    assert.are.equal(1, sem:count())   -- not 2: the guard adds none
+    assert.is_false(pcall(sem.release, sem))
+  end))
+
   it("adds permits up to opts.max, math.huge for no bound", h.run(function()
     local sem = braid.semaphore(0, {max = 2})
     sem:release(); sem:release()

@@ -77,6 +77,7 @@ static struct braid_sem *sem_check (lua_State *L, const char *fname) {
 }
 
 static void sem_put (struct braid_sem *s);
+static int sem_back (struct braid_sem *s);
 
 /* A waiter woken with a permit that will never run (abandoned,
 ** braid_close) gives it back, as a channel's receiver gives its value. */
@@ -155,7 +156,8 @@ static unsigned *sem_guard_push (lua_State *L) {
 
 /* The guard is closed (return, error, cancellation, abandonment): the
 ** permit goes back, if one was taken; a lock, only if the task still holds
-** it (its body may have released it, and the lock gone to another). */
+** it (its body may have released it, and the lock gone to another); a
+** semaphore, within its bound (its body may have released it already). */
 static int l_sem_guard_close (lua_State *L) {
   unsigned *held = (unsigned *) lua_touserdata(L, 1), id = *held;
   if (id) {
@@ -163,7 +165,8 @@ static int l_sem_guard_close (lua_State *L) {
     *held = 0;
     lua_getiuservalue(L, 1, 1);
     s = (struct braid_sem *) lua_touserdata(L, -1);
-    if (!IS_LOCK(s) || s->owner == id) sem_put(s);
+    if (!IS_LOCK(s)) sem_back(s);
+    else if (s->owner == id) sem_put(s);
   }
   return 0;
 }
@@ -238,13 +241,20 @@ static void sem_put (struct braid_sem *s) {
   sem_give(s);
 }
 
+/* A permit given back (sem:release, sem:with's guard); 0 when none is out
+** and the semaphore's max leaves no room for one more. */
+static int sem_back (struct braid_sem *s) {
+  if (s->out > 0) sem_put(s);
+  else if (s->permits < s->max) sem_give(s);
+  else return 0;
+  return 1;
+}
+
 /* sem:release(): gives a permit back; raises when none is out and the
 ** semaphore's max leaves no room for one more. */
 static int l_sem_release (lua_State *L) {
   struct braid_sem *s = sem_check(L, "semaphore:release");
-  if (s->out > 0) sem_put(s);
-  else if (s->permits < s->max) sem_give(s);
-  else
+  if (!sem_back(s))
     braid_usageerror(L, "semaphore:release: released more often than "
                         "acquired (all %I permits are free; "
                         "braid.semaphore(n, {max = m}) allows up to m)",
