@@ -75,6 +75,35 @@ describe("braid.lock", function()
     assert.is_false(l:locked())
   end))
 
+  it("with(fn) leaves alone a lock its body released and handed on",
+     h.virtual(function()
+    local l = braid.lock()
+    local b
+    l:with(function()
+      b = braid.spawn(function()
+        l:acquire()
+        braid.sleep(1)
+        local held = l:owned()
+        l:release()
+        return held
+      end)
+      braid.sleep(0.5)   -- b waits for the lock
+      l:release()        -- handed to b: b holds it now
+    end)
+    assert.is_true(l:locked())   -- still b's, not freed by with's guard
+    local c_got = false
+    local c = braid.spawn(function()
+      l:acquire()
+      c_got = true
+      l:release()
+      return "c"
+    end)
+    braid.sleep(0.1)
+    assert.is_false(c_got)        -- c waits while b holds it
+    assert.is_true(b:await())
+    assert.are.equal("c", c:await())
+  end))
+
   it("goes to the next waiter when a cancelled waiter leaves",
      h.virtual(function()
     local l = braid.lock()
@@ -165,6 +194,14 @@ describe("semaphore:release", function()
     assert.are.equal("usage", e.kind)
     assert.matches("released more often than acquired", e.message)
     assert.are.equal(2, sem:count())
+  end))
+
+  it("inside with(fn) leaves the permit with's guard would give back",
+     h.run(function()
+    local sem = braid.semaphore(1)
+    sem:with(function() sem:release() end)
+    assert.are.equal(1, sem:count())   -- not 2: the guard adds none
+    assert.is_false(pcall(sem.release, sem))
   end))
 
   it("adds permits up to opts.max, math.huge for no bound", h.run(function()

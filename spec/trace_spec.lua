@@ -116,6 +116,33 @@ describe("braid.run's trace", function()
     assert.truthy(#check.slices(ix, "^its members$", child) >= 1)
   end)
 
+  it("names each track after its own function's place, though a collected function's address is reused", function()
+    local first, second
+    local ix = traced(function()
+      first = debug.getinfo(1, "l").currentline + 3
+      second = first + 2
+      for _ = 1, 100 do
+        braid.spawn(function() end):await()
+        collectgarbage()   -- frees the closure: the next one may take its place
+        braid.spawn(function() end):await()
+        collectgarbage()
+      end
+    end)
+    local at, tids = {}, {}
+    for tid, tr in pairs(ix.tracks) do
+      local line = tonumber(tr.name:match(":(%d+) #"))
+      if line and not tr.name:match("^main") then
+        at[tid] = line
+        tids[#tids + 1] = tid
+      end
+    end
+    table.sort(tids)   -- ids grow: the two places alternate
+    assert.equal(200, #tids)
+    for i, tid in ipairs(tids) do
+      assert.equal(i % 2 == 1 and first or second, at[tid])
+    end
+  end)
+
   it("labels process waits with the command line", function()
     local ix = traced(function()
       braid.exec({"sh", "-c", "exit 0"})
@@ -225,6 +252,26 @@ describe("braid --trace", function()
     os.remove(path)
     local c = check.instants(ix, "cancel")
     assert.equal("interrupt", c[1].args.by)
+  end)
+
+  it("writes the trace when a second SIGINT leaves at once", function()
+    local path, out = tmpfile(), tmpfile()
+    -- the shielded body outlasts the first SIGINT (grace 30 s); the second
+    -- one makes braid _exit
+    local _, _, code = h.sh(RUN_ENV .. " sh -c '\"$0\" --grace 30 --trace " .. path ..
+      " -e \"braid.shield(function() print(1) io.stdout:flush() braid.sleep(30) end)\"" ..
+      " >" .. out .. " </dev/null & p=$!; i=0;" ..
+      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;" ..
+      " kill -INT $p; sleep 1; kill -INT $p; wait $p' '" .. BIN .. "'")
+    os.remove(out)
+    assert.equal(130, code)
+    local doc = check.load(path)   -- complete JSON; slices are left open
+    os.remove(path)
+    local by
+    for _, e in ipairs(doc.traceEvents) do
+      if e.ph == "i" and e.name == "cancel" then by = e.args.by end
+    end
+    assert.equal("interrupt", by)
   end)
 
   it("writes the trace when the script calls os.exit", function()

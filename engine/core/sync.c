@@ -31,9 +31,10 @@ struct braid_sem {
   lua_Integer out;              /* taken, or handed to a woken waiter */
   lua_Integer max;              /* permits + out stays within it */
   unsigned owner;               /* a lock's holder (task id), or 0 */
-  int lock;                     /* a braid.Lock */
   struct braid_list waiters;
 };
+
+#define IS_LOCK(s) ((s)->type == &lock_type)
 
 struct braid_event {
   const struct braid_type *type;   /* &event_type */
@@ -76,6 +77,7 @@ static struct braid_sem *sem_check (lua_State *L, const char *fname) {
 }
 
 static void sem_put (struct braid_sem *s);
+static int sem_back (struct braid_sem *s);
 
 /* A waiter woken with a permit that will never run (abandoned,
 ** braid_close) gives it back, as a channel's receiver gives its value. */
@@ -87,14 +89,14 @@ static void sem_release (struct braid_wait *w) {
 static void sem_take (struct braid_sem *s, struct braid_task *t) {
   s->permits--;
   s->out++;
-  if (s->lock) s->owner = t->id;
+  if (IS_LOCK(s)) s->owner = t->id;
 }
 
 /* Can t take a permit without waiting? A task that holds a lock and asks
 ** for it again would wait for itself forever: that is a usage error. */
 static int sem_free (lua_State *L, struct braid_sem *s, struct braid_task *t,
                      const char *fname) {
-  if (s->lock && s->owner == t->id)
+  if (IS_LOCK(s) && s->owner == t->id)
     braid_usageerror(L, "%s: this task holds the lock already (braid's "
                         "locks are not reentrant)", fname);
   return s->permits > 0 && braid__list_empty(&s->waiters);
@@ -138,11 +140,11 @@ static int l_sem_acquire (lua_State *L) {
 }
 
 /* sem:with's guard: to be closed on sem:with's own stack, with the
-** semaphore as its user value; `held` once the call holds a permit. Made
-** before the permit is taken, so that running out of memory cannot leave
-** a permit taken with nothing to give it back. */
-static int *sem_guard_push (lua_State *L) {
-  int *held = (int *) lua_newuserdatauv(L, sizeof *held, 1);
+** semaphore as its user value; `held`, the id of the task, once the call
+** holds a permit. Made before the permit is taken, so that running out of
+** memory cannot leave a permit taken with nothing to give it back. */
+static unsigned *sem_guard_push (lua_State *L) {
+  unsigned *held = (unsigned *) lua_newuserdatauv(L, sizeof *held, 1);
   *held = 0;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -153,13 +155,18 @@ static int *sem_guard_push (lua_State *L) {
 }
 
 /* The guard is closed (return, error, cancellation, abandonment): the
-** permit goes back, if one was taken. */
+** permit goes back, if one was taken; a lock, only if the task still holds
+** it (its body may have released it, and the lock gone to another); a
+** semaphore, within its bound (its body may have released it already). */
 static int l_sem_guard_close (lua_State *L) {
-  int *held = (int *) lua_touserdata(L, 1);
-  if (*held) {
+  unsigned *held = (unsigned *) lua_touserdata(L, 1), id = *held;
+  if (id) {
+    struct braid_sem *s;
     *held = 0;
     lua_getiuservalue(L, 1, 1);
-    sem_put((struct braid_sem *) lua_touserdata(L, -1));
+    s = (struct braid_sem *) lua_touserdata(L, -1);
+    if (!IS_LOCK(s)) sem_back(s);
+    else if (s->owner == id) sem_put(s);
   }
   return 0;
 }
@@ -184,7 +191,7 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   t->w->release = NULL;
   braid__task_resumed(L, t);
-  *(int *) lua_touserdata(L, -1) = 1;
+  *(unsigned *) lua_touserdata(L, -1) = t->id;
   return sem_with_call(L);
 }
 
@@ -194,7 +201,8 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
 static int sem_with (lua_State *L, const char *fname) {
   struct braid_sem *s = sem_check(L, fname);
   struct braid_task *t;
-  int *held, now;
+  unsigned *held;
+  int now;
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, fname, "function expected");
   t = braid__task_current(L, fname);
@@ -204,7 +212,7 @@ static int sem_with (lua_State *L, const char *fname) {
   held = sem_guard_push(L);
   if (now) {
     sem_take(s, t);
-    *held = 1;
+    *held = t->id;
     return sem_with_call(L);
   }
   return sem_queue_wait(L, t, s, sem_with_k);
@@ -218,7 +226,7 @@ static int l_sem_with (lua_State *L) {
 ** becomes its holder now), else it waits in `permits`. */
 static void sem_give (struct braid_sem *s) {
   struct braid_wait *w = queue_pop(&s->waiters);
-  if (s->lock) s->owner = w ? WAIT_TASK(w)->id : 0;
+  if (IS_LOCK(s)) s->owner = w ? WAIT_TASK(w)->id : 0;
   if (w) {
     s->out++;
     braid__task_wake(WAIT_TASK(w), WAKE_OK);
@@ -233,13 +241,20 @@ static void sem_put (struct braid_sem *s) {
   sem_give(s);
 }
 
+/* A permit given back (sem:release, sem:with's guard); 0 when none is out
+** and the semaphore's max leaves no room for one more. */
+static int sem_back (struct braid_sem *s) {
+  if (s->out > 0) sem_put(s);
+  else if (s->permits < s->max) sem_give(s);
+  else return 0;
+  return 1;
+}
+
 /* sem:release(): gives a permit back; raises when none is out and the
 ** semaphore's max leaves no room for one more. */
 static int l_sem_release (lua_State *L) {
   struct braid_sem *s = sem_check(L, "semaphore:release");
-  if (s->out > 0) sem_put(s);
-  else if (s->permits < s->max) sem_give(s);
-  else
+  if (!sem_back(s))
     braid_usageerror(L, "semaphore:release: released more often than "
                         "acquired (all %I permits are free; "
                         "braid.semaphore(n, {max = m}) allows up to m)",
@@ -263,7 +278,6 @@ static void sem_push (lua_State *L, lua_Integer n, lua_Integer max,
   s->out = 0;
   s->max = max;
   s->owner = 0;
-  s->lock = lock;
   braid__list_init(&s->waiters);
   luaL_setmetatable(L, lock ? LOCK_MT : SEM_MT);
 }

@@ -180,30 +180,37 @@ static unsigned task_tid (struct braid_task *t) {
 
 /* ---- tracks ---- */
 
-/* "file:line" where the function at fidx on L is defined, without asking
-** Lua again about a function it was asked about before (a loop spawns one
-** function many times). */
+/* "file:line" where the function at fidx on L is defined, formatted once
+** per place (a loop spawns from one place many times). The cache is keyed
+** by what Lua answers, not by the function's address: a function that
+** was collected may leave its address to one defined elsewhere. */
 static void put_where (struct braid_trace *tr, lua_State *L, int fidx) {
-  const void *fn = lua_topointer(L, fidx);
-  struct trace_site *c = &tr->sites[((uintptr_t) fn >> 4) % SITE_CACHE];
-  if (c->fn != fn) {
-    lua_Debug ar;
+  struct trace_site *c;
+  lua_Debug ar;
+  if (lua_type(L, fidx) != LUA_TFUNCTION || !lua_checkstack(L, 1)) {
+    PUTS(tr, "\"task\"");   /* a callable object */
+    return;
+  }
+  lua_pushvalue(L, fidx);
+  lua_getinfo(L, ">S", &ar);
+  c = &tr->sites[(unsigned) ar.linedefined % SITE_CACHE];
+  if (c->len == 0 || c->line != ar.linedefined ||
+      strcmp(c->src, ar.short_src) != 0) {
     char src[80];
     size_t save = tr->len;
-    if (lua_type(L, fidx) != LUA_TFUNCTION || !lua_checkstack(L, 1)) {
-      PUTS(tr, "\"task\"");   /* a callable object */
-      return;
-    }
-    lua_pushvalue(L, fidx);
-    lua_getinfo(L, ">S", &ar);
     if (ar.linedefined > 0)
       snprintf(src, sizeof src, "%s:%d", ar.short_src, ar.linedefined);
     else
       snprintf(src, sizeof src, "%s", ar.short_src);
     put_cstr(tr, src);   /* at most 2 * 80 bytes, escaped: kept if short */
     c->len = tr->len - save;
-    c->fn = c->len <= sizeof c->text ? fn : NULL;
-    if (c->fn) memcpy(c->text, tr->buf + save, c->len);
+    if (c->len > sizeof c->text) {
+      c->len = 0;
+      return;
+    }
+    c->line = ar.linedefined;
+    memcpy(c->src, ar.short_src, sizeof c->src);
+    memcpy(c->text, tr->buf + save, c->len);
     return;
   }
   memcpy(tr->buf + tr->len, c->text, sizeof c->text);

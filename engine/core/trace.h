@@ -14,7 +14,13 @@
 #define TRACE_TEXT_MAX 200      /* bytes of a name, label or message */
 #define SITE_CACHE 32
 
-struct trace_site { const void *fn; size_t len; char text[96]; };
+/* A place functions are defined at (len 0: none yet), and its text. */
+struct trace_site {
+  int line;
+  char src[LUA_IDSIZE];
+  size_t len;
+  char text[96];
+};
 
 struct braid_trace {
   braid_engine_t *E;
@@ -44,6 +50,7 @@ struct braid_trace {
   char what_text[8][64];
   char label[TRACE_TEXT_MAX + 1];        /* the next wait's, if set */
   struct braid_trace *next;    /* open traces, for atexit */
+  struct braid_exit_hook hook; /* a second Ctrl-C: completed before _exit */
   struct trace_site sites[SITE_CACHE];
   char buf[TRACE_BUF];
 };

@@ -3,8 +3,8 @@
 ** trace option, braid_options_t.trace): created when recording starts,
 ** written out with write(2) whenever the buffer fills, and completed (the
 ** JSON closed) on every way out: the end of the run, braid_close, a fatal
-** error, and an atexit handler for a process that exits with a trace
-** still open (os.exit). Also the wait labels a primitive gives
+** error, an exit hook for a second Ctrl-C (prim.h), and an atexit
+** handler for a process that exits with a trace still open (os.exit). Also the wait labels a primitive gives
 ** (braid_op_label), kept until the wait begins (trace.c).
 */
 #include <errno.h>
@@ -76,6 +76,15 @@ static void trace_end (struct braid_trace *tr) {
   braid__trace_flush(tr);
 }
 
+/* braid leaves without unwinding (a second Ctrl-C, os.exit where it
+** cannot wait): the JSON is completed now, and the trace takes nothing
+** more (write(2) only; the buffer is whole between Lua instructions). */
+static void trace_exit_hook (struct braid_exit_hook *h) {
+  struct braid_trace *tr = container_of(h, struct braid_trace, hook);
+  trace_end(tr);
+  tr->failed = 1;
+}
+
 static void trace_atexit (void) {
   struct braid_trace *tr;
   for (tr = open_traces; tr; tr = tr->next) {
@@ -117,20 +126,23 @@ int braid__trace_open (braid_engine_t *E, const char *path) {
     "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_sort_index\","
     "\"args\":{\"sort_index\":0}}",
     E->virtual_clock ? "virtual" : "real", BRAID_VERSION);
+  tr->hook.fn = trace_exit_hook;
+  braid__exit_hook_add(E, &tr->hook);
   tr->next = open_traces;
   open_traces = tr;
   E->trace = tr;
   return 0;
 }
 
-/* Stops recording: names the tracks of tasks still alive (an embedded
-** engine's), ends the JSON, writes it out and closes the file. */
+/* Stops recording: the last counters, then the end of the JSON; writes it
+** out and closes the file. */
 void braid__trace_close (braid_engine_t *E) {
   struct braid_trace *tr = E->trace, **p;
   if (tr == NULL) return;
   braid__trace_counters(E);
   trace_end(tr);
   close(tr->fd);
+  braid__list_remove(&tr->hook.link);
   for (p = &open_traces; *p; p = &(*p)->next)
     if (*p == tr) { *p = tr->next; break; }
   E->trace = NULL;
