@@ -355,10 +355,10 @@ typedef void (*braid_worker_setup_fn)(lua_State *L, void *ud);
 ** engine is made as E was (its modules, memory limit and instruction
 ** budget, each per worker; the safe libraries) and nothing else is
 ** registered in it. opts (copied; NULL keeps that default) replaces those
-** options (signals are never a worker's); setup (NULL: none) runs in each
-** new worker with ud. A script's own braid.worker{memory_limit = n} can
-** only lower the limit. Returns 0 or UV_ENOMEM. Outside tasks; applies to
-** workers started afterwards. */
+** options (signals and `trace` are never a worker's); setup (NULL: none)
+** runs in each new worker with ud. A script's own
+** braid.worker{memory_limit = n} can only lower the limit. Returns 0 or
+** UV_ENOMEM. Outside tasks; applies to workers started afterwards. */
 BRAID_API int braid_worker_config(braid_engine_t *E,
                                   const braid_options_t *opts,
                                   braid_worker_setup_fn setup, void *ud);

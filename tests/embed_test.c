@@ -1110,6 +1110,20 @@ static int t_workers (void) {
                  "local r = p:map({1, 2, 3}, 'f')\n"
                  "return 'twice ' .. table.concat(r, ' ')");
   CHECK(result_is(E, n, 1, "twice 2 4 6"));
+  {  /* options that carry a trace: the engine's file, never a worker's */
+    char path[64];
+    braid_options_t wo = o;
+    snprintf(path, sizeof path, "/tmp/braid-wtrace-%d.json", (int) getpid());
+    remove(path);
+    wo.trace = path;
+    CHECK(braid_worker_config(E, &wo, NULL, NULL) == 0);
+    n = run_to_end(E, "local w <close> = braid.worker("
+                   "'return {f = function() return \"ok\" end}')\n"
+                   "return w:call('f')");
+    CHECK(result_is(E, n, 1, "ok"));
+    CHECK(access(path, F_OK) != 0);
+    remove(path);
+  }
   braid_close(E);
   /* braid_close with a worker whose call spins: the worker is stopped (the
   ** spinning task reached by its hook), its thread joined, nothing left */

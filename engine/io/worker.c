@@ -465,7 +465,9 @@ static void wk_options (lua_State *L, struct braid_worker *w) {
   if (cfg == NULL) return;
   if (cfg->has_opts) {
     w->eopts = cfg->opts;
-    w->eopts.signals = 0;
+    w->eopts.signals = 0;   /* the main thread's */
+    w->eopts.trace = NULL;  /* one file per engine: workers would truncate
+                            ** the embedder's and race on its list */
   }
   w->setup = cfg->setup;
   w->setup_ud = cfg->ud;
