@@ -128,7 +128,7 @@ local function signalled(src, sigs, args)
     cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(out, i)
     cmd[#cmd + 1] = "kill -" .. sig .. " $pid"
   end
-  cmd[#cmd + 1] = "wait $pid; code=$?; pkill -P $guard 2>/dev/null; kill $guard 2>/dev/null; exit $code"
+  cmd[#cmd + 1] = "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"
   local _, err, code = h.sh("{\n" .. table.concat(cmd, "\n") .. "\n}")
   local f = io.open(out)
   local stdout = f:read("a")
