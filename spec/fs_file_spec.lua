@@ -86,7 +86,7 @@ describe("braid.fs.open", function()
       print(ok, type(e) == "table" and e.kind, type(e) == "table" and e.code)
       print(f:seek())
     ]])
-    local out, err, code = h.sh("ulimit -f 2; trap '' XFSZ; exec " ..
+    local out, err, code = h.sh("ulimit -f 2; trap '' XFSZ; exec env " ..
                                 (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
                                 os.getenv("BRAID_BIN") .. " " .. script)
     os.remove(script)
