@@ -299,6 +299,47 @@ describe("braid.worker", function()
     w:close()   -- harmless
   end))
 
+  -- harden-h1: a second close made while the first waited returned at
+  -- once, with the worker's thread still running.
+  it("makes every concurrent close wait until the thread has ended", run(function()
+    local w = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.3})
+    local call = braid.spawn(function() return pcall(w.call, w, "stubborn") end)
+    braid.sleep(0.05)
+    local states = {}
+    local closers = {}
+    for i = 1, 3 do
+      closers[i] = braid.spawn(function()
+        w:close()
+        states[i] = tostring(w)
+      end)
+    end
+    for i = 1, 3 do closers[i]:await() end
+    assert.are.same({"braid.Worker (closed)", "braid.Worker (closed)",
+                     "braid.Worker (closed)"}, states)
+    assert.is_false((call:await()))
+    -- a cancelled close returns at once, and the next one still waits
+    local w2 = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.3})
+    local call2 = braid.spawn(function() return pcall(w2.call, w2, "stubborn") end)
+    braid.sleep(0.05)
+    braid.move_on(0.01, w2.close, w2)   -- a courtesy wait: cut short, no error
+    assert.are.equal("braid.Worker (closing)", tostring(w2))
+    w2:close()
+    assert.are.equal("braid.Worker (closed)", tostring(w2))
+    call2:await()
+  end))
+
   it("is stopped by the end of the scope it was made in", run(function()
     local w
     braid.scope(function()

@@ -83,7 +83,7 @@ struct braid_worker {
   uv_timer_t otimer;
   uv_thread_t thread;
   braid_resource_t res;
-  braid_op_t *close_op;
+  struct braid_list close_waits; /* the closes waiting (struct close_wait) */
   unsigned inflight;
   int orefs;                     /* the userdata, osig, otimer */
   unsigned char closing, joined;
