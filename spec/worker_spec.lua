@@ -282,6 +282,47 @@ describe("braid.worker", function()
     assert.equal(3, w:call("add", 1, 2))   -- the worker goes on
   end))
 
+  -- harden-h1: only a call's own task was hooked, so a task it spawned
+  -- that spins kept the worker (and close, and the run) waiting forever.
+  it("reaches a task a call spawned that spins in Lua: cancel and close stop it", function()
+    -- a subprocess under a hard timeout: without the fix it never ends
+    local script = helper.script([=[
+      local braid = require "braid"
+      local w = braid.worker([[
+        local braid = require "braid"
+        return {
+          spawn_spin = function()
+            braid.spawn(function() local i = 0 while true do i = i + 1 end end)
+            braid.sleep(60)
+          end,
+          nested_spin = function()
+            braid.spawn(function()
+              coroutine.wrap(function() local i = 0 while true do i = i + 1 end end)()
+            end)
+            braid.sleep(60)
+          end,
+          add = function(a, b) return a + b end,
+        }]], {grace = 60})   -- no grace period ends these
+      for _, f in ipairs{"spawn_spin", "nested_spin"} do
+        local ok, e = pcall(braid.timeout, 0.1, w.call, w, f)
+        print(f, ok, braid.is_timeout(e), w:call("add", 1, 2))
+      end
+      local t = braid.spawn(function() return pcall(w.call, w, "spawn_spin") end)
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      w:close()
+      local ok, e = t:await()
+      print("close", tostring(w), braid.now() - t0 < 10, ok, e.kind)
+    ]=])
+    local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
+                                     (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                     os.getenv("BRAID_BIN") .. " " .. script)
+    os.remove(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal("spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
+                     "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n", out)
+  end)
+
   it("close cancels calls in flight (kind closed) and refuses new ones", run(function()
     local w = braid.worker(SRC)
     local t = braid.spawn(function() return pcall(w.call, w, "sleep", 60) end)

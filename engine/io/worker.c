@@ -29,7 +29,10 @@
 **   allows from elsewhere, as Ctrl-C does) every OTIMER_MS, so the worker
 **   polls its queue at its next instruction; w->running (mu) lists the
 **   calls whose thread may run, and a thread leaves it before its task's
-**   coroutine can be reused or collected.
+**   coroutine can be reused or collected. A task a call spawned is none
+**   of those: the worker's engine publishes whichever coroutine runs Lua
+**   code (w->pub_co, braid__engine_publish), which the owner hooks too,
+**   flagging w->pub_busy meanwhile.
 ** - The worker thread ends after its engine is closed and its loop closed
 **   (uv_loop_close returns 0); the owner joins it (uv_thread_join) when it
 **   says it exited, and closes its own handles; the last of the userdata
@@ -66,11 +69,15 @@ void braid__wk_call_free (struct braid_wcall *c) {
 /* Under mu: every thread of the worker that may be running Lua polls. */
 void braid__wk_hook_all (struct braid_worker *w) {
   struct braid_list *n;
+  lua_State *L;
   for (n = w->running.next; n != &w->running; n = n->next) {
     struct braid_wcall *c = container_of(n, struct braid_wcall, run_link);
     if (c->L) braid__hook_poll(c->L);
   }
   if (w->bootL) braid__hook_poll(w->bootL);
+  atomic_store(&w->pub_busy, 1);   /* a task a call spawned, spinning */
+  if ((L = atomic_load(&w->pub_co)) != NULL) braid__hook_poll(L);
+  atomic_store_explicit(&w->pub_busy, 0, memory_order_release);
 }
 
 
@@ -563,6 +570,7 @@ static int l_worker_new (lua_State *L) {
     free(w);
     braid__error_uv(L, rc, "braid.worker");
   }
+
   w->orefs = 1;
   *box = w;   /* from here the userdata's __gc frees it */
   w->fns_ref = LUA_NOREF;
