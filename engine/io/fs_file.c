@@ -5,8 +5,9 @@
 **
 ** A file is a malloc'd struct braid_file found from Lua through a box
 ** userdata, whose one user value is the path as the script gave it (for
-** the errors of its methods: "file:read /tmp/x: ...", field `path`). Reads fill one buffer with positioned reads (uv_fs_read at
-** the file's own offset), each request a struct file_req of its own; the
+** the errors of its methods: "file:read /tmp/x: ...", field `path`).
+** Reads fill one buffer with positioned reads (uv_fs_read at the file's
+** own offset), each request a struct file_req of its own; the
 ** continuation looks again and may read again, so a long line or "a"
 ** grows the buffer as it comes, charged against the memory limit and
 ** bounded by max_line for lines.
