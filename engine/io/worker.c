@@ -75,7 +75,7 @@ void braid__wk_hook_all (struct braid_worker *w) {
     if (c->L) braid__hook_poll(c->L);
   }
   if (w->bootL) braid__hook_poll(w->bootL);
-  atomic_store(&w->pub_busy, 1);   /* a task a call spawned, spinning */
+  atomic_store(&w->pub_busy, 1);   /* a task a call spawned; mu: one reader */
   if ((L = atomic_load(&w->pub_co)) != NULL) braid__hook_poll(L);
   atomic_store_explicit(&w->pub_busy, 0, memory_order_release);
 }
@@ -570,7 +570,6 @@ static int l_worker_new (lua_State *L) {
     free(w);
     braid__error_uv(L, rc, "braid.worker");
   }
-
   w->orefs = 1;
   *box = w;   /* from here the userdata's __gc frees it */
   w->fns_ref = LUA_NOREF;
