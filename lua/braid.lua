@@ -132,8 +132,11 @@ do
   function Condition:notify(n)
     check(self, "condition:notify")
     if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+      -- a number is shown, anything else named by its type: no __tostring
+      -- of the script's runs inside braid's error
       usage("bad argument #2 to 'condition:notify' (non-negative integer "
-            .. "expected, got %s)", tostring(n))
+            .. "expected, got %s)", type(n) == "number" and
+            string.format("%.14g", n) or type(n))
     end
     wake(self, n or 1)
   end
@@ -356,6 +359,7 @@ end
 -- crossing; a pool only spreads calls over its workers.
 local Pool <const> = {}
 Pool.__index = Pool
+Pool.__name = "braid.Pool"   -- tostring: "braid.Pool: 0x..."
 
 -- A usage error at the position of the pool function's caller.
 local function usage_at(fname, msg)

@@ -130,6 +130,46 @@ describe("braid.fs.open", function()
   end))
 end)
 
+describe("file methods' errors", function()
+  -- harden-h1: API.md says io errors carry the path; the methods' did not.
+  it("name the file's path, as given to open, in the message and in path", h.run(function()
+    local d <close> = fs.tmpdir()
+    local p = d .. "/f"
+    fs.write_file(p, ("x"):rep(300) .. "\n")
+    local function fails(code, fname, f, ...)
+      local ok, e = pcall(f, ...)
+      assert.is_false(ok)
+      assert.are.same({"io", code, p}, {e.kind, e.code, e.path})
+      assert.are.equal(fname .. " " .. p .. ": ", e.message:sub(1, #fname + #p + 3))
+      return e
+    end
+    local f <close> = fs.open(p)
+    fails("EBADF", "file:write", f.write, f, "y")
+    local e = fails("EINVAL", "file:seek", f.seek, f, "set", -1)
+    assert.matches("before the start", e.message)
+    fails("EINVAL", "file:seek", f.seek, f, "end", math.maxinteger)
+    f:close()
+    local dir <close> = fs.open(d.path)  -- a directory opens, and reads EISDIR
+    fs.write_file(d .. "/g", "")
+    p = d.path
+    fails("EISDIR", "file:read", dir.read, dir)
+    fails("EISDIR", "file:read_line", dir.read_line, dir)
+    fails("EISDIR", "file:lines", dir:lines())
+    p = "/dev/null"
+    local null <close> = fs.open(p, "r+")
+    fails("ESPIPE", "file:seek", null.seek, null, "set", 0)
+    p = d .. "/f"
+    local small <close> = fs.open(p, "r", {max_line = 10})
+    local ok, le = pcall(small.read_line, small)
+    assert.are.same({false, "limit", p}, {ok, le.kind, le.path})
+    assert.matches("file:read_line " .. p .. ": line longer", le.message, 1, true)
+    -- a write error found after the write started names it too
+    local full <close> = fs.open("/dev/full", "w")
+    p = "/dev/full"
+    fails("ENOSPC", "file:write", full.write, full, "z")
+  end))
+end)
+
 describe("braid.fs.lines", function()
   it("iterates lines and closes the file at the end and on break",
      h.run(function()

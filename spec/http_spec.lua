@@ -169,6 +169,41 @@ describe("braid.http.request", function()
     assert.are.same({false, "usage"}, {ok, e.kind})
   end))
 
+  -- harden-h1: a ':' or a space in a header name, or a line break in a
+  -- name or value, wrote other headers (or a second request) into this one.
+  it("refuses header names that are not tokens and values with CR, LF or NUL", h.run(function()
+    local function usage(headers, fname)
+      local f = fname == "braid.http.get"
+        and function() return braid.http.get(URL .. "/echo", {headers = headers}) end
+        or function() return braid.http.request{url = URL .. "/echo", headers = headers} end
+      local ok, e = pcall(f)
+      assert.is_false(ok, "sent: " .. tostring(ok and e.body))
+      assert.are.equal("usage", e.kind)
+      return e.message
+    end
+    assert.matches('braid.http.get: header name "X\\r\\nY" is not a valid token',
+                   usage({["X\r\nY"] = "v"}, "braid.http.get"), 1, true)
+    assert.matches('braid.http.request: header name "a: b" is not a valid token',
+                   usage{["a: b"] = "c"}, 1, true)
+    assert.matches('header name "X Y" is not', usage{["X Y"] = "c"}, 1, true)
+    assert.matches('header name "X\\0Y" is not', usage{["X\0Y"] = "c"}, 1, true)
+    assert.matches('header name "X\\0001" is not', usage{["X\0" .. "1"] = "c"}, 1, true)
+    assert.matches('header name "" is not', usage{[""] = "c"}, 1, true)
+    assert.matches('header name "Host:" is not', usage{["Host:"] = "evil"}, 1, true)
+    assert.matches('header "X" has a line break or NUL in its value',
+                   usage{X = "a\r\nInjected: 1"}, 1, true)
+    assert.matches('header "X" has a line break', usage{X = "a\nb"}, 1, true)
+    assert.matches('header "X" has a line break', usage{X = "a\rb"}, 1, true)
+    assert.matches('header "X" has a line break', usage{X = "a\0b"}, 1, true)
+    assert.matches('header "X" has a line break', usage{X = {"ok", "a\nb"}}, 1, true)
+    local msg = usage{["X" .. ("y"):rep(100) .. "\n"] = "c"}   -- cut in the message
+    assert.is_true(msg:find('y"...', 1, true) and not msg:find(("y"):rep(50)), msg)
+    -- every token character passes, and a value keeps its spaces and tabs
+    local name = "Ab9!#$%&'*+-.^_`|~"
+    local r = braid.http.get(URL .. "/echo", {headers = {[name] = "a b\tc"}}):json()
+    assert.are.equal("a b\tc", r.headers[name:lower()])
+  end))
+
   it("times out mid-body with OPERATION_TIMEDOUT, closing the connection", h.run(function()
     local t0 = braid.now()
     local ok, e = pcall(braid.http.get, URL .. "/stall", {timeout = 0.3})

@@ -282,6 +282,64 @@ describe("braid.worker", function()
     assert.equal(3, w:call("add", 1, 2))   -- the worker goes on
   end))
 
+  -- harden-h1: only a call's own task was hooked, so a task it spawned
+  -- that spins kept the worker (and close, and the run) waiting forever.
+  it("reaches a task a call spawned that spins in Lua: cancel and close stop it", function()
+    local scenario = [=[
+      local braid, emit = ...
+      local w = braid.worker([[
+        local braid = require "braid"
+        return {
+          spawn_spin = function()
+            braid.spawn(function() local i = 0 while true do i = i + 1 end end)
+            braid.sleep(60)
+          end,
+          nested_spin = function()
+            braid.spawn(function()
+              coroutine.wrap(function() local i = 0 while true do i = i + 1 end end)()
+            end)
+            braid.sleep(60)
+          end,
+          add = function(a, b) return a + b end,
+        }]], {grace = 60})   -- no grace period ends these
+      for _, f in ipairs{"spawn_spin", "nested_spin"} do
+        local ok, e = pcall(braid.timeout, 0.1, w.call, w, f)
+        emit(f, ok, braid.is_timeout(e), w:call("add", 1, 2))
+      end
+      local t = braid.spawn(function() return pcall(w.call, w, "spawn_spin") end)
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      w:close()
+      local ok, e = t:await()
+      emit("close", tostring(w), braid.now() - t0 < 10, ok, e.kind)
+    ]=]
+    local want = "spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
+                 "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n"
+    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
+      -- under TSan (the cross-thread hook is what it should see) a child
+      -- process dies at once: run it here
+      local out = {}
+      braid.run(function()
+        assert(load(scenario))(braid, function(...)
+          local t = table.pack(...)
+          for i = 1, t.n do t[i] = tostring(t[i]) end
+          out[#out + 1] = table.concat(t, "\t", 1, t.n) .. "\n"
+        end)
+      end)
+      assert.are.equal(want, table.concat(out))
+      return
+    end
+    -- a subprocess under a hard timeout: without the fix it never ends
+    local script = helper.script(("assert(load(%q))(require 'braid', print)\n")
+                                 :format(scenario))   -- the runner's root task
+    local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
+                                     (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                     os.getenv("BRAID_BIN") .. " " .. script)
+    os.remove(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal(want, out)
+  end)
+
   it("close cancels calls in flight (kind closed) and refuses new ones", run(function()
     local w = braid.worker(SRC)
     local t = braid.spawn(function() return pcall(w.call, w, "sleep", 60) end)
@@ -297,6 +355,47 @@ describe("braid.worker", function()
     e = fails(w.call, w, "add", 1, 2)
     assert.equal("closed", e.kind)
     w:close()   -- harmless
+  end))
+
+  -- harden-h1: a second close made while the first waited returned at
+  -- once, with the worker's thread still running.
+  it("makes every concurrent close wait until the thread has ended", run(function()
+    local w = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.3})
+    local call = braid.spawn(function() return pcall(w.call, w, "stubborn") end)
+    braid.sleep(0.05)
+    local states = {}
+    local closers = {}
+    for i = 1, 3 do
+      closers[i] = braid.spawn(function()
+        w:close()
+        states[i] = tostring(w)
+      end)
+    end
+    for i = 1, 3 do closers[i]:await() end
+    assert.are.same({"braid.Worker (closed)", "braid.Worker (closed)",
+                     "braid.Worker (closed)"}, states)
+    assert.is_false((call:await()))
+    -- a cancelled close returns at once, and the next one still waits
+    local w2 = braid.worker([[
+      local braid = require "braid"
+      return {stubborn = function()
+        local c <close> = setmetatable({}, {__close = function()
+          braid.shield(braid.sleep, 60) end})
+        braid.sleep(60)
+      end}]], {grace = 0.3})
+    local call2 = braid.spawn(function() return pcall(w2.call, w2, "stubborn") end)
+    braid.sleep(0.05)
+    braid.move_on(0.01, w2.close, w2)   -- a courtesy wait: cut short, no error
+    assert.are.equal("braid.Worker (closing)", tostring(w2))
+    w2:close()
+    assert.are.equal("braid.Worker (closed)", tostring(w2))
+    call2:await()
   end))
 
   it("is stopped by the end of the scope it was made in", run(function()

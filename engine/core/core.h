@@ -359,6 +359,8 @@ struct braid_engine {
   unsigned char watching[NSTOPS];
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
+  lua_State *_Atomic *pub_co;  /* running_co for another thread, or NULL */
+  _Atomic int *pub_busy;       /* (braid__engine_publish, hook.c) */
   long long budget_left;       /* instructions left in this resume */
   int callback;                /* script code braid runs for itself, bounded */
   struct braid_task *ready_head, *ready_tail;
@@ -444,6 +446,18 @@ void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_interrupt(braid_engine_t *E);
+/* E->running_co changes: to co, which starts running (enter), or away
+** from the one that stops (leave: to the one resumed again, or NULL); a
+** published engine's slot follows (braid__engine_publish). */
+void braid__co_publish(braid_engine_t *E, lua_State *co, int leave);
+static inline void braid__co_enter (braid_engine_t *E, lua_State *co) {
+  E->running_co = co;
+  if (E->pub_co) braid__co_publish(E, co, 0);
+}
+static inline void braid__co_leave (braid_engine_t *E, lua_State *to) {
+  E->running_co = to;
+  if (E->pub_co) braid__co_publish(E, to, 1);
+}
 struct braid_bound { lua_Hook hook; int mask, count; };
 void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__unbound(braid_engine_t *E, lua_State *L, struct braid_bound *b);

@@ -41,12 +41,12 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
     unsigned cut = t != NULL && !lua_isyieldable(L);
     lua_State *outer = E->running_co;
     lua_xmove(L, co, narg);
-    E->running_co = co;
+    braid__co_enter(E, co);
     braid__hook_arm(E, co, 1);   /* the task's budget and grace go on */
     E->noyield += cut;
     status = lua_resume(co, L, narg, &nres);
     E->noyield -= cut;
-    E->running_co = outer;
+    braid__co_leave(E, outer);
     if (status == LUA_YIELD && nres == 1 &&
         lua_touserdata(co, -1) == BRAID_MARKER) {
       lua_pop(co, 1);

@@ -22,6 +22,7 @@
 **   running thread (lua_sethook may be called asynchronously); the hook,
 **   run by that thread between two instructions, does the rest.
 */
+#include <stdatomic.h>
 #include <stdio.h>
 #include "core.h"
 
@@ -100,7 +101,7 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
 
 /* The scheduler resumes t: a fresh budget, and its thread armed. */
 void braid__hook_task (braid_engine_t *E, struct braid_task *t) {
-  E->running_co = t->co;
+  braid__co_enter(E, t->co);
   E->budget_left = E->budget;
   braid__hook_arm(E, t->co, 0);
 }
@@ -174,6 +175,22 @@ void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
 }
 
 /* ---- a poll asked for by another thread (io/worker.c) ---- */
+
+/* The publication braid__engine_publish promises. A coroutine that
+** starts running is stored with release (it lives until it stops). One
+** that stops is replaced, then its thread waits out a reader that may
+** have read it: both sides store, then load the other's word, seq_cst, so
+** a reader that found the old coroutine set busy before this store, and
+** this load sees busy until the reader is done with it (a lock here cost
+** a third of a worker task's resume). */
+void braid__co_publish (braid_engine_t *E, lua_State *co, int leave) {
+  if (!leave) {
+    atomic_store_explicit(E->pub_co, co, memory_order_release);
+    return;
+  }
+  atomic_store(E->pub_co, co);
+  while (atomic_load(E->pub_busy)) {}   /* a lua_sethook: brief */
+}
 
 static const char poll_key = 'p';
 

@@ -286,6 +286,18 @@ void braid__engine_options(braid_engine_t *E, braid_options_t *out);
 /* Sets the grace period E's cancelled tasks get before they are abandoned
 ** (5 s by default; BRAID_NEVER: none). For a worker's engine. */
 void braid__engine_set_grace(braid_engine_t *E, uint64_t ns);
+
+/* From now on *slot holds the coroutine running Lua code in E (a task's,
+** or a coroutine of the script's resumed inside one), NULL between them.
+** When a coroutine stops, E's thread replaces it in *slot and then waits
+** while *busy is set, before the coroutine can end, be collected or be
+** reused. So one other thread may set *busy, read *slot, braid__hook_poll
+** what it found and clear *busy (all seq_cst but the clear): how a
+** worker's owner reaches a task that spins in Lua code without being a
+** call's own task (a task the call spawned). For a worker's engine, on
+** its thread, before it runs any Lua; slot and busy outlive E. */
+void braid__engine_publish(braid_engine_t *E, lua_State *_Atomic *slot,
+                           _Atomic int *busy);
 /* ---- state a primitive keeps on the engine's loop ---- */
 
 /* A primitive's state that lives on the engine's loop across tasks (the

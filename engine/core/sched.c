@@ -201,7 +201,7 @@ static void task_resume (braid_engine_t *E, lua_State *S, struct braid_task *t) 
   braid__hook_task(E, t);   /* the budget, a cancelled task's grace */
   status = lua_resume(t->co, S, nargs, &nres);
   E->current = NULL;
-  E->running_co = NULL;
+  braid__co_leave(E, NULL);
   if (E->trace) braid__trace_ran(t, status);
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);

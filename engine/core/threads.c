@@ -16,6 +16,14 @@ void braid__engine_options (braid_engine_t *E, braid_options_t *out) {
             : BRAID_LIBS_SAFE | (E->binary ? BRAID_LIB_BINARY : 0);
 }
 
+/* A worker's engine makes the coroutine running its Lua code known to the
+** owner's thread (prim.h; hook.c keeps *slot up to date). */
+void braid__engine_publish (braid_engine_t *E, lua_State *_Atomic *slot,
+                            _Atomic int *busy) {
+  E->pub_co = slot;
+  E->pub_busy = busy;
+}
+
 /* The grace period of E's tasks after a cancel (braid.run's opts.grace;
 ** a worker's). */
 void braid__engine_set_grace (braid_engine_t *E, uint64_t ns) {

@@ -4,8 +4,10 @@
 ** [offset]]), file:close(); and braid.fs.lines(path) (Lua, on top).
 **
 ** A file is a malloc'd struct braid_file found from Lua through a box
-** userdata. Reads fill one buffer with positioned reads (uv_fs_read at
-** the file's own offset), each request a struct file_req of its own; the
+** userdata, whose one user value is the path as the script gave it (for
+** the errors of its methods: "file:read /tmp/x: ...", field `path`).
+** Reads fill one buffer with positioned reads (uv_fs_read at the file's
+** own offset), each request a struct file_req of its own; the
 ** continuation looks again and may read again, so a long line or "a"
 ** grows the buffer as it comes, charged against the memory limit and
 ** bounded by max_line for lines.
@@ -186,6 +188,26 @@ static int file_adopt (lua_State *L, struct braid_file *f, const char *fname,
                         k);
 }
 
+/* Raises kind "io" for err (a libuv code) on the file whose box is at 1,
+** naming fname and the file's path, with field `path`, and `what` or the
+** code's text; running out of memory stays kind "memory" without a path,
+** as everywhere. */
+static int file_raise_what (lua_State *L, int err, const char *fname,
+                            const char *what) {
+  if (err == UV_ENOMEM)
+    return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  lua_getiuservalue(L, 1, 1);
+  braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
+                  lua_tostring(L, -1), what ? what : uv_strerror(err));
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "path");
+  return lua_error(L);
+}
+
+static int file_raise (lua_State *L, int err, const char *fname) {
+  return file_raise_what(L, err, fname, NULL);
+}
+
 /* Makes room for FILE_CHUNK more bytes after the buffered ones. */
 static int file_grow (struct braid_file *f) {
   size_t need = f->len + FILE_CHUNK, cap;
@@ -223,7 +245,7 @@ static int file_fill (lua_State *L, struct braid_file *f, const char *fname,
                   f->seekable ? f->pos : -1, file_req_cb);
   if (rc != 0) {
     free(a.fr);
-    return braid__error_uv(L, rc, fname);
+    return file_raise(L, rc, fname);
   }
   return braid_suspendk(L, "file read", sizeof a.fr, req_start, req_cancel,
                         &a, k);
@@ -234,17 +256,20 @@ static void file_raise_err (lua_State *L, struct braid_file *f,
                             const char *fname) {
   int err = f->err;
   f->err = 0;
-  braid__error_uv(L, err, fname);
+  file_raise(L, err, fname);
 }
 
 static int file_read_line_k (lua_State *L, braid_op_t *op);
+static int file_lines_k (lua_State *L, braid_op_t *op);
 
 /* read_line: the next line without "\n" or "\r\n"; at the end the
 ** unterminated rest, then nil. */
 static int file_read_line (lua_State *L, const char *fname) {
   struct braid_file *f = file_check(L, fname);
   char *nl;
-  if (f->busy) return file_adopt(L, f, fname, file_read_line_k);
+  braid_k_fn k = strcmp(fname, "file:lines") == 0 ? file_lines_k
+                                                  : file_read_line_k;
+  if (f->busy) return file_adopt(L, f, fname, k);
   nl = f->len ? memchr(f->buf + f->off, '\n', f->len) : NULL;
   if (nl) {
     size_t n = (size_t) (nl - (f->buf + f->off)), keep = n;
@@ -257,10 +282,13 @@ static int file_read_line (lua_State *L, const char *fname) {
   }
   if (f->len > f->max_line + 1) {   /* "\r" before a "\n" not counted */
   too_long:
-    braid__push_limit_error(L, f->max_line, "max_line", "%s: line longer "
+    lua_getiuservalue(L, 1, 1);
+    braid__push_limit_error(L, f->max_line, "max_line", "%s %s: line longer "
                             "than %I bytes (the max_line option of "
                             "braid.fs.open raises the limit)", fname,
-                            (lua_Integer) f->max_line);
+                            lua_tostring(L, -1), (lua_Integer) f->max_line);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "path");
     return lua_error(L);
   }
   if (f->err) file_raise_err(L, f, fname);
@@ -273,7 +301,7 @@ static int file_read_line (lua_State *L, const char *fname) {
     f->off = f->len = 0;
     return 1;
   }
-  return file_fill(L, f, fname, file_read_line_k);
+  return file_fill(L, f, fname, k);
 }
 
 static int file_read_line_k (lua_State *L, braid_op_t *op) {
@@ -333,7 +361,14 @@ static int l_file_read (lua_State *L) {
   return file_read(L);
 }
 
-/* file:lines() -> iterator over read_line. */
+/* file:lines() -> iterator over read_line, speaking as file:lines (also
+** after it waited: its own continuation). */
+static int file_lines_k (lua_State *L, braid_op_t *op) {
+  (void) op;
+  lua_settop(L, 1);
+  return file_read_line(L, "file:lines");
+}
+
 static int l_file_lines_step (lua_State *L) {
   lua_settop(L, 1);
   return file_read_line(L, "file:lines");
@@ -397,7 +432,7 @@ static int l_file_write (lua_State *L) {
   if ((rc = file_write_rest(f, a.fr)) != 0) {
     free(a.fr->data);
     free(a.fr);
-    return braid__error_uv(L, rc, "file:write");
+    return file_raise(L, rc, "file:write");
   }
   return braid_suspendk(L, "file write", sizeof a.fr, req_start, req_cancel,
                         &a, file_write_k);
@@ -429,22 +464,21 @@ static int l_file_seek (lua_State *L) {
                             "expected");
   }
   if (!lua_isnoneornil(L, 3)) off = braid__check_integer(L, 3, "file:seek");
-  if (!f->seekable)
-    return braid_error(L, "io", "ESPIPE", "file:seek: %s",
-                       uv_strerror(UV_ESPIPE));
+  if (!f->seekable) return file_raise(L, UV_ESPIPE, "file:seek");
   if (w == 0) base = 0;
   else if (w == 1) base = f->pos - (int64_t) f->len;
   else {
     off_t end = lseek(f->fd, 0, SEEK_END);   /* the size, without I/O */
-    if (end < 0) return braid__error_uv(L, UV_EINVAL, "file:seek");
+    if (end < 0) return file_raise(L, UV_EINVAL, "file:seek");
     base = (int64_t) end;
   }
   /* base is at least 0: only a positive offset can overflow */
   if (off > 0 && base > INT64_MAX - (int64_t) off)
-    return braid_error(L, "io", "EINVAL", "file:seek: position too large");
+    return file_raise_what(L, UV_EINVAL, "file:seek", "position too large");
   at = base + off;
-  if (at < 0) return braid_error(L, "io", "EINVAL", "file:seek: position "
-                                 "before the start");
+  if (at < 0)
+    return file_raise_what(L, UV_EINVAL, "file:seek", "position before the "
+                           "start");
   if (w != 1 || off != 0) {
     f->pos = at;
     f->off = f->len = 0;
@@ -589,9 +623,11 @@ static int l_fs_open (lua_State *L) {
                               "braid.fs.open");
   braid_check_suspend(L, "braid.fs.open");
   lua_settop(L, 3);
-  box = (struct braid_file **) lua_newuserdatauv(L, sizeof *box, 0); /* 4 */
+  box = (struct braid_file **) lua_newuserdatauv(L, sizeof *box, 1); /* 4 */
   *box = NULL;
   luaL_setmetatable(L, FILE_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 4, 1);   /* the path, for the methods' errors */
   f = braid__calloc(1, sizeof *f);
   a.o = f ? braid__calloc(1, sizeof *a.o) : NULL;
   if (a.o == NULL) {

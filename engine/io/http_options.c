@@ -64,18 +64,75 @@ static long opt_ms (lua_State *L, const char *key, const char *fname) {
   return ns < 1000000 ? 1 : (long) (ns / 1000000);
 }
 
+/* Pushes s[0..len) quoted as Lua's %q would ("X\r\nY"), cut after 40
+** bytes: a bad header is named in its error without the error itself
+** carrying raw line breaks, and a huge one does not make a huge message. */
+static void push_quoted (lua_State *L, const char *s, size_t len) {
+  luaL_Buffer b;
+  size_t i, n = len > 40 ? 40 : len;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char) s[i];
+    if (c == '"' || c == '\\') {
+      luaL_addchar(&b, '\\');
+      luaL_addchar(&b, (char) c);
+    } else if (c == '\r') {
+      luaL_addstring(&b, "\\r");
+    } else if (c == '\n') {
+      luaL_addstring(&b, "\\n");
+    } else if (c < 0x20 || c >= 0x7f) {
+      char esc[8];   /* three digits when a digit follows, as %q */
+      int digit = i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9';
+      snprintf(esc, sizeof esc, digit ? "\\%03u" : "\\%u", (unsigned) c);
+      luaL_addstring(&b, esc);
+    } else {
+      luaL_addchar(&b, (char) c);
+    }
+  }
+  luaL_addchar(&b, '"');
+  if (n < len) luaL_addstring(&b, "...");
+  luaL_pushresult(&b);
+}
+
+/* Is c a tchar of RFC 9110's token (a header name's characters)? */
+static int is_tchar (unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* Refuses a header name that is not a token: a ':', a space or a line
+** break in it would let the script write other headers, or a second
+** request, into this one (libcurl sends the line as given). */
+static void check_header_name (lua_State *L, const char *name, size_t len,
+                               const char *fname) {
+  size_t i;
+  for (i = 0; i < len && is_tchar((unsigned char) name[i]); i++) {}
+  if (len > 0 && i == len) return;
+  push_quoted(L, name, len);
+  braid_usageerror(L, "%s: header name %s is not a valid token (letters, "
+                   "digits and !#$%%&'*+-.^_`|~ expected)", fname,
+                   lua_tostring(L, -1));
+}
+
 /* Adds header `name: value` (value at the top, a string or number, which
-** it pops). */
+** it pops). A value may hold anything but CR, LF and NUL, which would end
+** the header line (or, for NUL, cut it short) where the script did not;
+** the error does not quote the value, which may be a secret. */
 static void add_header (lua_State *L, struct http_xfer *x, const char *name,
                         const char *fname) {
   struct curl_slist *l;
+  const char *v;
+  size_t len;
   if (!lua_isstring(L, -1))
     braid_usageerror(L, "bad option 'headers' to '%s' (string values "
                      "expected)", fname);
-  lua_pushfstring(L, "%s: %s", name, lua_tostring(L, -1));
-  if (strchr(lua_tostring(L, -1), '\n') || strchr(lua_tostring(L, -1), '\r'))
-    braid_usageerror(L, "bad option 'headers' to '%s' (a line break in "
-                     "header '%s')", fname, name);
+  v = lua_tolstring(L, -1, &len);
+  if (strlen(v) != len || strpbrk(v, "\r\n"))
+    braid_usageerror(L, "%s: header \"%s\" has a line break or NUL in its "
+                     "value (a value without CR, LF or NUL expected)", fname,
+                     name);
+  lua_pushfstring(L, "%s: %s", name, v);
   if ((l = curl_slist_append(x->req_headers, lua_tostring(L, -1))) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   x->req_headers = l;
@@ -95,10 +152,12 @@ static void set_headers (lua_State *L, struct http_xfer *x,
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     const char *name;
+    size_t len;
     if (lua_type(L, -2) != LUA_TSTRING)
       braid_usageerror(L, "bad option 'headers' to '%s' (string names "
                        "expected)", fname);
-    name = lua_tostring(L, -2);
+    name = lua_tolstring(L, -2, &len);
+    check_header_name(L, name, len, fname);
     if (lua_istable(L, -1)) {
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {

@@ -185,8 +185,11 @@ int braid__listen (lua_State *L, const struct braid_listen *how) {
   max_line = braid__opt_limit(L, how->opts, "max_line", BRAID_MAX_LINE,
                               how->fname);
   /* The Lua objects first: once the server listens, nothing may raise. */
-  ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  /* the pointer, then whether it is a unix server, which tostring says
+  ** also once the server is closed and freed */
+  ud = lua_newuserdatauv(L, sizeof *ud + 1, 0);
   *ud = NULL;
+  *(unsigned char *) (ud + 1) = how->path != NULL;
   luaL_setmetatable(L, SERVER_MT);
   lua_createtable(L, 2, 0);
   lua_pushvalue(L, how->handler);
@@ -452,7 +455,8 @@ static int l_server_tostring (lua_State *L) {
   else if (*ud && !(*ud)->closing)
     lua_pushfstring(L, "<tcp server on port %d>", (*ud)->port);
   else
-    lua_pushliteral(L, "<tcp server closed>");
+    lua_pushfstring(L, "<%s server closed>",
+                    *(unsigned char *) (ud + 1) ? "unix" : "tcp");
   return 1;
 }
 

@@ -29,7 +29,10 @@
 **   allows from elsewhere, as Ctrl-C does) every OTIMER_MS, so the worker
 **   polls its queue at its next instruction; w->running (mu) lists the
 **   calls whose thread may run, and a thread leaves it before its task's
-**   coroutine can be reused or collected.
+**   coroutine can be reused or collected. A task a call spawned is none
+**   of those: the worker's engine publishes whichever coroutine runs Lua
+**   code (w->pub_co, braid__engine_publish), which the owner hooks too,
+**   flagging w->pub_busy meanwhile.
 ** - The worker thread ends after its engine is closed and its loop closed
 **   (uv_loop_close returns 0); the owner joins it (uv_thread_join) when it
 **   says it exited, and closes its own handles; the last of the userdata
@@ -66,11 +69,15 @@ void braid__wk_call_free (struct braid_wcall *c) {
 /* Under mu: every thread of the worker that may be running Lua polls. */
 void braid__wk_hook_all (struct braid_worker *w) {
   struct braid_list *n;
+  lua_State *L;
   for (n = w->running.next; n != &w->running; n = n->next) {
     struct braid_wcall *c = container_of(n, struct braid_wcall, run_link);
     if (c->L) braid__hook_poll(c->L);
   }
   if (w->bootL) braid__hook_poll(w->bootL);
+  atomic_store(&w->pub_busy, 1);   /* a task a call spawned; mu: one reader */
+  if ((L = atomic_load(&w->pub_co)) != NULL) braid__hook_poll(L);
+  atomic_store_explicit(&w->pub_busy, 0, memory_order_release);
 }
 
 
@@ -161,6 +168,22 @@ static void wk_deliver (struct braid_worker *w, struct braid_wcall *c) {
   braid_resume(op, 0);
 }
 
+/* A task waiting in worker:close, in w->close_waits. */
+struct close_wait {
+  struct braid_list link;
+  braid_op_t *op;
+};
+
+/* The thread is joined: every close waiting returns. */
+static void wk_close_wake (struct braid_worker *w) {
+  while (!braid__list_empty(&w->close_waits)) {
+    struct close_wait *cw = container_of(w->close_waits.next,
+                                         struct close_wait, link);
+    braid__list_remove(&cw->link);
+    braid_resume(cw->op, 0);
+  }
+}
+
 static void osig_cb (uv_poll_t *h, int status, int events) {
   struct braid_worker *w = (struct braid_worker *) h->data;
   struct braid_list got;
@@ -184,7 +207,6 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
     wk_deliver(w, c);
   }
   if (exited && !w->joined) {
-    braid_op_t *op = w->close_op;
     uv_thread_join(&w->thread);   /* it has returned, or is returning */
     w->joined = 1;
     w->closing = 1;
@@ -198,8 +220,7 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
       c->status = CALL_CLOSED;
       wk_deliver(w, c);
     }
-    w->close_op = NULL;
-    if (op) braid_resume(op, 0);
+    wk_close_wake(w);
     uv_close((uv_handle_t *) &w->osig.poll, wk_handle_closed);
     uv_close((uv_handle_t *) &w->otimer, wk_handle_closed);
     wsig_close_fds(w);   /* libuv allows it once the poll is closing */
@@ -370,26 +391,26 @@ static int l_worker_call (lua_State *L) {
 /* ---- worker:close ---- */
 
 static int close_start (braid_op_t *op, void *ud) {
-  struct braid_worker *w = (struct braid_worker *) ud;
-  *(struct braid_worker **) braid_op_data(op) = w;
-  w->close_op = op;
+  struct close_wait *cw = (struct close_wait *) braid_op_data(op);
+  cw->op = op;
+  braid__list_push(&((struct braid_worker *) ud)->close_waits, &cw->link);
   return 0;
 }
 
 static void close_cancel (braid_op_t *op) {
-  struct braid_worker *w = *(struct braid_worker **) braid_op_data(op);
-  if (w->close_op == op) w->close_op = NULL;
+  braid__list_remove(&((struct close_wait *) braid_op_data(op))->link);
 }
 
 /* worker:close(): stops the worker (its running calls are cancelled, their
-** callers raise kind "closed") and waits until its thread has ended.
-** Harmless when closed already. */
+** callers raise kind "closed") and waits until its thread has ended; so
+** does every other task closing it meanwhile. Harmless when closed
+** already. */
 static int l_worker_close (lua_State *L) {
   struct braid_worker *w = wk_check(L, "worker:close");
   wk_stop(w);
-  if (w->joined || w->close_op) return 0;
-  return braid_suspend_soft(L, "worker:close", sizeof w, close_start,
-                            close_cancel, w);
+  if (w->joined) return 0;
+  return braid_suspend_soft(L, "worker:close", sizeof(struct close_wait),
+                            close_start, close_cancel, w);
 }
 
 static int l_worker_gc (lua_State *L) {
@@ -574,6 +595,7 @@ static int l_worker_new (lua_State *L) {
   braid__list_init(&w->replies);
   braid__list_init(&w->running);
   braid__list_init(&w->done);
+  braid__list_init(&w->close_waits);
   w->osig.fd = w->wsig.fd = -1;
   if ((rc = braid__wsig_open(&w->osig)) != 0 ||
       (rc = braid__wsig_open(&w->wsig)) != 0 ||

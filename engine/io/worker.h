@@ -78,12 +78,17 @@ struct braid_worker {
   _Atomic unsigned unacked;      /* cancels and stop not yet seen
                                  ** (changed under mu, read without) */
   unsigned char stop, exited;
+  /* the coroutine running Lua code in the worker's engine, hooked with
+  ** the running calls' threads while pub_busy is set by the owner
+  ** (braid__engine_publish) */
+  lua_State *_Atomic pub_co;
+  _Atomic int pub_busy;
   /* the owner's */
   struct braid_wsig osig;         /* the owner's wake-up */
   uv_timer_t otimer;
   uv_thread_t thread;
   braid_resource_t res;
-  braid_op_t *close_op;
+  struct braid_list close_waits; /* the closes waiting (struct close_wait) */
   unsigned inflight;
   int orefs;                     /* the userdata, osig, otimer */
   unsigned char closing, joined;

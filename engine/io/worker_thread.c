@@ -458,7 +458,10 @@ void braid__wk_main (void *arg) {
     uv_loop_close(&loop);
     ok = 0;
   }
-  if (ok) braid__engine_set_grace(w->WE, w->grace_ns);
+  if (ok) {
+    braid__engine_set_grace(w->WE, w->grace_ns);
+    braid__engine_publish(w->WE, &w->pub_co, &w->pub_busy);
+  }
   if (ok && braid__wsig_start(&loop, &w->wsig, wsig_cb) != 0) {
     braid_close(w->WE);
     uv_run(&loop, UV_RUN_DEFAULT);
