@@ -1,7 +1,8 @@
 -- Issue 15c: children started by braid's own clone(CLONE_VM|CLONE_VFORK)
 -- (engine/io/vfork.c): what the child gets, the PATH search done in the
 -- child, large requests, braid's stdio closed, spawning from a worker at
--- the same time, Ctrl-C while spawning, and PR_SET_PDEATHSIG.
+-- the same time (worker_spec.lua, run under TSan too), Ctrl-C while
+-- spawning, and PR_SET_PDEATHSIG.
 local braid = require "braid"
 local h = require "helper"
 
@@ -119,29 +120,6 @@ describe("issue 15c: the vfork spawn", function()
     assert.are.equal(0, code, err)
     assert.are.equal("fed\nout\nerr\n", err)
   end)
-
-  it("spawns from a worker and from the main engine at the same time", h.run(function()
-    local w <close> = braid.worker([[
-      local braid = require "braid"
-      return {run = function(n)
-        local out = {}
-        for i = 1, n do out[i] = braid.exec({"echo", "w" .. i}).stdout end
-        return table.concat(out)
-      end}
-    ]])
-    local n = 40
-    local from_worker, from_main = braid.gather(
-      function() return w:call("run", n) end,
-      function()
-        local out = {}
-        for i = 1, n do out[i] = braid.exec({"echo", "m" .. i}).stdout end
-        return table.concat(out)
-      end)
-    local ww, mm = {}, {}
-    for i = 1, n do ww[i], mm[i] = "w" .. i .. "\n", "m" .. i .. "\n" end
-    assert.are.equal(table.concat(ww), from_worker)
-    assert.are.equal(table.concat(mm), from_main)
-  end))
 
   it("leaves no child behind when Ctrl-C comes while spawning in a loop", function()
     local pidfile = tmp()

@@ -22,9 +22,9 @@
 **   _exit would run the leak check in braid's memory), no malloc. Its
 **   functions (VF_CHILD) are not instrumented by ASan, UBSan or TSan, and
 **   it writes only its stack, vf_args and errno (the suspended thread's).
-**   TSan intercepts clone itself and models it as a fork, whose
-**   bookkeeping in shared memory would corrupt the parent's; under TSan
-**   glibc's other name for it, __clone, is called instead.
+**   TSan intercepts clone itself (newer runtimes model it as a fork:
+**   their bookkeeping, run in the child, would write the parent's state);
+**   under TSan glibc's other name for it, __clone, is called instead.
 ** - Every signal is blocked from before the clone until the child has set
 **   every disposition to SIG_DFL; only then does it empty its mask. So no
 **   handler of braid's ever runs in the child (it would run on braid's
