@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/w6_heap.sh [n] [sets] — W6 (n x /bin/true, 8 at once; ms per process)
 # with and without 200 MB of live heap in the parent, side by side in one
-# sitting: braid (posix_spawn), asyncio, a plain C posix_spawn loop, a C
+# sitting: braid (its own vfork, engine/io/vfork.c), asyncio, a plain C posix_spawn loop, a C
 # fork+exec loop, libuv's uv_spawn floor (bench/w6_uv.c) and, when OLD_BRAID
 # names a braid runner built before issue 15, braid on uv_spawn; when
 # BASE_BRAID names another braid runner (say main's build), it as braid_base.

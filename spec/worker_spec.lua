@@ -486,3 +486,28 @@ describe("braid.map with workers", function()
     assert.equal("usage", e.kind)
   end))
 end)
+
+describe("braid.worker children", function()
+  it("spawns children from a worker and from the owner at the same time (issue 15c's vfork)", run(function()
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {run = function(n)
+        local out = {}
+        for i = 1, n do out[i] = braid.exec({"echo", "w" .. i}).stdout end
+        return table.concat(out)
+      end}
+    ]])
+    local n = 40
+    local from_worker, from_main = braid.gather(
+      function() return w:call("run", n) end,
+      function()
+        local out = {}
+        for i = 1, n do out[i] = braid.exec({"echo", "m" .. i}).stdout end
+        return table.concat(out)
+      end)
+    local ww, mm = {}, {}
+    for i = 1, n do ww[i], mm[i] = "w" .. i .. "\n", "m" .. i .. "\n" end
+    assert.are.equal(table.concat(ww), from_worker)
+    assert.are.equal(table.concat(mm), from_main)
+  end))
+end)

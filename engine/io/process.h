@@ -151,6 +151,11 @@ void braid__proc_handle_closed(struct braid_proc *p);
 
 extern int braid__spawn_no_pidfd;   /* tests: the SIGCHLD path */
 
+/* vfork.c: starts o's program (file, args, env, cwd, fd, group) in a new
+** child, which gets PR_SET_PDEATHSIG(SIGKILL); *pid its pid. Returns 0, or
+** the errno of what failed (exec's, chdir's: nothing is left running). */
+int braid__vfork_start(const struct braid_spawn_opts *o, int *pid);
+
 /* Fills o's file, args, cwd, env and group from argv (the list at 1) and
 ** the options at 2 (nil or a table), as C strings anchored in the table it
 ** pushes (argv's at 1..#argv). [-0, +1, e] */

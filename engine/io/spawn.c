@@ -1,28 +1,28 @@
 /*
-** spawn.c: starting a child with posix_spawn and waiting for its exit
+** spawn.c: starting a child (vfork.c's clone) and waiting for its exit
 ** without libuv's uv_process_t, for process.c; signalling the child or its
 ** process group, and the timing of a group's stop; the request as the
 ** script gives it (argv, cwd, env, env_add, group, stdout and stderr), and
 ** braid.env.
 **
 ** Why not uv_spawn: libuv 1.44 forks, copying the parent's page tables, so
-** each spawn costs more the bigger braid's heap is; glibc's posix_spawn
-** uses clone(CLONE_VM|CLONE_VFORK) and stays flat. It also puts the child in
-** a process group of its own before exec (POSIX_SPAWN_SETPGROUP), with no
-** window in which a grandchild could start in braid's group, which
-** uv_spawn cannot express (UV_PROCESS_DETACHED is a new session: it would
-** lose the controlling terminal).
+** each spawn costs more the bigger braid's heap is; a clone sharing the
+** memory (CLONE_VM|CLONE_VFORK, vfork.c, as glibc's posix_spawn does, which
+** braid used before) stays flat. It also puts the child in a process group
+** of its own before exec, with no window in which a grandchild could start
+** in braid's group, which uv_spawn cannot express (UV_PROCESS_DETACHED is a
+** new session: it would lose the controlling terminal).
 **
 ** Invariants:
-** - The child gets default signal dispositions and an empty signal mask
-**   (POSIX_SPAWN_SETSIGDEF, SETSIGMASK), as uv_spawn's children did: braid's
-**   SIGPIPE handler and blocked signals are not inherited.
+** - The child gets default signal dispositions and an empty signal mask, as
+**   uv_spawn's children did: braid's SIGPIPE handler and blocked signals
+**   are not inherited (vfork.c).
 ** - The program is searched in the PATH of the child's environment (opts.env
 **   or env_add's, else braid's), "/usr/bin:/bin" without one, as execvp in
 **   uv_spawn's child did; a candidate that exists but cannot be executed
 **   (EACCES) lets the search go on, and is the error if nothing else runs.
-**   glibc (>= 2.24) reports exec's and chdir's failures as posix_spawn's
-**   result, so ENOENT, EACCES and a bad cwd raise at the call.
+**   The child reports exec's and chdir's failures before braid goes on
+**   (vfork.c), so ENOENT, EACCES and a bad cwd raise at the call.
 ** - The exit is waited for on a pidfd (pidfd_open + uv_poll) where the
 **   kernel has one, else on SIGCHLD (a uv_signal_t per child; libuv shares
 **   one handler between its watchers). Either way braid only ever calls
@@ -45,7 +45,6 @@
 #include <stdio.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -56,64 +55,6 @@
 extern char **environ;
 
 int braid__spawn_no_pidfd;   /* tests: take the SIGCHLD path */
-
-/* PATH from the environment the child gets. */
-static const char *env_path (char **env) {
-  char **e;
-  if (env == NULL) return getenv("PATH");
-  for (e = env; *e; e++)
-    if (strncmp(*e, "PATH=", 5) == 0) return *e + 5;
-  return NULL;
-}
-
-/* posix_spawn of `file` searched as execvp does; returns 0 or an errno.
-** cwd: the child's working directory (NULL: braid's). */
-static int spawn_search (pid_t *pid, const char *file, const char *cwd,
-                         const posix_spawn_file_actions_t *fa,
-                         const posix_spawnattr_t *attr, char **args,
-                         char **env) {
-  const char *path, *dir;
-  size_t flen = strlen(file);
-  int eacces = 0;
-  char **envp = env ? env : environ;
-  if (strchr(file, '/')) {
-    /* a missing program is told here too, as in the search below: where
-    ** posix_spawn cannot report exec's failure (valgrind and qemu-user
-    ** run its vfork as a fork), it would read as a child exiting 127;
-    ** a relative path is the child's, from its cwd */
-    char buf[4096];
-    const char *at = file;
-    if (cwd && file[0] != '/')   /* too long: posix_spawn tells */
-      at = snprintf(buf, sizeof buf, "%s/%s", cwd, file) < (int) sizeof buf
-           ? buf : NULL;
-    if (at && access(at, F_OK) != 0) return errno;
-    return posix_spawn(pid, file, fa, attr, args, envp);
-  }
-  if (flen == 0) return ENOENT;
-  if ((path = env_path(env)) == NULL) path = "/usr/bin:/bin";
-  for (dir = path;; ) {
-    const char *end = strchr(dir, ':');
-    size_t dlen = end ? (size_t) (end - dir) : strlen(dir);
-    char buf[4096];
-    if (dlen + 1 + flen < sizeof buf) {
-      int rc;
-      if (dlen == 0) buf[0] = '.', dlen = 1;
-      else memcpy(buf, dir, dlen);
-      buf[dlen] = '/';
-      memcpy(buf + dlen + 1, file, flen + 1);
-      /* only what exists is tried: a missing candidate costs no clone */
-      if (access(buf, F_OK) == 0) {
-        rc = posix_spawn(pid, buf, fa, attr, args, envp);
-        if (rc == 0) return 0;
-        if (rc == EACCES) eacces = 1;
-        else if (rc != ENOENT && rc != ENOTDIR) return rc;
-      }
-    }
-    if (end == NULL) break;
-    dir = end + 1;
-  }
-  return eacces ? EACCES : ENOENT;
-}
 
 /* ---- reaping ---- */
 
@@ -218,58 +159,13 @@ int braid__reap_watch (struct braid_proc *p) {
 
 /* ---- starting ---- */
 
-/* fd, moved above the stdio numbers (a dup2 onto 0-2 must not clobber
-** another one's source); returns the fd the child's actions use. */
-static int above_stdio (int fd, int *moved) {
-  int nfd;
-  *moved = -1;
-  if (fd > 2) return fd;
-  nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (nfd >= 0) *moved = nfd;
-  return nfd >= 0 ? nfd : fd;
-}
-
 int braid__spawn_start (struct braid_proc *p,
                         const struct braid_spawn_opts *o) {
-  posix_spawn_file_actions_t fa;
-  posix_spawnattr_t attr;
-  sigset_t mask, dflt;
-  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-  int i, rc, moved[3] = {-1, -1, -1}, sigchld = 0;
+  int rc, sigchld = 0;
   int later = o->reap_later && reap_pidfd_possible();
   pid_t pid = -1;
   p->pidfd = -1;
-  if (posix_spawn_file_actions_init(&fa) != 0) return UV_ENOMEM;
-  if (posix_spawnattr_init(&attr) != 0) {
-    posix_spawn_file_actions_destroy(&fa);
-    return UV_ENOMEM;
-  }
-  sigemptyset(&mask);
-  sigfillset(&dflt);
-  posix_spawnattr_setsigmask(&attr, &mask);
-  posix_spawnattr_setsigdefault(&attr, &dflt);
-  if (o->group) {
-    flags |= POSIX_SPAWN_SETPGROUP;
-    posix_spawnattr_setpgroup(&attr, 0);   /* a group led by the child */
-  }
-  posix_spawnattr_setflags(&attr, flags);
-  rc = 0;
-  for (i = 0; i < 3 && rc == 0; i++) {
-    if (o->fd[i] >= 0)
-      rc = posix_spawn_file_actions_adddup2(&fa, above_stdio(o->fd[i],
-                                                             &moved[i]), i);
-    else if (o->fd[i] == BRAID_FD_STDOUT ||
-             (i == 2 && o->fd[2] == BRAID_FD_NULL && o->fd[1] == BRAID_FD_NULL))
-      /* 2>&1; or both to /dev/null: one open of it for both (the child's
-      ** path lookups hold braid up, vfork) */
-      rc = posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    else if (o->fd[i] == BRAID_FD_NULL)
-      rc = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
-                                            i == 0 ? O_RDONLY : O_WRONLY, 0);
-  }
-  if (rc == 0 && o->cwd)
-    rc = posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
-  if (rc == 0 && !later && reap_pidfd_possible() == 0) {
+  if (!later && reap_pidfd_possible() == 0) {
     /* The SIGCHLD path: watch before the child exists, so that an exit
     ** right after the spawn is not missed. */
     uv_signal_init(braid_loop(p->E), &p->reap.sig);
@@ -277,13 +173,7 @@ int braid__spawn_start (struct braid_proc *p,
     uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
     sigchld = 1;
   }
-  if (rc == 0) rc = spawn_search(&pid, o->file, o->cwd, &fa, &attr, o->args,
-                               o->env);
-  for (i = 0; i < 3; i++)
-    if (moved[i] >= 0) close(moved[i]);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
+  if ((rc = braid__vfork_start(o, &pid)) != 0) {
     if (sigchld) {   /* closed at once: nothing was started */
       p->live[P_PROC] = 1;
       p->open++;
