@@ -44,19 +44,9 @@ local function family(pidfile, deaf)
           "; exec sleep 35\"; echo done"}
 end
 
-local function tmp()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmp = h.tmp
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = h.slurp
 
 describe("issue 15: a child's process group is stopped with it", function()
   for _, deaf in ipairs({false, true}) do

@@ -59,20 +59,31 @@ function helper.gone_within(pid, secs)
   return true
 end
 
+-- helper.tmp() -> a fresh path that does not exist yet.
+function helper.tmp()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+-- helper.slurp(path) -> the file's contents, or nil when it cannot be read.
+function helper.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 -- helper.sh(cmd) -> stdout, stderr, exit code of a shell command.
 function helper.sh(cmd)
-  local dir = os.tmpname()
-  os.remove(dir)
+  local dir = helper.tmp()
   local o, e = dir .. ".out", dir .. ".err"
   local ok, _, code = os.execute(cmd .. " >" .. o .. " 2>" .. e)
-  local function slurp(p)
-    local f = io.open(p, "rb")
-    local s = f and f:read("a") or ""
-    if f then f:close() end
-    os.remove(p)
-    return s
-  end
-  return slurp(o), slurp(e), ok and 0 or code
+  local out, err = helper.slurp(o) or "", helper.slurp(e) or ""
+  os.remove(o)
+  os.remove(e)
+  return out, err, ok and 0 or code
 end
 
 -- helper.braid(args, [stdin]) -> stdout, stderr, exit code of build/braid.

@@ -9,19 +9,9 @@ local h = require "helper"
 local BIN = os.getenv("BRAID_BIN")
 local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
 
-local function tmp()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmp = h.tmp
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = h.slurp
 
 -- Waits (bounded, outside tasks) until pid has ended: gone from /proc, or
 -- a zombie (an orphan is init's to reap, and some containers' init reaps

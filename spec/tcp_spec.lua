@@ -42,13 +42,7 @@ local function wait_until(cond, what, limit)
   end
 end
 
-local function slurp(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = h.slurp
 
 describe("braid.tcp", function()
   it("echoes round trips between braid client and braid server", h.run(function()
