@@ -74,6 +74,22 @@ describe("issue 15c: the vfork spawn", function()
     assert.are.same({"spawn", "ENOENT"}, {e.kind, e.code})
   end))
 
+  -- libuv 1.44 has no name for ENOEXEC: the error said "Unknown system
+  -- error -8", code and message alike
+  it("names an errno libuv does not know: a file that is no program is ENOEXEC", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local p = d .. "/garbage"
+    braid.fs.write_file(p, "\127ELF but not really\n")
+    braid.fs.chmod(p, 493)   -- 0o755
+    for _, f in ipairs{braid.exec, braid.process} do
+      local ok, e = pcall(f, {p})
+      assert.is_false(ok)
+      assert.are.same({"spawn", "ENOEXEC"}, {e.kind, e.code})
+      assert.matches("cannot start '" .. p:gsub("%p", "%%%0") .. "': Exec format error$",
+                     e.message)
+    end
+  end))
+
   it("takes an empty PATH entry as the child's directory (its cwd option)", h.run(function()
     local d <close> = braid.fs.tmpdir()
     prog(d.path, "here", "here")

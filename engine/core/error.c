@@ -14,6 +14,7 @@
 ** report read one another's fields, and splitting them would put one
 ** concept (what braid knows about a failure) behind a second interface.
 */
+#define _GNU_SOURCE   /* strerrorname_np */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -98,11 +99,33 @@ int braid_argerror (lua_State *L, int arg, const char *fname,
                             extramsg);
 }
 
+/* Does libuv know rc? Its name for an unknown code is "Unknown system
+** error N", made in a static buffer by uv_err_name (not thread-safe), so
+** ask the reentrant form. */
+static int uv_knows (int rc) {
+  char buf[64];
+  return strncmp(uv_err_name_r(rc, buf, sizeof buf), "Unknown", 7) != 0;
+}
+
+const char *braid__errname (int rc) {
+  const char *n;
+  if (uv_knows(rc)) return uv_err_name(rc);
+  n = rc < 0 ? strerrorname_np(-rc) : NULL;
+  return n ? n : "UNKNOWN";
+}
+
+const char *braid__strerror (int rc) {
+  if (uv_knows(rc)) return uv_strerror(rc);
+  if (rc < 0 && strerrorname_np(-rc) != NULL)
+    return strerror(-rc);   /* a known errno: glibc's constant text */
+  return "unknown error";
+}
+
 int braid__error_uv (lua_State *L, int rc, const char *fname) {
   if (rc == UV_ENOMEM)
     return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  return braid_error(L, "io", uv_err_name(rc), "%s: %s", fname,
-                     uv_strerror(rc));
+  return braid_error(L, "io", braid__errname(rc), "%s: %s", fname,
+                     braid__strerror(rc));
 }
 
 /* The kind of the braid.Error at idx, or NULL for any other value. */

@@ -171,6 +171,12 @@ size_t braid__opt_limit(lua_State *L, int idx, const char *key, size_t def,
 void braid__push_limit_error(lua_State *L, size_t limit, const char *option,
                              const char *fmt, ...);
 
+/* libuv's name ("ENOENT") and message for the error code rc; for an errno
+** that libuv 1.44 does not know (ENOEXEC, EBADMSG...) the C library's,
+** never libuv's "Unknown system error -8". Thread-safe (workers). */
+const char *braid__errname(int rc);
+const char *braid__strerror(int rc);
+
 /* Raises the error for libuv code rc from the function fname: kind
 ** "memory" ("fname: not enough memory") for UV_ENOMEM, else kind "io"
 ** with the code ("fname: <libuv's message>"). [-0, +0, v] */

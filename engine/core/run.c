@@ -139,8 +139,8 @@ static int l_run_run (lua_State *L) {
   if (lua_isstring(L, 2) && (rc = braid__trace_open(E, lua_tostring(L, 2)))) {
     engine_close_loop(E);
     braid__run_alloc_end(L, E);
-    braid_error(L, "io", uv_err_name(rc), "braid.run: cannot write the "
-                "trace %s: %s", lua_tostring(L, 2), uv_strerror(rc));
+    braid_error(L, "io", braid__errname(rc), "braid.run: cannot write the "
+                "trace %s: %s", lua_tostring(L, 2), braid__strerror(rc));
   }
   lua_settop(L, 1);
   E->io_ops = E->noyield = 0;

@@ -127,8 +127,8 @@ static int dns_raise (lua_State *L, int rc) {
     braid_pusherror(L, "memory", NULL, "braid.dns.resolve: not enough "
                     "memory");
   else
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.dns.resolve %s: %s",
-                    lua_tostring(L, 1), uv_strerror(rc));
+    braid_pusherror(L, "io", braid__errname(rc), "braid.dns.resolve %s: %s",
+                    lua_tostring(L, 1), braid__strerror(rc));
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "host");
   return lua_error(L);

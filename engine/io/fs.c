@@ -337,11 +337,11 @@ static int fs_raise (lua_State *L, const char *fname, int err,
   if (err == UV_ENOMEM)
     braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
   else if (to)
-    braid_pusherror(L, "io", uv_err_name(err), "%s %s -> %s: %s",
-                      fname, path, to, uv_strerror(err));
+    braid_pusherror(L, "io", braid__errname(err), "%s %s -> %s: %s",
+                      fname, path, to, braid__strerror(err));
   else
-    braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
-                      path, uv_strerror(err));
+    braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
+                      path, braid__strerror(err));
   lua_pushstring(L, path);
   lua_setfield(L, -2, "path");
   return lua_error(L);

@@ -197,8 +197,8 @@ static int file_raise_what (lua_State *L, int err, const char *fname,
   if (err == UV_ENOMEM)
     return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   lua_getiuservalue(L, 1, 1);
-  braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
-                  lua_tostring(L, -1), what ? what : uv_strerror(err));
+  braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
+                  lua_tostring(L, -1), what ? what : braid__strerror(err));
   lua_insert(L, -2);
   lua_setfield(L, -2, "path");
   return lua_error(L);
@@ -567,8 +567,8 @@ static int open_k (lua_State *L, braid_op_t *op) {
     o->req.result = -1;          /* nothing to close */
     open_req_free(o);
     if (rc == UV_ENOMEM) return braid__error_uv(L, rc, "braid.fs.open");
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.fs.open %s: %s",
-                    lua_tostring(L, 1), uv_strerror(rc));
+    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.open %s: %s",
+                    lua_tostring(L, 1), braid__strerror(rc));
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "path");
     return lua_error(L);

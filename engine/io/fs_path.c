@@ -128,12 +128,12 @@ static int path_k (lua_State *L, braid_op_t *op) {
     if (err == UV_ENOMEM)
       braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
     else if (kind == P_COPY)
-      braid_pusherror(L, "io", uv_err_name(err), "%s %s -> %s: %s", fname,
+      braid_pusherror(L, "io", braid__errname(err), "%s %s -> %s: %s", fname,
                       lua_tostring(L, 1), lua_tostring(L, 2),
-                      uv_strerror(err));
+                      braid__strerror(err));
     else
-      braid_pusherror(L, "io", uv_err_name(err), "%s %s: %s", fname,
-                      lua_tostring(L, 1), uv_strerror(err));
+      braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
+                      lua_tostring(L, 1), braid__strerror(err));
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "path");
     return lua_error(L);

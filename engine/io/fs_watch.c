@@ -282,8 +282,8 @@ static int l_fs_watch (lua_State *L) {
   if (rc != 0) {
     free(w->path);
     free(w);
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.fs.watch %s: %s", path,
-                    uv_strerror(rc));
+    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.watch %s: %s", path,
+                    braid__strerror(rc));
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "path");
     return lua_error(L);
@@ -299,8 +299,8 @@ static int l_fs_watch (lua_State *L) {
   watch_update_ref(w);
   if ((rc = uv_fs_event_start(&w->handle, watch_cb, w->path, 0)) != 0) {
     watch_close(w);
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.fs.watch %s: %s", path,
-                    uv_strerror(rc));
+    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.watch %s: %s", path,
+                    braid__strerror(rc));
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "path");
     return lua_error(L);

@@ -267,7 +267,7 @@ void braid__http_push_error (lua_State *L, struct http_xfer *x,
                             "limit)", fname, x->url,
                             (lua_Integer) x->max_body);
   } else if (x->out_err) {
-    braid_pusherror(L, "io", uv_err_name(-x->out_err), "%s %s: cannot write "
+    braid_pusherror(L, "io", braid__errname(-x->out_err), "%s %s: cannot write "
                     "the output file: %s", fname, x->url,
                     strerror(x->out_err));
   } else {

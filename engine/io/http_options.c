@@ -194,7 +194,7 @@ static FILE *opt_file (lua_State *L, const char *key, const char *mode,
   opt_check_fs(L, key, fname);
   if ((f = fopen(path, mode)) == NULL) {
     int e = errno;
-    braid_pusherror(L, "io", uv_err_name(-e), "%s: cannot open %s '%s': %s",
+    braid_pusherror(L, "io", braid__errname(-e), "%s: cannot open %s '%s': %s",
                     fname, key, path, strerror(e));
     lua_pushstring(L, path);
     lua_setfield(L, -2, "path");

@@ -311,14 +311,14 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
     for (i = 0; i < P_NHANDLES; i++) proc_close_handle(p, i);
     braid__proc_release(p);
     if (failed >= 0 && io[failed].how == PROC_FILE)
-      braid_error(L, "spawn", uv_err_name(rc), "%s: cannot open '%s' for "
+      braid_error(L, "spawn", braid__errname(rc), "%s: cannot open '%s' for "
                   "the child's %s: %s", fname, io[failed].path,
-                  pipe_names[failed], uv_strerror(rc));
+                  pipe_names[failed], braid__strerror(rc));
     if (o.cwd && access(o.cwd, X_OK) != 0)
-      braid_error(L, "spawn", uv_err_name(rc), "%s: cannot start '%s' in "
-                  "'%s': %s", fname, o.file, o.cwd, uv_strerror(rc));
-    braid_error(L, "spawn", uv_err_name(rc), "%s: cannot start '%s': %s",
-                fname, o.file, uv_strerror(rc));
+      braid_error(L, "spawn", braid__errname(rc), "%s: cannot start '%s' in "
+                  "'%s': %s", fname, o.file, o.cwd, braid__strerror(rc));
+    braid_error(L, "spawn", braid__errname(rc), "%s: cannot start '%s': %s",
+                fname, o.file, braid__strerror(rc));
   }
   braid__exit_hook_add(E, &p->exit_hook);
   return p;

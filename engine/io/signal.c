@@ -173,8 +173,8 @@ static int l_signal_new (lua_State *L) {
     return braid_error(L, "memory", NULL, "braid.signal: not enough memory");
   if ((rc = uv_signal_init(braid_loop(E), &w->handle)) != 0) {
     free(w);
-    return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
-                              sig->name, uv_strerror(rc));
+    return braid_error(L, "io", braid__errname(rc), "braid.signal %s: %s",
+                              sig->name, braid__strerror(rc));
   }
   w->E = E;
   w->sig = sig;
@@ -188,8 +188,8 @@ static int l_signal_new (lua_State *L) {
   *box = w;
   if ((rc = uv_signal_start(&w->handle, sig_cb, sig->num)) != 0) {
     sig_close(w);
-    return braid_error(L, "io", uv_err_name(rc), "braid.signal %s: %s",
-                              sig->name, uv_strerror(rc));
+    return braid_error(L, "io", braid__errname(rc), "braid.signal %s: %s",
+                              sig->name, braid__strerror(rc));
   }
   uv_unref((uv_handle_t *) &w->handle);
   return 1;

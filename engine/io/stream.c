@@ -305,8 +305,8 @@ int braid__stream_take (lua_State *L, struct braid_stream *s, int mode,
   if (s->rerr == UV_ENOMEM)
     return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   if (s->rerr)
-    return braid_error(L, "io", uv_err_name(s->rerr), "%s: %s", fname,
-                       uv_strerror(s->rerr));
+    return braid_error(L, "io", braid__errname(s->rerr), "%s: %s", fname,
+                       braid__strerror(s->rerr));
   if (!s->live)
     return braid_error(L, "closed", NULL, "%s: %s is closed", fname,
                        s->name);

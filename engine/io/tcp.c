@@ -345,9 +345,9 @@ static int connect_k (lua_State *L, braid_op_t *op) {
     return braid_error(L, "memory", NULL, "braid.tcp.connect: not enough "
                        "memory");
   if (rc < 0)
-    return braid_error(L, "io", uv_err_name(rc), "braid.tcp.connect %s:%d: "
+    return braid_error(L, "io", braid__errname(rc), "braid.tcp.connect %s:%d: "
                        "%s", lua_tostring(L, 1), (int) lua_tointeger(L, 2),
-                       uv_strerror(rc));
+                       braid__strerror(rc));
   braid__tcp_bind((struct braid_tcp **) lua_touserdata(L, 3), ts, max_line);
   braid__tcp_attach(L, ts, NULL);
   lua_settop(L, 3);

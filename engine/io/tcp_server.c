@@ -254,8 +254,8 @@ fail:
   if (rc == UV_ENOMEM)
     return braid_error(L, "memory", NULL, "%s: not enough memory",
                        how->fname);
-  return braid_error(L, "io", uv_err_name(rc), "%s %s: %s", how->fname,
-                     how->where, uv_strerror(rc));
+  return braid_error(L, "io", braid__errname(rc), "%s %s: %s", how->fname,
+                     how->where, braid__strerror(rc));
 }
 
 static int tcp_bind (uv_stream_t *h, void *ud) {
@@ -356,8 +356,8 @@ static int listen_gai_k (lua_State *L, braid_op_t *op) {
   if (rc == UV_ENOMEM || rc == UV_EAI_MEMORY)
     return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
   if (rc < 0) {
-    braid_pusherror(L, "io", uv_err_name(rc), "braid.tcp.listen %s: %s",
-                    lua_tostring(L, 1), uv_strerror(rc));
+    braid_pusherror(L, "io", braid__errname(rc), "braid.tcp.listen %s: %s",
+                    lua_tostring(L, 1), braid__strerror(rc));
     lua_pushvalue(L, 1);
     lua_setfield(L, -2, "host");
     return lua_error(L);

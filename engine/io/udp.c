@@ -177,8 +177,8 @@ static int recv_take (lua_State *L, struct udp_sock *u, const char *fname) {
   ssize_t n = u->pending;
   u->pending = -1;
   if (n < 0)
-    return braid_error(L, "io", uv_err_name((int) n), "%s: %s", fname,
-                       uv_strerror((int) n));
+    return braid_error(L, "io", braid__errname((int) n), "%s: %s", fname,
+                       braid__strerror((int) n));
   lua_pushlstring(L, u->buf, (size_t) n);
   return 1 + push_addr(L, &u->from);
 }
@@ -261,8 +261,8 @@ static int send_k (lua_State *L, braid_op_t *op) {
     return braid_error(L, "closed", NULL, "sock:send: the socket was closed "
                        "while sending");
   if (w->status < 0)
-    return braid_error(L, "io", uv_err_name(w->status), "sock:send: %s",
-                       uv_strerror(w->status));
+    return braid_error(L, "io", braid__errname(w->status), "sock:send: %s",
+                       braid__strerror(w->status));
   lua_settop(L, 1);
   return 1;
 }
@@ -288,7 +288,7 @@ static int l_udp_send (lua_State *L) {
     braid_argerror(L, 3, "sock:send", "IP address expected");
   if (a.len > UDP_BUF)
     return braid_error(L, "io", "EMSGSIZE", "sock:send: %s",
-                       uv_strerror(UV_EMSGSIZE));
+                       braid__strerror(UV_EMSGSIZE));
   lua_settop(L, 4);
   b = uv_buf_init((char *) a.data, (unsigned) a.len);
   rc = uv_udp_try_send(&u->handle, &b, 1, (const struct sockaddr *) &sa);
@@ -297,8 +297,8 @@ static int l_udp_send (lua_State *L) {
     return 1;
   }
   if (rc != UV_EAGAIN)
-    return braid_error(L, "io", uv_err_name(rc), "sock:send %s:%d: %s",
-                       host, port, uv_strerror(rc));
+    return braid_error(L, "io", braid__errname(rc), "sock:send %s:%d: %s",
+                       host, port, braid__strerror(rc));
   braid_check_suspend(L, "sock:send");
   if ((a.sd = braid__calloc(1, sizeof *a.sd)) == NULL)
     return braid_error(L, "memory", NULL, "sock:send: not enough memory");
@@ -320,8 +320,8 @@ static int l_udp_address (lua_State *L) {
   struct sockaddr_storage sa;
   int len = sizeof sa, rc;
   if ((rc = uv_udp_getsockname(&u->handle, (struct sockaddr *) &sa, &len)))
-    return braid_error(L, "io", uv_err_name(rc), "sock:address: %s",
-                       uv_strerror(rc));
+    return braid_error(L, "io", braid__errname(rc), "sock:address: %s",
+                       braid__strerror(rc));
   return push_addr(L, &sa);
 }
 
@@ -370,8 +370,8 @@ static int udp_new (lua_State *L, const char *fname,
   *box = u;
   if (sa && (rc = uv_udp_bind(&u->handle, sa, 0)) != 0) {
     udp_close(u);
-    return braid_error(L, "io", uv_err_name(rc), "%s %s:%d: %s", fname,
-                       host, port, uv_strerror(rc));
+    return braid_error(L, "io", braid__errname(rc), "%s %s:%d: %s", fname,
+                       host, port, braid__strerror(rc));
   }
   return 1;
 }

@@ -158,8 +158,8 @@ static int l_unix_connect (lua_State *L) {
     return braid__error_uv(L, rc, "braid.unix.connect");
   if ((fd = unix_connect_fd(&a)) < 0) {
     braid__stream_close(&ts->s);   /* owned by nobody: the close frees it */
-    return braid_error(L, "io", uv_err_name(fd), "braid.unix.connect %s: %s",
-                       a.path, uv_strerror(fd));
+    return braid_error(L, "io", braid__errname(fd), "braid.unix.connect %s: %s",
+                       a.path, braid__strerror(fd));
   }
   if ((rc = uv_pipe_open(&ts->s.h.pipe, fd)) != 0) {
     close(fd);
