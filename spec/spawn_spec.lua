@@ -114,17 +114,25 @@ describe("issue 15c: the vfork spawn", function()
     assert.are.equal(0, braid.exec({"true"}, {env = env}).code)
   end))
 
-  it("runs children when braid was started with stdin and stdout closed (/dev/null then)", function()
+  it("runs children when braid (runner or module) was started with stdin and stdout closed (/dev/null then)", function()
     local script = h.script([[
+      local runner = rawget(_G, "braid") ~= nil   -- else the module
       local braid = require "braid"
-      local r = braid.exec({"cat"}, {stdin = "fed\n"})
-      local e = braid.exec({"sh", "-c", "echo out; echo err >&2"}, {stderr = "stdout"})
-      io.stderr:write(r.stdout, e.stdout)
+      local function main()
+        local r = braid.exec({"cat"}, {stdin = "fed\n"})
+        local e = braid.exec({"sh", "-c", "echo out; echo err >&2"}, {stderr = "stdout"})
+        io.stderr:write(r.stdout, e.stdout)
+      end
+      if runner then main() else braid.run(main) end
     ]])
-    local _, err, code = h.sh(RUN_ENV .. " " .. BIN .. " " .. script .. " <&- >&-")
+    -- the runner, and the module in stock lua5.4 (braid.run's own loop
+    -- took fd 0 for epoll, and libuv aborted closing it)
+    for _, host in ipairs{BIN, "lua5.4"} do
+      local _, err, code = h.sh(RUN_ENV .. " " .. host .. " " .. script .. " <&- >&-")
+      assert.are.equal(0, code, err)
+      assert.are.equal("fed\nout\nerr\n", err)
+    end
     os.remove(script)
-    assert.are.equal(0, code, err)
-    assert.are.equal("fed\nout\nerr\n", err)
   end)
 
   it("leaves no child behind when Ctrl-C comes while spawning in a loop", function()

@@ -6,8 +6,6 @@
 ** Exit status: 0 when the root task returns, 1 when it fails (the error and
 ** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C.
 */
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,25 +79,13 @@ static const char root_source[] =
   "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
   "end\n";
 
-/* A stdin, stdout or stderr that braid was started without becomes
-** /dev/null. Else libuv takes the free number for a loop fd of its own
-** (epoll's, a signal pipe) and aborts when the loop closes it (it asserts
-** it never closes 0-2); a child's output could also land in it. */
-static void stdio_fill (void) {
-  int fd;
-  for (fd = 0; fd <= 2; fd++)
-    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
-        open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0)
-      return;                  /* the lowest free number: fd */
-}
-
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
   int from_stdin = 0, base, interactive = 0, sig, version = 0, progress = 0;
   double grace = 5;
   const char *what, *trace = NULL;
-  stdio_fill();
+  braid__stdio_fill();   /* before anything may open an fd */
   if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
     return trace_command(argc - 2, argv + 2);
   for (i = 1; i < argc; i++) {

@@ -18,6 +18,9 @@
 ** - Interrupts (Ctrl-C, SIGTERM, SIGHUP, braid_interrupt) are
 **   interrupt.c's; stopping Lua code that does not suspend is hook.c's.
 */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,4 +267,21 @@ void braid__open_core (lua_State *L) {
   if (lua_istable(L, -1)) braid__open_coroutine(L);
   lua_pop(L, 1);
   lua_newtable(L);
+}
+
+/* A stdin, stdout or stderr that the process lacks becomes /dev/null.
+** Else libuv takes the free number for a loop fd of its own (epoll's, a
+** signal pipe) and aborts when the loop closes it (it asserts it never
+** closes 0-2); a child's output could also land in it. Under a lock:
+** engines start on several threads (workers), and two opens for one free
+** number would leave one fd behind. */
+void braid__stdio_fill (void) {
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  int fd;
+  pthread_mutex_lock(&mu);
+  for (fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+        open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0)
+      break;                   /* the lowest free number: fd */
+  pthread_mutex_unlock(&mu);
 }

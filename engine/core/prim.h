@@ -171,6 +171,10 @@ size_t braid__opt_limit(lua_State *L, int idx, const char *key, size_t def,
 void braid__push_limit_error(lua_State *L, size_t limit, const char *option,
                              const char *fmt, ...);
 
+/* Opens /dev/null on whichever of fds 0-2 the process lacks, before a loop
+** is made (libuv aborts when it closes a loop fd numbered 0-2). */
+void braid__stdio_fill(void);
+
 /* libuv's name ("ENOENT") and message for the error code rc; for an errno
 ** that libuv 1.44 does not know (ENOEXEC, EBADMSG...) the C library's,
 ** never libuv's "Unknown system error -8". Thread-safe (workers). */
