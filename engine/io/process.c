@@ -1,5 +1,5 @@
 /*
-** process.c: child processes (started by spawn.c's posix_spawn): a child's
+** process.c: child processes (started by spawn.c, through vfork.c): a child's
 ** lifetime (shared with braid.exec, exec.c) and braid.process (streaming,
 ** to-be-closed). The child's pipes are io/stream.c's streams, the same as
 ** TCP's: the parent's ends are handed to uv_pipe_open.
