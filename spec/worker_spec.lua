@@ -359,14 +359,16 @@ describe("braid.worker", function()
 
   -- harden-h1: a second close made while the first waited returned at
   -- once, with the worker's thread still running.
-  it("makes every concurrent close wait until the thread has ended", run(function()
-    local w = braid.worker([[
+  -- a call whose cleanup outlasts the grace period: closing waits for it
+  local STUBBORN = [[
       local braid = require "braid"
       return {stubborn = function()
         local c <close> = setmetatable({}, {__close = function()
           braid.shield(braid.sleep, 60) end})
         braid.sleep(60)
-      end}]], {grace = 0.3})
+      end}]]
+  it("makes every concurrent close wait until the thread has ended", run(function()
+    local w = braid.worker(STUBBORN, {grace = 0.3})
     local call = braid.spawn(function() return pcall(w.call, w, "stubborn") end)
     braid.sleep(0.05)
     local states = {}
@@ -382,13 +384,7 @@ describe("braid.worker", function()
                      "braid.Worker (closed)"}, states)
     assert.is_false((call:await()))
     -- a cancelled close returns at once, and the next one still waits
-    local w2 = braid.worker([[
-      local braid = require "braid"
-      return {stubborn = function()
-        local c <close> = setmetatable({}, {__close = function()
-          braid.shield(braid.sleep, 60) end})
-        braid.sleep(60)
-      end}]], {grace = 0.3})
+    local w2 = braid.worker(STUBBORN, {grace = 0.3})
     local call2 = braid.spawn(function() return pcall(w2.call, w2, "stubborn") end)
     braid.sleep(0.05)
     braid.move_on(0.01, w2.close, w2)   -- a courtesy wait: cut short, no error
