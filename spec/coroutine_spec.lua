@@ -179,6 +179,21 @@ describe("coroutine.close and resume of a task's coroutines", function()
     assert.are.same({true, 2}, {coroutine.resume(co)})
   end))
 
+  -- the debug library hands scripts the function at the bottom of every
+  -- task's coroutine; a coroutine of theirs running it is still theirs
+  it("tells a script's coroutine from a task's even when it runs braid's task entry", h.run(function()
+    local entry
+    braid.spawn(function()
+      local level = 1
+      while debug.getinfo(level + 1, "f") do level = level + 1 end
+      entry = debug.getinfo(level, "f").func
+    end):await()
+    assert.is_false((pcall(entry)))   -- no function: refused, not undefined
+    local co = coroutine.create(entry)
+    assert.are.same({true, 7}, {coroutine.resume(co, function() coroutine.yield(7) return 8 end)})
+    assert.are.same({true, 8}, {coroutine.resume(co)})
+  end))
+
   it("closes the script's own coroutines as Lua does", h.run(function()
     local closed = false
     local co = coroutine.create(function()

@@ -112,6 +112,7 @@ void braid__task_abandon (struct braid_task *t) {
       lua_pop(S, 1);
     }
     E->current = prev;
+    braid__coset_remove(E, t->co);
     t->co = NULL;   /* not pooled: see pool_put */
   }
   if (!E->closing) {   /* braid_close abandons by design: no report */

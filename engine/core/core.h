@@ -313,6 +313,11 @@ void braid__task_body_done(braid_engine_t *E, lua_State *S,
 extern const char braid__suspended_key;
 /* A task's coroutine runs this at its bottom (corolib.c tells them so). */
 int braid__task_main(lua_State *L);
+/* The set of coroutines some task runs in (coset.c): add returns 0 or
+** UV_ENOMEM; remove of one not in it does nothing. */
+int braid__coset_has(const braid_engine_t *E, const lua_State *co);
+int braid__coset_add(braid_engine_t *E, lua_State *co);
+void braid__coset_remove(braid_engine_t *E, lua_State *co);
 extern const char *const braid__status_names[];
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);
@@ -369,6 +374,8 @@ struct braid_engine {
   unsigned io_ops;             /* ops pending that hold the virtual clock */
   unsigned noyield;            /* coroutines resumed where the task cannot
                                ** yield, now running (task.c co_resume) */
+  lua_State **coset;           /* coset.c: the task coroutines */
+  unsigned coset_n, coset_cap;
   struct braid_heap_ent *heap;   /* timer.c: keys inline */
   unsigned heap_n, heap_cap;
   uint64_t timer_seq, vnow, armed_due;

@@ -6,7 +6,6 @@
 ** the coroutines braid runs tasks in cannot be resumed or closed from
 ** elsewhere. Outside tasks they behave as Lua's own.
 */
-#include <limits.h>
 #include "core.h"
 
 /* user coroutines suspended in a braid call -> the thread resuming them */
@@ -136,37 +135,11 @@ static int co_in (lua_State *L, const void *key, lua_State *co) {
   return in;
 }
 
-/* Is co a task's own coroutine? Its bottom frame runs braid__task_main.
-** Found by asking, not by a table of them: registering every new
-** coroutine in a weak table cost ~9% of a sleeping task's instructions
-** and ~30 bytes; its extra space is the application's (and Lua leaves the
-** main thread's uninitialised). The depth is found by doubling, then
-** halving, so a deep stack costs O(d log d). */
-static int co_is_task (lua_State *co) {
-  lua_Debug ar;
-  int lo = 0, hi = 1, is;
-  if (!lua_getstack(co, 0, &ar)) return 0;
-  while (lua_getstack(co, hi, &ar)) {   /* lo exists, hi does not */
-    lo = hi;
-    if (hi > INT_MAX / 2) return 0;
-    hi *= 2;
-  }
-  while (hi - lo > 1) {
-    int mid = lo + (hi - lo) / 2;
-    if (lua_getstack(co, mid, &ar)) lo = mid;
-    else hi = mid;
-  }
-  if (!lua_getstack(co, lo, &ar) || !lua_checkstack(co, 1) ||
-      !lua_getinfo(co, "f", &ar))
-    return 0;
-  is = lua_tocfunction(co, -1) == braid__task_main;
-  lua_pop(co, 1);
-  return is;
-}
-
 static int co_held (lua_State *L, lua_State *co) {
+  braid_engine_t *E = braid_engine(L);
   return lua_status(co) == LUA_YIELD &&
-         (co_in(L, &braid__suspended_key, co) || co_is_task(co));
+         ((E && braid__coset_has(E, co)) ||
+          co_in(L, &braid__suspended_key, co));
 }
 
 #define CO_HELD_MSG \

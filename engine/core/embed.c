@@ -177,6 +177,7 @@ fail_loop:
   braid__arena_free(E->arena);   /* after lua_close: its blocks are gone */
   if (E->owns_loop) uv_loop_close(&E->own_loop);
   free(E->heap);
+  free(E->coset);
   free(E);
   return NULL;
 }

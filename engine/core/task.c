@@ -193,6 +193,7 @@ static int task_main_k (lua_State *L, int status, lua_KContext ctx) {
 ** rather than later, outside it, when the coroutine is reset. Then the
 ** error goes on to the scheduler. [fn, args...] */
 int braid__task_main (lua_State *L) {
+  luaL_checkany(L, 1);   /* the debug library can reach it: no function */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 1);
   return task_main_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0,
@@ -234,6 +235,7 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 2, i);
     lua_remove(co, 2);
   }
+  if (braid__coset_add(E, co) != 0) luaL_error(S, "not enough memory");
   lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
   t->co = co;
 }
@@ -310,6 +312,7 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     }
   }
   lua_setiuservalue(S, -2, 1);
+  braid__coset_remove(E, co);
   t->co = NULL;
   pool_put(E, S, t, co);
   if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */

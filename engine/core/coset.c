@@ -1,0 +1,71 @@
+/*
+** coset.c: the set of task coroutines (struct braid_task's t->co, from the
+** task's start to its end), so that braid's coroutine library can refuse
+** to resume or close one (corolib.c) in O(1).
+**
+** Why a set in C: a weak Lua table of them cost a table insert per task
+** (~9% of a sleeping task's instructions); asking a coroutine for its
+** bottom frame (braid__task_main) cost O(d log d) lua_getstack steps for a
+** stack d deep on every resume of it, in C where no budget or signal
+** reaches, and a script can reach braid__task_main through the debug
+** library; a coroutine's extra space is the application's.
+**
+** Invariants:
+** - co is in E's set exactly while some task's t->co is co: added where
+**   t->co is set (braid__task_start), removed where it is cleared.
+** - Open addressing with linear probing, at most half full; removal
+**   shifts the entries after it back, so there are no tombstones.
+** - The array is C memory freed with the engine (braid__engine_unref).
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include "core.h"
+
+static unsigned coset_at (const braid_engine_t *E, const lua_State *co) {
+  uint64_t h = (uint64_t) ((uintptr_t) co >> 4) * UINT64_C(0x9E3779B97F4A7C15);
+  return (unsigned) (h >> 32) & (E->coset_cap - 1);
+}
+
+static unsigned coset_find (const braid_engine_t *E, const lua_State *co) {
+  unsigned i = coset_at(E, co);
+  while (E->coset[i] != NULL && E->coset[i] != co)
+    i = (i + 1) & (E->coset_cap - 1);
+  return i;
+}
+
+int braid__coset_has (const braid_engine_t *E, const lua_State *co) {
+  return E->coset_cap > 0 && E->coset[coset_find(E, co)] == co;
+}
+
+int braid__coset_add (braid_engine_t *E, lua_State *co) {
+  if (2 * (E->coset_n + 1) > E->coset_cap) {
+    unsigned cap = E->coset_cap ? 2 * E->coset_cap : 64, ocap = E->coset_cap, i;
+    lua_State **old = E->coset;
+    lua_State **nw = (lua_State **) braid__calloc(cap, sizeof *nw);
+    if (nw == NULL) return UV_ENOMEM;
+    E->coset = nw;
+    E->coset_cap = cap;
+    for (i = 0; i < ocap; i++)
+      if (old[i] != NULL) E->coset[coset_find(E, old[i])] = old[i];
+    free(old);
+  }
+  E->coset[coset_find(E, co)] = co;
+  E->coset_n++;
+  return 0;
+}
+
+void braid__coset_remove (braid_engine_t *E, lua_State *co) {
+  unsigned mask = E->coset_cap - 1, i, j;
+  if (!braid__coset_has(E, co)) return;
+  i = coset_find(E, co);
+  for (j = (i + 1) & mask; E->coset[j] != NULL; j = (j + 1) & mask) {
+    unsigned k = coset_at(E, E->coset[j]);   /* its home slot */
+    /* moves back unless its home lies cyclically in (i, j] */
+    if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) {
+      E->coset[i] = E->coset[j];
+      i = j;
+    }
+  }
+  E->coset[i] = NULL;
+  E->coset_n--;
+}
