@@ -371,6 +371,7 @@ struct braid_engine {
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   struct braid_wait *wait_free;   /* spare wait records, chained (sched.c) */
+  unsigned wait_spares;          /* how many: at most WAIT_SPARES_MAX */
   unsigned io_ops;             /* ops pending that hold the virtual clock */
   unsigned noyield;            /* coroutines resumed where the task cannot
                                ** yield, now running (task.c co_resume) */

@@ -256,6 +256,7 @@ void braid__engine_oom (lua_State *S, braid_engine_t *E) {
   braid__reserve_take(E);   /* first: it covers the allocations below */
   if (E->reserve == NULL) {   /* memory is short: let go of what can go */
     braid__task_pool_drop(S, E);
+    braid__wait_drop(E, S);
     lua_gc(S, LUA_GCCOLLECT);
     braid__reserve_take(E);
   }

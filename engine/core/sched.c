@@ -67,9 +67,13 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 /* Wait records. A task takes one when it starts and gives it back when it
 ** ends: a pending task (W1's 100k spawned before any runs) carries only a
 ** pointer. Spares are kept in E->wait_free, chained through their first
-** bytes, and freed by braid__wait_drop. Under AddressSanitizer a record
+** bytes, and freed by braid__wait_drop (at the end of a run, at close, and
+** when memory is short); beyond WAIT_SPARES_MAX (as many as the coroutine
+** pool keeps) a record goes back at once, so a burst of tasks in a
+** long-lived engine (a worker) does not stay counted in its limit. Under AddressSanitizer a record
 ** goes straight back to the allocator instead, so that a use after its
 ** task ended is reported rather than hidden by the reuse. */
+#define WAIT_SPARES_MAX 256
 #if defined(__SANITIZE_ADDRESS__)
 #define WAIT_NOREUSE 1
 #elif defined(__has_feature)
@@ -81,8 +85,10 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
   braid_engine_t *E = t->E;
   struct braid_wait *w = E->wait_free;
-  if (w) memcpy(&E->wait_free, w, sizeof w);
-  else {
+  if (w) {
+    memcpy(&E->wait_free, w, sizeof w);
+    E->wait_spares--;
+  } else {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
     w = (struct braid_wait *) f(ud, NULL, 0, sizeof(struct braid_started));
@@ -105,16 +111,19 @@ void braid__wait_put (struct braid_task *t) {
   struct braid_wait *w = t->w;
   if (w == NULL) return;
   t->w = NULL;
-#ifdef WAIT_NOREUSE
+#ifndef WAIT_NOREUSE
+  if (t->E->wait_spares < WAIT_SPARES_MAX) {
+    memcpy(w, &t->E->wait_free, sizeof w);
+    t->E->wait_free = w;
+    t->E->wait_spares++;
+    return;
+  }
+#endif
   {
     void *ud;
     lua_Alloc f = lua_getallocf(t->E->S, &ud);
     f(ud, w, sizeof(struct braid_started), 0);
   }
-#else
-  memcpy(w, &t->E->wait_free, sizeof w);
-  t->E->wait_free = w;
-#endif
 }
 
 void braid__wait_drop (braid_engine_t *E, lua_State *L) {
@@ -125,6 +134,7 @@ void braid__wait_drop (braid_engine_t *E, lua_State *L) {
     memcpy(&E->wait_free, w, sizeof w);
     f(ud, w, sizeof(struct braid_started), 0);
   }
+  E->wait_spares = 0;
 }
 
 /* fname is the function as the script wrote it ("braid.sleep",
