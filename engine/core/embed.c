@@ -142,8 +142,7 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   E->binary = ((opts->libs ? opts->libs : BRAID_LIBS_SAFE) &
                BRAID_LIB_BINARY) != 0;
   if (loop == NULL) {
-    braid__stdio_fill();
-    if (uv_loop_init(&E->own_loop) != 0) {
+    if (braid__loop_init(&E->own_loop) != 0) {
       free(E);
       return NULL;
     }

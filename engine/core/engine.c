@@ -270,6 +270,12 @@ void braid__open_core (lua_State *L) {
   lua_newtable(L);
 }
 
+/* A loop of braid's own, made once any missing stdio fd is filled. */
+int braid__loop_init (uv_loop_t *loop) {
+  braid__stdio_fill();
+  return uv_loop_init(loop);
+}
+
 /* A stdin, stdout or stderr that the process lacks becomes /dev/null.
 ** Else libuv takes the free number for a loop fd of its own (epoll's, a
 ** signal pipe) and aborts when the loop closes it (it asserts it never

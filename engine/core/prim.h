@@ -174,6 +174,9 @@ void braid__push_limit_error(lua_State *L, size_t limit, const char *option,
 /* Opens /dev/null on whichever of fds 0-2 the process lacks, before a loop
 ** is made (libuv aborts when it closes a loop fd numbered 0-2). */
 void braid__stdio_fill(void);
+/* uv_loop_init for a loop braid makes (braid.run, braid_open without a
+** loop, a worker's thread), after braid__stdio_fill. */
+int braid__loop_init(uv_loop_t *loop);
 
 /* libuv's name ("ENOENT") and message for the error code rc; for an errno
 ** that libuv 1.44 does not know (ENOEXEC, EBADMSG...) the C library's,

@@ -126,8 +126,7 @@ static int l_run_run (lua_State *L) {
   braid__error_forget(L);   /* nothing of a previous run is found */
   if (braid__run_alloc_begin(L, E) != 0)
     return braid_error(L, "memory", NULL, "braid.run: not enough memory");
-  braid__stdio_fill();
-  if ((rc = uv_loop_init(&E->own_loop)) != 0) {
+  if ((rc = braid__loop_init(&E->own_loop)) != 0) {
     braid__run_alloc_end(L, E);
     braid__error_uv(L, rc, "braid.run");
   }

@@ -453,7 +453,7 @@ static void wk_walk_cb (uv_handle_t *h, void *arg) {
 void braid__wk_main (void *arg) {
   struct braid_worker *w = (struct braid_worker *) arg;
   uv_loop_t loop;
-  int wake, ok = uv_loop_init(&loop) == 0;
+  int wake, ok = braid__loop_init(&loop) == 0;
   if (ok && (w->WE = braid_new(&loop, &w->eopts)) == NULL) {
     uv_loop_close(&loop);
     ok = 0;
