@@ -169,6 +169,22 @@ describe("braid.http.request", function()
     assert.are.same({false, "usage"}, {ok, e.kind})
   end))
 
+  -- C reads these options: a zero byte cut them short (output "/tmp/x\0y"
+  -- wrote /tmp/x; method "GET\0X" went as GET), and a method with a control
+  -- character went onto the request line
+  it("refuses string options with a zero byte, and a method that is not a token", h.run(function()
+    for _, opts in ipairs{{output = os.tmpname() .. "\0y"}, {method = "GET\0X"},
+                          {method = "GE\vT"}, {method = "GET /x HTTP/1.1\r\nX:"},
+                          {ca_file = "/etc/ssl\0x"}} do
+      opts.url = URL .. "/echo"
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      assert.matches("bad option '[%w_]+' to 'braid.http.request'", e.message)
+    end
+    assert.are.equal(200, braid.http.request{url = URL .. "/echo", method = "PATCH"}.status)
+  end))
+
   -- harden-h1: a ':' or a space in a header name, or a line break in a
   -- name or value, wrote other headers (or a second request) into this one.
   it("refuses header names that are not tokens and values with CR, LF or NUL", h.run(function()

@@ -74,6 +74,25 @@ describe("issue 15c: the vfork spawn", function()
     assert.are.same({"spawn", "ENOENT"}, {e.kind, e.code})
   end))
 
+  -- C reads argv, cwd and env: a zero byte cut them short ("a\0b" passed
+  -- "a"; cwd "/tmp\0/x" ran in /tmp), and a name with '=' made another one
+  it("refuses zero bytes in arguments, cwd and env, and env names that are empty or hold '='", h.run(function()
+    local cases = {
+      {{"echo", "a\0b"}}, {{"ech\0o"}}, {{"echo"}, {cwd = "/tmp\0/x"}},
+      {{"echo"}, {env = {A = "x\0y"}}}, {{"echo"}, {env = {["C\0D"] = "x"}}},
+      {{"echo"}, {env = {["A=B"] = "x"}}}, {{"echo"}, {env_add = {[""] = "x"}}},
+    }
+    for _, c in ipairs(cases) do
+      for _, f in ipairs{braid.exec, braid.process} do
+        local ok, e = pcall(f, c[1], c[2])
+        assert.is_false(ok)
+        assert.are.equal("usage", e.kind)
+      end
+    end
+    assert.are.equal("42 x\n", braid.exec({"sh", "-c", "echo $1 $A", "sh", 42},
+                                          {env = {A = "x"}}).stdout)
+  end))
+
   -- libuv 1.44 has no name for ENOEXEC: the error said "Unknown system
   -- error -8", code and message alike
   it("names an errno libuv does not know: a file that is no program is ENOEXEC", h.run(function()

@@ -236,6 +236,14 @@ void braid__check_type (lua_State *L, int idx, int type, const char *fname) {
     type_error(L, idx, fname, lua_typename(L, type));
 }
 
+/* The string (or number) at idx for C, which would stop at a zero byte:
+** NULL for anything else and for a string with one inside. */
+const char *braid__cstring (lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_isstring(L, idx) ? lua_tolstring(L, idx, &len) : NULL;
+  return s && strlen(s) == len ? s : NULL;
+}
+
 lua_Integer braid__check_integer (lua_State *L, int idx, const char *fname) {
   int isnum;
   lua_Integer v = lua_tointegerx(L, idx, &isnum);

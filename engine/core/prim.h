@@ -70,6 +70,9 @@ void *braid__check_object(lua_State *L, int idx, const char *tname,
                           const char *fname);
 void braid__check_type(lua_State *L, int idx, int type, const char *fname);
 lua_Integer braid__check_integer(lua_State *L, int idx, const char *fname);
+/* The string (or number) at idx as C reads it, or NULL for another value
+** or a string with a zero byte inside (C would cut it short there). */
+const char *braid__cstring(lua_State *L, int idx);
 
 /* Raises a usage error unless the value at idx is nil, none or a plain
 ** table whose keys are all in `allowed` (NULL-terminated). */

@@ -45,7 +45,9 @@ static const char *opt_string (lua_State *L, const char *key,
   if (lua_type(L, -1) != LUA_TSTRING)
     braid_usageerror(L, "bad option '%s' to '%s' (string expected, got %s)",
                      key, fname, luaL_typename(L, -1));
-  s = lua_tostring(L, -1);
+  if ((s = braid__cstring(L, -1)) == NULL)
+    braid_usageerror(L, "bad option '%s' to '%s' (contains a zero byte)",
+                     key, fname);
   lua_pop(L, 1);   /* opts anchors it during the call */
   return s;
 }
@@ -243,9 +245,13 @@ static void set_method (lua_State *L, struct http_xfer *x,
                  (lua_getfield(L, 1, "body"), !lua_isnil(L, -1));
   lua_pop(L, x->in == NULL);
   if (m == NULL) m = has_body ? "POST" : "GET";
-  if (*m == '\0' || strpbrk(m, " \r\n\t"))
-    braid_usageerror(L, "bad option 'method' to '%s' (a method name "
-                     "expected)", fname);
+  {   /* a token, as RFC 9110 says: nothing that could split the line */
+    const char *c = m;
+    while (is_tchar((unsigned char) *c)) c++;
+    if (*m == '\0' || *c != '\0')
+      braid_usageerror(L, "bad option 'method' to '%s' (a method name "
+                       "expected)", fname);
+  }
   snprintf(x->method, sizeof x->method, "%s", m);
   if (has_body || strcmp(m, "GET") != 0) DIRTY(x);
   if (strcmp(m, "HEAD") == 0) {

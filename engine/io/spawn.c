@@ -345,9 +345,13 @@ static void check_env_table (lua_State *L, const char *key,
                      fname);
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+    const char *name = lua_type(L, -2) == LUA_TSTRING
+                       ? braid__cstring(L, -2) : NULL;
+    if (name == NULL || *name == '\0' || strchr(name, '=') ||
+        braid__cstring(L, -1) == NULL)
       braid_usageerror(L, "bad option '%s' to '%s' (names and values "
-                       "must be strings)", key, fname);
+                       "must be strings without zero bytes, names "
+                       "non-empty and without '=')", key, fname);
     lua_pop(L, 1);
   }
 }
@@ -410,9 +414,10 @@ void braid__spawn_args (lua_State *L, const char *fname,
   lua_rawsetp(L, anchor, args);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
-    if (!lua_isstring(L, -1))
-      braid_argerror(L, 1, fname, "list of strings expected");
-    args[i - 1] = (char *) lua_tostring(L, -1);
+    if ((args[i - 1] = (char *) braid__cstring(L, -1)) == NULL)
+      braid_argerror(L, 1, fname, lua_isstring(L, -1)
+                     ? "an argument contains a zero byte"
+                     : "list of strings expected");
     lua_rawseti(L, anchor, i);
   }
   args[n] = NULL;
@@ -421,10 +426,9 @@ void braid__spawn_args (lua_State *L, const char *fname,
   o->group = 1;
   if (!lua_istable(L, 2)) return;
   if (lua_getfield(L, 2, "cwd") != LUA_TNIL) {
-    if (!lua_isstring(L, -1))
-      braid_usageerror(L, "bad option 'cwd' to '%s' (string expected)",
-                       fname);
-    o->cwd = lua_tostring(L, -1);
+    if ((o->cwd = braid__cstring(L, -1)) == NULL)
+      braid_usageerror(L, "bad option 'cwd' to '%s' (string without zero "
+                       "bytes expected)", fname);
     lua_rawseti(L, anchor, n + 1);
   } else {
     lua_pop(L, 1);
