@@ -136,7 +136,7 @@ do
       -- of the script's runs inside braid's error
       usage("bad argument #2 to 'condition:notify' (non-negative integer "
             .. "expected, got %s)", type(n) == "number" and
-            string.format("%.14g", n) or type(n))
+            n .. "" or type(n))   -- "2.0", as the check sees it
     end
     wake(self, n or 1)
   end

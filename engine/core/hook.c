@@ -22,6 +22,7 @@
 **   running thread (lua_sethook may be called asynchronously); the hook,
 **   run by that thread between two instructions, does the rest.
 */
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include "core.h"
@@ -189,7 +190,8 @@ void braid__co_publish (braid_engine_t *E, lua_State *co, int leave) {
     return;
   }
   atomic_store(E->pub_co, co);
-  while (atomic_load(E->pub_busy)) {}   /* a lua_sethook: brief */
+  while (atomic_load(E->pub_busy))   /* a lua_sethook: brief, unless the */
+    sched_yield();                   /* owner's thread was descheduled */
 }
 
 static const char poll_key = 'p';

@@ -302,11 +302,7 @@ int braid__stream_take (lua_State *L, struct braid_stream *s, int mode,
                             s->max_buf_opt);
     return lua_error(L);
   }
-  if (s->rerr == UV_ENOMEM)
-    return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  if (s->rerr)
-    return braid_error(L, "io", braid__errname(s->rerr), "%s: %s", fname,
-                       braid__strerror(s->rerr));
+  if (s->rerr) return braid__error_uv(L, s->rerr, fname);
   if (!s->live)
     return braid_error(L, "closed", NULL, "%s: %s is closed", fname,
                        s->name);

@@ -176,9 +176,7 @@ static void recv_cancel (braid_op_t *op) {
 static int recv_take (lua_State *L, struct udp_sock *u, const char *fname) {
   ssize_t n = u->pending;
   u->pending = -1;
-  if (n < 0)
-    return braid_error(L, "io", braid__errname((int) n), "%s: %s", fname,
-                       braid__strerror((int) n));
+  if (n < 0) return braid__error_uv(L, (int) n, fname);
   lua_pushlstring(L, u->buf, (size_t) n);
   return 1 + push_addr(L, &u->from);
 }
@@ -260,9 +258,7 @@ static int send_k (lua_State *L, braid_op_t *op) {
   if (w->status == UV_ECANCELED && *(void **) lua_touserdata(L, 1) == NULL)
     return braid_error(L, "closed", NULL, "sock:send: the socket was closed "
                        "while sending");
-  if (w->status < 0)
-    return braid_error(L, "io", braid__errname(w->status), "sock:send: %s",
-                       braid__strerror(w->status));
+  if (w->status < 0) return braid__error_uv(L, w->status, "sock:send");
   lua_settop(L, 1);
   return 1;
 }
@@ -320,8 +316,7 @@ static int l_udp_address (lua_State *L) {
   struct sockaddr_storage sa;
   int len = sizeof sa, rc;
   if ((rc = uv_udp_getsockname(&u->handle, (struct sockaddr *) &sa, &len)))
-    return braid_error(L, "io", braid__errname(rc), "sock:address: %s",
-                       braid__strerror(rc));
+    return braid__error_uv(L, rc, "sock:address");
   return push_addr(L, &sa);
 }
 
