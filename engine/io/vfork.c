@@ -25,8 +25,10 @@
 **   TSan intercepts clone itself (newer runtimes model it as a fork:
 **   their bookkeeping, run in the child, would write the parent's state);
 **   under TSan glibc's other name for it, __clone, is called instead.
-** - Every signal is blocked from before the clone until the child has set
-**   every disposition to SIG_DFL; only then does it empty its mask. So no
+** - Every signal (glibc's own 32 and 33 too: a raw rt_sigprocmask, as
+**   pthread_sigmask leaves those) is blocked from before the clone until
+**   the child has set every disposition to SIG_DFL; only then does it
+**   empty its mask. So no
 **   handler of braid's ever runs in the child (it would run on braid's
 **   memory), and the child gets what POSIX_SPAWN_SETSIGDEF for all signals
 **   and an empty SETSIGMASK gave: default dispositions, ignored ones too.
@@ -48,7 +50,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -208,29 +209,6 @@ fail:
 /* 1 once the clone is known to share memory, 2 to be a fork; 0: not yet. */
 static int vf_mode;
 
-/* braid's pid, asked once (getpid is a system call): 0 again in a child
-** of fork, whose spawns have a new parent. */
-static pid_t vf_pid;
-static pthread_once_t vf_once = PTHREAD_ONCE_INIT;
-
-static void vf_forked (void) {
-  __atomic_store_n(&vf_pid, 0, __ATOMIC_RELAXED);
-}
-
-static void vf_atfork (void) {
-  pthread_atfork(NULL, NULL, vf_forked);
-}
-
-static pid_t vf_self (void) {
-  pid_t p;
-  pthread_once(&vf_once, vf_atfork);
-  if ((p = __atomic_load_n(&vf_pid, __ATOMIC_RELAXED)) == 0) {
-    p = getpid();
-    __atomic_store_n(&vf_pid, p, __ATOMIC_RELAXED);
-  }
-  return p;
-}
-
 /* PATH from the environment the child gets. */
 static const char *env_path (char **env) {
   char **e;
@@ -277,7 +255,10 @@ static int vf_probe (const struct vf_args *a) {
 int braid__vfork_start (const struct braid_spawn_opts *o, int *pid) {
   struct vf_args a;
   char stack[VF_STACK] __attribute__((aligned(16)));
-  sigset_t all, old;
+  /* the kernel's sigsets: glibc's pthread_sigmask would leave its own
+  ** signals (32, 33) deliverable, with glibc's handlers, in the child */
+  unsigned long all[VF_SIGSETSIZE / sizeof(unsigned long)], old[sizeof all /
+                                                         sizeof all[0]];
   int mode = __atomic_load_n(&vf_mode, __ATOMIC_RELAXED), err, st;
   pid_t c;
   if (o->file[0] == '\0') return ENOENT;
@@ -292,13 +273,13 @@ int braid__vfork_start (const struct braid_spawn_opts *o, int *pid) {
       (a.path = env_path(o->env)) == NULL)
     a.path = "/usr/bin:/bin";
   if (mode != 1 && (err = vf_probe(&a)) != 0) return err;
-  a.parent = vf_self();
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
+  a.parent = getpid();
+  memset(all, 0xff, sizeof all);
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, all, old, VF_SIGSETSIZE);
   c = VF_CLONE(vf_child, stack + sizeof stack,
                CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
   err = c < 0 ? errno : 0;
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, VF_SIGSETSIZE);
   if (c < 0) return err;
   if (mode == 0) __atomic_store_n(&vf_mode, a.ran ? 1 : 2, __ATOMIC_RELAXED);
   if (a.err != 0) {            /* it has exited 127: reaped here */
