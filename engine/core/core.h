@@ -136,7 +136,7 @@ struct braid_wait {
   };
 };
 
-/* braid_op_t is the task's wait: ops live inside their task. */
+/* braid_op_t is the task's wait: an op lives in its task's wait record. */
 #define OP_WAIT(op) ((struct braid_wait *) (op))
 #define WAIT_OP(w) ((braid_op_t *) (w))
 #define WAIT_TASK(wp) ((wp)->task)

@@ -319,7 +319,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   int i, limit = 0;
   uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(braid__task_inner(t));
   /* Every option is checked before the group's scope is pushed: raising
-  ** after that would leave t->inner pointing into a collectable userdata. */
+  ** after that would leave braid__task_inner(t) pointing into a collectable userdata. */
   if (opts) {
     /* The Promise.all habit: a list of functions where the options go. */
     if (!map && lua_istable(L, opts)) {

@@ -433,7 +433,7 @@ void *braid__scope_new (lua_State *L, size_t size) {
 /* Makes s (from braid__scope_new) a scope of `kind` and the task's
 ** innermost. Allocates nothing and cannot raise: a scope entered is always
 ** left through its body's end (braid__scope_body, braid__scope_join), so
-** t->inner never points at a userdata the collector could free. */
+** braid__task_inner(t) never points at a userdata the collector could free. */
 void braid__scope_enter (struct braid_task *t, struct braid_scope *s,
                          int kind) {
   braid__scope_init(s, t->E, kind, t, braid__task_inner(t));

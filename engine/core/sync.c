@@ -157,7 +157,9 @@ static unsigned *sem_guard_push (lua_State *L) {
 /* The guard is closed (return, error, cancellation, abandonment): the
 ** permit goes back, if one was taken; a lock, only if the task still holds
 ** it (its body may have released it, and the lock gone to another); a
-** semaphore, within its bound (its body may have released it already). */
+** semaphore, within its bound. A semaphore does not know its holders: if
+** the body released its permit and another task holds one, the guard's
+** return lets one more in (as a second sem:release would). */
 static int l_sem_guard_close (lua_State *L) {
   unsigned *held = (unsigned *) lua_touserdata(L, 1), id = *held;
   if (id) {
