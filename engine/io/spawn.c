@@ -140,6 +140,13 @@ static int reap_pidfd (struct braid_proc *p) {
 #endif
 }
 
+/* Watches SIGCHLD for p (libuv shares one handler between watchers). */
+static void reap_sigchld (struct braid_proc *p) {
+  uv_signal_init(braid_loop(p->E), &p->reap.sig);
+  p->reap.sig.data = p;
+  uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+}
+
 /* Waits for p's exit from now on (braid_spawn_opts.reap_later): reaps it
 ** at once when it has already exited, which needs no handle at all; else
 ** on a pidfd, else on SIGCHLD (started before the second look, so an exit
@@ -151,9 +158,7 @@ int braid__reap_watch (struct braid_proc *p) {
   p->live[P_PROC] = 1;
   p->open++;
   if (reap_pidfd(p) == 0) return 0;
-  uv_signal_init(braid_loop(p->E), &p->reap.sig);
-  p->reap.sig.data = p;
-  uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+  reap_sigchld(p);
   return reap_now(p);
 }
 
@@ -161,18 +166,13 @@ int braid__reap_watch (struct braid_proc *p) {
 
 int braid__spawn_start (struct braid_proc *p,
                         const struct braid_spawn_opts *o) {
-  int rc, sigchld = 0;
-  int later = o->reap_later && reap_pidfd_possible();
+  int rc, pidfds = reap_pidfd_possible();
+  int later = o->reap_later && pidfds, sigchld = !pidfds;
   pid_t pid = -1;
   p->pidfd = -1;
-  if (!later && reap_pidfd_possible() == 0) {
-    /* The SIGCHLD path: watch before the child exists, so that an exit
-    ** right after the spawn is not missed. */
-    uv_signal_init(braid_loop(p->E), &p->reap.sig);
-    p->reap.sig.data = p;
-    uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
-    sigchld = 1;
-  }
+  /* The SIGCHLD path: watch before the child exists, so that an exit
+  ** right after the spawn is not missed. */
+  if (sigchld) reap_sigchld(p);
   if ((rc = braid__vfork_start(o, &pid)) != 0) {
     if (sigchld) {   /* closed at once: nothing was started */
       p->live[P_PROC] = 1;
@@ -188,9 +188,7 @@ int braid__spawn_start (struct braid_proc *p,
   p->open++;
   if (!sigchld && reap_pidfd(p) != 0) {
     /* The pidfd went missing after all: watch SIGCHLD, and look once. */
-    uv_signal_init(braid_loop(p->E), &p->reap.sig);
-    p->reap.sig.data = p;
-    uv_signal_start(&p->reap.sig, reap_sig_cb, SIGCHLD);
+    reap_sigchld(p);
     kill(getpid(), SIGCHLD);
   }
   return 0;
