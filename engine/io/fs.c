@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "core/prim.h"
+#include "io/fs.h"
 
 void braid__open_fs_path(lua_State *L);    /* fs_path.c */
 void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
@@ -328,26 +328,21 @@ static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
   return p;
 }
 
-/* Raises the error for a failed operation on `path` (with `to` for a
-** rename), with a `path` field: kind "io" with code the libuv error name,
-** or, when memory ran out (braid's buffers, or the system's), kind
-** "memory" as everywhere. */
-static int fs_raise (lua_State *L, const char *fname, int err,
-                     const char *path, const char *to) {
-  if (err == UV_ENOMEM)
-    braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
-  else if (to)
+int braid__fs_raise (lua_State *L, const char *fname, int err,
+                     const char *path, const char *to, const char *what) {
+  if (err == UV_ENOMEM) return braid__error_uv(L, err, fname);
+  if (what == NULL) what = braid__strerror(err);
+  if (to)
     braid_pusherror(L, "io", braid__errname(err), "%s %s -> %s: %s",
-                      fname, path, to, braid__strerror(err));
+                    fname, path, to, what);
   else
-    braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
-                      path, braid__strerror(err));
+    braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname, path,
+                    what);
   lua_pushstring(L, path);
   lua_setfield(L, -2, "path");
   return lua_error(L);
 }
 
-/* Raises read_file's error for a file longer than max_size (max). */
 static int fs_raise_limit (lua_State *L, size_t max, const char *path) {
   braid__push_limit_error(L, max, "max_size", "braid.fs.read_file %s: "
                           "file longer than %I bytes (the max_size option "
@@ -448,8 +443,9 @@ static int fs_k (lua_State *L, braid_op_t *op) {
     size_t max = over ? fo->max : 0;
     if (fo) fs_op_free(fo);   /* now: a failed read may hold a large buffer */
     if (over) return fs_raise_limit(L, max, lua_tostring(L, 1));
-    return fs_raise(L, fnames[kind], err, lua_tostring(L, 1),
-                    kind == OP_RENAME ? lua_tostring(L, 2) : NULL);
+    return braid__fs_raise(L, fnames[kind], err, lua_tostring(L, 1),
+                           kind == OP_RENAME ? lua_tostring(L, 2) : NULL,
+                           NULL);
   }
   if (kind != OP_READ && kind != OP_STAT && kind != OP_LIST) {
     fs_op_free(fo);

@@ -39,7 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "core/prim.h"
+#include "io/fs.h"
 
 #define FILE_MT "braid.File"
 #define FILE_CHUNK (64 * 1024)
@@ -194,14 +194,8 @@ static int file_adopt (lua_State *L, struct braid_file *f, const char *fname,
 ** as everywhere. */
 static int file_raise_what (lua_State *L, int err, const char *fname,
                             const char *what) {
-  if (err == UV_ENOMEM)
-    return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   lua_getiuservalue(L, 1, 1);
-  braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
-                  lua_tostring(L, -1), what ? what : braid__strerror(err));
-  lua_insert(L, -2);
-  lua_setfield(L, -2, "path");
-  return lua_error(L);
+  return braid__fs_raise(L, fname, err, lua_tostring(L, -1), NULL, what);
 }
 
 static int file_raise (lua_State *L, int err, const char *fname) {
@@ -566,12 +560,8 @@ static int open_k (lua_State *L, braid_op_t *op) {
   if (rc < 0) {
     o->req.result = -1;          /* nothing to close */
     open_req_free(o);
-    if (rc == UV_ENOMEM) return braid__error_uv(L, rc, "braid.fs.open");
-    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.open %s: %s",
-                    lua_tostring(L, 1), braid__strerror(rc));
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "path");
-    return lua_error(L);
+    return braid__fs_raise(L, "braid.fs.open", rc, lua_tostring(L, 1), NULL,
+                           NULL);
   }
   f->fd = rc;
   {

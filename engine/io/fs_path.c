@@ -15,7 +15,7 @@
 */
 #include <stdlib.h>
 #include <string.h>
-#include "core/prim.h"
+#include "io/fs.h"
 
 enum { P_CHMOD, P_REALPATH, P_COPY, P_MKDTEMP };
 
@@ -125,18 +125,8 @@ static int path_k (lua_State *L, braid_op_t *op) {
   }
   if (po) path_op_free(po);
   if (err < 0) {
-    if (err == UV_ENOMEM)
-      braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
-    else if (kind == P_COPY)
-      braid_pusherror(L, "io", braid__errname(err), "%s %s -> %s: %s", fname,
-                      lua_tostring(L, 1), lua_tostring(L, 2),
-                      braid__strerror(err));
-    else
-      braid_pusherror(L, "io", braid__errname(err), "%s %s: %s", fname,
-                      lua_tostring(L, 1), braid__strerror(err));
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "path");
-    return lua_error(L);
+    return braid__fs_raise(L, fname, err, lua_tostring(L, 1),
+                           kind == P_COPY ? lua_tostring(L, 2) : NULL, NULL);
   }
   return 0;
 }
