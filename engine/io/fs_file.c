@@ -258,11 +258,10 @@ static int file_lines_k (lua_State *L, braid_op_t *op);
 
 /* read_line: the next line without "\n" or "\r\n"; at the end the
 ** unterminated rest, then nil. */
-static int file_read_line (lua_State *L, const char *fname) {
+/* k: the caller's continuation, which calls this again as fname. */
+static int file_read_line (lua_State *L, const char *fname, braid_k_fn k) {
   struct braid_file *f = file_check(L, fname);
   char *nl;
-  braid_k_fn k = strcmp(fname, "file:lines") == 0 ? file_lines_k
-                                                  : file_read_line_k;
   if (f->busy) return file_adopt(L, f, fname, k);
   nl = f->len ? memchr(f->buf + f->off, '\n', f->len) : NULL;
   if (nl) {
@@ -301,12 +300,12 @@ static int file_read_line (lua_State *L, const char *fname) {
 static int file_read_line_k (lua_State *L, braid_op_t *op) {
   (void) op;
   lua_settop(L, 1);
-  return file_read_line(L, "file:read_line");
+  return file_read_line(L, "file:read_line", file_read_line_k);
 }
 
 static int l_file_read_line (lua_State *L) {
   lua_settop(L, 1);
-  return file_read_line(L, "file:read_line");
+  return file_read_line(L, "file:read_line", file_read_line_k);
 }
 
 static int file_read_k (lua_State *L, braid_op_t *op);
@@ -360,12 +359,12 @@ static int l_file_read (lua_State *L) {
 static int file_lines_k (lua_State *L, braid_op_t *op) {
   (void) op;
   lua_settop(L, 1);
-  return file_read_line(L, "file:lines");
+  return file_read_line(L, "file:lines", file_lines_k);
 }
 
 static int l_file_lines_step (lua_State *L) {
   lua_settop(L, 1);
-  return file_read_line(L, "file:lines");
+  return file_read_line(L, "file:lines", file_lines_k);
 }
 
 static int l_file_lines (lua_State *L) {
