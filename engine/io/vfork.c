@@ -144,6 +144,26 @@ VF_CHILD static int vf_stdio (const struct vf_args *a) {
   return 0;
 }
 
+/* The PATH entry at dir joined with file, in buf (VF_PATHMAX bytes): 1 if
+** it all fitted; *next is the entry after it, or NULL after the last.
+** Copied by hand: a compiler could make a counted loop a memcpy call,
+** which a sanitizer intercepts (the parent calls it too: vf_probe). */
+VF_CHILD static int vf_candidate (char *buf, const char *dir,
+                                  const char *file, const char **next) {
+  char *b = buf, *end = buf + VF_PATHMAX - 1;
+  const char *s = dir, *f = file;
+  int fits;
+  while (*s && *s != ':' && b < end) *b++ = *s++;
+  if (b == buf) *b++ = '.';  /* an empty entry: the directory */
+  if (b < end) *b++ = '/';
+  while (*f && b < end) *b++ = *f++;
+  *b = '\0';
+  fits = *f == '\0' && (*s == '\0' || *s == ':');
+  while (*s && *s != ':') s++;
+  *next = *s ? s + 1 : NULL;
+  return fits;
+}
+
 /* execve of the program, searched in a->path as execvp does: a missing
 ** candidate (ENOENT, ENOTDIR) lets the search go on, so does one that
 ** cannot be executed (EACCES), which is the error if nothing else runs;
@@ -156,24 +176,12 @@ VF_CHILD static void vf_exec (const struct vf_args *a) {
     syscall(SYS_execve, a->file, a->argv, a->envp);
     return;
   }
-  for (;;) {
-    /* copied by hand: a compiler could make a counted loop a memcpy call,
-    ** which a sanitizer intercepts */
-    char *b = buf, *end = buf + sizeof buf - 1;
-    const char *s = dir, *f = a->file;
-    while (*s && *s != ':' && b < end) *b++ = *s++;
-    if (b == buf) *b++ = '.';  /* an empty entry: the directory */
-    if (b < end) *b++ = '/';
-    while (*f && b < end) *b++ = *f++;
-    *b = '\0';
-    if (*f == '\0' && (*s == '\0' || *s == ':')) {   /* it all fitted */
+  while (dir) {
+    if (vf_candidate(buf, dir, a->file, &dir)) {
       syscall(SYS_execve, buf, a->argv, a->envp);
       if (errno == EACCES) eacces = 1;
       else if (errno != ENOENT && errno != ENOTDIR) return;
     }
-    while (*s && *s != ':') s++;
-    if (*s == '\0') break;
-    dir = s + 1;
   }
   errno = eacces ? EACCES : ENOENT;
 }
@@ -234,22 +242,12 @@ static int vf_exists (const char *cand, const char *cwd) {
 ** Returns 0 or an errno. */
 static int vf_probe (const struct vf_args *a) {
   char buf[VF_PATHMAX];
-  size_t flen = strlen(a->file);
-  const char *dir;
-  if (a->path == NULL) return vf_exists(a->file, a->cwd);
-  for (dir = a->path;; ) {
-    const char *end = strchr(dir, ':');
-    size_t dlen = end ? (size_t) (end - dir) : strlen(dir);
-    if (dlen + 1 + flen < sizeof buf) {
-      if (dlen == 0) buf[0] = '.', dlen = 1;
-      else memcpy(buf, dir, dlen);
-      buf[dlen] = '/';
-      memcpy(buf + dlen + 1, a->file, flen + 1);
-      if (vf_exists(buf, a->cwd) == 0) return 0;
-    }
-    if (end == NULL) return ENOENT;
-    dir = end + 1;
-  }
+  const char *dir = a->path;
+  if (dir == NULL) return vf_exists(a->file, a->cwd);
+  while (dir)
+    if (vf_candidate(buf, dir, a->file, &dir) && vf_exists(buf, a->cwd) == 0)
+      return 0;
+  return ENOENT;
 }
 
 int braid__vfork_start (const struct braid_spawn_opts *o, int *pid) {
