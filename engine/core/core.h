@@ -313,11 +313,13 @@ void braid__task_body_done(braid_engine_t *E, lua_State *S,
 extern const char braid__suspended_key;
 /* A task's coroutine runs this at its bottom (corolib.c tells them so). */
 int braid__task_main(lua_State *L);
-/* The set of coroutines some task runs in (coset.c): add returns 0 or
-** UV_ENOMEM; remove of one not in it does nothing. */
+/* The set of coroutines some task runs in (coset.c): add (with L's
+** allocator) returns 0 or UV_ENOMEM; remove of one not in it does nothing;
+** drop frees the set once every task has ended. */
 int braid__coset_has(const braid_engine_t *E, const lua_State *co);
-int braid__coset_add(braid_engine_t *E, lua_State *co);
+int braid__coset_add(braid_engine_t *E, lua_State *L, lua_State *co);
 void braid__coset_remove(braid_engine_t *E, lua_State *co);
+void braid__coset_drop(braid_engine_t *E, lua_State *L);
 extern const char *const braid__status_names[];
 void braid__task_finish(struct braid_task *t);
 void braid__task_drain(braid_engine_t *E);

@@ -15,10 +15,15 @@
 **   t->co is set (braid__task_start), removed where it is cleared.
 ** - Open addressing with linear probing, at most half full; removal
 **   shifts the entries after it back, so there are no tombstones.
-** - The array is C memory freed with the engine (braid__engine_unref).
+** - The array comes from the state's allocator, as wait records do
+**   (sched.c): counted in the memory limit, backed by the reserve, so that
+**   starting a task in scheduler context fails as Lua's own allocations
+**   there do. braid__coset_drop frees it where the spare records go, while
+**   that allocator is still the state's (the end of braid.run, braid_close);
+**   every task has ended by then.
 */
 #include <stdint.h>
-#include <stdlib.h>
+#include <string.h>
 #include "core.h"
 
 static unsigned coset_at (const braid_engine_t *E, const lua_State *co) {
@@ -37,21 +42,32 @@ int braid__coset_has (const braid_engine_t *E, const lua_State *co) {
   return E->coset_cap > 0 && E->coset[coset_find(E, co)] == co;
 }
 
-int braid__coset_add (braid_engine_t *E, lua_State *co) {
+int braid__coset_add (braid_engine_t *E, lua_State *L, lua_State *co) {
   if (2 * (E->coset_n + 1) > E->coset_cap) {
     unsigned cap = E->coset_cap ? 2 * E->coset_cap : 64, ocap = E->coset_cap, i;
-    lua_State **old = E->coset;
-    lua_State **nw = (lua_State **) braid__calloc(cap, sizeof *nw);
+    lua_State **old = E->coset, **nw;
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    nw = (lua_State **) f(ud, NULL, 0, cap * sizeof *nw);
     if (nw == NULL) return UV_ENOMEM;
+    memset(nw, 0, cap * sizeof *nw);
     E->coset = nw;
     E->coset_cap = cap;
     for (i = 0; i < ocap; i++)
       if (old[i] != NULL) E->coset[coset_find(E, old[i])] = old[i];
-    free(old);
+    if (old) f(ud, old, ocap * sizeof *old, 0);
   }
   E->coset[coset_find(E, co)] = co;
   E->coset_n++;
   return 0;
+}
+
+void braid__coset_drop (braid_engine_t *E, lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (E->coset) f(ud, E->coset, E->coset_cap * sizeof *E->coset, 0);
+  E->coset = NULL;
+  E->coset_n = E->coset_cap = 0;
 }
 
 void braid__coset_remove (braid_engine_t *E, lua_State *co) {

@@ -176,7 +176,6 @@ fail_loop:
   braid__arena_free(E->arena);   /* after lua_close: its blocks are gone */
   if (E->owns_loop) uv_loop_close(&E->own_loop);
   free(E->heap);
-  free(E->coset);
   free(E);
   return NULL;
 }
@@ -230,6 +229,7 @@ void braid_close (braid_engine_t *E) {
     uv_loop_close(&E->own_loop);
   }
   braid__wait_drop(E, E->L);   /* every task has ended (abandoned) */
+  braid__coset_drop(E, E->L);
   lua_close(E->L);
   braid__reserve_free(E);
   braid__arena_free(E->arena);   /* last: the reserve was the state's */

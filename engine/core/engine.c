@@ -102,7 +102,6 @@ braid_engine_t *braid__engine_new (void) {
 void braid__engine_unref (braid_engine_t *E) {
   if (--E->refs > 0) return;
   free(E->heap);
-  free(E->coset);
   free(E);
 }
 

@@ -235,7 +235,7 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 2, i);
     lua_remove(co, 2);
   }
-  if (braid__coset_add(E, co) != 0) luaL_error(S, "not enough memory");
+  if (braid__coset_add(E, S, co) != 0) luaL_error(S, "not enough memory");
   lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
   t->co = co;
 }
