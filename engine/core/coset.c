@@ -72,8 +72,7 @@ void braid__coset_drop (braid_engine_t *E, lua_State *L) {
 
 void braid__coset_remove (braid_engine_t *E, lua_State *co) {
   unsigned mask = E->coset_cap - 1, i, j;
-  if (!braid__coset_has(E, co)) return;
-  i = coset_find(E, co);
+  if (E->coset_cap == 0 || E->coset[i = coset_find(E, co)] != co) return;
   for (j = (i + 1) & mask; E->coset[j] != NULL; j = (j + 1) & mask) {
     unsigned k = coset_at(E, E->coset[j]);   /* its home slot */
     /* moves back unless its home lies cyclically in (i, j] */
