@@ -188,6 +188,10 @@ static void *arena_get (struct braid_arena *A, size_t n) {
   if (b != NULL) {
     UNPOISON(b, sizeof(void *));
     A->free[c] = *(void **) b;
+    /* The next block of this class is read when it is taken: load its
+    ** line now. Without this, that read (a block freed long ago) was
+    ** most of the allocator's time (~8% of W2's cycles). */
+    __builtin_prefetch(A->free[c]);
   } else if ((size_t) (A->end - A->bump) >= c << 4 || arena_grow(A)) {
     b = A->bump;
     A->bump += c << 4;
