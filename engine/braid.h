@@ -279,9 +279,9 @@ BRAID_API braid_engine_t *braid_engine(lua_State *L);
 typedef struct braid_timer braid_timer_t;
 struct braid_timer {            /* every field is braid's */
   uint64_t due, seq;            /* engine clock (ns); ties fire in order */
-  unsigned idx;                 /* heap slot + 1; 0 when not armed */
+  unsigned idx;                 /* where it is armed; 0 when not */
   unsigned char late, in_late;  /* deadlines fire after other due timers */
-  braid_timer_t *next_late, *prev_late;
+  braid_timer_t *next, *prev;   /* in a run, or in the due deadlines */
   void (*cb)(braid_timer_t *tm);
 };
 

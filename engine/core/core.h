@@ -56,12 +56,13 @@ static inline void *braid__check_tagged (lua_State *L, int idx,
   return p ? p : braid__tag_error(L, idx, type, fname);
 }
 
-/* ---- timers: one uv_timer_t drives a heap of these ---- */
+/* ---- timers: one uv_timer_t drives a heap of these, and a few runs ---- */
 
 struct braid_heap_ent {
   uint64_t due, seq;
   struct braid_timer *tm;
 };
+#define TIMER_RUNS 4   /* delays kept as runs at once (timer.c) */
 
 uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
@@ -381,6 +382,10 @@ struct braid_engine {
   unsigned coset_n, coset_cap;
   struct braid_heap_ent *heap;   /* timer.c: keys inline */
   unsigned heap_n, heap_cap;
+  struct braid_timer_run {       /* timer.c: timers of one delay, in order */
+    uint64_t delay;
+    struct braid_timer *head, *tail;
+  } runs[TIMER_RUNS];
   uint64_t timer_seq, vnow, armed_due;
   struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
   unsigned next_id, live;
