@@ -11,8 +11,12 @@
 ** library; a coroutine's extra space is the application's.
 **
 ** Invariants:
-** - co is in E's set exactly while some task's t->co is co: added where
-**   t->co is set (braid__task_start), removed where it is cleared.
+** - co is in E's set exactly while some task's t->co is co or it waits in
+**   the coroutine pool (task.c): added when braid__task_start makes it,
+**   removed when a task's end does not pool it (pool_put), when its task
+**   is abandoned, and when the pool is dropped. A pooled coroutine is not
+**   suspended, so corolib never refuses it; keeping it in the set spares
+**   a removal and an insert per task that reuses one.
 ** - Open addressing with linear probing, at most half full; removal
 **   shifts the entries after it back, so there are no tombstones.
 ** - The array comes from the state's allocator, as wait records do

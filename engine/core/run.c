@@ -168,7 +168,8 @@ static int l_run_run (lua_State *L) {
   E->root = NULL;
   rc = engine_close_loop(E);
   braid__wait_drop(E, L);   /* every task has ended: all are spare */
-  braid__coset_drop(E, L);
+  braid__task_pool_drop(L, E);   /* its coroutines are in the set: */
+  braid__coset_drop(E, L);       /* the next run starts both afresh */
   braid__run_alloc_end(L, E);
   if (E->exiting) {            /* os.exit: everything has ended; now exit */
     lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);

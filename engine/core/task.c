@@ -172,7 +172,10 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
                       lua_State *co) {
   if (lua_status(co) != LUA_OK) lua_resetthread(co);
   lua_settop(co, 0);
-  if (E->pool_n >= POOL_MAX || t->abandoned || t->nopool) return;
+  if (E->pool_n >= POOL_MAX || t->abandoned || t->nopool) {
+    braid__coset_remove(E, co);
+    return;
+  }
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, S, 1);
@@ -202,11 +205,18 @@ int braid__task_main (lua_State *L) {
 
 /* Lets go of the pooled coroutines (memory is short). */
 void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
+  int i;
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
-  for (; E->pool_n > 0; E->pool_n--) {
-    lua_pushnil(S);
-    lua_rawseti(S, -2, E->pool_n);
+  for (i = 1; i <= POOL_MAX; i++) {   /* taken ones leave their slot set */
+    if (i <= E->pool_n) {   /* pooled: in the task coroutines' set too */
+      lua_rawgeti(S, -1, i);
+      braid__coset_remove(E, lua_tothread(S, -1));
+      lua_pop(S, 1);
+    }
+    lua_pushnil(S);   /* never allocates: a nil is not inserted */
+    lua_rawseti(S, -2, i);
   }
+  E->pool_n = 0;
   lua_pop(S, 1);
 }
 
@@ -217,17 +227,23 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   int i;
   if (t->w == NULL) t->w = braid__wait_get(S, t);   /* kept when raising */
   if (E->pool_n > 0) {
+    /* Its slot keeps pointing at it until another coroutine is put there
+    ** (pool_put), or the pool is dropped: clearing it cost a table write
+    ** per start, and it keeps nothing alive that the task does not. */
     lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
-    lua_rawgeti(S, -1, E->pool_n);
-    lua_pushnil(S);
-    lua_rawseti(S, -3, E->pool_n--);
+    lua_rawgeti(S, -1, E->pool_n--);
     lua_remove(S, -2);
     co = lua_tothread(S, -1);
   } else {
     co = lua_newthread(S);
+    if (braid__coset_add(E, S, co) != 0) luaL_error(S, "not enough memory");
   }
   lua_getiuservalue(S, -2, 1);
-  if (!lua_checkstack(co, t->nargs + 4)) luaL_error(S, "not enough memory");
+  /* A thread that runs nothing has LUA_MINSTACK free slots. */
+  if (t->nargs + 4 > LUA_MINSTACK && !lua_checkstack(co, t->nargs + 4)) {
+    braid__coset_remove(E, co);   /* not a task's, nor pooled, any more */
+    luaL_error(S, "not enough memory");
+  }
   lua_pushcfunction(co, braid__task_main);
   if (t->nargs == 0) lua_xmove(S, co, 1);
   else {   /* unpacked on co's stack, not S's: S's may be small */
@@ -235,7 +251,6 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(co, 2, i);
     lua_remove(co, 2);
   }
-  if (braid__coset_add(E, S, co) != 0) luaL_error(S, "not enough memory");
   lua_setiuservalue(S, -2, 1);   /* the coroutine now anchors everything */
   t->co = co;
 }
@@ -312,7 +327,6 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     }
   }
   lua_setiuservalue(S, -2, 1);
-  braid__coset_remove(E, co);
   t->co = NULL;
   pool_put(E, S, t, co);
   if (s->pending > 0) {   /* wait in C for the members: no coroutine needed */
