@@ -127,12 +127,9 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   lua_Debug ar;
   int i;
   fidx = lua_absindex(L, fidx);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
   t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 4);
   memset(t, 0, sizeof *t);
   t->type = &braid__task_type;
-  lua_rawgeti(L, -2, 0);   /* braid.Task, kept there: no lookup by name */
-  lua_setmetatable(L, -2);
   if (nargs == 0) lua_pushvalue(L, fidx);
   else {
     lua_createtable(L, nargs + 1, 0);
@@ -153,11 +150,14 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
     t->line = ar.currentline;   /* the file is found from the function */
     lua_setiuservalue(L, -2, 3);
   }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
+  lua_rawgeti(L, -1, 0);   /* braid.Task, kept there: no lookup by name */
+  lua_setmetatable(L, -3);
   /* Anchor before linking: a failed allocation must leave no task in the
   ** scope tree that the collector could free. */
-  lua_pushvalue(L, -1);
-  task_anchor(L, E, t, lua_gettop(L) - 2);
-  lua_remove(L, -2);   /* the anchors */
+  lua_pushvalue(L, -2);
+  task_anchor(L, E, t, lua_gettop(L) - 1);
+  lua_pop(L, 1);   /* the anchors */
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
   braid__task_ready(t);
