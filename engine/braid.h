@@ -273,7 +273,8 @@ BRAID_API braid_engine_t *braid_engine(lua_State *L);
 /* ---- time ---- */
 
 /* A timer on the engine's clock (the real monotonic clock, or the virtual
-** one of braid.run{clock = "virtual"}), kept in braid's one timer heap.
+** one of braid.run{clock = "virtual"}), kept with all of braid's timers
+** (a heap, and lists of timers armed with the same delay).
 ** The struct is the caller's (embed it in what it times, zeroed); its
 ** fields are braid's. */
 typedef struct braid_timer braid_timer_t;
@@ -288,7 +289,7 @@ struct braid_timer {            /* every field is braid's */
 /* Arms tm to call cb once, `ns` nanoseconds from now (re-arming it if it
 ** is armed). cb runs from the loop and must not run Lua code. An armed
 ** timer keeps the engine's loop alive. Never fails: when braid's timer heap
-** cannot grow, braid spends its memory reserve (the engine's tasks are
+** (where a timer goes unless a list of its delay takes it) cannot grow, braid spends its memory reserve (the engine's tasks are
 ** then cancelled with a "memory" error, as when the scheduler runs out). */
 BRAID_API void braid_timer_start(braid_engine_t *E, braid_timer_t *tm,
                                  uint64_t ns, void (*cb)(braid_timer_t *tm));

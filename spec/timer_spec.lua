@@ -59,6 +59,14 @@ describe("timers", function()
     check(plan)
   end))
 
+  it("fire in order when delays come in groups, more of them than the runs hold", h.virtual(function()
+    local plan, delays = {}, {5, 1, 3, 0.5, 2, 4, 1.5, 0.75, 3.5, 1.25}
+    -- five start times; at each, tasks arm in spawn order, eight in a row
+    -- with one delay, so runs are taken, emptied and taken again
+    for i = 1, 400 do plan[i] = {(i % 5) * 0.125, delays[(i // 40) % #delays + 1]} end
+    check(plan)
+  end))
+
   it("fire in order when a long delay arrives first and short ones follow", h.virtual(function()
     local plan = {{0, 100}, {0, 60}, {0, 30}, {0, 10}, {0, 5}}
     for i = 1, 200 do plan[#plan + 1] = {i / 128, 1} end

@@ -30,18 +30,15 @@
 #include <string.h>
 #include "core.h"
 
-/* A coroutine's home slot. Coroutines made one after another lie close
-** together in memory, and a task's coroutine joins the set when it starts
-** and leaves when it ends, mostly in the same order: so each 16 KB of
-** addresses keeps its order in a run of 64 slots (a lua_State takes over
-** 200 bytes: at most ~73 of them in a run, the few extra spilling into a
-** neighbour), and the runs are scattered. A sleeping task's insert and
-** removal then touch a cache line its neighbours touched; with a fully
-** scattered hash the two were ~8% of W2's cycles, mostly cache misses. */
+/* A coroutine's home slot: a multiplicative hash of its address. A hash
+** that kept nearby addresses in nearby slots would let a sleeping task's
+** insert and removal share cache lines (they cost ~8% of W2's cycles, as
+** misses), but lua_States packed closely together (a run of freed 224-byte
+** blocks reused for them) then made clusters hundreds of slots long, and
+** every lookup of a script's own coroutine paid for them. */
 static unsigned coset_at (const braid_engine_t *E, const lua_State *co) {
-  uintptr_t a = (uintptr_t) co;
-  uint64_t run = (uint64_t) (a >> 14) * UINT64_C(0x9E3779B97F4A7C15) >> 32;
-  return (unsigned) ((run << 6) | ((a >> 8) & 63)) & (E->coset_cap - 1);
+  uint64_t h = (uint64_t) ((uintptr_t) co >> 4) * UINT64_C(0x9E3779B97F4A7C15);
+  return (unsigned) (h >> 32) & (E->coset_cap - 1);
 }
 
 static unsigned coset_find (const braid_engine_t *E, const lua_State *co) {

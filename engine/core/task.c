@@ -229,7 +229,8 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   if (E->pool_n > 0) {
     /* Its slot keeps pointing at it until another coroutine is put there
     ** (pool_put), or the pool is dropped: clearing it cost a table write
-    ** per start, and it keeps nothing alive that the task does not. */
+    ** per start. Meanwhile it keeps alive a coroutine its task did not
+    ** give back (abandoned, or the pool full): at most POOL_MAX, reset. */
     lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
     lua_rawgeti(S, -1, E->pool_n--);
     lua_remove(S, -2);
