@@ -102,9 +102,11 @@ describe("the arena gives free regions back", function()
   -- Most regions keep a live block (a task object every 64th task), so
   -- passes give back little and back off instead of walking the free lists
   -- again and again. The run must end (timeout: no timing asserted) with
-  -- the later rounds served by the memory the first one left.
+  -- the later rounds served by the memory the first one left; once the
+  -- kept tasks are dropped too, their regions go back as the script
+  -- carries on (a pass is due when live bytes halve).
   it("keeps working on a fragmented heap (every 64th task kept)", function()
-    local r0, r1, r2 = measure(os.getenv("BRAID_BIN"), burst .. [[
+    local p = write(burst .. [[
       start(function()
         local kept, first, grown, peak = {}, nil, nil, 0
         for round = 1, 4 do
@@ -114,12 +116,26 @@ describe("the arena gives free regions back", function()
           if r1 > peak then peak = r1 end
         end
         assert(#kept == 4 * (100000 // 64))
-        print(("rss %d %d %d"):format(first, first + grown, peak))
+        kept = nil
+        local _, _, after = burst(20000, 0, {})
+        print(("rss %d %d %d %d"):format(first, first + grown, peak, after))
       end)
     ]])
+    local out, err, code = h.sh(env .. " timeout 300 " .. os.getenv("BRAID_BIN") .. " " .. p)
+    os.remove(p)
+    assert.are.equal(0, code, err)
+    local r0, r1, peak, after = out:match("rss (%d+) (%d+) (%d+) (%d+)")
+    assert.truthy(r0, out .. err)
+    r0, r1, peak, after = tonumber(r0), tonumber(r1), tonumber(peak), tonumber(after)
     local msg = ("RSS %.0f MB at start, %.0f at the first round's peak, " ..
-                 "%.0f at the highest"):format(r0 / 2^20, r1 / 2^20, r2 / 2^20)
+                 "%.0f at the highest, %.0f after"):format(
+                 r0 / 2^20, r1 / 2^20, peak / 2^20, after / 2^20)
     assert.is_true(r1 - r0 > 50 * 2^20, "the rounds did not grow RSS: " .. msg)
-    assert.is_true(r2 - r0 < 1.5 * (r1 - r0), "RSS grew round by round: " .. msg)
+    assert.is_true(peak - r0 < 1.5 * (r1 - r0), "RSS grew round by round: " .. msg)
+    -- AddressSanitizer keeps the shadow of unmapped regions and the large
+    -- blocks it freed resident (measured: 104 MB after instead of 31)
+    if not (os.getenv("BRAID_RUN_ENV") or ""):find("ASAN") then
+      assert.is_true(after - r0 < (r1 - r0) / 3, "the memory was not returned: " .. msg)
+    end
   end)
 end)

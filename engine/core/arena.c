@@ -18,14 +18,16 @@
 **   class with an empty list is served by splitting a free block of a
 **   bigger class (arena_split).
 ** - Every byte of a region is in exactly one of: a block handed out
-**   (counted in `live`, by class size), a block on a free list, or the
-**   current region's unused tail (bump .. end). So the free lists hold
+**   (live: `made - freed`, the bytes of the blocks ever handed out and
+**   ever freed, by class size), a block on a free list, or the current
+**   region's unused tail (bump .. end). So the free lists hold
 **   nkeys * REGION - (end - bump) - live bytes, known without a walk.
 ** - Regions whose every block is free go back to the kernel (arena_trim),
 **   all but one, never the current one; the rest are unmapped when the
-**   arena is freed. A pass walks the free lists, so it runs only once the
-**   bytes freed since the last one (`freed`) reach `trim_at`, which keeps
-**   its cost proportional to the bytes freed (see arena_check).
+**   arena is freed. A pass walks the free lists, so the hot path only
+**   counts, and a free calls arena_check when `freed` reaches `trim_at`;
+**   the check keeps the cost of the passes in proportion to the bytes
+**   freed and given back.
 ** - Under AddressSanitizer the arena is off unless BRAID_ARENA=1: every
 **   block then comes from malloc, whose quarantine and redzones catch what
 **   an arena would hide. Forced on, free blocks and unused tails are
@@ -71,15 +73,18 @@
 #define CLASS(n) (((n) + 15) >> 4)
 #define TRIM_MIN ((size_t) 16 << 20)   /* free bytes worth a trim pass */
 #define TRIM_KEEP 1                    /* free regions a pass keeps */
+#define TRIM_STEP ((size_t) 1 << 20)   /* bytes freed between two checks */
 
 struct braid_arena {
   void *free[NCLASS];        /* per class, LIFO, linked through the block */
   char *bump, *end;          /* the current region's unused tail */
   uintptr_t *keys;           /* region addresses, open addressing */
   size_t nkeys, cap;         /* cap: a power of two, or 0 */
-  size_t live;               /* bytes of the blocks handed out */
-  size_t freed;              /* bytes freed since the last arena_check */
-  size_t trim_at;            /* ...at which arena_check runs; 0: next free */
+  size_t made, freed;        /* bytes of blocks ever handed out, freed */
+  size_t trim_at;            /* freed at which arena_check runs; 0: next */
+  size_t pass_from;          /* freed at the last trim pass */
+  size_t pass_gap;           /* freed after it that pays for the next one */
+  size_t live_low;           /* a pass is due, too, once live falls to it */
   lua_Alloc next_f;          /* everything not small, and foreign blocks */
   void *next_ud;
   lua_State *L;              /* a state adopted from lauxlib (see below) */
@@ -240,7 +245,7 @@ static void *arena_get (struct braid_arena *A, size_t n) {
     return NULL;
   }
   UNPOISON(b, n);
-  A->live += c << 4;
+  A->made += c << 4;
   return b;
 }
 
@@ -250,8 +255,7 @@ static inline void arena_put (struct braid_arena *A, void *b, size_t n) {
   size_t c = CLASS(n);
   POISON(b, c << 4);
   free_push(A, b, c);
-  A->live -= c << 4;
-  if ((A->freed += c << 4) >= A->trim_at) arena_check(A);
+  if ((A->freed += c << 4) >= A->trim_at) arena_check(A);   /* rarely */
 }
 
 /* ---- giving regions back ----
@@ -336,37 +340,50 @@ static size_t arena_trim (struct braid_arena *A) {
   return got;
 }
 
-/* Runs when the bytes freed since the last check reach trim_at (while
-** orphaned: when they reach what was live, so the last block is gone;
-** braid__arena_orphan). A pass costs a walk of the free lists, so it is
-** made only when they hold at least TRIM_MIN bytes, and the next one waits
-** until at least as many bytes as the lists then hold have been freed:
-** each pass is paid for by the frees before it. When a pass gave back
-** little (every region still has a live block), the wait doubles, up to
-** half the mapped bytes, so a fragmented heap that keeps churning is not
-** walked again and again for nothing. */
+/* Runs when `freed` reaches trim_at (while orphaned: reaches `made`, so
+** the last block is gone; braid__arena_orphan). A pass costs a walk of
+** the free lists, so it is made only when they hold at least TRIM_MIN
+** bytes, and then when either
+** - at least as many bytes have been freed since the last pass as the
+**   lists held after it (pass_gap): each pass is paid for by the frees
+**   before it; or
+** - live bytes fell to half what they were after the last pass
+**   (live_low): the tail of a burst, or the objects a script kept for a
+**   while, freed after the last pass, too few bytes to pay for one.
+** When a pass gave back little (every region still has a live block),
+** pass_gap doubles instead, up to half the mapped bytes, so a fragmented
+** heap that keeps churning is not walked again and again for nothing. In
+** between, checks are O(1) and at least TRIM_STEP freed bytes apart. */
 static void arena_check (struct braid_arena *A) {
-  size_t lists, got, after, next, half;
-  if (A->orphan) {   /* freed reached live: its last block is gone */
-    if (A->live == 0) arena_release(A);
+  size_t live = A->made - A->freed, lists, got, gap, half, at;
+  if (A->orphan) {
+    if (live == 0) arena_release(A);
     return;
   }
-  A->freed = 0;
-  lists = A->nkeys * REGION - (size_t) (A->end - A->bump) - A->live;
-  if (lists < TRIM_MIN) {
-    A->trim_at = TRIM_MIN - lists;
-    return;
+  lists = A->nkeys * REGION - (size_t) (A->end - A->bump) - live;
+  if (lists >= TRIM_MIN && (A->freed - A->pass_from >= A->pass_gap ||
+                            live <= A->live_low)) {
+    got = arena_trim(A);
+    lists -= got;
+    gap = lists > TRIM_MIN ? lists : TRIM_MIN;
+    if (got < (lists + got) / 4) {   /* back off */
+      half = A->nkeys * REGION / 2;
+      if (2 * A->pass_gap > gap) gap = 2 * A->pass_gap;
+      if (gap > half) gap = half > lists ? half : lists;
+      if (gap < TRIM_MIN) gap = TRIM_MIN;
+    }
+    A->pass_from = A->freed;
+    A->pass_gap = gap;
+    A->live_low = live / 2;
   }
-  got = arena_trim(A);
-  after = lists - got;
-  next = after > TRIM_MIN ? after : TRIM_MIN;
-  if (got < lists / 4) {   /* back off */
-    half = A->nkeys * REGION / 2;
-    if (2 * A->trim_at > next) next = 2 * A->trim_at;
-    if (next > half) next = half > after ? half : after;
-    if (next < TRIM_MIN) next = TRIM_MIN;
-  }
-  A->trim_at = next;
+  /* the next check: the first moment a pass may be due */
+  at = A->pass_from + A->pass_gap;
+  if (live > A->live_low && A->freed + (live - A->live_low) < at)
+    at = A->freed + (live - A->live_low);
+  if (lists < TRIM_MIN && at < A->freed + (TRIM_MIN - lists))
+    at = A->freed + (TRIM_MIN - lists);
+  if (at < A->freed + TRIM_STEP) at = A->freed + TRIM_STEP;
+  A->trim_at = at;
 }
 
 /* lua_Alloc over the arena (ud: the arena). */
@@ -522,8 +539,7 @@ static void arena_release (struct braid_arena *A) {
 void braid__arena_orphan (struct braid_arena *A) {
   if (A == NULL || A->L == NULL) return;
   A->orphan = 1;
-  /* It makes no block now, so `freed` reaches `live` with the last free */
-  A->freed = 0;
-  A->trim_at = A->live;
-  if (A->live == 0) arena_release(A);
+  /* it makes no block now: `freed` reaches `made` with the last free */
+  A->trim_at = A->made;
+  if (A->made == A->freed) arena_release(A);
 }
