@@ -14,11 +14,20 @@
 **   made while no region could be mapped) belongs to `next_f`, which
 **   frees and reallocates it.
 ** - A small block of n bytes occupies class (n + 15) / 16 and is kept on
-**   that class's free list when freed; regions are handed back to the
-**   kernel only when the arena is freed, so its memory is reused by Lua,
-**   not returned to the system (like malloc's heap, without trimming).
-**   When no region can be mapped, a class with an empty list is served by
-**   splitting a free block of a bigger class (arena_split).
+**   that class's free list when freed. When no region can be mapped, a
+**   class with an empty list is served by splitting a free block of a
+**   bigger class (arena_split).
+** - Every byte of a region is in exactly one of: a block handed out
+**   (live: `made - freed`, the bytes of the blocks ever handed out and
+**   ever freed, by class size), a block on a free list, or the current
+**   region's unused tail (bump .. end). So the free lists hold
+**   nkeys * REGION - (end - bump) - live bytes, known without a walk.
+** - Regions whose every block is free go back to the kernel (arena_trim),
+**   all but one, never the current one; the rest are unmapped when the
+**   arena is freed. A pass walks the free lists, so the hot path only
+**   counts, and a free calls arena_check when `freed` reaches `trim_at`;
+**   the check keeps the cost of the passes in proportion to the bytes
+**   freed and given back.
 ** - Under AddressSanitizer the arena is off unless BRAID_ARENA=1: every
 **   block then comes from malloc, whose quarantine and redzones catch what
 **   an arena would hide. Forced on, free blocks and unused tails are
@@ -62,13 +71,20 @@
 #define ARENA_SMALL 1024               /* bytes; larger blocks: malloc */
 #define NCLASS (ARENA_SMALL / 16 + 1)
 #define CLASS(n) (((n) + 15) >> 4)
+#define TRIM_MIN ((size_t) 16 << 20)   /* free bytes worth a trim pass */
+#define TRIM_KEEP 1                    /* free regions a pass keeps */
+#define TRIM_STEP ((size_t) 1 << 20)   /* bytes freed between two checks */
 
 struct braid_arena {
   void *free[NCLASS];        /* per class, LIFO, linked through the block */
   char *bump, *end;          /* the current region's unused tail */
   uintptr_t *keys;           /* region addresses, open addressing */
   size_t nkeys, cap;         /* cap: a power of two, or 0 */
-  size_t live;               /* blocks handed out and not freed */
+  size_t made, freed;        /* bytes of blocks ever handed out, freed */
+  size_t trim_at;            /* freed at which arena_check runs; 0: next */
+  size_t pass_from;          /* freed at the last trim pass */
+  size_t pass_gap;           /* freed after it that pays for the next one */
+  size_t live_low;           /* a pass is due, too, once live falls to it */
   lua_Alloc next_f;          /* everything not small, and foreign blocks */
   void *next_ud;
   lua_State *L;              /* a state adopted from lauxlib (see below) */
@@ -77,16 +93,21 @@ struct braid_arena {
 
 /* ---- regions ---- */
 
+#define REGION_OF(p) ((uintptr_t) (p) & ~(uintptr_t) (REGION - 1))
+
+static size_t region_home (const struct braid_arena *A, uintptr_t key) {
+  return (size_t) ((key >> 21) * UINT64_C(0x9E3779B97F4A7C15) >> 40) &
+         (A->cap - 1);
+}
+
 static size_t region_slot (const struct braid_arena *A, uintptr_t key) {
-  size_t mask = A->cap - 1;
-  size_t i = (size_t) ((key >> 21) * UINT64_C(0x9E3779B97F4A7C15) >> 40) &
-             mask;
+  size_t mask = A->cap - 1, i = region_home(A, key);
   while (A->keys[i] != 0 && A->keys[i] != key) i = (i + 1) & mask;
   return i;
 }
 
 static int region_owns (const struct braid_arena *A, const void *p) {
-  uintptr_t key = (uintptr_t) p & ~(uintptr_t) (REGION - 1);
+  uintptr_t key = REGION_OF(p);
   return A->cap && A->keys[region_slot(A, key)] == key;
 }
 
@@ -111,6 +132,24 @@ static int region_add (struct braid_arena *A, uintptr_t r) {
   return 1;
 }
 
+/* Forgets region r. Linear probing has no holes inside a run, so the keys
+** after r's slot that could have sat there move back (backward shift). */
+static void region_del (struct braid_arena *A, uintptr_t r) {
+  size_t mask = A->cap - 1, i = region_slot(A, r), j = i, h;
+  for (;;) {
+    j = (j + 1) & mask;
+    if (A->keys[j] == 0) break;
+    h = region_home(A, A->keys[j]);
+    /* keys[j] stays unless its home lies cyclically outside (i, j] */
+    if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) {
+      A->keys[i] = A->keys[j];
+      i = j;
+    }
+  }
+  A->keys[i] = 0;
+  A->nkeys--;
+}
+
 /* A 2 MB-aligned region, advised onto huge pages unless it is the first
 ** (`huge` 0): a small script touches a few hundred KB of its first region,
 ** and a huge page would make that 2 MB of RSS. NULL when none could be
@@ -132,11 +171,24 @@ static char *region_map (int huge) {
   return r;
 }
 
+/* The link of a free block (its first word, poisoned under ASan). */
+static void *link_get (void *b) {
+  void *next;
+  UNPOISON(b, sizeof(void *));
+  next = *(void **) b;
+  POISON(b, sizeof(void *));
+  return next;
+}
+
+static void link_set (void *b, void *next) {
+  UNPOISON(b, sizeof(void *));
+  *(void **) b = next;
+  POISON(b, sizeof(void *));
+}
+
 /* Puts the free block b of class c on its list. */
 static void free_push (struct braid_arena *A, void *b, size_t c) {
-  UNPOISON(b, sizeof(void *));
-  *(void **) b = A->free[c];
-  POISON(b, sizeof(void *));
+  link_set(b, A->free[c]);
   A->free[c] = b;
 }
 
@@ -174,8 +226,7 @@ static void *arena_split (struct braid_arena *A, size_t c) {
   for (k = c + 1; k < NCLASS; k++)
     if (A->free[k] != NULL) {
       char *b = (char *) A->free[k];
-      UNPOISON(b, sizeof(void *));
-      A->free[k] = *(void **) b;
+      A->free[k] = link_get(b);
       free_push(A, b + (c << 4), k - c);
       return b;
     }
@@ -186,8 +237,7 @@ static void *arena_get (struct braid_arena *A, size_t n) {
   size_t c = CLASS(n);
   void *b = A->free[c];
   if (b != NULL) {
-    UNPOISON(b, sizeof(void *));
-    A->free[c] = *(void **) b;
+    A->free[c] = link_get(b);
     /* The next block of this class is read when it is taken: load its
     ** line now. Without this, that read (a block freed long ago) was
     ** most of the allocator's time (~8% of W2's cycles). */
@@ -199,15 +249,145 @@ static void *arena_get (struct braid_arena *A, size_t n) {
     return NULL;
   }
   UNPOISON(b, n);
-  A->live++;
+  A->made += c << 4;
   return b;
 }
 
-static void arena_put (struct braid_arena *A, void *b, size_t n) {
+static void arena_check(struct braid_arena *A);
+
+static inline void arena_put (struct braid_arena *A, void *b, size_t n) {
   size_t c = CLASS(n);
   POISON(b, c << 4);
   free_push(A, b, c);
-  if (--A->live == 0 && A->orphan) arena_release(A);
+  if ((A->freed += c << 4) >= A->trim_at) arena_check(A);   /* rarely */
+}
+
+/* ---- giving regions back ----
+** A script that once held a million tasks would otherwise keep their
+** regions (hundreds of MB) for good. Nothing on the hot path knows which
+** region a list's block belongs to, so a pass finds out by walking the
+** free lists: it sums each region's free bytes, unlinks the blocks of the
+** regions that are wholly free and unmaps those regions, keeping TRIM_KEEP
+** of them, and the current one (where the bump pointer is), as a cushion
+** for the next burst. */
+
+/* The slot of the region of b, a block of the arena. Blocks freed one
+** after the other mostly share a region: the last answer (*key, *slot) is
+** tried first. */
+static size_t trim_slot (const struct braid_arena *A, const void *b,
+                         uintptr_t *key, size_t *slot) {
+  if (REGION_OF(b) != *key) {
+    *key = REGION_OF(b);
+    *slot = region_slot(A, *key);
+  }
+  return *slot;
+}
+
+/* Drops from the free lists every block whose region's slot is marked. */
+static void trim_unlink (struct braid_arena *A, const uintptr_t *mark) {
+  size_t c, slot = 0;
+  uintptr_t key = 0;
+  for (c = 1; c < NCLASS; c++) {
+    void *prev = NULL, *b = A->free[c], *next;
+    for (; b != NULL; b = next) {
+      next = link_get(b);
+      if (!mark[trim_slot(A, b, &key, &slot)]) prev = b;
+      else if (prev != NULL) link_set(prev, next);
+      else A->free[c] = next;
+    }
+  }
+}
+
+/* One pass; returns the bytes given back. Needs a scratch table from
+** malloc, and without one simply gives nothing back. */
+static size_t arena_trim (struct braid_arena *A) {
+  uintptr_t *sum = (uintptr_t *) calloc(A->cap, sizeof *sum);
+  uintptr_t cur = A->end ? (uintptr_t) (A->end - REGION) : 0;
+  size_t c, i, n = 0, keep = TRIM_KEEP, got = 0, slot = 0;
+  uintptr_t key = 0;
+  void *b;
+  if (sum == NULL) return 0;
+  for (c = 1; c < NCLASS; c++)   /* free 16-byte units per region */
+    for (b = A->free[c]; b != NULL; b = link_get(b))
+      sum[trim_slot(A, b, &key, &slot)] += c;
+  for (i = 0; i < A->cap; i++) {   /* now: 1 for the regions to let go */
+    int empty = A->keys[i] != 0 && A->keys[i] != cur &&
+                sum[i] == REGION >> 4;
+    if (empty && keep > 0) {
+      keep--;
+      empty = 0;
+    }
+    sum[i] = (uintptr_t) empty;
+    n += (size_t) empty;
+  }
+  if (n > 0) {
+    trim_unlink(A, sum);
+    for (i = 0, n = 0; i < A->cap; i++)   /* in place: n <= i */
+      if (sum[i]) sum[n++] = A->keys[i];
+  }
+  for (i = 0; i < n; i++) {
+    char *r = (char *) sum[i];
+    UNPOISON(r, REGION);
+    ROOT_DEL(r, REGION);
+    if (munmap(r, REGION) == 0) {
+      region_del(A, (uintptr_t) r);
+      got += REGION;
+    } else {   /* splitting a mapping past the kernel's map count: keep it */
+      char *p;
+      ROOT_ADD(r, REGION);
+      POISON(r, REGION);
+      for (p = r; p < r + REGION; p += ARENA_SMALL)
+        free_push(A, p, CLASS(ARENA_SMALL));
+    }
+  }
+  free(sum);
+  return got;
+}
+
+/* Runs when `freed` reaches trim_at (while orphaned: reaches `made`, so
+** the last block is gone; braid__arena_orphan). A pass costs a walk of
+** the free lists, so it is made only when they hold at least TRIM_MIN
+** bytes, and then when either
+** - at least as many bytes have been freed since the last pass as the
+**   lists held after it (pass_gap): each pass is paid for by the frees
+**   before it; or
+** - live bytes fell to half what they were after the last pass
+**   (live_low): the tail of a burst, or the objects a script kept for a
+**   while, freed after the last pass, too few bytes to pay for one.
+** When a pass gave back little (every region still has a live block),
+** pass_gap doubles instead, up to half the mapped bytes, so a fragmented
+** heap that keeps churning is not walked again and again for nothing. In
+** between, checks are O(1) and at least TRIM_STEP freed bytes apart. */
+static void arena_check (struct braid_arena *A) {
+  size_t live = A->made - A->freed, lists, got, gap, half, at;
+  if (A->orphan) {
+    if (live == 0) arena_release(A);
+    return;
+  }
+  lists = A->nkeys * REGION - (size_t) (A->end - A->bump) - live;
+  if (lists >= TRIM_MIN && (A->freed - A->pass_from >= A->pass_gap ||
+                            live <= A->live_low)) {
+    got = arena_trim(A);
+    lists -= got;
+    gap = lists > TRIM_MIN ? lists : TRIM_MIN;
+    if (got < (lists + got) / 4) {   /* back off */
+      half = A->nkeys * REGION / 2;
+      if (2 * A->pass_gap > gap) gap = 2 * A->pass_gap;
+      if (gap > half) gap = half > lists ? half : lists;
+      if (gap < TRIM_MIN) gap = TRIM_MIN;
+    }
+    A->pass_from = A->freed;
+    A->pass_gap = gap;
+    A->live_low = live / 2;
+  }
+  /* the next check: the first moment a pass may be due */
+  at = A->pass_from + A->pass_gap;
+  if (live > A->live_low && A->freed + (live - A->live_low) < at)
+    at = A->freed + (live - A->live_low);
+  if (lists < TRIM_MIN && at < A->freed + (TRIM_MIN - lists))
+    at = A->freed + (TRIM_MIN - lists);
+  if (at < A->freed + TRIM_STEP) at = A->freed + TRIM_STEP;
+  A->trim_at = at;
 }
 
 /* lua_Alloc over the arena (ud: the arena). */
@@ -229,10 +409,15 @@ void *braid__arena_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize <= ARENA_SMALL && !A->orphan) q = arena_get(A, nsize);
   if (q == NULL) {
     q = A->next_f(A->next_ud, NULL, ptr ? 0 : osize, nsize);
-    /* A shrink that realloc would do in place must not fail here: the
-    ** block is big enough (freed later with the smaller size, it goes to
-    ** that smaller class's list, which it more than fills). */
-    if (q == NULL) return ptr != NULL && nsize < osize ? ptr : NULL;
+    if (q == NULL) {
+      /* A shrink that realloc would do in place must not fail here: the
+      ** block keeps its smaller class, and the rest of it (whole classes)
+      ** goes to the free list of its size. */
+      if (ptr == NULL || nsize >= osize) return NULL;
+      arena_put(A, (char *) ptr + (CLASS(nsize) << 4),
+                (CLASS(osize) - CLASS(nsize)) << 4);
+      return ptr;
+    }
   }
   if (ptr != NULL) {
     memcpy(q, ptr, osize < nsize ? osize : nsize);
@@ -333,6 +518,7 @@ struct braid_arena *braid__arena_adopt (lua_State *L) {
   if (f == braid__arena_alloc) {   /* a previous engine's, orphaned */
     A = (struct braid_arena *) ud;
     A->orphan = 0;
+    A->trim_at = 0;   /* arena_check sets it with the next free */
     return A;
   }
   if (!arena_wanted() || f != stock_alloc() ||
@@ -357,5 +543,7 @@ static void arena_release (struct braid_arena *A) {
 void braid__arena_orphan (struct braid_arena *A) {
   if (A == NULL || A->L == NULL) return;
   A->orphan = 1;
-  if (A->live == 0) arena_release(A);
+  /* it makes no block now: `freed` reaches `made` with the last free */
+  A->trim_at = A->made;
+  if (A->made == A->freed) arena_release(A);
 }
