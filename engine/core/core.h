@@ -453,6 +453,7 @@ struct braid_arena *braid__arena_new(void);
 void braid__arena_free(struct braid_arena *A);
 struct braid_arena *braid__arena_adopt(lua_State *L);
 void braid__arena_orphan(struct braid_arena *A);
+void braid__arena_closing(struct braid_arena *A);   /* braid_close */
 void *braid__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void braid__reserve_take(braid_engine_t *E);
 void braid__reserve_free(braid_engine_t *E);

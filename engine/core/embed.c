@@ -230,6 +230,7 @@ void braid_close (braid_engine_t *E) {
   }
   braid__wait_drop(E, E->L);   /* every task has ended (abandoned) */
   braid__coset_drop(E, E->L);
+  braid__arena_closing(E->arena);   /* no passes: it all goes */
   lua_close(E->L);
   braid__reserve_free(E);
   braid__arena_free(E->arena);   /* last: the reserve was the state's */
