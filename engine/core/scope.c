@@ -57,6 +57,16 @@ static struct scope_more *more_init (struct braid_scope *s,
   return m;
 }
 
+/* The struct made where running out can be raised: -1 when it could not
+** be. */
+static int more_try (struct braid_scope *s) {
+  struct scope_more *m;
+  if (s->more) return 0;
+  if ((m = braid__calloc(1, sizeof *m)) == NULL) return -1;
+  more_init(s, m);
+  return 0;
+}
+
 struct scope_more *braid__scope_more (struct braid_scope *s) {
   if (s->more) return s->more;
   return more_init(s, braid__calloc_must(s->E, 1, sizeof *s->more));
@@ -85,11 +95,7 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
 /* Readies s (not entered yet) for a deadline: its timers and a slot in the
 ** timer heap, so that arming it cannot fail. 0, or -1 out of memory. */
 int braid__scope_deadline_ready (braid_engine_t *E, struct braid_scope *s) {
-  struct scope_more *m;
-  if (s->more == NULL) {
-    if ((m = braid__calloc(1, sizeof *m)) == NULL) return -1;
-    more_init(s, m);
-  }
+  if (more_try(s) != 0) return -1;
   if (braid__timer_reserve(E) == 0) return 0;
   free(s->more);   /* s is never entered: nothing else will */
   s->more = NULL;
@@ -462,11 +468,10 @@ static int l_scope_run (lua_State *L) {
   ps = braid__scope_new(L, sizeof *ps);                     /* 4 */
   s = &ps->s;
   if (grace != braid__scope_grace(braid__task_inner(t))) {   /* before: it may raise */
-    if ((ps->s.more = braid__calloc(1, sizeof *ps->s.more)) == NULL)
+    if (more_try(s) != 0)
       braid_error(L, "memory", NULL, "braid.scope: not enough memory");
-    more_init(&ps->s, ps->s.more);
-    ps->s.more->grace_ns = grace;
-    ps->s.own_grace = 1;
+    s->more->grace_ns = grace;
+    s->own_grace = 1;
   }
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
   *h = s;
