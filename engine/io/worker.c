@@ -38,13 +38,11 @@
 **   says it exited, and closes its own handles; the last of the userdata
 **   and the handles frees w.
 */
-#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include "io/worker.h"
 #include "io/xchan.h"
@@ -80,35 +78,6 @@ void braid__wk_hook_all (struct braid_worker *w) {
   atomic_store_explicit(&w->pub_busy, 0, memory_order_release);
 }
 
-
-/* ---- the wake-ups ---- */
-
-int braid__wsig_open (struct braid_wsig *s) {
-  s->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  return s->fd < 0 ? -errno : 0;
-}
-
-int braid__wsig_start (uv_loop_t *loop, struct braid_wsig *s, uv_poll_cb cb) {
-  int rc = uv_poll_init(loop, &s->poll, s->fd);
-  if (rc != 0) return rc;
-  return uv_poll_start(&s->poll, UV_READABLE, cb);   /* checks arguments only */
-}
-
-int braid__wsig_arm (struct braid_wsig *s) {
-  if (s->pending) return 0;
-  s->pending = 1;
-  return 1;
-}
-
-void braid__wsig_wake (struct braid_wsig *s) {
-  uint64_t one = 1;
-  while (write(s->fd, &one, sizeof one) < 0 && errno == EINTR) ;
-}
-
-void braid__wsig_drain (struct braid_wsig *s) {
-  uint64_t n;
-  while (read(s->fd, &n, sizeof n) < 0 && errno == EINTR) ;
-}
 
 static void wsig_close_fds (struct braid_worker *w) {
   if (w->osig.fd >= 0) close(w->osig.fd);
@@ -465,65 +434,6 @@ static char *wk_package_field (lua_State *L, const char *field) {
   return d;
 }
 
-/* ---- the application's say (braid_worker_config) ---- */
-
-static const char config_key = 'w';
-
-struct wk_config {
-  braid_options_t opts;
-  int has_opts;
-  braid_worker_setup_fn setup;
-  void *ud;
-};
-
-/* The options and setup of a new worker of L's engine. */
-static void wk_options (lua_State *L, struct braid_worker *w) {
-  struct wk_config *cfg;
-  braid__engine_options(braid_engine(L), &w->eopts);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &config_key);
-  cfg = (struct wk_config *) lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (cfg == NULL) return;
-  if (cfg->has_opts) {
-    w->eopts = cfg->opts;
-    w->eopts.signals = 0;   /* the main thread's */
-    w->eopts.trace = NULL;  /* one file per engine: workers would truncate
-                            ** the embedder's and race on its list */
-  }
-  w->setup = cfg->setup;
-  w->setup_ud = cfg->ud;
-}
-
-static int wk_config_p (lua_State *L) {
-  struct wk_config *in = (struct wk_config *) lua_touserdata(L, 1);
-  struct wk_config *cfg;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &config_key) == LUA_TNIL) {
-    cfg = (struct wk_config *) lua_newuserdatauv(L, sizeof *cfg, 0);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &config_key);
-  } else {
-    cfg = (struct wk_config *) lua_touserdata(L, -1);
-  }
-  *cfg = *in;
-  return 0;
-}
-
-int braid_worker_config (braid_engine_t *E, const braid_options_t *opts,
-                         braid_worker_setup_fn setup, void *ud) {
-  lua_State *L = braid_state(E);
-  struct wk_config in;
-  memset(&in, 0, sizeof in);
-  if (opts) in.opts = *opts, in.has_opts = 1;
-  in.setup = setup;
-  in.ud = ud;
-  lua_pushcfunction(L, wk_config_p);
-  lua_pushlightuserdata(L, &in);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    return UV_ENOMEM;
-  }
-  return 0;
-}
-
 /* Starts w's thread with every signal blocked in it: signals are the main
 ** thread's (interrupt.c), never a worker's. */
 static int wk_thread_start (struct braid_worker *w) {
@@ -586,7 +496,7 @@ static int l_worker_new (lua_State *L) {
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");
   w->path = wk_package_field(L, "path");
   w->cpath = wk_package_field(L, "cpath");
-  wk_options(L, w);
+  braid__wk_options(L, w);
   if (mem != 0 && mem != BRAID_NO_LIMIT &&
       (w->eopts.memory_limit == 0 || mem < w->eopts.memory_limit))
     w->eopts.memory_limit = mem;   /* a script may only lower it */

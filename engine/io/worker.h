@@ -122,6 +122,11 @@ void braid__wk_call_free(struct braid_wcall *c);
 ** polls at its next instruction (braid__hook_poll). */
 void braid__wk_hook_all(struct braid_worker *w);
 
+/* The engine options and setup of a new worker of L's engine: the
+** owner's options, or what the application gave braid_worker_config
+** (worker_config.c). */
+void braid__wk_options(lua_State *L, struct braid_worker *w);
+
 /* The worker thread's body (uv_thread_create): its engine and loop, the
 ** chunk, the calls until stopped, then everything closed; says it exited
 ** as its last act. */
