@@ -31,13 +31,7 @@ if braid.run and not rawget(_G, "braid") then braid.run(main) else main() end
 print("sum " .. total)
 ]]
 
-local function write(src)
-  local p = os.tmpname()
-  local f = assert(io.open(p, "w"))
-  f:write(src)
-  f:close()
-  return p
-end
+local write = h.write
 
 describe("the arena", function()
   it("gives the runner the same results as malloc (BRAID_ARENA=0)", function()

@@ -42,13 +42,7 @@ local function start(main)
 end
 ]]
 
-local function write(src)
-  local p = os.tmpname()
-  local f = assert(io.open(p, "w"))
-  f:write(src)
-  f:close()
-  return p
-end
+local write = h.write
 
 local env = "BRAID_ARENA=1 " .. (os.getenv("BRAID_RUN_ENV") or "")
 
