@@ -292,6 +292,12 @@ struct braid_task *braid__task_current_slow(lua_State *L, const char *fname);
 struct braid_task *braid__task_spawn(lua_State *L, struct braid_scope *into,
                                      int fidx, int nargs);
 void braid__task_ready(struct braid_task *t);
+/* anchor.c: a live task's place in the anchors table (t->ref). */
+void braid__task_anchor(lua_State *L, braid_engine_t *E, struct braid_task *t,
+                        int tab);
+void braid__task_unanchor(lua_State *L, braid_engine_t *E,
+                          struct braid_task *t);
+void braid__anchors_compact(braid_engine_t *E);   /* the scheduler is idle */
 void braid__task_wake(struct braid_task *t, int how);
 void braid__task_wait(struct braid_task *t, struct braid_wait *w,
                       void (*cancel)(struct braid_wait *), const char *what);

@@ -250,6 +250,7 @@ void braid__task_drain (braid_engine_t *E) {
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);
+    braid__anchors_compact(E);
   }
 }
 

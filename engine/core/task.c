@@ -34,48 +34,6 @@ struct braid_task *braid__task_check (lua_State *L, int idx,
                                                    fname);
 }
 
-/* Live tasks are anchored in a table of braid's own (E->tasks_ref), not
-** with luaL_ref: a free slot comes from a chain kept in the freed slots
-** (each holds the next one's number) and a new one from E->slot_top, so
-** anchoring never asks the table for its length, as luaL_ref does, which
-** costs a search once the registry's array part is full. */
-void braid__task_push (lua_State *L, struct braid_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->E->tasks_ref);
-  lua_rawgeti(L, -1, t->ref);
-  lua_replace(L, -2);
-}
-
-/* Anchors the task object on top (popped) in the anchors table at `tab`;
-** only a new slot allocates, and then nothing changed when it raises.
-** [-1, +0, m] */
-static void task_anchor (lua_State *L, braid_engine_t *E,
-                         struct braid_task *t, int tab) {
-  int slot = E->slot_free, next = 0;
-  if (slot) {
-    lua_rawgeti(L, tab, slot);
-    next = (int) lua_tointeger(L, -1);
-    lua_pop(L, 1);
-  } else {
-    slot = E->slot_top + 1;
-  }
-  lua_rawseti(L, tab, slot);
-  if (slot > E->slot_top) E->slot_top = slot;
-  else E->slot_free = next;
-  t->ref = slot;
-}
-
-/* The task has ended: its slot goes to the head of the free chain.
-** Allocates nothing (the slot exists). */
-static void task_unanchor (lua_State *L, braid_engine_t *E,
-                           struct braid_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);
-  lua_pushinteger(L, E->slot_free);
-  lua_rawseti(L, -2, t->ref);
-  lua_pop(L, 1);
-  E->slot_free = t->ref;
-  t->ref = LUA_NOREF;
-}
-
 /* The task's name: set by the script, else where its function is defined.
 ** idx is the task object's stack index, or 0 for a live task. */
 const char *braid__task_name (lua_State *L, struct braid_task *t, int idx) {
@@ -156,7 +114,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   /* Anchor before linking: a failed allocation must leave no task in the
   ** scope tree that the collector could free. */
   lua_pushvalue(L, -2);
-  task_anchor(L, E, t, lua_gettop(L) - 1);
+  braid__task_anchor(L, E, t, lua_gettop(L) - 1);
   lua_pop(L, 1);   /* the anchors */
   braid__scope_init(&t->scope, E, SCOPE_TASK, t, into);
   E->live++;
@@ -300,7 +258,7 @@ static void task_finish (struct braid_task *t) {
   braid__wait_put(t);
   braid__scope_member_done(S, s->outer, t);
   braid__scope_release(s);
-  task_unanchor(S, E, t);
+  braid__task_unanchor(S, E, t);
   lua_pop(S, 1);
 }
 
