@@ -100,5 +100,7 @@ void braid__anchors_compact (braid_engine_t *E) {
     return;
   lua_pushcfunction(S, l_anchors_compact);
   lua_pushlightuserdata(S, E);
+  E->refusable = 1;   /* optional: within the limit, never the reserve */
   if (lua_pcall(S, 1, 0, 0) != LUA_OK) lua_pop(S, 1);   /* kept as it is */
+  E->refusable = 0;
 }

@@ -408,7 +408,10 @@ struct braid_engine {
   unsigned char attached;      /* idle and timer initialised on E->loop */
   unsigned char closing;       /* braid_close: abandonment is silent */
   unsigned char binary;        /* precompiled chunks may be loaded */
-  unsigned char loading;       /* braid_run_string: the limit applies */
+  unsigned char refusable;     /* allocations whose failure the caller
+                               ** handles (braid_run_string's load, the
+                               ** anchors' rebuild): the limit applies, the
+                               ** reserve is not spent */
   unsigned char gc_probe;      /* a refused charge collects (memory.c) */
   size_t mem_used, mem_limit;  /* bytes; limit 0: none */
   int budget;                  /* instructions per resume; 0: none */

@@ -290,18 +290,18 @@ int braid_run_string (braid_engine_t *E, const char *code,
                       const char *chunkname, braid_task_t **out) {
   const char *mode = E->binary ? "bt" : "t";
   int status;
-  E->loading = 1;
+  E->refusable = 1;
   status = luaL_loadbufferx(E->L, code, strlen(code),
                             chunkname ? chunkname : code, mode);
-  E->loading = 0;
+  E->refusable = 0;
   return api_loaded(E, status, out);
 }
 
 int braid_run_file (braid_engine_t *E, const char *path, braid_task_t **out) {
   int status;
-  E->loading = 1;
+  E->refusable = 1;
   status = luaL_loadfilex(E->L, path, E->binary ? "bt" : "t");
-  E->loading = 0;
+  E->refusable = 0;
   return api_loaded(E, status, out);
 }
 

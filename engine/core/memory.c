@@ -72,12 +72,12 @@ static int reserve_give (braid_engine_t *E) {
   return 1;
 }
 
-/* An allocation failed: outside a task (and outside braid_run_string's
-** load, which reports it), spend the reserve and try once more. Returns
+/* An allocation failed: outside a task (and outside what reports its own
+** failure, E->refusable), spend the reserve and try once more. Returns
 ** the block or NULL (Lua then raises). */
 void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
                             size_t nsize) {
-  if (E->current || E->loading || !reserve_give(E)) return NULL;
+  if (E->current || E->refusable || !reserve_give(E)) return NULL;
   return state_alloc(E, ptr, osize, nsize);
 }
 
@@ -318,7 +318,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     E->gc_probe = 2;
     return NULL;
   }
-  if (E->mem_limit && nsize > old && (E->current || E->loading ||
+  if (E->mem_limit && nsize > old && (E->current || E->refusable ||
                                       E->callback) && !E->gc_probe &&
       E->mem_used - old + nsize > E->mem_limit)
     return NULL;
