@@ -98,7 +98,10 @@ describe("timers", function()
   it("a run emptied by cancels frees its place for another delay", h.virtual(function()
     for round = 1, 3 do
       local tasks = {}
-      for d = 1, 6 do tasks[d] = braid.spawn(braid.sleep, 50 + d + round) end
+      for d = 1, 12 do   -- each delay twice: the second takes a run
+        tasks[d] = braid.spawn(braid.sleep, 50 + (d + 1) // 2 + round)
+      end
+      braid.yield()   -- every sleep is armed
       for _, t in ipairs(tasks) do t:cancel() end
     end
     local plan = {}
@@ -123,15 +126,9 @@ describe("timers", function()
   end))
 
   it("keep order on the real clock too", h.run(function()
-    local t0, log = braid.now(), {}
-    braid.gather(function()
-      for i = 1, 30 do
-        braid.spawn(function()
-          braid.sleep(i % 3 == 0 and 0.3 or 0.01)
-          log[#log + 1] = {i, braid.now() - t0}
-        end)
-      end
-    end)
+    local plan = {}
+    for i = 1, 30 do plan[i] = {0, i % 3 == 0 and 0.3 or 0.01} end
+    local log = wakes(plan)
     assert.are.equal(30, #log)
     for k = 2, #log do assert.is_true(log[k][2] >= log[k - 1][2]) end
     for k = 1, 20 do assert.are_not.equal(0, log[k][1] % 3) end   -- the 10 ms ones first

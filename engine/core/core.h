@@ -392,7 +392,8 @@ struct braid_engine {
     uint64_t delay;
     struct braid_timer *head, *tail;
   } runs[TIMER_RUNS];
-  uint64_t run_last;             /* the last delay no run took */
+  uint64_t run_seen[TIMER_RUNS]; /* the last delays no run took (timer.c) */
+  unsigned run_next;             /* where the next one goes */
   uint64_t timer_seq, vnow, armed_due;
   struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
   unsigned next_id, live;

@@ -12,9 +12,11 @@
 ** arms the same delay again and again (20k sleeps of 50 ms, a timeout per
 ** request), and the heap's pops for those were ~5% of W2's cycles, mostly
 ** cache misses. E->runs keeps up to TIMER_RUNS delays. A delay gets a free
-** run only when it comes twice in a row, so one-off delays (sleep_until, a
-** ticker's next tick, jittered retries) do not take the runs; a timer whose
-** delay has no run goes to the heap. A run that empties frees its place. One uv_timer_t is
+** run only when it is among the last TIMER_RUNS delays that went to the
+** heap (E->run_seen), so one-off delays (sleep_until, a ticker's next tick,
+** jittered retries) do not take the runs, while a timeout's deadline and
+** the waits inside it, armed in turn, each get one; a timer whose delay
+** has no run goes to the heap. A run that empties frees its place. One uv_timer_t is
 ** armed for the earliest timer and is stopped when there is none, so
 ** timers never keep a loop alive that has nothing to wake.
 **
@@ -103,9 +105,13 @@ static int run_append (braid_engine_t *E, struct braid_timer *tm,
     }
   }
   if (r == E->runs + TIMER_RUNS) {
-    int again = delay == E->run_last;
-    E->run_last = delay;
-    if (!again || (r = spare) == NULL) return 0;
+    int k, seen = 0;
+    for (k = 0; k < TIMER_RUNS; k++) seen |= E->run_seen[k] == delay;
+    if (!seen) {
+      E->run_seen[E->run_next++ % TIMER_RUNS] = delay;
+      return 0;
+    }
+    if ((r = spare) == NULL) return 0;
     r->delay = delay;
   }
   tm->next = NULL;
