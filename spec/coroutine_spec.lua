@@ -192,6 +192,16 @@ describe("coroutine.close and resume of a task's coroutines", function()
     local co = coroutine.create(entry)
     assert.are.same({true, 7}, {coroutine.resume(co, function() coroutine.yield(7) return 8 end)})
     assert.are.same({true, 8}, {coroutine.resume(co)})
+    -- called in a task, it raises what its function raises, as pcall's
+    -- callee would; nothing it returns can make a task count as failed
+    local t = braid.spawn(function()
+      local r = table.pack(pcall(entry, function() error("inner") end))
+      assert.is_false(r[1])
+      assert.matches("inner", tostring(r[2]))
+      return table.unpack(r, 1, r.n)
+    end)
+    assert.are.equal(false, (t:await()))
+    assert.are.equal("ok", t:status())
   end))
 
   it("closes the script's own coroutines as Lua does", h.run(function()

@@ -249,6 +249,7 @@ struct braid_task {
   unsigned char nopool;        /* hit the instruction budget: not reused */
   unsigned char stop;          /* STOP_*: only unwinds from now on */
   unsigned char waiting;       /* t->w is its pending operation */
+  unsigned char raised;        /* its body raised: the status (task.c) */
   union {                      /* never both: */
     int nargs;                 /* arguments packed with the function (pending) */
     int nres;                  /* results kept after the end */

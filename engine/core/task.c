@@ -141,20 +141,19 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
   lua_pop(S, 1);
 }
 
-/* task_main's last value when the body raised: [error, status, marker]. */
-static const char task_raised = 'r';
-
-/* The body raised, and its to-be-closed variables have run: the error is
-** returned, not raised again, so that the coroutine ends as one that
-** returned. One that raised is dead until lua_resetthread, which shrinks
-** its stack (a copy) that its next task grows again: a cost per failed or
-** cancelled task (~7% of W3's cancel, when 10k siblings end at once). */
+/* The body raised, and its to-be-closed variables have run. In a task's
+** own task_main (ctx 1) the error is returned, its status kept in
+** t->raised, so that the coroutine ends as one that returned: one that
+** raised is dead until lua_resetthread, which shrinks its stack (a copy)
+** that its next task grows again, a cost per failed or cancelled task
+** (~7% of W3's cancel, when 10k siblings end at once). A task_main a
+** script called (the debug library hands it out) raises as any call does,
+** so no value a body returns can pass for an error. */
 static int task_main_k (lua_State *L, int status, lua_KContext ctx) {
-  (void) ctx;
   if (status != LUA_OK && status != LUA_YIELD) {
-    lua_pushinteger(L, status);
-    lua_pushlightuserdata(L, (void *) &task_raised);
-    return 3;
+    if (!ctx) return lua_error(L);
+    braid_engine(L)->current->raised = (unsigned char) status;
+    return 1;
   }
   return lua_gettop(L) - 1;   /* the results, above the message handler */
 }
@@ -166,11 +165,16 @@ static int task_main_k (lua_State *L, int status, lua_KContext ctx) {
 ** rather than later, outside it, when the coroutine is reset. Then the
 ** error goes on to the scheduler (task_main_k). [fn, args...] */
 int braid__task_main (lua_State *L) {
+  braid_engine_t *E = braid_engine(L);
+  lua_Debug ar;
+  /* the scheduler's call: the running task's thread, nothing below it */
+  lua_KContext own = E && E->current && E->current->co == L &&
+                     !lua_getstack(L, 1, &ar);
   luaL_checkany(L, 1);   /* the debug library can reach it: no function */
   lua_pushcfunction(L, braid__error_msgh);
   lua_insert(L, 1);
-  return task_main_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0,
-                                   task_main_k), 0);
+  return task_main_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, own,
+                                   task_main_k), own);
 }
 
 /* Lets go of the pooled coroutines (memory is short). */
@@ -276,11 +280,9 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
   lua_State *co = t->co;
   struct braid_scope *s = &t->scope;
   int i;
-  if (status == LUA_OK && nres == 3 &&
-      lua_touserdata(co, -1) == (void *) &task_raised) {   /* task_main_k */
-    status = (int) lua_tointeger(co, -2);
-    lua_pop(co, 2);
-    nres = 1;
+  if (t->raised) {   /* task_main_k returned the error */
+    status = t->raised;
+    t->raised = 0;
   }
   if (status == LUA_OK) {
     t->nres = nres;
@@ -298,7 +300,7 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     s->body_failed = 1;
     if (status != LUA_ERRRUN || !braid__is_cancel(S, -1)) {
       if (E->trace) braid__trace_fail(t, S, -1);
-      braid__error_record(S, -1, co, 0, t);   /* co's frames: none once task_main_k returned */
+      braid__error_record(S, -1, co, 0, t);   /* co: frames if it raised */
       braid__scope_fail(S, s, -2, -1);
       lua_pop(S, 1);
     }
