@@ -1033,6 +1033,39 @@ static int t_failure_records (void) {
 
 /* Issue 13.15: semaphore:with used the debug library, which a sandbox
 ** (braid_new's default libraries) does not have. */
+/* A burst of 100k tasks alive at once grows the anchors table and the
+** set of task coroutines (2 MB each); once the engine is idle again both
+** go back to the size of what they hold. */
+static const char *const burst =
+  "local t = {} for i = 1, N do t[i] = braid.spawn(braid.sleep, 0) end "
+  "for i = 1, N do t[i]:await() end";
+
+static int run_burst (braid_engine_t *E, int n) {
+  char code[256];
+  snprintf(code, sizeof code, "local N = %d %s", n, burst);
+  return run_to_end(E, code) >= 0;
+}
+
+static int t_burst_memory (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L = braid_state(E);
+  size_t before, after;
+  CHECK(E != NULL);
+  CHECK(run_burst(E, 1000));   /* the coroutine pool and the spares fill */
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_gc(L, LUA_GCCOLLECT);
+  before = braid_memory_used(E);
+  CHECK(run_burst(E, 100000));
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_gc(L, LUA_GCCOLLECT);
+  after = braid_memory_used(E);
+  if (after > before + 1024 * 1024)
+    fprintf(stderr, "# %zu bytes before, %zu after\n", before, after);
+  CHECK(after <= before + 1024 * 1024);
+  braid_close(E);
+  return 1;
+}
+
 static int t_sandbox_semaphore (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   int n;
@@ -1255,6 +1288,8 @@ int main (void) {
            t_close_pending_writes);
   run_test("braid_interrupt cancels the live tasks, not later ones",
            t_interrupt);
+  run_test("after a burst of 100k tasks the anchors and the coroutine set "
+           "shrink back", t_burst_memory);
   run_test("a suspending C function outside a task raises a usage error",
            t_outside_task);
   run_test("failure records of string errors are released, and each "

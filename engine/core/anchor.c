@@ -56,11 +56,21 @@ void braid__task_unanchor (lua_State *L, braid_engine_t *E,
 
 #define COMPACT_MIN 4096   /* slots: smaller tables are left as they are */
 
-/* Counts the live tasks in the anchors table at idx. */
+/* The task at slot i of the anchors table at idx, or NULL (a free slot;
+** or, put there through the debug library, a value that is no task).
+** Pushes the slot's value. */
+static struct braid_task *anchored (lua_State *L, int idx, int i) {
+  lua_rawgeti(L, idx, i);
+  return (struct braid_task *) braid__test_tagged(L, -1, &braid__task_type);
+}
+
+/* Counts the tasks in the anchors table at idx: counted, not taken from
+** E->live, because a table too small for them would allocate half-way
+** through the renumbering. */
 static int anchors_live (lua_State *L, braid_engine_t *E, int idx) {
   int i, n = 0;
   for (i = 1; i <= E->slot_top; i++) {
-    if (lua_rawgeti(L, idx, i) == LUA_TUSERDATA) n++;
+    n += anchored(L, idx, i) != NULL;
     lua_pop(L, 1);
   }
   return n;
@@ -77,8 +87,8 @@ static int l_anchors_compact (lua_State *L) {
   lua_rawgeti(L, 2, 0);
   lua_rawseti(L, 3, 0);   /* braid.Task's metatable: the one hash slot */
   for (i = 1; i <= E->slot_top; i++) {
-    if (lua_rawgeti(L, 2, i) == LUA_TUSERDATA) {
-      struct braid_task *t = (struct braid_task *) lua_touserdata(L, -1);
+    struct braid_task *t = anchored(L, 2, i);
+    if (t != NULL) {
       t->ref = ++n;
       lua_rawseti(L, 3, n);
     } else {
@@ -91,16 +101,16 @@ static int l_anchors_compact (lua_State *L) {
   return 0;
 }
 
-/* Where the scheduler is idle: shrinks the anchors table when the live
-** tasks fill less than an eighth of it (O(slot_top), paid for by the
-** burst that grew it). */
+/* The scheduler is idle (sched.c): shrinks the anchors table when the
+** live tasks fill less than an eighth of it (O(slot_top), paid for by the
+** burst that grew it). A refused table is not asked for again until the
+** table has changed size. */
 void braid__anchors_compact (braid_engine_t *E) {
-  lua_State *S = E->S;
-  if (E->slot_top < COMPACT_MIN || (unsigned) E->slot_top / 8 <= E->live)
+  if (E->slot_top < COMPACT_MIN || (unsigned) E->slot_top / 8 <= E->live ||
+      E->slot_top == E->compact_refused)
     return;
-  lua_pushcfunction(S, l_anchors_compact);
-  lua_pushlightuserdata(S, E);
-  E->refusable = 1;   /* optional: within the limit, never the reserve */
-  if (lua_pcall(S, 1, 0, 0) != LUA_OK) lua_pop(S, 1);   /* kept as it is */
-  E->refusable = 0;
+  if (braid__engine_try(E, l_anchors_compact, E) != LUA_OK) {
+    lua_pop(E->S, 1);   /* the old table stays */
+    E->compact_refused = E->slot_top;
+  }
 }

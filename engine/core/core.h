@@ -63,6 +63,9 @@ struct braid_heap_ent {
   struct braid_timer *tm;
 };
 #define TIMER_RUNS 4   /* delays kept as runs at once (timer.c) */
+/* Spares a long-lived engine keeps after a burst: pooled coroutines
+** (task.c) and wait records (sched.c), as many of each. */
+#define BRAID_SPARES 256
 
 uint64_t braid__now_ms(braid_engine_t *E);
 int braid__timer_advance(braid_engine_t *E);   /* virtual clock step */
@@ -197,7 +200,7 @@ struct scope_more *braid__scope_more(struct braid_scope *s);
 ** it was when s was made (a scope's own is set before anything nests in
 ** it), else the engine's. */
 uint64_t braid__scope_grace(const struct braid_scope *s);
-void braid__scope_set_grace(struct braid_scope *s, uint64_t ns);
+int braid__scope_grace_ready(struct braid_scope *s, uint64_t ns);
 
 /* braid.scope's: the script's scope object points back at it. */
 struct braid_plain_scope {
@@ -299,6 +302,7 @@ void braid__task_anchor(lua_State *L, braid_engine_t *E, struct braid_task *t,
 void braid__task_unanchor(lua_State *L, braid_engine_t *E,
                           struct braid_task *t);
 void braid__anchors_compact(braid_engine_t *E);   /* the scheduler is idle */
+void braid__coset_trim(braid_engine_t *E);        /* the scheduler is idle */
 void braid__task_wake(struct braid_task *t, int how);
 void braid__task_wait(struct braid_task *t, struct braid_wait *w,
                       void (*cancel)(struct braid_wait *), const char *what);
@@ -365,6 +369,7 @@ struct braid_engine {
   int pool_ref, pool_n;        /* finished coroutines kept for reuse */
   int tasks_ref;               /* live tasks' anchors (task.c); [0]: braid.Task */
   int slot_top, slot_free;     /* its highest slot; the free chain's head */
+  int compact_refused;         /* slot_top when a rebuild was refused */
   int running, interrupted, virtual_clock, deadlocks;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
@@ -468,6 +473,8 @@ void braid__arena_closing(struct braid_arena *A);   /* braid_close */
 void *braid__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void braid__reserve_take(braid_engine_t *E);
 void braid__reserve_free(braid_engine_t *E);
+void *braid__state_alloc(lua_State *L, void *p, size_t osize, size_t nsize);
+int braid__engine_try(braid_engine_t *E, lua_CFunction f, void *ud);
 void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
                            size_t nsize);
 void braid__engine_oom(lua_State *S, braid_engine_t *E);

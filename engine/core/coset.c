@@ -52,30 +52,43 @@ int braid__coset_has (const braid_engine_t *E, const lua_State *co) {
   return E->coset_cap > 0 && E->coset[coset_find(E, co)] == co;
 }
 
+/* Moves the set to an array of cap slots; UV_ENOMEM leaves it as it was. */
+static int coset_resize (braid_engine_t *E, lua_State *L, unsigned cap) {
+  unsigned ocap = E->coset_cap, i;
+  lua_State **old = E->coset;
+  lua_State **nw = (lua_State **) braid__state_alloc(L, NULL, 0,
+                                                     cap * sizeof *nw);
+  if (nw == NULL) return UV_ENOMEM;
+  memset(nw, 0, cap * sizeof *nw);
+  E->coset = nw;
+  E->coset_cap = cap;
+  for (i = 0; i < ocap; i++)
+    if (old[i] != NULL) E->coset[coset_find(E, old[i])] = old[i];
+  if (old) braid__state_alloc(L, old, ocap * sizeof *old, 0);
+  return 0;
+}
+
 int braid__coset_add (braid_engine_t *E, lua_State *L, lua_State *co) {
-  if (2 * (E->coset_n + 1) > E->coset_cap) {
-    unsigned cap = E->coset_cap ? 2 * E->coset_cap : 64, ocap = E->coset_cap, i;
-    lua_State **old = E->coset, **nw;
-    void *ud;
-    lua_Alloc f = lua_getallocf(L, &ud);
-    nw = (lua_State **) f(ud, NULL, 0, cap * sizeof *nw);
-    if (nw == NULL) return UV_ENOMEM;
-    memset(nw, 0, cap * sizeof *nw);
-    E->coset = nw;
-    E->coset_cap = cap;
-    for (i = 0; i < ocap; i++)
-      if (old[i] != NULL) E->coset[coset_find(E, old[i])] = old[i];
-    if (old) f(ud, old, ocap * sizeof *old, 0);
-  }
+  if (2 * (E->coset_n + 1) > E->coset_cap &&
+      coset_resize(E, L, E->coset_cap ? 2 * E->coset_cap : 64) != 0)
+    return UV_ENOMEM;
   E->coset[coset_find(E, co)] = co;
   E->coset_n++;
   return 0;
 }
 
+/* The scheduler is idle (sched.c): a set a burst grew (2 MB after 100k
+** tasks at once) goes back to four times what it holds. */
+void braid__coset_trim (braid_engine_t *E) {
+  unsigned cap = E->coset_cap;
+  if (cap < 4096 || 8 * E->coset_n >= cap) return;
+  while (cap > 64 && cap / 2 >= 4 * (E->coset_n + 1)) cap /= 2;
+  coset_resize(E, E->S, cap);   /* refused: it stays as it was */
+}
+
 void braid__coset_drop (braid_engine_t *E, lua_State *L) {
-  void *ud;
-  lua_Alloc f = lua_getallocf(L, &ud);
-  if (E->coset) f(ud, E->coset, E->coset_cap * sizeof *E->coset, 0);
+  if (E->coset)
+    braid__state_alloc(L, E->coset, E->coset_cap * sizeof *E->coset, 0);
   E->coset = NULL;
   E->coset_n = E->coset_cap = 0;
 }

@@ -191,12 +191,17 @@ void braid__engine_fatal (braid_engine_t *E, const char *why) {
 }
 
 
-/* Calls f(ud) on the scheduler's thread under lua_pcall. */
-void braid__engine_call (braid_engine_t *E, lua_CFunction f, void *ud) {
+/* Calls f(ud) on the scheduler's thread under lua_pcall; the status, with
+** the error left on S when it is not LUA_OK. */
+int braid__engine_try (braid_engine_t *E, lua_CFunction f, void *ud) {
   lua_State *S = E->S;
   lua_pushcfunction(S, f);
   lua_pushlightuserdata(S, ud);
-  if (lua_pcall(S, 1, 0, 0) != LUA_OK) braid__engine_fatal(E, NULL);
+  return lua_pcall(S, 1, 0, 0);
+}
+
+void braid__engine_call (braid_engine_t *E, lua_CFunction f, void *ud) {
+  if (braid__engine_try(E, f, ud) != LUA_OK) braid__engine_fatal(E, NULL);
 }
 
 void braid__unref (braid_engine_t *E, int ref) {

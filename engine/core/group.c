@@ -389,14 +389,15 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     g->m[i - 1].adopted = braid__test_tagged(L, first + i - 1,
                                              &braid__task_type) != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timeout != BRAID_NEVER &&
-      braid__scope_deadline_ready(t->E, &g->scope) != 0) {
+  /* the deadline's struct first: a grace period after it cannot fail */
+  if ((timeout != BRAID_NEVER &&
+       braid__scope_deadline_ready(t->E, &g->scope) != 0) ||
+      (opts && grace != braid__scope_grace(braid__task_inner(t)) &&
+       braid__scope_grace_ready(&g->scope, grace) != 0)) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->list_ref);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
-  if (opts && grace != braid__scope_grace(&g->scope))
-    braid__scope_set_grace(&g->scope, grace);
   if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started

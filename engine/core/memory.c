@@ -81,6 +81,16 @@ void *braid__reserve_spend (braid_engine_t *E, void *ptr, size_t osize,
   return state_alloc(E, ptr, osize, nsize);
 }
 
+/* Blocks braid keeps for the scheduler from the state's allocator (wait
+** records, the coroutine set): counted in the memory limit and backed by
+** the reserve as the state's own allocations are. */
+void *braid__state_alloc (lua_State *L, void *p, size_t osize,
+                          size_t nsize) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  return f(ud, p, osize, nsize);
+}
+
 /* ---- braid's own C heap ----
 ** Everything braid mallocs for itself (timers, file and lookup requests,
 ** signal waiters, the REPL's input) goes through these, so that a failure

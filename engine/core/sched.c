@@ -68,12 +68,12 @@ void braid__task_wait (struct braid_task *t, struct braid_wait *w,
 ** ends: a pending task (W1's 100k spawned before any runs) carries only a
 ** pointer. Spares are kept in E->wait_free, chained through their first
 ** bytes, and freed by braid__wait_drop (at the end of a run, at close, and
-** when memory is short); beyond WAIT_SPARES_MAX (as many as the coroutine
+** when memory is short); beyond BRAID_SPARES (as many as the coroutine
 ** pool keeps) a record goes back at once, so a burst of tasks in a
-** long-lived engine (a worker) does not stay counted in its limit. Under AddressSanitizer a record
+** long-lived engine (a worker) does not stay counted in its limit. Under
+** AddressSanitizer a record
 ** goes straight back to the allocator instead, so that a use after its
 ** task ended is reported rather than hidden by the reuse. */
-#define WAIT_SPARES_MAX 256
 #if defined(__SANITIZE_ADDRESS__)
 #define WAIT_NOREUSE 1
 #elif defined(__has_feature)
@@ -89,9 +89,8 @@ struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
     memcpy(&E->wait_free, w, sizeof w);
     E->wait_spares--;
   } else {
-    void *ud;
-    lua_Alloc f = lua_getallocf(L, &ud);
-    w = (struct braid_wait *) f(ud, NULL, 0, sizeof(struct braid_started));
+    w = (struct braid_wait *) braid__state_alloc(L, NULL, 0,
+                                                 sizeof(struct braid_started));
     if (w == NULL) luaL_error(L, "not enough memory");
   }
   ((struct braid_started *) w)->inner = &t->scope;
@@ -112,27 +111,21 @@ void braid__wait_put (struct braid_task *t) {
   if (w == NULL) return;
   t->w = NULL;
 #ifndef WAIT_NOREUSE
-  if (t->E->wait_spares < WAIT_SPARES_MAX) {
+  if (t->E->wait_spares < BRAID_SPARES) {
     memcpy(w, &t->E->wait_free, sizeof w);
     t->E->wait_free = w;
     t->E->wait_spares++;
     return;
   }
 #endif
-  {
-    void *ud;
-    lua_Alloc f = lua_getallocf(t->E->S, &ud);
-    f(ud, w, sizeof(struct braid_started), 0);
-  }
+  braid__state_alloc(t->E->S, w, sizeof(struct braid_started), 0);
 }
 
 void braid__wait_drop (braid_engine_t *E, lua_State *L) {
-  void *ud;
-  lua_Alloc f = lua_getallocf(L, &ud);
   while (E->wait_free) {
     struct braid_wait *w = E->wait_free;
     memcpy(&E->wait_free, w, sizeof w);
-    f(ud, w, sizeof(struct braid_started), 0);
+    braid__state_alloc(L, w, sizeof(struct braid_started), 0);
   }
   E->wait_spares = 0;
 }
@@ -242,6 +235,17 @@ static int l_task_drain (lua_State *S) {
   return 0;
 }
 
+/* Nothing is ready: give back what a burst grew and a Lua table or an
+** array would keep at its peak (the anchors table, the coroutine set).
+** Optional work: its allocations are refusable (within the memory limit,
+** never the reserve), and a refusal keeps what was there. */
+static void idle_trim (braid_engine_t *E) {
+  E->refusable = 1;
+  braid__anchors_compact(E);
+  braid__coset_trim(E);
+  E->refusable = 0;
+}
+
 void braid__task_drain (braid_engine_t *E) {
   braid_engine_t *outer = braid__draining;   /* another engine's, nested */
   braid__draining = E;
@@ -250,7 +254,7 @@ void braid__task_drain (braid_engine_t *E) {
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);
-    braid__anchors_compact(E);
+    idle_trim(E);
   }
 }
 

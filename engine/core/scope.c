@@ -79,9 +79,13 @@ uint64_t braid__scope_grace (const struct braid_scope *s) {
   return E->grace_ns;
 }
 
-void braid__scope_set_grace (struct braid_scope *s, uint64_t ns) {
-  braid__scope_more(s)->grace_ns = ns;
+/* Gives s, not entered yet, a grace period of its own: 0, or -1 out of
+** memory (raised by the caller, before anything nests in s). */
+int braid__scope_grace_ready (struct braid_scope *s, uint64_t ns) {
+  if (more_try(s) != 0) return -1;
+  s->more->grace_ns = ns;
   s->own_grace = 1;
+  return 0;
 }
 
 /* Keeps the value at idx as the reason a cancel of s gives. */
@@ -95,10 +99,13 @@ void braid__scope_set_reason (lua_State *L, struct braid_scope *s, int idx) {
 /* Readies s (not entered yet) for a deadline: its timers and a slot in the
 ** timer heap, so that arming it cannot fail. 0, or -1 out of memory. */
 int braid__scope_deadline_ready (braid_engine_t *E, struct braid_scope *s) {
+  int made = s->more == NULL;
   if (more_try(s) != 0) return -1;
   if (braid__timer_reserve(E) == 0) return 0;
-  free(s->more);   /* s is never entered: nothing else will */
-  s->more = NULL;
+  if (made) {   /* s is never entered: nothing else will */
+    free(s->more);
+    s->more = NULL;
+  }
   return -1;
 }
 
@@ -467,12 +474,9 @@ static int l_scope_run (lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   ps = braid__scope_new(L, sizeof *ps);                     /* 4 */
   s = &ps->s;
-  if (grace != braid__scope_grace(braid__task_inner(t))) {   /* before: it may raise */
-    if (more_try(s) != 0)
-      braid_error(L, "memory", NULL, "braid.scope: not enough memory");
-    s->more->grace_ns = grace;
-    s->own_grace = 1;
-  }
+  if (grace != braid__scope_grace(braid__task_inner(t)) &&   /* before: */
+      braid__scope_grace_ready(s, grace) != 0)                  /* it raises */
+    braid_error(L, "memory", NULL, "braid.scope: not enough memory");
   braid__scope_enter(t, s, SCOPE_PLAIN);                    /* nothing fails after */
   *h = s;
   ps->handle = h;

@@ -20,7 +20,6 @@
 #include "core.h"
 
 #define TASK_MT "braid.Task"
-#define POOL_MAX 256
 
 const char *const braid__status_names[] = {
   "pending", "running", "suspended", "ok", "failed", "cancelled"
@@ -130,7 +129,7 @@ static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
                       lua_State *co) {
   if (lua_status(co) != LUA_OK) lua_resetthread(co);
   lua_settop(co, 0);
-  if (E->pool_n >= POOL_MAX || t->abandoned || t->nopool) {
+  if (E->pool_n >= BRAID_SPARES || t->abandoned || t->nopool) {
     braid__coset_remove(E, co);
     return;
   }
@@ -181,7 +180,7 @@ int braid__task_main (lua_State *L) {
 void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
   int i;
   lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
-  for (i = 1; i <= POOL_MAX; i++) {   /* taken ones leave their slot set */
+  for (i = 1; i <= BRAID_SPARES; i++) {   /* taken ones leave their slot set */
     if (i <= E->pool_n) {   /* pooled: in the task coroutines' set too */
       lua_rawgeti(S, -1, i);
       braid__coset_remove(E, lua_tothread(S, -1));
@@ -204,7 +203,7 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
     /* Its slot keeps pointing at it until another coroutine is put there
     ** (pool_put), or the pool is dropped: clearing it cost a table write
     ** per start. Meanwhile it keeps alive a coroutine its task did not
-    ** give back (abandoned, or the pool full): at most POOL_MAX, reset. */
+    ** give back (abandoned, or the pool full): at most BRAID_SPARES, reset. */
     lua_rawgeti(S, LUA_REGISTRYINDEX, E->pool_ref);
     lua_rawgeti(S, -1, E->pool_n--);
     lua_remove(S, -2);
