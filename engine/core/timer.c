@@ -16,9 +16,9 @@
 ** heap (E->run_seen), so one-off delays (sleep_until, a ticker's next tick,
 ** jittered retries) do not take the runs, while a timeout's deadline and
 ** the waits inside it, armed in turn, each get one; a timer whose delay
-** has no run goes to the heap. A run that empties frees its place. One uv_timer_t is
-** armed for the earliest timer and is stopped when there is none, so
-** timers never keep a loop alive that has nothing to wake.
+** has no run goes to the heap. A run that empties frees its place. One
+** uv_timer_t is armed for the earliest timer and is stopped when there is
+** none, so timers never keep a loop alive that has nothing to wake.
 **
 ** A timer's idx says where it is: a heap slot + 1, RUN_IDX(k) in run k,
 ** or 0. Its next/prev link it in its run, or, once due, in the late list
