@@ -31,7 +31,7 @@ if braid.run and not rawget(_G, "braid") then braid.run(main) else main() end
 print("sum " .. total)
 ]]
 
-local write = h.write
+local write = h.script
 
 describe("the arena", function()
   it("gives the runner the same results as malloc (BRAID_ARENA=0)", function()

@@ -42,7 +42,7 @@ local function start(main)
 end
 ]]
 
-local write = h.write
+local write = h.script
 
 local env = "BRAID_ARENA=1 " .. (os.getenv("BRAID_RUN_ENV") or "")
 

@@ -66,15 +66,6 @@ function helper.tmp()
   return p
 end
 
--- helper.write(src) -> the path of a new temporary file holding src.
-function helper.write(src)
-  local p = os.tmpname()
-  local f = assert(io.open(p, "w"))
-  f:write(src)
-  f:close()
-  return p
-end
-
 -- helper.slurp(path) -> the file's contents, or nil when it cannot be read.
 function helper.slurp(path)
   local f = io.open(path, "rb")

@@ -8,7 +8,7 @@ local h = require "helper"
 local BIN = assert(os.getenv("BRAID_BIN"), "BRAID_BIN is not set (run spec/run)")
 local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
 
-local script = h.write
+local script = h.script
 
 -- braid [args] script, stderr to a file (not a terminal): out, err, code
 local function run(args, text)

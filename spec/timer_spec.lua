@@ -95,7 +95,7 @@ describe("timers", function()
     end
   end))
 
-  it("a run emptied by cancels frees its place for another delay", h.virtual(function()
+  it("fire in order after cancels emptied every run, delays new and old", h.virtual(function()
     for round = 1, 3 do
       local tasks = {}
       for d = 1, 12 do   -- each delay twice: the second takes a run

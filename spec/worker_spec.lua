@@ -362,15 +362,24 @@ describe("braid.worker", function()
   -- a call whose cleanup outlasts the grace period: closing waits for it
   local STUBBORN = [[
       local braid = require "braid"
-      return {stubborn = function()
+      return {stubborn = function(started)
         local c <close> = setmetatable({}, {__close = function()
           braid.shield(braid.sleep, 60) end})
+        started:send(true)
         braid.sleep(60)
       end}]]
+  -- a stubborn call in w, running once this returns
+  local function stubborn(w)
+    local started = braid.channel(1, {shared = true})
+    local call = braid.spawn(function()
+      return pcall(w.call, w, "stubborn", started)
+    end)
+    started:recv()
+    return call
+  end
   it("makes every concurrent close wait until the thread has ended", run(function()
     local w = braid.worker(STUBBORN, {grace = 0.3})
-    local call = braid.spawn(function() return pcall(w.call, w, "stubborn") end)
-    braid.sleep(0.05)
+    local call = stubborn(w)
     local states = {}
     local closers = {}
     for i = 1, 3 do
@@ -385,8 +394,7 @@ describe("braid.worker", function()
     assert.is_false((call:await()))
     -- a cancelled close returns at once, and the next one still waits
     local w2 = braid.worker(STUBBORN, {grace = 0.3})
-    local call2 = braid.spawn(function() return pcall(w2.call, w2, "stubborn") end)
-    braid.sleep(0.05)
+    local call2 = stubborn(w2)
     braid.move_on(0.01, w2.close, w2)   -- a courtesy wait: cut short, no error
     assert.are.equal("braid.Worker (closing)", tostring(w2))
     w2:close()

@@ -367,7 +367,7 @@ struct braid_engine {
   lua_State *S;                /* scheduler's own thread, anchored */
   int S_ref;
   int pool_ref, pool_n;        /* finished coroutines kept for reuse */
-  int tasks_ref;               /* live tasks' anchors (task.c); [0]: braid.Task */
+  int tasks_ref;               /* live tasks' anchors (anchor.c); [0]: braid.Task */
   int slot_top, slot_free;     /* its highest slot; the free chain's head */
   int compact_refused;         /* slot_top when a rebuild was refused */
   int running, interrupted, virtual_clock, deadlocks;

@@ -1,5 +1,6 @@
 /*
-** fs.h: what braid.fs's files (fs.c, fs_file.c, fs_path.c) share.
+** fs.h: what braid.fs's files (fs.c, fs_file.c, fs_path.c, fs_watch.c)
+** share.
 */
 #ifndef BRAID_FS_H
 #define BRAID_FS_H

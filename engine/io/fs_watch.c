@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "core/prim.h"
+#include "io/fs.h"
 
 #define WATCH_MT "braid.Watcher"
 #define WATCH_MAX 1024
@@ -282,11 +282,7 @@ static int l_fs_watch (lua_State *L) {
   if (rc != 0) {
     free(w->path);
     free(w);
-    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.watch %s: %s", path,
-                    braid__strerror(rc));
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "path");
-    return lua_error(L);
+    return braid__fs_raise(L, "braid.fs.watch", rc, path, NULL, NULL);
   }
   w->E = E;
   w->debounce = debounce;
@@ -299,11 +295,7 @@ static int l_fs_watch (lua_State *L) {
   watch_update_ref(w);
   if ((rc = uv_fs_event_start(&w->handle, watch_cb, w->path, 0)) != 0) {
     watch_close(w);
-    braid_pusherror(L, "io", braid__errname(rc), "braid.fs.watch %s: %s", path,
-                    braid__strerror(rc));
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "path");
-    return lua_error(L);
+    return braid__fs_raise(L, "braid.fs.watch", rc, path, NULL, NULL);
   }
   return 1;
 }

@@ -269,7 +269,7 @@ void braid__http_push_error (lua_State *L, struct http_xfer *x,
   } else if (x->out_err) {
     braid_pusherror(L, "io", braid__errname(-x->out_err), "%s %s: cannot write "
                     "the output file: %s", fname, x->url,
-                    strerror(x->out_err));
+                    braid__strerror(-x->out_err));
   } else {
     braid_pusherror(L, "http", braid__http_code_name(x->result), "%s %s: %s",
                     fname, x->url, x->errbuf[0] ? x->errbuf :

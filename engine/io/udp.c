@@ -283,8 +283,7 @@ static int l_udp_send (lua_State *L) {
   if (braid__tcp_addr(host, port, &sa) != 0)
     braid_argerror(L, 3, "sock:send", "IP address expected");
   if (a.len > UDP_BUF)
-    return braid_error(L, "io", "EMSGSIZE", "sock:send: %s",
-                       braid__strerror(UV_EMSGSIZE));
+    return braid__error_uv(L, UV_EMSGSIZE, "sock:send");
   lua_settop(L, 4);
   b = uv_buf_init((char *) a.data, (unsigned) a.len);
   rc = uv_udp_try_send(&u->handle, &b, 1, (const struct sockaddr *) &sa);

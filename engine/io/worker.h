@@ -1,6 +1,7 @@
 /*
 ** worker.h: what the two sides of a worker share (io/worker.c, the
-** owner's side and the Lua API; io/worker_thread.c, the worker's thread):
+** owner's side and the Lua API; io/worker_thread.c, the worker's thread;
+** io/wsig.c, the wake-ups; io/worker_config.c, the application's say):
 ** the shared record, a call, and who may touch which field (worker.c's
 ** opening comment says it in full).
 */

@@ -1,8 +1,6 @@
 /*
-** wsig.c: the wake-up one thread gives another's loop (struct braid_wsig,
-** worker.h): an eventfd the woken side polls on its loop. A side arms it
-** under the worker's mutex after queuing and writes only when it was not
-** armed, so a burst of calls or replies costs one write and one read.
+** wsig.c: the wake-up one thread gives another's loop (struct braid_wsig;
+** worker.h says how it is armed and signalled).
 */
 #include <errno.h>
 #include <stdint.h>
