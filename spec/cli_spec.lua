@@ -334,6 +334,26 @@ describe("braid (the runner)", function()
     assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
   end)
 
+  -- timeout(1) signals the process and then its group: the two arrive
+  -- microseconds apart, usually merged by the kernel, but not when the
+  -- first was handled in between; 10 ms apart they never merge
+  it("takes a SIGINT delivered twice within a few ms as one Ctrl-C: cleanup runs", function()
+    local p = h.script([[
+      local c <close> = setmetatable({}, {__close = function()
+        braid.shield(function() braid.sleep(0.5) end)
+        print("cleanup ran")
+      end})
+      print("ready"); io.stdout:flush()
+      braid.sleep(30)
+    ]])
+    local r = interrupt(p, {again = 0.01})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.is_nil(r.stderr:find("again", 1, true), r.stderr)
+    assert.matches("cleanup ran", r.stdout, 1, true)
+  end)
+
   it("abandons a task that ignores cancellation after --grace, running its <close>", function()
     local p = h.script([[
       local t = braid.spawn(function()

@@ -15,6 +15,10 @@
 **   in front of it, sets a hook on the thread running Lua code, which may
 **   never return to the loop (hook.c). Each arrival is counted once in
 **   E->pending[] and handled by whichever comes first.
+** - A repeat of a signal within REPEAT_NS of its last arrival is the same
+**   press, not a second one: senders such as timeout(1) signal both the
+**   process and its group, and the two arrive microseconds apart; counted
+**   twice they would make the default leave at once, skipping cleanup.
 ** - One engine at a time owns the process's signals (the last attached);
 **   its handler is put back as libuv's when it detaches.
 */
@@ -23,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "core.h"
 
@@ -39,6 +44,11 @@ static const struct {
 
 static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
 static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
+static _Atomic uint64_t arrived[NSTOPS];      /* each one's last, in ns */
+
+/* 0.1 s: no hand presses Ctrl-C twice that fast; a duplicate delivery
+** comes far sooner. */
+#define REPEAT_NS 100000000u
 
 void braid__intercept_add (braid_engine_t *E, struct braid_interceptor *ic) {
   braid__list_push(&E->interceptors, &ic->link);
@@ -117,6 +127,17 @@ static void sigquit_cb (uv_signal_t *h, int signum) {
   braid__dump_signal((braid_engine_t *) h->data);
 }
 
+/* Whether signal i came within REPEAT_NS of its last arrival (and notes
+** this one). clock_gettime is async-signal-safe. */
+static int repeated (int i) {
+  struct timespec ts;
+  uint64_t now, last;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  now = (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+  last = atomic_exchange(&arrived[i], now);
+  return last != 0 && now - last < REPEAT_NS;
+}
+
 /* Ours, in front of libuv's: count the arrival, stop the running Lua code
 ** at its next instruction, then let libuv wake the loop. Only
 ** async-signal-safe work: an atomic add and lua_sethook. */
@@ -125,7 +146,7 @@ static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   int i, saved = errno;
   for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
   if (i == NSTOPS) return;
-  if (E && E->watching[i]) {
+  if (E && E->watching[i] && !repeated(i)) {
     atomic_fetch_add(&E->pending[i], 1);
     braid__hook_interrupt(E);
   }
