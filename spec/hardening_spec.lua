@@ -126,6 +126,8 @@ local function signalled(src, sigs, args)
                "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!"}
   for i, sig in ipairs(sigs) do
     cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(out, i)
+    -- a repeat within 0.1 s is taken as the same signal (interrupt.c)
+    if i > 1 then cmd[#cmd + 1] = "sleep 0.2" end
     cmd[#cmd + 1] = "kill -" .. sig .. " $pid"
   end
   cmd[#cmd + 1] = "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"

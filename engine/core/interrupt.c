@@ -15,7 +15,7 @@
 **   in front of it, sets a hook on the thread running Lua code, which may
 **   never return to the loop (hook.c). Each arrival is counted once in
 **   E->pending[] and handled by whichever comes first.
-** - A repeat of a signal within REPEAT_NS of its last arrival is the same
+** - A repeat of a signal within REPEAT_NS of its last counted one is the same
 **   press, not a second one: senders such as timeout(1) signal both the
 **   process and its group, and the two arrive microseconds apart; counted
 **   twice they would make the default leave at once, skipping cleanup.
@@ -127,15 +127,17 @@ static void sigquit_cb (uv_signal_t *h, int signum) {
   braid__dump_signal((braid_engine_t *) h->data);
 }
 
-/* Whether signal i came within REPEAT_NS of its last arrival (and notes
-** this one). clock_gettime is async-signal-safe. */
+/* Whether signal i came within REPEAT_NS of its last counted arrival
+** (else it counts, from now). clock_gettime is async-signal-safe; the
+** exchange keeps two threads that take the signal at once apart. */
 static int repeated (int i) {
   struct timespec ts;
   uint64_t now, last;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   now = (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-  last = atomic_exchange(&arrived[i], now);
-  return last != 0 && now - last < REPEAT_NS;
+  last = atomic_load(&arrived[i]);
+  if (last != 0 && now - last < REPEAT_NS) return 1;
+  return !atomic_compare_exchange_strong(&arrived[i], &last, now);
 }
 
 /* Ours, in front of libuv's: count the arrival, stop the running Lua code
