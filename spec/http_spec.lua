@@ -220,6 +220,27 @@ describe("braid.http.request", function()
     assert.are.equal("a b\tc", r.headers[name:lower()])
   end))
 
+  -- a NUL cut the URL short (another URL was fetched); a line break came
+  -- back raw in libcurl's message
+  it("refuses a URL with a control character or NUL, quoting it", h.run(function()
+    local function usage(f, ...)
+      local ok, e = pcall(f, ...)
+      assert.is_false(ok, "fetched: " .. tostring(ok and e.status))
+      assert.are.equal("usage", e.kind)
+      assert.is_nil(e.message:find("[\r\n%z]"), e.message)
+      return e.message
+    end
+    assert.matches('braid.http.get: URL "' .. URL .. '/echo\\0x" has a control character or NUL at byte ' ..
+                   #URL + 6, usage(braid.http.get, URL .. "/echo\0x"), 1, true)
+    assert.matches('braid.http.request: URL "http://a\\r\\nHost: b/" has a control',
+                   usage(braid.http.request, {url = "http://a\r\nHost: b/"}), 1, true)
+    assert.matches('braid.http.open: URL "http://a/\\9" has a control',
+                   usage(braid.http.open, {url = "http://a/\t"}), 1, true)
+    assert.matches('URL "http://a/\\127"', usage(braid.http.get, "http://a/\127"), 1, true)
+    -- a space, and bytes over 127, are libcurl's to judge
+    assert.are.equal(200, braid.http.get(URL .. "/echo?a=\xc3\xa9").status)
+  end))
+
   it("times out mid-body with OPERATION_TIMEDOUT, closing the connection", h.run(function()
     local t0 = braid.now()
     local ok, e = pcall(braid.http.get, URL .. "/stall", {timeout = 0.3})

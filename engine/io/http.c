@@ -238,7 +238,7 @@ static struct http_xfer *xfer_new (lua_State *L, braid_engine_t *E,
   struct http_xfer *x;
   if (url_only && lua_type(L, 1) == LUA_TSTRING) {
     lua_settop(L, 2);
-    x = xfer_alloc(L, E, lua_tostring(L, 1), stream, fname);
+    x = xfer_alloc(L, E, braid__http_url(L, 1, fname), stream, fname);
     braid__http_easy_common(x, 10, 0, 0);
     return x;
   }

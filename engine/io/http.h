@@ -67,6 +67,9 @@ void braid__http_easy_common(struct http_xfer *x, long redirects,
 ** (anchored by the table); then applies every option to x (made from
 ** that url, its response object at 3), leaving the stack at 3. */
 const char *braid__http_opts_url(lua_State *L, const char *fname);
+/* The string at idx, refused (a usage error) with a control character or
+** a NUL in it. */
+const char *braid__http_url(lua_State *L, int idx, const char *fname);
 void braid__http_opts_apply(lua_State *L, struct http_xfer *x,
                             const char *fname);
 

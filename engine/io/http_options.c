@@ -287,6 +287,28 @@ static void set_version (lua_State *L, struct http_xfer *x,
                    "\"2\" or \"3\" expected)", fname);
 }
 
+/* A URL with a control character or a NUL is refused here: libcurl would
+** refuse it with a message that prints it raw (line breaks and all), and
+** a NUL would cut the copy short, fetching another URL than the script's. */
+static const char *check_url (lua_State *L, const char *url, size_t len,
+                              const char *fname) {
+  size_t i;
+  for (i = 0; i < len; i++)
+    if ((unsigned char) url[i] < 0x20 || url[i] == 0x7f) {
+      push_quoted(L, url, len);
+      braid_usageerror(L, "%s: URL %s has a control character or NUL at "
+                       "byte %d (percent-encode it)", fname,
+                       lua_tostring(L, -1), (int) i + 1);
+    }
+  return url;
+}
+
+const char *braid__http_url (lua_State *L, int idx, const char *fname) {
+  size_t len;
+  const char *url = lua_tolstring(L, idx, &len);
+  return check_url(L, url, len, fname);
+}
+
 const char *braid__http_opts_url (lua_State *L, const char *fname) {
   const char *url;
   braid__check_type(L, 1, LUA_TTABLE, fname);
@@ -294,7 +316,7 @@ const char *braid__http_opts_url (lua_State *L, const char *fname) {
   if ((url = opt_string(L, "url", fname)) == NULL)
     braid_usageerror(L, "bad option 'url' to '%s' (string expected, got "
                      "nil)", fname);
-  return url;   /* opts anchors it during the call */
+  return check_url(L, url, strlen(url), fname);   /* opts anchors it */
 }
 
 void braid__http_opts_apply (lua_State *L, struct http_xfer *x,
