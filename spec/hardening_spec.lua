@@ -100,6 +100,7 @@ describe("issue 13.15: the runner under a low address-space limit", function()
     for i = 1, 2e5 do f[i] = function() braid.sleep(0.001) return {i} end end
     braid.gather(table.unpack(f))
   ]])
+  teardown(function() os.remove(spawn_many) os.remove(gather_many) end)
   for _, kb in ipairs({60000, 80000, 100000, 120000}) do
     it("fails the script with a memory error, never 'fatal error in the scheduler' (ulimit -v " .. kb .. ")", function()
       if asan then pending("not under AddressSanitizer") return end

@@ -105,7 +105,7 @@ end
 
 -- helper.script(src) -> path of a temporary script holding src.
 function helper.script(src)
-  local p = os.tmpname() .. ".lua"
+  local p = helper.tmp() .. ".lua"   -- tmpname's own file is not left behind
   local f = assert(io.open(p, "wb"))
   f:write(src)
   f:close()

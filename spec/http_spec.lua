@@ -173,7 +173,7 @@ describe("braid.http.request", function()
   -- wrote /tmp/x; method "GET\0X" went as GET), and a method with a control
   -- character went onto the request line
   it("refuses string options with a zero byte, and a method that is not a token", h.run(function()
-    for _, opts in ipairs{{output = os.tmpname() .. "\0y"}, {method = "GET\0X"},
+    for _, opts in ipairs{{output = h.tmp() .. "\0y"}, {method = "GET\0X"},
                           {method = "GE\vT"}, {method = "GET /x HTTP/1.1\r\nX:"},
                           {ca_file = "/etc/ssl\0x"}} do
       opts.url = URL .. "/echo"

@@ -82,6 +82,7 @@ describe("tostring", function()
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir " .. dir))
+    finally(function() os.execute("rm -rf " .. dir) end)   -- failed or not
     local seen, kept = {}, {}
     local function check(what, v, pat, when)
       local ok, s = pcall(tostring, v)
@@ -103,7 +104,6 @@ describe("tostring", function()
     end)
     -- after the run: what it made is closed, and says so
     for _, k in ipairs(kept) do check(k[1], k[2], k[3], "after the run") end
-    os.execute("rm -rf " .. dir)
     assert.are.equal(24, #kept)
   end)
 end)

@@ -462,7 +462,8 @@ static int l_file_seek (lua_State *L) {
   else if (w == 1) base = f->pos - (int64_t) f->len;
   else {
     off_t end = lseek(f->fd, 0, SEEK_END);   /* the size, without I/O */
-    if (end < 0) return file_raise(L, UV_EINVAL, "file:seek");
+    if (end < 0)
+      return file_raise(L, uv_translate_sys_error(errno), "file:seek");
     base = (int64_t) end;
   }
   /* base is at least 0: only a positive offset can overflow */
