@@ -206,4 +206,27 @@ describe("deadlock detection", function()
     assert.matches("waiter", e.message)
     assert.matches("waits on await", e.message)
   end)
+
+  -- a never-firing timer kept the loop alive: a silent hang on the real
+  -- clock (the virtual clock already reported these)
+  it("counts a deadline or sleep of math.huge as nothing that can wake a task", function()
+    local function deadlock(body)
+      local ok, e = pcall(braid.run, body)
+      assert.is_false(ok, "no deadlock reported")
+      assert.are.equal("deadlock", e.kind, tostring(e))
+      return e.message
+    end
+    assert.matches("waits on event wait", deadlock(function()
+      braid.timeout(math.huge, function() braid.event():wait() end)
+    end))
+    assert.matches("waits on sleep", deadlock(function() braid.sleep(math.huge) end))
+    assert.matches("waits on sleep", deadlock(function()
+      braid.move_on(1e300, braid.sleep, 1e300)
+    end))
+    -- a real timer still wakes it, and a "never" among others is harmless
+    assert.are.equal(7, braid.run(function()
+      braid.spawn(function() braid.sleep(math.huge) end):cancel()
+      return braid.timeout(math.huge, function() braid.sleep(0.01) return 7 end)
+    end))
+  end)
 end)

@@ -140,11 +140,13 @@ static struct braid_timer *timer_first (braid_engine_t *E) {
 
 static void timer_cb (uv_timer_t *h);
 
-/* Keep the uv_timer_t armed for the earliest timer. */
+/* Keep the uv_timer_t armed for the earliest timer. One due never (math.huge,
+** ~570 years) is not armed, so that it keeps no loop alive: a task waiting
+** on one alone is a deadlock, reported, as on the virtual clock. */
 static void timer_rearm (braid_engine_t *E) {
   struct braid_timer *first = timer_first(E);
   uint64_t now, ms;
-  if (first == NULL || E->virtual_clock) {
+  if (first == NULL || E->virtual_clock || first->due >= BRAID_NEVER) {
     if (E->armed_due) uv_timer_stop(&E->timer);
     E->armed_due = 0;
     return;
