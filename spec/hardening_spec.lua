@@ -213,6 +213,32 @@ describe("issue 13.6: a task that never suspends is stopped when its grace perio
   end)
 end)
 
+describe("a shield does not lift the bound on cleanup", function()
+  -- the grace watch looked at the innermost scope only, which a shield
+  -- keeps uncancelled: one signal never ended these (killed after 30 s)
+  it("stops the main task spinning inside braid.shield after --grace (SIGINT)", function()
+    local _, err, code = signalled([[
+      print("ready") io.stdout:flush()
+      braid.shield(function() while true do end end)
+    ]], {"INT"}, "--grace 0.5")
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("abandoned: still running Lua code 0.5 s", 1, true), err)
+    assert.is_nil(err:find("spawned at ?", 1, true), err)
+  end)
+
+  it("stops a child spinning inside braid.shield after --grace (SIGTERM)", function()
+    local _, err, code = signalled([[
+      braid.spawn(function()
+        print("ready") io.stdout:flush()
+        braid.shield(function() while true do end end)
+      end)
+      braid.sleep(100)
+    ]], {"TERM"}, "--grace 0.5")
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("abandoned: still running Lua code 0.5 s", 1, true), err)
+  end)
+end)
+
 describe("issue 13.13: SIGTERM and SIGHUP clean up like Ctrl-C", function()
   for _, case in ipairs({{"TERM", 143, "terminated"}, {"HUP", 129, "hung up"}}) do
     it("stops the script's children and exits " .. case[2] .. " on SIG" .. case[1] .. " (children kept running)", function()

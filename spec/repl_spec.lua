@@ -143,6 +143,32 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
   end)
 
+  -- the second Ctrl-C reached the entry from the interrupt hook, inside
+  -- its own coroutine, and reset that coroutine from under itself (SIGSEGV)
+  for _, entry in ipairs({"while true do pcall(braid.sleep, 10) end",
+                          "braid.shield(function() while true do end end)",
+                          "braid.gather(function() braid.shield(function() while true do end end) end)"}) do
+    it("abandons an entry running Lua code on a second Ctrl-C: " .. entry, function()
+      local out, ok = repl {
+        {"expect", PROMPT},
+        {"send", entry .. "\\r"},
+        {"expect", "end\\)?\\r\\n"},
+        {"quiet", "0.3"},
+        {"send", "\\x03"},
+        {"expect", "\\^C\\r\\n"},
+        {"quiet", "0.3"},
+        {"send", "\\x03"},
+        {"expect", "abandoned: Ctrl-C again.*interrupted.*> $", 5},
+        {"send", "1+2\\r"},
+        {"expect", "\\r\\n3\\r\\n> $"},
+        {"send", "\\x04"},
+        {"exit", 10},
+      }
+      assert.is_true(ok, out)
+      assert.is_nil(out:find("spawned at ?", 1, true), out)
+    end)
+  end
+
   it("clears the line on Ctrl-C at the prompt", function()
     local out, ok = repl {
       {"expect", PROMPT},

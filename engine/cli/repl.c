@@ -255,7 +255,7 @@ static int l_repl_show (lua_State *L) {
 static int entry_cancel_p (lua_State *L) {
   braid_task_t *t = (braid_task_t *) lua_touserdata(L, 1);
   if (braid__task_cancelled(t)) {   /* a second Ctrl-C: stop waiting */
-    braid__task_abandon(t);
+    braid__task_abandon_as(t, "Ctrl-C again while it was cleaning up");
     return 0;
   }
   lua_pushliteral(L, "interrupt");

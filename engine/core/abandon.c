@@ -16,15 +16,14 @@ void braid__task_cancel (struct braid_task *t, lua_State *L, int reason) {
 
 /* braid__scope_each_task's callback that abandons each member. */
 void braid__abandon_each (struct braid_task *t, void *ud) {
-  (void) ud;
-  braid__task_abandon(t);
+  braid__task_abandon_as(t, (const char *) ud);
 }
 
 /* Abandons the scopes t owns, innermost first, and every task below them. */
-static void abandon_below (struct braid_task *t) {
+static void abandon_below (struct braid_task *t, const char *why) {
   struct braid_scope *s;
   for (s = braid__task_inner(t); ; s = s->outer) {
-    braid__scope_each_task(s, braid__abandon_each, NULL);
+    braid__scope_each_task(s, braid__abandon_each, (void *) why);
     if (s == &t->scope) break;
   }
   while (braid__task_inner(t) != &t->scope) {
@@ -87,15 +86,58 @@ static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
   lua_settop(S, tbl - 1);
 }
 
+static void abandon_report (lua_State *L, struct braid_task *t,
+                            const char *why) {
+  if (t->E->closing) return;   /* braid_close abandons by design */
+  if (why)
+    fprintf(stderr, "braid: task %u (%s%s) abandoned: %s\n", t->id,
+            braid__task_name(L, t, 0), braid__task_where(L, t), why);
+  else
+    fprintf(stderr, "braid: task %u (%s%s) abandoned: still running %g s "
+            "after it was cancelled\n", t->id, braid__task_name(L, t, 0),
+            braid__task_where(L, t),
+            (double) braid__scope_grace(t->scope.outer) / 1e9);
+  lua_pop(L, 1);
+}
+
+/* The task whose scope s is a member of (NULL for the top's). */
+static struct braid_task *parent_of (struct braid_task *t) {
+  return t->scope.outer ? t->scope.outer->task : NULL;
+}
+
+/* Whether the running task is t or one of its members, at any depth: its
+** Lua code is then on the C stack, below the caller. */
+static int running_within (braid_engine_t *E, struct braid_task *t) {
+  struct braid_task *x = E->current;
+  while (x && x != t) x = parent_of(x);
+  return x != NULL;
+}
+
+void braid__task_abandon (struct braid_task *t) {
+  braid__task_abandon_as(t, NULL);
+}
+
 /* Ends a task that did not finish within its grace period: its operation
 ** is undone, its to-be-closed variables run (lua_resetthread), and it ends
-** cancelled. Runs in scheduler context. */
-void braid__task_abandon (struct braid_task *t) {
+** cancelled. Runs in scheduler context, or (see prim.h) makes the tasks
+** from the running one up to t only unwind. */
+void braid__task_abandon_as (struct braid_task *t, const char *why) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_task *prev = E->current;
   if (TASK_DONE(t)) return;
-  abandon_below(t);
+  if (running_within(E, t)) {
+    struct braid_task *x;
+    if (!t->abandoned) abandon_report(S, t, why);
+    for (x = E->current; ; x = parent_of(x)) {
+      x->abandoned = 1;   /* braid calls refuse to wait from now on */
+      x->stop = STOP_GRACE;
+      if (x == t) break;
+    }
+    braid__hook_stop(E);
+    return;
+  }
+  abandon_below(t, why);
   if (TASK_DONE(t)) return;   /* it was only waiting for those members */
   if (E->trace) braid__trace_abandon(t);
   if (t->waiting && t->w->cancel) t->w->cancel(t->w);
@@ -115,13 +157,7 @@ void braid__task_abandon (struct braid_task *t) {
     braid__coset_remove(E, t->co);
     t->co = NULL;   /* not pooled: see pool_put */
   }
-  if (!E->closing) {   /* braid_close abandons by design: no report */
-    fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
-            "running %g s after it was cancelled\n", t->id,
-            braid__task_name(S, t, 0), braid__task_site(S, t, 0),
-            (double) braid__scope_grace(t->scope.outer) / 1e9);
-    lua_pop(S, 1);
-  }
+  abandon_report(S, t, why);
   /* Whatever cancelled it before, it ends abandoned: a reason given then,
   ** and the cancellation error made with it, give way. */
   if (t->scope.more) {

@@ -318,7 +318,7 @@ void braid__open_coroutine(lua_State *L);
 int braid__call_wrapped(lua_State *L, int nargs);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
 void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
-void braid__abandon_each(struct braid_task *t, void *ud);
+void braid__abandon_each(struct braid_task *t, void *ud);   /* ud: why */
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
@@ -338,6 +338,7 @@ void braid__task_drain(braid_engine_t *E);
 void braid__task_kick(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
 const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
+const char *braid__task_where(lua_State *L, struct braid_task *t);
 
 /* ---- errors ---- */
 
@@ -480,6 +481,7 @@ void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
 void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
+void braid__hook_stop(braid_engine_t *E);
 void braid__hook_interrupt(braid_engine_t *E);
 /* E->running_co changes: to co, which starts running (enter), or away
 ** from the one that stops (leave: to the one resumed again, or NULL); a

@@ -59,12 +59,13 @@ static void dump_scope (lua_State *L, luaL_Buffer *b, struct braid_scope *s,
 static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
                        int depth) {
   braid_engine_t *E = t->E;
-  const char *site = braid__task_site(L, t, 0);
+  const char *where = braid__task_where(L, t);
   int i;
   lua_insert(L, -2);   /* the buffer's slot must stay at the top */
   for (i = 0; i < depth; i++) luaL_addstring(b, "  ");
-  lua_pushfstring(L, "task %d \"%s\" %s, spawned at %s", (int) t->id,
-                  braid__task_name(L, t, 0), braid__status_names[t->status], site);
+  lua_pushfstring(L, "task %d \"%s\" %s%s", (int) t->id,
+                  braid__task_name(L, t, 0), braid__status_names[t->status],
+                  where);
   luaL_addvalue(b);
   lua_remove(L, -2);
   if (t->scope.cancelled) luaL_addstring(b, ", cancelled");

@@ -57,15 +57,23 @@ static void stop_hook (lua_State *L, lua_Debug *ar) {
 /* The task has run too long: from now on it only unwinds. */
 static void task_stop (lua_State *L, struct braid_task *t, int why) {
   if (why == STOP_GRACE && !t->E->closing) {
-    fprintf(stderr, "braid: task %u (%s, spawned at %s) abandoned: still "
-            "running Lua code %g s after it was cancelled\n", t->id,
-            braid__task_name(L, t, 0), braid__task_site(L, t, 0),
+    fprintf(stderr, "braid: task %u (%s%s) abandoned: still running Lua "
+            "code %g s after it was cancelled\n", t->id,
+            braid__task_name(L, t, 0), braid__task_where(L, t),
             (double) braid__scope_grace(&t->scope) / 1e9);
     lua_pop(L, 1);
     t->abandoned = 1;   /* braid calls refuse to wait from now on */
   }
   t->stop = (unsigned char) why;
   stop_hook(L, NULL);
+}
+
+/* The running task, abandoned while its Lua code is on the C stack
+** (abandon.c): it cannot be reset from under itself, so from its next
+** instruction it only unwinds, as when its grace period has passed. */
+void braid__hook_stop (braid_engine_t *E) {
+  if (E->running_co) lua_sethook(E->running_co, stop_hook, LUA_MASKCOUNT, 1);
+  if (E->current->co) lua_sethook(E->current->co, stop_hook, LUA_MASKCOUNT, 1);
 }
 
 /* Arms L (the task's thread, or a coroutine running inside the task) with
@@ -91,7 +99,10 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
       return;
     }
   }
-  if (braid__task_inner(t)->cancelled) {   /* the grace period is watched */
+  /* The grace period is watched once the task is cancelled, also while
+  ** it runs inside a shield (its innermost scope is not cancelled then): a
+  ** shield defers a cancellation, it does not lift the bound on cleanup. */
+  if (t->scope.cancelled || braid__task_inner(t)->cancelled) {
     if (TASK_STARTED(t)->grace_end == 0)
       TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
     if (window == 0 || window > WATCH_WINDOW) window = WATCH_WINDOW;

@@ -257,8 +257,13 @@ int braid__task_cancelled(braid_task_t *t);
 
 /* Ends a cancelled task now: its to-be-closed variables run, it ends
 ** "cancelled" without waiting for the rest of its grace period. Runs in
-** scheduler context (braid__engine_call). */
+** scheduler context (braid__engine_call). When the running task is t or
+** one of its members (an interceptor run by the interrupt hook), that
+** one cannot be reset from under itself: t and the tasks between them
+** only unwind from their next instruction on. The report on stderr says
+** `why` (NULL: the grace period has passed). */
 void braid__task_abandon(braid_task_t *t);
+void braid__task_abandon_as(braid_task_t *t, const char *why);
 
 /* ---- Ctrl-C ---- */
 

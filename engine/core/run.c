@@ -16,11 +16,9 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
     struct braid_scope *sub = container_of(n, struct braid_scope, link);
     if (sub->kind == SCOPE_TASK) {
       struct braid_task *t = sub->task;
-      const char *site = braid__task_site(L, t, 0);
-      int shown = strcmp(site, "?") != 0;   /* unknown: left out */
-      lua_pushfstring(L, "\n  task %d (%s%s%s) waits on %s",
-                      (int) t->id, braid__task_name(L, t, 0),
-                      shown ? ", spawned at " : "", shown ? site : "",
+      const char *where = braid__task_where(L, t);
+      lua_pushfstring(L, "\n  task %d (%s%s) waits on %s",
+                      (int) t->id, braid__task_name(L, t, 0), where,
                       t->waiting ? t->w->what : "nothing");
       lua_remove(L, -2);
       luaL_addvalue(b);

@@ -74,6 +74,17 @@ const char *braid__task_site (lua_State *L, struct braid_task *t, int idx) {
   return lua_tostring(L, -1);
 }
 
+/* Pushes ", spawned at file:line", or "" for a spawn braid cannot place
+** (the runner's main task, a REPL entry): reports leave it out rather
+** than print "?". [-0, +1, m] */
+const char *braid__task_where (lua_State *L, struct braid_task *t) {
+  const char *site = braid__task_site(L, t, 0);
+  if (strcmp(site, "?") == 0) lua_pushliteral(L, "");
+  else lua_pushfstring(L, ", spawned at %s", site);
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
 /* Creates a task that will run the callable at fidx with the nargs values
 ** after it, as a member of `into`; leaves the task object on the stack.
 ** [-0, +1, m] */
