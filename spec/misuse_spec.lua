@@ -160,3 +160,35 @@ print(err.message)
     assert.not_matches("%[braid%]", o)
   end)
 end)
+
+describe("braid.stdin's line limit", function()
+  -- it named "the max_line option of braid.stdin", which does not exist
+  it("points to read(n), not to an option braid.stdin does not have", function()
+    local p = h.script([[
+      print(select(2, pcall(braid.stdin.read_line, braid.stdin)).message)
+      print(#braid.stdin:read("a"))
+    ]])
+    local o, e = h.sh(RUN_ENV .. " head -c 2000000 /dev/zero | tr '\\0' x | timeout 60 " ..
+                      q(BIN) .. " " .. q(p))
+    os.remove(p)
+    assert(o:match("^stdin:read_line: line longer than 1048576 bytes %(the bytes stay: read%(n%) takes them%)\n"), o .. e)
+    assert.is_nil(o:find("option", 1, true), o)
+    assert(o:match("\n2000000\n$"), o .. e)
+  end)
+end)
+
+describe("braid.http's body_file", function()
+  -- a directory opened, and its read failed inside libcurl: kind "http",
+  -- "operation aborted by callback"
+  it("raises kind io, EISDIR, for a directory, before any request", h.run(function()
+    local dir = h.tmp()
+    assert(os.execute("mkdir " .. q(dir)))
+    local ok, e = pcall(braid.http.request, {url = "http://127.0.0.1:1/", method = "PUT",
+                                             body_file = dir})
+    os.remove(dir)
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind, tostring(e))
+    assert.are.equal("EISDIR", e.code)
+    assert.matches("braid.http.request: cannot open body_file '" .. dir .. "'", e.message, 1, true)
+  end))
+end)

@@ -192,10 +192,15 @@ static FILE *opt_file (lua_State *L, const char *key, const char *mode,
                        const char *fname) {
   const char *path = opt_string(L, key, fname);
   FILE *f;
+  struct stat st;
   if (path == NULL) return NULL;
   opt_check_fs(L, key, fname);
-  if ((f = fopen(path, mode)) == NULL) {
-    int e = errno;
+  /* fopen opens a directory for reading: its read would fail later, inside
+  ** libcurl, as an "http" error ("aborted by callback") */
+  if ((f = fopen(path, mode)) == NULL ||
+      (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode))) {
+    int e = f ? EISDIR : errno;
+    if (f) fclose(f);
     braid_pusherror(L, "io", braid__errname(-e), "%s: cannot open %s '%s': %s",
                     fname, key, path, strerror(e));
     lua_pushstring(L, path);

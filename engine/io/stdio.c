@@ -275,7 +275,6 @@ static void std_push (lua_State *L, int fd) {
   ss->flags = flags;
   uv_pipe_init(braid_loop(E), &ss->s.h.pipe, 0);
   braid__stream_init(&ss->s, E, &std_hooks, std_names[fd]);
-  ss->s.limit_opt = "braid.stdin";   /* none: BRAID_MAX_LINE */
   ss->owned = 1;
   *box = ss;
   braid__list_init(&ss->hook.link);

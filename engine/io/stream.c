@@ -259,10 +259,15 @@ static void stream_consume (lua_State *L, struct braid_stream *s, size_t n,
 
 static int line_error (lua_State *L, struct braid_stream *s,
                        const char *fname) {
-  braid__push_limit_error(L, s->max_line, "max_line", "%s: line longer than "
-                          "%I bytes (the max_line option of %s raises the "
-                          "limit)", fname, (lua_Integer) s->max_line,
-                          s->limit_opt);
+  if (s->limit_opt[0] == '\0')   /* braid.stdin: no option sets it */
+    braid__push_limit_error(L, s->max_line, "max_line", "%s: line longer "
+                            "than %I bytes (the bytes stay: read(n) takes "
+                            "them)", fname, (lua_Integer) s->max_line);
+  else
+    braid__push_limit_error(L, s->max_line, "max_line", "%s: line longer "
+                            "than %I bytes (the max_line option of %s "
+                            "raises the limit)", fname,
+                            (lua_Integer) s->max_line, s->limit_opt);
   return lua_error(L);
 }
 
