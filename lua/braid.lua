@@ -174,6 +174,8 @@ end
 if rawget(M, "fs") then
   local fs <const> = M.fs
   local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
+  local remove_tree = fs._remove_tree   -- fs_tree.c: never leaves the tree
+  fs._remove_tree = nil
 
   local function io_code(e, ...)
     if not (M.is_error(e) and e.kind == "io") then return false end
@@ -249,36 +251,14 @@ if rawget(M, "fs") then
     rethrow(e)
   end
 
-  -- Removes a tree, depth first. Only what is in the tree goes: every
-  -- entry is looked at with lstat (stat) before anything is done to it, a
-  -- link is removed as a link and never entered, the names come from the
-  -- directory's listing (never "." or ".."), and a directory is checked
-  -- again after it was listed, so one replaced by a link in that window
-  -- is refused (ELOOP, as open with O_NOFOLLOW says) rather than entered.
-  local function remove_tree(path, kind)
-    if (kind or stat(path).type) == "directory" then
-      local names = list(path)
-      if stat(path).type ~= "directory" then
-        error(Error.new{kind = "io", code = "ELOOP", path = path, message =
-          "braid.fs.remove " .. path .. ": the directory was replaced while "
-          .. "it was being removed; not followed"}, 0)
-      end
-      for _, name in ipairs(names) do
-        if name ~= "." and name ~= ".." and not name:find("/", 1, true) then
-          remove_tree(path .. "/" .. name)
-        end
-      end
-    end
-    remove(path)
-  end
-
   -- fs.remove(path, [opts]): a file, a link or an empty directory;
   -- opts.recursive removes a directory with everything in it (links are
   -- removed, not followed). Like rm, it refuses a path whose last part is
   -- "." or ".." (the tree would be the parent's or the caller's own
   -- directory, reached through whatever links the path holds); with
   -- recursive also "" and "/" (also spelt "//", or a path whose real path
-  -- is "/"), and "link/" (the directory behind a link).
+  -- is "/"), and "link/" (the directory behind a link). The walk is C's
+  -- (fs_tree.c), which never leaves the tree.
   function fs.remove(path, opts)
     opts = check_opts("braid.fs.remove", opts, {recursive = true})
     if type(path) == "string" then
@@ -289,20 +269,18 @@ if rawget(M, "fs") then
     end
     if not opts.recursive then return remove(path) end
     check_path("braid.fs.remove", path)
+    local there = path ~= "" and as("braid.fs.remove", exists, path)
     if path == "" or path:find("^/+$") or
-       (fs.exists(path) and fs.realpath(path) == "/") then
+       (there and select(2, pcall(fs.realpath, path)) == "/") then
       usage("braid.fs.remove: refusing to remove %q recursively", path)
     end
     local root = path:gsub("(.)/+$", "%1")
-    local ok, st = pcall(stat, root)
-    if not ok then return remove(path) end   -- its error, in its name
-    local kind = st.type
-    if kind == "link" and root ~= path then
+    if root ~= path and there and stat(root).type == "link" then
       usage("braid.fs.remove: refusing to remove the directory behind the "
             .. "link %q recursively (without the '/', the link is removed)",
             path)
     end
-    return remove_tree(root, kind)
+    return remove_tree(root)
   end
 
   -- fs.walk(dir, [opts]) -> iterator of path, type: every entry under dir,

@@ -131,4 +131,39 @@ describe("braid.fs.remove", function()
     fs.remove(v .. "/", {recursive = true})      -- a directory's own '/'
     assert.is_false(fs.exists(v))
   end))
+
+  it("removes a deep and wide tree, and names what it could not remove",
+     sandboxed(function(sb)
+    local v = victim(sb)
+    local p = sb .. "/deep"
+    for i = 1, 100 do
+      p = p .. "/" .. i
+    end
+    fs.mkdir(p, {parents = true})
+    for i = 1, 300 do fs.write_file(sb .. "/deep/1/f" .. i, "") end
+    fs.write_file(p .. "/last", "")
+    fs.remove(sb .. "/deep", {recursive = true})
+    assert.is_false(fs.exists(sb .. "/deep"))
+    local ok, e = pcall(fs.remove, sb .. "/none", {recursive = true})
+    assert.are.same({"io", "ENOENT", sb .. "/none"}, {e.kind, e.code, e.path})
+    assert.matches("^braid%.fs%.remove ", e.message)
+    intact(v)
+  end))
+
+  it("is cancelled at once, leaving nothing running", sandboxed(function(sb)
+    local v = victim(sb)
+    fs.mkdir(sb .. "/t")
+    for i = 1, 200 do
+      fs.mkdir(sb .. "/t/" .. i)
+      fs.write_file(sb .. "/t/" .. i .. "/f", "")
+    end
+    local t = braid.spawn(function() fs.remove(sb .. "/t", {recursive = true}) end)
+    braid.sleep(0)
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_true(ok or braid.is_cancelled(e), tostring(e))
+    fs.remove(sb .. "/t", {recursive = true})   -- what is left, if anything
+    assert.is_false(fs.exists(sb .. "/t"))
+    intact(v)
+  end))
 end)
