@@ -37,6 +37,17 @@ local function usage(fmt, ...)
   raise_usage(fmt:format(...))
 end
 
+-- Raises e again, caught by a pcall of braid's own around braid's own code
+-- (no script function inside). The search for the script's line stops at
+-- that pcall, so a usage error from inside has no position: it is raised
+-- again here, at the script's line. Anything else passes unchanged.
+local function rethrow(e)
+  if M.is_error(e) and e.kind == "usage" then
+    usage("%s", (e.message:gsub("^%[braid%]:%d+: ", "")))
+  end
+  error(e, 0)
+end
+
 -- braid.move_on(seconds, fn, ...) -> true, results... | false: fn(...)
 -- under a deadline, as braid.timeout, except that the deadline passing is
 -- an answer, not an error: false when it cut fn short. Errors of fn (a
@@ -163,6 +174,8 @@ end
 if rawget(M, "fs") then
   local fs <const> = M.fs
   local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
+  local remove_tree = fs._remove_tree   -- fs_tree.c: never leaves the tree
+  fs._remove_tree = nil
 
   local function io_code(e, ...)
     if not (M.is_error(e) and e.kind == "io") then return false end
@@ -172,17 +185,16 @@ if rawget(M, "fs") then
 
   -- fn(...) for the Lua-side function fname: a usage error that a C call
   -- inside raises in its own name (outside a task, cannot suspend here, a
-  -- bad argument handed on) is said in fname's name, without braid's own
-  -- position. Everything else passes unchanged.
+  -- bad argument handed on) is said in fname's name, at the script's line
+  -- (rethrow). Everything else passes unchanged.
   local function as(fname, fn, ...)
     local r = pack(pcall(fn, ...))
     if r[1] then return unpack(r, 2, r.n) end
     local e = r[2]
     if M.is_error(e) and e.kind == "usage" then
-      usage("%s", (e.message:gsub("^%[braid%]:%d+: ", "")
-                            :gsub("braid%.fs%.[%w_]+", fname, 1)))
+      e.message = e.message:gsub("braid%.fs%.[%w_]+", fname, 1)
     end
-    error(e, 0)
+    rethrow(e)
   end
 
   local function check_opts(fname, opts, allowed)
@@ -228,38 +240,47 @@ if rawget(M, "fs") then
     local ok, e = pcall(mkdir, path, opts.mode)
     if ok then return end
     if io_code(e, "EEXIST") and stat(path).type == "directory" then return end
-    if not io_code(e, "ENOENT") then error(e, 0) end
+    if not io_code(e, "ENOENT") then rethrow(e) end
     local parent = path:match("^(.*[^/])/+[^/]+/*$")
-    if not parent then error(e, 0) end
+    if not parent then rethrow(e) end
     fs.mkdir(parent, {parents = true, mode = opts.mode})
     ok, e = pcall(mkdir, path, opts.mode)
     if ok or (io_code(e, "EEXIST") and stat(path).type == "directory") then
       return
     end
-    error(e, 0)
-  end
-
-  -- Removes a tree, depth first; links are removed, never followed.
-  local function remove_tree(path)
-    if stat(path).type == "directory" then
-      for _, name in ipairs(list(path)) do remove_tree(path .. "/" .. name) end
-    end
-    remove(path)
+    rethrow(e)
   end
 
   -- fs.remove(path, [opts]): a file, a link or an empty directory;
   -- opts.recursive removes a directory with everything in it (links are
-  -- removed, not followed). It refuses "" and "/" (also spelt "//", or a
-  -- path whose real path is "/").
+  -- removed, not followed). Like rm, it refuses a path whose last part is
+  -- "." or ".." (the tree would be the parent's or the caller's own
+  -- directory, reached through whatever links the path holds); with
+  -- recursive also "" and "/" (also spelt "//", or a path whose real path
+  -- is "/"), and "link/" (the directory behind a link). The walk is C's
+  -- (fs_tree.c), which never leaves the tree.
   function fs.remove(path, opts)
     opts = check_opts("braid.fs.remove", opts, {recursive = true})
+    if type(path) == "string" then
+      local last = path:gsub("/+$", ""):match("[^/]*$")
+      if last == "." or last == ".." then
+        usage("braid.fs.remove: refusing to remove '.' or '..' (got %q)", path)
+      end
+    end
     if not opts.recursive then return remove(path) end
     check_path("braid.fs.remove", path)
+    local there = path ~= "" and as("braid.fs.remove", exists, path)
     if path == "" or path:find("^/+$") or
-       (fs.exists(path) and fs.realpath(path) == "/") then
+       (there and select(2, pcall(fs.realpath, path)) == "/") then
       usage("braid.fs.remove: refusing to remove %q recursively", path)
     end
-    return remove_tree(path)
+    local root = path:gsub("(.)/+$", "%1")
+    if root ~= path and there and stat(root).type == "link" then
+      usage("braid.fs.remove: refusing to remove the directory behind the "
+            .. "link %q recursively (without the '/', the link is removed)",
+            path)
+    end
+    return remove_tree(root)
   end
 
   -- fs.walk(dir, [opts]) -> iterator of path, type: every entry under dir,
@@ -361,11 +382,6 @@ local Pool <const> = {}
 Pool.__index = Pool
 Pool.__name = "braid.Pool"   -- tostring: "braid.Pool: 0x..."
 
--- A usage error at the position of the pool function's caller.
-local function usage_at(fname, msg)
-  error(Error.new{kind = "usage", message = fname .. ": " .. msg}, 3)
-end
-
 -- The call slot of one worker, given back however the call ends.
 local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
 
@@ -373,19 +389,18 @@ local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
 -- braid.cpu_count()), each made by braid.worker(source, opts); they belong
 -- to the scope the pool was made in. Errors: braid.worker's.
 function M.pool(n, source, opts)
-  if M.current() == nil then usage_at("braid.pool", "not inside a braid task") end
+  if M.current() == nil then usage("braid.pool: not inside a braid task") end
   if type(n) == "string" then n, source, opts = nil, n, source end
   n = n or M.cpu_count()
   if math.type(n) ~= "integer" or n < 1 then
-    error(Error.new{kind = "usage", message = "bad argument #1 to "
-      .. "'braid.pool' (positive integer expected)"}, 2)
+    usage("bad argument #1 to 'braid.pool' (positive integer expected)")
   end
   local self = setmetatable({n = n, workers = {}, busy = {}}, Pool)
   for i = 1, n do
     local ok, w = pcall(M.worker, source, opts)
     if not ok then
       self:close()
-      error(w, 2)
+      rethrow(w)
     end
     self.workers[i], self.busy[i] = w, 0
   end
@@ -438,7 +453,7 @@ function M.map(list, fn, opts)
     end
   end
   if source == nil then
-    usage_at("braid.map", "a function name needs opts.module (the workers' "
+    usage("braid.map: a function name needs opts.module (the workers' "
           .. "module, file or chunk)")
   end
   local pool <close> = M.pool(n, source)
@@ -455,8 +470,8 @@ local function cjson()
   if cjson_inst then return cjson_inst end
   local ok, mod = pcall(require, "cjson")
   if not ok or type(mod) ~= "table" or type(mod.new) ~= "function" then
-    error(Error.new{kind = "usage", message = "braid.json needs lua-cjson (the "
-                .. "Debian package lua-cjson; require \"cjson\" failed)"}, 3)
+    usage("braid.json needs lua-cjson (the Debian package lua-cjson; "
+          .. "require \"cjson\" failed)")
   end
   cjson_inst = mod.new()
   cjson_inst.encode_sparse_array(true)       -- {[1]=1,[5]=5}: an object
@@ -488,8 +503,8 @@ end
 -- byte where parsing failed, from 1) for text that is not JSON.
 function json.decode(s)
   if type(s) ~= "string" then
-    error(Error.new{kind = "usage", message = "bad argument #1 to "
-                .. "'braid.json.decode' (string expected, got " .. type(s) .. ")"}, 2)
+    usage("bad argument #1 to 'braid.json.decode' (string expected, got %s)",
+          type(s))
   end
   local c = cjson()
   local ok, v = pcall(c.decode, s)
@@ -536,8 +551,7 @@ if http then
     for k, v in pairs(opts) do o[k] = v end
     if query ~= nil then
       if type(query) ~= "table" then
-        error(Error.new{kind = "usage", message = "bad option 'query' to '" ..
-                    fname .. "' (table expected)"}, 3)
+        usage("bad option 'query' to '%s' (table expected)", fname)
       end
       -- raw (next, rawget): a script's __pairs or __index is not run here,
       -- and a number key keeps its value (query[tostring(1)] would be nil)
@@ -572,7 +586,14 @@ if http then
       o.headers = h
     elseif type(body) == "function" then
       local chunks = {}
-      for chunk in body do chunks[#chunks + 1] = chunk end
+      for chunk in body do
+        local t = type(chunk)
+        if t ~= "string" and t ~= "number" then   -- numbers: as concat
+          usage("bad option 'body' to '%s' (the body function's chunks must "
+                .. "be strings; chunk #%d is a %s)", fname, #chunks + 1, t)
+        end
+        chunks[#chunks + 1] = chunk
+      end
       o.body = concat(chunks)
     end
     return o
@@ -590,12 +611,12 @@ if http then
 
   local function with(opts, fields, fname)
     if type(fields.url) ~= "string" then
-      error(Error.new{kind = "usage", message = "bad argument #1 to '" .. fname
-                  .. "' (string expected, got " .. type(fields.url) .. ")"}, 3)
+      usage("bad argument #1 to '%s' (string expected, got %s)", fname,
+            type(fields.url))
     end
     if opts ~= nil and type(opts) ~= "table" then
-      error(Error.new{kind = "usage", message = "bad argument #2 to '" .. fname
-                  .. "' (table expected, got " .. type(opts) .. ")"}, 3)
+      usage("bad argument #2 to '%s' (table expected, got %s)", fname,
+            type(opts))
     end
     local o = {}
     for k, v in pairs(opts or {}) do o[k] = v end
@@ -617,8 +638,8 @@ if http then
   function http.post(url, body, opts)
     local fname = "braid.http.post"
     if opts ~= nil and type(opts) ~= "table" then
-      error(Error.new{kind = "usage", message = "bad argument #3 to '" .. fname
-                  .. "' (table expected, got " .. type(opts) .. ")"}, 2)
+      usage("bad argument #3 to '%s' (table expected, got %s)", fname,
+            type(opts))
     end
     return request(prepare(with(opts, {url = url, method = "POST", body = body},
                                 fname), fname), fname)
@@ -626,8 +647,8 @@ if http then
 
   local function check_res(self, fname)
     if getmetatable(self) ~= "braid.HttpResponse" then
-      error(Error.new{kind = "usage", message = "bad argument #1 to '" .. fname
-                  .. "' (braid.HttpResponse expected, got " .. type(self) .. ")"}, 3)
+      usage("bad argument #1 to '%s' (braid.HttpResponse expected, got %s)",
+            fname, type(self))
     end
   end
 

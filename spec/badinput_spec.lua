@@ -311,3 +311,36 @@ describe("the runner given hostile input", function()
     assert.matches("bad option 'seed' to 'braid.run'", e.message, 1, true)
   end)
 end)
+
+describe("usage errors raised on braid's Lua side", function()
+  -- Each case is {name, function, line}: the call and `line` on one line,
+  -- so that line is the one the message must start with.
+  local function line() return debug.getinfo(2, "l").currentline end
+  local src = debug.getinfo(1, "S").short_src
+
+  it("start with the position of the script's line, as C-side ones do",
+     h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local cases = {
+      {"braid.semaphore", function() braid.semaphore("x") end, line()},  -- C
+      {"braid.pool", function() braid.pool(0, "x") end, line()},
+      {"braid.fs.mkdir", function() braid.fs.mkdir(d .. "/a/b", {parents = true, mode = NAN}) end, line()},
+      {"braid.fs.tmpdir", function() braid.fs.tmpdir("a/b") end, line()},
+      {"braid.fs.tmpdir", function() braid.fs.tmpdir("\0") end, line()},
+      {"braid.http.get", function() braid.http.get(1) end, line()},
+      {"braid.http.post", function() braid.http.post("http://127.0.0.1:1/", "", 1) end, line()},
+      {"braid.json.decode", function() braid.json.decode(1) end, line()},
+      {"braid.map", function() braid.map({1}, "f", {}) end, line()},
+      {"braid.worker", function() braid.pool(1, {}) end, line()},   -- handed on
+    }
+    for _, c in ipairs(cases) do
+      local ok, e = pcall(c[2])
+      assert.is_false(ok, c[1])
+      assert.is_true(braid.is_error(e), tostring(e))
+      assert.are.equal("usage", e.kind)
+      local where = src .. ":" .. c[3] .. ": "
+      assert.are.equal(where, e.message:sub(1, #where), e.message)
+      assert.is_truthy(e.message:find(c[1], 1, true), e.message)
+    end
+  end))
+end)

@@ -169,6 +169,32 @@ describe("braid.http.request", function()
     assert.are.same({false, "usage"}, {ok, e.kind})
   end))
 
+  -- a chunk that was not a string came out of table.concat as a plain
+  -- string error pointing into braid's own Lua side
+  it("refuses a body function's chunk that is not a string", h.run(function()
+    local function chunks(...)
+      local list, i = table.pack(...), 0
+      return function() i = i + 1 return list[i] end
+    end
+    for _, bad in ipairs{{}, false, true, print} do
+      for _, call in ipairs{
+        {"braid.http.request", function(b) braid.http.request{url = URL .. "/echo", body = b} end},
+        {"braid.http.open", function(b) braid.http.open{url = URL .. "/echo", body = b} end},
+        {"braid.http.post", function(b) braid.http.post(URL .. "/echo", b) end}} do
+        local ok, e = pcall(call[2], chunks("ab", bad))
+        assert.is_false(ok)
+        assert.is_true(braid.is_error(e), tostring(e))
+        assert.are.equal("usage", e.kind)
+        assert.is_truthy(e.message:find(call[1], 1, true), e.message)
+        assert.matches("chunks must be strings; chunk #2 is a " .. type(bad), e.message)
+        assert.matches("^spec/http_spec.lua:%d+: ", e.message)
+      end
+    end
+    -- numbers are taken, as table.concat takes them
+    local r = braid.http.post(URL .. "/echo", chunks("ab", 12, 1.5)):json()
+    assert.are.equal("ab121.5", r.body)
+  end))
+
   -- C reads these options: a zero byte cut them short (output "/tmp/x\0y"
   -- wrote /tmp/x; method "GET\0X" went as GET), and a method with a control
   -- character went onto the request line

@@ -2,8 +2,8 @@
 ** fs_path.c: the braid.fs calls that are one libuv request each: chmod,
 ** realpath, copy, and the private _mkdtemp that braid.fs.tmpdir (Lua,
 ** lua/braid.lua) makes its directory with. The whole-file and directory
-** calls are fs.c's; the tree walks (walk, mkdir with parents, recursive
-** remove, exists, tmpdir) are Lua on top of both.
+** calls are fs.c's; the tree walks (walk, mkdir with parents, exists,
+** tmpdir) are Lua on top of both; recursive remove's walk is fs_tree.c's.
 **
 ** Invariants, as fs.c's: the uv_fs_t lives in a malloc'd struct path_op,
 ** never in the op's data (libuv may own it after a cancel). Until the op
