@@ -555,9 +555,35 @@ if http then
       end
       -- raw (next, rawget): a script's __pairs or __index is not run here,
       -- and a number key keeps its value (query[tostring(1)] would be nil)
+      -- a name is a string or a number; a value a string, a number, a
+      -- boolean or a list of those (anything else would be sent as
+      -- "table: 0x..." or dropped)
+      local scalar = {string = true, number = true, boolean = true}
+      local function bad(what, t)
+        usage("bad option 'query' to '%s' (%s is a %s; strings, numbers, "
+              .. "booleans or a list of them expected)", fname, what, t)
+      end
       local keys, vals = {}, {}
       for k, v in next, query do
+        local tk = type(k)
+        if tk ~= "string" and tk ~= "number" then bad("a name", tk) end
         local name = tostring(k)
+        if type(v) == "table" then
+          local n = 0
+          for i, x in ipairs(v) do
+            if not scalar[type(x)] then
+              bad(("%s[%d]"):format(name, i), type(x))
+            end
+            n = i
+          end
+          for j in next, v do   -- keys beyond the list would be dropped
+            if math.type(j) ~= "integer" or j < 1 or j > n then
+              bad(name, "table that is not a list")
+            end
+          end
+        elseif not scalar[type(v)] then
+          bad(name, type(v))
+        end
         keys[#keys + 1], vals[name] = name, v
       end
       table.sort(keys)

@@ -192,3 +192,26 @@ describe("braid.http's body_file", function()
     assert.matches("braid.http.request: cannot open body_file '" .. dir .. "'", e.message, 1, true)
   end))
 end)
+
+describe("braid.http's query option", function()
+  -- a nested table was dropped and a function sent as "function: 0x..."
+  it("refuses names and values it cannot send, naming them", h.run(function()
+    local function bad(query)
+      local ok, e = pcall(braid.http.get, "http://127.0.0.1:1/", {query = query})
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind, tostring(e))
+      return e.message
+    end
+    assert.matches("(a is a table that is not a list;", bad{a = {b = {c = 1}}}, 1, true)
+    assert.matches("(a is a table that is not a list;", bad{a = {1, 2, [5] = 3}}, 1, true)
+    assert.matches("(e is a function;", bad{e = print}, 1, true)
+    assert.matches("(a[2] is a table;", bad{a = {1, {}}}, 1, true)
+    assert.matches("(a name is a table;", bad{[{}] = 1}, 1, true)
+    -- what it can send still goes: the request then fails to connect
+    local ok, e = pcall(braid.http.get, "http://127.0.0.1:1/",
+                        {query = {a = {1, "x", true}, b = 2.5, c = false, d = {}}})
+    assert.is_false(ok)
+    assert.are.equal("http", e.kind, tostring(e))
+    assert.are.equal("http://127.0.0.1:1/?a=1&a=x&a=true&b=2.5&c=false", e.url)
+  end))
+end)
