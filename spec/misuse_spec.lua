@@ -215,3 +215,32 @@ describe("braid.http's query option", function()
     assert.are.equal("http://127.0.0.1:1/?a=1&a=x&a=true&b=2.5&c=false", e.url)
   end))
 end)
+
+describe("SIGQUIT (Ctrl-\\)", function()
+  -- the dump came from the loop only: a script that never suspends
+  -- printed nothing
+  it("prints the task tree of a script that never suspends, each time", function()
+    local p = h.script([[
+      local t = braid.spawn(function() braid.sleep(100) end)
+      t.name = "sleeper"
+      print("ready") io.stdout:flush()
+      while true do end
+    ]])
+    local out, err = h.tmp(), h.tmp()
+    local _, sherr, code = h.sh(table.concat({
+      -- braid itself in the background, not under timeout(1), which
+      -- would take the signals; a guard kills it instead
+      RUN_ENV .. " " .. q(BIN) .. " " .. q(p) .. " >" .. out .. " 2>" .. err .. " &",
+      "pid=$!",
+      "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!",
+      "for _ in $(seq 1 600); do grep -q ready " .. out .. " && break; sleep 0.05; done",
+      "kill -QUIT $pid; sleep 0.3; kill -QUIT $pid; sleep 0.3; kill -INT $pid",
+      "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"}, "\n"))
+    local e = h.slurp(err) or ""
+    os.remove(p) os.remove(out) os.remove(err)
+    assert.are.equal(130, code, e .. sherr)
+    local n = 0
+    for _ in e:gmatch("braid: 2 live task%(s%)\ntask 1 [^\n]* running\n  task 2 \"sleeper\"") do n = n + 1 end
+    assert.are.equal(2, n, e)
+  end)
+end)

@@ -377,6 +377,7 @@ struct braid_engine {
   uv_signal_t sigquit;
   uv_signal_t sigstop[NSTOPS]; /* SIGINT, SIGTERM, SIGHUP (interrupt.c) */
   _Atomic int pending[NSTOPS]; /* arrivals not handled yet */
+  _Atomic int quits;           /* SIGQUITs not handled yet: dumps to print */
   unsigned char watching[NSTOPS];
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */

@@ -3,8 +3,9 @@
 ** braid.run (the runner, the module), SIGTERM and SIGHUP, all treated
 ** alike: cancel the root task (an embedded engine's live tasks), let
 ** cleanup run within the grace period, and exit 130, 143 or 129; a second
-** one exits at once. SIGQUIT prints braid.dump(). braid_interrupt takes
-** the same path as a SIGINT.
+** one exits at once. SIGQUIT prints braid.dump(), through the same two
+** paths, so that a script that never suspends is dumped too.
+** braid_interrupt takes the same path as a SIGINT.
 **
 ** Invariants:
 ** - Every interrupt goes through engine_interrupt: the interceptors first
@@ -44,6 +45,7 @@ static const struct {
 
 static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
 static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
+static struct sigaction uv_quit;              /* libuv's for SIGQUIT */
 static _Atomic uint64_t arrived[NSTOPS];      /* each one's last, in ns */
 
 /* 0.1 s: no hand presses Ctrl-C twice that fast; a duplicate delivery
@@ -107,9 +109,14 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   braid__engine_call(E, interrupt_p, &a);
 }
 
-/* Handles the signals that arrived and were not handled yet. */
+/* Handles the signals that arrived and were not handled yet: the dumps
+** SIGQUIT asks for first, then the interrupts. */
 void braid__interrupt_dispatch (braid_engine_t *E) {
   int i;
+  while (atomic_load(&E->quits) > 0) {
+    atomic_fetch_sub(&E->quits, 1);
+    braid__dump_signal(E);
+  }
   for (i = 0; i < NSTOPS; i++)
     while (atomic_load(&E->pending[i]) > 0) {
       atomic_fetch_sub(&E->pending[i], 1);
@@ -120,11 +127,6 @@ void braid__interrupt_dispatch (braid_engine_t *E) {
 static void stop_cb (uv_signal_t *h, int signum) {
   (void) signum;
   braid__interrupt_dispatch((braid_engine_t *) h->data);
-}
-
-static void sigquit_cb (uv_signal_t *h, int signum) {
-  (void) signum;
-  braid__dump_signal((braid_engine_t *) h->data);
 }
 
 /* Whether signal i came within REPEAT_NS of its last counted arrival
@@ -145,19 +147,29 @@ static int repeated (int i) {
 ** async-signal-safe work: an atomic add and lua_sethook. */
 static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   braid_engine_t *E = sig_engine;
+  const struct sigaction *uv;
   int i, saved = errno;
   for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
-  if (i == NSTOPS) return;
-  if (E && E->watching[i] && !repeated(i)) {
-    atomic_fetch_add(&E->pending[i], 1);
-    braid__hook_interrupt(E);
+  if (i < NSTOPS) {
+    uv = &uv_action[i];
+    if (E && E->watching[i] && !repeated(i)) {
+      atomic_fetch_add(&E->pending[i], 1);
+      braid__hook_interrupt(E);
+    }
+  } else if (signum == SIGQUIT) {   /* a dump, also of a script that spins */
+    uv = &uv_quit;
+    if (E && E->signals) {
+      atomic_fetch_add(&E->quits, 1);
+      braid__hook_interrupt(E);
+    }
+  } else {
+    return;
   }
   errno = saved;
-  if (uv_action[i].sa_flags & SA_SIGINFO)
-    uv_action[i].sa_sigaction(signum, info, ctx);
-  else if (uv_action[i].sa_handler != SIG_DFL &&
-           uv_action[i].sa_handler != SIG_IGN)
-    uv_action[i].sa_handler(signum);
+  if (uv->sa_flags & SA_SIGINFO)
+    uv->sa_sigaction(signum, info, ctx);
+  else if (uv->sa_handler != SIG_DFL && uv->sa_handler != SIG_IGN)
+    uv->sa_handler(signum);
 }
 
 static void watch (braid_engine_t *E, uv_signal_t *h, int signum,
@@ -178,7 +190,9 @@ void braid__interrupt_attach (braid_engine_t *E) {
   sa.sa_sigaction = stop_handler;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&sa.sa_mask);
-  watch(E, &E->sigquit, SIGQUIT, sigquit_cb);
+  atomic_store(&E->quits, 0);
+  watch(E, &E->sigquit, SIGQUIT, stop_cb);
+  if (sig_engine == NULL) sigaction(SIGQUIT, &sa, &uv_quit);
   for (i = 0; i < NSTOPS; i++) {
     if (stops[i].runner_only && E->embedded) continue;
     atomic_store(&E->pending[i], 0);
@@ -203,7 +217,10 @@ void braid__interrupt_detach (braid_engine_t *E) {
     if (sig_engine == E) sigaction(stops[i].num, &uv_action[i], NULL);
     uv_close((uv_handle_t *) &E->sigstop[i], braid__engine_handle_closed);
   }
-  if (sig_engine == E) sig_engine = NULL;
+  if (sig_engine == E) {
+    sigaction(SIGQUIT, &uv_quit, NULL);
+    sig_engine = NULL;
+  }
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
 }
 
