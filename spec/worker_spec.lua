@@ -515,3 +515,60 @@ describe("braid.worker children", function()
     assert.are.equal(table.concat(mm), from_main)
   end))
 end)
+
+-- Leaving at once reaches a worker's children too: the exit hooks of every
+-- engine are on one list (engine/core/interrupt.c). Before, a second
+-- SIGTERM ran the main engine's hooks only, and the group of a child a
+-- worker started (its members ignoring SIGTERM) kept running.
+describe("braid.worker children at a hard exit", function()
+  local BIN = os.getenv("BRAID_BIN")
+  local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
+
+  local function alive(pid)
+    local s = helper.proc_state(pid)
+    return s ~= nil and s ~= "Z"
+  end
+
+  it("a second SIGTERM kills the group of a child started in a worker", function()
+    local pidfile = helper.tmp()
+    -- two members that ignore SIGTERM; their pids once both run
+    local cmd = ("trap '' TERM; sleep 1071 & a=$!; sleep 1081 & " ..
+                 "echo $a $! >%s.part; mv %s.part %s; wait"):format(pidfile, pidfile, pidfile)
+    local script = helper.script(([[
+      local braid = require "braid"
+      local w <close> = braid.worker([==[
+        local braid = require "braid"
+        return {run = function(cmd)
+          return braid.exec({"sh", "-c", cmd}, {kill_grace = 60})
+        end}
+      ]==])
+      braid.spawn(function() w:call("run", %q) end)
+      while not io.open(%q) do braid.sleep(0.01) end
+      print("ready") io.stdout:flush()
+      braid.sleep(60)
+    ]]):format(cmd, pidfile))
+    local out = helper.tmp()
+    local _, err, code = helper.sh("{\n" .. table.concat({
+      ("%s %s %s >%s &"):format(RUN_ENV, BIN, script, out), "pid=$!",
+      "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!",
+      ("for _ in $(seq 1 600); do grep -q ready %s && break; sleep 0.05; done"):format(out),
+      "kill -TERM $pid", "sleep 0.3", "kill -TERM $pid",
+      "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"}, "\n") .. "\n}")
+    os.remove(script)
+    os.remove(out)
+    local pids = {}
+    for p in (helper.slurp(pidfile) or ""):gmatch("%d+") do pids[#pids + 1] = tonumber(p) end
+    os.remove(pidfile)
+    -- a member dies at once from SIGKILL; give it 10 s, then clean up
+    local t0, left = os.time(), {}
+    repeat
+      left = {}
+      for _, p in ipairs(pids) do if alive(p) then left[#left + 1] = p end end
+    until #left == 0 or os.time() - t0 > 10
+    for _, p in ipairs(left) do os.execute("kill -KILL " .. p .. " 2>/dev/null") end
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("terminated again, exiting", 1, true), err)
+    assert.are.equal(2, #pids, "the group's pids were not written")
+    assert.are.same({}, left, "a worker child's group member still runs")
+  end)
+end)

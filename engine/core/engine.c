@@ -94,7 +94,6 @@ braid_engine_t *braid__engine_new (void) {
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
   braid__list_init(&E->loop_users);
-  braid__list_init(&E->exit_hooks);
   return E;
 }
 

@@ -339,14 +339,25 @@ struct braid_loop_user *braid__loop_user_find(braid_engine_t *E,
 
 /* An exit hook runs when braid leaves without unwinding (a second Ctrl-C,
 ** os.exit where it cannot wait): async-signal-safe work only, such as
-** SIGKILL to a child's process group. A hook removes itself with
-** braid__list_remove(&h->link) before its memory goes. */
+** SIGKILL to a child's process group. The hooks of every engine in the
+** process are on one list under a mutex (a worker's children die with
+** the process too): leaving runs the leaving engine's hooks and every
+** other engine's hook marked any_thread, which runs on the leaving
+** thread while its own engine's thread runs on, so it may read only what
+** was set before it was added or what is atomic. A hook is initialised
+** with braid__list_init(&h->link) and removes itself with
+** braid__exit_hook_remove before its memory goes (harmless when it was
+** never added or was removed already); braid_close removes the engine's
+** remaining ones. */
 struct braid_exit_hook {
   struct braid_list link;
   void (*fn)(struct braid_exit_hook *h);
+  braid_engine_t *E;           /* set by braid__exit_hook_add */
+  unsigned char any_thread;    /* set before adding it */
 };
 
 void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
+void braid__exit_hook_remove(struct braid_exit_hook *h);
 void braid__exit_hooks_run(braid_engine_t *E);
 
 /* ---- the REPL's session (cli/repl.c) ---- */

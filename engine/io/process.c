@@ -101,7 +101,7 @@ static void proc_close_handle (struct braid_proc *p, int i) {
   }
   if (!p->live[i]) return;
   p->live[i] = 0;
-  braid__list_remove(&p->exit_hook.link);   /* nothing left to kill */
+  braid__exit_hook_remove(&p->exit_hook);   /* nothing left to kill */
   uv_close((uv_handle_t *) &p->timer, proc_close_cb);
 }
 
@@ -292,6 +292,8 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   braid__list_init(&p->waiters);
   braid__list_init(&p->exit_hook.link);
   p->exit_hook.fn = proc_exit_hook;
+  p->exit_hook.any_thread = 1;   /* reads pid, group (set before it is
+                                 ** added) and the atomic exited, group_done */
   p->res.close = proc_resource_close;
   uv_timer_init(braid_loop(E), &p->timer);
   p->timer.data = p;

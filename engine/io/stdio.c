@@ -131,7 +131,7 @@ static void std_closing (struct braid_stream *s) {
   struct std_stream *ss = container_of(s, struct std_stream, s);
   /* here, not in std_closed: an embedder's loop may run that after
   ** braid_close, when the engine's list is gone */
-  braid__list_remove(&ss->hook.link);
+  braid__exit_hook_remove(&ss->hook);
   if (ss->attached) {
     ss->attached = 0;
     braid_resource_remove(&ss->res);
