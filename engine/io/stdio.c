@@ -280,6 +280,7 @@ static void std_push (lua_State *L, int fd) {
   *box = ss;
   braid__list_init(&ss->hook.link);
   ss->hook.fn = std_hook;
+  ss->hook.any_thread = 1;   /* reads fd and flags, set above */
   braid__exit_hook_add(E, &ss->hook);
   if ((rc = uv_pipe_open(&ss->s.h.pipe, nfd)) != 0) {
     close(nfd);
