@@ -572,3 +572,54 @@ describe("braid.worker children at a hard exit", function()
     assert.are.same({}, left, "a worker child's group member still runs")
   end)
 end)
+
+-- A message between threads is its sender's memory until it is taken
+-- (engine/core/memory.c, braid__xcharge). Before, a worker with a
+-- memory_limit of 10 MB queued 300 MB in a shared channel.
+describe("braid.worker memory_limit and messages in flight", function()
+  local MSRC <const> = [[
+    local braid = require "braid"
+    return {
+      flood = function(ch, n)
+        local s = ("z"):rep(1e6)
+        local ok, e = pcall(function() for _ = 1, n do ch:send(s) end end)
+        return ok, e
+      end,
+      three = function(n) local s = ("z"):rep(n) return s, s, s end,
+      nest = function(n)
+        local w2 <close> = braid.worker("return {f = function(...) return select('#', ...) end}")
+        local s = ("y"):rep(n)
+        return w2:call("f", s, s, s)
+      end,
+    }
+  ]]
+
+  it("counts values queued in a shared channel until they are taken", run(function()
+    local ch = braid.channel(1000, {shared = true})
+    local w <close> = braid.worker(MSRC, {memory_limit = 10e6})
+    for round = 1, 2 do   -- the second: the taken bytes were given back
+      local ok, e = w:call("flood", ch, 300)
+      assert.is_false(ok, "round " .. round .. ": 300 MB queued")
+      assert.equal("memory", e.kind)
+      assert.truthy(e.message:find("channel:send: not enough memory", 1, true), e.message)
+      local n = ch:len()
+      assert.is_true(n >= 1 and n <= 10, "round " .. round .. ": " .. n .. " queued")
+      for _ = 1, n do assert.equal(1e6, #ch:recv()) end
+    end
+  end))
+
+  it("counts a call's results and arguments against their sender's limit", run(function()
+    local w <close> = braid.worker(MSRC, {memory_limit = 10e6})
+    local ok, e = pcall(w.call, w, "three", 3e6)   -- 9 MB of results
+    assert.is_false(ok)
+    assert.equal("memory", e.kind)
+    assert.truthy(e.message:find("worker:call: not enough memory", 1, true), e.message)
+    assert.truthy(e.message:find("back from a worker", 1, true), e.message)
+    assert.equal(3, select("#", w:call("three", 1e6)))
+    ok, e = pcall(w.call, w, "nest", 3e6)   -- 9 MB of arguments, to a worker
+    assert.is_false(ok)
+    assert.equal("memory", e.kind)
+    assert.truthy(e.message:find("to a worker", 1, true), e.message)
+    assert.equal(3, w:call("nest", 1e6))
+  end))
+end)

@@ -100,6 +100,7 @@ braid_engine_t *braid__engine_new (void) {
 /* Drops one reference; the last one frees the engine. */
 void braid__engine_unref (braid_engine_t *E) {
   if (--E->refs > 0) return;
+  braid__xacct_drop(E);   /* messages still in flight keep the account */
   free(E->heap);
   free(E);
 }

@@ -160,6 +160,19 @@ struct braid_charge {
 int braid__charge_set(struct braid_charge *c, braid_engine_t *E,
                       size_t bytes);
 
+/* A message between threads (io/xcopy.c: a shared channel's value, a
+** worker call's arguments, results or error) counts against its sender's
+** memory limit until it is freed, on whatever thread. braid__xcharge,
+** on E's thread, charges n bytes to E: 0 and *acct (a reference to hand
+** to braid__xcharge_back with the same n when the message is freed), or
+** UV_ENOMEM with nothing charged (over the limit, or out of memory).
+** braid__xcharge_back may be called on any thread, after E is gone too
+** (NULL: nothing); E's thread takes the bytes off its count lazily (before
+** it judges the limit, and in braid_memory_used). */
+struct braid_xacct;
+int braid__xcharge(braid_engine_t *E, size_t n, struct braid_xacct **acct);
+void braid__xcharge_back(struct braid_xacct *a, size_t n);
+
 /* Caps on what one call may buffer (exec's max_output, read_file's
 ** max_size, a stream's max_line). braid__opt_limit reads opts[key] (opts
 ** at idx) as a number of bytes: def when absent, a usage error unless a

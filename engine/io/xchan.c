@@ -380,7 +380,7 @@ static int l_xsend (lua_State *L) {
   braid_check_suspend(L, "channel:send");
   lua_settop(L, 2);
   buf = braid__xcopy_encode(L, 2, 1, "value", "through a shared channel",
-                            NULL, &len);
+                            NULL, "channel:send", &len);
   m = (struct xmsg *) braid__calloc(1, sizeof *m);
   if (m == NULL) {
     braid__xcopy_free(buf, len);
