@@ -64,6 +64,9 @@ static void proc_maybe_free (struct braid_proc *p) {
   int i;
   if (p->open > 0 || p->owned) return;
   for (i = 0; i < 3; i++) braid__stream_free(&p->pipe[i]);
+  /* removed with the timer already; the list is the whole process's,
+  ** so no node of it may outlive its memory whatever the path */
+  braid__exit_hook_remove(&p->exit_hook);
   free(p);
 }
 

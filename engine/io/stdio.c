@@ -115,6 +115,7 @@ static int pump_start (int fd, pthread_t *th, int *joinable) {
 /* ---- the stream ---- */
 
 static void std_free (struct std_stream *ss) {
+  braid__exit_hook_remove(&ss->hook);   /* done in std_closing: harmless */
   braid__stream_free(&ss->s);
   free(ss);
 }
