@@ -515,3 +515,131 @@ describe("braid.worker children", function()
     assert.are.equal(table.concat(mm), from_main)
   end))
 end)
+
+-- Leaving at once reaches a worker's children too: the exit hooks of every
+-- engine are on one list (engine/core/interrupt.c). Before, a second
+-- SIGTERM ran the main engine's hooks only, and the group of a child a
+-- worker started (its members ignoring SIGTERM) kept running.
+describe("braid.worker children at a hard exit", function()
+  local BIN = os.getenv("BRAID_BIN")
+  local RUN_ENV = os.getenv("BRAID_RUN_ENV") or ""
+
+  local function alive(pid)
+    local s = helper.proc_state(pid)
+    return s ~= nil and s ~= "Z"
+  end
+
+  -- Runs braid on script with the sanitizer's settings (BRAID_RUN_ENV);
+  -- under TSan with nothing preloaded (a preloaded libtsan kills a child
+  -- shell or lua5.4 at once; the braid binary links it) and no report of
+  -- the worker's thread left unjoined, which _exit does by design.
+  local function start(script)
+    local env = {}
+    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
+      env.LD_PRELOAD = ""
+      env.TSAN_OPTIONS = "halt_on_error=1 report_thread_leaks=0 suppressions=" ..
+                         BIN:match("^(.*)/build/") .. "/tools/tsan.supp"
+    else
+      for k, v in RUN_ENV:gmatch("([%w_]+)=(%S+)") do env[k] = v end
+    end
+    return braid.process({BIN, script}, {env_add = env, stderr = "pipe"})
+  end
+
+  it("a second SIGTERM kills the group of a child started in a worker", run(function()
+    local pidfile = helper.tmp()
+    -- two members that ignore SIGTERM; their pids once both run
+    local cmd = ("trap '' TERM; sleep 1071 & a=$!; sleep 1081 & " ..
+                 "echo $a $! >%s.part; mv %s.part %s; wait"):format(pidfile, pidfile, pidfile)
+    local script = helper.script(([[
+      local braid = require "braid"
+      local w <close> = braid.worker([==[
+        local braid = require "braid"
+        return {run = function(cmd)
+          return braid.exec({"sh", "-c", cmd}, {kill_grace = 60})
+        end}
+      ]==])
+      braid.spawn(function() w:call("run", %q) end)
+      while not io.open(%q) do braid.sleep(0.01) end
+      print("ready") io.stdout:flush()
+      braid.sleep(60)
+    ]]):format(cmd, pidfile))
+    local code, err
+    local ok, e = pcall(braid.timeout, 30, function()
+      local p <close> = start(script)
+      assert.are.equal("ready", p:read_line())
+      p:kill("SIGTERM")
+      braid.sleep(0.3)   -- past the 0.1 s in which a repeat is the same one
+      p:kill("SIGTERM")
+      code = p:wait()
+      err = p:read_stderr("a")
+    end)
+    os.remove(script)
+    local pids = {}
+    for pid in (helper.slurp(pidfile) or ""):gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+    os.remove(pidfile)
+    -- a member dies at once from SIGKILL; give it 10 s, then clean up
+    local t0, left = braid.now(), {}
+    repeat
+      left = {}
+      for _, pid in ipairs(pids) do if alive(pid) then left[#left + 1] = pid end end
+      if #left > 0 then braid.sleep(0.01) end
+    until #left == 0 or braid.now() - t0 > 10
+    for _, pid in ipairs(left) do braid.exec({"kill", "-KILL", tostring(pid)}, {check = false}) end
+    assert(ok, e)
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("terminated again, exiting", 1, true), err)
+    assert.are.equal(2, #pids, "the group's pids were not written")
+    assert.are.same({}, left, "a worker child's group member still runs")
+  end))
+end)
+
+-- A message between threads is its sender's memory until it is taken
+-- (engine/core/memory.c, braid__xcharge). Before, a worker with a
+-- memory_limit of 10 MB queued 300 MB in a shared channel.
+describe("braid.worker memory_limit and messages in flight", function()
+  local MSRC <const> = [[
+    local braid = require "braid"
+    return {
+      flood = function(ch, n)
+        local s = ("z"):rep(1e6)
+        local ok, e = pcall(function() for _ = 1, n do ch:send(s) end end)
+        return ok, e
+      end,
+      three = function(n) local s = ("z"):rep(n) return s, s, s end,
+      nest = function(n)
+        local w2 <close> = braid.worker("return {f = function(...) return select('#', ...) end}")
+        local s = ("y"):rep(n)
+        return w2:call("f", s, s, s)
+      end,
+    }
+  ]]
+
+  it("counts values queued in a shared channel until they are taken", run(function()
+    local ch = braid.channel(1000, {shared = true})
+    local w <close> = braid.worker(MSRC, {memory_limit = 10e6})
+    for round = 1, 2 do   -- the second: the taken bytes were given back
+      local ok, e = w:call("flood", ch, 300)
+      assert.is_false(ok, "round " .. round .. ": 300 MB queued")
+      assert.equal("memory", e.kind)
+      assert.truthy(e.message:find("channel:send: not enough memory", 1, true), e.message)
+      local n = ch:len()
+      assert.is_true(n >= 1 and n <= 10, "round " .. round .. ": " .. n .. " queued")
+      for _ = 1, n do assert.equal(1e6, #ch:recv()) end
+    end
+  end))
+
+  it("counts a call's results and arguments against their sender's limit", run(function()
+    local w <close> = braid.worker(MSRC, {memory_limit = 10e6})
+    local ok, e = pcall(w.call, w, "three", 3e6)   -- 9 MB of results
+    assert.is_false(ok)
+    assert.equal("memory", e.kind)
+    assert.truthy(e.message:find("worker:call: not enough memory", 1, true), e.message)
+    assert.truthy(e.message:find("back from a worker", 1, true), e.message)
+    assert.equal(3, select("#", w:call("three", 1e6)))
+    ok, e = pcall(w.call, w, "nest", 3e6)   -- 9 MB of arguments, to a worker
+    assert.is_false(ok)
+    assert.equal("memory", e.kind)
+    assert.truthy(e.message:find("to a worker", 1, true), e.message)
+    assert.equal(3, w:call("nest", 1e6))
+  end))
+end)

@@ -195,4 +195,20 @@ describe("braid.channel shared", function()
     loc:send(print)   -- a local channel carries anything
     assert.equal(print, loc:recv())
   end))
+
+  -- The local constructor behind braid.channel was reached through
+  -- lua_call, so its usage errors named no position (a C frame has none).
+  it("names the caller's file:line in a bad capacity's usage error", run(function()
+    local here = debug.getinfo(1, "S").short_src
+    for _, args in ipairs({{"x"}, {0/0}, {1.5}, {"x", {shared = false}},
+                           {0/0, {shared = true}}}) do
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, e = pcall(function() return braid.channel(table.unpack(args, 1, 2)) end)
+      assert.is_false(ok)
+      assert.equal("usage", e.kind)
+      local msg = tostring(e.message)
+      local want = here .. ":" .. line .. ": bad argument #1 to 'braid.channel' ("
+      assert.equal(want, msg:sub(1, #want), msg)
+    end
+  end))
 end)

@@ -423,12 +423,12 @@ struct braid_engine {
                                ** reserve is not spent */
   unsigned char gc_probe;      /* a refused charge collects (memory.c) */
   size_t mem_used, mem_limit;  /* bytes; limit 0: none */
+  struct braid_xacct *xacct;   /* messages in flight (memory.c), or NULL */
   int budget;                  /* instructions per resume; 0: none */
   int anchors_ref;             /* tasks handed to the application */
   unsigned modules;            /* BRAID_MOD_* the state may open */
   struct braid_list interceptors;   /* Ctrl-C, newest first (prim.h) */
   struct braid_list loop_users;     /* struct braid_loop_user (prim.h) */
-  struct braid_list exit_hooks;     /* leaving at once (prim.h) */
   int exit_code;               /* os.exit's, once exiting is set */
   unsigned char exiting;       /* os.exit cancelled the root */
   unsigned char exit_close;    /* os.exit's second argument */
@@ -501,6 +501,10 @@ void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__unbound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__interrupt_attach(braid_engine_t *E);
 void braid__interrupt_detach(braid_engine_t *E);
+/* The engine's memory goes: its messages' account is left to them. */
+void braid__xacct_drop(braid_engine_t *E);
+/* braid_close: drops the exit hooks E still has (interrupt.c). */
+void braid__exit_hooks_drop(braid_engine_t *E);
 void braid__interrupt_dispatch(braid_engine_t *E);
 void braid__engine_handle_closed(uv_handle_t *h);
 void braid__engine_fatal(braid_engine_t *E, const char *why);

@@ -215,10 +215,8 @@ void braid_close (braid_engine_t *E) {
   if (E->trace) braid__trace_close(E);
   braid__scope_release(&E->top);
   /* Children still being stopped outlive E on the application's loop:
-  ** their exit hooks leave E's list now (a removed node points at itself,
-  ** so their own removal later touches nothing of E's). */
-  while (!braid__list_empty(&E->exit_hooks))
-    braid__list_remove(E->exit_hooks.next);
+  ** their exit hooks leave the list now (interrupt.c). */
+  braid__exit_hooks_drop(E);
   E->ready_head = E->ready_tail = NULL;
   E->running = 0;
   braid__engine_detach(E);

@@ -94,13 +94,13 @@ braid_engine_t *braid__engine_new (void) {
   E->modules = BRAID_MODS_ALL;
   braid__list_init(&E->interceptors);
   braid__list_init(&E->loop_users);
-  braid__list_init(&E->exit_hooks);
   return E;
 }
 
 /* Drops one reference; the last one frees the engine. */
 void braid__engine_unref (braid_engine_t *E) {
   if (--E->refs > 0) return;
+  braid__xacct_drop(E);   /* messages still in flight keep the account */
   free(E->heap);
   free(E);
 }

@@ -24,6 +24,7 @@
 **   its handler is put back as libuv's when it detaches.
 */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -224,15 +225,52 @@ void braid__interrupt_detach (braid_engine_t *E) {
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
 }
 
+/* ---- leaving at once (prim.h) ----
+** One list for the whole process, not one per engine: a worker's engine
+** runs on its own thread, and a second Ctrl-C or an os.exit on the main
+** thread must still kill the groups of the children it started. The
+** mutex orders every add and remove (each engine's thread makes its own)
+** against the walk on the leaving thread, so a hook is never run after
+** its owner removed it (and freed its memory). */
+static struct braid_list exit_hooks = {&exit_hooks, &exit_hooks};
+static pthread_mutex_t exit_mu = PTHREAD_MUTEX_INITIALIZER;
+
 void braid__exit_hook_add (braid_engine_t *E, struct braid_exit_hook *h) {
-  braid__list_push(&E->exit_hooks, &h->link);
+  h->E = E;
+  pthread_mutex_lock(&exit_mu);
+  braid__list_push(&exit_hooks, &h->link);
+  pthread_mutex_unlock(&exit_mu);
 }
 
+void braid__exit_hook_remove (struct braid_exit_hook *h) {
+  pthread_mutex_lock(&exit_mu);
+  braid__list_remove(&h->link);
+  pthread_mutex_unlock(&exit_mu);
+}
+
+/* The hooks of E, and those of every other engine that may run here. */
 void braid__exit_hooks_run (braid_engine_t *E) {
   struct braid_list *n;
-  for (n = E->exit_hooks.next; n != &E->exit_hooks; n = n->next)
-    container_of(n, struct braid_exit_hook, link)->fn(
-        container_of(n, struct braid_exit_hook, link));
+  pthread_mutex_lock(&exit_mu);
+  for (n = exit_hooks.next; n != &exit_hooks; n = n->next) {
+    struct braid_exit_hook *h = container_of(n, struct braid_exit_hook, link);
+    if (h->E == E || h->any_thread) h->fn(h);
+  }
+  pthread_mutex_unlock(&exit_mu);
+}
+
+/* braid_close: E's hooks that remain (children still being stopped on an
+** embedder's loop) leave the list; their owners' removal later is
+** harmless (a removed node points at itself). */
+void braid__exit_hooks_drop (braid_engine_t *E) {
+  struct braid_list *n, *next;
+  pthread_mutex_lock(&exit_mu);
+  for (n = exit_hooks.next; n != &exit_hooks; n = next) {
+    next = n->next;
+    if (container_of(n, struct braid_exit_hook, link)->E == E)
+      braid__list_remove(n);
+  }
+  pthread_mutex_unlock(&exit_mu);
 }
 
 int braid_interrupt (lua_State *L) {

@@ -20,6 +20,7 @@
 **   is tried once more, as a refused allocation of the state is.
 */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include "core.h"
@@ -176,7 +177,10 @@ static void emergency_collect (braid_engine_t *E) {
   E->gc_probe = 0;
 }
 
+static void xacct_fold (braid_engine_t *E);
+
 static int over_limit (braid_engine_t *E, size_t d) {
+  xacct_fold(E);
   return E->mem_limit && (E->mem_used > E->mem_limit ||
                           d > E->mem_limit - E->mem_used);
 }
@@ -330,7 +334,8 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   if (E->mem_limit && nsize > old && (E->current || E->refusable ||
                                       E->callback) && !E->gc_probe &&
-      E->mem_used - old + nsize > E->mem_limit)
+      E->mem_used - old + nsize > E->mem_limit &&
+      (xacct_fold(E), E->mem_used - old + nsize > E->mem_limit))
     return NULL;
   p = state_alloc(E, ptr, osize, nsize);
   if (p == NULL && E->gc_probe) {   /* its retry must not raise: no frame */
@@ -343,6 +348,58 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 size_t braid_memory_used (braid_engine_t *E) {
+  xacct_fold(E);
   return E->mem_used;
+}
+
+/* ---- messages between threads (prim.h) ----
+** A message (io/xcopy.c) is made on its sender's thread and freed on
+** whichever thread takes it, perhaps after the sender's engine is gone.
+** E->mem_used is E's thread's alone, so the taker does not touch it: it
+** adds the bytes to the account's `back`, which E's thread subtracts
+** from mem_used (xacct_fold) before it judges the limit and when asked
+** for its memory. The account is shared: E holds one reference, each
+** charged message one more; the last one frees it. */
+struct braid_xacct {
+  _Atomic size_t back;         /* bytes given back, not yet folded */
+  _Atomic unsigned refs;
+};
+
+static void xacct_fold (braid_engine_t *E) {
+  size_t n;
+  if (E->xacct == NULL || atomic_load(&E->xacct->back) == 0) return;
+  n = atomic_exchange(&E->xacct->back, 0);
+  E->mem_used = n < E->mem_used ? E->mem_used - n : 0;
+}
+
+static void xacct_unref (struct braid_xacct *a) {
+  if (atomic_fetch_sub(&a->refs, 1) == 1) free(a);
+}
+
+int braid__xcharge (braid_engine_t *E, size_t n, struct braid_xacct **acct) {
+  *acct = NULL;
+  if (E->xacct == NULL) {
+    struct braid_xacct *a = (struct braid_xacct *) braid__malloc(sizeof *a);
+    if (a == NULL) return UV_ENOMEM;
+    atomic_init(&a->back, 0);
+    atomic_init(&a->refs, 1);
+    E->xacct = a;
+  }
+  if (n > PTRDIFF_MAX || braid__mem_charge(E, (ptrdiff_t) n) != 0)
+    return UV_ENOMEM;
+  atomic_fetch_add(&E->xacct->refs, 1);
+  *acct = E->xacct;
+  return 0;
+}
+
+void braid__xcharge_back (struct braid_xacct *a, size_t n) {
+  if (a == NULL) return;
+  atomic_fetch_add(&a->back, n);
+  xacct_unref(a);
+}
+
+void braid__xacct_drop (braid_engine_t *E) {
+  if (E->xacct) xacct_unref(E->xacct);
+  E->xacct = NULL;
 }
 

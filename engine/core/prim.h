@@ -160,6 +160,19 @@ struct braid_charge {
 int braid__charge_set(struct braid_charge *c, braid_engine_t *E,
                       size_t bytes);
 
+/* A message between threads (io/xcopy.c: a shared channel's value, a
+** worker call's arguments, results or error) counts against its sender's
+** memory limit until it is freed, on whatever thread. braid__xcharge,
+** on E's thread, charges n bytes to E: 0 and *acct (a reference to hand
+** to braid__xcharge_back with the same n when the message is freed), or
+** UV_ENOMEM with nothing charged (over the limit, or out of memory).
+** braid__xcharge_back may be called on any thread, after E is gone too
+** (NULL: nothing); E's thread takes the bytes off its count lazily (before
+** it judges the limit, and in braid_memory_used). */
+struct braid_xacct;
+int braid__xcharge(braid_engine_t *E, size_t n, struct braid_xacct **acct);
+void braid__xcharge_back(struct braid_xacct *a, size_t n);
+
 /* Caps on what one call may buffer (exec's max_output, read_file's
 ** max_size, a stream's max_line). braid__opt_limit reads opts[key] (opts
 ** at idx) as a number of bytes: def when absent, a usage error unless a
@@ -344,14 +357,25 @@ struct braid_loop_user *braid__loop_user_find(braid_engine_t *E,
 
 /* An exit hook runs when braid leaves without unwinding (a second Ctrl-C,
 ** os.exit where it cannot wait): async-signal-safe work only, such as
-** SIGKILL to a child's process group. A hook removes itself with
-** braid__list_remove(&h->link) before its memory goes. */
+** SIGKILL to a child's process group. The hooks of every engine in the
+** process are on one list under a mutex (a worker's children die with
+** the process too): leaving runs the leaving engine's hooks and every
+** other engine's hook marked any_thread, which runs on the leaving
+** thread while its own engine's thread runs on, so it may read only what
+** was set before it was added or what is atomic. A hook is initialised
+** with braid__list_init(&h->link) and removes itself with
+** braid__exit_hook_remove before its memory goes (harmless when it was
+** never added or was removed already); braid_close removes the engine's
+** remaining ones. */
 struct braid_exit_hook {
   struct braid_list link;
   void (*fn)(struct braid_exit_hook *h);
+  braid_engine_t *E;           /* set by braid__exit_hook_add */
+  unsigned char any_thread;    /* set before adding it */
 };
 
 void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
+void braid__exit_hook_remove(struct braid_exit_hook *h);
 void braid__exit_hooks_run(braid_engine_t *E);
 
 /* ---- the REPL's session (cli/repl.c) ---- */

@@ -126,7 +126,8 @@ int braid__trace_open (braid_engine_t *E, const char *path) {
     "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"thread_sort_index\","
     "\"args\":{\"sort_index\":0}}",
     E->virtual_clock ? "virtual" : "real", BRAID_VERSION);
-  tr->hook.fn = trace_exit_hook;
+  braid__list_init(&tr->hook.link);
+  tr->hook.fn = trace_exit_hook;   /* E's thread only: it writes the trace */
   braid__exit_hook_add(E, &tr->hook);
   tr->next = open_traces;
   open_traces = tr;
@@ -142,7 +143,7 @@ void braid__trace_close (braid_engine_t *E) {
   braid__trace_counters(E);
   trace_end(tr);
   close(tr->fd);
-  braid__list_remove(&tr->hook.link);
+  braid__exit_hook_remove(&tr->hook);
   for (p = &open_traces; *p; p = &(*p)->next)
     if (*p == tr) { *p = tr->next; break; }
   E->trace = NULL;

@@ -64,6 +64,9 @@ static void proc_maybe_free (struct braid_proc *p) {
   int i;
   if (p->open > 0 || p->owned) return;
   for (i = 0; i < 3; i++) braid__stream_free(&p->pipe[i]);
+  /* removed with the timer already; the list is the whole process's,
+  ** so no node of it may outlive its memory whatever the path */
+  braid__exit_hook_remove(&p->exit_hook);
   free(p);
 }
 
@@ -101,7 +104,7 @@ static void proc_close_handle (struct braid_proc *p, int i) {
   }
   if (!p->live[i]) return;
   p->live[i] = 0;
-  braid__list_remove(&p->exit_hook.link);   /* nothing left to kill */
+  braid__exit_hook_remove(&p->exit_hook);   /* nothing left to kill */
   uv_close((uv_handle_t *) &p->timer, proc_close_cb);
 }
 
@@ -292,6 +295,8 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   braid__list_init(&p->waiters);
   braid__list_init(&p->exit_hook.link);
   p->exit_hook.fn = proc_exit_hook;
+  p->exit_hook.any_thread = 1;   /* reads pid, group (set before it is
+                                 ** added) and the atomic exited, group_done */
   p->res.close = proc_resource_close;
   uv_timer_init(braid_loop(E), &p->timer);
   p->timer.data = p;

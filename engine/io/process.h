@@ -31,10 +31,12 @@ struct braid_proc {
   struct braid_stream pipe[3]; /* the child's stdin, stdout, stderr */
   unsigned char live[P_NHANDLES];   /* the timer's and the reap handle's */
   int open;                    /* handles whose close callback is to come */
-  unsigned char owned, exec, exited, stopping, timed_out, attached;
+  unsigned char owned, exec, stopping, timed_out, attached;
   unsigned char check;         /* exec's opts.check, read at the call */
   unsigned char group;         /* the child leads a process group */
-  unsigned char group_done;    /* a stop is over with the group too */
+  /* atomic: the exit hook may read them on another engine's thread */
+  _Atomic unsigned char exited;       /* reaped */
+  _Atomic unsigned char group_done;   /* a stop is over with the group too */
   unsigned char killed;        /* the stop sent SIGKILL */
   uint64_t timeout_ns;         /* exec's opts.timeout, for its message */
   int pid, signal;

@@ -115,6 +115,7 @@ static int pump_start (int fd, pthread_t *th, int *joinable) {
 /* ---- the stream ---- */
 
 static void std_free (struct std_stream *ss) {
+  braid__exit_hook_remove(&ss->hook);   /* done in std_closing: harmless */
   braid__stream_free(&ss->s);
   free(ss);
 }
@@ -131,7 +132,7 @@ static void std_closing (struct braid_stream *s) {
   struct std_stream *ss = container_of(s, struct std_stream, s);
   /* here, not in std_closed: an embedder's loop may run that after
   ** braid_close, when the engine's list is gone */
-  braid__list_remove(&ss->hook.link);
+  braid__exit_hook_remove(&ss->hook);
   if (ss->attached) {
     ss->attached = 0;
     braid_resource_remove(&ss->res);
@@ -279,6 +280,7 @@ static void std_push (lua_State *L, int fd) {
   *box = ss;
   braid__list_init(&ss->hook.link);
   ss->hook.fn = std_hook;
+  ss->hook.any_thread = 1;   /* reads fd and flags, set above */
   braid__exit_hook_add(E, &ss->hook);
   if ((rc = uv_pipe_open(&ss->s.h.pipe, nfd)) != 0) {
     close(nfd);

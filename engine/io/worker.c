@@ -332,7 +332,7 @@ static int l_worker_call (lua_State *L) {
     return braid_error(L, "closed", NULL, "worker:call: the worker is "
                        "closed");
   buf = braid__xcopy_encode(L, 3, lua_gettop(L) - 2, "args", "to a worker",
-                            &w->lim, &len);
+                            &w->lim, "worker:call", &len);
   c = (struct braid_wcall *) braid__calloc(1, sizeof *c);
   if (c == NULL || (c->fname = braid__wk_strdup(fname)) == NULL) {
     free(c);

@@ -46,7 +46,8 @@ static int wk_encode_p (lua_State *L) {
   lua_pop(L, 1);
   if (lua_toboolean(L, 1)) {
     c->buf = braid__xcopy_encode(L, 2, n - 1, "results",
-                                 "back from a worker", &c->w->lim, &c->len);
+                                 "back from a worker", &c->w->lim,
+                                 "worker:call", &c->len);
     c->status = CALL_OK;
     return 0;
   }
@@ -54,7 +55,7 @@ static int wk_encode_p (lua_State *L) {
   if (c->tb && !braid_error_kind(L, 2)) lua_pushstring(L, c->tb);
   else lua_pushnil(L);
   c->buf = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
-                               &c->w->lim, &c->len);
+                               &c->w->lim, "worker:call", &c->len);
   c->status = CALL_ERROR;
   return 0;
 }
@@ -150,7 +151,7 @@ static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
   n = lua_gettop(L) - 1;
   c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
-                               &c->w->lim, &c->len);
+                               &c->w->lim, "worker:call", &c->len);
   c->status = CALL_OK;
   return 0;
 }
@@ -408,7 +409,7 @@ static int wk_boot_msgh (lua_State *L) {
 static int wk_keep_load_error_p (lua_State *L) {
   struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, 1);
   w->load_err = braid__xcopy_encode(L, 2, 2, "error", "back from a worker",
-                                    &w->lim, &w->load_len);
+                                    &w->lim, "braid.worker", &w->load_len);
   return 0;
 }
 

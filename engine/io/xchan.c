@@ -380,7 +380,7 @@ static int l_xsend (lua_State *L) {
   braid_check_suspend(L, "channel:send");
   lua_settop(L, 2);
   buf = braid__xcopy_encode(L, 2, 1, "value", "through a shared channel",
-                            NULL, &len);
+                            NULL, "channel:send", &len);
   m = (struct xmsg *) braid__calloc(1, sizeof *m);
   if (m == NULL) {
     braid__xcopy_free(buf, len);
@@ -500,11 +500,11 @@ static int l_channel (lua_State *L) {
   braid__check_options(L, 2, "braid.channel", chan_options);
   if (!lua_istable(L, 2) || lua_getfield(L, 2, "shared") == LUA_TNIL ||
       !lua_toboolean(L, -1)) {
+    /* called as a plain C function, not through lua_call, so that its
+    ** usage errors name the script's line (a C frame has none) */
+    lua_CFunction local = lua_tocfunction(L, lua_upvalueindex(1));
     lua_settop(L, 1);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, 1, 1);
-    return 1;
+    return local(L);
   }
   cap = lua_isnoneornil(L, 1) ? 0 : braid__check_integer(L, 1, "braid.channel");
   if (cap < 0)

@@ -34,10 +34,12 @@ enum { X_NIL = 'n', X_FALSE = 'f', X_TRUE = 't', X_INT = 'i', X_FLT = 'd',
        X_CHAN = 'c' };
 
 /* A buffer ends with the shared channels it names (io/xchan.c), one
-** reference each, then their count: [values][chan * n][uint32 n]. The
-** values name a channel by its place there, so that freeing a buffer
-** that was never decoded (braid__xcopy_free) releases them without a
-** walk of the values. */
+** reference each, the account its bytes are charged to (prim.h:
+** braid__xcharge; NULL: none), then the channels' count:
+** [values][chan * n][account][uint32 n]. The values name a channel by its
+** place there, so that freeing a buffer that was never decoded
+** (braid__xcopy_free) releases them without a walk of the values. */
+#define TRAILER (sizeof(struct braid_xacct *) + sizeof(uint32_t))
 
 struct xc {
   lua_State *L;
@@ -240,9 +242,11 @@ static void xc_walk (struct xc *x, int n) {
 
 char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
                            const char *dir, const struct braid_xlimits *lim,
-                           size_t *len) {
+                           const char *fname, size_t *len) {
   struct xc x;
   size_t total;
+  braid_engine_t *E = braid_engine(L);
+  struct braid_xacct *acct = NULL;
   struct braid_xlimits caps = {BRAID_XCOPY_DEPTH, BRAID_XCOPY_BYTES};
   if (lim) caps = *lim;
   if (caps.max_depth > BRAID_XCOPY_DEPTH) caps.max_depth = BRAID_XCOPY_DEPTH;
@@ -257,12 +261,21 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
   x.seen = lua_gettop(L);
   xc_walk(&x, n);                       /* checks, counts, numbers */
   x.chans = x.len;
-  total = x.len + x.nchan * sizeof(struct braid_xchan *) + sizeof x.nchan;
+  total = x.len + x.nchan * sizeof(struct braid_xchan *) + TRAILER;
+  /* the sender's until it is freed, on whichever thread takes it */
+  if (E && braid__xcharge(E, total, &acct) != 0)
+    braid_error(L, "memory", NULL, "%s: not enough memory for a message of "
+                "%I bytes %s (%s: a message counts in its sender's memory "
+                "limit until it is taken)", fname, (lua_Integer) total, dir,
+                root);
   x.out = (char *) braid__malloc(total);
-  if (x.out == NULL)
-    braid_error(L, "memory", NULL, "%s: not enough memory to copy a "
-                "message of %d bytes %s", root, (int) total, dir);
+  if (x.out == NULL) {
+    braid__xcharge_back(acct, total);
+    braid_error(L, "memory", NULL, "%s: not enough memory to copy a message "
+                "of %I bytes %s (%s)", fname, (lua_Integer) total, dir, root);
+  }
   xc_walk(&x, n);                       /* writes: cannot fail */
+  memcpy(x.out + total - TRAILER, &acct, sizeof acct);
   memcpy(x.out + total - sizeof x.nchan, &x.nchan, sizeof x.nchan);
   lua_pop(L, 1);
   *len = total;
@@ -346,11 +359,11 @@ int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
   uint32_t n, i;
   x.L = L;
   x.p = buf;
-  if (len < sizeof n) luaL_error(L, "xcopy: short buffer");
+  if (len < TRAILER) luaL_error(L, "xcopy: short buffer");
   memcpy(&x.nchan, buf + len - sizeof n, sizeof n);
-  if ((len - sizeof n) / sizeof(struct braid_xchan *) < x.nchan)
+  if ((len - TRAILER) / sizeof(struct braid_xchan *) < x.nchan)
     luaL_error(L, "xcopy: bad buffer");
-  x.chans = buf + len - sizeof n - x.nchan * sizeof(struct braid_xchan *);
+  x.chans = buf + len - TRAILER - x.nchan * sizeof(struct braid_xchan *);
   x.end = x.chans;
   x.ntables = 0;
   lua_newtable(L);
@@ -364,25 +377,32 @@ int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
 
 void braid__xcopy_free (char *buf, size_t len) {
   uint32_t n, i;
+  struct braid_xacct *acct;
   if (buf == NULL) return;
   memcpy(&n, buf + len - sizeof n, sizeof n);
+  memcpy(&acct, buf + len - TRAILER, sizeof acct);
   for (i = 0; i < n; i++) {
     struct braid_xchan *ch;
-    memcpy(&ch, buf + len - sizeof n - (n - i) * sizeof ch, sizeof ch);
+    memcpy(&ch, buf + len - TRAILER - (n - i) * sizeof ch, sizeof ch);
     braid__xchan_release(ch);
   }
   free(buf);
+  braid__xcharge_back(acct, len);
 }
 
+/* The copy is charged to no one: it is made on the receiving side (a
+** worker's load error, copied for each call), not by a sender. */
 char *braid__xcopy_dup (const char *buf, size_t len) {
   char *d = (char *) braid__malloc(len);
+  struct braid_xacct *none = NULL;
   uint32_t n, i;
   if (d == NULL) return NULL;
   memcpy(d, buf, len);
+  memcpy(d + len - TRAILER, &none, sizeof none);
   memcpy(&n, buf + len - sizeof n, sizeof n);
   for (i = 0; i < n; i++) {
     struct braid_xchan *ch;
-    memcpy(&ch, buf + len - sizeof n - (n - i) * sizeof ch, sizeof ch);
+    memcpy(&ch, buf + len - TRAILER - (n - i) * sizeof ch, sizeof ch);
     braid__xchan_ref(ch);
   }
   return d;

@@ -21,22 +21,27 @@ struct braid_xlimits {
 
 /* Serialises the n values from stack index first into a new buffer
 ** (braid__malloc'd, *len bytes; the caller frees it). `root` names the
-** values in error paths ("args" gives args[1], args[2].cb ...) and `dir`
-** says where they go ("to a worker"). Raises kind "usage" for a value that
+** values in error paths ("args" gives args[1], args[2].cb ...), `dir`
+** says where they go ("to a worker") and `fname` the call that sends them
+** ("worker:call"). The buffer is charged to L's engine (prim.h:
+** braid__xcharge) until it is freed. Raises kind "usage" for a value that
 ** cannot cross (a function, userdata, coroutine: the message names its
-** path), kind "limit" (fields limit, option) past a cap, kind "memory".
-** Runs no Lua code (raw access: no metamethod). [-0, +0, v] */
+** path), kind "limit" (fields limit, option) past a cap, kind "memory"
+** (over L's engine's memory limit too). Runs no Lua code (raw access: no
+** metamethod). [-0, +0, v] */
 char *braid__xcopy_encode(lua_State *L, int first, int n, const char *root,
                           const char *dir, const struct braid_xlimits *lim,
-                          size_t *len);
+                          const char *fname, size_t *len);
 
 /* Pushes the values of a buffer made by braid__xcopy_encode; returns how
 ** many. Raises only when L runs out of memory. [-0, +n, m] */
 int braid__xcopy_decode(lua_State *L, const char *buf, size_t len);
 
-/* Frees a buffer made by braid__xcopy_encode, decoded or not: the shared
-** channels it names are released (NULL: nothing). braid__xcopy_dup copies
-** one (NULL when out of memory). A buffer is never freed otherwise. */
+/* Frees a buffer made by braid__xcopy_encode, decoded or not, on any
+** thread: the shared channels it names are released and its bytes given
+** back to its sender's account (NULL: nothing). braid__xcopy_dup copies
+** one, charged to no one (NULL when out of memory). A buffer is never
+** freed otherwise. */
 void braid__xcopy_free(char *buf, size_t len);
 char *braid__xcopy_dup(const char *buf, size_t len);
 
