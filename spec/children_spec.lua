@@ -119,6 +119,20 @@ describe("issue 15: a child's process group is stopped with it", function()
 end)
 
 describe("issue 15: exit paths", function()
+  -- A script's loop that waits until the grandchild has written its pid
+  -- to %q. The shell creates the file before echo writes to it: a script
+  -- that waited for the file alone exited in between, the grandchild was
+  -- stopped before it wrote, and the spec had no pid to check (seen twice
+  -- in five ASan runs on a busy machine).
+  local AWAIT_PID = [[
+      local function written(p)
+        local f = io.open(p)
+        local s = f and f:read("a")
+        if f then f:close() end
+        return s and s:match("%%d+\n")
+      end
+      while not written(%q) do braid.sleep(0.01) end]]
+
   local function runner(src, env)
     local script = h.script(src)
     local out, err, code = h.sh(("%s %s %s %s"):format(env or "", RUN_ENV, BIN, script))
@@ -134,7 +148,8 @@ describe("issue 15: exit paths", function()
       local braid = require "braid"
       braid.process({%s}, {kill_grace = 0.3})
       braid.spawn(function() braid.sleep(30) end)
-      while not io.open(%q) do braid.sleep(0.01) end
+]] .. AWAIT_PID .. [[
+
       print("exiting")
       os.exit(7)
       print("not reached")
@@ -154,7 +169,8 @@ describe("issue 15: exit paths", function()
       local braid = require "braid"
       braid.run(function()
         braid.process({%s})
-        while not io.open(%q) do braid.sleep(0.01) end
+]] .. AWAIT_PID .. [[
+
         os.exit(false)
       end)
       print("not reached")
@@ -175,7 +191,8 @@ describe("issue 15: exit paths", function()
     local script = h.script(([[
       local braid = require "braid"
       braid.process({%s}, {kill_grace = 60})
-      while not io.open(%q) do braid.sleep(0.01) end
+]] .. AWAIT_PID .. [[
+
       print("ready") io.stdout:flush()
       pcall(braid.sleep, 60)
       print("cancelled") io.stdout:flush()   -- the group gets SIGTERM, ignored
