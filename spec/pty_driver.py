@@ -6,6 +6,8 @@ and plays SCENARIO against it, one step a line (fields split by a tab):
   expect <regex> [secs]    (a Python regex, on bytes) wait (10 s by default) until the output since the
                            last match matches; the match is consumed
   quiet <secs>             the output stays free of new text this long
+  touch <path>             create the file at path (a program's task can wait
+                           for it instead of sleeping a fixed time)
   exit [secs]              wait for the program to end; records its status
 
 Prints the transcript (what the terminal showed, escapes visible), then
@@ -80,6 +82,8 @@ def main():
             if len(out) > start:
                 why = "step %d: unexpected output %r" % (n, out[start:])
                 break
+        elif op == "touch":
+            open(step[1], "w").close()
         elif op == "exit":
             limit = time.time() + float(step[1] if len(step) > 1 else 10)
             while status is None and time.time() < limit:

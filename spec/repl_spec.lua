@@ -47,6 +47,15 @@ end
 
 local PROMPT = "> $"
 
+-- A background task for an entry: it waits until the file `flag` exists
+-- (the scenario's "touch" step), then runs `body`. A fixed sleep there
+-- raced the driver: on a busy machine the task could print before the
+-- scenario had typed the line it is meant to interrupt.
+local function on_touch(flag, body)
+  return ("braid.spawn(function() while not io.open(%q) do braid.sleep(0.02) end %s end)")
+         :format(flag, body)
+end
+
 describe("the REPL (braid on a terminal)", function()
   it("awaits at the prompt: braid.sleep(0.1), then 1+1 prints 2", function()
     local out, ok, status = repl {
@@ -74,12 +83,15 @@ describe("the REPL (braid on a terminal)", function()
   end)
 
   it("keeps the partly typed line when a background task prints", function()
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
     local out, ok = repl {
       {"expect", PROMPT},
-      {"send", 'braid.spawn(function() braid.sleep(0.5) print("tick") end)\\r'},
+      {"send", on_touch(flag, 'print("tick")') .. "\\r"},
       {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
       {"send", "20 +"},
       {"expect", "20 \\+$"},
+      {"touch", flag},
       {"expect", "tick\\r\\n> 20 \\+", 5},   -- printed above, then redrawn
       {"send", " 22\\r"},
       {"expect", "\\r\\n42\\r\\n> $"},
@@ -91,12 +103,15 @@ describe("the REPL (braid on a terminal)", function()
 
   it("keeps a line that wraps on the screen, and ends output that lacks a newline", function()
     local long = ("a"):rep(120)   -- the terminal is 100 columns wide
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
     local out, ok = repl {
       {"expect", PROMPT},
-      {"send", 'braid.spawn(function() braid.sleep(0.6) io.write("no newline") end)\\r'},
+      {"send", on_touch(flag, 'io.write("no newline")') .. "\\r"},
       {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
       {"send", 'x = "' .. long},
       {"expect", "aaaa$"},
+      {"touch", flag},
       {"expect", "no newline\\r\\n> x = \"a", 5},
       {"send", 'bbb"\\r'},
       {"expect", "> $"},
@@ -305,10 +320,13 @@ describe("the REPL (braid on a terminal)", function()
   end)
 
   it("works without line editing when TERM=dumb", function()
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
     local out, ok, status = repl({
       {"expect", PROMPT},
-      {"send", 'braid.spawn(function() braid.sleep(0.3) print("tick") end)\\r'},
+      {"send", on_touch(flag, 'print("tick")') .. "\\r"},
       {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"touch", flag},
       {"expect", "tick\\r\\n> $", 5},
       {"send", "braid.sleep(0.1) return 6 * 7\\r"},
       {"expect", "\\r\\n42\\r\\n> $"},

@@ -244,9 +244,15 @@ describe("braid --trace", function()
   end)
 
   it("writes the trace when interrupted (SIGINT)", function()
-    local path = tmpfile()
-    local _, _, code = h.sh(RUN_ENV .. " timeout --preserve-status -k 20 -s INT 1 '" .. BIN ..
-      "' --trace " .. path .. " -e 'braid.sleep(30)' </dev/null")
+    local path, out = tmpfile(), tmpfile()
+    -- SIGINT once the script runs: sent at a fixed delay (`timeout -s INT
+    -- 1`) it could come before braid had set its handlers up
+    local _, _, code = h.sh(RUN_ENV .. " timeout -k 5 30 sh -c '\"$0\" --trace " .. path ..
+      " -e \"print(1) io.stdout:flush() braid.sleep(30)\"" ..
+      " >" .. out .. " </dev/null & p=$!; i=0;" ..
+      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;" ..
+      " kill -INT $p; wait $p' '" .. BIN .. "'")
+    os.remove(out)
     assert.equal(130, code)
     local ix = check.check(check.load(path))
     os.remove(path)
