@@ -4,7 +4,7 @@
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
              librsvg2-bin luarocks groff-base
 # braid.http (engine/io/http*.c) and braid.json (lua-cjson, required at
-# run time from lua/braid.lua)
+# run time from lua/braid.lua and lua/http.lua)
 PKGS      += libcurl4-openssl-dev lua-cjson
 # the specs' helpers: Python's http.server and pty (spec/http_server.py,
 # spec/pty_driver.py) and openssl for the TLS specs' certificate
@@ -71,8 +71,8 @@ $(BUILD)/.deps: Makefile
 	fi
 	@mkdir -p $(BUILD) && touch $@
 
-$(BUILD)/braid_lua.c: lua/braid.lua tools/embed.lua $(BUILD)/.deps
-	lua5.4 tools/embed.lua braid__lua_source lua/braid.lua > $@
+$(BUILD)/braid_lua.c: lua/braid.lua lua/http.lua tools/embed.lua $(BUILD)/.deps
+	lua5.4 tools/embed.lua braid__lua_source lua/braid.lua lua/http.lua > $@
 
 $(BUILD)/braid_lua.o: $(BUILD)/braid_lua.c
 	$(CC) $(CFLAGS) -fPIC -c $< -o $@

@@ -1,0 +1,277 @@
+-- http.lua: the Lua side of braid.json and braid.http. It is not a chunk
+-- of its own: tools/embed.lua appends it to lua/braid.lua at build time,
+-- so braid.lua's locals (M, Error, usage, the library functions it keeps)
+-- are in scope here, as they were when both were one file.
+
+-- ---- braid.json: lua-cjson, loaded on first use ----
+-- A private instance (cjson.new), so a script's own cjson settings and
+-- braid's do not meet. Where `require "cjson"` finds nothing (an embedded
+-- engine without the package library that did not preload cjson), the
+-- functions raise kind "usage" saying so.
+local cjson_inst
+local function cjson()
+  if cjson_inst then return cjson_inst end
+  local ok, mod = pcall(require, "cjson")
+  if not ok or type(mod) ~= "table" or type(mod.new) ~= "function" then
+    usage("braid.json needs lua-cjson (the Debian package lua-cjson; "
+          .. "require \"cjson\" failed)")
+  end
+  cjson_inst = mod.new()
+  cjson_inst.encode_sparse_array(true)       -- {[1]=1,[5]=5}: an object
+  cjson_inst.decode_invalid_numbers(false)   -- JSON only: no NaN, no hex
+  cjson_inst.encode_invalid_numbers(false)
+  return cjson_inst
+end
+
+local json = {}
+M.json = json
+
+-- braid.json.null: what JSON null decodes to and encodes from.
+-- (lua-cjson's null, a light userdata; set on first use of braid.json.)
+
+-- braid.json.encode(value) -> string. An empty table encodes as {}; an
+-- array is a table with keys 1..n. Raises kind "json" for what JSON
+-- cannot hold (a function, NaN, a cycle or nesting over 1000).
+function json.encode(v)
+  local c = cjson()
+  local ok, s = pcall(c.encode, v)
+  if not ok then
+    error(Error.new{kind = "json", message = "braid.json.encode: " .. tostring(s)}, 2)
+  end
+  return s
+end
+
+-- braid.json.decode(s) -> value. null becomes braid.json.null; [] and {}
+-- both become an empty table. Raises kind "json" with `position` (the
+-- byte where parsing failed, from 1) for text that is not JSON.
+function json.decode(s)
+  if type(s) ~= "string" then
+    usage("bad argument #1 to 'braid.json.decode' (string expected, got %s)",
+          type(s))
+  end
+  local c = cjson()
+  local ok, v = pcall(c.decode, s)
+  if not ok then
+    local msg = tostring(v)
+    error(Error.new{kind = "json", message = "braid.json.decode: " .. msg,
+                position = tonumber(msg:match("at character (%d+)"))}, 2)
+  end
+  return v
+end
+
+setmetatable(json, {__index = function(t, k)
+  if k == "null" then
+    local n = cjson().null
+    rawset(t, "null", n)
+    return n
+  end
+end})
+
+-- ---- braid.http: the Lua side (engine/io/http*.c hold the transfers) ----
+local http = rawget(M, "http")
+if http then
+  local request, open, Response = http._request, http._open, http.Response
+  local get_url = http._get
+  http._request, http._open, http._get = nil, nil, nil
+  local concat, pairs = table.concat, pairs
+
+  local function escape(s)
+    return (tostring(s):gsub("[^%w%-%._~]", function(ch)
+      return string.format("%%%02X", ch:byte())
+    end))
+  end
+
+  -- A copy of opts with the query in the URL, a table body as JSON (with
+  -- its content type unless one is given), a function body's chunks
+  -- gathered (the function is called until it returns nil).
+  local function prepare(opts, fname)
+    if type(opts) ~= "table" then return opts end
+    local body, query = opts.body, opts.query
+    if type(body) ~= "table" and type(body) ~= "function" and query == nil then
+      return opts
+    end
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    if query ~= nil then
+      if type(query) ~= "table" then
+        usage("bad option 'query' to '%s' (table expected)", fname)
+      end
+      -- raw (next, rawget): a script's __pairs or __index is not run here,
+      -- and a number key keeps its value (query[tostring(1)] would be nil)
+      -- a name is a string or a number; a value a string, a number, a
+      -- boolean or a list of those (anything else would be sent as
+      -- "table: 0x..." or dropped)
+      local scalar = {string = true, number = true, boolean = true}
+      local function bad(what, t)
+        usage("bad option 'query' to '%s' (%s is a %s; strings, numbers, "
+              .. "booleans or a list of them expected)", fname, what, t)
+      end
+      local keys, vals = {}, {}
+      for k, v in next, query do
+        local tk = type(k)
+        if tk ~= "string" and tk ~= "number" then bad("a name", tk) end
+        local name = tostring(k)
+        if type(v) == "table" then
+          local n = 0
+          for i, x in ipairs(v) do
+            if not scalar[type(x)] then
+              bad(("%s[%d]"):format(name, i), type(x))
+            end
+            n = i
+          end
+          for j in next, v do   -- keys beyond the list would be dropped
+            if math.type(j) ~= "integer" or j < 1 or j > n then
+              bad(name, "table that is not a list")
+            end
+          end
+        elseif not scalar[type(v)] then
+          bad(name, type(v))
+        end
+        keys[#keys + 1], vals[name] = name, v
+      end
+      table.sort(keys)
+      local parts = {}
+      for _, k in ipairs(keys) do
+        local v = vals[k]
+        if type(v) == "table" then
+          for _, x in ipairs(v) do parts[#parts + 1] = escape(k) .. "=" .. escape(x) end
+        else
+          parts[#parts + 1] = escape(k) .. "=" .. escape(v)
+        end
+      end
+      if #parts > 0 and type(o.url) == "string" then
+        o.url = o.url .. (o.url:find("?", 1, true) and "&" or "?") .. concat(parts, "&")
+      end
+      o.query = nil
+    end
+    if type(body) == "table" then
+      o.body = json.encode(body)
+      local h, has = {}, false
+      for k, v in pairs(o.headers or {}) do
+        h[k] = v
+        if type(k) == "string" and k:lower() == "content-type" then has = true end
+      end
+      if not has then h["Content-Type"] = "application/json" end
+      o.headers = h
+    elseif type(body) == "function" then
+      local chunks = {}
+      for chunk in body do
+        local t = type(chunk)
+        if t ~= "string" and t ~= "number" then   -- numbers: as concat
+          usage("bad option 'body' to '%s' (the body function's chunks must "
+                .. "be strings; chunk #%d is a %s)", fname, #chunks + 1, t)
+        end
+        chunks[#chunks + 1] = chunk
+      end
+      o.body = concat(chunks)
+    end
+    return o
+  end
+
+  -- braid.http.request(opts) -> res; docs/API.md.
+  function http.request(opts)
+    return request(prepare(opts, "braid.http.request"), "braid.http.request")
+  end
+
+  -- braid.http.open(opts) -> res whose body is read with res:read/lines.
+  function http.open(opts)
+    return open(prepare(opts, "braid.http.open"), "braid.http.open")
+  end
+
+  local function with(opts, fields, fname)
+    if type(fields.url) ~= "string" then
+      usage("bad argument #1 to '%s' (string expected, got %s)", fname,
+            type(fields.url))
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+      usage("bad argument #2 to '%s' (table expected, got %s)", fname,
+            type(opts))
+    end
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    for k, v in pairs(fields) do o[k] = v end
+    return o
+  end
+
+  -- braid.http.get(url, [opts]) -> res.
+  function http.get(url, opts)
+    if opts == nil and type(url) == "string" then   -- the common case
+      return get_url(url, "braid.http.get")   -- C reads the URL alone
+    end
+    return request(prepare(with(opts, {url = url, method = "GET"},
+                                "braid.http.get"), "braid.http.get"),
+                   "braid.http.get")
+  end
+
+  -- braid.http.post(url, body, [opts]) -> res; a table body is JSON.
+  function http.post(url, body, opts)
+    local fname = "braid.http.post"
+    if opts ~= nil and type(opts) ~= "table" then
+      usage("bad argument #3 to '%s' (table expected, got %s)", fname,
+            type(opts))
+    end
+    return request(prepare(with(opts, {url = url, method = "POST", body = body},
+                                fname), fname), fname)
+  end
+
+  local function check_res(self, fname)
+    if getmetatable(self) ~= "braid.HttpResponse" then
+      usage("bad argument #1 to '%s' (braid.HttpResponse expected, got %s)",
+            fname, type(self))
+    end
+  end
+
+  -- res:read("a") reads the rest of the body; res:read([n]) is C's.
+  local read = Response.read
+  function Response:read(n)
+    if n ~= "a" then return read(self, n) end
+    local body = self.body   -- request's response: the whole body is there
+    if body then return body end
+    local parts = {}
+    while true do
+      local chunk = read(self)
+      if chunk == nil then break end
+      parts[#parts + 1] = chunk
+    end
+    return concat(parts)
+  end
+
+  -- res:lines() -> iterator over the body's lines (without "\n" or
+  -- "\r\n"), as they arrive: server-sent events, NDJSON.
+  function Response:lines()
+    check_res(self, "res:lines")
+    local buf, pos, done = "", 1, false
+    if self.body then buf, done = self.body, true end
+    return function()
+      while true do
+        local nl = buf:find("\n", pos, true)
+        if nl then
+          local line = buf:sub(pos, nl - 1)
+          pos = nl + 1
+          if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+          return line
+        end
+        if done then
+          if pos <= #buf then
+            local line = buf:sub(pos)
+            buf, pos = "", 1
+            return line
+          end
+          return nil
+        end
+        local chunk = read(self)
+        buf = buf:sub(pos)
+        pos = 1
+        if chunk then buf = buf .. chunk else done = true end
+      end
+    end
+  end
+
+  -- res:json() -> the body decoded (read to the end first for a stream).
+  function Response:json()
+    check_res(self, "res:json")
+    local body = self.body
+    if body == nil then body = self:read("a") end
+    return json.decode(body)
+  end
+end
