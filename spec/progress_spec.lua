@@ -123,12 +123,22 @@ describe("braid.progress on a terminal", function()
   end)
 
   it("keeps the REPL's prompt below it while a background task draws", function()
+    -- the second step waits for the scenario to have typed "1+" (a file it
+    -- creates then), not for 0.3 s that a loaded machine may not keep; it
+    -- then waits 0.15 s, so that it comes past the 0.1 s between redraws
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
     local out, ok = h.pty({
       {"expect", "> $"},
       {"send", 'braid.spawn(function() local p = braid.progress(4, "bg") ' ..
-               'for i = 1, 4 do braid.sleep(0.3) p:add() end p:done() end)\\r'},
+               'braid.sleep(0.3) p:add() ' ..
+               'while not braid.fs.exists("' .. flag .. '") do braid.sleep(0.01) end ' ..
+               'braid.sleep(0.15) p:add() ' ..   -- past the 0.1 s between redraws
+               'for i = 3, 4 do braid.sleep(0.3) p:add() end p:done() end)\\r'},
       {"expect", "bg \\[#####-+\\] 1/4[^\\n]*\\r\\n> $", "10"},
       {"send", "1+"},
+      {"expect", "1\\+$", "10"},
+      {"touch", flag},
       {"expect", "bg \\[##########-+\\] 2/4[^\\n]*\\r\\n> 1\\+$", "10"},
       {"send", "1\\r"},
       {"expect", "\\r\\n2\\r\\n", "10"},
