@@ -243,16 +243,24 @@ describe("braid --trace", function()
     assert.equal(1, #check.instants(ix, "cancelled"))
   end)
 
-  it("writes the trace when interrupted (SIGINT)", function()
-    local path, out = tmpfile(), tmpfile()
-    -- SIGINT once the script runs: sent at a fixed delay (`timeout -s INT
-    -- 1`) it could come before braid had set its handlers up
-    local _, _, code = h.sh(RUN_ENV .. " timeout -k 5 30 sh -c '\"$0\" --trace " .. path ..
-      " -e \"print(1) io.stdout:flush() braid.sleep(30)\"" ..
-      " >" .. out .. " </dev/null & p=$!; i=0;" ..
-      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;" ..
-      " kill -INT $p; wait $p' '" .. BIN .. "'")
+  -- Runs `braid ARGS -e BODY` (BODY prints a line once it runs) and, once
+  -- that line is out, the shell commands KILLS ($p is braid); returns the
+  -- exit status. Signals sent at a fixed delay (`timeout -s INT 1`) could
+  -- come before braid had set its handlers up.
+  local function signalled(args, body, kills)
+    local out = tmpfile()
+    local _, _, code = h.sh(RUN_ENV .. " timeout -k 5 30 sh -c '\"$0\" " .. args ..
+      " -e \"" .. body .. "\" >" .. out .. " </dev/null & p=$!; i=0;" ..
+      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; " ..
+      kills .. "; wait $p' '" .. BIN .. "'")
     os.remove(out)
+    return code
+  end
+
+  it("writes the trace when interrupted (SIGINT)", function()
+    local path = tmpfile()
+    local code = signalled("--trace " .. path, "print(1) io.stdout:flush() braid.sleep(30)",
+                           "kill -INT $p")
     assert.equal(130, code)
     local ix = check.check(check.load(path))
     os.remove(path)
@@ -261,15 +269,12 @@ describe("braid --trace", function()
   end)
 
   it("writes the trace when a second SIGINT leaves at once", function()
-    local path, out = tmpfile(), tmpfile()
+    local path = tmpfile()
     -- the shielded body outlasts the first SIGINT (grace 30 s); the second
     -- one makes braid _exit
-    local _, _, code = h.sh(RUN_ENV .. " sh -c '\"$0\" --grace 30 --trace " .. path ..
-      " -e \"braid.shield(function() print(1) io.stdout:flush() braid.sleep(30) end)\"" ..
-      " >" .. out .. " </dev/null & p=$!; i=0;" ..
-      " while [ ! -s " .. out .. " ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;" ..
-      " kill -INT $p; sleep 1; kill -INT $p; wait $p' '" .. BIN .. "'")
-    os.remove(out)
+    local code = signalled("--grace 30 --trace " .. path,
+      "braid.shield(function() print(1) io.stdout:flush() braid.sleep(30) end)",
+      "kill -INT $p; sleep 1; kill -INT $p")
     assert.equal(130, code)
     local doc = check.load(path)   -- complete JSON; slices are left open
     os.remove(path)
