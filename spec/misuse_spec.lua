@@ -234,7 +234,13 @@ describe("SIGQUIT (Ctrl-\\)", function()
       "pid=$!",
       "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!",
       "for _ in $(seq 1 600); do grep -q ready " .. out .. " && break; sleep 0.05; done",
-      "kill -QUIT $pid; sleep 0.3; kill -QUIT $pid; sleep 0.3; kill -INT $pid",
+      -- each signal once the one before was handled: two pending SIGQUITs
+      -- would merge into one
+      "kill -QUIT $pid",
+      "for _ in $(seq 1 600); do grep -q 'live task' " .. err .. " && break; sleep 0.05; done",
+      "sleep 0.2; kill -QUIT $pid",
+      "for _ in $(seq 1 600); do [ $(grep -c 'live task' " .. err .. ") -ge 2 ] && break; sleep 0.05; done",
+      "kill -INT $pid",
       "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code"}, "\n"))
     local e = h.slurp(err) or ""
     os.remove(p) os.remove(out) os.remove(err)
