@@ -96,49 +96,52 @@ if http then
       if type(query) ~= "table" then
         usage("bad option 'query' to '%s' (table expected)", fname)
       end
-      -- raw (next, rawget): a script's __pairs or __index is not run here,
-      -- and a number key keeps its value (query[tostring(1)] would be nil)
       -- a name is a string or a number; a value a string, a number, a
       -- boolean or a list of those (anything else would be sent as
       -- "table: 0x..." or dropped)
-      local scalar = {string = true, number = true, boolean = true}
       local function bad(what, t)
         usage("bad option 'query' to '%s' (%s is a %s; strings, numbers, "
               .. "booleans or a list of them expected)", fname, what, t)
       end
-      local keys, vals = {}, {}
+      -- A value as sent: a number in full (tostring rounds to 14 digits),
+      -- NaN and the infinities refused.
+      local function text(x, what)
+        local t = type(x)
+        if t == "string" then return x end
+        if t == "boolean" then return tostring(x) end
+        if t ~= "number" then bad(what, t) end
+        if math.type(x) == "integer" then return ("%d"):format(x) end
+        if x ~= x or x == math.huge or x == -math.huge then
+          bad(what, "number that is not finite")
+        end
+        local s = ("%.14g"):format(x)
+        return tonumber(s) == x and s or ("%.17g"):format(x)
+      end
+      -- raw (next, rawget): a script's __pairs or __index is not run here;
+      -- the pairs are sorted by name, a name given twice (1 and "1") sent
+      -- twice
+      local fields = {}
       for k, v in next, query do
         local tk = type(k)
         if tk ~= "string" and tk ~= "number" then bad("a name", tk) end
-        local name = tostring(k)
-        if type(v) == "table" then
+        local name = text(k, "a name")
+        if type(v) == "table" then   -- a list: keys 1..n, n of them
           local n = 0
-          for i, x in ipairs(v) do
-            if not scalar[type(x)] then
-              bad(("%s[%d]"):format(name, i), type(x))
-            end
-            n = i
+          for _ in next, v do n = n + 1 end
+          for i = 1, n do
+            local x = rawget(v, i)
+            if x == nil then bad(name, "table that is not a list") end
+            fields[#fields + 1] = {name, text(x, ("%s[%d]"):format(name, i)), #fields}
           end
-          for j in next, v do   -- keys beyond the list would be dropped
-            if math.type(j) ~= "integer" or j < 1 or j > n then
-              bad(name, "table that is not a list")
-            end
-          end
-        elseif not scalar[type(v)] then
-          bad(name, type(v))
-        end
-        keys[#keys + 1], vals[name] = name, v
-      end
-      table.sort(keys)
-      local parts = {}
-      for _, k in ipairs(keys) do
-        local v = vals[k]
-        if type(v) == "table" then
-          for _, x in ipairs(v) do parts[#parts + 1] = escape(k) .. "=" .. escape(x) end
         else
-          parts[#parts + 1] = escape(k) .. "=" .. escape(v)
+          fields[#fields + 1] = {name, text(v, name), #fields}
         end
       end
+      table.sort(fields, function(a, b)   -- a list keeps its order
+        return a[1] < b[1] or (a[1] == b[1] and a[3] < b[3])
+      end)
+      local parts = {}
+      for i, f in ipairs(fields) do parts[i] = escape(f[1]) .. "=" .. escape(f[2]) end
       if #parts > 0 and type(o.url) == "string" then
         o.url = o.url .. (o.url:find("?", 1, true) and "&" or "?") .. concat(parts, "&")
       end

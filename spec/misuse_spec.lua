@@ -207,6 +207,19 @@ describe("braid.http's query option", function()
     assert.matches("(e is a function;", bad{e = print}, 1, true)
     assert.matches("(a[2] is a table;", bad{a = {1, {}}}, 1, true)
     assert.matches("(a name is a table;", bad{[{}] = 1}, 1, true)
+    assert.matches("(a is a number that is not finite;", bad{a = 0/0}, 1, true)
+    assert.matches("(a[2] is a number that is not finite;", bad{a = {1, -math.huge}}, 1, true)
+    local function url(query)
+      local _, e = pcall(braid.http.get, "http://127.0.0.1:1/", {query = query})
+      return e.url
+    end
+    -- raw: a list's __index is not run (it looped here), a name given as
+    -- a number and as a string is sent twice, numbers in full
+    assert.are.equal("http://127.0.0.1:1/",
+                     url{k = setmetatable({}, {__index = function() return "x" end})})
+    assert.are.equal("http://127.0.0.1:1/?1=a&1=b", (url{[1] = "a", ["1"] = "b"}:gsub("1=b&1=a", "1=a&1=b")))
+    assert.are.equal("http://127.0.0.1:1/?a=1152921504606846976&b=1.152921504606847e%2B18&c=0.1&d=3,1",
+                     (url{a = 1 << 60, b = 2.0^60, c = 0.1, d = {3, 1}}:gsub("d=3&d=1", "d=3,1")))
     -- what it can send still goes: the request then fails to connect
     local ok, e = pcall(braid.http.get, "http://127.0.0.1:1/",
                         {query = {a = {1, "x", true}, b = 2.5, c = false, d = {}}})
