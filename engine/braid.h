@@ -288,7 +288,8 @@ struct braid_timer {            /* every field is braid's */
 
 /* Arms tm to call cb once, `ns` nanoseconds from now (re-arming it if it
 ** is armed). cb runs from the loop and must not run Lua code. An armed
-** timer keeps the engine's loop alive. Never fails: when braid's timer
+** timer keeps the engine's loop alive, unless it is due never (ns of
+** BRAID_NEVER: it can wake nothing). Never fails: when braid's timer
 ** heap (where a timer goes unless a list of its delay takes it) cannot
 ** grow, braid spends its memory reserve (the engine's tasks are then
 ** cancelled with a "memory" error, as when the scheduler runs out). */

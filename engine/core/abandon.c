@@ -125,16 +125,21 @@ void braid__task_abandon_as (struct braid_task *t, const char *why) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_task *prev = E->current;
+  int reported = t->abandoned;   /* said already (hook.c's task_stop) */
   if (TASK_DONE(t)) return;
   if (running_within(E, t)) {
-    struct braid_task *x;
-    if (!t->abandoned) abandon_report(S, t, why);
-    for (x = E->current; ; x = parent_of(x)) {
-      x->abandoned = 1;   /* braid calls refuse to wait from now on */
-      x->stop = STOP_GRACE;
-      if (x == t) break;
-    }
+    /* The running task cannot be reset from under its own code: it only
+    ** unwinds from its next instruction, and t is abandoned when the
+    ** scheduler has it back (sched.c), as any other. */
+    if (!reported) abandon_report(S, t, why);
+    t->abandoned = 1;   /* braid calls refuse to wait from now on */
+    E->current->abandoned = 1;
+    E->current->stop = STOP_GRACE;
     braid__hook_stop(E);
+    if (E->abandon_later == NULL) {
+      E->abandon_later = t;
+      E->abandon_why = why;
+    }
     return;
   }
   abandon_below(t, why);
@@ -157,7 +162,7 @@ void braid__task_abandon_as (struct braid_task *t, const char *why) {
     braid__coset_remove(E, t->co);
     t->co = NULL;   /* not pooled: see pool_put */
   }
-  abandon_report(S, t, why);
+  if (!reported) abandon_report(S, t, why);
   /* Whatever cancelled it before, it ends abandoned: a reason given then,
   ** and the cancellation error made with it, give way. */
   if (t->scope.more) {

@@ -372,6 +372,8 @@ struct braid_engine {
   int slot_top, slot_free;     /* its highest slot; the free chain's head */
   int compact_refused;         /* slot_top when a rebuild was refused */
   int running, interrupted, virtual_clock, deadlocks;
+  struct braid_task *abandon_later;   /* asked from inside a task (abandon.c) */
+  const char *abandon_why;
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
   uv_signal_t sigquit;

@@ -272,9 +272,10 @@ int braid__task_cancelled(braid_task_t *t);
 ** "cancelled" without waiting for the rest of its grace period. Runs in
 ** scheduler context (braid__engine_call). When the running task is t or
 ** one of its members (an interceptor run by the interrupt hook), that
-** one cannot be reset from under itself: t and the tasks between them
-** only unwind from their next instruction on. The report on stderr says
-** `why` (NULL: the grace period has passed). */
+** one cannot be reset from under itself: it only unwinds from its next
+** instruction on, and t is abandoned when the scheduler has it back (one
+** such request at a time; a second waits for its grace period). The
+** report on stderr says `why` (NULL: the grace period has passed). */
 void braid__task_abandon(braid_task_t *t);
 void braid__task_abandon_as(braid_task_t *t, const char *why);
 

@@ -231,6 +231,10 @@ static int l_task_drain (lua_State *S) {
     if (E->ready_head == NULL) E->ready_tail = NULL;
     t->queued = 0;
     task_resume(E, S, t);
+    if ((t = E->abandon_later) != NULL) {   /* asked while t's code ran */
+      E->abandon_later = NULL;
+      braid__task_abandon_as(t, E->abandon_why);
+    }
   }
   return 0;
 }

@@ -249,6 +249,7 @@ static void task_finish (struct braid_task *t) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
+  if (E->abandon_later == t) E->abandon_later = NULL;   /* nothing left */
   if (E->trace) braid__trace_finish(t);
   if (SCOPE_REF(s, error_ref) != LUA_NOREF) {
     braid__scope_push_error(S, s);
