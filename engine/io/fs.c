@@ -318,14 +318,16 @@ static void fs_cancel (braid_op_t *op) {
   else if (fo->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *) &fo->req);
 }
 
-/* Checks that argument `arg` is a path: a string without zero bytes. */
-static const char *fs_check_path (lua_State *L, int arg, const char *fname) {
+const char *braid__fs_check_path (lua_State *L, int arg, const char *fname,
+                                  int nonempty) {
   size_t len;
   const char *p;
   braid__check_type(L, arg, LUA_TSTRING, fname);   /* numbers are no paths */
   p = lua_tolstring(L, arg, &len);
   if (strlen(p) != len)
     braid_argerror(L, arg, fname, "path contains a zero byte");
+  if (nonempty && len == 0)
+    braid_argerror(L, arg, fname, "path must not be empty");
   return p;
 }
 
@@ -475,8 +477,8 @@ static void fs_begin (lua_State *L, struct fs_args *a, int kind) {
   memset(a, 0, sizeof *a);
   a->kind = kind;
   a->loop = braid_loop(braid_check_task(L, fname));
-  fs_check_path(L, 1, fname);
-  if (kind == OP_RENAME) fs_check_path(L, 2, fname);
+  braid__fs_check_path(L, 1, fname, 0);
+  if (kind == OP_RENAME) braid__fs_check_path(L, 2, fname, 0);
 }
 
 static const char *const read_options[] = {"max_size", NULL};

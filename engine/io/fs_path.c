@@ -139,15 +139,7 @@ static void path_begin (lua_State *L, struct path_args *a, int kind,
   memset(a, 0, sizeof *a);
   a->kind = kind;
   a->loop = braid_loop(braid_check_task(L, fname));
-  for (i = 1; i <= nargs; i++) {
-    size_t len;
-    const char *p;
-    braid__check_type(L, i, LUA_TSTRING, fname);
-    p = lua_tolstring(L, i, &len);
-    if (strlen(p) != len || len == 0)
-      braid_argerror(L, i, fname, len ? "path contains a zero byte"
-                                      : "path must not be empty");
-  }
+  for (i = 1; i <= nargs; i++) braid__fs_check_path(L, i, fname, 1);
   a->path = lua_tostring(L, 1);
   if (nargs > 1) a->to = lua_tostring(L, 2);
 }

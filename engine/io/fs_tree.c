@@ -44,7 +44,7 @@ struct tree_job {
   int err;                   /* the first failure, a UV_E* code, or 0 */
   char *path;                /* the root, as given */
   /* Where the walk is (the root, then "/name" per level), for the
-  ** error's path; cut at PATH_MAX (only the message suffers). */
+  ** error's path; cut at PATH_MAX (the error then names the root). */
   char where[PATH_MAX];
   size_t len;
 };
@@ -195,8 +195,10 @@ static void tree_cancel (braid_op_t *op) {
   uv_cancel((uv_req_t *) &job->work);   /* tree_done runs either way */
 }
 
-/* The continuation. The error names the entry that could not be removed;
-** the job is freed before anything is pushed (a push may raise). */
+/* The continuation. The error names the entry that could not be removed
+** (the path given when that name filled `where`: it may have been cut, and
+** `path` must be true); the job is freed before anything is pushed (a
+** push may raise). */
 static int tree_k (lua_State *L, braid_op_t *op) {
   struct tree_call *c = (struct tree_call *) braid_op_data(op);
   struct tree_job *job = c->job;
@@ -205,7 +207,8 @@ static int tree_k (lua_State *L, braid_op_t *op) {
   where[0] = '\0';
   if (job) {
     err = job->err;
-    memcpy(where, job->where, job->len + 1);
+    if (job->len < sizeof job->where - 1)
+      memcpy(where, job->where, job->len + 1);
     job_free(job);
   }
   if (err == 0) return 0;
@@ -217,14 +220,9 @@ static int tree_k (lua_State *L, braid_op_t *op) {
 /* braid.fs._remove_tree(path): the directory at path with everything in
 ** it, or whatever is at path; lua/braid.lua's fs.remove checks first. */
 static int l_fs_remove_tree (lua_State *L) {
-  size_t len;
   const char *p;
   braid_check_task(L, FNAME);
-  braid__check_type(L, 1, LUA_TSTRING, FNAME);
-  p = lua_tolstring(L, 1, &len);
-  if (strlen(p) != len || len == 0)
-    braid_argerror(L, 1, FNAME, len ? "path contains a zero byte"
-                                    : "path must not be empty");
+  p = braid__fs_check_path(L, 1, FNAME, 1);
   lua_settop(L, 1);
   braid_check_suspend(L, FNAME);
   return braid_suspendk(L, "remove", sizeof(struct tree_call), tree_start,
