@@ -36,6 +36,7 @@
 */
 #define _GNU_SOURCE   /* dladdr */
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,18 @@ static void region_del (struct braid_arena *A, uintptr_t r) {
   A->nkeys--;
 }
 
+/* Whether regions are still advised onto huge pages, for the whole
+** process. A huge page's first touch costs ~0.25 ms here (the kernel
+** zeroes 2 MB), but where free 2 MB blocks are handed back to a VM's host
+** (free page reporting) or must first be compacted it took ~4.6 ms, 19
+** times as long, for every region from then on, while 4 KB pages cost
+** ~0.4 ms per 2 MB: a fresh process's first 100k tasks ran at 900 ns each
+** instead of 450 (bench/RESULTS.md, 2026-12-02). So arena_grow times the
+** first touch of each huge region, and one slower than SLOW_TOUCH_NS turns
+** the advice off. */
+#define SLOW_TOUCH_NS 1000000
+static _Atomic int huge_off;
+
 /* A 2 MB-aligned region, advised onto huge pages unless it is the first
 ** (`huge` 0): a small script touches a few hundred KB of its first region,
 ** and a huge page would make that 2 MB of RSS. NULL when none could be
@@ -164,7 +177,14 @@ static char *region_map (int huge) {
   if (r > p) munmap(p, (size_t) (r - p));
   if (r + REGION < p + len) munmap(r + REGION, (size_t) (p + len - r - REGION));
 #ifdef MADV_HUGEPAGE
-  if (huge) madvise(r, REGION, MADV_HUGEPAGE);   /* advice: may be ignored */
+  if (huge && !atomic_load_explicit(&huge_off, memory_order_relaxed)) {
+    uint64_t t0;
+    madvise(r, REGION, MADV_HUGEPAGE);   /* advice: may be ignored */
+    t0 = uv_hrtime();
+    *(volatile char *) r = 0;   /* the first touch: faults the huge page in */
+    if (uv_hrtime() - t0 > SLOW_TOUCH_NS)
+      atomic_store_explicit(&huge_off, 1, memory_order_relaxed);
+  }
 #else
   (void) huge;
 #endif
