@@ -77,6 +77,12 @@ local function interrupt(script, opts)
     lines[#lines + 1] = "env -u LD_PRELOAD /usr/bin/python3 -c " ..
       q("import os, sys, time; p = int(sys.argv[1]); os.kill(p, 2); " ..
         "time.sleep(" .. opts.twice .. "); os.kill(p, 2)") .. " $pid"
+  elseif opts.stream then   -- a SIGINT every opts.stream s, for 3 s at most
+    lines[#lines + 1] = "env -u LD_PRELOAD /usr/bin/python3 -c " ..
+      q("import os, sys, time\np = int(sys.argv[1]); end = time.time() + 3\n" ..
+        "while time.time() < end:\n" ..
+        "  try: os.kill(p, 2)\n  except ProcessLookupError: break\n" ..
+        "  time.sleep(" .. opts.stream .. ")") .. " $pid"
   else
     lines[#lines + 1] = "kill -" .. (opts.signal or "INT") .. " $pid"
   end
@@ -387,6 +393,30 @@ describe("braid (the runner)", function()
     assert.are.equal(130, r.status, r.stderr)
     assert.is_nil(r.stderr:find("again", 1, true), r.stderr)
     assert.matches("cleanup ran", r.stdout, 1, true)
+  end)
+
+  -- a repeat within 0.1 s of the last *counted* one is the same signal, so
+  -- a steady stream (a supervisor resending every 30 ms) still counts as a
+  -- second Ctrl-C 0.1 s on, rather than never
+  it("takes a stream of SIGINTs 30 ms apart as a second Ctrl-C once 0.1 s has passed", function()
+    local p = h.script([[
+      local c <close> = setmetatable({}, {__close = function()
+        print("cleanup started"); io.stdout:flush()
+        braid.shield(function() braid.sleep(20) end)
+        print("cleanup ended")
+      end})
+      print("ready"); io.stdout:flush()
+      braid.sleep(30)
+    ]])
+    local r = interrupt(p, {stream = 0.03})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.matches("again", r.stderr, 1, true)
+    assert.matches("cleanup started", r.stdout, 1, true)
+    assert.not_matches("cleanup ended", r.stdout, 1, true)
+    -- the stream lasts 3 s; counting only gaps of 0.1 s would wait out the 20 s
+    assert.is_true(r.elapsed < 3, "took " .. r.elapsed .. " s")
   end)
 
   it("abandons a task that ignores cancellation after --grace, running its <close>", function()
