@@ -22,6 +22,19 @@
 
 #define ERROR_MT "braid.Error"
 
+/* The metatable is also kept under this key: luaL_setmetatable's lookup by
+** name (a string made from the C name, then a hash lookup) was ~240
+** instructions, paid twice per task that a fail-fast cancel reaches (its
+** cancellation error, and telling it from other errors) and once more
+** for every braid_error_kind. */
+static const char error_mt_key = 0;
+#define PUSH_ERROR_MT(L) lua_rawgetp(L, LUA_REGISTRYINDEX, &error_mt_key)
+
+static void error_setmt (lua_State *L) {
+  PUSH_ERROR_MT(L);
+  lua_setmetatable(L, -2);
+}
+
 static void error_vpush (lua_State *L, const char *kind, const char *code,
                          int traceback, const char *fmt, va_list ap) {
   lua_createtable(L, 0, 5);
@@ -37,7 +50,7 @@ static void error_vpush (lua_State *L, const char *kind, const char *code,
     braid__traceback(L, L, 1);
     lua_setfield(L, -2, "traceback");
   }
-  luaL_setmetatable(L, ERROR_MT);
+  error_setmt(L);
 }
 
 /* Pushes a new braid.Error of `kind`, with `code` (a libuv error name, or
@@ -133,7 +146,7 @@ const char *braid_error_kind (lua_State *L, int idx) {
   const char *kind = NULL;
   idx = lua_absindex(L, idx);
   if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return NULL;
-  luaL_getmetatable(L, ERROR_MT);
+  PUSH_ERROR_MT(L);
   if (lua_rawequal(L, -1, -2)) {
     lua_pushliteral(L, "kind");
     lua_rawget(L, idx);
@@ -207,7 +220,7 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_pushliteral(L, "cancelled");
   }
   lua_setfield(L, -2, "message");
-  luaL_setmetatable(L, ERROR_MT);
+  error_setmt(L);
   if (SCOPE_REF(cause, cancel_ref) == LUA_NOREF) {   /* re-checked: the */
     braid__scope_more(cause);     /* __tostring of the reason may have made one */
     lua_pushvalue(L, -1);
@@ -633,7 +646,7 @@ static int l_error_tostring (lua_State *L) {
 static int l_error_new (lua_State *L) {
   braid__check_type(L, 1, LUA_TTABLE, "braid.Error.new");
   lua_settop(L, 1);
-  luaL_setmetatable(L, ERROR_MT);
+  error_setmt(L);
   return 1;
 }
 
@@ -656,7 +669,7 @@ void braid__error_init (lua_State *L) {
     lua_setfield(L, -2, "__name");
     lua_setfield(L, -2, "__metatable");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &error_mt_key);
 }
 
 /* braid._usage(message): raises it as a usage error at the script's
