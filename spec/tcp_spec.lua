@@ -78,6 +78,29 @@ describe("braid.tcp", function()
     assert.is_true(braid.is_error(e))
   end))
 
+  -- C stops at a zero byte: "127.0.0.1\0.evil" reached 127.0.0.1
+  it("refuses a host with a zero byte, or empty, in every call that takes one", h.run(function()
+    local nul, port = LO .. "\0.evil.example", closed_port()
+    local calls = {
+      ["braid.tcp.connect"] = function(host) return braid.tcp.connect(host, port) end,
+      ["braid.tcp.listen"] = function(host) return braid.tcp.listen(host, 0, function() end) end,
+      ["braid.udp.bind"] = function(host) return braid.udp.bind(host, 0) end,
+      ["sock:send"] = function(host)
+        local sock <close> = braid.udp.open()
+        return sock:send("x", host, port)
+      end,
+    }
+    for name, call in pairs(calls) do
+      for _, host in ipairs{nul, ""} do
+        local ok, err = pcall(call, host)
+        assert.is_false(ok, name .. " took " .. ("%q"):format(host))
+        assert.equal("usage", err.kind, name .. ": " .. tostring(err))
+        assert.matches(name .. "' (host name or address expected", tostring(err), 1, true)
+        assert.matches("tcp_spec.lua:%d+:", tostring(err))
+      end
+    end
+  end))
+
   it("raises an EAI_ code when the name does not resolve", h.run(function()
     local ok, e = pcall(braid.tcp.connect, "no-such-host.invalid", 80, {timeout = 10})
     assert.is_false(ok)

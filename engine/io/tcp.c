@@ -372,6 +372,18 @@ int braid__tcp_check_port (lua_State *L, int arg, const char *fname) {
   return (int) port;
 }
 
+const char *braid__tcp_check_host (lua_State *L, int arg, const char *fname,
+                                  const char *def) {
+  const char *host;
+  if (def && lua_isnoneornil(L, arg)) return def;
+  if (lua_type(L, arg) != LUA_TSTRING)
+    braid_argerror(L, arg, fname, "string expected");
+  if ((host = braid__cstring(L, arg)) == NULL || *host == '\0')
+    braid_argerror(L, arg, fname, "host name or address expected (a "
+                   "non-empty string without a zero byte)");
+  return host;
+}
+
 static const char *const connect_options[] = {"timeout", "max_line", NULL};
 
 /* braid.tcp.connect(host, port, [opts]) -> stream. opts.timeout (seconds)
@@ -381,9 +393,7 @@ static int l_tcp_connect (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.tcp.connect");
   struct conn_args a;
   size_t max_line;
-  if (lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "braid.tcp.connect", "string expected");
-  a.host = lua_tostring(L, 1);
+  a.host = braid__tcp_check_host(L, 1, "braid.tcp.connect", NULL);
   a.port = braid__tcp_check_port(L, 2, "braid.tcp.connect");
   braid__check_options(L, 3, "braid.tcp.connect", connect_options);
   a.timeout = braid__opt_seconds(L, 3, "timeout", BRAID_NEVER,

@@ -40,6 +40,11 @@ void braid__tcp_attach(lua_State *L, struct braid_tcp *ts, braid_task_t *t);
 
 /* The port at arg, checked (0 to 65535), or a usage error naming fname. */
 int braid__tcp_check_port(lua_State *L, int arg, const char *fname);
+/* The host name or address at arg: a non-empty string without a zero byte
+** (C would stop there and reach another host), else a usage error; `def`
+** when arg is none or nil, unless def is NULL. */
+const char *braid__tcp_check_host(lua_State *L, int arg, const char *fname,
+                                  const char *def);
 
 /* host (a numeric IPv4 or IPv6 address, or "localhost": 127.0.0.1) and
 ** port as a socket address: 0, or UV_EINVAL for anything else. */

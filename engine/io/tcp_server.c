@@ -385,11 +385,9 @@ static int l_tcp_listen (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.tcp.listen");
   struct sockaddr_storage sa;
   struct gai_args a;
-  const char *host = "127.0.0.1";
+  const char *host = braid__tcp_check_host(L, 1, "braid.tcp.listen",
+                                           "127.0.0.1");
   int port;
-  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "braid.tcp.listen", "string expected");
-  if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
   port = braid__tcp_check_port(L, 2, "braid.tcp.listen");
   if (!braid__is_callable(L, 3))
     braid_argerror(L, 3, "braid.tcp.listen", "function expected");

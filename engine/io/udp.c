@@ -275,10 +275,8 @@ static int l_udp_send (lua_State *L) {
   braid_check_task(L, "sock:send");
   if (lua_type(L, 2) != LUA_TSTRING)
     braid_argerror(L, 2, "sock:send", "string expected");
-  if (lua_type(L, 3) != LUA_TSTRING)
-    braid_argerror(L, 3, "sock:send", "string expected (an address)");
+  host = braid__tcp_check_host(L, 3, "sock:send", NULL);
   a.data = lua_tolstring(L, 2, &a.len);
-  host = lua_tostring(L, 3);
   port = braid__tcp_check_port(L, 4, "sock:send");
   if (braid__tcp_addr(host, port, &sa) != 0)
     braid_argerror(L, 3, "sock:send", "IP address expected");
@@ -375,11 +373,9 @@ static int udp_new (lua_State *L, const char *fname,
 ** one, see sock:address()). */
 static int l_udp_bind (lua_State *L) {
   struct sockaddr_storage sa;
-  const char *host = "127.0.0.1";
+  const char *host = braid__tcp_check_host(L, 1, "braid.udp.bind",
+                                           "127.0.0.1");
   int port;
-  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
-    braid_argerror(L, 1, "braid.udp.bind", "string expected");
-  if (!lua_isnoneornil(L, 1)) host = lua_tostring(L, 1);
   port = braid__tcp_check_port(L, 2, "braid.udp.bind");
   if (braid__tcp_addr(host, port, &sa) != 0)
     braid_argerror(L, 1, "braid.udp.bind", "IP address expected");
