@@ -319,7 +319,7 @@ BRAID_API int braid_tracing(braid_engine_t *E);
 /* Seconds at Lua stack index arg as nanoseconds, checked one way for every
 ** duration: a number is required ("bad argument" naming fname otherwise),
 ** NaN is refused, a negative number counts as 0, and anything from about
-** 570 years on (math.huge included) means never: BRAID_NEVER. */
+** 292 years on (math.huge included) means never: BRAID_NEVER. */
 #define BRAID_NEVER (UINT64_MAX / 2)
 BRAID_API uint64_t braid_check_seconds(lua_State *L, int arg,
                                        const char *fname);

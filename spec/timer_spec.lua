@@ -136,4 +136,15 @@ describe("timers", function()
       assert.is_true(w[2] >= (w[1] % 3 == 0 and 0.3 or 0.01))
     end
   end))
+
+  -- libuv's poll timeout was computed from the time read before the drain:
+  -- a sleeper beside a task computing for 1 s woke 0.5 s late (at 1.5 s)
+  it("wake on time after a drain that ran Lua code for a while (real clock)", h.run(function()
+    local t0 = braid.now()
+    local s = braid.spawn(function() braid.sleep(0.5) return braid.now() - t0 end)
+    braid.yield()
+    braid.spawn(function() local e = braid.now() + 1 while braid.now() < e do end end)
+    local woke = s:await()
+    assert.is_true(woke >= 1 and woke < 1.3, "a sleep of 0.5 s woke at " .. woke .. " s")
+  end))
 end)

@@ -295,7 +295,7 @@ double braid__opt_number (lua_State *L, int idx, const char *key, double def,
 
 /* opts[key] as a duration in nanoseconds, or def when absent: every
 ** duration option is read here, checked as braid_check_seconds checks an
-** argument (NaN refused, negative 0, ~570 years or more BRAID_NEVER). */
+** argument (NaN refused, negative 0, ~292 years or more BRAID_NEVER). */
 uint64_t braid__opt_seconds (lua_State *L, int idx, const char *key,
                              uint64_t def, const char *fname) {
   uint64_t ns = def;

@@ -88,7 +88,7 @@ double braid__opt_number(lua_State *L, int idx, const char *key, double def,
 ** def when absent: the one reading of every duration option (grace,
 ** timeout, kill_grace), checked as braid_check_seconds checks an argument.
 ** A number of seconds is required and NaN is refused (a usage error "bad
-** option 'key' to 'fname' (...)"); a negative number is 0; about 570 years
+** option 'key' to 'fname' (...)"); a negative number is 0; about 292 years
 ** or more (math.huge) is BRAID_NEVER, which a caller leaves unarmed.
 ** [-0, +0, v] */
 uint64_t braid__opt_seconds(lua_State *L, int idx, const char *key,
@@ -113,7 +113,7 @@ void braid__engine_call(braid_engine_t *E, lua_CFunction f, void *ud);
 void braid__unref(braid_engine_t *E, int ref);
 
 /* Seconds as nanoseconds for braid_timer_start, the conversion behind
-** braid_check_seconds: NaN and negatives are 0, ~570 years or more
+** braid_check_seconds: NaN and negatives are 0, ~292 years or more
 ** BRAID_NEVER (a plain cast overflows). */
 uint64_t braid__ns(double seconds);
 

@@ -255,6 +255,11 @@ void braid__task_drain (braid_engine_t *E) {
   braid__draining = E;
   braid__engine_call(E, l_task_drain, E);
   braid__draining = outer;
+  /* libuv computes the poll's timeout from the time it read before the
+  ** idle callbacks: after a drain that ran Lua code for a while, a timer
+  ** would fire late by the time that code took (a 0.3 s sleep beside a
+  ** task that computed for 1 s woke at 1.3 s, a grace period doubled). */
+  uv_update_time(E->loop);
   if (E->ready_head == NULL) {
     if (E->oom != 1) uv_idle_stop(&E->idle);
     braid__timer_quiet(E);

@@ -229,6 +229,12 @@ braid_scope_t *braid__scope_top (braid_engine_t *E) {
 
 void braid__scope_release (struct braid_scope *s) {
   lua_State *S = s->E->S;
+  if (s->kind == SCOPE_PLAIN) {   /* its handle says "ended" from now on,
+                                  ** also when an abandonment released it */
+    struct braid_plain_scope *ps = (struct braid_plain_scope *) s;
+    if (ps->handle) *ps->handle = NULL;
+    ps->handle = NULL;
+  }
   while (s->resources.next != &s->resources) {
     braid_resource_t *r = s->resources.next;
     braid_resource_remove(r);
@@ -357,10 +363,6 @@ int braid__scope_raise (lua_State *L, struct braid_scope *s) {
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
   braid__task_set_inner(t, s->outer);
-  if (s->kind == SCOPE_PLAIN) {
-    struct braid_plain_scope *ps = (struct braid_plain_scope *) s;
-    if (ps->handle) *ps->handle = NULL;
-  }
   if (SCOPE_REF(s, error_ref) != LUA_NOREF) return braid__scope_raise(L, s);
   if (s->body_failed) {
     int own = s->cause == s;

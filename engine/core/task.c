@@ -94,6 +94,11 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   struct braid_task *t;
   lua_Debug ar;
   int i;
+  /* Its cleanup (the <close> handlers abandon_reset runs) could not wait
+  ** for a member, and the scope goes when the cleanup ends. */
+  if (into->task && into->task->abandoned)
+    braid_usageerror(L, "cannot start a task in a task that is being "
+                     "abandoned after its grace period");
   fidx = lua_absindex(L, fidx);
   t = (struct braid_task *) lua_newuserdatauv(L, sizeof *t, 4);
   memset(t, 0, sizeof *t);

@@ -141,7 +141,7 @@ static struct braid_timer *timer_first (braid_engine_t *E) {
 static void timer_cb (uv_timer_t *h);
 
 /* Keep the uv_timer_t armed for the earliest timer. One due never (math.huge,
-** ~570 years) is not armed, so that it keeps no loop alive: a task waiting
+** ~292 years) is not armed, so that it keeps no loop alive: a task waiting
 ** on one alone is a deadlock, reported, as on the virtual clock. */
 static void timer_rearm (braid_engine_t *E) {
   struct braid_timer *first = timer_first(E);
@@ -249,7 +249,7 @@ void braid__timer_quiet (braid_engine_t *E) {
 
 /* Jumps the virtual clock to the earliest timer and fires what is due;
 ** 0 when there is none to jump to. A timer set for never (BRAID_NEVER: a
-** sleep, deadline or grace of ~570 years or more) is never jumped to:
+** sleep, deadline or grace of ~292 years or more) is never jumped to:
 ** waiting on it alone is a deadlock, as on the real clock it is a hang. */
 int braid__timer_advance (braid_engine_t *E) {
   struct braid_timer *first = timer_first(E);
@@ -323,7 +323,7 @@ uint64_t braid_check_seconds (lua_State *L, int arg, const char *fname) {
 
 uint64_t braid__ns (double s) {
   if (!(s > 0)) return 0;                 /* NaN too */
-  if (s >= 1.8e10) return BRAID_NEVER;    /* about 570 years */
+  if (s >= (double) BRAID_NEVER / 1e9) return BRAID_NEVER;   /* ~292 years */
   return (uint64_t) (s * 1e9);
 }
 
