@@ -250,3 +250,32 @@ describe("a braid call in a coroutine resumed where the task cannot yield", func
     server:close()
   end))
 end)
+
+describe("Lua's own coroutine functions", function()
+  -- a library that took coroutine.wrap before require "braid" replaced it:
+  -- braid's marker came back to the script while the task, registered as
+  -- waiting, ran on (a SIGSEGV in the timer heap)
+  it("refuse a braid call in a coroutine they resumed, with a usage error", function()
+    local p = h.script([[
+      local lib_wrap = coroutine.wrap
+      local braid = require "braid"
+      braid.run(function()
+        braid.spawn(function()
+          local it = lib_wrap(function()
+            for i = 1, 3 do braid.sleep(0.01) coroutine.yield(i) end
+          end)
+          local ok, e = pcall(it)
+          print(ok, e.kind, e.message)
+          braid.sleep(0.02)
+        end):await()
+      end)
+      print("run ended")
+    ]])
+    local out, err, code = h.sh("lua5.4 " .. p)
+    os.remove(p)
+    assert.are.equal(0, code, err)
+    assert.matches("^false\tusage\t[^\n]*%.lua:6: braid.sleep: cannot suspend here: " ..
+                   "this coroutine was resumed by Lua's own", out)
+    assert.matches("run ended\n$", out)
+  end)
+end)

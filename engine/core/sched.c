@@ -151,6 +151,14 @@ void braid__task_checkyield (lua_State *L, struct braid_task *t,
     braid_usageerror(L, "%s: cannot suspend here: the call is inside "
                        "a C function or metamethod that cannot yield (such as "
                        "table.sort, string.gsub, __gc or __tostring)", fname);
+  /* A coroutine resumed by Lua's own resume (a reference a library took
+  ** before require "braid" replaced coroutine.*) would get braid's marker
+  ** back while the task, registered as waiting, ran on. */
+  if (L != t->E->running_co)
+    braid_usageerror(L, "%s: cannot suspend here: this coroutine was "
+                       "resumed by Lua's own coroutine.resume or wrap (one "
+                       "saved before require \"braid\"?), not braid's",
+                       fname);
 }
 
 void braid__task_checkcancel (lua_State *L, struct braid_task *t) {
