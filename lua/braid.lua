@@ -125,19 +125,24 @@ do
   function Condition:wait()
     check(self, "condition:wait")
     local ev, ws, lock = M.event(), self._waiters, self.lock
+    local done = false
+    -- On every other way out (an error, a cancellation, an abandonment,
+    -- which runs <close> handlers but no error path) the waiter leaves the
+    -- queue, and a notification that reached it as it left goes to the
+    -- next one rather than being lost.
+    local leave <close> = setmetatable({}, {__close = function()
+      if done then return end
+      for i = 1, #ws do
+        if ws[i] == ev then table.remove(ws, i) break end
+      end
+      if ev:is_set() then wake(self, 1) end
+    end})
     ws[#ws + 1] = ev
     lock:release()
     local ok, e = pcall(ev.wait, ev)
     M.shield(lock.acquire, lock)     -- held again whatever happened
-    if not ok then
-      for i = 1, #ws do
-        if ws[i] == ev then table.remove(ws, i) break end
-      end
-      -- A notification that reached this waiter as it was cancelled goes
-      -- to the next one rather than being lost.
-      if ev:is_set() then wake(self, 1) end
-      error(e, 0)
-    end
+    if not ok then error(e, 0) end
+    done = true
   end
 
   function Condition:notify(n)

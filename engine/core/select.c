@@ -245,6 +245,10 @@ static int l_select (lua_State *L) {
                        "memory");
   size = sizeof *sel + (n > 1 ? (size_t) (n - 1) * sizeof sel->node[0] : 0);
   sel = (struct braid_select *) lua_newuserdatauv(L, size, 0);
+  /* A finalizer that allocation ran may have readied a case (sent on a
+  ** channel) or cancelled the task: look again before waiting. */
+  braid__task_checkcancel(L, t);
+  if ((r = select_now(L, n)) >= 0) return r;
   memset(sel, 0, size);
   sel->task = t;
   sel->E = t->E;

@@ -100,7 +100,10 @@ static int op_suspend (lua_State *L, struct braid_task *t, const char *what,
   struct braid_wait *w = t->w;
   int rc;
   w->ext = size > BRAID_OP_INLINE;
-  if (w->ext) w->inl.p = lua_newuserdatauv(L, size, 0);
+  if (w->ext) {
+    w->inl.p = lua_newuserdatauv(L, size, 0);
+    braid__task_checkcancel(L, t);   /* a finalizer that ran may cancel t */
+  }
   memset(w->ext ? w->inl.p : w->inl.bytes, 0, size);
   braid__task_wait(t, w, op_cancel, what);
   w->L = L;

@@ -208,10 +208,12 @@ static int sem_with (lua_State *L, const char *fname) {
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, fname, "function expected");
   t = braid__task_current(L, fname);
+  /* The guard first: a finalizer its allocation runs may take the permit
+  ** or cancel the task, so the checks come after it. */
+  held = sem_guard_push(L);
   braid__task_checkcancel(L, t);
   if (!(now = sem_free(L, s, t, fname)))
     braid__task_checkyield(L, t, fname);
-  held = sem_guard_push(L);
   if (now) {
     sem_take(s, t);
     *held = t->id;
