@@ -68,7 +68,12 @@ end
 local function render(v)
   if type(v) == "string" then return v end
   local ok, s = pcall(show, v, 0, {})
-  return ok and s or tostring(v)
+  if ok then return s end
+  -- show failed (a __tostring that raises, say): plain tostring would
+  -- raise again, and an error here ended the whole session
+  ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return ("%s (its __tostring failed)"):format(type(v))
 end
 
 -- Output from tasks while the prompt is shown: hide the prompt and the

@@ -71,6 +71,22 @@ describe("the REPL (braid on a terminal)", function()
     assert.are.equal(0, status, out)
   end)
 
+  -- the value's rendering fell back to a plain tostring, which raised
+  -- again outside any protection: the session ended with status 1
+  it("shows a value whose __tostring raises, and the session goes on", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "setmetatable({}, {__tostring = function() error('boom') end})\\r"},
+      {"expect", "table \\(its __tostring failed\\)\\r\\n> $", 5},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
   it("runs lines pasted at once, in order", function()
     local out, ok = repl {
       {"expect", PROMPT},
