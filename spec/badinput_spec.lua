@@ -142,6 +142,8 @@ describe("bad input", function()
     rejects("semaphore", braid.semaphore, HUGE)
     rejects("semaphore", braid.semaphore, 0.5)
     rejects("semaphore", braid.semaphore, {})
+    usage("semaphore", braid.semaphore, 1, {max = 1.5})   -- was taken as 1
+    assert.are.equal(0, braid.semaphore(0, {max = HUGE}):count())
     assert.is_false(braid.event():is_set())
   end))
 

@@ -301,6 +301,9 @@ static int l_sem_new (lua_State *L) {
       return braid_usageerror(L, "bad option 'max' to 'braid.semaphore' "
                                  "(less than the %I permits)",
                                  (LUAI_UACINT) n);
+    if (m < 9.2e18 && m != (double) (lua_Integer) m)   /* 1.5 was 1 */
+      return braid_usageerror(L, "bad option 'max' to 'braid.semaphore' "
+                                 "(a whole number or math.huge expected)");
     max = m >= 9.2e18 ? LUA_MAXINTEGER : (lua_Integer) m;
   }
   sem_push(L, n, max, 0);
