@@ -19,6 +19,23 @@ describe("braid.select", function()
     assert.are.same({2, "B", true}, {braid.select{{a, "recv"}, {b, "recv"}}})
   end))
 
+  -- options were read through the cases' __index, and an unknown key's
+  -- __tostring ran inside braid's error message
+  it("reads its options raw and never runs a bad key's __tostring", h.run(function()
+    local ch = braid.channel(1)
+    local cases = setmetatable({{ch, "recv"}}, {__index = {default = true}})
+    braid.spawn(function() braid.sleep(0.01) ch:send("v") end)
+    local i, v = braid.select(cases)
+    assert.are.equal(1, i)
+    assert.are.equal("v", v)
+    local calls = 0
+    local key = setmetatable({}, {__tostring = function() calls = calls + 1 return "k" end})
+    local ok, e = pcall(braid.select, {{ch, "recv"}, [key] = true})
+    assert.is_false(ok)
+    assert.matches("unknown option 'table'", tostring(e), 1, true)
+    assert.are.equal(0, calls)
+  end))
+
   it("receives: i, v, true, and carries nil as a value", h.run(function()
     local ch = braid.channel(1)
     ch:send(nil)

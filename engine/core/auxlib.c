@@ -255,6 +255,18 @@ lua_Integer braid__check_integer (lua_State *L, int idx, const char *fname) {
   return v;
 }
 
+/* Pushes what the value at idx is, for a usage error, without running any
+** of the script's code (a __tostring could loop or raise there): a string
+** or number as itself, anything else as its type. */
+const char *braid__describe (lua_State *L, int idx) {
+  int type = lua_type(L, idx);
+  if (type == LUA_TSTRING || type == LUA_TNUMBER) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1);
+  }
+  return lua_pushstring(L, lua_typename(L, type));
+}
+
 /* Checks the optional options table at idx against `allowed`. */
 void braid__check_options (lua_State *L, int idx, const char *fname,
                            const char *const *allowed) {
@@ -270,7 +282,7 @@ void braid__check_options (lua_State *L, int idx, const char *fname,
     if (!ok) {
       lua_pop(L, 1);
       braid_usageerror(L, "bad argument #%d to '%s' (unknown option '%s')",
-                         idx, fname, braid__tostring(L, -1));
+                         idx, fname, braid__describe(L, -1));
     }
     lua_pop(L, 1);
   }
@@ -281,13 +293,14 @@ double braid__opt_number (lua_State *L, int idx, const char *key, double def,
                           const char *fname) {
   double v = def;
   if (lua_isnoneornil(L, idx)) return def;
-  lua_getfield(L, idx, key);
+  lua_pushstring(L, key);   /* raw: select's cases may have a metatable */
+  lua_rawget(L, idx);
   if (!lua_isnil(L, -1)) {
     v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
     if (v != v || v < 0)
       braid_usageerror(L, "bad option '%s' to '%s' (non-negative number "
                          "expected, got %s)", key, fname,
-                         braid__tostring(L, -1));
+                         braid__describe(L, -1));
   }
   lua_pop(L, 1);
   return v;
@@ -300,13 +313,14 @@ uint64_t braid__opt_seconds (lua_State *L, int idx, const char *key,
                              uint64_t def, const char *fname) {
   uint64_t ns = def;
   if (lua_isnoneornil(L, idx)) return def;
-  lua_getfield(L, idx, key);
+  lua_pushstring(L, key);   /* raw: select's cases may have a metatable */
+  lua_rawget(L, idx);
   if (!lua_isnil(L, -1)) {
     lua_Number s = lua_tonumber(L, -1);
     if (!lua_isnumber(L, -1))
       braid_usageerror(L, "bad option '%s' to '%s' (number of seconds "
                        "expected, got %s)", key, fname,
-                       braid__tostring(L, -1));
+                       braid__describe(L, -1));
     if (s != s)
       braid_usageerror(L, "bad option '%s' to '%s' (seconds must not be "
                        "NaN)", key, fname);

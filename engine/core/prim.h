@@ -102,6 +102,9 @@ void braid__push_weak_table(lua_State *L);
 
 /* Pushes tostring(value at idx), never raising; returns it. [-0, +1, m] */
 const char *braid__tostring(lua_State *L, int idx);
+/* Pushes a string or number as itself, anything else as its type name:
+** for usage errors about a script's value, running none of its code. */
+const char *braid__describe(lua_State *L, int idx);
 
 /* Calls f(ud) on the engine's scheduler thread under lua_pcall: for libuv
 ** callbacks that must run Lua code (spawn a task, cancel one). An error

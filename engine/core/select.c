@@ -132,15 +132,17 @@ static int select_options (lua_State *L, int *dflt, int *timed,
         (strcmp(lua_tostring(L, -1), "default") != 0 &&
          strcmp(lua_tostring(L, -1), "timeout") != 0))
       braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (unknown "
-                       "option '%s')", braid__tostring(L, -1));
+                       "option '%s')", braid__describe(L, -1));
   }
-  lua_getfield(L, 1, "default");
+  lua_pushliteral(L, "default");   /* raw, as the cases are read */
+  lua_rawget(L, 1);
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
     braid_usageerror(L, "bad option 'default' to '" SELECT_NAME "' "
                      "(boolean expected, got %s)", luaL_typename(L, -1));
   *dflt = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  lua_getfield(L, 1, "timeout");
+  lua_pushliteral(L, "timeout");
+  lua_rawget(L, 1);
   *timed = !lua_isnil(L, -1);
   lua_pop(L, 1);
   if (*timed && *dflt)
