@@ -509,6 +509,90 @@ describe("braid.http leaves nothing behind", function()
   end)
 end)
 
+-- fix-http2: an outside review's defects in braid.http
+describe("braid.http files, numbers and options", function()
+  local function mkdir()
+    local d = h.tmp()
+    assert(os.execute("mkdir " .. d))
+    return d
+  end
+  local function ls(d)
+    local p = assert(io.popen("ls -A " .. d))
+    local s = p:read("a")
+    p:close()
+    return s
+  end
+
+  -- fopen and fread of a FIFO ran on the loop thread: the whole engine,
+  -- the request's own timeout included, froze until a writer came
+  it("refuses a FIFO as body_file, output or ca_file without blocking", function()
+    local d = mkdir()
+    local fifo, script = d .. "/fifo", d .. "/t.lua"
+    assert(os.execute("mkfifo " .. fifo))
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local url, fifo = arg[1], arg[2]
+      for _, key in ipairs{"body_file", "output", "ca_file"} do
+        local ok, e = pcall(braid.http.request, {url = url, [key] = fifo, timeout = 1})
+        print(key, ok, e.kind, e.code, e.path == fifo,
+              e.message:find(key .. " '" .. fifo .. "': it is a FIFO", 1, true) ~= nil)
+      end
+      print(braid.http.request{url = url, output = "/dev/null"}.status)
+    ]])
+    f:close()
+    local out, err, code = h.sh("timeout -k 1 10 " .. os.getenv("BRAID_BIN") .. " "
+                                .. script .. " " .. URL .. "/bytes/10 " .. fifo)
+    os.execute("rm -r " .. d)
+    assert.are.equal(0, code, err)
+    assert.are.equal("body_file\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "output\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "ca_file\tfalse\tio\tEINVAL\ttrue\ttrue\n200\n", out)
+  end)
+
+  -- output was opened "wb" before the transfer: a request that failed
+  -- before its first byte had emptied the file
+  it("leaves an existing output file as it was when the request fails", h.run(function()
+    local d = mkdir()
+    local path = d .. "/data"
+    local function write(s)
+      local f = assert(io.open(path, "wb"))
+      f:write(s)
+      f:close()
+    end
+    write("old")
+    assert(os.execute("chmod 640 " .. path))
+    local function fails(opts)
+      opts.output = path
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.equal("old", h.slurp(path))
+      assert.are.equal("data\n", ls(d))   -- no temporary file left
+      return e
+    end
+    assert.are.equal("COULDNT_CONNECT", fails{url = "http://127.0.0.1:1/x"}.code)
+    assert.are.equal("limit", fails{url = URL .. "/bytes/100000", max_body = 10}.kind)
+    assert.are.equal(404, fails{url = URL .. "/status/404", check = true}.status)
+    assert.are.equal("OPERATION_TIMEDOUT", fails{url = URL .. "/stall", timeout = 0.2}.code)
+    assert.is_false(braid.move_on(0.2, braid.http.request, {url = URL .. "/stall", output = path}))
+    assert.are.equal("old", h.slurp(path))
+    assert.are.equal("data\n", ls(d))
+    -- success replaces it whole, keeping its mode; a link keeps pointing
+    -- at it
+    assert(os.execute("ln -s data " .. d .. "/link"))
+    assert.are.equal(200, braid.http.get(URL .. "/bytes/300000", {output = d .. "/link"}).status)
+    assert.are.equal(("x"):rep(300000), h.slurp(path))
+    assert.are.equal("data\nlink\n", ls(d))
+    assert.are.equal("640\n", (h.sh("stat -c %a " .. path)))
+    assert.are.equal("link\n", (h.sh("test -L " .. d .. "/link && echo link")))
+    -- a new file is made; a directory is refused
+    assert.are.equal(200, braid.http.get(URL .. "/bytes/5", {output = d .. "/new"}).status)
+    assert.are.equal("xxxxx", h.slurp(d .. "/new"))
+    local ok, e = pcall(braid.http.get, URL .. "/bytes/5", {output = d})
+    assert.are.same({false, "io", "EISDIR", d}, {ok, e.kind, e.code, e.path})
+    os.execute("rm -r " .. d)
+  end))
+end)
+
 describe("braid.json", function()
   it("round-trips values; null and empty arrays as documented", function()
     local j = braid.json
