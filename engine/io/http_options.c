@@ -346,6 +346,10 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
   size_t len;
   lua_getfield(L, 1, "body");
   if (!lua_isnil(L, -1)) {
+    /* both: which was meant? (libcurl sent a mix of the two) */
+    if (lua_getfield(L, 1, "body_file") != LUA_TNIL)
+      braid_usageerror(L, "%s: give 'body' or 'body_file', not both", fname);
+    lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING)
       braid_usageerror(L, "bad option 'body' to '%s' (string, table or "
                        "function expected, got %s)", fname,
