@@ -609,6 +609,18 @@ describe("braid.http files, numbers and options", function()
     assert.matches("braid.http.post", e.message)
     os.remove(path)
   end))
+
+  -- http_version = "3" went over 1.1 with a libcurl without HTTP/3; a
+  -- proxy over libcurl's 8 MB limit was dropped and the request went direct
+  it("raises when libcurl refuses an option", h.run(function()
+    local ok, e = pcall(braid.http.request, {url = URL .. "/echo", proxy = ("p"):rep(9000000)})
+    assert.are.same({false, "http", "BAD_FUNCTION_ARGUMENT"}, {ok, e.kind, e.code})
+    assert.matches("braid.http.request: libcurl refused option 'proxy'", e.message)
+    ok, e = pcall(braid.http.request, {url = URL .. "/echo", http_version = "3"})
+    if not ok then   -- this libcurl has no HTTP/3
+      assert.matches("option 'http_version'", e.message)
+    end
+  end))
 end)
 
 describe("braid.json", function()

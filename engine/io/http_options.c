@@ -14,6 +14,8 @@
 **   are refused before anything reads or writes them (file_open), and
 **   output to a regular file goes to a temporary file that only a
 **   successful transfer renames over it (http.c).
+** - An option libcurl refuses raises (opt_refused): no request goes out
+**   without what the script asked for.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -405,6 +407,18 @@ static void set_method (lua_State *L, struct http_xfer *x,
   }
 }
 
+/* libcurl refused an option the script set (a string over its 8 MB
+** limit, an HTTP version it was built without): kind "http" with libcurl's
+** code, naming the option, rather than a request sent without it. */
+static void opt_refused (lua_State *L, CURLcode rc, const char *key,
+                         const char *fname) {
+  if (rc == CURLE_OK) return;
+  if (rc == CURLE_OUT_OF_MEMORY)
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  braid_error(L, "http", braid__http_code_name(rc), "%s: libcurl refused "
+              "option '%s': %s", fname, key, curl_easy_strerror(rc));
+}
+
 /* opts.http_version: "1.0", "1.1", "2" (over TLS, else 1.1), "3". */
 static void set_version (lua_State *L, struct http_xfer *x,
                          const char *fname) {
@@ -417,7 +431,8 @@ static void set_version (lua_State *L, struct http_xfer *x,
   for (i = 0; names[i]; i++)
     if (strcmp(v, names[i]) == 0) {
       DIRTY(x);
-      curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, values[i]);
+      opt_refused(L, curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION,
+                                      values[i]), "http_version", fname);
       return;
     }
   braid_usageerror(L, "bad option 'http_version' to '%s' (\"1.0\", \"1.1\", "
@@ -486,11 +501,11 @@ void braid__http_opts_apply (lua_State *L, struct http_xfer *x,
       file_error(L, "ca_file", s, S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
                  S_ISDIR(st.st_mode) ? NULL : file_kind(st.st_mode), fname);
     DIRTY(x);
-    curl_easy_setopt(e, CURLOPT_CAINFO, s);
+    opt_refused(L, curl_easy_setopt(e, CURLOPT_CAINFO, s), "ca_file", fname);
   }
   if ((s = opt_string(L, "proxy", fname)) != NULL) {
     DIRTY(x);
-    curl_easy_setopt(e, CURLOPT_PROXY, s);
+    opt_refused(L, curl_easy_setopt(e, CURLOPT_PROXY, s), "proxy", fname);
   }
   set_version(L, x, fname);
   x->max_body = braid__opt_limit(L, 1, "max_body", x->max_body, fname);
