@@ -621,6 +621,17 @@ describe("braid.http files, numbers and options", function()
       assert.matches("option 'http_version'", e.message)
     end
   end))
+
+  -- libcurl could not rewind the file: SEND_FAIL_REWIND
+  it("sends body_file again after a 307", h.run(function()
+    local path = h.tmp()
+    local f = assert(io.open(path, "wb"))
+    f:write("FILE-BODY")
+    f:close()
+    local r = braid.http.request{url = URL .. "/r307", body_file = path}:json()
+    os.remove(path)
+    assert.are.same({"POST", "/echo", "FILE-BODY"}, {r.method, r.path, r.body})
+  end))
 end)
 
 describe("braid.json", function()

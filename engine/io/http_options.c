@@ -34,6 +34,13 @@ static size_t read_cb (char *p, size_t size, size_t n, void *ud) {
   return got;
 }
 
+/* Rewinds opts.body_file: a 307 or 308 sends the body again. */
+static int seek_cb (void *ud, curl_off_t offset, int origin) {
+  struct http_xfer *x = (struct http_xfer *) ud;
+  return fseeko(x->in, (off_t) offset, origin) == 0 ? CURL_SEEKFUNC_OK
+                                                    : CURL_SEEKFUNC_FAIL;
+}
+
 static const char *const http_options[] = {
   "method", "url", "headers", "body", "body_file", "query", "timeout",
   "connect_timeout", "follow", "max_redirects", "verify", "ca_file",
@@ -373,6 +380,9 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
+    /* a 307 or 308 sends the body again: libcurl rewinds it */
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, seek_cb);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, x);
   }
 }
 
