@@ -143,7 +143,10 @@ if http then
       local parts = {}
       for i, f in ipairs(fields) do parts[i] = escape(f[1]) .. "=" .. escape(f[2]) end
       if #parts > 0 and type(o.url) == "string" then
-        o.url = o.url .. (o.url:find("?", 1, true) and "&" or "?") .. concat(parts, "&")
+        -- before a #fragment (after it, the server never saw the query)
+        local base, frag = o.url:match("^([^#]*)(.*)$")
+        o.url = base .. (base:find("?", 1, true) and "&" or "?")
+                .. concat(parts, "&") .. frag
       end
       o.query = nil
     end

@@ -610,6 +610,13 @@ describe("braid.http files, numbers and options", function()
     os.remove(path)
   end))
 
+  it("puts the query before a #fragment", h.run(function()
+    assert.are.equal("/echo?a=1", braid.http.request{url = URL .. "/echo#frag",
+                                                     query = {a = 1}}:json().path)
+    assert.are.equal("/echo?z=0&a=1", braid.http.request{url = URL .. "/echo?z=0#f?g",
+                                                         query = {a = 1}}:json().path)
+  end))
+
   -- http_version = "3" went over 1.1 with a libcurl without HTTP/3; a
   -- proxy over libcurl's 8 MB limit was dropped and the request went direct
   it("raises when libcurl refuses an option", h.run(function()
