@@ -75,10 +75,47 @@ if http then
   http._request, http._open, http._get = nil, nil, nil
   local concat, pairs = table.concat, pairs
 
+  -- A number as sent (in a query, a header value, a body chunk): in full,
+  -- where tostring would round it to 14 digits (2^60 became
+  -- 1.1529215046068e+18, 0.1 + 0.2 became 0.3): integers exactly, a float
+  -- in the fewest digits that read back as the same number.
+  local function number_text(x)
+    if math.type(x) == "integer" then return ("%d"):format(x) end
+    local s = ("%.14g"):format(x)
+    return tonumber(s) == x and s or ("%.17g"):format(x)
+  end
+
   local function escape(s)
     return (tostring(s):gsub("[^%w%-%._~]", function(ch)
       return string.format("%%%02X", ch:byte())
     end))
+  end
+
+  -- A copy of the headers option h with its number values (also in a
+  -- list value) written in full, or nil when it has none (or is not a
+  -- table: C refuses that). Raw, as C reads it.
+  local function number_headers(h)
+    if type(h) ~= "table" then return nil end
+    local copy
+    for k, v in next, h do
+      local nv = v
+      if type(v) == "number" then
+        nv = number_text(v)
+      elseif type(v) == "table" then
+        local n = rawlen(v)
+        for i = 1, n do
+          if type(rawget(v, i)) == "number" then
+            if nv == v then nv = {} for j = 1, n do nv[j] = rawget(v, j) end end
+            nv[i] = number_text(nv[i])
+          end
+        end
+      end
+      if nv ~= v then
+        if not copy then copy = {} for k2, v2 in next, h do copy[k2] = v2 end end
+        copy[k] = nv
+      end
+    end
+    return copy
   end
 
   -- A copy of opts with the query in the URL, a table body as JSON (with
@@ -87,11 +124,14 @@ if http then
   local function prepare(opts, fname)
     if type(opts) ~= "table" then return opts end
     local body, query = opts.body, opts.query
-    if type(body) ~= "table" and type(body) ~= "function" and query == nil then
+    local headers = number_headers(opts.headers)
+    if type(body) ~= "table" and type(body) ~= "function" and query == nil
+       and headers == nil then
       return opts
     end
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
+    if headers then o.headers = headers end
     if query ~= nil then
       if type(query) ~= "table" then
         usage("bad option 'query' to '%s' (table expected)", fname)
@@ -110,12 +150,10 @@ if http then
         if t == "string" then return x end
         if t == "boolean" then return tostring(x) end
         if t ~= "number" then bad(what, t) end
-        if math.type(x) == "integer" then return ("%d"):format(x) end
         if x ~= x or x == math.huge or x == -math.huge then
           bad(what, "number that is not finite")
         end
-        local s = ("%.14g"):format(x)
-        return tonumber(s) == x and s or ("%.17g"):format(x)
+        return number_text(x)
       end
       -- raw (next, rawget): a script's __pairs or __index is not run here;
       -- the pairs are sorted by name, a name given twice (1 and "1") sent
@@ -167,7 +205,7 @@ if http then
           usage("bad option 'body' to '%s' (the body function's chunks must "
                 .. "be strings; chunk #%d is a %s)", fname, #chunks + 1, t)
         end
-        chunks[#chunks + 1] = chunk
+        chunks[#chunks + 1] = t == "number" and number_text(chunk) or chunk
       end
       o.body = concat(chunks)
     end

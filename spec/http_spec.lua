@@ -617,6 +617,21 @@ describe("braid.http files, numbers and options", function()
                                                          query = {a = 1}}:json().path)
   end))
 
+  -- tostring rounds to 14 digits: 2^60 went as 1.1529215046068e+18
+  it("sends numbers in header values and body chunks in full", h.run(function()
+    local r = braid.http.request{url = URL .. "/echo",
+      headers = {["X-N"] = 2^60, ["X-F"] = 0.1 + 0.2, ["X-I"] = math.maxinteger,
+                 ["X-L"] = {1/3}},
+      body = coroutine.wrap(function()
+        coroutine.yield(0.1 + 0.2) coroutine.yield("|") coroutine.yield(2^63)
+      end)}:json()
+    assert.are.equal(2^60, tonumber(r.headers["x-n"]))
+    assert.are.equal("0.30000000000000004", r.headers["x-f"])
+    assert.are.equal("9223372036854775807", r.headers["x-i"])
+    assert.are.equal(1/3, tonumber(r.headers["x-l"]))
+    assert.are.equal("0.30000000000000004|9.2233720368547758e+18", r.body)
+  end))
+
   -- http_version = "3" went over 1.1 with a libcurl without HTTP/3; a
   -- proxy over libcurl's 8 MB limit was dropped and the request went direct
   it("raises when libcurl refuses an option", h.run(function()
