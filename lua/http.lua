@@ -280,11 +280,23 @@ if http then
     return concat(parts)
   end
 
+  -- A line longer than this raises, as a stream's read_line does
+  -- (BRAID_MAX_LINE): a server sending no "\n" cannot fill the memory.
+  local MAX_LINE <const> = 1 << 20
+
+  local function line_error()
+    error(Error.new{kind = "limit", limit = MAX_LINE, option = "max_line",
+                    message = ("res:lines: line longer than %d bytes"):format(MAX_LINE)}, 3)
+  end
+
   -- res:lines() -> iterator over the body's lines (without "\n" or
-  -- "\r\n"), as they arrive: server-sent events, NDJSON.
+  -- "\r\n"), as they arrive: server-sent events, NDJSON. Each byte is
+  -- scanned once: the start of a line that has no end yet is kept in
+  -- `parts` (a long line is joined once, not copied at every chunk).
   function Response:lines()
     check_res(self, "res:lines")
     local buf, pos, done = "", 1, false
+    local parts, plen = {}, 0   -- the current line's bytes before buf
     if self.body then buf, done = self.body, true end
     return function()
       while true do
@@ -292,21 +304,29 @@ if http then
         if nl then
           local line = buf:sub(pos, nl - 1)
           pos = nl + 1
+          if plen > 0 then
+            parts[#parts + 1] = line
+            line, parts, plen = concat(parts), {}, 0
+          end
           if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+          if #line > MAX_LINE then line_error() end
           return line
         end
+        if pos <= #buf then
+          parts[#parts + 1] = buf:sub(pos)
+          plen = plen + #buf - pos + 1
+        end
+        buf, pos = "", 1
+        if plen > MAX_LINE + 1 then line_error() end   -- + a "\r"
         if done then
-          if pos <= #buf then
-            local line = buf:sub(pos)
-            buf, pos = "", 1
-            return line
-          end
-          return nil
+          if plen == 0 then return nil end
+          local line = concat(parts)
+          parts, plen = {}, 0
+          if #line > MAX_LINE then line_error() end
+          return line
         end
         local chunk = read(self)
-        buf = buf:sub(pos)
-        pos = 1
-        if chunk then buf = buf .. chunk else done = true end
+        if chunk then buf = chunk else done = true end
       end
     end
   end
