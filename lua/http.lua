@@ -189,7 +189,12 @@ if http then
       o.query = nil
     end
     if type(body) == "table" then
-      o.body = json.encode(body)
+      local ok, text = pcall(cjson().encode, body)
+      if not ok then   -- named, at the script's line (json.encode's is not)
+        usage("bad option 'body' to '%s' (cannot encode it as JSON: %s)",
+              fname, tostring(text))
+      end
+      o.body = text
       local h, has = {}, false
       for k, v in pairs(o.headers or {}) do
         h[k] = v
@@ -269,6 +274,7 @@ if http then
   local read = Response.read
   function Response:read(n)
     if n ~= "a" then return read(self, n) end
+    check_res(self, "res:read")
     local body = self.body   -- request's response: the whole body is there
     if body then return body end
     local parts = {}

@@ -670,6 +670,17 @@ describe("braid.http files, numbers and options", function()
       assert.matches("res:lines: line longer than 1048576 bytes", e.message)
     end
   end))
+
+  it("names the call in errors of read('a') and of a body JSON cannot hold", h.run(function()
+    local ok, e = pcall(braid.http.Response.read, 5, "a")
+    assert.are.same({false, "usage"}, {ok, e.kind})
+    assert.matches("bad argument #1 to 'res:read'", e.message)
+    local t = {}
+    t.t = t
+    ok, e = pcall(function() braid.http.post(URL .. "/echo", t) end)
+    assert.are.same({false, "usage"}, {ok, e.kind})
+    assert.matches("^spec/http_spec.lua:%d+: bad option 'body' to 'braid.http.post' %(cannot encode it as JSON", e.message)
+  end))
 end)
 
 describe("braid.json", function()
