@@ -529,6 +529,10 @@ describe("braid.http files, numbers and options", function()
     local d = mkdir()
     local fifo, script = d .. "/fifo", d .. "/t.lua"
     assert(os.execute("mkfifo " .. fifo))
+    -- a socket: open fails with ENXIO, reported as what it is
+    local sock = d .. "/sock"
+    assert(os.execute("/usr/bin/python3 -c 'import socket; socket.socket("
+                      .. "socket.AF_UNIX).bind(\"" .. sock .. "\")'"))
     local f = assert(io.open(script, "w"))
     f:write([[
       local url, fifo = arg[1], arg[2]
@@ -537,16 +541,20 @@ describe("braid.http files, numbers and options", function()
         print(key, ok, e.kind, e.code, e.path == fifo,
               e.message:find(key .. " '" .. fifo .. "': it is a FIFO", 1, true) ~= nil)
       end
+      local ok, e = pcall(braid.http.request, {url = url, body_file = arg[3]})
+      print(ok, e.code, e.message:find("it is a socket", 1, true) ~= nil)
       print(braid.http.request{url = url, output = "/dev/null"}.status)
     ]])
     f:close()
     local out, err, code = h.sh("timeout -k 1 10 " .. os.getenv("BRAID_BIN") .. " "
-                                .. script .. " " .. URL .. "/bytes/10 " .. fifo)
+                                .. script .. " " .. URL .. "/bytes/10 " .. fifo
+                                .. " " .. sock)
     os.execute("rm -r " .. d)
     assert.are.equal(0, code, err)
     assert.are.equal("body_file\tfalse\tio\tEINVAL\ttrue\ttrue\n"
                      .. "output\tfalse\tio\tEINVAL\ttrue\ttrue\n"
-                     .. "ca_file\tfalse\tio\tEINVAL\ttrue\ttrue\n200\n", out)
+                     .. "ca_file\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "false\tEINVAL\ttrue\n200\n", out)
   end)
 
   -- output was opened "wb" before the transfer: a request that failed

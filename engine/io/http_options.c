@@ -229,7 +229,13 @@ static int file_open (lua_State *L, const char *key, const char *path,
                       int flags, int chr, const char *fname) {
   struct stat st;
   int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC), e = 0, fl;
-  if (fd < 0) file_error(L, key, path, errno, NULL, fname);
+  if (fd < 0) {   /* a socket, or a FIFO without a reader: ENXIO */
+    e = errno;
+    if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+      file_error(L, key, path, EINVAL, file_kind(st.st_mode), fname);
+    file_error(L, key, path, e, NULL, fname);
+  }
+  st.st_mode = 0;
   if (fstat(fd, &st) != 0) e = errno;
   else if (S_ISDIR(st.st_mode)) e = EISDIR;
   else if (!S_ISREG(st.st_mode) && !(chr && S_ISCHR(st.st_mode))) e = EINVAL;
