@@ -75,10 +75,47 @@ if http then
   http._request, http._open, http._get = nil, nil, nil
   local concat, pairs = table.concat, pairs
 
+  -- A number as sent (in a query, a header value, a body chunk): in full,
+  -- where tostring would round it to 14 digits (2^60 became
+  -- 1.1529215046068e+18, 0.1 + 0.2 became 0.3): integers exactly, a float
+  -- in the fewest digits that read back as the same number.
+  local function number_text(x)
+    if math.type(x) == "integer" then return ("%d"):format(x) end
+    local s = ("%.14g"):format(x)
+    return tonumber(s) == x and s or ("%.17g"):format(x)
+  end
+
   local function escape(s)
     return (tostring(s):gsub("[^%w%-%._~]", function(ch)
       return string.format("%%%02X", ch:byte())
     end))
+  end
+
+  -- A copy of the headers option h with its number values (also in a
+  -- list value) written in full, or nil when it has none (or is not a
+  -- table: C refuses that). Raw, as C reads it.
+  local function number_headers(h)
+    if type(h) ~= "table" then return nil end
+    local copy
+    for k, v in next, h do
+      local nv = v
+      if type(v) == "number" then
+        nv = number_text(v)
+      elseif type(v) == "table" then
+        local n = rawlen(v)
+        for i = 1, n do
+          if type(rawget(v, i)) == "number" then
+            if nv == v then nv = {} for j = 1, n do nv[j] = rawget(v, j) end end
+            nv[i] = number_text(nv[i])
+          end
+        end
+      end
+      if nv ~= v then
+        if not copy then copy = {} for k2, v2 in next, h do copy[k2] = v2 end end
+        copy[k] = nv
+      end
+    end
+    return copy
   end
 
   -- A copy of opts with the query in the URL, a table body as JSON (with
@@ -87,11 +124,14 @@ if http then
   local function prepare(opts, fname)
     if type(opts) ~= "table" then return opts end
     local body, query = opts.body, opts.query
-    if type(body) ~= "table" and type(body) ~= "function" and query == nil then
+    local headers = number_headers(opts.headers)
+    if type(body) ~= "table" and type(body) ~= "function" and query == nil
+       and headers == nil then
       return opts
     end
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
+    if headers then o.headers = headers end
     if query ~= nil then
       if type(query) ~= "table" then
         usage("bad option 'query' to '%s' (table expected)", fname)
@@ -110,12 +150,10 @@ if http then
         if t == "string" then return x end
         if t == "boolean" then return tostring(x) end
         if t ~= "number" then bad(what, t) end
-        if math.type(x) == "integer" then return ("%d"):format(x) end
         if x ~= x or x == math.huge or x == -math.huge then
           bad(what, "number that is not finite")
         end
-        local s = ("%.14g"):format(x)
-        return tonumber(s) == x and s or ("%.17g"):format(x)
+        return number_text(x)
       end
       -- raw (next, rawget): a script's __pairs or __index is not run here;
       -- the pairs are sorted by name, a name given twice (1 and "1") sent
@@ -143,12 +181,20 @@ if http then
       local parts = {}
       for i, f in ipairs(fields) do parts[i] = escape(f[1]) .. "=" .. escape(f[2]) end
       if #parts > 0 and type(o.url) == "string" then
-        o.url = o.url .. (o.url:find("?", 1, true) and "&" or "?") .. concat(parts, "&")
+        -- before a #fragment (after it, the server never saw the query)
+        local base, frag = o.url:match("^([^#]*)(.*)$")
+        o.url = base .. (base:find("?", 1, true) and "&" or "?")
+                .. concat(parts, "&") .. frag
       end
       o.query = nil
     end
     if type(body) == "table" then
-      o.body = json.encode(body)
+      local ok, text = pcall(cjson().encode, body)
+      if not ok then   -- named, at the script's line (json.encode's is not)
+        usage("bad option 'body' to '%s' (cannot encode it as JSON: %s)",
+              fname, tostring(text))
+      end
+      o.body = text
       local h, has = {}, false
       for k, v in pairs(o.headers or {}) do
         h[k] = v
@@ -164,7 +210,7 @@ if http then
           usage("bad option 'body' to '%s' (the body function's chunks must "
                 .. "be strings; chunk #%d is a %s)", fname, #chunks + 1, t)
         end
-        chunks[#chunks + 1] = chunk
+        chunks[#chunks + 1] = t == "number" and number_text(chunk) or chunk
       end
       o.body = concat(chunks)
     end
@@ -228,6 +274,7 @@ if http then
   local read = Response.read
   function Response:read(n)
     if n ~= "a" then return read(self, n) end
+    check_res(self, "res:read")
     local body = self.body   -- request's response: the whole body is there
     if body then return body end
     local parts = {}
@@ -239,11 +286,23 @@ if http then
     return concat(parts)
   end
 
+  -- A line longer than this raises, as a stream's read_line does
+  -- (BRAID_MAX_LINE): a server sending no "\n" cannot fill the memory.
+  local MAX_LINE <const> = 1 << 20
+
+  local function line_error()
+    error(Error.new{kind = "limit", limit = MAX_LINE, option = "max_line",
+                    message = ("res:lines: line longer than %d bytes"):format(MAX_LINE)}, 3)
+  end
+
   -- res:lines() -> iterator over the body's lines (without "\n" or
-  -- "\r\n"), as they arrive: server-sent events, NDJSON.
+  -- "\r\n"), as they arrive: server-sent events, NDJSON. Each byte is
+  -- scanned once: the start of a line that has no end yet is kept in
+  -- `parts` (a long line is joined once, not copied at every chunk).
   function Response:lines()
     check_res(self, "res:lines")
     local buf, pos, done = "", 1, false
+    local parts, plen = {}, 0   -- the current line's bytes before buf
     if self.body then buf, done = self.body, true end
     return function()
       while true do
@@ -251,21 +310,29 @@ if http then
         if nl then
           local line = buf:sub(pos, nl - 1)
           pos = nl + 1
+          if plen > 0 then
+            parts[#parts + 1] = line
+            line, parts, plen = concat(parts), {}, 0
+          end
           if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+          if #line > MAX_LINE then line_error() end
           return line
         end
+        if pos <= #buf then
+          parts[#parts + 1] = buf:sub(pos)
+          plen = plen + #buf - pos + 1
+        end
+        buf, pos = "", 1
+        if plen > MAX_LINE + 1 then line_error() end   -- + a "\r"
         if done then
-          if pos <= #buf then
-            local line = buf:sub(pos)
-            buf, pos = "", 1
-            return line
-          end
-          return nil
+          if plen == 0 then return nil end
+          local line = concat(parts)
+          parts, plen = {}, 0
+          if #line > MAX_LINE then line_error() end
+          return line
         end
         local chunk = read(self)
-        buf = buf:sub(pos)
-        pos = 1
-        if chunk then buf = buf .. chunk else done = true end
+        if chunk then buf = chunk else done = true end
       end
     end
   end

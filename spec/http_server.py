@@ -103,6 +103,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(200, "arrived")
             else:
                 self.send(302, "", extra=[("Location", "/redirect/%d" % (n - 1))])
+        elif head == "r307":
+            # a 307: the client sends the same body again to /echo
+            self.body()
+            self.send(307, "", extra=[("Location", "/echo")])
         elif head == "headers":
             self.send(200, "ok", extra=[("Set-Cookie", "a=1"),
                                         ("Set-Cookie", "b=2"),

@@ -509,6 +509,188 @@ describe("braid.http leaves nothing behind", function()
   end)
 end)
 
+-- fix-http2: an outside review's defects in braid.http
+describe("braid.http files, numbers and options", function()
+  local function mkdir()
+    local d = h.tmp()
+    assert(os.execute("mkdir " .. d))
+    return d
+  end
+  local function ls(d)
+    local p = assert(io.popen("ls -A " .. d))
+    local s = p:read("a")
+    p:close()
+    return s
+  end
+
+  -- fopen and fread of a FIFO ran on the loop thread: the whole engine,
+  -- the request's own timeout included, froze until a writer came
+  it("refuses a FIFO as body_file, output or ca_file without blocking", function()
+    local d = mkdir()
+    local fifo, script = d .. "/fifo", d .. "/t.lua"
+    assert(os.execute("mkfifo " .. fifo))
+    -- a socket: open fails with ENXIO, reported as what it is
+    local sock = d .. "/sock"
+    assert(os.execute("/usr/bin/python3 -c 'import socket; socket.socket("
+                      .. "socket.AF_UNIX).bind(\"" .. sock .. "\")'"))
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local url, fifo = arg[1], arg[2]
+      for _, key in ipairs{"body_file", "output", "ca_file"} do
+        local ok, e = pcall(braid.http.request, {url = url, [key] = fifo, timeout = 1})
+        print(key, ok, e.kind, e.code, e.path == fifo,
+              e.message:find(key .. " '" .. fifo .. "': it is a FIFO", 1, true) ~= nil)
+      end
+      local ok, e = pcall(braid.http.request, {url = url, body_file = arg[3]})
+      print(ok, e.code, e.message:find("it is a socket", 1, true) ~= nil)
+      print(braid.http.request{url = url, output = "/dev/null"}.status)
+    ]])
+    f:close()
+    local out, err, code = h.sh("timeout -k 1 10 " .. os.getenv("BRAID_BIN") .. " "
+                                .. script .. " " .. URL .. "/bytes/10 " .. fifo
+                                .. " " .. sock)
+    os.execute("rm -r " .. d)
+    assert.are.equal(0, code, err)
+    assert.are.equal("body_file\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "output\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "ca_file\tfalse\tio\tEINVAL\ttrue\ttrue\n"
+                     .. "false\tEINVAL\ttrue\n200\n", out)
+  end)
+
+  -- output was opened "wb" before the transfer: a request that failed
+  -- before its first byte had emptied the file
+  it("leaves an existing output file as it was when the request fails", h.run(function()
+    local d = mkdir()
+    local path = d .. "/data"
+    local function write(s)
+      local f = assert(io.open(path, "wb"))
+      f:write(s)
+      f:close()
+    end
+    write("old")
+    assert(os.execute("chmod 640 " .. path))
+    local function fails(opts)
+      opts.output = path
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.equal("old", h.slurp(path))
+      assert.are.equal("data\n", ls(d))   -- no temporary file left
+      return e
+    end
+    assert.are.equal("COULDNT_CONNECT", fails{url = "http://127.0.0.1:1/x"}.code)
+    assert.are.equal("limit", fails{url = URL .. "/bytes/100000", max_body = 10}.kind)
+    assert.are.equal(404, fails{url = URL .. "/status/404", check = true}.status)
+    assert.are.equal("OPERATION_TIMEDOUT", fails{url = URL .. "/stall", timeout = 0.2}.code)
+    assert.is_false(braid.move_on(0.2, braid.http.request, {url = URL .. "/stall", output = path}))
+    assert.are.equal("old", h.slurp(path))
+    assert.are.equal("data\n", ls(d))
+    -- success replaces it whole, keeping its mode; a link keeps pointing
+    -- at it
+    assert(os.execute("ln -s data " .. d .. "/link"))
+    assert.are.equal(200, braid.http.get(URL .. "/bytes/300000", {output = d .. "/link"}).status)
+    assert.are.equal(("x"):rep(300000), h.slurp(path))
+    assert.are.equal("data\nlink\n", ls(d))
+    assert.are.equal("640\n", (h.sh("stat -c %a " .. path)))
+    assert.are.equal("link\n", (h.sh("test -L " .. d .. "/link && echo link")))
+    -- a new file is made; a directory is refused
+    assert.are.equal(200, braid.http.get(URL .. "/bytes/5", {output = d .. "/new"}).status)
+    assert.are.equal("xxxxx", h.slurp(d .. "/new"))
+    local ok, e = pcall(braid.http.get, URL .. "/bytes/5", {output = d})
+    assert.are.same({false, "io", "EISDIR", d}, {ok, e.kind, e.code, e.path})
+    os.execute("rm -r " .. d)
+  end))
+
+  -- libcurl sent a mix of the two
+  it("refuses body together with body_file", h.run(function()
+    local path = h.tmp()
+    local f = assert(io.open(path, "wb"))
+    f:write("FILE")
+    f:close()
+    local ok, e = pcall(function()
+      braid.http.request{url = URL .. "/echo", body = "LONG-STRING", body_file = path}
+    end)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("^spec/http_spec.lua:%d+: braid.http.request: give 'body' or 'body_file', not both", e.message)
+    ok, e = pcall(braid.http.post, URL .. "/echo", "s", {body_file = path})
+    assert.are.same({false, "usage"}, {ok, e.kind})
+    assert.matches("braid.http.post", e.message)
+    os.remove(path)
+  end))
+
+  it("puts the query before a #fragment", h.run(function()
+    assert.are.equal("/echo?a=1", braid.http.request{url = URL .. "/echo#frag",
+                                                     query = {a = 1}}:json().path)
+    assert.are.equal("/echo?z=0&a=1", braid.http.request{url = URL .. "/echo?z=0#f?g",
+                                                         query = {a = 1}}:json().path)
+  end))
+
+  -- tostring rounds to 14 digits: 2^60 went as 1.1529215046068e+18
+  it("sends numbers in header values and body chunks in full", h.run(function()
+    local r = braid.http.request{url = URL .. "/echo",
+      headers = {["X-N"] = 2^60, ["X-F"] = 0.1 + 0.2, ["X-I"] = math.maxinteger,
+                 ["X-L"] = {1/3}},
+      body = coroutine.wrap(function()
+        coroutine.yield(0.1 + 0.2) coroutine.yield("|") coroutine.yield(2^63)
+      end)}:json()
+    assert.are.equal(2^60, tonumber(r.headers["x-n"]))
+    assert.are.equal("0.30000000000000004", r.headers["x-f"])
+    assert.are.equal("9223372036854775807", r.headers["x-i"])
+    assert.are.equal(1/3, tonumber(r.headers["x-l"]))
+    assert.are.equal("0.30000000000000004|9.2233720368547758e+18", r.body)
+  end))
+
+  -- http_version = "3" went over 1.1 with a libcurl without HTTP/3; a
+  -- proxy over libcurl's 8 MB limit was dropped and the request went direct
+  it("raises when libcurl refuses an option", h.run(function()
+    local ok, e = pcall(braid.http.request, {url = URL .. "/echo", proxy = ("p"):rep(9000000)})
+    assert.are.same({false, "http", "BAD_FUNCTION_ARGUMENT"}, {ok, e.kind, e.code})
+    assert.matches("braid.http.request: libcurl refused option 'proxy'", e.message)
+    ok, e = pcall(braid.http.request, {url = URL .. "/echo", http_version = "3"})
+    if not ok then   -- this libcurl has no HTTP/3
+      assert.matches("option 'http_version'", e.message)
+    end
+  end))
+
+  -- libcurl could not rewind the file: SEND_FAIL_REWIND
+  it("sends body_file again after a 307", h.run(function()
+    local path = h.tmp()
+    local f = assert(io.open(path, "wb"))
+    f:write("FILE-BODY")
+    f:close()
+    local r = braid.http.request{url = URL .. "/r307", body_file = path}:json()
+    os.remove(path)
+    assert.are.same({"POST", "/echo", "FILE-BODY"}, {r.method, r.path, r.body})
+  end))
+
+  -- lines() copied the line's whole start at every chunk (32 MB: 3.6 s)
+  -- and had no cap
+  it("caps res:lines at 1 MiB a line", h.run(function()
+    local n = 0
+    for line in braid.http.open{url = URL .. "/bytes/1048576"}:lines() do n = n + #line end
+    assert.are.equal(1048576, n)
+    for _, call in ipairs{braid.http.open, braid.http.request} do
+      local ok, e = pcall(function()
+        for _ in call{url = URL .. "/bytes/3000000"}:lines() do end
+      end)
+      assert.is_false(ok)
+      assert.are.same({"limit", "max_line", 1048576}, {e.kind, e.option, e.limit})
+      assert.matches("res:lines: line longer than 1048576 bytes", e.message)
+    end
+  end))
+
+  it("names the call in errors of read('a') and of a body JSON cannot hold", h.run(function()
+    local ok, e = pcall(braid.http.Response.read, 5, "a")
+    assert.are.same({false, "usage"}, {ok, e.kind})
+    assert.matches("bad argument #1 to 'res:read'", e.message)
+    local t = {}
+    t.t = t
+    ok, e = pcall(function() braid.http.post(URL .. "/echo", t) end)
+    assert.are.same({false, "usage"}, {ok, e.kind})
+    assert.matches("^spec/http_spec.lua:%d+: bad option 'body' to 'braid.http.post' %(cannot encode it as JSON", e.message)
+  end))
+end)
+
 describe("braid.json", function()
   it("round-trips values; null and empty arrays as documented", function()
     local j = braid.json

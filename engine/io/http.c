@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "io/http.h"
 
 #define HTTP_HIGH ((size_t) 256 << 10)
@@ -48,6 +49,10 @@ void braid__http_xfer_free (struct http_xfer *x) {
   curl_slist_free_all(x->req_headers);
   if (x->out) fclose(x->out);
   free(x->outbuf);   /* after fclose, which flushes it */
+  if (x->out_tmp) {   /* not renamed: the transfer failed or was cancelled */
+    unlink(x->out_tmp);
+    free(x->out_tmp);
+  }
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
   if (x->hdr.p != x->hdr_inline) free(x->hdr.p);
@@ -164,6 +169,27 @@ static size_t header_cb (char *p, size_t size, size_t n, void *ud) {
   return n;
 }
 
+/* The transfer to opts.output's temporary file went well: it replaces the
+** target, unless check is set and the status is 400 or more (the call
+** raises then, and the target stays as it was). */
+static void output_commit (struct http_xfer *x) {
+  long code = 0;
+  int rc = fclose(x->out);
+  x->out = NULL;
+  if (rc != 0) {
+    x->out_err = errno ? errno : EIO;
+    return;
+  }
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  if (x->check && code >= 400) return;   /* freeing x removes it */
+  if (rename(x->out_tmp, x->out_tmp + strlen(x->out_tmp) + 1) != 0) {
+    x->out_err = errno ? errno : EIO;
+    return;
+  }
+  free(x->out_tmp);
+  x->out_tmp = NULL;
+}
+
 void braid__http_done (struct http_xfer *x, CURLcode result) {
   x->finished = 1;
   x->result = result;
@@ -171,6 +197,7 @@ void braid__http_done (struct http_xfer *x, CURLcode result) {
   ** full disk) is the transfer's, not lost at fclose */
   if (x->out && result == CURLE_OK && !x->out_err && fflush(x->out) != 0)
     x->out_err = errno ? errno : EIO;
+  if (x->out_tmp && result == CURLE_OK && !x->out_err) output_commit(x);
   xfer_wake(x);
 }
 

@@ -34,6 +34,9 @@ struct http_xfer {
   char method[16];           /* for the wait's trace label (cut short) */
   FILE *out, *in;            /* opts.output, opts.body_file */
   char *outbuf;              /* out's stdio buffer (charged), or NULL */
+  char *out_tmp;             /* "tmp\0target": out is tmp, renamed over
+                             ** target at success (http_options.c), or
+                             ** NULL (out is written directly) */
   struct http_buf hdr, body;
   struct braid_charge charge;
   size_t max_body, received;
@@ -42,6 +45,8 @@ struct http_xfer {
   int out_err;               /* errno of a failed write to opts.output */
   unsigned char stream, finished, headers_done, paused, follow;
   unsigned char over_limit, nomem, location_seen, attached;
+  unsigned char check;       /* opts.check: a status >= 400 keeps output */
+  unsigned char to_file;     /* opts.output is set: no body in memory */
   unsigned char dirty;       /* set an option easy_common does not reset */
   unsigned char fresh;       /* its handle is new or was reset */
   unsigned char fresh_sock;  /* libcurl watched a socket not kept */

@@ -10,11 +10,19 @@
 **   its handle is reset before it serves another request, so no option
 **   carries over.
 ** - A file option (output, body_file, ca_file) needs BRAID_MOD_FS.
+** - Nothing here blocks the loop on a file: FIFOs, sockets and devices
+**   are refused before anything reads or writes them (file_open), and
+**   output to a regular file goes to a temporary file that only a
+**   successful transfer renames over it (http.c).
+** - An option libcurl refuses raises (opt_refused): no request goes out
+**   without what the script asked for.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "io/http.h"
 
 #define HTTP_OUTBUF ((size_t) 256 << 10)    /* opts.output's write buffer */
@@ -24,6 +32,13 @@ static size_t read_cb (char *p, size_t size, size_t n, void *ud) {
   size_t got = fread(p, size, n, x->in);
   if (got == 0 && ferror(x->in)) return CURL_READFUNC_ABORT;
   return got;
+}
+
+/* Rewinds opts.body_file: a 307 or 308 sends the body again. */
+static int seek_cb (void *ud, curl_off_t offset, int origin) {
+  struct http_xfer *x = (struct http_xfer *) ud;
+  return fseeko(x->in, (off_t) offset, origin) == 0 ? CURL_SEEKFUNC_OK
+                                                    : CURL_SEEKFUNC_FAIL;
 }
 
 static const char *const http_options[] = {
@@ -184,30 +199,158 @@ static void opt_check_fs (lua_State *L, const char *key, const char *fname) {
                      "this engine: it lacks BRAID_MOD_FS)", key, fname);
 }
 
-/* Opens opts[key] (a path) as a file in `mode`, or NULL when absent;
-** raises kind "io" with the errno's name when it cannot. Files are
-** braid.fs's capability: an embedded engine allowed the network but not
-** BRAID_MOD_FS refuses them (and opts.ca_file). */
-static FILE *opt_file (lua_State *L, const char *key, const char *mode,
-                       const char *fname) {
-  const char *path = opt_string(L, key, fname);
-  FILE *f;
+/* Raises kind "io" for opts[key] naming `path`: errno e's name as `code`,
+** `why` (or strerror(e)) in the message, and `path`. */
+static void file_error (lua_State *L, const char *key, const char *path,
+                        int e, const char *why, const char *fname) {
+  braid_pusherror(L, "io", braid__errname(-e), "%s: cannot open %s '%s': %s",
+                  fname, key, path, why ? why : strerror(e));
+  lua_pushstring(L, path);
+  lua_setfield(L, -2, "path");
+  lua_error(L);
+}
+
+/* What a file that is not a regular one is, for file_error. */
+static const char *file_kind (mode_t m) {
+  if (S_ISFIFO(m)) return "it is a FIFO (a regular file expected)";
+  if (S_ISSOCK(m)) return "it is a socket (a regular file expected)";
+  if (S_ISCHR(m)) return "it is a character device (a regular file expected)";
+  if (S_ISBLK(m)) return "it is a block device (a regular file expected)";
+  return "not a regular file";
+}
+
+/* Opens path with flags | O_NONBLOCK, so that nothing blocks the loop (a
+** FIFO without a writer would, in open or in every read: the whole engine,
+** the request's own timeout included, froze), and checks with fstat that
+** it is a regular file (or, with `chr`, a character device such as
+** /dev/null); then clears O_NONBLOCK. Raises kind "io" (EISDIR, EINVAL for
+** a FIFO, a socket or a device) naming key and path. */
+static int file_open (lua_State *L, const char *key, const char *path,
+                      int flags, int chr, const char *fname) {
   struct stat st;
-  if (path == NULL) return NULL;
-  opt_check_fs(L, key, fname);
-  /* fopen opens a directory for reading: its read would fail later, inside
-  ** libcurl, as an "http" error ("aborted by callback") */
-  if ((f = fopen(path, mode)) == NULL ||
-      (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode))) {
-    int e = f ? EISDIR : errno;
-    if (f) fclose(f);
-    braid_pusherror(L, "io", braid__errname(-e), "%s: cannot open %s '%s': %s",
-                    fname, key, path, strerror(e));
-    lua_pushstring(L, path);
-    lua_setfield(L, -2, "path");
-    lua_error(L);
+  int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC), e = 0, fl;
+  if (fd < 0) {   /* a socket, or a FIFO without a reader: ENXIO */
+    e = errno;
+    if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+      file_error(L, key, path, EINVAL, file_kind(st.st_mode), fname);
+    file_error(L, key, path, e, NULL, fname);
+  }
+  st.st_mode = 0;
+  if (fstat(fd, &st) != 0) e = errno;
+  else if (S_ISDIR(st.st_mode)) e = EISDIR;
+  else if (!S_ISREG(st.st_mode) && !(chr && S_ISCHR(st.st_mode))) e = EINVAL;
+  else if ((fl = fcntl(fd, F_GETFL)) < 0 ||
+           fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) e = errno;
+  if (e) {
+    close(fd);
+    file_error(L, key, path, e, e == EINVAL ? file_kind(st.st_mode) : NULL,
+               fname);
+  }
+  return fd;
+}
+
+/* fdopen(fd, mode), or kind "memory" (fd closed). */
+static FILE *file_stdio (lua_State *L, int fd, const char *mode,
+                         const char *fname) {
+  FILE *f = fdopen(fd, mode);
+  if (f == NULL) {
+    close(fd);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   return f;
+}
+
+/* opts.body_file: a regular file, opened for reading, or NULL when absent.
+** Files are braid.fs's capability: an embedded engine allowed the network
+** but not BRAID_MOD_FS refuses them (and opts.ca_file, opts.output). */
+static FILE *open_body_file (lua_State *L, const char *fname) {
+  const char *path = opt_string(L, "body_file", fname);
+  if (path == NULL) return NULL;
+  opt_check_fs(L, "body_file", fname);
+  return file_stdio(L, file_open(L, "body_file", path, O_RDONLY, 0, fname),
+                    "rb", fname);
+}
+
+/* The temporary file opts.output is written to: "<dir>/.braid-<n>.part"
+** beside `target`, created (O_EXCL) with `mode` (the umask applies).
+** Stores "tmp\0target" in *names (malloc'd) and returns the descriptor,
+** or -errno. */
+static int output_tmp (const char *target, mode_t mode, char **names) {
+  static unsigned counter;
+  const char *slash = strrchr(target, '/');
+  size_t dlen = slash ? (size_t) (slash - target) + 1 : 0;
+  size_t tlen = strlen(target), cap = dlen + 48 + tlen + 1;
+  char *p = malloc(cap);
+  int i, fd = -EEXIST;
+  if (p == NULL) return -ENOMEM;
+  for (i = 0; i < 100 && fd == -EEXIST; i++) {
+    unsigned long n = (unsigned long) uv_hrtime() ^
+                      ((unsigned long) getpid() << 20) ^ ++counter;
+    int len = snprintf(p, cap, "%.*s.braid-%lx.part", (int) dlen, target, n);
+    memcpy(p + len + 1, target, tlen + 1);
+    fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0) fd = -errno;
+  }
+  if (fd < 0) free(p);
+  else *names = p;
+  return fd;
+}
+
+/* opts.output. A regular file (or none yet) is not written in place: the
+** body goes to a temporary file beside it (x->out_tmp), renamed over it
+** when the transfer succeeds and removed when it fails or is cancelled
+** (http.c), so a failed request leaves an existing file as it was. A
+** character device (/dev/null) is written directly; anything else is
+** refused (file_open). Nothing here blocks: FIFOs are refused on stat,
+** and the open that checks the target is O_NONBLOCK. */
+static void open_output (lua_State *L, struct http_xfer *x,
+                         const char *fname) {
+  const char *path = opt_string(L, "output", fname);
+  char *real = NULL, *cwd;
+  const char *target = path;
+  struct stat st;
+  mode_t mode = 0666;
+  int fd, exists;
+  if (path == NULL) return;
+  opt_check_fs(L, "output", fname);
+  exists = stat(path, &st) == 0;
+  if (!exists && errno != ENOENT) file_error(L, "output", path, errno, NULL,
+                                             fname);
+  if (exists && S_ISDIR(st.st_mode))
+    file_error(L, "output", path, EISDIR, NULL, fname);
+  if (exists && !S_ISREG(st.st_mode)) {
+    if (!S_ISCHR(st.st_mode))
+      file_error(L, "output", path, EINVAL, file_kind(st.st_mode), fname);
+    x->out = file_stdio(L, file_open(L, "output", path, O_WRONLY, 1, fname),
+                        "wb", fname);
+    return;
+  }
+  if (exists) {   /* may the script write it? (opened, not truncated) */
+    close(file_open(L, "output", path, O_WRONLY, 0, fname));
+    mode = st.st_mode & 07777;
+    /* a symbolic link keeps pointing where it did: its target is replaced */
+    if ((real = realpath(path, NULL)) != NULL) target = real;
+  }
+  if (target[0] != '/' && (cwd = getcwd(NULL, 0)) != NULL) {
+    /* absolute: the rename at the end does not depend on the cwd then */
+    size_t clen = strlen(cwd), tlen = strlen(target);
+    if ((real = malloc(clen + tlen + 2)) != NULL) {
+      memcpy(real, cwd, clen);
+      real[clen] = '/';
+      memcpy(real + clen + 1, target, tlen + 1);
+      target = real;
+    }
+    free(cwd);
+  }
+  fd = output_tmp(target, mode, &x->out_tmp);
+  free(real);
+  if (fd < 0) file_error(L, "output", path, -fd, NULL, fname);
+  if (exists) (void) fchmod(fd, mode);   /* as the file it replaces */
+  x->out = fdopen(fd, "wb");
+  if (x->out == NULL) {
+    close(fd);   /* x->out_tmp is removed when x is freed */
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
 }
 
 /* The request body: opts.body (a string; lua/braid.lua has turned a table
@@ -218,6 +361,10 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
   size_t len;
   lua_getfield(L, 1, "body");
   if (!lua_isnil(L, -1)) {
+    /* both: which was meant? (libcurl sent a mix of the two) */
+    if (lua_getfield(L, 1, "body_file") != LUA_TNIL)
+      braid_usageerror(L, "%s: give 'body' or 'body_file', not both", fname);
+    lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING)
       braid_usageerror(L, "bad option 'body' to '%s' (string, table or "
                        "function expected, got %s)", fname,
@@ -229,7 +376,7 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
       braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   lua_pop(L, 1);
-  if ((x->in = opt_file(L, "body_file", "rb", fname)) != NULL) {
+  if ((x->in = open_body_file(L, fname)) != NULL) {
     struct stat st;
     curl_off_t size = -1;
     if (fstat(fileno(x->in), &st) == 0 && S_ISREG(st.st_mode))
@@ -239,6 +386,9 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
+    /* a 307 or 308 sends the body again: libcurl rewinds it */
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, seek_cb);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, x);
   }
 }
 
@@ -273,6 +423,18 @@ static void set_method (lua_State *L, struct http_xfer *x,
   }
 }
 
+/* libcurl refused an option the script set (a string over its 8 MB
+** limit, an HTTP version it was built without): kind "http" with libcurl's
+** code, naming the option, rather than a request sent without it. */
+static void opt_refused (lua_State *L, CURLcode rc, const char *key,
+                         const char *fname) {
+  if (rc == CURLE_OK) return;
+  if (rc == CURLE_OUT_OF_MEMORY)
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  braid_error(L, "http", braid__http_code_name(rc), "%s: libcurl refused "
+              "option '%s': %s", fname, key, curl_easy_strerror(rc));
+}
+
 /* opts.http_version: "1.0", "1.1", "2" (over TLS, else 1.1), "3". */
 static void set_version (lua_State *L, struct http_xfer *x,
                          const char *fname) {
@@ -285,7 +447,8 @@ static void set_version (lua_State *L, struct http_xfer *x,
   for (i = 0; names[i]; i++)
     if (strcmp(v, names[i]) == 0) {
       DIRTY(x);
-      curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, values[i]);
+      opt_refused(L, curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION,
+                                      values[i]), "http_version", fname);
       return;
     }
   braid_usageerror(L, "bad option 'http_version' to '%s' (\"1.0\", \"1.1\", "
@@ -347,21 +510,28 @@ void braid__http_opts_apply (lua_State *L, struct http_xfer *x,
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
   if ((s = opt_string(L, "ca_file", fname)) != NULL) {
+    struct stat st;
     opt_check_fs(L, "ca_file", fname);
+    /* libcurl reads it on the loop thread: a FIFO would block it */
+    if (stat(s, &st) == 0 && !S_ISREG(st.st_mode))
+      file_error(L, "ca_file", s, S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+                 S_ISDIR(st.st_mode) ? NULL : file_kind(st.st_mode), fname);
     DIRTY(x);
-    curl_easy_setopt(e, CURLOPT_CAINFO, s);
+    opt_refused(L, curl_easy_setopt(e, CURLOPT_CAINFO, s), "ca_file", fname);
   }
   if ((s = opt_string(L, "proxy", fname)) != NULL) {
     DIRTY(x);
-    curl_easy_setopt(e, CURLOPT_PROXY, s);
+    opt_refused(L, curl_easy_setopt(e, CURLOPT_PROXY, s), "proxy", fname);
   }
   set_version(L, x, fname);
   x->max_body = braid__opt_limit(L, 1, "max_body", x->max_body, fname);
   set_headers(L, x, fname);
   set_body(L, x, fname);
   set_method(L, x, fname);
-  x->out = opt_file(L, "output", "wb", fname);
+  x->check = (unsigned char) opt_bool(L, "check", 0);
+  open_output(L, x, fname);
   if (x->out) {
+    x->to_file = 1;
     DIRTY(x);
     if (lua_getfield(L, 1, "max_body") == LUA_TNIL)
       x->max_body = BRAID_NO_LIMIT;   /* a file is not held in memory */

@@ -132,7 +132,7 @@ static void res_set_fields (lua_State *L, int idx, struct http_xfer *x,
   lua_setiuservalue(L, idx, UV_HDR);
   lua_pushstring(L, url ? url : x->url);
   lua_setiuservalue(L, idx, UV_URL);
-  if (body && x->out == NULL) {
+  if (body && !x->to_file) {
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
     lua_setiuservalue(L, idx, UV_BODY);
   }
