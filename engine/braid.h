@@ -98,8 +98,10 @@ BRAID_API uv_loop_t *braid_loop(braid_engine_t *E);
 /* Runs the loop with uv_run(loop, mode); returns the number of tasks still
 ** alive afterwards (0: all ended). With UV_RUN_DEFAULT a positive count
 ** means every live task waits on something that nothing can wake. Not
-** callable from inside a callback of the same loop. An application that
-** runs its own loop with uv_run need not call this at all. */
+** callable from inside a callback of the same loop. Returns 0 when a
+** callback closed E meanwhile (braid_close; E is gone then). An
+** application that runs its own loop with uv_run need not call this at
+** all. */
 BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 
 /* Cancels and abandons every live task (cancel hooks run, to-be-closed
@@ -108,7 +110,13 @@ BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 ** handles finish closing in that loop's next iteration, as with uv_close;
 ** the application's own handles are untouched. Callable any time outside
 ** a task (from inside one it aborts), also from a callback of the
-** application's loop. */
+** application's loop, while braid_run drives it too, and from an op's
+** on_cancel that a braid call runs outside any task (braid_cancel,
+** braid_interrupt, a deadline firing): the engine then closes as that
+** call returns. An engine that owns its loop (braid_new(NULL, ...)) may be
+** closed from a callback of that loop only while braid_run drives it,
+** which closes the loop as it returns; where the application runs
+** braid_loop(E) with uv_run itself, close E after uv_run returns. */
 BRAID_API void braid_close(braid_engine_t *E);
 
 /* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in

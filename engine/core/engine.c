@@ -105,6 +105,17 @@ void braid__engine_unref (braid_engine_t *E) {
   free(E);
 }
 
+void braid__engine_enter (braid_engine_t *E) {
+  E->calls++;
+}
+
+void braid__engine_leave (braid_engine_t *E) {
+  if (--E->calls == 0 && E->close_later) {
+    E->close_later = 0;
+    braid_close(E);
+  }
+}
+
 void braid__engine_handle_closed (uv_handle_t *h) {
   braid__engine_unref((braid_engine_t *) h->data);
 }
