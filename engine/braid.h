@@ -348,7 +348,8 @@ struct braid_resource {
 /* Attaches r to the scope the running task makes things in now: its
 ** innermost braid.scope, else the task's own scope (never the inner scopes
 ** of braid.timeout, braid.shield or a group, which a result returned from
-** them outlives). Inside a task only (braid_check_task first). */
+** them outlives). Inside a task only (braid_check_task first, before the
+** thing is made): outside one it raises a "usage" error. */
 BRAID_API void braid_resource_add(lua_State *L, braid_resource_t *r);
 
 /* Detaches r (its owner stopped it first); harmless when detached. */

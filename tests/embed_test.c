@@ -1190,6 +1190,32 @@ static int t_close_in_on_cancel (void) {
   return 1;
 }
 
+static braid_resource_t outside_res;
+static void outside_res_close (braid_resource_t *r) { (void) r; }
+static int l_resource_outside (lua_State *L) {
+  outside_res.close = outside_res_close;
+  braid_resource_add(L, &outside_res);
+  return 0;
+}
+
+/* braid_resource_add outside a task is a usage error, as every braid call
+** that needs a task. */
+static int t_resource_outside_task (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L;
+  CHECK(E != NULL);
+  L = braid_state(E);
+  lua_pushcfunction(L, l_resource_outside);
+  CHECK(lua_pcall(L, 0, 0, 0) != LUA_OK);
+  CHECK(braid_error_kind(L, -1) != NULL &&
+        strcmp(braid_error_kind(L, -1), "usage") == 0);
+  CHECK(strstr(luaL_tolstring(L, -1, NULL), "braid_resource_add: not "
+               "inside a braid task") != NULL);
+  lua_settop(L, 0);
+  braid_close(E);
+  return 1;
+}
+
 /* ---- workers of an embedded engine (issue 20) ---- */
 
 static int l_twice (lua_State *L) {
@@ -1388,6 +1414,8 @@ int main (void) {
            "the application's or braid's own", t_close_in_run);
   run_test("braid_close from an on_cancel runs it once and closes when "
            "braid's call returns", t_close_in_on_cancel);
+  run_test("braid_resource_add outside a task raises a usage error",
+           t_resource_outside_task);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }
