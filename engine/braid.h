@@ -84,7 +84,8 @@ enum { BRAID_PENDING, BRAID_RUNNING, BRAID_SUSPENDED, BRAID_OK,
 
 /* Creates an engine on `loop` (NULL: braid creates and owns one), with a
 ** new lua_State opened as `opts` says and braid as the global `braid`.
-** Returns NULL when out of memory or the loop cannot be set up. */
+** Returns NULL when out of memory, the loop cannot be set up or the trace
+** file cannot be created; it then leaves nothing on `loop`. */
 BRAID_API braid_engine_t *braid_new(uv_loop_t *loop,
                                     const braid_options_t *opts);
 

@@ -1216,6 +1216,20 @@ static int t_resource_outside_task (void) {
   return 1;
 }
 
+/* braid_new failing (the trace file cannot be made) leaves nothing on the
+** application's loop: it closes at once. */
+static int t_new_fails_clean (void) {
+  uv_loop_t loop;
+  braid_options_t o;
+  memset(&o, 0, sizeof o);
+  o.trace = "/nonexistent-dir/trace.json";
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(braid_new(&loop, &o) == NULL);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(braid_new(NULL, &o) == NULL);
+  return 1;
+}
+
 /* ---- workers of an embedded engine (issue 20) ---- */
 
 static int l_twice (lua_State *L) {
@@ -1416,6 +1430,8 @@ int main (void) {
            "braid's call returns", t_close_in_on_cancel);
   run_test("braid_resource_add outside a task raises a usage error",
            t_resource_outside_task);
+  run_test("braid_new returning NULL leaves nothing on the application's "
+           "loop", t_new_fails_clean);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -128,6 +128,8 @@ static int l_api_open (lua_State *L) {
 
 /* ---- engine lifecycle ---- */
 
+static void loop_finish (braid_engine_t *E);
+
 braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   static const braid_options_t defaults;
   braid_engine_t *E = braid__engine_new();
@@ -159,24 +161,27 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
     lua_close(L);   /* the box's __gc leaves E to us (embedded) */
     goto fail_loop;
   }
+  /* What can fail comes before the loop has any handle of braid's: a
+  ** braid_new that returns NULL leaves nothing on the application's loop
+  ** (uv_idle_init and uv_timer_init do not fail on Unix). */
+  braid__reserve_take(E);   /* not counted against the memory limit */
+  if (E->reserve == NULL ||
+      (opts->trace && braid__trace_open(E, opts->trace) != 0))
+    goto fail_state;
   if ((rc = braid__engine_attach(E, loop, opts->signals)) != 0) {
-    lua_close(L);
-    goto fail_loop;
+    braid__trace_close(E);
+    goto fail_state;
   }
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
-  braid__reserve_take(E);   /* not counted against the memory limit */
   E->running = 1;   /* braid.run from Lua is refused: tasks run already */
-  if (E->reserve == NULL ||
-      (opts->trace && braid__trace_open(E, opts->trace) != 0)) {
-    braid_close(E);
-    return NULL;
-  }
   return E;
+fail_state:
+  lua_close(L);
+  braid__reserve_free(E);
 fail_loop:
   braid__arena_free(E->arena);   /* after lua_close: its blocks are gone */
-  if (E->owns_loop) uv_loop_close(&E->own_loop);
-  free(E->heap);
-  free(E);
+  if (E->owns_loop) loop_finish(E);
+  braid__engine_unref(E);   /* a handle that attach closed holds E still */
   return NULL;
 }
 
@@ -187,8 +192,6 @@ lua_State *braid_state (braid_engine_t *E) {
 uv_loop_t *braid_loop (braid_engine_t *E) {
   return E->loop;
 }
-
-static void loop_finish (braid_engine_t *E);
 
 /* braid_close from a callback of the loop braid_run drives leaves E's
 ** memory to braid_run's reference, and braid's own loop to braid_run to
