@@ -122,7 +122,9 @@ BRAID_API void braid_close(braid_engine_t *E);
 
 /* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in
 ** an embedded engine it cancels the live tasks only and never exits the
-** process. Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
+** process. Returns 0 (always, for an engine made by braid_new), or
+** UV_EINVAL when braid is not open in L, or, in a state the application
+** opened braid in (luaopen_braid), outside braid.run. Safe from a libuv
 ** callback on the engine's loop; not from another thread or a signal
 ** handler. */
 BRAID_API int braid_interrupt(lua_State *L);
@@ -196,7 +198,7 @@ typedef void (*braid_cancel_fn)(braid_op_t *op);
 ** braid_op_data(op) still valid. Like a lua_CFunction it returns how many
 ** values (from the top) the suspended call returns; it may raise, and as
 ** its last act it may suspend again (return braid_suspendk(...)). The
-** stack below the n values is the suspending function's (data over 64
+** stack below the n values is the suspending function's (data over 56
 ** bytes lives there): leave it in place. A new braid_suspendk reuses the
 ** op, so copy what its start needs out of braid_op_data(op) into its ud
 ** first. */
