@@ -239,10 +239,13 @@ BRAID_API lua_State *braid_op_state(braid_op_t *op);
 
 /* Pops `nresults` values from braid_op_state(op) and makes them the
 ** suspended call's results (or k's arguments); the task runs later, from
-** the loop. Returns 0, or UV_EALREADY when op was already resumed (the
-** values are popped). Callable from any callback on the engine's loop,
-** once, and never after on_cancel: the op (a part of its task) serves
-** the task's next suspension afterwards. */
+** the loop. Returns 0, or UV_EALREADY when op was already resumed and its
+** task has not run since (the values are popped). Callable from any
+** callback on the engine's loop, once, and never after on_cancel: once
+** the task runs on, the op (a part of its task) serves the task's next
+** suspension, or another task's, or is freed, and no call can tell. Where
+** two completions race (a reply and a timeout), the first detaches the
+** other (stops the timer, forgets op) before it resumes. */
 BRAID_API int braid_resume(braid_op_t *op, int nresults);
 
 /* Pops one value from braid_op_state(op) and makes the suspended call
