@@ -1160,8 +1160,8 @@ static int l_app_hold0 (lua_State *L) {
   return braid_suspend(L, "app.hold0", 0, hold0_start, close_hook, NULL);
 }
 
-/* braid_close from an on_cancel that braid_cancel runs, and from one a
-** deadline runs (braid's timer callback): on_cancel runs once, and the
+/* braid_close from an on_cancel that braid_cancel or braid_interrupt runs,
+** and from one a deadline runs (braid's timer callback): on_cancel runs once, and the
 ** engine closes when braid's call returns. */
 static int t_close_in_on_cancel (void) {
   uv_loop_t loop;
@@ -1175,6 +1175,18 @@ static int t_close_in_on_cancel (void) {
   braid_run(closing_E, UV_RUN_NOWAIT);
   close_hook_calls = 0;
   CHECK(braid_cancel(closing_E, t) == 0);
+  CHECK(close_hook_calls == 1 && closing_E == NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(uv_loop_init(&loop) == 0);
+  closing_E = braid_new(&loop, NULL);
+  CHECK(closing_E != NULL);
+  lua_pushcfunction(braid_state(closing_E), l_app_hold0);
+  lua_setglobal(braid_state(closing_E), "hold");
+  CHECK(braid_run_string(closing_E, "hold()", "=h", NULL) == 0);
+  braid_run(closing_E, UV_RUN_NOWAIT);
+  close_hook_calls = 0;
+  CHECK(braid_interrupt(braid_state(closing_E)) == 0);
   CHECK(close_hook_calls == 1 && closing_E == NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(uv_loop_close(&loop) == 0);
