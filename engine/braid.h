@@ -84,7 +84,8 @@ enum { BRAID_PENDING, BRAID_RUNNING, BRAID_SUSPENDED, BRAID_OK,
 
 /* Creates an engine on `loop` (NULL: braid creates and owns one), with a
 ** new lua_State opened as `opts` says and braid as the global `braid`.
-** Returns NULL when out of memory or the loop cannot be set up. */
+** Returns NULL when out of memory, the loop cannot be set up or the trace
+** file cannot be created; it then leaves nothing on `loop`. */
 BRAID_API braid_engine_t *braid_new(uv_loop_t *loop,
                                     const braid_options_t *opts);
 
@@ -98,8 +99,10 @@ BRAID_API uv_loop_t *braid_loop(braid_engine_t *E);
 /* Runs the loop with uv_run(loop, mode); returns the number of tasks still
 ** alive afterwards (0: all ended). With UV_RUN_DEFAULT a positive count
 ** means every live task waits on something that nothing can wake. Not
-** callable from inside a callback of the same loop. An application that
-** runs its own loop with uv_run need not call this at all. */
+** callable from inside a callback of the same loop. Returns 0 when a
+** callback closed E meanwhile (braid_close; E is gone then). An
+** application that runs its own loop with uv_run need not call this at
+** all. */
 BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 
 /* Cancels and abandons every live task (cancel hooks run, to-be-closed
@@ -108,12 +111,20 @@ BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 ** handles finish closing in that loop's next iteration, as with uv_close;
 ** the application's own handles are untouched. Callable any time outside
 ** a task (from inside one it aborts), also from a callback of the
-** application's loop. */
+** application's loop, while braid_run drives it too, and from an op's
+** on_cancel that a braid call runs outside any task (braid_cancel,
+** braid_interrupt, a deadline firing): the engine then closes as that
+** call returns. An engine that owns its loop (braid_new(NULL, ...)) may be
+** closed from a callback of that loop only while braid_run drives it,
+** which closes the loop as it returns; where the application runs
+** braid_loop(E) with uv_run itself, close E after uv_run returns. */
 BRAID_API void braid_close(braid_engine_t *E);
 
 /* Asks the engine's tasks to stop, as Ctrl-C does (reason "interrupt"); in
 ** an embedded engine it cancels the live tasks only and never exits the
-** process. Returns 0, or UV_EINVAL when nothing is running. Safe from a libuv
+** process. Returns 0 (always, for an engine made by braid_new), or
+** UV_EINVAL when braid is not open in L, or, in a state the application
+** opened braid in (luaopen_braid), outside braid.run. Safe from a libuv
 ** callback on the engine's loop; not from another thread or a signal
 ** handler. */
 BRAID_API int braid_interrupt(lua_State *L);
@@ -187,7 +198,7 @@ typedef void (*braid_cancel_fn)(braid_op_t *op);
 ** braid_op_data(op) still valid. Like a lua_CFunction it returns how many
 ** values (from the top) the suspended call returns; it may raise, and as
 ** its last act it may suspend again (return braid_suspendk(...)). The
-** stack below the n values is the suspending function's (data over 64
+** stack below the n values is the suspending function's (data over 56
 ** bytes lives there): leave it in place. A new braid_suspendk reuses the
 ** op, so copy what its start needs out of braid_op_data(op) into its ud
 ** first. */
@@ -228,10 +239,13 @@ BRAID_API lua_State *braid_op_state(braid_op_t *op);
 
 /* Pops `nresults` values from braid_op_state(op) and makes them the
 ** suspended call's results (or k's arguments); the task runs later, from
-** the loop. Returns 0, or UV_EALREADY when op was already resumed (the
-** values are popped). Callable from any callback on the engine's loop,
-** once, and never after on_cancel: the op (a part of its task) serves
-** the task's next suspension afterwards. */
+** the loop. Returns 0, or UV_EALREADY when op was already resumed and its
+** task has not run since (the values are popped). Callable from any
+** callback on the engine's loop, once, and never after on_cancel: once
+** the task runs on, the op (a part of its task) serves the task's next
+** suspension, or another task's, or is freed, and no call can tell. Where
+** two completions race (a reply and a timeout), the first detaches the
+** other (stops the timer, forgets op) before it resumes. */
 BRAID_API int braid_resume(braid_op_t *op, int nresults);
 
 /* Pops one value from braid_op_state(op) and makes the suspended call
@@ -340,7 +354,8 @@ struct braid_resource {
 /* Attaches r to the scope the running task makes things in now: its
 ** innermost braid.scope, else the task's own scope (never the inner scopes
 ** of braid.timeout, braid.shield or a group, which a result returned from
-** them outlives). Inside a task only (braid_check_task first). */
+** them outlives). Inside a task only (braid_check_task first, before the
+** thing is made): outside one it raises a "usage" error. */
 BRAID_API void braid_resource_add(lua_State *L, braid_resource_t *r);
 
 /* Detaches r (its owner stopped it first); harmless when detached. */

@@ -1107,6 +1107,141 @@ static int t_outside_task (void) {
   return 1;
 }
 
+/* ---- braid_close from the application's callbacks ---- */
+
+static braid_engine_t *closing_E;
+static int close_hook_calls;
+
+static void close_timer_cb (uv_timer_t *h) {
+  braid_close(closing_E);
+  closing_E = NULL;
+  uv_close((uv_handle_t *) h, NULL);
+}
+
+/* braid_close from a timer of the loop braid_run drives: the
+** application's loop, then braid's own (closed when braid_run returns). */
+static int t_close_in_run (void) {
+  uv_loop_t loop;
+  uv_timer_t tm, own_tm;
+  CHECK(uv_loop_init(&loop) == 0);
+  closing_E = braid_new(&loop, NULL);
+  CHECK(closing_E != NULL);
+  CHECK(braid_run_string(closing_E, "braid.sleep(10)", "=s", NULL) == 0);
+  uv_timer_init(&loop, &tm);
+  uv_timer_start(&tm, close_timer_cb, 5, 0);
+  CHECK(braid_run(closing_E, UV_RUN_DEFAULT) == 0);
+  CHECK(closing_E == NULL);
+  CHECK(uv_loop_close(&loop) == 0);
+  closing_E = braid_new(NULL, NULL);
+  CHECK(closing_E != NULL);
+  CHECK(braid_run_string(closing_E, "braid.sleep(10)", "=s", NULL) == 0);
+  uv_timer_init(braid_loop(closing_E), &own_tm);
+  uv_timer_start(&own_tm, close_timer_cb, 5, 0);
+  CHECK(braid_run(closing_E, UV_RUN_DEFAULT) == 0);
+  CHECK(closing_E == NULL);
+  return 1;
+}
+
+static int hold0_start (braid_op_t *op, void *ud) {
+  (void) op; (void) ud;
+  return 0;
+}
+
+/* An on_cancel that closes the engine. */
+static void close_hook (braid_op_t *op) {
+  braid_engine_t *E = closing_E;
+  (void) op;
+  close_hook_calls++;
+  closing_E = NULL;
+  if (E) braid_close(E);
+}
+
+static int l_app_hold0 (lua_State *L) {
+  return braid_suspend(L, "app.hold0", 0, hold0_start, close_hook, NULL);
+}
+
+/* braid_close from an on_cancel that braid_cancel or braid_interrupt runs,
+** and from one a deadline runs (braid's timer callback): on_cancel runs once, and the
+** engine closes when braid's call returns. */
+static int t_close_in_on_cancel (void) {
+  uv_loop_t loop;
+  braid_task_t *t;
+  CHECK(uv_loop_init(&loop) == 0);
+  closing_E = braid_new(&loop, NULL);
+  CHECK(closing_E != NULL);
+  lua_pushcfunction(braid_state(closing_E), l_app_hold0);
+  lua_setglobal(braid_state(closing_E), "hold");
+  CHECK(braid_run_string(closing_E, "hold()", "=h", &t) == 0);
+  braid_run(closing_E, UV_RUN_NOWAIT);
+  close_hook_calls = 0;
+  CHECK(braid_cancel(closing_E, t) == 0);
+  CHECK(close_hook_calls == 1 && closing_E == NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(uv_loop_init(&loop) == 0);
+  closing_E = braid_new(&loop, NULL);
+  CHECK(closing_E != NULL);
+  lua_pushcfunction(braid_state(closing_E), l_app_hold0);
+  lua_setglobal(braid_state(closing_E), "hold");
+  CHECK(braid_run_string(closing_E, "hold()", "=h", NULL) == 0);
+  braid_run(closing_E, UV_RUN_NOWAIT);
+  close_hook_calls = 0;
+  CHECK(braid_interrupt(braid_state(closing_E)) == 0);
+  CHECK(close_hook_calls == 1 && closing_E == NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  closing_E = braid_new(NULL, NULL);
+  CHECK(closing_E != NULL);
+  lua_pushcfunction(braid_state(closing_E), l_app_hold0);
+  lua_setglobal(braid_state(closing_E), "hold");
+  CHECK(braid_run_string(closing_E, "braid.timeout(0.005, hold)", "=h",
+                         NULL) == 0);
+  close_hook_calls = 0;
+  CHECK(braid_run(closing_E, UV_RUN_DEFAULT) == 0);
+  CHECK(close_hook_calls == 1 && closing_E == NULL);
+  return 1;
+}
+
+static braid_resource_t outside_res;
+static void outside_res_close (braid_resource_t *r) { (void) r; }
+static int l_resource_outside (lua_State *L) {
+  outside_res.close = outside_res_close;
+  braid_resource_add(L, &outside_res);
+  return 0;
+}
+
+/* braid_resource_add outside a task is a usage error, as every braid call
+** that needs a task. */
+static int t_resource_outside_task (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  lua_State *L;
+  CHECK(E != NULL);
+  L = braid_state(E);
+  lua_pushcfunction(L, l_resource_outside);
+  CHECK(lua_pcall(L, 0, 0, 0) != LUA_OK);
+  CHECK(braid_error_kind(L, -1) != NULL &&
+        strcmp(braid_error_kind(L, -1), "usage") == 0);
+  CHECK(strstr(luaL_tolstring(L, -1, NULL), "braid_resource_add: not "
+               "inside a braid task") != NULL);
+  lua_settop(L, 0);
+  braid_close(E);
+  return 1;
+}
+
+/* braid_new failing (the trace file cannot be made) leaves nothing on the
+** application's loop: it closes at once. */
+static int t_new_fails_clean (void) {
+  uv_loop_t loop;
+  braid_options_t o;
+  memset(&o, 0, sizeof o);
+  o.trace = "/nonexistent-dir/trace.json";
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(braid_new(&loop, &o) == NULL);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(braid_new(NULL, &o) == NULL);
+  return 1;
+}
+
 /* ---- workers of an embedded engine (issue 20) ---- */
 
 static int l_twice (lua_State *L) {
@@ -1301,6 +1436,14 @@ int main (void) {
            t_workers);
   run_test("the application's uv_spawn beside braid's children on one "
            "loop: each reaps its own (issue 15)", t_spawn_beside);
+  run_test("braid_close from a callback of the loop braid_run drives, "
+           "the application's or braid's own", t_close_in_run);
+  run_test("braid_close from an on_cancel runs it once and closes when "
+           "braid's call returns", t_close_in_on_cancel);
+  run_test("braid_resource_add outside a task raises a usage error",
+           t_resource_outside_task);
+  run_test("braid_new returning NULL leaves nothing on the application's "
+           "loop", t_new_fails_clean);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

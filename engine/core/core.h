@@ -418,6 +418,10 @@ struct braid_engine {
   unsigned char signals;       /* SIGINT/SIGQUIT watchers attached */
   unsigned char attached;      /* idle and timer initialised on E->loop */
   unsigned char closing;       /* braid_close: abandonment is silent */
+  unsigned char close_later;   /* braid_close came while `calls` > 0 */
+  unsigned char in_run;        /* braid_run is inside uv_run */
+  int calls;                   /* braid calls in progress that may run the
+                               ** application's on_cancel (engine.c) */
   unsigned char binary;        /* precompiled chunks may be loaded */
   unsigned char refusable;     /* allocations whose failure the caller
                                ** handles (braid_run_string's load, the
@@ -464,6 +468,12 @@ void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
 void braid__engine_detach(braid_engine_t *E);
 void braid__engine_unref(braid_engine_t *E);
+/* Around a braid call that may run the application's on_cancel outside
+** any task (braid_cancel, braid_interrupt, braid's own libuv callbacks): a
+** braid_close made meanwhile waits until the outermost call ends, and
+** leave then closes E; after leave E may be gone. */
+void braid__engine_enter(braid_engine_t *E);
+void braid__engine_leave(braid_engine_t *E);
 void *braid__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* The huge-page arena of a state's small blocks (arena.c): new returns NULL
 ** when it is turned off (BRAID_ARENA=0, AddressSanitizer) or cannot be had;

@@ -128,6 +128,8 @@ static int l_api_open (lua_State *L) {
 
 /* ---- engine lifecycle ---- */
 
+static void loop_finish (braid_engine_t *E);
+
 braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   static const braid_options_t defaults;
   braid_engine_t *E = braid__engine_new();
@@ -159,24 +161,27 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
     lua_close(L);   /* the box's __gc leaves E to us (embedded) */
     goto fail_loop;
   }
+  /* What can fail comes before the loop has any handle of braid's: a
+  ** braid_new that returns NULL leaves nothing on the application's loop
+  ** (uv_idle_init and uv_timer_init do not fail on Unix). */
+  braid__reserve_take(E);   /* not counted against the memory limit */
+  if (E->reserve == NULL ||
+      (opts->trace && braid__trace_open(E, opts->trace) != 0))
+    goto fail_state;
   if ((rc = braid__engine_attach(E, loop, opts->signals)) != 0) {
-    lua_close(L);
-    goto fail_loop;
+    braid__trace_close(E);
+    goto fail_state;
   }
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
-  braid__reserve_take(E);   /* not counted against the memory limit */
   E->running = 1;   /* braid.run from Lua is refused: tasks run already */
-  if (E->reserve == NULL ||
-      (opts->trace && braid__trace_open(E, opts->trace) != 0)) {
-    braid_close(E);
-    return NULL;
-  }
   return E;
+fail_state:
+  lua_close(L);
+  braid__reserve_free(E);
 fail_loop:
   braid__arena_free(E->arena);   /* after lua_close: its blocks are gone */
-  if (E->owns_loop) uv_loop_close(&E->own_loop);
-  free(E->heap);
-  free(E);
+  if (E->owns_loop) loop_finish(E);
+  braid__engine_unref(E);   /* a handle that attach closed holds E still */
   return NULL;
 }
 
@@ -188,9 +193,23 @@ uv_loop_t *braid_loop (braid_engine_t *E) {
   return E->loop;
 }
 
+/* braid_close from a callback of the loop braid_run drives leaves E's
+** memory to braid_run's reference, and braid's own loop to braid_run to
+** close once uv_run has returned. */
 int braid_run (braid_engine_t *E, uv_run_mode mode) {
+  int live;
+  E->refs++;
+  E->in_run = 1;
   uv_run(E->loop, mode);
-  return (int) E->live;
+  E->in_run = 0;
+  if (E->L == NULL) {   /* closed meanwhile */
+    live = 0;
+    if (E->owns_loop) loop_finish(E);
+  } else {
+    live = (int) E->live;
+  }
+  braid__engine_unref(E);
+  return live;
 }
 
 /* Abandons every task left at the top; runs under lua_pcall on E->S. */
@@ -205,10 +224,23 @@ static void close_walk_cb (uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Closes braid's own loop, outside uv_run: what is left on it closes. */
+static void loop_finish (braid_engine_t *E) {
+  uv_run(&E->own_loop, UV_RUN_DEFAULT);   /* close callbacks */
+  uv_walk(&E->own_loop, close_walk_cb, NULL);
+  uv_run(&E->own_loop, UV_RUN_DEFAULT);
+  uv_loop_close(&E->own_loop);
+}
+
 void braid_close (braid_engine_t *E) {
   if (E->current) {   /* the running task's own stack would be freed */
     fprintf(stderr, "braid_close: called from inside a task\n");
     abort();
+  }
+  if (E->closing) return;   /* from a cancel hook braid_close runs */
+  if (E->calls > 0) {       /* from an on_cancel: when braid's call ends */
+    E->close_later = 1;
+    return;
   }
   E->closing = 1;
   braid__engine_call(E, l_api_abandon, E);
@@ -220,12 +252,7 @@ void braid_close (braid_engine_t *E) {
   E->ready_head = E->ready_tail = NULL;
   E->running = 0;
   braid__engine_detach(E);
-  if (E->owns_loop) {
-    uv_run(&E->own_loop, UV_RUN_DEFAULT);   /* close callbacks */
-    uv_walk(&E->own_loop, close_walk_cb, NULL);
-    uv_run(&E->own_loop, UV_RUN_DEFAULT);
-    uv_loop_close(&E->own_loop);
-  }
+  if (E->owns_loop && !E->in_run) loop_finish(E);
   braid__wait_drop(E, E->L);   /* every task has ended (abandoned) */
   braid__coset_drop(E, E->L);
   braid__arena_closing(E->arena);   /* no passes: it all goes */
@@ -333,7 +360,9 @@ int braid_task_result (braid_engine_t *E, braid_task_t *task) {
 
 int braid_cancel (braid_engine_t *E, braid_task_t *task) {
   if (TASK_DONE(task)) return UV_EALREADY;
+  braid__engine_enter(E);
   braid__task_cancel(task, E->S, 0);
+  braid__engine_leave(E);   /* a braid_close from on_cancel: E is gone */
   return 0;
 }
 

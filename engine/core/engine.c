@@ -15,6 +15,11 @@
 **   uv_run returns exactly when nothing can wake any task, which is how
 **   deadlocks are found (run.c) and when the virtual clock jumps at the
 **   latest.
+** - braid's libuv callbacks, braid_cancel and braid_interrupt, which may
+**   run an application's on_cancel outside any task, are bracketed by
+**   braid__engine_enter/leave: a braid_close made inside waits (close_later)
+**   until the outermost of them returns, so no caller returns into a
+**   closed engine.
 ** - Interrupts (Ctrl-C, SIGTERM, SIGHUP, braid_interrupt) are
 **   interrupt.c's; stopping Lua code that does not suspend is hook.c's.
 */
@@ -103,6 +108,17 @@ void braid__engine_unref (braid_engine_t *E) {
   braid__xacct_drop(E);   /* messages still in flight keep the account */
   free(E->heap);
   free(E);
+}
+
+void braid__engine_enter (braid_engine_t *E) {
+  E->calls++;
+}
+
+void braid__engine_leave (braid_engine_t *E) {
+  if (--E->calls == 0 && E->close_later) {
+    E->close_later = 0;
+    braid_close(E);
+  }
 }
 
 void braid__engine_handle_closed (uv_handle_t *h) {

@@ -126,8 +126,11 @@ void braid__interrupt_dispatch (braid_engine_t *E) {
 }
 
 static void stop_cb (uv_signal_t *h, int signum) {
+  braid_engine_t *E = (braid_engine_t *) h->data;
   (void) signum;
-  braid__interrupt_dispatch((braid_engine_t *) h->data);
+  braid__engine_enter(E);
+  braid__interrupt_dispatch(E);
+  braid__engine_leave(E);
 }
 
 /* Whether signal i came within REPEAT_NS of its last counted arrival
@@ -276,6 +279,8 @@ void braid__exit_hooks_drop (braid_engine_t *E) {
 int braid_interrupt (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
   if (E == NULL || !E->running) return UV_EINVAL;
+  braid__engine_enter(E);
   engine_interrupt(E, 0);
+  braid__engine_leave(E);   /* a braid_close from an on_cancel: E is gone */
   return 0;
 }

@@ -20,7 +20,10 @@
 const char braid__marker = 'm';
 
 static void idle_cb (uv_idle_t *h) {
-  braid__task_drain(container_of(h, braid_engine_t, idle));
+  braid_engine_t *E = container_of(h, braid_engine_t, idle);
+  braid__engine_enter(E);
+  braid__task_drain(E);
+  braid__engine_leave(E);
 }
 
 

@@ -201,6 +201,7 @@ struct braid_scope *braid__scope_here (lua_State *L, int shields) {
 }
 
 void braid_resource_add (lua_State *L, braid_resource_t *r) {
+  braid__task_current(L, "braid_resource_add");   /* a usage error outside */
   resource_link(braid__scope_here(L, 0), r);
 }
 

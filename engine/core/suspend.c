@@ -39,6 +39,7 @@ void braid_op_timer (braid_op_t *op) {
 }
 
 static void op_cancel (struct braid_wait *w) {
+  if (w->state == OP_CANCELLED) return;   /* exactly once */
   op_settle(w);
   w->state = OP_CANCELLED;
   if (w->on_cancel) w->on_cancel(WAIT_OP(w));

@@ -223,9 +223,11 @@ static void timer_fire (braid_engine_t *E, uint64_t now) {
 
 static void timer_cb (uv_timer_t *h) {
   braid_engine_t *E = container_of(h, braid_engine_t, timer);
+  braid__engine_enter(E);
   E->armed_due = 0;
   timer_fire(E, uv_hrtime());
   timer_rearm(E);
+  braid__engine_leave(E);
 }
 
 /* On the virtual clock the uv_timer_t is the autojump instead. Time jumps
@@ -238,7 +240,9 @@ static void timer_cb (uv_timer_t *h) {
 ** a dry loop is still seen as dry. */
 static void autojump_cb (uv_timer_t *h) {
   braid_engine_t *E = container_of(h, braid_engine_t, timer);
+  braid__engine_enter(E);
   if (E->ready_head == NULL && E->io_ops == 0) braid__timer_advance(E);
+  braid__engine_leave(E);
 }
 
 void braid__timer_quiet (braid_engine_t *E) {
