@@ -257,8 +257,9 @@ if rawget(M, "fs") then
   -- "." or ".." (the tree would be the parent's or the caller's own
   -- directory, reached through whatever links the path holds); with
   -- recursive also "" and "/" (also spelt "//", or a path whose real path
-  -- is "/"), and "link/" (the directory behind a link). The walk is C's
-  -- (fs_tree.c), which never leaves the tree.
+  -- is "/"), and "link/" (the directory behind a link); "file/" is
+  -- ENOTDIR, as for rm. The walk is C's (fs_tree.c), which never leaves
+  -- the tree.
   function fs.remove(path, opts)
     opts = check_opts("braid.fs.remove", opts, {recursive = true})
     if type(path) == "string" then
@@ -275,10 +276,16 @@ if rawget(M, "fs") then
       usage("braid.fs.remove: refusing to remove %q recursively", path)
     end
     local root = path:gsub("(.)/+$", "%1")
-    if root ~= path and there and stat(root).type == "link" then
-      usage("braid.fs.remove: refusing to remove the directory behind the "
-            .. "link %q recursively (without the '/', the link is removed)",
-            path)
+    if root ~= path then
+      -- "x/" names a directory: the walk gets "x" without its '/', so a
+      -- file, or a link to one or to nothing, must fail here (ENOTDIR,
+      -- ENOENT: stat follows a link for the '/'), as rm does
+      as("braid.fs.remove", stat, path)
+      if as("braid.fs.remove", stat, root).type == "link" then
+        usage("braid.fs.remove: refusing to remove the directory behind "
+              .. "the link %q recursively (without the '/', the link is "
+              .. "removed)", path)
+      end
     end
     return remove_tree(root)
   end

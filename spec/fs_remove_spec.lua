@@ -132,6 +132,24 @@ describe("braid.fs.remove", function()
     assert.is_false(fs.exists(v))
   end))
 
+  it("raises ENOTDIR for 'file/' (also a link to a file) and ENOENT for "
+     .. "'dangling/', removing nothing", sandboxed(function(sb, base)
+    local v = victim(sb)
+    link(base, v .. "/precious", sb .. "/lf")
+    link(base, sb .. "/none", sb .. "/dangling")
+    for _, c in ipairs{{v .. "/precious/", "ENOTDIR"},
+                       {v .. "/precious//", "ENOTDIR"},
+                       {sb .. "/lf/", "ENOTDIR"},
+                       {sb .. "/dangling/", "ENOENT"}} do
+      local ok, e = pcall(fs.remove, c[1], {recursive = true})
+      assert.is_false(ok, c[1] .. " was removed")
+      assert.are.same({"io", c[2], c[1]}, {e.kind, e.code, e.path})
+    end
+    intact(v)
+    assert.are.equal("link", fs.stat(sb .. "/lf").type)
+    assert.are.equal("link", fs.stat(sb .. "/dangling").type)
+  end))
+
   it("removes a deep and wide tree, and names what it could not remove",
      sandboxed(function(sb)
     local v = victim(sb)
