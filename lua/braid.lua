@@ -353,6 +353,9 @@ if rawget(M, "fs") then
   -- characters. guard.path is its path (also tostring(guard) and
   -- guard .. "/name"); closing the guard (<close>, guard:close()) removes
   -- it with everything inside, shielded from the task's cancellation.
+  -- What closing removes is the directory made, kept here (guard -> path)
+  -- and not in the field, which the script can change.
+  local made <const> = setmetatable({}, {__mode = "k"})
   local Tmpdir <const> = {}
   Tmpdir.__index = Tmpdir
   Tmpdir.__name = "braid.Tmpdir"
@@ -362,10 +365,11 @@ if rawget(M, "fs") then
            (getmetatable(b) == Tmpdir and b.path or b)
   end
   function Tmpdir:close()
-    if self.closed then return end
-    self.closed = true
+    local path = made[self]
+    if path == nil then return end   -- closed, or not made by fs.tmpdir
+    made[self] = nil
     M.shield(function()
-      if fs.exists(self.path) then remove_tree(self.path) end
+      if fs.exists(path) then remove_tree(path) end
     end)
   end
   Tmpdir.__close = Tmpdir.close
@@ -379,7 +383,9 @@ if rawget(M, "fs") then
     if base == nil or base == "" then base = "/tmp" end
     local path = fs._mkdtemp(base:gsub("/+$", "") .. "/" ..
                              (prefix or "braid-") .. "XXXXXX")
-    return setmetatable({path = path}, Tmpdir)
+    local g = setmetatable({path = path}, Tmpdir)
+    made[g] = path
+    return g
   end
 end
 

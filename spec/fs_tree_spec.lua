@@ -35,6 +35,28 @@ describe("braid.fs.tmpdir", function()
     pcall(t.await, t)
     assert.is_false(fs.exists(path))
   end))
+
+  -- Inside a guard of its own, with a canary beside the victim.
+  it("removes the directory it made, not what guard.path says",
+     h.run(function()
+    local base <close> = fs.tmpdir("spec-")
+    fs.write_file(base .. "/canary", "alive")
+    local v = base .. "/victim"
+    fs.mkdir(v .. "/sub", {parents = true})
+    fs.write_file(v .. "/precious", "p")
+    local g = fs.tmpdir("spec-")
+    local real = g.path
+    g.path = v .. "/sub/.."
+    g:close()
+    assert.is_false(fs.exists(real))
+    assert.are.equal("p", fs.read_file(v .. "/precious"))
+    assert.are.equal("directory", fs.stat(v .. "/sub").type)
+    g:close()                                  -- twice: nothing
+    local gone = fs.tmpdir("spec-")            -- removed before its close
+    fs.remove(gone.path)
+    gone:close()
+    assert.are.equal("alive", fs.read_file(base .. "/canary"))
+  end))
 end)
 
 describe("braid.fs tree calls", function()
