@@ -42,6 +42,35 @@ describe("braid.fs.open", function()
     assert.are.equal("abc\nDEF\n", fs.read_file(p))
   end))
 
+  it("seeks after a write in \"a\" and \"a+\" as Lua's io does",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    -- the same steps on a file of Lua's io and on one of braid's
+    local function steps(f, readable)
+      local r = {}
+      f:write("abc")
+      r[#r + 1] = f:seek()
+      if readable then
+        r[#r + 1] = f:read(5) or "nil"
+        r[#r + 1] = f:seek("set", 2)
+        r[#r + 1] = f:read(3)
+      end
+      f:write("xyz")
+      r[#r + 1] = f:seek()
+      return table.concat(r, " ")
+    end
+    for mode, want in pairs{["a+"] = "13 nil 2 234 16", a = "13 16"} do
+      fs.write_file(d .. "/io", "0123456789")
+      fs.write_file(d .. "/braid", "0123456789")
+      local lua_io <close> = io.open(d .. "/io", mode)
+      local braid_f <close> = fs.open(d .. "/braid", mode)
+      assert.are.equal(want, steps(lua_io, mode == "a+"))
+      assert.are.equal(want, steps(braid_f, mode == "a+"))
+      lua_io:close()
+      assert.are.equal(fs.read_file(d .. "/io"), fs.read_file(d .. "/braid"))
+    end
+  end))
+
   it("reads a file larger than its buffer", h.run(function()
     local d <close> = fs.tmpdir()
     local s = ("0123456789"):rep(30000)

@@ -120,6 +120,10 @@ static void file_req_cb (uv_fs_t *req) {
     /* a short write (a full disk, a file size limit, write(2)'s 2 GiB)
     ** goes on with the rest, which then reports the failure, if any */
     if (!f->append) f->pos += n;
+    else {   /* the write went to the end, and left the offset there */
+      off_t end = lseek(f->fd, 0, SEEK_CUR);
+      if (end >= 0) f->pos = (int64_t) end;
+    }
     fr->done += (size_t) n;
     if (n > 0 && fr->done < fr->want) {
       uv_fs_req_cleanup(req);
