@@ -183,16 +183,19 @@ if rawget(M, "fs") then
     return false
   end
 
-  -- fn(...) for the Lua-side function fname: a usage error that a C call
-  -- inside raises in its own name (outside a task, cannot suspend here, a
-  -- bad argument handed on) is said in fname's name, at the script's line
-  -- (rethrow). Everything else passes unchanged.
+  -- fn(...) for the Lua-side function fname: an error that a C call
+  -- inside raises in its own name is said in fname's: a usage error (outside
+  -- a task, cannot suspend here, a bad argument handed on) at the script's
+  -- line (rethrow), an io error ("braid.fs.stat /x: ...") with its code
+  -- and path. Everything else passes unchanged.
   local function as(fname, fn, ...)
     local r = pack(pcall(fn, ...))
     if r[1] then return unpack(r, 2, r.n) end
     local e = r[2]
     if M.is_error(e) and e.kind == "usage" then
       e.message = e.message:gsub("braid%.fs%.[%w_]+", fname, 1)
+    elseif M.is_error(e) and e.kind == "io" then
+      e.message = e.message:gsub("^braid%.fs%.[%w_]+", fname, 1)
     end
     rethrow(e)
   end
@@ -294,23 +297,34 @@ if rawget(M, "fs") then
   -- depth first, a directory before its contents, names in sorted order.
   -- Links are listed as "link" and not followed unless opts.follow (then
   -- a link to a directory is walked into, once per real directory, and
-  -- its type is the target's).
+  -- its type is the target's). An entry that vanishes while the walk runs
+  -- is skipped, as find does: one gone before it is looked at is not
+  -- returned, a directory gone before it is listed has no entries.
   local function walk(dir, opts)
     opts = check_opts("braid.fs.walk", opts, {follow = true})
     check_path("braid.fs.walk", dir)
     local follow, seen = opts.follow, {}
     if follow then seen[fs.realpath(dir)] = true end
     local stack = {{dir = dir, names = list(dir), i = 0}}
+    -- fn(p): its result, or nil when p is gone (ENOENT, or ENOTDIR: a
+    -- directory on the way was replaced)
+    local function unless_gone(fn, p)
+      local ok, r = pcall(fn, p)
+      if ok then return r end
+      if io_code(r, "ENOENT", "ENOTDIR") then return nil end
+      rethrow(r)
+    end
     return function()
       while #stack > 0 do
         local top = stack[#stack]
         top.i = top.i + 1
         local name = top.names[top.i]
+        local p = name and top.dir .. "/" .. name
+        local st = p and unless_gone(stat, p)
         if name == nil then
           stack[#stack] = nil
-        else
-          local p = top.dir .. "/" .. name
-          local kind = stat(p).type
+        elseif st then
+          local kind = st.type
           local into = kind == "directory"
           if follow and kind == "link" then
             local ok, real = pcall(fs.realpath, p)
@@ -320,11 +334,14 @@ if rawget(M, "fs") then
               if into then seen[real] = true end
             end
           elseif follow and into then
-            local real = fs.realpath(p)
-            into = not seen[real]
-            seen[real] = true
+            local real = unless_gone(fs.realpath, p)
+            into = real and not seen[real]
+            if real then seen[real] = true end
           end
-          if into then stack[#stack + 1] = {dir = p, names = list(p), i = 0} end
+          if into then
+            stack[#stack + 1] = {dir = p, names = unless_gone(list, p) or {},
+                                 i = 0}
+          end
           return p, kind
         end
       end

@@ -590,14 +590,11 @@ static int l_fs_open (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.fs.open");
   const char *mode = "r";
   char m[4] = {0};
-  size_t len, i, j = 0;
+  size_t i, j = 0;
   struct open_args a;
   struct braid_file **box, *f;
   size_t max_line;
-  braid__check_type(L, 1, LUA_TSTRING, "braid.fs.open");
-  a.path = lua_tolstring(L, 1, &len);
-  if (strlen(a.path) != len || len == 0)
-    braid_argerror(L, 1, "braid.fs.open", "path expected");
+  a.path = braid__fs_check_path(L, 1, "braid.fs.open", 1);
   if (!lua_isnoneornil(L, 2)) {
     braid__check_type(L, 2, LUA_TSTRING, "braid.fs.open");
     mode = lua_tostring(L, 2);
