@@ -168,6 +168,47 @@ describe("braid.fs.remove", function()
     intact(v)
   end))
 
+  -- A race, so a probable failure, not a certain one: a racer swaps the
+  -- tree's directories for links to the victim while the walk runs (in
+  -- the window between entering one and removing it, the removal raised
+  -- ENOTDIR). The links are inside base, as all here.
+  it("removes a directory swapped for a link while it is removed as the "
+     .. "link", sandboxed(function(sb, base)
+    local v = victim(sb)
+    local racer = [[
+import os, sys
+tree, victim = sys.argv[1], sys.argv[2]
+for i in range(100):
+    for j in range(5):
+        d = "%s/d%d/s%d" % (tree, i, j)
+        os.makedirs(d + "/inner")
+        open(d + "/f", "w").close()
+        open(d + "/inner/g", "w").close()
+open(tree + "/../ready", "w").close()
+for i in range(100):
+    for j in range(5):
+        p = "%s/d%d/s%d" % (tree, i, j)
+        try:
+            os.rename(p, p + ".x")
+            os.symlink(victim, p)
+        except OSError:
+            pass
+]]
+    for _ = 1, 3 do
+      local t = sb .. "/tree"
+      local r = braid.spawn(function()
+        return braid.exec({"python3", "-c", racer, t, v})
+      end)
+      while not fs.exists(sb .. "/ready") do braid.sleep(0.001) end
+      fs.remove(sb .. "/ready")
+      local ok, e = pcall(fs.remove, t, {recursive = true})
+      assert.are.equal(0, r:await().code)
+      intact(v)
+      assert.is_true(ok, tostring(e))
+      assert.is_false(fs.exists(t))
+    end
+  end))
+
   it("is cancelled at once, leaving nothing running", sandboxed(function(sb)
     local v = victim(sb)
     fs.mkdir(sb .. "/t")
