@@ -241,4 +241,34 @@ describe("braid.fs.open on a FIFO", function()
     assert.are.equal("through", r:read_line())
     w:await()
   end))
+
+  it("is at its end when a writer comes and goes writing nothing",
+     h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    local w = braid.spawn(function() braid.fs.open(fifo, "w"):close() end)
+    local r <close> = braid.fs.open(fifo)
+    assert.is_nil(r:read(1))
+    w:await()
+  end))
+
+  -- A blocking open(2) left a pool thread waiting for a writer that never
+  -- came: four of them starved the pool, and braid could not exit.
+  it("cancelled, leaves no thread waiting for a writer", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    fs.write_file(d .. "/plain", "hello")
+    fs.write_file(d .. "/t.lua", [[
+      for i = 1, 5 do
+        assert(not pcall(braid.timeout, 0.05, braid.fs.open, arg[1]))
+      end
+      print(braid.timeout(5, braid.fs.read_file, arg[2]))
+    ]])
+    local out, err, code = h.sh("timeout -k 1 10 " ..
+      (os.getenv("BRAID_RUN_ENV") or "") .. " " .. os.getenv("BRAID_BIN") ..
+      " " .. d .. "/t.lua " .. fifo .. " " .. d .. "/plain </dev/null")
+    assert.are.same({0, "hello\n"}, {code, out}, err)
+  end))
 end)
