@@ -31,7 +31,9 @@
 **   close(), __close and __gc close it. The struct is freed once it is
 **   closed and no request is in flight.
 ** - Opening is a request too (struct open_req), so that it is
-**   cancellable: an open cancelled in flight closes what it opened.
+**   cancellable: an open cancelled in flight closes what it opened. A
+**   FIFO opened to read waits for its writer on the loop (struct
+**   fifo_wait), never in open(2) on a pool thread.
 */
 #include <errno.h>
 #include <fcntl.h>
