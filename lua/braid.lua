@@ -240,17 +240,18 @@ if rawget(M, "fs") then
     check_opts("braid.fs.mkdir", opts, {parents = true, mode = true})
     if not opts.parents then return mkdir(path, opts.mode) end
     check_path("braid.fs.mkdir", path)
+    local function exists_as_dir(e)
+      return io_code(e, "EEXIST") and
+             as("braid.fs.mkdir", stat, path).type == "directory"
+    end
     local ok, e = pcall(mkdir, path, opts.mode)
-    if ok then return end
-    if io_code(e, "EEXIST") and stat(path).type == "directory" then return end
+    if ok or exists_as_dir(e) then return end
     if not io_code(e, "ENOENT") then rethrow(e) end
     local parent = path:match("^(.*[^/])/+[^/]+/*$")
     if not parent then rethrow(e) end
     fs.mkdir(parent, {parents = true, mode = opts.mode})
     ok, e = pcall(mkdir, path, opts.mode)
-    if ok or (io_code(e, "EEXIST") and stat(path).type == "directory") then
-      return
-    end
+    if ok or exists_as_dir(e) then return end
     rethrow(e)
   end
 
