@@ -266,8 +266,8 @@ describe("braid.fs.open on a FIFO", function()
       end
       print(braid.timeout(5, braid.fs.read_file, arg[2]))
     ]])
-    local out, err, code = h.sh("timeout -k 1 10 " ..
-      (os.getenv("BRAID_RUN_ENV") or "") .. " " .. os.getenv("BRAID_BIN") ..
+    local out, err, code = h.sh((os.getenv("BRAID_RUN_ENV") or "") ..
+      " timeout -k 1 10 " .. os.getenv("BRAID_BIN") ..
       " " .. d .. "/t.lua " .. fifo .. " " .. d .. "/plain </dev/null")
     assert.are.same({0, "hello\n"}, {code, out}, err)
   end))
