@@ -188,16 +188,19 @@ if rawget(M, "fs") then
     return false
   end
 
-  -- fn(...) for the Lua-side function fname: a usage error that a C call
-  -- inside raises in its own name (outside a task, cannot suspend here, a
-  -- bad argument handed on) is said in fname's name, at the script's line
-  -- (rethrow). Everything else passes unchanged.
+  -- fn(...) for the Lua-side function fname: an error that a C call
+  -- inside raises in its own name is said in fname's: a usage error (outside
+  -- a task, cannot suspend here, a bad argument handed on) at the script's
+  -- line (rethrow), an io error ("braid.fs.stat /x: ...") with its code
+  -- and path. Everything else passes unchanged.
   local function as(fname, fn, ...)
     local r = pack(pcall(fn, ...))
     if r[1] then return unpack(r, 2, r.n) end
     local e = r[2]
     if M.is_error(e) and e.kind == "usage" then
       e.message = e.message:gsub("braid%.fs%.[%w_]+", fname, 1)
+    elseif M.is_error(e) and e.kind == "io" then
+      e.message = e.message:gsub("^braid%.fs%.[%w_]+", fname, 1)
     end
     rethrow(e)
   end
@@ -242,17 +245,18 @@ if rawget(M, "fs") then
     check_opts("braid.fs.mkdir", opts, {parents = true, mode = true})
     if not opts.parents then return mkdir(path, opts.mode) end
     check_path("braid.fs.mkdir", path)
+    local function exists_as_dir(e)
+      return io_code(e, "EEXIST") and
+             as("braid.fs.mkdir", stat, path).type == "directory"
+    end
     local ok, e = pcall(mkdir, path, opts.mode)
-    if ok then return end
-    if io_code(e, "EEXIST") and stat(path).type == "directory" then return end
+    if ok or exists_as_dir(e) then return end
     if not io_code(e, "ENOENT") then rethrow(e) end
     local parent = path:match("^(.*[^/])/+[^/]+/*$")
     if not parent then rethrow(e) end
     fs.mkdir(parent, {parents = true, mode = opts.mode})
     ok, e = pcall(mkdir, path, opts.mode)
-    if ok or (io_code(e, "EEXIST") and stat(path).type == "directory") then
-      return
-    end
+    if ok or exists_as_dir(e) then return end
     rethrow(e)
   end
 
@@ -262,8 +266,9 @@ if rawget(M, "fs") then
   -- "." or ".." (the tree would be the parent's or the caller's own
   -- directory, reached through whatever links the path holds); with
   -- recursive also "" and "/" (also spelt "//", or a path whose real path
-  -- is "/"), and "link/" (the directory behind a link). The walk is C's
-  -- (fs_tree.c), which never leaves the tree.
+  -- is "/"), and "link/" (the directory behind a link); "file/" is
+  -- ENOTDIR, as for rm. The walk is C's (fs_tree.c), which never leaves
+  -- the tree.
   function fs.remove(path, opts)
     opts = check_opts("braid.fs.remove", opts, {recursive = true})
     if type(path) == "string" then
@@ -280,10 +285,16 @@ if rawget(M, "fs") then
       usage("braid.fs.remove: refusing to remove %q recursively", path)
     end
     local root = path:gsub("(.)/+$", "%1")
-    if root ~= path and there and stat(root).type == "link" then
-      usage("braid.fs.remove: refusing to remove the directory behind the "
-            .. "link %q recursively (without the '/', the link is removed)",
-            path)
+    if root ~= path then
+      -- "x/" names a directory: the walk gets "x" without its '/', so a
+      -- file, or a link to one or to nothing, must fail here (ENOTDIR,
+      -- ENOENT: stat follows a link for the '/'), as rm does
+      as("braid.fs.remove", stat, path)
+      if as("braid.fs.remove", stat, root).type == "link" then
+        usage("braid.fs.remove: refusing to remove the directory behind "
+              .. "the link %q recursively (without the '/', the link is "
+              .. "removed)", path)
+      end
     end
     return remove_tree(root)
   end
@@ -292,23 +303,34 @@ if rawget(M, "fs") then
   -- depth first, a directory before its contents, names in sorted order.
   -- Links are listed as "link" and not followed unless opts.follow (then
   -- a link to a directory is walked into, once per real directory, and
-  -- its type is the target's).
+  -- its type is the target's). An entry that vanishes while the walk runs
+  -- is skipped, as find does: one gone before it is looked at is not
+  -- returned, a directory gone before it is listed has no entries.
   local function walk(dir, opts)
     opts = check_opts("braid.fs.walk", opts, {follow = true})
     check_path("braid.fs.walk", dir)
     local follow, seen = opts.follow, {}
     if follow then seen[fs.realpath(dir)] = true end
     local stack = {{dir = dir, names = list(dir), i = 0}}
+    -- fn(p): its result, or nil when p is gone (ENOENT, or ENOTDIR: a
+    -- directory on the way was replaced)
+    local function unless_gone(fn, p)
+      local ok, r = pcall(fn, p)
+      if ok then return r end
+      if io_code(r, "ENOENT", "ENOTDIR") then return nil end
+      rethrow(r)
+    end
     return function()
       while #stack > 0 do
         local top = stack[#stack]
         top.i = top.i + 1
         local name = top.names[top.i]
+        local p = name and top.dir .. "/" .. name
+        local st = p and unless_gone(stat, p)
         if name == nil then
           stack[#stack] = nil
-        else
-          local p = top.dir .. "/" .. name
-          local kind = stat(p).type
+        elseif st then
+          local kind = st.type
           local into = kind == "directory"
           if follow and kind == "link" then
             local ok, real = pcall(fs.realpath, p)
@@ -318,11 +340,14 @@ if rawget(M, "fs") then
               if into then seen[real] = true end
             end
           elseif follow and into then
-            local real = fs.realpath(p)
-            into = not seen[real]
-            seen[real] = true
+            local real = unless_gone(fs.realpath, p)
+            into = real and not seen[real]
+            if real then seen[real] = true end
           end
-          if into then stack[#stack + 1] = {dir = p, names = list(p), i = 0} end
+          if into then
+            stack[#stack + 1] = {dir = p, names = unless_gone(list, p) or {},
+                                 i = 0}
+          end
           return p, kind
         end
       end
@@ -351,6 +376,9 @@ if rawget(M, "fs") then
   -- characters. guard.path is its path (also tostring(guard) and
   -- guard .. "/name"); closing the guard (<close>, guard:close()) removes
   -- it with everything inside, shielded from the task's cancellation.
+  -- What closing removes is the directory made, kept here (guard -> path)
+  -- and not in the field, which the script can change.
+  local made <const> = setmetatable({}, {__mode = "k"})
   local Tmpdir <const> = {}
   Tmpdir.__index = Tmpdir
   Tmpdir.__name = "braid.Tmpdir"
@@ -360,10 +388,11 @@ if rawget(M, "fs") then
            (getmetatable(b) == Tmpdir and b.path or b)
   end
   function Tmpdir:close()
-    if self.closed then return end
-    self.closed = true
+    local path = made[self]
+    if path == nil then return end   -- closed, or not made by fs.tmpdir
+    made[self] = nil
     M.shield(function()
-      if fs.exists(self.path) then remove_tree(self.path) end
+      if fs.exists(path) then remove_tree(path) end
     end)
   end
   Tmpdir.__close = Tmpdir.close
@@ -377,7 +406,9 @@ if rawget(M, "fs") then
     if base == nil or base == "" then base = "/tmp" end
     local path = fs._mkdtemp(base:gsub("/+$", "") .. "/" ..
                              (prefix or "braid-") .. "XXXXXX")
-    return setmetatable({path = path}, Tmpdir)
+    local g = setmetatable({path = path}, Tmpdir)
+    made[g] = path
+    return g
   end
 end
 

@@ -42,6 +42,35 @@ describe("braid.fs.open", function()
     assert.are.equal("abc\nDEF\n", fs.read_file(p))
   end))
 
+  it("seeks after a write in \"a\" and \"a+\" as Lua's io does",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    -- the same steps on a file of Lua's io and on one of braid's
+    local function steps(f, readable)
+      local r = {}
+      f:write("abc")
+      r[#r + 1] = f:seek()
+      if readable then
+        r[#r + 1] = f:read(5) or "nil"
+        r[#r + 1] = f:seek("set", 2)
+        r[#r + 1] = f:read(3)
+      end
+      f:write("xyz")
+      r[#r + 1] = f:seek()
+      return table.concat(r, " ")
+    end
+    for mode, want in pairs{["a+"] = "13 nil 2 234 16", a = "13 16"} do
+      fs.write_file(d .. "/io", "0123456789")
+      fs.write_file(d .. "/braid", "0123456789")
+      local lua_io <close> = io.open(d .. "/io", mode)
+      local braid_f <close> = fs.open(d .. "/braid", mode)
+      assert.are.equal(want, steps(lua_io, mode == "a+"))
+      assert.are.equal(want, steps(braid_f, mode == "a+"))
+      lua_io:close()
+      assert.are.equal(fs.read_file(d .. "/io"), fs.read_file(d .. "/braid"))
+    end
+  end))
+
   it("reads a file larger than its buffer", h.run(function()
     local d <close> = fs.tmpdir()
     local s = ("0123456789"):rep(30000)
@@ -211,5 +240,35 @@ describe("braid.fs.open on a FIFO", function()
     local r <close> = braid.fs.open(fifo)
     assert.are.equal("through", r:read_line())
     w:await()
+  end))
+
+  it("is at its end when a writer comes and goes writing nothing",
+     h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    local w = braid.spawn(function() braid.fs.open(fifo, "w"):close() end)
+    local r <close> = braid.fs.open(fifo)
+    assert.is_nil(r:read(1))
+    w:await()
+  end))
+
+  -- A blocking open(2) left a pool thread waiting for a writer that never
+  -- came: four of them starved the pool, and braid could not exit.
+  it("cancelled, leaves no thread waiting for a writer", h.run(function()
+    local d <close> = braid.fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    fs.write_file(d .. "/plain", "hello")
+    fs.write_file(d .. "/t.lua", [[
+      for i = 1, 5 do
+        assert(not pcall(braid.timeout, 0.05, braid.fs.open, arg[1]))
+      end
+      print(braid.timeout(5, braid.fs.read_file, arg[2]))
+    ]])
+    local out, err, code = h.sh((os.getenv("BRAID_RUN_ENV") or "") ..
+      " timeout -k 1 10 " .. os.getenv("BRAID_BIN") ..
+      " " .. d .. "/t.lua " .. fifo .. " " .. d .. "/plain </dev/null")
+    assert.are.same({0, "hello\n"}, {code, out}, err)
   end))
 end)

@@ -132,6 +132,24 @@ describe("braid.fs.remove", function()
     assert.is_false(fs.exists(v))
   end))
 
+  it("raises ENOTDIR for 'file/' (also a link to a file) and ENOENT for "
+     .. "'dangling/', removing nothing", sandboxed(function(sb, base)
+    local v = victim(sb)
+    link(base, v .. "/precious", sb .. "/lf")
+    link(base, sb .. "/none", sb .. "/dangling")
+    for _, c in ipairs{{v .. "/precious/", "ENOTDIR"},
+                       {v .. "/precious//", "ENOTDIR"},
+                       {sb .. "/lf/", "ENOTDIR"},
+                       {sb .. "/dangling/", "ENOENT"}} do
+      local ok, e = pcall(fs.remove, c[1], {recursive = true})
+      assert.is_false(ok, c[1] .. " was removed")
+      assert.are.same({"io", c[2], c[1]}, {e.kind, e.code, e.path})
+    end
+    intact(v)
+    assert.are.equal("link", fs.stat(sb .. "/lf").type)
+    assert.are.equal("link", fs.stat(sb .. "/dangling").type)
+  end))
+
   it("removes a deep and wide tree, and names what it could not remove",
      sandboxed(function(sb)
     local v = victim(sb)
@@ -148,6 +166,47 @@ describe("braid.fs.remove", function()
     assert.are.same({"io", "ENOENT", sb .. "/none"}, {e.kind, e.code, e.path})
     assert.matches("^braid%.fs%.remove ", e.message)
     intact(v)
+  end))
+
+  -- A race, so a probable failure, not a certain one: a racer swaps the
+  -- tree's directories for links to the victim while the walk runs (in
+  -- the window between entering one and removing it, the removal raised
+  -- ENOTDIR). The links are inside base, as all here.
+  it("removes a directory swapped for a link while it is removed as the "
+     .. "link", sandboxed(function(sb, base)
+    local v = victim(sb)
+    local racer = [[
+import os, sys
+tree, victim = sys.argv[1], sys.argv[2]
+for i in range(100):
+    for j in range(5):
+        d = "%s/d%d/s%d" % (tree, i, j)
+        os.makedirs(d + "/inner")
+        open(d + "/f", "w").close()
+        open(d + "/inner/g", "w").close()
+open(tree + "/../ready", "w").close()
+for i in range(100):
+    for j in range(5):
+        p = "%s/d%d/s%d" % (tree, i, j)
+        try:
+            os.rename(p, p + ".x")
+            os.symlink(victim, p)
+        except OSError:
+            pass
+]]
+    for _ = 1, 3 do
+      local t = sb .. "/tree"
+      local r = braid.spawn(function()
+        return braid.exec({"python3", "-c", racer, t, v})
+      end)
+      while not fs.exists(sb .. "/ready") do braid.sleep(0.001) end
+      fs.remove(sb .. "/ready")
+      local ok, e = pcall(fs.remove, t, {recursive = true})
+      assert.are.equal(0, r:await().code)
+      intact(v)
+      assert.is_true(ok, tostring(e))
+      assert.is_false(fs.exists(t))
+    end
   end))
 
   it("is cancelled at once, leaving nothing running", sandboxed(function(sb)

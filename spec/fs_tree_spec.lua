@@ -35,6 +35,28 @@ describe("braid.fs.tmpdir", function()
     pcall(t.await, t)
     assert.is_false(fs.exists(path))
   end))
+
+  -- Inside a guard of its own, with a canary beside the victim.
+  it("removes the directory it made, not what guard.path says",
+     h.run(function()
+    local base <close> = fs.tmpdir("spec-")
+    fs.write_file(base .. "/canary", "alive")
+    local v = base .. "/victim"
+    fs.mkdir(v .. "/sub", {parents = true})
+    fs.write_file(v .. "/precious", "p")
+    local g = fs.tmpdir("spec-")
+    local real = g.path
+    g.path = v .. "/sub/.."
+    g:close()
+    assert.is_false(fs.exists(real))
+    assert.are.equal("p", fs.read_file(v .. "/precious"))
+    assert.are.equal("directory", fs.stat(v .. "/sub").type)
+    g:close()                                  -- twice: nothing
+    local gone = fs.tmpdir("spec-")            -- removed before its close
+    fs.remove(gone.path)
+    gone:close()
+    assert.are.equal("alive", fs.read_file(base .. "/canary"))
+  end))
 end)
 
 describe("braid.fs tree calls", function()
@@ -122,6 +144,46 @@ describe("braid.fs tree calls", function()
     -- the link leads to a directory walked already: listed, not entered
     assert.are.same({"a:directory", "a/b:directory", "a/b/f:file",
                      "a/g:file", "l:directory", "z:file"}, seen)
+  end))
+
+  it("walk skips what vanishes while it runs", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/a", "")
+    fs.write_file(d .. "/b", "")
+    fs.mkdir(d .. "/c/sub", {parents = true})
+    fs.write_file(d .. "/z", "")
+    local seen = {}
+    for p in fs.walk(d.path) do
+      seen[#seen + 1] = p:sub(#d.path + 2)
+      if #seen == 1 then                  -- listed already, not looked at
+        fs.remove(d .. "/b")
+        fs.remove(d .. "/c", {recursive = true})
+      end
+    end
+    assert.are.same({"a", "z"}, seen)
+  end))
+
+  it("names its own call in io errors", h.run(function()
+    local d <close> = fs.tmpdir()
+    assert.are.equal(0, braid.exec({"ln", "-s", "loop", d .. "/loop"}).code)
+    fs.write_file(d .. "/f", "")
+    local function raises(name, code, path, fn, ...)
+      local ok, e = pcall(fn, ...)
+      assert.is_false(ok, name)
+      assert.are.same({"io", code, path}, {e.kind, e.code, e.path})
+      assert.are.equal(name .. " " .. path, e.message:sub(1, #name + #path + 1))
+    end
+    raises("braid.fs.exists", "ELOOP", d .. "/loop/x", fs.exists,
+           d .. "/loop/x")
+    raises("braid.fs.remove", "ELOOP", d .. "/loop/x", fs.remove,
+           d .. "/loop/x", {recursive = true})
+    raises("braid.fs.remove", "ENOTDIR", d .. "/f/", fs.remove, d .. "/f/",
+           {recursive = true})
+    raises("braid.fs.walk", "ENOENT", d .. "/none", fs.walk, d .. "/none")
+    raises("braid.fs.lines", "ENOENT", d .. "/none", fs.lines, d .. "/none")
+    local ok, e = pcall(fs.lines, d .. "/f\0x")
+    assert.are.equal("usage", e.kind)
+    assert.matches("'braid.fs.lines' %(path contains a zero byte%)", e.message)
   end))
 
   it("walk is cancellable and bounded by deadlines", h.run(function()

@@ -31,7 +31,9 @@
 **   close(), __close and __gc close it. The struct is freed once it is
 **   closed and no request is in flight.
 ** - Opening is a request too (struct open_req), so that it is
-**   cancellable: an open cancelled in flight closes what it opened.
+**   cancellable: an open cancelled in flight closes what it opened. A
+**   FIFO opened to read waits for its writer on the loop (struct
+**   fifo_wait), never in open(2) on a pool thread.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -120,6 +122,10 @@ static void file_req_cb (uv_fs_t *req) {
     /* a short write (a full disk, a file size limit, write(2)'s 2 GiB)
     ** goes on with the rest, which then reports the failure, if any */
     if (!f->append) f->pos += n;
+    else {   /* the write went to the end, and left the offset there */
+      off_t end = lseek(f->fd, 0, SEEK_CUR);
+      if (end >= 0) f->pos = (int64_t) end;
+    }
     fr->done += (size_t) n;
     if (n > 0 && fr->done < fr->want) {
       uv_fs_req_cleanup(req);
@@ -504,21 +510,70 @@ struct open_req {
   uv_fs_t req;
   braid_op_t *op;
   struct braid_file *f;
+  struct fifo_wait *wait;      /* a FIFO opened to read, waiting, or NULL */
   int done;                    /* the callback has run */
 };
 
+/* Opening a FIFO to read blocks until a writer comes, on a pool thread
+** that cancelling cannot free (and a few such starve the pool, and keep
+** braid from exiting): such an open does not wait (O_NONBLOCK), and the
+** waiting is done on the loop, on a poll handle whose memory its close
+** callback frees. Readable is data, or a writer come and gone (the end of
+** the file); a writer that comes and writes nothing is seen only once it
+** writes or leaves. */
+struct fifo_wait {
+  uv_poll_t poll;
+  struct open_req *o;
+};
+
+static void fifo_wait_free_cb (uv_handle_t *h) {
+  free(container_of((uv_poll_t *) h, struct fifo_wait, poll));
+}
+
 static void open_req_free (struct open_req *o) {
+  if (o->wait) uv_close((uv_handle_t *) &o->wait->poll, fifo_wait_free_cb);
   if (o->req.result >= 0 && o->done) close((int) o->req.result);
   uv_fs_req_cleanup(&o->req);
   free(o->f);
   free(o);
 }
 
+static void fifo_wait_cb (uv_poll_t *h, int status, int events) {
+  struct open_req *o = container_of(h, struct fifo_wait, poll)->o;
+  (void) status;   /* an error is the first read's to report */
+  (void) events;
+  uv_close((uv_handle_t *) h, fifo_wait_free_cb);
+  o->wait = NULL;
+  braid_resume(o->op, 0);
+}
+
+/* 0 when o opened a FIFO to read and now waits for a writer. */
+static int fifo_wait_start (struct open_req *o) {
+  struct stat st;
+  struct fifo_wait *w;
+  int fd = (int) o->req.result;
+  if ((fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDONLY || fstat(fd, &st) != 0 ||
+      !S_ISFIFO(st.st_mode) || (w = braid__calloc(1, sizeof *w)) == NULL)
+    return -1;                 /* without memory: not waiting, as a file */
+  if (uv_poll_init(braid_loop(o->f->E), &w->poll, fd) != 0) {
+    free(w);
+    return -1;
+  }
+  w->o = o;
+  o->wait = w;
+  if (uv_poll_start(&w->poll, UV_READABLE, fifo_wait_cb) != 0) {
+    uv_close((uv_handle_t *) &w->poll, fifo_wait_free_cb);
+    o->wait = NULL;
+    return -1;
+  }
+  return 0;
+}
+
 static void open_cb (uv_fs_t *req) {
   struct open_req *o = container_of(req, struct open_req, req);
   o->done = 1;
-  if (o->op) braid_resume(o->op, 0);
-  else open_req_free(o);
+  if (o->op == NULL) open_req_free(o);
+  else if (req->result < 0 || fifo_wait_start(o) != 0) braid_resume(o->op, 0);
 }
 
 struct open_args {
@@ -530,11 +585,11 @@ struct open_args {
 
 static int open_start (braid_op_t *op, void *ud) {
   struct open_args *a = (struct open_args *) ud;
-  int rc;
+  int rc, flags = a->flags | O_CLOEXEC;
   *(struct open_req **) braid_op_data(op) = a->o;
   a->o->op = op;
-  rc = uv_fs_open(a->loop, &a->o->req, a->path, a->flags | O_CLOEXEC, 0666,
-                  open_cb);
+  if ((flags & O_ACCMODE) == O_RDONLY) flags |= O_NONBLOCK;   /* a FIFO */
+  rc = uv_fs_open(a->loop, &a->o->req, a->path, flags, 0666, open_cb);
   if (rc != 0) {               /* never started: k reports it */
     a->o->req.result = rc;
     a->o->done = 1;
@@ -544,7 +599,8 @@ static int open_start (braid_op_t *op, void *ud) {
 }
 
 /* Ends the op without k: an open in flight is detached (uv_cancel is
-** tried; open_cb closes and frees), a finished one is undone now. */
+** tried; open_cb closes and frees), a finished one (a FIFO waiting for a
+** writer too) is undone now. */
 static void open_cancel (braid_op_t *op) {
   struct open_req *o = *(struct open_req **) braid_op_data(op);
   o->op = NULL;
@@ -566,8 +622,11 @@ static int open_k (lua_State *L, braid_op_t *op) {
   f->fd = rc;
   {
     struct stat st;   /* no I/O: the open descriptor's own type */
+    int fl = fcntl(rc, F_GETFL);
     f->seekable = fstat(rc, &st) == 0 && !S_ISFIFO(st.st_mode) &&
                   !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode);
+    /* read and written on the pool: blocking, whatever opened it */
+    if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(rc, F_SETFL, fl & ~O_NONBLOCK);
   }
   o->f = NULL;
   o->req.result = -1;            /* the descriptor is the file's now */
@@ -586,14 +645,11 @@ static int l_fs_open (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.fs.open");
   const char *mode = "r";
   char m[4] = {0};
-  size_t len, i, j = 0;
+  size_t i, j = 0;
   struct open_args a;
   struct braid_file **box, *f;
   size_t max_line;
-  braid__check_type(L, 1, LUA_TSTRING, "braid.fs.open");
-  a.path = lua_tolstring(L, 1, &len);
-  if (strlen(a.path) != len || len == 0)
-    braid_argerror(L, 1, "braid.fs.open", "path expected");
+  a.path = braid__fs_check_path(L, 1, "braid.fs.open", 1);
   if (!lua_isnoneornil(L, 2)) {
     braid__check_type(L, 2, LUA_TSTRING, "braid.fs.open");
     mode = lua_tostring(L, 2);

@@ -8,9 +8,10 @@
 ** leave the tree: a name is entered only when it is, at that moment, a
 ** directory and not a link; anything else (a link to a directory
 ** included) is unlinked as itself. A directory that another process
-** swaps for a link after it was listed is then unlinked as a link, never
-** followed, and the names removed inside a directory are always that
-** directory's, whatever happens to the path leading to it. Only the path
+** swaps for a link after it was listed (before or after it was entered)
+** is then unlinked as a link, never followed, and the names removed
+** inside a directory are always that directory's, whatever happens to
+** the path leading to it. Only the path
 ** given is resolved as a path (its links included: the caller named it).
 **
 ** The whole walk is one job on libuv's thread pool. Ownership, as fs.c's:
@@ -129,7 +130,11 @@ static int remove_at (struct tree_job *job, int dfd, const char *name,
   }
   rc = remove_entries(job, fd);
   if (rc != 0) return rc;
-  if (unlinkat(dfd, name, AT_REMOVEDIR) != 0) goto failed;
+  if (unlinkat(dfd, name, AT_REMOVEDIR) != 0) {
+    /* swapped for a link (or a file) since it was entered: that goes as
+    ** itself; the directory moved away is no longer this name */
+    if (errno != ENOTDIR || unlinkat(dfd, name, 0) != 0) goto failed;
+  }
 removed:
   job->len = mark;
   job->where[mark] = '\0';
