@@ -204,8 +204,11 @@ for i in range(100):
       local ok, e = pcall(fs.remove, t, {recursive = true})
       assert.are.equal(0, r:await().code)
       intact(v)
-      assert.is_true(ok, tostring(e))
-      assert.is_false(fs.exists(t))
+      -- a swapped directory is removed as the link (it raised ENOTDIR); a
+      -- rename the walk did not see (a new "sN.x" in a directory already
+      -- listed) may still leave that directory not empty: rm -rf too
+      assert.is_true(ok or e.code == "ENOTEMPTY", tostring(e))
+      if ok then assert.is_false(fs.exists(t)) else fs.remove(t, {recursive = true}) end
     end
   end))
 
