@@ -16,6 +16,7 @@
 #ifndef BRAID_CORE_H
 #define BRAID_CORE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -486,6 +487,18 @@ void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_stop(braid_engine_t *E);
 void braid__hook_interrupt(braid_engine_t *E);
+/* Whether a signal arrived that is not handled yet (interrupt.c). Its
+** handler set a hook on the thread running then; a switch of threads or a
+** re-arm can lose that hook, so each of them looks here after it (the
+** fence: the switch is made before the look, as the handler sees it). */
+static inline int braid__interrupt_pending (braid_engine_t *E) {
+  int i, n;
+  atomic_signal_fence(memory_order_seq_cst);
+  n = atomic_load_explicit(&E->quits, memory_order_relaxed);
+  for (i = 0; i < NSTOPS; i++)
+    n |= atomic_load_explicit(&E->pending[i], memory_order_relaxed);
+  return n;
+}
 /* E->running_co changes: to co, which starts running (enter), or away
 ** from the one that stops (leave: to the one resumed again, or NULL); a
 ** published engine's slot follows (braid__engine_publish). */
@@ -497,6 +510,7 @@ static inline void braid__co_enter (braid_engine_t *E, lua_State *co) {
 static inline void braid__co_leave (braid_engine_t *E, lua_State *to) {
   E->running_co = to;
   if (E->pub_co) braid__co_publish(E, to, 1);
+  if (to && braid__interrupt_pending(E)) braid__hook_interrupt(E);
 }
 struct braid_bound { lua_Hook hook; int mask, count; };
 void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);

@@ -20,7 +20,11 @@
 **   cannot keep it running: it unwinds and ends.
 ** - The signal handler only counts the signal and sets a hook on the
 **   running thread (lua_sethook may be called asynchronously); the hook,
-**   run by that thread between two instructions, does the rest.
+**   run by that thread between two instructions, does the rest. That
+**   hook is lost when a re-arm replaces it or when the thread stops
+**   running (a coroutine yields back), so while a signal is pending (not
+**   dispatched) every re-arm and every switch back to a thread sets it
+**   again (braid__interrupt_pending).
 */
 #include <sched.h>
 #include <stdatomic.h>
@@ -31,7 +35,10 @@
 #define NESTED_WINDOW 100
 #define WATCH_WINDOW 10000   /* a cancelled task looks at the clock */
 
+#define INTERRUPT_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+
 static void task_hook (lua_State *L, lua_Debug *ar);
+static void interrupt_hook (lua_State *L, lua_Debug *ar);
 
 /* Raises, from now on, at every instruction of L and of the task's
 ** thread: the budget is spent or the grace period has passed. */
@@ -109,6 +116,8 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
   }
   if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);
   else if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+  if (braid__interrupt_pending(E))   /* the re-arm replaced its hook */
+    lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
 /* The scheduler resumes t: a fresh budget, and its thread armed. */
@@ -152,9 +161,7 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
 ** instruction and looks at the pending interrupts. */
 void braid__hook_interrupt (braid_engine_t *E) {
   lua_State *L = E->running_co;
-  if (E->current && L)
-    lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET |
-                LUA_MASKCOUNT, 1);
+  if (E->current && L) lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
 /* ---- bounding script code the engine calls itself ---- */
