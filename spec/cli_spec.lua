@@ -419,6 +419,25 @@ describe("braid (the runner)", function()
     assert.is_true(r.elapsed < 3, "took " .. r.elapsed .. " s")
   end)
 
+  -- each member's grace period began when it first ran after the cancel,
+  -- so members that never suspend were stopped one after another: 10 of
+  -- them took 10 grace periods (and 45 s with the default of 5)
+  it("stops every CPU-bound member of a cancelled braid.map once one --grace has passed", function()
+    local p = h.script([[
+      local items = {}
+      for i = 1, 10 do items[i] = i end
+      braid.spawn(function() print("ready"); io.stdout:flush() end)
+      braid.map(items, function() while true do end end)
+    ]])
+    local r = interrupt(p, {args = "--grace 0.4"})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.matches("abandoned: still running Lua code 0.4 s", r.stderr, 1, true)
+    -- one grace period, not ten (4 s)
+    assert.is_true(r.elapsed < 2.5, "took " .. r.elapsed .. " s")
+  end)
+
   it("abandons a task that ignores cancellation after --grace, running its <close>", function()
     local p = h.script([[
       local t = braid.spawn(function()

@@ -188,6 +188,8 @@ struct scope_more {
   struct braid_scope *s;
   uint64_t timeout_ns;         /* braid.timeout's, as given, for its message */
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
+  uint64_t cancel_ns;          /* when a cancel reached it with members
+                               ** (hrtime), for those not started yet */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */
@@ -202,6 +204,10 @@ struct scope_more *braid__scope_more(struct braid_scope *s);
 ** it), else the engine's. */
 uint64_t braid__scope_grace(const struct braid_scope *s);
 int braid__scope_grace_ready(struct braid_scope *s, uint64_t ns);
+/* For a task scope s cancelled before its task started: when its grace
+** period ends (hrtime), counted from the cancel that reached its outer
+** scope when that is known, else from now. */
+uint64_t braid__scope_grace_end(const struct braid_scope *s);
 
 /* braid.scope's: the script's scope object points back at it. */
 struct braid_plain_scope {
@@ -276,7 +282,8 @@ struct braid_task {
 struct braid_started {
   struct braid_wait w;         /* first: t->w points here */
   struct braid_scope *inner;   /* innermost scope of the running body */
-  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
+  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime):
+                               ** the grace period from the cancel */
 };
 #define TASK_STARTED(t) ((struct braid_started *) (t)->w)
 

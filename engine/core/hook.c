@@ -108,7 +108,9 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
   }
   /* The grace period is watched once the task is cancelled, also while
   ** it runs inside a shield (its innermost scope is not cancelled then): a
-  ** shield defers a cancellation, it does not lift the bound on cleanup. */
+  ** shield defers a cancellation, it does not lift the bound on cleanup.
+  ** It runs from the cancel (scope.c sets grace_end); only an inner
+  ** scope's cancel (a deadline) starts it here. */
   if (t->scope.cancelled || braid__task_inner(t)->cancelled) {
     if (TASK_STARTED(t)->grace_end == 0)
       TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
