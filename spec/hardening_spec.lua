@@ -692,3 +692,32 @@ describe("a signal is not lost while Lua code resumes coroutines", function()
     end)
   end
 end)
+
+describe("a hook runs no script code", function()
+  -- the hooks that stop a task (its grace period, a signal) made the
+  -- cancellation error, calling the reason's __tostring there, where no
+  -- hook can stop it: the run hung, deaf to signals (killed after 30 s)
+  local src = [[
+    local reason = setmetatable({}, {__tostring = function()
+      print("ready") io.stdout:flush()
+      while true do end
+    end})
+    local t = braid.spawn(function() braid.sleep(10) end)
+    braid.yield()
+    t:cancel(reason)
+    print(pcall(t.await, t))
+  ]]
+
+  it("stops a cancel reason whose __tostring never returns at the grace period", function()
+    local out, err, code = signalled(src, {}, "--grace 0.3")
+    assert.are.equal(0, code, err)
+    assert.are.equal("ready\nfalse\tcancelled ((table value whose __tostring failed))\n", out)
+    assert.truthy(err:find("abandoned", 1, true), err)
+  end)
+
+  it("ends on SIGTERM while such a __tostring runs, with no grace period", function()
+    local _, err, code = signalled(src, {"TERM"}, "--grace 1e300")
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("braid: terminated", 1, true), err)
+  end)
+end)

@@ -352,6 +352,9 @@ const char *braid__task_where(lua_State *L, struct braid_task *t);
 
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
+/* The same from inside a Lua hook: runs no script metamethod (a reason's
+** __tostring), which nothing could stop there. */
+void braid__push_cancel_hooked(lua_State *L, struct braid_scope *cause);
 /* Failure records (error.c): a record travels with its error, on the
 ** task (user value 4) and on the scopes (record_ref) that hold it. */
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,

@@ -18,6 +18,8 @@
 ** - Once a budget is spent or a grace period has passed, every instruction
 **   of the task raises (in its thread and in the one running), so pcall
 **   cannot keep it running: it unwinds and ends.
+** - A hook runs no script code (a cancel reason's __tostring): no hook
+**   runs inside a hook, so nothing could stop it there.
 ** - The signal handler only counts the signal and sets a hook on the
 **   running thread (lua_sethook may be called asynchronously); the hook,
 **   run by that thread between two instructions, does the rest. That
@@ -57,8 +59,18 @@ static void stop_hook (lua_State *L, lua_Debug *ar) {
     luaL_error(L, "instruction budget exceeded (%d instructions without "
                "suspending)", E->budget);
   struct braid_scope *in = braid__task_inner(t);
-  braid__push_cancel(L, in->cancelled ? in->cause : &t->scope);
+  braid__push_cancel_hooked(L, in->cancelled ? in->cause : &t->scope);
   lua_error(L);
+}
+
+/* braid__task_checkcancel for the hooks: raises the task's cancellation
+** when it reached its innermost scope, running no script code. */
+static void hook_checkcancel (lua_State *L, struct braid_task *t) {
+  struct braid_scope *in = braid__task_inner(t);
+  if (in->cancelled) {
+    braid__push_cancel_hooked(L, in->cause);
+    lua_error(L);
+  }
 }
 
 /* The task has run too long: from now on it only unwinds. */
@@ -155,7 +167,7 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
   braid__interrupt_dispatch(E);
   if (t && !t->stop) {
     braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
-    braid__task_checkcancel(L, t);
+    hook_checkcancel(L, t);
   }
 }
 
@@ -236,7 +248,7 @@ static void poll_hook (lua_State *L, lua_Debug *ar) {
     lua_pop(L, 1);
   if (t && !t->stop) {
     braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
-    braid__task_checkcancel(L, t);
+    hook_checkcancel(L, t);
   }
 }
 
