@@ -119,14 +119,18 @@ end)
 -- script prints the next "ready"); returns stdout, stderr, exit code. The
 -- whole run is bounded (killed after 30 s), so a hang fails instead of
 -- hanging.
-local function signalled(src, sigs, args)
+-- With `ready_on_stderr`, the "ready" lines are looked for on stderr (which
+-- is then returned as it was written), so that stdout can stay unflushed.
+local function signalled(src, sigs, args, ready_on_stderr)
   local script = h.script(src)
   local out = os.tmpname()
-  local cmd = {("%s %s %s %s >%s &"):format(os.getenv("BRAID_RUN_ENV") or "",
-               os.getenv("BRAID_BIN"), args or "", script, out), "pid=$!",
+  local errf = out .. ".err"
+  local cmd = {("%s %s %s %s >%s %s &"):format(os.getenv("BRAID_RUN_ENV") or "",
+               os.getenv("BRAID_BIN"), args or "", script, out,
+               ready_on_stderr and "2>" .. errf or ""), "pid=$!",
                "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!"}
   for i, sig in ipairs(sigs) do
-    cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(out, i)
+    cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(ready_on_stderr and errf or out, i)
     -- a repeat within 0.1 s is taken as the same signal (interrupt.c)
     if i > 1 then cmd[#cmd + 1] = "sleep 0.2" end
     cmd[#cmd + 1] = "kill -" .. sig .. " $pid"
@@ -136,7 +140,9 @@ local function signalled(src, sigs, args)
   local f = io.open(out)
   local stdout = f:read("a")
   f:close()
+  if ready_on_stderr then err = h.slurp(errf) or "" end
   os.remove(out)
+  os.remove(errf)
   os.remove(script)
   return stdout, err, code
 end
@@ -265,6 +271,24 @@ describe("issue 13.13: SIGTERM and SIGHUP clean up like Ctrl-C", function()
     ]], {"TERM", "TERM"})
     assert.are.equal(143, code, err)
     assert.truthy(err:find("terminated again", 1, true), err)
+  end)
+
+  -- _exit skipped the flush of stdio's buffers: what io.write had put
+  -- there was lost (stdout to a file or pipe is fully buffered)
+  it("keeps what the script wrote to stdout when a second signal exits at once", function()
+    local out, err, code = signalled([[
+      print("printed before")
+      io.write("written before\n")   -- print flushes what comes before it
+      local _ <close> = setmetatable({}, {__close = function()
+        io.stderr:write("ready\n")
+        braid.shield(braid.sleep, 60)
+      end})
+      io.stderr:write("ready\n")
+      braid.sleep(60)
+    ]], {"TERM", "INT"}, nil, true)
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("interrupted again", 1, true), err)
+    assert.are.equal("printed before\nwritten before\n", out)
   end)
 
   it("leaves SIGTERM to a script that waits for it", function()

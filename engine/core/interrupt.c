@@ -20,6 +20,9 @@
 **   press, not a second one: senders such as timeout(1) signal both the
 **   process and its group, and the two arrive microseconds apart; counted
 **   twice they would make the default leave at once, skipping cleanup.
+** - The second one's _exit runs outside the signal handler (the loop's
+**   callback or the hook), so stdio is flushed first: what the script
+**   wrote with io.write is kept.
 ** - One engine at a time owns the process's signals (the last attached);
 **   its handler is put back as libuv's when it detaches.
 */
@@ -102,6 +105,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
     fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
     braid__exit_hooks_run(E);   /* no child left running */
+    fflush(NULL);   /* what the script wrote (io.write): never in a handler */
     _exit(128 + stops[i].num);
   }
   if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
