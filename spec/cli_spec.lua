@@ -411,7 +411,9 @@ describe("braid (the runner)", function()
     local r = interrupt(p, {twice = 0.001, second = 15})
     rm(p)
     assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
-    assert.are.equal(130, r.status, r.stderr)
+    -- the first one counted names the exit: SIGINT's, unless the two
+    -- reached two threads at once
+    assert.is_truthy(r.status == 130 or r.status == 143, r.stderr)
     assert.is_nil(r.stderr:find("again", 1, true), r.stderr)
     assert.matches("cleanup ran", r.stdout, 1, true)
   end)

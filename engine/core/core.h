@@ -391,6 +391,8 @@ struct braid_engine {
   uv_signal_t sigstop[NSTOPS]; /* SIGINT, SIGTERM, SIGHUP (interrupt.c) */
   _Atomic int pending[NSTOPS]; /* arrivals not handled yet */
   _Atomic int quits;           /* SIGQUITs not handled yet: dumps to print */
+  _Atomic int hook_wanted;     /* one came while a task ran: its hook is
+                               ** set again until they are handled (hook.c) */
   unsigned char watching[NSTOPS];
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
@@ -497,17 +499,14 @@ void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_stop(braid_engine_t *E);
 void braid__hook_interrupt(braid_engine_t *E);
-/* Whether a signal arrived that is not handled yet (interrupt.c). Its
-** handler set a hook on the thread running then; a switch of threads or a
-** re-arm can lose that hook, so each of them looks here after it (the
-** fence: the switch is made before the look, as the handler sees it). */
+/* Whether a signal that arrived while a task ran is not handled yet
+** (interrupt.c). Its handler set a hook on the thread running then; a
+** switch of threads or a re-arm can lose that hook, so each of them looks
+** here after it (the fence: the switch is made before the look, as the
+** handler sees it). One that came while no task ran is the loop's. */
 static inline int braid__interrupt_pending (braid_engine_t *E) {
-  int i, n;
   atomic_signal_fence(memory_order_seq_cst);
-  n = atomic_load_explicit(&E->quits, memory_order_relaxed);
-  for (i = 0; i < NSTOPS; i++)
-    n |= atomic_load_explicit(&E->pending[i], memory_order_relaxed);
-  return n;
+  return atomic_load_explicit(&E->hook_wanted, memory_order_relaxed);
 }
 /* E->running_co changes: to co, which starts running (enter), or away
 ** from the one that stops (leave: to the one resumed again, or NULL); a

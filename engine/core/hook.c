@@ -24,9 +24,9 @@
 **   running thread (lua_sethook may be called asynchronously); the hook,
 **   run by that thread between two instructions, does the rest. That
 **   hook is lost when a re-arm replaces it or when the thread stops
-**   running (a coroutine yields back), so while a signal is pending (not
-**   dispatched) every re-arm and every switch back to a thread sets it
-**   again (braid__interrupt_pending).
+**   running (a coroutine yields back), so while a signal that came
+**   during a task is not dispatched (E->hook_wanted) every re-arm and
+**   every switch back to a thread sets it again (braid__interrupt_pending).
 */
 #include <sched.h>
 #include <stdatomic.h>
@@ -175,7 +175,9 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
 ** instruction and looks at the pending interrupts. */
 void braid__hook_interrupt (braid_engine_t *E) {
   lua_State *L = E->running_co;
-  if (E->current && L) lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
+  if (E->current == NULL) return;   /* the loop's callback handles it */
+  atomic_store_explicit(&E->hook_wanted, 1, memory_order_relaxed);
+  if (L) lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
 /* ---- bounding script code the engine calls itself ---- */

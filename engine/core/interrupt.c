@@ -120,6 +120,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
 ** SIGQUIT asks for first, then the interrupts. */
 void braid__interrupt_dispatch (braid_engine_t *E) {
   int i;
+  atomic_store(&E->hook_wanted, 0);   /* a later arrival sets it again */
   while (atomic_load(&E->quits) > 0) {
     atomic_fetch_sub(&E->quits, 1);
     braid__dump_signal(E);
@@ -199,8 +200,11 @@ void braid__interrupt_attach (braid_engine_t *E) {
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = stop_handler;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
+  sigemptyset(&sa.sa_mask);   /* one at a time: the first sent counts */
+  sigaddset(&sa.sa_mask, SIGQUIT);
+  for (i = 0; i < NSTOPS; i++) sigaddset(&sa.sa_mask, stops[i].num);
   atomic_store(&E->quits, 0);
+  atomic_store(&E->hook_wanted, 0);
   watch(E, &E->sigquit, SIGQUIT, stop_cb);
   if (sig_engine == NULL) sigaction(SIGQUIT, &sa, &uv_quit);
   for (i = 0; i < NSTOPS; i++) {
