@@ -56,7 +56,8 @@ end
 -- the first: braid takes a repeat within 0.1 s of the last arrival as the
 -- same press); opts.twice, two SIGINTs opts.twice seconds apart, sent by
 -- one process (a `sleep` between two kills forks and execs, which took
--- over 0.1 s with the sanitizer preloaded on a busy machine).
+-- over 0.1 s with the sanitizer preloaded on a busy machine), the second
+-- being signal number opts.second when given.
 -- result: stdout, stderr, status (as the shell's wait reports it),
 -- elapsed (seconds from the first SIGINT to the exit), ready (whether
 -- "ready" was seen). The whole thing runs under `timeout 25`.
@@ -76,7 +77,8 @@ local function interrupt(script, opts)
   if opts.twice then
     lines[#lines + 1] = "env -u LD_PRELOAD /usr/bin/python3 -c " ..
       q("import os, sys, time; p = int(sys.argv[1]); os.kill(p, 2); " ..
-        "time.sleep(" .. opts.twice .. "); os.kill(p, 2)") .. " $pid"
+        "time.sleep(" .. opts.twice .. "); os.kill(p, " .. (opts.second or 2) ..
+        ")") .. " $pid"
   elseif opts.stream then   -- a SIGINT every opts.stream s, for 3 s at most
     lines[#lines + 1] = "env -u LD_PRELOAD /usr/bin/python3 -c " ..
       q("import os, sys, time\np = int(sys.argv[1]); end = time.time() + 3\n" ..
@@ -395,6 +397,27 @@ describe("braid (the runner)", function()
     assert.matches("cleanup ran", r.stdout, 1, true)
   end)
 
+  -- the window was per signal while the count of presses was shared: a
+  -- SIGTERM 1 ms after a SIGINT was a second press, exiting at once
+  it("takes a SIGINT and a SIGTERM 1 ms apart as one request: cleanup runs", function()
+    local p = h.script([[
+      local c <close> = setmetatable({}, {__close = function()
+        braid.shield(function() braid.sleep(0.5) end)
+        print("cleanup ran")
+      end})
+      print("ready"); io.stdout:flush()
+      braid.sleep(30)
+    ]])
+    local r = interrupt(p, {twice = 0.001, second = 15})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    -- the first one counted names the exit: SIGINT's, unless the two
+    -- reached two threads at once
+    assert.is_truthy(r.status == 130 or r.status == 143, r.stderr)
+    assert.is_nil(r.stderr:find("again", 1, true), r.stderr)
+    assert.matches("cleanup ran", r.stdout, 1, true)
+  end)
+
   -- a repeat within 0.1 s of the last *counted* one is the same signal, so
   -- a steady stream (a supervisor resending every 30 ms) still counts as a
   -- second Ctrl-C 0.1 s on, rather than never
@@ -417,6 +440,25 @@ describe("braid (the runner)", function()
     assert.not_matches("cleanup ended", r.stdout, 1, true)
     -- the stream lasts 3 s; counting only gaps of 0.1 s would wait out the 20 s
     assert.is_true(r.elapsed < 3, "took " .. r.elapsed .. " s")
+  end)
+
+  -- each member's grace period began when it first ran after the cancel,
+  -- so members that never suspend were stopped one after another: 10 of
+  -- them took 10 grace periods (and 45 s with the default of 5)
+  it("stops every CPU-bound member of a cancelled braid.map once one --grace has passed", function()
+    local p = h.script([[
+      local items = {}
+      for i = 1, 10 do items[i] = i end
+      braid.spawn(function() print("ready"); io.stdout:flush() end)
+      braid.map(items, function() while true do end end)
+    ]])
+    local r = interrupt(p, {args = "--grace 0.4"})
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.matches("abandoned: still running Lua code 0.4 s", r.stderr, 1, true)
+    -- one grace period, not ten (4 s)
+    assert.is_true(r.elapsed < 2.5, "took " .. r.elapsed .. " s")
   end)
 
   it("abandons a task that ignores cancellation after --grace, running its <close>", function()

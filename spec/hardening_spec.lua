@@ -119,14 +119,18 @@ end)
 -- script prints the next "ready"); returns stdout, stderr, exit code. The
 -- whole run is bounded (killed after 30 s), so a hang fails instead of
 -- hanging.
-local function signalled(src, sigs, args)
+-- With `ready_on_stderr`, the "ready" lines are looked for on stderr (which
+-- is then returned as it was written), so that stdout can stay unflushed.
+local function signalled(src, sigs, args, ready_on_stderr)
   local script = h.script(src)
   local out = os.tmpname()
-  local cmd = {("%s %s %s %s >%s &"):format(os.getenv("BRAID_RUN_ENV") or "",
-               os.getenv("BRAID_BIN"), args or "", script, out), "pid=$!",
+  local errf = out .. ".err"
+  local cmd = {("%s %s %s %s >%s %s &"):format(os.getenv("BRAID_RUN_ENV") or "",
+               os.getenv("BRAID_BIN"), args or "", script, out,
+               ready_on_stderr and "2>" .. errf or ""), "pid=$!",
                "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!"}
   for i, sig in ipairs(sigs) do
-    cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(out, i)
+    cmd[#cmd + 1] = ("for _ in $(seq 1 600); do [ \"$(grep -c ready %s)\" -ge %d ] && break; sleep 0.05; done"):format(ready_on_stderr and errf or out, i)
     -- a repeat within 0.1 s is taken as the same signal (interrupt.c)
     if i > 1 then cmd[#cmd + 1] = "sleep 0.2" end
     cmd[#cmd + 1] = "kill -" .. sig .. " $pid"
@@ -136,7 +140,9 @@ local function signalled(src, sigs, args)
   local f = io.open(out)
   local stdout = f:read("a")
   f:close()
+  if ready_on_stderr then err = h.slurp(errf) or "" end
   os.remove(out)
+  os.remove(errf)
   os.remove(script)
   return stdout, err, code
 end
@@ -265,6 +271,24 @@ describe("issue 13.13: SIGTERM and SIGHUP clean up like Ctrl-C", function()
     ]], {"TERM", "TERM"})
     assert.are.equal(143, code, err)
     assert.truthy(err:find("terminated again", 1, true), err)
+  end)
+
+  -- _exit skipped the flush of stdio's buffers: what io.write had put
+  -- there was lost (stdout to a file or pipe is fully buffered)
+  it("keeps what the script wrote to stdout when a second signal exits at once", function()
+    local out, err, code = signalled([[
+      print("printed before")
+      io.write("written before\n")   -- print flushes what comes before it
+      local _ <close> = setmetatable({}, {__close = function()
+        io.stderr:write("ready\n")
+        braid.shield(braid.sleep, 60)
+      end})
+      io.stderr:write("ready\n")
+      braid.sleep(60)
+    ]], {"TERM", "INT"}, nil, true)
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("interrupted again", 1, true), err)
+    assert.are.equal("printed before\nwritten before\n", out)
   end)
 
   it("leaves SIGTERM to a script that waits for it", function()
@@ -637,4 +661,87 @@ describe("cancellation errors (review of issue 13.15's per-cause error)", functi
     assert.is_false(ok)
     assert.are.equal("abandoned after its grace period", e.reason)
   end))
+end)
+
+-- Runs `src` in the runner `runs` times; each time, once it has printed
+-- "ready", sends `sig` after a random 0-50 ms and gives it 5 s to exit
+-- (then kills it). Returns how many runs the signal did not end, and the
+-- exit codes seen ("lost" for those). The sanitizer settings of
+-- BRAID_RUN_ENV apply to braid only.
+local function raced(src, sig, runs, args)
+  local script = h.script(src)
+  local driver = h.script([[
+import os, random, signal, subprocess, sys, time
+sig, runs, cmd = getattr(signal, sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+lost, codes = 0, []
+for _ in range(runs):
+    p = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    line = p.stdout.readline()   # "ready", or "" if it ended first
+    time.sleep(random.random() * 0.05)
+    os.kill(p.pid, sig)
+    try:
+        p.wait(timeout=5)
+        codes.append(str(p.returncode) if line else "noready")
+    except subprocess.TimeoutExpired:
+        lost += 1
+        codes.append("lost")
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+print("lost=%d codes=%s" % (lost, ",".join(codes)))
+]])
+  local cmd = ("%s exec %s %s %s"):format(os.getenv("BRAID_RUN_ENV") or "",
+              os.getenv("BRAID_BIN"), args or "", script)
+  local out, err = h.sh(("timeout 120 env -u LD_PRELOAD python3 %s %s %d '%s'")
+                        :format(driver, sig, runs, cmd:gsub("'", "'\\''")))
+  os.remove(script)
+  os.remove(driver)
+  return tonumber(out:match("lost=(%d+)")), out .. err
+end
+
+describe("a signal is not lost while Lua code resumes coroutines", function()
+  -- the handler set its hook on the coroutine just resumed or about to be,
+  -- and the re-arm at the next resume cleared it: about one run in three
+  -- ignored the signal
+  for _, case in ipairs({{"SIGINT", 130}, {"SIGTERM", 143}}) do
+    it("stops `while true do co() end` on the first " .. case[1], function()
+      local lost, out = raced([[
+        local co = coroutine.wrap(function() while true do coroutine.yield() end end)
+        print("ready") io.stdout:flush()
+        while true do co() end
+      ]], case[1], 12)
+      assert.are.equal(0, lost, out)
+      assert.truthy(out:find("codes=" .. case[2], 1, true), out)
+      assert.is_nil(out:find("noready", 1, true), out)
+    end)
+  end
+end)
+
+describe("a hook runs no script code", function()
+  -- the hooks that stop a task (its grace period, a signal) made the
+  -- cancellation error, calling the reason's __tostring there, where no
+  -- hook can stop it: the run hung, deaf to signals (killed after 30 s)
+  local src = [[
+    local reason = setmetatable({}, {__tostring = function()
+      print("ready") io.stdout:flush()
+      while true do end
+    end})
+    local t = braid.spawn(function() braid.sleep(10) end)
+    braid.yield()
+    t:cancel(reason)
+    print(pcall(t.await, t))
+  ]]
+
+  it("stops a cancel reason whose __tostring never returns at the grace period", function()
+    local out, err, code = signalled(src, {}, "--grace 0.3")
+    assert.are.equal(0, code, err)
+    assert.are.equal("ready\nfalse\tcancelled ((table value whose __tostring failed))\n", out)
+    assert.truthy(err:find("abandoned", 1, true), err)
+  end)
+
+  it("ends on SIGTERM while such a __tostring runs, with no grace period", function()
+    local _, err, code = signalled(src, {"TERM"}, "--grace 1e300")
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("braid: terminated", 1, true), err)
+  end)
 end)

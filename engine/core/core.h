@@ -16,6 +16,7 @@
 #ifndef BRAID_CORE_H
 #define BRAID_CORE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -187,6 +188,8 @@ struct scope_more {
   struct braid_scope *s;
   uint64_t timeout_ns;         /* braid.timeout's, as given, for its message */
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
+  uint64_t cancel_ns;          /* when a cancel reached it with members
+                               ** (hrtime), for those not started yet */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */
@@ -201,6 +204,10 @@ struct scope_more *braid__scope_more(struct braid_scope *s);
 ** it), else the engine's. */
 uint64_t braid__scope_grace(const struct braid_scope *s);
 int braid__scope_grace_ready(struct braid_scope *s, uint64_t ns);
+/* For a task scope s cancelled before its task started: when its grace
+** period ends (hrtime), counted from the cancel that reached its outer
+** scope when that is known, else from now. */
+uint64_t braid__scope_grace_end(const struct braid_scope *s);
 
 /* braid.scope's: the script's scope object points back at it. */
 struct braid_plain_scope {
@@ -275,7 +282,8 @@ struct braid_task {
 struct braid_started {
   struct braid_wait w;         /* first: t->w points here */
   struct braid_scope *inner;   /* innermost scope of the running body */
-  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime) */
+  uint64_t grace_end;          /* cancelled: abandoned past this (hrtime):
+                               ** the grace period from the cancel */
 };
 #define TASK_STARTED(t) ((struct braid_started *) (t)->w)
 
@@ -344,6 +352,9 @@ const char *braid__task_where(lua_State *L, struct braid_task *t);
 
 int braid__is_cancel(lua_State *L, int idx);
 void braid__push_cancel(lua_State *L, struct braid_scope *cause);
+/* The same from inside a Lua hook: runs no script metamethod (a reason's
+** __tostring), which nothing could stop there. */
+void braid__push_cancel_hooked(lua_State *L, struct braid_scope *cause);
 /* Failure records (error.c): a record travels with its error, on the
 ** task (user value 4) and on the scopes (record_ref) that hold it. */
 void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
@@ -380,6 +391,8 @@ struct braid_engine {
   uv_signal_t sigstop[NSTOPS]; /* SIGINT, SIGTERM, SIGHUP (interrupt.c) */
   _Atomic int pending[NSTOPS]; /* arrivals not handled yet */
   _Atomic int quits;           /* SIGQUITs not handled yet: dumps to print */
+  _Atomic int hook_wanted;     /* one came while a task ran: its hook is
+                               ** set again until they are handled (hook.c) */
   unsigned char watching[NSTOPS];
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
@@ -496,6 +509,15 @@ void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_stop(braid_engine_t *E);
 void braid__hook_interrupt(braid_engine_t *E);
+/* Whether a signal that arrived while a task ran is not handled yet
+** (interrupt.c). Its handler set a hook on the thread running then; a
+** switch of threads or a re-arm can lose that hook, so each of them looks
+** here after it (the fence: the switch is made before the look, as the
+** handler sees it). One that came while no task ran is the loop's. */
+static inline int braid__interrupt_pending (braid_engine_t *E) {
+  atomic_signal_fence(memory_order_seq_cst);
+  return atomic_load_explicit(&E->hook_wanted, memory_order_relaxed);
+}
 /* E->running_co changes: to co, which starts running (enter), or away
 ** from the one that stops (leave: to the one resumed again, or NULL); a
 ** published engine's slot follows (braid__engine_publish). */
@@ -507,6 +529,7 @@ static inline void braid__co_enter (braid_engine_t *E, lua_State *co) {
 static inline void braid__co_leave (braid_engine_t *E, lua_State *to) {
   E->running_co = to;
   if (E->pub_co) braid__co_publish(E, to, 1);
+  if (to && braid__interrupt_pending(E)) braid__hook_interrupt(E);
 }
 struct braid_bound { lua_Hook hook; int mask, count; };
 void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);

@@ -191,13 +191,45 @@ const char *braid__tostring (lua_State *L, int idx) {
   return lua_tostring(L, -1);
 }
 
+/* The message of a cancellation with the reason on L's top, made without
+** running the script's metamethods: inside a hook nothing could stop a
+** __tostring that loops (no hook runs inside one). The message of the
+** error already made for the cause when there is one, else a plain
+** description of the reason. [-0, +1, m] */
+static void cancel_message_plain (lua_State *L, struct braid_scope *cause) {
+  if (SCOPE_REF(cause, cancel_ref) != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cause->more->cancel_ref);
+    lua_pushliteral(L, "message");
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) return;
+    lua_pop(L, 1);
+  }
+  switch (lua_type(L, -1)) {
+  case LUA_TSTRING: case LUA_TNUMBER:
+    lua_pushvalue(L, -1);
+    lua_pushfstring(L, "cancelled (%s)", lua_tostring(L, -1));
+    lua_remove(L, -2);
+    break;
+  case LUA_TBOOLEAN: case LUA_TNIL:
+    lua_pushfstring(L, "cancelled (%s)", lua_isnil(L, -1) ? "nil" :
+                    lua_toboolean(L, -1) ? "true" : "false");
+    break;
+  default:
+    lua_pushfstring(L, "cancelled (%s: %p)", luaL_typename(L, -1),
+                    lua_topointer(L, -1));
+  }
+}
+
 /* Pushes the cancellation error a task sees when `cause` reached it: a
 ** table of its own, which the task may change. The first one made is kept
 ** on the cause (released with it); when memory is short (the scheduler
 ** has spent its reserve) every task the cause reaches gets that one
 ** instead: fail-fast cancels thousands at once, and each new table would
-** cost an emergency collection then. */
-void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
+** cost an emergency collection then. In a hook (`hooked`) the message
+** runs no metamethod of the reason (cancel_message_plain). */
+static void push_cancel (lua_State *L, struct braid_scope *cause,
+                         int hooked) {
   if (SCOPE_REF(cause, cancel_ref) != LUA_NOREF && cause->E->reserve == NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->more->cancel_ref);
     return;
@@ -209,9 +241,14 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, cause->more->reason_ref);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "reason");
-    lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    if (hooked) {
+      cancel_message_plain(L, cause);
+      lua_replace(L, -2);
+    } else {
+      lua_pushfstring(L, "cancelled (%s)", braid__tostring(L, -1));
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+    }
   } else if (cause->deadline_fired) {
     lua_pushliteral(L, "cancelled (deadline passed)");
   } else if (SCOPE_REF(cause, error_ref) != LUA_NOREF) {
@@ -226,6 +263,14 @@ void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
     lua_pushvalue(L, -1);
     cause->more->cancel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
+}
+
+void braid__push_cancel (lua_State *L, struct braid_scope *cause) {
+  push_cancel(L, cause, 0);
+}
+
+void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
+  push_cancel(L, cause, 1);
 }
 
 /* ---- failure records ----

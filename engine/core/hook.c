@@ -18,9 +18,15 @@
 ** - Once a budget is spent or a grace period has passed, every instruction
 **   of the task raises (in its thread and in the one running), so pcall
 **   cannot keep it running: it unwinds and ends.
+** - A hook runs no script code (a cancel reason's __tostring): no hook
+**   runs inside a hook, so nothing could stop it there.
 ** - The signal handler only counts the signal and sets a hook on the
 **   running thread (lua_sethook may be called asynchronously); the hook,
-**   run by that thread between two instructions, does the rest.
+**   run by that thread between two instructions, does the rest. That
+**   hook is lost when a re-arm replaces it or when the thread stops
+**   running (a coroutine yields back), so while a signal that came
+**   during a task is not dispatched (E->hook_wanted) every re-arm and
+**   every switch back to a thread sets it again (braid__interrupt_pending).
 */
 #include <sched.h>
 #include <stdatomic.h>
@@ -31,7 +37,10 @@
 #define NESTED_WINDOW 100
 #define WATCH_WINDOW 10000   /* a cancelled task looks at the clock */
 
+#define INTERRUPT_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+
 static void task_hook (lua_State *L, lua_Debug *ar);
+static void interrupt_hook (lua_State *L, lua_Debug *ar);
 
 /* Raises, from now on, at every instruction of L and of the task's
 ** thread: the budget is spent or the grace period has passed. */
@@ -50,8 +59,18 @@ static void stop_hook (lua_State *L, lua_Debug *ar) {
     luaL_error(L, "instruction budget exceeded (%d instructions without "
                "suspending)", E->budget);
   struct braid_scope *in = braid__task_inner(t);
-  braid__push_cancel(L, in->cancelled ? in->cause : &t->scope);
+  braid__push_cancel_hooked(L, in->cancelled ? in->cause : &t->scope);
   lua_error(L);
+}
+
+/* braid__task_checkcancel for the hooks: raises the task's cancellation
+** when it reached its innermost scope, running no script code. */
+static void hook_checkcancel (lua_State *L, struct braid_task *t) {
+  struct braid_scope *in = braid__task_inner(t);
+  if (in->cancelled) {
+    braid__push_cancel_hooked(L, in->cause);
+    lua_error(L);
+  }
 }
 
 /* The task has run too long: from now on it only unwinds. */
@@ -101,7 +120,9 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
   }
   /* The grace period is watched once the task is cancelled, also while
   ** it runs inside a shield (its innermost scope is not cancelled then): a
-  ** shield defers a cancellation, it does not lift the bound on cleanup. */
+  ** shield defers a cancellation, it does not lift the bound on cleanup.
+  ** It runs from the cancel (scope.c sets grace_end); only an inner
+  ** scope's cancel (a deadline) starts it here. */
   if (t->scope.cancelled || braid__task_inner(t)->cancelled) {
     if (TASK_STARTED(t)->grace_end == 0)
       TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(&t->scope);
@@ -109,6 +130,8 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
   }
   if (window) lua_sethook(L, task_hook, LUA_MASKCOUNT, window);
   else if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+  if (braid__interrupt_pending(E))   /* the re-arm replaced its hook */
+    lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
 /* The scheduler resumes t: a fresh budget, and its thread armed. */
@@ -144,7 +167,7 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
   braid__interrupt_dispatch(E);
   if (t && !t->stop) {
     braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
-    braid__task_checkcancel(L, t);
+    hook_checkcancel(L, t);
   }
 }
 
@@ -152,9 +175,9 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
 ** instruction and looks at the pending interrupts. */
 void braid__hook_interrupt (braid_engine_t *E) {
   lua_State *L = E->running_co;
-  if (E->current && L)
-    lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET |
-                LUA_MASKCOUNT, 1);
+  if (E->current == NULL) return;   /* the loop's callback handles it */
+  atomic_store_explicit(&E->hook_wanted, 1, memory_order_relaxed);
+  if (L) lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
 /* ---- bounding script code the engine calls itself ---- */
@@ -227,7 +250,7 @@ static void poll_hook (lua_State *L, lua_Debug *ar) {
     lua_pop(L, 1);
   if (t && !t->stop) {
     braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
-    braid__task_checkcancel(L, t);
+    hook_checkcancel(L, t);
   }
 }
 

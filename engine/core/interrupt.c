@@ -16,10 +16,15 @@
 **   in front of it, sets a hook on the thread running Lua code, which may
 **   never return to the loop (hook.c). Each arrival is counted once in
 **   E->pending[] and handled by whichever comes first.
-** - A repeat of a signal within REPEAT_NS of its last counted one is the same
-**   press, not a second one: senders such as timeout(1) signal both the
-**   process and its group, and the two arrive microseconds apart; counted
-**   twice they would make the default leave at once, skipping cleanup.
+** - A stop signal within REPEAT_NS of the last counted one (of any of the
+**   three) is the same press, not a second one: senders such as timeout(1)
+**   signal both the process and its group, and the two arrive microseconds
+**   apart, and a SIGINT and a SIGTERM sent together are one request;
+**   counted twice they would make the default leave at once, skipping
+**   cleanup.
+** - The second one's _exit runs outside the signal handler (the loop's
+**   callback or the hook), so stdio is flushed first: what the script
+**   wrote with io.write is kept.
 ** - One engine at a time owns the process's signals (the last attached);
 **   its handler is put back as libuv's when it detaches.
 */
@@ -47,7 +52,7 @@ static const struct {
 static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
 static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
 static struct sigaction uv_quit;              /* libuv's for SIGQUIT */
-static _Atomic uint64_t arrived[NSTOPS];      /* each one's last, in ns */
+static _Atomic uint64_t arrived;              /* the last counted stop, ns */
 
 /* 0.1 s: no hand presses Ctrl-C twice that fast; a duplicate delivery
 ** comes far sooner. */
@@ -102,6 +107,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
     fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
     braid__exit_hooks_run(E);   /* no child left running */
+    fflush(NULL);   /* what the script wrote (io.write): never in a handler */
     _exit(128 + stops[i].num);
   }
   if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
@@ -114,6 +120,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
 ** SIGQUIT asks for first, then the interrupts. */
 void braid__interrupt_dispatch (braid_engine_t *E) {
   int i;
+  atomic_store(&E->hook_wanted, 0);   /* a later arrival sets it again */
   while (atomic_load(&E->quits) > 0) {
     atomic_fetch_sub(&E->quits, 1);
     braid__dump_signal(E);
@@ -133,17 +140,20 @@ static void stop_cb (uv_signal_t *h, int signum) {
   braid__engine_leave(E);
 }
 
-/* Whether signal i came within REPEAT_NS of its last counted arrival
-** (else it counts, from now). clock_gettime is async-signal-safe; the
-** exchange keeps two threads that take the signal at once apart. */
-static int repeated (int i) {
+/* Whether a stop signal came within REPEAT_NS of the last counted one,
+** whichever that was (else it counts, from now): one counter says which
+** is the second, so one window says which is a repeat (a SIGINT then a
+** SIGTERM 1 ms apart, `kill` of a group and a supervisor, is one press).
+** clock_gettime is async-signal-safe; the exchange keeps two threads that
+** take a signal at once apart. */
+static int repeated (void) {
   struct timespec ts;
   uint64_t now, last;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   now = (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-  last = atomic_load(&arrived[i]);
+  last = atomic_load(&arrived);
   if (last != 0 && now - last < REPEAT_NS) return 1;
-  return !atomic_compare_exchange_strong(&arrived[i], &last, now);
+  return !atomic_compare_exchange_strong(&arrived, &last, now);
 }
 
 /* Ours, in front of libuv's: count the arrival, stop the running Lua code
@@ -156,7 +166,7 @@ static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
   if (i < NSTOPS) {
     uv = &uv_action[i];
-    if (E && E->watching[i] && !repeated(i)) {
+    if (E && E->watching[i] && !repeated()) {
       atomic_fetch_add(&E->pending[i], 1);
       braid__hook_interrupt(E);
     }
@@ -193,8 +203,11 @@ void braid__interrupt_attach (braid_engine_t *E) {
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = stop_handler;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
+  sigemptyset(&sa.sa_mask);   /* one at a time: the first sent counts */
+  sigaddset(&sa.sa_mask, SIGQUIT);
+  for (i = 0; i < NSTOPS; i++) sigaddset(&sa.sa_mask, stops[i].num);
   atomic_store(&E->quits, 0);
+  atomic_store(&E->hook_wanted, 0);
   watch(E, &E->sigquit, SIGQUIT, stop_cb);
   if (sig_engine == NULL) sigaction(SIGQUIT, &sa, &uv_quit);
   for (i = 0; i < NSTOPS; i++) {

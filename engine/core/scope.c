@@ -79,6 +79,13 @@ uint64_t braid__scope_grace (const struct braid_scope *s) {
   return E->grace_ns;
 }
 
+uint64_t braid__scope_grace_end (const struct braid_scope *s) {
+  const struct braid_scope *o = s->outer;
+  uint64_t from = o && o->cancelled && o->more && o->more->cancel_ns ?
+                  o->more->cancel_ns : uv_hrtime();
+  return from + braid__scope_grace(s);
+}
+
 /* Gives s, not entered yet, a grace period of its own: 0, or -1 out of
 ** memory (raised by the caller, before anything nests in s). */
 int braid__scope_grace_ready (struct braid_scope *s, uint64_t ns) {
@@ -120,6 +127,8 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   s->cancelled = 1;
   s->cause = cause;
   if (s->E->trace) braid__trace_cancel(s, cause);
+  if (s->kind == SCOPE_TASK && t->w)   /* its grace runs from now */
+    TASK_STARTED(t)->grace_end = uv_hrtime() + braid__scope_grace(s);
   if (t && braid__task_inner(t) == s && t->waiting && t->w->cancel &&
       t->wake == WAKE_NONE) {
     t->w->cancel(t->w);
@@ -132,8 +141,10 @@ void braid__scope_cancel (struct braid_scope *s, struct braid_scope *cause) {
   }
   if (s->pending > 0) {
     uint64_t grace = braid__scope_grace(s);
-    if (grace != BRAID_NEVER && braid__scope_more(s)->grace.idx == 0)
+    if (grace != BRAID_NEVER && braid__scope_more(s)->grace.idx == 0) {
+      s->more->cancel_ns = uv_hrtime();   /* for members that start later */
       braid_timer_start(s->E, &s->more->grace, grace, grace_cb);
+    }
   }
 }
 

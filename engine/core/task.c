@@ -214,7 +214,11 @@ void braid__task_pool_drop (lua_State *S, braid_engine_t *E) {
 void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   lua_State *co;
   int i;
-  if (t->w == NULL) t->w = braid__wait_get(S, t);   /* kept when raising */
+  if (t->w == NULL) {   /* kept when raising */
+    t->w = braid__wait_get(S, t);
+    if (t->scope.cancelled)   /* before it started: the grace runs on */
+      TASK_STARTED(t)->grace_end = braid__scope_grace_end(&t->scope);
+  }
   if (E->pool_n > 0) {
     /* Its slot keeps pointing at it until another coroutine is put there
     ** (pool_put), or the pool is dropped: clearing it cost a table write
