@@ -178,10 +178,16 @@ local function evaluate(src)
   local ok, r = run_entry(fn, name)
   if not ok then return report(r) end
   if r.n > 0 then
-    local out = {}
-    for i = 1, r.n do out[i] = render(r[i]) end
+    -- Rendering runs the values' __tostring: an entry of its own, so that
+    -- a Ctrl-C there cancels it and not the session (it ended the REPL).
+    local shown, line = run_entry(function()
+      local out = {}
+      for i = 1, r.n do out[i] = render(r[i]) end
+      return concat(out, "\t")
+    end, name)
+    if not shown then return report(line) end
     _G._ = r[1]
-    print(concat(out, "\t"))
+    print(line[1])
   end
 end
 

@@ -87,6 +87,24 @@ describe("the REPL (braid on a terminal)", function()
     assert.are.equal(0, status, out)
   end)
 
+  -- the rendering ran outside any entry: Ctrl-C there cancelled the session
+  it("keeps the session when Ctrl-C comes while a value is being shown", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "setmetatable({}, {__tostring = function() io.stderr:write(('rendering '):upper()) " ..
+               "local e = os.clock() + 1 while os.clock() < e do end return 'slow' end})\\r"},
+      {"expect", "RENDERING", 5},   -- the echo of the line is lower case
+      {"send", "\\x03"},
+      {"expect", "> $", 10},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
   it("runs lines pasted at once, in order", function()
     local out, ok = repl {
       {"expect", PROMPT},
