@@ -273,6 +273,40 @@ describe("issue 13.13: SIGTERM and SIGHUP clean up like Ctrl-C", function()
     assert.truthy(err:find("terminated again", 1, true), err)
   end)
 
+  -- the flush before that exit hung when stdout was a full pipe whose
+  -- reader had stopped reading (a pager at its prompt)
+  it("exits at once on a second signal while stdout is a full pipe nobody reads", function()
+    local script = h.script([[
+      io.stdout:setvbuf("full")
+      io.write(("x"):rep(4096)) io.stdout:flush()   -- fills the 4 KB pipe
+      io.write("tail")                               -- stays in the buffer
+      io.stderr:write("ready\n")
+      local c <close> = setmetatable({}, {__close = function()
+        braid.shield(braid.sleep, 30)
+      end})
+      braid.sleep(30)
+    ]])
+    local driver = h.script(([[
+import fcntl, os, signal, subprocess, sys, time
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 4096)          # F_SETPIPE_SZ: one page
+p = subprocess.Popen(sys.argv[1:] + [%q], stdout=w, stderr=subprocess.PIPE)
+os.close(w)
+p.stderr.readline()
+time.sleep(0.2); p.send_signal(signal.SIGINT)
+time.sleep(0.3); p.send_signal(signal.SIGINT)
+try:
+    p.wait(timeout=10); print("exited", p.returncode)
+except subprocess.TimeoutExpired:
+    p.kill(); p.wait(); print("hung")
+]]):format(script))
+    local out, err = h.sh("env -u LD_PRELOAD /usr/bin/python3 " .. driver .. " env " ..
+                          (os.getenv("BRAID_RUN_ENV") or "") .. " " .. os.getenv("BRAID_BIN"))
+    os.remove(script)
+    os.remove(driver)
+    assert.are.equal("exited 130\n", out, err)
+  end)
+
   -- _exit skipped the flush of stdio's buffers: what io.write had put
   -- there was lost (stdout to a file or pipe is fully buffered)
   it("keeps what the script wrote to stdout when a second signal exits at once", function()

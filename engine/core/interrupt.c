@@ -29,6 +29,7 @@
 **   its handler is put back as libuv's when it detaches.
 */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -95,6 +96,14 @@ static int interrupt_p (lua_State *L) {
   return 0;
 }
 
+/* Whether stdout can take a write now: the second signal's exit flushes
+** what the script wrote, but not into a pipe whose reader stopped reading
+** (a pager at its prompt), where the flush would hang the exit. */
+static int stdout_takes (void) {
+  struct pollfd p = {STDOUT_FILENO, POLLOUT, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) && !(p.revents & POLLERR);
+}
+
 /* The one path of every interrupt. */
 static void engine_interrupt (braid_engine_t *E, int i) {
   struct braid_list *n;
@@ -107,7 +116,8 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
     fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
     braid__exit_hooks_run(E);   /* no child left running */
-    fflush(NULL);   /* what the script wrote (io.write): never in a handler */
+    if (stdout_takes())
+      fflush(NULL);   /* what the script wrote (io.write): never in a handler */
     _exit(128 + stops[i].num);
   }
   if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
