@@ -78,9 +78,14 @@ if http then
   -- A number as sent (in a query, a header value, a body chunk): in full,
   -- where tostring would round it to 14 digits (2^60 became
   -- 1.1529215046068e+18, 0.1 + 0.2 became 0.3): integers exactly, a float
-  -- in the fewest digits that read back as the same number.
-  local function number_text(x)
+  -- in the fewest digits that read back as the same number. NaN and the
+  -- infinities have no such text ("nan", "inf" went out as header values):
+  -- a usage error naming the call and what held it.
+  local function number_text(x, fname, what)
     if math.type(x) == "integer" then return ("%d"):format(x) end
+    if x ~= x or x == math.huge or x == -math.huge then
+      usage("bad option '%s' to '%s' (a number that is not finite)", what, fname)
+    end
     local s = ("%.14g"):format(x)
     return tonumber(s) == x and s or ("%.17g"):format(x)
   end
@@ -94,19 +99,19 @@ if http then
   -- A copy of the headers option h with its number values (also in a
   -- list value) written in full, or nil when it has none (or is not a
   -- table: C refuses that). Raw, as C reads it.
-  local function number_headers(h)
+  local function number_headers(h, fname)
     if type(h) ~= "table" then return nil end
     local copy
     for k, v in next, h do
       local nv = v
       if type(v) == "number" then
-        nv = number_text(v)
+        nv = number_text(v, fname, "headers")
       elseif type(v) == "table" then
         local n = rawlen(v)
         for i = 1, n do
           if type(rawget(v, i)) == "number" then
             if nv == v then nv = {} for j = 1, n do nv[j] = rawget(v, j) end end
-            nv[i] = number_text(nv[i])
+            nv[i] = number_text(nv[i], fname, "headers")
           end
         end
       end
@@ -124,7 +129,7 @@ if http then
   local function prepare(opts, fname)
     if type(opts) ~= "table" then return opts end
     local body, query = opts.body, opts.query
-    local headers = number_headers(opts.headers)
+    local headers = number_headers(opts.headers, fname)
     if type(body) ~= "table" and type(body) ~= "function" and query == nil
        and headers == nil then
       return opts
@@ -153,7 +158,7 @@ if http then
         if x ~= x or x == math.huge or x == -math.huge then
           bad(what, "number that is not finite")
         end
-        return number_text(x)
+        return number_text(x, fname, "query")
       end
       -- raw (next, rawget): a script's __pairs or __index is not run here;
       -- the pairs are sorted by name, a name given twice (1 and "1") sent
@@ -195,13 +200,15 @@ if http then
               fname, tostring(text))
       end
       o.body = text
-      local h, has = {}, false
-      for k, v in pairs(o.headers or {}) do
-        h[k] = v
-        if type(k) == "string" and k:lower() == "content-type" then has = true end
+      if o.headers == nil or type(o.headers) == "table" then   -- else C says
+        local h, has = {}, false
+        for k, v in next, o.headers or {} do
+          h[k] = v
+          if type(k) == "string" and k:lower() == "content-type" then has = true end
+        end
+        if not has then h["Content-Type"] = "application/json" end
+        o.headers = h
       end
-      if not has then h["Content-Type"] = "application/json" end
-      o.headers = h
     elseif type(body) == "function" then
       local chunks = {}
       for chunk in body do
@@ -210,7 +217,8 @@ if http then
           usage("bad option 'body' to '%s' (the body function's chunks must "
                 .. "be strings; chunk #%d is a %s)", fname, #chunks + 1, t)
         end
-        chunks[#chunks + 1] = t == "number" and number_text(chunk) or chunk
+        chunks[#chunks + 1] = t == "number" and number_text(chunk, fname, "body")
+                              or chunk
       end
       o.body = concat(chunks)
     end

@@ -193,6 +193,29 @@ describe("braid.http's body_file", function()
   end))
 end)
 
+describe("braid.http's headers and body numbers", function()
+  -- NaN went out as the header value "nan"/"-nan", infinity as "inf"; and
+  -- a non-table headers beside a table body was dropped, not refused
+  it("refuses numbers that are not finite and headers that are no table", h.run(function()
+    local function bad(opts)
+      opts.url = "http://127.0.0.1:1/"
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind, tostring(e))
+      return e.message
+    end
+    local msg = "bad option '%s' to 'braid.http.request' (a number that is not finite)"
+    assert.are.equal(msg:format("headers"), bad{headers = {["X-N"] = 0/0}})
+    assert.are.equal(msg:format("headers"), bad{headers = {["X-N"] = {1, math.huge}}})
+    local sent = false
+    assert.are.equal(msg:format("body"), bad{body = function()
+      if not sent then sent = true return -math.huge end
+    end})
+    assert.matches("bad option 'headers' to 'braid.http.request' (table expected)",
+                   bad{headers = "x", body = {a = 1}}, 1, true)
+  end))
+end)
+
 describe("braid.http's query option", function()
   -- a nested table was dropped and a function sent as "function: 0x..."
   it("refuses names and values it cannot send, naming them", h.run(function()

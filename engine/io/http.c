@@ -372,13 +372,7 @@ static int http_call (lua_State *L, int stream, int url_only) {
   lua_replace(L, 2);                                 /* 2: the name */
   fname = lua_tostring(L, 2);
   x = xfer_new(L, E, stream, url_only, fname);                 /* 3: the response */
-  if (lua_istable(L, 1)) {                           /* 4: check */
-    lua_getfield(L, 1, "check");
-    lua_pushboolean(L, lua_toboolean(L, -1));
-    lua_replace(L, -2);
-  } else {
-    lua_pushboolean(L, 0);
-  }
+  lua_pushboolean(L, x->check);   /* 4: as read once for the output file */
   braid_check_suspend(L, fname);
   if (stream)
     return braid_suspendk(L, "http.open", sizeof x, xfer_start, xfer_cancel,

@@ -346,11 +346,8 @@ static void open_output (lua_State *L, struct http_xfer *x,
   free(real);
   if (fd < 0) file_error(L, "output", path, -fd, NULL, fname);
   if (exists) (void) fchmod(fd, mode);   /* as the file it replaces */
-  x->out = fdopen(fd, "wb");
-  if (x->out == NULL) {
-    close(fd);   /* x->out_tmp is removed when x is freed */
-    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
-  }
+  x->out = file_stdio(L, fd, "wb", fname);   /* on failure x->out_tmp goes
+                                            ** when x is freed */
 }
 
 /* The request body: opts.body (a string; lua/braid.lua has turned a table
