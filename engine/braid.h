@@ -110,11 +110,11 @@ BRAID_API int braid_run(braid_engine_t *E, uv_run_mode mode);
 ** Lua state and frees the engine. On an application's loop, braid's
 ** handles finish closing in that loop's next iteration, as with uv_close;
 ** the application's own handles are untouched. Callable any time outside
-** a task (from inside one it aborts), also from a callback of the
-** application's loop, while braid_run drives it too, and from an op's
-** on_cancel that a braid call runs outside any task (braid_cancel,
-** braid_interrupt, a deadline firing): the engine then closes as that
-** call returns. An engine that owns its loop (braid_new(NULL, ...)) may be
+** a task, also from a callback of the application's loop, while
+** braid_run drives it too, and from an op's on_cancel, whether a braid
+** call outside any task runs it (braid_cancel, braid_interrupt, a
+** deadline firing) or a task's cancel does: the engine then closes as
+** that call, or the scheduler's turn, returns. An engine that owns its loop (braid_new(NULL, ...)) may be
 ** closed from a callback of that loop only while braid_run drives it,
 ** which closes the loop as it returns; where the application runs
 ** braid_loop(E) with uv_run itself, close E after uv_run returns. */

@@ -1199,6 +1199,17 @@ static int t_close_in_on_cancel (void) {
   close_hook_calls = 0;
   CHECK(braid_run(closing_E, UV_RUN_DEFAULT) == 0);
   CHECK(close_hook_calls == 1 && closing_E == NULL);
+  /* a task's cancel runs it, inside the scheduler's turn (it aborted:
+  ** "called from inside a task") */
+  closing_E = braid_new(NULL, NULL);
+  CHECK(closing_E != NULL);
+  lua_pushcfunction(braid_state(closing_E), l_app_hold0);
+  lua_setglobal(braid_state(closing_E), "hold");
+  CHECK(braid_run_string(closing_E, "local h = braid.spawn(hold) braid.yield()"
+                         " h:cancel() braid.sleep(10)", "=h", NULL) == 0);
+  close_hook_calls = 0;
+  CHECK(braid_run(closing_E, UV_RUN_DEFAULT) == 0);
+  CHECK(close_hook_calls == 1 && closing_E == NULL);
   return 1;
 }
 

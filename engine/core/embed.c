@@ -233,14 +233,15 @@ static void loop_finish (braid_engine_t *E) {
 }
 
 void braid_close (braid_engine_t *E) {
+  if (E->closing) return;   /* from a cancel hook braid_close runs */
+  if (E->calls > 0) {       /* from an on_cancel (also one a task's cancel
+                            ** runs): when braid's call ends */
+    E->close_later = 1;
+    return;
+  }
   if (E->current) {   /* the running task's own stack would be freed */
     fprintf(stderr, "braid_close: called from inside a task\n");
     abort();
-  }
-  if (E->closing) return;   /* from a cancel hook braid_close runs */
-  if (E->calls > 0) {       /* from an on_cancel: when braid's call ends */
-    E->close_later = 1;
-    return;
   }
   E->closing = 1;
   braid__engine_call(E, l_api_abandon, E);
