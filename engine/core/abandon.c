@@ -105,12 +105,16 @@ static struct braid_task *parent_of (struct braid_task *t) {
   return t->scope.outer ? t->scope.outer->task : NULL;
 }
 
-/* Whether the running task is t or one of its members, at any depth: its
-** Lua code is then on the C stack, below the caller. */
-static int running_within (braid_engine_t *E, struct braid_task *t) {
-  struct braid_task *x = E->current;
+/* Whether x is t or one of its members, at any depth. */
+static int within (struct braid_task *x, struct braid_task *t) {
   while (x && x != t) x = parent_of(x);
   return x != NULL;
+}
+
+/* Whether the running task is within t: its Lua code is then on the C
+** stack, below the caller. */
+static int running_within (braid_engine_t *E, struct braid_task *t) {
+  return within(E->current, t);
 }
 
 void braid__task_abandon (struct braid_task *t) {
@@ -136,7 +140,10 @@ void braid__task_abandon_as (struct braid_task *t, const char *why) {
     E->current->abandoned = 1;
     E->current->stop = STOP_GRACE;
     braid__hook_stop(E);
-    if (E->abandon_later == NULL) {
+    /* Both contain the running task, so one contains the other: keep the
+    ** outer, whose abandonment takes the inner one with it (its grace
+    ** timer fired once: a request dropped here would not come again). */
+    if (E->abandon_later == NULL || within(E->abandon_later, t)) {
       E->abandon_later = t;
       E->abandon_why = why;
     }

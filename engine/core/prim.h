@@ -276,8 +276,8 @@ int braid__task_cancelled(braid_task_t *t);
 ** scheduler context (braid__engine_call). When the running task is t or
 ** one of its members (an interceptor run by the interrupt hook), that
 ** one cannot be reset from under itself: it only unwinds from its next
-** instruction on, and t is abandoned when the scheduler has it back (one
-** such request at a time; a second waits for its grace period). The
+** instruction on, and t is abandoned when the scheduler has it back (of
+** two such requests, the outer task, which takes the inner with it). The
 ** report on stderr says `why` (NULL: the grace period has passed). */
 void braid__task_abandon(braid_task_t *t);
 void braid__task_abandon_as(braid_task_t *t, const char *why);

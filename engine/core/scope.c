@@ -232,7 +232,8 @@ void braid_resource_remove (braid_resource_t *r) {
 }
 
 int braid__scope_open (struct braid_scope *s) {
-  return !s->cancelled && !(s->joining && s->pending == 0);
+  return !s->cancelled && !(s->joining && s->pending == 0) &&
+         !(s->task && s->task->abandoned);   /* braid__task_spawn refuses */
 }
 
 braid_scope_t *braid__scope_top (braid_engine_t *E) {
