@@ -116,8 +116,8 @@ static void engine_interrupt (braid_engine_t *E, int i) {
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
     fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
     braid__exit_hooks_run(E);   /* no child left running */
-    if (stdout_takes())
-      fflush(NULL);   /* what the script wrote (io.write): never in a handler */
+    if (stdout_takes())   /* stdout only: a pipe io.popen opened could hang */
+      fflush(stdout);   /* what the script wrote (io.write): never in a handler */
     _exit(128 + stops[i].num);
   }
   if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
