@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "lauxlib.h"
 #include "braid.h"
+#include "core/core.h"   /* t_ids_past_32_bits sets the id counter */
 
 static int test_no, failures;
 
@@ -199,6 +200,31 @@ static int t_own_loop (void) {
   CHECK(E != NULL);
   n = run_to_end(E, "braid.sleep(0.01) return 'slept ' .. 6 * 7");
   CHECK(result_is(E, n, 1, "slept 42"));
+  braid_close(E);
+  return 1;
+}
+
+/* Task ids are 64 bits: past 2^32 spawns an id does not wrap to 0, which
+** a lock reads as "no holder", nor repeat a live task's. White-box: the
+** counter is set near 2^32 rather than spawning four billion tasks. */
+static int t_ids_past_32_bits (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n;
+  CHECK(E != NULL);
+  E->next_id = UINT32_MAX - 1;
+  n = run_to_end(E,
+    "local lock = braid.lock()\n"
+    "local t = braid.spawn(function()\n"
+    "  lock:acquire()\n"
+    "  local held = lock:locked() and lock:owned()\n"
+    "  lock:release()\n"
+    "  return held\n"
+    "end)\n"
+    "local held = t:await()\n"
+    "return string.format('ids %d %d held %s %s', braid.current().id, t.id,\n"
+    "                     tostring(held), tostring(t))");
+  CHECK(result_is(E, n, 1, "ids 4294967295 4294967296 held true "
+                  "<task 4294967296 "));
   braid_close(E);
   return 1;
 }
@@ -1438,6 +1464,8 @@ int main (void) {
            "shrink back", t_burst_memory);
   run_test("a suspending C function outside a task raises a usage error",
            t_outside_task);
+  run_test("task ids go past 2^32 without wrapping; locks still know "
+           "their holder", t_ids_past_32_bits);
   run_test("failure records of string errors are released, and each "
            "report is of its own failure (issue 13.9)", t_failure_records);
   run_test("semaphore:with in a sandbox: its usage error, and it works "

@@ -299,8 +299,8 @@ static void session_failed (lua_State *S, braid_task_t *t, int idx) {
   char prefix[64];
   if (t == R.entry) return;
   repl_hide();
-  snprintf(prefix, sizeof prefix, "braid: background task %u failed: ",
-           braid__task_id(t));
+  snprintf(prefix, sizeof prefix, "braid: background task %llu failed: ",
+           (unsigned long long) braid__task_id(t));
   braid_report(S, idx, prefix);
   repl_show(1);
 }

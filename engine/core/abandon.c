@@ -90,11 +90,12 @@ static void abandon_report (lua_State *L, struct braid_task *t,
                             const char *why) {
   if (t->E->closing) return;   /* braid_close abandons by design */
   if (why)
-    fprintf(stderr, "braid: task %u (%s%s) abandoned: %s\n", t->id,
+    fprintf(stderr, "braid: task %llu (%s%s) abandoned: %s\n",
+            (unsigned long long) t->id,
             braid__task_name(L, t, 0), braid__task_where(L, t), why);
   else
-    fprintf(stderr, "braid: task %u (%s%s) abandoned: still running %g s "
-            "after it was cancelled\n", t->id, braid__task_name(L, t, 0),
+    fprintf(stderr, "braid: task %llu (%s%s) abandoned: still running %g s "
+            "after it was cancelled\n", (unsigned long long) t->id, braid__task_name(L, t, 0),
             braid__task_where(L, t),
             (double) braid__scope_grace(t->scope.outer) / 1e9);
   lua_pop(L, 1);

@@ -253,13 +253,15 @@ enum { STOP_NONE, STOP_BUDGET, STOP_GRACE };
 struct braid_task {
   const struct braid_type *type;   /* &braid__task_type */
   lua_State *co;               /* NULL before start and after the end */
+  uint64_t id;                 /* 64 bits: never repeats (lock owners) */
   int ref;                     /* its slot in E's anchors, live only */
-  unsigned id;
-  unsigned char status, queued, wake, abandoned;
-  unsigned char nopool;        /* hit the instruction budget: not reused */
+  unsigned char status, wake;
   unsigned char stop;          /* STOP_*: only unwinds from now on */
-  unsigned char waiting;       /* t->w is its pending operation */
-  unsigned char raised;        /* its body raised: the status (task.c) */
+  /* Bits, so that the 64-bit id costs a task no byte. */
+  unsigned char queued : 1, abandoned : 1;
+  unsigned char nopool : 1;    /* hit the instruction budget: not reused */
+  unsigned char waiting : 1;   /* t->w is its pending operation */
+  unsigned char raised : 3;    /* its body raised: the status (task.c) */
   union {                      /* never both: */
     int nargs;                 /* arguments packed with the function (pending) */
     int nres;                  /* results kept after the end */
@@ -419,7 +421,8 @@ struct braid_engine {
   unsigned run_next;             /* where the next one goes */
   uint64_t timer_seq, vnow, armed_due;
   struct braid_timer *late_head, *late_tail;   /* due deadlines, to fire */
-  unsigned next_id, live;
+  uint64_t next_id;
+  unsigned live;
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   uint64_t grace_ns;           /* braid.run's grace period */

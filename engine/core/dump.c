@@ -63,7 +63,7 @@ static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
   int i;
   lua_insert(L, -2);   /* the buffer's slot must stay at the top */
   for (i = 0; i < depth; i++) luaL_addstring(b, "  ");
-  lua_pushfstring(L, "task %d \"%s\" %s%s", (int) t->id,
+  lua_pushfstring(L, "task %I \"%s\" %s%s", (lua_Integer) t->id,
                   braid__task_name(L, t, 0), braid__status_names[t->status],
                   where);
   luaL_addvalue(b);

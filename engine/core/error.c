@@ -420,8 +420,8 @@ static void push_chain (lua_State *L, struct braid_task *t) {
     const char *site = braid__task_site(L, t, 0);
     /* A site braid does not know (a REPL entry) is left out, not "?". */
     int shown = in->kind != SCOPE_TOP && strcmp(site, "?") != 0;
-    lua_pushfstring(L, "%s%s %d \"%s\"%s%s%s", lead,
-                    lead[0] == 't' ? "" : " task", (int) t->id,
+    lua_pushfstring(L, "%s%s %I \"%s\"%s%s%s", lead,
+                    lead[0] == 't' ? "" : " task", (lua_Integer) t->id,
                     braid__task_name(L, t, 0),
                     shown ? ", spawned at " : "", shown ? site : "",
                     scope_words[in->kind]);

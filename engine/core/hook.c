@@ -76,8 +76,8 @@ static void hook_checkcancel (lua_State *L, struct braid_task *t) {
 /* The task has run too long: from now on it only unwinds. */
 static void task_stop (lua_State *L, struct braid_task *t, int why) {
   if (why == STOP_GRACE && !t->E->closing) {
-    fprintf(stderr, "braid: task %u (%s%s) abandoned: still running Lua "
-            "code %g s after it was cancelled\n", t->id,
+    fprintf(stderr, "braid: task %llu (%s%s) abandoned: still running Lua "
+            "code %g s after it was cancelled\n", (unsigned long long) t->id,
             braid__task_name(L, t, 0), braid__task_where(L, t),
             (double) braid__scope_grace(&t->scope) / 1e9);
     lua_pop(L, 1);

@@ -268,7 +268,7 @@ braid_task_t *braid__task_check(lua_State *L, int idx, const char *fname);
 /* Pushes the object of a live task. [-0, +1, -] */
 void braid__task_push(lua_State *L, braid_task_t *t);
 
-unsigned braid__task_id(braid_task_t *t);
+uint64_t braid__task_id(braid_task_t *t);
 int braid__task_cancelled(braid_task_t *t);
 
 /* Ends a cancelled task now: its to-be-closed variables run, it ends

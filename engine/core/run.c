@@ -17,8 +17,8 @@ static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s)
     if (sub->kind == SCOPE_TASK) {
       struct braid_task *t = sub->task;
       const char *where = braid__task_where(L, t);
-      lua_pushfstring(L, "\n  task %d (%s%s) waits on %s",
-                      (int) t->id, braid__task_name(L, t, 0), where,
+      lua_pushfstring(L, "\n  task %I (%s%s) waits on %s",
+                      (lua_Integer) t->id, braid__task_name(L, t, 0), where,
                       t->waiting ? t->w->what : "nothing");
       lua_remove(L, -2);
       luaL_addvalue(b);

@@ -30,7 +30,7 @@ struct braid_sem {
   lua_Integer permits;          /* free now */
   lua_Integer out;              /* taken, or handed to a woken waiter */
   lua_Integer max;              /* permits + out stays within it */
-  unsigned owner;               /* a lock's holder (task id), or 0 */
+  uint64_t owner;               /* a lock's holder (task id), or 0 */
   struct braid_list waiters;
 };
 
@@ -143,8 +143,8 @@ static int l_sem_acquire (lua_State *L) {
 ** semaphore as its user value; `held`, the id of the task, once the call
 ** holds a permit. Made before the permit is taken, so that running out of
 ** memory cannot leave a permit taken with nothing to give it back. */
-static unsigned *sem_guard_push (lua_State *L) {
-  unsigned *held = (unsigned *) lua_newuserdatauv(L, sizeof *held, 1);
+static uint64_t *sem_guard_push (lua_State *L) {
+  uint64_t *held = (uint64_t *) lua_newuserdatauv(L, sizeof *held, 1);
   *held = 0;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -161,7 +161,7 @@ static unsigned *sem_guard_push (lua_State *L) {
 ** the body released its permit and another task holds one, the guard's
 ** return lets one more in (as a second sem:release would). */
 static int l_sem_guard_close (lua_State *L) {
-  unsigned *held = (unsigned *) lua_touserdata(L, 1), id = *held;
+  uint64_t *held = (uint64_t *) lua_touserdata(L, 1), id = *held;
   if (id) {
     struct braid_sem *s;
     *held = 0;
@@ -193,7 +193,7 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
   (void) status;
   t->w->release = NULL;
   braid__task_resumed(L, t);
-  *(unsigned *) lua_touserdata(L, -1) = t->id;
+  *(uint64_t *) lua_touserdata(L, -1) = t->id;
   return sem_with_call(L);
 }
 
@@ -203,7 +203,7 @@ static int sem_with_k (lua_State *L, int status, lua_KContext ctx) {
 static int sem_with (lua_State *L, const char *fname) {
   struct braid_sem *s = sem_check(L, fname);
   struct braid_task *t;
-  unsigned *held;
+  uint64_t *held;
   int now;
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, fname, "function expected");

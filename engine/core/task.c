@@ -401,7 +401,8 @@ static int l_task_await (lua_State *L) {
     braid_usageerror(L, "task:await: a task cannot await itself");
   braid__task_checkyield(L, t, "task:await");
   braid__task_wait(t, t->w, await_cancel, "await");
-  if (t->E->trace) braid__trace_label(t->E, "await task %u", target->id);
+  if (t->E->trace) braid__trace_label(t->E, "await task %llu",
+                                        (unsigned long long) target->id);
   t->w->target = target;
   t->w->watch.done = await_done;
   braid__list_push(&target->watchers, &t->w->watch.link);
@@ -436,8 +437,8 @@ static int l_task_result (lua_State *L) {
   struct braid_task *t = braid__task_check(L, 1, "task:result");
   int n;
   if (!TASK_DONE(t))
-    braid_usageerror(L, "task:result: task %d has not ended (it is %s); "
-                       "use task:await()", (int) t->id, braid__status_names[t->status]);
+    braid_usageerror(L, "task:result: task %I has not ended (it is %s); "
+                       "use task:await()", (lua_Integer) t->id, braid__status_names[t->status]);
   lua_settop(L, 1);
   if (t->status != TASK_OK) {
     task_hand_error(L, 1);
@@ -462,7 +463,7 @@ static int l_task_index (lua_State *L) {
   t = braid__task_check(L, 1, "task");
   k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k == NULL) lua_pushnil(L);
-  else if (strcmp(k, "id") == 0) lua_pushinteger(L, t->id);
+  else if (strcmp(k, "id") == 0) lua_pushinteger(L, (lua_Integer) t->id);
   else if (strcmp(k, "name") == 0) lua_pushstring(L, braid__task_name(L, t, 1));
   else if (strcmp(k, "parent") == 0) {
     struct braid_scope *p = t->scope.outer;
@@ -498,10 +499,10 @@ static int l_task_tostring (lua_State *L) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.1fs",
              (braid__now_ms(t->E) - t->w->since) / 1000.0);
-    lua_pushfstring(L, "<task %d \"%s\" %s in %s %s>", (int) t->id, name,
+    lua_pushfstring(L, "<task %I \"%s\" %s in %s %s>", (lua_Integer) t->id, name,
                     braid__status_names[t->status], t->w->what, secs);
   } else {
-    lua_pushfstring(L, "<task %d \"%s\" %s>", (int) t->id, name,
+    lua_pushfstring(L, "<task %I \"%s\" %s>", (lua_Integer) t->id, name,
                     braid__status_names[t->status]);
   }
   return 1;
@@ -538,7 +539,7 @@ void braid__task_watch (struct braid_task *t, struct braid_watch *w) {
   braid__list_push(&t->watchers, &w->link);
 }
 
-unsigned braid__task_id (struct braid_task *t) {
+uint64_t braid__task_id (struct braid_task *t) {
   return t->id;
 }
 

@@ -152,7 +152,7 @@ static uint64_t trace_now (struct braid_trace *tr) {
 /* Starts an event: ,{"ph":"X","pid":1,"tid":N,"ts":T  (the caller closes
 ** it). Events come in bursts on one track at one instant (a wait ends and
 ** a run begins): the text after "ph" is kept and reused. */
-static void ev (struct braid_trace *tr, char ph, unsigned tid,
+static void ev (struct braid_trace *tr, char ph, uint64_t tid,
                 uint64_t ts) {
   if (tr->len > TRACE_BUF - TRACE_EVENT_MAX) braid__trace_flush(tr);
   if (tid != tr->key_tid || ts != tr->key_ts || tr->key_len == 0) {
@@ -174,7 +174,7 @@ static void ev (struct braid_trace *tr, char ph, unsigned tid,
   tr->len += tr->key_len;
 }
 
-static unsigned task_tid (struct braid_task *t) {
+static uint64_t task_tid (struct braid_task *t) {
   return t ? t->id : 0;
 }
 
@@ -258,8 +258,8 @@ static int in_slice (struct braid_task *t) {
 }
 
 /* A flow endpoint ("s" or "f") on tid, bound to the slice around it. */
-static void flow (struct braid_trace *tr, char ph, unsigned tid,
-                  uint64_t ts, unsigned id, const char *name, int open) {
+static void flow (struct braid_trace *tr, char ph, uint64_t tid,
+                  uint64_t ts, uint64_t id, const char *name, int open) {
   if (!open) {   /* nothing to bind to: a zero-length slice */
     ev(tr, 'X', tid, ts);
     PUTS(tr, ",\"dur\":0,\"name\":");

@@ -28,9 +28,9 @@ struct braid_trace {
   uint64_t t0;                 /* real clock: when the trace began */
   size_t len;
   unsigned flows;              /* cancel flows: odd ids (spawns: even) */
-  unsigned actor;              /* the failed task whose fail-fast follows */
+  uint64_t actor;              /* the failed task whose fail-fast follows */
   struct braid_scope *origin;  /* the cancel being recorded */
-  unsigned origin_tid;
+  uint64_t origin_tid;
   int origin_open;             /* the origin's track has a slice open */
   unsigned c_live, c_ready, c_handles;   /* last counters written */
   int has_label;
