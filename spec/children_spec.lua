@@ -164,6 +164,23 @@ describe("issue 15: exit paths", function()
     assert.is_true(ended_now(pid, 10), "grandchild " .. tostring(pid) .. " still runs")
   end)
 
+  it("os.exit(n) reports an error a child's cleanup raised and exits 1", function()
+    local out, err, code = runner([[
+      braid.spawn(function()
+        local c <close> = setmetatable({}, {__close = function()
+          error("cleanup failed")
+        end})
+        braid.sleep(30)
+      end)
+      braid.sleep(0.01)
+      os.exit(7)
+    ]])
+    assert.are.equal(1, code, err)
+    assert.are.equal("", out)
+    assert.matches("braid: [^\n]*cleanup failed", err)
+    assert.matches("in task 2", err)
+  end)
+
   it("os.exit(n) under braid.run in stock Lua does the same", function()
     local pidfile = tmp()
     local argv = {}

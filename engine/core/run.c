@@ -169,16 +169,23 @@ static int l_run_run (lua_State *L) {
   braid__task_pool_drop(L, E);   /* its coroutines are in the set: */
   braid__coset_drop(E, L);       /* the next run starts both afresh */
   braid__run_alloc_end(L, E);
+  status = ((struct braid_task *) lua_touserdata(L, 2))->status;
   if (E->exiting) {            /* os.exit: everything has ended; now exit */
+    int code = E->exit_code;
+    if (status == TASK_FAILED) {   /* cleanup raised: never lost, and the */
+      lua_getiuservalue(L, 2, 1);  /* status says it, as after a signal */
+      lua_getiuservalue(L, 2, 4);
+      braid__error_report(L, -2, -1, "braid: ");
+      code = EXIT_FAILURE;
+    }
     lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);
-    lua_pushinteger(L, E->exit_code);
+    lua_pushinteger(L, code);
     lua_pushboolean(L, E->exit_close);
     lua_call(L, 2, 0);
   }
   if (rc != 0)
     braid_error(L, "io", NULL, "braid.run: %d libuv handle(s) were "
                        "left open at exit", rc < 0 ? -rc : rc);
-  status = ((struct braid_task *) lua_touserdata(L, 2))->status;
   if (E->oom && status == TASK_OK)   /* after the root had ended */
     braid_error(L, "memory", NULL, "not enough memory (braid's "
                        "scheduler ran out and spent its reserve)");
