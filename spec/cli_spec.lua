@@ -266,6 +266,55 @@ describe("braid (the runner)", function()
     assert.matches("stack traceback", err, 1, true)
   end)
 
+  it("reports a retry's failure as its own, not as the caught one it equals", function()
+    local p = h.script(table.concat({
+      "local function fetch() error('fetch failed') end",      -- 1
+      "assert(not pcall(braid.gather, fetch))",                 -- 2
+      "fetch()",                                                -- 3
+    }, "\n") .. "\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches(p .. ":1: fetch failed", err, 1, true)
+    assert.matches(p .. ":3: in main chunk", err, 1, true)
+    assert.not_matches("in task 2", err, 1, true)
+  end)
+
+  it("reports a re-raised error with the task and traceback where it began", function()
+    local p = h.script(table.concat({
+      "local function fetch() error('fetch failed') end",      -- 1
+      "local ok, e = pcall(braid.gather, fetch)",               -- 2
+      "error(e, 0)",                                            -- 3
+    }, "\n") .. "\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches("in task 2", err, 1, true)
+    assert.matches(p .. ":1: in function", err, 1, true)
+  end)
+
+  it("lists at most 100 errors under a report; each was reported as it came", function()
+    local p = h.script([[
+      local fns = {}
+      for i = 1, 150 do
+        fns[i] = function()
+          local c <close> = setmetatable({}, {__close = function() error("close " .. i) end})
+          braid.sleep(10)
+        end
+      end
+      fns[151] = function() braid.sleep(0.01) error("first") end
+      braid.gather(table.unpack(fns))
+    ]])
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    local also, each = 0, 0
+    for _ in err:gmatch("also raised while cancelling") do also = also + 1 end
+    for _ in err:gmatch("braid: error while cancelling") do each = each + 1 end
+    assert.are.equal(100, also)
+    assert.are.equal(150, each)
+  end)
+
   it("prints braid's own errors as a one-line message (tostring), e.g. a timeout", function()
     local p = h.script([[braid.timeout(0.01, function() braid.sleep(5) end)]])
     local out, err, code = run(q(p))

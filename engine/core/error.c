@@ -297,6 +297,8 @@ void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
 ** A report (braid_report) finds a value's record in the weak table, else
 ** in the hand-out slot, else in the running task's carry. */
 
+#define ALSO_MAX 100   /* record.also: the errors listed under a report */
+
 static const char info_key = 'i';
 static const char hand_key = 'h';
 
@@ -452,6 +454,20 @@ static void record_new (lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
+/* Pushes "file:line" of co's first Lua frame from level on (where an
+** error is raised), or "" when there is none. [-0, +1, m] */
+static void push_origin (lua_State *L, lua_State *co, int level) {
+  lua_Debug ar;
+  while (lua_getstack(co, level++, &ar)) {
+    lua_getinfo(co, "Sl", &ar);
+    if (ar.currentline > 0) {
+      lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+      return;
+    }
+  }
+  lua_pushliteral(L, "");
+}
+
 /* Pushes the record of the error at idx that t knows (a re-raise keeps
 ** the first record), or makes one: the traceback of co from level and
 ** t's chain. Either way it becomes t's carry. [-0, +1, m] */
@@ -459,9 +475,24 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
   idx = lua_absindex(L, idx);
   braid__error_push_record(L, idx, t);
-  if (lua_isnil(L, -1)) {
+  push_origin(L, co, level);
+  if (!lua_isnil(L, -2) && lua_rawlen(L, -1) > 0) {
+    /* Raised again where its record's failure began: a new failure of the
+    ** same code (a retry after a caught one), not a re-raise, which
+    ** happens elsewhere (error(e) in a handler); the old record would
+    ** name the old task and its traceback. */
+    lua_getfield(L, -2, "at");
+    if (lua_rawequal(L, -1, -2)) {
+      lua_pushnil(L);
+      lua_replace(L, -4);
+    }
     lua_pop(L, 1);
+  }
+  if (lua_isnil(L, -2)) {
+    lua_remove(L, -2);
     record_new(L, idx);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "at");
     braid__traceback(L, co, level);
     if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
       lua_getfield(L, idx, "traceback");
@@ -476,6 +507,8 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
       push_chain(L, t);
       lua_setfield(L, -2, "task");
     }
+  } else {
+    lua_pop(L, 1);   /* the origin */
   }
   if (t && t->ref != LUA_NOREF) {   /* the carry */
     braid__task_push(L, t);
@@ -546,8 +579,12 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "also");
   }
-  braid__tostring(L, idx);
-  lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
+  /* Bounded: a value raised in many failures (a module's error table)
+  ** keeps its record; each of these was reported when it was raised. */
+  if (lua_rawlen(L, -1) < ALSO_MAX) {
+    braid__tostring(L, idx);
+    lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
+  }
   lua_pop(L, 2);
   /* raw lengths: no script __len runs here, in scheduler context; and no
   ** list on a cancellation error, an outcome that tasks may share */
