@@ -321,9 +321,10 @@ void braid__exit_hooks_run (braid_engine_t *E) {
   pthread_mutex_unlock(&exit_mu);
 }
 
-/* braid_close: E's hooks that remain (children still being stopped on an
+/* braid_close: E's hooks that remain (handles still closing on an
 ** embedder's loop) leave the list; their owners' removal later is
-** harmless (a removed node points at itself). */
+** harmless (a removed node points at itself). A child still being
+** stopped keeps its kill slot: a hard exit kills it all the same. */
 void braid__exit_hooks_drop (braid_engine_t *E) {
   struct braid_list *n, *next;
   pthread_mutex_lock(&exit_mu);
@@ -354,9 +355,9 @@ struct braid_kill_slot *braid__kill_slot_take (void) {
   int i;
   for (;;) {
     for (i = 0; i < KILL_CHUNK; i++) {
-      unsigned char free_ = 0;
+      unsigned char unused = 0;
       if (atomic_load(&c->slot[i].used) == 0 &&
-          atomic_compare_exchange_strong(&c->slot[i].used, &free_, 1))
+          atomic_compare_exchange_strong(&c->slot[i].used, &unused, 1))
         return &c->slot[i];
     }
     if ((next = atomic_load(&c->next)) == NULL) {

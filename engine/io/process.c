@@ -205,6 +205,7 @@ void braid__proc_exited (struct braid_proc *p, int64_t status, int sig) {
   p->exited = 1;
   p->code = status;
   p->signal = sig;
+  proc_kill_track(p);          /* the reaped pid may be reused from now */
   if (p->stopping && p->live[P_TIMER]) {
     if (p->killed || braid__group_empty(p)) {
       p->group_done = 1;
