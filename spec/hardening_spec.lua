@@ -340,8 +340,12 @@ end)
 -- hook: neither runs while the main thread sits in C code, so no number
 -- of signals stopped these (killed by the guard after 30 s).
 describe("a second stop signal while the main thread is stuck in C", function()
-  -- Each script says "ready" twice at once: signalled() waits for the
-  -- i-th before the i-th signal, and nothing more comes once it is stuck.
+  -- The first signal must find the script in C: one taken by the hook just
+  -- before the C call cancels the run as usual. So "ready" comes from
+  -- inside the C call (os.execute's shell), or from a shell started before
+  -- it that waits 0.5 s (the script needs microseconds to get there).
+  -- Twice at once: signalled() waits for the i-th before the i-th signal.
+  local READY = [[os.execute("(sleep 0.5; echo ready; echo ready) &")]]
 
   -- A FIFO opened read-write as stdin: io.read waits, and no writer ever
   -- ends it.
@@ -353,10 +357,7 @@ describe("a second stop signal while the main thread is stuck in C", function()
 
   it("exits 130 on a second SIGINT while io.read() blocks on a pipe", function()
     local f = fifo()
-    local _, err, code = signalled([[
-      print("ready") print("ready") io.stdout:flush()
-      io.read()
-    ]], {"INT", "INT"}, "<>" .. f)
+    local _, err, code = signalled(READY .. "\nio.read()", {"INT", "INT"}, "<>" .. f)
     os.remove(f)
     assert.are.equal(130, code, err)
     assert.truthy(err:find("braid: interrupted again, exiting", 1, true), err)
@@ -367,9 +368,8 @@ describe("a second stop signal while the main thread is stuck in C", function()
     local out, err, code = signalled([[
       local p = braid.process({"sh", "-c", "sleep 1000 & echo $!; wait"},
                               {stdout = "pipe"})
-      print(p:read_line()) print("ready") print("ready") io.stdout:flush()
-      io.read()
-    ]], {"INT", "INT"}, "<>" .. f)
+      print(p:read_line()) io.stdout:flush()
+    ]] .. READY .. "\nio.read()", {"INT", "INT"}, "<>" .. f)
     os.remove(f)
     local pid = assert(tonumber(out:match("^(%d+)")), out)
     -- killed, it is reaped by init soon after; a survivor is ended here
@@ -382,8 +382,7 @@ describe("a second stop signal while the main thread is stuck in C", function()
   it("exits 143 on a second SIGTERM while os.execute waits", function()
     local pidf = h.tmp()
     local _, err, code = signalled(([[
-      print("ready") print("ready") io.stdout:flush()
-      os.execute("sleep 30 & echo $! >%s; wait")
+      os.execute("echo $$ >%s; echo ready; echo ready; exec sleep 30")
     ]]):format(pidf), {"TERM", "TERM"})
     local pid = tonumber(h.slurp(pidf) or "")
     os.remove(pidf)
@@ -393,8 +392,8 @@ describe("a second stop signal while the main thread is stuck in C", function()
   end)
 
   it("exits 143 on a second SIGTERM while a C function runs long", function()
-    local _, err, code = signalled([[
-      print("ready") print("ready") io.stdout:flush()
+    local _, err, code = signalled(READY .. [[
+
       local _ = ("x"):rep(1e6):find(".-y")   -- no y: quadratic, minutes inside string.find
     ]], {"TERM", "TERM"})
     assert.are.equal(143, code, err)

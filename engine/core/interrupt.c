@@ -34,8 +34,9 @@
 **   write(2), _exit. Lost on that path: stdio's buffers (io.write), the
 **   trace file, the flags of a shared stdio socket. A single stop while
 **   stuck waits for the C code to return: nothing safe could cancel the
-**   run from the handler. An embedded engine never leaves; SIGQUIT's dump
-**   waits as well.
+**   run from the handler. Cleanup stuck in C after the first stop was
+**   taken needs a third (the handler cannot tell that the second will not
+**   be taken). An embedded engine never leaves; SIGQUIT's dump waits.
 ** - One engine at a time owns the process's signals (the last attached);
 **   its handler is put back as libuv's when it detaches.
 */
