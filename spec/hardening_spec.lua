@@ -336,6 +336,78 @@ except subprocess.TimeoutExpired:
   end)
 end)
 
+-- The second signal's exit ran only from the loop's callback or the Lua
+-- hook: neither runs while the main thread sits in C code, so no number
+-- of signals stopped these (killed by the guard after 30 s).
+describe("a second stop signal while the main thread is stuck in C", function()
+  -- The first signal must find the script in C: one taken by the hook just
+  -- before the C call cancels the run as usual. So "ready" comes from
+  -- inside the C call (os.execute's shell), or from a shell started before
+  -- it that waits 0.5 s (the script needs microseconds to get there).
+  -- Twice at once: signalled() waits for the i-th before the i-th signal.
+  local READY = [[os.execute("(sleep 0.5; echo ready; echo ready) &")]]
+
+  -- A FIFO opened read-write as stdin: io.read waits, and no writer ever
+  -- ends it.
+  local function fifo()
+    local path = h.tmp()
+    assert(os.execute("mkfifo " .. path))
+    return path
+  end
+
+  it("exits 130 on a second SIGINT while io.read() blocks on a pipe", function()
+    local f = fifo()
+    local _, err, code = signalled(READY .. "\nio.read()", {"INT", "INT"}, "<>" .. f)
+    os.remove(f)
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("braid: interrupted again, exiting", 1, true), err)
+  end)
+
+  it("kills the group of a child it started, grandchildren too, on that exit", function()
+    local f = fifo()
+    local out, err, code = signalled([[
+      local p = braid.process({"sh", "-c", "sleep 1000 & echo $!; wait"},
+                              {stdout = "pipe"})
+      print(p:read_line()) io.stdout:flush()
+    ]] .. READY .. "\nio.read()", {"INT", "INT"}, "<>" .. f)
+    os.remove(f)
+    local pid = assert(tonumber(out:match("^(%d+)")), out)
+    local function alive()   -- a zombie waits for init to reap it
+      local s = h.proc_state(pid)
+      return s ~= nil and s ~= "Z"
+    end
+    for _ = 1, 100 do
+      if not alive() then break end
+      os.execute("sleep 0.05")
+    end
+    local survived = alive()
+    if survived then os.execute("kill -KILL " .. pid) end
+    assert.are.equal(130, code, err)
+    assert.is_false(survived, "the grandchild outlived braid")
+  end)
+
+  it("exits 143 on a second SIGTERM while os.execute waits", function()
+    local pidf = h.tmp()
+    local _, err, code = signalled(([[
+      os.execute("echo $$ >%s; echo ready; echo ready; exec sleep 30")
+    ]]):format(pidf), {"TERM", "TERM"})
+    local pid = tonumber(h.slurp(pidf) or "")
+    os.remove(pidf)
+    if pid then os.execute("kill " .. pid .. " 2>/dev/null") end   -- not braid's
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("braid: terminated again, exiting", 1, true), err)
+  end)
+
+  it("exits 143 on a second SIGTERM while a C function runs long", function()
+    local _, err, code = signalled(READY .. [[
+
+      local _ = ("x"):rep(1e6):find(".-y")   -- no y: quadratic, minutes inside string.find
+    ]], {"TERM", "TERM"})
+    assert.are.equal(143, code, err)
+    assert.truthy(err:find("braid: terminated again, exiting", 1, true), err)
+  end)
+end)
+
 describe("issue 13.8: a task's <close> handlers run inside the task", function()
   it("runs them in the task when it is cancelled: braid.current() and shield work there", h.run(function()
     local seen = {}

@@ -218,6 +218,26 @@ describe("the REPL (braid on a terminal)", function()
     end)
   end
 
+  -- an entry blocked in C (io.read on the terminal) runs no hook and no
+  -- loop callback: no number of Ctrl-Cs ended it
+  it("exits 130 on a second Ctrl-C while an entry is blocked in C", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      -- "in-2" from os.execute: the entry is at io.read an instant later
+      {"send", 'os.execute("echo in-$((1+1))") io.read()\\r'},
+      {"expect", "in-2"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "\\^C"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "braid: interrupted again, exiting", 5},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(130, status, out)
+  end)
+
   it("clears the line on Ctrl-C at the prompt", function()
     local out, ok = repl {
       {"expect", PROMPT},

@@ -247,8 +247,8 @@ void braid_close (braid_engine_t *E) {
   braid__engine_call(E, l_api_abandon, E);
   if (E->trace) braid__trace_close(E);
   braid__scope_release(&E->top);
-  /* Children still being stopped outlive E on the application's loop:
-  ** their exit hooks leave the list now (interrupt.c). */
+  /* Handles still closing outlive E on the application's loop: their
+  ** exit hooks leave the list now (interrupt.c). */
   braid__exit_hooks_drop(E);
   E->ready_head = E->ready_tail = NULL;
   E->running = 0;

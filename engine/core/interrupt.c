@@ -25,6 +25,18 @@
 ** - The second one's _exit runs outside the signal handler (the loop's
 **   callback or the hook), so stdio is flushed first: what the script
 **   wrote with io.write is kept.
+** - Except when the thread running Lua code is stuck in C (io.read,
+**   os.execute, a long string.rep, a __gc that blocks), where neither the
+**   hook nor the loop's callback runs: a stop counted while an earlier one
+**   is still pending makes the handler itself leave (leave_stuck), with
+**   async-signal-safe work only: SIGKILL to the children's groups (the
+**   kill slots, which it can read without a lock), the line on stderr by
+**   write(2), _exit. Lost on that path: stdio's buffers (io.write), the
+**   trace file, the flags of a shared stdio socket. A single stop while
+**   stuck waits for the C code to return: nothing safe could cancel the
+**   run from the handler. Cleanup stuck in C after the first stop was
+**   taken needs a third (the handler cannot tell that the second will not
+**   be taken). An embedded engine never leaves; SIGQUIT's dump waits.
 ** - One engine at a time owns the process's signals (the last attached);
 **   its handler is put back as libuv's when it detaches.
 */
@@ -34,6 +46,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,12 +55,12 @@
 static const struct {
   int num;
   const char *reason;          /* the cancellation's reason */
-  const char *done;            /* for "braid: ... again, exiting" */
+  const char *again;           /* the line of the second one's exit */
   int runner_only;             /* not for an embedded engine */
 } stops[NSTOPS] = {
-  {SIGINT, "interrupt", "interrupted", 0},
-  {SIGTERM, "terminated", "terminated", 1},
-  {SIGHUP, "hangup", "hung up", 1}
+  {SIGINT, "interrupt", "braid: interrupted again, exiting\n", 0},
+  {SIGTERM, "terminated", "braid: terminated again, exiting\n", 1},
+  {SIGHUP, "hangup", "braid: hung up again, exiting\n", 1}
 };
 
 static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
@@ -114,7 +127,7 @@ static void engine_interrupt (braid_engine_t *E, int i) {
     if (ic->fn(ic, stops[i].num)) return;
   }
   if (E->interrupted++ && !E->embedded) {   /* the second one: leave now */
-    fprintf(stderr, "braid: %s again, exiting\n", stops[i].done);
+    fputs(stops[i].again, stderr);
     braid__exit_hooks_run(E);   /* no child left running */
     if (stdout_takes())   /* stdout only: a pipe io.popen opened could hang */
       fflush(stdout);   /* what the script wrote (io.write): never in a handler */
@@ -166,9 +179,30 @@ static int repeated (void) {
   return !atomic_compare_exchange_strong(&arrived, &last, now);
 }
 
+static void kill_all(void);
+
+/* Whether an arrival counted earlier is still pending: neither the hook
+** nor the loop's callback got to it in REPEAT_NS at least, so the thread
+** running Lua code is in C. */
+static int stuck (braid_engine_t *E) {
+  int i;
+  for (i = 0; i < NSTOPS; i++)
+    if (atomic_load(&E->pending[i]) > 0) return 1;
+  return 0;
+}
+
+/* The second stop's exit, from the handler (see the header). */
+static void leave_stuck (int i) {
+  ssize_t n;
+  kill_all();
+  n = write(STDERR_FILENO, stops[i].again, strlen(stops[i].again));
+  (void) n;   /* nothing to do about a stderr that is gone */
+  _exit(128 + stops[i].num);
+}
+
 /* Ours, in front of libuv's: count the arrival, stop the running Lua code
 ** at its next instruction, then let libuv wake the loop. Only
-** async-signal-safe work: an atomic add and lua_sethook. */
+** async-signal-safe work: an atomic add and lua_sethook (or leave_stuck's). */
 static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   braid_engine_t *E = sig_engine;
   const struct sigaction *uv;
@@ -177,6 +211,7 @@ static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   if (i < NSTOPS) {
     uv = &uv_action[i];
     if (E && E->watching[i] && !repeated()) {
+      if (!E->embedded && stuck(E)) leave_stuck(i);
       atomic_fetch_add(&E->pending[i], 1);
       braid__hook_interrupt(E);
     }
@@ -274,9 +309,11 @@ void braid__exit_hook_remove (struct braid_exit_hook *h) {
   pthread_mutex_unlock(&exit_mu);
 }
 
-/* The hooks of E, and those of every other engine that may run here. */
+/* The hooks of E, and those of every other engine that may run here;
+** every child's group first. */
 void braid__exit_hooks_run (braid_engine_t *E) {
   struct braid_list *n;
+  kill_all();
   pthread_mutex_lock(&exit_mu);
   for (n = exit_hooks.next; n != &exit_hooks; n = n->next) {
     struct braid_exit_hook *h = container_of(n, struct braid_exit_hook, link);
@@ -285,9 +322,10 @@ void braid__exit_hooks_run (braid_engine_t *E) {
   pthread_mutex_unlock(&exit_mu);
 }
 
-/* braid_close: E's hooks that remain (children still being stopped on an
+/* braid_close: E's hooks that remain (handles still closing on an
 ** embedder's loop) leave the list; their owners' removal later is
-** harmless (a removed node points at itself). */
+** harmless (a removed node points at itself). A child still being
+** stopped keeps its kill slot: a hard exit kills it all the same. */
 void braid__exit_hooks_drop (braid_engine_t *E) {
   struct braid_list *n, *next;
   pthread_mutex_lock(&exit_mu);
@@ -297,6 +335,56 @@ void braid__exit_hooks_drop (braid_engine_t *E) {
       braid__list_remove(n);
   }
   pthread_mutex_unlock(&exit_mu);
+}
+
+/* ---- the kill slots (prim.h) ----
+** The signal handler reads them while the thread it interrupted may hold
+** any lock, so there is none: a slot is claimed by a compare-exchange on
+** `used`, a chunk appended by one on `next`, and chunks are never freed
+** (nothing a handler may be reading goes away). */
+#define KILL_CHUNK 256
+
+struct kill_chunk {
+  struct braid_kill_slot slot[KILL_CHUNK];
+  struct kill_chunk *_Atomic next;
+};
+
+static struct kill_chunk kill_slots;   /* most runs need no other */
+
+struct braid_kill_slot *braid__kill_slot_take (void) {
+  struct kill_chunk *c = &kill_slots, *next, *none;
+  int i;
+  for (;;) {
+    for (i = 0; i < KILL_CHUNK; i++) {
+      unsigned char unused = 0;
+      if (atomic_load(&c->slot[i].used) == 0 &&
+          atomic_compare_exchange_strong(&c->slot[i].used, &unused, 1))
+        return &c->slot[i];
+    }
+    if ((next = atomic_load(&c->next)) == NULL) {
+      if ((next = calloc(1, sizeof *next)) == NULL) return NULL;
+      none = NULL;
+      if (!atomic_compare_exchange_strong(&c->next, &none, next)) {
+        free(next);            /* another thread appended one */
+        next = none;
+      }
+    }
+    c = next;
+  }
+}
+
+void braid__kill_slot_give (struct braid_kill_slot *s) {
+  atomic_store(&s->target, 0);
+  atomic_store(&s->used, 0);
+}
+
+/* SIGKILL to every target: async-signal-safe. */
+static void kill_all (void) {
+  struct kill_chunk *c;
+  int i, t;
+  for (c = &kill_slots; c != NULL; c = atomic_load(&c->next))
+    for (i = 0; i < KILL_CHUNK; i++)
+      if ((t = atomic_load(&c->slot[i].target)) != 0) kill(t, SIGKILL);
 }
 
 int braid_interrupt (lua_State *L) {

@@ -360,8 +360,8 @@ struct braid_loop_user *braid__loop_user_find(braid_engine_t *E,
 /* ---- leaving at once ---- */
 
 /* An exit hook runs when braid leaves without unwinding (a second Ctrl-C,
-** os.exit where it cannot wait): async-signal-safe work only, such as
-** SIGKILL to a child's process group. The hooks of every engine in the
+** os.exit where it cannot wait): work that cannot wait, such as writing
+** the trace. The hooks of every engine in the
 ** process are on one list under a mutex (a worker's children die with
 ** the process too): leaving runs the leaving engine's hooks and every
 ** other engine's hook marked any_thread, which runs on the leaving
@@ -381,6 +381,20 @@ struct braid_exit_hook {
 void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
 void braid__exit_hook_remove(struct braid_exit_hook *h);
 void braid__exit_hooks_run(braid_engine_t *E);
+
+/* Whom to SIGKILL at any hard exit, also from the signal handler that
+** leaves while the main thread is stuck in C (interrupt.c), where no lock
+** may be taken: a slot holds kill(2)'s target (a child's pid, or its
+** group's as -pgid; 0: nobody), stored atomically by its owner on any
+** thread. Every slot's target is killed, whichever engine took it; a slot
+** is given back (its target 0) before the owner forgets it. */
+struct braid_kill_slot {
+  _Atomic int target;
+  _Atomic unsigned char used;
+};
+
+struct braid_kill_slot *braid__kill_slot_take(void);   /* NULL: no memory */
+void braid__kill_slot_give(struct braid_kill_slot *s);
 
 /* ---- the REPL's session (cli/repl.c) ---- */
 

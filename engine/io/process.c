@@ -25,8 +25,10 @@
 **   false), and a stop signals the group: SIGTERM, then SIGKILL after
 **   kill_grace. A stop is over when the child is reaped and its group is
 **   empty (looked at every few ms after the exit) or has had its SIGKILL;
-**   until then the timer stays, and so does the exit hook that SIGKILLs
-**   the group should braid leave at once (a second Ctrl-C, os.exit).
+**   until then the timer stays, and so does the kill slot that has the
+**   group SIGKILLed should braid leave at once (a second Ctrl-C, os.exit).
+**   The slot's target follows the child's state (braid__proc_target) at
+**   every update, so a pid that was reaped is not killed later.
 ** - The kill timer is a uv_timer_t of the proc's own, not an engine timer:
 **   it must fire on the real clock, and even after the engine's own timer is
 **   closed at shutdown.
@@ -47,6 +49,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,9 +67,6 @@ static void proc_maybe_free (struct braid_proc *p) {
   int i;
   if (p->open > 0 || p->owned) return;
   for (i = 0; i < 3; i++) braid__stream_free(&p->pipe[i]);
-  /* removed with the timer already; the list is the whole process's,
-  ** so no node of it may outlive its memory whatever the path */
-  braid__exit_hook_remove(&p->exit_hook);
   free(p);
 }
 
@@ -104,7 +104,8 @@ static void proc_close_handle (struct braid_proc *p, int i) {
   }
   if (!p->live[i]) return;
   p->live[i] = 0;
-  braid__exit_hook_remove(&p->exit_hook);   /* nothing left to kill */
+  braid__kill_slot_give(p->kill);   /* nothing left to kill */
+  p->kill = NULL;
   uv_close((uv_handle_t *) &p->timer, proc_close_cb);
 }
 
@@ -135,8 +136,14 @@ static int pipe_failed (struct braid_stream *s) {
   return s->rerr != 0 && s->rerr != UV_EOF;
 }
 
+/* The kill slot follows what a SIGKILL would reach now. */
+static void proc_kill_track (struct braid_proc *p) {
+  if (p->kill) atomic_store(&p->kill->target, braid__proc_target(p));
+}
+
 void braid__proc_update (struct braid_proc *p) {
   int pipes;
+  proc_kill_track(p);
   /* exec's child: its exit is waited for once both outputs have ended */
   if (!p->exited && !p->pipe[P_STDOUT].live && !p->pipe[P_STDERR].live &&
       braid__reap_watch(p))
@@ -181,11 +188,6 @@ void braid__proc_stop (struct braid_proc *p) {
   braid__proc_update(p);
 }
 
-/* Leaving at once: nothing of the child's is left running. */
-static void proc_exit_hook (struct braid_exit_hook *h) {
-  braid__proc_signal(container_of(h, struct braid_proc, exit_hook), SIGKILL);
-}
-
 static void proc_resource_close (struct braid_resource *r) {
   struct braid_proc *p = container_of(r, struct braid_proc, res);
   p->attached = 0;             /* the scope has unlinked it */
@@ -203,6 +205,7 @@ void braid__proc_exited (struct braid_proc *p, int64_t status, int sig) {
   p->exited = 1;
   p->code = status;
   p->signal = sig;
+  proc_kill_track(p);          /* the reaped pid may be reused from now */
   if (p->stopping && p->live[P_TIMER]) {
     if (p->killed || braid__group_empty(p)) {
       p->group_done = 1;
@@ -284,8 +287,11 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   memset(&o, 0, sizeof o);
   braid__spawn_args(L, fname, &o);                  /* the anchor */
   for (i = 0; o.args[i]; i++) ;
-  if ((p = calloc(1, sizeof *p)) == NULL)
+  if ((p = calloc(1, sizeof *p)) == NULL ||
+      (p->kill = braid__kill_slot_take()) == NULL) {
+    free(p);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
   p->E = E;
   p->exec = (unsigned char) (exec != 0);
   p->argc = i;
@@ -293,10 +299,6 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
   p->pidfd = -1;
   p->kill_grace_ns = kill_grace_ns;
   braid__list_init(&p->waiters);
-  braid__list_init(&p->exit_hook.link);
-  p->exit_hook.fn = proc_exit_hook;
-  p->exit_hook.any_thread = 1;   /* reads pid, group (set before it is
-                                 ** added) and the atomic exited, group_done */
   p->res.close = proc_resource_close;
   uv_timer_init(braid_loop(E), &p->timer);
   p->timer.data = p;
@@ -325,7 +327,7 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
     braid_error(L, "spawn", braid__errname(rc), "%s: cannot start '%s': %s",
                 fname, o.file, braid__strerror(rc));
   }
-  braid__exit_hook_add(E, &p->exit_hook);
+  proc_kill_track(p);
   return p;
 }
 

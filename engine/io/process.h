@@ -34,9 +34,8 @@ struct braid_proc {
   unsigned char owned, exec, stopping, timed_out, attached;
   unsigned char check;         /* exec's opts.check, read at the call */
   unsigned char group;         /* the child leads a process group */
-  /* atomic: the exit hook may read them on another engine's thread */
-  _Atomic unsigned char exited;       /* reaped */
-  _Atomic unsigned char group_done;   /* a stop is over with the group too */
+  unsigned char exited;        /* reaped */
+  unsigned char group_done;    /* a stop is over with the group too */
   unsigned char killed;        /* the stop sent SIGKILL */
   uint64_t timeout_ns;         /* exec's opts.timeout, for its message */
   int pid, signal;
@@ -45,7 +44,7 @@ struct braid_proc {
   uint64_t kill_grace_ns;      /* BRAID_NEVER: no SIGKILL */
   uint64_t deadline;           /* the stop's SIGKILL, loop ms; or NEVER */
   unsigned poll_ms;            /* the stop's next look at the group */
-  struct braid_exit_hook exit_hook;   /* SIGKILL at a hard exit */
+  struct braid_kill_slot *kill;   /* SIGKILL's target at a hard exit */
   braid_op_t *op;              /* exec's, waiting for the whole run */
   struct braid_list waiters;   /* struct exit_wait: proc:wait(), close */
   struct braid_resource res;   /* braid.process: in the starting scope */
@@ -128,9 +127,13 @@ int braid__reap_watch(struct braid_proc *p);
 /* Closes the reap handle (once; after the exit or a failed spawn). */
 void braid__reap_close(struct braid_proc *p);
 
-/* Sends sig to the child's group (or to the child, outside a group of its
-** own); after the exit, to what is left of the group, until a stop is
-** over. Returns kill's result, -1 when nobody is left to signal. */
+/* Whom a signal reaches: the child's group (-pgid) or the child, outside
+** a group of its own; after the exit, what is left of the group, until a
+** stop is over. 0: nobody is left. */
+int braid__proc_target(struct braid_proc *p);
+
+/* Sends sig to braid__proc_target. Returns kill's result, -1 when nobody
+** is left to signal. */
 int braid__proc_signal(struct braid_proc *p, int sig);
 
 /* A stop's timer: the SIGKILL deadline while the child runs; once it is

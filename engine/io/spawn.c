@@ -222,13 +222,17 @@ int braid__group_running (int pgid) {
   return found;
 }
 
-int braid__proc_signal (struct braid_proc *p, int sig) {
-  if (p->pid <= 0) return -1;  /* never started */
-  if (!p->exited) return kill(p->group ? -p->pid : p->pid, sig);
+int braid__proc_target (struct braid_proc *p) {
+  if (p->pid <= 0) return 0;   /* never started */
+  if (!p->exited) return p->group ? -p->pid : p->pid;
   /* The leader is reaped: its group's number cannot be reused while any
   ** member is left (the kernel keeps the pid in use as a pgid). */
-  if (p->group && !p->group_done) return kill(-p->pid, sig);
-  return -1;
+  return p->group && !p->group_done ? -p->pid : 0;
+}
+
+int braid__proc_signal (struct braid_proc *p, int sig) {
+  int target = braid__proc_target(p);
+  return target != 0 ? kill(target, sig) : -1;
 }
 
 /* ---- stopping a group ---- */
