@@ -174,6 +174,37 @@ describe("braid.process", function()
     assert.is_nil(state(pid))
   end)
 
+  it("wakes a stopped child with its SIGTERM, so its handler runs before any SIGKILL", h.run(function()
+    local p = braid.process({"sh", "-c", "trap 'exit 7' TERM; echo ready; kill -STOP $$; echo resumed"},
+                            {kill_grace = 30})
+    assert.are.equal("ready", p:read_line())
+    while state(p.pid) ~= "T" do braid.sleep(0.01) end   -- stopped
+    local t0 = braid.now()
+    p:close()
+    assert.are.same({7, nil}, {p:wait()})
+    assert.is_true(braid.now() - t0 < 10, "waited for the SIGKILL")
+  end))
+
+  it("refuses a FIFO nobody reads as stdout at once, and a path with a zero byte", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. dir .. " && mkfifo " .. dir .. "/fifo"))
+    local script = h.script(([[
+      print(pcall(braid.exec, {"echo", "hi"}, {stdout = %q}))
+      print(pcall(braid.process, {"echo", "hi"}, {stderr = %q}))
+      print(pcall(braid.exec, {"echo", "hi"}, {stdout = "out\0.txt"}))
+    ]]):format(dir .. "/fifo", dir .. "/fifo"))
+    -- SIGKILL: a braid blocked in open() on the loop hears no other signal
+    local out, err, code = h.sh(("timeout -s KILL 20 %s %s"):format(os.getenv("BRAID_BIN"), script))
+    os.remove(script)
+    os.execute("rm -r " .. dir)
+    assert.are.equal(0, code, err)
+    local a, b, c = out:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n$")
+    assert.matches("^false\tbraid.exec: cannot open '.*/fifo' for the child's stdout: nobody reads it", a)
+    assert.matches("^false\tbraid.process: cannot open '.*/fifo' for the child's stderr: nobody reads it", b)
+    assert.matches("^false\tbad option 'stdout' to 'braid.exec' %(a path must not contain a zero byte%)", c)
+  end)
+
   it("raises kind 'spawn' with the code when the program cannot start", h.run(function()
     local ok, e = pcall(braid.process, {"no-such-program-braid"})
     assert.are.equal("spawn", e.kind)

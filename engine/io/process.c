@@ -170,6 +170,9 @@ void braid__proc_stop (struct braid_proc *p) {
   proc_detach(p);
   for (i = P_STDIN; i <= P_STDERR; i++) proc_close_handle(p, i);
   if (!p->stopping && braid__proc_signal(p, SIGTERM) == 0) {
+    /* A stopped child (SIGTTOU from the terminal, SIGSTOP) would not run
+    ** its SIGTERM handler before the SIGKILL, or ever without kill_grace. */
+    braid__proc_signal(p, SIGCONT);
     p->stopping = 1;
     if (p->kill_grace_ns == 0 || !p->live[P_TIMER]) {
       /* no grace, or only the leftovers of a child reaped long ago */
@@ -255,9 +258,14 @@ static int proc_stdio (struct braid_proc *p, int i,
   o->fd[i] = io->how == PROC_INHERIT ? BRAID_FD_INHERIT :
              io->how == PROC_TO_STDOUT ? BRAID_FD_STDOUT : BRAID_FD_NULL;
   if (io->how == PROC_FILE) {
-    int fd = open(io->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    /* O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of blocking
+    ** the whole engine in open; the child gets a blocking one. */
+    int fd = open(io->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
+                  O_NONBLOCK, 0666);
     if (fd < 0) return uv_translate_sys_error(errno);
     o->fd[i] = *child = fd;
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+      return uv_translate_sys_error(errno);
     return 0;
   }
   if (io->how != PROC_PIPE) return 0;
@@ -320,7 +328,9 @@ struct braid_proc *braid__proc_spawn (lua_State *L, const char *fname,
     if (failed >= 0 && io[failed].how == PROC_FILE)
       braid_error(L, "spawn", braid__errname(rc), "%s: cannot open '%s' for "
                   "the child's %s: %s", fname, io[failed].path,
-                  pipe_names[failed], braid__strerror(rc));
+                  pipe_names[failed], rc == UV_ENXIO ? "nobody reads it (a "
+                  "FIFO without a reader: braid does not wait for one)"
+                  : braid__strerror(rc));
     if (o.cwd && access(o.cwd, X_OK) != 0)
       braid_error(L, "spawn", braid__errname(rc), "%s: cannot start '%s' in "
                   "'%s': %s", fname, o.file, o.cwd, braid__strerror(rc));

@@ -297,6 +297,9 @@ struct braid_stdio braid__proc_stdio_opt (lua_State *L, int idx,
       braid_usageerror(L, "bad option '%s' to '%s' (\"pipe\", \"inherit\", "
                        "\"null\" or a file's path expected)", key, fname);
     v = lua_tostring(L, -1);
+    if (strlen(v) != lua_rawlen(L, -1))
+      braid_usageerror(L, "bad option '%s' to '%s' (a path must not "
+                       "contain a zero byte)", key, fname);
     if (strcmp(v, "pipe") == 0) io.how = PROC_PIPE;
     else if (strcmp(v, "inherit") == 0) io.how = PROC_INHERIT;
     else if (strcmp(v, "null") == 0) io.how = PROC_NULL;
