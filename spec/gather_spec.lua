@@ -232,3 +232,68 @@ describe("braid.map", function()
     assert.is_true(braid.is_timeout(r[5].error))
   end))
 end)
+
+describe("groups given a task that has already ended", function()
+  local function ended_tasks()
+    local cancelled = braid.spawn(function() braid.sleep(100) end)
+    braid.sleep(0.001)
+    cancelled:cancel("r")
+    local failed
+    pcall(braid.scope, function() failed = braid.spawn(function() error("boom", 0) end) end)
+    braid.sleep(0.01)
+    assert.are.equal("cancelled", cancelled:status())
+    assert.are.equal("failed", failed:status())
+    return cancelled, failed
+  end
+
+  it("raise its own error or cancellation, as task:await() does", h.virtual(function()
+    local cancelled, failed = ended_tasks()
+    local function check(t, ok, e)
+      local ok2, e2 = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_false(ok2)
+      if type(e2) == "string" then assert.are.equal(e2, e)
+      else
+        assert.is_true(braid.is_cancelled(e))
+        assert.are.equal(e2.reason, e.reason)
+      end
+    end
+    for _, t in ipairs{cancelled, failed} do
+      check(t, pcall(braid.gather, t))
+      check(t, pcall(braid.race, t))
+      check(t, pcall(braid.gather, t, function() braid.sleep(10) end))
+      check(t, pcall(braid.race, function() braid.sleep(10) end, t))
+      local ok, e = pcall(braid.any, t)
+      assert.are.equal("all_failed", e.kind)
+      check(t, false, e.errors[1])
+      local r = braid.gather(t, function() return 2 end, {settle = true})
+      assert.is_false(r.ok)
+      check(t, false, r.error)
+    end
+    local okt = braid.spawn(function() return "fine" end)
+    braid.yield()
+    assert.are.equal("fine", braid.any(failed, cancelled, okt))
+    assert.are.equal("fine", braid.race(okt, failed))
+  end))
+end)
+
+describe("braid.map's memory", function()
+  it("stays O(limit) plus the results with a limit", h.run(function()
+    local items = {}
+    for i = 1, 20000 do items[i] = i end
+    collectgarbage() collectgarbage()
+    local before, peak = collectgarbage("count"), 0
+    local r = braid.map(items, function(x)
+      if x % 1000 == 0 then
+        collectgarbage() collectgarbage()
+        peak = math.max(peak, collectgarbage("count") - before)
+      end
+      braid.yield()
+      return x
+    end, {limit = 4})
+    assert.are.equal(20000, r.n)
+    assert.are.equal(20000, r[20000])
+    -- 20k task objects are ~6 MB; the results (a 20k array) are 320 KB
+    assert.is_true(peak < 1500, "grew by " .. peak .. " KB")
+  end))
+end)
