@@ -297,3 +297,15 @@ describe("braid.map's memory", function()
     assert.is_true(peak < 1500, "grew by " .. peak .. " KB")
   end))
 end)
+
+describe("group options", function()
+  it("accept settle only for gather and map", h.virtual(function()
+    for _, f in ipairs{braid.race, braid.any} do
+      local ok, e = pcall(f, function() braid.sleep(1) end, {settle = true, timeout = 0.05})
+      assert.are.equal("usage", e.kind)
+      assert.matches("unknown option 'settle'", e.message)
+    end
+    local ok, e = pcall(braid.race, function() braid.sleep(1) end, {timeout = 0.05})
+    assert.is_true(braid.is_timeout(e))
+  end))
+end)

@@ -295,8 +295,9 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   return n;
 }
 
+/* race and any take group_options + 1: they have no settle mode. */
 static const char *const group_options[] = {
-  "timeout", "settle", "limit", "grace", "progress", NULL
+  "settle", "timeout", "limit", "grace", "progress", NULL
 };
 
 /* Watches the adopted tasks, then starts member functions: [g]. */
@@ -357,7 +358,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                             mode == GROUP_GATHER ? ", or braid.map(list, "
                             "function(f) return f() end)" : "");
     }
-    braid__check_options(L, opts, fname, group_options);
+    braid__check_options(L, opts, fname,
+                         group_options + (mode != GROUP_GATHER));
     grace = braid__opt_seconds(L, opts, "grace", grace, fname);
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
