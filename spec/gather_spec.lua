@@ -308,4 +308,14 @@ describe("group options", function()
     local ok, e = pcall(braid.race, function() braid.sleep(1) end, {timeout = 0.05})
     assert.is_true(braid.is_timeout(e))
   end))
+
+  it("take a limit as an integer or a float with an integral value", h.virtual(function()
+    local r = braid.map({1, 2, 3}, function(x) return x end, {limit = 2.0})
+    assert.are.same({1, 2, 3, n = 3}, r)
+    for _, bad in ipairs{1.5, 0, -1, 0/0, math.huge, "2"} do
+      local ok, e = pcall(braid.map, {1}, print, {limit = bad})
+      assert.are.equal("usage", e.kind)
+      assert.matches("positive integer expected", e.message)
+    end
+  end))
 end)

@@ -364,7 +364,9 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
-      lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+      /* 2.0 as luaL_checkinteger takes it (not 1.5, nor "2") */
+      lua_Integer li = lua_type(L, -1) == LUA_TNUMBER ? lua_tointeger(L, -1)
+                                                      : 0;
       if (li < 1)
         braid_usageerror(L, "bad option 'limit' to '%s' (positive integer "
                            "expected)", fname);
