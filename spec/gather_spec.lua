@@ -296,6 +296,13 @@ describe("braid.map's memory", function()
     -- 20k task objects are ~6 MB; the results (a 20k array) are 320 KB
     assert.is_true(peak < 1500, "grew by " .. peak .. " KB")
   end))
+
+  it("reads the list raw, as it reads it from the scheduler", h.virtual(function()
+    local proxy = setmetatable({}, {__len = function() return 3 end,
+                                    __index = function(_, i) return i * 10 end})
+    assert.are.same({n = 0}, braid.map(proxy, function(x) return x end))
+    assert.are.same({10, 20, n = 2}, braid.map({10, 20}, function(x) return x end))
+  end))
 end)
 
 describe("group options", function()

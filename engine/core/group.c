@@ -174,7 +174,7 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
     if (g->map) {
       lua_getfield(L, list, "fn");
       lua_getfield(L, list, "items");
-      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, -1, i);   /* raw: no script runs in scheduler context */
       lua_replace(L, -2);
       lua_pushinteger(L, i);
       nargs = 2;
@@ -484,7 +484,7 @@ static int l_group_map (lua_State *L) {
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, "braid.map", "function expected");
   lua_settop(L, 3);
-  n = luaL_len(L, 1);
+  n = (lua_Integer) lua_rawlen(L, 1);   /* raw, as group_start_more reads */
   if (n < 0 || n > INT_MAX)
     braid_argerror(L, 1, "braid.map", "list expected (its length is out of range)");
   return group_run(L, GROUP_GATHER, 0, (int) n, lua_isnil(L, 3) ? 0 : 3, 1,
