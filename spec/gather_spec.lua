@@ -326,3 +326,10 @@ describe("group options", function()
     end
   end))
 end)
+
+describe("braid.timeout", function()
+  it("accepts a callable table as gather, map and spawn do", h.virtual(function()
+    local callable = setmetatable({}, {__call = function(_, a) return a + 1 end})
+    assert.are.equal(2, braid.timeout(1, callable, 1))
+  end))
+end)
