@@ -221,7 +221,7 @@ static int group_cut_off (struct braid_group *g) {
 
 static int group_timeout_error (lua_State *L, struct braid_group *g) {
   return braid_pusherror(L, "timeout", NULL, "braid.%s timed out",
-                           mode_names[g->mode]);
+                           g->map ? "map" : mode_names[g->mode]);
 }
 
 /* Every member has ended: return or raise the group's outcome. */
