@@ -298,6 +298,14 @@ describe("braid.map's memory", function()
     assert.is_true(peak < 1500, "grew by " .. peak .. " KB")
   end))
 
+  it("returns more results than a Lua stack holds (1M)", h.run(function()
+    local items = {}
+    for i = 1, 1100000 do items[i] = i end
+    local r = braid.map(items, function(x) return x end, {limit = 100})
+    assert.are.equal(1100000, r.n)
+    assert.are.equal(1100000, r[1100000])
+  end))
+
   it("reads the list raw, as it reads it from the scheduler", h.virtual(function()
     local proxy = setmetatable({}, {__len = function() return 3 end,
                                     __index = function(_, i) return i * 10 end})
