@@ -34,7 +34,7 @@ struct braid_group {
   int mode, settle, limit, packed, map;
   int n, next, running, winner, decided, ok;
   int slots, free;             /* member slots, the first free one */
-  int list_ref;                /* {members...}; for map: items, fn */
+  int list_ref;                /* {members...}; map: items, fn; results */
   int line;                    /* where the group was called (user value 1) */
   void *progress;              /* {progress = ...}: anchored in the list */
   struct group_member m[1];
@@ -385,8 +385,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   braid__task_checkyield(L, t, fname);
   braid__task_checkcancel(L, t);
   /* Everything that can fail (allocate, raise) comes before the scope is
-  ** entered: afterwards the group is only left through its join. */
-  /* A map starts only its members: at most limit of them are watched. */
+  ** entered: afterwards the group is only left through its join. A map
+  ** adopts no task: at most limit of its members are watched at once. */
   slots = map && limit && limit < n ? limit : n;
   g = braid__scope_new(L, sizeof *g + (slots > 0 ? slots - 1 : 0) *
                           sizeof g->m[0]);
