@@ -230,5 +230,115 @@ describe("braid.map", function()
     assert.are.equal("two", r[2].error)
     assert.is_true(r[3].ok)
     assert.is_true(braid.is_timeout(r[5].error))
+    assert.are.equal("braid.map timed out", r[5].error.message)
+  end))
+end)
+
+describe("groups given a task that has already ended", function()
+  local function ended_tasks()
+    local cancelled = braid.spawn(function() braid.sleep(100) end)
+    braid.sleep(0.001)
+    cancelled:cancel("r")
+    local failed
+    pcall(braid.scope, function() failed = braid.spawn(function() error("boom", 0) end) end)
+    braid.sleep(0.01)
+    assert.are.equal("cancelled", cancelled:status())
+    assert.are.equal("failed", failed:status())
+    return cancelled, failed
+  end
+
+  it("raise its own error or cancellation, as task:await() does", h.virtual(function()
+    local cancelled, failed = ended_tasks()
+    local function check(t, ok, e)
+      local ok2, e2 = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_false(ok2)
+      if type(e2) == "string" then assert.are.equal(e2, e)
+      else
+        assert.is_true(braid.is_cancelled(e))
+        assert.are.equal(e2.reason, e.reason)
+      end
+    end
+    for _, t in ipairs{cancelled, failed} do
+      check(t, pcall(braid.gather, t))
+      check(t, pcall(braid.race, t))
+      check(t, pcall(braid.gather, t, function() braid.sleep(10) end))
+      check(t, pcall(braid.race, function() braid.sleep(10) end, t))
+      local ok, e = pcall(braid.any, t)
+      assert.are.equal("all_failed", e.kind)
+      check(t, false, e.errors[1])
+      local r = braid.gather(t, function() return 2 end, {settle = true})
+      assert.is_false(r.ok)
+      check(t, false, r.error)
+    end
+    local okt = braid.spawn(function() return "fine" end)
+    braid.yield()
+    assert.are.equal("fine", braid.any(failed, cancelled, okt))
+    assert.are.equal("fine", braid.race(okt, failed))
+  end))
+end)
+
+describe("braid.map's memory", function()
+  it("stays O(limit) plus the results with a limit", h.run(function()
+    local items = {}
+    for i = 1, 20000 do items[i] = i end
+    collectgarbage() collectgarbage()
+    local before, peak = collectgarbage("count"), 0
+    local r = braid.map(items, function(x)
+      if x % 1000 == 0 then
+        collectgarbage() collectgarbage()
+        peak = math.max(peak, collectgarbage("count") - before)
+      end
+      braid.yield()
+      return x
+    end, {limit = 4})
+    assert.are.equal(20000, r.n)
+    assert.are.equal(20000, r[20000])
+    -- 20k task objects are ~6 MB; the results (a 20k array) are 320 KB
+    assert.is_true(peak < 1500, "grew by " .. peak .. " KB")
+  end))
+
+  it("returns more results than a Lua stack holds (1M)", h.run(function()
+    local items = {}
+    for i = 1, 1100000 do items[i] = i end
+    local r = braid.map(items, function(x) return x end, {limit = 100})
+    assert.are.equal(1100000, r.n)
+    assert.are.equal(1100000, r[1100000])
+  end))
+
+  it("reads the list raw, as it reads it from the scheduler", h.virtual(function()
+    local proxy = setmetatable({}, {__len = function() return 3 end,
+                                    __index = function(_, i) return i * 10 end})
+    assert.are.same({n = 0}, braid.map(proxy, function(x) return x end))
+    assert.are.same({10, 20, n = 2}, braid.map({10, 20}, function(x) return x end))
+  end))
+end)
+
+describe("group options", function()
+  it("accept settle only for gather and map", h.virtual(function()
+    for _, f in ipairs{braid.race, braid.any} do
+      local ok, e = pcall(f, function() braid.sleep(1) end, {settle = true, timeout = 0.05})
+      assert.are.equal("usage", e.kind)
+      assert.matches("unknown option 'settle'", e.message)
+    end
+    local ok, e = pcall(braid.race, function() braid.sleep(1) end, {timeout = 0.05})
+    assert.is_true(braid.is_timeout(e))
+  end))
+
+  it("take a limit as an integer or a float with an integral value", h.virtual(function()
+    local r = braid.map({1, 2, 3}, function(x) return x end, {limit = 2.0})
+    assert.are.same({1, 2, 3, n = 3}, r)
+    for _, bad in ipairs{1.5, 0, -1, 0/0, math.huge, "2"} do
+      local ok, e = pcall(braid.map, {1}, print, {limit = bad})
+      assert.are.equal("usage", e.kind)
+      assert.matches("positive integer expected", e.message)
+    end
+  end))
+end)
+
+describe("braid.timeout", function()
+  it("accepts a callable table as gather, map and spawn do", h.virtual(function()
+    local callable = setmetatable({}, {__call = function(_, a) return a + 1 end})
+    assert.are.equal(2, braid.timeout(1, callable, 1))
   end))
 end)

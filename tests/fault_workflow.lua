@@ -59,6 +59,12 @@ local function tasks_and_groups()
     return x * x
   end, {limit = 2})
   check(#squares == 5 and squares[5] == 25, "map")
+  local settled = braid.map({1, 2, 3}, function(x)   -- kept as members end
+    braid.sleep(0.001 * x)
+    if x == 2 then error("two", 0) end
+    return x, -x
+  end, {limit = 2, settle = true})
+  check(settled[3].n == 2 and settled[2].error == "two", "settled map")
   expect(kind("timeout"), braid.timeout, 0.01, braid.sleep, 1)
   check(braid.timeout(1, function() return "in time" end) == "in time",
         "timeout")

@@ -8,11 +8,13 @@
 ** order members end. The calling task waits in braid__scope_join until every
 ** member has ended, then the group's outcome is raised or returned.
 **
-** Invariants: the group userdata (with its member array) sits on the
-** caller's stack for the whole call; members[i].task is set once member i
-** has a task; the registry table at list_ref holds the member functions and
-** then their task objects, so that ended tasks stay readable until the
-** group is closed.
+** Invariants: the group userdata (with its member slots) sits on the
+** caller's stack for the whole call; a slot is taken by a member while its
+** task is watched (m->task) and is free otherwise, chained from g->free, so
+** a limited map has only `limit` slots. The registry table at list_ref
+** holds the member functions (map: items and fn), then a member's task
+** object; gather moves an ended member's result to list.results and drops
+** its task, race and any keep their ended tasks readable until the close.
 */
 #include <limits.h>
 #include <string.h>
@@ -23,15 +25,16 @@ enum { GROUP_GATHER, GROUP_RACE, GROUP_ANY };
 struct group_member {
   struct braid_watch watch;
   struct braid_group *g;
-  struct braid_task *task;
-  int index, adopted;
+  struct braid_task *task;    /* NULL while the slot is free */
+  int index, adopted, next;   /* next: the next free slot, while free */
 };
 
 struct braid_group {
   struct braid_scope scope;
   int mode, settle, limit, packed, map;
-  int n, next, running, winner, decided;
-  int list_ref;                /* {members...}; for map: items, fn */
+  int n, next, running, winner, decided, ok;
+  int slots, free;             /* member slots, the first free one */
+  int list_ref;                /* {members...}; map: items, fn; results */
   int line;                    /* where the group was called (user value 1) */
   void *progress;              /* {progress = ...}: anchored in the list */
   struct group_member m[1];
@@ -41,56 +44,109 @@ static const char *const mode_names[] = {"gather", "race", "any"};
 
 static void group_start_more (lua_State *L, struct braid_group *g);
 
-/* Pushes the ended task's error and its failure record. [-0, +3, -] */
-static void push_failure (lua_State *L, struct braid_task *t) {
-  braid__task_push(L, t);
-  lua_getiuservalue(L, -1, 1);
-  lua_getiuservalue(L, -2, 4);
+/* Pushes the error and the failure record of the ended task at idx (its
+** object: an ended task has no t->ref to push it by). [-0, +2, -] */
+static void push_failure (lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, 1);
+  lua_getiuservalue(L, idx, 4);
 }
 
-/* Judges a member that ended. Runs in scheduler context. */
-static void member_done (struct braid_watch *w, struct braid_task *t) {
-  struct group_member *m = container_of(w, struct group_member, watch);
+/* Gather keeps the result of the ended member i, whose task object is at
+** list + 1, in list.results (its outcome in settle mode) and lets the task
+** go, so that a limited map holds only the tasks that run. [-0, +0, m] */
+static void member_keep (lua_State *L, struct braid_group *g, int list,
+                         int i) {
+  struct braid_task *t = (struct braid_task *) lua_touserdata(L, list + 1);
+  int k, n, o;
+  lua_getfield(L, list, "results");
+  if (!g->settle) {   /* a member that did not end ok makes the group raise */
+    if (t->status == TASK_OK) braid__task_results(L, list + 1, 0);
+    else lua_pushnil(L);
+  } else if (t->status == TASK_OK) {
+    lua_createtable(L, 0, 3);
+    o = lua_gettop(L);
+    n = braid__task_results(L, list + 1, 1);
+    for (k = n; k >= 1; k--) lua_rawseti(L, o, k);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, o, "ok");
+    lua_rawgeti(L, o, 1);
+    lua_setfield(L, o, "value");
+    lua_pushinteger(L, n);
+    lua_setfield(L, o, "n");
+  } else if (t->status == TASK_FAILED || !g->scope.deadline_fired) {
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "ok");
+    lua_getiuservalue(L, list + 1, 1);
+    lua_setfield(L, -2, "error");
+  } else {
+    lua_pushnil(L);   /* cut off by the deadline: group_close_k says so */
+  }
+  lua_rawseti(L, -2, i);
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, list, i);
+}
+
+/* Judges member m, whose task t has ended, by the group's mode; frees its
+** slot. L is E->S in scheduler context, or the calling task's for a task
+** that had ended before the group adopted it (early). */
+static void member_judge (lua_State *L, struct group_member *m,
+                          struct braid_task *t, int early) {
   struct braid_group *g = m->g;
-  lua_State *L = g->scope.E->S;
-  int ok = t->status == TASK_OK;
+  int ok = t->status == TASK_OK, list = lua_gettop(L) + 1;
   /* A member cancelled by anything but this group owes a value: failed. */
   int failed = !ok && (t->status == TASK_FAILED || !g->scope.cancelled);
-  int adopted = m->adopted;
+  int adopted = m->adopted, i = m->index;
   g->running -= !adopted;
+  g->ok += ok;
+  m->task = NULL;
+  m->next = g->free;
+  g->free = (int) (m - g->m);
   if (g->progress)   /* a member cancelled by the group is not counted */
     braid__progress()->update(g->progress, g->running, ok, failed);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+  lua_rawgeti(L, list, i);
   if (g->mode == GROUP_GATHER) {
     if (failed && !g->settle) {
-      push_failure(L, t);
+      push_failure(L, list + 1);
       braid__scope_fail(L, &g->scope, -2, -1);
-      lua_pop(L, 3);
     }
+    member_keep(L, g, list, i);
   } else if (!g->decided && (g->mode == GROUP_RACE ? ok || failed : ok)) {
     g->decided = 1;
-    g->winner = m->index;
+    g->winner = i;
     if (failed) {
-      push_failure(L, t);
+      push_failure(L, list + 1);
       braid__scope_fail(L, &g->scope, -2, -1);
-      lua_pop(L, 3);
     } else {
       braid__scope_cancel(&g->scope, &g->scope);
     }
-  } else if (t->status == TASK_FAILED && g->decided) {
-    push_failure(L, t);
+  } else if (t->status == TASK_FAILED && g->decided && !early) {
+    /* (an early one's error was raised or reported where it failed) */
+    push_failure(L, list + 1);
     braid__error_report(L, -2, -1, "braid: error while cancelling: ");
-    lua_pop(L, 3);
   }
+  lua_settop(L, list - 1);
   if (adopted) braid__scope_left(&g->scope);
   group_start_more(L, g);
 }
 
-/* Watches task object at the stack top as member i (1-based). */
-static void member_watch (lua_State *L, struct braid_group *g, int i) {
-  struct group_member *m = &g->m[i - 1];
+static void member_done (struct braid_watch *w, struct braid_task *t) {
+  struct group_member *m = container_of(w, struct group_member, watch);
+  member_judge(m->g->scope.E->S, m, t, 0);
+}
+
+/* Watches the task object at the stack top as member i (1-based) in a free
+** slot. */
+static void member_watch (lua_State *L, struct braid_group *g, int i,
+                          int adopted) {
+  struct group_member *m = &g->m[g->free];
+  g->free = m->next;
   m->task = (struct braid_task *) lua_touserdata(L, -1);
   m->g = g;
   m->index = i;
+  m->adopted = adopted;
   m->watch.done = member_done;
   braid__list_init(&m->watch.link);
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
@@ -99,10 +155,10 @@ static void member_watch (lua_State *L, struct braid_group *g, int i) {
   lua_pop(L, 1);
   if (TASK_DONE(m->task)) {   /* adopted, already over */
     g->scope.pending++;
-    member_done(&m->watch, m->task);
+    member_judge(L, m, m->task, 1);
     return;
   }
-  if (m->adopted) g->scope.pending++;
+  if (adopted) g->scope.pending++;
   else g->running++;
   braid__list_push(&m->task->watchers, &m->watch.link);
 }
@@ -113,24 +169,25 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
          (g->limit == 0 || g->running < g->limit)) {
     int i = ++g->next, list, nargs = 0;
     struct braid_task *t;
-    if (g->m[i - 1].adopted) continue;
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
     list = lua_gettop(L);
     if (g->map) {
       lua_getfield(L, list, "fn");
       lua_getfield(L, list, "items");
-      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, -1, i);   /* raw: no script runs in scheduler context */
       lua_replace(L, -2);
       lua_pushinteger(L, i);
       nargs = 2;
-    } else {
-      lua_rawgeti(L, list, i);
+    } else if (lua_rawgeti(L, list, i) == LUA_TNIL ||
+               braid__test_tagged(L, -1, &braid__task_type)) {
+      lua_settop(L, list - 1);   /* adopted (nil: gather kept its result) */
+      continue;
     }
     t = braid__task_spawn(L, &g->scope, list + 1, nargs);
     t->line = g->line;   /* members were spawned where the group was called */
     lua_getfield(L, list, "site");
     lua_setiuservalue(L, -2, 3);
-    member_watch(L, g, i);
+    member_watch(L, g, i, 0);
     if (g->progress) braid__progress()->update(g->progress, g->running, 0, 0);
     lua_settop(L, list - 1);
   }
@@ -139,7 +196,7 @@ static void group_start_more (lua_State *L, struct braid_group *g) {
 void braid__group_on_cancel (struct braid_scope *s) {
   struct braid_group *g = (struct braid_group *) s;
   int i;
-  for (i = 0; i < g->n; i++) {
+  for (i = 0; i < g->slots; i++) {
     struct braid_task *t = g->m[i].task;
     if (t && g->m[i].adopted) braid__task_cancel(t, NULL, 0);
   }
@@ -150,55 +207,21 @@ void braid__group_release (struct braid_scope *s) {
   int i;
   if (g->progress) braid__progress()->end(g->progress);
   g->progress = NULL;
-  for (i = 0; i < g->n; i++)
+  for (i = 0; i < g->slots; i++)
     if (g->m[i].task) braid__list_remove(&g->m[i].watch.link);
   luaL_unref(s->E->S, LUA_REGISTRYINDEX, g->list_ref);
   g->list_ref = LUA_NOREF;
 }
 
-/* Pushes the settle-mode outcome of member i; list and terr are the
-** indices of the member list and of the group's timeout error. */
-static void push_outcome (lua_State *L, struct braid_group *g, int list,
-                          int i, int terr) {
-  struct braid_task *t = g->m[i - 1].task;
-  int k, n, o;
-  lua_createtable(L, 0, 3);
-  o = lua_gettop(L);
-  lua_pushboolean(L, t && t->status == TASK_OK);
-  lua_setfield(L, o, "ok");
-  if (t && t->status == TASK_OK) {
-    lua_rawgeti(L, list, i);
-    n = braid__task_results(L, o + 1, 1);
-    for (k = n; k >= 1; k--) lua_rawseti(L, o, k);
-    lua_pop(L, 1);
-    lua_rawgeti(L, o, 1);
-    lua_setfield(L, o, "value");
-    lua_pushinteger(L, n);
-    lua_setfield(L, o, "n");
-  } else if (t && (t->status == TASK_FAILED || !g->scope.deadline_fired)) {
-    lua_rawgeti(L, list, i);
-    lua_getiuservalue(L, -1, 1);
-    lua_setfield(L, o, "error");
-    lua_pop(L, 1);
-  } else {   /* cut off by the deadline, or never started */
-    lua_pushvalue(L, terr);
-    lua_setfield(L, o, "error");
-  }
-}
-
 /* Did the deadline leave a member without its value? (One that ended in
 ** the same turn as the deadline keeps its result.) */
 static int group_cut_off (struct braid_group *g) {
-  int i;
-  if (g->mode != GROUP_GATHER) return !g->winner;
-  for (i = 0; i < g->n; i++)
-    if (g->m[i].task == NULL || g->m[i].task->status != TASK_OK) return 1;
-  return 0;
+  return g->mode == GROUP_GATHER ? g->ok < g->n : !g->winner;
 }
 
 static int group_timeout_error (lua_State *L, struct braid_group *g) {
   return braid_pusherror(L, "timeout", NULL, "braid.%s timed out",
-                           mode_names[g->mode]);
+                           g->map ? "map" : mode_names[g->mode]);
 }
 
 /* Every member has ended: return or raise the group's outcome. */
@@ -248,44 +271,47 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     lua_setfield(L, -2, "errors");
     return lua_error(L);
   }
-  luaL_checkstack(L, n + 2, "too many results");
+  lua_getfield(L, list, "results");
   if (g->settle) group_timeout_error(L, g);
-  else lua_pushnil(L);
-  for (i = 1; i <= n; i++) {
-    if (g->settle) push_outcome(L, g, list, i, list + 1);
-    else {
-      lua_rawgeti(L, list, i);
-      braid__task_results(L, lua_gettop(L), 0);
-      lua_remove(L, -2);
+  for (i = 1; g->settle && i <= n; i++) {
+    if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
+      lua_createtable(L, 0, 2);
+      lua_pushboolean(L, 0);
+      lua_setfield(L, -2, "ok");
+      lua_pushvalue(L, list + 2);
+      lua_setfield(L, -2, "error");
+      lua_rawseti(L, list + 1, i);
     }
+    lua_pop(L, 1);
   }
-  if (g->packed) {
-    int r = lua_gettop(L) - n;
-    lua_createtable(L, n, 1);
-    lua_insert(L, r + 1);
-    for (i = n; i >= 1; i--) lua_rawseti(L, r + 1, i);
+  lua_settop(L, list + 1);
+  if (g->packed) {   /* map: the results table itself */
     lua_pushinteger(L, n);
     lua_setfield(L, -2, "n");
     return 1;
   }
+  luaL_checkstack(L, n, "too many results");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, list + 1, i);
   return n;
 }
 
+/* race and any take group_options + 1: they have no settle mode. */
 static const char *const group_options[] = {
-  "timeout", "settle", "limit", "grace", "progress", NULL
+  "settle", "timeout", "limit", "grace", "progress", NULL
 };
 
 /* Watches the adopted tasks, then starts member functions: [g]. */
 static int group_start_p (lua_State *L) {
   struct braid_group *g = (struct braid_group *) lua_touserdata(L, 1);
   int i;
-  for (i = 1; !g->map && i <= g->n; i++)   /* adopt the tasks first */
-    if (g->m[i - 1].adopted) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
-      lua_rawgeti(L, -1, i);
-      member_watch(L, g, i);
-      lua_pop(L, 2);
-    }
+  g->next = g->n;   /* none starts while adopting: the list holds its task */
+  for (i = 1; !g->map && i <= g->n; i++) {   /* adopt the tasks first */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
+    lua_rawgeti(L, -1, i);
+    if (braid__test_tagged(L, -1, &braid__task_type)) member_watch(L, g, i, 1);
+    lua_pop(L, 2);
+  }
+  g->next = 0;
   group_start_more(L, g);
   return 0;
 }
@@ -316,7 +342,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   struct braid_task *t = braid__task_current(L, fname);
   struct braid_group *g;
   lua_Debug ar;
-  int i, limit = 0;
+  int i, slots, limit = 0;
   uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(braid__task_inner(t));
   /* Every option is checked before the group's scope is pushed: raising
   ** after that would leave braid__task_inner(t) pointing into a collectable userdata. */
@@ -332,12 +358,15 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                             mode == GROUP_GATHER ? ", or braid.map(list, "
                             "function(f) return f() end)" : "");
     }
-    braid__check_options(L, opts, fname, group_options);
+    braid__check_options(L, opts, fname,
+                         group_options + (mode != GROUP_GATHER));
     grace = braid__opt_seconds(L, opts, "grace", grace, fname);
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
-      lua_Integer li = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+      /* 2.0 as luaL_checkinteger takes it (not 1.5, nor "2") */
+      lua_Integer li = lua_type(L, -1) == LUA_TNUMBER ? lua_tointeger(L, -1)
+                                                      : 0;
       if (li < 1)
         braid_usageerror(L, "bad option 'limit' to '%s' (positive integer "
                            "expected)", fname);
@@ -356,19 +385,28 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
   braid__task_checkyield(L, t, fname);
   braid__task_checkcancel(L, t);
   /* Everything that can fail (allocate, raise) comes before the scope is
-  ** entered: afterwards the group is only left through its join. */
-  g = braid__scope_new(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof g->m[0]);
+  ** entered: afterwards the group is only left through its join. A map
+  ** adopts no task: at most limit of its members are watched at once. */
+  slots = map && limit && limit < n ? limit : n;
+  g = braid__scope_new(L, sizeof *g + (slots > 0 ? slots - 1 : 0) *
+                          sizeof g->m[0]);
   g->mode = mode;
   g->map = map;
   g->packed = map;
   g->n = n;
   g->limit = limit;
+  g->slots = slots;
+  for (i = 0; i < slots; i++) g->m[i].next = i + 1;
   if (opts) {
     lua_getfield(L, opts, "settle");
     g->settle = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  lua_createtable(L, n, 3);
+  lua_createtable(L, map ? 0 : n, 5);   /* a map's tasks come and go */
+  if (mode == GROUP_GATHER) {
+    lua_createtable(L, n, 1);
+    lua_setfield(L, -2, "results");
+  }
   group_progress(L, g, opts, fname);
   if (map) {
     lua_pushvalue(L, 1);
@@ -385,9 +423,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     g->line = ar.currentline;
     lua_setfield(L, -2, "site");
   }
-  for (i = 1; !map && i <= n; i++)
-    g->m[i - 1].adopted = braid__test_tagged(L, first + i - 1,
-                                             &braid__task_type) != NULL;
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* the deadline's struct first: a grace period after it cannot fail */
   if ((timeout != BRAID_NEVER &&
@@ -449,7 +484,7 @@ static int l_group_map (lua_State *L) {
   if (!braid__is_callable(L, 2))
     braid_argerror(L, 2, "braid.map", "function expected");
   lua_settop(L, 3);
-  n = luaL_len(L, 1);
+  n = (lua_Integer) lua_rawlen(L, 1);   /* raw, as group_start_more reads */
   if (n < 0 || n > INT_MAX)
     braid_argerror(L, 1, "braid.map", "list expected (its length is out of range)");
   return group_run(L, GROUP_GATHER, 0, (int) n, lua_isnil(L, 3) ? 0 : 3, 1,

@@ -548,7 +548,8 @@ static int l_scope_timeout (lua_State *L) {
   uint64_t ns = braid_check_seconds(L, 1, "braid.timeout");
   int nargs = lua_gettop(L) - 2;
   struct braid_scope *s;
-  braid__check_type(L, 2, LUA_TFUNCTION, "braid.timeout");
+  if (!braid__is_callable(L, 2))
+    braid_argerror(L, 2, "braid.timeout", "function expected");
   braid__task_checkyield(L, t, "braid.timeout");
   braid__task_checkcancel(L, t);
   s = braid__scope_new(L, sizeof *s);
