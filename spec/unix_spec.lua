@@ -54,6 +54,33 @@ describe("braid.unix", function()
     assert.is_false(exists(path))   -- closed with its scope
   end))
 
+  it("removes only its own socket file: not a file or socket put there since",
+     h.run(function()
+    local path = sock_path()
+    local srv = braid.unix.listen(path, function() end)
+    os.remove(path)                 -- someone else removes it
+    local f = assert(io.open(path, "w"))
+    f:write("precious")
+    f:close()
+    srv:close()
+    f = assert(io.open(path))
+    assert.are.equal("precious", f:read("a"))
+    f:close()
+    os.remove(path)
+    -- a second server that took the path over keeps its socket
+    local first = braid.unix.listen(path, function() end)
+    os.remove(path)
+    local second <close> = braid.unix.listen(path, function(s)
+      s:write("second")
+    end)
+    first:close()
+    assert.is_true(exists(path))
+    local c <close> = braid.unix.connect(path)
+    assert.are.equal("second", c:read("a"))
+    second:close()
+    assert.is_false(exists(path))
+  end))
+
   it("replaces a stale socket file but not a live one or another file",
      h.run(function()
     local path = sock_path()
