@@ -172,6 +172,27 @@ describe("braid.tcp", function()
     end)
   end))
 
+  it("takes a second shutdown() as done: it returns the stream, no error", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        s:write("end at " .. #s:read("a") .. "\n")
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      c:write("abc")
+      assert.are.equal(c, c:shutdown())
+      assert.are.equal(c, c:shutdown())
+      assert.are.equal("end at 3", c:read_line())
+      assert.are.equal(c, c:shutdown())
+      local ok, e = pcall(c.write, c, "x")   -- writing after it still fails
+      assert.are.equal("io", e.kind)
+      c:close()
+      ok, e = pcall(c.shutdown, c)
+      assert.are.equal("closed", e.kind)
+      srv:close()
+    end)
+  end))
+
   it("applies back-pressure: a slow reader keeps the writer's memory bounded", h.run(function()
     local chunk, total = 64 * 1024, 50 * 1024 * 1024
     local received = 0

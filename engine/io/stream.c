@@ -653,6 +653,8 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
   braid_check_task(L, fname);
   lua_settop(L, 1);
   stream_check_live(L, s, fname);
+  if (s->shut) return 1;   /* the end is sent or on its way: libuv would
+                              say ENOTCONN, as if it were a misuse */
   braid_check_suspend(L, fname);
   r = req_new(L, s, LUA_NOREF, fname);
   rc = uv_shutdown(&r->req.shutdown, &s->h.stream, shutdown_cb);
@@ -660,6 +662,7 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
     free(r);
     return braid__error_uv(L, rc, fname);
   }
+  s->shut = 1;
   return req_wait(L, r, fname);
 }
 
