@@ -34,6 +34,9 @@
 **   reader grows it to (the reader is woken as soon as a line cannot fit).
 ** - A write is handed to libuv in buffers under 4 GiB each
 **   (braid__stream_uv_write): uv_buf_init's length is an unsigned.
+** - The end libuv reports is checked by one more recv (stream_end): a
+**   peer's reset is an error however late the reader started, its FIN a
+**   clean end.
 ** - Cancelling a read only stops that wait (buffered data stays);
 **   cancelling a write or a shutdown closes the stream (the only way to
 **   undo a write libuv has partly done, and nothing half-written is then
