@@ -132,6 +132,32 @@ describe("braid.unix", function()
     end
   end))
 
+  it("raises ECONNRESET after a peer that closed with data unread, however late",
+     h.run(function()
+    -- The kernel resets a unix socket whose peer closed without reading
+    -- what it was sent; a read that starts after the close raises it too.
+    local path = sock_path()
+    local ch, done = braid.channel(1), braid.channel()
+    local srv <close> = braid.unix.listen(path, function(s)
+      s:write("unread")
+      ch:send(s)
+      done:recv()
+    end)
+    assert.are.equal(0, braid.exec({"/usr/bin/python3", "-c", [[
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"partial")
+s.recv(1, socket.MSG_PEEK)   # the server's bytes are here: unread at close
+s.close()
+]], path}).code)
+    local s = ch:recv()
+    local ok, e = pcall(s.read, s, "a")
+    assert.is_false(ok)
+    assert.are.equal("ECONNRESET", e.code)
+    done:close()
+  end))
+
   it("closes the handlers' streams with the server", h.run(function()
     local path = sock_path()
     local entered = braid.event()
