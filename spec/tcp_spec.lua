@@ -172,6 +172,27 @@ describe("braid.tcp", function()
     end)
   end))
 
+  it("takes a second shutdown() as done: it returns the stream, no error", h.run(function()
+    braid.scope(function()
+      local srv = braid.tcp.listen(nil, 0, function(s)
+        s:write("end at " .. #s:read("a") .. "\n")
+        s:close()
+      end)
+      local c <close> = braid.tcp.connect(LO, srv:port())
+      c:write("abc")
+      assert.are.equal(c, c:shutdown())
+      assert.are.equal(c, c:shutdown())
+      assert.are.equal("end at 3", c:read_line())
+      assert.are.equal(c, c:shutdown())
+      local ok, e = pcall(c.write, c, "x")   -- writing after it still fails
+      assert.are.equal("io", e.kind)
+      c:close()
+      ok, e = pcall(c.shutdown, c)
+      assert.are.equal("closed", e.kind)
+      srv:close()
+    end)
+  end))
+
   it("applies back-pressure: a slow reader keeps the writer's memory bounded", h.run(function()
     local chunk, total = 64 * 1024, 50 * 1024 * 1024
     local received = 0
@@ -301,6 +322,62 @@ describe("braid.tcp errors", function()
       assert.are.equal("x", t:await())
       srv:close()
     end)
+  end))
+end)
+
+-- A python3 client that sends `data` to port, then aborts (SO_LINGER 0:
+-- a RST, no FIN) and exits only once the server's socket has taken the
+-- reset (its connection is gone from /proc/net/tcp), so a braid reader
+-- that starts after braid.exec returns starts after the reset.
+local ABORT <const> = [[
+import socket, struct, sys, time
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(sys.argv[2].encode())
+me = s.getsockname()[1]
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+time.sleep(0.1)   # the data is in the server's socket before the RST
+s.close()
+pair = ":%04X %08X:%04X" % (port, 0x0100007F, me)
+for _ in range(1000):
+    if not any(pair in l for l in open("/proc/net/tcp")): sys.exit(0)
+    time.sleep(0.01)
+sys.exit(1)
+]]
+
+describe("braid.tcp after a reset by the peer", function()
+  -- The server's stream for a client that sent data and aborted; the
+  -- handler holds it open until done.
+  local function reset_stream(srvs, data)
+    local ch, done = braid.channel(1), braid.channel()
+    local srv = braid.tcp.listen(LO, 0, function(s)
+      ch:send(s)
+      done:recv()
+    end)
+    srvs[#srvs + 1] = function() done:close(); srv:close() end
+    assert.are.equal(0, braid.exec({"/usr/bin/python3", "-c", ABORT,
+                                    tostring(srv:port()), data}).code)
+    return ch:recv()
+  end
+
+  local function check_reset(ok, e)
+    assert.is_false(ok)
+    assert.are.equal("io", e.kind)
+    assert.are.equal("ECONNRESET", e.code)
+  end
+
+  it("raises ECONNRESET in read('a'), read_line and read(n) started after it",
+     h.run(function()
+    local srvs = {}
+    local s = reset_stream(srvs, "partial data, then the peer aborts")
+    check_reset(pcall(s.read, s, "a"))
+    s = reset_stream(srvs, "one line\npartial")
+    assert.are.equal("one line", s:read_line())
+    check_reset(pcall(s.read_line, s))
+    s = reset_stream(srvs, "partial")
+    assert.are.equal("partial", s:read(100))   -- the bytes first
+    check_reset(pcall(s.read, s, 100))
+    for _, f in ipairs(srvs) do f() end
   end))
 end)
 

@@ -54,6 +54,33 @@ describe("braid.unix", function()
     assert.is_false(exists(path))   -- closed with its scope
   end))
 
+  it("removes only its own socket file: not a file or socket put there since",
+     h.run(function()
+    local path = sock_path()
+    local srv = braid.unix.listen(path, function() end)
+    os.remove(path)                 -- someone else removes it
+    local f = assert(io.open(path, "w"))
+    f:write("precious")
+    f:close()
+    srv:close()
+    f = assert(io.open(path))
+    assert.are.equal("precious", f:read("a"))
+    f:close()
+    os.remove(path)
+    -- a second server that took the path over keeps its socket
+    local first = braid.unix.listen(path, function() end)
+    os.remove(path)
+    local second <close> = braid.unix.listen(path, function(s)
+      s:write("second")
+    end)
+    first:close()
+    assert.is_true(exists(path))
+    local c <close> = braid.unix.connect(path)
+    assert.are.equal("second", c:read("a"))
+    second:close()
+    assert.is_false(exists(path))
+  end))
+
   it("replaces a stale socket file but not a live one or another file",
      h.run(function()
     local path = sock_path()
@@ -103,6 +130,32 @@ describe("braid.unix", function()
       ok, e = pcall(braid.unix.listen, p, function() end)
       assert.are.equal("usage", e.kind)
     end
+  end))
+
+  it("raises ECONNRESET after a peer that closed with data unread, however late",
+     h.run(function()
+    -- The kernel resets a unix socket whose peer closed without reading
+    -- what it was sent; a read that starts after the close raises it too.
+    local path = sock_path()
+    local ch, done = braid.channel(1), braid.channel()
+    local srv <close> = braid.unix.listen(path, function(s)
+      s:write("unread")
+      ch:send(s)
+      done:recv()
+    end)
+    assert.are.equal(0, braid.exec({"/usr/bin/python3", "-c", [[
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"partial")
+s.recv(1, socket.MSG_PEEK)   # the server's bytes are here: unread at close
+s.close()
+]], path}).code)
+    local s = ch:recv()
+    local ok, e = pcall(s.read, s, "a")
+    assert.is_false(ok)
+    assert.are.equal("ECONNRESET", e.code)
+    done:close()
   end))
 
   it("closes the handlers' streams with the server", h.run(function()

@@ -34,16 +34,21 @@
 **   reader grows it to (the reader is woken as soon as a line cannot fit).
 ** - A write is handed to libuv in buffers under 4 GiB each
 **   (braid__stream_uv_write): uv_buf_init's length is an unsigned.
+** - The end libuv reports is checked by one more recv (stream_end): a
+**   peer's reset is an error however late the reader started, its FIN a
+**   clean end.
 ** - Cancelling a read only stops that wait (buffered data stays);
 **   cancelling a write or a shutdown closes the stream (the only way to
 **   undo a write libuv has partly done, and nothing half-written is then
 **   followed by later data).
 */
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include "io/stream.h"
 
 #define READ_BUF 65536   /* the first buffer, and the pause threshold */
@@ -132,6 +137,21 @@ static void stream_alloc_cb (uv_handle_t *h, size_t hint, uv_buf_t *b) {
     b->len = s->max_buf + 1 - s->len;
 }
 
+/* The end libuv reported, or the error it hid: on POLLHUP after a short
+** read, libuv reports the end without reading again, so a reset that came
+** with the last bytes (a RST, no FIN) would read as a clean end. One more
+** recv tells: 0 after the peer's FIN, the error after a reset. A child's
+** pipe that is no socket gives ENOTSOCK: a plain end. */
+static int stream_end (struct braid_stream *s) {
+  uv_os_fd_t fd;
+  char c;
+  if (uv_fileno(&s->h.handle, &fd) != 0 ||
+      recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0 || errno == EAGAIN ||
+      errno == EWOULDBLOCK || errno == EINTR || errno == ENOTSOCK)
+    return UV_EOF;
+  return uv_translate_sys_error(errno);
+}
+
 static void stream_read_cb (uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
   struct braid_stream *s = container_of(h, struct braid_stream, h.stream);
   (void) b;
@@ -149,7 +169,8 @@ static void stream_read_cb (uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
     stream_wake(s);
     return;
   } else {                           /* the end, an error, or no memory */
-    s->rerr = n == UV_ENOBUFS ? UV_ENOMEM : (int) n;
+    s->rerr = n == UV_ENOBUFS ? UV_ENOMEM : n == UV_EOF ? stream_end(s)
+                                                         : (int) n;
     stream_stop(s);
   }
   if (s->rop && stream_ready(s)) stream_wake(s);
@@ -635,6 +656,8 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
   braid_check_task(L, fname);
   lua_settop(L, 1);
   stream_check_live(L, s, fname);
+  if (s->shut) return 1;   /* the end is sent or on its way: libuv would
+                              say ENOTCONN, as if it were a misuse */
   braid_check_suspend(L, fname);
   r = req_new(L, s, LUA_NOREF, fname);
   rc = uv_shutdown(&r->req.shutdown, &s->h.stream, shutdown_cb);
@@ -642,6 +665,7 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
     free(r);
     return braid__error_uv(L, rc, fname);
   }
+  s->shut = 1;
   return req_wait(L, r, fname);
 }
 

@@ -73,6 +73,7 @@ struct braid_stream {
   int rerr;                     /* once reading ended: UV_EOF or an error */
   unsigned char live;           /* from init until braid__stream_close */
   unsigned char reading, drain, mode, over;
+  unsigned char shut;           /* shutdown was asked for */
   unsigned char collected;      /* after a refused buffer: 1 the reader
                                    is to collect, 2 it did; 0 again once
                                    the buffer grows */
@@ -119,7 +120,9 @@ void braid__stream_drain(struct braid_stream *s, int on);
 ** s->max_line raises kind "limit" and stays buffered. A read
 ** error (ECONNRESET) is raised, kind "io", once the buffer is drained;
 ** only one task reads at a time (another one gets a usage error). write:
-** the string at 2, returns the object once libuv has written it all. */
+** the string at 2, returns the object once libuv has written it all.
+** shutdown: returns the object once libuv has sent the end; again, at
+** once. */
 int braid__stream_read(lua_State *L, struct braid_stream *s, int dflt,
                        const char *fname);
 int braid__stream_read_line(lua_State *L, struct braid_stream *s,

@@ -24,12 +24,15 @@
 ** - listen makes its Lua objects before it listens, so running out of
 **   memory can never leave a server listening with no handler.
 ** - A unix socket server made its socket file when it bound: it removes
-**   the file when it closes (and when listening fails after the bind).
+**   the file when it closes (and when listening fails after the bind), if
+**   the path still names that socket (its dev and inode), never a file
+**   put there since.
 */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "core/prim.h"
 #include "io/tcp.h"
@@ -53,6 +56,8 @@ struct tcp_server {
   int site_line;                   /* where listen was called, for reports */
   int port;
   char *path;                      /* a unix socket's name, as given */
+  dev_t dev;                       /* and its file, while `unlink` */
+  ino_t ino;
   unsigned char closing, pipe, unlink;   /* unlink: remove the file */
 };
 
@@ -77,9 +82,25 @@ static void server_close_cb (uv_handle_t *h) {
   free(srv);
 }
 
-/* The socket file a unix server made goes with it. */
+/* Notes the socket file the bind made, to remove it later; a path that
+** names no socket now (removed already) is not removed then. */
+static void server_mark (struct tcp_server *srv) {
+  struct stat st;
+  srv->unlink = lstat(srv->path, &st) == 0 && S_ISSOCK(st.st_mode);
+  srv->dev = st.st_dev;
+  srv->ino = st.st_ino;
+}
+
+/* The socket file a unix server made goes with it, if the path still
+** names it: anything put there since (a file, another server's socket) is
+** left alone. The open socket keeps its inode alive, so no other file can
+** have the same one; a file put there between the lstat and the unlink
+** would still go (no call unlinks by inode). */
 static void server_unlink (struct tcp_server *srv) {
-  if (srv->unlink) unlink(srv->path);
+  struct stat st;
+  if (srv->unlink && lstat(srv->path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+      st.st_dev == srv->dev && st.st_ino == srv->ino)
+    unlink(srv->path);
   srv->unlink = 0;
 }
 
@@ -224,7 +245,7 @@ int braid__listen (lua_State *L, const struct braid_listen *how) {
   }
   srv->closing = 1;   /* until it listens: a failure closes it quietly */
   if ((rc = how->bind(&srv->h.stream, how->ud)) == 0) {
-    srv->unlink = how->pipe && how->path && how->path[0] != '@';
+    if (how->pipe && how->path && how->path[0] != '@') server_mark(srv);
     rc = uv_listen(&srv->h.stream, backlog, server_connection_cb);
   }
   if (rc == 0 && !how->pipe) {
