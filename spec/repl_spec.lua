@@ -373,6 +373,54 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
   end)
 
+  -- libedit's readline-compatible layer (3.1-20221030) wrote through a
+  -- stale rl_line_buffer once a line outgrew its 1 KB conversion buffer:
+  -- a pasted line of a few KB aborted the session with heap corruption
+  it("takes a pasted line of 5000 and of 20000 characters, and goes on", function()
+    local home = tmpdir()
+    local out, ok, status = repl({
+      {"expect", PROMPT},
+      {"send", "return #'" .. ("x"):rep(5000) .. "'\\r"},
+      {"expect", "\\r\\n5000\\r\\n> $", 20},
+      {"send", "s = '" .. ("y"):rep(19989) .. "' return #s\\r"},
+      {"expect", "\\r\\n19989\\r\\n> $", 30},
+      {"send", "\\x1b[A"},     -- up: the 20000-character line from the history
+      {"send", "\\x01\\x1b[3~\\x1b[3~\\x1b[3~\\x1b[3~"},   -- at its start, delete 's = '
+      {"send", "t = \\r"},
+      {"expect", "\\r\\n19989\\r\\n> $", 30},
+      {"send", "#t + 1\\r"},
+      {"expect", "\\r\\n19990\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {home = home})
+    local f = io.open(home .. "/.braid_history")
+    local saved = f and f:read("a") or ""
+    if f then f:close() end
+    os.execute("rm -rf " .. q(home))
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+    assert.matches(("y"):rep(19989), saved, 1, true)
+  end)
+
+  -- el_gets answers NULL both for a key that leaves the line empty and for
+  -- a failed read: only the second ends the session
+  it("goes on after a key that leaves the line empty (backspace, up with no history)", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "a"},
+      {"expect", "a$"},
+      {"send", "\\x7f"},
+      {"expect", "\\x1b\\[K$"},
+      {"send", "\\x1b[A"},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
   it("works without line editing when TERM=dumb", function()
     local flag = h.tmp()
     finally(function() os.remove(flag) end)
