@@ -429,7 +429,8 @@ static int edit_open (void) {
   el_set(R.el, EL_SIGNAL, 0);   /* SIGINT is the loop's */
   el_set(R.el, EL_PROMPT, edit_prompt);
   el_set(R.el, EL_EDITOR, "emacs");
-  el_set(R.el, EL_ADDFN, "braid-stop", "stop braid (SIGTSTP)", edit_stop);
+  /* (el_set would copy the two strings and never free them) */
+  el_wset(R.el, EL_ADDFN, L"braid-stop", L"stop braid (SIGTSTP)", edit_stop);
   for (i = 0; i < sizeof binds / sizeof binds[0]; i++)
     el_set(R.el, EL_BIND, binds[i][0], binds[i][1], NULL);
   el_source(R.el, NULL);
