@@ -22,8 +22,9 @@ end
 -- repl(steps, [opts]) -> transcript, ok, status: plays the steps (see
 -- spec/pty_driver.py; each a list {op, arg, secs}) against `braid
 -- [opts.args]` on a terminal, with HOME = opts.home (a fresh directory by
--- default) and TERM = opts.term ("xterm"). The sanitizer settings of
--- RUN_ENV apply to braid only, not to python.
+-- default) and TERM = opts.term ("xterm"), and the variables of opts.env
+-- ({"NAME=value", ...}). The sanitizer settings of RUN_ENV apply to braid
+-- only, not to python.
 local function repl(steps, opts)
   opts = opts or {}
   local lines = {}
@@ -34,6 +35,7 @@ local function repl(steps, opts)
   f:close()
   local home = opts.home or tmpdir()
   local env = {"env", "HOME=" .. q(home), "TERM=" .. (opts.term or "xterm")}
+  for _, v in ipairs(opts.env or {}) do env[#env + 1] = q(v) end
   for v in RUN_ENV:gmatch("%S+") do env[#env + 1] = q(v) end
   local cmd = "env -u LD_PRELOAD timeout 60 python3 " .. DRIVER .. " " ..
               q(scenario) .. " -- " .. table.concat(env, " ") .. " " ..
@@ -400,6 +402,22 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
     assert.are.equal(0, status, out)
     assert.matches(("y"):rep(19989), saved, 1, true)
+  end)
+
+  -- braid never calls setlocale: in the "C" locale libedit dropped every
+  -- byte above 127 as it was typed
+  it("takes UTF-8 text (a pasted line of 3000 'é') in a UTF-8 locale", function()
+    local out, ok, status = repl({
+      {"expect", PROMPT},
+      {"send", "s = '" .. ("\\xc3\\xa9"):rep(3000) .. "' return #s\\r"},
+      {"expect", "\\r\\n6000\\r\\n> $", 30},
+      {"send", "s:sub(1, 2) == '\\xc3\\xa9'\\r"},
+      {"expect", "\\r\\ntrue\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {env = {"LC_ALL=C.UTF-8"}})
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
   end)
 
   -- el_gets answers NULL both for a key that leaves the line empty and for

@@ -16,6 +16,10 @@
 **   points into (a line of about 1 KB, 2 KB, ... crossing the size of
 **   libedit's conversion buffer): heap corruption on a long or pasted line.
 **   el_gets returns that buffer itself, valid until the next call.
+** - libedit runs in the user's LC_CTYPE (from the environment), made the
+**   thread's own around its calls only (edit_enter, edit_leave): braid
+**   never calls setlocale, and in the "C" locale libedit dropped every
+**   byte above 127 as it was typed (UTF-8 text lost its non-ASCII).
 ** - fd 0 keeps its blocking mode: uv_poll_init makes it non-blocking, which
 **   on a terminal would also make stdout non-blocking, so it is restored.
 ** - One session per process (the runner runs one engine): its state is the
@@ -24,6 +28,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -55,6 +60,7 @@ static struct repl {
   char *histfile;
   EditLine *el;                /* with R.edit */
   History *hist;
+  locale_t loc;                /* LC_CTYPE for libedit, or (locale_t) 0 */
   struct braid_interceptor ic; /* Ctrl-C: the prompt's or the entry's */
   struct braid_session session;
 } R = {.entry_ref = LUA_NOREF};
@@ -74,6 +80,16 @@ static void read_done (int result) {
   R.result = result;
   read_stop();
   braid_resume(op, 0);
+}
+
+/* Around calls into libedit: its LC_CTYPE is current; edit_enter returns
+** the locale to restore. */
+static locale_t edit_enter (void) {
+  return R.loc ? uselocale(R.loc) : (locale_t) 0;
+}
+
+static void edit_leave (locale_t old) {
+  if (R.loc) uselocale(old);
 }
 
 /* Edit mode: one key (or key sequence) from fd 0 to libedit. el_gets
@@ -157,7 +173,9 @@ static void poll_cb (uv_poll_t *h, int status, int events) {
     return;
   }
   if (R.edit) {
+    locale_t old = edit_enter();
     int r = edit_key();
+    edit_leave(old);
     if (r != READ_NONE) read_done(r);
   } else {
     int r = acc_fill();
@@ -200,7 +218,11 @@ static int readline_k (lua_State *L, braid_op_t *op) {
 static int readline_start (braid_op_t *op, void *ud) {
   (void) ud;
   R.reader = op;
-  if (R.edit) el_set(R.el, EL_UNBUFFERED, 1);   /* raw; shows the prompt */
+  if (R.edit) {
+    locale_t old = edit_enter();
+    el_set(R.el, EL_UNBUFFERED, 1);   /* raw; shows the prompt */
+    edit_leave(old);
+  }
   return uv_poll_start(&R.poll, UV_READABLE, poll_cb);
 }
 
@@ -235,9 +257,11 @@ static int repl_hide (void) {
   fflush(stdout);
   fflush(stderr);
   if (R.edit) {
+    locale_t old = edit_enter();
     const LineInfo *li = el_line(R.el);
     int cols = 0, up;
     el_get(R.el, EL_GETTC, "co", &cols);
+    edit_leave(old);
     if (cols <= 0) cols = 80;
     up = (int) ((strlen(R.prompt) + (size_t) (li->cursor - li->buffer)) /
                 (size_t) cols);
@@ -259,8 +283,11 @@ static void repl_show (int at_line_start) {
   fflush(stderr);
   if (!at_line_start) fputc('\n', stdout);
   fflush(stdout);
-  if (R.edit) el_set(R.el, EL_REFRESH);
-  else {
+  if (R.edit) {
+    locale_t old = edit_enter();
+    el_set(R.el, EL_REFRESH);
+    edit_leave(old);
+  } else {
     fputs(R.prompt, stdout);
     fflush(stdout);
   }
@@ -453,8 +480,13 @@ static int l_repl_open (lua_State *L) {
   if (flags != -1) fcntl(0, F_SETFL, flags);   /* keep fd 0 blocking */
   if (R.pollable && isatty(0) && isatty(1) && term && *term &&
       strcmp(term, "dumb") != 0 && tcgetattr(0, &tio) == 0 &&
-      (tio.c_lflag & ECHO))
+      (tio.c_lflag & ECHO)) {
+    locale_t old;
+    R.loc = newlocale(LC_CTYPE_MASK, "", (locale_t) 0);   /* none: "C" */
+    old = edit_enter();
     R.edit = edit_open();
+    edit_leave(old);
+  }
   if (R.edit && home && *home) {
     size_t n = strlen(home) + sizeof "/.braid_history";
     R.histfile = braid__malloc(n);   /* none: no history file */
@@ -486,8 +518,10 @@ static int l_repl_close (lua_State *L) {
   }
   if (R.el) el_end(R.el);   /* the terminal as it was */
   if (R.hist) history_end(R.hist);
+  if (R.loc) freelocale(R.loc);
   R.el = NULL;
   R.hist = NULL;
+  R.loc = (locale_t) 0;
   free(R.histfile);
   free(R.acc);
   free(R.line);
