@@ -420,6 +420,31 @@ describe("the REPL (braid on a terminal)", function()
     assert.are.equal(0, status, out)
   end)
 
+  -- the prompt's line was cleared from as many rows up as its bytes (not
+  -- its columns) filled: 60 'é' on a 100-column line went one row up and
+  -- erased the line above
+  it("redraws a UTF-8 line when a background task prints, from its own row", function()
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
+    local out, ok = repl({
+      {"expect", PROMPT},
+      {"send", on_touch(flag, 'print("tick")') .. "\\r"},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", "x = '" .. ("\\xc3\\xa9"):rep(60)},
+      {"expect", "\\xa9$"},
+      {"touch", flag},
+      {"expect", "tick\\r\\n> x = '", 5},
+      {"send", "'\\r"},
+      {"expect", "> $"},
+      {"send", "#x\\r"},
+      {"expect", "\\r\\n120\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {env = {"LC_ALL=C.UTF-8"}})
+    assert.is_true(ok, out)
+    assert.not_matches("\\x1b[1A", out, 1, true)   -- no row up
+  end)
+
   -- el_gets answers NULL both for a key that leaves the line empty and for
   -- a failed read: only the second ends the session
   it("goes on after a key that leaves the line empty (backspace, up with no history)", function()

@@ -26,6 +26,7 @@
 **   static `R`. This file is linked into build/braid only, never into
 **   braid.so, so the module does not depend on libedit.
 */
+#define _GNU_SOURCE   /* wcswidth */
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
@@ -36,6 +37,7 @@
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
+#include <wchar.h>
 #include <histedit.h>
 #include "core/prim.h"
 
@@ -258,13 +260,14 @@ static int repl_hide (void) {
   fflush(stderr);
   if (R.edit) {
     locale_t old = edit_enter();
-    const LineInfo *li = el_line(R.el);
-    int cols = 0, up;
+    const LineInfoW *li = el_wline(R.el);
+    int n = (int) (li->cursor - li->buffer), cols = 0, up;
+    int w = wcswidth(li->buffer, (size_t) n);   /* columns, not bytes */
     el_get(R.el, EL_GETTC, "co", &cols);
     edit_leave(old);
+    if (w < 0) w = n;
     if (cols <= 0) cols = 80;
-    up = (int) ((strlen(R.prompt) + (size_t) (li->cursor - li->buffer)) /
-                (size_t) cols);
+    up = (int) (strlen(R.prompt) + (size_t) w) / cols;
     if (up > 0) printf("\033[%dA", up);
     fputs("\r\033[J", stdout);
   } else {
