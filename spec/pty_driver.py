@@ -58,7 +58,22 @@ def main():
     for n, step in enumerate(steps, 1):
         op = step[0]
         if op == "send":
-            os.write(fd, unescape(step[1]))
+            # a long text is written as the program takes it, reading its
+            # output meanwhile: a blocking write of all of it could wait
+            # forever on a program that waits for its echo to be read
+            data = unescape(step[1])
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            try:
+                while data:
+                    try:
+                        data = data[os.write(fd, data):]
+                    except BlockingIOError:
+                        pass
+                    if data and pump(0.05) < 0:
+                        break
+            finally:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         elif op == "expect":
             rx = re.compile(step[1].encode("latin-1"), re.S)
             limit = time.time() + float(step[2] if len(step) > 2 else 10)

@@ -22,8 +22,9 @@ end
 -- repl(steps, [opts]) -> transcript, ok, status: plays the steps (see
 -- spec/pty_driver.py; each a list {op, arg, secs}) against `braid
 -- [opts.args]` on a terminal, with HOME = opts.home (a fresh directory by
--- default) and TERM = opts.term ("xterm"). The sanitizer settings of
--- RUN_ENV apply to braid only, not to python.
+-- default) and TERM = opts.term ("xterm"), and the variables of opts.env
+-- ({"NAME=value", ...}). The sanitizer settings of RUN_ENV apply to braid
+-- only, not to python.
 local function repl(steps, opts)
   opts = opts or {}
   local lines = {}
@@ -34,6 +35,7 @@ local function repl(steps, opts)
   f:close()
   local home = opts.home or tmpdir()
   local env = {"env", "HOME=" .. q(home), "TERM=" .. (opts.term or "xterm")}
+  for _, v in ipairs(opts.env or {}) do env[#env + 1] = q(v) end
   for v in RUN_ENV:gmatch("%S+") do env[#env + 1] = q(v) end
   local cmd = "env -u LD_PRELOAD timeout 60 python3 " .. DRIVER .. " " ..
               q(scenario) .. " -- " .. table.concat(env, " ") .. " " ..
@@ -371,6 +373,95 @@ describe("the REPL (braid on a terminal)", function()
     os.remove(p)
     os.remove((p:gsub("%.lua$", "")))
     assert.is_true(ok, out)
+  end)
+
+  -- libedit's readline-compatible layer (3.1-20221030) wrote through a
+  -- stale rl_line_buffer once a line outgrew its 1 KB conversion buffer:
+  -- a pasted line of a few KB aborted the session with heap corruption
+  it("takes a pasted line of 5000 and of 20000 characters, and goes on", function()
+    local home = tmpdir()
+    local out, ok, status = repl({
+      {"expect", PROMPT},
+      {"send", "return #'" .. ("x"):rep(5000) .. "'\\r"},
+      {"expect", "\\r\\n5000\\r\\n> $", 20},
+      {"send", "s = '" .. ("y"):rep(19989) .. "' return #s\\r"},
+      {"expect", "\\r\\n19989\\r\\n> $", 30},
+      {"send", "\\x1b[A"},     -- up: the 20000-character line from the history
+      {"send", "\\x01\\x1b[3~\\x1b[3~\\x1b[3~\\x1b[3~"},   -- at its start, delete 's = '
+      {"send", "t = \\r"},
+      {"expect", "\\r\\n19989\\r\\n> $", 30},
+      {"send", "#t + 1\\r"},
+      {"expect", "\\r\\n19990\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {home = home})
+    local f = io.open(home .. "/.braid_history")
+    local saved = f and f:read("a") or ""
+    if f then f:close() end
+    os.execute("rm -rf " .. q(home))
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+    assert.matches(("y"):rep(19989), saved, 1, true)
+  end)
+
+  -- braid never calls setlocale: in the "C" locale libedit dropped every
+  -- byte above 127 as it was typed
+  it("takes UTF-8 text (a pasted line of 3000 'é') in a UTF-8 locale", function()
+    local out, ok, status = repl({
+      {"expect", PROMPT},
+      {"send", "s = '" .. ("\\xc3\\xa9"):rep(3000) .. "' return #s\\r"},
+      {"expect", "\\r\\n6000\\r\\n> $", 30},
+      {"send", "s:sub(1, 2) == '\\xc3\\xa9'\\r"},
+      {"expect", "\\r\\ntrue\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {env = {"LC_ALL=C.UTF-8"}})
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+  end)
+
+  -- the prompt's line was cleared from as many rows up as its bytes (not
+  -- its columns) filled: 60 'é' on a 100-column line went one row up and
+  -- erased the line above
+  it("redraws a UTF-8 line when a background task prints, from its own row", function()
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
+    local out, ok = repl({
+      {"expect", PROMPT},
+      {"send", on_touch(flag, 'print("tick")') .. "\\r"},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", "x = '" .. ("\\xc3\\xa9"):rep(60)},
+      {"expect", "\\xa9$"},
+      {"touch", flag},
+      {"expect", "tick\\r\\n> x = '", 5},
+      {"send", "'\\r"},
+      {"expect", "> $"},
+      {"send", "#x\\r"},
+      {"expect", "\\r\\n120\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, {env = {"LC_ALL=C.UTF-8"}})
+    assert.is_true(ok, out)
+    assert.not_matches("\\x1b[1A", out, 1, true)   -- no row up
+  end)
+
+  -- el_gets answers NULL both for a key that leaves the line empty and for
+  -- a failed read: only the second ends the session
+  it("goes on after a key that leaves the line empty (backspace, up with no history)", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "a"},
+      {"expect", "a$"},
+      {"send", "\\x7f"},
+      {"expect", "\\x1b\\[K$"},
+      {"send", "\\x1b[A"},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $"},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
   end)
 
   it("works without line editing when TERM=dumb", function()

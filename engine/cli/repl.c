@@ -1,30 +1,44 @@
 /*
 ** repl.c: the interactive session of the braid command (`braid` on a
 ** terminal, `braid -i`): reading input from the loop, line editing with
-** libedit's readline-compatible callback interface, keeping the partly
-** typed line intact while tasks print, Ctrl-C, and history. The session
-** itself (prompts, evaluation, printing values) is lua/repl.lua, the root
-** task's body; this file gives it `repl`, a table of C functions.
+** libedit (its own interface, el_gets in unbuffered mode), keeping the
+** partly typed line intact while tasks print, Ctrl-C, and history. The
+** session itself (prompts, evaluation, printing values) is lua/repl.lua,
+** the root task's body; this file gives it `repl`, a table of C functions.
 **
 ** Invariants:
 ** - Input is read only from the loop: a uv_poll_t on fd 0 is active (and
 **   keeps the loop alive) only while the root task waits in repl.readline;
-**   libedit's handler is installed (terminal in raw mode) exactly as long.
+**   libedit is in unbuffered mode (terminal in raw mode) exactly as long.
+** - libedit's readline-compatible layer is not used: in libedit
+**   3.1-20221030 its rl_callback_read_char writes a '\0' through
+**   rl_line_buffer after el_gets may have moved the buffer that pointer
+**   points into (a line of about 1 KB, 2 KB, ... crossing the size of
+**   libedit's conversion buffer): heap corruption on a long or pasted line.
+**   el_gets returns that buffer itself, valid until the next call.
+** - libedit runs in the user's LC_CTYPE (from the environment), made the
+**   thread's own around its calls only (edit_enter, edit_leave): braid
+**   never calls setlocale, and in the "C" locale libedit dropped every
+**   byte above 127 as it was typed (UTF-8 text lost its non-ASCII).
 ** - fd 0 keeps its blocking mode: uv_poll_init makes it non-blocking, which
 **   on a terminal would also make stdout non-blocking, so it is restored.
 ** - One session per process (the runner runs one engine): its state is the
 **   static `R`. This file is linked into build/braid only, never into
 **   braid.so, so the module does not depend on libedit.
 */
+#define _GNU_SOURCE   /* wcswidth */
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
-#include <editline/readline.h>
+#include <wchar.h>
+#include <histedit.h>
 #include "core/prim.h"
 
 extern const char braid__repl_source[];
@@ -46,6 +60,9 @@ static struct repl {
   braid_task_t *entry;         /* the entry running now, anchored */
   int entry_ref;
   char *histfile;
+  EditLine *el;                /* with R.edit */
+  History *hist;
+  locale_t loc;                /* LC_CTYPE for libedit, or (locale_t) 0 */
   struct braid_interceptor ic; /* Ctrl-C: the prompt's or the entry's */
   struct braid_session session;
 } R = {.entry_ref = LUA_NOREF};
@@ -54,7 +71,7 @@ static struct repl {
 
 static void read_stop (void) {
   if (R.pollable) uv_poll_stop(&R.poll);
-  if (R.edit) rl_callback_handler_remove();   /* the terminal is cooked */
+  if (R.edit) el_set(R.el, EL_UNBUFFERED, 0);   /* the terminal is cooked */
   R.reader = NULL;
   R.hidden = 0;
 }
@@ -67,9 +84,40 @@ static void read_done (int result) {
   braid_resume(op, 0);
 }
 
-static void line_cb (char *line) {
-  R.line = line;
-  R.result = line ? READ_LINE : READ_EOF;
+/* Around calls into libedit: its LC_CTYPE is current; edit_enter returns
+** the locale to restore. */
+static locale_t edit_enter (void) {
+  return R.loc ? uselocale(R.loc) : (locale_t) 0;
+}
+
+static void edit_leave (locale_t old) {
+  if (R.loc) uselocale(old);
+}
+
+/* Edit mode: one key (or key sequence) from fd 0 to libedit. el_gets
+** returns the whole line so far: ending with a newline when the line is
+** entered, a lone ^D when Ctrl-D came on an empty line; NULL when the line
+** is empty (a key that left it so), also when the read failed: then errno
+** says so, or fd 0 is hung up. */
+static int edit_key (void) {
+  int n = 0;
+  const char *s;
+  errno = 0;
+  s = el_gets(R.el, &n);
+  if (s == NULL || n <= 0) {
+    struct pollfd p = {0, POLLIN, 0};
+    if ((errno != 0 && errno != EINTR && errno != EAGAIN) ||
+        (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL))))
+      return READ_EOF;
+    return READ_NONE;
+  }
+  if (n == 1 && s[0] == '\004') return READ_EOF;
+  if (s[n - 1] != '\n' && s[n - 1] != '\r') return READ_NONE;
+  R.line = braid__malloc((size_t) n);
+  if (R.line == NULL) return READ_NOMEM;
+  memcpy(R.line, s, (size_t) n - 1);
+  R.line[n - 1] = '\0';
+  return READ_LINE;
 }
 
 /* Plain mode: takes one line out of the accumulator, if it holds one
@@ -127,9 +175,10 @@ static void poll_cb (uv_poll_t *h, int status, int events) {
     return;
   }
   if (R.edit) {
-    R.result = READ_NONE;
-    rl_callback_read_char();
-    if (R.result != READ_NONE) read_done(R.result);
+    locale_t old = edit_enter();
+    int r = edit_key();
+    edit_leave(old);
+    if (r != READ_NONE) read_done(r);
   } else {
     int r = acc_fill();
     if (r != READ_NONE) read_done(r);
@@ -171,7 +220,11 @@ static int readline_k (lua_State *L, braid_op_t *op) {
 static int readline_start (braid_op_t *op, void *ud) {
   (void) ud;
   R.reader = op;
-  if (R.edit) rl_callback_handler_install(R.prompt, line_cb);
+  if (R.edit) {
+    locale_t old = edit_enter();
+    el_set(R.el, EL_UNBUFFERED, 1);   /* raw; shows the prompt */
+    edit_leave(old);
+  }
   return uv_poll_start(&R.poll, UV_READABLE, poll_cb);
 }
 
@@ -206,10 +259,15 @@ static int repl_hide (void) {
   fflush(stdout);
   fflush(stderr);
   if (R.edit) {
-    int rows = 0, cols = 0, up;
-    rl_get_screen_size(&rows, &cols);
+    locale_t old = edit_enter();
+    const LineInfoW *li = el_wline(R.el);
+    int n = (int) (li->cursor - li->buffer), cols = 0, up;
+    int w = wcswidth(li->buffer, (size_t) n);   /* columns, not bytes */
+    el_get(R.el, EL_GETTC, "co", &cols);
+    edit_leave(old);
+    if (w < 0) w = n;
     if (cols <= 0) cols = 80;
-    up = (int) (strlen(R.prompt) + (size_t) rl_point) / cols;
+    up = (int) (strlen(R.prompt) + (size_t) w) / cols;
     if (up > 0) printf("\033[%dA", up);
     fputs("\r\033[J", stdout);
   } else {
@@ -228,8 +286,11 @@ static void repl_show (int at_line_start) {
   fflush(stderr);
   if (!at_line_start) fputc('\n', stdout);
   fflush(stdout);
-  if (R.edit) rl_forced_update_display();
-  else {
+  if (R.edit) {
+    locale_t old = edit_enter();
+    el_set(R.el, EL_REFRESH);
+    edit_leave(old);
+  } else {
     fputs(R.prompt, stdout);
     fflush(stdout);
   }
@@ -269,8 +330,8 @@ static int entry_cancel_p (lua_State *L) {
 static int repl_intercept (struct braid_interceptor *ic, int signum) {
   if (signum != SIGINT) return 0;   /* SIGTERM, SIGHUP: end the session */
   if (R.reader) {
-    if (R.edit) rl_replace_line("", 0);
     R.acc_n = 0;   /* the terminal driver drops typed-ahead input too */
+    /* (the edited line: the next prompt's unbuffered mode starts empty) */
     read_done(READ_INTR);
     fputs(R.edit ? "^C\n" : "\n", stdout);   /* the terminal echoed ^C */
     fflush(stdout);
@@ -343,14 +404,67 @@ static int l_repl_report (lua_State *L) {
 /* repl.add_history(line): keeps the line in the history file. */
 static int l_repl_add_history (lua_State *L) {
   const char *line = luaL_checkstring(L, 1);
+  HistEvent ev;
   if (!R.edit || line[strspn(line, " \t")] == '\0') return 0;
-  if (history_length > 0) {
-    HIST_ENTRY *last = history_get(history_base + history_length - 1);
-    if (last && strcmp(last->line, line) == 0) return 0;
-  }
-  add_history(line);
-  if (R.histfile) write_history(R.histfile);
+  if (history(R.hist, &ev, H_FIRST) == 0 && strcmp(ev.str, line) == 0)
+    return 0;   /* the same as the last one */
+  history(R.hist, &ev, H_ENTER, line);
+  if (R.histfile) history(R.hist, &ev, H_SAVE, R.histfile);
   return 0;
+}
+
+static char *edit_prompt (EditLine *el) {
+  (void) el;
+  return R.prompt;
+}
+
+/* ^Z: the terminal as it was while the process is stopped. */
+static unsigned char edit_stop (EditLine *el, int ch) {
+  (void) ch;
+  el_set(el, EL_PREP_TERM, 0);
+  kill(0, SIGTSTP);
+  el_set(el, EL_PREP_TERM, 1);
+  return CC_REDISPLAY;
+}
+
+/* Sets up libedit and the history as its readline-compatible layer did
+** (emacs keys, those layer's extra bindings, ~/.editrc last); returns 0
+** when libedit cannot edit here (the session reads plainly). Signals stay
+** the loop's; Tab inserts a tab (pasted code keeps its indentation). */
+static int edit_open (void) {
+  static const char *const binds[][2] = {
+    {"^R", "em-inc-search-prev"}, {"^I", "ed-insert"},
+    {"^Z", "braid-stop"},
+    {"\\e[1~", "ed-move-to-beg"}, {"\\e[4~", "ed-move-to-end"},
+    {"\\e[7~", "ed-move-to-beg"}, {"\\e[8~", "ed-move-to-end"},
+    {"\\e[H", "ed-move-to-beg"}, {"\\e[F", "ed-move-to-end"},
+    {"\\e[3~", "ed-delete-next-char"}, {"\\e[2~", "ed-quoted-insert"},
+    {"\\e[1;5C", "em-next-word"}, {"\\e[1;5D", "ed-prev-word"},
+    {"\\e[5C", "em-next-word"}, {"\\e[5D", "ed-prev-word"},
+    {"\\e\\e[C", "em-next-word"}, {"\\e\\e[D", "ed-prev-word"},
+  };
+  HistEvent ev;
+  size_t i;
+  R.el = el_init("braid", stdin, stdout, stderr);
+  R.hist = history_init();
+  if (R.el == NULL || R.hist == NULL) {
+    if (R.el) el_end(R.el);
+    if (R.hist) history_end(R.hist);
+    R.el = NULL;
+    R.hist = NULL;
+    return 0;
+  }
+  history(R.hist, &ev, H_SETSIZE, 1000);
+  el_set(R.el, EL_HIST, history, R.hist);
+  el_set(R.el, EL_SIGNAL, 0);   /* SIGINT is the loop's */
+  el_set(R.el, EL_PROMPT, edit_prompt);
+  el_set(R.el, EL_EDITOR, "emacs");
+  /* (el_set would copy the two strings and never free them) */
+  el_wset(R.el, EL_ADDFN, L"braid-stop", L"stop braid (SIGTSTP)", edit_stop);
+  for (i = 0; i < sizeof binds / sizeof binds[0]; i++)
+    el_set(R.el, EL_BIND, binds[i][0], binds[i][1], NULL);
+  el_source(R.el, NULL);
+  return 1;
 }
 
 /* repl.open() -> "edit" | "plain": starts the session in the running root
@@ -359,6 +473,7 @@ static int l_repl_open (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
   const char *term = getenv("TERM"), *home = getenv("HOME");
   int flags = fcntl(0, F_GETFL);
+  struct termios tio;
   if (R.open) return luaL_error(L, "repl.open: the session is open");
   memset(&R, 0, sizeof R);
   R.entry_ref = LUA_NOREF;
@@ -367,21 +482,21 @@ static int l_repl_open (lua_State *L) {
   R.pollable = uv_poll_init(braid_loop(E), &R.poll, 0) == 0;
   if (flags != -1) fcntl(0, F_SETFL, flags);   /* keep fd 0 blocking */
   if (R.pollable && isatty(0) && isatty(1) && term && *term &&
-      strcmp(term, "dumb") != 0) {
-    rl_catch_signals = 0;   /* SIGINT is the loop's */
-    rl_readline_name = "braid";
-    if (rl_initialize() == 0) R.edit = 1;
+      strcmp(term, "dumb") != 0 && tcgetattr(0, &tio) == 0 &&
+      (tio.c_lflag & ECHO)) {
+    locale_t old;
+    R.loc = newlocale(LC_CTYPE_MASK, "", (locale_t) 0);   /* none: "C" */
+    old = edit_enter();
+    R.edit = edit_open();
+    edit_leave(old);
   }
-  if (R.edit) {
-    using_history();
-    stifle_history(1000);
-    if (home && *home) {
-      size_t n = strlen(home) + sizeof "/.braid_history";
-      R.histfile = braid__malloc(n);   /* none: no history file */
-      if (R.histfile) {
-        snprintf(R.histfile, n, "%s/.braid_history", home);
-        read_history(R.histfile);
-      }
+  if (R.edit && home && *home) {
+    size_t n = strlen(home) + sizeof "/.braid_history";
+    R.histfile = braid__malloc(n);   /* none: no history file */
+    if (R.histfile) {
+      HistEvent ev;
+      snprintf(R.histfile, n, "%s/.braid_history", home);
+      history(R.hist, &ev, H_LOAD, R.histfile);
     }
   }
   /* Ctrl-C goes to the prompt or the running entry first; the session
@@ -400,7 +515,16 @@ static int l_repl_close (lua_State *L) {
   if (!R.open) return 0;
   if (R.reader) read_stop();
   if (R.pollable) uv_close((uv_handle_t *) &R.poll, NULL);
-  if (R.histfile) write_history(R.histfile);
+  if (R.histfile) {
+    HistEvent ev;
+    history(R.hist, &ev, H_SAVE, R.histfile);
+  }
+  if (R.el) el_end(R.el);   /* the terminal as it was */
+  if (R.hist) history_end(R.hist);
+  if (R.loc) freelocale(R.loc);
+  R.el = NULL;
+  R.hist = NULL;
+  R.loc = (locale_t) 0;
   free(R.histfile);
   free(R.acc);
   free(R.line);
