@@ -315,6 +315,21 @@ describe("braid (the runner)", function()
     assert.are.equal(150, each)
   end)
 
+  it("places a spawn called through C (pcall) at the Lua line that made the call", function()
+    local p = h.script(table.concat({
+      "pcall(braid.gather, function() error('first', 0) end,",   -- 1
+      "  function() pcall(braid.sleep, 1) error('cleanup', 0) end)",
+      "pcall(braid.spawn, function() error('second', 0) end)",    -- 3
+    }, "\n") .. "\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code)
+    assert.matches("error while cancelling: cleanup", err, 1, true)
+    assert.matches("spawned at " .. p .. ":1 (in braid.gather", err, 1, true)
+    assert.matches("spawned at " .. p .. ":3", err, 1, true)
+    assert.is_nil(err:find("spawned at [C]", 1, true), err)
+  end)
+
   it("prints braid's own errors as a one-line message (tostring), e.g. a timeout", function()
     local p = h.script([[braid.timeout(0.01, function() braid.sleep(5) end)]])
     local out, err, code = run(q(p))

@@ -348,6 +348,7 @@ void braid__task_drain(braid_engine_t *E);
 void braid__task_kick(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
 const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
+int braid__push_spawner(lua_State *L);
 const char *braid__task_where(lua_State *L, struct braid_task *t);
 
 /* ---- errors ---- */

@@ -341,7 +341,6 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
                       int map, const char *fname) {
   struct braid_task *t = braid__task_current(L, fname);
   struct braid_group *g;
-  lua_Debug ar;
   int i, slots, limit = 0;
   uint64_t timeout = BRAID_NEVER, grace = braid__scope_grace(braid__task_inner(t));
   /* Every option is checked before the group's scope is pushed: raising
@@ -419,10 +418,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       lua_rawseti(L, -2, i);
     }
   }
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
-    g->line = ar.currentline;
+  if ((g->line = braid__push_spawner(L)) >= 0)
     lua_setfield(L, -2, "site");
-  }
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* the deadline's struct first: a grace period after it cannot fail */
   if ((timeout != BRAID_NEVER &&

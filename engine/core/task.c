@@ -85,6 +85,21 @@ const char *braid__task_where (lua_State *L, struct braid_task *t) {
   return lua_tostring(L, -1);
 }
 
+/* Pushes the function that called the running C function, and returns
+** the line of the call; past C callers (pcall(braid.spawn, f)) to the
+** Lua code that made the call, whose line a report can show. Pushes
+** nothing and returns -1 when there is none. */
+int braid__push_spawner (lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "fl", &ar);
+    if (ar.currentline > 0) return ar.currentline;
+    lua_pop(L, 1);
+  }
+  return -1;
+}
+
 /* Creates a task that will run the callable at fidx with the nargs values
 ** after it, as a member of `into`; leaves the task object on the stack.
 ** [-0, +1, m] */
@@ -92,7 +107,6 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
                                       int fidx, int nargs) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t;
-  lua_Debug ar;
   int i;
   /* Its cleanup (the <close> handlers abandon_reset runs) could not wait
   ** for a member, and the scope goes when the cleanup ends. */
@@ -119,10 +133,8 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->nargs = nargs;
   t->status = TASK_PENDING;
   braid__list_init(&t->watchers);
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
-    t->line = ar.currentline;   /* the file is found from the function */
+  if ((t->line = braid__push_spawner(L)) >= 0)   /* the file: from it */
     lua_setiuservalue(L, -2, 3);
-  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
   lua_rawgeti(L, -1, 0);   /* braid.Task, kept there: no lookup by name */
   lua_setmetatable(L, -3);
