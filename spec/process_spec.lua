@@ -22,6 +22,16 @@ describe("braid.process", function()
     assert.are.same({0, nil}, {p:wait()})
   end))
 
+  it("write(...) writes every argument, strings and numbers, as file:write does", h.run(function()
+    local p <close> = braid.process({"cat"})
+    assert.are.equal(p, p:write("a", "b", 1, "\n"))
+    p:close_stdin()
+    assert.are.equal("ab1\n", p:read())
+    local ok, e = pcall(p.write, p, "a", {})
+    assert.is_false(ok)
+    assert.matches("string expected", tostring(e))
+  end))
+
   it("iterates over stdout with lines()", h.run(function()
     local p <close> = braid.process({"sh", "-c", "printf '1\\n\\n3\\n'"})
     local got = {}

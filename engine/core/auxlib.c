@@ -30,6 +30,13 @@ int braid__call_wrapped (lua_State *L, int nargs) {
   return lua_gettop(L);
 }
 
+void braid__write_args (lua_State *L, const char *fname) {
+  int i, n = lua_gettop(L);
+  for (i = 2; i <= n || i == 2; i++)
+    if (!lua_isstring(L, i)) braid_argerror(L, i, fname, "string expected");
+  if (n > 2) lua_concat(L, n - 1);   /* no metamethod: all are strings */
+}
+
 int braid__is_callable (lua_State *L, int idx) {
   if (lua_isfunction(L, idx)) return 1;
   if (luaL_getmetafield(L, idx, "__call") == LUA_TNIL) return 0;

@@ -96,6 +96,10 @@ uint64_t braid__opt_seconds(lua_State *L, int idx, const char *key,
 
 /* Is the value at idx callable (a function, or has __call)? */
 int braid__is_callable(lua_State *L, int idx);
+/* x:write(s, ...): the strings or numbers from index 2 on, joined into one
+** string at 2 (as Lua's file:write writes every argument), or a usage
+** error naming fname. */
+void braid__write_args(lua_State *L, const char *fname);
 
 /* Pushes a new table with weak keys. [-0, +1, m] */
 void braid__push_weak_table(lua_State *L);

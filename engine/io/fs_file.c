@@ -408,7 +408,7 @@ static int l_file_write (lua_State *L) {
   size_t len;
   const char *s;
   int rc;
-  braid__check_type(L, 2, LUA_TSTRING, "file:write");
+  braid__write_args(L, "file:write");
   s = lua_tolstring(L, 2, &len);
   lua_settop(L, 2);
   if (f->busy) return file_adopt(L, f, "file:write", file_write_again_k);

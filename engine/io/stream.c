@@ -594,7 +594,7 @@ int braid__stream_write (lua_State *L, struct braid_stream *s,
   struct stream_req *r;
   int rc;
   braid_check_task(L, fname);
-  if (!lua_isstring(L, 2)) braid_argerror(L, 2, fname, "string expected");
+  braid__write_args(L, fname);
   data = lua_tolstring(L, 2, &len);
   lua_settop(L, 2);
   stream_check_live(L, s, fname);
