@@ -51,6 +51,31 @@ local function closed_reaches(w, n)
   return true
 end
 
+-- Runs scenario (a chunk taking braid and emit, run as the root task) in
+-- a braid subprocess under a hard timeout -> stdout (the lines emitted),
+-- stderr, exit code. Under TSan (the cross-thread hook is what it should
+-- see) a child process dies at once: it runs here, stderr unseen.
+local function run_scenario(scenario)
+  if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
+    local out = {}
+    braid.run(function()
+      assert(load(scenario))(braid, function(...)
+        local t = table.pack(...)
+        for i = 1, t.n do t[i] = tostring(t[i]) end
+        out[#out + 1] = table.concat(t, "\t", 1, t.n) .. "\n"
+      end)
+    end)
+    return table.concat(out), "", 0
+  end
+  local script = helper.script(("assert(load(%q))(require 'braid', print)\n")
+                               :format(scenario))   -- the runner's root task
+  local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
+                                   (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                   os.getenv("BRAID_BIN") .. " " .. script)
+  os.remove(script)
+  return out, err, code
+end
+
 -- Calls f(...), which must raise; returns the error.
 local function fails(f, ...)
   local ok, e = pcall(f, ...)
@@ -313,31 +338,39 @@ describe("braid.worker", function()
       local ok, e = t:await()
       emit("close", tostring(w), braid.now() - t0 < 10, ok, e.kind)
     ]=]
-    local want = "spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
-                 "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n"
-    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
-      -- under TSan (the cross-thread hook is what it should see) a child
-      -- process dies at once: run it here
-      local out = {}
-      braid.run(function()
-        assert(load(scenario))(braid, function(...)
-          local t = table.pack(...)
-          for i = 1, t.n do t[i] = tostring(t[i]) end
-          out[#out + 1] = table.concat(t, "\t", 1, t.n) .. "\n"
-        end)
-      end)
-      assert.are.equal(want, table.concat(out))
-      return
-    end
-    -- a subprocess under a hard timeout: without the fix it never ends
-    local script = helper.script(("assert(load(%q))(require 'braid', print)\n")
-                                 :format(scenario))   -- the runner's root task
-    local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
-                                     (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
-                                     os.getenv("BRAID_BIN") .. " " .. script)
-    os.remove(script)
+    local out, err, code = run_scenario(scenario)
     assert.are.equal(0, code, err)
-    assert.are.equal(want, out)
+    assert.are.equal("spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
+                     "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n", out)
+  end)
+
+  -- A call's task cancelled before its first resume (queued behind one
+  -- that spins, or stopped by close) had its cancel taken, so nothing
+  -- hooked it again: its body spun until the grace period abandoned it.
+  it("cancels at once a spinning call cancelled before it started", function()
+    local out, err, code = run_scenario([=[
+      local braid, emit = ...
+      local SRC = "return {spin = function() while true do end end}"
+      local w = braid.worker(SRC, {grace = 5})
+      local a = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      local b = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      a:cancel(); b:cancel(); a:await(); b:await()
+      w:close()
+      emit("cancel", braid.now() - t0 < 2)
+      w = braid.worker(SRC, {grace = 5})
+      a = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      b = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      braid.sleep(0.1)
+      t0 = braid.now()
+      a:cancel()
+      w:close()
+      emit("close", braid.now() - t0 < 2, select(2, b:await()).kind)
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal("cancel\ttrue\nclose\ttrue\tclosed\n", out)
+    assert.is_nil(err:find("abandoned"), err)
   end)
 
   it("close cancels calls in flight (kind closed) and refuses new ones", run(function()
