@@ -195,6 +195,13 @@ describe("braid.worker", function()
     assert(ok, err)
   end))
 
+  -- The chunk crossed as a C string: one holding a zero byte (Lua loads
+  -- it) was refused as "not enough memory".
+  it("loads a chunk holding a zero byte", run(function()
+    local w <close> = braid.worker("return {f = function() return 'a\0b' end}")
+    assert.equal("a\0b", w:call("f"))
+  end))
+
   it("refuses os.exit inside a worker: the call fails, the process and the worker go on",
      run(function()
     local w <close> = braid.worker([[return {

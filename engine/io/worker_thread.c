@@ -385,7 +385,7 @@ static int wk_boot_p (lua_State *L) {
       lua_call(L, 0, 1);
       break;
     default:
-      rc = luaL_loadbufferx(L, w->source, strlen(w->source), "=worker", "t");
+      rc = luaL_loadbufferx(L, w->source, w->source_len, "=worker", "t");
       if (rc != LUA_OK) return lua_error(L);
       lua_call(L, 0, 1);
   }
