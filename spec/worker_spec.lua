@@ -25,17 +25,19 @@ local SRC <const> = [[
     tboom = function() error({code = 7}) end,
     timeout = function() braid.timeout(0.01, braid.sleep, 10) end,
     fn = function() return print end,
-    guarded = function()
+    guarded = function(started)
       local c <close> = setmetatable({}, {__close = function()
         closed = closed + 1 end})
+      if started then started:send(true) end
       braid.sleep(60)
     end,
     closed = function() return closed end,
     spin = function() local i = 0 while true do i = i + 1 end end,
     fail_on2 = function(x) if x == 2 then error("two") end braid.sleep(60) end,
-    spin_guarded = function()
+    spin_guarded = function(started)
       local c <close> = setmetatable({}, {__close = function()
         closed = closed + 1 end})
+      if started then started:send(true) end
       local i = 0 while true do i = i + 1 end
     end,
   }
@@ -74,6 +76,19 @@ local function run_scenario(scenario)
                                    os.getenv("BRAID_BIN") .. " " .. script)
   os.remove(script)
   return out, err, code
+end
+
+-- Calls fname(started) in w and cancels the caller once the call's body
+-- has begun (it sends on the shared channel started): a call cancelled
+-- before its body began never runs it. Returns the caller's error.
+local function cancel_started(w, fname)
+  local started = braid.channel(1, {shared = true})
+  local t = braid.spawn(function() return pcall(w.call, w, fname, started) end)
+  started:recv()
+  t:cancel()
+  local ok, e = t:await()
+  assert.is_false(ok)
+  return e
 end
 
 -- Calls f(...), which must raise; returns the error.
@@ -256,8 +271,7 @@ describe("braid.worker", function()
 
   it("cancels the worker's task when the caller is cancelled; its <close> runs", run(function()
     local w <close> = braid.worker(SRC)
-    local e = fails(braid.timeout, 0.05, w.call, w, "guarded")
-    assert.is_true(braid.is_timeout(e))
+    assert.is_true(braid.is_cancelled(cancel_started(w, "guarded")))
     assert.is_true(closed_reaches(w, 1))
   end))
 
@@ -288,12 +302,17 @@ describe("braid.worker", function()
       braid.run(function()
       local w <close> = braid.worker([[
         local braid = require "braid"
-        return {stubborn = function()
+        return {stubborn = function(started)
           local c <close> = setmetatable({}, {__close = function()
             braid.shield(braid.sleep, 60) end})
+          started:send(true)
           braid.sleep(60)
         end}]], {grace = 0.1})
-      pcall(braid.timeout, 0.05, w.call, w, "stubborn")
+      -- cancelled once its body began: one cancelled before never runs
+      local started = braid.channel(1, {shared = true})
+      local t = braid.spawn(function() return pcall(w.call, w, "stubborn", started) end)
+      started:recv()
+      t:cancel()
       w:close()
       end)
     ]=])
@@ -308,8 +327,7 @@ describe("braid.worker", function()
 
   it("interrupts a worker's task spinning in Lua", run(function()
     local w <close> = braid.worker(SRC)
-    local e = fails(braid.timeout, 0.05, w.call, w, "spin_guarded")
-    assert.is_true(braid.is_timeout(e))
+    assert.is_true(braid.is_cancelled(cancel_started(w, "spin_guarded")))
     assert.is_true(closed_reaches(w, 1))
     assert.equal(3, w:call("add", 1, 2))   -- the worker goes on
   end))
