@@ -25,17 +25,19 @@ local SRC <const> = [[
     tboom = function() error({code = 7}) end,
     timeout = function() braid.timeout(0.01, braid.sleep, 10) end,
     fn = function() return print end,
-    guarded = function()
+    guarded = function(started)
       local c <close> = setmetatable({}, {__close = function()
         closed = closed + 1 end})
+      if started then started:send(true) end
       braid.sleep(60)
     end,
     closed = function() return closed end,
     spin = function() local i = 0 while true do i = i + 1 end end,
     fail_on2 = function(x) if x == 2 then error("two") end braid.sleep(60) end,
-    spin_guarded = function()
+    spin_guarded = function(started)
       local c <close> = setmetatable({}, {__close = function()
         closed = closed + 1 end})
+      if started then started:send(true) end
       local i = 0 while true do i = i + 1 end
     end,
   }
@@ -49,6 +51,44 @@ local function closed_reaches(w, n)
     braid.sleep(0.01)
   end
   return true
+end
+
+-- Runs scenario (a chunk taking braid and emit, run as the root task) in
+-- a braid subprocess under a hard timeout -> stdout (the lines emitted),
+-- stderr, exit code. Under TSan (the cross-thread hook is what it should
+-- see) a child process dies at once: it runs here, stderr unseen.
+local function run_scenario(scenario)
+  if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
+    local out = {}
+    braid.run(function()
+      assert(load(scenario))(braid, function(...)
+        local t = table.pack(...)
+        for i = 1, t.n do t[i] = tostring(t[i]) end
+        out[#out + 1] = table.concat(t, "\t", 1, t.n) .. "\n"
+      end)
+    end)
+    return table.concat(out), "", 0
+  end
+  local script = helper.script(("assert(load(%q))(require 'braid', print)\n")
+                               :format(scenario))   -- the runner's root task
+  local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
+                                   (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                   os.getenv("BRAID_BIN") .. " " .. script)
+  os.remove(script)
+  return out, err, code
+end
+
+-- Calls fname(started) in w and cancels the caller once the call's body
+-- has begun (it sends on the shared channel started): a call cancelled
+-- before its body began never runs it. Returns the caller's error.
+local function cancel_started(w, fname)
+  local started = braid.channel(1, {shared = true})
+  local t = braid.spawn(function() return pcall(w.call, w, fname, started) end)
+  started:recv()
+  t:cancel()
+  local ok, e = t:await()
+  assert.is_false(ok)
+  return e
 end
 
 -- Calls f(...), which must raise; returns the error.
@@ -170,6 +210,13 @@ describe("braid.worker", function()
     assert(ok, err)
   end))
 
+  -- The chunk crossed as a C string: one holding a zero byte (Lua loads
+  -- it) was refused as "not enough memory".
+  it("loads a chunk holding a zero byte", run(function()
+    local w <close> = braid.worker("return {f = function() return 'a\0b' end}")
+    assert.equal("a\0b", w:call("f"))
+  end))
+
   it("refuses os.exit inside a worker: the call fails, the process and the worker go on",
      run(function()
     local w <close> = braid.worker([[return {
@@ -224,8 +271,7 @@ describe("braid.worker", function()
 
   it("cancels the worker's task when the caller is cancelled; its <close> runs", run(function()
     local w <close> = braid.worker(SRC)
-    local e = fails(braid.timeout, 0.05, w.call, w, "guarded")
-    assert.is_true(braid.is_timeout(e))
+    assert.is_true(braid.is_cancelled(cancel_started(w, "guarded")))
     assert.is_true(closed_reaches(w, 1))
   end))
 
@@ -256,12 +302,17 @@ describe("braid.worker", function()
       braid.run(function()
       local w <close> = braid.worker([[
         local braid = require "braid"
-        return {stubborn = function()
+        return {stubborn = function(started)
           local c <close> = setmetatable({}, {__close = function()
             braid.shield(braid.sleep, 60) end})
+          started:send(true)
           braid.sleep(60)
         end}]], {grace = 0.1})
-      pcall(braid.timeout, 0.05, w.call, w, "stubborn")
+      -- cancelled once its body began: one cancelled before never runs
+      local started = braid.channel(1, {shared = true})
+      local t = braid.spawn(function() return pcall(w.call, w, "stubborn", started) end)
+      started:recv()
+      t:cancel()
       w:close()
       end)
     ]=])
@@ -276,8 +327,7 @@ describe("braid.worker", function()
 
   it("interrupts a worker's task spinning in Lua", run(function()
     local w <close> = braid.worker(SRC)
-    local e = fails(braid.timeout, 0.05, w.call, w, "spin_guarded")
-    assert.is_true(braid.is_timeout(e))
+    assert.is_true(braid.is_cancelled(cancel_started(w, "spin_guarded")))
     assert.is_true(closed_reaches(w, 1))
     assert.equal(3, w:call("add", 1, 2))   -- the worker goes on
   end))
@@ -313,31 +363,66 @@ describe("braid.worker", function()
       local ok, e = t:await()
       emit("close", tostring(w), braid.now() - t0 < 10, ok, e.kind)
     ]=]
-    local want = "spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
-                 "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n"
-    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then
-      -- under TSan (the cross-thread hook is what it should see) a child
-      -- process dies at once: run it here
-      local out = {}
-      braid.run(function()
-        assert(load(scenario))(braid, function(...)
-          local t = table.pack(...)
-          for i = 1, t.n do t[i] = tostring(t[i]) end
-          out[#out + 1] = table.concat(t, "\t", 1, t.n) .. "\n"
-        end)
-      end)
-      assert.are.equal(want, table.concat(out))
-      return
-    end
-    -- a subprocess under a hard timeout: without the fix it never ends
-    local script = helper.script(("assert(load(%q))(require 'braid', print)\n")
-                                 :format(scenario))   -- the runner's root task
-    local out, err, code = helper.sh("exec timeout -s KILL 30 env " ..
-                                     (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
-                                     os.getenv("BRAID_BIN") .. " " .. script)
-    os.remove(script)
+    local out, err, code = run_scenario(scenario)
     assert.are.equal(0, code, err)
-    assert.are.equal(want, out)
+    assert.are.equal("spawn_spin\tfalse\ttrue\t3\nnested_spin\tfalse\ttrue\t3\n" ..
+                     "close\tbraid.Worker (closed)\ttrue\tfalse\tclosed\n", out)
+  end)
+
+  -- A call's task cancelled before its first resume (queued behind one
+  -- that spins, or stopped by close) had its cancel taken, so nothing
+  -- hooked it again: its body spun until the grace period abandoned it.
+  it("cancels at once a spinning call cancelled before it started", function()
+    local out, err, code = run_scenario([=[
+      local braid, emit = ...
+      local SRC = "return {spin = function() while true do end end}"
+      local w = braid.worker(SRC, {grace = 5})
+      local a = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      local b = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      a:cancel(); b:cancel(); a:await(); b:await()
+      w:close()
+      emit("cancel", braid.now() - t0 < 2)
+      w = braid.worker(SRC, {grace = 5})
+      a = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      b = braid.spawn(function() return pcall(w.call, w, "spin") end)
+      braid.sleep(0.1)
+      t0 = braid.now()
+      a:cancel()
+      w:close()
+      emit("close", braid.now() - t0 < 2, select(2, b:await()).kind)
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal("cancel\ttrue\nclose\ttrue\tclosed\n", out)
+    assert.is_nil(err:find("abandoned"), err)
+  end)
+
+  -- The same for a task the call spawned that had not started when its
+  -- cancel was taken (behind its sibling that spun).
+  it("cancels at once a spinning task a call spawned that had not started", function()
+    local out, err, code = run_scenario([=[
+      local braid, emit = ...
+      local w = braid.worker([[
+        local braid = require "braid"
+        return {
+          kids = function()
+            local a = braid.spawn(function() while true do end end)
+            braid.spawn(function() while true do end end)
+            a:await()
+          end,
+          nop = function() return 1 end,
+        }]], {grace = 5})
+      local a = braid.spawn(function() return pcall(w.call, w, "kids") end)
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      a:cancel()
+      emit("kids", w:call("nop"), braid.now() - t0 < 2)   -- both ended
+      w:close()
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal("kids\t1\ttrue\n", out)
+    assert.is_nil(err:find("abandoned"), err)
   end)
 
   it("close cancels calls in flight (kind closed) and refuses new ones", run(function()

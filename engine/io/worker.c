@@ -491,8 +491,10 @@ static int l_worker_new (lua_State *L) {
   w->res.close = wk_res_close;
   w->grace_ns = grace;
   w->skind = wk_source_kind(src, n);
-  if (strlen(src) != n || (w->source = braid__wk_strdup(src)) == NULL)
+  if ((w->source = (char *) braid__malloc(n + 1)) == NULL)
     return braid_error(L, "memory", NULL, "braid.worker: not enough memory");
+  memcpy(w->source, src, n + 1);   /* a name or path has no zero byte */
+  w->source_len = n;
   w->path = wk_package_field(L, "path");
   w->cpath = wk_package_field(L, "cpath");
   braid__wk_options(L, w);

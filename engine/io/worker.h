@@ -95,6 +95,7 @@ struct braid_worker {
   unsigned char closing, joined;
   /* the options, fixed before the thread starts */
   char *source, *path, *cpath;
+  size_t source_len;              /* a chunk may hold zero bytes */
   int skind;
   struct braid_xlimits lim;
   uint64_t grace_ns;             /* its tasks' grace period */

@@ -157,11 +157,15 @@ static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* The call's task: fns[fname](args...) under a handler that keeps the
-** traceback. Its thread is registered for the owner's hooks meanwhile. */
+** traceback. Its thread is registered for the owner's hooks meanwhile.
+** A task cancelled before its first resume (behind a call that spun, or
+** by the stop) raises here: its cancel was taken, so the owner hooks it
+** no more, and a body that spins would run on until the grace period. */
 static int wk_body (lua_State *L) {
   struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
   struct braid_worker *w = c->w;
   int nargs;
+  braid_check_task(L, "worker:call");
   uv_mutex_lock(&w->mu);
   c->L = L;
   uv_mutex_unlock(&w->mu);
@@ -381,7 +385,7 @@ static int wk_boot_p (lua_State *L) {
       lua_call(L, 0, 1);
       break;
     default:
-      rc = luaL_loadbufferx(L, w->source, strlen(w->source), "=worker", "t");
+      rc = luaL_loadbufferx(L, w->source, w->source_len, "=worker", "t");
       if (rc != LUA_OK) return lua_error(L);
       lua_call(L, 0, 1);
   }
