@@ -155,9 +155,14 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
 ** that pcall's message handler index behind. */
 static void pool_put (braid_engine_t *E, lua_State *S, struct braid_task *t,
                       lua_State *co) {
-  if (lua_status(co) != LUA_OK) lua_resetthread(co);
+  /* An error escaped task_main's pcall: only a hook's can (at its call
+  ** or return), and Lua leaves such a thread's hooks off (allowhook 0,
+  ** which no reset restores): a body that spun on it could not be
+  ** stopped, so it is not reused either. */
+  int died = lua_status(co) != LUA_OK;
+  if (died) lua_resetthread(co);
   lua_settop(co, 0);
-  if (E->pool_n >= BRAID_SPARES || t->abandoned || t->nopool) {
+  if (E->pool_n >= BRAID_SPARES || t->abandoned || t->nopool || died) {
     braid__coset_remove(E, co);
     return;
   }
