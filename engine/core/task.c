@@ -133,8 +133,9 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->nargs = nargs;
   t->status = TASK_PENDING;
   braid__list_init(&t->watchers);
-  if ((t->line = braid__push_spawner(L)) >= 0)   /* the file: from it */
-    lua_setiuservalue(L, -2, 3);
+  /* A group's members were spawned where it was called: it says so. */
+  if (into->kind != SCOPE_GROUP && (t->line = braid__push_spawner(L)) >= 0)
+    lua_setiuservalue(L, -2, 3);   /* the file: from the function */
   lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
   lua_rawgeti(L, -1, 0);   /* braid.Task, kept there: no lookup by name */
   lua_setmetatable(L, -3);
