@@ -398,33 +398,6 @@ describe("braid.worker", function()
     assert.is_nil(err:find("abandoned"), err)
   end)
 
-  -- The same for a task the call spawned that had not started when its
-  -- cancel was taken (behind its sibling that spun).
-  it("cancels at once a spinning task a call spawned that had not started", function()
-    local out, err, code = run_scenario([=[
-      local braid, emit = ...
-      local w = braid.worker([[
-        local braid = require "braid"
-        return {
-          kids = function()
-            local a = braid.spawn(function() while true do end end)
-            braid.spawn(function() while true do end end)
-            a:await()
-          end,
-          nop = function() return 1 end,
-        }]], {grace = 5})
-      local a = braid.spawn(function() return pcall(w.call, w, "kids") end)
-      braid.sleep(0.1)
-      local t0 = braid.now()
-      a:cancel()
-      emit("kids", w:call("nop"), braid.now() - t0 < 2)   -- both ended
-      w:close()
-    ]=])
-    assert.are.equal(0, code, err)
-    assert.are.equal("kids\t1\ttrue\n", out)
-    assert.is_nil(err:find("abandoned"), err)
-  end)
-
   it("close cancels calls in flight (kind closed) and refuses new ones", run(function()
     local w = braid.worker(SRC)
     local t = braid.spawn(function() return pcall(w.call, w, "sleep", 60) end)

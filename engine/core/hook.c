@@ -41,7 +41,6 @@
 
 static void task_hook (lua_State *L, lua_Debug *ar);
 static void interrupt_hook (lua_State *L, lua_Debug *ar);
-static void poll_hook (lua_State *L, lua_Debug *ar);
 
 /* Raises, from now on, at every instruction of L and of the task's
 ** thread: the budget is spent or the grace period has passed. */
@@ -140,18 +139,6 @@ void braid__hook_task (braid_engine_t *E, struct braid_task *t) {
   braid__co_enter(E, t->co);
   E->budget_left = E->budget;
   braid__hook_arm(E, t->co, 0);
-  /* A worker's task cancelled before it started (a task a call spawned,
-  ** behind one that spun) starts without raising, and the owner's hooks,
-  ** which reach what runs while the cancel is taken, have stopped: it
-  ** polls at its first instruction, as they would have made it, so a body
-  ** that spins cannot run on to the grace period. Not a task resumed by a
-  ** wait that completed: its result wins, as in any engine. At an
-  ** instruction, not a call: the task's pcall then catches the error and
-  ** turns hooks back on (one raised by a hook outside any pcall leaves
-  ** the thread's hooks off, and the thread is pooled). */
-  if (E->pub_co && lua_status(t->co) == LUA_OK && !t->stop &&
-      t->scope.cancelled)
-    lua_sethook(t->co, poll_hook, LUA_MASKCOUNT, 1);
 }
 
 /* Every window of instructions: charge the budget, look at the clock of a
