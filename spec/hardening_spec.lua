@@ -398,6 +398,23 @@ describe("a second stop signal while the main thread is stuck in C", function()
     assert.truthy(err:find("braid: terminated again, exiting", 1, true), err)
   end)
 
+  it("leaves a SIGTERM a script waits for to the script, also while it is in C", function()
+    local out, err, code = signalled(([[
+      local w = braid.signal("SIGTERM")
+      braid.spawn(function() while true do w:wait() print("got TERM") end end)
+      braid.sleep(0.05)
+      %s
+      io.popen("sleep 1.5"):read("a")
+      braid.sleep(0.2)
+      print("done")
+      os.exit(0)
+    ]]):format(READY), {"TERM", "TERM"})
+    assert.are.equal(0, code, err)
+    local _, got = out:gsub("got TERM", "")
+    assert.are.equal(2, got, out)
+    assert.truthy(out:find("done\n", 1, true), out)
+  end)
+
   it("exits 143 on a second SIGTERM while a C function runs long", function()
     local _, err, code = signalled(READY .. [[
 

@@ -393,6 +393,7 @@ struct braid_engine {
   uv_signal_t sigquit;
   uv_signal_t sigstop[NSTOPS]; /* SIGINT, SIGTERM, SIGHUP (interrupt.c) */
   _Atomic int pending[NSTOPS]; /* arrivals not handled yet */
+  _Atomic int held[NSTOPS];    /* scripts' waiters for each (interrupt.c) */
   _Atomic int quits;           /* SIGQUITs not handled yet: dumps to print */
   _Atomic int hook_wanted;     /* one came while a task ran: its hook is
                                ** set again until they are handled (hook.c) */

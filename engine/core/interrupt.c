@@ -72,11 +72,23 @@ static _Atomic uint64_t arrived;              /* the last counted stop, ns */
 ** comes far sooner. */
 #define REPEAT_NS 100000000u
 
+static int stop_index (int signum) {
+  int i;
+  for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
+  return i < NSTOPS ? i : -1;
+}
+
 void braid__intercept_add (braid_engine_t *E, struct braid_interceptor *ic) {
+  int i = stop_index(ic->signum);
+  if (i >= 0) atomic_fetch_add(&E->held[i], 1);
+  ic->E = E;
   braid__list_push(&E->interceptors, &ic->link);
 }
 
 void braid__intercept_remove (struct braid_interceptor *ic) {
+  int i = stop_index(ic->signum);
+  if (ic->E && i >= 0) atomic_fetch_sub(&ic->E->held[i], 1);
+  ic->E = NULL;
   braid__list_remove(&ic->link);
 }
 
@@ -206,12 +218,12 @@ static void leave_stuck (int i) {
 static void stop_handler (int signum, siginfo_t *info, void *ctx) {
   braid_engine_t *E = sig_engine;
   const struct sigaction *uv;
-  int i, saved = errno;
-  for (i = 0; i < NSTOPS && stops[i].num != signum; i++) ;
-  if (i < NSTOPS) {
+  int i = stop_index(signum), saved = errno;
+  if (i >= 0) {
     uv = &uv_action[i];
     if (E && E->watching[i] && !repeated()) {
-      if (!E->embedded && stuck(E)) leave_stuck(i);
+      if (!E->embedded && !atomic_load(&E->held[i]) && stuck(E))
+        leave_stuck(i);
       atomic_fetch_add(&E->pending[i], 1);
       braid__hook_interrupt(E);
     }

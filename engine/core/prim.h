@@ -295,6 +295,11 @@ void braid__task_abandon_as(braid_task_t *t, const char *why);
 struct braid_interceptor {
   struct braid_list link;
   int (*fn)(struct braid_interceptor *ic, int signum);
+  /* A script's waiter for this stop signal (0: none, the REPL's): while
+  ** one is there, that signal never makes the handler itself leave when
+  ** the main thread is stuck in C: the script decides what it means. */
+  int signum;
+  braid_engine_t *E;           /* set while added */
 };
 
 void braid__intercept_add(braid_engine_t *E, struct braid_interceptor *ic);

@@ -40,10 +40,10 @@ struct braid_trace {
   uint64_t ts_ns;              /* the last timestamp written, as text */
   size_t ts_len;
   char ts_text[32];
-  unsigned key_tid;            /* the last event's tid and ts, as text */
+  uint64_t key_tid;            /* the last event's tid and ts, as text */
   uint64_t key_ts;
   size_t key_len;
-  char key_text[64];           /* at most 16 + 10 + 6 + 24 bytes */
+  char key_text[80];           /* at most 16 + 20 + 6 + 24 bytes */
   const char *what[8];         /* wait names seen, by address ... */
   char what_raw[8][48];        /* ... as they were ... */
   unsigned char what_len[8];   /* ... and escaped */

@@ -114,7 +114,7 @@ static void sig_close_cb (uv_handle_t *h) {
 ** neither the box nor the scope refers to the waiter. */
 static void sig_close (struct sig_waiter *w) {
   braid_resource_remove(&w->res);
-  braid__list_remove(&w->ic.link);
+  braid__intercept_remove(&w->ic);
   while (!braid__list_empty(&w->waiting)) sig_resume_first(w, NULL);
   if (w->box) *w->box = NULL;
   w->box = NULL;
@@ -181,6 +181,7 @@ static int l_signal_new (lua_State *L) {
   braid__list_init(&w->waiting);
   braid__list_init(&w->ic.link);
   w->ic.fn = sig_intercept;
+  w->ic.signum = sig->num;
   braid__intercept_add(E, &w->ic);
   w->res.close = sig_res_close;
   braid_resource_add(L, &w->res);
