@@ -247,6 +247,22 @@ describe("groups given a task that has already ended", function()
     return cancelled, failed
   end
 
+  it("cancel the tasks given after it once it decided, and do not wait for them", h.run(function()
+    local done = braid.spawn(function() return "early" end)
+    local cancelled = braid.spawn(function() braid.sleep(100) end)
+    braid.sleep(0.01)
+    cancelled:cancel("r")
+    braid.sleep(0.01)
+    local function long() return braid.spawn(function() braid.sleep(100) end) end
+    local t0 = braid.now()
+    local l1, l2, l3 = long(), long(), long()
+    assert.are.equal("early", braid.race(done, l1))
+    assert.is_false(pcall(braid.gather, cancelled, l2))
+    assert.are.equal("early", braid.any(done, l3))
+    assert.is_true(braid.now() - t0 < 5)
+    for _, t in ipairs({l1, l2, l3}) do assert.are.equal("cancelled", t:status()) end
+  end))
+
   it("raise its own error or cancellation, as task:await() does", h.virtual(function()
     local cancelled, failed = ended_tasks()
     local function check(t, ok, e)

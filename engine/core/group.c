@@ -161,6 +161,9 @@ static void member_watch (lua_State *L, struct braid_group *g, int i,
   if (adopted) g->scope.pending++;
   else g->running++;
   braid__list_push(&m->task->watchers, &m->watch.link);
+  /* An ended task before it in the list decided the group, whose cancel
+  ** (braid__group_on_cancel) reached only the members adopted by then. */
+  if (adopted && g->scope.cancelled) braid__task_cancel(m->task, NULL, 0);
 }
 
 /* Starts member functions while the limit allows and nothing decided. */
