@@ -293,6 +293,13 @@ describe("braid (the runner)", function()
     assert.matches(p .. ":1: in function", err, 1, true)
   end)
 
+  it("reports a member's error raised where it was awaited on the same line as the member's", function()
+    local out, err, code = run([[-e 'local function f() error("deep") end braid.scope(function() braid.spawn(f) end)']])
+    assert.are.equal(1, code)
+    assert.matches('in task 2 "(command line):1", spawned at (command line):1 (in braid.scope)', err, 1, true)
+    assert.matches("in function 'error'", err, 1, true)
+  end)
+
   it("lists at most 100 errors under a report; each was reported as it came", function()
     local p = h.script([[
       local fns = {}

@@ -348,7 +348,6 @@ void braid__task_drain(braid_engine_t *E);
 void braid__task_kick(braid_engine_t *E);
 const char *braid__task_name(lua_State *L, struct braid_task *t, int idx);
 const char *braid__task_site(lua_State *L, struct braid_task *t, int idx);
-int braid__push_spawner(lua_State *L);
 const char *braid__task_where(lua_State *L, struct braid_task *t);
 
 /* ---- errors ---- */
@@ -369,6 +368,11 @@ void braid__error_suppress(lua_State *L, struct braid_scope *s, int idx,
 void braid__error_report(lua_State *L, int idx, int rec, const char *prefix);
 int braid__error_msgh(lua_State *L);
 void braid__traceback(lua_State *L, lua_State *L1, int level);
+/* Pushes on L the function of L1's first frame from level on that is at a
+** line (past C functions: pcall(braid.spawn, f) was called from the Lua
+** code of that line) and returns the line; -1, pushing nothing, when
+** there is none. What a spawn site or an error's origin is. */
+int braid__frame_push(lua_State *L, lua_State *L1, int level);
 void braid__traceback_forget(lua_State *L);
 void braid__error_forget(lua_State *L);
 void braid__error_init(lua_State *L);

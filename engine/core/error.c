@@ -454,44 +454,35 @@ static void record_new (lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-/* Pushes "file:line" of co's first Lua frame from level on (where an
-** error is raised), or "" when there is none. [-0, +1, m] */
-static void push_origin (lua_State *L, lua_State *co, int level) {
-  lua_Debug ar;
-  while (lua_getstack(co, level++, &ar)) {
-    lua_getinfo(co, "Sl", &ar);
-    if (ar.currentline > 0) {
-      lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
-      return;
-    }
-  }
-  lua_pushliteral(L, "");
-}
-
 /* Pushes the record of the error at idx that t knows (a re-raise keeps
 ** the first record), or makes one: the traceback of co from level and
 ** t's chain. Either way it becomes t's carry. [-0, +1, m] */
 static void error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
+  int line;
   idx = lua_absindex(L, idx);
   braid__error_push_record(L, idx, t);
-  push_origin(L, co, level);
-  if (!lua_isnil(L, -2) && lua_rawlen(L, -1) > 0) {
-    /* Raised again where its record's failure began: a new failure of the
-    ** same code (a retry after a caught one), not a re-raise, which
-    ** happens elsewhere (error(e) in a handler); the old record would
-    ** name the old task and its traceback. */
-    lua_getfield(L, -2, "at");
-    if (lua_rawequal(L, -1, -2)) {
+  if ((line = braid__frame_push(L, co, level)) < 0) lua_pushnil(L);
+  if (!lua_isnil(L, -2) && line > 0) {
+    /* Raised again by the same function at the same line as its record's
+    ** failure: a new failure of the same code (a retry after a caught
+    ** one), not a re-raise, which another function or line makes (error(e)
+    ** in a handler; braid raising a member's error where it was awaited);
+    ** the old record would name the old task and its traceback. */
+    lua_getfield(L, -2, "at_fn");
+    lua_getfield(L, -3, "at");
+    if (lua_rawequal(L, -2, -3) && lua_tointeger(L, -1) == line) {
       lua_pushnil(L);
-      lua_replace(L, -4);
+      lua_replace(L, -5);
     }
-    lua_pop(L, 1);
+    lua_pop(L, 2);
   }
   if (lua_isnil(L, -2)) {
     lua_remove(L, -2);
     record_new(L, idx);
     lua_insert(L, -2);
+    lua_setfield(L, -2, "at_fn");
+    lua_pushinteger(L, line);
     lua_setfield(L, -2, "at");
     braid__traceback(L, co, level);
     if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
@@ -508,7 +499,7 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
       lua_setfield(L, -2, "task");
     }
   } else {
-    lua_pop(L, 1);   /* the origin */
+    lua_pop(L, 1);   /* the origin's function */
   }
   if (t && t->ref != LUA_NOREF) {   /* the carry */
     braid__task_push(L, t);

@@ -421,7 +421,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       lua_rawseti(L, -2, i);
     }
   }
-  if ((g->line = braid__push_spawner(L)) >= 0)
+  if ((g->line = braid__frame_push(L, L, 1)) >= 0)
     lua_setfield(L, -2, "site");
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* the deadline's struct first: a grace period after it cannot fail */

@@ -85,21 +85,6 @@ const char *braid__task_where (lua_State *L, struct braid_task *t) {
   return lua_tostring(L, -1);
 }
 
-/* Pushes the function that called the running C function, and returns
-** the line of the call; past C callers (pcall(braid.spawn, f)) to the
-** Lua code that made the call, whose line a report can show. Pushes
-** nothing and returns -1 when there is none. */
-int braid__push_spawner (lua_State *L) {
-  lua_Debug ar;
-  int level;
-  for (level = 1; lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "fl", &ar);
-    if (ar.currentline > 0) return ar.currentline;
-    lua_pop(L, 1);
-  }
-  return -1;
-}
-
 /* Creates a task that will run the callable at fidx with the nargs values
 ** after it, as a member of `into`; leaves the task object on the stack.
 ** [-0, +1, m] */
@@ -134,7 +119,7 @@ struct braid_task *braid__task_spawn (lua_State *L, struct braid_scope *into,
   t->status = TASK_PENDING;
   braid__list_init(&t->watchers);
   /* A group's members were spawned where it was called: it says so. */
-  if (into->kind != SCOPE_GROUP && (t->line = braid__push_spawner(L)) >= 0)
+  if (into->kind != SCOPE_GROUP && (t->line = braid__frame_push(L, L, 1)) >= 0)
     lua_setiuservalue(L, -2, 3);   /* the file: from the function */
   lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);   /* the anchors */
   lua_rawgeti(L, -1, 0);   /* braid.Task, kept there: no lookup by name */

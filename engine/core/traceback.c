@@ -190,6 +190,19 @@ void braid__traceback (lua_State *L, lua_State *L1, int level) {
   luaL_pushresult(&b);
 }
 
+int braid__frame_push (lua_State *L, lua_State *L1, int level) {
+  lua_Debug ar;
+  for (; lua_getstack(L1, level, &ar); level++) {
+    lua_getinfo(L1, "fl", &ar);
+    if (ar.currentline > 0) {
+      if (L1 != L) lua_xmove(L1, L, 1);
+      return ar.currentline;
+    }
+    lua_pop(L1, 1);
+  }
+  return -1;
+}
+
 /* Forgets the names found. [-0, +0, -] */
 void braid__traceback_forget (lua_State *L) {
   lua_pushnil(L);
