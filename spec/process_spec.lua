@@ -184,6 +184,42 @@ describe("braid.process", function()
     assert.is_nil(state(pid))
   end)
 
+  it("never signals the number of its child's group once that group is empty (pid reuse)", function()
+    -- In a pid namespace of its own (safe for the machine): braid's child
+    -- exits with its output unread, then an unrelated group takes its number.
+    if not os.execute("unshare -Urpf --mount-proc true 2>/dev/null") then
+      pending("needs unshare (user and pid namespaces)")
+      return
+    end
+    local dir = h.tmp()
+    assert(os.execute("mkdir " .. dir))
+    local f = assert(io.open(dir .. "/s.lua", "w"))
+    f:write([[
+      local p = braid.process({"sh", "-c", "exec head -c 70000 /dev/zero"})
+      braid.sleep(0.5)   -- it exits and is reaped; its stdout is never read
+      local f = io.open("pid.tmp", "w") f:write(p.pid) f:close()
+      os.rename("pid.tmp", "pid")
+      braid.sleep(1)     -- then the scope ends: p is stopped
+    ]])
+    f:close()
+    f = assert(io.open(dir .. "/t.sh", "w"))
+    f:write(([[
+      cd %s
+      %s s.lua & B=$!
+      for i in $(seq 100); do [ -f pid ] && break; sleep 0.05; done
+      echo $(($(cat pid) - 1)) > /proc/sys/kernel/ns_last_pid
+      setsid sleep 100 & V=$!
+      [ "$V" = "$(cat pid)" ] || echo "reuse not arranged: $V"
+      wait $B
+      if kill -0 $V 2>/dev/null; then echo "victim alive"; kill $V; else echo "victim killed"; fi
+    ]]):format(dir, os.getenv("BRAID_BIN")))
+    f:close()
+    local out, err = h.sh("timeout 30 unshare -Urpf --mount-proc sh " .. dir .. "/t.sh")
+    os.execute("rm -r " .. dir)
+    assert.matches("victim alive", out, 1, true)
+    assert.is_nil(out:find("reuse not arranged", 1, true), out)
+  end)
+
   it("wakes a stopped child with its SIGTERM, so its handler runs before any SIGKILL", h.run(function()
     local p = braid.process({"sh", "-c", "trap 'exit 7' TERM; echo ready; kill -STOP $$; echo resumed"},
                             {kill_grace = 30})

@@ -28,7 +28,10 @@
 **   until then the timer stays, and so does the kill slot that has the
 **   group SIGKILLed should braid leave at once (a second Ctrl-C, os.exit).
 **   The slot's target follows the child's state (braid__proc_target) at
-**   every update, so a pid that was reaped is not killed later.
+**   every update, so a pid that was reaped is not killed later, nor the
+**   number of its group once that is empty (looked at when the leader is
+**   reaped and before each signal; leftovers that end later, while
+**   nothing stops them, leave the slot's number until the next update).
 ** - The kill timer is a uv_timer_t of the proc's own, not an engine timer:
 **   it must fire on the real clock, and even after the engine's own timer is
 **   closed at shutdown.
@@ -208,6 +211,8 @@ void braid__proc_exited (struct braid_proc *p, int64_t status, int sig) {
   p->exited = 1;
   p->code = status;
   p->signal = sig;
+  /* An empty group's number may be reused from now: never signalled. */
+  if (!p->stopping && braid__group_empty(p)) p->group_done = 1;
   proc_kill_track(p);          /* the reaped pid may be reused from now */
   if (p->stopping && p->live[P_TIMER]) {
     if (p->killed || braid__group_empty(p)) {

@@ -231,7 +231,10 @@ int braid__proc_target (struct braid_proc *p) {
 }
 
 int braid__proc_signal (struct braid_proc *p, int sig) {
-  int target = braid__proc_target(p);
+  int target;
+  /* Leftovers of a reaped leader that have all ended free the number. */
+  if (p->exited && braid__group_empty(p)) p->group_done = 1;
+  target = braid__proc_target(p);
   return target != 0 ? kill(target, sig) : -1;
 }
 
