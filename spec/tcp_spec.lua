@@ -379,6 +379,18 @@ describe("braid.tcp after a reset by the peer", function()
     check_reset(pcall(s.read, s, 100))
     for _, f in ipairs(srvs) do f() end
   end))
+
+  it("raises from every shutdown() that cannot send the end, not only the first",
+     h.run(function()
+    local srvs = {}
+    local s = reset_stream(srvs, "x")
+    local ok1, e1 = pcall(s.shutdown, s)
+    local ok2, e2 = pcall(s.shutdown, s)
+    assert.is_false(ok1, "the first shutdown after a reset")
+    assert.is_false(ok2, "the second shutdown after a reset")
+    assert.are.equal(e1.code, e2.code)
+    for _, f in ipairs(srvs) do f() end
+  end))
 end)
 
 describe("braid.tcp cancellation", function()

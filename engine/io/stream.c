@@ -488,7 +488,9 @@ static void write_cb (uv_write_t *req, int status) {
 }
 
 static void shutdown_cb (uv_shutdown_t *req, int status) {
-  req_done(container_of(req, struct stream_req, req.shutdown), status);
+  struct stream_req *r = container_of(req, struct stream_req, req.shutdown);
+  if (status != 0) r->s->shut = 0;   /* not sent: the next one says why */
+  req_done(r, status);
 }
 
 static int req_start (braid_op_t *op, void *ud) {
