@@ -50,6 +50,7 @@ enum { READ_NONE, READ_LINE, READ_EOF, READ_INTR, READ_NOMEM };
 static struct repl {
   braid_engine_t *E;
   uv_poll_t poll;
+  uv_signal_t cont;            /* SIGCONT, in edit mode (R.edit) */
   int open, pollable, edit, hidden;
   braid_op_t *reader;          /* the op of the task in repl.readline */
   int result;                  /* READ_* once the read is over */
@@ -418,13 +419,19 @@ static char *edit_prompt (EditLine *el) {
   return R.prompt;
 }
 
-/* ^Z: the terminal as it was while the process is stopped. */
-static unsigned char edit_stop (EditLine *el, int ch) {
-  (void) ch;
-  el_set(el, EL_PREP_TERM, 0);
-  kill(0, SIGTSTP);
-  el_set(el, EL_PREP_TERM, 1);
-  return CC_REDISPLAY;
+/* fg after ^Z (the terminal's own SIGTSTP, which stops braid where it
+** is): the shell gave the terminal back in its own modes, so the prompt
+** takes raw mode again and shows the line being typed. */
+static void cont_cb (uv_signal_t *h, int signum) {
+  (void) h;
+  (void) signum;
+  if (R.reader && R.edit) {
+    locale_t old = edit_enter();
+    el_set(R.el, EL_PREP_TERM, 0);   /* libedit believes it is raw still */
+    el_set(R.el, EL_PREP_TERM, 1);
+    el_set(R.el, EL_REFRESH);
+    edit_leave(old);
+  }
 }
 
 /* Sets up libedit and the history as its readline-compatible layer did
@@ -434,7 +441,6 @@ static unsigned char edit_stop (EditLine *el, int ch) {
 static int edit_open (void) {
   static const char *const binds[][2] = {
     {"^R", "em-inc-search-prev"}, {"^I", "ed-insert"},
-    {"^Z", "braid-stop"},
     {"\\e[1~", "ed-move-to-beg"}, {"\\e[4~", "ed-move-to-end"},
     {"\\e[7~", "ed-move-to-beg"}, {"\\e[8~", "ed-move-to-end"},
     {"\\e[H", "ed-move-to-beg"}, {"\\e[F", "ed-move-to-end"},
@@ -460,7 +466,6 @@ static int edit_open (void) {
   el_set(R.el, EL_PROMPT, edit_prompt);
   el_set(R.el, EL_EDITOR, "emacs");
   /* (el_set would copy the two strings and never free them) */
-  el_wset(R.el, EL_ADDFN, L"braid-stop", L"stop braid (SIGTSTP)", edit_stop);
   for (i = 0; i < sizeof binds / sizeof binds[0]; i++)
     el_set(R.el, EL_BIND, binds[i][0], binds[i][1], NULL);
   el_source(R.el, NULL);
@@ -490,6 +495,11 @@ static int l_repl_open (lua_State *L) {
     R.edit = edit_open();
     edit_leave(old);
   }
+  if (R.edit) {
+    uv_signal_init(braid_loop(E), &R.cont);
+    uv_signal_start(&R.cont, cont_cb, SIGCONT);
+    uv_unref((uv_handle_t *) &R.cont);   /* the loop's life is the poll's */
+  }
   if (R.edit && home && *home) {
     size_t n = strlen(home) + sizeof "/.braid_history";
     R.histfile = braid__malloc(n);   /* none: no history file */
@@ -515,6 +525,7 @@ static int l_repl_close (lua_State *L) {
   if (!R.open) return 0;
   if (R.reader) read_stop();
   if (R.pollable) uv_close((uv_handle_t *) &R.poll, NULL);
+  if (R.edit) uv_close((uv_handle_t *) &R.cont, NULL);
   if (R.histfile) {
     HistEvent ev;
     history(R.hist, &ev, H_SAVE, R.histfile);
