@@ -137,6 +137,25 @@ describe("the REPL (braid on a terminal)", function()
     assert.is_true(ok, out)
   end)
 
+  it("keeps tasks running after a lone Esc or a stray byte at the prompt", function()
+    local flag = h.tmp()
+    finally(function() os.remove(flag) end)
+    local out, ok = repl {
+      {"expect", PROMPT},
+      {"send", on_touch(flag, 'print("tick")') .. "\\r"},
+      {"expect", "<task \\d+ [^\\n]*>\\r\\n> $"},
+      {"send", "\\x1b"},   -- no key follows: it waited in read() with the loop
+      {"touch", flag},
+      {"expect", "tick\\r\\n> $", 5},
+      {"send", "\\xc3"},   -- half a UTF-8 character, then nothing
+      {"send", "return 42\\r"},
+      {"expect", "\\r\\n42\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+  end)
+
   it("keeps a line that wraps on the screen, and ends output that lacks a newline", function()
     local long = ("a"):rep(120)   -- the terminal is 100 columns wide
     local flag = h.tmp()

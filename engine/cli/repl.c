@@ -95,6 +95,57 @@ static void edit_leave (locale_t old) {
   if (R.loc) uselocale(old);
 }
 
+/* libedit's reader of one character, UTF-8 decoded in its locale. poll_cb
+** saw a byte; what completes a character or follows an Esc (the rest of a
+** key's sequence) comes within SEQ_MS or never: a lone Esc or a stray
+** byte waited in read() with the loop, every task with it, until the next
+** key. Then -1 (EAGAIN): el_gets drops the partial key and returns. Other
+** keys that wait for the next one (^V, ^R's search) still block, as
+** libedit's own reader does. */
+#define SEQ_MS 100
+
+static int edit_getc (EditLine *el, wchar_t *wc) {
+  static int after_esc;
+  char buf[MB_LEN_MAX];
+  size_t n = 0;
+  int got = 0;   /* bytes read by this call */
+  (void) el;
+  for (;;) {
+    struct pollfd p = {0, POLLIN, 0};
+    mbstate_t st;
+    ssize_t r;
+    size_t k;
+    if (got || after_esc) {
+      int ready = poll(&p, 1, SEQ_MS);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) {
+        after_esc = 0;
+        errno = EAGAIN;
+        return -1;
+      }
+    }
+    r = read(0, buf + n, 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return (int) r;   /* 0: hung up; -1: errno says */
+    got = 1;
+    for (n++;;) {
+      memset(&st, 0, sizeof st);
+      k = mbrtowc(wc, buf, n, &st);
+      if (k < (size_t) -2) {
+        after_esc = *wc == 033;
+        return 1;
+      }
+      if (k == (size_t) -2 && n < sizeof buf) break;   /* more bytes */
+      if (n == 1) {   /* not a character: dropped */
+        n = 0;
+        break;
+      }
+      buf[0] = buf[n - 1];   /* what broke the sequence starts anew */
+      n = 1;
+    }
+  }
+}
+
 /* Edit mode: one key (or key sequence) from fd 0 to libedit. el_gets
 ** returns the whole line so far: ending with a newline when the line is
 ** entered, a lone ^D when Ctrl-D came on an empty line; NULL when the line
@@ -463,6 +514,7 @@ static int edit_open (void) {
   history(R.hist, &ev, H_SETSIZE, 1000);
   el_set(R.el, EL_HIST, history, R.hist);
   el_set(R.el, EL_SIGNAL, 0);   /* SIGINT is the loop's */
+  el_wset(R.el, EL_GETCFN, edit_getc);
   el_set(R.el, EL_PROMPT, edit_prompt);
   el_set(R.el, EL_EDITOR, "emacs");
   /* (el_set would copy the two strings and never free them) */
