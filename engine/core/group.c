@@ -366,7 +366,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
-      /* 2.0 as luaL_checkinteger takes it (not 1.5, nor "2") */
+      /* a float with an integral value (2.0) too; not 1.5, nor a string */
       lua_Integer li = lua_type(L, -1) == LUA_TNUMBER ? lua_tointeger(L, -1)
                                                       : 0;
       if (li < 1)
