@@ -51,6 +51,16 @@ static void push_failure (lua_State *L, int idx) {
   lua_getiuservalue(L, idx, 4);
 }
 
+/* settle mode's {ok = false, error = e} for the value e on top, which it
+** replaces. [-1, +1, m] */
+static void push_failed (lua_State *L) {
+  lua_createtable(L, 0, 2);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "error");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "ok");
+}
+
 /* Gather keeps the result of the ended member i, whose task object is at
 ** list + 1, in list.results (its outcome in settle mode) and lets the task
 ** go, so that a limited map holds only the tasks that run. [-0, +0, m] */
@@ -74,11 +84,8 @@ static void member_keep (lua_State *L, struct braid_group *g, int list,
     lua_pushinteger(L, n);
     lua_setfield(L, o, "n");
   } else if (t->status == TASK_FAILED || !g->scope.deadline_fired) {
-    lua_createtable(L, 0, 2);
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "ok");
     lua_getiuservalue(L, list + 1, 1);
-    lua_setfield(L, -2, "error");
+    push_failed(L);
   } else {
     lua_pushnil(L);   /* cut off by the deadline: group_close_k says so */
   }
@@ -278,11 +285,8 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   if (g->settle) group_timeout_error(L, g);
   for (i = 1; g->settle && i <= n; i++) {
     if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
-      lua_createtable(L, 0, 2);
-      lua_pushboolean(L, 0);
-      lua_setfield(L, -2, "ok");
       lua_pushvalue(L, list + 2);
-      lua_setfield(L, -2, "error");
+      push_failed(L);
       lua_rawseti(L, list + 1, i);
     }
     lua_pop(L, 1);
