@@ -61,36 +61,43 @@ static void push_failed (lua_State *L) {
   lua_setfield(L, -2, "ok");
 }
 
+/* settle mode's {ok = true, value = v1, n = n, v1, ..., vn} for the task
+** object at idx that ended ok. [-0, +1, m] */
+static void push_ok (lua_State *L, int idx) {
+  int k, n, o;
+  lua_createtable(L, 0, 3);
+  o = lua_gettop(L);
+  n = braid__task_results(L, idx, 1);
+  for (k = n; k >= 1; k--) lua_rawseti(L, o, k);
+  lua_pushboolean(L, 1);
+  lua_setfield(L, o, "ok");
+  lua_rawgeti(L, o, 1);
+  lua_setfield(L, o, "value");
+  lua_pushinteger(L, n);
+  lua_setfield(L, o, "n");
+}
+
 /* Gather keeps the result of the ended member i, whose task object is at
 ** list + 1, in list.results (its outcome in settle mode) and lets the task
 ** go, so that a limited map holds only the tasks that run. [-0, +0, m] */
 static void member_keep (lua_State *L, struct braid_group *g, int list,
                          int i) {
   struct braid_task *t = (struct braid_task *) lua_touserdata(L, list + 1);
-  int k, n, o;
-  lua_getfield(L, list, "results");
-  if (!g->settle) {   /* a member that did not end ok makes the group raise */
-    if (t->status == TASK_OK) braid__task_results(L, list + 1, 0);
-    else lua_pushnil(L);
-  } else if (t->status == TASK_OK) {
-    lua_createtable(L, 0, 3);
-    o = lua_gettop(L);
-    n = braid__task_results(L, list + 1, 1);
-    for (k = n; k >= 1; k--) lua_rawseti(L, o, k);
-    lua_pushboolean(L, 1);
-    lua_setfield(L, o, "ok");
-    lua_rawgeti(L, o, 1);
-    lua_setfield(L, o, "value");
-    lua_pushinteger(L, n);
-    lua_setfield(L, o, "n");
-  } else if (t->status == TASK_FAILED || !g->scope.deadline_fired) {
-    lua_getiuservalue(L, list + 1, 1);
-    push_failed(L);
-  } else {
-    lua_pushnil(L);   /* cut off by the deadline: group_close_k says so */
+  /* Not settling, a member that did not end ok makes the group raise: it
+  ** has no result to keep (a fail-fast cancels thousands at once). */
+  if (g->settle || t->status == TASK_OK) {
+    lua_getfield(L, list, "results");
+    if (!g->settle) braid__task_results(L, list + 1, 0);
+    else if (t->status == TASK_OK) push_ok(L, list + 1);
+    else if (t->status == TASK_FAILED || !g->scope.deadline_fired) {
+      lua_getiuservalue(L, list + 1, 1);
+      push_failed(L);
+    } else {
+      lua_pushnil(L);   /* cut off by the deadline: group_close_k says so */
+    }
+    lua_rawseti(L, -2, i);
+    lua_pop(L, 1);
   }
-  lua_rawseti(L, -2, i);
-  lua_pop(L, 1);
   lua_pushnil(L);
   lua_rawseti(L, list, i);
 }
@@ -112,6 +119,10 @@ static void member_judge (lua_State *L, struct group_member *m,
   g->free = (int) (m - g->m);
   if (g->progress)   /* a member cancelled by the group is not counted */
     braid__progress()->update(g->progress, g->running, ok, failed);
+  if (!ok && !failed && !g->settle) {   /* cancelled by the group: nothing */
+    if (adopted) braid__scope_left(&g->scope);   /* to judge or keep (a */
+    return;                                      /* fail-fast ends 10k) */
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->list_ref);
   lua_rawgeti(L, list, i);
   if (g->mode == GROUP_GATHER) {
