@@ -14,7 +14,9 @@
 ** a limited map has only `limit` slots. The registry table at list_ref
 ** holds the member functions (map: items and fn), then a member's task
 ** object; gather moves an ended member's result to list.results and drops
-** its task, race and any keep their ended tasks readable until the close.
+** its task (not one the group cancelled, when not settling: the group
+** raises, and a fail-fast that ends thousands pays nothing per member),
+** race and any keep their ended tasks readable until the close.
 */
 #include <limits.h>
 #include <string.h>
