@@ -181,7 +181,9 @@ static int l_signal_new (lua_State *L) {
   braid__list_init(&w->waiting);
   braid__list_init(&w->ic.link);
   w->ic.fn = sig_intercept;
-  w->ic.signum = sig->num;
+  /* It holds what sig_intercept always takes: SIGTERM, SIGHUP; a SIGINT
+  ** only while a task waits, which a main thread stuck in C cannot run. */
+  w->ic.signum = sig->num == SIGINT ? 0 : sig->num;
   braid__intercept_add(E, &w->ic);
   w->res.close = sig_res_close;
   braid_resource_add(L, &w->res);
