@@ -415,6 +415,15 @@ describe("a second stop signal while the main thread is stuck in C", function()
     assert.truthy(out:find("done\n", 1, true), out)
   end)
 
+  it("exits 130 on a second SIGINT in C also when the script watches SIGINT", function()
+    local f = fifo()
+    local _, err, code = signalled('local w = braid.signal("SIGINT")\n' .. READY ..
+                                   "\nio.read()", {"INT", "INT"}, "<>" .. f)
+    os.remove(f)
+    assert.are.equal(130, code, err)
+    assert.truthy(err:find("braid: interrupted again, exiting", 1, true), err)
+  end)
+
   it("exits 143 on a second SIGTERM while a C function runs long", function()
     local _, err, code = signalled(READY .. [[
 
