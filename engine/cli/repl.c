@@ -104,8 +104,10 @@ static void edit_leave (locale_t old) {
 ** libedit's own reader does. */
 #define SEQ_MS 100
 
+static int after_esc;   /* edit_getc's last character was an Esc */
+static int back = -1;   /* a byte paste_take read for edit_getc, or -1 */
+
 static int edit_getc (EditLine *el, wchar_t *wc) {
-  static int after_esc;
   char buf[MB_LEN_MAX];
   size_t n = 0;
   int got = 0;   /* bytes read by this call */
@@ -115,18 +117,23 @@ static int edit_getc (EditLine *el, wchar_t *wc) {
     mbstate_t st;
     ssize_t r;
     size_t k;
-    if (got || after_esc) {
-      int ready = poll(&p, 1, SEQ_MS);
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready == 0) {
-        after_esc = 0;
-        errno = EAGAIN;
-        return -1;
+    if (back >= 0) {
+      buf[n] = (char) back;
+      back = -1;
+    } else {
+      if (got || after_esc) {
+        int ready = poll(&p, 1, SEQ_MS);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0) {
+          after_esc = 0;
+          errno = EAGAIN;
+          return -1;
+        }
       }
+      r = read(0, buf + n, 1);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return (int) r;   /* 0: hung up; -1: errno says */
     }
-    r = read(0, buf + n, 1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return (int) r;   /* 0: hung up; -1: errno says */
     got = 1;
     for (n++;;) {
       memset(&st, 0, sizeof st);
@@ -144,6 +151,53 @@ static int edit_getc (EditLine *el, wchar_t *wc) {
       n = 1;
     }
   }
+}
+
+/* A paste, in edit mode: el_gets takes one key per call, at a cost that
+** grows with the line, so a paste of one 19 KB line took 6.6 s of CPU
+** (quadratic; 200 KB, minutes, the loop turning once per byte). What
+** fd 0 holds at once of a run of printable ASCII and tabs (what emacs mode
+** inserts as typed) goes into the line with one el_insertstr, then a key
+** bound to ed-redisplay (REDISPLAY, pushed as input) has libedit redraw
+** the line once, from where its cursor is; the byte that ended the run is
+** left in `back` for el_gets. One byte per read: what follows stays in
+** the terminal, where the loop's poll sees it. A lone byte (typing) goes
+** to el_gets as before; nothing is taken in vi mode or after an Esc.
+** Returns whether a redisplay was pushed. */
+#define PASTE_MAX 4096   /* bytes per turn of the loop */
+#define REDISPLAY "\033[9000~"   /* no terminal sends it */
+
+static int paste_take (void) {
+  char run[PASTE_MAX + 1];
+  size_t n = 0;
+  const char *editor;
+  if (after_esc || back >= 0 || el_get(R.el, EL_EDITOR, &editor) ||
+      strcmp(editor, "emacs") != 0)
+    return 0;
+  while (n < PASTE_MAX) {
+    struct pollfd p = {0, POLLIN, 0};
+    unsigned char c;
+    ssize_t r;
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN)) break;
+    r = read(0, &c, 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;   /* el_gets reads the end or the error again */
+    if ((c < 0x20 && c != '\t') || c >= 0x7f) {
+      back = c;
+      break;
+    }
+    run[n++] = (char) c;
+  }
+  if (n == 1 && back < 0) {   /* typing */
+    back = (unsigned char) run[0];
+    return 0;
+  }
+  if (n == 0) return 0;
+  run[n] = '\0';
+  el_insertstr(R.el, run);   /* -1 past libedit's line limit: dropped, as
+                             ** el_gets drops a key there */
+  el_push(R.el, REDISPLAY);
+  return 1;
 }
 
 /* Edit mode: one key (or key sequence) from fd 0 to libedit. el_gets
@@ -228,7 +282,8 @@ static void poll_cb (uv_poll_t *h, int status, int events) {
   }
   if (R.edit) {
     locale_t old = edit_enter();
-    int r = edit_key();
+    int pushed = paste_take(), r = pushed ? edit_key() : READ_NONE;
+    if (r == READ_NONE && (!pushed || back >= 0)) r = edit_key();
     edit_leave(old);
     if (r != READ_NONE) read_done(r);
   } else {
@@ -499,6 +554,7 @@ static int edit_open (void) {
     {"\\e[1;5C", "em-next-word"}, {"\\e[1;5D", "ed-prev-word"},
     {"\\e[5C", "em-next-word"}, {"\\e[5D", "ed-prev-word"},
     {"\\e\\e[C", "em-next-word"}, {"\\e\\e[D", "ed-prev-word"},
+    {"\\e[9000~", "ed-redisplay"},   /* REDISPLAY */
   };
   HistEvent ev;
   size_t i;
