@@ -279,11 +279,21 @@ int braid__http_failed (const struct http_xfer *x) {
   return x->result != CURLE_OK || x->nomem || x->over_limit || x->out_err;
 }
 
+const char *braid__http_url_shown (const char *url,
+                                  char buf[HTTP_URL_SHOWN + 4]) {
+  if (strlen(url) <= HTTP_URL_SHOWN) return url;
+  memcpy(buf, url, HTTP_URL_SHOWN);
+  memcpy(buf + HTTP_URL_SHOWN, "...", 4);
+  return buf;
+}
+
 /* Pushes the error of a transfer that failed: kind "memory", "limit"
 ** (max_body), "io" (writing opts.output) or "http" with `code` (libcurl's
 ** name: "COULDNT_CONNECT") and `url`. [-0, +1, m] */
 void braid__http_push_error (lua_State *L, struct http_xfer *x,
                              const char *fname) {
+  char cut[HTTP_URL_SHOWN + 4];
+  const char *url = braid__http_url_shown(x->url, cut);
   if (x->nomem || x->result == CURLE_OUT_OF_MEMORY) {
     braid_pusherror(L, "memory", NULL, "%s: not enough memory", fname);
     return;
@@ -291,15 +301,15 @@ void braid__http_push_error (lua_State *L, struct http_xfer *x,
   if (x->over_limit) {
     braid__push_limit_error(L, x->max_body, "max_body", "%s %s: body longer "
                             "than %I bytes (the max_body option raises the "
-                            "limit)", fname, x->url,
+                            "limit)", fname, url,
                             (lua_Integer) x->max_body);
   } else if (x->out_err) {
     braid_pusherror(L, "io", braid__errname(-x->out_err), "%s %s: cannot write "
-                    "the output file: %s", fname, x->url,
+                    "the output file: %s", fname, url,
                     braid__strerror(-x->out_err));
   } else {
     braid_pusherror(L, "http", braid__http_code_name(x->result), "%s %s: %s",
-                    fname, x->url, x->errbuf[0] ? x->errbuf :
+                    fname, url, x->errbuf[0] ? x->errbuf :
                     curl_easy_strerror(x->result));
   }
   lua_pushstring(L, x->url);
@@ -310,8 +320,10 @@ static int xfer_start (braid_op_t *op, void *ud) {
   struct http_xfer *x = (struct http_xfer *) ud;
   int rc;
   struct http_multi *m = braid__http_multi(braid_op_engine(op), &rc);
+  char cut[HTTP_URL_SHOWN + 4];
   *(struct http_xfer **) braid_op_data(op) = x;
-  braid_op_label(op, "http %s %s", x->method, x->url);
+  braid_op_label(op, "http %s %s", x->method,
+                 braid__http_url_shown(x->url, cut));
   if (m == NULL) return rc;
   if ((rc = braid__http_add(m, x)) != 0) return rc;
   x->op = op;

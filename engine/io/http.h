@@ -115,6 +115,11 @@ void braid__http_xfer_free(struct http_xfer *x);
 /* Did the ended transfer x fail (its error: braid__http_push_error)? */
 int braid__http_failed(const struct http_xfer *x);
 
+/* The url as messages show it: cut to HTTP_URL_SHOWN bytes and "..."
+** (a 9 MB url made a 9 MB message); errors keep it whole in `url`. */
+#define HTTP_URL_SHOWN 200
+const char *braid__http_url_shown(const char *url,
+                                  char buf[HTTP_URL_SHOWN + 4]);
 /* Pushes the error of the failed transfer x. [-0, +1, m] */
 void braid__http_push_error(lua_State *L, struct http_xfer *x,
                             const char *fname);

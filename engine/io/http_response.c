@@ -166,10 +166,12 @@ void braid__http_start_stream (lua_State *L, int idx) {
 
 void braid__http_check (lua_State *L, int idx, const char *fname) {
   struct http_res *r = (struct http_res *) lua_touserdata(L, idx);
+  char cut[HTTP_URL_SHOWN + 4];
   if (r->status < 400) return;
   lua_getiuservalue(L, idx, UV_URL);
   braid_pusherror(L, "http", NULL, "%s %s: status %d", fname,
-                  lua_tostring(L, -1), (int) r->status);
+                  braid__http_url_shown(lua_tostring(L, -1), cut),
+                  (int) r->status);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
   lua_insert(L, -2);
