@@ -197,11 +197,11 @@ typedef void (*braid_cancel_fn)(braid_op_t *op);
 ** braid_resume(op, n), with those n values on top of L's stack and
 ** braid_op_data(op) still valid. Like a lua_CFunction it returns how many
 ** values (from the top) the suspended call returns; it may raise, and as
-** its last act it may suspend again (return braid_suspendk(...)). The
-** stack below the n values is the suspending function's (data over 56
-** bytes lives there): leave it in place. A new braid_suspendk reuses the
-** op, so copy what its start needs out of braid_op_data(op) into its ud
-** first. */
+** its last act it may suspend again (return braid_suspendk(...)), as
+** often as it likes, in constant memory. The stack below the n values is
+** the suspending function's: leave it in place. A new braid_suspendk
+** reuses the op, so copy what its start needs out of braid_op_data(op)
+** into its ud first. */
 typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 
 /* Suspends the running task: a lua_CFunction ends with
@@ -217,7 +217,9 @@ typedef int (*braid_k_fn)(lua_State *L, braid_op_t *op);
 ** calls braid_check_suspend(L, "app.query") first, as braid's primitives
 ** do ("braid.sleep" waits in "sleep"). Results that cannot be moved onto
 ** the task's stack raise kind "memory" instead. An op and up to 56 bytes
-** of data live in the task's wait record: suspending allocates nothing. */
+** of data live in the task's wait record: suspending allocates nothing;
+** larger data is a block of the state's allocator (counted in its memory
+** limit), freed when the task next waits or ends. */
 BRAID_API int braid_suspend(lua_State *L, const char *what, size_t size,
                             braid_start_fn start, braid_cancel_fn on_cancel,
                             void *ud);

@@ -146,6 +146,10 @@ struct braid_wait {
 #define WAIT_OP(w) ((braid_op_t *) (w))
 #define WAIT_TASK(wp) ((wp)->task)
 void braid__op_release(struct braid_task *t);
+/* Frees the block of the last op's data over BRAID_OP_INLINE bytes, if w
+** holds one (suspend.c): before another kind of wait reuses the record's
+** union, and when the task ends. */
+void braid__op_data_drop(struct braid_task *t, struct braid_wait *w);
 /* Wait records (sched.c): get raises "not enough memory" (scheduler
 ** context: with the reserve, as any allocation there); put takes a task's
 ** back when it ends; drop frees the spare ones, while the allocator that

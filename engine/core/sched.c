@@ -59,6 +59,7 @@ void braid__task_wake (struct braid_task *t, int how) {
 
 void braid__task_wait (struct braid_task *t, struct braid_wait *w,
                        void (*cancel)(struct braid_wait *), const char *what) {
+  braid__op_data_drop(t, w);   /* the union is this wait's from now on */
   w->cancel = cancel;
   w->release = NULL;
   w->what = what;
@@ -112,6 +113,7 @@ struct braid_wait *braid__wait_get (lua_State *L, struct braid_task *t) {
 void braid__wait_put (struct braid_task *t) {
   struct braid_wait *w = t->w;
   if (w == NULL) return;
+  braid__op_data_drop(t, w);
   t->w = NULL;
 #ifndef WAIT_NOREUSE
   if (t->E->wait_spares < BRAID_SPARES) {

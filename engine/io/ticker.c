@@ -10,8 +10,9 @@
 **
 ** Invariants:
 ** - The ticker holds no handle and no timer while nobody waits: the one
-**   wait in progress is a braid_suspendk op whose data (inline in the
-**   task) is the engine timer, so an idle ticker costs nothing and never
+**   wait in progress is a braid_suspendk op whose data is the engine
+**   timer (64 bytes, over the 56 a task's wait record holds inline, so a
+**   block its wait record owns), so an idle ticker costs nothing and never
 **   keeps the loop alive, and on the virtual clock time may jump over it.
 ** - One task waits at a time (`waiter` is its op, NULL otherwise).
 ** - The ticker is a resource of the scope that made it: when that scope
