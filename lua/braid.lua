@@ -205,13 +205,16 @@ if rawget(M, "fs") then
     rethrow(e)
   end
 
+  -- As the C functions' own check: a plain table, no metatable (an
+  -- __index could answer every option "true", a __pairs hide them).
   local function check_opts(fname, opts, allowed)
     if opts == nil then return {} end
-    if type(opts) ~= "table" then
+    if type(opts) ~= "table" or getmetatable(opts) ~= nil then
       usage("bad argument #2 to '%s' (options table expected, got %s)",
-            fname, type(opts))
+            fname, type(opts) == "table" and "a table with a metatable"
+                   or type(opts))
     end
-    for k in pairs(opts) do
+    for k in next, opts do
       if not allowed[k] then
         usage("bad argument #2 to '%s' (unknown option '%s')", fname,
               tostring(k))
@@ -239,7 +242,9 @@ if rawget(M, "fs") then
   function fs.exists(path) return as("braid.fs.exists", exists, path) end
 
   -- fs.mkdir(path, [mode | opts]): opts.parents makes the missing parents
-  -- too and accepts a directory that exists; opts.mode as the mode.
+  -- too and accepts a directory that exists; opts.mode as the mode, of
+  -- path only (the parents get the default, as with mkdir -p -m: a mode
+  -- without write permission would stop the next level).
   function fs.mkdir(path, opts)
     if type(opts) ~= "table" then return mkdir(path, opts) end
     check_opts("braid.fs.mkdir", opts, {parents = true, mode = true})
@@ -254,7 +259,7 @@ if rawget(M, "fs") then
     if not io_code(e, "ENOENT") then rethrow(e) end
     local parent = path:match("^(.*[^/])/+[^/]+/*$")
     if not parent then rethrow(e) end
-    fs.mkdir(parent, {parents = true, mode = opts.mode})
+    fs.mkdir(parent, {parents = true})
     ok, e = pcall(mkdir, path, opts.mode)
     if ok or exists_as_dir(e) then return end
     rethrow(e)
@@ -354,9 +359,21 @@ if rawget(M, "fs") then
     end
   end
 
+  -- A step suspends (list, stat): a second task stepping the same walk
+  -- meanwhile would pop the first one's directory, and entries were lost.
   function fs.walk(dir, opts)
-    local step = as("braid.fs.walk", walk, dir, opts)
-    return function() return as("braid.fs.walk", step) end
+    local step, busy = as("braid.fs.walk", walk, dir, opts), false
+    local function done(...)
+      busy = false
+      return ...
+    end
+    return function()
+      if busy then
+        usage("braid.fs.walk: another task is stepping this walk")
+      end
+      busy = true
+      return done(as("braid.fs.walk", step))
+    end
   end
 
   -- fs.lines(path, [opts]) -> iterator over the lines of a file, read in

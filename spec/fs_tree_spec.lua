@@ -82,6 +82,61 @@ describe("braid.fs tree calls", function()
     assert.are.equal("usage", e.kind)
   end))
 
+  -- the parents got opts.mode too: a mode without write permission
+  -- stopped the next level (for anyone but root), as mkdir -p -m does not
+  it("mkdir with parents gives opts.mode to the last directory only", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.mkdir(d .. "/a", {mode = tonumber("755", 8)})
+    local default = fs.stat(d .. "/a").mode
+    fs.mkdir(d .. "/p/q/r", {parents = true, mode = tonumber("500", 8)})
+    assert.are.equal(tonumber("500", 8), fs.stat(d .. "/p/q/r").mode & tonumber("777", 8))
+    assert.are.equal(default, fs.stat(d .. "/p").mode)
+    assert.are.equal(default, fs.stat(d .. "/p/q").mode)
+  end))
+
+  -- the Lua-side functions read opts through __index and __pairs, where
+  -- every C function refuses such a table
+  it("refuses an options table with a metatable, as the C functions do", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.mkdir(d .. "/p")
+    fs.write_file(d .. "/p/f", "x")
+    local sneaky = setmetatable({}, {__index = function() return true end})
+    for _, call in ipairs({
+      function() return fs.remove(d .. "/p", sneaky) end,
+      function() return fs.mkdir(d .. "/q/r", sneaky) end,
+      function() return fs.walk(d, sneaky) end,
+    }) do
+      local ok, e = pcall(call)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      assert.matches("options table expected, got a table with a metatable", e.message)
+    end
+    assert.are.equal("x", fs.read_file(d .. "/p/f"))
+  end))
+
+  -- a step suspends (list, stat): a second task stepping the same walk
+  -- popped the first one's directory, and 49 of 102 entries were lost
+  it("refuses a second task stepping a walk another task is in", h.run(function()
+    local d <close> = fs.tmpdir()
+    for _, sub in ipairs({"a", "b"}) do
+      fs.mkdir(d .. "/" .. sub)
+      for i = 1, 20 do fs.write_file(d .. "/" .. sub .. "/f" .. i, "") end
+    end
+    local it = fs.walk(d.path)
+    local function run()
+      local n = 0
+      while it() do n = n + 1 end
+      return n
+    end
+    local ok, e = pcall(braid.gather, run, run)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("braid.fs.walk: another task is stepping this walk", e.message, 1, true)
+    local n = 0
+    for _ in fs.walk(d.path) do n = n + 1 end
+    assert.are.equal(42, n)
+  end))
+
   it("remove with recursive removes a tree, not what its links point to",
      h.run(function()
     local d <close> = fs.tmpdir()
