@@ -83,3 +83,38 @@ describe("braid calls outside a task", function()
     assert.matches("already running", e.message)
   end))
 end)
+
+-- Finishing a task finished its parent (the last member of the parent's
+-- scope ended) by recursion, each level holding a slot of the scheduler's
+-- stack: a chain of 40 nested tasks ending from the leaf up wrote past its
+-- end (heap corruption, SIGSEGV), also when cancelled or failing fast. In
+-- a child process: a crash must fail this spec, not end the spec runner.
+describe("a chain of nested tasks", function()
+  local script = h.script([[
+    local how, depth = arg[1], tonumber(arg[2])
+    local function chain(d)   -- each level returns; its scope waits
+      if d == 0 then braid.sleep(0.01) return end
+      braid.spawn(chain, d - 1)
+    end
+    local function walk(d)    -- each level awaits the next
+      if d == 0 then braid.sleep(10) return 0 end
+      return 1 + braid.spawn(walk, d - 1):await()
+    end
+    if how == "end" then chain(depth) print("ended")
+    elseif how == "timeout" then print(select(2, pcall(braid.timeout, 0.2, walk, depth)))
+    else
+      print(select(2, pcall(braid.gather, function() return walk(depth) end,
+                            function() braid.sleep(0.2) error("boom", 0) end)))
+    end
+  ]])
+  teardown(function() os.remove(script) end)
+  for _, case in ipairs({{"end", "ended"}, {"timeout", "timed out after 0.2 s"},
+                         {"fail", "boom"}}) do
+    it("of 50000 levels ends from the leaf up: " .. case[1], function()
+      local out, err, code = h.sh("timeout 120 " .. os.getenv("BRAID_BIN") .. " " ..
+                                  script .. " " .. case[1] .. " 50000")
+      assert.are.equal(0, code, err)
+      assert.are.equal(case[2] .. "\n", out)
+    end)
+  end
+end)

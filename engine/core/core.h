@@ -229,8 +229,9 @@ void braid__scope_init(struct braid_scope *s, braid_engine_t *E, int kind,
 void braid__scope_cancel(struct braid_scope *s, struct braid_scope *cause);
 void braid__scope_set_reason(lua_State *L, struct braid_scope *s, int idx);
 void braid__scope_release(struct braid_scope *s);
-void braid__scope_member_done(lua_State *L, struct braid_scope *s,
-                              struct braid_task *t);
+struct braid_task *braid__scope_member_done(lua_State *L,
+                                            struct braid_scope *s,
+                                            struct braid_task *t);
 void braid__scope_fail(lua_State *L, struct braid_scope *s, int idx,
                        int rec);
 void braid__scope_push_record(lua_State *L, struct braid_scope *s);

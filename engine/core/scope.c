@@ -325,21 +325,34 @@ void braid__scope_push_error (lua_State *L, struct braid_scope *s) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->more->error_ref);
 }
 
-/* One member of s left; the owner, waiting for the last one, is woken. */
-void braid__scope_left (struct braid_scope *s) {
-  if (--s->pending > 0) return;
+/* One member of s left; the owner, waiting for the last one, is woken.
+** Returns s's task when that ends it (its body has returned and this was
+** its scope's last member): the caller finishes it. task_finish does so in
+** a loop, so that a chain of nested tasks ending from the leaf up is no
+** recursion: each level held a slot of S's stack, and 40 levels wrote past
+** its end. */
+static struct braid_task *scope_leave (struct braid_scope *s) {
+  if (--s->pending > 0) return NULL;
   if (s->more) braid_timer_stop(s->E, &s->more->grace);
-  if (!s->joining || s->task == NULL) return;
-  if (s->kind == SCOPE_TASK) braid__task_finish(s->task);
-  else braid__task_wake(s->task, WAKE_OK);
+  if (!s->joining || s->task == NULL) return NULL;
+  if (s->kind == SCOPE_TASK) return s->task;
+  braid__task_wake(s->task, WAKE_OK);
+  return NULL;
+}
+
+void braid__scope_left (struct braid_scope *s) {
+  struct braid_task *t = scope_leave(s);
+  if (t) braid__task_finish(t);
 }
 
 /* Task t, a member of s, ended. A failure fails the scope (fail-fast); a
 ** cancellation does not. Groups judge their members themselves, and the
 ** REPL's session (the root task's scope while a session is set, prim.h)
-** reports failures and carries on. */
-void braid__scope_member_done (lua_State *L, struct braid_scope *s,
-                               struct braid_task *t) {
+** reports failures and carries on. Returns the task that this ends, for
+** the caller to finish (scope_leave). */
+struct braid_task *braid__scope_member_done (lua_State *L,
+                                             struct braid_scope *s,
+                                             struct braid_task *t) {
   /* The top scope does not fail fast either: an embedder's tasks are
   ** independent, and braid.run reads its root task's own outcome. */
   if (t->status == TASK_FAILED && s->kind != SCOPE_GROUP &&
@@ -357,7 +370,7 @@ void braid__scope_member_done (lua_State *L, struct braid_scope *s,
       lua_pop(L, 3);
     }
   }
-  braid__scope_left(s);
+  return scope_leave(s);
 }
 
 /* ---- running a body as a scope ---- */

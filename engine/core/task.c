@@ -256,11 +256,13 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
 ** the outcome is the scope's first error, else the body's cancellation,
 ** else the body's results (already in user value 1). Then the watchers and
 ** the parent scope are told. Runs in scheduler context, with the task
-** object on S's top (popped). */
-static void task_finish (struct braid_task *t) {
+** object on S's top (popped). Returns the task this ends in turn (the last
+** member of its scope ended), for braid__task_finish's loop. */
+static struct braid_task *task_finish (struct braid_task *t) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
   struct braid_scope *s = &t->scope;
+  struct braid_task *next;
   if (E->abandon_later == t) E->abandon_later = NULL;   /* nothing left */
   if (E->trace) braid__trace_finish(t);
   if (SCOPE_REF(s, error_ref) != LUA_NOREF) {
@@ -283,15 +285,18 @@ static void task_finish (struct braid_task *t) {
     w->done(w, t);
   }
   braid__wait_put(t);
-  braid__scope_member_done(S, s->outer, t);
+  next = braid__scope_member_done(S, s->outer, t);
   braid__scope_release(s);
   braid__task_unanchor(S, E, t);
   lua_pop(S, 1);
+  return next;
 }
 
 void braid__task_finish (struct braid_task *t) {
-  braid__task_push(t->E->S, t);
-  task_finish(t);
+  do {
+    braid__task_push(t->E->S, t);
+    t = task_finish(t);
+  } while (t != NULL);
 }
 
 /* The body's coroutine returned (nres results on it) or raised: keep the
@@ -338,7 +343,8 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
     s->joining = 1;
     return;
   }
-  task_finish(t);   /* the task object is still on S */
+  if ((t = task_finish(t)) != NULL)   /* the task object is still on S */
+    braid__task_finish(t);
 }
 
 /* The error of the ended task at idx is handed to code: its record goes
