@@ -33,6 +33,34 @@ describe("braid.dump", function()
     t:cancel()
     pcall(t.await, t)
   end))
+
+  -- the buffer's slot moved once it had spilled into its box: a task
+  -- line over ~1 KB made braid.dump raise "attempt to call a nil value"
+  it("shows a task whose line is over 1 KB", h.virtual(function()
+    local t = braid.spawn(braid.sleep, 1)
+    t.name = ("n"):rep(5000)
+    braid.yield()
+    local text = braid.dump()
+    assert.truthy(text:find('task %d+ "' .. t.name .. '" suspended'))
+    t:cancel()
+  end))
+
+  -- each level was indented two spaces more: a 100000-deep chain made
+  -- lines of 200 KB, 5.6 GB in all, then a stack overflow (recursion)
+  it("lists a chain 5000 deep, lines past depth 32 saying their depth", h.virtual(function()
+    local function walk(d)
+      if d == 0 then braid.sleep(100) return end
+      braid.spawn(walk, d - 1):await()
+    end
+    local t = braid.spawn(walk, 5000)
+    braid.sleep(1)
+    local text = braid.dump()
+    assert.are.equal(5002, #braid.tasks())
+    assert.are.equal(5002, select(2, text:gsub("\n", "")))
+    assert.truthy(text:find("\n" .. (" "):rep(64) .. "%(depth 5001%) task %d+"))
+    assert.is_true(#text < 5002 * 300)
+    t:cancel()
+  end))
 end)
 
 describe("a failure that reaches the top", function()

@@ -194,6 +194,7 @@ struct scope_more {
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   uint64_t cancel_ns;          /* when a cancel reached it with members
                                ** (hrtime), for those not started yet */
+  uint64_t cancel_grace;       /* and its grace period then */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */
@@ -437,6 +438,9 @@ struct braid_engine {
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   uint64_t grace_ns;           /* braid.run's grace period */
+  unsigned own_graces;         /* live scopes with a grace period of their
+                               ** own: none (as usual), and a scope's is
+                               ** grace_ns without a walk up the tree */
   /* Embedding (embed.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */

@@ -13,76 +13,84 @@ static const char *const kind_names[] = {
   "top", "task", "scope", "shield", "timeout", "group"
 };
 
-/* Appends the live tasks below s to the table at the stack top. */
-static void collect (lua_State *L, struct braid_scope *s) {
-  struct braid_list *n;
-  for (n = s->subs.next; n != &s->subs; n = n->next) {
-    struct braid_scope *sub = container_of(n, struct braid_scope, link);
-    if (sub->kind == SCOPE_TASK) {
-      braid__task_push(L, sub->task);
-      lua_rawseti(L, -2, luaL_len(L, -2) + 1);
-    }
-    collect(L, sub);
+/* The scope after s in a walk of top's tree, parents before children,
+** and its depth (top's children are at 0); NULL at the end. A loop, not
+** recursion: a chain of nested tasks may be 100k deep. */
+static struct braid_scope *walk_next (struct braid_scope *top,
+                                      struct braid_scope *s, int *depth) {
+  if (s->subs.next != &s->subs) {
+    ++*depth;
+    return container_of(s->subs.next, struct braid_scope, link);
   }
+  for (; s != top; s = s->outer, --*depth)
+    if (s->link.next != &s->outer->subs)
+      return container_of(s->link.next, struct braid_scope, link);
+  return NULL;
 }
 
 /* braid.tasks() -> list of the live tasks, parents before children. */
 static int l_dump_tasks (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
+  struct braid_scope *s = &E->top;
+  lua_Integer n = 0;
+  int depth = -1;
   lua_newtable(L);
-  if (E->running) collect(L, &E->top);
+  if (E->running)
+    while ((s = walk_next(&E->top, s, &depth)) != NULL)
+      if (s->kind == SCOPE_TASK) {
+        braid__task_push(L, s->task);
+        lua_rawseti(L, -2, ++n);
+      }
   return 1;
 }
 
-/* One line for task t at `depth`, then its subtree. */
-static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
-                       int depth);
+/* Indentation: two spaces a level, up to MAX_INDENT levels; deeper lines
+** say their depth instead of growing (a 100k-deep chain took 5.6 GB). */
+#define MAX_INDENT 32
+static const char spaces[2 * MAX_INDENT + 1] =
+  "                                                                ";
 
-static void dump_scope (lua_State *L, luaL_Buffer *b, struct braid_scope *s,
-                        int depth) {
-  struct braid_list *n;
-  for (n = s->subs.next; n != &s->subs; n = n->next) {
-    struct braid_scope *sub = container_of(n, struct braid_scope, link);
-    if (sub->kind == SCOPE_TASK) {
-      dump_task(L, b, sub->task, depth);
-    } else {
-      int i;
-      for (i = 0; i < depth; i++) luaL_addstring(b, "  ");
-      lua_pushfstring(L, "[%s%s]\n", kind_names[sub->kind],
-                      sub->cancelled ? ", cancelled" : "");
-      luaL_addvalue(b);
-      dump_scope(L, b, sub, depth + 1);
-    }
-  }
-}
-
-static void dump_task (lua_State *L, luaL_Buffer *b, struct braid_task *t,
+/* Appends s's line (a task's, or a nested scope's kind) to b. */
+static void dump_line (lua_State *L, luaL_Buffer *b, struct braid_scope *s,
                        int depth) {
-  braid_engine_t *E = t->E;
-  const char *where = braid__task_where(L, t);
-  int i;
-  lua_insert(L, -2);   /* the buffer's slot must stay at the top */
-  for (i = 0; i < depth; i++) luaL_addstring(b, "  ");
-  lua_pushfstring(L, "task %I \"%s\" %s%s", (lua_Integer) t->id,
-                  braid__task_name(L, t, 0), braid__status_names[t->status],
-                  where);
-  luaL_addvalue(b);
-  lua_remove(L, -2);
-  if (t->scope.cancelled) luaL_addstring(b, ", cancelled");
-  if (t->waiting) {
-    uint64_t ms = braid__now_ms(E) - t->w->since;
-    lua_pushfstring(L, ", waits on %s for %f s", t->w->what, ms / 1000.0);
+  const char *indent = spaces + 2 * (MAX_INDENT - (depth < MAX_INDENT ?
+                                                   depth : MAX_INDENT));
+  if (depth > MAX_INDENT) {
+    lua_pushfstring(L, "%s(depth %d) ", indent, depth);
+    luaL_addvalue(b);
+    indent = "";
+  }
+  if (s->kind == SCOPE_TASK) {
+    struct braid_task *t = s->task;
+    const char *where = braid__task_where(L, t);
+    lua_pushfstring(L, "%stask %I \"%s\" %s%s%s", indent, (lua_Integer) t->id,
+                    braid__task_name(L, t, 0),
+                    braid__status_names[t->status], where,
+                    t->scope.cancelled ? ", cancelled" : "");
+    lua_remove(L, -2);   /* `where`: the buffer's slot must be just below */
+    luaL_addvalue(b);
+    if (t->waiting) {
+      uint64_t ms = braid__now_ms(t->E) - t->w->since;
+      lua_pushfstring(L, ", waits on %s for %f s", t->w->what, ms / 1000.0);
+      luaL_addvalue(b);
+    }
+    luaL_addchar(b, '\n');
+  } else {
+    lua_pushfstring(L, "%s[%s%s]\n", indent, kind_names[s->kind],
+                    s->cancelled ? ", cancelled" : "");
     luaL_addvalue(b);
   }
-  luaL_addchar(b, '\n');
-  dump_scope(L, b, &t->scope, depth + 1);
 }
 
 /* Pushes the live task tree as text. */
 static void dump_push (lua_State *L, braid_engine_t *E) {
   luaL_Buffer b;
+  struct braid_scope *s = &E->top;
+  int depth = -1;
   luaL_buffinit(L, &b);
-  if (E->running) dump_scope(L, &b, &E->top, 0);
+  if (E->running)
+    while ((s = walk_next(&E->top, s, &depth)) != NULL)
+      dump_line(L, &b, s, depth);
   luaL_pushresult(&b);
 }
 
