@@ -136,6 +136,11 @@ void braid__http_finish(lua_State *L, int idx, const char *fname);
 void braid__http_start_stream(lua_State *L, int idx);
 void braid__http_check(lua_State *L, int idx, const char *fname);
 void braid__http_open_response(lua_State *L);
+/* Pops the request body (a string) into the response object at idx, which
+** anchors it for libcurl to send from (CURLOPT_POSTFIELDS: no copy) while
+** the transfer lives; the calls that free the transfer with a lua_State at
+** hand let it go. [-1, +0, -] */
+void braid__http_keep_body(lua_State *L, int idx);
 
 /* curl's name of code without CURLE_ ("COULDNT_CONNECT"). */
 const char *braid__http_code_name(CURLcode code);

@@ -366,11 +366,15 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
       braid_usageerror(L, "bad option 'body' to '%s' (string, table or "
                        "function expected, got %s)", fname,
                        luaL_typename(L, -1));
+    /* sent from the string itself, not a copy (COPYPOSTFIELDS made one
+    ** the memory limit never saw: 150 POSTs of one 2 MiB string took 300
+    ** MB): the response object anchors it while the transfer lives */
     body = lua_tolstring(L, -1, &len);
+    lua_pushvalue(L, -1);
+    braid__http_keep_body(L, 3);
     DIRTY(x);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
-    if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body) != CURLE_OK)
-      braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
   }
   lua_pop(L, 1);
   if ((x->in = open_body_file(L, fname)) != NULL) {
