@@ -55,6 +55,7 @@ void braid__http_xfer_free (struct http_xfer *x) {
   }
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
+  braid__charge_set(&x->hdr_charge, x->E, 0);   /* req_headers are freed */
   if (x->hdr.p != x->hdr_inline) free(x->hdr.p);
   free(x->body.p);
   free(x->url);

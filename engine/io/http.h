@@ -39,6 +39,7 @@ struct http_xfer {
                              ** NULL (out is written directly) */
   struct http_buf hdr, body;
   struct braid_charge charge;
+  struct braid_charge hdr_charge;   /* req_headers' bytes (http_options.c) */
   size_t max_body, received;
   braid_resource_t res;      /* a stream: closed when its scope ends */
   CURLcode result;

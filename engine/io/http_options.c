@@ -118,42 +118,78 @@ static int is_tchar (unsigned char c) {
          (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c));
 }
 
+static void headers_drop (struct http_xfer *x);
+
 /* Refuses a header name that is not a token: a ':', a space or a line
 ** break in it would let the script write other headers, or a second
 ** request, into this one (libcurl sends the line as given). */
-static void check_header_name (lua_State *L, const char *name, size_t len,
+static void check_header_name (lua_State *L, struct http_xfer *x,
+                               const char *name, size_t len,
                                const char *fname) {
   size_t i;
   for (i = 0; i < len && is_tchar((unsigned char) name[i]); i++) {}
   if (len > 0 && i == len) return;
+  headers_drop(x);
   push_quoted(L, name, len);
   braid_usageerror(L, "%s: header name %s is not a valid token (letters, "
                    "digits and !#$%%&'*+-.^_`|~ expected)", fname,
                    lua_tostring(L, -1));
 }
 
+/* Frees the headers set so far, and their charge, before an error: a
+** transfer that never starts holds nothing until its response is
+** collected (a refused charge's collection runs no finalizer). */
+static void headers_drop (struct http_xfer *x) {
+  curl_slist_free_all(x->req_headers);
+  x->req_headers = NULL;
+  braid__charge_set(&x->hdr_charge, x->E, 0);
+}
+
 /* Adds header `name: value` (value at the top, a string or number, which
 ** it pops). A value may hold anything but CR, LF and NUL, which would end
 ** the header line (or, for NUL, cut it short) where the script did not;
-** the error does not quote the value, which may be a secret. */
+** the error does not quote the value, which may be a secret. libcurl's
+** copy of each line is charged against the memory limit (x->hdr_charge,
+** released when x is freed): 400 values of 2 MiB had taken 800 MB that
+** the limit never saw. Going over it raises before anything is sent. The
+** line is put together in C, not as a Lua string: the charge is then the
+** only growth, so a script at its limit is refused by it, kind "memory". */
 static void add_header (lua_State *L, struct http_xfer *x, const char *name,
                         const char *fname) {
   struct curl_slist *l;
   const char *v;
-  size_t len;
-  if (!lua_isstring(L, -1))
+  char *p;
+  size_t len, nlen = strlen(name), line;
+  if (!lua_isstring(L, -1)) {
+    headers_drop(x);
     braid_usageerror(L, "bad option 'headers' to '%s' (string values "
                      "expected)", fname);
+  }
   v = lua_tolstring(L, -1, &len);
-  if (strlen(v) != len || strpbrk(v, "\r\n"))
+  if (strlen(v) != len || strpbrk(v, "\r\n")) {
+    headers_drop(x);
     braid_usageerror(L, "%s: header \"%s\" has a line break or NUL in its "
                      "value (a value without CR, LF or NUL expected)", fname,
                      name);
-  lua_pushfstring(L, "%s: %s", name, v);
-  if ((l = curl_slist_append(x->req_headers, lua_tostring(L, -1))) == NULL)
+  }
+  line = nlen + 2 + len;   /* "name: value" */
+  if (braid__charge_set(&x->hdr_charge, x->E, x->hdr_charge.bytes + line +
+                        1 + sizeof *l) != 0 ||
+      (p = braid__malloc(line + 1)) == NULL) {
+    headers_drop(x);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
+  memcpy(p, name, nlen);
+  memcpy(p + nlen, ": ", 2);
+  memcpy(p + nlen + 2, v, len + 1);
+  l = curl_slist_append(x->req_headers, p);
+  free(p);
+  if (l == NULL) {
+    headers_drop(x);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
   x->req_headers = l;
-  lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
 /* opts.headers: {name = value | {values}}. */
@@ -170,11 +206,13 @@ static void set_headers (lua_State *L, struct http_xfer *x,
   while (lua_next(L, -2)) {
     const char *name;
     size_t len;
-    if (lua_type(L, -2) != LUA_TSTRING)
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      headers_drop(x);
       braid_usageerror(L, "bad option 'headers' to '%s' (string names "
                        "expected)", fname);
+    }
     name = lua_tolstring(L, -2, &len);
-    check_header_name(L, name, len, fname);
+    check_header_name(L, x, name, len, fname);
     if (lua_istable(L, -1)) {
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
