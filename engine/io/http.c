@@ -253,6 +253,14 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
   x->fresh = (unsigned char) fresh;   /* braid__http_add sets the rest */
   if ((x->url = strdup(url)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  if (strlen(url) > HTTP_HEAD_MAX) {   /* libcurl would say out of memory */
+    braid__push_limit_error(L, HTTP_HEAD_MAX, "url", "%s: URL of %I bytes "
+                            "is longer than the %I libcurl can send (its "
+                            "limit on a request's head is 1 MiB)", fname,
+                            (lua_Integer) strlen(url),
+                            (lua_Integer) HTTP_HEAD_MAX);
+    lua_error(L);
+  }
   return x;
 }
 

@@ -116,6 +116,15 @@ void braid__http_xfer_free(struct http_xfer *x);
 /* Did the ended transfer x fail (its error: braid__http_push_error)? */
 int braid__http_failed(const struct http_xfer *x);
 
+/* libcurl (7.88) builds a request's head (its request line, the script's
+** headers and its own) in one buffer of at most 1 MiB, and past that fails
+** the transfer with CURLE_OUT_OF_MEMORY, which read as "not enough memory"
+** with memory to spare. braid refuses a URL and headers over HTTP_HEAD_MAX
+** bytes up front (kind "limit"), leaving 16 KiB of the 1 MiB for the
+** method, the version and libcurl's own headers (Host, Accept,
+** Content-Length, Content-Type, Expect). */
+#define HTTP_HEAD_MAX (((size_t) 1 << 20) - ((size_t) 16 << 10))
+
 /* The url as messages show it: cut to HTTP_URL_SHOWN bytes and "..."
 ** (a 9 MB url made a 9 MB message); errors keep it whole in `url`. */
 #define HTTP_URL_SHOWN 200

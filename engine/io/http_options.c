@@ -148,14 +148,16 @@ static void headers_drop (struct http_xfer *x) {
 /* Adds header `name: value` (value at the top, a string or number, which
 ** it pops). A value may hold anything but CR, LF and NUL, which would end
 ** the header line (or, for NUL, cut it short) where the script did not;
-** the error does not quote the value, which may be a secret. libcurl's
-** copy of each line is charged against the memory limit (x->hdr_charge,
-** released when x is freed): 400 values of 2 MiB had taken 800 MB that
-** the limit never saw. Going over it raises before anything is sent. The
-** line is put together in C, not as a Lua string: the charge is then the
-** only growth, so a script at its limit is refused by it, kind "memory". */
+** the error does not quote the value, which may be a secret. *head counts
+** the bytes of the request's head so far: past HTTP_HEAD_MAX (http.h) the
+** call raises kind "limit" before copying more. libcurl's copy of each
+** line is charged against the memory limit (x->hdr_charge, released when
+** x is freed): 400 values of 2 MiB had taken 800 MB that the limit never
+** saw. Either error comes before anything is sent. The line is put
+** together in C, not as a Lua string: the charge is then the only
+** growth, so a script at its limit is refused by it, kind "memory". */
 static void add_header (lua_State *L, struct http_xfer *x, const char *name,
-                        const char *fname) {
+                        size_t *head, const char *fname) {
   struct curl_slist *l;
   const char *v;
   char *p;
@@ -172,7 +174,16 @@ static void add_header (lua_State *L, struct http_xfer *x, const char *name,
                      "value (a value without CR, LF or NUL expected)", fname,
                      name);
   }
-  line = nlen + 2 + len;   /* "name: value" */
+  line = nlen + 2 + len;   /* "name: value", sent with CR LF */
+  if (line + 2 > HTTP_HEAD_MAX - *head) {
+    headers_drop(x);
+    braid__push_limit_error(L, HTTP_HEAD_MAX, "headers", "%s: headers and "
+                            "URL longer than the %I bytes libcurl can send "
+                            "(its limit on a request's head is 1 MiB)",
+                            fname, (lua_Integer) HTTP_HEAD_MAX);
+    lua_error(L);
+  }
+  *head += line + 2;
   if (braid__charge_set(&x->hdr_charge, x->E, x->hdr_charge.bytes + line +
                         1 + sizeof *l) != 0 ||
       (p = braid__malloc(line + 1)) == NULL) {
@@ -195,6 +206,7 @@ static void add_header (lua_State *L, struct http_xfer *x, const char *name,
 /* opts.headers: {name = value | {values}}. */
 static void set_headers (lua_State *L, struct http_xfer *x,
                          const char *fname) {
+  size_t head = strlen(x->url);   /* the request line and Host hold it */
   if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -217,11 +229,11 @@ static void set_headers (lua_State *L, struct http_xfer *x,
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
-        add_header(L, x, name, fname);
+        add_header(L, x, name, &head, fname);
       }
       lua_pop(L, 1);
     } else {
-      add_header(L, x, name, fname);
+      add_header(L, x, name, &head, fname);
     }
   }
   lua_pop(L, 1);
