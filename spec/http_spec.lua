@@ -668,6 +668,46 @@ describe("braid.http files, numbers and options", function()
     os.execute("rm -r " .. d)
   end))
 
+  -- the rename replaced a dangling link with a regular file and never made
+  -- its target (curl, io.open and fs.write_file make the target)
+  it("writes through a dangling symbolic link, making its target", h.run(function()
+    local d = mkdir()
+    local function link(to, name) assert(os.execute("ln -s " .. to .. " " .. d .. "/" .. name)) end
+    local function is_link(name)
+      return h.sh("test -L " .. d .. "/" .. name .. " && echo link") == "link\n"
+    end
+    assert(os.execute("mkdir " .. d .. "/sub"))
+    link("target", "link")                       -- relative to the link's directory
+    link("l1", "l2") link("sub/t", "l1")         -- a chain
+    link(d .. "/abs", "alink")                   -- absolute
+    local function get(name, n)
+      return braid.http.get(URL .. "/bytes/" .. n, {output = d .. "/" .. name}).status
+    end
+    assert.are.equal(200, get("link", 5))
+    assert.are.equal("xxxxx", h.slurp(d .. "/target"))
+    assert.is_true(is_link("link"))
+    assert.are.equal(200, get("l2", 3))
+    assert.are.equal("xxx", h.slurp(d .. "/sub/t"))
+    assert.is_true(is_link("l2") and is_link("l1"))
+    assert.are.equal(200, get("alink", 300000))   -- through the write buffer
+    assert.are.equal(300000, #h.slurp(d .. "/abs"))
+    assert.is_true(is_link("alink"))
+    -- now the target exists: it is replaced, the link kept
+    assert.are.equal(200, get("link", 2))
+    assert.are.equal("xx", h.slurp(d .. "/target"))
+    assert.is_true(is_link("link"))
+    -- a target in a missing directory, and a loop, fail naming the link
+    link("nodir/x", "m")
+    link("b", "a") link("a", "b")
+    for name, code in pairs{m = "ENOENT", a = "ELOOP"} do
+      local ok, e = pcall(braid.http.get, URL .. "/bytes/1", {output = d .. "/" .. name})
+      assert.are.same({false, "io", code, d .. "/" .. name}, {ok, e.kind, e.code, e.path})
+    end
+    assert.are.equal("a\nabs\nalink\nb\nl1\nl2\nlink\nm\nsub\ntarget\n", ls(d))
+    assert.are.equal("t\n", ls(d .. "/sub"))   -- no temporary file left
+    os.execute("rm -r " .. d)
+  end))
+
   -- libcurl sent a mix of the two
   it("refuses body together with body_file", h.run(function()
     local path = h.tmp()

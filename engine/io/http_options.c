@@ -19,6 +19,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -346,26 +347,74 @@ static int output_tmp (const char *target, mode_t mode, char **names) {
   return fd;
 }
 
+/* Where the dangling symbolic link `path` leads: its target, read
+** relative to the link's directory, followed through further links (at
+** most 40, as the kernel does) to the first name that does not exist.
+** Returns it malloc'd, or NULL and *err: ENOENT when path is no link (or
+** stopped being one), ELOOP, or readlink's or malloc's errno. */
+static char *link_target (const char *path, int *err) {
+  char buf[PATH_MAX], *cur = strdup(path), *next;
+  struct stat st;
+  int hops;
+  for (hops = 0; cur != NULL; hops++) {
+    const char *slash;
+    size_t dlen;
+    ssize_t n;
+    if (lstat(cur, &st) != 0) {
+      if (hops > 0 && errno == ENOENT) return cur;   /* the target */
+      break;
+    }
+    if (!S_ISLNK(st.st_mode)) {   /* made since the caller's stat */
+      errno = ENOENT;
+      break;
+    }
+    if (hops == 40) {
+      errno = ELOOP;
+      break;
+    }
+    if ((n = readlink(cur, buf, sizeof buf - 1)) < 0) break;
+    buf[n] = '\0';
+    slash = strrchr(cur, '/');
+    dlen = buf[0] == '/' || slash == NULL ? 0 : (size_t) (slash - cur) + 1;
+    if ((next = malloc(dlen + (size_t) n + 1)) != NULL) {
+      memcpy(next, cur, dlen);
+      memcpy(next + dlen, buf, (size_t) n + 1);
+    }
+    free(cur);
+    cur = next;
+  }
+  *err = cur == NULL ? ENOMEM : errno;
+  free(cur);
+  return NULL;
+}
+
 /* opts.output. A regular file (or none yet) is not written in place: the
 ** body goes to a temporary file beside it (x->out_tmp), renamed over it
 ** when the transfer succeeds and removed when it fails or is cancelled
 ** (http.c), so a failed request leaves an existing file as it was. A
+** symbolic link is followed, also a dangling one (its target is made). A
 ** character device (/dev/null) is written directly; anything else is
 ** refused (file_open). Nothing here blocks: FIFOs are refused on stat,
 ** and the open that checks the target is O_NONBLOCK. */
 static void open_output (lua_State *L, struct http_xfer *x,
                          const char *fname) {
   const char *path = opt_string(L, "output", fname);
-  char *real = NULL, *cwd;
+  char *real = NULL, *link = NULL, *cwd;
   const char *target = path;
   struct stat st;
   mode_t mode = 0666;
-  int fd, exists;
+  int fd, exists, e;
   if (path == NULL) return;
   opt_check_fs(L, "output", fname);
   exists = stat(path, &st) == 0;
   if (!exists && errno != ENOENT) file_error(L, "output", path, errno, NULL,
                                              fname);
+  /* a dangling link: its target is made, as open(2) with O_CREAT, curl
+  ** and io.open do (renaming over the link replaced the link itself) */
+  if (!exists) {
+    if ((link = link_target(path, &e)) != NULL) target = link;
+    else if (e != ENOENT) file_error(L, "output", path, e, NULL, fname);
+  }
   if (exists && S_ISDIR(st.st_mode))
     file_error(L, "output", path, EISDIR, NULL, fname);
   if (exists && !S_ISREG(st.st_mode)) {
@@ -394,6 +443,7 @@ static void open_output (lua_State *L, struct http_xfer *x,
   }
   fd = output_tmp(target, mode, &x->out_tmp);
   free(real);
+  free(link);
   if (fd < 0) file_error(L, "output", path, -fd, NULL, fname);
   if (exists) (void) fchmod(fd, mode);   /* as the file it replaces */
   x->out = file_stdio(L, fd, "wb", fname);   /* on failure x->out_tmp goes
