@@ -378,6 +378,10 @@ describe("braid.http.request", function()
                      limit({url = url .. "?" .. ("q"):rep(1100000)}, "url"))
     local ok, e = pcall(braid.http.get, url .. "?" .. ("q"):rep(1100000))
     assert.are.same({false, "limit", "url"}, {ok, e.kind, e.option})
+    -- a user name and password go in base64 (Authorization), a third longer
+    local creds = "http://" .. ("u"):rep(800000) .. ":p@" .. url:sub(8)
+    assert.matches("its user name and password go in base64, a third longer",
+                   limit({url = creds}, "url"), 1, true)
     assert.are.equal(1, accepted)   -- nothing was sent
     srv:close()
   end))

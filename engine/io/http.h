@@ -124,6 +124,10 @@ int braid__http_failed(const struct http_xfer *x);
 ** method, the version and libcurl's own headers (Host, Accept,
 ** Content-Length, Content-Type, Expect). */
 #define HTTP_HEAD_MAX (((size_t) 1 << 20) - ((size_t) 16 << 10))
+/* What url takes of the request's head: its length, and, when it holds a
+** user name and password, what their Authorization header adds (base64:
+** a third more). */
+size_t braid__http_head_size(const char *url);
 
 /* The url as messages show it: cut to HTTP_URL_SHOWN bytes and "..."
 ** (a 9 MB url made a 9 MB message); errors keep it whole in `url`. */

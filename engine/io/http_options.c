@@ -207,7 +207,8 @@ static void add_header (lua_State *L, struct http_xfer *x, const char *name,
 /* opts.headers: {name = value | {values}}. */
 static void set_headers (lua_State *L, struct http_xfer *x,
                          const char *fname) {
-  size_t head = strlen(x->url);   /* the request line and Host hold it */
+  size_t head = braid__http_head_size(x->url);   /* the request line, Host
+                                                 ** and Authorization */
   if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
     lua_pop(L, 1);
     return;
