@@ -333,6 +333,59 @@ describe("braid.http.request", function()
     assert.are.equal(100000, #braid.http.get(URL .. "/bytes/100000").body)
   end))
 
+  -- libcurl sends at most 1 MiB of request head and failed past it with
+  -- CURLE_OUT_OF_MEMORY: a 2 MiB header value read "not enough memory"
+  -- (kind memory) with memory to spare
+  it("refuses headers and a URL over libcurl's 1 MiB request head with kind limit", h.run(function()
+    local accepted = 0
+    -- answers with the length of the longest line of the request's head
+    local srv = braid.tcp.listen("127.0.0.1", 0, function(c)
+      accepted = accepted + 1
+      local longest = 0
+      repeat
+        local line = c:read_line()
+        if line and #line > longest then longest = #line end
+      until line == nil or line == ""
+      local body = tostring(longest)
+      c:write("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "
+              .. #body .. "\r\n\r\n" .. body)
+    end, {max_line = 2 * 1024 * 1024})
+    local url = "http://127.0.0.1:" .. srv:port() .. "/"
+    local cap = 1032192
+    local fits = cap - #url - #"X-Big: " - 2
+    -- exactly the cap goes out whole, also with a body and libcurl's
+    -- own headers for it
+    local res = braid.http.request{url = url, headers = {["X-Big"] = ("a"):rep(fits)},
+                                   body = ("b"):rep(2000000), compressed = true}
+    assert.are.same({200, tostring(fits + #"X-Big: ")}, {res.status, res.body})
+    assert.are.equal(1, accepted)
+    local function limit(opts, option)
+      local ok, e = pcall(braid.http.request, opts)
+      assert.is_false(ok)
+      assert.are.same({"limit", cap, option}, {e.kind, e.limit, e.option})
+      return e.message
+    end
+    assert.are.equal("braid.http.request: headers and URL longer than the "
+                     .. "1032192 bytes libcurl can send (its limit on a "
+                     .. "request's head is 1 MiB)",
+                     limit({url = url, headers = {["X-Big"] = ("a"):rep(fits + 1)}}, "headers"))
+    limit({url = url, headers = {["X-Big"] = ("a"):rep(2 * 1024 * 1024)}}, "headers")
+    local half = ("h"):rep(600000)
+    limit({url = url, headers = {["X-A"] = half, ["X-B"] = {half}}}, "headers")
+    assert.are.equal("braid.http.request: URL of " .. #url + 1100001 .. " bytes "
+                     .. "is longer than the 1032192 libcurl can send (its "
+                     .. "limit on a request's head is 1 MiB)",
+                     limit({url = url .. "?" .. ("q"):rep(1100000)}, "url"))
+    local ok, e = pcall(braid.http.get, url .. "?" .. ("q"):rep(1100000))
+    assert.are.same({false, "limit", "url"}, {ok, e.kind, e.option})
+    -- a user name and password go in base64 (Authorization), a third longer
+    local creds = "http://" .. ("u"):rep(800000) .. ":p@" .. url:sub(8)
+    assert.matches("its user name and password go in base64, a third longer",
+                   limit({url = creds}, "url"), 1, true)
+    assert.are.equal(1, accepted)   -- nothing was sent
+    srv:close()
+  end))
+
   it("writes the body to a file with output", h.run(function()
     local path = os.tmpname()
     local res = braid.http.get(URL .. "/bytes/300000", {output = path})
@@ -616,6 +669,46 @@ describe("braid.http files, numbers and options", function()
     assert.are.equal("xxxxx", h.slurp(d .. "/new"))
     local ok, e = pcall(braid.http.get, URL .. "/bytes/5", {output = d})
     assert.are.same({false, "io", "EISDIR", d}, {ok, e.kind, e.code, e.path})
+    os.execute("rm -r " .. d)
+  end))
+
+  -- the rename replaced a dangling link with a regular file and never made
+  -- its target (curl, io.open and fs.write_file make the target)
+  it("writes through a dangling symbolic link, making its target", h.run(function()
+    local d = mkdir()
+    local function link(to, name) assert(os.execute("ln -s " .. to .. " " .. d .. "/" .. name)) end
+    local function is_link(name)
+      return h.sh("test -L " .. d .. "/" .. name .. " && echo link") == "link\n"
+    end
+    assert(os.execute("mkdir " .. d .. "/sub"))
+    link("target", "link")                       -- relative to the link's directory
+    link("l1", "l2") link("sub/t", "l1")         -- a chain
+    link(d .. "/abs", "alink")                   -- absolute
+    local function get(name, n)
+      return braid.http.get(URL .. "/bytes/" .. n, {output = d .. "/" .. name}).status
+    end
+    assert.are.equal(200, get("link", 5))
+    assert.are.equal("xxxxx", h.slurp(d .. "/target"))
+    assert.is_true(is_link("link"))
+    assert.are.equal(200, get("l2", 3))
+    assert.are.equal("xxx", h.slurp(d .. "/sub/t"))
+    assert.is_true(is_link("l2") and is_link("l1"))
+    assert.are.equal(200, get("alink", 300000))   -- through the write buffer
+    assert.are.equal(300000, #h.slurp(d .. "/abs"))
+    assert.is_true(is_link("alink"))
+    -- now the target exists: it is replaced, the link kept
+    assert.are.equal(200, get("link", 2))
+    assert.are.equal("xx", h.slurp(d .. "/target"))
+    assert.is_true(is_link("link"))
+    -- a target in a missing directory, and a loop, fail naming the link
+    link("nodir/x", "m")
+    link("b", "a") link("a", "b")
+    for name, code in pairs{m = "ENOENT", a = "ELOOP"} do
+      local ok, e = pcall(braid.http.get, URL .. "/bytes/1", {output = d .. "/" .. name})
+      assert.are.same({false, "io", code, d .. "/" .. name}, {ok, e.kind, e.code, e.path})
+    end
+    assert.are.equal("a\nabs\nalink\nb\nl1\nl2\nlink\nm\nsub\ntarget\n", ls(d))
+    assert.are.equal("t\n", ls(d .. "/sub"))   -- no temporary file left
     os.execute("rm -r " .. d)
   end))
 

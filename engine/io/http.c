@@ -55,6 +55,7 @@ void braid__http_xfer_free (struct http_xfer *x) {
   }
   if (x->in) fclose(x->in);
   braid__charge_set(&x->charge, x->E, 0);
+  braid__charge_set(&x->hdr_charge, x->E, 0);   /* req_headers are freed */
   if (x->hdr.p != x->hdr_inline) free(x->hdr.p);
   free(x->body.p);
   free(x->url);
@@ -225,6 +226,19 @@ void braid__http_easy_common (struct http_xfer *x, long redirects,
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);   /* set_method may change it */
 }
 
+size_t braid__http_head_size (const char *url) {
+  const char *a = strstr(url, "://"), *end, *p, *at = NULL;
+  size_t len = strlen(url), user;
+  /* a "://" after the path's start is not the scheme's */
+  a = a && strcspn(url, "/?#") >= (size_t) (a - url) ? a + 3 : url;
+  end = a + strcspn(a, "/?#");
+  for (p = a; p < end; p++)
+    if (*p == '@') at = p;
+  if (at == NULL) return len;
+  user = (size_t) (at - a);   /* "Authorization: Basic <base64>\r\n" */
+  return len + user / 3 + 32;
+}
+
 /* A new transfer of url (x->url: a copy) with a handle set up, on the
 ** engine's multi but not yet added; pushes the response object, which
 ** owns the transfer (its __gc frees it if an option then raises). */
@@ -252,6 +266,18 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
   x->fresh = (unsigned char) fresh;   /* braid__http_add sets the rest */
   if ((x->url = strdup(url)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  if (braid__http_head_size(url) > HTTP_HEAD_MAX) {   /* libcurl would
+                                                      ** say out of memory */
+    braid__push_limit_error(L, HTTP_HEAD_MAX, "url", "%s: URL of %I bytes "
+                            "is longer than the %I libcurl can send (its "
+                            "limit on a request's head is 1 MiB%s)", fname,
+                            (lua_Integer) strlen(url),
+                            (lua_Integer) HTTP_HEAD_MAX,
+                            braid__http_head_size(url) > strlen(url) ? "; "
+                            "its user name and password go in base64, a "
+                            "third longer" : "");
+    lua_error(L);
+  }
   return x;
 }
 

@@ -39,6 +39,7 @@ struct http_xfer {
                              ** NULL (out is written directly) */
   struct http_buf hdr, body;
   struct braid_charge charge;
+  struct braid_charge hdr_charge;   /* req_headers' bytes (http_options.c) */
   size_t max_body, received;
   braid_resource_t res;      /* a stream: closed when its scope ends */
   CURLcode result;
@@ -115,6 +116,19 @@ void braid__http_xfer_free(struct http_xfer *x);
 /* Did the ended transfer x fail (its error: braid__http_push_error)? */
 int braid__http_failed(const struct http_xfer *x);
 
+/* libcurl (7.88) builds a request's head (its request line, the script's
+** headers and its own) in one buffer of at most 1 MiB, and past that fails
+** the transfer with CURLE_OUT_OF_MEMORY, which read as "not enough memory"
+** with memory to spare. braid refuses a URL and headers over HTTP_HEAD_MAX
+** bytes up front (kind "limit"), leaving 16 KiB of the 1 MiB for the
+** method, the version and libcurl's own headers (Host, Accept,
+** Content-Length, Content-Type, Expect). */
+#define HTTP_HEAD_MAX (((size_t) 1 << 20) - ((size_t) 16 << 10))
+/* What url takes of the request's head: its length, and, when it holds a
+** user name and password, what their Authorization header adds (base64:
+** a third more). */
+size_t braid__http_head_size(const char *url);
+
 /* The url as messages show it: cut to HTTP_URL_SHOWN bytes and "..."
 ** (a 9 MB url made a 9 MB message); errors keep it whole in `url`. */
 #define HTTP_URL_SHOWN 200
@@ -136,6 +150,11 @@ void braid__http_finish(lua_State *L, int idx, const char *fname);
 void braid__http_start_stream(lua_State *L, int idx);
 void braid__http_check(lua_State *L, int idx, const char *fname);
 void braid__http_open_response(lua_State *L);
+/* Pops the request body (a string) into the response object at idx, which
+** anchors it for libcurl to send from (CURLOPT_POSTFIELDS: no copy) while
+** the transfer lives; the calls that free the transfer with a lua_State at
+** hand let it go. [-1, +0, -] */
+void braid__http_keep_body(lua_State *L, int idx);
 
 /* curl's name of code without CURLE_ ("COULDNT_CONNECT"). */
 const char *braid__http_code_name(CURLcode code);

@@ -19,6 +19,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -118,47 +119,96 @@ static int is_tchar (unsigned char c) {
          (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c));
 }
 
+static void headers_drop (struct http_xfer *x);
+
 /* Refuses a header name that is not a token: a ':', a space or a line
 ** break in it would let the script write other headers, or a second
 ** request, into this one (libcurl sends the line as given). */
-static void check_header_name (lua_State *L, const char *name, size_t len,
+static void check_header_name (lua_State *L, struct http_xfer *x,
+                               const char *name, size_t len,
                                const char *fname) {
   size_t i;
   for (i = 0; i < len && is_tchar((unsigned char) name[i]); i++) {}
   if (len > 0 && i == len) return;
+  headers_drop(x);
   push_quoted(L, name, len);
   braid_usageerror(L, "%s: header name %s is not a valid token (letters, "
                    "digits and !#$%%&'*+-.^_`|~ expected)", fname,
                    lua_tostring(L, -1));
 }
 
+/* Frees the headers set so far, and their charge, before an error: a
+** transfer that never starts holds nothing until its response is
+** collected (a refused charge's collection runs no finalizer). */
+static void headers_drop (struct http_xfer *x) {
+  curl_slist_free_all(x->req_headers);
+  x->req_headers = NULL;
+  braid__charge_set(&x->hdr_charge, x->E, 0);
+}
+
 /* Adds header `name: value` (value at the top, a string or number, which
 ** it pops). A value may hold anything but CR, LF and NUL, which would end
 ** the header line (or, for NUL, cut it short) where the script did not;
-** the error does not quote the value, which may be a secret. */
+** the error does not quote the value, which may be a secret. *head counts
+** the bytes of the request's head so far: past HTTP_HEAD_MAX (http.h) the
+** call raises kind "limit" before copying more. libcurl's copy of each
+** line is charged against the memory limit (x->hdr_charge, released when
+** x is freed): 400 values of 2 MiB had taken 800 MB that the limit never
+** saw. Either error comes before anything is sent. The line is put
+** together in C, not as a Lua string: the charge is then the only
+** growth, so a script at its limit is refused by it, kind "memory". */
 static void add_header (lua_State *L, struct http_xfer *x, const char *name,
-                        const char *fname) {
+                        size_t *head, const char *fname) {
   struct curl_slist *l;
   const char *v;
-  size_t len;
-  if (!lua_isstring(L, -1))
+  char *p;
+  size_t len, nlen = strlen(name), line;
+  if (!lua_isstring(L, -1)) {
+    headers_drop(x);
     braid_usageerror(L, "bad option 'headers' to '%s' (string values "
                      "expected)", fname);
+  }
   v = lua_tolstring(L, -1, &len);
-  if (strlen(v) != len || strpbrk(v, "\r\n"))
+  if (strlen(v) != len || strpbrk(v, "\r\n")) {
+    headers_drop(x);
     braid_usageerror(L, "%s: header \"%s\" has a line break or NUL in its "
                      "value (a value without CR, LF or NUL expected)", fname,
                      name);
-  lua_pushfstring(L, "%s: %s", name, v);
-  if ((l = curl_slist_append(x->req_headers, lua_tostring(L, -1))) == NULL)
+  }
+  line = nlen + 2 + len;   /* "name: value", sent with CR LF */
+  if (line + 2 > HTTP_HEAD_MAX - *head) {
+    headers_drop(x);
+    braid__push_limit_error(L, HTTP_HEAD_MAX, "headers", "%s: headers and "
+                            "URL longer than the %I bytes libcurl can send "
+                            "(its limit on a request's head is 1 MiB)",
+                            fname, (lua_Integer) HTTP_HEAD_MAX);
+    lua_error(L);
+  }
+  *head += line + 2;
+  if (braid__charge_set(&x->hdr_charge, x->E, x->hdr_charge.bytes + line +
+                        1 + sizeof *l) != 0 ||
+      (p = braid__malloc(line + 1)) == NULL) {
+    headers_drop(x);
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
+  memcpy(p, name, nlen);
+  memcpy(p + nlen, ": ", 2);
+  memcpy(p + nlen + 2, v, len + 1);
+  l = curl_slist_append(x->req_headers, p);
+  free(p);
+  if (l == NULL) {
+    headers_drop(x);
+    braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
   x->req_headers = l;
-  lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
 /* opts.headers: {name = value | {values}}. */
 static void set_headers (lua_State *L, struct http_xfer *x,
                          const char *fname) {
+  size_t head = braid__http_head_size(x->url);   /* the request line, Host
+                                                 ** and Authorization */
   if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -170,20 +220,22 @@ static void set_headers (lua_State *L, struct http_xfer *x,
   while (lua_next(L, -2)) {
     const char *name;
     size_t len;
-    if (lua_type(L, -2) != LUA_TSTRING)
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      headers_drop(x);
       braid_usageerror(L, "bad option 'headers' to '%s' (string names "
                        "expected)", fname);
+    }
     name = lua_tolstring(L, -2, &len);
-    check_header_name(L, name, len, fname);
+    check_header_name(L, x, name, len, fname);
     if (lua_istable(L, -1)) {
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
-        add_header(L, x, name, fname);
+        add_header(L, x, name, &head, fname);
       }
       lua_pop(L, 1);
     } else {
-      add_header(L, x, name, fname);
+      add_header(L, x, name, &head, fname);
     }
   }
   lua_pop(L, 1);
@@ -296,26 +348,74 @@ static int output_tmp (const char *target, mode_t mode, char **names) {
   return fd;
 }
 
+/* Where the dangling symbolic link `path` leads: its target, read
+** relative to the link's directory, followed through further links (at
+** most 40, as the kernel does) to the first name that does not exist.
+** Returns it malloc'd, or NULL and *err: ENOENT when path is no link (or
+** stopped being one), ELOOP, or readlink's or malloc's errno. */
+static char *link_target (const char *path, int *err) {
+  char buf[PATH_MAX], *cur = strdup(path), *next;
+  struct stat st;
+  int hops;
+  for (hops = 0; cur != NULL; hops++) {
+    const char *slash;
+    size_t dlen;
+    ssize_t n;
+    if (lstat(cur, &st) != 0) {
+      if (hops > 0 && errno == ENOENT) return cur;   /* the target */
+      break;
+    }
+    if (!S_ISLNK(st.st_mode)) {   /* made since the caller's stat */
+      errno = ENOENT;
+      break;
+    }
+    if (hops == 40) {
+      errno = ELOOP;
+      break;
+    }
+    if ((n = readlink(cur, buf, sizeof buf - 1)) < 0) break;
+    buf[n] = '\0';
+    slash = strrchr(cur, '/');
+    dlen = buf[0] == '/' || slash == NULL ? 0 : (size_t) (slash - cur) + 1;
+    if ((next = malloc(dlen + (size_t) n + 1)) != NULL) {
+      memcpy(next, cur, dlen);
+      memcpy(next + dlen, buf, (size_t) n + 1);
+    }
+    free(cur);
+    cur = next;
+  }
+  *err = cur == NULL ? ENOMEM : errno;
+  free(cur);
+  return NULL;
+}
+
 /* opts.output. A regular file (or none yet) is not written in place: the
 ** body goes to a temporary file beside it (x->out_tmp), renamed over it
 ** when the transfer succeeds and removed when it fails or is cancelled
 ** (http.c), so a failed request leaves an existing file as it was. A
+** symbolic link is followed, also a dangling one (its target is made). A
 ** character device (/dev/null) is written directly; anything else is
 ** refused (file_open). Nothing here blocks: FIFOs are refused on stat,
 ** and the open that checks the target is O_NONBLOCK. */
 static void open_output (lua_State *L, struct http_xfer *x,
                          const char *fname) {
   const char *path = opt_string(L, "output", fname);
-  char *real = NULL, *cwd;
+  char *real = NULL, *link = NULL, *cwd;
   const char *target = path;
   struct stat st;
   mode_t mode = 0666;
-  int fd, exists;
+  int fd, exists, e;
   if (path == NULL) return;
   opt_check_fs(L, "output", fname);
   exists = stat(path, &st) == 0;
   if (!exists && errno != ENOENT) file_error(L, "output", path, errno, NULL,
                                              fname);
+  /* a dangling link: its target is made, as open(2) with O_CREAT, curl
+  ** and io.open do (renaming over the link replaced the link itself) */
+  if (!exists) {
+    if ((link = link_target(path, &e)) != NULL) target = link;
+    else if (e != ENOENT) file_error(L, "output", path, e, NULL, fname);
+  }
   if (exists && S_ISDIR(st.st_mode))
     file_error(L, "output", path, EISDIR, NULL, fname);
   if (exists && !S_ISREG(st.st_mode)) {
@@ -344,6 +444,7 @@ static void open_output (lua_State *L, struct http_xfer *x,
   }
   fd = output_tmp(target, mode, &x->out_tmp);
   free(real);
+  free(link);
   if (fd < 0) file_error(L, "output", path, -fd, NULL, fname);
   if (exists) (void) fchmod(fd, mode);   /* as the file it replaces */
   x->out = file_stdio(L, fd, "wb", fname);   /* on failure x->out_tmp goes
@@ -366,11 +467,15 @@ static void set_body (lua_State *L, struct http_xfer *x, const char *fname) {
       braid_usageerror(L, "bad option 'body' to '%s' (string, table or "
                        "function expected, got %s)", fname,
                        luaL_typename(L, -1));
+    /* sent from the string itself, not a copy (COPYPOSTFIELDS made one
+    ** the memory limit never saw: 150 POSTs of one 2 MiB string took 300
+    ** MB): the response object anchors it while the transfer lives */
     body = lua_tolstring(L, -1, &len);
+    lua_pushvalue(L, -1);
+    braid__http_keep_body(L, 3);
     DIRTY(x);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
-    if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body) != CURLE_OK)
-      braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
   }
   lua_pop(L, 1);
   if ((x->in = open_body_file(L, fname)) != NULL) {

@@ -11,10 +11,11 @@
 **   complete response), the status, time and HTTP version; its user values
 **   are the body (1), the raw header block (2) until res.headers or
 **   res:header_list parses it into the headers table (3) and the lists of
-**   each header's values (2 then), and the URL (4). No table is made for a
-**   response whose script reads only status and body (W7: one per
-**   request). The transfer points back at the slot (x->owner), which
-**   whoever frees the transfer clears.
+**   each header's values (2 then), the URL (4), and the request body (5)
+**   while libcurl may send from it (http_options.c: no copy of it is
+**   made). No table is made for a response whose script reads only status
+**   and body (W7: one per request). The transfer points back at the slot
+**   (x->owner), which whoever frees the transfer clears.
 ** - An open stream is a resource of the scope that opened it: the scope's
 **   end, res:close, <close> and __gc all free the transfer at once (its
 **   connection closes), and a task waiting in res:read then gets kind
@@ -38,13 +39,25 @@ struct http_res {
   unsigned char filled;      /* the fields are set */
 };
 
-enum { UV_BODY = 1, UV_HDR, UV_HEADERS, UV_URL, UV_N = UV_URL };
+enum { UV_BODY = 1, UV_HDR, UV_HEADERS, UV_URL, UV_SENT, UV_N = UV_SENT };
 
 struct http_xfer **braid__http_newres (lua_State *L) {
   struct http_res *r = lua_newuserdatauv(L, sizeof *r, UV_N);
   memset(r, 0, sizeof *r);
   luaL_setmetatable(L, RES_MT);
   return &r->x;
+}
+
+void braid__http_keep_body (lua_State *L, int idx) {
+  lua_setiuservalue(L, idx, UV_SENT);
+}
+
+/* The transfer is freed: libcurl sends nothing more from the request
+** body, which the response need not keep (a script may keep the response
+** long after). */
+static void res_drop_body (lua_State *L, int idx) {
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, UV_SENT);
 }
 
 /* Pushes the headers table from the header block hdr (len bytes) and
@@ -148,6 +161,7 @@ void braid__http_finish (lua_State *L, int idx, const char *fname) {
   (void) fname;
   res_set_fields(L, idx, x, 1);   /* may raise: the object still owns x */
   braid__http_xfer_free(x);
+  res_drop_body(L, idx);
 }
 
 static void res_closed (braid_resource_t *r) {
@@ -294,9 +308,11 @@ static int res_read (lua_State *L) {
     if (braid__http_failed(x)) {
       braid__http_push_error(L, x, "res:read");
       braid__http_xfer_free(x);
+      res_drop_body(L, 1);
       return lua_error(L);
     }
     braid__http_xfer_free(x);   /* the connection goes back to the cache */
+    res_drop_body(L, 1);
     lua_pushnil(L);
     return 1;
   }
@@ -328,6 +344,7 @@ static int l_res_read (lua_State *L) {
 static int l_res_close (lua_State *L) {
   struct http_xfer **ud = res_check(L, "res:close");
   if (*ud) braid__http_xfer_free(*ud);
+  res_drop_body(L, 1);
   return 0;
 }
 
