@@ -207,6 +207,20 @@ describe("deadlock detection", function()
     assert.matches("waits on await", e.message)
   end)
 
+  -- the engine fails the deadlocked task's own scope, and what its body
+  -- caught read "cancelled (a sibling failed)": it has no sibling
+  it("tells a body that catches it that a deadlock cancelled it", function()
+    local caught
+    local ok, e = pcall(braid.run, function()
+      local _, err = pcall(braid.event().wait, braid.event())
+      caught = err
+    end)
+    assert.is_false(ok)
+    assert.are.equal("deadlock", e.kind)
+    assert.are.equal("cancelled", caught.kind)
+    assert.are.equal("cancelled (deadlock: every task was waiting)", caught.message)
+  end)
+
   -- a never-firing timer kept the loop alive: a silent hang on the real
   -- clock (the virtual clock already reported these)
   it("counts a deadline or sleep of math.huge as nothing that can wake a task", function()

@@ -252,7 +252,17 @@ static void push_cancel (lua_State *L, struct braid_scope *cause,
   } else if (cause->deadline_fired) {
     lua_pushliteral(L, "cancelled (deadline passed)");
   } else if (SCOPE_REF(cause, error_ref) != LUA_NOREF) {
-    lua_pushliteral(L, "cancelled (a sibling failed)");
+    /* the engine fails a deadlocked task's own scope: no sibling did */
+    int top = lua_gettop(L), deadlock = 0;
+    braid__scope_push_error(L, cause);
+    if (lua_istable(L, -1)) {
+      lua_pushliteral(L, "kind");
+      deadlock = lua_rawget(L, -2) == LUA_TSTRING &&
+                 strcmp(lua_tostring(L, -1), "deadlock") == 0;
+    }
+    lua_settop(L, top);
+    lua_pushstring(L, deadlock ? "cancelled (deadlock: every task was waiting)"
+                               : "cancelled (a sibling failed)");
   } else {
     lua_pushliteral(L, "cancelled");
   }
