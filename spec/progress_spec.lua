@@ -40,6 +40,18 @@ describe("braid.progress without a terminal", function()
     assert.equal("loop: done 20/20 in 10.0s", l[10])
   end)
 
+  -- an int wrapped past 2^31 s: "in -596523h-14m"
+  it("shows times past 2^31 seconds", function()
+    local _, err, code = run("--virtual-time", [[
+      local p = braid.progress(10, "x")
+      braid.sleep(3e9)
+      p:add(5)
+      p:done()
+    ]])
+    assert.equal(0, code, err)
+    assert.equal("x: done 5/10 in 833333h20m", lines(err)[#lines(err)])
+  end)
+
   it("counts failures, and ends with the task that made it", function()
     local _, err, code = run("--virtual-time", [[
       local t = braid.spawn(function()
@@ -84,7 +96,10 @@ describe("braid.progress without a terminal", function()
     for _, bad in ipairs({function() braid.progress() end,
                           function() braid.progress(-1) end,
                           function() braid.progress(3, {}) end,
-                          function() braid.progress(3):add("x") end}) do
+                          function() braid.progress(3):add("x") end,
+                          -- a fraction showed as "66% (1/2)"
+                          function() braid.progress(1.5) end,
+                          function() braid.progress(3):add(1.5) end}) do
       local ok, e = pcall(bad)
       assert.falsy(ok)
       assert.equal("usage", e.kind)

@@ -17,6 +17,7 @@
 ** - Drawing is plain write(2) on fd 2, never Lua: the resource's close may
 **   run where Lua cannot.
 */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -58,10 +59,17 @@ static int columns (void) {
   return 80;
 }
 
+/* Whole seconds as 64-bit integers: an int wrapped past 2^31 s (a total
+** of 1e13 gave "ETA -596523h-14m"), and converting a double out of its
+** range is undefined. Past MAX_SECS (about 3 million years): ">". */
+#define MAX_SECS 1e14
+
 static void fmt_secs (char *buf, size_t size, double s) {
+  long long w = (long long) (s < MAX_SECS ? s : MAX_SECS);
   if (s < 60) snprintf(buf, size, "%.1fs", s);
-  else if (s < 3600) snprintf(buf, size, "%dm%02ds", (int) s / 60, (int) s % 60);
-  else snprintf(buf, size, "%dh%02dm", (int) s / 3600, (int) s / 60 % 60);
+  else if (s < 3600) snprintf(buf, size, "%lldm%02llds", w / 60, w % 60);
+  else snprintf(buf, size, "%s%lldh%02lldm", s < MAX_SECS ? "" : ">",
+                w / 3600, w / 60 % 60);
 }
 
 /* The terminal's line: "label [####----] 3/10 running 2 failed 1 1.2s
@@ -69,7 +77,7 @@ static void fmt_secs (char *buf, size_t size, double s) {
 static size_t progress_line (struct progress *p, char *buf, size_t size) {
   double el = (double) (braid_now(p->E) - p->start_ns) / 1e9;
   double frac = p->total > 0 ? p->done / p->total : 0;
-  char bar[21], t[24], eta[24];
+  char bar[21], t[48], eta[48];
   int i, n, cols = columns();
   size_t len;
   if (frac > 1) frac = 1;
@@ -126,7 +134,7 @@ static void progress_draw (struct progress *p, int force) {
   } else {
     double q = p->total > 0 ? p->done * 10 / p->total : 0;
     int d = q >= 10 ? 10 : (int) q;   /* done may pass total by far: no int overflow */
-    char line[LINE_MAX_], t[24];
+    char line[LINE_MAX_], t[48];
     int n;
     if (d <= p->decile || d >= 10) return;   /* the end has its own line */
     p->decile = d;
@@ -146,7 +154,7 @@ static void progress_end (struct progress *p) {
   if (p->tty) {
     if (p->shown) progress_put(p, "", 0);
   } else {
-    char line[LINE_MAX_], t[24], f[40] = "";
+    char line[LINE_MAX_], t[48], f[40] = "";
     int n;
     fmt_secs(t, sizeof t, (double) (braid_now(p->E) - p->start_ns) / 1e9);
     if (p->failed > 0) snprintf(f, sizeof f, ", %ld failed", p->failed);
@@ -168,8 +176,8 @@ static struct progress *progress_check (lua_State *L, const char *fname) {
 static lua_Number progress_count (lua_State *L, const char *fname) {
   lua_Number n = lua_tonumber(L, 2);
   if (lua_isnoneornil(L, 2)) return 1;
-  if (!lua_isnumber(L, 2) || !(n >= 0) || n > 1e15)
-    braid_argerror(L, 2, fname, "a count from 0 expected");
+  if (!lua_isnumber(L, 2) || !(n >= 0) || n > 1e15 || n != floor(n))
+    braid_argerror(L, 2, fname, "a whole count from 0 expected");
   return n;
 }
 
@@ -179,8 +187,9 @@ static int l_progress_new (lua_State *L) {
   lua_Number total = lua_tonumber(L, 1);
   const char *label = "";
   struct progress *p;
-  if (!lua_isnumber(L, 1) || !(total >= 0) || total > 1e15)
-    braid_argerror(L, 1, "braid.progress", "a count from 0 expected");
+  if (!lua_isnumber(L, 1) || !(total >= 0) || total > 1e15 ||
+      total != floor(total))
+    braid_argerror(L, 1, "braid.progress", "a whole count from 0 expected");
   if (!lua_isnoneornil(L, 2)) {
     if (!lua_isstring(L, 2))
       braid_argerror(L, 2, "braid.progress", "string expected");
