@@ -395,6 +395,15 @@ describe("deadlock detection", function()
     end))
   end)
 
+  -- a lock's waiters read "semaphore acquire"
+  it("names tasks waiting on a lock", function()
+    assert.matches("lock acquire", deadlock_of(function()
+      local l = braid.lock()
+      l:acquire()
+      braid.spawn(function() l:with(function() end) end):await()
+    end))
+  end)
+
   it("names tasks waiting on an event", function()
     assert.matches("event wait", deadlock_of(function()
       braid.event():wait()

@@ -105,7 +105,8 @@ static int sem_free (lua_State *L, struct braid_sem *s, struct braid_task *t,
 /* Waits for a permit; a waiter woken with WAKE_OK was handed one. */
 static int sem_queue_wait (lua_State *L, struct braid_task *t,
                            struct braid_sem *s, lua_KFunction k) {
-  braid__task_wait(t, t->w, waiter_unlink, "semaphore acquire");
+  braid__task_wait(t, t->w, waiter_unlink,
+                   IS_LOCK(s) ? "lock acquire" : "semaphore acquire");
   t->w->obj = s;
   t->w->release = sem_release;
   braid__list_push(&s->waiters, &t->w->watch.link);
