@@ -59,12 +59,12 @@ do
   local Witness <const> = {__close = function(w, e) w.raised = e end}
   local timeout = M.timeout
 
+  -- The seconds are braid.timeout's to check (numeric strings too), and
+  -- fn may be callable, as braid.timeout's.
   function M.move_on(seconds, fn, ...)
-    if type(seconds) ~= "number" or seconds ~= seconds then
-      usage("bad argument #1 to 'braid.move_on' (number expected (seconds), "
-            .. "got %s)", seconds ~= seconds and "NaN" or type(seconds))
-    end
-    if type(fn) ~= "function" then
+    local mt = getmetatable(fn)
+    if type(fn) ~= "function" and
+       not (type(mt) == "table" and rawget(mt, "__call") ~= nil) then
       usage("bad argument #2 to 'braid.move_on' (function expected, got %s)",
             type(fn))
     end

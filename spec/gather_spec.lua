@@ -341,10 +341,12 @@ describe("group options", function()
     assert.is_true(braid.is_timeout(e))
   end))
 
-  it("take a limit as an integer or a float with an integral value", h.virtual(function()
+  it("take a limit as Lua's integer arguments: an integer, 2.0 or \"2\"", h.virtual(function()
     local r = braid.map({1, 2, 3}, function(x) return x end, {limit = 2.0})
     assert.are.same({1, 2, 3, n = 3}, r)
-    for _, bad in ipairs{1.5, 0, -1, 0/0, math.huge, "2"} do
+    r = braid.map({1, 2, 3}, function(x) return x end, {limit = "2"})
+    assert.are.same({1, 2, 3, n = 3}, r)
+    for _, bad in ipairs{1.5, 0, -1, 0/0, math.huge, "2.5", "x"} do
       local ok, e = pcall(braid.map, {1}, print, {limit = bad})
       assert.are.equal("usage", e.kind)
       assert.matches("positive integer expected", e.message)

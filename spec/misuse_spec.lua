@@ -286,3 +286,28 @@ describe("SIGQUIT (Ctrl-\\)", function()
     assert.are.equal(2, n, e)
   end)
 end)
+
+-- move_on refused "0.5" and callable tables, which braid.timeout takes;
+-- braid.scope and braid.shield refused callable tables too; a ticker too
+-- long read "must be a positive number"; select named a shared channel
+-- "userdata"
+describe("arguments taken alike", function()
+  it("move_on, scope and shield take what timeout and spawn take", h.run(function()
+    local double = setmetatable({}, {__call = function(_, x) return x * 2 end})
+    assert.are.same({true, 42}, {braid.move_on("0.5", double, 21)})
+    assert.are.equal(8, braid.shield(double, 4))
+    assert.are.equal("scoped", braid.scope(setmetatable({}, {__call = function() return "scoped" end})))
+    local ok, e = pcall(braid.move_on, "x", print)
+    assert.are.equal("usage", e.kind)
+    assert.matches("braid.move_on", e.message)
+    ok, e = pcall(braid.move_on, 1, 5)
+    assert.matches("bad argument #2 to 'braid.move_on' %(function expected, got number%)", e.message)
+  end))
+
+  it("says what is wrong with a ticker's period and a select case", h.run(function()
+    local ok, e = pcall(braid.ticker, 1e10)
+    assert.matches("period too long", e.message)
+    ok, e = pcall(braid.select, {{braid.channel(1, {shared = true}), "recv"}})
+    assert.matches("braid.Channel expected, got braid.SharedChannel", e.message)
+  end))
+end)

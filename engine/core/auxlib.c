@@ -207,7 +207,7 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
 
 /* The name of the type of the value at idx as Lua's own messages give it:
 ** an object's __name ("braid.Channel") where it has one. [-0, +1, m] */
-static const char *type_name (lua_State *L, int idx) {
+const char *braid__type_name (lua_State *L, int idx) {
   if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
     return lua_tostring(L, -1);
   if (lua_type(L, idx) == LUA_TLIGHTUSERDATA)
@@ -219,7 +219,7 @@ static const char *type_name (lua_State *L, int idx) {
 ** usage error. */
 static int type_error (lua_State *L, int idx, const char *fname,
                        const char *expected) {
-  const char *got = type_name(L, idx);
+  const char *got = braid__type_name(L, idx);
   return braid_argerror(L, idx, fname,
                         lua_pushfstring(L, "%s expected, got %s", expected,
                                         got));

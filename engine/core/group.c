@@ -383,9 +383,8 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     timeout = braid__opt_seconds(L, opts, "timeout", BRAID_NEVER, fname);
     lua_getfield(L, opts, "limit");
     if (!lua_isnil(L, -1)) {
-      /* a float with an integral value (2.0) too; not 1.5, nor a string */
-      lua_Integer li = lua_type(L, -1) == LUA_TNUMBER ? lua_tointeger(L, -1)
-                                                      : 0;
+      /* as Lua's own integer arguments: 2.0 and "2" too, not 1.5 */
+      lua_Integer li = lua_tointeger(L, -1);
       if (li < 1)
         braid_usageerror(L, "bad option 'limit' to '%s' (positive integer "
                            "expected)", fname);

@@ -96,6 +96,9 @@ uint64_t braid__opt_seconds(lua_State *L, int idx, const char *key,
 
 /* Is the value at idx callable (a function, or has __call)? */
 int braid__is_callable(lua_State *L, int idx);
+/* The name of the value's type as Lua's messages give it: an object's
+** __name ("braid.SharedChannel") where it has one. [-0, +1, m] */
+const char *braid__type_name(lua_State *L, int idx);
 /* x:write(s, ...): the strings or numbers from index 2 on, joined into one
 ** string at 2 (as Lua's file:write writes every argument), or a usage
 ** error naming fname. */

@@ -537,7 +537,8 @@ static int l_scope_run (lua_State *L) {
   struct braid_plain_scope *ps;
   struct braid_scope *s, **h;
   uint64_t grace;
-  braid__check_type(L, 1, LUA_TFUNCTION, "braid.scope");
+  if (!braid__is_callable(L, 1))
+    braid_argerror(L, 1, "braid.scope", "function expected");
   braid__check_options(L, 2, "braid.scope", scope_options);
   grace = braid__opt_seconds(L, 2, "grace", braid__scope_grace(braid__task_inner(t)),
                              "braid.scope");
@@ -591,7 +592,8 @@ static int l_scope_shield (lua_State *L) {
   struct braid_task *t = braid__task_current(L, "braid.shield");
   int nargs = lua_gettop(L) - 1;
   struct braid_scope *s;
-  braid__check_type(L, 1, LUA_TFUNCTION, "braid.shield");
+  if (!braid__is_callable(L, 1))
+    braid_argerror(L, 1, "braid.shield", "function expected");
   braid__task_checkyield(L, t, "braid.shield");
   s = braid__scope_new(L, sizeof *s);
   braid__scope_enter(t, s, SCOPE_SHIELD);

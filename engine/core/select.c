@@ -173,7 +173,7 @@ static void select_case (lua_State *L, int i) {
   if (!braid__test_tagged(L, -1, &braid__chan_type))
     braid_usageerror(L, "bad argument #1 to '" SELECT_NAME "' (case %d: "
                      "braid.Channel expected, got %s)", i,
-                     luaL_typename(L, -1));
+                     braid__type_name(L, -1));
   lua_replace(L, CASE_CHAN(i));
   lua_rawgeti(L, -1, 2);
   op = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;

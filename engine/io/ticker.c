@@ -184,9 +184,12 @@ static int l_ticker_new (lua_State *L) {
   braid_engine_t *E = braid_check_task(L, "braid.ticker");
   uint64_t ns = braid_check_seconds(L, 1, "braid.ticker");
   struct ticker *tk;
-  if (ns == 0 || ns >= BRAID_NEVER)
+  if (ns == 0)
     return braid_argerror(L, 1, "braid.ticker", "period must be a positive "
                           "number of seconds");
+  if (ns >= BRAID_NEVER)   /* no tick would ever come */
+    return braid_argerror(L, 1, "braid.ticker", "period too long (at most "
+                          "about 290 years)");
   tk = (struct ticker *) lua_newuserdatauv(L, sizeof *tk, 0);
   tk->E = E;
   tk->start = braid_now(E);
