@@ -21,12 +21,14 @@
 **   (continuation or on_cancel) and libuv lets go last. Its op data points
 **   at it; callbacks resume with no values, and the continuation binds the
 **   stream to the object made before suspending, in the task. Cancelling
-**   a connect closes the half-open handle.
+**   a connect closes the half-open handle and abandons a name lookup in
+**   flight (gai.c: nothing waits for its thread).
 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
+#include "io/gai.h"
 #include "io/tcp.h"
 
 #define STREAM_MT "braid.TcpStream"
@@ -181,7 +183,7 @@ struct tcp_connect {
   braid_engine_t *E;
   braid_op_t *op;                 /* the waiting task's, until finished */
   braid_timer_t timer;            /* opts.timeout */
-  uv_getaddrinfo_t gai;
+  struct braid_gai *gai;          /* the name's lookup, while in flight */
   uv_connect_t req;
   struct addrinfo *ai, *next;     /* resolved addresses, the next to try */
   struct braid_tcp *s;            /* the current attempt, then the result */
@@ -201,7 +203,10 @@ static void conn_stop (struct tcp_connect *c) {
   if (c->stopped) return;
   c->stopped = 1;
   braid_timer_stop(c->E, &c->timer);
-  if (c->busy && c->s == NULL) uv_cancel((uv_req_t *) &c->gai);
+  if (c->gai) {                   /* its thread frees what it finds */
+    braid__gai_abandon(c->gai);
+    c->gai = NULL;
+  }
   if (c->s && c->busy) {          /* a half-open connect: close undoes it */
     braid__stream_close(&c->s->s);
     c->s = NULL;
@@ -260,14 +265,9 @@ static void connect_cb (uv_connect_t *req, int status) {
   conn_try(c, status);
 }
 
-static void gai_cb (uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  struct tcp_connect *c = container_of(req, struct tcp_connect, gai);
-  c->busy--;
-  if (c->stopped) {
-    if (res) uv_freeaddrinfo(res);
-    conn_free(c);
-    return;
-  }
+static void gai_cb (struct braid_gai *g, int status, struct addrinfo *res) {
+  struct tcp_connect *c = (struct tcp_connect *) braid__gai_data(g);
+  c->gai = NULL;   /* stopping abandons a lookup: this one was not */
   c->ai = c->next = res;
   if (status < 0) conn_finish(c, status);
   else conn_try(c, UV_EAI_NONAME);
@@ -318,10 +318,9 @@ static int conn_start (braid_op_t *op, void *ud) {
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     snprintf(portstr, sizeof portstr, "%d", a->port);
-    rc = uv_getaddrinfo(braid_loop(c->E), &c->gai, gai_cb, a->host, portstr,
-                        &hints);
-    if (rc == 0) c->busy++;
-    else conn_finish(c, rc);
+    rc = braid__gai_start(braid_loop(c->E), &c->gai, a->host, portstr,
+                          &hints, gai_cb, c);
+    if (rc != 0) conn_finish(c, rc);
   }
   if (c->op && a->timeout != BRAID_NEVER)   /* else finished at once */
     braid_timer_start(c->E, &c->timer, a->timeout, conn_timeout_cb);
