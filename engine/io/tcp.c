@@ -24,6 +24,7 @@
 **   a connect closes the half-open handle and abandons a name lookup in
 **   flight (gai.c: nothing waits for its thread).
 */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,6 +363,19 @@ int braid__tcp_addr (const char *host, int port,
   return UV_EINVAL;
 }
 
+int braid__tcp_is_name (const char *host, int strict) {
+  struct in_addr in;
+  const char *s;
+  if (*host == '\0' || inet_aton(host, &in) != 0) return 0;
+  if (strict)
+    for (s = host; *s; s++)
+      if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+            (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' ||
+            *s == '_'))
+        return 0;
+  return 1;
+}
+
 int braid__tcp_check_port (lua_State *L, int arg, const char *fname) {
   int isnum;
   lua_Integer port = lua_tointegerx(L, arg, &isnum);
@@ -394,6 +408,12 @@ static int l_tcp_connect (lua_State *L) {
   size_t max_line;
   a.host = braid__tcp_check_host(L, 1, "braid.tcp.connect", NULL);
   a.port = braid__tcp_check_port(L, 2, "braid.tcp.connect");
+  {
+    struct sockaddr_storage sa;
+    if (braid__tcp_addr(a.host, a.port, &sa) != 0 &&
+        !braid__tcp_is_name(a.host, 0))
+      braid_argerror(L, 1, "braid.tcp.connect", BRAID_TCP_HOST_EXPECTED);
+  }
   braid__check_options(L, 3, "braid.tcp.connect", connect_options);
   a.timeout = braid__opt_seconds(L, 3, "timeout", BRAID_NEVER,
                                  "braid.tcp.connect");

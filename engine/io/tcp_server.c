@@ -387,16 +387,6 @@ static int listen_gai_k (lua_State *L, braid_op_t *op) {
   return tcp_listen_at(L, &sa);
 }
 
-/* A host name, as resolvers take them: letters, digits, '-', '.'. */
-static int is_host_name (const char *s) {
-  if (!*s) return 0;
-  for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
-      return 0;
-  return 1;
-}
-
 /* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
 ** to "127.0.0.1"; an address (IPv4, IPv6, "localhost") listens at once, a
 ** host name is resolved first (a cancellable wait) and the server listens
@@ -416,9 +406,8 @@ static int l_tcp_listen (lua_State *L) {
   braid__check_options(L, 4, "braid.tcp.listen", listen_options);
   lua_settop(L, 4);
   if (braid__tcp_addr(host, port, &sa) == 0) return tcp_listen_at(L, &sa);
-  if (!is_host_name(host))
-    braid_argerror(L, 1, "braid.tcp.listen", "IP address or host name "
-                   "expected");
+  if (!braid__tcp_is_name(host, 1))
+    braid_argerror(L, 1, "braid.tcp.listen", BRAID_TCP_HOST_EXPECTED);
   braid_check_suspend(L, "braid.tcp.listen");
   if ((a.g = braid__calloc(1, sizeof *a.g)) == NULL)
     return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");
