@@ -60,27 +60,27 @@ end)
 -- after it was cancelled or timed out, for as long as getaddrinfo took
 -- (uv_getaddrinfo's request kept the loop alive). build/slowgai.so's
 -- getaddrinfo sleeps for names starting with "slow".
-describe("an abandoned name lookup", function()
-  local build = os.getenv("BUILD") or "build"
-  local shim = build .. "/slowgai.so"
-  local function preload(secs)
-    if not io.open(shim) then
-      assert(os.execute("cc -O2 -shared -fPIC -o " .. shim .. " tests/slowgai.c -ldl"))
-    end
-    -- after whatever is preloaded already (ASan's runtime must come first)
-    local pre = os.getenv("LD_PRELOAD")
-    return "SLOWGAI_SECONDS=" .. secs .. " LD_PRELOAD='" ..
-           (pre and pre ~= "" and pre .. " " or "") .. shim .. "'"
-  end
-  local function elapsed(cmd)
-    local p = io.popen("s=$(date +%s%N); " .. cmd ..
-                       "; echo \"$?\" $(( ($(date +%s%N) - s) / 1000000 ))")
-    local out = p:read("a")
-    p:close()
-    local code, ms = out:match("(%d+) (%d+)\n$")
-    return tonumber(code), tonumber(ms), out
-  end
+local build = os.getenv("BUILD") or "build"
+local shim = build .. "/slowgai.so"
+local function preload(secs)
+  local f = io.open(shim)
+  if f then f:close()
+  else assert(os.execute("cc -O2 -shared -fPIC -o " .. shim .. " tests/slowgai.c -ldl")) end
+  -- after whatever is preloaded already (ASan's runtime must come first)
+  local pre = os.getenv("LD_PRELOAD")
+  return "SLOWGAI_SECONDS=" .. secs .. " LD_PRELOAD='" ..
+         (pre and pre ~= "" and pre .. " " or "") .. shim .. "'"
+end
+local function elapsed(cmd)
+  local p = io.popen("s=$(date +%s%N); " .. cmd ..
+                     "; echo \"$?\" $(( ($(date +%s%N) - s) / 1000000 ))")
+  local out = p:read("a")
+  p:close()
+  local code, ms = out:match("(%d+) (%d+)\n$")
+  return tonumber(code), tonumber(ms), out
+end
 
+describe("an abandoned name lookup", function()
   it("holds up neither a timeout nor the exit (dns.resolve, tcp.connect, tcp.listen)", function()
     local script = h.script([[
       local n = 0
@@ -148,6 +148,24 @@ describe("an abandoned name lookup", function()
       print("done")
     ]] .. "' 2>&1")
     assert.are.equal("run took\ttrue\ndone\n", out:match("^(.-)%d+ %d+\n$"))
+    assert.are.equal(0, code)
+  end)
+end)
+
+describe("braid.dns.resolve beyond ASCII", function()
+  it("looks a name beyond ASCII up in its IDNA form, as libuv did", function()
+    local script = h.script([[
+      print(braid.dns.resolve("bücher.example")[1])
+      print(braid.dns.resolve("例え.テスト")[1])
+      print(pcall(braid.dns.resolve, "\255.example"))
+    ]])
+    finally(function() os.remove(script) end)
+    local code, _, out = elapsed(preload(3) .. " " ..
+      (os.getenv("BRAID_RUN_ENV") or "") .. " " .. os.getenv("BRAID_BIN") ..
+      " " .. script .. " 2>&1")
+    assert.are.equal("127.0.0.42\n127.0.0.43\nfalse\tbraid.dns.resolve " ..
+                     "\255.example: invalid argument\n",
+                     out:match("^(.-)%d+ %d+\n$"))
     assert.are.equal(0, code)
   end)
 end)

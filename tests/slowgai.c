@@ -1,8 +1,9 @@
 /*
 ** slowgai.c: an LD_PRELOAD shim for the specs (spec/dns_spec.lua): a
 ** getaddrinfo that sleeps before answering for names starting with "slow"
-** (SLOWGAI_SECONDS, default 3), as a slow or dead resolver does; other
-** names go to the real one. Built by the Makefile into $(BUILD)/slowgai.so.
+** (SLOWGAI_SECONDS, default 3), as a slow or dead resolver does; two
+** names in IDNA's ASCII form are 127.0.0.42 and 127.0.0.43, so that a spec
+** sees what braid asked for; other names go to the real one. Built by the Makefile into $(BUILD)/slowgai.so.
 */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -26,5 +27,9 @@ int getaddrinfo (const char *node, const char *service,
     while (nanosleep(&ts, &ts) != 0) {}
     return EAI_NONAME;
   }
+  if (node && strcmp(node, "xn--bcher-kva.example") == 0)   /* bücher */
+    return real("127.0.0.42", service, hints, res);
+  if (node && strcmp(node, "xn--r8jz45g.xn--zckzah") == 0)  /* 例え.テスト */
+    return real("127.0.0.43", service, hints, res);
   return real(node, service, hints, res);
 }

@@ -30,7 +30,7 @@
 **   starts: stock lua5.4 unloads C modules at lua_close, and a thread
 **   returning from getaddrinfo into unmapped code would crash.
 */
-#define _GNU_SOURCE   /* AI_IDN, EAI_ADDRFAMILY, EAI_NODATA */
+#define _GNU_SOURCE   /* EAI_ADDRFAMILY, EAI_NODATA */
 #include <assert.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -213,15 +213,130 @@ static void gai_async_cb (uv_async_t *a) {
   g->cb(g, status, res);
 }
 
+/* ---- IDNA, as uv_getaddrinfo does it ----
+** A label beyond ASCII is looked up as "xn--" and its Punycode (RFC 3492);
+** labels end at '.', U+3002, U+FF0E and U+FF61. The name is not
+** otherwise normalised (nor is it by libuv). */
+
+/* The next code point of UTF-8 at *s (advanced), or -1 when invalid. */
+static long gai_utf8 (const unsigned char **s) {
+  const unsigned char *p = *s;
+  long c = *p++;
+  int n, i;
+  if (c < 0x80) n = 0;
+  else if ((c & 0xe0) == 0xc0) c &= 0x1f, n = 1;
+  else if ((c & 0xf0) == 0xe0) c &= 0x0f, n = 2;
+  else if ((c & 0xf8) == 0xf0) c &= 0x07, n = 3;
+  else return -1;
+  for (i = 0; i < n; i++, p++) {
+    if ((*p & 0xc0) != 0x80) return -1;
+    c = (c << 6) | (*p & 0x3f);
+  }
+  if ((n == 1 && c < 0x80) || (n == 2 && c < 0x800) ||
+      (n == 3 && (c < 0x10000 || c > 0x10ffff)) ||
+      (c >= 0xd800 && c <= 0xdfff))
+    return -1;
+  *s = p;
+  return c;
+}
+
+static unsigned gai_adapt (unsigned delta, unsigned npoints, int first) {
+  unsigned k = 0;
+  delta = first ? delta / 700 : delta / 2;
+  delta += delta / npoints;
+  while (delta > 455) {   /* ((36 - 1) * 26) / 2 */
+    delta /= 35;
+    k += 36;
+  }
+  return k + (36 * delta) / (delta + 38);
+}
+
+/* Appends the label's code points cp[0..len) to out at *o, as is when all
+** are ASCII, else as "xn--" and their Punycode; 0 or UV_EINVAL. */
+static int gai_label (const long *cp, unsigned len, char *out, size_t *o,
+                      size_t size) {
+  unsigned i, b = 0, h, delta = 0, bias = 72;
+  long n = 128;
+#define PUT(ch) do { if (*o + 1 >= size) return UV_EINVAL; \
+                     out[(*o)++] = (char) (ch); } while (0)
+  for (i = 0; i < len; i++) b += cp[i] < 0x80;
+  if (b == len) {
+    for (i = 0; i < len; i++) PUT(cp[i]);
+    return 0;
+  }
+  PUT('x'); PUT('n'); PUT('-'); PUT('-');
+  for (i = 0; i < len; i++)
+    if (cp[i] < 0x80) PUT(cp[i]);
+  if (b > 0) PUT('-');
+  for (h = b; h < len; n++, delta++) {
+    long m = 0x110000;
+    for (i = 0; i < len; i++)
+      if (cp[i] >= n && cp[i] < m) m = cp[i];
+    if ((unsigned long) (m - n) > (0xffffffffu - delta) / (h + 1))
+      return UV_EINVAL;
+    delta += (unsigned) (m - n) * (h + 1);
+    n = m;
+    for (i = 0; i < len; i++) {
+      if (cp[i] < n && ++delta == 0) return UV_EINVAL;
+      if (cp[i] == n) {
+        unsigned q = delta, k;
+        for (k = 36;; k += 36) {
+          unsigned t = k <= bias ? 1 : k >= bias + 26 ? 26 : k - bias, d;
+          if (q < t) break;
+          d = t + (q - t) % (36 - t);
+          PUT(d < 26 ? 'a' + d : '0' + d - 26);
+          q = (q - t) / (36 - t);
+        }
+        PUT(q < 26 ? 'a' + q : '0' + q - 26);
+        bias = gai_adapt(delta, h + 1, h == b);
+        delta = 0;
+        h++;
+      }
+    }
+  }
+#undef PUT
+  return 0;
+}
+
+/* host in ASCII (NUL-terminated in out), or UV_EINVAL: not UTF-8, or
+** longer than size. */
+static int gai_idna (const char *host, char *out, size_t size) {
+  const unsigned char *s = (const unsigned char *) host;
+  long cp[256];
+  unsigned len = 0;
+  size_t o = 0;
+  int rc;
+  for (;;) {
+    long c = *s ? gai_utf8(&s) : 0;
+    if (c < 0) return UV_EINVAL;
+    if (c == 0 || c == '.' || c == 0x3002 || c == 0xff0e || c == 0xff61) {
+      if ((rc = gai_label(cp, len, out, &o, size)) != 0) return rc;
+      len = 0;
+      if (c == 0) break;
+      if (o + 1 >= size) return UV_EINVAL;
+      out[o++] = '.';
+    } else {
+      if (len == sizeof cp / sizeof cp[0]) return UV_EINVAL;
+      cp[len++] = c;
+    }
+  }
+  out[o] = '\0';
+  return 0;
+}
+
 int braid__gai_start (uv_loop_t *loop, struct braid_gai **out,
                       const char *host, const char *service,
                       const struct addrinfo *hints, braid_gai_cb cb,
                       void *data) {
-  size_t hl = strlen(host), sl = service ? strlen(service) : 0;
-  struct braid_gai *g = (struct braid_gai *)
-    braid__calloc(1, sizeof *g + hl + 1 + (service ? sl + 1 : 0));
-  const unsigned char *p;
+  char ascii[256];
+  size_t hl, sl = service ? strlen(service) : 0;
+  struct braid_gai *g;
   int rc;
+  if ((rc = gai_idna(host, ascii, sizeof ascii)) != 0) return rc;
+  host = ascii;
+  hl = strlen(host);
+  g = (struct braid_gai *)
+    braid__calloc(1, sizeof *g + hl + 1 + (service ? sl + 1 : 0));
   if (g == NULL) return UV_ENOMEM;
   memcpy(g->name, host, hl + 1);
   if (service) {
@@ -229,13 +344,6 @@ int braid__gai_start (uv_loop_t *loop, struct braid_gai **out,
     memcpy(g->service, service, sl + 1);
   }
   if (hints) g->hints = *hints;
-  /* As uv_getaddrinfo does with its own IDNA code: a name beyond ASCII is
-  ** looked up in its punycode form. */
-  for (p = (const unsigned char *) host; *p; p++)
-    if (*p >= 0x80) {
-      g->hints.ai_flags |= AI_IDN;
-      break;
-    }
   g->cb = cb;
   g->data = data;
   if ((rc = uv_async_init(loop, &g->async, gai_async_cb)) != 0) {
