@@ -23,8 +23,10 @@ typedef void (*braid_gai_cb)(struct braid_gai *g, int status,
 
 /* Starts resolving host (and service, NULL for none) with hints on one of
 ** braid's resolver threads; cb runs on loop's thread with `data` readable
-** through braid__gai_data. Returns 0 and sets *out, or a negative libuv
-** code (nothing was started, cb never runs). The lookup holds the loop
+** through braid__gai_data. A label beyond ASCII is looked up in its IDNA
+** form ("xn--" and Punycode), as uv_getaddrinfo does. Returns 0 and sets
+** *out, or a negative libuv code (UV_EINVAL: host is not UTF-8 or longer
+** than 255 bytes in that form; nothing was started, cb never runs). The lookup holds the loop
 ** (one uv_async_t) until cb has run or it is abandoned. */
 int braid__gai_start(uv_loop_t *loop, struct braid_gai **out,
                      const char *host, const char *service,
