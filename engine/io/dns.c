@@ -19,7 +19,7 @@
 
 struct dns_op {
   braid_op_t *op;            /* the call waiting for it */
-  struct braid_gai *req;      /* the lookup, while in flight */
+  struct braid_gai *req;     /* the lookup, while in flight */
   int busy;                  /* the lookup is in flight */
   int status;
   struct addrinfo *res;
