@@ -47,7 +47,7 @@ HEADERS   := engine/braid.h $(wildcard engine/*/*.h)
 PREFIX    ?= /usr/local
 SONAME    := libbraid.so.0
 EMBED     := $(BUILD)/libbraid.so $(BUILD)/embed_test $(BUILD)/embed-app \
-             $(BUILD)/fault_test
+             $(BUILD)/fault_test $(BUILD)/slowgai.so
 
 .PHONY: all deps run test test-threads layers bench fuzz soak faultsweep valgrind clean install \
         uninstall rock-install
@@ -116,6 +116,12 @@ $(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h
 # Allocation fault injection (tests/fault_test.c, tests/fault_workflow.lua).
 $(BUILD)/fault_test: tests/fault_test.c $(BUILD)/libbraid.a
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
+# A getaddrinfo that sleeps for names starting with "slow" (LD_PRELOAD, the
+# DNS specs): plain flags, no sanitizer, so it preloads after ASan's runtime.
+$(BUILD)/slowgai.so: tests/slowgai.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -shared -fPIC -o $@ $< -ldl
 
 $(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
 	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)

@@ -46,6 +46,21 @@ describe("braid.signal", function()
     assert.are.equal("usage", e.kind)
   end))
 
+  -- Regression (review of 2026-12-02): "USR1\0junk" gave a SIGUSR1 waiter
+  -- (the name was read up to its zero byte).
+  it("refuses a name with a zero byte inside, as braid.process's kill does", h.run(function()
+    local ok, e = pcall(braid.signal, "USR1\0junk")
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("zero byte", e.message, 1, true)
+    local p <close> = braid.process({"sleep", "30"})
+    ok, e = pcall(p.kill, p, "TERM\0junk")
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.is_true(p:kill())
+    p:wait()
+  end))
+
   it("counts signals that arrive while no task waits and hands them to the next waits", h.run(function()
     local idle <close> = braid.signal("USR1")
     local sync <close> = braid.signal("USR1")

@@ -547,3 +547,32 @@ describe("braid.tcp.listen on a port in use", function()
     srv:close()
   end))
 end)
+
+-- Regression (review of 2026-12-02): tcp.listen("0", port, h) listened on
+-- every interface: "0", "0x0", "2130706433"... are not addresses braid
+-- takes, but getaddrinfo read them with inet_aton's old syntax.
+describe("braid.tcp hosts in inet_aton's old forms", function()
+  local forms = {"0", "00", "0.0", "0x0", "0177.0.0.1", "2130706433", "127.1",
+                 "0x7f.1"}
+  it("are usage errors for listen, connect and udp, not names", h.run(function()
+    for _, host in ipairs(forms) do
+      local ok, e = pcall(braid.tcp.listen, host, 0, function() end)
+      if ok then e:close() end
+      assert.is_false(ok, "tcp.listen " .. host)
+      assert.are.equal("usage", e.kind, host .. ": " .. tostring(e))
+      assert.matches("dotted quad", e.message, 1, true)
+      ok, e = pcall(braid.tcp.connect, host, 9, {timeout = 1})
+      assert.are.equal("usage", e.kind, host .. ": " .. tostring(e))
+      ok, e = pcall(braid.udp.bind, host, 0)
+      assert.are.equal("usage", e.kind, host .. ": " .. tostring(e))
+      local u <close> = braid.udp.open()
+      ok, e = pcall(u.send, u, "x", host, 9)
+      assert.are.equal("usage", e.kind, host .. ": " .. tostring(e))
+    end
+    -- the proper forms still work
+    for _, host in ipairs{"0.0.0.0", "127.0.0.1", "::1", "localhost"} do
+      local srv <close> = braid.tcp.listen(host, 0, function() end)
+      assert.is_true(srv:port() > 0)
+    end
+  end))
+end)

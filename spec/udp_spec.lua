@@ -86,6 +86,31 @@ describe("braid.udp", function()
     a:close()   -- twice is harmless
   end))
 
+  -- Regression (review of 2026-12-02): address() before the first send
+  -- raised kind "io", EBADF.
+  it("gives no address for an open() socket before its first send", h.run(function()
+    local b <close> = braid.udp.bind("127.0.0.1", 0)
+    local a <close> = braid.udp.open()
+    assert.are.same({n = 1}, table.pack(a:address()))
+    a:send("x", b:address())
+    local host, port = a:address()
+    assert.is_string(host)
+    assert.is_true(port > 0)
+    assert.are.same({"x", "127.0.0.1", port}, {b:recv()})
+  end))
+
+  it("carries a datagram up to the protocol's limit: 65507 bytes over IPv4, 65527 over IPv6",
+     h.run(function()
+    for _, c in ipairs{{"127.0.0.1", 65507}, {"::1", 65527}} do
+      local b <close> = braid.udp.bind(c[1], 0)
+      local a <close> = braid.udp.open()
+      a:send(("x"):rep(c[2]), b:address())
+      assert.are.equal(c[2], #b:recv())
+      local ok, e = pcall(a.send, a, ("x"):rep(c[2] + 1), b:address())
+      assert.are.equal("EMSGSIZE", e.code)
+    end
+  end))
+
   it("is closed with the scope that made it", h.run(function()
     local a
     braid.scope(function() a = braid.udp.bind("127.0.0.1", 0) end)

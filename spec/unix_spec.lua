@@ -89,8 +89,6 @@ describe("braid.unix", function()
       "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
       path}).code)
     assert.is_true(exists(path))
-    -- (the check below connects to it: a live server sees a connection
-    -- that is closed at once, which its handler must bear)
     local srv <close> = braid.unix.listen(path, function(s)
       pcall(s.write, s, "ok")
     end)
@@ -104,6 +102,33 @@ describe("braid.unix", function()
     assert.are.equal("EADDRINUSE", e.code)
     assert.is_true(exists(plain))
     os.remove(plain)
+  end))
+
+  -- Regression (review of 2026-12-02): the stale-socket check connected
+  -- to a live server and closed at once, so the live server's handler died
+  -- on `stream:write: broken pipe`.
+  it("leaves a live server alone when refusing its path, also through a relative path",
+     h.run(function()
+    local path = sock_path()
+    local seen = braid.channel(10)
+    local srv <close> = braid.unix.listen(path, function(s)
+      seen:send(s:read_line() or "(closed at once)")
+    end)
+    local ok, e = pcall(braid.unix.listen, path, function() end)
+    assert.are.equal("EADDRINUSE", e.code)
+    -- the same file by another name, from another process: the check
+    -- compares the file itself
+    local dir, base = path:match("^(.*)/([^/]*)$")
+    local script = h.script('local ok, e = pcall(braid.unix.listen, arg[1], print) ' ..
+                            'print(e.code)')
+    local r = braid.exec({os.getenv("BRAID_BIN"), script, base}, {cwd = dir})
+    os.remove(script)
+    assert.are.equal("EADDRINUSE\n", r.stdout)
+    -- the first connection the server sees is this one
+    local c <close> = braid.unix.connect(path)
+    c:write("mine\n")
+    assert.are.equal("mine", (seen:recv()))
+    assert.is_true(exists(path))
   end))
 
   it("uses Linux's abstract names for @name, with no file", h.run(function()

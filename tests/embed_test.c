@@ -1088,6 +1088,33 @@ static int t_close_with_io (void) {
   return 1;
 }
 
+/* Name lookups in flight when braid_close runs on the application's loop
+** (dns.resolve, tcp.connect and tcp.listen with names): they are abandoned,
+** so the loop closes at once, not when getaddrinfo returns. Names starting
+** with "slow" sleep 3 s under build/slowgai.so (LD_PRELOAD); without it
+** the lookups may well be over before the close, which must hold too. */
+static int t_close_with_lookups (void) {
+  uv_loop_t loop;
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  uint64_t t0;
+  int i;
+  CHECK(uv_loop_init(&loop) == 0);
+  o.modules = BRAID_MOD_NET;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  CHECK(braid_run_string(E, "braid.spawn(braid.tcp.connect, 'slow.invalid', 80)"
+        " braid.spawn(braid.tcp.listen, 'slow.invalid', 0, print)"
+        " braid.dns.resolve('slow.invalid')", "=lookups", NULL) == 0);
+  for (i = 0; i < 5; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  t0 = uv_hrtime();
+  braid_close(E);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(uv_hrtime() - t0 < 1000000000u);   /* well before the 3 s */
+  return 1;
+}
+
 /* A write to a child that never reads is pending when braid_close runs on
 ** the application's loop: its callback (ECANCELED) comes after the engine
 ** is gone and must not touch it (ASan: heap-use-after-free before). */
@@ -1609,6 +1636,8 @@ int main (void) {
            t_spawn_function);
   run_test("braid_close closes the processes and sockets tasks started",
            t_close_with_io);
+  run_test("braid_close abandons name lookups in flight: the app's loop "
+           "closes at once", t_close_with_lookups);
   run_test("braid_close with writes to children pending on the app's loop",
            t_close_pending_writes);
   run_test("braid_interrupt cancels the live tasks, not later ones",

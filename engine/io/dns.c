@@ -1,25 +1,25 @@
 /*
-** dns.c: braid.dns.resolve, name resolution on uv_getaddrinfo.
+** dns.c: braid.dns.resolve, name resolution on braid's resolver threads
+** (gai.c).
 **
 ** A lookup suspends its task with braid_suspendk, as an embedder's C
-** function would. Invariants, as in fs.c: the uv_getaddrinfo_t is in a
-** malloc'd struct dns_op, never in the op's data (libuv may still own it
-** after a cancel, when the op has ended). Until the op ends the dns_op is
-** the op's: the continuation frees it, or dns_cancel when the op ends
-** without one (an abandoned task). Cancelling a lookup in flight detaches
-** it: uv_cancel is tried, and the callback, which libuv calls exactly once
-** (with UV_EAI_CANCELED when uv_cancel won), frees the dns_op and the
-** addrinfo list. The callback never touches Lua; the continuation builds
-** the addresses under lua_pcall, so the dns_op is freed even if that
-** raises.
+** function would. Invariants: the outcome is kept in a malloc'd struct
+** dns_op, never in the op's data. Until the op ends the dns_op is the
+** op's: the continuation frees it, or dns_cancel when the op ends without
+** one (an abandoned task). Cancelling a lookup in flight abandons it
+** (braid__gai_abandon: its callback never runs, and nothing waits for the
+** thread) and frees the dns_op at once. The callback never touches Lua;
+** the continuation builds the addresses under lua_pcall, so the dns_op is
+** freed even if that raises.
 */
 #include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
+#include "io/gai.h"
 
 struct dns_op {
-  braid_op_t *op;            /* the call waiting for it; NULL once detached */
-  uv_getaddrinfo_t req;
+  braid_op_t *op;            /* the call waiting for it */
+  struct braid_gai *req;     /* the lookup, while in flight */
   int busy;                  /* the lookup is in flight */
   int status;
   struct addrinfo *res;
@@ -36,13 +36,13 @@ static void dns_op_free (struct dns_op *d) {
   free(d);
 }
 
-static void dns_cb (uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  struct dns_op *d = container_of(req, struct dns_op, req);
+static void dns_cb (struct braid_gai *req, int status, struct addrinfo *res) {
+  struct dns_op *d = (struct dns_op *) braid__gai_data(req);
   d->busy = 0;
+  d->req = NULL;
   d->status = status;
   d->res = res;
-  if (d->op == NULL) dns_op_free(d);
-  else braid_resume(d->op, 0);
+  braid_resume(d->op, 0);
 }
 
 /* What a lookup asks for: start's argument, on the C stack. */
@@ -66,7 +66,8 @@ static int dns_start (braid_op_t *op, void *ud) {
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;   /* one entry per address, not type */
     d->op = op;
-    rc = uv_getaddrinfo(a->loop, &d->req, dns_cb, a->host, NULL, &hints);
+    rc = braid__gai_start(a->loop, &d->req, a->host, NULL, &hints, dns_cb,
+                          d);
     if (rc == 0) {
       d->busy = 1;
       c->d = d;
@@ -79,15 +80,13 @@ static int dns_start (braid_op_t *op, void *ud) {
   return 0;
 }
 
-/* Ends the op without the continuation: a lookup in flight is detached
-** (uv_cancel is tried, and dns_cb frees it either way); a finished one is
-** freed. */
+/* Ends the op without the continuation: a lookup in flight is abandoned
+** (its thread frees what it finds); the dns_op is freed either way. */
 static void dns_cancel (braid_op_t *op) {
   struct dns_op *d = ((struct dns_call *) braid_op_data(op))->d;
   if (d == NULL) return;
-  d->op = NULL;
-  if (d->busy) uv_cancel((uv_req_t *) &d->req);
-  else dns_op_free(d);
+  if (d->busy) braid__gai_abandon(d->req);
+  dns_op_free(d);
 }
 
 /* Pushes the addresses as a list of strings, duplicates dropped, in the

@@ -468,8 +468,11 @@ static int signal_check (lua_State *L, int arg) {
       braid_argerror(L, arg, "proc:kill", "signal number out of range");
     return (int) lua_tointeger(L, arg);
   }
-  s = lua_tostring(L, arg);
-  if (s == NULL) braid_argerror(L, arg, "proc:kill", "signal expected");
+  if (lua_type(L, arg) != LUA_TSTRING)
+    braid_argerror(L, arg, "proc:kill", "signal expected");
+  if ((s = braid__cstring(L, arg)) == NULL)   /* "TERM\0junk" is no name */
+    braid_argerror(L, arg, "proc:kill", "signal name expected (without a "
+                   "zero byte)");
   if ((sig = braid__signame_find(s)) != NULL) return sig->num;
   return braid_argerror(L, arg, "proc:kill", "unknown signal name");
 }

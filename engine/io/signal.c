@@ -161,7 +161,9 @@ static int l_signal_new (lua_State *L) {
   struct sig_waiter **box, *w;
   int rc;
   braid__check_type(L, 1, LUA_TSTRING, "braid.signal");
-  name = lua_tostring(L, 1);
+  if ((name = braid__cstring(L, 1)) == NULL)   /* "USR1\0junk" is no name */
+    braid_argerror(L, 1, "braid.signal", "signal name expected (without a "
+                   "zero byte)");
   if ((sig = braid__signame_find(name)) == NULL || !sig->watchable)
     return braid_usageerror(L, "bad argument #1 to 'braid.signal' (unknown "
                               "or uncatchable signal '%s')", name);

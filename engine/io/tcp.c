@@ -21,12 +21,15 @@
 **   (continuation or on_cancel) and libuv lets go last. Its op data points
 **   at it; callbacks resume with no values, and the continuation binds the
 **   stream to the object made before suspending, in the task. Cancelling
-**   a connect closes the half-open handle.
+**   a connect closes the half-open handle and abandons a name lookup in
+**   flight (gai.c: nothing waits for its thread).
 */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core/prim.h"
+#include "io/gai.h"
 #include "io/tcp.h"
 
 #define STREAM_MT "braid.TcpStream"
@@ -181,7 +184,7 @@ struct tcp_connect {
   braid_engine_t *E;
   braid_op_t *op;                 /* the waiting task's, until finished */
   braid_timer_t timer;            /* opts.timeout */
-  uv_getaddrinfo_t gai;
+  struct braid_gai *gai;          /* the name's lookup, while in flight */
   uv_connect_t req;
   struct addrinfo *ai, *next;     /* resolved addresses, the next to try */
   struct braid_tcp *s;            /* the current attempt, then the result */
@@ -201,7 +204,10 @@ static void conn_stop (struct tcp_connect *c) {
   if (c->stopped) return;
   c->stopped = 1;
   braid_timer_stop(c->E, &c->timer);
-  if (c->busy && c->s == NULL) uv_cancel((uv_req_t *) &c->gai);
+  if (c->gai) {                   /* its thread frees what it finds */
+    braid__gai_abandon(c->gai);
+    c->gai = NULL;
+  }
   if (c->s && c->busy) {          /* a half-open connect: close undoes it */
     braid__stream_close(&c->s->s);
     c->s = NULL;
@@ -260,14 +266,9 @@ static void connect_cb (uv_connect_t *req, int status) {
   conn_try(c, status);
 }
 
-static void gai_cb (uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  struct tcp_connect *c = container_of(req, struct tcp_connect, gai);
-  c->busy--;
-  if (c->stopped) {
-    if (res) uv_freeaddrinfo(res);
-    conn_free(c);
-    return;
-  }
+static void gai_cb (struct braid_gai *g, int status, struct addrinfo *res) {
+  struct tcp_connect *c = (struct tcp_connect *) braid__gai_data(g);
+  c->gai = NULL;   /* stopping abandons a lookup: this one was not */
   c->ai = c->next = res;
   if (status < 0) conn_finish(c, status);
   else conn_try(c, UV_EAI_NONAME);
@@ -318,10 +319,9 @@ static int conn_start (braid_op_t *op, void *ud) {
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     snprintf(portstr, sizeof portstr, "%d", a->port);
-    rc = uv_getaddrinfo(braid_loop(c->E), &c->gai, gai_cb, a->host, portstr,
-                        &hints);
-    if (rc == 0) c->busy++;
-    else conn_finish(c, rc);
+    rc = braid__gai_start(braid_loop(c->E), &c->gai, a->host, portstr,
+                          &hints, gai_cb, c);
+    if (rc != 0) conn_finish(c, rc);
   }
   if (c->op && a->timeout != BRAID_NEVER)   /* else finished at once */
     braid_timer_start(c->E, &c->timer, a->timeout, conn_timeout_cb);
@@ -363,6 +363,19 @@ int braid__tcp_addr (const char *host, int port,
   return UV_EINVAL;
 }
 
+int braid__tcp_is_name (const char *host, int strict) {
+  struct in_addr in;
+  const char *s;
+  if (*host == '\0' || inet_aton(host, &in) != 0) return 0;
+  if (strict)
+    for (s = host; *s; s++)
+      if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+            (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' ||
+            *s == '_'))
+        return 0;
+  return 1;
+}
+
 int braid__tcp_check_port (lua_State *L, int arg, const char *fname) {
   int isnum;
   lua_Integer port = lua_tointegerx(L, arg, &isnum);
@@ -395,6 +408,12 @@ static int l_tcp_connect (lua_State *L) {
   size_t max_line;
   a.host = braid__tcp_check_host(L, 1, "braid.tcp.connect", NULL);
   a.port = braid__tcp_check_port(L, 2, "braid.tcp.connect");
+  {
+    struct sockaddr_storage sa;
+    if (braid__tcp_addr(a.host, a.port, &sa) != 0 &&
+        !braid__tcp_is_name(a.host, 0))
+      braid_argerror(L, 1, "braid.tcp.connect", BRAID_TCP_HOST_EXPECTED);
+  }
   braid__check_options(L, 3, "braid.tcp.connect", connect_options);
   a.timeout = braid__opt_seconds(L, 3, "timeout", BRAID_NEVER,
                                  "braid.tcp.connect");

@@ -46,6 +46,18 @@ int braid__tcp_check_port(lua_State *L, int arg, const char *fname);
 const char *braid__tcp_check_host(lua_State *L, int arg, const char *fname,
                                   const char *def);
 
+/* Is host (not an address braid__tcp_addr takes) a name for the resolver?
+** Not when the C library would read it as an IPv4 address in inet_aton's
+** old forms ("0", "0x0", "0177.0.0.1", "2130706433", "127.1": 0.0.0.0
+** listens on every interface), which braid refuses: an IPv4 address is a
+** dotted quad. `strict` also asks for a name's characters (letters,
+** digits, '-', '.', '_'), as tcp.listen does. */
+int braid__tcp_is_name(const char *host, int strict);
+
+/* The usage error's text for a host that is neither. */
+#define BRAID_TCP_HOST_EXPECTED "IP address (IPv4 as a dotted quad a.b.c.d, " \
+  "or IPv6) or host name expected"
+
 /* host (a numeric IPv4 or IPv6 address, or "localhost": 127.0.0.1) and
 ** port as a socket address: 0, or UV_EINVAL for anything else. */
 int braid__tcp_addr(const char *host, int port, struct sockaddr_storage *sa);

@@ -35,6 +35,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "core/prim.h"
+#include "io/gai.h"
 #include "io/tcp.h"
 
 #define SERVER_MT "braid.TcpServer"
@@ -301,11 +302,11 @@ static int tcp_listen_at (lua_State *L, struct sockaddr_storage *sa) {
   return braid__listen(L, &how);
 }
 
-/* A host name being resolved: its own allocation (libuv may hold it after
-** a cancel, which detaches it: the callback frees it then). */
+/* A host name being resolved: its own allocation, which outlives the
+** lookup (gai.c) only until the task lets go. */
 struct listen_gai {
-  uv_getaddrinfo_t req;
-  braid_op_t *op;              /* NULL once detached */
+  struct braid_gai *req;       /* the lookup, until done */
+  braid_op_t *op;
   struct addrinfo *res;
   int status, done;
 };
@@ -315,14 +316,14 @@ static void listen_gai_free (struct listen_gai *g) {
   free(g);
 }
 
-static void listen_gai_cb (uv_getaddrinfo_t *req, int status,
+static void listen_gai_cb (struct braid_gai *req, int status,
                            struct addrinfo *res) {
-  struct listen_gai *g = container_of(req, struct listen_gai, req);
+  struct listen_gai *g = (struct listen_gai *) braid__gai_data(req);
+  g->req = NULL;
   g->done = 1;
   g->status = status;
   g->res = res;
-  if (g->op) braid_resume(g->op, 0);
-  else listen_gai_free(g);
+  braid_resume(g->op, 0);
 }
 
 struct gai_args {
@@ -341,8 +342,8 @@ static int listen_gai_start (braid_op_t *op, void *ud) {
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
-  rc = uv_getaddrinfo(a->loop, &a->g->req, listen_gai_cb, a->host, NULL,
-                      &hints);
+  rc = braid__gai_start(a->loop, &a->g->req, a->host, NULL, &hints,
+                        listen_gai_cb, a->g);
   if (rc != 0) {                /* never started: the continuation says so */
     a->g->done = 1;
     a->g->status = rc;
@@ -351,11 +352,11 @@ static int listen_gai_start (braid_op_t *op, void *ud) {
   return 0;
 }
 
+/* A lookup in flight is abandoned (its thread frees what it finds). */
 static void listen_gai_cancel (braid_op_t *op) {
   struct listen_gai *g = *(struct listen_gai **) braid_op_data(op);
-  g->op = NULL;
-  if (g->done) listen_gai_free(g);
-  else uv_cancel((uv_req_t *) &g->req);
+  if (!g->done) braid__gai_abandon(g->req);
+  listen_gai_free(g);
 }
 
 /* The name is resolved: listen on its first address. */
@@ -386,16 +387,6 @@ static int listen_gai_k (lua_State *L, braid_op_t *op) {
   return tcp_listen_at(L, &sa);
 }
 
-/* A host name, as resolvers take them: letters, digits, '-', '.'. */
-static int is_host_name (const char *s) {
-  if (!*s) return 0;
-  for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
-      return 0;
-  return 1;
-}
-
 /* braid.tcp.listen([host], port, handler, [opts]) -> server. host defaults
 ** to "127.0.0.1"; an address (IPv4, IPv6, "localhost") listens at once, a
 ** host name is resolved first (a cancellable wait) and the server listens
@@ -415,9 +406,8 @@ static int l_tcp_listen (lua_State *L) {
   braid__check_options(L, 4, "braid.tcp.listen", listen_options);
   lua_settop(L, 4);
   if (braid__tcp_addr(host, port, &sa) == 0) return tcp_listen_at(L, &sa);
-  if (!is_host_name(host))
-    braid_argerror(L, 1, "braid.tcp.listen", "IP address or host name "
-                   "expected");
+  if (!braid__tcp_is_name(host, 1))
+    braid_argerror(L, 1, "braid.tcp.listen", BRAID_TCP_HOST_EXPECTED);
   braid_check_suspend(L, "braid.tcp.listen");
   if ((a.g = braid__calloc(1, sizeof *a.g)) == NULL)
     return braid__error_uv(L, UV_ENOMEM, "braid.tcp.listen");

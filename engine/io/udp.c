@@ -307,11 +307,18 @@ static int l_udp_send (lua_State *L) {
 
 /* ---- the socket ---- */
 
-/* sock:address() -> host, port the socket is bound to. */
+/* sock:address() -> host, port the socket is bound to; nil for a
+** braid.udp.open() socket before its first send (libuv makes its socket
+** then: bound to nothing yet, it has no fd). */
 static int l_udp_address (lua_State *L) {
   struct udp_sock *u = udp_check(L, "sock:address");
   struct sockaddr_storage sa;
+  uv_os_fd_t fd;
   int len = sizeof sa, rc;
+  if (uv_fileno((uv_handle_t *) &u->handle, &fd) == UV_EBADF) {
+    lua_pushnil(L);
+    return 1;
+  }
   if ((rc = uv_udp_getsockname(&u->handle, (struct sockaddr *) &sa, &len)))
     return braid__error_uv(L, rc, "sock:address");
   return push_addr(L, &sa);

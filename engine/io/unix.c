@@ -26,6 +26,13 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <sys/sysmacros.h>
+#endif
 #include "core/prim.h"
 #include "io/tcp.h"
 
@@ -85,12 +92,86 @@ static int unix_connect_fd (const struct unix_addr *a) {
   return fd;
 }
 
-/* Is the file at a a socket that nobody listens on? */
+#ifdef __linux__
+/* Does a socket of this network namespace listen on the socket file st
+** describes? 1 yes, 0 no, -1 cannot tell. Asks the kernel (sock_diag,
+** the source of ss -xl) for the listening unix sockets with the file each
+** is bound to, and compares device and inode, so relative paths and
+** symbolic links do not matter. Unlike a connect, this is invisible to
+** the server. */
+static int unix_listening (const struct stat *st) {
+  struct {
+    struct nlmsghdr h;
+    struct unix_diag_req r;
+  } req;
+  union {
+    struct nlmsghdr h;
+    char b[16384];
+  } buf;
+  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  int found = 0, done = 0;
+  if (fd < 0) return -1;
+  memset(&req, 0, sizeof req);
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = 1u << 10;   /* TCP_LISTEN */
+  req.r.udiag_show = UDIAG_SHOW_VFS;
+  if (send(fd, &req, sizeof req, 0) != (ssize_t) sizeof req) done = found = -1;
+  while (!done && found == 0) {
+    struct nlmsghdr *h;
+    ssize_t n = recv(fd, buf.b, sizeof buf.b, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      found = -1;
+      break;
+    }
+    for (h = &buf.h; NLMSG_OK(h, (size_t) n); h = NLMSG_NEXT(h, n)) {
+      struct unix_diag_msg *m;
+      struct rtattr *at;
+      int len;
+      if (h->nlmsg_type == NLMSG_DONE) {
+        done = 1;
+        break;
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {   /* no unix_diag in the kernel */
+        found = -1;
+        break;
+      }
+      m = (struct unix_diag_msg *) NLMSG_DATA(h);
+      len = (int) (h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+      for (at = (struct rtattr *) (m + 1); RTA_OK(at, len);
+           at = RTA_NEXT(at, len)) {
+        const struct unix_diag_vfs *v;
+        if (at->rta_type != UNIX_DIAG_VFS) continue;
+        v = (const struct unix_diag_vfs *) RTA_DATA(at);
+        /* the kernel's own dev_t: 12 bits of major, 20 of minor */
+        if (v->udiag_vfs_ino == st->st_ino &&
+            v->udiag_vfs_dev >> 20 == major(st->st_dev) &&
+            (v->udiag_vfs_dev & 0xfffff) == minor(st->st_dev))
+          found = 1;
+      }
+    }
+  }
+  close(fd);
+  return found;
+}
+#endif
+
+/* Is the file at a a socket that nobody listens on? A live server must
+** not notice the question: on Linux the kernel is asked first, and only
+** a socket it does not know as listening (none, or one in another network
+** namespace, or no sock_diag) is probed with a connect, which a stale
+** socket refuses. */
 static int unix_stale (const struct unix_addr *a) {
   struct stat st;
   int fd;
   if (a->path[0] == '@' || lstat(a->path, &st) != 0 || !S_ISSOCK(st.st_mode))
     return 0;
+#ifdef __linux__
+  if (unix_listening(&st) == 1) return 0;
+#endif
   fd = unix_connect_fd(a);
   if (fd >= 0) {
     close(fd);
