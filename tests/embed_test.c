@@ -1268,6 +1268,43 @@ static int t_burst_memory (void) {
   return 1;
 }
 
+/* A worker's memory limit is reserved from its maker's: each worker had
+** its whole limit besides, so a script held to 4 MB ran 100 workers of
+** 3 MB each (342 MB). */
+static int t_worker_reserve (void) {
+  braid_options_t o = {0};
+  braid_engine_t *E;
+  int n;
+  o.memory_limit = 4u << 20;
+  E = braid_new(NULL, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, "local ok, e = pcall(braid.worker, 'return {}')\n"
+                 "assert(not ok and e.kind == 'memory', tostring(e))\n"
+                 "assert(e.message:find('smaller memory_limit'), e.message)\n"
+                 "local ws = {}\n"
+                 "for i = 1, 100 do\n"
+                 "  local ok, w = pcall(braid.worker, 'return {f = function() return 1 end}',\n"
+                 "                      {memory_limit = 1000000})\n"
+                 "  if not ok then assert(w.kind == 'memory', tostring(w)) break end\n"
+                 "  assert(w:call('f') == 1)\n"
+                 "  ws[i] = w\n"
+                 "end\n"
+                 "local made = #ws\n"
+                 "for _, w in ipairs(ws) do w:close() end\n"
+                 "local again = braid.worker('return {}', {memory_limit = 1000000})\n"
+                 "again:close()\n"
+                 "return made");
+  {   /* [true, made]: 4 MB hold four reservations of 1 MB at most */
+    lua_Integer made = lua_tointeger(braid_state(E), -1);
+    if (n != 2 || made < 1 || made > 4)
+      fprintf(stderr, "# %s\n", luaL_tolstring(braid_state(E), -1, NULL));
+    CHECK(n == 2 && made >= 1 && made <= 4);
+  }
+  lua_settop(braid_state(E), 0);
+  braid_close(E);
+  return 1;
+}
+
 static int t_sandbox_semaphore (void) {
   braid_engine_t *E = braid_new(NULL, NULL);
   int n;
@@ -1479,7 +1516,8 @@ static int t_workers (void) {
   /* by default a worker is sandboxed as its engine: the budget stops a
   ** loop in it, and the error crosses back */
   n = run_to_end(E, "local w <close> = braid.worker("
-                 "'return {spin = function() while true do end end}')\n"
+                 "'return {spin = function() while true do end end}', "
+                 "{memory_limit = 8 << 20})\n"
                  "local ok, e = pcall(w.call, w, 'spin')\n"
                  "assert(not ok)\n"
                  "return tostring(e)");
@@ -1487,7 +1525,8 @@ static int t_workers (void) {
   /* the application's functions, registered in each worker */
   CHECK(braid_worker_config(E, NULL, worker_setup, (void *) "twice") == 0);
   n = run_to_end(E, "local p <close> = braid.pool(2, "
-                 "'return {f = function(x) return twice(x) end}')\n"
+                 "'return {f = function(x) return twice(x) end}', "
+                 "{memory_limit = 8 << 20})\n"
                  "local r = p:map({1, 2, 3}, 'f')\n"
                  "return 'twice ' .. table.concat(r, ' ')");
   CHECK(result_is(E, n, 1, "twice 2 4 6"));
@@ -1497,6 +1536,7 @@ static int t_workers (void) {
     snprintf(path, sizeof path, "/tmp/braid-wtrace-%d.json", (int) getpid());
     remove(path);
     wo.trace = path;
+    wo.memory_limit = 8 << 20;   /* reserved from the engine's 64 MB */
     CHECK(braid_worker_config(E, &wo, NULL, NULL) == 0);
     n = run_to_end(E, "local w <close> = braid.worker("
                    "'return {f = function() return \"ok\" end}')\n"
@@ -1661,6 +1701,8 @@ int main (void) {
            "the application's or braid's own", t_close_in_run);
   run_test("braid_close from an on_cancel runs it once and closes when "
            "braid's call returns", t_close_in_on_cancel);
+  run_test("a worker's memory limit is reserved from its maker's",
+           t_worker_reserve);
   run_test("a continuation that suspends again with op data over 56 bytes "
            "holds constant memory", t_resuspend);
   run_test("braid_resource_add outside a task raises a usage error",

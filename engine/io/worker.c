@@ -86,6 +86,7 @@ static void wsig_close_fds (struct braid_worker *w) {
 
 static void wk_unref (struct braid_worker *w) {
   if (--w->orefs > 0) return;
+  braid__charge_set(&w->charge, NULL, 0);
   uv_mutex_destroy(&w->mu);
   free(w->source);
   free(w->path);
@@ -177,6 +178,7 @@ static void osig_cb (uv_poll_t *h, int status, int events) {
   if (exited && !w->joined) {
     uv_thread_join(&w->thread);   /* it has returned, or is returning */
     w->joined = 1;
+    braid__charge_set(&w->charge, NULL, 0);   /* its engine is closed */
     w->closing = 1;
     braid_resource_remove(&w->res);
     /* a worker that could not start answered nothing */
@@ -445,6 +447,19 @@ static int wk_thread_start (struct braid_worker *w) {
   return rc;
 }
 
+/* A worker of an engine with a memory limit has a limit of its own (the
+** maker's by default, or less), reserved from the maker's while the worker
+** lives: each worker had its full limit besides, so a script held to 4 MB
+** ran 100 workers of 3 MB each. An embedder whose braid_worker_config
+** gives workers no limit has chosen so. 0, or UV_ENOMEM. */
+static int wk_reserve (lua_State *L, struct braid_worker *w) {
+  braid_options_t mine;
+  braid__engine_options(braid_engine(L), &mine);
+  if (mine.memory_limit == 0 || w->eopts.memory_limit == 0) return 0;
+  return braid__charge_set(&w->charge, braid_engine(L),
+                           w->eopts.memory_limit);
+}
+
 /* braid.worker(source, [opts]) -> worker: starts an OS thread running its
 ** own braid engine (its own Lua state and loop) that loads source (a
 ** module name, a file path, or a chunk) and serves calls to the functions
@@ -501,6 +516,11 @@ static int l_worker_new (lua_State *L) {
   if (mem != 0 && mem != BRAID_NO_LIMIT &&
       (w->eopts.memory_limit == 0 || mem < w->eopts.memory_limit))
     w->eopts.memory_limit = mem;   /* a script may only lower it */
+  if ((rc = wk_reserve(L, w)) != 0)
+    return braid_error(L, "memory", NULL, "braid.worker: its memory_limit "
+                       "of %I bytes is reserved from this engine's memory "
+                       "limit, which has less left (give it a smaller "
+                       "memory_limit)", (lua_Integer) w->eopts.memory_limit);
   braid__list_init(&w->requests);
   braid__list_init(&w->cancels);
   braid__list_init(&w->replies);

@@ -100,6 +100,8 @@ struct braid_worker {
   struct braid_xlimits lim;
   uint64_t grace_ns;             /* its tasks' grace period */
   braid_options_t eopts;
+  struct braid_charge charge;     /* eopts.memory_limit, reserved from the
+                                  ** maker's limit while the worker lives */
   braid_worker_setup_fn setup;   /* braid_worker_config's */
   void *setup_ud;
   /* the worker's */
