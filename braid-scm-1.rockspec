@@ -17,11 +17,14 @@ description = {
   ]],
   license = "MIT",
 }
+-- braid.json loads lua-cjson at run time (Debian's lua-cjson, or the rock):
+-- not a dependency here, so that a machine without the rock server builds.
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },
+  LIBCURL = { library = "curl" },   -- its header is multiarch on Debian
 }
 build = {
   type = "make",

@@ -28,13 +28,14 @@ static const char usage_text[] =
   "  -h, --help       print this help and exit\n"
   "  --grace S        seconds cancelled tasks get for cleanup (default 5)\n"
   "  --virtual-time   run on a virtual clock (sleeps take no real time)\n"
-  "  --progress       braid.gather and braid.map draw a progress line\n"
+  "  --progress       braid.gather, map, race and any draw a progress line\n"
   "  --trace FILE     record an execution trace (Chrome trace-event JSON,\n"
   "                   for ui.perfetto.dev; `braid trace FILE` summarises)\n"
   "  --               stop handling options\n"
   "  -                run standard input\n"
-  "Exit status: 0 ok, 1 the script failed, 2 usage error, 130 interrupted\n"
-  "(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).\n";
+  "Exit status: 0 ok, 1 the script failed (or its cleanup after a signal),\n"
+  "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129\n"
+  "hung up (SIGHUP).\n";
 
 extern const char braid__trace_source[];   /* lua/trace.lua, compiled in */
 
