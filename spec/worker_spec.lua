@@ -678,7 +678,9 @@ describe("braid.worker memory_limit and messages in flight", function()
       end,
       three = function(n) local s = ("z"):rep(n) return s, s, s end,
       nest = function(n)
-        local w2 <close> = braid.worker("return {f = function(...) return select('#', ...) end}")
+        -- its limit is reserved from this worker's 10 MB
+        local w2 <close> = braid.worker("return {f = function(...) return select('#', ...) end}",
+                                        {memory_limit = 4e6})
         local s = ("y"):rep(n)
         return w2:call("f", s, s, s)
       end,
