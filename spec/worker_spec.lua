@@ -680,7 +680,7 @@ describe("braid.worker memory_limit and messages in flight", function()
       nest = function(n)
         -- its limit is reserved from this worker's 10 MB
         local w2 <close> = braid.worker("return {f = function(...) return select('#', ...) end}",
-                                        {memory_limit = 4e6})
+                                        {memory_limit = 2.5e6})
         local s = ("y"):rep(n)
         return w2:call("f", s, s, s)
       end,
@@ -713,6 +713,6 @@ describe("braid.worker memory_limit and messages in flight", function()
     assert.is_false(ok)
     assert.equal("memory", e.kind)
     assert.truthy(e.message:find("to a worker", 1, true), e.message)
-    assert.equal(3, w:call("nest", 1e6))
+    assert.equal(3, w:call("nest", 5e5))
   end))
 end)
