@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 #include "lauxlib.h"
 #include "braid.h"
@@ -1161,6 +1162,68 @@ static int t_interrupt (void) {
   return 1;
 }
 
+/* Raises SIGINT and runs loop until `hit` (asleep for 2 s) has ended;
+** says whether it ended cancelled while `miss`, if given, sleeps on. The
+** pause first: a stop within 0.1 s of the last one counted is the same
+** press (interrupt.c), and would be dropped. */
+static int sigint_hits (uv_loop_t *loop, braid_task_t *hit,
+                        braid_task_t *miss) {
+  usleep(150000);
+  raise(SIGINT);
+  while (braid_task_status(hit) < BRAID_OK) uv_run(loop, UV_RUN_ONCE);
+  if (braid_task_status(hit) != BRAID_CANCELLED)
+    fprintf(stderr, "# SIGINT missed the engine that should own it\n");
+  else if (miss && braid_task_status(miss) != BRAID_SUSPENDED)
+    fprintf(stderr, "# SIGINT reached an engine that does not own it\n");
+  else
+    return 1;
+  return 0;
+}
+
+/* The checks come last: a failed one must not leave an engine with
+** signals behind on a loop that is gone. */
+static int t_signals_owner (void) {
+  const char *sleeper = "braid.sleep(2)";
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *A, *B, *C;
+  braid_task_t *ta, *tb, *tc;
+  struct sigaction sa;
+  int newest, previous, older_closed;
+  memset(&o, 0, sizeof o);
+  o.signals = 1;
+  CHECK(uv_loop_init(&loop) == 0);
+  A = braid_new(&loop, &o);
+  B = braid_new(&loop, &o);
+  CHECK(A != NULL && B != NULL);
+  CHECK(braid_run_string(A, sleeper, "=a", &ta) == 0);
+  CHECK(braid_run_string(B, sleeper, "=b", &tb) == 0);
+  uv_run(&loop, UV_RUN_NOWAIT);              /* both asleep */
+  newest = sigint_hits(&loop, tb, ta);       /* B: attached last */
+  braid_task_release(B, tb);
+  braid_close(B);
+  previous = sigint_hits(&loop, ta, NULL);   /* A again, B gone */
+  braid_task_release(A, ta);
+  C = braid_new(&loop, &o);
+  CHECK(C != NULL);
+  CHECK(braid_run_string(A, sleeper, "=a", &ta) == 0);
+  CHECK(braid_run_string(C, sleeper, "=c", &tc) == 0);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  braid_task_release(A, ta);
+  braid_close(A);                            /* not the owner: C keeps it */
+  older_closed = sigint_hits(&loop, tc, NULL);
+  braid_task_release(C, tc);
+  braid_close(C);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  sigaction(SIGINT, NULL, &sa);
+  CHECK(newest);
+  CHECK(previous);
+  CHECK(older_closed);
+  CHECK(sa.sa_handler == SIG_DFL);   /* libuv's removed with its watchers */
+  CHECK(uv_loop_close(&loop) == 0);
+  return 1;
+}
+
 /* Runs a script that fails with a string error new each time (issue
 ** 13.9: records of such failures were kept by value, for ever); leaves
 ** nothing on the stack. */
@@ -1682,6 +1745,8 @@ int main (void) {
            t_close_pending_writes);
   run_test("braid_interrupt cancels the live tasks, not later ones",
            t_interrupt);
+  run_test("opts.signals: the engine attached last takes SIGINT; when it "
+           "closes, the one attached before it does", t_signals_owner);
   run_test("after a burst of 100k tasks the anchors and the coroutine set "
            "shrink back", t_burst_memory);
   run_test("a suspending C function outside a task raises a usage error",

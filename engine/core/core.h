@@ -408,6 +408,7 @@ struct braid_engine {
   _Atomic int hook_wanted;     /* one came while a task ran: its hook is
                                ** set again until they are handled (hook.c) */
   unsigned char watching[NSTOPS];
+  struct braid_list sig_link;   /* in the list of engines with signals */
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
   lua_State *_Atomic *pub_co;  /* running_co for another thread, or NULL */
