@@ -451,6 +451,7 @@ struct braid_engine {
   unsigned char attached;      /* idle and timer initialised on E->loop */
   unsigned char closing;       /* braid_close: abandonment is silent */
   unsigned char close_later;   /* braid_close came while `calls` > 0 */
+  unsigned char state_closing; /* lua_close of E->L has begun (embed.c) */
   unsigned char in_run;        /* braid_run is inside uv_run */
   int calls;                   /* braid calls in progress that may run the
                                ** application's on_cancel (engine.c) */
@@ -500,6 +501,10 @@ void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
 void braid__engine_detach(braid_engine_t *E);
 void braid__engine_unref(braid_engine_t *E);
+/* os.exit(code, true) in an embedded engine, just before the exit: closes
+** E's state and frees what braid keeps beside it, tasks live or not; a
+** later braid_close does nothing (embed.c). */
+void braid__engine_exit_close(braid_engine_t *E, lua_State *L);
 /* Around a braid call that may run the application's on_cancel outside
 ** any task (braid_cancel, braid_interrupt, braid's own libuv callbacks): a
 ** braid_close made meanwhile waits until the outermost call ends, and
