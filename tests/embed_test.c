@@ -1242,7 +1242,8 @@ static void exit_check (void) {
 }
 
 /* embed_test --os-exit: os.exit(7, true) inside a task of an embedded
-** engine, with two more tasks live. */
+** engine, with three more tasks live (one in app.hold: op data in a
+** block of its own). */
 static int os_exit_child (void) {
   uv_loop_t loop;
   braid_options_t o;
@@ -1250,9 +1251,11 @@ static int os_exit_child (void) {
   o.libs = BRAID_LIBS_SAFE | BRAID_LIB_OS;
   if (uv_loop_init(&loop) != 0 || (exit_E = braid_new(&loop, &o)) == NULL)
     return 97;
+  register_app(exit_E);
   atexit(exit_check);
   if (braid_run_string(exit_E, "braid.spawn(braid.sleep, 5)"
                        " braid.spawn(function() braid.sleep(5) end)"
+                       " braid.spawn(app.hold, 'big')"
                        " braid.sleep(0.001) os.exit(7, true)",
                        "=exit", NULL) != 0)
     return 96;

@@ -150,6 +150,10 @@ void braid__op_release(struct braid_task *t);
 ** holds one (suspend.c): before another kind of wait reuses the record's
 ** union, and when the task ends. */
 void braid__op_data_drop(struct braid_task *t, struct braid_wait *w);
+/* The same block taken from w and not freed (NULL if w holds none), with
+** its size for the state's allocator: braid__engine_exit_close frees it
+** after the state. */
+void *braid__op_data_take(struct braid_wait *w, size_t *size);
 /* Wait records (sched.c): get raises "not enough memory" (scheduler
 ** context: with the reserve, as any allocation there); put takes a task's
 ** back when it ends; drop frees the spare ones, while the allocator that
