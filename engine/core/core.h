@@ -150,6 +150,10 @@ void braid__op_release(struct braid_task *t);
 ** holds one (suspend.c): before another kind of wait reuses the record's
 ** union, and when the task ends. */
 void braid__op_data_drop(struct braid_task *t, struct braid_wait *w);
+/* The same block taken from w and not freed (NULL if w holds none), with
+** its size for the state's allocator: braid__engine_exit_close frees it
+** after the state. */
+void *braid__op_data_take(struct braid_wait *w, size_t *size);
 /* Wait records (sched.c): get raises "not enough memory" (scheduler
 ** context: with the reserve, as any allocation there); put takes a task's
 ** back when it ends; drop frees the spare ones, while the allocator that
@@ -408,6 +412,7 @@ struct braid_engine {
   _Atomic int hook_wanted;     /* one came while a task ran: its hook is
                                ** set again until they are handled (hook.c) */
   unsigned char watching[NSTOPS];
+  struct braid_list sig_link;   /* in the list of engines with signals */
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
   lua_State *_Atomic *pub_co;  /* running_co for another thread, or NULL */
@@ -450,6 +455,7 @@ struct braid_engine {
   unsigned char attached;      /* idle and timer initialised on E->loop */
   unsigned char closing;       /* braid_close: abandonment is silent */
   unsigned char close_later;   /* braid_close came while `calls` > 0 */
+  unsigned char state_closing; /* lua_close of E->L has begun (embed.c) */
   unsigned char in_run;        /* braid_run is inside uv_run */
   int calls;                   /* braid calls in progress that may run the
                                ** application's on_cancel (engine.c) */
@@ -499,6 +505,10 @@ void braid__engine_box(lua_State *L, braid_engine_t *E);
 int braid__engine_attach(braid_engine_t *E, uv_loop_t *loop, int signals);
 void braid__engine_detach(braid_engine_t *E);
 void braid__engine_unref(braid_engine_t *E);
+/* os.exit(code, true) in an embedded engine, just before the exit: closes
+** E's state and frees what braid keeps beside it, tasks live or not; a
+** later braid_close does nothing (embed.c). */
+void braid__engine_exit_close(braid_engine_t *E, lua_State *L);
 /* Around a braid call that may run the application's on_cancel outside
 ** any task (braid_cancel, braid_interrupt, braid's own libuv callbacks): a
 ** braid_close made meanwhile waits until the outermost call ends, and

@@ -232,6 +232,76 @@ static void loop_finish (braid_engine_t *E) {
   uv_loop_close(&E->own_loop);
 }
 
+/* A block of the state's allocator that only a task object points to. */
+struct state_block {
+  void *p;
+  size_t size;
+};
+
+/* Closes E's state and frees what braid keeps beside it: the spare wait
+** records, the coroutine set, the reserve, the arena; and, after the
+** state (its finalizers may still read them), the n blocks in live, of
+** tasks that did not end (os.exit). */
+static void engine_close_state (braid_engine_t *E, struct state_block *live,
+                                size_t n) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(E->L, &ud);
+  size_t i;
+  braid__wait_drop(E, E->L);
+  braid__coset_drop(E, E->L);
+  braid__arena_closing(E->arena);   /* no passes: it all goes */
+  E->state_closing = 1;
+  lua_close(E->L);
+  for (i = 0; i < n; i++) f(ud, live[i].p, live[i].size, 0);
+  braid__reserve_free(E);
+  braid__arena_free(E->arena);   /* last: the reserve was the state's */
+  E->arena = NULL;
+  E->L = E->S = NULL;
+}
+
+/* os.exit(code, true) in an embedded engine (run.c), L its caller's
+** thread, inside a task or not; the process exits next. Nothing can be
+** abandoned and waited for, so the tasks stay as they are and the state
+** is closed under them, as Lua's os.exit closes it (finalizers run), but
+** with what braid keeps beside it: the live tasks' wait records and their
+** ops' data blocks, which only the task objects lead to. braid's signals
+** go back and its handles stop; a braid_close after it (the application's
+** atexit handler) does nothing. [-0, +0, -] */
+void braid__engine_exit_close (braid_engine_t *E, lua_State *L) {
+  struct state_block *live = NULL;
+  size_t n = 0;
+  int i;
+  if (E->state_closing || E->L == NULL) return;   /* a finalizer's os.exit */
+  E->closing = 1;
+  E->running = 0;
+  E->ready_head = E->ready_tail = NULL;
+  braid__exit_hooks_drop(E);
+  if (E->attached) {
+    uv_idle_stop(&E->idle);
+    uv_timer_stop(&E->timer);
+  }
+  braid__interrupt_detach(E);
+  if (E->slot_top > 0 && lua_checkstack(L, 2) &&
+      (live = (struct state_block *) malloc(2 * (size_t) E->slot_top *
+                                            sizeof *live)) != NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, E->tasks_ref);
+    for (i = 1; i <= E->slot_top; i++) {
+      struct braid_task *t = (struct braid_task *) (
+        lua_rawgeti(L, -1, i) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL);
+      if (t && t->type == &braid__task_type && t->w) {
+        if ((live[n].p = braid__op_data_take(t->w, &live[n].size)) != NULL)
+          n++;
+        live[n].p = t->w;
+        live[n++].size = sizeof(struct braid_started);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  engine_close_state(E, live, n);   /* without live: only they stay */
+  free(live);
+}
+
 void braid_close (braid_engine_t *E) {
   if (E->closing) return;   /* from a cancel hook braid_close runs */
   if (E->calls > 0) {       /* from an on_cancel (also one a task's cancel
@@ -254,14 +324,7 @@ void braid_close (braid_engine_t *E) {
   E->running = 0;
   braid__engine_detach(E);
   if (E->owns_loop && !E->in_run) loop_finish(E);
-  braid__wait_drop(E, E->L);   /* every task has ended (abandoned) */
-  braid__coset_drop(E, E->L);
-  braid__arena_closing(E->arena);   /* no passes: it all goes */
-  lua_close(E->L);
-  braid__reserve_free(E);
-  braid__arena_free(E->arena);   /* last: the reserve was the state's */
-  E->arena = NULL;
-  E->L = E->S = NULL;
+  engine_close_state(E, NULL, 0);   /* every task has ended (abandoned) */
   braid__engine_unref(E);   /* the state's reference; handles hold theirs */
 }
 

@@ -37,8 +37,13 @@
 **   run from the handler. Cleanup stuck in C after the first stop was
 **   taken needs a third (the handler cannot tell that the second will not
 **   be taken). An embedded engine never leaves; SIGQUIT's dump waits.
-** - One engine at a time owns the process's signals (the last attached);
-**   its handler is put back as libuv's when it detaches.
+** - One engine at a time owns each signal: the most recently attached
+**   engine that watches it (sig_engines, a stack: when the owner detaches,
+**   the one attached before it that is still attached owns it again).
+**   Every engine with signals has its own libuv watchers, so each one's
+**   loop wakes; only the owner counts the arrival, so only it is
+**   interrupted. Our handler stays in front of libuv's while any engine
+**   watches the signal, and libuv's is put back when the last detaches.
 */
 #include <errno.h>
 #include <poll.h>
@@ -63,7 +68,12 @@ static const struct {
   {SIGHUP, "hangup", "braid: hung up again, exiting\n", 1}
 };
 
-static braid_engine_t *volatile sig_engine;   /* owns the handlers below */
+/* The engines with signals, oldest first; changed only on the threads
+** of engines with signals (workers have none), read by the handler only
+** through the owners below, one pointer each, which it reads once. */
+static struct braid_list sig_engines = {&sig_engines, &sig_engines};
+static braid_engine_t *volatile sig_owner[NSTOPS];   /* of each stop */
+static braid_engine_t *volatile quit_owner;          /* of SIGQUIT */
 static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
 static struct sigaction uv_quit;              /* libuv's for SIGQUIT */
 static _Atomic uint64_t arrived;              /* the last counted stop, ns */
@@ -216,11 +226,12 @@ static void leave_stuck (int i) {
 ** at its next instruction, then let libuv wake the loop. Only
 ** async-signal-safe work: an atomic add and lua_sethook (or leave_stuck's). */
 static void stop_handler (int signum, siginfo_t *info, void *ctx) {
-  braid_engine_t *E = sig_engine;
+  braid_engine_t *E;
   const struct sigaction *uv;
   int i = stop_index(signum), saved = errno;
   if (i >= 0) {
     uv = &uv_action[i];
+    E = sig_owner[i];
     if (E && E->watching[i] && !repeated()) {
       if (!E->embedded && !atomic_load(&E->held[i]) && stuck(E))
         leave_stuck(i);
@@ -229,6 +240,7 @@ static void stop_handler (int signum, siginfo_t *info, void *ctx) {
     }
   } else if (signum == SIGQUIT) {   /* a dump, also of a script that spins */
     uv = &uv_quit;
+    E = quit_owner;
     if (E && E->signals) {
       atomic_fetch_add(&E->quits, 1);
       braid__hook_interrupt(E);
@@ -252,8 +264,20 @@ static void watch (braid_engine_t *E, uv_signal_t *h, int signum,
   uv_unref((uv_handle_t *) h);
 }
 
+/* The newest engine in sig_engines that watches stop i (i < 0: any,
+** for SIGQUIT), or NULL. */
+static braid_engine_t *newest_watching (int i) {
+  struct braid_list *n;
+  for (n = sig_engines.prev; n != &sig_engines; n = n->prev) {
+    braid_engine_t *E = container_of(n, braid_engine_t, sig_link);
+    if (i < 0 || E->watching[i]) return E;
+  }
+  return NULL;
+}
+
 /* Starts watching the signals (braid_new with opts.signals: SIGINT and
-** SIGQUIT; braid.run: SIGTERM and SIGHUP too). */
+** SIGQUIT; braid.run: SIGTERM and SIGHUP too). E owns them from now on,
+** until it detaches or another engine attaches. */
 void braid__interrupt_attach (braid_engine_t *E) {
   struct sigaction sa;
   int i;
@@ -265,36 +289,41 @@ void braid__interrupt_attach (braid_engine_t *E) {
   for (i = 0; i < NSTOPS; i++) sigaddset(&sa.sa_mask, stops[i].num);
   atomic_store(&E->quits, 0);
   atomic_store(&E->hook_wanted, 0);
-  watch(E, &E->sigquit, SIGQUIT, stop_cb);
-  if (sig_engine == NULL) sigaction(SIGQUIT, &sa, &uv_quit);
+  watch(E, &E->sigquit, SIGQUIT, stop_cb);   /* libuv's handler */
+  if (quit_owner == NULL) sigaction(SIGQUIT, &sa, &uv_quit);   /* ours first */
   for (i = 0; i < NSTOPS; i++) {
     if (stops[i].runner_only && E->embedded) continue;
     atomic_store(&E->pending[i], 0);
-    watch(E, &E->sigstop[i], stops[i].num, stop_cb);   /* libuv's handler */
+    watch(E, &E->sigstop[i], stops[i].num, stop_cb);
     E->watching[i] = 1;
-    if (sig_engine == NULL)
-      sigaction(stops[i].num, &sa, &uv_action[i]);     /* ours in front */
+    if (sig_owner[i] == NULL)
+      sigaction(stops[i].num, &sa, &uv_action[i]);
   }
-  if (sig_engine == NULL) sig_engine = E;
+  braid__list_push(&sig_engines, &E->sig_link);
+  for (i = 0; i < NSTOPS; i++)
+    if (E->watching[i]) sig_owner[i] = E;
+  quit_owner = E;
   E->signals = 1;
 }
 
-/* Stops watching; libuv's handler goes back in place (and is removed with
-** its last watcher). */
+/* Stops watching. The engine attached before E that is still attached
+** owns what E owned; where none is left, libuv's handler goes back in
+** place (and is removed with its last watcher). */
 void braid__interrupt_detach (braid_engine_t *E) {
   int i;
   if (!E->signals) return;
   E->signals = 0;
+  braid__list_remove(&E->sig_link);   /* the owners first: the handler */
+  for (i = 0; i < NSTOPS; i++)        /* counts nothing more in E */
+    if (sig_owner[i] == E) sig_owner[i] = newest_watching(i);
+  if (quit_owner == E) quit_owner = newest_watching(-1);
   for (i = 0; i < NSTOPS; i++) {
     if (!E->watching[i]) continue;
     E->watching[i] = 0;
-    if (sig_engine == E) sigaction(stops[i].num, &uv_action[i], NULL);
+    if (sig_owner[i] == NULL) sigaction(stops[i].num, &uv_action[i], NULL);
     uv_close((uv_handle_t *) &E->sigstop[i], braid__engine_handle_closed);
   }
-  if (sig_engine == E) {
-    sigaction(SIGQUIT, &uv_quit, NULL);
-    sig_engine = NULL;
-  }
+  if (quit_owner == NULL) sigaction(SIGQUIT, &uv_quit, NULL);
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
 }
 

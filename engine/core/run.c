@@ -205,7 +205,9 @@ static int l_run_run (lua_State *L) {
 ** (bounded by the grace period), every child is stopped and reaped, and
 ** braid.run then exits with code. Elsewhere (no task running, an embedded
 ** engine) it cannot wait: every child's group gets SIGKILL, then Lua's
-** os.exit runs. */
+** os.exit runs. An embedded engine's `close` is braid's own
+** (braid__engine_exit_close, embed.c): Lua's would leave what braid keeps
+** beside the state. */
 static int l_os_exit (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
   int code;
@@ -226,6 +228,10 @@ static int l_os_exit (lua_State *L) {
     return 0;                  /* in a shield: the exit comes after it */
   }
   if (E) braid__exit_hooks_run(E);
+  if (E && E->embedded && lua_toboolean(L, 2)) {
+    braid__engine_exit_close(E, L);
+    exit(code);
+  }
   lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, 0);

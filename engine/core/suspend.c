@@ -111,6 +111,13 @@ void braid__op_data_drop (struct braid_task *t, struct braid_wait *w) {
   ext_free(t->E->S, ext_take(w));
 }
 
+void *braid__op_data_take (struct braid_wait *w, size_t *size) {
+  char *data = (char *) ext_take(w);
+  if (data == NULL) return NULL;
+  *size = *(size_t *) (data - EXT_HEAD) + EXT_HEAD;
+  return data - EXT_HEAD;
+}
+
 /* Suspends t (checked: it can) on its op. The last op's block, if any, is
 ** freed once start has run: a continuation may hand start a ud that still
 ** points into it. */

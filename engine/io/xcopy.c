@@ -36,9 +36,12 @@ enum { X_NIL = 'n', X_FALSE = 'f', X_TRUE = 't', X_INT = 'i', X_FLT = 'd',
 /* A buffer ends with the shared channels it names (io/xchan.c), one
 ** reference each, the account its bytes are charged to (prim.h:
 ** braid__xcharge; NULL: none), then the channels' count:
-** [values][chan * n][account][uint32 n]. The values name a channel by its
-** place there, so that freeing a buffer that was never decoded
-** (braid__xcopy_free) releases them without a walk of the values. */
+** [values][padding][chan * n][account][uint32 n]. The values name a
+** channel by its place there, so that freeing a buffer that was never
+** decoded (braid__xcopy_free) releases them without a walk of the values.
+** The padding (zeros, fewer than a pointer's size, never decoded) aligns
+** the pointers: a leak checker sees only aligned ones, and would call the
+** account or a channel of a message still in flight at exit leaked. */
 #define TRAILER (sizeof(struct braid_xacct *) + sizeof(uint32_t))
 
 struct xc {
@@ -260,8 +263,8 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
   lua_newtable(L);
   x.seen = lua_gettop(L);
   xc_walk(&x, n);                       /* checks, counts, numbers */
-  x.chans = x.len;
-  total = x.len + x.nchan * sizeof(struct braid_xchan *) + TRAILER;
+  x.chans = (x.len + sizeof(void *) - 1) & ~(sizeof(void *) - 1);
+  total = x.chans + x.nchan * sizeof(struct braid_xchan *) + TRAILER;
   /* the sender's until it is freed, on whichever thread takes it */
   if (E && braid__xcharge(E, total, &acct) != 0)
     braid_error(L, "memory", NULL, "%s: not enough memory for a message of "
@@ -275,6 +278,7 @@ char *braid__xcopy_encode (lua_State *L, int first, int n, const char *root,
                 "of %I bytes %s (%s)", fname, (lua_Integer) total, dir, root);
   }
   xc_walk(&x, n);                       /* writes: cannot fail */
+  memset(x.out + x.len, 0, x.chans - x.len);
   memcpy(x.out + total - TRAILER, &acct, sizeof acct);
   memcpy(x.out + total - sizeof x.nchan, &x.nchan, sizeof x.nchan);
   lua_pop(L, 1);
