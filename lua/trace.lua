@@ -175,14 +175,68 @@ local function secs(us)
   return string.format("%.3f s", s)
 end
 
--- The index of t's last slice that ended by time `at`; a track's slices
--- do not overlap, so they are in time order (the order they ended).
+-- The index of t's last slice that ended by time `at`, or 0. A track's
+-- slices do not overlap, so they are in time order (the order they ended);
+-- the search runs on the suffix minima of their ends (t.ends, made once),
+-- which are in order whatever the file holds, so it finds what a scan from
+-- the end would: the suffix minimum at i is within `at` exactly when some
+-- slice from i on ended by then.
 local function last_before(t, at)
-  for i = #t.slices, 1, -1 do
-    local s = t.slices[i]
-    if s.ts + s.dur <= at + 1e-6 then return i end
+  local ends = t.ends
+  if not ends then
+    ends = {}
+    local low = math.huge
+    for i = #t.slices, 1, -1 do
+      local s = t.slices[i]
+      local e = s.ts + s.dur
+      if e < low then low = e end
+      ends[i] = low
+    end
+    t.ends = ends
   end
-  return 0
+  local lo, hi, limit = 1, #ends, at + 1e-6   -- the answer is in [lo-1, hi]
+  while lo <= hi do
+    local mid = (lo + hi) // 2
+    if ends[mid] <= limit then lo = mid + 1 else hi = mid - 1 end
+  end
+  return hi
+end
+
+-- The first index in list (sorted by .last) whose last is at least x, or
+-- #list + 1.
+local function first_from(list, x)
+  local lo, hi = 1, #list + 1
+  while lo < hi do
+    local mid = (lo + hi) // 2
+    if list[mid].last < x then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
+-- p's children that ended, by when they ended; at a tie, those not
+-- cancelled first, then in the order of p.children: so the first of a run
+-- of equal ends is the one a scan of p.children keeping the `later` one
+-- would keep. Also, as p.ended_late, those of them whose first event came
+-- before their last. Made once per task.
+local function by_end(p)
+  if not p.by_last then
+    local list, rank = {}, {}
+    for k, c in ipairs(p.children) do
+      if c.last then list[#list + 1] = c; rank[c] = k end
+    end
+    table.sort(list, function(a, b)
+      if a.last ~= b.last then return a.last < b.last end
+      local ca, cb = a.status == "cancelled", b.status == "cancelled"
+      if ca ~= cb then return cb end
+      return rank[a] < rank[b]
+    end)
+    local late = {}
+    for _, c in ipairs(list) do
+      if c.first and c.first < c.last then late[#late + 1] = c end
+    end
+    p.by_last, p.ended_late = list, late
+  end
+  return p.by_last, p.ended_late
 end
 
 -- The critical path: from the root's end, backwards, the chain of waits
@@ -190,29 +244,28 @@ end
 -- for members (its members, braid.gather of N...) continues in the task
 -- that ended last within it; any other wait (sleep, exec, a socket...) is
 -- a step of the path; a task's start continues in its parent, at the
--- spawn. Returned in time order.
+-- spawn. Returned in time order. Each step costs O(log n) on indexes made
+-- once per task (a scan of the children per step made long traces
+-- quadratic).
 local function critical_path(m)
   local root = m.list[1]
   local path = {}
   if not root then return path end
-  local function later(a, b)   -- ended later; at a tie, not cancelled
-    if a.last ~= b.last then return a.last > b.last end
-    return b.status == "cancelled" and a.status ~= "cancelled"
-  end
   local t, i, guard = root, #root.slices, 0
   while t and guard < 1000000 do
     guard = guard + 1
     if i < 1 then
       -- its start: a task the scheduler started when a sibling ended
-      -- (map's limit) continues in that sibling, any other in its parent
+      -- (map's limit) continues in that sibling (one that ended as it
+      -- started and started before it; at a tie one not cancelled, the
+      -- first), any other in its parent
       local p = t.parent and m.tasks[t.parent]
       if not p or not t.first then break end
       local sib
-      for _, c in ipairs(t.spawner == 0 and p.children or {}) do
-        if c ~= t and c.last == t.first and c.first and c.first < t.first
-           and (not sib or later(c, sib)) then
-          sib = c
-        end
+      if t.spawner == 0 then
+        local _, late = by_end(p)
+        local c = late[first_from(late, t.first)]
+        if c and c.last == t.first then sib = c end   -- never t: t.first == c.last
       end
       if sib then t, i = sib, #sib.slices
       else t, i = p, last_before(p, t.first) end
@@ -228,12 +281,16 @@ local function critical_path(m)
         if n then
           target = m.tasks[tonumber(n)]
         elseif s.name == "its members" or s.name:match("^braid%.%a+ of %d+$") then
-          for _, c in ipairs(t.children) do
-            if c.last and c.last <= e + 1e-6 and c.last >= s.ts
-               and (not target or later(c, target)) then
-              target = c
-            end
+          -- the child that ended last by e, if it ended at s.ts or after
+          local list = by_end(t)
+          local limit = e + 1e-6
+          local lo, hi = 1, #list   -- the last index ending by limit
+          while lo <= hi do
+            local mid = (lo + hi) // 2
+            if list[mid].last <= limit then lo = mid + 1 else hi = mid - 1 end
           end
+          local c = list[hi]
+          if c and c.last >= s.ts then target = list[first_from(list, c.last)] end
         end
       end
       if s.dur > 0 then
