@@ -126,7 +126,7 @@ local function pure_decode(s, partial)
   end
   if not cut then
     ws()
-    if pos <= #s then err("trailing text") end
+    if pos <= #s then error("bad JSON at byte " .. pos .. ": trailing text", 0) end
   end
   return v, cut
 end
