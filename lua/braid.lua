@@ -115,16 +115,37 @@ do
     end
   end
 
+  -- The waiters: a FIFO queue of their events, c._q[c._head .. c._tail],
+  -- with c._slot[ev] its index. A waiter that leaves out of turn leaves a
+  -- hole (false); the ends never rest on one (trim), so each hole is
+  -- stepped over once and waking and leaving are O(1) each, amortized
+  -- (condition:wait was O(n) per leave and wake, notify_all quadratic).
+  local function trim(c)
+    local q, head, tail = c._q, c._head, c._tail
+    while head <= tail and not q[head] do q[head] = nil; head = head + 1 end
+    while tail >= head and not q[tail] do q[tail] = nil; tail = tail - 1 end
+    if head > tail then head, tail = 1, 0 end   -- empty: start over
+    c._head, c._tail = head, tail
+  end
+
   local function wake(c, n)
-    local ws = c._waiters
-    for _ = 1, math.min(n, #ws) do
-      table.remove(ws, 1):set()
+    local q, slot = c._q, c._slot
+    for _ = 1, n do
+      local head = c._head
+      local ev = q[head]
+      if not ev then break end   -- empty (trim keeps no hole at the head)
+      q[head], slot[ev] = false, nil
+      trim(c)
+      ev:set()
     end
   end
 
+  local condition_wait <const> = M._condition_wait
+  M._condition_wait = nil
+
   function Condition:wait()
     check(self, "condition:wait")
-    local ev, ws, lock = M.event(), self._waiters, self.lock
+    local ev, lock = M.event(), self.lock
     local done = false
     -- On every other way out (an error, a cancellation, an abandonment,
     -- which runs <close> handlers but no error path) the waiter leaves the
@@ -132,14 +153,17 @@ do
     -- next one rather than being lost.
     local leave <close> = setmetatable({}, {__close = function()
       if done then return end
-      for i = 1, #ws do
-        if ws[i] == ev then table.remove(ws, i) break end
+      local i = self._slot[ev]
+      if i then
+        self._q[i], self._slot[ev] = false, nil
+        trim(self)
       end
       if ev:is_set() then wake(self, 1) end
     end})
-    ws[#ws + 1] = ev
+    local tail = self._tail + 1
+    self._q[tail], self._slot[ev], self._tail = ev, tail, tail
     lock:release()
-    local ok, e = pcall(ev.wait, ev)
+    local ok, e = pcall(condition_wait, ev)
     M.shield(lock.acquire, lock)     -- held again whatever happened
     if not ok then error(e, 0) end
     done = true
@@ -159,7 +183,7 @@ do
 
   function Condition:notify_all()
     check(self, "condition:notify_all")
-    wake(self, #self._waiters)
+    wake(self, math.maxinteger)
   end
 
   function M.condition(lock)
@@ -169,7 +193,8 @@ do
       usage("bad argument #1 to 'braid.condition' (braid.Lock expected, got "
             .. "%s)", type(lock))
     end
-    return setmetatable({lock = lock, _waiters = {}}, Condition)
+    return setmetatable({lock = lock, _q = {}, _head = 1, _tail = 0,
+                         _slot = {}}, Condition)
   end
 end
 

@@ -8,102 +8,236 @@ local USAGE = "usage: braid trace FILE [--svg OUT.svg]"
 
 ---------------------------------------------------------------------------
 -- Reading: lua-cjson when it is installed, else a small decoder that reads
--- what braid writes (any valid JSON value; no surrogate pairs needed).
+-- what braid writes (any valid JSON value; no surrogate pairs needed). A
+-- trace whose writer was killed (kill -9) ends mid-way: no closing `]}`,
+-- perhaps half an event. The small decoder reads such a file up to its last
+-- complete event when asked to (`partial`), as Perfetto does.
 
-local decode
+-- pure_decode(s, partial) -> value, cut. With partial, a text that ends
+-- inside the value (cut off) gives what came before and cut = true: the
+-- arrays and objects open there, each array without the element it ended
+-- in. Raises "bad JSON at byte N: ..." on anything else.
+local function pure_decode(s, partial)
+  local esc = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f",
+               n = "\n", r = "\r", t = "\t"}
+  local pos, cut = 1, false
+  local value
+  local EOF = {}   -- raised when the text ends inside a value
+  local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
+  local function err(what)
+    -- at the end, or on a last token cut short ("tru", "-"): the text
+    -- ended, it did not go wrong
+    if partial and s:find("^[%w.+-]*$", pos) then error(EOF, 0) end
+    error("bad JSON at byte " .. pos .. ": " .. what, 0)
+  end
+  local function str()
+    local out, i = {}, pos + 1
+    while true do
+      local j = s:find('["\\]', i)
+      if not j then pos = #s + 1; err("unterminated string") end
+      out[#out + 1] = s:sub(i, j - 1)
+      if s:sub(j, j) == '"' then pos = j + 1; return table.concat(out) end
+      local c = s:sub(j + 1, j + 1)
+      if c == "u" then
+        local hex = s:match("^%x%x%x%x", j + 2)
+        if not hex then
+          if j + 5 > #s then pos = #s + 1 end
+          err("bad escape")
+        end
+        out[#out + 1] = utf8.char(tonumber(hex, 16))
+        i = j + 6
+      else
+        if c == "" then pos = #s + 1 end
+        out[#out + 1] = esc[c] or err("bad escape")
+        i = j + 2
+      end
+    end
+  end
+  -- the members of object t
+  local function members(t)
+    while true do
+      ws()
+      if s:sub(pos, pos) ~= '"' then err("key expected") end
+      local k = str()
+      ws()
+      if s:sub(pos, pos) ~= ":" then err("':' expected") end
+      pos = pos + 1
+      t[k] = value()
+      if cut then return end
+      ws()
+      local c = s:sub(pos, pos); pos = pos + 1
+      if c == "}" then return end
+      if c ~= "," then pos = pos - 1; err("',' or '}' expected") end
+    end
+  end
+  -- the elements of array t
+  local function items(t)
+    while true do
+      local v = value()
+      if cut then return end   -- v is incomplete: leave it out
+      t[#t + 1] = v
+      ws()
+      local c = s:sub(pos, pos); pos = pos + 1
+      if c == "]" then return end
+      if c ~= "," then pos = pos - 1; err("',' or ']' expected") end
+    end
+  end
+  -- fill(t), and t; partial, an end of the text inside it ends t there
+  -- (an array leaves out the element it ended in)
+  local function within(fill, t)
+    if not partial then fill(t); return t end
+    local ok, e = pcall(fill, t)
+    if not ok then
+      if e ~= EOF then error(e, 0) end
+      cut = true
+    end
+    return t
+  end
+  value = function()
+    ws()
+    local c = s:sub(pos, pos)
+    if c == "{" then
+      local t = {}
+      pos = pos + 1; ws()
+      if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
+      return within(members, t)
+    elseif c == "[" then
+      local t = {}
+      pos = pos + 1; ws()
+      if s:sub(pos, pos) == "]" then pos = pos + 1; return t end
+      return within(items, t)
+    elseif c == '"' then
+      return str()
+    elseif s:find("^true", pos) then pos = pos + 4; return true
+    elseif s:find("^false", pos) then pos = pos + 5; return false
+    elseif s:find("^null", pos) then pos = pos + 4; return nil
+    else
+      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+      local n = num and tonumber(num)
+      if not n then err("value expected") end
+      pos = pos + #num
+      return n
+    end
+  end
+  local ok, v = pcall(value)
+  if not ok then
+    if v == EOF then error("bad JSON at byte " .. #s + 1 .. ": unexpected end", 0) end
+    error(v, 0)
+  end
+  if not cut then
+    ws()
+    if pos <= #s then error("bad JSON at byte " .. pos .. ": trailing text", 0) end
+  end
+  return v, cut
+end
+
+local decode, null
 do
   local ok, cjson = pcall(require, "cjson")
   if ok and not os.getenv("BRAID_TRACE_PURE") then   -- (the spec tries both)
-    decode = cjson.decode
+    decode, null = cjson.decode, cjson.null
   else
-    local esc = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f",
-                 n = "\n", r = "\r", t = "\t"}
-    decode = function(s)
-      local pos = 1
-      local value
-      local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
-      local function err(what) error("bad JSON at byte " .. pos .. ": " .. what, 0) end
-      local function str()
-        local out, i = {}, pos + 1
-        while true do
-          local j = s:find('["\\]', i)
-          if not j then err("unterminated string") end
-          out[#out + 1] = s:sub(i, j - 1)
-          if s:sub(j, j) == '"' then pos = j + 1; return table.concat(out) end
-          local c = s:sub(j + 1, j + 1)
-          if c == "u" then
-            out[#out + 1] = utf8.char(tonumber(s:sub(j + 2, j + 5), 16))
-            i = j + 6
-          else
-            out[#out + 1] = esc[c] or err("bad escape")
-            i = j + 2
-          end
-        end
-      end
-      value = function()
-        ws()
-        local c = s:sub(pos, pos)
-        if c == "{" then
-          local t = {}
-          pos = pos + 1; ws()
-          if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
-          while true do
-            ws()
-            if s:sub(pos, pos) ~= '"' then err("key expected") end
-            local k = str()
-            ws()
-            if s:sub(pos, pos) ~= ":" then err("':' expected") end
-            pos = pos + 1
-            t[k] = value()
-            ws()
-            c = s:sub(pos, pos); pos = pos + 1
-            if c == "}" then return t end
-            if c ~= "," then err("',' or '}' expected") end
-          end
-        elseif c == "[" then
-          local t = {}
-          pos = pos + 1; ws()
-          if s:sub(pos, pos) == "]" then pos = pos + 1; return t end
-          while true do
-            t[#t + 1] = value()
-            ws()
-            c = s:sub(pos, pos); pos = pos + 1
-            if c == "]" then return t end
-            if c ~= "," then err("',' or ']' expected") end
-          end
-        elseif c == '"' then
-          return str()
-        elseif s:find("^true", pos) then pos = pos + 4; return true
-        elseif s:find("^false", pos) then pos = pos + 5; return false
-        elseif s:find("^null", pos) then pos = pos + 4; return nil
-        else
-          local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-          if not num or num == "" then err("value expected") end
-          pos = pos + #num
-          return tonumber(num)
-        end
-      end
-      local v = value()
-      ws()
-      if pos <= #s then err("trailing text") end
-      return v
-    end
+    decode = pure_decode
   end
 end
 
 ---------------------------------------------------------------------------
 -- The model: tasks with their slices, instants and relations.
 
+-- Says which event n is, for a message.
+local function which(e, n)
+  return ("event %d (ph %s, tid %s)"):format(n,
+    type(e.ph) == "string" and ('"' .. e.ph:sub(1, 10) .. '"') or "?",
+    math.type(e.tid) and ("%.0f"):format(e.tid) or "?")
+end
+
+-- Checks t[k] (prefix: how the message names t) of event e, number n:
+-- nil if it is a `want` ("table" said "an object"), or nil and not
+-- required; else the message. A JSON null (cjson's) is dropped: nil.
+local function field(e, n, t, k, want, required, prefix)
+  local v = t[k]
+  if type(v) == want then return nil end
+  local expected = want == "table" and "an object" or "a " .. want
+  if v == nil or v == null then
+    t[k] = nil
+    if not required then return nil end
+    return ("%s: '%s%s' is missing, %s expected"):format(which(e, n),
+      prefix or "", k, expected)
+  end
+  local shown = type(v) == "string" and ('"' .. v:sub(1, 40) .. '"')
+                or type(v) == "table" and "an array or object"
+                or tostring(v)
+  return ("%s: '%s%s' is %s, %s expected"):format(which(e, n), prefix or "",
+    k, shown, expected)
+end
+
+-- Checks the fields of event n that the model uses: nil, or a message
+-- naming the event and the field.
+local function check_event(e, n)
+  if type(e) ~= "table" then
+    return ("event %d is a %s, an object expected"):format(n, type(e))
+  end
+  local ph = e.ph
+  local msg = field(e, n, e, "ph", "string", true) or
+              field(e, n, e, "tid", "number")
+  if msg then return msg end
+  local timed = ph == "B" or ph == "E" or ph == "i"
+  local name = e.name
+  msg = field(e, n, e, "ts", "number", timed) or
+        field(e, n, e, "name", "string", ph == "B" or ph == "M" or ph == "i") or
+        field(e, n, e, "args", "table")
+  if msg then return msg end
+  if ph == "M" and name == "thread_name" then
+    msg = field(e, n, e, "args", "table", true) or
+          field(e, n, e.args, "name", "string", true, "args.") or
+          field(e, n, e.args, "parent", "number", false, "args.")
+  elseif ph == "i" and (name == "spawn" or name == "cancel" or
+                        name == "cancelled" or name == "end") then
+    msg = field(e, n, e, "args", "table", true)
+    if msg then return msg end
+    local a = e.args
+    if name == "spawn" then
+      msg = field(e, n, a, "task", "number", true, "args.")
+    elseif name == "cancelled" then
+      msg = field(e, n, a, "from", "number", false, "args.")
+    elseif name == "end" then
+      msg = field(e, n, a, "status", "string", false, "args.")
+    else
+      msg = field(e, n, a, "by", "string", false, "args.") or
+            field(e, n, a, "reason", "string", false, "args.")
+    end
+  end
+  return msg
+end
+
+-- load(path) -> model, [note] | nil, message: the note says that the
+-- trace was cut off, and where it was read up to.
 local function load(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
   local text = f:read("a")
   f:close()
   local ok, doc = pcall(decode, text)
-  if not ok then return nil, path .. ": not a trace (" .. tostring(doc) .. ")" end
+  local cut
+  if not ok then   -- cut off? only the small decoder reads on
+    local ok2, doc2, cut2 = pcall(pure_decode, text, true)
+    if not (ok2 and cut2 and type(doc2) == "table" and
+            type(doc2.traceEvents) == "table") then
+      return nil, path .. ": not a trace (" .. tostring(doc) .. ")"
+    end
+    doc, cut = doc2, true
+  end
+  text = nil   -- (the decoded events are enough to hold)
   if type(doc) ~= "table" or type(doc.traceEvents) ~= "table" then
     return nil, path .. ": not a trace (no traceEvents)"
   end
+  local events = doc.traceEvents
+  for n = 1, #events do
+    local msg = check_event(events[n], n)
+    if msg then return nil, path .. ": bad event: " .. msg end
+  end
+  local note = cut and ("%s: cut off (its writer did not finish it): read up "
+    .. "to its last complete event, event %d"):format(path, #events)
   local tasks, order, instants, cancel_from, spawner = {}, {}, {}, {}, {}
   local t_end = 0
   local function task(tid)
@@ -139,7 +273,10 @@ local function load(path)
       elseif e.ph == "i" then
         instants[#instants + 1] = e
         if e.name == "end" then t.status = e.args.status end
-        if e.name == "spawn" then spawner[math.tointeger(e.args.task)] = tid end
+        if e.name == "spawn" then
+          local child = math.tointeger(e.args.task)
+          if child then spawner[child] = tid end
+        end
         if e.name == "cancelled" then
           cancel_from[tid .. "@" .. e.ts] = math.tointeger(e.args.from)
         end
@@ -162,9 +299,10 @@ local function load(path)
     if p then p.children[#p.children + 1] = t end
   end
   table.sort(live, function(a, b) return a.tid < b.tid end)
+  local other = type(doc.otherData) == "table" and doc.otherData or {}
   return {tasks = tasks, list = live, instants = instants, t_end = t_end,
           cancel_from = cancel_from,
-          clock = doc.otherData and doc.otherData.clock or "real"}
+          clock = type(other.clock) == "string" and other.clock or "real"}, note
 end
 
 local function secs(us)
@@ -175,14 +313,68 @@ local function secs(us)
   return string.format("%.3f s", s)
 end
 
--- The index of t's last slice that ended by time `at`; a track's slices
--- do not overlap, so they are in time order (the order they ended).
+-- The index of t's last slice that ended by time `at`, or 0. A track's
+-- slices do not overlap, so they are in time order (the order they ended);
+-- the search runs on the suffix minima of their ends (t.ends, made once),
+-- which are in order whatever the file holds, so it finds what a scan from
+-- the end would: the suffix minimum at i is within `at` exactly when some
+-- slice from i on ended by then.
 local function last_before(t, at)
-  for i = #t.slices, 1, -1 do
-    local s = t.slices[i]
-    if s.ts + s.dur <= at + 1e-6 then return i end
+  local ends = t.ends
+  if not ends then
+    ends = {}
+    local low = math.huge
+    for i = #t.slices, 1, -1 do
+      local s = t.slices[i]
+      local e = s.ts + s.dur
+      if e < low then low = e end
+      ends[i] = low
+    end
+    t.ends = ends
   end
-  return 0
+  local lo, hi, limit = 1, #ends, at + 1e-6   -- the answer is in [lo-1, hi]
+  while lo <= hi do
+    local mid = (lo + hi) // 2
+    if ends[mid] <= limit then lo = mid + 1 else hi = mid - 1 end
+  end
+  return hi
+end
+
+-- The first index in list (sorted by .last) whose last is at least x, or
+-- #list + 1.
+local function first_from(list, x)
+  local lo, hi = 1, #list + 1
+  while lo < hi do
+    local mid = (lo + hi) // 2
+    if list[mid].last < x then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
+-- p's children that ended, by when they ended; at a tie, those not
+-- cancelled first, then in the order of p.children: so the first of a run
+-- of equal ends is the one a scan of p.children keeping the `later` one
+-- would keep. Also, as p.ended_late, those of them whose first event came
+-- before their last. Made once per task.
+local function by_end(p)
+  if not p.by_last then
+    local list, rank = {}, {}
+    for k, c in ipairs(p.children) do
+      if c.last then list[#list + 1] = c; rank[c] = k end
+    end
+    table.sort(list, function(a, b)
+      if a.last ~= b.last then return a.last < b.last end
+      local ca, cb = a.status == "cancelled", b.status == "cancelled"
+      if ca ~= cb then return cb end
+      return rank[a] < rank[b]
+    end)
+    local late = {}
+    for _, c in ipairs(list) do
+      if c.first and c.first < c.last then late[#late + 1] = c end
+    end
+    p.by_last, p.ended_late = list, late
+  end
+  return p.by_last, p.ended_late
 end
 
 -- The critical path: from the root's end, backwards, the chain of waits
@@ -190,29 +382,28 @@ end
 -- for members (its members, braid.gather of N...) continues in the task
 -- that ended last within it; any other wait (sleep, exec, a socket...) is
 -- a step of the path; a task's start continues in its parent, at the
--- spawn. Returned in time order.
+-- spawn. Returned in time order. Each step costs O(log n) on indexes made
+-- once per task (a scan of the children per step made long traces
+-- quadratic).
 local function critical_path(m)
   local root = m.list[1]
   local path = {}
   if not root then return path end
-  local function later(a, b)   -- ended later; at a tie, not cancelled
-    if a.last ~= b.last then return a.last > b.last end
-    return b.status == "cancelled" and a.status ~= "cancelled"
-  end
   local t, i, guard = root, #root.slices, 0
   while t and guard < 1000000 do
     guard = guard + 1
     if i < 1 then
       -- its start: a task the scheduler started when a sibling ended
-      -- (map's limit) continues in that sibling, any other in its parent
+      -- (map's limit) continues in that sibling (one that ended as it
+      -- started and started before it; at a tie one not cancelled, the
+      -- first), any other in its parent
       local p = t.parent and m.tasks[t.parent]
       if not p or not t.first then break end
       local sib
-      for _, c in ipairs(t.spawner == 0 and p.children or {}) do
-        if c ~= t and c.last == t.first and c.first and c.first < t.first
-           and (not sib or later(c, sib)) then
-          sib = c
-        end
+      if t.spawner == 0 then
+        local _, late = by_end(p)
+        local c = late[first_from(late, t.first)]
+        if c and c.last == t.first then sib = c end   -- never t: t.first == c.last
       end
       if sib then t, i = sib, #sib.slices
       else t, i = p, last_before(p, t.first) end
@@ -228,12 +419,16 @@ local function critical_path(m)
         if n then
           target = m.tasks[tonumber(n)]
         elseif s.name == "its members" or s.name:match("^braid%.%a+ of %d+$") then
-          for _, c in ipairs(t.children) do
-            if c.last and c.last <= e + 1e-6 and c.last >= s.ts
-               and (not target or later(c, target)) then
-              target = c
-            end
+          -- the child that ended last by e, if it ended at s.ts or after
+          local list = by_end(t)
+          local limit = e + 1e-6
+          local lo, hi = 1, #list   -- the last index ending by limit
+          while lo <= hi do
+            local mid = (lo + hi) // 2
+            if list[mid].last <= limit then lo = mid + 1 else hi = mid - 1 end
           end
+          local c = list[hi]
+          if c and c.last >= s.ts then target = list[first_from(list, c.last)] end
         end
       end
       if s.dur > 0 then
@@ -473,6 +668,7 @@ return function(...)
   if not file then io.stderr:write(USAGE, "\n"); return 2 end
   local m, err = load(file)
   if not m then io.stderr:write("braid trace: ", err, "\n"); return 1 end
+  if err then io.stderr:write("braid trace: ", err, "\n") end   -- cut off
   local path = critical_path(m)
   if svg_out then
     local f, e = io.open(svg_out, "wb")

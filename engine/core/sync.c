@@ -1,5 +1,6 @@
 /*
-** sync.c: braid.semaphore, braid.lock and braid.event.
+** sync.c: braid.semaphore, braid.lock and braid.event (with the private
+** _condition_wait, an event wait labelled as braid.condition's).
 **
 ** Both keep their waiters in FIFO lists of the tasks' own waits
 ** (t->w->watch.link), so waiting allocates nothing and a cancelled waiter
@@ -360,14 +361,26 @@ static struct braid_event *event_check (lua_State *L, const char *fname) {
   return (struct braid_event *) braid__check_tagged(L, 1, &event_type, fname);
 }
 
-/* ev:wait(): returns once the event is set (at once if it already is). */
-static int l_event_wait (lua_State *L) {
-  struct braid_event *e = event_check(L, "event:wait");
-  struct braid_task *t = braid__task_current(L, "event:wait");
+/* Waits until the event at 1 is set, as fname, labelled what. */
+static int event_wait (lua_State *L, const char *fname, const char *what) {
+  struct braid_event *e = event_check(L, fname);
+  struct braid_task *t = braid__task_current(L, fname);
   braid__task_checkcancel(L, t);
   if (e->set) return 0;
-  braid__task_checkyield(L, t, "event:wait");
-  return queue_wait(L, t, &e->waiters, "event wait", braid__task_k0);
+  braid__task_checkyield(L, t, fname);
+  return queue_wait(L, t, &e->waiters, what, braid__task_k0);
+}
+
+/* ev:wait(): returns once the event is set (at once if it already is). */
+static int l_event_wait (lua_State *L) {
+  return event_wait(L, "event:wait", "event wait");
+}
+
+/* The private _condition_wait(ev) that lua/braid.lua's condition:wait
+** waits with: an event wait that dump, deadlock reports and the trace
+** call a condition wait, as the script wrote it. */
+static int l_event_condition_wait (lua_State *L) {
+  return event_wait(L, "condition:wait", "condition wait");
 }
 
 /* ev:set(): sets the event and wakes every waiter. */
@@ -419,6 +432,7 @@ void braid__open_sync (lua_State *L) {
     {"semaphore", l_sem_new},
     {"lock", l_lock_new},
     {"event", l_event_new},
+    {"_condition_wait", l_event_condition_wait},   /* lua/braid.lua's */
     {NULL, NULL}
   };
   braid__class(L, SEM_MT, NULL, sem_methods, NULL);
