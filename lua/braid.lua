@@ -181,6 +181,8 @@ if rawget(M, "fs") then
   local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
   local remove_tree = fs._remove_tree   -- fs_tree.c: never leaves the tree
   fs._remove_tree = nil
+  local copy_new = fs._copy_new          -- fs_copy.c: the chunked job
+  fs._copy_new = nil
 
   local function io_code(e, ...)
     if not (M.is_error(e) and e.kind == "io") then return false end
@@ -357,6 +359,20 @@ if rawget(M, "fs") then
   function fs.walk(dir, opts)
     local step = as("braid.fs.walk", walk, dir, opts)
     return function() return as("braid.fs.walk", step) end
+  end
+
+  -- fs.copy(from, to): the contents of the regular file `from` (read to
+  -- its end, whatever its size says: /proc files too) and its permission
+  -- bits into `to`, replaced. Errors kind "io" with `code` and the `path`
+  -- at fault. A cancelled copy waits, shielded, for the chunk in flight, so
+  -- that nothing is written to `to` once it has returned.
+  function fs.copy(from, to)
+    local job = copy_new(from, to)
+    local ok, e = pcall(job.run, job)
+    if not ok then
+      M.shield(job.wait, job)
+      rethrow(e)
+    end
   end
 
   -- fs.lines(path, [opts]) -> iterator over the lines of a file, read in

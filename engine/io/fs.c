@@ -41,6 +41,7 @@ void braid__open_fs_path(lua_State *L);    /* fs_path.c */
 void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
 void braid__open_fs_file(lua_State *L);    /* fs_file.c */
 void braid__open_fs_tree(lua_State *L);    /* fs_tree.c */
+void braid__open_fs_copy(lua_State *L);    /* fs_copy.c */
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
@@ -574,9 +575,10 @@ void braid__open_fs (lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
-  braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
+  braid__open_fs_path(L);   /* chmod, realpath: fs_path.c */
   braid__open_fs_watch(L);  /* watch: fs_watch.c */
   braid__open_fs_file(L);   /* open: fs_file.c */
   braid__open_fs_tree(L);   /* _remove_tree: fs_tree.c */
+  braid__open_fs_copy(L);   /* _copy_new, under copy: fs_copy.c */
   lua_setfield(L, -2, "fs");
 }
