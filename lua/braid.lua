@@ -181,8 +181,9 @@ if rawget(M, "fs") then
   local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
   local remove_tree = fs._remove_tree   -- fs_tree.c: never leaves the tree
   fs._remove_tree = nil
-  local copy_new = fs._copy_new          -- fs_copy.c: the chunked job
-  fs._copy_new = nil
+  local copy_new, copy_run, copy_wait =  -- fs_copy.c: the chunked job
+    fs._copy_new, fs._copy_run, fs._copy_wait
+  fs._copy_new, fs._copy_run, fs._copy_wait = nil, nil, nil
 
   local function io_code(e, ...)
     if not (M.is_error(e) and e.kind == "io") then return false end
@@ -368,9 +369,9 @@ if rawget(M, "fs") then
   -- that nothing is written to `to` once it has returned.
   function fs.copy(from, to)
     local job = copy_new(from, to)
-    local ok, e = pcall(job.run, job)
+    local ok, e = pcall(copy_run, job)
     if not ok then
-      M.shield(job.wait, job)
+      M.shield(copy_wait, job)
       rethrow(e)
     end
   end

@@ -1,6 +1,8 @@
 /*
 ** fs_copy.c: the private job under braid.fs.copy(from, to) (Lua,
-** lua/braid.lua): fs._copy_new(from, to) -> job, job:run(), job:wait().
+** lua/braid.lua): fs._copy_new(from, to) -> job, fs._copy_run(job),
+** fs._copy_wait(job) (private functions, not methods: lua/braid.lua keeps
+** them and removes them from braid.fs).
 **
 ** The copy is one job on libuv's thread pool that reads `from` and writes
 ** `to` in chunks of COPY_CHUNK bytes until read(2) says the end, checking
@@ -16,7 +18,7 @@
 ** A cancelled run sets `stop` and detaches: the task resumes with the
 ** cancellation while the job may be in the middle of a write. So that no
 ** byte reaches `to` after the copy returned, lua/braid.lua then waits,
-** shielded, in job:wait() until the job has ended (at most the chunk in
+** shielded, in _copy_wait until the job has ended (at most the chunk in
 ** flight). Ownership: the box (the Lua object) owns the job while it is
 ** idle; a queued job belongs to the pool until copy_done, which frees it
 ** when the box has gone meanwhile (its __gc sets `stop` and detaches).
@@ -191,7 +193,7 @@ static void copy_done (uv_work_t *w, int status) {
 static struct copy_job *copy_check (lua_State *L) {
   struct copy_job **box = (struct copy_job **) luaL_checkudata(L, 1,
                                                                COPY_MT);
-  if (*box == NULL) luaL_error(L, "braid.fs.copy: job gone");
+  if (*box == NULL) braid_usageerror(L, "braid.fs.copy: job gone");
   return *box;
 }
 
@@ -216,7 +218,7 @@ static int run_start (braid_op_t *op, void *ud) {
 }
 
 /* Ends the op without run_k: the job is told to stop before its next
-** step and detached; it stays the box's (job:wait() waits for it). */
+** step and detached; it stays the box's (_copy_wait waits for it). */
 static void run_cancel (braid_op_t *op) {
   struct copy_job *job = *(struct copy_job **) braid_op_data(op);
   if (job->op == op) job->op = NULL;
@@ -238,12 +240,12 @@ static int run_k (lua_State *L, braid_op_t *op) {
   return lua_error(L);
 }
 
-/* job:run(): the copy; once per job. */
+/* fs._copy_run(job): the copy; once per job. */
 static int l_copy_run (lua_State *L) {
   struct copy_job *job = copy_check(L);
   braid_check_suspend(L, FNAME);
   if (job->queued || job->done)
-    return luaL_error(L, "braid.fs.copy: job already run");
+    return braid_usageerror(L, "braid.fs.copy: job already run");
   lua_settop(L, 1);
   return braid_suspendk(L, "copy", sizeof job, run_start, run_cancel, job,
                         run_k);
@@ -261,7 +263,7 @@ static void wait_cancel (braid_op_t *op) {
   if (job->waiter == op) job->waiter = NULL;
 }
 
-/* job:wait(): returns once the job has ended (at once when it never
+/* fs._copy_wait(job): returns once the job has ended (at once when it never
 ** started or has ended). */
 static int l_copy_wait (lua_State *L) {
   struct copy_job *job = copy_check(L);
@@ -316,19 +318,18 @@ static int l_copy_new (lua_State *L) {
   return 1;
 }
 
-/* Adds _copy_new to the braid.fs table at the stack top. [-0, +0, m] */
+/* Adds _copy_new, _copy_run and _copy_wait to the braid.fs table at the
+** stack top. [-0, +0, m] */
 void braid__open_fs_copy (lua_State *L) {
-  static const luaL_Reg methods[] = {
-    {"run", l_copy_run},
-    {"wait", l_copy_wait},
+  static const luaL_Reg funcs[] = {
+    {"_copy_new", l_copy_new},
+    {"_copy_run", l_copy_run},
+    {"_copy_wait", l_copy_wait},
     {NULL, NULL}
   };
-  static const luaL_Reg meta[] = {
-    {"__gc", l_copy_gc},
-    {NULL, NULL}
-  };
-  braid__class(L, COPY_MT, meta, methods, NULL);
+  luaL_newmetatable(L, COPY_MT);   /* no methods: nothing public */
+  lua_pushcfunction(L, l_copy_gc);
+  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_copy_new);
-  lua_setfield(L, -2, "_copy_new");
+  luaL_setfuncs(L, funcs, 0);
 }
