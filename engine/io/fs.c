@@ -276,11 +276,13 @@ static int fs_pipe_write (struct fs_op *fo) {
   return fo->off >= fo->len;
 }
 
+/* libuv reports POLLERR (a FIFO whose readers have gone) as UV_EBADF and
+** stops the handle: the read or write then says what happened (EPIPE). */
 static void fs_poll_cb (uv_poll_t *h, int status, int events) {
   struct fs_op *fo = container_of(h, struct fs_wait, u.poll)->fo;
-  int rc = status;
-  (void) events;   /* a hang-up or error shows in the read or write */
-  if (rc == 0) rc = fo->kind == OP_READ ? fs_pipe_read(fo) : fs_pipe_write(fo);
+  int rc = fo->kind == OP_READ ? fs_pipe_read(fo) : fs_pipe_write(fo);
+  (void) events;
+  if (rc == 0 && status < 0) rc = status;
   if (rc != 0) fs_finish(fo, rc);
 }
 
