@@ -206,6 +206,9 @@ if rawget(M, "fs") then
   local stat, list, mkdir, remove = fs.stat, fs.list, fs.mkdir, fs.remove
   local remove_tree = fs._remove_tree   -- fs_tree.c: never leaves the tree
   fs._remove_tree = nil
+  local copy_new, copy_run, copy_wait =  -- fs_copy.c: the chunked job
+    fs._copy_new, fs._copy_run, fs._copy_wait
+  fs._copy_new, fs._copy_run, fs._copy_wait = nil, nil, nil
 
   local function io_code(e, ...)
     if not (M.is_error(e) and e.kind == "io") then return false end
@@ -398,6 +401,20 @@ if rawget(M, "fs") then
       end
       busy = true
       return done(as("braid.fs.walk", step))
+    end
+  end
+
+  -- fs.copy(from, to): the contents of the regular file `from` (read to
+  -- its end, whatever its size says: /proc files too) and its permission
+  -- bits into `to`, replaced. Errors kind "io" with `code` and the `path`
+  -- at fault. A cancelled copy waits, shielded, for the chunk in flight, so
+  -- that nothing is written to `to` once it has returned.
+  function fs.copy(from, to)
+    local job = copy_new(from, to)
+    local ok, e = pcall(copy_run, job)
+    if not ok then
+      M.shield(copy_wait, job)
+      rethrow(e)
     end
   end
 

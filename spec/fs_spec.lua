@@ -251,20 +251,19 @@ describe("braid.fs", function()
     assert.are.equal(fds, open_fds())
   end)
 
-  it("closes what a cancelled open returns later, when uv_cancel could not stop it", function()
+  it("closes the FIFO a cancelled read_file waited on for a writer", function()
     local d = tmpdir()
     local fifo = d .. "/fifo"
     assert(os.execute("mkfifo '" .. fifo .. "'"))
     local fds = open_fds()
     braid.run(function()
-      local t = braid.spawn(fs.read_file, fifo)   -- open(2) blocks: no writer
+      local t = braid.spawn(fs.read_file, fifo)   -- waits for a writer
       braid.sleep(0.05)
       t:cancel()
       local ok, e = pcall(t.await, t)
       assert.is_true(braid.is_cancelled(e))
-      -- A writer (bounded) lets the detached open return its descriptor;
-      -- braid.run returns once the request has been freed.
-      os.execute("timeout 5 sh -c 'echo x > " .. fifo .. "' 2>/dev/null &")
+      -- it waited on the loop (no open(2) left blocking on the pool):
+      -- braid.run returns once the descriptor is closed
     end)
     assert.are.equal(fds, open_fds())
   end)
@@ -297,6 +296,66 @@ describe("braid.fs", function()
     assert.are.equal("done\n", out)
     assert.are.equal(0, code)
   end)
+
+  -- Regression (review of fs and FIFOs): read_file, write_file, copy and
+  -- fs.open to write blocked a pool thread in open(2) on a FIFO without its
+  -- other end; cancelling could not free it, and braid never exited after
+  -- the script had ended (an embedder's braid_run hung the same way).
+  it("waits for a FIFO's other end on the loop: cancelled, braid exits", function()
+    local d = tmpdir()
+    assert(os.execute("mkfifo '" .. d .. "/fifo'"))
+    local script = h.script([[
+      local fs, d = braid.fs, ...
+      local fifo = d .. "/fifo"
+      fs.write_file(d .. "/f", "x")
+      local calls = {
+        function() return fs.read_file(fifo) end,
+        function() return fs.write_file(fifo, "x") end,
+        function() return fs.append_file(fifo, "x") end,
+        function() return fs.open(fifo, "w") end,
+        function() return fs.open(fifo, "a") end,
+        function() return fs.lines(fifo)() end,
+        function() return fs.copy(fifo, d .. "/x") end,
+        function() return fs.copy(d .. "/f", fifo) end,
+      }
+      for _, call in ipairs(calls) do
+        local ok, e = pcall(braid.timeout, 0.1, call)
+        io.write(braid.is_timeout(e) and "timeout" or tostring(e.code), " ")
+      end
+      print("end of script")
+    ]])
+    finally(function() os.remove(script) end)
+    local t0 = os.time()
+    local out, err, code = h.sh("timeout -s KILL 20 env " ..
+                                (os.getenv("BRAID_RUN_ENV") or "") .. " " ..
+                                os.getenv("BRAID_BIN") .. " " .. script ..
+                                " " .. d .. " </dev/null")
+    assert.are.equal("timeout timeout timeout timeout timeout timeout " ..
+                     "EINVAL EINVAL end of script\n", out)
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+    assert.is_true(os.time() - t0 < 10)
+  end)
+
+  it("reads and writes a FIFO whole, whichever end opens first", h.run(function()
+    local d <close> = fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    local s = string.rep("fifo", 800000)   -- 3.2 MB: more than a pipe holds
+    local w = braid.spawn(fs.write_file, fifo, s)
+    assert.are.equal(s, fs.read_file(fifo))
+    w:await()
+    local r = braid.spawn(fs.read_file, fifo)
+    braid.sleep(0.05)                      -- the reader waits first
+    fs.append_file(fifo, "tail")
+    assert.are.equal("tail", r:await())
+    w = braid.spawn(pcall, fs.write_file, fifo, s)
+    local ok, e = pcall(fs.read_file, fifo, {max_size = 1000})
+    assert.are.equal("limit", e.kind)
+    local ok2, e2 = w:await()              -- the reader went: EPIPE
+    assert.is_false(ok2)
+    assert.are.equal("EPIPE", e2.code)
+  end))
 
   it("raises the cancellation at once in an already cancelled task", h.run(function()
     local t = braid.spawn(function()

@@ -252,3 +252,67 @@ describe("braid.fs tree calls", function()
     assert.is_true(n < 50)
   end))
 end)
+
+describe("braid.fs.copy", function()
+  -- Regression (review of fs.copy): uv_fs_copyfile, one request nobody can
+  -- stop, went on after a cancel and overwrote what the script wrote to
+  -- `to` since; braid.run (and the exit) waited for all of it.
+  it("cancelled, stops: nothing reaches `to` after it returned",
+     function()
+    local d = h.tmp()
+    assert(os.execute("mkdir '" .. d .. "'"))
+    finally(function() os.execute("rm -rf '" .. d .. "'") end)
+    local big, out = d .. "/big", d .. "/out"
+    assert(os.execute("truncate -s 2G '" .. big .. "'"))
+    local t0 = os.time()
+    braid.run(function()
+      local started = braid.now()
+      local ok, e = pcall(braid.timeout, 0.1, fs.copy, big, out)
+      assert.is_true(braid.is_timeout(e))
+      assert.is_true(braid.now() - started < 2)
+      fs.write_file(out, "hello\n")
+      braid.sleep(0.3)
+      assert.are.equal(6, fs.stat(out).size)
+    end)
+    assert.is_true(os.time() - t0 < 5)   -- braid.run did not wait for a copy
+    assert.are.equal("hello\n", h.slurp(out))
+  end)
+
+  -- Regression: copyfile copies st_size bytes, none of a /proc file's.
+  it("copies a file to its end, whatever its size says (/proc)",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.copy("/proc/version", d .. "/v")
+    local v = fs.read_file(d .. "/v")
+    assert.matches("^Linux", v)
+    assert.are.equal(fs.read_file("/proc/version"), v)
+    -- and a large one, across chunks
+    local s = string.rep("0123456789abcdef", 200000)   -- 3.2 MB
+    fs.write_file(d .. "/a", s)
+    fs.copy(d .. "/a", d .. "/b")
+    assert.are.equal(s, fs.read_file(d .. "/b"))
+    fs.copy(d .. "/b", d .. "/b")                      -- itself: unchanged
+    assert.are.equal(s, fs.read_file(d .. "/b"))
+  end))
+
+  it("refuses devices, FIFOs and directories as source, a FIFO as target",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    fs.write_file(d .. "/f", "x")
+    for _, c in ipairs({{"/dev/zero", d .. "/z", "/dev/zero", "EINVAL"},
+                        {fifo, d .. "/x", fifo, "EINVAL"},
+                        {d .. "/f", fifo, fifo, "EINVAL"},
+                        {d.path, d .. "/y", d.path, "EISDIR"}}) do
+      local ok, e = pcall(braid.timeout, 5, fs.copy, c[1], c[2])
+      assert.is_false(ok)
+      assert.are.equal("io", e.kind, tostring(e))
+      assert.are.equal(c[4], e.code)
+      assert.are.equal(c[3], e.path)
+      assert.matches("^braid%.fs%.copy ", e.message)
+    end
+    assert.is_false(fs.exists(d .. "/z"))
+    fs.copy(d .. "/f", "/dev/null")                    -- a device as target
+  end))
+end)

@@ -105,3 +105,58 @@ describe("braid.fs.watch", function()
     pcall(t.await, t)
   end))
 end)
+
+describe("braid.fs.watch of a path that goes", function()
+  -- Regression (review of fs.watch): once the watched file was removed,
+  -- next() waited forever (the kernel had dropped the watch), with no
+  -- deadlock report.
+  it("ends (next() returns nil) once the path is removed", h.run(function()
+    local d <close> = fs.tmpdir()
+    local f = d .. "/f"
+    fs.write_file(f, "x")
+    local w <close> = fs.watch(f)
+    fs.remove(f)
+    local got = {}
+    braid.timeout(5, function()
+      for ev in w do got[#got + 1] = ev.event end
+    end)
+    assert.is_true(has(got, "rename"), table.concat(got, " "))
+    assert.is_nil(w:next())
+  end))
+
+  it("ends for a task waiting when the path is moved away or replaced",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    for _, how in ipairs({"move", "replace", "directory"}) do
+      local p = d .. "/" .. how
+      if how == "directory" then fs.mkdir(p) else fs.write_file(p, "x") end
+      local w <close> = fs.watch(p, {debounce = 0.05})
+      local t = braid.spawn(function()
+        local n = 0
+        for _ in w do n = n + 1 end
+        return n
+      end)
+      braid.yield()
+      if how == "move" then fs.rename(p, p .. ".old")
+      elseif how == "replace" then
+        fs.write_file(p .. ".new", "y")
+        fs.rename(p .. ".new", p)
+      else fs.remove(p) end
+      local n = braid.timeout(5, t.await, t)
+      assert.is_true(n >= 1, how)
+    end
+  end))
+
+  it("goes on while the path is still there (an entry of the same name)",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.mkdir(d .. "/x")
+    local w <close> = fs.watch(d .. "/x")
+    fs.write_file(d .. "/x/x", "1")                    -- named as the dir
+    fs.rename(d .. "/x/x", d .. "/x/y")
+    local got = drain(w, d .. "/x", 0.2)
+    assert.is_true(has(got, "x:rename"), table.concat(got, " "))
+    fs.write_file(d .. "/x/z", "1")
+    assert.are.equal(d .. "/x/z", w:next().path)
+  end))
+end)

@@ -9,7 +9,17 @@
 ** resumes the op once, when the whole operation has ended. The
 ** continuation fs_k turns the outcome into Lua values (or the io error) in
 ** the task and frees the fs_op. The loop never blocks: every step runs on
-** libuv's thread pool.
+** libuv's thread pool, except a FIFO's (or socket's) reads and writes.
+**
+** A FIFO must not hold a pool thread in open(2) or read(2), where nobody
+** can cancel it (braid could not even exit). So read_file, write_file and
+** append_file open O_NONBLOCK and look at what opened (fstat: no I/O): a
+** FIFO or socket is then read or written on the loop, non-blocking, when a
+** poll handle says it can (a FIFO read waits for a writer, and ends when
+** the writers have gone); anything else is made blocking again and goes
+** to the pool. Opening a FIFO to write fails (ENXIO) while it has no
+** reader: a stat confirms it is a FIFO, and the open is tried again every
+** FIFO_RETRY_MS on a timer, so the wait is the loop's and cancellable.
 **
 ** Invariants:
 ** - The op's data (struct fs_call, inline in the task) only points at the
@@ -30,20 +40,28 @@
 ** - A uv_fs_t is cleaned up before it is reused and when the op is freed
 **   (uv_fs_req_cleanup is idempotent); a scandir request keeps its entries
 **   until the continuation has read them.
+** - fo->wait is the poll or timer handle of a FIFO's wait, on the loop,
+**   while no request is in flight; it has its own memory, freed by its
+**   close callback, and is closed before the descriptor it polls.
 */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "io/fs.h"
 
 void braid__open_fs_path(lua_State *L);    /* fs_path.c */
 void braid__open_fs_watch(lua_State *L);   /* fs_watch.c */
 void braid__open_fs_file(lua_State *L);    /* fs_file.c */
 void braid__open_fs_tree(lua_State *L);    /* fs_tree.c */
+void braid__open_fs_copy(lua_State *L);    /* fs_copy.c */
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
+#define FIFO_RETRY_MS 20          /* opening a FIFO to write: a reader yet? */
+#define FIFO_ROUNDS 16            /* chunks per poll callback: fair to others */
 
 /* read_file's max_size by default: the file becomes one Lua string, so a
 ** file near memory sizes is no read_file's; 64 MiB (as exec's max_output)
@@ -67,14 +85,28 @@ static const char *const fnames[] = {
   "braid.fs.rename"
 };
 
+/* A FIFO's wait on the loop: a poll (read or write when it can) or a
+** timer (open again); its memory goes in its close callback. */
+struct fs_wait {
+  union {
+    uv_handle_t handle;
+    uv_poll_t poll;
+    uv_timer_t timer;
+  } u;
+  struct fs_op *fo;
+};
+
 struct fs_op {
   braid_op_t *op;            /* the call waiting for it; NULL once detached */
+  struct fs_wait *wait;      /* a FIFO's wait, or NULL */
+  char *path;                /* write_file, append_file: to open again */
   braid_engine_t *E;
   uv_fs_t req;
   int kind;
   int busy;                  /* a request is in flight */
   int err;                   /* the first failure, a UV_E* code, or 0 */
   int over;                  /* read: more than max bytes came */
+  int fifo;                  /* the path is a FIFO waiting for a reader */
   uv_file fd;
   char *buf;                 /* read: what came so far; write: the data */
   size_t len, cap, off;
@@ -102,21 +134,35 @@ struct fs_args {
 };
 
 static void fs_cb (uv_fs_t *req);
+static void fs_retry_cb (uv_timer_t *h);
+
+static void fs_wait_free_cb (uv_handle_t *h) {
+  free(container_of(h, struct fs_wait, u.handle));
+}
+
+/* Closes the FIFO's wait, if any. */
+static void fs_wait_stop (struct fs_op *fo) {
+  if (fo->wait == NULL) return;
+  uv_close(&fo->wait->u.handle, fs_wait_free_cb);
+  fo->wait = NULL;
+}
 
 /* Frees fo and its buffer, and releases the buffer's charge (fo may go
 ** after braid_close: the charge keeps E's memory until then). */
 static void fs_op_free (struct fs_op *fo) {
+  fs_wait_stop(fo);
   uv_fs_req_cleanup(&fo->req);
+  free(fo->path);
   free(fo->buf);
   braid__charge_set(&fo->charge, fo->E, 0);
   free(fo);
 }
 
-/* Starts the next read into the buffer, growing it first when full: at
+/* Makes room for the next read, growing the buffer first when full: at
 ** most one byte past max_size (that byte tells the file is longer), each
-** growth charged against the memory limit. */
-static int fs_read_next (struct fs_op *fo) {
-  uv_buf_t b;
+** growth charged against the memory limit. *np: how many bytes to read
+** (at most CHUNK_MAX); 0 or UV_ENOMEM. */
+static int fs_read_room (struct fs_op *fo, size_t *np) {
   size_t n, want = fo->max - fo->len + 1;   /* len <= max: want >= 1 */
   if (fo->cap - fo->len < CHUNK_MIN && fo->cap - fo->len < want) {
     size_t cap = fo->cap ? fo->cap * 2 : CHUNK_MIN;
@@ -134,6 +180,16 @@ static int fs_read_next (struct fs_op *fo) {
   n = fo->cap - fo->len;
   if (n > want) n = want;
   if (n > CHUNK_MAX) n = CHUNK_MAX;
+  *np = n;
+  return 0;
+}
+
+/* Starts the next read into the buffer. */
+static int fs_read_next (struct fs_op *fo) {
+  uv_buf_t b;
+  size_t n;
+  int rc = fs_read_room(fo, &n);
+  if (rc < 0) return rc;
   b = uv_buf_init(fo->buf + fo->len, (unsigned) n);   /* n <= CHUNK_MAX */
   return uv_fs_read(fo->req.loop, &fo->req, fo->fd, &b, 1, -1, fs_cb);
 }
@@ -172,6 +228,7 @@ static void fs_detached (struct fs_op *fo) {
 ** descriptor if one is open, else hand the outcome to the task. */
 static void fs_finish (struct fs_op *fo, int err) {
   if (err < 0 && fo->err == 0) fo->err = err;
+  fs_wait_stop(fo);
   if (fo->fd >= 0) {
     int rc = fs_close_fd(fo);
     if (rc == 0) {
@@ -181,6 +238,110 @@ static void fs_finish (struct fs_op *fo, int err) {
     if (fo->err == 0) fo->err = rc;
   }
   braid_resume(fo->op, 0);
+}
+
+/* A FIFO's reads, on the loop: 1 at its end, 0 to wait for more, or an
+** error (UV_EFBIG past max_size). */
+static int fs_pipe_read (struct fs_op *fo) {
+  int i, rc;
+  for (i = 0; i < FIFO_ROUNDS; i++) {
+    size_t n;
+    ssize_t r;
+    if ((rc = fs_read_room(fo, &n)) < 0) return rc;
+    r = read(fo->fd, fo->buf + fo->len, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    if (r == 0) return 1;
+    fo->len += (size_t) r;
+    if (fo->len > fo->max) {
+      fo->over = 1;
+      return UV_EFBIG;
+    }
+  }
+  return 0;
+}
+
+/* A FIFO's writes, on the loop: 1 when all is written, 0 to wait, or an
+** error (EPIPE: the readers have gone). */
+static int fs_pipe_write (struct fs_op *fo) {
+  int i;
+  for (i = 0; i < FIFO_ROUNDS && fo->off < fo->len; i++) {
+    size_t n = fo->len - fo->off;
+    ssize_t r = write(fo->fd, fo->buf + fo->off, n > CHUNK_MAX ? CHUNK_MAX
+                                                               : n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    fo->off += (size_t) r;
+  }
+  return fo->off >= fo->len;
+}
+
+/* libuv reports POLLERR (a FIFO whose readers have gone) as UV_EBADF and
+** stops the handle: the read or write then says what happened (EPIPE). */
+static void fs_poll_cb (uv_poll_t *h, int status, int events) {
+  struct fs_op *fo = container_of(h, struct fs_wait, u.poll)->fo;
+  int rc = fo->kind == OP_READ ? fs_pipe_read(fo) : fs_pipe_write(fo);
+  (void) events;
+  if (rc == 0 && status < 0) rc = status;
+  if (rc != 0) fs_finish(fo, rc);
+}
+
+/* Makes fo wait on the loop with a new handle (a poll of the descriptor,
+** or, with none, a timer): 0 or a code. */
+static int fs_wait_start (struct fs_op *fo) {
+  uv_loop_t *loop = fo->req.loop;
+  struct fs_wait *w = (struct fs_wait *) braid__calloc(1, sizeof *w);
+  int rc;
+  if (w == NULL) return UV_ENOMEM;
+  w->fo = fo;
+  if (fo->fd < 0) {
+    uv_timer_init(loop, &w->u.timer);
+  } else if ((rc = uv_poll_init(loop, &w->u.poll, fo->fd)) != 0) {
+    free(w);
+    return rc;
+  }
+  fo->wait = w;
+  if (fo->fd < 0)
+    return uv_timer_start(&w->u.timer, fs_retry_cb, FIFO_RETRY_MS, 0);
+  return uv_poll_start(&w->u.poll, fo->kind == OP_READ ? UV_READABLE
+                                                       : UV_WRITABLE,
+                       fs_poll_cb);
+}
+
+/* Opens the path (again); O_NONBLOCK so that a FIFO never blocks open(2). */
+static int fs_open (struct fs_op *fo, uv_loop_t *loop, const char *path) {
+  int flags = fo->kind == OP_READ ? O_RDONLY : O_WRONLY | O_CREAT |
+              (fo->kind == OP_APPEND ? O_APPEND : O_TRUNC);
+  return uv_fs_open(loop, &fo->req, path, flags | O_NONBLOCK | O_CLOEXEC,
+                    0666, fs_cb);
+}
+
+/* A FIFO's reader may have come: open again. */
+static void fs_retry_cb (uv_timer_t *h) {
+  struct fs_op *fo = container_of(h, struct fs_wait, u.timer)->fo;
+  int rc;
+  fs_wait_stop(fo);
+  rc = fs_open(fo, h->loop, fo->path);
+  if (rc < 0) fs_finish(fo, rc);
+  else fo->busy = 1;
+}
+
+/* The path is open (O_NONBLOCK): a FIFO or socket waits for its poll;
+** anything else is made blocking again for the pool's reads and writes.
+** 1: go on on the pool; 0: waiting; or an error. */
+static int fs_opened (struct fs_op *fo) {
+  struct stat st;
+  int fl;
+  if (fstat(fo->fd, &st) == 0 &&
+      (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+    int rc;
+    if (fo->kind != OP_READ && fo->len == 0) return 1;   /* nothing to do */
+    rc = fs_wait_start(fo);
+    return rc < 0 ? rc : 0;
+  }
+  fl = fcntl(fo->fd, F_GETFL);
+  if (fl < 0 || fcntl(fo->fd, F_SETFL, fl & ~O_NONBLOCK) != 0) return -errno;
+  return 1;
 }
 
 static void fs_cb (uv_fs_t *req) {
@@ -198,7 +359,21 @@ static void fs_cb (uv_fs_t *req) {
     return;
   }
   if (req->fs_type == UV_FS_LSTAT && r == 0) fo->st = req->statbuf;
+  if (req->fs_type == UV_FS_STAT) {   /* after ENXIO: a FIFO, no reader? */
+    fo->fifo = r == 0 && S_ISFIFO(req->statbuf.st_mode);
+    uv_fs_req_cleanup(req);
+    rc = fo->fifo ? fs_wait_start(fo) : UV_ENXIO;
+    if (rc < 0) fs_finish(fo, rc);
+    return;
+  }
   uv_fs_req_cleanup(req);
+  if (r == UV_ENXIO && req->fs_type == UV_FS_OPEN && fo->path != NULL) {
+    rc = fo->fifo ? fs_wait_start(fo)
+                  : uv_fs_stat(req->loop, req, fo->path, fs_cb);
+    if (rc < 0) fs_finish(fo, rc);
+    else fo->busy = !fo->fifo;
+    return;
+  }
   if (r < 0) {
     fs_finish(fo, (int) r);
     return;
@@ -206,6 +381,7 @@ static void fs_cb (uv_fs_t *req) {
   switch (req->fs_type) {
     case UV_FS_OPEN:
       fo->fd = (uv_file) r;
+      if ((rc = fs_opened(fo)) <= 0) break;   /* a FIFO waits, or failed */
       if (fo->kind != OP_READ && fo->len == 0) {   /* nothing to write */
         fs_finish(fo, 0);
         return;
@@ -242,7 +418,7 @@ static void fs_cb (uv_fs_t *req) {
       return;
   }
   if (rc < 0) fs_finish(fo, rc);
-  else fo->busy = 1;
+  else fo->busy = fo->wait == NULL;
 }
 
 /* Makes the fs_op and sends its first request. When that cannot be done
@@ -264,7 +440,7 @@ static int fs_start (braid_op_t *op, void *ud) {
   fo->fd = -1;
   switch (a->kind) {
     case OP_READ:
-      rc = uv_fs_open(a->loop, &fo->req, a->path, O_RDONLY, 0, fs_cb);
+      rc = fs_open(fo, a->loop, a->path);
       break;
     case OP_WRITE: case OP_APPEND:   /* the copy counts: rc is UV_ENOMEM */
       if (braid__charge_set(&fo->charge, fo->E, a->len ? a->len : 1) != 0)
@@ -273,8 +449,9 @@ static int fs_start (braid_op_t *op, void *ud) {
       if (fo->buf == NULL) break;
       memcpy(fo->buf, a->data, a->len);
       fo->len = fo->cap = a->len;
-      rc = uv_fs_open(a->loop, &fo->req, a->path, O_WRONLY | O_CREAT |
-                      (a->kind == OP_APPEND ? O_APPEND : O_TRUNC), 0666, fs_cb);
+      if ((fo->path = braid__malloc(strlen(a->path) + 1)) == NULL) break;
+      strcpy(fo->path, a->path);   /* to open a FIFO again */
+      rc = fs_open(fo, a->loop, a->path);
       break;
     case OP_STAT:
       rc = uv_fs_lstat(a->loop, &fo->req, a->path, fs_cb);
@@ -314,6 +491,12 @@ static void fs_cancel (braid_op_t *op) {
   struct fs_op *fo = ((struct fs_call *) braid_op_data(op))->fo;
   if (fo == NULL) return;
   fo->op = NULL;
+  if (fo->wait != NULL) {   /* a FIFO's wait: no request in flight */
+    fs_wait_stop(fo);
+    if (fo->fd >= 0 && fs_close_fd(fo) == 0) fo->busy = 1;   /* fs_cb frees */
+    else fs_op_free(fo);
+    return;
+  }
   if (!fo->busy) fs_op_free(fo);
   else if (fo->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *) &fo->req);
 }
@@ -574,9 +757,10 @@ void braid__open_fs (lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
-  braid__open_fs_path(L);   /* chmod, realpath, copy: fs_path.c */
+  braid__open_fs_path(L);   /* chmod, realpath: fs_path.c */
   braid__open_fs_watch(L);  /* watch: fs_watch.c */
   braid__open_fs_file(L);   /* open: fs_file.c */
   braid__open_fs_tree(L);   /* _remove_tree: fs_tree.c */
+  braid__open_fs_copy(L);   /* _copy_new, under copy: fs_copy.c */
   lua_setfield(L, -2, "fs");
 }

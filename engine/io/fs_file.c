@@ -32,8 +32,11 @@
 **   closed and no request is in flight.
 ** - Opening is a request too (struct open_req), so that it is
 **   cancellable: an open cancelled in flight closes what it opened. A
-**   FIFO opened to read waits for its writer on the loop (struct
-**   fifo_wait), never in open(2) on a pool thread.
+**   FIFO never waits in open(2) on a pool thread (every mode opens
+**   O_NONBLOCK): opened to read it waits for its writer on the loop
+**   (struct fifo_wait's poll); opened to write only, which fails (ENXIO)
+**   while it has no reader, a stat confirms it is a FIFO and the open is
+**   tried again every FIFO_RETRY_MS (fifo_wait's timer).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +48,7 @@
 
 #define FILE_MT "braid.File"
 #define FILE_CHUNK (64 * 1024)
+#define FIFO_RETRY_MS 20     /* opening a FIFO to write: a reader yet? */
 #define FILE_MAX_LINE (1 << 20)
 #define FILE_WRITE_MAX ((size_t) 1 << 30)   /* one write(2); uv_buf_t's
                                             ** length is an unsigned int */
@@ -510,8 +514,11 @@ struct open_req {
   uv_fs_t req;
   braid_op_t *op;
   struct braid_file *f;
-  struct fifo_wait *wait;      /* a FIFO opened to read, waiting, or NULL */
-  int done;                    /* the callback has run */
+  struct fifo_wait *wait;      /* a FIFO waiting for its other end, or NULL */
+  char *path;                  /* to open again (a FIFO without a reader) */
+  int flags;
+  int done;                    /* no request in flight: the callback ran */
+  int fifo;                    /* the path is a FIFO without a reader */
 };
 
 /* Opening a FIFO to read blocks until a writer comes, on a pool thread
@@ -522,29 +529,72 @@ struct open_req {
 ** the file); a writer that comes and writes nothing is seen only once it
 ** writes or leaves. */
 struct fifo_wait {
-  uv_poll_t poll;
+  union {
+    uv_handle_t handle;
+    uv_poll_t poll;            /* opened to read: a writer yet? */
+    uv_timer_t timer;          /* to write: open again */
+  } u;
   struct open_req *o;
 };
 
 static void fifo_wait_free_cb (uv_handle_t *h) {
-  free(container_of((uv_poll_t *) h, struct fifo_wait, poll));
+  free(container_of(h, struct fifo_wait, u.handle));
+}
+
+static void fifo_wait_stop (struct open_req *o) {
+  if (o->wait == NULL) return;
+  uv_close(&o->wait->u.handle, fifo_wait_free_cb);
+  o->wait = NULL;
 }
 
 static void open_req_free (struct open_req *o) {
-  if (o->wait) uv_close((uv_handle_t *) &o->wait->poll, fifo_wait_free_cb);
-  if (o->req.result >= 0 && o->done) close((int) o->req.result);
+  fifo_wait_stop(o);
+  if (o->req.fs_type == UV_FS_OPEN && o->req.result >= 0 && o->done)
+    close((int) o->req.result);
   uv_fs_req_cleanup(&o->req);
+  free(o->path);
   free(o->f);
   free(o);
 }
 
 static void fifo_wait_cb (uv_poll_t *h, int status, int events) {
-  struct open_req *o = container_of(h, struct fifo_wait, poll)->o;
+  struct open_req *o = container_of(h, struct fifo_wait, u.poll)->o;
   (void) status;   /* an error is the first read's to report */
   (void) events;
-  uv_close((uv_handle_t *) h, fifo_wait_free_cb);
-  o->wait = NULL;
+  fifo_wait_stop(o);
   braid_resume(o->op, 0);
+}
+
+static void open_cb (uv_fs_t *req);
+
+/* A reader may have come: open again. */
+static void fifo_retry_cb (uv_timer_t *h) {
+  struct open_req *o = container_of(h, struct fifo_wait, u.timer)->o;
+  uv_loop_t *loop = h->loop;
+  int rc;
+  fifo_wait_stop(o);
+  uv_fs_req_cleanup(&o->req);
+  o->done = 0;
+  rc = uv_fs_open(loop, &o->req, o->path, o->flags, 0666, open_cb);
+  if (rc != 0) {
+    o->req.result = rc;
+    o->done = 1;
+    braid_resume(o->op, 0);
+  }
+}
+
+/* 0 when o, a FIFO opened to write without a reader, waits to try again. */
+static int fifo_retry_start (struct open_req *o) {
+  struct fifo_wait *w = braid__calloc(1, sizeof *w);
+  if (w == NULL) return -1;
+  uv_timer_init(o->req.loop, &w->u.timer);
+  w->o = o;
+  o->wait = w;
+  if (uv_timer_start(&w->u.timer, fifo_retry_cb, FIFO_RETRY_MS, 0) != 0) {
+    fifo_wait_stop(o);
+    return -1;
+  }
+  return 0;
 }
 
 /* 0 when o opened a FIFO to read and now waits for a writer. */
@@ -555,15 +605,14 @@ static int fifo_wait_start (struct open_req *o) {
   if ((fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDONLY || fstat(fd, &st) != 0 ||
       !S_ISFIFO(st.st_mode) || (w = braid__calloc(1, sizeof *w)) == NULL)
     return -1;                 /* without memory: not waiting, as a file */
-  if (uv_poll_init(braid_loop(o->f->E), &w->poll, fd) != 0) {
+  if (uv_poll_init(braid_loop(o->f->E), &w->u.poll, fd) != 0) {
     free(w);
     return -1;
   }
   w->o = o;
   o->wait = w;
-  if (uv_poll_start(&w->poll, UV_READABLE, fifo_wait_cb) != 0) {
-    uv_close((uv_handle_t *) &w->poll, fifo_wait_free_cb);
-    o->wait = NULL;
+  if (uv_poll_start(&w->u.poll, UV_READABLE, fifo_wait_cb) != 0) {
+    fifo_wait_stop(o);
     return -1;
   }
   return 0;
@@ -572,8 +621,29 @@ static int fifo_wait_start (struct open_req *o) {
 static void open_cb (uv_fs_t *req) {
   struct open_req *o = container_of(req, struct open_req, req);
   o->done = 1;
-  if (o->op == NULL) open_req_free(o);
-  else if (req->result < 0 || fifo_wait_start(o) != 0) braid_resume(o->op, 0);
+  if (o->op == NULL) {
+    open_req_free(o);
+    return;
+  }
+  if (req->fs_type == UV_FS_STAT) {   /* after ENXIO: a FIFO, no reader? */
+    o->fifo = req->result == 0 && S_ISFIFO(req->statbuf.st_mode);
+    uv_fs_req_cleanup(req);
+    req->result = UV_ENXIO;
+    if (!o->fifo || fifo_retry_start(o) != 0) braid_resume(o->op, 0);
+    return;
+  }
+  if (req->result == UV_ENXIO && (o->flags & O_ACCMODE) == O_WRONLY) {
+    if (o->fifo) {
+      if (fifo_retry_start(o) == 0) return;
+    } else {
+      uv_fs_req_cleanup(req);
+      o->done = 0;
+      if (uv_fs_stat(req->loop, req, o->path, open_cb) == 0) return;
+      o->done = 1;
+      req->result = UV_ENXIO;
+    }
+  }
+  if (req->result < 0 || fifo_wait_start(o) != 0) braid_resume(o->op, 0);
 }
 
 struct open_args {
@@ -588,7 +658,8 @@ static int open_start (braid_op_t *op, void *ud) {
   int rc, flags = a->flags | O_CLOEXEC;
   *(struct open_req **) braid_op_data(op) = a->o;
   a->o->op = op;
-  if ((flags & O_ACCMODE) == O_RDONLY) flags |= O_NONBLOCK;   /* a FIFO */
+  flags |= O_NONBLOCK;         /* a FIFO: never waits in open(2) */
+  a->o->flags = flags;
   rc = uv_fs_open(a->loop, &a->o->req, a->path, flags, 0666, open_cb);
   if (rc != 0) {               /* never started: k reports it */
     a->o->req.result = rc;
@@ -599,8 +670,8 @@ static int open_start (braid_op_t *op, void *ud) {
 }
 
 /* Ends the op without k: an open in flight is detached (uv_cancel is
-** tried; open_cb closes and frees), a finished one (a FIFO waiting for a
-** writer too) is undone now. */
+** tried; open_cb closes and frees), a finished one (a FIFO waiting for its
+** other end too) is undone now. */
 static void open_cancel (braid_op_t *op) {
   struct open_req *o = *(struct open_req **) braid_op_data(op);
   o->op = NULL;
@@ -676,10 +747,15 @@ static int l_fs_open (lua_State *L) {
   lua_setiuservalue(L, 4, 1);   /* the path, for the methods' errors */
   f = braid__calloc(1, sizeof *f);
   a.o = f ? braid__calloc(1, sizeof *a.o) : NULL;
+  if (a.o != NULL && (a.o->path = braid__malloc(strlen(a.path) + 1)) == NULL) {
+    free(a.o);
+    a.o = NULL;
+  }
   if (a.o == NULL) {
     free(f);
     return braid__error_uv(L, UV_ENOMEM, "braid.fs.open");
   }
+  strcpy(a.o->path, a.path);
   f->E = E;
   f->fd = -1;
   f->max_line = max_line;

@@ -1,30 +1,29 @@
 /*
 ** fs_path.c: the braid.fs calls that are one libuv request each: chmod,
-** realpath, copy, and the private _mkdtemp that braid.fs.tmpdir (Lua,
+** realpath, and the private _mkdtemp that braid.fs.tmpdir (Lua,
 ** lua/braid.lua) makes its directory with. The whole-file and directory
 ** calls are fs.c's; the tree walks (walk, mkdir with parents, exists,
-** tmpdir) are Lua on top of both; recursive remove's walk is fs_tree.c's.
+** tmpdir) are Lua on top of both; recursive remove's walk is fs_tree.c's,
+** copy's chunked job fs_copy.c's.
 **
 ** Invariants, as fs.c's: the uv_fs_t lives in a malloc'd struct path_op,
 ** never in the op's data (libuv may own it after a cancel). Until the op
 ** ends the path_op is the op's: the continuation frees it, or path_cancel
 ** when the op ends without one. Cancelling a request in flight detaches
 ** it: uv_cancel is tried, and path_cb, which libuv calls exactly once,
-** frees it. A copy cut short this way may leave a partial target, as cp
-** does when it is killed.
+** frees it.
 */
 #include <stdlib.h>
 #include <string.h>
 #include "io/fs.h"
 
-enum { P_CHMOD, P_REALPATH, P_COPY, P_MKDTEMP };
+enum { P_CHMOD, P_REALPATH, P_MKDTEMP };
 
 static const char *const path_fnames[] = {
-  "braid.fs.chmod", "braid.fs.realpath", "braid.fs.copy", "braid.fs.tmpdir"
+  "braid.fs.chmod", "braid.fs.realpath", "braid.fs.tmpdir"
 };
 
-static const char *const path_waits[] = {"chmod", "realpath", "copy",
-                                         "tmpdir"};
+static const char *const path_waits[] = {"chmod", "realpath", "tmpdir"};
 
 struct path_op {
   braid_op_t *op;            /* the call waiting for it; NULL once detached */
@@ -41,7 +40,7 @@ struct path_call {
 struct path_args {
   uv_loop_t *loop;
   int kind, mode;
-  const char *path, *to;
+  const char *path;
 };
 
 static void path_op_free (struct path_op *po) {
@@ -73,9 +72,6 @@ static int path_start (braid_op_t *op, void *ud) {
       case P_REALPATH:
         rc = uv_fs_realpath(a->loop, &po->req, a->path, path_cb);
         break;
-      case P_COPY:
-        rc = uv_fs_copyfile(a->loop, &po->req, a->path, a->to, 0, path_cb);
-        break;
       default:
         rc = uv_fs_mkdtemp(a->loop, &po->req, a->path, path_cb);
         break;
@@ -106,7 +102,7 @@ static int l_path_push (lua_State *L) {
   return 1;
 }
 
-/* The continuation: the path is at 1 (copy's target at 2). A result is
+/* The continuation: the path is at 1. A result is
 ** built under lua_pcall, so that the request is freed even if that
 ** raises (memory). */
 static int path_k (lua_State *L, braid_op_t *op) {
@@ -125,23 +121,19 @@ static int path_k (lua_State *L, braid_op_t *op) {
   }
   if (po) path_op_free(po);
   if (err < 0) {
-    return braid__fs_raise(L, fname, err, lua_tostring(L, 1),
-                           kind == P_COPY ? lua_tostring(L, 2) : NULL, NULL);
+    return braid__fs_raise(L, fname, err, lua_tostring(L, 1), NULL, NULL);
   }
   return 0;
 }
 
-/* Checks the task and the path at arg (a string without zero bytes). */
-static void path_begin (lua_State *L, struct path_args *a, int kind,
-                        int nargs) {
+/* Checks the task and the path at 1 (a string without zero bytes). */
+static void path_begin (lua_State *L, struct path_args *a, int kind) {
   const char *fname = path_fnames[kind];
-  int i;
   memset(a, 0, sizeof *a);
   a->kind = kind;
   a->loop = braid_loop(braid_check_task(L, fname));
-  for (i = 1; i <= nargs; i++) braid__fs_check_path(L, i, fname, 1);
+  braid__fs_check_path(L, 1, fname, 1);
   a->path = lua_tostring(L, 1);
-  if (nargs > 1) a->to = lua_tostring(L, 2);
 }
 
 static int path_suspend (lua_State *L, struct path_args *a) {
@@ -154,7 +146,7 @@ static int path_suspend (lua_State *L, struct path_args *a) {
 static int l_fs_chmod (lua_State *L) {
   struct path_args a;
   lua_Integer mode;
-  path_begin(L, &a, P_CHMOD, 1);
+  path_begin(L, &a, P_CHMOD);
   if (!lua_isinteger(L, 2) || (mode = lua_tointeger(L, 2)) < 0 ||
       mode > 07777)
     return braid_argerror(L, 2, "braid.fs.chmod", "mode (an integer from 0 "
@@ -167,34 +159,25 @@ static int l_fs_chmod (lua_State *L) {
 /* braid.fs.realpath(path) -> the absolute path, links resolved. */
 static int l_fs_realpath (lua_State *L) {
   struct path_args a;
-  path_begin(L, &a, P_REALPATH, 1);
+  path_begin(L, &a, P_REALPATH);
   lua_settop(L, 1);
-  return path_suspend(L, &a);
-}
-
-/* braid.fs.copy(from, to): a file's contents and mode; replaces `to`. */
-static int l_fs_copy (lua_State *L) {
-  struct path_args a;
-  path_begin(L, &a, P_COPY, 2);
-  lua_settop(L, 2);
   return path_suspend(L, &a);
 }
 
 /* braid.fs._mkdtemp(template) -> path: template ends in "XXXXXX". */
 static int l_fs_mkdtemp (lua_State *L) {
   struct path_args a;
-  path_begin(L, &a, P_MKDTEMP, 1);
+  path_begin(L, &a, P_MKDTEMP);
   lua_settop(L, 1);
   return path_suspend(L, &a);
 }
 
-/* Adds chmod, realpath, copy and _mkdtemp to the braid.fs table at the
+/* Adds chmod, realpath and _mkdtemp to the braid.fs table at the
 ** stack top. [-0, +0, m] */
 void braid__open_fs_path (lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"chmod", l_fs_chmod},
     {"realpath", l_fs_realpath},
-    {"copy", l_fs_copy},
     {"_mkdtemp", l_fs_mkdtemp},
     {NULL, NULL}
   };

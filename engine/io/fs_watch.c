@@ -25,6 +25,12 @@
 **   once), the queue is freed, a waiting task is woken and its next()
 **   returns nil (the end of a for loop); the memory goes in the close
 **   callback.
+** - The watch follows what the path named when it was made (inotify
+**   watches an inode): once a "rename" of the watched path itself finds the
+**   path gone or naming another inode (deleted, moved away, replaced), the
+**   kernel has dropped or will never again report that path, so the
+**   handle is stopped (`gone`) and next() returns nil after the events
+**   queued so far, at once, also for a task waiting then (debounce or not).
 */
 #include <stdlib.h>
 #include <string.h>
@@ -53,8 +59,9 @@ struct watcher {
   struct braid_list queue;     /* struct watch_ev, oldest first */
   char *path;                  /* as given */
   uint64_t debounce;           /* ns; 0: none */
+  uint64_t dev, ino;           /* what the path named when watched */
   unsigned queued;
-  unsigned char ready, overflowed, referenced, is_dir, closing;
+  unsigned char ready, overflowed, referenced, is_dir, closing, gone;
 };
 
 static void watch_update_ref (struct watcher *w) {
@@ -68,7 +75,7 @@ static void watch_update_ref (struct watcher *w) {
 /* Wakes the waiting task when something is ready for it. */
 static void watch_wake (struct watcher *w) {
   braid_op_t *op = w->waiter;
-  if (op == NULL || (!w->ready && !w->closing)) return;
+  if (op == NULL || (!w->ready && !w->closing && !w->gone)) return;
   w->waiter = NULL;
   if (!w->closing) watch_update_ref(w);
   braid_resume(op, 0);
@@ -106,15 +113,48 @@ static void watch_push (struct watcher *w, int kind, const char *name) {
   w->queued++;
 }
 
+/* Whether the path still names the inode watched. A stat on the loop's
+** thread, as the one that made the watcher: only after a rename that
+** may concern the watched path itself. */
+static int watch_still_there (struct watcher *w) {
+  uv_fs_t req;
+  int rc = uv_fs_stat(NULL, &req, w->path, NULL), same;
+  same = rc == 0 && req.statbuf.st_dev == w->dev &&
+         req.statbuf.st_ino == w->ino;
+  uv_fs_req_cleanup(&req);
+  return same;
+}
+
+/* Whether an event may be the watched path's own: a file's events all
+** are; libuv names one of a directory itself after its last component
+** ("" when the path ends in "/"). */
+static int watch_is_self (const struct watcher *w, const char *filename) {
+  const char *end = w->path + strlen(w->path), *p;
+  if (!w->is_dir || filename == NULL || filename[0] == '\0') return 1;
+  while (end > w->path + 1 && end[-1] == '/') end--;   /* "dir/" */
+  for (p = end; p > w->path && p[-1] != '/'; p--) {}
+  return strlen(filename) == (size_t) (end - p) &&
+         memcmp(filename, p, (size_t) (end - p)) == 0;
+}
+
 static void watch_cb (uv_fs_event_t *h, const char *filename, int events,
                       int status) {
   struct watcher *w = container_of(h, struct watcher, handle);
-  if (w->closing) return;
+  if (w->closing || w->gone) return;
   if (status < 0) {
     watch_push(w, EV_OVERFLOW, "");
   } else {
     watch_push(w, (events & UV_RENAME) ? EV_RENAME : EV_CHANGE,
                w->is_dir && filename ? filename : "");
+    if ((events & UV_RENAME) && watch_is_self(w, filename) &&
+        !watch_still_there(w)) {
+      w->gone = 1;             /* deleted, moved away or replaced */
+      uv_fs_event_stop(h);
+      braid_timer_stop(w->E, &w->quiet);
+      w->ready = !braid__list_empty(&w->queue);
+      watch_wake(w);
+      return;
+    }
   }
   if (w->debounce) {
     braid_timer_start(w->E, &w->quiet, w->debounce, watch_quiet_cb);
@@ -213,6 +253,10 @@ static int watch_next (lua_State *L) {
     return braid_usageerror(L, "watcher:next: another task waits on this "
                             "watcher");
   if (w->ready) return watch_take(L, w);
+  if (w->gone) {
+    lua_pushnil(L);
+    return 1;
+  }
   braid_check_suspend(L, "watcher:next");
   return braid_suspendk(L, "fs.watch", sizeof w, next_start, next_cancel, w,
                         next_k);
@@ -277,6 +321,8 @@ static int l_fs_watch (lua_State *L) {
   ** on the loop's thread, as inotify_add_watch is anyway.) */
   rc = uv_fs_stat(braid_loop(E), &req, path, NULL);
   w->is_dir = rc == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
+  w->dev = req.statbuf.st_dev;
+  w->ino = req.statbuf.st_ino;
   uv_fs_req_cleanup(&req);
   if (rc == 0) rc = uv_fs_event_init(braid_loop(E), &w->handle);
   if (rc != 0) {
