@@ -60,7 +60,6 @@ void braid__open_fs_copy(lua_State *L);    /* fs_copy.c */
 
 #define CHUNK_MIN (64 * 1024)
 #define CHUNK_MAX (1024 * 1024)   /* per request: keeps cancellation prompt */
-#define FIFO_RETRY_MS 20          /* opening a FIFO to write: a reader yet? */
 #define FIFO_ROUNDS 16            /* chunks per poll callback: fair to others */
 
 /* read_file's max_size by default: the file becomes one Lua string, so a
@@ -85,20 +84,9 @@ static const char *const fnames[] = {
   "braid.fs.rename"
 };
 
-/* A FIFO's wait on the loop: a poll (read or write when it can) or a
-** timer (open again); its memory goes in its close callback. */
-struct fs_wait {
-  union {
-    uv_handle_t handle;
-    uv_poll_t poll;
-    uv_timer_t timer;
-  } u;
-  struct fs_op *fo;
-};
-
 struct fs_op {
   braid_op_t *op;            /* the call waiting for it; NULL once detached */
-  struct fs_wait *wait;      /* a FIFO's wait, or NULL */
+  struct braid_fs_wait *wait;   /* a FIFO's wait, or NULL */
   char *path;                /* write_file, append_file: to open again */
   braid_engine_t *E;
   uv_fs_t req;
@@ -137,14 +125,37 @@ static void fs_cb (uv_fs_t *req);
 static void fs_retry_cb (uv_timer_t *h);
 
 static void fs_wait_free_cb (uv_handle_t *h) {
-  free(container_of(h, struct fs_wait, u.handle));
+  free(h);   /* the handle is the wait's first member */
 }
 
-/* Closes the FIFO's wait, if any. */
+void braid__fs_wait_stop (struct braid_fs_wait **slot) {
+  if (*slot == NULL) return;
+  uv_close(&(*slot)->u.handle, fs_wait_free_cb);
+  *slot = NULL;
+}
+
+int braid__fs_wait_start (uv_loop_t *loop, struct braid_fs_wait **slot,
+                          void *owner, int fd, int events,
+                          uv_poll_cb poll_cb, uv_timer_cb timer_cb) {
+  struct braid_fs_wait *w = braid__calloc(1, sizeof *w);
+  int rc;
+  if (w == NULL) return UV_ENOMEM;
+  w->owner = owner;
+  if (fd < 0) {
+    uv_timer_init(loop, &w->u.timer);
+  } else if ((rc = uv_poll_init(loop, &w->u.poll, fd)) != 0) {
+    free(w);
+    return rc;
+  }
+  *slot = w;
+  rc = fd < 0 ? uv_timer_start(&w->u.timer, timer_cb, FIFO_RETRY_MS, 0)
+              : uv_poll_start(&w->u.poll, events, poll_cb);
+  if (rc != 0) braid__fs_wait_stop(slot);
+  return rc;
+}
+
 static void fs_wait_stop (struct fs_op *fo) {
-  if (fo->wait == NULL) return;
-  uv_close(&fo->wait->u.handle, fs_wait_free_cb);
-  fo->wait = NULL;
+  braid__fs_wait_stop(&fo->wait);
 }
 
 /* Frees fo and its buffer, and releases the buffer's charge (fo may go
@@ -279,7 +290,7 @@ static int fs_pipe_write (struct fs_op *fo) {
 /* libuv reports POLLERR (a FIFO whose readers have gone) as UV_EBADF and
 ** stops the handle: the read or write then says what happened (EPIPE). */
 static void fs_poll_cb (uv_poll_t *h, int status, int events) {
-  struct fs_op *fo = container_of(h, struct fs_wait, u.poll)->fo;
+  struct fs_op *fo = (struct fs_op *) FS_WAIT_OWNER(h);
   int rc = fo->kind == OP_READ ? fs_pipe_read(fo) : fs_pipe_write(fo);
   (void) events;
   if (rc == 0 && status < 0) rc = status;
@@ -289,23 +300,10 @@ static void fs_poll_cb (uv_poll_t *h, int status, int events) {
 /* Makes fo wait on the loop with a new handle (a poll of the descriptor,
 ** or, with none, a timer): 0 or a code. */
 static int fs_wait_start (struct fs_op *fo) {
-  uv_loop_t *loop = fo->req.loop;
-  struct fs_wait *w = (struct fs_wait *) braid__calloc(1, sizeof *w);
-  int rc;
-  if (w == NULL) return UV_ENOMEM;
-  w->fo = fo;
-  if (fo->fd < 0) {
-    uv_timer_init(loop, &w->u.timer);
-  } else if ((rc = uv_poll_init(loop, &w->u.poll, fo->fd)) != 0) {
-    free(w);
-    return rc;
-  }
-  fo->wait = w;
-  if (fo->fd < 0)
-    return uv_timer_start(&w->u.timer, fs_retry_cb, FIFO_RETRY_MS, 0);
-  return uv_poll_start(&w->u.poll, fo->kind == OP_READ ? UV_READABLE
-                                                       : UV_WRITABLE,
-                       fs_poll_cb);
+  return braid__fs_wait_start(fo->req.loop, &fo->wait, fo, fo->fd,
+                              fo->kind == OP_READ ? UV_READABLE
+                                                  : UV_WRITABLE,
+                              fs_poll_cb, fs_retry_cb);
 }
 
 /* Opens the path (again); O_NONBLOCK so that a FIFO never blocks open(2). */
@@ -318,7 +316,7 @@ static int fs_open (struct fs_op *fo, uv_loop_t *loop, const char *path) {
 
 /* A FIFO's reader may have come: open again. */
 static void fs_retry_cb (uv_timer_t *h) {
-  struct fs_op *fo = container_of(h, struct fs_wait, u.timer)->fo;
+  struct fs_op *fo = (struct fs_op *) FS_WAIT_OWNER(h);
   int rc;
   fs_wait_stop(fo);
   rc = fs_open(fo, h->loop, fo->path);

@@ -34,9 +34,9 @@
 **   cancellable: an open cancelled in flight closes what it opened. A
 **   FIFO never waits in open(2) on a pool thread (every mode opens
 **   O_NONBLOCK): opened to read it waits for its writer on the loop
-**   (struct fifo_wait's poll); opened to write only, which fails (ENXIO)
+**   (fs.h's wait, a poll); opened to write only, which fails (ENXIO)
 **   while it has no reader, a stat confirms it is a FIFO and the open is
-**   tried again every FIFO_RETRY_MS (fifo_wait's timer).
+**   tried again every FIFO_RETRY_MS (the wait's timer).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -48,7 +48,6 @@
 
 #define FILE_MT "braid.File"
 #define FILE_CHUNK (64 * 1024)
-#define FIFO_RETRY_MS 20     /* opening a FIFO to write: a reader yet? */
 #define FILE_MAX_LINE (1 << 20)
 #define FILE_WRITE_MAX ((size_t) 1 << 30)   /* one write(2); uv_buf_t's
                                             ** length is an unsigned int */
@@ -514,7 +513,7 @@ struct open_req {
   uv_fs_t req;
   braid_op_t *op;
   struct braid_file *f;
-  struct fifo_wait *wait;      /* a FIFO waiting for its other end, or NULL */
+  struct braid_fs_wait *wait;  /* a FIFO waiting for its other end, or NULL */
   char *path;                  /* to open again (a FIFO without a reader) */
   int flags;
   int done;                    /* no request in flight: the callback ran */
@@ -524,27 +523,12 @@ struct open_req {
 /* Opening a FIFO to read blocks until a writer comes, on a pool thread
 ** that cancelling cannot free (and a few such starve the pool, and keep
 ** braid from exiting): such an open does not wait (O_NONBLOCK), and the
-** waiting is done on the loop, on a poll handle whose memory its close
-** callback frees. Readable is data, or a writer come and gone (the end of
-** the file); a writer that comes and writes nothing is seen only once it
-** writes or leaves. */
-struct fifo_wait {
-  union {
-    uv_handle_t handle;
-    uv_poll_t poll;            /* opened to read: a writer yet? */
-    uv_timer_t timer;          /* to write: open again */
-  } u;
-  struct open_req *o;
-};
-
-static void fifo_wait_free_cb (uv_handle_t *h) {
-  free(container_of(h, struct fifo_wait, u.handle));
-}
-
+** waiting is done on the loop (fs.h's wait: a poll to read, a timer to
+** open again to write). Readable is data, or a writer come and gone (the
+** end of the file); a writer that comes and writes nothing is seen only
+** once it writes or leaves. */
 static void fifo_wait_stop (struct open_req *o) {
-  if (o->wait == NULL) return;
-  uv_close(&o->wait->u.handle, fifo_wait_free_cb);
-  o->wait = NULL;
+  braid__fs_wait_stop(&o->wait);
 }
 
 static void open_req_free (struct open_req *o) {
@@ -558,7 +542,7 @@ static void open_req_free (struct open_req *o) {
 }
 
 static void fifo_wait_cb (uv_poll_t *h, int status, int events) {
-  struct open_req *o = container_of(h, struct fifo_wait, u.poll)->o;
+  struct open_req *o = (struct open_req *) FS_WAIT_OWNER(h);
   (void) status;   /* an error is the first read's to report */
   (void) events;
   fifo_wait_stop(o);
@@ -569,7 +553,7 @@ static void open_cb (uv_fs_t *req);
 
 /* A reader may have come: open again. */
 static void fifo_retry_cb (uv_timer_t *h) {
-  struct open_req *o = container_of(h, struct fifo_wait, u.timer)->o;
+  struct open_req *o = (struct open_req *) FS_WAIT_OWNER(h);
   uv_loop_t *loop = h->loop;
   int rc;
   fifo_wait_stop(o);
@@ -585,37 +569,19 @@ static void fifo_retry_cb (uv_timer_t *h) {
 
 /* 0 when o, a FIFO opened to write without a reader, waits to try again. */
 static int fifo_retry_start (struct open_req *o) {
-  struct fifo_wait *w = braid__calloc(1, sizeof *w);
-  if (w == NULL) return -1;
-  uv_timer_init(o->req.loop, &w->u.timer);
-  w->o = o;
-  o->wait = w;
-  if (uv_timer_start(&w->u.timer, fifo_retry_cb, FIFO_RETRY_MS, 0) != 0) {
-    fifo_wait_stop(o);
-    return -1;
-  }
-  return 0;
+  return braid__fs_wait_start(o->req.loop, &o->wait, o, -1, 0, NULL,
+                              fifo_retry_cb) != 0 ? -1 : 0;
 }
 
 /* 0 when o opened a FIFO to read and now waits for a writer. */
 static int fifo_wait_start (struct open_req *o) {
   struct stat st;
-  struct fifo_wait *w;
   int fd = (int) o->req.result;
   if ((fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDONLY || fstat(fd, &st) != 0 ||
-      !S_ISFIFO(st.st_mode) || (w = braid__calloc(1, sizeof *w)) == NULL)
-    return -1;                 /* without memory: not waiting, as a file */
-  if (uv_poll_init(braid_loop(o->f->E), &w->u.poll, fd) != 0) {
-    free(w);
+      !S_ISFIFO(st.st_mode))
     return -1;
-  }
-  w->o = o;
-  o->wait = w;
-  if (uv_poll_start(&w->u.poll, UV_READABLE, fifo_wait_cb) != 0) {
-    fifo_wait_stop(o);
-    return -1;
-  }
-  return 0;
+  return braid__fs_wait_start(braid_loop(o->f->E), &o->wait, o, fd,
+                              UV_READABLE, fifo_wait_cb, NULL) != 0 ? -1 : 0;
 }
 
 static void open_cb (uv_fs_t *req) {
