@@ -389,18 +389,19 @@ if rawget(M, "fs") then
 
   -- A step suspends (list, stat): a second task stepping the same walk
   -- meanwhile would pop the first one's directory, and entries were lost.
+  -- The flag goes also when a step raises (cancelled, say): the walk goes
+  -- on from the entry after the one the step was on.
   function fs.walk(dir, opts)
-    local step, busy = as("braid.fs.walk", walk, dir, opts), false
-    local function done(...)
-      busy = false
-      return ...
-    end
+    local step = as("braid.fs.walk", walk, dir, opts)
+    local state <const> = setmetatable({busy = false}, {
+      __close = function(st) st.busy = false end})
     return function()
-      if busy then
+      if state.busy then
         usage("braid.fs.walk: another task is stepping this walk")
       end
-      busy = true
-      return done(as("braid.fs.walk", step))
+      state.busy = true
+      local _ <close> = state
+      return as("braid.fs.walk", step)
     end
   end
 

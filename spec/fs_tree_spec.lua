@@ -135,6 +135,10 @@ describe("braid.fs tree calls", function()
     local n = 0
     for _ in fs.walk(d.path) do n = n + 1 end
     assert.are.equal(42, n)
+    -- a step that raised left the walk "busy" for good
+    local again = fs.walk(d.path)
+    assert.is_false(braid.move_on(0, again))
+    assert.truthy(again())
   end))
 
   it("remove with recursive removes a tree, not what its links point to",
