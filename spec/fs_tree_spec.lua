@@ -319,4 +319,42 @@ describe("braid.fs.copy", function()
     assert.is_false(fs.exists(d .. "/z"))
     fs.copy(d .. "/f", "/dev/null")                    -- a device as target
   end))
+
+  -- each copy's buffer is charged from its start: with 1 MiB chunks, 40
+  -- small copies at once passed a 16 MB limit
+  it("copies 40 small files at once in a worker held to 16 MB", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", "tiny")
+    local w <close> = braid.worker([[
+      local braid = require "braid"
+      return {run = function(dir)
+        local fns = {}
+        for i = 1, 40 do
+          fns[i] = function() braid.fs.copy(dir .. "/f", dir .. "/c" .. i) end
+        end
+        braid.gather(table.unpack(fns))
+        return true
+      end}
+    ]], {memory_limit = 16e6})
+    assert.is_true(w:call("run", d.path))
+    assert.are.equal("tiny", fs.read_file(d .. "/c40"))
+  end))
+
+  -- the refusal came after open(2), which released the process waiting at
+  -- the FIFO's other end: a writer's line went into a pipe closed at once
+  it("refuses a FIFO without opening it: whoever waits at its other end still waits",
+     h.run(function()
+    local d <close> = fs.tmpdir()
+    local fifo = d .. "/fifo"
+    assert.are.equal(0, braid.exec({"mkfifo", fifo}).code)
+    fs.write_file(d .. "/f", "x")
+    for _, c in ipairs({{"echo hello > " .. fifo .. "; echo wrote", fifo, d .. "/x"},
+                        {"cat " .. fifo .. "; echo read", d .. "/f", fifo}}) do
+      local p <close> = braid.process({"sh", "-c", c[1]})
+      braid.sleep(0.2)   -- it waits in open(2) at its end
+      local ok, e = pcall(fs.copy, c[2], c[3])
+      assert.are.equal("EINVAL", e.code)
+      assert.is_false(braid.move_on(0.5, p.read_line, p))
+    end
+  end))
 end)

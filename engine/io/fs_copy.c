@@ -8,12 +8,14 @@
 ** `to` in chunks of COPY_CHUNK bytes until read(2) says the end, checking
 ** `stop` before every read and every write. uv_fs_copyfile, one request
 ** that nobody can stop, kept copying after a cancel (and held up the
-** exit), and copied st_size bytes, none of a /proc file's. Both ends are
-** opened O_NONBLOCK, so that a FIFO never holds a pool thread in open(2)
-** (a FIFO without a reader fails at once), and checked with fstat: the
-** source must be a regular file; the target may be a regular file
-** (truncated, given the source's permission bits) or a device, never a
-** FIFO or socket.
+** exit), and copied st_size bytes, none of a /proc file's. The source
+** must be a regular file; the target may be a regular file (truncated,
+** given the source's permission bits) or a device, never a FIFO or
+** socket. Both are checked with stat before they are opened: opening one
+** end of a FIFO releases whoever waits at the other (a writer's data went
+** into a pipe closed at once, a reader got an end of file). Then both are
+** opened O_NONBLOCK (a FIFO put there meanwhile never holds a pool thread
+** in open(2)) and checked again with fstat.
 **
 ** A cancelled run sets `stop` and detaches: the task resumes with the
 ** cancellation while the job may be in the middle of a write. So that no
@@ -36,7 +38,10 @@
 
 #define FNAME "braid.fs.copy"
 #define COPY_MT "braid.CopyJob"
-#define COPY_CHUNK (1024 * 1024)   /* per read and write: a prompt stop */
+/* Per read and write: a prompt stop. As cp's buffer: each job's is
+** charged from its start, and 40 copies of 1 MiB chunks had passed a
+** 16 MB limit with nothing to copy. */
+#define COPY_CHUNK (128 * 1024)
 
 struct copy_job {
   uv_work_t work;
@@ -78,8 +83,15 @@ static int fail (struct copy_job *job, int err, int at) {
 static int copy_open_to (struct copy_job *job, const struct stat *from_st,
                          int *same) {
   struct stat st;
-  int fd = open(job->to, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC |
-                O_NOCTTY, from_st->st_mode & 0777);
+  int fd;
+  if (stat(job->to, &st) == 0 &&
+      (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+    job->what = not_regular;
+    fail(job, UV_EINVAL, 1);
+    return -1;
+  }
+  fd = open(job->to, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC | O_NOCTTY,
+            from_st->st_mode & 0777);
   if (fd < 0) {
     int e = errno;
     /* ENXIO: a FIFO without a reader (or a socket): say what it is */
@@ -151,6 +163,14 @@ static void copy_work (uv_work_t *w) {
   int in, out, same = 0;
   if (atomic_load(&job->stop)) {
     fail(job, UV_ECANCELED, 0);
+    return;
+  }
+  if (stat(job->from, &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) fail(job, UV_EISDIR, 0);
+    else {
+      job->what = not_regular;
+      fail(job, UV_EINVAL, 0);
+    }
     return;
   }
   in = open(job->from, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
