@@ -124,6 +124,23 @@ describe("braid.fs.watch of a path that goes", function()
     assert.is_nil(w:next())
   end))
 
+  -- removing the last name of a file another link (or an open descriptor)
+  -- keeps is only IN_ATTRIB, a "change": the watch went on waiting
+  it("ends once the path is removed while another hard link keeps the file", h.run(function()
+    local d <close> = fs.tmpdir()
+    local f = d .. "/f"
+    fs.write_file(f, "x")
+    assert.are.equal(0, braid.exec({"ln", f, d .. "/g"}).code)
+    local w <close> = fs.watch(f)
+    fs.remove(f)
+    local got = {}
+    braid.timeout(5, function()
+      for ev in w do got[#got + 1] = ev.event end
+    end)
+    assert.are.equal("rename", got[#got], table.concat(got, " "))
+    assert.is_nil(w:next())
+  end))
+
   it("ends for a task waiting when the path is moved away or replaced",
      h.run(function()
     local d <close> = fs.tmpdir()

@@ -146,8 +146,12 @@ static void watch_cb (uv_fs_event_t *h, const char *filename, int events,
   } else {
     watch_push(w, (events & UV_RENAME) ? EV_RENAME : EV_CHANGE,
                w->is_dir && filename ? filename : "");
-    if ((events & UV_RENAME) && watch_is_self(w, filename) &&
+    /* A file's every event: its last name removed while another link or
+    ** an open descriptor keeps it is only IN_ATTRIB, a "change". */
+    if (((events & UV_RENAME) || !w->is_dir) && watch_is_self(w, filename) &&
         !watch_still_there(w)) {
+      if (!(events & UV_RENAME))   /* a path that went says "rename" */
+        watch_push(w, EV_RENAME, "");
       w->gone = 1;             /* deleted, moved away or replaced */
       uv_fs_event_stop(h);
       braid_timer_stop(w->E, &w->quiet);
