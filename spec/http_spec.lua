@@ -372,15 +372,15 @@ describe("braid.http.request", function()
     limit({url = url, headers = {["X-Big"] = ("a"):rep(2 * 1024 * 1024)}}, "headers")
     local half = ("h"):rep(600000)
     limit({url = url, headers = {["X-A"] = half, ["X-B"] = {half}}}, "headers")
-    assert.are.equal("braid.http.request: URL of " .. #url + 1100001 .. " bytes "
-                     .. "is longer than the 1032192 libcurl can send (its "
-                     .. "limit on a request's head is 1 MiB)",
-                     limit({url = url .. "?" .. ("q"):rep(1100000)}, "url"))
+    assert.matches("^braid%.http%.request: a request head of %d+ bytes for "
+                   .. "this URL is longer than the 1032192 libcurl can send "
+                   .. "%(its limit is 1 MiB%)$",
+                   limit({url = url .. "?" .. ("q"):rep(1100000)}, "url"))
     local ok, e = pcall(braid.http.get, url .. "?" .. ("q"):rep(1100000))
     assert.are.same({false, "limit", "url"}, {ok, e.kind, e.option})
     -- a user name and password go in base64 (Authorization), a third longer
     local creds = "http://" .. ("u"):rep(800000) .. ":p@" .. url:sub(8)
-    assert.matches("its user name and password go in base64, a third longer",
+    assert.matches("the URL's user name and password go in base64, a third longer",
                    limit({url = creds}, "url"), 1, true)
     assert.are.equal(1, accepted)   -- nothing was sent
     srv:close()

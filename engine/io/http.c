@@ -268,14 +268,14 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   if (braid__http_head_size(url) > HTTP_HEAD_MAX) {   /* libcurl would
                                                       ** say out of memory */
-    braid__push_limit_error(L, HTTP_HEAD_MAX, "url", "%s: URL of %I bytes "
-                            "is longer than the %I libcurl can send (its "
-                            "limit on a request's head is 1 MiB%s)", fname,
-                            (lua_Integer) strlen(url),
+    braid__push_limit_error(L, HTTP_HEAD_MAX, "url", "%s: a request head "
+                            "of %I bytes for this URL is longer than the %I "
+                            "libcurl can send (its limit is 1 MiB%s)", fname,
+                            (lua_Integer) braid__http_head_size(url),
                             (lua_Integer) HTTP_HEAD_MAX,
                             braid__http_head_size(url) > strlen(url) ? "; "
-                            "its user name and password go in base64, a "
-                            "third longer" : "");
+                            "the URL's user name and password go in base64, "
+                            "a third longer" : "");
     lua_error(L);
   }
   return x;
