@@ -274,7 +274,11 @@ void braid__engine_exit_close (braid_engine_t *E, lua_State *L) {
   if (E->state_closing || E->L == NULL) return;   /* a finalizer's os.exit */
   E->closing = 1;
   E->running = 0;
-  E->ready_head = E->ready_tail = NULL;
+  /* The task calling os.exit is freed with the state: braid_engine on
+  ** another engine (the application's atexit closing it) read it through
+  ** braid__draining and crashed. */
+  E->current = NULL;
+  if (braid__draining == E) braid__draining = NULL;
   braid__exit_hooks_drop(E);
   if (E->attached) {
     uv_idle_stop(&E->idle);
@@ -289,6 +293,11 @@ void braid__engine_exit_close (braid_engine_t *E, lua_State *L) {
       struct braid_task *t = (struct braid_task *) (
         lua_rawgeti(L, -1, i) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL);
       if (t && t->type == &braid__task_type && t->w) {
+        /* Undone in C as an abandonment does (no Lua runs): what a wait
+        ** holds outside the state (a shared channel's reference) goes. */
+        if (t->waiting && t->w->cancel) t->w->cancel(t->w);
+        else braid__op_release(t);
+        t->waiting = 0;
         if ((live[n].p = braid__op_data_take(t->w, &live[n].size)) != NULL)
           n++;
         live[n].p = t->w;
@@ -298,6 +307,7 @@ void braid__engine_exit_close (braid_engine_t *E, lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  E->ready_head = E->ready_tail = NULL;   /* what those undos woke too */
   engine_close_state(E, live, n);   /* without live: only they stay */
   free(live);
 }
