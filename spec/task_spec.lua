@@ -89,7 +89,8 @@ end)
 -- stack: a chain of 40 nested tasks ending from the leaf up wrote past its
 -- end (heap corruption, SIGSEGV), also when cancelled or failing fast. And
 -- each level's cancel looked its grace period up through every level above
--- (20000 levels took 6 s, 100000 minutes). In a child process: a crash
+-- (20000 levels took 6 s, 100000 minutes), again as soon as any scope had
+-- a grace period of its own. In a child process: a crash
 -- must fail this spec, not end the spec runner.
 describe("a chain of nested tasks", function()
   local script = h.script([[
@@ -104,6 +105,13 @@ describe("a chain of nested tasks", function()
     end
     if how == "end" then chain(depth) print("ended")
     elseif how == "timeout" then print(select(2, pcall(braid.timeout, 0.2, walk, depth)))
+    elseif how == "graced" then   -- nested gathers, and a scope elsewhere
+      braid.spawn(braid.scope, function() braid.sleep(3) end, {grace = 1})
+      local function nest(d)      -- with a grace period of its own
+        if d == 0 then braid.sleep(10) return end
+        braid.gather(function() nest(d - 1) end)
+      end
+      print(select(2, pcall(braid.timeout, 2, nest, depth)))
     else
       print(select(2, pcall(braid.gather, function() return walk(depth) end,
                             function() braid.sleep(0.2) error("boom", 0) end)))
@@ -111,7 +119,7 @@ describe("a chain of nested tasks", function()
   ]])
   teardown(function() os.remove(script) end)
   for _, case in ipairs({{"end", "ended"}, {"timeout", "timed out after 0.2 s"},
-                         {"fail", "boom"}}) do
+                         {"graced", "timed out after 2 s"}, {"fail", "boom"}}) do
     it("of 100000 levels ends from the leaf up: " .. case[1], function()
       local out, err, code = h.sh("timeout 60 " .. os.getenv("BRAID_BIN") .. " " ..
                                   script .. " " .. case[1] .. " 100000")

@@ -182,6 +182,9 @@ struct braid_scope {
   unsigned pending;            /* members not ended (children, adopted) */
   unsigned char kind, cancelled, joining, deadline_fired, body_failed;
   unsigned char own_grace;     /* more->grace_ns is its own (else outer's) */
+  unsigned short grace_id;     /* its grace, set by braid__scope_init: 0 the
+                               ** engine's, else E->graces[id]; GRACE_WALK:
+                               ** look it up through the outer scopes */
   int base;                    /* stack slot below the body's results */
   struct braid_scope *cause;   /* the scope whose cancel reached this one */
   struct scope_more *more;     /* made on first use: most scopes need none */
@@ -443,9 +446,13 @@ struct braid_engine {
   struct braid_scope top;      /* parent of the root task */
   struct braid_task *root;
   uint64_t grace_ns;           /* braid.run's grace period */
-  unsigned own_graces;         /* live scopes with a grace period of their
-                               ** own: none (as usual), and a scope's is
-                               ** grace_ns without a walk up the tree */
+  /* The grace periods scopes have of their own, each once (scope.c):
+  ** every scope knows its grace without a walk up the tree, which cost
+  ** each level of a deep chain all the levels above. */
+#define GRACE_IDS 64
+#define GRACE_WALK 0xffff      /* past GRACE_IDS different ones */
+  uint64_t graces[GRACE_IDS];  /* [0] unused: the engine's is grace_ns */
+  unsigned ngraces;
   /* Embedding (embed.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */

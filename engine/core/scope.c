@@ -25,6 +25,17 @@
 
 #define SCOPE_MT "braid.Scope"
 
+/* The id of grace period ns among E's (1 up), or GRACE_WALK when E has
+** GRACE_IDS - 1 others already. */
+static unsigned short grace_intern (braid_engine_t *E, uint64_t ns) {
+  unsigned i;
+  for (i = 1; i <= E->ngraces; i++)
+    if (E->graces[i] == ns) return (unsigned short) i;
+  if (E->ngraces + 1 >= GRACE_IDS) return GRACE_WALK;
+  E->graces[++E->ngraces] = ns;
+  return (unsigned short) E->ngraces;
+}
+
 void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
                         struct braid_task *t, struct braid_scope *outer) {
   s->E = E;   /* s is zeroed (a new userdata, a new task): `more` may be set */
@@ -34,7 +45,8 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
-  if (s->own_grace) E->own_graces++;
+  s->grace_id = s->own_grace ? grace_intern(E, s->more->grace_ns)
+                             : outer ? outer->grace_id : 0;
   if (outer == NULL) return;
   braid__list_push(&outer->subs, &s->link);
   if (kind == SCOPE_TASK) outer->pending++;
@@ -75,7 +87,8 @@ struct scope_more *braid__scope_more (struct braid_scope *s) {
 
 uint64_t braid__scope_grace (const struct braid_scope *s) {
   braid_engine_t *E = s->E;
-  if (E->own_graces == 0) return E->grace_ns;
+  if (s->grace_id != GRACE_WALK)
+    return s->grace_id ? E->graces[s->grace_id] : E->grace_ns;
   for (; s; s = s->outer)
     if (s->own_grace) return s->more->grace_ns;
   return E->grace_ns;
@@ -98,7 +111,7 @@ uint64_t braid__scope_grace_end (const struct braid_scope *s) {
 int braid__scope_grace_ready (struct braid_scope *s, uint64_t ns) {
   if (more_try(s) != 0) return -1;
   s->more->grace_ns = ns;
-  s->own_grace = 1;   /* counted in E->own_graces by braid__scope_init */
+  s->own_grace = 1;   /* its grace_id: braid__scope_init */
   return 0;
 }
 
@@ -310,7 +323,6 @@ void braid__scope_release (struct braid_scope *s) {
     luaL_unref(S, LUA_REGISTRYINDEX, m->record_ref);
     luaL_unref(S, LUA_REGISTRYINDEX, m->cancel_ref);
     s->more = NULL;
-    if (s->own_grace) s->E->own_graces--;
     s->own_grace = 0;
     free(m);
   }
