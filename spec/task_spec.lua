@@ -90,7 +90,9 @@ end)
 -- end (heap corruption, SIGSEGV), also when cancelled or failing fast. And
 -- each level's cancel looked its grace period up through every level above
 -- (20000 levels took 6 s, 100000 minutes), again as soon as any scope had
--- a grace period of its own. In a child process: a crash
+-- a grace period of its own; abandoning a task abandoned its members by
+-- recursion, and a chain of 50000 overflowed the C stack. In a child
+-- process: a crash
 -- must fail this spec, not end the spec runner.
 describe("a chain of nested tasks", function()
   local script = h.script([[
@@ -105,6 +107,17 @@ describe("a chain of nested tasks", function()
     end
     if how == "end" then chain(depth) print("ended")
     elseif how == "timeout" then print(select(2, pcall(braid.timeout, 0.2, walk, depth)))
+    elseif how == "abandon" then  -- each level waits shielded: abandoned
+      local function shielded(d)
+        if d == 0 then braid.shield(braid.sleep, 10) return end
+        local t = braid.spawn(shielded, d - 1)
+        braid.shield(function() t:await() end)
+      end
+      print(select(2, pcall(braid.scope, function(s)
+        s:spawn(shielded, depth)
+        braid.sleep(0.2)
+        s:cancel("stop")
+      end, {grace = 0.3})) == nil and "abandoned")
     elseif how == "graced" then   -- nested gathers, and a scope elsewhere
       braid.spawn(braid.scope, function() braid.sleep(3) end, {grace = 1})
       local function nest(d)      -- with a grace period of its own
@@ -119,7 +132,8 @@ describe("a chain of nested tasks", function()
   ]])
   teardown(function() os.remove(script) end)
   for _, case in ipairs({{"end", "ended"}, {"timeout", "timed out after 0.2 s"},
-                         {"graced", "timed out after 2 s"}, {"fail", "boom"}}) do
+                         {"graced", "timed out after 2 s"}, {"fail", "boom"},
+                         {"abandon", "abandoned"}}) do
     it("of 100000 levels ends from the leaf up: " .. case[1], function()
       local out, err, code = h.sh("timeout 60 " .. os.getenv("BRAID_BIN") .. " " ..
                                   script .. " " .. case[1] .. " 100000")

@@ -19,17 +19,37 @@ void braid__abandon_each (struct braid_task *t, void *ud) {
   braid__task_abandon_as(t, (const char *) ud);
 }
 
-/* Abandons the scopes t owns, innermost first, and every task below them. */
-static void abandon_below (struct braid_task *t, const char *why) {
+/* A member of one of the scopes t owns (innermost first) that has not
+** ended, or NULL. */
+static struct braid_task *live_member (struct braid_task *t) {
   struct braid_scope *s;
   for (s = braid__task_inner(t); ; s = s->outer) {
-    braid__scope_each_task(s, braid__abandon_each, (void *) why);
-    if (s == &t->scope) break;
+    struct braid_list *n;
+    for (n = s->subs.next; n != &s->subs; n = n->next) {
+      struct braid_scope *sub = container_of(n, struct braid_scope, link);
+      if (sub->kind == SCOPE_TASK && !TASK_DONE(sub->task)) return sub->task;
+    }
+    if (s == &t->scope) return NULL;
   }
-  while (braid__task_inner(t) != &t->scope) {
-    s = braid__task_inner(t);
-    braid__task_set_inner(t, s->outer);
-    braid__scope_release(s);
+}
+
+static void abandon_one(struct braid_task *t, const char *why);
+
+/* Abandons t and every task below it, each after its members, in a loop:
+** a task's abandonment abandoned its members by recursion, and a chain of
+** 50000 nested tasks overflowed the C stack (braid_close, or a shielded
+** chain at its grace period). No task here contains the running one. */
+static void abandon_tree (struct braid_task *t, const char *why) {
+  struct braid_task *cur = t, *m;
+  for (;;) {
+    while ((m = live_member(cur)) != NULL) cur = m;
+    if (cur == t) {
+      abandon_one(t, why);
+      return;
+    }
+    m = cur->scope.outer->task;   /* the task whose scope cur is in */
+    abandon_one(cur, why);
+    cur = m;
   }
 }
 
@@ -129,7 +149,6 @@ void braid__task_abandon (struct braid_task *t) {
 void braid__task_abandon_as (struct braid_task *t, const char *why) {
   braid_engine_t *E = t->E;
   lua_State *S = E->S;
-  struct braid_task *prev = E->current;
   int reported = t->abandoned;   /* said already (hook.c's task_stop) */
   if (TASK_DONE(t)) return;
   if (running_within(E, t)) {
@@ -150,8 +169,22 @@ void braid__task_abandon_as (struct braid_task *t, const char *why) {
     }
     return;
   }
-  abandon_below(t, why);
-  if (TASK_DONE(t)) return;   /* it was only waiting for those members */
+  abandon_tree(t, why);
+}
+
+/* Abandons t, whose members have all ended: its nested scopes go, its
+** operation is undone, its to-be-closed variables run. */
+static void abandon_one (struct braid_task *t, const char *why) {
+  braid_engine_t *E = t->E;
+  lua_State *S = E->S;
+  struct braid_task *prev = E->current;
+  int reported = t->abandoned;   /* said already (hook.c's task_stop) */
+  if (TASK_DONE(t)) return;   /* it was only waiting for its members */
+  while (braid__task_inner(t) != &t->scope) {
+    struct braid_scope *s = braid__task_inner(t);
+    braid__task_set_inner(t, s->outer);
+    braid__scope_release(s);
+  }
   if (E->trace) braid__trace_abandon(t);
   if (t->waiting && t->w->cancel) t->w->cancel(t->w);
   else braid__op_release(t);   /* completed, continuation not run */
