@@ -103,6 +103,18 @@ describe("task:cancel", function()
     assert.are.equal(4, braid.now() - t0)
   end))
 
+  -- the grace timer started at the cancel only if the scope had members
+  -- then: one spawned into it afterwards, waiting shielded, was never
+  -- abandoned
+  it("abandons a member spawned into the scope after its cancel", h.virtual(function()
+    local t0 = braid.now()
+    braid.scope(function(s)
+      s:cancel()
+      s:spawn(function() braid.shield(braid.sleep, 100) end)
+    end, {grace = 0.5})
+    assert.are.equal(0.5, braid.now() - t0)
+  end))
+
   it("runs <close> variables exactly once on return, error and cancellation", h.virtual(function()
     local closed = {}
     local ok = braid.spawn(function() local c <close> = closer(closed, "ret") end)

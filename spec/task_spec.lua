@@ -119,6 +119,9 @@ describe("a chain of nested tasks", function()
         s:cancel("stop")
       end, {grace = 0.3})) == nil and "abandoned")
     elseif how == "graced" then   -- nested gathers, and a scope elsewhere
+      for i = 1, 100 do           -- graces of scopes long ended
+        braid.scope(function() end, {grace = 1 + i / 1000})
+      end
       braid.spawn(braid.scope, function() braid.sleep(3) end, {grace = 1})
       local function nest(d)      -- with a grace period of its own
         if d == 0 then braid.sleep(10) return end
@@ -131,6 +134,24 @@ describe("a chain of nested tasks", function()
     end
   ]])
   teardown(function() os.remove(script) end)
+
+  -- the report walked the tree by recursion: 200000 levels overflowed the
+  -- C stack; it lists the first 1000 tasks and counts the rest
+  it("of 200000 levels deadlocked is reported, its first 1000 tasks", function()
+    local dl = h.script([[
+      local ch = braid.channel()
+      local function wait(d)
+        if d == 0 then return ch:recv() end
+        return braid.spawn(wait, d - 1):await()
+      end
+      wait(200000)
+    ]])
+    local _, err, code = h.sh("timeout 60 " .. os.getenv("BRAID_BIN") .. " " .. dl)
+    os.remove(dl)
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find("deadlock: every task is waiting", 1, true), err:sub(1, 300))
+    assert.truthy(err:find("\n  ... and 199001 more tasks", 1, true), err:sub(-300))
+  end)
   for _, case in ipairs({{"end", "ended"}, {"timeout", "timed out after 0.2 s"},
                          {"graced", "timed out after 2 s"}, {"fail", "boom"},
                          {"abandon", "abandoned"}}) do

@@ -248,6 +248,12 @@ int braid__scope_raise(lua_State *L, struct braid_scope *s);
 /* error_ref of a scope that failed when its error could not be kept */
 #define SCOPE_ERR_NOMEM (-3)
 void braid__scope_left(struct braid_scope *s);
+/* The scope after s in a walk of top's tree, parents before children, and
+** its depth (top's members at 0; start with s = top, depth = -1); NULL at
+** the end. A loop, not recursion: a chain of nested tasks may be 100k
+** deep (dump.c, run.c's deadlock report, embed.c's exit). */
+struct braid_scope *braid__scope_next(struct braid_scope *top,
+                                      struct braid_scope *s, int *depth);
 void braid__scope_deadline(struct braid_scope *s, uint64_t ns);
 void *braid__scope_new(lua_State *L, size_t size);
 void braid__scope_enter(struct braid_task *t, struct braid_scope *s, int kind);
@@ -453,6 +459,9 @@ struct braid_engine {
 #define GRACE_WALK 0xffff      /* past GRACE_IDS different ones */
   uint64_t graces[GRACE_IDS];  /* [0] unused: the engine's is grace_ns */
   unsigned ngraces;
+  unsigned own_graces;         /* live scopes with a grace of their own:
+                               ** at 0 no live scope holds an id, and the
+                               ** table starts afresh */
   /* Embedding (embed.c). E is malloc'd: it outlives the Lua state while
   ** braid's handles are still closing on a loop the application owns. */
   int refs;                    /* the Lua state, plus each open handle */

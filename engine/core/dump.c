@@ -13,21 +13,6 @@ static const char *const kind_names[] = {
   "top", "task", "scope", "shield", "timeout", "group"
 };
 
-/* The scope after s in a walk of top's tree, parents before children,
-** and its depth (top's children are at 0); NULL at the end. A loop, not
-** recursion: a chain of nested tasks may be 100k deep. */
-static struct braid_scope *walk_next (struct braid_scope *top,
-                                      struct braid_scope *s, int *depth) {
-  if (s->subs.next != &s->subs) {
-    ++*depth;
-    return container_of(s->subs.next, struct braid_scope, link);
-  }
-  for (; s != top; s = s->outer, --*depth)
-    if (s->link.next != &s->outer->subs)
-      return container_of(s->link.next, struct braid_scope, link);
-  return NULL;
-}
-
 /* braid.tasks() -> list of the live tasks, parents before children. */
 static int l_dump_tasks (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
@@ -36,7 +21,7 @@ static int l_dump_tasks (lua_State *L) {
   int depth = -1;
   lua_newtable(L);
   if (E->running)
-    while ((s = walk_next(&E->top, s, &depth)) != NULL)
+    while ((s = braid__scope_next(&E->top, s, &depth)) != NULL)
       if (s->kind == SCOPE_TASK) {
         braid__task_push(L, s->task);
         lua_rawseti(L, -2, ++n);
@@ -89,7 +74,7 @@ static void dump_push (lua_State *L, braid_engine_t *E) {
   int depth = -1;
   luaL_buffinit(L, &b);
   if (E->running)
-    while ((s = walk_next(&E->top, s, &depth)) != NULL)
+    while ((s = braid__scope_next(&E->top, s, &depth)) != NULL)
       dump_line(L, &b, s, depth);
   luaL_pushresult(&b);
 }

@@ -9,21 +9,29 @@
 #include <string.h>
 #include "core.h"
 
-/* Appends one line per live task below s to the buffer. */
-static void describe_waits (lua_State *L, luaL_Buffer *b, struct braid_scope *s) {
-  struct braid_list *n;
-  for (n = s->subs.next; n != &s->subs; n = n->next) {
-    struct braid_scope *sub = container_of(n, struct braid_scope, link);
-    if (sub->kind == SCOPE_TASK) {
-      struct braid_task *t = sub->task;
-      const char *where = braid__task_where(L, t);
-      lua_pushfstring(L, "\n  task %I (%s%s) waits on %s",
-                      (lua_Integer) t->id, braid__task_name(L, t, 0), where,
-                      t->waiting ? t->w->what : "nothing");
-      lua_remove(L, -2);
-      luaL_addvalue(b);
-    }
-    describe_waits(L, b, sub);
+/* Appends one line per live task below top to the buffer, the first
+** REPORT_TASKS of them: a walk, not recursion (a deadlocked chain of 200k
+** nested tasks overflowed the C stack), and a report a person can read. */
+#define REPORT_TASKS 1000
+
+static void describe_waits (lua_State *L, luaL_Buffer *b,
+                            struct braid_scope *top) {
+  struct braid_scope *s = top;
+  int depth = -1, n = 0;
+  while ((s = braid__scope_next(top, s, &depth)) != NULL) {
+    struct braid_task *t = s->task;
+    const char *where;
+    if (s->kind != SCOPE_TASK || ++n > REPORT_TASKS) continue;   /* counted */
+    where = braid__task_where(L, t);
+    lua_pushfstring(L, "\n  task %I (%s%s) waits on %s",
+                    (lua_Integer) t->id, braid__task_name(L, t, 0), where,
+                    t->waiting ? t->w->what : "nothing");
+    lua_remove(L, -2);
+    luaL_addvalue(b);
+  }
+  if (n > REPORT_TASKS) {
+    lua_pushfstring(L, "\n  ... and %d more tasks", n - REPORT_TASKS);
+    luaL_addvalue(b);
   }
 }
 

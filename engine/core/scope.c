@@ -36,6 +36,22 @@ static unsigned short grace_intern (braid_engine_t *E, uint64_t ns) {
   return (unsigned short) E->ngraces;
 }
 
+static void grace_cb (struct braid_timer *tm);
+
+/* A member joins o after o's cancel: o's grace timer runs (from now, if
+** no member was left to start it at the cancel), or a member waiting,
+** shielded, in a scope cancelled empty was never abandoned. */
+static void grace_late (struct braid_scope *o) {
+  uint64_t grace = braid__scope_grace(o);
+  if (grace == BRAID_NEVER || (o->more && o->more->grace.idx != 0)) return;
+  braid__scope_more(o);
+  if (o->more->cancel_ns == 0) {
+    o->more->cancel_ns = uv_hrtime();
+    o->more->cancel_grace = grace;
+  }
+  braid_timer_start(o->E, &o->more->grace, grace, grace_cb);
+}
+
 void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
                         struct braid_task *t, struct braid_scope *outer) {
   s->E = E;   /* s is zeroed (a new userdata, a new task): `more` may be set */
@@ -45,6 +61,7 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   braid__list_init(&s->subs);
   braid__list_init(&s->link);
   s->resources.prev = s->resources.next = &s->resources;
+  if (s->own_grace && E->own_graces++ == 0) E->ngraces = 0;
   s->grace_id = s->own_grace ? grace_intern(E, s->more->grace_ns)
                              : outer ? outer->grace_id : 0;
   if (outer == NULL) return;
@@ -53,7 +70,20 @@ void braid__scope_init (struct braid_scope *s, braid_engine_t *E, int kind,
   if (outer->cancelled && kind != SCOPE_SHIELD) {
     s->cancelled = 1;
     s->cause = outer->cause;
+    if (kind == SCOPE_TASK) grace_late(outer);
   }
+}
+
+struct braid_scope *braid__scope_next (struct braid_scope *top,
+                                       struct braid_scope *s, int *depth) {
+  if (s->subs.next != &s->subs) {
+    ++*depth;
+    return container_of(s->subs.next, struct braid_scope, link);
+  }
+  for (; s != top; s = s->outer, --*depth)
+    if (s->link.next != &s->outer->subs)
+      return container_of(s->link.next, struct braid_scope, link);
+  return NULL;
 }
 
 /* A scope's struct more (core.h), made when it first needs it; freed on
@@ -136,7 +166,6 @@ int braid__scope_deadline_ready (braid_engine_t *E, struct braid_scope *s) {
   return -1;
 }
 
-static void grace_cb (struct braid_timer *tm);
 
 /* Cancels s and everything below it that is not shielded, undoing the
 ** pending operation of every task whose innermost scope it reaches. */
@@ -323,6 +352,7 @@ void braid__scope_release (struct braid_scope *s) {
     luaL_unref(S, LUA_REGISTRYINDEX, m->record_ref);
     luaL_unref(S, LUA_REGISTRYINDEX, m->cancel_ref);
     s->more = NULL;
+    if (s->own_grace) s->E->own_graces--;
     s->own_grace = 0;
     free(m);
   }
