@@ -1266,6 +1266,8 @@ static int os_exit_child (void) {
                        " braid.spawn(app.hold, 'big')"
                        " local ch = braid.channel(10, {shared = true})"
                        " braid.spawn(function() ch:recv() end)"
+                       " braid.spawn(braid.scope, function() braid.sleep(10)"
+                       "   end, {grace = 3})"   /* its scope_more leaked */
                        " braid.sleep(0.001) os.exit(7, true)",
                        "=exit", NULL) != 0)
     return 96;

@@ -308,6 +308,19 @@ void braid__engine_exit_close (braid_engine_t *E, lua_State *L) {
     lua_pop(L, 1);
   }
   E->ready_head = E->ready_tail = NULL;   /* what those undos woke too */
+  {   /* the scopes' cold parts are malloc'd beside the state too */
+    struct braid_scope *s = &E->top;
+    int depth = -1;
+    do {
+      if (s->more) {
+        braid_timer_stop(E, &s->more->deadline);
+        braid_timer_stop(E, &s->more->grace);
+        free(s->more);
+        s->more = NULL;
+        s->own_grace = 0;
+      }
+    } while ((s = braid__scope_next(&E->top, s, &depth)) != NULL);
+  }
   engine_close_state(E, live, n);   /* without live: only they stay */
   free(live);
 }
