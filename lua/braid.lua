@@ -353,34 +353,38 @@ if rawget(M, "fs") then
       if io_code(r, "ENOENT", "ENOTDIR") then return nil end
       rethrow(r)
     end
+    -- A step that raises (cancelled while it waits in list, stat or
+    -- realpath) has changed nothing: the next one takes the same entry.
+    -- So an entry is taken (top.i) only once nothing below can raise, and
+    -- a directory is listed when the walk first steps into it.
     return function()
       while #stack > 0 do
         local top = stack[#stack]
-        top.i = top.i + 1
-        local name = top.names[top.i]
+        if top.names == nil then top.names = unless_gone(list, top.dir) or {} end
+        local name = top.names[top.i + 1]
         local p = name and top.dir .. "/" .. name
         local st = p and unless_gone(stat, p)
         if name == nil then
           stack[#stack] = nil
-        elseif st then
-          local kind = st.type
+        elseif not st then
+          top.i = top.i + 1   -- gone: skipped
+        else
+          local kind, real = st.type, nil
           local into = kind == "directory"
           if follow and kind == "link" then
-            local ok, real = pcall(fs.realpath, p)
+            local ok, r = pcall(fs.realpath, p)
             if ok then
-              kind = stat(real).type
-              into = kind == "directory" and not seen[real]
-              if into then seen[real] = true end
+              kind = stat(r).type
+              into = kind == "directory" and not seen[r]
+              if into then real = r end
             end
           elseif follow and into then
-            local real = unless_gone(fs.realpath, p)
+            real = unless_gone(fs.realpath, p)
             into = real and not seen[real]
-            if real then seen[real] = true end
           end
-          if into then
-            stack[#stack + 1] = {dir = p, names = unless_gone(list, p) or {},
-                                 i = 0}
-          end
+          top.i = top.i + 1
+          if real then seen[real] = true end
+          if into then stack[#stack + 1] = {dir = p, i = 0} end
           return p, kind
         end
       end
@@ -389,8 +393,8 @@ if rawget(M, "fs") then
 
   -- A step suspends (list, stat): a second task stepping the same walk
   -- meanwhile would pop the first one's directory, and entries were lost.
-  -- The flag goes also when a step raises (cancelled, say): the walk goes
-  -- on from the entry after the one the step was on.
+  -- The flag goes also when a step raises (cancelled, say): the next
+  -- step takes the same entry.
   function fs.walk(dir, opts)
     local step = as("braid.fs.walk", walk, dir, opts)
     local state <const> = setmetatable({busy = false}, {
