@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include "core.h"
 
 /* The memory reserve.
@@ -118,6 +119,13 @@ static int cheap_fails (void) {
 
 void *braid__malloc (size_t n) {
   return cheap_fails() ? NULL : malloc(n);
+}
+
+char *braid__strdup (const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = (char *) braid__malloc(n);
+  if (d != NULL) memcpy(d, s, n);
+  return d;
 }
 
 void *braid__calloc (size_t n, size_t size) {

@@ -136,6 +136,7 @@ uint64_t braid__ns(double seconds);
 ** calling task, or, from a callback, handed to the op (which ends with
 ** UV_ENOMEM) so that its continuation raises it (memory.c). */
 void *braid__malloc(size_t n);
+char *braid__strdup(const char *s);   /* braid__malloc's copy of s */
 void *braid__calloc(size_t n, size_t size);
 void *braid__realloc(void *p, size_t n);
 extern size_t braid__cheap_count, braid__cheap_fail;

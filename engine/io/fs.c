@@ -447,8 +447,8 @@ static int fs_start (braid_op_t *op, void *ud) {
       if (fo->buf == NULL) break;
       memcpy(fo->buf, a->data, a->len);
       fo->len = fo->cap = a->len;
-      if ((fo->path = braid__malloc(strlen(a->path) + 1)) == NULL) break;
-      strcpy(fo->path, a->path);   /* to open a FIFO again */
+      if ((fo->path = braid__strdup(a->path)) == NULL) break;   /* to open
+                                                  ** a FIFO again */
       rc = fs_open(fo, a->loop, a->path);
       break;
     case OP_STAT:

@@ -305,13 +305,6 @@ static int l_copy_gc (lua_State *L) {
   return 0;
 }
 
-static char *copy_strdup (const char *s) {
-  size_t n = strlen(s) + 1;
-  char *p = (char *) braid__malloc(n);
-  if (p != NULL) memcpy(p, s, n);
-  return p;
-}
-
 /* fs._copy_new(from, to) -> job: checks the task and both paths, as
 ** braid.fs.copy's, and makes the job (its buffer charged against the
 ** memory limit). */
@@ -332,8 +325,8 @@ static int l_copy_new (lua_State *L) {
   job->box = box;
   if (braid__charge_set(&job->charge, E, COPY_CHUNK) != 0 ||
       (job->buf = (char *) braid__malloc(COPY_CHUNK)) == NULL ||
-      (job->from = copy_strdup(lua_tostring(L, 1))) == NULL ||
-      (job->to = copy_strdup(lua_tostring(L, 2))) == NULL)
+      (job->from = braid__strdup(lua_tostring(L, 1))) == NULL ||
+      (job->to = braid__strdup(lua_tostring(L, 2))) == NULL)
     return braid__error_uv(L, UV_ENOMEM, FNAME);   /* __gc frees it */
   return 1;
 }

@@ -713,7 +713,7 @@ static int l_fs_open (lua_State *L) {
   lua_setiuservalue(L, 4, 1);   /* the path, for the methods' errors */
   f = braid__calloc(1, sizeof *f);
   a.o = f ? braid__calloc(1, sizeof *a.o) : NULL;
-  if (a.o != NULL && (a.o->path = braid__malloc(strlen(a.path) + 1)) == NULL) {
+  if (a.o != NULL && (a.o->path = braid__strdup(a.path)) == NULL) {
     free(a.o);
     a.o = NULL;
   }
@@ -721,7 +721,6 @@ static int l_fs_open (lua_State *L) {
     free(f);
     return braid__error_uv(L, UV_ENOMEM, "braid.fs.open");
   }
-  strcpy(a.o->path, a.path);
   f->E = E;
   f->fd = -1;
   f->max_line = max_line;

@@ -264,7 +264,7 @@ static struct http_xfer *xfer_alloc (lua_State *L, braid_engine_t *E,
   *x->owner = x;
   if (fresh) easy_setup(x->easy);
   x->fresh = (unsigned char) fresh;   /* braid__http_add sets the rest */
-  if ((x->url = strdup(url)) == NULL)
+  if ((x->url = braid__strdup(url)) == NULL)
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   if (braid__http_head_size(url) > HTTP_HEAD_MAX) {   /* libcurl would
                                                       ** say out of memory */

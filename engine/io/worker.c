@@ -49,13 +49,6 @@
 #define WORKER_MT "braid.Worker"
 #define OTIMER_MS 20   /* how often a stuck worker is asked again */
 
-char *braid__wk_strdup (const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = (char *) braid__malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
-}
-
 void braid__wk_call_free (struct braid_wcall *c) {
   free(c->fname);
   braid__xcopy_free(c->buf, c->len);
@@ -336,7 +329,7 @@ static int l_worker_call (lua_State *L) {
   buf = braid__xcopy_encode(L, 3, lua_gettop(L) - 2, "args", "to a worker",
                             &w->lim, "worker:call", &len);
   c = (struct braid_wcall *) braid__calloc(1, sizeof *c);
-  if (c == NULL || (c->fname = braid__wk_strdup(fname)) == NULL) {
+  if (c == NULL || (c->fname = braid__strdup(fname)) == NULL) {
     free(c);
     braid__xcopy_free(buf, len);
     return braid_error(L, "memory", NULL, "worker:call: not enough memory");
@@ -430,7 +423,7 @@ static char *wk_package_field (lua_State *L, const char *field) {
   int top = lua_gettop(L);
   if (lua_getglobal(L, "package") == LUA_TTABLE &&
       lua_getfield(L, -1, field) == LUA_TSTRING)
-    d = braid__wk_strdup(lua_tostring(L, -1));
+    d = braid__strdup(lua_tostring(L, -1));
   lua_settop(L, top);
   return d;
 }

@@ -116,9 +116,6 @@ struct braid_worker {
   unsigned char wstopping, wclosed;
 };
 
-/* A copy of s on braid's C heap, or NULL. */
-char *braid__wk_strdup(const char *s);
-
 /* Frees a call and what it holds; the owner's, or a call never queued. */
 void braid__wk_call_free(struct braid_wcall *c);
 

@@ -133,7 +133,7 @@ static int wk_msgh (lua_State *L) {
                                                        lua_upvalueindex(1));
   if (c->tb == NULL && !braid_error_kind(L, 1)) {
     luaL_traceback(L, L, NULL, 1);
-    c->tb = braid__wk_strdup(lua_tostring(L, -1));
+    c->tb = braid__strdup(lua_tostring(L, -1));
   }
   lua_settop(L, 1);
   return 1;
@@ -402,7 +402,7 @@ static int wk_boot_msgh (lua_State *L) {
   struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, lua_upvalueindex(1));
   if (w->boot_tb == NULL && !braid_error_kind(L, 1)) {
     luaL_traceback(L, L, NULL, 1);
-    w->boot_tb = braid__wk_strdup(lua_tostring(L, -1));
+    w->boot_tb = braid__strdup(lua_tostring(L, -1));
   }
   lua_settop(L, 1);
   return 1;
