@@ -201,7 +201,6 @@ struct scope_more {
   uint64_t grace_ns;           /* members' time after a cancel; NEVER */
   uint64_t cancel_ns;          /* when a cancel reached it with members
                                ** (hrtime), for those not started yet */
-  uint64_t cancel_grace;       /* and its grace period then */
   int reason_ref;              /* cancel reason given to this scope */
   int error_ref;               /* first error of a member or the body */
   int record_ref;              /* its failure record (error.c), if any */

@@ -45,10 +45,7 @@ static void grace_late (struct braid_scope *o) {
   uint64_t grace = braid__scope_grace(o);
   if (grace == BRAID_NEVER || (o->more && o->more->grace.idx != 0)) return;
   braid__scope_more(o);
-  if (o->more->cancel_ns == 0) {
-    o->more->cancel_ns = uv_hrtime();
-    o->more->cancel_grace = grace;
-  }
+  if (o->more->cancel_ns == 0) o->more->cancel_ns = uv_hrtime();
   braid_timer_start(o->E, &o->more->grace, grace, grace_cb);
 }
 
@@ -125,15 +122,12 @@ uint64_t braid__scope_grace (const struct braid_scope *s) {
 }
 
 /* The end of the grace period of s, a member that starts after its outer
-** scope was cancelled: from that cancel, in O(1) when the cancel recorded
-** it (each level of a deep chain started that way looked its grace up
-** through every level above). */
+** scope was cancelled: from that cancel when it was recorded. */
 uint64_t braid__scope_grace_end (const struct braid_scope *s) {
   const struct braid_scope *o = s->outer;
-  if (o && o->cancelled && o->more && o->more->cancel_ns)
-    return o->more->cancel_ns + (s->own_grace ? s->more->grace_ns
-                                              : o->more->cancel_grace);
-  return uv_hrtime() + braid__scope_grace(s);
+  uint64_t from = o && o->cancelled && o->more && o->more->cancel_ns ?
+                  o->more->cancel_ns : uv_hrtime();
+  return from + braid__scope_grace(s);
 }
 
 /* Gives s, not entered yet, a grace period of its own: 0, or -1 out of
@@ -191,7 +185,6 @@ static void cancel_leave (struct braid_scope *s, uint64_t grace) {
   if (s->pending > 0 && grace != BRAID_NEVER &&
       braid__scope_more(s)->grace.idx == 0) {
     s->more->cancel_ns = uv_hrtime();   /* for members that start later */
-    s->more->cancel_grace = grace;
     braid_timer_start(s->E, &s->more->grace, grace, grace_cb);
   }
 }
