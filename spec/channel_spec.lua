@@ -291,6 +291,22 @@ describe("a hand-off to a task abandoned before it runs (issue 13.10)", function
     assert.are.same({"v1", "v2", "v3"}, got)
   end))
 
+  -- a receiver waiting inside a coroutine of the script's own: the value
+  -- sits on that coroutine, below what marks it suspended in a braid call
+  it("gives back what was handed to a receiver inside a script's coroutine", h.run(function()
+    local ch = braid.channel(1)
+    local wrapped = function() coroutine.wrap(function() ch:recv() end)() end
+    local selected = function()
+      coroutine.wrap(function() braid.select{{ch, "recv"}} end)()
+    end
+    abandon_after({wrapped, selected}, function()
+      ch:send("v1"); ch:send("v2"); ch:send("v3")
+    end)
+    local got = {}
+    for _ = 1, 3 do got[#got + 1] = ch:recv() end
+    assert.are.same({"v1", "v2", "v3"}, got)
+  end))
+
   it("hands a given-back value to a receiver already waiting, a select too", h.run(function()
     local ch = braid.channel()
     local got, waited

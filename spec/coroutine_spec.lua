@@ -179,6 +179,31 @@ describe("coroutine.close and resume of a task's coroutines", function()
     assert.are.same({true, 2}, {coroutine.resume(co)})
   end))
 
+  -- A value handed to a waiting task sits on its suspended thread until
+  -- the task runs: the thread stays refused in that window, and the value
+  -- (and the channel's order) are kept.
+  it("refuses a resume between a hand-off and the receiver's run", h.run(function()
+    local ch = braid.channel()
+    local me, inner
+    local a = braid.spawn(function() me = coroutine.running() return ch:recv() end)
+    local b = braid.spawn(function()
+      local f = coroutine.wrap(function() inner = coroutine.running() return ch:recv() end)
+      return f()
+    end)
+    braid.yield()
+    ch:send("first")    -- handed to a, which has not run yet
+    ch:send("second")   -- handed to b's own coroutine
+    for _, co in ipairs({me, inner}) do
+      assert.are.same({false, "cannot resume coroutine: it is suspended in a braid call of a task"},
+        {coroutine.resume(co)})
+      local ok, e = pcall(coroutine.close, co)
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+    end
+    assert.are.same({"first", true}, {a:await()})
+    assert.are.same({"second", true}, {b:await()})
+  end))
+
   -- the debug library hands scripts the function at the bottom of every
   -- task's coroutine; a coroutine of theirs running it is still theirs
   it("tells a script's coroutine from a task's even when it runs braid's task entry", h.run(function()
