@@ -82,6 +82,26 @@ describe("braid.process", function()
     assert.are.equal("usage", e.kind)
   end))
 
+  -- SIGSYS is what a seccomp filter kills a program with; IOT and POLL are
+  -- other names of ABRT and IO, accepted and never reported
+  it("names every signal a child can die of, and takes other names and 9.0", h.run(function()
+    for name, want in pairs({SYS = "SIGSYS", SIGIO = "SIGIO", IOT = "SIGABRT",
+                             POLL = "SIGIO", SIGPWR = "SIGPWR"}) do
+      local p <close> = braid.process({"sleep", "30"})
+      assert.is_true(p:kill(name))
+      assert.are.same({nil, want}, {p:wait()})
+    end
+    local p <close> = braid.process({"sleep", "30"})
+    assert.is_true(p:kill(15.0))
+    assert.are.same({nil, "SIGTERM"}, {p:wait()})
+    local ok, e = pcall(p.kill, p, 9.5)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("bad argument #%d to 'proc:kill' %(signal number %(an integer%) or name expected%)", e.message)
+    ok, e = pcall(p.kill, p, 65)
+    assert.matches("signal number out of range %(0 to 64%)", e.message)
+  end))
+
   it("cancelling a read only stops that wait: the process keeps running", h.run(function()
     local p <close> = braid.process({"cat"})
     local t = braid.spawn(p.read_line, p)

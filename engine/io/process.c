@@ -462,11 +462,16 @@ static int signal_check (lua_State *L, int arg) {
   const struct braid_signame *sig;
   const char *s;
   if (lua_isnoneornil(L, arg)) return SIGTERM;
-  if (lua_type(L, arg) == LUA_TNUMBER) {
-    if (!lua_isinteger(L, arg) || lua_tointeger(L, arg) < 0 ||
-        lua_tointeger(L, arg) > 64)
-      braid_argerror(L, arg, "proc:kill", "signal number out of range");
-    return (int) lua_tointeger(L, arg);
+  if (lua_type(L, arg) == LUA_TNUMBER) {   /* 9.0 is 9, as Lua's own */
+    int isint;
+    lua_Integer n = lua_tointegerx(L, arg, &isint);
+    if (!isint)
+      braid_argerror(L, arg, "proc:kill", "signal number (an integer) or "
+                     "name expected");
+    if (n < 0 || n > 64)
+      braid_argerror(L, arg, "proc:kill", "signal number out of range "
+                     "(0 to 64)");
+    return (int) n;
   }
   if (lua_type(L, arg) != LUA_TSTRING)
     braid_argerror(L, arg, "proc:kill", "signal expected");

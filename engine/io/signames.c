@@ -2,7 +2,7 @@
 ** signames.c: the one table of signal names: what braid.signal catches
 ** and what a child's exit or proc:kill names. Signals a script may not
 ** watch (KILL and STOP cannot be caught; a handler for SEGV, BUS, ILL,
-** FPE, TRAP or ABRT would hide a crash; PIPE is braid's own no-op, which
+** FPE, TRAP, ABRT or SYS, a seccomp filter's kill, would hide a crash; PIPE is braid's own no-op, which
 ** libuv would reset to the default, killing braid at the next EPIPE, when
 ** the last waiter closed) are still names for children.
 */
@@ -17,7 +17,19 @@ static const struct braid_signame names[] = {
   S(BUS, 0), S(FPE, 0), S(KILL, 0), S(USR1, 1), S(SEGV, 0), S(USR2, 1),
   S(PIPE, 0), S(ALRM, 1), S(TERM, 1), S(CHLD, 1), S(CONT, 1), S(STOP, 0),
   S(TSTP, 1), S(TTIN, 1), S(TTOU, 1), S(URG, 1), S(XCPU, 1), S(XFSZ, 1),
-  S(VTALRM, 1), S(PROF, 1), S(WINCH, 1),
+  S(VTALRM, 1), S(PROF, 1), S(WINCH, 1), S(IO, 1), S(SYS, 0),
+#ifdef SIGPWR
+  S(PWR, 1),
+#endif
+#ifdef SIGSTKFLT
+  S(STKFLT, 1),
+#endif
+  /* Other names of the signals above: accepted, never reported (a
+  ** lookup by number finds the name above first). */
+  S(IOT, 0), S(POLL, 1),
+#ifdef SIGCLD
+  S(CLD, 1),
+#endif
   {NULL, NULL, 0, 0}
 };
 
