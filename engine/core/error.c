@@ -173,16 +173,22 @@ static int tolstring_k (lua_State *L) {
 const char *braid__tostring (lua_State *L, int idx) {
   braid_engine_t *E = braid_engine(L);
   struct braid_bound b;
-  int status;
+  int status, bounded;
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
-  /* Outside a task (the scheduler reporting) a script's __tostring runs
-  ** bounded. Inside one the task's own hook already counts it: a bound of
-  ** its own would hand the script a fresh budget each time. */
-  if (E && !E->current) braid__bound(E, L, &b);
+  /* A script's __tostring always runs bounded: a report, a cancellation's
+  ** message or a usage error must not spin (a runner or REPL task has no
+  ** budget; a cancelled task would spin its whole grace period and be
+  ** abandoned for it). Inside a task with an instruction budget its own
+  ** hook already counts it, and a bound of its own would hand the script
+  ** a fresh budget each time; a task that only unwinds (t->stop) raises
+  ** at its first instruction anyway. */
+  bounded = E && (E->current == NULL ||
+                  (E->budget == 0 && !E->current->stop));
+  if (bounded) braid__bound(E, L, &b);
   status = lua_pcall(L, 1, 1, 0);
-  if (E && !E->current) braid__unbound(E, L, &b);
+  if (bounded) braid__unbound(E, L, &b);
   if (status != LUA_OK) {
     lua_pop(L, 1);
     lua_pushfstring(L, "(%s value whose __tostring failed)",

@@ -1,0 +1,77 @@
+-- spec/report_spec.lua: what braid prints about a failure (engine/core/
+-- error.c): it runs no script code unbounded, names the failure's own
+-- task and line, and leaves nothing out (nil errors, cancellations that
+-- are a failure, braid.any's causes).
+local h = require "helper"
+
+-- run(src) -> stdout, stderr, exit code, path of `braid script` with src,
+-- under `timeout 20` (a hang fails instead of hanging the suite).
+local function run(src)
+  local path = h.script(src)
+  local out, err, code = h.sh((os.getenv("BRAID_RUN_ENV") or "") ..
+    " timeout 20 " .. os.getenv("BRAID_BIN") .. " " .. path .. " </dev/null")
+  os.remove(path)
+  return out, err, code, path
+end
+
+local function plain(s) return (s:gsub("%p", "%%%0")) end
+
+describe("a report runs a script's __tostring bounded, also inside a task without a budget", function()
+  it("an error with a looping __tostring raised by a scope body's <close> while cancelling: no spin, no abandon, the first error kept", function()
+    local out, err, code = run(table.concat({
+      "local Weird = {__tostring = function() while true do end end}",
+      "local t0 = os.time()",
+      "local ok, err = pcall(braid.scope, function(s)",
+      "  local conn <close> = setmetatable({}, {__close = function()",
+      "    error(setmetatable({}, Weird))",
+      "  end})",
+      "  s:spawn(function() braid.sleep(0.01) error('the real failure', 0) end)",
+      "  braid.sleep(10)",
+      "end)",
+      "print('caught:', err, os.time() - t0 < 3)",
+    }, "\n") .. "\n")
+    assert.are.equal(0, code, err)
+    assert.are.equal("caught:\tthe real failure\ttrue\n", out)
+    assert.falsy(err:find("abandoned", 1, true), err)
+    assert.truthy(err:find("error while cancelling: (table value whose __tostring failed)", 1, true), err)
+  end)
+
+  it("a cancel reason with a looping __tostring: the cancelled task is not abandoned", function()
+    local out, err, code = run(table.concat({
+      "local R = setmetatable({}, {__tostring = function() while true do end end})",
+      "local t = braid.spawn(function() braid.sleep(10) end)",
+      "braid.yield()",
+      "local t0 = os.time()",
+      "t:cancel(R)",
+      "local ok, e = pcall(t.await, t)",
+      "print(ok, e.reason == R, e.message, os.time() - t0 < 3)",
+    }, "\n") .. "\n")
+    assert.are.equal(0, code, err)
+    assert.are.equal("false\ttrue\tcancelled ((table value whose __tostring failed))\ttrue\n", out)
+    assert.are.equal("", err)
+  end)
+
+  it("a usage error naming a value with a looping __tostring (braid.select) returns", function()
+    local out, err, code = run(table.concat({
+      "local ch = braid.channel(1)",
+      "local op = setmetatable({}, {__tostring = function() while true do end end})",
+      "print(pcall(braid.select, {{ch, op}}))",
+    }, "\n") .. "\n")
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("^false\t.*got %(table value whose __tostring failed%)"), out)
+  end)
+
+  it("at the REPL, an entry's error with a looping __tostring is reported and the session goes on", function()
+    local transcript, ok = h.pty({
+      {"expect", "> $"},
+      {"send", "error(setmetatable({}, {__tostring=function() while true do end end}))\\r"},
+      {"expect", "__tostring failed\\)", 5},
+      {"expect", "> $", 5},
+      {"send", "print('alive')\\r"},
+      {"expect", "alive\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }, "")
+    assert.is_true(ok, transcript)
+  end)
+end)
