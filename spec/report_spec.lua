@@ -75,3 +75,64 @@ describe("a report runs a script's __tostring bounded, also inside a task withou
     assert.is_true(ok, transcript)
   end)
 end)
+
+describe("a failure's record travels with the failure, not with its value", function()
+  it("a module's error table raised again in another task is reported with that task and its traceback", function()
+    local _, err, code, path = run(table.concat({
+      "local NOT_FOUND = setmetatable({}, {__tostring = function() return 'not found' end})",
+      "local function lookup(k) error(NOT_FOUND) end",                  -- 2
+      "local function fetch(k) error(NOT_FOUND) end",                   -- 3
+      "pcall(braid.gather, function() lookup('a') end)",                -- 4
+      "braid.sleep(0.01)",
+      "braid.gather(function() braid.sleep(0.01) fetch('b') end)",      -- 6
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: not found\n  in task 3 "[^"]*:6", spawned at [^\n]*:6 '), err)
+    assert.truthy(err:find(":3: in upvalue 'fetch'", 1, true), err)
+    assert.falsy(err:find("lookup", 1, true), err)
+  end)
+
+  it("an equal string raised by the task that caught an earlier failure is its own failure", function()
+    local _, err, code, path = run(table.concat({
+      "local function lookup(k) error('not found', 0) end",   -- 1
+      "pcall(braid.gather, function() lookup('a') end)",      -- 2
+      "local function check(k) error('not found', 0) end",    -- 3
+      "check('b')",                                           -- 4
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: not found\n  in task 1 "' .. plain(path) .. '"\nstack traceback:\n'), err)
+    assert.truthy(err:find(":3: in local 'check'", 1, true), err)
+    assert.falsy(err:find("task 2", 1, true), err)
+  end)
+
+  it("a scope body raising a table an earlier, caught member raised is reported as the body's", function()
+    local _, err, code, path = run(table.concat({
+      "local B = setmetatable({}, {__tostring = function() return 'B' end})",
+      "pcall(braid.gather, function() error(B) end)",          -- 2
+      "braid.scope(function(s)",                               -- 3
+      "  s:spawn(function() braid.sleep(0.01) error('first', 0) end)",
+      "  pcall(braid.sleep, 1)",
+      "  error(B)",                                            -- 6
+      "end)",
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    local cancelling = err:match("braid: error while cancelling: B\n(.-)\nbraid: ")
+    assert.truthy(cancelling, err)
+    assert.truthy(cancelling:find('^  in task 1 "'), err)
+    assert.truthy(cancelling:find(":6: in function <[^\n]*:3>"), err)
+  end)
+
+  it("keeps the first record through await, gather, pcall-and-rethrow of a table", function()
+    local _, err, code = run(table.concat({
+      "local E = setmetatable({}, {__tostring = function() return 'E' end})",
+      "local function deep() error(E) end",                                  -- 2
+      "local t = braid.spawn(function() braid.sleep(0.01) deep() end)",      -- 3
+      "local ok, e = pcall(braid.gather, function() return t:await() end)",  -- 4
+      "assert(e == E)",
+      "error(e)",                                                            -- 6
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: E\n  in task 2 "[^"]*:3", spawned at [^\n]*:3\n'), err)
+    assert.truthy(err:find(":2: in upvalue 'deep'", 1, true), err)
+  end)
+end)

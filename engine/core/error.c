@@ -308,7 +308,8 @@ void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
 **   root's error, braid_task_result, the REPL's session). One record.
 ** - for collectable errors (tables, userdata, functions, threads) also a
 **   weak-keyed table by value: identity is exact, so any holder of the
-**   value finds it, and the collector drops the entry with the value.
+**   value finds it for a report, and the collector drops the entry with
+**   the value. A re-raise is judged by the carry alone (error_record).
 **   Strings, numbers and booleans never go there: nothing would free them.
 ** A report (braid_report) finds a value's record in the weak table, else
 ** in the hand-out slot, else in the running task's carry. */
@@ -374,13 +375,32 @@ static int record_carried (lua_State *L, int idx, struct braid_task *t) {
   return record_match(L, idx);
 }
 
-/* Pushes the record of the value at idx known to task t (the weak table,
-** then t's carry), or nil. Allocates nothing. [-0, +1, -] */
+/* Pushes the record of the value at idx known to task t (t's carry, the
+** record of this failure; then the weak table), or nil. Allocates
+** nothing. [-0, +1, -] */
 void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
   idx = lua_absindex(L, idx);
-  if (record_by_identity(L, idx)) return;
+  if (record_carried(L, idx, t)) return;
   lua_pop(L, 1);
-  record_carried(L, idx, t);
+  record_by_identity(L, idx);
+}
+
+/* Notes on the record on top where braid hands its error to task t: the
+** function L runs it in (the first frame with a line, the caller of
+** the braid function raising it). A raise from that function in t is a
+** re-raise (error_record). Allocates nothing: record_new made the fields,
+** so their keys are interned and setting them adds no slot. */
+static void record_hand_site (lua_State *L, struct braid_task *t) {
+  lua_pushliteral(L, "hand_task");
+  if (lua_rawget(L, -2) != LUA_TNUMBER) {   /* not one of record_new's */
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  if (braid__frame_push(L, L, 1) < 0) lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "hand_fn");
+  lua_pushinteger(L, (lua_Integer) t->id);
+  lua_setfield(L, -2, "hand_task");
 }
 
 /* The record on top (a table, or nil: none) goes with an error braid now
@@ -389,6 +409,7 @@ void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
 ** slot exists from the start). [-1, +0, -] */
 void braid__error_hand (lua_State *L, struct braid_task *t) {
   if (t && t->ref != LUA_NOREF) {
+    if (lua_type(L, -1) == LUA_TTABLE) record_hand_site(L, t);
     braid__task_push(L, t);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 4);
@@ -454,9 +475,13 @@ static void push_chain (lua_State *L, struct braid_task *t) {
 /* Pushes a new record of the value at idx (without a traceback or task);
 ** a collectable value's goes in the weak table too. [-0, +1, m] */
 static void record_new (lua_State *L, int idx) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
   lua_pushvalue(L, idx);
   lua_setfield(L, -2, "value");
+  lua_pushboolean(L, 0);   /* braid__error_hand fills them in */
+  lua_setfield(L, -2, "hand_fn");
+  lua_pushinteger(L, 0);
+  lua_setfield(L, -2, "hand_task");
   if (!collectable(L, idx)) return;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -470,36 +495,44 @@ static void record_new (lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-/* Pushes the record of the error at idx that t knows (a re-raise keeps
-** the first record), or makes one: the traceback of co from level and
-** t's chain. Either way it becomes t's carry. [-0, +1, m] */
+/* Is the record on top (t's carry, of this value) that of an error braid
+** handed to t in the function that raises now (co's first frame with a
+** line from level)? Then this is a re-raise: the error going on from
+** where braid raised it (task:await, a gather, a scope's end), or raised
+** again by the code that caught it (error(e) after a pcall). A raise
+** anywhere else is a new failure with an equal value (a module's error
+** table, an equal string, a retry of the failed code), however equal.
+** [-0, +0, -] */
+static int record_reraised (lua_State *L, lua_State *co, int level,
+                            struct braid_task *t) {
+  int here;
+  lua_getfield(L, -1, "hand_task");
+  here = lua_tointeger(L, -1) == (lua_Integer) t->id;
+  lua_pop(L, 1);
+  if (!here) return 0;
+  if (braid__frame_push(L, co, level) < 0) return 0;
+  lua_getfield(L, -2, "hand_fn");
+  here = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return here;
+}
+
+/* Pushes the record of the error at idx that t carries when it goes on
+** with this failure (a re-raise keeps the first record; `trust`: t's own
+** end, whose message handler chose it already), or makes one: the
+** traceback of co from level and t's chain. Either way it becomes t's
+** carry. [-0, +1, m] */
 static void error_record (lua_State *L, int idx, lua_State *co, int level,
-                          struct braid_task *t) {
-  int line;
+                          struct braid_task *t, int trust) {
   idx = lua_absindex(L, idx);
-  braid__error_push_record(L, idx, t);
-  if ((line = braid__frame_push(L, co, level)) < 0) lua_pushnil(L);
-  if (!lua_isnil(L, -2) && line > 0) {
-    /* Raised again by the same function at the same line as its record's
-    ** failure: a new failure of the same code (a retry after a caught
-    ** one), not a re-raise, which another function or line makes (error(e)
-    ** in a handler; braid raising a member's error where it was awaited);
-    ** the old record would name the old task and its traceback. */
-    lua_getfield(L, -2, "at_fn");
-    lua_getfield(L, -3, "at");
-    if (lua_rawequal(L, -2, -3) && lua_tointeger(L, -1) == line) {
-      lua_pushnil(L);
-      lua_replace(L, -5);
-    }
-    lua_pop(L, 2);
+  if (record_carried(L, idx, t) && !trust &&
+      !record_reraised(L, co, level, t)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
   }
-  if (lua_isnil(L, -2)) {
-    lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
     record_new(L, idx);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "at_fn");
-    lua_pushinteger(L, line);
-    lua_setfield(L, -2, "at");
     braid__traceback(L, co, level);
     if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
       lua_getfield(L, idx, "traceback");
@@ -514,8 +547,6 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
       push_chain(L, t);
       lua_setfield(L, -2, "task");
     }
-  } else {
-    lua_pop(L, 1);   /* the origin's function */
   }
   if (t && t->ref != LUA_NOREF) {   /* the carry */
     braid__task_push(L, t);
@@ -530,7 +561,7 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
   if (!lua_isnil(L, 1) && !braid__is_cancel(L, 1) && E->current)
-    error_record(L, 1, L, 1, E->current);
+    error_record(L, 1, L, 1, E->current, 0);
   lua_settop(L, 1);
   return 1;
 }
@@ -642,7 +673,7 @@ struct record_args {
 
 static int record_p (lua_State *L) {
   struct record_args *a = (struct record_args *) lua_touserdata(L, 1);
-  error_record(L, 2, a->co, a->level, a->t);
+  error_record(L, 2, a->co, a->level, a->t, 1);
   return 1;
 }
 
