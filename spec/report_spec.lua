@@ -136,3 +136,21 @@ describe("a failure's record travels with the failure, not with its value", func
     assert.truthy(err:find(":2: in upvalue 'deep'", 1, true), err)
   end)
 end)
+
+describe("error(nil) reaching the top", function()
+  it("is reported with its task, spawn place and traceback, as lua.c names it", function()
+    local _, err, code = run(table.concat({
+      "braid.gather(function() braid.sleep(0.01) error(nil) end,",   -- 1
+      "  function() braid.sleep(1) end)",
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: %(error object is a nil value%)\n  in task 2 "[^"]*:1", spawned at [^\n]*:1 '), err)
+    assert.truthy(err:find("stack traceback:\n\t[C]: in function 'error'\n", 1, true), err)
+    _, err, code = run("braid.spawn(function() error() end)\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: %(error object is a nil value%)\n  in task 2 "[^"]*:1", spawned at [^\n]*:1\n'), err)
+    _, err, code = run("local ok, e = pcall(braid.gather, function() error() end)\nerror(e)\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: %(error object is a nil value%)\n  in task 2 '), err)
+  end)
+end)

@@ -557,10 +557,12 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
 }
 
 /* The message handler of every task body: records, returns the value as
-** is. nil (error() without a value) gets no record. */
+** is. nil (error() without a value) is recorded too: its record has no
+** "value" field, which matches nil alone (rawequal), and is found only
+** where it travels (the carry, a scope, the hand-out slot). */
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
-  if (!lua_isnil(L, 1) && !braid__is_cancel(L, 1) && E->current)
+  if (!braid__is_cancel(L, 1) && E->current)
     error_record(L, 1, L, 1, E->current, 0);
   lua_settop(L, 1);
   return 1;
@@ -568,8 +570,12 @@ int braid__error_msgh (lua_State *L) {
 
 /* Prints the error at idx and its record at rec (0 or nil: none). */
 static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
-  fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
-  lua_pop(L, 1);
+  if (lua_isnil(L, idx))   /* as lua.c says it: not a message "nil" */
+    fprintf(stderr, "%s(error object is a nil value)\n", prefix);
+  else {
+    fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
+    lua_pop(L, 1);
+  }
   if (rec && lua_type(L, rec) == LUA_TTABLE) {
     if (lua_getfield(L, rec, "task") == LUA_TSTRING)
       fprintf(stderr, "  in %s\n", lua_tostring(L, -1));
@@ -683,10 +689,6 @@ static int record_p (lua_State *L) {
 void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
   struct record_args a;
-  if (lua_isnil(L, idx)) {
-    lua_pushnil(L);
-    return;
-  }
   a.co = co;
   a.level = level;
   a.t = t;
