@@ -43,7 +43,7 @@ describe("a report runs a script's __tostring bounded, also inside a task withou
       "braid.yield()",
       "local t0 = os.time()",
       "t:cancel(R)",
-      "local ok, e = pcall(t.await, t)",
+      "local ok, e = pcall(braid.scope, function() t:await() end)",
       "print(ok, e.reason == R, e.message, os.time() - t0 < 3)",
     }, "\n") .. "\n")
     assert.are.equal(0, code, err)
@@ -152,5 +152,44 @@ describe("error(nil) reaching the top", function()
     _, err, code = run("local ok, e = pcall(braid.gather, function() error() end)\nerror(e)\n")
     assert.are.equal(1, code, err)
     assert.truthy(err:find('^braid: %(error object is a nil value%)\n  in task 2 '), err)
+  end)
+end)
+
+describe("a cancellation that is a task's failure, not its outcome", function()
+  it("awaiting a task cancelled elsewhere: the report names the task and the await's line", function()
+    local _, err, code, path = run(table.concat({
+      "local worker = braid.spawn(function() braid.sleep(10) end)",
+      "braid.spawn(function() braid.sleep(0.01) worker:cancel('shutdown') end)",
+      "local function collect()",
+      "  return (worker:await())",                  -- 4
+      "end",
+      "collect()",                                  -- 6
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: cancelled %(shutdown%)\n  in task 1 "' .. plain(path) .. '"\nstack traceback:\n'), err)
+    assert.truthy(err:find(":4: in local 'collect'", 1, true), err)
+  end)
+
+  it("a gather member cancelled from outside (counted as failed): the report names the gather's line", function()
+    local _, err, code = run(table.concat({
+      "local inner = braid.spawn(function() braid.sleep(10) end)",
+      "braid.spawn(function() braid.sleep(0.01) inner:cancel('shutdown') end)",
+      "braid.gather(function() braid.sleep(1) end, inner)",   -- 3
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find("^braid: cancelled %(shutdown%)\n  in task 1 "), err)
+    assert.truthy(err:find(":3: in main chunk", 1, true), err)
+  end)
+
+  it("a cancellation error recorded as a failure gets no traceback field: tasks share it", function()
+    local out, err, code = run(table.concat({
+      "local t = braid.spawn(function() braid.sleep(10) end)",
+      "braid.yield()",
+      "t:cancel('x')",
+      "local ok, e = pcall(braid.scope, function() t:await() end)",
+      "print(e.message, e.traceback)",
+    }, "\n") .. "\n")
+    assert.are.equal(0, code, err)
+    assert.are.equal("cancelled (x)\tnil\n", out)
   end)
 end)

@@ -175,6 +175,10 @@ const char *braid__tostring (lua_State *L, int idx) {
   struct braid_bound b;
   int status, bounded;
   idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TSTRING) {   /* no script code, no hook */
+    lua_pushvalue(L, idx);                  /* (a cancel reason, mostly) */
+    return lua_tostring(L, -1);
+  }
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
   /* A script's __tostring always runs bounded: a report, a cancellation's
@@ -534,7 +538,9 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
     lua_pop(L, 1);
     record_new(L, idx);
     braid__traceback(L, co, level);
-    if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
+    /* braid's own: fill the field (a cancellation, an outcome tasks may
+    ** share, keeps none) */
+    if (braid_error_kind(L, idx) != NULL && !braid__is_cancel(L, idx)) {
       lua_getfield(L, idx, "traceback");
       if (lua_isnil(L, -1)) {
         lua_pushvalue(L, -2);
@@ -562,8 +568,15 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
 ** where it travels (the carry, a scope, the hand-out slot). */
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
-  if (!braid__is_cancel(L, 1) && E->current)
-    error_record(L, 1, L, 1, E->current, 0);
+  struct braid_task *t = E->current;
+  /* A cancellation is an outcome, with no record, in the task it reached
+  ** (fail-fast makes thousands at once); raised in a task that was not
+  ** cancelled (awaiting a task cancelled elsewhere, a gather's member
+  ** cancelled from outside) it is that task's failure, and its report
+  ** says where. */
+  if (t && (!braid__is_cancel(L, 1) ||
+            !(t->scope.cancelled || braid__task_inner(t)->cancelled)))
+    error_record(L, 1, L, 1, t, 0);
   lua_settop(L, 1);
   return 1;
 }
