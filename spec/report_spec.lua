@@ -193,3 +193,32 @@ describe("a cancellation that is a task's failure, not its outcome", function()
     assert.are.equal("cancelled (x)\tnil\n", out)
   end)
 end)
+
+describe("braid.any with every member failed", function()
+  it("prints each member's error with its task and traceback", function()
+    local _, err, code = run(table.concat({
+      "local function fetch(url) braid.sleep(0.01) error('connection refused: ' .. url, 0) end",
+      "local body = braid.any(function() fetch('http://a') end,",   -- 2
+      "  function() fetch('http://b') end)",
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find("^braid: braid.any: all 2 failed\n  in task 1 "), err)
+    assert.truthy(err:find('\n  member 1 of 2 failed: connection refused: http://a\n  in task 2 "[^"]*", spawned at [^\n]*:2 '), err)
+    assert.truthy(err:find('\n  member 2 of 2 failed: connection refused: http://b\n  in task 3 '), err)
+    assert.truthy(err:find(":1: in upvalue 'fetch'", 1, true), err)
+  end)
+
+  it("lists at most 100 members, then says how many more", function()
+    local _, err, code = run(table.concat({
+      "local fns = {}",
+      "for i = 1, 150 do fns[i] = function() error('no ' .. i, 0) end end",
+      "braid.any(table.unpack(fns))",
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    local n = 0
+    for _ in err:gmatch("\n  member %d+ of 150 failed: ") do n = n + 1 end
+    assert.are.equal(100, n, err)
+    assert.truthy(err:find("member 100 of 150 failed: no 100\n", 1, true), err)
+    assert.truthy(err:find("\n  ... and 50 more members failed", 1, true), err)
+  end)
+end)

@@ -322,6 +322,7 @@ void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
 
 static const char info_key = 'i';
 static const char hand_key = 'h';
+static const char causes_key = 'c';   /* braid.any's error -> its members' records */
 
 static int collectable (lua_State *L, int idx) {
   switch (lua_type(L, idx)) {
@@ -432,6 +433,8 @@ void braid__error_hand (lua_State *L, struct braid_task *t) {
 void braid__error_forget (lua_State *L) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &causes_key);
   braid__traceback_forget(L);
   lua_pushboolean(L, 0);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &hand_key);
@@ -581,8 +584,67 @@ int braid__error_msgh (lua_State *L) {
   return 1;
 }
 
-/* Prints the error at idx and its record at rec (0 or nil: none). */
-static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
+/* braid.any's "all_failed" error at idx was made with the failure records
+** of its members' errors (its `errors`) in the list on top, false for
+** none: keeps them for its report, by the error's identity (a table of
+** its own per raise), as long as the error lives. Pops the list.
+** [-1, +0, m] */
+void braid__error_causes (lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &causes_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    braid__push_weak_table(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &causes_key);
+  }
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+}
+
+static void error_report (lua_State *L, int idx, int rec, const char *prefix,
+                          int causes);
+
+/* Prints the members' errors of braid.any's "all_failed" error at idx,
+** each with its record, as the "also" list, at most ALSO_MAX. */
+static void report_causes (lua_State *L, int idx) {
+  lua_Integer i, n;
+  int errs, recs;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &causes_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  recs = lua_gettop(L);
+  lua_pushliteral(L, "errors");
+  if (lua_rawget(L, idx) != LUA_TTABLE) {
+    lua_pop(L, 2);
+    return;
+  }
+  errs = lua_gettop(L);
+  n = (lua_Integer) lua_rawlen(L, errs);
+  for (i = 1; i <= n && i <= ALSO_MAX; i++) {
+    lua_rawgeti(L, errs, i);
+    if (lua_type(L, recs) == LUA_TTABLE) lua_rawgeti(L, recs, i);
+    else lua_pushnil(L);
+    lua_pushfstring(L, "  member %I of %I failed: ", i, n);
+    error_report(L, errs + 1, errs + 2, lua_tostring(L, -1), 0);
+    lua_settop(L, errs);
+  }
+  if (n > ALSO_MAX)
+    fprintf(stderr, "  ... and %lld more members failed (err.errors has "
+            "them all)\n", (long long) (n - ALSO_MAX));
+  lua_settop(L, recs - 1);
+}
+
+/* Prints the error at idx and its record at rec (0 or nil: none);
+** `causes`: also braid.any's members' errors. */
+static void error_report (lua_State *L, int idx, int rec, const char *prefix,
+                          int causes) {
+  const char *kind;
   if (lua_isnil(L, idx))   /* as lua.c says it: not a message "nil" */
     fprintf(stderr, "%s(error object is a nil value)\n", prefix);
   else {
@@ -613,6 +675,9 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
+  kind = braid_error_kind(L, idx);
+  if (causes && kind && strcmp(kind, "all_failed") == 0)
+    report_causes(L, idx);
   fflush(stderr);
 }
 
@@ -726,7 +791,7 @@ static int report_p (lua_State *L) {
       }
     }
   }
-  error_report(L, 2, 3, a->prefix);
+  error_report(L, 2, 3, a->prefix, 1);
   return 0;
 }
 

@@ -285,12 +285,19 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     }
     braid_pusherror(L, "all_failed", NULL, "braid.any: all %d failed", n);
     lua_createtable(L, n, 0);
+    lua_createtable(L, n, 0);   /* their failure records, for the report */
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, list, i);
       lua_getiuservalue(L, -1, 1);
+      lua_rawseti(L, -4, i);
+      if (lua_getiuservalue(L, -1, 4) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 0);
+      }
       lua_rawseti(L, -3, i);
       lua_pop(L, 1);
     }
+    braid__error_causes(L, -3);
     lua_setfield(L, -2, "errors");
     return lua_error(L);
   }
