@@ -2,6 +2,7 @@
 -- error.c): it runs no script code unbounded, names the failure's own
 -- task and line, and leaves nothing out (nil errors, cancellations that
 -- are a failure, braid.any's causes).
+local braid = require "braid"
 local h = require "helper"
 
 -- run(src) -> stdout, stderr, exit code, path of `braid script` with src,
@@ -221,4 +222,43 @@ describe("braid.any with every member failed", function()
     assert.truthy(err:find("member 100 of 150 failed: no 100\n", 1, true), err)
     assert.truthy(err:find("\n  ... and 50 more members failed", 1, true), err)
   end)
+end)
+
+describe("minor points of reports and messages", function()
+  it("the 'also raised while cancelling' list says how many more there were past 100", function()
+    local _, err, code = run(table.concat({
+      "local fns = {}",
+      "for i = 1, 150 do",
+      "  fns[i] = function()",
+      "    local c <close> = setmetatable({}, {__close = function() error('close ' .. i, 0) end})",
+      "    braid.sleep(10)",
+      "  end",
+      "end",
+      "fns[151] = function() braid.sleep(0.01) error('first', 0) end",
+      "braid.gather(table.unpack(fns))",
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find("\n  ... and 50 more raised while cancelling\n", 1, true), err)
+  end)
+
+  it("a group's timeout names the function and the timeout, as braid.timeout's does", h.virtual(function()
+    local ok, e = pcall(braid.gather, function() end, function() braid.sleep(1) end, {timeout = 0.05})
+    assert.is_true(braid.is_timeout(e))
+    assert.are.equal("braid.gather timed out after 0.05 s", e.message)
+    ok, e = pcall(braid.race, function() braid.sleep(5) end, {timeout = 2})
+    assert.are.equal("braid.race timed out after 2 s", e.message)
+    local r = braid.map({1, 2}, braid.sleep, {timeout = 1.5, settle = true})
+    assert.are.equal("braid.map timed out after 1.5 s", r[2].error.message)
+  end))
+
+  it("t:cancel() without a reason: the message is 'cancelled' and there is no reason (docs/API.md)", h.virtual(function()
+    for _, args in ipairs({{}, {nil}}) do
+      local t = braid.spawn(braid.sleep, 1)
+      braid.yield()
+      t:cancel(table.unpack(args, 1, select("#", table.unpack(args))))
+      local _, e = pcall(t.await, t)
+      assert.are.equal("cancelled", e.message)
+      assert.is_nil(e.reason)
+    end
+  end))
 end)

@@ -667,6 +667,11 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                 lua_tostring(L, -1));
         lua_pop(L, 1);
       }
+      lua_pushliteral(L, "more");
+      if (lua_rawget(L, -2) == LUA_TNUMBER)
+        fprintf(stderr, "  ... and %lld more raised while cancelling\n",
+                (long long) lua_tointeger(L, -1));
+      lua_pop(L, 1);
     }
     lua_pop(L, 1);
   } else if (braid_error_kind(L, idx) != NULL) {
@@ -706,6 +711,13 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
   if (lua_rawlen(L, -1) < ALSO_MAX) {
     braid__tostring(L, idx);
     lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
+  } else {   /* counted, for the report's "... and N more" */
+    lua_pushliteral(L, "more");
+    lua_pushliteral(L, "more");
+    lua_rawget(L, -3);   /* also.more, or nil: 0 */
+    lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+    lua_remove(L, -2);
+    lua_rawset(L, -3);
   }
   lua_pop(L, 2);
   /* raw lengths: no script __len runs here, in scheduler context; and no

@@ -242,9 +242,14 @@ static int group_cut_off (struct braid_group *g) {
   return g->mode == GROUP_GATHER ? g->ok < g->n : !g->winner;
 }
 
-static int group_timeout_error (lua_State *L, struct braid_group *g) {
-  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out",
-                           g->map ? "map" : mode_names[g->mode]);
+/* "braid.gather timed out after 0.05 s", as braid.timeout says it; ns:
+** the timeout as given. */
+static int group_timeout_error (lua_State *L, struct braid_group *g,
+                                uint64_t ns) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
+  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out after %s s",
+                           g->map ? "map" : mode_names[g->mode], buf);
 }
 
 /* Every member has ended: return or raise the group's outcome. */
@@ -253,6 +258,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_scope *s = &g->scope;
   struct braid_task *t = s->task;
   int i, list, n = g->n;
+  uint64_t timeout_ns = s->more ? s->more->timeout_ns : 0;   /* released below */
   (void) status;
   t->wake = WAKE_NONE;
   s->joining = 0;
@@ -270,7 +276,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->deadline_fired && !g->settle && group_cut_off(g)) {
-    group_timeout_error(L, g);
+    group_timeout_error(L, g, timeout_ns);
     return lua_error(L);
   }
   if (g->mode == GROUP_RACE) {
@@ -302,7 +308,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
-  if (g->settle) group_timeout_error(L, g);
+  if (g->settle) group_timeout_error(L, g, timeout_ns);
   for (i = 1; g->settle && i <= n; i++) {
     if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
       lua_pushvalue(L, list + 2);
@@ -456,7 +462,10 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
-  if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
+  if (timeout != BRAID_NEVER) {   /* its struct is ready: more exists */
+    g->scope.more->timeout_ns = timeout;
+    braid__scope_deadline(&g->scope, timeout);
+  }
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started
   ** and raises it once they have ended. */
