@@ -322,7 +322,6 @@ void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
 
 static const char info_key = 'i';
 static const char hand_key = 'h';
-static const char causes_key = 'c';   /* braid.any's error -> its members' records */
 
 static int collectable (lua_State *L, int idx) {
   switch (lua_type(L, idx)) {
@@ -433,8 +432,6 @@ void braid__error_hand (lua_State *L, struct braid_task *t) {
 void braid__error_forget (lua_State *L) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &info_key);
-  lua_pushnil(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &causes_key);
   braid__traceback_forget(L);
   lua_pushboolean(L, 0);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &hand_key);
@@ -500,6 +497,23 @@ static void record_new (lua_State *L, int idx) {
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+}
+
+/* braid.any raises the "all_failed" error at idx in task t, with the
+** failure records of its members' errors (its `errors`) in the list on
+** top, false for none: its record, made now (the traceback from
+** braid.any, t's chain) with the list as `causes`, goes with it (braid__error_hand), so
+** its report lists them. Pops the list. [-1, +0, m] */
+void braid__error_causes (lua_State *L, int idx, struct braid_task *t) {
+  idx = lua_absindex(L, idx);
+  record_new(L, idx);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "causes");
+  braid__traceback(L, L, 0);   /* from braid.any, as a message handler's */
+  lua_setfield(L, -2, "traceback");
+  push_chain(L, t);
+  lua_setfield(L, -2, "task");
+  braid__error_hand(L, t);
 }
 
 /* Is the record on top (t's carry, of this value) that of an error braid
@@ -584,44 +598,18 @@ int braid__error_msgh (lua_State *L) {
   return 1;
 }
 
-/* braid.any's "all_failed" error at idx was made with the failure records
-** of its members' errors (its `errors`) in the list on top, false for
-** none: keeps them for its report, by the error's identity (a table of
-** its own per raise), as long as the error lives. Pops the list.
-** [-1, +0, m] */
-void braid__error_causes (lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &causes_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    braid__push_weak_table(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &causes_key);
-  }
-  lua_pushvalue(L, idx);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
-  lua_pop(L, 2);
-}
-
 static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                           int causes);
 
 /* Prints the members' errors of braid.any's "all_failed" error at idx,
-** each with its record, as the "also" list, at most ALSO_MAX. */
-static void report_causes (lua_State *L, int idx) {
+** each with its record (the list at recs), as the "also" list, at most
+** ALSO_MAX. */
+static void report_causes (lua_State *L, int idx, int recs) {
   lua_Integer i, n;
-  int errs, recs;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &causes_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-  }
-  lua_pushvalue(L, idx);
-  lua_rawget(L, -2);
-  lua_remove(L, -2);
-  recs = lua_gettop(L);
+  int errs;
   lua_pushliteral(L, "errors");
   if (lua_rawget(L, idx) != LUA_TTABLE) {
-    lua_pop(L, 2);
+    lua_pop(L, 1);
     return;
   }
   errs = lua_gettop(L);
@@ -637,14 +625,13 @@ static void report_causes (lua_State *L, int idx) {
   if (n > ALSO_MAX)
     fprintf(stderr, "  ... and %lld more members failed (err.errors has "
             "them all)\n", (long long) (n - ALSO_MAX));
-  lua_settop(L, recs - 1);
+  lua_settop(L, errs - 1);
 }
 
 /* Prints the error at idx and its record at rec (0 or nil: none);
-** `causes`: also braid.any's members' errors. */
+** `causes`: also the members' errors the record lists (braid.any's). */
 static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                           int causes) {
-  const char *kind;
   if (lua_isnil(L, idx))   /* as lua.c says it: not a message "nil" */
     fprintf(stderr, "%s(error object is a nil value)\n", prefix);
   else {
@@ -659,6 +646,9 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix,
         lua_rawlen(L, -1) > 0)
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
+    if (causes && lua_getfield(L, rec, "causes") == LUA_TTABLE)
+      report_causes(L, idx, lua_gettop(L));
+    if (causes) lua_pop(L, 1);
     if (lua_getfield(L, rec, "also") == LUA_TTABLE) {
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
@@ -680,9 +670,6 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix,
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
-  kind = braid_error_kind(L, idx);
-  if (causes && kind && strcmp(kind, "all_failed") == 0)
-    report_causes(L, idx);
   fflush(stderr);
 }
 

@@ -303,8 +303,9 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
       lua_rawseti(L, -3, i);
       lua_pop(L, 1);
     }
-    braid__error_causes(L, -3);
-    lua_setfield(L, -2, "errors");
+    lua_insert(L, -2);
+    lua_setfield(L, -3, "errors");
+    braid__error_causes(L, -2, t);
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
