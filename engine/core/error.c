@@ -184,11 +184,12 @@ const char *braid__tostring (lua_State *L, int idx) {
   /* A script's __tostring always runs bounded: a report, a cancellation's
   ** message or a usage error must not spin (a runner or REPL task has no
   ** budget; a cancelled task would spin its whole grace period and be
-  ** abandoned for it). Inside a task with an instruction budget its own
-  ** hook already counts it, and a bound of its own would hand the script
-  ** a fresh budget each time; a task that only unwinds (t->stop) raises
-  ** at its first instruction anyway. */
-  bounded = E && (E->current == NULL ||
+  ** abandoned for it). On the thread a task runs, armed by hook.c, a
+  ** budget already counts it, and a bound of its own would hand the
+  ** script a fresh budget each time; a task that only unwinds (t->stop)
+  ** raises at its first instruction anyway. Any other thread (the
+  ** scheduler's, reporting for a task it abandons) has no such hook. */
+  bounded = E && (E->current == NULL || L != E->running_co ||
                   (E->budget == 0 && !E->current->stop));
   if (bounded) braid__bound(E, L, &b);
   status = lua_pcall(L, 1, 1, 0);
