@@ -242,14 +242,34 @@ static int group_cut_off (struct braid_group *g) {
   return g->mode == GROUP_GATHER ? g->ok < g->n : !g->winner;
 }
 
-/* "braid.gather timed out after 0.05 s", as braid.timeout says it; ns:
-** the timeout as given. */
+/* How many members the deadline cut off, of a group whose members have
+** all ended: gather's were all ok but these (a failure raises first);
+** race's none ended; any's (it keeps its tasks) are those that neither
+** succeeded nor failed, or never started (limit). list: the member list. */
+static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
+  int i, cut = 0;
+  if (g->mode == GROUP_GATHER) return g->n - g->ok;
+  if (g->mode == GROUP_RACE) return g->n;
+  for (i = 1; i <= g->n; i++) {   /* a function: a member never started */
+    struct braid_task *m;
+    lua_rawgeti(L, list, i);
+    m = braid__test_tagged(L, -1, &braid__task_type) ?
+        (struct braid_task *) lua_touserdata(L, -1) : NULL;
+    cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    lua_pop(L, 1);
+  }
+  return cut;
+}
+
+/* "braid.gather timed out after 0.05 s (1 of 2 unfinished)", as
+** braid.timeout says it; ns: the timeout as given. */
 static int group_timeout_error (lua_State *L, struct braid_group *g,
-                                uint64_t ns) {
+                                uint64_t ns, int cut) {
   char buf[32];
   snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
-  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out after %s s",
-                           g->map ? "map" : mode_names[g->mode], buf);
+  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out after %s s "
+                         "(%d of %d unfinished)",
+                         g->map ? "map" : mode_names[g->mode], buf, cut, g->n);
 }
 
 /* Every member has ended: return or raise the group's outcome. */
@@ -276,7 +296,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->deadline_fired && !g->settle && group_cut_off(g)) {
-    group_timeout_error(L, g, timeout_ns);
+    group_timeout_error(L, g, timeout_ns, group_cut_count(L, g, list));
     return lua_error(L);
   }
   if (g->mode == GROUP_RACE) {
@@ -309,7 +329,14 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
-  if (g->settle) group_timeout_error(L, g, timeout_ns);
+  if (g->settle) {   /* for the members cut off, or not run */
+    int cut = 0;
+    for (i = 1; i <= n; i++) {
+      cut += lua_rawgeti(L, list + 1, i) == LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    group_timeout_error(L, g, timeout_ns, cut);
+  }
   for (i = 1; g->settle && i <= n; i++) {
     if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
       lua_pushvalue(L, list + 2);
