@@ -230,7 +230,7 @@ describe("braid.map", function()
     assert.are.equal("two", r[2].error)
     assert.is_true(r[3].ok)
     assert.is_true(braid.is_timeout(r[5].error))
-    assert.are.equal("braid.map timed out", r[5].error.message)
+    assert.are.equal("braid.map timed out after 5.5 s (2 of 5 unfinished)", r[5].error.message)
   end))
 end)
 

@@ -381,6 +381,7 @@ void braid__error_record(lua_State *L, int idx, lua_State *co, int level,
                          struct braid_task *t);
 void braid__error_push_record(lua_State *L, int idx, struct braid_task *t);
 void braid__error_hand(lua_State *L, struct braid_task *t);
+void braid__error_causes(lua_State *L, int idx, struct braid_task *t);
 void braid__error_suppress(lua_State *L, struct braid_scope *s, int idx,
                            int rec);
 void braid__error_report(lua_State *L, int idx, int rec, const char *prefix);

@@ -173,16 +173,27 @@ static int tolstring_k (lua_State *L) {
 const char *braid__tostring (lua_State *L, int idx) {
   braid_engine_t *E = braid_engine(L);
   struct braid_bound b;
-  int status;
+  int status, bounded;
   idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TSTRING) {   /* no script code, no hook */
+    lua_pushvalue(L, idx);                  /* (a cancel reason, mostly) */
+    return lua_tostring(L, -1);
+  }
   lua_pushcfunction(L, tolstring_k);
   lua_pushvalue(L, idx);
-  /* Outside a task (the scheduler reporting) a script's __tostring runs
-  ** bounded. Inside one the task's own hook already counts it: a bound of
-  ** its own would hand the script a fresh budget each time. */
-  if (E && !E->current) braid__bound(E, L, &b);
+  /* A script's __tostring always runs bounded: a report, a cancellation's
+  ** message or a usage error must not spin (a runner or REPL task has no
+  ** budget; a cancelled task would spin its whole grace period and be
+  ** abandoned for it). On the thread a task runs, armed by hook.c, a
+  ** budget already counts it, and a bound of its own would hand the
+  ** script a fresh budget each time; a task that only unwinds (t->stop)
+  ** raises at its first instruction anyway. Any other thread (the
+  ** scheduler's, reporting for a task it abandons) has no such hook. */
+  bounded = E && (E->current == NULL || L != E->running_co ||
+                  (E->budget == 0 && !E->current->stop));
+  if (bounded) braid__bound(E, L, &b);
   status = lua_pcall(L, 1, 1, 0);
-  if (E && !E->current) braid__unbound(E, L, &b);
+  if (bounded) braid__unbound(E, L, &b);
   if (status != LUA_OK) {
     lua_pop(L, 1);
     lua_pushfstring(L, "(%s value whose __tostring failed)",
@@ -302,7 +313,8 @@ void braid__push_cancel_hooked (lua_State *L, struct braid_scope *cause) {
 **   root's error, braid_task_result, the REPL's session). One record.
 ** - for collectable errors (tables, userdata, functions, threads) also a
 **   weak-keyed table by value: identity is exact, so any holder of the
-**   value finds it, and the collector drops the entry with the value.
+**   value finds it for a report, and the collector drops the entry with
+**   the value. A re-raise is judged by the carry alone (error_record).
 **   Strings, numbers and booleans never go there: nothing would free them.
 ** A report (braid_report) finds a value's record in the weak table, else
 ** in the hand-out slot, else in the running task's carry. */
@@ -368,13 +380,32 @@ static int record_carried (lua_State *L, int idx, struct braid_task *t) {
   return record_match(L, idx);
 }
 
-/* Pushes the record of the value at idx known to task t (the weak table,
-** then t's carry), or nil. Allocates nothing. [-0, +1, -] */
+/* Pushes the record of the value at idx known to task t (t's carry, the
+** record of this failure; then the weak table), or nil. Allocates
+** nothing. [-0, +1, -] */
 void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
   idx = lua_absindex(L, idx);
-  if (record_by_identity(L, idx)) return;
+  if (record_carried(L, idx, t)) return;
   lua_pop(L, 1);
-  record_carried(L, idx, t);
+  record_by_identity(L, idx);
+}
+
+/* Notes on the record on top where braid hands its error to task t: the
+** function L runs it in (the first frame with a line, the caller of
+** the braid function raising it). A raise from that function in t is a
+** re-raise (error_record). Allocates nothing: record_new made the fields,
+** so their keys are interned and setting them adds no slot. */
+static void record_hand_site (lua_State *L, struct braid_task *t) {
+  lua_pushliteral(L, "hand_task");
+  if (lua_rawget(L, -2) != LUA_TNUMBER) {   /* not one of record_new's */
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  if (braid__frame_push(L, L, 1) < 0) lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "hand_fn");
+  lua_pushinteger(L, (lua_Integer) t->id);
+  lua_setfield(L, -2, "hand_task");
 }
 
 /* The record on top (a table, or nil: none) goes with an error braid now
@@ -383,6 +414,7 @@ void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
 ** slot exists from the start). [-1, +0, -] */
 void braid__error_hand (lua_State *L, struct braid_task *t) {
   if (t && t->ref != LUA_NOREF) {
+    if (lua_type(L, -1) == LUA_TTABLE) record_hand_site(L, t);
     braid__task_push(L, t);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 4);
@@ -448,9 +480,13 @@ static void push_chain (lua_State *L, struct braid_task *t) {
 /* Pushes a new record of the value at idx (without a traceback or task);
 ** a collectable value's goes in the weak table too. [-0, +1, m] */
 static void record_new (lua_State *L, int idx) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
   lua_pushvalue(L, idx);
   lua_setfield(L, -2, "value");
+  lua_pushboolean(L, 0);   /* braid__error_hand fills them in */
+  lua_setfield(L, -2, "hand_fn");
+  lua_pushinteger(L, 0);
+  lua_setfield(L, -2, "hand_task");
   if (!collectable(L, idx)) return;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &info_key) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -464,38 +500,65 @@ static void record_new (lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-/* Pushes the record of the error at idx that t knows (a re-raise keeps
-** the first record), or makes one: the traceback of co from level and
-** t's chain. Either way it becomes t's carry. [-0, +1, m] */
-static void error_record (lua_State *L, int idx, lua_State *co, int level,
-                          struct braid_task *t) {
-  int line;
+/* braid.any raises the "all_failed" error at idx in task t, with the
+** failure records of its members' errors (its `errors`) in the list on
+** top, false for none: its record, made now (the traceback from
+** braid.any, t's chain) with the list as `causes`, goes with it (braid__error_hand), so
+** its report lists them. Pops the list. [-1, +0, m] */
+void braid__error_causes (lua_State *L, int idx, struct braid_task *t) {
   idx = lua_absindex(L, idx);
-  braid__error_push_record(L, idx, t);
-  if ((line = braid__frame_push(L, co, level)) < 0) lua_pushnil(L);
-  if (!lua_isnil(L, -2) && line > 0) {
-    /* Raised again by the same function at the same line as its record's
-    ** failure: a new failure of the same code (a retry after a caught
-    ** one), not a re-raise, which another function or line makes (error(e)
-    ** in a handler; braid raising a member's error where it was awaited);
-    ** the old record would name the old task and its traceback. */
-    lua_getfield(L, -2, "at_fn");
-    lua_getfield(L, -3, "at");
-    if (lua_rawequal(L, -2, -3) && lua_tointeger(L, -1) == line) {
-      lua_pushnil(L);
-      lua_replace(L, -5);
-    }
-    lua_pop(L, 2);
+  record_new(L, idx);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "causes");
+  braid__traceback(L, L, 0);   /* from braid.any, as a message handler's */
+  lua_setfield(L, -2, "traceback");
+  push_chain(L, t);
+  lua_setfield(L, -2, "task");
+  braid__error_hand(L, t);
+}
+
+/* Is the record on top (t's carry, of this value) that of an error braid
+** handed to t in the function that raises now (co's first frame with a
+** line from level)? Then this is a re-raise: the error going on from
+** where braid raised it (task:await, a gather, a scope's end), or raised
+** again by the code that caught it (error(e) after a pcall). A raise
+** anywhere else is a new failure with an equal value (a module's error
+** table, an equal string, a retry of the failed code), however equal.
+** [-0, +0, -] */
+static int record_reraised (lua_State *L, lua_State *co, int level,
+                            struct braid_task *t) {
+  int here;
+  lua_getfield(L, -1, "hand_task");
+  here = lua_tointeger(L, -1) == (lua_Integer) t->id;
+  lua_pop(L, 1);
+  if (!here) return 0;
+  if (braid__frame_push(L, co, level) < 0) return 0;
+  lua_getfield(L, -2, "hand_fn");
+  here = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return here;
+}
+
+/* Pushes the record of the error at idx that t carries when it goes on
+** with this failure (a re-raise keeps the first record; `trust`: t's own
+** end, whose message handler chose it already), or makes one: the
+** traceback of co from level and t's chain. Either way it becomes t's
+** carry. [-0, +1, m] */
+static void error_record (lua_State *L, int idx, lua_State *co, int level,
+                          struct braid_task *t, int trust) {
+  idx = lua_absindex(L, idx);
+  if (record_carried(L, idx, t) && !trust &&
+      !record_reraised(L, co, level, t)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
   }
-  if (lua_isnil(L, -2)) {
-    lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
     record_new(L, idx);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "at_fn");
-    lua_pushinteger(L, line);
-    lua_setfield(L, -2, "at");
     braid__traceback(L, co, level);
-    if (braid_error_kind(L, idx) != NULL) {   /* braid's own: fill the field */
+    /* braid's own: fill the field (a cancellation, an outcome tasks may
+    ** share, keeps none) */
+    if (braid_error_kind(L, idx) != NULL && !braid__is_cancel(L, idx)) {
       lua_getfield(L, idx, "traceback");
       if (lua_isnil(L, -1)) {
         lua_pushvalue(L, -2);
@@ -508,8 +571,6 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
       push_chain(L, t);
       lua_setfield(L, -2, "task");
     }
-  } else {
-    lua_pop(L, 1);   /* the origin's function */
   }
   if (t && t->ref != LUA_NOREF) {   /* the carry */
     braid__task_push(L, t);
@@ -520,19 +581,64 @@ static void error_record (lua_State *L, int idx, lua_State *co, int level,
 }
 
 /* The message handler of every task body: records, returns the value as
-** is. nil (error() without a value) gets no record. */
+** is. nil (error() without a value) is recorded too: its record has no
+** "value" field, which matches nil alone (rawequal), and is found only
+** where it travels (the carry, a scope, the hand-out slot). */
 int braid__error_msgh (lua_State *L) {
   braid_engine_t *E = braid_engine(L);
-  if (!lua_isnil(L, 1) && !braid__is_cancel(L, 1) && E->current)
-    error_record(L, 1, L, 1, E->current);
+  struct braid_task *t = E->current;
+  /* A cancellation is an outcome, with no record, in the task it reached
+  ** (fail-fast makes thousands at once); raised in a task that was not
+  ** cancelled (awaiting a task cancelled elsewhere, a gather's member
+  ** cancelled from outside) it is that task's failure, and its report
+  ** says where. */
+  if (t && (!braid__is_cancel(L, 1) ||
+            !(t->scope.cancelled || braid__task_inner(t)->cancelled)))
+    error_record(L, 1, L, 1, t, 0);
   lua_settop(L, 1);
   return 1;
 }
 
-/* Prints the error at idx and its record at rec (0 or nil: none). */
-static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
-  fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
-  lua_pop(L, 1);
+static void error_report (lua_State *L, int idx, int rec, const char *prefix,
+                          int causes);
+
+/* Prints the members' errors of braid.any's "all_failed" error at idx,
+** each with its record (the list at recs), as the "also" list, at most
+** ALSO_MAX. */
+static void report_causes (lua_State *L, int idx, int recs) {
+  lua_Integer i, n;
+  int errs;
+  lua_pushliteral(L, "errors");
+  if (lua_rawget(L, idx) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  errs = lua_gettop(L);
+  n = (lua_Integer) lua_rawlen(L, errs);
+  for (i = 1; i <= n && i <= ALSO_MAX; i++) {
+    lua_rawgeti(L, errs, i);
+    if (lua_type(L, recs) == LUA_TTABLE) lua_rawgeti(L, recs, i);
+    else lua_pushnil(L);
+    lua_pushfstring(L, "  member %I of %I failed: ", i, n);
+    error_report(L, errs + 1, errs + 2, lua_tostring(L, -1), 0);
+    lua_settop(L, errs);
+  }
+  if (n > ALSO_MAX)
+    fprintf(stderr, "  ... and %lld more members failed (err.errors has "
+            "them all)\n", (long long) (n - ALSO_MAX));
+  lua_settop(L, errs - 1);
+}
+
+/* Prints the error at idx and its record at rec (0 or nil: none);
+** `causes`: also the members' errors the record lists (braid.any's). */
+static void error_report (lua_State *L, int idx, int rec, const char *prefix,
+                          int causes) {
+  if (lua_isnil(L, idx))   /* as lua.c says it: not a message "nil" */
+    fprintf(stderr, "%s(error object is a nil value)\n", prefix);
+  else {
+    fprintf(stderr, "%s%s\n", prefix, braid__tostring(L, idx));
+    lua_pop(L, 1);
+  }
   if (rec && lua_type(L, rec) == LUA_TTABLE) {
     if (lua_getfield(L, rec, "task") == LUA_TSTRING)
       fprintf(stderr, "  in %s\n", lua_tostring(L, -1));
@@ -541,6 +647,9 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
         lua_rawlen(L, -1) > 0)
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
+    if (causes && lua_getfield(L, rec, "causes") == LUA_TTABLE)
+      report_causes(L, idx, lua_gettop(L));
+    if (causes) lua_pop(L, 1);
     if (lua_getfield(L, rec, "also") == LUA_TTABLE) {
       lua_Integer i, n = (lua_Integer) lua_rawlen(L, -1);
       for (i = 1; i <= n; i++) {
@@ -549,6 +658,11 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix) {
                 lua_tostring(L, -1));
         lua_pop(L, 1);
       }
+      lua_pushliteral(L, "more");
+      if (lua_rawget(L, -2) == LUA_TNUMBER)
+        fprintf(stderr, "  ... and %lld more raised while cancelling\n",
+                (long long) lua_tointeger(L, -1));
+      lua_pop(L, 1);
     }
     lua_pop(L, 1);
   } else if (braid_error_kind(L, idx) != NULL) {
@@ -585,6 +699,13 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
   if (lua_rawlen(L, -1) < ALSO_MAX) {
     braid__tostring(L, idx);
     lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
+  } else {   /* counted, for the report's "... and N more" */
+    lua_pushliteral(L, "more");
+    lua_pushliteral(L, "more");
+    lua_rawget(L, -3);   /* also.more, or nil: 0 */
+    lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+    lua_remove(L, -2);
+    lua_rawset(L, -3);
   }
   lua_pop(L, 2);
   /* raw lengths: no script __len runs here, in scheduler context; and no
@@ -636,7 +757,7 @@ struct record_args {
 
 static int record_p (lua_State *L) {
   struct record_args *a = (struct record_args *) lua_touserdata(L, 1);
-  error_record(L, 2, a->co, a->level, a->t);
+  error_record(L, 2, a->co, a->level, a->t, 1);
   return 1;
 }
 
@@ -646,10 +767,6 @@ static int record_p (lua_State *L) {
 void braid__error_record (lua_State *L, int idx, lua_State *co, int level,
                           struct braid_task *t) {
   struct record_args a;
-  if (lua_isnil(L, idx)) {
-    lua_pushnil(L);
-    return;
-  }
   a.co = co;
   a.level = level;
   a.t = t;
@@ -674,7 +791,7 @@ static int report_p (lua_State *L) {
       }
     }
   }
-  error_report(L, 2, 3, a->prefix);
+  error_report(L, 2, 3, a->prefix, 1);
   return 0;
 }
 

@@ -242,9 +242,34 @@ static int group_cut_off (struct braid_group *g) {
   return g->mode == GROUP_GATHER ? g->ok < g->n : !g->winner;
 }
 
-static int group_timeout_error (lua_State *L, struct braid_group *g) {
-  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out",
-                           g->map ? "map" : mode_names[g->mode]);
+/* How many members the deadline cut off, of a group whose members have
+** all ended: gather's were all ok but these (a failure raises first);
+** race's none ended; any's (it keeps its tasks) are those that neither
+** succeeded nor failed, or never started (limit). list: the member list. */
+static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
+  int i, cut = 0;
+  if (g->mode == GROUP_GATHER) return g->n - g->ok;
+  if (g->mode == GROUP_RACE) return g->n;
+  for (i = 1; i <= g->n; i++) {   /* a function: a member never started */
+    struct braid_task *m;
+    lua_rawgeti(L, list, i);
+    m = braid__test_tagged(L, -1, &braid__task_type) ?
+        (struct braid_task *) lua_touserdata(L, -1) : NULL;
+    cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    lua_pop(L, 1);
+  }
+  return cut;
+}
+
+/* "braid.gather timed out after 0.05 s (1 of 2 unfinished)", as
+** braid.timeout says it; ns: the timeout as given. */
+static int group_timeout_error (lua_State *L, struct braid_group *g,
+                                uint64_t ns, int cut) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
+  return braid_pusherror(L, "timeout", NULL, "braid.%s timed out after %s s "
+                         "(%d of %d unfinished)",
+                         g->map ? "map" : mode_names[g->mode], buf, cut, g->n);
 }
 
 /* Every member has ended: return or raise the group's outcome. */
@@ -253,6 +278,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
   struct braid_scope *s = &g->scope;
   struct braid_task *t = s->task;
   int i, list, n = g->n;
+  uint64_t timeout_ns = s->more ? s->more->timeout_ns : 0;   /* released below */
   (void) status;
   t->wake = WAKE_NONE;
   s->joining = 0;
@@ -270,7 +296,7 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   if (s->deadline_fired && !g->settle && group_cut_off(g)) {
-    group_timeout_error(L, g);
+    group_timeout_error(L, g, timeout_ns, group_cut_count(L, g, list));
     return lua_error(L);
   }
   if (g->mode == GROUP_RACE) {
@@ -285,17 +311,32 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     }
     braid_pusherror(L, "all_failed", NULL, "braid.any: all %d failed", n);
     lua_createtable(L, n, 0);
+    lua_createtable(L, n, 0);   /* their failure records, for the report */
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, list, i);
       lua_getiuservalue(L, -1, 1);
+      lua_rawseti(L, -4, i);
+      if (lua_getiuservalue(L, -1, 4) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 0);
+      }
       lua_rawseti(L, -3, i);
       lua_pop(L, 1);
     }
-    lua_setfield(L, -2, "errors");
+    lua_insert(L, -2);
+    lua_setfield(L, -3, "errors");
+    braid__error_causes(L, -2, t);
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
-  if (g->settle) group_timeout_error(L, g);
+  if (g->settle) {   /* for the members cut off, or not run */
+    int cut = 0;
+    for (i = 1; i <= n; i++) {
+      cut += lua_rawgeti(L, list + 1, i) == LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    group_timeout_error(L, g, timeout_ns, cut);
+  }
   for (i = 1; g->settle && i <= n; i++) {
     if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
       lua_pushvalue(L, list + 2);
@@ -449,7 +490,10 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
     braid_error(L, "memory", NULL, "%s: not enough memory", fname);
   }
   braid__scope_enter(t, &g->scope, SCOPE_GROUP);
-  if (timeout != BRAID_NEVER) braid__scope_deadline(&g->scope, timeout);
+  if (timeout != BRAID_NEVER) {   /* its struct is ready: more exists */
+    g->scope.more->timeout_ns = timeout;
+    braid__scope_deadline(&g->scope, timeout);
+  }
   /* Adopting and spawning the members allocate: a failure there (out of
   ** memory) fails the group, which cancels the members already started
   ** and raises it once they have ended. */

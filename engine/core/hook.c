@@ -207,6 +207,8 @@ void braid__bound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
 void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
   lua_sethook(L, b->hook, b->mask, b->count);
   E->callback--;
+  /* a signal's hook set meanwhile was replaced by the bound or by this */
+  if (braid__interrupt_pending(E)) braid__hook_interrupt(E);
 }
 
 /* ---- a poll asked for by another thread (io/worker.c) ---- */
