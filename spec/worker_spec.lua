@@ -477,6 +477,45 @@ describe("braid.worker", function()
     assert.matches("closed", tostring(w))
   end))
 
+  -- The load caught the close's cancellation and spun on: nothing hooked
+  -- it again, so close (and the end of the run after SIGTERM, which joins
+  -- the thread) waited forever. Its grace period bounds it as a task's.
+  local CATCH_SPIN = "while true do pcall(function() while true do end end) end return {}"
+
+  it("stops a chunk that catches the close and spins, at its grace period", function()
+    local out, err = run_scenario(([[
+      local braid, emit = ...
+      local w = braid.worker(%q, {grace = 0.5})
+      braid.sleep(0.1)
+      local t0 = braid.now()
+      w:close()
+      emit("closed", tostring(w), braid.now() - t0 < 10)
+    ]]):format(CATCH_SPIN))
+    assert.equal("closed\tbraid.Worker (closed)\ttrue\n", out, err)
+  end)
+
+  it("exits 143 on SIGTERM while a chunk that catches the close spins", function()
+    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then return end
+    local script = helper.script(([[
+      io.stdout:setvbuf("no")
+      local w = braid.worker(%q, {grace = 0.5})
+      print("ready")
+      braid.sleep(100)
+    ]]):format(CATCH_SPIN))
+    local out = os.tmpname()
+    local _, err, code = helper.sh(table.concat({"{",
+      ("%s %s %s >%s &"):format(os.getenv("BRAID_RUN_ENV") or "",
+                                os.getenv("BRAID_BIN"), script, out),
+      "pid=$!", "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!",
+      ("for _ in $(seq 1 600); do grep -q ready %s && break; sleep 0.05; done"):format(out),
+      "sleep 0.1; kill -TERM $pid",
+      "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code", "}"}, "\n"))
+    os.remove(out)
+    os.remove(script)
+    assert.equal(143, code, err)   -- 137: killed by the guard after 30 s
+    assert.matches("abandoned its chunk's load", err)
+  end)
+
   it("can start workers of its own", run(function()
     local w <close> = braid.worker([[
       local braid = require "braid"

@@ -110,6 +110,8 @@ struct braid_worker {
   int fns_ref;
   char *load_err;                /* the encoded error of a failed load */
   char *boot_tb;                 /* its traceback */
+  uint64_t boot_end;             /* a load closed: its grace period ends */
+  unsigned char boot_stopped;    /* then it only unwinds */
   size_t load_len;
   struct braid_list done;        /* calls whose task ended */
   unsigned ncalls;

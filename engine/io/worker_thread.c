@@ -328,20 +328,81 @@ static void wsig_cb (uv_poll_t *h, int status, int events) {
   wk_serve(w, 1);
 }
 
+/* A chunk closed while it loads is bounded as a cancelled call's task
+** is: the first poll raises the close, which the chunk may catch; from
+** the grace period on every instruction raises, so pcall cannot keep it
+** running and the load unwinds (the thread is joined at the close and at
+** the end of braid.run: a load that ran on would hang them). The hooks
+** are set on the worker's own thread; the owner keeps hooking it with
+** polls while the stop is unacknowledged (l_worker_poll), each of which
+** arms them again. w is found in the registry: a hook has no upvalue. */
+static const char boot_key = 'b';
+
+#define BOOT_WATCH 10000   /* instructions between looks at the clock */
+
+static struct braid_worker *wk_from (lua_State *L) {
+  struct braid_worker *w;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &boot_key);
+  w = (struct braid_worker *) lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return w;
+}
+
+static void boot_stop_hook (lua_State *L, lua_Debug *ar) {
+  (void) ar;
+  lua_sethook(L, boot_stop_hook, LUA_MASKCOUNT, 1);
+  braid_error(L, "closed", NULL, "braid.worker: closed while its chunk was "
+              "loading");
+}
+
+static void boot_arm (lua_State *L, struct braid_worker *w);
+
+static void boot_watch_hook (lua_State *L, lua_Debug *ar) {
+  struct braid_worker *w = wk_from(L);
+  (void) ar;
+  if (w) boot_arm(L, w);
+  if (lua_gethook(L) == boot_stop_hook) boot_stop_hook(L, NULL);
+}
+
+/* L (the thread running the load) watches the grace period of a load
+** that was closed; past it, L and the state's thread only unwind. */
+static void boot_arm (lua_State *L, struct braid_worker *w) {
+  if (w->grace_ns == BRAID_NEVER) return;
+  if (w->boot_end == 0) w->boot_end = uv_hrtime() + w->grace_ns;
+  if (uv_hrtime() < w->boot_end) {
+    lua_sethook(L, boot_watch_hook, LUA_MASKCOUNT, BOOT_WATCH);
+    return;
+  }
+  if (!w->boot_stopped) {
+    w->boot_stopped = 1;
+    fprintf(stderr, "braid: worker abandoned its chunk's load: still running "
+            "Lua code %g s after the worker was closed\n",
+            (double) w->grace_ns / 1e9);
+  }
+  lua_sethook(L, boot_stop_hook, LUA_MASKCOUNT, 1);
+  if (L != w->bootL) lua_sethook(w->bootL, boot_stop_hook, LUA_MASKCOUNT, 1);
+}
+
 /* The state's poll function (braid__hook_poll_set), run from a hook the
 ** owner set: a cancel or the stop reaches code that spins. While the
-** chunk loads, the stop fails the load. */
+** chunk loads, the stop fails the load, at every poll, and is left
+** unacknowledged, so that the owner keeps hooking the load (a coroutine
+** of the chunk's included) until it has ended: wk_serve takes it then. */
 static int l_worker_poll (lua_State *L) {
   struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, lua_upvalueindex(1));
-  int stop;
-  wk_take_cancels(w);
+  int loading, stop;
   uv_mutex_lock(&w->mu);
-  stop = w->bootL != NULL && w->stop;
+  loading = w->bootL != NULL;   /* only this thread changes it */
+  stop = w->stop;
   uv_mutex_unlock(&w->mu);
-  if (stop)
-    return braid_error(L, "closed", NULL, "braid.worker: closed while its "
-                       "chunk was loading");
-  return 0;
+  if (!loading) {
+    wk_take_cancels(w);
+    return 0;
+  }
+  if (!stop) return 0;   /* no call has started: no cancel to take */
+  boot_arm(L, w);
+  return braid_error(L, "closed", NULL, "braid.worker: closed while its "
+                     "chunk was loading");
 }
 
 /* os.exit in a worker would end the whole process from a thread that the
@@ -362,6 +423,8 @@ static int wk_boot_p (lua_State *L) {
   lua_pushlightuserdata(L, w);
   lua_pushcclosure(L, l_worker_poll, 1);
   braid__hook_poll_set(L);
+  lua_pushlightuserdata(L, w);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &boot_key);
   if (lua_getglobal(L, "package") == LUA_TTABLE) {
     if (w->path) lua_pushstring(L, w->path), lua_setfield(L, -2, "path");
     if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");
