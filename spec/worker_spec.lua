@@ -516,6 +516,33 @@ describe("braid.worker", function()
     assert.matches("abandoned its chunk's load", err)
   end)
 
+  -- A worker's results decoded into a caller over its memory limit (a
+  -- worker calling a worker) raised a bare "not enough memory".
+  it("raises kind memory naming worker:call when the caller has no memory for the results", run(function()
+    local w <close> = braid.worker([==[
+      local braid = require "braid"
+      return {run = function()
+        local inner <close> = braid.worker(
+          "return {make = function(n) return string.rep('x', n) end}",
+          {memory_limit = 4 * 1024 * 1024})
+        local fill = {}
+        while pcall(function()
+          fill[#fill + 1] = string.rep(tostring(#fill), 256 * 1024)
+        end) do end
+        fill[#fill] = nil   -- less room left than the results take
+        local ok, e = pcall(inner.call, inner, "make", 1536 * 1024)
+        fill = nil
+        collectgarbage()
+        return ok, type(e) == "table" and e.kind or type(e), tostring(e),
+               #inner:call("make", 1536 * 1024)
+      end}]==], {memory_limit = 16 * 1024 * 1024})
+    local ok, kind, msg, n = w:call("run")
+    assert.is_false(ok)
+    assert.equal("memory", kind, msg)
+    assert.matches("^worker:call: not enough memory for a message of %d+ bytes", msg)
+    assert.equal(1536 * 1024, n)
+  end))
+
   it("can start workers of its own", run(function()
     local w <close> = braid.worker([[
       local braid = require "braid"
