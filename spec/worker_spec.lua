@@ -158,7 +158,42 @@ describe("braid.worker values", function()
     local w <close> = braid.worker(SRC)
     local e = fails(w.call, w, "fn")
     assert.equal("usage", e.kind)
-    assert.equal("results[1]: a function cannot cross back from a worker", e.message)
+    assert.equal("worker:call 'fn': results[1]: a function cannot cross back "
+                 .. "from a worker (returned by the function defined at worker:19)",
+                 e.message)
+  end))
+
+  -- An error that could not cross was replaced by the encode's error alone:
+  -- no worker function, no original error, no worker traceback.
+  it("names the function and keeps the error and its traceback when an error cannot cross", run(function()
+    local w <close> = braid.worker([==[ return {
+      e_fn = function() error({code = 1, cb = function() end}) end,
+      e_big = function()
+        error(setmetatable({cb = print}, {__tostring = function() return string.rep("e", 5000) end,
+                                          __index = function() while true do end end}))
+      end,
+      e_spin = function()
+        error(setmetatable({cb = print}, {__tostring = function() while true do end end}))
+      end,
+      e_str = function() error(string.rep("s", 3000), 0) end,
+    } ]==], {max_message = 2000})
+    local e = fails(w.call, w, "e_fn")
+    assert.equal("usage", e.kind)
+    assert.matches("^worker:call 'e_fn': error%[1%]%.cb: a function cannot cross back "
+                   .. "from a worker %(the worker's error: table: 0x%x+%)$", e.message)
+    assert.matches("worker:2:", e.traceback)
+    e = fails(w.call, w, "e_str")
+    assert.equal("limit", e.kind)
+    assert.equal("max_message", e.option)
+    assert.matches("^worker:call 'e_str': .*max_message.* %(the worker's error: s+%.%.%.%)$", e.message)
+    assert.is_true(#e.message < 1000, e.message)   -- the text is cut
+    assert.matches("worker:10:", e.traceback)
+    e = fails(w.call, w, "e_big")   -- its __tostring runs, its __index not
+    assert.equal("usage", e.kind)
+    assert.matches("^worker:call 'e_big': error%[1%]%.cb: a function .* %(the worker's error: e+%.%.%.%)$", e.message)
+    assert.matches("worker:4:", e.traceback)
+    e = fails(w.call, w, "e_spin")   -- bounded
+    assert.matches("%(the worker's error: %(table value whose __tostring failed%)%)$", e.message)
   end))
 
   it("caps depth and size with kind limit", run(function()
@@ -772,7 +807,7 @@ describe("braid.worker memory_limit and messages in flight", function()
     local ok, e = pcall(w.call, w, "three", 3e6)   -- 9 MB of results
     assert.is_false(ok)
     assert.equal("memory", e.kind)
-    assert.truthy(e.message:find("worker:call: not enough memory", 1, true), e.message)
+    assert.truthy(e.message:find("worker:call 'three': not enough memory", 1, true), e.message)
     assert.truthy(e.message:find("back from a worker", 1, true), e.message)
     assert.equal(3, select("#", w:call("three", 1e6)))
     ok, e = pcall(w.call, w, "nest", 3e6)   -- 9 MB of arguments, to a worker

@@ -60,6 +60,7 @@ struct braid_wcall {
   unsigned char replied;         /* mu: the worker is done with it */
   unsigned char delivered;       /* owner: its task will take the reply */
   unsigned char ended;           /* worker: its task ended (no more cancels) */
+  unsigned char encoding;        /* worker: its results were being encoded */
   braid_op_t *op;                /* owner: the waiting call, or NULL */
   braid_task_t *task;            /* worker: the task running it */
   lua_State *L;                  /* mu: the task's thread, while it runs */

@@ -60,17 +60,70 @@ static int wk_encode_p (lua_State *L) {
   return 0;
 }
 
-/* The reply could not be encoded (a function among the results, a cap):
-** that error, as a plain value, becomes the reply. */
+#define WK_ERROR_TEXT 400   /* what a replaced error keeps of its text */
+
+/* The reply could not be encoded (a function among the results or inside
+** the error, a cap): the encode's error (1) becomes the reply, its message
+** naming the worker function and, when it was an error (3, else nil) that
+** could not cross, that error's text (its __tostring bounded, as outside
+** tasks, the text cut), with the worker's traceback. */
 static int wk_encode_fail_p (lua_State *L) {
   struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 2);
+  const char *msg;
+  lua_settop(L, 3);
+  if (braid_error_kind(L, 1) == NULL) {   /* "xcopy: ...": make it one */
+    braid_pusherror(L, "worker", NULL, "%s", braid__tostring(L, 1));
+    lua_replace(L, 1);
+    lua_settop(L, 3);
+  }
+  lua_pushliteral(L, "message");
+  lua_rawget(L, 1);
+  msg = lua_tostring(L, -1);
+  if (msg == NULL) msg = "a reply that cannot cross back from a worker";
+  if (strncmp(msg, "worker:call: ", 13) == 0) msg += 13;   /* said below */
+  lua_pushliteral(L, "message");
+  lua_pushfstring(L, "worker:call '%s': %s", c->fname, msg);
+  if (!lua_isnil(L, 3)) {   /* 4 msg, 5 "message", 6 the new one */
+    size_t len;
+    const char *text = braid__tostring(L, 3);   /* 7 */
+    luaL_tolstring(L, 7, &len);   /* a string already: no metamethod */
+    lua_pushfstring(L, " (the worker's error: %s%s)",
+                    len > WK_ERROR_TEXT
+                      ? lua_pushlstring(L, text, WK_ERROR_TEXT) : text,
+                    len > WK_ERROR_TEXT ? "..." : "");
+    lua_copy(L, -1, 7);
+    lua_settop(L, 7);
+    lua_concat(L, 2);
+  } else {   /* the results: where the function that returned them is */
+    lua_Debug ar;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->w->fns_ref);   /* 7 */
+    lua_pushstring(L, c->fname);
+    if (lua_rawget(L, 7) == LUA_TFUNCTION && (lua_getinfo(L, ">S", &ar),
+                                              ar.linedefined > 0)) {
+      lua_pushfstring(L, " (returned by the function defined at %s:%d)",
+                      ar.short_src, ar.linedefined);
+      lua_copy(L, -1, 7);
+      lua_settop(L, 7);
+      lua_concat(L, 2);
+    } else lua_settop(L, 6);
+  }
+  lua_rawset(L, 1);
+  lua_settop(L, 3);
+  if (c->tb) lua_pushstring(L, c->tb);   /* the worker's traceback */
+  else if (lua_istable(L, 3)) {   /* a braid error's own */
+    lua_pushliteral(L, "traceback");
+    if (lua_rawget(L, 3) != LUA_TSTRING) lua_pushnil(L);
+  } else lua_pushnil(L);
+  if (!lua_isnil(L, 4)) {
+    lua_pushliteral(L, "traceback");
+    lua_insert(L, 4);
+    lua_rawset(L, 1);
+  }
   lua_settop(L, 1);
   lua_pushboolean(L, 0);
   lua_insert(L, 1);
   lua_pushlightuserdata(L, c);
-  free(c->tb);
-  c->tb = NULL;
-  return wk_encode_p(L);
+  return wk_encode_p(L);   /* the braid error: c->tb is not added again */
 }
 
 /* The call's task ended: make its reply and hand the call back. Outside
@@ -82,17 +135,28 @@ static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
-  if (n > 0) {
-    int rc;
+  if (n > 0 && c->encoding && !lua_toboolean(L, top + 1)) {
+    /* the error is the results' own: they could not cross */
+    lua_pushcfunction(L, wk_encode_fail_p);
+    lua_pushvalue(L, top + 2);
+    lua_pushlightuserdata(L, c);
+    lua_pushnil(L);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
+  } else if (n > 0) {
+    int rc, ok = lua_toboolean(L, top + 1);
+    lua_pushvalue(L, ok ? top + 1 : top + 2);
+    lua_insert(L, top + 1);   /* the error, kept for a failed encode */
     lua_pushcfunction(L, wk_encode_p);
-    lua_insert(L, top + 1);
+    lua_insert(L, top + 2);
     lua_pushlightuserdata(L, c);
     rc = lua_pcall(L, n + 1, 0, 0);
     if (rc != LUA_OK && rc != LUA_ERRMEM) {
       lua_pushcfunction(L, wk_encode_fail_p);
       lua_insert(L, -2);
       lua_pushlightuserdata(L, c);
-      if (lua_pcall(L, 2, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
+      if (ok) lua_pushnil(L);   /* results: no error */
+      else lua_pushvalue(L, top + 1);
+      if (lua_pcall(L, 3, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
     }
   }
   if (w->wstopping && c->status == CALL_ERROR &&
@@ -150,8 +214,10 @@ static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
   uv_mutex_unlock(&c->w->mu);
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
   n = lua_gettop(L) - 1;
+  c->encoding = 1;   /* an error raised here is the results' (wk_finish) */
   c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
                                &c->w->lim, "worker:call", &c->len);
+  c->encoding = 0;
   c->status = CALL_OK;
   return 0;
 }
