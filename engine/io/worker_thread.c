@@ -414,8 +414,18 @@ static struct braid_worker *wk_from (lua_State *L) {
   return w;
 }
 
+/* A hook left on a coroutine of the chunk's once the load has ended
+** (only this thread changes bootL): it has nothing to watch. */
+static int boot_over (lua_State *L) {
+  struct braid_worker *w = wk_from(L);
+  if (w && w->bootL) return 0;
+  lua_sethook(L, NULL, 0, 0);
+  return 1;
+}
+
 static void boot_stop_hook (lua_State *L, lua_Debug *ar) {
   (void) ar;
+  if (boot_over(L)) return;
   lua_sethook(L, boot_stop_hook, LUA_MASKCOUNT, 1);
   braid_error(L, "closed", NULL, "braid.worker: closed while its chunk was "
               "loading");
@@ -424,9 +434,9 @@ static void boot_stop_hook (lua_State *L, lua_Debug *ar) {
 static void boot_arm (lua_State *L, struct braid_worker *w);
 
 static void boot_watch_hook (lua_State *L, lua_Debug *ar) {
-  struct braid_worker *w = wk_from(L);
   (void) ar;
-  if (w) boot_arm(L, w);
+  if (boot_over(L)) return;
+  boot_arm(L, wk_from(L));
   if (lua_gethook(L) == boot_stop_hook) boot_stop_hook(L, NULL);
 }
 
