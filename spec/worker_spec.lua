@@ -580,6 +580,17 @@ describe("braid.worker", function()
     assert.equal(1536 * 1024, n)
   end))
 
+  -- The worker's copy of the arguments ran out of its memory limit: a
+  -- bare "not enough memory" of kind worker.
+  it("raises kind memory naming the function when the worker has no memory for the arguments", run(function()
+    local w <close> = braid.worker("return {len = function(s) return #s end}",
+                                   {memory_limit = 4 * 1024 * 1024})
+    local e = fails(w.call, w, "len", string.rep("a", 8 * 1024 * 1024))
+    assert.equal("memory", e.kind, e.message)
+    assert.matches("^worker:call 'len': not enough memory in the worker for a message of %d+ bytes", e.message)
+    assert.equal(3, w:call("len", "abc"))
+  end))
+
   it("can start workers of its own", run(function()
     local w <close> = braid.worker([[
       local braid = require "braid"

@@ -126,16 +126,37 @@ static int wk_encode_fail_p (lua_State *L) {
   return wk_encode_p(L);   /* the braid error: c->tb is not added again */
 }
 
+/* The worker had no memory for the copy of the arguments (c, their size):
+** the error says so, as the other side's decode does. */
+static int wk_args_nomem_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  braid_pusherror(L, "memory", NULL, "worker:call '%s': not enough memory "
+                  "in the worker for a message of %I bytes to a worker (its "
+                  "copy counts in the worker's memory limit)", c->fname,
+                  lua_tointeger(L, 2));
+  return 1;
+}
+
 /* The call's task ended: make its reply and hand the call back. Outside
 ** tasks, on the worker's state. */
 static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   int top = lua_gettop(L), n;
+  size_t len = c->len;   /* of the arguments, when their copy failed */
   braid__xcopy_free(c->buf, c->len);   /* results a failed child made worthless */
   c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
-  if (n > 0 && c->encoding && !lua_toboolean(L, top + 1)) {
+  if (n > 1 && c->copying == WK_COPY_ARGS && !lua_toboolean(L, top + 1) &&
+      lua_type(L, top + 2) == LUA_TSTRING &&
+      strcmp(lua_tostring(L, top + 2), "not enough memory") == 0) {
+    lua_pushcfunction(L, wk_args_nomem_p);   /* Lua's: made braid's */
+    lua_pushlightuserdata(L, c);
+    lua_pushinteger(L, (lua_Integer) len);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK) lua_replace(L, top + 2);
+    else lua_pop(L, 1);
+  }
+  if (n > 0 && c->copying == WK_COPY_RESULTS && !lua_toboolean(L, top + 1)) {
     /* the error is the results' own: they could not cross */
     lua_pushcfunction(L, wk_encode_fail_p);
     lua_pushvalue(L, top + 2);
@@ -214,10 +235,10 @@ static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
   uv_mutex_unlock(&c->w->mu);
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
   n = lua_gettop(L) - 1;
-  c->encoding = 1;   /* an error raised here is the results' (wk_finish) */
+  c->copying = WK_COPY_RESULTS;   /* an error raised here is theirs */
   c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
                                &c->w->lim, "worker:call", &c->len);
-  c->encoding = 0;
+  c->copying = WK_COPY_NONE;
   c->status = CALL_OK;
   return 0;
 }
@@ -244,7 +265,9 @@ static int wk_body (lua_State *L) {
   if (!braid__is_callable(L, -1))
     braid_error(L, "usage", NULL, "worker:call: the worker has no function "
                 "'%s'", c->fname);
+  c->copying = WK_COPY_ARGS;   /* out of memory here: braid's (wk_finish) */
   nargs = braid__xcopy_decode(L, c->buf, c->len);
+  c->copying = WK_COPY_NONE;
   braid__xcopy_free(c->buf, c->len);
   c->buf = NULL;
   return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
