@@ -71,8 +71,10 @@ static int wk_encode_fail_p (lua_State *L) {
   struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 2);
   const char *msg;
   lua_settop(L, 3);
-  if (braid_error_kind(L, 1) == NULL) {   /* "xcopy: ...": make it one */
-    braid_pusherror(L, "worker", NULL, "%s", braid__tostring(L, 1));
+  if (braid_error_kind(L, 1) == NULL) {   /* Lua's: make it braid's */
+    const char *s = lua_tostring(L, 1);
+    braid_pusherror(L, s && strcmp(s, "not enough memory") == 0 ? "memory"
+                    : "worker", NULL, "%s", braid__tostring(L, 1));
     lua_replace(L, 1);
     lua_settop(L, 3);
   }
