@@ -158,7 +158,42 @@ describe("braid.worker values", function()
     local w <close> = braid.worker(SRC)
     local e = fails(w.call, w, "fn")
     assert.equal("usage", e.kind)
-    assert.equal("results[1]: a function cannot cross back from a worker", e.message)
+    assert.equal("worker:call 'fn': results[1]: a function cannot cross back "
+                 .. "from a worker (returned by the function defined at worker:19)",
+                 e.message)
+  end))
+
+  -- An error that could not cross was replaced by the encode's error alone:
+  -- no worker function, no original error, no worker traceback.
+  it("names the function and keeps the error and its traceback when an error cannot cross", run(function()
+    local w <close> = braid.worker([==[ return {
+      e_fn = function() error({code = 1, cb = function() end}) end,
+      e_big = function()
+        error(setmetatable({cb = print}, {__tostring = function() return string.rep("e", 5000) end,
+                                          __index = function() while true do end end}))
+      end,
+      e_spin = function()
+        error(setmetatable({cb = print}, {__tostring = function() while true do end end}))
+      end,
+      e_str = function() error(string.rep("s", 3000), 0) end,
+    } ]==], {max_message = 2000})
+    local e = fails(w.call, w, "e_fn")
+    assert.equal("usage", e.kind)
+    assert.matches("^worker:call 'e_fn': error%[1%]%.cb: a function cannot cross back "
+                   .. "from a worker %(the worker's error: table: 0x%x+%)$", e.message)
+    assert.matches("worker:2:", e.traceback)
+    e = fails(w.call, w, "e_str")
+    assert.equal("limit", e.kind)
+    assert.equal("max_message", e.option)
+    assert.matches("^worker:call 'e_str': .*max_message.* %(the worker's error: s+%.%.%.%)$", e.message)
+    assert.is_true(#e.message < 1000, e.message)   -- the text is cut
+    assert.matches("worker:10:", e.traceback)
+    e = fails(w.call, w, "e_big")   -- its __tostring runs, its __index not
+    assert.equal("usage", e.kind)
+    assert.matches("^worker:call 'e_big': error%[1%]%.cb: a function .* %(the worker's error: e+%.%.%.%)$", e.message)
+    assert.matches("worker:4:", e.traceback)
+    e = fails(w.call, w, "e_spin")   -- bounded
+    assert.matches("%(the worker's error: %(table value whose __tostring failed%)%)$", e.message)
   end))
 
   it("caps depth and size with kind limit", run(function()
@@ -477,6 +512,85 @@ describe("braid.worker", function()
     assert.matches("closed", tostring(w))
   end))
 
+  -- The load caught the close's cancellation and spun on: nothing hooked
+  -- it again, so close (and the end of the run after SIGTERM, which joins
+  -- the thread) waited forever. Its grace period bounds it as a task's.
+  local CATCH_SPIN = "while true do pcall(function() while true do end end) end return {}"
+
+  it("stops a chunk that catches the close and spins, at its grace period", function()
+    local out, err = run_scenario(([[
+      local braid, emit = ...
+      for _, src in ipairs({%q, %q}) do
+        local w = braid.worker(src, {grace = 0.5})
+        braid.sleep(0.1)
+        local t0 = braid.now()
+        w:close()
+        emit("closed", tostring(w), braid.now() - t0 < 10)
+      end
+    ]]):format(CATCH_SPIN, "coroutine.wrap(function() " .. CATCH_SPIN .. " end)()"))
+    assert.equal(("closed\tbraid.Worker (closed)\ttrue\n"):rep(2), out, err)
+  end)
+
+  it("exits 143 on SIGTERM while a chunk that catches the close spins", function()
+    if (os.getenv("LD_PRELOAD") or ""):find("tsan") then return end
+    local script = helper.script(([[
+      io.stdout:setvbuf("no")
+      local w = braid.worker(%q, {grace = 0.5})
+      print("ready")
+      braid.sleep(100)
+    ]]):format(CATCH_SPIN))
+    local out = os.tmpname()
+    local _, err, code = helper.sh(table.concat({"{",
+      ("%s %s %s >%s &"):format(os.getenv("BRAID_RUN_ENV") or "",
+                                os.getenv("BRAID_BIN"), script, out),
+      "pid=$!", "(sleep 30; kill -KILL $pid) 2>/dev/null & guard=$!",
+      ("for _ in $(seq 1 600); do grep -q ready %s && break; sleep 0.05; done"):format(out),
+      "sleep 0.1; kill -TERM $pid",
+      "wait $pid; code=$?; kill $guard 2>/dev/null; exit $code", "}"}, "\n"))
+    os.remove(out)
+    os.remove(script)
+    assert.equal(143, code, err)   -- 137: killed by the guard after 30 s
+    assert.matches("abandoned its chunk's load", err)
+  end)
+
+  -- A worker's results decoded into a caller over its memory limit (a
+  -- worker calling a worker) raised a bare "not enough memory".
+  it("raises kind memory naming worker:call when the caller has no memory for the results", run(function()
+    local w <close> = braid.worker([==[
+      local braid = require "braid"
+      return {run = function()
+        local inner <close> = braid.worker(
+          "return {make = function(n) return string.rep('x', n) end}",
+          {memory_limit = 4 * 1024 * 1024})
+        local fill = {}
+        while pcall(function()
+          fill[#fill + 1] = string.rep(tostring(#fill), 256 * 1024)
+        end) do end
+        fill[#fill] = nil   -- less room left than the results take
+        local ok, e = pcall(inner.call, inner, "make", 1536 * 1024)
+        fill = nil
+        collectgarbage()
+        return ok, type(e) == "table" and e.kind or type(e), tostring(e),
+               #inner:call("make", 1536 * 1024)
+      end}]==], {memory_limit = 16 * 1024 * 1024})
+    local ok, kind, msg, n = w:call("run")
+    assert.is_false(ok)
+    assert.equal("memory", kind, msg)
+    assert.matches("^worker:call: not enough memory for a message of %d+ bytes", msg)
+    assert.equal(1536 * 1024, n)
+  end))
+
+  -- The worker's copy of the arguments ran out of its memory limit: a
+  -- bare "not enough memory" of kind worker.
+  it("raises kind memory naming the function when the worker has no memory for the arguments", run(function()
+    local w <close> = braid.worker("return {len = function(s) return #s end}",
+                                   {memory_limit = 4 * 1024 * 1024})
+    local e = fails(w.call, w, "len", string.rep("a", 8 * 1024 * 1024))
+    assert.equal("memory", e.kind, e.message)
+    assert.matches("^worker:call 'len': not enough memory in the worker for a message of %d+ bytes", e.message)
+    assert.equal(3, w:call("len", "abc"))
+  end))
+
   it("can start workers of its own", run(function()
     local w <close> = braid.worker([[
       local braid = require "braid"
@@ -706,7 +820,7 @@ describe("braid.worker memory_limit and messages in flight", function()
     local ok, e = pcall(w.call, w, "three", 3e6)   -- 9 MB of results
     assert.is_false(ok)
     assert.equal("memory", e.kind)
-    assert.truthy(e.message:find("worker:call: not enough memory", 1, true), e.message)
+    assert.truthy(e.message:find("worker:call 'three': not enough memory", 1, true), e.message)
     assert.truthy(e.message:find("back from a worker", 1, true), e.message)
     assert.equal(3, select("#", w:call("three", 1e6)))
     ok, e = pcall(w.call, w, "nest", 3e6)   -- 9 MB of arguments, to a worker

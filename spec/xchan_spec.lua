@@ -181,6 +181,26 @@ describe("braid.channel shared", function()
     assert.is_true(n >= 30)
   end))
 
+  -- The receiver's copy failed (its memory limit) and the message was
+  -- freed all the same, the receiver getting a bare "not enough memory".
+  it("keeps a value a receiver has no memory for, in order, and raises kind memory", run(function()
+    local ch = braid.channel(4, {shared = true})
+    local w <close> = braid.worker([==[ return {take = function(ch)
+      local ok, e = pcall(ch.recv, ch)
+      return ok, type(e) == "table" and e.kind or type(e), tostring(e)
+    end} ]==], {memory_limit = 4 * 1024 * 1024})
+    local big = string.rep("q", 8 * 1024 * 1024)
+    ch:send(big)
+    ch:send("next")
+    local ok, kind, msg = w:call("take", ch)
+    assert.is_false(ok)
+    assert.equal("memory", kind, msg)
+    assert.matches("^channel:recv: not enough memory for a message of %d+ bytes", msg)
+    assert.equal(2, ch:len())
+    assert.equal(big, (ch:recv()))   -- still first
+    assert.equal("next", (ch:recv()))
+  end))
+
   it("refuses functions in a value and bad options", run(function()
     local ch = braid.channel(1, {shared = true})
     local e = select(2, pcall(ch.send, ch, {f = print}))

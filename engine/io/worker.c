@@ -295,12 +295,13 @@ static int call_result_p (lua_State *L) {
 static int call_k (lua_State *L, braid_op_t *op) {
   struct braid_wcall *c = *(struct braid_wcall **) braid_op_data(op);
   int base = lua_gettop(L), rc;
+  size_t len = c->len;
   c->op = NULL;
   lua_pushcfunction(L, call_result_p);
   lua_pushlightuserdata(L, c);
   rc = lua_pcall(L, 1, LUA_MULTRET, 0);
   braid__wk_call_free(c);
-  if (rc != LUA_OK) return lua_error(L);
+  if (rc != LUA_OK) return braid__xcopy_decode_fail(L, rc, "worker:call", len);
   return lua_gettop(L) - base;
 }
 

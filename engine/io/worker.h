@@ -14,6 +14,7 @@
 
 enum { CALL_OK, CALL_ERROR, CALL_CLOSED, CALL_NOMEM };
 enum { SRC_CHUNK, SRC_FILE, SRC_MODULE };
+enum { WK_COPY_NONE, WK_COPY_ARGS, WK_COPY_RESULTS };
 
 struct braid_worker;
 
@@ -60,6 +61,8 @@ struct braid_wcall {
   unsigned char replied;         /* mu: the worker is done with it */
   unsigned char delivered;       /* owner: its task will take the reply */
   unsigned char ended;           /* worker: its task ended (no more cancels) */
+  unsigned char copying;         /* worker: its arguments were being
+                                 ** decoded, its results encoded (WK_*) */
   braid_op_t *op;                /* owner: the waiting call, or NULL */
   braid_task_t *task;            /* worker: the task running it */
   lua_State *L;                  /* mu: the task's thread, while it runs */
@@ -110,6 +113,8 @@ struct braid_worker {
   int fns_ref;
   char *load_err;                /* the encoded error of a failed load */
   char *boot_tb;                 /* its traceback */
+  uint64_t boot_end;             /* a load closed: its grace period ends */
+  unsigned char boot_stopped;    /* then it only unwinds */
   size_t load_len;
   struct braid_list done;        /* calls whose task ended */
   unsigned ncalls;

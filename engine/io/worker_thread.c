@@ -60,17 +60,83 @@ static int wk_encode_p (lua_State *L) {
   return 0;
 }
 
-/* The reply could not be encoded (a function among the results, a cap):
-** that error, as a plain value, becomes the reply. */
+#define WK_ERROR_TEXT 400   /* what a replaced error keeps of its text */
+
+/* The reply could not be encoded (a function among the results or inside
+** the error, a cap): the encode's error (1) becomes the reply, its message
+** naming the worker function and, when it was an error (3, else nil) that
+** could not cross, that error's text (its __tostring bounded, as outside
+** tasks, the text cut), with the worker's traceback. */
 static int wk_encode_fail_p (lua_State *L) {
   struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 2);
+  const char *msg;
+  lua_settop(L, 3);
+  if (braid_error_kind(L, 1) == NULL) {   /* Lua's: make it braid's */
+    const char *s = lua_tostring(L, 1);
+    braid_pusherror(L, s && strcmp(s, "not enough memory") == 0 ? "memory"
+                    : "worker", NULL, "%s", braid__tostring(L, 1));
+    lua_replace(L, 1);
+    lua_settop(L, 3);
+  }
+  lua_pushliteral(L, "message");
+  lua_rawget(L, 1);
+  msg = lua_tostring(L, -1);
+  if (msg == NULL) msg = "a reply that cannot cross back from a worker";
+  if (strncmp(msg, "worker:call: ", 13) == 0) msg += 13;   /* said below */
+  lua_pushliteral(L, "message");
+  lua_pushfstring(L, "worker:call '%s': %s", c->fname, msg);
+  if (!lua_isnil(L, 3)) {   /* 4 msg, 5 "message", 6 the new one */
+    size_t len;
+    const char *text = braid__tostring(L, 3);   /* 7 */
+    luaL_tolstring(L, 7, &len);   /* a string already: no metamethod */
+    lua_pushfstring(L, " (the worker's error: %s%s)",
+                    len > WK_ERROR_TEXT
+                      ? lua_pushlstring(L, text, WK_ERROR_TEXT) : text,
+                    len > WK_ERROR_TEXT ? "..." : "");
+    lua_copy(L, -1, 7);
+    lua_settop(L, 7);
+    lua_concat(L, 2);
+  } else {   /* the results: where the function that returned them is */
+    lua_Debug ar;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->w->fns_ref);   /* 7 */
+    lua_pushstring(L, c->fname);
+    if (lua_rawget(L, 7) == LUA_TFUNCTION && (lua_getinfo(L, ">S", &ar),
+                                              ar.linedefined > 0)) {
+      lua_pushfstring(L, " (returned by the function defined at %s:%d)",
+                      ar.short_src, ar.linedefined);
+      lua_copy(L, -1, 7);
+      lua_settop(L, 7);
+      lua_concat(L, 2);
+    } else lua_settop(L, 6);
+  }
+  lua_rawset(L, 1);
+  lua_settop(L, 3);
+  if (c->tb) lua_pushstring(L, c->tb);   /* the worker's traceback */
+  else if (lua_istable(L, 3)) {   /* a braid error's own */
+    lua_pushliteral(L, "traceback");
+    if (lua_rawget(L, 3) != LUA_TSTRING) lua_pushnil(L);
+  } else lua_pushnil(L);
+  if (!lua_isnil(L, 4)) {
+    lua_pushliteral(L, "traceback");
+    lua_insert(L, 4);
+    lua_rawset(L, 1);
+  }
   lua_settop(L, 1);
   lua_pushboolean(L, 0);
   lua_insert(L, 1);
   lua_pushlightuserdata(L, c);
-  free(c->tb);
-  c->tb = NULL;
-  return wk_encode_p(L);
+  return wk_encode_p(L);   /* the braid error: c->tb is not added again */
+}
+
+/* The worker had no memory for the copy of the arguments (c, their size):
+** the error says so, as the other side's decode does. */
+static int wk_args_nomem_p (lua_State *L) {
+  struct braid_wcall *c = (struct braid_wcall *) lua_touserdata(L, 1);
+  braid_pusherror(L, "memory", NULL, "worker:call '%s': not enough memory "
+                  "in the worker for a message of %I bytes to a worker (its "
+                  "copy counts in the worker's memory limit)", c->fname,
+                  lua_tointeger(L, 2));
+  return 1;
 }
 
 /* The call's task ended: make its reply and hand the call back. Outside
@@ -78,21 +144,42 @@ static int wk_encode_fail_p (lua_State *L) {
 static void wk_finish (struct braid_worker *w, struct braid_wcall *c) {
   lua_State *L = braid_state(w->WE);
   int top = lua_gettop(L), n;
+  size_t len = c->len;   /* of the arguments, when their copy failed */
   braid__xcopy_free(c->buf, c->len);   /* results a failed child made worthless */
   c->buf = NULL;
   n = braid_task_result(w->WE, c->task);
   c->status = CALL_NOMEM;
-  if (n > 0) {
-    int rc;
+  if (n > 1 && c->copying == WK_COPY_ARGS && !lua_toboolean(L, top + 1) &&
+      lua_type(L, top + 2) == LUA_TSTRING &&
+      strcmp(lua_tostring(L, top + 2), "not enough memory") == 0) {
+    lua_pushcfunction(L, wk_args_nomem_p);   /* Lua's: made braid's */
+    lua_pushlightuserdata(L, c);
+    lua_pushinteger(L, (lua_Integer) len);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK) lua_replace(L, top + 2);
+    else lua_pop(L, 1);
+  }
+  if (n > 0 && c->copying == WK_COPY_RESULTS && !lua_toboolean(L, top + 1)) {
+    /* the error is the results' own: they could not cross */
+    lua_pushcfunction(L, wk_encode_fail_p);
+    lua_pushvalue(L, top + 2);
+    lua_pushlightuserdata(L, c);
+    lua_pushnil(L);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
+  } else if (n > 0) {
+    int rc, ok = lua_toboolean(L, top + 1);
+    lua_pushvalue(L, ok ? top + 1 : top + 2);
+    lua_insert(L, top + 1);   /* the error, kept for a failed encode */
     lua_pushcfunction(L, wk_encode_p);
-    lua_insert(L, top + 1);
+    lua_insert(L, top + 2);
     lua_pushlightuserdata(L, c);
     rc = lua_pcall(L, n + 1, 0, 0);
     if (rc != LUA_OK && rc != LUA_ERRMEM) {
       lua_pushcfunction(L, wk_encode_fail_p);
       lua_insert(L, -2);
       lua_pushlightuserdata(L, c);
-      if (lua_pcall(L, 2, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
+      if (ok) lua_pushnil(L);   /* results: no error */
+      else lua_pushvalue(L, top + 1);
+      if (lua_pcall(L, 3, 0, 0) != LUA_OK) c->status = CALL_NOMEM;
     }
   }
   if (w->wstopping && c->status == CALL_ERROR &&
@@ -150,8 +237,10 @@ static int wk_body_k (lua_State *L, int status, lua_KContext ctx) {
   uv_mutex_unlock(&c->w->mu);
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
   n = lua_gettop(L) - 1;
+  c->copying = WK_COPY_RESULTS;   /* an error raised here is theirs */
   c->buf = braid__xcopy_encode(L, 2, n, "results", "back from a worker",
                                &c->w->lim, "worker:call", &c->len);
+  c->copying = WK_COPY_NONE;
   c->status = CALL_OK;
   return 0;
 }
@@ -178,7 +267,9 @@ static int wk_body (lua_State *L) {
   if (!braid__is_callable(L, -1))
     braid_error(L, "usage", NULL, "worker:call: the worker has no function "
                 "'%s'", c->fname);
+  c->copying = WK_COPY_ARGS;   /* out of memory here: braid's (wk_finish) */
   nargs = braid__xcopy_decode(L, c->buf, c->len);
+  c->copying = WK_COPY_NONE;
   braid__xcopy_free(c->buf, c->len);
   c->buf = NULL;
   return wk_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, (lua_KContext) c,
@@ -328,20 +419,91 @@ static void wsig_cb (uv_poll_t *h, int status, int events) {
   wk_serve(w, 1);
 }
 
+/* A chunk closed while it loads is bounded as a cancelled call's task
+** is: the first poll raises the close, which the chunk may catch; from
+** the grace period on every instruction raises, so pcall cannot keep it
+** running and the load unwinds (the thread is joined at the close and at
+** the end of braid.run: a load that ran on would hang them). The hooks
+** are set on the worker's own thread; the owner keeps hooking it with
+** polls while the stop is unacknowledged (l_worker_poll), each of which
+** arms them again. w is found in the registry: a hook has no upvalue. */
+static const char boot_key = 'b';
+
+#define BOOT_WATCH 10000   /* instructions between looks at the clock */
+
+static struct braid_worker *wk_from (lua_State *L) {
+  struct braid_worker *w;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &boot_key);
+  w = (struct braid_worker *) lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return w;
+}
+
+/* A hook left on a coroutine of the chunk's once the load has ended
+** (only this thread changes bootL): it has nothing to watch. */
+static int boot_over (lua_State *L) {
+  struct braid_worker *w = wk_from(L);
+  if (w && w->bootL) return 0;
+  lua_sethook(L, NULL, 0, 0);
+  return 1;
+}
+
+static void boot_stop_hook (lua_State *L, lua_Debug *ar) {
+  (void) ar;
+  if (boot_over(L)) return;
+  lua_sethook(L, boot_stop_hook, LUA_MASKCOUNT, 1);
+  braid_error(L, "closed", NULL, "braid.worker: closed while its chunk was "
+              "loading");
+}
+
+static void boot_arm (lua_State *L, struct braid_worker *w);
+
+static void boot_watch_hook (lua_State *L, lua_Debug *ar) {
+  (void) ar;
+  if (boot_over(L)) return;
+  boot_arm(L, wk_from(L));
+  if (lua_gethook(L) == boot_stop_hook) boot_stop_hook(L, NULL);
+}
+
+/* L (the thread running the load) watches the grace period of a load
+** that was closed; past it, L and the state's thread only unwind. */
+static void boot_arm (lua_State *L, struct braid_worker *w) {
+  if (w->grace_ns == BRAID_NEVER) return;
+  if (w->boot_end == 0) w->boot_end = uv_hrtime() + w->grace_ns;
+  if (uv_hrtime() < w->boot_end) {
+    lua_sethook(L, boot_watch_hook, LUA_MASKCOUNT, BOOT_WATCH);
+    return;
+  }
+  if (!w->boot_stopped) {
+    w->boot_stopped = 1;
+    fprintf(stderr, "braid: worker abandoned its chunk's load: still running "
+            "Lua code %g s after the worker was closed\n",
+            (double) w->grace_ns / 1e9);
+  }
+  lua_sethook(L, boot_stop_hook, LUA_MASKCOUNT, 1);
+  if (L != w->bootL) lua_sethook(w->bootL, boot_stop_hook, LUA_MASKCOUNT, 1);
+}
+
 /* The state's poll function (braid__hook_poll_set), run from a hook the
 ** owner set: a cancel or the stop reaches code that spins. While the
-** chunk loads, the stop fails the load. */
+** chunk loads, the stop fails the load, at every poll, and is left
+** unacknowledged, so that the owner keeps hooking the load (a coroutine
+** of the chunk's included) until it has ended: wk_serve takes it then. */
 static int l_worker_poll (lua_State *L) {
   struct braid_worker *w = (struct braid_worker *) lua_touserdata(L, lua_upvalueindex(1));
-  int stop;
-  wk_take_cancels(w);
+  int loading, stop;
   uv_mutex_lock(&w->mu);
-  stop = w->bootL != NULL && w->stop;
+  loading = w->bootL != NULL;   /* only this thread changes it */
+  stop = w->stop;
   uv_mutex_unlock(&w->mu);
-  if (stop)
-    return braid_error(L, "closed", NULL, "braid.worker: closed while its "
-                       "chunk was loading");
-  return 0;
+  if (!loading) {
+    wk_take_cancels(w);
+    return 0;
+  }
+  if (!stop) return 0;   /* no call has started: no cancel to take */
+  boot_arm(L, w);
+  return braid_error(L, "closed", NULL, "braid.worker: closed while its "
+                     "chunk was loading");
 }
 
 /* os.exit in a worker would end the whole process from a thread that the
@@ -362,6 +524,8 @@ static int wk_boot_p (lua_State *L) {
   lua_pushlightuserdata(L, w);
   lua_pushcclosure(L, l_worker_poll, 1);
   braid__hook_poll_set(L);
+  lua_pushlightuserdata(L, w);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &boot_key);
   if (lua_getglobal(L, "package") == LUA_TTABLE) {
     if (w->path) lua_pushstring(L, w->path), lua_setfield(L, -2, "path");
     if (w->cpath) lua_pushstring(L, w->cpath), lua_setfield(L, -2, "cpath");

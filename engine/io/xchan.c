@@ -314,6 +314,13 @@ static int op_start (braid_op_t *op, void *ud) {
   return 0;
 }
 
+/* Under ch's mutex: a value a receiver took goes back, to the front. */
+static void msg_unget (struct braid_xchan *ch, struct xmsg *m) {
+  braid__list_push(ch->queue.next, &m->link);
+  ch->count++;
+  notify_all(&ch->receivers);
+}
+
 /* Cancelled while waiting: undo. Abandoned after completing (before its
 ** continuation ran): a receiver gives its value back, to the front. */
 static void op_cancel (braid_op_t *op) {
@@ -322,10 +329,8 @@ static void op_cancel (braid_op_t *op) {
   uv_mutex_lock(&ch->mu);
   braid__list_remove(&w->link);
   if (w->recv && w->msg) {
-    braid__list_push(ch->queue.next, &w->msg->link);   /* at the front */
-    ch->count++;
+    msg_unget(ch, w->msg);
     w->msg = NULL;
-    notify_all(&ch->receivers);
   } else if (!w->recv && w->msg) {   /* not sent (an offer not taken) */
     braid__list_remove(&w->msg->link);
     msg_free(w->msg);
@@ -407,10 +412,11 @@ static int recv_decode_p (lua_State *L) {
 static int recv_k (lua_State *L, braid_op_t *op) {
   struct xwait *w = (struct xwait *) braid_op_data(op);
   struct xmsg *m = w->msg;
+  size_t len;
   int rc;
   w->msg = NULL;
-  wait_leave(w);
   if (m == NULL) {   /* closed and drained */
+    wait_leave(w);
     lua_pushnil(L);
     lua_pushboolean(L, 0);
     return 2;
@@ -418,9 +424,19 @@ static int recv_k (lua_State *L, braid_op_t *op) {
   lua_pushcfunction(L, recv_decode_p);
   lua_pushlightuserdata(L, m);
   rc = lua_pcall(L, 1, 2, 0);
-  msg_free(m);
-  if (rc != LUA_OK) return lua_error(L);
-  return 2;
+  if (rc == LUA_OK) {
+    msg_free(m);
+    wait_leave(w);
+    return 2;
+  }
+  /* out of memory here (the copy is this state's): the value is not lost,
+  ** another receiver, or a later recv, takes it */
+  len = m->len;   /* m is the channel's again once unlocked */
+  uv_mutex_lock(&w->ch->mu);
+  msg_unget(w->ch, m);
+  uv_mutex_unlock(&w->ch->mu);
+  wait_leave(w);   /* releases the channel: after the unget */
+  return braid__xcopy_decode_fail(L, rc, "channel:recv", len);
 }
 
 /* ch:recv() -> v, true, or nil, false once closed and drained. */

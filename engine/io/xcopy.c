@@ -379,6 +379,15 @@ int braid__xcopy_decode (lua_State *L, const char *buf, size_t len) {
   return (int) n;
 }
 
+int braid__xcopy_decode_fail (lua_State *L, int rc, const char *fname,
+                              size_t len) {
+  if (rc != LUA_ERRMEM) return lua_error(L);
+  lua_pop(L, 1);
+  return braid_error(L, "memory", NULL, "%s: not enough memory for a message "
+                     "of %I bytes (its copy counts in the receiver's memory "
+                     "limit)", fname, (lua_Integer) len);
+}
+
 void braid__xcopy_free (char *buf, size_t len) {
   uint32_t n, i;
   struct braid_xacct *acct;

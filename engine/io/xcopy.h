@@ -37,6 +37,13 @@ char *braid__xcopy_encode(lua_State *L, int first, int n, const char *root,
 ** many. Raises only when L runs out of memory. [-0, +n, m] */
 int braid__xcopy_decode(lua_State *L, const char *buf, size_t len);
 
+/* A lua_pcall that decoded a message of len bytes failed with rc, its
+** error at the top: re-raises it, or, when L ran out of memory (the
+** receiver's copy is braid's), a braid error of kind "memory" naming
+** fname. [-1, +0, v] */
+int braid__xcopy_decode_fail(lua_State *L, int rc, const char *fname,
+                             size_t len);
+
 /* Frees a buffer made by braid__xcopy_encode, decoded or not, on any
 ** thread: the shared channels it names are released and its bytes given
 ** back to its sender's account (NULL: nothing). braid__xcopy_dup copies
