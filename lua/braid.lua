@@ -56,7 +56,8 @@ local function to_integer(v)
 end
 
 -- A usage error for an options table that is not a plain one, as the C
--- functions' check says it (auxlib.c braid__check_options).
+-- functions' check says it (auxlib.c braid__check_options): an __index
+-- could answer every option "true", a __pairs hide them.
 local function check_opts_table(fname, arg, opts)
   if opts ~= nil and (type(opts) ~= "table" or getmetatable(opts) ~= nil) then
     usage("bad argument #%d to '%s' (options table expected: a plain table "
@@ -260,11 +261,7 @@ if rawget(M, "fs") then
   -- __index could answer every option "true", a __pairs hide them).
   local function check_opts(fname, opts, allowed)
     if opts == nil then return {} end
-    if type(opts) ~= "table" or getmetatable(opts) ~= nil then
-      usage("bad argument #2 to '%s' (options table expected, got %s)",
-            fname, type(opts) == "table" and "a table with a metatable"
-                   or type(opts))
-    end
+    check_opts_table(fname, 2, opts)
     for k in next, opts do
       if not allowed[k] then
         usage("bad argument #2 to '%s' (unknown option '%s')", fname,
