@@ -184,12 +184,18 @@ local function run_entry(fn, name)
 end
 
 -- An entry cancelled by Ctrl-C, or abandoned by a second one (the only way
--- an entry is abandoned), was interrupted.
+-- an entry is abandoned), was interrupted. One cancelled with the session
+-- (os.exit, SIGTERM: the checkpoint raises) did not fail: os.exit(3)
+-- printed "cancelled (exit)" before leaving; the session ends here.
 local function report(err)
   if braid.is_cancelled(err) and (err.reason == "interrupt" or
       err.reason == "abandoned after its grace period") then
     io.stderr:write("interrupted\n")
   else
+    if braid.is_cancelled(err) then
+      local ok, e = pcall(braid.yield)
+      if not ok then error(e, 0) end
+    end
     repl.report(err)
   end
 end

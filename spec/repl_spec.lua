@@ -621,3 +621,21 @@ describe("the REPL showing a value", function()
     assert.matches("shown in less than making it: true", out, 1, true)
   end)
 end)
+
+-- review-lua 8: the entry cancelled by os.exit was reported as failed,
+-- "cancelled (exit)", before the session left
+describe("os.exit at the REPL", function()
+  it("leaves with its code and says nothing of the entry it ended", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "local t = braid.spawn(braid.sleep, 10) braid.yield() t:cancel('exit') t:await()\\r"},
+      {"expect", "cancelled \\(exit\\)\\r\\n> $"},   -- a task's own cancellation still is a failure
+      {"send", "os.exit(3)\\r"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(3, status, out)
+    local _, n = out:gsub("cancelled", "")
+    assert.are.equal(1, n, out)
+  end)
+end)
