@@ -508,9 +508,12 @@ local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
 -- braid.pool([n], source, [opts]) -> pool: n workers (default
 -- braid.cpu_count()), each made by braid.worker(source, opts); they belong
 -- to the scope the pool was made in. Errors: braid.worker's.
--- new_pool(n, source, opts, fname, what): what names n in a usage error
--- ("argument #1", or braid.map's "option 'workers'").
-local function new_pool(n, source, opts, fname, what)
+-- new_pool(n, source, opts, fname, what, wargs): what names n in a usage
+-- error ("argument #1", or braid.map's "option 'workers'"), wargs[i]
+-- braid.worker's argument i as the script passed it ("argument #2",
+-- "option 'module'"): "bad argument #1 to 'braid.worker'" named a function
+-- the script never called.
+local function new_pool(n, source, opts, fname, what, wargs)
   if M.current() == nil then usage("%s: not inside a braid task", fname) end
   local count = n == nil and M.cpu_count() or to_integer(n)
   if count == nil or count < 1 then
@@ -522,6 +525,13 @@ local function new_pool(n, source, opts, fname, what)
     local ok, w = pcall(M.worker, source, opts)
     if not ok then
       self:close()
+      local a, rest
+      if M.is_error(w) and w.kind == "usage" then
+        a, rest = w.message:match("^bad argument #(%d+) to 'braid%.worker' (.*)$")
+      end
+      if a and wargs[tonumber(a)] then
+        usage("bad %s to '%s' %s", wargs[tonumber(a)], fname, rest)
+      end
       rethrow(w)
     end
     self.workers[i], self.busy[i] = w, 0
@@ -530,8 +540,12 @@ local function new_pool(n, source, opts, fname, what)
 end
 
 function M.pool(n, source, opts)
-  if type(n) == "string" then n, source, opts = nil, n, source end
-  return new_pool(n, source, opts, "braid.pool", "argument #1")
+  if type(n) == "string" then
+    return new_pool(nil, n, source, "braid.pool", "argument #1",
+                    {"argument #1", "argument #2"})
+  end
+  return new_pool(n, source, opts, "braid.pool", "argument #1",
+                  {"argument #2", "argument #3"})
 end
 
 -- e, a usage error of worker:call's own (its checks, "the worker has no
@@ -645,6 +659,7 @@ function M.map(list, fn, opts)
     usage("braid.map: a function name needs opts.module (the workers' "
           .. "module, file or chunk)")
   end
-  local pool <close> = new_pool(n, source, nil, "braid.map", "option 'workers'")
+  local pool <close> = new_pool(n, source, nil, "braid.map", "option 'workers'",
+                                {"option 'module'"})
   return pool_map(pool, list, fn, o, "braid.map", 0)
 end

@@ -591,6 +591,13 @@ describe("pool errors name what the script called", function()
                    msg(function() local r = braid.map({1}, "nosuch", {module = SRC, workers = 1}) return r end))
     assert.matches(HERE .. "bad argument #1 to 'braid.pool' %(positive integer expected, got 1.5%)$",
                    msg(function() local r = braid.pool(1.5, SRC) return r end))
+    -- braid.worker's checks, in the name of what the script called
+    assert.matches(HERE .. "bad argument #2 to 'braid.pool' %(string expected, got number%)$",
+                   msg(function() local r = braid.pool(2, 5) return r end))
+    assert.matches(HERE .. "bad argument #2 to 'braid.pool' %(unknown option 'bogus'%)$",
+                   msg(function() local r = braid.pool(SRC, {bogus = 1}) return r end))
+    assert.matches(HERE .. "bad option 'module' to 'braid.map' %(string expected, got number%)$",
+                   msg(function() local r = braid.map({1}, "add", {module = 5}) return r end))
     -- as Lua's own integer arguments: 2.0 counts as 2
     local p <close> = braid.pool(2.0, SRC)
     assert.equal(2, #p.workers)
