@@ -48,6 +48,24 @@ local function rethrow(e)
   error(e, 0)
 end
 
+-- v as an integer, as Lua's own integer arguments take it (2.0 and "2"
+-- count as 2, 1.5 does not), or nil.
+local function to_integer(v)
+  if type(v) == "string" then v = tonumber(v) end
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
+-- A usage error for an options table that is not a plain one, as the C
+-- functions' check says it (auxlib.c braid__check_options): an __index
+-- could answer every option "true", a __pairs hide them.
+local function check_opts_table(fname, arg, opts)
+  if opts ~= nil and (type(opts) ~= "table" or getmetatable(opts) ~= nil) then
+    usage("bad argument #%d to '%s' (options table expected: a plain table "
+          .. "without a metatable, got %s)", arg, fname, type(opts) == "table"
+          and "a table with a metatable" or type(opts))
+  end
+end
+
 -- braid.move_on(seconds, fn, ...) -> true, results... | false: fn(...)
 -- under a deadline, as braid.timeout, except that the deadline passing is
 -- an answer, not an error: false when it cut fn short. Errors of fn (a
@@ -110,6 +128,11 @@ do
       usage("bad argument #1 to '%s' (braid.Condition expected, got %s)",
             fname, type(c))
     end
+    -- the field is the script's to read, and to spoil
+    if getmetatable(c.lock) ~= "braid.Lock" then
+      usage("%s: the condition's lock is not a braid.Lock (cond.lock is %s)",
+            fname, type(c.lock))
+    end
     if not c.lock:owned() then
       usage("%s: the condition's lock is not held by this task", fname)
     end
@@ -171,14 +194,15 @@ do
 
   function Condition:notify(n)
     check(self, "condition:notify")
-    if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+    local count = to_integer(n)
+    if n ~= nil and (count == nil or count < 0) then
       -- a number is shown, anything else named by its type: no __tostring
       -- of the script's runs inside braid's error
       usage("bad argument #2 to 'condition:notify' (non-negative integer "
             .. "expected, got %s)", type(n) == "number" and
             n .. "" or type(n))   -- "2.0", as the check sees it
     end
-    wake(self, n or 1)
+    wake(self, count or 1)
   end
 
   function Condition:notify_all()
@@ -237,11 +261,7 @@ if rawget(M, "fs") then
   -- __index could answer every option "true", a __pairs hide them).
   local function check_opts(fname, opts, allowed)
     if opts == nil then return {} end
-    if type(opts) ~= "table" or getmetatable(opts) ~= nil then
-      usage("bad argument #2 to '%s' (options table expected, got %s)",
-            fname, type(opts) == "table" and "a table with a metatable"
-                   or type(opts))
-    end
+    check_opts_table(fname, 2, opts)
     for k in next, opts do
       if not allowed[k] then
         usage("bad argument #2 to '%s' (unknown option '%s')", fname,
@@ -488,18 +508,30 @@ local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
 -- braid.pool([n], source, [opts]) -> pool: n workers (default
 -- braid.cpu_count()), each made by braid.worker(source, opts); they belong
 -- to the scope the pool was made in. Errors: braid.worker's.
-function M.pool(n, source, opts)
-  if M.current() == nil then usage("braid.pool: not inside a braid task") end
-  if type(n) == "string" then n, source, opts = nil, n, source end
-  n = n or M.cpu_count()
-  if math.type(n) ~= "integer" or n < 1 then
-    usage("bad argument #1 to 'braid.pool' (positive integer expected)")
+-- new_pool(n, source, opts, fname, what, wargs): what names n in a usage
+-- error ("argument #1", or braid.map's "option 'workers'"), wargs[i]
+-- braid.worker's argument i as the script passed it ("argument #2",
+-- "option 'module'"): "bad argument #1 to 'braid.worker'" named a function
+-- the script never called.
+local function new_pool(n, source, opts, fname, what, wargs)
+  if M.current() == nil then usage("%s: not inside a braid task", fname) end
+  local count = n == nil and M.cpu_count() or to_integer(n)
+  if count == nil or count < 1 then
+    usage("bad %s to '%s' (positive integer expected, got %s)", what, fname,
+          type(n) == "number" and n .. "" or type(n))
   end
-  local self = setmetatable({n = n, workers = {}, busy = {}}, Pool)
-  for i = 1, n do
+  local self = setmetatable({n = count, workers = {}, busy = {}}, Pool)
+  for i = 1, count do
     local ok, w = pcall(M.worker, source, opts)
     if not ok then
       self:close()
+      local a, rest
+      if M.is_error(w) and w.kind == "usage" then
+        a, rest = w.message:match("^bad argument #(%d+) to 'braid%.worker' (.*)$")
+      end
+      if a and wargs[tonumber(a)] then
+        usage("bad %s to '%s' %s", wargs[tonumber(a)], fname, rest)
+      end
       rethrow(w)
     end
     self.workers[i], self.busy[i] = w, 0
@@ -507,28 +539,100 @@ function M.pool(n, source, opts)
   return self
 end
 
+function M.pool(n, source, opts)
+  if type(n) == "string" then
+    return new_pool(nil, n, source, "braid.pool", "argument #1",
+                    {"argument #1", "argument #2"})
+  end
+  return new_pool(n, source, opts, "braid.pool", "argument #1",
+                  {"argument #2", "argument #3"})
+end
+
+-- e, a usage error of worker:call's own (its checks, "the worker has no
+-- function 'x'", which the worker's thread raises without a position) or
+-- of braid.map's (for pool:map, whose arguments are one further on: shift
+-- 1), is raised again in fname's name at the script's line. A pool's
+-- calls spoke as worker:call, and one made by a pool:map member had no
+-- position. Anything else is left to the caller to raise again, from a
+-- line of its own (a failure record is kept by a re-raise from another
+-- line, error.c).
+local function pool_usage(e, fname, shift)
+  if not M.is_error(e) then return end
+  local m = e.message
+  if e.kind ~= "usage" then   -- "closed", "memory": in place, as fs's
+    if type(m) == "string" then e.message = m:gsub("^worker:call:", fname .. ":") end
+    return
+  end
+  if m:find("^args%[") then usage("%s", m) end   -- crossing: no position
+  -- shift: pool:map's or braid.map's own level, where a member's error
+  -- (said in fname's name already, without a position) arrives
+  for _, who in ipairs({"worker:call", shift and "braid.map", shift and fname}) do
+    local pat = who:gsub("%p", "%%%0")
+    -- a check's message ("pos: bad argument #2 to 'worker:call' (...)",
+    -- the position where one was found) or a refusal ("worker:call: ...")
+    local rest = m:match("^.-:%d+: (bad %a+ .- to '" .. pat .. "' .*)$") or
+                 m:match("^bad %a+ .- to '" .. pat .. "' .*$") or
+                 m:match("^" .. pat .. ": .*$")
+    if rest then
+      rest = rest:gsub("^bad argument #(%d+) to '" .. pat .. "'", function(a)
+        return ("bad argument #%d to '%s'"):format(a + (shift or 0), fname)
+      end)
+      usage("%s", (rest:gsub(pat, fname, 1)))
+    end
+  end
+end
+
 -- pool:call(fname, ...) -> ...: worker:call on the worker with the fewest
 -- calls in flight.
-function Pool:call(fname, ...)
+local function pool_call(self, as, fname, ...)
   local busy, best = self.busy, 1
   for i = 2, self.n do
     if busy[i] < busy[best] then best = i end
   end
   busy[best] = busy[best] + 1
   local slot <close> = setmetatable({busy, best}, Slot)
-  return self.workers[best]:call(fname, ...)
+  local r = pack(pcall(self.workers[best].call, self.workers[best], fname, ...))
+  if r[1] then return unpack(r, 2, r.n) end
+  pool_usage(r[2], as)
+  error(r[2], 0)
+end
+
+function Pool:call(fname, ...)
+  if getmetatable(self) ~= Pool then
+    usage("bad argument #1 to 'pool:call' (braid.Pool expected, got %s)",
+          type(self))
+  end
+  return pool_call(self, "pool:call", fname, ...)
 end
 
 -- pool:map(list, fname, [opts]) -> results: braid.map over the pool,
 -- fname(item, i) in a worker for every item; opts as braid.map's, limit
 -- defaulting to two calls per worker (the next item goes to whichever
--- worker is free first).
-function Pool:map(list, fname, opts)
-  local o = {limit = 2 * self.n}
-  if type(opts) == "table" then
-    for k, v in pairs(opts) do o[k] = v end
+-- worker is free first). as names it in errors (pool:map, or braid.map
+-- for braid.map(list, fname, {module = ...}), whose arguments are one
+-- place earlier: shift 0).
+local function pool_map(self, list, fname, opts, as, shift)
+  if type(fname) ~= "string" then
+    usage("bad argument #%d to '%s' (string expected, got %s)", 2 + shift,
+          as, type(fname))
   end
-  return M.map(list, function(item, i) return self:call(fname, item, i) end, o)
+  check_opts_table(as, 3 + shift, opts)
+  local o = {limit = 2 * self.n}
+  for k, v in next, opts or o do o[k] = v end
+  local r = pack(pcall(M.map, list, function(item, i)
+    return pool_call(self, as, fname, item, i)
+  end, o))
+  if r[1] then return unpack(r, 2, r.n) end
+  pool_usage(r[2], as, shift)
+  error(r[2], 0)
+end
+
+function Pool:map(list, fname, opts)
+  if getmetatable(self) ~= Pool then
+    usage("bad argument #1 to 'pool:map' (braid.Pool expected, got %s)",
+          type(self))
+  end
+  return pool_map(self, list, fname, opts, "pool:map", 1)
 end
 
 -- pool:close(): closes every worker (each waits for its thread to end).
@@ -544,19 +648,18 @@ Pool.__close = Pool.close
 local map <const> = M.map
 function M.map(list, fn, opts)
   if type(fn) ~= "string" then return map(list, fn, opts) end
+  check_opts_table("braid.map", 3, opts)
   local o, source, n = {}, nil, nil
-  if type(opts) == "table" then
-    for k, v in pairs(opts) do
-      if k == "module" then source = v
-      elseif k == "workers" then n = v
-      else o[k] = v end
-    end
+  for k, v in next, opts or o do
+    if k == "module" then source = v
+    elseif k == "workers" then n = v
+    else o[k] = v end
   end
   if source == nil then
     usage("braid.map: a function name needs opts.module (the workers' "
           .. "module, file or chunk)")
   end
-  local pool <close> = M.pool(n, source)
-  return pool:map(list, fn, o)
+  local pool <close> = new_pool(n, source, nil, "braid.map", "option 'workers'",
+                                {"option 'module'"})
+  return pool_map(pool, list, fn, o, "braid.map", 0)
 end
-

@@ -27,8 +27,38 @@ local function key_order(a, b)
   return tostring(a) < tostring(b)
 end
 
+-- heap_add(h, k, key): keeps in h the k first keys in key_order
+-- among those given to it one at a time, in a max-heap (h[1] the
+-- greatest): a table with a million keys showed 30 of them after sorting
+-- them all. O(n log k); the caller sorts the k kept.
+local function heap_add(h, k, key)
+  local n = #h
+  if n < k then
+    n = n + 1
+    h[n] = key
+    while n > 1 do   -- up
+      local p = n // 2
+      if not key_order(h[p], h[n]) then break end
+      h[p], h[n] = h[n], h[p]
+      n = p
+    end
+  elseif key_order(key, h[1]) then
+    h[1] = key
+    local i = 1
+    while true do    -- down
+      local l, big = 2 * i, i
+      if l <= n and key_order(h[big], h[l]) then big = l end
+      if l + 1 <= n and key_order(h[big], h[l + 1]) then big = l + 1 end
+      if big == i then break end
+      h[i], h[big] = h[big], h[i]
+      i = big
+    end
+  end
+end
+
 -- show(v, depth, path) -> string: v readably; tables nested, cycles marked
--- (path: the tables being shown), long ones cut.
+-- (path: the tables being shown), long ones cut. Read raw, and only what
+-- is shown is visited: a __len of math.huge walked every index.
 local function show(v, depth, path)
   local tv = type(v)
   if tv == "string" then return quote(v) end
@@ -40,24 +70,26 @@ local function show(v, depth, path)
   if path[v] then return "<cycle>" end
   if depth >= MAX_DEPTH then return "{...}" end
   path[v] = true
-  local parts, n, len, keys = {}, 0, #v, {}
-  for i = 1, len do
-    if n < MAX_ITEMS then n = n + 1; parts[n] = show(rawget(v, i), depth + 1, path) end
+  local parts, n, len, keys, nkeys = {}, 0, rawlen(v), {}, 0
+  for i = 1, math.min(len, MAX_ITEMS) do
+    n = n + 1
+    parts[n] = show(rawget(v, i), depth + 1, path)
   end
+  local room = MAX_ITEMS - n
   for k in next, v do
     if not (math.type(k) == "integer" and k >= 1 and k <= len) then
-      keys[#keys + 1] = k
+      nkeys = nkeys + 1
+      if room > 0 then heap_add(keys, room, k) end
     end
   end
   table.sort(keys, key_order)
   for _, k in ipairs(keys) do
-    if n >= MAX_ITEMS then break end
     local ks = (type(k) == "string" and k:match("^[%a_][%w_]*$") and
                 not keywords[k]) and k or "[" .. show(k, MAX_DEPTH, path) .. "]"
     n = n + 1
     parts[n] = ks .. " = " .. show(rawget(v, k), depth + 1, path)
   end
-  local total = len + #keys
+  local total = len + nkeys
   if total > n then parts[n + 1] = "... (" .. (total - n) .. " more)" end
   path[v] = nil
   return "{" .. concat(parts, ", ") .. "}"
@@ -65,14 +97,19 @@ end
 
 -- What an expression's values look like at the prompt: strings as print
 -- shows them, everything else readably.
+-- The pcalls never keep the entry's cancellation (Ctrl-C while a
+-- __tostring loops): caught, the rendering went on, spinning in the same
+-- __tostring until the grace period abandoned the entry.
 local function render(v)
   if type(v) == "string" then return v end
   local ok, s = pcall(show, v, 0, {})
   if ok then return s end
+  if braid.is_cancelled(s) then error(s, 0) end
   -- show failed (a __tostring that raises, say): plain tostring would
   -- raise again, and an error here ended the whole session
   ok, s = pcall(tostring, v)
   if ok and type(s) == "string" then return s end
+  if not ok and braid.is_cancelled(s) then error(s, 0) end
   return ("%s (its __tostring failed)"):format(type(v))
 end
 
@@ -147,12 +184,18 @@ local function run_entry(fn, name)
 end
 
 -- An entry cancelled by Ctrl-C, or abandoned by a second one (the only way
--- an entry is abandoned), was interrupted.
+-- an entry is abandoned), was interrupted. One cancelled with the session
+-- (os.exit, SIGTERM: the checkpoint raises) did not fail: os.exit(3)
+-- printed "cancelled (exit)" before leaving; the session ends here.
 local function report(err)
   if braid.is_cancelled(err) and (err.reason == "interrupt" or
       err.reason == "abandoned after its grace period") then
     io.stderr:write("interrupted\n")
   else
+    if braid.is_cancelled(err) then
+      local ok, e = pcall(braid.yield)
+      if not ok then error(e, 0) end
+    end
     repl.report(err)
   end
 end

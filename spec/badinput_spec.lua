@@ -333,7 +333,8 @@ describe("usage errors raised on braid's Lua side", function()
       {"braid.http.post", function() braid.http.post("http://127.0.0.1:1/", "", 1) end, line()},
       {"braid.json.decode", function() braid.json.decode(1) end, line()},
       {"braid.map", function() braid.map({1}, "f", {}) end, line()},
-      {"braid.worker", function() braid.pool(1, {}) end, line()},   -- handed on
+      -- braid.worker's check, handed on: said as the call the script made
+      {"bad argument #2 to 'braid.pool'", function() braid.pool(1, {}) end, line()},
     }
     for _, c in ipairs(cases) do
       local ok, e = pcall(c[2])

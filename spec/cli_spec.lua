@@ -337,6 +337,52 @@ describe("braid (the runner)", function()
     assert.is_nil(err:find("spawned at [C]", 1, true), err)
   end)
 
+  -- review-lua 2, 6: braid.map and pool:map go through braid's Lua side,
+  -- whose frame the group took for the spawn site ("spawned at
+  -- [braid]:546"), and a pool member's function, braid's own, named the
+  -- task ("[braid]:531")
+  it("places the members of braid.map and pool:map at the script's line", function()
+    local p = h.script(table.concat({
+      "local src = 'return {sq = function(x) if x == 3 then error(\"no three\") end return x * x end}'",
+      "local ok, e = pcall(braid.map, {1, 2}, function(x) error({code = x}) end)",  -- 2
+      "print(ok)",
+      "local p <close> = braid.pool(2, src)",                                     -- 4
+      "local r = p:map({1, 2, 3}, 'sq')",                                         -- 5
+    }, "\n") .. "\n")
+    local out, err, code = run(q(p))
+    rm(p)
+    assert.are.equal(1, code, err)
+    assert.matches("no three", err, 1, true)
+    assert.matches('"' .. p .. ':5", spawned at ' .. p .. ":5 (in braid.gather", err, 1, true)
+    assert.is_nil(err:find("spawned at [braid]", 1, true), err)
+    assert.is_nil(err:find('"[braid]:', 1, true), err)
+    local p2 = h.script("braid.map({1, 2}, function(x) braid.sleep(0.01) error({code = x}) end)\n")
+    out, err, code = run(q(p2))
+    rm(p2)
+    assert.are.equal(1, code, err)
+    assert.matches('"' .. p2 .. ':1", spawned at ' .. p2 .. ":1 (in braid.gather", err, 1, true)
+  end)
+
+  it("names a C function or a callable table run as a task by what it is", function()
+    local p = h.script(table.concat({
+      "local ok, e = pcall(braid.map, {1, 'x'}, math.floor)",
+      "print(e)",
+      "local f = setmetatable({}, {__call = function(self, x)",   -- 3
+      "  error('callable failed') end})",
+      "braid.gather(f)",                                          -- 5
+    }, "\n") .. "\n")
+    local p1 = h.script("braid.map({1, 2, 'x'}, math.floor)\n")
+    local _, err1, code1 = run(q(p1))
+    local _, err, code = run(q(p))
+    rm(p)
+    rm(p1)
+    assert.are.equal(1, code1, err1)
+    assert.matches('in task %d+ "math.floor", spawned at ' .. p1:gsub("%p", "%%%0") .. ":1", err1)
+    assert.are.equal(1, code, err)
+    assert.matches('in task %d+ "' .. p:gsub("%p", "%%%0") .. ':3", spawned at ' ..
+                   p:gsub("%p", "%%%0") .. ":5", err)
+  end)
+
   it("prints braid's own errors as a one-line message (tostring), e.g. a timeout", function()
     local p = h.script([[braid.timeout(0.01, function() braid.sleep(5) end)]])
     local out, err, code = run(q(p))

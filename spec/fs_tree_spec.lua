@@ -109,7 +109,7 @@ describe("braid.fs tree calls", function()
       local ok, e = pcall(call)
       assert.is_false(ok)
       assert.are.equal("usage", e.kind)
-      assert.matches("options table expected, got a table with a metatable", e.message)
+      assert.matches("options table expected: a plain table without a metatable, got a table with a metatable", e.message, 1, true)
     end
     assert.are.equal("x", fs.read_file(d .. "/p/f"))
   end))

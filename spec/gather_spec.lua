@@ -360,3 +360,24 @@ describe("braid.timeout", function()
     assert.are.equal(2, braid.timeout(1, callable, 1))
   end))
 end)
+
+-- review-lua 8: a table with a metatable was refused with "options table
+-- expected", though it is a table: API.md "Options" says what is meant
+describe("an options table with a metatable", function()
+  it("is refused as not a plain table", h.virtual(function()
+    local mt = setmetatable({limit = 2}, {})
+    for _, call in ipairs({
+      function() return braid.map({1}, print, mt) end,
+      function() return braid.scope(print, mt) end,
+    }) do
+      local ok, e = pcall(call)
+      assert.is_false(ok)
+      assert.matches("(options table expected: a plain table without a metatable, " ..
+                     "got a table with a metatable)", e.message, 1, true)
+    end
+    local ok, e = pcall(braid.scope, print, 5)
+    assert.is_false(ok)
+    assert.matches("options table expected: a plain table without a metatable, got number",
+                   e.message, 1, true)
+  end))
+end)

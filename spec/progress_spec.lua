@@ -92,6 +92,17 @@ describe("braid.progress without a terminal", function()
     assert.equal("braid.map: 50% (1/2) 1.0s\nbraid.map: done 2/2 in 2.0s\n", err)
   end)
 
+  -- review-lua 8: the label was cut at 63 bytes in the middle of "é"
+  it("cuts a long label at a character's start", function()
+    local _, err, code = run("", [[
+      braid.progress(2, ("é"):rep(40)):add(2)
+      braid.gather(function() end, {progress = "x" .. ("é"):rep(40)})
+    ]])
+    assert.are.equal(0, code, err)
+    assert.matches("\n" .. ("é"):rep(31) .. ": done 2/2", "\n" .. err, 1, true)
+    assert.matches("\nx" .. ("é"):rep(31) .. ": done 1/1", "\n" .. err, 1, true)
+  end)
+
   it("checks its arguments", h.run(function()
     for _, bad in ipairs({function() braid.progress() end,
                           function() braid.progress(-1) end,

@@ -552,3 +552,90 @@ describe("the REPL's error reports (issue 19)", function()
     assert.not_matches("spawned at", out, 1, true)
   end)
 end)
+
+-- review-lua 4: render's pcall caught the cancellation raised in a looping
+-- __tostring, and the rendering spun on until the grace period (5 s)
+-- abandoned the entry
+describe("the REPL showing a value", function()
+  it("stops at Ctrl-C when the value's __tostring loops", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "setmetatable({}, {__tostring = function() while true do end end})\\r"},
+      {"expect", "end end}\\)\\r\\n"},
+      {"quiet", "0.3"},
+      {"send", "\\x03"},
+      {"expect", "interrupted\\r\\n> $", 3},
+      {"send", "1+1\\r"},
+      {"expect", "\\r\\n2\\r\\n> $", 5},
+      {"send", "\\x04"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(0, status, out)
+    assert.not_matches("abandoned", out, 1, true)
+  end)
+
+  -- braid -i on a pipe, bounded: a hang fails
+  local function piped(input)
+    local p = os.tmpname()
+    local f = assert(io.open(p, "wb"))
+    f:write(input)
+    f:close()
+    local out, err, code = h.sh((os.getenv("BRAID_RUN_ENV") or "") ..
+      " timeout 30 " .. BIN .. " -i <" .. p)
+    os.remove(p)
+    return out, err, code
+  end
+
+  -- review-lua 5: show() ran `#v` and walked every index up to it
+  it("reads a table raw: a __len of math.huge or 2^40 is not walked", function()
+    local out, err, code = piped(
+      "setmetatable({1, 2}, {__len = function() return math.huge end})\n" ..
+      "setmetatable({1, 2, x = 1}, {__len = function() return 2^40 end})\n")
+    assert.are.equal(0, code, err)
+    assert.matches("> {1, 2}\n> {1, 2, x = 1}\n", out, 1, true)
+  end)
+
+  it("shows the first of many keys in order, with how many more", function()
+    local out, err, code = piped(
+      "local t = {} for i = 40, 1, -1 do t[('k%02d'):format(i)] = i end " ..
+      "t[1.5], t[true], t[1], t[2] = 0, 0, 'a', 'b' return t\n")
+    assert.are.equal(0, code, err)
+    local keys = {}
+    for i = 1, 26 do keys[i] = ("k%02d = %d"):format(i, i) end
+    assert.matches('> {"a", "b", [true] = 0, [1.5] = 0, ' ..
+                   table.concat(keys, ", ") .. ", ... (14 more)}\n", out, 1, true)
+  end)
+
+  -- review-lua 8: every key was sorted to show 30 (3.2 s for a million,
+  -- three times what making the table takes); now well under it
+  it("does not sort a million keys to show 30", function()
+    local out, err, code = piped(
+      "c0 = os.clock() t = {} for i = 1, 1000000 do t['k' .. i] = i end made = os.clock() - c0\n" ..
+      "c0 = os.clock()\n" ..
+      "t\n" ..
+      "print('shown in less than making it: ' .. tostring(os.clock() - c0 < made))\n")
+    assert.are.equal(0, code, err)
+    assert.matches("{k1 = 1, k10 = 10, k100 = 100, ", out, 1, true)
+    assert.matches("... (999970 more)}\n", out, 1, true)
+    assert.matches("shown in less than making it: true", out, 1, true)
+  end)
+end)
+
+-- review-lua 8: the entry cancelled by os.exit was reported as failed,
+-- "cancelled (exit)", before the session left
+describe("os.exit at the REPL", function()
+  it("leaves with its code and says nothing of the entry it ended", function()
+    local out, ok, status = repl {
+      {"expect", PROMPT},
+      {"send", "local t = braid.spawn(braid.sleep, 10) braid.yield() t:cancel('exit') t:await()\\r"},
+      {"expect", "cancelled \\(exit\\)\\r\\n> $"},   -- a task's own cancellation still is a failure
+      {"send", "os.exit(3)\\r"},
+      {"exit", 10},
+    }
+    assert.is_true(ok, out)
+    assert.are.equal(3, status, out)
+    local _, n = out:gsub("cancelled", "")
+    assert.are.equal(1, n, out)
+  end)
+end)

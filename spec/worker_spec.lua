@@ -663,6 +663,64 @@ describe("braid.map with workers", function()
   end))
 end)
 
+-- review-lua 6, 8: a pool's errors spoke as worker:call or braid.pool,
+-- a pool:map member's without a position, wrong option types were
+-- ignored, and 2.0 workers were refused
+describe("pool errors name what the script called", function()
+  -- the message of f's error, called from this file (a position)
+  local function msg(f)
+    local ok, e = pcall(f)
+    assert.is_false(ok, "expected an error")
+    assert.equal("usage", e.kind, tostring(e))
+    return e.message
+  end
+  local HERE = "^spec/worker_spec%.lua:%d+: "
+
+  it("pool:call and pool:map", run(function()
+    local p <close> = braid.pool(2, SRC)
+    assert.matches(HERE .. "bad argument #2 to 'pool:call' %(string expected, got nil%)$",
+                   msg(function() local r = p:call() return r end))
+    assert.matches(HERE .. "pool:call: the worker has no function 'nosuch'$",
+                   msg(function() local r = p:call("nosuch") return r end))
+    assert.matches(HERE .. "pool:map: the worker has no function 'nosuch'$",
+                   msg(function() local r = p:map({1, 2}, "nosuch") return r end))
+    assert.matches(HERE .. "bad argument #3 to 'pool:map' %(string expected, got number%)$",
+                   msg(function() local r = p:map({1}, 5) return r end))
+    assert.matches(HERE .. "bad argument #4 to 'pool:map' %(options table expected: a plain " ..
+                   "table without a metatable, got number%)$",
+                   msg(function() local r = p:map({1}, "add", 5) return r end))
+    assert.matches(HERE .. "bad option 'limit' to 'pool:map'",
+                   msg(function() local r = p:map({1}, "add", {limit = 0}) return r end))
+    assert.matches(HERE .. "bad argument #4 to 'pool:map' %(unknown option 'bogus'%)$",
+                   msg(function() local r = p:map({1}, "add", {bogus = 1}) return r end))
+  end))
+
+  it("braid.map with a function name, and braid.pool", run(function()
+    assert.matches(HERE .. "bad option 'workers' to 'braid.map' %(positive integer expected, got 0%)$",
+                   msg(function() local r = braid.map({1}, "add", {module = SRC, workers = 0}) return r end))
+    assert.matches(HERE .. "bad argument #3 to 'braid.map' %(options table expected: a plain " ..
+                   "table without a metatable, got a table with a metatable%)$",
+                   msg(function() local r = braid.map({1}, "add", setmetatable({}, {})) return r end))
+    assert.matches(HERE .. "braid.map: the worker has no function 'nosuch'$",
+                   msg(function() local r = braid.map({1}, "nosuch", {module = SRC, workers = 1}) return r end))
+    assert.matches(HERE .. "bad argument #1 to 'braid.pool' %(positive integer expected, got 1.5%)$",
+                   msg(function() local r = braid.pool(1.5, SRC) return r end))
+    -- braid.worker's checks, in the name of what the script called
+    assert.matches(HERE .. "bad argument #2 to 'braid.pool' %(string expected, got number%)$",
+                   msg(function() local r = braid.pool(2, 5) return r end))
+    assert.matches(HERE .. "bad argument #2 to 'braid.pool' %(unknown option 'bogus'%)$",
+                   msg(function() local r = braid.pool(SRC, {bogus = 1}) return r end))
+    assert.matches(HERE .. "bad option 'module' to 'braid.map' %(string expected, got number%)$",
+                   msg(function() local r = braid.map({1}, "add", {module = 5}) return r end))
+    -- as Lua's own integer arguments: 2.0 counts as 2
+    local p <close> = braid.pool(2.0, SRC)
+    assert.equal(2, #p.workers)
+    local r = braid.map({1, 2}, "add", {module = SRC, workers = 2.0})
+    assert.equal(2, r[1])
+    assert.equal(4, r[2])
+  end))
+end)
+
 describe("braid.worker children", function()
   it("spawns children from a worker and from the owner at the same time (issue 15c's vfork)", run(function()
     local w <close> = braid.worker([[

@@ -278,8 +278,11 @@ const char *braid__describe (lua_State *L, int idx) {
 void braid__check_options (lua_State *L, int idx, const char *fname,
                            const char *const *allowed) {
   if (lua_isnoneornil(L, idx)) return;
-  if (!lua_istable(L, idx) || lua_getmetatable(L, idx))
-    braid_argerror(L, idx, fname, "options table expected");
+  if (!lua_istable(L, idx) || lua_getmetatable(L, idx))   /* as API.md says */
+    braid_argerror(L, idx, fname, lua_pushfstring(L, "options table "
+                   "expected: a plain table without a metatable, got %s",
+                   lua_istable(L, idx) ? "a table with a metatable"
+                                       : luaL_typename(L, idx)));
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int i, ok = 0;

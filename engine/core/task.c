@@ -33,23 +33,44 @@ struct braid_task *braid__task_check (lua_State *L, int idx,
                                                    fname);
 }
 
-/* The task's name: set by the script, else where its function is defined.
+/* The task's name: set by the script, else where its function is defined;
+** made when first asked for (a report, tostring), never at the spawn.
+** A function of braid's own Lua side (a pool:map member's) is named after
+** where the task was spawned, the script's line, and a C function by its
+** global name ("math.floor"): "[braid]:531" and "[C]:-1" said nothing. A
+** callable table or userdata is named by its __call.
 ** idx is the task object's stack index, or 0 for a live task. */
 const char *braid__task_name (lua_State *L, struct braid_task *t, int idx) {
   const char *name = "?";
   if (idx) lua_pushvalue(L, idx);
   else if (t->ref != LUA_NOREF) braid__task_push(L, t);
   else return "?";
-  if (lua_getiuservalue(L, -1, 2) == LUA_TSTRING) name = lua_tostring(L, -1);
-  else if (lua_isfunction(L, -1)) {
-    lua_Debug ar;
-    lua_getinfo(L, ">S", &ar);
-    lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+  idx = lua_gettop(L);
+  if (lua_getiuservalue(L, -1, 2) == LUA_TSTRING) {
     name = lua_tostring(L, -1);
-    lua_setiuservalue(L, -2, 2);   /* interned and anchored from now on */
-    lua_pushnil(L);
+    lua_settop(L, idx - 1);
+    return name;
   }
-  lua_pop(L, 2);
+  switch (luaL_getmetafield(L, -1, "__call")) {   /* a callable: its __call */
+    case LUA_TNIL: break;
+    case LUA_TFUNCTION: lua_replace(L, -2); break;
+    default: lua_pop(L, 1);
+  }
+  if (lua_isfunction(L, -1)) {
+    lua_Debug ar;
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);
+    if (*ar.what == 'C') {
+      if (!braid__global_name_push(L, -1)) lua_pushliteral(L, "C function");
+    } else if (strcmp(ar.source, "=[braid]") == 0) {
+      braid__task_site(L, t, idx);
+    } else {
+      lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+    }
+    name = lua_tostring(L, -1);
+    lua_setiuservalue(L, idx, 2);   /* interned and anchored from now on */
+  }
+  lua_settop(L, idx - 1);
   return name;
 }
 

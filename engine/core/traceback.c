@@ -76,11 +76,10 @@ static int name_holds (lua_State *L, int f, const char *name) {
   return ok;
 }
 
-/* Pushes a global name of the frame's function and returns 1, or
-** returns 0 (pushing nothing). */
-static int push_global_name (lua_State *L, lua_Debug *ar) {
-  int top = lua_gettop(L), f = top + 1;
-  lua_getinfo(L, "f", ar);
+/* Replaces the function on top with a global name of it and returns 1,
+** or pops it and returns 0. */
+static int global_name (lua_State *L) {
+  int f = lua_gettop(L), top = f - 1;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) != LUA_TTABLE) {
     lua_pop(L, 1);
     braid__push_weak_table(L);
@@ -122,6 +121,21 @@ static int push_global_name (lua_State *L, lua_Debug *ar) {
   lua_rawset(L, top + 2);
   lua_settop(L, top);
   return 0;
+}
+
+/* Pushes a global name of the frame's function and returns 1, or
+** returns 0 (pushing nothing). */
+static int push_global_name (lua_State *L, lua_Debug *ar) {
+  lua_getinfo(L, "f", ar);
+  return global_name(L);
+}
+
+/* global_name's answer for the function at idx: pushes its name ("math.floor")
+** and returns 1, or returns 0 (pushing nothing). A task running a C
+** function is named so, as no line defines it. [-0, +(0|1), m] */
+int braid__global_name_push (lua_State *L, int idx) {
+  lua_pushvalue(L, idx);
+  return global_name(L);
 }
 
 static void push_func_name (lua_State *L, lua_Debug *ar) {
@@ -199,6 +213,22 @@ int braid__frame_push (lua_State *L, lua_State *L1, int level) {
       return ar.currentline;
     }
     lua_pop(L1, 1);
+  }
+  return -1;
+}
+
+/* As braid__frame_push(L, L, level), passing over the frames of braid's
+** own Lua side (chunk "=[braid]"), as usage errors do: a group made there
+** (braid.map's wrapper, pool:map) was placed at braid's line, not at the
+** script's. Not for braid.spawn: the source lookup would be paid on every
+** spawn, and none is made from braid's Lua side. */
+int braid__site_push (lua_State *L, int level) {
+  lua_Debug ar;
+  for (; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Slf", &ar);
+    if (ar.currentline > 0 && strcmp(ar.source, "=[braid]") != 0)
+      return ar.currentline;
+    lua_pop(L, 1);
   }
   return -1;
 }

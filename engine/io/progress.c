@@ -225,6 +225,19 @@ static int l_progress_fail (lua_State *L) {
 
 /* ---- the groups' progress (prim.h): no resource, the group ends it ---- */
 
+/* Copies label into buf (size bytes), cut if longer at a character's
+** start: a cut in the middle of a UTF-8 character left a lone lead byte
+** on the terminal. */
+static void progress_label (char *buf, size_t size, const char *label) {
+  size_t n = strlen(label);
+  if (n >= size) {
+    n = size - 1;
+    while (n > 0 && ((unsigned char) label[n] & 0xC0) == 0x80) n--;
+  }
+  memcpy(buf, label, n);
+  buf[n] = '\0';
+}
+
 static struct progress *progress_push (lua_State *L, braid_engine_t *E,
                                        double total, const char *label) {
   struct progress *p = (struct progress *) lua_newuserdatauv(L, sizeof *p, 0);
@@ -234,7 +247,7 @@ static struct progress *progress_push (lua_State *L, braid_engine_t *E,
   p->total = total;
   p->tty = isatty(2);
   p->start_ns = braid_now(E);
-  snprintf(p->label, sizeof p->label, "%s", label);
+  progress_label(p->label, sizeof p->label, label);
   p->res.prev = p->res.next = &p->res;   /* not in a scope */
   return p;
 }
