@@ -136,6 +136,19 @@ describe("a failure's record travels with the failure, not with its value", func
     assert.truthy(err:find('^braid: E\n  in task 2 "[^"]*:3", spawned at [^\n]*:3\n'), err)
     assert.truthy(err:find(":2: in upvalue 'deep'", 1, true), err)
   end)
+
+  -- braid.map is a wrapper in braid's Lua side: the error was handed to
+  -- its frame, not to the script's that raises it again (pool:map: cli_spec)
+  it("keeps a member's record through braid's Lua wrapper: pcall(braid.map) then error(e)", function()
+    local _, err, code = run(table.concat({
+      "local function sq(x) braid.sleep(0.01 * x) error('no ' .. x, 0) end",  -- 1
+      "local ok, e = pcall(braid.map, {1, 2}, sq)",                           -- 2
+      "error(e, 0)",                                                          -- 3
+    }, "\n") .. "\n")
+    assert.are.equal(1, code, err)
+    assert.truthy(err:find('^braid: no 1\n  in task 2 "[^"]*:1", spawned at [^\n]*:2 '), err)
+    assert.truthy(err:find(":1: in function <", 1, true), err)
+  end)
 end)
 
 describe("error(nil) reaching the top", function()

@@ -392,7 +392,9 @@ void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
 
 /* Notes on the record on top where braid hands its error to task t: the
 ** function L runs it in (the first frame with a line, the caller of
-** the braid function raising it). A raise from that function in t is a
+** the braid function raising it; braid's own Lua side passed over, as
+** for a usage error: pcall(braid.map, ...) or pool:map hand it through
+** braid's wrappers to the script). A raise from that function in t is a
 ** re-raise (error_record). Allocates nothing: record_new made the fields,
 ** so their keys are interned and setting them adds no slot. */
 static void record_hand_site (lua_State *L, struct braid_task *t) {
@@ -402,7 +404,7 @@ static void record_hand_site (lua_State *L, struct braid_task *t) {
     return;
   }
   lua_pop(L, 1);
-  if (braid__frame_push(L, L, 1) < 0) lua_pushboolean(L, 0);
+  if (braid__site_push(L, L, 1) < 0) lua_pushboolean(L, 0);
   lua_setfield(L, -2, "hand_fn");
   lua_pushinteger(L, (lua_Integer) t->id);
   lua_setfield(L, -2, "hand_task");
@@ -519,7 +521,7 @@ void braid__error_causes (lua_State *L, int idx, struct braid_task *t) {
 
 /* Is the record on top (t's carry, of this value) that of an error braid
 ** handed to t in the function that raises now (co's first frame with a
-** line from level)? Then this is a re-raise: the error going on from
+** line from level, past braid's own Lua side as record_hand_site)? Then this is a re-raise: the error going on from
 ** where braid raised it (task:await, a gather, a scope's end), or raised
 ** again by the code that caught it (error(e) after a pcall). A raise
 ** anywhere else is a new failure with an equal value (a module's error
@@ -532,7 +534,7 @@ static int record_reraised (lua_State *L, lua_State *co, int level,
   here = lua_tointeger(L, -1) == (lua_Integer) t->id;
   lua_pop(L, 1);
   if (!here) return 0;
-  if (braid__frame_push(L, co, level) < 0) return 0;
+  if (braid__site_push(L, co, level) < 0) return 0;
   lua_getfield(L, -2, "hand_fn");
   here = lua_rawequal(L, -1, -2);
   lua_pop(L, 2);
