@@ -6,11 +6,12 @@ local braid = require "braid"
 local h = require "helper"
 
 -- run(src) -> stdout, stderr, exit code, path of `braid script` with src,
--- under `timeout 20` (a hang fails instead of hanging the suite).
+-- under `timeout 20` (a hang fails instead of hanging the suite; SIGKILL
+-- 5 s later, for a script that takes SIGTERM itself).
 local function run(src)
   local path = h.script(src)
   local out, err, code = h.sh((os.getenv("BRAID_RUN_ENV") or "") ..
-    " timeout 20 " .. os.getenv("BRAID_BIN") .. " " .. path .. " </dev/null")
+    " timeout -k 5 20 " .. os.getenv("BRAID_BIN") .. " " .. path .. " </dev/null")
   os.remove(path)
   return out, err, code, path
 end
@@ -74,6 +75,54 @@ describe("a report runs a script's __tostring bounded, also inside a task withou
       {"exit", 10},
     }, "")
     assert.is_true(ok, transcript)
+  end)
+end)
+
+-- A script's kill of braid itself ($PPID of popen's shell), made inside the
+-- __tostring: the signal arrives while the bound runs. (os.execute would
+-- not do: system() ignores SIGINT and SIGQUIT while its command runs.)
+local function spin_after(sig)
+  return "local sent = false\n" ..
+    "local op = setmetatable({}, {__tostring = function()\n" ..
+    "  if not sent then sent = true; io.popen('kill -" .. sig .. " $PPID'):close() end\n" ..
+    "  while true do end\n" ..
+    "end})\n" ..
+    "local ch = braid.channel(1)\n" ..
+    "local t0 = os.clock()\n" ..
+    "local ok, e = pcall(braid.select, {{ch, op}})\n" ..
+    "print(ok, e.message:match('got (%(.-%))%)$'), os.clock() - t0 < 3)\n" ..
+    "io.stdout:flush()\n"
+end
+
+describe("the bound on a script's __tostring holds", function()
+  it("through a signal that arrives while it runs and cancels nothing (SIGQUIT's dump, a SIGTERM the script watches)", function()
+    local out, err, code = run(spin_after("QUIT"))
+    assert.are.equal(0, code, err)
+    assert.are.equal("false\t(table value whose __tostring failed)\ttrue\n", out)
+    assert.truthy(err:find("braid: 1 live task(s)", 1, true), err)
+    out, err, code = run("local w <close> = braid.signal('SIGTERM')\n" ..
+                         spin_after("TERM") .. "print(w:wait())\n")
+    assert.are.equal(0, code, err)
+    assert.are.equal("false\t(table value whose __tostring failed)\ttrue\nSIGTERM\n", out)
+  end)
+
+  it("through Ctrl-C, which cancels the task: its cancellation is raised at the task's next instruction after the bound", function()
+    local _, err, code = run(spin_after("INT") .. "while true do end\n")
+    assert.are.equal(130, code, err)
+    assert.are.equal("braid: interrupted\n", err)   -- not abandoned: raised
+  end)
+
+  it("over a coroutine it resumes", function()
+    local out, err, code = run(table.concat({
+      "local op = setmetatable({}, {__tostring = function()",
+      "  coroutine.wrap(function() while true do end end)()",
+      "end})",
+      "local t0 = os.clock()",
+      "local ok, e = pcall(braid.select, {{braid.channel(1), op}})",
+      "print(ok, e.message:match('got (%(.-%))%)$'), os.clock() - t0 < 3)",
+    }, "\n") .. "\n")
+    assert.are.equal(0, code, err)
+    assert.are.equal("false\t(table value whose __tostring failed)\ttrue\n", out)
   end)
 end)
 
