@@ -432,13 +432,25 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
     }
     lua_pop(L, 1);
+    lua_getfield(L, opts, "progress");   /* group_progress reads it */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1) &&
+        lua_type(L, -1) != LUA_TSTRING)
+      braid_usageerror(L, "bad option 'progress' to '%s' (boolean or label "
+                          "string expected, got %s)", fname,
+                       braid__describe(L, -1));
+    lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
     if (braid__test_tagged(L, first + i, &braid__task_type)) {
       if (lua_touserdata(L, first + i) == (void *) t)
         braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
-      braid_argerror(L, first + i, fname, "function or task expected");
+      /* trailing_options left a table with a metatable among the members */
+      int mt = lua_istable(L, first + i) && i == n - 1;
+      braid_argerror(L, first + i, fname, lua_pushfstring(L, "function or "
+                     "task expected, got %s", mt ? "a table with a metatable: "
+                     "options are a plain table without one" :
+                     luaL_typename(L, first + i)));
     }
   }
   braid__task_checkyield(L, t, fname);
