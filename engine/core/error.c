@@ -604,6 +604,12 @@ int braid__error_msgh (lua_State *L) {
 static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                           int causes);
 
+/* The line under a list cut at ALSO_MAX: how many more there were. */
+static void report_more (lua_Integer more, const char *what) {
+  if (more > 0)
+    fprintf(stderr, "  ... and %lld more %s\n", (long long) more, what);
+}
+
 /* Prints the members' errors of braid.any's "all_failed" error at idx,
 ** each with its record (the list at recs), as the "also" list, at most
 ** ALSO_MAX. */
@@ -625,9 +631,7 @@ static void report_causes (lua_State *L, int idx, int recs) {
     error_report(L, errs + 1, errs + 2, lua_tostring(L, -1), 0);
     lua_settop(L, errs);
   }
-  if (n > ALSO_MAX)
-    fprintf(stderr, "  ... and %lld more members failed (err.errors has "
-            "them all)\n", (long long) (n - ALSO_MAX));
+  report_more(n - ALSO_MAX, "members failed (err.errors has them all)");
   lua_settop(L, errs - 1);
 }
 
@@ -660,10 +664,8 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                 lua_tostring(L, -1));
         lua_pop(L, 1);
       }
-      lua_pushliteral(L, "more");
-      if (lua_rawget(L, -2) == LUA_TNUMBER)
-        fprintf(stderr, "  ... and %lld more raised while cancelling\n",
-                (long long) lua_tointeger(L, -1));
+      lua_getfield(L, -1, "more");   /* error_suppress's count */
+      report_more(lua_tointeger(L, -1), "raised while cancelling");
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -702,12 +704,10 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
     braid__tostring(L, idx);
     lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
   } else {   /* counted, for the report's "... and N more" */
-    lua_pushliteral(L, "more");
-    lua_pushliteral(L, "more");
-    lua_rawget(L, -3);   /* also.more, or nil: 0 */
+    lua_getfield(L, -1, "more");   /* nil at first: 0 */
     lua_pushinteger(L, lua_tointeger(L, -1) + 1);
-    lua_remove(L, -2);
-    lua_rawset(L, -3);
+    lua_setfield(L, -3, "more");
+    lua_pop(L, 1);
   }
   lua_pop(L, 2);
   /* raw lengths: no script __len runs here, in scheduler context; and no

@@ -244,20 +244,28 @@ static int group_cut_off (struct braid_group *g) {
 
 /* How many members the deadline cut off, of a group whose members have
 ** all ended: gather's were all ok but these (a failure raises first);
-** race's none ended; any's (it keeps its tasks) are those that neither
-** succeeded nor failed, or never started (limit). list: the member list. */
+** settling, those without an outcome in list.results (cut off, or never
+** started under a limit); race's none ended; any's (it keeps its tasks)
+** are those that neither succeeded nor failed, or never started (limit).
+** list: the member list. */
 static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
-  int i, cut = 0;
-  if (g->mode == GROUP_GATHER) return g->n - g->ok;
+  int i, cut = 0, settled = g->mode == GROUP_GATHER;
+  if (settled && !g->settle) return g->n - g->ok;
   if (g->mode == GROUP_RACE) return g->n;
-  for (i = 1; i <= g->n; i++) {   /* a function: a member never started */
+  if (settled) lua_getfield(L, list, "results");
+  for (i = 1; i <= g->n; i++) {   /* any's: a function, never started */
     struct braid_task *m;
-    lua_rawgeti(L, list, i);
-    m = braid__test_tagged(L, -1, &braid__task_type) ?
-        (struct braid_task *) lua_touserdata(L, -1) : NULL;
-    cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    if (settled) {
+      cut += lua_rawgeti(L, -1, i) == LUA_TNIL;
+    } else {
+      lua_rawgeti(L, list, i);
+      m = braid__test_tagged(L, -1, &braid__task_type) ?
+          (struct braid_task *) lua_touserdata(L, -1) : NULL;
+      cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    }
     lua_pop(L, 1);
   }
+  if (settled) lua_pop(L, 1);
   return cut;
 }
 
@@ -329,21 +337,17 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
-  if (g->settle) {   /* for the members cut off, or not run */
-    int cut = 0;
-    for (i = 1; i <= n; i++) {
-      cut += lua_rawgeti(L, list + 1, i) == LUA_TNIL;
+  if (g->settle) {   /* the members cut off, or not run: the timeout */
+    int cut = group_cut_count(L, g, list);
+    if (cut > 0) group_timeout_error(L, g, timeout_ns, cut);
+    for (i = 1; cut > 0 && i <= n; i++) {
+      if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {
+        lua_pushvalue(L, list + 2);
+        push_failed(L);
+        lua_rawseti(L, list + 1, i);
+      }
       lua_pop(L, 1);
     }
-    group_timeout_error(L, g, timeout_ns, cut);
-  }
-  for (i = 1; g->settle && i <= n; i++) {
-    if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
-      lua_pushvalue(L, list + 2);
-      push_failed(L);
-      lua_rawseti(L, list + 1, i);
-    }
-    lua_pop(L, 1);
   }
   lua_settop(L, list + 1);
   if (g->packed) {   /* map: the results table itself */
