@@ -189,6 +189,16 @@ describe("a failure's record travels with the failure, not with its value", func
     assert.truthy(err:find('^braid: no 1\n  in task 2 "[^"]*:1", spawned at [^\n]*:2 '), err)
     assert.truthy(err:find(":1: in function <", 1, true), err)
   end)
+
+  it("an equal string another wrapper raises later (pool:call) is its own failure, not the caught member's", function()
+    local _, err = run({
+      "local p <close> = braid.pool(1, 'return {f = function() error(\"down\", 0) end}')",
+      "local ok, e = pcall(braid.map, {1}, function() error('down', 0) end)",   -- 2
+      "p:call('f')",                                                            -- 3
+    }, 1)
+    assert.truthy(err:find('^braid: down\n  in task 1 "[^"]*"\nstack traceback:\n'), err)
+    assert.truthy(err:find(":3: in main chunk", 1, true), err)
+  end)
 end)
 
 describe("error(nil) reaching the top", function()

@@ -392,7 +392,7 @@ void braid__traceback(lua_State *L, lua_State *L1, int level);
 ** code of that line) and returns the line; -1, pushing nothing, when
 ** there is none. What a spawn site or an error's origin is. */
 int braid__frame_push(lua_State *L, lua_State *L1, int level);
-int braid__site_push(lua_State *L, lua_State *L1, int level);
+int braid__site_push(lua_State *L, int level);
 int braid__global_name_push(lua_State *L, int idx);
 void braid__traceback_forget(lua_State *L);
 void braid__error_forget(lua_State *L);

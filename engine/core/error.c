@@ -390,13 +390,41 @@ void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
   record_by_identity(L, idx);
 }
 
+/* Pushes the function of co's first frame from level on that has a line
+** and is not braid's own Lua side (the script's: usage errors and group
+** sites pass over braid's wrappers too), then, below it, the function of
+** the wrapper frame nearest it (the one the script called), or false;
+** returns 0, pushing nothing, when there is no such frame. */
+static int script_frame_push (lua_State *L, lua_State *co, int level) {
+  lua_Debug ar;
+  int via = 0;   /* a wrapper's function is on co's top */
+  for (; lua_getstack(co, level, &ar); level++) {
+    lua_getinfo(co, "Slf", &ar);
+    if (ar.currentline <= 0) {
+      lua_pop(co, 1);
+    } else if (strcmp(ar.source, "=[braid]") == 0) {
+      if (via) lua_remove(co, -2);   /* a caller is nearer the script */
+      via = 1;
+    } else {
+      if (!via) {
+        lua_pushboolean(co, 0);
+        lua_insert(co, -2);
+      }
+      if (co != L) lua_xmove(co, L, 2);
+      return 1;
+    }
+  }
+  if (via) lua_pop(co, 1);
+  return 0;
+}
+
 /* Notes on the record on top where braid hands its error to task t: the
-** function L runs it in (the first frame with a line, the caller of
-** the braid function raising it; braid's own Lua side passed over, as
-** for a usage error: pcall(braid.map, ...) or pool:map hand it through
-** braid's wrappers to the script). A raise from that function in t is a
-** re-raise (error_record). Allocates nothing: record_new made the fields,
-** so their keys are interned and setting them adds no slot. */
+** script's function that L runs it in (the caller of the braid function
+** raising it, past braid's Lua wrappers: pcall(braid.map, ...) and pool:map
+** hand it through them) and the wrapper it called. A raise from that
+** function in t, by itself or through that wrapper, is a re-raise
+** (error_record). Allocates nothing: record_new made the fields, so their
+** keys are interned and setting them adds no slot. */
 static void record_hand_site (lua_State *L, struct braid_task *t) {
   lua_pushliteral(L, "hand_task");
   if (lua_rawget(L, -2) != LUA_TNUMBER) {   /* not one of record_new's */
@@ -404,8 +432,12 @@ static void record_hand_site (lua_State *L, struct braid_task *t) {
     return;
   }
   lua_pop(L, 1);
-  if (braid__site_push(L, L, 1) < 0) lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "hand_fn");
+  if (!script_frame_push(L, L, 1)) {
+    lua_pushboolean(L, 0);
+    lua_pushboolean(L, 0);
+  }
+  lua_setfield(L, -3, "hand_fn");
+  lua_setfield(L, -2, "hand_via");
   lua_pushinteger(L, (lua_Integer) t->id);
   lua_setfield(L, -2, "hand_task");
 }
@@ -482,11 +514,13 @@ static void push_chain (lua_State *L, struct braid_task *t) {
 /* Pushes a new record of the value at idx (without a traceback or task);
 ** a collectable value's goes in the weak table too. [-0, +1, m] */
 static void record_new (lua_State *L, int idx) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushvalue(L, idx);
   lua_setfield(L, -2, "value");
   lua_pushboolean(L, 0);   /* braid__error_hand fills them in */
   lua_setfield(L, -2, "hand_fn");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "hand_via");
   lua_pushinteger(L, 0);
   lua_setfield(L, -2, "hand_task");
   if (!collectable(L, idx)) return;
@@ -520,24 +554,30 @@ void braid__error_causes (lua_State *L, int idx, struct braid_task *t) {
 }
 
 /* Is the record on top (t's carry, of this value) that of an error braid
-** handed to t in the function that raises now (co's first frame with a
-** line from level, past braid's own Lua side as record_hand_site)? Then this is a re-raise: the error going on from
+** handed to t in the function that raises now (co's script frame from
+** level, script_frame_push), raising it by itself or through the wrapper
+** it was handed through? Then this is a re-raise: the error going on from
 ** where braid raised it (task:await, a gather, a scope's end), or raised
-** again by the code that caught it (error(e) after a pcall). A raise
-** anywhere else is a new failure with an equal value (a module's error
-** table, an equal string, a retry of the failed code), however equal.
-** [-0, +0, -] */
+** again by the code that caught it (error(e) after a pcall, pool:map's
+** wrapper). A raise anywhere else is a new failure with an equal value (a
+** module's error table, an equal string, a retry of the failed code,
+** another wrapper's error), however equal. [-0, +0, -] */
 static int record_reraised (lua_State *L, lua_State *co, int level,
                             struct braid_task *t) {
   int here;
   lua_getfield(L, -1, "hand_task");
   here = lua_tointeger(L, -1) == (lua_Integer) t->id;
   lua_pop(L, 1);
-  if (!here) return 0;
-  if (braid__site_push(L, co, level) < 0) return 0;
-  lua_getfield(L, -2, "hand_fn");
+  if (!here || !script_frame_push(L, co, level)) return 0;
+  lua_getfield(L, -3, "hand_fn");
   here = lua_rawequal(L, -1, -2);
   lua_pop(L, 2);
+  if (here && lua_toboolean(L, -1)) {   /* raised in a wrapper */
+    lua_getfield(L, -2, "hand_via");
+    here = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   return here;
 }
 

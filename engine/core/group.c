@@ -494,7 +494,7 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       lua_rawseti(L, -2, i);
     }
   }
-  if ((g->line = braid__site_push(L, L, 1)) >= 0)   /* the script's line */
+  if ((g->line = braid__site_push(L, 1)) >= 0)   /* the script's line */
     lua_setfield(L, -2, "site");
   g->list_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* the deadline's struct first: a grace period after it cannot fail */

@@ -217,21 +217,18 @@ int braid__frame_push (lua_State *L, lua_State *L1, int level) {
   return -1;
 }
 
-/* As braid__frame_push, passing over the frames of braid's own Lua side
-** (chunk "=[braid]"), as usage errors do: a group made there (braid.map's
-** wrapper, pool:map) was placed at braid's line, not at the script's, and
-** an error braid hands through a wrapper is the script's to raise again
-** (error.c). Not for braid.spawn: the source lookup would be paid on
-** every spawn, and none is made from braid's Lua side. */
-int braid__site_push (lua_State *L, lua_State *L1, int level) {
+/* As braid__frame_push(L, L, level), passing over the frames of braid's
+** own Lua side (chunk "=[braid]"), as usage errors do: a group made there
+** (braid.map's wrapper, pool:map) was placed at braid's line, not at the
+** script's. Not for braid.spawn: the source lookup would be paid on every
+** spawn, and none is made from braid's Lua side. */
+int braid__site_push (lua_State *L, int level) {
   lua_Debug ar;
-  for (; lua_getstack(L1, level, &ar); level++) {
-    lua_getinfo(L1, "Slf", &ar);
-    if (ar.currentline > 0 && strcmp(ar.source, "=[braid]") != 0) {
-      if (L1 != L) lua_xmove(L1, L, 1);
+  for (; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Slf", &ar);
+    if (ar.currentline > 0 && strcmp(ar.source, "=[braid]") != 0)
       return ar.currentline;
-    }
-    lua_pop(L1, 1);
+    lua_pop(L, 1);
   }
   return -1;
 }
