@@ -180,7 +180,7 @@ describe("a failure's record travels with the failure, not with its value", func
 
   -- braid.map is a wrapper in braid's Lua side: the error was handed to
   -- its frame, not to the script's that raises it again (pool:map: cli_spec)
-  it("keeps a member's record through braid's Lua wrapper: pcall(braid.map) then error(e)", function()
+  it("keeps a member's record through braid's Lua wrapper (pcall(braid.map) then error(e)), not through another", function()
     local _, err = run({
       "local function sq(x) braid.sleep(0.01 * x) error('no ' .. x, 0) end",  -- 1
       "local ok, e = pcall(braid.map, {1, 2}, sq)",                           -- 2
@@ -188,14 +188,11 @@ describe("a failure's record travels with the failure, not with its value", func
     }, 1)
     assert.truthy(err:find('^braid: no 1\n  in task 2 "[^"]*:1", spawned at [^\n]*:2 '), err)
     assert.truthy(err:find(":1: in function <", 1, true), err)
-  end)
-
-  it("an equal string another wrapper raises later (pool:call) is its own failure, not the caught member's", function()
-    local _, err = run({
-      "local p <close> = braid.pool(1, 'return {f = function() error(\"down\", 0) end}')",
-      "local ok, e = pcall(braid.map, {1}, function() error('down', 0) end)",   -- 2
-      "p:call('f')",                                                            -- 3
-    }, 1)
+    -- an equal string that another wrapper (pool:call) raises later is a
+    -- failure of its own, not the caught member's
+    _, err = run("local p <close> = braid.pool(1, 'return {f = function() error(\"down\", 0) end}')\n" ..
+                 "local ok, e = pcall(braid.map, {1}, function() error('down', 0) end)\n" ..
+                 "p:call('f')\n", 1)                                          -- 3
     assert.truthy(err:find('^braid: down\n  in task 1 "[^"]*"\nstack traceback:\n'), err)
     assert.truthy(err:find(":3: in main chunk", 1, true), err)
   end)
