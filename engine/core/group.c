@@ -249,13 +249,13 @@ static int group_cut_off (struct braid_group *g) {
 ** are those that neither succeeded nor failed, or never started (limit).
 ** list: the member list. */
 static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
-  int i, cut = 0, settled = g->mode == GROUP_GATHER;
-  if (settled && !g->settle) return g->n - g->ok;
+  int i, cut = 0, gather = g->mode == GROUP_GATHER;
+  if (gather && !g->settle) return g->n - g->ok;
   if (g->mode == GROUP_RACE) return g->n;
-  if (settled) lua_getfield(L, list, "results");
+  if (gather) lua_getfield(L, list, "results");
   for (i = 1; i <= g->n; i++) {   /* any's: a function, never started */
     struct braid_task *m;
-    if (settled) {
+    if (gather) {
       cut += lua_rawgeti(L, -1, i) == LUA_TNIL;
     } else {
       lua_rawgeti(L, list, i);
@@ -265,7 +265,7 @@ static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
     }
     lua_pop(L, 1);
   }
-  if (settled) lua_pop(L, 1);
+  if (gather) lua_pop(L, 1);
   return cut;
 }
 
