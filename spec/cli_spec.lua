@@ -353,10 +353,9 @@ describe("braid (the runner)", function()
     rm(p)
     assert.are.equal(1, code, err)
     assert.matches("no three", err, 1, true)
-    -- the script's line; since fix-report's records travel only where
-    -- braid hands them, pool:map's re-raise is the root's failure (the
-    -- member's task is not named: left for the next session)
-    assert.matches(p .. ":5", err, 1, true)
+    -- the member task, spawned at the script's line: pool:map's re-raise
+    -- through braid's wrappers keeps the member's record (error.c)
+    assert.matches('"' .. p .. ':5", spawned at ' .. p .. ":5 (in braid.gather", err, 1, true)
     assert.is_nil(err:find("spawned at [braid]", 1, true), err)
     assert.is_nil(err:find('"[braid]:', 1, true), err)
     local p2 = h.script("braid.map({1, 2}, function(x) braid.sleep(0.01) error({code = x}) end)\n")

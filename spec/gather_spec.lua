@@ -380,4 +380,43 @@ describe("an options table with a metatable", function()
     assert.matches("options table expected: a plain table without a metatable, got number",
                    e.message, 1, true)
   end))
+
+  -- gather, race and any take a trailing table with a metatable as a
+  -- member: a callable one runs (as braid.spawn runs it), any other is
+  -- refused, saying that options are a plain table
+  it("is a member of gather, race and any: run when callable, else refused saying so", h.virtual(function()
+    for _, f in ipairs({braid.gather, braid.race, braid.any}) do
+      local name = f == braid.gather and "braid.gather" or f == braid.race and "braid.race" or "braid.any"
+      local ok, e = pcall(f, function() braid.sleep(1) end, setmetatable({timeout = 0.1}, {}))
+      assert.is_false(ok)
+      assert.are.equal("usage", e.kind)
+      assert.matches("bad argument #2 to '" .. name .. "' (function or task expected, got a " ..
+                     "table with a metatable: options are a plain table without one)", e.message, 1, true)
+      local callable = setmetatable({}, {__call = function() return "called" end})
+      assert.are.equal("called", select(-1, f(function() braid.sleep(1) return "f" end, callable)))
+      ok, e = pcall(f, function() end, 5, {})
+      assert.matches("bad argument #2 to '" .. name .. "' (function or task expected, got number)",
+                     e.message, 1, true)
+    end
+  end))
+end)
+
+describe("the progress option", function()
+  it("is true, false or a label: anything else is a usage error naming the function", h.virtual(function()
+    for _, case in ipairs({
+      {braid.gather, "braid.gather"}, {braid.race, "braid.race"}, {braid.any, "braid.any"},
+    }) do
+      for _, bad in ipairs({{3, "3"}, {{}, "table"}}) do
+        local ok, e = pcall(case[1], function() end, {progress = bad[1]})
+        assert.is_false(ok)
+        assert.are.equal("usage", e.kind)
+        assert.matches("bad option 'progress' to '" .. case[2] .. "' (boolean or label string " ..
+                       "expected, got " .. bad[2] .. ")", e.message, 1, true)
+      end
+    end
+    local ok, e = pcall(braid.map, {1}, print, {progress = 3})
+    assert.matches("bad option 'progress' to 'braid.map' (boolean or label string expected, got 3)",
+                   e.message, 1, true)
+    assert.are.equal(1, braid.gather(function() return 1 end, {progress = false}))
+  end))
 end)

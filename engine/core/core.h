@@ -429,7 +429,8 @@ struct braid_engine {
   lua_State *_Atomic *pub_co;  /* running_co for another thread, or NULL */
   _Atomic int *pub_busy;       /* (braid__engine_publish, hook.c) */
   long long budget_left;       /* instructions left in this resume */
-  int callback;                /* script code braid runs for itself, bounded */
+  struct braid_bound *bound;   /* the innermost script code braid runs for
+                               ** itself, bounded (hook.c), or NULL */
   struct braid_task *ready_head, *ready_tail;
   struct braid_task *current;
   struct braid_wait *wait_free;   /* spare wait records, chained (sched.c) */
@@ -552,6 +553,7 @@ void *braid__reserve_spend(braid_engine_t *E, void *ptr, size_t osize,
                            size_t nsize);
 void braid__engine_oom(lua_State *S, braid_engine_t *E);
 void braid__hook_arm(braid_engine_t *E, lua_State *L, int nested);
+void braid__hook_rearm(braid_engine_t *E, lua_State *L, int nested);
 void braid__hook_task(braid_engine_t *E, struct braid_task *t);
 void braid__hook_stop(braid_engine_t *E);
 void braid__hook_interrupt(braid_engine_t *E);
@@ -577,7 +579,16 @@ static inline void braid__co_leave (braid_engine_t *E, lua_State *to) {
   if (E->pub_co) braid__co_publish(E, to, 1);
   if (to && braid__interrupt_pending(E)) braid__hook_interrupt(E);
 }
-struct braid_bound { lua_Hook hook; int mask, count; };
+/* A bound on script code braid runs for itself (hook.c): L's hook before
+** it, the instructions not yet granted, the bound it is inside, whether
+** the running task was cancelled before it. */
+struct braid_bound {
+  lua_Hook hook;
+  int mask, count, cancelled;
+  lua_State *L;
+  long long left;
+  struct braid_bound *outer;
+};
 void braid__bound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__unbound(braid_engine_t *E, lua_State *L, struct braid_bound *b);
 void braid__interrupt_attach(braid_engine_t *E);

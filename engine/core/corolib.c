@@ -41,7 +41,8 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
     lua_State *outer = E->running_co;
     lua_xmove(L, co, narg);
     braid__co_enter(E, co);
-    braid__hook_arm(E, co, 1);   /* the task's budget and grace go on */
+    braid__hook_rearm(E, co, 1);   /* the task's budget and grace, or a
+                                     ** bound, go on */
     E->noyield += cut;
     status = lua_resume(co, L, narg, &nres);
     E->noyield -= cut;

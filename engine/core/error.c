@@ -390,11 +390,41 @@ void braid__error_push_record (lua_State *L, int idx, struct braid_task *t) {
   record_by_identity(L, idx);
 }
 
+/* Pushes the function of co's first frame from level on that has a line
+** and is not braid's own Lua side (the script's: usage errors and group
+** sites pass over braid's wrappers too), then, below it, the function of
+** the wrapper frame nearest it (the one the script called), or false;
+** returns 0, pushing nothing, when there is no such frame. */
+static int script_frame_push (lua_State *L, lua_State *co, int level) {
+  lua_Debug ar;
+  int via = 0;   /* a wrapper's function is on co's top */
+  for (; lua_getstack(co, level, &ar); level++) {
+    lua_getinfo(co, "Slf", &ar);
+    if (ar.currentline <= 0) {
+      lua_pop(co, 1);
+    } else if (strcmp(ar.source, "=[braid]") == 0) {
+      if (via) lua_remove(co, -2);   /* a caller is nearer the script */
+      via = 1;
+    } else {
+      if (!via) {
+        lua_pushboolean(co, 0);
+        lua_insert(co, -2);
+      }
+      if (co != L) lua_xmove(co, L, 2);
+      return 1;
+    }
+  }
+  if (via) lua_pop(co, 1);
+  return 0;
+}
+
 /* Notes on the record on top where braid hands its error to task t: the
-** function L runs it in (the first frame with a line, the caller of
-** the braid function raising it). A raise from that function in t is a
-** re-raise (error_record). Allocates nothing: record_new made the fields,
-** so their keys are interned and setting them adds no slot. */
+** script's function that L runs it in (the caller of the braid function
+** raising it, past braid's Lua wrappers: pcall(braid.map, ...) and pool:map
+** hand it through them) and the wrapper it called. A raise from that
+** function in t, by itself or through that wrapper, is a re-raise
+** (error_record). Allocates nothing: record_new made the fields, so their
+** keys are interned and setting them adds no slot. */
 static void record_hand_site (lua_State *L, struct braid_task *t) {
   lua_pushliteral(L, "hand_task");
   if (lua_rawget(L, -2) != LUA_TNUMBER) {   /* not one of record_new's */
@@ -402,8 +432,12 @@ static void record_hand_site (lua_State *L, struct braid_task *t) {
     return;
   }
   lua_pop(L, 1);
-  if (braid__frame_push(L, L, 1) < 0) lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "hand_fn");
+  if (!script_frame_push(L, L, 1)) {
+    lua_pushboolean(L, 0);
+    lua_pushboolean(L, 0);
+  }
+  lua_setfield(L, -3, "hand_fn");
+  lua_setfield(L, -2, "hand_via");
   lua_pushinteger(L, (lua_Integer) t->id);
   lua_setfield(L, -2, "hand_task");
 }
@@ -480,11 +514,13 @@ static void push_chain (lua_State *L, struct braid_task *t) {
 /* Pushes a new record of the value at idx (without a traceback or task);
 ** a collectable value's goes in the weak table too. [-0, +1, m] */
 static void record_new (lua_State *L, int idx) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushvalue(L, idx);
   lua_setfield(L, -2, "value");
   lua_pushboolean(L, 0);   /* braid__error_hand fills them in */
   lua_setfield(L, -2, "hand_fn");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "hand_via");
   lua_pushinteger(L, 0);
   lua_setfield(L, -2, "hand_task");
   if (!collectable(L, idx)) return;
@@ -518,24 +554,30 @@ void braid__error_causes (lua_State *L, int idx, struct braid_task *t) {
 }
 
 /* Is the record on top (t's carry, of this value) that of an error braid
-** handed to t in the function that raises now (co's first frame with a
-** line from level)? Then this is a re-raise: the error going on from
+** handed to t in the function that raises now (co's script frame from
+** level, script_frame_push), raising it by itself or through the wrapper
+** it was handed through? Then this is a re-raise: the error going on from
 ** where braid raised it (task:await, a gather, a scope's end), or raised
-** again by the code that caught it (error(e) after a pcall). A raise
-** anywhere else is a new failure with an equal value (a module's error
-** table, an equal string, a retry of the failed code), however equal.
-** [-0, +0, -] */
+** again by the code that caught it (error(e) after a pcall, pool:map's
+** wrapper). A raise anywhere else is a new failure with an equal value (a
+** module's error table, an equal string, a retry of the failed code,
+** another wrapper's error), however equal. [-0, +0, -] */
 static int record_reraised (lua_State *L, lua_State *co, int level,
                             struct braid_task *t) {
   int here;
   lua_getfield(L, -1, "hand_task");
   here = lua_tointeger(L, -1) == (lua_Integer) t->id;
   lua_pop(L, 1);
-  if (!here) return 0;
-  if (braid__frame_push(L, co, level) < 0) return 0;
-  lua_getfield(L, -2, "hand_fn");
+  if (!here || !script_frame_push(L, co, level)) return 0;
+  lua_getfield(L, -3, "hand_fn");
   here = lua_rawequal(L, -1, -2);
   lua_pop(L, 2);
+  if (here && lua_toboolean(L, -1)) {   /* raised in a wrapper */
+    lua_getfield(L, -2, "hand_via");
+    here = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   return here;
 }
 
@@ -602,6 +644,12 @@ int braid__error_msgh (lua_State *L) {
 static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                           int causes);
 
+/* The line under a list cut at ALSO_MAX: how many more there were. */
+static void report_more (lua_Integer more, const char *what) {
+  if (more > 0)
+    fprintf(stderr, "  ... and %lld more %s\n", (long long) more, what);
+}
+
 /* Prints the members' errors of braid.any's "all_failed" error at idx,
 ** each with its record (the list at recs), as the "also" list, at most
 ** ALSO_MAX. */
@@ -623,9 +671,7 @@ static void report_causes (lua_State *L, int idx, int recs) {
     error_report(L, errs + 1, errs + 2, lua_tostring(L, -1), 0);
     lua_settop(L, errs);
   }
-  if (n > ALSO_MAX)
-    fprintf(stderr, "  ... and %lld more members failed (err.errors has "
-            "them all)\n", (long long) (n - ALSO_MAX));
+  report_more(n - ALSO_MAX, "members failed (err.errors has them all)");
   lua_settop(L, errs - 1);
 }
 
@@ -658,10 +704,8 @@ static void error_report (lua_State *L, int idx, int rec, const char *prefix,
                 lua_tostring(L, -1));
         lua_pop(L, 1);
       }
-      lua_pushliteral(L, "more");
-      if (lua_rawget(L, -2) == LUA_TNUMBER)
-        fprintf(stderr, "  ... and %lld more raised while cancelling\n",
-                (long long) lua_tointeger(L, -1));
+      lua_getfield(L, -1, "more");   /* error_suppress's count */
+      report_more(lua_tointeger(L, -1), "raised while cancelling");
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -700,12 +744,10 @@ static void error_suppress (lua_State *L, struct braid_scope *s, int idx) {
     braid__tostring(L, idx);
     lua_rawseti(L, -2, (lua_Integer) lua_rawlen(L, -2) + 1);
   } else {   /* counted, for the report's "... and N more" */
-    lua_pushliteral(L, "more");
-    lua_pushliteral(L, "more");
-    lua_rawget(L, -3);   /* also.more, or nil: 0 */
+    lua_getfield(L, -1, "more");   /* nil at first: 0 */
     lua_pushinteger(L, lua_tointeger(L, -1) + 1);
-    lua_remove(L, -2);
-    lua_rawset(L, -3);
+    lua_setfield(L, -3, "more");
+    lua_pop(L, 1);
   }
   lua_pop(L, 2);
   /* raw lengths: no script __len runs here, in scheduler context; and no

@@ -244,20 +244,28 @@ static int group_cut_off (struct braid_group *g) {
 
 /* How many members the deadline cut off, of a group whose members have
 ** all ended: gather's were all ok but these (a failure raises first);
-** race's none ended; any's (it keeps its tasks) are those that neither
-** succeeded nor failed, or never started (limit). list: the member list. */
+** settling, those without an outcome in list.results (cut off, or never
+** started under a limit); race's none ended; any's (it keeps its tasks)
+** are those that neither succeeded nor failed, or never started (limit).
+** list: the member list. */
 static int group_cut_count (lua_State *L, struct braid_group *g, int list) {
-  int i, cut = 0;
-  if (g->mode == GROUP_GATHER) return g->n - g->ok;
+  int i, cut = 0, gather = g->mode == GROUP_GATHER;
+  if (gather && !g->settle) return g->n - g->ok;
   if (g->mode == GROUP_RACE) return g->n;
-  for (i = 1; i <= g->n; i++) {   /* a function: a member never started */
+  if (gather) lua_getfield(L, list, "results");
+  for (i = 1; i <= g->n; i++) {   /* any's: a function, never started */
     struct braid_task *m;
-    lua_rawgeti(L, list, i);
-    m = braid__test_tagged(L, -1, &braid__task_type) ?
-        (struct braid_task *) lua_touserdata(L, -1) : NULL;
-    cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    if (gather) {
+      cut += lua_rawgeti(L, -1, i) == LUA_TNIL;
+    } else {
+      lua_rawgeti(L, list, i);
+      m = braid__test_tagged(L, -1, &braid__task_type) ?
+          (struct braid_task *) lua_touserdata(L, -1) : NULL;
+      cut += m == NULL || (m->status != TASK_OK && m->status != TASK_FAILED);
+    }
     lua_pop(L, 1);
   }
+  if (gather) lua_pop(L, 1);
   return cut;
 }
 
@@ -329,21 +337,17 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
     return lua_error(L);
   }
   lua_getfield(L, list, "results");
-  if (g->settle) {   /* for the members cut off, or not run */
-    int cut = 0;
-    for (i = 1; i <= n; i++) {
-      cut += lua_rawgeti(L, list + 1, i) == LUA_TNIL;
+  if (g->settle) {   /* the members cut off, or not run: the timeout */
+    int cut = group_cut_count(L, g, list);
+    if (cut > 0) group_timeout_error(L, g, timeout_ns, cut);
+    for (i = 1; cut > 0 && i <= n; i++) {
+      if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {
+        lua_pushvalue(L, list + 2);
+        push_failed(L);
+        lua_rawseti(L, list + 1, i);
+      }
       lua_pop(L, 1);
     }
-    group_timeout_error(L, g, timeout_ns, cut);
-  }
-  for (i = 1; g->settle && i <= n; i++) {
-    if (lua_rawgeti(L, list + 1, i) == LUA_TNIL) {   /* cut off, or not run */
-      lua_pushvalue(L, list + 2);
-      push_failed(L);
-      lua_rawseti(L, list + 1, i);
-    }
-    lua_pop(L, 1);
   }
   lua_settop(L, list + 1);
   if (g->packed) {   /* map: the results table itself */
@@ -432,13 +436,25 @@ static int group_run (lua_State *L, int mode, int first, int n, int opts,
       limit = li > INT_MAX ? INT_MAX : (int) li;   /* no silent wrap-around */
     }
     lua_pop(L, 1);
+    lua_getfield(L, opts, "progress");   /* group_progress reads it */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1) &&
+        lua_type(L, -1) != LUA_TSTRING)
+      braid_usageerror(L, "bad option 'progress' to '%s' (boolean or label "
+                          "string expected, got %s)", fname,
+                       braid__describe(L, -1));
+    lua_pop(L, 1);
   }
   for (i = 0; !map && i < n; i++) {
     if (braid__test_tagged(L, first + i, &braid__task_type)) {
       if (lua_touserdata(L, first + i) == (void *) t)
         braid_usageerror(L, "%s: a task cannot wait for itself", fname);
     } else if (!braid__is_callable(L, first + i)) {
-      braid_argerror(L, first + i, fname, "function or task expected");
+      /* trailing_options left a table with a metatable among the members */
+      int mt = lua_istable(L, first + i) && i == n - 1;
+      braid_argerror(L, first + i, fname, lua_pushfstring(L, "function or "
+                     "task expected, got %s", mt ? "a table with a metatable: "
+                     "options are a plain table without one" :
+                     luaL_typename(L, first + i)));
     }
   }
   braid__task_checkyield(L, t, fname);

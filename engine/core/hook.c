@@ -27,6 +27,12 @@
 **   running (a coroutine yields back), so while a signal that came
 **   during a task is not dispatched (E->hook_wanted) every re-arm and
 **   every switch back to a thread sets it again (braid__interrupt_pending).
+** - Script code braid runs for itself (a __tostring, the <close> handlers
+**   of an abandoned task) is bounded (braid__bound): while it runs, every
+**   re-arm of a thread running Lua code (after a signal's hook, a
+**   coroutine it resumes) arms that bound, never the task's hooks, so no
+**   signal and no coroutine lifts it; it is charged window by window,
+**   and a window cut short is spent.
 */
 #include <sched.h>
 #include <stdatomic.h>
@@ -41,6 +47,8 @@
 
 static void task_hook (lua_State *L, lua_Debug *ar);
 static void interrupt_hook (lua_State *L, lua_Debug *ar);
+static void bound_arm (braid_engine_t *E, struct braid_bound *b,
+                       lua_State *L);
 
 /* Raises, from now on, at every instruction of L and of the task's
 ** thread: the budget is spent or the grace period has passed. */
@@ -134,6 +142,15 @@ void braid__hook_arm (braid_engine_t *E, lua_State *L, int nested) {
     lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
 }
 
+/* braid__hook_arm for a thread that starts or goes on running in the
+** middle of Lua code: a coroutine resumed (corolib.c), the thread a
+** signal's or a poll's hook ran in. Inside bounded code, the bound goes
+** on instead. */
+void braid__hook_rearm (braid_engine_t *E, lua_State *L, int nested) {
+  if (E->bound) bound_arm(E, E->bound, L);
+  else braid__hook_arm(E, L, nested);
+}
+
 /* The scheduler resumes t: a fresh budget, and its thread armed. */
 void braid__hook_task (braid_engine_t *E, struct braid_task *t) {
   braid__co_enter(E, t->co);
@@ -163,10 +180,10 @@ static void interrupt_hook (lua_State *L, lua_Debug *ar) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t = E->current;
   (void) ar;
-  braid__hook_arm(E, L, t != NULL && L != t->co);
+  braid__hook_rearm(E, L, t != NULL && L != t->co);
   braid__interrupt_dispatch(E);
   if (t && !t->stop) {
-    braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
+    braid__hook_rearm(E, L, L != t->co);   /* now maybe cancelled */
     hook_checkcancel(L, t);
   }
 }
@@ -182,33 +199,73 @@ void braid__hook_interrupt (braid_engine_t *E) {
 
 /* ---- bounding script code the engine calls itself ---- */
 
+/* Script code braid runs for itself (a __tostring while it reports an
+** error, the <close> handlers of a task it abandons) runs with this
+** bound: the engine's budget, else BOUND_DEFAULT instructions, on its
+** thread and on the coroutines it resumes; and while it runs the memory
+** limit applies as in a task. */
+#define BOUND_DEFAULT 10000000
+
 static void bound_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_bound *b = E->bound;
   (void) ar;
+  if (b == NULL) {   /* a coroutine it resumed, resumed again outside */
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  if (b->left > 0) {   /* the window is spent: the next one */
+    bound_arm(E, b, L);
+    return;
+  }
   lua_sethook(L, bound_hook, LUA_MASKCOUNT, 1);   /* pcall cannot go on */
   luaL_error(L, "a metamethod or handler that braid called ran too long");
 }
 
-/* Script code braid runs for itself (a __tostring while it reports an
-** error, the <close> handlers of a task it abandons) runs with this
-** bound: the engine's budget, else BOUND_DEFAULT instructions; and while
-** it runs the memory limit applies as in a task. Saves what braid__unbound
-** puts back. */
-#define BOUND_DEFAULT 10000000
+/* Grants L the next window of bound b (charged now: a window that a
+** switch or a signal's hook cuts short is spent), or raises from the next
+** instruction once b is spent; a signal not dispatched yet is looked at
+** first (interrupt_hook comes back here). */
+static void bound_arm (braid_engine_t *E, struct braid_bound *b,
+                       lua_State *L) {
+  long long window = L == b->L ? BUDGET_WINDOW : NESTED_WINDOW;
+  if (window > b->left) window = b->left;
+  b->left -= window;
+  lua_sethook(L, bound_hook, LUA_MASKCOUNT, window > 0 ? (int) window : 1);
+  if (braid__interrupt_pending(E))
+    lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
+}
 
+/* Bounds the script code L runs from now until braid__unbound, which puts
+** back what this saves. */
 void braid__bound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
   b->hook = lua_gethook(L);
   b->mask = lua_gethookmask(L);
   b->count = lua_gethookcount(L);
-  lua_sethook(L, bound_hook, LUA_MASKCOUNT,
-              E->budget ? E->budget : BOUND_DEFAULT);
-  E->callback++;
+  b->L = L;
+  b->left = E->budget ? E->budget : BOUND_DEFAULT;
+  b->outer = E->bound;
+  b->cancelled = E->current && braid__task_inner(E->current)->cancelled;
+  E->bound = b;
+  bound_arm(E, b, L);
 }
 
 void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
-  lua_sethook(L, b->hook, b->mask, b->count);
-  E->callback--;
-  /* a signal's hook set meanwhile was replaced by the bound or by this */
-  if (braid__interrupt_pending(E)) braid__hook_interrupt(E);
+  struct braid_task *t = E->current;
+  E->bound = b->outer;
+  /* The running task's thread is armed for what the task is now: a
+  ** signal during the bound may have cancelled it (its cancellation,
+  ** raised inside the bound, ended only that code), which is raised at
+  ** the task's next instruction, as interrupt_hook raises it. */
+  if (E->bound == NULL && t != NULL && L == E->running_co) {
+    braid__hook_arm(E, L, L != t->co);
+    if (!b->cancelled && !t->stop && braid__task_inner(t)->cancelled)
+      lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
+  } else {
+    lua_sethook(L, b->hook, b->mask, b->count);
+    /* a signal's hook set meanwhile was replaced by the bound or by this */
+    if (braid__interrupt_pending(E)) braid__hook_interrupt(E);
+  }
 }
 
 /* ---- a poll asked for by another thread (io/worker.c) ---- */
@@ -245,13 +302,13 @@ static void poll_hook (lua_State *L, lua_Debug *ar) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t = E->current;
   (void) ar;
-  braid__hook_arm(E, L, t != NULL && L != t->co);
+  braid__hook_rearm(E, L, t != NULL && L != t->co);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &poll_key) == LUA_TFUNCTION)
     lua_call(L, 0, 0);
   else
     lua_pop(L, 1);
   if (t && !t->stop) {
-    braid__hook_arm(E, L, L != t->co);   /* now maybe cancelled */
+    braid__hook_rearm(E, L, L != t->co);   /* now maybe cancelled */
     hook_checkcancel(L, t);
   }
 }

@@ -341,7 +341,7 @@ void *braid__alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   if (E->mem_limit && nsize > old && (E->current || E->refusable ||
-                                      E->callback) && !E->gc_probe &&
+                                      E->bound) && !E->gc_probe &&
       E->mem_used - old + nsize > E->mem_limit &&
       (xacct_fold(E), E->mem_used - old + nsize > E->mem_limit))
     return NULL;
