@@ -242,7 +242,7 @@ static int enc_fail (Enc *e, const char *what, ...) {
   for (d = 1; d <= e->depth; d++) {
     char num[24];
     if (e->depth > 12 && d == 7) {
-      lua_pushfstring(L, "...(%d levels)...", e->depth - 10);
+      lua_pushfstring(L, "<%d levels>", e->depth - 10);
       luaL_addvalue(&B);
       d = e->depth - 4;
       continue;
@@ -436,12 +436,9 @@ static void enc_value (Enc *e, int idx) {
   }
 }
 
-/* braid.json.encode(value) -> string (docs/API.md, "braid.json"). */
-static int l_encode (lua_State *L) {
+/* The encoding of the value at 1, in protected mode (l_encode). */
+static int encode (lua_State *L) {
   Enc *e;
-  if (lua_type(L, 1) == LUA_TNONE)
-    return braid_argerror(L, 1, "braid.json.encode", "value expected");
-  lua_settop(L, 1);
   /* The walk's state, path and all, in a userdata: no large C frame. */
   e = (Enc *) lua_newuserdatauv(L, sizeof *e, 0);
   e->L = L;
@@ -451,6 +448,30 @@ static int l_encode (lua_State *L) {
   enc_value(e, 1);
   lua_pushlstring(L, e->b.p, e->b.n);
   return 1;
+}
+
+/* Runs f (encode or decode) on the value at 1, in protected mode: the
+** state's ordinary "not enough memory" becomes kind "memory" naming the
+** call; any other error goes on as it is. */
+static int protect (lua_State *L, lua_CFunction f, const char *fname) {
+  int rc;
+  lua_settop(L, 1);
+  lua_pushcfunction(L, f);
+  lua_insert(L, 1);
+  rc = lua_pcall(L, 1, 1, 0);
+  if (rc == LUA_ERRMEM) {
+    lua_pop(L, 1);
+    return braid_error(L, "memory", NULL, "%s: not enough memory", fname);
+  }
+  if (rc != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+/* braid.json.encode(value) -> string (docs/API.md, "braid.json"). */
+static int l_encode (lua_State *L) {
+  if (lua_type(L, 1) == LUA_TNONE)
+    return braid_argerror(L, 1, "braid.json.encode", "value expected");
+  return protect(L, encode, "braid.json.encode");
 }
 
 /* ---- decoding ---- */
@@ -795,15 +816,10 @@ static void dec_value (Dec *d) {
   }
 }
 
-/* braid.json.decode(text) -> value (docs/API.md, "braid.json"). */
-static int l_decode (lua_State *L) {
+/* The decoding of the text at 1, in protected mode (l_decode). */
+static int decode (lua_State *L) {
   Dec *d;
   size_t len;
-  if (lua_type(L, 1) != LUA_TSTRING)
-    return braid_argerror(L, 1, "braid.json.decode",
-                          lua_pushfstring(L, "string expected, got %s",
-                                          luaL_typename(L, 1)));
-  lua_settop(L, 1);
   d = (Dec *) lua_newuserdatauv(L, sizeof *d, 0);
   d->L = L;
   d->s = d->p = lua_tolstring(L, 1, &len);
@@ -817,6 +833,15 @@ static int l_decode (lua_State *L) {
     dec_fail(d, d->p, "expected the end of the text but found %s",
              found(d, d->p));
   return 1;
+}
+
+/* braid.json.decode(text) -> value (docs/API.md, "braid.json"). */
+static int l_decode (lua_State *L) {
+  if (lua_type(L, 1) != LUA_TSTRING)
+    return braid_argerror(L, 1, "braid.json.decode",
+                          lua_pushfstring(L, "string expected, got %s",
+                                          luaL_typename(L, 1)));
+  return protect(L, decode, "braid.json.decode");
 }
 
 /* Sets braid.json (encode, decode, null) on the braid table at the stack
