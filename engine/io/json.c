@@ -5,9 +5,9 @@
 ** (and braid.h's errors): no engine state, so it is there in every engine
 ** and every worker, whatever its modules.
 **
-** - Encoding: Lua integers exactly; a float in the fewest digits (of
-**   %.14g .. %.17g) that read back as the same double, an integral one
-**   with ".0" so that it decodes as a float again; NaN and the infinities
+** - Encoding: Lua integers exactly; a float in the fewest digits that
+**   read back as the same double, an integral one with ".0" so that it
+**   decodes as a float again; NaN and the infinities
 **   refused. A table with keys 1..n and no other is an array, an empty one
 **   {}, any other an object with string or number keys. Tables are read
 **   raw (lua_next, lua_rawgeti): no metamethod runs.
@@ -144,17 +144,62 @@ static size_t int_text (char *buf, lua_Integer i) {
   return len;
 }
 
-/* Writes finite float x at buf (at least 32 bytes) in the fewest digits of
-** %.14g .. %.17g that strtod reads back as x (%.17g always does), with a
-** '.' whatever the locale, and ".0" after an integral one. Its length. */
-static size_t float_text (char *buf, lua_Number x, char point) {
-  int prec;
-  size_t len, i;
-  for (prec = 14; prec < 17; prec++) {
-    snprintf(buf, 32, "%.*g", prec, (double) x);
-    if (strtod(buf, NULL) == (double) x) break;
+/* The common case without printf: x (finite) as a decimal with k <= 15
+** fraction digits, the fewest that read back as x, when that decimal has
+** at most 15 digits (below 2^50: the product below is then within 1/4 of
+** the integer it should be). y / 10^k is IEEE's correctly rounded
+** quotient of two exact doubles, the nearest double to the decimal, as
+** strtod's is, so the text reads back as x exactly when it equals x. Its
+** length, or 0 when x is not such a number (printf then). */
+static size_t float_short (char *buf, double x) {
+  static const double p10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
+                               1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+  double ax = fabs(x), y = 0;
+  char digits[24];
+  size_t k, nd, len = 0, i;
+  for (k = 0; k < sizeof p10 / sizeof *p10; k++) {
+    y = nearbyint(ax * p10[k]);
+    if (y >= 0x1p50) return 0;
+    if (y / p10[k] == ax) break;
   }
-  if (prec == 17) snprintf(buf, 32, "%.17g", (double) x);
+  if (k == sizeof p10 / sizeof *p10) return 0;
+  nd = int_text(digits, (lua_Integer) y);
+  if (signbit(x)) buf[len++] = '-';
+  if (nd <= k) {                       /* 0.000ddd */
+    buf[len++] = '0';
+    buf[len++] = '.';
+    for (i = nd; i < k; i++) buf[len++] = '0';
+    memcpy(buf + len, digits, nd);
+    len += nd;
+  }
+  else {
+    memcpy(buf + len, digits, nd - k);
+    len += nd - k;
+    buf[len++] = '.';
+    if (k == 0) buf[len++] = '0';      /* integral: 3.0 */
+    else {
+      memcpy(buf + len, digits + nd - k, k);
+      len += k;
+    }
+  }
+  buf[len] = '\0';
+  return len;
+}
+
+/* Writes finite float x at buf (at least 32 bytes) in the fewest digits of
+** %.14g .. %.17g that strtod reads back as x, with a '.' whatever the
+** locale, and ".0" after an integral one. Its length. (%.14g is not tried:
+** when it reads back, %.15g gives the same text, trailing zeros dropped, as
+** the 15-digit neighbours of a normal x are over 4 ulps apart; a subnormal
+** one may get more digits than it needs. %.17g always reads back.) */
+static size_t float_text (char *buf, lua_Number x, char point) {
+  size_t len, i;
+  if ((len = float_short(buf, (double) x)) > 0) return len;
+  snprintf(buf, 32, "%.15g", (double) x);
+  if (strtod(buf, NULL) != (double) x) {
+    snprintf(buf, 32, "%.16g", (double) x);
+    if (strtod(buf, NULL) != (double) x) snprintf(buf, 32, "%.17g", (double) x);
+  }
   len = strlen(buf);
   for (i = 0; i < len; i++)
     if (buf[i] == point) buf[i] = '.';
