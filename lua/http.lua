@@ -1,4 +1,5 @@
--- http.lua: the Lua side of braid.json and braid.http. It is not a chunk
+-- http.lua: the Lua side of braid.http (and braid.json's name in it:
+-- the codec is engine/io/json.c). It is not a chunk
 -- of its own: tools/embed.lua appends it to lua/braid.lua at build time,
 -- so braid.lua's locals (M, Error, usage, the library functions it keeps)
 -- are in scope here, as they were when both were one file.
