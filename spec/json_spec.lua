@@ -296,6 +296,24 @@ describe("braid.json tables", function()
     encode_fails(a, "nesting")
   end)
 
+  it("leaves nothing behind when it fails midway", function()
+    local t = {}
+    for i = 1, 10000 do t[i] = ("x"):rep(100) .. i end
+    t[10001] = {f = print}                  -- fails at the very end
+    local s = "[" .. ('"' .. ("y"):rep(100) .. '\\n",'):rep(10000) .. "]"
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    for _ = 1, 20 do
+      encode_fails(t, "a function cannot be encoded at value%[10001%]%.f$")
+      decode_fails(s, #s, "expected a value but found ']'")
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(collectgarbage("count") - before < 64,
+                   (collectgarbage("count") - before) .. " KiB more")
+  end)
+
   it("handles large documents in proportion to their size", function()
     local big = {}
     for i = 1, 1e6 do big[i] = i end
