@@ -146,23 +146,29 @@ static size_t int_text (char *buf, lua_Integer i) {
 
 /* The common case without printf: x (finite) as a decimal with k <= 15
 ** fraction digits, the fewest that read back as x, when that decimal has
-** at most 15 digits (below 2^50: the product below is then within 1/4 of
-** the integer it should be). y / 10^k is IEEE's correctly rounded
+** at most 15 digits (below 2^50: x * 10^k is then within 1/4 of the
+** integer it should be). y / 10^k is IEEE's correctly rounded
 ** quotient of two exact doubles, the nearest double to the decimal, as
 ** strtod's is, so the text reads back as x exactly when it equals x. Its
 ** length, or 0 when x is not such a number (printf then). */
 static size_t float_short (char *buf, double x) {
   static const double p10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
                                1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
-  double ax = fabs(x), y = 0;
+  double ax = fabs(x), y;
   char digits[24];
-  size_t k, nd, len = 0, i;
-  for (k = 0; k < sizeof p10 / sizeof *p10; k++) {
-    y = nearbyint(ax * p10[k]);
-    if (y >= 0x1p50) return 0;
-    if (y / p10[k] == ax) break;
+  size_t k, lo = 0, hi = sizeof p10 / sizeof *p10 - 1, nd, len = 0, i;
+  /* When k digits read back, k + 1 do too (the same decimal): try the
+  ** most that stay below 2^50, then search down for the fewest. */
+  while (nearbyint(ax * p10[hi]) >= 0x1p50)
+    if (hi-- == 0) return 0;
+  if (nearbyint(ax * p10[hi]) / p10[hi] != ax) return 0;
+  while (lo < hi) {
+    k = (lo + hi) / 2;
+    if (nearbyint(ax * p10[k]) / p10[k] == ax) hi = k;
+    else lo = k + 1;
   }
-  if (k == sizeof p10 / sizeof *p10) return 0;
+  k = lo;
+  y = nearbyint(ax * p10[k]);
   nd = int_text(digits, (lua_Integer) y);
   if (signbit(x)) buf[len++] = '-';
   if (nd <= k) {                       /* 0.000ddd */
@@ -186,28 +192,111 @@ static size_t float_short (char *buf, double x) {
   return len;
 }
 
-/* Writes finite float x at buf (at least 32 bytes) in the fewest digits of
-** %.14g .. %.17g that strtod reads back as x, with a '.' whatever the
-** locale, and ".0" after an integral one. Its length. (%.14g is not tried:
-** when it reads back, %.15g gives the same text, trailing zeros dropped, as
-** the 15-digit neighbours of a normal x are over 4 ulps apart; a subnormal
-** one may get more digits than it needs. %.17g always reads back.) */
+/* Writes the decimal sign dig[0..n) x 10^(e10 - n + 1) at buf as %g would
+** (positional for exponents -4..16, else d.ddde+XX), with `point`, and
+** ".0" after an integral one. Its length. */
+static size_t decimal_text (char *buf, int neg, const char *dig, int n,
+                            int e10, char point) {
+  size_t len = 0;
+  int i;
+  if (neg) buf[len++] = '-';
+  if (e10 >= -4 && e10 < 17) {
+    if (e10 < 0) {                                  /* 0.000ddd */
+      buf[len++] = '0';
+      buf[len++] = point;
+      for (i = -1; i > e10; i--) buf[len++] = '0';
+      for (i = 0; i < n; i++) buf[len++] = dig[i];
+    }
+    else {
+      for (i = 0; i <= e10; i++) buf[len++] = i < n ? dig[i] : '0';
+      buf[len++] = point;
+      if (n <= e10 + 1) buf[len++] = '0';           /* integral: 3.0 */
+      for (i = e10 + 1; i < n; i++) buf[len++] = dig[i];
+    }
+  }
+  else {
+    buf[len++] = dig[0];
+    if (n > 1) {
+      buf[len++] = point;
+      for (i = 1; i < n; i++) buf[len++] = dig[i];
+    }
+    len += (size_t) snprintf(buf + len, 8, "e%c%02d", e10 < 0 ? '-' : '+',
+                             e10 < 0 ? -e10 : e10);
+  }
+  buf[len] = '\0';
+  return len;
+}
+
+/* The significant digits of finite x (nonzero) rounded to p <= 17 (to
+** dig, without trailing zeros), their count; *e10 its decimal exponent.
+** From x's 17 digits (d17, e17: printf's, exact), rounded half up as
+** text: exact but where the dropped digits are 5 then zeros, where the
+** digits beyond the 17th decide, so printf rounds again. */
+static int round_digits (double x, const char *d17, int e17, int p,
+                         char *dig, int *e10) {
+  char tmp[40];
+  int i, up;
+  *e10 = e17;
+  memcpy(dig, d17, (size_t) p);
+  if (p < 17) {
+    for (i = p + 1; i < 17 && d17[i] == '0'; i++) ;
+    if (d17[p] == '5' && i == 17) {                /* a tie as text */
+      snprintf(tmp, sizeof tmp, "%.*e", p - 1, fabs(x));
+      dig[0] = tmp[0];
+      memcpy(dig + 1, tmp + 2, (size_t) (p - 1));
+      *e10 = atoi(tmp + p + 2);
+    }
+    else if ((up = d17[p] >= '5')) {
+      for (i = p - 1; i >= 0 && dig[i] == '9'; i--) dig[i] = '0';
+      if (i >= 0) dig[i]++;
+      else {                                       /* 99.9 -> 100 */
+        dig[0] = '1';
+        (*e10)++;
+      }
+    }
+  }
+  while (p > 1 && dig[p - 1] == '0') p--;
+  return p;
+}
+
+/* Writes finite float x at buf (at least 32 bytes) in the fewest
+** significant digits (15, 16 or 17, when float_short finds none) that
+** strtod reads back as x, with a '.' whatever the locale, and ".0" after
+** an integral one. Its length. (Fewer than 15 are not tried: a decimal of
+** at most 15 digits that reads back as x is also x rounded to 15 digits
+** (trailing zeros dropped), as the 15-digit neighbours of a normal x are
+** over 4 ulps apart; a subnormal one may get more digits than it needs.
+** 17 always read back.) One printf gives the 17 digits; 15 and 16 are
+** rounded from them. */
 static size_t float_text (char *buf, lua_Number x, char point) {
+  char e[40], d17[17], dig[17];
+  int e17, e10, n, p, ex;
+  double half_ulp;
   size_t len, i;
   if ((len = float_short(buf, (double) x)) > 0) return len;
-  snprintf(buf, 32, "%.15g", (double) x);
-  if (strtod(buf, NULL) != (double) x) {
-    snprintf(buf, 32, "%.16g", (double) x);
-    if (strtod(buf, NULL) != (double) x) snprintf(buf, 32, "%.17g", (double) x);
+  snprintf(e, sizeof e, "%.16e", fabs((double) x));   /* d.dddde+XX */
+  d17[0] = e[0];
+  memcpy(d17 + 1, e + 2, 16);
+  e17 = atoi(e + 19);
+  /* A candidate that reads back is within half an ulp of x, so within
+  ** half an ulp and half a unit of the 17th digit of d17: half an ulp in
+  ** those units is 2^-53 * 10^16 * (x's decimal mantissa, [1, 10)) / (its
+  ** binary one, [1, 2)). One farther off (by a margin for this estimate)
+  ** is not read back with strtod. (A subnormal x's ulp is larger: it may
+  ** get more digits than it needs.) */
+  half_ulp = 0x1p-53 * 1e16 * ((d17[0] - '0') + (d17[1] - '0') / 10.0 +
+                               (d17[2] - '0') / 100.0)
+             / (2 * fabs(frexp((double) x, &ex)));
+  for (p = 15; p <= 17; p++) {
+    int r = p == 15 ? (d17[15] - '0') * 10 + (d17[16] - '0') : d17[16] - '0';
+    int unit = p == 15 ? 100 : 10;
+    if (p < 17 && (r < unit - r ? r : unit - r) > half_ulp + 1.5) continue;
+    n = round_digits((double) x, d17, e17, p, dig, &e10);
+    len = decimal_text(buf, signbit(x), dig, n, e10, point);
+    if (p == 17 || strtod(buf, NULL) == (double) x) break;
   }
-  len = strlen(buf);
   for (i = 0; i < len; i++)
     if (buf[i] == point) buf[i] = '.';
-  if (strpbrk(buf, ".e") == NULL) {
-    buf[len++] = '.';
-    buf[len++] = '0';
-    buf[len] = '\0';
-  }
   return len;
 }
 
