@@ -7,10 +7,10 @@
 **
 ** - Encoding: Lua integers exactly; a float in the fewest digits that
 **   read back as the same double, an integral one with ".0" so that it
-**   decodes as a float again; NaN and the infinities
-**   refused. A table with keys 1..n and no other is an array, an empty one
-**   {}, any other an object with string or number keys. Tables are read
-**   raw (lua_next, lua_rawgeti): no metamethod runs.
+**   decodes as a float again; NaN and the infinities refused. A table with
+**   keys 1..n and no other is an array, an empty one {}, any other an
+**   object with string or number keys. Tables are read raw (lua_next,
+**   lua_rawgeti): no metamethod runs.
 ** - Decoding: strict; integers that fit lua_Integer become integers, any
 **   other number a float; strings are checked UTF-8; \u escapes with
 **   surrogate pairs.
