@@ -331,6 +331,31 @@ describe("braid.json tables", function()
   end)
 end)
 
+describe("braid.json in a locale whose decimal point is ','", function()
+  -- de_DE made with localedef into a directory of our own (LOCPATH), where
+  -- localedef and the locale's sources are there; else pending.
+  local dir = os.tmpname()
+  os.remove(dir)
+  local _, _, code = h.sh("mkdir -p " .. dir .. " && localedef -i de_DE -f UTF-8 "
+                          .. dir .. "/de_DE.UTF-8")
+  local it_ = code == 0 and it or pending
+  it_("still writes and reads '.'", function()
+    local path = h.script([[
+      assert(os.setlocale("de_DE.UTF-8", "numeric"))
+      assert(string.format("%.1f", 1.5) == "1,5")
+      local j = braid.json
+      print(j.encode({1.5, 1 / 3, 2 ^ 60, 1e300, 3.0}))
+      local t = j.decode("[1.5, 0.3333333333333333, 1e300, 2.5e-3]")
+      print(t[1] == 1.5, t[2] == 1 / 3, t[3] == 1e300, t[4] == 0.0025)
+    ]])
+    local out, err = h.sh("LOCPATH=" .. dir .. " " .. os.getenv("BRAID_BIN") .. " " .. path)
+    os.remove(path)
+    assert.are.equal("[1.5,0.3333333333333333,1.152921504606847e+18,1e+300,3.0]\n"
+                     .. "true\ttrue\ttrue\ttrue\n", out, err)
+  end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+end)
+
 describe("braid.json API", function()
   it("keeps braid.json.null the light userdata NULL, as lua-cjson's", function()
     assert.are.equal("userdata", type(json.null))
