@@ -42,6 +42,7 @@ static const struct {
   {"progress", braid__open_progress, 0},
   {"worker", braid__open_worker, 0},
   {"stdin", braid__open_stdio, BRAID_MOD_PROCESS},
+  {"json", braid__open_json, 0},     /* the Lua side uses it (http.lua) */
 };
 
 /* Names an opener above adds besides its own, when its module is allowed

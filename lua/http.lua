@@ -1,71 +1,13 @@
--- http.lua: the Lua side of braid.json and braid.http. It is not a chunk
+-- http.lua: the Lua side of braid.http (and braid.json's name in it:
+-- the codec is engine/io/json.c). It is not a chunk
 -- of its own: tools/embed.lua appends it to lua/braid.lua at build time,
 -- so braid.lua's locals (M, Error, usage, the library functions it keeps)
 -- are in scope here, as they were when both were one file.
 
--- ---- braid.json: lua-cjson, loaded on first use ----
--- A private instance (cjson.new), so a script's own cjson settings and
--- braid's do not meet. Where `require "cjson"` finds nothing (an embedded
--- engine without the package library that did not preload cjson), the
--- functions raise kind "usage" saying so.
-local cjson_inst
-local function cjson()
-  if cjson_inst then return cjson_inst end
-  local ok, mod = pcall(require, "cjson")
-  if not ok or type(mod) ~= "table" or type(mod.new) ~= "function" then
-    usage("braid.json needs lua-cjson (the Debian package lua-cjson; "
-          .. "require \"cjson\" failed)")
-  end
-  cjson_inst = mod.new()
-  cjson_inst.encode_sparse_array(true)       -- {[1]=1,[5]=5}: an object
-  cjson_inst.decode_invalid_numbers(false)   -- JSON only: no NaN, no hex
-  cjson_inst.encode_invalid_numbers(false)
-  return cjson_inst
-end
-
-local json = {}
-M.json = json
-
--- braid.json.null: what JSON null decodes to and encodes from.
--- (lua-cjson's null, a light userdata; set on first use of braid.json.)
-
--- braid.json.encode(value) -> string. An empty table encodes as {}; an
--- array is a table with keys 1..n. Raises kind "json" for what JSON
--- cannot hold (a function, NaN, a cycle or nesting over 1000).
-function json.encode(v)
-  local c = cjson()
-  local ok, s = pcall(c.encode, v)
-  if not ok then
-    error(Error.new{kind = "json", message = "braid.json.encode: " .. tostring(s)}, 2)
-  end
-  return s
-end
-
--- braid.json.decode(s) -> value. null becomes braid.json.null; [] and {}
--- both become an empty table. Raises kind "json" with `position` (the
--- byte where parsing failed, from 1) for text that is not JSON.
-function json.decode(s)
-  if type(s) ~= "string" then
-    usage("bad argument #1 to 'braid.json.decode' (string expected, got %s)",
-          type(s))
-  end
-  local c = cjson()
-  local ok, v = pcall(c.decode, s)
-  if not ok then
-    local msg = tostring(v)
-    error(Error.new{kind = "json", message = "braid.json.decode: " .. msg,
-                position = tonumber(msg:match("at character (%d+)"))}, 2)
-  end
-  return v
-end
-
-setmetatable(json, {__index = function(t, k)
-  if k == "null" then
-    local n = cjson().null
-    rawset(t, "null", n)
-    return n
-  end
-end})
+-- ---- braid.json: engine/io/json.c ----
+-- braid.json.encode, braid.json.decode and braid.json.null are C's
+-- (json.c); the HTTP side below encodes a table body with it.
+local json = M.json
 
 -- ---- braid.http: the Lua side (engine/io/http*.c hold the transfers) ----
 local http = rawget(M, "http")
@@ -194,10 +136,13 @@ if http then
       o.query = nil
     end
     if type(body) == "table" then
-      local ok, text = pcall(cjson().encode, body)
+      local ok, text = pcall(json.encode, body)
       if not ok then   -- named, at the script's line (json.encode's is not)
+        if not (M.is_error(text) and text.kind == "json") then
+          error(text, 0)   -- not enough memory: as it is
+        end
         usage("bad option 'body' to '%s' (cannot encode it as JSON: %s)",
-              fname, tostring(text))
+              fname, (text.message:gsub("^braid%.json%.encode: ", "")))
       end
       o.body = text
       if o.headers == nil or type(o.headers) == "table" then   -- else C says

@@ -886,9 +886,10 @@ static int t_capabilities (void) {
 }
 
 /* Issue 17: braid.http is BRAID_MOD_NET's, its files (output, body_file,
-** ca_file) braid.fs's; braid.json needs cjson, which a sandbox without the
-** package library cannot require. A request to a closed port fails as in
-** the runner, and braid_close leaves no handle of libcurl's. */
+** ca_file) braid.fs's. A request to a closed port fails as in the runner,
+** and braid_close leaves no handle of libcurl's. (braid.json was lua-cjson,
+** which a sandbox without the package library could not require: it is
+** braid's own now, there in every engine: t_json_sandbox.) */
 static int t_http_sandbox (void) {
   braid_options_t o = {0};
   braid_engine_t *E;
@@ -900,10 +901,23 @@ static int t_http_sandbox (void) {
     "assert(e.kind == 'http' and e.code == 'COULDNT_CONNECT', tostring(e))\n"
     "ok, e = pcall(braid.http.get, 'http://127.0.0.1:1/', {output = '/tmp/x'})\n"
     "assert(e.kind == 'usage' and e.message:find('BRAID_MOD_FS'), tostring(e))\n"
-    "ok, e = pcall(braid.json.encode, {})\n"
-    "assert(e.kind == 'usage' and e.message:find('lua%-cjson'), tostring(e))\n"
     "return 'net only'");
   CHECK(result_is(E, n, 1, "net only"));
+  braid_close(E);
+  return 1;
+}
+
+/* braid.json in the safe defaults (no module, no package library): there,
+** with a body of a request encoded by it too. */
+static int t_json_sandbox (void) {
+  braid_engine_t *E = braid_new(NULL, NULL);
+  int n = run_to_end(E,
+    "local s = braid.json.encode({id = math.maxinteger, x = 0.1})\n"
+    "local v = braid.json.decode(s)\n"
+    "assert(v.id == math.maxinteger and math.type(v.id) == 'integer', s)\n"
+    "assert(v.x == 0.1 and braid.json.decode('[null]')[1] == braid.json.null)\n"
+    "return 'json everywhere'");
+  CHECK(result_is(E, n, 1, "json everywhere"));
   braid_close(E);
   return 1;
 }
@@ -1804,6 +1818,8 @@ int main (int argc, char **argv) {
            t_capabilities);
   run_test("braid.http is part of BRAID_MOD_NET; its files need "
            "BRAID_MOD_FS", t_http_sandbox);
+  run_test("braid.json is there in the safe defaults (no module, no "
+           "require)", t_json_sandbox);
   run_test("an HTTP request's body is sent from its string, not a copy",
            t_http_body_memory);
   run_test("HTTP request headers count against the memory limit",

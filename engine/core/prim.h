@@ -483,6 +483,7 @@ void braid__open_progress(lua_State *L);
 void braid__open_worker(lua_State *L);
 void braid__open_http(lua_State *L);
 void braid__open_stdio(lua_State *L);
+void braid__open_json(lua_State *L);
 
 /* Opens the core in L (the engine, the scheduler's thread, braid's
 ** coroutine library) and pushes an empty braid table. [-0, +1, e] */
