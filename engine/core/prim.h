@@ -395,6 +395,12 @@ void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
 void braid__exit_hook_remove(struct braid_exit_hook *h);
 void braid__exit_hooks_run(braid_engine_t *E);
 
+/* SIGPIPE (io/stream.c's handler; async-signal-safe): when braid's stdout
+** has lost its reader, braid.run is cancelled as by a signal (exit 141),
+** and with no run the process dies of SIGPIPE as stock lua does; any
+** other broken pipe is left to the writer's EPIPE (interrupt.c). */
+void braid__interrupt_pipe(void);
+
 /* Whom to SIGKILL at any hard exit, also from the signal handler that
 ** leaves while the main thread is stuck in C (interrupt.c), where no lock
 ** may be taken: a slot holds kill(2)'s target (a child's pid, or its
