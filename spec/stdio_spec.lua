@@ -161,3 +161,74 @@ describe("a signal during the cleanup of a cancelled run", function()
     os.remove(script)
   end))
 end)
+
+describe("braid.stdout on a file or device: a failed write is raised, never lost", function()
+  -- the pump thread dropped its errno: the first write "succeeded", the
+  -- next ones said EPIPE, and a script that wrote once exited 0
+  local function run(src)
+    local script = h.script(src)
+    local out, err, code = h.sh(("{ %s %s %s >/dev/full; }"):format(RUN_ENV, BIN, script))
+    os.remove(script)
+    return out, err, code
+  end
+
+  it("raises ENOSPC (kind io, naming stdout:write) at the next write", function()
+    local _, err, code = run([[
+      braid.stdout:write("to full\n")
+      local e
+      for _ = 1, 500 do   -- until the pump has met the error (bounded: 5 s)
+        local ok
+        ok, e = pcall(braid.stdout.write, braid.stdout, "more\n")
+        if not ok then break end
+        e = nil
+        braid.sleep(0.01)
+      end
+      io.stderr:write(e.kind, " ", e.code, " ", e.message, "\n")
+      local ok, again = pcall(braid.stdout.write, braid.stdout, "again\n")
+      io.stderr:write(tostring(ok), " ", again.code, "\n")
+    ]])
+    assert.are.equal(0, code, err)
+    assert.are.equal("io ENOSPC stdout:write: no space left on device\nfalse ENOSPC\n", err)
+  end)
+
+  it("raises it from close, and fails the run (exit 1) when no write or close raised it", function()
+    local _, err, code = run([[
+      braid.stdout:write("to full\n")
+      local ok, e = pcall(braid.stdout.close, braid.stdout)
+      io.stderr:write(e.kind, " ", e.code, " ", e.message, "\n")
+    ]])
+    assert.are.equal(0, code, err)
+    assert.are.equal("io ENOSPC stdout:close: no space left on device\n", err)
+    _, err, code = run('braid.stdout:write("to full\\n")')
+    assert.are.equal(1, code)
+    assert.are.equal("braid: stdout:write: no space left on device\n", err)
+    _, err, code = run('braid.stdout:write("to full\\n") os.exit(0)')
+    assert.are.equal(1, code)
+    assert.are.equal("braid: stdout:write: no space left on device\n", err)
+  end)
+
+  it("makes the module's braid.run raise it", function()
+    local out, err, code = h.sh(("{ %s lua5.4 -e %s >/dev/full; }"):format(RUN_ENV, q([[
+      local braid = require "braid"
+      local ok, e = pcall(braid.run, function() braid.stdout:write("x") end)
+      io.stderr:write(tostring(ok), " ", e.kind, " ", e.code, " ", e.message, "\n")
+    ]])))
+    assert.are.equal(0, code, err)
+    assert.are.equal("false io ENOSPC stdout:write: no space left on device\n", err)
+  end)
+
+  it("still writes everything to a regular file", function()
+    local path = h.tmp()
+    local script = h.script([[
+      for i = 1, 20000 do braid.stdout:write(("line %d\n"):format(i)) end
+      braid.stdout:write(("x"):rep(3 << 20), "\n")
+    ]])
+    local _, err, code = h.sh(("{ %s %s %s >%s; }"):format(RUN_ENV, BIN, script, path))
+    assert.are.equal(0, code, err)
+    local got = h.slurp(path)
+    assert.are.equal(20000, select(2, got:gsub("line %d+\n", "")))
+    assert.are.equal(3 << 20, #got:match("\n(x+)\n$"))
+    os.remove(script)
+    os.remove(path)
+  end)
+end)

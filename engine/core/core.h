@@ -495,6 +495,8 @@ struct braid_engine {
   int exit_code;               /* os.exit's, once exiting is set */
   unsigned char exiting;       /* os.exit cancelled the root */
   unsigned char exit_close;    /* os.exit's second argument */
+  int late_rc;                 /* an I/O error found as the run ended */
+  const char *late_fname;      /* (braid__run_late_error) */
   /* The REPL's session (prim.h); NULL outside it. A deadlock fails the
   ** running `entry` when it is set and alive, else the root. */
   struct braid_session *session;
