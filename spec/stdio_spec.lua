@@ -22,13 +22,14 @@ local function ended_now(pid, secs)
   end
 end
 
--- Runs `cmd | head -1` (bounded: a braid that spins is SIGTERMed, 143)
--- and returns cmd's exit status, what head printed and cmd's stderr.
-local function into_head(cmd)
+-- Runs `cmd | head -1` (or `cmd | reader`; bounded: a braid that spins
+-- is SIGTERMed, 143) and returns cmd's exit status, what the reader
+-- printed and cmd's stderr.
+local function into_head(cmd, reader)
   local dir = h.tmp()
   local st, err = dir .. ".status", dir .. ".stderr"
   local out, _, code = h.sh(("timeout -k 5 20 sh -c %s"):format(q(
-    ("{ %s 2>%s; echo $? >%s; } | head -1"):format(cmd, err, st))))
+    ("{ %s 2>%s; echo $? >%s; } | %s"):format(cmd, err, st, reader or "head -1"))))
   local status = tonumber(h.slurp(st) or "")
   local e = h.slurp(err) or ""
   os.remove(st)
@@ -71,6 +72,16 @@ describe("stdout whose reader has gone (`braid gen.lua | head -1`)", function()
       os.remove(script)
     end)
   end
+
+  it("ends the runner with 141 when a braid.stdout:write waiting on the pipe finds the reader gone", function()
+    -- the write's EPIPE reaches the task before the stop does: it is that
+    -- stop, not a failure to report
+    local status, out, err = into_head(("%s %s -e %s"):format(RUN_ENV, BIN,
+      q('braid.stdout:write(("x"):rep(1 << 20)) braid.sleep(30)')), "head -c 1")
+    assert.are.equal("x", out)
+    assert.are.equal(141, status, err)
+    assert.are.equal("", err)
+  end)
 
   it("keeps the run's exit status when a signal came first", h.run(function()
     -- SIGTERM first: cleanup that then finds stdout gone still ends 143,

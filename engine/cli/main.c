@@ -81,6 +81,16 @@ static const char root_source[] =
   "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
   "end\n";
 
+/* Whether the error at idx is EPIPE: after stdout's reader went, a write
+** to it that raised before the stop came is that stop, not a failure. */
+static int is_epipe (lua_State *L, int idx) {
+  int r;
+  lua_getfield(L, idx, "code");
+  r = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "EPIPE") == 0;
+  lua_pop(L, 1);
+  return r;
+}
+
 int main (int argc, char **argv) {
   lua_State *L;
   int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
@@ -225,7 +235,8 @@ int main (int argc, char **argv) {
   if (sig && status == LUA_OK && what) fprintf(stderr, "braid: %s\n", what);
   if (status != LUA_OK) {
     const char *kind = braid_error_kind(L, -1);
-    if (sig && kind && strcmp(kind, "cancelled") == 0) {
+    if (sig && kind && (strcmp(kind, "cancelled") == 0 ||
+                        (sig == SIGPIPE && is_epipe(L, -1)))) {
       if (what) fprintf(stderr, "braid: %s\n", what);
     } else {
       braid_report(L, -1, "braid: ");
