@@ -723,7 +723,7 @@ describe("hostile input to the primitives (review of issues 12 and 13)", functio
     server:close()
   end))
 
-  it("refuses to watch SIGPIPE, which braid keeps a no-op so that writes raise EPIPE", h.run(function()
+  it("refuses to watch SIGPIPE, which braid keeps for itself so that writes raise EPIPE", h.run(function()
     local ok, e = pcall(braid.signal, "PIPE")
     assert.is_false(ok)
     assert.are.equal("usage", e.kind)

@@ -4,7 +4,8 @@
 ** with a terminal on stdin and nothing to run, the REPL (repl.c).
 **
 ** Exit status: 0 when the root task returns, 1 when it fails (the error and
-** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C.
+** where it came from go to stderr), 2 for usage errors, 130 after Ctrl-C
+** (143 SIGTERM, 129 SIGHUP), 141 once stdout's reader has gone.
 */
 #include <signal.h>
 #include <stdio.h>
@@ -35,7 +36,7 @@ static const char usage_text[] =
   "  -                run standard input\n"
   "Exit status: 0 ok, 1 the script failed (or its cleanup after a signal),\n"
   "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129\n"
-  "hung up (SIGHUP).\n";
+  "hung up (SIGHUP), 141 stdout's reader has gone (as SIGPIPE ends lua).\n";
 
 extern const char braid__trace_source[];   /* lua/trace.lua, compiled in */
 
@@ -79,6 +80,16 @@ static const char root_source[] =
   "  for i = 1, n - 1 do chunks[i]() end\n"
   "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
   "end\n";
+
+/* Whether the error at idx is EPIPE: after stdout's reader went, a write
+** to it that raised before the stop came is that stop, not a failure. */
+static int is_epipe (lua_State *L, int idx) {
+  int r;
+  lua_getfield(L, idx, "code");
+  r = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "EPIPE") == 0;
+  lua_pop(L, 1);
+  return r;
+}
 
 int main (int argc, char **argv) {
   lua_State *L;
@@ -219,13 +230,14 @@ int main (int argc, char **argv) {
   status = lua_pcall(L, 2, 0, 0);
   sig = braid__engine_interrupted(braid_engine(L));
   what = sig == SIGTERM ? "terminated" : sig == SIGHUP ? "hung up"
-                                                       : "interrupted";
-  code = sig ? 128 + sig : 0;   /* 130, 143, 129: as the shell reports them */
-  if (sig && status == LUA_OK) fprintf(stderr, "braid: %s\n", what);
+       : sig == SIGPIPE ? NULL : "interrupted";   /* stdout gone: quiet */
+  code = sig ? 128 + sig : 0;   /* 130, 143, 129, 141: as the shell's */
+  if (sig && status == LUA_OK && what) fprintf(stderr, "braid: %s\n", what);
   if (status != LUA_OK) {
     const char *kind = braid_error_kind(L, -1);
-    if (sig && kind && strcmp(kind, "cancelled") == 0) {
-      fprintf(stderr, "braid: %s\n", what);
+    if (sig && kind && (strcmp(kind, "cancelled") == 0 ||
+                        (sig == SIGPIPE && is_epipe(L, -1)))) {
+      if (what) fprintf(stderr, "braid: %s\n", what);
     } else {
       braid_report(L, -1, "braid: ");
       code = 1;

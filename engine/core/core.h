@@ -423,6 +423,8 @@ struct braid_engine {
   _Atomic int hook_wanted;     /* one came while a task ran: its hook is
                                ** set again until they are handled (hook.c) */
   unsigned char watching[NSTOPS];
+  uv_async_t pipe_wake;        /* braid.run's: stdout's reader has gone */
+  _Atomic int pipe_gone;       /* 1 when it has, 2 once handled */
   struct braid_list sig_link;   /* in the list of engines with signals */
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
@@ -494,6 +496,8 @@ struct braid_engine {
   int exit_code;               /* os.exit's, once exiting is set */
   unsigned char exiting;       /* os.exit cancelled the root */
   unsigned char exit_close;    /* os.exit's second argument */
+  int late_rc;                 /* an I/O error found as the run ended */
+  const char *late_fname;      /* (braid__run_late_error) */
   /* The REPL's session (prim.h); NULL outside it. A deadlock fails the
   ** running `entry` when it is set and alive, else the root. */
   struct braid_session *session;
@@ -597,7 +601,7 @@ void braid__interrupt_detach(braid_engine_t *E);
 void braid__xacct_drop(braid_engine_t *E);
 /* braid_close: drops the exit hooks E still has (interrupt.c). */
 void braid__exit_hooks_drop(braid_engine_t *E);
-void braid__interrupt_dispatch(braid_engine_t *E);
+int braid__interrupt_dispatch(braid_engine_t *E);
 void braid__engine_handle_closed(uv_handle_t *h);
 void braid__engine_fatal(braid_engine_t *E, const char *why);
 /* braid's own C heap where failing is not an option (memory.c): spend

@@ -175,14 +175,15 @@ static void task_hook (lua_State *L, lua_Debug *ar) {
 }
 
 /* Set asynchronously by an interrupt: runs what the signal asks for in
-** this thread, then raises the cancellation if it reached the task. */
+** this thread, then raises the cancellation if it reached the task (only
+** after one that may cancel: a task running its cleanup, cancelled
+** already, is not cut short by a dump). */
 static void interrupt_hook (lua_State *L, lua_Debug *ar) {
   braid_engine_t *E = braid_engine(L);
   struct braid_task *t = E->current;
   (void) ar;
   braid__hook_rearm(E, L, t != NULL && L != t->co);
-  braid__interrupt_dispatch(E);
-  if (t && !t->stop) {
+  if (braid__interrupt_dispatch(E) && t && !t->stop) {
     braid__hook_rearm(E, L, L != t->co);   /* now maybe cancelled */
     hook_checkcancel(L, t);
   }

@@ -37,6 +37,19 @@
 **   run from the handler. Cleanup stuck in C after the first stop was
 **   taken needs a third (the handler cannot tell that the second will not
 **   be taken). An embedded engine never leaves; SIGQUIT's dump waits.
+** - A broken pipe is no stop signal: SIGPIPE keeps io/stream.c's handler
+**   (a child's or a peer's end that has gone is EPIPE to the writer), which
+**   calls braid__interrupt_pipe. Only when braid's own stdout has lost its
+**   reader (poll: POLLERR, POLLHUP on fd 1) does it end the run as a
+**   signal would, once: braid.run's engine (the one that owns SIGTERM)
+**   is cancelled with reason "broken pipe" and the runner exits 141
+**   (128 + SIGPIPE, stock lua's death); never a second stop (cleanup
+**   writing to it again changes nothing), and after another stop nothing.
+**   The handler may run on any thread (a worker's print): it sets the
+**   hook and wakes the loop (uv_async_send: async-signal-safe). With no
+**   run (module mode outside braid.run, an embedded engine) it is stock
+**   lua's: every child's group is SIGKILLed and SIGPIPE's default action
+**   ends the process.
 ** - One engine at a time owns each signal: the most recently attached
 **   engine that watches it (sig_engines, a stack: when the owner detaches,
 **   the one attached before it that is still attached owns it again).
@@ -67,6 +80,8 @@ static const struct {
   {SIGTERM, "terminated", "braid: terminated again, exiting\n", 1},
   {SIGHUP, "hangup", "braid: hung up again, exiting\n", 1}
 };
+
+#define TERM_STOP 1   /* stops[1], SIGTERM: watched by braid.run only */
 
 /* The engines with signals, oldest first; changed only on the threads
 ** of engines with signals (workers have none), read by the handler only
@@ -139,10 +154,19 @@ static int stdout_takes (void) {
   return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) && !(p.revents & POLLERR);
 }
 
+/* Cancels what E runs for signal signum (the status the runner exits
+** with: braid__engine_interrupted). */
+static void engine_cancel (braid_engine_t *E, int signum, const char *reason) {
+  struct interrupt_args a;
+  if (E->interrupt_sig == 0) E->interrupt_sig = signum;
+  a.E = E;
+  a.reason = reason;
+  braid__engine_call(E, interrupt_p, &a);
+}
+
 /* The one path of every interrupt. */
 static void engine_interrupt (braid_engine_t *E, int i) {
   struct braid_list *n;
-  struct interrupt_args a;
   for (n = E->interceptors.prev; n != &E->interceptors; n = n->prev) {
     struct braid_interceptor *ic = container_of(n, struct braid_interceptor,
                                                 link);
@@ -155,16 +179,26 @@ static void engine_interrupt (braid_engine_t *E, int i) {
       fflush(stdout);   /* what the script wrote (io.write): never in a handler */
     _exit(128 + stops[i].num);
   }
-  if (E->interrupt_sig == 0) E->interrupt_sig = stops[i].num;
-  a.E = E;
-  a.reason = stops[i].reason;
-  braid__engine_call(E, interrupt_p, &a);
+  engine_cancel(E, stops[i].num, stops[i].reason);
+}
+
+/* stdout's reader has gone: the first stop, unless the run already ends
+** (a signal, os.exit), which this changes nothing in. Returns whether it
+** cancelled. */
+static int engine_pipe (braid_engine_t *E) {
+  if (E->interrupted || E->exiting) return 0;
+  E->interrupted = 1;
+  engine_cancel(E, SIGPIPE, "broken pipe");
+  return 1;
 }
 
 /* Handles the signals that arrived and were not handled yet: the dumps
-** SIGQUIT asks for first, then the interrupts. */
-void braid__interrupt_dispatch (braid_engine_t *E) {
-  int i;
+** SIGQUIT asks for first, then the interrupts, then a broken stdout.
+** Returns whether anything may have been cancelled (an interrupt, or the
+** broken stdout's first arrival): a dump, or a broken stdout in a run
+** that already ends, must not cut the running cleanup short. */
+int braid__interrupt_dispatch (braid_engine_t *E) {
+  int i, gone = 1, stopped = 0;
   atomic_store(&E->hook_wanted, 0);   /* a later arrival sets it again */
   while (atomic_load(&E->quits) > 0) {
     atomic_fetch_sub(&E->quits, 1);
@@ -174,15 +208,26 @@ void braid__interrupt_dispatch (braid_engine_t *E) {
     while (atomic_load(&E->pending[i]) > 0) {
       atomic_fetch_sub(&E->pending[i], 1);
       engine_interrupt(E, i);
+      stopped = 1;
     }
+  if (atomic_compare_exchange_strong(&E->pipe_gone, &gone, 2))
+    stopped |= engine_pipe(E);
+  return stopped;
 }
 
-static void stop_cb (uv_signal_t *h, int signum) {
-  braid_engine_t *E = (braid_engine_t *) h->data;
-  (void) signum;
+static void dispatch (braid_engine_t *E) {
   braid__engine_enter(E);
   braid__interrupt_dispatch(E);
   braid__engine_leave(E);
+}
+
+static void stop_cb (uv_signal_t *h, int signum) {
+  (void) signum;
+  dispatch((braid_engine_t *) h->data);
+}
+
+static void pipe_cb (uv_async_t *h) {
+  dispatch((braid_engine_t *) h->data);
 }
 
 /* Whether a stop signal came within REPEAT_NS of the last counted one,
@@ -291,6 +336,13 @@ void braid__interrupt_attach (braid_engine_t *E) {
   atomic_store(&E->hook_wanted, 0);
   watch(E, &E->sigquit, SIGQUIT, stop_cb);   /* libuv's handler */
   if (quit_owner == NULL) sigaction(SIGQUIT, &sa, &uv_quit);   /* ours first */
+  if (!E->embedded) {   /* braid.run's: a broken stdout (pipe_cb) */
+    atomic_store(&E->pipe_gone, 0);
+    uv_async_init(E->loop, &E->pipe_wake, pipe_cb);
+    E->pipe_wake.data = E;
+    E->refs++;
+    uv_unref((uv_handle_t *) &E->pipe_wake);
+  }
   for (i = 0; i < NSTOPS; i++) {
     if (stops[i].runner_only && E->embedded) continue;
     atomic_store(&E->pending[i], 0);
@@ -325,6 +377,32 @@ void braid__interrupt_detach (braid_engine_t *E) {
   }
   if (quit_owner == NULL) sigaction(SIGQUIT, &uv_quit, NULL);
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
+  if (!E->embedded)
+    uv_close((uv_handle_t *) &E->pipe_wake, braid__engine_handle_closed);
+}
+
+/* From io/stream.c's SIGPIPE handler, on whatever thread wrote: only
+** async-signal-safe work (see the header). */
+void braid__interrupt_pipe (void) {
+  struct pollfd p = {STDOUT_FILENO, 0, 0};
+  struct sigaction dfl;
+  braid_engine_t *E;
+  int none = 0;
+  if (poll(&p, 1, 0) != 1 || !(p.revents & (POLLERR | POLLHUP)))
+    return;                    /* not stdout: EPIPE to the writer */
+  E = sig_owner[TERM_STOP];    /* braid.run's engine */
+  if (E && E->watching[TERM_STOP]) {
+    if (atomic_compare_exchange_strong(&E->pipe_gone, &none, 1)) {
+      braid__hook_interrupt(E);   /* Lua code that runs stops */
+      uv_async_send(&E->pipe_wake);   /* else the loop handles it */
+    }
+    return;
+  }
+  kill_all();                  /* no run: as stock lua, no child left */
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &dfl, NULL);
+  raise(SIGPIPE);              /* taken when the handler returns */
 }
 
 /* ---- leaving at once (prim.h) ----

@@ -395,6 +395,19 @@ void braid__exit_hook_add(braid_engine_t *E, struct braid_exit_hook *h);
 void braid__exit_hook_remove(struct braid_exit_hook *h);
 void braid__exit_hooks_run(braid_engine_t *E);
 
+/* An I/O error found once the run's tasks have ended, which no task can
+** be given any more (stdout's pump failed writing the last bytes to a
+** file): braid.run raises it (libuv code rc, "fname: message", kind "io")
+** unless the root failed; the first one is kept. An embedded engine only
+** drops it. */
+void braid__run_late_error(braid_engine_t *E, int rc, const char *fname);
+
+/* SIGPIPE (io/stream.c's handler; async-signal-safe): when braid's stdout
+** has lost its reader, braid.run is cancelled as by a signal (exit 141),
+** and with no run the process dies of SIGPIPE as stock lua does; any
+** other broken pipe is left to the writer's EPIPE (interrupt.c). */
+void braid__interrupt_pipe(void);
+
 /* Whom to SIGKILL at any hard exit, also from the signal handler that
 ** leaves while the main thread is stuck in C (interrupt.c), where no lock
 ** may be taken: a slot holds kill(2)'s target (a child's pid, or its

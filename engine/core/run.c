@@ -153,6 +153,7 @@ static int l_run_run (lua_State *L) {
   E->armed_due = 0;
   E->interrupted = E->deadlocks = E->interrupt_sig = 0;
   E->exiting = 0;
+  E->late_rc = 0;
   memset(&E->top, 0, sizeof E->top);
   braid__scope_init(&E->top, E, SCOPE_TOP, NULL, NULL);
   E->running = 1;
@@ -185,6 +186,10 @@ static int l_run_run (lua_State *L) {
       lua_getiuservalue(L, 2, 4);
       braid__error_report(L, -2, -1, "braid: ");
       code = EXIT_FAILURE;
+    } else if (E->late_rc) {       /* so is a write that failed late */
+      fprintf(stderr, "braid: %s: %s\n", E->late_fname,
+              braid__strerror(E->late_rc));
+      code = EXIT_FAILURE;
     }
     lua_getfield(L, LUA_REGISTRYINDEX, OS_EXIT);
     lua_pushinteger(L, code);
@@ -197,6 +202,11 @@ static int l_run_run (lua_State *L) {
   if (E->oom && status == TASK_OK)   /* after the root had ended */
     braid_error(L, "memory", NULL, "not enough memory (braid's "
                        "scheduler ran out and spent its reserve)");
+  if (E->late_rc && status == TASK_OK) {   /* an error is never silent */
+    rc = E->late_rc;
+    E->late_rc = 0;
+    braid__error_uv(L, rc, E->late_fname);
+  }
   if (E->interrupted && status != TASK_OK) {
     lua_getiuservalue(L, 2, 4);   /* its record, for the runner's report */
     braid__error_hand(L, NULL);
@@ -206,6 +216,12 @@ static int l_run_run (lua_State *L) {
   return braid__task_results(L, 2, 1);
 }
 
+
+void braid__run_late_error (braid_engine_t *E, int rc, const char *fname) {
+  if (E->late_rc) return;
+  E->late_rc = rc;
+  E->late_fname = fname;
+}
 
 /* os.exit([code [, close]]), replaced when braid is opened. Inside
 ** braid.run (the runner, the module, the REPL) and a task it cancels the

@@ -2,9 +2,10 @@
 ** signames.c: the one table of signal names: what braid.signal catches
 ** and what a child's exit or proc:kill names. Signals a script may not
 ** watch (KILL and STOP cannot be caught; a handler for SEGV, BUS, ILL,
-** FPE, TRAP, ABRT or SYS, a seccomp filter's kill, would hide a crash; PIPE is braid's own no-op, which
-** libuv would reset to the default, killing braid at the next EPIPE, when
-** the last waiter closed) are still names for children.
+** FPE, TRAP, ABRT or SYS, a seccomp filter's kill, would hide a crash;
+** PIPE is braid's own (EPIPE, or the end of a run whose stdout is gone),
+** which libuv would reset to the default, killing braid at the next EPIPE,
+** when the last waiter closed) are still names for children.
 */
 #include <signal.h>
 #include <string.h>

@@ -13,9 +13,16 @@
 **   restores the shared description's flags when it closes, and at a hard
 **   exit (an exit hook).
 ** - A regular file or a device (epoll cannot wait on them) is pumped
-**   through a pipe by a detached thread of its own, which only ever
-**   touches the two fds: it ends at the end of the input, or when braid
-**   closes its end of the pipe (EPIPE), and then closes the other.
+**   through a pipe by a thread of its own, which only ever touches the two
+**   fds (and stdout's or stderr's perr): it ends at the end of the input,
+**   or when braid closes its end of the pipe (EPIPE), and then closes the
+**   other. A write to the file that fails (ENOSPC, EIO) is never lost:
+**   the pump keeps its errno in perr and drops what comes after (reading
+**   on, so braid's writes never wait on it); the next write raises it,
+**   and so does close; once the run has ended braid.run does
+**   (braid__run_late_error), unless a write or close raised it already.
+**   A write returns once the pipe took the bytes, as on any pipe; the
+**   pump's error comes one write later.
 ** - Each stream is made on first use in a run and belongs to the run's top
 **   scope (closed when braid.run ends); the Lua object is cached in the
 **   registry and replaced once that run's stream has closed. The struct is
@@ -26,6 +33,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,27 +55,36 @@ struct std_stream {
   unsigned char stale;           /* its run has ended */
   pthread_t pump;                /* stdout's or stderr's to a file */
   int joinable;
+  _Atomic int perr;              /* the pump's failed write: errno */
+  unsigned char reported;        /* perr was raised to the script */
 };
 
 /* ---- the pump, for what epoll cannot wait on ---- */
 
 struct pump {
   int from, to, close_from;
+  _Atomic int *err;              /* stdout's, stderr's: perr; stdin: NULL */
 };
 
 static void *pump_main (void *arg) {
   struct pump pu = *(struct pump *) arg;
   char buf[65536];
+  int failed = 0;
   free(arg);
   for (;;) {
     ssize_t n = read(pu.from, buf, sizeof buf), off = 0;
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    while (off < n) {
+    while (off < n && !failed) {
       ssize_t w = write(pu.to, buf + off, (size_t) (n - off));
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) goto done;
-      off += w;
+      if (w <= 0 && pu.err == NULL) goto done;   /* braid closed stdin's */
+      if (w <= 0) {              /* the file's: braid raises it */
+        atomic_store(pu.err, w < 0 ? errno : EIO);
+        failed = 1;
+      } else {
+        off += w;
+      }
     }
   }
 done:
@@ -80,7 +97,8 @@ done:
 ** copying between them: detached for stdin (its read may block forever),
 ** joined (*th) once braid's end is closed for stdout and stderr, so that
 ** what was written is out before braid exits. */
-static int pump_start (int fd, pthread_t *th, int *joinable) {
+static int pump_start (int fd, pthread_t *th, int *joinable,
+                       _Atomic int *err) {
   int p[2];
   pthread_attr_t attr;
   sigset_t all, old;
@@ -92,6 +110,7 @@ static int pump_start (int fd, pthread_t *th, int *joinable) {
   }
   if (fd == 0) pu->from = 0, pu->to = p[1], pu->close_from = 0;
   else pu->from = p[0], pu->to = fd, pu->close_from = 1;
+  pu->err = fd == 0 ? NULL : err;
   pthread_attr_init(&attr);
   if (fd == 0) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   /* The thread takes no signals: they stay with braid's loop thread (a
@@ -113,6 +132,17 @@ static int pump_start (int fd, pthread_t *th, int *joinable) {
 }
 
 /* ---- the stream ---- */
+
+/* The methods' names in messages, as the script wrote them: by stream. */
+enum { M_READ, M_READ_LINE, M_LINES, M_WRITE, M_CLOSE };
+static const char *const method_names[3][5] = {
+  {"stdin:read", "stdin:read_line", "stdin:lines", "stdin:write",
+   "stdin:close"},
+  {"stdout:read", "stdout:read_line", "stdout:lines", "stdout:write",
+   "stdout:close"},
+  {"stderr:read", "stderr:read_line", "stderr:lines", "stderr:write",
+   "stderr:close"}
+};
 
 static void std_free (struct std_stream *ss) {
   braid__exit_hook_remove(&ss->hook);   /* done in std_closing: harmless */
@@ -139,13 +169,21 @@ static void std_closing (struct braid_stream *s) {
   }
 }
 
-static void std_closed (struct braid_stream *s) {
-  struct std_stream *ss = container_of(s, struct std_stream, s);
-  std_restore(ss);
-  if (ss->joinable) {          /* the pump writes the rest, then ends */
+/* Once braid's end of the pump's pipe is closed: the pump writes the
+** rest, then ends. Returns the pump's error (an errno) that the script
+** was not given yet, or 0. */
+static int std_join (struct std_stream *ss) {
+  if (ss->joinable) {
     pthread_join(ss->pump, NULL);
     ss->joinable = 0;
   }
+  return ss->reported ? 0 : atomic_load(&ss->perr);
+}
+
+static void std_closed (struct braid_stream *s) {
+  struct std_stream *ss = container_of(s, struct std_stream, s);
+  std_restore(ss);
+  std_join(ss);
   ss->closed = 1;
   if (!ss->owned) std_free(ss);
 }
@@ -154,11 +192,18 @@ static const struct braid_stream_hooks std_hooks = {
   std_closing, std_closed, NULL
 };
 
+/* The run ends: what the pump failed to write is braid.run's error. */
 static void std_res_close (braid_resource_t *r) {
   struct std_stream *ss = container_of(r, struct std_stream, res);
+  int e;
   ss->attached = 0;
   ss->stale = 1;
-  braid__stream_close(&ss->s);
+  braid__stream_close(&ss->s);   /* closes braid's end: the pump ends */
+  if ((e = std_join(ss)) != 0) {
+    ss->reported = 1;
+    braid__run_late_error(ss->s.E, uv_translate_sys_error(e),
+                          method_names[ss->fd][M_WRITE]);
+  }
 }
 
 /* An fd for braid's fd, on a description of braid's own where it can be;
@@ -169,24 +214,13 @@ static int std_fd (struct std_stream *ss, int fd, int *flags) {
   uv_handle_type t = uv_guess_handle(fd);
   *flags = -1;
   if (t == UV_FILE || t == UV_UNKNOWN_HANDLE)
-    return pump_start(fd, &ss->pump, &ss->joinable);
+    return pump_start(fd, &ss->pump, &ss->joinable, &ss->perr);
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
   nfd = open(path, (fd == 0 ? O_RDONLY : O_WRONLY) | O_CLOEXEC | O_NOCTTY);
   if (nfd >= 0) return nfd;
   *flags = fcntl(fd, F_GETFL);
   return fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
-
-/* The methods' names in messages, as the script wrote them: by stream. */
-enum { M_READ, M_READ_LINE, M_LINES, M_WRITE, M_CLOSE };
-static const char *const method_names[3][5] = {
-  {"stdin:read", "stdin:read_line", "stdin:lines", "stdin:write",
-   "stdin:close"},
-  {"stdout:read", "stdout:read_line", "stdout:lines", "stdout:write",
-   "stdout:close"},
-  {"stderr:read", "stderr:read_line", "stderr:lines", "stderr:write",
-   "stderr:close"}
-};
 
 /* The stream at 1 (its name for method m: *fname); raises kind "closed"
 ** once its run has ended. */
@@ -218,16 +252,31 @@ static int l_std_lines (lua_State *L) {
   return braid__stream_lines(L, l_std_read_line);
 }
 
+/* Raises e, the pump's error, once given to the script. */
+static int std_raise (lua_State *L, struct std_stream *ss, int e,
+                      const char *fname) {
+  ss->reported = 1;
+  return braid__error_uv(L, uv_translate_sys_error(e), fname);
+}
+
 static int l_std_write (lua_State *L) {
   const char *fname;
   struct std_stream *ss = std_check(L, M_WRITE, &fname);
+  int e = atomic_load_explicit(&ss->perr, memory_order_relaxed);
+  if (e != 0) return std_raise(L, ss, e, fname);   /* an earlier write's */
   return braid__stream_write(L, &ss->s, fname);
 }
 
+/* Closes the stream; on a file, once the pump has written the rest,
+** raises what it failed to write. */
 static int l_std_close (lua_State *L) {
   struct std_stream **box = braid__check_object(L, 1, STD_MT,
                                                 method_names[0][M_CLOSE]);
-  if (*box) braid__stream_close(&(*box)->s);
+  int e;
+  if (*box == NULL) return 0;
+  braid__stream_close(&(*box)->s);
+  if ((e = std_join(*box)) != 0)
+    return std_raise(L, *box, e, method_names[(*box)->fd][M_CLOSE]);
   return 0;
 }
 

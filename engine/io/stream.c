@@ -673,7 +673,15 @@ int braid__stream_shutdown (lua_State *L, struct braid_stream *s,
 
 /* ---- SIGPIPE ---- */
 
-static void sigpipe_noop (int sig) { (void) sig; }
+/* A child or peer that has gone is EPIPE to the writer; braid's own
+** stdout that has lost its reader ends the run, as SIGPIPE ends lua
+** (braid__interrupt_pipe). */
+static void sigpipe_handler (int sig) {
+  int saved = errno;
+  (void) sig;
+  braid__interrupt_pipe();
+  errno = saved;
+}
 
 /* A handler, unlike SIG_IGN, is reset by exec, so child processes still
 ** start with the default disposition. */
@@ -681,7 +689,7 @@ void braid__stream_sigpipe (void) {
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = sigpipe_noop;
+    sa.sa_handler = sigpipe_handler;
     sigaction(SIGPIPE, &sa, NULL);
   }
 }

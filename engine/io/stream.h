@@ -153,9 +153,11 @@ int braid__stream_take(lua_State *L, struct braid_stream *s, int mode,
                        size_t n, const char *fname);
 
 /* Writing to a socket or pipe whose reader has gone must fail with EPIPE,
-** not kill the process: SIGPIPE gets a no-op handler, unless the host
-** already chose a disposition. Every opener of a library that writes to
-** streams calls it; calling it again is harmless. */
+** not kill the process: SIGPIPE gets a handler, unless the host already
+** chose a disposition, which leaves such a write its EPIPE; only braid's
+** own stdout losing its reader ends the run, or the process outside one,
+** as SIGPIPE ends lua (braid__interrupt_pipe). Every opener of a library
+** that writes to streams calls it; calling it again is harmless. */
 void braid__stream_sigpipe(void);
 
 #endif

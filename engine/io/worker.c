@@ -430,11 +430,15 @@ static char *wk_package_field (lua_State *L, const char *field) {
 }
 
 /* Starts w's thread with every signal blocked in it: signals are the main
-** thread's (interrupt.c), never a worker's. */
+** thread's (interrupt.c), never a worker's. But SIGPIPE, which only the
+** thread's own writes raise there: its print to a stdout that has lost its
+** reader ends the run as the main thread's would (io/stream.c's handler);
+** any other broken pipe is EPIPE either way. */
 static int wk_thread_start (struct braid_worker *w) {
   sigset_t all, old;
   int rc;
   sigfillset(&all);
+  sigdelset(&all, SIGPIPE);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   rc = uv_thread_create(&w->thread, braid__wk_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
