@@ -50,7 +50,50 @@ describe("make install", function()
     _, err, code = h.sh("make -s uninstall PREFIX=" .. p .. san)
     assert.are.equal(0, code, err)
     assert.are.equal("", files_under(p))
+    -- and the directories it made (bin, lib/..., share/man/man1): PREFIX stays
+    assert.are.equal("", h.sh("find " .. p .. " -mindepth 1"))
     os.execute("rm -rf " .. p)
+  end)
+
+  it("uninstall leaves a directory that holds something else, and PREFIX", function()
+    local p = tmpdir()
+    assert(os.execute("mkdir -p " .. p .. "/lib " .. p .. "/share/man/man1 && touch " ..
+                      p .. "/lib/other " .. p .. "/share/man/man1/other.1"))
+    local _, err, code = h.sh("make -s install PREFIX=" .. p .. san)
+    assert.are.equal(0, code, err)
+    _, err, code = h.sh("make -s uninstall PREFIX=" .. p .. san)
+    assert.are.equal(0, code, err)
+    assert.are.equal("./lib/other\n./share/man/man1/other.1\n", files_under(p))
+    assert.are.equal(p .. "\n" .. p .. "/lib\n" .. p .. "/lib/other\n" .. p .. "/share\n" ..
+                     p .. "/share/man\n" .. p .. "/share/man/man1\n" .. p ..
+                     "/share/man/man1/other.1\n", h.sh("find " .. p .. " | sort"))
+    os.execute("rm -rf " .. p)
+  end)
+
+  it("puts the module under PREFIX/lib/lua/5.4 when lua5.4.pc has no INSTALL_CMOD (staged with DESTDIR)", function()
+    -- a lua5.4.pc without Debian's INSTALL_* variables, as a self-built Lua's
+    local pcdir, stage = tmpdir(), tmpdir()
+    assert(os.execute("grep -v INSTALL_ \"$(pkg-config --variable=pcfiledir lua5.4)/lua5.4.pc\" > " ..
+                      pcdir .. "/lua5.4.pc"))
+    local env = "PKG_CONFIG_PATH=" .. pcdir .. " PKG_CONFIG_LIBDIR=" .. pcdir ..
+                ":$(pkg-config --variable pc_path pkg-config) "
+    assert.are.equal("\n", h.sh(env .. "pkg-config --variable=INSTALL_CMOD lua5.4"))
+    local _, err, code = h.sh(env .. "make -s install DESTDIR=" .. stage .. " PREFIX=/usr" .. san)
+    assert.are.equal(0, code, err)
+    local files = files_under(stage)
+    assert.truthy(files:find("\n./usr/lib/lua/5.4/braid.so\n", 1, true), files)
+    assert.falsy(files:find("^./braid.so\n") or files:find("\n./braid.so\n"), files)
+    _, err, code = h.sh(env .. "make -s uninstall DESTDIR=" .. stage .. " PREFIX=/usr" .. san)
+    assert.are.equal(0, code, err)
+    assert.are.equal(stage .. "\n" .. stage .. "/usr\n", h.sh("find " .. stage .. " | sort"))
+    os.execute("rm -rf " .. pcdir .. " " .. stage)
+  end)
+
+  it("runs ldconfig on uninstall where install runs it (root, /usr or /usr/local, not staged)", function()
+    for _, target in ipairs{"install", "uninstall"} do
+      local out = h.sh("make -n " .. target .. " PREFIX=/usr/local" .. san)
+      assert.truthy(out:find("ldconfig", 1, true), target)
+    end
   end)
 end)
 
