@@ -113,6 +113,32 @@ describe("the rockspec", function()
 end)
 
 describe("braid.1", function()
+  it("shows examples that run", function()
+    -- each .nf block of EXAMPLES, as a shell script, with this build's braid,
+    -- in a fresh directory (examples/ being the sources')
+    local src = assert(h.slurp("docs/braid.1"))
+    local section = assert(src:match("\n%.SH EXAMPLES\n(.-)\n%.SH "))
+    local root = h.sh("pwd"):gsub("\n$", "")
+    local bin = assert(os.getenv("BRAID_BIN"))
+    local run_env = os.getenv("BRAID_RUN_ENV") or ""
+    local n = 0
+    for block in section:gmatch("\n%.nf\n(.-)\n%.fi") do
+      n = n + 1
+      local cmd = block:gsub("\\%-", "-")
+                       :gsub("%f[%w]braid ", function() return run_env .. " '" .. bin .. "' " end)
+                       :gsub("examples/", root .. "/examples/")
+      local dir = tmpdir()
+      local out, err, code = h.sh("cd " .. dir .. " && timeout 60 sh -c " ..
+                                  "'" .. cmd:gsub("'", "'\\''") .. "'")
+      os.execute("rm -rf " .. dir)
+      assert.are.equal(0, code, block .. "\n" .. err)
+      assert.are.equal("", err, block)
+      assert.truthy(#out > 0, block)
+      if block:find("3600", 1, true) then assert.are.equal("10800.0\n", out) end
+    end
+    assert.are.equal(3, n)
+  end)
+
   it("formats without warnings", function()
     -- env -u LD_PRELOAD: the sanitizer build preloads ASan, which troff trips
     local _, err, code = h.sh("env -u LD_PRELOAD groff -man -z -ww docs/braid.1")
