@@ -71,12 +71,11 @@ static int usage (const char *fmt, const char *what) {
   return 2;
 }
 
-/* Runs every chunk in order as one function: the root task's body. */
-/* The root task: named after what it runs (the script, "stdin", or
-** "(command line)" for -e alone; the REPL names itself "repl"), then
-** LUA_INIT, the -e chunks, then the script with its arguments. What it
-** uses is taken here, before any of those chunks runs: they may replace
-** `braid` or `table`. */
+/* The root task's body, every chunk in order as one function: it names
+** the task after what it runs (the script, "stdin", or "(command line)"
+** for -e alone; the REPL names itself "repl"), then runs LUA_INIT, the -e
+** chunks, then the script with its arguments. What it uses is taken here,
+** before any of those chunks runs: they may replace `braid` or `table`. */
 static const char root_source[] =
   "local chunks, n, args = ...\n"
   "local current = braid.current\n"
