@@ -131,16 +131,24 @@ $(BUILD)/embed-app: examples/embed/app.c $(BUILD)/libbraid.a engine/braid.h
 
 # Install: the runner, the module (where stock lua5.4 looks for C modules
 # under PREFIX), the embedding header and libraries, braid.pc and braid.1.
-# `make uninstall` removes exactly what this installs.
-CMOD_DIR  = $(shell pkg-config --define-variable=prefix=$(PREFIX) \
-              --variable=INSTALL_CMOD lua5.4 2>/dev/null || echo $(PREFIX)/lib/lua/5.4)
+# `make uninstall` removes exactly what this installs, and then the
+# directories under PREFIX that this left empty.
+# pkg-config prints an empty line (and succeeds) for a variable the .pc
+# lacks (a self-built Lua's has no INSTALL_CMOD): that is the fallback too.
+CMOD_DIR  = $(or $(shell pkg-config --define-variable=prefix=$(PREFIX) \
+              --variable=INSTALL_CMOD lua5.4 2>/dev/null),$(PREFIX)/lib/lua/5.4)
 INSTALLED = bin/braid include/braid.h lib/libbraid.a lib/$(SONAME).1.0 \
             lib/$(SONAME) lib/libbraid.so lib/pkgconfig/braid.pc \
             share/man/man1/braid.1
+INST_DIRS = $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
+            $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 \
+            $(DESTDIR)$(CMOD_DIR)
+# a system prefix, as root, not staged: make the soname known (or forgotten)
+LDCONFIG  = if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && \
+              { [ "$(PREFIX)" = /usr ] || [ "$(PREFIX)" = /usr/local ]; }; then \
+              ldconfig; fi
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include \
-	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 \
-	  $(DESTDIR)$(CMOD_DIR)
+	install -d $(INST_DIRS)
 	install -m 755 $(BUILD)/braid $(DESTDIR)$(PREFIX)/bin/braid
 	install -m 644 $(BUILD)/braid.so $(DESTDIR)$(CMOD_DIR)/braid.so
 	install -m 644 engine/braid.h $(DESTDIR)$(PREFIX)/include/braid.h
@@ -151,14 +159,18 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' tools/braid.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/braid.pc
 	install -m 644 docs/braid.1 $(DESTDIR)$(PREFIX)/share/man/man1/braid.1
-	@# a system prefix, as root, not staged: make the new soname known
-	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && \
-	    { [ "$(PREFIX)" = /usr ] || [ "$(PREFIX)" = /usr/local ]; }; then \
-	  ldconfig; fi
+	@$(LDCONFIG)
 
+# Each directory install made, then its parents, while empty (rmdir never
+# removes one that is not), up to PREFIX itself, which stays.
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/,$(INSTALLED)) \
 	  $(DESTDIR)$(CMOD_DIR)/braid.so
+	@for d in $(INST_DIRS); do \
+	  while case "$$d" in "$(DESTDIR)$(PREFIX)"/*) true;; *) false;; esac && \
+	        [ -d "$$d" ] && rmdir "$$d" 2>/dev/null; do d=$$(dirname "$$d"); done; \
+	done
+	@$(LDCONFIG)
 
 # LuaRocks (braid-scm-1.rockspec, build.type "make"): builds as `make
 # all`, installs the module and the runner where the rock tree says.

@@ -215,8 +215,9 @@ end
 local function load(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local text = f:read("a")
+  local text, rerr = f:read("a")   -- nil, "Is a directory" for one
   f:close()
+  if not text then return nil, path .. ": " .. tostring(rerr) end
   local ok, doc = pcall(decode, text)
   local cut
   if not ok then   -- cut off? only the small decoder reads on

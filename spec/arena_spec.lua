@@ -78,6 +78,44 @@ describe("the arena", function()
     assert.are.equal("4000", k)
   end)
 
+  -- The arena's regions are advised MADV_HUGEPAGE: "hg" in smaps' VmFlags.
+  it("takes BRAID_ARENA as 0/1, off/on, no/yes, false/true; warns once of any other value, keeping the default", function()
+    local p = write([[
+      local t = {} for i = 1, 1e5 do t[i] = {} end
+      local n = 0
+      for l in io.lines("/proc/self/smaps") do
+        if l:match("^VmFlags:.* hg") then n = n + 1 end
+      end
+      print(n > 0 and "on" or "off")
+    ]])
+    local env = os.getenv("BRAID_RUN_ENV") or ""
+    -- under AddressSanitizer the arena is off unless asked for
+    local default = env:find("ASAN") and "off" or "on"
+    local function arena(v)
+      local out, err, code = h.sh(env .. " BRAID_ARENA=" .. v .. " " .. os.getenv("BRAID_BIN") .. " " .. p)
+      assert.are.equal(0, code, err)
+      return out:gsub("\n$", ""), err
+    end
+    for _, v in ipairs{"0", "off", "no", "false", "OFF"} do
+      local state, err = arena(v)
+      assert.are.equal("off", state, v)
+      assert.are.equal("", err, v)
+    end
+    for _, v in ipairs{"1", "on", "yes", "true", "True"} do
+      local state, err = arena(v)
+      assert.are.equal("on", state, v)
+      assert.are.equal("", err, v)
+    end
+    assert.are.equal(default, (arena("''")))
+    for _, v in ipairs{"00", "maybe"} do
+      local state, err = arena(v)
+      assert.are.equal(default, state, v)
+      assert.are.equal("braid: ignoring BRAID_ARENA=" .. v ..
+                       " (not 0/1, off/on, no/yes, false/true)\n", err)
+    end
+    os.remove(p)
+  end)
+
   it("is off with BRAID_ARENA=0 in the module too", function()
     local p = write(churn)
     local out, err, code = h.sh("BRAID_ARENA=0 lua5.4 " .. p)

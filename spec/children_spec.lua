@@ -305,6 +305,31 @@ describe("issue 15: spawning", function()
     assert.are.equal(0, code, err)
     assert.are.equal("ok\n", out)
   end)
+
+  it("takes BRAID_NO_PIDFD=0 as not set: a running child is watched on a pidfd", function()
+    -- the child of a second exec lists braid's fds while the first runs
+    local script = h.script([[
+      local p <close> = braid.process({"sleep", "5"})
+      local ls = braid.exec({"sh", "-c", "ls -l /proc/$PPID/fd"}).stdout
+      print(select(2, ls:gsub("anon_inode:%[pidfd%]", "")))
+      p:kill()
+      p:wait()
+    ]])
+    local function pidfds(v)
+      local out, err, code = h.sh(("%s %s %s %s"):format(v, RUN_ENV, BIN, script))
+      assert.are.equal(0, code, err)
+      return tonumber(out)
+    end
+    local unset = pidfds("env -u BRAID_NO_PIDFD")
+    if unset == 0 then
+      os.remove(script)
+      pending("no pidfds on this kernel")
+      return
+    end
+    assert.are.equal(unset, pidfds("BRAID_NO_PIDFD=0"))
+    assert.are.equal(0, pidfds("BRAID_NO_PIDFD=1"))
+    os.remove(script)
+  end)
 end)
 
 describe("issue 15: options", function()

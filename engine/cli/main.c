@@ -16,6 +16,10 @@
 #include "core/prim.h"
 #include "cli/repl.h"
 
+/* as lua.c names them */
+#define LUA_INIT_VAR        "LUA_INIT"
+#define LUA_INITVARVERSION  LUA_INIT_VAR LUA_VERSUFFIX
+
 static const char usage_text[] =
   "usage: braid [options] [script [args]]\n"
   "       braid trace FILE [--svg OUT.svg]   (summarise a --trace file)\n"
@@ -68,17 +72,18 @@ static int usage (const char *fmt, const char *what) {
   return 2;
 }
 
-/* Runs every chunk in order as one function: the root task's body. */
-/* The root task: named after what it runs (the script, "stdin", or
-** "(command line)" for -e alone; the REPL names itself "repl"), then the
-** -e chunks, then the script with its arguments. */
+/* The root task's body, every chunk in order as one function: it names
+** the task after what it runs (the script, "stdin", or "(command line)"
+** for -e alone; the REPL names itself "repl"), then runs LUA_INIT, the -e
+** chunks, then the script with its arguments. What it uses is taken here,
+** before any of those chunks runs: they may replace `braid` or `table`. */
 static const char root_source[] =
-  "local chunks, n = ...\n"
+  "local chunks, n, args = ...\n"
   "local current = braid.current\n"
   "return function()\n"
   "  current().name = chunks.name\n"
   "  for i = 1, n - 1 do chunks[i]() end\n"
-  "  return chunks[n](table.unpack(chunks.args, 1, chunks.args.n))\n"
+  "  return chunks[n](args())\n"
   "end\n";
 
 /* Whether the error at idx is EPIPE: after stdout's reader went, a write
@@ -91,71 +96,132 @@ static int is_epipe (lua_State *L, int idx) {
   return r;
 }
 
-int main (int argc, char **argv) {
-  lua_State *L;
-  int i, script = 0, nchunks = 0, status, code, virtual_time = 0;
-  int from_stdin = 0, base, interactive = 0, sig, version = 0, progress = 0;
-  double grace = 5;
-  const char *what, *trace = NULL;
-  braid__stdio_fill();   /* before anything may open an fd */
-  if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
-    return trace_command(argc - 2, argv + 2);
+/* args() -> the script's arguments (upvalue 1, a sequence), as lua.c
+** pushes them: on a stack grown for them, or "too many script arguments". */
+static int script_args (lua_State *L) {
+  int k, n = (int) lua_rawlen(L, lua_upvalueindex(1));
+  luaL_checkstack(L, n + 3, "too many script arguments");
+  for (k = 1; k <= n; k++) lua_rawgeti(L, lua_upvalueindex(1), k);
+  return n;
+}
+
+/* LUA_INIT_5_4, else LUA_INIT, as lua.c reads it: "@file" names a file to
+** run, anything else is a chunk. Loaded onto the stack (or an error
+** message, returning non-zero); pushes nothing when neither is set. */
+static int load_luainit (lua_State *L, int *loaded) {
+  const char *name = "=" LUA_INITVARVERSION;
+  const char *init = getenv(name + 1);
+  if (init == NULL) {
+    name = "=" LUA_INIT_VAR;
+    init = getenv(name + 1);
+  }
+  *loaded = init != NULL;
+  if (init == NULL) return LUA_OK;
+  if (init[0] == '@') return luaL_loadfile(L, init + 1);
+  return luaL_loadbuffer(L, init, strlen(init), name);
+}
+
+/* What the command line asks for. */
+typedef struct Options {
+  int script, from_stdin;   /* argv index of the script, or of "-" */
+  int interactive, version, progress, virtual_time;
+  int nstats;               /* the -e chunks: stats[0 .. nstats-1] */
+  const char **stats;
+  double grace;
+  const char *trace;
+} Options;
+
+/* Reads the options before the script: -1 to go on (o filled in, argv
+** index of what follows them in *next), or the exit status. */
+static int parse_options (int argc, char **argv, Options *o, int *next) {
+  int i;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) { i++; break; }
-    if (strcmp(a, "-") == 0) { from_stdin = i; break; }
+    if (strcmp(a, "-") == 0) { o->from_stdin = i; break; }
     if (a[0] != '-') break;
     if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
       /* as lua -v: the version, then whatever else was asked for */
       printf("braid %s (%s, libuv %s)\n", BRAID_VERSION, LUA_RELEASE,
              uv_version_string());
       fflush(stdout);
-      version = 1;
+      o->version = 1;
       continue;
     }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       fputs(usage_text, stdout);
       return 0;
     }
-    if (strcmp(a, "-e") == 0) {
-      if (++i == argc) return usage("'%s' needs an argument", a);
-      nchunks++;
+    if (a[1] == 'e') {   /* "-e stat", or "-estat" as lua.c takes it */
+      if (a[2] == '\0' && ++i == argc)
+        return usage("'%s' needs an argument", a);
+      o->stats[o->nstats++] = a[2] == '\0' ? argv[i] : a + 2;
     } else if (strcmp(a, "--grace") == 0) {
       char *end;
       if (++i == argc) return usage("'%s' needs an argument", a);
-      grace = strtod(argv[i], &end);
-      if (*end || end == argv[i] || !(grace >= 0))
+      o->grace = strtod(argv[i], &end);
+      if (*end || end == argv[i] || !(o->grace >= 0))
         return usage("--grace wants a number of seconds, not '%s'", argv[i]);
     } else if (strcmp(a, "--trace") == 0) {
       if (++i == argc) return usage("'%s' needs an argument", a);
-      trace = argv[i];
+      o->trace = argv[i];
     } else if (strcmp(a, "--progress") == 0) {
-      progress = 1;
+      o->progress = 1;
     } else if (strcmp(a, "--virtual-time") == 0) {
-      virtual_time = 1;
+      o->virtual_time = 1;
     } else if (strcmp(a, "-i") == 0) {
-      interactive = 1;
+      o->interactive = 1;
     } else {
       return usage("unrecognized option '%s'", a);
     }
   }
-  if (from_stdin) ;
-  else if (i < argc) script = i;
-  else if (version && nchunks == 0 && !interactive) return 0;
-  else if (nchunks == 0 && !interactive) {
-    if (isatty(0)) interactive = 1;
-    else from_stdin = argc;   /* no "-" on the command line */
+  *next = i;
+  return -1;
+}
+
+int main (int argc, char **argv) {
+  lua_State *L;
+  int i = 0, nchunks, status, code, base, sig, init;
+  const char *what;
+  Options o = {0};
+  braid__stdio_fill();   /* before anything may open an fd */
+  if (argc >= 2 && strcmp(argv[1], "trace") == 0)   /* ./trace runs a file */
+    return trace_command(argc - 2, argv + 2);
+  o.grace = 5;
+  o.stats = malloc(argc * sizeof *o.stats);
+  if (o.stats == NULL) {
+    fprintf(stderr, "braid: not enough memory\n");
+    return 1;
   }
-  base = script ? script : (from_stdin && from_stdin < argc ? from_stdin : 0);
+  code = parse_options(argc, argv, &o, &i);
+  if (code >= 0) {
+    free(o.stats);
+    return code;
+  }
+  init = getenv(LUA_INITVARVERSION) != NULL || getenv(LUA_INIT_VAR) != NULL;
+  if (o.from_stdin) ;
+  else if (i < argc) o.script = i;
+  else if (o.nstats == 0 && !o.interactive) {
+    if (o.version) {   /* lua -v runs LUA_INIT, then nothing */
+      if (!init) {
+        free(o.stats);
+        return 0;
+      }
+    } else if (isatty(0)) o.interactive = 1;
+    else o.from_stdin = argc;   /* no "-" on the command line */
+  }
+  base = o.script ? o.script
+                  : (o.from_stdin && o.from_stdin < argc ? o.from_stdin : 0);
 
   L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "braid: cannot create a Lua state: not enough memory\n");
+    free(o.stats);
     return 1;
   }
   luaL_openlibs(L);
   luaL_requiref(L, "braid", luaopen_braid, 1);
-  braid__progress_default(progress);   /* groups read it (prim.h) */
+  braid__progress_default(o.progress);   /* groups read it (prim.h) */
   lua_pop(L, 1);
 
   /* arg: the script at 0, its arguments from 1, the command line before. */
@@ -168,64 +234,53 @@ int main (int argc, char **argv) {
 
   /* Load every chunk first: a script that does not compile never starts. */
   lua_newtable(L);                                       /* 1: chunks */
-  for (int k = 1, n = 0; k < argc && k != script && k != from_stdin; k++) {
-    if (strcmp(argv[k], "--grace") == 0 || strcmp(argv[k], "--trace") == 0) {
-      k++;
-      continue;
-    }
-    if (strcmp(argv[k], "-e") != 0) continue;
-    k++;
-    if (luaL_loadbuffer(L, argv[k], strlen(argv[k]), "=(command line)")) {
-      fprintf(stderr, "braid: %s\n", lua_tostring(L, -1));
-      lua_close(L);
-      return 1;
-    }
-    lua_rawseti(L, 1, ++n);
+  nchunks = 0;
+  if (load_luainit(L, &init) != LUA_OK) goto load_failed;
+  if (init) lua_rawseti(L, 1, ++nchunks);
+  for (int k = 0; k < o.nstats; k++) {
+    if (luaL_loadbuffer(L, o.stats[k], strlen(o.stats[k]), "=(command line)"))
+      goto load_failed;
+    lua_rawseti(L, 1, ++nchunks);
   }
-  if (script || from_stdin) {
-    what = script ? argv[script] : NULL;
-    if (luaL_loadfile(L, what)) {
-      fprintf(stderr, "braid: %s\n", lua_tostring(L, -1));
-      lua_close(L);
-      return 1;
-    }
-    nchunks++;
-    lua_rawseti(L, 1, nchunks);
+  free(o.stats);
+  o.stats = NULL;
+  if (o.script || o.from_stdin) {
+    if (luaL_loadfile(L, o.script ? argv[o.script] : NULL)) goto load_failed;
+    lua_rawseti(L, 1, ++nchunks);
   }
   if (nchunks > 0) {
-    lua_pushstring(L, script ? argv[script] : from_stdin ? "stdin"
-                                                         : "(command line)");
+    int nargs = base ? argc - base - 1 : 0;
+    lua_pushstring(L, o.script ? argv[o.script]
+                               : o.from_stdin ? "stdin" : "(command line)");
     lua_setfield(L, 1, "name");
     luaL_loadbuffer(L, root_source, sizeof root_source - 1, "=[braid main]");
     lua_pushvalue(L, 1);
     lua_pushinteger(L, nchunks);
-    lua_call(L, 2, 1);                                   /* 2: root */
+    /* the main chunk gets the script's arguments as ... (none without a
+    ** script: the last chunk is then an -e chunk or LUA_INIT) */
+    lua_createtable(L, nargs, 0);
+    for (int k = 0; k < nargs; k++) {
+      lua_pushstring(L, argv[base + 1 + k]);
+      lua_rawseti(L, -2, k + 1);
+    }
+    lua_pushcclosure(L, script_args, 1);
+    lua_call(L, 3, 1);                                   /* 2: root */
   } else {
     lua_pushnil(L);
   }
-  if (interactive) braid__repl_push(L);   /* the chunks run first */
+  if (o.interactive) braid__repl_push(L);   /* the chunks run first */
 
   lua_getglobal(L, "braid");
   lua_getfield(L, -1, "run");                            /* braid.run */
   lua_pushvalue(L, 2);
-  lua_createtable(L, 0, 2);
-  lua_pushnumber(L, grace);
+  lua_createtable(L, 0, 3);
+  lua_pushnumber(L, o.grace);
   lua_setfield(L, -2, "grace");
-  lua_pushstring(L, virtual_time ? "virtual" : "real");
+  lua_pushstring(L, o.virtual_time ? "virtual" : "real");
   lua_setfield(L, -2, "clock");
-  if (trace) {
-    lua_pushstring(L, trace);
+  if (o.trace) {
+    lua_pushstring(L, o.trace);
     lua_setfield(L, -2, "trace");
-  }
-  {
-    /* the main chunk gets the script's arguments as ... */
-    int nargs = base ? argc - base - 1 : 0;
-    lua_getglobal(L, "table");
-    lua_getfield(L, -1, "pack");
-    lua_remove(L, -2);
-    for (int k = 0; k < nargs; k++) lua_pushstring(L, argv[base + 1 + k]);
-    lua_call(L, nargs, 1);
-    lua_setfield(L, 1, "args");
   }
   status = lua_pcall(L, 2, 0, 0);
   sig = braid__engine_interrupted(braid_engine(L));
@@ -245,4 +300,10 @@ int main (int argc, char **argv) {
   }
   lua_close(L);
   return code;
+
+load_failed:   /* LUA_INIT, an -e chunk or the script does not compile */
+  fprintf(stderr, "braid: %s\n", lua_tostring(L, -1));
+  lua_close(L);
+  free(o.stats);
+  return 1;
 }

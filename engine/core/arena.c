@@ -472,15 +472,16 @@ static void *malloc_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   return realloc(ptr, nsize);
 }
 
-/* The arena is wanted: BRAID_ARENA=0 turns it off (to compare, or under
-** valgrind, which sees inside malloc only); under AddressSanitizer it is
-** off unless BRAID_ARENA=1. */
+/* The arena is wanted: BRAID_ARENA=0 (or off, no, false) turns it off (to
+** compare, or under valgrind, which sees inside malloc only); under
+** AddressSanitizer it is off unless BRAID_ARENA=1 (or on, yes, true). A
+** value it does not know is warned about, once, and keeps the default. */
 static int arena_wanted (void) {
-  const char *v = getenv("BRAID_ARENA");
+  static int cache = -1;
 #ifdef ARENA_ASAN
-  return v != NULL && strcmp(v, "1") == 0;
+  return braid__env_flag("BRAID_ARENA", 0, &cache);
 #else
-  return v == NULL || strcmp(v, "0") != 0;
+  return braid__env_flag("BRAID_ARENA", 1, &cache);
 #endif
 }
 

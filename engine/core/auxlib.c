@@ -2,7 +2,10 @@
 ** auxlib.c: small helpers every layer uses (prim.h): intrusive lists,
 ** building braid's Lua classes, and checking options tables.
 */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "core.h"
 
 void braid__list_init (struct braid_list *l) { l->prev = l->next = l; }
@@ -18,6 +21,26 @@ void braid__list_remove (struct braid_list *node) {
   node->prev->next = node->next;
   node->next->prev = node->prev;
   node->prev = node->next = node;
+}
+
+int braid__env_flag (const char *name, int dflt, int *cache) {
+  static const char *const words[] = {"0", "off", "no", "false",
+                                      "1", "on", "yes", "true"};
+  const char *v;
+  int i, flag = __atomic_load_n(cache, __ATOMIC_RELAXED);
+  if (flag >= 0) return flag;
+  v = getenv(name);
+  flag = dflt;
+  if (v != NULL && *v != '\0') {
+    for (i = 0; i < 8 && strcasecmp(v, words[i]) != 0; i++) ;
+    if (i < 8) flag = i >= 4;
+    else fprintf(stderr, "braid: ignoring %s=%s (not 0/1, off/on, no/yes, "
+                 "false/true)\n", name, v);
+  }
+  /* atomic: workers' threads read it too (after the first state, which
+  ** is the main thread's, has read it: the warning comes once) */
+  __atomic_store_n(cache, flag, __ATOMIC_RELAXED);
+  return flag;
 }
 
 /* For a wrapper around one of Lua's own functions (in upvalue 1): calls

@@ -33,6 +33,13 @@ void braid__list_push(struct braid_list *head, struct braid_list *node);
 void braid__list_remove(struct braid_list *node);
 #define braid__list_empty(l) ((l)->next == (l))
 
+/* An on/off switch from the environment (BRAID_ARENA): 1 for "1", "on",
+** "yes", "true", 0 for "0", "off", "no", "false" (any case); unset or
+** empty is dflt, and so is anything else, after one warning line on
+** stderr naming the variable and the value. Read once per process:
+** *cache starts at -1 (where the answer is kept). */
+int braid__env_flag(const char *name, int dflt, int *cache);
+
 /* ---- building Lua objects ---- */
 
 /* Makes the metatable `name` with the metamethods `meta` (or NULL) and

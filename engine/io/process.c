@@ -637,8 +637,12 @@ void braid__open_process (lua_State *L) {
       sigaction(SIGCHLD, &sa, NULL);
     }
   }
-  /* tests: the SIGCHLD path on a kernel with pidfds */
-  if (getenv("BRAID_NO_PIDFD") != NULL) braid__spawn_no_pidfd = 1;
+  /* tests: the SIGCHLD path on a kernel with pidfds (BRAID_NO_PIDFD=1) */
+  {
+    static int cache = -1;
+    if (braid__env_flag("BRAID_NO_PIDFD", 0, &cache))
+      braid__spawn_no_pidfd = 1;
+  }
   braid__class(L, PROC_MT, metamethods, methods, l_process_index);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
