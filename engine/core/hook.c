@@ -251,17 +251,29 @@ void braid__bound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
   bound_arm(E, b, L);
 }
 
+/* Set by braid__unbound: raises the cancellation a signal brought while
+** bounded code ran (interrupt_hook raises only after a dispatch that may
+** cancel, and that dispatch has been). */
+static void cancel_hook (lua_State *L, lua_Debug *ar) {
+  braid_engine_t *E = braid_engine(L);
+  struct braid_task *t = E->current;
+  (void) ar;
+  if (t == NULL) return;
+  braid__hook_arm(E, L, L != t->co);
+  if (!t->stop) hook_checkcancel(L, t);
+}
+
 void braid__unbound (braid_engine_t *E, lua_State *L, struct braid_bound *b) {
   struct braid_task *t = E->current;
   E->bound = b->outer;
   /* The running task's thread is armed for what the task is now: a
   ** signal during the bound may have cancelled it (its cancellation,
   ** raised inside the bound, ended only that code), which is raised at
-  ** the task's next instruction, as interrupt_hook raises it. */
+  ** the task's next instruction (cancel_hook). */
   if (E->bound == NULL && t != NULL && L == E->running_co) {
     braid__hook_arm(E, L, L != t->co);
     if (!b->cancelled && !t->stop && braid__task_inner(t)->cancelled)
-      lua_sethook(L, interrupt_hook, INTERRUPT_MASK, 1);
+      lua_sethook(L, cancel_hook, INTERRUPT_MASK, 1);
   } else {
     lua_sethook(L, b->hook, b->mask, b->count);
     /* a signal's hook set meanwhile was replaced by the bound or by this */
