@@ -188,3 +188,23 @@ describe("braid.signal", function()
     assert.are.equal(130, code)
   end)
 end)
+
+describe("module mode after braid.run", function()
+  it("gives Ctrl-C back to the host: lua5.4's 'interrupted!' error, not death by SIGINT", function()
+    local script = h.script([[
+      local braid = require "braid"
+      braid.run(function() braid.sleep(0.01) end)
+      local ok, e = pcall(function()
+        io.popen("kill -INT $PPID"):close()   -- $PPID: this lua5.4
+        local t0 = os.clock()
+        while os.clock() - t0 < 5 do end
+      end)
+      print(ok, (tostring(e):gsub("^.*: ", "")))
+    ]])
+    finally(function() os.remove(script) end)
+    local out, err, code = h.sh("LUA_CPATH='" .. os.getenv("BUILD") ..
+                                "/?.so;;' timeout 20 lua5.4 " .. script)
+    assert.are.equal("false\tinterrupted!\n", out, err)
+    assert.are.equal(0, code)
+  end)
+end)

@@ -91,6 +91,12 @@ static braid_engine_t *volatile sig_owner[NSTOPS];   /* of each stop */
 static braid_engine_t *volatile quit_owner;          /* of SIGQUIT */
 static struct sigaction uv_action[NSTOPS];    /* libuv's, called after ours */
 static struct sigaction uv_quit;              /* libuv's for SIGQUIT */
+/* The host's, from before the first engine watched the signal: libuv
+** resets a signal to SIG_DFL when its last watcher goes, which in module
+** mode would leave lua.c's Ctrl-C handler ("interrupted!") lost once
+** braid.run returned. */
+static struct sigaction host_action[NSTOPS];
+static struct sigaction host_quit;
 static _Atomic uint64_t arrived;              /* the last counted stop, ns */
 
 /* 0.1 s: no hand presses Ctrl-C twice that fast; a duplicate delivery
@@ -334,6 +340,7 @@ void braid__interrupt_attach (braid_engine_t *E) {
   for (i = 0; i < NSTOPS; i++) sigaddset(&sa.sa_mask, stops[i].num);
   atomic_store(&E->quits, 0);
   atomic_store(&E->hook_wanted, 0);
+  if (quit_owner == NULL) sigaction(SIGQUIT, NULL, &host_quit);
   watch(E, &E->sigquit, SIGQUIT, stop_cb);   /* libuv's handler */
   if (quit_owner == NULL) sigaction(SIGQUIT, &sa, &uv_quit);   /* ours first */
   if (!E->embedded) {   /* braid.run's: a broken stdout (pipe_cb) */
@@ -346,6 +353,7 @@ void braid__interrupt_attach (braid_engine_t *E) {
   for (i = 0; i < NSTOPS; i++) {
     if (stops[i].runner_only && E->embedded) continue;
     atomic_store(&E->pending[i], 0);
+    if (sig_owner[i] == NULL) sigaction(stops[i].num, NULL, &host_action[i]);
     watch(E, &E->sigstop[i], stops[i].num, stop_cb);
     E->watching[i] = 1;
     if (sig_owner[i] == NULL)
@@ -358,9 +366,19 @@ void braid__interrupt_attach (braid_engine_t *E) {
   E->signals = 1;
 }
 
+/* After the close of a watcher: the host's action is back where libuv
+** left SIG_DFL (its last watcher of the signal went); where another
+** watcher of libuv's remains (an application's own), libuv's stays. */
+static void host_restore (int signum, const struct sigaction *host) {
+  struct sigaction cur;
+  if (sigaction(signum, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) &&
+      cur.sa_handler == SIG_DFL)
+    sigaction(signum, host, NULL);
+}
+
 /* Stops watching. The engine attached before E that is still attached
 ** owns what E owned; where none is left, libuv's handler goes back in
-** place (and is removed with its last watcher). */
+** place (and is removed with its last watcher), then the host's. */
 void braid__interrupt_detach (braid_engine_t *E) {
   int i;
   if (!E->signals) return;
@@ -374,9 +392,11 @@ void braid__interrupt_detach (braid_engine_t *E) {
     E->watching[i] = 0;
     if (sig_owner[i] == NULL) sigaction(stops[i].num, &uv_action[i], NULL);
     uv_close((uv_handle_t *) &E->sigstop[i], braid__engine_handle_closed);
+    if (sig_owner[i] == NULL) host_restore(stops[i].num, &host_action[i]);
   }
   if (quit_owner == NULL) sigaction(SIGQUIT, &uv_quit, NULL);
   uv_close((uv_handle_t *) &E->sigquit, braid__engine_handle_closed);
+  if (quit_owner == NULL) host_restore(SIGQUIT, &host_quit);
   if (!E->embedded)
     uv_close((uv_handle_t *) &E->pipe_wake, braid__engine_handle_closed);
 }
