@@ -3,8 +3,9 @@
 
 PKGS      := liblua5.4-dev lua5.4 libuv1-dev lua-busted pkg-config socat \
              librsvg2-bin luarocks groff-base
-# braid.http (engine/io/http*.c) and braid.json (lua-cjson, required at
-# run time from lua/braid.lua and lua/http.lua)
+# braid.http (engine/io/http*.c); lua-cjson only speeds up `braid trace`
+# (lua/trace.lua has its own decoder) and spec/trace_check.lua: braid.json
+# is braid's own (engine/io/json.c)
 PKGS      += libcurl4-openssl-dev lua-cjson
 # the specs' helpers: Python's http.server and pty (spec/http_server.py,
 # spec/pty_driver.py) and openssl for the TLS specs' certificate

@@ -17,8 +17,8 @@ description = {
   ]],
   license = "MIT",
 }
--- braid.json loads lua-cjson at run time (Debian's lua-cjson, or the rock):
--- not a dependency here, so that a machine without the rock server builds.
+-- braid.json is braid's own codec (engine/io/json.c); `braid trace` uses
+-- lua-cjson when it is installed and its own decoder otherwise.
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
