@@ -304,3 +304,155 @@ describe("Lua's own coroutine functions", function()
     assert.matches("run ended\n$", out)
   end)
 end)
+
+-- Review "prims" 1: scopes are a stack per task, and a scope's record lives
+-- on the stack of the coroutine that opened it. A plain coroutine.yield out
+-- of one left it the task's innermost: its children outlived the task, its
+-- deadline cut the task's later code, its shield deferred cancellation for
+-- good, and once the coroutine was collected the scheduler read freed
+-- memory (heap-use-after-free under ASan). That yield is refused now.
+describe("a coroutine.yield out of a scope opened in the same coroutine", function()
+  local function refused(ok, e)
+    assert.is_false(ok)
+    assert.is_true(braid.is_error(e, "usage"), tostring(e))
+    assert.matches("coroutine.yield: cannot yield out of a braid.scope, timeout, move_on or shield opened inside this coroutine", e.message, 1, true)
+  end
+
+  it("is refused inside braid.scope; the scope's child does not outlive it", h.virtual(function()
+    local child, ended
+    local t = braid.spawn(function()
+      local co = coroutine.wrap(function()
+        braid.scope(function(s)
+          child = s:spawn(function() braid.sleep(5) ended = true end)
+          coroutine.yield("yielded")
+        end)
+      end)
+      refused(pcall(co))
+      assert.are.equal("cancelled", child:status())
+      return "task returns"
+    end)
+    assert.are.equal("task returns", t:await())
+    for _ = 1, 3 do collectgarbage() end
+    local junk = {}
+    for i = 1, 1000 do junk[i] = braid.channel(1) end
+    braid.sleep(10)
+    assert.is_nil(ended)
+  end))
+
+  it("is refused inside braid.timeout and move_on; their deadline does not cut the task's later code", h.virtual(function()
+    local co = coroutine.wrap(function()
+      braid.timeout(1, function() coroutine.yield("y") end)
+    end)
+    refused(pcall(co))
+    local ok = pcall(braid.sleep, 2)
+    assert.is_true(ok)
+    local mo = coroutine.wrap(function()
+      return braid.move_on(1, function() coroutine.yield("y") end)
+    end)
+    refused(pcall(mo))
+    assert.is_true((pcall(braid.sleep, 2)))
+  end))
+
+  it("is refused inside braid.shield; the task can still be cancelled", h.virtual(function()
+    local t = braid.spawn(function()
+      local co = coroutine.create(function()
+        braid.shield(function() coroutine.yield("y") end)
+      end)
+      refused(coroutine.resume(co))
+      braid.sleep(100)
+      return "shield left open"
+    end)
+    braid.sleep(1)
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.is_true(braid.is_cancelled(e))
+    assert.are.equal("cancelled", t:status())
+  end))
+
+  it("leaves the task's later scopes intact and the coroutine dead", h.virtual(function()
+    local co = coroutine.wrap(function()
+      braid.scope(function(s)
+        s:spawn(function() braid.sleep(2) end)
+        coroutine.yield(1)
+      end)
+      return "co done"
+    end)
+    refused(pcall(co))
+    local child_done
+    local r = braid.scope(function(s2)
+      s2:spawn(function() braid.sleep(5) child_done = true end)
+      local ok, e = pcall(co)
+      assert.is_false(ok)
+      assert.matches("cannot resume dead coroutine", e)
+      return "s2 body"
+    end)
+    assert.are.equal("s2 body", r)
+    assert.is_true(child_done)
+    collectgarbage(); collectgarbage()
+    assert.is_true((pcall(braid.sleep, 1)))
+  end))
+
+  it("leaves nothing behind for coroutine.close", h.virtual(function()
+    local ended
+    local co = coroutine.create(function()
+      braid.timeout(50, function()
+        braid.spawn(function() braid.sleep(5) ended = true end)
+        coroutine.yield(1)
+      end)
+    end)
+    refused(coroutine.resume(co))
+    assert.are.equal("dead", coroutine.status(co))
+    assert.is_false((coroutine.close(co)))
+    collectgarbage(); collectgarbage()
+    assert.is_true((pcall(braid.sleep, 10)))
+    assert.is_nil(ended)
+  end))
+
+  it("can be caught inside the scope, which then goes on", h.virtual(function()
+    local co = coroutine.create(function()
+      local r = braid.scope(function()
+        refused(pcall(coroutine.yield, 1))
+        braid.sleep(1)
+        return "kept"
+      end)
+      coroutine.yield(r)   -- the scope has returned: a plain yield again
+      return "end"
+    end)
+    assert.are.same({true, "kept"}, {coroutine.resume(co)})
+    assert.are.same({true, "end"}, {coroutine.resume(co)})
+  end))
+end)
+
+describe("coroutines and scopes that keep working", function()
+  it("a generator resumed inside a scope yields to it", h.virtual(function()
+    local r = braid.scope(function()
+      local g = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+      return g() + g() + g()
+    end)
+    assert.are.equal(6, r)
+  end))
+
+  it("a generator nested in a coroutine's scope, and braid calls inside it", h.virtual(function()
+    local t0 = braid.now()
+    local outer = coroutine.wrap(function()
+      local x = braid.scope(function(s)
+        local g = coroutine.wrap(function()
+          for i = 1, 2 do braid.sleep(1); coroutine.yield(i) end
+        end)
+        local c = s:spawn(function() braid.sleep(3) return 4 end)
+        return g() + g() + c:await()
+      end)
+      coroutine.yield(x)
+      local y = braid.timeout(10, function()
+        braid.sleep(1)
+        return braid.shield(function() braid.sleep(1) return "shielded" end)
+      end)
+      return y
+    end)
+    assert.are.equal(7, outer())
+    assert.are.equal(3, braid.now() - t0)
+    assert.are.equal("shielded", outer())
+    assert.are.equal(5, braid.now() - t0)
+  end))
+end)

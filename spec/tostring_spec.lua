@@ -106,6 +106,29 @@ describe("tostring", function()
     for _, k in ipairs(kept) do check(k[1], k[2], k[3], "after the run") end
     assert.are.equal(24, #kept)
   end)
+
+  -- Review "prims" 6: braid.Error.new takes any table, and a kind that is
+  -- not a string (without a string message) made tostring raise "bad
+  -- argument #-1 to '?'".
+  it("names a braid.Error whatever its kind and message are", function()
+    local cases = {
+      {{kind = "io", message = "gone"}, "gone"},
+      {{kind = "io", message = 3}, "3"},
+      {{kind = "io"}, "braid error (io)"},
+      {{kind = 5}, "braid error (5)"},
+      {{}, "braid error (?)"},
+      {{kind = {}, message = {}}, "braid error (table)"},
+      {{kind = true}, "braid error (boolean)"},
+      {{kind = print, message = false}, "braid error (function)"},
+    }
+    for _, c in ipairs(cases) do
+      local e = braid.Error.new(c[1])
+      assert.are.same({true, c[2]}, {pcall(tostring, e)})
+    end
+    -- the kind's own __tostring is not run
+    local e = braid.Error.new{kind = setmetatable({}, {__tostring = error})}
+    assert.are.same({true, "braid error (table)"}, {pcall(string.format, "%s", e)})
+  end)
 end)
 
 describe("condition:notify", function()

@@ -428,6 +428,10 @@ struct braid_engine {
   struct braid_list sig_link;   /* in the list of engines with signals */
   int interrupt_sig;           /* the first signal that interrupted */
   lua_State *running_co;       /* the thread running Lua code (hook.c) */
+  struct braid_scope *co_base; /* the task's innermost scope when braid's
+                               ** coroutine.resume resumed running_co: a
+                               ** plain yield leaving another is refused
+                               ** (corolib.c) */
   lua_State *_Atomic *pub_co;  /* running_co for another thread, or NULL */
   _Atomic int *pub_busy;       /* (braid__engine_publish, hook.c) */
   long long budget_left;       /* instructions left in this resume */

@@ -23,10 +23,23 @@ static void suspended_mark (lua_State *L, lua_State *co, int on) {
 
 static int co_resume_k (lua_State *L, int status, lua_KContext ctx);
 
+/* A continuation's context: the scope recorded at the resume (a pointer,
+** so its low bit is free) and whether it is coroutine.resume's. */
+#define CO_CTX(base, isresume) \
+  ((lua_KContext) ((uintptr_t) (base) | (uintptr_t) (isresume)))
+#define CO_CTX_BASE(ctx) \
+  ((struct braid_scope *) ((uintptr_t) (ctx) & ~(uintptr_t) 1))
+#define CO_CTX_ISRESUME(ctx) ((int) ((uintptr_t) (ctx) & 1))
+
 /* Resumes co like coroutine.resume and leaves `nres >= 0` values (or an
 ** error, -1) on L. A braid yield inside co suspends L's task as well, and
-** the loop resumes co when the task is resumed. */
-static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
+** the loop resumes co when the task is resumed. `base` is the task's
+** innermost scope when the script resumed co (NULL: record it now): a
+** plain yield of co while another is innermost (one co opened and has not
+** left) is refused by l_co_yield, since the scope lives on co's stack and
+** must be left by its body before the task runs on without it. */
+static int co_resume (lua_State *L, lua_State *co, int narg, int isresume,
+                      struct braid_scope *base) {
   for (;;) {
     int status, nres;
     if (!lua_checkstack(co, narg)) {
@@ -39,13 +52,17 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
     ** braid calls inside co are refused before they start anything. */
     unsigned cut = t != NULL && !lua_isyieldable(L);
     lua_State *outer = E->running_co;
+    struct braid_scope *outer_base = E->co_base;
+    if (base == NULL && t != NULL) base = braid__task_inner(t);
     lua_xmove(L, co, narg);
+    E->co_base = base;
     braid__co_enter(E, co);
     braid__hook_rearm(E, co, 1);   /* the task's budget and grace, or a
                                      ** bound, go on */
     E->noyield += cut;
     status = lua_resume(co, L, narg, &nres);
     E->noyield -= cut;
+    E->co_base = outer_base;
     braid__co_leave(E, outer);
     if (status == LUA_YIELD && nres == 1 &&
         lua_touserdata(co, -1) == BRAID_MARKER) {
@@ -65,7 +82,7 @@ static int co_resume (lua_State *L, lua_State *co, int narg, int isresume) {
         continue;
       }
       suspended_mark(L, co, 1);
-      return braid__task_yield(L, t, (lua_KContext) isresume, co_resume_k);
+      return braid__task_yield(L, t, CO_CTX(base, isresume), co_resume_k);
     }
     if (status == LUA_OK || status == LUA_YIELD) {
       if (!lua_checkstack(L, nres + 1)) {
@@ -114,13 +131,13 @@ static lua_State *co_of (lua_State *L, int isresume) {
 }
 
 static int co_resume_k (lua_State *L, int status, lua_KContext ctx) {
-  int isresume = (int) ctx;
+  int isresume = CO_CTX_ISRESUME(ctx);
   lua_State *co = co_of(L, isresume);
-  int base = isresume ? 1 : 0;
   (void) status;
   suspended_mark(L, co, 0);
-  lua_settop(L, base);   /* a task is resumed with no values */
-  return co_finish(L, co, co_resume(L, co, 0, isresume), isresume);
+  lua_settop(L, isresume);   /* a task is resumed with no values */
+  return co_finish(L, co, co_resume(L, co, 0, isresume, CO_CTX_BASE(ctx)),
+                   isresume);
 }
 
 /* Is co suspended inside a braid call: a task's own coroutine, or one a
@@ -154,13 +171,13 @@ static int l_co_resume (lua_State *L) {
     lua_pushliteral(L, CO_HELD_MSG);
     return 2;
   }
-  return co_finish(L, co, co_resume(L, co, lua_gettop(L) - 1, 1), 1);
+  return co_finish(L, co, co_resume(L, co, lua_gettop(L) - 1, 1, NULL), 1);
 }
 
 static int l_co_wrapped (lua_State *L) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
   if (co_held(L, co)) return luaL_error(L, CO_HELD_MSG);
-  return co_finish(L, co, co_resume(L, co, lua_gettop(L), 0), 0);
+  return co_finish(L, co, co_resume(L, co, lua_gettop(L), 0, NULL), 0);
 }
 
 static int l_co_wrap (lua_State *L) {
@@ -179,8 +196,22 @@ static int in_task_body (lua_State *L) {
 }
 
 static int l_co_yield (lua_State *L) {
-  if (in_task_body(L))
-    return luaL_error(L, "attempt to yield from outside a coroutine");
+  braid_engine_t *E = braid__draining;
+  struct braid_task *t;
+  if (E == NULL || L != E->running_co)   /* not a generator in a task: */
+    E = braid_engine(L);                  /* look it up (the registry) */
+  t = E ? E->current : NULL;
+  if (t != NULL) {
+    if (t->co == L)
+      return luaL_error(L, "attempt to yield from outside a coroutine");
+    if (L == E->running_co && braid__task_inner(t) != E->co_base)
+      return braid_usageerror(L, "coroutine.yield: cannot yield out of a "
+                                "braid.scope, timeout, move_on or shield "
+                                "opened inside this coroutine: it would "
+                                "stay open while the task runs on; yield "
+                                "after it returns (or pass values through "
+                                "a channel)");
+  }
   return lua_yield(L, lua_gettop(L));
 }
 

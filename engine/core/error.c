@@ -874,11 +874,16 @@ void braid__error_suppress (lua_State *L, struct braid_scope *s, int idx,
   best_effort(L, suppress_p, s, idx, 0, 0);
 }
 
+/* Never raises (tostring of a braid object): braid.Error.new takes any
+** table, so message and kind may be anything; a kind that is not a string
+** is named by its type. */
 static int l_error_tostring (lua_State *L) {
   lua_getfield(L, 1, "message");
   if (!lua_isstring(L, -1)) {
     lua_getfield(L, 1, "kind");
-    lua_pushfstring(L, "braid error (%s)", luaL_optstring(L, -1, "?"));
+    lua_pushfstring(L, "braid error (%s)",
+                    lua_isstring(L, -1) ? lua_tostring(L, -1) :
+                    lua_isnil(L, -1) ? "?" : luaL_typename(L, -1));
   }
   return 1;
 }
