@@ -408,7 +408,9 @@ BRAID_API int braid_usageerror(lua_State *L, const char *fmt, ...);
 BRAID_API int braid_argerror(lua_State *L, int arg, const char *fname,
                              const char *extramsg);
 
-/* The kind of the braid.Error at idx, or NULL for any other value. */
+/* The kind of the braid.Error at idx, or NULL for any other value (and
+** for a braid.Error whose kind is not a string). Valid while the error's
+** `kind` field is not changed. */
 BRAID_API const char *braid_error_kind(lua_State *L, int idx);
 
 /* Writes the error at idx to stderr, after `prefix`, with what braid knows

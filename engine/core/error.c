@@ -149,8 +149,9 @@ const char *braid_error_kind (lua_State *L, int idx) {
   PUSH_ERROR_MT(L);
   if (lua_rawequal(L, -1, -2)) {
     lua_pushliteral(L, "kind");
-    lua_rawget(L, idx);
-    kind = lua_tostring(L, -1);   /* interned: outlives the pop */
+    /* only a string: the table holds it past the pop (a number's
+    ** lua_tostring would make one that nothing holds) */
+    if (lua_rawget(L, idx) == LUA_TSTRING) kind = lua_tostring(L, -1);
     lua_pop(L, 1);
   }
   lua_pop(L, 2);
