@@ -1712,6 +1712,60 @@ static int t_workers (void) {
   return 1;
 }
 
+/* Closes loop after braid_close: braid left nothing on it. */
+static int loop_closes (uv_loop_t *loop) {
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) == 0;
+}
+
+/* review-embed 1: braid.worker's file form (and braid.pool's, braid.map's
+** module option) is loadfile: refused without BRAID_LIB_IO, while the
+** chunk form stays; with BRAID_LIB_IO the file loads. */
+static int t_worker_files (void) {
+  static const char *const code =
+    "local function try(f, ...)\n"
+    "  local ok, e = pcall(f, ...)\n"
+    "  if ok then if type(e) == 'table' and e.close then e:close() end\n"
+    "    return 'loaded' end\n"
+    "  assert(e.kind == 'usage', tostring(e))\n"
+    "  return e.message:match(\"bad .-to '[^']*'\") .. ' ' ..\n"
+    "         tostring(e.message:find('BRAID_LIB_IO', 1, true) ~= nil)\n"
+    "end\n"
+    "local w = braid.worker('return {f = function() return 1 end}')\n"
+    "assert(w:call('f') == 1) w:close()\n"
+    "return table.concat({try(braid.worker, PATH), try(braid.pool, 1, PATH),\n"
+    "  try(braid.map, {1}, 'get', {module = PATH})}, '; ')";
+  char path[64], script[1024];
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  FILE *f;
+  int n;
+  snprintf(path, sizeof path, "/tmp/braid-embed-wf-%d.lua", (int) getpid());
+  CHECK((f = fopen(path, "w")) != NULL);
+  fputs("return {get = function() return 'secret' end}\n", f);
+  fclose(f);
+  snprintf(script, sizeof script, "local PATH = '%s'\n%s", path, code);
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, script);
+  CHECK(result_is(E, n, 1, "bad argument #1 to 'braid.worker' true; "
+                  "bad argument #2 to 'braid.pool' true; "
+                  "bad option 'module' to 'braid.map' true"));
+  braid_close(E);
+  o.libs = BRAID_LIBS_SAFE | BRAID_LIB_IO;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, script);
+  CHECK(result_is(E, n, 1, "loaded; loaded; loaded"));
+  braid_close(E);
+  remove(path);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -1867,6 +1921,8 @@ int main (int argc, char **argv) {
            t_resource_outside_task);
   run_test("braid_new returning NULL leaves nothing on the application's "
            "loop", t_new_fails_clean);
+  run_test("braid.worker, braid.pool and braid.map load a file only "
+           "with BRAID_LIB_IO (review-embed 1)", t_worker_files);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -143,6 +143,8 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   E->budget = opts->instruction_budget > 0 ? opts->instruction_budget : 0;
   E->binary = ((opts->libs ? opts->libs : BRAID_LIBS_SAFE) &
                BRAID_LIB_BINARY) != 0;
+  E->files = ((opts->libs ? opts->libs : BRAID_LIBS_SAFE) &
+              BRAID_LIB_IO) != 0;
   if (loop == NULL) {
     if (braid__loop_init(&E->own_loop) != 0) {
       free(E);

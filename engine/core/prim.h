@@ -341,6 +341,11 @@ void braid__hook_poll(lua_State *L);
 ** engine starts from (io/worker.c, core/threads.c). */
 void braid__engine_options(braid_engine_t *E, braid_options_t *out);
 
+/* Whether E's scripts may load Lua files by path, as loadfile does: the
+** runner's and the module's always, an embedded engine's only when opened
+** with BRAID_LIB_IO. braid.worker's file form asks (io/worker.c). */
+int braid__engine_files(braid_engine_t *E);
+
 /* Sets the grace period E's cancelled tasks get before they are abandoned
 ** (5 s by default; BRAID_NEVER: none). For a worker's engine. */
 void braid__engine_set_grace(braid_engine_t *E, uint64_t ns);
