@@ -28,6 +28,11 @@ M.version = "0.1.0"
 
 local pack, unpack, rawequal = table.pack, table.unpack, rawequal
 local setmetatable, pcall, error = setmetatable, pcall, error
+-- The real metatable, whatever its __metatable says: braid's Lua-side
+-- classes give scripts their name (as the C ones do), so that no script
+-- can add a __gc to one or replace its methods (auxlib.c braid__class).
+local metatable_of <const> = M._metatable
+M._metatable = nil
 
 -- A usage error raised from the Lua side, naming the function.
 -- Its position is the script's line that called into braid (error.c).
@@ -116,6 +121,7 @@ do
   local Condition <const> = {}
   Condition.__index = Condition
   Condition.__name = "braid.Condition"
+  Condition.__metatable = "braid.Condition"
   setmetatable(Condition, {__index = function(_, k)   -- as braid's classes
     if type(k) == "string" and k:sub(1, 1) ~= "_" then
       usage("braid.Condition has no method '%s' (it has wait, notify, "
@@ -124,7 +130,7 @@ do
   end})
 
   local function check(c, fname)
-    if getmetatable(c) ~= Condition then
+    if metatable_of(c) ~= Condition then
       usage("bad argument #1 to '%s' (braid.Condition expected, got %s)",
             fname, type(c))
     end
@@ -466,10 +472,11 @@ if rawget(M, "fs") then
   local Tmpdir <const> = {}
   Tmpdir.__index = Tmpdir
   Tmpdir.__name = "braid.Tmpdir"
+  Tmpdir.__metatable = "braid.Tmpdir"
   function Tmpdir.__tostring(g) return g.path end
   function Tmpdir.__concat(a, b)
-    return (getmetatable(a) == Tmpdir and a.path or a) ..
-           (getmetatable(b) == Tmpdir and b.path or b)
+    return (metatable_of(a) == Tmpdir and a.path or a) ..
+           (metatable_of(b) == Tmpdir and b.path or b)
   end
   function Tmpdir:close()
     local path = made[self]
@@ -501,6 +508,7 @@ end
 local Pool <const> = {}
 Pool.__index = Pool
 Pool.__name = "braid.Pool"   -- tostring: "braid.Pool: 0x..."
+Pool.__metatable = "braid.Pool"
 
 -- The call slot of one worker, given back however the call ends.
 local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
@@ -598,7 +606,7 @@ local function pool_call(self, as, fname, ...)
 end
 
 function Pool:call(fname, ...)
-  if getmetatable(self) ~= Pool then
+  if metatable_of(self) ~= Pool then
     usage("bad argument #1 to 'pool:call' (braid.Pool expected, got %s)",
           type(self))
   end
@@ -628,7 +636,7 @@ local function pool_map(self, list, fname, opts, as, shift)
 end
 
 function Pool:map(list, fname, opts)
-  if getmetatable(self) ~= Pool then
+  if metatable_of(self) ~= Pool then
     usage("bad argument #1 to 'pool:map' (braid.Pool expected, got %s)",
           type(self))
   end

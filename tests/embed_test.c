@@ -1766,6 +1766,68 @@ static int t_worker_files (void) {
   return 1;
 }
 
+/* review-embed 2: no braid object a script can get gives it its real
+** metatable (a string, or braid.Error's public face), so nothing can add a
+** __gc to one, in a limited engine, or replace its methods. */
+static int t_metatables_hidden (void) {
+  static const char *const code =
+    "local objs, bad = {}, {}\n"
+    "local function add(name, v) objs[#objs + 1] = {name, v} end\n"
+    "add('braid', braid)\n"
+    "for k, v in pairs(braid) do\n"
+    "  if type(v) == 'table' then add('braid.' .. k, v) end end\n"
+    "add('lock', braid.lock()) add('semaphore', braid.semaphore(1))\n"
+    "add('event', braid.event()) add('channel', braid.channel())\n"
+    "add('shared channel', braid.channel(0, {shared = true}))\n"
+    "add('condition', braid.condition())\n"
+    "local t = braid.spawn(function() end) add('task', t) t:await()\n"
+    "braid.scope(function(s) add('scope', s) end)\n"
+    "local tk = braid.ticker(1) add('ticker', tk)\n"
+    "local pr = braid.progress(1) add('progress', pr) pr:done()\n"
+    "local src = 'return {f = function() return 1 end}'\n"
+    "local w = braid.worker(src) add('worker', w)\n"
+    "local p = braid.pool(1, src) add('pool', p)\n"
+    "local d = braid.fs.tmpdir() add('tmpdir', d)\n"
+    "local f = braid.fs.open(d .. '/f', 'w') add('file', f)\n"
+    "local wa = braid.fs.watch(d.path) add('watcher', wa)\n"
+    "local pc = braid.process({'true'}) add('process', pc)\n"
+    "add('stdout', braid.stdout)\n"
+    "local sv = braid.tcp.listen('127.0.0.1', 0, function(st) end)\n"
+    "add('tcp server', sv)\n"
+    "local st = braid.tcp.connect('127.0.0.1', sv:port()) add('stream', st)\n"
+    "local u = braid.udp.open() add('udp', u)\n"
+    "local sg = braid.signal('SIGUSR2') add('signal', sg)\n"
+    "local e = select(2, pcall(braid.channel, 'x')) add('error', e)\n"
+    "for _, o in ipairs(objs) do\n"
+    "  local mt = getmetatable(o[2])\n"
+    "  if type(mt) == 'table' and not (o[1] == 'error' and mt == braid.Error)\n"
+    "  then bad[#bad + 1] = o[1] end\n"
+    "end\n"
+    /* a40's attack: the finalizer would spin with hooks off */
+    "local ok, err = pcall(function()\n"
+    "  getmetatable(braid.condition()).__gc = function() end end)\n"
+    "if ok then bad[#bad + 1] = 'condition __gc' end\n"
+    "st:close() sv:close() u:close() f:close() wa:close() pc:wait()\n"
+    "tk:close() w:close() p:close() d:close()\n"
+    "return #bad == 0 and 'hidden ' .. #objs or table.concat(bad, ' ')";
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  o.libs = BRAID_LIBS_ALL;
+  o.modules = BRAID_MODS_ALL;
+  o.instruction_budget = 10000000;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, code);
+  CHECK(result_is(E, n, 1, "hidden "));
+  braid_close(E);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -1923,6 +1985,8 @@ int main (int argc, char **argv) {
            "loop", t_new_fails_clean);
   run_test("braid.worker, braid.pool and braid.map load a file only "
            "with BRAID_LIB_IO (review-embed 1)", t_worker_files);
+  run_test("no braid object gives a script its real metatable "
+           "(review-embed 2)", t_metatables_hidden);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

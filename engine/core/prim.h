@@ -58,6 +58,10 @@ void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
 ** 'sned'"). [-1, +0, m] */
 void braid__strict_fields(lua_State *L, int idx, const char *name);
 
+/* Adds _metatable to the table at the stack top: braid.lua's raw
+** getmetatable, for its classes hidden behind __metatable. [-0, +0, m] */
+void braid__open_metatable(lua_State *L);
+
 /* For a braid__class `index` function (methods table: upvalue 1) when the
 ** key at 2 is neither a method nor a field: raises "<what> has no field
 ** or method 'nmae' (did you mean 'name'?)", suggesting from the methods
