@@ -1828,6 +1828,44 @@ static int t_metatables_hidden (void) {
   return 1;
 }
 
+/* review-embed 3: braid_close of an engine that owns its loop, with the
+** application's handles on braid_loop(E): one it closed before is closed
+** with its callback inside braid_close; one left active does not keep
+** braid_close from returning (it is closed, with a message). In a child
+** process, bounded by alarm(): on main braid_close never returned. */
+static int app_closed;
+static void app_close_cb (uv_handle_t *h) { (void) h; app_closed++; }
+static void app_beat_cb (uv_timer_t *h) { (void) h; }
+
+static int own_loop_app_handles (void) {
+  static uv_timer_t beat, done;
+  braid_engine_t *E = braid_new(NULL, NULL);
+  if (E == NULL) return 2;
+  uv_timer_init(braid_loop(E), &done);
+  uv_timer_start(&done, app_beat_cb, 10, 10);
+  uv_timer_init(braid_loop(E), &beat);
+  uv_timer_start(&beat, app_beat_cb, 10, 10);
+  if (braid_run_string(E, "braid.sleep(0.02)", "=s", NULL) != 0) return 3;
+  braid_run(E, UV_RUN_NOWAIT);
+  uv_close((uv_handle_t *) &done, app_close_cb);   /* closed before */
+  braid_close(E);                                  /* beat left active */
+  return app_closed == 1 ? 0 : 4;
+}
+
+static int t_close_own_loop_app_handles (void) {
+  int status;
+  pid_t pid;
+  fflush(stdout);
+  if ((pid = fork()) == 0) {
+    alarm(10);
+    _exit(own_loop_app_handles());
+  }
+  CHECK(pid > 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -1987,6 +2025,9 @@ int main (int argc, char **argv) {
            "with BRAID_LIB_IO (review-embed 1)", t_worker_files);
   run_test("no braid object gives a script its real metatable "
            "(review-embed 2)", t_metatables_hidden);
+  run_test("braid_close of an engine owning its loop does not wait for the "
+           "application's handles there (review-embed 3)",
+           t_close_own_loop_app_handles);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

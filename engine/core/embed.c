@@ -221,15 +221,48 @@ static int l_api_abandon (lua_State *S) {
   return 0;
 }
 
+/* What is still to finish on braid's own loop: handles closing (braid's,
+** and any the application closed before braid_close), child processes
+** braid killed and waits for, and the polls that wait on them and on
+** workers' threads ending (their timers run meanwhile); left: any other
+** handle, which braid does not wait for. */
+struct loop_left { int pending, left; };
+
+static void pending_walk_cb (uv_handle_t *h, void *arg) {
+  struct loop_left *n = (struct loop_left *) arg;
+  if (uv_is_closing(h) ||
+      ((h->type == UV_PROCESS || h->type == UV_POLL) && uv_is_active(h) &&
+       uv_has_ref(h)))
+    n->pending++;
+  else if (uv_is_active(h) || uv_has_ref(h))
+    n->left++;
+}
+
 static void close_walk_cb (uv_handle_t *h, void *arg) {
   (void) arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-/* Closes braid's own loop, outside uv_run: what is left on it closes. */
+/* Closes braid's own loop, outside uv_run. Runs it only while something
+** of braid's is finishing (each of those wakes the loop): a handle the
+** application left open there would have kept uv_run(UV_RUN_DEFAULT) from
+** ever returning. Such a handle is the application's mistake (it closes
+** its handles on braid_loop(E) before braid_close, docs/embedding.md):
+** braid closes it, without the application's close callback, and says so. */
 static void loop_finish (braid_engine_t *E) {
-  uv_run(&E->own_loop, UV_RUN_DEFAULT);   /* close callbacks */
-  uv_walk(&E->own_loop, close_walk_cb, NULL);
+  struct loop_left n;
+  for (;;) {
+    n.pending = n.left = 0;
+    uv_walk(&E->own_loop, pending_walk_cb, &n);
+    if (n.pending == 0) break;
+    uv_run(&E->own_loop, UV_RUN_ONCE);
+  }
+  if (n.left > 0)
+    fprintf(stderr, "braid_close: %d handle%s of the application still open "
+            "on the engine's own loop: closed without their close "
+            "callbacks (close them before braid_close)\n", n.left,
+            n.left == 1 ? "" : "s");
+  uv_walk(&E->own_loop, close_walk_cb, NULL);   /* and braid's idle ones */
   uv_run(&E->own_loop, UV_RUN_DEFAULT);
   uv_loop_close(&E->own_loop);
 }
