@@ -99,7 +99,9 @@ BRAID_API uv_loop_t *braid_loop(braid_engine_t *E);
 /* Runs the loop with uv_run(loop, mode); returns the number of tasks still
 ** alive afterwards (0: all ended). With UV_RUN_DEFAULT a positive count
 ** means every live task waits on something that nothing can wake. Not
-** callable from inside a callback of the same loop. Returns 0 when a
+** callable from inside a callback of the same loop: from a task (a C
+** function a script calls), or while braid_run or braid's callbacks run
+** on that loop, it returns UV_EBUSY and runs nothing. Returns 0 when a
 ** callback closed E meanwhile (braid_close; E is gone then). An
 ** application that runs its own loop with uv_run need not call this at
 ** all. */

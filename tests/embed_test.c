@@ -1866,6 +1866,36 @@ static int t_close_own_loop_app_handles (void) {
   return 1;
 }
 
+/* review-embed 7: braid_run from inside a task (a C function the script
+** calls) is refused with UV_EBUSY; it ran the loop under the task and
+** crashed the scheduler. */
+static braid_engine_t *nest_E;
+static int l_nestrun (lua_State *L) {
+  lua_pushinteger(L, braid_run(nest_E, UV_RUN_NOWAIT));
+  return 1;
+}
+
+static int t_run_inside_task (void) {
+  uv_loop_t loop;
+  int n;
+  CHECK(uv_loop_init(&loop) == 0);
+  nest_E = braid_new(&loop, NULL);
+  CHECK(nest_E != NULL);
+  lua_register(braid_state(nest_E), "nestrun", l_nestrun);
+  n = run_to_end(nest_E,
+    "local t = braid.spawn(function() braid.sleep(0.01) return 'child' end)\n"
+    "local rc = nestrun()\n"
+    "return rc .. ' ' .. t:await()");
+  {
+    char want[32];
+    snprintf(want, sizeof want, "%d child", UV_EBUSY);
+    CHECK(result_is(nest_E, n, 1, want));
+  }
+  braid_close(nest_E);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -2028,6 +2058,8 @@ int main (int argc, char **argv) {
   run_test("braid_close of an engine owning its loop does not wait for the "
            "application's handles there (review-embed 3)",
            t_close_own_loop_app_handles);
+  run_test("braid_run from inside a task returns UV_EBUSY (review-embed 7)",
+           t_run_inside_task);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

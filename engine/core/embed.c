@@ -200,6 +200,11 @@ uv_loop_t *braid_loop (braid_engine_t *E) {
 ** close once uv_run has returned. */
 int braid_run (braid_engine_t *E, uv_run_mode mode) {
   int live;
+  /* From a task or one of braid's callbacks on that loop: a nested uv_run
+  ** resumed other tasks under the running one and crashed the scheduler. */
+  if (E->in_run || E->current || E->calls > 0 ||
+      (braid__draining != NULL && braid__draining->loop == E->loop))
+    return UV_EBUSY;
   E->refs++;
   E->in_run = 1;
   uv_run(E->loop, mode);
