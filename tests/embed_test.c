@@ -1896,6 +1896,29 @@ static int t_run_inside_task (void) {
   return 1;
 }
 
+/* review-embed 4: the suspending-function example of docs/embedding.md,
+** as the guide shows it (Makefile: build/doc_example.inc), answered and
+** cancelled; it crashed (h->data was never set). */
+static uv_loop_t *loop;   /* the example's */
+#include "doc_example.inc"
+
+static int t_doc_example (void) {
+  uv_loop_t l;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&l) == 0);
+  loop = &l;
+  E = braid_new(loop, NULL);
+  CHECK(E != NULL);
+  lua_register(braid_state(E), "query", l_query);
+  n = run_to_end(E, "local ok = braid.move_on(0.001, query, 'slow')\n"
+                 "return query('k') .. ' ' .. tostring(ok)");
+  CHECK(result_is(E, n, 1, "value false"));
+  braid_close(E);
+  CHECK(loop_closes(&l));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -2060,6 +2083,8 @@ int main (int argc, char **argv) {
            t_close_own_loop_app_handles);
   run_test("braid_run from inside a task returns UV_EBUSY (review-embed 7)",
            t_run_inside_task);
+  run_test("the suspending-function example of docs/embedding.md runs "
+           "(review-embed 4)", t_doc_example);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }
