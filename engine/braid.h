@@ -35,7 +35,10 @@ typedef struct braid_engine braid_engine_t;   /* one engine, one lua_State */
 typedef struct braid_task braid_task_t;       /* a task handed to C */
 typedef struct braid_op braid_op_t;           /* one suspension of a task */
 
-/* Lua standard libraries (braid_options_t.libs). */
+/* Lua standard libraries (braid_options_t.libs): any subset works (base
+** is always there). braid's own functions keep what they use of table,
+** string, math and os whatever the scripts get; strings keep their
+** methods (("x"):upper()) even without BRAID_LIB_STRING. */
 #define BRAID_LIB_BASE      0x001u  /* always; dofile/loadfile need IO */
 #define BRAID_LIB_PACKAGE   0x002u  /* full require: reads files, loads C */
 #define BRAID_LIB_COROUTINE 0x004u

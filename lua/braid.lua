@@ -3,6 +3,11 @@
 -- Nothing here may be needed for cancellation or fail-fast to hold: those
 -- live in C.
 local M <const> = ...
+-- The standard libraries braid's own code uses, kept at load: an embedded
+-- engine opens them for this chunk whatever its scripts get, and takes
+-- away afterwards what they may not have (embed.c api_openlibs).
+local math <const>, string <const>, table <const> = math, string, table
+local getenv <const> = os.getenv
 
 local Error <const> = M.Error
 local getmetatable, type = getmetatable, type
@@ -493,7 +498,7 @@ if rawget(M, "fs") then
       usage("bad argument #1 to 'braid.fs.tmpdir' (a name prefix without "
             .. "'/' expected)")
     end
-    local base = os.getenv("TMPDIR")
+    local base = getenv("TMPDIR")
     if base == nil or base == "" then base = "/tmp" end
     local path = fs._mkdtemp(base:gsub("/+$", "") .. "/" ..
                              (prefix or "braid-") .. "XXXXXX")

@@ -51,11 +51,30 @@ static void api_openlibs (lua_State *L, unsigned libs) {
     {BRAID_LIB_UTF8, LUA_UTF8LIBNAME, luaopen_utf8},
     {BRAID_LIB_DEBUG, LUA_DBLIBNAME, luaopen_debug},
   };
+  /* braid's Lua side needs these; it keeps what it uses as it loads, and
+  ** the ones the scripts may not have go after it (strings keep their
+  ** methods: the string metatable is braid's too) */
+  const unsigned own = BRAID_LIB_BASE | BRAID_LIB_TABLE | BRAID_LIB_STRING |
+                       BRAID_LIB_MATH | BRAID_LIB_OS;
   size_t i;
-  libs |= BRAID_LIB_BASE;   /* braid's Lua side needs it */
+  libs |= BRAID_LIB_BASE;
   for (i = 0; i < sizeof libtab / sizeof *libtab; i++) {
-    if (!(libs & libtab[i].bit)) continue;
+    if (!((libs | own) & libtab[i].bit)) continue;
     luaL_requiref(L, libtab[i].name, libtab[i].f, 1);
+    lua_pop(L, 1);
+  }
+  /* braid itself: the library list opens only the modules allowed
+  ** (E->modules), so a module left out is absent, not removed. */
+  luaL_requiref(L, "braid", luaopen_braid, 1);
+  lua_pop(L, 1);
+  for (i = 0; i < sizeof libtab / sizeof *libtab; i++) {
+    if (!(own & libtab[i].bit) || (libs & libtab[i].bit) ||
+        libtab[i].bit == BRAID_LIB_OS) continue;
+    lua_pushnil(L);
+    lua_setglobal(L, libtab[i].name);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    lua_setfield(L, -2, libtab[i].name);
     lua_pop(L, 1);
   }
   if (!(libs & BRAID_LIB_OS)) {   /* time, without the process and files */
@@ -91,10 +110,6 @@ static void api_openlibs (lua_State *L, unsigned libs) {
     lua_pushcfunction(L, l_api_require);
     lua_setglobal(L, "require");
   }
-  /* braid itself: the library list opens only the modules allowed
-  ** (E->modules), so a module left out is absent, not removed. */
-  luaL_requiref(L, "braid", luaopen_braid, 1);
-  lua_pop(L, 1);
 }
 
 /* setmetatable(t, mt), refusing a __gc: an engine whose scripts are limited
