@@ -1497,6 +1497,15 @@ static int t_outside_task (void) {
   CHECK(strstr(luaL_tolstring(L, -1, NULL),
                "app.get: not inside a braid task") != NULL);
   lua_settop(L, 0);
+  /* review-embed 9: the advice fits an embedding (braid.run is refused) */
+  CHECK(luaL_dostring(L, "braid.sleep(0.01)") != LUA_OK);
+  {
+    const char *m = luaL_tolstring(L, -1, NULL);
+    CHECK(strstr(m, "braid.sleep: not inside a braid task (the application "
+                 "starts code as a task with braid_run_string") != NULL);
+    CHECK(strstr(m, "braid.run") == NULL);
+  }
+  lua_settop(L, 0);
   braid_close(E);
   return 1;
 }
@@ -2097,7 +2106,8 @@ int main (int argc, char **argv) {
            "keeps beside it, and exits with code", t_os_exit_close);
   run_test("after a burst of 100k tasks the anchors and the coroutine set "
            "shrink back", t_burst_memory);
-  run_test("a suspending C function outside a task raises a usage error",
+  run_test("a suspending C function outside a task raises a usage error; "
+           "its advice is the embedding's (review-embed 9)",
            t_outside_task);
   run_test("task ids go past 2^32 without wrapping; locks still know "
            "their holder", t_ids_past_32_bits);
