@@ -1376,6 +1376,9 @@ static int t_failure_records (void) {
   CHECK(strncmp(text, "report: same\n  in task ", 23) == 0);
   CHECK(strstr(text, "second:2: in local 'two'") != NULL);
   CHECK(strstr(text, "first") == NULL);
+  /* review-embed 11: the task is named by its chunk, no "second:0" */
+  if (!strstr(text, "\"second\"")) fprintf(stderr, "# %s\n", text);
+  CHECK(strstr(text, "\"second\"") != NULL);
   lua_settop(L, 0);
   CHECK(braid_task_result(E, a) == 2);
   text = report_text(L);
@@ -2112,7 +2115,8 @@ int main (int argc, char **argv) {
   run_test("task ids go past 2^32 without wrapping; locks still know "
            "their holder", t_ids_past_32_bits);
   run_test("failure records of string errors are released, and each "
-           "report is of its own failure (issue 13.9)", t_failure_records);
+           "report is of its own failure (issue 13.9); tasks named by their "
+           "chunk (review-embed 11)", t_failure_records);
   run_test("semaphore:with in a sandbox: its usage error, and it works "
            "(issue 13.15)", t_sandbox_semaphore);
   run_test("workers are sandboxed as their engine; braid_worker_config "
