@@ -432,4 +432,21 @@ BRAID_API void braid_report(lua_State *L, int idx, const char *prefix);
 ** the sum memory_limit bounds. */
 BRAID_API size_t braid_memory_used(braid_engine_t *E);
 
+/* An application's C buffer counted as braid's own are: a charge, embedded
+** zeroed in what owns the buffer. braid_charge_set makes c count `bytes`
+** against E's memory_limit (charging or releasing the difference): 0, or
+** UV_ENOMEM, c unchanged, when growing would pass the limit (the caller
+** then fails its op, e.g. braid_resume_error or a negative return from
+** start, which raises kind "memory"). While c counts bytes it keeps E's
+** memory (not its Lua state) allocated, so a close callback after
+** braid_close may still set it to 0; set it to 0 before freeing the
+** owner. Runs no Lua code: callable from libuv callbacks, on the loop's
+** thread. */
+typedef struct braid_charge {
+  braid_engine_t *E;
+  size_t bytes;
+} braid_charge_t;
+BRAID_API int braid_charge_set(braid_charge_t *c, braid_engine_t *E,
+                               size_t bytes);
+
 #endif

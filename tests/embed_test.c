@@ -1979,6 +1979,64 @@ static int t_few_libs (void) {
   return 1;
 }
 
+/* review-embed 10: an application's C buffers count against the memory
+** limit through braid_charge_set, as braid's own do; a charge may be
+** released after braid_close (a close callback's). */
+static int t_app_charge (void) {
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  braid_charge_t c = {0};
+  size_t before;
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  o.memory_limit = 8 << 20;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  before = braid_memory_used(E);
+  CHECK(braid_charge_set(&c, E, 1 << 20) == 0);
+  CHECK(braid_memory_used(E) == before + (1 << 20));
+  CHECK(braid_charge_set(&c, E, 9 << 20) == UV_ENOMEM);
+  CHECK(c.bytes == 1 << 20);   /* (the refusal collected: used moved) */
+  before = braid_memory_used(E);
+  CHECK(braid_charge_set(&c, E, 4096) == 0);
+  CHECK(braid_memory_used(E) == before - (1 << 20) + 4096);
+  braid_close(E);
+  CHECK(braid_charge_set(&c, E, 0) == 0);   /* E's memory was kept */
+  CHECK(c.bytes == 0 && c.E == NULL);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 12: the guide's pattern for work done on another thread
+** (docs/embedding.md "Work on other threads", Makefile: doc_thread.inc). */
+#include <pthread.h>
+#include "doc_thread.inc"
+
+static int l_job (lua_State *L) {
+  return braid_suspend(L, "app.job", sizeof(struct job *), job_start,
+                       job_cancel, NULL);
+}
+
+static int t_doc_thread (void) {
+  uv_loop_t l;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&l) == 0);
+  E = braid_new(&l, NULL);
+  CHECK(E != NULL);
+  lua_register(braid_state(E), "job", l_job);
+  n = run_to_end(E, "local r = {} for i = 1, 20 do\n"
+                 "  r[i] = braid.spawn(job) end\n"
+                 "local c = braid.spawn(job) braid.yield() c:cancel()\n"
+                 "for i = 1, 20 do r[i] = r[i]:await() end\n"
+                 "return table.concat(r, ' ', 1, 2)");
+  CHECK(result_is(E, n, 1, "done done"));
+  braid_close(E);
+  CHECK(loop_closes(&l));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -2149,6 +2207,10 @@ int main (int argc, char **argv) {
            "(review-embed 4)", t_doc_example);
   run_test("braid works with any subset of the libraries; braid.fs.tmpdir "
            "without os.getenv (review-embed 5, 6)", t_few_libs);
+  run_test("braid_charge_set counts an application's C buffers against "
+           "the memory limit (review-embed 10)", t_app_charge);
+  run_test("the guide's pattern for results from other threads "
+           "(review-embed 12)", t_doc_thread);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

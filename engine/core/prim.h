@@ -173,12 +173,8 @@ int braid__mem_charge(braid_engine_t *E, ptrdiff_t delta);
 ** callback after braid_close. braid__charge_set makes c count `bytes`
 ** (charging or releasing the difference): 0, or UV_ENOMEM with c
 ** unchanged. Set it to 0 before freeing the buffer's owner; harmless when
-** it counts nothing. Runs no Lua: callbacks may call it. */
-struct braid_charge {
-  braid_engine_t *E;
-  size_t bytes;
-};
-
+** it counts nothing. Runs no Lua: callbacks may call it. (struct
+** braid_charge is braid.h's: braid_charge_set is this, for applications.) */
 int braid__charge_set(struct braid_charge *c, braid_engine_t *E,
                       size_t bytes);
 
