@@ -244,8 +244,10 @@ static int l_api_abandon (lua_State *S) {
 /* What is still to finish on braid's own loop: handles closing (braid's,
 ** and any the application closed before braid_close), child processes
 ** braid killed and waits for, and the polls that wait on them and on
-** workers' threads ending (their timers run meanwhile); left: any other
-** handle, which braid does not wait for. */
+** workers' threads ending (their timers run meanwhile), and requests in
+** flight (a file operation on the thread pool ends by itself and then
+** touches the loop); left: any other handle, which braid does not wait
+** for. */
 struct loop_left { int pending, left; };
 
 static void pending_walk_cb (uv_handle_t *h, void *arg) {
@@ -274,7 +276,7 @@ static void loop_finish (braid_engine_t *E) {
   for (;;) {
     n.pending = n.left = 0;
     uv_walk(&E->own_loop, pending_walk_cb, &n);
-    if (n.pending == 0) break;
+    if (n.pending == 0 && E->own_loop.active_reqs.count == 0) break;
     uv_run(&E->own_loop, UV_RUN_ONCE);
   }
   if (n.left > 0)
