@@ -114,8 +114,20 @@ $(BUILD)/braid.so: $(CORE_OBJS)
 $(BUILD)/libbraid.so: $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
 
-$(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h
-	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+$(BUILD)/embed_test: tests/embed_test.c $(BUILD)/libbraid.a engine/braid.h \
+                    $(BUILD)/doc_example.inc $(BUILD)/doc_thread.inc
+	$(CC) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Iengine -I$(BUILD) -o $@ $< $(BUILD)/libbraid.a $(LDFLAGS) $(LIBS)
+
+# The suspending-function example of docs/embedding.md, as the guide shows
+# it: embed_test compiles and runs it (the C block defining query_start).
+$(BUILD)/doc_example.inc: docs/embedding.md
+	@mkdir -p $(dir $@)
+	awk '/^```c/ { n = ""; next } /^```/ { if (n ~ /query_start/) \
+	  { printf "%s", n; exit } n = ""; next } { n = n $$0 "\n" }' $< > $@
+$(BUILD)/doc_thread.inc: docs/embedding.md
+	@mkdir -p $(dir $@)
+	awk '/^```c/ { n = ""; next } /^```/ { if (n ~ /job_start/) \
+	  { printf "%s", n; exit } n = ""; next } { n = n $$0 "\n" }' $< > $@
 
 # Allocation fault injection (tests/fault_test.c, tests/fault_workflow.lua).
 $(BUILD)/fault_test: tests/fault_test.c $(BUILD)/libbraid.a

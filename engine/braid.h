@@ -35,7 +35,10 @@ typedef struct braid_engine braid_engine_t;   /* one engine, one lua_State */
 typedef struct braid_task braid_task_t;       /* a task handed to C */
 typedef struct braid_op braid_op_t;           /* one suspension of a task */
 
-/* Lua standard libraries (braid_options_t.libs). */
+/* Lua standard libraries (braid_options_t.libs): any subset works (base
+** is always there). braid's own functions keep what they use of table,
+** string, math and os whatever the scripts get; strings keep their
+** methods (("x"):upper()) even without BRAID_LIB_STRING. */
 #define BRAID_LIB_BASE      0x001u  /* always; dofile/loadfile need IO */
 #define BRAID_LIB_PACKAGE   0x002u  /* full require: reads files, loads C */
 #define BRAID_LIB_COROUTINE 0x004u
@@ -99,7 +102,9 @@ BRAID_API uv_loop_t *braid_loop(braid_engine_t *E);
 /* Runs the loop with uv_run(loop, mode); returns the number of tasks still
 ** alive afterwards (0: all ended). With UV_RUN_DEFAULT a positive count
 ** means every live task waits on something that nothing can wake. Not
-** callable from inside a callback of the same loop. Returns 0 when a
+** callable from inside a callback of the same loop: from a task (a C
+** function a script calls), or while braid_run or braid's callbacks run
+** on that loop, it returns UV_EBUSY and runs nothing. Returns 0 when a
 ** callback closed E meanwhile (braid_close; E is gone then). An
 ** application that runs its own loop with uv_run need not call this at
 ** all. */
@@ -428,5 +433,22 @@ BRAID_API void braid_report(lua_State *L, int idx, const char *prefix);
 ** output, files being read, copies of strings being written to files),
 ** the sum memory_limit bounds. */
 BRAID_API size_t braid_memory_used(braid_engine_t *E);
+
+/* An application's C buffer counted as braid's own are: a charge, embedded
+** zeroed in what owns the buffer. braid_charge_set makes c count `bytes`
+** against E's memory_limit (charging or releasing the difference): 0, or
+** UV_ENOMEM, c unchanged, when growing would pass the limit (the caller
+** then fails its op, e.g. braid_resume_error or a negative return from
+** start, which raises kind "memory"). While c counts bytes it keeps E's
+** memory (not its Lua state) allocated, so a close callback after
+** braid_close may still set it to 0; set it to 0 before freeing the
+** owner. Runs no Lua code: callable from libuv callbacks, on the loop's
+** thread. */
+typedef struct braid_charge {
+  braid_engine_t *E;
+  size_t bytes;
+} braid_charge_t;
+BRAID_API int braid_charge_set(braid_charge_t *c, braid_engine_t *E,
+                               size_t bytes);
 
 #endif

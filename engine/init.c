@@ -27,6 +27,7 @@ static const struct {
   {"select", braid__open_select, 0},
   {"dump", braid__open_dump, 0},
   {"Error", braid__open_error, 0},
+  {"_metatable", braid__open_metatable, 0},   /* braid.lua takes it */
   /* the primitives (engine/io/) */
   {"sleep", braid__open_sleep, 0},
   {"ticker", braid__open_ticker, 0},

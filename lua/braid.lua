@@ -3,6 +3,11 @@
 -- Nothing here may be needed for cancellation or fail-fast to hold: those
 -- live in C.
 local M <const> = ...
+-- The standard libraries braid's own code uses, kept at load: an embedded
+-- engine opens them for this chunk whatever its scripts get, and takes
+-- away afterwards what they may not have (embed.c api_openlibs).
+local math <const>, string <const>, table <const> = math, string, table
+local getenv <const> = os.getenv
 
 local Error <const> = M.Error
 local getmetatable, type = getmetatable, type
@@ -28,6 +33,11 @@ M.version = "0.1.0"
 
 local pack, unpack, rawequal = table.pack, table.unpack, rawequal
 local setmetatable, pcall, error = setmetatable, pcall, error
+-- The real metatable, whatever its __metatable says: braid's Lua-side
+-- classes give scripts their name (as the C ones do), so that no script
+-- can add a __gc to one or replace its methods (auxlib.c braid__class).
+local metatable_of <const> = M._metatable
+M._metatable = nil
 
 -- A usage error raised from the Lua side, naming the function.
 -- Its position is the script's line that called into braid (error.c).
@@ -116,6 +126,7 @@ do
   local Condition <const> = {}
   Condition.__index = Condition
   Condition.__name = "braid.Condition"
+  Condition.__metatable = "braid.Condition"
   setmetatable(Condition, {__index = function(_, k)   -- as braid's classes
     if type(k) == "string" and k:sub(1, 1) ~= "_" then
       usage("braid.Condition has no method '%s' (it has wait, notify, "
@@ -124,7 +135,7 @@ do
   end})
 
   local function check(c, fname)
-    if getmetatable(c) ~= Condition then
+    if metatable_of(c) ~= Condition then
       usage("bad argument #1 to '%s' (braid.Condition expected, got %s)",
             fname, type(c))
     end
@@ -466,10 +477,11 @@ if rawget(M, "fs") then
   local Tmpdir <const> = {}
   Tmpdir.__index = Tmpdir
   Tmpdir.__name = "braid.Tmpdir"
+  Tmpdir.__metatable = "braid.Tmpdir"
   function Tmpdir.__tostring(g) return g.path end
   function Tmpdir.__concat(a, b)
-    return (getmetatable(a) == Tmpdir and a.path or a) ..
-           (getmetatable(b) == Tmpdir and b.path or b)
+    return (metatable_of(a) == Tmpdir and a.path or a) ..
+           (metatable_of(b) == Tmpdir and b.path or b)
   end
   function Tmpdir:close()
     local path = made[self]
@@ -486,7 +498,7 @@ if rawget(M, "fs") then
       usage("bad argument #1 to 'braid.fs.tmpdir' (a name prefix without "
             .. "'/' expected)")
     end
-    local base = os.getenv("TMPDIR")
+    local base = getenv("TMPDIR")
     if base == nil or base == "" then base = "/tmp" end
     local path = fs._mkdtemp(base:gsub("/+$", "") .. "/" ..
                              (prefix or "braid-") .. "XXXXXX")
@@ -501,6 +513,7 @@ end
 local Pool <const> = {}
 Pool.__index = Pool
 Pool.__name = "braid.Pool"   -- tostring: "braid.Pool: 0x..."
+Pool.__metatable = "braid.Pool"
 
 -- The call slot of one worker, given back however the call ends.
 local Slot <const> = {__close = function(s) s[1][s[2]] = s[1][s[2]] - 1 end}
@@ -598,7 +611,7 @@ local function pool_call(self, as, fname, ...)
 end
 
 function Pool:call(fname, ...)
-  if getmetatable(self) ~= Pool then
+  if metatable_of(self) ~= Pool then
     usage("bad argument #1 to 'pool:call' (braid.Pool expected, got %s)",
           type(self))
   end
@@ -628,7 +641,7 @@ local function pool_map(self, list, fname, opts, as, shift)
 end
 
 function Pool:map(list, fname, opts)
-  if getmetatable(self) ~= Pool then
+  if metatable_of(self) ~= Pool then
     usage("bad argument #1 to 'pool:map' (braid.Pool expected, got %s)",
           type(self))
   end

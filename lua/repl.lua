@@ -63,7 +63,8 @@ local function show(v, depth, path)
   local tv = type(v)
   if tv == "string" then return quote(v) end
   if tv ~= "table" then return tostring(v) end
-  local mt = getmetatable(v)
+  -- raw: braid's tables (braid, braid.fs, ...) hide their metatables
+  local mt = (debug and debug.getmetatable or getmetatable)(v)
   if mt ~= nil and (type(mt) ~= "table" or rawget(mt, "__tostring")) then
     return tostring(v)
   end

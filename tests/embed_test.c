@@ -21,8 +21,12 @@ static int test_no, failures;
   fprintf(stderr, "# %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
   return 0; } } while (0)
 
+/* EMBED_ONLY=text runs only the tests whose name contains text. */
 static void run_test (const char *name, int (*fn)(void)) {
-  int ok = fn();
+  const char *only = getenv("EMBED_ONLY");
+  int ok;
+  if (only && !strstr(name, only)) return;
+  ok = fn();
   test_no++;
   printf("%sok %d - embed: %s\n", ok ? "" : "not ", test_no, name);
   fflush(stdout);
@@ -1372,6 +1376,9 @@ static int t_failure_records (void) {
   CHECK(strncmp(text, "report: same\n  in task ", 23) == 0);
   CHECK(strstr(text, "second:2: in local 'two'") != NULL);
   CHECK(strstr(text, "first") == NULL);
+  /* review-embed 11: the task is named by its chunk, no "second:0" */
+  if (!strstr(text, "\"second\"")) fprintf(stderr, "# %s\n", text);
+  CHECK(strstr(text, "\"second\"") != NULL);
   lua_settop(L, 0);
   CHECK(braid_task_result(E, a) == 2);
   text = report_text(L);
@@ -1492,6 +1499,15 @@ static int t_outside_task (void) {
   CHECK(lua_pcall(L, 1, 0, 0) != LUA_OK);
   CHECK(strstr(luaL_tolstring(L, -1, NULL),
                "app.get: not inside a braid task") != NULL);
+  lua_settop(L, 0);
+  /* review-embed 9: the advice fits an embedding (braid.run is refused) */
+  CHECK(luaL_dostring(L, "braid.sleep(0.01)") != LUA_OK);
+  {
+    const char *m = luaL_tolstring(L, -1, NULL);
+    CHECK(strstr(m, "braid.sleep: not inside a braid task (the application "
+                 "starts code as a task with braid_run_string") != NULL);
+    CHECK(strstr(m, "braid.run") == NULL);
+  }
   lua_settop(L, 0);
   braid_close(E);
   return 1;
@@ -1712,6 +1728,315 @@ static int t_workers (void) {
   return 1;
 }
 
+/* Closes loop after braid_close: braid left nothing on it. */
+static int loop_closes (uv_loop_t *loop) {
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) == 0;
+}
+
+/* review-embed 1: braid.worker's file form (and braid.pool's, braid.map's
+** module option) is loadfile: refused without BRAID_LIB_IO, while the
+** chunk form stays; with BRAID_LIB_IO the file loads. */
+static int t_worker_files (void) {
+  static const char *const code =
+    "local function try(f, ...)\n"
+    "  local ok, e = pcall(f, ...)\n"
+    "  if ok then if type(e) == 'table' and e.close then e:close() end\n"
+    "    return 'loaded' end\n"
+    "  assert(e.kind == 'usage', tostring(e))\n"
+    "  return e.message:match(\"bad .-to '[^']*'\") .. ' ' ..\n"
+    "         tostring(e.message:find('BRAID_LIB_IO', 1, true) ~= nil)\n"
+    "end\n"
+    "local w = braid.worker('return {f = function() return 1 end}')\n"
+    "assert(w:call('f') == 1) w:close()\n"
+    "return table.concat({try(braid.worker, PATH), try(braid.pool, 1, PATH),\n"
+    "  try(braid.map, {1}, 'get', {module = PATH})}, '; ')";
+  char path[64], script[1024];
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  FILE *f;
+  int n;
+  snprintf(path, sizeof path, "/tmp/braid-embed-wf-%d.lua", (int) getpid());
+  CHECK((f = fopen(path, "w")) != NULL);
+  fputs("return {get = function() return 'secret' end}\n", f);
+  fclose(f);
+  snprintf(script, sizeof script, "local PATH = '%s'\n%s", path, code);
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, script);
+  CHECK(result_is(E, n, 1, "bad argument #1 to 'braid.worker' true; "
+                  "bad argument #2 to 'braid.pool' true; "
+                  "bad option 'module' to 'braid.map' true"));
+  braid_close(E);
+  o.libs = BRAID_LIBS_SAFE | BRAID_LIB_IO;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, script);
+  CHECK(result_is(E, n, 1, "loaded; loaded; loaded"));
+  braid_close(E);
+  remove(path);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 2: no braid object a script can get gives it its real
+** metatable (a string, or braid.Error's public face), so nothing can add a
+** __gc to one, in a limited engine, or replace its methods. */
+static int t_metatables_hidden (void) {
+  static const char *const code =
+    "local objs, bad = {}, {}\n"
+    "local function add(name, v) objs[#objs + 1] = {name, v} end\n"
+    "add('braid', braid)\n"
+    "for k, v in pairs(braid) do\n"
+    "  if type(v) == 'table' then add('braid.' .. k, v) end end\n"
+    "add('lock', braid.lock()) add('semaphore', braid.semaphore(1))\n"
+    "add('event', braid.event()) add('channel', braid.channel())\n"
+    "add('shared channel', braid.channel(0, {shared = true}))\n"
+    "add('condition', braid.condition())\n"
+    "local t = braid.spawn(function() end) add('task', t) t:await()\n"
+    "braid.scope(function(s) add('scope', s) end)\n"
+    "local tk = braid.ticker(1) add('ticker', tk)\n"
+    "local pr = braid.progress(1) add('progress', pr) pr:done()\n"
+    "local src = 'return {f = function() return 1 end}'\n"
+    "local w = braid.worker(src) add('worker', w)\n"
+    "local p = braid.pool(1, src) add('pool', p)\n"
+    "local d = braid.fs.tmpdir() add('tmpdir', d)\n"
+    "local f = braid.fs.open(d .. '/f', 'w') add('file', f)\n"
+    "local wa = braid.fs.watch(d.path) add('watcher', wa)\n"
+    "local pc = braid.process({'true'}) add('process', pc)\n"
+    "add('stdout', braid.stdout)\n"
+    "local sv = braid.tcp.listen('127.0.0.1', 0, function(st) end)\n"
+    "add('tcp server', sv)\n"
+    "local st = braid.tcp.connect('127.0.0.1', sv:port()) add('stream', st)\n"
+    "local u = braid.udp.open() add('udp', u)\n"
+    "local sg = braid.signal('SIGUSR2') add('signal', sg)\n"
+    "local e = select(2, pcall(braid.channel, 'x')) add('error', e)\n"
+    "for _, o in ipairs(objs) do\n"
+    "  local mt = getmetatable(o[2])\n"
+    "  if type(mt) == 'table' and not (o[1] == 'error' and mt == braid.Error)\n"
+    "  then bad[#bad + 1] = o[1] end\n"
+    "end\n"
+    /* a40's attack: the finalizer would spin with hooks off */
+    "local ok, err = pcall(function()\n"
+    "  getmetatable(braid.condition()).__gc = function() end end)\n"
+    "if ok then bad[#bad + 1] = 'condition __gc' end\n"
+    "st:close() sv:close() u:close() f:close() wa:close() pc:wait()\n"
+    "tk:close() w:close() p:close() d:close()\n"
+    "return #bad == 0 and 'hidden ' .. #objs or table.concat(bad, ' ')";
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  o.libs = BRAID_LIBS_ALL;
+  o.modules = BRAID_MODS_ALL;
+  o.instruction_budget = 10000000;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  n = run_to_end(E, code);
+  CHECK(result_is(E, n, 1, "hidden "));
+  braid_close(E);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 3: braid_close of an engine that owns its loop, with the
+** application's handles on braid_loop(E): one it closed before is closed
+** with its callback inside braid_close; one left active does not keep
+** braid_close from returning (it is closed, with a message). In a child
+** process, bounded by alarm(): on main braid_close never returned. */
+static int app_closed;
+static void app_close_cb (uv_handle_t *h) { (void) h; app_closed++; }
+static void app_beat_cb (uv_timer_t *h) { (void) h; }
+
+static int own_loop_app_handles (void) {
+  static uv_timer_t beat, done;
+  braid_engine_t *E = braid_new(NULL, NULL);
+  if (E == NULL) return 2;
+  uv_timer_init(braid_loop(E), &done);
+  uv_timer_start(&done, app_beat_cb, 10, 10);
+  uv_timer_init(braid_loop(E), &beat);
+  uv_timer_start(&beat, app_beat_cb, 10, 10);
+  if (braid_run_string(E, "braid.sleep(0.02)", "=s", NULL) != 0) return 3;
+  braid_run(E, UV_RUN_NOWAIT);
+  uv_close((uv_handle_t *) &done, app_close_cb);   /* closed before */
+  braid_close(E);                                  /* beat left active */
+  return app_closed == 1 ? 0 : 4;
+}
+
+static int t_close_own_loop_app_handles (void) {
+  int status;
+  pid_t pid;
+  fflush(stdout);
+  if ((pid = fork()) == 0) {
+    alarm(10);
+    _exit(own_loop_app_handles());
+  }
+  CHECK(pid > 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  return 1;
+}
+
+/* review-embed 7: braid_run from inside a task (a C function the script
+** calls) is refused with UV_EBUSY; it ran the loop under the task and
+** crashed the scheduler. */
+static braid_engine_t *nest_E;
+static int l_nestrun (lua_State *L) {
+  lua_pushinteger(L, braid_run(nest_E, UV_RUN_NOWAIT));
+  return 1;
+}
+
+static int t_run_inside_task (void) {
+  uv_loop_t loop;
+  int n;
+  CHECK(uv_loop_init(&loop) == 0);
+  nest_E = braid_new(&loop, NULL);
+  CHECK(nest_E != NULL);
+  lua_register(braid_state(nest_E), "nestrun", l_nestrun);
+  n = run_to_end(nest_E,
+    "local t = braid.spawn(function() braid.sleep(0.01) return 'child' end)\n"
+    "local rc = nestrun()\n"
+    "return rc .. ' ' .. t:await()");
+  {
+    char want[32];
+    snprintf(want, sizeof want, "%d child", UV_EBUSY);
+    CHECK(result_is(nest_E, n, 1, want));
+  }
+  braid_close(nest_E);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 4: the suspending-function example of docs/embedding.md,
+** as the guide shows it (Makefile: build/doc_example.inc), answered and
+** cancelled; it crashed (h->data was never set). */
+static uv_loop_t *loop;   /* the example's */
+#include "doc_example.inc"
+
+static int t_doc_example (void) {
+  uv_loop_t l;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&l) == 0);
+  loop = &l;
+  E = braid_new(loop, NULL);
+  CHECK(E != NULL);
+  lua_register(braid_state(E), "query", l_query);
+  n = run_to_end(E, "local ok = braid.move_on(0.001, query, 'slow')\n"
+                 "return query('k') .. ' ' .. tostring(ok)");
+  CHECK(result_is(E, n, 1, "value false"));
+  braid_close(E);
+  CHECK(loop_closes(&l));
+  return 1;
+}
+
+/* review-embed 5, 6: braid's own functions work whatever libraries the
+** scripts get (braid_new returned NULL without table; without string or
+** math braid's checks failed inside; braid.fs.tmpdir needed os.getenv). */
+static int t_few_libs (void) {
+  static const char *const code =
+    "local gone = tostring(table ~= nil) .. ' ' .. tostring(string ~= nil)\n"
+    "  .. ' ' .. tostring(math ~= nil) .. ' ' .. tostring(os.getenv ~= nil)\n"
+    "local ok, e = pcall(braid.move_on, 1, 2)\n"
+    "assert(e.kind == 'usage' and e.message:find('function expected'),\n"
+    "  tostring(e))\n"
+    "local cv = braid.condition()\n"
+    "cv.lock:with(function() cv:notify_all() end)\n"
+    "local d <close> = braid.fs.tmpdir()\n"
+    "braid.fs.mkdir(d .. '/a/b', {parents = true})\n"
+    "assert(braid.fs.exists(d .. '/a/b'))\n"
+    "braid.fs.remove(d .. '/a', {recursive = true})\n"
+    "return gone .. ' ' .. tostring(not braid.fs.exists(d .. '/a'))";
+  static const unsigned sets[] = {BRAID_LIB_BASE,
+                                  BRAID_LIB_BASE | BRAID_LIB_TABLE,
+                                  BRAID_LIB_BASE | BRAID_LIB_STRING};
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  size_t i;
+  int n;
+  CHECK(uv_loop_init(&loop) == 0);
+  for (i = 0; i < sizeof sets / sizeof *sets; i++) {
+    char want[64];
+    memset(&o, 0, sizeof o);
+    o.libs = sets[i];
+    o.modules = BRAID_MOD_FS;
+    E = braid_new(&loop, &o);
+    CHECK(E != NULL);
+    n = run_to_end(E, code);
+    snprintf(want, sizeof want, "%s %s false false true",
+             sets[i] & BRAID_LIB_TABLE ? "true" : "false",
+             sets[i] & BRAID_LIB_STRING ? "true" : "false");
+    CHECK(result_is(E, n, 1, want));
+    braid_close(E);
+  }
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 10: an application's C buffers count against the memory
+** limit through braid_charge_set, as braid's own do; a charge may be
+** released after braid_close (a close callback's). */
+static int t_app_charge (void) {
+  uv_loop_t loop;
+  braid_options_t o;
+  braid_engine_t *E;
+  braid_charge_t c = {0};
+  size_t before;
+  CHECK(uv_loop_init(&loop) == 0);
+  memset(&o, 0, sizeof o);
+  o.memory_limit = 8 << 20;
+  E = braid_new(&loop, &o);
+  CHECK(E != NULL);
+  before = braid_memory_used(E);
+  CHECK(braid_charge_set(&c, E, 1 << 20) == 0);
+  CHECK(braid_memory_used(E) == before + (1 << 20));
+  CHECK(braid_charge_set(&c, E, 9 << 20) == UV_ENOMEM);
+  CHECK(c.bytes == 1 << 20);   /* (the refusal collected: used moved) */
+  before = braid_memory_used(E);
+  CHECK(braid_charge_set(&c, E, 4096) == 0);
+  CHECK(braid_memory_used(E) == before - (1 << 20) + 4096);
+  braid_close(E);
+  CHECK(braid_charge_set(&c, E, 0) == 0);   /* E's memory was kept */
+  CHECK(c.bytes == 0 && c.E == NULL);
+  CHECK(loop_closes(&loop));
+  return 1;
+}
+
+/* review-embed 12: the guide's pattern for work done on another thread
+** (docs/embedding.md "Work on other threads", Makefile: doc_thread.inc). */
+#include <pthread.h>
+#include "doc_thread.inc"
+
+static int l_job (lua_State *L) {
+  return braid_suspend(L, "app.job", sizeof(struct job *), job_start,
+                       job_cancel, NULL);
+}
+
+static int t_doc_thread (void) {
+  uv_loop_t l;
+  braid_engine_t *E;
+  int n;
+  CHECK(uv_loop_init(&l) == 0);
+  E = braid_new(&l, NULL);
+  CHECK(E != NULL);
+  lua_register(braid_state(E), "job", l_job);
+  n = run_to_end(E, "local r = {} for i = 1, 20 do\n"
+                 "  r[i] = braid.spawn(job) end\n"
+                 "local c = braid.spawn(job) braid.yield() c:cancel()\n"
+                 "for i = 1, 20 do r[i] = r[i]:await() end\n"
+                 "return table.concat(r, ' ', 1, 2)");
+  CHECK(result_is(E, n, 1, "done done"));
+  braid_close(E);
+  CHECK(loop_closes(&l));
+  return 1;
+}
+
 /* ---- issue 15: the application's uv_spawn beside braid's children ---- */
 
 struct app_child {
@@ -1842,12 +2167,14 @@ int main (int argc, char **argv) {
            "keeps beside it, and exits with code", t_os_exit_close);
   run_test("after a burst of 100k tasks the anchors and the coroutine set "
            "shrink back", t_burst_memory);
-  run_test("a suspending C function outside a task raises a usage error",
+  run_test("a suspending C function outside a task raises a usage error; "
+           "its advice is the embedding's (review-embed 9)",
            t_outside_task);
   run_test("task ids go past 2^32 without wrapping; locks still know "
            "their holder", t_ids_past_32_bits);
   run_test("failure records of string errors are released, and each "
-           "report is of its own failure (issue 13.9)", t_failure_records);
+           "report is of its own failure (issue 13.9); tasks named by their "
+           "chunk (review-embed 11)", t_failure_records);
   run_test("semaphore:with in a sandbox: its usage error, and it works "
            "(issue 13.15)", t_sandbox_semaphore);
   run_test("workers are sandboxed as their engine; braid_worker_config "
@@ -1867,6 +2194,23 @@ int main (int argc, char **argv) {
            t_resource_outside_task);
   run_test("braid_new returning NULL leaves nothing on the application's "
            "loop", t_new_fails_clean);
+  run_test("braid.worker, braid.pool and braid.map load a file only "
+           "with BRAID_LIB_IO (review-embed 1)", t_worker_files);
+  run_test("no braid object gives a script its real metatable "
+           "(review-embed 2)", t_metatables_hidden);
+  run_test("braid_close of an engine owning its loop does not wait for the "
+           "application's handles there (review-embed 3)",
+           t_close_own_loop_app_handles);
+  run_test("braid_run from inside a task returns UV_EBUSY (review-embed 7)",
+           t_run_inside_task);
+  run_test("the suspending-function example of docs/embedding.md runs "
+           "(review-embed 4)", t_doc_example);
+  run_test("braid works with any subset of the libraries; braid.fs.tmpdir "
+           "without os.getenv (review-embed 5, 6)", t_few_libs);
+  run_test("braid_charge_set counts an application's C buffers against "
+           "the memory limit (review-embed 10)", t_app_charge);
+  run_test("the guide's pattern for results from other threads "
+           "(review-embed 12)", t_doc_thread);
   printf("1..%d\n", test_no);
   return failures ? 1 : 0;
 }

@@ -200,8 +200,23 @@ void braid__strict_fields (lua_State *L, int idx, const char *name) {
   else lua_remove(L, -2);               /* the previous __index */
   lua_pushcclosure(L, l_field_missing, 3);
   lua_setfield(L, -2, "__index");
+  lua_pushstring(L, name);              /* as a class's: scripts can */
+  lua_setfield(L, -2, "__metatable");   /* neither read nor replace it */
   lua_setmetatable(L, idx);
   lua_pop(L, 1);
+}
+
+/* _metatable(v) -> the metatable of v, also one its __metatable hides
+** (braid.lua's classes check their objects with it). */
+static int l_metatable (lua_State *L) {
+  luaL_checkany(L, 1);
+  if (!lua_getmetatable(L, 1)) lua_pushnil(L);
+  return 1;
+}
+
+void braid__open_metatable (lua_State *L) {
+  lua_pushcfunction(L, l_metatable);
+  lua_setfield(L, -2, "_metatable");
 }
 
 /* Makes the metatable `name` for a braid object: the metamethods `meta`
@@ -217,10 +232,12 @@ void braid__class (lua_State *L, const char *name, const luaL_Reg *meta,
   lua_setfield(L, -2, "__metatable");
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
-  lua_createtable(L, 0, 1);     /* a misspelt method explains itself */
+  lua_createtable(L, 0, 2);     /* a misspelt method explains itself */
   lua_pushstring(L, name);
   lua_pushcclosure(L, l_method_missing, 1);
   lua_setfield(L, -2, "__index");
+  lua_pushstring(L, name);      /* braid.Channel ... are these tables */
+  lua_setfield(L, -2, "__metatable");
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   if (index) lua_pushcclosure(L, index, 1);

@@ -485,6 +485,8 @@ struct braid_engine {
   int calls;                   /* braid calls in progress that may run the
                                ** application's on_cancel (engine.c) */
   unsigned char binary;        /* precompiled chunks may be loaded */
+  unsigned char files;         /* scripts may load files (BRAID_LIB_IO's
+                               ** loadfile; braid.worker's file form) */
   unsigned char refusable;     /* allocations whose failure the caller
                                ** handles (braid_run_string's load, the
                                ** anchors' rebuild): the limit applies, the

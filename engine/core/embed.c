@@ -51,11 +51,30 @@ static void api_openlibs (lua_State *L, unsigned libs) {
     {BRAID_LIB_UTF8, LUA_UTF8LIBNAME, luaopen_utf8},
     {BRAID_LIB_DEBUG, LUA_DBLIBNAME, luaopen_debug},
   };
+  /* braid's Lua side needs these; it keeps what it uses as it loads, and
+  ** the ones the scripts may not have go after it (strings keep their
+  ** methods: the string metatable is braid's too) */
+  const unsigned own = BRAID_LIB_BASE | BRAID_LIB_TABLE | BRAID_LIB_STRING |
+                       BRAID_LIB_MATH | BRAID_LIB_OS;
   size_t i;
-  libs |= BRAID_LIB_BASE;   /* braid's Lua side needs it */
+  libs |= BRAID_LIB_BASE;
   for (i = 0; i < sizeof libtab / sizeof *libtab; i++) {
-    if (!(libs & libtab[i].bit)) continue;
+    if (!((libs | own) & libtab[i].bit)) continue;
     luaL_requiref(L, libtab[i].name, libtab[i].f, 1);
+    lua_pop(L, 1);
+  }
+  /* braid itself: the library list opens only the modules allowed
+  ** (E->modules), so a module left out is absent, not removed. */
+  luaL_requiref(L, "braid", luaopen_braid, 1);
+  lua_pop(L, 1);
+  for (i = 0; i < sizeof libtab / sizeof *libtab; i++) {
+    if (!(own & libtab[i].bit) || (libs & libtab[i].bit) ||
+        libtab[i].bit == BRAID_LIB_OS) continue;
+    lua_pushnil(L);
+    lua_setglobal(L, libtab[i].name);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    lua_setfield(L, -2, libtab[i].name);
     lua_pop(L, 1);
   }
   if (!(libs & BRAID_LIB_OS)) {   /* time, without the process and files */
@@ -91,10 +110,6 @@ static void api_openlibs (lua_State *L, unsigned libs) {
     lua_pushcfunction(L, l_api_require);
     lua_setglobal(L, "require");
   }
-  /* braid itself: the library list opens only the modules allowed
-  ** (E->modules), so a module left out is absent, not removed. */
-  luaL_requiref(L, "braid", luaopen_braid, 1);
-  lua_pop(L, 1);
 }
 
 /* setmetatable(t, mt), refusing a __gc: an engine whose scripts are limited
@@ -143,6 +158,8 @@ braid_engine_t *braid_new (uv_loop_t *loop, const braid_options_t *opts) {
   E->budget = opts->instruction_budget > 0 ? opts->instruction_budget : 0;
   E->binary = ((opts->libs ? opts->libs : BRAID_LIBS_SAFE) &
                BRAID_LIB_BINARY) != 0;
+  E->files = ((opts->libs ? opts->libs : BRAID_LIBS_SAFE) &
+              BRAID_LIB_IO) != 0;
   if (loop == NULL) {
     if (braid__loop_init(&E->own_loop) != 0) {
       free(E);
@@ -198,6 +215,11 @@ uv_loop_t *braid_loop (braid_engine_t *E) {
 ** close once uv_run has returned. */
 int braid_run (braid_engine_t *E, uv_run_mode mode) {
   int live;
+  /* From a task or one of braid's callbacks on that loop: a nested uv_run
+  ** resumed other tasks under the running one and crashed the scheduler. */
+  if (E->in_run || E->current || E->calls > 0 ||
+      (braid__draining != NULL && braid__draining->loop == E->loop))
+    return UV_EBUSY;
   E->refs++;
   E->in_run = 1;
   uv_run(E->loop, mode);
@@ -219,15 +241,50 @@ static int l_api_abandon (lua_State *S) {
   return 0;
 }
 
+/* What is still to finish on braid's own loop: handles closing (braid's,
+** and any the application closed before braid_close), child processes
+** braid killed and waits for, and the polls that wait on them and on
+** workers' threads ending (their timers run meanwhile), and requests in
+** flight (a file operation on the thread pool ends by itself and then
+** touches the loop); left: any other handle, which braid does not wait
+** for. */
+struct loop_left { int pending, left; };
+
+static void pending_walk_cb (uv_handle_t *h, void *arg) {
+  struct loop_left *n = (struct loop_left *) arg;
+  if (uv_is_closing(h) ||
+      ((h->type == UV_PROCESS || h->type == UV_POLL) && uv_is_active(h) &&
+       uv_has_ref(h)))
+    n->pending++;
+  else if (uv_is_active(h) || uv_has_ref(h))
+    n->left++;
+}
+
 static void close_walk_cb (uv_handle_t *h, void *arg) {
   (void) arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-/* Closes braid's own loop, outside uv_run: what is left on it closes. */
+/* Closes braid's own loop, outside uv_run. Runs it only while something
+** of braid's is finishing (each of those wakes the loop): a handle the
+** application left open there would have kept uv_run(UV_RUN_DEFAULT) from
+** ever returning. Such a handle is the application's mistake (it closes
+** its handles on braid_loop(E) before braid_close, docs/embedding.md):
+** braid closes it, without the application's close callback, and says so. */
 static void loop_finish (braid_engine_t *E) {
-  uv_run(&E->own_loop, UV_RUN_DEFAULT);   /* close callbacks */
-  uv_walk(&E->own_loop, close_walk_cb, NULL);
+  struct loop_left n;
+  for (;;) {
+    n.pending = n.left = 0;
+    uv_walk(&E->own_loop, pending_walk_cb, &n);
+    if (n.pending == 0 && E->own_loop.active_reqs.count == 0) break;
+    uv_run(&E->own_loop, UV_RUN_ONCE);
+  }
+  if (n.left > 0)
+    fprintf(stderr, "braid_close: %d handle%s of the application still open "
+            "on the engine's own loop: closed without their close "
+            "callbacks (close them before braid_close)\n", n.left,
+            n.left == 1 ? "" : "s");
+  uv_walk(&E->own_loop, close_walk_cb, NULL);   /* and braid's idle ones */
   uv_run(&E->own_loop, UV_RUN_DEFAULT);
   uv_loop_close(&E->own_loop);
 }

@@ -232,6 +232,10 @@ int braid__charge_set (struct braid_charge *c, braid_engine_t *E,
   return 0;
 }
 
+int braid_charge_set (braid_charge_t *c, braid_engine_t *E, size_t bytes) {
+  return braid__charge_set(c, E, bytes);
+}
+
 /* ---- caps on what one call may hold ----
 ** exec's max_output, read_file's max_size and a stream's max_line bound
 ** what a single call buffers, whatever the memory limit; each is an

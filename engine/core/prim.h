@@ -58,6 +58,10 @@ void braid__class(lua_State *L, const char *name, const luaL_Reg *meta,
 ** 'sned'"). [-1, +0, m] */
 void braid__strict_fields(lua_State *L, int idx, const char *name);
 
+/* Adds _metatable to the table at the stack top: braid.lua's raw
+** getmetatable, for its classes hidden behind __metatable. [-0, +0, m] */
+void braid__open_metatable(lua_State *L);
+
 /* For a braid__class `index` function (methods table: upvalue 1) when the
 ** key at 2 is neither a method nor a field: raises "<what> has no field
 ** or method 'nmae' (did you mean 'name'?)", suggesting from the methods
@@ -169,12 +173,8 @@ int braid__mem_charge(braid_engine_t *E, ptrdiff_t delta);
 ** callback after braid_close. braid__charge_set makes c count `bytes`
 ** (charging or releasing the difference): 0, or UV_ENOMEM with c
 ** unchanged. Set it to 0 before freeing the buffer's owner; harmless when
-** it counts nothing. Runs no Lua: callbacks may call it. */
-struct braid_charge {
-  braid_engine_t *E;
-  size_t bytes;
-};
-
+** it counts nothing. Runs no Lua: callbacks may call it. (struct
+** braid_charge is braid.h's: braid_charge_set is this, for applications.) */
 int braid__charge_set(struct braid_charge *c, braid_engine_t *E,
                       size_t bytes);
 
@@ -340,6 +340,11 @@ void braid__hook_poll(lua_State *L);
 ** embedded engine (all for the runner's), no signals. What a worker's
 ** engine starts from (io/worker.c, core/threads.c). */
 void braid__engine_options(braid_engine_t *E, braid_options_t *out);
+
+/* Whether E's scripts may load Lua files by path, as loadfile does: the
+** runner's and the module's always, an embedded engine's only when opened
+** with BRAID_LIB_IO. braid.worker's file form asks (io/worker.c). */
+int braid__engine_files(braid_engine_t *E);
 
 /* Sets the grace period E's cancelled tasks get before they are abandoned
 ** (5 s by default; BRAID_NEVER: none). For a worker's engine. */

@@ -140,6 +140,10 @@ void braid__wait_drop (braid_engine_t *E, lua_State *L) {
 struct braid_task *braid__task_current_slow (lua_State *L,
                                              const char *fname) {
   braid_engine_t *E = braid_engine(L);
+  if (E != NULL && E->embedded && E->current == NULL)   /* no braid.run */
+    braid_usageerror(L, "%s: not inside a braid task (the application "
+                       "starts code as a task with braid_run_string, "
+                       "braid_run_file or braid_spawn_function)", fname);
   if (E == NULL || E->current == NULL)
     braid_usageerror(L, "%s: not inside a braid task (run the code "
                        "with braid.run, or in a task started by braid.spawn)",

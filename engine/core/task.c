@@ -64,6 +64,9 @@ const char *braid__task_name (lua_State *L, struct braid_task *t, int idx) {
       if (!braid__global_name_push(L, -1)) lua_pushliteral(L, "C function");
     } else if (strcmp(ar.source, "=[braid]") == 0) {
       braid__task_site(L, t, idx);
+    } else if (*ar.what == 'm') {   /* a chunk (braid_run_string's): its
+                                    ** name, as the runner's main task */
+      lua_pushstring(L, ar.short_src);
     } else {
       lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
     }

@@ -16,6 +16,10 @@ void braid__engine_options (braid_engine_t *E, braid_options_t *out) {
             : BRAID_LIBS_SAFE | (E->binary ? BRAID_LIB_BINARY : 0);
 }
 
+int braid__engine_files (braid_engine_t *E) {
+  return !E->embedded || E->files;
+}
+
 /* A worker's engine makes the coroutine running its Lua code known to the
 ** owner's thread (prim.h; hook.c keeps *slot up to date). */
 void braid__engine_publish (braid_engine_t *E, lua_State *_Atomic *slot,

@@ -343,6 +343,8 @@ void braid__open_fs_copy (lua_State *L) {
   luaL_newmetatable(L, COPY_MT);   /* no methods: nothing public */
   lua_pushcfunction(L, l_copy_gc);
   lua_setfield(L, -2, "__gc");
+  lua_pushliteral(L, COPY_MT);      /* as braid__class's */
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -478,6 +478,14 @@ static int l_worker_new (lua_State *L) {
   braid__check_options(L, 2, "braid.worker", worker_options);
   lua_settop(L, 2);
   src = lua_tolstring(L, 1, &n);
+  /* A file is what loadfile reads: an engine whose scripts may not (no
+  ** BRAID_LIB_IO) must not reach any file on disk through a worker. The
+  ** argument error lets braid.pool and braid.map name their own. */
+  if (wk_source_kind(src, n) == SRC_FILE &&
+      !braid__engine_files(braid_engine(L)))
+    return braid_argerror(L, 1, "braid.worker", "loading a file needs "
+                          "BRAID_LIB_IO in this engine; pass the chunk's "
+                          "source or a preloaded module's name");
   depth = braid__opt_number(L, 2, "max_depth", BRAID_XCOPY_DEPTH,
                             "braid.worker");
   mem = braid__opt_limit(L, 2, "memory_limit", 0, "braid.worker");
