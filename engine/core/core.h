@@ -180,8 +180,11 @@ struct braid_scope {
   struct braid_list subs;      /* nested scopes and children's task scopes */
   braid_resource_t resources;  /* a list: this one is its head */
   unsigned pending;            /* members not ended (children, adopted) */
-  unsigned char kind, cancelled, joining, deadline_fired, body_failed;
-  unsigned char own_grace;     /* more->grace_ns is its own (else outer's) */
+  unsigned char kind, cancelled, joining;
+  unsigned char deadline_fired : 1, body_failed : 1;
+  unsigned char own_grace : 1; /* more->grace_ns is its own (else outer's) */
+  unsigned char cut : 1;       /* a member ended cancelled after it was:
+                               ** its cancel cut work off (scope_close) */
   unsigned short grace_id;     /* its grace, set by braid__scope_init: 0 the
                                ** engine's, else E->graces[id]; GRACE_WALK:
                                ** look it up through the outer scopes */
