@@ -309,9 +309,11 @@ static struct braid_task *task_finish (struct braid_task *t) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
     t->status = TASK_FAILED;
-  } else if (s->cut && !s->body_failed) {
+  } else if (s->cut && !s->body_failed && !(E->session && t == E->root)) {
     /* Its body returned, but its cancel cut members off: the task's work
-    ** is not done, so it ends cancelled, as a braid.scope raises then. */
+    ** is not done, so it ends cancelled, as a braid.scope raises then.
+    ** Not the REPL's root: ending the session cancels the background
+    ** tasks on purpose (repl.cancel_background), and the session is ok. */
     finish_cancelled(S, s);
     t->status = TASK_CANCELLED;
   } else {
