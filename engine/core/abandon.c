@@ -108,7 +108,10 @@ static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
 
 static void abandon_report (lua_State *L, struct braid_task *t,
                             const char *why) {
-  if (t->E->closing) return;   /* braid_close abandons by design */
+  braid_engine_t *E = t->E;
+  uint64_t grace = E->grace_expired ? E->grace_expired
+                                    : braid__scope_grace(t->scope.outer);
+  if (E->closing) return;   /* braid_close abandons by design */
   if (why)
     fprintf(stderr, "braid: task %llu (%s%s) abandoned: %s\n",
             (unsigned long long) t->id,
@@ -116,8 +119,7 @@ static void abandon_report (lua_State *L, struct braid_task *t,
   else
     fprintf(stderr, "braid: task %llu (%s%s) abandoned: still running %g s "
             "after it was cancelled\n", (unsigned long long) t->id, braid__task_name(L, t, 0),
-            braid__task_where(L, t),
-            (double) braid__scope_grace(t->scope.outer) / 1e9);
+            braid__task_where(L, t), (double) grace / 1e9);
   lua_pop(L, 1);
 }
 
@@ -204,6 +206,17 @@ static void abandon_one (struct braid_task *t, const char *why) {
     t->co = NULL;   /* not pooled: see pool_put */
   }
   if (!reported) abandon_report(S, t, why);
+  t->scope.body_failed = 1;
+  braid__task_push(S, t);
+  braid__abandon_push(S, t);
+  lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
+  braid__task_finish(t);
+}
+
+/* Also for a task stopped while it ran Lua code (hook.c), which unwound
+** with the cancellation it had (task.c). */
+void braid__abandon_push (lua_State *S, struct braid_task *t) {
   /* Whatever cancelled it before, it ends abandoned: a reason given then,
   ** and the cancellation error made with it, give way. */
   if (t->scope.more) {
@@ -216,11 +229,6 @@ static void abandon_one (struct braid_task *t, const char *why) {
   lua_pop(S, 1);
   t->scope.cancelled = 1;
   t->scope.cause = &t->scope;
-  t->scope.body_failed = 1;
-  braid__task_push(S, t);
   braid__push_cancel(S, &t->scope);
-  lua_setiuservalue(S, -2, 1);
-  lua_pop(S, 1);
-  braid__task_finish(t);
 }
 

@@ -350,6 +350,9 @@ int braid__call_wrapped(lua_State *L, int nargs);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
 void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
 void braid__abandon_each(struct braid_task *t, void *ud);   /* ud: why */
+/* Pushes the error an abandoned task ends with, "cancelled (abandoned
+** after its grace period)", whatever cancelled it before. [-0, +1, m] */
+void braid__abandon_push(lua_State *S, struct braid_task *t);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
@@ -416,6 +419,8 @@ struct braid_engine {
   int running, interrupted, virtual_clock, deadlocks;
   struct braid_task *abandon_later;   /* asked from inside a task (abandon.c) */
   const char *abandon_why;
+  uint64_t grace_expired;      /* while a grace period's end abandons
+                               ** members (scope.c): it, for the report */
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
   uv_signal_t sigquit;

@@ -246,10 +246,14 @@ void braid__scope_each_task (struct braid_scope *s,
   }
 }
 
-/* The grace period of a cancelled scope ran out: abandon its members. */
+/* The grace period of a cancelled scope ran out: abandon its members. The
+** report names that grace period: a member of a scope nested in s may
+** have one of its own (never, say) from an earlier cancel of its own. */
 static int grace_abandon (lua_State *L) {
-  braid__scope_each_task((struct braid_scope *) lua_touserdata(L, 1),
-                         braid__abandon_each, NULL);
+  struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
+  s->E->grace_expired = braid__scope_grace(s);
+  braid__scope_each_task(s, braid__abandon_each, NULL);
+  s->E->grace_expired = 0;
   return 0;
 }
 

@@ -378,6 +378,9 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
       braid__error_record(S, -1, co, 0, t);   /* co: frames if it raised */
       braid__scope_fail(S, s, -2, -1);
       lua_pop(S, 1);
+    } else if (t->abandoned) {   /* stopped in Lua code past its grace */
+      lua_pop(S, 1);
+      braid__abandon_push(S, t);
     }
   }
   lua_setiuservalue(S, -2, 1);
