@@ -29,6 +29,54 @@ describe("abandonment", function()
     assert.is_nil(err:find("e+09", 1, true), err)
   end)
 
+  -- Review "prims" 4: reset inside a pcall with a message handler (here
+  -- braid.shield's), Lua 5.4.4 called the overwritten handler slot when a
+  -- <close> handler raised: its error came as "error in error handling",
+  -- to the report and to the next handler.
+  it("reports the error of a <close> handler of a task abandoned while suspended, and hands it on", function()
+    local p = h.script([[
+      local ran = {}
+      local mt_b = {__close = function(_, e) ran[#ran + 1] = "b:" .. tostring(e); error("b fails") end}
+      local mt_n = {__close = function(_, e) ran[#ran + 1] = "inner:" .. tostring(e) end}
+      local mt_c = {__close = function(_, e) ran[#ran + 1] = "c:" .. tostring(e); error({"c's table"}) end}
+      local orig_b = mt_b.__close
+      pcall(braid.scope, function(s)
+        s:spawn(function()
+          local a <close> = setmetatable({}, {__close = function(_, e)
+            -- a <close> variable of the handler's own gets nil: it returns
+            local n <close> = setmetatable({}, mt_n)
+            ran[#ran + 1] = "a:" .. tostring(e)
+          end})
+          local b <close> = setmetatable({}, mt_b)
+          braid.shield(braid.sleep, 100)
+        end)
+        -- through a coroutine of the script's own, inside a timeout
+        s:spawn(function()
+          coroutine.wrap(function()
+            local c <close> = setmetatable({}, mt_c)
+            braid.timeout(50, braid.shield, braid.sleep, 100)
+          end)()
+        end)
+        braid.sleep(0.01)
+        s:cancel()
+      end, {grace = 0.05})
+      print(table.concat(ran, " | "))
+      print(rawequal(mt_b.__close, orig_b))
+    ]])
+    local out, err, code = h.braid(p)
+    os.remove(p)
+    assert.are.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.matches("^b:nil | a:[^|]*:%d+: b fails | inner:nil", lines[1])
+    assert.matches("c:nil", lines[1], 1, true)
+    assert.are.equal("true", lines[2])
+    assert.is_nil(err:find("error in error handling", 1, true), err)
+    assert.matches("error in a <close> handler of an abandoned task: [^\n]*:%d+: b fails\n", err)
+    assert.matches("error in a <close> handler of an abandoned task: table: ", err, 1, true)
+    assert.matches("stack traceback:", err, 1, true)
+  end)
+
   -- Stopped in Lua code, it ended with the reason that cancelled it before,
   -- although the report said it was abandoned.
   it("ends a task stopped while running Lua code with the abandonment reason", h.run(function()
