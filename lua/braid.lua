@@ -632,12 +632,24 @@ local function pool_map(self, list, fname, opts, as, shift)
   check_opts_table(as, 3 + shift, opts)
   local o = {limit = 2 * self.n}
   for k, v in next, opts or o do o[k] = v end
+  -- The errors members raised, seen on their way out (not caught): a
+  -- timeout error that is not one of them is braid.map's own, said in
+  -- as's name.
+  local raised = setmetatable({}, {__mode = "k"})
+  local witness <const> = setmetatable({}, {__close = function(_, e)
+    if type(e) == "table" then raised[e] = true end
+  end})
   local r = pack(pcall(M.map, list, function(item, i)
+    local _ <close> = witness
     return pool_call(self, as, fname, item, i)
   end, o))
   if r[1] then return unpack(r, 2, r.n) end
-  pool_usage(r[2], as, shift)
-  error(r[2], 0)
+  local e = r[2]
+  if M.is_timeout(e) and not raised[e] and type(e.message) == "string" then
+    e.message = e.message:gsub("^braid%.map", as)
+  end
+  pool_usage(e, as, shift)
+  error(e, 0)
 end
 
 function Pool:map(list, fname, opts)

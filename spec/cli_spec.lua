@@ -496,6 +496,25 @@ describe("braid (the runner)", function()
     assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
   end)
 
+  -- Regression (review "prims" 2): Ctrl-C while a scope joined its members
+  -- cut them off, and the scope returned as if they had finished: the code
+  -- after it ran (a summary, a commit, a rename of an output file).
+  it("does not run the code after a scope whose members Ctrl-C cut off", function()
+    local p = h.script([[
+      local done = 0
+      braid.scope(function(s)
+        for i = 1, 3 do s:spawn(function() braid.sleep(30); done = done + 1 end) end
+        print("ready"); io.stdout:flush()
+      end)
+      print("all 3 jobs processed, done = " .. done)
+    ]])
+    local r = interrupt(p)
+    rm(p)
+    assert.is_true(r.ready, "the script never printed ready: " .. r.stderr)
+    assert.are.equal(130, r.status, r.stderr)
+    assert.is_nil(r.stdout:find("processed", 1, true), r.stdout)
+  end)
+
   -- timeout(1) signals the process and then its group: the two arrive
   -- microseconds apart, usually merged by the kernel, but not when the
   -- first was handled in between; 10 ms apart they rarely merge

@@ -41,6 +41,18 @@ describe("braid.timeout", function()
     assert.is_true(braid.is_timeout(e))
   end))
 
+  it("nests: when both deadlines fall at the same instant, only the outer raises a timeout", h.virtual(function()
+    local inner
+    local ok, e = pcall(braid.timeout, 1, function()
+      local ok2, e2 = pcall(braid.timeout, 1, braid.sleep, 100)
+      inner = e2
+      error(e2, 0)
+    end)
+    assert.are.equal("cancelled (deadline passed)", inner.message)
+    assert.is_false(braid.is_timeout(inner))
+    assert.is_true(braid.is_timeout(e))
+  end))
+
   it("nests: an inner deadline shorter than the outer fires on its own", h.virtual(function()
     local t0 = braid.now()
     local r = braid.timeout(10, function()

@@ -649,6 +649,22 @@ describe("braid.pool", function()
   end))
 end)
 
+-- review "prims" 9: pool:map's own timeout was said in braid.map's name
+describe("pool:map's timeout", function()
+  it("is said in pool:map's name; braid.map's with a module in braid.map's", run(function()
+    local p <close> = braid.pool(2, SRC)
+    local e = fails(p.map, p, {0.01, 5}, "sleep", {timeout = 0.1})
+    assert.is_true(braid.is_timeout(e))
+    assert.equal("pool:map timed out after 0.1 s (1 of 2 unfinished)", e.message)
+    e = fails(braid.map, {0.01, 5}, "sleep", {module = SRC, workers = 2, timeout = 0.1})
+    assert.equal("braid.map timed out after 0.1 s (1 of 2 unfinished)", e.message)
+    -- a member's own timeout error is raised unchanged
+    e = fails(p.map, p, {1}, "timeout", {timeout = 5})
+    assert.is_true(braid.is_timeout(e))
+    assert.matches("^timed out after 0.01 s", e.message)
+  end))
+end)
+
 describe("braid.map with workers", function()
   it("runs a named function in a pool made for the call", run(function()
     local r = braid.map({1, 2, 3}, "add", {workers = 2, module = SRC})

@@ -53,14 +53,146 @@ static void abandon_tree (struct braid_task *t, const char *why) {
   }
 }
 
-/* Resets co, running its to-be-closed variables: the last cleanup of a
-** task that already overran its grace period, so it is bounded too. */
+/* ---- guarded <close> handlers ----
+** Lua 5.4.4's lua_resetthread unwinds the frames of the thread but keeps
+** its message handler index (L->errfunc; Lua 5.5 clears it: lstate.c
+** resetCI). A task suspended inside a pcall with a handler (the body of a
+** braid.scope, shield or timeout, an xpcall) is reset with that index
+** pointing at a slot the closing has overwritten: the first <close>
+** handler that raises calls that slot's value as the message handler,
+** and its error becomes "error in error handling", also for the handlers
+** after it. So while a reset runs, every metatable with a __close among
+** the values on the thread's stack has it replaced by close_guard, which
+** calls the handler under a pcall of its own (braid's message handler:
+** the error keeps its traceback) and hands its error on to the next
+** handler, as Lua does; the metatables get their __close back after. */
+
+enum { GUARD_ERROR = 1, GUARD_FAILED, GUARD_DEPTH };   /* the state table */
+
+/* The __close a guard stands for (upvalue 1), with the state table
+** (upvalue 2) shared by the guards of one reset. (obj, err) */
+static int close_guard (lua_State *L) {
+  int st = lua_upvalueindex(2);
+  lua_Integer depth;
+  lua_settop(L, 2);
+  lua_rawgeti(L, st, GUARD_DEPTH);
+  depth = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  if (depth > 0) {   /* a <close> variable inside a handler: as Lua would */
+    lua_insert(L, 1);
+    lua_call(L, 2, 0);
+    return 0;
+  }
+  lua_pushcfunction(L, braid__error_msgh);
+  lua_insert(L, 1);                          /* 1: msgh, 4: handler */
+  lua_pushvalue(L, 2);
+  if (lua_rawgeti(L, st, GUARD_FAILED) != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, st, GUARD_ERROR);         /* an earlier handler's error */
+  } else {
+    lua_pop(L, 1);
+    lua_pushvalue(L, 3);
+  }
+  lua_pushinteger(L, 1);
+  lua_rawseti(L, st, GUARD_DEPTH);
+  if (lua_pcall(L, 2, 0, 1) != LUA_OK) {
+    lua_rawseti(L, st, GUARD_ERROR);
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, st, GUARD_FAILED);
+  }
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, st, GUARD_DEPTH);
+  return 0;
+}
+
+/* [co, state, saved]: guards the __close of every metatable among the
+** values in the slots of co's frames, keeping the originals in saved
+** (metatable -> __close). */
+static int guard_p (lua_State *S) {
+  lua_State *co = lua_tothread(S, 1);
+  lua_Debug ar;
+  int level, n;
+  for (level = 0; lua_getstack(co, level, &ar); level++) {
+    for (n = 1; lua_checkstack(co, 1) && lua_getlocal(co, &ar, n); n++) {
+      lua_xmove(co, S, 1);
+      if (lua_getmetatable(S, -1)) {
+        lua_pushliteral(S, "__close");
+        if (lua_rawget(S, -2) != LUA_TNIL &&
+            lua_tocfunction(S, -1) != close_guard) {
+          lua_pushvalue(S, -2);
+          lua_insert(S, -2);
+          lua_rawset(S, 3);                  /* saved[mt] = __close */
+          lua_pushliteral(S, "__close");
+          lua_pushvalue(S, -2);
+          lua_rawget(S, 3);
+          lua_pushvalue(S, 2);
+          lua_pushcclosure(S, close_guard, 2);
+          lua_rawset(S, -3);
+        } else {
+          lua_pop(S, 1);
+        }
+        lua_pop(S, 1);
+      }
+      lua_pop(S, 1);
+    }
+  }
+  return 0;
+}
+
+/* Puts back the __close of the metatables in the table on S's top (those
+** a handler did not change meanwhile); pops it. */
+static void guard_undo (lua_State *S) {
+  int saved = lua_gettop(S);
+  lua_pushnil(S);
+  while (lua_next(S, saved)) {
+    lua_pushliteral(S, "__close");
+    if (lua_rawget(S, -3) == LUA_TFUNCTION &&
+        lua_tocfunction(S, -1) == close_guard) {
+      lua_pop(S, 1);
+      lua_pushliteral(S, "__close");
+      lua_insert(S, -2);
+      lua_rawset(S, -3);
+    } else {
+      lua_pop(S, 2);
+    }
+  }
+  lua_pop(S, 1);
+}
+
+/* Resets co, running its to-be-closed variables (guarded, above): the
+** last cleanup of a task that already overran its grace period, so it is
+** bounded too. An error a handler raised (the last one) is left on co's
+** top. */
 static int abandon_reset (braid_engine_t *E, lua_State *co) {
+  lua_State *S = E->S;
   struct braid_bound b;
-  int status;
+  int status, guarded, top = lua_gettop(S);
+  lua_pushcfunction(S, guard_p);
+  lua_pushthread(co);
+  lua_xmove(co, S, 1);
+  lua_createtable(S, 3, 0);                  /* top + 1: state */
+  lua_pushinteger(S, 0);
+  lua_rawseti(S, -2, GUARD_DEPTH);
+  lua_newtable(S);                           /* top + 2: saved */
+  lua_pushvalue(S, -2);
+  lua_pushvalue(S, -2);
+  lua_insert(S, top + 1);
+  lua_insert(S, top + 1);
+  /* out of memory: the handlers run unguarded, as Lua runs them */
+  guarded = lua_pcall(S, 3, 0, 0) == LUA_OK;
+  if (!guarded) lua_pop(S, 1);
   braid__bound(E, co, &b);
   status = lua_resetthread(co);
   braid__unbound(E, co, &b);
+  guard_undo(S);
+  if (guarded && status == LUA_OK &&
+      lua_rawgeti(S, top + 1, GUARD_FAILED) != LUA_TNIL) {
+    lua_rawgeti(S, top + 1, GUARD_ERROR);
+    lua_xmove(S, co, 1);
+    status = LUA_ERRRUN;
+  }
+  lua_settop(S, top);
   return status;
 }
 
@@ -108,7 +240,10 @@ static void abandon_user_coroutines (braid_engine_t *E, struct braid_task *t) {
 
 static void abandon_report (lua_State *L, struct braid_task *t,
                             const char *why) {
-  if (t->E->closing) return;   /* braid_close abandons by design */
+  braid_engine_t *E = t->E;
+  uint64_t grace = E->grace_expired ? E->grace_expired
+                                    : braid__scope_grace(t->scope.outer);
+  if (E->closing) return;   /* braid_close abandons by design */
   if (why)
     fprintf(stderr, "braid: task %llu (%s%s) abandoned: %s\n",
             (unsigned long long) t->id,
@@ -116,8 +251,7 @@ static void abandon_report (lua_State *L, struct braid_task *t,
   else
     fprintf(stderr, "braid: task %llu (%s%s) abandoned: still running %g s "
             "after it was cancelled\n", (unsigned long long) t->id, braid__task_name(L, t, 0),
-            braid__task_where(L, t),
-            (double) braid__scope_grace(t->scope.outer) / 1e9);
+            braid__task_where(L, t), (double) grace / 1e9);
   lua_pop(L, 1);
 }
 
@@ -204,6 +338,17 @@ static void abandon_one (struct braid_task *t, const char *why) {
     t->co = NULL;   /* not pooled: see pool_put */
   }
   if (!reported) abandon_report(S, t, why);
+  t->scope.body_failed = 1;
+  braid__task_push(S, t);
+  braid__abandon_push(S, t);
+  lua_setiuservalue(S, -2, 1);
+  lua_pop(S, 1);
+  braid__task_finish(t);
+}
+
+/* Also for a task stopped while it ran Lua code (hook.c), which unwound
+** with the cancellation it had (task.c). */
+void braid__abandon_push (lua_State *S, struct braid_task *t) {
   /* Whatever cancelled it before, it ends abandoned: a reason given then,
   ** and the cancellation error made with it, give way. */
   if (t->scope.more) {
@@ -216,11 +361,6 @@ static void abandon_one (struct braid_task *t, const char *why) {
   lua_pop(S, 1);
   t->scope.cancelled = 1;
   t->scope.cause = &t->scope;
-  t->scope.body_failed = 1;
-  braid__task_push(S, t);
   braid__push_cancel(S, &t->scope);
-  lua_setiuservalue(S, -2, 1);
-  lua_pop(S, 1);
-  braid__task_finish(t);
 }
 

@@ -180,8 +180,11 @@ struct braid_scope {
   struct braid_list subs;      /* nested scopes and children's task scopes */
   braid_resource_t resources;  /* a list: this one is its head */
   unsigned pending;            /* members not ended (children, adopted) */
-  unsigned char kind, cancelled, joining, deadline_fired, body_failed;
-  unsigned char own_grace;     /* more->grace_ns is its own (else outer's) */
+  unsigned char kind, cancelled, joining;
+  unsigned char deadline_fired : 1, body_failed : 1;
+  unsigned char own_grace : 1; /* more->grace_ns is its own (else outer's) */
+  unsigned char cut : 1;       /* a member ended cancelled after it was:
+                               ** its cancel cut work off (scope_close) */
   unsigned short grace_id;     /* its grace, set by braid__scope_init: 0 the
                                ** engine's, else E->graces[id]; GRACE_WALK:
                                ** look it up through the outer scopes */
@@ -347,6 +350,9 @@ int braid__call_wrapped(lua_State *L, int nargs);
 void braid__task_unready(braid_engine_t *E, struct braid_task *t);
 void braid__task_pool_drop(lua_State *S, braid_engine_t *E);
 void braid__abandon_each(struct braid_task *t, void *ud);   /* ud: why */
+/* Pushes the error an abandoned task ends with, "cancelled (abandoned
+** after its grace period)", whatever cancelled it before. [-0, +1, m] */
+void braid__abandon_push(lua_State *S, struct braid_task *t);
 void braid__task_start(braid_engine_t *E, lua_State *S, struct braid_task *t);
 void braid__task_body_done(braid_engine_t *E, lua_State *S,
                            struct braid_task *t, int status, int nres);
@@ -413,6 +419,8 @@ struct braid_engine {
   int running, interrupted, virtual_clock, deadlocks;
   struct braid_task *abandon_later;   /* asked from inside a task (abandon.c) */
   const char *abandon_why;
+  uint64_t grace_expired;      /* while a grace period's end abandons
+                               ** members (scope.c): it, for the report */
   uv_idle_t idle;              /* active only while tasks are ready */
   uv_timer_t timer;            /* armed for the earliest heap timer */
   uv_signal_t sigquit;

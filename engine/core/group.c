@@ -332,6 +332,8 @@ static int group_close_k (lua_State *L, int status, lua_KContext ctx) {
       lua_pop(L, 1);
     }
     lua_insert(L, -2);
+    lua_pushinteger(L, n);   /* as table.pack: a nil error leaves a hole */
+    lua_setfield(L, -2, "n");
     lua_setfield(L, -3, "errors");
     braid__error_causes(L, -2, t);
     return lua_error(L);

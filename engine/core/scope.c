@@ -246,10 +246,14 @@ void braid__scope_each_task (struct braid_scope *s,
   }
 }
 
-/* The grace period of a cancelled scope ran out: abandon its members. */
+/* The grace period of a cancelled scope ran out: abandon its members. The
+** report names that grace period: a member of a scope nested in s may
+** have one of its own (never, say) from an earlier cancel of its own. */
 static int grace_abandon (lua_State *L) {
-  braid__scope_each_task((struct braid_scope *) lua_touserdata(L, 1),
-                         braid__abandon_each, NULL);
+  struct braid_scope *s = (struct braid_scope *) lua_touserdata(L, 1);
+  s->E->grace_expired = braid__scope_grace(s);
+  braid__scope_each_task(s, braid__abandon_each, NULL);
+  s->E->grace_expired = 0;
   return 0;
 }
 
@@ -451,6 +455,8 @@ struct braid_task *braid__scope_member_done (lua_State *L,
       braid__scope_fail(L, s, -2, -1);
       lua_pop(L, 3);
     }
+  } else if (t->status == TASK_CANCELLED && s->cancelled) {
+    s->cut = 1;   /* s's cancel cut it off: scope_close, task_finish */
   }
   return scope_leave(s);
 }
@@ -467,34 +473,32 @@ int braid__scope_raise (lua_State *L, struct braid_scope *s) {
   return lua_error(L);
 }
 
-/* Ends s: pops it, then returns the body's results or raises. */
+/* Ends s: pops it, then returns the body's results or raises. A body that
+** raised a cancellation, or returned while s's cancel cut members off (they
+** ended cancelled: their work is not done), ends s with that cancellation:
+** a braid.timeout's own deadline as its timeout error, a braid.scope's own
+** cancel as nil, another scope's cancel (an outer deadline, a cancel of the
+** task, Ctrl-C) raised on. A body that caught the cancellation and returned,
+** with no member cut off, returns its results. */
 static int scope_close (lua_State *L, struct braid_scope *s) {
   struct braid_task *t = s->task;
+  int own = s->cause == s, fired = own && s->deadline_fired;
+  uint64_t ns = fired ? s->more->timeout_ns : 0;
   braid__task_set_inner(t, s->outer);
   if (SCOPE_REF(s, error_ref) != LUA_NOREF) return braid__scope_raise(L, s);
-  if (s->body_failed) {
-    int own = s->cause == s;
-    int fired = own && s->deadline_fired;
-    uint64_t ns = fired ? s->more->timeout_ns : 0;
-    braid__scope_release(s);
-    if (fired) {
-      char buf[32];
-      snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
-      return braid_error(L, "timeout", NULL, "timed out after %s s",
-                                buf);
-    }
-    if (own && s->kind == SCOPE_PLAIN) {
-      lua_pushnil(L);
-      return 1;
-    }
-    return lua_error(L);   /* the cancellation, on top */
-  }
   braid__scope_release(s);
-  if (s->cause == s && s->kind == SCOPE_PLAIN) {
+  if (own && s->kind == SCOPE_PLAIN) {
     lua_pushnil(L);
     return 1;
   }
-  return lua_gettop(L) - s->base;
+  if (!s->body_failed && !s->cut) return lua_gettop(L) - s->base;
+  if (fired) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%g", (double) ns / 1e9);
+    return braid_error(L, "timeout", NULL, "timed out after %s s", buf);
+  }
+  if (!s->body_failed) braid__push_cancel(L, s->cause);
+  return lua_error(L);   /* the cancellation, on top */
 }
 
 /* Waits (uninterruptibly: cancelling s cancels its members instead) until

@@ -276,6 +276,25 @@ void braid__task_start (braid_engine_t *E, lua_State *S, struct braid_task *t) {
   t->co = co;
 }
 
+/* [cause]: pushes the cancellation it causes, running no script code. */
+static int cancel_p (lua_State *L) {
+  braid__push_cancel_hooked(L, (struct braid_scope *) lua_touserdata(L, 1));
+  return 1;
+}
+
+/* Makes the cancellation of task scope s the outcome of its task, whose
+** object is on S's top. In scheduler context, where nothing may raise:
+** out of memory the outcome is Lua's "not enough memory" (interned). */
+static void finish_cancelled (lua_State *S, struct braid_scope *s) {
+  lua_pushcfunction(S, cancel_p);
+  lua_pushlightuserdata(S, s->cause);
+  if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+    lua_pop(S, 1);
+    lua_pushliteral(S, "not enough memory");
+  }
+  lua_setiuservalue(S, -2, 1);
+}
+
 /* Ends the task once its body and every member of its scope have ended:
 ** the outcome is the scope's first error, else the body's cancellation,
 ** else the body's results (already in user value 1). Then the watchers and
@@ -293,6 +312,13 @@ static struct braid_task *task_finish (struct braid_task *t) {
     braid__scope_push_error(S, s);
     lua_setiuservalue(S, -2, 1);
     t->status = TASK_FAILED;
+  } else if (s->cut && !s->body_failed && !(E->session && t == E->root)) {
+    /* Its body returned, but its cancel cut members off: the task's work
+    ** is not done, so it ends cancelled, as a braid.scope raises then.
+    ** Not the REPL's root: ending the session cancels the background
+    ** tasks on purpose (repl.cancel_background), and the session is ok. */
+    finish_cancelled(S, s);
+    t->status = TASK_CANCELLED;
   } else {
     t->status = s->body_failed ? TASK_CANCELLED : TASK_OK;
   }
@@ -355,6 +381,9 @@ void braid__task_body_done (braid_engine_t *E, lua_State *S,
       braid__error_record(S, -1, co, 0, t);   /* co: frames if it raised */
       braid__scope_fail(S, s, -2, -1);
       lua_pop(S, 1);
+    } else if (t->abandoned) {   /* stopped in Lua code past its grace */
+      lua_pop(S, 1);
+      braid__abandon_push(S, t);
     }
   }
   lua_setiuservalue(S, -2, 1);
