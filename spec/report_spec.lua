@@ -262,6 +262,15 @@ describe("braid.any with every member failed", function()
     assert.truthy(err:find(":1: in upvalue 'fetch'", 1, true), err)
   end)
 
+  it("counts a member that raised nil, also the last one (errors.n)", function()
+    local _, err = run({
+      "braid.any(function() error('first', 0) end, function() error('second', 0) end,",
+      "  function() error() end)",
+    }, 1)
+    assert.truthy(err:find("\n  member 2 of 3 failed: second\n", 1, true), err)
+    assert.truthy(err:find("\n  member 3 of 3 failed: (error object is a nil value)\n", 1, true), err)
+  end)
+
   it("lists at most 100 members, then says how many more", function()
     local _, err = run({
       "local fns = {}",

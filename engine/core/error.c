@@ -663,7 +663,12 @@ static void report_causes (lua_State *L, int idx, int recs) {
     return;
   }
   errs = lua_gettop(L);
-  n = (lua_Integer) lua_rawlen(L, errs);
+  /* `n`, as braid.any sets it: a member that raised nil leaves a hole */
+  lua_pushliteral(L, "n");
+  n = lua_rawget(L, errs) == LUA_TNUMBER && lua_isinteger(L, -1) &&
+      lua_tointeger(L, -1) >= 0 ? lua_tointeger(L, -1)
+                                : (lua_Integer) lua_rawlen(L, errs);
+  lua_pop(L, 1);
   for (i = 1; i <= n && i <= ALSO_MAX; i++) {
     lua_rawgeti(L, errs, i);
     if (lua_type(L, recs) == LUA_TTABLE) lua_rawgeti(L, recs, i);
