@@ -65,6 +65,17 @@ describe("braid.spawn", function()
     assert.matches('<task %d+ "fetch"', tostring(t))
     t:await()
   end))
+
+  it("refuses a name with a zero byte inside (reports carry C strings), keeping the old one", h.run(function()
+    local t = braid.spawn(function() end)
+    t.name = "fetch"
+    local ok, e = pcall(function() t.name = "a\0b" end)
+    assert.is_false(ok)
+    assert.are.equal("usage", e.kind)
+    assert.matches("task.name: a name with a zero byte inside", e.message, 1, true)
+    assert.are.equal("fetch", t.name)
+    t:await()
+  end))
 end)
 
 describe("braid calls outside a task", function()

@@ -545,7 +545,13 @@ static int l_task_newindex (lua_State *L) {
   if (!lua_isstring(L, 3))
     braid_usageerror(L, "task.name: string expected, got %s",
                      luaL_typename(L, 3));
-  lua_tostring(L, 3);   /* a number becomes its string, as Lua's checks do */
+  {
+    size_t len;
+    const char *s = lua_tolstring(L, 3, &len);   /* a number: its string */
+    /* reports, dumps and traces carry names as C strings */
+    if (strlen(s) != len)
+      braid_usageerror(L, "task.name: a name with a zero byte inside");
+  }
   lua_settop(L, 3);
   if (t->E->trace) braid__trace_rename(t, L, 3);
   lua_setiuservalue(L, 1, 2);
