@@ -57,6 +57,29 @@ describe("braid.fs.tmpdir", function()
     gone:close()
     assert.are.equal("alive", fs.read_file(base .. "/canary"))
   end))
+
+  -- Regression (review of the network and file primitives): a close that
+  -- could not remove the tree forgot it, so a later close did nothing and
+  -- the directory stayed. An immutable file (chattr +i) stops even root;
+  -- where chattr cannot, there is nothing to see.
+  it("tries again on the next close when a close could not remove it",
+     h.run(function()
+    local g = fs.tmpdir()
+    fs.write_file(g .. "/f", "")
+    local ok, r = pcall(braid.exec, {"chattr", "+i", g .. "/f"},
+                        {stderr = "null"})
+    if not ok or r.code ~= 0 then
+      g:close()
+      return
+    end
+    local closed, e = pcall(g.close, g)
+    braid.exec({"chattr", "-i", g .. "/f"}, {check = true})
+    assert.is_false(closed)
+    assert.are.equal("io", e.kind)
+    assert.is_true(fs.exists(g.path))
+    g:close()
+    assert.is_false(fs.exists(g.path))
+  end))
 end)
 
 describe("braid.fs tree calls", function()
