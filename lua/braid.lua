@@ -486,10 +486,15 @@ if rawget(M, "fs") then
   function Tmpdir:close()
     local path = made[self]
     if path == nil then return end   -- closed, or not made by fs.tmpdir
-    made[self] = nil
-    M.shield(function()
+    made[self] = nil   -- another task's close meanwhile does nothing
+    local ok, err = pcall(M.shield, function()
       if fs.exists(path) then remove_tree(path) end
     end)
+    if not ok then
+      -- not (all) removed: a later close tries again, as it says
+      if made[self] == nil then made[self] = path end
+      error(err, 0)
+    end
   end
   Tmpdir.__close = Tmpdir.close
 

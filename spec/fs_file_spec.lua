@@ -79,6 +79,27 @@ describe("braid.fs.open", function()
     assert.are.equal(s, f:read("a"))
   end))
 
+  -- Regression (review of the network and file primitives): read(n)
+  -- took only an integer subtype, so read(2^16) (a float in Lua 5.4) or
+  -- read(1024.0) was a usage error, unlike a stream's read and io.read.
+  it("reads n bytes for a float n with an integer value", h.run(function()
+    local d <close> = fs.tmpdir()
+    fs.write_file(d .. "/f", ("x"):rep(70000))
+    local f <close> = fs.open(d .. "/f")
+    assert.are.equal(2 ^ 4, #f:read(2 ^ 4))
+    assert.are.equal(1024, #f:read(1024.0))
+    local rest = 0
+    while true do              -- up to n: what one 64 KiB chunk holds
+      local s = f:read(2 ^ 53)
+      if not s then break end
+      rest = rest + #s
+    end
+    assert.are.equal(70000 - 1040, rest)
+    assert.is_nil(f:read(2 ^ 16))
+    assert.has_error(function() f:read(1.5) end)
+    assert.has_error(function() f:read(0.0) end)
+  end))
+
   it("bounds a line by max_line", h.run(function()
     local d <close> = fs.tmpdir()
     fs.write_file(d .. "/f", ("x"):rep(5000) .. "\nshort\n")

@@ -164,6 +164,28 @@ describe("braid.fs.watch of a path that goes", function()
     end
   end))
 
+  -- Regression (review of the network and file primitives): libuv names a
+  -- watched directory's own event after its last component, and the
+  -- watcher reported a removed or moved directory d as "d/d", an entry
+  -- that never was.
+  it("reports a directory that went as its own path", h.run(function()
+    local d <close> = fs.tmpdir()
+    for _, how in ipairs({"remove", "move"}) do
+      local p = d .. "/" .. how
+      fs.mkdir(p)
+      local w <close> = fs.watch(p)
+      if how == "remove" then fs.remove(p) else fs.rename(p, p .. ".old") end
+      local got = {}
+      braid.timeout(5, function()
+        for ev in w do got[#got + 1] = ev.path .. ":" .. ev.event end
+      end)
+      assert.are.equal(p .. ":rename", got[#got], table.concat(got, " "))
+      for _, g in ipairs(got) do
+        assert.are_not.equal(p .. "/" .. how .. ":rename", g)
+      end
+    end
+  end))
+
   it("goes on while the path is still there (an entry of the same name)",
      h.run(function()
     local d <close> = fs.tmpdir()

@@ -86,6 +86,20 @@ describe("braid.udp", function()
     a:close()   -- twice is harmless
   end))
 
+  -- Regression (review of the network and file primitives): bind(port),
+  -- with the host left out as "bind([host], port)" documents, raised
+  -- "string expected".
+  it("binds to 127.0.0.1 when only the port is given", h.run(function()
+    local a <close> = braid.udp.bind(0)
+    local host, port = a:address()
+    assert.are.equal("127.0.0.1", host)
+    assert.is_true(port > 0)
+    local b <close> = braid.udp.bind(nil, 0)
+    b:send("y", host, port)
+    assert.are.equal("y", (a:recv()))
+    assert.has_error(function() braid.udp.bind("0") end)
+  end))
+
   -- Regression (review of 2026-12-02): address() before the first send
   -- raised kind "io", EBADF.
   it("gives no address for an open() socket before its first send", h.run(function()

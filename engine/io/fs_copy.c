@@ -27,6 +27,7 @@
 ** The thread touches only the paths, the buffer and err/at/what: nothing
 ** freed before copy_done.
 */
+#define _GNU_SOURCE   /* SEEK_DATA */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -124,8 +125,17 @@ static int copy_open_to (struct copy_job *job, const struct stat *from_st,
   return fd;
 }
 
-/* Reads from in and writes to out, chunk after chunk, until the end. */
-static void copy_loop (struct copy_job *job, int in, int out) {
+/* Whether the chunk is all zero bytes (n > 0). */
+static int all_zero (const char *b, size_t n) {
+  return b[0] == 0 && memcmp(b, b + 1, n - 1) == 0;
+}
+
+/* Reads from in and writes to out, chunk after chunk, until the end.
+** With `sparse` (a sparse source copied to a regular file, as cp's
+** --sparse=auto), a chunk of zeros is a seek past it, a hole, not a write:
+** a 5 GiB sparse file stays a few blocks instead of filling the disk. */
+static void copy_loop (struct copy_job *job, int in, int out, int sparse) {
+  int hole = 0;                /* the last chunk was skipped */
   for (;;) {
     ssize_t n, w;
     size_t off = 0;
@@ -133,13 +143,46 @@ static void copy_loop (struct copy_job *job, int in, int out) {
       fail(job, UV_ECANCELED, 0);
       return;
     }
+    if (sparse) {              /* a hole is skipped whole, unread */
+      off_t pos = lseek(in, 0, SEEK_CUR), data = -1;
+      if (pos >= 0) {
+        data = lseek(in, pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)   /* a hole up to the end */
+          data = lseek(in, 0, SEEK_END);
+      }
+      if (data > pos && pos >= 0) {
+        if (lseek(out, data - pos, SEEK_CUR) < 0) {
+          fail(job, -errno, 1);
+          return;
+        }
+        hole = 1;
+      } else if (pos >= 0 && data != pos) {
+        lseek(in, pos, SEEK_SET);   /* no SEEK_DATA here: read on */
+      }
+    }
     n = read(in, job->buf, COPY_CHUNK);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       fail(job, -errno, 0);
       return;
     }
-    if (n == 0) return;
+    if (n == 0) {
+      off_t end;
+      /* a file that ends in a hole: its size is the seek's */
+      if (hole && ((end = lseek(out, 0, SEEK_CUR)) < 0 ||
+                   ftruncate(out, end) != 0))
+        fail(job, -errno, 1);
+      return;
+    }
+    if (sparse && all_zero(job->buf, (size_t) n)) {
+      if (lseek(out, (off_t) n, SEEK_CUR) < 0) {
+        fail(job, -errno, 1);
+        return;
+      }
+      hole = 1;
+      continue;
+    }
+    hole = 0;
     while (off < (size_t) n) {
       if (atomic_load(&job->stop)) {
         fail(job, UV_ECANCELED, 1);
@@ -186,7 +229,12 @@ static void copy_work (uv_work_t *w) {
     job->what = not_regular;
     fail(job, UV_EINVAL, 0);
   } else if ((out = copy_open_to(job, &st, &same)) >= 0) {
-    copy_loop(job, in, out);
+    struct stat ost;
+    /* sparse: fewer blocks than its size says (cp's test), and `to` a
+    ** regular file (a device is written in full) */
+    int sparse = (off_t) st.st_blocks * 512 < st.st_size &&
+                 fstat(out, &ost) == 0 && S_ISREG(ost.st_mode);
+    copy_loop(job, in, out, sparse);
     if (close(out) != 0) fail(job, -errno, 1);   /* NFS reports here */
   }
   close(in);

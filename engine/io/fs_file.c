@@ -328,7 +328,10 @@ static int file_read (lua_State *L) {
             (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "a")
              == 0);
   lua_Integer n = 0;
-  if (!all && (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) <= 0))
+  int isint = 1;
+  if (!all)   /* 1.0 and 2^16 count too, as for a stream's read */
+    n = lua_tointegerx(L, 2, &isint);
+  if (!all && (!isint || n <= 0))
     return braid_argerror(L, 2, "file:read", "positive integer or \"a\" "
                           "expected");
   if (f->busy) return file_adopt(L, f, "file:read", file_read_k);

@@ -144,12 +144,16 @@ static void watch_cb (uv_fs_event_t *h, const char *filename, int events,
   if (status < 0) {
     watch_push(w, EV_OVERFLOW, "");
   } else {
-    watch_push(w, (events & UV_RENAME) ? EV_RENAME : EV_CHANGE,
-               w->is_dir && filename ? filename : "");
     /* A file's every event: its last name removed while another link or
     ** an open descriptor keeps it is only IN_ATTRIB, a "change". */
-    if (((events & UV_RENAME) || !w->is_dir) && watch_is_self(w, filename) &&
-        !watch_still_there(w)) {
+    int gone = ((events & UV_RENAME) || !w->is_dir) &&
+               watch_is_self(w, filename) && !watch_still_there(w);
+    /* The watched directory's own event carries its last component as
+    ** the name, which would read as an entry of that name ("d/d"): once
+    ** the path is gone, the event is the path's own. */
+    watch_push(w, (events & UV_RENAME) ? EV_RENAME : EV_CHANGE,
+               w->is_dir && filename && !gone ? filename : "");
+    if (gone) {
       if (!(events & UV_RENAME))   /* a path that went says "rename" */
         watch_push(w, EV_RENAME, "");
       w->gone = 1;             /* deleted, moved away or replaced */

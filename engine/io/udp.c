@@ -380,9 +380,14 @@ static int udp_new (lua_State *L, const char *fname,
 ** one, see sock:address()). */
 static int l_udp_bind (lua_State *L) {
   struct sockaddr_storage sa;
-  const char *host = braid__tcp_check_host(L, 1, "braid.udp.bind",
-                                           "127.0.0.1");
+  const char *host;
   int port;
+  /* bind(port): the host left out, as "[host], port" says */
+  if (lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TNUMBER) {
+    lua_pushnil(L);
+    lua_insert(L, 1);
+  }
+  host = braid__tcp_check_host(L, 1, "braid.udp.bind", "127.0.0.1");
   port = braid__tcp_check_port(L, 2, "braid.udp.bind");
   if (braid__tcp_addr(host, port, &sa) != 0)
     braid_argerror(L, 1, "braid.udp.bind", "IP address expected");
