@@ -105,16 +105,23 @@ static int script_args (lua_State *L) {
   return n;
 }
 
-/* LUA_INIT_5_4, else LUA_INIT, as lua.c reads it: "@file" names a file to
-** run, anything else is a chunk. Loaded onto the stack (or an error
-** message, returning non-zero); pushes nothing when neither is set. */
-static int load_luainit (lua_State *L, int *loaded) {
-  const char *name = "=" LUA_INITVARVERSION;
-  const char *init = getenv(name + 1);
+/* LUA_INIT_5_4, else LUA_INIT, as lua.c reads it (NULL: neither is set),
+** and the chunk name for it. */
+static const char *luainit (const char **name) {
+  const char *init = getenv(LUA_INITVARVERSION);
+  *name = "=" LUA_INITVARVERSION;
   if (init == NULL) {
-    name = "=" LUA_INIT_VAR;
-    init = getenv(name + 1);
+    init = getenv(LUA_INIT_VAR);
+    *name = "=" LUA_INIT_VAR;
   }
+  return init;
+}
+
+/* LUA_INIT loaded: "@file" names a file to run, anything else is a chunk.
+** Loaded onto the stack (or an error message, returning non-zero); pushes
+** nothing when neither variable is set. */
+static int load_luainit (lua_State *L, int *loaded) {
+  const char *name, *init = luainit(&name);
   *loaded = init != NULL;
   if (init == NULL) return LUA_OK;
   if (init[0] == '@') return luaL_loadfile(L, init + 1);
@@ -198,7 +205,10 @@ int main (int argc, char **argv) {
     free(o.stats);
     return code;
   }
-  init = getenv(LUA_INITVARVERSION) != NULL || getenv(LUA_INIT_VAR) != NULL;
+  {
+    const char *name;
+    init = luainit(&name) != NULL;
+  }
   if (o.from_stdin) ;
   else if (i < argc) o.script = i;
   else if (o.nstats == 0 && !o.interactive) {

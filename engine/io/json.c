@@ -235,7 +235,7 @@ static size_t decimal_text (char *buf, int neg, const char *dig, int n,
 static int round_digits (double x, const char *d17, int e17, int p,
                          char *dig, int *e10) {
   char tmp[40];
-  int i, up;
+  int i;
   *e10 = e17;
   memcpy(dig, d17, (size_t) p);
   if (p < 17) {
@@ -246,7 +246,7 @@ static int round_digits (double x, const char *d17, int e17, int p,
       memcpy(dig + 1, tmp + 2, (size_t) (p - 1));
       *e10 = atoi(tmp + p + 2);
     }
-    else if ((up = d17[p] >= '5')) {
+    else if (d17[p] >= '5') {
       for (i = p - 1; i >= 0 && dig[i] == '9'; i--) dig[i] = '0';
       if (i >= 0) dig[i]++;
       else {                                       /* 99.9 -> 100 */
@@ -761,9 +761,9 @@ static void dec_string (Dec *d) {
           p = dec_uescape(d, p);
           continue;
         default:
-          dec_fail(d, p, "invalid escape '\\%s' in a string",
-                   found(d, p + 1));
-          return;
+          dec_fail(d, p, "invalid escape (a backslash, then %s) in a "
+                   "string", found(d, p + 1));
+          return;   /* (dec_fail raises) */
       }
       buf_addc(&d->b, e);
       p += 2;
